@@ -1,0 +1,27 @@
+//! The sfu crate's one error type.
+
+use crate::ids::{ParticipantIdx, RoomId};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SfuError {
+    #[error("invalid SDP offer: {0}")]
+    InvalidSdp(String),
+    #[error(
+        "the offer must carry exactly 1 send audio transceiver and 1 to {max} recv-only audio \
+         transceivers (speaker slots); it carries {send} sending and {recv} recv-only"
+    )]
+    BadTransceivers { send: usize, recv: usize, max: usize },
+    #[error("the offer must carry audio only; media line {mid} is {kind}")]
+    NotAudio { mid: String, kind: String },
+    #[error("the offer does not offer Opus on every audio line; Lodge forwards Opus only")]
+    NoOpus,
+    #[error("the node is full: at most {limit} participants (max_participants)")]
+    NodeFull { limit: usize },
+    #[error("{room} is full: at most {limit} participants (max_room_size)")]
+    RoomFull { room: RoomId, limit: usize },
+    #[error("no participant {0}")]
+    UnknownParticipant(ParticipantIdx),
+    #[error("WebRTC failure: {0}")]
+    Rtc(String),
+}

@@ -1,0 +1,37 @@
+//! Small newtypes for the ids the core deals in.
+
+use std::fmt;
+
+/// Index of a participant in the node's slab. Hot-path handle; never leaves the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParticipantIdx(pub u32);
+
+/// A room is a voice channel on this node; the id is the channel's snowflake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct RoomId(pub u64);
+
+/// The user a participant speaks for (a snowflake).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct UserId(pub u64);
+
+/// An RTP synchronization source as written on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Ssrc(pub u32);
+
+impl fmt::Display for ParticipantIdx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "p{}", self.0)
+    }
+}
+
+impl fmt::Display for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "room {}", self.0)
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "user {}", self.0)
+    }
+}

@@ -1,0 +1,42 @@
+//! Lodge's selective forwarding unit.
+//!
+//! The [`Node`] is a sans-IO state machine: it owns every participant's str0m `Rtc`
+//! (ICE-lite, DTLS-SRTP, RTP mode), demultiplexes datagrams by STUN username and then by source
+//! address, ranks speakers by their RFC 6464 audio level and forwards Opus packets, rewritten,
+//! into each listener's K speaker slots. It never reads the clock, opens a socket or spawns a
+//! task: `now` is always passed in. The optional `shell` feature adds the tokio UDP loop.
+//!
+//! ```
+//! use std::time::Instant;
+//! use lodge_sfu::{Node, NodeConfig};
+//! let mut node = Node::new(NodeConfig::new("127.0.0.1:50000".parse().unwrap()));
+//! let now = Instant::now();
+//! // A datagram nobody owns is counted, never a panic.
+//! node.handle_datagram(now, "127.0.0.1:9".parse().unwrap(), "127.0.0.1:50000".parse().unwrap(), b"junk");
+//! assert_eq!(node.stats().drops.total(), 1);
+//! assert!(node.poll_output().is_none());
+//! ```
+
+pub mod drop_reason;
+pub mod error;
+pub mod ids;
+pub mod node;
+mod participant;
+pub mod rate_limit;
+mod room;
+pub mod seq_rewriter;
+pub mod speaker_selector;
+pub mod stats;
+pub mod stun;
+
+#[cfg(feature = "shell")]
+pub mod shell;
+
+pub use drop_reason::{DropCounters, DropReason};
+pub use error::SfuError;
+pub use ids::{ParticipantIdx, RoomId, Ssrc, UserId};
+pub use node::{
+    JoinAnswer, JoinRequest, LeaveReason, Node, NodeConfig, NodeEvent, NodeOutput, ParticipantReport, SlotInfo,
+    Transmit, MAX_SLOTS,
+};
+pub use participant::VoiceFlags;

@@ -1,0 +1,787 @@
+//! The node: every participant and room of one media server, driven sans-IO.
+//!
+//! Inputs: [`Node::handle_datagram`], [`Node::handle_timeout`] and commands (join, leave,
+//! voice flags). Outputs: [`Node::poll_output`] until it returns `None`, then sleep until
+//! [`Node::poll_timeout`]. The node never reads the clock: every call takes `now`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpOffer;
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tracing::{debug, info, trace, warn};
+
+use crate::drop_reason::DropReason;
+use crate::error::SfuError;
+use crate::ids::{ParticipantIdx, RoomId, Ssrc, UserId};
+use crate::participant::{Participant, Slot, VoiceFlags};
+use crate::rate_limit::TokenBucket;
+use crate::room::Room;
+use crate::seq_rewriter::SeqRewriter;
+use crate::speaker_selector::{assign_slots, Candidate as SelCandidate, SelectorConfig};
+use crate::stats::{NodeStats, ParticipantStats};
+
+/// Most speaker slots a listener may ask for.
+pub const MAX_SLOTS: usize = 16;
+const OPUS_FRAME: Duration = Duration::from_millis(20);
+
+/// Limits and tunables of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Address put in the ICE host candidate (public IP + the UDP media port).
+    pub public_addr: SocketAddr,
+    pub max_participants: usize,
+    pub max_room_size: usize,
+    /// Datagrams longer than this are dropped as oversized.
+    pub max_datagram: usize,
+    /// Datagrams per second one participant may send (burst is a quarter second's worth).
+    pub max_packet_rate: u32,
+    /// A connected participant silent on the network this long is removed (closed tab).
+    pub idle_timeout: Duration,
+    /// A participant that has not completed ICE+DTLS after this long is removed.
+    pub connect_timeout: Duration,
+    pub selector: SelectorConfig,
+    /// Fixed start of every slot's output numbering `(seq, timestamp)` instead of random
+    /// (tests use it to force 16/32-bit wrap).
+    pub slot_numbering_start: Option<(u16, u32)>,
+}
+
+impl NodeConfig {
+    pub fn new(public_addr: SocketAddr) -> Self {
+        NodeConfig {
+            public_addr,
+            max_participants: 10_000,
+            max_room_size: 1_000,
+            max_datagram: 1500,
+            max_packet_rate: 400,
+            idle_timeout: Duration::from_secs(6),
+            connect_timeout: Duration::from_secs(30),
+            selector: SelectorConfig::default(),
+            slot_numbering_start: None,
+        }
+    }
+}
+
+/// Ask the node to admit a participant.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub room: RoomId,
+    pub user: UserId,
+    /// The client's SDP offer: 1 sending + K recv-only audio lines, candidates included.
+    pub offer: String,
+    pub flags: VoiceFlags,
+}
+
+/// One speaker slot as announced to the client.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SlotInfo {
+    pub mid: String,
+    pub ssrc: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct JoinAnswer {
+    pub idx: ParticipantIdx,
+    pub answer: String,
+    pub slots: Vec<SlotInfo>,
+}
+
+/// Why a participant left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// Asked by signaling (left the channel, moved, kicked, disconnected).
+    Requested,
+    /// Silent on the network for longer than the idle timeout (closed tab, lost network).
+    Idle,
+    /// Never completed ICE/DTLS.
+    ConnectTimeout,
+    /// The WebRTC session closed or failed.
+    Closed,
+}
+
+/// Something signaling should know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// ICE and DTLS completed: media can flow.
+    Connected { idx: ParticipantIdx, room: RoomId, user: UserId },
+    /// A listener's slot now carries `speaker` (or nobody).
+    SlotChanged {
+        listener: ParticipantIdx,
+        listener_user: UserId,
+        room: RoomId,
+        slot: usize,
+        ssrc: Ssrc,
+        speaker: Option<UserId>,
+    },
+    /// The participant is gone from the node.
+    Left { idx: ParticipantIdx, room: RoomId, user: UserId, reason: LeaveReason },
+}
+
+/// A datagram to send from the node's socket.
+#[derive(Debug)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub contents: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub enum NodeOutput {
+    Transmit(Transmit),
+    Event(NodeEvent),
+}
+
+/// A participant's figures for logs and the JSON endpoint.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ParticipantReport {
+    pub idx: u32,
+    pub user: UserId,
+    pub room: RoomId,
+    pub connected: bool,
+    pub self_mute: bool,
+    pub server_mute: bool,
+    pub deaf: bool,
+    pub can_speak: bool,
+    pub speaking_level: f32,
+    pub slots: Vec<SlotReport>,
+    pub stats: ParticipantStats,
+    pub drops: Vec<(&'static str, u64)>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SlotReport {
+    pub ssrc: u32,
+    pub speaker: Option<UserId>,
+}
+
+pub struct Node {
+    cfg: NodeConfig,
+    participants: Vec<Option<Participant>>,
+    free: Vec<u32>,
+    count: usize,
+    rooms: HashMap<RoomId, Room>,
+    by_ufrag: HashMap<String, ParticipantIdx>,
+    by_addr: HashMap<SocketAddr, ParticipantIdx>,
+    out: VecDeque<NodeOutput>,
+    next_tick: Option<Instant>,
+    stats: NodeStats,
+    /// Scratch buffers reused every tick so ticks do not allocate in steady state.
+    scratch_candidates: Vec<SelCandidate>,
+    scratch_changes: Vec<(usize, Option<ParticipantIdx>)>,
+    seed: u64,
+}
+
+impl Node {
+    pub fn new(cfg: NodeConfig) -> Self {
+        Node {
+            cfg,
+            participants: Vec::new(),
+            free: Vec::new(),
+            count: 0,
+            rooms: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            out: VecDeque::new(),
+            next_tick: None,
+            stats: NodeStats::default(),
+            scratch_candidates: Vec::new(),
+            scratch_changes: Vec::new(),
+            seed: 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    pub fn participant_count(&self) -> usize {
+        self.count
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Deterministic pseudo-random numbers for initial slot numbering (xorshift).
+    fn next_rand(&mut self) -> u64 {
+        let mut x = self.seed;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.seed = x;
+        x
+    }
+
+    /// Seed the node's numbering randomness (tests use fixed seeds; the shell uses entropy).
+    pub fn set_seed(&mut self, seed: u64) {
+        self.seed = seed | 1;
+    }
+
+    /// Admit a participant: accept its offer and answer with ICE-lite, our host candidate and
+    /// K send-only slots.
+    pub fn join(&mut self, now: Instant, req: JoinRequest) -> Result<JoinAnswer, SfuError> {
+        if self.count >= self.cfg.max_participants {
+            return Err(SfuError::NodeFull { limit: self.cfg.max_participants });
+        }
+        let room_size = self.rooms.get(&req.room).map(|r| r.members.len()).unwrap_or(0);
+        if room_size >= self.cfg.max_room_size {
+            return Err(SfuError::RoomFull { room: req.room, limit: self.cfg.max_room_size });
+        }
+        let offer = SdpOffer::from_sdp_string(&req.offer).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let mids = offer_mids(&req.offer);
+        if mids.is_empty() {
+            return Err(SfuError::InvalidSdp("no media line with a=mid".into()));
+        }
+
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            .build(now);
+        let cand = Candidate::host(self.cfg.public_addr, "udp").map_err(|e| SfuError::Rtc(e.to_string()))?;
+        rtc.add_local_candidate(cand);
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+
+        // Classify the lines: exactly one the client sends on, K it only receives on.
+        let mut send_mid: Option<Mid> = None;
+        let mut send_count = 0;
+        let mut slot_mids = Vec::new();
+        for m in &mids {
+            let mid = Mid::from(m.as_str());
+            let Some(media) = rtc.media(mid) else {
+                return Err(SfuError::InvalidSdp(format!("media line {m} was not accepted")));
+            };
+            if media.kind() != MediaKind::Audio {
+                return Err(SfuError::NotAudio { mid: m.clone(), kind: format!("{:?}", media.kind()).to_lowercase() });
+            }
+            match media.direction() {
+                Direction::RecvOnly | Direction::SendRecv => {
+                    send_count += 1;
+                    send_mid = Some(mid);
+                }
+                Direction::SendOnly => slot_mids.push(mid),
+                Direction::Inactive => {}
+            }
+        }
+        if send_count != 1 || slot_mids.is_empty() || slot_mids.len() > MAX_SLOTS {
+            return Err(SfuError::BadTransceivers { send: send_count, recv: slot_mids.len(), max: MAX_SLOTS });
+        }
+        let _ = send_mid;
+        let opus_pt = rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .map(|p| p.pt())
+            .ok_or(SfuError::NoOpus)?;
+
+        let mut slots = Vec::with_capacity(slot_mids.len());
+        for mid in slot_mids {
+            let ssrc = rtc
+                .direct_api()
+                .stream_tx_by_mid(mid, None)
+                .map(|s| s.ssrc())
+                .ok_or_else(|| SfuError::Rtc(format!("no send stream for slot {mid}")))?;
+            let r = self.next_rand();
+            let (seq0, ts0) = self.cfg.slot_numbering_start.unwrap_or(((r & 0x7fff) as u16, (r >> 32) as u32));
+            slots.push(Slot {
+                mid,
+                ssrc: Ssrc(*ssrc),
+                pt: opus_pt,
+                speaker: None,
+                rewriter: SeqRewriter::new(seq0, ts0, 48_000, OPUS_FRAME),
+            });
+        }
+
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag.clone();
+        let slot_infos = slots.iter().map(|s| SlotInfo { mid: s.mid.to_string(), ssrc: s.ssrc.0 }).collect();
+        let k = slots.len();
+        let rate = self.cfg.max_packet_rate;
+        let p = Participant {
+            user: req.user,
+            room: req.room,
+            rtc,
+            ufrag: ufrag.clone(),
+            remote: None,
+            opus_pt,
+            slots,
+            subscribers: Vec::new(),
+            level: Default::default(),
+            flags: req.flags,
+            stats: ParticipantStats::default(),
+            rate: TokenBucket::new(rate, (rate / 4).max(8)),
+            joined_at: now,
+            last_recv: None,
+            connected: false,
+            next_timeout: now,
+            gone: false,
+        };
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.participants[i as usize] = Some(p);
+                ParticipantIdx(i)
+            }
+            None => {
+                self.participants.push(Some(p));
+                ParticipantIdx((self.participants.len() - 1) as u32)
+            }
+        };
+        self.count += 1;
+        self.by_ufrag.insert(ufrag, idx);
+        let sel_cfg = self.cfg.selector;
+        let room = self.rooms.entry(req.room).or_insert_with(|| Room::new(sel_cfg));
+        room.members.push(idx);
+        room.refresh_capacity(k);
+        if self.next_tick.is_none() {
+            self.next_tick = Some(now + self.cfg.selector.tick);
+        }
+        info!(%idx, room = req.room.0, user = req.user.0, slots = k, "participant joined");
+        self.drain(idx, now);
+        Ok(JoinAnswer { idx, answer: answer.to_sdp_string(), slots: slot_infos })
+    }
+
+    /// Remove a participant (left the channel, moved, kicked). Unknown indices are ignored.
+    pub fn leave(&mut self, now: Instant, idx: ParticipantIdx) {
+        self.remove(now, idx, LeaveReason::Requested);
+    }
+
+    /// Change mute/deaf/SPEAK. A participant that stops being forwardable loses its slots at
+    /// once (well inside the 1 s the protocol promises).
+    pub fn set_flags(&mut self, now: Instant, idx: ParticipantIdx, flags: VoiceFlags) -> Result<(), SfuError> {
+        let p = self.participant_mut(idx).ok_or(SfuError::UnknownParticipant(idx))?;
+        let was = p.flags.forwardable();
+        p.flags = flags;
+        if was && !flags.forwardable() {
+            p.level.reset();
+            let room = p.room;
+            self.tick_room(now, room);
+        }
+        Ok(())
+    }
+
+    pub fn flags(&self, idx: ParticipantIdx) -> Option<VoiceFlags> {
+        self.participant(idx).map(|p| p.flags)
+    }
+
+    fn participant(&self, idx: ParticipantIdx) -> Option<&Participant> {
+        self.participants.get(idx.0 as usize).and_then(|p| p.as_ref())
+    }
+
+    fn participant_mut(&mut self, idx: ParticipantIdx) -> Option<&mut Participant> {
+        self.participants.get_mut(idx.0 as usize).and_then(|p| p.as_mut())
+    }
+
+    /// Snapshot of every participant's figures (for logs and the JSON endpoint).
+    pub fn reports(&self) -> Vec<ParticipantReport> {
+        let user_of = |i: ParticipantIdx| self.participant(i).map(|p| p.user);
+        self.participants
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
+            .map(|(i, p)| ParticipantReport {
+                idx: i as u32,
+                user: p.user,
+                room: p.room,
+                connected: p.connected,
+                self_mute: p.flags.self_mute,
+                server_mute: p.flags.server_mute,
+                deaf: p.flags.deaf(),
+                can_speak: p.flags.can_speak,
+                speaking_level: p.level.loudness(),
+                slots: p.slots.iter().map(|s| SlotReport { ssrc: s.ssrc.0, speaker: s.speaker.and_then(user_of) }).collect(),
+                stats: p.stats.clone(),
+                drops: p.stats.drops.iter().filter(|(_, n)| *n > 0).map(|(r, n)| (r.as_str(), n)).collect(),
+            })
+            .collect()
+    }
+
+    /// Feed one received UDP datagram.
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, buf: &[u8]) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += buf.len() as u64;
+        if buf.len() > self.cfg.max_datagram {
+            return self.drop_datagram(DropReason::Oversized, None);
+        }
+        let stun = crate::stun::is_stun(buf);
+        let idx = if stun {
+            match crate::stun::local_ufrag(buf) {
+                None => return self.drop_datagram(DropReason::Malformed, None),
+                Some(u) => match self.by_ufrag.get(u) {
+                    Some(i) => *i,
+                    None => return self.drop_datagram(DropReason::UnknownUsername, None),
+                },
+            }
+        } else {
+            match self.by_addr.get(&source) {
+                Some(i) => *i,
+                None => {
+                    let reason =
+                        if DatagramRecv::try_from(buf).is_err() { DropReason::Malformed } else { DropReason::UnknownPeer };
+                    return self.drop_datagram(reason, None);
+                }
+            }
+        };
+        let Ok(contents) = DatagramRecv::try_from(buf) else {
+            return self.drop_datagram(DropReason::Malformed, Some(idx));
+        };
+        let input = Input::Receive(now, Receive { proto: Protocol::Udp, source, destination, contents });
+        let p = self.participants[idx.0 as usize].as_mut().expect("maps only hold live participants");
+        if !p.rate.take(now) {
+            return self.drop_datagram(DropReason::OverRate, Some(idx));
+        }
+        if !p.rtc.accepts(&input) {
+            return self.drop_datagram(DropReason::Rejected, Some(idx));
+        }
+        if let Err(e) = p.rtc.handle_input(input) {
+            trace!(%idx, error = %e, "datagram refused by WebRTC stack");
+            return self.drop_datagram(DropReason::Rejected, Some(idx));
+        }
+        p.last_recv = Some(now);
+        if stun && p.remote != Some(source) {
+            let old = p.remote.replace(source);
+            if let Some(old) = old {
+                self.by_addr.remove(&old);
+            }
+            // An address moves to whoever proved it last (NAT rebinding, reused port).
+            if let Some(prev) = self.by_addr.insert(source, idx) {
+                if prev != idx {
+                    if let Some(pp) = self.participant_mut(prev) {
+                        pp.remote = None;
+                    }
+                }
+            }
+            debug!(%idx, "participant address learned from STUN");
+        }
+        self.drain(idx, now);
+    }
+
+    fn drop_datagram(&mut self, reason: DropReason, idx: Option<ParticipantIdx>) {
+        self.stats.drops.count(reason);
+        if let Some(p) = idx.and_then(|i| self.participant_mut(i)) {
+            p.stats.drops.count(reason);
+        }
+        trace!(reason = reason.as_str(), "datagram dropped");
+    }
+
+    /// Earliest time the node needs [`Node::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let rtc_next = self.participants.iter().flatten().map(|p| p.next_timeout).min();
+        match (rtc_next, self.next_tick) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Drive timers: str0m timeouts, the selector tick, idle and connect timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for i in 0..self.participants.len() {
+            let due = matches!(&self.participants[i], Some(p) if p.next_timeout <= now);
+            if due {
+                let idx = ParticipantIdx(i as u32);
+                let p = self.participants[i].as_mut().expect("checked above");
+                if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
+                    warn!(%idx, error = %e, "WebRTC timeout handling failed; removing participant");
+                    p.gone = true;
+                }
+                self.drain(idx, now);
+            }
+        }
+        if self.next_tick.is_some_and(|t| t <= now) {
+            self.tick(now);
+            self.next_tick = if self.count > 0 { Some(now + self.cfg.selector.tick) } else { None };
+        }
+        self.reap(now);
+    }
+
+    /// Next output: a datagram to send or an event for signaling.
+    pub fn poll_output(&mut self) -> Option<NodeOutput> {
+        let o = self.out.pop_front();
+        if let Some(NodeOutput::Transmit(t)) = &o {
+            self.stats.datagrams_out += 1;
+            self.stats.bytes_out += t.contents.len() as u64;
+        }
+        o
+    }
+
+    /// Close every peer (shutdown). Each participant gets a Left event.
+    pub fn close_all(&mut self, now: Instant) {
+        for i in 0..self.participants.len() {
+            if self.participants[i].is_some() {
+                self.remove(now, ParticipantIdx(i as u32), LeaveReason::Requested);
+            }
+        }
+    }
+
+    fn reap(&mut self, now: Instant) {
+        for i in 0..self.participants.len() {
+            let reason = match &self.participants[i] {
+                Some(p) if p.gone => Some(LeaveReason::Closed),
+                Some(p) if p.connected => p
+                    .last_recv
+                    .is_some_and(|t| now.saturating_duration_since(t) > self.cfg.idle_timeout)
+                    .then_some(LeaveReason::Idle),
+                Some(p) => (now.saturating_duration_since(p.joined_at) > self.cfg.connect_timeout)
+                    .then_some(LeaveReason::ConnectTimeout),
+                None => None,
+            };
+            if let Some(r) = reason {
+                self.remove(now, ParticipantIdx(i as u32), r);
+            }
+        }
+    }
+
+    fn remove(&mut self, now: Instant, idx: ParticipantIdx, reason: LeaveReason) {
+        let Some(mut p) = self.participants.get_mut(idx.0 as usize).and_then(|s| s.take()) else {
+            return;
+        };
+        self.free.push(idx.0);
+        self.count -= 1;
+        self.by_ufrag.remove(&p.ufrag);
+        if let Some(addr) = p.remote {
+            if self.by_addr.get(&addr) == Some(&idx) {
+                self.by_addr.remove(&addr);
+            }
+        }
+        p.rtc.disconnect();
+        // Free every slot that carried this participant, and forget its own subscriptions.
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            room.members.retain(|m| *m != idx);
+            room.selector_forget(idx);
+        }
+        for (listener, slot) in p.subscribers.drain(..) {
+            if let Some(l) = self.participants.get_mut(listener.0 as usize).and_then(|s| s.as_mut()) {
+                if let Some(s) = l.slots.get_mut(slot as usize) {
+                    if s.speaker == Some(idx) {
+                        s.speaker = None;
+                        self.out.push_back(NodeOutput::Event(NodeEvent::SlotChanged {
+                            listener,
+                            listener_user: l.user,
+                            room: l.room,
+                            slot: slot as usize,
+                            ssrc: s.ssrc,
+                            speaker: None,
+                        }));
+                    }
+                }
+            }
+        }
+        for s in &p.slots {
+            if let Some(sp) = s.speaker.and_then(|sp| self.participants.get_mut(sp.0 as usize)).and_then(|x| x.as_mut()) {
+                sp.subscribers.retain(|(l, _)| *l != idx);
+            }
+        }
+        let room_empty = self.rooms.get(&p.room).is_some_and(|r| r.members.is_empty());
+        if room_empty {
+            self.rooms.remove(&p.room);
+        } else if let Some(room) = self.rooms.get_mut(&p.room) {
+            let max_k = room.members.iter().filter_map(|m| self.participants[m.0 as usize].as_ref()).map(|m| m.slots.len()).max();
+            room.set_capacity(max_k.unwrap_or(0) + 1);
+        }
+        info!(%idx, room = p.room.0, user = p.user.0, ?reason, packets_in = p.stats.packets_in,
+              packets_out = p.stats.packets_out, loss_in = ?p.stats.loss_in, rtt_ms = ?p.stats.rtt_ms,
+              "participant left");
+        self.out.push_back(NodeOutput::Event(NodeEvent::Left { idx, room: p.room, user: p.user, reason }));
+        let _ = now;
+    }
+
+    /// Drain one participant's WebRTC outputs into the node's queue, forwarding its RTP.
+    fn drain(&mut self, idx: ParticipantIdx, now: Instant) {
+        loop {
+            let Some(p) = self.participants.get_mut(idx.0 as usize).and_then(|s| s.as_mut()) else { return };
+            let out = match p.rtc.poll_output() {
+                Ok(o) => o,
+                Err(e) => {
+                    warn!(%idx, error = %e, "WebRTC session failed");
+                    p.gone = true;
+                    return;
+                }
+            };
+            match out {
+                Output::Timeout(t) => {
+                    p.next_timeout = t;
+                    return;
+                }
+                Output::Transmit(t) => {
+                    self.out.push_back(NodeOutput::Transmit(Transmit { destination: t.destination, contents: t.contents.into() }));
+                }
+                Output::Event(ev) => match ev {
+                    Event::RtpPacket(pkt) => self.forward(now, idx, pkt),
+                    Event::Connected => {
+                        p.connected = true;
+                        info!(%idx, "participant connected (ICE + DTLS done)");
+                        let (room, user) = (p.room, p.user);
+                        self.out.push_back(NodeOutput::Event(NodeEvent::Connected { idx, room, user }));
+                    }
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        debug!(%idx, "ICE disconnected");
+                        p.gone = true;
+                    }
+                    Event::MediaIngressStats(s) => {
+                        p.stats.loss_in = s.loss.or(p.stats.loss_in);
+                        p.stats.jitter_in_ms = Some(s.jitter as f32 / 48.0);
+                        if let Some(rtt) = s.rtt {
+                            p.stats.rtt_ms = Some(rtt.as_secs_f32() * 1000.0);
+                        }
+                    }
+                    Event::MediaEgressStats(s) => {
+                        p.stats.loss_out = s.loss.or(p.stats.loss_out);
+                        if let Some(rtt) = s.rtt {
+                            p.stats.rtt_ms = Some(rtt.as_secs_f32() * 1000.0);
+                        }
+                        if let Some(r) = s.remote {
+                            p.stats.jitter_out_ms = Some(r.jitter as f32 / 48.0);
+                        }
+                    }
+                    Event::PeerStats(s) => {
+                        if let Some(rtt) = s.rtt {
+                            p.stats.rtt_ms = Some(rtt.as_secs_f32() * 1000.0);
+                        }
+                    }
+                    Event::Closed => p.gone = true,
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// The hot path: one speaker packet to every listener slot that carries the speaker.
+    fn forward(&mut self, now: Instant, from: ParticipantIdx, pkt: RtpPacket) {
+        self.stats.rtp_in += 1;
+        let Node { participants, stats, out, cfg, .. } = self;
+        let p = participants[from.0 as usize].as_mut().expect("drain only forwards for live participants");
+        p.stats.packets_in += 1;
+        p.stats.bytes_in += pkt.payload.len() as u64;
+        let reason = if pkt.header.payload_type != p.opus_pt {
+            Some(DropReason::UnexpectedStream)
+        } else if !p.flags.can_speak {
+            Some(DropReason::NoSpeakPermission)
+        } else if p.flags.self_mute || p.flags.server_mute {
+            Some(DropReason::Muted)
+        } else {
+            None
+        };
+        if let Some(r) = reason {
+            stats.drops.count(r);
+            p.stats.drops.count(r);
+            return;
+        }
+        // RFC 6464: value is -dBov, 127 = silence. Without the extension the sender is silent to
+        // the selector (it can still be heard if already selected).
+        let level = pkt.header.ext_vals.audio_level.map(|l| l.unsigned_abs().min(127)).unwrap_or(127);
+        p.level.observe(now, level, &cfg.selector);
+        let ssrc = *pkt.header.ssrc;
+        let seq = pkt.header.sequence_number;
+        let ts = pkt.header.timestamp;
+        let marker = pkt.header.marker;
+        let ext = ExtensionValues { audio_level: pkt.header.ext_vals.audio_level, voice_activity: pkt.header.ext_vals.voice_activity, ..Default::default() };
+        let payload: Arc<[u8]> = pkt.payload;
+        // Subscribers are kept up to date by the tick; iterate by index to avoid cloning the list.
+        let n_subs = p.subscribers.len();
+        for s in 0..n_subs {
+            let (listener, slot_ix) = participants[from.0 as usize].as_ref().expect("live").subscribers[s];
+            let Some(l) = participants.get_mut(listener.0 as usize).and_then(|x| x.as_mut()) else { continue };
+            if l.flags.deaf() || !l.connected {
+                continue;
+            }
+            let slot = &mut l.slots[slot_ix as usize];
+            let Some(rw) = slot.rewriter.rewrite(now, ssrc, seq, ts) else {
+                stats.drops.count(DropReason::Stale);
+                continue;
+            };
+            if rw.switched {
+                l.stats.slot_switches += 1;
+            }
+            let (mid, pt) = (slot.mid, slot.pt);
+            {
+                let mut api = l.rtc.direct_api();
+                let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
+                tx.write_rtp(RtpWrite::new(pt, rw.seq.into(), rw.timestamp, now, payload.clone()).marker(marker).ext_vals(ext.clone()));
+            }
+            l.stats.packets_out += 1;
+            l.stats.bytes_out += payload.len() as u64;
+            stats.rtp_forwarded += 1;
+            // Drain the listener's transmits right away (no events are expected from writing).
+            loop {
+                match l.rtc.poll_output() {
+                    Ok(Output::Transmit(t)) => out.push_back(NodeOutput::Transmit(Transmit { destination: t.destination, contents: t.contents.into() })),
+                    Ok(Output::Timeout(t)) => {
+                        l.next_timeout = t;
+                        break;
+                    }
+                    Ok(Output::Event(_)) => {}
+                    Err(_) => {
+                        l.gone = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let rooms: Vec<RoomId> = self.rooms.keys().copied().collect();
+        for r in rooms {
+            self.tick_room(now, r);
+        }
+    }
+
+    /// Re-rank a room's speakers and re-map every listener's slots.
+    fn tick_room(&mut self, now: Instant, room_id: RoomId) {
+        let Node { participants, rooms, scratch_candidates, scratch_changes, out, .. } = self;
+        let Some(room) = rooms.get_mut(&room_id) else { return };
+        scratch_candidates.clear();
+        for m in &room.members {
+            if let Some(p) = participants[m.0 as usize].as_ref() {
+                scratch_candidates.push(SelCandidate { idx: *m, eligible: p.connected && p.flags.forwardable(), level: p.level });
+            }
+        }
+        room.selector.update(now, scratch_candidates);
+        let ranked = room.selector.ranked();
+        for &li in &room.members {
+            scratch_changes.clear();
+            {
+                let Some(l) = participants[li.0 as usize].as_mut() else { continue };
+                room.slot_scratch.clear();
+                room.slot_scratch.extend(l.slots.iter().map(|s| s.speaker));
+                assign_slots(li, &mut room.slot_scratch, ranked, |n, w| scratch_changes.push((n, w)));
+            }
+            for &(n, who) in scratch_changes.iter() {
+                let l = participants[li.0 as usize].as_mut().expect("checked above");
+                let old = std::mem::replace(&mut l.slots[n].speaker, who);
+                let (listener_user, ssrc) = (l.user, l.slots[n].ssrc);
+                if let Some(o) = old.and_then(|o| participants[o.0 as usize].as_mut()) {
+                    o.subscribers.retain(|(x, s)| !(*x == li && *s as usize == n));
+                }
+                let speaker_user = who.and_then(|w| participants[w.0 as usize].as_mut()).map(|w| {
+                    w.subscribers.push((li, n as u8));
+                    w.user
+                });
+                out.push_back(NodeOutput::Event(NodeEvent::SlotChanged {
+                    listener: li,
+                    listener_user,
+                    room: room_id,
+                    slot: n,
+                    ssrc,
+                    speaker: speaker_user,
+                }));
+            }
+        }
+    }
+}
+
+/// `a=mid:` values in media-line order.
+fn offer_mids(sdp: &str) -> Vec<String> {
+    sdp.lines().filter_map(|l| l.trim().strip_prefix("a=mid:")).map(|m| m.trim().to_string()).collect()
+}

@@ -1,0 +1,63 @@
+//! A participant: one WebRTC peer in one room, with its speaker slots.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::media::{Mid, Pt};
+use str0m::Rtc;
+
+use crate::ids::{ParticipantIdx, RoomId, Ssrc, UserId};
+use crate::rate_limit::TokenBucket;
+use crate::seq_rewriter::SeqRewriter;
+use crate::speaker_selector::SpeakerLevel;
+use crate::stats::ParticipantStats;
+
+/// One of a listener's K outgoing streams: a send-only audio line in the answer.
+pub(crate) struct Slot {
+    pub mid: Mid,
+    pub ssrc: Ssrc,
+    pub pt: Pt,
+    pub speaker: Option<ParticipantIdx>,
+    pub rewriter: SeqRewriter,
+}
+
+/// Voice flags that decide whether this participant is forwarded and hears anything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VoiceFlags {
+    pub self_mute: bool,
+    pub self_deaf: bool,
+    pub server_mute: bool,
+    pub server_deaf: bool,
+    /// Holds the channel's SPEAK permission.
+    pub can_speak: bool,
+}
+
+impl VoiceFlags {
+    pub fn forwardable(&self) -> bool {
+        self.can_speak && !self.self_mute && !self.server_mute
+    }
+    pub fn deaf(&self) -> bool {
+        self.self_deaf || self.server_deaf
+    }
+}
+
+pub(crate) struct Participant {
+    pub user: UserId,
+    pub room: RoomId,
+    pub rtc: Rtc,
+    pub ufrag: String,
+    pub remote: Option<SocketAddr>,
+    pub opus_pt: Pt,
+    pub slots: Vec<Slot>,
+    /// Listeners that have this participant in a slot: (listener, slot index).
+    pub subscribers: Vec<(ParticipantIdx, u8)>,
+    pub level: SpeakerLevel,
+    pub flags: VoiceFlags,
+    pub stats: ParticipantStats,
+    pub rate: TokenBucket,
+    pub joined_at: Instant,
+    pub last_recv: Option<Instant>,
+    pub connected: bool,
+    pub next_timeout: Instant,
+    pub gone: bool,
+}

@@ -1,0 +1,43 @@
+//! Per-participant and node-wide counters. Plain integers, updated in place on the hot path.
+
+use serde::Serialize;
+
+use crate::drop_reason::DropCounters;
+
+/// What one participant sent and received, plus the latest RTCP-derived quality figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ParticipantStats {
+    /// RTP packets/bytes received from this participant (its voice).
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// RTP packets/bytes forwarded to this participant (its slots).
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// Fraction of this participant's packets lost on the way to us (0..1), from our receiver side.
+    pub loss_in: Option<f32>,
+    /// Fraction of our packets the participant reports lost (0..1), from its receiver reports.
+    pub loss_out: Option<f32>,
+    /// Interarrival jitter of the participant's stream, in milliseconds.
+    pub jitter_in_ms: Option<f32>,
+    /// Jitter the participant reports for what we send, in milliseconds.
+    pub jitter_out_ms: Option<f32>,
+    /// Round-trip time from RTCP, in milliseconds.
+    pub rtt_ms: Option<f32>,
+    /// Times a slot of this participant changed speaker.
+    pub slot_switches: u64,
+    /// Datagrams from this participant that were not used, by reason.
+    #[serde(skip)]
+    pub drops: DropCounters,
+}
+
+/// Node-wide counters.
+#[derive(Debug, Clone, Default)]
+pub struct NodeStats {
+    pub datagrams_in: u64,
+    pub bytes_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_out: u64,
+    pub rtp_in: u64,
+    pub rtp_forwarded: u64,
+    pub drops: DropCounters,
+}
