@@ -1,1 +1,15 @@
-//! placeholder
+//! Lodge's guild model: accounts, guilds, channels, roles, members, invites and Discord's
+//! permission computation, stored through sqlx (SQLite file by default).
+//!
+//! This crate knows nothing of HTTP, WebSocket or JSON; the signaling crate shapes the wire.
+
+pub mod error;
+pub mod model;
+pub mod permissions;
+pub mod snowflake;
+pub mod store;
+
+pub use error::ChatError;
+pub use model::*;
+pub use permissions::{Overwrite, OverwriteKind, Permissions};
+pub use store::Store;

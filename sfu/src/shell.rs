@@ -1,1 +1,196 @@
-//! placeholder
+//! The tokio shell: owns the UDP socket and the clock, drives the [`Node`], and takes commands
+//! from signaling through a channel. One task owns the node, so the node needs no lock.
+//!
+//! Per wake-up the shell reads up to [`RECV_BATCH`] datagrams before draining outputs, so a busy
+//! socket costs one timer check and one output drain per batch, not per datagram.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::error::SfuError;
+use crate::ids::ParticipantIdx;
+use crate::node::{JoinAnswer, JoinRequest, Node, NodeConfig, NodeEvent, NodeOutput, ParticipantReport};
+use crate::participant::VoiceFlags;
+use crate::DropReason;
+
+/// Datagrams read per wake-up before outputs are drained.
+pub const RECV_BATCH: usize = 64;
+
+enum Command {
+    Join(JoinRequest, oneshot::Sender<Result<JoinAnswer, SfuError>>),
+    Leave(ParticipantIdx),
+    SetFlags(ParticipantIdx, VoiceFlags),
+    Report(oneshot::Sender<NodeReport>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Node-wide figures plus every participant, for the JSON endpoint and metrics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeReport {
+    pub participants: usize,
+    pub rooms: usize,
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub rtp_in: u64,
+    pub rtp_forwarded: u64,
+    pub drops: Vec<(&'static str, u64)>,
+    pub peers: Vec<ParticipantReport>,
+}
+
+/// Cheap, cloneable handle to the running node.
+#[derive(Clone)]
+pub struct SfuHandle {
+    tx: mpsc::Sender<Command>,
+    local_addr: SocketAddr,
+}
+
+impl SfuHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub async fn join(&self, req: JoinRequest) -> Result<JoinAnswer, SfuError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Join(req, tx)).await.map_err(|_| SfuError::Rtc("media node stopped".into()))?;
+        rx.await.map_err(|_| SfuError::Rtc("media node stopped".into()))?
+    }
+
+    pub async fn leave(&self, idx: ParticipantIdx) {
+        let _ = self.tx.send(Command::Leave(idx)).await;
+    }
+
+    pub async fn set_flags(&self, idx: ParticipantIdx, flags: VoiceFlags) {
+        let _ = self.tx.send(Command::SetFlags(idx, flags)).await;
+    }
+
+    pub async fn report(&self) -> Option<NodeReport> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Report(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Close every peer and stop the loop.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Bind nothing, spawn the loop on `socket`. Events for signaling arrive on the returned receiver.
+pub fn spawn(socket: UdpSocket, cfg: NodeConfig) -> std::io::Result<(SfuHandle, mpsc::UnboundedReceiver<NodeEvent>)> {
+    let local_addr = socket.local_addr()?;
+    let (tx, rx) = mpsc::channel(1024);
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let mut node = Node::new(cfg);
+    node.set_seed(seed_from_clock());
+    tokio::spawn(run(Arc::new(socket), node, rx, ev_tx));
+    Ok((SfuHandle { tx, local_addr }, ev_rx))
+}
+
+fn seed_from_clock() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
+}
+
+async fn run(
+    socket: Arc<UdpSocket>,
+    mut node: Node,
+    mut rx: mpsc::Receiver<Command>,
+    ev_tx: mpsc::UnboundedSender<NodeEvent>,
+) {
+    let local = socket.local_addr().expect("bound socket has an address");
+    let mut buf = vec![0u8; 2048];
+    let mut last_log = Instant::now();
+    info!(%local, "media node listening");
+    loop {
+        let deadline = node.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_millis(500));
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                match r {
+                    Ok((n, src)) => {
+                        node.handle_datagram(Instant::now(), src, local, &buf[..n]);
+                        // Batch: take what is already queued without sleeping again.
+                        for _ in 1..RECV_BATCH {
+                            match socket.try_recv_from(&mut buf) {
+                                Ok((n, src)) => node.handle_datagram(Instant::now(), src, local, &buf[..n]),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "UDP receive failed"),
+                }
+            }
+            cmd = rx.recv() => {
+                let now = Instant::now();
+                match cmd {
+                    Some(Command::Join(req, reply)) => { let _ = reply.send(node.join(now, req)); }
+                    Some(Command::Leave(idx)) => node.leave(now, idx),
+                    Some(Command::SetFlags(idx, f)) => { let _ = node.set_flags(now, idx, f); }
+                    Some(Command::Report(reply)) => { let _ = reply.send(report(&node)); }
+                    Some(Command::Shutdown(done)) => {
+                        node.close_all(now);
+                        flush(&socket, &mut node, &ev_tx).await;
+                        info!("media node stopped; all peers closed");
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => return,
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        let now = Instant::now();
+        if node.poll_timeout().is_some_and(|t| t <= now) {
+            node.handle_timeout(now);
+        }
+        flush(&socket, &mut node, &ev_tx).await;
+        if now.duration_since(last_log) > Duration::from_secs(30) && node.participant_count() > 0 {
+            last_log = now;
+            let s = node.stats();
+            info!(participants = node.participant_count(), rooms = node.room_count(), rtp_in = s.rtp_in,
+                  rtp_forwarded = s.rtp_forwarded, drops = s.drops.total(), "media node stats");
+        }
+    }
+}
+
+async fn flush(socket: &UdpSocket, node: &mut Node, ev_tx: &mpsc::UnboundedSender<NodeEvent>) {
+    while let Some(o) = node.poll_output() {
+        match o {
+            NodeOutput::Transmit(t) => match socket.try_send_to(&t.contents, t.destination) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let _ = socket.send_to(&t.contents, t.destination).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "UDP send failed"),
+            },
+            NodeOutput::Event(e) => {
+                let _ = ev_tx.send(e);
+            }
+        }
+    }
+}
+
+fn report(node: &Node) -> NodeReport {
+    let s = node.stats();
+    NodeReport {
+        participants: node.participant_count(),
+        rooms: node.room_count(),
+        datagrams_in: s.datagrams_in,
+        datagrams_out: s.datagrams_out,
+        bytes_in: s.bytes_in,
+        bytes_out: s.bytes_out,
+        rtp_in: s.rtp_in,
+        rtp_forwarded: s.rtp_forwarded,
+        drops: DropReason::ALL.iter().map(|r| (r.as_str(), s.drops.get(*r))).collect(),
+        peers: node.reports(),
+    }
+}

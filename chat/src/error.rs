@@ -1,0 +1,56 @@
+//! The chat crate's one error type. Each variant maps to one Discord JSON error.
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChatError {
+    #[error("Unknown {0}")]
+    Unknown(&'static str),
+    #[error("Missing Permissions: {0}")]
+    MissingPermissions(&'static str),
+    #[error("401: Unauthorized")]
+    Unauthorized,
+    #[error("Invalid Form Body: {field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("Maximum number of {what} reached ({limit})")]
+    Limit { what: &'static str, limit: usize },
+    #[error("storage error: {0}")]
+    Storage(#[from] sqlx::Error),
+    #[error("storage migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("password hashing failed")]
+    Hash,
+}
+
+impl ChatError {
+    /// Discord's JSON error code for this error.
+    pub fn code(&self) -> u32 {
+        match self {
+            ChatError::Unknown("guild") => 10004,
+            ChatError::Unknown("channel") => 10003,
+            ChatError::Unknown("invite") => 10006,
+            ChatError::Unknown("member") => 10007,
+            ChatError::Unknown("role") => 10011,
+            ChatError::Unknown("user") => 10013,
+            ChatError::Unknown(_) => 10000,
+            ChatError::MissingPermissions(_) => 50013,
+            ChatError::Unauthorized => 0,
+            ChatError::Invalid { .. } => 50035,
+            ChatError::Conflict(_) => 50035,
+            ChatError::Limit { .. } => 30001,
+            _ => 0,
+        }
+    }
+
+    /// HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            ChatError::Unknown(_) => 404,
+            ChatError::MissingPermissions(_) => 403,
+            ChatError::Unauthorized => 401,
+            ChatError::Invalid { .. } | ChatError::Conflict(_) | ChatError::Limit { .. } => 400,
+            _ => 500,
+        }
+    }
+}

@@ -1,0 +1,605 @@
+//! Storage of the guild model through sqlx (SQLite, the embedded default).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::error::ChatError;
+use crate::model::*;
+use crate::permissions::{self, Overwrite, OverwriteKind, PermissionInput, Permissions};
+use crate::snowflake::Snowflakes;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Limits named in errors.
+pub const MAX_GUILD_CHANNELS: usize = 500;
+pub const MAX_NAME_LEN: usize = 100;
+pub const MAX_USERNAME_LEN: usize = 32;
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The guild model's storage. Cheap to clone (a pool handle).
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    ids: std::sync::Arc<Snowflakes>,
+}
+
+impl Store {
+    /// Open (creating if needed) the SQLite file and run migrations.
+    pub async fn open(path: &Path) -> Result<Store, ChatError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| ChatError::Storage(sqlx::Error::Io(e)))?;
+            }
+        }
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a write acknowledged to a client is on disk.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Store { pool, ids: std::sync::Arc::new(Snowflakes::new(0, 0)) })
+    }
+
+    /// Close the pool, checkpointing the WAL.
+    pub async fn close(&self) {
+        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await;
+        self.pool.close().await;
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.ids.next()
+    }
+
+    // ---- accounts ----
+
+    pub async fn register(&self, username: &str, password: &str, bot: bool) -> Result<(User, String), ChatError> {
+        let username = username.trim();
+        if username.len() < 2 || username.len() > MAX_USERNAME_LEN {
+            return Err(ChatError::Invalid { field: "username", message: format!("Must be between 2 and {MAX_USERNAME_LEN} in length.") });
+        }
+        if !username.chars().all(|c| c.is_alphanumeric() || "_.-".contains(c)) {
+            return Err(ChatError::Invalid { field: "username", message: "Only letters, digits, '_', '.' and '-' are allowed.".into() });
+        }
+        if password.len() < 8 || password.len() > 128 {
+            return Err(ChatError::Invalid { field: "password", message: "Must be between 8 and 128 in length.".into() });
+        }
+        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+        let hash = Argon2::default().hash_password(password.as_bytes(), &salt).map_err(|_| ChatError::Hash)?.to_string();
+        let id = self.next_id();
+        let r = sqlx::query("INSERT INTO users (id, username, password_hash, bot, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(id as i64)
+            .bind(username)
+            .bind(&hash)
+            .bind(bot)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await;
+        match r {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(ChatError::Invalid { field: "username", message: "Username is already taken.".into() })
+            }
+            r => {
+                r?;
+            }
+        }
+        let user = User { id, username: username.to_string(), bot };
+        let token = self.issue_token(id).await?;
+        Ok((user, token))
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Result<(User, String), ChatError> {
+        let row = sqlx::query("SELECT id, username, password_hash, bot FROM users WHERE username = ?")
+            .bind(username.trim())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            // Same answer for unknown user and wrong password.
+            return Err(ChatError::Invalid { field: "login", message: "Login or password is invalid.".into() });
+        };
+        let hash: String = row.get("password_hash");
+        let parsed = PasswordHash::new(&hash).map_err(|_| ChatError::Hash)?;
+        if Argon2::default().verify_password(password.as_bytes(), &parsed).is_err() {
+            return Err(ChatError::Invalid { field: "login", message: "Login or password is invalid.".into() });
+        }
+        let user = User { id: row.get::<i64, _>("id") as u64, username: row.get("username"), bot: row.get("bot") };
+        let token = self.issue_token(user.id).await?;
+        Ok((user, token))
+    }
+
+    async fn issue_token(&self, user_id: u64) -> Result<String, ChatError> {
+        let secret: String = rand::thread_rng().sample_iter(&Alphanumeric).take(40).map(char::from).collect();
+        // The token starts with the user id so it is recognisable (as Discord's are), then a secret.
+        let token = format!("{}.{}", user_id, secret);
+        sqlx::query("INSERT INTO tokens (hash, user_id, created_at) VALUES (?, ?, ?)")
+            .bind(hash_token(&token))
+            .bind(user_id as i64)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(token)
+    }
+
+    /// The user a token belongs to; `Unauthorized` for unknown or revoked tokens.
+    pub async fn authenticate(&self, token: &str) -> Result<User, ChatError> {
+        let row = sqlx::query(
+            "SELECT u.id, u.username, u.bot FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.hash = ? AND t.revoked = 0",
+        )
+        .bind(hash_token(token))
+        .fetch_optional(&self.pool)
+        .await?;
+        let row = row.ok_or(ChatError::Unauthorized)?;
+        Ok(User { id: row.get::<i64, _>("id") as u64, username: row.get("username"), bot: row.get("bot") })
+    }
+
+    pub async fn revoke_token(&self, token: &str) -> Result<(), ChatError> {
+        sqlx::query("UPDATE tokens SET revoked = 1 WHERE hash = ?").bind(hash_token(token)).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn user(&self, id: u64) -> Result<User, ChatError> {
+        let row = sqlx::query("SELECT id, username, bot FROM users WHERE id = ?")
+            .bind(id as i64)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(ChatError::Unknown("user"))?;
+        Ok(User { id, username: row.get("username"), bot: row.get("bot") })
+    }
+
+    // ---- guilds ----
+
+    /// Create a guild owned by `owner`: `@everyone` (id = guild id), `general` text channel and
+    /// `General` voice channel.
+    pub async fn create_guild(&self, owner: &User, name: &str) -> Result<Guild, ChatError> {
+        let name = check_name("name", name)?;
+        let id = self.next_id();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO guilds (id, name, owner_id, created_at) VALUES (?, ?, ?, ?)")
+            .bind(id as i64)
+            .bind(&name)
+            .bind(owner.id as i64)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO roles (id, guild_id, name, permissions, position) VALUES (?, ?, '@everyone', ?, 0)")
+            .bind(id as i64)
+            .bind(id as i64)
+            .bind(Permissions::DEFAULT_EVERYONE as i64)
+            .execute(&mut *tx)
+            .await?;
+        for (pos, (kind, cname)) in [(ChannelKind::Text, "general"), (ChannelKind::Voice, "General")].iter().enumerate() {
+            sqlx::query("INSERT INTO channels (id, guild_id, type, name, position, bitrate, user_limit) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                .bind(self.next_id() as i64)
+                .bind(id as i64)
+                .bind(*kind as i64)
+                .bind(*cname)
+                .bind(pos as i64)
+                .bind((*kind == ChannelKind::Voice).then_some(64_000i64))
+                .bind((*kind == ChannelKind::Voice).then_some(0i64))
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("INSERT INTO members (guild_id, user_id, joined_at) VALUES (?, ?, ?)")
+            .bind(id as i64)
+            .bind(owner.id as i64)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Guild { id, name, owner_id: owner.id })
+    }
+
+    pub async fn guild(&self, id: u64) -> Result<Guild, ChatError> {
+        let row = sqlx::query("SELECT id, name, owner_id FROM guilds WHERE id = ?")
+            .bind(id as i64)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(ChatError::Unknown("guild"))?;
+        Ok(Guild { id, name: row.get("name"), owner_id: row.get::<i64, _>("owner_id") as u64 })
+    }
+
+    pub async fn rename_guild(&self, id: u64, name: &str) -> Result<Guild, ChatError> {
+        let name = check_name("name", name)?;
+        sqlx::query("UPDATE guilds SET name = ? WHERE id = ?").bind(&name).bind(id as i64).execute(&self.pool).await?;
+        self.guild(id).await
+    }
+
+    pub async fn delete_guild(&self, id: u64) -> Result<(), ChatError> {
+        sqlx::query("DELETE FROM guilds WHERE id = ?").bind(id as i64).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn user_guilds(&self, user_id: u64) -> Result<Vec<Guild>, ChatError> {
+        let rows = sqlx::query("SELECT g.id, g.name, g.owner_id FROM guilds g JOIN members m ON m.guild_id = g.id WHERE m.user_id = ? ORDER BY g.id")
+            .bind(user_id as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Guild { id: r.get::<i64, _>("id") as u64, name: r.get("name"), owner_id: r.get::<i64, _>("owner_id") as u64 })
+            .collect())
+    }
+
+    pub async fn roles(&self, guild_id: u64) -> Result<Vec<Role>, ChatError> {
+        let rows = sqlx::query("SELECT id, name, permissions, position, color FROM roles WHERE guild_id = ? ORDER BY position, id")
+            .bind(guild_id as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Role {
+                id: r.get::<i64, _>("id") as u64,
+                guild_id,
+                name: r.get("name"),
+                permissions: r.get::<i64, _>("permissions") as u64,
+                position: r.get("position"),
+                color: r.get::<i64, _>("color") as u32,
+            })
+            .collect())
+    }
+
+    /// Create a role (used by tests and the chat issue's role routes).
+    pub async fn create_role(&self, guild_id: u64, name: &str, permissions: u64) -> Result<Role, ChatError> {
+        let name = check_name("name", name)?;
+        let id = self.next_id();
+        let pos: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) + 1 FROM roles WHERE guild_id = ?")
+            .bind(guild_id as i64)
+            .fetch_one(&self.pool)
+            .await?;
+        sqlx::query("INSERT INTO roles (id, guild_id, name, permissions, position) VALUES (?, ?, ?, ?, ?)")
+            .bind(id as i64)
+            .bind(guild_id as i64)
+            .bind(&name)
+            .bind(permissions as i64)
+            .bind(pos)
+            .execute(&self.pool)
+            .await?;
+        Ok(Role { id, guild_id, name, permissions, position: pos, color: 0 })
+    }
+
+    pub async fn add_member_role(&self, guild_id: u64, user_id: u64, role_id: u64) -> Result<(), ChatError> {
+        sqlx::query("INSERT OR IGNORE INTO member_roles (guild_id, user_id, role_id) VALUES (?, ?, ?)")
+            .bind(guild_id as i64)
+            .bind(user_id as i64)
+            .bind(role_id as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ---- channels ----
+
+    async fn overwrites(&self, channel_id: u64) -> Result<Vec<Overwrite>, ChatError> {
+        let rows = sqlx::query("SELECT target_id, type, allow, deny FROM overwrites WHERE channel_id = ?")
+            .bind(channel_id as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Overwrite {
+                target: r.get::<i64, _>("target_id") as u64,
+                kind: if r.get::<i64, _>("type") == 1 { OverwriteKind::Member } else { OverwriteKind::Role },
+                allow: r.get::<i64, _>("allow") as u64,
+                deny: r.get::<i64, _>("deny") as u64,
+            })
+            .collect())
+    }
+
+    fn channel_from_row(r: &sqlx::sqlite::SqliteRow) -> Channel {
+        Channel {
+            id: r.get::<i64, _>("id") as u64,
+            guild_id: r.get::<i64, _>("guild_id") as u64,
+            kind: ChannelKind::from_code(r.get("type")).unwrap_or(ChannelKind::Text),
+            name: r.get("name"),
+            position: r.get("position"),
+            parent_id: r.get::<Option<i64>, _>("parent_id").map(|v| v as u64),
+            bitrate: r.get::<Option<i64>, _>("bitrate").map(|v| v as u32),
+            user_limit: r.get::<Option<i64>, _>("user_limit").map(|v| v as u32),
+            topic: r.get("topic"),
+            overwrites: Vec::new(),
+        }
+    }
+
+    pub async fn channels(&self, guild_id: u64) -> Result<Vec<Channel>, ChatError> {
+        let rows = sqlx::query("SELECT * FROM channels WHERE guild_id = ? ORDER BY position, id")
+            .bind(guild_id as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut c = Self::channel_from_row(r);
+            c.overwrites = self.overwrites(c.id).await?;
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    pub async fn channel(&self, id: u64) -> Result<Channel, ChatError> {
+        let r = sqlx::query("SELECT * FROM channels WHERE id = ?")
+            .bind(id as i64)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(ChatError::Unknown("channel"))?;
+        let mut c = Self::channel_from_row(&r);
+        c.overwrites = self.overwrites(id).await?;
+        Ok(c)
+    }
+
+    pub async fn create_channel(&self, guild_id: u64, spec: ChannelSpec) -> Result<Channel, ChatError> {
+        let name = check_name("name", spec.name.as_deref().unwrap_or(""))?;
+        let kind = spec.kind.unwrap_or(ChannelKind::Text);
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM channels WHERE guild_id = ?").bind(guild_id as i64).fetch_one(&self.pool).await?;
+        if count as usize >= MAX_GUILD_CHANNELS {
+            return Err(ChatError::Limit { what: "guild channels", limit: MAX_GUILD_CHANNELS });
+        }
+        if let Some(Some(parent)) = spec.parent_id {
+            let p = self.channel(parent).await.map_err(|_| ChatError::Invalid { field: "parent_id", message: "Unknown category.".into() })?;
+            if p.guild_id != guild_id || p.kind != ChannelKind::Category {
+                return Err(ChatError::Invalid { field: "parent_id", message: "Not a category of this guild.".into() });
+            }
+        }
+        let id = self.next_id();
+        let pos = match spec.position {
+            Some(p) => p,
+            None => count,
+        };
+        let voice = kind == ChannelKind::Voice;
+        sqlx::query("INSERT INTO channels (id, guild_id, type, name, position, parent_id, bitrate, user_limit, topic) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(id as i64)
+            .bind(guild_id as i64)
+            .bind(kind as i64)
+            .bind(&name)
+            .bind(pos)
+            .bind(spec.parent_id.flatten().map(|v| v as i64))
+            .bind(voice.then(|| spec.bitrate.unwrap_or(64_000) as i64))
+            .bind(voice.then(|| spec.user_limit.unwrap_or(0) as i64))
+            .bind(spec.topic.flatten())
+            .execute(&self.pool)
+            .await?;
+        self.channel(id).await
+    }
+
+    pub async fn update_channel(&self, id: u64, spec: ChannelSpec) -> Result<Channel, ChatError> {
+        let mut c = self.channel(id).await?;
+        if let Some(n) = spec.name {
+            c.name = check_name("name", &n)?;
+        }
+        if let Some(p) = spec.position {
+            c.position = p;
+        }
+        if let Some(t) = spec.topic {
+            c.topic = t;
+        }
+        if c.kind == ChannelKind::Voice {
+            if let Some(b) = spec.bitrate {
+                if !(8_000..=384_000).contains(&b) {
+                    return Err(ChatError::Invalid { field: "bitrate", message: "Must be between 8000 and 384000.".into() });
+                }
+                c.bitrate = Some(b);
+            }
+            if let Some(u) = spec.user_limit {
+                c.user_limit = Some(u.min(99));
+            }
+        }
+        sqlx::query("UPDATE channels SET name = ?, position = ?, topic = ?, bitrate = ?, user_limit = ? WHERE id = ?")
+            .bind(&c.name)
+            .bind(c.position)
+            .bind(&c.topic)
+            .bind(c.bitrate.map(|v| v as i64))
+            .bind(c.user_limit.map(|v| v as i64))
+            .bind(id as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(c)
+    }
+
+    pub async fn delete_channel(&self, id: u64) -> Result<Channel, ChatError> {
+        let c = self.channel(id).await?;
+        sqlx::query("DELETE FROM channels WHERE id = ?").bind(id as i64).execute(&self.pool).await?;
+        Ok(c)
+    }
+
+    pub async fn set_overwrite(&self, channel_id: u64, ow: Overwrite) -> Result<(), ChatError> {
+        sqlx::query("INSERT OR REPLACE INTO overwrites (channel_id, target_id, type, allow, deny) VALUES (?, ?, ?, ?, ?)")
+            .bind(channel_id as i64)
+            .bind(ow.target as i64)
+            .bind(ow.kind as i64)
+            .bind(ow.allow as i64)
+            .bind(ow.deny as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_overwrite(&self, channel_id: u64, target: u64) -> Result<(), ChatError> {
+        sqlx::query("DELETE FROM overwrites WHERE channel_id = ? AND target_id = ?")
+            .bind(channel_id as i64)
+            .bind(target as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ---- members ----
+
+    pub async fn members(&self, guild_id: u64, limit: u32, after: u64) -> Result<Vec<Member>, ChatError> {
+        let rows = sqlx::query(
+            "SELECT m.user_id, m.nick, m.joined_at, u.username, u.bot FROM members m JOIN users u ON u.id = m.user_id \
+             WHERE m.guild_id = ? AND m.user_id > ? ORDER BY m.user_id LIMIT ?",
+        )
+        .bind(guild_id as i64)
+        .bind(after as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let uid = r.get::<i64, _>("user_id") as u64;
+            out.push(Member {
+                guild_id,
+                user: User { id: uid, username: r.get("username"), bot: r.get("bot") },
+                nick: r.get("nick"),
+                roles: self.member_roles(guild_id, uid).await?,
+                joined_at: r.get("joined_at"),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn member_roles(&self, guild_id: u64, user_id: u64) -> Result<Vec<u64>, ChatError> {
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT role_id FROM member_roles WHERE guild_id = ? AND user_id = ?")
+            .bind(guild_id as i64)
+            .bind(user_id as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids.into_iter().map(|v| v as u64).collect())
+    }
+
+    pub async fn member(&self, guild_id: u64, user_id: u64) -> Result<Member, ChatError> {
+        let r = sqlx::query(
+            "SELECT m.nick, m.joined_at, u.username, u.bot FROM members m JOIN users u ON u.id = m.user_id WHERE m.guild_id = ? AND m.user_id = ?",
+        )
+        .bind(guild_id as i64)
+        .bind(user_id as i64)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(ChatError::Unknown("member"))?;
+        Ok(Member {
+            guild_id,
+            user: User { id: user_id, username: r.get("username"), bot: r.get("bot") },
+            nick: r.get("nick"),
+            roles: self.member_roles(guild_id, user_id).await?,
+            joined_at: r.get("joined_at"),
+        })
+    }
+
+    pub async fn is_member(&self, guild_id: u64, user_id: u64) -> Result<bool, ChatError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE guild_id = ? AND user_id = ?")
+            .bind(guild_id as i64)
+            .bind(user_id as i64)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Add a member; `false` when already a member.
+    pub async fn add_member(&self, guild_id: u64, user_id: u64) -> Result<bool, ChatError> {
+        let r = sqlx::query("INSERT OR IGNORE INTO members (guild_id, user_id, joined_at) VALUES (?, ?, ?)")
+            .bind(guild_id as i64)
+            .bind(user_id as i64)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn remove_member(&self, guild_id: u64, user_id: u64) -> Result<(), ChatError> {
+        let r = sqlx::query("DELETE FROM members WHERE guild_id = ? AND user_id = ?")
+            .bind(guild_id as i64)
+            .bind(user_id as i64)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(ChatError::Unknown("member"));
+        }
+        Ok(())
+    }
+
+    // ---- invites ----
+
+    pub async fn create_invite(&self, channel: &Channel, inviter: u64, max_uses: u32, max_age_s: u32) -> Result<Invite, ChatError> {
+        let code: String = rand::thread_rng().sample_iter(&Alphanumeric).take(8).map(char::from).collect();
+        let expires_at = (max_age_s > 0).then(|| now_ms() + max_age_s as i64 * 1000);
+        sqlx::query("INSERT INTO invites (code, guild_id, channel_id, inviter_id, max_uses, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            .bind(&code)
+            .bind(channel.guild_id as i64)
+            .bind(channel.id as i64)
+            .bind(inviter as i64)
+            .bind(max_uses as i64)
+            .bind(expires_at)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(Invite { code, guild_id: channel.guild_id, channel_id: channel.id, inviter_id: inviter, max_uses, uses: 0, expires_at })
+    }
+
+    pub async fn invite(&self, code: &str) -> Result<Invite, ChatError> {
+        let r = sqlx::query("SELECT * FROM invites WHERE code = ?")
+            .bind(code)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(ChatError::Unknown("invite"))?;
+        let inv = Invite {
+            code: r.get("code"),
+            guild_id: r.get::<i64, _>("guild_id") as u64,
+            channel_id: r.get::<i64, _>("channel_id") as u64,
+            inviter_id: r.get::<i64, _>("inviter_id") as u64,
+            max_uses: r.get::<i64, _>("max_uses") as u32,
+            uses: r.get::<i64, _>("uses") as u32,
+            expires_at: r.get("expires_at"),
+        };
+        if inv.expires_at.is_some_and(|e| e <= now_ms()) || (inv.max_uses > 0 && inv.uses >= inv.max_uses) {
+            return Err(ChatError::Unknown("invite"));
+        }
+        Ok(inv)
+    }
+
+    /// Join the invite's guild. Returns the invite and whether the user was newly added.
+    pub async fn use_invite(&self, code: &str, user_id: u64) -> Result<(Invite, bool), ChatError> {
+        let inv = self.invite(code).await?;
+        let added = self.add_member(inv.guild_id, user_id).await?;
+        if added {
+            sqlx::query("UPDATE invites SET uses = uses + 1 WHERE code = ?").bind(code).execute(&self.pool).await?;
+        }
+        Ok((inv, added))
+    }
+
+    // ---- permissions ----
+
+    /// A member's permissions in the guild (no channel) or in a channel.
+    pub async fn permissions(&self, guild: &Guild, channel: Option<&Channel>, user_id: u64) -> Result<Permissions, ChatError> {
+        if guild.owner_id != user_id && !self.is_member(guild.id, user_id).await? {
+            return Ok(Permissions(0));
+        }
+        let roles = self.roles(guild.id).await?;
+        let everyone = roles.iter().find(|r| r.id == guild.id).map(|r| r.permissions).unwrap_or(0);
+        let mine = self.member_roles(guild.id, user_id).await?;
+        let member_roles: Vec<(u64, u64)> =
+            roles.iter().filter(|r| mine.contains(&r.id)).map(|r| (r.id, r.permissions)).collect();
+        let ow = channel.map(|c| c.overwrites.as_slice()).unwrap_or(&[]);
+        Ok(permissions::compute(&PermissionInput {
+            guild_id: guild.id,
+            owner_id: guild.owner_id,
+            user_id,
+            everyone,
+            roles: &member_roles,
+            overwrites: ow,
+        }))
+    }
+}
+
+fn check_name(field: &'static str, name: &str) -> Result<String, ChatError> {
+    let n = name.trim();
+    if n.is_empty() || n.chars().count() > MAX_NAME_LEN {
+        return Err(ChatError::Invalid { field, message: format!("Must be between 1 and {MAX_NAME_LEN} in length.") });
+    }
+    Ok(n.to_string())
+}

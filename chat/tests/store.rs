@@ -1,0 +1,75 @@
+//! The store against a real SQLite file.
+
+use lodge_chat::*;
+
+async fn store() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("nested/lodge.db")).await.unwrap();
+    (s, dir)
+}
+
+#[tokio::test]
+async fn accounts_tokens_and_revocation() {
+    let (s, _d) = store().await;
+    let (u, tok) = s.register("alice", "correct horse", false).await.unwrap();
+    assert_eq!(s.authenticate(&tok).await.unwrap(), u);
+    assert!(matches!(s.register("ALICE", "another pass", false).await, Err(ChatError::Invalid { field: "username", .. })));
+    assert!(matches!(s.register("bob", "short", false).await, Err(ChatError::Invalid { field: "password", .. })));
+    assert!(s.login("alice", "wrong password").await.is_err());
+    let (u2, tok2) = s.login("alice", "correct horse").await.unwrap();
+    assert_eq!(u2.id, u.id);
+    assert_ne!(tok, tok2);
+    s.revoke_token(&tok).await.unwrap();
+    assert!(matches!(s.authenticate(&tok).await, Err(ChatError::Unauthorized)));
+    assert!(s.authenticate(&tok2).await.is_ok());
+    assert!(matches!(s.authenticate("garbage").await, Err(ChatError::Unauthorized)));
+}
+
+#[tokio::test]
+async fn guild_defaults_invites_and_voice_permissions() {
+    let (s, _d) = store().await;
+    let (owner, _) = s.register("owner", "password1", false).await.unwrap();
+    let (bob, _) = s.register("bob", "password2", false).await.unwrap();
+    let g = s.create_guild(&owner, "Den").await.unwrap();
+    let roles = s.roles(g.id).await.unwrap();
+    assert_eq!(roles.len(), 1);
+    assert_eq!((roles[0].id, roles[0].name.as_str()), (g.id, "@everyone"));
+    let chans = s.channels(g.id).await.unwrap();
+    let names: Vec<(&str, ChannelKind)> = chans.iter().map(|c| (c.name.as_str(), c.kind)).collect();
+    assert_eq!(names, vec![("general", ChannelKind::Text), ("General", ChannelKind::Voice)]);
+    let voice = chans[1].clone();
+
+    // Not a member yet: nothing.
+    assert_eq!(s.permissions(&g, Some(&voice), bob.id).await.unwrap().0, 0);
+    let inv = s.create_invite(&chans[0], owner.id, 1, 0).await.unwrap();
+    let (_, added) = s.use_invite(&inv.code, bob.id).await.unwrap();
+    assert!(added);
+    // max_uses 1: used up.
+    assert!(matches!(s.use_invite(&inv.code, bob.id).await, Err(ChatError::Unknown("invite"))));
+    let p = s.permissions(&g, Some(&voice), bob.id).await.unwrap();
+    assert!(p.has(Permissions::CONNECT | Permissions::SPEAK | Permissions::VIEW_CHANNEL));
+
+    // Deny SPEAK to @everyone in the voice channel: bob can join but not speak; owner still can.
+    s.set_overwrite(voice.id, Overwrite { target: g.id, kind: OverwriteKind::Role, allow: 0, deny: Permissions::SPEAK }).await.unwrap();
+    let voice = s.channel(voice.id).await.unwrap();
+    let p = s.permissions(&g, Some(&voice), bob.id).await.unwrap();
+    assert!(p.has(Permissions::CONNECT) && !p.has(Permissions::SPEAK));
+    assert!(s.permissions(&g, Some(&voice), owner.id).await.unwrap().has(Permissions::SPEAK));
+    // A role with an allow overwrite gives it back.
+    let speakers = s.create_role(g.id, "speakers", 0).await.unwrap();
+    s.add_member_role(g.id, bob.id, speakers.id).await.unwrap();
+    s.set_overwrite(voice.id, Overwrite { target: speakers.id, kind: OverwriteKind::Role, allow: Permissions::SPEAK, deny: 0 }).await.unwrap();
+    let voice = s.channel(voice.id).await.unwrap();
+    assert!(s.permissions(&g, Some(&voice), bob.id).await.unwrap().has(Permissions::SPEAK));
+
+    // Channel CRUD and limits named in errors.
+    let c = s.create_channel(g.id, ChannelSpec { name: Some("lounge".into()), kind: Some(ChannelKind::Voice), ..Default::default() }).await.unwrap();
+    assert_eq!(c.bitrate, Some(64_000));
+    let c = s.update_channel(c.id, ChannelSpec { name: Some("Lounge 2".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(c.name, "Lounge 2");
+    let e = s.create_channel(g.id, ChannelSpec { name: Some("x".repeat(101)), ..Default::default() }).await.unwrap_err();
+    assert!(e.to_string().contains("100"), "{e}");
+    s.delete_channel(c.id).await.unwrap();
+    assert!(matches!(s.channel(c.id).await, Err(ChatError::Unknown("channel"))));
+    assert_eq!(s.user_guilds(bob.id).await.unwrap().len(), 1);
+}
