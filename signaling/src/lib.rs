@@ -1,1 +1,87 @@
-//! x
+//! Lodge's signaling service: the Discord-shaped REST API (v10), the gateway, the voice gateway
+//! and the embedded web client, composed with the guild model (`lodge-chat`) and the media node
+//! (`lodge-sfu`) into the `lodge` binary.
+//!
+//! This is the only crate that knows HTTP, WebSocket and JSON.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod gateway;
+pub mod hub;
+pub mod rest;
+pub mod voice;
+pub mod web;
+pub mod wire;
+
+use std::sync::atomic::Ordering;
+
+use tokio::net::{TcpListener, UdpSocket};
+
+pub use app::{router, AppState};
+pub use config::Config;
+
+/// A running node (for `lodge serve` and for tests).
+pub struct Running {
+    pub state: AppState,
+    pub http_addr: std::net::SocketAddr,
+    pub media_addr: std::net::SocketAddr,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind HTTP on {addr}: {err} (is another lodge running? change --http-listen)")]
+    Http { addr: std::net::SocketAddr, err: std::io::Error },
+    #[error("cannot bind the UDP media port {addr}: {err} (change --media-listen)")]
+    Media { addr: std::net::SocketAddr, err: std::io::Error },
+    #[error("cannot open the database {path}: {err}")]
+    Store { path: std::path::PathBuf, err: lodge_chat::ChatError },
+}
+
+/// Bind sockets, open storage, start the SFU, serve HTTP.
+pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
+    let store = lodge_chat::Store::open(&cfg.database).await.map_err(|err| StartError::Store { path: cfg.database.clone(), err })?;
+    let udp = UdpSocket::bind(cfg.media_listen).await.map_err(|err| StartError::Media { addr: cfg.media_listen, err })?;
+    let media_addr = udp.local_addr().map_err(|err| StartError::Media { addr: cfg.media_listen, err })?;
+    let listener = TcpListener::bind(cfg.http_listen).await.map_err(|err| StartError::Http { addr: cfg.http_listen, err })?;
+    let http_addr = listener.local_addr().map_err(|err| StartError::Http { addr: cfg.http_listen, err })?;
+    // Port 0 in the config means "pick one": make the advertised URL match what was bound.
+    if cfg.http_listen.port() == 0 && cfg.public_url == format!("http://{}", cfg.http_listen) {
+        cfg.public_url = format!("http://{http_addr}");
+    }
+    cfg.http_listen = http_addr;
+    cfg.media_listen = media_addr;
+    let mut node_cfg = lodge_sfu::NodeConfig::new(std::net::SocketAddr::new(cfg.public_ip, media_addr.port()));
+    node_cfg.max_participants = cfg.max_participants;
+    node_cfg.max_room_size = cfg.max_room_size;
+    let (sfu, events) = lodge_sfu::shell::spawn(udp, node_cfg).map_err(|err| StartError::Media { addr: media_addr, err })?;
+    let state = AppState::new(cfg, store, sfu);
+    tokio::spawn(voice::service::run_sfu_events(state.clone(), events));
+    let app = router(state.clone());
+    let mut shutdown = state.shutdown.subscribe();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.changed().await;
+            })
+            .await
+    });
+    state.ready.store(true, Ordering::Relaxed);
+    tracing::info!(http = %http_addr, media = %media_addr, "lodge node ready");
+    Ok(Running { state, http_addr, media_addr, server })
+}
+
+impl Running {
+    /// Graceful shutdown: stop taking calls, tell gateway clients to reconnect, close media peers,
+    /// flush the database.
+    pub async fn shutdown(self) {
+        self.state.ready.store(false, Ordering::Relaxed);
+        let _ = self.state.shutdown.send(true);
+        self.state.sfu.shutdown().await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.server).await;
+        self.state.store.close().await;
+        tracing::info!("lodge node stopped");
+    }
+}

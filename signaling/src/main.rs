@@ -1,1 +1,39 @@
-fn main(){}
+//! `lodge`: the node binary.
+
+use anyhow::Context;
+use clap::Parser;
+use lodge_signaling::config::{Cli, Command, Config};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config(args) => {
+            let cfg = Config::load(&args, std::env::vars())?;
+            println!("{}", toml::to_string_pretty(&cfg).context("printing the configuration")?);
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let cfg = Config::load(&args, std::env::vars())?;
+            let filter = EnvFilter::try_new(&cfg.log).with_context(|| format!("invalid log filter {:?}", cfg.log))?;
+            tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+            tracing::info!(database = %cfg.database.display(), public_url = %cfg.public_url, "starting lodge");
+            let node = lodge_signaling::start(cfg).await?;
+            println!("Lodge is running. Open {} in a browser. Ctrl-C stops it.", node.state.cfg.public_url);
+            wait_for_signal().await;
+            tracing::info!("shutting down: closing calls and flushing the database");
+            node.shutdown().await;
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,107 @@
+//! Shared state and the HTTP router.
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use axum::Router;
+use lodge_chat::Store;
+use lodge_sfu::shell::SfuHandle;
+
+use crate::config::Config;
+use crate::extract::MAX_BODY_BYTES;
+use crate::hub::Hub;
+use crate::voice::VoiceRegistry;
+
+/// A live gateway session (for binding voice tokens and routing VOICE_SERVER_UPDATE).
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub user_id: u64,
+}
+
+pub struct Inner {
+    pub cfg: Config,
+    pub store: Store,
+    pub sfu: SfuHandle,
+    pub hub: Hub,
+    pub voice: Mutex<VoiceRegistry>,
+    pub sessions: Mutex<HashMap<String, SessionInfo>>,
+    pub ready: AtomicBool,
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(cfg: Config, store: Store, sfu: SfuHandle) -> Self {
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        AppState(Arc::new(Inner {
+            cfg,
+            store,
+            sfu,
+            hub: Hub::new(),
+            voice: Mutex::new(VoiceRegistry::default()),
+            sessions: Mutex::new(HashMap::new()),
+            ready: AtomicBool::new(false),
+            shutdown,
+        }))
+    }
+
+    pub fn voice(&self) -> std::sync::MutexGuard<'_, VoiceRegistry> {
+        self.voice.lock().expect("voice registry lock is never held across a panic")
+    }
+}
+
+fn api_routes() -> Router<AppState> {
+    use crate::rest::*;
+    Router::new()
+        .route("/auth/register", post(auth::register))
+        .route("/auth/login", post(auth::login))
+        .route("/auth/logout", post(auth::logout))
+        .route("/gateway", get(ops::gateway))
+        .route("/gateway/bot", get(ops::gateway_bot))
+        .route("/users/@me", get(users::me))
+        .route("/users/@me/guilds", get(users::my_guilds))
+        .route("/users/{id}", get(users::user))
+        .route("/oauth2/applications/@me", get(users::application))
+        .route("/applications/@me", get(users::application))
+        .route("/guilds", post(guilds::create))
+        .route("/guilds/{id}", get(guilds::get).patch(guilds::update).delete(guilds::remove))
+        .route("/guilds/{id}/channels", get(guilds::channels).post(guilds::create_channel))
+        .route("/guilds/{id}/members", get(guilds::members))
+        .route("/guilds/{id}/members/{user}", get(guilds::member).delete(guilds::kick))
+        .route("/guilds/{id}/roles", get(guilds::roles))
+        .route("/guilds/{id}/voice-states", get(guilds::voice_states))
+        .route("/channels/{id}", get(channels::get).patch(channels::update).delete(channels::remove))
+        .route("/channels/{id}/permissions/{target}", put(channels::put_overwrite).delete(channels::delete_overwrite))
+        .route("/channels/{id}/invites", post(channels::create_invite))
+        .route("/invites/{code}", get(channels::get_invite).post(channels::accept_invite))
+        .route("/voice/stats", get(ops::voice_stats))
+        .fallback(ops::api_not_found)
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .nest("/api/v10", api_routes())
+        .nest("/api/v9", api_routes())
+        .route("/gateway", get(crate::gateway::ws_handler))
+        .route("/", get(crate::web::index_or_voice))
+        .route("/app.js", get(crate::web::app_js))
+        .route("/style.css", get(crate::web::style_css))
+        .route("/healthz", get(crate::rest::ops::healthz))
+        .route("/readyz", get(crate::rest::ops::readyz))
+        .route("/metrics", get(crate::rest::ops::metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}

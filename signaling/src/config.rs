@@ -1,0 +1,223 @@
+//! Configuration: defaults < TOML file (`--config`) < `LODGE_*` environment < command-line flags.
+//! Unknown keys in the file and unknown `LODGE_*` variables are errors, so typos do not pass
+//! silently.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lodge",
+    version,
+    about = "Lodge: a self-hostable voice-first media server with guild chat (Discord-compatible API)",
+    long_about = "Lodge runs a voice SFU, a Discord-shaped REST API and gateway, and a web client in one \
+process.\n\nQuick start:  lodge serve   then open http://127.0.0.1:8080/\n\nEvery option can also be \
+set in a TOML file (--config) or as a LODGE_* environment variable; flags win over the \
+environment, which wins over the file."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the node: signaling + chat + SFU in one process on a SQLite file.
+    Serve(ServeArgs),
+    /// Print the effective configuration (after file, environment and flags) and exit.
+    Config(ServeArgs),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// TOML configuration file. Keys: http_listen, media_listen, public_ip, public_url, data_dir,
+    /// database, log, default_slots, max_participants, max_room_size.
+    #[arg(long, env = "LODGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address:port of the HTTP server (REST API, gateways, web client, metrics). [default: 127.0.0.1:8080]
+    #[arg(long, env = "LODGE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Address:port of the one UDP media socket every WebRTC participant uses. [default: 127.0.0.1:50000]
+    #[arg(long, env = "LODGE_MEDIA_LISTEN")]
+    pub media_listen: Option<SocketAddr>,
+    /// IP address announced in ICE candidates (the address clients reach the media port on).
+    /// [default: the media listen address]
+    #[arg(long, env = "LODGE_PUBLIC_IP")]
+    pub public_ip: Option<IpAddr>,
+    /// Base URL clients use to reach the HTTP server, e.g. https://voice.example.com (sets the
+    /// gateway url and voice endpoint). [default: http://<http_listen>]
+    #[arg(long, env = "LODGE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Directory for Lodge's data. [default: ./lodge-data]
+    #[arg(long, env = "LODGE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// SQLite database file. [default: <data_dir>/lodge.db]
+    #[arg(long, env = "LODGE_DATABASE")]
+    pub database: Option<PathBuf>,
+    /// Log filter (tracing env-filter syntax), e.g. "info" or "lodge_sfu=debug,info". [default: info]
+    #[arg(long, env = "LODGE_LOG")]
+    pub log: Option<String>,
+    /// Speaker slots a client gets when it does not ask (1..=16). [default: 3]
+    #[arg(long, env = "LODGE_DEFAULT_SLOTS")]
+    pub default_slots: Option<usize>,
+    /// Most WebRTC participants on this node. [default: 10000]
+    #[arg(long, env = "LODGE_MAX_PARTICIPANTS")]
+    pub max_participants: Option<usize>,
+    /// Most participants in one voice channel. [default: 1000]
+    #[arg(long, env = "LODGE_MAX_ROOM_SIZE")]
+    pub max_room_size: Option<usize>,
+}
+
+/// The TOML file's shape. Every field optional; unknown keys rejected.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub http_listen: Option<SocketAddr>,
+    pub media_listen: Option<SocketAddr>,
+    pub public_ip: Option<IpAddr>,
+    pub public_url: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database: Option<PathBuf>,
+    pub log: Option<String>,
+    pub default_slots: Option<usize>,
+    pub max_participants: Option<usize>,
+    pub max_room_size: Option<usize>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Config {
+    pub http_listen: SocketAddr,
+    pub media_listen: SocketAddr,
+    pub public_ip: IpAddr,
+    pub public_url: String,
+    pub data_dir: PathBuf,
+    pub database: PathBuf,
+    pub log: String,
+    pub default_slots: usize,
+    pub max_participants: usize,
+    pub max_room_size: usize,
+}
+
+const KNOWN_ENV: &[&str] = &[
+    "LODGE_CONFIG",
+    "LODGE_HTTP_LISTEN",
+    "LODGE_MEDIA_LISTEN",
+    "LODGE_PUBLIC_IP",
+    "LODGE_PUBLIC_URL",
+    "LODGE_DATA_DIR",
+    "LODGE_DATABASE",
+    "LODGE_LOG",
+    "LODGE_DEFAULT_SLOTS",
+    "LODGE_MAX_PARTICIPANTS",
+    "LODGE_MAX_ROOM_SIZE",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error("config file {path}: {err}")]
+    Parse { path: PathBuf, err: toml::de::Error },
+    #[error("unknown environment variable {0}; known LODGE_* variables: {known}", known = KNOWN_ENV.join(", "))]
+    UnknownEnv(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Merge file, environment (already folded into `args` by clap) and flags.
+    pub fn load(args: &ServeArgs, env: impl Iterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        for (k, _) in env {
+            if k.starts_with("LODGE_") && !KNOWN_ENV.contains(&k.as_str()) {
+                return Err(ConfigError::UnknownEnv(k));
+            }
+        }
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read { path: path.clone(), err })?;
+                toml::from_str::<FileConfig>(&text).map_err(|err| ConfigError::Parse { path: path.clone(), err })?
+            }
+            None => FileConfig::default(),
+        };
+        let http_listen = args.http_listen.or(file.http_listen).unwrap_or(([127, 0, 0, 1], 8080).into());
+        let media_listen = args.media_listen.or(file.media_listen).unwrap_or(([127, 0, 0, 1], 50000).into());
+        let public_ip = args.public_ip.or(file.public_ip).unwrap_or(media_listen.ip());
+        if public_ip.is_unspecified() {
+            return Err(ConfigError::Invalid(
+                "the media port listens on all interfaces; set --public-ip to the address clients reach it on".into(),
+            ));
+        }
+        let public_url = args
+            .public_url
+            .clone()
+            .or(file.public_url)
+            .unwrap_or_else(|| format!("http://{http_listen}"))
+            .trim_end_matches('/')
+            .to_string();
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            return Err(ConfigError::Invalid(format!("public_url must start with http:// or https://, got {public_url}")));
+        }
+        let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./lodge-data"));
+        let database = args.database.clone().or(file.database).unwrap_or_else(|| data_dir.join("lodge.db"));
+        let default_slots = args.default_slots.or(file.default_slots).unwrap_or(3);
+        if !(1..=lodge_sfu::MAX_SLOTS).contains(&default_slots) {
+            return Err(ConfigError::Invalid(format!("default_slots must be 1..={}, got {default_slots}", lodge_sfu::MAX_SLOTS)));
+        }
+        Ok(Config {
+            http_listen,
+            media_listen,
+            public_ip,
+            public_url,
+            data_dir,
+            database,
+            log: args.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
+            default_slots,
+            max_participants: args.max_participants.or(file.max_participants).unwrap_or(10_000),
+            max_room_size: args.max_room_size.or(file.max_room_size).unwrap_or(1_000),
+        })
+    }
+
+    /// `host:port` of this node's HTTP server as clients see it (the voice endpoint).
+    pub fn public_host(&self) -> String {
+        self.public_url.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("").to_string()
+    }
+
+    /// The gateway URL handed out by `GET /gateway`.
+    pub fn gateway_url(&self) -> String {
+        let scheme = if self.public_url.starts_with("https://") { "wss" } else { "ws" };
+        format!("{scheme}://{}/gateway", self.public_host())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("lodge.toml");
+        std::fs::write(&f, "http_listen = \"127.0.0.1:9000\"\nmedia_listen = \"127.0.0.1:51000\"\ndefault_slots = 5\n").unwrap();
+        let args = ServeArgs { config: Some(f.clone()), media_listen: Some("127.0.0.2:52000".parse().unwrap()), ..Default::default() };
+        let c = Config::load(&args, std::iter::empty()).unwrap();
+        assert_eq!(c.http_listen.port(), 9000, "file beats default");
+        assert_eq!(c.media_listen.port(), 52000, "flag/env beats file");
+        assert_eq!(c.public_ip.to_string(), "127.0.0.2");
+        assert_eq!(c.default_slots, 5);
+        assert_eq!(c.gateway_url(), "ws://127.0.0.1:9000/gateway");
+
+        std::fs::write(&f, "htp_listen = \"127.0.0.1:9000\"\n").unwrap();
+        let e = Config::load(&args, std::iter::empty()).unwrap_err().to_string();
+        assert!(e.contains("unknown field") && e.contains("htp_listen"), "{e}");
+
+        let e = Config::load(&ServeArgs::default(), [("LODGE_HTTP_LISTN".to_string(), "x".to_string())].into_iter()).unwrap_err();
+        assert!(e.to_string().contains("LODGE_HTTP_LISTN"));
+
+        let bad = ServeArgs { media_listen: Some("0.0.0.0:50000".parse().unwrap()), ..Default::default() };
+        assert!(Config::load(&bad, std::iter::empty()).unwrap_err().to_string().contains("--public-ip"));
+    }
+}

@@ -1,0 +1,79 @@
+//! Discord-style JSON errors: `{code, message, errors?}` with the right HTTP status.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use lodge_chat::ChatError;
+use serde_json::json;
+
+/// The signaling crate's one error type; every REST failure becomes one of these.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    #[error("{message}")]
+    Status { status: StatusCode, code: u32, message: String, errors: Option<serde_json::Value> },
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: u32, message: impl Into<String>) -> Self {
+        ApiError::Status { status, code, message: message.into(), errors: None }
+    }
+    pub fn bad_request(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        ApiError::Status {
+            status: StatusCode::BAD_REQUEST,
+            code: 50035,
+            message: "Invalid Form Body".into(),
+            errors: Some(json!({ field: { "_errors": [ { "code": "BASE_TYPE_INVALID", "message": message } ] } })),
+        }
+    }
+    pub fn unauthorized() -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, 0, "401: Unauthorized")
+    }
+    pub fn missing_permissions(what: &str) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, 50013, format!("Missing Permissions: {what}"))
+    }
+    pub fn not_found(what: &'static str) -> Self {
+        ApiError::Chat(ChatError::Unknown(what))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message, errors) = match self {
+            ApiError::Status { status, code, message, errors } => (status, code, message, errors),
+            ApiError::Chat(ChatError::Invalid { field, message }) => {
+                let body = json!({ field: { "_errors": [ { "code": "BASE_TYPE_INVALID", "message": message } ] } });
+                (StatusCode::BAD_REQUEST, 50035, "Invalid Form Body".to_string(), Some(body))
+            }
+            ApiError::Chat(e) => {
+                let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                if status.is_server_error() {
+                    tracing::error!(error = %e, "request failed");
+                    (status, 0, "500: Internal Server Error".to_string(), None)
+                } else {
+                    (status, e.code(), e.to_string(), None)
+                }
+            }
+        };
+        let mut body = json!({ "code": code, "message": message });
+        if let Some(e) = errors {
+            body["errors"] = e;
+        }
+        (status, Json(body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    /// Discord JSON error code.
+    pub fn code(&self) -> u32 {
+        match self {
+            ApiError::Status { code, .. } => *code,
+            ApiError::Chat(e) => e.code(),
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Extractors that turn rejections into Discord-style JSON errors.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use lodge_chat::User;
+use serde::de::DeserializeOwned;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// Largest JSON body the REST API accepts.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// `Json<T>` whose failures are Discord JSON errors (400 bad body, 413 too large).
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::BytesRejection(_)) => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                40005,
+                format!("Request entity too large: the body limit is {MAX_BODY_BYTES} bytes"),
+            )),
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                Err(ApiError::new(StatusCode::BAD_REQUEST, 50035, "Invalid Form Body: send Content-Type: application/json"))
+            }
+            Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, 50109, format!("The request body contains invalid JSON: {}", e.body_text()))),
+        }
+    }
+}
+
+/// The authenticated user (`Authorization: Bot <t>`, `Bearer <t>` or a bare token).
+pub struct Auth(pub User);
+
+pub fn token_from_header(v: &str) -> &str {
+    let v = v.trim();
+    v.strip_prefix("Bot ").or_else(|| v.strip_prefix("Bearer ")).unwrap_or(v).trim()
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|h| h.to_str().ok()) else {
+            return Err(ApiError::unauthorized());
+        };
+        let token = token_from_header(h);
+        if token.is_empty() || token.len() > 200 {
+            return Err(ApiError::unauthorized());
+        }
+        match state.store.authenticate(token).await {
+            Ok(u) => Ok(Auth(u)),
+            Err(lodge_chat::ChatError::Unauthorized) => Err(ApiError::unauthorized()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Parse a snowflake path segment; a malformed id is a 404 of that object, as Discord does.
+pub fn snowflake(s: &str, what: &'static str) -> Result<u64, ApiError> {
+    s.parse::<u64>().map_err(|_| ApiError::not_found(what))
+}

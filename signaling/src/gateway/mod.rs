@@ -1,0 +1,49 @@
+//! The gateway (v10, JSON): Hello, Identify → READY + GUILD_CREATE, Heartbeat, op 4 voice state
+//! updates, and dispatches from the hub filtered by guild membership, intents and VIEW_CHANNEL.
+
+pub mod payloads;
+mod session;
+
+pub use session::ws_handler;
+
+/// Client payloads larger than this close the connection with 4002.
+pub const MAX_PAYLOAD: usize = 4096;
+/// Client payloads allowed per [`RATE_WINDOW`] before closing with 4008.
+pub const RATE_LIMIT: usize = 120;
+pub const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+pub const HEARTBEAT_INTERVAL_MS: u64 = 41_250;
+
+/// Discord's gateway close codes that Lodge uses.
+pub mod close {
+    pub const UNKNOWN_ERROR: u16 = 4000;
+    pub const UNKNOWN_OPCODE: u16 = 4001;
+    pub const DECODE_ERROR: u16 = 4002;
+    pub const NOT_AUTHENTICATED: u16 = 4003;
+    pub const AUTHENTICATION_FAILED: u16 = 4004;
+    pub const ALREADY_AUTHENTICATED: u16 = 4005;
+    pub const INVALID_SEQ: u16 = 4007;
+    pub const RATE_LIMITED: u16 = 4008;
+    pub const SESSION_TIMED_OUT: u16 = 4009;
+    pub const INVALID_SHARD: u16 = 4010;
+    pub const INVALID_API_VERSION: u16 = 4012;
+    pub const INVALID_INTENTS: u16 = 4013;
+}
+
+/// Intent bits (Discord's).
+pub mod intents {
+    pub const GUILDS: u64 = 1 << 0;
+    pub const GUILD_MEMBERS: u64 = 1 << 1;
+    pub const GUILD_VOICE_STATES: u64 = 1 << 7;
+    pub const ALL: u64 = (1 << 26) - 1;
+
+    /// Which intent an event needs; `None` means it is always sent.
+    pub fn required(t: &str) -> Option<u64> {
+        match t {
+            "GUILD_CREATE" | "GUILD_UPDATE" | "GUILD_DELETE" | "CHANNEL_CREATE" | "CHANNEL_UPDATE" | "CHANNEL_DELETE"
+            | "GUILD_ROLE_CREATE" | "GUILD_ROLE_UPDATE" | "GUILD_ROLE_DELETE" => Some(GUILDS),
+            "GUILD_MEMBER_ADD" | "GUILD_MEMBER_UPDATE" | "GUILD_MEMBER_REMOVE" => Some(GUILD_MEMBERS),
+            "VOICE_STATE_UPDATE" => Some(GUILD_VOICE_STATES),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Gateway payloads built from the store: READY and GUILD_CREATE.
+
+use lodge_chat::{Guild, Permissions, User};
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::error::ApiResult;
+use crate::wire;
+
+/// Members sent in GUILD_CREATE at most (Discord's `large_threshold` maximum).
+pub const MAX_GUILD_CREATE_MEMBERS: u32 = 250;
+
+pub fn ready(s: &AppState, user: &User, session_id: &str, guild_ids: &[u64], shard: Option<&Value>) -> Value {
+    let mut v = json!({
+        "v": 10,
+        "user": wire::user(user),
+        "guilds": guild_ids.iter().map(|g| json!({ "id": g.to_string(), "unavailable": true })).collect::<Vec<_>>(),
+        "session_id": session_id,
+        "session_type": "normal",
+        "resume_gateway_url": s.cfg.gateway_url(),
+        "application": { "id": user.id.to_string(), "flags": 0 },
+        "private_channels": [],
+        "relationships": [],
+        "presences": [],
+        "guild_join_requests": [],
+        "geo_ordered_rtc_regions": [],
+        "user_settings": {},
+    });
+    if let Some(sh) = shard {
+        v["shard"] = sh.clone();
+    }
+    v
+}
+
+/// GUILD_CREATE for `user_id`: only channels the user can view.
+pub async fn guild_create(s: &AppState, g: &Guild, user_id: u64) -> ApiResult<Value> {
+    guild_create_limited(s, g, user_id, MAX_GUILD_CREATE_MEMBERS).await
+}
+
+pub async fn guild_create_limited(s: &AppState, g: &Guild, user_id: u64, large_threshold: u32) -> ApiResult<Value> {
+    let roles = s.store.roles(g.id).await?;
+    let mut v = wire::guild(g, &roles);
+    let mut channels = Vec::new();
+    for c in s.store.channels(g.id).await? {
+        if s.store.permissions(g, Some(&c), user_id).await?.has(Permissions::VIEW_CHANNEL) {
+            channels.push(wire::channel(&c));
+        }
+    }
+    let members = s.store.members(g.id, large_threshold.clamp(1, MAX_GUILD_CREATE_MEMBERS), 0).await?;
+    let member_count = members.len();
+    let joined_at = members.iter().find(|m| m.user.id == user_id).map(|m| wire::iso8601(m.joined_at));
+    let voice_states: Vec<Value> = s
+        .voice()
+        .guild_states(g.id)
+        .iter()
+        .map(|vs| {
+            let mut j = vs.json();
+            j.as_object_mut().map(|o| o.remove("guild_id"));
+            j
+        })
+        .collect();
+    v["unavailable"] = json!(false);
+    v["channels"] = Value::Array(channels);
+    v["members"] = Value::Array(members.iter().map(wire::member).collect());
+    v["member_count"] = json!(member_count);
+    v["large"] = json!(member_count as u32 >= large_threshold);
+    v["joined_at"] = json!(joined_at);
+    v["voice_states"] = Value::Array(voice_states);
+    v["presences"] = json!([]);
+    v["threads"] = json!([]);
+    v["stage_instances"] = json!([]);
+    v["guild_scheduled_events"] = json!([]);
+    v["soundboard_sounds"] = json!([]);
+    v["lazy"] = json!(true);
+    Ok(v)
+}

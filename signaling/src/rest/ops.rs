@@ -1,0 +1,79 @@
+//! Operations endpoints and gateway discovery.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Auth;
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
+    if s.ready.load(Ordering::Relaxed) && s.sfu.report().await.is_some() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+pub async fn gateway(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({ "url": s.cfg.gateway_url() }))
+}
+
+pub async fn gateway_bot(State(s): State<AppState>, Auth(_): Auth) -> Json<Value> {
+    Json(json!({
+        "url": s.cfg.gateway_url(),
+        "shards": 1,
+        "session_start_limit": { "total": 1000, "remaining": 1000, "reset_after": 86_400_000, "max_concurrency": 1 },
+    }))
+}
+
+pub async fn api_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, 0, "404: Not Found")
+}
+
+/// Per-participant media figures (packets, bytes, loss, jitter, RTT, slots, drops).
+pub async fn voice_stats(State(s): State<AppState>, Auth(_): Auth) -> ApiResult<Json<Value>> {
+    let r = s.sfu.report().await.ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, 0, "media node is not running"))?;
+    Ok(Json(serde_json::to_value(r).unwrap_or(Value::Null)))
+}
+
+/// Prometheus text format. No tokens, user names or addresses: only counts.
+pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    let mut out = String::new();
+    if let Some(r) = s.sfu.report().await {
+        let mut g = |name: &str, help: &str, kind: &str, v: u64| {
+            let _ = writeln!(out, "# HELP lodge_{name} {help}\n# TYPE lodge_{name} {kind}\nlodge_{name} {v}");
+        };
+        g("participants", "WebRTC participants on this node", "gauge", r.participants as u64);
+        g("rooms", "Voice channels with participants on this node", "gauge", r.rooms as u64);
+        g("udp_datagrams_received_total", "UDP datagrams received on the media port", "counter", r.datagrams_in);
+        g("udp_datagrams_sent_total", "UDP datagrams sent from the media port", "counter", r.datagrams_out);
+        g("udp_bytes_received_total", "UDP bytes received", "counter", r.bytes_in);
+        g("udp_bytes_sent_total", "UDP bytes sent", "counter", r.bytes_out);
+        g("rtp_received_total", "RTP packets received from speakers", "counter", r.rtp_in);
+        g("rtp_forwarded_total", "RTP packets forwarded into listener slots", "counter", r.rtp_forwarded);
+        let _ = writeln!(out, "# HELP lodge_dropped_total Datagrams or packets not forwarded, by reason\n# TYPE lodge_dropped_total counter");
+        for (reason, n) in &r.drops {
+            let _ = writeln!(out, "lodge_dropped_total{{reason=\"{reason}\"}} {n}");
+        }
+    }
+    let (states, conns) = {
+        let v = s.voice();
+        (v.states.len(), v.conns.len())
+    };
+    let sessions = s.sessions.lock().map(|m| m.len()).unwrap_or(0);
+    let _ = writeln!(out, "# HELP lodge_voice_states Users in a voice channel\n# TYPE lodge_voice_states gauge\nlodge_voice_states {states}");
+    let _ = writeln!(out, "# HELP lodge_voice_connections Open voice gateway connections\n# TYPE lodge_voice_connections gauge\nlodge_voice_connections {conns}");
+    let _ = writeln!(out, "# HELP lodge_gateway_sessions Identified gateway sessions\n# TYPE lodge_gateway_sessions gauge\nlodge_gateway_sessions {sessions}");
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

@@ -1,0 +1,7 @@
+//! Voice: op 4 handling, the voice registry and the voice gateway (v8, WebRTC mode).
+
+pub mod gateway;
+pub mod registry;
+pub mod service;
+
+pub use registry::{VoiceOut, VoiceRegistry, VoiceState};

@@ -1,0 +1,165 @@
+//! Who is in which voice channel, the single-use voice tokens, and the live voice gateway
+//! connections. Signaling-side state; short critical sections under one std mutex (never held
+//! across an await, never touched by the media hot path).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use lodge_sfu::ParticipantIdx;
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+/// How long a voice token stays valid.
+pub const VOICE_TOKEN_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoiceState {
+    pub guild_id: u64,
+    pub channel_id: u64,
+    pub user_id: u64,
+    pub session_id: String,
+    pub self_mute: bool,
+    pub self_deaf: bool,
+    pub mute: bool,
+    pub deaf: bool,
+    pub can_speak: bool,
+    /// The media participant once the voice gateway selected a protocol.
+    pub participant: Option<ParticipantIdx>,
+    /// The voice gateway connection that owns this state.
+    pub conn: Option<u64>,
+}
+
+impl VoiceState {
+    pub fn json(&self) -> Value {
+        json!({
+            "guild_id": self.guild_id.to_string(),
+            "channel_id": self.channel_id.to_string(),
+            "user_id": self.user_id.to_string(),
+            "session_id": self.session_id,
+            "deaf": self.deaf,
+            "mute": self.mute || !self.can_speak,
+            "self_deaf": self.self_deaf,
+            "self_mute": self.self_mute,
+            "self_stream": false,
+            "self_video": false,
+            "suppress": !self.can_speak,
+            "request_to_speak_timestamp": null,
+        })
+    }
+
+    pub fn flags(&self) -> lodge_sfu::VoiceFlags {
+        lodge_sfu::VoiceFlags {
+            self_mute: self.self_mute,
+            self_deaf: self.self_deaf,
+            server_mute: self.mute,
+            server_deaf: self.deaf,
+            can_speak: self.can_speak,
+        }
+    }
+}
+
+/// What a voice gateway connection is told from outside its own task.
+#[derive(Debug)]
+pub enum VoiceOut {
+    Json(Value),
+    Close(u16, String),
+}
+
+#[derive(Debug)]
+pub struct PendingToken {
+    pub user_id: u64,
+    pub guild_id: u64,
+    pub channel_id: u64,
+    pub session_id: String,
+    pub expires: Instant,
+}
+
+pub struct VoiceConn {
+    pub tx: mpsc::UnboundedSender<VoiceOut>,
+    pub user_id: u64,
+    pub guild_id: u64,
+    pub channel_id: u64,
+    pub participant: Option<ParticipantIdx>,
+    /// Slot SSRC → user currently announced in it.
+    pub slots: HashMap<u32, u64>,
+}
+
+#[derive(Default)]
+pub struct VoiceRegistry {
+    pub states: HashMap<(u64, u64), VoiceState>,
+    pub tokens: HashMap<String, PendingToken>,
+    pub conns: HashMap<u64, VoiceConn>,
+    pub by_participant: HashMap<ParticipantIdx, u64>,
+    next_conn: u64,
+}
+
+/// Why a voice token was refused (each maps to a voice gateway close code).
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenError {
+    Unknown,
+    Expired,
+    Mismatch,
+}
+
+impl VoiceRegistry {
+    pub fn issue_token(&mut self, now: Instant, user_id: u64, guild_id: u64, channel_id: u64, session_id: &str) -> String {
+        self.tokens.retain(|_, t| t.expires > now);
+        let token: String = rand::thread_rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect();
+        self.tokens.insert(
+            token.clone(),
+            PendingToken { user_id, guild_id, channel_id, session_id: session_id.to_string(), expires: now + VOICE_TOKEN_TTL },
+        );
+        token
+    }
+
+    /// Consume a token. It is removed whatever the outcome: single use.
+    pub fn redeem(&mut self, now: Instant, token: &str, user_id: u64, guild_id: u64, session_id: &str) -> Result<PendingToken, TokenError> {
+        let t = self.tokens.remove(token).ok_or(TokenError::Unknown)?;
+        if t.expires <= now {
+            return Err(TokenError::Expired);
+        }
+        if t.user_id != user_id || t.guild_id != guild_id || t.session_id != session_id {
+            return Err(TokenError::Mismatch);
+        }
+        Ok(t)
+    }
+
+    pub fn add_conn(&mut self, conn: VoiceConn) -> u64 {
+        self.next_conn += 1;
+        self.conns.insert(self.next_conn, conn);
+        self.next_conn
+    }
+
+    /// Users with a live voice connection in a channel.
+    pub fn users_in(&self, guild_id: u64, channel_id: u64) -> Vec<u64> {
+        self.conns.values().filter(|c| c.guild_id == guild_id && c.channel_id == channel_id).map(|c| c.user_id).collect()
+    }
+
+    pub fn guild_states(&self, guild_id: u64) -> Vec<VoiceState> {
+        let mut v: Vec<VoiceState> = self.states.values().filter(|s| s.guild_id == guild_id).cloned().collect();
+        v.sort_by_key(|s| (s.channel_id, s.user_id));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_single_use_bound_and_expire() {
+        let mut r = VoiceRegistry::default();
+        let t0 = Instant::now();
+        let tok = r.issue_token(t0, 1, 2, 3, "s");
+        assert_eq!(r.redeem(t0, &tok, 1, 2, "other"), Err(TokenError::Mismatch));
+        // Mismatch consumed it.
+        assert_eq!(r.redeem(t0, &tok, 1, 2, "s").unwrap_err(), TokenError::Unknown);
+        let tok = r.issue_token(t0, 1, 2, 3, "s");
+        assert_eq!(r.redeem(t0 + Duration::from_secs(61), &tok, 1, 2, "s").unwrap_err(), TokenError::Expired);
+        let tok = r.issue_token(t0, 1, 2, 3, "s");
+        assert_eq!(r.redeem(t0 + Duration::from_secs(59), &tok, 1, 2, "s").unwrap().channel_id, 3);
+        assert_eq!(r.redeem(t0, &tok, 1, 2, "s").unwrap_err(), TokenError::Unknown);
+    }
+}

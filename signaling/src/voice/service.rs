@@ -1,0 +1,257 @@
+//! Voice state changes (gateway op 4), their effects on the SFU, and SFU events back to clients.
+
+use std::time::Instant;
+
+use axum::http::StatusCode;
+use lodge_chat::{ChannelKind, Permissions, User};
+use lodge_sfu::{LeaveReason, NodeEvent};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use super::registry::{VoiceOut, VoiceState};
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::hub::Target;
+
+fn id_field(d: &Value, key: &'static str) -> ApiResult<Option<u64>> {
+    match d.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => s.parse().map(Some).map_err(|_| ApiError::bad_request(key, "Must be a snowflake.")),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| ApiError::bad_request(key, "Must be a snowflake.")),
+        _ => Err(ApiError::bad_request(key, "Must be a snowflake.")),
+    }
+}
+
+fn left_json(guild_id: u64, user_id: u64, session_id: &str) -> Value {
+    json!({
+        "guild_id": guild_id.to_string(), "channel_id": null, "user_id": user_id.to_string(), "session_id": session_id,
+        "deaf": false, "mute": false, "self_deaf": false, "self_mute": false, "self_video": false, "suppress": false,
+        "request_to_speak_timestamp": null,
+    })
+}
+
+/// Gateway op 4: join, move, leave or change self mute/deaf.
+pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) -> ApiResult<()> {
+    let guild_id = id_field(d, "guild_id")?.ok_or_else(|| ApiError::bad_request("guild_id", "This field is required."))?;
+    let channel_id = id_field(d, "channel_id")?;
+    let self_mute = d.get("self_mute").and_then(Value::as_bool).unwrap_or(false);
+    let self_deaf = d.get("self_deaf").and_then(Value::as_bool).unwrap_or(false);
+    let g = crate::rest::guild_for(s, guild_id, user.id).await?;
+
+    let Some(channel_id) = channel_id else {
+        disconnect_user(s, g.id, user.id).await;
+        return Ok(());
+    };
+    let c = s.store.channel(channel_id).await?;
+    if c.guild_id != g.id {
+        return Err(ApiError::not_found("channel"));
+    }
+    if c.kind != ChannelKind::Voice {
+        return Err(ApiError::bad_request("channel_id", "Not a voice channel."));
+    }
+    let p = s.store.permissions(&g, Some(&c), user.id).await?;
+    if !p.has(Permissions::VIEW_CHANNEL | Permissions::CONNECT) {
+        return Err(ApiError::missing_permissions("CONNECT (and VIEW_CHANNEL) in this voice channel"));
+    }
+    let can_speak = p.has(Permissions::SPEAK);
+    let limit = c.user_limit.unwrap_or(0) as usize;
+
+    let mut close_old: Option<(mpsc::UnboundedSender<VoiceOut>, Option<lodge_sfu::ParticipantIdx>)> = None;
+    let (vs_json, token, flags_update) = {
+        let mut v = s.voice();
+        let in_channel = v.states.values().filter(|st| st.guild_id == g.id && st.channel_id == c.id && st.user_id != user.id).count();
+        if limit > 0 && in_channel >= limit && !p.has(Permissions::MOVE_MEMBERS) {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, 50035, format!("The voice channel is full (user_limit {limit})")));
+        }
+        let existing = v.states.get(&(g.id, user.id)).cloned();
+        match existing {
+            // Same channel and session, already connected: only the flags change.
+            Some(st) if st.channel_id == c.id && st.session_id == session_id && st.conn.is_some() => {
+                let st = v.states.get_mut(&(g.id, user.id)).expect("cloned above");
+                st.self_mute = self_mute;
+                st.self_deaf = self_deaf;
+                st.can_speak = can_speak;
+                (st.json(), None, st.participant.map(|i| (i, st.flags())))
+            }
+            other => {
+                if let Some(old) = other {
+                    if let Some(conn) = old.conn.and_then(|id| v.conns.remove(&id)) {
+                        if let Some(pi) = conn.participant {
+                            v.by_participant.remove(&pi);
+                        }
+                        close_old = Some((conn.tx, conn.participant));
+                    }
+                }
+                let st = VoiceState {
+                    guild_id: g.id,
+                    channel_id: c.id,
+                    user_id: user.id,
+                    session_id: session_id.to_string(),
+                    self_mute,
+                    self_deaf,
+                    mute: false,
+                    deaf: false,
+                    can_speak,
+                    participant: None,
+                    conn: None,
+                };
+                let j = st.json();
+                v.states.insert((g.id, user.id), st);
+                let token = v.issue_token(Instant::now(), user.id, g.id, c.id, session_id);
+                (j, Some(token), None)
+            }
+        }
+    };
+    if let Some((tx, participant)) = close_old {
+        let _ = tx.send(VoiceOut::Close(4014, "moved to another voice channel".into()));
+        if let Some(pi) = participant {
+            s.sfu.leave(pi).await;
+        }
+    }
+    if let Some((idx, flags)) = flags_update {
+        s.sfu.set_flags(idx, flags).await;
+    }
+    s.hub.send(Target::Guild(g.id), Some(g.id), None, "VOICE_STATE_UPDATE", vs_json);
+    if let Some(token) = token {
+        info!(guild = g.id, channel = c.id, user = user.id, "voice join: token issued");
+        s.hub.send(
+            Target::Session(session_id.to_string()),
+            Some(g.id),
+            None,
+            "VOICE_SERVER_UPDATE",
+            json!({ "token": token, "guild_id": g.id.to_string(), "endpoint": s.cfg.public_host() }),
+        );
+    }
+    Ok(())
+}
+
+/// Remove a user's voice state in a guild: media participant, voice connection, broadcast.
+pub async fn disconnect_user(s: &AppState, guild_id: u64, user_id: u64) {
+    let removed = {
+        let mut v = s.voice();
+        let st = v.states.remove(&(guild_id, user_id));
+        st.map(|st| {
+            let conn = st.conn.and_then(|id| v.conns.remove(&id));
+            if let Some(pi) = st.participant {
+                v.by_participant.remove(&pi);
+            }
+            (st, conn)
+        })
+    };
+    let Some((st, conn)) = removed else { return };
+    if let Some(conn) = conn {
+        let _ = conn.tx.send(VoiceOut::Close(4014, "disconnected from the voice channel".into()));
+        notify_others(s, st.guild_id, st.channel_id, user_id, json!({ "op": 13, "d": { "user_id": user_id.to_string() } }));
+    }
+    if let Some(pi) = st.participant {
+        s.sfu.leave(pi).await;
+    }
+    s.hub.send(Target::Guild(guild_id), Some(guild_id), None, "VOICE_STATE_UPDATE", left_json(guild_id, user_id, &st.session_id));
+    info!(guild = guild_id, channel = st.channel_id, user = user_id, "voice leave");
+}
+
+pub async fn disconnect_channel(s: &AppState, guild_id: u64, channel_id: u64) {
+    let users: Vec<u64> = s.voice().states.values().filter(|st| st.guild_id == guild_id && st.channel_id == channel_id).map(|st| st.user_id).collect();
+    for u in users {
+        disconnect_user(s, guild_id, u).await;
+    }
+}
+
+pub async fn disconnect_guild(s: &AppState, guild_id: u64) {
+    let users: Vec<u64> = s.voice().states.values().filter(|st| st.guild_id == guild_id).map(|st| st.user_id).collect();
+    for u in users {
+        disconnect_user(s, guild_id, u).await;
+    }
+}
+
+/// The gateway session ended: its voice states go with it.
+pub async fn disconnect_session(s: &AppState, session_id: &str) {
+    let keys: Vec<(u64, u64)> = s.voice().states.values().filter(|st| st.session_id == session_id).map(|st| (st.guild_id, st.user_id)).collect();
+    for (g, u) in keys {
+        disconnect_user(s, g, u).await;
+    }
+}
+
+/// Overwrites changed: re-check CONNECT and SPEAK of everyone in the channel (effective in the SFU
+/// at once).
+pub async fn refresh_channel_permissions(s: &AppState, guild_id: u64, channel_id: u64) {
+    let (Ok(g), Ok(c)) = (s.store.guild(guild_id).await, s.store.channel(channel_id).await) else { return };
+    let users: Vec<u64> = s.voice().states.values().filter(|st| st.guild_id == guild_id && st.channel_id == channel_id).map(|st| st.user_id).collect();
+    for u in users {
+        let Ok(p) = s.store.permissions(&g, Some(&c), u).await else { continue };
+        if !p.has(Permissions::VIEW_CHANNEL | Permissions::CONNECT) {
+            disconnect_user(s, guild_id, u).await;
+            continue;
+        }
+        let change = {
+            let mut v = s.voice();
+            v.states.get_mut(&(guild_id, u)).and_then(|st| {
+                let speak = p.has(Permissions::SPEAK);
+                (st.can_speak != speak).then(|| {
+                    st.can_speak = speak;
+                    (st.json(), st.participant.map(|i| (i, st.flags())))
+                })
+            })
+        };
+        if let Some((j, part)) = change {
+            if let Some((i, f)) = part {
+                s.sfu.set_flags(i, f).await;
+            }
+            s.hub.send(Target::Guild(guild_id), Some(guild_id), None, "VOICE_STATE_UPDATE", j);
+        }
+    }
+}
+
+/// Send a voice gateway message to every other connection in a channel.
+pub fn notify_others(s: &AppState, guild_id: u64, channel_id: u64, except_user: u64, msg: Value) {
+    let v = s.voice();
+    for c in v.conns.values() {
+        if c.guild_id == guild_id && c.channel_id == channel_id && c.user_id != except_user {
+            let _ = c.tx.send(VoiceOut::Json(msg.clone()));
+        }
+    }
+}
+
+/// Turn SFU events into voice gateway messages: op 5 slot announcements and disconnects.
+pub async fn run_sfu_events(s: AppState, mut rx: mpsc::UnboundedReceiver<NodeEvent>) {
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            NodeEvent::SlotChanged { listener, ssrc, speaker, .. } => {
+                let mut v = s.voice();
+                let Some(conn_id) = v.by_participant.get(&listener).copied() else { continue };
+                let Some(conn) = v.conns.get_mut(&conn_id) else { continue };
+                let msg = match speaker {
+                    Some(u) => {
+                        conn.slots.insert(ssrc.0, u.0);
+                        json!({ "op": 5, "d": { "user_id": u.0.to_string(), "ssrc": ssrc.0, "speaking": 1, "delay": 0 } })
+                    }
+                    None => match conn.slots.remove(&ssrc.0) {
+                        Some(prev) => json!({ "op": 5, "d": { "user_id": prev.to_string(), "ssrc": ssrc.0, "speaking": 0, "delay": 0 } }),
+                        None => continue,
+                    },
+                };
+                let _ = conn.tx.send(VoiceOut::Json(msg));
+            }
+            NodeEvent::Connected { idx, user, .. } => debug!(%idx, user = user.0, "media connected"),
+            NodeEvent::Left { idx, reason, user, .. } => {
+                if reason == LeaveReason::Requested {
+                    continue;
+                }
+                let conn = {
+                    let mut v = s.voice();
+                    v.by_participant.remove(&idx).and_then(|c| v.conns.get(&c).map(|c| c.tx.clone()))
+                };
+                info!(%idx, user = user.0, ?reason, "media participant lost; closing its voice connection");
+                if let Some(tx) = conn {
+                    let why = match reason {
+                        LeaveReason::Idle => "media connection lost: no packets for 6 s",
+                        LeaveReason::ConnectTimeout => "media connection never completed (ICE/DTLS)",
+                        _ => "media connection closed",
+                    };
+                    let _ = tx.send(VoiceOut::Close(4014, why.into()));
+                }
+            }
+        }
+    }
+}
