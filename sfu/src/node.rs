@@ -20,7 +20,7 @@ use tracing::{debug, info, trace, warn};
 use crate::drop_reason::DropReason;
 use crate::error::SfuError;
 use crate::ids::{ParticipantIdx, RoomId, Ssrc, UserId};
-use crate::participant::{Participant, Slot, VoiceFlags};
+use crate::participant::{Participant, Slot, VoiceFlags, MAX_REMOTES};
 use crate::rate_limit::TokenBucket;
 use crate::room::Room;
 use crate::seq_rewriter::SeqRewriter;
@@ -314,7 +314,7 @@ impl Node {
             room: req.room,
             rtc,
             ufrag: ufrag.clone(),
-            remote: None,
+            remotes: Vec::new(),
             opus_pt,
             slots,
             subscribers: Vec::new(),
@@ -449,16 +449,19 @@ impl Node {
             return self.drop_datagram(DropReason::Rejected, Some(idx));
         }
         p.last_recv = Some(now);
-        if stun && p.remote != Some(source) {
-            let old = p.remote.replace(source);
-            if let Some(old) = old {
-                self.by_addr.remove(&old);
+        if stun && !p.remotes.contains(&source) {
+            p.remotes.push(source);
+            let evicted = (p.remotes.len() > MAX_REMOTES).then(|| p.remotes.remove(0));
+            if let Some(old) = evicted {
+                if self.by_addr.get(&old) == Some(&idx) {
+                    self.by_addr.remove(&old);
+                }
             }
             // An address moves to whoever proved it last (NAT rebinding, reused port).
             if let Some(prev) = self.by_addr.insert(source, idx) {
                 if prev != idx {
                     if let Some(pp) = self.participant_mut(prev) {
-                        pp.remote = None;
+                        pp.remotes.retain(|a| *a != source);
                     }
                 }
             }
@@ -549,9 +552,9 @@ impl Node {
         self.free.push(idx.0);
         self.count -= 1;
         self.by_ufrag.remove(&p.ufrag);
-        if let Some(addr) = p.remote {
-            if self.by_addr.get(&addr) == Some(&idx) {
-                self.by_addr.remove(&addr);
+        for addr in &p.remotes {
+            if self.by_addr.get(addr) == Some(&idx) {
+                self.by_addr.remove(addr);
             }
         }
         p.rtc.disconnect();

@@ -41,12 +41,17 @@ impl VoiceFlags {
     }
 }
 
+/// Most remote addresses remembered per participant.
+pub(crate) const MAX_REMOTES: usize = 8;
+
 pub(crate) struct Participant {
     pub user: UserId,
     pub room: RoomId,
     pub rtc: Rtc,
     pub ufrag: String,
-    pub remote: Option<SocketAddr>,
+    /// Addresses that passed a STUN check for this participant (ICE checks every candidate
+    /// pair, so media may come from any of them). Bounded by `MAX_REMOTES`.
+    pub remotes: Vec<SocketAddr>,
     pub opus_pt: Pt,
     pub slots: Vec<Slot>,
     /// Listeners that have this participant in a slot: (listener, slot index).

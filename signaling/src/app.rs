@@ -99,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(crate::web::index_or_voice))
         .route("/app.js", get(crate::web::app_js))
         .route("/style.css", get(crate::web::style_css))
+        .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
         .route("/healthz", get(crate::rest::ops::healthz))
         .route("/readyz", get(crate::rest::ops::readyz))
         .route("/metrics", get(crate::rest::ops::metrics))

@@ -17,7 +17,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let cfg = Config::load(&args, std::env::vars())?;
             let filter = EnvFilter::try_new(&cfg.log).with_context(|| format!("invalid log filter {:?}", cfg.log))?;
-            tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+                .init();
             tracing::info!(database = %cfg.database.display(), public_url = %cfg.public_url, "starting lodge");
             let node = lodge_signaling::start(cfg).await?;
             println!("Lodge is running. Open {} in a browser. Ctrl-C stops it.", node.state.cfg.public_url);

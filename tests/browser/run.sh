@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Start a lodge node on free loopback ports and run the real-browser voice test against it.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+BIN="${LODGE_BIN:-$ROOT/target/debug/lodge}"
+TMP="$(mktemp -d)"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+free_udp() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+HP="$(free_port)"; MP="$(free_udp)"
+"$BIN" serve --data-dir "$TMP/data" --http-listen "127.0.0.1:$HP" --media-listen "127.0.0.1:$MP" --log "info,lodge_sfu=debug" >"$TMP/lodge.log" 2>&1 &
+PID=$!
+cleanup() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
+trap cleanup EXIT
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$HP/readyz" >/dev/null && break; sleep 0.1; done
+cd "$ROOT/tests/browser"
+[ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund
+if ! LODGE_URL="http://127.0.0.1:$HP" node voice.test.mjs; then
+  echo "---- lodge log (last 80 lines) ----"; tail -80 "$TMP/lodge.log"; exit 1
+fi

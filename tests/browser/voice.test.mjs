@@ -1,0 +1,161 @@
+// Three real headless Chromium clients use the web client to join one voice channel through a
+// running lodge node; each must hear the others, and a muted client must stop being heard.
+//
+// Usage: LODGE_URL=http://127.0.0.1:8080 node voice.test.mjs   (run.sh starts the node)
+
+import { chromium } from 'playwright-core';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import assert from 'node:assert/strict';
+
+const BASE = process.env.LODGE_URL || 'http://127.0.0.1:8080';
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const work = mkdtempSync(join(tmpdir(), 'lodge-browser-'));
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const log = (...a) => console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...a);
+
+// A voice-like test signal: a harmonic tone with a syllable-rate envelope, one pitch per client.
+function writeWav(path, f0, seconds = 8, rate = 48000) {
+  const n = seconds * rate;
+  const data = Buffer.alloc(n * 2);
+  for (let i = 0; i < n; i++) {
+    const t = i / rate;
+    const env = 0.55 + 0.45 * Math.sin(2 * Math.PI * 3.5 * t);
+    let s = 0;
+    for (let h = 1; h <= 5; h++) s += Math.sin(2 * Math.PI * f0 * h * t) / h;
+    data.writeInt16LE(Math.round(Math.max(-1, Math.min(1, 0.35 * env * s)) * 32767), i * 2);
+  }
+  const hdr = Buffer.alloc(44);
+  hdr.write('RIFF', 0); hdr.writeUInt32LE(36 + data.length, 4); hdr.write('WAVE', 8);
+  hdr.write('fmt ', 12); hdr.writeUInt32LE(16, 16); hdr.writeUInt16LE(1, 20); hdr.writeUInt16LE(1, 22);
+  hdr.writeUInt32LE(rate, 24); hdr.writeUInt32LE(rate * 2, 28); hdr.writeUInt16LE(2, 32); hdr.writeUInt16LE(16, 34);
+  hdr.write('data', 36); hdr.writeUInt32LE(data.length, 40);
+  writeFileSync(path, Buffer.concat([hdr, data]));
+}
+
+async function client(name, f0) {
+  const wav = join(work, `${name}.wav`);
+  writeWav(wav, f0);
+  const ctx = await chromium.launchPersistentContext(join(work, `profile-${name}`), {
+    executablePath: CHROMIUM,
+    headless: false,
+    args: [
+      '--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--allow-loopback-in-peer-connection', '--use-fake-device-for-media-stream',
+      '--use-fake-ui-for-media-stream', '--autoplay-policy=no-user-gesture-required',
+      `--use-file-for-fake-audio-capture=${wav}`,
+    ],
+  });
+  const page = ctx.pages()[0] || (await ctx.newPage());
+  page.on('console', (m) => { if (m.type() === 'error') log(`${name} console:`, m.text()); });
+  page.on('pageerror', (e) => log(`${name} page error:`, e.message));
+  await page.goto(BASE);
+  await page.fill('#username', name);
+  await page.fill('#password', `password-${name}`);
+  await page.click('#register-btn');
+  await page.waitForFunction(() => window.lodge && window.lodge.state.user, null, { timeout: 15000 });
+  const id = await page.evaluate(() => window.lodge.state.user.id);
+  log(`${name} registered as ${id}`);
+  return { name, ctx, page, id };
+}
+
+const stats = (c) => c.page.evaluate(() => window.lodge.slotStats());
+
+async function main() {
+  const alice = await client('alice', 180);
+  const bob = await client('bob', 240);
+  const carol = await client('carol', 310);
+  const all = [alice, bob, carol];
+
+  // Alice creates a guild in the UI and an invite; the others join with it.
+  await alice.page.fill('#new-guild-name', 'Browser Den');
+  await alice.page.click('#new-guild button');
+  await alice.page.waitForSelector('#guild-list li.active');
+  await alice.page.click('#invite-btn');
+  await alice.page.waitForFunction(() => document.getElementById('invite-out').dataset.code);
+  const code = await alice.page.getAttribute('#invite-out', 'data-code');
+  log(`invite ${code}`);
+  for (const c of [bob, carol]) {
+    await c.page.fill('#invite-code', code);
+    await c.page.click('#join-invite button');
+    await c.page.waitForSelector('#guild-list li.active');
+  }
+
+  // Everyone joins the voice channel "General".
+  for (const c of all) {
+    await c.page.click('#channel-list li[data-type="2"]');
+  }
+  for (const c of all) {
+    await c.page.waitForSelector('#voice-status[data-state="connected"]', { timeout: 30000 });
+    log(`${c.name} voice connected`);
+  }
+
+  // Each receives the other two: packets grow and the decoded audio has level.
+  const deadline = Date.now() + 30000;
+  let ok = false;
+  let last = null;
+  while (Date.now() < deadline && !ok) {
+    await sleep(1000);
+    ok = true;
+    last = {};
+    for (const c of all) {
+      const s = await stats(c);
+      last[c.name] = s;
+      for (const other of all.filter((o) => o !== c)) {
+        const slot = s.find((x) => x.user === other.id);
+        if (!slot || slot.packetsReceived < 100 || slot.audioLevel <= 0.01) ok = false;
+      }
+      // Never the listener's own voice.
+      assert.ok(!s.some((x) => x.user === c.id), `${c.name} got its own voice in a slot`);
+    }
+  }
+  assert.ok(ok, `not everyone hears everyone: ${JSON.stringify(last, null, 1)}`);
+  log('all three hear each other', JSON.stringify(last));
+
+  // The UI lists all three in the voice channel and shows speaking indicators.
+  for (const c of all) {
+    const n = await c.page.locator('ul.voice-users li').count();
+    assert.equal(n, 3, `${c.name} lists ${n} users in voice`);
+  }
+  await alice.page.waitForSelector(`ul.voice-users li.speaking[data-user-id="${bob.id}"]`, { timeout: 5000 });
+
+  // Carol mutes: within about a second nobody receives her any more.
+  const before = await stats(alice);
+  const carolSsrc = before.find((x) => x.user === carol.id).ssrc;
+  await carol.page.click('#mute-btn');
+  await sleep(1500);
+  const a1 = (await stats(alice)).find((x) => x.ssrc === carolSsrc);
+  const b1 = (await stats(bob)).find((x) => x.user === alice.id);
+  await sleep(2000);
+  const a2 = (await stats(alice)).find((x) => x.ssrc === carolSsrc);
+  const b2 = (await stats(bob)).find((x) => x.user === alice.id);
+  assert.equal(a2.packetsReceived - a1.packetsReceived, 0, `alice still receives muted carol: ${JSON.stringify([a1, a2])}`);
+  assert.ok(!(await stats(alice)).some((x) => x.user === carol.id), 'carol still announced in a slot after muting');
+  assert.ok(b2.packetsReceived - b1.packetsReceived > 50, 'bob stopped hearing alice');
+  await alice.page.waitForSelector(`ul.voice-users li[data-user-id="${carol.id}"] .flags`, { timeout: 5000 });
+  log('muted client is no longer heard');
+
+  // Server-side figures agree: carol's packets are dropped as muted.
+  const token = await alice.page.evaluate(() => window.lodge.state.token);
+  const res = await fetch(`${BASE}/api/v10/voice/stats`, { headers: { Authorization: token } });
+  const report = await res.json();
+  log('server report', JSON.stringify(report));
+  const carolPeer = report.peers.find((p) => p.user === carol.id);
+  assert.ok(carolPeer && carolPeer.drops.some(([r, n]) => r === 'muted' && n > 10), `no muted drops for carol: ${JSON.stringify(carolPeer)}`);
+  assert.ok(report.rtp_forwarded > 500, `rtp_forwarded ${report.rtp_forwarded}`);
+  const alicePeer = report.peers.find((p) => p.user === alice.id);
+  assert.ok(alicePeer.stats.packets_in > 100 && alicePeer.stats.packets_out > 100, JSON.stringify(alicePeer.stats));
+
+  // Closing a tab frees its participant (voice state disappears for the others).
+  await bob.ctx.close();
+  await alice.page.waitForFunction((id) => !document.querySelector(`ul.voice-users li[data-user-id="${id}"]`), bob.id, { timeout: 12000 });
+  log('closed tab left the channel');
+
+  await alice.ctx.close();
+  await carol.ctx.close();
+  log('PASS');
+}
+
+main().catch((e) => { console.error('FAIL:', e); process.exit(1); });
