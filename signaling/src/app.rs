@@ -47,11 +47,11 @@ impl AppState {
     pub fn new(cfg: Config, store: Store, sfu: SfuHandle) -> Self {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         AppState(Arc::new(Inner {
+            voice: Mutex::new(VoiceRegistry::new(std::time::Duration::from_secs(cfg.voice_token_ttl))),
             cfg,
             store,
             sfu,
             hub: Hub::new(),
-            voice: Mutex::new(VoiceRegistry::default()),
             sessions: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             shutdown,

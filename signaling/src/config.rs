@@ -34,7 +34,7 @@ pub enum Command {
 #[derive(Args, Debug, Clone, Default)]
 pub struct ServeArgs {
     /// TOML configuration file. Keys: http_listen, media_listen, public_ip, public_url, data_dir,
-    /// database, log, default_slots, max_participants, max_room_size.
+    /// database, log, default_slots, max_participants, max_room_size, voice_token_ttl.
     #[arg(long, env = "LODGE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address:port of the HTTP server (REST API, gateways, web client, metrics). [default: 127.0.0.1:8080]
@@ -69,6 +69,9 @@ pub struct ServeArgs {
     /// Most participants in one voice channel. [default: 1000]
     #[arg(long, env = "LODGE_MAX_ROOM_SIZE")]
     pub max_room_size: Option<usize>,
+    /// Seconds a voice token (from VOICE_SERVER_UPDATE) stays valid. [default: 60]
+    #[arg(long, env = "LODGE_VOICE_TOKEN_TTL")]
+    pub voice_token_ttl: Option<u64>,
 }
 
 /// The TOML file's shape. Every field optional; unknown keys rejected.
@@ -85,6 +88,7 @@ pub struct FileConfig {
     pub default_slots: Option<usize>,
     pub max_participants: Option<usize>,
     pub max_room_size: Option<usize>,
+    pub voice_token_ttl: Option<u64>,
 }
 
 /// The effective configuration.
@@ -100,6 +104,7 @@ pub struct Config {
     pub default_slots: usize,
     pub max_participants: usize,
     pub max_room_size: usize,
+    pub voice_token_ttl: u64,
 }
 
 const KNOWN_ENV: &[&str] = &[
@@ -114,6 +119,7 @@ const KNOWN_ENV: &[&str] = &[
     "LODGE_DEFAULT_SLOTS",
     "LODGE_MAX_PARTICIPANTS",
     "LODGE_MAX_ROOM_SIZE",
+    "LODGE_VOICE_TOKEN_TTL",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +184,7 @@ impl Config {
             default_slots,
             max_participants: args.max_participants.or(file.max_participants).unwrap_or(10_000),
             max_room_size: args.max_room_size.or(file.max_room_size).unwrap_or(1_000),
+            voice_token_ttl: args.voice_token_ttl.or(file.voice_token_ttl).unwrap_or(60).clamp(1, 3600),
         })
     }
 

@@ -85,6 +85,8 @@ pub async fn channels(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<S
 
 #[derive(Deserialize)]
 pub struct OverwriteBody {
+    /// In the channel's `permission_overwrites`; taken from the path on PUT.
+    #[serde(default)]
     pub id: String,
     #[serde(rename = "type")]
     pub kind: u8,

@@ -196,7 +196,7 @@ fn identify(s: &AppState, d: &Value, out: mpsc::UnboundedSender<VoiceOut>) -> Re
     let mut v = s.voice();
     let t = v.redeem(std::time::Instant::now(), token, user_id, guild_id, session_id).map_err(|e| match e {
         TokenError::Unknown => (close::AUTHENTICATION_FAILED, "unknown or already used voice token"),
-        TokenError::Expired => (close::AUTHENTICATION_FAILED, "voice token expired (valid 60 s); send gateway op 4 again"),
+        TokenError::Expired => (close::AUTHENTICATION_FAILED, "voice token expired; send gateway op 4 again for a new one"),
         TokenError::Mismatch => (close::AUTHENTICATION_FAILED, "voice token was issued for another user, guild or session"),
     })?;
     let valid = v.states.get(&(guild_id, user_id)).is_some_and(|st| st.channel_id == t.channel_id && st.session_id == session_id && st.conn.is_none());

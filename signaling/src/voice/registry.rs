@@ -11,7 +11,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-/// How long a voice token stays valid.
+/// How long a voice token stays valid unless configured otherwise.
 pub const VOICE_TOKEN_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,8 +86,8 @@ pub struct VoiceConn {
     pub slots: HashMap<u32, u64>,
 }
 
-#[derive(Default)]
 pub struct VoiceRegistry {
+    pub token_ttl: Duration,
     pub states: HashMap<(u64, u64), VoiceState>,
     pub tokens: HashMap<String, PendingToken>,
     pub conns: HashMap<u64, VoiceConn>,
@@ -103,13 +103,30 @@ pub enum TokenError {
     Mismatch,
 }
 
+impl Default for VoiceRegistry {
+    fn default() -> Self {
+        VoiceRegistry::new(VOICE_TOKEN_TTL)
+    }
+}
+
 impl VoiceRegistry {
+    pub fn new(token_ttl: Duration) -> Self {
+        VoiceRegistry {
+            token_ttl,
+            states: HashMap::new(),
+            tokens: HashMap::new(),
+            conns: HashMap::new(),
+            by_participant: HashMap::new(),
+            next_conn: 0,
+        }
+    }
+
     pub fn issue_token(&mut self, now: Instant, user_id: u64, guild_id: u64, channel_id: u64, session_id: &str) -> String {
         self.tokens.retain(|_, t| t.expires > now);
         let token: String = rand::thread_rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect();
         self.tokens.insert(
             token.clone(),
-            PendingToken { user_id, guild_id, channel_id, session_id: session_id.to_string(), expires: now + VOICE_TOKEN_TTL },
+            PendingToken { user_id, guild_id, channel_id, session_id: session_id.to_string(), expires: now + self.token_ttl },
         );
         token
     }
@@ -153,7 +170,7 @@ mod tests {
         let mut r = VoiceRegistry::default();
         let t0 = Instant::now();
         let tok = r.issue_token(t0, 1, 2, 3, "s");
-        assert_eq!(r.redeem(t0, &tok, 1, 2, "other"), Err(TokenError::Mismatch));
+        assert_eq!(r.redeem(t0, &tok, 1, 2, "other").unwrap_err(), TokenError::Mismatch);
         // Mismatch consumed it.
         assert_eq!(r.redeem(t0, &tok, 1, 2, "s").unwrap_err(), TokenError::Unknown);
         let tok = r.issue_token(t0, 1, 2, 3, "s");

@@ -1,0 +1,133 @@
+//! The gateway through a real WebSocket: Hello, Identify, READY/GUILD_CREATE, heartbeats, close
+//! codes, dispatch filtering.
+
+mod common;
+
+use common::{closed, dispatch, gateway, json, send, ws};
+use serde_json::json;
+
+#[tokio::test]
+async fn hello_identify_ready_guild_create_heartbeat() {
+    let n = common::node().await;
+    let (alice_id, alice) = n.user("alice").await;
+    let (g, _text, voice) = n.guild(&alice).await;
+
+    let mut w = ws(&n.gateway_url()).await;
+    let hello = json(&mut w).await;
+    assert_eq!(hello["op"], 10);
+    assert!(hello["d"]["heartbeat_interval"].as_u64().unwrap() > 1000);
+    send(&mut w, json!({ "op": 1, "d": null })).await;
+    assert_eq!(json(&mut w).await["op"], 11);
+    send(&mut w, json!({ "op": 2, "d": { "token": format!("Bot {alice}"), "intents": 513, "properties": {}, "shard": [0, 1] } })).await;
+    let ready = json(&mut w).await;
+    assert_eq!((ready["op"].as_u64(), ready["t"].as_str(), ready["s"].as_u64()), (Some(0), Some("READY"), Some(1)));
+    let d = &ready["d"];
+    assert_eq!(d["v"], 10);
+    assert_eq!(d["user"]["id"].as_str().unwrap(), alice_id);
+    assert_eq!(d["guilds"], json!([{ "id": g, "unavailable": true }]));
+    assert_eq!(d["shard"], json!([0, 1]));
+    assert!(d["session_id"].as_str().unwrap().len() >= 16);
+    assert_eq!(d["resume_gateway_url"].as_str().unwrap(), format!("ws://{}/gateway", n.http_addr()));
+    let gc = json(&mut w).await;
+    assert_eq!((gc["t"].as_str(), gc["s"].as_u64()), (Some("GUILD_CREATE"), Some(2)));
+    let gd = &gc["d"];
+    assert_eq!(gd["unavailable"], false);
+    assert_eq!(gd["channels"].as_array().unwrap().len(), 2);
+    assert!(gd["channels"].as_array().unwrap().iter().any(|c| c["id"] == voice.as_str() && c["type"] == 2));
+    assert_eq!(gd["roles"][0]["name"], "@everyone");
+    assert_eq!(gd["members"][0]["user"]["id"].as_str().unwrap(), alice_id);
+    assert_eq!(gd["voice_states"], json!([]));
+}
+
+#[tokio::test]
+async fn close_codes() {
+    let n = common::node().await;
+    let (_, alice) = n.user("alice").await;
+    let url = n.gateway_url();
+
+    let mut w = ws(&url).await;
+    json(&mut w).await;
+    send(&mut w, json!({ "op": 2, "d": { "token": "nope", "intents": 0, "properties": {} } })).await;
+    assert_eq!(closed(&mut w).await.0, 4004, "bad token");
+
+    let mut w = ws(&url).await;
+    json(&mut w).await;
+    send(&mut w, json!({ "op": 4, "d": {} })).await;
+    assert_eq!(closed(&mut w).await.0, 4003, "op before identify");
+
+    let mut w = ws(&url).await;
+    json(&mut w).await;
+    w.send_text("{not json").await;
+    assert_eq!(closed(&mut w).await.0, 4002, "invalid JSON");
+
+    let mut w = ws(&url).await;
+    json(&mut w).await;
+    send(&mut w, json!({ "op": 1, "d": "x".repeat(5000) })).await;
+    let (code, reason) = closed(&mut w).await;
+    assert_eq!(code, 4002, "oversized");
+    assert!(reason.contains("4096"));
+
+    let (mut w, _) = gateway(&n, &alice).await;
+    send(&mut w, json!({ "op": 2, "d": { "token": alice, "properties": {} } })).await;
+    assert_eq!(closed(&mut w).await.0, 4005, "identify twice");
+
+    let (mut w, _) = gateway(&n, &alice).await;
+    send(&mut w, json!({ "op": 99, "d": null })).await;
+    assert_eq!(closed(&mut w).await.0, 4001, "unknown opcode");
+
+    let mut w = ws(&url).await;
+    json(&mut w).await;
+    send(&mut w, json!({ "op": 2, "d": { "token": alice, "properties": {}, "shard": [2, 1] } })).await;
+    assert_eq!(closed(&mut w).await.0, 4010, "invalid shard");
+
+    // Rate limit: 120 payloads per minute.
+    let (mut w, _) = gateway(&n, &alice).await;
+    for _ in 0..125 {
+        send(&mut w, json!({ "op": 1, "d": null })).await;
+    }
+    assert_eq!(closed(&mut w).await.0, 4008, "rate limited");
+
+    // Resume is not available yet: op 9 false.
+    let mut w = ws(&url).await;
+    json(&mut w).await;
+    send(&mut w, json!({ "op": 6, "d": { "token": alice, "session_id": "x", "seq": 1 } })).await;
+    let v = json(&mut w).await;
+    assert_eq!((v["op"].as_u64(), v["d"].as_bool()), (Some(9), Some(false)));
+}
+
+trait SendText {
+    async fn send_text(&mut self, t: &str);
+}
+
+impl SendText for common::Ws {
+    async fn send_text(&mut self, t: &str) {
+        use futures_util::SinkExt;
+        self.send(tokio_tungstenite::tungstenite::Message::Text(t.to_string().into())).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn dispatches_follow_membership_and_view_channel() {
+    let n = common::node().await;
+    let (bob_id, bob) = n.user("bob").await;
+    let (_, alice) = n.user("alice").await;
+    let (g, text, _) = n.guild(&alice).await;
+    let (mut wa, _) = gateway(&n, &alice).await;
+    let (mut wb, ready) = gateway(&n, &bob).await;
+    assert_eq!(ready["guilds"], json!([]));
+
+    n.invite_and_join(&alice, &text, &bob).await;
+    let gc = dispatch(&mut wb, "GUILD_CREATE").await;
+    assert_eq!(gc["id"].as_str().unwrap(), g);
+    let add = dispatch(&mut wa, "GUILD_MEMBER_ADD").await;
+    assert_eq!(add["user"]["id"].as_str().unwrap(), bob_id);
+
+    // A hidden channel is announced to Alice, not to Bob; a visible one to both.
+    let (st, _) = n.req("POST", &format!("/guilds/{g}/channels"), Some(&alice), Some(json!({ "name": "hidden", "permission_overwrites": [{ "id": g, "type": 0, "deny": "1024" }] }))).await;
+    assert_eq!(st, 201);
+    let (st, _) = n.req("POST", &format!("/guilds/{g}/channels"), Some(&alice), Some(json!({ "name": "visible" }))).await;
+    assert_eq!(st, 201);
+    assert_eq!(dispatch(&mut wa, "CHANNEL_CREATE").await["name"], "hidden");
+    assert_eq!(dispatch(&mut wa, "CHANNEL_CREATE").await["name"], "visible");
+    assert_eq!(dispatch(&mut wb, "CHANNEL_CREATE").await["name"], "visible", "bob must not see the hidden channel");
+}
