@@ -715,6 +715,12 @@ impl Node {
             l.stats.packets_out += 1;
             l.stats.bytes_out += payload.len() as u64;
             stats.rtp_forwarded += 1;
+            // str0m releases queued RTP when driven by time: give it `now` so the packet leaves
+            // in this same call instead of waiting for the listener's next timer.
+            if l.rtc.handle_input(Input::Timeout(now)).is_err() {
+                l.gone = true;
+                continue;
+            }
             // Drain the listener's transmits right away (no events are expected from writing).
             loop {
                 match l.rtc.poll_output() {

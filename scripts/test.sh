@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Lodge's whole test suite: unit, simulated-network, real-socket and real-browser tests.
+# Usage: ./scripts/test.sh          (installs missing apt/npm packages first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n==> %s\n' "$*"; }
+
+step "setup (apt: chromium, nodejs; npm: playwright-core)"
+./scripts/setup.sh
+
+step "build (debug, all targets)"
+cargo build --workspace --all-targets --locked
+
+step "the sfu core builds without tokio (sans-IO is enforced by the dependency graph)"
+cargo check -p lodge-sfu --no-default-features --locked
+
+step "unit, simulated-network and real-socket tests"
+if command -v cargo-nextest >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+  cargo test --workspace --doc --locked
+else
+  cargo test --workspace --locked
+fi
+
+step "benchmarks compile and run once (criterion test mode)"
+cargo test -p lodge-sfu --bench forward --locked
+
+step "real browsers: three headless Chromium clients in one voice channel"
+./tests/browser/run.sh
+
+step "all tests passed"
