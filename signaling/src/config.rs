@@ -34,7 +34,7 @@ pub enum Command {
 #[derive(Args, Debug, Clone, Default)]
 pub struct ServeArgs {
     /// TOML configuration file. Keys: http_listen, media_listen, public_ip, public_url, data_dir,
-    /// database, log, default_slots, max_participants, max_room_size, voice_token_ttl.
+    /// database, log, max_participants, max_room_size, voice_token_ttl.
     #[arg(long, env = "LODGE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address:port of the HTTP server (REST API, gateways, web client, metrics). [default: 127.0.0.1:8080]
@@ -60,9 +60,6 @@ pub struct ServeArgs {
     /// Log filter (tracing env-filter syntax), e.g. "info" or "lodge_sfu=debug,info". [default: info]
     #[arg(long, env = "LODGE_LOG")]
     pub log: Option<String>,
-    /// Speaker slots a client gets when it does not ask (1..=16). [default: 3]
-    #[arg(long, env = "LODGE_DEFAULT_SLOTS")]
-    pub default_slots: Option<usize>,
     /// Most WebRTC participants on this node. [default: 10000]
     #[arg(long, env = "LODGE_MAX_PARTICIPANTS")]
     pub max_participants: Option<usize>,
@@ -85,7 +82,6 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub database: Option<PathBuf>,
     pub log: Option<String>,
-    pub default_slots: Option<usize>,
     pub max_participants: Option<usize>,
     pub max_room_size: Option<usize>,
     pub voice_token_ttl: Option<u64>,
@@ -101,7 +97,6 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database: PathBuf,
     pub log: String,
-    pub default_slots: usize,
     pub max_participants: usize,
     pub max_room_size: usize,
     pub voice_token_ttl: u64,
@@ -116,7 +111,6 @@ const KNOWN_ENV: &[&str] = &[
     "LODGE_DATA_DIR",
     "LODGE_DATABASE",
     "LODGE_LOG",
-    "LODGE_DEFAULT_SLOTS",
     "LODGE_MAX_PARTICIPANTS",
     "LODGE_MAX_ROOM_SIZE",
     "LODGE_VOICE_TOKEN_TTL",
@@ -169,10 +163,6 @@ impl Config {
         }
         let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./lodge-data"));
         let database = args.database.clone().or(file.database).unwrap_or_else(|| data_dir.join("lodge.db"));
-        let default_slots = args.default_slots.or(file.default_slots).unwrap_or(3);
-        if !(1..=lodge_sfu::MAX_SLOTS).contains(&default_slots) {
-            return Err(ConfigError::Invalid(format!("default_slots must be 1..={}, got {default_slots}", lodge_sfu::MAX_SLOTS)));
-        }
         Ok(Config {
             http_listen,
             media_listen,
@@ -181,7 +171,6 @@ impl Config {
             data_dir,
             database,
             log: args.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
-            default_slots,
             max_participants: args.max_participants.or(file.max_participants).unwrap_or(10_000),
             max_room_size: args.max_room_size.or(file.max_room_size).unwrap_or(1_000),
             voice_token_ttl: args.voice_token_ttl.or(file.voice_token_ttl).unwrap_or(60).clamp(1, 3600),
@@ -208,13 +197,13 @@ mod tests {
     fn precedence_and_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("lodge.toml");
-        std::fs::write(&f, "http_listen = \"127.0.0.1:9000\"\nmedia_listen = \"127.0.0.1:51000\"\ndefault_slots = 5\n").unwrap();
+        std::fs::write(&f, "http_listen = \"127.0.0.1:9000\"\nmedia_listen = \"127.0.0.1:51000\"\nmax_room_size = 5\n").unwrap();
         let args = ServeArgs { config: Some(f.clone()), media_listen: Some("127.0.0.2:52000".parse().unwrap()), ..Default::default() };
         let c = Config::load(&args, std::iter::empty()).unwrap();
         assert_eq!(c.http_listen.port(), 9000, "file beats default");
         assert_eq!(c.media_listen.port(), 52000, "flag/env beats file");
         assert_eq!(c.public_ip.to_string(), "127.0.0.2");
-        assert_eq!(c.default_slots, 5);
+        assert_eq!(c.max_room_size, 5);
         assert_eq!(c.gateway_url(), "ws://127.0.0.1:9000/gateway");
 
         std::fs::write(&f, "htp_listen = \"127.0.0.1:9000\"\n").unwrap();
