@@ -221,3 +221,49 @@ async fn bad_offers_and_permissions_get_clear_errors() {
     let e = dispatch(&mut b.gw, "LODGE_VOICE_ERROR").await;
     assert_eq!(e["code"], 50035);
 }
+
+#[tokio::test]
+async fn speak_permission_revoked_mid_call_stops_forwarding() {
+    let n = node().await;
+    let mut a = member(&n, "alice").await;
+    let (g, text, voice) = n.guild(&a.token).await;
+    let mut b = member(&n, "bob").await;
+    n.invite_and_join(&a.token, &text, &b.token).await;
+    dispatch(&mut b.gw, "GUILD_CREATE").await;
+
+    let (ta, ep) = voice_join(&mut a.gw, &g, &voice, false).await;
+    let (tb, _) = voice_join(&mut b.gw, &g, &voice, false).await;
+    let (mut va, _) = voice_identify(&ep, &g, &a.id, &a.session, &ta).await.unwrap();
+    let (mut vb, _) = voice_identify(&ep, &g, &b.id, &b.session, &tb).await.unwrap();
+    let mut ca = VoiceClient::new(1).await;
+    let mut cb = VoiceClient::new(1).await;
+    for (v, c) in [(&mut va, &mut ca), (&mut vb, &mut cb)] {
+        send(v, json!({ "op": 1, "d": { "protocol": "webrtc", "data": { "sdp": c.offer }, "slots": 1 } })).await;
+        let sd = loop { let m = json(v).await; if m["op"] == 4 { break m } };
+        c.accept(sd["d"]["sdp"].as_str().unwrap());
+    }
+    let hb = tokio::spawn(async move { let h = cb.run(Duration::from_secs(2), Some(2), 20).await; (cb, h) });
+    let heard = ca.run(Duration::from_secs(2), None, 127).await;
+    let (mut cb, _) = hb.await.unwrap();
+    assert!(heard.iter().filter(|h| h.1 == 2).count() > 40, "alice did not hear bob before the change");
+
+    // Deny SPEAK to @everyone in the voice channel; Bob is not the owner.
+    let (st, _) = n.req("PUT", &format!("/channels/{voice}/permissions/{g}"), Some(&a.token), Some(json!({ "type": 0, "deny": (1u64 << 21).to_string() }))).await;
+    assert_eq!(st, 204);
+    let vs = loop {
+        let v = dispatch(&mut a.gw, "VOICE_STATE_UPDATE").await;
+        if v["user_id"] == b.id.as_str() && v["suppress"] == true { break v }
+    };
+    assert_eq!(vs["mute"], true);
+    let hb = tokio::spawn(async move { cb.run(Duration::from_secs(3), Some(2), 20).await });
+    let ha = tokio::spawn(async move { ca.run(Duration::from_secs(3), None, 127).await });
+    let msgs = collect(&mut va, Duration::from_secs(1)).await;
+    assert!(msgs.iter().any(|m| m["op"] == 5 && m["d"]["speaking"] == 0 && m["d"]["user_id"] == b.id.as_str()), "no speaking:0 for bob: {msgs:?}");
+    let heard = ha.await.unwrap();
+    hb.await.unwrap();
+    assert!(heard.iter().filter(|h| h.1 == 2).count() < 5, "bob is still forwarded without SPEAK");
+    let (_, stats) = n.req("GET", "/voice/stats", Some(&a.token), None).await;
+    let bob_peer = stats["peers"].as_array().unwrap().iter().find(|p| p["user"] == b.id.as_str()).unwrap().clone();
+    assert_eq!(bob_peer["can_speak"], false);
+    assert!(bob_peer["drops"].as_array().unwrap().iter().any(|d| d[0] == "no_speak_permission"), "{bob_peer}");
+}
