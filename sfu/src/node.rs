@@ -174,6 +174,7 @@ pub struct Node {
     /// Scratch buffers reused every tick so ticks do not allocate in steady state.
     scratch_candidates: Vec<SelCandidate>,
     scratch_changes: Vec<(usize, Option<ParticipantIdx>)>,
+    scratch_rooms: Vec<RoomId>,
     seed: u64,
 }
 
@@ -192,6 +193,7 @@ impl Node {
             stats: NodeStats::default(),
             scratch_candidates: Vec::new(),
             scratch_changes: Vec::new(),
+            scratch_rooms: Vec::new(),
             seed: 0x9E37_79B9_7F4A_7C15,
         }
     }
@@ -740,10 +742,13 @@ impl Node {
     }
 
     fn tick(&mut self, now: Instant) {
-        let rooms: Vec<RoomId> = self.rooms.keys().copied().collect();
-        for r in rooms {
-            self.tick_room(now, r);
+        let mut rooms = std::mem::take(&mut self.scratch_rooms);
+        rooms.clear();
+        rooms.extend(self.rooms.keys().copied());
+        for r in &rooms {
+            self.tick_room(now, *r);
         }
+        self.scratch_rooms = rooms;
     }
 
     /// Re-rank a room's speakers and re-map every listener's slots.

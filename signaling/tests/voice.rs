@@ -121,6 +121,12 @@ async fn two_clients_talk_through_the_node() {
     assert!(alice_peer["drops"].as_array().unwrap().iter().any(|d| d[0] == "muted"), "{alice_peer}");
     let metrics = n.http.get(format!("{}/metrics", n.base)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("lodge_participants 2"), "{metrics}");
+    assert!(!metrics.contains(&a.id) && !metrics.contains("127.0.0.1"), "metrics leak ids or addresses");
+    // Someone outside the guild sees node totals but no participants.
+    let (_, eve) = n.user("eve").await;
+    let (_, stats) = n.req("GET", "/voice/stats", Some(&eve), None).await;
+    assert_eq!(stats["peers"], json!([]));
+    assert_eq!(stats["participants"], 2);
 
     // Leaving (op 4 with null) closes the voice connection and tells the guild.
     send(&mut b.gw, json!({ "op": 4, "d": { "guild_id": g, "channel_id": null } })).await;

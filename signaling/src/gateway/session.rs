@@ -99,7 +99,7 @@ async fn run(s: AppState, sock: WebSocket) {
                                     seq += 1;
                                     ok &= send(&mut tx, json!({ "op": 0, "t": "GUILD_CREATE", "s": seq, "d": g })).await;
                                 }
-                                info!(user = ident.user.id, session = %ident.session_id, guilds = ident.guilds.len(), "gateway session identified");
+                                info!(user = ident.user.id, session = %&ident.session_id[..6], guilds = ident.guilds.len(), "gateway session identified");
                                 me = Some(ident);
                                 if !ok { break }
                             }
@@ -160,7 +160,7 @@ async fn run(s: AppState, sock: WebSocket) {
     if let Some(ident) = me {
         s.sessions.lock().expect("sessions lock").remove(&ident.session_id);
         crate::voice::service::disconnect_session(&s, &ident.session_id).await;
-        info!(user = ident.user.id, session = %ident.session_id, "gateway session ended");
+        info!(user = ident.user.id, session = %&ident.session_id[..6], "gateway session ended");
     }
 }
 
