@@ -14,6 +14,7 @@ pub mod rest;
 pub mod voice;
 pub mod web;
 pub mod wire;
+pub mod ws;
 
 use std::sync::atomic::Ordering;
 

@@ -4,7 +4,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
@@ -14,11 +14,12 @@ use rand::Rng;
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::info;
 
 use super::{close, intents, payloads, HEARTBEAT_INTERVAL_MS, MAX_PAYLOAD, RATE_LIMIT, RATE_WINDOW};
 use crate::app::{AppState, SessionInfo};
 use crate::hub::{Dispatch, Target};
+use crate::ws::{close_with, Inbound, Tx};
 
 pub async fn ws_handler(ws: WebSocketUpgrade, State(s): State<AppState>) -> Response {
     // Accept frames a bit larger than the protocol limit so we can close with 4002 ourselves.
@@ -32,15 +33,8 @@ struct Identified {
     intents: u64,
 }
 
-type Tx = futures_util::stream::SplitSink<WebSocket, Message>;
-
 async fn send(tx: &mut Tx, v: Value) -> bool {
     tx.send(Message::Text(v.to_string().into())).await.is_ok()
-}
-
-async fn close_with(tx: &mut Tx, code: u16, reason: &str) {
-    debug!(code, reason, "closing gateway connection");
-    let _ = tx.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
 }
 
 async fn run(s: AppState, sock: WebSocket) {
@@ -60,16 +54,12 @@ async fn run(s: AppState, sock: WebSocket) {
     loop {
         tokio::select! {
             m = rx.next() => {
-                let text = match m {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(_))) => { close_with(&mut tx, close::DECODE_ERROR, "binary frames (etf, compression) are not supported; use encoding=json").await; break }
-                    Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => continue,
-                    _ => break,
+                let msg = match crate::ws::judge(m, MAX_PAYLOAD) {
+                    Inbound::Json(v) => v,
+                    Inbound::Ignore => continue,
+                    Inbound::Refuse(code, reason) => { close_with(&mut tx, code, &reason).await; break }
+                    Inbound::Gone => break,
                 };
-                if text.len() > MAX_PAYLOAD {
-                    close_with(&mut tx, close::DECODE_ERROR, "payload larger than 4096 bytes").await;
-                    break;
-                }
                 let now = Instant::now();
                 recent.push_back(now);
                 while recent.front().is_some_and(|t| now.duration_since(*t) > RATE_WINDOW) { recent.pop_front(); }
@@ -77,10 +67,6 @@ async fn run(s: AppState, sock: WebSocket) {
                     close_with(&mut tx, close::RATE_LIMITED, "more than 120 payloads in 60 s").await;
                     break;
                 }
-                let Ok(msg) = serde_json::from_str::<Value>(&text) else {
-                    close_with(&mut tx, close::DECODE_ERROR, "payload is not valid JSON").await;
-                    break;
-                };
                 let op = msg.get("op").and_then(Value::as_u64);
                 let d = msg.get("d").cloned().unwrap_or(Value::Null);
                 match op {

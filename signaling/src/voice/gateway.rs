@@ -3,17 +3,18 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use lodge_sfu::{JoinRequest, RoomId, UserId, MAX_SLOTS};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::registry::{TokenError, VoiceConn, VoiceOut};
 use crate::app::AppState;
+use crate::ws::{close_with, Inbound};
 
 pub const HEARTBEAT_INTERVAL_MS: u64 = 13_750;
 /// Largest client payload (an offer with 17 audio lines is ~10 KB).
@@ -46,22 +47,6 @@ struct Authed {
     joined: bool,
 }
 
-type Tx = futures_util::stream::SplitSink<WebSocket, Message>;
-
-/// Close reasons are limited to 123 bytes by RFC 6455.
-fn clip(reason: &str) -> String {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    reason[..end].to_string()
-}
-
-async fn close_with(tx: &mut Tx, code: u16, reason: &str) {
-    debug!(code, reason, "closing voice connection");
-    let _ = tx.send(Message::Close(Some(CloseFrame { code, reason: clip(reason).into() }))).await;
-}
-
 /// Stable per-user SSRC for UDP mode's Ready (WebRTC clients may ignore it).
 fn user_ssrc(user_id: u64) -> u32 {
     let x = user_id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -89,19 +74,11 @@ async fn run(s: AppState, sock: WebSocket) {
     loop {
         tokio::select! {
             m = rx.next() => {
-                let text = match m {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(_))) => { close_with(&mut tx, close::DECODE_ERROR, "binary frames are not supported; send JSON text").await; break }
-                    Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => continue,
-                    _ => break,
-                };
-                if text.len() > MAX_PAYLOAD {
-                    close_with(&mut tx, close::DECODE_ERROR, &format!("payload larger than {MAX_PAYLOAD} bytes")).await;
-                    break;
-                }
-                let Ok(msg) = serde_json::from_str::<Value>(&text) else {
-                    close_with(&mut tx, close::DECODE_ERROR, "payload is not valid JSON").await;
-                    break;
+                let msg = match crate::ws::judge(m, MAX_PAYLOAD) {
+                    Inbound::Json(v) => v,
+                    Inbound::Ignore => continue,
+                    Inbound::Refuse(code, reason) => { close_with(&mut tx, code, &reason).await; break }
+                    Inbound::Gone => break,
                 };
                 let d = msg.get("d").cloned().unwrap_or(Value::Null);
                 match msg.get("op").and_then(Value::as_u64) {
