@@ -15,8 +15,10 @@ pub enum DropReason {
     UnknownUsername,
     /// A non-STUN datagram from an address no participant has proven (via ICE) to own.
     UnknownPeer,
-    /// The participant's WebRTC stack refused the datagram (bad DTLS, failed SRTP auth, ...).
+    /// The participant's WebRTC stack refused the datagram outright.
     Rejected,
+    /// RTP from a known peer that did not authenticate or decrypt (SRTP), or a replay.
+    DecryptFailed,
     /// The sender is self-muted or server-muted.
     Muted,
     /// The sender lacks the SPEAK permission in this channel.
@@ -31,12 +33,13 @@ pub enum DropReason {
 
 impl DropReason {
     /// All reasons, for exporting zeroes too.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Malformed,
         DropReason::Oversized,
         DropReason::UnknownUsername,
         DropReason::UnknownPeer,
         DropReason::Rejected,
+        DropReason::DecryptFailed,
         DropReason::Muted,
         DropReason::NoSpeakPermission,
         DropReason::UnexpectedStream,
@@ -52,6 +55,7 @@ impl DropReason {
             DropReason::UnknownUsername => "unknown_username",
             DropReason::UnknownPeer => "unknown_peer",
             DropReason::Rejected => "rejected",
+            DropReason::DecryptFailed => "decrypt_failed",
             DropReason::Muted => "muted",
             DropReason::NoSpeakPermission => "no_speak_permission",
             DropReason::UnexpectedStream => "unexpected_stream",

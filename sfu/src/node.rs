@@ -469,7 +469,13 @@ impl Node {
             }
             debug!(%idx, "participant address learned from STUN");
         }
+        // In RTP mode str0m reports every RTP packet that authenticates; one that does not
+        // vanishes inside it. Notice that here so it is counted like every other drop.
+        let rtp_before = self.stats.rtp_in;
         self.drain(idx, now);
+        if is_rtp(buf) && self.stats.rtp_in == rtp_before {
+            self.drop_datagram(DropReason::DecryptFailed, Some(idx));
+        }
     }
 
     fn drop_datagram(&mut self, reason: DropReason, idx: Option<ParticipantIdx>) {
@@ -793,6 +799,11 @@ impl Node {
             }
         }
     }
+}
+
+/// RTP, not RTCP (RFC 5761 demultiplexing: version 2, payload type outside 64..=95).
+fn is_rtp(buf: &[u8]) -> bool {
+    buf.len() >= 12 && buf[0] >> 6 == 2 && !(64..=95).contains(&(buf[1] & 0x7f))
 }
 
 /// `a=mid:` values in media-line order.
