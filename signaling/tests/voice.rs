@@ -64,6 +64,11 @@ async fn two_clients_talk_through_the_node() {
     assert_eq!((sd["op"].as_u64(), sd["d"]["mode"].as_str()), (Some(4), Some("webrtc")), "{sd}");
     let a_slots: Vec<u64> = sd["d"]["slots"].as_array().unwrap().iter().map(|s| s["ssrc"].as_u64().unwrap()).collect();
     assert_eq!(a_slots.len(), 2);
+    let answer = sd["d"]["sdp"].as_str().unwrap();
+    assert!(answer.contains("a=ice-lite"), "answer is not ICE-lite");
+    assert!(answer.contains("urn:ietf:params:rtp-hdrext:ssrc-audio-level"), "audio-level extension not negotiated");
+    assert!(answer.contains("opus/48000/2"));
+    assert_eq!(answer.matches("a=sendonly").count(), 2, "slots must be send-only from the server");
     ca.accept(sd["d"]["sdp"].as_str().unwrap());
     send(&mut vb, json!({ "op": 1, "d": { "protocol": "webrtc", "data": { "sdp": cb.offer } } })).await;
     // Bob is told Alice is connected (op 11, possibly before his own session description).
