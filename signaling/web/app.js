@@ -4,6 +4,8 @@
 const API = '/api/v10';
 const SLOTS = 3;
 const $ = (id) => document.getElementById(id);
+// A small speaker glyph (no emoji font needed).
+const SPEAKER_SVG = '<svg width="14" height="14" viewBox="0 0 24 24" aria-label="voice channel"><path fill="currentColor" d="M3 9v6h4l5 4V5L7 9H3zm13.5 3a4.5 4.5 0 0 0-2.5-4v8a4.5 4.5 0 0 0 2.5-4z"/></svg>';
 
 const state = {
   token: localStorage.getItem('lodge.token'),
@@ -191,7 +193,10 @@ function render() {
     li.className = 'channel';
     li.dataset.channelId = c.id;
     li.dataset.type = c.type;
-    li.textContent = (c.type === 2 ? '🔊 ' : '# ') + c.name;
+    const icon = document.createElement('span');
+    icon.className = 'icon';
+    if (c.type === 2) icon.innerHTML = SPEAKER_SVG; else icon.textContent = '#';
+    li.append(icon, document.createTextNode(' ' + c.name));
     if (state.voice && state.voice.channelId === c.id) li.classList.add('active');
     if (c.type === 2) {
       li.title = 'Join voice';
@@ -301,7 +306,7 @@ async function joinVoice(guildId, channelId) {
 function channelName(guildId, channelId) {
   const g = state.guilds.get(guildId);
   const c = g && (g.channels || []).find((c) => c.id === channelId);
-  return c ? `🔊 ${c.name} in ${g.name}` : '';
+  return c ? `${c.name} in ${g.name}` : '';
 }
 
 function sendVoiceState() {
