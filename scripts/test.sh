@@ -12,7 +12,7 @@ step "build (debug, all targets)"
 cargo build --workspace --all-targets --locked
 
 step "the sfu core builds without tokio (sans-IO is enforced by the dependency graph)"
-cargo check -p lodge-sfu --no-default-features --locked
+cargo build -p lodge-sfu --lib --no-default-features --locked
 
 step "unit, simulated-network and real-socket tests"
 if command -v cargo-nextest >/dev/null 2>&1; then
