@@ -131,3 +131,26 @@ async fn dispatches_follow_membership_and_view_channel() {
     assert_eq!(dispatch(&mut wa, "CHANNEL_CREATE").await["name"], "visible");
     assert_eq!(dispatch(&mut wb, "CHANNEL_CREATE").await["name"], "visible", "bob must not see the hidden channel");
 }
+
+#[tokio::test]
+async fn graceful_shutdown_tells_clients_and_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let d2 = data.clone();
+    let mut n = common::node_with(move |a| a.data_dir = Some(d2)).await;
+    let (_, alice) = n.user("alice").await;
+    let (g, _, _) = n.guild(&alice).await;
+    let (mut w, _) = gateway(&n, &alice).await;
+    dispatch(&mut w, "GUILD_CREATE").await;
+
+    n.run.take().unwrap().shutdown().await;
+    let reconnect = json(&mut w).await;
+    assert_eq!(reconnect["op"], 7, "clients are asked to reconnect");
+    assert_eq!(closed(&mut w).await.0, 1012);
+
+    // A new node on the same database has everything that was acknowledged.
+    let d3 = data.clone();
+    let n2 = common::node_with(move |a| a.data_dir = Some(d3)).await;
+    let (_, ready) = gateway(&n2, &alice).await;
+    assert_eq!(ready["guilds"][0]["id"].as_str().unwrap(), g);
+}
