@@ -33,6 +33,8 @@ impl ChatError {
             ChatError::Unknown("member") => 10007,
             ChatError::Unknown("role") => 10011,
             ChatError::Unknown("user") => 10013,
+            ChatError::Unknown("message") => 10008,
+            ChatError::Unknown("emoji") => 10014,
             ChatError::Unknown(_) => 10000,
             ChatError::MissingPermissions(_) => 50013,
             ChatError::Unauthorized => 0,

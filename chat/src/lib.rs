@@ -4,6 +4,7 @@
 //! This crate knows nothing of HTTP, WebSocket or JSON; the signaling crate shapes the wire.
 
 pub mod error;
+pub mod messages;
 pub mod model;
 pub mod permissions;
 pub mod snowflake;

@@ -90,3 +90,54 @@ pub struct ChannelSpec {
     pub user_limit: Option<u32>,
     pub topic: Option<Option<String>>,
 }
+
+/// A reaction on a message as one viewer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReactionCount {
+    pub emoji: String,
+    pub count: u32,
+    /// The viewer reacted with this emoji.
+    pub me: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: u64,
+    pub channel_id: u64,
+    pub guild_id: u64,
+    pub author: User,
+    pub content: String,
+    pub nonce: Option<String>,
+    pub tts: bool,
+    pub mention_everyone: bool,
+    pub mentions: Vec<User>,
+    pub mention_roles: Vec<u64>,
+    /// (message id, channel id) this message replies to.
+    pub reference: Option<(u64, u64)>,
+    /// Unix milliseconds.
+    pub edited_at: Option<i64>,
+    pub created_at: i64,
+    pub reactions: Vec<ReactionCount>,
+}
+
+/// What a new message carries; the caller has checked permissions.
+#[derive(Debug, Clone, Default)]
+pub struct NewMessage {
+    pub content: String,
+    pub nonce: Option<String>,
+    /// Return the earlier message with the same nonce from the same author instead of a new one.
+    pub enforce_nonce: bool,
+    pub tts: bool,
+    /// The author may mention @everyone/@here (MENTION_EVERYONE).
+    pub may_mention_everyone: bool,
+    pub reference: Option<(u64, u64)>,
+}
+
+/// Which page of a channel's history.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MessageQuery {
+    pub limit: u32,
+    pub before: Option<u64>,
+    pub after: Option<u64>,
+    pub around: Option<u64>,
+}

@@ -24,7 +24,7 @@ pub const MAX_GUILD_CHANNELS: usize = 500;
 pub const MAX_NAME_LEN: usize = 100;
 pub const MAX_USERNAME_LEN: usize = 32;
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
@@ -35,7 +35,7 @@ fn hash_token(token: &str) -> String {
 /// The guild model's storage. Cheap to clone (a pool handle).
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
     ids: std::sync::Arc<Snowflakes>,
 }
 

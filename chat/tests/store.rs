@@ -73,3 +73,73 @@ async fn guild_defaults_invites_and_voice_permissions() {
     assert!(matches!(s.channel(c.id).await, Err(ChatError::Unknown("channel"))));
     assert_eq!(s.user_guilds(bob.id).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn messages_history_nonce_mentions_reactions() {
+    let (s, _d) = store().await;
+    let (alice, _) = s.register("alice", "password1", false).await.unwrap();
+    let (bob, _) = s.register("bob", "password2", false).await.unwrap();
+    let (carol, _) = s.register("carol", "password3", false).await.unwrap();
+    let g = s.create_guild(&alice, "Den").await.unwrap();
+    s.add_member(g.id, bob.id).await.unwrap();
+    let text = s.channels(g.id).await.unwrap().into_iter().find(|c| c.kind == ChannelKind::Text).unwrap();
+
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let (m, new) = s.create_message(&text, &alice, NewMessage { content: format!("m{i}"), ..Default::default() }).await.unwrap();
+        assert!(new);
+        ids.push(m.id);
+    }
+    // Newest first, limit, before, after, around.
+    let page = s.messages(text.id, MessageQuery { limit: 5, ..Default::default() }, alice.id).await.unwrap();
+    assert_eq!(page.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["m29", "m28", "m27", "m26", "m25"]);
+    let page = s.messages(text.id, MessageQuery { limit: 3, before: Some(ids[10]), ..Default::default() }, alice.id).await.unwrap();
+    assert_eq!(page.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["m9", "m8", "m7"]);
+    let page = s.messages(text.id, MessageQuery { limit: 3, after: Some(ids[10]), ..Default::default() }, alice.id).await.unwrap();
+    assert_eq!(page.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["m13", "m12", "m11"]);
+    let page = s.messages(text.id, MessageQuery { limit: 5, around: Some(ids[10]), ..Default::default() }, alice.id).await.unwrap();
+    assert_eq!(page.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["m12", "m11", "m10", "m9", "m8"]);
+
+    // Nonce dedup only when enforced.
+    let nm = |n: &str, enforce| NewMessage { content: "once".into(), nonce: Some(n.into()), enforce_nonce: enforce, ..Default::default() };
+    let (a, _) = s.create_message(&text, &bob, nm("n1", true)).await.unwrap();
+    let (b, new) = s.create_message(&text, &bob, nm("n1", true)).await.unwrap();
+    assert_eq!((a.id, new), (b.id, false));
+    let (c, new) = s.create_message(&text, &bob, nm("n1", false)).await.unwrap();
+    assert!(new && c.id != a.id);
+    assert!(s.create_message(&text, &bob, nm(&"x".repeat(26), true)).await.is_err());
+
+    // Limits and mentions: only members count; @everyone needs the right.
+    let e = s.create_message(&text, &bob, NewMessage { content: "x".repeat(2001), ..Default::default() }).await.unwrap_err();
+    assert!(e.to_string().contains("2000"), "{e}");
+    assert!(s.create_message(&text, &bob, NewMessage { content: "y".repeat(2000), ..Default::default() }).await.is_ok());
+    let content = format!("hey <@{}> <@!{}> <@{}> <@&{}> @everyone", alice.id, alice.id, carol.id, g.id);
+    let (m, _) = s.create_message(&text, &bob, NewMessage { content: content.clone(), ..Default::default() }).await.unwrap();
+    assert_eq!(m.mentions.iter().map(|u| u.id).collect::<Vec<_>>(), vec![alice.id]);
+    assert_eq!(m.mention_roles, vec![g.id]);
+    assert!(!m.mention_everyone);
+    let (m2, _) = s.create_message(&text, &alice, NewMessage { content, may_mention_everyone: true, ..Default::default() }).await.unwrap();
+    assert!(m2.mention_everyone);
+
+    // Replies must point at a message of the same guild.
+    let (r, _) = s.create_message(&text, &bob, NewMessage { content: "reply".into(), reference: Some((m.id, text.id)), ..Default::default() }).await.unwrap();
+    assert_eq!(r.reference, Some((m.id, text.id)));
+    assert!(s.create_message(&text, &bob, NewMessage { content: "bad".into(), reference: Some((12345, text.id)), ..Default::default() }).await.is_err());
+
+    // Reactions with per-viewer `me`.
+    assert!(s.add_reaction(m.id, "👍", alice.id).await.unwrap());
+    assert!(!s.add_reaction(m.id, "👍", alice.id).await.unwrap());
+    assert!(s.add_reaction(m.id, "👍", bob.id).await.unwrap());
+    let seen = s.message(text.id, m.id, bob.id).await.unwrap();
+    assert_eq!(seen.reactions, vec![ReactionCount { emoji: "👍".into(), count: 2, me: true }]);
+    assert_eq!(s.reaction_users(m.id, "👍", 10, 0).await.unwrap().len(), 2);
+    assert!(s.remove_reaction(m.id, "👍", bob.id).await.unwrap());
+    assert_eq!(s.message(text.id, m.id, bob.id).await.unwrap().reactions[0], ReactionCount { emoji: "👍".into(), count: 1, me: false });
+
+    // Edit and delete.
+    let e = s.edit_message(text.id, m.id, "edited", alice.id).await.unwrap();
+    assert_eq!(e.content, "edited");
+    assert!(e.edited_at.is_some());
+    s.delete_message(text.id, m.id).await.unwrap();
+    assert!(matches!(s.message(text.id, m.id, alice.id).await, Err(ChatError::Unknown("message"))));
+}
