@@ -150,3 +150,55 @@ mod tests {
         assert_eq!(super::iso8601(951_782_400_000), "2000-02-29T00:00:00.000000+00:00");
     }
 }
+
+/// Reaction emoji object for a unicode emoji (Lodge has no custom emoji yet).
+pub fn emoji(name: &str) -> Value {
+    json!({ "id": null, "name": name })
+}
+
+/// The message object. `referenced` is the replied-to message, when there is one.
+pub fn message(m: &lodge_chat::Message, referenced: Option<&lodge_chat::Message>) -> Value {
+    let mut v = json!({
+        "id": m.id.to_string(),
+        "type": if m.reference.is_some() { 19 } else { 0 },
+        "channel_id": m.channel_id.to_string(),
+        "author": user(&m.author),
+        "content": m.content,
+        "timestamp": iso8601(m.created_at),
+        "edited_timestamp": m.edited_at.map(iso8601),
+        "tts": m.tts,
+        "mention_everyone": m.mention_everyone,
+        "mentions": m.mentions.iter().map(user).collect::<Vec<_>>(),
+        "mention_roles": m.mention_roles.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "mention_channels": [],
+        "attachments": [],
+        "embeds": [],
+        "components": [],
+        "sticker_items": [],
+        "pinned": false,
+        "flags": 0,
+    });
+    if let Some(n) = &m.nonce {
+        v["nonce"] = json!(n);
+    }
+    if !m.reactions.is_empty() {
+        v["reactions"] = Value::Array(
+            m.reactions
+                .iter()
+                .map(|r| json!({
+                    "count": r.count,
+                    "count_details": { "burst": 0, "normal": r.count },
+                    "me": r.me,
+                    "me_burst": false,
+                    "burst_colors": [],
+                    "emoji": emoji(&r.emoji),
+                }))
+                .collect(),
+        );
+    }
+    if let Some((mid, cid)) = m.reference {
+        v["message_reference"] = json!({ "type": 0, "message_id": mid.to_string(), "channel_id": cid.to_string(), "guild_id": m.guild_id.to_string() });
+        v["referenced_message"] = referenced.map(|r| message(r, None)).unwrap_or(Value::Null);
+    }
+    v
+}

@@ -34,6 +34,11 @@ pub mod intents {
     pub const GUILDS: u64 = 1 << 0;
     pub const GUILD_MEMBERS: u64 = 1 << 1;
     pub const GUILD_VOICE_STATES: u64 = 1 << 7;
+    pub const GUILD_PRESENCES: u64 = 1 << 8;
+    pub const GUILD_MESSAGES: u64 = 1 << 9;
+    pub const GUILD_MESSAGE_REACTIONS: u64 = 1 << 10;
+    pub const GUILD_MESSAGE_TYPING: u64 = 1 << 11;
+    pub const MESSAGE_CONTENT: u64 = 1 << 15;
     pub const ALL: u64 = (1 << 26) - 1;
 
     /// Which intent an event needs; `None` means it is always sent.
@@ -43,6 +48,10 @@ pub mod intents {
             | "GUILD_ROLE_CREATE" | "GUILD_ROLE_UPDATE" | "GUILD_ROLE_DELETE" => Some(GUILDS),
             "GUILD_MEMBER_ADD" | "GUILD_MEMBER_UPDATE" | "GUILD_MEMBER_REMOVE" => Some(GUILD_MEMBERS),
             "VOICE_STATE_UPDATE" => Some(GUILD_VOICE_STATES),
+            "PRESENCE_UPDATE" => Some(GUILD_PRESENCES),
+            "MESSAGE_CREATE" | "MESSAGE_UPDATE" | "MESSAGE_DELETE" => Some(GUILD_MESSAGES),
+            "MESSAGE_REACTION_ADD" | "MESSAGE_REACTION_REMOVE" => Some(GUILD_MESSAGE_REACTIONS),
+            "TYPING_START" => Some(GUILD_MESSAGE_TYPING),
             _ => None,
         }
     }

@@ -120,7 +120,11 @@ async fn run(s: AppState, sock: WebSocket) {
                     Ok(d) => {
                         if wants(&s, ident, &d).await {
                             seq += 1;
-                            if !send(&mut tx, json!({ "op": 0, "t": d.t, "s": seq, "d": d.d })).await { break }
+                            let body = match &d.redacted {
+                                Some(r) if ident.intents & intents::MESSAGE_CONTENT == 0 && !d.full_for.contains(&ident.user.id) => r,
+                                _ => &d.json,
+                            };
+                            if tx.send(Message::Text(crate::hub::frame(d.t, seq, body).into())).await.is_err() { break }
                         }
                     }
                     Err(RecvError::Lagged(n)) => {

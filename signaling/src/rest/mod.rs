@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod channels;
 pub mod guilds;
+pub mod messages;
 pub mod ops;
 pub mod users;
 

@@ -1,0 +1,250 @@
+//! Messages, reactions and typing.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use lodge_chat::{Channel, ChannelKind, Message, MessageQuery, NewMessage, Permissions, User};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{channel_for, require};
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{snowflake, ApiJson, Auth};
+use crate::hub::Target;
+use crate::wire;
+
+fn messageable(c: &Channel) -> ApiResult<()> {
+    match c.kind {
+        ChannelKind::Text | ChannelKind::Voice => Ok(()),
+        ChannelKind::Category => Err(ApiError::new(StatusCode::BAD_REQUEST, 50008, "Cannot send messages in a non-text channel")),
+    }
+}
+
+async fn message_json(s: &AppState, m: &Message, viewer: u64) -> Value {
+    let referenced = match m.reference {
+        Some((mid, cid)) => s.store.message(cid, mid, viewer).await.ok(),
+        None => None,
+    };
+    wire::message(m, referenced.as_ref())
+}
+
+/// MESSAGE_CREATE/UPDATE payload: the message plus guild_id and the author's member object.
+async fn dispatch_message(s: &AppState, t: &'static str, m: &Message) {
+    let mut d = message_json(s, m, 0).await;
+    d["guild_id"] = json!(m.guild_id.to_string());
+    if let Ok(member) = s.store.member(m.guild_id, m.author.id).await {
+        let mut mv = wire::member(&member);
+        mv.as_object_mut().map(|o| o.remove("user"));
+        d["member"] = mv;
+    }
+    let mut full_for = vec![m.author.id];
+    full_for.extend(m.mentions.iter().map(|u| u.id));
+    s.hub.send_message(m.guild_id, m.channel_id, t, d, full_for);
+}
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    limit: Option<u32>,
+    before: Option<String>,
+    after: Option<String>,
+    around: Option<String>,
+}
+
+pub async fn list(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>, Query(q): Query<HistoryQuery>) -> ApiResult<Json<Value>> {
+    let (c, _, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    messageable(&c)?;
+    require(p, Permissions::READ_MESSAGE_HISTORY, "READ_MESSAGE_HISTORY")?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("limit", "Must be between 1 and 100."));
+    }
+    let id_of = |v: Option<String>, f: &str| -> ApiResult<Option<u64>> {
+        v.map(|x| x.parse::<u64>().map_err(|_| ApiError::bad_request(f, "Must be a snowflake."))).transpose()
+    };
+    let query = MessageQuery { limit, before: id_of(q.before, "before")?, after: id_of(q.after, "after")?, around: id_of(q.around, "around")? };
+    let ms = s.store.messages(c.id, query, u.id).await?;
+    let mut out = Vec::with_capacity(ms.len());
+    for m in &ms {
+        out.push(message_json(&s, m, u.id).await);
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+#[derive(Deserialize, Default)]
+pub struct Reference {
+    message_id: Option<Value>,
+    channel_id: Option<Value>,
+    #[serde(default)]
+    fail_if_not_exists: Option<bool>,
+}
+
+#[derive(Deserialize)]
+pub struct CreateMessage {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    nonce: Option<Value>,
+    #[serde(default)]
+    enforce_nonce: bool,
+    #[serde(default)]
+    tts: bool,
+    #[serde(default)]
+    message_reference: Option<Reference>,
+}
+
+fn snowflake_value(v: &Option<Value>) -> Option<u64> {
+    match v {
+        Some(Value::String(s)) => s.parse().ok(),
+        Some(Value::Number(n)) => n.as_u64(),
+        _ => None,
+    }
+}
+
+pub async fn create(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>, ApiJson(b): ApiJson<CreateMessage>) -> ApiResult<Json<Value>> {
+    let (c, _, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    messageable(&c)?;
+    require(p, Permissions::SEND_MESSAGES, "SEND_MESSAGES")?;
+    let nonce = match b.nonce {
+        None | Some(Value::Null) => None,
+        Some(Value::String(n)) => Some(n),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => return Err(ApiError::bad_request("nonce", "Must be a string or an integer.")),
+    };
+    let mut reference = None;
+    if let Some(r) = &b.message_reference {
+        let mid = snowflake_value(&r.message_id).ok_or_else(|| ApiError::bad_request("message_reference", "message_id must be a snowflake."))?;
+        // A reference without channel_id means the channel posted in.
+        let cid = snowflake_value(&r.channel_id).unwrap_or(c.id);
+        let exists = s.store.message(cid, mid, u.id).await.is_ok_and(|m| m.guild_id == c.guild_id);
+        if exists {
+            reference = Some((mid, cid));
+        } else if r.fail_if_not_exists.unwrap_or(true) {
+            return Err(ApiError::bad_request("message_reference", "Unknown message"));
+        }
+    }
+    let content = b.content.unwrap_or_default();
+    let new = NewMessage {
+        content,
+        nonce,
+        enforce_nonce: b.enforce_nonce,
+        tts: b.tts && p.has(Permissions::SEND_TTS_MESSAGES),
+        may_mention_everyone: p.has(Permissions::MENTION_EVERYONE),
+        reference,
+    };
+    let (m, created) = s.store.create_message(&c, &u, new).await?;
+    if created {
+        dispatch_message(&s, "MESSAGE_CREATE", &m).await;
+    }
+    Ok(Json(message_json(&s, &m, u.id).await))
+}
+
+pub async fn get(State(s): State<AppState>, Auth(u): Auth, Path((id, mid)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let (c, _, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    require(p, Permissions::READ_MESSAGE_HISTORY, "READ_MESSAGE_HISTORY")?;
+    let m = s.store.message(c.id, snowflake(&mid, "message")?, u.id).await?;
+    Ok(Json(message_json(&s, &m, u.id).await))
+}
+
+#[derive(Deserialize)]
+pub struct EditMessage {
+    content: Option<String>,
+}
+
+pub async fn edit(State(s): State<AppState>, Auth(u): Auth, Path((id, mid)): Path<(String, String)>, ApiJson(b): ApiJson<EditMessage>) -> ApiResult<Json<Value>> {
+    let (c, _, _) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    let m = s.store.message(c.id, snowflake(&mid, "message")?, u.id).await?;
+    if m.author.id != u.id {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, 50005, "Cannot edit a message authored by another user"));
+    }
+    let m = match b.content {
+        Some(content) => s.store.edit_message(c.id, m.id, &content, u.id).await?,
+        None => m,
+    };
+    dispatch_message(&s, "MESSAGE_UPDATE", &m).await;
+    Ok(Json(message_json(&s, &m, u.id).await))
+}
+
+pub async fn delete(State(s): State<AppState>, Auth(u): Auth, Path((id, mid)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    let m = s.store.message(c.id, snowflake(&mid, "message")?, u.id).await?;
+    if m.author.id != u.id {
+        require(p, Permissions::MANAGE_MESSAGES, "MANAGE_MESSAGES")?;
+    }
+    s.store.delete_message(c.id, m.id).await?;
+    s.hub.send(Target::Guild(g.id), Some(g.id), Some(c.id), "MESSAGE_DELETE", json!({ "id": m.id.to_string(), "channel_id": c.id.to_string(), "guild_id": g.id.to_string() }));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Unicode emoji only (Lodge has no custom emoji): "name:id" forms are unknown.
+fn check_emoji(e: &str) -> ApiResult<()> {
+    if e.is_empty() || e.chars().count() > 32 || e.is_ascii() || e.contains(':') || e.chars().any(char::is_whitespace) {
+        return Err(ApiError::not_found("emoji"));
+    }
+    Ok(())
+}
+
+async fn reaction_target(s: &AppState, u: &User, id: &str, mid: &str) -> ApiResult<(Channel, Permissions, Message)> {
+    let (c, _, p) = channel_for(s, snowflake(id, "channel")?, u.id).await?;
+    require(p, Permissions::READ_MESSAGE_HISTORY, "READ_MESSAGE_HISTORY")?;
+    let m = s.store.message(c.id, snowflake(mid, "message")?, u.id).await?;
+    Ok((c, p, m))
+}
+
+pub async fn react(State(s): State<AppState>, Auth(u): Auth, Path((id, mid, emoji)): Path<(String, String, String)>) -> ApiResult<StatusCode> {
+    check_emoji(&emoji)?;
+    let (c, p, m) = reaction_target(&s, &u, &id, &mid).await?;
+    require(p, Permissions::ADD_REACTIONS, "ADD_REACTIONS")?;
+    if s.store.add_reaction(m.id, &emoji, u.id).await? {
+        let mut d = json!({
+            "user_id": u.id.to_string(), "channel_id": c.id.to_string(), "message_id": m.id.to_string(),
+            "guild_id": c.guild_id.to_string(), "emoji": wire::emoji(&emoji), "message_author_id": m.author.id.to_string(),
+            "burst": false, "burst_colors": [], "type": 0,
+        });
+        if let Ok(member) = s.store.member(c.guild_id, u.id).await {
+            d["member"] = wire::member(&member);
+        }
+        s.hub.send(Target::Guild(c.guild_id), Some(c.guild_id), Some(c.id), "MESSAGE_REACTION_ADD", d);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn unreact(State(s): State<AppState>, Auth(u): Auth, Path((id, mid, emoji)): Path<(String, String, String)>) -> ApiResult<StatusCode> {
+    check_emoji(&emoji)?;
+    let (c, _, m) = reaction_target(&s, &u, &id, &mid).await?;
+    if s.store.remove_reaction(m.id, &emoji, u.id).await? {
+        let d = json!({
+            "user_id": u.id.to_string(), "channel_id": c.id.to_string(), "message_id": m.id.to_string(),
+            "guild_id": c.guild_id.to_string(), "emoji": wire::emoji(&emoji), "burst": false, "type": 0,
+        });
+        s.hub.send(Target::Guild(c.guild_id), Some(c.guild_id), Some(c.id), "MESSAGE_REACTION_REMOVE", d);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+pub struct ReactorsQuery {
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+pub async fn reactors(State(s): State<AppState>, Auth(u): Auth, Path((id, mid, emoji)): Path<(String, String, String)>, Query(q): Query<ReactorsQuery>) -> ApiResult<Json<Value>> {
+    check_emoji(&emoji)?;
+    let (_, _, m) = reaction_target(&s, &u, &id, &mid).await?;
+    let after = q.after.map(|a| a.parse::<u64>()).transpose().map_err(|_| ApiError::bad_request("after", "Must be a snowflake."))?;
+    let users = s.store.reaction_users(m.id, &emoji, q.limit.unwrap_or(25), after.unwrap_or(0)).await?;
+    Ok(Json(Value::Array(users.iter().map(wire::user).collect())))
+}
+
+pub async fn typing(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let (c, _, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    messageable(&c)?;
+    require(p, Permissions::SEND_MESSAGES, "SEND_MESSAGES")?;
+    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut d = json!({ "channel_id": c.id.to_string(), "guild_id": c.guild_id.to_string(), "user_id": u.id.to_string(), "timestamp": ts });
+    if let Ok(member) = s.store.member(c.guild_id, u.id).await {
+        d["member"] = wire::member(&member);
+    }
+    s.hub.send(Target::Guild(c.guild_id), Some(c.guild_id), Some(c.id), "TYPING_START", d);
+    Ok(StatusCode::NO_CONTENT)
+}
