@@ -1,6 +1,5 @@
 //! Shared state and the HTTP router.
 
-use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -16,19 +15,13 @@ use crate::extract::MAX_BODY_BYTES;
 use crate::hub::Hub;
 use crate::voice::VoiceRegistry;
 
-/// A live gateway session (for binding voice tokens and routing VOICE_SERVER_UPDATE).
-#[derive(Debug, Clone)]
-pub struct SessionInfo {
-    pub user_id: u64,
-}
-
 pub struct Inner {
     pub cfg: Config,
     pub store: Store,
     pub sfu: SfuHandle,
     pub hub: Hub,
     pub voice: Mutex<VoiceRegistry>,
-    pub sessions: Mutex<HashMap<String, SessionInfo>>,
+    pub sessions: crate::gateway::registry::Sessions,
     pub ready: AtomicBool,
     pub shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -52,7 +45,7 @@ impl AppState {
             store,
             sfu,
             hub: Hub::new(),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Default::default(),
             ready: AtomicBool::new(false),
             shutdown,
         }))

@@ -154,3 +154,68 @@ async fn graceful_shutdown_tells_clients_and_keeps_data() {
     let (_, ready) = gateway(&n2, &alice).await;
     assert_eq!(ready["guilds"][0]["id"].as_str().unwrap(), g);
 }
+
+#[tokio::test]
+async fn resume_replays_missed_dispatches_in_order() {
+    let n = common::node().await;
+    let (_, alice) = n.user("alice").await;
+    let (_, bob) = n.user("bob").await;
+    let (g, text, _) = n.guild(&alice).await;
+    n.invite_and_join(&alice, &text, &bob).await;
+    let (mut w, ready) = gateway(&n, &bob).await;
+    let sid = ready["session_id"].as_str().unwrap().to_string();
+    let mut last_seq = 0;
+    loop {
+        let v = json(&mut w).await;
+        if v["t"] == "GUILD_CREATE" {
+            last_seq = v["s"].as_u64().unwrap();
+            break;
+        }
+    }
+    n.req("POST", &format!("/channels/{text}/messages"), Some(&alice), Some(json!({ "content": "before drop" }))).await;
+    let v = loop { let v = json(&mut w).await; if v["t"] == "MESSAGE_CREATE" { break v } };
+    assert_eq!(v["s"].as_u64().unwrap(), last_seq + 1);
+    last_seq += 1;
+    drop(w); // the connection dies without a close handshake
+
+    for i in 0..5 {
+        let (st, _) = n.req("POST", &format!("/channels/{text}/messages"), Some(&alice), Some(json!({ "content": format!("missed {i}") }))).await;
+        assert_eq!(st, 200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    // Wrong user: invalid session.
+    let mut w = ws(&n.gateway_url()).await;
+    json(&mut w).await;
+    send(&mut w, json!({ "op": 6, "d": { "token": alice, "session_id": sid, "seq": last_seq } })).await;
+    assert_eq!(json(&mut w).await["op"], 9);
+
+    let mut w = ws(&n.gateway_url()).await;
+    json(&mut w).await;
+    send(&mut w, json!({ "op": 6, "d": { "token": bob, "session_id": sid, "seq": last_seq } })).await;
+    let mut got = Vec::new();
+    loop {
+        let v = json(&mut w).await;
+        assert_eq!(v["op"], 0, "{v}");
+        if v["t"] == "RESUMED" {
+            assert_eq!(v["s"].as_u64().unwrap(), last_seq + 6);
+            break;
+        }
+        assert_eq!(v["s"].as_u64().unwrap(), last_seq + 1 + got.len() as u64, "sequence gap or repeat");
+        got.push(v["d"]["content"].as_str().unwrap().to_string());
+    }
+    assert_eq!(got, (0..5).map(|i| format!("missed {i}")).collect::<Vec<_>>(), "none missing, none twice, in order");
+    // Live again.
+    n.req("POST", &format!("/channels/{text}/messages"), Some(&alice), Some(json!({ "content": "after resume" }))).await;
+    let v = dispatch(&mut w, "MESSAGE_CREATE").await;
+    assert_eq!(v["content"], "after resume");
+    let _ = g;
+
+    // Acknowledging more than was sent is not resumable.
+    drop(w);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut w = ws(&n.gateway_url()).await;
+    json(&mut w).await;
+    send(&mut w, json!({ "op": 6, "d": { "token": bob, "session_id": sid, "seq": 10_000 } })).await;
+    assert_eq!(json(&mut w).await["op"], 9);
+}

@@ -1,6 +1,9 @@
-//! One gateway connection.
+//! One gateway connection. The session it identifies (or resumes) lives in the registry and
+//! survives the connection; a collector task per session keeps receiving dispatches while the
+//! client is away, so Resume can replay them in order.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,28 +16,38 @@ use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{debug, info};
 
+use super::registry::{Entry, Session, SessionRef, LIVE_QUEUE};
 use super::{close, intents, payloads, HEARTBEAT_INTERVAL_MS, MAX_PAYLOAD, RATE_LIMIT, RATE_WINDOW};
-use crate::app::{AppState, SessionInfo};
+use crate::app::AppState;
 use crate::hub::{Dispatch, Target};
 use crate::ws::{close_with, Inbound, Tx};
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 pub async fn ws_handler(ws: WebSocketUpgrade, State(s): State<AppState>) -> Response {
     // Accept frames a bit larger than the protocol limit so we can close with 4002 ourselves.
     ws.max_message_size(MAX_PAYLOAD * 4).max_frame_size(MAX_PAYLOAD * 4).on_upgrade(move |sock| run(s, sock))
 }
 
-struct Identified {
-    user: User,
-    session_id: String,
-    guilds: HashSet<u64>,
-    intents: u64,
-}
-
 async fn send(tx: &mut Tx, v: Value) -> bool {
     tx.send(Message::Text(v.to_string().into())).await.is_ok()
+}
+
+async fn send_frames(tx: &mut Tx, frames: Vec<String>) -> bool {
+    for f in frames {
+        if tx.send(Message::Text(f.into())).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+fn lock(s: &SessionRef) -> std::sync::MutexGuard<'_, Session> {
+    s.lock().expect("a session lock is never held across a panic")
 }
 
 async fn run(s: AppState, sock: WebSocket) {
@@ -42,9 +55,9 @@ async fn run(s: AppState, sock: WebSocket) {
     if !send(&mut tx, json!({ "op": 10, "d": { "heartbeat_interval": HEARTBEAT_INTERVAL_MS }, "s": null, "t": null })).await {
         return;
     }
-    let mut me: Option<Identified> = None;
-    let mut seq: u64 = 0;
-    let mut hub = s.hub.subscribe();
+    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let mut session: Option<SessionRef> = None;
+    let mut live: Option<mpsc::Receiver<String>> = None;
     let mut recent: VecDeque<Instant> = VecDeque::new();
     // A client that stops heartbeating is a zombie: allow one interval plus slack.
     let hb_timeout = Duration::from_millis(HEARTBEAT_INTERVAL_MS * 3 / 2);
@@ -75,65 +88,72 @@ async fn run(s: AppState, sock: WebSocket) {
                         if !send(&mut tx, json!({ "op": 11, "d": null, "s": null, "t": null })).await { break }
                     }
                     Some(2) => {
-                        if me.is_some() { close_with(&mut tx, close::ALREADY_AUTHENTICATED, "already identified").await; break }
+                        if session.is_some() { close_with(&mut tx, close::ALREADY_AUTHENTICATED, "already identified").await; break }
+                        // Subscribe before reading the snapshot so nothing falls between the two.
+                        let hub_rx = s.hub.subscribe();
                         match identify(&s, &d).await {
-                            Ok((ident, ready, creates)) => {
-                                seq += 1;
-                                if !send(&mut tx, json!({ "op": 0, "t": "READY", "s": seq, "d": ready })).await { break }
-                                let mut ok = true;
-                                for g in creates {
-                                    seq += 1;
-                                    ok &= send(&mut tx, json!({ "op": 0, "t": "GUILD_CREATE", "s": seq, "d": g })).await;
-                                }
-                                info!(user = ident.user.id, session = %&ident.session_id[..6], guilds = ident.guilds.len(), "gateway session identified");
-                                me = Some(ident);
-                                if !ok { break }
+                            Ok((sess, ready, creates)) => {
+                                let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
+                                let id = sess.id.clone();
+                                let user = sess.user.id;
+                                let sref = s.sessions.insert(sess);
+                                let frames: Vec<String> = {
+                                    let mut g = lock(&sref);
+                                    let mut f = vec![g.record(Entry::Own("READY", ready.to_string().into())).1];
+                                    for c in creates {
+                                        f.push(g.record(Entry::Own("GUILD_CREATE", c.to_string().into())).1);
+                                    }
+                                    g.attach(conn, live_tx);
+                                    f
+                                };
+                                tokio::spawn(collector(s.clone(), sref.clone(), hub_rx));
+                                info!(user, session = %&id[..6], "gateway session identified");
+                                session = Some(sref);
+                                live = Some(live_rx);
+                                if !send_frames(&mut tx, frames).await { break }
                             }
                             Err((code, reason)) => { close_with(&mut tx, code, reason).await; break }
                         }
                     }
-                    Some(3) => { /* presence: accepted; presence tracking comes with the chat issue */ }
-                    Some(4) => {
-                        let Some(ident) = &me else { close_with(&mut tx, close::NOT_AUTHENTICATED, "identify first").await; break };
-                        if let Err(e) = crate::voice::service::handle_op4(&s, &ident.user, &ident.session_id, &d).await {
-                            // Discord answers nothing on a refused op 4; Lodge tells the client why.
-                            seq += 1;
-                            let ev = json!({ "op": 0, "t": "LODGE_VOICE_ERROR", "s": seq, "d": { "code": e.code(), "message": e.to_string(), "guild_id": d.get("guild_id"), "channel_id": d.get("channel_id") } });
-                            if !send(&mut tx, ev).await { break }
+                    Some(6) => {
+                        if session.is_some() { close_with(&mut tx, close::ALREADY_AUTHENTICATED, "already identified").await; break }
+                        match resume(&s, &d, conn).await {
+                            Some((sref, live_rx, frames)) => {
+                                session = Some(sref);
+                                live = Some(live_rx);
+                                if !send_frames(&mut tx, frames).await { break }
+                            }
+                            None => {
+                                if !send(&mut tx, json!({ "op": 9, "d": false, "s": null, "t": null })).await { break }
+                            }
                         }
                     }
-                    Some(6) => {
-                        // Resume comes with the chat issue; an unknown session is not resumable.
-                        if !send(&mut tx, json!({ "op": 9, "d": false, "s": null, "t": null })).await { break }
+                    Some(3) => { /* presence: accepted; presence tracking is not built yet */ }
+                    Some(4) => {
+                        let Some(sref) = &session else { close_with(&mut tx, close::NOT_AUTHENTICATED, "identify first").await; break };
+                        let (user, sid) = { let g = lock(sref); (g.user.clone(), g.id.clone()) };
+                        if let Err(e) = crate::voice::service::handle_op4(&s, &user, &sid, &d).await {
+                            // Discord answers nothing on a refused op 4; Lodge tells the session why.
+                            let body = json!({ "code": e.code(), "message": e.to_string(), "guild_id": d.get("guild_id"), "channel_id": d.get("channel_id") });
+                            s.hub.send(Target::Session(sid), None, None, "LODGE_VOICE_ERROR", body);
+                        }
                     }
                     Some(8) => { /* request guild members: GUILD_CREATE already carries them */ }
                     Some(_) | None => {
-                        if me.is_none() { close_with(&mut tx, close::NOT_AUTHENTICATED, "identify first").await; }
+                        if session.is_none() { close_with(&mut tx, close::NOT_AUTHENTICATED, "identify first").await; }
                         else { close_with(&mut tx, close::UNKNOWN_OPCODE, "unknown opcode").await; }
                         break;
                     }
                 }
             }
-            ev = hub.recv(), if me.is_some() => {
-                let ident = me.as_mut().expect("guarded by the select condition");
-                match ev {
-                    Ok(d) => {
-                        if wants(&s, ident, &d).await {
-                            seq += 1;
-                            let body = match &d.redacted {
-                                Some(r) if ident.intents & intents::MESSAGE_CONTENT == 0 && !d.full_for.contains(&ident.user.id) => r,
-                                _ => &d.json,
-                            };
-                            if tx.send(Message::Text(crate::hub::frame(d.t, seq, body).into())).await.is_err() { break }
-                        }
-                    }
-                    Err(RecvError::Lagged(n)) => {
-                        info!(missed = n, "gateway session fell behind; asking the client to reconnect");
-                        let _ = send(&mut tx, json!({ "op": 7, "d": null, "s": null, "t": null })).await;
-                        close_with(&mut tx, close::UNKNOWN_ERROR, "session fell behind").await;
+            f = async { match live.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                match f {
+                    Some(frame) => { if tx.send(Message::Text(frame.into())).await.is_err() { break } }
+                    None => {
+                        // Detached: too slow, resumed elsewhere, or the session ended.
+                        close_with(&mut tx, close::UNKNOWN_ERROR, "session detached; resume to continue").await;
                         break;
                     }
-                    Err(RecvError::Closed) => break,
                 }
             }
             _ = tokio::time::sleep_until(hb_deadline) => {
@@ -147,14 +167,14 @@ async fn run(s: AppState, sock: WebSocket) {
             }
         }
     }
-    if let Some(ident) = me {
-        s.sessions.lock().expect("sessions lock").remove(&ident.session_id);
-        crate::voice::service::disconnect_session(&s, &ident.session_id).await;
-        info!(user = ident.user.id, session = %&ident.session_id[..6], "gateway session ended");
+    if let Some(sref) = session {
+        let mut g = lock(&sref);
+        g.detach(conn);
+        debug!(user = g.user.id, session = %&g.id[..6], seq = g.seq, "gateway connection closed; session resumable");
     }
 }
 
-type IdentifyResult = Result<(Identified, Value, Vec<Value>), (u16, &'static str)>;
+type IdentifyResult = Result<(Session, Value, Vec<Value>), (u16, &'static str)>;
 
 async fn identify(s: &AppState, d: &Value) -> IdentifyResult {
     let token = d.get("token").and_then(Value::as_str).ok_or((close::DECODE_ERROR, "identify needs a token"))?;
@@ -182,40 +202,109 @@ async fn identify(s: &AppState, d: &Value) -> IdentifyResult {
             creates.push(payloads::guild_create_limited(s, g, user.id, large).await.map_err(|_| (close::UNKNOWN_ERROR, "storage error"))?);
         }
     }
-    s.sessions.lock().expect("sessions lock").insert(session_id.clone(), SessionInfo { user_id: user.id });
-    Ok((Identified { user, session_id, guilds: ids.into_iter().collect(), intents }, ready, creates))
+    let sess = Session::new(session_id, user, intents, ids.into_iter().collect::<HashSet<u64>>());
+    Ok((sess, ready, creates))
 }
 
-/// Does this session get this dispatch?
-async fn wants(s: &AppState, me: &mut Identified, d: &Arc<Dispatch>) -> bool {
-    let addressed = match &d.target {
-        Target::Session(id) => *id == me.session_id,
-        Target::User(u) => *u == me.user.id,
-        Target::Guild(g) => me.guilds.contains(g),
+/// Resume `{token, session_id, seq}`: the missed dispatches in order, then RESUMED. `None` means
+/// Invalid Session (unknown, expired, another user's, or too far behind).
+async fn resume(s: &AppState, d: &Value, conn: u64) -> Option<(SessionRef, mpsc::Receiver<String>, Vec<String>)> {
+    let token = crate::extract::token_from_header(d.get("token")?.as_str()?);
+    let sid = d.get("session_id")?.as_str()?;
+    let acked = d.get("seq").and_then(Value::as_u64).unwrap_or(0);
+    let user = s.store.authenticate(token).await.ok()?;
+    let sref = s.sessions.get(sid)?;
+    let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
+    let frames = {
+        let mut g = lock(&sref);
+        if g.user.id != user.id || g.ended {
+            return None;
+        }
+        let mut frames = match g.replay_after(acked) {
+            Ok(f) => f,
+            Err(e) => {
+                info!(user = user.id, session = %&g.id[..6], acked, ?e, "resume refused");
+                return None;
+            }
+        };
+        // Taking over drops the previous connection's queue: it closes and stops reading.
+        g.attach(conn, live_tx);
+        frames.push(g.record(Entry::Own("RESUMED", "{}".into())).1);
+        info!(user = user.id, session = %&g.id[..6], replayed = frames.len() - 1, "gateway session resumed");
+        frames
     };
-    if !addressed {
-        return false;
+    Some((sref, live_rx, frames))
+}
+
+/// Receives hub dispatches for one session until it expires, connected or not.
+async fn collector(s: AppState, sref: SessionRef, mut hub: broadcast::Receiver<Arc<Dispatch>>) {
+    let mut check = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            ev = hub.recv() => match ev {
+                Ok(d) => {
+                    let Some((user, redacted)) = addressed(&sref, &d) else { continue };
+                    if let (Some(ch), Some(g)) = (d.channel_id, d.guild_id) {
+                        let visible = match (s.store.guild(g).await, s.store.channel(ch).await) {
+                            (Ok(guild), Ok(channel)) => s.store.permissions(&guild, Some(&channel), user).await.is_ok_and(|p| p.has(Permissions::VIEW_CHANNEL)),
+                            _ => false,
+                        };
+                        if !visible { continue }
+                    }
+                    lock(&sref).push(Entry::Shared(d, redacted));
+                }
+                Err(RecvError::Lagged(n)) => {
+                    // Dispatches were lost for this session: it cannot be resumed faithfully.
+                    let mut g = lock(&sref);
+                    info!(user = g.user.id, missed = n, "gateway session fell behind the hub; invalidating it");
+                    g.ended = true;
+                    g.detach_all();
+                }
+                Err(RecvError::Closed) => return,
+            },
+            _ = check.tick() => {
+                let (expired, id) = { let g = lock(&sref); (g.expired(Instant::now()), g.id.clone()) };
+                if expired {
+                    s.sessions.remove(&id);
+                    crate::voice::service::disconnect_session(&s, &id).await;
+                    debug!(session = %&id[..6], "gateway session expired");
+                    return;
+                }
+            }
+        }
     }
-    // Keep the membership set current.
-    if let Some(g) = d.guild_id {
+}
+
+/// Is the dispatch for this session (before the VIEW_CHANNEL check)? Keeps the guild set
+/// current. Returns the user and whether the redacted body applies.
+fn addressed(sref: &SessionRef, d: &Dispatch) -> Option<(u64, bool)> {
+    let mut g = lock(sref);
+    let me: &User = &g.user;
+    let uid = me.id;
+    let ok = match &d.target {
+        Target::Session(id) => *id == g.id,
+        Target::User(u) => *u == uid,
+        Target::Guild(gid) => g.guilds.contains(gid),
+    };
+    if !ok {
+        return None;
+    }
+    if let Some(gid) = d.guild_id {
         match (d.t, &d.target) {
             ("GUILD_CREATE", Target::User(_)) => {
-                me.guilds.insert(g);
+                g.guilds.insert(gid);
             }
             ("GUILD_DELETE", _) => {
-                me.guilds.remove(&g);
+                g.guilds.remove(&gid);
             }
             _ => {}
         }
     }
     if let Some(bit) = intents::required(d.t) {
-        if me.intents & bit == 0 {
-            return false;
+        if g.intents & bit == 0 {
+            return None;
         }
     }
-    if let (Some(ch), Some(g)) = (d.channel_id, d.guild_id) {
-        let (Ok(guild), Ok(channel)) = (s.store.guild(g).await, s.store.channel(ch).await) else { return false };
-        return s.store.permissions(&guild, Some(&channel), me.user.id).await.is_ok_and(|p| p.has(Permissions::VIEW_CHANNEL));
-    }
-    true
+    let redacted = d.redacted.is_some() && g.intents & intents::MESSAGE_CONTENT == 0 && !d.full_for.contains(&uid);
+    Some((uid, redacted))
 }

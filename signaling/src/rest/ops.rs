@@ -90,9 +90,9 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         let v = s.voice();
         (v.states.len(), v.conns.len())
     };
-    let sessions = s.sessions.lock().map(|m| m.len()).unwrap_or(0);
+    let (live, detached) = s.sessions.counts();
     let _ = writeln!(out, "# HELP lodge_voice_states Users in a voice channel\n# TYPE lodge_voice_states gauge\nlodge_voice_states {states}");
     let _ = writeln!(out, "# HELP lodge_voice_connections Open voice gateway connections\n# TYPE lodge_voice_connections gauge\nlodge_voice_connections {conns}");
-    let _ = writeln!(out, "# HELP lodge_gateway_sessions Identified gateway sessions\n# TYPE lodge_gateway_sessions gauge\nlodge_gateway_sessions {sessions}");
+    let _ = writeln!(out, "# HELP lodge_gateway_sessions Gateway sessions, connected or resumable\n# TYPE lodge_gateway_sessions gauge\nlodge_gateway_sessions{{state=\"connected\"}} {live}\nlodge_gateway_sessions{{state=\"resumable\"}} {detached}");
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
