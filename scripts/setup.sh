@@ -2,7 +2,7 @@
 # Install what Lodge's tests need on a fresh Debian machine (idempotent).
 #   chromium         real-browser voice tests (headless)
 #   nodejs, npm      drive Chromium with playwright-core
-#   curl, python3    the browser test runner
+#   curl, python3    the test runners; python3-venv for the discord.py test (pip: discord.py)
 set -euo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
@@ -10,6 +10,7 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} (apt)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -20,3 +21,6 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 cd "$(dirname "$0")/../tests/browser"
 [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --loglevel=error
+cd ../discordpy
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
-step "setup (apt: chromium, nodejs; npm: playwright-core)"
+step "setup (apt: chromium, nodejs, python3-venv; npm: playwright-core; pip: discord.py)"
 ./scripts/setup.sh
 
 step "build (debug, all targets)"
@@ -27,5 +27,8 @@ cargo test -p lodge-sfu --bench forward --locked
 
 step "real browsers: three headless Chromium clients in one voice channel"
 ./tests/browser/run.sh
+
+step "real client library: an unmodified discord.py bot (login, events, resume)"
+./tests/discordpy/run.sh
 
 step "all tests passed"
