@@ -13,4 +13,4 @@ pub mod store;
 pub use error::ChatError;
 pub use model::*;
 pub use permissions::{Overwrite, OverwriteKind, Permissions};
-pub use store::Store;
+pub use store::{RoleSpec, Store};

@@ -31,6 +31,8 @@ impl Permissions {
     pub const DEAFEN_MEMBERS: u64 = 1 << 23;
     pub const MOVE_MEMBERS: u64 = 1 << 24;
     pub const USE_VAD: u64 = 1 << 25;
+    pub const CHANGE_NICKNAME: u64 = 1 << 26;
+    pub const MANAGE_NICKNAMES: u64 = 1 << 27;
     pub const MANAGE_ROLES: u64 = 1 << 28;
     pub const ALL: u64 = (1 << 51) - 1;
 

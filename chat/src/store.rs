@@ -22,6 +22,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// Limits named in errors.
 pub const MAX_GUILD_CHANNELS: usize = 500;
 pub const MAX_NAME_LEN: usize = 100;
+pub const MAX_GUILD_ROLES: usize = 250;
 pub const MAX_USERNAME_LEN: usize = 32;
 
 pub(crate) fn now_ms() -> i64 {
@@ -258,12 +259,15 @@ impl Store {
 
     /// Create a role (used by tests and the chat issue's role routes).
     pub async fn create_role(&self, guild_id: u64, name: &str, permissions: u64) -> Result<Role, ChatError> {
+        let permissions = permissions & Permissions::ALL;
         let name = check_name("name", name)?;
         let id = self.next_id();
-        let pos: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) + 1 FROM roles WHERE guild_id = ?")
-            .bind(guild_id as i64)
-            .fetch_one(&self.pool)
-            .await?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM roles WHERE guild_id = ?").bind(guild_id as i64).fetch_one(&self.pool).await?;
+        if count as usize >= MAX_GUILD_ROLES {
+            return Err(ChatError::Limit { what: "guild roles", limit: MAX_GUILD_ROLES });
+        }
+        // New roles go to the bottom, just above @everyone, as Discord places them.
+        let pos: i64 = 1;
         sqlx::query("INSERT INTO roles (id, guild_id, name, permissions, position) VALUES (?, ?, ?, ?, ?)")
             .bind(id as i64)
             .bind(guild_id as i64)
@@ -602,4 +606,112 @@ fn check_name(field: &'static str, name: &str) -> Result<String, ChatError> {
         return Err(ChatError::Invalid { field, message: format!("Must be between 1 and {MAX_NAME_LEN} in length.") });
     }
     Ok(n.to_string())
+}
+
+/// Role changes; `None` fields stay as they are.
+#[derive(Debug, Clone, Default)]
+pub struct RoleSpec {
+    pub name: Option<String>,
+    pub permissions: Option<u64>,
+    pub color: Option<u32>,
+    pub position: Option<i64>,
+}
+
+impl Store {
+    pub async fn role(&self, guild_id: u64, role_id: u64) -> Result<Role, ChatError> {
+        self.roles(guild_id).await?.into_iter().find(|r| r.id == role_id).ok_or(ChatError::Unknown("role"))
+    }
+
+    pub async fn update_role(&self, guild_id: u64, role_id: u64, spec: RoleSpec) -> Result<Role, ChatError> {
+        let mut r = self.role(guild_id, role_id).await?;
+        if let Some(n) = spec.name {
+            if role_id == guild_id {
+                return Err(ChatError::Invalid { field: "name", message: "The @everyone role cannot be renamed.".into() });
+            }
+            r.name = check_name("name", &n)?;
+        }
+        if let Some(p) = spec.permissions {
+            r.permissions = p & Permissions::ALL;
+        }
+        if let Some(c) = spec.color {
+            r.color = c & 0xFF_FFFF;
+        }
+        if let Some(p) = spec.position {
+            if role_id != guild_id {
+                r.position = p.max(1);
+            }
+        }
+        sqlx::query("UPDATE roles SET name = ?, permissions = ?, color = ?, position = ? WHERE id = ? AND guild_id = ?")
+            .bind(&r.name)
+            .bind(r.permissions as i64)
+            .bind(r.color as i64)
+            .bind(r.position)
+            .bind(role_id as i64)
+            .bind(guild_id as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(r)
+    }
+
+    pub async fn delete_role(&self, guild_id: u64, role_id: u64) -> Result<(), ChatError> {
+        if role_id == guild_id {
+            return Err(ChatError::Invalid { field: "role_id", message: "The @everyone role cannot be deleted.".into() });
+        }
+        let r = sqlx::query("DELETE FROM roles WHERE id = ? AND guild_id = ?").bind(role_id as i64).bind(guild_id as i64).execute(&self.pool).await?;
+        if r.rows_affected() == 0 {
+            return Err(ChatError::Unknown("role"));
+        }
+        sqlx::query("DELETE FROM overwrites WHERE target_id = ? AND type = 0").bind(role_id as i64).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn remove_member_role(&self, guild_id: u64, user_id: u64, role_id: u64) -> Result<(), ChatError> {
+        sqlx::query("DELETE FROM member_roles WHERE guild_id = ? AND user_id = ? AND role_id = ?")
+            .bind(guild_id as i64)
+            .bind(user_id as i64)
+            .bind(role_id as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The position of a member's highest role (0 = only @everyone); the owner is above all.
+    pub async fn top_role_position(&self, guild: &Guild, user_id: u64) -> Result<i64, ChatError> {
+        if guild.owner_id == user_id {
+            return Ok(i64::MAX);
+        }
+        let p: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(r.position) FROM member_roles mr JOIN roles r ON r.id = mr.role_id WHERE mr.guild_id = ? AND mr.user_id = ?",
+        )
+        .bind(guild.id as i64)
+        .bind(user_id as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(p.unwrap_or(0))
+    }
+}
+
+impl Store {
+    pub async fn set_nick(&self, guild_id: u64, user_id: u64, nick: Option<&str>) -> Result<(), ChatError> {
+        let nick = match nick {
+            Some(n) if !n.trim().is_empty() => {
+                let n = n.trim();
+                if n.chars().count() > 32 {
+                    return Err(ChatError::Invalid { field: "nick", message: "Must be 32 or fewer in length.".into() });
+                }
+                Some(n.to_string())
+            }
+            _ => None,
+        };
+        let r = sqlx::query("UPDATE members SET nick = ? WHERE guild_id = ? AND user_id = ?")
+            .bind(nick)
+            .bind(guild_id as i64)
+            .bind(user_id as i64)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(ChatError::Unknown("member"));
+        }
+        Ok(())
+    }
 }

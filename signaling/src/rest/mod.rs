@@ -4,6 +4,7 @@ pub mod auth;
 pub mod channels;
 pub mod guilds;
 pub mod messages;
+pub mod roles;
 pub mod ops;
 pub mod users;
 

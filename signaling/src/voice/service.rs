@@ -65,6 +65,8 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
             return Err(ApiError::new(StatusCode::BAD_REQUEST, 50035, format!("The voice channel is full (user_limit {limit})")));
         }
         let existing = v.states.get(&(g.id, user.id)).cloned();
+        // Server mute/deafen stick to the member across channel changes, as on Discord.
+        let (mute, deaf) = existing.as_ref().map(|e| (e.mute, e.deaf)).unwrap_or((false, false));
         match existing {
             // Same channel and session, already connected: only the flags change.
             Some(st) if st.channel_id == c.id && st.session_id == session_id && st.conn.is_some() => {
@@ -74,15 +76,7 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
                 st.can_speak = can_speak;
                 (st.json(), None, st.participant.map(|i| (i, st.flags())))
             }
-            other => {
-                if let Some(old) = other {
-                    if let Some(conn) = old.conn.and_then(|id| v.conns.remove(&id)) {
-                        if let Some(pi) = conn.participant {
-                            v.by_participant.remove(&pi);
-                        }
-                        close_old = Some((conn.tx, conn.participant));
-                    }
-                }
+            _ => {
                 let st = VoiceState {
                     guild_id: g.id,
                     channel_id: c.id,
@@ -90,15 +84,14 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
                     session_id: session_id.to_string(),
                     self_mute,
                     self_deaf,
-                    mute: false,
-                    deaf: false,
+                    mute,
+                    deaf,
                     can_speak,
                     participant: None,
                     conn: None,
                 };
-                let j = st.json();
-                v.states.insert((g.id, user.id), st);
-                let token = v.issue_token(Instant::now(), user.id, g.id, c.id, session_id);
+                let (j, token, old) = replace_state(&mut v, st);
+                close_old = old;
                 (j, Some(token), None)
             }
         }
@@ -123,6 +116,94 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
             json!({ "token": token, "guild_id": g.id.to_string(), "endpoint": s.cfg.public_host() }),
         );
     }
+    Ok(())
+}
+
+type OldConn = (mpsc::UnboundedSender<VoiceOut>, Option<lodge_sfu::ParticipantIdx>);
+
+/// Put a (new) voice state in place of the user's current one: the old voice connection is
+/// returned for closing, a fresh voice token is issued.
+fn replace_state(v: &mut super::VoiceRegistry, st: VoiceState) -> (Value, String, Option<OldConn>) {
+    let mut old_conn = None;
+    if let Some(old) = v.states.remove(&(st.guild_id, st.user_id)) {
+        if let Some(conn) = old.conn.and_then(|id| v.conns.remove(&id)) {
+            if let Some(pi) = conn.participant {
+                v.by_participant.remove(&pi);
+            }
+            old_conn = Some((conn.tx, conn.participant));
+        }
+    }
+    let j = st.json();
+    let token = v.issue_token(Instant::now(), st.user_id, st.guild_id, st.channel_id, &st.session_id);
+    v.states.insert((st.guild_id, st.user_id), st);
+    (j, token, old_conn)
+}
+
+fn not_in_voice() -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, 40032, "Target user is not connected to voice.")
+}
+
+/// Server mute/deafen (MUTE_MEMBERS/DEAFEN_MEMBERS, checked by the caller): effective in the SFU
+/// at once.
+pub async fn set_server_flags(s: &AppState, guild_id: u64, user_id: u64, mute: Option<bool>, deaf: Option<bool>) -> ApiResult<()> {
+    let (j, part) = {
+        let mut v = s.voice();
+        let st = v.states.get_mut(&(guild_id, user_id)).ok_or_else(not_in_voice)?;
+        if let Some(m) = mute {
+            st.mute = m;
+        }
+        if let Some(d) = deaf {
+            st.deaf = d;
+        }
+        (st.json(), st.participant.map(|i| (i, st.flags())))
+    };
+    if let Some((i, f)) = part {
+        s.sfu.set_flags(i, f).await;
+    }
+    info!(guild = guild_id, user = user_id, ?mute, ?deaf, "server voice flags changed");
+    s.hub.send(Target::Guild(guild_id), Some(guild_id), None, "VOICE_STATE_UPDATE", j);
+    Ok(())
+}
+
+/// Move a user to another voice channel (MOVE_MEMBERS, checked by the caller) or disconnect them
+/// (`None`). The user's client gets VOICE_SERVER_UPDATE and reconnects.
+pub async fn move_member(s: &AppState, g: &lodge_chat::Guild, actor: &User, user_id: u64, dest: Option<u64>) -> ApiResult<()> {
+    let Some(dest) = dest else {
+        if !s.voice().states.contains_key(&(g.id, user_id)) {
+            return Err(not_in_voice());
+        }
+        disconnect_user(s, g.id, user_id).await;
+        return Ok(());
+    };
+    let c = s.store.channel(dest).await?;
+    if c.guild_id != g.id || c.kind != ChannelKind::Voice {
+        return Err(ApiError::bad_request("channel_id", "Not a voice channel of this guild."));
+    }
+    let actor_p = s.store.permissions(g, Some(&c), actor.id).await?;
+    if !actor_p.has(Permissions::VIEW_CHANNEL | Permissions::CONNECT) {
+        return Err(ApiError::missing_permissions("CONNECT in the destination channel"));
+    }
+    let target_p = s.store.permissions(g, Some(&c), user_id).await?;
+    if !target_p.has(Permissions::VIEW_CHANNEL | Permissions::CONNECT) {
+        return Err(ApiError::missing_permissions("the member cannot CONNECT to the destination channel"));
+    }
+    let (j, token, old, session_id, from) = {
+        let mut v = s.voice();
+        let cur = v.states.get(&(g.id, user_id)).cloned().ok_or_else(not_in_voice)?;
+        let st = VoiceState { channel_id: c.id, can_speak: target_p.has(Permissions::SPEAK), participant: None, conn: None, ..cur.clone() };
+        let (j, token, old) = replace_state(&mut v, st);
+        (j, token, old, cur.session_id, cur.channel_id)
+    };
+    if let Some((tx, participant)) = old {
+        let _ = tx.send(VoiceOut::Close(4014, "moved to another voice channel".into()));
+        notify_others(s, g.id, from, user_id, json!({ "op": 13, "d": { "user_id": user_id.to_string() } }));
+        if let Some(pi) = participant {
+            s.sfu.leave(pi).await;
+        }
+    }
+    info!(guild = g.id, user = user_id, to = c.id, "member moved");
+    s.hub.send(Target::Guild(g.id), Some(g.id), None, "VOICE_STATE_UPDATE", j);
+    s.hub.send(Target::Session(session_id), Some(g.id), None, "VOICE_SERVER_UPDATE", json!({ "token": token, "guild_id": g.id.to_string(), "endpoint": s.cfg.public_host() }));
     Ok(())
 }
 
