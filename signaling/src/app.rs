@@ -23,6 +23,8 @@ pub struct Inner {
     pub voice: Mutex<VoiceRegistry>,
     pub sessions: crate::gateway::registry::Sessions,
     pub ready: AtomicBool,
+    pub limits: crate::ratelimit::Limits,
+    pub rate_limiter: crate::ratelimit::RateLimiter,
     pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -38,6 +40,11 @@ impl Deref for AppState {
 
 impl AppState {
     pub fn new(cfg: Config, store: Store, sfu: SfuHandle) -> Self {
+        let limits = crate::ratelimit::Limits {
+            route: cfg.rate_limit_route,
+            route_window: std::time::Duration::from_secs(1),
+            global: cfg.rate_limit_global,
+        };
         let (shutdown, _) = tokio::sync::watch::channel(false);
         AppState(Arc::new(Inner {
             voice: Mutex::new(VoiceRegistry::new(std::time::Duration::from_secs(cfg.voice_token_ttl))),
@@ -47,6 +54,8 @@ impl AppState {
             hub: Hub::new(),
             sessions: Default::default(),
             ready: AtomicBool::new(false),
+            limits,
+            rate_limiter: Default::default(),
             shutdown,
         }))
     }
@@ -56,7 +65,7 @@ impl AppState {
     }
 }
 
-fn api_routes() -> Router<AppState> {
+fn api_routes(state: &AppState) -> Router<AppState> {
     use crate::rest::*;
     Router::new()
         .route("/auth/register", post(auth::register))
@@ -88,13 +97,14 @@ fn api_routes() -> Router<AppState> {
         .route("/channels/{id}/typing", post(messages::typing))
         .route("/invites/{code}", get(channels::get_invite).post(channels::accept_invite))
         .route("/voice/stats", get(ops::voice_stats))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::ratelimit::middleware))
         .fallback(ops::api_not_found)
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .nest("/api/v10", api_routes())
-        .nest("/api/v9", api_routes())
+        .nest("/api/v10", api_routes(&state))
+        .nest("/api/v9", api_routes(&state))
         .route("/gateway", get(crate::gateway::ws_handler))
         .route("/", get(crate::web::index_or_voice))
         .route("/app.js", get(crate::web::app_js))

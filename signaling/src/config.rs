@@ -34,7 +34,8 @@ pub enum Command {
 #[derive(Args, Debug, Clone, Default)]
 pub struct ServeArgs {
     /// TOML configuration file. Keys: http_listen, media_listen, public_ip, public_url, data_dir,
-    /// database, log, max_participants, max_room_size, voice_token_ttl.
+    /// database, log, max_participants, max_room_size, voice_token_ttl,
+    /// rate_limit_route, rate_limit_global.
     #[arg(long, env = "LODGE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address:port of the HTTP server (REST API, gateways, web client, metrics). [default: 127.0.0.1:8080]
@@ -69,6 +70,12 @@ pub struct ServeArgs {
     /// Seconds a voice token (from VOICE_SERVER_UPDATE) stays valid. [default: 60]
     #[arg(long, env = "LODGE_VOICE_TOKEN_TTL")]
     pub voice_token_ttl: Option<u64>,
+    /// REST requests per second per caller per route bucket (route + channel/guild). [default: 50]
+    #[arg(long, env = "LODGE_RATE_LIMIT_ROUTE")]
+    pub rate_limit_route: Option<u32>,
+    /// REST requests per second per caller across all routes. [default: 100]
+    #[arg(long, env = "LODGE_RATE_LIMIT_GLOBAL")]
+    pub rate_limit_global: Option<u32>,
 }
 
 /// The TOML file's shape. Every field optional; unknown keys rejected.
@@ -85,6 +92,8 @@ pub struct FileConfig {
     pub max_participants: Option<usize>,
     pub max_room_size: Option<usize>,
     pub voice_token_ttl: Option<u64>,
+    pub rate_limit_route: Option<u32>,
+    pub rate_limit_global: Option<u32>,
 }
 
 /// The effective configuration.
@@ -100,6 +109,8 @@ pub struct Config {
     pub max_participants: usize,
     pub max_room_size: usize,
     pub voice_token_ttl: u64,
+    pub rate_limit_route: u32,
+    pub rate_limit_global: u32,
 }
 
 const KNOWN_ENV: &[&str] = &[
@@ -114,6 +125,8 @@ const KNOWN_ENV: &[&str] = &[
     "LODGE_MAX_PARTICIPANTS",
     "LODGE_MAX_ROOM_SIZE",
     "LODGE_VOICE_TOKEN_TTL",
+    "LODGE_RATE_LIMIT_ROUTE",
+    "LODGE_RATE_LIMIT_GLOBAL",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +187,8 @@ impl Config {
             max_participants: args.max_participants.or(file.max_participants).unwrap_or(10_000),
             max_room_size: args.max_room_size.or(file.max_room_size).unwrap_or(1_000),
             voice_token_ttl: args.voice_token_ttl.or(file.voice_token_ttl).unwrap_or(60).clamp(1, 3600),
+            rate_limit_route: args.rate_limit_route.or(file.rate_limit_route).unwrap_or(50).max(1),
+            rate_limit_global: args.rate_limit_global.or(file.rate_limit_global).unwrap_or(100).max(1),
         })
     }
 

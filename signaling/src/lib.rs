@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod gateway;
 pub mod hub;
+pub mod ratelimit;
 pub mod rest;
 pub mod voice;
 pub mod web;
@@ -63,7 +64,7 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     let app = router(state.clone());
     let mut shutdown = state.shutdown.subscribe();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = shutdown.changed().await;
             })

@@ -142,3 +142,47 @@ async fn ops_endpoints() {
     let js = n.http.get(format!("{}/app.js", n.base)).send().await.unwrap();
     assert!(js.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
 }
+
+#[tokio::test]
+async fn rate_limits_per_route_and_global() {
+    let n = common::node_with(|a| {
+        a.rate_limit_route = Some(5);
+        a.rate_limit_global = Some(8);
+    })
+    .await;
+    let (_, t) = n.user("alice").await;
+    let get = |path: &str| n.http.get(n.url(path)).header("Authorization", &t).send();
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let r = get("/users/@me").await.unwrap();
+        if i == 0 {
+            assert_eq!(r.headers()["x-ratelimit-limit"], "5");
+            assert_eq!(r.headers()["x-ratelimit-remaining"], "4");
+            assert!(r.headers().contains_key("x-ratelimit-reset") && r.headers().contains_key("x-ratelimit-bucket"));
+        }
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["global"], false);
+            assert!(v["retry_after"].as_f64().unwrap() > 0.0 && v["retry_after"].as_f64().unwrap() <= 1.0);
+            assert!(v["message"].as_str().unwrap().contains("5 requests"));
+        }
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 200, 200, 429]);
+    // Another route has its own bucket, until the global limit (8 per second) is reached.
+    let r = get("/users/@me/guilds").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = get("/gateway/bot").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = get("/oauth2/applications/@me").await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-ratelimit-global"], "true");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["global"], true);
+    // After the window everything flows again; other callers were never limited.
+    let (_, t2) = n.user("bob").await;
+    assert_eq!(n.http.get(n.url("/users/@me")).header("Authorization", &t2).send().await.unwrap().status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(get("/users/@me").await.unwrap().status(), 200);
+}
