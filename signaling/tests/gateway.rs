@@ -144,7 +144,7 @@ async fn graceful_shutdown_tells_clients_and_keeps_data() {
     dispatch(&mut w, "GUILD_CREATE").await;
 
     n.run.take().unwrap().shutdown().await;
-    let reconnect = json(&mut w).await;
+    let reconnect = loop { let v = json(&mut w).await; if v["op"] != 0 { break v } };
     assert_eq!(reconnect["op"], 7, "clients are asked to reconnect");
     assert_eq!(closed(&mut w).await.0, 1012);
 
@@ -173,9 +173,13 @@ async fn resume_replays_missed_dispatches_in_order() {
         }
     }
     n.req("POST", &format!("/channels/{text}/messages"), Some(&alice), Some(json!({ "content": "before drop" }))).await;
-    let v = loop { let v = json(&mut w).await; if v["t"] == "MESSAGE_CREATE" { break v } };
-    assert_eq!(v["s"].as_u64().unwrap(), last_seq + 1);
-    last_seq += 1;
+    let v = loop {
+        let v = json(&mut w).await;
+        assert_eq!(v["s"].as_u64().unwrap(), last_seq + 1, "sequence numbers are consecutive");
+        last_seq += 1;
+        if v["t"] == "MESSAGE_CREATE" { break v }
+    };
+    assert_eq!(v["d"]["content"], "before drop");
     drop(w); // the connection dies without a close handshake
 
     for i in 0..5 {
@@ -194,15 +198,18 @@ async fn resume_replays_missed_dispatches_in_order() {
     json(&mut w).await;
     send(&mut w, json!({ "op": 6, "d": { "token": bob, "session_id": sid, "seq": last_seq } })).await;
     let mut got = Vec::new();
+    let mut expect = last_seq + 1;
     loop {
         let v = json(&mut w).await;
         assert_eq!(v["op"], 0, "{v}");
+        assert_eq!(v["s"].as_u64().unwrap(), expect, "sequence gap or repeat");
+        expect += 1;
         if v["t"] == "RESUMED" {
-            assert_eq!(v["s"].as_u64().unwrap(), last_seq + 6);
             break;
         }
-        assert_eq!(v["s"].as_u64().unwrap(), last_seq + 1 + got.len() as u64, "sequence gap or repeat");
-        got.push(v["d"]["content"].as_str().unwrap().to_string());
+        if v["t"] == "MESSAGE_CREATE" {
+            got.push(v["d"]["content"].as_str().unwrap().to_string());
+        }
     }
     assert_eq!(got, (0..5).map(|i| format!("missed {i}")).collect::<Vec<_>>(), "none missing, none twice, in order");
     // Live again.
@@ -218,4 +225,48 @@ async fn resume_replays_missed_dispatches_in_order() {
     json(&mut w).await;
     send(&mut w, json!({ "op": 6, "d": { "token": bob, "session_id": sid, "seq": 10_000 } })).await;
     assert_eq!(json(&mut w).await["op"], 9);
+}
+
+#[tokio::test]
+async fn presence_follows_connections_and_op3() {
+    let n = common::node().await;
+    let (alice_id, alice) = n.user("alice").await;
+    let (_, bob) = n.user("bob").await;
+    let (_, text, _) = n.guild(&alice).await;
+    n.invite_and_join(&alice, &text, &bob).await;
+    // Bob asks for presences (GUILDS | GUILD_PRESENCES).
+    let mut wb = ws(&n.gateway_url()).await;
+    json(&mut wb).await;
+    send(&mut wb, json!({ "op": 2, "d": { "token": bob, "intents": 1 | 256, "properties": {} } })).await;
+    dispatch(&mut wb, "READY").await;
+
+    let mut wa = ws(&n.gateway_url()).await;
+    json(&mut wa).await;
+    send(&mut wa, json!({ "op": 2, "d": { "token": alice, "intents": 1, "properties": {}, "presence": { "status": "dnd", "activities": [], "since": null, "afk": false } } })).await;
+    dispatch(&mut wa, "READY").await;
+    let of_alice = |v: &serde_json::Value| v["user"]["id"] == alice_id.as_str();
+    let p = loop { let p = dispatch(&mut wb, "PRESENCE_UPDATE").await; if of_alice(&p) { break p } };
+    assert_eq!(p["status"], "dnd");
+
+    send(&mut wa, json!({ "op": 3, "d": { "status": "idle", "activities": [], "since": 0, "afk": true } })).await;
+    assert_eq!(dispatch(&mut wb, "PRESENCE_UPDATE").await["status"], "idle");
+
+    // A new session of bob sees alice in GUILD_CREATE's presences.
+    let (mut wb2, _) = gateway(&n, &bob).await;
+    let gc = dispatch(&mut wb2, "GUILD_CREATE").await;
+    let pa = gc["presences"].as_array().unwrap().iter().find(|p| of_alice(p)).expect("alice's presence in GUILD_CREATE").clone();
+    assert_eq!(pa["status"], "idle");
+
+    // Invisible looks offline; disconnecting the last connection is offline too.
+    send(&mut wa, json!({ "op": 3, "d": { "status": "invisible", "activities": [], "since": 0, "afk": false } })).await;
+    assert_eq!(dispatch(&mut wb, "PRESENCE_UPDATE").await["status"], "offline");
+    send(&mut wa, json!({ "op": 3, "d": { "status": "online", "activities": [], "since": 0, "afk": false } })).await;
+    assert_eq!(dispatch(&mut wb, "PRESENCE_UPDATE").await["status"], "online");
+    drop(wa);
+    assert_eq!(dispatch(&mut wb, "PRESENCE_UPDATE").await["status"], "offline");
+
+    // A bad status closes with 4002.
+    let (mut w, _) = gateway(&n, &alice).await;
+    send(&mut w, json!({ "op": 3, "d": { "status": "sleepy" } })).await;
+    assert_eq!(closed(&mut w).await.0, 4002);
 }

@@ -2,6 +2,7 @@
 //! updates, and dispatches from the hub filtered by guild membership, intents and VIEW_CHANNEL.
 
 pub mod payloads;
+pub mod presence;
 pub mod registry;
 mod session;
 

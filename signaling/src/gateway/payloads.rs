@@ -66,7 +66,8 @@ pub async fn guild_create_limited(s: &AppState, g: &Guild, user_id: u64, large_t
     v["large"] = json!(member_count as u32 >= large_threshold);
     v["joined_at"] = json!(joined_at);
     v["voice_states"] = Value::Array(voice_states);
-    v["presences"] = json!([]);
+    let ids: Vec<u64> = members.iter().map(|m| m.user.id).collect();
+    v["presences"] = Value::Array(s.presences.snapshot(g.id, &ids));
     v["threads"] = json!([]);
     v["stage_instances"] = json!([]);
     v["guild_scheduled_events"] = json!([]);

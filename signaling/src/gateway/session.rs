@@ -108,6 +108,7 @@ async fn run(s: AppState, sock: WebSocket) {
                                 };
                                 tokio::spawn(collector(s.clone(), sref.clone(), hub_rx));
                                 info!(user, session = %&id[..6], "gateway session identified");
+                                super::presence::connected(&s, user, d.get("presence").filter(|p| p.is_object())).await;
                                 session = Some(sref);
                                 live = Some(live_rx);
                                 if !send_frames(&mut tx, frames).await { break }
@@ -119,6 +120,8 @@ async fn run(s: AppState, sock: WebSocket) {
                         if session.is_some() { close_with(&mut tx, close::ALREADY_AUTHENTICATED, "already identified").await; break }
                         match resume(&s, &d, conn).await {
                             Some((sref, live_rx, frames)) => {
+                                let user = lock(&sref).user.id;
+                                super::presence::connected(&s, user, None).await;
                                 session = Some(sref);
                                 live = Some(live_rx);
                                 if !send_frames(&mut tx, frames).await { break }
@@ -128,7 +131,14 @@ async fn run(s: AppState, sock: WebSocket) {
                             }
                         }
                     }
-                    Some(3) => { /* presence: accepted; presence tracking is not built yet */ }
+                    Some(3) => {
+                        let Some(sref) = &session else { close_with(&mut tx, close::NOT_AUTHENTICATED, "identify first").await; break };
+                        let user = lock(sref).user.id;
+                        if !super::presence::set(&s, user, &d).await {
+                            close_with(&mut tx, close::DECODE_ERROR, "invalid presence: status must be online, idle, dnd, invisible or offline").await;
+                            break;
+                        }
+                    }
                     Some(4) => {
                         let Some(sref) = &session else { close_with(&mut tx, close::NOT_AUTHENTICATED, "identify first").await; break };
                         let (user, sid) = { let g = lock(sref); (g.user.clone(), g.id.clone()) };
@@ -168,9 +178,13 @@ async fn run(s: AppState, sock: WebSocket) {
         }
     }
     if let Some(sref) = session {
-        let mut g = lock(&sref);
-        g.detach(conn);
-        debug!(user = g.user.id, session = %&g.id[..6], seq = g.seq, "gateway connection closed; session resumable");
+        let user = {
+            let mut g = lock(&sref);
+            g.detach(conn);
+            debug!(user = g.user.id, session = %&g.id[..6], seq = g.seq, "gateway connection closed; session resumable");
+            g.user.id
+        };
+        super::presence::disconnected(&s, user).await;
     }
 }
 
