@@ -326,3 +326,45 @@ mod tests {
         }
     }
 }
+
+/// Turn user input into a safe FTS5 query: every word quoted, all words required.
+pub fn fts_query(input: &str) -> Option<String> {
+    let terms: Vec<String> = input.split_whitespace().take(16).map(|t| format!("\"{}\"", t.replace('"', "\"\""))).collect();
+    (!terms.is_empty()).then(|| terms.join(" "))
+}
+
+impl Store {
+    /// Messages of `guild_id` in `channels` whose content matches every word of `query`, newest
+    /// first, with the total number of hits.
+    pub async fn search_messages(&self, guild_id: u64, channels: &[u64], query: &str, limit: u32, offset: u32, viewer: u64) -> Result<(u64, Vec<Message>), ChatError> {
+        let Some(q) = fts_query(query) else {
+            return Err(ChatError::Invalid { field: "content", message: "Give at least one word to search for.".into() });
+        };
+        let chans = serde_json::to_string(channels).unwrap_or_else(|_| "[]".into());
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM messages_fts f JOIN messages m ON m.id = f.rowid \
+             WHERE messages_fts MATCH ? AND m.guild_id = ? AND m.channel_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(&q)
+        .bind(guild_id as i64)
+        .bind(&chans)
+        .fetch_one(&self.pool)
+        .await?;
+        let rows = sqlx::query(select!(
+            "JOIN messages_fts f ON f.rowid = m.id WHERE messages_fts MATCH ? AND m.guild_id = ? \
+             AND m.channel_id IN (SELECT value FROM json_each(?)) ORDER BY m.id DESC LIMIT ? OFFSET ?"
+        ))
+        .bind(&q)
+        .bind(guild_id as i64)
+        .bind(&chans)
+        .bind(limit.clamp(1, 25) as i64)
+        .bind(offset.min(5000) as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(self.hydrate(r, viewer).await?);
+        }
+        Ok((total as u64, out))
+    }
+}

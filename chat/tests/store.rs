@@ -143,3 +143,34 @@ async fn messages_history_nonce_mentions_reactions() {
     s.delete_message(text.id, m.id).await.unwrap();
     assert!(matches!(s.message(text.id, m.id, alice.id).await, Err(ChatError::Unknown("message"))));
 }
+
+#[tokio::test]
+async fn full_text_search_respects_channels_and_edits() {
+    let (s, _d) = store().await;
+    let (alice, _) = s.register("alice", "password1", false).await.unwrap();
+    let g = s.create_guild(&alice, "Den").await.unwrap();
+    let text = s.channels(g.id).await.unwrap().into_iter().find(|c| c.kind == ChannelKind::Text).unwrap();
+    let other = s.create_channel(g.id, ChannelSpec { name: Some("other".into()), ..Default::default() }).await.unwrap();
+    let post = |c: &Channel, t: &str| {
+        let (s, c, a, t) = (s.clone(), c.clone(), alice.clone(), t.to_string());
+        async move { s.create_message(&c, &a, NewMessage { content: t, ..Default::default() }).await.unwrap().0 }
+    };
+    post(&text, "the quick brown fox").await;
+    let m2 = post(&text, "a quick reply").await;
+    post(&other, "quick but hidden").await;
+    let (n, hits) = s.search_messages(g.id, &[text.id], "quick", 25, 0, alice.id).await.unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(hits[0].id, m2.id, "newest first");
+    let (n, _) = s.search_messages(g.id, &[text.id, other.id], "quick", 25, 0, alice.id).await.unwrap();
+    assert_eq!(n, 3);
+    let (n, _) = s.search_messages(g.id, &[text.id], "quick fox", 25, 0, alice.id).await.unwrap();
+    assert_eq!(n, 1, "all words required");
+    // Edits and deletes keep the index true; hostile syntax is just words.
+    s.edit_message(text.id, m2.id, "a slow reply", alice.id).await.unwrap();
+    assert_eq!(s.search_messages(g.id, &[text.id], "quick", 25, 0, alice.id).await.unwrap().0, 1);
+    assert_eq!(s.search_messages(g.id, &[text.id], "slow", 25, 0, alice.id).await.unwrap().0, 1);
+    s.delete_message(text.id, m2.id).await.unwrap();
+    assert_eq!(s.search_messages(g.id, &[text.id], "slow", 25, 0, alice.id).await.unwrap().0, 0);
+    assert_eq!(s.search_messages(g.id, &[text.id], "\" OR * NEAR( -", 25, 0, alice.id).await.unwrap().0, 0);
+    assert!(s.search_messages(g.id, &[text.id], "   ", 25, 0, alice.id).await.is_err());
+}

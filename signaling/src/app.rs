@@ -89,6 +89,7 @@ fn api_routes(state: &AppState) -> Router<AppState> {
         .route("/guilds/{id}/roles", get(guilds::roles).post(roles::create))
         .route("/guilds/{id}/roles/{role}", axum::routing::patch(roles::update).delete(roles::delete))
         .route("/guilds/{id}/voice-states", get(guilds::voice_states))
+        .route("/guilds/{id}/messages/search", get(messages::search))
         .route("/channels/{id}", get(channels::get).patch(channels::update).delete(channels::remove))
         .route("/channels/{id}/permissions/{target}", put(channels::put_overwrite).delete(channels::delete_overwrite))
         .route("/channels/{id}/invites", post(channels::create_invite))

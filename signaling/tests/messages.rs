@@ -95,4 +95,15 @@ async fn messages_rest_and_dispatches() {
     n.req("POST", &format!("/channels/{hid}/messages"), Some(&alice), Some(json!({ "content": "for admins" }))).await;
     n.req("POST", &format!("/channels/{text}/messages"), Some(&alice), Some(json!({ "content": "public" }))).await;
     assert_eq!(dispatch(&mut wb, "MESSAGE_CREATE").await["content"], "public", "bob got an event from a hidden channel");
+
+    // Search finds only what the caller may read.
+    n.req("POST", &format!("/channels/{hid}/messages"), Some(&alice), Some(json!({ "content": "needle in the admin room" }))).await;
+    n.req("POST", &format!("/channels/{text}/messages"), Some(&alice), Some(json!({ "content": "needle in public" }))).await;
+    let (st, r) = n.req("GET", &format!("/guilds/{g}/messages/search?content=needle"), Some(&bob), None).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["total_results"], 1);
+    assert_eq!(r["messages"][0][0]["content"], "needle in public");
+    let (_, r) = n.req("GET", &format!("/guilds/{g}/messages/search?content=needle"), Some(&alice), None).await;
+    assert_eq!(r["total_results"], 2);
+    assert_eq!(n.req("GET", &format!("/guilds/{g}/messages/search?content=%20"), Some(&bob), None).await.0, 400);
 }

@@ -248,3 +248,38 @@ pub async fn typing(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<Str
     s.hub.send(Target::Guild(c.guild_id), Some(c.guild_id), Some(c.id), "TYPING_START", d);
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[derive(Deserialize)]
+pub struct SearchQuery {
+    content: Option<String>,
+    channel_id: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+/// `GET /guilds/{id}/messages/search?content=…`: hits in the channels the caller may read only.
+pub async fn search(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>, Query(q): Query<SearchQuery>) -> ApiResult<Json<Value>> {
+    let g = super::guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
+    let content = q.content.unwrap_or_default();
+    if content.chars().count() > 512 {
+        return Err(ApiError::bad_request("content", "Must be 512 or fewer in length."));
+    }
+    let only = q.channel_id.map(|c| c.parse::<u64>().map_err(|_| ApiError::bad_request("channel_id", "Must be a snowflake."))).transpose()?;
+    let mut readable = Vec::new();
+    for c in s.store.channels(g.id).await? {
+        if only.is_some_and(|o| o != c.id) {
+            continue;
+        }
+        if s.store.permissions(&g, Some(&c), u.id).await?.has(Permissions::VIEW_CHANNEL | Permissions::READ_MESSAGE_HISTORY) {
+            readable.push(c.id);
+        }
+    }
+    let (total, hits) = s.store.search_messages(g.id, &readable, &content, q.limit.unwrap_or(25), q.offset.unwrap_or(0), u.id).await?;
+    let mut messages = Vec::with_capacity(hits.len());
+    for m in &hits {
+        let mut v = message_json(&s, m, u.id).await;
+        v["guild_id"] = json!(g.id.to_string());
+        messages.push(json!([v]));
+    }
+    Ok(Json(json!({ "total_results": total, "messages": messages })))
+}
