@@ -16,6 +16,8 @@ const state = {
   voiceStates: new Map(),   // guildId -> Map(userId -> voice state)
   speaking: new Set(),      // userIds currently heard speaking (or me, from the mic level)
   voice: null,              // the active voice session, see joinVoice()
+  text: null,               // the open text channel, see openText()
+  unread: new Map(),        // channelId -> messages not seen yet
 };
 
 // ---------- REST ----------
@@ -93,7 +95,7 @@ function onGateway(msg) {
   switch (msg.op) {
     case 10:
       gwHeartbeat = setInterval(() => gw.send(JSON.stringify({ op: 1, d: gwSeq })), msg.d.heartbeat_interval);
-      gw.send(JSON.stringify({ op: 2, d: { token: state.token, intents: 1 | 2 | 128, properties: { os: 'web', browser: 'lodge-web', device: 'lodge-web' } } }));
+      gw.send(JSON.stringify({ op: 2, d: { token: state.token, intents: 1 | 2 | 128 | 256 | 512 | 1024 | 2048 | 32768, properties: { os: 'web', browser: 'lodge-web', device: 'lodge-web' } } }));
       break;
     case 0: onDispatch(msg.t, msg.d); break;
     case 7: gw.close(4000, 'reconnect requested'); break;
@@ -134,7 +136,9 @@ function onDispatch(t, d) {
       if (!g) break;
       g.channels = (g.channels || []).filter((c) => c.id !== d.id);
       if (t !== 'CHANNEL_DELETE') g.channels.push(d);
+      if (t === 'CHANNEL_DELETE' && state.text && state.text.channelId === d.id) closeText();
       render();
+      renderOwnerTools();
       break;
     }
     case 'GUILD_MEMBER_ADD': {
@@ -153,6 +157,22 @@ function onDispatch(t, d) {
       break;
     }
     case 'VOICE_SERVER_UPDATE': onVoiceServer(d); break;
+    case 'MESSAGE_CREATE': onMessageCreate(d); break;
+    case 'MESSAGE_UPDATE': onMessageUpdate(d); break;
+    case 'MESSAGE_DELETE': onMessageDelete(d); break;
+    case 'MESSAGE_REACTION_ADD': onReaction(d, +1); break;
+    case 'MESSAGE_REACTION_REMOVE': onReaction(d, -1); break;
+    case 'TYPING_START': onTyping(d); break;
+    case 'GUILD_ROLE_CREATE': case 'GUILD_ROLE_UPDATE': {
+      const g = state.guilds.get(d.guild_id);
+      if (g) { g.roles = (g.roles || []).filter((r) => r.id !== d.role.id); g.roles.push(d.role); renderOwnerTools(); }
+      break;
+    }
+    case 'GUILD_ROLE_DELETE': {
+      const g = state.guilds.get(d.guild_id);
+      if (g) { g.roles = (g.roles || []).filter((r) => r.id !== d.role_id); renderOwnerTools(); }
+      break;
+    }
     case 'LODGE_VOICE_ERROR':
       showError(`Cannot join voice: ${d.message}`);
       setVoiceStatus('error', 'Could not join');
@@ -198,9 +218,20 @@ function render() {
     if (c.type === 2) icon.innerHTML = SPEAKER_SVG; else icon.textContent = '#';
     li.append(icon, document.createTextNode(' ' + c.name));
     if (state.voice && state.voice.channelId === c.id) li.classList.add('active');
+    if (state.text && state.text.channelId === c.id) li.classList.add('active');
     if (c.type === 2) {
       li.title = 'Join voice';
       li.onclick = () => joinVoice(g.id, c.id);
+    } else {
+      li.title = 'Open channel';
+      li.onclick = () => openText(g.id, c.id);
+      const n = state.unread.get(c.id) || 0;
+      if (n > 0) {
+        const b = document.createElement('span');
+        b.className = 'unread';
+        b.textContent = String(n);
+        li.append(b);
+      }
     }
     cl.append(li);
     if (c.type === 2) {
@@ -467,6 +498,321 @@ function leaveVoiceLocal(reason) {
   render();
 }
 
+
+// ---------- text chat ----------
+function fmtTime(iso) {
+  const d = new Date(iso);
+  return d.toLocaleString();
+}
+
+function canModerate() {
+  const g = state.text && state.guilds.get(state.text.guildId);
+  return !!(g && state.user && g.owner_id === state.user.id);
+}
+
+async function openText(guildId, channelId) {
+  showError('');
+  const g = state.guilds.get(guildId);
+  const c = g && (g.channels || []).find((x) => x.id === channelId);
+  if (!c) return;
+  state.text = { guildId, channelId, messages: [], more: true, loading: false, replyTo: null, typing: new Map(), lastTyping: 0 };
+  state.unread.delete(channelId);
+  $('chat-title').textContent = '# ' + c.name;
+  $('composer').hidden = false;
+  $('search-form').hidden = false;
+  $('search-results').hidden = true;
+  setReply(null);
+  render();
+  renderOwnerTools();
+  await loadOlder();
+  $('messages').scrollTop = $('messages').scrollHeight;
+}
+
+function closeText() {
+  state.text = null;
+  $('chat-title').textContent = 'Pick a text channel';
+  $('composer').hidden = true;
+  $('search-form').hidden = true;
+  $('messages').replaceChildren();
+  renderOwnerTools();
+}
+
+async function loadOlder() {
+  const t = state.text;
+  if (!t || t.loading || !t.more) return;
+  t.loading = true;
+  const oldest = t.messages[0];
+  const q = oldest ? `?limit=50&before=${oldest.id}` : '?limit=50';
+  try {
+    const page = await api('GET', `/channels/${t.channelId}/messages${q}`);
+    if (state.text !== t) return;
+    if (page.length < 50) t.more = false;
+    const box = $('messages');
+    const before = box.scrollHeight;
+    t.messages = page.reverse().concat(t.messages);
+    renderMessages();
+    box.scrollTop += box.scrollHeight - before;
+  } catch (e) {
+    showError(`Cannot load messages: ${e.message}`);
+  } finally {
+    t.loading = false;
+  }
+}
+
+$('messages').addEventListener('scroll', () => { if ($('messages').scrollTop < 40) loadOlder(); });
+
+function messageEl(m) {
+  const el = document.createElement('div');
+  el.className = 'msg';
+  el.dataset.id = m.id;
+  if (m.referenced_message) {
+    const r = document.createElement('div');
+    r.className = 'reply-ref';
+    r.textContent = `↪ ${m.referenced_message.author.username}: ${m.referenced_message.content.slice(0, 80)}`;
+    el.append(r);
+  } else if (m.message_reference) {
+    const r = document.createElement('div');
+    r.className = 'reply-ref';
+    r.textContent = '↪ (deleted message)';
+    el.append(r);
+  }
+  const actions = document.createElement('span');
+  actions.className = 'actions';
+  const act = (label, fn, cls) => { const b = document.createElement('button'); b.type = 'button'; b.textContent = label; b.className = cls; b.onclick = fn; actions.append(b); };
+  act('Reply', () => setReply(m), 'reply');
+  act('👍', () => toggleReaction(m, '👍'), 'react');
+  const mine = state.user && m.author.id === state.user.id;
+  if (mine) act('Edit', () => editMessage(m), 'edit');
+  if (mine || canModerate()) act('Delete', () => deleteMessage(m), 'delete');
+  el.append(actions);
+  const meta = document.createElement('div');
+  meta.className = 'meta';
+  const who = document.createElement('span');
+  who.className = 'author';
+  who.textContent = m.author.global_name || m.author.username;
+  meta.append(who, document.createTextNode(fmtTime(m.timestamp)));
+  const content = document.createElement('div');
+  content.className = 'content';
+  content.textContent = m.content;
+  if (m.edited_timestamp) {
+    const e = document.createElement('span');
+    e.className = 'edited';
+    e.textContent = ' (edited)';
+    content.append(e);
+  }
+  el.append(meta, content);
+  if (m.reactions && m.reactions.length) {
+    const rs = document.createElement('div');
+    rs.className = 'reactions';
+    for (const r of m.reactions) {
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.className = r.me ? 'me' : '';
+      b.textContent = `${r.emoji.name} ${r.count}`;
+      b.onclick = () => toggleReaction(m, r.emoji.name);
+      rs.append(b);
+    }
+    el.append(rs);
+  }
+  return el;
+}
+
+function renderMessages() {
+  const t = state.text;
+  const box = $('messages');
+  box.replaceChildren(...(t ? t.messages.map(messageEl) : []));
+}
+
+function atBottom() {
+  const box = $('messages');
+  return box.scrollHeight - box.scrollTop - box.clientHeight < 60;
+}
+
+function onMessageCreate(m) {
+  const t = state.text;
+  if (t && t.channelId === m.channel_id) {
+    if (t.messages.some((x) => x.id === m.id)) return;
+    const stick = atBottom() || (state.user && m.author.id === state.user.id);
+    t.messages.push(m);
+    t.typing.delete(m.author.id);
+    renderTyping();
+    renderMessages();
+    if (stick) $('messages').scrollTop = $('messages').scrollHeight;
+  } else if (!state.user || m.author.id !== state.user.id) {
+    state.unread.set(m.channel_id, (state.unread.get(m.channel_id) || 0) + 1);
+    render();
+  }
+}
+
+function onMessageUpdate(m) {
+  const t = state.text;
+  if (!t || t.channelId !== m.channel_id) return;
+  const i = t.messages.findIndex((x) => x.id === m.id);
+  if (i < 0) return;
+  // Gateway payloads carry no per-viewer reaction state: keep ours.
+  t.messages[i] = { ...m, reactions: t.messages[i].reactions };
+  renderMessages();
+}
+
+function onMessageDelete(d) {
+  const t = state.text;
+  if (!t || t.channelId !== d.channel_id) return;
+  t.messages = t.messages.filter((x) => x.id !== d.id);
+  renderMessages();
+}
+
+function onReaction(d, delta) {
+  const t = state.text;
+  if (!t || t.channelId !== d.channel_id) return;
+  const m = t.messages.find((x) => x.id === d.message_id);
+  if (!m) return;
+  m.reactions = m.reactions || [];
+  let r = m.reactions.find((x) => x.emoji.name === d.emoji.name);
+  if (!r) { r = { count: 0, me: false, emoji: d.emoji }; m.reactions.push(r); }
+  r.count += delta;
+  if (state.user && d.user_id === state.user.id) r.me = delta > 0;
+  m.reactions = m.reactions.filter((x) => x.count > 0);
+  renderMessages();
+}
+
+function onTyping(d) {
+  const t = state.text;
+  if (!t || t.channelId !== d.channel_id || (state.user && d.user_id === state.user.id)) return;
+  clearTimeout(t.typing.get(d.user_id));
+  t.typing.set(d.user_id, setTimeout(() => { t.typing.delete(d.user_id); renderTyping(); }, 9000));
+  renderTyping();
+}
+
+function renderTyping() {
+  const t = state.text;
+  const names = t ? [...t.typing.keys()].map((u) => userName(t.guildId, u)) : [];
+  $('typing').textContent = names.length ? `${names.join(', ')} ${names.length > 1 ? 'are' : 'is'} typing…` : '';
+}
+
+function setReply(m) {
+  if (state.text) state.text.replyTo = m;
+  $('reply-bar').hidden = !m;
+  $('reply-text').textContent = m ? `Replying to ${m.author.username}: ${m.content.slice(0, 60)}` : '';
+  if (m) $('composer-input').focus();
+}
+$('reply-cancel').addEventListener('click', () => setReply(null));
+
+$('composer').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const t = state.text;
+  const input = $('composer-input');
+  const content = input.value;
+  if (!t || !content.trim()) return;
+  const body = { content, nonce: String(Date.now()) + Math.floor(Math.random() * 1000), enforce_nonce: true };
+  if (t.replyTo) body.message_reference = { message_id: t.replyTo.id };
+  try {
+    const m = await api('POST', `/channels/${t.channelId}/messages`, body);
+    input.value = '';
+    setReply(null);
+    onMessageCreate(m);
+  } catch (e) { showError(`Not sent: ${e.message}`); }
+});
+
+$('composer-input').addEventListener('input', () => {
+  const t = state.text;
+  if (!t || Date.now() - t.lastTyping < 8000) return;
+  t.lastTyping = Date.now();
+  api('POST', `/channels/${t.channelId}/typing`).catch(() => {});
+});
+
+async function editMessage(m) {
+  const content = prompt('Edit message', m.content);
+  if (content === null || content === m.content) return;
+  try { await api('PATCH', `/channels/${m.channel_id}/messages/${m.id}`, { content }); } catch (e) { showError(`Not edited: ${e.message}`); }
+}
+
+async function deleteMessage(m) {
+  try { await api('DELETE', `/channels/${m.channel_id}/messages/${m.id}`); } catch (e) { showError(`Not deleted: ${e.message}`); }
+}
+
+async function toggleReaction(m, emoji) {
+  const r = (m.reactions || []).find((x) => x.emoji.name === emoji);
+  const path = `/channels/${m.channel_id}/messages/${m.id}/reactions/${encodeURIComponent(emoji)}/@me`;
+  try { await api(r && r.me ? 'DELETE' : 'PUT', path); } catch (e) { showError(`Reaction failed: ${e.message}`); }
+}
+
+$('search-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const t = state.text;
+  const q = $('search-input').value.trim();
+  const box = $('search-results');
+  if (!t || !q) { box.hidden = true; return; }
+  try {
+    const r = await api('GET', `/guilds/${t.guildId}/messages/search?content=${encodeURIComponent(q)}`);
+    const g = state.guilds.get(t.guildId);
+    const head = document.createElement('div');
+    head.className = 'muted';
+    head.textContent = `${r.total_results} result${r.total_results === 1 ? '' : 's'} for “${q}”`;
+    const items = r.messages.map(([m]) => {
+      const c = (g.channels || []).find((x) => x.id === m.channel_id);
+      const d = document.createElement('div');
+      d.className = 'hit';
+      d.textContent = `#${c ? c.name : '?'} · ${m.author.username}: ${m.content}`;
+      return d;
+    });
+    box.replaceChildren(head, ...items);
+    box.hidden = false;
+  } catch (e) { showError(`Search failed: ${e.message}`); }
+});
+
+// ---------- owner tools: roles and channel permissions ----------
+const PERM = { VIEW_CHANNEL: 1n << 10n, SEND_MESSAGES: 1n << 11n, CONNECT: 1n << 20n, SPEAK: 1n << 21n, MUTE_MEMBERS: 1n << 22n, MANAGE_MESSAGES: 1n << 13n };
+
+function renderOwnerTools() {
+  const show = !!state.text && canModerate();
+  $('owner-tools').hidden = !show;
+  if (!show) return;
+  const g = state.guilds.get(state.text.guildId);
+  const roles = [...(g.roles || [])].sort((a, b) => b.position - a.position);
+  $('role-list').replaceChildren(...roles.map((r) => {
+    const li = document.createElement('li');
+    li.textContent = `${r.name} (position ${r.position})`;
+    if (r.id !== g.id) {
+      const del = document.createElement('button');
+      del.type = 'button'; del.className = 'secondary small'; del.textContent = 'Delete';
+      del.onclick = () => api('DELETE', `/guilds/${g.id}/roles/${r.id}`).catch((e) => showError(e.message));
+      li.append(' ', del);
+    }
+    return li;
+  }));
+  const c = (g.channels || []).find((x) => x.id === state.text.channelId);
+  $('perm-channel').textContent = c ? '#' + c.name : 'this channel';
+  const ow = (c && c.permission_overwrites || []).find((o) => o.id === g.id);
+  const deny = BigInt(ow ? ow.deny : '0');
+  $('perm-toggles').replaceChildren(...['VIEW_CHANNEL', 'SEND_MESSAGES'].map((name) => {
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = 'small';
+    const denied = (deny & PERM[name]) !== 0n;
+    b.setAttribute('aria-pressed', String(denied));
+    b.dataset.perm = name;
+    b.textContent = `${denied ? 'Denied' : 'Allowed'}: ${name}`;
+    b.onclick = () => {
+      const next = denied ? deny & ~PERM[name] : deny | PERM[name];
+      api('PUT', `/channels/${c.id}/permissions/${g.id}`, { type: 0, allow: ow ? ow.allow : '0', deny: next.toString() }).catch((e) => showError(e.message));
+    };
+    return b;
+  }));
+}
+
+$('new-role').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const g = state.text && state.guilds.get(state.text.guildId);
+  if (!g) return;
+  let bits = 0n;
+  if ($('new-role-mute').checked) bits |= PERM.MUTE_MEMBERS;
+  if ($('new-role-manage').checked) bits |= PERM.MANAGE_MESSAGES;
+  try {
+    await api('POST', `/guilds/${g.id}/roles`, { name: $('new-role-name').value, permissions: bits.toString() });
+    $('new-role-name').value = '';
+  } catch (e) { showError(`Cannot create role: ${e.message}`); }
+});
+
 // ---------- start ----------
 async function start() {
   $('login').hidden = true;
@@ -479,6 +825,6 @@ async function start() {
 }
 
 // Hooks for automated browser tests and curious users.
-window.lodge = { state, slotStats, micLevel };
+window.lodge = { state, slotStats, micLevel, openText };
 
 if (state.token) start(); else $('login').hidden = false;

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start a lodge node on free loopback ports and run the real-browser voice test against it.
+# Start a lodge node on free loopback ports and run the real-browser tests (voice, chat) against it.
+# BROWSER_TESTS="chat" runs a subset.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 BIN="${LODGE_BIN:-$ROOT/target/debug/lodge}"
@@ -14,6 +15,9 @@ trap cleanup EXIT
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$HP/readyz" >/dev/null && break; sleep 0.1; done
 cd "$ROOT/tests/browser"
 [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund
-if ! LODGE_URL="http://127.0.0.1:$HP" node voice.test.mjs; then
-  echo "---- lodge log (last 80 lines) ----"; tail -80 "$TMP/lodge.log"; exit 1
-fi
+for t in ${BROWSER_TESTS:-voice chat}; do
+  echo "-- browser test: $t"
+  if ! LODGE_URL="http://127.0.0.1:$HP" node "$t.test.mjs"; then
+    echo "---- lodge log (last 80 lines) ----"; tail -80 "$TMP/lodge.log"; exit 1
+  fi
+done
