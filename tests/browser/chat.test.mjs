@@ -35,8 +35,9 @@ async function client(name) {
 const msg = (page, text) => page.locator('.msg', { has: page.locator('.content', { hasText: text }) });
 
 async function main() {
-  const alice = await client('alice');
-  const bob = await client('bob');
+  // Names differ from the voice test's: both tests share one node.
+  const alice = await client('ann');
+  const bob = await client('ben');
   await alice.page.fill('#new-guild-name', 'Chat Den');
   await alice.page.click('#new-guild button');
   await alice.page.waitForSelector('#guild-list li.active');
@@ -59,7 +60,7 @@ async function main() {
 
   // Typing indicator.
   await bob.page.type('#composer-input', 'typing…');
-  await alice.page.waitForFunction(() => document.getElementById('typing').textContent.includes('bob is typing'), null, { timeout: 10000 });
+  await alice.page.waitForFunction(() => document.getElementById('typing').textContent.includes('ben is typing'), null, { timeout: 10000 });
   await bob.page.fill('#composer-input', '');
   log('typing indicator shown');
 
@@ -68,7 +69,7 @@ async function main() {
   await msg(bob.page, 'hello bob').locator('button.reply').click();
   await bob.page.fill('#composer-input', 'hi alice');
   await bob.page.press('#composer-input', 'Enter');
-  await alice.page.locator('.msg', { has: alice.page.locator('.reply-ref', { hasText: 'alice: hello bob' }) }).waitFor({ timeout: 10000 });
+  await alice.page.locator('.msg', { has: alice.page.locator('.reply-ref', { hasText: 'ann: hello bob' }) }).waitFor({ timeout: 10000 });
   log('reply shown with its reference');
 
   // Reaction.
