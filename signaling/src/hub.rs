@@ -38,12 +38,25 @@ pub struct Dispatch {
 #[derive(Clone)]
 pub struct Hub {
     tx: broadcast::Sender<Arc<Dispatch>>,
+    /// Bumped before any dispatch that may change who can see what (roles, overwrites,
+    /// membership, channels), so per-session visibility caches know when to recompute.
+    epoch: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Events after which cached channel visibility may be stale.
+fn changes_visibility(t: &str) -> bool {
+    t.starts_with("GUILD_") || t.starts_with("CHANNEL_")
 }
 
 impl Hub {
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(8192);
-        Hub { tx }
+        Hub { tx, epoch: Default::default() }
+    }
+
+    /// Current visibility epoch; read it before computing a permission to cache.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Dispatch>> {
@@ -51,6 +64,9 @@ impl Hub {
     }
 
     pub fn send(&self, target: Target, guild_id: Option<u64>, channel_id: Option<u64>, t: &'static str, d: Value) {
+        if changes_visibility(t) {
+            self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         let json: Arc<str> = d.to_string().into();
         let _ = self.tx.send(Arc::new(Dispatch { target, channel_id, guild_id, t, json, redacted: None, full_for: Vec::new() }));
     }

@@ -47,6 +47,13 @@ async fn roles_hierarchy_and_escalation() {
     assert_eq!(st, 403, "cannot lift a role above their own");
     let (st, _) = n.req("PATCH", &format!("/guilds/{g}/members/{pleb_id}"), Some(&moder), Some(json!({ "roles": [modrole] }))).await;
     assert_eq!(st, 403, "cannot hand out their own role");
+    // Overwrites: only bits the moderator holds, and only targets of this guild.
+    let (st, _) = n.req("PUT", &format!("/channels/{text}/permissions/{pleb_id}"), Some(&moder), Some(json!({ "type": 1, "allow": "8" }))).await;
+    assert_eq!(st, 403, "cannot allow ADMINISTRATOR through an overwrite");
+    let (st, _) = n.req("PUT", &format!("/channels/{text}/permissions/{pleb_id}"), Some(&moder), Some(json!({ "type": 1, "deny": (1u64 << 22).to_string() }))).await;
+    assert_eq!(st, 204, "a bit the moderator holds is fine");
+    let (st, _) = n.req("PUT", &format!("/channels/{text}/permissions/12345"), Some(&owner), Some(json!({ "type": 0, "deny": "1024" }))).await;
+    assert_eq!(st, 404, "role of another guild (or none)");
     // Nothing changed by the refused attempts.
     let (_, roles) = n.req("GET", &format!("/guilds/{g}/roles"), Some(&owner), None).await;
     let h = roles.as_array().unwrap().iter().find(|r| r["id"] == helper.as_str()).unwrap();

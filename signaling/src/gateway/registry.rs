@@ -54,6 +54,9 @@ pub struct Session {
     /// Set when the buffer dropped entries the client has not acknowledged (cannot resume).
     pub gap_from: Option<u64>,
     pub ended: bool,
+    /// Channel → may view, valid while the hub's epoch equals `visible_epoch`.
+    pub visible: HashMap<u64, bool>,
+    pub visible_epoch: u64,
 }
 
 /// Why a resume is refused.
@@ -66,7 +69,20 @@ pub enum ResumeError {
 
 impl Session {
     pub fn new(id: String, user: User, intents: u64, guilds: HashSet<u64>) -> Self {
-        Session { id, user, intents, guilds, seq: 0, buffer: VecDeque::new(), live: None, detached_at: None, gap_from: None, ended: false }
+        Session {
+            id,
+            user,
+            intents,
+            guilds,
+            seq: 0,
+            buffer: VecDeque::new(),
+            live: None,
+            detached_at: None,
+            gap_from: None,
+            ended: false,
+            visible: HashMap::new(),
+            visible_epoch: 0,
+        }
     }
 
     /// Assign the next sequence number, keep the entry for replay, and hand it to the attached

@@ -259,11 +259,7 @@ async fn collector(s: AppState, sref: SessionRef, mut hub: broadcast::Receiver<A
                 Ok(d) => {
                     let Some((user, redacted)) = addressed(&sref, &d) else { continue };
                     if let (Some(ch), Some(g)) = (d.channel_id, d.guild_id) {
-                        let visible = match (s.store.guild(g).await, s.store.channel(ch).await) {
-                            (Ok(guild), Ok(channel)) => s.store.permissions(&guild, Some(&channel), user).await.is_ok_and(|p| p.has(Permissions::VIEW_CHANNEL)),
-                            _ => false,
-                        };
-                        if !visible { continue }
+                        if !can_view(&s, &sref, user, g, ch).await { continue }
                     }
                     lock(&sref).push(Entry::Shared(d, redacted));
                 }
@@ -287,6 +283,31 @@ async fn collector(s: AppState, sref: SessionRef, mut hub: broadcast::Receiver<A
             }
         }
     }
+}
+
+/// VIEW_CHANNEL for this session's user, cached until permissions may have changed.
+async fn can_view(s: &AppState, sref: &SessionRef, user: u64, guild: u64, channel: u64) -> bool {
+    let epoch = s.hub.epoch();
+    {
+        let mut g = lock(sref);
+        if g.visible_epoch != epoch {
+            g.visible.clear();
+            g.visible_epoch = epoch;
+        }
+        if let Some(v) = g.visible.get(&channel) {
+            return *v;
+        }
+    }
+    let visible = match (s.store.guild(guild).await, s.store.channel(channel).await) {
+        (Ok(gd), Ok(c)) => s.store.permissions(&gd, Some(&c), user).await.is_ok_and(|p| p.has(Permissions::VIEW_CHANNEL)),
+        _ => false,
+    };
+    let mut g = lock(sref);
+    // Only cache what was computed under the epoch that is still current.
+    if g.visible_epoch == epoch {
+        g.visible.insert(channel, visible);
+    }
+    visible
 }
 
 /// Is the dispatch for this session (before the VIEW_CHANNEL check)? Keeps the guild set
