@@ -31,4 +31,7 @@ step "real browsers: three headless Chromium clients in one voice channel"
 step "real client library: an unmodified discord.py bot (login, events, resume)"
 ./tests/discordpy/run.sh
 
+step "chat load smoke test: every message reaches every session, no errors"
+./tests/load/chat_smoke.sh
+
 step "all tests passed"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# A small `lodge-load chat` run against a fresh node: 100 sessions, 20 msg/s, 5 s, strict (every
+# message delivered to every session, zero errors). The full-size run is a benchmark:
+#   lodge-load chat -m 1000 -r 200 -d 30 --accounts 100 --senders 8
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+BIN="${LODGE_BIN:-$ROOT/target/debug/lodge}"
+LOAD="${LODGE_LOAD_BIN:-$ROOT/target/debug/lodge-load}"
+TMP="$(mktemp -d)"
+HP="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+MP="$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+"$BIN" serve --data-dir "$TMP/data" --http-listen "127.0.0.1:$HP" --media-listen "127.0.0.1:$MP" >"$TMP/lodge.log" 2>&1 &
+PID=$!
+cleanup() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
+trap cleanup EXIT
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$HP/readyz" >/dev/null && break; sleep 0.1; done
+if ! "$LOAD" chat --url "http://127.0.0.1:$HP" -m 100 -r 20 -d 5 --accounts 20 --strict --report "$TMP/report.json"; then
+  echo "---- lodge log (last 40 lines) ----"; tail -40 "$TMP/lodge.log"; exit 1
+fi
