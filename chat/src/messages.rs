@@ -93,7 +93,9 @@ impl Store {
         let (users, roles, everyone) = parse_mentions(&m.content);
         let id = self.next_id();
         let created_at = now_ms();
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: take the write lock up front (waiting on busy_timeout) instead of failing
+        // with SQLITE_BUSY when a deferred transaction has to upgrade.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO messages (id, channel_id, guild_id, author_id, content, nonce, tts, mention_everyone, reference_id, reference_channel_id, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -172,7 +172,9 @@ impl Store {
     pub async fn create_guild(&self, owner: &User, name: &str) -> Result<Guild, ChatError> {
         let name = check_name("name", name)?;
         let id = self.next_id();
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: take the write lock up front (waiting on busy_timeout) instead of failing
+        // with SQLITE_BUSY when a deferred transaction has to upgrade.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("INSERT INTO guilds (id, name, owner_id, created_at) VALUES (?, ?, ?, ?)")
             .bind(id as i64)
             .bind(&name)

@@ -36,7 +36,8 @@ pub mod close {
 }
 
 pub fn upgrade(ws: WebSocketUpgrade, s: AppState) -> Response {
-    ws.max_message_size(MAX_PAYLOAD * 2).max_frame_size(MAX_PAYLOAD * 2).on_upgrade(move |sock| run(s, sock))
+    // Small read buffer: see the gateway's handler (tungstenite zero-fills it per read).
+    ws.max_message_size(MAX_PAYLOAD * 2).max_frame_size(MAX_PAYLOAD * 2).read_buffer_size(4096).on_upgrade(move |sock| run(s, sock))
 }
 
 struct Authed {
