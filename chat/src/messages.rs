@@ -1,17 +1,23 @@
 //! Messages, mentions and reactions.
 
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
 /// Message rows with their author, plus a static tail (sqlx wants static SQL).
 macro_rules! select {
     ($tail:literal) => {
-        concat!("SELECT m.*, u.username, u.bot FROM messages m JOIN users u ON u.id = m.author_id ", $tail)
+        concat!(
+            "SELECT m.id, m.channel_id, m.guild_id, m.author_id, m.content, m.nonce, m.tts, m.mention_everyone, \
+             m.reference_id, m.reference_channel_id, m.edited_at, m.created_at, u.username, u.bot \
+             FROM messages m JOIN users u ON u.id = m.author_id ",
+            $tail
+        )
     };
 }
 
 use crate::error::ChatError;
 use crate::model::{Channel, Message, MessageQuery, NewMessage, ReactionCount, User};
-use crate::store::{now_ms, Store};
+use crate::store::{flag, now_ms, Backend, Store};
 
 /// Longest message content, in characters (Discord's limit).
 pub const MAX_CONTENT_CHARS: usize = 2000;
@@ -67,7 +73,7 @@ impl Store {
             }
             if m.enforce_nonce {
                 let existing: Option<i64> = sqlx::query_scalar(
-                    "SELECT id FROM messages WHERE channel_id = ? AND author_id = ? AND nonce = ? AND created_at > ? ORDER BY id DESC LIMIT 1",
+                    "SELECT id FROM messages WHERE channel_id = $1 AND author_id = $2 AND nonce = $3 AND created_at > $4 ORDER BY id DESC LIMIT 1",
                 )
                 .bind(channel.id as i64)
                 .bind(author.id as i64)
@@ -81,7 +87,7 @@ impl Store {
             }
         }
         if let Some((mid, cid)) = m.reference {
-            let ok: Option<i64> = sqlx::query_scalar("SELECT guild_id FROM messages WHERE id = ? AND channel_id = ?")
+            let ok: Option<i64> = sqlx::query_scalar("SELECT guild_id FROM messages WHERE id = $1 AND channel_id = $2")
                 .bind(mid as i64)
                 .bind(cid as i64)
                 .fetch_optional(&self.pool)
@@ -93,12 +99,10 @@ impl Store {
         let (users, roles, everyone) = parse_mentions(&m.content);
         let id = self.next_id();
         let created_at = now_ms();
-        // IMMEDIATE: take the write lock up front (waiting on busy_timeout) instead of failing
-        // with SQLITE_BUSY when a deferred transaction has to upgrade.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO messages (id, channel_id, guild_id, author_id, content, nonce, tts, mention_everyone, reference_id, reference_channel_id, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(id as i64)
         .bind(channel.id as i64)
@@ -106,8 +110,8 @@ impl Store {
         .bind(author.id as i64)
         .bind(&m.content)
         .bind(&m.nonce)
-        .bind(m.tts)
-        .bind(everyone && m.may_mention_everyone)
+        .bind(m.tts as i64)
+        .bind((everyone && m.may_mention_everyone) as i64)
         .bind(m.reference.map(|r| r.0 as i64))
         .bind(m.reference.map(|r| r.1 as i64))
         .bind(created_at)
@@ -115,7 +119,7 @@ impl Store {
         .await?;
         // Only members and roles of this guild count as mentions.
         for u in users.iter().take(100) {
-            sqlx::query("INSERT OR IGNORE INTO message_mentions (message_id, kind, target_id) SELECT ?, 0, user_id FROM members WHERE guild_id = ? AND user_id = ?")
+            sqlx::query("INSERT INTO message_mentions (message_id, kind, target_id) SELECT $1, 0, user_id FROM members WHERE guild_id = $2 AND user_id = $3 ON CONFLICT DO NOTHING")
                 .bind(id as i64)
                 .bind(channel.guild_id as i64)
                 .bind(*u as i64)
@@ -123,7 +127,7 @@ impl Store {
                 .await?;
         }
         for r in roles.iter().take(100) {
-            sqlx::query("INSERT OR IGNORE INTO message_mentions (message_id, kind, target_id) SELECT ?, 1, id FROM roles WHERE guild_id = ? AND id = ?")
+            sqlx::query("INSERT INTO message_mentions (message_id, kind, target_id) SELECT $1, 1, id FROM roles WHERE guild_id = $2 AND id = $3 ON CONFLICT DO NOTHING")
                 .bind(id as i64)
                 .bind(channel.guild_id as i64)
                 .bind(*r as i64)
@@ -134,10 +138,10 @@ impl Store {
         Ok((self.message(channel.id, id, author.id).await?, true))
     }
 
-    async fn hydrate(&self, r: &sqlx::sqlite::SqliteRow, viewer: u64) -> Result<Message, ChatError> {
+    async fn hydrate(&self, r: &AnyRow, viewer: u64) -> Result<Message, ChatError> {
         let id = r.get::<i64, _>("id") as u64;
         let mention_rows = sqlx::query(
-            "SELECT mm.kind, mm.target_id, u.username, u.bot FROM message_mentions mm LEFT JOIN users u ON mm.kind = 0 AND u.id = mm.target_id WHERE mm.message_id = ?",
+            "SELECT mm.kind, mm.target_id, u.username, u.bot FROM message_mentions mm LEFT JOIN users u ON mm.kind = 0 AND u.id = mm.target_id WHERE mm.message_id = $1",
         )
         .bind(id as i64)
         .fetch_all(&self.pool)
@@ -147,13 +151,14 @@ impl Store {
         for m in &mention_rows {
             let target = m.get::<i64, _>("target_id") as u64;
             if m.get::<i64, _>("kind") == 0 {
-                mentions.push(User { id: target, username: m.get::<Option<String>, _>("username").unwrap_or_default(), bot: m.get::<Option<bool>, _>("bot").unwrap_or(false) });
+                mentions.push(User { id: target, username: m.get::<Option<String>, _>("username").unwrap_or_default(), bot: m.try_get::<Option<i64>, _>("bot").ok().flatten().unwrap_or(0) != 0 });
             } else {
                 mention_roles.push(target);
             }
         }
         let reaction_rows = sqlx::query(
-            "SELECT emoji, COUNT(*) AS n, MAX(user_id = ?) AS me, MIN(created_at) AS first FROM reactions WHERE message_id = ? GROUP BY emoji ORDER BY first",
+            "SELECT emoji, COUNT(*) AS n, CAST(MAX(CASE WHEN user_id = $1 THEN 1 ELSE 0 END) AS BIGINT) AS me, MIN(created_at) AS first \
+             FROM reactions WHERE message_id = $2 GROUP BY emoji ORDER BY first",
         )
         .bind(viewer as i64)
         .bind(id as i64)
@@ -167,11 +172,11 @@ impl Store {
             id,
             channel_id: r.get::<i64, _>("channel_id") as u64,
             guild_id: r.get::<i64, _>("guild_id") as u64,
-            author: User { id: r.get::<i64, _>("author_id") as u64, username: r.get("username"), bot: r.get("bot") },
+            author: User { id: r.get::<i64, _>("author_id") as u64, username: r.get("username"), bot: flag(r, "bot") },
             content: r.get("content"),
             nonce: r.get("nonce"),
-            tts: r.get("tts"),
-            mention_everyone: r.get("mention_everyone"),
+            tts: flag(r, "tts"),
+            mention_everyone: flag(r, "mention_everyone"),
             mentions,
             mention_roles,
             reference: r.get::<Option<i64>, _>("reference_id").zip(r.get::<Option<i64>, _>("reference_channel_id")).map(|(a, b)| (a as u64, b as u64)),
@@ -183,7 +188,7 @@ impl Store {
 
     /// One message of a channel, as `viewer` sees it (reactions' `me`).
     pub async fn message(&self, channel_id: u64, id: u64, viewer: u64) -> Result<Message, ChatError> {
-        let r = sqlx::query(select!("WHERE m.id = ? AND m.channel_id = ?"))
+        let r = sqlx::query(select!("WHERE m.id = $1 AND m.channel_id = $2"))
             .bind(id as i64)
             .bind(channel_id as i64)
             .fetch_optional(&self.pool)
@@ -198,14 +203,14 @@ impl Store {
         let cid = channel_id as i64;
         let rows = if let Some(around) = q.around {
             let newer = limit / 2 + (limit % 2);
-            let mut up = sqlx::query(select!("WHERE m.channel_id = ? AND m.id >= ? ORDER BY m.id ASC LIMIT ?"))
+            let mut up = sqlx::query(select!("WHERE m.channel_id = $1 AND m.id >= $2 ORDER BY m.id ASC LIMIT $3"))
                 .bind(cid)
                 .bind(around as i64)
                 .bind(newer)
                 .fetch_all(&self.pool)
                 .await?;
             let older = limit - up.len() as i64;
-            let down = sqlx::query(select!("WHERE m.channel_id = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?"))
+            let down = sqlx::query(select!("WHERE m.channel_id = $1 AND m.id < $2 ORDER BY m.id DESC LIMIT $3"))
                 .bind(cid)
                 .bind(around as i64)
                 .bind(older)
@@ -215,7 +220,7 @@ impl Store {
             up.extend(down);
             up
         } else if let Some(after) = q.after {
-            let mut v = sqlx::query(select!("WHERE m.channel_id = ? AND m.id > ? ORDER BY m.id ASC LIMIT ?"))
+            let mut v = sqlx::query(select!("WHERE m.channel_id = $1 AND m.id > $2 ORDER BY m.id ASC LIMIT $3"))
                 .bind(cid)
                 .bind(after as i64)
                 .bind(limit)
@@ -224,7 +229,7 @@ impl Store {
             v.reverse();
             v
         } else {
-            sqlx::query(select!("WHERE m.channel_id = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?"))
+            sqlx::query(select!("WHERE m.channel_id = $1 AND m.id < $2 ORDER BY m.id DESC LIMIT $3"))
                 .bind(cid)
                 .bind(q.before.map(|b| b as i64).unwrap_or(i64::MAX))
                 .bind(limit)
@@ -240,7 +245,7 @@ impl Store {
 
     pub async fn edit_message(&self, channel_id: u64, id: u64, content: &str, viewer: u64) -> Result<Message, ChatError> {
         check_content(content)?;
-        let r = sqlx::query("UPDATE messages SET content = ?, edited_at = ? WHERE id = ? AND channel_id = ?")
+        let r = sqlx::query("UPDATE messages SET content = $1, edited_at = $2 WHERE id = $3 AND channel_id = $4")
             .bind(content)
             .bind(now_ms())
             .bind(id as i64)
@@ -254,7 +259,7 @@ impl Store {
     }
 
     pub async fn delete_message(&self, channel_id: u64, id: u64) -> Result<(), ChatError> {
-        let r = sqlx::query("DELETE FROM messages WHERE id = ? AND channel_id = ?").bind(id as i64).bind(channel_id as i64).execute(&self.pool).await?;
+        let r = sqlx::query("DELETE FROM messages WHERE id = $1 AND channel_id = $2").bind(id as i64).bind(channel_id as i64).execute(&self.pool).await?;
         if r.rows_affected() == 0 {
             return Err(ChatError::Unknown("message"));
         }
@@ -263,7 +268,7 @@ impl Store {
 
     /// Add a reaction; `false` if the user had already reacted with it.
     pub async fn add_reaction(&self, message_id: u64, emoji: &str, user_id: u64) -> Result<bool, ChatError> {
-        let distinct: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT emoji) FROM reactions WHERE message_id = ? AND emoji != ?")
+        let distinct: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT emoji) FROM reactions WHERE message_id = $1 AND emoji != $2")
             .bind(message_id as i64)
             .bind(emoji)
             .fetch_one(&self.pool)
@@ -271,7 +276,7 @@ impl Store {
         if distinct as usize >= MAX_REACTIONS_PER_MESSAGE {
             return Err(ChatError::Limit { what: "reactions", limit: MAX_REACTIONS_PER_MESSAGE });
         }
-        let r = sqlx::query("INSERT OR IGNORE INTO reactions (message_id, emoji, user_id, created_at) VALUES (?, ?, ?, ?)")
+        let r = sqlx::query("INSERT INTO reactions (message_id, emoji, user_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
             .bind(message_id as i64)
             .bind(emoji)
             .bind(user_id as i64)
@@ -283,7 +288,7 @@ impl Store {
 
     /// Remove a reaction; `false` if there was none.
     pub async fn remove_reaction(&self, message_id: u64, emoji: &str, user_id: u64) -> Result<bool, ChatError> {
-        let r = sqlx::query("DELETE FROM reactions WHERE message_id = ? AND emoji = ? AND user_id = ?")
+        let r = sqlx::query("DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3")
             .bind(message_id as i64)
             .bind(emoji)
             .bind(user_id as i64)
@@ -295,7 +300,7 @@ impl Store {
     /// Users who reacted with `emoji`, by user id, after `after`.
     pub async fn reaction_users(&self, message_id: u64, emoji: &str, limit: u32, after: u64) -> Result<Vec<User>, ChatError> {
         let rows = sqlx::query(
-            "SELECT u.id, u.username, u.bot FROM reactions r JOIN users u ON u.id = r.user_id WHERE r.message_id = ? AND r.emoji = ? AND u.id > ? ORDER BY u.id LIMIT ?",
+            "SELECT u.id, u.username, u.bot FROM reactions r JOIN users u ON u.id = r.user_id WHERE r.message_id = $1 AND r.emoji = $2 AND u.id > $3 ORDER BY u.id LIMIT $4",
         )
         .bind(message_id as i64)
         .bind(emoji)
@@ -303,7 +308,7 @@ impl Store {
         .bind(limit.clamp(1, 100) as i64)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(|r| User { id: r.get::<i64, _>("id") as u64, username: r.get("username"), bot: r.get("bot") }).collect())
+        Ok(rows.iter().map(|r| User { id: r.get::<i64, _>("id") as u64, username: r.get("username"), bot: flag(r, "bot") }).collect())
     }
 }
 
@@ -343,26 +348,57 @@ impl Store {
             return Err(ChatError::Invalid { field: "content", message: "Give at least one word to search for.".into() });
         };
         let chans = serde_json::to_string(channels).unwrap_or_else(|_| "[]".into());
-        let total: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM messages_fts f JOIN messages m ON m.id = f.rowid \
-             WHERE messages_fts MATCH ? AND m.guild_id = ? AND m.channel_id IN (SELECT value FROM json_each(?))",
-        )
-        .bind(&q)
-        .bind(guild_id as i64)
-        .bind(&chans)
-        .fetch_one(&self.pool)
-        .await?;
-        let rows = sqlx::query(select!(
-            "JOIN messages_fts f ON f.rowid = m.id WHERE messages_fts MATCH ? AND m.guild_id = ? \
-             AND m.channel_id IN (SELECT value FROM json_each(?)) ORDER BY m.id DESC LIMIT ? OFFSET ?"
-        ))
-        .bind(&q)
-        .bind(guild_id as i64)
-        .bind(&chans)
-        .bind(limit.clamp(1, 25) as i64)
-        .bind(offset.min(5000) as i64)
-        .fetch_all(&self.pool)
-        .await?;
+        let (limit, offset) = (limit.clamp(1, 25) as i64, offset.min(5000) as i64);
+        let (total, rows): (i64, Vec<AnyRow>) = match self.backend {
+            Backend::Sqlite => {
+                let total = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM messages_fts f JOIN messages m ON m.id = f.rowid \
+                     WHERE messages_fts MATCH $1 AND m.guild_id = $2 AND m.channel_id IN (SELECT value FROM json_each($3))",
+                )
+                .bind(&q)
+                .bind(guild_id as i64)
+                .bind(&chans)
+                .fetch_one(&self.pool)
+                .await?;
+                let rows = sqlx::query(select!(
+                    "JOIN messages_fts f ON f.rowid = m.id WHERE messages_fts MATCH $1 AND m.guild_id = $2 \
+                     AND m.channel_id IN (SELECT value FROM json_each($3)) ORDER BY m.id DESC LIMIT $4 OFFSET $5"
+                ))
+                .bind(&q)
+                .bind(guild_id as i64)
+                .bind(&chans)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(&self.pool)
+                .await?;
+                (total, rows)
+            }
+            Backend::Postgres => {
+                // Every word required, as with FTS5 above: plainto_tsquery ANDs the words.
+                let words = query.split_whitespace().take(16).collect::<Vec<_>>().join(" ");
+                let total = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM messages m WHERE m.search @@ plainto_tsquery('simple', $1) AND m.guild_id = $2 \
+                     AND m.channel_id IN (SELECT value::bigint FROM json_array_elements_text($3::json))",
+                )
+                .bind(&words)
+                .bind(guild_id as i64)
+                .bind(&chans)
+                .fetch_one(&self.pool)
+                .await?;
+                let rows = sqlx::query(select!(
+                    "WHERE m.search @@ plainto_tsquery('simple', $1) AND m.guild_id = $2 \
+                     AND m.channel_id IN (SELECT value::bigint FROM json_array_elements_text($3::json)) ORDER BY m.id DESC LIMIT $4 OFFSET $5"
+                ))
+                .bind(&words)
+                .bind(guild_id as i64)
+                .bind(&chans)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(&self.pool)
+                .await?;
+                (total, rows)
+            }
+        };
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             out.push(self.hydrate(r, viewer).await?);

@@ -1,7 +1,6 @@
 //! Storage of the guild model through sqlx (SQLite, the embedded default).
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -9,15 +8,16 @@ use argon2::Argon2;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
 
 use crate::error::ChatError;
 use crate::model::*;
 use crate::permissions::{self, Overwrite, OverwriteKind, PermissionInput, Permissions};
 use crate::snowflake::Snowflakes;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Limits named in errors.
 pub const MAX_GUILD_CHANNELS: usize = 500;
@@ -33,11 +33,24 @@ fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// Which database a store runs on. The SQL is shared; a few statements differ (search, locking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 /// The guild model's storage. Cheap to clone (a pool handle).
 #[derive(Clone)]
 pub struct Store {
-    pub(crate) pool: SqlitePool,
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
     ids: std::sync::Arc<Snowflakes>,
+}
+
+/// A 0/1 integer column as bool (portable across SQLite and PostgreSQL).
+pub(crate) fn flag(r: &AnyRow, col: &str) -> bool {
+    r.try_get::<i64, _>(col).map(|v| v != 0).unwrap_or(false)
 }
 
 impl Store {
@@ -48,21 +61,57 @@ impl Store {
                 std::fs::create_dir_all(dir).map_err(|e| ChatError::Storage(sqlx::Error::Io(e)))?;
             }
         }
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a write acknowledged to a client is on disk.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Store { pool, ids: std::sync::Arc::new(Snowflakes::new(0, 0)) })
+        Self::open_url(&format!("sqlite://{}?mode=rwc", path.display())).await
     }
 
-    /// Close the pool, checkpointing the WAL.
+    /// Open `sqlite://…` or `postgres://…` and run that backend's migrations.
+    pub async fn open_url(url: &str) -> Result<Store, ChatError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(ChatError::Invalid { field: "database_url", message: "Use sqlite://<file> or postgres://user@host/db.".into() });
+        };
+        let mut opts = AnyPoolOptions::new().max_connections(if backend == Backend::Sqlite { 8 } else { 16 });
+        if backend == Backend::Sqlite {
+            opts = opts.after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL for concurrent readers; FULL: a write acknowledged to a client is on disk.
+                    sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = opts.connect(url).await?;
+        match backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+        }
+        Ok(Store { pool, backend, ids: std::sync::Arc::new(Snowflakes::new(0, 0)) })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A write transaction. SQLite: IMMEDIATE takes the write lock up front (waiting on
+    /// busy_timeout) instead of failing with SQLITE_BUSY when a deferred transaction upgrades.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, ChatError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Close the pool (SQLite: checkpointing the WAL).
     pub async fn close(&self) {
-        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await;
+        if self.backend == Backend::Sqlite {
+            let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await;
+        }
         self.pool.close().await;
     }
 
@@ -86,11 +135,11 @@ impl Store {
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         let hash = Argon2::default().hash_password(password.as_bytes(), &salt).map_err(|_| ChatError::Hash)?.to_string();
         let id = self.next_id();
-        let r = sqlx::query("INSERT INTO users (id, username, password_hash, bot, created_at) VALUES (?, ?, ?, ?, ?)")
+        let r = sqlx::query("INSERT INTO users (id, username, password_hash, bot, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(id as i64)
             .bind(username)
             .bind(&hash)
-            .bind(bot)
+            .bind(bot as i64)
             .bind(now_ms())
             .execute(&self.pool)
             .await;
@@ -108,7 +157,7 @@ impl Store {
     }
 
     pub async fn login(&self, username: &str, password: &str) -> Result<(User, String), ChatError> {
-        let row = sqlx::query("SELECT id, username, password_hash, bot FROM users WHERE username = ?")
+        let row = sqlx::query("SELECT id, username, password_hash, bot FROM users WHERE lower(username) = lower($1)")
             .bind(username.trim())
             .fetch_optional(&self.pool)
             .await?;
@@ -121,7 +170,7 @@ impl Store {
         if Argon2::default().verify_password(password.as_bytes(), &parsed).is_err() {
             return Err(ChatError::Invalid { field: "login", message: "Login or password is invalid.".into() });
         }
-        let user = User { id: row.get::<i64, _>("id") as u64, username: row.get("username"), bot: row.get("bot") };
+        let user = User { id: row.get::<i64, _>("id") as u64, username: row.get("username"), bot: flag(&row, "bot") };
         let token = self.issue_token(user.id).await?;
         Ok((user, token))
     }
@@ -130,7 +179,7 @@ impl Store {
         let secret: String = rand::thread_rng().sample_iter(&Alphanumeric).take(40).map(char::from).collect();
         // The token starts with the user id so it is recognisable (as Discord's are), then a secret.
         let token = format!("{}.{}", user_id, secret);
-        sqlx::query("INSERT INTO tokens (hash, user_id, created_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO tokens (hash, user_id, created_at) VALUES ($1, $2, $3)")
             .bind(hash_token(&token))
             .bind(user_id as i64)
             .bind(now_ms())
@@ -142,27 +191,27 @@ impl Store {
     /// The user a token belongs to; `Unauthorized` for unknown or revoked tokens.
     pub async fn authenticate(&self, token: &str) -> Result<User, ChatError> {
         let row = sqlx::query(
-            "SELECT u.id, u.username, u.bot FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.hash = ? AND t.revoked = 0",
+            "SELECT u.id, u.username, u.bot FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.hash = $1 AND t.revoked = 0",
         )
         .bind(hash_token(token))
         .fetch_optional(&self.pool)
         .await?;
         let row = row.ok_or(ChatError::Unauthorized)?;
-        Ok(User { id: row.get::<i64, _>("id") as u64, username: row.get("username"), bot: row.get("bot") })
+        Ok(User { id: row.get::<i64, _>("id") as u64, username: row.get("username"), bot: flag(&row, "bot") })
     }
 
     pub async fn revoke_token(&self, token: &str) -> Result<(), ChatError> {
-        sqlx::query("UPDATE tokens SET revoked = 1 WHERE hash = ?").bind(hash_token(token)).execute(&self.pool).await?;
+        sqlx::query("UPDATE tokens SET revoked = 1 WHERE hash = $1").bind(hash_token(token)).execute(&self.pool).await?;
         Ok(())
     }
 
     pub async fn user(&self, id: u64) -> Result<User, ChatError> {
-        let row = sqlx::query("SELECT id, username, bot FROM users WHERE id = ?")
+        let row = sqlx::query("SELECT id, username, bot FROM users WHERE id = $1")
             .bind(id as i64)
             .fetch_optional(&self.pool)
             .await?
             .ok_or(ChatError::Unknown("user"))?;
-        Ok(User { id, username: row.get("username"), bot: row.get("bot") })
+        Ok(User { id, username: row.get("username"), bot: flag(&row, "bot") })
     }
 
     // ---- guilds ----
@@ -172,24 +221,22 @@ impl Store {
     pub async fn create_guild(&self, owner: &User, name: &str) -> Result<Guild, ChatError> {
         let name = check_name("name", name)?;
         let id = self.next_id();
-        // IMMEDIATE: take the write lock up front (waiting on busy_timeout) instead of failing
-        // with SQLITE_BUSY when a deferred transaction has to upgrade.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("INSERT INTO guilds (id, name, owner_id, created_at) VALUES (?, ?, ?, ?)")
+        let mut tx = self.begin_write().await?;
+        sqlx::query("INSERT INTO guilds (id, name, owner_id, created_at) VALUES ($1, $2, $3, $4)")
             .bind(id as i64)
             .bind(&name)
             .bind(owner.id as i64)
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO roles (id, guild_id, name, permissions, position) VALUES (?, ?, '@everyone', ?, 0)")
+        sqlx::query("INSERT INTO roles (id, guild_id, name, permissions, position) VALUES ($1, $2, '@everyone', $3, 0)")
             .bind(id as i64)
             .bind(id as i64)
             .bind(Permissions::DEFAULT_EVERYONE as i64)
             .execute(&mut *tx)
             .await?;
         for (pos, (kind, cname)) in [(ChannelKind::Text, "general"), (ChannelKind::Voice, "General")].iter().enumerate() {
-            sqlx::query("INSERT INTO channels (id, guild_id, type, name, position, bitrate, user_limit) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            sqlx::query("INSERT INTO channels (id, guild_id, type, name, position, bitrate, user_limit) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                 .bind(self.next_id() as i64)
                 .bind(id as i64)
                 .bind(*kind as i64)
@@ -200,7 +247,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("INSERT INTO members (guild_id, user_id, joined_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO members (guild_id, user_id, joined_at) VALUES ($1, $2, $3)")
             .bind(id as i64)
             .bind(owner.id as i64)
             .bind(now_ms())
@@ -211,7 +258,7 @@ impl Store {
     }
 
     pub async fn guild(&self, id: u64) -> Result<Guild, ChatError> {
-        let row = sqlx::query("SELECT id, name, owner_id FROM guilds WHERE id = ?")
+        let row = sqlx::query("SELECT id, name, owner_id FROM guilds WHERE id = $1")
             .bind(id as i64)
             .fetch_optional(&self.pool)
             .await?
@@ -221,17 +268,17 @@ impl Store {
 
     pub async fn rename_guild(&self, id: u64, name: &str) -> Result<Guild, ChatError> {
         let name = check_name("name", name)?;
-        sqlx::query("UPDATE guilds SET name = ? WHERE id = ?").bind(&name).bind(id as i64).execute(&self.pool).await?;
+        sqlx::query("UPDATE guilds SET name = $1 WHERE id = $2").bind(&name).bind(id as i64).execute(&self.pool).await?;
         self.guild(id).await
     }
 
     pub async fn delete_guild(&self, id: u64) -> Result<(), ChatError> {
-        sqlx::query("DELETE FROM guilds WHERE id = ?").bind(id as i64).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM guilds WHERE id = $1").bind(id as i64).execute(&self.pool).await?;
         Ok(())
     }
 
     pub async fn user_guilds(&self, user_id: u64) -> Result<Vec<Guild>, ChatError> {
-        let rows = sqlx::query("SELECT g.id, g.name, g.owner_id FROM guilds g JOIN members m ON m.guild_id = g.id WHERE m.user_id = ? ORDER BY g.id")
+        let rows = sqlx::query("SELECT g.id, g.name, g.owner_id FROM guilds g JOIN members m ON m.guild_id = g.id WHERE m.user_id = $1 ORDER BY g.id")
             .bind(user_id as i64)
             .fetch_all(&self.pool)
             .await?;
@@ -242,7 +289,7 @@ impl Store {
     }
 
     pub async fn roles(&self, guild_id: u64) -> Result<Vec<Role>, ChatError> {
-        let rows = sqlx::query("SELECT id, name, permissions, position, color FROM roles WHERE guild_id = ? ORDER BY position, id")
+        let rows = sqlx::query("SELECT id, name, permissions, position, color FROM roles WHERE guild_id = $1 ORDER BY position, id")
             .bind(guild_id as i64)
             .fetch_all(&self.pool)
             .await?;
@@ -264,13 +311,13 @@ impl Store {
         let permissions = permissions & Permissions::ALL;
         let name = check_name("name", name)?;
         let id = self.next_id();
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM roles WHERE guild_id = ?").bind(guild_id as i64).fetch_one(&self.pool).await?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM roles WHERE guild_id = $1").bind(guild_id as i64).fetch_one(&self.pool).await?;
         if count as usize >= MAX_GUILD_ROLES {
             return Err(ChatError::Limit { what: "guild roles", limit: MAX_GUILD_ROLES });
         }
         // New roles go to the bottom, just above @everyone, as Discord places them.
         let pos: i64 = 1;
-        sqlx::query("INSERT INTO roles (id, guild_id, name, permissions, position) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO roles (id, guild_id, name, permissions, position) VALUES ($1, $2, $3, $4, $5)")
             .bind(id as i64)
             .bind(guild_id as i64)
             .bind(&name)
@@ -282,7 +329,7 @@ impl Store {
     }
 
     pub async fn add_member_role(&self, guild_id: u64, user_id: u64, role_id: u64) -> Result<(), ChatError> {
-        sqlx::query("INSERT OR IGNORE INTO member_roles (guild_id, user_id, role_id) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO member_roles (guild_id, user_id, role_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(guild_id as i64)
             .bind(user_id as i64)
             .bind(role_id as i64)
@@ -294,7 +341,7 @@ impl Store {
     // ---- channels ----
 
     async fn overwrites(&self, channel_id: u64) -> Result<Vec<Overwrite>, ChatError> {
-        let rows = sqlx::query("SELECT target_id, type, allow, deny FROM overwrites WHERE channel_id = ?")
+        let rows = sqlx::query("SELECT target_id, type, allow, deny FROM overwrites WHERE channel_id = $1")
             .bind(channel_id as i64)
             .fetch_all(&self.pool)
             .await?;
@@ -309,7 +356,7 @@ impl Store {
             .collect())
     }
 
-    fn channel_from_row(r: &sqlx::sqlite::SqliteRow) -> Channel {
+    fn channel_from_row(r: &AnyRow) -> Channel {
         Channel {
             id: r.get::<i64, _>("id") as u64,
             guild_id: r.get::<i64, _>("guild_id") as u64,
@@ -325,7 +372,7 @@ impl Store {
     }
 
     pub async fn channels(&self, guild_id: u64) -> Result<Vec<Channel>, ChatError> {
-        let rows = sqlx::query("SELECT * FROM channels WHERE guild_id = ? ORDER BY position, id")
+        let rows = sqlx::query("SELECT * FROM channels WHERE guild_id = $1 ORDER BY position, id")
             .bind(guild_id as i64)
             .fetch_all(&self.pool)
             .await?;
@@ -339,7 +386,7 @@ impl Store {
     }
 
     pub async fn channel(&self, id: u64) -> Result<Channel, ChatError> {
-        let r = sqlx::query("SELECT * FROM channels WHERE id = ?")
+        let r = sqlx::query("SELECT * FROM channels WHERE id = $1")
             .bind(id as i64)
             .fetch_optional(&self.pool)
             .await?
@@ -352,7 +399,7 @@ impl Store {
     pub async fn create_channel(&self, guild_id: u64, spec: ChannelSpec) -> Result<Channel, ChatError> {
         let name = check_name("name", spec.name.as_deref().unwrap_or(""))?;
         let kind = spec.kind.unwrap_or(ChannelKind::Text);
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM channels WHERE guild_id = ?").bind(guild_id as i64).fetch_one(&self.pool).await?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM channels WHERE guild_id = $1").bind(guild_id as i64).fetch_one(&self.pool).await?;
         if count as usize >= MAX_GUILD_CHANNELS {
             return Err(ChatError::Limit { what: "guild channels", limit: MAX_GUILD_CHANNELS });
         }
@@ -368,7 +415,7 @@ impl Store {
             None => count,
         };
         let voice = kind == ChannelKind::Voice;
-        sqlx::query("INSERT INTO channels (id, guild_id, type, name, position, parent_id, bitrate, user_limit, topic) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO channels (id, guild_id, type, name, position, parent_id, bitrate, user_limit, topic) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(id as i64)
             .bind(guild_id as i64)
             .bind(kind as i64)
@@ -405,7 +452,7 @@ impl Store {
                 c.user_limit = Some(u.min(99));
             }
         }
-        sqlx::query("UPDATE channels SET name = ?, position = ?, topic = ?, bitrate = ?, user_limit = ? WHERE id = ?")
+        sqlx::query("UPDATE channels SET name = $1, position = $2, topic = $3, bitrate = $4, user_limit = $5 WHERE id = $6")
             .bind(&c.name)
             .bind(c.position)
             .bind(&c.topic)
@@ -419,12 +466,15 @@ impl Store {
 
     pub async fn delete_channel(&self, id: u64) -> Result<Channel, ChatError> {
         let c = self.channel(id).await?;
-        sqlx::query("DELETE FROM channels WHERE id = ?").bind(id as i64).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM channels WHERE id = $1").bind(id as i64).execute(&self.pool).await?;
         Ok(c)
     }
 
     pub async fn set_overwrite(&self, channel_id: u64, ow: Overwrite) -> Result<(), ChatError> {
-        sqlx::query("INSERT OR REPLACE INTO overwrites (channel_id, target_id, type, allow, deny) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query(
+            "INSERT INTO overwrites (channel_id, target_id, type, allow, deny) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (channel_id, target_id) DO UPDATE SET type = excluded.type, allow = excluded.allow, deny = excluded.deny",
+        )
             .bind(channel_id as i64)
             .bind(ow.target as i64)
             .bind(ow.kind as i64)
@@ -436,7 +486,7 @@ impl Store {
     }
 
     pub async fn delete_overwrite(&self, channel_id: u64, target: u64) -> Result<(), ChatError> {
-        sqlx::query("DELETE FROM overwrites WHERE channel_id = ? AND target_id = ?")
+        sqlx::query("DELETE FROM overwrites WHERE channel_id = $1 AND target_id = $2")
             .bind(channel_id as i64)
             .bind(target as i64)
             .execute(&self.pool)
@@ -449,7 +499,7 @@ impl Store {
     pub async fn members(&self, guild_id: u64, limit: u32, after: u64) -> Result<Vec<Member>, ChatError> {
         let rows = sqlx::query(
             "SELECT m.user_id, m.nick, m.joined_at, u.username, u.bot FROM members m JOIN users u ON u.id = m.user_id \
-             WHERE m.guild_id = ? AND m.user_id > ? ORDER BY m.user_id LIMIT ?",
+             WHERE m.guild_id = $1 AND m.user_id > $2 ORDER BY m.user_id LIMIT $3",
         )
         .bind(guild_id as i64)
         .bind(after as i64)
@@ -461,7 +511,7 @@ impl Store {
             let uid = r.get::<i64, _>("user_id") as u64;
             out.push(Member {
                 guild_id,
-                user: User { id: uid, username: r.get("username"), bot: r.get("bot") },
+                user: User { id: uid, username: r.get("username"), bot: flag(r, "bot") },
                 nick: r.get("nick"),
                 roles: self.member_roles(guild_id, uid).await?,
                 joined_at: r.get("joined_at"),
@@ -471,7 +521,7 @@ impl Store {
     }
 
     async fn member_roles(&self, guild_id: u64, user_id: u64) -> Result<Vec<u64>, ChatError> {
-        let ids: Vec<i64> = sqlx::query_scalar("SELECT role_id FROM member_roles WHERE guild_id = ? AND user_id = ?")
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT role_id FROM member_roles WHERE guild_id = $1 AND user_id = $2")
             .bind(guild_id as i64)
             .bind(user_id as i64)
             .fetch_all(&self.pool)
@@ -481,7 +531,7 @@ impl Store {
 
     pub async fn member(&self, guild_id: u64, user_id: u64) -> Result<Member, ChatError> {
         let r = sqlx::query(
-            "SELECT m.nick, m.joined_at, u.username, u.bot FROM members m JOIN users u ON u.id = m.user_id WHERE m.guild_id = ? AND m.user_id = ?",
+            "SELECT m.nick, m.joined_at, u.username, u.bot FROM members m JOIN users u ON u.id = m.user_id WHERE m.guild_id = $1 AND m.user_id = $2",
         )
         .bind(guild_id as i64)
         .bind(user_id as i64)
@@ -490,7 +540,7 @@ impl Store {
         .ok_or(ChatError::Unknown("member"))?;
         Ok(Member {
             guild_id,
-            user: User { id: user_id, username: r.get("username"), bot: r.get("bot") },
+            user: User { id: user_id, username: r.get("username"), bot: flag(&r, "bot") },
             nick: r.get("nick"),
             roles: self.member_roles(guild_id, user_id).await?,
             joined_at: r.get("joined_at"),
@@ -498,7 +548,7 @@ impl Store {
     }
 
     pub async fn is_member(&self, guild_id: u64, user_id: u64) -> Result<bool, ChatError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE guild_id = ? AND user_id = ?")
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE guild_id = $1 AND user_id = $2")
             .bind(guild_id as i64)
             .bind(user_id as i64)
             .fetch_one(&self.pool)
@@ -508,7 +558,7 @@ impl Store {
 
     /// Add a member; `false` when already a member.
     pub async fn add_member(&self, guild_id: u64, user_id: u64) -> Result<bool, ChatError> {
-        let r = sqlx::query("INSERT OR IGNORE INTO members (guild_id, user_id, joined_at) VALUES (?, ?, ?)")
+        let r = sqlx::query("INSERT INTO members (guild_id, user_id, joined_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(guild_id as i64)
             .bind(user_id as i64)
             .bind(now_ms())
@@ -518,7 +568,7 @@ impl Store {
     }
 
     pub async fn remove_member(&self, guild_id: u64, user_id: u64) -> Result<(), ChatError> {
-        let r = sqlx::query("DELETE FROM members WHERE guild_id = ? AND user_id = ?")
+        let r = sqlx::query("DELETE FROM members WHERE guild_id = $1 AND user_id = $2")
             .bind(guild_id as i64)
             .bind(user_id as i64)
             .execute(&self.pool)
@@ -534,7 +584,7 @@ impl Store {
     pub async fn create_invite(&self, channel: &Channel, inviter: u64, max_uses: u32, max_age_s: u32) -> Result<Invite, ChatError> {
         let code: String = rand::thread_rng().sample_iter(&Alphanumeric).take(8).map(char::from).collect();
         let expires_at = (max_age_s > 0).then(|| now_ms() + max_age_s as i64 * 1000);
-        sqlx::query("INSERT INTO invites (code, guild_id, channel_id, inviter_id, max_uses, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO invites (code, guild_id, channel_id, inviter_id, max_uses, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&code)
             .bind(channel.guild_id as i64)
             .bind(channel.id as i64)
@@ -548,7 +598,7 @@ impl Store {
     }
 
     pub async fn invite(&self, code: &str) -> Result<Invite, ChatError> {
-        let r = sqlx::query("SELECT * FROM invites WHERE code = ?")
+        let r = sqlx::query("SELECT * FROM invites WHERE code = $1")
             .bind(code)
             .fetch_optional(&self.pool)
             .await?
@@ -573,7 +623,7 @@ impl Store {
         let inv = self.invite(code).await?;
         let added = self.add_member(inv.guild_id, user_id).await?;
         if added {
-            sqlx::query("UPDATE invites SET uses = uses + 1 WHERE code = ?").bind(code).execute(&self.pool).await?;
+            sqlx::query("UPDATE invites SET uses = uses + 1 WHERE code = $1").bind(code).execute(&self.pool).await?;
         }
         Ok((inv, added))
     }
@@ -643,7 +693,7 @@ impl Store {
                 r.position = p.max(1);
             }
         }
-        sqlx::query("UPDATE roles SET name = ?, permissions = ?, color = ?, position = ? WHERE id = ? AND guild_id = ?")
+        sqlx::query("UPDATE roles SET name = $1, permissions = $2, color = $3, position = $4 WHERE id = $5 AND guild_id = $6")
             .bind(&r.name)
             .bind(r.permissions as i64)
             .bind(r.color as i64)
@@ -659,16 +709,16 @@ impl Store {
         if role_id == guild_id {
             return Err(ChatError::Invalid { field: "role_id", message: "The @everyone role cannot be deleted.".into() });
         }
-        let r = sqlx::query("DELETE FROM roles WHERE id = ? AND guild_id = ?").bind(role_id as i64).bind(guild_id as i64).execute(&self.pool).await?;
+        let r = sqlx::query("DELETE FROM roles WHERE id = $1 AND guild_id = $2").bind(role_id as i64).bind(guild_id as i64).execute(&self.pool).await?;
         if r.rows_affected() == 0 {
             return Err(ChatError::Unknown("role"));
         }
-        sqlx::query("DELETE FROM overwrites WHERE target_id = ? AND type = 0").bind(role_id as i64).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM overwrites WHERE target_id = $1 AND type = 0").bind(role_id as i64).execute(&self.pool).await?;
         Ok(())
     }
 
     pub async fn remove_member_role(&self, guild_id: u64, user_id: u64, role_id: u64) -> Result<(), ChatError> {
-        sqlx::query("DELETE FROM member_roles WHERE guild_id = ? AND user_id = ? AND role_id = ?")
+        sqlx::query("DELETE FROM member_roles WHERE guild_id = $1 AND user_id = $2 AND role_id = $3")
             .bind(guild_id as i64)
             .bind(user_id as i64)
             .bind(role_id as i64)
@@ -683,7 +733,7 @@ impl Store {
             return Ok(i64::MAX);
         }
         let p: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(r.position) FROM member_roles mr JOIN roles r ON r.id = mr.role_id WHERE mr.guild_id = ? AND mr.user_id = ?",
+            "SELECT MAX(r.position) FROM member_roles mr JOIN roles r ON r.id = mr.role_id WHERE mr.guild_id = $1 AND mr.user_id = $2",
         )
         .bind(guild.id as i64)
         .bind(user_id as i64)
@@ -705,7 +755,7 @@ impl Store {
             }
             _ => None,
         };
-        let r = sqlx::query("UPDATE members SET nick = ? WHERE guild_id = ? AND user_id = ?")
+        let r = sqlx::query("UPDATE members SET nick = $1 WHERE guild_id = $2 AND user_id = $3")
             .bind(nick)
             .bind(guild_id as i64)
             .bind(user_id as i64)
@@ -715,5 +765,28 @@ impl Store {
             return Err(ChatError::Unknown("member"));
         }
         Ok(())
+    }
+}
+
+/// Helpers for tests that run the same suite on PostgreSQL.
+#[doc(hidden)]
+pub mod testing {
+    use sqlx::Connection;
+
+    /// Create an empty database next to `admin_url`'s and return its URL.
+    pub async fn fresh_postgres(admin_url: &str) -> String {
+        let mut c = sqlx::PgConnection::connect(admin_url).await.expect("connect to the test PostgreSQL (LODGE_TEST_DATABASE_URL)");
+        let name = format!("lodge_test_{:016x}", rand::random::<u64>());
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await.expect("create test database");
+        let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin_url);
+        format!("{base}/{name}")
+    }
+
+    /// `LODGE_TEST_DATABASE_URL` → a fresh PostgreSQL database URL; unset → `None` (SQLite).
+    pub async fn database_url_from_env() -> Option<String> {
+        match std::env::var("LODGE_TEST_DATABASE_URL") {
+            Ok(admin) if !admin.is_empty() => Some(fresh_postgres(&admin).await),
+            _ => None,
+        }
     }
 }

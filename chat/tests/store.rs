@@ -2,9 +2,13 @@
 
 use lodge_chat::*;
 
+/// SQLite in a temp dir, or a fresh PostgreSQL database when LODGE_TEST_DATABASE_URL is set.
 async fn store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(&dir.path().join("nested/lodge.db")).await.unwrap();
+    let s = match lodge_chat::store::testing::database_url_from_env().await {
+        Some(url) => Store::open_url(&url).await.unwrap(),
+        None => Store::open(&dir.path().join("nested/lodge.db")).await.unwrap(),
+    };
     (s, dir)
 }
 
