@@ -22,6 +22,14 @@ else
   cargo test --workspace --locked
 fi
 
+step "the storage-facing suites again, on PostgreSQL (a throwaway cluster on 127.0.0.1)"
+PG_URL="$(./scripts/postgres.sh)"
+if command -v cargo-nextest >/dev/null 2>&1; then
+  TEST_POSTGRES_URL="$PG_URL" cargo nextest run -p lodge-chat -p lodge-signaling --locked --no-fail-fast
+else
+  TEST_POSTGRES_URL="$PG_URL" cargo test -p lodge-chat -p lodge-signaling --locked
+fi
+
 step "benchmarks compile and run once (criterion test mode)"
 cargo test -p lodge-sfu --bench forward --locked
 
@@ -31,7 +39,8 @@ step "real browsers: three headless Chromium clients in one voice channel"
 step "real client library: an unmodified discord.py bot (login, events, resume)"
 ./tests/discordpy/run.sh
 
-step "chat load smoke test: every message reaches every session, no errors"
+step "chat load smoke test: every message reaches every session, no errors (SQLite, PostgreSQL)"
 ./tests/load/chat_smoke.sh
+TEST_POSTGRES_URL="$PG_URL" ./tests/load/chat_smoke.sh
 
 step "all tests passed"

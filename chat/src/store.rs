@@ -775,16 +775,16 @@ pub mod testing {
 
     /// Create an empty database next to `admin_url`'s and return its URL.
     pub async fn fresh_postgres(admin_url: &str) -> String {
-        let mut c = sqlx::PgConnection::connect(admin_url).await.expect("connect to the test PostgreSQL (LODGE_TEST_DATABASE_URL)");
+        let mut c = sqlx::PgConnection::connect(admin_url).await.expect("connect to the test PostgreSQL (TEST_POSTGRES_URL)");
         let name = format!("lodge_test_{:016x}", rand::random::<u64>());
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await.expect("create test database");
         let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin_url);
         format!("{base}/{name}")
     }
 
-    /// `LODGE_TEST_DATABASE_URL` → a fresh PostgreSQL database URL; unset → `None` (SQLite).
+    /// `TEST_POSTGRES_URL` → a fresh PostgreSQL database URL; unset → `None` (SQLite).
     pub async fn database_url_from_env() -> Option<String> {
-        match std::env::var("LODGE_TEST_DATABASE_URL") {
+        match std::env::var("TEST_POSTGRES_URL") {
             Ok(admin) if !admin.is_empty() => Some(fresh_postgres(&admin).await),
             _ => None,
         }

@@ -2,7 +2,7 @@
 
 use lodge_chat::*;
 
-/// SQLite in a temp dir, or a fresh PostgreSQL database when LODGE_TEST_DATABASE_URL is set.
+/// SQLite in a temp dir, or a fresh PostgreSQL database when TEST_POSTGRES_URL is set.
 async fn store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let s = match lodge_chat::store::testing::database_url_from_env().await {

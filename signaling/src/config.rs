@@ -34,7 +34,7 @@ pub enum Command {
 #[derive(Args, Debug, Clone, Default)]
 pub struct ServeArgs {
     /// TOML configuration file. Keys: http_listen, media_listen, public_ip, public_url, data_dir,
-    /// database, log, max_participants, max_room_size, voice_token_ttl,
+    /// database, database_url, log, max_participants, max_room_size, voice_token_ttl,
     /// rate_limit_route, rate_limit_global.
     #[arg(long, env = "LODGE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// SQLite database file. [default: <data_dir>/lodge.db]
     #[arg(long, env = "LODGE_DATABASE")]
     pub database: Option<PathBuf>,
+    /// Database URL instead of the SQLite file, e.g. postgres://lodge@127.0.0.1/lodge
+    /// (PostgreSQL for scale) or sqlite:///path/to/file.db.
+    #[arg(long, env = "LODGE_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// Log filter (tracing env-filter syntax), e.g. "info" or "lodge_sfu=debug,info". [default: info]
     #[arg(long, env = "LODGE_LOG")]
     pub log: Option<String>,
@@ -88,6 +92,7 @@ pub struct FileConfig {
     pub public_url: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database: Option<PathBuf>,
+    pub database_url: Option<String>,
     pub log: Option<String>,
     pub max_participants: Option<usize>,
     pub max_room_size: Option<usize>,
@@ -105,6 +110,8 @@ pub struct Config {
     pub public_url: String,
     pub data_dir: PathBuf,
     pub database: PathBuf,
+    /// Set when a database URL (PostgreSQL) replaces the SQLite file.
+    pub database_url: Option<String>,
     pub log: String,
     pub max_participants: usize,
     pub max_room_size: usize,
@@ -121,6 +128,7 @@ const KNOWN_ENV: &[&str] = &[
     "LODGE_PUBLIC_URL",
     "LODGE_DATA_DIR",
     "LODGE_DATABASE",
+    "LODGE_DATABASE_URL",
     "LODGE_LOG",
     "LODGE_MAX_PARTICIPANTS",
     "LODGE_MAX_ROOM_SIZE",
@@ -183,6 +191,7 @@ impl Config {
             public_url,
             data_dir,
             database,
+            database_url: args.database_url.clone().or(file.database_url),
             log: args.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
             max_participants: args.max_participants.or(file.max_participants).unwrap_or(10_000),
             max_room_size: args.max_room_size.or(file.max_room_size).unwrap_or(1_000),

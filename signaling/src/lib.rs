@@ -42,9 +42,24 @@ pub enum StartError {
     Store { path: std::path::PathBuf, err: lodge_chat::ChatError },
 }
 
+/// A database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{}{}", &url[..s + 3], if creds.contains(':') { format!("{user}:***") } else { user.to_string() }, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// Bind sockets, open storage, start the SFU, serve HTTP.
 pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
-    let store = lodge_chat::Store::open(&cfg.database).await.map_err(|err| StartError::Store { path: cfg.database.clone(), err })?;
+    let store = match &cfg.database_url {
+        Some(url) => lodge_chat::Store::open_url(url).await.map_err(|err| StartError::Store { path: redact_url(url).into(), err })?,
+        None => lodge_chat::Store::open(&cfg.database).await.map_err(|err| StartError::Store { path: cfg.database.clone(), err })?,
+    };
     let udp = UdpSocket::bind(cfg.media_listen).await.map_err(|err| StartError::Media { addr: cfg.media_listen, err })?;
     let media_addr = udp.local_addr().map_err(|err| StartError::Media { addr: cfg.media_listen, err })?;
     let listener = TcpListener::bind(cfg.http_listen).await.map_err(|err| StartError::Http { addr: cfg.http_listen, err })?;

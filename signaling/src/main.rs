@@ -39,7 +39,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_target(false)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
                 .init();
-            tracing::info!(database = %cfg.database.display(), public_url = %cfg.public_url, "starting lodge");
+            let db = match &cfg.database_url {
+                Some(u) => lodge_signaling::redact_url(u),
+                None => cfg.database.display().to_string(),
+            };
+            tracing::info!(database = %db, public_url = %cfg.public_url, "starting lodge");
             let node = lodge_signaling::start(cfg).await?;
             println!("Lodge is running. Open {} in a browser. Ctrl-C stops it.", node.state.cfg.public_url);
             wait_for_signal().await;

@@ -13,10 +13,13 @@ fn free_udp() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-async fn spawn(dir: &std::path::Path, http: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_lodge"))
-        .args(["serve", "--data-dir"])
-        .arg(dir)
+async fn spawn(dir: &std::path::Path, http: u16, db: &Option<String>) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lodge"));
+    cmd.args(["serve", "--data-dir"]).arg(dir);
+    if let Some(url) = db {
+        cmd.args(["--database-url", url]);
+    }
+    let child = cmd
         .args(["--http-listen", &format!("127.0.0.1:{http}"), "--media-listen", &format!("127.0.0.1:{}", free_udp())])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -36,7 +39,8 @@ async fn spawn(dir: &std::path::Path, http: u16) -> Child {
 async fn acknowledged_message_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let http = free_port();
-    let mut child = spawn(dir.path(), http).await;
+    let db = lodge_chat::store::testing::database_url_from_env().await;
+    let mut child = spawn(dir.path(), http, &db).await;
     let base = format!("http://127.0.0.1:{http}/api/v10");
     let c = reqwest::Client::new();
     let v: Value = c.post(format!("{base}/auth/register")).json(&json!({ "username": "alice", "password": "password-1" })).send().await.unwrap().json().await.unwrap();
@@ -54,7 +58,7 @@ async fn acknowledged_message_survives_kill_9() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let mut child = spawn(dir.path(), http).await;
+    let mut child = spawn(dir.path(), http, &db).await;
     for (i, id) in ids.iter().enumerate() {
         let r = c.get(format!("{base}/channels/{text}/messages/{id}")).header("Authorization", &token).send().await.unwrap();
         assert_eq!(r.status(), 200, "message {i} lost");

@@ -137,7 +137,13 @@ async fn graceful_shutdown_tells_clients_and_keeps_data() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_path_buf();
     let d2 = data.clone();
-    let mut n = common::node_with(move |a| a.data_dir = Some(d2)).await;
+    let db_url = lodge_chat::store::testing::database_url_from_env().await;
+    let u2 = db_url.clone();
+    let mut n = common::node_with(move |a| {
+        a.data_dir = Some(d2);
+        a.database_url = u2;
+    })
+    .await;
     let (_, alice) = n.user("alice").await;
     let (g, _, _) = n.guild(&alice).await;
     let (mut w, _) = gateway(&n, &alice).await;
@@ -150,7 +156,11 @@ async fn graceful_shutdown_tells_clients_and_keeps_data() {
 
     // A new node on the same database has everything that was acknowledged.
     let d3 = data.clone();
-    let n2 = common::node_with(move |a| a.data_dir = Some(d3)).await;
+    let n2 = common::node_with(move |a| {
+        a.data_dir = Some(d3);
+        a.database_url = db_url;
+    })
+    .await;
     let (_, ready) = gateway(&n2, &alice).await;
     assert_eq!(ready["guilds"][0]["id"].as_str().unwrap(), g);
 }

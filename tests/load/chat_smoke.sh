@@ -9,11 +9,18 @@ LOAD="${LODGE_LOAD_BIN:-$ROOT/target/debug/lodge-load}"
 TMP="$(mktemp -d)"
 HP="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 MP="$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-"$BIN" serve --data-dir "$TMP/data" --http-listen "127.0.0.1:$HP" --media-listen "127.0.0.1:$MP" >"$TMP/lodge.log" 2>&1 &
+DB=(); LABEL=sqlite
+if [ -n "${TEST_POSTGRES_URL:-}" ]; then
+  # A fresh database on the given PostgreSQL server.
+  NAME="lodge_load_$RANDOM$RANDOM"
+  psql "$TEST_POSTGRES_URL" -qc "CREATE DATABASE $NAME" >/dev/null
+  DB=(--database-url "${TEST_POSTGRES_URL%/*}/$NAME"); LABEL=postgres
+fi
+"$BIN" serve --data-dir "$TMP/data" "${DB[@]}" --http-listen "127.0.0.1:$HP" --media-listen "127.0.0.1:$MP" >"$TMP/lodge.log" 2>&1 &
 PID=$!
 cleanup() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
 trap cleanup EXIT
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$HP/readyz" >/dev/null && break; sleep 0.1; done
-if ! "$LOAD" chat --url "http://127.0.0.1:$HP" -m 100 -r 20 -d 5 --accounts 20 --strict --report "$TMP/report.json"; then
+if ! "$LOAD" chat --url "http://127.0.0.1:$HP" -m 100 -r 20 -d 5 --accounts 20 --strict --label "$LABEL" --report "$TMP/report.json"; then
   echo "---- lodge log (last 40 lines) ----"; tail -40 "$TMP/lodge.log"; exit 1
 fi

@@ -32,6 +32,8 @@ pub async fn node_with(f: impl FnOnce(&mut ServeArgs)) -> Node {
         data_dir: Some(dir.path().to_path_buf()),
         ..Default::default()
     };
+    // The same suite runs on PostgreSQL when TEST_POSTGRES_URL names an admin URL.
+    args.database_url = lodge_chat::store::testing::database_url_from_env().await;
     f(&mut args);
     let cfg = Config::load(&args, std::iter::empty()).unwrap();
     let run = lodge_signaling::start(cfg).await.unwrap();
