@@ -8,7 +8,9 @@ DIR="${PGDIR:-/tmp/lodge-pg}"
 PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
 [ -n "$PGBIN" ] || { echo "postgres.sh: PostgreSQL is not installed (apt-get install postgresql)" >&2; exit 1; }
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-if ! "$PGBIN/pg_ctl" status -D "$DIR/data" >/dev/null 2>&1; then
+if "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"; then
+  : # already running (an earlier run on this machine): reuse it
+else
   rm -rf "$DIR"; mkdir -p "$DIR"
   [ "$(id -u)" -eq 0 ] && chown postgres "$DIR"
   as_pg "$PGBIN/initdb" -D "$DIR/data" -A trust -U lodge --no-sync >/dev/null
