@@ -174,7 +174,7 @@ async fn resume_replays_missed_dispatches_in_order() {
     n.invite_and_join(&alice, &text, &bob).await;
     let (mut w, ready) = gateway(&n, &bob).await;
     let sid = ready["session_id"].as_str().unwrap().to_string();
-    let mut last_seq = 0;
+    let mut last_seq;
     loop {
         let v = json(&mut w).await;
         if v["t"] == "GUILD_CREATE" {

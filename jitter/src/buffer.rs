@@ -1,0 +1,386 @@
+//! The adaptive playout buffer. Sans-IO: `insert(now, …)` when a packet arrives, `pull(now)`
+//! once per frame; `now` is always passed in.
+//!
+//! What `pull` decides, in order:
+//! 1. Not started: wait until the first packet has been buffered for the target delay.
+//! 2. Too much audio buffered (above target by more than a frame): drop a frame
+//!    (acceleration), preferably one flagged low-energy.
+//! 3. Too little (below target by more than a frame) while audio is waiting: stretch (play a
+//!    concealment-like frame without consuming), preferably before a low-energy frame.
+//! 4. The next packet is here: play it (or comfort silence up to it across a DTX gap).
+//! 5. It is missing but the one after is here: rebuild it from that packet's in-band FEC.
+//! 6. Otherwise conceal (PLC); after a while with nothing buffered, treat it as silence.
+
+use std::collections::BTreeMap;
+
+use crate::delay_manager::{DelayConfig, DelayManager};
+use crate::stats::JitterStats;
+use crate::unwrap::{SeqUnwrapper, TsUnwrapper};
+
+/// Buffer configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferConfig {
+    pub clock_rate: u32,
+    /// Samples per frame (960 = 20 ms at 48 kHz).
+    pub frame_samples: u32,
+    /// Most packets held; beyond it the oldest is discarded.
+    pub max_packets: usize,
+    pub delay: DelayConfig,
+    /// Fixed playout delay instead of the adaptive target (for comparisons), ms.
+    pub fixed_delay_ms: Option<f64>,
+    /// Use in-band FEC from the next packet when a packet is missing.
+    pub use_fec: bool,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig { clock_rate: 48_000, frame_samples: 960, max_packets: 250, delay: DelayConfig::default(), fixed_delay_ms: None, use_fec: true }
+    }
+}
+
+/// What to play for one frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pulled {
+    /// Not playing yet (filling to the target delay).
+    Waiting,
+    /// Decode this packet.
+    Frame { seq: u64, payload: Vec<u8> },
+    /// Decode the missing frame `seq` from the in-band FEC of the following packet's payload.
+    Fec { seq: u64, next_payload: Vec<u8> },
+    /// Packet loss concealment (decoder PLC) for the missing frame `seq`.
+    Conceal { seq: u64 },
+    /// Play one frame of PLC/time-stretched audio without consuming anything (deceleration).
+    Stretch,
+    /// Comfort silence (the sender is in DTX or has stopped).
+    Silence,
+}
+
+/// What `insert` did with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    Buffered,
+    Duplicate,
+    Late,
+    Overflow,
+}
+
+#[derive(Debug, Clone)]
+struct Packet {
+    ts: u64,
+    payload: Vec<u8>,
+    low_energy: bool,
+    arrival_ms: f64,
+}
+
+pub struct JitterBuffer {
+    cfg: BufferConfig,
+    packets: BTreeMap<u64, Packet>,
+    seqs: SeqUnwrapper,
+    tss: TsUnwrapper,
+    delay: DelayManager,
+    /// Playout position: the next sequence number and media timestamp to play.
+    next_seq: u64,
+    next_ts: u64,
+    playing: bool,
+    first_arrival_ms: Option<f64>,
+    last_arrival_ms: f64,
+    conceal_run: u32,
+    empty_run: u32,
+    /// The buffer ran dry and the sender seems quiet: frames are silence until we know better.
+    silent_mode: bool,
+    /// Frames played in silent mode, not yet known to be DTX (silence) or an outage (loss).
+    unclassified: u32,
+    /// Concealed frames with an empty buffer just before silent mode (maybe DTX, maybe loss).
+    speculative: u32,
+    /// The previous frame was a stretch.
+    stretched: bool,
+    stats: JitterStats,
+}
+
+impl JitterBuffer {
+    pub fn new(cfg: BufferConfig) -> Self {
+        JitterBuffer {
+            cfg,
+            packets: BTreeMap::new(),
+            seqs: SeqUnwrapper::default(),
+            tss: TsUnwrapper::default(),
+            delay: DelayManager::new(cfg.delay),
+            next_seq: 0,
+            next_ts: 0,
+            playing: false,
+            first_arrival_ms: None,
+            last_arrival_ms: 0.0,
+            conceal_run: 0,
+            empty_run: 0,
+            silent_mode: false,
+            unclassified: 0,
+            speculative: 0,
+            stretched: false,
+            stats: JitterStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &JitterStats {
+        &self.stats
+    }
+
+    /// Current target delay, ms.
+    pub fn target_delay_ms(&self) -> f64 {
+        self.cfg.fixed_delay_ms.unwrap_or_else(|| self.delay.target_ms())
+    }
+
+    fn frame_ms(&self) -> f64 {
+        self.cfg.frame_samples as f64 * 1000.0 / self.cfg.clock_rate as f64
+    }
+
+    fn ms_of(&self, samples: u64) -> f64 {
+        samples as f64 * 1000.0 / self.cfg.clock_rate as f64
+    }
+
+    /// Audio buffered ahead of the playout position, ms (including the next frame).
+    pub fn buffered_ms(&self) -> f64 {
+        match self.packets.values().next_back() {
+            Some(last) if self.playing => self.ms_of((last.ts + self.cfg.frame_samples as u64).saturating_sub(self.next_ts)),
+            Some(last) => {
+                let first = self.packets.values().next().map(|p| p.ts).unwrap_or(last.ts);
+                self.ms_of(last.ts + self.cfg.frame_samples as u64 - first)
+            }
+            None => 0.0,
+        }
+    }
+
+    /// A packet arrived. `now_ms` is the receiver's clock in ms.
+    pub fn insert(&mut self, now_ms: f64, seq: u16, rtp_ts: u32, payload: Vec<u8>) -> Inserted {
+        self.insert_frame(now_ms, seq, rtp_ts, payload, false)
+    }
+
+    /// Like [`Self::insert`], with a hint that the frame is low-energy (silence, a pause), where
+    /// dropping or stretching is inaudible.
+    pub fn insert_frame(&mut self, now_ms: f64, seq: u16, rtp_ts: u32, payload: Vec<u8>, low_energy: bool) -> Inserted {
+        self.stats.packets_received += 1;
+        let s = self.seqs.unwrap(seq as u64);
+        let ts = self.tss.unwrap(rtp_ts as u64);
+        if self.playing && s < self.next_seq {
+            self.stats.packets_discarded += 1;
+            return Inserted::Late;
+        }
+        if self.packets.contains_key(&s) {
+            self.stats.packets_discarded += 1;
+            return Inserted::Duplicate;
+        }
+        self.delay.update(now_ms, self.ms_of(ts));
+        self.first_arrival_ms.get_or_insert(now_ms);
+        self.last_arrival_ms = now_ms;
+        self.packets.insert(s, Packet { ts, payload, low_energy, arrival_ms: now_ms });
+        if self.packets.len() > self.cfg.max_packets {
+            // Keep the newest: drop the oldest buffered packet.
+            if let Some((&k, _)) = self.packets.iter().next() {
+                self.packets.remove(&k);
+                self.stats.packets_discarded += 1;
+                if self.playing && k >= self.next_seq {
+                    self.next_seq = k + 1;
+                    if let Some(p) = self.packets.get(&self.next_seq) {
+                        self.next_ts = p.ts;
+                    }
+                }
+                return Inserted::Overflow;
+            }
+        }
+        Inserted::Buffered
+    }
+
+    fn emitted(&mut self, delay_ms: f64, concealed: bool, silent: bool) {
+        let n = self.cfg.frame_samples as u64;
+        self.stats.jitter_buffer_delay += delay_ms / 1000.0 * n as f64;
+        self.stats.jitter_buffer_target_delay += self.target_delay_ms() / 1000.0 * n as f64;
+        self.stats.jitter_buffer_emitted_count += n;
+        self.stats.total_samples_received += n;
+        if concealed {
+            self.stats.concealed_samples += n;
+            if silent {
+                self.stats.silent_concealed_samples += n;
+            }
+        }
+        if concealed && !silent {
+            if self.conceal_run == 0 {
+                self.stats.concealment_events += 1;
+            }
+            self.conceal_run += 1;
+        } else {
+            self.end_conceal_run();
+        }
+    }
+
+    fn end_conceal_run(&mut self) {
+        let ms = self.conceal_run as f64 * self.frame_ms();
+        if ms >= 150.0 {
+            self.stats.interruptions += 1;
+            self.stats.total_interruption_duration += ms / 1000.0;
+        }
+        self.conceal_run = 0;
+    }
+
+    /// One frame of playout.
+    pub fn pull(&mut self, now_ms: f64) -> Pulled {
+        let frame = self.cfg.frame_samples as u64;
+        let frame_ms = self.frame_ms();
+        let target = self.target_delay_ms();
+        if !self.playing {
+            let Some(first) = self.first_arrival_ms else { return Pulled::Waiting };
+            if now_ms - first + frame_ms < target || self.packets.is_empty() {
+                return Pulled::Waiting;
+            }
+            let (&s, p) = self.packets.iter().next().expect("checked non-empty");
+            self.next_seq = s;
+            self.next_ts = p.ts;
+            self.playing = true;
+        }
+        // Resynchronise after a long outage: jump to what is buffered.
+        if let Some((&s, p)) = self.packets.iter().next() {
+            if s > self.next_seq + 100 {
+                self.next_seq = s;
+                self.next_ts = p.ts;
+            }
+        }
+        let buffered = self.buffered_ms();
+        // Audio held beyond the frame about to play, against the target.
+        let level = (buffered - frame_ms).max(0.0);
+        let delay_now = level;
+
+        if !self.silent_mode {
+            // Acceleration: drop the next frame when holding clearly more than the target.
+            if let Some(p) = self.packets.get(&self.next_seq) {
+                let over = level - target;
+                if (over > frame_ms && p.low_energy) || over > 2.5 * frame_ms {
+                    let p = self.packets.remove(&self.next_seq).expect("just looked it up");
+                    self.stats.removed_samples_for_acceleration += frame;
+                    self.next_seq += 1;
+                    self.next_ts = p.ts + frame;
+                }
+            }
+            // Deceleration: stretch while audio is waiting but less than the target — only while
+            // packets keep coming (not into a pause) and never twice in a row.
+            let flowing = now_ms - self.last_arrival_ms < 2.0 * frame_ms;
+            if let Some(p) = self.packets.get(&self.next_seq).filter(|_| flowing && !self.stretched) {
+                let under = target - level;
+                if (under >= frame_ms / 2.0 && p.low_energy) || under >= frame_ms {
+                    self.stretched = true;
+                    self.stats.inserted_samples_for_deceleration += frame;
+                    self.emitted(delay_now, false, false);
+                    return Pulled::Stretch;
+                }
+            }
+        }
+
+        self.stretched = false;
+        let seq = self.next_seq;
+        if self.packets.contains_key(&seq) {
+            // The stream continues without a sequence gap: what we played as silence was DTX.
+            self.classify_quiet(false);
+            self.speculative = 0;
+            self.empty_run = 0;
+            let p = self.packets.get(&seq).expect("checked");
+            if p.ts >= self.next_ts + frame {
+                // DTX gap: the sender skipped time; play comfort silence until its timestamp.
+                self.next_ts += frame;
+                self.emitted(delay_now, true, true);
+                return Pulled::Silence;
+            }
+            let p = self.packets.remove(&seq).expect("checked");
+            self.next_seq += 1;
+            self.next_ts = p.ts + frame;
+            self.emitted(now_ms - p.arrival_ms, false, false);
+            return Pulled::Frame { seq, payload: p.payload };
+        }
+        if let Some((&first, fp)) = self.packets.iter().next() {
+            self.empty_run = 0;
+            self.speculative = 0;
+            if self.silent_mode {
+                // Packets resume after a sequence gap: the quiet spell was an outage. Its time
+                // has passed; continue from what is buffered.
+                let ts = fp.ts;
+                self.classify_quiet(true);
+                self.next_seq = first;
+                self.next_ts = ts;
+                return self.pull(now_ms);
+            }
+            self.next_seq += 1;
+            self.next_ts += frame;
+            if self.cfg.use_fec {
+                if let Some(next) = self.packets.get(&(seq + 1)) {
+                    let (payload, arrived) = (next.payload.clone(), next.arrival_ms);
+                    self.stats.fec_packets_received += 1;
+                    self.emitted(now_ms - arrived, false, false);
+                    return Pulled::Fec { seq, next_payload: payload };
+                }
+            }
+            self.emitted(delay_now, true, false);
+            return Pulled::Conceal { seq };
+        }
+        // Nothing buffered.
+        self.empty_run += 1;
+        if self.silent_mode || (self.empty_run > 3 && now_ms - self.last_arrival_ms > 4.0 * frame_ms) {
+            if !self.silent_mode {
+                // The last few "losses" may have been the start of DTX: take them back until
+                // we know which it was.
+                self.silent_mode = true;
+                let spec = self.speculative;
+                self.next_seq -= spec as u64;
+                self.stats.concealed_samples -= spec as u64 * frame;
+                self.conceal_run = self.conceal_run.saturating_sub(spec);
+                if self.conceal_run == 0 && spec > 0 {
+                    self.stats.concealment_events = self.stats.concealment_events.saturating_sub(1);
+                }
+                self.unclassified += spec;
+                self.speculative = 0;
+            }
+            // Media time keeps running, so the next packet plays when its time comes.
+            self.next_ts += frame;
+            self.unclassified += 1;
+            self.emitted_plain(delay_now);
+            return Pulled::Silence;
+        }
+        self.speculative += 1;
+        self.next_seq += 1;
+        self.next_ts += frame;
+        self.emitted(delay_now, true, false);
+        Pulled::Conceal { seq }
+    }
+
+    /// Count a frame as played without classifying it (yet).
+    fn emitted_plain(&mut self, delay_ms: f64) {
+        let n = self.cfg.frame_samples as u64;
+        self.stats.jitter_buffer_delay += delay_ms / 1000.0 * n as f64;
+        self.stats.jitter_buffer_target_delay += self.target_delay_ms() / 1000.0 * n as f64;
+        self.stats.jitter_buffer_emitted_count += n;
+        self.stats.total_samples_received += n;
+    }
+
+    /// Leave silent mode: the frames played quietly were DTX silence (`loss == false`) or an
+    /// outage that concealment covered (`loss == true`).
+    fn classify_quiet(&mut self, loss: bool) {
+        let n = self.cfg.frame_samples as u64;
+        let q = self.unclassified as u64;
+        self.silent_mode = false;
+        self.unclassified = 0;
+        if q == 0 {
+            return;
+        }
+        self.stats.concealed_samples += q * n;
+        if loss {
+            if self.conceal_run == 0 {
+                self.stats.concealment_events += 1;
+            }
+            self.conceal_run += q as u32;
+        } else {
+            self.stats.silent_concealed_samples += q * n;
+            self.end_conceal_run();
+        }
+    }
+
+    /// Close any open concealment run (call at the end of a call for final statistics).
+    pub fn finish(&mut self) {
+        self.classify_quiet(false);
+        self.end_conceal_run();
+    }
+}

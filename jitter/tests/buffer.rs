@@ -1,0 +1,207 @@
+//! The playout buffer under orderly, hostile and simulated-network input.
+
+use std::time::Duration;
+
+use lodge_jitter::{BufferConfig, Impairment, JitterBuffer, JitterStats, Profile, Pulled};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+/// Run a 20 ms sender through `profile` for `secs`, pulling every 20 ms; returns the stats and
+/// the sequence of played frame numbers (Frame/Fec/Conceal) in order.
+fn simulate(profile: Profile, cfg: BufferConfig, secs: u64, seed: u64) -> (JitterStats, Vec<u64>) {
+    let mut imp = Impairment::new(profile, seed);
+    let n = secs * 50;
+    let mut arrivals: Vec<(f64, u16, u32)> = Vec::new();
+    for i in 0..n {
+        for a in imp.send(Duration::from_millis(i * 20), 80) {
+            arrivals.push((a.as_secs_f64() * 1000.0, (i % 65536) as u16, (i as u32).wrapping_mul(960)));
+        }
+    }
+    arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut jb = JitterBuffer::new(cfg);
+    let mut played = Vec::new();
+    let mut next = 0;
+    let _ = &mut played;
+    let mut t = 0.0;
+    while t < (secs as f64 + 3.0) * 1000.0 {
+        while next < arrivals.len() && arrivals[next].0 <= t {
+            let (at, s, ts) = arrivals[next];
+            jb.insert(at, s, ts, vec![0; 80]);
+            next += 1;
+        }
+        if let Pulled::Frame { seq, .. } | Pulled::Fec { seq, .. } = jb.pull(t) {
+            played.push(seq);
+        }
+        t += 20.0;
+    }
+    jb.finish();
+    (jb.stats().clone(), played)
+}
+
+#[test]
+fn hostile_orders_losses_and_duplicates_never_break_order() {
+    for seed in 0..200u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let start: u16 = rng.gen();
+        let ts0: u32 = rng.gen();
+        let mut pkts: Vec<(u16, u32)> = (0..200u32).map(|i| (start.wrapping_add(i as u16), ts0.wrapping_add(i * 960))).collect();
+        pkts.retain(|_| rng.gen_bool(0.85));
+        let dups: Vec<_> = pkts.iter().filter(|_| rng.gen_bool(0.1)).copied().collect();
+        pkts.extend(dups);
+        // Local shuffles (bounded reordering) plus a few far jumps.
+        for w in pkts.chunks_mut(rng.gen_range(2..8)) {
+            w.shuffle(&mut rng);
+        }
+        let mut jb = JitterBuffer::new(BufferConfig::default());
+        // Decoded frames (packets and FEC rebuilds) must come out in order, none twice.
+        // (A concealment may later turn out to have covered a DTX pause and be played after all.)
+        let mut out = Vec::new();
+        let mut now = 0.0;
+        for (i, (s, ts)) in pkts.iter().enumerate() {
+            jb.insert(now + rng.gen_range(0.0..30.0), *s, *ts, vec![1, 2, 3]);
+            if i % 2 == 0 {
+                now += 20.0;
+                if let Pulled::Frame { seq, .. } | Pulled::Fec { seq, .. } = jb.pull(now) {
+                    out.push(seq);
+                }
+            }
+        }
+        for _ in 0..300 {
+            now += 20.0;
+            if let Pulled::Frame { seq, .. } | Pulled::Fec { seq, .. } = jb.pull(now) {
+                out.push(seq);
+            }
+        }
+        assert!(out.windows(2).all(|w| w[1] > w[0]), "seed {seed}: out of order or twice: {out:?}");
+    }
+}
+
+#[test]
+fn plays_in_order_across_16_and_32_bit_wrap() {
+    let mut jb = JitterBuffer::new(BufferConfig::default());
+    let mut frames = Vec::new();
+    for i in 0..200u32 {
+        let now = i as f64 * 20.0;
+        jb.insert(now + 25.0, 65_400u16.wrapping_add(i as u16), (u32::MAX - 50 * 960).wrapping_add(i * 960), vec![(i % 256) as u8]);
+        if let Pulled::Frame { payload, .. } = jb.pull(now + 30.0) {
+            frames.push(payload[0] as u32);
+        }
+    }
+    assert!(frames.len() > 190, "{}", frames.len());
+    assert!(frames.windows(2).all(|w| w[1] == (w[0] + 1) % 256), "{frames:?}");
+    assert_eq!(jb.stats().concealed_samples, 0);
+}
+
+#[test]
+fn single_losses_are_rebuilt_from_fec_or_concealed_without() {
+    for fec in [true, false] {
+        let mut jb = JitterBuffer::new(BufferConfig { use_fec: fec, ..BufferConfig::default() });
+        let mut kinds = Vec::new();
+        for i in 0..100u32 {
+            let now = i as f64 * 20.0;
+            if i % 10 != 5 {
+                jb.insert(now + 25.0, i as u16, i * 960, vec![1]);
+            }
+            // Pull with a frame of slack so the packet after a loss is already here.
+            kinds.push(match jb.pull(now + 10.0) {
+                Pulled::Fec { .. } => 'F',
+                Pulled::Conceal { .. } => 'C',
+                Pulled::Frame { .. } => '.',
+                _ => ' ',
+            });
+        }
+        let s = jb.stats();
+        if fec {
+            assert!(s.fec_packets_received >= 8, "{kinds:?} {s:?}");
+            assert_eq!(s.concealed_samples, 0, "{kinds:?}");
+        } else {
+            assert_eq!(s.fec_packets_received, 0);
+            assert!(s.concealment_events >= 8, "{s:?}");
+        }
+        assert_eq!(s.interruptions, 0);
+    }
+}
+
+#[test]
+fn dtx_gap_plays_silence_then_resumes() {
+    let mut jb = JitterBuffer::new(BufferConfig::default());
+    let mut out = Vec::new();
+    // 50 frames, then the sender is silent for 1 s (timestamps jump, sequence continues).
+    for i in 0..150u32 {
+        let now = i as f64 * 20.0;
+        let talking = !(50..100).contains(&i);
+        if talking {
+            let seq = if i < 50 { i } else { i - 50 };
+            jb.insert(now + 30.0, seq as u16, i * 960, vec![1]);
+        }
+        out.push(match jb.pull(now + 40.0) {
+            Pulled::Frame { .. } => 'F',
+            Pulled::Silence => 'S',
+            Pulled::Conceal { .. } => 'C',
+            Pulled::Stretch => 'T',
+            Pulled::Waiting => 'W',
+            Pulled::Fec { .. } => 'E',
+        });
+    }
+    let s: String = out.iter().collect();
+    assert!(s.contains(&"S".repeat(40)), "{s}");
+    // Every packet is played (the last one or two may still be buffered when the loop ends).
+    assert!(s.matches('F').count() >= 98, "{s}");
+    assert!(s.matches('C').count() <= 4, "{s}");
+    assert_eq!(jb.stats().interruptions, 0);
+}
+
+#[test]
+fn a_long_outage_counts_as_an_interruption() {
+    let mut jb = JitterBuffer::new(BufferConfig { use_fec: false, ..BufferConfig::default() });
+    for i in 0..100u32 {
+        let now = i as f64 * 20.0;
+        // 200 ms outage while later packets keep arriving after it.
+        if !(40..50).contains(&i) {
+            jb.insert(now + 25.0, i as u16, i * 960, vec![1]);
+        }
+        jb.pull(now + 60.0);
+    }
+    jb.finish();
+    assert_eq!(jb.stats().interruptions, 1, "{:?}", jb.stats());
+}
+
+#[test]
+fn adaptive_beats_fixed_buffers_on_simulated_networks() {
+    let adaptive = BufferConfig::default();
+    let fixed = |ms| BufferConfig { fixed_delay_ms: Some(ms), ..BufferConfig::default() };
+    for p in [Profile::WIRED, Profile::GOOD_WIFI, Profile::BUSY_WIFI, Profile::HANDOVER_4G] {
+        let (a, played) = simulate(p.clone(), adaptive, 60, 11);
+        let (f80, _) = simulate(p.clone(), fixed(80.0), 60, 11);
+        let (f40, _) = simulate(p.clone(), fixed(40.0), 60, 11);
+
+        assert!(played.windows(2).all(|w| w[1] > w[0]), "{}: order", p.name);
+        eprintln!(
+            "{:12} adaptive {:5.1} ms {:5.2}% | fixed80 {:5.1} ms {:5.2}% | fixed40 {:5.1} ms {:5.2}%",
+            p.name,
+            a.mean_delay_ms(),
+            a.concealment_ratio() * 100.0,
+            f80.mean_delay_ms(),
+            f80.concealment_ratio() * 100.0,
+            f40.mean_delay_ms(),
+            f40.concealment_ratio() * 100.0
+        );
+        assert!(a.mean_delay_ms() < f80.mean_delay_ms(), "{}: adaptive delay {} vs fixed 80 {}", p.name, a.mean_delay_ms(), f80.mean_delay_ms());
+    }
+    let (good, _) = simulate(Profile::GOOD_WIFI, adaptive, 60, 5);
+    assert!(good.mean_delay_ms() <= 60.0, "good wifi delay {}", good.mean_delay_ms());
+    let (busy_a, _) = simulate(Profile::BUSY_WIFI, adaptive, 60, 5);
+    let (busy_40, _) = simulate(Profile::BUSY_WIFI, fixed(40.0), 60, 5);
+    assert!(busy_a.concealment_ratio() < busy_40.concealment_ratio(), "busy wifi: adaptive conceals less than fixed 40");
+}
+
+#[test]
+fn clock_drift_does_not_grow_the_buffer() {
+    // Receiver clock 2000 ppm fast for 2 minutes: without rate adjustment the buffer would drain
+    // by 240 ms; with it, delay stays near target and concealment stays low.
+    let p = Profile { name: "drift", clock_drift_ppm: 2000.0, ..Profile::WIRED };
+    let (s, _) = simulate(p, BufferConfig::default(), 120, 3);
+    assert!(s.concealment_ratio() < 0.01, "{s:?}");
+    assert!(s.inserted_samples_for_deceleration > 0 || s.removed_samples_for_acceleration > 0, "rate adjustment happened");
+    assert!(s.mean_delay_ms() < 80.0, "{}", s.mean_delay_ms());
+}
