@@ -25,13 +25,15 @@ fi
 step "the storage-facing suites again, on PostgreSQL (a throwaway cluster on 127.0.0.1)"
 PG_URL="$(./scripts/postgres.sh)"
 if command -v cargo-nextest >/dev/null 2>&1; then
-  TEST_POSTGRES_URL="$PG_URL" cargo nextest run -p lodge-chat -p lodge-signaling --locked --no-fail-fast
+  # --workspace with a filter (not -p): the same feature resolution as the build above, no rebuild.
+  TEST_POSTGRES_URL="$PG_URL" cargo nextest run --workspace --locked --no-fail-fast -E 'package(lodge-chat) | package(lodge-signaling)'
 else
   TEST_POSTGRES_URL="$PG_URL" cargo test -p lodge-chat -p lodge-signaling --locked
 fi
 
 step "benchmarks compile and run once (criterion test mode)"
 cargo test -p lodge-sfu --bench forward --locked
+cargo test -p lodge-jitter --bench insert_pull --locked
 
 step "real browsers: three headless Chromium clients in one voice channel"
 ./tests/browser/run.sh

@@ -57,7 +57,12 @@ impl SlidingMin {
 #[derive(Debug, Clone)]
 pub struct DelayManager {
     cfg: DelayConfig,
+    /// Bin weights scaled by `inc`: instead of decaying every bin per packet, new packets weigh
+    /// more (1/forget per packet) and everything is renormalized now and then. Same histogram,
+    /// O(1) per packet instead of O(bins).
     hist: Vec<f64>,
+    inc: f64,
+    total: f64,
     baseline: SlidingMin,
     target_ms: f64,
     packets: u64,
@@ -67,7 +72,7 @@ impl DelayManager {
     pub fn new(cfg: DelayConfig) -> Self {
         let mut hist = vec![0.0; BINS];
         hist[0] = 1.0;
-        DelayManager { cfg, hist, baseline: SlidingMin::new(cfg.baseline_window_ms), target_ms: cfg.min_delay_ms, packets: 0 }
+        DelayManager { cfg, hist, inc: 1.0, total: 1.0, baseline: SlidingMin::new(cfg.baseline_window_ms), target_ms: cfg.min_delay_ms, packets: 0 }
     }
 
     /// Target playout delay (buffered audio the buffer aims to hold), ms.
@@ -82,15 +87,23 @@ impl DelayManager {
         let base = self.baseline.update(arrival_ms, transit);
         let rel = (transit - base).max(0.0);
         let f = self.cfg.forget;
-        for b in &mut self.hist {
-            *b *= f;
-        }
+        // Weight (1 - f) relative to a decayed history = inc * (1 - f) / f in scaled units.
+        self.inc /= f;
+        let w = self.inc * (1.0 - f);
         let bin = ((rel / BIN_MS) as usize).min(BINS - 1);
-        self.hist[bin] += 1.0 - f;
+        self.hist[bin] += w;
+        self.total = self.total + w;
+        if self.inc > 1e100 {
+            let s = self.inc;
+            for b in &mut self.hist {
+                *b /= s;
+            }
+            self.total /= s;
+            self.inc = 1.0;
+        }
         self.packets += 1;
-        // Quantile of the (normalized) histogram.
-        let total: f64 = self.hist.iter().sum();
-        let want = self.cfg.quantile * total;
+        // Quantile of the histogram (the decayed total is the scaled total's share).
+        let want = self.cfg.quantile * self.total;
         let mut acc = 0.0;
         let mut q_bin = BINS - 1;
         for (i, b) in self.hist.iter().enumerate() {
