@@ -24,6 +24,7 @@
 
 pub mod buffer;
 pub mod delay_manager;
+pub mod eval;
 pub mod impairment;
 pub mod stats;
 pub mod unwrap;

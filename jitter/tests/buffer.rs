@@ -1,41 +1,12 @@
 //! The playout buffer under orderly, hostile and simulated-network input.
 
-use std::time::Duration;
-
-use lodge_jitter::{BufferConfig, Impairment, JitterBuffer, JitterStats, Profile, Pulled};
+use lodge_jitter::{BufferConfig, JitterBuffer, JitterStats, Profile, Pulled};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-/// Run a 20 ms sender through `profile` for `secs`, pulling every 20 ms; returns the stats and
-/// the sequence of played frame numbers (Frame/Fec/Conceal) in order.
 fn simulate(profile: Profile, cfg: BufferConfig, secs: u64, seed: u64) -> (JitterStats, Vec<u64>) {
-    let mut imp = Impairment::new(profile, seed);
-    let n = secs * 50;
-    let mut arrivals: Vec<(f64, u16, u32)> = Vec::new();
-    for i in 0..n {
-        for a in imp.send(Duration::from_millis(i * 20), 80) {
-            arrivals.push((a.as_secs_f64() * 1000.0, (i % 65536) as u16, (i as u32).wrapping_mul(960)));
-        }
-    }
-    arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut jb = JitterBuffer::new(cfg);
-    let mut played = Vec::new();
-    let mut next = 0;
-    let _ = &mut played;
-    let mut t = 0.0;
-    while t < (secs as f64 + 3.0) * 1000.0 {
-        while next < arrivals.len() && arrivals[next].0 <= t {
-            let (at, s, ts) = arrivals[next];
-            jb.insert(at, s, ts, vec![0; 80]);
-            next += 1;
-        }
-        if let Pulled::Frame { seq, .. } | Pulled::Fec { seq, .. } = jb.pull(t) {
-            played.push(seq);
-        }
-        t += 20.0;
-    }
-    jb.finish();
-    (jb.stats().clone(), played)
+    let (stats, played, _) = lodge_jitter::eval::simulate(&profile, cfg, secs, seed);
+    (stats, played)
 }
 
 #[test]
