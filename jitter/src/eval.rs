@@ -34,6 +34,9 @@ pub struct Outcome {
     pub concealment_pct: f64,
     pub fec_recovered_pct: f64,
     pub interruptions: u64,
+    /// Simplified E-model MOS — an estimate: network one-way delay (profile base) + playout delay
+    /// + 26.5 ms of Opus framing and lookahead, with the concealed share as loss.
+    pub mos_estimate: f64,
     #[serde(skip)]
     pub stats: JitterStats,
     /// Decoded frame numbers in play order (Frame and FEC rebuilds).
@@ -87,6 +90,10 @@ pub fn evaluate(profile: &Profile, s: Strategy, secs: u64, seed: u64) -> Outcome
         concealment_pct: stats.concealment_ratio() * 100.0,
         fec_recovered_pct: stats.fec_packets_received as f64 / frames * 100.0,
         interruptions: stats.interruptions,
+        mos_estimate: crate::quality::mos_estimate(&crate::quality::QualityInput::opus(
+            profile.base_delay_ms + stats.mean_delay_ms() + 26.5,
+            stats.concealment_ratio() * 100.0,
+        )),
         stats,
         played,
     }

@@ -26,10 +26,12 @@ pub mod buffer;
 pub mod delay_manager;
 pub mod eval;
 pub mod impairment;
+pub mod quality;
 pub mod stats;
 pub mod unwrap;
 
 pub use buffer::{BufferConfig, Inserted, JitterBuffer, Pulled};
 pub use delay_manager::{DelayConfig, DelayManager};
 pub use impairment::{Impairment, Profile};
+pub use quality::{mos_estimate, QualityInput};
 pub use stats::JitterStats;

@@ -20,14 +20,14 @@ fn main() {
         }
     }
     let mut all = Vec::new();
-    println!("| profile | strategy | mean delay | p95 delay | concealment | FEC-recovered | interruptions |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| profile | strategy | mean delay | p95 delay | concealment | FEC-recovered | interruptions | MOS (estimate) |");
+    println!("|---|---|---|---|---|---|---|---|");
     for p in Profile::ALL {
         for s in STRATEGIES {
             let o = evaluate(&p, s, secs, seed);
             println!(
-                "| {} | {} | {:.1} ms | {:.1} ms | {:.2}% | {:.2}% | {} |",
-                o.profile, o.strategy, o.mean_delay_ms, o.p95_delay_ms, o.concealment_pct, o.fec_recovered_pct, o.interruptions
+                "| {} | {} | {:.1} ms | {:.1} ms | {:.2}% | {:.2}% | {} | {:.2} |",
+                o.profile, o.strategy, o.mean_delay_ms, o.p95_delay_ms, o.concealment_pct, o.fec_recovered_pct, o.interruptions, o.mos_estimate
             );
             all.push(o);
         }
