@@ -13,7 +13,10 @@
 //! - **Cut on congestion**: loss ≥ 8% unless an estimate shows headroom, or an estimate below the
 //!   rate, cuts the bitrate by 15% per step (never below the estimate × 0.85 headroom target,
 //!   never below `min_bps`), at most every 2 s.
-//! - **Recover slowly**: below 2% loss and with headroom, +10% every 4 s up to `max_bps`.
+//! - **Queueing is congestion**: an RTT more than 60 ms above the lowest seen means a queue is
+//!   building on the path; it cuts like loss does, and blocks increases.
+//! - **Recover carefully**: below 2% loss, no queue and with headroom, +10% every 2 s (not
+//!   within 4 s of a cut) up to `max_bps`.
 //! - **Frame length**: 20 ms normally; 40 ms below 16 kbps and 60 ms below 10 kbps, where
 //!   per-packet header overhead (≈ 40–60 bytes with IP/UDP/RTP/SRTP) is a large share.
 //! - **DTX** when the bitrate is ≤ 24 kbps: silence then costs almost nothing.
@@ -49,6 +52,8 @@ pub struct BitrateController {
     bwe: Option<f64>,
     pub jitter_ms: f64,
     pub rtt_ms: f64,
+    /// Lowest RTT seen: the path without queues.
+    min_rtt_ms: f64,
     last_cut_ms: f64,
     last_raise_ms: f64,
     low_loss_since: Option<f64>,
@@ -63,6 +68,7 @@ impl BitrateController {
             bwe: None,
             jitter_ms: 0.0,
             rtt_ms: 0.0,
+            min_rtt_ms: f64::INFINITY,
             last_cut_ms: f64::NEG_INFINITY,
             last_raise_ms: f64::NEG_INFINITY,
             low_loss_since: Some(0.0),
@@ -92,6 +98,9 @@ impl BitrateController {
         self.loss = if l > self.loss { l } else { self.loss * 0.8 + l * 0.2 };
         self.jitter_ms = jitter_ms;
         self.rtt_ms = rtt_ms;
+        if rtt_ms > 0.0 {
+            self.min_rtt_ms = self.min_rtt_ms.min(rtt_ms);
+        }
         self.decide(now_ms)
     }
 
@@ -117,7 +126,10 @@ impl BitrateController {
         // High loss is congestion unless an estimate shows room (then it is random loss, which
         // FEC handles better than a lower rate).
         let known_headroom = self.bwe.is_some_and(|b| b > rate * 1.3);
-        let congested = (self.loss >= 0.08 && !known_headroom) || over_estimate;
+        // A queue is building when the RTT stands well above the path's minimum: that is
+        // congestion even before packets drop (and the only signal when a queue absorbs them).
+        let queueing = self.min_rtt_ms.is_finite() && self.rtt_ms > self.min_rtt_ms + 60.0;
+        let congested = (self.loss >= 0.08 && !known_headroom) || over_estimate || queueing;
         if congested && now_ms - self.last_cut_ms >= 2_000.0 {
             let mut next = rate * 0.85;
             if let Some(b) = self.bwe {
@@ -126,7 +138,7 @@ impl BitrateController {
             }
             self.d.bitrate_bps = (next as u32).max(self.cfg.min_bps);
             self.last_cut_ms = now_ms;
-        } else if self.loss < 0.02 && self.headroom() && now_ms - self.last_raise_ms >= 4_000.0 && now_ms - self.last_cut_ms >= 4_000.0 {
+        } else if self.loss < 0.02 && !queueing && self.headroom() && now_ms - self.last_raise_ms >= 2_000.0 && now_ms - self.last_cut_ms >= 4_000.0 {
             let cap = self.bwe.map(|b| b * 0.85).unwrap_or(f64::INFINITY).min(self.cfg.max_bps as f64);
             let next = (rate * 1.10).min(cap);
             if next > rate {
