@@ -16,7 +16,9 @@ pub mod audio;
 pub mod controller;
 pub mod error;
 pub mod opus;
+pub mod resample;
 
 pub use controller::{BitrateController, ControllerConfig, Decision};
 pub use error::CodecError;
 pub use opus::{EncoderSettings, OpusDecoder, OpusEncoder};
+pub use resample::resample;
