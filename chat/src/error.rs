@@ -10,7 +10,10 @@ pub enum ChatError {
     #[error("401: Unauthorized")]
     Unauthorized,
     #[error("Invalid Form Body: {field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("{0}")]
     Conflict(String),
     #[error("Maximum number of {what} reached ({limit})")]

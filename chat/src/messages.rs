@@ -54,10 +54,16 @@ pub fn parse_mentions(content: &str) -> (Vec<u64>, Vec<u64>, bool) {
 fn check_content(content: &str) -> Result<(), ChatError> {
     let n = content.chars().count();
     if n == 0 {
-        return Err(ChatError::Invalid { field: "content", message: "Cannot send an empty message.".into() });
+        return Err(ChatError::Invalid {
+            field: "content",
+            message: "Cannot send an empty message.".into(),
+        });
     }
     if n > MAX_CONTENT_CHARS {
-        return Err(ChatError::Invalid { field: "content", message: format!("Must be {MAX_CONTENT_CHARS} or fewer in length.") });
+        return Err(ChatError::Invalid {
+            field: "content",
+            message: format!("Must be {MAX_CONTENT_CHARS} or fewer in length."),
+        });
     }
     Ok(())
 }
@@ -65,11 +71,19 @@ fn check_content(content: &str) -> Result<(), ChatError> {
 impl Store {
     /// Post a message. Returns the message and whether it is new (false: the nonce matched an
     /// earlier message and `enforce_nonce` was set).
-    pub async fn create_message(&self, channel: &Channel, author: &User, m: NewMessage) -> Result<(Message, bool), ChatError> {
+    pub async fn create_message(
+        &self,
+        channel: &Channel,
+        author: &User,
+        m: NewMessage,
+    ) -> Result<(Message, bool), ChatError> {
         check_content(&m.content)?;
         if let Some(n) = &m.nonce {
             if n.chars().count() > MAX_NONCE_CHARS {
-                return Err(ChatError::Invalid { field: "nonce", message: format!("Must be {MAX_NONCE_CHARS} or fewer in length.") });
+                return Err(ChatError::Invalid {
+                    field: "nonce",
+                    message: format!("Must be {MAX_NONCE_CHARS} or fewer in length."),
+                });
             }
             if m.enforce_nonce {
                 let existing: Option<i64> = sqlx::query_scalar(
@@ -87,13 +101,18 @@ impl Store {
             }
         }
         if let Some((mid, cid)) = m.reference {
-            let ok: Option<i64> = sqlx::query_scalar("SELECT guild_id FROM messages WHERE id = $1 AND channel_id = $2")
-                .bind(mid as i64)
-                .bind(cid as i64)
-                .fetch_optional(&self.pool)
-                .await?;
+            let ok: Option<i64> = sqlx::query_scalar(
+                "SELECT guild_id FROM messages WHERE id = $1 AND channel_id = $2",
+            )
+            .bind(mid as i64)
+            .bind(cid as i64)
+            .fetch_optional(&self.pool)
+            .await?;
             if ok.map(|g| g as u64) != Some(channel.guild_id) {
-                return Err(ChatError::Invalid { field: "message_reference", message: "Unknown message".into() });
+                return Err(ChatError::Invalid {
+                    field: "message_reference",
+                    message: "Unknown message".into(),
+                });
             }
         }
         let (users, roles, everyone) = parse_mentions(&m.content);
@@ -151,7 +170,16 @@ impl Store {
         for m in &mention_rows {
             let target = m.get::<i64, _>("target_id") as u64;
             if m.get::<i64, _>("kind") == 0 {
-                mentions.push(User { id: target, username: m.get::<Option<String>, _>("username").unwrap_or_default(), bot: m.try_get::<Option<i64>, _>("bot").ok().flatten().unwrap_or(0) != 0 });
+                mentions.push(User {
+                    id: target,
+                    username: m.get::<Option<String>, _>("username").unwrap_or_default(),
+                    bot: m
+                        .try_get::<Option<i64>, _>("bot")
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                        != 0,
+                });
             } else {
                 mention_roles.push(target);
             }
@@ -166,20 +194,31 @@ impl Store {
         .await?;
         let reactions = reaction_rows
             .iter()
-            .map(|x| ReactionCount { emoji: x.get("emoji"), count: x.get::<i64, _>("n") as u32, me: x.get::<i64, _>("me") != 0 })
+            .map(|x| ReactionCount {
+                emoji: x.get("emoji"),
+                count: x.get::<i64, _>("n") as u32,
+                me: x.get::<i64, _>("me") != 0,
+            })
             .collect();
         Ok(Message {
             id,
             channel_id: r.get::<i64, _>("channel_id") as u64,
             guild_id: r.get::<i64, _>("guild_id") as u64,
-            author: User { id: r.get::<i64, _>("author_id") as u64, username: r.get("username"), bot: flag(r, "bot") },
+            author: User {
+                id: r.get::<i64, _>("author_id") as u64,
+                username: r.get("username"),
+                bot: flag(r, "bot"),
+            },
             content: r.get("content"),
             nonce: r.get("nonce"),
             tts: flag(r, "tts"),
             mention_everyone: flag(r, "mention_everyone"),
             mentions,
             mention_roles,
-            reference: r.get::<Option<i64>, _>("reference_id").zip(r.get::<Option<i64>, _>("reference_channel_id")).map(|(a, b)| (a as u64, b as u64)),
+            reference: r
+                .get::<Option<i64>, _>("reference_id")
+                .zip(r.get::<Option<i64>, _>("reference_channel_id"))
+                .map(|(a, b)| (a as u64, b as u64)),
             edited_at: r.get("edited_at"),
             created_at: r.get("created_at"),
             reactions,
@@ -187,7 +226,12 @@ impl Store {
     }
 
     /// One message of a channel, as `viewer` sees it (reactions' `me`).
-    pub async fn message(&self, channel_id: u64, id: u64, viewer: u64) -> Result<Message, ChatError> {
+    pub async fn message(
+        &self,
+        channel_id: u64,
+        id: u64,
+        viewer: u64,
+    ) -> Result<Message, ChatError> {
         let r = sqlx::query(select!("WHERE m.id = $1 AND m.channel_id = $2"))
             .bind(id as i64)
             .bind(channel_id as i64)
@@ -198,43 +242,56 @@ impl Store {
     }
 
     /// A page of history, newest first (as Discord returns it).
-    pub async fn messages(&self, channel_id: u64, q: MessageQuery, viewer: u64) -> Result<Vec<Message>, ChatError> {
+    pub async fn messages(
+        &self,
+        channel_id: u64,
+        q: MessageQuery,
+        viewer: u64,
+    ) -> Result<Vec<Message>, ChatError> {
         let limit = q.limit.clamp(1, 100) as i64;
         let cid = channel_id as i64;
         let rows = if let Some(around) = q.around {
             let newer = limit / 2 + (limit % 2);
-            let mut up = sqlx::query(select!("WHERE m.channel_id = $1 AND m.id >= $2 ORDER BY m.id ASC LIMIT $3"))
-                .bind(cid)
-                .bind(around as i64)
-                .bind(newer)
-                .fetch_all(&self.pool)
-                .await?;
+            let mut up = sqlx::query(select!(
+                "WHERE m.channel_id = $1 AND m.id >= $2 ORDER BY m.id ASC LIMIT $3"
+            ))
+            .bind(cid)
+            .bind(around as i64)
+            .bind(newer)
+            .fetch_all(&self.pool)
+            .await?;
             let older = limit - up.len() as i64;
-            let down = sqlx::query(select!("WHERE m.channel_id = $1 AND m.id < $2 ORDER BY m.id DESC LIMIT $3"))
-                .bind(cid)
-                .bind(around as i64)
-                .bind(older)
-                .fetch_all(&self.pool)
-                .await?;
+            let down = sqlx::query(select!(
+                "WHERE m.channel_id = $1 AND m.id < $2 ORDER BY m.id DESC LIMIT $3"
+            ))
+            .bind(cid)
+            .bind(around as i64)
+            .bind(older)
+            .fetch_all(&self.pool)
+            .await?;
             up.reverse();
             up.extend(down);
             up
         } else if let Some(after) = q.after {
-            let mut v = sqlx::query(select!("WHERE m.channel_id = $1 AND m.id > $2 ORDER BY m.id ASC LIMIT $3"))
-                .bind(cid)
-                .bind(after as i64)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
+            let mut v = sqlx::query(select!(
+                "WHERE m.channel_id = $1 AND m.id > $2 ORDER BY m.id ASC LIMIT $3"
+            ))
+            .bind(cid)
+            .bind(after as i64)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
             v.reverse();
             v
         } else {
-            sqlx::query(select!("WHERE m.channel_id = $1 AND m.id < $2 ORDER BY m.id DESC LIMIT $3"))
-                .bind(cid)
-                .bind(q.before.map(|b| b as i64).unwrap_or(i64::MAX))
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
+            sqlx::query(select!(
+                "WHERE m.channel_id = $1 AND m.id < $2 ORDER BY m.id DESC LIMIT $3"
+            ))
+            .bind(cid)
+            .bind(q.before.map(|b| b as i64).unwrap_or(i64::MAX))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
         };
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
@@ -243,15 +300,23 @@ impl Store {
         Ok(out)
     }
 
-    pub async fn edit_message(&self, channel_id: u64, id: u64, content: &str, viewer: u64) -> Result<Message, ChatError> {
+    pub async fn edit_message(
+        &self,
+        channel_id: u64,
+        id: u64,
+        content: &str,
+        viewer: u64,
+    ) -> Result<Message, ChatError> {
         check_content(content)?;
-        let r = sqlx::query("UPDATE messages SET content = $1, edited_at = $2 WHERE id = $3 AND channel_id = $4")
-            .bind(content)
-            .bind(now_ms())
-            .bind(id as i64)
-            .bind(channel_id as i64)
-            .execute(&self.pool)
-            .await?;
+        let r = sqlx::query(
+            "UPDATE messages SET content = $1, edited_at = $2 WHERE id = $3 AND channel_id = $4",
+        )
+        .bind(content)
+        .bind(now_ms())
+        .bind(id as i64)
+        .bind(channel_id as i64)
+        .execute(&self.pool)
+        .await?;
         if r.rows_affected() == 0 {
             return Err(ChatError::Unknown("message"));
         }
@@ -259,7 +324,11 @@ impl Store {
     }
 
     pub async fn delete_message(&self, channel_id: u64, id: u64) -> Result<(), ChatError> {
-        let r = sqlx::query("DELETE FROM messages WHERE id = $1 AND channel_id = $2").bind(id as i64).bind(channel_id as i64).execute(&self.pool).await?;
+        let r = sqlx::query("DELETE FROM messages WHERE id = $1 AND channel_id = $2")
+            .bind(id as i64)
+            .bind(channel_id as i64)
+            .execute(&self.pool)
+            .await?;
         if r.rows_affected() == 0 {
             return Err(ChatError::Unknown("message"));
         }
@@ -267,14 +336,24 @@ impl Store {
     }
 
     /// Add a reaction; `false` if the user had already reacted with it.
-    pub async fn add_reaction(&self, message_id: u64, emoji: &str, user_id: u64) -> Result<bool, ChatError> {
-        let distinct: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT emoji) FROM reactions WHERE message_id = $1 AND emoji != $2")
-            .bind(message_id as i64)
-            .bind(emoji)
-            .fetch_one(&self.pool)
-            .await?;
+    pub async fn add_reaction(
+        &self,
+        message_id: u64,
+        emoji: &str,
+        user_id: u64,
+    ) -> Result<bool, ChatError> {
+        let distinct: i64 = sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT emoji) FROM reactions WHERE message_id = $1 AND emoji != $2",
+        )
+        .bind(message_id as i64)
+        .bind(emoji)
+        .fetch_one(&self.pool)
+        .await?;
         if distinct as usize >= MAX_REACTIONS_PER_MESSAGE {
-            return Err(ChatError::Limit { what: "reactions", limit: MAX_REACTIONS_PER_MESSAGE });
+            return Err(ChatError::Limit {
+                what: "reactions",
+                limit: MAX_REACTIONS_PER_MESSAGE,
+            });
         }
         let r = sqlx::query("INSERT INTO reactions (message_id, emoji, user_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
             .bind(message_id as i64)
@@ -287,18 +366,31 @@ impl Store {
     }
 
     /// Remove a reaction; `false` if there was none.
-    pub async fn remove_reaction(&self, message_id: u64, emoji: &str, user_id: u64) -> Result<bool, ChatError> {
-        let r = sqlx::query("DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3")
-            .bind(message_id as i64)
-            .bind(emoji)
-            .bind(user_id as i64)
-            .execute(&self.pool)
-            .await?;
+    pub async fn remove_reaction(
+        &self,
+        message_id: u64,
+        emoji: &str,
+        user_id: u64,
+    ) -> Result<bool, ChatError> {
+        let r = sqlx::query(
+            "DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3",
+        )
+        .bind(message_id as i64)
+        .bind(emoji)
+        .bind(user_id as i64)
+        .execute(&self.pool)
+        .await?;
         Ok(r.rows_affected() > 0)
     }
 
     /// Users who reacted with `emoji`, by user id, after `after`.
-    pub async fn reaction_users(&self, message_id: u64, emoji: &str, limit: u32, after: u64) -> Result<Vec<User>, ChatError> {
+    pub async fn reaction_users(
+        &self,
+        message_id: u64,
+        emoji: &str,
+        limit: u32,
+        after: u64,
+    ) -> Result<Vec<User>, ChatError> {
         let rows = sqlx::query(
             "SELECT u.id, u.username, u.bot FROM reactions r JOIN users u ON u.id = r.user_id WHERE r.message_id = $1 AND r.emoji = $2 AND u.id > $3 ORDER BY u.id LIMIT $4",
         )
@@ -308,7 +400,14 @@ impl Store {
         .bind(limit.clamp(1, 100) as i64)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(|r| User { id: r.get::<i64, _>("id") as u64, username: r.get("username"), bot: flag(r, "bot") }).collect())
+        Ok(rows
+            .iter()
+            .map(|r| User {
+                id: r.get::<i64, _>("id") as u64,
+                username: r.get("username"),
+                bot: flag(r, "bot"),
+            })
+            .collect())
     }
 }
 
@@ -336,16 +435,31 @@ mod tests {
 
 /// Turn user input into a safe FTS5 query: every word quoted, all words required.
 pub fn fts_query(input: &str) -> Option<String> {
-    let terms: Vec<String> = input.split_whitespace().take(16).map(|t| format!("\"{}\"", t.replace('"', "\"\""))).collect();
+    let terms: Vec<String> = input
+        .split_whitespace()
+        .take(16)
+        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .collect();
     (!terms.is_empty()).then(|| terms.join(" "))
 }
 
 impl Store {
     /// Messages of `guild_id` in `channels` whose content matches every word of `query`, newest
     /// first, with the total number of hits.
-    pub async fn search_messages(&self, guild_id: u64, channels: &[u64], query: &str, limit: u32, offset: u32, viewer: u64) -> Result<(u64, Vec<Message>), ChatError> {
+    pub async fn search_messages(
+        &self,
+        guild_id: u64,
+        channels: &[u64],
+        query: &str,
+        limit: u32,
+        offset: u32,
+        viewer: u64,
+    ) -> Result<(u64, Vec<Message>), ChatError> {
         let Some(q) = fts_query(query) else {
-            return Err(ChatError::Invalid { field: "content", message: "Give at least one word to search for.".into() });
+            return Err(ChatError::Invalid {
+                field: "content",
+                message: "Give at least one word to search for.".into(),
+            });
         };
         let chans = serde_json::to_string(channels).unwrap_or_else(|_| "[]".into());
         let (limit, offset) = (limit.clamp(1, 25) as i64, offset.min(5000) as i64);
@@ -375,7 +489,11 @@ impl Store {
             }
             Backend::Postgres => {
                 // Every word required, as with FTS5 above: plainto_tsquery ANDs the words.
-                let words = query.split_whitespace().take(16).collect::<Vec<_>>().join(" ");
+                let words = query
+                    .split_whitespace()
+                    .take(16)
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 let total = sqlx::query_scalar(
                     "SELECT COUNT(*) FROM messages m WHERE m.search @@ plainto_tsquery('simple', $1) AND m.guild_id = $2 \
                      AND m.channel_id IN (SELECT value::bigint FROM json_array_elements_text($3::json))",

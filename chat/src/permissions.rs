@@ -93,12 +93,20 @@ pub fn compute(input: &PermissionInput<'_>) -> Permissions {
         return Permissions(Permissions::ALL);
     }
     let mut perms = base;
-    if let Some(o) = input.overwrites.iter().find(|o| o.kind == OverwriteKind::Role && o.target == input.guild_id) {
+    if let Some(o) = input
+        .overwrites
+        .iter()
+        .find(|o| o.kind == OverwriteKind::Role && o.target == input.guild_id)
+    {
         perms &= !o.deny;
         perms |= o.allow;
     }
     let (mut allow, mut deny) = (0u64, 0u64);
-    for o in input.overwrites.iter().filter(|o| o.kind == OverwriteKind::Role) {
+    for o in input
+        .overwrites
+        .iter()
+        .filter(|o| o.kind == OverwriteKind::Role)
+    {
         if input.roles.iter().any(|(r, _)| *r == o.target) {
             allow |= o.allow;
             deny |= o.deny;
@@ -106,7 +114,11 @@ pub fn compute(input: &PermissionInput<'_>) -> Permissions {
     }
     perms &= !deny;
     perms |= allow;
-    if let Some(o) = input.overwrites.iter().find(|o| o.kind == OverwriteKind::Member && o.target == input.user_id) {
+    if let Some(o) = input
+        .overwrites
+        .iter()
+        .find(|o| o.kind == OverwriteKind::Member && o.target == input.user_id)
+    {
         perms &= !o.deny;
         perms |= o.allow;
     }
@@ -124,13 +136,31 @@ mod tests {
     use Permissions as P;
 
     fn run(everyone: u64, roles: &[(u64, u64)], ow: &[Overwrite], user: u64) -> u64 {
-        compute(&PermissionInput { guild_id: G, owner_id: OWNER, user_id: user, everyone, roles, overwrites: ow }).0
+        compute(&PermissionInput {
+            guild_id: G,
+            owner_id: OWNER,
+            user_id: user,
+            everyone,
+            roles,
+            overwrites: ow,
+        })
+        .0
     }
     fn role_ow(target: u64, allow: u64, deny: u64) -> Overwrite {
-        Overwrite { target, kind: OverwriteKind::Role, allow, deny }
+        Overwrite {
+            target,
+            kind: OverwriteKind::Role,
+            allow,
+            deny,
+        }
     }
     fn member_ow(target: u64, allow: u64, deny: u64) -> Overwrite {
-        Overwrite { target, kind: OverwriteKind::Member, allow, deny }
+        Overwrite {
+            target,
+            kind: OverwriteKind::Member,
+            allow,
+            deny,
+        }
     }
 
     #[test]

@@ -16,17 +16,26 @@ pub struct Snowflakes {
 
 impl Snowflakes {
     pub fn new(worker: u8, process: u8) -> Self {
-        Snowflakes { worker: ((worker as u64 & 31) << 17) | ((process as u64 & 31) << 12), last: AtomicU64::new(0) }
+        Snowflakes {
+            worker: ((worker as u64 & 31) << 17) | ((process as u64 & 31) << 12),
+            last: AtomicU64::new(0),
+        }
     }
 
     pub fn next(&self) -> u64 {
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let now = now_ms.saturating_sub(DISCORD_EPOCH_MS) << 12;
         let mut cur = self.last.load(Ordering::Relaxed);
         loop {
             // Monotonic even if the clock steps back or 4096 ids are taken in one millisecond.
             let next = if now > cur { now } else { cur + 1 };
-            match self.last.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+            match self
+                .last
+                .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
                 Ok(_) => {
                     let ms = next >> 12;
                     let inc = next & 0xfff;
@@ -52,7 +61,10 @@ mod tests {
         let s = Snowflakes::new(1, 2);
         let ids: Vec<u64> = (0..10_000).map(|_| s.next()).collect();
         assert!(ids.windows(2).all(|w| w[1] > w[0]));
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
         assert!(timestamp_ms(ids[0]).abs_diff(now) < 5_000);
         assert_eq!((ids[0] >> 17) & 31, 1);
         assert_eq!((ids[0] >> 12) & 31, 2);

@@ -26,7 +26,10 @@ pub const MAX_GUILD_ROLES: usize = 250;
 pub const MAX_USERNAME_LEN: usize = 32;
 
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn hash_token(token: &str) -> String {
@@ -72,9 +75,13 @@ impl Store {
         } else if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else {
-            return Err(ChatError::Invalid { field: "database_url", message: "Use sqlite://<file> or postgres://user@host/db.".into() });
+            return Err(ChatError::Invalid {
+                field: "database_url",
+                message: "Use sqlite://<file> or postgres://user@host/db.".into(),
+            });
         };
-        let mut opts = AnyPoolOptions::new().max_connections(if backend == Backend::Sqlite { 8 } else { 16 });
+        let mut opts =
+            AnyPoolOptions::new().max_connections(if backend == Backend::Sqlite { 8 } else { 16 });
         if backend == Backend::Sqlite {
             opts = opts.after_connect(|conn, _| {
                 Box::pin(async move {
@@ -91,7 +98,11 @@ impl Store {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
-        Ok(Store { pool, backend, ids: std::sync::Arc::new(Snowflakes::new(0, 0)) })
+        Ok(Store {
+            pool,
+            backend,
+            ids: std::sync::Arc::new(Snowflakes::new(0, 0)),
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -100,7 +111,9 @@ impl Store {
 
     /// A write transaction. SQLite: IMMEDIATE takes the write lock up front (waiting on
     /// busy_timeout) instead of failing with SQLITE_BUSY when a deferred transaction upgrades.
-    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, ChatError> {
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, ChatError> {
         Ok(match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
@@ -110,7 +123,9 @@ impl Store {
     /// Close the pool (SQLite: checkpointing the WAL).
     pub async fn close(&self) {
         if self.backend == Backend::Sqlite {
-            let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await;
+            let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await;
         }
         self.pool.close().await;
     }
@@ -121,19 +136,39 @@ impl Store {
 
     // ---- accounts ----
 
-    pub async fn register(&self, username: &str, password: &str, bot: bool) -> Result<(User, String), ChatError> {
+    pub async fn register(
+        &self,
+        username: &str,
+        password: &str,
+        bot: bool,
+    ) -> Result<(User, String), ChatError> {
         let username = username.trim();
         if username.len() < 2 || username.len() > MAX_USERNAME_LEN {
-            return Err(ChatError::Invalid { field: "username", message: format!("Must be between 2 and {MAX_USERNAME_LEN} in length.") });
+            return Err(ChatError::Invalid {
+                field: "username",
+                message: format!("Must be between 2 and {MAX_USERNAME_LEN} in length."),
+            });
         }
-        if !username.chars().all(|c| c.is_alphanumeric() || "_.-".contains(c)) {
-            return Err(ChatError::Invalid { field: "username", message: "Only letters, digits, '_', '.' and '-' are allowed.".into() });
+        if !username
+            .chars()
+            .all(|c| c.is_alphanumeric() || "_.-".contains(c))
+        {
+            return Err(ChatError::Invalid {
+                field: "username",
+                message: "Only letters, digits, '_', '.' and '-' are allowed.".into(),
+            });
         }
         if password.len() < 8 || password.len() > 128 {
-            return Err(ChatError::Invalid { field: "password", message: "Must be between 8 and 128 in length.".into() });
+            return Err(ChatError::Invalid {
+                field: "password",
+                message: "Must be between 8 and 128 in length.".into(),
+            });
         }
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-        let hash = Argon2::default().hash_password(password.as_bytes(), &salt).map_err(|_| ChatError::Hash)?.to_string();
+        let hash = Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map_err(|_| ChatError::Hash)?
+            .to_string();
         let id = self.next_id();
         let r = sqlx::query("INSERT INTO users (id, username, password_hash, bot, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(id as i64)
@@ -145,38 +180,64 @@ impl Store {
             .await;
         match r {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                return Err(ChatError::Invalid { field: "username", message: "Username is already taken.".into() })
+                return Err(ChatError::Invalid {
+                    field: "username",
+                    message: "Username is already taken.".into(),
+                })
             }
             r => {
                 r?;
             }
         }
-        let user = User { id, username: username.to_string(), bot };
+        let user = User {
+            id,
+            username: username.to_string(),
+            bot,
+        };
         let token = self.issue_token(id).await?;
         Ok((user, token))
     }
 
     pub async fn login(&self, username: &str, password: &str) -> Result<(User, String), ChatError> {
-        let row = sqlx::query("SELECT id, username, password_hash, bot FROM users WHERE lower(username) = lower($1)")
-            .bind(username.trim())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT id, username, password_hash, bot FROM users WHERE lower(username) = lower($1)",
+        )
+        .bind(username.trim())
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(row) = row else {
             // Same answer for unknown user and wrong password.
-            return Err(ChatError::Invalid { field: "login", message: "Login or password is invalid.".into() });
+            return Err(ChatError::Invalid {
+                field: "login",
+                message: "Login or password is invalid.".into(),
+            });
         };
         let hash: String = row.get("password_hash");
         let parsed = PasswordHash::new(&hash).map_err(|_| ChatError::Hash)?;
-        if Argon2::default().verify_password(password.as_bytes(), &parsed).is_err() {
-            return Err(ChatError::Invalid { field: "login", message: "Login or password is invalid.".into() });
+        if Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_err()
+        {
+            return Err(ChatError::Invalid {
+                field: "login",
+                message: "Login or password is invalid.".into(),
+            });
         }
-        let user = User { id: row.get::<i64, _>("id") as u64, username: row.get("username"), bot: flag(&row, "bot") };
+        let user = User {
+            id: row.get::<i64, _>("id") as u64,
+            username: row.get("username"),
+            bot: flag(&row, "bot"),
+        };
         let token = self.issue_token(user.id).await?;
         Ok((user, token))
     }
 
     async fn issue_token(&self, user_id: u64) -> Result<String, ChatError> {
-        let secret: String = rand::thread_rng().sample_iter(&Alphanumeric).take(40).map(char::from).collect();
+        let secret: String = rand::thread_rng()
+            .sample_iter(&Alphanumeric)
+            .take(40)
+            .map(char::from)
+            .collect();
         // The token starts with the user id so it is recognisable (as Discord's are), then a secret.
         let token = format!("{}.{}", user_id, secret);
         sqlx::query("INSERT INTO tokens (hash, user_id, created_at) VALUES ($1, $2, $3)")
@@ -197,11 +258,18 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let row = row.ok_or(ChatError::Unauthorized)?;
-        Ok(User { id: row.get::<i64, _>("id") as u64, username: row.get("username"), bot: flag(&row, "bot") })
+        Ok(User {
+            id: row.get::<i64, _>("id") as u64,
+            username: row.get("username"),
+            bot: flag(&row, "bot"),
+        })
     }
 
     pub async fn revoke_token(&self, token: &str) -> Result<(), ChatError> {
-        sqlx::query("UPDATE tokens SET revoked = 1 WHERE hash = $1").bind(hash_token(token)).execute(&self.pool).await?;
+        sqlx::query("UPDATE tokens SET revoked = 1 WHERE hash = $1")
+            .bind(hash_token(token))
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -211,7 +279,11 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
             .ok_or(ChatError::Unknown("user"))?;
-        Ok(User { id, username: row.get("username"), bot: flag(&row, "bot") })
+        Ok(User {
+            id,
+            username: row.get("username"),
+            bot: flag(&row, "bot"),
+        })
     }
 
     // ---- guilds ----
@@ -235,7 +307,13 @@ impl Store {
             .bind(Permissions::DEFAULT_EVERYONE as i64)
             .execute(&mut *tx)
             .await?;
-        for (pos, (kind, cname)) in [(ChannelKind::Text, "general"), (ChannelKind::Voice, "General")].iter().enumerate() {
+        for (pos, (kind, cname)) in [
+            (ChannelKind::Text, "general"),
+            (ChannelKind::Voice, "General"),
+        ]
+        .iter()
+        .enumerate()
+        {
             sqlx::query("INSERT INTO channels (id, guild_id, type, name, position, bitrate, user_limit) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                 .bind(self.next_id() as i64)
                 .bind(id as i64)
@@ -254,7 +332,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Guild { id, name, owner_id: owner.id })
+        Ok(Guild {
+            id,
+            name,
+            owner_id: owner.id,
+        })
     }
 
     pub async fn guild(&self, id: u64) -> Result<Guild, ChatError> {
@@ -263,17 +345,28 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
             .ok_or(ChatError::Unknown("guild"))?;
-        Ok(Guild { id, name: row.get("name"), owner_id: row.get::<i64, _>("owner_id") as u64 })
+        Ok(Guild {
+            id,
+            name: row.get("name"),
+            owner_id: row.get::<i64, _>("owner_id") as u64,
+        })
     }
 
     pub async fn rename_guild(&self, id: u64, name: &str) -> Result<Guild, ChatError> {
         let name = check_name("name", name)?;
-        sqlx::query("UPDATE guilds SET name = $1 WHERE id = $2").bind(&name).bind(id as i64).execute(&self.pool).await?;
+        sqlx::query("UPDATE guilds SET name = $1 WHERE id = $2")
+            .bind(&name)
+            .bind(id as i64)
+            .execute(&self.pool)
+            .await?;
         self.guild(id).await
     }
 
     pub async fn delete_guild(&self, id: u64) -> Result<(), ChatError> {
-        sqlx::query("DELETE FROM guilds WHERE id = $1").bind(id as i64).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM guilds WHERE id = $1")
+            .bind(id as i64)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -284,7 +377,11 @@ impl Store {
             .await?;
         Ok(rows
             .iter()
-            .map(|r| Guild { id: r.get::<i64, _>("id") as u64, name: r.get("name"), owner_id: r.get::<i64, _>("owner_id") as u64 })
+            .map(|r| Guild {
+                id: r.get::<i64, _>("id") as u64,
+                name: r.get("name"),
+                owner_id: r.get::<i64, _>("owner_id") as u64,
+            })
             .collect())
     }
 
@@ -307,13 +404,24 @@ impl Store {
     }
 
     /// Create a role (used by tests and the chat issue's role routes).
-    pub async fn create_role(&self, guild_id: u64, name: &str, permissions: u64) -> Result<Role, ChatError> {
+    pub async fn create_role(
+        &self,
+        guild_id: u64,
+        name: &str,
+        permissions: u64,
+    ) -> Result<Role, ChatError> {
         let permissions = permissions & Permissions::ALL;
         let name = check_name("name", name)?;
         let id = self.next_id();
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM roles WHERE guild_id = $1").bind(guild_id as i64).fetch_one(&self.pool).await?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM roles WHERE guild_id = $1")
+            .bind(guild_id as i64)
+            .fetch_one(&self.pool)
+            .await?;
         if count as usize >= MAX_GUILD_ROLES {
-            return Err(ChatError::Limit { what: "guild roles", limit: MAX_GUILD_ROLES });
+            return Err(ChatError::Limit {
+                what: "guild roles",
+                limit: MAX_GUILD_ROLES,
+            });
         }
         // New roles go to the bottom, just above @everyone, as Discord places them.
         let pos: i64 = 1;
@@ -325,10 +433,22 @@ impl Store {
             .bind(pos)
             .execute(&self.pool)
             .await?;
-        Ok(Role { id, guild_id, name, permissions, position: pos, color: 0 })
+        Ok(Role {
+            id,
+            guild_id,
+            name,
+            permissions,
+            position: pos,
+            color: 0,
+        })
     }
 
-    pub async fn add_member_role(&self, guild_id: u64, user_id: u64, role_id: u64) -> Result<(), ChatError> {
+    pub async fn add_member_role(
+        &self,
+        guild_id: u64,
+        user_id: u64,
+        role_id: u64,
+    ) -> Result<(), ChatError> {
         sqlx::query("INSERT INTO member_roles (guild_id, user_id, role_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(guild_id as i64)
             .bind(user_id as i64)
@@ -341,15 +461,21 @@ impl Store {
     // ---- channels ----
 
     async fn overwrites(&self, channel_id: u64) -> Result<Vec<Overwrite>, ChatError> {
-        let rows = sqlx::query("SELECT target_id, type, allow, deny FROM overwrites WHERE channel_id = $1")
-            .bind(channel_id as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT target_id, type, allow, deny FROM overwrites WHERE channel_id = $1",
+        )
+        .bind(channel_id as i64)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .iter()
             .map(|r| Overwrite {
                 target: r.get::<i64, _>("target_id") as u64,
-                kind: if r.get::<i64, _>("type") == 1 { OverwriteKind::Member } else { OverwriteKind::Role },
+                kind: if r.get::<i64, _>("type") == 1 {
+                    OverwriteKind::Member
+                } else {
+                    OverwriteKind::Role
+                },
                 allow: r.get::<i64, _>("allow") as u64,
                 deny: r.get::<i64, _>("deny") as u64,
             })
@@ -396,17 +522,33 @@ impl Store {
         Ok(c)
     }
 
-    pub async fn create_channel(&self, guild_id: u64, spec: ChannelSpec) -> Result<Channel, ChatError> {
+    pub async fn create_channel(
+        &self,
+        guild_id: u64,
+        spec: ChannelSpec,
+    ) -> Result<Channel, ChatError> {
         let name = check_name("name", spec.name.as_deref().unwrap_or(""))?;
         let kind = spec.kind.unwrap_or(ChannelKind::Text);
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM channels WHERE guild_id = $1").bind(guild_id as i64).fetch_one(&self.pool).await?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM channels WHERE guild_id = $1")
+            .bind(guild_id as i64)
+            .fetch_one(&self.pool)
+            .await?;
         if count as usize >= MAX_GUILD_CHANNELS {
-            return Err(ChatError::Limit { what: "guild channels", limit: MAX_GUILD_CHANNELS });
+            return Err(ChatError::Limit {
+                what: "guild channels",
+                limit: MAX_GUILD_CHANNELS,
+            });
         }
         if let Some(Some(parent)) = spec.parent_id {
-            let p = self.channel(parent).await.map_err(|_| ChatError::Invalid { field: "parent_id", message: "Unknown category.".into() })?;
+            let p = self.channel(parent).await.map_err(|_| ChatError::Invalid {
+                field: "parent_id",
+                message: "Unknown category.".into(),
+            })?;
             if p.guild_id != guild_id || p.kind != ChannelKind::Category {
-                return Err(ChatError::Invalid { field: "parent_id", message: "Not a category of this guild.".into() });
+                return Err(ChatError::Invalid {
+                    field: "parent_id",
+                    message: "Not a category of this guild.".into(),
+                });
             }
         }
         let id = self.next_id();
@@ -444,7 +586,10 @@ impl Store {
         if c.kind == ChannelKind::Voice {
             if let Some(b) = spec.bitrate {
                 if !(8_000..=384_000).contains(&b) {
-                    return Err(ChatError::Invalid { field: "bitrate", message: "Must be between 8000 and 384000.".into() });
+                    return Err(ChatError::Invalid {
+                        field: "bitrate",
+                        message: "Must be between 8000 and 384000.".into(),
+                    });
                 }
                 c.bitrate = Some(b);
             }
@@ -466,7 +611,10 @@ impl Store {
 
     pub async fn delete_channel(&self, id: u64) -> Result<Channel, ChatError> {
         let c = self.channel(id).await?;
-        sqlx::query("DELETE FROM channels WHERE id = $1").bind(id as i64).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM channels WHERE id = $1")
+            .bind(id as i64)
+            .execute(&self.pool)
+            .await?;
         Ok(c)
     }
 
@@ -496,7 +644,12 @@ impl Store {
 
     // ---- members ----
 
-    pub async fn members(&self, guild_id: u64, limit: u32, after: u64) -> Result<Vec<Member>, ChatError> {
+    pub async fn members(
+        &self,
+        guild_id: u64,
+        limit: u32,
+        after: u64,
+    ) -> Result<Vec<Member>, ChatError> {
         let rows = sqlx::query(
             "SELECT m.user_id, m.nick, m.joined_at, u.username, u.bot FROM members m JOIN users u ON u.id = m.user_id \
              WHERE m.guild_id = $1 AND m.user_id > $2 ORDER BY m.user_id LIMIT $3",
@@ -511,7 +664,11 @@ impl Store {
             let uid = r.get::<i64, _>("user_id") as u64;
             out.push(Member {
                 guild_id,
-                user: User { id: uid, username: r.get("username"), bot: flag(r, "bot") },
+                user: User {
+                    id: uid,
+                    username: r.get("username"),
+                    bot: flag(r, "bot"),
+                },
                 nick: r.get("nick"),
                 roles: self.member_roles(guild_id, uid).await?,
                 joined_at: r.get("joined_at"),
@@ -521,11 +678,13 @@ impl Store {
     }
 
     async fn member_roles(&self, guild_id: u64, user_id: u64) -> Result<Vec<u64>, ChatError> {
-        let ids: Vec<i64> = sqlx::query_scalar("SELECT role_id FROM member_roles WHERE guild_id = $1 AND user_id = $2")
-            .bind(guild_id as i64)
-            .bind(user_id as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT role_id FROM member_roles WHERE guild_id = $1 AND user_id = $2",
+        )
+        .bind(guild_id as i64)
+        .bind(user_id as i64)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(ids.into_iter().map(|v| v as u64).collect())
     }
 
@@ -540,7 +699,11 @@ impl Store {
         .ok_or(ChatError::Unknown("member"))?;
         Ok(Member {
             guild_id,
-            user: User { id: user_id, username: r.get("username"), bot: flag(&r, "bot") },
+            user: User {
+                id: user_id,
+                username: r.get("username"),
+                bot: flag(&r, "bot"),
+            },
             nick: r.get("nick"),
             roles: self.member_roles(guild_id, user_id).await?,
             joined_at: r.get("joined_at"),
@@ -548,11 +711,12 @@ impl Store {
     }
 
     pub async fn is_member(&self, guild_id: u64, user_id: u64) -> Result<bool, ChatError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE guild_id = $1 AND user_id = $2")
-            .bind(guild_id as i64)
-            .bind(user_id as i64)
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE guild_id = $1 AND user_id = $2")
+                .bind(guild_id as i64)
+                .bind(user_id as i64)
+                .fetch_one(&self.pool)
+                .await?;
         Ok(n > 0)
     }
 
@@ -581,8 +745,18 @@ impl Store {
 
     // ---- invites ----
 
-    pub async fn create_invite(&self, channel: &Channel, inviter: u64, max_uses: u32, max_age_s: u32) -> Result<Invite, ChatError> {
-        let code: String = rand::thread_rng().sample_iter(&Alphanumeric).take(8).map(char::from).collect();
+    pub async fn create_invite(
+        &self,
+        channel: &Channel,
+        inviter: u64,
+        max_uses: u32,
+        max_age_s: u32,
+    ) -> Result<Invite, ChatError> {
+        let code: String = rand::thread_rng()
+            .sample_iter(&Alphanumeric)
+            .take(8)
+            .map(char::from)
+            .collect();
         let expires_at = (max_age_s > 0).then(|| now_ms() + max_age_s as i64 * 1000);
         sqlx::query("INSERT INTO invites (code, guild_id, channel_id, inviter_id, max_uses, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&code)
@@ -594,7 +768,15 @@ impl Store {
             .bind(now_ms())
             .execute(&self.pool)
             .await?;
-        Ok(Invite { code, guild_id: channel.guild_id, channel_id: channel.id, inviter_id: inviter, max_uses, uses: 0, expires_at })
+        Ok(Invite {
+            code,
+            guild_id: channel.guild_id,
+            channel_id: channel.id,
+            inviter_id: inviter,
+            max_uses,
+            uses: 0,
+            expires_at,
+        })
     }
 
     pub async fn invite(&self, code: &str) -> Result<Invite, ChatError> {
@@ -612,7 +794,9 @@ impl Store {
             uses: r.get::<i64, _>("uses") as u32,
             expires_at: r.get("expires_at"),
         };
-        if inv.expires_at.is_some_and(|e| e <= now_ms()) || (inv.max_uses > 0 && inv.uses >= inv.max_uses) {
+        if inv.expires_at.is_some_and(|e| e <= now_ms())
+            || (inv.max_uses > 0 && inv.uses >= inv.max_uses)
+        {
             return Err(ChatError::Unknown("invite"));
         }
         Ok(inv)
@@ -623,7 +807,10 @@ impl Store {
         let inv = self.invite(code).await?;
         let added = self.add_member(inv.guild_id, user_id).await?;
         if added {
-            sqlx::query("UPDATE invites SET uses = uses + 1 WHERE code = $1").bind(code).execute(&self.pool).await?;
+            sqlx::query("UPDATE invites SET uses = uses + 1 WHERE code = $1")
+                .bind(code)
+                .execute(&self.pool)
+                .await?;
         }
         Ok((inv, added))
     }
@@ -631,15 +818,27 @@ impl Store {
     // ---- permissions ----
 
     /// A member's permissions in the guild (no channel) or in a channel.
-    pub async fn permissions(&self, guild: &Guild, channel: Option<&Channel>, user_id: u64) -> Result<Permissions, ChatError> {
+    pub async fn permissions(
+        &self,
+        guild: &Guild,
+        channel: Option<&Channel>,
+        user_id: u64,
+    ) -> Result<Permissions, ChatError> {
         if guild.owner_id != user_id && !self.is_member(guild.id, user_id).await? {
             return Ok(Permissions(0));
         }
         let roles = self.roles(guild.id).await?;
-        let everyone = roles.iter().find(|r| r.id == guild.id).map(|r| r.permissions).unwrap_or(0);
+        let everyone = roles
+            .iter()
+            .find(|r| r.id == guild.id)
+            .map(|r| r.permissions)
+            .unwrap_or(0);
         let mine = self.member_roles(guild.id, user_id).await?;
-        let member_roles: Vec<(u64, u64)> =
-            roles.iter().filter(|r| mine.contains(&r.id)).map(|r| (r.id, r.permissions)).collect();
+        let member_roles: Vec<(u64, u64)> = roles
+            .iter()
+            .filter(|r| mine.contains(&r.id))
+            .map(|r| (r.id, r.permissions))
+            .collect();
         let ow = channel.map(|c| c.overwrites.as_slice()).unwrap_or(&[]);
         Ok(permissions::compute(&PermissionInput {
             guild_id: guild.id,
@@ -655,7 +854,10 @@ impl Store {
 fn check_name(field: &'static str, name: &str) -> Result<String, ChatError> {
     let n = name.trim();
     if n.is_empty() || n.chars().count() > MAX_NAME_LEN {
-        return Err(ChatError::Invalid { field, message: format!("Must be between 1 and {MAX_NAME_LEN} in length.") });
+        return Err(ChatError::Invalid {
+            field,
+            message: format!("Must be between 1 and {MAX_NAME_LEN} in length."),
+        });
     }
     Ok(n.to_string())
 }
@@ -671,14 +873,26 @@ pub struct RoleSpec {
 
 impl Store {
     pub async fn role(&self, guild_id: u64, role_id: u64) -> Result<Role, ChatError> {
-        self.roles(guild_id).await?.into_iter().find(|r| r.id == role_id).ok_or(ChatError::Unknown("role"))
+        self.roles(guild_id)
+            .await?
+            .into_iter()
+            .find(|r| r.id == role_id)
+            .ok_or(ChatError::Unknown("role"))
     }
 
-    pub async fn update_role(&self, guild_id: u64, role_id: u64, spec: RoleSpec) -> Result<Role, ChatError> {
+    pub async fn update_role(
+        &self,
+        guild_id: u64,
+        role_id: u64,
+        spec: RoleSpec,
+    ) -> Result<Role, ChatError> {
         let mut r = self.role(guild_id, role_id).await?;
         if let Some(n) = spec.name {
             if role_id == guild_id {
-                return Err(ChatError::Invalid { field: "name", message: "The @everyone role cannot be renamed.".into() });
+                return Err(ChatError::Invalid {
+                    field: "name",
+                    message: "The @everyone role cannot be renamed.".into(),
+                });
             }
             r.name = check_name("name", &n)?;
         }
@@ -707,23 +921,40 @@ impl Store {
 
     pub async fn delete_role(&self, guild_id: u64, role_id: u64) -> Result<(), ChatError> {
         if role_id == guild_id {
-            return Err(ChatError::Invalid { field: "role_id", message: "The @everyone role cannot be deleted.".into() });
+            return Err(ChatError::Invalid {
+                field: "role_id",
+                message: "The @everyone role cannot be deleted.".into(),
+            });
         }
-        let r = sqlx::query("DELETE FROM roles WHERE id = $1 AND guild_id = $2").bind(role_id as i64).bind(guild_id as i64).execute(&self.pool).await?;
+        let r = sqlx::query("DELETE FROM roles WHERE id = $1 AND guild_id = $2")
+            .bind(role_id as i64)
+            .bind(guild_id as i64)
+            .execute(&self.pool)
+            .await?;
         if r.rows_affected() == 0 {
             return Err(ChatError::Unknown("role"));
         }
-        sqlx::query("DELETE FROM overwrites WHERE target_id = $1 AND type = 0").bind(role_id as i64).execute(&self.pool).await?;
-        Ok(())
-    }
-
-    pub async fn remove_member_role(&self, guild_id: u64, user_id: u64, role_id: u64) -> Result<(), ChatError> {
-        sqlx::query("DELETE FROM member_roles WHERE guild_id = $1 AND user_id = $2 AND role_id = $3")
-            .bind(guild_id as i64)
-            .bind(user_id as i64)
+        sqlx::query("DELETE FROM overwrites WHERE target_id = $1 AND type = 0")
             .bind(role_id as i64)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    pub async fn remove_member_role(
+        &self,
+        guild_id: u64,
+        user_id: u64,
+        role_id: u64,
+    ) -> Result<(), ChatError> {
+        sqlx::query(
+            "DELETE FROM member_roles WHERE guild_id = $1 AND user_id = $2 AND role_id = $3",
+        )
+        .bind(guild_id as i64)
+        .bind(user_id as i64)
+        .bind(role_id as i64)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -744,12 +975,20 @@ impl Store {
 }
 
 impl Store {
-    pub async fn set_nick(&self, guild_id: u64, user_id: u64, nick: Option<&str>) -> Result<(), ChatError> {
+    pub async fn set_nick(
+        &self,
+        guild_id: u64,
+        user_id: u64,
+        nick: Option<&str>,
+    ) -> Result<(), ChatError> {
         let nick = match nick {
             Some(n) if !n.trim().is_empty() => {
                 let n = n.trim();
                 if n.chars().count() > 32 {
-                    return Err(ChatError::Invalid { field: "nick", message: "Must be 32 or fewer in length.".into() });
+                    return Err(ChatError::Invalid {
+                        field: "nick",
+                        message: "Must be 32 or fewer in length.".into(),
+                    });
                 }
                 Some(n.to_string())
             }
@@ -775,10 +1014,18 @@ pub mod testing {
 
     /// Create an empty database next to `admin_url`'s and return its URL.
     pub async fn fresh_postgres(admin_url: &str) -> String {
-        let mut c = sqlx::PgConnection::connect(admin_url).await.expect("connect to the test PostgreSQL (TEST_POSTGRES_URL)");
+        let mut c = sqlx::PgConnection::connect(admin_url)
+            .await
+            .expect("connect to the test PostgreSQL (TEST_POSTGRES_URL)");
         let name = format!("lodge_test_{:016x}", rand::random::<u64>());
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await.expect("create test database");
-        let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin_url);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut c)
+            .await
+            .expect("create test database");
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .unwrap_or(admin_url);
         format!("{base}/{name}")
     }
 

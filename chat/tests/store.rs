@@ -7,7 +7,9 @@ async fn store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let s = match lodge_chat::store::testing::database_url_from_env().await {
         Some(url) => Store::open_url(&url).await.unwrap(),
-        None => Store::open(&dir.path().join("nested/lodge.db")).await.unwrap(),
+        None => Store::open(&dir.path().join("nested/lodge.db"))
+            .await
+            .unwrap(),
     };
     (s, dir)
 }
@@ -17,16 +19,34 @@ async fn accounts_tokens_and_revocation() {
     let (s, _d) = store().await;
     let (u, tok) = s.register("alice", "correct horse", false).await.unwrap();
     assert_eq!(s.authenticate(&tok).await.unwrap(), u);
-    assert!(matches!(s.register("ALICE", "another pass", false).await, Err(ChatError::Invalid { field: "username", .. })));
-    assert!(matches!(s.register("bob", "short", false).await, Err(ChatError::Invalid { field: "password", .. })));
+    assert!(matches!(
+        s.register("ALICE", "another pass", false).await,
+        Err(ChatError::Invalid {
+            field: "username",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.register("bob", "short", false).await,
+        Err(ChatError::Invalid {
+            field: "password",
+            ..
+        })
+    ));
     assert!(s.login("alice", "wrong password").await.is_err());
     let (u2, tok2) = s.login("alice", "correct horse").await.unwrap();
     assert_eq!(u2.id, u.id);
     assert_ne!(tok, tok2);
     s.revoke_token(&tok).await.unwrap();
-    assert!(matches!(s.authenticate(&tok).await, Err(ChatError::Unauthorized)));
+    assert!(matches!(
+        s.authenticate(&tok).await,
+        Err(ChatError::Unauthorized)
+    ));
     assert!(s.authenticate(&tok2).await.is_ok());
-    assert!(matches!(s.authenticate("garbage").await, Err(ChatError::Unauthorized)));
+    assert!(matches!(
+        s.authenticate("garbage").await,
+        Err(ChatError::Unauthorized)
+    ));
 }
 
 #[tokio::test]
@@ -40,7 +60,13 @@ async fn guild_defaults_invites_and_voice_permissions() {
     assert_eq!((roles[0].id, roles[0].name.as_str()), (g.id, "@everyone"));
     let chans = s.channels(g.id).await.unwrap();
     let names: Vec<(&str, ChannelKind)> = chans.iter().map(|c| (c.name.as_str(), c.kind)).collect();
-    assert_eq!(names, vec![("general", ChannelKind::Text), ("General", ChannelKind::Voice)]);
+    assert_eq!(
+        names,
+        vec![
+            ("general", ChannelKind::Text),
+            ("General", ChannelKind::Voice)
+        ]
+    );
     let voice = chans[1].clone();
 
     // Not a member yet: nothing.
@@ -49,32 +75,94 @@ async fn guild_defaults_invites_and_voice_permissions() {
     let (_, added) = s.use_invite(&inv.code, bob.id).await.unwrap();
     assert!(added);
     // max_uses 1: used up.
-    assert!(matches!(s.use_invite(&inv.code, bob.id).await, Err(ChatError::Unknown("invite"))));
+    assert!(matches!(
+        s.use_invite(&inv.code, bob.id).await,
+        Err(ChatError::Unknown("invite"))
+    ));
     let p = s.permissions(&g, Some(&voice), bob.id).await.unwrap();
     assert!(p.has(Permissions::CONNECT | Permissions::SPEAK | Permissions::VIEW_CHANNEL));
 
     // Deny SPEAK to @everyone in the voice channel: bob can join but not speak; owner still can.
-    s.set_overwrite(voice.id, Overwrite { target: g.id, kind: OverwriteKind::Role, allow: 0, deny: Permissions::SPEAK }).await.unwrap();
+    s.set_overwrite(
+        voice.id,
+        Overwrite {
+            target: g.id,
+            kind: OverwriteKind::Role,
+            allow: 0,
+            deny: Permissions::SPEAK,
+        },
+    )
+    .await
+    .unwrap();
     let voice = s.channel(voice.id).await.unwrap();
     let p = s.permissions(&g, Some(&voice), bob.id).await.unwrap();
     assert!(p.has(Permissions::CONNECT) && !p.has(Permissions::SPEAK));
-    assert!(s.permissions(&g, Some(&voice), owner.id).await.unwrap().has(Permissions::SPEAK));
+    assert!(s
+        .permissions(&g, Some(&voice), owner.id)
+        .await
+        .unwrap()
+        .has(Permissions::SPEAK));
     // A role with an allow overwrite gives it back.
     let speakers = s.create_role(g.id, "speakers", 0).await.unwrap();
     s.add_member_role(g.id, bob.id, speakers.id).await.unwrap();
-    s.set_overwrite(voice.id, Overwrite { target: speakers.id, kind: OverwriteKind::Role, allow: Permissions::SPEAK, deny: 0 }).await.unwrap();
+    s.set_overwrite(
+        voice.id,
+        Overwrite {
+            target: speakers.id,
+            kind: OverwriteKind::Role,
+            allow: Permissions::SPEAK,
+            deny: 0,
+        },
+    )
+    .await
+    .unwrap();
     let voice = s.channel(voice.id).await.unwrap();
-    assert!(s.permissions(&g, Some(&voice), bob.id).await.unwrap().has(Permissions::SPEAK));
+    assert!(s
+        .permissions(&g, Some(&voice), bob.id)
+        .await
+        .unwrap()
+        .has(Permissions::SPEAK));
 
     // Channel CRUD and limits named in errors.
-    let c = s.create_channel(g.id, ChannelSpec { name: Some("lounge".into()), kind: Some(ChannelKind::Voice), ..Default::default() }).await.unwrap();
+    let c = s
+        .create_channel(
+            g.id,
+            ChannelSpec {
+                name: Some("lounge".into()),
+                kind: Some(ChannelKind::Voice),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(c.bitrate, Some(64_000));
-    let c = s.update_channel(c.id, ChannelSpec { name: Some("Lounge 2".into()), ..Default::default() }).await.unwrap();
+    let c = s
+        .update_channel(
+            c.id,
+            ChannelSpec {
+                name: Some("Lounge 2".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(c.name, "Lounge 2");
-    let e = s.create_channel(g.id, ChannelSpec { name: Some("x".repeat(101)), ..Default::default() }).await.unwrap_err();
+    let e = s
+        .create_channel(
+            g.id,
+            ChannelSpec {
+                name: Some("x".repeat(101)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("100"), "{e}");
     s.delete_channel(c.id).await.unwrap();
-    assert!(matches!(s.channel(c.id).await, Err(ChatError::Unknown("channel"))));
+    assert!(matches!(
+        s.channel(c.id).await,
+        Err(ChatError::Unknown("channel"))
+    ));
     assert_eq!(s.user_guilds(bob.id).await.unwrap().len(), 1);
 }
 
@@ -86,66 +174,237 @@ async fn messages_history_nonce_mentions_reactions() {
     let (carol, _) = s.register("carol", "password3", false).await.unwrap();
     let g = s.create_guild(&alice, "Den").await.unwrap();
     s.add_member(g.id, bob.id).await.unwrap();
-    let text = s.channels(g.id).await.unwrap().into_iter().find(|c| c.kind == ChannelKind::Text).unwrap();
+    let text = s
+        .channels(g.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.kind == ChannelKind::Text)
+        .unwrap();
 
     let mut ids = Vec::new();
     for i in 0..30 {
-        let (m, new) = s.create_message(&text, &alice, NewMessage { content: format!("m{i}"), ..Default::default() }).await.unwrap();
+        let (m, new) = s
+            .create_message(
+                &text,
+                &alice,
+                NewMessage {
+                    content: format!("m{i}"),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
         assert!(new);
         ids.push(m.id);
     }
     // Newest first, limit, before, after, around.
-    let page = s.messages(text.id, MessageQuery { limit: 5, ..Default::default() }, alice.id).await.unwrap();
-    assert_eq!(page.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["m29", "m28", "m27", "m26", "m25"]);
-    let page = s.messages(text.id, MessageQuery { limit: 3, before: Some(ids[10]), ..Default::default() }, alice.id).await.unwrap();
-    assert_eq!(page.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["m9", "m8", "m7"]);
-    let page = s.messages(text.id, MessageQuery { limit: 3, after: Some(ids[10]), ..Default::default() }, alice.id).await.unwrap();
-    assert_eq!(page.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["m13", "m12", "m11"]);
-    let page = s.messages(text.id, MessageQuery { limit: 5, around: Some(ids[10]), ..Default::default() }, alice.id).await.unwrap();
-    assert_eq!(page.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["m12", "m11", "m10", "m9", "m8"]);
+    let page = s
+        .messages(
+            text.id,
+            MessageQuery {
+                limit: 5,
+                ..Default::default()
+            },
+            alice.id,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
+        ["m29", "m28", "m27", "m26", "m25"]
+    );
+    let page = s
+        .messages(
+            text.id,
+            MessageQuery {
+                limit: 3,
+                before: Some(ids[10]),
+                ..Default::default()
+            },
+            alice.id,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
+        ["m9", "m8", "m7"]
+    );
+    let page = s
+        .messages(
+            text.id,
+            MessageQuery {
+                limit: 3,
+                after: Some(ids[10]),
+                ..Default::default()
+            },
+            alice.id,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
+        ["m13", "m12", "m11"]
+    );
+    let page = s
+        .messages(
+            text.id,
+            MessageQuery {
+                limit: 5,
+                around: Some(ids[10]),
+                ..Default::default()
+            },
+            alice.id,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
+        ["m12", "m11", "m10", "m9", "m8"]
+    );
 
     // Nonce dedup only when enforced.
-    let nm = |n: &str, enforce| NewMessage { content: "once".into(), nonce: Some(n.into()), enforce_nonce: enforce, ..Default::default() };
+    let nm = |n: &str, enforce| NewMessage {
+        content: "once".into(),
+        nonce: Some(n.into()),
+        enforce_nonce: enforce,
+        ..Default::default()
+    };
     let (a, _) = s.create_message(&text, &bob, nm("n1", true)).await.unwrap();
     let (b, new) = s.create_message(&text, &bob, nm("n1", true)).await.unwrap();
     assert_eq!((a.id, new), (b.id, false));
-    let (c, new) = s.create_message(&text, &bob, nm("n1", false)).await.unwrap();
+    let (c, new) = s
+        .create_message(&text, &bob, nm("n1", false))
+        .await
+        .unwrap();
     assert!(new && c.id != a.id);
-    assert!(s.create_message(&text, &bob, nm(&"x".repeat(26), true)).await.is_err());
+    assert!(s
+        .create_message(&text, &bob, nm(&"x".repeat(26), true))
+        .await
+        .is_err());
 
     // Limits and mentions: only members count; @everyone needs the right.
-    let e = s.create_message(&text, &bob, NewMessage { content: "x".repeat(2001), ..Default::default() }).await.unwrap_err();
+    let e = s
+        .create_message(
+            &text,
+            &bob,
+            NewMessage {
+                content: "x".repeat(2001),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("2000"), "{e}");
-    assert!(s.create_message(&text, &bob, NewMessage { content: "y".repeat(2000), ..Default::default() }).await.is_ok());
-    let content = format!("hey <@{}> <@!{}> <@{}> <@&{}> @everyone", alice.id, alice.id, carol.id, g.id);
-    let (m, _) = s.create_message(&text, &bob, NewMessage { content: content.clone(), ..Default::default() }).await.unwrap();
-    assert_eq!(m.mentions.iter().map(|u| u.id).collect::<Vec<_>>(), vec![alice.id]);
+    assert!(s
+        .create_message(
+            &text,
+            &bob,
+            NewMessage {
+                content: "y".repeat(2000),
+                ..Default::default()
+            }
+        )
+        .await
+        .is_ok());
+    let content = format!(
+        "hey <@{}> <@!{}> <@{}> <@&{}> @everyone",
+        alice.id, alice.id, carol.id, g.id
+    );
+    let (m, _) = s
+        .create_message(
+            &text,
+            &bob,
+            NewMessage {
+                content: content.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        m.mentions.iter().map(|u| u.id).collect::<Vec<_>>(),
+        vec![alice.id]
+    );
     assert_eq!(m.mention_roles, vec![g.id]);
     assert!(!m.mention_everyone);
-    let (m2, _) = s.create_message(&text, &alice, NewMessage { content, may_mention_everyone: true, ..Default::default() }).await.unwrap();
+    let (m2, _) = s
+        .create_message(
+            &text,
+            &alice,
+            NewMessage {
+                content,
+                may_mention_everyone: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert!(m2.mention_everyone);
 
     // Replies must point at a message of the same guild.
-    let (r, _) = s.create_message(&text, &bob, NewMessage { content: "reply".into(), reference: Some((m.id, text.id)), ..Default::default() }).await.unwrap();
+    let (r, _) = s
+        .create_message(
+            &text,
+            &bob,
+            NewMessage {
+                content: "reply".into(),
+                reference: Some((m.id, text.id)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(r.reference, Some((m.id, text.id)));
-    assert!(s.create_message(&text, &bob, NewMessage { content: "bad".into(), reference: Some((12345, text.id)), ..Default::default() }).await.is_err());
+    assert!(s
+        .create_message(
+            &text,
+            &bob,
+            NewMessage {
+                content: "bad".into(),
+                reference: Some((12345, text.id)),
+                ..Default::default()
+            }
+        )
+        .await
+        .is_err());
 
     // Reactions with per-viewer `me`.
     assert!(s.add_reaction(m.id, "👍", alice.id).await.unwrap());
     assert!(!s.add_reaction(m.id, "👍", alice.id).await.unwrap());
     assert!(s.add_reaction(m.id, "👍", bob.id).await.unwrap());
     let seen = s.message(text.id, m.id, bob.id).await.unwrap();
-    assert_eq!(seen.reactions, vec![ReactionCount { emoji: "👍".into(), count: 2, me: true }]);
+    assert_eq!(
+        seen.reactions,
+        vec![ReactionCount {
+            emoji: "👍".into(),
+            count: 2,
+            me: true
+        }]
+    );
     assert_eq!(s.reaction_users(m.id, "👍", 10, 0).await.unwrap().len(), 2);
     assert!(s.remove_reaction(m.id, "👍", bob.id).await.unwrap());
-    assert_eq!(s.message(text.id, m.id, bob.id).await.unwrap().reactions[0], ReactionCount { emoji: "👍".into(), count: 1, me: false });
+    assert_eq!(
+        s.message(text.id, m.id, bob.id).await.unwrap().reactions[0],
+        ReactionCount {
+            emoji: "👍".into(),
+            count: 1,
+            me: false
+        }
+    );
 
     // Edit and delete.
-    let e = s.edit_message(text.id, m.id, "edited", alice.id).await.unwrap();
+    let e = s
+        .edit_message(text.id, m.id, "edited", alice.id)
+        .await
+        .unwrap();
     assert_eq!(e.content, "edited");
     assert!(e.edited_at.is_some());
     s.delete_message(text.id, m.id).await.unwrap();
-    assert!(matches!(s.message(text.id, m.id, alice.id).await, Err(ChatError::Unknown("message"))));
+    assert!(matches!(
+        s.message(text.id, m.id, alice.id).await,
+        Err(ChatError::Unknown("message"))
+    ));
 }
 
 #[tokio::test]
@@ -153,28 +412,93 @@ async fn full_text_search_respects_channels_and_edits() {
     let (s, _d) = store().await;
     let (alice, _) = s.register("alice", "password1", false).await.unwrap();
     let g = s.create_guild(&alice, "Den").await.unwrap();
-    let text = s.channels(g.id).await.unwrap().into_iter().find(|c| c.kind == ChannelKind::Text).unwrap();
-    let other = s.create_channel(g.id, ChannelSpec { name: Some("other".into()), ..Default::default() }).await.unwrap();
+    let text = s
+        .channels(g.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.kind == ChannelKind::Text)
+        .unwrap();
+    let other = s
+        .create_channel(
+            g.id,
+            ChannelSpec {
+                name: Some("other".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let post = |c: &Channel, t: &str| {
         let (s, c, a, t) = (s.clone(), c.clone(), alice.clone(), t.to_string());
-        async move { s.create_message(&c, &a, NewMessage { content: t, ..Default::default() }).await.unwrap().0 }
+        async move {
+            s.create_message(
+                &c,
+                &a,
+                NewMessage {
+                    content: t,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .0
+        }
     };
     post(&text, "the quick brown fox").await;
     let m2 = post(&text, "a quick reply").await;
     post(&other, "quick but hidden").await;
-    let (n, hits) = s.search_messages(g.id, &[text.id], "quick", 25, 0, alice.id).await.unwrap();
+    let (n, hits) = s
+        .search_messages(g.id, &[text.id], "quick", 25, 0, alice.id)
+        .await
+        .unwrap();
     assert_eq!(n, 2);
     assert_eq!(hits[0].id, m2.id, "newest first");
-    let (n, _) = s.search_messages(g.id, &[text.id, other.id], "quick", 25, 0, alice.id).await.unwrap();
+    let (n, _) = s
+        .search_messages(g.id, &[text.id, other.id], "quick", 25, 0, alice.id)
+        .await
+        .unwrap();
     assert_eq!(n, 3);
-    let (n, _) = s.search_messages(g.id, &[text.id], "quick fox", 25, 0, alice.id).await.unwrap();
+    let (n, _) = s
+        .search_messages(g.id, &[text.id], "quick fox", 25, 0, alice.id)
+        .await
+        .unwrap();
     assert_eq!(n, 1, "all words required");
     // Edits and deletes keep the index true; hostile syntax is just words.
-    s.edit_message(text.id, m2.id, "a slow reply", alice.id).await.unwrap();
-    assert_eq!(s.search_messages(g.id, &[text.id], "quick", 25, 0, alice.id).await.unwrap().0, 1);
-    assert_eq!(s.search_messages(g.id, &[text.id], "slow", 25, 0, alice.id).await.unwrap().0, 1);
+    s.edit_message(text.id, m2.id, "a slow reply", alice.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.search_messages(g.id, &[text.id], "quick", 25, 0, alice.id)
+            .await
+            .unwrap()
+            .0,
+        1
+    );
+    assert_eq!(
+        s.search_messages(g.id, &[text.id], "slow", 25, 0, alice.id)
+            .await
+            .unwrap()
+            .0,
+        1
+    );
     s.delete_message(text.id, m2.id).await.unwrap();
-    assert_eq!(s.search_messages(g.id, &[text.id], "slow", 25, 0, alice.id).await.unwrap().0, 0);
-    assert_eq!(s.search_messages(g.id, &[text.id], "\" OR * NEAR( -", 25, 0, alice.id).await.unwrap().0, 0);
-    assert!(s.search_messages(g.id, &[text.id], "   ", 25, 0, alice.id).await.is_err());
+    assert_eq!(
+        s.search_messages(g.id, &[text.id], "slow", 25, 0, alice.id)
+            .await
+            .unwrap()
+            .0,
+        0
+    );
+    assert_eq!(
+        s.search_messages(g.id, &[text.id], "\" OR * NEAR( -", 25, 0, alice.id)
+            .await
+            .unwrap()
+            .0,
+        0
+    );
+    assert!(s
+        .search_messages(g.id, &[text.id], "   ", 25, 0, alice.id)
+        .await
+        .is_err());
 }

@@ -16,7 +16,11 @@ use rand::{Rng, SeedableRng};
 const HEADER_BYTES: f64 = 40.0;
 
 fn capacity_and_loss(t: f64) -> (f64, f64) {
-    if (60.0..120.0).contains(&t) { (24_000.0, 0.10) } else { (64_000.0, 0.0) }
+    if (60.0..120.0).contains(&t) {
+        (24_000.0, 0.10)
+    } else {
+        (64_000.0, 0.0)
+    }
 }
 
 struct Run {
@@ -43,7 +47,17 @@ fn run(adaptive: bool) -> Run {
     let mut next_report = 1.0;
     let (mut sec_delay, mut sec_n, mut sec_unrec) = (0.0, 0u64, 0u64);
     while t < 180.0 {
-        let d = if adaptive { ctl.decision() } else { lodge_codec::Decision { bitrate_bps: 32_000, fec: false, expected_loss_pct: 0, frame_ms: 20, dtx: false } };
+        let d = if adaptive {
+            ctl.decision()
+        } else {
+            lodge_codec::Decision {
+                bitrate_bps: 32_000,
+                fec: false,
+                expected_loss_pct: 0,
+                frame_ms: 20,
+                dtx: false,
+            }
+        };
         let frame_s = d.frame_ms as f64 / 1000.0;
         let bytes = d.bitrate_bps as f64 * frame_s / 8.0 + HEADER_BYTES;
         let (cap, loss) = capacity_and_loss(t);
@@ -78,7 +92,11 @@ fn run(adaptive: bool) -> Run {
         t += frame_s;
         if t >= next_report {
             let lf = lost_sec as f64 / sent_sec.max(1) as f64;
-            let md = if sec_n > 0 { sec_delay / sec_n as f64 * 1000.0 } else { 0.0 };
+            let md = if sec_n > 0 {
+                sec_delay / sec_n as f64 * 1000.0
+            } else {
+                0.0
+            };
             if adaptive {
                 ctl.handle_report(t * 1000.0, lf, 5.0, 2.0 * md);
             }
@@ -87,7 +105,12 @@ fn run(adaptive: bool) -> Run {
             }
             // Adapted: in the bottleneck, the rate fits the capacity and the queue has drained.
             let on_wire = d.bitrate_bps as f64 + HEADER_BYTES * 8.0 / frame_s;
-            if adapt_s.is_none() && t > 60.5 && t < 120.0 && on_wire <= capacity_and_loss(t).0 && md < 80.0 {
+            if adapt_s.is_none()
+                && t > 60.5
+                && t < 120.0
+                && on_wire <= capacity_and_loss(t).0
+                && md < 80.0
+            {
                 adapt_s = Some(t - 60.0);
             }
             per_second.push((t, d.bitrate_bps, d.fec, lf * 100.0, md));
@@ -103,8 +126,23 @@ fn run(adaptive: bool) -> Run {
     let mean_delay_ms = delay_sum / delivered.max(1) as f64 * 1000.0;
     let unrecovered_pct = unrecovered as f64 / sent as f64 * 100.0;
     // Mouth-to-ear: network + a 40 ms playout buffer + 26.5 ms Opus framing/lookahead.
-    let mos = mos_estimate(&QualityInput::opus(mean_delay_ms + 40.0 + 26.5, unrecovered_pct));
-    Run { label: if adaptive { "adaptive controller" } else { "static 32 kbps, no FEC" }, adapt_s, fec_seconds, mos, mean_delay_ms, unrecovered_pct, per_second }
+    let mos = mos_estimate(&QualityInput::opus(
+        mean_delay_ms + 40.0 + 26.5,
+        unrecovered_pct,
+    ));
+    Run {
+        label: if adaptive {
+            "adaptive controller"
+        } else {
+            "static 32 kbps, no FEC"
+        },
+        adapt_s,
+        fec_seconds,
+        mos,
+        mean_delay_ms,
+        unrecovered_pct,
+        per_second,
+    }
 }
 
 fn main() {
@@ -115,7 +153,9 @@ fn main() {
         println!(
             "| {} | {} | {} | {:.0} ms | {:.2}% | {:.2} |",
             r.label,
-            r.adapt_s.map(|s| format!("{s:.0} s")).unwrap_or_else(|| "never".into()),
+            r.adapt_s
+                .map(|s| format!("{s:.0} s"))
+                .unwrap_or_else(|| "never".into()),
             r.fec_seconds,
             r.mean_delay_ms,
             r.unrecovered_pct,

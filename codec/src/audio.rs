@@ -29,7 +29,11 @@ pub struct Vad {
 impl Default for Vad {
     fn default() -> Self {
         // -50 dBov: speech at a normal microphone gain is well above, room noise below.
-        Vad { threshold: 50, hangover: 10, left: 0 }
+        Vad {
+            threshold: 50,
+            hangover: 10,
+            left: 0,
+        }
     }
 }
 
@@ -51,7 +55,11 @@ impl Vad {
 /// 0.8 full scale samples pass unchanged; above, they are compressed smoothly toward full scale.
 pub fn mix(streams: &[&[i16]], out: &mut [i16]) {
     for (i, o) in out.iter_mut().enumerate() {
-        let sum: f64 = streams.iter().filter_map(|s| s.get(i)).map(|&v| v as f64 / 32768.0).sum();
+        let sum: f64 = streams
+            .iter()
+            .filter_map(|s| s.get(i))
+            .map(|&v| v as f64 / 32768.0)
+            .sum();
         *o = (soft_clip(sum) * 32767.0).round() as i16;
     }
 }
@@ -73,7 +81,12 @@ mod tests {
     use super::*;
 
     fn sine(amp: f64, n: usize) -> Vec<i16> {
-        (0..n).map(|i| (amp * 32767.0 * (i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 48_000.0).sin()) as i16).collect()
+        (0..n)
+            .map(|i| {
+                (amp * 32767.0 * (i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 48_000.0).sin())
+                    as i16
+            })
+            .collect()
     }
 
     #[test]
@@ -106,7 +119,10 @@ mod tests {
         mix(&[&a, &b], &mut out);
         // Without protection 1.8 full scale would wrap around; soft clipping keeps the sign.
         for (i, o) in out.iter().enumerate() {
-            assert!(o.signum() == a[i].signum() || a[i].abs() < 100, "sample {i}");
+            assert!(
+                o.signum() == a[i].signum() || a[i].abs() < 100,
+                "sample {i}"
+            );
         }
         let q = sine(0.1, 960);
         mix(&[&q], &mut out);

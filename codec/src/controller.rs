@@ -32,7 +32,11 @@ pub struct ControllerConfig {
 
 impl Default for ControllerConfig {
     fn default() -> Self {
-        ControllerConfig { min_bps: 8_000, max_bps: 64_000, start_bps: 32_000 }
+        ControllerConfig {
+            min_bps: 8_000,
+            max_bps: 64_000,
+            start_bps: 32_000,
+        }
     }
 }
 
@@ -72,7 +76,13 @@ impl BitrateController {
             last_cut_ms: f64::NEG_INFINITY,
             last_raise_ms: f64::NEG_INFINITY,
             low_loss_since: Some(0.0),
-            d: Decision { bitrate_bps: cfg.start_bps, fec: false, expected_loss_pct: 0, frame_ms: 20, dtx: false },
+            d: Decision {
+                bitrate_bps: cfg.start_bps,
+                fec: false,
+                expected_loss_pct: 0,
+                frame_ms: 20,
+                dtx: false,
+            },
         };
         c.shape();
         c
@@ -93,9 +103,19 @@ impl BitrateController {
     }
 
     /// A receiver report: loss fraction 0..1, interarrival jitter and RTT in ms.
-    pub fn handle_report(&mut self, now_ms: f64, loss_fraction: f64, jitter_ms: f64, rtt_ms: f64) -> Decision {
+    pub fn handle_report(
+        &mut self,
+        now_ms: f64,
+        loss_fraction: f64,
+        jitter_ms: f64,
+        rtt_ms: f64,
+    ) -> Decision {
         let l = loss_fraction.clamp(0.0, 1.0);
-        self.loss = if l > self.loss { l } else { self.loss * 0.8 + l * 0.2 };
+        self.loss = if l > self.loss {
+            l
+        } else {
+            self.loss * 0.8 + l * 0.2
+        };
         self.jitter_ms = jitter_ms;
         self.rtt_ms = rtt_ms;
         if rtt_ms > 0.0 {
@@ -119,7 +139,11 @@ impl BitrateController {
                 self.d.fec = false;
             }
         }
-        self.d.expected_loss_pct = if self.d.fec { ((self.loss * 150.0).ceil() as u8).clamp(1, 30) } else { 0 };
+        self.d.expected_loss_pct = if self.d.fec {
+            ((self.loss * 150.0).ceil() as u8).clamp(1, 30)
+        } else {
+            0
+        };
 
         let rate = self.d.bitrate_bps as f64;
         let over_estimate = self.bwe.is_some_and(|b| b * 0.85 < rate);
@@ -138,8 +162,17 @@ impl BitrateController {
             }
             self.d.bitrate_bps = (next as u32).max(self.cfg.min_bps);
             self.last_cut_ms = now_ms;
-        } else if self.loss < 0.02 && !queueing && self.headroom() && now_ms - self.last_raise_ms >= 2_000.0 && now_ms - self.last_cut_ms >= 4_000.0 {
-            let cap = self.bwe.map(|b| b * 0.85).unwrap_or(f64::INFINITY).min(self.cfg.max_bps as f64);
+        } else if self.loss < 0.02
+            && !queueing
+            && self.headroom()
+            && now_ms - self.last_raise_ms >= 2_000.0
+            && now_ms - self.last_cut_ms >= 4_000.0
+        {
+            let cap = self
+                .bwe
+                .map(|b| b * 0.85)
+                .unwrap_or(f64::INFINITY)
+                .min(self.cfg.max_bps as f64);
             let next = (rate * 1.10).min(cap);
             if next > rate {
                 self.d.bitrate_bps = next as u32;
@@ -153,7 +186,13 @@ impl BitrateController {
     /// Frame length and DTX follow the bitrate.
     fn shape(&mut self) {
         let b = self.d.bitrate_bps;
-        self.d.frame_ms = if b < 10_000 { 60 } else if b < 16_000 { 40 } else { 20 };
+        self.d.frame_ms = if b < 10_000 {
+            60
+        } else if b < 16_000 {
+            40
+        } else {
+            20
+        };
         self.d.dtx = b <= 24_000;
     }
 }
@@ -162,7 +201,13 @@ impl BitrateController {
 mod tests {
     use super::*;
 
-    fn run(c: &mut BitrateController, from_s: u64, secs: u64, loss: f64, bwe: Option<f64>) -> Decision {
+    fn run(
+        c: &mut BitrateController,
+        from_s: u64,
+        secs: u64,
+        loss: f64,
+        bwe: Option<f64>,
+    ) -> Decision {
         for s in from_s..from_s + secs {
             let t = s as f64 * 1000.0;
             if let Some(b) = bwe {
@@ -177,7 +222,10 @@ mod tests {
     fn clean_link_ramps_up_without_fec() {
         let mut c = BitrateController::new(ControllerConfig::default());
         let d = run(&mut c, 0, 60, 0.0, None);
-        assert_eq!((d.bitrate_bps, d.fec, d.frame_ms, d.dtx), (64_000, false, 20, false));
+        assert_eq!(
+            (d.bitrate_bps, d.fec, d.frame_ms, d.dtx),
+            (64_000, false, 20, false)
+        );
     }
 
     #[test]
@@ -185,7 +233,10 @@ mod tests {
         let mut c = BitrateController::new(ControllerConfig::default());
         let d = run(&mut c, 0, 20, 0.03, Some(200_000.0));
         assert!(d.fec && (4..=6).contains(&d.expected_loss_pct), "{d:?}");
-        assert!(d.bitrate_bps >= 32_000, "no cut while the link has room: {d:?}");
+        assert!(
+            d.bitrate_bps >= 32_000,
+            "no cut while the link has room: {d:?}"
+        );
     }
 
     #[test]
@@ -195,13 +246,20 @@ mod tests {
         let mut cuts = Vec::new();
         for s in 0..20u64 {
             let d = c.handle_report(s as f64 * 1000.0, 0.12, 20.0, 80.0);
-            assert!(d.bitrate_bps as f64 >= prev as f64 * 0.849, "step too large: {prev} -> {}", d.bitrate_bps);
+            assert!(
+                d.bitrate_bps as f64 >= prev as f64 * 0.849,
+                "step too large: {prev} -> {}",
+                d.bitrate_bps
+            );
             if d.bitrate_bps < prev {
                 cuts.push(s);
             }
             prev = d.bitrate_bps;
         }
-        assert!(cuts.windows(2).all(|w| w[1] - w[0] >= 2), "at most one cut per 2 s: {cuts:?}");
+        assert!(
+            cuts.windows(2).all(|w| w[1] - w[0] >= 2),
+            "at most one cut per 2 s: {cuts:?}"
+        );
         assert!(prev < 16_000 && c.decision().fec, "{:?}", c.decision());
         assert!(c.decision().frame_ms >= 40, "longer frames at low rate");
         assert_eq!(c.decision().bitrate_bps, 8_000, "never below min_bps");

@@ -30,26 +30,46 @@ pub struct EncoderSettings {
 
 impl Default for EncoderSettings {
     fn default() -> Self {
-        EncoderSettings { stereo: false, frame_ms: 20, bitrate_bps: 32_000, complexity: 9, fec: true, expected_loss_pct: 5, dtx: false }
+        EncoderSettings {
+            stereo: false,
+            frame_ms: 20,
+            bitrate_bps: 32_000,
+            complexity: 9,
+            fec: true,
+            expected_loss_pct: 5,
+            dtx: false,
+        }
     }
 }
 
 impl EncoderSettings {
     pub fn validate(&self) -> Result<(), CodecError> {
         if ![10, 20, 40, 60].contains(&self.frame_ms) {
-            return Err(CodecError::Invalid(format!("frame_ms must be 10, 20, 40 or 60, got {}", self.frame_ms)));
+            return Err(CodecError::Invalid(format!(
+                "frame_ms must be 10, 20, 40 or 60, got {}",
+                self.frame_ms
+            )));
         }
         if !(6_000..=510_000).contains(&self.bitrate_bps) {
-            return Err(CodecError::Invalid(format!("bitrate must be 6000..=510000 bps, got {}", self.bitrate_bps)));
+            return Err(CodecError::Invalid(format!(
+                "bitrate must be 6000..=510000 bps, got {}",
+                self.bitrate_bps
+            )));
         }
         if self.complexity > 10 || self.expected_loss_pct > 100 {
-            return Err(CodecError::Invalid("complexity must be 0..=10 and expected loss 0..=100".into()));
+            return Err(CodecError::Invalid(
+                "complexity must be 0..=10 and expected loss 0..=100".into(),
+            ));
         }
         Ok(())
     }
 
     pub fn channels(&self) -> usize {
-        if self.stereo { 2 } else { 1 }
+        if self.stereo {
+            2
+        } else {
+            1
+        }
     }
 
     /// Samples per channel in one frame.
@@ -67,12 +87,20 @@ pub struct OpusEncoder {
 impl OpusEncoder {
     pub fn new(settings: EncoderSettings) -> Result<Self, CodecError> {
         settings.validate()?;
-        let ch = if settings.stereo { Channels::Stereo } else { Channels::Mono };
+        let ch = if settings.stereo {
+            Channels::Stereo
+        } else {
+            Channels::Mono
+        };
         let mut enc = Encoder::new(SampleRate::Hz48000, ch, Application::Voip)?;
         // Tell the encoder it is speech: it then stays in SILK/hybrid modes, the only ones that
         // carry in-band FEC (LBRR).
         enc.set_signal(audiopus::Signal::Voice)?;
-        let mut e = OpusEncoder { enc, settings, out: vec![0; MAX_PACKET] };
+        let mut e = OpusEncoder {
+            enc,
+            settings,
+            out: vec![0; MAX_PACKET],
+        };
         e.apply(settings)?;
         Ok(e)
     }
@@ -85,13 +113,17 @@ impl OpusEncoder {
     pub fn apply(&mut self, s: EncoderSettings) -> Result<(), CodecError> {
         s.validate()?;
         if s.stereo != self.settings.stereo {
-            return Err(CodecError::Invalid("the channel count of an encoder cannot change".into()));
+            return Err(CodecError::Invalid(
+                "the channel count of an encoder cannot change".into(),
+            ));
         }
-        self.enc.set_bitrate(Bitrate::BitsPerSecond(s.bitrate_bps as i32))?;
+        self.enc
+            .set_bitrate(Bitrate::BitsPerSecond(s.bitrate_bps as i32))?;
         self.enc.set_complexity(s.complexity)?;
         self.enc.set_inband_fec(s.fec)?;
         self.enc.set_packet_loss_perc(s.expected_loss_pct)?;
-        self.enc.set_encoder_ctl_request(OPUS_SET_DTX_REQUEST, s.dtx as i32)?;
+        self.enc
+            .set_encoder_ctl_request(OPUS_SET_DTX_REQUEST, s.dtx as i32)?;
         self.settings = s;
         Ok(())
     }
@@ -101,7 +133,11 @@ impl OpusEncoder {
     pub fn encode(&mut self, pcm: &[i16]) -> Result<&[u8], CodecError> {
         let want = self.settings.frame_samples() * self.settings.channels();
         if pcm.len() != want {
-            return Err(CodecError::Invalid(format!("a {} ms frame needs {want} samples, got {}", self.settings.frame_ms, pcm.len())));
+            return Err(CodecError::Invalid(format!(
+                "a {} ms frame needs {want} samples, got {}",
+                self.settings.frame_ms,
+                pcm.len()
+            )));
         }
         let n = self.enc.encode(pcm, &mut self.out)?;
         Ok(&self.out[..n])
@@ -115,8 +151,15 @@ pub struct OpusDecoder {
 
 impl OpusDecoder {
     pub fn new(stereo: bool) -> Result<Self, CodecError> {
-        let ch = if stereo { Channels::Stereo } else { Channels::Mono };
-        Ok(OpusDecoder { dec: Decoder::new(SampleRate::Hz48000, ch)?, channels: if stereo { 2 } else { 1 } })
+        let ch = if stereo {
+            Channels::Stereo
+        } else {
+            Channels::Mono
+        };
+        Ok(OpusDecoder {
+            dec: Decoder::new(SampleRate::Hz48000, ch)?,
+            channels: if stereo { 2 } else { 1 },
+        })
     }
 
     /// Decode a packet into `out` (interleaved); returns samples per channel.

@@ -32,7 +32,9 @@ fn window(x: f64) -> f64 {
 /// `round(input.len() * to_hz / from_hz)`.
 pub fn resample(input: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, CodecError> {
     if from_hz == 0 || to_hz == 0 || from_hz > 384_000 || to_hz > 384_000 {
-        return Err(CodecError::Invalid(format!("sample rates must be 1..=384000 Hz, got {from_hz} → {to_hz}")));
+        return Err(CodecError::Invalid(format!(
+            "sample rates must be 1..=384000 Hz, got {from_hz} → {to_hz}"
+        )));
     }
     if from_hz == to_hz {
         return Ok(input.to_vec());
@@ -63,7 +65,9 @@ mod tests {
     use super::*;
 
     fn sine(hz: f64, rate: u32, secs: f64) -> Vec<f32> {
-        (0..(rate as f64 * secs) as usize).map(|i| (2.0 * std::f64::consts::PI * hz * i as f64 / rate as f64).sin() as f32 * 0.5).collect()
+        (0..(rate as f64 * secs) as usize)
+            .map(|i| (2.0 * std::f64::consts::PI * hz * i as f64 / rate as f64).sin() as f32 * 0.5)
+            .collect()
     }
 
     fn middle(v: &[f32]) -> &[f32] {
@@ -73,7 +77,10 @@ mod tests {
     /// Frequency by zero crossings over the middle of the buffer.
     fn freq(v: &[f32], rate: u32) -> f64 {
         let mid = middle(v);
-        let crossings = mid.windows(2).filter(|w| (w[0] < 0.0) != (w[1] < 0.0)).count();
+        let crossings = mid
+            .windows(2)
+            .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
+            .count();
         crossings as f64 / 2.0 / (mid.len() as f64 / rate as f64)
     }
 
@@ -84,10 +91,18 @@ mod tests {
 
     #[test]
     fn keeps_pitch_length_and_level() {
-        for (from, to) in [(44_100, 48_000), (16_000, 48_000), (48_000, 16_000), (48_000, 44_100)] {
+        for (from, to) in [
+            (44_100, 48_000),
+            (16_000, 48_000),
+            (48_000, 16_000),
+            (48_000, 44_100),
+        ] {
             let x = sine(440.0, from, 0.5);
             let y = resample(&x, from, to).unwrap();
-            assert_eq!(y.len(), (x.len() as f64 * to as f64 / from as f64).round() as usize);
+            assert_eq!(
+                y.len(),
+                (x.len() as f64 * to as f64 / from as f64).round() as usize
+            );
             let f = freq(&y, to);
             assert!((f - 440.0).abs() < 3.0, "{from}→{to}: {f:.1} Hz");
             let level = rms(&y) / rms(&x);
@@ -108,6 +123,9 @@ mod tests {
     #[test]
     fn bad_rates_are_refused() {
         assert!(resample(&[0.0; 10], 0, 48_000).is_err());
-        assert_eq!(resample(&[0.25; 10], 48_000, 48_000).unwrap(), vec![0.25; 10]);
+        assert_eq!(
+            resample(&[0.25; 10], 48_000, 48_000).unwrap(),
+            vec![0.25; 10]
+        );
     }
 }

@@ -12,7 +12,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     }
     let t0 = Instant::now();
     let mut now = t0;
-    let mut r = SeqRewriter::new(u16::from_le_bytes([data[0], data[1]]), u32::from_le_bytes([data[2], data[3], data[4], data[5]]), 48_000, Duration::from_millis(20));
+    let mut r = SeqRewriter::new(
+        u16::from_le_bytes([data[0], data[1]]),
+        u32::from_le_bytes([data[2], data[3], data[4], data[5]]),
+        48_000,
+        Duration::from_millis(20),
+    );
     let mut owner: HashMap<u64, u32> = HashMap::new();
     for op in data[6..].chunks_exact(8) {
         let ssrc = (op[0] % 4) as u32;

@@ -13,9 +13,20 @@ fn bench(c: &mut Criterion) {
         let mut i: u64 = 0;
         b.iter(|| {
             // Every 7th packet swaps with its neighbour (reordering inside the buffer).
-            let k = if i % 7 == 3 { i + 1 } else if i % 7 == 4 { i - 1 } else { i };
+            let k = if i % 7 == 3 {
+                i + 1
+            } else if i % 7 == 4 {
+                i - 1
+            } else {
+                i
+            };
             let now = i as f64 * 20.0;
-            jb.insert(now + 30.0 + (i % 5) as f64, k as u16, (k as u32).wrapping_mul(960), payload.clone());
+            jb.insert(
+                now + 30.0 + (i % 5) as f64,
+                k as u16,
+                (k as u32).wrapping_mul(960),
+                payload.clone(),
+            );
             black_box(jb.pull(now + 35.0));
             i += 1;
         })

@@ -34,7 +34,14 @@ pub struct BufferConfig {
 
 impl Default for BufferConfig {
     fn default() -> Self {
-        BufferConfig { clock_rate: 48_000, frame_samples: 960, max_packets: 250, delay: DelayConfig::default(), fixed_delay_ms: None, use_fec: true }
+        BufferConfig {
+            clock_rate: 48_000,
+            frame_samples: 960,
+            max_packets: 250,
+            delay: DelayConfig::default(),
+            fixed_delay_ms: None,
+            use_fec: true,
+        }
     }
 }
 
@@ -126,7 +133,9 @@ impl JitterBuffer {
 
     /// Current target delay, ms.
     pub fn target_delay_ms(&self) -> f64 {
-        self.cfg.fixed_delay_ms.unwrap_or_else(|| self.delay.target_ms())
+        self.cfg
+            .fixed_delay_ms
+            .unwrap_or_else(|| self.delay.target_ms())
     }
 
     fn frame_ms(&self) -> f64 {
@@ -140,9 +149,16 @@ impl JitterBuffer {
     /// Audio buffered ahead of the playout position, ms (including the next frame).
     pub fn buffered_ms(&self) -> f64 {
         match self.packets.values().next_back() {
-            Some(last) if self.playing => self.ms_of((last.ts + self.cfg.frame_samples as u64).saturating_sub(self.next_ts)),
+            Some(last) if self.playing => {
+                self.ms_of((last.ts + self.cfg.frame_samples as u64).saturating_sub(self.next_ts))
+            }
             Some(last) => {
-                let first = self.packets.values().next().map(|p| p.ts).unwrap_or(last.ts);
+                let first = self
+                    .packets
+                    .values()
+                    .next()
+                    .map(|p| p.ts)
+                    .unwrap_or(last.ts);
                 self.ms_of(last.ts + self.cfg.frame_samples as u64 - first)
             }
             None => 0.0,
@@ -156,7 +172,14 @@ impl JitterBuffer {
 
     /// Like [`Self::insert`], with a hint that the frame is low-energy (silence, a pause), where
     /// dropping or stretching is inaudible.
-    pub fn insert_frame(&mut self, now_ms: f64, seq: u16, rtp_ts: u32, payload: Vec<u8>, low_energy: bool) -> Inserted {
+    pub fn insert_frame(
+        &mut self,
+        now_ms: f64,
+        seq: u16,
+        rtp_ts: u32,
+        payload: Vec<u8>,
+        low_energy: bool,
+    ) -> Inserted {
         self.stats.packets_received += 1;
         let s = self.seqs.unwrap(seq as u64);
         let ts = self.tss.unwrap(rtp_ts as u64);
@@ -171,7 +194,15 @@ impl JitterBuffer {
         self.delay.update(now_ms, self.ms_of(ts));
         self.first_arrival_ms.get_or_insert(now_ms);
         self.last_arrival_ms = now_ms;
-        self.packets.insert(s, Packet { ts, payload, low_energy, arrival_ms: now_ms });
+        self.packets.insert(
+            s,
+            Packet {
+                ts,
+                payload,
+                low_energy,
+                arrival_ms: now_ms,
+            },
+        );
         if self.packets.len() > self.cfg.max_packets {
             // Keep the newest: drop the oldest buffered packet.
             if let Some((&k, _)) = self.packets.iter().next() {
@@ -226,7 +257,9 @@ impl JitterBuffer {
         let frame_ms = self.frame_ms();
         let target = self.target_delay_ms();
         if !self.playing {
-            let Some(first) = self.first_arrival_ms else { return Pulled::Waiting };
+            let Some(first) = self.first_arrival_ms else {
+                return Pulled::Waiting;
+            };
             if now_ms - first + frame_ms < target || self.packets.is_empty() {
                 return Pulled::Waiting;
             }
@@ -252,7 +285,10 @@ impl JitterBuffer {
             if let Some(p) = self.packets.get(&self.next_seq) {
                 let over = level - target;
                 if (over > frame_ms && p.low_energy) || over > 2.5 * frame_ms {
-                    let p = self.packets.remove(&self.next_seq).expect("just looked it up");
+                    let p = self
+                        .packets
+                        .remove(&self.next_seq)
+                        .expect("just looked it up");
                     self.stats.removed_samples_for_acceleration += frame;
                     self.next_seq += 1;
                     self.next_ts = p.ts + frame;
@@ -261,7 +297,11 @@ impl JitterBuffer {
             // Deceleration: stretch while audio is waiting but less than the target — only while
             // packets keep coming (not into a pause) and never twice in a row.
             let flowing = now_ms - self.last_arrival_ms < 2.0 * frame_ms;
-            if let Some(p) = self.packets.get(&self.next_seq).filter(|_| flowing && !self.stretched) {
+            if let Some(p) = self
+                .packets
+                .get(&self.next_seq)
+                .filter(|_| flowing && !self.stretched)
+            {
                 let under = target - level;
                 if (under >= frame_ms / 2.0 && p.low_energy) || under >= frame_ms {
                     self.stretched = true;
@@ -290,7 +330,10 @@ impl JitterBuffer {
             self.next_seq += 1;
             self.next_ts = p.ts + frame;
             self.emitted(now_ms - p.arrival_ms, false, false);
-            return Pulled::Frame { seq, payload: p.payload };
+            return Pulled::Frame {
+                seq,
+                payload: p.payload,
+            };
         }
         if let Some((&first, fp)) = self.packets.iter().next() {
             self.empty_run = 0;
@@ -311,7 +354,10 @@ impl JitterBuffer {
                     let (payload, arrived) = (next.payload.clone(), next.arrival_ms);
                     self.stats.fec_packets_received += 1;
                     self.emitted(now_ms - arrived, false, false);
-                    return Pulled::Fec { seq, next_payload: payload };
+                    return Pulled::Fec {
+                        seq,
+                        next_payload: payload,
+                    };
                 }
             }
             self.emitted(delay_now, true, false);
@@ -319,7 +365,9 @@ impl JitterBuffer {
         }
         // Nothing buffered.
         self.empty_run += 1;
-        if self.silent_mode || (self.empty_run > 3 && now_ms - self.last_arrival_ms > 4.0 * frame_ms) {
+        if self.silent_mode
+            || (self.empty_run > 3 && now_ms - self.last_arrival_ms > 4.0 * frame_ms)
+        {
             if !self.silent_mode {
                 // The last few "losses" may have been the start of DTX: take them back until
                 // we know which it was.

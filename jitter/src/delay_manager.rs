@@ -25,7 +25,13 @@ pub struct DelayConfig {
 
 impl Default for DelayConfig {
     fn default() -> Self {
-        DelayConfig { quantile: 0.99, forget: 0.997, baseline_window_ms: 4000.0, min_delay_ms: 20.0, max_delay_ms: 1000.0 }
+        DelayConfig {
+            quantile: 0.99,
+            forget: 0.997,
+            baseline_window_ms: 4000.0,
+            min_delay_ms: 20.0,
+            max_delay_ms: 1000.0,
+        }
     }
 }
 
@@ -38,7 +44,10 @@ struct SlidingMin {
 
 impl SlidingMin {
     fn new(window_ms: f64) -> Self {
-        SlidingMin { bucket_ms: window_ms / 8.0, buckets: [(f64::NEG_INFINITY, f64::INFINITY); 8] }
+        SlidingMin {
+            bucket_ms: window_ms / 8.0,
+            buckets: [(f64::NEG_INFINITY, f64::INFINITY); 8],
+        }
     }
 
     fn update(&mut self, now_ms: f64, v: f64) -> f64 {
@@ -50,7 +59,11 @@ impl SlidingMin {
             self.buckets[idx].1 = v;
         }
         let oldest = now_ms - self.bucket_ms * 8.0;
-        self.buckets.iter().filter(|(s, _)| *s > oldest).map(|(_, m)| *m).fold(f64::INFINITY, f64::min)
+        self.buckets
+            .iter()
+            .filter(|(s, _)| *s > oldest)
+            .map(|(_, m)| *m)
+            .fold(f64::INFINITY, f64::min)
     }
 }
 
@@ -72,7 +85,15 @@ impl DelayManager {
     pub fn new(cfg: DelayConfig) -> Self {
         let mut hist = vec![0.0; BINS];
         hist[0] = 1.0;
-        DelayManager { cfg, hist, inc: 1.0, total: 1.0, baseline: SlidingMin::new(cfg.baseline_window_ms), target_ms: cfg.min_delay_ms, packets: 0 }
+        DelayManager {
+            cfg,
+            hist,
+            inc: 1.0,
+            total: 1.0,
+            baseline: SlidingMin::new(cfg.baseline_window_ms),
+            target_ms: cfg.min_delay_ms,
+            packets: 0,
+        }
     }
 
     /// Target playout delay (buffered audio the buffer aims to hold), ms.
@@ -137,10 +158,30 @@ mod tests {
         // (name, jitter pattern, expected target range ms)
         let cases: Vec<(&str, Box<dyn Fn(usize) -> f64>, f64, f64)> = vec![
             ("no jitter: minimum", Box::new(|_| 0.0), 20.0, 20.0),
-            ("every 10th packet 60 ms late (10% > q): covers it", Box::new(|i| if i % 10 == 0 { 60.0 } else { 0.0 }), 60.0, 70.0),
-            ("every 200th packet 60 ms late (0.5% < 1%): ignored", Box::new(|i| if i % 200 == 0 { 60.0 } else { 0.0 }), 20.0, 25.0),
-            ("uniform 0..40 ms", Box::new(|i| ((i * 7919) % 41) as f64), 35.0, 45.0),
-            ("constant offset (drift-free) is not jitter", Box::new(|_| 200.0), 20.0, 20.0),
+            (
+                "every 10th packet 60 ms late (10% > q): covers it",
+                Box::new(|i| if i % 10 == 0 { 60.0 } else { 0.0 }),
+                60.0,
+                70.0,
+            ),
+            (
+                "every 200th packet 60 ms late (0.5% < 1%): ignored",
+                Box::new(|i| if i % 200 == 0 { 60.0 } else { 0.0 }),
+                20.0,
+                25.0,
+            ),
+            (
+                "uniform 0..40 ms",
+                Box::new(|i| ((i * 7919) % 41) as f64),
+                35.0,
+                45.0,
+            ),
+            (
+                "constant offset (drift-free) is not jitter",
+                Box::new(|_| 200.0),
+                20.0,
+                20.0,
+            ),
         ];
         for (name, f, lo, hi) in cases {
             let mut dm = DelayManager::new(DelayConfig::default());
@@ -162,7 +203,9 @@ mod tests {
     fn follows_clock_drift_and_route_changes() {
         // 100 ppm drift: transit grows 2 µs per packet; a +80 ms step at packet 1000.
         let mut dm = DelayManager::new(DelayConfig::default());
-        let t = feed(&mut dm, 0, 3000, |i| i as f64 * 0.002 + if i >= 1000 { 80.0 } else { 0.0 });
+        let t = feed(&mut dm, 0, 3000, |i| {
+            i as f64 * 0.002 + if i >= 1000 { 80.0 } else { 0.0 }
+        });
         assert!(t <= 25.0, "baseline moved with drift and the step: {t}");
     }
 }

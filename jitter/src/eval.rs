@@ -17,12 +17,36 @@ pub struct Strategy {
 }
 
 pub const STRATEGIES: [Strategy; 6] = [
-    Strategy { name: "fixed 40 ms", fixed_delay_ms: Some(40.0), fec: false },
-    Strategy { name: "fixed 80 ms", fixed_delay_ms: Some(80.0), fec: false },
-    Strategy { name: "adaptive", fixed_delay_ms: None, fec: false },
-    Strategy { name: "fixed 40 ms + FEC", fixed_delay_ms: Some(40.0), fec: true },
-    Strategy { name: "fixed 80 ms + FEC", fixed_delay_ms: Some(80.0), fec: true },
-    Strategy { name: "adaptive + FEC", fixed_delay_ms: None, fec: true },
+    Strategy {
+        name: "fixed 40 ms",
+        fixed_delay_ms: Some(40.0),
+        fec: false,
+    },
+    Strategy {
+        name: "fixed 80 ms",
+        fixed_delay_ms: Some(80.0),
+        fec: false,
+    },
+    Strategy {
+        name: "adaptive",
+        fixed_delay_ms: None,
+        fec: false,
+    },
+    Strategy {
+        name: "fixed 40 ms + FEC",
+        fixed_delay_ms: Some(40.0),
+        fec: true,
+    },
+    Strategy {
+        name: "fixed 80 ms + FEC",
+        fixed_delay_ms: Some(80.0),
+        fec: true,
+    },
+    Strategy {
+        name: "adaptive + FEC",
+        fixed_delay_ms: None,
+        fec: true,
+    },
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -45,13 +69,22 @@ pub struct Outcome {
 }
 
 /// Run `secs` of audio through `profile` with `cfg`.
-pub fn simulate(profile: &Profile, cfg: BufferConfig, secs: u64, seed: u64) -> (JitterStats, Vec<u64>, Vec<f64>) {
+pub fn simulate(
+    profile: &Profile,
+    cfg: BufferConfig,
+    secs: u64,
+    seed: u64,
+) -> (JitterStats, Vec<u64>, Vec<f64>) {
     let mut imp = Impairment::new(profile.clone(), seed);
     let n = secs * 50;
     let mut arrivals: Vec<(f64, u16, u32)> = Vec::new();
     for i in 0..n {
         for a in imp.send(Duration::from_millis(i * 20), 80) {
-            arrivals.push((a.as_secs_f64() * 1000.0, (i % 65536) as u16, (i as u32).wrapping_mul(960)));
+            arrivals.push((
+                a.as_secs_f64() * 1000.0,
+                (i % 65536) as u16,
+                (i as u32).wrapping_mul(960),
+            ));
         }
     }
     arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -77,7 +110,11 @@ pub fn simulate(profile: &Profile, cfg: BufferConfig, secs: u64, seed: u64) -> (
 }
 
 pub fn evaluate(profile: &Profile, s: Strategy, secs: u64, seed: u64) -> Outcome {
-    let cfg = BufferConfig { fixed_delay_ms: s.fixed_delay_ms, use_fec: s.fec, ..BufferConfig::default() };
+    let cfg = BufferConfig {
+        fixed_delay_ms: s.fixed_delay_ms,
+        use_fec: s.fec,
+        ..BufferConfig::default()
+    };
     let (stats, played, mut delays) = simulate(profile, cfg, secs, seed);
     delays.sort_by(f64::total_cmp);
     let p95 = delays.get(delays.len() * 95 / 100).copied().unwrap_or(0.0);

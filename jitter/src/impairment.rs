@@ -56,7 +56,12 @@ impl Profile {
     };
 
     /// Wired LAN/fibre: tiny jitter, no loss.
-    pub const WIRED: Profile = Profile { name: "wired", base_delay_ms: 10.0, jitter_ms: 1.0, ..Self::BASE };
+    pub const WIRED: Profile = Profile {
+        name: "wired",
+        base_delay_ms: 10.0,
+        jitter_ms: 1.0,
+        ..Self::BASE
+    };
     /// Good Wi-Fi: a few ms of jitter, rare short bursts (~0.3% loss), occasional 30 ms spikes.
     pub const GOOD_WIFI: Profile = Profile {
         name: "good_wifi",
@@ -136,8 +141,15 @@ impl Profile {
         ..Self::BASE
     };
 
-    pub const ALL: [Profile; 7] =
-        [Self::WIRED, Self::GOOD_WIFI, Self::BUSY_WIFI, Self::HANDOVER_4G, Self::CONGESTED_3G, Self::BURSTY_10, Self::BURSTY_3];
+    pub const ALL: [Profile; 7] = [
+        Self::WIRED,
+        Self::GOOD_WIFI,
+        Self::BUSY_WIFI,
+        Self::HANDOVER_4G,
+        Self::CONGESTED_3G,
+        Self::BURSTY_10,
+        Self::BURSTY_3,
+    ];
 
     pub fn by_name(name: &str) -> Option<Profile> {
         Self::ALL.into_iter().find(|p| p.name == name)
@@ -145,7 +157,11 @@ impl Profile {
 
     /// Long-run loss rate of the Gilbert-Elliott chain.
     pub fn expected_loss(&self) -> f64 {
-        let pi_bad = if self.p_good_to_bad + self.p_bad_to_good > 0.0 { self.p_good_to_bad / (self.p_good_to_bad + self.p_bad_to_good) } else { 0.0 };
+        let pi_bad = if self.p_good_to_bad + self.p_bad_to_good > 0.0 {
+            self.p_good_to_bad / (self.p_good_to_bad + self.p_bad_to_good)
+        } else {
+            0.0
+        };
         pi_bad * self.loss_bad + (1.0 - pi_bad) * self.loss_good
     }
 }
@@ -164,7 +180,14 @@ pub struct Impairment {
 
 impl Impairment {
     pub fn new(p: Profile, seed: u64) -> Self {
-        Impairment { p, rng: StdRng::seed_from_u64(seed), bad: false, queue_free_at: 0.0, held: None, last_arrival: 0.0 }
+        Impairment {
+            p,
+            rng: StdRng::seed_from_u64(seed),
+            bad: false,
+            queue_free_at: 0.0,
+            held: None,
+            last_arrival: 0.0,
+        }
     }
 
     pub fn profile(&self) -> &Profile {
@@ -183,8 +206,16 @@ impl Impairment {
     pub fn send(&mut self, sent: Duration, bytes: usize) -> Vec<Duration> {
         let t = sent.as_secs_f64() * 1000.0;
         // Loss: advance the chain, then draw in the current state.
-        self.bad = if self.bad { !self.rng.gen_bool(self.p.p_bad_to_good.clamp(0.0, 1.0)) } else { self.rng.gen_bool(self.p.p_good_to_bad.clamp(0.0, 1.0)) };
-        let loss = if self.bad { self.p.loss_bad } else { self.p.loss_good };
+        self.bad = if self.bad {
+            !self.rng.gen_bool(self.p.p_bad_to_good.clamp(0.0, 1.0))
+        } else {
+            self.rng.gen_bool(self.p.p_good_to_bad.clamp(0.0, 1.0))
+        };
+        let loss = if self.bad {
+            self.p.loss_bad
+        } else {
+            self.p.loss_good
+        };
         if self.rng.gen_bool(loss.clamp(0.0, 1.0)) {
             return Vec::new();
         }
@@ -195,7 +226,13 @@ impl Impairment {
             depart = depart.max(self.queue_free_at) + tx_ms;
             self.queue_free_at = depart;
         }
-        let step: f64 = self.p.delay_steps.iter().filter(|(at, _)| t >= *at).map(|(_, d)| d).sum();
+        let step: f64 = self
+            .p
+            .delay_steps
+            .iter()
+            .filter(|(at, _)| t >= *at)
+            .map(|(_, d)| d)
+            .sum();
         let jitter = match self.p.pareto_shape {
             Some(shape) => {
                 let u: f64 = self.rng.gen_range(f64::EPSILON..1.0);
@@ -203,7 +240,11 @@ impl Impairment {
             }
             None => (self.normal() * self.p.jitter_ms).abs(),
         };
-        let spike = if self.rng.gen_bool(self.p.spike_prob.clamp(0.0, 1.0)) { self.p.spike_ms * self.rng.gen_range(0.5..1.0) } else { 0.0 };
+        let spike = if self.rng.gen_bool(self.p.spike_prob.clamp(0.0, 1.0)) {
+            self.p.spike_ms * self.rng.gen_range(0.5..1.0)
+        } else {
+            0.0
+        };
         let mut arrival = depart + self.p.base_delay_ms + step + jitter + spike;
         // Reordering: this packet arrives just after the next one.
         if let Some(h) = self.held.take() {
@@ -217,7 +258,9 @@ impl Impairment {
         self.last_arrival = self.last_arrival.max(arrival);
         let mut out = vec![Duration::from_secs_f64(arrival.max(0.0) / 1000.0)];
         if self.rng.gen_bool(self.p.duplicate_prob.clamp(0.0, 1.0)) {
-            out.push(Duration::from_secs_f64((arrival + self.rng.gen_range(0.0..10.0)) / 1000.0));
+            out.push(Duration::from_secs_f64(
+                (arrival + self.rng.gen_range(0.0..10.0)) / 1000.0,
+            ));
         }
         out
     }
@@ -245,8 +288,14 @@ mod tests {
 
     #[test]
     fn deterministic_per_seed() {
-        assert_eq!(run(Profile::BUSY_WIFI, 7, 2000).1, run(Profile::BUSY_WIFI, 7, 2000).1);
-        assert_ne!(run(Profile::BUSY_WIFI, 7, 2000).1, run(Profile::BUSY_WIFI, 8, 2000).1);
+        assert_eq!(
+            run(Profile::BUSY_WIFI, 7, 2000).1,
+            run(Profile::BUSY_WIFI, 7, 2000).1
+        );
+        assert_ne!(
+            run(Profile::BUSY_WIFI, 7, 2000).1,
+            run(Profile::BUSY_WIFI, 8, 2000).1
+        );
     }
 
     #[test]
@@ -256,7 +305,11 @@ mod tests {
             let (lost, _) = run(p.clone(), 1, n);
             let rate = lost as f64 / n as f64;
             let want = p.expected_loss();
-            assert!((rate - want).abs() < want * 0.15 + 0.001, "{}: {rate:.4} vs {want:.4}", p.name);
+            assert!(
+                (rate - want).abs() < want * 0.15 + 0.001,
+                "{}: {rate:.4} vs {want:.4}",
+                p.name
+            );
         }
         assert_eq!(run(Profile::WIRED, 1, 10_000).0, 0);
     }
@@ -268,18 +321,30 @@ mod tests {
         let before = mean(&d[200..900]);
         let during = mean(&d[1100..1900]);
         let after = mean(&d[2100..2900]);
-        assert!(during - before > 60.0 && during - after > 60.0, "{before:.0} {during:.0} {after:.0}");
+        assert!(
+            during - before > 60.0 && during - after > 60.0,
+            "{before:.0} {during:.0} {after:.0}"
+        );
     }
 
     #[test]
     fn bottleneck_queues() {
         // 48 kbps, 400-byte packets every 20 ms = 160 kbps: the queue grows without bound.
-        let mut imp = Impairment::new(Profile { bandwidth_bps: Some(48_000.0), ..Profile::WIRED }, 1);
+        let mut imp = Impairment::new(
+            Profile {
+                bandwidth_bps: Some(48_000.0),
+                ..Profile::WIRED
+            },
+            1,
+        );
         let first = imp.send(Duration::ZERO, 400)[0];
         let mut last = first;
         for i in 1..100 {
             last = imp.send(Duration::from_millis(20 * i), 400)[0];
         }
-        assert!(last.as_secs_f64() - 99.0 * 0.020 > 4.0, "queueing delay built up: {last:?}");
+        assert!(
+            last.as_secs_f64() - 99.0 * 0.020 > 4.0,
+            "queueing delay built up: {last:?}"
+        );
     }
 }

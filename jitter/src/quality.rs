@@ -19,7 +19,13 @@ pub struct QualityInput {
 impl QualityInput {
     /// Opus at a voice bitrate with PLC; `delay` and `loss` are the call's.
     pub fn opus(one_way_delay_ms: f64, loss_pct: f64) -> Self {
-        QualityInput { one_way_delay_ms, loss_pct, codec_ie: 0.0, bpl: 20.0, burst_ratio: 1.0 }
+        QualityInput {
+            one_way_delay_ms,
+            loss_pct,
+            codec_ie: 0.0,
+            bpl: 20.0,
+            burst_ratio: 1.0,
+        }
     }
 }
 
@@ -56,10 +62,10 @@ mod tests {
     fn table() {
         // (delay ms, loss %, expected MOS range)
         let cases = [
-            (20.0, 0.0, 4.35, 4.45),  // a clean LAN call: the model's ceiling (R ≈ 92.7)
-            (150.0, 0.0, 4.2, 4.35),  // long but below the 177 ms knee
-            (300.0, 0.0, 3.6, 3.9),   // past the knee: delay hurts
-            (50.0, 1.0, 4.0, 4.3),    // 1% concealed
+            (20.0, 0.0, 4.35, 4.45), // a clean LAN call: the model's ceiling (R ≈ 92.7)
+            (150.0, 0.0, 4.2, 4.35), // long but below the 177 ms knee
+            (300.0, 0.0, 3.6, 3.9),  // past the knee: delay hurts
+            (50.0, 1.0, 4.0, 4.3),   // 1% concealed
             (50.0, 5.0, 3.6, 3.9),
             (50.0, 20.0, 2.0, 2.5),
         ];

@@ -43,7 +43,8 @@ impl JitterStats {
         if self.total_samples_received == 0 {
             0.0
         } else {
-            (self.concealed_samples - self.silent_concealed_samples) as f64 / self.total_samples_received as f64
+            (self.concealed_samples - self.silent_concealed_samples) as f64
+                / self.total_samples_received as f64
         }
     }
 }

@@ -15,7 +15,9 @@ fn hostile_orders_losses_and_duplicates_never_break_order() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let start: u16 = rng.gen();
         let ts0: u32 = rng.gen();
-        let mut pkts: Vec<(u16, u32)> = (0..200u32).map(|i| (start.wrapping_add(i as u16), ts0.wrapping_add(i * 960))).collect();
+        let mut pkts: Vec<(u16, u32)> = (0..200u32)
+            .map(|i| (start.wrapping_add(i as u16), ts0.wrapping_add(i * 960)))
+            .collect();
         pkts.retain(|_| rng.gen_bool(0.85));
         let dups: Vec<_> = pkts.iter().filter(|_| rng.gen_bool(0.1)).copied().collect();
         pkts.extend(dups);
@@ -43,7 +45,10 @@ fn hostile_orders_losses_and_duplicates_never_break_order() {
                 out.push(seq);
             }
         }
-        assert!(out.windows(2).all(|w| w[1] > w[0]), "seed {seed}: out of order or twice: {out:?}");
+        assert!(
+            out.windows(2).all(|w| w[1] > w[0]),
+            "seed {seed}: out of order or twice: {out:?}"
+        );
     }
 }
 
@@ -53,20 +58,31 @@ fn plays_in_order_across_16_and_32_bit_wrap() {
     let mut frames = Vec::new();
     for i in 0..200u32 {
         let now = i as f64 * 20.0;
-        jb.insert(now + 25.0, 65_400u16.wrapping_add(i as u16), (u32::MAX - 50 * 960).wrapping_add(i * 960), vec![(i % 256) as u8]);
+        jb.insert(
+            now + 25.0,
+            65_400u16.wrapping_add(i as u16),
+            (u32::MAX - 50 * 960).wrapping_add(i * 960),
+            vec![(i % 256) as u8],
+        );
         if let Pulled::Frame { payload, .. } = jb.pull(now + 30.0) {
             frames.push(payload[0] as u32);
         }
     }
     assert!(frames.len() > 190, "{}", frames.len());
-    assert!(frames.windows(2).all(|w| w[1] == (w[0] + 1) % 256), "{frames:?}");
+    assert!(
+        frames.windows(2).all(|w| w[1] == (w[0] + 1) % 256),
+        "{frames:?}"
+    );
     assert_eq!(jb.stats().concealed_samples, 0);
 }
 
 #[test]
 fn single_losses_are_rebuilt_from_fec_or_concealed_without() {
     for fec in [true, false] {
-        let mut jb = JitterBuffer::new(BufferConfig { use_fec: fec, ..BufferConfig::default() });
+        let mut jb = JitterBuffer::new(BufferConfig {
+            use_fec: fec,
+            ..BufferConfig::default()
+        });
         let mut kinds = Vec::new();
         for i in 0..100u32 {
             let now = i as f64 * 20.0;
@@ -124,7 +140,10 @@ fn dtx_gap_plays_silence_then_resumes() {
 
 #[test]
 fn a_long_outage_counts_as_an_interruption() {
-    let mut jb = JitterBuffer::new(BufferConfig { use_fec: false, ..BufferConfig::default() });
+    let mut jb = JitterBuffer::new(BufferConfig {
+        use_fec: false,
+        ..BufferConfig::default()
+    });
     for i in 0..100u32 {
         let now = i as f64 * 20.0;
         // 200 ms outage while later packets keep arriving after it.
@@ -140,8 +159,16 @@ fn a_long_outage_counts_as_an_interruption() {
 #[test]
 fn adaptive_beats_fixed_buffers_on_simulated_networks() {
     let adaptive = BufferConfig::default();
-    let fixed = |ms| BufferConfig { fixed_delay_ms: Some(ms), ..BufferConfig::default() };
-    for p in [Profile::WIRED, Profile::GOOD_WIFI, Profile::BUSY_WIFI, Profile::HANDOVER_4G] {
+    let fixed = |ms| BufferConfig {
+        fixed_delay_ms: Some(ms),
+        ..BufferConfig::default()
+    };
+    for p in [
+        Profile::WIRED,
+        Profile::GOOD_WIFI,
+        Profile::BUSY_WIFI,
+        Profile::HANDOVER_4G,
+    ] {
         let (a, played) = simulate(p.clone(), adaptive, 60, 11);
         let (f80, _) = simulate(p.clone(), fixed(80.0), 60, 11);
         let (f40, _) = simulate(p.clone(), fixed(40.0), 60, 11);
@@ -157,22 +184,42 @@ fn adaptive_beats_fixed_buffers_on_simulated_networks() {
             f40.mean_delay_ms(),
             f40.concealment_ratio() * 100.0
         );
-        assert!(a.mean_delay_ms() < f80.mean_delay_ms(), "{}: adaptive delay {} vs fixed 80 {}", p.name, a.mean_delay_ms(), f80.mean_delay_ms());
+        assert!(
+            a.mean_delay_ms() < f80.mean_delay_ms(),
+            "{}: adaptive delay {} vs fixed 80 {}",
+            p.name,
+            a.mean_delay_ms(),
+            f80.mean_delay_ms()
+        );
     }
     let (good, _) = simulate(Profile::GOOD_WIFI, adaptive, 60, 5);
-    assert!(good.mean_delay_ms() <= 60.0, "good wifi delay {}", good.mean_delay_ms());
+    assert!(
+        good.mean_delay_ms() <= 60.0,
+        "good wifi delay {}",
+        good.mean_delay_ms()
+    );
     let (busy_a, _) = simulate(Profile::BUSY_WIFI, adaptive, 60, 5);
     let (busy_40, _) = simulate(Profile::BUSY_WIFI, fixed(40.0), 60, 5);
-    assert!(busy_a.concealment_ratio() < busy_40.concealment_ratio(), "busy wifi: adaptive conceals less than fixed 40");
+    assert!(
+        busy_a.concealment_ratio() < busy_40.concealment_ratio(),
+        "busy wifi: adaptive conceals less than fixed 40"
+    );
 }
 
 #[test]
 fn clock_drift_does_not_grow_the_buffer() {
     // Receiver clock 2000 ppm fast for 2 minutes: without rate adjustment the buffer would drain
     // by 240 ms; with it, delay stays near target and concealment stays low.
-    let p = Profile { name: "drift", clock_drift_ppm: 2000.0, ..Profile::WIRED };
+    let p = Profile {
+        name: "drift",
+        clock_drift_ppm: 2000.0,
+        ..Profile::WIRED
+    };
     let (s, _) = simulate(p, BufferConfig::default(), 120, 3);
     assert!(s.concealment_ratio() < 0.01, "{s:?}");
-    assert!(s.inserted_samples_for_deceleration > 0 || s.removed_samples_for_acceleration > 0, "rate adjustment happened");
+    assert!(
+        s.inserted_samples_for_deceleration > 0 || s.removed_samples_for_acceleration > 0,
+        "rate adjustment happened"
+    );
     assert!(s.mean_delay_ms() < 80.0, "{}", s.mean_delay_ms());
 }

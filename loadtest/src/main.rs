@@ -18,7 +18,11 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser)]
-#[command(name = "lodge-load", version, about = "Load generator for Lodge (chat now; voice comes with its own issue)")]
+#[command(
+    name = "lodge-load",
+    version,
+    about = "Load generator for Lodge (chat now; voice comes with its own issue)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -65,7 +69,10 @@ struct ChatArgs {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 struct Api {
@@ -74,16 +81,26 @@ struct Api {
 }
 
 impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> Result<(u16, Value)> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
         loop {
-            let mut r = self.http.request(method.clone(), format!("{}/api/v10{path}", self.base));
+            let mut r = self
+                .http
+                .request(method.clone(), format!("{}/api/v10{path}", self.base));
             if let Some(t) = token {
                 r = r.header("Authorization", format!("Bot {t}"));
             }
             if let Some(b) = &body {
                 r = r.json(b);
             }
-            let res = r.send().await.with_context(|| format!("{method} {path}: is the node running at {}?", self.base))?;
+            let res = r.send().await.with_context(|| {
+                format!("{method} {path}: is the node running at {}?", self.base)
+            })?;
             let status = res.status().as_u16();
             let v: Value = res.json().await.unwrap_or(Value::Null);
             if status == 429 {
@@ -128,7 +145,11 @@ fn validate(a: &ChatArgs) -> Result<()> {
         bail!("--sessions, --accounts and --senders must be at least 1");
     }
     if a.senders > a.accounts {
-        bail!("--senders ({}) cannot exceed --accounts ({})", a.senders, a.accounts);
+        bail!(
+            "--senders ({}) cannot exceed --accounts ({})",
+            a.senders,
+            a.accounts
+        );
     }
     if !(a.rate > 0.0 && a.rate <= 10_000.0) {
         bail!("--rate must be between 0 and 10000 messages per second");
@@ -141,9 +162,17 @@ fn validate(a: &ChatArgs) -> Result<()> {
 
 async fn chat(a: ChatArgs) -> Result<bool> {
     validate(&a)?;
-    let api = Arc::new(Api { http: reqwest::Client::builder().pool_max_idle_per_host(64).build()?, base: a.url.trim_end_matches('/').to_string() });
+    let api = Arc::new(Api {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()?,
+        base: a.url.trim_end_matches('/').to_string(),
+    });
     let run_id = format!("{:x}", now_us() % 0xFFFF_FFFF);
-    eprintln!("setting up: {} accounts, a guild, {} sessions …", a.accounts, a.sessions);
+    eprintln!(
+        "setting up: {} accounts, a guild, {} sessions …",
+        a.accounts, a.sessions
+    );
 
     // Accounts, guild, invite.
     let mut tokens = Vec::with_capacity(a.accounts);
@@ -152,37 +181,84 @@ async fn chat(a: ChatArgs) -> Result<bool> {
         if st != 201 {
             bail!("registering a load-test account failed ({st}): {v}");
         }
-        tokens.push(v["token"].as_str().context("token in register response")?.to_string());
+        tokens.push(
+            v["token"]
+                .as_str()
+                .context("token in register response")?
+                .to_string(),
+        );
     }
-    let (st, g) = api.call(reqwest::Method::POST, "/guilds", Some(&tokens[0]), Some(json!({ "name": format!("load test {run_id}") }))).await?;
+    let (st, g) = api
+        .call(
+            reqwest::Method::POST,
+            "/guilds",
+            Some(&tokens[0]),
+            Some(json!({ "name": format!("load test {run_id}") })),
+        )
+        .await?;
     if st != 201 {
         bail!("creating the guild failed ({st}): {g}");
     }
-    let channel = g["channels"].as_array().and_then(|c| c.iter().find(|c| c["type"] == 0)).and_then(|c| c["id"].as_str()).context("text channel")?.to_string();
-    let (_, inv) = api.call(reqwest::Method::POST, &format!("/channels/{channel}/invites"), Some(&tokens[0]), Some(json!({ "max_age": 3600 }))).await?;
+    let channel = g["channels"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == 0))
+        .and_then(|c| c["id"].as_str())
+        .context("text channel")?
+        .to_string();
+    let (_, inv) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/channels/{channel}/invites"),
+            Some(&tokens[0]),
+            Some(json!({ "max_age": 3600 })),
+        )
+        .await?;
     let code = inv["code"].as_str().context("invite code")?.to_string();
     for t in &tokens[1..] {
-        let (st, v) = api.call(reqwest::Method::POST, &format!("/invites/{code}"), Some(t), None).await?;
+        let (st, v) = api
+            .call(
+                reqwest::Method::POST,
+                &format!("/invites/{code}"),
+                Some(t),
+                None,
+            )
+            .await?;
         if st != 200 {
             bail!("joining the guild failed ({st}): {v}");
         }
     }
-    let (_, gw) = api.call(reqwest::Method::GET, "/gateway", None, None).await?;
-    let gw_url = format!("{}?v=10&encoding=json", gw["url"].as_str().context("gateway url")?);
+    let (_, gw) = api
+        .call(reqwest::Method::GET, "/gateway", None, None)
+        .await?;
+    let gw_url = format!(
+        "{}?v=10&encoding=json",
+        gw["url"].as_str().context("gateway url")?
+    );
 
     // Sessions.
     let counters = Arc::new(Counters::default());
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let stop = Arc::new(tokio::sync::Notify::new());
     let connected = Arc::new(AtomicU64::new(0));
     let pb = ProgressBar::new(a.sessions as u64);
-    pb.set_style(ProgressStyle::with_template("connecting {bar:40} {pos}/{len} sessions {msg}")?);
+    pb.set_style(ProgressStyle::with_template(
+        "connecting {bar:40} {pos}/{len} sessions {msg}",
+    )?);
     let mut handles = Vec::with_capacity(a.sessions);
     let sem = Arc::new(tokio::sync::Semaphore::new(a.connect_parallelism.max(1)));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(a.sessions);
     for i in 0..a.sessions {
         let token = tokens[i % tokens.len()].clone();
-        let (url, counters, hist, stop, sem, ready_tx) = (gw_url.clone(), counters.clone(), hist.clone(), stop.clone(), sem.clone(), ready_tx.clone());
+        let (url, counters, hist, stop, sem, ready_tx) = (
+            gw_url.clone(),
+            counters.clone(),
+            hist.clone(),
+            stop.clone(),
+            sem.clone(),
+            ready_tx.clone(),
+        );
         handles.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await.ok();
             receiver(url, token, counters, hist, stop, ready_tx, permit).await
@@ -199,16 +275,24 @@ async fn chat(a: ChatArgs) -> Result<bool> {
             }
             Ok(Some(Err(e))) => bail!("a session failed to connect: {e}"),
             Ok(None) => bail!("sessions ended before all connected"),
-            Err(_) => bail!("timed out connecting sessions ({ready}/{} ready after 60 s)", a.sessions),
+            Err(_) => bail!(
+                "timed out connecting sessions ({ready}/{} ready after 60 s)",
+                a.sessions
+            ),
         }
     }
     pb.finish_and_clear();
-    eprintln!("{} sessions connected; sending {:.0} msg/s for {} s into one channel", a.sessions, a.rate, a.duration);
+    eprintln!(
+        "{} sessions connected; sending {:.0} msg/s for {} s into one channel",
+        a.sessions, a.rate, a.duration
+    );
 
     // Send.
     let total = (a.rate * a.duration as f64).round() as u64;
     let pb = ProgressBar::new(total);
-    pb.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} sent  {msg}")?);
+    pb.set_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} sent  {msg}",
+    )?);
     let start = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / a.rate);
     let mut tick = tokio::time::interval(interval);
@@ -253,7 +337,9 @@ async fn chat(a: ChatArgs) -> Result<bool> {
                 "delivered {}  p99 {:.1} ms  errors {}",
                 counters.delivered.load(Ordering::Relaxed),
                 p99 as f64 / 1000.0,
-                counters.send_errors.load(Ordering::Relaxed) + counters.rate_limited.load(Ordering::Relaxed) + counters.gateway_errors.load(Ordering::Relaxed)
+                counters.send_errors.load(Ordering::Relaxed)
+                    + counters.rate_limited.load(Ordering::Relaxed)
+                    + counters.gateway_errors.load(Ordering::Relaxed)
             ));
         }
         pb.inc(1);
@@ -273,11 +359,15 @@ async fn chat(a: ChatArgs) -> Result<bool> {
         h.abort();
     }
 
-    let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+    let h = hist
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let delivered = counters.delivered.load(Ordering::Relaxed);
     let sent = counters.sent.load(Ordering::Relaxed);
-    let errors = counters.send_errors.load(Ordering::Relaxed) + counters.rate_limited.load(Ordering::Relaxed) + counters.gateway_errors.load(Ordering::Relaxed);
+    let errors = counters.send_errors.load(Ordering::Relaxed)
+        + counters.rate_limited.load(Ordering::Relaxed)
+        + counters.gateway_errors.load(Ordering::Relaxed);
     let report = json!({
         "scenario": "chat",
         "label": a.label,
@@ -300,16 +390,34 @@ async fn chat(a: ChatArgs) -> Result<bool> {
         },
     });
     println!("\n| {} chat load | value |\n|---|---|", a.label);
-    println!("| sessions × rate | {} × {:.0} msg/s for {} s |", a.sessions, a.rate, a.duration);
+    println!(
+        "| sessions × rate | {} × {:.0} msg/s for {} s |",
+        a.sessions, a.rate, a.duration
+    );
     println!("| messages sent (200) | {sent} of {total} |");
-    println!("| deliveries | {delivered} of {expected} ({:.0}/s) |", delivered as f64 / wall);
-    println!("| create→dispatch p50 / p99 / p99.9 / max | {:.1} / {:.1} / {:.1} / {:.1} ms |", ms(0.5), ms(0.99), ms(0.999), h.max() as f64 / 1000.0);
-    println!("| errors (send / 429 / gateway) | {} / {} / {} |", counters.send_errors.load(Ordering::Relaxed), counters.rate_limited.load(Ordering::Relaxed), counters.gateway_errors.load(Ordering::Relaxed));
+    println!(
+        "| deliveries | {delivered} of {expected} ({:.0}/s) |",
+        delivered as f64 / wall
+    );
+    println!(
+        "| create→dispatch p50 / p99 / p99.9 / max | {:.1} / {:.1} / {:.1} / {:.1} ms |",
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        h.max() as f64 / 1000.0
+    );
+    println!(
+        "| errors (send / 429 / gateway) | {} / {} / {} |",
+        counters.send_errors.load(Ordering::Relaxed),
+        counters.rate_limited.load(Ordering::Relaxed),
+        counters.gateway_errors.load(Ordering::Relaxed)
+    );
     if let Some(e) = counters.first_error.lock().ok().and_then(|f| f.clone()) {
         println!("\nfirst send error: {e}");
     }
     if let Some(p) = &a.report {
-        std::fs::write(p, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
         eprintln!("report written to {}", p.display());
     }
     Ok(!a.strict || (errors == 0 && delivered == expected && sent == total))
@@ -347,7 +455,8 @@ async fn receiver(
     };
     let (mut tx, mut rx) = ws.split();
     let mut permit = permit;
-    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+    let mut local =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
     let mut hb = tokio::time::interval(Duration::from_secs(40));
     hb.tick().await;
     let mut flush = tokio::time::interval(Duration::from_millis(500));
@@ -406,8 +515,17 @@ mod tests {
     fn finds_timestamps_only_in_load_messages() {
         let m = r#"{"op":0,"t":"MESSAGE_CREATE","s":9,"d":{"id":"1","content":"lt 42 1700000000123456","author":{}}}"#;
         assert_eq!(super::lt_timestamp(m), Some(1_700_000_000_123_456));
-        assert_eq!(super::lt_timestamp(r#"{"op":0,"t":"MESSAGE_CREATE","d":{"content":"hello"}}"#), None);
-        assert_eq!(super::lt_timestamp(r#"{"op":0,"t":"MESSAGE_UPDATE","d":{"content":"lt 1 2"}}"#), None);
-        assert_eq!(super::lt_timestamp(r#"{"op":0,"t":"MESSAGE_CREATE","d":{"content":"lt x 2"}}"#), None);
+        assert_eq!(
+            super::lt_timestamp(r#"{"op":0,"t":"MESSAGE_CREATE","d":{"content":"hello"}}"#),
+            None
+        );
+        assert_eq!(
+            super::lt_timestamp(r#"{"op":0,"t":"MESSAGE_UPDATE","d":{"content":"lt 1 2"}}"#),
+            None
+        );
+        assert_eq!(
+            super::lt_timestamp(r#"{"op":0,"t":"MESSAGE_CREATE","d":{"content":"lt x 2"}}"#),
+            None
+        );
     }
 }

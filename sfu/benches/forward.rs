@@ -49,7 +49,10 @@ fn room(n: usize) -> sim::World {
     w.run(Duration::from_millis(500));
     w.clients[0].level = None;
     w.run(Duration::from_millis(100));
-    assert!(w.clients[1..].iter().all(|c| c.heard_from(0) > 0), "speaker not selected by every listener");
+    assert!(
+        w.clients[1..].iter().all(|c| c.heard_from(0) > 0),
+        "speaker not selected by every listener"
+    );
     w
 }
 
@@ -64,7 +67,11 @@ fn next_packet(w: &mut sim::World, s: &mut Speaker) -> (SocketAddr, Vec<u8>) {
     w.run(Duration::from_millis(20));
     let now = w.now;
     let c = &mut w.clients[0];
-    let ext = ExtensionValues { audio_level: Some(-10), voice_activity: Some(true), ..Default::default() };
+    let ext = ExtensionValues {
+        audio_level: Some(-10),
+        voice_activity: Some(true),
+        ..Default::default()
+    };
     let mut payload = vec![0u8; 80];
     payload[0] = 0x78; // an Opus TOC byte (SILK WB 20 ms)
     {
@@ -80,7 +87,10 @@ fn next_packet(w: &mut sim::World, s: &mut Speaker) -> (SocketAddr, Vec<u8>) {
             Output::Transmit(t) => {
                 let v: Vec<u8> = t.contents.into();
                 // RTP (not RTCP) to the node.
-                if v.len() > 1 && (128..192).contains(&v[0]) && !(200..=207).contains(&(v[1] & 0x7f | 0x80)) {
+                if v.len() > 1
+                    && (128..192).contains(&v[0])
+                    && !(200..=207).contains(&(v[1] & 0x7f | 0x80))
+                {
                     return (c.addr, v);
                 }
             }
@@ -113,7 +123,10 @@ fn bench(c: &mut Criterion) {
     for n in [1usize, 10, 100] {
         let mut w = room(n);
         let seq0 = w.clients[0].seq;
-        let mut s = Speaker { seq: seq0 + 10, ts: w.clients[0].ts.wrapping_add(96_000) };
+        let mut s = Speaker {
+            seq: seq0 + 10,
+            ts: w.clients[0].ts.wrapping_add(96_000),
+        };
         // Direct measurement with the allocation counter.
         let rounds = if n == 100 { 200 } else { 1000 };
         let (mut ns, mut allocs, mut fwd) = (0u128, 0u64, 0usize);
@@ -127,7 +140,11 @@ fn bench(c: &mut Criterion) {
         }
         assert!(fwd >= rounds * n, "forwarded {fwd} for {rounds} packets to {n} listeners; rtp_in {} drops {:?} participants {}",
             w.node.stats().rtp_in, w.node.stats().drops.iter().filter(|d| d.1 > 0).collect::<Vec<_>>(), w.node.participant_count());
-        table.push(format!("| {n} | {:.0} | {:.2} |", ns as f64 / fwd as f64, allocs as f64 / fwd as f64));
+        table.push(format!(
+            "| {n} | {:.0} | {:.2} |",
+            ns as f64 / fwd as f64,
+            allocs as f64 / fwd as f64
+        ));
         println!("{}", table.last().unwrap());
 
         g.throughput(Throughput::Elements(n as u64));

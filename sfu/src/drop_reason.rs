@@ -65,7 +65,10 @@ impl DropReason {
     }
 
     fn index(self) -> usize {
-        DropReason::ALL.iter().position(|r| *r == self).expect("ALL lists every reason")
+        DropReason::ALL
+            .iter()
+            .position(|r| *r == self)
+            .expect("ALL lists every reason")
     }
 }
 

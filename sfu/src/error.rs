@@ -11,7 +11,11 @@ pub enum SfuError {
         "the offer must carry exactly 1 send audio transceiver and 1 to {max} recv-only audio \
          transceivers (speaker slots); it carries {send} sending and {recv} recv-only"
     )]
-    BadTransceivers { send: usize, recv: usize, max: usize },
+    BadTransceivers {
+        send: usize,
+        recv: usize,
+        max: usize,
+    },
     #[error("the offer must carry audio only; media line {mid} is {kind}")]
     NotAudio { mid: String, kind: String },
     #[error("the offer does not offer Opus on every audio line; Lodge forwards Opus only")]

@@ -110,7 +110,11 @@ pub enum LeaveReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeEvent {
     /// ICE and DTLS completed: media can flow.
-    Connected { idx: ParticipantIdx, room: RoomId, user: UserId },
+    Connected {
+        idx: ParticipantIdx,
+        room: RoomId,
+        user: UserId,
+    },
     /// A listener's slot now carries `speaker` (or nobody).
     SlotChanged {
         listener: ParticipantIdx,
@@ -121,7 +125,12 @@ pub enum NodeEvent {
         speaker: Option<UserId>,
     },
     /// The participant is gone from the node.
-    Left { idx: ParticipantIdx, room: RoomId, user: UserId, reason: LeaveReason },
+    Left {
+        idx: ParticipantIdx,
+        room: RoomId,
+        user: UserId,
+        reason: LeaveReason,
+    },
 }
 
 /// A datagram to send from the node's socket.
@@ -233,13 +242,23 @@ impl Node {
     /// K send-only slots.
     pub fn join(&mut self, now: Instant, req: JoinRequest) -> Result<JoinAnswer, SfuError> {
         if self.count >= self.cfg.max_participants {
-            return Err(SfuError::NodeFull { limit: self.cfg.max_participants });
+            return Err(SfuError::NodeFull {
+                limit: self.cfg.max_participants,
+            });
         }
-        let room_size = self.rooms.get(&req.room).map(|r| r.members.len()).unwrap_or(0);
+        let room_size = self
+            .rooms
+            .get(&req.room)
+            .map(|r| r.members.len())
+            .unwrap_or(0);
         if room_size >= self.cfg.max_room_size {
-            return Err(SfuError::RoomFull { room: req.room, limit: self.cfg.max_room_size });
+            return Err(SfuError::RoomFull {
+                room: req.room,
+                limit: self.cfg.max_room_size,
+            });
         }
-        let offer = SdpOffer::from_sdp_string(&req.offer).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let offer = SdpOffer::from_sdp_string(&req.offer)
+            .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         let mids = offer_mids(&req.offer);
         if mids.is_empty() {
             return Err(SfuError::InvalidSdp("no media line with a=mid".into()));
@@ -252,9 +271,13 @@ impl Node {
             .enable_opus(true, false)
             .set_stats_interval(Some(Duration::from_secs(1)))
             .build(now);
-        let cand = Candidate::host(self.cfg.public_addr, "udp").map_err(|e| SfuError::Rtc(e.to_string()))?;
+        let cand = Candidate::host(self.cfg.public_addr, "udp")
+            .map_err(|e| SfuError::Rtc(e.to_string()))?;
         rtc.add_local_candidate(cand);
-        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
 
         // Classify the lines: exactly one the client sends on, K it only receives on.
         let mut send_mid: Option<Mid> = None;
@@ -263,10 +286,15 @@ impl Node {
         for m in &mids {
             let mid = Mid::from(m.as_str());
             let Some(media) = rtc.media(mid) else {
-                return Err(SfuError::InvalidSdp(format!("media line {m} was not accepted")));
+                return Err(SfuError::InvalidSdp(format!(
+                    "media line {m} was not accepted"
+                )));
             };
             if media.kind() != MediaKind::Audio {
-                return Err(SfuError::NotAudio { mid: m.clone(), kind: format!("{:?}", media.kind()).to_lowercase() });
+                return Err(SfuError::NotAudio {
+                    mid: m.clone(),
+                    kind: format!("{:?}", media.kind()).to_lowercase(),
+                });
             }
             match media.direction() {
                 Direction::RecvOnly | Direction::SendRecv => {
@@ -278,7 +306,11 @@ impl Node {
             }
         }
         if send_count != 1 || slot_mids.is_empty() || slot_mids.len() > MAX_SLOTS {
-            return Err(SfuError::BadTransceivers { send: send_count, recv: slot_mids.len(), max: MAX_SLOTS });
+            return Err(SfuError::BadTransceivers {
+                send: send_count,
+                recv: slot_mids.len(),
+                max: MAX_SLOTS,
+            });
         }
         let _ = send_mid;
         let opus_pt = rtc
@@ -297,7 +329,10 @@ impl Node {
                 .map(|s| s.ssrc())
                 .ok_or_else(|| SfuError::Rtc(format!("no send stream for slot {mid}")))?;
             let r = self.next_rand();
-            let (seq0, ts0) = self.cfg.slot_numbering_start.unwrap_or(((r & 0x7fff) as u16, (r >> 32) as u32));
+            let (seq0, ts0) = self
+                .cfg
+                .slot_numbering_start
+                .unwrap_or(((r & 0x7fff) as u16, (r >> 32) as u32));
             slots.push(Slot {
                 mid,
                 ssrc: Ssrc(*ssrc),
@@ -308,7 +343,13 @@ impl Node {
         }
 
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag.clone();
-        let slot_infos = slots.iter().map(|s| SlotInfo { mid: s.mid.to_string(), ssrc: s.ssrc.0 }).collect();
+        let slot_infos = slots
+            .iter()
+            .map(|s| SlotInfo {
+                mid: s.mid.to_string(),
+                ssrc: s.ssrc.0,
+            })
+            .collect();
         let k = slots.len();
         let rate = self.cfg.max_packet_rate;
         let p = Participant {
@@ -343,7 +384,10 @@ impl Node {
         self.count += 1;
         self.by_ufrag.insert(ufrag, idx);
         let sel_cfg = self.cfg.selector;
-        let room = self.rooms.entry(req.room).or_insert_with(|| Room::new(sel_cfg));
+        let room = self
+            .rooms
+            .entry(req.room)
+            .or_insert_with(|| Room::new(sel_cfg));
         room.members.push(idx);
         room.refresh_capacity(k);
         if self.next_tick.is_none() {
@@ -351,7 +395,11 @@ impl Node {
         }
         info!(%idx, room = req.room.0, user = req.user.0, slots = k, "participant joined");
         self.drain(idx, now);
-        Ok(JoinAnswer { idx, answer: answer.to_sdp_string(), slots: slot_infos })
+        Ok(JoinAnswer {
+            idx,
+            answer: answer.to_sdp_string(),
+            slots: slot_infos,
+        })
     }
 
     /// Remove a participant (left the channel, moved, kicked). Unknown indices are ignored.
@@ -361,8 +409,15 @@ impl Node {
 
     /// Change mute/deaf/SPEAK. A participant that stops being forwardable loses its slots at
     /// once (well inside the 1 s the protocol promises).
-    pub fn set_flags(&mut self, now: Instant, idx: ParticipantIdx, flags: VoiceFlags) -> Result<(), SfuError> {
-        let p = self.participant_mut(idx).ok_or(SfuError::UnknownParticipant(idx))?;
+    pub fn set_flags(
+        &mut self,
+        now: Instant,
+        idx: ParticipantIdx,
+        flags: VoiceFlags,
+    ) -> Result<(), SfuError> {
+        let p = self
+            .participant_mut(idx)
+            .ok_or(SfuError::UnknownParticipant(idx))?;
         let was = p.flags.forwardable();
         p.flags = flags;
         if was && !flags.forwardable() {
@@ -378,11 +433,15 @@ impl Node {
     }
 
     fn participant(&self, idx: ParticipantIdx) -> Option<&Participant> {
-        self.participants.get(idx.0 as usize).and_then(|p| p.as_ref())
+        self.participants
+            .get(idx.0 as usize)
+            .and_then(|p| p.as_ref())
     }
 
     fn participant_mut(&mut self, idx: ParticipantIdx) -> Option<&mut Participant> {
-        self.participants.get_mut(idx.0 as usize).and_then(|p| p.as_mut())
+        self.participants
+            .get_mut(idx.0 as usize)
+            .and_then(|p| p.as_mut())
     }
 
     /// Snapshot of every participant's figures (for logs and the JSON endpoint).
@@ -402,15 +461,34 @@ impl Node {
                 deaf: p.flags.deaf(),
                 can_speak: p.flags.can_speak,
                 speaking_level: p.level.loudness(),
-                slots: p.slots.iter().map(|s| SlotReport { ssrc: s.ssrc.0, speaker: s.speaker.and_then(user_of) }).collect(),
+                slots: p
+                    .slots
+                    .iter()
+                    .map(|s| SlotReport {
+                        ssrc: s.ssrc.0,
+                        speaker: s.speaker.and_then(user_of),
+                    })
+                    .collect(),
                 stats: p.stats.clone(),
-                drops: p.stats.drops.iter().filter(|(_, n)| *n > 0).map(|(r, n)| (r.as_str(), n)).collect(),
+                drops: p
+                    .stats
+                    .drops
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(r, n)| (r.as_str(), n))
+                    .collect(),
             })
             .collect()
     }
 
     /// Feed one received UDP datagram.
-    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, buf: &[u8]) {
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        buf: &[u8],
+    ) {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += buf.len() as u64;
         if buf.len() > self.cfg.max_datagram {
@@ -429,8 +507,11 @@ impl Node {
             match self.by_addr.get(&source) {
                 Some(i) => *i,
                 None => {
-                    let reason =
-                        if DatagramRecv::try_from(buf).is_err() { DropReason::Malformed } else { DropReason::UnknownPeer };
+                    let reason = if DatagramRecv::try_from(buf).is_err() {
+                        DropReason::Malformed
+                    } else {
+                        DropReason::UnknownPeer
+                    };
                     return self.drop_datagram(reason, None);
                 }
             }
@@ -438,8 +519,18 @@ impl Node {
         let Ok(contents) = DatagramRecv::try_from(buf) else {
             return self.drop_datagram(DropReason::Malformed, Some(idx));
         };
-        let input = Input::Receive(now, Receive { proto: Protocol::Udp, source, destination, contents });
-        let p = self.participants[idx.0 as usize].as_mut().expect("maps only hold live participants");
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        let p = self.participants[idx.0 as usize]
+            .as_mut()
+            .expect("maps only hold live participants");
         if !p.rate.take(now) {
             return self.drop_datagram(DropReason::OverRate, Some(idx));
         }
@@ -488,7 +579,12 @@ impl Node {
 
     /// Earliest time the node needs [`Node::handle_timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let rtc_next = self.participants.iter().flatten().map(|p| p.next_timeout).min();
+        let rtc_next = self
+            .participants
+            .iter()
+            .flatten()
+            .map(|p| p.next_timeout)
+            .min();
         match (rtc_next, self.next_tick) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -511,7 +607,11 @@ impl Node {
         }
         if self.next_tick.is_some_and(|t| t <= now) {
             self.tick(now);
-            self.next_tick = if self.count > 0 { Some(now + self.cfg.selector.tick) } else { None };
+            self.next_tick = if self.count > 0 {
+                Some(now + self.cfg.selector.tick)
+            } else {
+                None
+            };
         }
         self.reap(now);
     }
@@ -554,7 +654,11 @@ impl Node {
     }
 
     fn remove(&mut self, now: Instant, idx: ParticipantIdx, reason: LeaveReason) {
-        let Some(mut p) = self.participants.get_mut(idx.0 as usize).and_then(|s| s.take()) else {
+        let Some(mut p) = self
+            .participants
+            .get_mut(idx.0 as usize)
+            .and_then(|s| s.take())
+        else {
             return;
         };
         self.free.push(idx.0);
@@ -572,45 +676,73 @@ impl Node {
             room.selector_forget(idx);
         }
         for (listener, slot) in p.subscribers.drain(..) {
-            if let Some(l) = self.participants.get_mut(listener.0 as usize).and_then(|s| s.as_mut()) {
+            if let Some(l) = self
+                .participants
+                .get_mut(listener.0 as usize)
+                .and_then(|s| s.as_mut())
+            {
                 if let Some(s) = l.slots.get_mut(slot as usize) {
                     if s.speaker == Some(idx) {
                         s.speaker = None;
-                        self.out.push_back(NodeOutput::Event(NodeEvent::SlotChanged {
-                            listener,
-                            listener_user: l.user,
-                            room: l.room,
-                            slot: slot as usize,
-                            ssrc: s.ssrc,
-                            speaker: None,
-                        }));
+                        self.out
+                            .push_back(NodeOutput::Event(NodeEvent::SlotChanged {
+                                listener,
+                                listener_user: l.user,
+                                room: l.room,
+                                slot: slot as usize,
+                                ssrc: s.ssrc,
+                                speaker: None,
+                            }));
                     }
                 }
             }
         }
         for s in &p.slots {
-            if let Some(sp) = s.speaker.and_then(|sp| self.participants.get_mut(sp.0 as usize)).and_then(|x| x.as_mut()) {
+            if let Some(sp) = s
+                .speaker
+                .and_then(|sp| self.participants.get_mut(sp.0 as usize))
+                .and_then(|x| x.as_mut())
+            {
                 sp.subscribers.retain(|(l, _)| *l != idx);
             }
         }
-        let room_empty = self.rooms.get(&p.room).is_some_and(|r| r.members.is_empty());
+        let room_empty = self
+            .rooms
+            .get(&p.room)
+            .is_some_and(|r| r.members.is_empty());
         if room_empty {
             self.rooms.remove(&p.room);
         } else if let Some(room) = self.rooms.get_mut(&p.room) {
-            let max_k = room.members.iter().filter_map(|m| self.participants[m.0 as usize].as_ref()).map(|m| m.slots.len()).max();
+            let max_k = room
+                .members
+                .iter()
+                .filter_map(|m| self.participants[m.0 as usize].as_ref())
+                .map(|m| m.slots.len())
+                .max();
             room.set_capacity(max_k.unwrap_or(0) + 1);
         }
         info!(%idx, room = p.room.0, user = p.user.0, ?reason, packets_in = p.stats.packets_in,
               packets_out = p.stats.packets_out, loss_in = ?p.stats.loss_in, rtt_ms = ?p.stats.rtt_ms,
               "participant left");
-        self.out.push_back(NodeOutput::Event(NodeEvent::Left { idx, room: p.room, user: p.user, reason }));
+        self.out.push_back(NodeOutput::Event(NodeEvent::Left {
+            idx,
+            room: p.room,
+            user: p.user,
+            reason,
+        }));
         let _ = now;
     }
 
     /// Drain one participant's WebRTC outputs into the node's queue, forwarding its RTP.
     fn drain(&mut self, idx: ParticipantIdx, now: Instant) {
         loop {
-            let Some(p) = self.participants.get_mut(idx.0 as usize).and_then(|s| s.as_mut()) else { return };
+            let Some(p) = self
+                .participants
+                .get_mut(idx.0 as usize)
+                .and_then(|s| s.as_mut())
+            else {
+                return;
+            };
             let out = match p.rtc.poll_output() {
                 Ok(o) => o,
                 Err(e) => {
@@ -625,7 +757,10 @@ impl Node {
                     return;
                 }
                 Output::Transmit(t) => {
-                    self.out.push_back(NodeOutput::Transmit(Transmit { destination: t.destination, contents: t.contents.into() }));
+                    self.out.push_back(NodeOutput::Transmit(Transmit {
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    }));
                 }
                 Output::Event(ev) => match ev {
                     Event::RtpPacket(pkt) => self.forward(now, idx, pkt),
@@ -633,7 +768,11 @@ impl Node {
                         p.connected = true;
                         info!(%idx, "participant connected (ICE + DTLS done)");
                         let (room, user) = (p.room, p.user);
-                        self.out.push_back(NodeOutput::Event(NodeEvent::Connected { idx, room, user }));
+                        self.out.push_back(NodeOutput::Event(NodeEvent::Connected {
+                            idx,
+                            room,
+                            user,
+                        }));
                     }
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         debug!(%idx, "ICE disconnected");
@@ -670,8 +809,16 @@ impl Node {
     /// The hot path: one speaker packet to every listener slot that carries the speaker.
     fn forward(&mut self, now: Instant, from: ParticipantIdx, pkt: RtpPacket) {
         self.stats.rtp_in += 1;
-        let Node { participants, stats, out, cfg, .. } = self;
-        let p = participants[from.0 as usize].as_mut().expect("drain only forwards for live participants");
+        let Node {
+            participants,
+            stats,
+            out,
+            cfg,
+            ..
+        } = self;
+        let p = participants[from.0 as usize]
+            .as_mut()
+            .expect("drain only forwards for live participants");
         p.stats.packets_in += 1;
         p.stats.bytes_in += pkt.payload.len() as u64;
         let reason = if pkt.header.payload_type != p.opus_pt {
@@ -690,19 +837,36 @@ impl Node {
         }
         // RFC 6464: value is -dBov, 127 = silence. Without the extension the sender is silent to
         // the selector (it can still be heard if already selected).
-        let level = pkt.header.ext_vals.audio_level.map(|l| l.unsigned_abs().min(127)).unwrap_or(127);
+        let level = pkt
+            .header
+            .ext_vals
+            .audio_level
+            .map(|l| l.unsigned_abs().min(127))
+            .unwrap_or(127);
         p.level.observe(now, level, &cfg.selector);
         let ssrc = *pkt.header.ssrc;
         let seq = pkt.header.sequence_number;
         let ts = pkt.header.timestamp;
         let marker = pkt.header.marker;
-        let ext = ExtensionValues { audio_level: pkt.header.ext_vals.audio_level, voice_activity: pkt.header.ext_vals.voice_activity, ..Default::default() };
+        let ext = ExtensionValues {
+            audio_level: pkt.header.ext_vals.audio_level,
+            voice_activity: pkt.header.ext_vals.voice_activity,
+            ..Default::default()
+        };
         let payload: Arc<[u8]> = pkt.payload;
         // Subscribers are kept up to date by the tick; iterate by index to avoid cloning the list.
         let n_subs = p.subscribers.len();
         for s in 0..n_subs {
-            let (listener, slot_ix) = participants[from.0 as usize].as_ref().expect("live").subscribers[s];
-            let Some(l) = participants.get_mut(listener.0 as usize).and_then(|x| x.as_mut()) else { continue };
+            let (listener, slot_ix) = participants[from.0 as usize]
+                .as_ref()
+                .expect("live")
+                .subscribers[s];
+            let Some(l) = participants
+                .get_mut(listener.0 as usize)
+                .and_then(|x| x.as_mut())
+            else {
+                continue;
+            };
             if l.flags.deaf() || !l.connected {
                 continue;
             }
@@ -717,8 +881,14 @@ impl Node {
             let (mid, pt) = (slot.mid, slot.pt);
             {
                 let mut api = l.rtc.direct_api();
-                let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
-                tx.write_rtp(RtpWrite::new(pt, rw.seq.into(), rw.timestamp, now, payload.clone()).marker(marker).ext_vals(ext.clone()));
+                let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                    continue;
+                };
+                tx.write_rtp(
+                    RtpWrite::new(pt, rw.seq.into(), rw.timestamp, now, payload.clone())
+                        .marker(marker)
+                        .ext_vals(ext.clone()),
+                );
             }
             l.stats.packets_out += 1;
             l.stats.bytes_out += payload.len() as u64;
@@ -732,7 +902,10 @@ impl Node {
             // Drain the listener's transmits right away (no events are expected from writing).
             loop {
                 match l.rtc.poll_output() {
-                    Ok(Output::Transmit(t)) => out.push_back(NodeOutput::Transmit(Transmit { destination: t.destination, contents: t.contents.into() })),
+                    Ok(Output::Transmit(t)) => out.push_back(NodeOutput::Transmit(Transmit {
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    })),
                     Ok(Output::Timeout(t)) => {
                         l.next_timeout = t;
                         break;
@@ -759,12 +932,25 @@ impl Node {
 
     /// Re-rank a room's speakers and re-map every listener's slots.
     fn tick_room(&mut self, now: Instant, room_id: RoomId) {
-        let Node { participants, rooms, scratch_candidates, scratch_changes, out, .. } = self;
-        let Some(room) = rooms.get_mut(&room_id) else { return };
+        let Node {
+            participants,
+            rooms,
+            scratch_candidates,
+            scratch_changes,
+            out,
+            ..
+        } = self;
+        let Some(room) = rooms.get_mut(&room_id) else {
+            return;
+        };
         scratch_candidates.clear();
         for m in &room.members {
             if let Some(p) = participants[m.0 as usize].as_ref() {
-                scratch_candidates.push(SelCandidate { idx: *m, eligible: p.connected && p.flags.forwardable(), level: p.level });
+                scratch_candidates.push(SelCandidate {
+                    idx: *m,
+                    eligible: p.connected && p.flags.forwardable(),
+                    level: p.level,
+                });
             }
         }
         room.selector.update(now, scratch_candidates);
@@ -772,22 +958,29 @@ impl Node {
         for &li in &room.members {
             scratch_changes.clear();
             {
-                let Some(l) = participants[li.0 as usize].as_mut() else { continue };
+                let Some(l) = participants[li.0 as usize].as_mut() else {
+                    continue;
+                };
                 room.slot_scratch.clear();
                 room.slot_scratch.extend(l.slots.iter().map(|s| s.speaker));
-                assign_slots(li, &mut room.slot_scratch, ranked, |n, w| scratch_changes.push((n, w)));
+                assign_slots(li, &mut room.slot_scratch, ranked, |n, w| {
+                    scratch_changes.push((n, w))
+                });
             }
             for &(n, who) in scratch_changes.iter() {
                 let l = participants[li.0 as usize].as_mut().expect("checked above");
                 let old = std::mem::replace(&mut l.slots[n].speaker, who);
                 let (listener_user, ssrc) = (l.user, l.slots[n].ssrc);
                 if let Some(o) = old.and_then(|o| participants[o.0 as usize].as_mut()) {
-                    o.subscribers.retain(|(x, s)| !(*x == li && *s as usize == n));
+                    o.subscribers
+                        .retain(|(x, s)| !(*x == li && *s as usize == n));
                 }
-                let speaker_user = who.and_then(|w| participants[w.0 as usize].as_mut()).map(|w| {
-                    w.subscribers.push((li, n as u8));
-                    w.user
-                });
+                let speaker_user = who
+                    .and_then(|w| participants[w.0 as usize].as_mut())
+                    .map(|w| {
+                        w.subscribers.push((li, n as u8));
+                        w.user
+                    });
                 out.push_back(NodeOutput::Event(NodeEvent::SlotChanged {
                     listener: li,
                     listener_user,
@@ -808,5 +1001,8 @@ fn is_rtp(buf: &[u8]) -> bool {
 
 /// `a=mid:` values in media-line order.
 fn offer_mids(sdp: &str) -> Vec<String> {
-    sdp.lines().filter_map(|l| l.trim().strip_prefix("a=mid:")).map(|m| m.trim().to_string()).collect()
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a=mid:"))
+        .map(|m| m.trim().to_string())
+        .collect()
 }

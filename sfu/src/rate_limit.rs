@@ -12,7 +12,12 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     pub fn new(rate_per_s: u32, burst: u32) -> Self {
-        TokenBucket { rate_per_s: rate_per_s as f64, burst: burst as f64, tokens: burst as f64, last: None }
+        TokenBucket {
+            rate_per_s: rate_per_s as f64,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last: None,
+        }
     }
 
     /// Take one token; `false` when the bucket is empty.
@@ -43,7 +48,9 @@ mod tests {
         let ok = (0..20).filter(|_| b.take(t0)).count();
         assert_eq!(ok, 10);
         // One second later: 100 more tokens but capped at the burst of 10.
-        let ok = (0..20).filter(|_| b.take(t0 + Duration::from_secs(1))).count();
+        let ok = (0..20)
+            .filter(|_| b.take(t0 + Duration::from_secs(1)))
+            .count();
         assert_eq!(ok, 10);
         // Steady 100/s is fine.
         let mut t = t0 + Duration::from_secs(2);

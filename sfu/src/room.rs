@@ -12,7 +12,11 @@ pub(crate) struct Room {
 
 impl Room {
     pub fn new(cfg: SelectorConfig) -> Self {
-        Room { members: Vec::new(), selector: SpeakerSelector::new(cfg, 1), slot_scratch: Vec::with_capacity(16) }
+        Room {
+            members: Vec::new(),
+            selector: SpeakerSelector::new(cfg, 1),
+            slot_scratch: Vec::with_capacity(16),
+        }
     }
 
     /// A member with `k` slots joined: the ranking must hold k + 1 (nobody hears themself).

@@ -152,7 +152,11 @@ impl SeqRewriter {
             self.last_ts = out_ts;
             self.last_at = Some(now);
         }
-        Some(Rewritten { seq: out_seq, timestamp: out_ts, switched })
+        Some(Rewritten {
+            seq: out_seq,
+            timestamp: out_ts,
+            switched,
+        })
     }
 }
 
@@ -175,7 +179,10 @@ mod tests {
             (&[5, 3, 6], &[0, -2, 1]),
             (&[65535, 2, 65534], &[0, 3, -1]),
             (&[0, 32767, 32768, 1], &[0, 32767, 32768, 1]),
-            (&[0, 32767, 32768, 65535, 2], &[0, 32767, 32768, 65535, 65538]),
+            (
+                &[0, 32767, 32768, 65535, 2],
+                &[0, 32767, 32768, 65535, 65538],
+            ),
         ];
         for (inputs, expect) in cases {
             let mut e = SeqExtender::new();
@@ -214,7 +221,8 @@ mod tests {
         let t0 = Instant::now();
         let mut r = rw(100, 1000);
         for i in 0..10u32 {
-            r.rewrite(t0 + FRAME * i, 0xA, 5000 + i as u16, 7_000_000 + i * 960).unwrap();
+            r.rewrite(t0 + FRAME * i, 0xA, 5000 + i as u16, 7_000_000 + i * 960)
+                .unwrap();
         }
         // B starts 100 ms after A's last packet, with wildly different numbering near wrap.
         let at = t0 + FRAME * 9 + Duration::from_millis(100);
@@ -222,7 +230,9 @@ mod tests {
         assert!(first_b.switched);
         assert_eq!(first_b.seq, 110);
         assert_eq!(first_b.timestamp, 1000 + 9 * 960 + 4800);
-        let second_b = r.rewrite(at + FRAME, 0xB, 0, (u32::MAX - 100).wrapping_add(960)).unwrap();
+        let second_b = r
+            .rewrite(at + FRAME, 0xB, 0, (u32::MAX - 100).wrapping_add(960))
+            .unwrap();
         assert_eq!(second_b.seq, 111);
         assert_eq!(second_b.timestamp, first_b.timestamp + 960);
         assert_eq!(r.switches(), 1);

@@ -19,7 +19,9 @@ use tracing::{info, warn};
 
 use crate::error::SfuError;
 use crate::ids::ParticipantIdx;
-use crate::node::{JoinAnswer, JoinRequest, Node, NodeConfig, NodeEvent, NodeOutput, ParticipantReport};
+use crate::node::{
+    JoinAnswer, JoinRequest, Node, NodeConfig, NodeEvent, NodeOutput, ParticipantReport,
+};
 use crate::participant::VoiceFlags;
 use crate::DropReason;
 
@@ -64,8 +66,12 @@ impl SfuHandle {
 
     pub async fn join(&self, req: JoinRequest) -> Result<JoinAnswer, SfuError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Join(req, tx)).await.map_err(|_| SfuError::Rtc("media node stopped".into()))?;
-        rx.await.map_err(|_| SfuError::Rtc("media node stopped".into()))?
+        self.tx
+            .send(Command::Join(req, tx))
+            .await
+            .map_err(|_| SfuError::Rtc("media node stopped".into()))?;
+        rx.await
+            .map_err(|_| SfuError::Rtc("media node stopped".into()))?
     }
 
     pub async fn leave(&self, idx: ParticipantIdx) {
@@ -92,7 +98,10 @@ impl SfuHandle {
 }
 
 /// Bind nothing, spawn the loop on `socket`. Events for signaling arrive on the returned receiver.
-pub fn spawn(socket: UdpSocket, cfg: NodeConfig) -> std::io::Result<(SfuHandle, mpsc::UnboundedReceiver<NodeEvent>)> {
+pub fn spawn(
+    socket: UdpSocket,
+    cfg: NodeConfig,
+) -> std::io::Result<(SfuHandle, mpsc::UnboundedReceiver<NodeEvent>)> {
     let local_addr = socket.local_addr()?;
     let (tx, rx) = mpsc::channel(1024);
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
@@ -103,7 +112,9 @@ pub fn spawn(socket: UdpSocket, cfg: NodeConfig) -> std::io::Result<(SfuHandle, 
 }
 
 fn seed_from_clock() -> u64 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
 }
 
@@ -123,13 +134,17 @@ async fn run(
     };
     // Receive buffers, allocated once: room for GRO-coalesced datagrams in each.
     let buf_len = 2048 * udp.gro_segments().max(1);
-    let mut storage: Vec<Vec<u8>> = (0..quinn_udp::BATCH_SIZE).map(|_| vec![0u8; buf_len]).collect();
+    let mut storage: Vec<Vec<u8>> = (0..quinn_udp::BATCH_SIZE)
+        .map(|_| vec![0u8; buf_len])
+        .collect();
     let mut metas = [quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE];
     let mut last_log = Instant::now();
     let mut panics: u64 = 0;
     info!(%local, "media node listening");
     loop {
-        let deadline = node.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_millis(500));
+        let deadline = node
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_millis(500));
         tokio::select! {
             r = socket.readable() => {
                 if let Err(e) = r {
@@ -185,8 +200,14 @@ async fn run(
         if now.duration_since(last_log) > Duration::from_secs(30) && node.participant_count() > 0 {
             last_log = now;
             let s = node.stats();
-            info!(participants = node.participant_count(), rooms = node.room_count(), rtp_in = s.rtp_in,
-                  rtp_forwarded = s.rtp_forwarded, drops = s.drops.total(), "media node stats");
+            info!(
+                participants = node.participant_count(),
+                rooms = node.room_count(),
+                rtp_in = s.rtp_in,
+                rtp_forwarded = s.rtp_forwarded,
+                drops = s.drops.total(),
+                "media node stats"
+            );
         }
     }
 }
@@ -196,16 +217,31 @@ async fn run(
 fn guarded(panics: &mut u64, f: impl FnOnce()) {
     if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         *panics += 1;
-        let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
         tracing::error!(panics = *panics, message = %msg, "media node recovered from a panic; please report this bug");
     }
 }
 
-async fn flush(socket: &UdpSocket, udp: &quinn_udp::UdpSocketState, node: &mut Node, ev_tx: &mpsc::UnboundedSender<NodeEvent>) {
+async fn flush(
+    socket: &UdpSocket,
+    udp: &quinn_udp::UdpSocketState,
+    node: &mut Node,
+    ev_tx: &mpsc::UnboundedSender<NodeEvent>,
+) {
     while let Some(o) = node.poll_output() {
         match o {
             NodeOutput::Transmit(t) => {
-                let tx = quinn_udp::Transmit { destination: t.destination, ecn: None, contents: &t.contents, segment_size: None, src_ip: None };
+                let tx = quinn_udp::Transmit {
+                    destination: t.destination,
+                    ecn: None,
+                    contents: &t.contents,
+                    segment_size: None,
+                    src_ip: None,
+                };
                 match socket.try_io(Interest::WRITABLE, || udp.try_send((&*socket).into(), &tx)) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -233,7 +269,10 @@ fn report(node: &Node) -> NodeReport {
         bytes_out: s.bytes_out,
         rtp_in: s.rtp_in,
         rtp_forwarded: s.rtp_forwarded,
-        drops: DropReason::ALL.iter().map(|r| (r.as_str(), s.drops.get(*r))).collect(),
+        drops: DropReason::ALL
+            .iter()
+            .map(|r| (r.as_str(), s.drops.get(*r)))
+            .collect(),
         peers: node.reports(),
     }
 }

@@ -59,7 +59,11 @@ impl SpeakerLevel {
     /// `level` is the RFC 6464 value (0..=127, -dBov). Values above 127 are clamped.
     pub fn observe(&mut self, now: Instant, level: u8, cfg: &SelectorConfig) {
         let loud = 127.0 - level.min(127) as f32;
-        let w = if loud > self.loudness { cfg.attack } else { cfg.release };
+        let w = if loud > self.loudness {
+            cfg.attack
+        } else {
+            cfg.release
+        };
         self.loudness += w * (loud - self.loudness);
         self.last_heard = Some(now);
         if self.loudness > cfg.active_above {
@@ -74,12 +78,15 @@ impl SpeakerLevel {
     /// Talking now (loud and heard recently).
     pub fn is_active(&self, now: Instant, cfg: &SelectorConfig) -> bool {
         self.loudness > cfg.active_above
-            && self.last_heard.is_some_and(|t| now.saturating_duration_since(t) < cfg.hang / 2)
+            && self
+                .last_heard
+                .is_some_and(|t| now.saturating_duration_since(t) < cfg.hang / 2)
     }
 
     /// Within the hang time of having talked.
     pub fn is_holding(&self, now: Instant, cfg: &SelectorConfig) -> bool {
-        self.last_active.is_some_and(|t| now.saturating_duration_since(t) < cfg.hang)
+        self.last_active
+            .is_some_and(|t| now.saturating_duration_since(t) < cfg.hang)
     }
 
     /// Forget everything (on mute): the speaker must talk again to be selected.
@@ -108,7 +115,11 @@ pub struct SpeakerSelector {
 impl SpeakerSelector {
     /// `capacity` is the largest K in the room plus one (a listener never hears themself).
     pub fn new(cfg: SelectorConfig, capacity: usize) -> Self {
-        SpeakerSelector { cfg, capacity, selected: Vec::with_capacity(capacity.max(1) + 1) }
+        SpeakerSelector {
+            cfg,
+            capacity,
+            selected: Vec::with_capacity(capacity.max(1) + 1),
+        }
     }
 
     pub fn config(&self) -> &SelectorConfig {
@@ -141,15 +152,15 @@ impl SpeakerSelector {
     pub fn update(&mut self, now: Instant, candidates: &[Candidate]) {
         let cfg = self.cfg;
         // Refresh incumbents; drop those gone, ineligible or silent past the hang time.
-        self.selected.retain_mut(|(idx, loud)| {
-            match candidates.iter().find(|c| c.idx == *idx) {
+        self.selected.retain_mut(
+            |(idx, loud)| match candidates.iter().find(|c| c.idx == *idx) {
                 Some(c) if c.eligible && c.level.is_holding(now, &cfg) => {
                     *loud = c.level.loudness();
                     true
                 }
                 _ => false,
-            }
-        });
+            },
+        );
         // Challengers, loudest first (no allocation: repeated max search, n is a room size).
         let mut taken_floor = f32::INFINITY;
         loop {
@@ -199,7 +210,13 @@ pub fn assign_slots(
     mut changed: impl FnMut(usize, Option<ParticipantIdx>),
 ) {
     let k = slots.len();
-    let wanted = || ranked.iter().map(|(i, _)| *i).filter(|i| *i != listener).take(k);
+    let wanted = || {
+        ranked
+            .iter()
+            .map(|(i, _)| *i)
+            .filter(|i| *i != listener)
+            .take(k)
+    };
     // Free slots whose speaker is no longer wanted.
     for (n, slot) in slots.iter_mut().enumerate() {
         if let Some(cur) = *slot {
@@ -237,7 +254,11 @@ mod tests {
 
     impl Sim {
         fn new(n: usize) -> Self {
-            Sim { t0: Instant::now(), cfg: SelectorConfig::default(), levels: vec![SpeakerLevel::default(); n] }
+            Sim {
+                t0: Instant::now(),
+                cfg: SelectorConfig::default(),
+                levels: vec![SpeakerLevel::default(); n],
+            }
         }
         /// Feed `ms` of 20 ms packets with the given RFC 6464 levels per speaker.
         fn run(&mut self, sel: &mut SpeakerSelector, from_ms: u64, ms: u64, lv: &[u8]) {
@@ -252,7 +273,11 @@ mod tests {
                         .levels
                         .iter()
                         .enumerate()
-                        .map(|(i, l)| Candidate { idx: p(i as u32), eligible: true, level: *l })
+                        .map(|(i, l)| Candidate {
+                            idx: p(i as u32),
+                            eligible: true,
+                            level: *l,
+                        })
                         .collect();
                     sel.update(now, &c);
                 }

@@ -40,12 +40,28 @@ fn three_participants_hear_each_other_and_never_themselves() {
         assert_eq!(c.heard_from(i as u8), 0, "client {i} heard itself");
         for j in 0..3 {
             if i != j {
-                assert!(c.heard_from(j as u8) > 100, "client {i} heard {} packets of {j}", c.heard_from(j as u8));
+                assert!(
+                    c.heard_from(j as u8) > 100,
+                    "client {i} heard {} packets of {j}",
+                    c.heard_from(j as u8)
+                );
             }
         }
     }
     // Every listener got a Speaking-worthy slot event for each other speaker.
-    let slot_events = w.events.iter().filter(|(_, e)| matches!(e, NodeEvent::SlotChanged { speaker: Some(_), .. })).count();
+    let slot_events = w
+        .events
+        .iter()
+        .filter(|(_, e)| {
+            matches!(
+                e,
+                NodeEvent::SlotChanged {
+                    speaker: Some(_),
+                    ..
+                }
+            )
+        })
+        .count();
     assert!(slot_events >= 6, "{slot_events} slot assignments");
 }
 
@@ -59,10 +75,15 @@ fn new_loud_speaker_takes_a_slot_within_300ms() {
     let start = w.ms();
     w.clients[1].level = Some(10);
     w.run(Duration::from_secs(1));
-    let lat = first_heard_after(&w, 3, 1, start).expect("listener 3 never heard the new loud speaker");
+    let lat =
+        first_heard_after(&w, 3, 1, start).expect("listener 3 never heard the new loud speaker");
     assert!(lat <= 300, "switch took {lat} ms");
     // After the switch the old speaker is no longer forwarded to listener 3 (single slot).
-    let recent_old = w.clients[3].heard.iter().filter(|h| h.speaker == 0 && (h.at - w.t0).as_millis() as u64 > start + 400).count();
+    let recent_old = w.clients[3]
+        .heard
+        .iter()
+        .filter(|h| h.speaker == 0 && (h.at - w.t0).as_millis() as u64 > start + 400)
+        .count();
     assert_eq!(recent_old, 0);
 }
 
@@ -85,29 +106,57 @@ fn slot_streams_are_continuous_across_switches_and_wraps() {
     assert_eq!(streams.len(), 1, "one slot, one SSRC");
     let pkts = streams.values().next().unwrap();
     let speakers: std::collections::BTreeSet<u8> = pkts.iter().map(|h| h.speaker).collect();
-    assert_eq!(speakers.len(), 3, "all three speakers were heard on the one slot: {speakers:?}");
+    assert_eq!(
+        speakers.len(),
+        3,
+        "all three speakers were heard on the one slot: {speakers:?}"
+    );
     let mut switches = 0;
     for pair in pkts.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         assert_eq!(b.seq, a.seq + 1, "sequence gap at {a:?} -> {b:?}");
         let dts = b.ts.wrapping_sub(a.ts);
-        assert!((960..48_000 * 3).contains(&dts), "timestamp step {dts} at {a:?} -> {b:?}");
+        assert!(
+            (960..48_000 * 3).contains(&dts),
+            "timestamp step {dts} at {a:?} -> {b:?}"
+        );
         if a.speaker != b.speaker {
             switches += 1;
         }
     }
     assert!(switches >= 5, "{switches} switches");
     // The slot started at 65500: it crossed the 16-bit wrap; ts started 30000 below 2^32.
-    assert!(pkts.last().unwrap().seq > 65_535, "no 16-bit wrap exercised");
-    assert!(pkts.first().unwrap().ts > u32::MAX - 40_000 && pkts.last().unwrap().ts < u32::MAX / 2, "no 32-bit wrap");
+    assert!(
+        pkts.last().unwrap().seq > 65_535,
+        "no 16-bit wrap exercised"
+    );
+    assert!(
+        pkts.first().unwrap().ts > u32::MAX - 40_000 && pkts.last().unwrap().ts < u32::MAX / 2,
+        "no 32-bit wrap"
+    );
 }
 
 #[test]
 fn muted_and_no_speak_are_never_forwarded() {
     let mut w = World::new(|_| {});
     w.join(3, World::speaking()).unwrap();
-    w.join(3, VoiceFlags { can_speak: false, ..Default::default() }).unwrap();
-    w.join(3, VoiceFlags { can_speak: true, self_mute: true, ..Default::default() }).unwrap();
+    w.join(
+        3,
+        VoiceFlags {
+            can_speak: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    w.join(
+        3,
+        VoiceFlags {
+            can_speak: true,
+            self_mute: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     w.join(3, World::speaking()).unwrap();
     w.run(Duration::from_millis(1500));
     for c in &mut w.clients {
@@ -125,9 +174,23 @@ fn muted_and_no_speak_are_never_forwarded() {
     let idx0 = w.clients[0].idx.unwrap();
     let at = w.ms();
     let now = w.now;
-    w.node.set_flags(now, idx0, VoiceFlags { can_speak: true, server_mute: true, ..Default::default() }).unwrap();
+    w.node
+        .set_flags(
+            now,
+            idx0,
+            VoiceFlags {
+                can_speak: true,
+                server_mute: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     w.run(Duration::from_secs(2));
-    let late = w.clients[3].heard.iter().filter(|h| h.speaker == 0 && (h.at - w.t0).as_millis() as u64 > at + 1000).count();
+    let late = w.clients[3]
+        .heard
+        .iter()
+        .filter(|h| h.speaker == 0 && (h.at - w.t0).as_millis() as u64 > at + 1000)
+        .count();
     assert_eq!(late, 0, "muted speaker still heard after 1 s");
     // The slot was announced as empty.
     assert!(w.events.iter().any(|(t, e)| (*t - w.t0).as_millis() as u64 >= at
@@ -166,7 +229,18 @@ fn garbage_datagrams_are_counted_and_the_call_goes_on() {
         if i % 4 == 3 && !buf.is_empty() && (20..64).contains(&buf[0]) {
             dtls_from_known += 1;
         }
-        let from = if i % 4 == 3 { known } else { format!("127.0.{}.{}:{}", rng.gen_range(0..255), rng.gen_range(1..255), rng.gen_range(1024..65535)).parse().unwrap() };
+        let from = if i % 4 == 3 {
+            known
+        } else {
+            format!(
+                "127.0.{}.{}:{}",
+                rng.gen_range(0..255),
+                rng.gen_range(1..255),
+                rng.gen_range(1024..65535)
+            )
+            .parse()
+            .unwrap()
+        };
         w.inject(from, &buf);
         if i % 500 == 0 {
             w.run(Duration::from_millis(20));
@@ -175,13 +249,27 @@ fn garbage_datagrams_are_counted_and_the_call_goes_on() {
     // Every datagram is either counted as a drop or is DTLS-shaped from the connected peer's
     // address: str0m's DTLS stack swallows garbage records after the handshake without a signal.
     let drops = w.node.stats().drops.total();
-    assert!(drops >= 10_000 - dtls_from_known, "only {drops} drops counted ({dtls_from_known} DTLS-shaped from the peer)");
-    assert!(w.node.stats().drops.get(DropReason::DecryptFailed) > 0, "forged SRTP not counted");
-    for r in [DropReason::UnknownPeer, DropReason::Malformed, DropReason::UnknownUsername, DropReason::Oversized] {
+    assert!(
+        drops >= 10_000 - dtls_from_known,
+        "only {drops} drops counted ({dtls_from_known} DTLS-shaped from the peer)"
+    );
+    assert!(
+        w.node.stats().drops.get(DropReason::DecryptFailed) > 0,
+        "forged SRTP not counted"
+    );
+    for r in [
+        DropReason::UnknownPeer,
+        DropReason::Malformed,
+        DropReason::UnknownUsername,
+        DropReason::Oversized,
+    ] {
         assert!(w.node.stats().drops.get(r) > 0, "no drops counted as {r:?}");
     }
     w.run(Duration::from_secs(2));
-    assert!(w.clients[1].heard_from(0) > before + 50, "the call stopped after the garbage");
+    assert!(
+        w.clients[1].heard_from(0) > before + 50,
+        "the call stopped after the garbage"
+    );
     assert_eq!(w.node.participant_count(), 3);
 }
 
@@ -196,7 +284,9 @@ fn closed_tab_is_freed_within_10s() {
     w.clients[2].closed = true; // The tab vanishes: no more datagrams, no goodbye.
     w.run(Duration::from_secs(10));
     let left = w.events.iter().find_map(|(t, e)| match e {
-        NodeEvent::Left { user, reason, .. } if *user == w.clients[2].user => Some(((*t - w.t0).as_millis() as u64 - at, *reason)),
+        NodeEvent::Left { user, reason, .. } if *user == w.clients[2].user => {
+            Some(((*t - w.t0).as_millis() as u64 - at, *reason))
+        }
         _ => None,
     });
     let (after, reason) = left.expect("closed tab was never freed");
@@ -212,11 +302,33 @@ fn closed_tab_is_freed_within_10s() {
 #[test]
 fn bad_offers_are_refused_with_clear_errors() {
     let mut w = World::new(|c| c.max_room_size = 2);
-    let err = w.node.join(w.now, lodge_sfu::JoinRequest { room: lodge_sfu::RoomId(1), user: lodge_sfu::UserId(1), offer: "v=0 garbage".into(), flags: World::speaking() });
-    assert!(matches!(err, Err(lodge_sfu::SfuError::InvalidSdp(_))), "{err:?}");
+    let err = w.node.join(
+        w.now,
+        lodge_sfu::JoinRequest {
+            room: lodge_sfu::RoomId(1),
+            user: lodge_sfu::UserId(1),
+            offer: "v=0 garbage".into(),
+            flags: World::speaking(),
+        },
+    );
+    assert!(
+        matches!(err, Err(lodge_sfu::SfuError::InvalidSdp(_))),
+        "{err:?}"
+    );
     // 17 slots: too many.
     let (_, offer, _) = sim::Client::new(0, w.now, 17);
-    let err = w.node.join(w.now, lodge_sfu::JoinRequest { room: lodge_sfu::RoomId(1), user: lodge_sfu::UserId(1), offer, flags: World::speaking() }).unwrap_err();
+    let err = w
+        .node
+        .join(
+            w.now,
+            lodge_sfu::JoinRequest {
+                room: lodge_sfu::RoomId(1),
+                user: lodge_sfu::UserId(1),
+                offer,
+                flags: World::speaking(),
+            },
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("1 to 16"), "{err}");
     // Room limit.
     w.join(1, World::speaking()).unwrap();

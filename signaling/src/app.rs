@@ -48,7 +48,9 @@ impl AppState {
         };
         let (shutdown, _) = tokio::sync::watch::channel(false);
         AppState(Arc::new(Inner {
-            voice: Mutex::new(VoiceRegistry::new(std::time::Duration::from_secs(cfg.voice_token_ttl))),
+            voice: Mutex::new(VoiceRegistry::new(std::time::Duration::from_secs(
+                cfg.voice_token_ttl,
+            ))),
             cfg,
             store,
             sfu,
@@ -63,7 +65,9 @@ impl AppState {
     }
 
     pub fn voice(&self) -> std::sync::MutexGuard<'_, VoiceRegistry> {
-        self.voice.lock().expect("voice registry lock is never held across a panic")
+        self.voice
+            .lock()
+            .expect("voice registry lock is never held across a panic")
     }
 }
 
@@ -81,26 +85,73 @@ fn api_routes(state: &AppState) -> Router<AppState> {
         .route("/oauth2/applications/@me", get(users::application))
         .route("/applications/@me", get(users::application))
         .route("/guilds", post(guilds::create))
-        .route("/guilds/{id}", get(guilds::get).patch(guilds::update).delete(guilds::remove))
-        .route("/guilds/{id}/channels", get(guilds::channels).post(guilds::create_channel))
+        .route(
+            "/guilds/{id}",
+            get(guilds::get)
+                .patch(guilds::update)
+                .delete(guilds::remove),
+        )
+        .route(
+            "/guilds/{id}/channels",
+            get(guilds::channels).post(guilds::create_channel),
+        )
         .route("/guilds/{id}/members", get(guilds::members))
-        .route("/guilds/{id}/members/{user}", get(guilds::member).patch(roles::update_member).delete(guilds::kick))
-        .route("/guilds/{id}/members/{user}/roles/{role}", put(roles::add_member_role).delete(roles::remove_member_role))
+        .route(
+            "/guilds/{id}/members/{user}",
+            get(guilds::member)
+                .patch(roles::update_member)
+                .delete(guilds::kick),
+        )
+        .route(
+            "/guilds/{id}/members/{user}/roles/{role}",
+            put(roles::add_member_role).delete(roles::remove_member_role),
+        )
         .route("/guilds/{id}/roles", get(guilds::roles).post(roles::create))
-        .route("/guilds/{id}/roles/{role}", axum::routing::patch(roles::update).delete(roles::delete))
+        .route(
+            "/guilds/{id}/roles/{role}",
+            axum::routing::patch(roles::update).delete(roles::delete),
+        )
         .route("/guilds/{id}/voice-states", get(guilds::voice_states))
         .route("/guilds/{id}/messages/search", get(messages::search))
-        .route("/channels/{id}", get(channels::get).patch(channels::update).delete(channels::remove))
-        .route("/channels/{id}/permissions/{target}", put(channels::put_overwrite).delete(channels::delete_overwrite))
+        .route(
+            "/channels/{id}",
+            get(channels::get)
+                .patch(channels::update)
+                .delete(channels::remove),
+        )
+        .route(
+            "/channels/{id}/permissions/{target}",
+            put(channels::put_overwrite).delete(channels::delete_overwrite),
+        )
         .route("/channels/{id}/invites", post(channels::create_invite))
-        .route("/channels/{id}/messages", get(messages::list).post(messages::create))
-        .route("/channels/{id}/messages/{msg}", get(messages::get).patch(messages::edit).delete(messages::delete))
-        .route("/channels/{id}/messages/{msg}/reactions/{emoji}", get(messages::reactors))
-        .route("/channels/{id}/messages/{msg}/reactions/{emoji}/@me", put(messages::react).delete(messages::unreact))
+        .route(
+            "/channels/{id}/messages",
+            get(messages::list).post(messages::create),
+        )
+        .route(
+            "/channels/{id}/messages/{msg}",
+            get(messages::get)
+                .patch(messages::edit)
+                .delete(messages::delete),
+        )
+        .route(
+            "/channels/{id}/messages/{msg}/reactions/{emoji}",
+            get(messages::reactors),
+        )
+        .route(
+            "/channels/{id}/messages/{msg}/reactions/{emoji}/@me",
+            put(messages::react).delete(messages::unreact),
+        )
         .route("/channels/{id}/typing", post(messages::typing))
-        .route("/invites/{code}", get(channels::get_invite).post(channels::accept_invite))
+        .route(
+            "/invites/{code}",
+            get(channels::get_invite).post(channels::accept_invite),
+        )
         .route("/voice/stats", get(ops::voice_stats))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::ratelimit::middleware))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::ratelimit::middleware,
+        ))
         .fallback(ops::api_not_found)
 }
 
@@ -112,7 +163,10 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(crate::web::index_or_voice))
         .route("/app.js", get(crate::web::app_js))
         .route("/style.css", get(crate::web::style_css))
-        .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
         .route("/healthz", get(crate::rest::ops::healthz))
         .route("/readyz", get(crate::rest::ops::readyz))
         .route("/metrics", get(crate::rest::ops::metrics))

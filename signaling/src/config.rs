@@ -151,7 +151,10 @@ pub enum ConfigError {
 
 impl Config {
     /// Merge file, environment (already folded into `args` by clap) and flags.
-    pub fn load(args: &ServeArgs, env: impl Iterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+    pub fn load(
+        args: &ServeArgs,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         for (k, _) in env {
             if k.starts_with("LODGE_") && !KNOWN_ENV.contains(&k.as_str()) {
                 return Err(ConfigError::UnknownEnv(k));
@@ -159,14 +162,29 @@ impl Config {
         }
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read { path: path.clone(), err })?;
-                toml::from_str::<FileConfig>(&text).map_err(|err| ConfigError::Parse { path: path.clone(), err })?
+                let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+                    path: path.clone(),
+                    err,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|err| ConfigError::Parse {
+                    path: path.clone(),
+                    err,
+                })?
             }
             None => FileConfig::default(),
         };
-        let http_listen = args.http_listen.or(file.http_listen).unwrap_or(([127, 0, 0, 1], 8080).into());
-        let media_listen = args.media_listen.or(file.media_listen).unwrap_or(([127, 0, 0, 1], 50000).into());
-        let public_ip = args.public_ip.or(file.public_ip).unwrap_or(media_listen.ip());
+        let http_listen = args
+            .http_listen
+            .or(file.http_listen)
+            .unwrap_or(([127, 0, 0, 1], 8080).into());
+        let media_listen = args
+            .media_listen
+            .or(file.media_listen)
+            .unwrap_or(([127, 0, 0, 1], 50000).into());
+        let public_ip = args
+            .public_ip
+            .or(file.public_ip)
+            .unwrap_or(media_listen.ip());
         if public_ip.is_unspecified() {
             return Err(ConfigError::Invalid(
                 "the media port listens on all interfaces; set --public-ip to the address clients reach it on".into(),
@@ -180,10 +198,20 @@ impl Config {
             .trim_end_matches('/')
             .to_string();
         if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
-            return Err(ConfigError::Invalid(format!("public_url must start with http:// or https://, got {public_url}")));
+            return Err(ConfigError::Invalid(format!(
+                "public_url must start with http:// or https://, got {public_url}"
+            )));
         }
-        let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./lodge-data"));
-        let database = args.database.clone().or(file.database).unwrap_or_else(|| data_dir.join("lodge.db"));
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./lodge-data"));
+        let database = args
+            .database
+            .clone()
+            .or(file.database)
+            .unwrap_or_else(|| data_dir.join("lodge.db"));
         Ok(Config {
             http_listen,
             media_listen,
@@ -192,23 +220,53 @@ impl Config {
             data_dir,
             database,
             database_url: args.database_url.clone().or(file.database_url),
-            log: args.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
-            max_participants: args.max_participants.or(file.max_participants).unwrap_or(10_000),
+            log: args
+                .log
+                .clone()
+                .or(file.log)
+                .unwrap_or_else(|| "info".into()),
+            max_participants: args
+                .max_participants
+                .or(file.max_participants)
+                .unwrap_or(10_000),
             max_room_size: args.max_room_size.or(file.max_room_size).unwrap_or(1_000),
-            voice_token_ttl: args.voice_token_ttl.or(file.voice_token_ttl).unwrap_or(60).clamp(1, 3600),
-            rate_limit_route: args.rate_limit_route.or(file.rate_limit_route).unwrap_or(50).max(1),
-            rate_limit_global: args.rate_limit_global.or(file.rate_limit_global).unwrap_or(100).max(1),
+            voice_token_ttl: args
+                .voice_token_ttl
+                .or(file.voice_token_ttl)
+                .unwrap_or(60)
+                .clamp(1, 3600),
+            rate_limit_route: args
+                .rate_limit_route
+                .or(file.rate_limit_route)
+                .unwrap_or(50)
+                .max(1),
+            rate_limit_global: args
+                .rate_limit_global
+                .or(file.rate_limit_global)
+                .unwrap_or(100)
+                .max(1),
         })
     }
 
     /// `host:port` of this node's HTTP server as clients see it (the voice endpoint).
     pub fn public_host(&self) -> String {
-        self.public_url.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("").to_string()
+        self.public_url
+            .split("://")
+            .nth(1)
+            .unwrap_or("")
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string()
     }
 
     /// The gateway URL handed out by `GET /gateway`.
     pub fn gateway_url(&self) -> String {
-        let scheme = if self.public_url.starts_with("https://") { "wss" } else { "ws" };
+        let scheme = if self.public_url.starts_with("https://") {
+            "wss"
+        } else {
+            "ws"
+        };
         format!("{scheme}://{}/gateway", self.public_host())
     }
 }
@@ -222,7 +280,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("lodge.toml");
         std::fs::write(&f, "http_listen = \"127.0.0.1:9000\"\nmedia_listen = \"127.0.0.1:51000\"\nmax_room_size = 5\n").unwrap();
-        let args = ServeArgs { config: Some(f.clone()), media_listen: Some("127.0.0.2:52000".parse().unwrap()), ..Default::default() };
+        let args = ServeArgs {
+            config: Some(f.clone()),
+            media_listen: Some("127.0.0.2:52000".parse().unwrap()),
+            ..Default::default()
+        };
         let c = Config::load(&args, std::iter::empty()).unwrap();
         assert_eq!(c.http_listen.port(), 9000, "file beats default");
         assert_eq!(c.media_listen.port(), 52000, "flag/env beats file");
@@ -231,13 +293,28 @@ mod tests {
         assert_eq!(c.gateway_url(), "ws://127.0.0.1:9000/gateway");
 
         std::fs::write(&f, "htp_listen = \"127.0.0.1:9000\"\n").unwrap();
-        let e = Config::load(&args, std::iter::empty()).unwrap_err().to_string();
-        assert!(e.contains("unknown field") && e.contains("htp_listen"), "{e}");
+        let e = Config::load(&args, std::iter::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown field") && e.contains("htp_listen"),
+            "{e}"
+        );
 
-        let e = Config::load(&ServeArgs::default(), [("LODGE_HTTP_LISTN".to_string(), "x".to_string())].into_iter()).unwrap_err();
+        let e = Config::load(
+            &ServeArgs::default(),
+            [("LODGE_HTTP_LISTN".to_string(), "x".to_string())].into_iter(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("LODGE_HTTP_LISTN"));
 
-        let bad = ServeArgs { media_listen: Some("0.0.0.0:50000".parse().unwrap()), ..Default::default() };
-        assert!(Config::load(&bad, std::iter::empty()).unwrap_err().to_string().contains("--public-ip"));
+        let bad = ServeArgs {
+            media_listen: Some("0.0.0.0:50000".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(Config::load(&bad, std::iter::empty())
+            .unwrap_err()
+            .to_string()
+            .contains("--public-ip"));
     }
 }

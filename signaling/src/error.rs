@@ -11,14 +11,24 @@ use serde_json::json;
 #[non_exhaustive]
 pub enum ApiError {
     #[error("{message}")]
-    Status { status: StatusCode, code: u32, message: String, errors: Option<serde_json::Value> },
+    Status {
+        status: StatusCode,
+        code: u32,
+        message: String,
+        errors: Option<serde_json::Value>,
+    },
     #[error(transparent)]
     Chat(#[from] ChatError),
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: u32, message: impl Into<String>) -> Self {
-        ApiError::Status { status, code, message: message.into(), errors: None }
+        ApiError::Status {
+            status,
+            code,
+            message: message.into(),
+            errors: None,
+        }
     }
     pub fn bad_request(field: &str, message: impl Into<String>) -> Self {
         let message = message.into();
@@ -26,14 +36,20 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             code: 50035,
             message: "Invalid Form Body".into(),
-            errors: Some(json!({ field: { "_errors": [ { "code": "BASE_TYPE_INVALID", "message": message } ] } })),
+            errors: Some(
+                json!({ field: { "_errors": [ { "code": "BASE_TYPE_INVALID", "message": message } ] } }),
+            ),
         }
     }
     pub fn unauthorized() -> Self {
         ApiError::new(StatusCode::UNAUTHORIZED, 0, "401: Unauthorized")
     }
     pub fn missing_permissions(what: &str) -> Self {
-        ApiError::new(StatusCode::FORBIDDEN, 50013, format!("Missing Permissions: {what}"))
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            50013,
+            format!("Missing Permissions: {what}"),
+        )
     }
     pub fn not_found(what: &'static str) -> Self {
         ApiError::Chat(ChatError::Unknown(what))
@@ -43,13 +59,24 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message, errors) = match self {
-            ApiError::Status { status, code, message, errors } => (status, code, message, errors),
+            ApiError::Status {
+                status,
+                code,
+                message,
+                errors,
+            } => (status, code, message, errors),
             ApiError::Chat(ChatError::Invalid { field, message }) => {
                 let body = json!({ field: { "_errors": [ { "code": "BASE_TYPE_INVALID", "message": message } ] } });
-                (StatusCode::BAD_REQUEST, 50035, "Invalid Form Body".to_string(), Some(body))
+                (
+                    StatusCode::BAD_REQUEST,
+                    50035,
+                    "Invalid Form Body".to_string(),
+                    Some(body),
+                )
             }
             ApiError::Chat(e) => {
-                let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status =
+                    StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 if status.is_server_error() {
                     tracing::error!(error = %e, "request failed");
                     (status, 0, "500: Internal Server Error".to_string(), None)

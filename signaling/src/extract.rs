@@ -27,10 +27,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 40005,
                 format!("Request entity too large: the body limit is {MAX_BODY_BYTES} bytes"),
             )),
-            Err(JsonRejection::MissingJsonContentType(_)) => {
-                Err(ApiError::new(StatusCode::BAD_REQUEST, 50035, "Invalid Form Body: send Content-Type: application/json"))
-            }
-            Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, 50109, format!("The request body contains invalid JSON: {}", e.body_text()))),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                50035,
+                "Invalid Form Body: send Content-Type: application/json",
+            )),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                50109,
+                format!("The request body contains invalid JSON: {}", e.body_text()),
+            )),
         }
     }
 }
@@ -40,14 +46,24 @@ pub struct Auth(pub User);
 
 pub fn token_from_header(v: &str) -> &str {
     let v = v.trim();
-    v.strip_prefix("Bot ").or_else(|| v.strip_prefix("Bearer ")).unwrap_or(v).trim()
+    v.strip_prefix("Bot ")
+        .or_else(|| v.strip_prefix("Bearer "))
+        .unwrap_or(v)
+        .trim()
 }
 
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|h| h.to_str().ok()) else {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(h) = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+        else {
             return Err(ApiError::unauthorized());
         };
         let token = token_from_header(h);

@@ -51,7 +51,10 @@ fn changes_visibility(t: &str) -> bool {
 impl Hub {
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(8192);
-        Hub { tx, epoch: Default::default() }
+        Hub {
+            tx,
+            epoch: Default::default(),
+        }
     }
 
     /// Current visibility epoch; read it before computing a permission to cache.
@@ -63,16 +66,38 @@ impl Hub {
         self.tx.subscribe()
     }
 
-    pub fn send(&self, target: Target, guild_id: Option<u64>, channel_id: Option<u64>, t: &'static str, d: Value) {
+    pub fn send(
+        &self,
+        target: Target,
+        guild_id: Option<u64>,
+        channel_id: Option<u64>,
+        t: &'static str,
+        d: Value,
+    ) {
         if changes_visibility(t) {
             self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         let json: Arc<str> = d.to_string().into();
-        let _ = self.tx.send(Arc::new(Dispatch { target, channel_id, guild_id, t, json, redacted: None, full_for: Vec::new() }));
+        let _ = self.tx.send(Arc::new(Dispatch {
+            target,
+            channel_id,
+            guild_id,
+            t,
+            json,
+            redacted: None,
+            full_for: Vec::new(),
+        }));
     }
 
     /// A message event: also publish the redacted form for sessions without MESSAGE_CONTENT.
-    pub fn send_message(&self, guild_id: u64, channel_id: u64, t: &'static str, mut d: Value, full_for: Vec<u64>) {
+    pub fn send_message(
+        &self,
+        guild_id: u64,
+        channel_id: u64,
+        t: &'static str,
+        mut d: Value,
+        full_for: Vec<u64>,
+    ) {
         let json: Arc<str> = d.to_string().into();
         if let Some(o) = d.as_object_mut() {
             o.insert("content".into(), Value::String(String::new()));

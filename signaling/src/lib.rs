@@ -35,11 +35,20 @@ pub struct Running {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot bind HTTP on {addr}: {err} (is another lodge running? change --http-listen)")]
-    Http { addr: std::net::SocketAddr, err: std::io::Error },
+    Http {
+        addr: std::net::SocketAddr,
+        err: std::io::Error,
+    },
     #[error("cannot bind the UDP media port {addr}: {err} (change --media-listen)")]
-    Media { addr: std::net::SocketAddr, err: std::io::Error },
+    Media {
+        addr: std::net::SocketAddr,
+        err: std::io::Error,
+    },
     #[error("cannot open the database {path}: {err}")]
-    Store { path: std::path::PathBuf, err: lodge_chat::ChatError },
+    Store {
+        path: std::path::PathBuf,
+        err: lodge_chat::ChatError,
+    },
 }
 
 /// A database URL without its password, for messages.
@@ -48,7 +57,16 @@ pub fn redact_url(url: &str) -> String {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
             let user = creds.split(':').next().unwrap_or("");
-            format!("{}{}{}", &url[..s + 3], if creds.contains(':') { format!("{user}:***") } else { user.to_string() }, &url[at..])
+            format!(
+                "{}{}{}",
+                &url[..s + 3],
+                if creds.contains(':') {
+                    format!("{user}:***")
+                } else {
+                    user.to_string()
+                },
+                &url[at..]
+            )
         }
         _ => url.to_string(),
     }
@@ -57,37 +75,76 @@ pub fn redact_url(url: &str) -> String {
 /// Bind sockets, open storage, start the SFU, serve HTTP.
 pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     let store = match &cfg.database_url {
-        Some(url) => lodge_chat::Store::open_url(url).await.map_err(|err| StartError::Store { path: redact_url(url).into(), err })?,
-        None => lodge_chat::Store::open(&cfg.database).await.map_err(|err| StartError::Store { path: cfg.database.clone(), err })?,
+        Some(url) => lodge_chat::Store::open_url(url)
+            .await
+            .map_err(|err| StartError::Store {
+                path: redact_url(url).into(),
+                err,
+            })?,
+        None => lodge_chat::Store::open(&cfg.database)
+            .await
+            .map_err(|err| StartError::Store {
+                path: cfg.database.clone(),
+                err,
+            })?,
     };
-    let udp = UdpSocket::bind(cfg.media_listen).await.map_err(|err| StartError::Media { addr: cfg.media_listen, err })?;
-    let media_addr = udp.local_addr().map_err(|err| StartError::Media { addr: cfg.media_listen, err })?;
-    let listener = TcpListener::bind(cfg.http_listen).await.map_err(|err| StartError::Http { addr: cfg.http_listen, err })?;
-    let http_addr = listener.local_addr().map_err(|err| StartError::Http { addr: cfg.http_listen, err })?;
+    let udp = UdpSocket::bind(cfg.media_listen)
+        .await
+        .map_err(|err| StartError::Media {
+            addr: cfg.media_listen,
+            err,
+        })?;
+    let media_addr = udp.local_addr().map_err(|err| StartError::Media {
+        addr: cfg.media_listen,
+        err,
+    })?;
+    let listener = TcpListener::bind(cfg.http_listen)
+        .await
+        .map_err(|err| StartError::Http {
+            addr: cfg.http_listen,
+            err,
+        })?;
+    let http_addr = listener.local_addr().map_err(|err| StartError::Http {
+        addr: cfg.http_listen,
+        err,
+    })?;
     // Port 0 in the config means "pick one": make the advertised URL match what was bound.
     if cfg.http_listen.port() == 0 && cfg.public_url == format!("http://{}", cfg.http_listen) {
         cfg.public_url = format!("http://{http_addr}");
     }
     cfg.http_listen = http_addr;
     cfg.media_listen = media_addr;
-    let mut node_cfg = lodge_sfu::NodeConfig::new(std::net::SocketAddr::new(cfg.public_ip, media_addr.port()));
+    let mut node_cfg =
+        lodge_sfu::NodeConfig::new(std::net::SocketAddr::new(cfg.public_ip, media_addr.port()));
     node_cfg.max_participants = cfg.max_participants;
     node_cfg.max_room_size = cfg.max_room_size;
-    let (sfu, events) = lodge_sfu::shell::spawn(udp, node_cfg).map_err(|err| StartError::Media { addr: media_addr, err })?;
+    let (sfu, events) =
+        lodge_sfu::shell::spawn(udp, node_cfg).map_err(|err| StartError::Media {
+            addr: media_addr,
+            err,
+        })?;
     let state = AppState::new(cfg, store, sfu);
     tokio::spawn(voice::service::run_sfu_events(state.clone(), events));
     let app = router(state.clone());
     let mut shutdown = state.shutdown.subscribe();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.changed().await;
-            })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await
     });
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(http = %http_addr, media = %media_addr, "lodge node ready");
-    Ok(Running { state, http_addr, media_addr, server })
+    Ok(Running {
+        state,
+        http_addr,
+        media_addr,
+        server,
+    })
 }
 
 impl Running {

@@ -28,12 +28,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Config(args) => {
             let cfg = Config::load(&args, std::env::vars())?;
-            println!("{}", toml::to_string_pretty(&cfg).context("printing the configuration")?);
+            println!(
+                "{}",
+                toml::to_string_pretty(&cfg).context("printing the configuration")?
+            );
             Ok(())
         }
         Command::Serve(args) => {
             let cfg = Config::load(&args, std::env::vars())?;
-            let filter = EnvFilter::try_new(&cfg.log).with_context(|| format!("invalid log filter {:?}", cfg.log))?;
+            let filter = EnvFilter::try_new(&cfg.log)
+                .with_context(|| format!("invalid log filter {:?}", cfg.log))?;
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_target(false)
@@ -45,7 +49,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             tracing::info!(database = %db, public_url = %cfg.public_url, "starting lodge");
             let node = lodge_signaling::start(cfg).await?;
-            println!("Lodge is running. Open {} in a browser. Ctrl-C stops it.", node.state.cfg.public_url);
+            println!(
+                "Lodge is running. Open {} in a browser. Ctrl-C stops it.",
+                node.state.cfg.public_url
+            );
             wait_for_signal().await;
             tracing::info!("shutting down: closing calls and flushing the database");
             node.shutdown().await;

@@ -40,8 +40,18 @@ pub struct RateLimiter {
 
 /// What a request got.
 enum Verdict {
-    Ok { limit: u32, remaining: u32, reset_after: Duration, bucket: u64 },
-    Limited { retry_after: Duration, global: bool, limit: u32, bucket: u64 },
+    Ok {
+        limit: u32,
+        remaining: u32,
+        reset_after: Duration,
+        bucket: u64,
+    },
+    Limited {
+        retry_after: Duration,
+        global: bool,
+        limit: u32,
+        bucket: u64,
+    },
 }
 
 fn hash_of(v: impl Hash) -> u64 {
@@ -51,14 +61,27 @@ fn hash_of(v: impl Hash) -> u64 {
 }
 
 impl RateLimiter {
-    fn take(&self, now: Instant, caller: u64, bucket: u64, limit: u32, window: Duration) -> Result<Window, Window> {
+    fn take(
+        &self,
+        now: Instant,
+        caller: u64,
+        bucket: u64,
+        limit: u32,
+        window: Duration,
+    ) -> Result<Window, Window> {
         let mut m = self.windows.lock().expect("rate limiter lock");
         if m.len() > 100_000 {
             m.retain(|_, w| w.reset_at > now);
         }
-        let w = m.entry((caller, bucket)).or_insert(Window { reset_at: now + window, remaining: limit });
+        let w = m.entry((caller, bucket)).or_insert(Window {
+            reset_at: now + window,
+            remaining: limit,
+        });
         if now >= w.reset_at {
-            *w = Window { reset_at: now + window, remaining: limit };
+            *w = Window {
+                reset_at: now + window,
+                remaining: limit,
+            };
         }
         if w.remaining == 0 {
             return Err(*w);
@@ -70,11 +93,26 @@ impl RateLimiter {
     fn check(&self, now: Instant, caller: u64, bucket: u64, l: Limits) -> Verdict {
         const GLOBAL: u64 = 0;
         if let Err(w) = self.take(now, caller, GLOBAL, l.global, Duration::from_secs(1)) {
-            return Verdict::Limited { retry_after: w.reset_at - now, global: true, limit: l.global, bucket };
+            return Verdict::Limited {
+                retry_after: w.reset_at - now,
+                global: true,
+                limit: l.global,
+                bucket,
+            };
         }
         match self.take(now, caller, bucket, l.route, l.route_window) {
-            Ok(w) => Verdict::Ok { limit: l.route, remaining: w.remaining, reset_after: w.reset_at - now, bucket },
-            Err(w) => Verdict::Limited { retry_after: w.reset_at - now, global: false, limit: l.route, bucket },
+            Ok(w) => Verdict::Ok {
+                limit: l.route,
+                remaining: w.remaining,
+                reset_after: w.reset_at - now,
+                bucket,
+            },
+            Err(w) => Verdict::Limited {
+                retry_after: w.reset_at - now,
+                global: false,
+                limit: l.route,
+                bucket,
+            },
         }
     }
 }
@@ -99,31 +137,70 @@ fn set(h: &mut HeaderMap, k: &'static str, v: String) {
 pub async fn middleware(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let l = s.limits;
     let now = Instant::now();
-    let caller = match req.headers().get("authorization").and_then(|h| h.to_str().ok()) {
+    let caller = match req
+        .headers()
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+    {
         Some(a) => hash_of(("token", crate::extract::token_from_header(a))),
         None => {
-            let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+            let ip = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip());
             hash_of(("ip", ip))
         }
     };
-    let template = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_default();
+    let template = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_default();
     let bucket = bucket_of(req.method().as_str(), &template, req.uri().path());
-    let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let unix_now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     match s.rate_limiter.check(now, caller, bucket, l) {
-        Verdict::Ok { limit, remaining, reset_after, bucket } => {
+        Verdict::Ok {
+            limit,
+            remaining,
+            reset_after,
+            bucket,
+        } => {
             let mut res = next.run(req).await;
             let h = res.headers_mut();
             set(h, "x-ratelimit-limit", limit.to_string());
             set(h, "x-ratelimit-remaining", remaining.to_string());
-            set(h, "x-ratelimit-reset", format!("{:.3}", (unix_now + reset_after).as_secs_f64()));
-            set(h, "x-ratelimit-reset-after", format!("{:.3}", reset_after.as_secs_f64()));
+            set(
+                h,
+                "x-ratelimit-reset",
+                format!("{:.3}", (unix_now + reset_after).as_secs_f64()),
+            );
+            set(
+                h,
+                "x-ratelimit-reset-after",
+                format!("{:.3}", reset_after.as_secs_f64()),
+            );
             set(h, "x-ratelimit-bucket", format!("{bucket:016x}"));
             res
         }
-        Verdict::Limited { retry_after, global, limit, bucket } => {
+        Verdict::Limited {
+            retry_after,
+            global,
+            limit,
+            bucket,
+        } => {
             let secs = retry_after.as_secs_f64().max(0.001);
-            let scope = if global { "global limit" } else { "route limit" };
-            tracing::debug!(global, bucket = format!("{bucket:016x}"), "request rate limited");
+            let scope = if global {
+                "global limit"
+            } else {
+                "route limit"
+            };
+            tracing::debug!(
+                global,
+                bucket = format!("{bucket:016x}"),
+                "request rate limited"
+            );
             let body = json!({
                 "message": format!("You are being rate limited ({scope}: {limit} requests per {}).",
                     if global { "second".to_string() } else { format!("{:.0} s", l.route_window.as_secs_f64()) }),
@@ -136,7 +213,11 @@ pub async fn middleware(State(s): State<AppState>, req: Request, next: Next) -> 
             set(h, "retry-after", format!("{}", secs.ceil() as u64));
             set(h, "x-ratelimit-limit", limit.to_string());
             set(h, "x-ratelimit-remaining", "0".into());
-            set(h, "x-ratelimit-reset", format!("{:.3}", (unix_now + retry_after).as_secs_f64()));
+            set(
+                h,
+                "x-ratelimit-reset",
+                format!("{:.3}", (unix_now + retry_after).as_secs_f64()),
+            );
             set(h, "x-ratelimit-reset-after", format!("{secs:.3}"));
             set(h, "x-ratelimit-bucket", format!("{bucket:016x}"));
             set(h, "x-ratelimit-scope", "user".into());
@@ -155,26 +236,61 @@ mod tests {
     #[test]
     fn buckets_split_by_major_parameter_not_by_minor() {
         let t = "/api/v10/channels/{id}/messages/{msg}";
-        assert_eq!(bucket_of("GET", t, "/api/v10/channels/1/messages/5"), bucket_of("GET", t, "/api/v10/channels/1/messages/6"));
-        assert_ne!(bucket_of("GET", t, "/api/v10/channels/1/messages/5"), bucket_of("GET", t, "/api/v10/channels/2/messages/5"));
-        assert_ne!(bucket_of("GET", t, "/api/v10/channels/1/messages/5"), bucket_of("DELETE", t, "/api/v10/channels/1/messages/5"));
+        assert_eq!(
+            bucket_of("GET", t, "/api/v10/channels/1/messages/5"),
+            bucket_of("GET", t, "/api/v10/channels/1/messages/6")
+        );
+        assert_ne!(
+            bucket_of("GET", t, "/api/v10/channels/1/messages/5"),
+            bucket_of("GET", t, "/api/v10/channels/2/messages/5")
+        );
+        assert_ne!(
+            bucket_of("GET", t, "/api/v10/channels/1/messages/5"),
+            bucket_of("DELETE", t, "/api/v10/channels/1/messages/5")
+        );
     }
 
     #[test]
     fn windows_refill() {
         let r = RateLimiter::default();
-        let l = Limits { route: 2, route_window: Duration::from_secs(1), global: 100 };
+        let l = Limits {
+            route: 2,
+            route_window: Duration::from_secs(1),
+            global: 100,
+        };
         let t0 = Instant::now();
-        assert!(matches!(r.check(t0, 1, 7, l), Verdict::Ok { remaining: 1, .. }));
-        assert!(matches!(r.check(t0, 1, 7, l), Verdict::Ok { remaining: 0, .. }));
-        assert!(matches!(r.check(t0, 1, 7, l), Verdict::Limited { global: false, .. }));
-        assert!(matches!(r.check(t0, 2, 7, l), Verdict::Ok { .. }), "other callers are separate");
-        assert!(matches!(r.check(t0 + Duration::from_millis(1001), 1, 7, l), Verdict::Ok { remaining: 1, .. }));
-        let g = Limits { route: 100, route_window: Duration::from_secs(1), global: 3 };
+        assert!(matches!(
+            r.check(t0, 1, 7, l),
+            Verdict::Ok { remaining: 1, .. }
+        ));
+        assert!(matches!(
+            r.check(t0, 1, 7, l),
+            Verdict::Ok { remaining: 0, .. }
+        ));
+        assert!(matches!(
+            r.check(t0, 1, 7, l),
+            Verdict::Limited { global: false, .. }
+        ));
+        assert!(
+            matches!(r.check(t0, 2, 7, l), Verdict::Ok { .. }),
+            "other callers are separate"
+        );
+        assert!(matches!(
+            r.check(t0 + Duration::from_millis(1001), 1, 7, l),
+            Verdict::Ok { remaining: 1, .. }
+        ));
+        let g = Limits {
+            route: 100,
+            route_window: Duration::from_secs(1),
+            global: 3,
+        };
         let t1 = t0 + Duration::from_secs(10);
         for b in 0..3 {
             assert!(matches!(r.check(t1, 9, 100 + b, g), Verdict::Ok { .. }));
         }
-        assert!(matches!(r.check(t1, 9, 200, g), Verdict::Limited { global: true, .. }));
+        assert!(matches!(
+            r.check(t1, 9, 200, g),
+            Verdict::Limited { global: true, .. }
+        ));
     }
 }

@@ -20,7 +20,13 @@ pub fn iso8601(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}000+00:00", sod / 3600, sod % 3600 / 60, sod % 60, milli)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}000+00:00",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60,
+        milli
+    )
 }
 
 pub fn user(u: &User) -> Value {
@@ -145,9 +151,18 @@ mod tests {
     #[test]
     fn iso_dates() {
         assert_eq!(super::iso8601(0), "1970-01-01T00:00:00.000000+00:00");
-        assert_eq!(super::iso8601(1_420_070_400_000), "2015-01-01T00:00:00.000000+00:00");
-        assert_eq!(super::iso8601(1_796_041_230_123), "2026-11-30T12:20:30.123000+00:00");
-        assert_eq!(super::iso8601(951_782_400_000), "2000-02-29T00:00:00.000000+00:00");
+        assert_eq!(
+            super::iso8601(1_420_070_400_000),
+            "2015-01-01T00:00:00.000000+00:00"
+        );
+        assert_eq!(
+            super::iso8601(1_796_041_230_123),
+            "2026-11-30T12:20:30.123000+00:00"
+        );
+        assert_eq!(
+            super::iso8601(951_782_400_000),
+            "2000-02-29T00:00:00.000000+00:00"
+        );
     }
 }
 
@@ -185,14 +200,16 @@ pub fn message(m: &lodge_chat::Message, referenced: Option<&lodge_chat::Message>
         v["reactions"] = Value::Array(
             m.reactions
                 .iter()
-                .map(|r| json!({
-                    "count": r.count,
-                    "count_details": { "burst": 0, "normal": r.count },
-                    "me": r.me,
-                    "me_burst": false,
-                    "burst_colors": [],
-                    "emoji": emoji(&r.emoji),
-                }))
+                .map(|r| {
+                    json!({
+                        "count": r.count,
+                        "count_details": { "burst": 0, "normal": r.count },
+                        "me": r.me,
+                        "me_burst": false,
+                        "burst_colors": [],
+                        "emoji": emoji(&r.emoji),
+                    })
+                })
                 .collect(),
         );
     }

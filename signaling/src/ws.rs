@@ -25,13 +25,19 @@ pub fn judge(m: Option<Result<Message, axum::Error>>, max_payload: usize) -> Inb
     let text = match m {
         Some(Ok(Message::Text(t))) => t,
         Some(Ok(Message::Binary(_))) => {
-            return Inbound::Refuse(DECODE_ERROR, "binary frames (etf, compression) are not supported; send JSON text".into())
+            return Inbound::Refuse(
+                DECODE_ERROR,
+                "binary frames (etf, compression) are not supported; send JSON text".into(),
+            )
         }
         Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => return Inbound::Ignore,
         _ => return Inbound::Gone,
     };
     if text.len() > max_payload {
-        return Inbound::Refuse(DECODE_ERROR, format!("payload larger than {max_payload} bytes"));
+        return Inbound::Refuse(
+            DECODE_ERROR,
+            format!("payload larger than {max_payload} bytes"),
+        );
     }
     match serde_json::from_str::<Value>(&text) {
         Ok(v) => Inbound::Json(v),
@@ -50,7 +56,12 @@ pub fn clip(reason: &str) -> String {
 
 pub async fn close_with(tx: &mut Tx, code: u16, reason: &str) {
     tracing::debug!(code, reason, "closing WebSocket");
-    let _ = tx.send(Message::Close(Some(CloseFrame { code, reason: clip(reason).into() }))).await;
+    let _ = tx
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: clip(reason).into(),
+        })))
+        .await;
 }
 
 #[cfg(test)]
@@ -69,8 +80,13 @@ mod tests {
         let t = |s: &str| Some(Ok(Message::Text(s.to_string().into())));
         assert!(matches!(judge(t("{\"op\":1}"), 100), Inbound::Json(_)));
         assert!(matches!(judge(t("{"), 100), Inbound::Refuse(4002, _)));
-        assert!(matches!(judge(t(&"1".repeat(101)), 100), Inbound::Refuse(4002, r) if r.contains("100")));
-        assert!(matches!(judge(Some(Ok(Message::Binary(vec![1].into()))), 100), Inbound::Refuse(4002, _)));
+        assert!(
+            matches!(judge(t(&"1".repeat(101)), 100), Inbound::Refuse(4002, r) if r.contains("100"))
+        );
+        assert!(matches!(
+            judge(Some(Ok(Message::Binary(vec![1].into()))), 100),
+            Inbound::Refuse(4002, _)
+        ));
         assert!(matches!(judge(None, 100), Inbound::Gone));
     }
 }

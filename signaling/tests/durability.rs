@@ -6,11 +6,19 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn free_udp() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn spawn(dir: &std::path::Path, http: u16, db: &Option<String>) -> Child {
@@ -20,14 +28,23 @@ async fn spawn(dir: &std::path::Path, http: u16, db: &Option<String>) -> Child {
         cmd.args(["--database-url", url]);
     }
     let child = cmd
-        .args(["--http-listen", &format!("127.0.0.1:{http}"), "--media-listen", &format!("127.0.0.1:{}", free_udp())])
+        .args([
+            "--http-listen",
+            &format!("127.0.0.1:{http}"),
+            "--media-listen",
+            &format!("127.0.0.1:{}", free_udp()),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start lodge");
     let c = reqwest::Client::new();
     for _ in 0..100 {
-        if c.get(format!("http://127.0.0.1:{http}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+        if c.get(format!("http://127.0.0.1:{http}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
             return child;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -43,13 +60,44 @@ async fn acknowledged_message_survives_kill_9() {
     let mut child = spawn(dir.path(), http, &db).await;
     let base = format!("http://127.0.0.1:{http}/api/v10");
     let c = reqwest::Client::new();
-    let v: Value = c.post(format!("{base}/auth/register")).json(&json!({ "username": "alice", "password": "password-1" })).send().await.unwrap().json().await.unwrap();
+    let v: Value = c
+        .post(format!("{base}/auth/register"))
+        .json(&json!({ "username": "alice", "password": "password-1" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let token = v["token"].as_str().unwrap().to_string();
-    let g: Value = c.post(format!("{base}/guilds")).header("Authorization", &token).json(&json!({ "name": "Den" })).send().await.unwrap().json().await.unwrap();
-    let text = g["channels"].as_array().unwrap().iter().find(|c| c["type"] == 0).unwrap()["id"].as_str().unwrap().to_string();
+    let g: Value = c
+        .post(format!("{base}/guilds"))
+        .header("Authorization", &token)
+        .json(&json!({ "name": "Den" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = g["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == 0)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut ids = Vec::new();
     for i in 0..20 {
-        let r = c.post(format!("{base}/channels/{text}/messages")).header("Authorization", &token).json(&json!({ "content": format!("durable {i}") })).send().await.unwrap();
+        let r = c
+            .post(format!("{base}/channels/{text}/messages"))
+            .header("Authorization", &token)
+            .json(&json!({ "content": format!("durable {i}") }))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         let m: Value = r.json().await.unwrap();
         ids.push(m["id"].as_str().unwrap().to_string());
@@ -60,7 +108,12 @@ async fn acknowledged_message_survives_kill_9() {
 
     let mut child = spawn(dir.path(), http, &db).await;
     for (i, id) in ids.iter().enumerate() {
-        let r = c.get(format!("{base}/channels/{text}/messages/{id}")).header("Authorization", &token).send().await.unwrap();
+        let r = c
+            .get(format!("{base}/channels/{text}/messages/{id}"))
+            .header("Authorization", &token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "message {i} lost");
         let m: Value = r.json().await.unwrap();
         assert_eq!(m["content"], format!("durable {i}"));

@@ -20,20 +20,37 @@ async fn hello_identify_ready_guild_create_heartbeat() {
     assert_eq!(json(&mut w).await["op"], 11);
     send(&mut w, json!({ "op": 2, "d": { "token": format!("Bot {alice}"), "intents": 513, "properties": {}, "shard": [0, 1] } })).await;
     let ready = json(&mut w).await;
-    assert_eq!((ready["op"].as_u64(), ready["t"].as_str(), ready["s"].as_u64()), (Some(0), Some("READY"), Some(1)));
+    assert_eq!(
+        (
+            ready["op"].as_u64(),
+            ready["t"].as_str(),
+            ready["s"].as_u64()
+        ),
+        (Some(0), Some("READY"), Some(1))
+    );
     let d = &ready["d"];
     assert_eq!(d["v"], 10);
     assert_eq!(d["user"]["id"].as_str().unwrap(), alice_id);
     assert_eq!(d["guilds"], json!([{ "id": g, "unavailable": true }]));
     assert_eq!(d["shard"], json!([0, 1]));
     assert!(d["session_id"].as_str().unwrap().len() >= 16);
-    assert_eq!(d["resume_gateway_url"].as_str().unwrap(), format!("ws://{}/gateway", n.http_addr()));
+    assert_eq!(
+        d["resume_gateway_url"].as_str().unwrap(),
+        format!("ws://{}/gateway", n.http_addr())
+    );
     let gc = json(&mut w).await;
-    assert_eq!((gc["t"].as_str(), gc["s"].as_u64()), (Some("GUILD_CREATE"), Some(2)));
+    assert_eq!(
+        (gc["t"].as_str(), gc["s"].as_u64()),
+        (Some("GUILD_CREATE"), Some(2))
+    );
     let gd = &gc["d"];
     assert_eq!(gd["unavailable"], false);
     assert_eq!(gd["channels"].as_array().unwrap().len(), 2);
-    assert!(gd["channels"].as_array().unwrap().iter().any(|c| c["id"] == voice.as_str() && c["type"] == 2));
+    assert!(gd["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["id"] == voice.as_str() && c["type"] == 2));
     assert_eq!(gd["roles"][0]["name"], "@everyone");
     assert_eq!(gd["members"][0]["user"]["id"].as_str().unwrap(), alice_id);
     assert_eq!(gd["voice_states"], json!([]));
@@ -47,7 +64,11 @@ async fn close_codes() {
 
     let mut w = ws(&url).await;
     json(&mut w).await;
-    send(&mut w, json!({ "op": 2, "d": { "token": "nope", "intents": 0, "properties": {} } })).await;
+    send(
+        &mut w,
+        json!({ "op": 2, "d": { "token": "nope", "intents": 0, "properties": {} } }),
+    )
+    .await;
     assert_eq!(closed(&mut w).await.0, 4004, "bad token");
 
     let mut w = ws(&url).await;
@@ -68,7 +89,11 @@ async fn close_codes() {
     assert!(reason.contains("4096"));
 
     let (mut w, _) = gateway(&n, &alice).await;
-    send(&mut w, json!({ "op": 2, "d": { "token": alice, "properties": {} } })).await;
+    send(
+        &mut w,
+        json!({ "op": 2, "d": { "token": alice, "properties": {} } }),
+    )
+    .await;
     assert_eq!(closed(&mut w).await.0, 4005, "identify twice");
 
     let (mut w, _) = gateway(&n, &alice).await;
@@ -77,7 +102,11 @@ async fn close_codes() {
 
     let mut w = ws(&url).await;
     json(&mut w).await;
-    send(&mut w, json!({ "op": 2, "d": { "token": alice, "properties": {}, "shard": [2, 1] } })).await;
+    send(
+        &mut w,
+        json!({ "op": 2, "d": { "token": alice, "properties": {}, "shard": [2, 1] } }),
+    )
+    .await;
     assert_eq!(closed(&mut w).await.0, 4010, "invalid shard");
 
     // Rate limit: 120 payloads per minute.
@@ -90,7 +119,11 @@ async fn close_codes() {
     // Resume is not available yet: op 9 false.
     let mut w = ws(&url).await;
     json(&mut w).await;
-    send(&mut w, json!({ "op": 6, "d": { "token": alice, "session_id": "x", "seq": 1 } })).await;
+    send(
+        &mut w,
+        json!({ "op": 6, "d": { "token": alice, "session_id": "x", "seq": 1 } }),
+    )
+    .await;
     let v = json(&mut w).await;
     assert_eq!((v["op"].as_u64(), v["d"].as_bool()), (Some(9), Some(false)));
 }
@@ -102,7 +135,11 @@ trait SendText {
 impl SendText for common::Ws {
     async fn send_text(&mut self, t: &str) {
         use futures_util::SinkExt;
-        self.send(tokio_tungstenite::tungstenite::Message::Text(t.to_string().into())).await.unwrap();
+        self.send(tokio_tungstenite::tungstenite::Message::Text(
+            t.to_string().into(),
+        ))
+        .await
+        .unwrap();
     }
 }
 
@@ -125,11 +162,22 @@ async fn dispatches_follow_membership_and_view_channel() {
     // A hidden channel is announced to Alice, not to Bob; a visible one to both.
     let (st, _) = n.req("POST", &format!("/guilds/{g}/channels"), Some(&alice), Some(json!({ "name": "hidden", "permission_overwrites": [{ "id": g, "type": 0, "deny": "1024" }] }))).await;
     assert_eq!(st, 201);
-    let (st, _) = n.req("POST", &format!("/guilds/{g}/channels"), Some(&alice), Some(json!({ "name": "visible" }))).await;
+    let (st, _) = n
+        .req(
+            "POST",
+            &format!("/guilds/{g}/channels"),
+            Some(&alice),
+            Some(json!({ "name": "visible" })),
+        )
+        .await;
     assert_eq!(st, 201);
     assert_eq!(dispatch(&mut wa, "CHANNEL_CREATE").await["name"], "hidden");
     assert_eq!(dispatch(&mut wa, "CHANNEL_CREATE").await["name"], "visible");
-    assert_eq!(dispatch(&mut wb, "CHANNEL_CREATE").await["name"], "visible", "bob must not see the hidden channel");
+    assert_eq!(
+        dispatch(&mut wb, "CHANNEL_CREATE").await["name"],
+        "visible",
+        "bob must not see the hidden channel"
+    );
 }
 
 #[tokio::test]
@@ -150,7 +198,12 @@ async fn graceful_shutdown_tells_clients_and_keeps_data() {
     dispatch(&mut w, "GUILD_CREATE").await;
 
     n.run.take().unwrap().shutdown().await;
-    let reconnect = loop { let v = json(&mut w).await; if v["op"] != 0 { break v } };
+    let reconnect = loop {
+        let v = json(&mut w).await;
+        if v["op"] != 0 {
+            break v;
+        }
+    };
     assert_eq!(reconnect["op"], 7, "clients are asked to reconnect");
     assert_eq!(closed(&mut w).await.0, 1012);
 
@@ -182,18 +235,37 @@ async fn resume_replays_missed_dispatches_in_order() {
             break;
         }
     }
-    n.req("POST", &format!("/channels/{text}/messages"), Some(&alice), Some(json!({ "content": "before drop" }))).await;
+    n.req(
+        "POST",
+        &format!("/channels/{text}/messages"),
+        Some(&alice),
+        Some(json!({ "content": "before drop" })),
+    )
+    .await;
     let v = loop {
         let v = json(&mut w).await;
-        assert_eq!(v["s"].as_u64().unwrap(), last_seq + 1, "sequence numbers are consecutive");
+        assert_eq!(
+            v["s"].as_u64().unwrap(),
+            last_seq + 1,
+            "sequence numbers are consecutive"
+        );
         last_seq += 1;
-        if v["t"] == "MESSAGE_CREATE" { break v }
+        if v["t"] == "MESSAGE_CREATE" {
+            break v;
+        }
     };
     assert_eq!(v["d"]["content"], "before drop");
     drop(w); // the connection dies without a close handshake
 
     for i in 0..5 {
-        let (st, _) = n.req("POST", &format!("/channels/{text}/messages"), Some(&alice), Some(json!({ "content": format!("missed {i}") }))).await;
+        let (st, _) = n
+            .req(
+                "POST",
+                &format!("/channels/{text}/messages"),
+                Some(&alice),
+                Some(json!({ "content": format!("missed {i}") })),
+            )
+            .await;
         assert_eq!(st, 200);
     }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -201,12 +273,20 @@ async fn resume_replays_missed_dispatches_in_order() {
     // Wrong user: invalid session.
     let mut w = ws(&n.gateway_url()).await;
     json(&mut w).await;
-    send(&mut w, json!({ "op": 6, "d": { "token": alice, "session_id": sid, "seq": last_seq } })).await;
+    send(
+        &mut w,
+        json!({ "op": 6, "d": { "token": alice, "session_id": sid, "seq": last_seq } }),
+    )
+    .await;
     assert_eq!(json(&mut w).await["op"], 9);
 
     let mut w = ws(&n.gateway_url()).await;
     json(&mut w).await;
-    send(&mut w, json!({ "op": 6, "d": { "token": bob, "session_id": sid, "seq": last_seq } })).await;
+    send(
+        &mut w,
+        json!({ "op": 6, "d": { "token": bob, "session_id": sid, "seq": last_seq } }),
+    )
+    .await;
     let mut got = Vec::new();
     let mut expect = last_seq + 1;
     loop {
@@ -221,9 +301,19 @@ async fn resume_replays_missed_dispatches_in_order() {
             got.push(v["d"]["content"].as_str().unwrap().to_string());
         }
     }
-    assert_eq!(got, (0..5).map(|i| format!("missed {i}")).collect::<Vec<_>>(), "none missing, none twice, in order");
+    assert_eq!(
+        got,
+        (0..5).map(|i| format!("missed {i}")).collect::<Vec<_>>(),
+        "none missing, none twice, in order"
+    );
     // Live again.
-    n.req("POST", &format!("/channels/{text}/messages"), Some(&alice), Some(json!({ "content": "after resume" }))).await;
+    n.req(
+        "POST",
+        &format!("/channels/{text}/messages"),
+        Some(&alice),
+        Some(json!({ "content": "after resume" })),
+    )
+    .await;
     let v = dispatch(&mut w, "MESSAGE_CREATE").await;
     assert_eq!(v["content"], "after resume");
     let _ = g;
@@ -233,7 +323,11 @@ async fn resume_replays_missed_dispatches_in_order() {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let mut w = ws(&n.gateway_url()).await;
     json(&mut w).await;
-    send(&mut w, json!({ "op": 6, "d": { "token": bob, "session_id": sid, "seq": 10_000 } })).await;
+    send(
+        &mut w,
+        json!({ "op": 6, "d": { "token": bob, "session_id": sid, "seq": 10_000 } }),
+    )
+    .await;
     assert_eq!(json(&mut w).await["op"], 9);
 }
 
@@ -247,7 +341,11 @@ async fn presence_follows_connections_and_op3() {
     // Bob asks for presences (GUILDS | GUILD_PRESENCES).
     let mut wb = ws(&n.gateway_url()).await;
     json(&mut wb).await;
-    send(&mut wb, json!({ "op": 2, "d": { "token": bob, "intents": 1 | 256, "properties": {} } })).await;
+    send(
+        &mut wb,
+        json!({ "op": 2, "d": { "token": bob, "intents": 1 | 256, "properties": {} } }),
+    )
+    .await;
     dispatch(&mut wb, "READY").await;
 
     let mut wa = ws(&n.gateway_url()).await;
@@ -255,25 +353,53 @@ async fn presence_follows_connections_and_op3() {
     send(&mut wa, json!({ "op": 2, "d": { "token": alice, "intents": 1, "properties": {}, "presence": { "status": "dnd", "activities": [], "since": null, "afk": false } } })).await;
     dispatch(&mut wa, "READY").await;
     let of_alice = |v: &serde_json::Value| v["user"]["id"] == alice_id.as_str();
-    let p = loop { let p = dispatch(&mut wb, "PRESENCE_UPDATE").await; if of_alice(&p) { break p } };
+    let p = loop {
+        let p = dispatch(&mut wb, "PRESENCE_UPDATE").await;
+        if of_alice(&p) {
+            break p;
+        }
+    };
     assert_eq!(p["status"], "dnd");
 
-    send(&mut wa, json!({ "op": 3, "d": { "status": "idle", "activities": [], "since": 0, "afk": true } })).await;
+    send(
+        &mut wa,
+        json!({ "op": 3, "d": { "status": "idle", "activities": [], "since": 0, "afk": true } }),
+    )
+    .await;
     assert_eq!(dispatch(&mut wb, "PRESENCE_UPDATE").await["status"], "idle");
 
     // A new session of bob sees alice in GUILD_CREATE's presences.
     let (mut wb2, _) = gateway(&n, &bob).await;
     let gc = dispatch(&mut wb2, "GUILD_CREATE").await;
-    let pa = gc["presences"].as_array().unwrap().iter().find(|p| of_alice(p)).expect("alice's presence in GUILD_CREATE").clone();
+    let pa = gc["presences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| of_alice(p))
+        .expect("alice's presence in GUILD_CREATE")
+        .clone();
     assert_eq!(pa["status"], "idle");
 
     // Invisible looks offline; disconnecting the last connection is offline too.
     send(&mut wa, json!({ "op": 3, "d": { "status": "invisible", "activities": [], "since": 0, "afk": false } })).await;
-    assert_eq!(dispatch(&mut wb, "PRESENCE_UPDATE").await["status"], "offline");
-    send(&mut wa, json!({ "op": 3, "d": { "status": "online", "activities": [], "since": 0, "afk": false } })).await;
-    assert_eq!(dispatch(&mut wb, "PRESENCE_UPDATE").await["status"], "online");
+    assert_eq!(
+        dispatch(&mut wb, "PRESENCE_UPDATE").await["status"],
+        "offline"
+    );
+    send(
+        &mut wa,
+        json!({ "op": 3, "d": { "status": "online", "activities": [], "since": 0, "afk": false } }),
+    )
+    .await;
+    assert_eq!(
+        dispatch(&mut wb, "PRESENCE_UPDATE").await["status"],
+        "online"
+    );
     drop(wa);
-    assert_eq!(dispatch(&mut wb, "PRESENCE_UPDATE").await["status"], "offline");
+    assert_eq!(
+        dispatch(&mut wb, "PRESENCE_UPDATE").await["status"],
+        "offline"
+    );
 
     // A bad status closes with 4002.
     let (mut w, _) = gateway(&n, &alice).await;

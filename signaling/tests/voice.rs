@@ -18,7 +18,12 @@ struct Member {
 async fn member(n: &Node, name: &str) -> Member {
     let (id, token) = n.user(name).await;
     let (gw, ready) = gateway(n, &token).await;
-    Member { id, token, session: ready["session_id"].as_str().unwrap().to_string(), gw }
+    Member {
+        id,
+        token,
+        session: ready["session_id"].as_str().unwrap().to_string(),
+        gw,
+    }
 }
 
 /// Read voice gateway messages for `dur`, collecting them.
@@ -46,62 +51,146 @@ async fn two_clients_talk_through_the_node() {
 
     // Alice joins: everyone sees her voice state, she gets the voice server.
     let (ta, endpoint) = voice_join(&mut a.gw, &g, &voice, false).await;
-    assert_eq!(endpoint, n.http_addr().to_string(), "endpoint is host:port without a scheme");
+    assert_eq!(
+        endpoint,
+        n.http_addr().to_string(),
+        "endpoint is host:port without a scheme"
+    );
     let vs = dispatch(&mut b.gw, "VOICE_STATE_UPDATE").await;
-    assert_eq!((vs["user_id"].as_str(), vs["channel_id"].as_str()), (Some(a.id.as_str()), Some(voice.as_str())));
+    assert_eq!(
+        (vs["user_id"].as_str(), vs["channel_id"].as_str()),
+        (Some(a.id.as_str()), Some(voice.as_str()))
+    );
     let (tb, _) = voice_join(&mut b.gw, &g, &voice, false).await;
-    let (st, states) = n.req("GET", &format!("/guilds/{g}/voice-states"), Some(&a.token), None).await;
+    let (st, states) = n
+        .req(
+            "GET",
+            &format!("/guilds/{g}/voice-states"),
+            Some(&a.token),
+            None,
+        )
+        .await;
     assert_eq!((st, states.as_array().unwrap().len()), (200, 2));
 
-    let (mut va, ready) = voice_identify(&endpoint, &g, &a.id, &a.session, &ta).await.unwrap();
-    assert_eq!(ready["port"].as_u64().unwrap(), n.run.as_ref().unwrap().media_addr.port() as u64);
-    let (mut vb, _) = voice_identify(&endpoint, &g, &b.id, &b.session, &tb).await.unwrap();
+    let (mut va, ready) = voice_identify(&endpoint, &g, &a.id, &a.session, &ta)
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["port"].as_u64().unwrap(),
+        n.run.as_ref().unwrap().media_addr.port() as u64
+    );
+    let (mut vb, _) = voice_identify(&endpoint, &g, &b.id, &b.session, &tb)
+        .await
+        .unwrap();
 
     let mut ca = VoiceClient::new(2).await;
     let mut cb = VoiceClient::new(2).await;
-    send(&mut va, json!({ "op": 1, "d": { "protocol": "webrtc", "data": { "sdp": ca.offer }, "slots": 2 } })).await;
+    send(
+        &mut va,
+        json!({ "op": 1, "d": { "protocol": "webrtc", "data": { "sdp": ca.offer }, "slots": 2 } }),
+    )
+    .await;
     let sd = json(&mut va).await;
-    assert_eq!((sd["op"].as_u64(), sd["d"]["mode"].as_str()), (Some(4), Some("webrtc")), "{sd}");
-    let a_slots: Vec<u64> = sd["d"]["slots"].as_array().unwrap().iter().map(|s| s["ssrc"].as_u64().unwrap()).collect();
+    assert_eq!(
+        (sd["op"].as_u64(), sd["d"]["mode"].as_str()),
+        (Some(4), Some("webrtc")),
+        "{sd}"
+    );
+    let a_slots: Vec<u64> = sd["d"]["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["ssrc"].as_u64().unwrap())
+        .collect();
     assert_eq!(a_slots.len(), 2);
     let answer = sd["d"]["sdp"].as_str().unwrap();
     assert!(answer.contains("a=ice-lite"), "answer is not ICE-lite");
-    assert!(answer.contains("urn:ietf:params:rtp-hdrext:ssrc-audio-level"), "audio-level extension not negotiated");
+    assert!(
+        answer.contains("urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+        "audio-level extension not negotiated"
+    );
     assert!(answer.contains("opus/48000/2"));
-    assert_eq!(answer.matches("a=sendonly").count(), 2, "slots must be send-only from the server");
+    assert_eq!(
+        answer.matches("a=sendonly").count(),
+        2,
+        "slots must be send-only from the server"
+    );
     ca.accept(sd["d"]["sdp"].as_str().unwrap());
-    send(&mut vb, json!({ "op": 1, "d": { "protocol": "webrtc", "data": { "sdp": cb.offer } } })).await;
+    send(
+        &mut vb,
+        json!({ "op": 1, "d": { "protocol": "webrtc", "data": { "sdp": cb.offer } } }),
+    )
+    .await;
     // Bob is told Alice is connected (op 11, possibly before his own session description).
     let mut before = Vec::new();
     let sd = loop {
         let m = json(&mut vb).await;
-        if m["op"] == 4 { break m }
+        if m["op"] == 4 {
+            break m;
+        }
         before.push(m);
     };
     cb.accept(sd["d"]["sdp"].as_str().unwrap());
-    let cc = match before.into_iter().find(|m| m["op"] == 11) { Some(m) => m, None => json(&mut vb).await };
-    assert_eq!((cc["op"].as_u64(), cc["d"]["user_ids"].clone()), (Some(11), json!([a.id])));
+    let cc = match before.into_iter().find(|m| m["op"] == 11) {
+        Some(m) => m,
+        None => json(&mut vb).await,
+    };
+    assert_eq!(
+        (cc["op"].as_u64(), cc["d"]["user_ids"].clone()),
+        (Some(11), json!([a.id]))
+    );
 
     // Both talk for 3 s over real UDP.
-    let ha = tokio::spawn(async move { let h = ca.run(Duration::from_secs(3), Some(1), 20).await; (ca, h) });
-    let hb = tokio::spawn(async move { let h = cb.run(Duration::from_secs(3), Some(2), 25).await; (cb, h) });
+    let ha = tokio::spawn(async move {
+        let h = ca.run(Duration::from_secs(3), Some(1), 20).await;
+        (ca, h)
+    });
+    let hb = tokio::spawn(async move {
+        let h = cb.run(Duration::from_secs(3), Some(2), 25).await;
+        (cb, h)
+    });
     let msgs_a = collect(&mut va, Duration::from_secs(3)).await;
     let (mut ca, heard_a) = ha.await.unwrap();
     let (mut cb, heard_b) = hb.await.unwrap();
-    assert!(heard_a.iter().filter(|h| h.1 == 2).count() > 80, "alice heard {} of bob", heard_a.len());
-    assert!(heard_b.iter().filter(|h| h.1 == 1).count() > 80, "bob heard {} of alice", heard_b.len());
-    assert!(!heard_a.iter().any(|h| h.1 == 1) && !heard_b.iter().any(|h| h.1 == 2), "someone heard themself");
+    assert!(
+        heard_a.iter().filter(|h| h.1 == 2).count() > 80,
+        "alice heard {} of bob",
+        heard_a.len()
+    );
+    assert!(
+        heard_b.iter().filter(|h| h.1 == 1).count() > 80,
+        "bob heard {} of alice",
+        heard_b.len()
+    );
+    assert!(
+        !heard_a.iter().any(|h| h.1 == 1) && !heard_b.iter().any(|h| h.1 == 2),
+        "someone heard themself"
+    );
     // Op 5 told Alice which slot carries Bob, and that slot carried Bob's packets.
-    let sp = msgs_a.iter().find(|m| m["op"] == 5 && m["d"]["speaking"] == 1).expect("no op 5 speaking announcement");
+    let sp = msgs_a
+        .iter()
+        .find(|m| m["op"] == 5 && m["d"]["speaking"] == 1)
+        .expect("no op 5 speaking announcement");
     assert_eq!(sp["d"]["user_id"].as_str().unwrap(), b.id);
     let bob_slot = sp["d"]["ssrc"].as_u64().unwrap();
     assert!(a_slots.contains(&bob_slot));
     assert!(heard_a.iter().all(|h| h.0 as u64 == bob_slot));
-    assert!(msgs_a.iter().any(|m| m["op"] == 11 && m["d"]["user_ids"] == json!([b.id])));
+    assert!(msgs_a
+        .iter()
+        .any(|m| m["op"] == 11 && m["d"]["user_ids"] == json!([b.id])));
 
     // Heartbeat on the voice gateway.
-    send(&mut va, json!({ "op": 3, "d": { "t": 1234, "seq_ack": 1 } })).await;
-    let ack = loop { let m = json(&mut va).await; if m["op"] == 6 { break m } };
+    send(
+        &mut va,
+        json!({ "op": 3, "d": { "t": 1234, "seq_ack": 1 } }),
+    )
+    .await;
+    let ack = loop {
+        let m = json(&mut va).await;
+        if m["op"] == 6 {
+            break m;
+        }
+    };
     assert_eq!(ack["d"]["t"], 1234);
 
     // Alice mutes (gateway op 4): Bob is told within 1 s and stops hearing her.
@@ -111,22 +200,51 @@ async fn two_clients_talk_through_the_node() {
     let hb = tokio::spawn(async move { cb.run(Duration::from_secs(3), Some(2), 25).await });
     let ha = tokio::spawn(async move { ca.run(Duration::from_secs(3), Some(1), 20).await });
     let msgs_b = collect(&mut vb, Duration::from_millis(1000)).await;
-    let off = msgs_b.iter().find(|m| m["op"] == 5 && m["d"]["speaking"] == 0).expect("no speaking:0 within 1 s of muting");
+    let off = msgs_b
+        .iter()
+        .find(|m| m["op"] == 5 && m["d"]["speaking"] == 0)
+        .expect("no speaking:0 within 1 s of muting");
     assert_eq!(off["d"]["user_id"].as_str().unwrap(), a.id);
     let heard_b = hb.await.unwrap();
     let _ = ha.await.unwrap();
     // After the first second nothing from Alice reaches Bob (allow in-flight packets at the start).
     let from_alice = heard_b.iter().filter(|h| h.1 == 1).count();
-    assert!(from_alice < 10, "bob still heard {from_alice} packets of muted alice");
+    assert!(
+        from_alice < 10,
+        "bob still heard {from_alice} packets of muted alice"
+    );
 
     // The node's figures.
     let (_, stats) = n.req("GET", "/voice/stats", Some(&a.token), None).await;
     assert!(stats["rtp_forwarded"].as_u64().unwrap() > 200, "{stats}");
-    let alice_peer = stats["peers"].as_array().unwrap().iter().find(|p| p["user"] == a.id.as_str()).unwrap();
-    assert!(alice_peer["drops"].as_array().unwrap().iter().any(|d| d[0] == "muted"), "{alice_peer}");
-    let metrics = n.http.get(format!("{}/metrics", n.base)).send().await.unwrap().text().await.unwrap();
+    let alice_peer = stats["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["user"] == a.id.as_str())
+        .unwrap();
+    assert!(
+        alice_peer["drops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d[0] == "muted"),
+        "{alice_peer}"
+    );
+    let metrics = n
+        .http
+        .get(format!("{}/metrics", n.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("lodge_participants 2"), "{metrics}");
-    assert!(!metrics.contains(&a.id) && !metrics.contains("127.0.0.1"), "metrics leak ids or addresses");
+    assert!(
+        !metrics.contains(&a.id) && !metrics.contains("127.0.0.1"),
+        "metrics leak ids or addresses"
+    );
     // Someone outside the guild sees node totals but no participants.
     let (_, eve) = n.user("eve").await;
     let (_, stats) = n.req("GET", "/voice/stats", Some(&eve), None).await;
@@ -134,15 +252,26 @@ async fn two_clients_talk_through_the_node() {
     assert_eq!(stats["participants"], 2);
 
     // Leaving (op 4 with null) closes the voice connection and tells the guild.
-    send(&mut b.gw, json!({ "op": 4, "d": { "guild_id": g, "channel_id": null } })).await;
+    send(
+        &mut b.gw,
+        json!({ "op": 4, "d": { "guild_id": g, "channel_id": null } }),
+    )
+    .await;
     let (code, _) = closed(&mut vb).await;
     assert_eq!(code, 4014);
     let left = loop {
         let v = dispatch(&mut a.gw, "VOICE_STATE_UPDATE").await;
-        if v["channel_id"].is_null() { break v }
+        if v["channel_id"].is_null() {
+            break v;
+        }
     };
     assert_eq!(left["user_id"].as_str(), Some(b.id.as_str()));
-    let gone = loop { let m = json(&mut va).await; if m["op"] == 13 { break m } };
+    let gone = loop {
+        let m = json(&mut va).await;
+        if m["op"] == 13 {
+            break m;
+        }
+    };
     assert_eq!(gone["d"]["user_id"].as_str().unwrap(), b.id);
 }
 
@@ -154,29 +283,58 @@ async fn voice_tokens_are_single_use_bound_and_expire() {
 
     // Wrong session: refused, and the token is burnt.
     let (t, ep) = voice_join(&mut a.gw, &g, &voice, false).await;
-    let err = voice_identify(&ep, &g, &a.id, "not-my-session", &t).await.unwrap_err();
+    let err = voice_identify(&ep, &g, &a.id, "not-my-session", &t)
+        .await
+        .unwrap_err();
     assert_eq!(err.0, 4004);
-    assert_eq!(voice_identify(&ep, &g, &a.id, &a.session, &t).await.unwrap_err().0, 4004, "burnt token");
+    assert_eq!(
+        voice_identify(&ep, &g, &a.id, &a.session, &t)
+            .await
+            .unwrap_err()
+            .0,
+        4004,
+        "burnt token"
+    );
 
     // Used token: the second use fails.
     let (t, ep) = voice_join(&mut a.gw, &g, &voice, false).await;
-    let (_v1, _) = voice_identify(&ep, &g, &a.id, &a.session, &t).await.unwrap();
-    assert_eq!(voice_identify(&ep, &g, &a.id, &a.session, &t).await.unwrap_err().0, 4004);
+    let (_v1, _) = voice_identify(&ep, &g, &a.id, &a.session, &t)
+        .await
+        .unwrap();
+    assert_eq!(
+        voice_identify(&ep, &g, &a.id, &a.session, &t)
+            .await
+            .unwrap_err()
+            .0,
+        4004
+    );
     drop(_v1);
 
     // Expired token (ttl 1 s here).
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (t, ep) = voice_join(&mut a.gw, &g, &voice, false).await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let (code, reason) = voice_identify(&ep, &g, &a.id, &a.session, &t).await.unwrap_err();
+    let (code, reason) = voice_identify(&ep, &g, &a.id, &a.session, &t)
+        .await
+        .unwrap_err();
     assert_eq!(code, 4004);
     assert!(reason.contains("expired"), "{reason}");
 
     // Unknown token, and messages before identify.
-    assert_eq!(voice_identify(&ep, &g, &a.id, &a.session, "garbage").await.unwrap_err().0, 4004);
+    assert_eq!(
+        voice_identify(&ep, &g, &a.id, &a.session, "garbage")
+            .await
+            .unwrap_err()
+            .0,
+        4004
+    );
     let mut v = ws(&format!("ws://{ep}/?v=8")).await;
     json(&mut v).await;
-    send(&mut v, json!({ "op": 1, "d": { "protocol": "webrtc", "data": { "sdp": "v=0" } } })).await;
+    send(
+        &mut v,
+        json!({ "op": 1, "d": { "protocol": "webrtc", "data": { "sdp": "v=0" } } }),
+    )
+    .await;
     assert_eq!(closed(&mut v).await.0, 4003);
     let mut v = ws(&format!("ws://{ep}/?v=8")).await;
     json(&mut v).await;
@@ -200,35 +358,76 @@ async fn bad_offers_and_permissions_get_clear_errors() {
         r
     }
 
-    let (code, reason) = select(&mut a, &g, &voice, json!({ "protocol": "udp", "data": { "address": "127.0.0.1", "port": 1, "mode": "x" } })).await;
+    let (code, reason) = select(
+        &mut a,
+        &g,
+        &voice,
+        json!({ "protocol": "udp", "data": { "address": "127.0.0.1", "port": 1, "mode": "x" } }),
+    )
+    .await;
     assert_eq!(code, 4012, "{reason}");
-    let (code, reason) = select(&mut a, &g, &voice, json!({ "protocol": "webrtc", "data": { "sdp": "this is not sdp" } })).await;
+    let (code, reason) = select(
+        &mut a,
+        &g,
+        &voice,
+        json!({ "protocol": "webrtc", "data": { "sdp": "this is not sdp" } }),
+    )
+    .await;
     assert_eq!(code, 4002);
     assert!(reason.contains("SDP"), "{reason}");
     let c = VoiceClient::new(0).await;
-    let (code, reason) = select(&mut a, &g, &voice, json!({ "protocol": "webrtc", "data": { "sdp": c.offer } })).await;
+    let (code, reason) = select(
+        &mut a,
+        &g,
+        &voice,
+        json!({ "protocol": "webrtc", "data": { "sdp": c.offer } }),
+    )
+    .await;
     assert_eq!(code, 4002);
     assert!(reason.contains("1 to 16"), "{reason}");
     let c = VoiceClient::new(17).await;
-    let (code, reason) = select(&mut a, &g, &voice, json!({ "protocol": "webrtc", "data": { "sdp": c.offer } })).await;
+    let (code, reason) = select(
+        &mut a,
+        &g,
+        &voice,
+        json!({ "protocol": "webrtc", "data": { "sdp": c.offer } }),
+    )
+    .await;
     assert_eq!(code, 4002);
     assert!(reason.contains("1 to 16"), "{reason}");
     let c = VoiceClient::new(2).await;
-    let (code, reason) = select(&mut a, &g, &voice, json!({ "protocol": "webrtc", "data": { "sdp": c.offer }, "slots": 3 })).await;
+    let (code, reason) = select(
+        &mut a,
+        &g,
+        &voice,
+        json!({ "protocol": "webrtc", "data": { "sdp": c.offer }, "slots": 3 }),
+    )
+    .await;
     assert_eq!(code, 4002);
     assert!(reason.contains("slots"), "{reason}");
 
     // No CONNECT: op 4 is refused with a reason.
     let mut b = member(&n, "bob").await;
     n.invite_and_join(&a.token, &text, &b.token).await;
-    let (st, _) = n.req("PUT", &format!("/channels/{voice}/permissions/{g}"), Some(&a.token), Some(json!({ "type": 0, "allow": "0", "deny": (1u64 << 20).to_string() }))).await;
+    let (st, _) = n
+        .req(
+            "PUT",
+            &format!("/channels/{voice}/permissions/{g}"),
+            Some(&a.token),
+            Some(json!({ "type": 0, "allow": "0", "deny": (1u64 << 20).to_string() })),
+        )
+        .await;
     assert_eq!(st, 204);
     send(&mut b.gw, json!({ "op": 4, "d": { "guild_id": g, "channel_id": voice, "self_mute": false, "self_deaf": false } })).await;
     let e = dispatch(&mut b.gw, "LODGE_VOICE_ERROR").await;
     assert_eq!(e["code"], 50013);
     assert!(e["message"].as_str().unwrap().contains("CONNECT"));
     // A text channel is not a voice channel.
-    send(&mut b.gw, json!({ "op": 4, "d": { "guild_id": g, "channel_id": text } })).await;
+    send(
+        &mut b.gw,
+        json!({ "op": 4, "d": { "guild_id": g, "channel_id": text } }),
+    )
+    .await;
     let e = dispatch(&mut b.gw, "LODGE_VOICE_ERROR").await;
     assert_eq!(e["code"], 50035);
 }
@@ -244,37 +443,81 @@ async fn speak_permission_revoked_mid_call_stops_forwarding() {
 
     let (ta, ep) = voice_join(&mut a.gw, &g, &voice, false).await;
     let (tb, _) = voice_join(&mut b.gw, &g, &voice, false).await;
-    let (mut va, _) = voice_identify(&ep, &g, &a.id, &a.session, &ta).await.unwrap();
-    let (mut vb, _) = voice_identify(&ep, &g, &b.id, &b.session, &tb).await.unwrap();
+    let (mut va, _) = voice_identify(&ep, &g, &a.id, &a.session, &ta)
+        .await
+        .unwrap();
+    let (mut vb, _) = voice_identify(&ep, &g, &b.id, &b.session, &tb)
+        .await
+        .unwrap();
     let mut ca = VoiceClient::new(1).await;
     let mut cb = VoiceClient::new(1).await;
     for (v, c) in [(&mut va, &mut ca), (&mut vb, &mut cb)] {
         send(v, json!({ "op": 1, "d": { "protocol": "webrtc", "data": { "sdp": c.offer }, "slots": 1 } })).await;
-        let sd = loop { let m = json(v).await; if m["op"] == 4 { break m } };
+        let sd = loop {
+            let m = json(v).await;
+            if m["op"] == 4 {
+                break m;
+            }
+        };
         c.accept(sd["d"]["sdp"].as_str().unwrap());
     }
-    let hb = tokio::spawn(async move { let h = cb.run(Duration::from_secs(2), Some(2), 20).await; (cb, h) });
+    let hb = tokio::spawn(async move {
+        let h = cb.run(Duration::from_secs(2), Some(2), 20).await;
+        (cb, h)
+    });
     let heard = ca.run(Duration::from_secs(2), None, 127).await;
     let (mut cb, _) = hb.await.unwrap();
-    assert!(heard.iter().filter(|h| h.1 == 2).count() > 40, "alice did not hear bob before the change");
+    assert!(
+        heard.iter().filter(|h| h.1 == 2).count() > 40,
+        "alice did not hear bob before the change"
+    );
 
     // Deny SPEAK to @everyone in the voice channel; Bob is not the owner.
-    let (st, _) = n.req("PUT", &format!("/channels/{voice}/permissions/{g}"), Some(&a.token), Some(json!({ "type": 0, "deny": (1u64 << 21).to_string() }))).await;
+    let (st, _) = n
+        .req(
+            "PUT",
+            &format!("/channels/{voice}/permissions/{g}"),
+            Some(&a.token),
+            Some(json!({ "type": 0, "deny": (1u64 << 21).to_string() })),
+        )
+        .await;
     assert_eq!(st, 204);
     let vs = loop {
         let v = dispatch(&mut a.gw, "VOICE_STATE_UPDATE").await;
-        if v["user_id"] == b.id.as_str() && v["suppress"] == true { break v }
+        if v["user_id"] == b.id.as_str() && v["suppress"] == true {
+            break v;
+        }
     };
     assert_eq!(vs["mute"], true);
     let hb = tokio::spawn(async move { cb.run(Duration::from_secs(3), Some(2), 20).await });
     let ha = tokio::spawn(async move { ca.run(Duration::from_secs(3), None, 127).await });
     let msgs = collect(&mut va, Duration::from_secs(1)).await;
-    assert!(msgs.iter().any(|m| m["op"] == 5 && m["d"]["speaking"] == 0 && m["d"]["user_id"] == b.id.as_str()), "no speaking:0 for bob: {msgs:?}");
+    assert!(
+        msgs.iter()
+            .any(|m| m["op"] == 5 && m["d"]["speaking"] == 0 && m["d"]["user_id"] == b.id.as_str()),
+        "no speaking:0 for bob: {msgs:?}"
+    );
     let heard = ha.await.unwrap();
     hb.await.unwrap();
-    assert!(heard.iter().filter(|h| h.1 == 2).count() < 5, "bob is still forwarded without SPEAK");
+    assert!(
+        heard.iter().filter(|h| h.1 == 2).count() < 5,
+        "bob is still forwarded without SPEAK"
+    );
     let (_, stats) = n.req("GET", "/voice/stats", Some(&a.token), None).await;
-    let bob_peer = stats["peers"].as_array().unwrap().iter().find(|p| p["user"] == b.id.as_str()).unwrap().clone();
+    let bob_peer = stats["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["user"] == b.id.as_str())
+        .unwrap()
+        .clone();
     assert_eq!(bob_peer["can_speak"], false);
-    assert!(bob_peer["drops"].as_array().unwrap().iter().any(|d| d[0] == "no_speak_permission"), "{bob_peer}");
+    assert!(
+        bob_peer["drops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d[0] == "no_speak_permission"),
+        "{bob_peer}"
+    );
 }

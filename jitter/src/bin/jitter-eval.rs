@@ -12,8 +12,18 @@ fn main() {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--seconds" => secs = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage("--seconds needs a number")),
-            "--seed" => seed = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage("--seed needs a number")),
+            "--seconds" => {
+                secs = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage("--seconds needs a number"))
+            }
+            "--seed" => {
+                seed = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage("--seed needs a number"))
+            }
             "--json" => json = Some(args.next().unwrap_or_else(|| usage("--json needs a file"))),
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other}")),
@@ -27,7 +37,14 @@ fn main() {
             let o = evaluate(&p, s, secs, seed);
             println!(
                 "| {} | {} | {:.1} ms | {:.1} ms | {:.2}% | {:.2}% | {} | {:.2} |",
-                o.profile, o.strategy, o.mean_delay_ms, o.p95_delay_ms, o.concealment_pct, o.fec_recovered_pct, o.interruptions, o.mos_estimate
+                o.profile,
+                o.strategy,
+                o.mean_delay_ms,
+                o.p95_delay_ms,
+                o.concealment_pct,
+                o.fec_recovered_pct,
+                o.interruptions,
+                o.mos_estimate
             );
             all.push(o);
         }

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use lodge_sfu::{JoinAnswer, JoinRequest, Node, NodeConfig, NodeEvent, NodeOutput, RoomId, UserId, VoiceFlags};
+use lodge_sfu::{
+    JoinAnswer, JoinRequest, Node, NodeConfig, NodeEvent, NodeOutput, RoomId, UserId, VoiceFlags,
+};
 use str0m::change::SdpAnswer;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
@@ -51,15 +53,28 @@ pub struct Client {
 
 impl Client {
     pub fn new(n: u8, now: Instant, k: usize) -> (Client, String, str0m::change::SdpPendingOffer) {
-        let addr: SocketAddr = format!("127.0.0.{}:{}", 10 + n, 40000 + n as u16).parse().unwrap();
-        let mut rtc = Rtc::builder().set_rtp_mode(true).clear_codecs().enable_opus(true, false).build(now);
+        let addr: SocketAddr = format!("127.0.0.{}:{}", 10 + n, 40000 + n as u16)
+            .parse()
+            .unwrap();
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut api = rtc.sdp_api();
         let send_mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-        let slot_mids: Vec<Mid> =
-            (0..k).map(|_| api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None)).collect();
+        let slot_mids: Vec<Mid> = (0..k)
+            .map(|_| api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None))
+            .collect();
         let (offer, pending) = api.apply().unwrap();
-        let pt = rtc.codec_config().params().iter().find(|p| p.spec().codec == Codec::Opus).unwrap().pt();
+        let pt = rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .unwrap()
+            .pt();
         let c = Client {
             n,
             addr,
@@ -113,7 +128,16 @@ impl World {
         cfg_fn(&mut cfg);
         let mut node = Node::new(cfg);
         node.set_seed(7);
-        World { t0, now: t0, node, clients: Vec::new(), net: VecDeque::new(), latency: Duration::from_millis(10), events: Vec::new(), node_addr }
+        World {
+            t0,
+            now: t0,
+            node,
+            clients: Vec::new(),
+            net: VecDeque::new(),
+            latency: Duration::from_millis(10),
+            events: Vec::new(),
+            node_addr,
+        }
     }
 
     pub fn ms(&self) -> u64 {
@@ -123,17 +147,30 @@ impl World {
     pub fn join(&mut self, k: usize, flags: VoiceFlags) -> Result<usize, lodge_sfu::SfuError> {
         let n = self.clients.len() as u8;
         let (mut c, offer, pending) = Client::new(n, self.now, k);
-        let JoinAnswer { idx, answer, slots } =
-            self.node.join(self.now, JoinRequest { room: RoomId(1), user: c.user, offer, flags })?;
+        let JoinAnswer { idx, answer, slots } = self.node.join(
+            self.now,
+            JoinRequest {
+                room: RoomId(1),
+                user: c.user,
+                offer,
+                flags,
+            },
+        )?;
         assert_eq!(slots.len(), k);
-        c.rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).unwrap();
+        c.rtc
+            .sdp_api()
+            .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+            .unwrap();
         c.idx = Some(idx);
         self.clients.push(c);
         Ok(n as usize)
     }
 
     pub fn speaking() -> VoiceFlags {
-        VoiceFlags { can_speak: true, ..Default::default() }
+        VoiceFlags {
+            can_speak: true,
+            ..Default::default()
+        }
     }
 
     /// Inject a raw datagram at the node, as if from `from`.
@@ -168,13 +205,20 @@ impl World {
                     c.timeout = t;
                     break;
                 }
-                Ok(Output::Transmit(t)) => {
-                    self.net.push_back(Packet { at: now + self.latency, from: c.addr, to: node_addr, data: t.contents.into() })
-                }
+                Ok(Output::Transmit(t)) => self.net.push_back(Packet {
+                    at: now + self.latency,
+                    from: c.addr,
+                    to: node_addr,
+                    data: t.contents.into(),
+                }),
                 Ok(Output::Event(Event::Connected)) => c.connected = true,
                 Ok(Output::Event(Event::RtpPacket(p))) => {
                     let mid = c.slot_mids.iter().copied().find(|m| {
-                        c.rtc.direct_api().stream_rx(&p.header.ssrc).map(|s| s.mid() == *m).unwrap_or(false)
+                        c.rtc
+                            .direct_api()
+                            .stream_rx(&p.header.ssrc)
+                            .map(|s| s.mid() == *m)
+                            .unwrap_or(false)
                     });
                     c.heard.push(Heard {
                         at: now,
@@ -206,18 +250,36 @@ impl World {
         let mut due = Vec::new();
         let mut keep = VecDeque::new();
         while let Some(p) = self.net.pop_front() {
-            if p.at <= now { due.push(p) } else { keep.push_back(p) }
+            if p.at <= now {
+                due.push(p)
+            } else {
+                keep.push_back(p)
+            }
         }
         self.net = keep;
         for p in due {
             if p.to == self.node_addr {
                 self.node.handle_datagram(now, p.from, p.to, &p.data);
                 self.drain_node();
-            } else if let Some(i) = self.clients.iter().position(|c| c.addr == p.to && !c.closed) {
+            } else if let Some(i) = self
+                .clients
+                .iter()
+                .position(|c| c.addr == p.to && !c.closed)
+            {
                 let c = &mut self.clients[i];
-                let Ok(contents) = DatagramRecv::try_from(p.data.as_slice()) else { continue };
+                let Ok(contents) = DatagramRecv::try_from(p.data.as_slice()) else {
+                    continue;
+                };
                 c.rtc
-                    .handle_input(Input::Receive(now, Receive { proto: Protocol::Udp, source: p.from, destination: p.to, contents }))
+                    .handle_input(Input::Receive(
+                        now,
+                        Receive {
+                            proto: Protocol::Udp,
+                            source: p.from,
+                            destination: p.to,
+                            contents,
+                        },
+                    ))
                     .unwrap();
                 self.drain_client(i);
             }
@@ -228,7 +290,10 @@ impl World {
                 continue;
             }
             if self.clients[i].timeout <= now {
-                self.clients[i].rtc.handle_input(Input::Timeout(now)).unwrap();
+                self.clients[i]
+                    .rtc
+                    .handle_input(Input::Timeout(now))
+                    .unwrap();
             }
             let c = &mut self.clients[i];
             if c.connected && c.next_send <= now {
@@ -237,12 +302,18 @@ impl World {
                     let (pt, seq, ts, n) = (c.pt, c.seq, c.ts, c.n);
                     c.seq += 1;
                     c.ts = c.ts.wrapping_add(960);
-                    let ext = ExtensionValues { audio_level: Some(-(level as i8)), voice_activity: Some(level < 60), ..Default::default() };
+                    let ext = ExtensionValues {
+                        audio_level: Some(-(level as i8)),
+                        voice_activity: Some(level < 60),
+                        ..Default::default()
+                    };
                     let mut payload = vec![n; 60];
                     payload[1] = (seq & 0xff) as u8;
                     let mut api = c.rtc.direct_api();
                     let tx = api.stream_tx_by_mid(c.send_mid, None).expect("send stream");
-                    tx.write_rtp(RtpWrite::new(pt, SeqNo::from(seq), ts, now, payload).ext_vals(ext));
+                    tx.write_rtp(
+                        RtpWrite::new(pt, SeqNo::from(seq), ts, now, payload).ext_vals(ext),
+                    );
                 }
             }
             self.drain_client(i);

@@ -46,9 +46,12 @@ pub mod intents {
     /// Which intent an event needs; `None` means it is always sent.
     pub fn required(t: &str) -> Option<u64> {
         match t {
-            "GUILD_CREATE" | "GUILD_UPDATE" | "GUILD_DELETE" | "CHANNEL_CREATE" | "CHANNEL_UPDATE" | "CHANNEL_DELETE"
-            | "GUILD_ROLE_CREATE" | "GUILD_ROLE_UPDATE" | "GUILD_ROLE_DELETE" => Some(GUILDS),
-            "GUILD_MEMBER_ADD" | "GUILD_MEMBER_UPDATE" | "GUILD_MEMBER_REMOVE" => Some(GUILD_MEMBERS),
+            "GUILD_CREATE" | "GUILD_UPDATE" | "GUILD_DELETE" | "CHANNEL_CREATE"
+            | "CHANNEL_UPDATE" | "CHANNEL_DELETE" | "GUILD_ROLE_CREATE" | "GUILD_ROLE_UPDATE"
+            | "GUILD_ROLE_DELETE" => Some(GUILDS),
+            "GUILD_MEMBER_ADD" | "GUILD_MEMBER_UPDATE" | "GUILD_MEMBER_REMOVE" => {
+                Some(GUILD_MEMBERS)
+            }
             "VOICE_STATE_UPDATE" => Some(GUILD_VOICE_STATES),
             "PRESENCE_UPDATE" => Some(GUILD_PRESENCES),
             "MESSAGE_CREATE" | "MESSAGE_UPDATE" | "MESSAGE_DELETE" => Some(GUILD_MESSAGES),

@@ -10,7 +10,13 @@ use crate::wire;
 /// Members sent in GUILD_CREATE at most (Discord's `large_threshold` maximum).
 pub const MAX_GUILD_CREATE_MEMBERS: u32 = 250;
 
-pub fn ready(s: &AppState, user: &User, session_id: &str, guild_ids: &[u64], shard: Option<&Value>) -> Value {
+pub fn ready(
+    s: &AppState,
+    user: &User,
+    session_id: &str,
+    guild_ids: &[u64],
+    shard: Option<&Value>,
+) -> Value {
     let mut v = json!({
         "v": 10,
         "user": wire::user(user),
@@ -37,18 +43,33 @@ pub async fn guild_create(s: &AppState, g: &Guild, user_id: u64) -> ApiResult<Va
     guild_create_limited(s, g, user_id, MAX_GUILD_CREATE_MEMBERS).await
 }
 
-pub async fn guild_create_limited(s: &AppState, g: &Guild, user_id: u64, large_threshold: u32) -> ApiResult<Value> {
+pub async fn guild_create_limited(
+    s: &AppState,
+    g: &Guild,
+    user_id: u64,
+    large_threshold: u32,
+) -> ApiResult<Value> {
     let roles = s.store.roles(g.id).await?;
     let mut v = wire::guild(g, &roles);
     let mut channels = Vec::new();
     for c in s.store.channels(g.id).await? {
-        if s.store.permissions(g, Some(&c), user_id).await?.has(Permissions::VIEW_CHANNEL) {
+        if s.store
+            .permissions(g, Some(&c), user_id)
+            .await?
+            .has(Permissions::VIEW_CHANNEL)
+        {
             channels.push(wire::channel(&c));
         }
     }
-    let members = s.store.members(g.id, large_threshold.clamp(1, MAX_GUILD_CREATE_MEMBERS), 0).await?;
+    let members = s
+        .store
+        .members(g.id, large_threshold.clamp(1, MAX_GUILD_CREATE_MEMBERS), 0)
+        .await?;
     let member_count = members.len();
-    let joined_at = members.iter().find(|m| m.user.id == user_id).map(|m| wire::iso8601(m.joined_at));
+    let joined_at = members
+        .iter()
+        .find(|m| m.user.id == user_id)
+        .map(|m| wire::iso8601(m.joined_at));
     let voice_states: Vec<Value> = s
         .voice()
         .guild_states(g.id)

@@ -46,7 +46,11 @@ impl Presences {
 
     fn update(&self, user: u64, f: impl FnOnce(&mut Presence)) -> Option<(String, Value)> {
         let mut m = self.map.lock().expect("presence lock");
-        let p = m.entry(user).or_insert(Presence { status: "offline".into(), activities: json!([]), connections: 0 });
+        let p = m.entry(user).or_insert(Presence {
+            status: "offline".into(),
+            activities: json!([]),
+            connections: 0,
+        });
         let before = (Self::visible_status(p).to_string(), p.activities.clone());
         f(p);
         let after = (Self::visible_status(p).to_string(), p.activities.clone());
@@ -68,16 +72,32 @@ fn payload(guild_id: u64, user: u64, status: &str, activities: &Value) -> Value 
 }
 
 async fn broadcast(s: &AppState, user: u64, status: &str, activities: &Value) {
-    let Ok(guilds) = s.store.user_guilds(user).await else { return };
+    let Ok(guilds) = s.store.user_guilds(user).await else {
+        return;
+    };
     for g in guilds {
-        s.hub.send(Target::Guild(g.id), Some(g.id), None, "PRESENCE_UPDATE", payload(g.id, user, status, activities));
+        s.hub.send(
+            Target::Guild(g.id),
+            Some(g.id),
+            None,
+            "PRESENCE_UPDATE",
+            payload(g.id, user, status, activities),
+        );
     }
 }
 
 /// A connection of `user` came up (identify or resume) with an optional presence.
 pub async fn connected(s: &AppState, user: u64, initial: Option<&Value>) {
-    let status = initial.and_then(|p| p.get("status")).and_then(Value::as_str).filter(|st| STATUSES.contains(st)).unwrap_or("online").to_string();
-    let activities = initial.and_then(|p| p.get("activities")).filter(|a| a.is_array()).cloned();
+    let status = initial
+        .and_then(|p| p.get("status"))
+        .and_then(Value::as_str)
+        .filter(|st| STATUSES.contains(st))
+        .unwrap_or("online")
+        .to_string();
+    let activities = initial
+        .and_then(|p| p.get("activities"))
+        .filter(|a| a.is_array())
+        .cloned();
     let changed = s.presences.update(user, |p| {
         p.connections += 1;
         if p.connections == 1 || initial.is_some() {
@@ -92,9 +112,19 @@ pub async fn connected(s: &AppState, user: u64, initial: Option<&Value>) {
 
 /// Op 3. Returns false for an invalid status.
 pub async fn set(s: &AppState, user: u64, d: &Value) -> bool {
-    let Some(status) = d.get("status").and_then(Value::as_str).filter(|st| STATUSES.contains(st)) else { return false };
+    let Some(status) = d
+        .get("status")
+        .and_then(Value::as_str)
+        .filter(|st| STATUSES.contains(st))
+    else {
+        return false;
+    };
     let status = status.to_string();
-    let activities = d.get("activities").filter(|a| a.is_array()).cloned().unwrap_or_else(|| json!([]));
+    let activities = d
+        .get("activities")
+        .filter(|a| a.is_array())
+        .cloned()
+        .unwrap_or_else(|| json!([]));
     let changed = s.presences.update(user, |p| {
         p.status = status;
         p.activities = activities;

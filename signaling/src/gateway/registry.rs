@@ -33,7 +33,11 @@ impl Entry {
     pub fn render(&self, seq: u64) -> String {
         match self {
             Entry::Shared(d, redacted) => {
-                let body = if *redacted { d.redacted.as_ref().unwrap_or(&d.json) } else { &d.json };
+                let body = if *redacted {
+                    d.redacted.as_ref().unwrap_or(&d.json)
+                } else {
+                    &d.json
+                };
                 frame(d.t, seq, body)
             }
             Entry::Own(t, json) => frame(t, seq, json),
@@ -139,7 +143,10 @@ impl Session {
     }
 
     pub fn expired(&self, now: Instant) -> bool {
-        self.ended || self.detached_at.is_some_and(|t| now.duration_since(t) > RESUME_WINDOW)
+        self.ended
+            || self
+                .detached_at
+                .is_some_and(|t| now.duration_since(t) > RESUME_WINDOW)
     }
 
     /// Frames after `acked`, if all of them are still buffered.
@@ -152,7 +159,12 @@ impl Session {
                 return Err(ResumeError::TooOld);
             }
         }
-        Ok(self.buffer.iter().filter(|(s, _)| *s > acked).map(|(s, e)| e.render(*s)).collect())
+        Ok(self
+            .buffer
+            .iter()
+            .filter(|(s, _)| *s > acked)
+            .map(|(s, e)| e.render(*s))
+            .collect())
     }
 }
 
@@ -167,7 +179,10 @@ impl Sessions {
     pub fn insert(&self, s: Session) -> SessionRef {
         let id = s.id.clone();
         let r = Arc::new(Mutex::new(s));
-        self.map.lock().expect("sessions lock").insert(id, r.clone());
+        self.map
+            .lock()
+            .expect("sessions lock")
+            .insert(id, r.clone());
         r
     }
 
@@ -190,7 +205,10 @@ impl Sessions {
     /// (live, detached) counts.
     pub fn counts(&self) -> (usize, usize) {
         let m = self.map.lock().expect("sessions lock");
-        let live = m.values().filter(|s| s.lock().map(|s| s.is_live()).unwrap_or(false)).count();
+        let live = m
+            .values()
+            .filter(|s| s.lock().map(|s| s.is_live()).unwrap_or(false))
+            .count();
         (live, m.len() - live)
     }
 }
@@ -205,7 +223,16 @@ mod tests {
 
     #[test]
     fn replay_in_order_and_bounded() {
-        let mut s = Session::new("s".into(), User { id: 1, username: "u".into(), bot: false }, 0, HashSet::new());
+        let mut s = Session::new(
+            "s".into(),
+            User {
+                id: 1,
+                username: "u".into(),
+                bot: false,
+            },
+            0,
+            HashSet::new(),
+        );
         for i in 0..10 {
             s.push(own(i));
         }
@@ -217,18 +244,35 @@ mod tests {
         for i in 0..REPLAY_CAP as u64 {
             s.push(own(i));
         }
-        assert_eq!(s.replay_after(5).unwrap_err(), ResumeError::TooOld, "entries were dropped");
+        assert_eq!(
+            s.replay_after(5).unwrap_err(),
+            ResumeError::TooOld,
+            "entries were dropped"
+        );
         assert!(s.replay_after(20).is_ok());
     }
 
     #[test]
     fn slow_connection_is_detached() {
-        let mut s = Session::new("s".into(), User { id: 1, username: "u".into(), bot: false }, 0, HashSet::new());
+        let mut s = Session::new(
+            "s".into(),
+            User {
+                id: 1,
+                username: "u".into(),
+                bot: false,
+            },
+            0,
+            HashSet::new(),
+        );
         let (tx, _rx) = mpsc::channel(2);
         s.attach(1, tx);
         assert!(s.push(own(1)) && s.push(own(2)));
         assert!(!s.push(own(3)), "third frame overflows a queue of 2");
         assert!(!s.is_live());
-        assert_eq!(s.replay_after(0).unwrap().len(), 3, "nothing is lost for a resume");
+        assert_eq!(
+            s.replay_after(0).unwrap().len(),
+            3,
+            "nothing is lost for a resume"
+        );
     }
 }

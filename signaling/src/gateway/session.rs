@@ -21,7 +21,9 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::registry::{Entry, Session, SessionRef, LIVE_QUEUE};
-use super::{close, intents, payloads, HEARTBEAT_INTERVAL_MS, MAX_PAYLOAD, RATE_LIMIT, RATE_WINDOW};
+use super::{
+    close, intents, payloads, HEARTBEAT_INTERVAL_MS, MAX_PAYLOAD, RATE_LIMIT, RATE_WINDOW,
+};
 use crate::app::AppState;
 use crate::hub::{Dispatch, Target};
 use crate::ws::{close_with, Inbound, Tx};
@@ -53,7 +55,8 @@ async fn send_frames(tx: &mut Tx, frames: Vec<String>) -> bool {
 }
 
 fn lock(s: &SessionRef) -> std::sync::MutexGuard<'_, Session> {
-    s.lock().expect("a session lock is never held across a panic")
+    s.lock()
+        .expect("a session lock is never held across a panic")
 }
 
 async fn run(s: AppState, sock: WebSocket) {
@@ -209,38 +212,79 @@ async fn run(s: AppState, sock: WebSocket) {
 type IdentifyResult = Result<(Session, Value, Vec<Value>), (u16, &'static str)>;
 
 async fn identify(s: &AppState, d: &Value) -> IdentifyResult {
-    let token = d.get("token").and_then(Value::as_str).ok_or((close::DECODE_ERROR, "identify needs a token"))?;
+    let token = d
+        .get("token")
+        .and_then(Value::as_str)
+        .ok_or((close::DECODE_ERROR, "identify needs a token"))?;
     let token = crate::extract::token_from_header(token);
-    let user = s.store.authenticate(token).await.map_err(|_| (close::AUTHENTICATION_FAILED, "authentication failed"))?;
+    let user = s
+        .store
+        .authenticate(token)
+        .await
+        .map_err(|_| (close::AUTHENTICATION_FAILED, "authentication failed"))?;
     let intents = match d.get("intents") {
         None | Some(Value::Null) => intents::ALL,
-        Some(v) => v.as_u64().filter(|i| *i <= intents::ALL).ok_or((close::INVALID_INTENTS, "invalid intents"))?,
+        Some(v) => v
+            .as_u64()
+            .filter(|i| *i <= intents::ALL)
+            .ok_or((close::INVALID_INTENTS, "invalid intents"))?,
     };
     let shard = d.get("shard").filter(|v| !v.is_null());
     if let Some(sh) = shard {
-        let ok = sh.as_array().is_some_and(|a| a.len() == 2 && a[0].as_u64().zip(a[1].as_u64()).is_some_and(|(i, n)| n >= 1 && i < n));
+        let ok = sh.as_array().is_some_and(|a| {
+            a.len() == 2
+                && a[0]
+                    .as_u64()
+                    .zip(a[1].as_u64())
+                    .is_some_and(|(i, n)| n >= 1 && i < n)
+        });
         if !ok {
             return Err((close::INVALID_SHARD, "invalid shard"));
         }
     }
-    let large = d.get("large_threshold").and_then(Value::as_u64).unwrap_or(payloads::MAX_GUILD_CREATE_MEMBERS as u64).clamp(50, 250) as u32;
-    let session_id: String = rand::thread_rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect();
-    let guilds = s.store.user_guilds(user.id).await.map_err(|_| (close::UNKNOWN_ERROR, "storage error"))?;
+    let large = d
+        .get("large_threshold")
+        .and_then(Value::as_u64)
+        .unwrap_or(payloads::MAX_GUILD_CREATE_MEMBERS as u64)
+        .clamp(50, 250) as u32;
+    let session_id: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect();
+    let guilds = s
+        .store
+        .user_guilds(user.id)
+        .await
+        .map_err(|_| (close::UNKNOWN_ERROR, "storage error"))?;
     let ids: Vec<u64> = guilds.iter().map(|g| g.id).collect();
     let ready = payloads::ready(s, &user, &session_id, &ids, shard);
     let mut creates = Vec::new();
     if intents & intents::GUILDS != 0 {
         for g in &guilds {
-            creates.push(payloads::guild_create_limited(s, g, user.id, large).await.map_err(|_| (close::UNKNOWN_ERROR, "storage error"))?);
+            creates.push(
+                payloads::guild_create_limited(s, g, user.id, large)
+                    .await
+                    .map_err(|_| (close::UNKNOWN_ERROR, "storage error"))?,
+            );
         }
     }
-    let sess = Session::new(session_id, user, intents, ids.into_iter().collect::<HashSet<u64>>());
+    let sess = Session::new(
+        session_id,
+        user,
+        intents,
+        ids.into_iter().collect::<HashSet<u64>>(),
+    );
     Ok((sess, ready, creates))
 }
 
 /// Resume `{token, session_id, seq}`: the missed dispatches in order, then RESUMED. `None` means
 /// Invalid Session (unknown, expired, another user's, or too far behind).
-async fn resume(s: &AppState, d: &Value, conn: u64) -> Option<(SessionRef, mpsc::Receiver<String>, Vec<String>)> {
+async fn resume(
+    s: &AppState,
+    d: &Value,
+    conn: u64,
+) -> Option<(SessionRef, mpsc::Receiver<String>, Vec<String>)> {
     let token = crate::extract::token_from_header(d.get("token")?.as_str()?);
     let sid = d.get("session_id")?.as_str()?;
     let acked = d.get("seq").and_then(Value::as_u64).unwrap_or(0);
@@ -317,7 +361,11 @@ async fn can_view(s: &AppState, sref: &SessionRef, user: u64, guild: u64, channe
         }
     }
     let visible = match (s.store.guild(guild).await, s.store.channel(channel).await) {
-        (Ok(gd), Ok(c)) => s.store.permissions(&gd, Some(&c), user).await.is_ok_and(|p| p.has(Permissions::VIEW_CHANNEL)),
+        (Ok(gd), Ok(c)) => s
+            .store
+            .permissions(&gd, Some(&c), user)
+            .await
+            .is_ok_and(|p| p.has(Permissions::VIEW_CHANNEL)),
         _ => false,
     };
     let mut g = lock(sref);
@@ -358,6 +406,8 @@ fn addressed(sref: &SessionRef, d: &Dispatch) -> Option<(u64, bool)> {
             return None;
         }
     }
-    let redacted = d.redacted.is_some() && g.intents & intents::MESSAGE_CONTENT == 0 && !d.full_for.contains(&uid);
+    let redacted = d.redacted.is_some()
+        && g.intents & intents::MESSAGE_CONTENT == 0
+        && !d.full_for.contains(&uid);
     Some((uid, redacted))
 }

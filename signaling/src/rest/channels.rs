@@ -15,7 +15,11 @@ use crate::extract::{snowflake, ApiJson, Auth};
 use crate::hub::Target;
 use crate::wire;
 
-pub async fn get(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let (c, _, _) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
     Ok(Json(wire::channel(&c)))
 }
@@ -29,36 +33,74 @@ pub struct UpdateChannel {
     topic: Option<String>,
 }
 
-pub async fn update(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>, ApiJson(b): ApiJson<UpdateChannel>) -> ApiResult<Json<Value>> {
+pub async fn update(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path(id): Path<String>,
+    ApiJson(b): ApiJson<UpdateChannel>,
+) -> ApiResult<Json<Value>> {
     let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
     require(p, Permissions::MANAGE_CHANNELS, "MANAGE_CHANNELS")?;
     let c = s
         .store
-        .update_channel(c.id, ChannelSpec { name: b.name, position: b.position, bitrate: b.bitrate, user_limit: b.user_limit, topic: b.topic.map(Some), ..Default::default() })
+        .update_channel(
+            c.id,
+            ChannelSpec {
+                name: b.name,
+                position: b.position,
+                bitrate: b.bitrate,
+                user_limit: b.user_limit,
+                topic: b.topic.map(Some),
+                ..Default::default()
+            },
+        )
         .await?;
     let v = wire::channel(&c);
-    s.hub.send(Target::Guild(g.id), Some(g.id), Some(c.id), "CHANNEL_UPDATE", v.clone());
+    s.hub.send(
+        Target::Guild(g.id),
+        Some(g.id),
+        Some(c.id),
+        "CHANNEL_UPDATE",
+        v.clone(),
+    );
     Ok(Json(v))
 }
 
-pub async fn remove(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn remove(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
     require(p, Permissions::MANAGE_CHANNELS, "MANAGE_CHANNELS")?;
     crate::voice::service::disconnect_channel(&s, g.id, c.id).await;
     let c = s.store.delete_channel(c.id).await?;
     let v = wire::channel(&c);
-    s.hub.send(Target::Guild(g.id), Some(g.id), None, "CHANNEL_DELETE", v.clone());
+    s.hub.send(
+        Target::Guild(g.id),
+        Some(g.id),
+        None,
+        "CHANNEL_DELETE",
+        v.clone(),
+    );
     Ok(Json(v))
 }
 
-pub async fn put_overwrite(State(s): State<AppState>, Auth(u): Auth, Path((id, target)): Path<(String, String)>, ApiJson(mut b): ApiJson<OverwriteBody>) -> ApiResult<StatusCode> {
+pub async fn put_overwrite(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path((id, target)): Path<(String, String)>,
+    ApiJson(mut b): ApiJson<OverwriteBody>,
+) -> ApiResult<StatusCode> {
     let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
     require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
     b.id = target;
     let ow = b.parse()?;
     // Only bits you hold in this channel may be allowed or denied (owners and admins hold all).
     if (ow.allow | ow.deny) & !p.0 != 0 {
-        return Err(ApiError::missing_permissions("cannot allow or deny permissions you do not have"));
+        return Err(ApiError::missing_permissions(
+            "cannot allow or deny permissions you do not have",
+        ));
     }
     if ow.kind == lodge_chat::OverwriteKind::Role && s.store.role(g.id, ow.target).await.is_err() {
         return Err(ApiError::not_found("role"));
@@ -68,17 +110,35 @@ pub async fn put_overwrite(State(s): State<AppState>, Auth(u): Auth, Path((id, t
     }
     s.store.set_overwrite(c.id, ow).await?;
     let c = s.store.channel(c.id).await?;
-    s.hub.send(Target::Guild(g.id), Some(g.id), Some(c.id), "CHANNEL_UPDATE", wire::channel(&c));
+    s.hub.send(
+        Target::Guild(g.id),
+        Some(g.id),
+        Some(c.id),
+        "CHANNEL_UPDATE",
+        wire::channel(&c),
+    );
     crate::voice::service::refresh_channel_permissions(&s, g.id, c.id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn delete_overwrite(State(s): State<AppState>, Auth(u): Auth, Path((id, target)): Path<(String, String)>) -> ApiResult<StatusCode> {
+pub async fn delete_overwrite(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path((id, target)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
     require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
-    s.store.delete_overwrite(c.id, snowflake(&target, "overwrite")?).await?;
+    s.store
+        .delete_overwrite(c.id, snowflake(&target, "overwrite")?)
+        .await?;
     let c = s.store.channel(c.id).await?;
-    s.hub.send(Target::Guild(g.id), Some(g.id), Some(c.id), "CHANNEL_UPDATE", wire::channel(&c));
+    s.hub.send(
+        Target::Guild(g.id),
+        Some(g.id),
+        Some(c.id),
+        "CHANNEL_UPDATE",
+        wire::channel(&c),
+    );
     crate::voice::service::refresh_channel_permissions(&s, g.id, c.id).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -91,28 +151,54 @@ pub struct CreateInvite {
     max_uses: Option<u32>,
 }
 
-pub async fn create_invite(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>, body: axum::body::Bytes) -> ApiResult<Json<Value>> {
+pub async fn create_invite(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
     let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
-    require(p, Permissions::CREATE_INSTANT_INVITE, "CREATE_INSTANT_INVITE")?;
+    require(
+        p,
+        Permissions::CREATE_INSTANT_INVITE,
+        "CREATE_INSTANT_INVITE",
+    )?;
     // The body is optional (Discord accepts an empty one).
     let b: CreateInvite = if body.iter().all(|b| b.is_ascii_whitespace()) {
         CreateInvite::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, 50109, format!("The request body contains invalid JSON: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                50109,
+                format!("The request body contains invalid JSON: {e}"),
+            )
+        })?
     };
     let max_age = b.max_age.unwrap_or(86_400);
     if max_age > 604_800 {
-        return Err(ApiError::bad_request("max_age", "Must be between 0 and 604800."));
+        return Err(ApiError::bad_request(
+            "max_age",
+            "Must be between 0 and 604800.",
+        ));
     }
     let max_uses = b.max_uses.unwrap_or(0);
     if max_uses > 100 {
-        return Err(ApiError::bad_request("max_uses", "Must be between 0 and 100."));
+        return Err(ApiError::bad_request(
+            "max_uses",
+            "Must be between 0 and 100.",
+        ));
     }
     let inv = s.store.create_invite(&c, u.id, max_uses, max_age).await?;
     Ok(Json(invite_json(&inv, &g, &c, Some(&u))))
 }
 
-fn invite_json(inv: &lodge_chat::Invite, g: &lodge_chat::Guild, c: &lodge_chat::Channel, inviter: Option<&lodge_chat::User>) -> Value {
+fn invite_json(
+    inv: &lodge_chat::Invite,
+    g: &lodge_chat::Guild,
+    c: &lodge_chat::Channel,
+    inviter: Option<&lodge_chat::User>,
+) -> Value {
     json!({
         "type": 0,
         "code": inv.code,
@@ -126,7 +212,10 @@ fn invite_json(inv: &lodge_chat::Invite, g: &lodge_chat::Guild, c: &lodge_chat::
     })
 }
 
-pub async fn get_invite(State(s): State<AppState>, Path(code): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get_invite(
+    State(s): State<AppState>,
+    Path(code): Path<String>,
+) -> ApiResult<Json<Value>> {
     let inv = s.store.invite(&code).await?;
     let g = s.store.guild(inv.guild_id).await?;
     let c = s.store.channel(inv.channel_id).await?;
@@ -134,7 +223,11 @@ pub async fn get_invite(State(s): State<AppState>, Path(code): Path<String>) -> 
 }
 
 /// Join the invite's guild.
-pub async fn accept_invite(State(s): State<AppState>, Auth(u): Auth, Path(code): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn accept_invite(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path(code): Path<String>,
+) -> ApiResult<Json<Value>> {
     if code.len() > 32 {
         return Err(ApiError::not_found("invite"));
     }
@@ -145,9 +238,21 @@ pub async fn accept_invite(State(s): State<AppState>, Auth(u): Auth, Path(code):
         let m = s.store.member(g.id, u.id).await?;
         let mut mv = wire::member(&m);
         mv["guild_id"] = json!(g.id.to_string());
-        s.hub.send(Target::Guild(g.id), Some(g.id), None, "GUILD_MEMBER_ADD", mv);
+        s.hub.send(
+            Target::Guild(g.id),
+            Some(g.id),
+            None,
+            "GUILD_MEMBER_ADD",
+            mv,
+        );
         let payload = crate::gateway::payloads::guild_create(&s, &g, u.id).await?;
-        s.hub.send(Target::User(u.id), Some(g.id), None, "GUILD_CREATE", payload);
+        s.hub.send(
+            Target::User(u.id),
+            Some(g.id),
+            None,
+            "GUILD_CREATE",
+            payload,
+        );
         tracing::info!(guild = g.id, user = u.id, "member joined by invite");
     }
     Ok(Json(invite_json(&inv, &g, &c, None)))

@@ -22,22 +22,53 @@ pub struct CreateGuild {
     name: String,
 }
 
-pub async fn create(State(s): State<AppState>, Auth(u): Auth, ApiJson(b): ApiJson<CreateGuild>) -> ApiResult<(StatusCode, Json<Value>)> {
-    let owned = s.store.user_guilds(u.id).await?.iter().filter(|g| g.owner_id == u.id).count();
+pub async fn create(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    ApiJson(b): ApiJson<CreateGuild>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let owned = s
+        .store
+        .user_guilds(u.id)
+        .await?
+        .iter()
+        .filter(|g| g.owner_id == u.id)
+        .count();
     if owned >= MAX_OWNED_GUILDS {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, 30001, format!("Maximum number of guilds reached ({MAX_OWNED_GUILDS})")));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            30001,
+            format!("Maximum number of guilds reached ({MAX_OWNED_GUILDS})"),
+        ));
     }
     let g = s.store.create_guild(&u, &b.name).await?;
     tracing::info!(guild = g.id, owner = u.id, "guild created");
     let roles = s.store.roles(g.id).await?;
     let payload = crate::gateway::payloads::guild_create(&s, &g, u.id).await?;
-    s.hub.send(Target::User(u.id), Some(g.id), None, "GUILD_CREATE", payload);
+    s.hub.send(
+        Target::User(u.id),
+        Some(g.id),
+        None,
+        "GUILD_CREATE",
+        payload,
+    );
     let mut v = wire::guild(&g, &roles);
-    v["channels"] = Value::Array(s.store.channels(g.id).await?.iter().map(wire::channel).collect());
+    v["channels"] = Value::Array(
+        s.store
+            .channels(g.id)
+            .await?
+            .iter()
+            .map(wire::channel)
+            .collect(),
+    );
     Ok((StatusCode::CREATED, Json(v)))
 }
 
-pub async fn get(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     let roles = s.store.roles(g.id).await?;
     Ok(Json(wire::guild(&g, &roles)))
@@ -48,35 +79,70 @@ pub struct UpdateGuild {
     name: Option<String>,
 }
 
-pub async fn update(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>, ApiJson(b): ApiJson<UpdateGuild>) -> ApiResult<Json<Value>> {
+pub async fn update(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path(id): Path<String>,
+    ApiJson(b): ApiJson<UpdateGuild>,
+) -> ApiResult<Json<Value>> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
-    require(s.store.permissions(&g, None, u.id).await?, Permissions::MANAGE_GUILD, "MANAGE_GUILD")?;
+    require(
+        s.store.permissions(&g, None, u.id).await?,
+        Permissions::MANAGE_GUILD,
+        "MANAGE_GUILD",
+    )?;
     let g = match b.name {
         Some(n) => s.store.rename_guild(g.id, &n).await?,
         None => g,
     };
     let roles = s.store.roles(g.id).await?;
     let v = wire::guild(&g, &roles);
-    s.hub.send(Target::Guild(g.id), Some(g.id), None, "GUILD_UPDATE", v.clone());
+    s.hub.send(
+        Target::Guild(g.id),
+        Some(g.id),
+        None,
+        "GUILD_UPDATE",
+        v.clone(),
+    );
     Ok(Json(v))
 }
 
-pub async fn remove(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn remove(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     if g.owner_id != u.id {
-        return Err(ApiError::missing_permissions("only the owner may delete a guild"));
+        return Err(ApiError::missing_permissions(
+            "only the owner may delete a guild",
+        ));
     }
     crate::voice::service::disconnect_guild(&s, g.id).await;
-    s.hub.send(Target::Guild(g.id), Some(g.id), None, "GUILD_DELETE", json!({ "id": g.id.to_string(), "unavailable": false }));
+    s.hub.send(
+        Target::Guild(g.id),
+        Some(g.id),
+        None,
+        "GUILD_DELETE",
+        json!({ "id": g.id.to_string(), "unavailable": false }),
+    );
     s.store.delete_guild(g.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn channels(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn channels(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     let mut out = Vec::new();
     for c in s.store.channels(g.id).await? {
-        if s.store.permissions(&g, Some(&c), u.id).await?.has(Permissions::VIEW_CHANNEL) {
+        if s.store
+            .permissions(&g, Some(&c), u.id)
+            .await?
+            .has(Permissions::VIEW_CHANNEL)
+        {
             out.push(wire::channel(&c));
         }
     }
@@ -99,14 +165,24 @@ pub struct OverwriteBody {
 impl OverwriteBody {
     pub fn parse(&self) -> ApiResult<Overwrite> {
         let bits = |v: &Option<String>, f: &str| -> ApiResult<u64> {
-            v.as_deref().unwrap_or("0").parse::<u64>().map_err(|_| ApiError::bad_request(f, "Must be a permission bit set as a decimal string."))
+            v.as_deref().unwrap_or("0").parse::<u64>().map_err(|_| {
+                ApiError::bad_request(f, "Must be a permission bit set as a decimal string.")
+            })
         };
         Ok(Overwrite {
-            target: self.id.parse().map_err(|_| ApiError::bad_request("id", "Must be a snowflake."))?,
+            target: self
+                .id
+                .parse()
+                .map_err(|_| ApiError::bad_request("id", "Must be a snowflake."))?,
             kind: match self.kind {
                 0 => OverwriteKind::Role,
                 1 => OverwriteKind::Member,
-                _ => return Err(ApiError::bad_request("type", "Must be 0 (role) or 1 (member).")),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "type",
+                        "Must be 0 (role) or 1 (member).",
+                    ))
+                }
             },
             allow: bits(&self.allow, "allow")?,
             deny: bits(&self.deny, "deny")?,
@@ -133,28 +209,65 @@ pub struct CreateChannel {
     permission_overwrites: Vec<OverwriteBody>,
 }
 
-pub async fn create_channel(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>, ApiJson(b): ApiJson<CreateChannel>) -> ApiResult<(StatusCode, Json<Value>)> {
+pub async fn create_channel(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path(id): Path<String>,
+    ApiJson(b): ApiJson<CreateChannel>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
-    require(s.store.permissions(&g, None, u.id).await?, Permissions::MANAGE_CHANNELS, "MANAGE_CHANNELS")?;
+    require(
+        s.store.permissions(&g, None, u.id).await?,
+        Permissions::MANAGE_CHANNELS,
+        "MANAGE_CHANNELS",
+    )?;
     let kind = match b.kind {
         None => ChannelKind::Text,
-        Some(k) => ChannelKind::from_code(k).ok_or_else(|| ApiError::bad_request("type", "Lodge supports 0 (text), 2 (voice) and 4 (category)."))?,
+        Some(k) => ChannelKind::from_code(k).ok_or_else(|| {
+            ApiError::bad_request(
+                "type",
+                "Lodge supports 0 (text), 2 (voice) and 4 (category).",
+            )
+        })?,
     };
     let parent_id = match b.parent_id {
-        Some(p) => Some(Some(p.parse().map_err(|_| ApiError::bad_request("parent_id", "Must be a snowflake."))?)),
+        Some(p) => Some(Some(p.parse().map_err(|_| {
+            ApiError::bad_request("parent_id", "Must be a snowflake.")
+        })?)),
         None => None,
     };
-    let ows = b.permission_overwrites.iter().map(|o| o.parse()).collect::<ApiResult<Vec<_>>>()?;
+    let ows = b
+        .permission_overwrites
+        .iter()
+        .map(|o| o.parse())
+        .collect::<ApiResult<Vec<_>>>()?;
     let c = s
         .store
-        .create_channel(g.id, ChannelSpec { name: Some(b.name), kind: Some(kind), parent_id, position: b.position, bitrate: b.bitrate, user_limit: b.user_limit, topic: Some(b.topic) })
+        .create_channel(
+            g.id,
+            ChannelSpec {
+                name: Some(b.name),
+                kind: Some(kind),
+                parent_id,
+                position: b.position,
+                bitrate: b.bitrate,
+                user_limit: b.user_limit,
+                topic: Some(b.topic),
+            },
+        )
         .await?;
     for o in ows {
         s.store.set_overwrite(c.id, o).await?;
     }
     let c = s.store.channel(c.id).await?;
     let v = wire::channel(&c);
-    s.hub.send(Target::Guild(g.id), Some(g.id), Some(c.id), "CHANNEL_CREATE", v.clone());
+    s.hub.send(
+        Target::Guild(g.id),
+        Some(g.id),
+        Some(c.id),
+        "CHANNEL_CREATE",
+        v.clone(),
+    );
     Ok((StatusCode::CREATED, Json(v)))
 }
 
@@ -164,47 +277,97 @@ pub struct MembersQuery {
     after: Option<String>,
 }
 
-pub async fn members(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>, Query(q): Query<MembersQuery>) -> ApiResult<Json<Value>> {
+pub async fn members(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path(id): Path<String>,
+    Query(q): Query<MembersQuery>,
+) -> ApiResult<Json<Value>> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     let limit = q.limit.unwrap_or(1);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("limit", "Must be between 1 and 1000."));
+        return Err(ApiError::bad_request(
+            "limit",
+            "Must be between 1 and 1000.",
+        ));
     }
-    let after = q.after.map(|a| a.parse::<u64>()).transpose().map_err(|_| ApiError::bad_request("after", "Must be a snowflake."))?;
+    let after = q
+        .after
+        .map(|a| a.parse::<u64>())
+        .transpose()
+        .map_err(|_| ApiError::bad_request("after", "Must be a snowflake."))?;
     let ms = s.store.members(g.id, limit, after.unwrap_or(0)).await?;
     Ok(Json(Value::Array(ms.iter().map(wire::member).collect())))
 }
 
-pub async fn member(State(s): State<AppState>, Auth(u): Auth, Path((id, user)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+pub async fn member(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path((id, user)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     let m = s.store.member(g.id, snowflake(&user, "member")?).await?;
     Ok(Json(wire::member(&m)))
 }
 
-pub async fn kick(State(s): State<AppState>, Auth(u): Auth, Path((id, user)): Path<(String, String)>) -> ApiResult<StatusCode> {
+pub async fn kick(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path((id, user)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     let target = snowflake(&user, "member")?;
     if target != u.id {
-        require(s.store.permissions(&g, None, u.id).await?, Permissions::KICK_MEMBERS, "KICK_MEMBERS")?;
+        require(
+            s.store.permissions(&g, None, u.id).await?,
+            Permissions::KICK_MEMBERS,
+            "KICK_MEMBERS",
+        )?;
     }
     if target == g.owner_id {
-        return Err(ApiError::missing_permissions("the guild owner cannot be kicked"));
+        return Err(ApiError::missing_permissions(
+            "the guild owner cannot be kicked",
+        ));
     }
     let m = s.store.member(g.id, target).await?;
     crate::voice::service::disconnect_user(&s, g.id, target).await;
     s.store.remove_member(g.id, target).await?;
-    s.hub.send(Target::Guild(g.id), Some(g.id), None, "GUILD_MEMBER_REMOVE", json!({ "guild_id": g.id.to_string(), "user": wire::user(&m.user) }));
-    s.hub.send(Target::User(target), Some(g.id), None, "GUILD_DELETE", json!({ "id": g.id.to_string() }));
+    s.hub.send(
+        Target::Guild(g.id),
+        Some(g.id),
+        None,
+        "GUILD_MEMBER_REMOVE",
+        json!({ "guild_id": g.id.to_string(), "user": wire::user(&m.user) }),
+    );
+    s.hub.send(
+        Target::User(target),
+        Some(g.id),
+        None,
+        "GUILD_DELETE",
+        json!({ "id": g.id.to_string() }),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn roles(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn roles(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
-    Ok(Json(Value::Array(s.store.roles(g.id).await?.iter().map(wire::role).collect())))
+    Ok(Json(Value::Array(
+        s.store.roles(g.id).await?.iter().map(wire::role).collect(),
+    )))
 }
 
-pub async fn voice_states(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn voice_states(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     let states = s.voice().guild_states(g.id);
-    Ok(Json(Value::Array(states.iter().map(|v| v.json()).collect())))
+    Ok(Json(Value::Array(
+        states.iter().map(|v| v.json()).collect(),
+    )))
 }

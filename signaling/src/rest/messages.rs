@@ -17,7 +17,11 @@ use crate::wire;
 fn messageable(c: &Channel) -> ApiResult<()> {
     match c.kind {
         ChannelKind::Text | ChannelKind::Voice => Ok(()),
-        ChannelKind::Category => Err(ApiError::new(StatusCode::BAD_REQUEST, 50008, "Cannot send messages in a non-text channel")),
+        ChannelKind::Category => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            50008,
+            "Cannot send messages in a non-text channel",
+        )),
     }
 }
 
@@ -51,7 +55,12 @@ pub struct HistoryQuery {
     around: Option<String>,
 }
 
-pub async fn list(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>, Query(q): Query<HistoryQuery>) -> ApiResult<Json<Value>> {
+pub async fn list(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path(id): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult<Json<Value>> {
     let (c, _, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
     messageable(&c)?;
     require(p, Permissions::READ_MESSAGE_HISTORY, "READ_MESSAGE_HISTORY")?;
@@ -60,9 +69,18 @@ pub async fn list(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<Strin
         return Err(ApiError::bad_request("limit", "Must be between 1 and 100."));
     }
     let id_of = |v: Option<String>, f: &str| -> ApiResult<Option<u64>> {
-        v.map(|x| x.parse::<u64>().map_err(|_| ApiError::bad_request(f, "Must be a snowflake."))).transpose()
+        v.map(|x| {
+            x.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(f, "Must be a snowflake."))
+        })
+        .transpose()
     };
-    let query = MessageQuery { limit, before: id_of(q.before, "before")?, after: id_of(q.after, "after")?, around: id_of(q.around, "around")? };
+    let query = MessageQuery {
+        limit,
+        before: id_of(q.before, "before")?,
+        after: id_of(q.after, "after")?,
+        around: id_of(q.around, "around")?,
+    };
     let ms = s.store.messages(c.id, query, u.id).await?;
     let mut out = Vec::with_capacity(ms.len());
     for m in &ms {
@@ -101,7 +119,12 @@ fn snowflake_value(v: &Option<Value>) -> Option<u64> {
     }
 }
 
-pub async fn create(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>, ApiJson(b): ApiJson<CreateMessage>) -> ApiResult<Json<Value>> {
+pub async fn create(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path(id): Path<String>,
+    ApiJson(b): ApiJson<CreateMessage>,
+) -> ApiResult<Json<Value>> {
     let (c, _, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
     messageable(&c)?;
     require(p, Permissions::SEND_MESSAGES, "SEND_MESSAGES")?;
@@ -109,18 +132,32 @@ pub async fn create(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<Str
         None | Some(Value::Null) => None,
         Some(Value::String(n)) => Some(n),
         Some(Value::Number(n)) => Some(n.to_string()),
-        Some(_) => return Err(ApiError::bad_request("nonce", "Must be a string or an integer.")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "nonce",
+                "Must be a string or an integer.",
+            ))
+        }
     };
     let mut reference = None;
     if let Some(r) = &b.message_reference {
-        let mid = snowflake_value(&r.message_id).ok_or_else(|| ApiError::bad_request("message_reference", "message_id must be a snowflake."))?;
+        let mid = snowflake_value(&r.message_id).ok_or_else(|| {
+            ApiError::bad_request("message_reference", "message_id must be a snowflake.")
+        })?;
         // A reference without channel_id means the channel posted in.
         let cid = snowflake_value(&r.channel_id).unwrap_or(c.id);
-        let exists = s.store.message(cid, mid, u.id).await.is_ok_and(|m| m.guild_id == c.guild_id);
+        let exists = s
+            .store
+            .message(cid, mid, u.id)
+            .await
+            .is_ok_and(|m| m.guild_id == c.guild_id);
         if exists {
             reference = Some((mid, cid));
         } else if r.fail_if_not_exists.unwrap_or(true) {
-            return Err(ApiError::bad_request("message_reference", "Unknown message"));
+            return Err(ApiError::bad_request(
+                "message_reference",
+                "Unknown message",
+            ));
         }
     }
     let content = b.content.unwrap_or_default();
@@ -139,10 +176,17 @@ pub async fn create(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<Str
     Ok(Json(message_json(&s, &m, u.id).await))
 }
 
-pub async fn get(State(s): State<AppState>, Auth(u): Auth, Path((id, mid)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+pub async fn get(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path((id, mid)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
     let (c, _, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
     require(p, Permissions::READ_MESSAGE_HISTORY, "READ_MESSAGE_HISTORY")?;
-    let m = s.store.message(c.id, snowflake(&mid, "message")?, u.id).await?;
+    let m = s
+        .store
+        .message(c.id, snowflake(&mid, "message")?, u.id)
+        .await?;
     Ok(Json(message_json(&s, &m, u.id).await))
 }
 
@@ -151,11 +195,23 @@ pub struct EditMessage {
     content: Option<String>,
 }
 
-pub async fn edit(State(s): State<AppState>, Auth(u): Auth, Path((id, mid)): Path<(String, String)>, ApiJson(b): ApiJson<EditMessage>) -> ApiResult<Json<Value>> {
+pub async fn edit(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path((id, mid)): Path<(String, String)>,
+    ApiJson(b): ApiJson<EditMessage>,
+) -> ApiResult<Json<Value>> {
     let (c, _, _) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
-    let m = s.store.message(c.id, snowflake(&mid, "message")?, u.id).await?;
+    let m = s
+        .store
+        .message(c.id, snowflake(&mid, "message")?, u.id)
+        .await?;
     if m.author.id != u.id {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, 50005, "Cannot edit a message authored by another user"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            50005,
+            "Cannot edit a message authored by another user",
+        ));
     }
     let m = match b.content {
         Some(content) => s.store.edit_message(c.id, m.id, &content, u.id).await?,
@@ -165,9 +221,16 @@ pub async fn edit(State(s): State<AppState>, Auth(u): Auth, Path((id, mid)): Pat
     Ok(Json(message_json(&s, &m, u.id).await))
 }
 
-pub async fn delete(State(s): State<AppState>, Auth(u): Auth, Path((id, mid)): Path<(String, String)>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path((id, mid)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
-    let m = s.store.message(c.id, snowflake(&mid, "message")?, u.id).await?;
+    let m = s
+        .store
+        .message(c.id, snowflake(&mid, "message")?, u.id)
+        .await?;
     if m.author.id != u.id {
         require(p, Permissions::MANAGE_MESSAGES, "MANAGE_MESSAGES")?;
     }
@@ -178,20 +241,37 @@ pub async fn delete(State(s): State<AppState>, Auth(u): Auth, Path((id, mid)): P
 
 /// Unicode emoji only (Lodge has no custom emoji): "name:id" forms are unknown.
 fn check_emoji(e: &str) -> ApiResult<()> {
-    if e.is_empty() || e.chars().count() > 32 || e.is_ascii() || e.contains(':') || e.chars().any(char::is_whitespace) {
+    if e.is_empty()
+        || e.chars().count() > 32
+        || e.is_ascii()
+        || e.contains(':')
+        || e.chars().any(char::is_whitespace)
+    {
         return Err(ApiError::not_found("emoji"));
     }
     Ok(())
 }
 
-async fn reaction_target(s: &AppState, u: &User, id: &str, mid: &str) -> ApiResult<(Channel, Permissions, Message)> {
+async fn reaction_target(
+    s: &AppState,
+    u: &User,
+    id: &str,
+    mid: &str,
+) -> ApiResult<(Channel, Permissions, Message)> {
     let (c, _, p) = channel_for(s, snowflake(id, "channel")?, u.id).await?;
     require(p, Permissions::READ_MESSAGE_HISTORY, "READ_MESSAGE_HISTORY")?;
-    let m = s.store.message(c.id, snowflake(mid, "message")?, u.id).await?;
+    let m = s
+        .store
+        .message(c.id, snowflake(mid, "message")?, u.id)
+        .await?;
     Ok((c, p, m))
 }
 
-pub async fn react(State(s): State<AppState>, Auth(u): Auth, Path((id, mid, emoji)): Path<(String, String, String)>) -> ApiResult<StatusCode> {
+pub async fn react(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path((id, mid, emoji)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
     check_emoji(&emoji)?;
     let (c, p, m) = reaction_target(&s, &u, &id, &mid).await?;
     require(p, Permissions::ADD_REACTIONS, "ADD_REACTIONS")?;
@@ -204,12 +284,22 @@ pub async fn react(State(s): State<AppState>, Auth(u): Auth, Path((id, mid, emoj
         if let Ok(member) = s.store.member(c.guild_id, u.id).await {
             d["member"] = wire::member(&member);
         }
-        s.hub.send(Target::Guild(c.guild_id), Some(c.guild_id), Some(c.id), "MESSAGE_REACTION_ADD", d);
+        s.hub.send(
+            Target::Guild(c.guild_id),
+            Some(c.guild_id),
+            Some(c.id),
+            "MESSAGE_REACTION_ADD",
+            d,
+        );
     }
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn unreact(State(s): State<AppState>, Auth(u): Auth, Path((id, mid, emoji)): Path<(String, String, String)>) -> ApiResult<StatusCode> {
+pub async fn unreact(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path((id, mid, emoji)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
     check_emoji(&emoji)?;
     let (c, _, m) = reaction_target(&s, &u, &id, &mid).await?;
     if s.store.remove_reaction(m.id, &emoji, u.id).await? {
@@ -217,7 +307,13 @@ pub async fn unreact(State(s): State<AppState>, Auth(u): Auth, Path((id, mid, em
             "user_id": u.id.to_string(), "channel_id": c.id.to_string(), "message_id": m.id.to_string(),
             "guild_id": c.guild_id.to_string(), "emoji": wire::emoji(&emoji), "burst": false, "type": 0,
         });
-        s.hub.send(Target::Guild(c.guild_id), Some(c.guild_id), Some(c.id), "MESSAGE_REACTION_REMOVE", d);
+        s.hub.send(
+            Target::Guild(c.guild_id),
+            Some(c.guild_id),
+            Some(c.id),
+            "MESSAGE_REACTION_REMOVE",
+            d,
+        );
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -228,24 +324,49 @@ pub struct ReactorsQuery {
     after: Option<String>,
 }
 
-pub async fn reactors(State(s): State<AppState>, Auth(u): Auth, Path((id, mid, emoji)): Path<(String, String, String)>, Query(q): Query<ReactorsQuery>) -> ApiResult<Json<Value>> {
+pub async fn reactors(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path((id, mid, emoji)): Path<(String, String, String)>,
+    Query(q): Query<ReactorsQuery>,
+) -> ApiResult<Json<Value>> {
     check_emoji(&emoji)?;
     let (_, _, m) = reaction_target(&s, &u, &id, &mid).await?;
-    let after = q.after.map(|a| a.parse::<u64>()).transpose().map_err(|_| ApiError::bad_request("after", "Must be a snowflake."))?;
-    let users = s.store.reaction_users(m.id, &emoji, q.limit.unwrap_or(25), after.unwrap_or(0)).await?;
+    let after = q
+        .after
+        .map(|a| a.parse::<u64>())
+        .transpose()
+        .map_err(|_| ApiError::bad_request("after", "Must be a snowflake."))?;
+    let users = s
+        .store
+        .reaction_users(m.id, &emoji, q.limit.unwrap_or(25), after.unwrap_or(0))
+        .await?;
     Ok(Json(Value::Array(users.iter().map(wire::user).collect())))
 }
 
-pub async fn typing(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn typing(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let (c, _, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
     messageable(&c)?;
     require(p, Permissions::SEND_MESSAGES, "SEND_MESSAGES")?;
-    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let mut d = json!({ "channel_id": c.id.to_string(), "guild_id": c.guild_id.to_string(), "user_id": u.id.to_string(), "timestamp": ts });
     if let Ok(member) = s.store.member(c.guild_id, u.id).await {
         d["member"] = wire::member(&member);
     }
-    s.hub.send(Target::Guild(c.guild_id), Some(c.guild_id), Some(c.id), "TYPING_START", d);
+    s.hub.send(
+        Target::Guild(c.guild_id),
+        Some(c.guild_id),
+        Some(c.id),
+        "TYPING_START",
+        d,
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -258,28 +379,58 @@ pub struct SearchQuery {
 }
 
 /// `GET /guilds/{id}/messages/search?content=…`: hits in the channels the caller may read only.
-pub async fn search(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>, Query(q): Query<SearchQuery>) -> ApiResult<Json<Value>> {
+pub async fn search(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path(id): Path<String>,
+    Query(q): Query<SearchQuery>,
+) -> ApiResult<Json<Value>> {
     let g = super::guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     let content = q.content.unwrap_or_default();
     if content.chars().count() > 512 {
-        return Err(ApiError::bad_request("content", "Must be 512 or fewer in length."));
+        return Err(ApiError::bad_request(
+            "content",
+            "Must be 512 or fewer in length.",
+        ));
     }
-    let only = q.channel_id.map(|c| c.parse::<u64>().map_err(|_| ApiError::bad_request("channel_id", "Must be a snowflake."))).transpose()?;
+    let only = q
+        .channel_id
+        .map(|c| {
+            c.parse::<u64>()
+                .map_err(|_| ApiError::bad_request("channel_id", "Must be a snowflake."))
+        })
+        .transpose()?;
     let mut readable = Vec::new();
     for c in s.store.channels(g.id).await? {
         if only.is_some_and(|o| o != c.id) {
             continue;
         }
-        if s.store.permissions(&g, Some(&c), u.id).await?.has(Permissions::VIEW_CHANNEL | Permissions::READ_MESSAGE_HISTORY) {
+        if s.store
+            .permissions(&g, Some(&c), u.id)
+            .await?
+            .has(Permissions::VIEW_CHANNEL | Permissions::READ_MESSAGE_HISTORY)
+        {
             readable.push(c.id);
         }
     }
-    let (total, hits) = s.store.search_messages(g.id, &readable, &content, q.limit.unwrap_or(25), q.offset.unwrap_or(0), u.id).await?;
+    let (total, hits) = s
+        .store
+        .search_messages(
+            g.id,
+            &readable,
+            &content,
+            q.limit.unwrap_or(25),
+            q.offset.unwrap_or(0),
+            u.id,
+        )
+        .await?;
     let mut messages = Vec::with_capacity(hits.len());
     for m in &hits {
         let mut v = message_json(&s, m, u.id).await;
         v["guild_id"] = json!(g.id.to_string());
         messages.push(json!([v]));
     }
-    Ok(Json(json!({ "total_results": total, "messages": messages })))
+    Ok(Json(
+        json!({ "total_results": total, "messages": messages }),
+    ))
 }

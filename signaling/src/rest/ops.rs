@@ -44,8 +44,20 @@ pub async fn api_not_found() -> ApiError {
 /// Per-participant media figures (packets, bytes, loss, jitter, RTT, slots, drops) for the voice
 /// channels of guilds the caller belongs to, plus node-wide totals.
 pub async fn voice_stats(State(s): State<AppState>, Auth(u): Auth) -> ApiResult<Json<Value>> {
-    let mut r = s.sfu.report().await.ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, 0, "media node is not running"))?;
-    let mine: std::collections::HashSet<u64> = s.store.user_guilds(u.id).await?.into_iter().map(|g| g.id).collect();
+    let mut r = s.sfu.report().await.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            0,
+            "media node is not running",
+        )
+    })?;
+    let mine: std::collections::HashSet<u64> = s
+        .store
+        .user_guilds(u.id)
+        .await?
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
     let mut visible = std::collections::HashMap::<u64, bool>::new();
     let mut peers = Vec::with_capacity(r.peers.len());
     for p in r.peers {
@@ -53,7 +65,12 @@ pub async fn voice_stats(State(s): State<AppState>, Auth(u): Auth) -> ApiResult<
         let ok = match visible.get(&room) {
             Some(v) => *v,
             None => {
-                let v = s.store.channel(room).await.map(|c| mine.contains(&c.guild_id)).unwrap_or(false);
+                let v = s
+                    .store
+                    .channel(room)
+                    .await
+                    .map(|c| mine.contains(&c.guild_id))
+                    .unwrap_or(false);
                 visible.insert(room, v);
                 v
             }
@@ -71,16 +88,59 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let mut out = String::new();
     if let Some(r) = s.sfu.report().await {
         let mut g = |name: &str, help: &str, kind: &str, v: u64| {
-            let _ = writeln!(out, "# HELP lodge_{name} {help}\n# TYPE lodge_{name} {kind}\nlodge_{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP lodge_{name} {help}\n# TYPE lodge_{name} {kind}\nlodge_{name} {v}"
+            );
         };
-        g("participants", "WebRTC participants on this node", "gauge", r.participants as u64);
-        g("rooms", "Voice channels with participants on this node", "gauge", r.rooms as u64);
-        g("udp_datagrams_received_total", "UDP datagrams received on the media port", "counter", r.datagrams_in);
-        g("udp_datagrams_sent_total", "UDP datagrams sent from the media port", "counter", r.datagrams_out);
-        g("udp_bytes_received_total", "UDP bytes received", "counter", r.bytes_in);
-        g("udp_bytes_sent_total", "UDP bytes sent", "counter", r.bytes_out);
-        g("rtp_received_total", "RTP packets received from speakers", "counter", r.rtp_in);
-        g("rtp_forwarded_total", "RTP packets forwarded into listener slots", "counter", r.rtp_forwarded);
+        g(
+            "participants",
+            "WebRTC participants on this node",
+            "gauge",
+            r.participants as u64,
+        );
+        g(
+            "rooms",
+            "Voice channels with participants on this node",
+            "gauge",
+            r.rooms as u64,
+        );
+        g(
+            "udp_datagrams_received_total",
+            "UDP datagrams received on the media port",
+            "counter",
+            r.datagrams_in,
+        );
+        g(
+            "udp_datagrams_sent_total",
+            "UDP datagrams sent from the media port",
+            "counter",
+            r.datagrams_out,
+        );
+        g(
+            "udp_bytes_received_total",
+            "UDP bytes received",
+            "counter",
+            r.bytes_in,
+        );
+        g(
+            "udp_bytes_sent_total",
+            "UDP bytes sent",
+            "counter",
+            r.bytes_out,
+        );
+        g(
+            "rtp_received_total",
+            "RTP packets received from speakers",
+            "counter",
+            r.rtp_in,
+        );
+        g(
+            "rtp_forwarded_total",
+            "RTP packets forwarded into listener slots",
+            "counter",
+            r.rtp_forwarded,
+        );
         let _ = writeln!(out, "# HELP lodge_dropped_total Datagrams or packets not forwarded, by reason\n# TYPE lodge_dropped_total counter");
         for (reason, n) in &r.drops {
             let _ = writeln!(out, "lodge_dropped_total{{reason=\"{reason}\"}} {n}");

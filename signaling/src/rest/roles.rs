@@ -17,17 +17,33 @@ use crate::hub::Target;
 use crate::wire;
 
 fn perm_bits(v: &Option<String>) -> ApiResult<Option<u64>> {
-    v.as_deref().map(|p| p.parse::<u64>().map_err(|_| ApiError::bad_request("permissions", "Must be a permission bit set as a decimal string."))).transpose()
+    v.as_deref()
+        .map(|p| {
+            p.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    "permissions",
+                    "Must be a permission bit set as a decimal string.",
+                )
+            })
+        })
+        .transpose()
 }
 
 /// MANAGE_ROLES, and `role` strictly below the actor's highest role (the owner is above all).
-async fn may_manage(s: &AppState, g: &Guild, actor: &User, role: Option<&Role>) -> ApiResult<Permissions> {
+async fn may_manage(
+    s: &AppState,
+    g: &Guild,
+    actor: &User,
+    role: Option<&Role>,
+) -> ApiResult<Permissions> {
     let p = s.store.permissions(g, None, actor.id).await?;
     require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
     if let Some(r) = role {
         let top = s.store.top_role_position(g, actor.id).await?;
         if r.id != g.id && r.position >= top {
-            return Err(ApiError::missing_permissions("the role is not below your highest role"));
+            return Err(ApiError::missing_permissions(
+                "the role is not below your highest role",
+            ));
         }
     }
     Ok(p)
@@ -35,14 +51,22 @@ async fn may_manage(s: &AppState, g: &Guild, actor: &User, role: Option<&Role>) 
 
 fn no_escalation(actor: Permissions, wanted: u64) -> ApiResult<()> {
     if wanted & !actor.0 != 0 {
-        return Err(ApiError::missing_permissions("cannot grant permissions you do not have"));
+        return Err(ApiError::missing_permissions(
+            "cannot grant permissions you do not have",
+        ));
     }
     Ok(())
 }
 
 async fn after_role_change(s: &AppState, g: u64) {
     // CONNECT/SPEAK may have changed for anyone in voice.
-    let channels: std::collections::HashSet<u64> = s.voice().states.values().filter(|v| v.guild_id == g).map(|v| v.channel_id).collect();
+    let channels: std::collections::HashSet<u64> = s
+        .voice()
+        .states
+        .values()
+        .filter(|v| v.guild_id == g)
+        .map(|v| v.channel_id)
+        .collect();
     for c in channels {
         crate::voice::service::refresh_channel_permissions(s, g, c).await;
     }
@@ -60,27 +84,62 @@ pub struct RoleBody {
     mentionable: Option<bool>,
 }
 
-pub async fn create(State(s): State<AppState>, Auth(u): Auth, Path(id): Path<String>, body: axum::body::Bytes) -> ApiResult<Json<Value>> {
+pub async fn create(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     let p = may_manage(&s, &g, &u, None).await?;
     let b: RoleBody = if body.iter().all(u8::is_ascii_whitespace) {
         RoleBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, 50109, format!("The request body contains invalid JSON: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                50109,
+                format!("The request body contains invalid JSON: {e}"),
+            )
+        })?
     };
     let _ = (b.hoist, b.mentionable, b.position);
     let perms = perm_bits(&b.permissions)?.unwrap_or(0);
     no_escalation(p, perms)?;
-    let mut r = s.store.create_role(g.id, b.name.as_deref().unwrap_or("new role"), perms).await?;
+    let mut r = s
+        .store
+        .create_role(g.id, b.name.as_deref().unwrap_or("new role"), perms)
+        .await?;
     if let Some(c) = b.color {
-        r = s.store.update_role(g.id, r.id, RoleSpec { color: Some(c), ..Default::default() }).await?;
+        r = s
+            .store
+            .update_role(
+                g.id,
+                r.id,
+                RoleSpec {
+                    color: Some(c),
+                    ..Default::default()
+                },
+            )
+            .await?;
     }
     let v = wire::role(&r);
-    s.hub.send(Target::Guild(g.id), Some(g.id), None, "GUILD_ROLE_CREATE", json!({ "guild_id": g.id.to_string(), "role": v }));
+    s.hub.send(
+        Target::Guild(g.id),
+        Some(g.id),
+        None,
+        "GUILD_ROLE_CREATE",
+        json!({ "guild_id": g.id.to_string(), "role": v }),
+    );
     Ok(Json(v))
 }
 
-pub async fn update(State(s): State<AppState>, Auth(u): Auth, Path((id, role)): Path<(String, String)>, ApiJson(b): ApiJson<RoleBody>) -> ApiResult<Json<Value>> {
+pub async fn update(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path((id, role)): Path<(String, String)>,
+    ApiJson(b): ApiJson<RoleBody>,
+) -> ApiResult<Json<Value>> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     let r = s.store.role(g.id, snowflake(&role, "role")?).await?;
     let p = may_manage(&s, &g, &u, Some(&r)).await?;
@@ -92,22 +151,52 @@ pub async fn update(State(s): State<AppState>, Auth(u): Auth, Path((id, role)): 
     if let Some(pos) = b.position {
         let top = s.store.top_role_position(&g, u.id).await?;
         if pos >= top {
-            return Err(ApiError::missing_permissions("cannot move a role to or above your highest role"));
+            return Err(ApiError::missing_permissions(
+                "cannot move a role to or above your highest role",
+            ));
         }
     }
-    let r = s.store.update_role(g.id, r.id, RoleSpec { name: b.name, permissions: perms, color: b.color, position: b.position }).await?;
+    let r = s
+        .store
+        .update_role(
+            g.id,
+            r.id,
+            RoleSpec {
+                name: b.name,
+                permissions: perms,
+                color: b.color,
+                position: b.position,
+            },
+        )
+        .await?;
     let v = wire::role(&r);
-    s.hub.send(Target::Guild(g.id), Some(g.id), None, "GUILD_ROLE_UPDATE", json!({ "guild_id": g.id.to_string(), "role": v }));
+    s.hub.send(
+        Target::Guild(g.id),
+        Some(g.id),
+        None,
+        "GUILD_ROLE_UPDATE",
+        json!({ "guild_id": g.id.to_string(), "role": v }),
+    );
     after_role_change(&s, g.id).await;
     Ok(Json(v))
 }
 
-pub async fn delete(State(s): State<AppState>, Auth(u): Auth, Path((id, role)): Path<(String, String)>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path((id, role)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     let r = s.store.role(g.id, snowflake(&role, "role")?).await?;
     may_manage(&s, &g, &u, Some(&r)).await?;
     s.store.delete_role(g.id, r.id).await?;
-    s.hub.send(Target::Guild(g.id), Some(g.id), None, "GUILD_ROLE_DELETE", json!({ "guild_id": g.id.to_string(), "role_id": r.id.to_string() }));
+    s.hub.send(
+        Target::Guild(g.id),
+        Some(g.id),
+        None,
+        "GUILD_ROLE_DELETE",
+        json!({ "guild_id": g.id.to_string(), "role_id": r.id.to_string() }),
+    );
     after_role_change(&s, g.id).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -116,11 +205,21 @@ async fn member_update_dispatch(s: &AppState, g: &Guild, user: u64) {
     if let Ok(m) = s.store.member(g.id, user).await {
         let mut v = wire::member(&m);
         v["guild_id"] = json!(g.id.to_string());
-        s.hub.send(Target::Guild(g.id), Some(g.id), None, "GUILD_MEMBER_UPDATE", v);
+        s.hub.send(
+            Target::Guild(g.id),
+            Some(g.id),
+            None,
+            "GUILD_MEMBER_UPDATE",
+            v,
+        );
     }
 }
 
-pub async fn add_member_role(State(s): State<AppState>, Auth(u): Auth, Path((id, user, role)): Path<(String, String, String)>) -> ApiResult<StatusCode> {
+pub async fn add_member_role(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path((id, user, role)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     let target = s.store.member(g.id, snowflake(&user, "member")?).await?;
     let r = s.store.role(g.id, snowflake(&role, "role")?).await?;
@@ -134,12 +233,18 @@ pub async fn add_member_role(State(s): State<AppState>, Auth(u): Auth, Path((id,
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn remove_member_role(State(s): State<AppState>, Auth(u): Auth, Path((id, user, role)): Path<(String, String, String)>) -> ApiResult<StatusCode> {
+pub async fn remove_member_role(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path((id, user, role)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     let target = s.store.member(g.id, snowflake(&user, "member")?).await?;
     let r = s.store.role(g.id, snowflake(&role, "role")?).await?;
     may_manage(&s, &g, &u, Some(&r)).await?;
-    s.store.remove_member_role(g.id, target.user.id, r.id).await?;
+    s.store
+        .remove_member_role(g.id, target.user.id, r.id)
+        .await?;
     member_update_dispatch(&s, &g, target.user.id).await;
     after_role_change(&s, g.id).await;
     Ok(StatusCode::NO_CONTENT)
@@ -158,18 +263,30 @@ pub struct MemberBody {
 }
 
 /// Tell "absent" from "null" (null means disconnect from voice).
-fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+fn double_option<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<String>>, D::Error> {
     Ok(Some(Option::<String>::deserialize(d)?))
 }
 
 /// PATCH /guilds/{id}/members/{user}: nick, roles, server mute/deafen, move or disconnect.
-pub async fn update_member(State(s): State<AppState>, Auth(u): Auth, Path((id, user)): Path<(String, String)>, ApiJson(b): ApiJson<MemberBody>) -> ApiResult<Json<Value>> {
+pub async fn update_member(
+    State(s): State<AppState>,
+    Auth(u): Auth,
+    Path((id, user)): Path<(String, String)>,
+    ApiJson(b): ApiJson<MemberBody>,
+) -> ApiResult<Json<Value>> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     let target = s.store.member(g.id, snowflake(&user, "member")?).await?;
     let p = s.store.permissions(&g, None, u.id).await?;
     let target_id = target.user.id;
-    if target_id == g.owner_id && u.id != g.owner_id && (b.mute.is_some() || b.deaf.is_some() || b.roles.is_some()) {
-        return Err(ApiError::missing_permissions("the guild owner is above everyone"));
+    if target_id == g.owner_id
+        && u.id != g.owner_id
+        && (b.mute.is_some() || b.deaf.is_some() || b.roles.is_some())
+    {
+        return Err(ApiError::missing_permissions(
+            "the guild owner is above everyone",
+        ));
     }
     if let Some(nick) = &b.nick {
         if target_id == u.id {
@@ -180,15 +297,31 @@ pub async fn update_member(State(s): State<AppState>, Auth(u): Auth, Path((id, u
         s.store.set_nick(g.id, target_id, nick.as_deref()).await?;
     }
     if let Some(roles) = &b.roles {
-        let wanted: Vec<u64> = roles.iter().map(|r| r.parse::<u64>().map_err(|_| ApiError::bad_request("roles", "Must be snowflakes."))).collect::<ApiResult<_>>()?;
+        let wanted: Vec<u64> = roles
+            .iter()
+            .map(|r| {
+                r.parse::<u64>()
+                    .map_err(|_| ApiError::bad_request("roles", "Must be snowflakes."))
+            })
+            .collect::<ApiResult<_>>()?;
         let all = s.store.roles(g.id).await?;
         let top = s.store.top_role_position(&g, u.id).await?;
         require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
-        let changed: Vec<u64> = wanted.iter().filter(|r| !target.roles.contains(r)).chain(target.roles.iter().filter(|r| !wanted.contains(r))).copied().collect();
+        let changed: Vec<u64> = wanted
+            .iter()
+            .filter(|r| !target.roles.contains(r))
+            .chain(target.roles.iter().filter(|r| !wanted.contains(r)))
+            .copied()
+            .collect();
         for rid in &changed {
-            let r = all.iter().find(|r| r.id == *rid).ok_or_else(|| ApiError::not_found("role"))?;
+            let r = all
+                .iter()
+                .find(|r| r.id == *rid)
+                .ok_or_else(|| ApiError::not_found("role"))?;
             if r.position >= top || r.id == g.id {
-                return Err(ApiError::missing_permissions("a role is not below your highest role"));
+                return Err(ApiError::missing_permissions(
+                    "a role is not below your highest role",
+                ));
             }
         }
         for rid in &changed {
@@ -210,7 +343,13 @@ pub async fn update_member(State(s): State<AppState>, Auth(u): Auth, Path((id, u
     }
     if let Some(ch) = &b.channel_id {
         require(p, Permissions::MOVE_MEMBERS, "MOVE_MEMBERS")?;
-        let dest = ch.as_deref().map(|c| c.parse::<u64>().map_err(|_| ApiError::bad_request("channel_id", "Must be a snowflake."))).transpose()?;
+        let dest = ch
+            .as_deref()
+            .map(|c| {
+                c.parse::<u64>()
+                    .map_err(|_| ApiError::bad_request("channel_id", "Must be a snowflake."))
+            })
+            .transpose()?;
         crate::voice::service::move_member(&s, &g, &u, target_id, dest).await?;
     }
     member_update_dispatch(&s, &g, target_id).await;

@@ -13,7 +13,11 @@ pub async fn me(Auth(u): Auth) -> Json<Value> {
     Json(wire::user(&u))
 }
 
-pub async fn user(State(s): State<AppState>, Auth(_): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn user(
+    State(s): State<AppState>,
+    Auth(_): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let id = snowflake(&id, "user")?;
     Ok(Json(wire::user(&s.store.user(id).await?)))
 }

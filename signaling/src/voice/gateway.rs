@@ -37,7 +37,10 @@ pub mod close {
 
 pub fn upgrade(ws: WebSocketUpgrade, s: AppState) -> Response {
     // Small read buffer: see the gateway's handler (tungstenite zero-fills it per read).
-    ws.max_message_size(MAX_PAYLOAD * 2).max_frame_size(MAX_PAYLOAD * 2).read_buffer_size(4096).on_upgrade(move |sock| run(s, sock))
+    ws.max_message_size(MAX_PAYLOAD * 2)
+        .max_frame_size(MAX_PAYLOAD * 2)
+        .read_buffer_size(4096)
+        .on_upgrade(move |sock| run(s, sock))
 }
 
 struct Authed {
@@ -64,7 +67,13 @@ async fn run(s: AppState, sock: WebSocket) {
         v["seq"] = json!(seq);
         Message::Text(v.to_string().into())
     };
-    if tx.send(send(json!({ "op": 8, "d": { "heartbeat_interval": HEARTBEAT_INTERVAL_MS, "v": 8 } }))).await.is_err() {
+    if tx
+        .send(send(
+            json!({ "op": 8, "d": { "heartbeat_interval": HEARTBEAT_INTERVAL_MS, "v": 8 } }),
+        ))
+        .await
+        .is_err()
+    {
         return;
     }
     let mut me: Option<Authed> = None;
@@ -158,7 +167,11 @@ async fn run(s: AppState, sock: WebSocket) {
     }
 }
 
-fn identify(s: &AppState, d: &Value, out: mpsc::UnboundedSender<VoiceOut>) -> Result<Authed, (u16, &'static str)> {
+fn identify(
+    s: &AppState,
+    d: &Value,
+    out: mpsc::UnboundedSender<VoiceOut>,
+) -> Result<Authed, (u16, &'static str)> {
     let id = |k: &str| -> Option<u64> {
         match d.get(k)? {
             Value::String(v) => v.parse().ok(),
@@ -169,44 +182,108 @@ fn identify(s: &AppState, d: &Value, out: mpsc::UnboundedSender<VoiceOut>) -> Re
     let (Some(guild_id), Some(user_id)) = (id("server_id"), id("user_id")) else {
         return Err((close::DECODE_ERROR, "identify needs server_id and user_id"));
     };
-    let session_id = d.get("session_id").and_then(Value::as_str).ok_or((close::DECODE_ERROR, "identify needs session_id"))?;
-    let token = d.get("token").and_then(Value::as_str).ok_or((close::DECODE_ERROR, "identify needs token"))?;
+    let session_id = d
+        .get("session_id")
+        .and_then(Value::as_str)
+        .ok_or((close::DECODE_ERROR, "identify needs session_id"))?;
+    let token = d
+        .get("token")
+        .and_then(Value::as_str)
+        .ok_or((close::DECODE_ERROR, "identify needs token"))?;
     let mut v = s.voice();
-    let t = v.redeem(std::time::Instant::now(), token, user_id, guild_id, session_id).map_err(|e| match e {
-        TokenError::Unknown => (close::AUTHENTICATION_FAILED, "unknown or already used voice token"),
-        TokenError::Expired => (close::AUTHENTICATION_FAILED, "voice token expired; send gateway op 4 again for a new one"),
-        TokenError::Mismatch => (close::AUTHENTICATION_FAILED, "voice token was issued for another user, guild or session"),
-    })?;
-    let valid = v.states.get(&(guild_id, user_id)).is_some_and(|st| st.channel_id == t.channel_id && st.session_id == session_id && st.conn.is_none());
+    let t = v
+        .redeem(
+            std::time::Instant::now(),
+            token,
+            user_id,
+            guild_id,
+            session_id,
+        )
+        .map_err(|e| match e {
+            TokenError::Unknown => (
+                close::AUTHENTICATION_FAILED,
+                "unknown or already used voice token",
+            ),
+            TokenError::Expired => (
+                close::AUTHENTICATION_FAILED,
+                "voice token expired; send gateway op 4 again for a new one",
+            ),
+            TokenError::Mismatch => (
+                close::AUTHENTICATION_FAILED,
+                "voice token was issued for another user, guild or session",
+            ),
+        })?;
+    let valid = v.states.get(&(guild_id, user_id)).is_some_and(|st| {
+        st.channel_id == t.channel_id && st.session_id == session_id && st.conn.is_none()
+    });
     if !valid {
-        return Err((close::SESSION_INVALID, "voice state changed since the token was issued; send gateway op 4 again"));
+        return Err((
+            close::SESSION_INVALID,
+            "voice state changed since the token was issued; send gateway op 4 again",
+        ));
     }
-    let conn_id = v.add_conn(VoiceConn { tx: out, user_id, guild_id, channel_id: t.channel_id, participant: None, slots: Default::default() });
+    let conn_id = v.add_conn(VoiceConn {
+        tx: out,
+        user_id,
+        guild_id,
+        channel_id: t.channel_id,
+        participant: None,
+        slots: Default::default(),
+    });
     if let Some(st) = v.states.get_mut(&(guild_id, user_id)) {
         st.conn = Some(conn_id);
     }
-    Ok(Authed { user_id, guild_id, channel_id: t.channel_id, conn_id, joined: false })
+    Ok(Authed {
+        user_id,
+        guild_id,
+        channel_id: t.channel_id,
+        conn_id,
+        joined: false,
+    })
 }
 
 async fn select_protocol(s: &AppState, a: &Authed, d: &Value) -> Result<Value, (u16, String)> {
     let protocol = d.get("protocol").and_then(Value::as_str).unwrap_or("");
     if protocol != "webrtc" {
-        return Err((close::UNKNOWN_PROTOCOL, format!("protocol {protocol:?} is not available on this node; use \"webrtc\"")));
+        return Err((
+            close::UNKNOWN_PROTOCOL,
+            format!("protocol {protocol:?} is not available on this node; use \"webrtc\""),
+        ));
     }
     let data = d.get("data").cloned().unwrap_or(Value::Null);
-    let sdp = data.get("sdp").or_else(|| d.get("sdp")).and_then(Value::as_str)
-        .ok_or((close::DECODE_ERROR, "select protocol needs data.sdp (the SDP offer)".to_string()))?;
+    let sdp = data
+        .get("sdp")
+        .or_else(|| d.get("sdp"))
+        .and_then(Value::as_str)
+        .ok_or((
+            close::DECODE_ERROR,
+            "select protocol needs data.sdp (the SDP offer)".to_string(),
+        ))?;
     let slots = match d.get("slots").or_else(|| data.get("slots")) {
         None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_u64().filter(|k| (1..=MAX_SLOTS as u64).contains(k))
-            .ok_or((close::DECODE_ERROR, format!("slots must be 1..={MAX_SLOTS}")))? as usize),
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|k| (1..=MAX_SLOTS as u64).contains(k))
+                .ok_or((
+                    close::DECODE_ERROR,
+                    format!("slots must be 1..={MAX_SLOTS}"),
+                ))? as usize,
+        ),
     };
     let flags = {
         let v = s.voice();
-        let st = v.states.get(&(a.guild_id, a.user_id)).ok_or((close::SESSION_INVALID, "voice state is gone".to_string()))?;
+        let st = v
+            .states
+            .get(&(a.guild_id, a.user_id))
+            .ok_or((close::SESSION_INVALID, "voice state is gone".to_string()))?;
         st.flags()
     };
-    let req = JoinRequest { room: RoomId(a.channel_id), user: UserId(a.user_id), offer: sdp.to_string(), flags };
+    let req = JoinRequest {
+        room: RoomId(a.channel_id),
+        user: UserId(a.user_id),
+        offer: sdp.to_string(),
+        flags,
+    };
     let ans = s.sfu.join(req).await.map_err(|e| {
         warn!(user = a.user_id, error = %e, "offer refused");
         (close::DECODE_ERROR, e.to_string())
@@ -214,7 +291,13 @@ async fn select_protocol(s: &AppState, a: &Authed, d: &Value) -> Result<Value, (
     let expected = slots.unwrap_or(ans.slots.len());
     if ans.slots.len() != expected {
         s.sfu.leave(ans.idx).await;
-        return Err((close::DECODE_ERROR, format!("slots is {expected} but the offer carries {} recv-only audio transceivers", ans.slots.len())));
+        return Err((
+            close::DECODE_ERROR,
+            format!(
+                "slots is {expected} but the offer carries {} recv-only audio transceivers",
+                ans.slots.len()
+            ),
+        ));
     }
     let still_there = {
         let mut v = s.voice();
@@ -233,9 +316,17 @@ async fn select_protocol(s: &AppState, a: &Authed, d: &Value) -> Result<Value, (
     };
     if !still_there {
         s.sfu.leave(ans.idx).await;
-        return Err((close::DISCONNECTED, "voice state ended while connecting".into()));
+        return Err((
+            close::DISCONNECTED,
+            "voice state ended while connecting".into(),
+        ));
     }
-    info!(user = a.user_id, channel = a.channel_id, slots = ans.slots.len(), "webrtc session described");
+    info!(
+        user = a.user_id,
+        channel = a.channel_id,
+        slots = ans.slots.len(),
+        "webrtc session described"
+    );
     Ok(json!({ "op": 4, "d": {
         "mode": "webrtc",
         "audio_codec": "opus",
@@ -255,15 +346,28 @@ async fn end_connection(s: &AppState, a: &Authed) {
         if let Some(p) = participant {
             v.by_participant.remove(&p);
         }
-        let owned = v.states.get(&(a.guild_id, a.user_id)).is_some_and(|st| st.conn == Some(a.conn_id));
+        let owned = v
+            .states
+            .get(&(a.guild_id, a.user_id))
+            .is_some_and(|st| st.conn == Some(a.conn_id));
         (participant, owned)
     };
     if let Some(p) = participant {
         s.sfu.leave(p).await;
     }
-    super::service::notify_others(s, a.guild_id, a.channel_id, a.user_id, json!({ "op": 13, "d": { "user_id": a.user_id.to_string() } }));
+    super::service::notify_others(
+        s,
+        a.guild_id,
+        a.channel_id,
+        a.user_id,
+        json!({ "op": 13, "d": { "user_id": a.user_id.to_string() } }),
+    );
     if owned_state {
         super::service::disconnect_user(s, a.guild_id, a.user_id).await;
     }
-    info!(user = a.user_id, channel = a.channel_id, "voice connection ended");
+    info!(
+        user = a.user_id,
+        channel = a.channel_id,
+        "voice connection ended"
+    );
 }

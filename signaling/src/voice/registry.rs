@@ -121,18 +121,42 @@ impl VoiceRegistry {
         }
     }
 
-    pub fn issue_token(&mut self, now: Instant, user_id: u64, guild_id: u64, channel_id: u64, session_id: &str) -> String {
+    pub fn issue_token(
+        &mut self,
+        now: Instant,
+        user_id: u64,
+        guild_id: u64,
+        channel_id: u64,
+        session_id: &str,
+    ) -> String {
         self.tokens.retain(|_, t| t.expires > now);
-        let token: String = rand::thread_rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect();
+        let token: String = rand::thread_rng()
+            .sample_iter(&Alphanumeric)
+            .take(32)
+            .map(char::from)
+            .collect();
         self.tokens.insert(
             token.clone(),
-            PendingToken { user_id, guild_id, channel_id, session_id: session_id.to_string(), expires: now + self.token_ttl },
+            PendingToken {
+                user_id,
+                guild_id,
+                channel_id,
+                session_id: session_id.to_string(),
+                expires: now + self.token_ttl,
+            },
         );
         token
     }
 
     /// Consume a token. It is removed whatever the outcome: single use.
-    pub fn redeem(&mut self, now: Instant, token: &str, user_id: u64, guild_id: u64, session_id: &str) -> Result<PendingToken, TokenError> {
+    pub fn redeem(
+        &mut self,
+        now: Instant,
+        token: &str,
+        user_id: u64,
+        guild_id: u64,
+        session_id: &str,
+    ) -> Result<PendingToken, TokenError> {
         let t = self.tokens.remove(token).ok_or(TokenError::Unknown)?;
         if t.expires <= now {
             return Err(TokenError::Expired);
@@ -151,11 +175,20 @@ impl VoiceRegistry {
 
     /// Users with a live voice connection in a channel.
     pub fn users_in(&self, guild_id: u64, channel_id: u64) -> Vec<u64> {
-        self.conns.values().filter(|c| c.guild_id == guild_id && c.channel_id == channel_id).map(|c| c.user_id).collect()
+        self.conns
+            .values()
+            .filter(|c| c.guild_id == guild_id && c.channel_id == channel_id)
+            .map(|c| c.user_id)
+            .collect()
     }
 
     pub fn guild_states(&self, guild_id: u64) -> Vec<VoiceState> {
-        let mut v: Vec<VoiceState> = self.states.values().filter(|s| s.guild_id == guild_id).cloned().collect();
+        let mut v: Vec<VoiceState> = self
+            .states
+            .values()
+            .filter(|s| s.guild_id == guild_id)
+            .cloned()
+            .collect();
         v.sort_by_key(|s| (s.channel_id, s.user_id));
         v
     }
@@ -170,13 +203,31 @@ mod tests {
         let mut r = VoiceRegistry::default();
         let t0 = Instant::now();
         let tok = r.issue_token(t0, 1, 2, 3, "s");
-        assert_eq!(r.redeem(t0, &tok, 1, 2, "other").unwrap_err(), TokenError::Mismatch);
+        assert_eq!(
+            r.redeem(t0, &tok, 1, 2, "other").unwrap_err(),
+            TokenError::Mismatch
+        );
         // Mismatch consumed it.
-        assert_eq!(r.redeem(t0, &tok, 1, 2, "s").unwrap_err(), TokenError::Unknown);
+        assert_eq!(
+            r.redeem(t0, &tok, 1, 2, "s").unwrap_err(),
+            TokenError::Unknown
+        );
         let tok = r.issue_token(t0, 1, 2, 3, "s");
-        assert_eq!(r.redeem(t0 + Duration::from_secs(61), &tok, 1, 2, "s").unwrap_err(), TokenError::Expired);
+        assert_eq!(
+            r.redeem(t0 + Duration::from_secs(61), &tok, 1, 2, "s")
+                .unwrap_err(),
+            TokenError::Expired
+        );
         let tok = r.issue_token(t0, 1, 2, 3, "s");
-        assert_eq!(r.redeem(t0 + Duration::from_secs(59), &tok, 1, 2, "s").unwrap().channel_id, 3);
-        assert_eq!(r.redeem(t0, &tok, 1, 2, "s").unwrap_err(), TokenError::Unknown);
+        assert_eq!(
+            r.redeem(t0 + Duration::from_secs(59), &tok, 1, 2, "s")
+                .unwrap()
+                .channel_id,
+            3
+        );
+        assert_eq!(
+            r.redeem(t0, &tok, 1, 2, "s").unwrap_err(),
+            TokenError::Unknown
+        );
     }
 }

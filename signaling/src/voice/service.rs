@@ -17,8 +17,14 @@ use crate::hub::Target;
 fn id_field(d: &Value, key: &'static str) -> ApiResult<Option<u64>> {
     match d.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => s.parse().map(Some).map_err(|_| ApiError::bad_request(key, "Must be a snowflake.")),
-        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| ApiError::bad_request(key, "Must be a snowflake.")),
+        Some(Value::String(s)) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(key, "Must be a snowflake.")),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request(key, "Must be a snowflake.")),
         _ => Err(ApiError::bad_request(key, "Must be a snowflake.")),
     }
 }
@@ -33,7 +39,8 @@ fn left_json(guild_id: u64, user_id: u64, session_id: &str) -> Value {
 
 /// Gateway op 4: join, move, leave or change self mute/deaf.
 pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) -> ApiResult<()> {
-    let guild_id = id_field(d, "guild_id")?.ok_or_else(|| ApiError::bad_request("guild_id", "This field is required."))?;
+    let guild_id = id_field(d, "guild_id")?
+        .ok_or_else(|| ApiError::bad_request("guild_id", "This field is required."))?;
     let channel_id = id_field(d, "channel_id")?;
     let self_mute = d.get("self_mute").and_then(Value::as_bool).unwrap_or(false);
     let self_deaf = d.get("self_deaf").and_then(Value::as_bool).unwrap_or(false);
@@ -52,24 +59,42 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
     }
     let p = s.store.permissions(&g, Some(&c), user.id).await?;
     if !p.has(Permissions::VIEW_CHANNEL | Permissions::CONNECT) {
-        return Err(ApiError::missing_permissions("CONNECT (and VIEW_CHANNEL) in this voice channel"));
+        return Err(ApiError::missing_permissions(
+            "CONNECT (and VIEW_CHANNEL) in this voice channel",
+        ));
     }
     let can_speak = p.has(Permissions::SPEAK);
     let limit = c.user_limit.unwrap_or(0) as usize;
 
-    let mut close_old: Option<(mpsc::UnboundedSender<VoiceOut>, Option<lodge_sfu::ParticipantIdx>)> = None;
+    let mut close_old: Option<(
+        mpsc::UnboundedSender<VoiceOut>,
+        Option<lodge_sfu::ParticipantIdx>,
+    )> = None;
     let (vs_json, token, flags_update) = {
         let mut v = s.voice();
-        let in_channel = v.states.values().filter(|st| st.guild_id == g.id && st.channel_id == c.id && st.user_id != user.id).count();
+        let in_channel = v
+            .states
+            .values()
+            .filter(|st| st.guild_id == g.id && st.channel_id == c.id && st.user_id != user.id)
+            .count();
         if limit > 0 && in_channel >= limit && !p.has(Permissions::MOVE_MEMBERS) {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, 50035, format!("The voice channel is full (user_limit {limit})")));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                50035,
+                format!("The voice channel is full (user_limit {limit})"),
+            ));
         }
         let existing = v.states.get(&(g.id, user.id)).cloned();
         // Server mute/deafen stick to the member across channel changes, as on Discord.
-        let (mute, deaf) = existing.as_ref().map(|e| (e.mute, e.deaf)).unwrap_or((false, false));
+        let (mute, deaf) = existing
+            .as_ref()
+            .map(|e| (e.mute, e.deaf))
+            .unwrap_or((false, false));
         match existing {
             // Same channel and session, already connected: only the flags change.
-            Some(st) if st.channel_id == c.id && st.session_id == session_id && st.conn.is_some() => {
+            Some(st)
+                if st.channel_id == c.id && st.session_id == session_id && st.conn.is_some() =>
+            {
                 let st = v.states.get_mut(&(g.id, user.id)).expect("cloned above");
                 st.self_mute = self_mute;
                 st.self_deaf = self_deaf;
@@ -97,7 +122,10 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
         }
     };
     if let Some((tx, participant)) = close_old {
-        let _ = tx.send(VoiceOut::Close(4014, "moved to another voice channel".into()));
+        let _ = tx.send(VoiceOut::Close(
+            4014,
+            "moved to another voice channel".into(),
+        ));
         if let Some(pi) = participant {
             s.sfu.leave(pi).await;
         }
@@ -105,9 +133,20 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
     if let Some((idx, flags)) = flags_update {
         s.sfu.set_flags(idx, flags).await;
     }
-    s.hub.send(Target::Guild(g.id), Some(g.id), None, "VOICE_STATE_UPDATE", vs_json);
+    s.hub.send(
+        Target::Guild(g.id),
+        Some(g.id),
+        None,
+        "VOICE_STATE_UPDATE",
+        vs_json,
+    );
     if let Some(token) = token {
-        info!(guild = g.id, channel = c.id, user = user.id, "voice join: token issued");
+        info!(
+            guild = g.id,
+            channel = c.id,
+            user = user.id,
+            "voice join: token issued"
+        );
         s.hub.send(
             Target::Session(session_id.to_string()),
             Some(g.id),
@@ -119,7 +158,10 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
     Ok(())
 }
 
-type OldConn = (mpsc::UnboundedSender<VoiceOut>, Option<lodge_sfu::ParticipantIdx>);
+type OldConn = (
+    mpsc::UnboundedSender<VoiceOut>,
+    Option<lodge_sfu::ParticipantIdx>,
+);
 
 /// Put a (new) voice state in place of the user's current one: the old voice connection is
 /// returned for closing, a fresh voice token is issued.
@@ -134,21 +176,40 @@ fn replace_state(v: &mut super::VoiceRegistry, st: VoiceState) -> (Value, String
         }
     }
     let j = st.json();
-    let token = v.issue_token(Instant::now(), st.user_id, st.guild_id, st.channel_id, &st.session_id);
+    let token = v.issue_token(
+        Instant::now(),
+        st.user_id,
+        st.guild_id,
+        st.channel_id,
+        &st.session_id,
+    );
     v.states.insert((st.guild_id, st.user_id), st);
     (j, token, old_conn)
 }
 
 fn not_in_voice() -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, 40032, "Target user is not connected to voice.")
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        40032,
+        "Target user is not connected to voice.",
+    )
 }
 
 /// Server mute/deafen (MUTE_MEMBERS/DEAFEN_MEMBERS, checked by the caller): effective in the SFU
 /// at once.
-pub async fn set_server_flags(s: &AppState, guild_id: u64, user_id: u64, mute: Option<bool>, deaf: Option<bool>) -> ApiResult<()> {
+pub async fn set_server_flags(
+    s: &AppState,
+    guild_id: u64,
+    user_id: u64,
+    mute: Option<bool>,
+    deaf: Option<bool>,
+) -> ApiResult<()> {
     let (j, part) = {
         let mut v = s.voice();
-        let st = v.states.get_mut(&(guild_id, user_id)).ok_or_else(not_in_voice)?;
+        let st = v
+            .states
+            .get_mut(&(guild_id, user_id))
+            .ok_or_else(not_in_voice)?;
         if let Some(m) = mute {
             st.mute = m;
         }
@@ -160,14 +221,32 @@ pub async fn set_server_flags(s: &AppState, guild_id: u64, user_id: u64, mute: O
     if let Some((i, f)) = part {
         s.sfu.set_flags(i, f).await;
     }
-    info!(guild = guild_id, user = user_id, ?mute, ?deaf, "server voice flags changed");
-    s.hub.send(Target::Guild(guild_id), Some(guild_id), None, "VOICE_STATE_UPDATE", j);
+    info!(
+        guild = guild_id,
+        user = user_id,
+        ?mute,
+        ?deaf,
+        "server voice flags changed"
+    );
+    s.hub.send(
+        Target::Guild(guild_id),
+        Some(guild_id),
+        None,
+        "VOICE_STATE_UPDATE",
+        j,
+    );
     Ok(())
 }
 
 /// Move a user to another voice channel (MOVE_MEMBERS, checked by the caller) or disconnect them
 /// (`None`). The user's client gets VOICE_SERVER_UPDATE and reconnects.
-pub async fn move_member(s: &AppState, g: &lodge_chat::Guild, actor: &User, user_id: u64, dest: Option<u64>) -> ApiResult<()> {
+pub async fn move_member(
+    s: &AppState,
+    g: &lodge_chat::Guild,
+    actor: &User,
+    user_id: u64,
+    dest: Option<u64>,
+) -> ApiResult<()> {
     let Some(dest) = dest else {
         if !s.voice().states.contains_key(&(g.id, user_id)) {
             return Err(not_in_voice());
@@ -177,33 +256,71 @@ pub async fn move_member(s: &AppState, g: &lodge_chat::Guild, actor: &User, user
     };
     let c = s.store.channel(dest).await?;
     if c.guild_id != g.id || c.kind != ChannelKind::Voice {
-        return Err(ApiError::bad_request("channel_id", "Not a voice channel of this guild."));
+        return Err(ApiError::bad_request(
+            "channel_id",
+            "Not a voice channel of this guild.",
+        ));
     }
     let actor_p = s.store.permissions(g, Some(&c), actor.id).await?;
     if !actor_p.has(Permissions::VIEW_CHANNEL | Permissions::CONNECT) {
-        return Err(ApiError::missing_permissions("CONNECT in the destination channel"));
+        return Err(ApiError::missing_permissions(
+            "CONNECT in the destination channel",
+        ));
     }
     let target_p = s.store.permissions(g, Some(&c), user_id).await?;
     if !target_p.has(Permissions::VIEW_CHANNEL | Permissions::CONNECT) {
-        return Err(ApiError::missing_permissions("the member cannot CONNECT to the destination channel"));
+        return Err(ApiError::missing_permissions(
+            "the member cannot CONNECT to the destination channel",
+        ));
     }
     let (j, token, old, session_id, from) = {
         let mut v = s.voice();
-        let cur = v.states.get(&(g.id, user_id)).cloned().ok_or_else(not_in_voice)?;
-        let st = VoiceState { channel_id: c.id, can_speak: target_p.has(Permissions::SPEAK), participant: None, conn: None, ..cur.clone() };
+        let cur = v
+            .states
+            .get(&(g.id, user_id))
+            .cloned()
+            .ok_or_else(not_in_voice)?;
+        let st = VoiceState {
+            channel_id: c.id,
+            can_speak: target_p.has(Permissions::SPEAK),
+            participant: None,
+            conn: None,
+            ..cur.clone()
+        };
         let (j, token, old) = replace_state(&mut v, st);
         (j, token, old, cur.session_id, cur.channel_id)
     };
     if let Some((tx, participant)) = old {
-        let _ = tx.send(VoiceOut::Close(4014, "moved to another voice channel".into()));
-        notify_others(s, g.id, from, user_id, json!({ "op": 13, "d": { "user_id": user_id.to_string() } }));
+        let _ = tx.send(VoiceOut::Close(
+            4014,
+            "moved to another voice channel".into(),
+        ));
+        notify_others(
+            s,
+            g.id,
+            from,
+            user_id,
+            json!({ "op": 13, "d": { "user_id": user_id.to_string() } }),
+        );
         if let Some(pi) = participant {
             s.sfu.leave(pi).await;
         }
     }
     info!(guild = g.id, user = user_id, to = c.id, "member moved");
-    s.hub.send(Target::Guild(g.id), Some(g.id), None, "VOICE_STATE_UPDATE", j);
-    s.hub.send(Target::Session(session_id), Some(g.id), None, "VOICE_SERVER_UPDATE", json!({ "token": token, "guild_id": g.id.to_string(), "endpoint": s.cfg.public_host() }));
+    s.hub.send(
+        Target::Guild(g.id),
+        Some(g.id),
+        None,
+        "VOICE_STATE_UPDATE",
+        j,
+    );
+    s.hub.send(
+        Target::Session(session_id),
+        Some(g.id),
+        None,
+        "VOICE_SERVER_UPDATE",
+        json!({ "token": token, "guild_id": g.id.to_string(), "endpoint": s.cfg.public_host() }),
+    );
     Ok(())
 }
 
@@ -222,25 +339,57 @@ pub async fn disconnect_user(s: &AppState, guild_id: u64, user_id: u64) {
     };
     let Some((st, conn)) = removed else { return };
     if let Some(conn) = conn {
-        let _ = conn.tx.send(VoiceOut::Close(4014, "disconnected from the voice channel".into()));
-        notify_others(s, st.guild_id, st.channel_id, user_id, json!({ "op": 13, "d": { "user_id": user_id.to_string() } }));
+        let _ = conn.tx.send(VoiceOut::Close(
+            4014,
+            "disconnected from the voice channel".into(),
+        ));
+        notify_others(
+            s,
+            st.guild_id,
+            st.channel_id,
+            user_id,
+            json!({ "op": 13, "d": { "user_id": user_id.to_string() } }),
+        );
     }
     if let Some(pi) = st.participant {
         s.sfu.leave(pi).await;
     }
-    s.hub.send(Target::Guild(guild_id), Some(guild_id), None, "VOICE_STATE_UPDATE", left_json(guild_id, user_id, &st.session_id));
-    info!(guild = guild_id, channel = st.channel_id, user = user_id, "voice leave");
+    s.hub.send(
+        Target::Guild(guild_id),
+        Some(guild_id),
+        None,
+        "VOICE_STATE_UPDATE",
+        left_json(guild_id, user_id, &st.session_id),
+    );
+    info!(
+        guild = guild_id,
+        channel = st.channel_id,
+        user = user_id,
+        "voice leave"
+    );
 }
 
 pub async fn disconnect_channel(s: &AppState, guild_id: u64, channel_id: u64) {
-    let users: Vec<u64> = s.voice().states.values().filter(|st| st.guild_id == guild_id && st.channel_id == channel_id).map(|st| st.user_id).collect();
+    let users: Vec<u64> = s
+        .voice()
+        .states
+        .values()
+        .filter(|st| st.guild_id == guild_id && st.channel_id == channel_id)
+        .map(|st| st.user_id)
+        .collect();
     for u in users {
         disconnect_user(s, guild_id, u).await;
     }
 }
 
 pub async fn disconnect_guild(s: &AppState, guild_id: u64) {
-    let users: Vec<u64> = s.voice().states.values().filter(|st| st.guild_id == guild_id).map(|st| st.user_id).collect();
+    let users: Vec<u64> = s
+        .voice()
+        .states
+        .values()
+        .filter(|st| st.guild_id == guild_id)
+        .map(|st| st.user_id)
+        .collect();
     for u in users {
         disconnect_user(s, guild_id, u).await;
     }
@@ -248,7 +397,13 @@ pub async fn disconnect_guild(s: &AppState, guild_id: u64) {
 
 /// The gateway session ended: its voice states go with it.
 pub async fn disconnect_session(s: &AppState, session_id: &str) {
-    let keys: Vec<(u64, u64)> = s.voice().states.values().filter(|st| st.session_id == session_id).map(|st| (st.guild_id, st.user_id)).collect();
+    let keys: Vec<(u64, u64)> = s
+        .voice()
+        .states
+        .values()
+        .filter(|st| st.session_id == session_id)
+        .map(|st| (st.guild_id, st.user_id))
+        .collect();
     for (g, u) in keys {
         disconnect_user(s, g, u).await;
     }
@@ -257,10 +412,23 @@ pub async fn disconnect_session(s: &AppState, session_id: &str) {
 /// Overwrites changed: re-check CONNECT and SPEAK of everyone in the channel (effective in the SFU
 /// at once).
 pub async fn refresh_channel_permissions(s: &AppState, guild_id: u64, channel_id: u64) {
-    let (Ok(g), Ok(c)) = (s.store.guild(guild_id).await, s.store.channel(channel_id).await) else { return };
-    let users: Vec<u64> = s.voice().states.values().filter(|st| st.guild_id == guild_id && st.channel_id == channel_id).map(|st| st.user_id).collect();
+    let (Ok(g), Ok(c)) = (
+        s.store.guild(guild_id).await,
+        s.store.channel(channel_id).await,
+    ) else {
+        return;
+    };
+    let users: Vec<u64> = s
+        .voice()
+        .states
+        .values()
+        .filter(|st| st.guild_id == guild_id && st.channel_id == channel_id)
+        .map(|st| st.user_id)
+        .collect();
     for u in users {
-        let Ok(p) = s.store.permissions(&g, Some(&c), u).await else { continue };
+        let Ok(p) = s.store.permissions(&g, Some(&c), u).await else {
+            continue;
+        };
         if !p.has(Permissions::VIEW_CHANNEL | Permissions::CONNECT) {
             disconnect_user(s, guild_id, u).await;
             continue;
@@ -279,7 +447,13 @@ pub async fn refresh_channel_permissions(s: &AppState, guild_id: u64, channel_id
             if let Some((i, f)) = part {
                 s.sfu.set_flags(i, f).await;
             }
-            s.hub.send(Target::Guild(guild_id), Some(guild_id), None, "VOICE_STATE_UPDATE", j);
+            s.hub.send(
+                Target::Guild(guild_id),
+                Some(guild_id),
+                None,
+                "VOICE_STATE_UPDATE",
+                j,
+            );
         }
     }
 }
@@ -298,36 +472,55 @@ pub fn notify_others(s: &AppState, guild_id: u64, channel_id: u64, except_user: 
 pub async fn run_sfu_events(s: AppState, mut rx: mpsc::UnboundedReceiver<NodeEvent>) {
     while let Some(ev) = rx.recv().await {
         match ev {
-            NodeEvent::SlotChanged { listener, ssrc, speaker, .. } => {
+            NodeEvent::SlotChanged {
+                listener,
+                ssrc,
+                speaker,
+                ..
+            } => {
                 let mut v = s.voice();
-                let Some(conn_id) = v.by_participant.get(&listener).copied() else { continue };
-                let Some(conn) = v.conns.get_mut(&conn_id) else { continue };
+                let Some(conn_id) = v.by_participant.get(&listener).copied() else {
+                    continue;
+                };
+                let Some(conn) = v.conns.get_mut(&conn_id) else {
+                    continue;
+                };
                 let msg = match speaker {
                     Some(u) => {
                         conn.slots.insert(ssrc.0, u.0);
                         json!({ "op": 5, "d": { "user_id": u.0.to_string(), "ssrc": ssrc.0, "speaking": 1, "delay": 0 } })
                     }
                     None => match conn.slots.remove(&ssrc.0) {
-                        Some(prev) => json!({ "op": 5, "d": { "user_id": prev.to_string(), "ssrc": ssrc.0, "speaking": 0, "delay": 0 } }),
+                        Some(prev) => {
+                            json!({ "op": 5, "d": { "user_id": prev.to_string(), "ssrc": ssrc.0, "speaking": 0, "delay": 0 } })
+                        }
                         None => continue,
                     },
                 };
                 let _ = conn.tx.send(VoiceOut::Json(msg));
             }
-            NodeEvent::Connected { idx, user, .. } => debug!(%idx, user = user.0, "media connected"),
-            NodeEvent::Left { idx, reason, user, .. } => {
+            NodeEvent::Connected { idx, user, .. } => {
+                debug!(%idx, user = user.0, "media connected")
+            }
+            NodeEvent::Left {
+                idx, reason, user, ..
+            } => {
                 if reason == LeaveReason::Requested {
                     continue;
                 }
                 let conn = {
                     let mut v = s.voice();
-                    v.by_participant.remove(&idx).and_then(|c| v.conns.get(&c).map(|c| c.tx.clone()))
+                    v.by_participant
+                        .remove(&idx)
+                        .and_then(|c| v.conns.get(&c).map(|c| c.tx.clone()))
                 };
                 info!(%idx, user = user.0, ?reason, "media participant lost; closing its voice connection");
                 if let Some(tx) = conn {
                     let why = match reason {
                         LeaveReason::Idle => "media connection lost: no packets for 6 s",
-                        LeaveReason::ConnectTimeout => "media connection never completed (ICE/DTLS)",
+                        LeaveReason::ConnectTimeout => {
+                            "media connection never completed (ICE/DTLS)"
+                        }
                         _ => "media connection closed",
                     };
                     let _ = tx.send(VoiceOut::Close(4014, why.into()));

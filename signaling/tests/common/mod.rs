@@ -38,7 +38,12 @@ pub async fn node_with(f: impl FnOnce(&mut ServeArgs)) -> Node {
     let cfg = Config::load(&args, std::iter::empty()).unwrap();
     let run = lodge_signaling::start(cfg).await.unwrap();
     let base = format!("http://{}", run.http_addr);
-    Node { run: Some(run), base, http: reqwest::Client::new(), _dir: dir }
+    Node {
+        run: Some(run),
+        base,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
 }
 
 impl Node {
@@ -46,7 +51,13 @@ impl Node {
         format!("{}/api/v10{}", self.base, path)
     }
 
-    pub async fn req(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    pub async fn req(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut r = self.http.request(m, self.url(path));
         if let Some(t) = token {
@@ -58,35 +69,82 @@ impl Node {
         let res = r.send().await.unwrap();
         let status = res.status().as_u16();
         let text = res.text().await.unwrap();
-        (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) })
+        (
+            status,
+            if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            },
+        )
     }
 
     /// Register and return (user id, token).
     pub async fn user(&self, name: &str) -> (String, String) {
-        let (st, v) = self.req("POST", "/auth/register", None, Some(json!({ "username": name, "password": "password-123" }))).await;
+        let (st, v) = self
+            .req(
+                "POST",
+                "/auth/register",
+                None,
+                Some(json!({ "username": name, "password": "password-123" })),
+            )
+            .await;
         assert_eq!(st, 201, "{v}");
-        (v["user"]["id"].as_str().unwrap().to_string(), v["token"].as_str().unwrap().to_string())
+        (
+            v["user"]["id"].as_str().unwrap().to_string(),
+            v["token"].as_str().unwrap().to_string(),
+        )
     }
 
     /// Create a guild; returns (guild id, text channel id, voice channel id).
     pub async fn guild(&self, token: &str) -> (String, String, String) {
-        let (st, g) = self.req("POST", "/guilds", Some(token), Some(json!({ "name": "Test Den" }))).await;
+        let (st, g) = self
+            .req(
+                "POST",
+                "/guilds",
+                Some(token),
+                Some(json!({ "name": "Test Den" })),
+            )
+            .await;
         assert_eq!(st, 201, "{g}");
         let chans = g["channels"].as_array().unwrap();
-        let text = chans.iter().find(|c| c["type"] == 0).unwrap()["id"].as_str().unwrap().to_string();
-        let voice = chans.iter().find(|c| c["type"] == 2).unwrap()["id"].as_str().unwrap().to_string();
+        let text = chans.iter().find(|c| c["type"] == 0).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let voice = chans.iter().find(|c| c["type"] == 2).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         (g["id"].as_str().unwrap().to_string(), text, voice)
     }
 
     pub async fn invite_and_join(&self, owner: &str, text: &str, joiner: &str) {
-        let (st, inv) = self.req("POST", &format!("/channels/{text}/invites"), Some(owner), None).await;
+        let (st, inv) = self
+            .req(
+                "POST",
+                &format!("/channels/{text}/invites"),
+                Some(owner),
+                None,
+            )
+            .await;
         assert_eq!(st, 200, "{inv}");
-        let (st, v) = self.req("POST", &format!("/invites/{}", inv["code"].as_str().unwrap()), Some(joiner), None).await;
+        let (st, v) = self
+            .req(
+                "POST",
+                &format!("/invites/{}", inv["code"].as_str().unwrap()),
+                Some(joiner),
+                None,
+            )
+            .await;
         assert_eq!(st, 200, "{v}");
     }
 
     pub fn gateway_url(&self) -> String {
-        format!("ws://{}/gateway?v=10&encoding=json", self.run.as_ref().unwrap().http_addr)
+        format!(
+            "ws://{}/gateway?v=10&encoding=json",
+            self.run.as_ref().unwrap().http_addr
+        )
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -111,9 +169,14 @@ pub enum Frame {
 
 pub async fn next(ws: &mut Ws) -> Frame {
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("no frame within 10 s") {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("no frame within 10 s")
+        {
             Some(Ok(Message::Text(t))) => return Frame::Json(serde_json::from_str(&t).unwrap()),
-            Some(Ok(Message::Close(Some(c)))) => return Frame::Closed(c.code.into(), c.reason.to_string()),
+            Some(Ok(Message::Close(Some(c)))) => {
+                return Frame::Closed(c.code.into(), c.reason.to_string())
+            }
             Some(Ok(Message::Close(None))) | None => return Frame::Closed(1005, String::new()),
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Frame::Closed(1006, e.to_string()),
@@ -160,15 +223,29 @@ pub async fn gateway(node: &Node, token: &str) -> (Ws, Value) {
 // ---------- voice ----------
 
 /// Gateway op 4 join; returns (token, endpoint) from VOICE_SERVER_UPDATE.
-pub async fn voice_join(w: &mut Ws, guild: &str, channel: &str, self_mute: bool) -> (String, String) {
+pub async fn voice_join(
+    w: &mut Ws,
+    guild: &str,
+    channel: &str,
+    self_mute: bool,
+) -> (String, String) {
     send(w, json!({ "op": 4, "d": { "guild_id": guild, "channel_id": channel, "self_mute": self_mute, "self_deaf": false } })).await;
     let d = dispatch(w, "VOICE_SERVER_UPDATE").await;
     assert_eq!(d["guild_id"].as_str().unwrap(), guild);
-    (d["token"].as_str().unwrap().to_string(), d["endpoint"].as_str().unwrap().to_string())
+    (
+        d["token"].as_str().unwrap().to_string(),
+        d["endpoint"].as_str().unwrap().to_string(),
+    )
 }
 
 /// Open the voice gateway and identify; returns the socket and Ready's `d`, or the close.
-pub async fn voice_identify(endpoint: &str, guild: &str, user: &str, session: &str, token: &str) -> Result<(Ws, Value), (u16, String)> {
+pub async fn voice_identify(
+    endpoint: &str,
+    guild: &str,
+    user: &str,
+    session: &str,
+    token: &str,
+) -> Result<(Ws, Value), (u16, String)> {
     let mut v = ws(&format!("ws://{endpoint}/?v=8")).await;
     let hello = json(&mut v).await;
     assert_eq!(hello["op"], 8);
@@ -204,7 +281,11 @@ impl VoiceClient {
         use str0m::media::{Direction, MediaKind};
         let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let now = std::time::Instant::now();
-        let mut rtc = str0m::Rtc::builder().set_rtp_mode(true).clear_codecs().enable_opus(true, false).build(now);
+        let mut rtc = str0m::Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .build(now);
         rtc.add_local_candidate(str0m::Candidate::host(sock.local_addr().unwrap(), "udp").unwrap());
         let mut api = rtc.sdp_api();
         let send_mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
@@ -212,13 +293,31 @@ impl VoiceClient {
             api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
         }
         let (offer, pending) = api.apply().unwrap();
-        let pt = rtc.codec_config().params().iter().find(|p| p.spec().codec == str0m::format::Codec::Opus).unwrap().pt();
-        VoiceClient { rtc, sock, send_mid, pt, pending: Some(pending), offer: offer.to_sdp_string(), seq: 1000, ts: 5000 }
+        let pt = rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == str0m::format::Codec::Opus)
+            .unwrap()
+            .pt();
+        VoiceClient {
+            rtc,
+            sock,
+            send_mid,
+            pt,
+            pending: Some(pending),
+            offer: offer.to_sdp_string(),
+            seq: 1000,
+            ts: 5000,
+        }
     }
 
     pub fn accept(&mut self, answer: &str) {
         let a = str0m::change::SdpAnswer::from_sdp_string(answer).unwrap();
-        self.rtc.sdp_api().accept_answer(self.pending.take().unwrap(), a).unwrap();
+        self.rtc
+            .sdp_api()
+            .accept_answer(self.pending.take().unwrap(), a)
+            .unwrap();
     }
 
     /// Run the client for `dur`: network I/O, timers, and (if `tag` is set) a 20 ms Opus-sized
@@ -238,7 +337,9 @@ impl VoiceClient {
                     Output::Transmit(t) => {
                         self.sock.send_to(&t.contents, t.destination).await.unwrap();
                     }
-                    Output::Event(Event::RtpPacket(p)) => heard.push((*p.header.ssrc, p.payload.first().copied().unwrap_or(0))),
+                    Output::Event(Event::RtpPacket(p)) => {
+                        heard.push((*p.header.ssrc, p.payload.first().copied().unwrap_or(0)))
+                    }
                     Output::Event(_) => {}
                 }
             };
@@ -249,17 +350,32 @@ impl VoiceClient {
             if let Some(tag) = tag {
                 if now >= next_send && self.rtc.is_connected() {
                     next_send = now + Duration::from_millis(20);
-                    let ext = str0m::rtp::ExtensionValues { audio_level: Some(-(level as i8)), voice_activity: Some(true), ..Default::default() };
+                    let ext = str0m::rtp::ExtensionValues {
+                        audio_level: Some(-(level as i8)),
+                        voice_activity: Some(true),
+                        ..Default::default()
+                    };
                     let mut api = self.rtc.direct_api();
                     if let Some(tx) = api.stream_tx_by_mid(self.send_mid, None) {
-                        tx.write_rtp(str0m::rtp::RtpWrite::new(self.pt, self.seq.into(), self.ts, std::time::Instant::now(), vec![tag; 80]).ext_vals(ext));
+                        tx.write_rtp(
+                            str0m::rtp::RtpWrite::new(
+                                self.pt,
+                                self.seq.into(),
+                                self.ts,
+                                std::time::Instant::now(),
+                                vec![tag; 80],
+                            )
+                            .ext_vals(ext),
+                        );
                         self.seq += 1;
                         self.ts = self.ts.wrapping_add(960);
                     }
                     continue;
                 }
             }
-            let wake = tokio::time::Instant::from_std(timeout).min(next_send.max(now + Duration::from_millis(1))).min(end);
+            let wake = tokio::time::Instant::from_std(timeout)
+                .min(next_send.max(now + Duration::from_millis(1)))
+                .min(end);
             tokio::select! {
                 r = self.sock.recv_from(&mut buf) => {
                     let (n, src) = r.unwrap();
