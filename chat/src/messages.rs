@@ -17,7 +17,7 @@ macro_rules! select {
 
 use crate::error::ChatError;
 use crate::model::{Channel, Message, MessageQuery, NewMessage, ReactionCount, User};
-use crate::store::{flag, now_ms, Backend, Store};
+use crate::store::{flag, now_ms, user_from_row, Backend, Store};
 
 /// Longest message content, in characters (Discord's limit).
 pub const MAX_CONTENT_CHARS: usize = 2000;
@@ -204,11 +204,7 @@ impl Store {
             id,
             channel_id: r.get::<i64, _>("channel_id") as u64,
             guild_id: r.get::<i64, _>("guild_id") as u64,
-            author: User {
-                id: r.get::<i64, _>("author_id") as u64,
-                username: r.get("username"),
-                bot: flag(r, "bot"),
-            },
+            author: user_from_row(r, r.get::<i64, _>("author_id") as u64),
             content: r.get("content"),
             nonce: r.get("nonce"),
             tts: flag(r, "tts"),
@@ -402,11 +398,7 @@ impl Store {
         .await?;
         Ok(rows
             .iter()
-            .map(|r| User {
-                id: r.get::<i64, _>("id") as u64,
-                username: r.get("username"),
-                bot: flag(r, "bot"),
-            })
+            .map(|r| user_from_row(r, r.get::<i64, _>("id") as u64))
             .collect())
     }
 }

@@ -51,6 +51,15 @@ pub struct Store {
     ids: std::sync::Arc<Snowflakes>,
 }
 
+/// A user from a row's `username` and `bot` columns; the id is given (its column varies).
+pub(crate) fn user_from_row(r: &AnyRow, id: u64) -> User {
+    User {
+        id,
+        username: r.get("username"),
+        bot: flag(r, "bot"),
+    }
+}
+
 /// A 0/1 integer column as bool (portable across SQLite and PostgreSQL).
 pub(crate) fn flag(r: &AnyRow, col: &str) -> bool {
     r.try_get::<i64, _>(col).map(|v| v != 0).unwrap_or(false)
@@ -223,11 +232,7 @@ impl Store {
                 message: "Login or password is invalid.".into(),
             });
         }
-        let user = User {
-            id: row.get::<i64, _>("id") as u64,
-            username: row.get("username"),
-            bot: flag(&row, "bot"),
-        };
+        let user = user_from_row(&row, row.get::<i64, _>("id") as u64);
         let token = self.issue_token(user.id).await?;
         Ok((user, token))
     }
@@ -258,11 +263,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let row = row.ok_or(ChatError::Unauthorized)?;
-        Ok(User {
-            id: row.get::<i64, _>("id") as u64,
-            username: row.get("username"),
-            bot: flag(&row, "bot"),
-        })
+        Ok(user_from_row(&row, row.get::<i64, _>("id") as u64))
     }
 
     pub async fn revoke_token(&self, token: &str) -> Result<(), ChatError> {
@@ -664,11 +665,7 @@ impl Store {
             let uid = r.get::<i64, _>("user_id") as u64;
             out.push(Member {
                 guild_id,
-                user: User {
-                    id: uid,
-                    username: r.get("username"),
-                    bot: flag(r, "bot"),
-                },
+                user: user_from_row(r, uid),
                 nick: r.get("nick"),
                 roles: self.member_roles(guild_id, uid).await?,
                 joined_at: r.get("joined_at"),
@@ -699,11 +696,7 @@ impl Store {
         .ok_or(ChatError::Unknown("member"))?;
         Ok(Member {
             guild_id,
-            user: User {
-                id: user_id,
-                username: r.get("username"),
-                bot: flag(&r, "bot"),
-            },
+            user: user_from_row(&r, user_id),
             nick: r.get("nick"),
             roles: self.member_roles(guild_id, user_id).await?,
             joined_at: r.get("joined_at"),

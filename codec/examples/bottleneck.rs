@@ -45,7 +45,7 @@ fn run(adaptive: bool) -> Run {
     let mut fec_seconds = 0;
     let mut t = 0.0f64;
     let mut next_report = 1.0;
-    let (mut sec_delay, mut sec_n, mut sec_unrec) = (0.0, 0u64, 0u64);
+    let (mut sec_delay, mut sec_n) = (0.0, 0u64);
     while t < 180.0 {
         let d = if adaptive {
             ctl.decision()
@@ -78,14 +78,12 @@ fn run(adaptive: bool) -> Run {
             // The previous frame, if lost, is rebuilt from this packet's FEC.
             if prev_lost && !d.fec {
                 unrecovered += 1;
-                sec_unrec += 1;
             }
         } else {
             lost_sec += 1;
             if prev_lost {
                 // Two in a row: the first cannot be rebuilt.
                 unrecovered += 1;
-                sec_unrec += 1;
             }
         }
         prev_lost = dropped;
@@ -114,12 +112,10 @@ fn run(adaptive: bool) -> Run {
                 adapt_s = Some(t - 60.0);
             }
             per_second.push((t, d.bitrate_bps, d.fec, lf * 100.0, md));
-            let _ = sec_unrec;
             lost_sec = 0;
             sent_sec = 0;
             sec_delay = 0.0;
             sec_n = 0;
-            sec_unrec = 0;
             next_report += 1.0;
         }
     }

@@ -241,7 +241,6 @@ async fn chat(a: ChatArgs) -> Result<bool> {
         1, 60_000_000, 3,
     )?));
     let stop = Arc::new(tokio::sync::Notify::new());
-    let connected = Arc::new(AtomicU64::new(0));
     let pb = ProgressBar::new(a.sessions as u64);
     pb.set_style(ProgressStyle::with_template(
         "connecting {bar:40} {pos}/{len} sessions {msg}",
@@ -270,7 +269,6 @@ async fn chat(a: ChatArgs) -> Result<bool> {
         match tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await {
             Ok(Some(Ok(()))) => {
                 ready += 1;
-                connected.fetch_add(1, Ordering::Relaxed);
                 pb.inc(1);
             }
             Ok(Some(Err(e))) => bail!("a session failed to connect: {e}"),

@@ -280,7 +280,6 @@ impl Node {
             .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
 
         // Classify the lines: exactly one the client sends on, K it only receives on.
-        let mut send_mid: Option<Mid> = None;
         let mut send_count = 0;
         let mut slot_mids = Vec::new();
         for m in &mids {
@@ -299,7 +298,6 @@ impl Node {
             match media.direction() {
                 Direction::RecvOnly | Direction::SendRecv => {
                     send_count += 1;
-                    send_mid = Some(mid);
                 }
                 Direction::SendOnly => slot_mids.push(mid),
                 Direction::Inactive => {}
@@ -312,7 +310,6 @@ impl Node {
                 max: MAX_SLOTS,
             });
         }
-        let _ = send_mid;
         let opus_pt = rtc
             .codec_config()
             .params()
@@ -403,8 +400,8 @@ impl Node {
     }
 
     /// Remove a participant (left the channel, moved, kicked). Unknown indices are ignored.
-    pub fn leave(&mut self, now: Instant, idx: ParticipantIdx) {
-        self.remove(now, idx, LeaveReason::Requested);
+    pub fn leave(&mut self, _now: Instant, idx: ParticipantIdx) {
+        self.remove(idx, LeaveReason::Requested);
     }
 
     /// Change mute/deaf/SPEAK. A participant that stops being forwardable loses its slots at
@@ -627,10 +624,10 @@ impl Node {
     }
 
     /// Close every peer (shutdown). Each participant gets a Left event.
-    pub fn close_all(&mut self, now: Instant) {
+    pub fn close_all(&mut self, _now: Instant) {
         for i in 0..self.participants.len() {
             if self.participants[i].is_some() {
-                self.remove(now, ParticipantIdx(i as u32), LeaveReason::Requested);
+                self.remove(ParticipantIdx(i as u32), LeaveReason::Requested);
             }
         }
     }
@@ -648,12 +645,12 @@ impl Node {
                 None => None,
             };
             if let Some(r) = reason {
-                self.remove(now, ParticipantIdx(i as u32), r);
+                self.remove(ParticipantIdx(i as u32), r);
             }
         }
     }
 
-    fn remove(&mut self, now: Instant, idx: ParticipantIdx, reason: LeaveReason) {
+    fn remove(&mut self, idx: ParticipantIdx, reason: LeaveReason) {
         let Some(mut p) = self
             .participants
             .get_mut(idx.0 as usize)
@@ -730,7 +727,6 @@ impl Node {
             user: p.user,
             reason,
         }));
-        let _ = now;
     }
 
     /// Drain one participant's WebRTC outputs into the node's queue, forwarding its RTP.

@@ -137,7 +137,7 @@ async fn guild_channels_invites_members_and_permissions() {
     let n = common::node().await;
     let (alice_id, alice) = n.user("alice").await;
     let (bob_id, bob) = n.user("bob").await;
-    let (g, text, voice) = n.guild(&alice).await;
+    let (g, text, _) = n.guild(&alice).await;
 
     let (st, roles) = n
         .req("GET", &format!("/guilds/{g}/roles"), Some(&alice), None)
@@ -329,7 +329,6 @@ async fn guild_channels_invites_members_and_permissions() {
             .0,
         403
     );
-    let _ = voice;
     assert_eq!(
         n.req("DELETE", &format!("/guilds/{g}"), Some(&alice), None)
             .await

@@ -223,7 +223,7 @@ async fn resume_replays_missed_dispatches_in_order() {
     let n = common::node().await;
     let (_, alice) = n.user("alice").await;
     let (_, bob) = n.user("bob").await;
-    let (g, text, _) = n.guild(&alice).await;
+    let (_, text, _) = n.guild(&alice).await;
     n.invite_and_join(&alice, &text, &bob).await;
     let (mut w, ready) = gateway(&n, &bob).await;
     let sid = ready["session_id"].as_str().unwrap().to_string();
@@ -316,7 +316,6 @@ async fn resume_replays_missed_dispatches_in_order() {
     .await;
     let v = dispatch(&mut w, "MESSAGE_CREATE").await;
     assert_eq!(v["content"], "after resume");
-    let _ = g;
 
     // Acknowledging more than was sent is not resumable.
     drop(w);

@@ -58,7 +58,6 @@ text_id = next(c["id"] for c in guild["channels"] if c["type"] == 0)
 st, inv = rest("POST", f"/channels/{text_id}/invites", htok, {})
 st, _ = rest("POST", f"/invites/{inv['code']}", btok)
 check(st == 200, "bot joins by invite")
-st, role = (200, None)
 
 # --- point discord.py at Lodge ----------------------------------------------------------------
 discord.http.Route.BASE = API

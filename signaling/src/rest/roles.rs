@@ -78,10 +78,6 @@ pub struct RoleBody {
     permissions: Option<String>,
     color: Option<u32>,
     position: Option<i64>,
-    #[serde(default)]
-    hoist: Option<bool>,
-    #[serde(default)]
-    mentionable: Option<bool>,
 }
 
 pub async fn create(
@@ -103,7 +99,6 @@ pub async fn create(
             )
         })?
     };
-    let _ = (b.hoist, b.mentionable, b.position);
     let perms = perm_bits(&b.permissions)?.unwrap_or(0);
     no_escalation(p, perms)?;
     let mut r = s
