@@ -8,6 +8,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "setup (apt: chromium, nodejs, python3-venv; npm: playwright-core; pip: discord.py)"
 ./scripts/setup.sh
 
+step "formatting (cargo fmt)"
+cargo fmt --all -- --check
+
 step "build (debug, all targets)"
 cargo build --workspace --all-targets --locked
 
