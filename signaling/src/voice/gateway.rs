@@ -302,10 +302,9 @@ async fn select_protocol(s: &AppState, a: &Authed, d: &Value) -> Result<Value, (
     let still_there = {
         let mut v = s.voice();
         if v.conns.contains_key(&a.conn_id) {
-            v.by_participant.insert(ans.idx, a.conn_id);
-            if let Some(c) = v.conns.get_mut(&a.conn_id) {
-                c.participant = Some(ans.idx);
-            }
+            // Slot announcements queued here are written after the answer: the caller's
+            // loop does not read its outbox while this runs.
+            v.map_participant(ans.idx, a.conn_id);
             if let Some(st) = v.states.get_mut(&(a.guild_id, a.user_id)) {
                 st.participant = Some(ans.idx);
             }

@@ -86,12 +86,38 @@ pub struct VoiceConn {
     pub slots: HashMap<u32, u64>,
 }
 
+impl VoiceConn {
+    /// Record a slot change and send the matching op 5 (nothing when an empty slot empties).
+    pub fn slot_changed(&mut self, ssrc: u32, speaker: Option<u64>) {
+        let msg = match speaker {
+            Some(u) => {
+                self.slots.insert(ssrc, u);
+                json!({ "op": 5, "d": { "user_id": u.to_string(), "ssrc": ssrc, "speaking": 1, "delay": 0 } })
+            }
+            None => match self.slots.remove(&ssrc) {
+                Some(prev) => {
+                    json!({ "op": 5, "d": { "user_id": prev.to_string(), "ssrc": ssrc, "speaking": 0, "delay": 0 } })
+                }
+                None => return,
+            },
+        };
+        let _ = self.tx.send(VoiceOut::Json(msg));
+    }
+}
+
+/// Slot changes kept per participant before its voice connection is mapped (the media node may
+/// assign slots between answering the join and the gateway recording the participant).
+const MAX_EARLY_SLOT_CHANGES: usize = 64;
+
 pub struct VoiceRegistry {
     pub token_ttl: Duration,
     pub states: HashMap<(u64, u64), VoiceState>,
     pub tokens: HashMap<String, PendingToken>,
     pub conns: HashMap<u64, VoiceConn>,
     pub by_participant: HashMap<ParticipantIdx, u64>,
+    /// Slot changes (ssrc, speaker) for participants not yet mapped to a connection; cleared
+    /// when the participant is mapped or leaves.
+    early_slots: HashMap<ParticipantIdx, Vec<(u32, Option<u64>)>>,
     next_conn: u64,
 }
 
@@ -117,8 +143,44 @@ impl VoiceRegistry {
             tokens: HashMap::new(),
             conns: HashMap::new(),
             by_participant: HashMap::new(),
+            early_slots: HashMap::new(),
             next_conn: 0,
         }
+    }
+
+    /// A slot of `listener` changed: announce it on its connection, or keep it until the
+    /// connection is mapped.
+    pub fn slot_changed(&mut self, listener: ParticipantIdx, ssrc: u32, speaker: Option<u64>) {
+        match self.by_participant.get(&listener).copied() {
+            Some(conn_id) => {
+                if let Some(conn) = self.conns.get_mut(&conn_id) {
+                    conn.slot_changed(ssrc, speaker);
+                }
+            }
+            None => {
+                let early = self.early_slots.entry(listener).or_default();
+                if early.len() < MAX_EARLY_SLOT_CHANGES {
+                    early.push((ssrc, speaker));
+                }
+            }
+        }
+    }
+
+    /// Map a media participant to its connection and replay the slot changes that came first.
+    pub fn map_participant(&mut self, idx: ParticipantIdx, conn_id: u64) {
+        self.by_participant.insert(idx, conn_id);
+        let early = self.early_slots.remove(&idx).unwrap_or_default();
+        if let Some(conn) = self.conns.get_mut(&conn_id) {
+            conn.participant = Some(idx);
+            for (ssrc, speaker) in early {
+                conn.slot_changed(ssrc, speaker);
+            }
+        }
+    }
+
+    /// The media participant left the node: forget what was kept for it.
+    pub fn participant_left(&mut self, idx: ParticipantIdx) {
+        self.early_slots.remove(&idx);
     }
 
     pub fn issue_token(
@@ -229,5 +291,53 @@ mod tests {
             r.redeem(t0, &tok, 1, 2, "s").unwrap_err(),
             TokenError::Unknown
         );
+    }
+
+    #[test]
+    fn slot_changes_before_the_mapping_are_replayed_in_order() {
+        let mut r = VoiceRegistry::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let conn = r.add_conn(VoiceConn {
+            tx,
+            user_id: 1,
+            guild_id: 2,
+            channel_id: 3,
+            participant: None,
+            slots: HashMap::new(),
+        });
+        let idx = ParticipantIdx(7);
+        // The node assigns slots before the gateway learns which participant is whose.
+        r.slot_changed(idx, 100, Some(10));
+        r.slot_changed(idx, 101, Some(11));
+        r.slot_changed(idx, 100, None);
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing can be sent before the mapping"
+        );
+        r.map_participant(idx, conn);
+        let mut got = Vec::new();
+        while let Ok(VoiceOut::Json(v)) = rx.try_recv() {
+            got.push((
+                v["d"]["ssrc"].as_u64().unwrap(),
+                v["d"]["user_id"].as_str().unwrap().to_string(),
+                v["d"]["speaking"].as_u64().unwrap(),
+            ));
+        }
+        assert_eq!(
+            got,
+            vec![
+                (100, "10".into(), 1),
+                (101, "11".into(), 1),
+                (100, "10".into(), 0)
+            ]
+        );
+        assert_eq!(r.conns[&conn].slots, HashMap::from([(101, 11)]));
+        // Once mapped, changes go straight out.
+        r.slot_changed(idx, 102, Some(12));
+        assert!(matches!(rx.try_recv(), Ok(VoiceOut::Json(_))));
+        // What was kept for a participant that leaves unmapped is dropped.
+        r.slot_changed(ParticipantIdx(8), 1, Some(1));
+        r.participant_left(ParticipantIdx(8));
+        assert!(r.early_slots.is_empty());
     }
 }

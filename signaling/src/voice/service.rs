@@ -478,26 +478,8 @@ pub async fn run_sfu_events(s: AppState, mut rx: mpsc::UnboundedReceiver<NodeEve
                 speaker,
                 ..
             } => {
-                let mut v = s.voice();
-                let Some(conn_id) = v.by_participant.get(&listener).copied() else {
-                    continue;
-                };
-                let Some(conn) = v.conns.get_mut(&conn_id) else {
-                    continue;
-                };
-                let msg = match speaker {
-                    Some(u) => {
-                        conn.slots.insert(ssrc.0, u.0);
-                        json!({ "op": 5, "d": { "user_id": u.0.to_string(), "ssrc": ssrc.0, "speaking": 1, "delay": 0 } })
-                    }
-                    None => match conn.slots.remove(&ssrc.0) {
-                        Some(prev) => {
-                            json!({ "op": 5, "d": { "user_id": prev.to_string(), "ssrc": ssrc.0, "speaking": 0, "delay": 0 } })
-                        }
-                        None => continue,
-                    },
-                };
-                let _ = conn.tx.send(VoiceOut::Json(msg));
+                s.voice()
+                    .slot_changed(listener, ssrc.0, speaker.map(|u| u.0));
             }
             NodeEvent::Connected { idx, user, .. } => {
                 debug!(%idx, user = user.0, "media connected")
@@ -505,6 +487,7 @@ pub async fn run_sfu_events(s: AppState, mut rx: mpsc::UnboundedReceiver<NodeEve
             NodeEvent::Left {
                 idx, reason, user, ..
             } => {
+                s.voice().participant_left(idx);
                 if reason == LeaveReason::Requested {
                     continue;
                 }
