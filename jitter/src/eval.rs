@@ -68,23 +68,41 @@ pub struct Outcome {
     pub played: Vec<u64>,
 }
 
-/// Run `secs` of audio through `profile` with `cfg`.
-pub fn simulate(
+/// One 20 ms frame as the sender sends it.
+pub struct SentFrame {
+    pub payload: Vec<u8>,
+    /// The frame is quiet (RFC 6464 level below speech): a good place to drop or stretch.
+    pub low_energy: bool,
+}
+
+/// What a playout run produced.
+#[derive(Debug, Clone)]
+pub struct Playout {
+    pub stats: JitterStats,
+    /// Frame numbers decoded (packet or FEC rebuild), in play order.
+    pub played: Vec<u64>,
+    /// (play time ms, buffering delay ms) of every decoded frame.
+    pub delays: Vec<(f64, f64)>,
+}
+
+/// Send frame `i` of `frames` at `i × 20 ms` through `profile` (seeded), insert arrivals into a
+/// buffer with `cfg`, and pull every 20 ms until 3 s after the last send. `on_pull` sees every
+/// decision with its play time, so a caller can decode real audio.
+pub fn play_through(
     profile: &Profile,
     cfg: BufferConfig,
-    secs: u64,
     seed: u64,
-) -> (JitterStats, Vec<u64>, Vec<f64>) {
+    frames: &[SentFrame],
+    mut on_pull: impl FnMut(f64, &Pulled),
+) -> Playout {
+    /// IP + UDP + RTP + SRTP tag bytes on top of the Opus payload (for bandwidth caps).
+    const OVERHEAD_BYTES: usize = 40;
     let mut imp = Impairment::new(profile.clone(), seed);
-    let n = secs * 50;
-    let mut arrivals: Vec<(f64, u16, u32)> = Vec::new();
-    for i in 0..n {
-        for a in imp.send(Duration::from_millis(i * 20), 80) {
-            arrivals.push((
-                a.as_secs_f64() * 1000.0,
-                (i % 65536) as u16,
-                (i as u32).wrapping_mul(960),
-            ));
+    let mut arrivals: Vec<(f64, usize)> = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        let sent = Duration::from_millis(i as u64 * 20);
+        for a in imp.send(sent, f.payload.len() + OVERHEAD_BYTES) {
+            arrivals.push((a.as_secs_f64() * 1000.0, i));
         }
     }
     arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -92,21 +110,49 @@ pub fn simulate(
     let (mut played, mut delays) = (Vec::new(), Vec::new());
     let mut next = 0;
     let mut t = 0.0;
-    while t < (secs as f64 + 3.0) * 1000.0 {
+    let end_ms = frames.len() as f64 * 20.0 + 3000.0;
+    while t < end_ms {
         while next < arrivals.len() && arrivals[next].0 <= t {
-            let (at, s, ts) = arrivals[next];
-            jb.insert(at, s, ts, vec![0; 80]);
+            let (at, i) = arrivals[next];
+            let f = &frames[i];
+            jb.insert_frame(
+                at,
+                (i % 65536) as u16,
+                (i as u32).wrapping_mul(960),
+                f.payload.clone(),
+                f.low_energy,
+            );
             next += 1;
         }
         let before = jb.stats().jitter_buffer_delay;
-        if let Pulled::Frame { seq, .. } | Pulled::Fec { seq, .. } = jb.pull(t) {
+        let pulled = jb.pull(t);
+        if let Pulled::Frame { seq, .. } | Pulled::Fec { seq, .. } = pulled {
             played.push(seq);
-            delays.push((jb.stats().jitter_buffer_delay - before) / 960.0 * 1000.0);
+            delays.push((
+                t,
+                (jb.stats().jitter_buffer_delay - before) / 960.0 * 1000.0,
+            ));
         }
+        on_pull(t, &pulled);
         t += 20.0;
     }
     jb.finish();
-    (jb.stats().clone(), played, delays)
+    Playout {
+        stats: jb.stats().clone(),
+        played,
+        delays,
+    }
+}
+
+/// Run `secs` of (payload-free) frames through `profile` with `cfg`.
+pub fn simulate(profile: &Profile, cfg: BufferConfig, secs: u64, seed: u64) -> Playout {
+    let frames: Vec<SentFrame> = (0..secs * 50)
+        .map(|_| SentFrame {
+            payload: vec![0; 80],
+            low_energy: false,
+        })
+        .collect();
+    play_through(profile, cfg, seed, &frames, |_, _| {})
 }
 
 pub fn evaluate(profile: &Profile, s: Strategy, secs: u64, seed: u64) -> Outcome {
@@ -115,7 +161,12 @@ pub fn evaluate(profile: &Profile, s: Strategy, secs: u64, seed: u64) -> Outcome
         use_fec: s.fec,
         ..BufferConfig::default()
     };
-    let (stats, played, mut delays) = simulate(profile, cfg, secs, seed);
+    let Playout {
+        stats,
+        played,
+        delays,
+    } = simulate(profile, cfg, secs, seed);
+    let mut delays: Vec<f64> = delays.into_iter().map(|(_, d)| d).collect();
     delays.sort_by(f64::total_cmp);
     let p95 = delays.get(delays.len() * 95 / 100).copied().unwrap_or(0.0);
     let frames = (stats.total_samples_received / 960).max(1) as f64;

@@ -5,8 +5,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 fn simulate(profile: Profile, cfg: BufferConfig, secs: u64, seed: u64) -> (JitterStats, Vec<u64>) {
-    let (stats, played, _) = lodge_jitter::eval::simulate(&profile, cfg, secs, seed);
-    (stats, played)
+    let run = lodge_jitter::eval::simulate(&profile, cfg, secs, seed);
+    (run.stats, run.played)
 }
 
 #[test]
