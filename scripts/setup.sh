@@ -5,6 +5,8 @@
 #   curl, python3    the test runners; python3-venv for the discord.py test (pip: discord.py)
 #   postgresql       the storage suites run a second time on PostgreSQL (scripts/postgres.sh)
 #   libopus-dev, pkg-config   the codec crate links the system libopus
+#   espeak-ng        synthesises the speech sample of `lodge-load playout`
+#   fonts-dejavu-core  the font of the playout report's PNG plots
 set -euo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
@@ -16,6 +18,8 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev)
+command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} (apt)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

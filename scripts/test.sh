@@ -44,6 +44,9 @@ step "real browsers: three headless Chromium clients in one voice channel"
 step "real client library: an unmodified discord.py bot (login, events, resume)"
 ./tests/discordpy/run.sh
 
+step "playout evaluation smoke run: real speech, Opus, two profiles, report + plots"
+./tests/load/playout_smoke.sh
+
 step "chat load smoke test: every message reaches every session, no errors (SQLite, PostgreSQL)"
 ./tests/load/chat_smoke.sh
 TEST_POSTGRES_URL="$PG_URL" ./tests/load/chat_smoke.sh

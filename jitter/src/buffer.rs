@@ -9,7 +9,10 @@
 //!    concealment-like frame without consuming), preferably before a low-energy frame.
 //! 4. The next packet is here: play it (or comfort silence up to it across a DTX gap).
 //! 5. It is missing but the one after is here: rebuild it from that packet's in-band FEC.
-//! 6. Otherwise conceal (PLC); after a while with nothing buffered, treat it as silence.
+//! 6. It is missing and nothing is buffered (underrun): expand (PLC) *without* consuming it,
+//!    so a late packet still plays; if a later packet shows it lost, the expansion stands in
+//!    for it. After a while with nothing arriving, treat the gap as silence (DTX or outage).
+//! 7. It is missing, later packets are here and no FEC: conceal (PLC) and move on.
 
 use std::collections::BTreeMap;
 
@@ -56,7 +59,8 @@ pub enum Pulled {
     Fec { seq: u64, next_payload: Vec<u8> },
     /// Packet loss concealment (decoder PLC) for the missing frame `seq`.
     Conceal { seq: u64 },
-    /// Play one frame of PLC/time-stretched audio without consuming anything (deceleration).
+    /// Play one frame of PLC/time-stretched audio without consuming anything: deceleration,
+    /// or an underrun while the next packet is late (counted as concealment then).
     Stretch,
     /// Comfort silence (the sender is in DTX or has stopped).
     Silence,
@@ -101,8 +105,14 @@ pub struct JitterBuffer {
     speculative: u32,
     /// The previous frame was a stretch.
     stretched: bool,
+    /// Share of recent frames found missing (exponential average over ~100 frames).
+    loss_avg: f64,
     stats: JitterStats,
 }
+
+/// Above this recent loss share, an adaptive buffer using FEC aims to hold at least two frames,
+/// so that the packet after a lost one (which carries its FEC) is usually here in time.
+const FEC_HEADROOM_LOSS: f64 = 0.005;
 
 impl JitterBuffer {
     pub fn new(cfg: BufferConfig) -> Self {
@@ -123,6 +133,7 @@ impl JitterBuffer {
             unclassified: 0,
             speculative: 0,
             stretched: false,
+            loss_avg: 0.0,
             stats: JitterStats::default(),
         }
     }
@@ -133,9 +144,19 @@ impl JitterBuffer {
 
     /// Current target delay, ms.
     pub fn target_delay_ms(&self) -> f64 {
-        self.cfg
-            .fixed_delay_ms
-            .unwrap_or_else(|| self.delay.target_ms())
+        match self.cfg.fixed_delay_ms {
+            Some(d) => d,
+            None if self.cfg.use_fec && self.loss_avg > FEC_HEADROOM_LOSS => self
+                .delay
+                .target_ms()
+                .max(2.0 * self.frame_ms())
+                .min(self.cfg.delay.max_delay_ms),
+            None => self.delay.target_ms(),
+        }
+    }
+
+    fn note_frame(&mut self, lost: bool) {
+        self.loss_avg = self.loss_avg * 0.99 + if lost { 0.01 } else { 0.0 };
     }
 
     fn frame_ms(&self) -> f64 {
@@ -327,6 +348,7 @@ impl JitterBuffer {
                 return Pulled::Silence;
             }
             let p = self.packets.remove(&seq).expect("checked");
+            self.note_frame(false);
             self.next_seq += 1;
             self.next_ts = p.ts + frame;
             self.emitted(now_ms - p.arrival_ms, false, false);
@@ -337,6 +359,15 @@ impl JitterBuffer {
         }
         if let Some((&first, fp)) = self.packets.iter().next() {
             self.empty_run = 0;
+            if self.speculative > 0 && !self.silent_mode {
+                // The buffer ran dry and we expanded while waiting for `seq`; a later packet
+                // shows it is lost, and the expansion already filled its time: skip it.
+                self.speculative -= 1;
+                self.note_frame(true);
+                self.next_seq += 1;
+                self.next_ts += frame;
+                return self.pull(now_ms);
+            }
             self.speculative = 0;
             if self.silent_mode {
                 // Packets resume after a sequence gap: the quiet spell was an outage. Its time
@@ -347,6 +378,7 @@ impl JitterBuffer {
                 self.next_ts = ts;
                 return self.pull(now_ms);
             }
+            self.note_frame(true);
             self.next_seq += 1;
             self.next_ts += frame;
             if self.cfg.use_fec {
@@ -373,7 +405,8 @@ impl JitterBuffer {
                 // we know which it was.
                 self.silent_mode = true;
                 let spec = self.speculative;
-                self.next_seq -= spec as u64;
+                // The expansion did not consume packets, but media time has run on.
+                self.next_ts += spec as u64 * frame;
                 self.stats.concealed_samples -= spec as u64 * frame;
                 self.conceal_run = self.conceal_run.saturating_sub(spec);
                 if self.conceal_run == 0 && spec > 0 {
@@ -388,11 +421,12 @@ impl JitterBuffer {
             self.emitted_plain(delay_now);
             return Pulled::Silence;
         }
+        // Underrun: `seq` may only be late. Expand (PLC) without consuming it, so that it still
+        // plays if it comes (the delay grows by a frame and acceleration wins it back later);
+        // if a later packet shows it lost, the expansion stands in for it.
         self.speculative += 1;
-        self.next_seq += 1;
-        self.next_ts += frame;
         self.emitted(delay_now, true, false);
-        Pulled::Conceal { seq }
+        Pulled::Stretch
     }
 
     /// Count a frame as played without classifying it (yet).

@@ -1,6 +1,6 @@
 //! Playout evaluation without audio: a 20 ms sender through an impairment profile into a
 //! buffer, pulled every 20 ms. Gives delay, concealment, FEC and interruption figures per buffer
-//! strategy. (The full harness adds real Opus, a speech sample and a MOS estimate.)
+//! strategy. (`lodge-load playout` adds real Opus, speech and an audio score on top.)
 
 use std::time::Duration;
 

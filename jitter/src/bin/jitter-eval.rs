@@ -1,6 +1,6 @@
 //! `jitter-eval [--seconds N] [--seed S] [--json FILE]`: every impairment profile × every playout
-//! strategy; prints a Markdown table (and writes JSON). No audio yet: delay, concealment, FEC and
-//! interruptions only.
+//! strategy; prints a Markdown table (and writes JSON). No audio (that is `lodge-load playout`):
+//! delay, concealment, FEC and interruptions only, in under a second, for tuning.
 
 use lodge_jitter::eval::{evaluate, STRATEGIES};
 use lodge_jitter::Profile;

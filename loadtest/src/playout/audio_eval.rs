@@ -98,8 +98,15 @@ pub struct RunResult {
     pub delay_series: Vec<(f64, f64)>,
 }
 
-/// Play `enc` through `profile` with `strategy` and score what comes out.
-pub fn run(profile: &Profile, strategy: Strategy, enc: &Encoded, seed: u64) -> Result<RunResult> {
+/// Play `enc` through `profile` with `strategy` and score what comes out; with `keep_audio`,
+/// also return everything played (48 kHz mono).
+pub fn run(
+    profile: &Profile,
+    strategy: Strategy,
+    enc: &Encoded,
+    seed: u64,
+    keep_audio: bool,
+) -> Result<(RunResult, Option<Vec<i16>>)> {
     let cfg = BufferConfig {
         fixed_delay_ms: strategy.fixed_delay_ms,
         use_fec: strategy.fec,
@@ -111,6 +118,7 @@ pub fn run(profile: &Profile, strategy: Strategy, enc: &Encoded, seed: u64) -> R
     let mut scored = vec![false; n];
     let (mut snr_sum, mut snr_n) = (0.0f64, 0u64);
     let mut err: Option<lodge_codec::CodecError> = None;
+    let mut audio = Vec::new();
     let playout = play_through(profile, cfg, seed, &enc.frames, |_, pulled| {
         let (source, r) = match pulled {
             Pulled::Waiting => return,
@@ -128,6 +136,9 @@ pub fn run(profile: &Profile, strategy: Strategy, enc: &Encoded, seed: u64) -> R
         if let Err(e) = r {
             err.get_or_insert(e);
             return;
+        }
+        if keep_audio {
+            audio.extend_from_slice(&out);
         }
         // The buffer numbers the first sequence cycle from 2^16 (see lodge_jitter::unwrap).
         let index = source
@@ -157,7 +168,7 @@ pub fn run(profile: &Profile, strategy: Strategy, enc: &Encoded, seed: u64) -> R
     let p95 = sorted.get(sorted.len() * 95 / 100).copied().unwrap_or(0.0);
     let frames = (st.total_samples_received / FRAME as u64).max(1) as f64;
     let concealment_pct = st.concealment_ratio() * 100.0;
-    Ok(RunResult {
+    let result = RunResult {
         profile: profile.name,
         strategy: strategy.name,
         fixed_delay_ms: strategy.fixed_delay_ms,
@@ -176,7 +187,8 @@ pub fn run(profile: &Profile, strategy: Strategy, enc: &Encoded, seed: u64) -> R
         seg_snr_db,
         speech_frames_skipped_pct: skipped as f64 / speech_total.max(1) as f64 * 100.0,
         delay_series: playout.delays,
-    })
+    };
+    Ok((result, keep_audio.then_some(audio)))
 }
 
 /// Segmental SNR of one frame, dB, clipped to [-10, 35].
@@ -226,7 +238,9 @@ mod tests {
     #[test]
     fn a_clean_link_plays_the_clean_decode() {
         let enc = encode(&voiced(6), false, 0).unwrap();
-        let r = run(&Profile::WIRED, strategy("adaptive"), &enc, 1).unwrap();
+        let r = run(&Profile::WIRED, strategy("adaptive"), &enc, 1, false)
+            .unwrap()
+            .0;
         assert_eq!(r.concealment_pct, 0.0);
         assert!(r.seg_snr_db > 30.0, "{r:?}");
         assert_eq!(r.speech_frames_skipped_pct, 0.0);
@@ -237,8 +251,13 @@ mod tests {
         let plain = encode(&voiced(20), false, 0).unwrap();
         let fec = encode(&voiced(20), true, 10).unwrap();
         let p = Profile::BURSTY_10;
-        let without = run(&p, strategy("adaptive"), &plain, 3).unwrap();
-        let with = run(&p, strategy("adaptive + FEC"), &fec, 3).unwrap();
+        let without = run(&p, strategy("adaptive"), &plain, 3, false).unwrap().0;
+        let with = run(&p, strategy("adaptive + FEC"), &fec, 3, true).unwrap();
+        let (with, audio) = with;
+        assert!(
+            audio.unwrap().len() >= 20 * 48_000,
+            "all that was played is kept"
+        );
         assert!(without.concealment_pct > 3.0, "{without:?}");
         assert!(without.seg_snr_db < 30.0, "{without:?}");
         assert!(with.fec_recovered_pct > 1.0, "{with:?}");

@@ -5,7 +5,7 @@
 //! sent through every impairment profile and played out by fixed 40 ms, fixed 80 ms and Lodge's
 //! adaptive buffer, each with and without FEC, and decoded exactly as a client would. Then the
 //! bitrate controller runs on a bottleneck trace against a static 32 kbps sender. Output:
-//! report.md (tables, goal checks), report.json, three PNG plots, and the clean speech as WAV.
+//! report.md (tables, goal checks), report.json and three PNG plots (and, on request, WAVs).
 
 mod audio_eval;
 mod bottleneck;
@@ -45,6 +45,10 @@ pub struct PlayoutArgs {
     /// Seconds of the bottleneck trace (a third each: before, during, after the squeeze).
     #[arg(long, default_value_t = 180)]
     bottleneck_seconds: u64,
+    /// Also write speech.wav (the clean input) and played-4g_handover.wav (what the adaptive
+    /// buffer with FEC played on the 4G-handover profile) to listen to.
+    #[arg(long)]
+    save_audio: bool,
 }
 
 /// Expected-loss setting for the FEC encoding of a profile: its long-run loss with margin,
@@ -81,16 +85,14 @@ pub fn run(a: PlayoutArgs) -> Result<bool> {
     let longest = a.seconds.max(a.bottleneck_seconds);
     let (pcm, source) = speech::load(longest, a.speech.as_deref(), &a.out.join("speech-parts"))?;
     let eval_pcm = &pcm[..(a.seconds * 48_000) as usize];
-    std::fs::write(
-        a.out.join("speech.wav"),
-        speech::wav_bytes(eval_pcm, 48_000),
-    )?;
+    if a.save_audio {
+        std::fs::write(
+            a.out.join("speech.wav"),
+            speech::wav_bytes(eval_pcm, 48_000),
+        )?;
+    }
     let _ = std::fs::remove_dir_all(a.out.join("speech-parts"));
-    eprintln!(
-        "speech: {source}, {} s looped to {} s",
-        pcm.len() / 48_000,
-        a.seconds
-    );
+    eprintln!("speech: {source}; looped to {} s", a.seconds);
 
     let plain = audio_eval::encode(eval_pcm, false, 0)?;
     let total = (profiles.len() * STRATEGIES.len()) as u64 + 2;
@@ -107,7 +109,16 @@ pub fn run(a: PlayoutArgs) -> Result<bool> {
         for s in STRATEGIES {
             bar.set_message(format!("{} / {}", p.name, s.name));
             let enc = if s.fec { &fec } else { &plain };
-            runs.push(audio_eval::run(p, s, enc, a.seed)?);
+            let keep =
+                a.save_audio && p.name == Profile::HANDOVER_4G.name && s.name == "adaptive + FEC";
+            let (r, played) = audio_eval::run(p, s, enc, a.seed, keep)?;
+            if let Some(pcm) = played {
+                std::fs::write(
+                    a.out.join("played-4g_handover.wav"),
+                    speech::wav_bytes(&pcm, 48_000),
+                )?;
+            }
+            runs.push(r);
             bar.inc(1);
         }
     }
@@ -154,8 +165,17 @@ pub fn run(a: PlayoutArgs) -> Result<bool> {
         serde_json::to_string_pretty(&report)?,
     )?;
     println!("{md}");
+    let mut written = vec!["report.md", "report.json", "delay-vs-concealment.png"];
+    if !handover.is_empty() {
+        written.push("delay-4g-handover.png");
+    }
+    written.push("bottleneck.png");
+    if a.save_audio {
+        written.extend(["speech.wav", "played-4g_handover.wav"]);
+    }
     eprintln!(
-        "wrote {}/report.md, report.json, delay-vs-concealment.png, delay-4g-handover.png, bottleneck.png in {:.1} s",
+        "wrote {} in {} ({:.1} s)",
+        written.join(", "),
         a.out.display(),
         started.elapsed().as_secs_f64()
     );

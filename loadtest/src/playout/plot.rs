@@ -112,22 +112,40 @@ pub fn delay_vs_concealment(path: &Path, profiles: &[&str], runs: &[RunResult]) 
     Ok(())
 }
 
-/// Buffering delay of every decoded frame over time, one line per strategy.
+/// Mean buffering delay per half second, one line per strategy.
 pub fn delay_over_time(path: &Path, profile: &str, runs: &[&RunResult]) -> Result<()> {
+    const BUCKET_MS: f64 = 500.0;
+    let series: Vec<Vec<(f64, f64)>> = runs
+        .iter()
+        .map(|r| {
+            let mut out: Vec<(f64, f64, u32)> = Vec::new();
+            for &(t, d) in &r.delay_series {
+                let b = (t / BUCKET_MS).floor() * BUCKET_MS / 1000.0;
+                match out.last_mut() {
+                    Some(last) if last.0 == b => {
+                        last.1 += d;
+                        last.2 += 1;
+                    }
+                    _ => out.push((b, d, 1)),
+                }
+            }
+            out.into_iter().map(|(t, s, n)| (t, s / n as f64)).collect()
+        })
+        .collect();
     let root = BitMapBackend::new(path, (1400, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let tmax = runs
+    let tmax = series
         .iter()
-        .flat_map(|r| r.delay_series.last().map(|d| d.0 / 1000.0))
+        .flat_map(|s| s.last().map(|d| d.0))
         .fold(1.0, f64::max);
-    let ymax = runs
+    let ymax = series
         .iter()
-        .flat_map(|r| r.delay_series.iter().map(|d| d.1))
+        .flat_map(|s| s.iter().map(|d| d.1))
         .fold(50.0, f64::max)
         * 1.1;
     let mut c = ChartBuilder::on(&root)
         .caption(
-            format!("Playout buffer delay over time, {profile} (with FEC)"),
+            format!("Playout buffer delay over time, {profile} (with FEC; 0.5 s means)"),
             ("sans-serif", 24),
         )
         .margin(12)
@@ -140,15 +158,12 @@ pub fn delay_over_time(path: &Path, profile: &str, runs: &[&RunResult]) -> Resul
         .y_desc("buffering delay, ms")
         .draw()
         .map_err(err)?;
-    for r in runs {
+    for (r, s) in runs.iter().zip(&series) {
         let col = colour(r.strategy);
-        c.draw_series(LineSeries::new(
-            r.delay_series.iter().map(|&(t, d)| (t / 1000.0, d)),
-            col.stroke_width(2),
-        ))
-        .map_err(err)?
-        .label(r.strategy)
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], col.stroke_width(3)));
+        c.draw_series(LineSeries::new(s.iter().copied(), col.stroke_width(2)))
+            .map_err(err)?
+            .label(r.strategy)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], col.stroke_width(3)));
     }
     c.configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)

@@ -31,7 +31,8 @@ const PAUSES_MS: &[u32] = &[
 
 pub const RATE: u32 = 48_000;
 
-/// 48 kHz mono speech of at least `seconds`: the user's WAV if given, else synthesised.
+/// 48 kHz mono speech of `seconds`, looped: the user's WAV if given, else synthesised. The
+/// description names the source and its own length.
 pub fn load(seconds: u64, wav: Option<&Path>, scratch: &Path) -> Result<(Vec<i16>, String)> {
     let (pcm, source) = match wav {
         Some(p) => {
@@ -49,6 +50,7 @@ pub fn load(seconds: u64, wav: Option<&Path>, scratch: &Path) -> Result<(Vec<i16
     if pcm.len() < RATE as usize {
         bail!("the speech sample is shorter than one second");
     }
+    let source = format!("{source}, {:.1} s", pcm.len() as f64 / RATE as f64);
     let want = seconds as usize * RATE as usize;
     let looped: Vec<i16> = pcm.iter().copied().cycle().take(want).collect();
     Ok((looped, source))
