@@ -47,6 +47,9 @@ step "real client library: an unmodified discord.py bot (login, events, resume)"
 step "playout evaluation smoke run: real speech, Opus, two profiles, report + plots"
 ./tests/load/playout_smoke.sh
 
+step "voice load smoke test: 12 WebRTC callers in 2 channels, strict, sane report"
+./tests/load/voice_smoke.sh
+
 step "chat load smoke test: every message reaches every session, no errors (SQLite, PostgreSQL)"
 ./tests/load/chat_smoke.sh
 TEST_POSTGRES_URL="$PG_URL" ./tests/load/chat_smoke.sh

@@ -3,10 +3,13 @@
 //! - `lodge-load chat`: crowds of gateway sessions and message senders; delivery latency.
 //! - `lodge-load playout`: the jitter buffer and adaptive Opus on impaired networks with real
 //!   speech; Markdown/JSON report and PNG plots.
+//! - `lodge-load voice`: crowds of WebRTC callers in voice channels; what listeners hear.
 
 mod api;
 mod chat;
 mod playout;
+mod speech;
+mod voice;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +32,9 @@ enum Cmd {
     /// 40/80 ms, adaptive, each with and without FEC), plus the bitrate controller on a
     /// bottleneck trace. Writes report.md, report.json and PNG plots.
     Playout(playout::PlayoutArgs),
+    /// N WebRTC callers in R voice channels through the real API; speakers send Opus speech in
+    /// talk spurts; listeners measure loss, jitter, mouth-to-ear delay and (probes) MOS.
+    Voice(voice::VoiceArgs),
 }
 
 #[tokio::main]
@@ -37,6 +43,7 @@ async fn main() -> std::process::ExitCode {
     let r = match cli.command {
         Cmd::Chat(a) => chat::run(a).await,
         Cmd::Playout(a) => playout::run(a),
+        Cmd::Voice(a) => voice::run(a).await,
     };
     match r {
         Ok(true) => std::process::ExitCode::SUCCESS,

@@ -7,7 +7,8 @@
 //! 2. Per tick (every [`SelectorConfig::tick`]), [`SpeakerSelector::update`] ranks the room:
 //!    an outsider replaces the weakest selected speaker only when louder by
 //!    [`SelectorConfig::hysteresis_db`] or when that speaker fell silent for longer than
-//!    [`SelectorConfig::hang`].
+//!    [`SelectorConfig::hang`]. A silent speaker keeps its seat while nobody needs it, so its
+//!    next talk spurt is forwarded from the first packet.
 //! 3. [`assign_slots`] maps the ranking onto one listener's K slots, keeping incumbents in their
 //!    slot (so a listener's streams do not reshuffle) and never giving a listener their own voice.
 
@@ -151,10 +152,12 @@ impl SpeakerSelector {
     /// Re-rank. `candidates` are all room members; order does not matter.
     pub fn update(&mut self, now: Instant, candidates: &[Candidate]) {
         let cfg = self.cfg;
-        // Refresh incumbents; drop those gone, ineligible or silent past the hang time.
+        // Refresh incumbents; drop those gone or ineligible. A silent incumbent keeps its seat
+        // until a challenger needs it (below): dropping it on silence alone would cut the first
+        // packets of its next talk spurt while it waits to be re-selected.
         self.selected.retain_mut(
             |(idx, loud)| match candidates.iter().find(|c| c.idx == *idx) {
-                Some(c) if c.eligible && c.level.is_holding(now, &cfg) => {
+                Some(c) if c.eligible => {
                     *loud = c.level.loudness();
                     true
                 }
@@ -185,11 +188,11 @@ impl SpeakerSelector {
                 .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))
                 .map(|(i, s)| (i, *s))
                 .expect("capacity > 0 and full");
-            let weakest_active = candidates
+            let weakest_holding = candidates
                 .iter()
                 .find(|c| c.idx == weakest.0)
-                .is_some_and(|c| c.level.is_active(now, &cfg));
-            if loud > weakest.1 + cfg.hysteresis_db || !weakest_active {
+                .is_some_and(|c| c.level.is_holding(now, &cfg));
+            if loud > weakest.1 + cfg.hysteresis_db || !weakest_holding {
                 self.selected[wi] = (best.idx, loud);
             } else {
                 break;
@@ -313,15 +316,22 @@ mod tests {
     }
 
     #[test]
-    fn silent_speaker_is_released_after_hang() {
-        let mut s = Sim::new(2);
+    fn a_silent_speaker_keeps_the_seat_until_a_challenger_needs_it() {
+        let mut s = Sim::new(3);
         let mut sel = SpeakerSelector::new(s.cfg, 2);
-        s.run(&mut sel, 0, 400, &[30, 30]);
+        s.run(&mut sel, 0, 400, &[30, 30, 127]);
         assert_eq!(ids(&sel).len(), 2);
-        s.run(&mut sel, 400, 500, &[30, 127]);
-        assert_eq!(ids(&sel).len(), 2, "brief pause keeps the slot");
-        s.run(&mut sel, 900, 1500, &[30, 127]);
-        assert_eq!(ids(&sel), vec![0]);
+        // 1 stops talking; nobody else wants a seat: it keeps it, so its next talk spurt is
+        // forwarded from the first packet.
+        s.run(&mut sel, 400, 3000, &[30, 127, 127]);
+        let mut got = ids(&sel);
+        got.sort();
+        assert_eq!(got, vec![0, 1]);
+        // 2 starts talking while 1 has been silent past the hang time: 2 takes the seat.
+        s.run(&mut sel, 3000, 3400, &[30, 127, 30]);
+        let mut got = ids(&sel);
+        got.sort();
+        assert_eq!(got, vec![0, 2]);
     }
 
     #[test]

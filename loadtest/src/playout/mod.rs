@@ -10,7 +10,6 @@
 mod audio_eval;
 mod bottleneck;
 mod plot;
-mod speech;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,6 +21,7 @@ use lodge_jitter::eval::STRATEGIES;
 use lodge_jitter::Profile;
 use serde_json::json;
 
+use crate::speech;
 use audio_eval::RunResult;
 use bottleneck::BottleneckRun;
 

@@ -1,0 +1,419 @@
+//! One caller's media: a str0m WebRTC client (RTP mode) on its own UDP socket. Speakers send the
+//! pre-encoded speech in talk spurts with the RFC 6464 audio level; every caller counts what it
+//! receives per slot (packets, sequence gaps, RFC 3550 jitter, mouth-to-ear delay), and probes
+//! also play each slot through the jitter buffer and decode it with Opus.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use lodge_codec::OpusDecoder;
+use lodge_jitter::{BufferConfig, JitterBuffer, Pulled};
+use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+use super::signal::SlotMap;
+use super::talk::{Talk, TalkParams};
+
+/// The speech, encoded once, and what every caller shares.
+pub struct Shared {
+    pub epoch: Instant,
+    /// (Opus payload, RFC 6464 level) per 20 ms frame of the sample.
+    pub frames: Vec<(Vec<u8>, u8)>,
+    /// Payload hash → frame index, for payloads that occur once in the sample.
+    pub frame_of: HashMap<u64, u32>,
+    /// User id → speaker index.
+    pub speaker_of: HashMap<u64, usize>,
+    /// Per speaker, per frame: when it was last sent (µs since `epoch`, 0 = never).
+    pub sent_at: Vec<Box<[AtomicU64]>>,
+    pub rtp_out: AtomicU64,
+    pub rtp_in: AtomicU64,
+    pub connected: AtomicU64,
+    /// Mouth-to-ear delays of the current progress interval (µs); the progress line reads and
+    /// resets it.
+    pub live: Mutex<Histogram<u64>>,
+}
+
+pub fn payload_hash(p: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    p.hash(&mut h);
+    h.finish()
+}
+
+impl Shared {
+    pub fn new(frames: Vec<(Vec<u8>, u8)>, speakers: &[u64]) -> Result<Self> {
+        let mut count: HashMap<u64, (u32, u32)> = HashMap::new();
+        for (i, (p, _)) in frames.iter().enumerate() {
+            let e = count.entry(payload_hash(p)).or_insert((i as u32, 0));
+            e.1 += 1;
+        }
+        let frame_of = count
+            .into_iter()
+            .filter(|(_, (_, n))| *n == 1)
+            .map(|(h, (i, _))| (h, i))
+            .collect();
+        let sent_at = speakers
+            .iter()
+            .map(|_| (0..frames.len()).map(|_| AtomicU64::new(0)).collect())
+            .collect();
+        Ok(Shared {
+            epoch: Instant::now(),
+            frame_of,
+            speaker_of: speakers.iter().enumerate().map(|(i, u)| (*u, i)).collect(),
+            sent_at,
+            frames,
+            rtp_out: AtomicU64::new(0),
+            rtp_in: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            live: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+        })
+    }
+
+    fn us(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+}
+
+/// What this caller sends.
+pub struct Speaking {
+    pub index: usize,
+    pub talk: TalkParams,
+    pub seed: u64,
+}
+
+/// Per-slot receive state.
+struct SlotRx {
+    last_seq: Option<u64>,
+    received: u64,
+    gaps: u64,
+    /// RFC 3550 interarrival jitter, in RTP units (48 kHz).
+    jitter: f64,
+    last_transit: Option<f64>,
+    probe: Option<(JitterBuffer, OpusDecoder)>,
+}
+
+/// What a probe measured on all its slots together.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ProbeStats {
+    pub concealment_pct: f64,
+    pub mean_buffer_delay_ms: f64,
+    pub frames: u64,
+}
+
+/// Everything one caller measured.
+pub struct CallerStats {
+    pub connect_ms: Option<f64>,
+    pub rtp_sent: u64,
+    pub received: u64,
+    pub gaps: u64,
+    /// Final RFC 3550 jitter of each slot that received anything, ms.
+    pub jitter_ms: Vec<f64>,
+    pub m2e_us: Histogram<u64>,
+    /// Packets whose payload occurs more than once in the sample (silence): not timeable.
+    pub repeated: u64,
+    /// Packets with a unique payload that could not be matched to a send time (no slot
+    /// announcement for the SSRC yet, or a stale send record).
+    pub unmatched: u64,
+    pub probe: Option<ProbeStats>,
+}
+
+pub struct Client {
+    rtc: Rtc,
+    sock: UdpSocket,
+    local: SocketAddr,
+    send_mid: Mid,
+    pt: Pt,
+    pending: Option<str0m::change::SdpPendingOffer>,
+    pub offer: String,
+}
+
+impl Client {
+    /// A client with one send and `slots` receive-only audio transceivers on `ip`.
+    pub async fn new(ip: IpAddr, slots: usize) -> Result<Client> {
+        let sock = UdpSocket::bind(SocketAddr::new(ip, 0))
+            .await
+            .with_context(|| format!("binding a UDP socket on {ip}"))?;
+        let local = sock.local_addr()?;
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(local, "udp")?);
+        let mut api = rtc.sdp_api();
+        let send_mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        for _ in 0..slots {
+            api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        }
+        let (offer, pending) = api.apply().context("building the SDP offer")?;
+        let pt = rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == str0m::format::Codec::Opus)
+            .context("Opus in the codec config")?
+            .pt();
+        Ok(Client {
+            rtc,
+            sock,
+            local,
+            send_mid,
+            pt,
+            pending: Some(pending),
+            offer: offer.to_sdp_string(),
+        })
+    }
+
+    pub fn accept(&mut self, answer: &str) -> Result<()> {
+        let a = str0m::change::SdpAnswer::from_sdp_string(answer).context("parsing the answer")?;
+        let pending = self.pending.take().context("answer accepted twice")?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, a)
+            .context("applying the answer")?;
+        Ok(())
+    }
+
+    /// Run the call until `stop`.
+    pub async fn run(
+        mut self,
+        shared: Arc<Shared>,
+        slots: SlotMap,
+        speaking: Option<Speaking>,
+        probe: bool,
+        started: Instant,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<CallerStats> {
+        let mut st = CallerStats {
+            connect_ms: None,
+            rtp_sent: 0,
+            received: 0,
+            gaps: 0,
+            jitter_ms: Vec::new(),
+            m2e_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            repeated: 0,
+            unmatched: 0,
+            probe: None,
+        };
+        let mut rx: HashMap<u32, SlotRx> = HashMap::new();
+        let mut talk = speaking.as_ref().map(|s| Talk::new(s.talk, s.seed));
+        // Each speaker starts at its own place in the sample.
+        let mut frame_pos = speaking
+            .as_ref()
+            .map(|s| (s.seed as usize * 7919) % shared.frames.len())
+            .unwrap_or(0);
+        let (mut seq, mut ts) = (1u64, 0u32);
+        let mut probe_frames = (0u64, 0u64, 0.0f64); // (frames, concealed, delay sum)
+        let mut live_batch: Vec<u64> = Vec::new();
+        let mut pcm = vec![0i16; 960];
+        let mut buf = vec![0u8; 2048];
+        let tick = Duration::from_millis(20);
+        let mut next_tick = tokio::time::Instant::now() + tick;
+        let mut next_flush = Instant::now() + Duration::from_millis(500);
+        let mut was_connected = false;
+        loop {
+            // Drain what str0m wants to do.
+            let timeout = loop {
+                match self.rtc.poll_output()? {
+                    Output::Timeout(t) => break t,
+                    Output::Transmit(t) => {
+                        let _ = self.sock.send_to(&t.contents, t.destination).await;
+                    }
+                    Output::Event(Event::RtpPacket(p)) => {
+                        let now_us = shared.us(p.timestamp);
+                        let ssrc = *p.header.ssrc;
+                        let s = rx.entry(ssrc).or_insert_with(|| SlotRx {
+                            last_seq: None,
+                            received: 0,
+                            gaps: 0,
+                            jitter: 0.0,
+                            last_transit: None,
+                            probe: if probe {
+                                OpusDecoder::new(false)
+                                    .ok()
+                                    .map(|d| (JitterBuffer::new(BufferConfig::default()), d))
+                            } else {
+                                None
+                            },
+                        });
+                        let ext = *p.seq_no;
+                        match s.last_seq {
+                            Some(l) if ext > l + 1 => s.gaps += ext - l - 1,
+                            _ => {}
+                        }
+                        if s.last_seq.is_none_or(|l| ext > l) {
+                            s.last_seq = Some(ext);
+                        }
+                        s.received += 1;
+                        // RFC 3550 A.8: transit in RTP units; J += (|D| - J) / 16.
+                        let transit = now_us as f64 * 0.048 - p.header.timestamp as f64;
+                        if let Some(prev) = s.last_transit {
+                            let d = (transit - prev).abs();
+                            if d < 48_000.0 {
+                                s.jitter += (d - s.jitter) / 16.0;
+                            }
+                        }
+                        s.last_transit = Some(transit);
+                        if let Some((jb, _)) = s.probe.as_mut() {
+                            jb.insert(
+                                now_us as f64 / 1000.0,
+                                p.header.sequence_number,
+                                p.header.timestamp,
+                                p.payload.to_vec(),
+                            );
+                        }
+                        shared.rtp_in.fetch_add(1, Ordering::Relaxed);
+                        st.received += 1;
+                        // Mouth-to-ear: who is in this slot, and when did they send this frame?
+                        let speaker = slots
+                            .lock()
+                            .expect("slot map lock")
+                            .get(&ssrc)
+                            .and_then(|u| shared.speaker_of.get(u).copied());
+                        let frame = shared.frame_of.get(&payload_hash(&p.payload)).copied();
+                        match (speaker, frame) {
+                            (Some(sp), Some(f)) => {
+                                let sent = shared.sent_at[sp][f as usize].load(Ordering::Relaxed);
+                                if sent > 0 && now_us >= sent && now_us - sent < 10_000_000 {
+                                    let d = (now_us - sent).max(1);
+                                    let _ = st.m2e_us.record(d);
+                                    live_batch.push(d);
+                                } else {
+                                    st.unmatched += 1;
+                                }
+                            }
+                            (_, None) => st.repeated += 1,
+                            (None, Some(_)) => st.unmatched += 1,
+                        }
+                    }
+                    Output::Event(Event::Connected) => {}
+                    Output::Event(_) => {}
+                }
+            };
+            if !was_connected && self.rtc.is_connected() {
+                was_connected = true;
+                st.connect_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                shared.connected.fetch_add(1, Ordering::Relaxed);
+            }
+            if *stop.borrow() {
+                break;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= next_tick {
+                next_tick += tick;
+                if next_tick < now {
+                    // Fell behind (overloaded generator): skip ahead rather than burst.
+                    next_tick = now + tick;
+                }
+                if let (Some(t), Some(sp)) = (talk.as_mut(), speaking.as_ref()) {
+                    let (on, start) = t.next_frame();
+                    if on && was_connected {
+                        let (payload, level) = &shared.frames[frame_pos];
+                        let wall = Instant::now();
+                        let ext = str0m::rtp::ExtensionValues {
+                            audio_level: Some(-(*level as i8)),
+                            voice_activity: Some(true),
+                            ..Default::default()
+                        };
+                        let mut api = self.rtc.direct_api();
+                        if let Some(tx) = api.stream_tx_by_mid(self.send_mid, None) {
+                            tx.write_rtp(
+                                str0m::rtp::RtpWrite::new(
+                                    self.pt,
+                                    seq.into(),
+                                    ts,
+                                    wall,
+                                    payload.clone(),
+                                )
+                                .marker(start)
+                                .ext_vals(ext),
+                            );
+                            shared.sent_at[sp.index][frame_pos]
+                                .store(shared.us(wall).max(1), Ordering::Relaxed);
+                            seq += 1;
+                            st.rtp_sent += 1;
+                            shared.rtp_out.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    // Media time runs during pauses too (the receiver sees a DTX-like gap).
+                    ts = ts.wrapping_add(960);
+                    frame_pos = (frame_pos + 1) % shared.frames.len();
+                }
+                if probe {
+                    let now_ms = shared.us(Instant::now()) as f64 / 1000.0;
+                    for s in rx.values_mut() {
+                        let Some((jb, dec)) = s.probe.as_mut() else {
+                            continue;
+                        };
+                        let _ = match jb.pull(now_ms) {
+                            Pulled::Waiting | Pulled::Silence => Ok(0),
+                            Pulled::Frame { payload, .. } => dec.decode(&payload, &mut pcm),
+                            Pulled::Fec { next_payload, .. } => {
+                                dec.decode_fec(&next_payload, &mut pcm)
+                            }
+                            Pulled::Conceal { .. } | Pulled::Stretch => dec.conceal(&mut pcm),
+                        };
+                    }
+                }
+                if Instant::now() >= next_flush && !live_batch.is_empty() {
+                    next_flush = Instant::now() + Duration::from_millis(500);
+                    if let Ok(mut h) = shared.live.lock() {
+                        for d in live_batch.drain(..) {
+                            let _ = h.record(d);
+                        }
+                    }
+                }
+                continue;
+            }
+            let wake = tokio::time::Instant::from_std(timeout).min(next_tick);
+            tokio::select! {
+                r = self.sock.recv_from(&mut buf) => {
+                    if let Ok((n, src)) = r {
+                        if let Ok(contents) = buf[..n].try_into() {
+                            let _ = self.rtc.handle_input(Input::Receive(Instant::now(), Receive {
+                                proto: Protocol::Udp, source: src, destination: self.local, contents,
+                            }));
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    self.rtc.handle_input(Input::Timeout(Instant::now()))?;
+                }
+                _ = stop.changed() => {}
+            }
+        }
+        for s in rx.values_mut() {
+            st.gaps += s.gaps;
+            if s.received > 1 {
+                st.jitter_ms.push(s.jitter / 48.0);
+            }
+            if let Some((jb, _)) = s.probe.as_mut() {
+                jb.finish();
+                let j = jb.stats();
+                let frames = j.total_samples_received / 960;
+                probe_frames.0 += frames;
+                probe_frames.1 += (j.concealed_samples - j.silent_concealed_samples) / 960;
+                probe_frames.2 += j.mean_delay_ms() * frames as f64;
+            }
+        }
+        if probe {
+            let (frames, concealed, delay) = probe_frames;
+            st.probe = Some(ProbeStats {
+                concealment_pct: concealed as f64 / frames.max(1) as f64 * 100.0,
+                mean_buffer_delay_ms: delay / frames.max(1) as f64,
+                frames,
+            });
+        }
+        self.rtc.disconnect();
+        Ok(st)
+    }
+}

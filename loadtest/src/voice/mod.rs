@@ -1,0 +1,524 @@
+//! `lodge-load voice`: N WebRTC callers in R voice channels through the real API.
+//!
+//! Setup registers one account per caller, creates a guild with R voice channels and joins
+//! everyone. Callers then join at the given rate, each exactly as a client: gateway op 4, voice
+//! gateway, a str0m WebRTC client on its own UDP socket (spread over 127.0.0.x). The first S
+//! callers of each channel speak (talk spurts of real Opus speech with the audio level); the rest
+//! listen. Every caller measures what it receives; a share of them ("probes") also run the
+//! jitter buffer and decode. A live line shows progress; the end prints a Markdown report and
+//! writes JSON.
+
+mod media;
+mod report;
+mod signal;
+mod talk;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use lodge_codec::audio::rfc6464_level;
+use lodge_codec::{EncoderSettings, OpusEncoder};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::api::Api;
+use media::{CallerStats, Client, Shared, Speaking};
+use talk::TalkParams;
+
+#[derive(Args, Clone)]
+pub struct VoiceArgs {
+    /// Base URL of the Lodge node.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// WebRTC callers in total.
+    #[arg(long, short = 'n', default_value_t = 20)]
+    pub callers: usize,
+    /// Voice channels the callers are spread over (round robin).
+    #[arg(long, short = 'c', default_value_t = 1)]
+    pub channels: usize,
+    /// Speakers per channel (the rest listen).
+    #[arg(long, short = 's', default_value_t = 2)]
+    pub speakers: usize,
+    /// Speaker slots each caller receives (K).
+    #[arg(long, default_value_t = 3)]
+    pub slots: usize,
+    /// Callers joining per second.
+    #[arg(long, default_value_t = 20.0)]
+    pub join_rate: f64,
+    /// Seconds of measurement once every caller has joined.
+    #[arg(long, short = 'd', default_value_t = 20)]
+    pub duration: u64,
+    /// Share of listeners that also run the jitter buffer and Opus decode (0..1).
+    #[arg(long, default_value_t = 0.1)]
+    pub probes: f64,
+    /// Mean talk spurt, ms (exponential).
+    #[arg(long, default_value_t = 1500)]
+    pub talk_ms: u64,
+    /// Mean pause between spurts, ms (exponential).
+    #[arg(long, default_value_t = 1000)]
+    pub pause_ms: u64,
+    /// Seed of the talk model.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Speech sample (16-bit PCM WAV); default: synthesised with espeak-ng.
+    #[arg(long)]
+    pub speech: Option<PathBuf>,
+    /// Callers per 127.0.0.x source address (addresses start at 127.0.0.2).
+    #[arg(long, default_value_t = 1000)]
+    pub callers_per_ip: usize,
+    /// Registrations, invite joins and signaling handshakes run this many at a time.
+    #[arg(long, default_value_t = 16)]
+    pub parallelism: usize,
+    /// PID of a local node: its CPU seconds (from /proc) go into the report.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Write the JSON report here (the Markdown report goes to stdout).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Fail (exit 1) unless every caller joined, nothing failed, and every listener heard its
+    /// channel's speakers.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+fn validate(a: &VoiceArgs) -> Result<()> {
+    if a.callers == 0 || a.channels == 0 {
+        bail!("--callers and --channels must be at least 1");
+    }
+    if a.channels > a.callers {
+        bail!(
+            "--channels ({}) cannot exceed --callers ({}): a channel needs a caller",
+            a.channels,
+            a.callers
+        );
+    }
+    let per_channel = a.callers / a.channels;
+    if a.speakers > per_channel {
+        bail!("--speakers ({}) is more than the {per_channel} callers each channel gets; lower it or add callers", a.speakers);
+    }
+    if !(1..=16).contains(&a.slots) {
+        bail!("--slots must be 1..=16 (the voice gateway's limit)");
+    }
+    if !(a.join_rate > 0.0 && a.join_rate <= 1000.0) {
+        bail!("--join-rate must be in (0, 1000] callers per second");
+    }
+    if !(0.0..=1.0).contains(&a.probes) {
+        bail!("--probes is a share: 0..=1");
+    }
+    if a.callers_per_ip == 0 || a.callers_per_ip > 20_000 {
+        bail!("--callers-per-ip must be 1..=20000 (each caller needs a local UDP port and two TCP connections)");
+    }
+    let ips = a.callers.div_ceil(a.callers_per_ip);
+    if ips > 250 {
+        bail!("{} callers at {} per address need {ips} loopback addresses; at most 250 (127.0.0.2–251) are used", a.callers, a.callers_per_ip);
+    }
+    if a.talk_ms < 20 || a.pause_ms < 20 {
+        bail!("--talk-ms and --pause-ms must be at least one frame (20 ms)");
+    }
+    if a.parallelism == 0 {
+        bail!("--parallelism must be at least 1");
+    }
+    Ok(())
+}
+
+/// Opus at 32 kbps, 20 ms, in-band FEC: the speech every speaker sends.
+fn encode_speech(pcm: &[i16]) -> Result<Vec<(Vec<u8>, u8)>> {
+    let mut enc = OpusEncoder::new(EncoderSettings {
+        bitrate_bps: 32_000,
+        fec: true,
+        expected_loss_pct: 5,
+        ..EncoderSettings::default()
+    })?;
+    pcm.chunks_exact(960)
+        .map(|f| Ok((enc.encode(f)?.to_vec(), rfc6464_level(f))))
+        .collect()
+}
+
+/// Start of the measurement window: when, the node's (rtp in, forwarded), its CPU seconds.
+type Window = (Instant, Option<(u64, u64)>, Option<f64>);
+
+struct Setup {
+    guild: String,
+    channels: Vec<String>,
+    /// (user id, token) per caller.
+    callers: Vec<(u64, String)>,
+    gateway_url: String,
+}
+
+async fn setup(api: &Arc<Api>, a: &VoiceArgs) -> Result<Setup> {
+    let run_id = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64 % 0xFFFF_FFFF)
+            .unwrap_or(0)
+    );
+    let bar = ProgressBar::new(a.callers as u64).with_style(ProgressStyle::with_template(
+        "registering {bar:40} {pos}/{len} accounts",
+    )?);
+    let sem = Arc::new(tokio::sync::Semaphore::new(a.parallelism));
+    let mut tasks = Vec::new();
+    for i in 0..a.callers {
+        let (api, sem, bar, name) = (
+            api.clone(),
+            sem.clone(),
+            bar.clone(),
+            format!("lv{run_id}_{i}"),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await;
+            let (st, v) = api
+                .call(
+                    reqwest::Method::POST,
+                    "/auth/register",
+                    None,
+                    Some(json!({ "username": name, "password": "load-test-password" })),
+                )
+                .await?;
+            if st != 201 {
+                bail!("registering a load-test account failed ({st}): {v}");
+            }
+            bar.inc(1);
+            let id = v["user"]["id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .context("user id in the register response")?;
+            Ok((id, v["token"].as_str().context("token")?.to_string()))
+        }));
+    }
+    let mut callers = Vec::new();
+    for t in tasks {
+        callers.push(t.await??);
+    }
+    bar.finish_and_clear();
+    let owner = callers[0].1.clone();
+    let (st, g) = api
+        .call(
+            reqwest::Method::POST,
+            "/guilds",
+            Some(&owner),
+            Some(json!({ "name": format!("voice load {run_id}") })),
+        )
+        .await?;
+    if st != 201 {
+        bail!("creating the guild failed ({st}): {g}");
+    }
+    let guild = g["id"].as_str().context("guild id")?.to_string();
+    let mut channels: Vec<String> = g["channels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["type"] == 2)
+        .filter_map(|c| c["id"].as_str().map(str::to_string))
+        .take(1)
+        .collect();
+    while channels.len() < a.channels {
+        let (st, c) = api
+            .call(
+                reqwest::Method::POST,
+                &format!("/guilds/{guild}/channels"),
+                Some(&owner),
+                Some(json!({ "name": format!("Voice {}", channels.len() + 1), "type": 2 })),
+            )
+            .await?;
+        if st != 201 {
+            bail!("creating a voice channel failed ({st}): {c}");
+        }
+        channels.push(c["id"].as_str().context("channel id")?.to_string());
+    }
+    let text = g["channels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == 0)
+        .and_then(|c| c["id"].as_str())
+        .context("text channel")?
+        .to_string();
+    let (st, inv) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/channels/{text}/invites"),
+            Some(&owner),
+            Some(json!({ "max_age": 3600 })),
+        )
+        .await?;
+    if st != 200 && st != 201 {
+        bail!("creating an invite failed ({st}): {inv}");
+    }
+    let code = inv["code"].as_str().context("invite code")?.to_string();
+    let mut tasks = Vec::new();
+    for (_, t) in callers.iter().skip(1) {
+        let (api, sem, t, code) = (api.clone(), sem.clone(), t.clone(), code.clone());
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await;
+            let (st, v) = api
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/invites/{code}"),
+                    Some(&t),
+                    None,
+                )
+                .await?;
+            if st != 200 {
+                bail!("joining the guild failed ({st}): {v}");
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let (_, gw) = api
+        .call(reqwest::Method::GET, "/gateway", None, None)
+        .await?;
+    let gateway_url = format!(
+        "{}?v=10&encoding=json",
+        gw["url"].as_str().context("gateway url")?
+    );
+    Ok(Setup {
+        guild,
+        channels,
+        callers,
+        gateway_url,
+    })
+}
+
+/// (rtp received, rtp forwarded) from the node's /metrics.
+async fn node_counters(api: &Api) -> Option<(u64, u64)> {
+    let text = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let get = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((
+        get("lodge_rtp_received_total")?,
+        get("lodge_rtp_forwarded_total")?,
+    ))
+}
+
+/// CPU seconds (user + system) of a local process, from /proc/<pid>/stat.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SC_CLK_TCK is 100 on Linux for every architecture we run on.
+    Some(ticks / 100.0)
+}
+
+pub async fn run(a: VoiceArgs) -> Result<bool> {
+    validate(&a)?;
+    if let Some(pid) = a.server_pid {
+        cpu_seconds(pid).with_context(|| {
+            format!("cannot read /proc/{pid}/stat: is --server-pid a running local process?")
+        })?;
+    }
+    let api = Arc::new(Api {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()?,
+        base: a.url.trim_end_matches('/').to_string(),
+    });
+    let scratch = std::env::temp_dir().join(format!("lodge-load-speech-{}", std::process::id()));
+    let (pcm, source) = crate::speech::load(60, a.speech.as_deref(), &scratch)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let frames = encode_speech(&pcm)?;
+    eprintln!(
+        "speech: {source}; {} Opus frames, mean {:.0} bytes",
+        frames.len(),
+        frames.iter().map(|f| f.0.len()).sum::<usize>() as f64 / frames.len() as f64
+    );
+    let s = setup(&api, &a).await?;
+    eprintln!(
+        "setup: {} accounts in guild {} with {} voice channel(s)",
+        s.callers.len(),
+        s.guild,
+        s.channels.len()
+    );
+
+    // Who speaks: the first `speakers` callers of each channel (callers go round robin).
+    let is_speaker = |i: usize| i / a.channels < a.speakers;
+    let speaker_users: Vec<u64> = (0..a.callers)
+        .filter(|&i| is_speaker(i))
+        .map(|i| s.callers[i].0)
+        .collect();
+    let shared = Arc::new(Shared::new(frames, &speaker_users)?);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let on_error: Arc<dyn Fn(String) + Send + Sync> = {
+        let errors = errors.clone();
+        Arc::new(move |e: String| errors.lock().expect("errors lock").push(e))
+    };
+    let talk = TalkParams {
+        mean_talk: Duration::from_millis(a.talk_ms),
+        mean_pause: Duration::from_millis(a.pause_ms),
+    };
+    let listeners_total = a.callers - speaker_users.len();
+    let probe_every = if a.probes > 0.0 {
+        (1.0 / a.probes).round().max(1.0) as usize
+    } else {
+        usize::MAX
+    };
+
+    let started = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(a.parallelism));
+    let mut handles = Vec::with_capacity(a.callers);
+    let mut listener_no = 0usize;
+    let mut speaker_no = 0usize;
+    let join_gap = Duration::from_secs_f64(1.0 / a.join_rate);
+    let bar = ProgressBar::new(a.callers as u64).with_style(ProgressStyle::with_template(
+        "{elapsed_precise} {bar:30} {pos}/{len} joined  {msg}",
+    )?);
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut last = (0u64, 0u64, Instant::now());
+    let mut timeline: Vec<serde_json::Value> = Vec::new();
+    let mut next_join = tokio::time::Instant::now();
+    let mut i = 0usize;
+    let mut measure: Option<Window> = None;
+    let mut interrupted = false;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_join), if i < a.callers => {
+                next_join += join_gap;
+                let speaking = is_speaker(i).then(|| {
+                    speaker_no += 1;
+                    Speaking { index: speaker_no - 1, talk, seed: a.seed.wrapping_mul(1_000_003).wrapping_add(i as u64) }
+                });
+                let probe = speaking.is_none() && {
+                    listener_no += 1;
+                    (listener_no - 1).is_multiple_of(probe_every)
+                };
+                let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i / a.callers_per_ip) as u8));
+                let (user, token) = s.callers[i].clone();
+                let channel = s.channels[i % s.channels.len()].clone();
+                let (guild, gw, shared, stop, on_error, sem, slots) = (
+                    s.guild.clone(), s.gateway_url.clone(), shared.clone(), stop_rx.clone(),
+                    on_error.clone(), sem.clone(), a.slots,
+                );
+                let muted = speaking.is_none();
+                handles.push(tokio::spawn(async move {
+                    let t0 = Instant::now();
+                    let (client, call) = {
+                        let _p = sem.acquire().await;
+                        let client = Client::new(ip, slots).await?;
+                        let call = signal::join(&gw, &token, user, &guild, &channel, &client.offer, slots, muted, stop.clone(), on_error).await?;
+                        (client, call)
+                    };
+                    let mut client = client;
+                    client.accept(&call.answer_sdp)?;
+                    client.run(shared, call.slots, speaking, probe, t0, stop).await
+                        .map(|st| (st, probe))
+                }));
+                i += 1;
+                bar.set_position(i as u64);
+            }
+            _ = ticker.tick() => {
+                let (out, inn) = (shared.rtp_out.load(Ordering::Relaxed), shared.rtp_in.load(Ordering::Relaxed));
+                let dt = last.2.elapsed().as_secs_f64().max(1e-3);
+                let (pps_out, pps_in) = ((out - last.0) as f64 / dt, (inn - last.1) as f64 / dt);
+                last = (out, inn, Instant::now());
+                let p99 = {
+                    let mut h = shared.live.lock().expect("live lock");
+                    let v = if h.is_empty() { None } else { Some(h.value_at_quantile(0.99) as f64 / 1000.0) };
+                    h.reset();
+                    v
+                };
+                let connected = shared.connected.load(Ordering::Relaxed);
+                let nerr = errors.lock().expect("errors lock").len();
+                bar.set_message(format!(
+                    "{connected} connected, {pps_out:.0} pps out, {pps_in:.0} pps in, m2e p99 {}, {nerr} errors{}",
+                    p99.map(|v| format!("{v:.1} ms")).unwrap_or_else(|| "–".into()),
+                    measure.map(|m| format!(", measuring {:.0}/{} s", m.0.elapsed().as_secs_f64(), a.duration)).unwrap_or_default(),
+                ));
+                timeline.push(json!({ "t_s": started.elapsed().as_secs_f64(), "connected": connected,
+                    "pps_out": pps_out, "pps_in": pps_in, "m2e_p99_ms": p99 }));
+                let done_joining = i == a.callers && (connected as usize == a.callers
+                    || handles.iter().filter(|h| h.is_finished()).count() + connected as usize >= a.callers
+                    || started.elapsed() > Duration::from_secs_f64(a.callers as f64 / a.join_rate + 60.0));
+                if measure.is_none() && done_joining {
+                    measure = Some((Instant::now(), node_counters(&api).await, a.server_pid.and_then(cpu_seconds)));
+                }
+                if let Some(m) = measure {
+                    if m.0.elapsed() >= Duration::from_secs(a.duration) { break; }
+                }
+            }
+            _ = &mut ctrl_c => {
+                eprintln!("interrupted: stopping the callers and writing a partial report");
+                interrupted = true;
+                break;
+            }
+        }
+    }
+    let window_end = (
+        Instant::now(),
+        node_counters(&api).await,
+        a.server_pid.and_then(cpu_seconds),
+    );
+    let _ = stop_tx.send(true);
+    bar.finish_and_clear();
+    let mut results: Vec<(CallerStats, bool)> = Vec::new();
+    for h in handles {
+        match tokio::time::timeout(Duration::from_secs(10), h).await {
+            Ok(Ok(Ok(r))) => results.push(r),
+            Ok(Ok(Err(e))) => on_error(format!("caller failed: {e:#}")),
+            Ok(Err(e)) => on_error(format!("caller task failed: {e}")),
+            Err(_) => on_error("caller did not stop within 10 s".into()),
+        }
+    }
+    let errors = errors.lock().expect("errors lock").clone();
+    let server = match (measure, window_end) {
+        (Some((t0, Some(c0), cpu0)), (t1, Some(c1), cpu1)) => Some(report::ServerWindow {
+            seconds: (t1 - t0).as_secs_f64(),
+            rtp_in: c1.0.saturating_sub(c0.0),
+            rtp_forwarded: c1.1.saturating_sub(c0.1),
+            cpu_seconds: match (cpu0, cpu1) {
+                (Some(a), Some(b)) => Some(b - a),
+                _ => None,
+            },
+        }),
+        _ => None,
+    };
+    let rep = report::build(
+        &a,
+        &source,
+        listeners_total,
+        speaker_users.len(),
+        &results,
+        &errors,
+        server,
+        timeline,
+        interrupted,
+    )?;
+    println!("{}", rep.markdown);
+    if let Some(p) = &a.report {
+        std::fs::write(p, serde_json::to_string_pretty(&rep.json)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+        eprintln!("report written to {}", p.display());
+    }
+    if a.strict && !rep.strict_failures.is_empty() {
+        for why in &rep.strict_failures {
+            eprintln!("strict: {why}");
+        }
+        return Ok(false);
+    }
+    Ok(!interrupted)
+}

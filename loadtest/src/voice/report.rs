@@ -1,0 +1,237 @@
+//! The voice load report: what callers heard (loss, jitter, mouth-to-ear delay, MOS estimate
+//! from the probes), how joining went, and the server's cost per forwarded packet.
+
+use anyhow::Result;
+use hdrhistogram::Histogram;
+use lodge_jitter::{mos_estimate, QualityInput};
+use serde_json::{json, Value};
+
+use super::media::CallerStats;
+use super::VoiceArgs;
+
+/// Opus framing + lookahead, added to network and buffer delay for the MOS estimate.
+const CODEC_DELAY_MS: f64 = 26.5;
+
+/// The node's counters over the measurement window.
+pub struct ServerWindow {
+    pub seconds: f64,
+    pub rtp_in: u64,
+    pub rtp_forwarded: u64,
+    pub cpu_seconds: Option<f64>,
+}
+
+pub struct Report {
+    pub markdown: String,
+    pub json: Value,
+    /// Why a strict run fails (empty: it passes).
+    pub strict_failures: Vec<String>,
+}
+
+fn quantiles_ms(h: &Histogram<u64>, scale: f64) -> Value {
+    if h.is_empty() {
+        return Value::Null;
+    }
+    json!({
+        "count": h.len(),
+        "p50": h.value_at_quantile(0.5) as f64 / scale,
+        "p90": h.value_at_quantile(0.9) as f64 / scale,
+        "p99": h.value_at_quantile(0.99) as f64 / scale,
+        "p99_9": h.value_at_quantile(0.999) as f64 / scale,
+        "max": h.max() as f64 / scale,
+        "mean": h.mean() / scale,
+    })
+}
+
+fn pct(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn build(
+    a: &VoiceArgs,
+    source: &str,
+    listeners: usize,
+    speakers: usize,
+    results: &[(CallerStats, bool)],
+    errors: &[String],
+    server: Option<ServerWindow>,
+    timeline: Vec<Value>,
+    interrupted: bool,
+) -> Result<Report> {
+    let mut m2e = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut join = Histogram::<u64>::new_with_bounds(1, 600_000, 3)?;
+    let (mut received, mut gaps, mut sent, mut unmatched, mut repeated) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut jitters = Vec::new();
+    let mut deaf = 0usize;
+    let mut probes = Vec::new();
+    for (st, _) in results {
+        m2e.add(&st.m2e_us)?;
+        if let Some(ms) = st.connect_ms {
+            join.record((ms.max(1.0)) as u64)?;
+        }
+        received += st.received;
+        gaps += st.gaps;
+        sent += st.rtp_sent;
+        unmatched += st.unmatched;
+        repeated += st.repeated;
+        jitters.extend(st.jitter_ms.iter().copied());
+        // With one speaker per channel the speaker hears nobody; everyone else must hear.
+        let alone = st.rtp_sent > 0 && a.speakers == 1;
+        if st.received == 0 && !alone {
+            deaf += 1;
+        }
+        if let Some(p) = &st.probe {
+            let m2e_ms = if st.m2e_us.is_empty() {
+                0.0
+            } else {
+                st.m2e_us.mean() / 1000.0
+            };
+            let mos = mos_estimate(&QualityInput::opus(
+                m2e_ms + p.mean_buffer_delay_ms + CODEC_DELAY_MS,
+                p.concealment_pct,
+            ));
+            probes.push((mos, p.concealment_pct, p.mean_buffer_delay_ms));
+        }
+    }
+    let connected = results.iter().filter(|r| r.0.connect_ms.is_some()).count();
+    let loss_pct = gaps as f64 / (received + gaps).max(1) as f64 * 100.0;
+    let mut mos: Vec<f64> = probes.iter().map(|p| p.0).collect();
+    let mut conceal: Vec<f64> = probes.iter().map(|p| p.1).collect();
+    let mut buf_delay: Vec<f64> = probes.iter().map(|p| p.2).collect();
+    let cpu_per_packet_us = server.as_ref().and_then(|s| {
+        s.cpu_seconds
+            .filter(|_| s.rtp_forwarded > 0)
+            .map(|c| c / s.rtp_forwarded as f64 * 1e6)
+    });
+
+    let mut failures = Vec::new();
+    if interrupted {
+        failures.push("the run was interrupted".to_string());
+    }
+    if connected < a.callers {
+        failures.push(format!(
+            "{} of {} callers connected media",
+            connected, a.callers
+        ));
+    }
+    if !errors.is_empty() {
+        failures.push(format!("{} errors, first: {}", errors.len(), errors[0]));
+    }
+    if deaf > 0 {
+        failures.push(format!("{deaf} callers heard nothing"));
+    }
+    let timeable = received.saturating_sub(repeated);
+    if timeable > 0 && unmatched as f64 / timeable as f64 > 0.05 {
+        failures.push(format!(
+            "{unmatched} of {timeable} timeable packets could not be matched to their send time"
+        ));
+    }
+
+    let m2e_q = quantiles_ms(&m2e, 1000.0);
+    let join_q = quantiles_ms(&join, 1.0);
+    let mut md = String::new();
+    md.push_str(&format!(
+        "# Voice load report{}\n\n{} callers ({} speakers, {} listeners) in {} channel(s), K = {} slots, joining at {}/s, measured {} s after joining; talk spurts {} ms on / {} ms off; speech: {source}.\n\n",
+        if interrupted { " (partial: interrupted)" } else { "" },
+        a.callers, speakers, listeners, a.channels, a.slots, a.join_rate, a.duration, a.talk_ms, a.pause_ms
+    ));
+    md.push_str("| measure | value |\n|---|---|\n");
+    md.push_str(&format!(
+        "| callers with media connected | {connected} / {} |\n",
+        a.callers
+    ));
+    let q = |v: &Value, k: &str| {
+        v[k].as_f64()
+            .map(|x| format!("{x:.1}"))
+            .unwrap_or("–".into())
+    };
+    md.push_str(&format!(
+        "| join → media connected, ms (p50 / p90 / p99 / max) | {} / {} / {} / {} |\n",
+        q(&join_q, "p50"),
+        q(&join_q, "p90"),
+        q(&join_q, "p99"),
+        q(&join_q, "max")
+    ));
+    md.push_str(&format!(
+        "| RTP sent by speakers / received by callers | {sent} / {received} |\n"
+    ));
+    md.push_str(&format!(
+        "| loss seen by listeners (sequence gaps) | {loss_pct:.3}% |\n"
+    ));
+    md.push_str(&format!(
+        "| jitter per slot, ms (p50 / p95 / max) | {:.2} / {:.2} / {:.2} |\n",
+        pct(&mut jitters, 0.5),
+        pct(&mut jitters, 0.95),
+        pct(&mut jitters, 1.0)
+    ));
+    md.push_str(&format!(
+        "| mouth-to-ear (send → receive, no playout), ms (p50 / p90 / p99 / p99.9 / max) | {} / {} / {} / {} / {} |\n",
+        q(&m2e_q, "p50"), q(&m2e_q, "p90"), q(&m2e_q, "p99"), q(&m2e_q, "p99_9"), q(&m2e_q, "max")
+    ));
+    md.push_str(&format!(
+        "| packets timed / untimeable (payload repeats in the sample, e.g. silence) / unmatched | {} / {repeated} / {unmatched} |\n",
+        m2e.len()
+    ));
+    if !probes.is_empty() {
+        md.push_str(&format!(
+            "| probes (jitter buffer + Opus decode) | {} |\n| MOS estimate (E-model) over probes (min / p5 / p50) | {:.2} / {:.2} / {:.2} |\n| concealment over probes, % (p50 / max) | {:.2} / {:.2} |\n| probe buffer delay, ms (p50) | {:.1} |\n",
+            probes.len(),
+            pct(&mut mos, 0.0), pct(&mut mos, 0.05), pct(&mut mos, 0.5),
+            pct(&mut conceal, 0.5), pct(&mut conceal, 1.0),
+            pct(&mut buf_delay, 0.5)
+        ));
+    }
+    if let Some(s) = &server {
+        md.push_str(&format!(
+            "| node: RTP in / forwarded in the window | {} / {} ({:.0} / {:.0} pps) |\n",
+            s.rtp_in,
+            s.rtp_forwarded,
+            s.rtp_in as f64 / s.seconds,
+            s.rtp_forwarded as f64 / s.seconds
+        ));
+        if let (Some(c), Some(us)) = (s.cpu_seconds, cpu_per_packet_us) {
+            md.push_str(&format!(
+                "| node CPU in the window | {c:.2} s ({:.0}% of a core); {us:.2} µs per forwarded packet |\n",
+                c / s.seconds * 100.0
+            ));
+        }
+    }
+    md.push_str(&format!(
+        "| errors | {}{} |\n",
+        errors.len(),
+        errors
+            .first()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    ));
+
+    let json = json!({
+        "callers": a.callers, "channels": a.channels, "speakers_per_channel": a.speakers,
+        "slots": a.slots, "join_rate": a.join_rate, "duration_s": a.duration,
+        "talk_ms": a.talk_ms, "pause_ms": a.pause_ms, "seed": a.seed, "speech": source,
+        "interrupted": interrupted,
+        "connected": connected,
+        "join_ms": join_q,
+        "rtp_sent": sent, "rtp_received": received, "sequence_gaps": gaps, "loss_pct": loss_pct,
+        "unmatched": unmatched, "repeated_payloads": repeated,
+        "jitter_ms": { "p50": pct(&mut jitters, 0.5), "p95": pct(&mut jitters, 0.95), "max": pct(&mut jitters, 1.0) },
+        "mouth_to_ear_ms": m2e_q,
+        "probes": probes.iter().map(|p| json!({ "mos_estimate": p.0, "concealment_pct": p.1, "buffer_delay_ms": p.2 })).collect::<Vec<_>>(),
+        "server": server.as_ref().map(|s| json!({ "window_s": s.seconds, "rtp_in": s.rtp_in,
+            "rtp_forwarded": s.rtp_forwarded, "cpu_seconds": s.cpu_seconds,
+            "cpu_us_per_forwarded_packet": cpu_per_packet_us })),
+        "timeline": timeline,
+        "errors": errors,
+        "strict_failures": failures,
+    });
+    Ok(Report {
+        markdown: md,
+        json,
+        strict_failures: failures,
+    })
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# A small `lodge-load voice` run against a fresh node: 12 WebRTC callers (str0m) in 2 voice
+# channels, 2 speakers each sending Opus speech in talk spurts, half the listeners probing with
+# the jitter buffer and Opus decode; strict (every caller connects and hears, no errors). Then the
+# report must show what a clean loopback gives: no loss, low delay, a good MOS estimate. The
+# full-size run is a benchmark (docs/BENCHMARKS.md):
+#   lodge-load voice -n 1000 -c 10 -s 2 -d 30 --server-pid <pid>
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+BIN="${LODGE_BIN:-$ROOT/target/debug/lodge}"
+LOAD="${LODGE_LOAD_BIN:-$ROOT/target/debug/lodge-load}"
+TMP="$(mktemp -d)"
+HP="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+MP="$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+"$BIN" serve --data-dir "$TMP/data" --http-listen "127.0.0.1:$HP" --media-listen "127.0.0.1:$MP" >"$TMP/lodge.log" 2>&1 &
+PID=$!
+cleanup() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$HP/readyz" >/dev/null && break; sleep 0.1; done
+if ! "$LOAD" voice --url "http://127.0.0.1:$HP" -n 12 -c 2 -s 2 -d 8 --probes 0.5 --strict \
+    --server-pid "$PID" --report "$TMP/voice.json"; then
+  echo "---- lodge log (last 40 lines) ----"; tail -40 "$TMP/lodge.log"; exit 1
+fi
+python3 - "$TMP/voice.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["connected"] == 12, r["connected"]
+assert r["loss_pct"] < 1.0, r["loss_pct"]
+m2e = r["mouth_to_ear_ms"]
+assert m2e["count"] > 500 and m2e["p99"] < 200, m2e
+probes = r["probes"]
+assert len(probes) >= 3 and min(p["mos_estimate"] for p in probes) >= 4.0, probes
+assert r["server"]["rtp_forwarded"] > 0 and r["server"]["cpu_seconds"] is not None, r["server"]
+print(f"voice smoke: loss {r['loss_pct']:.2f}%, mouth-to-ear p50/p99 {m2e['p50']:.1f}/{m2e['p99']:.1f} ms, "
+      f"probe MOS ≥ {min(p['mos_estimate'] for p in probes):.2f}, "
+      f"{r['server']['cpu_us_per_forwarded_packet']:.1f} µs CPU per forwarded packet (debug build)")
+PY
