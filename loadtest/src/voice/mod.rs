@@ -9,11 +9,12 @@
 //! writes JSON.
 
 mod media;
+mod proxy;
 mod report;
 mod signal;
 mod talk;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -63,9 +64,13 @@ pub struct VoiceArgs {
     /// Mean pause between spurts, ms (exponential).
     #[arg(long, default_value_t = 1000)]
     pub pause_ms: u64,
-    /// Seed of the talk model.
+    /// Seed of the talk model and the impairment.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Impair every caller's path to the node with this profile (wired, good_wifi, busy_wifi,
+    /// 4g_handover, congested_3g, bursty_10, bursty_3), through a userspace UDP proxy per caller.
+    #[arg(long)]
+    pub profile: Option<String>,
     /// Speech sample (16-bit PCM WAV); default: synthesised with espeak-ng.
     #[arg(long)]
     pub speech: Option<PathBuf>,
@@ -87,7 +92,20 @@ pub struct VoiceArgs {
     pub strict: bool,
 }
 
+fn profile(a: &VoiceArgs) -> Result<Option<lodge_jitter::Profile>> {
+    a.profile
+        .as_deref()
+        .map(|n| {
+            lodge_jitter::Profile::by_name(n).with_context(|| {
+                let names: Vec<&str> = lodge_jitter::Profile::ALL.iter().map(|p| p.name).collect();
+                format!("unknown --profile {n:?}; known: {}", names.join(", "))
+            })
+        })
+        .transpose()
+}
+
 fn validate(a: &VoiceArgs) -> Result<()> {
+    profile(a)?;
     if a.callers == 0 || a.channels == 0 {
         bail!("--callers and --channels must be at least 1");
     }
@@ -415,6 +433,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                     on_error.clone(), sem.clone(), a.slots,
                 );
                 let muted = speaking.is_none();
+                let impair = profile(&a)?.map(|p| (p, a.seed.wrapping_mul(7_777).wrapping_add(i as u64)));
                 handles.push(tokio::spawn(async move {
                     let t0 = Instant::now();
                     let (client, call) = {
@@ -424,7 +443,15 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                         (client, call)
                     };
                     let mut client = client;
-                    client.accept(&call.answer_sdp)?;
+                    let answer = match impair {
+                        Some((p, seed)) => {
+                            let node = proxy::candidate_addr(&call.answer_sdp).context("no host candidate in the answer")?;
+                            let via = proxy::start(SocketAddr::new(ip, 0), node, p, seed, stop.clone()).await?;
+                            proxy::rewrite_candidates(&call.answer_sdp, node, via)
+                        }
+                        None => call.answer_sdp,
+                    };
+                    client.accept(&answer)?;
                     client.run(shared, call.slots, speaking, probe, t0, stop).await
                         .map(|st| (st, probe))
                 }));

@@ -214,6 +214,7 @@ pub fn build(
         "callers": a.callers, "channels": a.channels, "speakers_per_channel": a.speakers,
         "slots": a.slots, "join_rate": a.join_rate, "duration_s": a.duration,
         "talk_ms": a.talk_ms, "pause_ms": a.pause_ms, "seed": a.seed, "speech": source,
+        "profile": a.profile,
         "interrupted": interrupted,
         "connected": connected,
         "join_ms": join_q,

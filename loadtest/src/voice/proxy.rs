@@ -1,0 +1,191 @@
+//! A userspace UDP proxy that impairs one caller's path to the node with the `lodge_jitter`
+//! impairment model (seeded loss bursts, jitter, reordering, duplication, delay steps, a
+//! bandwidth cap): one socket per caller, so the node still sees one address per caller. The
+//! caller is pointed at the proxy by rewriting the node's ICE candidate in the SDP answer.
+//! Both directions are impaired independently (different seeds).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use lodge_jitter::{Impairment, Profile};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// A datagram waiting for its (impaired) delivery time.
+struct Pending {
+    at: Instant,
+    order: u64,
+    to: SocketAddr,
+    data: Vec<u8>,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.order) == (o.at, o.order)
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.order).cmp(&(o.at, o.order))
+    }
+}
+
+/// Start a proxy in front of `node` on `bind`; returns the address callers should use.
+pub async fn start(
+    bind: SocketAddr,
+    node: SocketAddr,
+    profile: Profile,
+    seed: u64,
+    mut stop: watch::Receiver<bool>,
+) -> Result<SocketAddr> {
+    let sock = UdpSocket::bind(bind)
+        .await
+        .with_context(|| format!("binding the impairment proxy on {bind}"))?;
+    let addr = sock.local_addr()?;
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut up = Impairment::new(profile.clone(), seed.wrapping_mul(2) + 1);
+        let mut down = Impairment::new(profile, seed.wrapping_mul(2) + 2);
+        let mut client: Option<SocketAddr> = None;
+        let mut queue: BinaryHeap<Reverse<Pending>> = BinaryHeap::new();
+        let mut order = 0u64;
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let next = queue
+                .peek()
+                .map(|p| p.0.at)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep_until(next), if !queue.is_empty() => {
+                    let now = Instant::now();
+                    while queue.peek().is_some_and(|p| p.0.at <= now) {
+                        let Reverse(p) = queue.pop().expect("peeked");
+                        let _ = sock.send_to(&p.data, p.to).await;
+                    }
+                }
+                r = sock.recv_from(&mut buf) => {
+                    let Ok((n, src)) = r else { continue };
+                    let (imp, to) = if src == node {
+                        let Some(c) = client else { continue };
+                        (&mut down, c)
+                    } else {
+                        client = Some(src);
+                        (&mut up, node)
+                    };
+                    let sent = start.elapsed();
+                    for arrival in imp.send(sent, n) {
+                        order += 1;
+                        queue.push(Reverse(Pending { at: start + arrival, order, to, data: buf[..n].to_vec() }));
+                    }
+                }
+            }
+        }
+    });
+    Ok(addr)
+}
+
+/// The node's address in an SDP answer (its host candidate).
+pub fn candidate_addr(sdp: &str) -> Option<SocketAddr> {
+    sdp.lines().find_map(|l| {
+        let l = l.trim();
+        let c = l.strip_prefix("a=candidate:")?;
+        let f: Vec<&str> = c.split_whitespace().collect();
+        // foundation component transport priority address port typ …
+        if f.len() >= 6 && f[2].eq_ignore_ascii_case("udp") {
+            format!("{}:{}", f[4], f[5]).parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// Point every candidate for `from` at `to` instead.
+pub fn rewrite_candidates(sdp: &str, from: SocketAddr, to: SocketAddr) -> String {
+    let needle = format!(" {} {} ", from.ip(), from.port());
+    let replacement = format!(" {} {} ", to.ip(), to.port());
+    sdp.split_inclusive('\n')
+        .map(|l| {
+            if l.starts_with("a=candidate:") {
+                l.replacen(&needle, &replacement, 1)
+            } else {
+                l.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_and_rewrites_the_host_candidate() {
+        let sdp = "v=0\r\na=ice-lite\r\na=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host\r\na=end-of-candidates\r\n";
+        let node = candidate_addr(sdp).unwrap();
+        assert_eq!(node, "127.0.0.1:50000".parse().unwrap());
+        let out = rewrite_candidates(sdp, node, "127.0.0.9:4242".parse().unwrap());
+        assert!(
+            out.contains("a=candidate:1 1 udp 2130706431 127.0.0.9 4242 typ host\r\n"),
+            "{out}"
+        );
+        assert!(out.starts_with("v=0\r\na=ice-lite\r\n"));
+    }
+
+    #[tokio::test]
+    async fn the_proxy_forwards_both_ways_and_drops_per_profile() {
+        let node = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (_stop_tx, stop) = watch::channel(false);
+        let lossy = Profile {
+            name: "test",
+            loss_good: 0.5,
+            ..Profile::WIRED
+        };
+        let proxy = start(
+            "127.0.0.1:0".parse().unwrap(),
+            node.local_addr().unwrap(),
+            lossy,
+            1,
+            stop,
+        )
+        .await
+        .unwrap();
+        let mut buf = [0u8; 64];
+        let mut got = 0;
+        for i in 0..200u8 {
+            client.send_to(&[i], proxy).await.unwrap();
+        }
+        while let Ok(Ok((n, from))) =
+            tokio::time::timeout(Duration::from_millis(300), node.recv_from(&mut buf)).await
+        {
+            assert_eq!((n, from), (1, proxy));
+            got += 1;
+        }
+        assert!((60..140).contains(&got), "about half of 200 arrive: {got}");
+        node.send_to(b"pong", proxy).await.unwrap();
+        // The reply may be lost too: send until one arrives.
+        let mut back = false;
+        for _ in 0..20 {
+            node.send_to(b"pong", proxy).await.unwrap();
+            if let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::from_millis(100), client.recv_from(&mut buf)).await
+            {
+                assert_eq!(&buf[..n], b"pong");
+                back = true;
+                break;
+            }
+        }
+        assert!(back, "replies reach the caller");
+    }
+}
