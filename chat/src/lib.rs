@@ -7,10 +7,12 @@ pub mod error;
 pub mod messages;
 pub mod model;
 pub mod permissions;
+pub mod quality;
 pub mod snowflake;
 pub mod store;
 
 pub use error::ChatError;
 pub use model::*;
 pub use permissions::{Overwrite, OverwriteKind, Permissions};
+pub use quality::{CallQuery, CallSummary};
 pub use store::{RoleSpec, Store};

@@ -73,7 +73,7 @@ impl DropReason {
 }
 
 /// Fixed-size drop counters: no allocation when counting.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DropCounters([u64; DropReason::ALL.len()]);
 
 impl DropCounters {

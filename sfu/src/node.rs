@@ -107,7 +107,7 @@ pub enum LeaveReason {
 }
 
 /// Something signaling should know.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum NodeEvent {
     /// ICE and DTLS completed: media can flow.
     Connected {
@@ -130,6 +130,8 @@ pub enum NodeEvent {
         room: RoomId,
         user: UserId,
         reason: LeaveReason,
+        /// The participant's figures at the moment it left (for call summaries).
+        stats: Box<ParticipantStats>,
     },
 }
 
@@ -726,6 +728,7 @@ impl Node {
             room: p.room,
             user: p.user,
             reason,
+            stats: Box::new(p.stats.clone()),
         }));
     }
 

@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::drop_reason::DropCounters;
 
 /// What one participant sent and received, plus the latest RTCP-derived quality figures.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ParticipantStats {
     /// RTP packets/bytes received from this participant (its voice).
     pub packets_in: u64,

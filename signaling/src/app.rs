@@ -27,6 +27,7 @@ pub struct Inner {
     pub limits: crate::ratelimit::Limits,
     pub rate_limiter: crate::ratelimit::RateLimiter,
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    pub telemetry: Mutex<crate::quality::Telemetry>,
 }
 
 #[derive(Clone)]
@@ -61,7 +62,14 @@ impl AppState {
             limits,
             rate_limiter: Default::default(),
             shutdown,
+            telemetry: Default::default(),
         }))
+    }
+
+    pub fn telemetry(&self) -> std::sync::MutexGuard<'_, crate::quality::Telemetry> {
+        self.telemetry
+            .lock()
+            .expect("telemetry lock is never held across a panic")
     }
 
     pub fn voice(&self) -> std::sync::MutexGuard<'_, VoiceRegistry> {
@@ -148,6 +156,8 @@ fn api_routes(state: &AppState) -> Router<AppState> {
             get(channels::get_invite).post(channels::accept_invite),
         )
         .route("/voice/stats", get(ops::voice_stats))
+        .route("/quality/calls", get(quality::calls))
+        .route("/quality/node", get(quality::node))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::ratelimit::middleware,

@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod gateway;
 pub mod hub;
+pub mod quality;
 pub mod ratelimit;
 pub mod rest;
 pub mod voice;
@@ -125,6 +126,7 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         })?;
     let state = AppState::new(cfg, store, sfu);
     tokio::spawn(voice::service::run_sfu_events(state.clone(), events));
+    tokio::spawn(quality::run_sampler(state.clone()));
     let app = router(state.clone());
     let mut shutdown = state.shutdown.subscribe();
     let server = tokio::spawn(async move {

@@ -245,11 +245,39 @@ async fn two_clients_talk_through_the_node() {
         !metrics.contains(&a.id) && !metrics.contains("127.0.0.1"),
         "metrics leak ids or addresses"
     );
+    assert!(
+        metrics.contains("lodge_participant_mos_estimate_count 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "lodge_channel_participants{{channel=\"{voice}\"}} 2"
+    )));
     // Someone outside the guild sees node totals but no participants.
     let (_, eve) = n.user("eve").await;
     let (_, stats) = n.req("GET", "/voice/stats", Some(&eve), None).await;
     assert_eq!(stats["peers"], json!([]));
     assert_eq!(stats["participants"], 2);
+
+    // The live quality view lists the channel with both participants and a MOS estimate.
+    let (st, q) = n.req("GET", "/quality/node", Some(&a.token), None).await;
+    assert_eq!(st, 200, "{q}");
+    let ch = q["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == voice.as_str())
+        .expect("the voice channel in the live view");
+    assert_eq!(ch["participants"].as_array().unwrap().len(), 2, "{ch}");
+    assert!(
+        ch["participants"][0]["mos_estimate"].as_f64().unwrap() > 3.5,
+        "{ch}"
+    );
+    assert!(
+        !q.to_string().contains("127.0.0.1"),
+        "no addresses in the view"
+    );
+    let (_, q) = n.req("GET", "/quality/node", Some(&eve), None).await;
+    assert_eq!(q["channels"], json!([]));
 
     // Leaving (op 4 with null) closes the voice connection and tells the guild.
     send(
@@ -273,6 +301,58 @@ async fn two_clients_talk_through_the_node() {
         }
     };
     assert_eq!(gone["d"]["user_id"].as_str().unwrap(), b.id);
+
+    // Bob's call left one quality summary behind.
+    let mut calls = Value::Null;
+    for _ in 0..40 {
+        let (st, c) = n
+            .req(
+                "GET",
+                &format!("/quality/calls?user_id={}", b.id),
+                Some(&a.token),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{c}");
+        if !c.as_array().unwrap().is_empty() {
+            calls = c;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let call = &calls[0];
+    assert_eq!(
+        (call["guild_id"].as_str(), call["channel_id"].as_str()),
+        (Some(g.as_str()), Some(voice.as_str())),
+        "{call}"
+    );
+    assert!(call["packets_in"].as_u64().unwrap() > 100, "{call}");
+    assert!(call["duration_ms"].as_i64().unwrap() >= 5_000, "{call}");
+    assert!(call["mos_estimate"].as_f64().unwrap() > 3.5, "{call}");
+    assert_eq!(call["end_reason"], "requested");
+    // Filters, limits and visibility.
+    let (_, c) = n
+        .req(
+            "GET",
+            &format!("/quality/calls?channel_id={voice}&mos_below=2"),
+            Some(&a.token),
+            None,
+        )
+        .await;
+    assert_eq!(c, json!([]));
+    let (_, c) = n.req("GET", "/quality/calls", Some(&eve), None).await;
+    assert_eq!(c, json!([]), "eve is not in the guild");
+    let (st, e) = n
+        .req("GET", "/quality/calls?limit=abc", Some(&a.token), None)
+        .await;
+    assert_eq!((st, e["code"].as_u64()), (400, Some(50035)), "{e}");
+    let (st, e) = n
+        .req("GET", "/quality/calls?limit=5000", Some(&a.token), None)
+        .await;
+    assert_eq!(st, 400, "{e}");
+    assert!(e.to_string().contains("1..=200"), "the limit is named: {e}");
+    let (st, _) = n.req("GET", "/quality/calls", None, None).await;
+    assert_eq!(st, 401);
 }
 
 #[tokio::test]

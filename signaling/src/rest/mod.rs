@@ -5,6 +5,7 @@ pub mod channels;
 pub mod guilds;
 pub mod messages;
 pub mod ops;
+pub mod quality;
 pub mod roles;
 pub mod users;
 

@@ -145,7 +145,13 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         for (reason, n) in &r.drops {
             let _ = writeln!(out, "lodge_dropped_total{{reason=\"{reason}\"}} {n}");
         }
+        crate::quality::write_participant_metrics(&mut out, &r);
     }
+    if let Some(cpu) = crate::quality::process_cpu_seconds() {
+        let _ = writeln!(out, "# HELP lodge_process_cpu_seconds_total CPU time of the node process (user + system)\n# TYPE lodge_process_cpu_seconds_total counter\nlodge_process_cpu_seconds_total {cpu}");
+    }
+    let recorded = s.telemetry().calls_recorded;
+    let _ = writeln!(out, "# HELP lodge_call_summaries_total Call-quality summaries persisted since start\n# TYPE lodge_call_summaries_total counter\nlodge_call_summaries_total {recorded}");
     let (states, conns) = {
         let v = s.voice();
         (v.states.len(), v.conns.len())

@@ -305,6 +305,8 @@ async fn select_protocol(s: &AppState, a: &Authed, d: &Value) -> Result<Value, (
             // Slot announcements queued here are written after the answer: the caller's
             // loop does not read its outbox while this runs.
             v.map_participant(ans.idx, a.conn_id);
+            s.telemetry()
+                .start(ans.idx, a.guild_id, a.channel_id, a.user_id);
             if let Some(st) = v.states.get_mut(&(a.guild_id, a.user_id)) {
                 st.participant = Some(ans.idx);
             }

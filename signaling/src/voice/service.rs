@@ -485,9 +485,14 @@ pub async fn run_sfu_events(s: AppState, mut rx: mpsc::UnboundedReceiver<NodeEve
                 debug!(%idx, user = user.0, "media connected")
             }
             NodeEvent::Left {
-                idx, reason, user, ..
+                idx,
+                reason,
+                user,
+                stats,
+                ..
             } => {
                 s.voice().participant_left(idx);
+                crate::quality::record_left(&s, idx, reason, &stats).await;
                 if reason == LeaveReason::Requested {
                     continue;
                 }
