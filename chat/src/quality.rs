@@ -36,8 +36,10 @@ pub struct CallSummary {
 /// Filters for [`Store::calls`]; every field narrows the result.
 #[derive(Debug, Clone, Default)]
 pub struct CallQuery {
-    /// Only these guilds (the caller's); empty means none.
+    /// Only these guilds (the caller's); empty means none unless `any_guild`.
     pub guilds: Vec<u64>,
+    /// Every guild (the node operator's view).
+    pub any_guild: bool,
     pub guild_id: Option<u64>,
     pub channel_id: Option<u64>,
     pub user_id: Option<u64>,
@@ -109,21 +111,27 @@ impl Store {
     pub async fn calls(&self, q: &CallQuery) -> Result<Vec<CallSummary>, ChatError> {
         let limit = q.limit.clamp(1, MAX_CALLS_PAGE) as usize;
         let opt = |v: Option<u64>| v.map(|x| x as i64).unwrap_or(-1);
-        // One static query per guild (a user is in few guilds), merged by end time.
+        // One static query per guild (a user is in few guilds), merged by end time; the
+        // operator's view is one query over all guilds (-1 = any).
+        let scopes: Vec<i64> = if q.any_guild {
+            vec![opt(q.guild_id)]
+        } else {
+            q.guilds
+                .iter()
+                .filter(|g| q.guild_id.is_none_or(|x| x == **g))
+                .map(|g| *g as i64)
+                .collect()
+        };
         let mut out = Vec::new();
-        for &g in q
-            .guilds
-            .iter()
-            .filter(|g| q.guild_id.is_none_or(|x| x == **g))
-        {
+        for g in scopes {
             let rows = sqlx::query(
-                "SELECT * FROM call_quality WHERE guild_id = $1 \
+                "SELECT * FROM call_quality WHERE ($1 < 0 OR guild_id = $1) \
                  AND ($2 < 0 OR channel_id = $2) AND ($3 < 0 OR user_id = $3) \
                  AND ended_at >= $4 AND ended_at < $5 \
                  AND ($6 < 0 OR (mos_estimate IS NOT NULL AND mos_estimate < $6)) \
                  ORDER BY ended_at DESC, id DESC LIMIT $7",
             )
-            .bind(g as i64)
+            .bind(g)
             .bind(opt(q.channel_id))
             .bind(opt(q.user_id))
             .bind(q.since.unwrap_or(0))
@@ -136,7 +144,7 @@ impl Store {
                 out.push(from_row(r)?);
             }
         }
-        out.sort_by(|a, b| (b.ended_at, b.id).cmp(&(a.ended_at, a.id)));
+        out.sort_by_key(|c| std::cmp::Reverse((c.ended_at, c.id)));
         out.truncate(limit);
         Ok(out)
     }

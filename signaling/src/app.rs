@@ -158,6 +158,7 @@ fn api_routes(state: &AppState) -> Router<AppState> {
         .route("/voice/stats", get(ops::voice_stats))
         .route("/quality/calls", get(quality::calls))
         .route("/quality/node", get(quality::node))
+        .route("/quality/live", get(quality::live))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::ratelimit::middleware,
@@ -173,6 +174,8 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(crate::web::index_or_voice))
         .route("/app.js", get(crate::web::app_js))
         .route("/style.css", get(crate::web::style_css))
+        .route("/dashboard", get(crate::web::dashboard))
+        .route("/dashboard.js", get(crate::web::dashboard_js))
         .route(
             "/favicon.ico",
             get(|| async { axum::http::StatusCode::NO_CONTENT }),

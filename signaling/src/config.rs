@@ -80,6 +80,11 @@ pub struct ServeArgs {
     /// REST requests per second per caller across all routes. [default: 100]
     #[arg(long, env = "LODGE_RATE_LIMIT_GLOBAL")]
     pub rate_limit_global: Option<u32>,
+    /// A secret that lets the /dashboard page and GET /api/v10/quality/* see every channel on
+    /// this node (send it as "Authorization: Operator <secret>"); without it each user sees the
+    /// channels of their own guilds only. Use 16 or more random characters. [default: unset]
+    #[arg(long, env = "LODGE_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: Option<String>,
 }
 
 /// The TOML file's shape. Every field optional; unknown keys rejected.
@@ -99,6 +104,7 @@ pub struct FileConfig {
     pub voice_token_ttl: Option<u64>,
     pub rate_limit_route: Option<u32>,
     pub rate_limit_global: Option<u32>,
+    pub operator_token: Option<String>,
 }
 
 /// The effective configuration.
@@ -118,6 +124,9 @@ pub struct Config {
     pub voice_token_ttl: u64,
     pub rate_limit_route: u32,
     pub rate_limit_global: u32,
+    /// Never printed or serialized.
+    #[serde(skip_serializing)]
+    pub operator_token: Option<String>,
 }
 
 const KNOWN_ENV: &[&str] = &[
@@ -135,6 +144,7 @@ const KNOWN_ENV: &[&str] = &[
     "LODGE_VOICE_TOKEN_TTL",
     "LODGE_RATE_LIMIT_ROUTE",
     "LODGE_RATE_LIMIT_GLOBAL",
+    "LODGE_OPERATOR_TOKEN",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +255,14 @@ impl Config {
                 .or(file.rate_limit_global)
                 .unwrap_or(100)
                 .max(1),
+            operator_token: match args.operator_token.clone().or(file.operator_token) {
+                Some(t) if t.chars().count() < 16 => {
+                    return Err(ConfigError::Invalid(
+                        "operator_token must be at least 16 characters".into(),
+                    ))
+                }
+                t => t,
+            },
         })
     }
 
@@ -316,5 +334,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--public-ip"));
+    }
+
+    #[test]
+    fn operator_token_is_checked_and_never_serialized() {
+        let short = ServeArgs {
+            operator_token: Some("short".into()),
+            ..Default::default()
+        };
+        let e = Config::load(&short, std::iter::empty()).unwrap_err();
+        assert!(e.to_string().contains("at least 16"), "{e}");
+        let ok = ServeArgs {
+            operator_token: Some("0123456789abcdef-secret".into()),
+            ..Default::default()
+        };
+        let c = Config::load(&ok, std::iter::empty()).unwrap();
+        assert_eq!(c.operator_token.as_deref(), Some("0123456789abcdef-secret"));
+        let shown = serde_json::to_string(&c).unwrap();
+        assert!(!shown.contains("secret"), "{shown}");
     }
 }

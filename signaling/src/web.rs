@@ -10,6 +10,8 @@ use crate::app::AppState;
 const INDEX: &str = include_str!("../web/index.html");
 const APP_JS: &str = include_str!("../web/app.js");
 const STYLE: &str = include_str!("../web/style.css");
+const DASHBOARD: &str = include_str!("../web/dashboard.html");
+const DASHBOARD_JS: &str = include_str!("../web/dashboard.js");
 
 pub async fn index_or_voice(State(s): State<AppState>, req: Request) -> Response {
     let is_ws = req
@@ -44,5 +46,20 @@ pub async fn style_css() -> impl IntoResponse {
             (header::CACHE_CONTROL, "no-cache"),
         ],
         STYLE,
+    )
+}
+
+/// The call-quality dashboard (live over `/api/v10/quality/live`).
+pub async fn dashboard() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(DASHBOARD))
+}
+
+pub async fn dashboard_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD_JS,
     )
 }

@@ -252,6 +252,34 @@ async fn two_clients_talk_through_the_node() {
     assert!(metrics.contains(&format!(
         "lodge_channel_participants{{channel=\"{voice}\"}} 2"
     )));
+    // Every metric the Grafana dashboard queries is served.
+    let dash = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/lodge-voice-node.json"
+    ))
+    .unwrap();
+    let dash: Value = serde_json::from_str(&dash).expect("the Grafana dashboard is valid JSON");
+    let mut names = std::collections::BTreeSet::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let mut rest = t["expr"].as_str().unwrap();
+            while let Some(i) = rest.find("lodge_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                names.insert(tail[..end].to_string());
+                rest = &tail[end..];
+            }
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    for n in &names {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(n.as_str())),
+            "the dashboard queries {n}, which /metrics does not serve"
+        );
+    }
     // Someone outside the guild sees node totals but no participants.
     let (_, eve) = n.user("eve").await;
     let (_, stats) = n.req("GET", "/voice/stats", Some(&eve), None).await;

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start a lodge node on free loopback ports and run the real-browser tests (voice, chat) against it.
+# Start a lodge node on free loopback ports and run the real-browser tests (voice, chat, dashboard)
+# against it.
 # BROWSER_TESTS="chat" runs a subset.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -8,14 +9,17 @@ TMP="$(mktemp -d)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 free_udp() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 HP="$(free_port)"; MP="$(free_udp)"
-"$BIN" serve --data-dir "$TMP/data" --http-listen "127.0.0.1:$HP" --media-listen "127.0.0.1:$MP" --log "info,lodge_sfu=debug" >"$TMP/lodge.log" 2>&1 &
+OPERATOR_TOKEN="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+export OPERATOR_TOKEN LOAD_BIN="${LODGE_LOAD_BIN:-$ROOT/target/debug/lodge-load}"
+"$BIN" serve --data-dir "$TMP/data" --http-listen "127.0.0.1:$HP" --media-listen "127.0.0.1:$MP" --log "info,lodge_sfu=debug" \
+  --operator-token "$OPERATOR_TOKEN" >"$TMP/lodge.log" 2>&1 &
 PID=$!
 cleanup() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
 trap cleanup EXIT
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$HP/readyz" >/dev/null && break; sleep 0.1; done
 cd "$ROOT/tests/browser"
 [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund
-for t in ${BROWSER_TESTS:-voice chat}; do
+for t in ${BROWSER_TESTS:-voice chat dashboard}; do
   echo "-- browser test: $t"
   if ! LODGE_URL="http://127.0.0.1:$HP" node "$t.test.mjs"; then
     echo "---- lodge log (last 80 lines) ----"; tail -80 "$TMP/lodge.log"; exit 1

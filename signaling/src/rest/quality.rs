@@ -1,10 +1,16 @@
-//! Call-quality API: persisted call summaries (`GET /quality/calls`) and the node's live view
-//! (`GET /quality/node`: timeline, channels and participants with their figures). Both are
-//! limited to the guilds the caller belongs to; neither shows tokens or network addresses.
+//! Call-quality API: persisted call summaries (`GET /quality/calls`), the node's live view
+//! (`GET /quality/node`: timeline, channels and participants with their figures) and the same
+//! view pushed every two seconds over a WebSocket (`/quality/live`, used by /dashboard). A user
+//! sees the channels of their own guilds; the node operator (`Authorization: Operator <secret>`,
+//! see `--operator-token`) sees every channel. Nothing here shows tokens or network addresses.
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::response::Response;
 use axum::Json;
 use lodge_chat::quality::MAX_CALLS_PAGE;
 use lodge_chat::CallQuery;
@@ -13,8 +19,68 @@ use serde_json::{json, Value};
 
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::Auth;
+use crate::extract::{token_from_header, Auth};
 use crate::quality::participant_mos;
+
+/// Who is looking: a user (their guilds) or the node operator (everything).
+pub enum Viewer {
+    User(u64),
+    Operator,
+}
+
+/// Compare secrets without an early exit on the first differing byte.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+impl Viewer {
+    fn operator(s: &AppState, secret: &str) -> bool {
+        s.cfg
+            .operator_token
+            .as_deref()
+            .is_some_and(|t| same_secret(t, secret.trim()))
+    }
+
+    /// The guilds this viewer may see, or `None` for all of them.
+    async fn guilds(&self, s: &AppState) -> ApiResult<Option<HashSet<u64>>> {
+        match self {
+            Viewer::Operator => Ok(None),
+            Viewer::User(id) => Ok(Some(
+                s.store
+                    .user_guilds(*id)
+                    .await?
+                    .into_iter()
+                    .map(|g| g.id)
+                    .collect(),
+            )),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Viewer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, ApiError> {
+        let h = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        if let Some(secret) = h.trim().strip_prefix("Operator ") {
+            return if Viewer::operator(s, secret) {
+                Ok(Viewer::Operator)
+            } else {
+                Err(ApiError::unauthorized())
+            };
+        }
+        let Auth(u) = Auth::from_request_parts(parts, s).await?;
+        Ok(Viewer::User(u.id))
+    }
+}
 
 /// Every filter is a string so that a bad value gets Discord's form error, not a plain 400.
 #[derive(Deserialize, Default)]
@@ -45,7 +111,7 @@ fn parse<T: std::str::FromStr>(
 
 pub async fn calls(
     State(s): State<AppState>,
-    Auth(u): Auth,
+    viewer: Viewer,
     Query(q): Query<CallsQuery>,
 ) -> ApiResult<Json<Value>> {
     let limit = parse::<u32>("limit", &q.limit, "a number")?.unwrap_or(50);
@@ -62,15 +128,10 @@ pub async fn calls(
             "mos_below must be 1..=5",
         ));
     }
-    let guilds: Vec<u64> = s
-        .store
-        .user_guilds(u.id)
-        .await?
-        .into_iter()
-        .map(|g| g.id)
-        .collect();
+    let visible = viewer.guilds(&s).await?;
     let query = CallQuery {
-        guilds,
+        any_guild: visible.is_none(),
+        guilds: visible.unwrap_or_default().into_iter().collect(),
         guild_id: parse("guild_id", &q.guild_id, "a snowflake")?,
         channel_id: parse("channel_id", &q.channel_id, "a snowflake")?,
         user_id: parse("user_id", &q.user_id, "a snowflake")?,
@@ -80,7 +141,11 @@ pub async fn calls(
         limit,
     };
     let calls = s.store.calls(&query).await?;
-    Ok(Json(json!(calls
+    Ok(Json(calls_json(&calls)))
+}
+
+fn calls_json(calls: &[lodge_chat::CallSummary]) -> Value {
+    json!(calls
         .iter()
         .map(|c| json!({
             "id": c.id.to_string(),
@@ -100,29 +165,36 @@ pub async fn calls(
             "mos_estimate": c.mos_estimate,
             "end_reason": c.end_reason,
         }))
-        .collect::<Vec<_>>())))
+        .collect::<Vec<_>>())
 }
 
 /// The live view: node timeline, and each visible channel with its participants' figures.
-pub async fn node(State(s): State<AppState>, Auth(u): Auth) -> ApiResult<Json<Value>> {
+pub async fn node(State(s): State<AppState>, viewer: Viewer) -> ApiResult<Json<Value>> {
+    Ok(Json(node_view(&s, &viewer).await?))
+}
+
+/// What the dashboard shows: the node, its timeline, every visible channel with its
+/// participants' figures, and the most recent call summaries.
+pub async fn node_view(s: &AppState, viewer: &Viewer) -> ApiResult<Value> {
     let report = s.sfu.report().await;
-    let mine: HashSet<u64> = s
-        .store
-        .user_guilds(u.id)
-        .await?
-        .into_iter()
-        .map(|g| g.id)
-        .collect();
+    let visible = viewer.guilds(s).await?;
     let mut channels: BTreeMap<u64, (u64, String, Vec<Value>)> = BTreeMap::new();
+    let mut hidden: HashSet<u64> = HashSet::new();
     if let Some(r) = &report {
         for p in &r.peers {
             let room = p.room.0;
-            if !channels.contains_key(&room) {
+            if hidden.contains(&room) {
+                continue;
+            }
+            if let std::collections::btree_map::Entry::Vacant(e) = channels.entry(room) {
                 match s.store.channel(room).await {
-                    Ok(c) if mine.contains(&c.guild_id) => {
-                        channels.insert(room, (c.guild_id, c.name.clone(), Vec::new()));
+                    Ok(c) if visible.as_ref().is_none_or(|v| v.contains(&c.guild_id)) => {
+                        e.insert((c.guild_id, c.name.clone(), Vec::new()));
                     }
-                    _ => continue,
+                    _ => {
+                        hidden.insert(room);
+                        continue;
+                    }
                 }
             }
             let Some(entry) = channels.get_mut(&room) else {
@@ -148,8 +220,17 @@ pub async fn node(State(s): State<AppState>, Auth(u): Auth) -> ApiResult<Json<Va
             }));
         }
     }
+    let calls = s
+        .store
+        .calls(&CallQuery {
+            any_guild: visible.is_none(),
+            guilds: visible.clone().unwrap_or_default().into_iter().collect(),
+            limit: 20,
+            ..CallQuery::default()
+        })
+        .await?;
     let timeline = s.telemetry().timeline();
-    Ok(Json(json!({
+    Ok(json!({
         "node": report.as_ref().map(|r| json!({
             "participants": r.participants,
             "rooms": r.rooms,
@@ -160,6 +241,87 @@ pub async fn node(State(s): State<AppState>, Auth(u): Auth) -> ApiResult<Json<Va
         "channels": channels.into_iter().map(|(id, (g, name, peers))| json!({
             "id": id.to_string(), "guild_id": g.to_string(), "name": name, "participants": peers,
         })).collect::<Vec<_>>(),
+        "recent_calls": calls_json(&calls),
+        "thresholds": { "rtt_ms": 400, "jitter_ms": 30, "loss_pct": 3, "mos": 3.5 },
         "mos_note": "MOS values are estimates (simplified ITU-T G.107 E-model)",
-    })))
+    }))
+}
+
+/// `GET /quality/live` (WebSocket): the first message authenticates (`{"token": "..."}` or
+/// `{"operator_token": "..."}`, within 10 s); then a `{"t": "snapshot", "d": view}` every two
+/// seconds (and once at once).
+pub async fn live(ws: WebSocketUpgrade, State(s): State<AppState>) -> Response {
+    ws.max_message_size(4096)
+        .on_upgrade(move |sock| run_live(s, sock))
+}
+
+async fn close(mut sock: WebSocket, code: u16, reason: &str) {
+    let _ = sock
+        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code,
+            reason: crate::ws::clip(reason).into(),
+        })))
+        .await;
+}
+
+async fn run_live(s: AppState, mut sock: WebSocket) {
+    let first = tokio::time::timeout(Duration::from_secs(10), sock.recv()).await;
+    let hello = match first {
+        Ok(m) => crate::ws::judge(m, 4096),
+        Err(_) => {
+            return close(
+                sock,
+                4003,
+                "authenticate within 10 s: send {\"token\": \"...\"}",
+            )
+            .await
+        }
+    };
+    let crate::ws::Inbound::Json(v) = hello else {
+        return close(
+            sock,
+            4002,
+            "the first message must be JSON: {\"token\": \"...\"}",
+        )
+        .await;
+    };
+    let viewer = if let Some(secret) = v["operator_token"].as_str() {
+        if !Viewer::operator(&s, secret) {
+            return close(sock, 4004, "operator token refused").await;
+        }
+        Viewer::Operator
+    } else {
+        let token = token_from_header(v["token"].as_str().unwrap_or(""));
+        match s.store.authenticate(token).await {
+            Ok(u) if !token.is_empty() => Viewer::User(u.id),
+            _ => {
+                return close(
+                    sock,
+                    4004,
+                    "token refused: log in and send {\"token\": \"...\"}",
+                )
+                .await
+            }
+        }
+    };
+    let mut shutdown = s.shutdown.subscribe();
+    let mut tick = tokio::time::interval(crate::quality::SAMPLE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let d = match node_view(&s, &viewer).await {
+                    Ok(d) => d,
+                    Err(e) => json!({ "error": e.to_string() }),
+                };
+                let msg = json!({ "t": "snapshot", "d": d }).to_string();
+                if sock.send(Message::Text(msg.into())).await.is_err() { return; }
+            }
+            m = sock.recv() => match crate::ws::judge(m, 4096) {
+                crate::ws::Inbound::Gone => return,
+                crate::ws::Inbound::Refuse(c, r) => return close(sock, c, &r).await,
+                _ => {}
+            },
+            _ = shutdown.changed() => return close(sock, 1001, "server shutting down").await,
+        }
+    }
 }
