@@ -50,6 +50,20 @@ pub struct NodeReport {
     pub rtp_forwarded: u64,
     pub drops: Vec<(&'static str, u64)>,
     pub peers: Vec<ParticipantReport>,
+    /// Receive → send inside the node since start, µs (see [`ForwardDelay`]).
+    pub forward_delay: ForwardDelay,
+}
+
+/// How long datagrams spend inside the node: from the moment a receive batch returned from the
+/// kernel to the moment each datagram it caused was handed back to the kernel. Time spent in
+/// the socket buffers on either side is not included (no kernel timestamps).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ForwardDelay {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
 }
 
 /// Cheap, cloneable handle to the running node.
@@ -140,6 +154,10 @@ async fn run(
     let mut metas = [quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE];
     let mut last_log = Instant::now();
     let mut panics: u64 = 0;
+    // 1 µs .. 10 s at 2 significant digits: fixed size, no allocation when recording.
+    let mut delay = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 2)
+        .expect("static histogram bounds are valid");
+    let mut received_at: Option<Instant> = None;
     info!(%local, "media node listening");
     loop {
         let deadline = node
@@ -164,6 +182,7 @@ async fn run(
                         Err(e) => { warn!(error = %e, "UDP receive failed"); break }
                     };
                     let now = Instant::now();
+                    received_at.get_or_insert(now);
                     for (meta, buf) in metas.iter().zip(storage.iter()).take(n) {
                         let dst = SocketAddr::new(meta.dst_ip.unwrap_or(local.ip()), local.port());
                         let stride = meta.stride.max(1);
@@ -179,10 +198,10 @@ async fn run(
                     Some(Command::Join(req, reply)) => { let _ = reply.send(node.join(now, req)); }
                     Some(Command::Leave(idx)) => node.leave(now, idx),
                     Some(Command::SetFlags(idx, f)) => { let _ = node.set_flags(now, idx, f); }
-                    Some(Command::Report(reply)) => { let _ = reply.send(report(&node)); }
+                    Some(Command::Report(reply)) => { let _ = reply.send(report(&node, &delay)); }
                     Some(Command::Shutdown(done)) => {
                         node.close_all(now);
-                        flush(&socket, &udp, &mut node, &ev_tx).await;
+                        flush(&socket, &udp, &mut node, &ev_tx, None, &mut delay).await;
                         info!("media node stopped; all peers closed");
                         let _ = done.send(());
                         return;
@@ -196,7 +215,15 @@ async fn run(
         if node.poll_timeout().is_some_and(|t| t <= now) {
             guarded(&mut panics, || node.handle_timeout(now));
         }
-        flush(&socket, &udp, &mut node, &ev_tx).await;
+        flush(
+            &socket,
+            &udp,
+            &mut node,
+            &ev_tx,
+            received_at.take(),
+            &mut delay,
+        )
+        .await;
         if now.duration_since(last_log) > Duration::from_secs(30) && node.participant_count() > 0 {
             last_log = now;
             let s = node.stats();
@@ -226,11 +253,15 @@ fn guarded(panics: &mut u64, f: impl FnOnce()) {
     }
 }
 
+/// Send everything the node wants sent and pass its events on. With `received_at`, each
+/// datagram's time inside the node is recorded in `delay`.
 async fn flush(
     socket: &UdpSocket,
     udp: &quinn_udp::UdpSocketState,
     node: &mut Node,
     ev_tx: &mpsc::UnboundedSender<NodeEvent>,
+    received_at: Option<Instant>,
+    delay: &mut hdrhistogram::Histogram<u64>,
 ) {
     while let Some(o) = node.poll_output() {
         match o {
@@ -250,6 +281,9 @@ async fn flush(
                     }
                     Err(e) => tracing::debug!(error = %e, "UDP send failed"),
                 }
+                if let Some(r) = received_at {
+                    delay.saturating_record(r.elapsed().as_micros().max(1) as u64);
+                }
             }
             NodeOutput::Event(e) => {
                 let _ = ev_tx.send(e);
@@ -258,7 +292,7 @@ async fn flush(
     }
 }
 
-fn report(node: &Node) -> NodeReport {
+fn report(node: &Node, delay: &hdrhistogram::Histogram<u64>) -> NodeReport {
     let s = node.stats();
     NodeReport {
         participants: node.participant_count(),
@@ -274,5 +308,12 @@ fn report(node: &Node) -> NodeReport {
             .map(|r| (r.as_str(), s.drops.get(*r)))
             .collect(),
         peers: node.reports(),
+        forward_delay: ForwardDelay {
+            count: delay.len(),
+            p50_us: delay.value_at_quantile(0.5),
+            p99_us: delay.value_at_quantile(0.99),
+            p999_us: delay.value_at_quantile(0.999),
+            max_us: delay.max(),
+        },
     }
 }

@@ -440,6 +440,7 @@ mod tests {
                     stats: stats(0.01, j, 30.0),
                     drops: vec![],
                 }],
+                forward_delay: Default::default(),
             };
             t.sample(&report);
         }

@@ -129,8 +129,14 @@ async function main() {
       break;
     }
   }
+  // Bob is in #random: wait until the live dispatches of all 70 have reached his page, so none
+  // arrives after the reload below and the first page is exactly what history returned.
+  await msg(bob.page, 'history 69').waitFor({ timeout: 20000 });
   await bob.page.locator('#channel-list li.channel[data-type="0"]', { hasText: 'general' }).click();
   await bob.page.locator('#channel-list li.channel', { hasText: 'random' }).click();
+  // The switch reloads the view asynchronously: wait for the fresh first page.
+  await bob.page.waitForFunction(() => document.querySelectorAll('.msg').length === 50, null, { timeout: 10000 })
+    .catch(() => {});
   await msg(bob.page, 'history 69').waitFor();
   assert.equal(await bob.page.locator('.msg').count(), 50, 'first page is 50 messages');
   for (let i = 0; i < 10 && (await bob.page.locator('.msg').count()) < 71; i++) {

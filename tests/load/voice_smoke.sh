@@ -31,7 +31,10 @@ assert m2e["count"] > 500 and m2e["p99"] < 200, m2e
 probes = r["probes"]
 assert len(probes) >= 3 and min(p["mos_estimate"] for p in probes) >= 4.0, probes
 assert r["server"]["rtp_forwarded"] > 0 and r["server"]["cpu_seconds"] is not None, r["server"]
+fwd = r["node_forward_delay_ms"]
+assert fwd and 0 < fwd["p50"] <= fwd["p99"] <= fwd["max"], fwd
 print(f"voice smoke: loss {r['loss_pct']:.2f}%, mouth-to-ear p50/p99 {m2e['p50']:.1f}/{m2e['p99']:.1f} ms, "
       f"probe MOS ≥ {min(p['mos_estimate'] for p in probes):.2f}, "
-      f"{r['server']['cpu_us_per_forwarded_packet']:.1f} µs CPU per forwarded packet (debug build)")
+      f"{r['server']['cpu_us_per_forwarded_packet']:.1f} µs CPU per forwarded packet, "
+      f"inside the node p99 {fwd['p99']:.2f} ms (debug build)")
 PY

@@ -330,6 +330,27 @@ async fn node_counters(api: &Api) -> Option<(u64, u64)> {
     ))
 }
 
+/// The node's receive → send delay quantiles (p50, p99, p99.9, max) in ms, since it started.
+async fn node_forward_delay(api: &Api) -> Option<[f64; 4]> {
+    let text = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let q = |quantile: &str| {
+        let key = format!("lodge_forward_delay_seconds{{quantile=\"{quantile}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|s| s * 1000.0)
+    };
+    Some([q("0.5")?, q("0.99")?, q("0.999")?, q("1")?])
+}
+
 /// CPU seconds (user + system) of a local process, from /proc/<pid>/stat.
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -532,6 +553,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
         &results,
         &errors,
         server,
+        node_forward_delay(&api).await,
         timeline,
         interrupted,
     )?;

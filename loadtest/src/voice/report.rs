@@ -59,6 +59,7 @@ pub fn build(
     results: &[(CallerStats, bool)],
     errors: &[String],
     server: Option<ServerWindow>,
+    forward_delay_ms: Option<[f64; 4]>,
     timeline: Vec<Value>,
     interrupted: bool,
 ) -> Result<Report> {
@@ -201,6 +202,11 @@ pub fn build(
             ));
         }
     }
+    if let Some([p50, p99, p999, max]) = forward_delay_ms {
+        md.push_str(&format!(
+            "| node-added delay (receive → send inside the node, whole run), ms (p50 / p99 / p99.9 / max) | {p50:.3} / {p99:.3} / {p999:.3} / {max:.3} |\n"
+        ));
+    }
     md.push_str(&format!(
         "| errors | {}{} |\n",
         errors.len(),
@@ -226,6 +232,7 @@ pub fn build(
         "server": server.as_ref().map(|s| json!({ "window_s": s.seconds, "rtp_in": s.rtp_in,
             "rtp_forwarded": s.rtp_forwarded, "cpu_seconds": s.cpu_seconds,
             "cpu_us_per_forwarded_packet": cpu_per_packet_us })),
+        "node_forward_delay_ms": forward_delay_ms.map(|[p50, p99, p999, max]| json!({ "p50": p50, "p99": p99, "p99_9": p999, "max": max })),
         "timeline": timeline,
         "errors": errors,
         "strict_failures": failures,

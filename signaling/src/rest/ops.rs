@@ -146,6 +146,21 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             let _ = writeln!(out, "lodge_dropped_total{{reason=\"{reason}\"}} {n}");
         }
         crate::quality::write_participant_metrics(&mut out, &r);
+        let d = &r.forward_delay;
+        let _ = writeln!(out, "# HELP lodge_forward_delay_seconds Time datagrams spend inside the node (receive batch returned → sent), since start\n# TYPE lodge_forward_delay_seconds summary");
+        for (q, v) in [
+            ("0.5", d.p50_us),
+            ("0.99", d.p99_us),
+            ("0.999", d.p999_us),
+            ("1", d.max_us),
+        ] {
+            let _ = writeln!(
+                out,
+                "lodge_forward_delay_seconds{{quantile=\"{q}\"}} {}",
+                v as f64 / 1e6
+            );
+        }
+        let _ = writeln!(out, "lodge_forward_delay_seconds_count {}", d.count);
     }
     if let Some(cpu) = crate::quality::process_cpu_seconds() {
         let _ = writeln!(out, "# HELP lodge_process_cpu_seconds_total CPU time of the node process (user + system)\n# TYPE lodge_process_cpu_seconds_total counter\nlodge_process_cpu_seconds_total {cpu}");
