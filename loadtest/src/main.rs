@@ -7,7 +7,7 @@
 
 mod api;
 mod chat;
-mod playout;
+pub(crate) mod playout;
 mod speech;
 mod voice;
 

@@ -18,9 +18,12 @@ cleanup() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm
 trap cleanup EXIT
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$HP/readyz" >/dev/null && break; sleep 0.1; done
 if ! "$LOAD" voice --url "http://127.0.0.1:$HP" -n 12 -c 2 -s 2 -d 8 --probes 0.5 --strict \
-    --server-pid "$PID" --report "$TMP/voice.json"; then
+    --server-pid "$PID" --report "$TMP/voice.json" --out "$TMP/report"; then
   echo "---- lodge log (last 40 lines) ----"; tail -40 "$TMP/lodge.log"; exit 1
 fi
+for f in report.md report.json m2e-cdf.png pps.png join.png mos.png; do
+  [ -s "$TMP/report/$f" ] || { echo "voice smoke: $f missing"; exit 1; }
+done
 python3 - "$TMP/voice.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

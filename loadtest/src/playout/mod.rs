@@ -9,7 +9,7 @@
 
 mod audio_eval;
 mod bottleneck;
-mod plot;
+pub(crate) mod plot;
 
 use std::path::PathBuf;
 use std::time::Instant;

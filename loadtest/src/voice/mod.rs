@@ -9,6 +9,7 @@
 //! writes JSON.
 
 mod media;
+mod plot;
 mod proxy;
 mod report;
 mod signal;
@@ -86,6 +87,10 @@ pub struct VoiceArgs {
     /// Write the JSON report here (the Markdown report goes to stdout).
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Write report.md, report.json and PNG plots (mouth-to-ear CDF, MOS distribution, packets
+    /// per second over time, join times) into this directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Fail (exit 1) unless every caller joined, nothing failed, and every listener heard its
     /// channel's speakers.
     #[arg(long)]
@@ -558,6 +563,28 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
         interrupted,
     )?;
     println!("{}", rep.markdown);
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        crate::playout::plot::register_font()?;
+        let timeline = rep.json["timeline"].as_array().cloned().unwrap_or_default();
+        plot::m2e_cdf(&dir.join("m2e-cdf.png"), &rep.m2e)?;
+        plot::pps(&dir.join("pps.png"), &timeline)?;
+        plot::join(&dir.join("join.png"), &rep.join_ms)?;
+        if !rep.mos.is_empty() {
+            plot::mos(&dir.join("mos.png"), &rep.mos)?;
+        }
+        let md = format!(
+            "{}\n![mouth-to-ear CDF](m2e-cdf.png)\n\n![packets per second](pps.png)\n\n![join times](join.png)\n{}",
+            rep.markdown,
+            if rep.mos.is_empty() { "" } else { "\n![MOS of the probes](mos.png)\n" }
+        );
+        std::fs::write(dir.join("report.md"), md)?;
+        std::fs::write(
+            dir.join("report.json"),
+            serde_json::to_string_pretty(&rep.json)?,
+        )?;
+        eprintln!("report, JSON and plots written to {}", dir.display());
+    }
     if let Some(p) = &a.report {
         std::fs::write(p, serde_json::to_string_pretty(&rep.json)?)
             .with_context(|| format!("cannot write {}", p.display()))?;

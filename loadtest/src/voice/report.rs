@@ -23,6 +23,10 @@ pub struct ServerWindow {
 pub struct Report {
     pub markdown: String,
     pub json: Value,
+    /// For the plots: mouth-to-ear delays (µs), join times (ms), probe MOS estimates.
+    pub m2e: Histogram<u64>,
+    pub join_ms: Vec<f64>,
+    pub mos: Vec<f64>,
     /// Why a strict run fails (empty: it passes).
     pub strict_failures: Vec<String>,
 }
@@ -69,11 +73,13 @@ pub fn build(
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut jitters = Vec::new();
     let mut deaf = 0usize;
+    let mut join_ms = Vec::new();
     let mut probes = Vec::new();
     for (st, _) in results {
         m2e.add(&st.m2e_us)?;
         if let Some(ms) = st.connect_ms {
             join.record((ms.max(1.0)) as u64)?;
+            join_ms.push(ms);
         }
         received += st.received;
         gaps += st.gaps;
@@ -237,9 +243,13 @@ pub fn build(
         "errors": errors,
         "strict_failures": failures,
     });
+    let mos_all: Vec<f64> = probes.iter().map(|p| p.0).collect();
     Ok(Report {
         markdown: md,
         json,
+        m2e,
+        join_ms,
+        mos: mos_all,
         strict_failures: failures,
     })
 }
