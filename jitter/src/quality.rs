@@ -45,7 +45,8 @@ pub fn mos_from_r(r: f64) -> f64 {
     } else if r >= 100.0 {
         4.5
     } else {
-        1.0 + 0.035 * r + r * (r - 60.0) * (100.0 - r) * 7e-6
+        // The G.107 polynomial dips just below 1 for small R; MOS is 1..4.5 by definition.
+        (1.0 + 0.035 * r + r * (r - 60.0) * (100.0 - r) * 7e-6).clamp(1.0, 4.5)
     }
 }
 
@@ -75,6 +76,10 @@ mod tests {
         }
         assert_eq!(mos_from_r(-5.0), 1.0);
         assert_eq!(mos_from_r(120.0), 4.5);
+        assert!(
+            (1..100).all(|r| (1.0..=4.5).contains(&mos_from_r(r as f64))),
+            "never outside 1..4.5"
+        );
         // Monotone: more delay or loss never helps.
         let mut prev = 5.0;
         for l in 0..30 {

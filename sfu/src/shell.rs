@@ -2,9 +2,11 @@
 //! from signaling through a channel. One task owns the node, so the node needs no lock.
 //!
 //! Receiving is batched with quinn-udp (recvmmsg and GRO on Linux): per wake-up the shell reads up
-//! to [`RECV_ROUNDS`] batches before draining outputs, so a busy socket costs a few syscalls, one
-//! timer check and one output drain per batch, not per datagram. Sends go out one `sendmsg` per
-//! datagram (each goes to a different listener, so GSO does not apply).
+//! to [`RECV_ROUNDS`] batches, so a busy socket costs a few receive syscalls and one timer check
+//! per batch, not per datagram. What each datagram causes is sent before the next is handled
+//! (one `sendmsg` per datagram: each goes to a different listener, so GSO does not apply), so a
+//! packet waits only for the datagrams ahead of it. The time from a batch's return to each send
+//! is recorded ([`ForwardDelay`], `/metrics` `lodge_forward_delay_seconds`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,8 +27,7 @@ use crate::node::{
 use crate::participant::VoiceFlags;
 use crate::DropReason;
 
-/// recvmmsg calls per wake-up (each up to `quinn_udp::BATCH_SIZE` datagrams, 32 on Linux)
-/// before outputs are drained.
+/// recvmmsg calls per wake-up (each up to `quinn_udp::BATCH_SIZE` datagrams, 32 on Linux).
 pub const RECV_ROUNDS: usize = 4;
 
 enum Command {
@@ -188,6 +189,10 @@ async fn run(
                         let stride = meta.stride.max(1);
                         for seg in buf[..meta.len].chunks(stride) {
                             guarded(&mut panics, || node.handle_datagram(now, meta.addr, dst, seg));
+                            // Send what this datagram caused before handling the next: sends are
+                            // one syscall per datagram either way, and a packet then waits only
+                            // for the datagrams ahead of it, not for the whole batch.
+                            flush(&socket, &udp, &mut node, &ev_tx, Some(now), &mut delay).await;
                         }
                     }
                 }

@@ -217,7 +217,15 @@ impl Client {
         let mut pcm = vec![0i16; 960];
         let mut buf = vec![0u8; 2048];
         let tick = Duration::from_millis(20);
-        let mut next_tick = tokio::time::Instant::now() + tick;
+        // Only speakers and probes need the 20 ms frame clock; a plain listener wakes for its
+        // packets and str0m's timers alone (thousands of idle ticks per second otherwise).
+        let ticking = speaking.is_some() || probe;
+        let never = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut next_tick = if ticking {
+            tokio::time::Instant::now() + tick
+        } else {
+            never
+        };
         let mut next_flush = Instant::now() + Duration::from_millis(500);
         let mut was_connected = false;
         loop {
@@ -364,15 +372,15 @@ impl Client {
                         };
                     }
                 }
-                if Instant::now() >= next_flush && !live_batch.is_empty() {
-                    next_flush = Instant::now() + Duration::from_millis(500);
-                    if let Ok(mut h) = shared.live.lock() {
-                        for d in live_batch.drain(..) {
-                            let _ = h.record(d);
-                        }
+                continue;
+            }
+            if !live_batch.is_empty() && Instant::now() >= next_flush {
+                next_flush = Instant::now() + Duration::from_millis(500);
+                if let Ok(mut h) = shared.live.lock() {
+                    for d in live_batch.drain(..) {
+                        let _ = h.record(d);
                     }
                 }
-                continue;
             }
             let wake = tokio::time::Instant::from_std(timeout).min(next_tick);
             tokio::select! {

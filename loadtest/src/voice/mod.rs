@@ -164,7 +164,7 @@ fn encode_speech(pcm: &[i16]) -> Result<Vec<(Vec<u8>, u8)>> {
 }
 
 /// Start of the measurement window: when, the node's (rtp in, forwarded), its CPU seconds.
-type Window = (Instant, Option<(u64, u64)>, Option<f64>);
+type Window = (Instant, Option<(u64, u64)>, Option<f64>, Option<u64>);
 
 struct Setup {
     guild: String,
@@ -356,6 +356,17 @@ async fn node_forward_delay(api: &Api) -> Option<[f64; 4]> {
     Some([q("0.5")?, q("0.99")?, q("0.999")?, q("1")?])
 }
 
+/// The kernel's count of UDP datagrams dropped because a socket's receive buffer was full
+/// (system-wide, /proc/net/snmp RcvbufErrors): on one machine, the sign that the generator or
+/// the node could not keep up.
+fn udp_rcvbuf_errors() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut lines = s.lines().filter(|l| l.starts_with("Udp:"));
+    let (head, vals) = (lines.next()?, lines.next()?);
+    let i = head.split_whitespace().position(|k| k == "RcvbufErrors")?;
+    vals.split_whitespace().nth(i)?.parse().ok()
+}
+
 /// CPU seconds (user + system) of a local process, from /proc/<pid>/stat.
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -508,7 +519,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                     || handles.iter().filter(|h| h.is_finished()).count() + connected as usize >= a.callers
                     || started.elapsed() > Duration::from_secs_f64(a.callers as f64 / a.join_rate + 60.0));
                 if measure.is_none() && done_joining {
-                    measure = Some((Instant::now(), node_counters(&api).await, a.server_pid.and_then(cpu_seconds)));
+                    measure = Some((Instant::now(), node_counters(&api).await, a.server_pid.and_then(cpu_seconds), udp_rcvbuf_errors()));
                 }
                 if let Some(m) = measure {
                     if m.0.elapsed() >= Duration::from_secs(a.duration) { break; }
@@ -525,6 +536,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
         Instant::now(),
         node_counters(&api).await,
         a.server_pid.and_then(cpu_seconds),
+        udp_rcvbuf_errors(),
     );
     let _ = stop_tx.send(true);
     bar.finish_and_clear();
@@ -539,15 +551,21 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
     }
     let errors = errors.lock().expect("errors lock").clone();
     let server = match (measure, window_end) {
-        (Some((t0, Some(c0), cpu0)), (t1, Some(c1), cpu1)) => Some(report::ServerWindow {
-            seconds: (t1 - t0).as_secs_f64(),
-            rtp_in: c1.0.saturating_sub(c0.0),
-            rtp_forwarded: c1.1.saturating_sub(c0.1),
-            cpu_seconds: match (cpu0, cpu1) {
-                (Some(a), Some(b)) => Some(b - a),
-                _ => None,
-            },
-        }),
+        (Some((t0, Some(c0), cpu0, rb0)), (t1, Some(c1), cpu1, rb1)) => {
+            Some(report::ServerWindow {
+                udp_rcvbuf_drops: match (rb0, rb1) {
+                    (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                    _ => None,
+                },
+                seconds: (t1 - t0).as_secs_f64(),
+                rtp_in: c1.0.saturating_sub(c0.0),
+                rtp_forwarded: c1.1.saturating_sub(c0.1),
+                cpu_seconds: match (cpu0, cpu1) {
+                    (Some(a), Some(b)) => Some(b - a),
+                    _ => None,
+                },
+            })
+        }
         _ => None,
     };
     let rep = report::build(

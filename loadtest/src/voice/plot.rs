@@ -20,11 +20,12 @@ const RED: RGBColor = RGBColor(214, 96, 77);
 pub fn m2e_cdf(path: &Path, h: &Histogram<u64>) -> Result<()> {
     let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
+    let xmin = (h.min() as f64 / 1000.0 / 2.0).max(0.01);
     let pts: Vec<(f64, f64)> = h
         .iter_quantiles(4)
         .map(|v| {
             (
-                (v.value_iterated_to() as f64 / 1000.0).max(0.01),
+                (v.value_iterated_to() as f64 / 1000.0).max(xmin),
                 v.quantile_iterated_to(),
             )
         })
@@ -45,7 +46,7 @@ pub fn m2e_cdf(path: &Path, h: &Histogram<u64>) -> Result<()> {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(56)
-        .build_cartesian_2d((0.01f64..xmax).log_scale(), 0.0f64..1.0)
+        .build_cartesian_2d((xmin..xmax).log_scale(), 0.0f64..1.0)
         .map_err(err)?;
     c.configure_mesh()
         .x_desc("delay, ms (log)")

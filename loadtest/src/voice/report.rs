@@ -18,6 +18,8 @@ pub struct ServerWindow {
     pub rtp_in: u64,
     pub rtp_forwarded: u64,
     pub cpu_seconds: Option<f64>,
+    /// UDP datagrams the kernel dropped for full receive buffers during the window.
+    pub udp_rcvbuf_drops: Option<u64>,
 }
 
 pub struct Report {
@@ -201,6 +203,12 @@ pub fn build(
             s.rtp_in as f64 / s.seconds,
             s.rtp_forwarded as f64 / s.seconds
         ));
+        if let Some(d) = s.udp_rcvbuf_drops {
+            md.push_str(&format!(
+                "| kernel UDP receive-buffer drops in the window (this machine) | {d}{} |\n",
+                if d > 0 { " — a receiver (usually the generator) could not keep up: loss above is partly the test's own" } else { "" }
+            ));
+        }
         if let (Some(c), Some(us)) = (s.cpu_seconds, cpu_per_packet_us) {
             md.push_str(&format!(
                 "| node CPU in the window | {c:.2} s ({:.0}% of a core); {us:.2} µs per forwarded packet |\n",
@@ -237,6 +245,7 @@ pub fn build(
         "probes": probes.iter().map(|p| json!({ "mos_estimate": p.0, "concealment_pct": p.1, "buffer_delay_ms": p.2 })).collect::<Vec<_>>(),
         "server": server.as_ref().map(|s| json!({ "window_s": s.seconds, "rtp_in": s.rtp_in,
             "rtp_forwarded": s.rtp_forwarded, "cpu_seconds": s.cpu_seconds,
+            "udp_rcvbuf_drops": s.udp_rcvbuf_drops,
             "cpu_us_per_forwarded_packet": cpu_per_packet_us })),
         "node_forward_delay_ms": forward_delay_ms.map(|[p50, p99, p999, max]| json!({ "p50": p50, "p99": p99, "p99_9": p999, "max": max })),
         "timeline": timeline,
