@@ -335,6 +335,22 @@ async fn node_counters(api: &Api) -> Option<(u64, u64)> {
     ))
 }
 
+/// The node's non-zero drop counters by reason (since it started).
+async fn node_drops(api: &Api) -> Vec<(String, u64)> {
+    let Ok(r) = api.http.get(format!("{}/metrics", api.base)).send().await else {
+        return Vec::new();
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("lodge_dropped_total{reason=\"")?;
+            let (reason, tail) = rest.split_once("\"} ")?;
+            let n = tail.trim().parse::<u64>().ok()?;
+            (n > 0).then(|| (reason.to_string(), n))
+        })
+        .collect()
+}
+
 /// The node's receive → send delay quantiles (p50, p99, p99.9, max) in ms, since it started.
 async fn node_forward_delay(api: &Api) -> Option<[f64; 4]> {
     let text = api
@@ -577,6 +593,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
         &errors,
         server,
         node_forward_delay(&api).await,
+        node_drops(&api).await,
         timeline,
         interrupted,
     )?;

@@ -66,6 +66,7 @@ pub fn build(
     errors: &[String],
     server: Option<ServerWindow>,
     forward_delay_ms: Option<[f64; 4]>,
+    node_drops: Vec<(String, u64)>,
     timeline: Vec<Value>,
     interrupted: bool,
 ) -> Result<Report> {
@@ -222,6 +223,18 @@ pub fn build(
         ));
     }
     md.push_str(&format!(
+        "| node drops by reason (whole run) | {} |\n",
+        if node_drops.is_empty() {
+            "none".to_string()
+        } else {
+            node_drops
+                .iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    ));
+    md.push_str(&format!(
         "| errors | {}{} |\n",
         errors.len(),
         errors
@@ -248,6 +261,7 @@ pub fn build(
             "udp_rcvbuf_drops": s.udp_rcvbuf_drops,
             "cpu_us_per_forwarded_packet": cpu_per_packet_us })),
         "node_forward_delay_ms": forward_delay_ms.map(|[p50, p99, p999, max]| json!({ "p50": p50, "p99": p99, "p99_9": p999, "max": max })),
+        "node_drops": node_drops.iter().map(|(r, n)| json!({ "reason": r, "count": n })).collect::<Vec<_>>(),
         "timeline": timeline,
         "errors": errors,
         "strict_failures": failures,
