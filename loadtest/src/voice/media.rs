@@ -124,6 +124,8 @@ pub struct CallerStats {
     /// announcement for the SSRC yet, or a stale send record).
     pub unmatched: u64,
     pub probe: Option<ProbeStats>,
+    /// Datagrams the caller's WebRTC stack refused (SRTP, parse or state errors).
+    pub input_errors: u64,
 }
 
 pub struct Client {
@@ -203,6 +205,7 @@ impl Client {
             repeated: 0,
             unmatched: 0,
             probe: None,
+            input_errors: 0,
         };
         let mut rx: HashMap<u32, SlotRx> = HashMap::new();
         let mut talk = speaking.as_ref().map(|s| Talk::new(s.talk, s.seed));
@@ -387,9 +390,11 @@ impl Client {
                 r = self.sock.recv_from(&mut buf) => {
                     if let Ok((n, src)) = r {
                         if let Ok(contents) = buf[..n].try_into() {
-                            let _ = self.rtc.handle_input(Input::Receive(Instant::now(), Receive {
+                            if self.rtc.handle_input(Input::Receive(Instant::now(), Receive {
                                 proto: Protocol::Udp, source: src, destination: self.local, contents,
-                            }));
+                            })).is_err() {
+                                st.input_errors += 1;
+                            }
                         }
                     }
                 }
