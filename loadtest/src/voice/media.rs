@@ -92,9 +92,12 @@ pub struct Speaking {
 
 /// Per-slot receive state.
 struct SlotRx {
+    /// Lowest and highest extended sequence number seen.
+    first_seq: u64,
     last_seq: Option<u64>,
     received: u64,
-    gaps: u64,
+    /// Packets that arrived after a later one (counted, not treated as lost).
+    reordered: u64,
     /// RFC 3550 interarrival jitter, in RTP units (48 kHz).
     jitter: f64,
     last_transit: Option<f64>,
@@ -126,6 +129,8 @@ pub struct CallerStats {
     pub probe: Option<ProbeStats>,
     /// Datagrams the caller's WebRTC stack refused (SRTP, parse or state errors).
     pub input_errors: u64,
+    /// Packets that arrived after a later one of the same slot.
+    pub reordered: u64,
 }
 
 pub struct Client {
@@ -206,6 +211,7 @@ impl Client {
             unmatched: 0,
             probe: None,
             input_errors: 0,
+            reordered: 0,
         };
         let mut rx: HashMap<u32, SlotRx> = HashMap::new();
         let mut talk = speaking.as_ref().map(|s| Talk::new(s.talk, s.seed));
@@ -243,9 +249,10 @@ impl Client {
                         let now_us = shared.us(p.timestamp);
                         let ssrc = *p.header.ssrc;
                         let s = rx.entry(ssrc).or_insert_with(|| SlotRx {
+                            first_seq: *p.seq_no,
                             last_seq: None,
                             received: 0,
-                            gaps: 0,
+                            reordered: 0,
                             jitter: 0.0,
                             last_transit: None,
                             probe: if probe {
@@ -258,12 +265,10 @@ impl Client {
                         });
                         let ext = *p.seq_no;
                         match s.last_seq {
-                            Some(l) if ext > l + 1 => s.gaps += ext - l - 1,
-                            _ => {}
+                            Some(l) if ext < l => s.reordered += 1,
+                            _ => s.last_seq = Some(ext),
                         }
-                        if s.last_seq.is_none_or(|l| ext > l) {
-                            s.last_seq = Some(ext);
-                        }
+                        s.first_seq = s.first_seq.min(ext);
                         s.received += 1;
                         // RFC 3550 A.8: transit in RTP units; J += (|D| - J) / 16.
                         let transit = now_us as f64 * 0.048 - p.header.timestamp as f64;
@@ -405,7 +410,11 @@ impl Client {
             }
         }
         for s in rx.values_mut() {
-            st.gaps += s.gaps;
+            // Lost = expected range − received (a late packet is not lost), as RFC 3550 counts.
+            if let Some(last) = s.last_seq {
+                st.gaps += (last - s.first_seq + 1).saturating_sub(s.received);
+            }
+            st.reordered += s.reordered;
             if s.received > 1 {
                 st.jitter_ms.push(s.jitter / 48.0);
             }

@@ -75,6 +75,7 @@ pub fn build(
     let (mut received, mut gaps, mut sent, mut unmatched, mut repeated) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut input_errors = 0u64;
+    let mut reordered = 0u64;
     let mut jitters = Vec::new();
     let mut deaf = 0usize;
     let mut join_ms = Vec::new();
@@ -91,6 +92,7 @@ pub fn build(
         unmatched += st.unmatched;
         repeated += st.repeated;
         input_errors += st.input_errors;
+        reordered += st.reordered;
         jitters.extend(st.jitter_ms.iter().copied());
         // With one speaker per channel the speaker hears nobody; everyone else must hear.
         let alone = st.rtp_sent > 0 && a.speakers == 1;
@@ -173,10 +175,10 @@ pub fn build(
         "| RTP sent by speakers / received by callers | {sent} / {received} |\n"
     ));
     md.push_str(&format!(
-        "| loss seen by listeners (sequence gaps) | {loss_pct:.3}% |\n"
+        "| loss seen by listeners (expected − received per slot, RFC 3550 style) | {loss_pct:.3}% |\n"
     ));
     md.push_str(&format!(
-        "| datagrams the callers' WebRTC stacks refused | {input_errors} |\n"
+        "| datagrams the callers' WebRTC stacks refused / packets reordered | {input_errors} / {reordered} |\n"
     ));
     md.push_str(&format!(
         "| jitter per slot, ms (p50 / p95 / max) | {:.2} / {:.2} / {:.2} |\n",
@@ -257,7 +259,7 @@ pub fn build(
         "connected": connected,
         "join_ms": join_q,
         "rtp_sent": sent, "rtp_received": received, "sequence_gaps": gaps, "loss_pct": loss_pct,
-        "unmatched": unmatched, "repeated_payloads": repeated, "caller_input_errors": input_errors,
+        "unmatched": unmatched, "repeated_payloads": repeated, "caller_input_errors": input_errors, "reordered": reordered,
         "jitter_ms": { "p50": pct(&mut jitters, 0.5), "p95": pct(&mut jitters, 0.95), "max": pct(&mut jitters, 1.0) },
         "mouth_to_ear_ms": m2e_q,
         "probes": probes.iter().map(|p| json!({ "mos_estimate": p.0, "concealment_pct": p.1, "buffer_delay_ms": p.2 })).collect::<Vec<_>>(),
