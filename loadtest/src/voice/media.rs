@@ -131,6 +131,8 @@ pub struct CallerStats {
     pub input_errors: u64,
     /// Packets that arrived after a later one of the same slot.
     pub reordered: u64,
+    /// RTP datagrams read from the socket (before the WebRTC stack).
+    pub rtp_datagrams: u64,
 }
 
 pub struct Client {
@@ -212,6 +214,7 @@ impl Client {
             probe: None,
             input_errors: 0,
             reordered: 0,
+            rtp_datagrams: 0,
         };
         let mut rx: HashMap<u32, SlotRx> = HashMap::new();
         let mut talk = speaking.as_ref().map(|s| Talk::new(s.talk, s.seed));
@@ -394,6 +397,11 @@ impl Client {
             tokio::select! {
                 r = self.sock.recv_from(&mut buf) => {
                     if let Ok((n, src)) = r {
+                        // RTP (version 2, not an RTCP packet type 200..=206) as it came off the
+                        // socket, to tell network loss from loss inside the caller's stack.
+                        if n >= 12 && buf[0] >> 6 == 2 && !(200..=206).contains(&buf[1]) {
+                            st.rtp_datagrams += 1;
+                        }
                         if let Ok(contents) = buf[..n].try_into() {
                             if self.rtc.handle_input(Input::Receive(Instant::now(), Receive {
                                 proto: Protocol::Udp, source: src, destination: self.local, contents,

@@ -76,6 +76,7 @@ pub fn build(
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut input_errors = 0u64;
     let mut reordered = 0u64;
+    let mut rtp_datagrams = 0u64;
     let mut jitters = Vec::new();
     let mut deaf = 0usize;
     let mut join_ms = Vec::new();
@@ -93,6 +94,7 @@ pub fn build(
         repeated += st.repeated;
         input_errors += st.input_errors;
         reordered += st.reordered;
+        rtp_datagrams += st.rtp_datagrams;
         jitters.extend(st.jitter_ms.iter().copied());
         // With one speaker per channel the speaker hears nobody; everyone else must hear.
         let alone = st.rtp_sent > 0 && a.speakers == 1;
@@ -172,7 +174,7 @@ pub fn build(
         q(&join_q, "max")
     ));
     md.push_str(&format!(
-        "| RTP sent by speakers / received by callers | {sent} / {received} |\n"
+        "| RTP sent by speakers / read from callers' sockets / delivered by their WebRTC stacks | {sent} / {rtp_datagrams} / {received} |\n"
     ));
     md.push_str(&format!(
         "| loss seen by listeners (expected − received per slot, RFC 3550 style) | {loss_pct:.3}% |\n"
@@ -259,7 +261,7 @@ pub fn build(
         "connected": connected,
         "join_ms": join_q,
         "rtp_sent": sent, "rtp_received": received, "sequence_gaps": gaps, "loss_pct": loss_pct,
-        "unmatched": unmatched, "repeated_payloads": repeated, "caller_input_errors": input_errors, "reordered": reordered,
+        "unmatched": unmatched, "repeated_payloads": repeated, "caller_input_errors": input_errors, "reordered": reordered, "rtp_datagrams_read": rtp_datagrams,
         "jitter_ms": { "p50": pct(&mut jitters, 0.5), "p95": pct(&mut jitters, 0.95), "max": pct(&mut jitters, 1.0) },
         "mouth_to_ear_ms": m2e_q,
         "probes": probes.iter().map(|p| json!({ "mos_estimate": p.0, "concealment_pct": p.1, "buffer_delay_ms": p.2 })).collect::<Vec<_>>(),
