@@ -899,14 +899,21 @@ impl Node {
                 continue;
             }
             // Drain the listener's transmits right away (no events are expected from writing).
+            let mut sent = false;
             loop {
                 match l.rtc.poll_output() {
-                    Ok(Output::Transmit(t)) => out.push_back(NodeOutput::Transmit(Transmit {
-                        destination: t.destination,
-                        contents: t.contents.into(),
-                    })),
+                    Ok(Output::Transmit(t)) => {
+                        sent = true;
+                        out.push_back(NodeOutput::Transmit(Transmit {
+                            destination: t.destination,
+                            contents: t.contents.into(),
+                        }))
+                    }
                     Ok(Output::Timeout(t)) => {
                         l.next_timeout = t;
+                        if !sent {
+                            stats.rtp_deferred += 1;
+                        }
                         break;
                     }
                     Ok(Output::Event(_)) => {}

@@ -27,6 +27,9 @@ use crate::node::{
 use crate::participant::VoiceFlags;
 use crate::DropReason;
 
+/// Kernel receive/send buffer asked for on the media socket (the kernel may cap it).
+pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
 /// recvmmsg calls per wake-up (each up to `quinn_udp::BATCH_SIZE` datagrams, 32 on Linux).
 pub const RECV_ROUNDS: usize = 4;
 
@@ -49,6 +52,8 @@ pub struct NodeReport {
     pub bytes_out: u64,
     pub rtp_in: u64,
     pub rtp_forwarded: u64,
+    /// Forwarded packets that did not leave in the same call (str0m queued them).
+    pub rtp_deferred: u64,
     pub drops: Vec<(&'static str, u64)>,
     pub peers: Vec<ParticipantReport>,
     /// Receive → send inside the node since start, µs (see [`ForwardDelay`]).
@@ -147,6 +152,31 @@ async fn run(
             return;
         }
     };
+    // Kernel socket buffers: a burst of datagrams arriving while the node fans out the previous
+    // ones must wait in the kernel, not be dropped there. Capped by net.core.rmem_max/wmem_max.
+    for (what, r) in [
+        (
+            "receive",
+            udp.set_recv_buffer_size((&*socket).into(), SOCKET_BUFFER_BYTES),
+        ),
+        (
+            "send",
+            udp.set_send_buffer_size((&*socket).into(), SOCKET_BUFFER_BYTES),
+        ),
+    ] {
+        if let Err(e) = r {
+            warn!(error = %e, "cannot enlarge the UDP {what} buffer");
+        }
+    }
+    if let Ok(n) = udp.recv_buffer_size((&*socket).into()) {
+        if n < SOCKET_BUFFER_BYTES {
+            info!(
+                bytes = n,
+                wanted = SOCKET_BUFFER_BYTES,
+                "UDP receive buffer is smaller than wanted; raise net.core.rmem_max for bursts"
+            );
+        }
+    }
     // Receive buffers, allocated once: room for GRO-coalesced datagrams in each.
     let buf_len = 2048 * udp.gro_segments().max(1);
     let mut storage: Vec<Vec<u8>> = (0..quinn_udp::BATCH_SIZE)
@@ -308,6 +338,7 @@ fn report(node: &Node, delay: &hdrhistogram::Histogram<u64>) -> NodeReport {
         bytes_out: s.bytes_out,
         rtp_in: s.rtp_in,
         rtp_forwarded: s.rtp_forwarded,
+        rtp_deferred: s.rtp_deferred,
         drops: DropReason::ALL
             .iter()
             .map(|r| (r.as_str(), s.drops.get(*r)))

@@ -39,5 +39,7 @@ pub struct NodeStats {
     pub bytes_out: u64,
     pub rtp_in: u64,
     pub rtp_forwarded: u64,
+    /// Forwarded packets str0m did not transmit in the same call (queued for later).
+    pub rtp_deferred: u64,
     pub drops: DropCounters,
 }

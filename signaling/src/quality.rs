@@ -425,6 +425,7 @@ mod tests {
                 bytes_out: 0,
                 rtp_in: 0,
                 rtp_forwarded: 0,
+                rtp_deferred: 0,
                 drops: vec![],
                 peers: vec![lodge_sfu::ParticipantReport {
                     idx: 3,

@@ -133,6 +133,8 @@ pub struct CallerStats {
     pub reordered: u64,
     /// RTP datagrams read from the socket (before the WebRTC stack).
     pub rtp_datagrams: u64,
+    /// Sequence gaps by size: 1, 2, 3–5, 6–20, more.
+    pub gap_sizes: [u64; 5],
 }
 
 pub struct Client {
@@ -215,6 +217,7 @@ impl Client {
             input_errors: 0,
             reordered: 0,
             rtp_datagrams: 0,
+            gap_sizes: [0; 5],
         };
         let mut rx: HashMap<u32, SlotRx> = HashMap::new();
         let mut talk = speaking.as_ref().map(|s| Talk::new(s.talk, s.seed));
@@ -269,7 +272,21 @@ impl Client {
                         let ext = *p.seq_no;
                         match s.last_seq {
                             Some(l) if ext < l => s.reordered += 1,
-                            _ => s.last_seq = Some(ext),
+                            Some(l) => {
+                                if ext > l + 1 {
+                                    let g = ext - l - 1;
+                                    let b = match g {
+                                        1 => 0,
+                                        2 => 1,
+                                        3..=5 => 2,
+                                        6..=20 => 3,
+                                        _ => 4,
+                                    };
+                                    st.gap_sizes[b] += 1;
+                                }
+                                s.last_seq = Some(ext);
+                            }
+                            None => s.last_seq = Some(ext),
                         }
                         s.first_seq = s.first_seq.min(ext);
                         s.received += 1;

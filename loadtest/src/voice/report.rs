@@ -77,6 +77,7 @@ pub fn build(
     let mut input_errors = 0u64;
     let mut reordered = 0u64;
     let mut rtp_datagrams = 0u64;
+    let mut gap_sizes = [0u64; 5];
     let mut jitters = Vec::new();
     let mut deaf = 0usize;
     let mut join_ms = Vec::new();
@@ -95,6 +96,9 @@ pub fn build(
         input_errors += st.input_errors;
         reordered += st.reordered;
         rtp_datagrams += st.rtp_datagrams;
+        for (a, b) in gap_sizes.iter_mut().zip(st.gap_sizes) {
+            *a += b;
+        }
         jitters.extend(st.jitter_ms.iter().copied());
         // With one speaker per channel the speaker hears nobody; everyone else must hear.
         let alone = st.rtp_sent > 0 && a.speakers == 1;
@@ -180,6 +184,10 @@ pub fn build(
         "| loss seen by listeners (expected − received per slot, RFC 3550 style) | {loss_pct:.3}% |\n"
     ));
     md.push_str(&format!(
+        "| sequence gaps by size (1 / 2 / 3–5 / 6–20 / more) | {} / {} / {} / {} / {} |\n",
+        gap_sizes[0], gap_sizes[1], gap_sizes[2], gap_sizes[3], gap_sizes[4]
+    ));
+    md.push_str(&format!(
         "| datagrams the callers' WebRTC stacks refused / packets reordered | {input_errors} / {reordered} |\n"
     ));
     md.push_str(&format!(
@@ -261,7 +269,7 @@ pub fn build(
         "connected": connected,
         "join_ms": join_q,
         "rtp_sent": sent, "rtp_received": received, "sequence_gaps": gaps, "loss_pct": loss_pct,
-        "unmatched": unmatched, "repeated_payloads": repeated, "caller_input_errors": input_errors, "reordered": reordered, "rtp_datagrams_read": rtp_datagrams,
+        "unmatched": unmatched, "repeated_payloads": repeated, "caller_input_errors": input_errors, "reordered": reordered, "rtp_datagrams_read": rtp_datagrams, "gap_sizes": gap_sizes,
         "jitter_ms": { "p50": pct(&mut jitters, 0.5), "p95": pct(&mut jitters, 0.95), "max": pct(&mut jitters, 1.0) },
         "mouth_to_ear_ms": m2e_q,
         "probes": probes.iter().map(|p| json!({ "mos_estimate": p.0, "concealment_pct": p.1, "buffer_delay_ms": p.2 })).collect::<Vec<_>>(),

@@ -141,6 +141,12 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             "counter",
             r.rtp_forwarded,
         );
+        g(
+            "rtp_deferred_total",
+            "Forwarded RTP packets the WebRTC stack did not transmit at once (queued)",
+            "counter",
+            r.rtp_deferred,
+        );
         let _ = writeln!(out, "# HELP lodge_dropped_total Datagrams or packets not forwarded, by reason\n# TYPE lodge_dropped_total counter");
         for (reason, n) in &r.drops {
             let _ = writeln!(out, "lodge_dropped_total{{reason=\"{reason}\"}} {n}");
