@@ -2,9 +2,10 @@
 # A small `lodge-load voice` run against a fresh node: 12 WebRTC callers (str0m) in 2 voice
 # channels, 2 speakers each sending Opus speech in talk spurts, half the listeners probing with
 # the jitter buffer and Opus decode; strict (every caller connects and hears, no errors). Then the
-# report must show what a clean loopback gives: no loss, low delay, a good MOS estimate. The
-# full-size run is a benchmark (docs/BENCHMARKS.md):
-#   lodge-load voice -n 1000 -c 10 -s 2 -d 30 --server-pid <pid>
+# report must show what a clean loopback gives: no loss, low delay, a good MOS estimate. It also
+# checks that bad options are refused with the limit named and that Ctrl-C stops a run with a
+# partial report. The full-size run is a benchmark (docs/BENCHMARKS.md):
+#   lodge-load voice -n 500 -c 10 -s 2 -d 30 --join-rate 100 --server-pid <pid> --out DIR
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 BIN="${LODGE_BIN:-$ROOT/target/debug/lodge}"
@@ -21,6 +22,20 @@ if ! "$LOAD" voice --url "http://127.0.0.1:$HP" -n 12 -c 2 -s 2 -d 8 --probes 0.
     --server-pid "$PID" --report "$TMP/voice.json" --out "$TMP/report"; then
   echo "---- lodge log (last 40 lines) ----"; tail -40 "$TMP/lodge.log"; exit 1
 fi
+# Bad options are refused with the limit named, before anything is set up.
+if out="$("$LOAD" voice --url "http://127.0.0.1:$HP" -n 4 -c 8 2>&1)"; then
+  echo "voice smoke: more channels than callers was accepted"; exit 1
+fi
+echo "$out" | grep -q "cannot exceed --callers" || { echo "voice smoke: unclear error: $out"; exit 1; }
+# Ctrl-C (SIGINT) mid-run stops the callers and still writes a report, marked partial.
+"$LOAD" voice --url "http://127.0.0.1:$HP" -n 4 -s 2 -d 60 --report "$TMP/partial.json" >/dev/null 2>"$TMP/partial.err" &
+LP=$!
+for _ in $(seq 1 60); do  # until all four have media (at most 30 s), then interrupt
+  curl -fs "http://127.0.0.1:$HP/metrics" | grep -q '^lodge_participants 4$' && break; sleep 0.5
+done
+sleep 1; kill -INT "$LP"
+if wait "$LP"; then echo "voice smoke: an interrupted run must not exit 0"; exit 1; fi
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["interrupted"] and r["connected"]==4, r' "$TMP/partial.json"
 for f in report.md report.json m2e-cdf.png pps.png join.png mos.png; do
   [ -s "$TMP/report/$f" ] || { echo "voice smoke: $f missing"; exit 1; }
 done
