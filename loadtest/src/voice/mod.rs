@@ -312,22 +312,24 @@ async fn setup(api: &Arc<Api>, a: &VoiceArgs) -> Result<Setup> {
     })
 }
 
-/// (rtp received, rtp forwarded) from the node's /metrics.
-async fn node_counters(api: &Api) -> Option<(u64, u64)> {
-    let text = api
+/// The node's Prometheus text, or `None` when it cannot be read.
+async fn fetch_metrics(api: &Api) -> Option<String> {
+    let r = api
         .http
         .get(format!("{}/metrics", api.base))
         .send()
         .await
-        .ok()?
-        .text()
-        .await
         .ok()?;
+    r.text().await.ok()
+}
+
+/// (rtp received, rtp forwarded) from the node's metrics.
+fn node_counters(metrics: &str) -> Option<(u64, u64)> {
     let get = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<u64>().ok())
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<u64>().ok())
     };
     Some((
         get("lodge_rtp_received_total")?,
@@ -336,12 +338,9 @@ async fn node_counters(api: &Api) -> Option<(u64, u64)> {
 }
 
 /// The node's non-zero drop counters by reason (since it started).
-async fn node_drops(api: &Api) -> Vec<(String, u64)> {
-    let Ok(r) = api.http.get(format!("{}/metrics", api.base)).send().await else {
-        return Vec::new();
-    };
-    let text = r.text().await.unwrap_or_default();
-    text.lines()
+fn node_drops(metrics: &str) -> Vec<(String, u64)> {
+    metrics
+        .lines()
         .filter_map(|l| {
             let rest = l.strip_prefix("lodge_dropped_total{reason=\"")?;
             let (reason, tail) = rest.split_once("\"} ")?;
@@ -352,19 +351,11 @@ async fn node_drops(api: &Api) -> Vec<(String, u64)> {
 }
 
 /// The node's receive → send delay quantiles (p50, p99, p99.9, max) in ms, since it started.
-async fn node_forward_delay(api: &Api) -> Option<[f64; 4]> {
-    let text = api
-        .http
-        .get(format!("{}/metrics", api.base))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+fn node_forward_delay(metrics: &str) -> Option<[f64; 4]> {
     let q = |quantile: &str| {
         let key = format!("lodge_forward_delay_seconds{{quantile=\"{quantile}\"}} ");
-        text.lines()
+        metrics
+            .lines()
             .find_map(|l| l.strip_prefix(&key))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .map(|s| s * 1000.0)
@@ -535,7 +526,8 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                     || handles.iter().filter(|h| h.is_finished()).count() + connected as usize >= a.callers
                     || started.elapsed() > Duration::from_secs_f64(a.callers as f64 / a.join_rate + 60.0));
                 if measure.is_none() && done_joining {
-                    measure = Some((Instant::now(), node_counters(&api).await, a.server_pid.and_then(cpu_seconds), udp_rcvbuf_errors()));
+                    let m = fetch_metrics(&api).await;
+                    measure = Some((Instant::now(), m.as_deref().and_then(node_counters), a.server_pid.and_then(cpu_seconds), udp_rcvbuf_errors()));
                 }
                 if let Some(m) = measure {
                     if m.0.elapsed() >= Duration::from_secs(a.duration) { break; }
@@ -548,9 +540,11 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
             }
         }
     }
+    // One scrape at the end serves the window's counters, the delay quantiles and the drops.
+    let end_metrics = fetch_metrics(&api).await.unwrap_or_default();
     let window_end = (
         Instant::now(),
-        node_counters(&api).await,
+        node_counters(&end_metrics),
         a.server_pid.and_then(cpu_seconds),
         udp_rcvbuf_errors(),
     );
@@ -592,8 +586,8 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
         &results,
         &errors,
         server,
-        node_forward_delay(&api).await,
-        node_drops(&api).await,
+        node_forward_delay(&end_metrics),
+        node_drops(&end_metrics),
         timeline,
         interrupted,
     )?;
@@ -632,4 +626,24 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
         return Ok(false);
     }
     Ok(!interrupted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_node_metrics_it_needs() {
+        let m = "lodge_rtp_received_total 12\nlodge_rtp_received_total_x 99\n\
+                 lodge_rtp_forwarded_total 340\n\
+                 lodge_dropped_total{reason=\"muted\"} 0\nlodge_dropped_total{reason=\"stale\"} 3\n\
+                 lodge_forward_delay_seconds{quantile=\"0.5\"} 0.0005\n\
+                 lodge_forward_delay_seconds{quantile=\"0.99\"} 0.002\n\
+                 lodge_forward_delay_seconds{quantile=\"0.999\"} 0.004\n\
+                 lodge_forward_delay_seconds{quantile=\"1\"} 0.01\n";
+        assert_eq!(node_counters(m), Some((12, 340)));
+        assert_eq!(node_drops(m), vec![("stale".to_string(), 3)]);
+        assert_eq!(node_forward_delay(m), Some([0.5, 2.0, 4.0, 10.0]));
+        assert_eq!(node_counters(""), None);
+    }
 }
