@@ -28,13 +28,29 @@ pub fn participant_mos(s: &ParticipantStats) -> Option<f64> {
     if s.packets_in + s.packets_out == 0 {
         return None;
     }
-    let jitter = s
-        .jitter_in_ms
-        .unwrap_or(0.0)
-        .max(s.jitter_out_ms.unwrap_or(0.0)) as f64;
+    let jitter = worse_jitter_ms(s).unwrap_or(0.0);
     let delay = s.rtt_ms.unwrap_or(0.0) as f64 / 2.0 + (2.0 * jitter).max(20.0) + 26.5;
-    let loss = s.loss_in.unwrap_or(0.0).max(s.loss_out.unwrap_or(0.0)) as f64 * 100.0;
+    let loss = worse_loss(s).unwrap_or(0.0) * 100.0;
     Some(mos_estimate(&QualityInput::opus(delay, loss)))
+}
+
+/// The larger of two optional figures, if either is known.
+fn worse(a: Option<f32>, b: Option<f32>) -> Option<f64> {
+    match (a, b) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0.0).max(b.unwrap_or(0.0)) as f64),
+    }
+}
+
+/// Interarrival jitter of the worse direction (uplink as the node measures it, downlink as the
+/// participant reports it), ms.
+pub fn worse_jitter_ms(s: &ParticipantStats) -> Option<f64> {
+    worse(s.jitter_in_ms, s.jitter_out_ms)
+}
+
+/// Loss fraction (0..1) of the worse direction.
+pub fn worse_loss(s: &ParticipantStats) -> Option<f64> {
+    worse(s.loss_in, s.loss_out)
 }
 
 /// A point of the node timeline.
@@ -131,11 +147,7 @@ impl Telemetry {
             let Some(t) = self.calls.get_mut(&ParticipantIdx(p.idx)) else {
                 continue;
             };
-            let j = match (p.stats.jitter_in_ms, p.stats.jitter_out_ms) {
-                (None, None) => None,
-                (a, b) => Some(a.unwrap_or(0.0).max(b.unwrap_or(0.0)) as f64),
-            };
-            if let Some(j) = j {
+            if let Some(j) = worse_jitter_ms(&p.stats) {
                 t.jitter_hist[(j as usize).min(JITTER_BINS - 1)] += 1;
                 t.jitter_sum += j;
                 t.jitter_n += 1;
@@ -233,18 +245,9 @@ pub fn write_participant_metrics(out: &mut String, r: &lodge_sfu::shell::NodeRep
         .collect();
     let jitter: Vec<f64> = live
         .iter()
-        .filter_map(|p| match (p.stats.jitter_in_ms, p.stats.jitter_out_ms) {
-            (None, None) => None,
-            (a, b) => Some(a.unwrap_or(0.0).max(b.unwrap_or(0.0)) as f64),
-        })
+        .filter_map(|p| worse_jitter_ms(&p.stats))
         .collect();
-    let loss: Vec<f64> = live
-        .iter()
-        .filter_map(|p| match (p.stats.loss_in, p.stats.loss_out) {
-            (None, None) => None,
-            (a, b) => Some(a.unwrap_or(0.0).max(b.unwrap_or(0.0)) as f64),
-        })
-        .collect();
+    let loss: Vec<f64> = live.iter().filter_map(|p| worse_loss(&p.stats)).collect();
     let rtt: Vec<f64> = live
         .iter()
         .filter_map(|p| p.stats.rtt_ms.map(|v| v as f64))

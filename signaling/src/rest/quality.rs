@@ -130,8 +130,6 @@ pub async fn calls(
     }
     let visible = viewer.guilds(&s).await?;
     let query = CallQuery {
-        any_guild: visible.is_none(),
-        guilds: visible.unwrap_or_default().into_iter().collect(),
         guild_id: parse("guild_id", &q.guild_id, "a snowflake")?,
         channel_id: parse("channel_id", &q.channel_id, "a snowflake")?,
         user_id: parse("user_id", &q.user_id, "a snowflake")?,
@@ -139,9 +137,19 @@ pub async fn calls(
         until: parse("until", &q.until, "unix milliseconds")?,
         mos_below,
         limit,
+        ..calls_in(&visible)
     };
     let calls = s.store.calls(&query).await?;
     Ok(Json(calls_json(&calls)))
+}
+
+/// A call query over the guilds a viewer may see (`None`: all of them).
+fn calls_in(visible: &Option<HashSet<u64>>) -> CallQuery {
+    CallQuery {
+        any_guild: visible.is_none(),
+        guilds: visible.iter().flatten().copied().collect(),
+        ..CallQuery::default()
+    }
 }
 
 fn calls_json(calls: &[lodge_chat::CallSummary]) -> Value {
@@ -223,10 +231,8 @@ pub async fn node_view(s: &AppState, viewer: &Viewer) -> ApiResult<Value> {
     let calls = s
         .store
         .calls(&CallQuery {
-            any_guild: visible.is_none(),
-            guilds: visible.clone().unwrap_or_default().into_iter().collect(),
             limit: 20,
-            ..CallQuery::default()
+            ..calls_in(&visible)
         })
         .await?;
     let timeline = s.telemetry().timeline();
