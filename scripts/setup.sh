@@ -7,6 +7,7 @@
 #   libopus-dev, pkg-config   the codec crate links the system libopus
 #   espeak-ng        synthesises the speech sample of `lodge-load playout`
 #   fonts-dejavu-core  the font of the playout report's PNG plots
+#   janus, iproute2  the Janus VideoRoom baseline (tests/load/janus_baseline.sh) in a private netns
 set -euo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
@@ -20,6 +21,8 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev)
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+command -v janus >/dev/null 2>&1 || need+=(janus)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} (apt)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

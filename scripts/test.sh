@@ -50,6 +50,9 @@ step "playout evaluation smoke run: real speech, Opus, two profiles, report + pl
 step "voice load smoke test: 12 WebRTC callers in 2 channels, strict, sane report"
 ./tests/load/voice_smoke.sh
 
+step "Janus baseline smoke run: the same 8 callers against Lodge and a Janus VideoRoom in a private netns"
+SMOKE=1 OUT="$(mktemp -d)" ./tests/load/janus_baseline.sh
+
 step "chat load smoke test: every message reaches every session, no errors (SQLite, PostgreSQL)"
 ./tests/load/chat_smoke.sh
 TEST_POSTGRES_URL="$PG_URL" ./tests/load/chat_smoke.sh

@@ -141,7 +141,8 @@ pub struct Client {
     rtc: Rtc,
     sock: UdpSocket,
     local: SocketAddr,
-    send_mid: Mid,
+    /// The send transceiver (none for a receive-only subscriber).
+    send_mid: Option<Mid>,
     pt: Pt,
     pending: Option<str0m::change::SdpPendingOffer>,
     pub offer: String,
@@ -177,11 +178,50 @@ impl Client {
             rtc,
             sock,
             local,
-            send_mid,
+            send_mid: Some(send_mid),
             pt,
             pending: Some(pending),
             offer: offer.to_sdp_string(),
         })
+    }
+
+    /// A receive-only client answering a server's offer (a Janus VideoRoom subscriber): the
+    /// client and its SDP answer.
+    pub async fn answering(ip: IpAddr, offer: &str) -> Result<(Client, String)> {
+        let sock = UdpSocket::bind(SocketAddr::new(ip, 0))
+            .await
+            .with_context(|| format!("binding a UDP socket on {ip}"))?;
+        let local = sock.local_addr()?;
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(local, "udp")?);
+        let offer = str0m::change::SdpOffer::from_sdp_string(offer).context("parsing the offer")?;
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .context("answering the offer")?;
+        let pt = rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == str0m::format::Codec::Opus)
+            .context("Opus in the codec config")?
+            .pt();
+        Ok((
+            Client {
+                rtc,
+                sock,
+                local,
+                send_mid: None,
+                pt,
+                pending: None,
+                offer: String::new(),
+            },
+            answer.to_sdp_string(),
+        ))
     }
 
     pub fn accept(&mut self, answer: &str) -> Result<()> {
@@ -361,7 +401,8 @@ impl Client {
                             ..Default::default()
                         };
                         let mut api = self.rtc.direct_api();
-                        if let Some(tx) = api.stream_tx_by_mid(self.send_mid, None) {
+                        let tx = self.send_mid.and_then(|m| api.stream_tx_by_mid(m, None));
+                        if let Some(tx) = tx {
                             tx.write_rtp(
                                 str0m::rtp::RtpWrite::new(
                                     self.pt,

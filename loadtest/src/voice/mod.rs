@@ -8,6 +8,7 @@
 //! jitter buffer and decode. A live line shows progress; the end prints a Markdown report and
 //! writes JSON.
 
+mod janus;
 mod media;
 mod plot;
 mod proxy;
@@ -33,11 +34,25 @@ use crate::api::Api;
 use media::{CallerStats, Client, Shared, Speaking};
 use talk::TalkParams;
 
+/// Which server the callers call.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A Lodge node (REST, gateway, voice gateway; `--url` is its HTTP base).
+    Lodge,
+    /// A Janus VideoRoom through Janus's HTTP API (`--url` is e.g. http://10.77.0.1:8088/janus):
+    /// the baseline. One audio-only room per channel; listeners subscribe to every speaker of
+    /// their room (no slots), so compare with one speaker per channel.
+    Janus,
+}
+
 #[derive(Args, Clone)]
 pub struct VoiceArgs {
-    /// Base URL of the Lodge node.
+    /// Base URL of the server: a Lodge node, or Janus's HTTP API path with `--target janus`.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// The server under test.
+    #[arg(long, value_enum, default_value_t = Target::Lodge)]
+    pub target: Target,
     /// WebRTC callers in total.
     #[arg(long, short = 'n', default_value_t = 20)]
     pub callers: usize,
@@ -75,9 +90,13 @@ pub struct VoiceArgs {
     /// Speech sample (16-bit PCM WAV); default: synthesised with espeak-ng.
     #[arg(long)]
     pub speech: Option<PathBuf>,
-    /// Callers per 127.0.0.x source address (addresses start at 127.0.0.2).
+    /// Callers per source address; addresses count up from `--source-ip`.
     #[arg(long, default_value_t = 1000)]
     pub callers_per_ip: usize,
+    /// First source address of the callers' media sockets (the next ones follow in its /24).
+    /// Inside a network namespace use the veth address the server can reach.
+    #[arg(long, default_value = "127.0.0.2")]
+    pub source_ip: Ipv4Addr,
     /// Registrations, invite joins and signaling handshakes run this many at a time.
     #[arg(long, default_value_t = 16)]
     pub parallelism: usize,
@@ -138,8 +157,12 @@ fn validate(a: &VoiceArgs) -> Result<()> {
         bail!("--callers-per-ip must be 1..=20000 (each caller needs a local UDP port and two TCP connections)");
     }
     let ips = a.callers.div_ceil(a.callers_per_ip);
-    if ips > 250 {
-        bail!("{} callers at {} per address need {ips} loopback addresses; at most 250 (127.0.0.2–251) are used", a.callers, a.callers_per_ip);
+    let room = 255 - a.source_ip.octets()[3] as usize;
+    if ips > room {
+        bail!("{} callers at {} per address need {ips} source addresses; from --source-ip {} only {room} are left in its /24 (raise --callers-per-ip)", a.callers, a.callers_per_ip, a.source_ip);
+    }
+    if a.target == Target::Janus && a.profile.is_some() {
+        bail!("--profile is not supported with --target janus (the proxy rewrites Lodge's answer only)");
     }
     if a.talk_ms < 20 || a.pause_ms < 20 {
         bail!("--talk-ms and --pause-ms must be at least one frame (20 ms)");
@@ -163,8 +186,9 @@ fn encode_speech(pcm: &[i16]) -> Result<Vec<(Vec<u8>, u8)>> {
         .collect()
 }
 
-/// Start of the measurement window: when, the node's (rtp in, forwarded), its CPU seconds.
-type Window = (Instant, Option<(u64, u64)>, Option<f64>, Option<u64>);
+/// A measurement-window edge: when, the node's (rtp in, forwarded), the server's CPU seconds,
+/// the kernel's UDP receive-buffer drops, and RTP packets delivered to the callers so far.
+type Window = (Instant, Option<(u64, u64)>, Option<f64>, Option<u64>, u64);
 
 struct Setup {
     guild: String,
@@ -312,8 +336,11 @@ async fn setup(api: &Arc<Api>, a: &VoiceArgs) -> Result<Setup> {
     })
 }
 
-/// The node's Prometheus text, or `None` when it cannot be read.
-async fn fetch_metrics(api: &Api) -> Option<String> {
+/// The node's Prometheus text, or `None` when it cannot be read (or the target is Janus).
+async fn fetch_metrics(api: &Api, target: Target) -> Option<String> {
+    if target != Target::Lodge {
+        return None;
+    }
     let r = api
         .http
         .get(format!("{}/metrics", api.base))
@@ -374,6 +401,12 @@ fn udp_rcvbuf_errors() -> Option<u64> {
     vals.split_whitespace().nth(i)?.parse().ok()
 }
 
+/// Caller `i`'s media source address.
+fn source_ip(a: &VoiceArgs, i: usize) -> IpAddr {
+    let [p, q, r, last] = a.source_ip.octets();
+    IpAddr::V4(Ipv4Addr::new(p, q, r, last + (i / a.callers_per_ip) as u8))
+}
+
 /// CPU seconds (user + system) of a local process, from /proc/<pid>/stat.
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -407,19 +440,48 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
         frames.len(),
         frames.iter().map(|f| f.0.len()).sum::<usize>() as f64 / frames.len() as f64
     );
-    let s = setup(&api, &a).await?;
-    eprintln!(
-        "setup: {} accounts in guild {} with {} voice channel(s)",
-        s.callers.len(),
-        s.guild,
-        s.channels.len()
-    );
+    let (s, janus) = match a.target {
+        Target::Lodge => {
+            let s = setup(&api, &a).await?;
+            eprintln!(
+                "setup: {} accounts in guild {} with {} voice channel(s)",
+                s.callers.len(),
+                s.guild,
+                s.channels.len()
+            );
+            (s, None)
+        }
+        Target::Janus => {
+            let j = Arc::new(janus::Janus::new(api.http.clone(), &a.url));
+            let rooms = janus::create_rooms(&j, a.channels, a.speakers).await?;
+            eprintln!("setup: {} Janus VideoRoom(s) (audio only)", rooms.len());
+            // Janus needs no accounts: a caller's "user id" is its feed id (index + 1).
+            let s = Setup {
+                guild: String::new(),
+                channels: rooms.iter().map(u64::to_string).collect(),
+                callers: (0..a.callers)
+                    .map(|i| (i as u64 + 1, String::new()))
+                    .collect(),
+                gateway_url: String::new(),
+            };
+            (s, Some(j))
+        }
+    };
 
     // Who speaks: the first `speakers` callers of each channel (callers go round robin).
     let is_speaker = |i: usize| i / a.channels < a.speakers;
     let speaker_users: Vec<u64> = (0..a.callers)
         .filter(|&i| is_speaker(i))
         .map(|i| s.callers[i].0)
+        .collect();
+    // Per channel, its speakers' user ids (what a Janus subscriber subscribes to).
+    let channel_speakers: Vec<Vec<u64>> = (0..a.channels)
+        .map(|c| {
+            (0..a.callers)
+                .filter(|&i| i % a.channels == c && is_speaker(i))
+                .map(|i| s.callers[i].0)
+                .collect()
+        })
         .collect();
     let shared = Arc::new(Shared::new(frames, &speaker_users)?);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -469,7 +531,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                     listener_no += 1;
                     (listener_no - 1).is_multiple_of(probe_every)
                 };
-                let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i / a.callers_per_ip) as u8));
+                let ip = source_ip(&a, i);
                 let (user, token) = s.callers[i].clone();
                 let channel = s.channels[i % s.channels.len()].clone();
                 let (guild, gw, shared, stop, on_error, sem, slots) = (
@@ -478,8 +540,29 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                 );
                 let muted = speaking.is_none();
                 let impair = profile(&a)?.map(|p| (p, a.seed.wrapping_mul(7_777).wrapping_add(i as u64)));
+                let (janus, feeds) = (janus.clone(), channel_speakers[i % a.channels].clone());
                 handles.push(tokio::spawn(async move {
                     let t0 = Instant::now();
+                    if let Some(j) = janus {
+                        let room: u64 = channel.parse()?;
+                        let (client, slots, session) = {
+                            let _p = sem.acquire().await;
+                            if speaking.is_some() {
+                                let mut client = Client::new(ip, 0).await?;
+                                let (session, answer) = janus::publish(&j, room, user, &client.offer).await?;
+                                client.accept(&answer)?;
+                                (client, signal::SlotMap::default(), session)
+                            } else {
+                                let (session, handle, offer) = janus::subscribe(&j, room, &feeds).await?;
+                                let (client, answer) = Client::answering(ip, &offer).await?;
+                                janus::start(&j, session, handle, &answer).await?;
+                                (client, janus::slot_map(&offer, &feeds), session)
+                            }
+                        };
+                        tokio::spawn(janus::keep_alive(j, session, stop.clone()));
+                        return client.run(shared, slots, speaking, probe, t0, stop).await
+                            .map(|st| (st, probe));
+                    }
                     let (client, call) = {
                         let _p = sem.acquire().await;
                         let client = Client::new(ip, slots).await?;
@@ -526,8 +609,8 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                     || handles.iter().filter(|h| h.is_finished()).count() + connected as usize >= a.callers
                     || started.elapsed() > Duration::from_secs_f64(a.callers as f64 / a.join_rate + 60.0));
                 if measure.is_none() && done_joining {
-                    let m = fetch_metrics(&api).await;
-                    measure = Some((Instant::now(), m.as_deref().and_then(node_counters), a.server_pid.and_then(cpu_seconds), udp_rcvbuf_errors()));
+                    let m = fetch_metrics(&api, a.target).await;
+                    measure = Some((Instant::now(), m.as_deref().and_then(node_counters), a.server_pid.and_then(cpu_seconds), udp_rcvbuf_errors(), shared.rtp_in.load(Ordering::Relaxed)));
                 }
                 if let Some(m) = measure {
                     if m.0.elapsed() >= Duration::from_secs(a.duration) { break; }
@@ -541,12 +624,13 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
         }
     }
     // One scrape at the end serves the window's counters, the delay quantiles and the drops.
-    let end_metrics = fetch_metrics(&api).await.unwrap_or_default();
-    let window_end = (
+    let end_metrics = fetch_metrics(&api, a.target).await.unwrap_or_default();
+    let window_end: Window = (
         Instant::now(),
         node_counters(&end_metrics),
         a.server_pid.and_then(cpu_seconds),
         udp_rcvbuf_errors(),
+        shared.rtp_in.load(Ordering::Relaxed),
     );
     let _ = stop_tx.send(true);
     bar.finish_and_clear();
@@ -560,24 +644,27 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
         }
     }
     let errors = errors.lock().expect("errors lock").clone();
-    let server = match (measure, window_end) {
-        (Some((t0, Some(c0), cpu0, rb0)), (t1, Some(c1), cpu1, rb1)) => {
-            Some(report::ServerWindow {
-                udp_rcvbuf_drops: match (rb0, rb1) {
-                    (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-                    _ => None,
-                },
-                seconds: (t1 - t0).as_secs_f64(),
-                rtp_in: c1.0.saturating_sub(c0.0),
-                rtp_forwarded: c1.1.saturating_sub(c0.1),
-                cpu_seconds: match (cpu0, cpu1) {
-                    (Some(a), Some(b)) => Some(b - a),
-                    _ => None,
-                },
-            })
+    let server = measure.map(|(t0, c0, cpu0, rb0, d0)| {
+        let (t1, c1, cpu1, rb1, d1) = window_end;
+        report::ServerWindow {
+            udp_rcvbuf_drops: match (rb0, rb1) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                _ => None,
+            },
+            seconds: (t1 - t0).as_secs_f64(),
+            node: match (c0, c1) {
+                (Some(c0), Some(c1)) => {
+                    Some((c1.0.saturating_sub(c0.0), c1.1.saturating_sub(c0.1)))
+                }
+                _ => None,
+            },
+            delivered: d1.saturating_sub(d0),
+            cpu_seconds: match (cpu0, cpu1) {
+                (Some(a), Some(b)) => Some(b - a),
+                _ => None,
+            },
         }
-        _ => None,
-    };
+    });
     let rep = report::build(
         &a,
         &source,

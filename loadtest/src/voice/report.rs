@@ -12,11 +12,14 @@ use super::VoiceArgs;
 /// Opus framing + lookahead, added to network and buffer delay for the MOS estimate.
 const CODEC_DELAY_MS: f64 = 26.5;
 
-/// The node's counters over the measurement window.
+/// The server's counters over the measurement window.
 pub struct ServerWindow {
     pub seconds: f64,
-    pub rtp_in: u64,
-    pub rtp_forwarded: u64,
+    /// The node's own (RTP in, forwarded) counters (Lodge only).
+    pub node: Option<(u64, u64)>,
+    /// RTP packets the callers' WebRTC stacks delivered in the window: counted the same way
+    /// for every target, so the CPU-per-packet figure compares servers fairly.
+    pub delivered: u64,
     pub cpu_seconds: Option<f64>,
     /// UDP datagrams the kernel dropped for full receive buffers during the window.
     pub udp_rcvbuf_drops: Option<u64>,
@@ -124,9 +127,15 @@ pub fn build(
     let mut conceal: Vec<f64> = probes.iter().map(|p| p.1).collect();
     let mut buf_delay: Vec<f64> = probes.iter().map(|p| p.2).collect();
     let cpu_per_packet_us = server.as_ref().and_then(|s| {
+        let (_, fwd) = s.node?;
         s.cpu_seconds
-            .filter(|_| s.rtp_forwarded > 0)
-            .map(|c| c / s.rtp_forwarded as f64 * 1e6)
+            .filter(|_| fwd > 0)
+            .map(|c| c / fwd as f64 * 1e6)
+    });
+    let cpu_per_delivered_us = server.as_ref().and_then(|s| {
+        s.cpu_seconds
+            .filter(|_| s.delivered > 0)
+            .map(|c| c / s.delivered as f64 * 1e6)
     });
 
     let mut failures = Vec::new();
@@ -156,7 +165,11 @@ pub fn build(
     let join_q = quantiles_ms(&join, 1.0);
     let mut md = String::new();
     md.push_str(&format!(
-        "# Voice load report{}\n\n{} callers ({} speakers, {} listeners) in {} channel(s), K = {} slots, joining at {}/s, measured {} s after joining; talk spurts {} ms on / {} ms off; speech: {source}.\n\n",
+        "# Voice load report: {}{}\n\n{} callers ({} speakers, {} listeners) in {} channel(s), K = {} slots, joining at {}/s, measured {} s after joining; talk spurts {} ms on / {} ms off; speech: {source}.\n\n",
+        match a.target {
+            super::Target::Lodge => "Lodge",
+            super::Target::Janus => "Janus VideoRoom",
+        },
         if interrupted { " (partial: interrupted)" } else { "" },
         a.callers, speakers, listeners, a.channels, a.slots, a.join_rate, a.duration, a.talk_ms, a.pause_ms
     ));
@@ -214,12 +227,17 @@ pub fn build(
         ));
     }
     if let Some(s) = &server {
+        if let Some((rtp_in, fwd)) = s.node {
+            md.push_str(&format!(
+                "| node: RTP in / forwarded in the window | {rtp_in} / {fwd} ({:.0} / {:.0} pps) |\n",
+                rtp_in as f64 / s.seconds,
+                fwd as f64 / s.seconds
+            ));
+        }
         md.push_str(&format!(
-            "| node: RTP in / forwarded in the window | {} / {} ({:.0} / {:.0} pps) |\n",
-            s.rtp_in,
-            s.rtp_forwarded,
-            s.rtp_in as f64 / s.seconds,
-            s.rtp_forwarded as f64 / s.seconds
+            "| RTP delivered to the callers in the window | {} ({:.0} pps) |\n",
+            s.delivered,
+            s.delivered as f64 / s.seconds
         ));
         if let Some(d) = s.udp_rcvbuf_drops {
             md.push_str(&format!(
@@ -227,10 +245,16 @@ pub fn build(
                 if d > 0 { " — a receiver (usually the generator) could not keep up: loss above is partly the test's own" } else { "" }
             ));
         }
-        if let (Some(c), Some(us)) = (s.cpu_seconds, cpu_per_packet_us) {
+        if let Some(c) = s.cpu_seconds {
             md.push_str(&format!(
-                "| node CPU in the window | {c:.2} s ({:.0}% of a core); {us:.2} µs per forwarded packet |\n",
-                c / s.seconds * 100.0
+                "| server CPU in the window | {c:.2} s ({:.0}% of a core){}{} |\n",
+                c / s.seconds * 100.0,
+                cpu_per_packet_us
+                    .map(|us| format!("; {us:.2} µs per forwarded packet (node counter)"))
+                    .unwrap_or_default(),
+                cpu_per_delivered_us
+                    .map(|us| format!("; {us:.2} µs per packet delivered to a caller"))
+                    .unwrap_or_default(),
             ));
         }
     }
@@ -273,10 +297,13 @@ pub fn build(
         "jitter_ms": { "p50": pct(&mut jitters, 0.5), "p95": pct(&mut jitters, 0.95), "max": pct(&mut jitters, 1.0) },
         "mouth_to_ear_ms": m2e_q,
         "probes": probes.iter().map(|p| json!({ "mos_estimate": p.0, "concealment_pct": p.1, "buffer_delay_ms": p.2 })).collect::<Vec<_>>(),
-        "server": server.as_ref().map(|s| json!({ "window_s": s.seconds, "rtp_in": s.rtp_in,
-            "rtp_forwarded": s.rtp_forwarded, "cpu_seconds": s.cpu_seconds,
+        "target": format!("{:?}", a.target).to_lowercase(),
+        "server": server.as_ref().map(|s| json!({ "window_s": s.seconds,
+            "rtp_in": s.node.map(|n| n.0), "rtp_forwarded": s.node.map(|n| n.1),
+            "rtp_delivered": s.delivered, "cpu_seconds": s.cpu_seconds,
             "udp_rcvbuf_drops": s.udp_rcvbuf_drops,
-            "cpu_us_per_forwarded_packet": cpu_per_packet_us })),
+            "cpu_us_per_forwarded_packet": cpu_per_packet_us,
+            "cpu_us_per_delivered_packet": cpu_per_delivered_us })),
         "node_forward_delay_ms": forward_delay_ms.map(|[p50, p99, p999, max]| json!({ "p50": p50, "p99": p99, "p99_9": p999, "max": max })),
         "node_drops": node_drops.iter().map(|(r, n)| json!({ "reason": r, "count": n })).collect::<Vec<_>>(),
         "timeline": timeline,
