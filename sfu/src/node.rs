@@ -13,7 +13,7 @@ use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::rtp::{Extension, ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info, trace, warn};
 
@@ -271,6 +271,13 @@ impl Node {
             .set_rtp_mode(true)
             .clear_codecs()
             .enable_opus(true, false)
+            // Only the header extensions an audio SFU uses: the RFC 6464 level (speaker
+            // selection) and the BUNDLE mid. No transport-wide congestion control: nothing
+            // here estimates bandwidth for audio, and every TWCC feedback packet a client
+            // sends would cost the node a datagram, a decrypt and a wake-up for nothing.
+            .clear_extension_map()
+            .set_extension(1, Extension::AudioLevel)
+            .set_extension(4, Extension::RtpMid)
             .set_stats_interval(Some(Duration::from_secs(1)))
             .build(now);
         let cand = Candidate::host(self.cfg.public_addr, "udp")

@@ -79,7 +79,10 @@ load() {  # load <target> <url> <out dir>
     --server-pid "$PID" "${strict[@]}" --out "$3"
 }
 
+TARGETS="${TARGETS:-lodge janus}"  # e.g. TARGETS=lodge to profile one side alone
+
 # 1. Lodge.
+if [[ " $TARGETS " == *" lodge "* ]]; then
 "$NODE_BIN" serve --data-dir "$TMP/lodge" --http-listen "$SERVER:8080" \
   --media-listen "$SERVER:3478" --public-ip "$SERVER" --log warn \
   --rate-limit-route 100000 --rate-limit-global 100000 >"$OUT/lodge.log" 2>&1 &
@@ -90,7 +93,9 @@ if ! load lodge "http://$SERVER:8080" "$OUT/lodge" >"$TMP/lodge.md"; then
   tail -30 "$OUT/lodge.log"; exit 1
 fi
 stop_server
+fi
 
+if [[ " $TARGETS " == *" janus "* ]]; then
 # 2. Janus: only the VideoRoom plugin and the HTTP transport, ICE on the veth only.
 J="$TMP/janus"
 mkdir -p "$J/plugins" "$J/transports"
@@ -122,6 +127,8 @@ if ! load janus "http://$SERVER:8088/janus" "$OUT/janus" >"$TMP/janus.md"; then
   tail -30 "$OUT/janus.log"; exit 1
 fi
 stop_server
+fi
+[ "$TARGETS" = "lodge janus" ] || exit 0
 
 python3 - "$OUT" "$CALLERS" "$CHANNELS" "$DURATION" "${SMOKE:-0}" <<'PY'
 import json, sys
