@@ -82,7 +82,11 @@ fn next_packet(w: &mut sim::World, s: &mut Speaker) -> (SocketAddr, Vec<u8>) {
     s.seq += 1;
     s.ts = s.ts.wrapping_add(960);
     let _ = c.rtc.handle_input(str0m::Input::Timeout(now));
-    loop {
+    // Whatever else the speaker sends now (STUN consent, RTCP) still reaches the node, untimed:
+    // dropping it would let the node time the speaker out.
+    let mut other = Vec::new();
+    let addr = c.addr;
+    let rtp = loop {
         match c.rtc.poll_output().unwrap() {
             Output::Transmit(t) => {
                 let v: Vec<u8> = t.contents.into();
@@ -91,15 +95,23 @@ fn next_packet(w: &mut sim::World, s: &mut Speaker) -> (SocketAddr, Vec<u8>) {
                     && (128..192).contains(&v[0])
                     && !(200..=207).contains(&(v[1] & 0x7f | 0x80))
                 {
-                    return (c.addr, v);
+                    break v;
                 }
+                other.push(v);
             }
             Output::Timeout(_) => {
                 let _ = c.rtc.handle_input(str0m::Input::Timeout(now));
             }
             Output::Event(_) => {}
         }
+    };
+    let node_addr = w.node_addr;
+    for v in other {
+        w.node.handle_datagram(now, addr, node_addr, &v);
     }
+    // Answers to those go the simulated way on the next run.
+    w.drain_node();
+    (addr, rtp)
 }
 
 fn forward_once(w: &mut sim::World, from: SocketAddr, pkt: &[u8]) -> usize {

@@ -181,7 +181,7 @@ impl World {
         self.drain_node();
     }
 
-    fn drain_node(&mut self) {
+    pub fn drain_node(&mut self) {
         while let Some(o) = self.node.poll_output() {
             match o {
                 NodeOutput::Transmit(t) => self.net.push_back(Packet {
