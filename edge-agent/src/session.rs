@@ -400,7 +400,7 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            x % 10 == 0 // 10% loss on first transmissions and repairs alike
+            x.is_multiple_of(10) // 10% loss on first transmissions and repairs alike
         };
         let mut delivered = Vec::new();
         for i in 0..500u32 {

@@ -243,10 +243,9 @@ mod tests {
         assert_ne!(a.fingerprint(), Identity::generate().unwrap().fingerprint());
         let fp = a.fingerprint();
         assert!(fp.starts_with("sha256:") && fp.len() == 7 + 64);
-        let with_colons: String = fp[7..]
-            .as_bytes()
-            .chunks(2)
-            .map(|c| std::str::from_utf8(c).unwrap())
+        let hex = &fp[7..];
+        let with_colons: String = (0..32)
+            .map(|i| &hex[2 * i..2 * i + 2])
             .collect::<Vec<_>>()
             .join(":");
         assert_eq!(
