@@ -36,7 +36,7 @@ pub use drop_reason::{DropCounters, DropReason};
 pub use error::SfuError;
 pub use ids::{ParticipantIdx, RoomId, Ssrc, UserId};
 pub use node::{
-    JoinAnswer, JoinRequest, LeaveReason, Node, NodeConfig, NodeEvent, NodeOutput,
+    Export, JoinAnswer, JoinRequest, LeaveReason, Node, NodeConfig, NodeEvent, NodeOutput,
     ParticipantReport, SlotInfo, Transmit, MAX_SLOTS,
 };
 pub use participant::VoiceFlags;

@@ -4,7 +4,7 @@
 //! voice flags). Outputs: [`Node::poll_output`] until it returns `None`, then sleep until
 //! [`Node::poll_timeout`]. The node never reads the clock: every call takes `now`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +14,9 @@ use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::rtp::{Extension, ExtensionValues, RtpPacket, RtpWrite};
+
+/// Far enough in the future to mean "no timer".
+const NEVER: Duration = Duration::from_secs(86_400 * 365);
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info, trace, warn};
 
@@ -142,10 +145,53 @@ pub struct Transmit {
     pub contents: Vec<u8>,
 }
 
+/// A speaker's packet for other nodes (cascading): emitted for rooms marked with
+/// [`Node::set_exported`] while the speaker talks or holds a seat in the ranking.
+#[derive(Debug, Clone)]
+pub struct Export {
+    pub room: RoomId,
+    pub from: ParticipantIdx,
+    pub user: UserId,
+    /// The speaker itself came from another node (an origin relays it on to other edges; an
+    /// edge never sends it back).
+    pub remote: bool,
+    pub rtp_ts: u32,
+    /// RFC 6464 level, 0 loudest … 127 silent.
+    pub level: u8,
+    pub marker: bool,
+    pub payload: Arc<[u8]>,
+}
+
 #[derive(Debug)]
 pub enum NodeOutput {
     Transmit(Transmit),
     Event(NodeEvent),
+    Export(Export),
+}
+
+/// One received speaker packet, from WebRTC or from a trunk.
+struct Inbound {
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+    marker: bool,
+    audio_level: Option<i8>,
+    voice_activity: Option<bool>,
+    payload: Arc<[u8]>,
+}
+
+impl Inbound {
+    fn from_rtp(p: RtpPacket) -> Inbound {
+        Inbound {
+            ssrc: *p.header.ssrc,
+            seq: p.header.sequence_number,
+            ts: p.header.timestamp,
+            marker: p.header.marker,
+            audio_level: p.header.ext_vals.audio_level,
+            voice_activity: p.header.ext_vals.voice_activity,
+            payload: p.payload,
+        }
+    }
 }
 
 /// A participant's figures for logs and the JSON endpoint.
@@ -187,6 +233,10 @@ pub struct Node {
     scratch_changes: Vec<(usize, Option<ParticipantIdx>)>,
     scratch_rooms: Vec<RoomId>,
     seed: u64,
+    /// Rooms whose speakers other nodes receive (see [`Export`]).
+    exported: HashSet<RoomId>,
+    /// Every room is exported (an edge sends all its local speakers to its origin).
+    export_all: bool,
 }
 
 impl Node {
@@ -206,6 +256,8 @@ impl Node {
             scratch_changes: Vec::new(),
             scratch_rooms: Vec::new(),
             seed: 0x9E37_79B9_7F4A_7C15,
+            exported: HashSet::new(),
+            export_all: false,
         }
     }
 
@@ -361,7 +413,8 @@ impl Node {
         let p = Participant {
             user: req.user,
             room: req.room,
-            rtc,
+            rtc: Some(rtc),
+            remote_ssrc: 0,
             ufrag: ufrag.clone(),
             remotes: Vec::new(),
             opus_pt,
@@ -411,6 +464,120 @@ impl Node {
     /// Remove a participant (left the channel, moved, kicked). Unknown indices are ignored.
     pub fn leave(&mut self, _now: Instant, idx: ParticipantIdx) {
         self.remove(idx, LeaveReason::Requested);
+    }
+
+    /// Add a speaker of `room` that is connected to another node and arrives over a trunk: it
+    /// is ranked and forwarded like a local speaker, has no WebRTC session and no slots, and is
+    /// never timed out (the trunk removes it). No Connected/Left events are emitted for it.
+    pub fn add_remote(
+        &mut self,
+        now: Instant,
+        room: RoomId,
+        user: UserId,
+    ) -> Result<ParticipantIdx, SfuError> {
+        if self.count >= self.cfg.max_participants {
+            return Err(SfuError::NodeFull {
+                limit: self.cfg.max_participants,
+            });
+        }
+        let rate = self.cfg.max_packet_rate;
+        let p = Participant {
+            user,
+            room,
+            rtc: None,
+            remote_ssrc: 0,
+            ufrag: String::new(),
+            remotes: Vec::new(),
+            opus_pt: 111.into(),
+            slots: Vec::new(),
+            subscribers: Vec::new(),
+            level: Default::default(),
+            flags: VoiceFlags {
+                can_speak: true,
+                ..VoiceFlags::default()
+            },
+            stats: ParticipantStats::default(),
+            rate: TokenBucket::new(rate, (rate / 4).max(8)),
+            joined_at: now,
+            last_recv: None,
+            connected: true,
+            next_timeout: now + NEVER,
+            gone: false,
+        };
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.participants[i as usize] = Some(p);
+                ParticipantIdx(i)
+            }
+            None => {
+                self.participants.push(Some(p));
+                ParticipantIdx((self.participants.len() - 1) as u32)
+            }
+        };
+        // A per-node SSRC for the remote source (the slot rewriter tells sources apart by it).
+        let r = self.next_rand() as u32;
+        if let Some(p) = self.participant_mut(idx) {
+            p.remote_ssrc = r;
+        }
+        self.count += 1;
+        let sel_cfg = self.cfg.selector;
+        let r = self.rooms.entry(room).or_insert_with(|| Room::new(sel_cfg));
+        r.members.push(idx);
+        if self.next_tick.is_none() {
+            self.next_tick = Some(now + self.cfg.selector.tick);
+        }
+        info!(%idx, room = room.0, user = user.0, "remote speaker added");
+        Ok(idx)
+    }
+
+    /// A remote speaker's packet from its trunk. Unknown or local indices are dropped (counted).
+    pub fn remote_rtp(
+        &mut self,
+        now: Instant,
+        idx: ParticipantIdx,
+        seq: u16,
+        rtp_ts: u32,
+        level: u8,
+        marker: bool,
+        payload: Arc<[u8]>,
+    ) {
+        let Some(p) = self.participant_mut(idx).filter(|p| p.rtc.is_none()) else {
+            return self.drop_datagram(DropReason::UnknownPeer, None);
+        };
+        if !p.rate.take(now) {
+            return self.drop_datagram(DropReason::OverRate, Some(idx));
+        }
+        p.last_recv = Some(now);
+        let pkt = Inbound {
+            ssrc: p.remote_ssrc,
+            seq,
+            ts: rtp_ts,
+            marker,
+            audio_level: Some(-(level.min(127) as i8)),
+            voice_activity: None,
+            payload,
+        };
+        self.forward(now, idx, pkt, true);
+    }
+
+    /// Whether `idx` is a remote speaker (fed by a trunk).
+    pub fn is_remote(&self, idx: ParticipantIdx) -> bool {
+        self.participant(idx).is_some_and(|p| p.rtc.is_none())
+    }
+
+    /// Mark `room` as having listeners on other nodes: its speakers' packets are emitted as
+    /// [`NodeOutput::Export`] too.
+    pub fn set_exported(&mut self, room: RoomId, on: bool) {
+        if on {
+            self.exported.insert(room);
+        } else {
+            self.exported.remove(&room);
+        }
+    }
+
+    /// Export every room (an edge: all its speakers go to the origin).
+    pub fn set_export_all(&mut self, on: bool) {
+        self.export_all = on;
     }
 
     /// Change mute/deaf/SPEAK. A participant that stops being forwardable loses its slots at
@@ -540,10 +707,14 @@ impl Node {
         if !p.rate.take(now) {
             return self.drop_datagram(DropReason::OverRate, Some(idx));
         }
-        if !p.rtc.accepts(&input) {
+        let Some(rtc) = p.rtc.as_mut() else {
+            // Remote speakers have no address or ufrag in the maps.
+            return self.drop_datagram(DropReason::UnknownPeer, None);
+        };
+        if !rtc.accepts(&input) {
             return self.drop_datagram(DropReason::Rejected, Some(idx));
         }
-        if let Err(e) = p.rtc.handle_input(input) {
+        if let Err(e) = rtc.handle_input(input) {
             trace!(%idx, error = %e, "datagram refused by WebRTC stack");
             return self.drop_datagram(DropReason::Rejected, Some(idx));
         }
@@ -600,11 +771,12 @@ impl Node {
     /// Drive timers: str0m timeouts, the selector tick, idle and connect timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
         for i in 0..self.participants.len() {
-            let due = matches!(&self.participants[i], Some(p) if p.next_timeout <= now);
+            let due = matches!(&self.participants[i], Some(p) if p.next_timeout <= now && p.rtc.is_some());
             if due {
                 let idx = ParticipantIdx(i as u32);
                 let p = self.participants[i].as_mut().expect("checked above");
-                if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
+                let rtc = p.rtc.as_mut().expect("checked above");
+                if let Err(e) = rtc.handle_input(Input::Timeout(now)) {
                     warn!(%idx, error = %e, "WebRTC timeout handling failed; removing participant");
                     p.gone = true;
                 }
@@ -644,6 +816,7 @@ impl Node {
     fn reap(&mut self, now: Instant) {
         for i in 0..self.participants.len() {
             let reason = match &self.participants[i] {
+                Some(p) if p.rtc.is_none() => None,
                 Some(p) if p.gone => Some(LeaveReason::Closed),
                 Some(p) if p.connected => p
                     .last_recv
@@ -675,7 +848,9 @@ impl Node {
                 self.by_addr.remove(addr);
             }
         }
-        p.rtc.disconnect();
+        if let Some(rtc) = p.rtc.as_mut() {
+            rtc.disconnect();
+        }
         // Free every slot that carried this participant, and forget its own subscriptions.
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.members.retain(|m| *m != idx);
@@ -730,6 +905,9 @@ impl Node {
         info!(%idx, room = p.room.0, user = p.user.0, ?reason, packets_in = p.stats.packets_in,
               packets_out = p.stats.packets_out, loss_in = ?p.stats.loss_in, rtt_ms = ?p.stats.rtt_ms,
               "participant left");
+        if p.rtc.is_none() {
+            return;
+        }
         self.out.push_back(NodeOutput::Event(NodeEvent::Left {
             idx,
             room: p.room,
@@ -749,7 +927,10 @@ impl Node {
             else {
                 return;
             };
-            let out = match p.rtc.poll_output() {
+            let Some(rtc) = p.rtc.as_mut() else {
+                return;
+            };
+            let out = match rtc.poll_output() {
                 Ok(o) => o,
                 Err(e) => {
                     warn!(%idx, error = %e, "WebRTC session failed");
@@ -769,7 +950,10 @@ impl Node {
                     }));
                 }
                 Output::Event(ev) => match ev {
-                    Event::RtpPacket(pkt) => self.forward(now, idx, pkt),
+                    Event::RtpPacket(pkt) => {
+                        let pt_ok = pkt.header.payload_type == p.opus_pt;
+                        self.forward(now, idx, Inbound::from_rtp(pkt), pt_ok)
+                    }
                     Event::Connected => {
                         p.connected = true;
                         info!(%idx, "participant connected (ICE + DTLS done)");
@@ -813,13 +997,16 @@ impl Node {
     }
 
     /// The hot path: one speaker packet to every listener slot that carries the speaker.
-    fn forward(&mut self, now: Instant, from: ParticipantIdx, pkt: RtpPacket) {
+    fn forward(&mut self, now: Instant, from: ParticipantIdx, pkt: Inbound, pt_ok: bool) {
         self.stats.rtp_in += 1;
         let Node {
             participants,
             stats,
             out,
             cfg,
+            rooms,
+            exported,
+            export_all,
             ..
         } = self;
         let p = participants[from.0 as usize]
@@ -827,7 +1014,7 @@ impl Node {
             .expect("drain only forwards for live participants");
         p.stats.packets_in += 1;
         p.stats.bytes_in += pkt.payload.len() as u64;
-        let reason = if pkt.header.payload_type != p.opus_pt {
+        let reason = if !pt_ok {
             Some(DropReason::UnexpectedStream)
         } else if !p.flags.can_speak {
             Some(DropReason::NoSpeakPermission)
@@ -844,22 +1031,47 @@ impl Node {
         // RFC 6464: value is -dBov, 127 = silence. Without the extension the sender is silent to
         // the selector (it can still be heard if already selected).
         let level = pkt
-            .header
-            .ext_vals
             .audio_level
             .map(|l| l.unsigned_abs().min(127))
             .unwrap_or(127);
         p.level.observe(now, level, &cfg.selector);
-        let ssrc = *pkt.header.ssrc;
-        let seq = pkt.header.sequence_number;
-        let ts = pkt.header.timestamp;
-        let marker = pkt.header.marker;
+        let Inbound {
+            ssrc,
+            seq,
+            ts,
+            marker,
+            audio_level,
+            voice_activity,
+            payload,
+        } = pkt;
+        // Other nodes get this speaker while it talks (this packet is voice, or it talked within
+        // the hang time) or holds a seat in the room's ranking: one copy per node, fan-out there.
+        if *export_all || exported.contains(&p.room) {
+            let voice = 127.0 - level as f32 > cfg.selector.active_above;
+            let ranked = || {
+                rooms
+                    .get(&p.room)
+                    .is_some_and(|r| r.selector.ranked().iter().any(|(i, _)| *i == from))
+            };
+            if voice || p.level.is_holding(now, &cfg.selector) || ranked() {
+                stats.exported += 1;
+                out.push_back(NodeOutput::Export(Export {
+                    room: p.room,
+                    from,
+                    user: p.user,
+                    remote: p.rtc.is_none(),
+                    rtp_ts: ts,
+                    level,
+                    marker,
+                    payload: payload.clone(),
+                }));
+            }
+        }
         let ext = ExtensionValues {
-            audio_level: pkt.header.ext_vals.audio_level,
-            voice_activity: pkt.header.ext_vals.voice_activity,
+            audio_level,
+            voice_activity,
             ..Default::default()
         };
-        let payload: Arc<[u8]> = pkt.payload;
         // Subscribers are kept up to date by the tick; iterate by index to avoid cloning the list.
         let n_subs = p.subscribers.len();
         for s in 0..n_subs {
@@ -885,8 +1097,11 @@ impl Node {
                 l.stats.slot_switches += 1;
             }
             let (mid, pt) = (slot.mid, slot.pt);
+            let Some(rtc) = l.rtc.as_mut() else {
+                continue;
+            };
             {
-                let mut api = l.rtc.direct_api();
+                let mut api = rtc.direct_api();
                 let Some(tx) = api.stream_tx_by_mid(mid, None) else {
                     continue;
                 };
@@ -901,14 +1116,14 @@ impl Node {
             stats.rtp_forwarded += 1;
             // str0m releases queued RTP when driven by time: give it `now` so the packet leaves
             // in this same call instead of waiting for the listener's next timer.
-            if l.rtc.handle_input(Input::Timeout(now)).is_err() {
+            if rtc.handle_input(Input::Timeout(now)).is_err() {
                 l.gone = true;
                 continue;
             }
             // Drain the listener's transmits right away (no events are expected from writing).
             let mut sent = false;
             loop {
-                match l.rtc.poll_output() {
+                match rtc.poll_output() {
                     Ok(Output::Transmit(t)) => {
                         sent = true;
                         out.push_back(NodeOutput::Transmit(Transmit {

@@ -47,7 +47,10 @@ pub(crate) const MAX_REMOTES: usize = 8;
 pub(crate) struct Participant {
     pub user: UserId,
     pub room: RoomId,
-    pub rtc: Rtc,
+    /// The WebRTC session; `None` for a remote speaker fed by a trunk from another node.
+    pub rtc: Option<Rtc>,
+    /// For a remote speaker: the SSRC its packets carry inside this node.
+    pub remote_ssrc: u32,
     pub ufrag: String,
     /// Addresses that passed a STUN check for this participant (ICE checks every candidate
     /// pair, so media may come from any of them). Bounded by `MAX_REMOTES`.

@@ -20,9 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::error::SfuError;
-use crate::ids::ParticipantIdx;
+use crate::ids::{ParticipantIdx, RoomId, UserId};
 use crate::node::{
-    JoinAnswer, JoinRequest, Node, NodeConfig, NodeEvent, NodeOutput, ParticipantReport,
+    Export, JoinAnswer, JoinRequest, Node, NodeConfig, NodeEvent, NodeOutput, ParticipantReport,
 };
 use crate::participant::VoiceFlags;
 use crate::DropReason;
@@ -42,6 +42,34 @@ enum Command {
     SetFlags(ParticipantIdx, VoiceFlags),
     Report(oneshot::Sender<NodeReport>),
     Shutdown(oneshot::Sender<()>),
+    AddRemote(
+        RoomId,
+        UserId,
+        oneshot::Sender<Result<ParticipantIdx, SfuError>>,
+    ),
+    RemoveRemote(ParticipantIdx),
+    RemoteRtp(RemotePacket),
+    SetExported(RoomId, bool),
+    SetExportAll(bool),
+}
+
+/// A remote speaker's packet, as a trunk delivered it.
+#[derive(Debug)]
+pub struct RemotePacket {
+    pub idx: ParticipantIdx,
+    pub seq: u16,
+    pub rtp_ts: u32,
+    pub level: u8,
+    pub marker: bool,
+    pub payload: Arc<[u8]>,
+}
+
+/// Where the loop sends what is not a datagram.
+struct Sinks {
+    events: mpsc::UnboundedSender<NodeEvent>,
+    /// Speaker packets for other nodes; full = dropped and counted, never waited for.
+    exports: Option<mpsc::Sender<Export>>,
+    exports_dropped: u64,
 }
 
 /// Node-wide figures plus every participant, for the JSON endpoint and metrics.
@@ -57,6 +85,9 @@ pub struct NodeReport {
     pub rtp_forwarded: u64,
     /// Forwarded packets that did not leave in the same call (str0m queued them).
     pub rtp_deferred: u64,
+    /// Speaker packets handed to trunks, and those dropped because the trunk side lagged.
+    pub exported: u64,
+    pub exports_dropped: u64,
     pub drops: Vec<(&'static str, u64)>,
     pub peers: Vec<ParticipantReport>,
     /// Receive → send inside the node since start, µs (see [`ForwardDelay`]).
@@ -111,6 +142,34 @@ impl SfuHandle {
         rx.await.ok()
     }
 
+    /// Add a speaker connected to another node (see [`Node::add_remote`]).
+    pub async fn add_remote(&self, room: RoomId, user: UserId) -> Result<ParticipantIdx, SfuError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::AddRemote(room, user, tx))
+            .await
+            .map_err(|_| SfuError::Rtc("media node stopped".into()))?;
+        rx.await
+            .map_err(|_| SfuError::Rtc("media node stopped".into()))?
+    }
+
+    pub async fn remove_remote(&self, idx: ParticipantIdx) {
+        let _ = self.tx.send(Command::RemoveRemote(idx)).await;
+    }
+
+    /// Feed a remote speaker's packet.
+    pub async fn remote_rtp(&self, p: RemotePacket) {
+        let _ = self.tx.send(Command::RemoteRtp(p)).await;
+    }
+
+    pub async fn set_exported(&self, room: RoomId, on: bool) {
+        let _ = self.tx.send(Command::SetExported(room, on)).await;
+    }
+
+    pub async fn set_export_all(&self, on: bool) {
+        let _ = self.tx.send(Command::SetExportAll(on)).await;
+    }
+
     /// Close every peer and stop the loop.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
@@ -125,13 +184,54 @@ pub fn spawn(
     socket: UdpSocket,
     cfg: NodeConfig,
 ) -> std::io::Result<(SfuHandle, mpsc::UnboundedReceiver<NodeEvent>)> {
+    let (h, ev, _) = spawn_inner(socket, cfg, false)?;
+    Ok((h, ev))
+}
+
+/// [`spawn`] for a node in a cluster: exported speaker packets arrive on the third receiver.
+pub fn spawn_cascading(
+    socket: UdpSocket,
+    cfg: NodeConfig,
+) -> std::io::Result<(
+    SfuHandle,
+    mpsc::UnboundedReceiver<NodeEvent>,
+    mpsc::Receiver<Export>,
+)> {
+    let (h, ev, ex) = spawn_inner(socket, cfg, true)?;
+    Ok((h, ev, ex.expect("exports requested")))
+}
+
+/// Exports waiting for the trunks before new ones are dropped (about 1 s of 200 speakers).
+const EXPORT_QUEUE: usize = 10_000;
+
+#[allow(clippy::type_complexity)]
+fn spawn_inner(
+    socket: UdpSocket,
+    cfg: NodeConfig,
+    cascading: bool,
+) -> std::io::Result<(
+    SfuHandle,
+    mpsc::UnboundedReceiver<NodeEvent>,
+    Option<mpsc::Receiver<Export>>,
+)> {
     let local_addr = socket.local_addr()?;
     let (tx, rx) = mpsc::channel(1024);
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (ex_tx, ex_rx) = if cascading {
+        let (t, r) = mpsc::channel(EXPORT_QUEUE);
+        (Some(t), Some(r))
+    } else {
+        (None, None)
+    };
     let mut node = Node::new(cfg);
     node.set_seed(seed_from_clock());
-    tokio::spawn(run(Arc::new(socket), node, rx, ev_tx));
-    Ok((SfuHandle { tx, local_addr }, ev_rx))
+    let sinks = Sinks {
+        events: ev_tx,
+        exports: ex_tx,
+        exports_dropped: 0,
+    };
+    tokio::spawn(run(Arc::new(socket), node, rx, sinks));
+    Ok((SfuHandle { tx, local_addr }, ev_rx, ex_rx))
 }
 
 fn seed_from_clock() -> u64 {
@@ -145,7 +245,7 @@ async fn run(
     socket: Arc<UdpSocket>,
     mut node: Node,
     mut rx: mpsc::Receiver<Command>,
-    ev_tx: mpsc::UnboundedSender<NodeEvent>,
+    mut sinks: Sinks,
 ) {
     let local = socket.local_addr().expect("bound socket has an address");
     let udp = match quinn_udp::UdpSocketState::new((&*socket).into()) {
@@ -225,7 +325,7 @@ async fn run(
                             // Send what this datagram caused before handling the next: sends are
                             // one syscall per datagram either way, and a packet then waits only
                             // for the datagrams ahead of it, not for the whole batch.
-                            flush(&socket, &udp, &mut node, &ev_tx, Some(now), &mut delay).await;
+                            flush(&socket, &udp, &mut node, &mut sinks, Some(now), &mut delay).await;
                         }
                     }
                 }
@@ -236,10 +336,19 @@ async fn run(
                     Some(Command::Join(req, reply)) => { let _ = reply.send(node.join(now, req)); }
                     Some(Command::Leave(idx)) => node.leave(now, idx),
                     Some(Command::SetFlags(idx, f)) => { let _ = node.set_flags(now, idx, f); }
-                    Some(Command::Report(reply)) => { let _ = reply.send(report(&node, &delay)); }
+                    Some(Command::Report(reply)) => { let _ = reply.send(report(&node, &delay, sinks.exports_dropped)); }
+                    Some(Command::AddRemote(room, user, reply)) => { let _ = reply.send(node.add_remote(now, room, user)); }
+                    Some(Command::RemoveRemote(idx)) => { if node.is_remote(idx) { node.leave(now, idx) } }
+                    Some(Command::RemoteRtp(p)) => {
+                        received_at.get_or_insert(now);
+                        guarded(&mut panics, || node.remote_rtp(now, p.idx, p.seq, p.rtp_ts, p.level, p.marker, p.payload));
+                        flush(&socket, &udp, &mut node, &mut sinks, Some(now), &mut delay).await;
+                    }
+                    Some(Command::SetExported(room, on)) => node.set_exported(room, on),
+                    Some(Command::SetExportAll(on)) => node.set_export_all(on),
                     Some(Command::Shutdown(done)) => {
                         node.close_all(now);
-                        flush(&socket, &udp, &mut node, &ev_tx, None, &mut delay).await;
+                        flush(&socket, &udp, &mut node, &mut sinks, None, &mut delay).await;
                         info!("media node stopped; all peers closed");
                         let _ = done.send(());
                         return;
@@ -257,7 +366,7 @@ async fn run(
             &socket,
             &udp,
             &mut node,
-            &ev_tx,
+            &mut sinks,
             received_at.take(),
             &mut delay,
         )
@@ -297,7 +406,7 @@ async fn flush(
     socket: &UdpSocket,
     udp: &quinn_udp::UdpSocketState,
     node: &mut Node,
-    ev_tx: &mpsc::UnboundedSender<NodeEvent>,
+    sinks: &mut Sinks,
     received_at: Option<Instant>,
     delay: &mut hdrhistogram::Histogram<u64>,
 ) {
@@ -324,13 +433,20 @@ async fn flush(
                 }
             }
             NodeOutput::Event(e) => {
-                let _ = ev_tx.send(e);
+                let _ = sinks.events.send(e);
+            }
+            NodeOutput::Export(x) => {
+                if let Some(tx) = &sinks.exports {
+                    if tx.try_send(x).is_err() {
+                        sinks.exports_dropped += 1;
+                    }
+                }
             }
         }
     }
 }
 
-fn report(node: &Node, delay: &hdrhistogram::Histogram<u64>) -> NodeReport {
+fn report(node: &Node, delay: &hdrhistogram::Histogram<u64>, exports_dropped: u64) -> NodeReport {
     let s = node.stats();
     NodeReport {
         participants: node.participant_count(),
@@ -342,6 +458,8 @@ fn report(node: &Node, delay: &hdrhistogram::Histogram<u64>) -> NodeReport {
         rtp_in: s.rtp_in,
         rtp_forwarded: s.rtp_forwarded,
         rtp_deferred: s.rtp_deferred,
+        exported: s.exported,
+        exports_dropped,
         drops: DropReason::ALL
             .iter()
             .map(|r| (r.as_str(), s.drops.get(*r)))

@@ -41,5 +41,7 @@ pub struct NodeStats {
     pub rtp_forwarded: u64,
     /// Forwarded packets str0m did not transmit in the same call (queued for later).
     pub rtp_deferred: u64,
+    /// Speaker packets handed to trunks for other nodes (one per packet, not per node).
+    pub exported: u64,
     pub drops: DropCounters,
 }

@@ -4,7 +4,9 @@ mod sim;
 
 use std::time::Duration;
 
-use lodge_sfu::{DropReason, LeaveReason, NodeEvent, VoiceFlags};
+use std::sync::Arc;
+
+use lodge_sfu::{DropReason, LeaveReason, NodeEvent, ParticipantIdx, RoomId, UserId, VoiceFlags};
 use sim::World;
 
 fn connected_world(n: usize, k: usize) -> World {
@@ -335,4 +337,108 @@ fn bad_offers_are_refused_with_clear_errors() {
     w.join(1, World::speaking()).unwrap();
     let err = w.join(1, World::speaking()).unwrap_err();
     assert!(err.to_string().contains("max_room_size"), "{err}");
+}
+
+#[test]
+fn remote_speakers_are_heard_and_speakers_are_exported_while_they_talk() {
+    let mut w = connected_world(2, 2);
+    w.node.set_exported(RoomId(1), true);
+    let remote = w.node.add_remote(w.now, RoomId(1), UserId(77)).unwrap();
+    assert!(w.node.is_remote(remote));
+    // A remote speaker talks for 2 s (payload byte 200 tags it in what clients hear).
+    for i in 0..100u32 {
+        w.node.remote_rtp(
+            w.now,
+            remote,
+            i as u16,
+            i * 960,
+            20,
+            i == 0,
+            Arc::from(vec![200u8; 40]),
+        );
+        w.drain_node();
+        w.run(Duration::from_millis(20));
+    }
+    for c in &w.clients {
+        assert!(
+            c.heard_from(200) > 80,
+            "client {} heard {}",
+            c.n,
+            c.heard_from(200)
+        );
+    }
+    assert!(w.events.iter().any(|(_, e)| matches!(
+        e,
+        NodeEvent::SlotChanged {
+            speaker: Some(UserId(77)),
+            ..
+        }
+    )));
+    // Its packets are relayed on (to other edges), marked remote.
+    let relayed = w
+        .exports
+        .iter()
+        .filter(|(_, x)| x.user == UserId(77) && x.remote)
+        .count();
+    assert!(relayed >= 95, "{relayed} remote packets exported");
+    // A local speaker is exported while talking, not when silent or muted.
+    w.clients[0].level = Some(30);
+    w.run(Duration::from_secs(1));
+    let local = |w: &World| {
+        w.exports
+            .iter()
+            .filter(|(_, x)| x.user == w.clients[0].user && !x.remote)
+            .count()
+    };
+    let talking = local(&w);
+    assert!(talking >= 45, "{talking} local packets exported in 1 s");
+    let flags = VoiceFlags {
+        self_mute: true,
+        ..World::speaking()
+    };
+    let idx = w.clients[0].idx.unwrap();
+    w.node.set_flags(w.now, idx, flags).unwrap();
+    w.run(Duration::from_secs(1));
+    assert_eq!(local(&w), talking, "a muted speaker is never exported");
+    // Not exported rooms export nothing.
+    w.node.set_exported(RoomId(1), false);
+    let n = w.exports.len();
+    w.node.remote_rtp(
+        w.now,
+        remote,
+        100,
+        96_000,
+        20,
+        false,
+        Arc::from(vec![200u8; 40]),
+    );
+    w.drain_node();
+    assert_eq!(w.exports.len(), n);
+    // Remote packets for an unknown or local index are dropped and counted.
+    let drops = w.node.stats().drops.get(DropReason::UnknownPeer);
+    w.node.remote_rtp(
+        w.now,
+        ParticipantIdx(999),
+        0,
+        0,
+        20,
+        false,
+        Arc::from(vec![1u8; 10]),
+    );
+    w.node
+        .remote_rtp(w.now, idx, 0, 0, 20, false, Arc::from(vec![1u8; 10]));
+    assert_eq!(w.node.stats().drops.get(DropReason::UnknownPeer), drops + 2);
+    // Removing the remote speaker frees the listeners' slots; it is never reaped as idle.
+    w.run(Duration::from_secs(8));
+    assert!(w.node.is_remote(remote), "not timed out while silent");
+    w.node.leave(w.now, remote);
+    w.drain_node();
+    assert!(!w.node.is_remote(remote));
+    assert!(!w.events.iter().any(|(_, e)| matches!(
+        e,
+        NodeEvent::Left {
+            user: UserId(77),
+            ..
+        }
+    )));
 }

@@ -117,6 +117,8 @@ pub struct World {
     net: VecDeque<Packet>,
     pub latency: Duration,
     pub events: Vec<(Instant, NodeEvent)>,
+    /// Speaker packets the node handed out for other nodes.
+    pub exports: Vec<(Instant, lodge_sfu::Export)>,
     pub node_addr: SocketAddr,
 }
 
@@ -136,6 +138,7 @@ impl World {
             net: VecDeque::new(),
             latency: Duration::from_millis(10),
             events: Vec::new(),
+            exports: Vec::new(),
             node_addr,
         }
     }
@@ -191,6 +194,7 @@ impl World {
                     data: t.contents,
                 }),
                 NodeOutput::Event(e) => self.events.push((self.now, e)),
+                NodeOutput::Export(x) => self.exports.push((self.now, x)),
             }
         }
     }
