@@ -17,5 +17,5 @@ pub mod wire;
 
 pub use error::EdgeError;
 pub use repair::{ReceiveStats, RepairConfig};
-pub use session::{Delivered, TrunkCounters, TrunkSession};
-pub use wire::{Control, Media};
+pub use session::{Delivered, Notice, TrunkCounters, TrunkSession};
+pub use wire::{Control, Media, VoiceGrant};

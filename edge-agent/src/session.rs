@@ -41,6 +41,17 @@ pub struct TrunkCounters {
     pub repair: ReceiveStats,
 }
 
+/// Something the owner should know about besides media.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The peer started a stream: `user`'s voice in `room`.
+    Opened { stream: u16, room: u64, user: u64 },
+    /// The peer ended a stream.
+    Closed { stream: u16 },
+    /// A message for the layer above the trunk (placement, interest, load).
+    App(Control),
+}
+
 /// A media packet delivered to the owner, with who it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered {
@@ -80,6 +91,7 @@ pub struct TrunkSession {
     closed_repair: ReceiveStats,
     control_out: VecDeque<Control>,
     datagrams_out: VecDeque<Bytes>,
+    notices: VecDeque<Notice>,
     counters: TrunkCounters,
     bucket: Bucket,
     nack_scratch: Vec<u16>,
@@ -111,6 +123,7 @@ impl TrunkSession {
             closed_repair: ReceiveStats::default(),
             control_out: VecDeque::new(),
             datagrams_out: VecDeque::new(),
+            notices: VecDeque::new(),
             counters: TrunkCounters::default(),
             bucket: Bucket {
                 tokens: RATE_BURST,
@@ -266,6 +279,8 @@ impl TrunkSession {
                         "stream {stream}: the peer already has {MAX_STREAMS} streams open"
                     )))
                 } else {
+                    self.notices
+                        .push_back(Notice::Opened { stream, room, user });
                     if let Some(old) = self.in_streams.insert(
                         stream,
                         InStream {
@@ -281,6 +296,7 @@ impl TrunkSession {
             }
             Control::StreamClose { stream } => match self.in_streams.remove(&stream) {
                 Some(old) => {
+                    self.notices.push_back(Notice::Closed { stream });
                     add(&mut self.closed_repair, &old.tracker.stats());
                     Ok(())
                 }
@@ -309,6 +325,14 @@ impl TrunkSession {
                     // The stream closed meanwhile: nothing to resend.
                     Ok(())
                 }
+            }
+            c @ (Control::Interest { .. }
+            | Control::Load { .. }
+            | Control::VoicePlace(_)
+            | Control::VoiceUpdate(_)
+            | Control::VoiceRemove { .. }) => {
+                self.notices.push_back(Notice::App(c));
+                Ok(())
             }
             other => Err(EdgeError::UnexpectedControl(format!(
                 "{other:?} after the hello exchange"
@@ -342,6 +366,16 @@ impl TrunkSession {
             .values()
             .filter_map(|s| s.tracker.next_timeout(&self.cfg))
             .min()
+    }
+
+    /// Queue a message for the layer above on the peer's side.
+    pub fn send_app(&mut self, c: Control) {
+        self.control_out.push_back(c);
+    }
+
+    /// Next notice for the owner.
+    pub fn poll_notice(&mut self) -> Option<Notice> {
+        self.notices.pop_front()
     }
 
     /// Next control message to send.

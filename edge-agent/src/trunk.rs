@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::error::EdgeError;
-use crate::session::{Delivered, TrunkCounters, TrunkSession};
+use crate::session::{Delivered, Notice, TrunkCounters, TrunkSession};
 use crate::tls::{self, Identity};
 use crate::wire::{Control, VERSION};
 
@@ -34,6 +34,8 @@ pub struct Hello {
     pub token: String,
     pub node: String,
     pub region: String,
+    /// `host:port` of the edge's voice gateway.
+    pub voice_endpoint: String,
 }
 
 /// Who is at the other end of a trunk.
@@ -42,6 +44,8 @@ pub struct Peer {
     pub node: String,
     /// The edge's region (empty for an origin).
     pub region: String,
+    /// The edge's voice gateway `host:port` (empty for an origin).
+    pub voice_endpoint: String,
     pub addr: SocketAddr,
 }
 
@@ -174,6 +178,7 @@ async fn handshake(
             token: t,
             node: edge,
             region,
+            voice_endpoint,
         }) => {
             if version != VERSION {
                 let why = format!("trunk protocol version {version}, this origin speaks {VERSION}");
@@ -207,6 +212,7 @@ async fn handshake(
             let peer = Peer {
                 node: edge,
                 region,
+                voice_endpoint,
                 addr,
             };
             Ok((
@@ -264,6 +270,7 @@ pub async fn connect(
                 token: hello.token.clone(),
                 node: hello.node.clone(),
                 region: hello.region.clone(),
+                voice_endpoint: hello.voice_endpoint.clone(),
             },
         )
         .await?;
@@ -294,6 +301,7 @@ pub async fn connect(
         Peer {
             node,
             region: String::new(),
+            voice_endpoint: String::new(),
             addr: origin,
         },
     ))
@@ -318,12 +326,15 @@ pub enum TrunkCommand {
         marker: bool,
         payload: Bytes,
     },
+    /// A message for the layer above on the other side (interest, load, placement).
+    App(Control),
 }
 
 /// What a running trunk delivers.
 #[derive(Debug)]
 pub enum TrunkEvent {
     Media(Delivered),
+    Notice(Notice),
 }
 
 /// A trunk's figures: the session's counters and QUIC's own.
@@ -431,6 +442,7 @@ impl Trunk {
                         let _ = reply.send(session.open_stream(room, user));
                     }
                     Some(TrunkCommand::Close { stream }) => session.close_stream(stream),
+                    Some(TrunkCommand::App(c)) => session.send_app(c),
                     None => {
                         conn.close(CLOSE_SHUTDOWN.into(), b"shutdown");
                         break EdgeError::ControlStream("shut down".into());
@@ -441,6 +453,15 @@ impl Trunk {
                     session.set_rtt(conn.rtt());
                     publish(&session, send_errors);
                 }
+            }
+            let mut gone = false;
+            while let Some(n) = session.poll_notice() {
+                if events.send(TrunkEvent::Notice(n)).await.is_err() {
+                    gone = true;
+                }
+            }
+            if gone {
+                break EdgeError::ControlStream("the trunk's owner went away".into());
             }
             let mut failed = None;
             while let Some(c) = session.poll_control() {

@@ -100,12 +100,14 @@ impl Media {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Control {
-    /// The edge's first message: who it is and the cluster token.
+    /// The edge's first message: who it is, the cluster token, and where its callers' voice
+    /// gateway is (`host:port`, what VOICE_SERVER_UPDATE's `endpoint` will say).
     Hello {
         version: u32,
         token: String,
         node: String,
         region: String,
+        voice_endpoint: String,
     },
     /// The origin accepted the hello.
     Welcome { node: String },
@@ -117,6 +119,33 @@ pub enum Control {
     StreamClose { stream: u16 },
     /// The receiver misses these trunk sequence numbers of `stream`: send them again.
     Nack { stream: u16, seqs: Vec<u16> },
+    /// Edge → origin: this edge has (or no longer has) callers in `room`, so it wants (or no
+    /// longer wants) the room's speakers.
+    Interest { room: u64, on: bool },
+    /// Edge → origin, every few seconds: how busy the edge is (for placement).
+    Load { participants: u32 },
+    /// Origin → edge: a caller was placed on this edge; accept `token` for them.
+    VoicePlace(VoiceGrant),
+    /// Origin → edge: the caller's voice state changed (mute, deaf, SPEAK).
+    VoiceUpdate(VoiceGrant),
+    /// Origin → edge: the caller left the channel (or was disconnected or moved away).
+    VoiceRemove { guild: u64, user: u64 },
+}
+
+/// A caller's voice state as the origin decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoiceGrant {
+    pub guild: u64,
+    pub channel: u64,
+    pub user: u64,
+    pub session_id: String,
+    /// The single-use voice token (empty in updates).
+    pub token: String,
+    pub self_mute: bool,
+    pub self_deaf: bool,
+    pub mute: bool,
+    pub deaf: bool,
+    pub can_speak: bool,
 }
 
 impl Control {

@@ -27,6 +27,7 @@ fn hello(token: &str, node: &str) -> Hello {
         token: token.into(),
         node: node.into(),
         region: "eu-test".into(),
+        voice_endpoint: "127.0.0.1:9".into(),
     }
 }
 
@@ -76,13 +77,23 @@ async fn media(r: &Running, stream: u16, i: u32, payload: Bytes) {
         .unwrap();
 }
 
-/// Media events until `quiet` passes without one.
-async fn collect(r: &mut Running, quiet: Duration) -> Vec<lodge_edge::Delivered> {
-    let mut got = Vec::new();
-    while let Ok(Some(TrunkEvent::Media(m))) = tokio::time::timeout(quiet, r.events.recv()).await {
-        got.push(m);
+/// Media and notices until `quiet` passes without an event.
+async fn collect_all(
+    r: &mut Running,
+    quiet: Duration,
+) -> (Vec<lodge_edge::Delivered>, Vec<lodge_edge::Notice>) {
+    let (mut got, mut notices) = (Vec::new(), Vec::new());
+    while let Ok(Some(e)) = tokio::time::timeout(quiet, r.events.recv()).await {
+        match e {
+            TrunkEvent::Media(m) => got.push(m),
+            TrunkEvent::Notice(n) => notices.push(n),
+        }
     }
-    got
+    (got, notices)
+}
+
+async fn collect(r: &mut Running, quiet: Duration) -> Vec<lodge_edge::Delivered> {
+    collect_all(r, quiet).await.0
 }
 
 async fn origin() -> (Arc<Origin>, String) {
@@ -117,8 +128,26 @@ async fn media_flows_both_ways_with_little_overhead() {
         media(&edge, s, i, Bytes::from(vec![(i % 251) as u8; 60])).await;
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let got = collect(&mut org, Duration::from_millis(500)).await;
+    edge.cmd
+        .send(TrunkCommand::App(lodge_edge::Control::Interest {
+            room: 77,
+            on: true,
+        }))
+        .await
+        .unwrap();
+    let (got, notices) = collect_all(&mut org, Duration::from_millis(500)).await;
     let sent_bytes = conn.stats().udp_tx.bytes - before;
+    assert_eq!(
+        notices,
+        vec![
+            lodge_edge::Notice::Opened {
+                stream: s,
+                room: 77,
+                user: 1001
+            },
+            lodge_edge::Notice::App(lodge_edge::Control::Interest { room: 77, on: true }),
+        ]
+    );
     assert_eq!(got.len(), 1000, "every packet on a clean path");
     assert!(got
         .iter()
@@ -366,10 +395,12 @@ async fn bursty_loss_on_the_trunk_is_repaired() {
     let n = 600u32;
     let receiver = tokio::spawn(async move {
         let mut got = Vec::new();
-        while let Ok(Some(TrunkEvent::Media(m))) =
+        while let Ok(Some(e)) =
             tokio::time::timeout(Duration::from_secs(2), org.events.recv()).await
         {
-            got.push((m, t0.elapsed()));
+            if let TrunkEvent::Media(m) = e {
+                got.push((m, t0.elapsed()));
+            }
         }
         (got, org)
     });
