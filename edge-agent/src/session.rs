@@ -56,6 +56,8 @@ pub enum Notice {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered {
     pub stream: u16,
+    /// The stream's trunk sequence number (consecutive per stream, like an RTP sequence).
+    pub seq: u16,
     pub room: u64,
     pub user: u64,
     pub rtp_ts: u32,
@@ -258,6 +260,7 @@ impl TrunkSession {
         self.counters.media_in += 1;
         Some(Delivered {
             stream: m.stream,
+            seq: m.seq,
             room: s.room,
             user: s.user,
             rtp_ts: m.rtp_ts,

@@ -1,0 +1,396 @@
+//! Cascading: joins a media node's exported speaker packets to its trunks, and its trunks'
+//! media to the node's remote speakers.
+//!
+//! - On an **edge**, every local speaker who talks is exported to the origin (one stream per
+//!   speaker); what the origin sends becomes remote speakers in the edge's node, ranked and
+//!   fanned out to the edge's listeners there. Remote speakers are never sent back.
+//! - On an **origin**, a room's speakers go to every edge that declared interest in the room
+//!   (`Interest`), local speakers and other edges' speakers alike, never back to the edge a
+//!   speaker came from. So an edge receives each active speaker once, however many of its
+//!   callers listen.
+//!
+//! Speaker selection: each node ranks the speakers it sees (its own and the remote ones) with
+//! the same selector. Every node sees every talking speaker of the room (talkers are exported,
+//! silent ones are not), so all nodes rank the same top speakers; a remote speaker's levels
+//! arrive with its packets, one trunk hop (plus the export queue) after the speaker's own node
+//! saw them. Nothing else has to be agreed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use lodge_sfu::shell::{RemotePacket, SfuHandle};
+use lodge_sfu::{Export, ParticipantIdx, RoomId, UserId};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use crate::trunk::{Peer, Trunk, TrunkCommand, TrunkEvent, TrunkStats};
+use crate::wire::Control;
+use crate::Notice;
+
+pub type TrunkId = u64;
+
+/// Which side of the trunks this node is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Origin,
+    Edge,
+}
+
+/// What signaling learns from the cluster.
+#[derive(Debug)]
+pub enum ClusterEvent {
+    TrunkUp {
+        id: TrunkId,
+        peer: Peer,
+    },
+    TrunkDown {
+        id: TrunkId,
+        peer: Peer,
+    },
+    /// An app-level message from a trunk peer (placement, load, interest is handled here).
+    App {
+        id: TrunkId,
+        msg: Control,
+    },
+}
+
+/// One trunk as reported on /metrics and the JSON endpoints.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrunkReport {
+    pub id: TrunkId,
+    pub node: String,
+    pub region: String,
+    pub voice_endpoint: String,
+    pub load: u32,
+    /// Speakers this node sends on the trunk now, and receives from it.
+    pub streams_out: usize,
+    pub streams_in: usize,
+    pub rooms_of_interest: usize,
+    /// Exports dropped because the trunk's queue was full.
+    pub dropped_queue_full: u64,
+    pub stats: TrunkStats,
+}
+
+enum Cmd {
+    Add {
+        peer: Peer,
+        trunk: Trunk,
+        done: oneshot::Sender<()>,
+    },
+    App {
+        id: TrunkId,
+        msg: Control,
+    },
+    /// Tell the origin (edge role) whether this edge has callers in `room`.
+    Interest {
+        room: u64,
+        on: bool,
+    },
+    Report(oneshot::Sender<Vec<TrunkReport>>),
+}
+
+/// Cheap handle to the cascade task.
+#[derive(Clone)]
+pub struct CascadeHandle {
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl CascadeHandle {
+    /// Hand an established trunk to the cascade; `done` fires when it has ended.
+    pub async fn add_trunk(&self, peer: Peer, trunk: Trunk) -> oneshot::Receiver<()> {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Cmd::Add { peer, trunk, done }).await;
+        rx
+    }
+
+    /// Send an app-level message to a trunk peer.
+    pub async fn send(&self, id: TrunkId, msg: Control) {
+        let _ = self.tx.send(Cmd::App { id, msg }).await;
+    }
+
+    /// (Edge) this edge has, or no longer has, callers in `room`.
+    pub async fn interest(&self, room: u64, on: bool) {
+        let _ = self.tx.send(Cmd::Interest { room, on }).await;
+    }
+
+    pub async fn report(&self) -> Vec<TrunkReport> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Report(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+struct Link {
+    peer: Peer,
+    cmd: mpsc::Sender<TrunkCommand>,
+    stats: watch::Receiver<TrunkStats>,
+    /// Rooms the peer wants (origin role: from its Interest messages).
+    interest: HashSet<u64>,
+    /// Speakers sent on this trunk: node participant → (stream, last packet).
+    out: HashMap<ParticipantIdx, (u16, Instant)>,
+    load: u32,
+    dropped: u64,
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// Trunk messages waiting in a trunk's queue before new exports are dropped.
+const TRUNK_QUEUE: usize = 8192;
+/// A speaker who sent nothing for this long has its trunk stream closed.
+const STREAM_IDLE: Duration = Duration::from_secs(10);
+
+/// Start the cascade for a node in `role`. `exports` is the node's export receiver
+/// ([`lodge_sfu::shell::spawn_cascading`]).
+pub fn spawn(
+    role: Role,
+    sfu: SfuHandle,
+    exports: mpsc::Receiver<Export>,
+) -> (CascadeHandle, mpsc::UnboundedReceiver<ClusterEvent>) {
+    let (tx, rx) = mpsc::channel(256);
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(role, sfu, exports, rx, ev_tx));
+    (CascadeHandle { tx }, ev_rx)
+}
+
+async fn run(
+    role: Role,
+    sfu: SfuHandle,
+    mut exports: mpsc::Receiver<Export>,
+    mut cmds: mpsc::Receiver<Cmd>,
+    events: mpsc::UnboundedSender<ClusterEvent>,
+) {
+    if role == Role::Edge {
+        sfu.set_export_all(true).await;
+    }
+    let (tev_tx, mut tev_rx) = mpsc::channel::<(TrunkId, Option<TrunkEvent>)>(4096);
+    let mut links: HashMap<TrunkId, Link> = HashMap::new();
+    let mut remote: HashMap<(TrunkId, u16), ParticipantIdx> = HashMap::new();
+    let mut source: HashMap<ParticipantIdx, TrunkId> = HashMap::new();
+    // Edge role: rooms with local callers (re-announced after a reconnect).
+    let mut my_rooms: HashSet<u64> = HashSet::new();
+    let mut next_id: TrunkId = 1;
+    let mut sweep = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            x = exports.recv() => {
+                let Some(x) = x else { break };
+                for (id, l) in links.iter_mut() {
+                    let wanted = match role {
+                        Role::Edge => !x.remote,
+                        Role::Origin => l.interest.contains(&x.room.0) && source.get(&x.from) != Some(id),
+                    };
+                    if !wanted {
+                        continue;
+                    }
+                    let now = Instant::now();
+                    let stream = match l.out.get_mut(&x.from) {
+                        Some(s) => { s.1 = now; s.0 }
+                        None => {
+                            let (rtx, rrx) = oneshot::channel();
+                            if l.cmd.send(TrunkCommand::Open { room: x.room.0, user: x.user.0, reply: rtx }).await.is_err() {
+                                continue;
+                            }
+                            match rrx.await {
+                                Ok(Ok(s)) => { l.out.insert(x.from, (s, now)); s }
+                                _ => continue,
+                            }
+                        }
+                    };
+                    let m = TrunkCommand::Media {
+                        stream,
+                        rtp_ts: x.rtp_ts,
+                        level: x.level,
+                        marker: x.marker,
+                        payload: Bytes::copy_from_slice(&x.payload),
+                    };
+                    if l.cmd.try_send(m).is_err() {
+                        l.dropped += 1;
+                    }
+                }
+            }
+            ev = tev_rx.recv() => {
+                let Some((id, ev)) = ev else { break };
+                match ev {
+                    Some(TrunkEvent::Media(d)) => {
+                        if let Some(idx) = remote.get(&(id, d.stream)) {
+                            sfu.remote_rtp(RemotePacket {
+                                idx: *idx,
+                                seq: d.seq,
+                                rtp_ts: d.rtp_ts,
+                                level: d.level,
+                                marker: d.marker,
+                                payload: Arc::from(&d.payload[..]),
+                            }).await;
+                        }
+                    }
+                    Some(TrunkEvent::Notice(Notice::Opened { stream, room, user })) => {
+                        if let Some(old) = remote.remove(&(id, stream)) {
+                            source.remove(&old);
+                            sfu.remove_remote(old).await;
+                        }
+                        match sfu.add_remote(RoomId(room), UserId(user)).await {
+                            Ok(idx) => {
+                                remote.insert((id, stream), idx);
+                                source.insert(idx, id);
+                            }
+                            Err(e) => warn!(trunk = id, error = %e, "cannot add a remote speaker"),
+                        }
+                    }
+                    Some(TrunkEvent::Notice(Notice::Closed { stream })) => {
+                        if let Some(idx) = remote.remove(&(id, stream)) {
+                            source.remove(&idx);
+                            sfu.remove_remote(idx).await;
+                        }
+                    }
+                    Some(TrunkEvent::Notice(Notice::App(Control::Interest { room, on }))) => {
+                        if let Some(l) = links.get_mut(&id) {
+                            if on { l.interest.insert(room); } else { l.interest.remove(&room); }
+                        }
+                        let any = links.values().any(|l| l.interest.contains(&room));
+                        sfu.set_exported(RoomId(room), any).await;
+                    }
+                    Some(TrunkEvent::Notice(Notice::App(Control::Load { participants }))) => {
+                        if let Some(l) = links.get_mut(&id) { l.load = participants; }
+                        let _ = events.send(ClusterEvent::App { id, msg: Control::Load { participants } });
+                    }
+                    Some(TrunkEvent::Notice(Notice::App(msg))) => {
+                        let _ = events.send(ClusterEvent::App { id, msg });
+                    }
+                    None => {
+                        // The trunk ended: its remote speakers leave, its rooms stop exporting.
+                        let gone: Vec<(TrunkId, u16)> = remote.keys().filter(|k| k.0 == id).copied().collect();
+                        for k in gone {
+                            if let Some(idx) = remote.remove(&k) {
+                                source.remove(&idx);
+                                sfu.remove_remote(idx).await;
+                            }
+                        }
+                        if let Some(mut l) = links.remove(&id) {
+                            for room in &l.interest {
+                                let any = links.values().any(|o| o.interest.contains(room));
+                                sfu.set_exported(RoomId(*room), any).await;
+                            }
+                            info!(trunk = id, peer = %l.peer.node, "trunk down");
+                            if let Some(d) = l.done.take() { let _ = d.send(()); }
+                            let _ = events.send(ClusterEvent::TrunkDown { id, peer: l.peer });
+                        }
+                    }
+                }
+            }
+            cmd = cmds.recv() => {
+                let Some(cmd) = cmd else { break };
+                match cmd {
+                    Cmd::Add { peer, trunk, done } => {
+                        let id = next_id;
+                        next_id += 1;
+                        let (ctx, crx) = mpsc::channel(TRUNK_QUEUE);
+                        let (etx, mut erx) = mpsc::channel(4096);
+                        let (stx, srx) = watch::channel(TrunkStats::default());
+                        let fwd = tev_tx.clone();
+                        tokio::spawn(async move {
+                            while let Some(e) = erx.recv().await {
+                                if fwd.send((id, Some(e))).await.is_err() { return; }
+                            }
+                            let _ = fwd.send((id, None)).await;
+                        });
+                        let node = peer.node.clone();
+                        tokio::spawn(async move {
+                            let why = trunk.run(crx, etx, stx).await;
+                            info!(trunk = id, peer = %node, reason = %why, "trunk ended");
+                        });
+                        // An edge re-announces its rooms to a (re)connected origin.
+                        if role == Role::Edge {
+                            for room in &my_rooms {
+                                let _ = ctx.send(TrunkCommand::App(Control::Interest { room: *room, on: true })).await;
+                            }
+                        }
+                        info!(trunk = id, peer = %peer.node, region = %peer.region, "trunk up");
+                        let _ = events.send(ClusterEvent::TrunkUp { id, peer: peer.clone() });
+                        links.insert(id, Link {
+                            peer, cmd: ctx, stats: srx, interest: HashSet::new(), out: HashMap::new(),
+                            load: 0, dropped: 0, done: Some(done),
+                        });
+                    }
+                    Cmd::App { id, msg } => {
+                        if let Some(l) = links.get(&id) {
+                            let _ = l.cmd.send(TrunkCommand::App(msg)).await;
+                        }
+                    }
+                    Cmd::Interest { room, on } => {
+                        let changed = if on { my_rooms.insert(room) } else { my_rooms.remove(&room) };
+                        if changed {
+                            for l in links.values() {
+                                let _ = l.cmd.send(TrunkCommand::App(Control::Interest { room, on })).await;
+                            }
+                        }
+                    }
+                    Cmd::Report(reply) => {
+                        let r = links.iter().map(|(id, l)| TrunkReport {
+                            id: *id,
+                            node: l.peer.node.clone(),
+                            region: l.peer.region.clone(),
+                            voice_endpoint: l.peer.voice_endpoint.clone(),
+                            load: l.load,
+                            streams_out: l.out.len(),
+                            streams_in: remote.keys().filter(|k| k.0 == *id).count(),
+                            rooms_of_interest: l.interest.len(),
+                            dropped_queue_full: l.dropped,
+                            stats: *l.stats.borrow(),
+                        }).collect();
+                        let _ = reply.send(r);
+                    }
+                }
+            }
+            _ = sweep.tick() => {
+                let now = Instant::now();
+                for l in links.values_mut() {
+                    let idle: Vec<(ParticipantIdx, u16)> = l.out.iter()
+                        .filter(|(_, (_, last))| now.duration_since(*last) > STREAM_IDLE)
+                        .map(|(p, (s, _))| (*p, *s)).collect();
+                    for (p, s) in idle {
+                        l.out.remove(&p);
+                        let _ = l.cmd.try_send(TrunkCommand::Close { stream: s });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Keep an edge connected to its origin: connect, run the trunk until it ends, reconnect with
+/// backoff (0.25 s doubling to 5 s, reset after a trunk that lived). Never returns.
+pub async fn keep_edge_connected(
+    cascade: CascadeHandle,
+    local: std::net::SocketAddr,
+    origin: std::net::SocketAddr,
+    pin: String,
+    hello: crate::trunk::Hello,
+    up: watch::Sender<bool>,
+) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match crate::trunk::connect(local, origin, &pin, &hello).await {
+            Ok((trunk, peer)) => {
+                info!(origin = %peer.node, %origin, "connected to the origin");
+                let _ = up.send(true);
+                let started = Instant::now();
+                let done = cascade.add_trunk(peer, trunk).await;
+                let _ = done.await;
+                let _ = up.send(false);
+                warn!(%origin, "trunk to the origin lost; reconnecting");
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff = Duration::from_millis(250);
+                }
+            }
+            Err(e) => {
+                let _ = up.send(false);
+                warn!(%origin, error = %e, retry_in = ?backoff, "cannot reach the origin");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
