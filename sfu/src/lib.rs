@@ -37,6 +37,6 @@ pub use error::SfuError;
 pub use ids::{ParticipantIdx, RoomId, Ssrc, UserId};
 pub use node::{
     Export, JoinAnswer, JoinRequest, LeaveReason, Node, NodeConfig, NodeEvent, NodeOutput,
-    ParticipantReport, SlotInfo, Transmit, MAX_SLOTS,
+    ParticipantReport, RemotePacket, SlotInfo, Transmit, MAX_SLOTS,
 };
 pub use participant::VoiceFlags;

@@ -169,6 +169,19 @@ pub enum NodeOutput {
     Export(Export),
 }
 
+/// A remote speaker's packet, as a trunk delivered it.
+#[derive(Debug)]
+pub struct RemotePacket {
+    pub idx: ParticipantIdx,
+    /// Consecutive per speaker (the trunk's sequence number).
+    pub seq: u16,
+    pub rtp_ts: u32,
+    /// RFC 6464 level, 0 loudest … 127 silent.
+    pub level: u8,
+    pub marker: bool,
+    pub payload: Arc<[u8]>,
+}
+
 /// One received speaker packet, from WebRTC or from a trunk.
 struct Inbound {
     ssrc: u32,
@@ -531,16 +544,15 @@ impl Node {
     }
 
     /// A remote speaker's packet from its trunk. Unknown or local indices are dropped (counted).
-    pub fn remote_rtp(
-        &mut self,
-        now: Instant,
-        idx: ParticipantIdx,
-        seq: u16,
-        rtp_ts: u32,
-        level: u8,
-        marker: bool,
-        payload: Arc<[u8]>,
-    ) {
+    pub fn remote_rtp(&mut self, now: Instant, pkt: RemotePacket) {
+        let RemotePacket {
+            idx,
+            seq,
+            rtp_ts,
+            level,
+            marker,
+            payload,
+        } = pkt;
         let Some(p) = self.participant_mut(idx).filter(|p| p.rtc.is_none()) else {
             return self.drop_datagram(DropReason::UnknownPeer, None);
         };

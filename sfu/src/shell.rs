@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::error::SfuError;
 use crate::ids::{ParticipantIdx, RoomId, UserId};
+pub use crate::node::RemotePacket;
 use crate::node::{
     Export, JoinAnswer, JoinRequest, Node, NodeConfig, NodeEvent, NodeOutput, ParticipantReport,
 };
@@ -51,17 +52,6 @@ enum Command {
     RemoteRtp(RemotePacket),
     SetExported(RoomId, bool),
     SetExportAll(bool),
-}
-
-/// A remote speaker's packet, as a trunk delivered it.
-#[derive(Debug)]
-pub struct RemotePacket {
-    pub idx: ParticipantIdx,
-    pub seq: u16,
-    pub rtp_ts: u32,
-    pub level: u8,
-    pub marker: bool,
-    pub payload: Arc<[u8]>,
 }
 
 /// Where the loop sends what is not a datagram.
@@ -341,7 +331,7 @@ async fn run(
                     Some(Command::RemoveRemote(idx)) => { if node.is_remote(idx) { node.leave(now, idx) } }
                     Some(Command::RemoteRtp(p)) => {
                         received_at.get_or_insert(now);
-                        guarded(&mut panics, || node.remote_rtp(now, p.idx, p.seq, p.rtp_ts, p.level, p.marker, p.payload));
+                        guarded(&mut panics, || node.remote_rtp(now, p));
                         flush(&socket, &udp, &mut node, &mut sinks, Some(now), &mut delay).await;
                     }
                     Some(Command::SetExported(room, on)) => node.set_exported(room, on),

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use lodge_sfu::{DropReason, LeaveReason, NodeEvent, ParticipantIdx, RoomId, UserId, VoiceFlags};
+use lodge_sfu::{
+    DropReason, LeaveReason, NodeEvent, ParticipantIdx, RemotePacket, RoomId, UserId, VoiceFlags,
+};
 use sim::World;
 
 fn connected_world(n: usize, k: usize) -> World {
@@ -339,6 +341,18 @@ fn bad_offers_are_refused_with_clear_errors() {
     assert!(err.to_string().contains("max_room_size"), "{err}");
 }
 
+/// A remote speaker's packet at level 20 whose payload starts with `tag`.
+fn rp(idx: ParticipantIdx, seq: u16, rtp_ts: u32, tag: u8) -> RemotePacket {
+    RemotePacket {
+        idx,
+        seq,
+        rtp_ts,
+        level: 20,
+        marker: seq == 0,
+        payload: Arc::from(vec![tag; 40]),
+    }
+}
+
 #[test]
 fn remote_speakers_are_heard_and_speakers_are_exported_while_they_talk() {
     let mut w = connected_world(2, 2);
@@ -347,15 +361,7 @@ fn remote_speakers_are_heard_and_speakers_are_exported_while_they_talk() {
     assert!(w.node.is_remote(remote));
     // A remote speaker talks for 2 s (payload byte 200 tags it in what clients hear).
     for i in 0..100u32 {
-        w.node.remote_rtp(
-            w.now,
-            remote,
-            i as u16,
-            i * 960,
-            20,
-            i == 0,
-            Arc::from(vec![200u8; 40]),
-        );
+        w.node.remote_rtp(w.now, rp(remote, i as u16, i * 960, 200));
         w.drain_node();
         w.run(Duration::from_millis(20));
     }
@@ -403,30 +409,13 @@ fn remote_speakers_are_heard_and_speakers_are_exported_while_they_talk() {
     // Not exported rooms export nothing.
     w.node.set_exported(RoomId(1), false);
     let n = w.exports.len();
-    w.node.remote_rtp(
-        w.now,
-        remote,
-        100,
-        96_000,
-        20,
-        false,
-        Arc::from(vec![200u8; 40]),
-    );
+    w.node.remote_rtp(w.now, rp(remote, 100, 96_000, 200));
     w.drain_node();
     assert_eq!(w.exports.len(), n);
     // Remote packets for an unknown or local index are dropped and counted.
     let drops = w.node.stats().drops.get(DropReason::UnknownPeer);
-    w.node.remote_rtp(
-        w.now,
-        ParticipantIdx(999),
-        0,
-        0,
-        20,
-        false,
-        Arc::from(vec![1u8; 10]),
-    );
-    w.node
-        .remote_rtp(w.now, idx, 0, 0, 20, false, Arc::from(vec![1u8; 10]));
+    w.node.remote_rtp(w.now, rp(ParticipantIdx(999), 0, 0, 1));
+    w.node.remote_rtp(w.now, rp(idx, 0, 0, 1));
     assert_eq!(w.node.stats().drops.get(DropReason::UnknownPeer), drops + 2);
     // Removing the remote speaker frees the listeners' slots; it is never reaped as idle.
     w.run(Duration::from_secs(8));

@@ -28,6 +28,8 @@ pub struct Inner {
     pub rate_limiter: crate::ratelimit::RateLimiter,
     pub shutdown: tokio::sync::watch::Sender<bool>,
     pub telemetry: Mutex<crate::quality::Telemetry>,
+    /// Set when this node is an origin or an edge of a cluster.
+    pub cluster: std::sync::OnceLock<crate::cluster::Cluster>,
 }
 
 #[derive(Clone)]
@@ -63,7 +65,13 @@ impl AppState {
             rate_limiter: Default::default(),
             shutdown,
             telemetry: Default::default(),
+            cluster: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// This node is an edge: it serves callers the origin places on it.
+    pub fn is_edge(&self) -> bool {
+        self.cluster.get().map(|c| c.role) == Some(lodge_edge::cascade::Role::Edge)
     }
 
     pub fn telemetry(&self) -> std::sync::MutexGuard<'_, crate::quality::Telemetry> {
@@ -164,6 +172,18 @@ fn api_routes(state: &AppState) -> Router<AppState> {
             crate::ratelimit::middleware,
         ))
         .fallback(ops::api_not_found)
+}
+
+/// An edge serves its callers' voice gateway, health and metrics; the API, the chat gateway and
+/// the web client are the origin's.
+pub fn edge_router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(crate::web::index_or_voice))
+        .route("/healthz", get(crate::rest::ops::healthz))
+        .route("/readyz", get(crate::rest::ops::readyz))
+        .route("/metrics", get(crate::rest::ops::metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
 }
 
 pub fn router(state: AppState) -> Router {

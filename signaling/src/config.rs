@@ -85,6 +85,25 @@ pub struct ServeArgs {
     /// channels of their own guilds only. Use 16 or more random characters. [default: unset]
     #[arg(long, env = "LODGE_OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: Option<String>,
+    /// Shared secret of a cluster of nodes: edges present it to their origin. 16+ characters.
+    /// Needed with --trunk-listen or --origin. [default: unset]
+    #[arg(long, env = "LODGE_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+    /// Origin role: accept edge trunks (QUIC) on this UDP address:port. The trunk certificate's
+    /// fingerprint, which edges pin, is printed at start-up (it lives in <data_dir>). [default: unset]
+    #[arg(long, env = "LODGE_TRUNK_LISTEN")]
+    pub trunk_listen: Option<SocketAddr>,
+    /// Edge role: the origin's trunk address:port. The edge then serves only the voice gateway
+    /// and media for callers the origin places on it. [default: unset]
+    #[arg(long, env = "LODGE_ORIGIN")]
+    pub origin: Option<SocketAddr>,
+    /// Edge role: the origin's trunk certificate fingerprint (sha256:…), as the origin printed it.
+    #[arg(long, env = "LODGE_ORIGIN_FINGERPRINT")]
+    pub origin_fingerprint: Option<String>,
+    /// This node's region name; callers whose voice state update carries "region": "<name>" are
+    /// placed on an edge of that region. [default: default]
+    #[arg(long, env = "LODGE_REGION")]
+    pub region: Option<String>,
 }
 
 /// The TOML file's shape. Every field optional; unknown keys rejected.
@@ -105,6 +124,11 @@ pub struct FileConfig {
     pub rate_limit_route: Option<u32>,
     pub rate_limit_global: Option<u32>,
     pub operator_token: Option<String>,
+    pub cluster_token: Option<String>,
+    pub trunk_listen: Option<SocketAddr>,
+    pub origin: Option<SocketAddr>,
+    pub origin_fingerprint: Option<String>,
+    pub region: Option<String>,
 }
 
 /// The effective configuration.
@@ -127,6 +151,13 @@ pub struct Config {
     /// Never printed or serialized.
     #[serde(skip_serializing)]
     pub operator_token: Option<String>,
+    /// Never printed or serialized.
+    #[serde(skip_serializing)]
+    pub cluster_token: Option<String>,
+    pub trunk_listen: Option<SocketAddr>,
+    pub origin: Option<SocketAddr>,
+    pub origin_fingerprint: Option<String>,
+    pub region: String,
 }
 
 const KNOWN_ENV: &[&str] = &[
@@ -145,6 +176,11 @@ const KNOWN_ENV: &[&str] = &[
     "LODGE_RATE_LIMIT_ROUTE",
     "LODGE_RATE_LIMIT_GLOBAL",
     "LODGE_OPERATOR_TOKEN",
+    "LODGE_CLUSTER_TOKEN",
+    "LODGE_TRUNK_LISTEN",
+    "LODGE_ORIGIN",
+    "LODGE_ORIGIN_FINGERPRINT",
+    "LODGE_REGION",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -222,7 +258,7 @@ impl Config {
             .clone()
             .or(file.database)
             .unwrap_or_else(|| data_dir.join("lodge.db"));
-        Ok(Config {
+        Config {
             http_listen,
             media_listen,
             public_ip,
@@ -263,7 +299,44 @@ impl Config {
                 }
                 t => t,
             },
-        })
+            cluster_token: match args.cluster_token.clone().or(file.cluster_token) {
+                Some(t) if t.chars().count() < 16 => {
+                    return Err(ConfigError::Invalid(
+                        "cluster_token must be at least 16 characters".into(),
+                    ))
+                }
+                t => t,
+            },
+            trunk_listen: args.trunk_listen.or(file.trunk_listen),
+            origin: args.origin.or(file.origin),
+            origin_fingerprint: args.origin_fingerprint.clone().or(file.origin_fingerprint),
+            region: args
+                .region
+                .clone()
+                .or(file.region)
+                .unwrap_or_else(|| "default".into()),
+        }
+        .checked_cluster()
+    }
+
+    /// The cluster settings must fit together.
+    fn checked_cluster(self) -> Result<Config, ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if self.trunk_listen.is_some() && self.origin.is_some() {
+            return bad("a node is an origin (--trunk-listen) or an edge (--origin), not both");
+        }
+        if (self.trunk_listen.is_some() || self.origin.is_some()) && self.cluster_token.is_none() {
+            return bad("--trunk-listen and --origin need --cluster-token (the secret edges present to the origin)");
+        }
+        if self.origin.is_some() && self.origin_fingerprint.is_none() {
+            return bad(
+                "--origin needs --origin-fingerprint (sha256:…, printed by the origin at start-up)",
+            );
+        }
+        if self.region.is_empty() || self.region.len() > 64 {
+            return bad("--region must be 1 to 64 characters");
+        }
+        Ok(self)
     }
 
     /// `host:port` of this node's HTTP server as clients see it (the voice endpoint).

@@ -5,6 +5,7 @@
 //! This is the only crate that knows HTTP, WebSocket and JSON.
 
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -50,6 +51,8 @@ pub enum StartError {
         path: std::path::PathBuf,
         err: lodge_chat::ChatError,
     },
+    #[error("cannot start the cluster trunk: {0}")]
+    Cluster(lodge_edge::EdgeError),
 }
 
 /// A database URL without its password, for messages.
@@ -119,15 +122,41 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         lodge_sfu::NodeConfig::new(std::net::SocketAddr::new(cfg.public_ip, media_addr.port()));
     node_cfg.max_participants = cfg.max_participants;
     node_cfg.max_room_size = cfg.max_room_size;
-    let (sfu, events) =
-        lodge_sfu::shell::spawn(udp, node_cfg).map_err(|err| StartError::Media {
+    let clustered = cfg.trunk_listen.is_some() || cfg.origin.is_some();
+    let (sfu, events, exports) = if clustered {
+        let (h, e, x) =
+            lodge_sfu::shell::spawn_cascading(udp, node_cfg).map_err(|err| StartError::Media {
+                addr: media_addr,
+                err,
+            })?;
+        (h, e, Some(x))
+    } else {
+        let (h, e) = lodge_sfu::shell::spawn(udp, node_cfg).map_err(|err| StartError::Media {
             addr: media_addr,
             err,
         })?;
+        (h, e, None)
+    };
+    let cluster = match exports {
+        Some(x) => Some(
+            cluster::start(&cfg, sfu.clone(), x)
+                .await
+                .map_err(StartError::Cluster)?,
+        ),
+        None => None,
+    };
     let state = AppState::new(cfg, store, sfu);
     tokio::spawn(voice::service::run_sfu_events(state.clone(), events));
     tokio::spawn(quality::run_sampler(state.clone()));
-    let app = router(state.clone());
+    if let Some((c, cluster_events)) = cluster {
+        let _ = state.cluster.set(c);
+        tokio::spawn(cluster::run_events(state.clone(), cluster_events));
+    }
+    let app = if state.is_edge() {
+        crate::app::edge_router(state.clone())
+    } else {
+        router(state.clone())
+    };
     let mut shutdown = state.shutdown.subscribe();
     let server = tokio::spawn(async move {
         axum::serve(

@@ -49,10 +49,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             tracing::info!(database = %db, public_url = %cfg.public_url, "starting lodge");
             let node = lodge_signaling::start(cfg).await?;
-            println!(
-                "Lodge is running. Open {} in a browser. Ctrl-C stops it.",
-                node.state.cfg.public_url
-            );
+            match node.state.cluster.get() {
+                Some(c) if c.role == lodge_edge::cascade::Role::Edge => println!(
+                    "Lodge edge ({}) is running: voice gateway at {}, trunk to the origin {}. Ctrl-C stops it.",
+                    c.region,
+                    node.state.cfg.public_host(),
+                    node.state.cfg.origin.map(|o| o.to_string()).unwrap_or_default()
+                ),
+                Some(c) => println!(
+                    "Lodge origin is running. Open {} in a browser. Edges pin this trunk fingerprint:\n  {}\nCtrl-C stops it.",
+                    node.state.cfg.public_url,
+                    c.fingerprint.as_deref().unwrap_or("")
+                ),
+                None => println!(
+                    "Lodge is running. Open {} in a browser. Ctrl-C stops it.",
+                    node.state.cfg.public_url
+                ),
+            }
             wait_for_signal().await;
             tracing::info!("shutting down: closing calls and flushing the database");
             node.shutdown().await;

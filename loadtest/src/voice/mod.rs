@@ -114,6 +114,11 @@ pub struct VoiceArgs {
     /// channel's speakers.
     #[arg(long)]
     pub strict: bool,
+    /// Region hints for a Lodge cluster, comma-separated: caller i asks for region
+    /// i mod N in its voice state update, so the origin places it on an edge of that region
+    /// ("origin" or an unknown region keeps it on the origin).
+    #[arg(long, value_delimiter = ',')]
+    pub regions: Vec<String>,
 }
 
 fn profile(a: &VoiceArgs) -> Result<Option<lodge_jitter::Profile>> {
@@ -541,6 +546,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                 let muted = speaking.is_none();
                 let impair = profile(&a)?.map(|p| (p, a.seed.wrapping_mul(7_777).wrapping_add(i as u64)));
                 let (janus, feeds) = (janus.clone(), channel_speakers[i % a.channels].clone());
+                let region = (!a.regions.is_empty()).then(|| a.regions[i % a.regions.len()].clone());
                 handles.push(tokio::spawn(async move {
                     let t0 = Instant::now();
                     if let Some(j) = janus {
@@ -566,7 +572,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                     let (client, call) = {
                         let _p = sem.acquire().await;
                         let client = Client::new(ip, slots).await?;
-                        let call = signal::join(&gw, &token, user, &guild, &channel, &client.offer, slots, muted, stop.clone(), on_error).await?;
+                        let call = signal::join(&gw, &token, user, &guild, &channel, &client.offer, slots, muted, region.as_deref(), stop.clone(), on_error).await?;
                         (client, call)
                     };
                     let mut client = client;

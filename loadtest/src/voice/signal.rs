@@ -83,6 +83,7 @@ pub async fn join(
     offer_sdp: &str,
     slots: usize,
     self_mute: bool,
+    region: Option<&str>,
     stop: watch::Receiver<bool>,
     on_error: Arc<dyn Fn(String) + Send + Sync>,
 ) -> Result<Call> {
@@ -111,12 +112,13 @@ pub async fn join(
         }
     }
     let session_id = session_id.expect("loop ends with a session");
-    send_json(
-        &mut gw,
-        json!({ "op": 4, "d": { "guild_id": guild, "channel_id": channel,
-            "self_mute": self_mute, "self_deaf": false } }),
-    )
-    .await?;
+    let mut op4 = json!({ "guild_id": guild, "channel_id": channel,
+        "self_mute": self_mute, "self_deaf": false });
+    if let Some(r) = region {
+        // Lodge's placement hint: put this call on an edge of that region.
+        op4["region"] = json!(r);
+    }
+    send_json(&mut gw, json!({ "op": 4, "d": op4 })).await?;
     let (vtoken, endpoint) = loop {
         let m = recv_json(&mut gw).await?;
         if !m["s"].is_null() {

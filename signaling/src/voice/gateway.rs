@@ -94,6 +94,9 @@ async fn run(s: AppState, sock: WebSocket) {
                 match msg.get("op").and_then(Value::as_u64) {
                     Some(0) => {
                         if me.is_some() { close_with(&mut tx, close::ALREADY_AUTHENTICATED, "already identified").await; break }
+                        if let Some(t) = d.get("token").and_then(Value::as_str) {
+                            crate::cluster::await_token(&s, t).await;
+                        }
                         match identify(&s, &d, out_tx.clone()) {
                             Ok(a) => {
                                 let ready = json!({ "op": 2, "d": {

@@ -29,6 +29,10 @@ pub struct VoiceState {
     pub participant: Option<ParticipantIdx>,
     /// The voice gateway connection that owns this state.
     pub conn: Option<u64>,
+    /// Origin: the edge (trunk) the caller was placed on.
+    pub edge: Option<u64>,
+    /// Origin: the region the caller asked for (kept to re-place them if their edge dies).
+    pub region: String,
 }
 
 impl VoiceState {
@@ -208,6 +212,33 @@ impl VoiceRegistry {
             },
         );
         token
+    }
+
+    /// Edge: accept a token the origin issued.
+    pub fn insert_token(
+        &mut self,
+        now: Instant,
+        token: &str,
+        user_id: u64,
+        guild_id: u64,
+        channel_id: u64,
+        session_id: &str,
+    ) {
+        self.tokens.retain(|_, t| t.expires > now);
+        self.tokens.insert(
+            token.to_string(),
+            PendingToken {
+                user_id,
+                guild_id,
+                channel_id,
+                session_id: session_id.to_string(),
+                expires: now + self.token_ttl,
+            },
+        );
+    }
+
+    pub fn has_token(&self, token: &str) -> bool {
+        self.tokens.contains_key(token)
     }
 
     /// Consume a token. It is removed whatever the outcome: single use.

@@ -65,11 +65,27 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
     }
     let can_speak = p.has(Permissions::SPEAK);
     let limit = c.user_limit.unwrap_or(0) as usize;
+    // Lodge's extension: a region hint places the call on an edge of that region.
+    let region = match d.get("region") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(r)) if !r.is_empty() && r.len() <= 64 => Some(r.clone()),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "region",
+                "Must be a region name of 1 to 64 characters.",
+            ))
+        }
+    };
+    let placement = match (&region, s.cluster.get()) {
+        (Some(r), Some(cl)) if cl.role == lodge_edge::cascade::Role::Origin => cl.place(r),
+        _ => None,
+    };
 
     let mut close_old: Option<(
         mpsc::UnboundedSender<VoiceOut>,
         Option<lodge_sfu::ParticipantIdx>,
     )> = None;
+    let mut edge_msgs: Vec<(u64, lodge_edge::Control)> = Vec::new();
     let (vs_json, token, flags_update) = {
         let mut v = s.voice();
         let in_channel = v
@@ -93,12 +109,20 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
         match existing {
             // Same channel and session, already connected: only the flags change.
             Some(st)
-                if st.channel_id == c.id && st.session_id == session_id && st.conn.is_some() =>
+                if st.channel_id == c.id
+                    && st.session_id == session_id
+                    && (st.conn.is_some() || st.edge.is_some()) =>
             {
                 let st = v.states.get_mut(&(g.id, user.id)).expect("cloned above");
                 st.self_mute = self_mute;
                 st.self_deaf = self_deaf;
                 st.can_speak = can_speak;
+                if let Some(e) = st.edge {
+                    edge_msgs.push((
+                        e,
+                        lodge_edge::Control::VoiceUpdate(crate::cluster::grant(st, "")),
+                    ));
+                }
                 (st.json(), None, st.participant.map(|i| (i, st.flags())))
             }
             _ => {
@@ -114,8 +138,27 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
                     can_speak,
                     participant: None,
                     conn: None,
+                    edge: placement.as_ref().map(|p| p.0),
+                    region: region.clone().unwrap_or_default(),
                 };
+                let old_edge = v.states.get(&(g.id, user.id)).and_then(|o| o.edge);
+                if let Some(e) = old_edge.filter(|e| Some(*e) != st.edge) {
+                    edge_msgs.push((
+                        e,
+                        lodge_edge::Control::VoiceRemove {
+                            guild: g.id,
+                            user: user.id,
+                        },
+                    ));
+                }
+                let pending = st.clone();
                 let (j, token, old) = replace_state(&mut v, st);
+                if let Some(e) = pending.edge {
+                    edge_msgs.push((
+                        e,
+                        lodge_edge::Control::VoicePlace(crate::cluster::grant(&pending, &token)),
+                    ));
+                }
                 close_old = old;
                 (j, Some(token), None)
             }
@@ -132,6 +175,10 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
     }
     if let Some((idx, flags)) = flags_update {
         s.sfu.set_flags(idx, flags).await;
+    }
+    // The edge hears of the caller before the caller hears of the edge.
+    for (e, msg) in edge_msgs {
+        crate::cluster::notify_edge(s, e, msg).await;
     }
     s.hub.send(
         Target::Guild(g.id),
@@ -152,7 +199,8 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
             Some(g.id),
             None,
             "VOICE_SERVER_UPDATE",
-            json!({ "token": token, "guild_id": g.id.to_string(), "endpoint": s.cfg.public_host() }),
+            json!({ "token": token, "guild_id": g.id.to_string(),
+                    "endpoint": placement.map(|p| p.1).unwrap_or_else(|| s.cfg.public_host()) }),
         );
     }
     Ok(())
@@ -204,7 +252,7 @@ pub async fn set_server_flags(
     mute: Option<bool>,
     deaf: Option<bool>,
 ) -> ApiResult<()> {
-    let (j, part) = {
+    let (j, part, edge) = {
         let mut v = s.voice();
         let st = v
             .states
@@ -216,10 +264,19 @@ pub async fn set_server_flags(
         if let Some(d) = deaf {
             st.deaf = d;
         }
-        (st.json(), st.participant.map(|i| (i, st.flags())))
+        let edge = st.edge.map(|e| {
+            (
+                e,
+                lodge_edge::Control::VoiceUpdate(crate::cluster::grant(st, "")),
+            )
+        });
+        (st.json(), st.participant.map(|i| (i, st.flags())), edge)
     };
     if let Some((i, f)) = part {
         s.sfu.set_flags(i, f).await;
+    }
+    if let Some((e, msg)) = edge {
+        crate::cluster::notify_edge(s, e, msg).await;
     }
     info!(
         guild = guild_id,
@@ -273,7 +330,7 @@ pub async fn move_member(
             "the member cannot CONNECT to the destination channel",
         ));
     }
-    let (j, token, old, session_id, from) = {
+    let (j, token, old, session_id, from, placed) = {
         let mut v = s.voice();
         let cur = v
             .states
@@ -287,8 +344,25 @@ pub async fn move_member(
             conn: None,
             ..cur.clone()
         };
+        let placed = st.clone();
         let (j, token, old) = replace_state(&mut v, st);
-        (j, token, old, cur.session_id, cur.channel_id)
+        (j, token, old, cur.session_id, cur.channel_id, placed)
+    };
+    // A caller on an edge moves within that edge.
+    let endpoint = match placed.edge {
+        Some(e) => {
+            crate::cluster::notify_edge(
+                s,
+                e,
+                lodge_edge::Control::VoicePlace(crate::cluster::grant(&placed, &token)),
+            )
+            .await;
+            s.cluster
+                .get()
+                .and_then(|c| c.endpoint_of(e))
+                .unwrap_or_else(|| s.cfg.public_host())
+        }
+        None => s.cfg.public_host(),
     };
     if let Some((tx, participant)) = old {
         let _ = tx.send(VoiceOut::Close(
@@ -319,7 +393,7 @@ pub async fn move_member(
         Some(g.id),
         None,
         "VOICE_SERVER_UPDATE",
-        json!({ "token": token, "guild_id": g.id.to_string(), "endpoint": s.cfg.public_host() }),
+        json!({ "token": token, "guild_id": g.id.to_string(), "endpoint": endpoint }),
     );
     Ok(())
 }
@@ -338,6 +412,17 @@ pub async fn disconnect_user(s: &AppState, guild_id: u64, user_id: u64) {
         })
     };
     let Some((st, conn)) = removed else { return };
+    if let Some(e) = st.edge {
+        crate::cluster::notify_edge(
+            s,
+            e,
+            lodge_edge::Control::VoiceRemove {
+                guild: guild_id,
+                user: user_id,
+            },
+        )
+        .await;
+    }
     if let Some(conn) = conn {
         let _ = conn.tx.send(VoiceOut::Close(
             4014,

@@ -1,0 +1,381 @@
+//! Several nodes. An **origin** (`--trunk-listen`) accepts edge trunks and, when a caller's
+//! gateway op 4 carries `"region": "<name>"`, places the call on the least busy edge of that
+//! region: it hands the edge the caller's voice state and token over the trunk (`VoicePlace`)
+//! and points VOICE_SERVER_UPDATE's `endpoint` at the edge's voice gateway. An **edge**
+//! (`--origin`) keeps its trunk up, accepts the callers placed on it exactly like a single
+//! node's voice gateway does, and cascades media through [`lodge_edge::cascade`]. Without
+//! either flag a node works alone, as before.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lodge_edge::cascade::{CascadeHandle, ClusterEvent, Role, TrunkId, TrunkReport};
+use lodge_edge::{Control, VoiceGrant};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::app::AppState;
+use crate::hub::Target;
+use crate::voice::registry::VoiceState;
+
+/// An edge as the origin knows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EdgeInfo {
+    pub node: String,
+    pub region: String,
+    pub voice_endpoint: String,
+    /// Participants the edge reported, and callers placed on it since.
+    pub load: u32,
+}
+
+pub struct Cluster {
+    pub role: Role,
+    pub cascade: CascadeHandle,
+    pub region: String,
+    /// Origin: the trunk certificate fingerprint edges pin.
+    pub fingerprint: Option<String>,
+    /// Origin: connected edges.
+    edges: Mutex<HashMap<TrunkId, EdgeInfo>>,
+    /// Edge: whether the trunk to the origin is up.
+    pub origin_up: watch::Receiver<bool>,
+}
+
+impl Cluster {
+    pub fn new(
+        role: Role,
+        cascade: CascadeHandle,
+        region: String,
+        fingerprint: Option<String>,
+        origin_up: watch::Receiver<bool>,
+    ) -> Self {
+        Cluster {
+            role,
+            cascade,
+            region,
+            fingerprint,
+            edges: Mutex::new(HashMap::new()),
+            origin_up,
+        }
+    }
+
+    fn edges(&self) -> std::sync::MutexGuard<'_, HashMap<TrunkId, EdgeInfo>> {
+        self.edges
+            .lock()
+            .expect("edge table lock is never held across a panic")
+    }
+
+    /// Origin: the least busy edge in `region`, counting the caller as placed there.
+    pub fn place(&self, region: &str) -> Option<(TrunkId, String)> {
+        let mut edges = self.edges();
+        let (id, e) = edges
+            .iter_mut()
+            .filter(|(_, e)| e.region == region)
+            .min_by_key(|(id, e)| (e.load, **id))?;
+        e.load += 1;
+        Some((*id, e.voice_endpoint.clone()))
+    }
+
+    pub fn endpoint_of(&self, id: TrunkId) -> Option<String> {
+        self.edges().get(&id).map(|e| e.voice_endpoint.clone())
+    }
+
+    pub fn edge_list(&self) -> Vec<EdgeInfo> {
+        let mut v: Vec<EdgeInfo> = self.edges().values().cloned().collect();
+        v.sort_by(|a, b| a.node.cmp(&b.node));
+        v
+    }
+
+    pub async fn trunks(&self) -> Vec<TrunkReport> {
+        self.cascade.report().await
+    }
+}
+
+pub fn grant(st: &VoiceState, token: &str) -> VoiceGrant {
+    VoiceGrant {
+        guild: st.guild_id,
+        channel: st.channel_id,
+        user: st.user_id,
+        session_id: st.session_id.clone(),
+        token: token.to_string(),
+        self_mute: st.self_mute,
+        self_deaf: st.self_deaf,
+        mute: st.mute,
+        deaf: st.deaf,
+        can_speak: st.can_speak,
+    }
+}
+
+/// Origin: tell the edge a caller's state changed or that they left.
+pub async fn notify_edge(s: &AppState, edge: TrunkId, msg: Control) {
+    if let Some(c) = s.cluster.get() {
+        c.cascade.send(edge, msg).await;
+    }
+}
+
+/// Edge: wait up to a second for a voice token the origin is still sending over the trunk
+/// (the caller may be faster than the trunk).
+pub async fn await_token(s: &AppState, token: &str) {
+    if s.cluster.get().map(|c| c.role) != Some(Role::Edge) {
+        return;
+    }
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        if s.voice().has_token(token) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Handle what the cluster reports, for either role.
+pub async fn run_events(s: AppState, mut rx: mpsc::UnboundedReceiver<ClusterEvent>) {
+    while let Some(ev) = rx.recv().await {
+        let Some(c) = s.cluster.get() else { continue };
+        match ev {
+            ClusterEvent::TrunkUp { id, peer } => {
+                if c.role == Role::Origin {
+                    c.edges().insert(
+                        id,
+                        EdgeInfo {
+                            node: peer.node,
+                            region: peer.region,
+                            voice_endpoint: peer.voice_endpoint,
+                            load: 0,
+                        },
+                    );
+                }
+            }
+            ClusterEvent::TrunkDown { id, peer } => {
+                if c.role == Role::Origin {
+                    c.edges().remove(&id);
+                    replace_edge(&s, id, &peer.node).await;
+                }
+            }
+            ClusterEvent::App { id, msg } => match msg {
+                Control::Load { participants } => {
+                    if let Some(e) = c.edges().get_mut(&id) {
+                        e.load = participants;
+                    }
+                }
+                Control::VoicePlace(g) if c.role == Role::Edge => place_here(&s, g).await,
+                Control::VoiceUpdate(g) if c.role == Role::Edge => update_here(&s, g).await,
+                Control::VoiceRemove { guild, user } if c.role == Role::Edge => {
+                    let channel = s.voice().states.get(&(guild, user)).map(|st| st.channel_id);
+                    crate::voice::service::disconnect_user(&s, guild, user).await;
+                    if let Some(ch) = channel {
+                        let left = s.voice().states.values().any(|st| st.channel_id == ch);
+                        if !left {
+                            c.cascade.interest(ch, false).await;
+                        }
+                    }
+                }
+                other => warn!(trunk = id, msg = ?other, "unexpected cluster message"),
+            },
+        }
+    }
+}
+
+/// Origin: an edge went away. Its callers get a fresh token and VOICE_SERVER_UPDATE pointing
+/// at another edge of the same region, or at this node, and reconnect there.
+async fn replace_edge(s: &AppState, edge: TrunkId, node: &str) {
+    let moved: Vec<VoiceState> = s
+        .voice()
+        .states
+        .values()
+        .filter(|st| st.edge == Some(edge))
+        .cloned()
+        .collect();
+    if moved.is_empty() {
+        return;
+    }
+    warn!(edge = %node, callers = moved.len(), "edge lost; moving its callers");
+    let Some(c) = s.cluster.get() else { return };
+    for st in moved {
+        let target = c.place(&st.region);
+        let token = {
+            let mut v = s.voice();
+            let Some(cur) = v.states.get_mut(&(st.guild_id, st.user_id)) else {
+                continue;
+            };
+            cur.edge = target.as_ref().map(|t| t.0);
+            cur.conn = None;
+            cur.participant = None;
+            v.issue_token(
+                Instant::now(),
+                st.user_id,
+                st.guild_id,
+                st.channel_id,
+                &st.session_id,
+            )
+        };
+        let endpoint = match &target {
+            Some((id, ep)) => {
+                c.cascade
+                    .send(*id, Control::VoicePlace(grant(&st, &token)))
+                    .await;
+                ep.clone()
+            }
+            None => s.cfg.public_host(),
+        };
+        s.hub.send(
+            Target::Session(st.session_id.clone()),
+            Some(st.guild_id),
+            None,
+            "VOICE_SERVER_UPDATE",
+            json!({ "token": token, "guild_id": st.guild_id.to_string(), "endpoint": endpoint }),
+        );
+    }
+}
+
+/// Edge: accept a caller the origin placed here.
+async fn place_here(s: &AppState, g: VoiceGrant) {
+    let old = {
+        let mut v = s.voice();
+        let old = v.states.remove(&(g.guild, g.user)).and_then(|st| {
+            let conn = st.conn.and_then(|id| v.conns.remove(&id));
+            conn.map(|c| (c.tx, st.participant))
+        });
+        v.states.insert(
+            (g.guild, g.user),
+            VoiceState {
+                guild_id: g.guild,
+                channel_id: g.channel,
+                user_id: g.user,
+                session_id: g.session_id.clone(),
+                self_mute: g.self_mute,
+                self_deaf: g.self_deaf,
+                mute: g.mute,
+                deaf: g.deaf,
+                can_speak: g.can_speak,
+                participant: None,
+                conn: None,
+                edge: None,
+                region: String::new(),
+            },
+        );
+        v.insert_token(
+            Instant::now(),
+            &g.token,
+            g.user,
+            g.guild,
+            g.channel,
+            &g.session_id,
+        );
+        old
+    };
+    if let Some((tx, participant)) = old {
+        let _ = tx.send(crate::voice::registry::VoiceOut::Close(
+            4014,
+            "moved to another voice channel".into(),
+        ));
+        if let Some(p) = participant {
+            s.sfu.leave(p).await;
+        }
+    }
+    if let Some(c) = s.cluster.get() {
+        c.cascade.interest(g.channel, true).await;
+    }
+    info!(
+        guild = g.guild,
+        channel = g.channel,
+        user = g.user,
+        "caller placed on this edge"
+    );
+}
+
+/// Edge: the origin changed a caller's flags.
+async fn update_here(s: &AppState, g: VoiceGrant) {
+    let part = {
+        let mut v = s.voice();
+        let Some(st) = v.states.get_mut(&(g.guild, g.user)) else {
+            return;
+        };
+        st.self_mute = g.self_mute;
+        st.self_deaf = g.self_deaf;
+        st.mute = g.mute;
+        st.deaf = g.deaf;
+        st.can_speak = g.can_speak;
+        st.participant.map(|p| (p, st.flags()))
+    };
+    if let Some((p, f)) = part {
+        s.sfu.set_flags(p, f).await;
+    }
+}
+
+/// Start the cluster side of a node, if configured: returns the cluster and the cascade's
+/// event stream for [`run_events`].
+pub async fn start(
+    cfg: &crate::config::Config,
+    sfu: lodge_sfu::shell::SfuHandle,
+    exports: mpsc::Receiver<lodge_sfu::Export>,
+) -> Result<(Cluster, mpsc::UnboundedReceiver<ClusterEvent>), lodge_edge::EdgeError> {
+    let token = cfg.cluster_token.clone().unwrap_or_default();
+    if let Some(addr) = cfg.trunk_listen {
+        let id = lodge_edge::tls::Identity::load_or_create(&cfg.data_dir)?;
+        let fingerprint = id.fingerprint();
+        let origin = lodge_edge::trunk::Origin::bind(addr, &id, &token, &cfg.public_host())?;
+        let (cascade, events) = lodge_edge::cascade::spawn(Role::Origin, sfu, exports);
+        let c2 = cascade.clone();
+        tokio::spawn(async move {
+            while let Some((trunk, peer)) = origin.accept().await {
+                let _ = c2.add_trunk(peer, trunk).await;
+            }
+        });
+        info!(trunk = %addr, %fingerprint, "origin: accepting edge trunks");
+        let (_tx, up) = watch::channel(true);
+        return Ok((
+            Cluster::new(
+                Role::Origin,
+                cascade,
+                cfg.region.clone(),
+                Some(fingerprint),
+                up,
+            ),
+            events,
+        ));
+    }
+    let origin = cfg.origin.expect("start is only called for a cluster role");
+    let (cascade, events) = lodge_edge::cascade::spawn(Role::Edge, sfu.clone(), exports);
+    let (up_tx, up) = watch::channel(false);
+    let hello = lodge_edge::trunk::Hello {
+        token,
+        node: format!("{}-{}", cfg.region, cfg.public_host()),
+        region: cfg.region.clone(),
+        voice_endpoint: cfg.public_host(),
+    };
+    let local: SocketAddr = if origin.is_ipv4() {
+        SocketAddr::new(cfg.media_listen.ip(), 0)
+    } else {
+        "[::]:0".parse().expect("valid address")
+    };
+    tokio::spawn(lodge_edge::cascade::keep_edge_connected(
+        cascade.clone(),
+        local,
+        origin,
+        cfg.origin_fingerprint.clone().unwrap_or_default(),
+        hello,
+        up_tx,
+    ));
+    // Report load to the origin every 2 s.
+    let (c2, up2) = (cascade.clone(), up.clone());
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            t.tick().await;
+            if !*up2.borrow() {
+                continue;
+            }
+            let participants = sfu.report().await.map(|r| r.participants).unwrap_or(0) as u32;
+            for r in c2.report().await {
+                c2.send(r.id, Control::Load { participants }).await;
+            }
+        }
+    });
+    Ok((
+        Cluster::new(Role::Edge, cascade, cfg.region.clone(), None, up),
+        events,
+    ))
+}
