@@ -130,8 +130,8 @@ struct Link {
     stats: watch::Receiver<TrunkStats>,
     /// Rooms the peer wants (origin role: from its Interest messages).
     interest: HashSet<u64>,
-    /// Speakers sent on this trunk: node participant → (stream, last packet).
-    out: HashMap<ParticipantIdx, (u16, Instant)>,
+    /// Speakers sent on this trunk: node participant → (stream, last packet, room).
+    out: HashMap<ParticipantIdx, (u16, Instant, u64)>,
     load: u32,
     dropped: u64,
     done: Option<oneshot::Sender<()>>,
@@ -194,7 +194,7 @@ async fn run(
                                 continue;
                             }
                             match rrx.await {
-                                Ok(Ok(s)) => { l.out.insert(x.from, (s, now)); s }
+                                Ok(Ok(s)) => { l.out.insert(x.from, (s, now, x.room.0)); s }
                                 _ => continue,
                             }
                         }
@@ -247,7 +247,18 @@ async fn run(
                     }
                     Some(TrunkEvent::Notice(Notice::App(Control::Interest { room, on }))) => {
                         if let Some(l) = links.get_mut(&id) {
-                            if on { l.interest.insert(room); } else { l.interest.remove(&room); }
+                            if on {
+                                l.interest.insert(room);
+                            } else {
+                                l.interest.remove(&room);
+                                // Nobody there listens any more: end the room's streams now.
+                                let ended: Vec<(ParticipantIdx, u16)> = l.out.iter()
+                                    .filter(|(_, o)| o.2 == room).map(|(p, o)| (*p, o.0)).collect();
+                                for (p, stream) in ended {
+                                    l.out.remove(&p);
+                                    let _ = l.cmd.try_send(TrunkCommand::Close { stream });
+                                }
+                            }
                         }
                         let any = links.values().any(|l| l.interest.contains(&room));
                         sfu.set_exported(RoomId(room), any).await;
@@ -348,8 +359,8 @@ async fn run(
                 let now = Instant::now();
                 for l in links.values_mut() {
                     let idle: Vec<(ParticipantIdx, u16)> = l.out.iter()
-                        .filter(|(_, (_, last))| now.duration_since(*last) > STREAM_IDLE)
-                        .map(|(p, (s, _))| (*p, *s)).collect();
+                        .filter(|(_, (_, last, _))| now.duration_since(*last) > STREAM_IDLE)
+                        .map(|(p, (s, _, _))| (*p, *s)).collect();
                     for (p, s) in idle {
                         l.out.remove(&p);
                         let _ = l.cmd.try_send(TrunkCommand::Close { stream: s });

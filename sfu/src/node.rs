@@ -250,6 +250,8 @@ pub struct Node {
     exported: HashSet<RoomId>,
     /// Every room is exported (an edge sends all its local speakers to its origin).
     export_all: bool,
+    /// Remote speakers among `count`.
+    remote_count: usize,
 }
 
 impl Node {
@@ -271,6 +273,7 @@ impl Node {
             seed: 0x9E37_79B9_7F4A_7C15,
             exported: HashSet::new(),
             export_all: false,
+            remote_count: 0,
         }
     }
 
@@ -282,8 +285,14 @@ impl Node {
         &self.stats
     }
 
+    /// Participants, local and remote.
     pub fn participant_count(&self) -> usize {
         self.count
+    }
+
+    /// Remote speakers (fed by trunks) among the participants.
+    pub fn remote_count(&self) -> usize {
+        self.remote_count
     }
 
     pub fn room_count(&self) -> usize {
@@ -533,6 +542,7 @@ impl Node {
             p.remote_ssrc = r;
         }
         self.count += 1;
+        self.remote_count += 1;
         let sel_cfg = self.cfg.selector;
         let r = self.rooms.entry(room).or_insert_with(|| Room::new(sel_cfg));
         r.members.push(idx);
@@ -854,6 +864,9 @@ impl Node {
         };
         self.free.push(idx.0);
         self.count -= 1;
+        if p.rtc.is_none() {
+            self.remote_count -= 1;
+        }
         self.by_ufrag.remove(&p.ufrag);
         for addr in &p.remotes {
             if self.by_addr.get(addr) == Some(&idx) {

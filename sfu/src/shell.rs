@@ -65,7 +65,10 @@ struct Sinks {
 /// Node-wide figures plus every participant, for the JSON endpoint and metrics.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct NodeReport {
+    /// WebRTC participants (callers on this node).
     pub participants: usize,
+    /// Speakers on other nodes fed to this one by trunks.
+    pub remote_speakers: usize,
     pub rooms: usize,
     pub datagrams_in: u64,
     pub datagrams_out: u64,
@@ -439,7 +442,8 @@ async fn flush(
 fn report(node: &Node, delay: &hdrhistogram::Histogram<u64>, exports_dropped: u64) -> NodeReport {
     let s = node.stats();
     NodeReport {
-        participants: node.participant_count(),
+        participants: node.participant_count() - node.remote_count(),
+        remote_speakers: node.remote_count(),
         rooms: node.room_count(),
         datagrams_in: s.datagrams_in,
         datagrams_out: s.datagrams_out,

@@ -41,6 +41,8 @@ pub struct Cluster {
     edges: Mutex<HashMap<TrunkId, EdgeInfo>>,
     /// Edge: whether the trunk to the origin is up.
     pub origin_up: watch::Receiver<bool>,
+    /// Origin: handshake outcomes.
+    pub acceptance: Option<std::sync::Arc<lodge_edge::trunk::OriginCounters>>,
 }
 
 impl Cluster {
@@ -58,6 +60,7 @@ impl Cluster {
             fingerprint,
             edges: Mutex::new(HashMap::new()),
             origin_up,
+            acceptance: None,
         }
     }
 
@@ -317,6 +320,7 @@ pub async fn start(
         let id = lodge_edge::tls::Identity::load_or_create(&cfg.data_dir)?;
         let fingerprint = id.fingerprint();
         let origin = lodge_edge::trunk::Origin::bind(addr, &id, &token, &cfg.public_host())?;
+        let acceptance = origin.counters();
         let (cascade, events) = lodge_edge::cascade::spawn(Role::Origin, sfu, exports);
         let c2 = cascade.clone();
         tokio::spawn(async move {
@@ -326,16 +330,15 @@ pub async fn start(
         });
         info!(trunk = %addr, %fingerprint, "origin: accepting edge trunks");
         let (_tx, up) = watch::channel(true);
-        return Ok((
-            Cluster::new(
-                Role::Origin,
-                cascade,
-                cfg.region.clone(),
-                Some(fingerprint),
-                up,
-            ),
-            events,
-        ));
+        let mut c = Cluster::new(
+            Role::Origin,
+            cascade,
+            cfg.region.clone(),
+            Some(fingerprint),
+            up,
+        );
+        c.acceptance = Some(acceptance);
+        return Ok((c, events));
     }
     let origin = cfg.origin.expect("start is only called for a cluster role");
     let (cascade, events) = lodge_edge::cascade::spawn(Role::Edge, sfu.clone(), exports);
@@ -378,4 +381,137 @@ pub async fn start(
         Cluster::new(Role::Edge, cascade, cfg.region.clone(), None, up),
         events,
     ))
+}
+
+/// Trunk metrics: per trunk (labelled by trunk number and the peer's region, never addresses),
+/// and the origin's acceptance counters or the edge's trunk state.
+pub async fn write_metrics(c: &Cluster, out: &mut String) {
+    use std::fmt::Write as _;
+    let role = match c.role {
+        Role::Origin => "origin",
+        Role::Edge => "edge",
+    };
+    let _ = writeln!(out, "# HELP lodge_cluster_role This node's role in a cluster\n# TYPE lodge_cluster_role gauge\nlodge_cluster_role{{role=\"{role}\"}} 1");
+    if c.role == Role::Edge {
+        let up = *c.origin_up.borrow() as u8;
+        let _ = writeln!(out, "# HELP lodge_origin_up Whether the trunk to the origin is up\n# TYPE lodge_origin_up gauge\nlodge_origin_up {up}");
+    }
+    if let Some(oc) = &c.acceptance {
+        use std::sync::atomic::Ordering::Relaxed;
+        let _ = writeln!(out, "# HELP lodge_trunk_handshakes_total Edge trunk handshakes by outcome\n# TYPE lodge_trunk_handshakes_total counter");
+        for (k, v) in [
+            ("accepted", oc.accepted.load(Relaxed)),
+            ("refused", oc.refused.load(Relaxed)),
+            ("failed", oc.failed.load(Relaxed)),
+        ] {
+            let _ = writeln!(out, "lodge_trunk_handshakes_total{{outcome=\"{k}\"}} {v}");
+        }
+    }
+    let trunks = c.trunks().await;
+    type Get = fn(&TrunkReport) -> f64;
+    let series: [(&str, &str, &str, Get); 14] = [
+        (
+            "trunk_streams_out",
+            "gauge",
+            "Speakers this node sends on the trunk now",
+            |t| t.streams_out as f64,
+        ),
+        (
+            "trunk_streams_in",
+            "gauge",
+            "Speakers this node receives on the trunk now",
+            |t| t.streams_in as f64,
+        ),
+        (
+            "trunk_media_sent_total",
+            "counter",
+            "Media datagrams sent (first transmissions)",
+            |t| t.stats.session.media_out as f64,
+        ),
+        (
+            "trunk_media_received_total",
+            "counter",
+            "Media datagrams received and used",
+            |t| t.stats.session.media_in as f64,
+        ),
+        (
+            "trunk_payload_bytes_sent_total",
+            "counter",
+            "Opus payload bytes sent",
+            |t| t.stats.session.payload_bytes_out as f64,
+        ),
+        (
+            "trunk_udp_bytes_sent_total",
+            "counter",
+            "UDP bytes the trunk sent (QUIC, all frames)",
+            |t| t.stats.udp_tx_bytes as f64,
+        ),
+        (
+            "trunk_repairs_sent_total",
+            "counter",
+            "Retransmissions sent for NACKs",
+            |t| t.stats.session.repairs_out as f64,
+        ),
+        (
+            "trunk_recovered_total",
+            "counter",
+            "Lost packets recovered by NACK",
+            |t| t.stats.session.repair.recovered as f64,
+        ),
+        (
+            "trunk_lost_total",
+            "counter",
+            "Packets lost after repair (given up)",
+            |t| t.stats.session.repair.abandoned as f64,
+        ),
+        (
+            "trunk_dropped_malformed_total",
+            "counter",
+            "Malformed datagrams from the peer",
+            |t| t.stats.session.dropped_malformed as f64,
+        ),
+        (
+            "trunk_dropped_unknown_stream_total",
+            "counter",
+            "Datagrams for streams never opened",
+            |t| t.stats.session.dropped_unknown_stream as f64,
+        ),
+        (
+            "trunk_dropped_flood_total",
+            "counter",
+            "Datagrams over the trunk's rate limit",
+            |t| t.stats.session.dropped_flood as f64,
+        ),
+        (
+            "trunk_export_queue_drops_total",
+            "counter",
+            "Packets not sent because the trunk queue was full",
+            |t| t.dropped_queue_full as f64,
+        ),
+        (
+            "trunk_rtt_seconds",
+            "gauge",
+            "QUIC round-trip estimate",
+            |t| t.stats.rtt_ms / 1000.0,
+        ),
+    ];
+    for (name, kind, help, get) in series {
+        let _ = writeln!(
+            out,
+            "# HELP lodge_{name} {help}\n# TYPE lodge_{name} {kind}"
+        );
+        for t in &trunks {
+            let region = if t.region.is_empty() {
+                "origin"
+            } else {
+                t.region.as_str()
+            };
+            let _ = writeln!(
+                out,
+                "lodge_{name}{{trunk=\"{}\",region=\"{region}\"}} {}",
+                t.id,
+                get(t)
+            );
+        }
+    }
 }

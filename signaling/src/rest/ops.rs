@@ -181,5 +181,8 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let _ = writeln!(out, "# HELP lodge_voice_states Users in a voice channel\n# TYPE lodge_voice_states gauge\nlodge_voice_states {states}");
     let _ = writeln!(out, "# HELP lodge_voice_connections Open voice gateway connections\n# TYPE lodge_voice_connections gauge\nlodge_voice_connections {conns}");
     let _ = writeln!(out, "# HELP lodge_gateway_sessions Gateway sessions, connected or resumable\n# TYPE lodge_gateway_sessions gauge\nlodge_gateway_sessions{{state=\"connected\"}} {live}\nlodge_gateway_sessions{{state=\"resumable\"}} {detached}");
+    if let Some(c) = s.cluster.get() {
+        crate::cluster::write_metrics(c, &mut out).await;
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

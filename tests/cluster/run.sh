@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# A cluster in separate processes on loopback: one origin (127.0.0.1) and two edges, "eu"
+# (127.0.0.2) and "us" (127.0.0.3), joined by QUIC trunks. Real WebRTC callers (lodge-load
+# voice) spread over the three nodes by region hint must all hear each other; 50 listeners on
+# one edge must cost the origin one trunk stream per active speaker, not one per listener; a
+# wrong cluster token is refused and counted; an edge that loses its origin says so.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+BIN="${NODE_BIN:-$ROOT/target/debug/lodge}"
+LOAD="${LOAD_BIN:-$ROOT/target/debug/lodge-load}"
+TMP="$(mktemp -d)"
+TOKEN="cluster-$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
+free() {  # free <tcp|udp> <ip>
+  python3 - "$1" "$2" <<'PY'
+import socket, sys
+kind = socket.SOCK_STREAM if sys.argv[1] == "tcp" else socket.SOCK_DGRAM
+s = socket.socket(socket.AF_INET, kind); s.bind((sys.argv[2], 0)); print(s.getsockname()[1])
+PY
+}
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+fail() {
+  echo "cluster test: $*"
+  for n in origin eu us; do echo "---- $n log (last 30 lines) ----"; tail -30 "$TMP/$n.log" 2>/dev/null || true; done
+  exit 1
+}
+metric() {  # metric <http host:port> <series name> [region]: the sum of its samples, or "none"
+  curl -fs "http://$1/metrics" | python3 -c '
+import sys
+name, region = sys.argv[1], sys.argv[2]
+vals = [float(l.rsplit(" ", 1)[1]) for l in sys.stdin
+        if l.split("{")[0].split(" ")[0] == name and (not region or f"region=\"{region}\"" in l)]
+print(int(sum(vals)) if vals else "none")' "$2" "${3:-}"
+}
+wait_for() {  # wait_for <seconds> <command...>
+  local until=$((SECONDS + $1)); shift
+  until "$@"; do [ $SECONDS -lt $until ] || return 1; sleep 0.2; done
+}
+
+OH="127.0.0.1:$(free tcp 127.0.0.1)"; OM="127.0.0.1:$(free udp 127.0.0.1)"; OT="127.0.0.1:$(free udp 127.0.0.1)"
+"$BIN" serve --data-dir "$TMP/origin" --http-listen "$OH" --media-listen "$OM" --trunk-listen "$OT" \
+  --cluster-token "$TOKEN" --rate-limit-route 10000 --rate-limit-global 10000 >"$TMP/origin.log" 2>&1 &
+PIDS+=($!)
+wait_for 20 curl -fs "http://$OH/readyz" -o /dev/null || fail "the origin did not start"
+FP="$(grep -o 'sha256:[0-9a-f]\{64\}' "$TMP/origin.log" | head -1)"
+[ -n "$FP" ] || fail "the origin printed no trunk fingerprint"
+
+start_edge() {  # start_edge <name> <ip> <token>
+  local h="$2:$(free tcp "$2")" m="$2:$(free udp "$2")"
+  "$BIN" serve --data-dir "$TMP/$1" --http-listen "$h" --media-listen "$m" --origin "$OT" \
+    --origin-fingerprint "$FP" --cluster-token "$3" --region "$1" >"$TMP/$1.log" 2>&1 &
+  PIDS+=($!)
+  echo "$h"
+}
+EU="$(start_edge eu 127.0.0.2 "$TOKEN")"; EU_PID="${PIDS[-1]}"
+US="$(start_edge us 127.0.0.3 "$TOKEN")"
+for e in "$EU" "$US"; do
+  wait_for 20 sh -c "[ \"\$(curl -fs http://$e/metrics | grep '^lodge_origin_up ' | cut -d' ' -f2)\" = 1 ]" \
+    || fail "edge $e did not connect to the origin"
+done
+# Edges serve voice, not the API.
+code="$(curl -s -o /dev/null -w '%{http_code}' "http://$EU/api/v10/gateway")"
+[ "$code" = 404 ] || fail "an edge answered the REST API ($code)"
+
+echo "-- 6 callers on three nodes, 3 speakers (one per node): everyone hears everyone"
+"$LOAD" voice --url "http://$OH" -n 6 -c 1 -s 3 -d 6 --probes 0.5 --regions origin,eu,us --strict \
+  --report "$TMP/spread.json" >/dev/null 2>"$TMP/spread.err" || { cat "$TMP/spread.err"; fail "spread run"; }
+for e in "$EU" "$US"; do
+  [ "$(metric "$e" lodge_trunk_media_sent_total)" -gt 0 ] || fail "edge $e sent nothing to the origin"
+  [ "$(metric "$e" lodge_trunk_media_received_total)" -gt 0 ] || fail "edge $e got nothing from the origin"
+done
+grep -q "caller placed on this edge" "$TMP/eu.log" || fail "no caller was placed on the eu edge"
+
+echo "-- 2 speakers on the origin, 50 listeners on the eu edge: one trunk stream per speaker"
+REGIONS="origin,origin$(printf ',eu%.0s' $(seq 1 50))"
+# The first run's streams end when its callers leave (the edge withdraws its interest).
+wait_for 15 sh -c "[ \"\$(curl -fs http://$OH/metrics | grep 'lodge_trunk_streams_out{.*region=\"eu\"' | cut -d' ' -f2)\" = 0 ]" \
+  || fail "the origin kept sending the eu edge streams nobody listens to"
+before="$(metric "$OH" lodge_trunk_media_sent_total eu)"
+"$LOAD" voice --url "http://$OH" -n 52 -c 1 -s 2 -d 10 --join-rate 50 --probes 0.1 --regions "$REGIONS" \
+  --strict --report "$TMP/fanout.json" >/dev/null 2>"$TMP/fanout.err" &
+LP=$!
+wait_for 40 sh -c "[ \"\$(curl -fs http://$EU/metrics | grep '^lodge_participants ' | cut -d' ' -f2)\" = 50 ]" \
+  || fail "50 listeners did not reach the eu edge"
+sleep 3
+streams="$(metric "$OH" lodge_trunk_streams_out eu)"
+[ "$streams" -le 2 ] && [ "$streams" -ge 1 ] || fail "origin → eu streams: $streams (want 1–2 for 2 speakers)"
+wait "$LP" || { cat "$TMP/fanout.err"; fail "fan-out run"; }
+after="$(metric "$OH" lodge_trunk_media_sent_total eu)"
+python3 - "$TMP/fanout.json" "$before" "$after" <<'PY' || fail "trunk carried more than one copy per speaker packet"
+import json, sys
+r = json.load(open(sys.argv[1])); sent = int(sys.argv[3]) - int(sys.argv[2])
+spoken = r["rtp_sent"]; heard = r["rtp_received"]
+print(f"   speakers sent {spoken} packets; the origin sent the eu edge {sent} "
+      f"({sent / max(spoken, 1):.2f} per speaker packet); eu listeners received {heard}")
+assert 0 < sent <= spoken * 1.02, (sent, spoken)
+assert heard > 40 * sent * 0.9, (heard, sent)
+assert r["loss_pct"] < 1.0, r["loss_pct"]
+PY
+
+echo "-- a wrong cluster token is refused and counted; the edge reports its origin down"
+BAD="$(start_edge bad 127.0.0.4 "wrong-token-0123456789")"
+wait_for 20 sh -c "[ \"\$(curl -fs http://$OH/metrics | grep 'lodge_trunk_handshakes_total{outcome=\"refused\"}' | cut -d' ' -f2)\" -ge 1 ]" \
+  || fail "the origin did not count the refused trunk"
+[ "$(metric "$BAD" lodge_origin_up)" = 0 ] || fail "an edge with the wrong token says its origin is up"
+grep -q "wrong cluster token" "$TMP/bad.log" || fail "the refused edge does not say why"
+
+echo "-- an edge whose origin goes away reports it"
+kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
+wait_for 10 sh -c "[ \"\$(curl -fs http://$EU/metrics | grep '^lodge_origin_up ' | cut -d' ' -f2)\" = 0 ]" \
+  || fail "the eu edge did not notice its origin going away"
+echo "cluster test: PASS"
