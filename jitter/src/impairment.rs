@@ -151,8 +151,26 @@ impl Profile {
         Self::BURSTY_3,
     ];
 
+    /// A long-haul link between nodes (the edge trunk's repair goal): 5% loss in bursts (mean
+    /// burst 2.5 packets), 40 ms ± 10 ms one way. Not one of the caller profiles in [`ALL`].
+    ///
+    /// [`ALL`]: Profile::ALL
+    pub const TRUNK_BURSTY_5: Profile = Profile {
+        name: "trunk_bursty_5",
+        base_delay_ms: 40.0,
+        jitter_ms: 10.0,
+        p_good_to_bad: 0.05 * 0.4 / 0.95,
+        p_bad_to_good: 0.4,
+        loss_bad: 1.0,
+        ..Self::BASE
+    };
+
+    /// A caller profile of [`Profile::ALL`] or the trunk profile, by name.
     pub fn by_name(name: &str) -> Option<Profile> {
-        Self::ALL.into_iter().find(|p| p.name == name)
+        Self::ALL
+            .into_iter()
+            .chain([Self::TRUNK_BURSTY_5])
+            .find(|p| p.name == name)
     }
 
     /// Long-run loss rate of the Gilbert-Elliott chain.

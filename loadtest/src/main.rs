@@ -4,6 +4,7 @@
 //! - `lodge-load playout`: the jitter buffer and adaptive Opus on impaired networks with real
 //!   speech; Markdown/JSON report and PNG plots.
 //! - `lodge-load voice`: crowds of WebRTC callers in voice channels; what listeners hear.
+//! - `lodge-load relay`: a UDP relay that impairs one flow (e.g. an edge's trunk to its origin).
 
 mod api;
 mod chat;
@@ -35,6 +36,9 @@ enum Cmd {
     /// N WebRTC callers in R voice channels through the real API; speakers send Opus speech in
     /// talk spurts; listeners measure loss, jitter, mouth-to-ear delay and (probes) MOS.
     Voice(voice::VoiceArgs),
+    /// A UDP relay that impairs the one flow through it with a named profile (both directions),
+    /// e.g. between an edge and its origin: point the edge's --origin at the relay.
+    Relay(voice::RelayArgs),
 }
 
 #[tokio::main]
@@ -44,6 +48,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Chat(a) => chat::run(a).await,
         Cmd::Playout(a) => playout::run(a),
         Cmd::Voice(a) => voice::run(a).await,
+        Cmd::Relay(a) => voice::relay(a).await,
     };
     match r {
         Ok(true) => std::process::ExitCode::SUCCESS,

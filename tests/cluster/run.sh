@@ -103,6 +103,31 @@ assert heard > 40 * sent * 0.9, (heard, sent)
 assert r["loss_pct"] < 1.0, r["loss_pct"]
 PY
 
+echo "-- a trunk with 5% bursty loss and 40±10 ms (impairment relay): listeners lose ≤ 0.5% after repair"
+RELAY="127.0.0.5:$(free udp 127.0.0.5)"
+"$LOAD" relay --listen "$RELAY" --to "$OT" --profile trunk_bursty_5 --seed 7 >"$TMP/relay.log" 2>&1 &
+PIDS+=($!)
+FH="127.0.0.6:$(free tcp 127.0.0.6)"; FM="127.0.0.6:$(free udp 127.0.0.6)"
+"$BIN" serve --data-dir "$TMP/far" --http-listen "$FH" --media-listen "$FM" --origin "$RELAY" \
+  --origin-fingerprint "$FP" --cluster-token "$TOKEN" --region far >"$TMP/far.log" 2>&1 &
+PIDS+=($!)
+wait_for 30 sh -c "[ \"\$(curl -fs http://$FH/metrics | grep '^lodge_origin_up ' | cut -d' ' -f2)\" = 1 ]" \
+  || fail "the far edge did not connect through the relay"
+"$LOAD" voice --url "http://$OH" -n 10 -c 1 -s 2 -d 20 --probes 0.3 \
+  --regions "origin,origin$(printf ',far%.0s' $(seq 1 8))" --strict --report "$TMP/far.json" \
+  >/dev/null 2>"$TMP/far.err" || { cat "$TMP/far.err"; fail "impaired-trunk run"; }
+recovered="$(metric "$OH" lodge_trunk_recovered_total far)"; lost="$(metric "$OH" lodge_trunk_lost_total far)"
+recovered_edge="$(metric "$FH" lodge_trunk_recovered_total)"
+python3 - "$TMP/far.json" "$recovered_edge" <<'PY' || fail "listeners behind the impaired trunk lost too much"
+import json, sys
+r = json.load(open(sys.argv[1])); rec = int(sys.argv[2])
+print(f"   far listeners: loss {r['loss_pct']:.2f}% after repair ({rec} packets recovered by NACK at the edge), "
+      f"mouth-to-ear p50/p99 {r['mouth_to_ear_ms']['p50']:.0f}/{r['mouth_to_ear_ms']['p99']:.0f} ms, "
+      f"probe MOS ≥ {min(p['mos_estimate'] for p in r['probes']):.2f}")
+assert rec > 0, "the relay dropped packets, so some must have been repaired"
+assert r["loss_pct"] <= 0.5, r["loss_pct"]
+PY
+
 echo "-- a wrong cluster token is refused and counted; the edge reports its origin down"
 BAD="$(start_edge bad 127.0.0.4 "wrong-token-0123456789")"
 wait_for 20 sh -c "[ \"\$(curl -fs http://$OH/metrics | grep 'lodge_trunk_handshakes_total{outcome=\"refused\"}' | cut -d' ' -f2)\" -ge 1 ]" \

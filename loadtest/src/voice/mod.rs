@@ -121,6 +121,34 @@ pub struct VoiceArgs {
     pub regions: Vec<String>,
 }
 
+#[derive(Args, Clone)]
+pub struct RelayArgs {
+    /// Address to listen on (the client side), e.g. 127.0.0.5:0 (port 0 picks one).
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Where to relay to (the server side).
+    #[arg(long)]
+    pub to: SocketAddr,
+    /// Impairment profile (a caller profile or trunk_bursty_5).
+    #[arg(long, default_value = "trunk_bursty_5")]
+    pub profile: String,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// `lodge-load relay`: impair one UDP flow until Ctrl-C. Prints the bound address first.
+pub async fn relay(a: RelayArgs) -> Result<bool> {
+    let p = lodge_jitter::Profile::by_name(&a.profile).with_context(|| {
+        format!("unknown --profile {:?}; known: trunk_bursty_5 and the caller profiles", a.profile)
+    })?;
+    let (stop_tx, stop) = watch::channel(false);
+    let addr = proxy::start(a.listen, a.to, p.clone(), a.seed, stop).await?;
+    println!("relay {addr} -> {} ({}, expected loss {:.1}%)", a.to, p.name, p.expected_loss() * 100.0);
+    tokio::signal::ctrl_c().await?;
+    let _ = stop_tx.send(true);
+    Ok(true)
+}
+
 fn profile(a: &VoiceArgs) -> Result<Option<lodge_jitter::Profile>> {
     a.profile
         .as_deref()
