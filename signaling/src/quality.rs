@@ -421,6 +421,9 @@ mod tests {
         for j in [2.0f32, 4.0, 6.0, 40.0] {
             let report = lodge_sfu::shell::NodeReport {
                 participants: 1,
+                remote_speakers: 0,
+                exported: 0,
+                exports_dropped: 0,
                 rooms: 1,
                 datagrams_in: 0,
                 datagrams_out: 0,

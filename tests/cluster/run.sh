@@ -50,15 +50,16 @@ wait_for 20 curl -fs "http://$OH/readyz" -o /dev/null || fail "the origin did no
 FP="$(grep -o 'sha256:[0-9a-f]\{64\}' "$TMP/origin.log" | head -1)"
 [ -n "$FP" ] || fail "the origin printed no trunk fingerprint"
 
-start_edge() {  # start_edge <name> <ip> <token>
-  local h="$2:$(free tcp "$2")" m="$2:$(free udp "$2")"
-  "$BIN" serve --data-dir "$TMP/$1" --http-listen "$h" --media-listen "$m" --origin "$OT" \
+start_edge() {  # start_edge <name> <ip> <token> <origin trunk>: sets EDGE (host:port) and EDGE_PID
+  EDGE="$2:$(free tcp "$2")"
+  local m="$2:$(free udp "$2")"
+  "$BIN" serve --data-dir "$TMP/$1" --http-listen "$EDGE" --media-listen "$m" --origin "$4" \
     --origin-fingerprint "$FP" --cluster-token "$3" --region "$1" >"$TMP/$1.log" 2>&1 &
-  PIDS+=($!)
-  echo "$h"
+  EDGE_PID=$!
+  PIDS+=("$EDGE_PID")
 }
-EU="$(start_edge eu 127.0.0.2 "$TOKEN")"; EU_PID="${PIDS[-1]}"
-US="$(start_edge us 127.0.0.3 "$TOKEN")"
+start_edge eu 127.0.0.2 "$TOKEN" "$OT"; EU="$EDGE"
+start_edge us 127.0.0.3 "$TOKEN" "$OT"; US="$EDGE"; US_PID="$EDGE_PID"
 for e in "$EU" "$US"; do
   wait_for 20 sh -c "[ \"\$(curl -fs http://$e/metrics | grep '^lodge_origin_up ' | cut -d' ' -f2)\" = 1 ]" \
     || fail "edge $e did not connect to the origin"
@@ -107,10 +108,7 @@ echo "-- a trunk with 5% bursty loss and 40±10 ms (impairment relay): listeners
 RELAY="127.0.0.5:$(free udp 127.0.0.5)"
 "$LOAD" relay --listen "$RELAY" --to "$OT" --profile trunk_bursty_5 --seed 7 >"$TMP/relay.log" 2>&1 &
 PIDS+=($!)
-FH="127.0.0.6:$(free tcp 127.0.0.6)"; FM="127.0.0.6:$(free udp 127.0.0.6)"
-"$BIN" serve --data-dir "$TMP/far" --http-listen "$FH" --media-listen "$FM" --origin "$RELAY" \
-  --origin-fingerprint "$FP" --cluster-token "$TOKEN" --region far >"$TMP/far.log" 2>&1 &
-PIDS+=($!)
+start_edge far 127.0.0.6 "$TOKEN" "$RELAY"; FH="$EDGE"
 wait_for 30 sh -c "[ \"\$(curl -fs http://$FH/metrics | grep '^lodge_origin_up ' | cut -d' ' -f2)\" = 1 ]" \
   || fail "the far edge did not connect through the relay"
 "$LOAD" voice --url "http://$OH" -n 10 -c 1 -s 2 -d 20 --probes 0.3 \
@@ -128,8 +126,27 @@ assert rec > 0, "the relay dropped packets, so some must have been repaired"
 assert r["loss_pct"] <= 0.5, r["loss_pct"]
 PY
 
+echo "-- an edge dies mid-call: its callers are moved (VOICE_SERVER_UPDATE) and hear again within 5 s"
+"$LOAD" voice --url "http://$OH" -n 6 -c 1 -s 1 -d 14 --probes 0 --regions origin,us,us,us,us,us \
+  --strict --report "$TMP/failover.json" >/dev/null 2>"$TMP/failover.err" &
+LP=$!
+wait_for 40 sh -c "[ \"\$(curl -fs http://$US/metrics | grep '^lodge_participants ' | cut -d' ' -f2)\" = 5 ]" \
+  || fail "5 callers did not reach the us edge"
+sleep 3
+kill -9 "$US_PID"
+wait "$LP" || { cat "$TMP/failover.err"; fail "fail-over run"; }
+python3 - "$TMP/failover.json" <<'PY' || fail "callers of the dead edge did not come back in time"
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"   {r['rejoins']} calls moved off the dead edge; voice lost → media again p50/max "
+      f"{r['rejoin_ms']['p50']:.0f}/{r['rejoin_ms']['max']:.0f} ms")
+assert r["rejoins"] == 5, r["rejoins"]
+assert r["rejoin_ms"]["max"] <= 5000, r["rejoin_ms"]
+assert not r["errors"], r["errors"][:3]
+PY
+
 echo "-- a wrong cluster token is refused and counted; the edge reports its origin down"
-BAD="$(start_edge bad 127.0.0.4 "wrong-token-0123456789")"
+start_edge bad 127.0.0.4 "wrong-token-0123456789" "$OT"; BAD="$EDGE"
 wait_for 20 sh -c "[ \"\$(curl -fs http://$OH/metrics | grep 'lodge_trunk_handshakes_total{outcome=\"refused\"}' | cut -d' ' -f2)\" -ge 1 ]" \
   || fail "the origin did not count the refused trunk"
 [ "$(metric "$BAD" lodge_origin_up)" = 0 ] || fail "an edge with the wrong token says its origin is up"

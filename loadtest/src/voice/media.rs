@@ -84,6 +84,7 @@ impl Shared {
 }
 
 /// What this caller sends.
+#[derive(Clone)]
 pub struct Speaking {
     pub index: usize,
     pub talk: TalkParams,
@@ -135,6 +136,47 @@ pub struct CallerStats {
     pub rtp_datagrams: u64,
     /// Sequence gaps by size: 1, 2, 3–5, 6–20, more.
     pub gap_sizes: [u64; 5],
+    /// Times the server moved the call (a new VOICE_SERVER_UPDATE), and for each the time from
+    /// losing the voice connection (or the move) to media flowing again, ms.
+    pub rejoins: u32,
+    pub rejoin_ms: Vec<f64>,
+}
+
+impl CallerStats {
+    /// Fold a later segment of the same call (after a move) into this one.
+    pub fn merge(&mut self, o: CallerStats) {
+        self.rtp_sent += o.rtp_sent;
+        self.received += o.received;
+        self.gaps += o.gaps;
+        self.jitter_ms.extend(o.jitter_ms);
+        let _ = self.m2e_us.add(&o.m2e_us);
+        self.repeated += o.repeated;
+        self.unmatched += o.unmatched;
+        self.input_errors += o.input_errors;
+        self.reordered += o.reordered;
+        self.rtp_datagrams += o.rtp_datagrams;
+        for (a, b) in self.gap_sizes.iter_mut().zip(o.gap_sizes) {
+            *a += b;
+        }
+        self.probe = match (self.probe.take(), o.probe) {
+            (Some(a), Some(b)) => {
+                let n = (a.frames + b.frames).max(1) as f64;
+                Some(ProbeStats {
+                    concealment_pct: (a.concealment_pct * a.frames as f64
+                        + b.concealment_pct * b.frames as f64)
+                        / n,
+                    mean_buffer_delay_ms: (a.mean_buffer_delay_ms * a.frames as f64
+                        + b.mean_buffer_delay_ms * b.frames as f64)
+                        / n,
+                    frames: a.frames + b.frames,
+                })
+            }
+            (a, b) => a.or(b),
+        };
+        self.rejoins += 1 + o.rejoins;
+        self.rejoin_ms.extend(o.connect_ms);
+        self.rejoin_ms.extend(o.rejoin_ms);
+    }
 }
 
 pub struct Client {
@@ -243,7 +285,8 @@ impl Client {
         probe: bool,
         started: Instant,
         mut stop: watch::Receiver<bool>,
-    ) -> Result<CallerStats> {
+        moved: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    ) -> Result<(CallerStats, Option<(String, String)>)> {
         let mut st = CallerStats {
             connect_ms: None,
             rtp_sent: 0,
@@ -258,7 +301,11 @@ impl Client {
             reordered: 0,
             rtp_datagrams: 0,
             gap_sizes: [0; 5],
+            rejoins: 0,
+            rejoin_ms: Vec::new(),
         };
+        let mut move_to: Option<(String, String)> = None;
+        let mut moves_open = true;
         let mut rx: HashMap<u32, SlotRx> = HashMap::new();
         let mut talk = speaking.as_ref().map(|s| Talk::new(s.talk, s.seed));
         // Each speaker starts at its own place in the sample.
@@ -380,7 +427,7 @@ impl Client {
                 st.connect_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                 shared.connected.fetch_add(1, Ordering::Relaxed);
             }
-            if *stop.borrow() {
+            if *stop.borrow() || move_to.is_some() {
                 break;
             }
             let now = tokio::time::Instant::now();
@@ -473,6 +520,10 @@ impl Client {
                     self.rtc.handle_input(Input::Timeout(Instant::now()))?;
                 }
                 _ = stop.changed() => {}
+                m = moved.recv(), if moves_open => match m {
+                    Some(x) => move_to = Some(x),
+                    None => moves_open = false,
+                },
             }
         }
         for s in rx.values_mut() {
@@ -502,6 +553,6 @@ impl Client {
             });
         }
         self.rtc.disconnect();
-        Ok(st)
+        Ok((st, move_to))
     }
 }

@@ -139,11 +139,19 @@ pub struct RelayArgs {
 /// `lodge-load relay`: impair one UDP flow until Ctrl-C. Prints the bound address first.
 pub async fn relay(a: RelayArgs) -> Result<bool> {
     let p = lodge_jitter::Profile::by_name(&a.profile).with_context(|| {
-        format!("unknown --profile {:?}; known: trunk_bursty_5 and the caller profiles", a.profile)
+        format!(
+            "unknown --profile {:?}; known: trunk_bursty_5 and the caller profiles",
+            a.profile
+        )
     })?;
     let (stop_tx, stop) = watch::channel(false);
     let addr = proxy::start(a.listen, a.to, p.clone(), a.seed, stop).await?;
-    println!("relay {addr} -> {} ({}, expected loss {:.1}%)", a.to, p.name, p.expected_loss() * 100.0);
+    println!(
+        "relay {addr} -> {} ({}, expected loss {:.1}%)",
+        a.to,
+        p.name,
+        p.expected_loss() * 100.0
+    );
     tokio::signal::ctrl_c().await?;
     let _ = stop_tx.send(true);
     Ok(true)
@@ -571,6 +579,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                     s.guild.clone(), s.gateway_url.clone(), shared.clone(), stop_rx.clone(),
                     on_error.clone(), sem.clone(), a.slots,
                 );
+                let on_error2 = on_error.clone();
                 let muted = speaking.is_none();
                 let impair = profile(&a)?.map(|p| (p, a.seed.wrapping_mul(7_777).wrapping_add(i as u64)));
                 let (janus, feeds) = (janus.clone(), channel_speakers[i % a.channels].clone());
@@ -594,8 +603,9 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                             }
                         };
                         tokio::spawn(janus::keep_alive(j, session, stop.clone()));
-                        return client.run(shared, slots, speaking, probe, t0, stop).await
-                            .map(|st| (st, probe));
+                        let (_never, mut no_moves) = tokio::sync::mpsc::unbounded_channel();
+                        return client.run(shared, slots, speaking, probe, t0, stop, &mut no_moves).await
+                            .map(|(st, _)| (st, probe));
                     }
                     let (client, call) = {
                         let _p = sem.acquire().await;
@@ -610,11 +620,35 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                             let via = proxy::start(SocketAddr::new(ip, 0), node, p, seed, stop.clone()).await?;
                             proxy::rewrite_candidates(&call.answer_sdp, node, via)
                         }
-                        None => call.answer_sdp,
+                        None => call.answer_sdp.clone(),
                     };
                     client.accept(&answer)?;
-                    client.run(shared, call.slots, speaking, probe, t0, stop).await
-                        .map(|st| (st, probe))
+                    let mut call = call;
+                    let (mut slot_map, mut started) = (call.slots.clone(), t0);
+                    let mut total: Option<CallerStats> = None;
+                    let mut rejoined = 0u32;
+                    loop {
+                        let (st, mv) = client.run(shared.clone(), slot_map.clone(), speaking.clone(), probe, started, stop.clone(), &mut call.moved).await?;
+                        match total.as_mut() {
+                            None => total = Some(st),
+                            Some(t) => t.merge(st),
+                        }
+                        let Some((vtoken, endpoint)) = mv else { break };
+                        // The server moved the call (its node went away): reconnect there.
+                        started = call.voice_lost.at.lock().expect("lost lock").take().unwrap_or_else(Instant::now);
+                        client = Client::new(ip, slots).await?;
+                        let (answer, map) = signal::voice(&endpoint, &guild, user, &call.session_id, &vtoken,
+                            &client.offer, slots, call.voice_lost.clone(), stop.clone()).await?;
+                        client.accept(&answer)?;
+                        slot_map = map;
+                        rejoined += 1;
+                    }
+                    let lost = call.voice_lost.count.load(Ordering::Relaxed);
+                    if lost > rejoined {
+                        on_error2(format!("voice gateway connection lost and not rejoined: {}",
+                            call.voice_lost.last.lock().expect("lost lock")));
+                    }
+                    Ok((total.expect("at least one segment"), probe))
                 }));
                 i += 1;
                 bar.set_position(i as u64);

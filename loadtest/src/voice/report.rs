@@ -85,7 +85,10 @@ pub fn build(
     let mut deaf = 0usize;
     let mut join_ms = Vec::new();
     let mut probes = Vec::new();
+    let (mut rejoins, mut rejoin_ms) = (0u64, Vec::new());
     for (st, _) in results {
+        rejoins += st.rejoins as u64;
+        rejoin_ms.extend(st.rejoin_ms.iter().copied());
         m2e.add(&st.m2e_us)?;
         if let Some(ms) = st.connect_ms {
             join.record((ms.max(1.0)) as u64)?;
@@ -226,6 +229,13 @@ pub fn build(
             pct(&mut buf_delay, 0.5)
         ));
     }
+    if rejoins > 0 {
+        md.push_str(&format!(
+            "| calls the server moved (rejoins) / voice lost → media again, ms (p50 / max) | {rejoins} / {:.0} / {:.0} |\n",
+            pct(&mut rejoin_ms, 0.5),
+            pct(&mut rejoin_ms, 1.0)
+        ));
+    }
     if let Some(s) = &server {
         if let Some((rtp_in, fwd)) = s.node {
             md.push_str(&format!(
@@ -296,6 +306,9 @@ pub fn build(
         "unmatched": unmatched, "repeated_payloads": repeated, "caller_input_errors": input_errors, "reordered": reordered, "rtp_datagrams_read": rtp_datagrams, "gap_sizes": gap_sizes,
         "jitter_ms": { "p50": pct(&mut jitters, 0.5), "p95": pct(&mut jitters, 0.95), "max": pct(&mut jitters, 1.0) },
         "mouth_to_ear_ms": m2e_q,
+        "rejoins": rejoins,
+        "rejoin_ms": { "p50": if rejoin_ms.is_empty() { Value::Null } else { json!(pct(&mut rejoin_ms, 0.5)) },
+                       "max": if rejoin_ms.is_empty() { Value::Null } else { json!(pct(&mut rejoin_ms, 1.0)) } },
         "probes": probes.iter().map(|p| json!({ "mos_estimate": p.0, "concealment_pct": p.1, "buffer_delay_ms": p.2 })).collect::<Vec<_>>(),
         "target": format!("{:?}", a.target).to_lowercase(),
         "server": server.as_ref().map(|s| json!({ "window_s": s.seconds,

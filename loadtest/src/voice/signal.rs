@@ -4,6 +4,7 @@
 //! heartbeats; the voice socket's op 5 messages keep the caller's slot → speaker map current.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -26,6 +27,13 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Call {
     pub answer_sdp: String,
     pub slots: SlotMap,
+    /// Later VOICE_SERVER_UPDATEs (token, endpoint): the server moved the call (e.g. its edge
+    /// died); the caller reconnects there with [`reconnect`].
+    pub moved: mpsc::UnboundedReceiver<(String, String)>,
+    /// Voice gateway connections that ended while the call went on (the caller's task decides
+    /// whether a move followed).
+    pub voice_lost: Arc<VoiceLost>,
+    pub session_id: String,
 }
 
 async fn recv_json(ws: &mut Ws) -> Result<Value> {
@@ -134,14 +142,51 @@ pub async fn join(
             );
         }
     };
+    let (moved_tx, moved) = mpsc::unbounded_channel();
     tokio::spawn(keep_gateway(
         gw,
         gw_hb,
         last_seq,
+        moved_tx,
         stop.clone(),
         on_error.clone(),
     ));
+    let voice_lost = Arc::new(VoiceLost::default());
+    let (answer_sdp, slots) = voice(
+        &endpoint,
+        guild,
+        user_id,
+        &session_id,
+        &vtoken,
+        offer_sdp,
+        slots,
+        voice_lost.clone(),
+        stop,
+    )
+    .await?;
+    Ok(Call {
+        answer_sdp,
+        slots,
+        moved,
+        voice_lost,
+        session_id,
+    })
+}
 
+/// Connect to the voice gateway at `endpoint` with `vtoken`, offer `offer_sdp`; the answer and
+/// the slot map. The connection is kept alive until `stop`; if it ends before, `lost` counts it.
+#[allow(clippy::too_many_arguments)]
+pub async fn voice(
+    endpoint: &str,
+    guild: &str,
+    user_id: u64,
+    session_id: &str,
+    vtoken: &str,
+    offer_sdp: &str,
+    slots: usize,
+    lost: Arc<VoiceLost>,
+    stop: watch::Receiver<bool>,
+) -> Result<(String, SlotMap)> {
     let url = format!("ws://{endpoint}/?v=8");
     let (mut vw, _) = tokio_tungstenite::connect_async(&url)
         .await
@@ -172,17 +217,15 @@ pub async fn join(
             _ => {}
         }
     };
-    tokio::spawn(keep_voice(vw, v_hb, slot_map.clone(), stop, on_error));
-    Ok(Call {
-        answer_sdp: answer,
-        slots: slot_map,
-    })
+    tokio::spawn(keep_voice(vw, v_hb, slot_map.clone(), stop, lost));
+    Ok((answer, slot_map))
 }
 
 async fn keep_gateway(
     mut ws: Ws,
     hb_ms: u64,
     mut seq: Value,
+    moved: mpsc::UnboundedSender<(String, String)>,
     mut stop: watch::Receiver<bool>,
     on_error: Arc<dyn Fn(String) + Send + Sync>,
 ) {
@@ -201,6 +244,11 @@ async fn keep_gateway(
                 Some(Ok(Message::Text(t))) => {
                     if let Ok(v) = serde_json::from_str::<Value>(&t) {
                         if !v["s"].is_null() { seq = v["s"].clone(); }
+                        if v["t"] == "VOICE_SERVER_UPDATE" {
+                            if let (Some(t), Some(e)) = (v["d"]["token"].as_str(), v["d"]["endpoint"].as_str()) {
+                                let _ = moved.send((t.to_string(), e.to_string()));
+                            }
+                        }
                     }
                 }
                 Some(Ok(Message::Close(c))) => {
@@ -217,23 +265,40 @@ async fn keep_gateway(
     }
 }
 
+/// Voice gateway connections that ended mid-call. Not an error by itself (the server may move
+/// the call); the caller's task counts losses against the reconnects that followed.
+#[derive(Default)]
+pub struct VoiceLost {
+    pub count: AtomicU32,
+    pub last: Mutex<String>,
+    pub at: Mutex<Option<std::time::Instant>>,
+}
+
 async fn keep_voice(
     mut ws: Ws,
     hb_ms: u64,
     slots: SlotMap,
     mut stop: watch::Receiver<bool>,
-    on_error: Arc<dyn Fn(String) + Send + Sync>,
+    lost: Arc<VoiceLost>,
 ) {
     let mut hb = tokio::time::interval(Duration::from_millis(hb_ms));
     hb.tick().await;
     let mut nonce = 0u64;
+    let stopped = stop.clone();
+    let end = |why: String| {
+        if !*stopped.borrow() {
+            *lost.last.lock().expect("lost lock") = why;
+            *lost.at.lock().expect("lost lock") = Some(std::time::Instant::now());
+            lost.count.fetch_add(1, Ordering::Relaxed);
+        }
+    };
     loop {
         tokio::select! {
             _ = stop.changed() => { let _ = ws.close(None).await; return; }
             _ = hb.tick() => {
                 nonce += 1;
                 if send_json(&mut ws, json!({ "op": 3, "d": { "t": nonce } })).await.is_err() {
-                    on_error("voice gateway: heartbeat could not be sent".into());
+                    end("voice gateway: heartbeat could not be sent".into());
                     return;
                 }
             }
@@ -243,15 +308,10 @@ async fn keep_voice(
                         if v["op"] == 5 { on_speaking(&slots, &v["d"]); }
                     }
                 }
-                Some(Ok(Message::Close(c))) => {
-                    if !*stop.borrow() {
-                        on_error(format!("voice gateway closed by the server: {c:?}"));
-                    }
-                    return;
-                }
+                Some(Ok(Message::Close(c))) => { end(format!("voice gateway closed by the server: {c:?}")); return; }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => { if !*stop.borrow() { on_error(format!("voice gateway error: {e}")); } return; }
-                None => { if !*stop.borrow() { on_error("voice gateway connection ended".into()); } return; }
+                Some(Err(e)) => { end(format!("voice gateway error: {e}")); return; }
+                None => { end("voice gateway connection ended".into()); return; }
             }
         }
     }
