@@ -113,7 +113,7 @@ impl DelayManager {
         let w = self.inc * (1.0 - f);
         let bin = ((rel / BIN_MS) as usize).min(BINS - 1);
         self.hist[bin] += w;
-        self.total = self.total + w;
+        self.total += w;
         if self.inc > 1e100 {
             let s = self.inc;
             for b in &mut self.hist {

@@ -231,7 +231,7 @@ pub fn assign_slots(
     }
     // Give newcomers the free slots, lowest index first.
     for w in wanted() {
-        if slots.iter().any(|s| *s == Some(w)) {
+        if slots.contains(&Some(w)) {
             continue;
         }
         if let Some(n) = slots.iter().position(|s| s.is_none()) {

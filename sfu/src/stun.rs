@@ -17,7 +17,7 @@ pub fn local_ufrag(buf: &[u8]) -> Option<&str> {
         return None;
     }
     let body_len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
-    if body_len % 4 != 0 || HEADER_LEN + body_len > buf.len() {
+    if !body_len.is_multiple_of(4) || HEADER_LEN + body_len > buf.len() {
         return None;
     }
     let mut rest = &buf[HEADER_LEN..HEADER_LEN + body_len];

@@ -325,7 +325,8 @@ pub async fn start(
         let c2 = cascade.clone();
         tokio::spawn(async move {
             while let Some((trunk, peer)) = origin.accept().await {
-                let _ = c2.add_trunk(peer, trunk).await;
+                // The origin does not wait for a trunk to end.
+                drop(c2.add_trunk(peer, trunk).await);
             }
         });
         info!(trunk = %addr, %fingerprint, "origin: accepting edge trunks");

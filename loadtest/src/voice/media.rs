@@ -276,7 +276,9 @@ impl Client {
         Ok(())
     }
 
-    /// Run the call until `stop`.
+    /// Run the call until `stop`, or until the server moves it (the new token and endpoint are
+    /// returned with the stats so far).
+    #[allow(clippy::too_many_arguments)]
     pub async fn run(
         mut self,
         shared: Arc<Shared>,
