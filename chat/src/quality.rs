@@ -9,7 +9,7 @@ use crate::store::Store;
 
 /// What one participant's call was like (figures measured by the media node; the MOS is the
 /// simplified E-model, an estimate).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CallSummary {
     pub id: u64,
     pub guild_id: u64,

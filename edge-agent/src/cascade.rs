@@ -110,6 +110,13 @@ impl CascadeHandle {
         let _ = self.tx.send(Cmd::App { id, msg }).await;
     }
 
+    /// Send an app-level message to every trunk peer (an edge: its origin).
+    pub async fn broadcast(&self, msg: Control) {
+        for r in self.report().await {
+            self.send(r.id, msg.clone()).await;
+        }
+    }
+
     /// (Edge) this edge has, or no longer has, callers in `room`.
     pub async fn interest(&self, room: u64, on: bool) {
         let _ = self.tx.send(Cmd::Interest { room, on }).await;

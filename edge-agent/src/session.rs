@@ -333,7 +333,8 @@ impl TrunkSession {
             | Control::Load { .. }
             | Control::VoicePlace(_)
             | Control::VoiceUpdate(_)
-            | Control::VoiceRemove { .. }) => {
+            | Control::VoiceRemove { .. }
+            | Control::CallSummary { .. }) => {
                 self.notices.push_back(Notice::App(c));
                 Ok(())
             }

@@ -163,6 +163,17 @@ pub async fn run_events(s: AppState, mut rx: mpsc::UnboundedReceiver<ClusterEven
                         e.load = participants;
                     }
                 }
+                Control::CallSummary { json } if c.role == Role::Origin => {
+                    match serde_json::from_str::<lodge_chat::CallSummary>(&json) {
+                        Ok(summary) => match s.store.record_call(summary).await {
+                            Ok(_) => s.telemetry().calls_recorded += 1,
+                            Err(e) => warn!(error = %e, "could not record an edge's call summary"),
+                        },
+                        Err(e) => {
+                            warn!(trunk = id, error = %e, "malformed call summary from an edge")
+                        }
+                    }
+                }
                 Control::VoicePlace(g) if c.role == Role::Edge => place_here(&s, g).await,
                 Control::VoiceUpdate(g) if c.role == Role::Edge => update_here(&s, g).await,
                 Control::VoiceRemove { guild, user } if c.role == Role::Edge => {
@@ -305,6 +316,65 @@ async fn update_here(s: &AppState, g: VoiceGrant) {
     };
     if let Some((p, f)) = part {
         s.sfu.set_flags(p, f).await;
+    }
+}
+
+/// How long an edge keeps its callers talking among themselves after losing the origin before it
+/// tells them (voice close 4015) that the call is broken.
+pub const ORIGIN_LOST_GRACE: Duration = Duration::from_secs(5);
+
+/// Edge: when the origin stays unreachable past the grace time, close every caller's voice
+/// connection with 4015 ("voice server crashed": rejoin) instead of leaving them in a call that
+/// only hears this edge.
+pub async fn watch_origin(s: AppState, mut up: watch::Receiver<bool>) {
+    loop {
+        if up.changed().await.is_err() {
+            return;
+        }
+        if *up.borrow() {
+            continue;
+        }
+        let back = tokio::time::timeout(ORIGIN_LOST_GRACE, async {
+            while !*up.borrow() {
+                if up.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        if back.is_ok() {
+            continue;
+        }
+        let users: Vec<(u64, u64)> = s.voice().states.keys().copied().collect();
+        if !users.is_empty() {
+            warn!(
+                callers = users.len(),
+                "origin unreachable for {ORIGIN_LOST_GRACE:?}: closing this edge's calls (4015)"
+            );
+        }
+        for (guild, user) in users {
+            let conn = {
+                let mut v = s.voice();
+                let st = v.states.remove(&(guild, user));
+                let conn = st
+                    .as_ref()
+                    .and_then(|st| st.conn)
+                    .and_then(|id| v.conns.remove(&id));
+                if let Some(p) = st.as_ref().and_then(|st| st.participant) {
+                    v.by_participant.remove(&p);
+                }
+                conn.map(|c| (c.tx, st.and_then(|st| st.participant)))
+            };
+            if let Some((tx, p)) = conn {
+                let _ = tx.send(crate::voice::registry::VoiceOut::Close(
+                    4015,
+                    "this edge lost its origin; rejoin the channel".into(),
+                ));
+                if let Some(p) = p {
+                    s.sfu.leave(p).await;
+                }
+            }
+        }
     }
 }
 

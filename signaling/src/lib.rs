@@ -149,6 +149,9 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     tokio::spawn(voice::service::run_sfu_events(state.clone(), events));
     tokio::spawn(quality::run_sampler(state.clone()));
     if let Some((c, cluster_events)) = cluster {
+        if c.role == lodge_edge::cascade::Role::Edge {
+            tokio::spawn(cluster::watch_origin(state.clone(), c.origin_up.clone()));
+        }
         let _ = state.cluster.set(c);
         tokio::spawn(cluster::run_events(state.clone(), cluster_events));
     }

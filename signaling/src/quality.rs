@@ -377,6 +377,17 @@ pub async fn record_left(
 ) {
     let summary = s.telemetry().finish(idx, reason, stats);
     if let Some(c) = summary {
+        // An edge's summaries belong in the origin's database (with the rest of the channel's).
+        if let Some(cl) = s.cluster.get().filter(|_| s.is_edge()) {
+            if *cl.origin_up.borrow() {
+                let json = serde_json::to_string(&c).expect("a summary serializes");
+                cl.cascade
+                    .broadcast(lodge_edge::Control::CallSummary { json })
+                    .await;
+                s.telemetry().calls_recorded += 1;
+                return;
+            }
+        }
         match s.store.record_call(c).await {
             Ok(c) => {
                 s.telemetry().calls_recorded += 1;

@@ -10,6 +10,7 @@ BIN="${NODE_BIN:-$ROOT/target/debug/lodge}"
 LOAD="${LOAD_BIN:-$ROOT/target/debug/lodge-load}"
 TMP="$(mktemp -d)"
 TOKEN="cluster-$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
+OPERATOR="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
 free() {  # free <tcp|udp> <ip>
   python3 - "$1" "$2" <<'PY'
 import socket, sys
@@ -44,7 +45,8 @@ wait_for() {  # wait_for <seconds> <command...>
 
 OH="127.0.0.1:$(free tcp 127.0.0.1)"; OM="127.0.0.1:$(free udp 127.0.0.1)"; OT="127.0.0.1:$(free udp 127.0.0.1)"
 "$BIN" serve --data-dir "$TMP/origin" --http-listen "$OH" --media-listen "$OM" --trunk-listen "$OT" \
-  --cluster-token "$TOKEN" --rate-limit-route 10000 --rate-limit-global 10000 >"$TMP/origin.log" 2>&1 &
+  --cluster-token "$TOKEN" --operator-token "$OPERATOR" --rate-limit-route 10000 --rate-limit-global 10000 \
+  >"$TMP/origin.log" 2>&1 &
 PIDS+=($!)
 wait_for 20 curl -fs "http://$OH/readyz" -o /dev/null || fail "the origin did not start"
 FP="$(grep -o 'sha256:[0-9a-f]\{64\}' "$TMP/origin.log" | head -1)"
@@ -76,6 +78,11 @@ for e in "$EU" "$US"; do
   [ "$(metric "$e" lodge_trunk_media_received_total)" -gt 0 ] || fail "edge $e got nothing from the origin"
 done
 grep -q "caller placed on this edge" "$TMP/eu.log" || fail "no caller was placed on the eu edge"
+# Every caller's call-quality summary lands in the origin's database, edges' callers included.
+calls() { curl -fs -H "Authorization: Operator $OPERATOR" "http://$OH/api/v10/quality/calls?limit=200" \
+  | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
+wait_for 15 sh -c "[ \"\$(curl -fs -H 'Authorization: Operator $OPERATOR' 'http://$OH/api/v10/quality/calls?limit=200' | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')\" -ge 6 ]" \
+  || fail "the origin has $(calls) call summaries after 6 calls on three nodes"
 
 echo "-- 2 speakers on the origin, 50 listeners on the eu edge: one trunk stream per speaker"
 REGIONS="origin,origin$(printf ',eu%.0s' $(seq 1 50))"
@@ -152,8 +159,21 @@ wait_for 20 sh -c "[ \"\$(curl -fs http://$OH/metrics | grep 'lodge_trunk_handsh
 [ "$(metric "$BAD" lodge_origin_up)" = 0 ] || fail "an edge with the wrong token says its origin is up"
 grep -q "wrong cluster token" "$TMP/bad.log" || fail "the refused edge does not say why"
 
-echo "-- an edge whose origin goes away reports it"
+echo "-- an edge whose origin goes away reports it and tells its callers (voice close 4015)"
+"$LOAD" voice --url "http://$OH" -n 3 -c 1 -s 1 -d 20 --probes 0 --regions eu \
+  --report "$TMP/orphan.json" >/dev/null 2>"$TMP/orphan.err" &
+LP=$!
+wait_for 40 sh -c "[ \"\$(curl -fs http://$EU/metrics | grep '^lodge_participants ' | cut -d' ' -f2)\" = 3 ]" \
+  || fail "3 callers did not reach the eu edge"
 kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
 wait_for 10 sh -c "[ \"\$(curl -fs http://$EU/metrics | grep '^lodge_origin_up ' | cut -d' ' -f2)\" = 0 ]" \
   || fail "the eu edge did not notice its origin going away"
+wait "$LP" || true  # the run ends with errors: the origin is gone
+python3 - "$TMP/orphan.json" <<'PY' || fail "the orphaned edge's callers did not get voice close 4015"
+import json, sys
+r = json.load(open(sys.argv[1]))
+told = [e for e in r["errors"] if "4015" in e]
+print(f"   {len(told)} callers got voice close 4015 from the orphaned edge")
+assert len(told) == 3, r["errors"]
+PY
 echo "cluster test: PASS"
