@@ -30,6 +30,8 @@ pub mod stats;
 pub mod stun;
 
 #[cfg(feature = "shell")]
+pub mod send_batch;
+#[cfg(feature = "shell")]
 pub mod shell;
 
 pub use drop_reason::{DropCounters, DropReason};

@@ -3,9 +3,9 @@
 //!
 //! Receiving is batched with quinn-udp (recvmmsg and GRO on Linux): per wake-up the shell reads up
 //! to [`RECV_ROUNDS`] batches, so a busy socket costs a few receive syscalls and one timer check
-//! per batch, not per datagram. What each datagram causes is sent before the next is handled
-//! (one `sendmsg` per datagram: each goes to a different listener, so GSO does not apply), so a
-//! packet waits only for the datagrams ahead of it. The time from a batch's return to each send
+//! per batch, not per datagram. What each datagram causes is sent before the next is handled,
+//! in one `sendmmsg` ([`SendBatch`]: each copy goes to a different listener, so GSO does not
+//! apply), so a packet waits only for the datagrams ahead of it. The time from a batch's return to each send
 //! is recorded ([`ForwardDelay`], `/metrics` `lodge_forward_delay_seconds`).
 
 use std::net::SocketAddr;
@@ -26,6 +26,7 @@ use crate::node::{
     Export, JoinAnswer, JoinRequest, Node, NodeConfig, NodeEvent, NodeOutput, ParticipantReport,
 };
 use crate::participant::VoiceFlags;
+use crate::send_batch::SendBatch;
 use crate::DropReason;
 
 /// Kernel receive/send buffer asked for on the media socket (the kernel may cap it). Large
@@ -285,6 +286,7 @@ async fn run(
     let mut delay = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 2)
         .expect("static histogram bounds are valid");
     let mut received_at: Option<Instant> = None;
+    let mut batch = SendBatch::default();
     info!(%local, "media node listening");
     loop {
         let deadline = node
@@ -318,7 +320,7 @@ async fn run(
                             // Send what this datagram caused before handling the next: sends are
                             // one syscall per datagram either way, and a packet then waits only
                             // for the datagrams ahead of it, not for the whole batch.
-                            flush(&socket, &udp, &mut node, &mut sinks, Some(now), &mut delay).await;
+                            flush(&socket, &mut batch, &mut node, &mut sinks, Some(now), &mut delay).await;
                         }
                     }
                 }
@@ -335,13 +337,13 @@ async fn run(
                     Some(Command::RemoteRtp(p)) => {
                         received_at.get_or_insert(now);
                         guarded(&mut panics, || node.remote_rtp(now, p));
-                        flush(&socket, &udp, &mut node, &mut sinks, Some(now), &mut delay).await;
+                        flush(&socket, &mut batch, &mut node, &mut sinks, Some(now), &mut delay).await;
                     }
                     Some(Command::SetExported(room, on)) => node.set_exported(room, on),
                     Some(Command::SetExportAll(on)) => node.set_export_all(on),
                     Some(Command::Shutdown(done)) => {
                         node.close_all(now);
-                        flush(&socket, &udp, &mut node, &mut sinks, None, &mut delay).await;
+                        flush(&socket, &mut batch, &mut node, &mut sinks, None, &mut delay).await;
                         info!("media node stopped; all peers closed");
                         let _ = done.send(());
                         return;
@@ -357,7 +359,7 @@ async fn run(
         }
         flush(
             &socket,
-            &udp,
+            &mut batch,
             &mut node,
             &mut sinks,
             received_at.take(),
@@ -397,7 +399,7 @@ fn guarded(panics: &mut u64, f: impl FnOnce()) {
 /// datagram's time inside the node is recorded in `delay`.
 async fn flush(
     socket: &UdpSocket,
-    udp: &quinn_udp::UdpSocketState,
+    batch: &mut SendBatch,
     node: &mut Node,
     sinks: &mut Sinks,
     received_at: Option<Instant>,
@@ -405,26 +407,7 @@ async fn flush(
 ) {
     while let Some(o) = node.poll_output() {
         match o {
-            NodeOutput::Transmit(t) => {
-                let tx = quinn_udp::Transmit {
-                    destination: t.destination,
-                    ecn: None,
-                    contents: &t.contents,
-                    segment_size: None,
-                    src_ip: None,
-                };
-                match socket.try_io(Interest::WRITABLE, || udp.try_send((&*socket).into(), &tx)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        // Socket buffer full: wait for room rather than drop voice.
-                        let _ = socket.send_to(&t.contents, t.destination).await;
-                    }
-                    Err(e) => tracing::debug!(error = %e, "UDP send failed"),
-                }
-                if let Some(r) = received_at {
-                    delay.saturating_record(r.elapsed().as_micros().max(1) as u64);
-                }
-            }
+            NodeOutput::Transmit(t) => batch.push(t),
             NodeOutput::Event(e) => {
                 let _ = sinks.events.send(e);
             }
@@ -435,6 +418,17 @@ async fn flush(
                     }
                 }
             }
+        }
+    }
+    if batch.is_empty() {
+        return;
+    }
+    // One sendmmsg for everything this input caused (each copy to a different listener).
+    let n = batch.send_all(socket).await;
+    if let Some(r) = received_at {
+        let us = r.elapsed().as_micros().max(1) as u64;
+        for _ in 0..n {
+            delay.saturating_record(us);
         }
     }
 }
