@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lodge_sfu::shell::{RemotePacket, SfuHandle};
-use lodge_sfu::{Export, ParticipantIdx, RoomId, UserId};
+use lodge_sfu::shell::{Exported, RemotePacket, SfuHandle};
+use lodge_sfu::{ParticipantIdx, RoomId, UserId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
@@ -154,7 +154,7 @@ const STREAM_IDLE: Duration = Duration::from_secs(10);
 pub fn spawn(
     role: Role,
     sfu: SfuHandle,
-    exports: mpsc::Receiver<Export>,
+    exports: mpsc::Receiver<Exported>,
 ) -> (CascadeHandle, mpsc::UnboundedReceiver<ClusterEvent>) {
     let (tx, rx) = mpsc::channel(256);
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
@@ -165,7 +165,7 @@ pub fn spawn(
 async fn run(
     role: Role,
     sfu: SfuHandle,
-    mut exports: mpsc::Receiver<Export>,
+    mut exports: mpsc::Receiver<Exported>,
     mut cmds: mpsc::Receiver<Cmd>,
     events: mpsc::UnboundedSender<ClusterEvent>,
 ) {
@@ -183,7 +183,19 @@ async fn run(
     loop {
         tokio::select! {
             x = exports.recv() => {
-                let Some(x) = x else { break };
+                let x = match x {
+                    None => break,
+                    Some(Exported::End(from)) => {
+                        // Muted or gone: end its streams so other nodes free its slots now.
+                        for l in links.values_mut() {
+                            if let Some((stream, _, _)) = l.out.remove(&from) {
+                                let _ = l.cmd.try_send(TrunkCommand::Close { stream });
+                            }
+                        }
+                        continue;
+                    }
+                    Some(Exported::Packet(x)) => x,
+                };
                 for (id, l) in links.iter_mut() {
                     let wanted = match role {
                         Role::Edge => !x.remote,

@@ -334,6 +334,7 @@ impl TrunkSession {
             | Control::VoicePlace(_)
             | Control::VoiceUpdate(_)
             | Control::VoiceRemove { .. }
+            | Control::VoiceGone { .. }
             | Control::CallSummary { .. }) => {
                 self.notices.push_back(Notice::App(c));
                 Ok(())

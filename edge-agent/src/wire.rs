@@ -130,6 +130,8 @@ pub enum Control {
     VoiceUpdate(VoiceGrant),
     /// Origin → edge: the caller left the channel (or was disconnected or moved away).
     VoiceRemove { guild: u64, user: u64 },
+    /// Edge → origin: the caller's voice connection on the edge ended (tab closed, left).
+    VoiceGone { guild: u64, user: u64 },
     /// Edge → origin: the call-quality summary of a caller who left the edge (JSON), so the
     /// origin's `/quality/calls` covers every node.
     CallSummary { json: String },

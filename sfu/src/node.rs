@@ -167,6 +167,9 @@ pub enum NodeOutput {
     Transmit(Transmit),
     Event(NodeEvent),
     Export(Export),
+    /// The speaker will not be exported any more (muted, lost SPEAK, or left): other nodes
+    /// should drop it now rather than wait for its stream to go idle.
+    ExportEnd(ParticipantIdx),
 }
 
 /// A remote speaker's packet, as a trunk delivered it.
@@ -618,6 +621,9 @@ impl Node {
         if was && !flags.forwardable() {
             p.level.reset();
             let room = p.room;
+            if self.export_all || self.exported.contains(&room) {
+                self.out.push_back(NodeOutput::ExportEnd(idx));
+            }
             self.tick_room(now, room);
         }
         Ok(())
@@ -639,13 +645,14 @@ impl Node {
             .and_then(|p| p.as_mut())
     }
 
-    /// Snapshot of every participant's figures (for logs and the JSON endpoint).
+    /// Snapshot of every WebRTC participant's figures (for logs and the JSON endpoint; remote
+    /// speakers are counted by [`Node::remote_count`], not listed).
     pub fn reports(&self) -> Vec<ParticipantReport> {
         let user_of = |i: ParticipantIdx| self.participant(i).map(|p| p.user);
         self.participants
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
+            .filter_map(|(i, p)| p.as_ref().filter(|p| p.rtc.is_some()).map(|p| (i, p)))
             .map(|(i, p)| ParticipantReport {
                 idx: i as u32,
                 user: p.user,
@@ -930,6 +937,9 @@ impl Node {
         info!(%idx, room = p.room.0, user = p.user.0, ?reason, packets_in = p.stats.packets_in,
               packets_out = p.stats.packets_out, loss_in = ?p.stats.loss_in, rtt_ms = ?p.stats.rtt_ms,
               "participant left");
+        if self.export_all || self.exported.contains(&p.room) {
+            self.out.push_back(NodeOutput::ExportEnd(idx));
+        }
         if p.rtc.is_none() {
             return;
         }

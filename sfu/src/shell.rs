@@ -55,11 +55,19 @@ enum Command {
     SetExportAll(bool),
 }
 
+/// What the node hands to the cascade.
+#[derive(Debug)]
+pub enum Exported {
+    Packet(Export),
+    /// The speaker is no longer exported (muted or gone).
+    End(ParticipantIdx),
+}
+
 /// Where the loop sends what is not a datagram.
 struct Sinks {
     events: mpsc::UnboundedSender<NodeEvent>,
     /// Speaker packets for other nodes; full = dropped and counted, never waited for.
-    exports: Option<mpsc::Sender<Export>>,
+    exports: Option<mpsc::Sender<Exported>>,
     exports_dropped: u64,
 }
 
@@ -189,7 +197,7 @@ pub fn spawn_cascading(
 ) -> std::io::Result<(
     SfuHandle,
     mpsc::UnboundedReceiver<NodeEvent>,
-    mpsc::Receiver<Export>,
+    mpsc::Receiver<Exported>,
 )> {
     let (h, ev, ex) = spawn_inner(socket, cfg, true)?;
     Ok((h, ev, ex.expect("exports requested")))
@@ -206,7 +214,7 @@ fn spawn_inner(
 ) -> std::io::Result<(
     SfuHandle,
     mpsc::UnboundedReceiver<NodeEvent>,
-    Option<mpsc::Receiver<Export>>,
+    Option<mpsc::Receiver<Exported>>,
 )> {
     let local_addr = socket.local_addr()?;
     let (tx, rx) = mpsc::channel(1024);
@@ -413,9 +421,15 @@ async fn flush(
             }
             NodeOutput::Export(x) => {
                 if let Some(tx) = &sinks.exports {
-                    if tx.try_send(x).is_err() {
+                    if tx.try_send(Exported::Packet(x)).is_err() {
                         sinks.exports_dropped += 1;
                     }
+                }
+            }
+            NodeOutput::ExportEnd(i) => {
+                if let Some(tx) = &sinks.exports {
+                    // Dropped when full: the stream then ends by going idle.
+                    let _ = tx.try_send(Exported::End(i));
                 }
             }
         }

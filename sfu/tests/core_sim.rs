@@ -406,6 +406,10 @@ fn remote_speakers_are_heard_and_speakers_are_exported_while_they_talk() {
     w.node.set_flags(w.now, idx, flags).unwrap();
     w.run(Duration::from_secs(1));
     assert_eq!(local(&w), talking, "a muted speaker is never exported");
+    assert!(
+        w.export_ends.iter().any(|(_, i)| *i == idx),
+        "muting ends the speaker's export at once"
+    );
     // Not exported rooms export nothing.
     w.node.set_exported(RoomId(1), false);
     let n = w.exports.len();

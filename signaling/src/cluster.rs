@@ -174,6 +174,14 @@ pub async fn run_events(s: AppState, mut rx: mpsc::UnboundedReceiver<ClusterEven
                         }
                     }
                 }
+                Control::VoiceGone { guild, user } if c.role == Role::Origin => {
+                    // Only if the caller is still placed on that edge (not moved meanwhile).
+                    let here =
+                        s.voice().states.get(&(guild, user)).and_then(|st| st.edge) == Some(id);
+                    if here {
+                        crate::voice::service::disconnect_user(&s, guild, user).await;
+                    }
+                }
                 Control::VoicePlace(g) if c.role == Role::Edge => place_here(&s, g).await,
                 Control::VoiceUpdate(g) if c.role == Role::Edge => update_here(&s, g).await,
                 Control::VoiceRemove { guild, user } if c.role == Role::Edge => {
@@ -383,7 +391,7 @@ pub async fn watch_origin(s: AppState, mut up: watch::Receiver<bool>) {
 pub async fn start(
     cfg: &crate::config::Config,
     sfu: lodge_sfu::shell::SfuHandle,
-    exports: mpsc::Receiver<lodge_sfu::Export>,
+    exports: mpsc::Receiver<lodge_sfu::shell::Exported>,
 ) -> Result<(Cluster, mpsc::UnboundedReceiver<ClusterEvent>), lodge_edge::EdgeError> {
     let token = cfg.cluster_token.clone().unwrap_or_default();
     if let Some(addr) = cfg.trunk_listen {

@@ -340,14 +340,24 @@ function channelName(guildId, channelId) {
   return c ? `${c.name} in ${g.name}` : '';
 }
 
+// Lodge's placement hint: open the page with ?region=eu to be placed on an edge of that region.
+const VOICE_REGION = new URLSearchParams(location.search).get('region');
+
 function sendVoiceState() {
   const v = state.voice;
-  gw.send(JSON.stringify({ op: 4, d: { guild_id: v.guildId, channel_id: v.channelId, self_mute: v.muted, self_deaf: v.deafened } }));
+  const d = { guild_id: v.guildId, channel_id: v.channelId, self_mute: v.muted, self_deaf: v.deafened };
+  if (VOICE_REGION) d.region = VOICE_REGION;
+  gw.send(JSON.stringify({ op: 4, d }));
 }
+
+// A voice connection that drops without a close frame (its server went away) may be followed
+// by a VOICE_SERVER_UPDATE moving the call; wait this long for it before giving up.
+const VOICE_MOVE_WAIT_MS = 10000;
 
 function onVoiceServer(d) {
   const v = state.voice;
   if (!v || v.guildId !== d.guild_id) return;
+  clearTimeout(v.moveTimer);
   if (v.ws) { v.ws.onclose = null; v.ws.close(); }
   if (v.pc) v.pc.close();
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
@@ -372,6 +382,14 @@ function onVoiceServer(d) {
     clearInterval(hb);
     if (state.voice !== v) return;
     const why = VOICE_CLOSE[ev.code] || `connection closed (${ev.code})`;
+    if (ev.code === 1006) {
+      // The voice server vanished: the server may move the call (VOICE_SERVER_UPDATE).
+      setVoiceStatus('connecting', 'Voice server lost — waiting to be moved…');
+      v.moveTimer = setTimeout(() => {
+        if (state.voice === v) leaveVoiceLocal(`Voice disconnected: ${why}`);
+      }, VOICE_MOVE_WAIT_MS);
+      return;
+    }
     leaveVoiceLocal(`Voice disconnected: ${why}${ev.reason ? ' — ' + ev.reason : ''}`);
   };
 }
@@ -486,6 +504,7 @@ function leaveVoiceLocal(reason) {
   if (!v) return;
   state.voice = null;
   clearInterval(v.timer);
+  clearTimeout(v.moveTimer);
   if (v.ws) { v.ws.onclose = null; v.ws.close(); }
   if (v.pc) v.pc.close();
   v.mic.getTracks().forEach((t) => t.stop());

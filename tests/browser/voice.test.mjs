@@ -2,6 +2,8 @@
 // running lodge node; each must hear the others, and a muted client must stop being heard.
 //
 // Usage: LODGE_URL=http://127.0.0.1:8080 node voice.test.mjs   (run.sh starts the node)
+// Against a cluster: VOICE_REGIONS=eu,us,origin places alice, bob and carol by region hint
+// (the web client's ?region=); tests/cluster/run.sh does that.
 
 import { chromium } from 'playwright-core';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -10,6 +12,8 @@ import { join } from 'node:path';
 import assert from 'node:assert/strict';
 
 const BASE = process.env.LODGE_URL || 'http://127.0.0.1:8080';
+const REGIONS = (process.env.VOICE_REGIONS || '').split(',').filter(Boolean);
+let clients = 0;
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const work = mkdtempSync(join(tmpdir(), 'lodge-browser-'));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -51,7 +55,8 @@ async function client(name, f0) {
   const page = ctx.pages()[0] || (await ctx.newPage());
   page.on('console', (m) => { if (m.type() === 'error') log(`${name} console:`, m.text()); });
   page.on('pageerror', (e) => log(`${name} page error:`, e.message));
-  await page.goto(BASE);
+  const region = REGIONS.length ? REGIONS[clients++ % REGIONS.length] : null;
+  await page.goto(region ? `${BASE}/?region=${region}` : BASE);
   await page.fill('#username', name);
   await page.fill('#password', `password-${name}`);
   await page.click('#register-btn');
@@ -146,7 +151,13 @@ async function main() {
   assert.ok(carolPeer && carolPeer.drops.some(([r, n]) => r === 'muted' && n > 10), `no muted drops for carol: ${JSON.stringify(carolPeer)}`);
   assert.ok(report.rtp_forwarded > 500, `rtp_forwarded ${report.rtp_forwarded}`);
   const alicePeer = report.peers.find((p) => p.user === alice.id);
-  assert.ok(alicePeer.stats.packets_in > 100 && alicePeer.stats.packets_out > 100, JSON.stringify(alicePeer.stats));
+  if (REGIONS.length && REGIONS[0] !== 'origin') {
+    // Alice is on an edge: this node sees her only as a remote speaker.
+    assert.ok(!alicePeer, 'alice should not be a WebRTC participant of the origin');
+    assert.ok(report.remote_speakers >= 1, `remote speakers ${report.remote_speakers}`);
+  } else {
+    assert.ok(alicePeer.stats.packets_in > 100 && alicePeer.stats.packets_out > 100, JSON.stringify(alicePeer.stats));
+  }
 
   // Closing a tab frees its participant (voice state disappears for the others).
   await bob.ctx.close();

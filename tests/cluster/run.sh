@@ -84,6 +84,14 @@ calls() { curl -fs -H "Authorization: Operator $OPERATOR" "http://$OH/api/v10/qu
 wait_for 15 sh -c "[ \"\$(curl -fs -H 'Authorization: Operator $OPERATOR' 'http://$OH/api/v10/quality/calls?limit=200' | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')\" -ge 6 ]" \
   || fail "the origin has $(calls) call summaries after 6 calls on three nodes"
 
+echo "-- three headless Chromium clients by region hint (eu edge, us edge, origin) hear each other"
+if [ "${CLUSTER_BROWSER:-1}" = 1 ]; then
+  (cd "$ROOT/tests/browser" && [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --loglevel=error)
+  (cd "$ROOT/tests/browser" && LODGE_URL="http://$OH" VOICE_REGIONS=eu,us,origin node voice.test.mjs >"$TMP/browser.log" 2>&1) \
+    || { tail -40 "$TMP/browser.log"; fail "browsers across the cluster"; }
+  grep -q "all three hear each other" "$TMP/browser.log" || fail "browser log lacks the hearing check"
+fi
+
 echo "-- 2 speakers on the origin, 50 listeners on the eu edge: one trunk stream per speaker"
 REGIONS="origin,origin$(printf ',eu%.0s' $(seq 1 50))"
 # The first run's streams end when its callers leave (the edge withdraws its interest).

@@ -119,6 +119,7 @@ pub struct World {
     pub events: Vec<(Instant, NodeEvent)>,
     /// Speaker packets the node handed out for other nodes.
     pub exports: Vec<(Instant, lodge_sfu::Export)>,
+    pub export_ends: Vec<(Instant, lodge_sfu::ParticipantIdx)>,
     pub node_addr: SocketAddr,
 }
 
@@ -139,6 +140,7 @@ impl World {
             latency: Duration::from_millis(10),
             events: Vec::new(),
             exports: Vec::new(),
+            export_ends: Vec::new(),
             node_addr,
         }
     }
@@ -195,6 +197,7 @@ impl World {
                 }),
                 NodeOutput::Event(e) => self.events.push((self.now, e)),
                 NodeOutput::Export(x) => self.exports.push((self.now, x)),
+                NodeOutput::ExportEnd(i) => self.export_ends.push((self.now, i)),
             }
         }
     }

@@ -368,6 +368,15 @@ async fn end_connection(s: &AppState, a: &Authed) {
     );
     if owned_state {
         super::service::disconnect_user(s, a.guild_id, a.user_id).await;
+        // On an edge the voice state is the origin's: tell it the caller left.
+        if let Some(c) = s.cluster.get().filter(|_| s.is_edge()) {
+            c.cascade
+                .broadcast(lodge_edge::Control::VoiceGone {
+                    guild: a.guild_id,
+                    user: a.user_id,
+                })
+                .await;
+        }
     }
     info!(
         user = a.user_id,
