@@ -141,6 +141,7 @@ struct Link {
     out: HashMap<ParticipantIdx, (u16, Instant, u64)>,
     load: u32,
     dropped: u64,
+    next_stream: u16,
     done: Option<oneshot::Sender<()>>,
 }
 
@@ -208,14 +209,19 @@ async fn run(
                     let stream = match l.out.get_mut(&x.from) {
                         Some(s) => { s.1 = now; s.0 }
                         None => {
-                            let (rtx, rrx) = oneshot::channel();
-                            if l.cmd.send(TrunkCommand::Open { room: x.room.0, user: x.user.0, reply: rtx }).await.is_err() {
+                            // The cascade numbers its streams itself: nothing to wait for, so a
+                            // busy trunk can never hold this loop (and itself) up.
+                            let mut s = l.next_stream;
+                            while l.out.values().any(|o| o.0 == s) {
+                                s = s.wrapping_add(1);
+                            }
+                            l.next_stream = s.wrapping_add(1);
+                            if l.cmd.try_send(TrunkCommand::OpenAs { stream: s, room: x.room.0, user: x.user.0 }).is_err() {
+                                l.dropped += 1;
                                 continue;
                             }
-                            match rrx.await {
-                                Ok(Ok(s)) => { l.out.insert(x.from, (s, now, x.room.0)); s }
-                                _ => continue,
-                            }
+                            l.out.insert(x.from, (s, now, x.room.0));
+                            s
                         }
                     };
                     let m = TrunkCommand::Media {
@@ -341,7 +347,7 @@ async fn run(
                         let _ = events.send(ClusterEvent::TrunkUp { id, peer: peer.clone() });
                         links.insert(id, Link {
                             peer, cmd: ctx, stats: srx, interest: HashSet::new(), out: HashMap::new(),
-                            load: 0, dropped: 0, done: Some(done),
+                            load: 0, dropped: 0, next_stream: 0, done: Some(done),
                         });
                     }
                     Cmd::App { id, msg } => {

@@ -167,6 +167,18 @@ impl TrunkSession {
             id = id.wrapping_add(1);
         }
         self.next_stream = id.wrapping_add(1);
+        self.open_stream_as(id, room, user)?;
+        Ok(id)
+    }
+
+    /// Open a stream with a number the owner chose (it must not be open already), so the owner
+    /// never has to wait for the session to answer.
+    pub fn open_stream_as(&mut self, id: u16, room: u64, user: u64) -> Result<(), EdgeError> {
+        if self.out_streams.len() >= MAX_STREAMS || self.out_streams.contains_key(&id) {
+            return Err(EdgeError::UnexpectedControl(format!(
+                "stream {id} is open already, or {MAX_STREAMS} streams are"
+            )));
+        }
         self.out_streams.insert(
             id,
             OutStream {
@@ -179,7 +191,7 @@ impl TrunkSession {
             room,
             user,
         });
-        Ok(id)
+        Ok(())
     }
 
     pub fn close_stream(&mut self, stream: u16) {

@@ -316,6 +316,12 @@ pub enum TrunkCommand {
         user: u64,
         reply: oneshot::Sender<Result<u16, EdgeError>>,
     },
+    /// Open a stream with a number the sender chose (no reply to wait for).
+    OpenAs {
+        stream: u16,
+        room: u64,
+        user: u64,
+    },
     Close {
         stream: u16,
     },
@@ -346,6 +352,8 @@ pub struct TrunkStats {
     pub udp_rx_bytes: u64,
     pub rtt_ms: f64,
     pub datagram_send_errors: u64,
+    /// Media received but dropped because the owner (the cascade) lagged behind.
+    pub dropped_owner_lag: u64,
 }
 
 /// An established trunk, before its driver runs.
@@ -391,7 +399,8 @@ impl Trunk {
         let mut session = TrunkSession::default();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut send_errors = 0u64;
-        let publish = |session: &TrunkSession, send_errors: u64| {
+        let mut owner_lag = 0u64;
+        let publish = |session: &TrunkSession, send_errors: u64, owner_lag: u64| {
             let q = conn.stats();
             stats.send_replace(TrunkStats {
                 session: session.counters(),
@@ -400,6 +409,7 @@ impl Trunk {
                 udp_rx_bytes: q.udp_rx.bytes,
                 rtt_ms: conn.rtt().as_secs_f64() * 1000.0,
                 datagram_send_errors: send_errors,
+                dropped_owner_lag: owner_lag,
             });
         };
         let end = loop {
@@ -411,8 +421,14 @@ impl Trunk {
                 d = conn.read_datagram() => match d {
                     Ok(d) => {
                         if let Some(m) = session.handle_datagram(Instant::now(), d) {
-                            if events.send(TrunkEvent::Media(m)).await.is_err() {
-                                break EdgeError::ControlStream("the trunk's owner went away".into());
+                            // Never wait for the owner on the media path: a lagging owner loses
+                            // packets (counted), it does not stall the trunk.
+                            match events.try_send(TrunkEvent::Media(m)) {
+                                Ok(()) => {}
+                                Err(mpsc::error::TrySendError::Full(_)) => owner_lag += 1,
+                                Err(mpsc::error::TrySendError::Closed(_)) => {
+                                    break EdgeError::ControlStream("the trunk's owner went away".into());
+                                }
                             }
                         }
                     }
@@ -441,6 +457,11 @@ impl Trunk {
                     Some(TrunkCommand::Open { room, user, reply }) => {
                         let _ = reply.send(session.open_stream(room, user));
                     }
+                    Some(TrunkCommand::OpenAs { stream, room, user }) => {
+                        if let Err(e) = session.open_stream_as(stream, room, user) {
+                            debug!(error = %e, "stream not opened");
+                        }
+                    }
                     Some(TrunkCommand::Close { stream }) => session.close_stream(stream),
                     Some(TrunkCommand::App(c)) => session.send_app(c),
                     None => {
@@ -451,7 +472,7 @@ impl Trunk {
                 _ = tokio::time::sleep_until(wake) => session.handle_timeout(Instant::now()),
                 _ = tick.tick() => {
                     session.set_rtt(conn.rtt());
-                    publish(&session, send_errors);
+                    publish(&session, send_errors, owner_lag);
                 }
             }
             let mut gone = false;
@@ -479,7 +500,7 @@ impl Trunk {
                 }
             }
         };
-        publish(&session, send_errors);
+        publish(&session, send_errors, owner_lag);
         reader.abort();
         end
     }

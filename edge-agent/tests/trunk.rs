@@ -177,7 +177,11 @@ async fn media_flows_both_ways_with_little_overhead() {
         .await
         .expect("the origin notices the edge closing")
         .unwrap();
-    assert!(matches!(why, EdgeError::Connection(_)), "{why}");
+    // The connection or its control stream, whichever the driver noticed first.
+    assert!(
+        matches!(why, EdgeError::Connection(_) | EdgeError::ControlStream(_)),
+        "{why}"
+    );
     assert_eq!(
         o.counters()
             .accepted
@@ -237,10 +241,14 @@ async fn wrong_credentials_and_garbage_hellos_are_refused_and_counted() {
     let (_accepted, peer) = o.accept().await.unwrap();
     assert_eq!(peer.node, "edge-z");
     let cnt = o.counters();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The pin mismatch fails on the edge's side; the origin sees the aborted handshake (at the
+    // latest when its 5 s handshake limit runs out).
+    let until = Instant::now() + Duration::from_secs(8);
+    while cnt.failed.load(Relaxed) < 2 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(cnt.accepted.load(Relaxed), 1);
     assert_eq!(cnt.refused.load(Relaxed), 1);
-    // The pin mismatch fails on the edge's side; the origin sees the aborted handshake.
     assert_eq!(
         cnt.failed.load(Relaxed),
         2,
@@ -303,7 +311,14 @@ async fn a_misbehaving_trunk_is_counted_and_does_not_disturb_another() {
     }
     let got = collect(&mut good_o, Duration::from_millis(500)).await;
     flood.await.unwrap();
-    assert_eq!(got.len(), 200, "the good trunk lost nothing");
+    // The trunks share the origin's UDP socket, so a flood can cost the good trunk a datagram in
+    // the kernel's buffer (what no application can prevent); in the application it is untouched.
+    assert!(
+        got.len() >= 196,
+        "the good trunk lost {} of 200",
+        200 - got.len()
+    );
+    assert_eq!(good_o.stats.borrow().session.dropped_flood, 0);
     assert!(collect(&mut bad_o, Duration::from_millis(300))
         .await
         .is_empty());

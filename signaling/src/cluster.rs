@@ -488,7 +488,7 @@ pub async fn write_metrics(c: &Cluster, out: &mut String) {
     }
     let trunks = c.trunks().await;
     type Get = fn(&TrunkReport) -> f64;
-    let series: [(&str, &str, &str, Get); 14] = [
+    let series: [(&str, &str, &str, Get); 15] = [
         (
             "trunk_streams_out",
             "gauge",
@@ -566,6 +566,12 @@ pub async fn write_metrics(c: &Cluster, out: &mut String) {
             "counter",
             "Packets not sent because the trunk queue was full",
             |t| t.dropped_queue_full as f64,
+        ),
+        (
+            "trunk_owner_lag_drops_total",
+            "counter",
+            "Received packets dropped because this node lagged behind its trunk",
+            |t| t.stats.dropped_owner_lag as f64,
         ),
         (
             "trunk_rtt_seconds",
