@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use lodge_sfu::rate_limit::TokenBucket;
+
 use crate::error::EdgeError;
 use crate::repair::{ReceiveStats, ReceiveTracker, RepairConfig, SendHistory};
 use crate::wire::{Control, Media};
@@ -15,8 +17,8 @@ use crate::wire::{Control, Media};
 pub const MAX_STREAMS: usize = 4096;
 /// Media datagrams accepted per second from one trunk peer (sustained; bursts up to
 /// `RATE_BURST`): 4,000 speakers at 50 packets/s plus repairs. More is a flood and is dropped.
-pub const RATE_PER_SEC: f64 = 200_000.0;
-pub const RATE_BURST: f64 = 20_000.0;
+pub const RATE_PER_SEC: u32 = 200_000;
+pub const RATE_BURST: u32 = 20_000;
 /// Most sequence numbers one NACK may ask for.
 pub const MAX_NACK_SEQS: usize = 256;
 
@@ -79,11 +81,6 @@ struct InStream {
     tracker: ReceiveTracker,
 }
 
-struct Bucket {
-    tokens: f64,
-    at: Option<Instant>,
-}
-
 pub struct TrunkSession {
     cfg: RepairConfig,
     out_streams: HashMap<u16, OutStream>,
@@ -95,7 +92,7 @@ pub struct TrunkSession {
     datagrams_out: VecDeque<Bytes>,
     notices: VecDeque<Notice>,
     counters: TrunkCounters,
-    bucket: Bucket,
+    bucket: TokenBucket,
     nack_scratch: Vec<u16>,
 }
 
@@ -127,10 +124,7 @@ impl TrunkSession {
             datagrams_out: VecDeque::new(),
             notices: VecDeque::new(),
             counters: TrunkCounters::default(),
-            bucket: Bucket {
-                tokens: RATE_BURST,
-                at: None,
-            },
+            bucket: TokenBucket::new(RATE_PER_SEC, RATE_BURST),
             nack_scratch: Vec::new(),
         }
     }
@@ -229,24 +223,9 @@ impl TrunkSession {
         Some(d)
     }
 
-    fn allow(&mut self, now: Instant) -> bool {
-        let b = &mut self.bucket;
-        if let Some(at) = b.at {
-            let dt = now.saturating_duration_since(at).as_secs_f64();
-            b.tokens = (b.tokens + dt * RATE_PER_SEC).min(RATE_BURST);
-        }
-        b.at = Some(now);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
     /// A datagram from the peer: the packet to use, or `None` when it was dropped (counted).
     pub fn handle_datagram(&mut self, now: Instant, d: Bytes) -> Option<Delivered> {
-        if !self.allow(now) {
+        if !self.bucket.take(now) {
             self.counters.dropped_flood += 1;
             return None;
         }
@@ -509,13 +488,13 @@ mod tests {
         assert!(origin.handle_datagram(t, d).is_none(), "duplicate");
         // A flood in one instant: only the burst passes.
         let mut passed = 0;
-        for i in 0..(RATE_BURST as u32 + 500) {
+        for i in 0..(RATE_BURST + 500) {
             let d = edge
                 .send_media(s, 1920 + i * 960, 0, false, Bytes::from_static(b"c"))
                 .unwrap();
             passed += origin.handle_datagram(t, d).is_some() as u32;
         }
-        assert!(passed < RATE_BURST as u32 && passed > RATE_BURST as u32 - 10);
+        assert!(passed <= RATE_BURST && passed > RATE_BURST - 10);
         let c = origin.counters();
         assert_eq!(
             (

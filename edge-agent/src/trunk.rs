@@ -180,19 +180,16 @@ async fn handshake(
             region,
             voice_endpoint,
         }) => {
-            if version != VERSION {
-                let why = format!("trunk protocol version {version}, this origin speaks {VERSION}");
-                let _ = write_control(
-                    &mut send,
-                    &Control::Refused {
-                        reason: why.clone(),
-                    },
-                )
-                .await;
-                return Err(refuse(&conn, why));
-            }
-            if !tls::same_secret(&t, token) {
-                let why = "wrong cluster token".to_string();
+            let refusal = if version != VERSION {
+                Some(format!(
+                    "trunk protocol version {version}, this origin speaks {VERSION}"
+                ))
+            } else if !tls::same_secret(&t, token) {
+                Some("wrong cluster token".to_string())
+            } else {
+                None
+            };
+            if let Some(why) = refusal {
                 let _ = write_control(
                     &mut send,
                     &Control::Refused {

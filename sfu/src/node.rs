@@ -455,16 +455,7 @@ impl Node {
             next_timeout: now,
             gone: false,
         };
-        let idx = match self.free.pop() {
-            Some(i) => {
-                self.participants[i as usize] = Some(p);
-                ParticipantIdx(i)
-            }
-            None => {
-                self.participants.push(Some(p));
-                ParticipantIdx((self.participants.len() - 1) as u32)
-            }
-        };
+        let idx = self.insert(p);
         self.count += 1;
         self.by_ufrag.insert(ufrag, idx);
         let sel_cfg = self.cfg.selector;
@@ -484,6 +475,20 @@ impl Node {
             answer: answer.to_sdp_string(),
             slots: slot_infos,
         })
+    }
+
+    /// Put a participant in a free slab slot (or a new one).
+    fn insert(&mut self, p: Participant) -> ParticipantIdx {
+        match self.free.pop() {
+            Some(i) => {
+                self.participants[i as usize] = Some(p);
+                ParticipantIdx(i)
+            }
+            None => {
+                self.participants.push(Some(p));
+                ParticipantIdx((self.participants.len() - 1) as u32)
+            }
+        }
     }
 
     /// Remove a participant (left the channel, moved, kicked). Unknown indices are ignored.
@@ -529,16 +534,7 @@ impl Node {
             next_timeout: now + NEVER,
             gone: false,
         };
-        let idx = match self.free.pop() {
-            Some(i) => {
-                self.participants[i as usize] = Some(p);
-                ParticipantIdx(i)
-            }
-            None => {
-                self.participants.push(Some(p));
-                ParticipantIdx((self.participants.len() - 1) as u32)
-            }
-        };
+        let idx = self.insert(p);
         // A per-node SSRC for the remote source (the slot rewriter tells sources apart by it).
         let r = self.next_rand() as u32;
         if let Some(p) = self.participant_mut(idx) {

@@ -179,6 +179,31 @@ impl CallerStats {
     }
 }
 
+/// A UDP socket on `ip` and a str0m client (RTP mode, Opus) with it as host candidate.
+async fn bind_rtc(ip: IpAddr) -> Result<(UdpSocket, SocketAddr, Rtc)> {
+    let sock = UdpSocket::bind(SocketAddr::new(ip, 0))
+        .await
+        .with_context(|| format!("binding a UDP socket on {ip}"))?;
+    let local = sock.local_addr()?;
+    let mut rtc = Rtc::builder()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp")?);
+    Ok((sock, local, rtc))
+}
+
+fn opus_pt(rtc: &Rtc) -> Result<Pt> {
+    Ok(rtc
+        .codec_config()
+        .params()
+        .iter()
+        .find(|p| p.spec().codec == str0m::format::Codec::Opus)
+        .context("Opus in the codec config")?
+        .pt())
+}
+
 pub struct Client {
     rtc: Rtc,
     sock: UdpSocket,
@@ -193,29 +218,14 @@ pub struct Client {
 impl Client {
     /// A client with one send and `slots` receive-only audio transceivers on `ip`.
     pub async fn new(ip: IpAddr, slots: usize) -> Result<Client> {
-        let sock = UdpSocket::bind(SocketAddr::new(ip, 0))
-            .await
-            .with_context(|| format!("binding a UDP socket on {ip}"))?;
-        let local = sock.local_addr()?;
-        let mut rtc = Rtc::builder()
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_opus(true, false)
-            .build(Instant::now());
-        rtc.add_local_candidate(Candidate::host(local, "udp")?);
+        let (sock, local, mut rtc) = bind_rtc(ip).await?;
         let mut api = rtc.sdp_api();
         let send_mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
         for _ in 0..slots {
             api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
         }
         let (offer, pending) = api.apply().context("building the SDP offer")?;
-        let pt = rtc
-            .codec_config()
-            .params()
-            .iter()
-            .find(|p| p.spec().codec == str0m::format::Codec::Opus)
-            .context("Opus in the codec config")?
-            .pt();
+        let pt = opus_pt(&rtc)?;
         Ok(Client {
             rtc,
             sock,
@@ -230,28 +240,13 @@ impl Client {
     /// A receive-only client answering a server's offer (a Janus VideoRoom subscriber): the
     /// client and its SDP answer.
     pub async fn answering(ip: IpAddr, offer: &str) -> Result<(Client, String)> {
-        let sock = UdpSocket::bind(SocketAddr::new(ip, 0))
-            .await
-            .with_context(|| format!("binding a UDP socket on {ip}"))?;
-        let local = sock.local_addr()?;
-        let mut rtc = Rtc::builder()
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_opus(true, false)
-            .build(Instant::now());
-        rtc.add_local_candidate(Candidate::host(local, "udp")?);
+        let (sock, local, mut rtc) = bind_rtc(ip).await?;
         let offer = str0m::change::SdpOffer::from_sdp_string(offer).context("parsing the offer")?;
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
             .context("answering the offer")?;
-        let pt = rtc
-            .codec_config()
-            .params()
-            .iter()
-            .find(|p| p.spec().codec == str0m::format::Codec::Opus)
-            .context("Opus in the codec config")?
-            .pt();
+        let pt = opus_pt(&rtc)?;
         Ok((
             Client {
                 rtc,

@@ -195,26 +195,16 @@ impl VoiceRegistry {
         channel_id: u64,
         session_id: &str,
     ) -> String {
-        self.tokens.retain(|_, t| t.expires > now);
         let token: String = rand::thread_rng()
             .sample_iter(&Alphanumeric)
             .take(32)
             .map(char::from)
             .collect();
-        self.tokens.insert(
-            token.clone(),
-            PendingToken {
-                user_id,
-                guild_id,
-                channel_id,
-                session_id: session_id.to_string(),
-                expires: now + self.token_ttl,
-            },
-        );
+        self.insert_token(now, &token, user_id, guild_id, channel_id, session_id);
         token
     }
 
-    /// Edge: accept a token the origin issued.
+    /// Accept `token` for this caller (issued here, or by the origin for an edge).
     pub fn insert_token(
         &mut self,
         now: Instant,
