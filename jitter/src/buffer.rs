@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::delay_manager::{DelayConfig, DelayManager};
+use crate::delay_manager::{DelayConfig, DelayManager, QualityContext};
 use crate::stats::JitterStats;
 use crate::unwrap::{SeqUnwrapper, TsUnwrapper};
 
@@ -33,6 +33,11 @@ pub struct BufferConfig {
     pub fixed_delay_ms: Option<f64>,
     /// Use in-band FEC from the next packet when a packet is missing.
     pub use_fec: bool,
+    /// One-way network delay (RTT/2 from RTCP), ms, when known. With it the adaptive target
+    /// weighs delay against late loss by the E-model: on a long path (where every further ms of
+    /// mouth-to-ear delay costs more) it accepts some late packets rather than covering a heavy
+    /// jitter tail; see [`JitterBuffer::target_delay_ms`]. `None`: the quantile target alone.
+    pub network_delay_ms: Option<f64>,
 }
 
 impl Default for BufferConfig {
@@ -44,6 +49,7 @@ impl Default for BufferConfig {
             delay: DelayConfig::default(),
             fixed_delay_ms: None,
             use_fec: true,
+            network_delay_ms: None,
         }
     }
 }
@@ -108,11 +114,56 @@ pub struct JitterBuffer {
     /// Share of recent frames found missing (exponential average over ~100 frames).
     loss_avg: f64,
     stats: JitterStats,
+    loss: LossEstimate,
+    /// The quality-based target (recomputed every few packets), when the path delay is known.
+    quality_target: Option<f64>,
 }
 
-/// Above this recent loss share, an adaptive buffer using FEC aims to hold at least two frames,
-/// so that the packet after a lost one (which carries its FEC) is usually here in time.
-const FEC_HEADROOM_LOSS: f64 = 0.005;
+/// Network loss seen in the sequence numbers (late packets count as arrived), as exponential
+/// averages over ~500 expected packets: lost, and lost together with the next packet.
+#[derive(Debug, Clone, Default)]
+struct LossEstimate {
+    highest: Option<u64>,
+    lost: f64,
+    pairs: f64,
+    inserts: u32,
+}
+
+impl LossEstimate {
+    const ALPHA: f64 = 1.0 / 500.0;
+
+    fn arrived(&mut self, seq: u64) {
+        let a = Self::ALPHA;
+        match self.highest {
+            Some(h) if seq <= h => {
+                // A late or reordered packet was counted lost when the gap opened.
+                self.lost = (self.lost - a).max(0.0);
+            }
+            Some(h) => {
+                let gap = (seq - h - 1).min(100);
+                for i in 0..gap {
+                    self.lost += a * (1.0 - self.lost);
+                    let pair = if i + 1 < gap { 1.0 } else { 0.0 };
+                    self.pairs += a * (pair - self.pairs);
+                }
+                self.lost -= a * self.lost;
+                self.pairs -= a * self.pairs;
+                self.highest = Some(seq);
+            }
+            None => self.highest = Some(seq),
+        }
+    }
+}
+
+/// Codec lookahead added to mouth-to-ear delay (Opus: 6.5 ms), for the quality-based target.
+const CODEC_LOOKAHEAD_MS: f64 = 6.5;
+
+/// Above this recent loss share, an adaptive buffer aims to hold at least two frames. With FEC,
+/// so that the packet after a lost one (which carries its FEC) is usually here in time. Without,
+/// because a loss burst longer than a one-frame buffer runs it dry, and the first packet after
+/// the burst then plays only if it is not even slightly late: each burst costs an extra concealed
+/// frame (measured: 310 vs 307 frames of 3,000 at 10% bursty loss) for ~20 ms less delay.
+const LOSS_HEADROOM: f64 = 0.005;
 
 impl JitterBuffer {
     pub fn new(cfg: BufferConfig) -> Self {
@@ -135,6 +186,8 @@ impl JitterBuffer {
             stretched: false,
             loss_avg: 0.0,
             stats: JitterStats::default(),
+            loss: LossEstimate::default(),
+            quality_target: None,
         }
     }
 
@@ -142,17 +195,39 @@ impl JitterBuffer {
         &self.stats
     }
 
-    /// Current target delay, ms.
+    /// Current target delay, ms: the delay histogram's quantile; lowered, when the path delay is
+    /// known, to the delay that maximises the E-model's R (late packets cost R through the
+    /// loss impairment, buffering through the delay impairment, steeply past 177 ms
+    /// mouth-to-ear); at least two frames while packets are being lost ([`LOSS_HEADROOM`]).
     pub fn target_delay_ms(&self) -> f64 {
-        match self.cfg.fixed_delay_ms {
-            Some(d) => d,
-            None if self.cfg.use_fec && self.loss_avg > FEC_HEADROOM_LOSS => self
-                .delay
-                .target_ms()
-                .max(2.0 * self.frame_ms())
-                .min(self.cfg.delay.max_delay_ms),
-            None => self.delay.target_ms(),
+        if let Some(d) = self.cfg.fixed_delay_ms {
+            return d;
         }
+        let t = self.quality_target.unwrap_or(self.delay.target_ms());
+        if self.loss_avg > LOSS_HEADROOM {
+            t.max(2.0 * self.frame_ms())
+                .min(self.cfg.delay.max_delay_ms)
+        } else {
+            t
+        }
+    }
+
+    /// The one-way network delay changed (a new RTT measurement), ms; `None` if unknown.
+    pub fn set_network_delay_ms(&mut self, ms: Option<f64>) {
+        self.cfg.network_delay_ms = ms;
+        self.update_quality_target();
+    }
+
+    fn update_quality_target(&mut self) {
+        self.quality_target = self.cfg.network_delay_ms.map(|net| {
+            self.delay.quality_target_ms(&QualityContext {
+                other_delay_ms: net + 2.0 * self.frame_ms() + CODEC_LOOKAHEAD_MS,
+                network_loss: self.loss.lost,
+                pair_loss: self.loss.pairs,
+                fec: self.cfg.use_fec,
+                late_margin_ms: self.frame_ms(),
+            })
+        });
     }
 
     fn note_frame(&mut self, lost: bool) {
@@ -213,6 +288,11 @@ impl JitterBuffer {
             return Inserted::Duplicate;
         }
         self.delay.update(now_ms, self.ms_of(ts));
+        self.loss.arrived(s);
+        self.loss.inserts = self.loss.inserts.wrapping_add(1);
+        if self.loss.inserts.is_multiple_of(8) || self.quality_target.is_none() {
+            self.update_quality_target();
+        }
         self.first_arrival_ms.get_or_insert(now_ms);
         self.last_arrival_ms = now_ms;
         self.packets.insert(
@@ -464,5 +544,50 @@ impl JitterBuffer {
     pub fn finish(&mut self) {
         self.classify_quiet(false);
         self.end_conceal_run();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_estimate_tells_single_losses_from_pairs() {
+        // (case, lost positions in every 50 packets, expected lost share, expected pair share)
+        let cases: [(&str, &[u64], f64, f64); 3] = [
+            ("no loss", &[], 0.0, 0.0),
+            ("2% single losses", &[10], 0.02, 0.0),
+            (
+                "a 3-packet burst per 50: 6% lost, 4% in pairs",
+                &[10, 11, 12],
+                0.06,
+                0.04,
+            ),
+        ];
+        for (name, lost, want_lost, want_pairs) in cases {
+            let mut e = LossEstimate::default();
+            for s in 0..20_000u64 {
+                if !lost.contains(&(s % 50)) {
+                    e.arrived(s);
+                }
+            }
+            assert!((e.lost - want_lost).abs() < 0.01, "{name}: lost {}", e.lost);
+            assert!(
+                (e.pairs - want_pairs).abs() < 0.01,
+                "{name}: pairs {}",
+                e.pairs
+            );
+        }
+        // A late packet was counted lost when its gap opened, and is taken back.
+        let mut e = LossEstimate::default();
+        for s in 0..5_000u64 {
+            if s % 50 != 10 {
+                e.arrived(s);
+            }
+            if s % 50 == 12 {
+                e.arrived(s - 2);
+            }
+        }
+        assert!(e.lost < 0.005, "late packets are not losses: {}", e.lost);
     }
 }

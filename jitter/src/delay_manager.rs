@@ -3,10 +3,20 @@
 //!
 //! Relative to the *recent minimum* (a sliding window) so that clock drift and route changes
 //! move the baseline instead of inflating the jitter estimate forever.
+//!
+//! A route change that adds delay would still sit in the histogram for the baseline window and
+//! then fade only with the forgetting factor (a 15% share needs ~18 s to fall below 1%), keeping
+//! the target high long after the path settled. So a step is recognised directly: when *every*
+//! packet of the last [`DelayConfig::step_window_ms`] arrived at least
+//! [`DelayConfig::step_min_ms`] later than the baseline, jitter cannot explain it (jitter lets
+//! some packets through fast); the baseline jumps to the new level and that window's packets
+//! are moved down in the histogram by the step, as if they had been measured against it.
 
 /// Histogram bin width, ms.
 pub const BIN_MS: f64 = 5.0;
 const BINS: usize = 400; // 2 s of relative delay
+
+use std::collections::VecDeque;
 
 /// Tunables, with why.
 #[derive(Debug, Clone, Copy)]
@@ -21,6 +31,18 @@ pub struct DelayConfig {
     pub baseline_window_ms: f64,
     pub min_delay_ms: f64,
     pub max_delay_ms: f64,
+    /// Route-change detection: a window in which every packet is late by at least
+    /// `step_min_ms` is a new base delay, not jitter. 1 s holds ~50 packets, enough that
+    /// heavy-tailed jitter always lets one through near the baseline.
+    pub step_window_ms: f64,
+    /// Smallest delay step treated as a route change (one 20 ms frame).
+    pub step_min_ms: f64,
+    /// When the path delay is known, the E-model picks the target between the minimum and
+    /// this quantile: above `quantile` where covering a sparse tail (delay spikes) is worth
+    /// its delay, below it where the tail is too long to cover (heavy-tailed jitter on a path
+    /// already near the E-model's 177 ms knee). Capped so that a low-delay path, where the
+    /// E-model would buy almost any delay to avoid a late packet, keeps a low delay.
+    pub quality_ceiling: f64,
 }
 
 impl Default for DelayConfig {
@@ -31,6 +53,9 @@ impl Default for DelayConfig {
             baseline_window_ms: 4000.0,
             min_delay_ms: 20.0,
             max_delay_ms: 1000.0,
+            step_window_ms: 1000.0,
+            step_min_ms: 20.0,
+            quality_ceiling: 0.995,
         }
     }
 }
@@ -48,6 +73,12 @@ impl SlidingMin {
             bucket_ms: window_ms / 8.0,
             buckets: [(f64::NEG_INFINITY, f64::INFINITY); 8],
         }
+    }
+
+    /// Forget everything and start again from `v` at `now_ms`.
+    fn reset(&mut self, now_ms: f64, v: f64) {
+        self.buckets = [(f64::NEG_INFINITY, f64::INFINITY); 8];
+        self.update(now_ms, v);
     }
 
     fn update(&mut self, now_ms: f64, v: f64) -> f64 {
@@ -77,9 +108,16 @@ pub struct DelayManager {
     inc: f64,
     total: f64,
     baseline: SlidingMin,
+    /// The last `step_window_ms` of packets: (arrival ms, transit ms, histogram bin, weight),
+    /// so a route change can move them. Bounded; allocated once.
+    recent: VecDeque<(f64, f64, usize, f64)>,
     target_ms: f64,
     packets: u64,
+    steps: u64,
 }
+
+/// Most packets remembered for route-change detection (1 s of 5 ms frames).
+const RECENT_MAX: usize = 200;
 
 impl DelayManager {
     pub fn new(cfg: DelayConfig) -> Self {
@@ -91,8 +129,10 @@ impl DelayManager {
             inc: 1.0,
             total: 1.0,
             baseline: SlidingMin::new(cfg.baseline_window_ms),
+            recent: VecDeque::with_capacity(RECENT_MAX),
             target_ms: cfg.min_delay_ms,
             packets: 0,
+            steps: 0,
         }
     }
 
@@ -101,11 +141,17 @@ impl DelayManager {
         self.target_ms
     }
 
+    /// Route changes recognised so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
     /// A packet arrived at `arrival_ms` (receiver clock) carrying media time `media_ms`.
     /// Returns its relative delay (how late it was against the recent fastest packet).
     pub fn update(&mut self, arrival_ms: f64, media_ms: f64) -> f64 {
         let transit = arrival_ms - media_ms;
-        let base = self.baseline.update(arrival_ms, transit);
+        let mut base = self.baseline.update(arrival_ms, transit);
+        self.detect_step(arrival_ms, transit, &mut base);
         let rel = (transit - base).max(0.0);
         let f = self.cfg.forget;
         // Weight (1 - f) relative to a decayed history = inc * (1 - f) / f in scaled units.
@@ -114,10 +160,17 @@ impl DelayManager {
         let bin = ((rel / BIN_MS) as usize).min(BINS - 1);
         self.hist[bin] += w;
         self.total += w;
+        if self.recent.len() == RECENT_MAX {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((arrival_ms, transit, bin, w));
         if self.inc > 1e100 {
             let s = self.inc;
             for b in &mut self.hist {
                 *b /= s;
+            }
+            for r in &mut self.recent {
+                r.3 /= s;
             }
             self.total /= s;
             self.inc = 1.0;
@@ -137,6 +190,104 @@ impl DelayManager {
         let q_ms = (q_bin as f64 + 1.0) * BIN_MS;
         self.target_ms = q_ms.clamp(self.cfg.min_delay_ms, self.cfg.max_delay_ms);
         rel
+    }
+}
+
+/// What the quality-based target needs besides the histogram.
+#[derive(Debug, Clone, Copy)]
+pub struct QualityContext {
+    /// Mouth-to-ear delay outside the buffer: one-way network delay (RTT/2) + codec framing
+    /// and lookahead + the frame being played, ms.
+    pub other_delay_ms: f64,
+    /// Share of packets the network loses (0..1).
+    pub network_loss: f64,
+    /// Share of packets lost together with their successor (0..1): what FEC cannot rebuild.
+    pub pair_loss: f64,
+    /// The receiver rebuilds a missing frame from the next packet's in-band FEC.
+    pub fec: bool,
+    /// How much later than the target a packet may be and still play (the frame being
+    /// played), ms.
+    pub late_margin_ms: f64,
+}
+
+impl DelayManager {
+    /// The target delay between the minimum and the [`DelayConfig::quality_ceiling`] quantile
+    /// that maximises the E-model's R for the histogram's late-packet share at each candidate
+    /// delay (see the buffer's docs for why). Scans bins up to the ceiling: O(ceiling / 5 ms).
+    pub fn quality_target_ms(&self, q: &QualityContext) -> f64 {
+        let top = self.quantile_bin(self.cfg.quality_ceiling) + 1;
+        let min_bin = ((self.cfg.min_delay_ms / BIN_MS).ceil() as usize).saturating_sub(1);
+        // A packet is late when its relative delay exceeds the audio held beyond the frame
+        // being played, plus that frame: count the mass above `t + late_margin_ms`.
+        let m = (q.late_margin_ms / BIN_MS).round() as usize;
+        let mut below = self.hist[..(min_bin + m).min(BINS)].iter().sum::<f64>();
+        let (mut best_t, mut best_r) = (self.target_ms, f64::NEG_INFINITY);
+        for b in min_bin..top {
+            if let Some(h) = self.hist.get(b + m) {
+                below += h;
+            }
+            let t = (b as f64 + 1.0) * BIN_MS;
+            let late = (1.0 - below / self.total).clamp(0.0, 1.0);
+            let missing = (q.network_loss + late).min(1.0);
+            let unplayed = if q.fec {
+                // A late or lost frame is rebuilt when its successor is here in time; lost
+                // pairs are what the network took together.
+                q.pair_loss + late * missing
+            } else {
+                missing
+            };
+            let r = crate::quality::r_factor(&crate::quality::QualityInput::opus(
+                q.other_delay_ms + t,
+                unplayed * 100.0,
+            ));
+            if r > best_r + 1e-9 {
+                best_r = r;
+                best_t = t;
+            }
+        }
+        best_t.clamp(self.cfg.min_delay_ms, self.cfg.max_delay_ms)
+    }
+
+    fn quantile_bin(&self, q: f64) -> usize {
+        let want = q * self.total;
+        let mut acc = 0.0;
+        for (i, b) in self.hist.iter().enumerate() {
+            acc += b;
+            if acc >= want {
+                return i;
+            }
+        }
+        BINS - 1
+    }
+
+    /// Recognise a route change that added delay (see the module docs) and rebase on it.
+    fn detect_step(&mut self, now_ms: f64, transit: f64, base: &mut f64) {
+        let window = self.cfg.step_window_ms;
+        while self.recent.front().is_some_and(|r| r.0 < now_ms - window) {
+            self.recent.pop_front();
+        }
+        // The window must be covered: its oldest packet about a window ago.
+        let Some(&(oldest, ..)) = self.recent.front() else {
+            return;
+        };
+        if now_ms - oldest < window * 0.9 || self.recent.len() < 10 {
+            return;
+        }
+        let floor = self.recent.iter().map(|r| r.1).fold(transit, f64::min);
+        let step = floor - *base;
+        if step < self.cfg.step_min_ms {
+            return;
+        }
+        self.steps += 1;
+        self.baseline.reset(now_ms, floor);
+        *base = floor;
+        let shift = (step / BIN_MS) as usize;
+        for r in &mut self.recent {
+            let to = r.2.saturating_sub(shift);
+            self.hist[r.2] -= r.3;
+            self.hist[to] += r.3;
+            r.2 = to;
+        }
     }
 }
 
@@ -207,5 +358,112 @@ mod tests {
             i as f64 * 0.002 + if i >= 1000 { 80.0 } else { 0.0 }
         });
         assert!(t <= 25.0, "baseline moved with drift and the step: {t}");
+    }
+
+    #[test]
+    fn a_route_change_does_not_hold_the_target_up() {
+        // 10 ms of uniform jitter, then the path gets 80 ms longer at packet 1000.
+        let jitter = |i: usize| ((i * 7919) % 11) as f64;
+        let mut dm = DelayManager::new(DelayConfig::default());
+        let before = feed(&mut dm, 0, 1000, jitter);
+        assert_eq!(dm.steps(), 0, "jitter alone is not a route change");
+        // During the first second after the step the buffer cannot tell it from jitter.
+        feed(&mut dm, 1000, 50, |i| jitter(i) + 80.0);
+        let after = feed(&mut dm, 1050, 50, |i| jitter(i) + 80.0);
+        assert_eq!(dm.steps(), 1);
+        assert!(
+            after <= before + BIN_MS,
+            "two seconds after the step the target is back: {before} -> {after}"
+        );
+    }
+
+    #[test]
+    fn heavy_tailed_jitter_is_not_a_route_change() {
+        // Pareto-like tail (scale 30 ms, shape 2) from a fixed pseudo-random sequence.
+        let mut dm = DelayManager::new(DelayConfig::default());
+        feed(&mut dm, 0, 5000, |i| {
+            let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            x ^= x >> 29;
+            x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x ^= x >> 32;
+            let u = ((x >> 11) as f64 / (1u64 << 53) as f64).max(1e-9);
+            30.0 * (u.powf(-0.5) - 1.0)
+        });
+        assert_eq!(dm.steps(), 0);
+    }
+
+    fn pareto(i: usize, scale: f64) -> f64 {
+        let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^= x >> 32;
+        let u = ((x >> 11) as f64 / (1u64 << 53) as f64).max(1e-9);
+        scale * (u.powf(-0.5) - 1.0)
+    }
+
+    fn ctx(other_delay_ms: f64, fec: bool) -> QualityContext {
+        QualityContext {
+            other_delay_ms,
+            network_loss: 0.03,
+            pair_loss: 0.01,
+            fec,
+            late_margin_ms: 20.0,
+        }
+    }
+
+    #[test]
+    fn quality_target_table() {
+        // (case, jitter, other delay ms, FEC, expected relation to the 0.99 quantile target)
+        let heavy = |i: usize| pareto(i, 30.0);
+        let spikes = |i: usize| {
+            if i % 100 == 7 {
+                100.0
+            } else {
+                ((i * 7919) % 11) as f64
+            }
+        };
+        type Case<'a> = (
+            &'a str,
+            &'a dyn Fn(usize) -> f64,
+            f64,
+            bool,
+            fn(f64, f64) -> bool,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "heavy tail on a long path: accept late packets rather than ~250 ms",
+                &heavy,
+                180.0,
+                false,
+                |q, t| t < q - 50.0,
+            ),
+            (
+                "the same with FEC: lower still (the next packet rebuilds a late one)",
+                &heavy,
+                180.0,
+                true,
+                |q, t| t < q - 100.0,
+            ),
+            (
+                "sparse 100 ms spikes (1%) on a short path: cover them",
+                &spikes,
+                40.0,
+                false,
+                |q, t| q <= 25.0 && t + 20.0 >= 100.0, // + the frame being played
+            ),
+            (
+                "sparse spikes on a long path: not worth 100 ms",
+                &spikes,
+                200.0,
+                false,
+                |q, t| t <= q + 5.0,
+            ),
+        ];
+        for (name, jitter, other, fec, ok) in cases {
+            let mut dm = DelayManager::new(DelayConfig::default());
+            let q = feed(&mut dm, 0, 3000, jitter);
+            let t = dm.quality_target_ms(&ctx(other, fec));
+            assert!(ok(q, t), "{name}: quantile target {q}, quality target {t}");
+        }
     }
 }

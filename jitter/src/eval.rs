@@ -83,6 +83,11 @@ pub struct Playout {
     pub played: Vec<u64>,
     /// (play time ms, buffering delay ms) of every decoded frame.
     pub delays: Vec<(f64, f64)>,
+    /// Frames the network lost (no copy arrived): no buffer can play them.
+    pub network_lost: u64,
+    /// Lost frames whose successor (which carries their in-band FEC) was lost too: no buffer
+    /// can rebuild them from FEC.
+    pub fec_unrecoverable: u64,
 }
 
 /// Send frame `i` of `frames` at `i × 20 ms` through `profile` (seeded), insert arrivals into a
@@ -106,6 +111,14 @@ pub fn play_through(
         }
     }
     arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut arrived = vec![false; frames.len()];
+    for &(_, i) in &arrivals {
+        arrived[i] = true;
+    }
+    let network_lost = arrived.iter().filter(|a| !**a).count() as u64;
+    let fec_unrecoverable = (0..frames.len())
+        .filter(|&i| !arrived[i] && !arrived.get(i + 1).copied().unwrap_or(false))
+        .count() as u64;
     let mut jb = JitterBuffer::new(cfg);
     let (mut played, mut delays) = (Vec::new(), Vec::new());
     let mut next = 0;
@@ -141,6 +154,8 @@ pub fn play_through(
         stats: jb.stats().clone(),
         played,
         delays,
+        network_lost,
+        fec_unrecoverable,
     }
 }
 
@@ -159,12 +174,14 @@ pub fn evaluate(profile: &Profile, s: Strategy, secs: u64, seed: u64) -> Outcome
     let cfg = BufferConfig {
         fixed_delay_ms: s.fixed_delay_ms,
         use_fec: s.fec,
+        network_delay_ms: Some(profile.base_delay_ms),
         ..BufferConfig::default()
     };
     let Playout {
         stats,
         played,
         delays,
+        ..
     } = simulate(profile, cfg, secs, seed);
     let mut delays: Vec<f64> = delays.into_iter().map(|(_, d)| d).collect();
     delays.sort_by(f64::total_cmp);

@@ -31,7 +31,7 @@ pub mod stats;
 pub mod unwrap;
 
 pub use buffer::{BufferConfig, Inserted, JitterBuffer, Pulled};
-pub use delay_manager::{DelayConfig, DelayManager};
+pub use delay_manager::{DelayConfig, DelayManager, QualityContext};
 pub use impairment::{Impairment, Profile};
 pub use quality::{mos_estimate, QualityInput};
 pub use stats::JitterStats;

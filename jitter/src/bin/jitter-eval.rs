@@ -30,18 +30,21 @@ fn main() {
         }
     }
     let mut all = Vec::new();
-    println!("| profile | strategy | mean delay | p95 delay | concealment | FEC-recovered | interruptions | MOS (estimate) |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| profile | strategy | mean target | mean delay | p95 delay | concealment | late | FEC-recovered | interruptions | MOS (estimate) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for p in Profile::ALL {
         for s in STRATEGIES {
             let o = evaluate(&p, s, secs, seed);
             println!(
-                "| {} | {} | {:.1} ms | {:.1} ms | {:.2}% | {:.2}% | {} | {:.2} |",
+                "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2}% | {} | {:.2}% | {} | {:.2} |",
                 o.profile,
                 o.strategy,
+                o.stats.jitter_buffer_target_delay * 1000.0
+                    / o.stats.jitter_buffer_emitted_count.max(1) as f64,
                 o.mean_delay_ms,
                 o.p95_delay_ms,
                 o.concealment_pct,
+                o.stats.packets_discarded,
                 o.fec_recovered_pct,
                 o.interruptions,
                 o.mos_estimate

@@ -86,6 +86,9 @@ pub struct RunResult {
     pub late_discarded: u64,
     /// Frames concealed with PLC (not comfort silence): the count behind the percentage.
     pub concealed_frames: u64,
+    /// Concealed frames no buffer could avoid: frames the network lost (without FEC), or lost
+    /// frames whose FEC-carrying successor was lost too (with FEC).
+    pub unavoidable_frames: u64,
     /// Simplified E-model MOS — an estimate.
     pub mos_estimate: f64,
     /// Mean segmental SNR of the played speech against the clean decode, dB (35 = identical).
@@ -110,6 +113,8 @@ pub fn run(
     let cfg = BufferConfig {
         fixed_delay_ms: strategy.fixed_delay_ms,
         use_fec: strategy.fec,
+        // A receiver knows RTT/2 from RTCP; the model's base delay stands in for it.
+        network_delay_ms: Some(profile.base_delay_ms),
         ..BufferConfig::default()
     };
     let n = enc.frames.len();
@@ -180,6 +185,11 @@ pub fn run(
         interruptions: st.interruptions,
         late_discarded: st.packets_discarded,
         concealed_frames: (st.concealed_samples - st.silent_concealed_samples) / FRAME as u64,
+        unavoidable_frames: if strategy.fec {
+            playout.fec_unrecoverable
+        } else {
+            playout.network_lost
+        },
         mos_estimate: mos_estimate(&QualityInput::opus(
             profile.base_delay_ms + st.mean_delay_ms() + CODEC_DELAY_MS,
             concealment_pct,
