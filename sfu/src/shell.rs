@@ -1,5 +1,6 @@
 //! The tokio shell: owns the UDP socket and the clock, drives the [`Node`], and takes commands
-//! from signaling through a channel. One task owns the node, so the node needs no lock.
+//! from signaling through a channel. One task owns the node, so the node needs no lock; it runs
+//! on a thread of its own (`lodge-media`, a single-threaded runtime), apart from signaling's.
 //!
 //! Receiving is batched with quinn-udp (recvmmsg and GRO on Linux): per wake-up the shell reads up
 //! to [`RECV_ROUNDS`] batches, so a busy socket costs a few receive syscalls and one timer check
@@ -106,7 +107,17 @@ pub struct ForwardDelay {
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
+    /// Cumulative counts at [`FORWARD_DELAY_BUCKETS_US`] (datagrams that took ≤ each bound),
+    /// so a scraper can take two readings and get the delay over the interval between them.
+    pub buckets: Vec<(u64, u64)>,
+    /// Sum of all recorded delays, µs.
+    pub sum_us: f64,
 }
+
+/// Upper bounds of the exported forward-delay buckets, µs.
+pub const FORWARD_DELAY_BUCKETS_US: [u64; 14] = [
+    50, 100, 200, 300, 500, 750, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 1_000_000,
+];
 
 /// Cheap, cloneable handle to the running node.
 #[derive(Clone)]
@@ -181,12 +192,21 @@ impl SfuHandle {
     }
 }
 
+/// How the shell runs (as opposed to what the node does, [`NodeConfig`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShellOptions {
+    /// Nice value of the media thread (-20..19; 0 = unchanged). Lowering it needs root or
+    /// CAP_SYS_NICE; when refused, the thread logs a warning and runs at its normal priority.
+    pub media_nice: i32,
+}
+
 /// Bind nothing, spawn the loop on `socket`. Events for signaling arrive on the returned receiver.
 pub fn spawn(
     socket: UdpSocket,
     cfg: NodeConfig,
+    opts: ShellOptions,
 ) -> std::io::Result<(SfuHandle, mpsc::UnboundedReceiver<NodeEvent>)> {
-    let (h, ev, _) = spawn_inner(socket, cfg, false)?;
+    let (h, ev, _) = spawn_inner(socket, cfg, opts, false)?;
     Ok((h, ev))
 }
 
@@ -194,12 +214,13 @@ pub fn spawn(
 pub fn spawn_cascading(
     socket: UdpSocket,
     cfg: NodeConfig,
+    opts: ShellOptions,
 ) -> std::io::Result<(
     SfuHandle,
     mpsc::UnboundedReceiver<NodeEvent>,
     mpsc::Receiver<Exported>,
 )> {
-    let (h, ev, ex) = spawn_inner(socket, cfg, true)?;
+    let (h, ev, ex) = spawn_inner(socket, cfg, opts, true)?;
     Ok((h, ev, ex.expect("exports requested")))
 }
 
@@ -210,6 +231,7 @@ const EXPORT_QUEUE: usize = 10_000;
 fn spawn_inner(
     socket: UdpSocket,
     cfg: NodeConfig,
+    opts: ShellOptions,
     cascading: bool,
 ) -> std::io::Result<(
     SfuHandle,
@@ -232,8 +254,58 @@ fn spawn_inner(
         exports: ex_tx,
         exports_dropped: 0,
     };
-    tokio::spawn(run(Arc::new(socket), node, rx, sinks));
+    // The media loop gets a thread and a single-threaded runtime of its own: signaling (gateway
+    // fan-out, JSON, the database) then never holds up a packet by occupying the runtime's
+    // workers; the OS schedules the two independently. Everything crosses by channel.
+    let socket = socket.into_std()?;
+    std::thread::Builder::new()
+        .name("lodge-media".into())
+        .spawn(move || {
+            if opts.media_nice != 0 {
+                set_thread_nice(opts.media_nice);
+            }
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the media thread's runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match UdpSocket::from_std(socket) {
+                    Ok(socket) => run(Arc::new(socket), node, rx, sinks).await,
+                    Err(e) => tracing::error!(error = %e, "cannot register the media socket"),
+                }
+            });
+        })?;
     Ok((SfuHandle { tx, local_addr }, ev_rx, ex_rx))
+}
+
+/// Set the calling thread's nice value (Linux: per thread); warn and carry on if refused.
+fn set_thread_nice(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions; setpriority with PRIO_PROCESS and a thread id
+        // changes only that thread's nice value.
+        let r = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+        };
+        if r == 0 {
+            info!(nice, "media thread priority set");
+        } else {
+            warn!(
+                nice,
+                error = %std::io::Error::last_os_error(),
+                "cannot set the media thread's priority; it runs at normal priority (a negative nice needs root or CAP_SYS_NICE)"
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    warn!(nice, "media thread priority is only supported on Linux; ignored");
 }
 
 fn seed_from_clock() -> u64 {
@@ -473,6 +545,11 @@ fn report(node: &Node, delay: &hdrhistogram::Histogram<u64>, exports_dropped: u6
             p99_us: delay.value_at_quantile(0.99),
             p999_us: delay.value_at_quantile(0.999),
             max_us: delay.max(),
+            buckets: FORWARD_DELAY_BUCKETS_US
+                .iter()
+                .map(|&b| (b, delay.count_between(0, b)))
+                .collect(),
+            sum_us: delay.mean() * delay.len() as f64,
         },
     }
 }

@@ -35,7 +35,7 @@ pub enum Command {
 pub struct ServeArgs {
     /// TOML configuration file. Keys: http_listen, media_listen, public_ip, public_url, data_dir,
     /// database, database_url, log, max_participants, max_room_size, voice_token_ttl,
-    /// rate_limit_route, rate_limit_global.
+    /// rate_limit_route, rate_limit_global, media_nice.
     #[arg(long, env = "LODGE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address:port of the HTTP server (REST API, gateways, web client, metrics). [default: 127.0.0.1:8080]
@@ -80,6 +80,11 @@ pub struct ServeArgs {
     /// REST requests per second per caller across all routes. [default: 100]
     #[arg(long, env = "LODGE_RATE_LIMIT_GLOBAL")]
     pub rate_limit_global: Option<u32>,
+    /// Scheduling priority (nice, -20..19) of the media thread; lower runs first. On a machine
+    /// shared with other busy processes, e.g. -10 keeps packets from waiting for a time slice.
+    /// Below 0 needs root or CAP_SYS_NICE; if refused, Lodge says so and runs at 0. [default: 0]
+    #[arg(long, env = "LODGE_MEDIA_NICE", allow_hyphen_values = true)]
+    pub media_nice: Option<i32>,
     /// A secret that lets the /dashboard page and GET /api/v10/quality/* see every channel on
     /// this node (send it as "Authorization: Operator <secret>"); without it each user sees the
     /// channels of their own guilds only. Use 16 or more random characters. [default: unset]
@@ -123,6 +128,7 @@ pub struct FileConfig {
     pub voice_token_ttl: Option<u64>,
     pub rate_limit_route: Option<u32>,
     pub rate_limit_global: Option<u32>,
+    pub media_nice: Option<i32>,
     pub operator_token: Option<String>,
     pub cluster_token: Option<String>,
     pub trunk_listen: Option<SocketAddr>,
@@ -148,6 +154,7 @@ pub struct Config {
     pub voice_token_ttl: u64,
     pub rate_limit_route: u32,
     pub rate_limit_global: u32,
+    pub media_nice: i32,
     /// Never printed or serialized.
     #[serde(skip_serializing)]
     pub operator_token: Option<String>,
@@ -175,6 +182,7 @@ const KNOWN_ENV: &[&str] = &[
     "LODGE_VOICE_TOKEN_TTL",
     "LODGE_RATE_LIMIT_ROUTE",
     "LODGE_RATE_LIMIT_GLOBAL",
+    "LODGE_MEDIA_NICE",
     "LODGE_OPERATOR_TOKEN",
     "LODGE_CLUSTER_TOKEN",
     "LODGE_TRUNK_LISTEN",
@@ -291,6 +299,14 @@ impl Config {
                 .or(file.rate_limit_global)
                 .unwrap_or(100)
                 .max(1),
+            media_nice: match args.media_nice.or(file.media_nice).unwrap_or(0) {
+                n @ -20..=19 => n,
+                n => {
+                    return Err(ConfigError::Invalid(format!(
+                        "media_nice {n} is out of range: use -20 (first) to 19 (last); 0 is normal"
+                    )))
+                }
+            },
             operator_token: match args.operator_token.clone().or(file.operator_token) {
                 Some(t) if t.chars().count() < 16 => {
                     return Err(ConfigError::Invalid(
@@ -425,5 +441,34 @@ mod tests {
         assert_eq!(c.operator_token.as_deref(), Some("0123456789abcdef-secret"));
         let shown = serde_json::to_string(&c).unwrap();
         assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[test]
+    fn media_nice_from_file_and_its_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("lodge.toml");
+        std::fs::write(&f, "media_nice = -10\n").unwrap();
+        let args = ServeArgs {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
+        assert_eq!(Config::load(&args, std::iter::empty()).unwrap().media_nice, -10);
+        assert_eq!(
+            Config::load(&ServeArgs::default(), std::iter::empty())
+                .unwrap()
+                .media_nice,
+            0,
+            "normal priority unless asked"
+        );
+        let e = Config::load(
+            &ServeArgs {
+                media_nice: Some(-30),
+                ..Default::default()
+            },
+            std::iter::empty(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("media_nice -30") && e.contains("-20"), "{e}");
     }
 }

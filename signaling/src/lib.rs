@@ -122,16 +122,19 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         lodge_sfu::NodeConfig::new(std::net::SocketAddr::new(cfg.public_ip, media_addr.port()));
     node_cfg.max_participants = cfg.max_participants;
     node_cfg.max_room_size = cfg.max_room_size;
+    let shell_opts = lodge_sfu::shell::ShellOptions {
+        media_nice: cfg.media_nice,
+    };
     let clustered = cfg.trunk_listen.is_some() || cfg.origin.is_some();
     let (sfu, events, exports) = if clustered {
         let (h, e, x) =
-            lodge_sfu::shell::spawn_cascading(udp, node_cfg).map_err(|err| StartError::Media {
+            lodge_sfu::shell::spawn_cascading(udp, node_cfg, shell_opts).map_err(|err| StartError::Media {
                 addr: media_addr,
                 err,
             })?;
         (h, e, Some(x))
     } else {
-        let (h, e) = lodge_sfu::shell::spawn(udp, node_cfg).map_err(|err| StartError::Media {
+        let (h, e) = lodge_sfu::shell::spawn(udp, node_cfg, shell_opts).map_err(|err| StartError::Media {
             addr: media_addr,
             err,
         })?;

@@ -227,9 +227,91 @@ fn encode_speech(pcm: &[i16]) -> Result<Vec<(Vec<u8>, u8)>> {
         .collect()
 }
 
-/// A measurement-window edge: when, the node's (rtp in, forwarded), the server's CPU seconds,
-/// the kernel's UDP receive-buffer drops, and RTP packets delivered to the callers so far.
-type Window = (Instant, Option<(u64, u64)>, Option<f64>, Option<u64>, u64);
+/// One reading at the edge of the measurement window.
+struct Window {
+    at: Instant,
+    /// The node's (RTP in, forwarded) counters.
+    node: Option<(u64, u64)>,
+    server_cpu: Option<f64>,
+    own_cpu: Option<f64>,
+    rcvbuf_errors: Option<u64>,
+    delivered: u64,
+    /// The node's cumulative forward-delay buckets (upper bound µs, count).
+    delay_buckets: Vec<(u64, u64)>,
+}
+
+impl Window {
+    fn now(a: &VoiceArgs, metrics: Option<&str>, shared: &Shared) -> Window {
+        Window {
+            at: Instant::now(),
+            node: metrics.and_then(node_counters),
+            server_cpu: a.server_pid.and_then(cpu_seconds),
+            own_cpu: cpu_seconds(std::process::id()),
+            rcvbuf_errors: udp_rcvbuf_errors(),
+            delivered: shared.rtp_in.load(Ordering::Relaxed),
+            delay_buckets: metrics.map(node_delay_buckets).unwrap_or_default(),
+        }
+    }
+}
+
+/// The node's cumulative forward-delay histogram buckets (`le` in µs, count); `+Inf` last, as
+/// `u64::MAX`.
+fn node_delay_buckets(metrics: &str) -> Vec<(u64, u64)> {
+    metrics
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("lodge_forward_delay_hist_seconds_bucket{le=\"")?;
+            let (le, n) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                u64::MAX
+            } else {
+                (le.parse::<f64>().ok()? * 1e6).round() as u64
+            };
+            Some((le, n.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Delay quantiles over the window from two bucket readings (linear inside a bucket).
+fn window_delay(start: &[(u64, u64)], end: &[(u64, u64)]) -> Option<report::WindowDelay> {
+    if start.len() != end.len() || end.is_empty() {
+        return None;
+    }
+    let diff: Vec<(u64, u64)> = start
+        .iter()
+        .zip(end)
+        .map(|(a, b)| (b.0, b.1.saturating_sub(a.1)))
+        .collect();
+    let total = diff.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let quantile = |q: f64| -> Option<f64> {
+        let want = q * total as f64;
+        let (mut lo_bound, mut lo_count) = (0u64, 0u64);
+        for &(le, c) in &diff {
+            if c as f64 >= want {
+                if le == u64::MAX {
+                    return None; // beyond the last finite bucket
+                }
+                let span = (c - lo_count).max(1) as f64;
+                let f = (want - lo_count as f64) / span;
+                return Some((lo_bound as f64 + f * (le - lo_bound) as f64) / 1000.0);
+            }
+            (lo_bound, lo_count) = (le, c);
+        }
+        None
+    };
+    let within_1ms = diff.iter().find(|(le, _)| *le == 1_000).map(|(_, c)| *c)?;
+    Some(report::WindowDelay {
+        count: total,
+        p50_ms: quantile(0.5),
+        p99_ms: quantile(0.99),
+        p999_ms: quantile(0.999),
+        within_1ms_pct: within_1ms as f64 / total as f64 * 100.0,
+    })
+}
+
 
 struct Setup {
     guild: String,
@@ -669,7 +751,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                 bar.set_message(format!(
                     "{connected} connected, {pps_out:.0} pps out, {pps_in:.0} pps in, m2e p99 {}, {nerr} errors{}",
                     p99.map(|v| format!("{v:.1} ms")).unwrap_or_else(|| "–".into()),
-                    measure.map(|m| format!(", measuring {:.0}/{} s", m.0.elapsed().as_secs_f64(), a.duration)).unwrap_or_default(),
+                    measure.as_ref().map(|m| format!(", measuring {:.0}/{} s", m.at.elapsed().as_secs_f64(), a.duration)).unwrap_or_default(),
                 ));
                 timeline.push(json!({ "t_s": started.elapsed().as_secs_f64(), "connected": connected,
                     "pps_out": pps_out, "pps_in": pps_in, "m2e_p99_ms": p99 }));
@@ -678,10 +760,10 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                     || started.elapsed() > Duration::from_secs_f64(a.callers as f64 / a.join_rate + 60.0));
                 if measure.is_none() && done_joining {
                     let m = fetch_metrics(&api, a.target).await;
-                    measure = Some((Instant::now(), m.as_deref().and_then(node_counters), a.server_pid.and_then(cpu_seconds), udp_rcvbuf_errors(), shared.rtp_in.load(Ordering::Relaxed)));
+                    measure = Some(Window::now(&a, m.as_deref(), &shared));
                 }
-                if let Some(m) = measure {
-                    if m.0.elapsed() >= Duration::from_secs(a.duration) { break; }
+                if let Some(m) = &measure {
+                    if m.at.elapsed() >= Duration::from_secs(a.duration) { break; }
                 }
             }
             _ = &mut ctrl_c => {
@@ -693,13 +775,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
     }
     // One scrape at the end serves the window's counters, the delay quantiles and the drops.
     let end_metrics = fetch_metrics(&api, a.target).await.unwrap_or_default();
-    let window_end: Window = (
-        Instant::now(),
-        node_counters(&end_metrics),
-        a.server_pid.and_then(cpu_seconds),
-        udp_rcvbuf_errors(),
-        shared.rtp_in.load(Ordering::Relaxed),
-    );
+    let window_end = Window::now(&a, Some(&end_metrics), &shared);
     let _ = stop_tx.send(true);
     bar.finish_and_clear();
     let mut results: Vec<(CallerStats, bool)> = Vec::new();
@@ -712,25 +788,25 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
         }
     }
     let errors = errors.lock().expect("errors lock").clone();
-    let server = measure.map(|(t0, c0, cpu0, rb0, d0)| {
-        let (t1, c1, cpu1, rb1, d1) = window_end;
+    let server = measure.map(|w0| {
+        let w1 = &window_end;
+        let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
         report::ServerWindow {
-            udp_rcvbuf_drops: match (rb0, rb1) {
+            udp_rcvbuf_drops: match (w0.rcvbuf_errors, w1.rcvbuf_errors) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a)),
                 _ => None,
             },
-            seconds: (t1 - t0).as_secs_f64(),
-            node: match (c0, c1) {
+            seconds: (w1.at - w0.at).as_secs_f64(),
+            node: match (w0.node, w1.node) {
                 (Some(c0), Some(c1)) => {
                     Some((c1.0.saturating_sub(c0.0), c1.1.saturating_sub(c0.1)))
                 }
                 _ => None,
             },
-            delivered: d1.saturating_sub(d0),
-            cpu_seconds: match (cpu0, cpu1) {
-                (Some(a), Some(b)) => Some(b - a),
-                _ => None,
-            },
+            delivered: w1.delivered.saturating_sub(w0.delivered),
+            cpu_seconds: diff(w0.server_cpu, w1.server_cpu),
+            generator_cpu_seconds: diff(w0.own_cpu, w1.own_cpu),
+            forward_delay: window_delay(&w0.delay_buckets, &w1.delay_buckets),
         }
     });
     let rep = report::build(
@@ -786,6 +862,35 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_delay_over_the_window_from_two_bucket_readings() {
+        let scrape = |counts: [u64; 4]| {
+            format!(
+                "lodge_forward_delay_hist_seconds_bucket{{le=\"0.0005\"}} {}\n\
+                 lodge_forward_delay_hist_seconds_bucket{{le=\"0.001\"}} {}\n\
+                 lodge_forward_delay_hist_seconds_bucket{{le=\"0.01\"}} {}\n\
+                 lodge_forward_delay_hist_seconds_bucket{{le=\"+Inf\"}} {}\n",
+                counts[0], counts[1], counts[2], counts[3]
+            )
+        };
+        // Before the window: 1,000 slow datagrams (joins). In it: 900 ≤ 0.5 ms, 90 in
+        // 0.5–1 ms, 10 in 1–10 ms.
+        let w0 = node_delay_buckets(&scrape([0, 0, 1000, 1000]));
+        let w1 = node_delay_buckets(&scrape([900, 990, 2000, 2000]));
+        assert_eq!(w0[0], (500, 0));
+        assert_eq!(w1.last(), Some(&(u64::MAX, 2000)));
+        let d = window_delay(&w0, &w1).expect("a window");
+        assert_eq!(d.count, 1000);
+        assert!((d.within_1ms_pct - 99.0).abs() < 1e-9);
+        let p50 = d.p50_ms.expect("finite");
+        assert!((p50 - 500.0 / 900.0 * 0.5).abs() < 1e-9, "{p50}");
+        let p99 = d.p99_ms.expect("finite");
+        assert!((p99 - 1.0).abs() < 1e-9, "p99 at the 1 ms bound: {p99}");
+        assert!(d.p999_ms.expect("finite") > 1.0);
+        // Nothing forwarded in the window: no figure rather than a made-up one.
+        assert!(window_delay(&w1, &w1).is_none());
+    }
 
     #[test]
     fn reads_the_node_metrics_it_needs() {

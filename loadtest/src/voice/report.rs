@@ -21,8 +21,24 @@ pub struct ServerWindow {
     /// for every target, so the CPU-per-packet figure compares servers fairly.
     pub delivered: u64,
     pub cpu_seconds: Option<f64>,
+    /// This load generator's own CPU seconds over the window.
+    pub generator_cpu_seconds: Option<f64>,
     /// UDP datagrams the kernel dropped for full receive buffers during the window.
     pub udp_rcvbuf_drops: Option<u64>,
+    /// Node-added delay over the window (from two readings of the node's delay buckets).
+    pub forward_delay: Option<WindowDelay>,
+}
+
+/// Node-added delay over the measurement window; quantiles interpolated inside buckets,
+/// `None` beyond the last finite bucket (1 s).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WindowDelay {
+    pub count: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    /// Datagrams the node sent within 1 ms of receiving what caused them, percent.
+    pub within_1ms_pct: f64,
 }
 
 pub struct Report {
@@ -268,6 +284,23 @@ pub fn build(
             ));
         }
     }
+    if let Some(g) = server.as_ref().and_then(|s| Some((s.generator_cpu_seconds?, s.seconds))) {
+        md.push_str(&format!(
+            "| load generator CPU in the window (this process) | {:.2} s ({:.0}% of a core) |\n",
+            g.0,
+            g.0 / g.1 * 100.0
+        ));
+    }
+    if let Some(d) = server.as_ref().and_then(|s| s.forward_delay.as_ref()) {
+        let ms = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "> 1000".into());
+        md.push_str(&format!(
+            "| node-added delay in the window, ms (p50 / p99 / p99.9; interpolated in buckets) | {} / {} / {} ({:.2}% within 1 ms) |\n",
+            ms(d.p50_ms),
+            ms(d.p99_ms),
+            ms(d.p999_ms),
+            d.within_1ms_pct
+        ));
+    }
     if let Some([p50, p99, p999, max]) = forward_delay_ms {
         md.push_str(&format!(
             "| node-added delay (receive → send inside the node, whole run), ms (p50 / p99 / p99.9 / max) | {p50:.3} / {p99:.3} / {p999:.3} / {max:.3} |\n"
@@ -294,6 +327,14 @@ pub fn build(
             .unwrap_or_default()
     ));
 
+    let server_json = server.as_ref().map(|s| json!({ "window_s": s.seconds,
+            "rtp_in": s.node.map(|n| n.0), "rtp_forwarded": s.node.map(|n| n.1),
+            "rtp_delivered": s.delivered, "cpu_seconds": s.cpu_seconds,
+            "generator_cpu_seconds": s.generator_cpu_seconds,
+            "forward_delay_window": s.forward_delay,
+            "udp_rcvbuf_drops": s.udp_rcvbuf_drops,
+            "cpu_us_per_forwarded_packet": cpu_per_packet_us,
+            "cpu_us_per_delivered_packet": cpu_per_delivered_us }));
     let json = json!({
         "callers": a.callers, "channels": a.channels, "speakers_per_channel": a.speakers,
         "slots": a.slots, "join_rate": a.join_rate, "duration_s": a.duration,
@@ -311,12 +352,7 @@ pub fn build(
                        "max": if rejoin_ms.is_empty() { Value::Null } else { json!(pct(&mut rejoin_ms, 1.0)) } },
         "probes": probes.iter().map(|p| json!({ "mos_estimate": p.0, "concealment_pct": p.1, "buffer_delay_ms": p.2 })).collect::<Vec<_>>(),
         "target": format!("{:?}", a.target).to_lowercase(),
-        "server": server.as_ref().map(|s| json!({ "window_s": s.seconds,
-            "rtp_in": s.node.map(|n| n.0), "rtp_forwarded": s.node.map(|n| n.1),
-            "rtp_delivered": s.delivered, "cpu_seconds": s.cpu_seconds,
-            "udp_rcvbuf_drops": s.udp_rcvbuf_drops,
-            "cpu_us_per_forwarded_packet": cpu_per_packet_us,
-            "cpu_us_per_delivered_packet": cpu_per_delivered_us })),
+        "server": server_json,
         "node_forward_delay_ms": forward_delay_ms.map(|[p50, p99, p999, max]| json!({ "p50": p50, "p99": p99, "p99_9": p999, "max": max })),
         "node_drops": node_drops.iter().map(|(r, n)| json!({ "reason": r, "count": n })).collect::<Vec<_>>(),
         "timeline": timeline,

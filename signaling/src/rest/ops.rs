@@ -167,6 +167,18 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             );
         }
         let _ = writeln!(out, "lodge_forward_delay_seconds_count {}", d.count);
+        // The same datagrams in fixed buckets: two scrapes give the delay between them.
+        let _ = writeln!(out, "# HELP lodge_forward_delay_hist_seconds Time datagrams spend inside the node, cumulative buckets since start (subtract two scrapes for an interval)\n# TYPE lodge_forward_delay_hist_seconds histogram");
+        for (le, n) in &d.buckets {
+            let _ = writeln!(
+                out,
+                "lodge_forward_delay_hist_seconds_bucket{{le=\"{}\"}} {n}",
+                *le as f64 / 1e6
+            );
+        }
+        let _ = writeln!(out, "lodge_forward_delay_hist_seconds_bucket{{le=\"+Inf\"}} {}", d.count);
+        let _ = writeln!(out, "lodge_forward_delay_hist_seconds_sum {}", d.sum_us / 1e6);
+        let _ = writeln!(out, "lodge_forward_delay_hist_seconds_count {}", d.count);
     }
     if let Some(cpu) = crate::quality::process_cpu_seconds() {
         let _ = writeln!(out, "# HELP lodge_process_cpu_seconds_total CPU time of the node process (user + system)\n# TYPE lodge_process_cpu_seconds_total counter\nlodge_process_cpu_seconds_total {cpu}");
