@@ -80,6 +80,35 @@ pub struct PermissionInput<'a> {
     pub overwrites: &'a [Overwrite],
 }
 
+/// A member's permissions from what the store holds: the guild, all its roles, the member's
+/// role ids and (for channel permissions) the channel.
+pub fn of_member(
+    guild: &crate::Guild,
+    roles: &[crate::Role],
+    member_role_ids: &[u64],
+    channel: Option<&crate::Channel>,
+    user_id: u64,
+) -> Permissions {
+    let everyone = roles
+        .iter()
+        .find(|r| r.id == guild.id)
+        .map(|r| r.permissions)
+        .unwrap_or(0);
+    let member_roles: Vec<(u64, u64)> = roles
+        .iter()
+        .filter(|r| member_role_ids.contains(&r.id))
+        .map(|r| (r.id, r.permissions))
+        .collect();
+    compute(&PermissionInput {
+        guild_id: guild.id,
+        owner_id: guild.owner_id,
+        user_id,
+        everyone,
+        roles: &member_roles,
+        overwrites: channel.map(|c| c.overwrites.as_slice()).unwrap_or(&[]),
+    })
+}
+
 /// Discord's permission computation.
 pub fn compute(input: &PermissionInput<'_>) -> Permissions {
     if input.user_id == input.owner_id {

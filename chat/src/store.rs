@@ -13,7 +13,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::error::ChatError;
 use crate::model::*;
-use crate::permissions::{self, Overwrite, OverwriteKind, PermissionInput, Permissions};
+use crate::permissions::{self, Overwrite, OverwriteKind, Permissions};
 use crate::snowflake::Snowflakes;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -817,30 +817,25 @@ impl Store {
         channel: Option<&Channel>,
         user_id: u64,
     ) -> Result<Permissions, ChatError> {
-        if guild.owner_id != user_id && !self.is_member(guild.id, user_id).await? {
+        let Some(mine) = self.member_role_ids(guild, user_id).await? else {
             return Ok(Permissions(0));
-        }
+        };
         let roles = self.roles(guild.id).await?;
-        let everyone = roles
-            .iter()
-            .find(|r| r.id == guild.id)
-            .map(|r| r.permissions)
-            .unwrap_or(0);
-        let mine = self.member_roles(guild.id, user_id).await?;
-        let member_roles: Vec<(u64, u64)> = roles
-            .iter()
-            .filter(|r| mine.contains(&r.id))
-            .map(|r| (r.id, r.permissions))
-            .collect();
-        let ow = channel.map(|c| c.overwrites.as_slice()).unwrap_or(&[]);
-        Ok(permissions::compute(&PermissionInput {
-            guild_id: guild.id,
-            owner_id: guild.owner_id,
-            user_id,
-            everyone,
-            roles: &member_roles,
-            overwrites: ow,
-        }))
+        Ok(permissions::of_member(
+            guild, &roles, &mine, channel, user_id,
+        ))
+    }
+
+    /// The member's role ids, or `None` if the user is not in the guild (the owner always is).
+    pub async fn member_role_ids(
+        &self,
+        guild: &Guild,
+        user_id: u64,
+    ) -> Result<Option<Vec<u64>>, ChatError> {
+        if guild.owner_id != user_id && !self.is_member(guild.id, user_id).await? {
+            return Ok(None);
+        }
+        Ok(Some(self.member_roles(guild.id, user_id).await?))
     }
 }
 

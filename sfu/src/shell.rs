@@ -305,7 +305,10 @@ fn set_thread_nice(nice: i32) {
         }
     }
     #[cfg(not(target_os = "linux"))]
-    warn!(nice, "media thread priority is only supported on Linux; ignored");
+    warn!(
+        nice,
+        "media thread priority is only supported on Linux; ignored"
+    );
 }
 
 fn seed_from_clock() -> u64 {

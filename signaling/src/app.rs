@@ -30,6 +30,8 @@ pub struct Inner {
     pub telemetry: Mutex<crate::quality::Telemetry>,
     /// Set when this node is an origin or an edge of a cluster.
     pub cluster: std::sync::OnceLock<crate::cluster::Cluster>,
+    /// Shared inputs of the gateway's VIEW_CHANNEL checks (per visibility epoch).
+    pub visibility: crate::gateway::visibility::VisibilityCache,
 }
 
 #[derive(Clone)]
@@ -66,6 +68,7 @@ impl AppState {
             shutdown,
             telemetry: Default::default(),
             cluster: std::sync::OnceLock::new(),
+            visibility: Default::default(),
         }))
     }
 

@@ -452,7 +452,10 @@ mod tests {
             config: Some(f.clone()),
             ..Default::default()
         };
-        assert_eq!(Config::load(&args, std::iter::empty()).unwrap().media_nice, -10);
+        assert_eq!(
+            Config::load(&args, std::iter::empty()).unwrap().media_nice,
+            -10
+        );
         assert_eq!(
             Config::load(&ServeArgs::default(), std::iter::empty())
                 .unwrap()

@@ -128,15 +128,19 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     let clustered = cfg.trunk_listen.is_some() || cfg.origin.is_some();
     let (sfu, events, exports) = if clustered {
         let (h, e, x) =
-            lodge_sfu::shell::spawn_cascading(udp, node_cfg, shell_opts).map_err(|err| StartError::Media {
-                addr: media_addr,
-                err,
+            lodge_sfu::shell::spawn_cascading(udp, node_cfg, shell_opts).map_err(|err| {
+                StartError::Media {
+                    addr: media_addr,
+                    err,
+                }
             })?;
         (h, e, Some(x))
     } else {
-        let (h, e) = lodge_sfu::shell::spawn(udp, node_cfg, shell_opts).map_err(|err| StartError::Media {
-            addr: media_addr,
-            err,
+        let (h, e) = lodge_sfu::shell::spawn(udp, node_cfg, shell_opts).map_err(|err| {
+            StartError::Media {
+                addr: media_addr,
+                err,
+            }
         })?;
         (h, e, None)
     };

@@ -429,12 +429,25 @@ impl Client {
             }
             let now = tokio::time::Instant::now();
             if now >= next_tick {
+                // Frames of playout owed since the last tick: a probe's playout clock runs on
+                // like a sound card's even when this task wakes late, so it pulls every frame it
+                // owes (at most 10); a speaker sends one frame and skips the rest rather than
+                // bursting.
+                let owed = (1 + (now - next_tick).as_millis() / tick.as_millis()).min(10) as u32;
                 next_tick += tick;
                 if next_tick < now {
                     // Fell behind (overloaded generator): skip ahead rather than burst.
                     next_tick = now + tick;
                 }
                 if let (Some(t), Some(sp)) = (talk.as_mut(), speaking.as_ref()) {
+                    // Frames this speaker's capture clock produced while the task was not
+                    // running are skipped (media time keeps pace with the wall clock, as a
+                    // real sender's does); the latest is sent.
+                    for _ in 1..owed {
+                        t.next_frame();
+                        ts = ts.wrapping_add(960);
+                        frame_pos = (frame_pos + 1) % shared.frames.len();
+                    }
                     let (on, start) = t.next_frame();
                     if on && was_connected {
                         let (payload, level) = &shared.frames[frame_pos];
@@ -475,14 +488,18 @@ impl Client {
                         let Some((jb, dec)) = s.probe.as_mut() else {
                             continue;
                         };
-                        let _ = match jb.pull(now_ms) {
-                            Pulled::Waiting | Pulled::Silence => Ok(0),
-                            Pulled::Frame { payload, .. } => dec.decode(&payload, &mut pcm),
-                            Pulled::Fec { next_payload, .. } => {
-                                dec.decode_fec(&next_payload, &mut pcm)
-                            }
-                            Pulled::Conceal { .. } | Pulled::Stretch => dec.conceal(&mut pcm),
-                        };
+                        for k in (0..owed).rev() {
+                            // Each owed pull at the time it was due.
+                            let due = now_ms - k as f64 * tick.as_secs_f64() * 1000.0;
+                            let _ = match jb.pull(due) {
+                                Pulled::Waiting | Pulled::Silence => Ok(0),
+                                Pulled::Frame { payload, .. } => dec.decode(&payload, &mut pcm),
+                                Pulled::Fec { next_payload, .. } => {
+                                    dec.decode_fec(&next_payload, &mut pcm)
+                                }
+                                Pulled::Conceal { .. } | Pulled::Stretch => dec.conceal(&mut pcm),
+                            };
+                        }
                     }
                 }
                 continue;

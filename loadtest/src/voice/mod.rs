@@ -235,6 +235,8 @@ struct Window {
     server_cpu: Option<f64>,
     own_cpu: Option<f64>,
     rcvbuf_errors: Option<u64>,
+    /// Whole-machine CPU jiffies (busy, total) from /proc/stat.
+    machine: Option<(u64, u64)>,
     delivered: u64,
     /// The node's cumulative forward-delay buckets (upper bound µs, count).
     delay_buckets: Vec<(u64, u64)>,
@@ -248,10 +250,28 @@ impl Window {
             server_cpu: a.server_pid.and_then(cpu_seconds),
             own_cpu: cpu_seconds(std::process::id()),
             rcvbuf_errors: udp_rcvbuf_errors(),
+            machine: machine_jiffies(),
             delivered: shared.rtp_in.load(Ordering::Relaxed),
             delay_buckets: metrics.map(node_delay_buckets).unwrap_or_default(),
         }
     }
+}
+
+/// Busy and total CPU time of the whole machine, in jiffies (/proc/stat's first line; idle and
+/// iowait count as not busy).
+fn machine_jiffies() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = s.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 8 {
+        return None;
+    }
+    let total: u64 = v.iter().sum();
+    Some((total - v[3] - v[4], total))
 }
 
 /// The node's cumulative forward-delay histogram buckets (`le` in µs, count); `+Inf` last, as
@@ -311,7 +331,6 @@ fn window_delay(start: &[(u64, u64)], end: &[(u64, u64)]) -> Option<report::Wind
         within_1ms_pct: within_1ms as f64 / total as f64 * 100.0,
     })
 }
-
 
 struct Setup {
     guild: String,
@@ -806,6 +825,12 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
             delivered: w1.delivered.saturating_sub(w0.delivered),
             cpu_seconds: diff(w0.server_cpu, w1.server_cpu),
             generator_cpu_seconds: diff(w0.own_cpu, w1.own_cpu),
+            machine_busy_pct: match (w0.machine, w1.machine) {
+                (Some(a), Some(b)) if b.1 > a.1 => {
+                    Some((b.0 - a.0) as f64 / (b.1 - a.1) as f64 * 100.0)
+                }
+                _ => None,
+            },
             forward_delay: window_delay(&w0.delay_buckets, &w1.delay_buckets),
         }
     });

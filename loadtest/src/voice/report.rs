@@ -23,6 +23,8 @@ pub struct ServerWindow {
     pub cpu_seconds: Option<f64>,
     /// This load generator's own CPU seconds over the window.
     pub generator_cpu_seconds: Option<f64>,
+    /// Share of the whole machine's CPU time that was busy over the window, percent.
+    pub machine_busy_pct: Option<f64>,
     /// UDP datagrams the kernel dropped for full receive buffers during the window.
     pub udp_rcvbuf_drops: Option<u64>,
     /// Node-added delay over the window (from two readings of the node's delay buckets).
@@ -284,15 +286,31 @@ pub fn build(
             ));
         }
     }
-    if let Some(g) = server.as_ref().and_then(|s| Some((s.generator_cpu_seconds?, s.seconds))) {
+    if let Some(g) = server
+        .as_ref()
+        .and_then(|s| Some((s.generator_cpu_seconds?, s.seconds)))
+    {
         md.push_str(&format!(
             "| load generator CPU in the window (this process) | {:.2} s ({:.0}% of a core) |\n",
             g.0,
             g.0 / g.1 * 100.0
         ));
     }
+    if let Some(b) = server.as_ref().and_then(|s| s.machine_busy_pct) {
+        md.push_str(&format!(
+            "| machine CPU busy in the window (all cores) | {b:.0}%{} |\n",
+            if b > 85.0 {
+                " — near saturation: delays and jitter above include waiting for a CPU (the generator and the node share this machine)"
+            } else {
+                ""
+            }
+        ));
+    }
     if let Some(d) = server.as_ref().and_then(|s| s.forward_delay.as_ref()) {
-        let ms = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "> 1000".into());
+        let ms = |v: Option<f64>| {
+            v.map(|v| format!("{v:.3}"))
+                .unwrap_or_else(|| "> 1000".into())
+        };
         md.push_str(&format!(
             "| node-added delay in the window, ms (p50 / p99 / p99.9; interpolated in buckets) | {} / {} / {} ({:.2}% within 1 ms) |\n",
             ms(d.p50_ms),
@@ -327,14 +345,17 @@ pub fn build(
             .unwrap_or_default()
     ));
 
-    let server_json = server.as_ref().map(|s| json!({ "window_s": s.seconds,
+    let server_json = server.as_ref().map(|s| {
+        json!({ "window_s": s.seconds,
             "rtp_in": s.node.map(|n| n.0), "rtp_forwarded": s.node.map(|n| n.1),
             "rtp_delivered": s.delivered, "cpu_seconds": s.cpu_seconds,
             "generator_cpu_seconds": s.generator_cpu_seconds,
+            "machine_busy_pct": s.machine_busy_pct,
             "forward_delay_window": s.forward_delay,
             "udp_rcvbuf_drops": s.udp_rcvbuf_drops,
             "cpu_us_per_forwarded_packet": cpu_per_packet_us,
-            "cpu_us_per_delivered_packet": cpu_per_delivered_us }));
+            "cpu_us_per_delivered_packet": cpu_per_delivered_us })
+    });
     let json = json!({
         "callers": a.callers, "channels": a.channels, "speakers_per_channel": a.speakers,
         "slots": a.slots, "join_rate": a.join_rate, "duration_s": a.duration,

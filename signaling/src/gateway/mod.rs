@@ -5,6 +5,7 @@ pub mod payloads;
 pub mod presence;
 pub mod registry;
 mod session;
+pub mod visibility;
 
 pub use session::ws_handler;
 

@@ -11,7 +11,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use lodge_chat::{Permissions, User};
+use lodge_chat::User;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde_json::{json, Value};
@@ -360,14 +360,10 @@ async fn can_view(s: &AppState, sref: &SessionRef, user: u64, guild: u64, channe
             return *v;
         }
     }
-    let visible = match (s.store.guild(guild).await, s.store.channel(channel).await) {
-        (Ok(gd), Ok(c)) => s
-            .store
-            .permissions(&gd, Some(&c), user)
-            .await
-            .is_ok_and(|p| p.has(Permissions::VIEW_CHANNEL)),
-        _ => false,
-    };
+    let visible = s
+        .visibility
+        .can_view(&s.store, epoch, guild, channel, user)
+        .await;
     let mut g = lock(sref);
     // Only cache what was computed under the epoch that is still current.
     if g.visible_epoch == epoch {

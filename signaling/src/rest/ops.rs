@@ -176,8 +176,16 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
                 *le as f64 / 1e6
             );
         }
-        let _ = writeln!(out, "lodge_forward_delay_hist_seconds_bucket{{le=\"+Inf\"}} {}", d.count);
-        let _ = writeln!(out, "lodge_forward_delay_hist_seconds_sum {}", d.sum_us / 1e6);
+        let _ = writeln!(
+            out,
+            "lodge_forward_delay_hist_seconds_bucket{{le=\"+Inf\"}} {}",
+            d.count
+        );
+        let _ = writeln!(
+            out,
+            "lodge_forward_delay_hist_seconds_sum {}",
+            d.sum_us / 1e6
+        );
         let _ = writeln!(out, "lodge_forward_delay_hist_seconds_count {}", d.count);
     }
     if let Some(cpu) = crate::quality::process_cpu_seconds() {
