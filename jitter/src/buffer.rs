@@ -126,7 +126,6 @@ struct LossEstimate {
     highest: Option<u64>,
     lost: f64,
     pairs: f64,
-    inserts: u32,
 }
 
 impl LossEstimate {
@@ -289,8 +288,9 @@ impl JitterBuffer {
         }
         self.delay.update(now_ms, self.ms_of(ts));
         self.loss.arrived(s);
-        self.loss.inserts = self.loss.inserts.wrapping_add(1);
-        if self.loss.inserts.is_multiple_of(8) || self.quality_target.is_none() {
+        if self.cfg.network_delay_ms.is_some()
+            && (self.stats.packets_received.is_multiple_of(8) || self.quality_target.is_none())
+        {
             self.update_quality_target();
         }
         self.first_arrival_ms.get_or_insert(now_ms);

@@ -176,18 +176,7 @@ impl DelayManager {
             self.inc = 1.0;
         }
         self.packets += 1;
-        // Quantile of the histogram (the decayed total is the scaled total's share).
-        let want = self.cfg.quantile * self.total;
-        let mut acc = 0.0;
-        let mut q_bin = BINS - 1;
-        for (i, b) in self.hist.iter().enumerate() {
-            acc += b;
-            if acc >= want {
-                q_bin = i;
-                break;
-            }
-        }
-        let q_ms = (q_bin as f64 + 1.0) * BIN_MS;
+        let q_ms = (self.quantile_bin(self.cfg.quantile) as f64 + 1.0) * BIN_MS;
         self.target_ms = q_ms.clamp(self.cfg.min_delay_ms, self.cfg.max_delay_ms);
         rel
     }
@@ -248,6 +237,8 @@ impl DelayManager {
         best_t.clamp(self.cfg.min_delay_ms, self.cfg.max_delay_ms)
     }
 
+    /// The bin holding quantile `q` of the histogram (the decayed total is the scaled total's
+    /// share).
     fn quantile_bin(&self, q: f64) -> usize {
         let want = q * self.total;
         let mut acc = 0.0;
@@ -381,17 +372,11 @@ mod tests {
     fn heavy_tailed_jitter_is_not_a_route_change() {
         // Pareto-like tail (scale 30 ms, shape 2) from a fixed pseudo-random sequence.
         let mut dm = DelayManager::new(DelayConfig::default());
-        feed(&mut dm, 0, 5000, |i| {
-            let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            x ^= x >> 29;
-            x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            x ^= x >> 32;
-            let u = ((x >> 11) as f64 / (1u64 << 53) as f64).max(1e-9);
-            30.0 * (u.powf(-0.5) - 1.0)
-        });
+        feed(&mut dm, 0, 5000, |i| pareto(i, 30.0));
         assert_eq!(dm.steps(), 0);
     }
 
+    /// Pareto (shape 2) jitter from a fixed pseudo-random sequence.
     fn pareto(i: usize, scale: f64) -> f64 {
         let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         x ^= x >> 29;

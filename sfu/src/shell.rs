@@ -107,9 +107,9 @@ pub struct ForwardDelay {
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
-    /// Cumulative counts at [`FORWARD_DELAY_BUCKETS_US`] (datagrams that took ≤ each bound),
-    /// so a scraper can take two readings and get the delay over the interval between them.
-    pub buckets: Vec<(u64, u64)>,
+    /// Cumulative counts at each bound of [`FORWARD_DELAY_BUCKETS_US`] (datagrams that took
+    /// ≤ it), so a scraper can take two readings and get the delay between them.
+    pub buckets: [u64; FORWARD_DELAY_BUCKETS_US.len()],
     /// Sum of all recorded delays, µs.
     pub sum_us: f64,
 }
@@ -257,29 +257,22 @@ fn spawn_inner(
     // The media loop gets a thread and a single-threaded runtime of its own: signaling (gateway
     // fan-out, JSON, the database) then never holds up a packet by occupying the runtime's
     // workers; the OS schedules the two independently. Everything crosses by channel.
-    let socket = socket.into_std()?;
+    // The runtime is built and the socket registered with it here, so a failure reaches the
+    // caller instead of leaving a thread that never serves.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let socket = {
+        let _in_media_runtime = rt.enter();
+        UdpSocket::from_std(socket.into_std()?)?
+    };
     std::thread::Builder::new()
         .name("lodge-media".into())
         .spawn(move || {
             if opts.media_nice != 0 {
                 set_thread_nice(opts.media_nice);
             }
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the media thread's runtime");
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                match UdpSocket::from_std(socket) {
-                    Ok(socket) => run(Arc::new(socket), node, rx, sinks).await,
-                    Err(e) => tracing::error!(error = %e, "cannot register the media socket"),
-                }
-            });
+            rt.block_on(run(Arc::new(socket), node, rx, sinks));
         })?;
     Ok((SfuHandle { tx, local_addr }, ev_rx, ex_rx))
 }
@@ -516,9 +509,7 @@ async fn flush(
     let n = batch.send_all(socket).await;
     if let Some(r) = received_at {
         let us = r.elapsed().as_micros().max(1) as u64;
-        for _ in 0..n {
-            delay.saturating_record(us);
-        }
+        delay.saturating_record_n(us, n as u64);
     }
 }
 
@@ -548,10 +539,7 @@ fn report(node: &Node, delay: &hdrhistogram::Histogram<u64>, exports_dropped: u6
             p99_us: delay.value_at_quantile(0.99),
             p999_us: delay.value_at_quantile(0.999),
             max_us: delay.max(),
-            buckets: FORWARD_DELAY_BUCKETS_US
-                .iter()
-                .map(|&b| (b, delay.count_between(0, b)))
-                .collect(),
+            buckets: FORWARD_DELAY_BUCKETS_US.map(|b| delay.count_between(0, b)),
             sum_us: delay.mean() * delay.len() as f64,
         },
     }

@@ -274,20 +274,26 @@ fn machine_jiffies() -> Option<(u64, u64)> {
     Some((total - v[3] - v[4], total))
 }
 
+/// `(label value, sample value)` of every line of a metric family with one label: lines
+/// starting `prefix` (e.g. `lodge_dropped_total{reason="`).
+fn labelled<'m>(metrics: &'m str, prefix: &'m str) -> impl Iterator<Item = (&'m str, &'m str)> {
+    metrics.lines().filter_map(move |l| {
+        let (label, value) = l.strip_prefix(prefix)?.split_once("\"} ")?;
+        Some((label, value.trim()))
+    })
+}
+
 /// The node's cumulative forward-delay histogram buckets (`le` in µs, count); `+Inf` last, as
 /// `u64::MAX`.
 fn node_delay_buckets(metrics: &str) -> Vec<(u64, u64)> {
-    metrics
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("lodge_forward_delay_hist_seconds_bucket{le=\"")?;
-            let (le, n) = rest.split_once("\"} ")?;
+    labelled(metrics, "lodge_forward_delay_hist_seconds_bucket{le=\"")
+        .filter_map(|(le, n)| {
             let le = if le == "+Inf" {
                 u64::MAX
             } else {
                 (le.parse::<f64>().ok()? * 1e6).round() as u64
             };
-            Some((le, n.trim().parse().ok()?))
+            Some((le, n.parse().ok()?))
         })
         .collect()
 }
@@ -508,12 +514,9 @@ fn node_counters(metrics: &str) -> Option<(u64, u64)> {
 
 /// The node's non-zero drop counters by reason (since it started).
 fn node_drops(metrics: &str) -> Vec<(String, u64)> {
-    metrics
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("lodge_dropped_total{reason=\"")?;
-            let (reason, tail) = rest.split_once("\"} ")?;
-            let n = tail.trim().parse::<u64>().ok()?;
+    labelled(metrics, "lodge_dropped_total{reason=\"")
+        .filter_map(|(reason, n)| {
+            let n = n.parse::<u64>().ok()?;
             (n > 0).then(|| (reason.to_string(), n))
         })
         .collect()
@@ -522,11 +525,9 @@ fn node_drops(metrics: &str) -> Vec<(String, u64)> {
 /// The node's receive → send delay quantiles (p50, p99, p99.9, max) in ms, since it started.
 fn node_forward_delay(metrics: &str) -> Option<[f64; 4]> {
     let q = |quantile: &str| {
-        let key = format!("lodge_forward_delay_seconds{{quantile=\"{quantile}\"}} ");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&key))
-            .and_then(|v| v.trim().parse::<f64>().ok())
+        labelled(metrics, "lodge_forward_delay_seconds{quantile=\"")
+            .find(|(l, _)| *l == quantile)
+            .and_then(|(_, v)| v.parse::<f64>().ok())
             .map(|s| s * 1000.0)
     };
     Some([q("0.5")?, q("0.99")?, q("0.999")?, q("1")?])

@@ -45,52 +45,42 @@ impl VisibilityCache {
         channel: u64,
         user: u64,
     ) -> bool {
-        self.view(store, epoch, guild, channel, user)
-            .await
-            .unwrap_or(false)
-    }
-
-    async fn view(
-        &self,
-        store: &Store,
-        epoch: u64,
-        guild: u64,
-        channel: u64,
-        user: u64,
-    ) -> Result<bool, ChatError> {
-        let g = self.slot(epoch, |m| &mut m.guilds, guild);
-        let g = g
-            .get_or_try_init(|| async {
-                let gd = store.guild(guild).await?;
-                let roles = store.roles(guild).await?;
-                Ok::<_, ChatError>(Arc::new((gd, roles)))
-            })
-            .await?
-            .clone();
-        let c = self.slot(epoch, |m| &mut m.channels, channel);
-        let c = c
-            .get_or_try_init(|| async {
-                Ok::<_, ChatError>(Arc::new(store.channel(channel).await?))
-            })
-            .await?
-            .clone();
-        if c.guild_id != guild {
-            return Ok(false);
-        }
-        let m = self.slot(epoch, |m| &mut m.members, (guild, user));
-        let mine = m
-            .get_or_try_init(|| async {
-                Ok::<_, ChatError>(Arc::new(store.member_role_ids(&g.0, user).await?))
-            })
-            .await?
-            .clone();
-        let Some(mine) = mine.as_ref() else {
-            return Ok(false);
+        let view = async {
+            let g = self.slot(epoch, |m| &mut m.guilds, guild);
+            let g = g
+                .get_or_try_init(|| async {
+                    let gd = store.guild(guild).await?;
+                    let roles = store.roles(guild).await?;
+                    Ok::<_, ChatError>(Arc::new((gd, roles)))
+                })
+                .await?
+                .clone();
+            let c = self.slot(epoch, |m| &mut m.channels, channel);
+            let c = c
+                .get_or_try_init(|| async {
+                    Ok::<_, ChatError>(Arc::new(store.channel(channel).await?))
+                })
+                .await?
+                .clone();
+            if c.guild_id != guild {
+                return Ok(false);
+            }
+            let m = self.slot(epoch, |m| &mut m.members, (guild, user));
+            let mine = m
+                .get_or_try_init(|| async {
+                    Ok::<_, ChatError>(Arc::new(store.member_role_ids(&g.0, user).await?))
+                })
+                .await?
+                .clone();
+            let Some(mine) = mine.as_ref() else {
+                return Ok(false);
+            };
+            Ok::<_, ChatError>(
+                lodge_chat::permissions::of_member(&g.0, &g.1, mine, Some(&c), user)
+                    .has(lodge_chat::Permissions::VIEW_CHANNEL),
+            )
         };
-        Ok(
-            lodge_chat::permissions::of_member(&g.0, &g.1, mine, Some(&c), user)
-                .has(lodge_chat::Permissions::VIEW_CHANNEL),
-        )
+        view.await.unwrap_or(false)
     }
 
     /// The shared cell for `key` under `epoch`; a newer epoch empties every map first. A cell

@@ -169,7 +169,10 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         let _ = writeln!(out, "lodge_forward_delay_seconds_count {}", d.count);
         // The same datagrams in fixed buckets: two scrapes give the delay between them.
         let _ = writeln!(out, "# HELP lodge_forward_delay_hist_seconds Time datagrams spend inside the node, cumulative buckets since start (subtract two scrapes for an interval)\n# TYPE lodge_forward_delay_hist_seconds histogram");
-        for (le, n) in &d.buckets {
+        for (le, n) in lodge_sfu::shell::FORWARD_DELAY_BUCKETS_US
+            .iter()
+            .zip(&d.buckets)
+        {
             let _ = writeln!(
                 out,
                 "lodge_forward_delay_hist_seconds_bucket{{le=\"{}\"}} {n}",
