@@ -28,6 +28,7 @@ pub mod seq_rewriter;
 pub mod speaker_selector;
 pub mod stats;
 pub mod stun;
+mod timers;
 
 #[cfg(feature = "shell")]
 pub mod send_batch;

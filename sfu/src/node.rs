@@ -29,10 +29,13 @@ use crate::room::Room;
 use crate::seq_rewriter::SeqRewriter;
 use crate::speaker_selector::{assign_slots, Candidate as SelCandidate, SelectorConfig};
 use crate::stats::{NodeStats, ParticipantStats};
+use crate::timers::TimerQueue;
 
 /// Most speaker slots a listener may ask for.
 pub const MAX_SLOTS: usize = 16;
 const OPUS_FRAME: Duration = Duration::from_millis(20);
+/// How often participants are checked for idle and connect timeouts and closed sessions.
+const REAP_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Limits and tunables of a node.
 #[derive(Debug, Clone)]
@@ -255,6 +258,10 @@ pub struct Node {
     export_all: bool,
     /// Remote speakers among `count`.
     remote_count: usize,
+    /// When each participant's WebRTC session next needs a timeout.
+    timers: TimerQueue,
+    /// Next sweep for idle, unconnected and closed participants.
+    next_reap: Option<Instant>,
 }
 
 impl Node {
@@ -274,6 +281,8 @@ impl Node {
             scratch_changes: Vec::new(),
             scratch_rooms: Vec::new(),
             seed: 0x9E37_79B9_7F4A_7C15,
+            timers: TimerQueue::default(),
+            next_reap: None,
             exported: HashSet::new(),
             export_all: false,
             remote_count: 0,
@@ -453,6 +462,7 @@ impl Node {
             last_recv: None,
             connected: false,
             next_timeout: now,
+            armed: None,
             gone: false,
         };
         let idx = self.insert(p);
@@ -532,6 +542,7 @@ impl Node {
             last_recv: None,
             connected: true,
             next_timeout: now + NEVER,
+            armed: None,
             gone: false,
         };
         let idx = self.insert(p);
@@ -779,33 +790,42 @@ impl Node {
         trace!(reason = reason.as_str(), "datagram dropped");
     }
 
-    /// Earliest time the node needs [`Node::handle_timeout`].
+    /// Earliest time the node needs [`Node::handle_timeout`] (O(1): a heap of deadlines).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let rtc_next = self
-            .participants
-            .iter()
+        [self.timers.peek(), self.next_tick, self.next_reap]
+            .into_iter()
             .flatten()
-            .map(|p| p.next_timeout)
-            .min();
-        match (rtc_next, self.next_tick) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+            .min()
     }
 
-    /// Drive timers: str0m timeouts, the selector tick, idle and connect timeouts.
+    /// Drive timers: str0m timeouts that are due, the selector tick, idle and connect timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for i in 0..self.participants.len() {
-            let due = matches!(&self.participants[i], Some(p) if p.next_timeout <= now && p.rtc.is_some());
-            if due {
-                let idx = ParticipantIdx(i as u32);
-                let p = self.participants[i].as_mut().expect("checked above");
-                let rtc = p.rtc.as_mut().expect("checked above");
+        while let Some((at, i)) = self.timers.pop_due(now) {
+            let Some(p) = self
+                .participants
+                .get_mut(i as usize)
+                .and_then(|p| p.as_mut())
+            else {
+                continue;
+            };
+            if p.armed != Some(at) {
+                continue; // stale: a later entry (or none, for a reused index) is live
+            }
+            p.armed = None;
+            let idx = ParticipantIdx(i);
+            if p.next_timeout <= now {
+                let Some(rtc) = p.rtc.as_mut() else {
+                    continue;
+                };
                 if let Err(e) = rtc.handle_input(Input::Timeout(now)) {
                     warn!(%idx, error = %e, "WebRTC timeout handling failed; removing participant");
                     p.gone = true;
                 }
+                // Re-arms through the Timeout output.
                 self.drain(idx, now);
+            } else {
+                let at = p.next_timeout;
+                self.timers.arm(i, at, &mut p.armed);
             }
         }
         if self.next_tick.is_some_and(|t| t <= now) {
@@ -816,7 +836,10 @@ impl Node {
                 None
             };
         }
-        self.reap(now);
+        if self.next_reap.is_none_or(|t| t <= now) {
+            self.reap(now);
+            self.next_reap = (self.count > 0).then(|| now + REAP_INTERVAL);
+        }
     }
 
     /// Next output: a datagram to send or an event for signaling.
@@ -972,6 +995,7 @@ impl Node {
             match out {
                 Output::Timeout(t) => {
                     p.next_timeout = t;
+                    self.timers.arm(idx.0, t, &mut p.armed);
                     return;
                 }
                 Output::Transmit(t) => {
@@ -1038,6 +1062,7 @@ impl Node {
             rooms,
             exported,
             export_all,
+            timers,
             ..
         } = self;
         let p = participants[from.0 as usize]
@@ -1164,6 +1189,7 @@ impl Node {
                     }
                     Ok(Output::Timeout(t)) => {
                         l.next_timeout = t;
+                        timers.arm(listener.0, t, &mut l.armed);
                         if !sent {
                             stats.rtp_deferred += 1;
                         }

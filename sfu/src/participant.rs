@@ -67,5 +67,7 @@ pub(crate) struct Participant {
     pub last_recv: Option<Instant>,
     pub connected: bool,
     pub next_timeout: Instant,
+    /// The time of this participant's live entry in the node's timer queue.
+    pub armed: Option<Instant>,
     pub gone: bool,
 }

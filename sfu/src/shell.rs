@@ -98,8 +98,10 @@ pub struct NodeReport {
 }
 
 /// How long datagrams spend inside the node: from the moment a receive batch returned from the
-/// kernel to the moment each datagram it caused was handed back to the kernel. Time spent in
-/// the socket buffers on either side is not included (no kernel timestamps).
+/// kernel to the moment each datagram a received datagram caused (forwarded copies, STUN and
+/// RTCP answers) was handed back to the kernel. Datagrams that timers cause (RTCP reports,
+/// retransmissions) have no receive moment and are not recorded. Time spent in the socket
+/// buffers on either side is not included (no kernel timestamps).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ForwardDelay {
     pub count: u64,
@@ -361,7 +363,6 @@ async fn run(
     // 1 µs .. 10 s at 2 significant digits: fixed size, no allocation when recording.
     let mut delay = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 2)
         .expect("static histogram bounds are valid");
-    let mut received_at: Option<Instant> = None;
     let mut batch = SendBatch::default();
     info!(%local, "media node listening");
     loop {
@@ -387,7 +388,6 @@ async fn run(
                         Err(e) => { warn!(error = %e, "UDP receive failed"); break }
                     };
                     let now = Instant::now();
-                    received_at.get_or_insert(now);
                     for (meta, buf) in metas.iter().zip(storage.iter()).take(n) {
                         let dst = SocketAddr::new(meta.dst_ip.unwrap_or(local.ip()), local.port());
                         let stride = meta.stride.max(1);
@@ -411,7 +411,6 @@ async fn run(
                     Some(Command::AddRemote(room, user, reply)) => { let _ = reply.send(node.add_remote(now, room, user)); }
                     Some(Command::RemoveRemote(idx)) => { if node.is_remote(idx) { node.leave(now, idx) } }
                     Some(Command::RemoteRtp(p)) => {
-                        received_at.get_or_insert(now);
                         guarded(&mut panics, || node.remote_rtp(now, p));
                         flush(&socket, &mut batch, &mut node, &mut sinks, Some(now), &mut delay).await;
                     }
@@ -433,15 +432,9 @@ async fn run(
         if node.poll_timeout().is_some_and(|t| t <= now) {
             guarded(&mut panics, || node.handle_timeout(now));
         }
-        flush(
-            &socket,
-            &mut batch,
-            &mut node,
-            &mut sinks,
-            received_at.take(),
-            &mut delay,
-        )
-        .await;
+        // What timers caused (RTCP reports, retransmissions, queued RTP str0m released late:
+        // `rtp_deferred`, counted apart) has no receive moment, so no delay is recorded for it.
+        flush(&socket, &mut batch, &mut node, &mut sinks, None, &mut delay).await;
         if now.duration_since(last_log) > Duration::from_secs(30) && node.participant_count() > 0 {
             last_log = now;
             let s = node.stats();

@@ -153,7 +153,7 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         }
         crate::quality::write_participant_metrics(&mut out, &r);
         let d = &r.forward_delay;
-        let _ = writeln!(out, "# HELP lodge_forward_delay_seconds Time datagrams spend inside the node (receive batch returned → sent), since start\n# TYPE lodge_forward_delay_seconds summary");
+        let _ = writeln!(out, "# HELP lodge_forward_delay_seconds Time datagrams spend inside the node (receive batch returned → each datagram a received one caused sent; timer-driven sends not included), since start\n# TYPE lodge_forward_delay_seconds summary");
         for (q, v) in [
             ("0.5", d.p50_us),
             ("0.99", d.p99_us),
