@@ -200,6 +200,9 @@ pub struct ShellOptions {
     /// Nice value of the media thread (-20..19; 0 = unchanged). Lowering it needs root or
     /// CAP_SYS_NICE; when refused, the thread logs a warning and runs at its normal priority.
     pub media_nice: i32,
+    /// Real-time FIFO priority of the media thread (1..99; 0 = off, the normal scheduler).
+    /// Needs root or CAP_SYS_NICE; when refused, the thread logs a warning and carries on.
+    pub media_realtime: u8,
 }
 
 /// Bind nothing, spawn the loop on `socket`. Events for signaling arrive on the returned receiver.
@@ -271,7 +274,9 @@ fn spawn_inner(
     std::thread::Builder::new()
         .name("lodge-media".into())
         .spawn(move || {
-            if opts.media_nice != 0 {
+            if opts.media_realtime > 0 {
+                set_thread_realtime(opts.media_realtime);
+            } else if opts.media_nice != 0 {
                 set_thread_nice(opts.media_nice);
             }
             rt.block_on(run(Arc::new(socket), node, rx, sinks));
@@ -303,6 +308,37 @@ fn set_thread_nice(nice: i32) {
     warn!(
         nice,
         "media thread priority is only supported on Linux; ignored"
+    );
+}
+
+/// Put the calling thread under SCHED_FIFO at `priority`; warn and carry on if refused.
+fn set_thread_realtime(priority: u8) {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param {
+            sched_priority: priority as libc::c_int,
+        };
+        // SAFETY: pthread_self is always valid for the calling thread, and `param` outlives
+        // the call.
+        let r =
+            unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+        if r == 0 {
+            info!(
+                priority,
+                "media thread runs under the real-time FIFO scheduler"
+            );
+        } else {
+            warn!(
+                priority,
+                error = %std::io::Error::from_raw_os_error(r),
+                "cannot make the media thread real-time; it runs under the normal scheduler (this needs root or CAP_SYS_NICE)"
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    warn!(
+        priority,
+        "a real-time media thread is only supported on Linux; ignored"
     );
 }
 

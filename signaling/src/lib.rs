@@ -124,6 +124,7 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     node_cfg.max_room_size = cfg.max_room_size;
     let shell_opts = lodge_sfu::shell::ShellOptions {
         media_nice: cfg.media_nice,
+        media_realtime: cfg.media_realtime,
     };
     let clustered = cfg.trunk_listen.is_some() || cfg.origin.is_some();
     let (sfu, events, exports) = if clustered {

@@ -21,6 +21,7 @@ use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
+use super::frame_clock::FrameClock;
 use super::signal::SlotMap;
 use super::talk::{Talk, TalkParams};
 
@@ -89,6 +90,8 @@ pub struct Speaking {
     pub index: usize,
     pub talk: TalkParams,
     pub seed: u64,
+    /// Frame ticks at this speaker's own phase (see [`FrameClock`]); `None` = tokio's timer.
+    pub clock: Option<FrameClock>,
 }
 
 /// Per-slot receive state.
@@ -320,7 +323,14 @@ impl Client {
         // packets and str0m's timers alone (thousands of idle ticks per second otherwise).
         let ticking = speaking.is_some() || probe;
         let never = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
-        let mut next_tick = if ticking {
+        // A speaker with a frame clock is woken by it at its phase; others use the runtime's
+        // timer (1 ms resolution).
+        let mut frame_ticks = speaking
+            .as_ref()
+            .and_then(|s| s.clock.as_ref())
+            .map(|c| c.ticks(Instant::now() + tick, tick));
+        let mut clock_due: Option<Instant> = None;
+        let mut next_tick = if ticking && frame_ticks.is_none() {
             tokio::time::Instant::now() + tick
         } else {
             never
@@ -428,16 +438,30 @@ impl Client {
                 break;
             }
             let now = tokio::time::Instant::now();
-            if now >= next_tick {
+            let due = match frame_ticks.as_mut() {
+                Some(rx) => clock_due.take().map(|d| {
+                    // Ticks still queued are frames owed too.
+                    let mut extra = 0;
+                    while rx.try_recv().is_ok() {
+                        extra += 1;
+                    }
+                    (tokio::time::Instant::from_std(d), extra)
+                }),
+                None => (now >= next_tick).then_some((next_tick, 0)),
+            };
+            if let Some((due, extra)) = due {
                 // Frames of playout owed since the last tick: a probe's playout clock runs on
                 // like a sound card's even when this task wakes late, so it pulls every frame it
                 // owes (at most 10); a speaker sends one frame and skips the rest rather than
                 // bursting.
-                let owed = (1 + (now - next_tick).as_millis() / tick.as_millis()).min(10) as u32;
-                next_tick += tick;
-                if next_tick < now {
-                    // Fell behind (overloaded generator): skip ahead rather than burst.
-                    next_tick = now + tick;
+                let late = now.saturating_duration_since(due);
+                let owed = (1 + extra.max(late.as_millis() / tick.as_millis())).min(10) as u32;
+                if frame_ticks.is_none() {
+                    next_tick += tick;
+                    if next_tick < now {
+                        // Fell behind (overloaded generator): skip ahead rather than burst.
+                        next_tick = now + tick;
+                    }
                 }
                 if let (Some(t), Some(sp)) = (talk.as_mut(), speaking.as_ref()) {
                     // Frames this speaker's capture clock produced while the task was not
@@ -476,6 +500,11 @@ impl Client {
                             seq += 1;
                             st.rtp_sent += 1;
                             shared.rtp_out.fetch_add(1, Ordering::Relaxed);
+                            // str0m releases queued RTP when time moves: move it now so the
+                            // packet leaves in this wake-up, not at the runtime's next timer
+                            // tick (which lines every speaker due in that millisecond up into
+                            // one burst).
+                            self.rtc.handle_input(Input::Timeout(wall))?;
                         }
                     }
                     // Media time runs during pauses too (the receiver sees a DTX-like gap).
@@ -532,6 +561,16 @@ impl Client {
                 }
                 _ = tokio::time::sleep_until(wake) => {
                     self.rtc.handle_input(Input::Timeout(Instant::now()))?;
+                }
+                d = async { frame_ticks.as_mut().expect("guarded").recv().await }, if frame_ticks.is_some() => {
+                    match d {
+                        Some(d) => clock_due = Some(d),
+                        None => {
+                            // The clock is gone: fall back to the runtime's timer.
+                            frame_ticks = None;
+                            next_tick = tokio::time::Instant::now() + tick;
+                        }
+                    }
                 }
                 _ = stop.changed() => {}
                 m = moved.recv(), if moves_open => match m {

@@ -8,12 +8,14 @@
 //! jitter buffer and decode. A live line shows progress; the end prints a Markdown report and
 //! writes JSON.
 
+mod frame_clock;
 mod janus;
 mod media;
 mod plot;
 mod proxy;
 mod report;
 mod signal;
+mod speaker_runtime;
 mod talk;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -31,7 +33,9 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::api::Api;
+use frame_clock::FrameClock;
 use media::{CallerStats, Client, Shared, Speaking};
+use speaker_runtime::SpeakerRuntime;
 use talk::TalkParams;
 
 /// Which server the callers call.
@@ -644,6 +648,11 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
         usize::MAX
     };
 
+    // Speakers run on a thread and runtime of their own, woken by the frame clock at their own
+    // phase: on the main runtime, thousands of listeners' packets would delay and bunch their
+    // sends into bursts no set of independent callers produces.
+    let clock = FrameClock::start().context("starting the speakers' frame clock")?;
+    let speaker_rt = SpeakerRuntime::start().context("starting the speakers' runtime")?;
     let started = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(a.parallelism));
     let mut handles = Vec::with_capacity(a.callers);
@@ -668,7 +677,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                 next_join += join_gap;
                 let speaking = is_speaker(i).then(|| {
                     speaker_no += 1;
-                    Speaking { index: speaker_no - 1, talk, seed: a.seed.wrapping_mul(1_000_003).wrapping_add(i as u64) }
+                    Speaking { index: speaker_no - 1, talk, seed: a.seed.wrapping_mul(1_000_003).wrapping_add(i as u64), clock: Some(clock.clone()) }
                 });
                 let probe = speaking.is_none() && {
                     listener_no += 1;
@@ -686,7 +695,8 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                 let impair = profile(&a)?.map(|p| (p, a.seed.wrapping_mul(7_777).wrapping_add(i as u64)));
                 let (janus, feeds) = (janus.clone(), channel_speakers[i % a.channels].clone());
                 let region = (!a.regions.is_empty()).then(|| a.regions[i % a.regions.len()].clone());
-                handles.push(tokio::spawn(async move {
+                let rt = if speaking.is_some() { speaker_rt.handle.clone() } else { tokio::runtime::Handle::current() };
+                handles.push(rt.spawn(async move {
                     let t0 = Instant::now();
                     if let Some(j) = janus {
                         let room: u64 = channel.parse()?;
