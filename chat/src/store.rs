@@ -92,6 +92,10 @@ impl Store {
         let mut opts =
             AnyPoolOptions::new().max_connections(if backend == Backend::Sqlite { 8 } else { 16 });
         if backend == Backend::Sqlite {
+            // An embedded database's connections cannot be dropped by a server: skip the ping
+            // sqlx sends before handing out each connection (a round trip to the connection's
+            // worker thread per query).
+            opts = opts.test_before_acquire(false);
             opts = opts.after_connect(|conn, _| {
                 Box::pin(async move {
                     // WAL for concurrent readers; FULL: a write acknowledged to a client is on disk.

@@ -1,12 +1,25 @@
-//! In-process fan-out of gateway dispatches. Each gateway session filters what it receives.
+//! In-process fan-out of gateway dispatches to the sessions that can want them.
 //! (With several nodes this becomes Redis pub/sub behind the same interface; see ARCHITECTURE.)
 //!
-//! A dispatch's `d` is serialized once, when it is published, not once per receiver.
+//! A dispatch's `d` is serialized once, when it is published, not once per receiver. Each
+//! session subscribes with its intents, and once identified with its id and user; the hub then
+//! skips a session that a dispatch's intent or its session/user target rules out, so a crowd
+//! of sessions without GUILD_VOICE_STATES is not woken for every voice state change. What the
+//! hub cannot rule out cheaply (guild membership, VIEW_CHANNEL) the session still filters, and
+//! each session's queue keeps publish order.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+use crate::gateway::intents;
+
+/// Dispatches queued for one session before it counts as fallen behind (its session is then
+/// invalidated: it cannot be resumed faithfully).
+pub const SESSION_QUEUE: usize = 8192;
 
 /// Who a dispatch is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,10 +50,89 @@ pub struct Dispatch {
 
 #[derive(Clone)]
 pub struct Hub {
-    tx: broadcast::Sender<Arc<Dispatch>>,
+    subs: Arc<Mutex<Subscribers>>,
     /// Bumped before any dispatch that may change who can see what (roles, overwrites,
     /// membership, channels), so per-session visibility caches know when to recompute.
     epoch: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Default)]
+struct Subscribers {
+    next_id: u64,
+    by_id: HashMap<u64, Subscriber>,
+}
+
+struct Subscriber {
+    intents: u64,
+    /// (session id, user id) once identified; until then every target is delivered.
+    addressee: Option<(String, u64)>,
+    tx: mpsc::Sender<Arc<Dispatch>>,
+    lagged: Arc<AtomicBool>,
+}
+
+impl Subscriber {
+    /// Could the session want this dispatch? Only rules out what `gateway::session`'s own
+    /// filter would drop without side effects: a session or user target that is someone else,
+    /// or an intent the session lacks (GUILD_CREATE and GUILD_DELETE always pass: they keep
+    /// the session's guild set current).
+    fn may_want(&self, d: &Dispatch) -> bool {
+        if let Some((sid, uid)) = &self.addressee {
+            match &d.target {
+                Target::Session(id) if id != sid => return false,
+                Target::User(u) if u != uid => return false,
+                _ => {}
+            }
+        }
+        if matches!(d.t, "GUILD_CREATE" | "GUILD_DELETE") {
+            return true;
+        }
+        intents::required(d.t).is_none_or(|bit| self.intents & bit != 0)
+    }
+}
+
+/// One session's queue of dispatches. Dropping it unsubscribes.
+pub struct Subscription {
+    id: u64,
+    subs: Arc<Mutex<Subscribers>>,
+    rx: mpsc::Receiver<Arc<Dispatch>>,
+    lagged: Arc<AtomicBool>,
+}
+
+/// Why a subscription ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The session's queue filled up: dispatches were lost for it.
+    Lagged,
+    /// The hub is gone (shutdown).
+    Closed,
+}
+
+impl Subscription {
+    /// The next dispatch, in publish order.
+    pub async fn recv(&mut self) -> Result<Arc<Dispatch>, Ended> {
+        match self.rx.recv().await {
+            Some(d) => Ok(d),
+            None if self.lagged.load(Ordering::Acquire) => Err(Ended::Lagged),
+            None => Err(Ended::Closed),
+        }
+    }
+
+    /// The session identified: from now on dispatches for other sessions and users skip it.
+    pub fn identified(&self, session_id: &str, user_id: u64) {
+        if let Some(s) = lock(&self.subs).by_id.get_mut(&self.id) {
+            s.addressee = Some((session_id.to_string(), user_id));
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        lock(&self.subs).by_id.remove(&self.id);
+    }
+}
+
+fn lock(m: &Mutex<Subscribers>) -> std::sync::MutexGuard<'_, Subscribers> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Events after which cached channel visibility may be stale.
@@ -50,9 +142,8 @@ fn changes_visibility(t: &str) -> bool {
 
 impl Hub {
     pub fn new() -> Self {
-        let (tx, _) = broadcast::channel(8192);
         Hub {
-            tx,
+            subs: Arc::default(),
             epoch: Default::default(),
         }
     }
@@ -62,8 +153,52 @@ impl Hub {
         self.epoch.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Dispatch>> {
-        self.tx.subscribe()
+    /// A queue for a session that asked for `intents` (subscribe before reading any snapshot,
+    /// so nothing falls between the two).
+    pub fn subscribe(&self, intents: u64) -> Subscription {
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let mut subs = lock(&self.subs);
+        let id = subs.next_id;
+        subs.next_id += 1;
+        subs.by_id.insert(
+            id,
+            Subscriber {
+                intents,
+                addressee: None,
+                tx,
+                lagged: lagged.clone(),
+            },
+        );
+        Subscription {
+            id,
+            subs: self.subs.clone(),
+            rx,
+            lagged,
+        }
+    }
+
+    fn deliver(&self, d: Dispatch) {
+        let d = Arc::new(d);
+        let mut subs = lock(&self.subs);
+        let mut gone: Vec<u64> = Vec::new();
+        for (id, s) in subs.by_id.iter() {
+            if !s.may_want(&d) {
+                continue;
+            }
+            match s.tx.try_send(d.clone()) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    s.lagged.store(true, Ordering::Release);
+                    gone.push(*id);
+                }
+                Err(TrySendError::Closed(_)) => gone.push(*id),
+            }
+        }
+        for id in gone {
+            // Dropping the sender ends the session's queue after what it already holds.
+            subs.by_id.remove(&id);
+        }
     }
 
     pub fn send(
@@ -78,7 +213,7 @@ impl Hub {
             self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         let json: Arc<str> = d.to_string().into();
-        let _ = self.tx.send(Arc::new(Dispatch {
+        self.deliver(Dispatch {
             target,
             channel_id,
             guild_id,
@@ -86,7 +221,7 @@ impl Hub {
             json,
             redacted: None,
             full_for: Vec::new(),
-        }));
+        });
     }
 
     /// A message event: also publish the redacted form for sessions without MESSAGE_CONTENT.
@@ -106,7 +241,7 @@ impl Hub {
             o.insert("components".into(), Value::Array(vec![]));
         }
         let redacted: Arc<str> = d.to_string().into();
-        let _ = self.tx.send(Arc::new(Dispatch {
+        self.deliver(Dispatch {
             target: Target::Guild(guild_id),
             channel_id: Some(channel_id),
             guild_id: Some(guild_id),
@@ -114,7 +249,7 @@ impl Hub {
             json,
             redacted: Some(redacted),
             full_for,
-        }));
+        });
     }
 }
 
@@ -139,6 +274,9 @@ pub fn frame(t: &str, seq: u64, d: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use serde_json::json;
+
     #[test]
     fn frame_is_valid_json() {
         let f = super::frame("MESSAGE_CREATE", 7, "{\"content\":\"hi \\\"x\\\"\"}");
@@ -146,5 +284,109 @@ mod tests {
         assert_eq!(v["op"], 0);
         assert_eq!(v["s"], 7);
         assert_eq!(v["d"]["content"], "hi \"x\"");
+    }
+
+    fn drain(sub: &mut Subscription) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        while let Ok(d) = sub.rx.try_recv() {
+            out.push(d.t);
+        }
+        out
+    }
+
+    #[test]
+    fn sessions_are_skipped_for_intents_they_lack_and_targets_that_are_not_theirs() {
+        let hub = Hub::new();
+        let mut crowd = hub.subscribe(intents::GUILDS);
+        let mut bot = hub.subscribe(intents::GUILDS | intents::GUILD_VOICE_STATES);
+        let mut early = hub.subscribe(intents::GUILDS);
+        crowd.identified("crowd-session", 1);
+        bot.identified("bot-session", 2);
+        // `early` has not identified yet: it gets every target, as the session filter decides.
+        hub.send(
+            Target::Guild(9),
+            Some(9),
+            None,
+            "VOICE_STATE_UPDATE",
+            json!({}),
+        );
+        hub.send(
+            Target::Session("bot-session".into()),
+            Some(9),
+            None,
+            "VOICE_SERVER_UPDATE",
+            json!({}),
+        );
+        hub.send(Target::User(1), None, None, "GUILD_CREATE", json!({}));
+        hub.send(
+            Target::Guild(9),
+            Some(9),
+            Some(5),
+            "CHANNEL_UPDATE",
+            json!({}),
+        );
+        assert_eq!(drain(&mut crowd), ["GUILD_CREATE", "CHANNEL_UPDATE"]);
+        assert_eq!(
+            drain(&mut bot),
+            [
+                "VOICE_STATE_UPDATE",
+                "VOICE_SERVER_UPDATE",
+                "CHANNEL_UPDATE"
+            ]
+        );
+        assert_eq!(
+            drain(&mut early),
+            ["VOICE_SERVER_UPDATE", "GUILD_CREATE", "CHANNEL_UPDATE"]
+        );
+    }
+
+    #[test]
+    fn guild_create_and_delete_pass_without_the_guilds_intent() {
+        let hub = Hub::new();
+        let mut s = hub.subscribe(intents::GUILD_MESSAGES);
+        s.identified("s", 1);
+        hub.send(Target::User(1), None, None, "GUILD_CREATE", json!({}));
+        hub.send(Target::Guild(3), Some(3), None, "GUILD_UPDATE", json!({}));
+        hub.send(Target::Guild(3), Some(3), None, "GUILD_DELETE", json!({}));
+        assert_eq!(drain(&mut s), ["GUILD_CREATE", "GUILD_DELETE"]);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_ends_as_lagged_after_what_it_holds_and_others_go_on() {
+        let hub = Hub::new();
+        let mut slow = hub.subscribe(intents::ALL);
+        let mut fast = hub.subscribe(intents::ALL);
+        for i in 0..=SESSION_QUEUE {
+            hub.send(
+                Target::Guild(1),
+                Some(1),
+                None,
+                "TYPING_START",
+                json!({ "i": i }),
+            );
+            if i % 1000 == 0 {
+                drain(&mut fast);
+            }
+        }
+        drain(&mut fast);
+        let mut got = 0;
+        loop {
+            match slow.recv().await {
+                Ok(_) => got += 1,
+                Err(e) => {
+                    assert_eq!(e, Ended::Lagged);
+                    break;
+                }
+            }
+        }
+        assert_eq!(
+            got, SESSION_QUEUE,
+            "what was queued before the overflow is kept"
+        );
+        hub.send(Target::Guild(1), Some(1), None, "TYPING_START", json!({}));
+        assert_eq!(drain(&mut fast), ["TYPING_START"], "the others go on");
+        // Dropping a subscription unsubscribes it.
+        drop(fast);
+        assert_eq!(lock(&hub.subs).by_id.len(), 0);
     }
 }

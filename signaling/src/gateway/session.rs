@@ -4,7 +4,6 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -15,8 +14,7 @@ use lodge_chat::User;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde_json::{json, Value};
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
@@ -25,7 +23,7 @@ use super::{
     close, intents, payloads, HEARTBEAT_INTERVAL_MS, MAX_PAYLOAD, RATE_LIMIT, RATE_WINDOW,
 };
 use crate::app::AppState;
-use crate::hub::{Dispatch, Target};
+use crate::hub::{Dispatch, Ended, Subscription, Target};
 use crate::ws::{close_with, Inbound, Tx};
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -99,12 +97,13 @@ async fn run(s: AppState, sock: WebSocket) {
                     Some(2) => {
                         if session.is_some() { close_with(&mut tx, close::ALREADY_AUTHENTICATED, "already identified").await; break }
                         // Subscribe before reading the snapshot so nothing falls between the two.
-                        let hub_rx = s.hub.subscribe();
+                        let hub_rx = s.hub.subscribe(requested_intents(&d));
                         match identify(&s, &d).await {
                             Ok((sess, ready, creates)) => {
                                 let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
                                 let id = sess.id.clone();
                                 let user = sess.user.id;
+                                hub_rx.identified(&id, user);
                                 let sref = s.sessions.insert(sess);
                                 let frames: Vec<String> = {
                                     let mut g = lock(&sref);
@@ -312,12 +311,25 @@ async fn resume(
     Some((sref, live_rx, frames))
 }
 
+/// The intents an Identify asks for, for the hub's early filter: all of them when absent or
+/// invalid (identify itself refuses invalid ones).
+fn requested_intents(d: &Value) -> u64 {
+    match d.get("intents") {
+        Some(v) => v
+            .as_u64()
+            .filter(|i| *i <= intents::ALL)
+            .unwrap_or(intents::ALL),
+        None => intents::ALL,
+    }
+}
+
 /// Receives hub dispatches for one session until it expires, connected or not.
-async fn collector(s: AppState, sref: SessionRef, mut hub: broadcast::Receiver<Arc<Dispatch>>) {
+async fn collector(s: AppState, sref: SessionRef, mut hub: Subscription) {
     let mut check = tokio::time::interval(Duration::from_secs(5));
+    let mut open = true;
     loop {
         tokio::select! {
-            ev = hub.recv() => match ev {
+            ev = hub.recv(), if open => match ev {
                 Ok(d) => {
                     let Some((user, redacted)) = addressed(&sref, &d) else { continue };
                     if let (Some(ch), Some(g)) = (d.channel_id, d.guild_id) {
@@ -325,14 +337,15 @@ async fn collector(s: AppState, sref: SessionRef, mut hub: broadcast::Receiver<A
                     }
                     lock(&sref).push(Entry::Shared(d, redacted));
                 }
-                Err(RecvError::Lagged(n)) => {
+                Err(Ended::Lagged) => {
                     // Dispatches were lost for this session: it cannot be resumed faithfully.
+                    open = false;
                     let mut g = lock(&sref);
-                    info!(user = g.user.id, missed = n, "gateway session fell behind the hub; invalidating it");
+                    info!(user = g.user.id, queue = crate::hub::SESSION_QUEUE, "gateway session fell behind the hub; invalidating it");
                     g.ended = true;
                     g.detach_all();
                 }
-                Err(RecvError::Closed) => return,
+                Err(Ended::Closed) => return,
             },
             _ = check.tick() => {
                 let (expired, id) = { let g = lock(&sref); (g.expired(Instant::now()), g.id.clone()) };
