@@ -274,72 +274,66 @@ fn spawn_inner(
     std::thread::Builder::new()
         .name("lodge-media".into())
         .spawn(move || {
-            if opts.media_realtime > 0 {
-                set_thread_realtime(opts.media_realtime);
-            } else if opts.media_nice != 0 {
-                set_thread_nice(opts.media_nice);
-            }
+            set_thread_priority(opts);
             rt.block_on(run(Arc::new(socket), node, rx, sinks));
         })?;
     Ok((SfuHandle { tx, local_addr }, ev_rx, ex_rx))
 }
 
-/// Set the calling thread's nice value (Linux: per thread); warn and carry on if refused.
-fn set_thread_nice(nice: i32) {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: gettid has no preconditions; setpriority with PRIO_PROCESS and a thread id
-        // changes only that thread's nice value.
-        let r = unsafe {
-            let tid = libc::gettid();
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
-        };
-        if r == 0 {
-            info!(nice, "media thread priority set");
-        } else {
-            warn!(
-                nice,
-                error = %std::io::Error::last_os_error(),
-                "cannot set the media thread's priority; it runs at normal priority (a negative nice needs root or CAP_SYS_NICE)"
-            );
-        }
+/// Give the calling (media) thread the priority `opts` asks for: real-time FIFO if set, else
+/// the nice value if not 0. Refusal (no root or CAP_SYS_NICE) is a warning, not an error.
+fn set_thread_priority(opts: ShellOptions) {
+    let (what, value, r) = if opts.media_realtime > 0 {
+        let p = opts.media_realtime;
+        ("real-time FIFO priority", i32::from(p), set_realtime(p))
+    } else if opts.media_nice != 0 {
+        ("nice value", opts.media_nice, set_nice(opts.media_nice))
+    } else {
+        return;
+    };
+    match r {
+        Ok(()) => info!(value, "media thread {what} set"),
+        Err(e) => warn!(
+            value,
+            error = %e,
+            "cannot set the media thread's {what}; it runs at normal priority (this needs root or CAP_SYS_NICE on Linux)"
+        ),
     }
-    #[cfg(not(target_os = "linux"))]
-    warn!(
-        nice,
-        "media thread priority is only supported on Linux; ignored"
-    );
 }
 
-/// Put the calling thread under SCHED_FIFO at `priority`; warn and carry on if refused.
-fn set_thread_realtime(priority: u8) {
-    #[cfg(target_os = "linux")]
-    {
-        let param = libc::sched_param {
-            sched_priority: priority as libc::c_int,
-        };
-        // SAFETY: pthread_self is always valid for the calling thread, and `param` outlives
-        // the call.
-        let r =
-            unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
-        if r == 0 {
-            info!(
-                priority,
-                "media thread runs under the real-time FIFO scheduler"
-            );
-        } else {
-            warn!(
-                priority,
-                error = %std::io::Error::from_raw_os_error(r),
-                "cannot make the media thread real-time; it runs under the normal scheduler (this needs root or CAP_SYS_NICE)"
-            );
-        }
+#[cfg(target_os = "linux")]
+fn set_nice(nice: i32) -> std::io::Result<()> {
+    // SAFETY: gettid has no preconditions; setpriority with PRIO_PROCESS and a thread id
+    // changes only that thread's nice value.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
-    #[cfg(not(target_os = "linux"))]
-    warn!(
-        priority,
-        "a real-time media thread is only supported on Linux; ignored"
-    );
+}
+
+#[cfg(target_os = "linux")]
+fn set_realtime(priority: u8) -> std::io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority as libc::c_int,
+    };
+    // SAFETY: pthread_self is always valid for the calling thread, and `param` outlives the
+    // call.
+    match unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) } {
+        0 => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_nice(_: i32) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_realtime(_: u8) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
 }
 
 fn seed_from_clock() -> u64 {

@@ -310,22 +310,18 @@ impl Config {
                 .or(file.rate_limit_global)
                 .unwrap_or(100)
                 .max(1),
-            media_nice: match args.media_nice.or(file.media_nice).unwrap_or(0) {
-                n @ -20..=19 => n,
-                n => {
-                    return Err(ConfigError::Invalid(format!(
-                        "media_nice {n} is out of range: use -20 (first) to 19 (last); 0 is normal"
-                    )))
-                }
-            },
-            media_realtime: match args.media_realtime.or(file.media_realtime).unwrap_or(0) {
-                n @ 0..=99 => n,
-                n => {
-                    return Err(ConfigError::Invalid(format!(
-                        "media_realtime {n} is out of range: use 1 (lowest) to 99 (highest) real-time priority, or 0 for off"
-                    )))
-                }
-            },
+            media_nice: in_range(
+                "media_nice",
+                args.media_nice.or(file.media_nice).unwrap_or(0),
+                -20..=19,
+                "use -20 (first) to 19 (last); 0 is normal",
+            )?,
+            media_realtime: in_range(
+                "media_realtime",
+                args.media_realtime.or(file.media_realtime).unwrap_or(0),
+                0..=99,
+                "use 1 (lowest) to 99 (highest) real-time priority, or 0 for off",
+            )?,
             operator_token: match args.operator_token.clone().or(file.operator_token) {
                 Some(t) if t.chars().count() < 16 => {
                     return Err(ConfigError::Invalid(
@@ -397,6 +393,22 @@ impl Config {
     }
 }
 
+/// `value` if `range` holds it, else an error naming the key, the value and `hint`.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+    hint: &str,
+) -> Result<T, ConfigError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "{key} {value} is out of range: {hint}"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,35 +474,31 @@ mod tests {
         assert!(!shown.contains("secret"), "{shown}");
     }
 
+    /// Load with these flags and no environment.
+    fn load_args(args: ServeArgs) -> Result<Config, String> {
+        Config::load(&args, std::iter::empty()).map_err(|e| e.to_string())
+    }
+
     #[test]
     fn media_nice_from_file_and_its_range() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("lodge.toml");
         std::fs::write(&f, "media_nice = -10\n").unwrap();
-        let args = ServeArgs {
+        let from_file = ServeArgs {
             config: Some(f.clone()),
             ..Default::default()
         };
+        assert_eq!(load_args(from_file).unwrap().media_nice, -10);
         assert_eq!(
-            Config::load(&args, std::iter::empty()).unwrap().media_nice,
-            -10
-        );
-        assert_eq!(
-            Config::load(&ServeArgs::default(), std::iter::empty())
-                .unwrap()
-                .media_nice,
+            load_args(ServeArgs::default()).unwrap().media_nice,
             0,
             "normal priority unless asked"
         );
-        let e = Config::load(
-            &ServeArgs {
-                media_nice: Some(-30),
-                ..Default::default()
-            },
-            std::iter::empty(),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = load_args(ServeArgs {
+            media_nice: Some(-30),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(e.contains("media_nice -30") && e.contains("-20"), "{e}");
     }
 
@@ -502,34 +510,21 @@ mod tests {
         );
         // The env var is read by clap in real runs; here it must at least be a known name.
         assert!(c.is_ok(), "{:?}", c.err());
+        let asked = ServeArgs {
+            media_realtime: Some(20),
+            ..Default::default()
+        };
+        assert_eq!(load_args(asked).unwrap().media_realtime, 20);
         assert_eq!(
-            Config::load(
-                &ServeArgs {
-                    media_realtime: Some(20),
-                    ..Default::default()
-                },
-                std::iter::empty()
-            )
-            .unwrap()
-            .media_realtime,
-            20
-        );
-        assert_eq!(
-            Config::load(&ServeArgs::default(), std::iter::empty())
-                .unwrap()
-                .media_realtime,
+            load_args(ServeArgs::default()).unwrap().media_realtime,
             0,
             "off unless asked"
         );
-        let e = Config::load(
-            &ServeArgs {
-                media_realtime: Some(120),
-                ..Default::default()
-            },
-            std::iter::empty(),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = load_args(ServeArgs {
+            media_realtime: Some(120),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(e.contains("media_realtime 120") && e.contains("99"), "{e}");
     }
 }

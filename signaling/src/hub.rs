@@ -9,11 +9,10 @@
 //! each session's queue keeps publish order.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc;
 
 use crate::gateway::intents;
 
@@ -48,6 +47,23 @@ pub struct Dispatch {
     pub full_for: Vec<u64>,
 }
 
+impl Dispatch {
+    /// Whether a session (`session_id` of `user_id`) is this dispatch's session or user
+    /// target; a guild target is for every member (membership is the session's to check).
+    pub fn targets(&self, session_id: &str, user_id: u64) -> bool {
+        match &self.target {
+            Target::Session(id) => id == session_id,
+            Target::User(u) => *u == user_id,
+            Target::Guild(_) => true,
+        }
+    }
+
+    /// Whether a session with `intents` receives this kind of event.
+    pub fn wanted_with(&self, intents: u64) -> bool {
+        intents::required(self.t).is_none_or(|bit| intents & bit != 0)
+    }
+}
+
 #[derive(Clone)]
 pub struct Hub {
     subs: Arc<Mutex<Subscribers>>,
@@ -67,26 +83,18 @@ struct Subscriber {
     /// (session id, user id) once identified; until then every target is delivered.
     addressee: Option<(String, u64)>,
     tx: mpsc::Sender<Arc<Dispatch>>,
-    lagged: Arc<AtomicBool>,
 }
 
 impl Subscriber {
-    /// Could the session want this dispatch? Only rules out what `gateway::session`'s own
-    /// filter would drop without side effects: a session or user target that is someone else,
-    /// or an intent the session lacks (GUILD_CREATE and GUILD_DELETE always pass: they keep
-    /// the session's guild set current).
+    /// Could the session want this dispatch? Rules out only what the session's own filter
+    /// (`gateway::session`) would drop without side effects, by the same rules: a session or
+    /// user target that is someone else, or an intent the session lacks. GUILD_CREATE and
+    /// GUILD_DELETE always pass: they keep the session's guild set current.
     fn may_want(&self, d: &Dispatch) -> bool {
-        if let Some((sid, uid)) = &self.addressee {
-            match &d.target {
-                Target::Session(id) if id != sid => return false,
-                Target::User(u) if u != uid => return false,
-                _ => {}
-            }
-        }
-        if matches!(d.t, "GUILD_CREATE" | "GUILD_DELETE") {
-            return true;
-        }
-        intents::required(d.t).is_none_or(|bit| self.intents & bit != 0)
+        self.addressee
+            .as_ref()
+            .is_none_or(|(sid, uid)| d.targets(sid, *uid))
+            && (matches!(d.t, "GUILD_CREATE" | "GUILD_DELETE") || d.wanted_with(self.intents))
     }
 }
 
@@ -95,26 +103,19 @@ pub struct Subscription {
     id: u64,
     subs: Arc<Mutex<Subscribers>>,
     rx: mpsc::Receiver<Arc<Dispatch>>,
-    lagged: Arc<AtomicBool>,
 }
 
-/// Why a subscription ended.
+/// Why a subscription ended: its queue filled up, so dispatches were lost for it. (The hub
+/// drops a session's sender only then: the subscription itself keeps the registry alive.)
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ended {
-    /// The session's queue filled up: dispatches were lost for it.
     Lagged,
-    /// The hub is gone (shutdown).
-    Closed,
 }
 
 impl Subscription {
     /// The next dispatch, in publish order.
     pub async fn recv(&mut self) -> Result<Arc<Dispatch>, Ended> {
-        match self.rx.recv().await {
-            Some(d) => Ok(d),
-            None if self.lagged.load(Ordering::Acquire) => Err(Ended::Lagged),
-            None => Err(Ended::Closed),
-        }
+        self.rx.recv().await.ok_or(Ended::Lagged)
     }
 
     /// The session identified: from now on dispatches for other sessions and users skip it.
@@ -157,7 +158,6 @@ impl Hub {
     /// so nothing falls between the two).
     pub fn subscribe(&self, intents: u64) -> Subscription {
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-        let lagged = Arc::new(AtomicBool::new(false));
         let mut subs = lock(&self.subs);
         let id = subs.next_id;
         subs.next_id += 1;
@@ -167,14 +167,12 @@ impl Hub {
                 intents,
                 addressee: None,
                 tx,
-                lagged: lagged.clone(),
             },
         );
         Subscription {
             id,
             subs: self.subs.clone(),
             rx,
-            lagged,
         }
     }
 
@@ -186,13 +184,10 @@ impl Hub {
             if !s.may_want(&d) {
                 continue;
             }
-            match s.tx.try_send(d.clone()) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    s.lagged.store(true, Ordering::Release);
-                    gone.push(*id);
-                }
-                Err(TrySendError::Closed(_)) => gone.push(*id),
+            if s.tx.try_send(d.clone()).is_err() {
+                // Full: the session fell behind. (Closed cannot happen: the receiver's owner
+                // removes its entry when it drops.)
+                gone.push(*id);
             }
         }
         for id in gone {

@@ -14,37 +14,21 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::due::Due;
+
 /// Ticks queued for a speaker that has not taken them yet; more are dropped (it is far
 /// behind and skips frames anyway).
 const QUEUED_TICKS: usize = 8;
 
-struct Entry {
-    due: Instant,
-    id: u64,
+/// One speaker's ticks: every `period`, its due time goes down `tx`.
+struct Ticker {
     period: Duration,
     tx: mpsc::Sender<Instant>,
 }
 
-impl PartialEq for Entry {
-    fn eq(&self, o: &Self) -> bool {
-        (self.due, self.id) == (o.due, o.id)
-    }
-}
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Entry {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.due, self.id).cmp(&(o.due, o.id))
-    }
-}
-
 #[derive(Default)]
 struct State {
-    heap: BinaryHeap<Reverse<Entry>>,
+    heap: BinaryHeap<Reverse<Due<Instant, Ticker>>>,
     next_id: u64,
 }
 
@@ -95,11 +79,10 @@ impl FrameClock {
         let mut s = inner.state.lock().expect("clock lock");
         let id = s.next_id;
         s.next_id += 1;
-        s.heap.push(Reverse(Entry {
-            due: first,
-            id,
-            period,
-            tx,
+        s.heap.push(Reverse(Due {
+            at: first,
+            order: id,
+            item: Ticker { period, tx },
         }));
         drop(s);
         inner.changed.notify_one();
@@ -111,14 +94,14 @@ fn run(inner: &Inner) {
     let mut s = inner.state.lock().expect("clock lock");
     while !inner.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
-        match s.heap.peek().map(|Reverse(e)| e.due) {
+        match s.heap.peek().map(|Reverse(e)| e.at) {
             Some(due) if due <= now => {
                 let Reverse(mut e) = s.heap.pop().expect("peeked");
-                if e.tx.is_closed() {
+                if e.item.tx.is_closed() {
                     continue;
                 }
-                let _ = e.tx.try_send(e.due);
-                e.due += e.period;
+                let _ = e.item.tx.try_send(e.at);
+                e.at += e.item.period;
                 s.heap.push(Reverse(e));
             }
             next => {

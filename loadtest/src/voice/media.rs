@@ -90,8 +90,8 @@ pub struct Speaking {
     pub index: usize,
     pub talk: TalkParams,
     pub seed: u64,
-    /// Frame ticks at this speaker's own phase (see [`FrameClock`]); `None` = tokio's timer.
-    pub clock: Option<FrameClock>,
+    /// Wakes this speaker at its own phase (see [`FrameClock`]).
+    pub clock: FrameClock,
 }
 
 /// Per-slot receive state.
@@ -323,12 +323,11 @@ impl Client {
         // packets and str0m's timers alone (thousands of idle ticks per second otherwise).
         let ticking = speaking.is_some() || probe;
         let never = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
-        // A speaker with a frame clock is woken by it at its phase; others use the runtime's
-        // timer (1 ms resolution).
+        // A speaker is woken by the frame clock at its phase; a probe uses the runtime's timer
+        // (1 ms resolution).
         let mut frame_ticks = speaking
             .as_ref()
-            .and_then(|s| s.clock.as_ref())
-            .map(|c| c.ticks(Instant::now() + tick, tick));
+            .map(|s| s.clock.ticks(Instant::now() + tick, tick));
         let mut clock_due: Option<Instant> = None;
         let mut next_tick = if ticking && frame_ticks.is_none() {
             tokio::time::Instant::now() + tick

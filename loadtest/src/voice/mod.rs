@@ -8,6 +8,7 @@
 //! jitter buffer and decode. A live line shows progress; the end prints a Markdown report and
 //! writes JSON.
 
+mod due;
 mod frame_clock;
 mod janus;
 mod media;
@@ -677,7 +678,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                 next_join += join_gap;
                 let speaking = is_speaker(i).then(|| {
                     speaker_no += 1;
-                    Speaking { index: speaker_no - 1, talk, seed: a.seed.wrapping_mul(1_000_003).wrapping_add(i as u64), clock: Some(clock.clone()) }
+                    Speaking { index: speaker_no - 1, talk, seed: a.seed.wrapping_mul(1_000_003).wrapping_add(i as u64), clock: clock.clone() }
                 });
                 let probe = speaking.is_none() && {
                     listener_no += 1;

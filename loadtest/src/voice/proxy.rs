@@ -13,31 +13,14 @@ use anyhow::{Context, Result};
 use lodge_jitter::{Impairment, Profile};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
+
+use super::due::Due;
 use tokio::time::Instant;
 
 /// A datagram waiting for its (impaired) delivery time.
-struct Pending {
-    at: Instant,
-    order: u64,
+struct Datagram {
     to: SocketAddr,
     data: Vec<u8>,
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.order) == (o.at, o.order)
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Pending {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.order).cmp(&(o.at, o.order))
-    }
 }
 
 /// Start a proxy in front of `node` on `bind`; returns the address callers should use.
@@ -57,7 +40,7 @@ pub async fn start(
         let mut up = Impairment::new(profile.clone(), seed.wrapping_mul(2) + 1);
         let mut down = Impairment::new(profile, seed.wrapping_mul(2) + 2);
         let mut client: Option<SocketAddr> = None;
-        let mut queue: BinaryHeap<Reverse<Pending>> = BinaryHeap::new();
+        let mut queue: BinaryHeap<Reverse<Due<Instant, Datagram>>> = BinaryHeap::new();
         let mut order = 0u64;
         let mut buf = vec![0u8; 2048];
         loop {
@@ -71,7 +54,7 @@ pub async fn start(
                     let now = Instant::now();
                     while queue.peek().is_some_and(|p| p.0.at <= now) {
                         let Reverse(p) = queue.pop().expect("peeked");
-                        let _ = sock.send_to(&p.data, p.to).await;
+                        let _ = sock.send_to(&p.item.data, p.item.to).await;
                     }
                 }
                 r = sock.recv_from(&mut buf) => {
@@ -86,7 +69,7 @@ pub async fn start(
                     let sent = start.elapsed();
                     for arrival in imp.send(sent, n) {
                         order += 1;
-                        queue.push(Reverse(Pending { at: start + arrival, order, to, data: buf[..n].to_vec() }));
+                        queue.push(Reverse(Due { at: start + arrival, order, item: Datagram { to, data: buf[..n].to_vec() } }));
                     }
                 }
             }

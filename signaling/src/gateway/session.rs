@@ -97,7 +97,8 @@ async fn run(s: AppState, sock: WebSocket) {
                     Some(2) => {
                         if session.is_some() { close_with(&mut tx, close::ALREADY_AUTHENTICATED, "already identified").await; break }
                         // Subscribe before reading the snapshot so nothing falls between the two.
-                        let hub_rx = s.hub.subscribe(requested_intents(&d));
+                        // Invalid intents: identify refuses them below; the hub filter meanwhile passes all.
+                        let hub_rx = s.hub.subscribe(requested_intents(&d).unwrap_or(intents::ALL));
                         match identify(&s, &d).await {
                             Ok((sess, ready, creates)) => {
                                 let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
@@ -221,13 +222,7 @@ async fn identify(s: &AppState, d: &Value) -> IdentifyResult {
         .authenticate(token)
         .await
         .map_err(|_| (close::AUTHENTICATION_FAILED, "authentication failed"))?;
-    let intents = match d.get("intents") {
-        None | Some(Value::Null) => intents::ALL,
-        Some(v) => v
-            .as_u64()
-            .filter(|i| *i <= intents::ALL)
-            .ok_or((close::INVALID_INTENTS, "invalid intents"))?,
-    };
+    let intents = requested_intents(d).ok_or((close::INVALID_INTENTS, "invalid intents"))?;
     let shard = d.get("shard").filter(|v| !v.is_null());
     if let Some(sh) = shard {
         let ok = sh.as_array().is_some_and(|a| {
@@ -311,15 +306,11 @@ async fn resume(
     Some((sref, live_rx, frames))
 }
 
-/// The intents an Identify asks for, for the hub's early filter: all of them when absent or
-/// invalid (identify itself refuses invalid ones).
-fn requested_intents(d: &Value) -> u64 {
+/// The intents an Identify asks for (all when absent); `None` when they are invalid.
+fn requested_intents(d: &Value) -> Option<u64> {
     match d.get("intents") {
-        Some(v) => v
-            .as_u64()
-            .filter(|i| *i <= intents::ALL)
-            .unwrap_or(intents::ALL),
-        None => intents::ALL,
+        None | Some(Value::Null) => Some(intents::ALL),
+        Some(v) => v.as_u64().filter(|i| *i <= intents::ALL),
     }
 }
 
@@ -345,7 +336,6 @@ async fn collector(s: AppState, sref: SessionRef, mut hub: Subscription) {
                     g.ended = true;
                     g.detach_all();
                 }
-                Err(Ended::Closed) => return,
             },
             _ = check.tick() => {
                 let (expired, id) = { let g = lock(&sref); (g.expired(Instant::now()), g.id.clone()) };
@@ -391,11 +381,11 @@ fn addressed(sref: &SessionRef, d: &Dispatch) -> Option<(u64, bool)> {
     let mut g = lock(sref);
     let me: &User = &g.user;
     let uid = me.id;
-    let ok = match &d.target {
-        Target::Session(id) => *id == g.id,
-        Target::User(u) => *u == uid,
-        Target::Guild(gid) => g.guilds.contains(gid),
-    };
+    let ok = d.targets(&g.id, uid)
+        && match &d.target {
+            Target::Guild(gid) => g.guilds.contains(gid),
+            _ => true,
+        };
     if !ok {
         return None;
     }
@@ -410,10 +400,8 @@ fn addressed(sref: &SessionRef, d: &Dispatch) -> Option<(u64, bool)> {
             _ => {}
         }
     }
-    if let Some(bit) = intents::required(d.t) {
-        if g.intents & bit == 0 {
-            return None;
-        }
+    if !d.wanted_with(g.intents) {
+        return None;
     }
     let redacted = d.redacted.is_some()
         && g.intents & intents::MESSAGE_CONTENT == 0
