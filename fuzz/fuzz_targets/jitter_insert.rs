@@ -1,9 +1,18 @@
 //! Arbitrary insert/pull sequences: never a panic; decoded frames come out in order, none twice.
+//! An odd first byte runs the static schedule (the evaluation's fixed buffer) instead of the
+//! adaptive buffer.
 #![no_main]
 use lodge_jitter::{BufferConfig, JitterBuffer, Pulled};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let mut jb = JitterBuffer::new(BufferConfig::default());
+    let cfg = match data.first() {
+        Some(b) if b & 1 == 1 => BufferConfig {
+            static_delay_ms: Some(40.0),
+            ..BufferConfig::default()
+        },
+        _ => BufferConfig::default(),
+    };
+    let mut jb = JitterBuffer::new(cfg);
     let mut now = 0.0;
     let mut last: Option<u64> = None;
     for op in data.chunks_exact(8) {

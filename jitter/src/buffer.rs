@@ -29,8 +29,15 @@ pub struct BufferConfig {
     /// Most packets held; beyond it the oldest is discarded.
     pub max_packets: usize,
     pub delay: DelayConfig,
-    /// Fixed playout delay instead of the adaptive target (for comparisons), ms.
+    /// A constant target instead of the adaptive one, ms: the same control loop (stretch on
+    /// underrun, accelerate when over), only the target is pinned. An ablation, for comparisons.
     pub fixed_delay_ms: Option<f64>,
+    /// A static playout schedule, ms: the classic fixed jitter buffer. The first packet plays
+    /// this long after it arrived and every later frame exactly one frame of media time after
+    /// the one before; nothing is stretched or dropped, a packet that misses its slot is
+    /// discarded late, and the schedule never moves (except to resynchronise after an outage
+    /// of more than 100 packets). Overrides `fixed_delay_ms`. For comparisons.
+    pub static_delay_ms: Option<f64>,
     /// Use in-band FEC from the next packet when a packet is missing.
     pub use_fec: bool,
     /// One-way network delay (RTT/2 from RTCP), ms, when known. With it the adaptive target
@@ -48,6 +55,7 @@ impl Default for BufferConfig {
             max_packets: 250,
             delay: DelayConfig::default(),
             fixed_delay_ms: None,
+            static_delay_ms: None,
             use_fec: true,
             network_delay_ms: None,
         }
@@ -199,7 +207,7 @@ impl JitterBuffer {
     /// loss impairment, buffering through the delay impairment, steeply past 177 ms
     /// mouth-to-ear); at least two frames while packets are being lost ([`LOSS_HEADROOM`]).
     pub fn target_delay_ms(&self) -> f64 {
-        if let Some(d) = self.cfg.fixed_delay_ms {
+        if let Some(d) = self.cfg.static_delay_ms.or(self.cfg.fixed_delay_ms) {
             return d;
         }
         let t = self.quality_target.unwrap_or(self.delay.target_ms());
@@ -321,11 +329,17 @@ impl JitterBuffer {
         Inserted::Buffered
     }
 
-    fn emitted(&mut self, delay_ms: f64, concealed: bool, silent: bool) {
+    /// Count one played frame. `buffered_ms` is how long the packet it was decoded from (the
+    /// packet itself, or the next one for an FEC rebuild) waited in the buffer; `None` for audio
+    /// made up locally (concealment, stretching, comfort silence). As in WebRTC, only audio that
+    /// came out of a packet adds to jitterBufferDelay and jitterBufferEmittedCount.
+    fn emitted(&mut self, buffered_ms: Option<f64>, concealed: bool, silent: bool) {
         let n = self.cfg.frame_samples as u64;
-        self.stats.jitter_buffer_delay += delay_ms / 1000.0 * n as f64;
-        self.stats.jitter_buffer_target_delay += self.target_delay_ms() / 1000.0 * n as f64;
-        self.stats.jitter_buffer_emitted_count += n;
+        if let Some(d) = buffered_ms {
+            self.stats.jitter_buffer_delay += d / 1000.0 * n as f64;
+            self.stats.jitter_buffer_target_delay += self.target_delay_ms() / 1000.0 * n as f64;
+            self.stats.jitter_buffer_emitted_count += n;
+        }
         self.stats.total_samples_received += n;
         if concealed {
             self.stats.concealed_samples += n;
@@ -354,6 +368,9 @@ impl JitterBuffer {
 
     /// One frame of playout.
     pub fn pull(&mut self, now_ms: f64) -> Pulled {
+        if let Some(d) = self.cfg.static_delay_ms {
+            return self.pull_static(now_ms, d);
+        }
         let frame = self.cfg.frame_samples as u64;
         let frame_ms = self.frame_ms();
         let target = self.target_delay_ms();
@@ -379,7 +396,6 @@ impl JitterBuffer {
         let buffered = self.buffered_ms();
         // Audio held beyond the frame about to play, against the target.
         let level = (buffered - frame_ms).max(0.0);
-        let delay_now = level;
 
         if !self.silent_mode {
             // Acceleration: drop the next frame when holding clearly more than the target.
@@ -407,7 +423,7 @@ impl JitterBuffer {
                 if (under >= frame_ms / 2.0 && p.low_energy) || under >= frame_ms {
                     self.stretched = true;
                     self.stats.inserted_samples_for_deceleration += frame;
-                    self.emitted(delay_now, false, false);
+                    self.emitted(None, false, false);
                     return Pulled::Stretch;
                 }
             }
@@ -424,14 +440,14 @@ impl JitterBuffer {
             if p.ts >= self.next_ts + frame {
                 // DTX gap: the sender skipped time; play comfort silence until its timestamp.
                 self.next_ts += frame;
-                self.emitted(delay_now, true, true);
+                self.emitted(None, true, true);
                 return Pulled::Silence;
             }
             let p = self.packets.remove(&seq).expect("checked");
             self.note_frame(false);
             self.next_seq += 1;
             self.next_ts = p.ts + frame;
-            self.emitted(now_ms - p.arrival_ms, false, false);
+            self.emitted(Some(now_ms - p.arrival_ms), false, false);
             return Pulled::Frame {
                 seq,
                 payload: p.payload,
@@ -465,14 +481,14 @@ impl JitterBuffer {
                 if let Some(next) = self.packets.get(&(seq + 1)) {
                     let (payload, arrived) = (next.payload.clone(), next.arrival_ms);
                     self.stats.fec_packets_received += 1;
-                    self.emitted(now_ms - arrived, false, false);
+                    self.emitted(Some(now_ms - arrived), false, false);
                     return Pulled::Fec {
                         seq,
                         next_payload: payload,
                     };
                 }
             }
-            self.emitted(delay_now, true, false);
+            self.emitted(None, true, false);
             return Pulled::Conceal { seq };
         }
         // Nothing buffered.
@@ -498,24 +514,111 @@ impl JitterBuffer {
             // Media time keeps running, so the next packet plays when its time comes.
             self.next_ts += frame;
             self.unclassified += 1;
-            self.emitted_plain(delay_now);
+            self.emitted_plain();
             return Pulled::Silence;
         }
         // Underrun: `seq` may only be late. Expand (PLC) without consuming it, so that it still
         // plays if it comes (the delay grows by a frame and acceleration wins it back later);
         // if a later packet shows it lost, the expansion stands in for it.
         self.speculative += 1;
-        self.emitted(delay_now, true, false);
+        self.emitted(None, true, false);
         Pulled::Stretch
     }
 
+    /// One frame of a static schedule (see [`BufferConfig::static_delay_ms`]). Every pull is the
+    /// next frame of media time; what is buffered for it plays, anything older is late.
+    fn pull_static(&mut self, now_ms: f64, delay_ms: f64) -> Pulled {
+        let frame = self.cfg.frame_samples as u64;
+        let frame_ms = self.frame_ms();
+        if !self.playing {
+            let Some(first) = self.first_arrival_ms else {
+                return Pulled::Waiting;
+            };
+            let Some((&s, p)) = self.packets.iter().next() else {
+                return Pulled::Waiting;
+            };
+            if now_ms - first < delay_ms {
+                return Pulled::Waiting;
+            }
+            self.next_seq = s;
+            self.next_ts = p.ts;
+            self.playing = true;
+        }
+        // Resynchronise after a long outage: restart the schedule at what is buffered.
+        if let Some((&s, p)) = self.packets.iter().next() {
+            if s > self.next_seq + 100 {
+                self.next_seq = s;
+                self.next_ts = p.ts;
+            }
+        }
+        let slot = self.next_ts;
+        self.next_ts += frame;
+        // Whatever was meant for an earlier slot missed it; the slots it missed were
+        // concealment, not a pause.
+        while let Some(e) = self.packets.first_entry() {
+            if e.get().ts + frame / 2 >= slot {
+                break;
+            }
+            let s = *e.key();
+            e.remove();
+            self.stats.packets_discarded += 1;
+            self.next_seq = self.next_seq.max(s + 1);
+            self.classify_quiet(true);
+        }
+        let Some((s, ts)) = self.packets.iter().next().map(|(&s, p)| (s, p.ts)) else {
+            // Nothing here: late, lost, or the sender is quiet; the next packet tells which
+            // (see below). The decoder conceals while packets were coming until just now, and
+            // plays silence after that. The sequence number is not used up: its packet is late
+            // (and will be discarded) or the sender paused (and will resume with it).
+            self.silent_mode = true;
+            self.unclassified += 1;
+            self.emitted_plain();
+            return if now_ms - self.last_arrival_ms > 4.0 * frame_ms {
+                Pulled::Silence
+            } else {
+                Pulled::Conceal { seq: self.next_seq }
+            };
+        };
+        if self.silent_mode {
+            // A quiet spell ends: it was DTX if the sequence numbers run on, else an outage.
+            self.classify_quiet(s > self.next_seq);
+        }
+        if ts < slot + frame / 2 {
+            let p = self.packets.remove(&s).expect("just looked it up");
+            self.note_frame(false);
+            self.next_seq = s + 1;
+            self.emitted(Some(now_ms - p.arrival_ms), false, false);
+            return Pulled::Frame {
+                seq: s,
+                payload: p.payload,
+            };
+        }
+        if s == self.next_seq {
+            // The stream runs on without a sequence gap, later in media time: a DTX gap.
+            self.emitted(None, true, true);
+            return Pulled::Silence;
+        }
+        // This slot's packet is missing and later ones are here.
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.note_frame(true);
+        if self.cfg.use_fec && s == seq + 1 && ts < slot + frame + frame / 2 {
+            let p = &self.packets[&s];
+            let (payload, arrived) = (p.payload.clone(), p.arrival_ms);
+            self.stats.fec_packets_received += 1;
+            self.emitted(Some(now_ms - arrived), false, false);
+            return Pulled::Fec {
+                seq,
+                next_payload: payload,
+            };
+        }
+        self.emitted(None, true, false);
+        Pulled::Conceal { seq }
+    }
+
     /// Count a frame as played without classifying it (yet).
-    fn emitted_plain(&mut self, delay_ms: f64) {
-        let n = self.cfg.frame_samples as u64;
-        self.stats.jitter_buffer_delay += delay_ms / 1000.0 * n as f64;
-        self.stats.jitter_buffer_target_delay += self.target_delay_ms() / 1000.0 * n as f64;
-        self.stats.jitter_buffer_emitted_count += n;
-        self.stats.total_samples_received += n;
+    fn emitted_plain(&mut self) {
+        self.stats.total_samples_received += self.cfg.frame_samples as u64;
     }
 
     /// Leave silent mode: the frames played quietly were DTX silence (`loss == false`) or an

@@ -8,45 +8,63 @@ use serde::Serialize;
 
 use crate::{BufferConfig, Impairment, JitterBuffer, JitterStats, Profile, Pulled};
 
+/// How a strategy sets its playout delay.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Playout {
+    /// Lodge's adaptive buffer.
+    Adaptive,
+    /// The simple fixed jitter buffer: a static schedule this many ms after the first packet
+    /// ([`BufferConfig::static_delay_ms`]).
+    Fixed(f64),
+    /// Lodge's control loop with its target pinned to this many ms
+    /// ([`BufferConfig::fixed_delay_ms`]): an ablation showing what the adaptive *target* adds
+    /// on top of the stretching and dropping that follow it.
+    Pinned(f64),
+}
+
 /// A playout strategy under test.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Strategy {
     pub name: &'static str,
-    pub fixed_delay_ms: Option<f64>,
+    pub playout: Playout,
     pub fec: bool,
 }
 
-pub const STRATEGIES: [Strategy; 6] = [
-    Strategy {
-        name: "fixed 40 ms",
-        fixed_delay_ms: Some(40.0),
-        fec: false,
-    },
-    Strategy {
-        name: "fixed 80 ms",
-        fixed_delay_ms: Some(80.0),
-        fec: false,
-    },
-    Strategy {
-        name: "adaptive",
-        fixed_delay_ms: None,
-        fec: false,
-    },
-    Strategy {
-        name: "fixed 40 ms + FEC",
-        fixed_delay_ms: Some(40.0),
-        fec: true,
-    },
-    Strategy {
-        name: "fixed 80 ms + FEC",
-        fixed_delay_ms: Some(80.0),
-        fec: true,
-    },
-    Strategy {
-        name: "adaptive + FEC",
-        fixed_delay_ms: None,
-        fec: true,
-    },
+impl Strategy {
+    /// The buffer configuration for this strategy on a path with `network_delay_ms` one way.
+    pub fn config(&self, network_delay_ms: f64) -> BufferConfig {
+        let (fixed, stat) = match self.playout {
+            Playout::Adaptive => (None, None),
+            Playout::Fixed(ms) => (None, Some(ms)),
+            Playout::Pinned(ms) => (Some(ms), None),
+        };
+        BufferConfig {
+            fixed_delay_ms: fixed,
+            static_delay_ms: stat,
+            use_fec: self.fec,
+            // A receiver knows RTT/2 from RTCP; only the adaptive target uses it.
+            network_delay_ms: Some(network_delay_ms),
+            ..BufferConfig::default()
+        }
+    }
+}
+
+const fn strategy(name: &'static str, playout: Playout, fec: bool) -> Strategy {
+    Strategy { name, playout, fec }
+}
+
+/// Every strategy of the evaluation: the fixed 40 ms and 80 ms buffers, the adaptive
+/// one, and the pinned-target ablation, each without and with FEC.
+pub const STRATEGIES: [Strategy; 8] = [
+    strategy("fixed 40 ms", Playout::Fixed(40.0), false),
+    strategy("fixed 80 ms", Playout::Fixed(80.0), false),
+    strategy("adaptive", Playout::Adaptive, false),
+    strategy("target pinned at 80 ms", Playout::Pinned(80.0), false),
+    strategy("fixed 40 ms + FEC", Playout::Fixed(40.0), true),
+    strategy("fixed 80 ms + FEC", Playout::Fixed(80.0), true),
+    strategy("adaptive + FEC", Playout::Adaptive, true),
+    strategy("target pinned at 80 ms + FEC", Playout::Pinned(80.0), true),
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,7 +95,7 @@ pub struct SentFrame {
 
 /// What a playout run produced.
 #[derive(Debug, Clone)]
-pub struct Playout {
+pub struct Run {
     pub stats: JitterStats,
     /// Frame numbers decoded (packet or FEC rebuild), in play order.
     pub played: Vec<u64>,
@@ -99,7 +117,7 @@ pub fn play_through(
     seed: u64,
     frames: &[SentFrame],
     mut on_pull: impl FnMut(f64, &Pulled),
-) -> Playout {
+) -> Run {
     /// IP + UDP + RTP + SRTP tag bytes on top of the Opus payload (for bandwidth caps).
     const OVERHEAD_BYTES: usize = 40;
     let mut imp = Impairment::new(profile.clone(), seed);
@@ -150,7 +168,7 @@ pub fn play_through(
         t += 20.0;
     }
     jb.finish();
-    Playout {
+    Run {
         stats: jb.stats().clone(),
         played,
         delays,
@@ -160,7 +178,7 @@ pub fn play_through(
 }
 
 /// Run `secs` of (payload-free) frames through `profile` with `cfg`.
-pub fn simulate(profile: &Profile, cfg: BufferConfig, secs: u64, seed: u64) -> Playout {
+pub fn simulate(profile: &Profile, cfg: BufferConfig, secs: u64, seed: u64) -> Run {
     let frames: Vec<SentFrame> = (0..secs * 50)
         .map(|_| SentFrame {
             payload: vec![0; 80],
@@ -171,13 +189,8 @@ pub fn simulate(profile: &Profile, cfg: BufferConfig, secs: u64, seed: u64) -> P
 }
 
 pub fn evaluate(profile: &Profile, s: Strategy, secs: u64, seed: u64) -> Outcome {
-    let cfg = BufferConfig {
-        fixed_delay_ms: s.fixed_delay_ms,
-        use_fec: s.fec,
-        network_delay_ms: Some(profile.base_delay_ms),
-        ..BufferConfig::default()
-    };
-    let Playout {
+    let cfg = s.config(profile.base_delay_ms);
+    let Run {
         stats,
         played,
         delays,

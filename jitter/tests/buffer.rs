@@ -25,7 +25,16 @@ fn hostile_orders_losses_and_duplicates_never_break_order() {
         for w in pkts.chunks_mut(rng.gen_range(2..8)) {
             w.shuffle(&mut rng);
         }
-        let mut jb = JitterBuffer::new(BufferConfig::default());
+        // The adaptive buffer and the static schedule alike.
+        let cfg = if seed % 2 == 0 {
+            BufferConfig::default()
+        } else {
+            BufferConfig {
+                static_delay_ms: Some(40.0),
+                ..BufferConfig::default()
+            }
+        };
+        let mut jb = JitterBuffer::new(cfg);
         // Decoded frames (packets and FEC rebuilds) must come out in order, none twice.
         // (A concealment may later turn out to have covered a DTX pause and be played after all.)
         let mut out = Vec::new();
@@ -157,7 +166,7 @@ fn a_long_outage_counts_as_an_interruption() {
 }
 
 #[test]
-fn adaptive_beats_fixed_buffers_on_simulated_networks() {
+fn adaptive_target_beats_the_same_loop_with_a_pinned_target() {
     let adaptive = BufferConfig::default();
     let fixed = |ms| BufferConfig {
         fixed_delay_ms: Some(ms),
@@ -192,12 +201,16 @@ fn adaptive_beats_fixed_buffers_on_simulated_networks() {
             f80.mean_delay_ms()
         );
     }
-    let (good, _) = simulate(Profile::GOOD_WIFI, adaptive, 60, 5);
-    assert!(
-        good.mean_delay_ms() <= 60.0,
-        "good wifi delay {}",
-        good.mean_delay_ms()
-    );
+    // The good-Wi-Fi goal, over eight networks (one seed alone swings by ±4 ms).
+    let good: f64 = (1..=8)
+        .map(|seed| {
+            simulate(Profile::GOOD_WIFI, adaptive, 60, seed)
+                .0
+                .mean_delay_ms()
+        })
+        .sum::<f64>()
+        / 8.0;
+    assert!(good <= 60.0, "good wifi delay {good}");
     let (busy_a, _) = simulate(Profile::BUSY_WIFI, adaptive, 60, 5);
     let (busy_40, _) = simulate(Profile::BUSY_WIFI, fixed(40.0), 60, 5);
     assert!(
@@ -279,4 +292,156 @@ fn a_late_packet_after_an_underrun_still_plays_and_a_lost_one_is_not_concealed_t
     let st = jb.stats();
     assert_eq!(st.concealment_events, 1);
     assert_eq!(st.concealed_samples - st.silent_concealed_samples, 960);
+}
+
+fn static_buffer(ms: f64) -> BufferConfig {
+    BufferConfig {
+        static_delay_ms: Some(ms),
+        use_fec: false,
+        ..BufferConfig::default()
+    }
+}
+
+fn kind(p: &Pulled) -> char {
+    match p {
+        Pulled::Frame { .. } => 'F',
+        Pulled::Silence => 'S',
+        Pulled::Conceal { .. } => 'C',
+        Pulled::Stretch => 'T',
+        Pulled::Waiting => 'W',
+        Pulled::Fec { .. } => 'E',
+    }
+}
+
+#[test]
+fn a_static_schedule_never_moves_and_discards_what_misses_its_slot() {
+    // Transit 30 ms, except packet 20 (90 ms: misses a 40 ms schedule) and packet 30 (55 ms:
+    // within it).
+    let mut jb = JitterBuffer::new(static_buffer(40.0));
+    let mut arrivals: Vec<(f64, u16)> = (0..60u16)
+        .map(|i| {
+            let transit = match i {
+                20 => 90.0,
+                30 => 55.0,
+                _ => 30.0,
+            };
+            (i as f64 * 20.0 + transit, i)
+        })
+        .collect();
+    arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut out, mut next) = (String::new(), 0);
+    let mut delays = Vec::new();
+    for tick in 0..80u32 {
+        let now = tick as f64 * 20.0;
+        while next < arrivals.len() && arrivals[next].0 <= now {
+            let (at, s) = arrivals[next];
+            jb.insert(at, s, s as u32 * 960, vec![s as u8]);
+            next += 1;
+        }
+        let before = jb.stats().jitter_buffer_delay;
+        let p = jb.pull(now);
+        if let Pulled::Frame { .. } = p {
+            delays.push((jb.stats().jitter_buffer_delay - before) / 960.0 * 1000.0);
+        }
+        out.push(kind(&p));
+    }
+    let st = jb.stats();
+    // The first packet arrives at 30 ms and plays at the first pull 40 ms later (80 ms); then one
+    // frame per pull, the late one concealed and discarded when it comes.
+    assert!(out.starts_with("WWWWF"), "{out}");
+    let playing = &out[..out.rfind('F').unwrap()];
+    assert_eq!(playing.matches('C').count(), 1, "{out}");
+    assert_eq!(out.matches('F').count(), 59, "{out}");
+    assert_eq!(st.packets_discarded, 1);
+    assert_eq!(st.inserted_samples_for_deceleration, 0);
+    assert_eq!(st.removed_samples_for_acceleration, 0);
+    // Every on-time packet waited the same 50 ms (30 ms transit, first played at 80 ms);
+    // packet 30 waited 25 ms less.
+    let fifty = delays.iter().filter(|d| (**d - 50.0).abs() < 1e-6).count();
+    assert_eq!(fifty, 58, "{delays:?}");
+    assert!(delays.iter().any(|d| (d - 25.0).abs() < 1e-6), "{delays:?}");
+}
+
+#[test]
+fn a_static_schedule_tells_dtx_from_an_outage() {
+    // 40 frames, a 1 s pause (DTX: the sequence runs on), 40 frames, a 400 ms outage (a
+    // sequence gap), 40 frames.
+    let mut jb = JitterBuffer::new(static_buffer(40.0));
+    let mut seq = 0u16;
+    let mut out = String::new();
+    for i in 0..200u32 {
+        let now = i as f64 * 20.0;
+        let sending = i < 190 && !(40..90).contains(&i) && !(130..150).contains(&i);
+        if sending {
+            jb.insert(now + 30.0, seq, i * 960, vec![1]);
+        }
+        if sending || (130..150).contains(&i) {
+            seq = seq.wrapping_add(1);
+        }
+        out.push(kind(&jb.pull(now + 45.0)));
+    }
+    jb.finish();
+    let st = jb.stats();
+    assert_eq!(out.matches('F').count(), 120, "{out}");
+    // The pause is comfort silence, the outage concealment (one interruption of 400 ms); so is
+    // the quiet after the last packet, once the call is finished.
+    let after_last = out.len() - out.rfind('F').unwrap() - 1;
+    assert_eq!(
+        st.silent_concealed_samples / 960,
+        50 + after_last as u64,
+        "{out} {st:?}"
+    );
+    assert_eq!(
+        (st.concealed_samples - st.silent_concealed_samples) / 960,
+        20,
+        "{out} {st:?}"
+    );
+    assert_eq!(st.interruptions, 1);
+    assert_eq!(st.packets_discarded, 0);
+}
+
+#[test]
+fn only_audio_from_packets_counts_as_buffer_delay() {
+    // As in WebRTC: concealed frames add to totalSamplesReceived and concealedSamples, not to
+    // jitterBufferEmittedCount or jitterBufferDelay.
+    let mut jb = JitterBuffer::new(static_buffer(40.0));
+    for i in 0..100u32 {
+        let now = i as f64 * 20.0;
+        if i % 10 != 5 {
+            jb.insert(now + 30.0, i as u16, i * 960, vec![1]);
+        }
+        jb.pull(now + 45.0);
+    }
+    let st = jb.stats();
+    let concealed = st.concealed_samples - st.silent_concealed_samples;
+    assert_eq!(concealed / 960, 10, "{st:?}");
+    assert_eq!(
+        st.jitter_buffer_emitted_count + concealed,
+        st.total_samples_received
+    );
+    assert!((st.mean_delay_ms() - 55.0).abs() < 1e-6, "{st:?}");
+}
+
+#[test]
+fn a_route_change_breaks_a_static_schedule_but_not_the_adaptive_buffer() {
+    // 4G handover: the path gets 80 ms longer for 20 s. A static 80 ms schedule loses the
+    // packets that come later than it allows; the adaptive buffer follows the new path.
+    let (fixed, _) = simulate(Profile::HANDOVER_4G, static_buffer(80.0), 60, 11);
+    let (adaptive, played) = simulate(
+        Profile::HANDOVER_4G,
+        BufferConfig {
+            use_fec: false,
+            ..BufferConfig::default()
+        },
+        60,
+        11,
+    );
+    assert!(played.windows(2).all(|w| w[1] > w[0]));
+    assert!(
+        adaptive.concealment_ratio() * 3.0 < fixed.concealment_ratio(),
+        "adaptive {:?} vs static {:?}",
+        adaptive,
+        fixed
+    );
+    assert!(fixed.packets_discarded > 50, "{fixed:?}");
 }

@@ -5,8 +5,8 @@
 use anyhow::Result;
 use lodge_codec::audio::rfc6464_level;
 use lodge_codec::{EncoderSettings, OpusDecoder, OpusEncoder};
-use lodge_jitter::eval::{play_through, SentFrame, Strategy};
-use lodge_jitter::{mos_estimate, BufferConfig, Profile, Pulled, QualityInput};
+use lodge_jitter::eval::{play_through, Playout, SentFrame, Strategy};
+use lodge_jitter::{mos_estimate, Profile, Pulled, QualityInput};
 use serde::Serialize;
 
 /// Samples in one 20 ms frame at 48 kHz.
@@ -72,7 +72,7 @@ pub fn encode(pcm: &[i16], fec: bool, expected_loss_pct: u8) -> Result<Encoded> 
 pub struct RunResult {
     pub profile: &'static str,
     pub strategy: &'static str,
-    pub fixed_delay_ms: Option<f64>,
+    pub playout: Playout,
     pub fec: bool,
     pub mean_delay_ms: f64,
     pub p95_delay_ms: f64,
@@ -110,13 +110,8 @@ pub fn run(
     seed: u64,
     keep_audio: bool,
 ) -> Result<(RunResult, Option<Vec<i16>>)> {
-    let cfg = BufferConfig {
-        fixed_delay_ms: strategy.fixed_delay_ms,
-        use_fec: strategy.fec,
-        // A receiver knows RTT/2 from RTCP; the model's base delay stands in for it.
-        network_delay_ms: Some(profile.base_delay_ms),
-        ..BufferConfig::default()
-    };
+    // A receiver knows RTT/2 from RTCP; the model's base delay stands in for it.
+    let cfg = strategy.config(profile.base_delay_ms);
     let n = enc.frames.len();
     let mut dec = OpusDecoder::new(false)?;
     let mut out = vec![0i16; FRAME];
@@ -176,7 +171,7 @@ pub fn run(
     let result = RunResult {
         profile: profile.name,
         strategy: strategy.name,
-        fixed_delay_ms: strategy.fixed_delay_ms,
+        playout: strategy.playout,
         fec: strategy.fec,
         mean_delay_ms: st.mean_delay_ms(),
         p95_delay_ms: p95,

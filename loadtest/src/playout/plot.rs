@@ -19,6 +19,8 @@ fn colour(strategy: &str) -> RGBColor {
         RGBColor(214, 96, 77)
     } else if strategy.starts_with("fixed 80") {
         RGBColor(67, 147, 195)
+    } else if strategy.starts_with("target pinned") {
+        RGBColor(150, 150, 150)
     } else {
         RGBColor(27, 158, 119)
     }
