@@ -91,6 +91,7 @@ pub fn delay_vs_concealment(path: &Path, profiles: &[&str], runs: &[RunResult]) 
         ("fixed 40 ms", colour("fixed 40")),
         ("fixed 80 ms", colour("fixed 80")),
         ("adaptive (Lodge)", colour("adaptive")),
+        ("target pinned at 80 ms", colour("target pinned")),
     ]
     .iter()
     .enumerate()
@@ -106,7 +107,7 @@ pub fn delay_vs_concealment(path: &Path, profiles: &[&str], runs: &[RunResult]) 
     legend
         .draw(&Text::new(
             "● without FEC   ▲ with FEC",
-            (34, 160),
+            (34, 190),
             ("sans-serif", 18),
         ))
         .map_err(err)?;
@@ -162,10 +163,19 @@ pub fn delay_over_time(path: &Path, profile: &str, runs: &[&RunResult]) -> Resul
         .map_err(err)?;
     for (r, s) in runs.iter().zip(&series) {
         let col = colour(r.strategy);
-        c.draw_series(LineSeries::new(s.iter().copied(), col.stroke_width(2)))
-            .map_err(err)?
-            .label(r.strategy)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], col.stroke_width(3)));
+        // A buffer that played no packet for a while (everything late) leaves a gap, not a
+        // line across it.
+        let segments = s.chunk_by(|a, b| b.0 - a.0 <= BUCKET_MS / 1000.0 * 1.5);
+        for (i, seg) in segments.enumerate() {
+            let drawn = c
+                .draw_series(LineSeries::new(seg.iter().copied(), col.stroke_width(2)))
+                .map_err(err)?;
+            if i == 0 {
+                drawn.label(r.strategy).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], col.stroke_width(3))
+                });
+            }
+        }
     }
     c.configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
