@@ -30,8 +30,9 @@ enum Cmd {
     /// M gateway sessions in one guild; R messages/s into one channel; create→dispatch latency.
     Chat(chat::ChatArgs),
     /// Real speech through Opus, every impairment profile and every playout strategy (fixed
-    /// 40/80 ms, adaptive, each with and without FEC), plus the bitrate controller on a
-    /// bottleneck trace. Writes report.md, report.json and PNG plots.
+    /// 40/80 ms static schedules, adaptive, and the adaptive loop with its target pinned at
+    /// 80 ms, each with and without FEC), plus the bitrate controller on a bottleneck trace.
+    /// Writes report.md, report.json and PNG plots.
     Playout(playout::PlayoutArgs),
     /// N WebRTC callers in R voice channels through the real API; speakers send Opus speech in
     /// talk spurts; listeners measure loss, jitter, mouth-to-ear delay and (probes) MOS.

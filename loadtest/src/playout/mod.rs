@@ -2,8 +2,9 @@
 //!
 //! A speech sample (espeak-ng, or the user's WAV) is Opus-encoded at 32 kbps in 20 ms frames,
 //! once without FEC and once per profile with in-band FEC tuned to that profile's loss; it is
-//! sent through every impairment profile and played out by fixed 40 ms, fixed 80 ms and Lodge's
-//! adaptive buffer, each with and without FEC, and decoded exactly as a client would. Then the
+//! sent through every impairment profile and played out by fixed 40 ms and 80 ms buffers (static
+//! schedules), Lodge's adaptive buffer and Lodge's buffer with its target pinned at 80 ms (an
+//! ablation), each with and without FEC, and decoded exactly as a client would. Then the
 //! bitrate controller runs on a bottleneck trace against a static 32 kbps sender. Output:
 //! report.md (tables, goal checks), report.json and three PNG plots (and, on request, WAVs).
 
