@@ -314,7 +314,7 @@ impl Client {
             .map(|s| (s.seed as usize * 7919) % shared.frames.len())
             .unwrap_or(0);
         let (mut seq, mut ts) = (1u64, 0u32);
-        let mut probe_frames = (0u64, 0u64, 0.0f64); // (frames, concealed, delay sum)
+        let mut probe_frames = (0u64, 0u64, 0.0f64, 0u64); // (frames, concealed, delay sum, decoded)
         let mut live_batch: Vec<u64> = Vec::new();
         let mut pcm = vec![0i16; 960];
         let mut buf = vec![0u8; 2048];
@@ -593,14 +593,17 @@ impl Client {
                 let frames = j.total_samples_received / 960;
                 probe_frames.0 += frames;
                 probe_frames.1 += (j.concealed_samples - j.silent_concealed_samples) / 960;
-                probe_frames.2 += j.mean_delay_ms() * frames as f64;
+                // Buffer delay is an average over the frames decoded from packets.
+                let emitted = j.jitter_buffer_emitted_count / 960;
+                probe_frames.2 += j.mean_delay_ms() * emitted as f64;
+                probe_frames.3 += emitted;
             }
         }
         if probe {
-            let (frames, concealed, delay) = probe_frames;
+            let (frames, concealed, delay, emitted) = probe_frames;
             st.probe = Some(ProbeStats {
                 concealment_pct: concealed as f64 / frames.max(1) as f64 * 100.0,
-                mean_buffer_delay_ms: delay / frames.max(1) as f64,
+                mean_buffer_delay_ms: delay / emitted.max(1) as f64,
                 frames,
             });
         }
