@@ -101,15 +101,108 @@ pub struct RunResult {
     pub delay_series: Vec<(f64, f64)>,
 }
 
-/// Play `enc` through `profile` with `strategy` and score what comes out; with `keep_audio`,
-/// also return everything played (48 kHz mono).
+/// What one seed's run counted; the figures of a [`RunResult`] are derived from the sum over
+/// seeds, so several networks weigh as one longer call.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Frames played (decoded, concealed, stretched or silent).
+    frames: u64,
+    /// Frames decoded from a packet or its successor's FEC, and their summed buffer delay, ms.
+    decoded: u64,
+    delay_sum_ms: f64,
+    delays: Vec<f64>,
+    concealed: u64,
+    fec: u64,
+    interruptions: u64,
+    late: u64,
+    unavoidable: u64,
+    speech_total: u64,
+    speech_scored: u64,
+    snr_sum: f64,
+}
+
+impl Tally {
+    fn add(&mut self, o: Tally) {
+        self.frames += o.frames;
+        self.decoded += o.decoded;
+        self.delay_sum_ms += o.delay_sum_ms;
+        self.delays.extend(o.delays);
+        self.concealed += o.concealed;
+        self.fec += o.fec;
+        self.interruptions += o.interruptions;
+        self.late += o.late;
+        self.unavoidable += o.unavoidable;
+        self.speech_total += o.speech_total;
+        self.speech_scored += o.speech_scored;
+        self.snr_sum += o.snr_sum;
+    }
+}
+
+/// Play `enc` through `profile` with `strategy` once per seed and score what comes out, summed
+/// over the seeds; with `keep_audio`, also return everything played on the first seed (48 kHz
+/// mono). The delay series (for the plot) is the first seed's.
 pub fn run(
+    profile: &Profile,
+    strategy: Strategy,
+    enc: &Encoded,
+    seeds: &[u64],
+    keep_audio: bool,
+) -> Result<(RunResult, Option<Vec<i16>>)> {
+    let mut total = Tally::default();
+    let (mut series, mut audio) = (None, None);
+    for (i, &seed) in seeds.iter().enumerate() {
+        let (tally, delays, played) = run_seed(profile, strategy, enc, seed, keep_audio && i == 0)?;
+        total.add(tally);
+        series.get_or_insert(delays);
+        if played.is_some() {
+            audio = played;
+        }
+    }
+    let t = total;
+    let mut sorted = t.delays;
+    sorted.sort_by(f64::total_cmp);
+    let p95 = sorted.get(sorted.len() * 95 / 100).copied().unwrap_or(0.0);
+    let frames = t.frames.max(1) as f64;
+    let mean_delay_ms = t.delay_sum_ms / t.decoded.max(1) as f64;
+    let concealment_pct = t.concealed as f64 / frames * 100.0;
+    let skipped = t.speech_total - t.speech_scored;
+    let seg_snr_db = if t.speech_total == 0 {
+        SNR_CEIL_DB
+    } else {
+        (t.snr_sum + skipped as f64 * SNR_FLOOR_DB) / t.speech_total as f64
+    };
+    let result = RunResult {
+        profile: profile.name,
+        strategy: strategy.name,
+        playout: strategy.playout,
+        fec: strategy.fec,
+        mean_delay_ms,
+        p95_delay_ms: p95,
+        concealment_pct,
+        fec_recovered_pct: t.fec as f64 / frames * 100.0,
+        interruptions: t.interruptions,
+        late_discarded: t.late,
+        concealed_frames: t.concealed,
+        unavoidable_frames: t.unavoidable,
+        mos_estimate: mos_estimate(&QualityInput::opus(
+            profile.base_delay_ms + mean_delay_ms + CODEC_DELAY_MS,
+            concealment_pct,
+        )),
+        seg_snr_db,
+        speech_frames_skipped_pct: skipped as f64 / t.speech_total.max(1) as f64 * 100.0,
+        delay_series: series.unwrap_or_default(),
+    };
+    Ok((result, audio))
+}
+
+/// One seed: the counts, the (play time, buffer delay) series, and the audio if asked for.
+fn run_seed(
     profile: &Profile,
     strategy: Strategy,
     enc: &Encoded,
     seed: u64,
     keep_audio: bool,
-) -> Result<(RunResult, Option<Vec<i16>>)> {
+) -> Result<(Tally, Vec<(f64, f64)>, Option<Vec<i16>>)> {
     // A receiver knows RTT/2 from RTCP; the model's base delay stands in for it.
     let cfg = strategy.config(profile.base_delay_ms);
     let n = enc.frames.len();
@@ -155,45 +248,26 @@ pub fn run(
     if let Some(e) = err {
         return Err(e.into());
     }
-    let speech_total = enc.speech.iter().filter(|&&s| s).count();
-    let skipped = speech_total.saturating_sub(snr_n as usize);
-    let seg_snr_db = if speech_total == 0 {
-        SNR_CEIL_DB
-    } else {
-        (snr_sum + skipped as f64 * SNR_FLOOR_DB) / speech_total as f64
-    };
     let st = &playout.stats;
-    let mut sorted: Vec<f64> = playout.delays.iter().map(|d| d.1).collect();
-    sorted.sort_by(f64::total_cmp);
-    let p95 = sorted.get(sorted.len() * 95 / 100).copied().unwrap_or(0.0);
-    let frames = (st.total_samples_received / FRAME as u64).max(1) as f64;
-    let concealment_pct = st.concealment_ratio() * 100.0;
-    let result = RunResult {
-        profile: profile.name,
-        strategy: strategy.name,
-        playout: strategy.playout,
-        fec: strategy.fec,
-        mean_delay_ms: st.mean_delay_ms(),
-        p95_delay_ms: p95,
-        concealment_pct,
-        fec_recovered_pct: st.fec_packets_received as f64 / frames * 100.0,
+    let tally = Tally {
+        frames: st.total_samples_received / FRAME as u64,
+        decoded: st.jitter_buffer_emitted_count / FRAME as u64,
+        delay_sum_ms: st.jitter_buffer_delay * 1000.0 / FRAME as f64,
+        delays: playout.delays.iter().map(|d| d.1).collect(),
+        concealed: (st.concealed_samples - st.silent_concealed_samples) / FRAME as u64,
+        fec: st.fec_packets_received,
         interruptions: st.interruptions,
-        late_discarded: st.packets_discarded,
-        concealed_frames: (st.concealed_samples - st.silent_concealed_samples) / FRAME as u64,
-        unavoidable_frames: if strategy.fec {
+        late: st.packets_discarded,
+        unavoidable: if strategy.fec {
             playout.fec_unrecoverable
         } else {
             playout.network_lost
         },
-        mos_estimate: mos_estimate(&QualityInput::opus(
-            profile.base_delay_ms + st.mean_delay_ms() + CODEC_DELAY_MS,
-            concealment_pct,
-        )),
-        seg_snr_db,
-        speech_frames_skipped_pct: skipped as f64 / speech_total.max(1) as f64 * 100.0,
-        delay_series: playout.delays,
+        speech_total: enc.speech.iter().filter(|&&s| s).count() as u64,
+        speech_scored: snr_n,
+        snr_sum,
     };
-    Ok((result, keep_audio.then_some(audio)))
+    Ok((tally, playout.delays, keep_audio.then_some(audio)))
 }
 
 /// Segmental SNR of one frame, dB, clipped to [-10, 35].
@@ -243,7 +317,7 @@ mod tests {
     #[test]
     fn a_clean_link_plays_the_clean_decode() {
         let enc = encode(&voiced(6), false, 0).unwrap();
-        let r = run(&Profile::WIRED, strategy("adaptive"), &enc, 1, false)
+        let r = run(&Profile::WIRED, strategy("adaptive"), &enc, &[1], false)
             .unwrap()
             .0;
         assert_eq!(r.concealment_pct, 0.0);
@@ -256,8 +330,10 @@ mod tests {
         let plain = encode(&voiced(20), false, 0).unwrap();
         let fec = encode(&voiced(20), true, 10).unwrap();
         let p = Profile::BURSTY_10;
-        let without = run(&p, strategy("adaptive"), &plain, 3, false).unwrap().0;
-        let with = run(&p, strategy("adaptive + FEC"), &fec, 3, true).unwrap();
+        let without = run(&p, strategy("adaptive"), &plain, &[3], false)
+            .unwrap()
+            .0;
+        let with = run(&p, strategy("adaptive + FEC"), &fec, &[3], true).unwrap();
         let (with, audio) = with;
         assert!(
             audio.unwrap().len() >= 20 * 48_000,
@@ -271,6 +347,39 @@ mod tests {
             with.seg_snr_db > without.seg_snr_db,
             "{with:?} vs {without:?}"
         );
+    }
+
+    #[test]
+    fn several_seeds_count_as_one_longer_call() {
+        let enc = encode(&voiced(10), false, 0).unwrap();
+        let p = Profile::BUSY_WIFI;
+        let one = |seed| {
+            run(&p, strategy("adaptive"), &enc, &[seed], false)
+                .unwrap()
+                .0
+        };
+        let (a, b) = (one(5), one(6));
+        let both = run(&p, strategy("adaptive"), &enc, &[5, 6], false)
+            .unwrap()
+            .0;
+        assert_ne!(a.concealed_frames, 0, "{a:?}");
+        assert_eq!(
+            both.concealed_frames,
+            a.concealed_frames + b.concealed_frames
+        );
+        assert_eq!(both.late_discarded, a.late_discarded + b.late_discarded);
+        let (lo, hi) = if a.mean_delay_ms < b.mean_delay_ms {
+            (a.mean_delay_ms, b.mean_delay_ms)
+        } else {
+            (b.mean_delay_ms, a.mean_delay_ms)
+        };
+        assert!(
+            lo <= both.mean_delay_ms && both.mean_delay_ms <= hi,
+            "{lo} {hi} {both:?}"
+        );
+        assert!(both.concealment_pct > 0.0 && both.concealment_pct < 100.0);
+        // The plotted series is the first seed's.
+        assert_eq!(both.delay_series, a.delay_series);
     }
 
     #[test]

@@ -34,6 +34,11 @@ pub struct PlayoutArgs {
     /// Seed of the impairment model (same seed, same network, same numbers).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Run every profile × strategy on this many networks (seeds `seed`, `seed`+1, …) and sum
+    /// them, as one call `seconds` × `seeds` long: one minute of a profile holds only a few
+    /// of its rare events (spikes, bursts), so small differences between strategies are noise.
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
     /// Directory for report.md, report.json, the PNG plots and speech.wav.
     #[arg(long, default_value = "playout-report")]
     out: PathBuf,
@@ -61,6 +66,9 @@ fn fec_expected_loss(p: &Profile) -> u8 {
 pub fn run(a: PlayoutArgs) -> Result<bool> {
     if a.seconds < 5 || a.seconds > 3600 {
         bail!("--seconds must be 5..=3600");
+    }
+    if a.seeds == 0 || a.seeds > 100 {
+        bail!("--seeds must be 1..=100");
     }
     if a.bottleneck_seconds < 30 || a.bottleneck_seconds > 3600 {
         bail!("--bottleneck-seconds must be 30..=3600");
@@ -96,6 +104,7 @@ pub fn run(a: PlayoutArgs) -> Result<bool> {
     eprintln!("speech: {source}; looped to {} s", a.seconds);
 
     let plain = audio_eval::encode(eval_pcm, false, 0)?;
+    let seeds: Vec<u64> = (a.seed..a.seed + a.seeds).collect();
     let total = (profiles.len() * STRATEGIES.len()) as u64 + 2;
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} runs  {msg}").expect("static template"),
@@ -112,7 +121,7 @@ pub fn run(a: PlayoutArgs) -> Result<bool> {
             let enc = if s.fec { &fec } else { &plain };
             let keep =
                 a.save_audio && p.name == Profile::HANDOVER_4G.name && s.name == "adaptive + FEC";
-            let (r, played) = audio_eval::run(p, s, enc, a.seed, keep)?;
+            let (r, played) = audio_eval::run(p, s, enc, &seeds, keep)?;
             if let Some(pcm) = played {
                 std::fs::write(
                     a.out.join("played-4g_handover.wav"),
@@ -163,6 +172,7 @@ pub fn run(a: PlayoutArgs) -> Result<bool> {
     let report = json!({
         "seconds": a.seconds,
         "seed": a.seed,
+        "seeds": a.seeds,
         "speech": source,
         "bitrate_bps": audio_eval::BITRATE_BPS,
         "mean_packet_bytes_without_fec": plain.mean_packet_bytes,
@@ -346,15 +356,25 @@ fn markdown(
 ) -> String {
     let mut s = String::new();
     s.push_str("# Playout evaluation\n\n");
+    let networks = if a.seeds == 1 {
+        format!("impairment seed {}", a.seed)
+    } else {
+        format!(
+            "impairment seeds {}–{}, summed in every row ({} s of audio per row)",
+            a.seed,
+            a.seed + a.seeds - 1,
+            a.seconds * a.seeds
+        )
+    };
     s.push_str(&format!(
         "Speech: {source}; {} s per run, Opus {} kbps in 20 ms frames (mean {:.0} bytes/packet \
-         without FEC); impairment seed {}. Command: `lodge-load playout --seconds {} --seed {}`.\n\n",
+         without FEC); {networks}. Command: `lodge-load playout --seconds {} --seed {} --seeds {}`.\n\n",
         a.seconds,
         audio_eval::BITRATE_BPS / 1000,
         plain_bytes,
-        a.seed,
         a.seconds,
-        a.seed
+        a.seed,
+        a.seeds
     ));
     s.push_str(
         "**Fixed 40 ms / 80 ms** are the simple fixed jitter buffer: a static schedule that \
