@@ -10,9 +10,14 @@
 //!   (Opus spends that share on redundancy); it turns off only after 10 s below 0.5%
 //!   (hysteresis). While the link has room (no estimate, or the estimate is above the current
 //!   rate × 1.3) FEC is added *without* cutting the bitrate.
-//! - **Cut on congestion**: loss ≥ 8% unless an estimate shows headroom, or an estimate below the
-//!   rate, cuts the bitrate by 15% per step (never below the estimate × 0.85 headroom target,
-//!   never below `min_bps`), at most every 2 s.
+//! - **Cut on congestion**: loss ≥ 8% in the last report (not the smoothed figure, so that cuts
+//!   stop once the queue has drained) unless an estimate shows headroom, or a rate above the
+//!   estimate × 0.85, cuts the bitrate by 15% per step (never below `min_bps`), at most every
+//!   2 s; under an estimate the cuts stop within one step of its × 0.85 headroom target.
+//! - **Cut harder on heavy loss**: at ≥ 20% loss in the last report (and no estimate showing headroom) the
+//!   sender is far above capacity, typically with a queue overflowing; each report then cuts by
+//!   half the loss share, between 15% and 50% (at 50% loss: −25%), every second. 15% per 2 s
+//!   would need ~25 s to come down from 64 to 8 kbps while half the packets are lost.
 //! - **Queueing is congestion**: an RTT more than 60 ms above the lowest seen means a queue is
 //!   building on the path; it cuts like loss does, and blocks increases.
 //! - **Recover carefully**: below 2% loss, no queue and with headroom, +10% every 2 s (not
@@ -52,7 +57,11 @@ pub struct Decision {
 #[derive(Debug, Clone)]
 pub struct BitrateController {
     cfg: ControllerConfig,
+    /// Smoothed loss (rises at once, falls slowly): what FEC protects against.
     loss: f64,
+    /// The last report's loss: what congestion is judged by, so cuts stop as soon as the
+    /// queue has drained instead of while the smoothed figure decays.
+    report_loss: f64,
     bwe: Option<f64>,
     pub jitter_ms: f64,
     pub rtt_ms: f64,
@@ -69,6 +78,7 @@ impl BitrateController {
         let mut c = BitrateController {
             cfg,
             loss: 0.0,
+            report_loss: 0.0,
             bwe: None,
             jitter_ms: 0.0,
             rtt_ms: 0.0,
@@ -111,6 +121,7 @@ impl BitrateController {
         rtt_ms: f64,
     ) -> Decision {
         let l = loss_fraction.clamp(0.0, 1.0);
+        self.report_loss = l;
         self.loss = if l > self.loss {
             l
         } else {
@@ -153,14 +164,19 @@ impl BitrateController {
         // A queue is building when the RTT stands well above the path's minimum: that is
         // congestion even before packets drop (and the only signal when a queue absorbs them).
         let queueing = self.min_rtt_ms.is_finite() && self.rtt_ms > self.min_rtt_ms + 60.0;
-        let congested = (self.loss >= 0.08 && !known_headroom) || over_estimate || queueing;
-        if congested && now_ms - self.last_cut_ms >= 2_000.0 {
-            let mut next = rate * 0.85;
-            if let Some(b) = self.bwe {
-                // Do not overshoot below the headroom target in one go either.
-                next = next.max((b * 0.85).min(rate * 0.85));
-            }
-            self.d.bitrate_bps = (next as u32).max(self.cfg.min_bps);
+        let congested = (self.report_loss >= 0.08 && !known_headroom) || over_estimate || queueing;
+        // Heavy loss means the sender is far above the path's capacity (a queue overflowing):
+        // cut harder and sooner, by half the loss share (at least the usual 15%, at most half
+        // the rate), every report while loss stays at 20% or more.
+        let heavy = self.report_loss >= 0.2 && !known_headroom;
+        let interval = if heavy { 1_000.0 } else { 2_000.0 };
+        if congested && now_ms - self.last_cut_ms >= interval {
+            let factor = if heavy {
+                (1.0 - 0.5 * self.report_loss).clamp(0.5, 0.85)
+            } else {
+                0.85
+            };
+            self.d.bitrate_bps = ((rate * factor) as u32).max(self.cfg.min_bps);
             self.last_cut_ms = now_ms;
         } else if self.loss < 0.02
             && !queueing
@@ -266,6 +282,32 @@ mod tests {
         // Loss gone: FEC goes off after 10 s of quiet, the rate climbs back.
         let d = run(&mut c, 20, 120, 0.0, None);
         assert!(!d.fec && d.bitrate_bps > 40_000, "{d:?}");
+    }
+
+    #[test]
+    fn heavy_loss_cuts_harder_and_every_second() {
+        // A link far below the rate: half the packets are lost until the rate is down to
+        // 12 kbps.
+        let mut c = BitrateController::new(ControllerConfig::default());
+        let d = run(&mut c, 0, 30, 0.0, None);
+        assert_eq!(d.bitrate_bps, 64_000);
+        let mut prev = d.bitrate_bps;
+        let mut reached = None;
+        for s in 30..60u64 {
+            let loss = if prev > 12_000 { 0.5 } else { 0.0 };
+            let d = c.handle_report(s as f64 * 1000.0, loss, 20.0, 80.0);
+            let step = d.bitrate_bps as f64 / prev as f64;
+            if d.bitrate_bps < prev {
+                assert!((0.5..=0.851).contains(&step), "{prev} -> {}", d.bitrate_bps);
+            }
+            if reached.is_none() && d.bitrate_bps <= 12_000 {
+                reached = Some(s - 30);
+            }
+            prev = d.bitrate_bps;
+        }
+        // 15% every 2 s would need 21 s from 64 to 12 kbps; by half the loss every second, 6.
+        let reached = reached.expect("came down");
+        assert!(reached <= 8, "took {reached} s");
     }
 
     #[test]
