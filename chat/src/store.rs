@@ -664,6 +664,23 @@ impl Store {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
+        // The page's role assignments in one query (the page is the user ids in (after, last]),
+        // not one per member.
+        let mut roles: std::collections::HashMap<u64, Vec<u64>> = std::collections::HashMap::new();
+        if let Some(last) = rows.last().map(|r| r.get::<i64, _>("user_id")) {
+            let pairs: Vec<(i64, i64)> = sqlx::query_as(
+                "SELECT user_id, role_id FROM member_roles \
+                 WHERE guild_id = $1 AND user_id > $2 AND user_id <= $3",
+            )
+            .bind(guild_id as i64)
+            .bind(after as i64)
+            .bind(last)
+            .fetch_all(&self.pool)
+            .await?;
+            for (u, r) in pairs {
+                roles.entry(u as u64).or_default().push(r as u64);
+            }
+        }
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let uid = r.get::<i64, _>("user_id") as u64;
@@ -671,7 +688,7 @@ impl Store {
                 guild_id,
                 user: user_from_row(r, uid),
                 nick: r.get("nick"),
-                roles: self.member_roles(guild_id, uid).await?,
+                roles: roles.remove(&uid).unwrap_or_default(),
                 joined_at: r.get("joined_at"),
             });
         }
@@ -828,6 +845,33 @@ impl Store {
         Ok(permissions::of_member(
             guild, &roles, &mine, channel, user_id,
         ))
+    }
+
+    /// The member's permissions in each of `channels`, reading the member's and the guild's
+    /// roles once rather than once per channel (all zero if the user is not in the guild).
+    pub async fn channel_permissions(
+        &self,
+        guild: &Guild,
+        channels: &[Channel],
+        user_id: u64,
+    ) -> Result<Vec<Permissions>, ChatError> {
+        let Some(mine) = self.member_role_ids(guild, user_id).await? else {
+            return Ok(vec![Permissions(0); channels.len()]);
+        };
+        let roles = self.roles(guild.id).await?;
+        Ok(channels
+            .iter()
+            .map(|c| permissions::of_member(guild, &roles, &mine, Some(c), user_id))
+            .collect())
+    }
+
+    /// How many members the guild has.
+    pub async fn member_count(&self, guild_id: u64) -> Result<u64, ChatError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE guild_id = $1")
+            .bind(guild_id as i64)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
     }
 
     /// The member's role ids, or `None` if the user is not in the guild (the owner always is).

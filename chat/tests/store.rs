@@ -502,3 +502,96 @@ async fn full_text_search_respects_channels_and_edits() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn member_pages_carry_each_members_roles_and_channel_permissions_match() {
+    let (s, _d) = store().await;
+    let (owner, _) = s.register("owner", "password1", false).await.unwrap();
+    let g = s.create_guild(&owner, "Den").await.unwrap();
+    let red = s.create_role(g.id, "red", 0).await.unwrap();
+    let blue = s.create_role(g.id, "blue", 0).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let (u, _) = s
+            .register(&format!("user{i}"), "password1", false)
+            .await
+            .unwrap();
+        assert!(s.add_member(g.id, u.id).await.unwrap());
+        if i % 2 == 0 {
+            s.add_member_role(g.id, u.id, red.id).await.unwrap();
+        }
+        if i % 3 == 0 {
+            s.add_member_role(g.id, u.id, blue.id).await.unwrap();
+        }
+        ids.push(u.id);
+    }
+    assert_eq!(s.member_count(g.id).await.unwrap(), 8, "7 and the owner");
+    // Page through three at a time: every member once, each with exactly their own roles.
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s.members(g.id, 3, after).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.user.id;
+        for m in page {
+            let mut want = Vec::new();
+            if let Some(i) = ids.iter().position(|&id| id == m.user.id) {
+                if i % 2 == 0 {
+                    want.push(red.id);
+                }
+                if i % 3 == 0 {
+                    want.push(blue.id);
+                }
+            }
+            let mut got = m.roles.clone();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "roles of {}", m.user.username);
+            seen.push(m.user.id);
+        }
+    }
+    assert_eq!(seen.len(), 8);
+
+    // Hide the text channel from @everyone, let red see it: one read of the roles gives the
+    // same answer as asking channel by channel.
+    let chans = s.channels(g.id).await.unwrap();
+    s.set_overwrite(
+        chans[0].id,
+        Overwrite {
+            target: g.id,
+            kind: OverwriteKind::Role,
+            allow: 0,
+            deny: Permissions::VIEW_CHANNEL,
+        },
+    )
+    .await
+    .unwrap();
+    s.set_overwrite(
+        chans[0].id,
+        Overwrite {
+            target: red.id,
+            kind: OverwriteKind::Role,
+            allow: Permissions::VIEW_CHANNEL,
+            deny: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let chans = s.channels(g.id).await.unwrap();
+    let (stranger, _) = s.register("stranger", "password1", false).await.unwrap();
+    for user in ids.iter().copied().chain([owner.id, stranger.id]) {
+        let all = s.channel_permissions(&g, &chans, user).await.unwrap();
+        for (c, p) in chans.iter().zip(&all) {
+            assert_eq!(*p, s.permissions(&g, Some(c), user).await.unwrap());
+        }
+    }
+    let p = s.channel_permissions(&g, &chans, ids[1]).await.unwrap();
+    assert!(!p[0].has(Permissions::VIEW_CHANNEL) && p[1].has(Permissions::VIEW_CHANNEL));
+    let p = s.channel_permissions(&g, &chans, ids[0]).await.unwrap();
+    assert!(p[0].has(Permissions::VIEW_CHANNEL));
+    let p = s
+        .channel_permissions(&g, &chans, stranger.id)
+        .await
+        .unwrap();
+    assert!(p.iter().all(|p| p.0 == 0));
+}

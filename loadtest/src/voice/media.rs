@@ -118,7 +118,12 @@ pub struct ProbeStats {
 
 /// Everything one caller measured.
 pub struct CallerStats {
+    /// Join → media connected, ms.
     pub connect_ms: Option<f64>,
+    /// Join → the generator let the call start signaling (a `--parallelism` slot), and join →
+    /// signaling done (the SDP answer in hand), ms: with `connect_ms`, the phases of a join.
+    pub queued_ms: Option<f64>,
+    pub signaled_ms: Option<f64>,
     pub rtp_sent: u64,
     pub received: u64,
     pub gaps: u64,
@@ -289,6 +294,8 @@ impl Client {
     ) -> Result<(CallerStats, Option<(String, String)>)> {
         let mut st = CallerStats {
             connect_ms: None,
+            queued_ms: None,
+            signaled_ms: None,
             rtp_sent: 0,
             received: 0,
             gaps: 0,

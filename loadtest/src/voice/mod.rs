@@ -701,9 +701,11 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                     let t0 = Instant::now();
                     if let Some(j) = janus {
                         let room: u64 = channel.parse()?;
+                        let mut phases = (0.0, 0.0);
                         let (client, slots, session) = {
                             let _p = sem.acquire().await;
-                            if speaking.is_some() {
+                            phases.0 = t0.elapsed().as_secs_f64() * 1000.0;
+                            let r = if speaking.is_some() {
                                 let mut client = Client::new(ip, 0).await?;
                                 let (session, answer) = janus::publish(&j, room, user, &client.offer).await?;
                                 client.accept(&answer)?;
@@ -713,18 +715,24 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                                 let (client, answer) = Client::answering(ip, &offer).await?;
                                 janus::start(&j, session, handle, &answer).await?;
                                 (client, janus::slot_map(&offer, &feeds), session)
-                            }
+                            };
+                            phases.1 = t0.elapsed().as_secs_f64() * 1000.0;
+                            r
                         };
                         tokio::spawn(janus::keep_alive(j, session, stop.clone()));
                         let (_never, mut no_moves) = tokio::sync::mpsc::unbounded_channel();
                         return client.run(shared, slots, speaking, probe, t0, stop, &mut no_moves).await
-                            .map(|(st, _)| (st, probe));
+                            .map(|(mut st, _)| {
+                                (st.queued_ms, st.signaled_ms) = (Some(phases.0), Some(phases.1));
+                                (st, probe)
+                            });
                     }
-                    let (client, call) = {
+                    let (client, call, phases) = {
                         let _p = sem.acquire().await;
+                        let queued = t0.elapsed().as_secs_f64() * 1000.0;
                         let client = Client::new(ip, slots).await?;
                         let call = signal::join(&gw, &token, user, &guild, &channel, &client.offer, slots, muted, region.as_deref(), stop.clone(), on_error).await?;
-                        (client, call)
+                        (client, call, (queued, t0.elapsed().as_secs_f64() * 1000.0))
                     };
                     let mut client = client;
                     let answer = match impair {
@@ -743,7 +751,11 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                     loop {
                         let (st, mv) = client.run(shared.clone(), slot_map.clone(), speaking.clone(), probe, started, stop.clone(), &mut call.moved).await?;
                         match total.as_mut() {
-                            None => total = Some(st),
+                            None => {
+                                let mut st = st;
+                                (st.queued_ms, st.signaled_ms) = (Some(phases.0), Some(phases.1));
+                                total = Some(st);
+                            }
                             Some(t) => t.merge(st),
                         }
                         let Some((vtoken, endpoint)) = mv else { break };

@@ -102,6 +102,8 @@ pub fn build(
     let mut jitters = Vec::new();
     let mut deaf = 0usize;
     let mut join_ms = Vec::new();
+    // Of each join that connected: waiting for a generator slot, signaling, ICE + DTLS, ms.
+    let mut phases: [Vec<f64>; 3] = Default::default();
     let mut probes = Vec::new();
     let (mut rejoins, mut rejoin_ms) = (0u64, Vec::new());
     for (st, _) in results {
@@ -111,6 +113,11 @@ pub fn build(
         if let Some(ms) = st.connect_ms {
             join.record((ms.max(1.0)) as u64)?;
             join_ms.push(ms);
+            if let (Some(q), Some(sig)) = (st.queued_ms, st.signaled_ms) {
+                phases[0].push(q);
+                phases[1].push(sig - q);
+                phases[2].push(ms - sig);
+            }
         }
         received += st.received;
         gaps += st.gaps;
@@ -211,6 +218,13 @@ pub fn build(
         q(&join_q, "p99"),
         q(&join_q, "max")
     ));
+    if !phases[0].is_empty() {
+        let [w, g, m] = &mut phases;
+        md.push_str(&format!(
+            "| join phases, ms (p50 / p90): waiting for a generator slot (`--parallelism`) · gateway + voice gateway to the SDP answer · ICE + DTLS to media | {:.0} / {:.0} · {:.0} / {:.0} · {:.0} / {:.0} |\n",
+            pct(w, 0.5), pct(w, 0.9), pct(g, 0.5), pct(g, 0.9), pct(m, 0.5), pct(m, 0.9)
+        ));
+    }
     md.push_str(&format!(
         "| RTP sent by speakers / read from callers' sockets / delivered by their WebRTC stacks | {sent} / {rtp_datagrams} / {received} |\n"
     ));
@@ -364,6 +378,11 @@ pub fn build(
         "interrupted": interrupted,
         "connected": connected,
         "join_ms": join_q,
+        "join_phases_ms": {
+            "waiting_for_generator_slot": { "p50": pct(&mut phases[0], 0.5), "p90": pct(&mut phases[0], 0.9) },
+            "signaling": { "p50": pct(&mut phases[1], 0.5), "p90": pct(&mut phases[1], 0.9) },
+            "ice_dtls": { "p50": pct(&mut phases[2], 0.5), "p90": pct(&mut phases[2], 0.9) },
+        },
         "rtp_sent": sent, "rtp_received": received, "sequence_gaps": gaps, "loss_pct": loss_pct,
         "unmatched": unmatched, "repeated_payloads": repeated, "caller_input_errors": input_errors, "reordered": reordered, "rtp_datagrams_read": rtp_datagrams, "gap_sizes": gap_sizes,
         "jitter_ms": { "p50": pct(&mut jitters, 0.5), "p95": pct(&mut jitters, 0.95), "max": pct(&mut jitters, 1.0) },

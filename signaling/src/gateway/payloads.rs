@@ -51,21 +51,19 @@ pub async fn guild_create_limited(
 ) -> ApiResult<Value> {
     let roles = s.store.roles(g.id).await?;
     let mut v = wire::guild(g, &roles);
-    let mut channels = Vec::new();
-    for c in s.store.channels(g.id).await? {
-        if s.store
-            .permissions(g, Some(&c), user_id)
-            .await?
-            .has(Permissions::VIEW_CHANNEL)
-        {
-            channels.push(wire::channel(&c));
-        }
-    }
+    let all = s.store.channels(g.id).await?;
+    let perms = s.store.channel_permissions(g, &all, user_id).await?;
+    let channels: Vec<Value> = all
+        .iter()
+        .zip(perms)
+        .filter(|(_, p)| p.has(Permissions::VIEW_CHANNEL))
+        .map(|(c, _)| wire::channel(c))
+        .collect();
     let members = s
         .store
         .members(g.id, large_threshold.clamp(1, MAX_GUILD_CREATE_MEMBERS), 0)
         .await?;
-    let member_count = members.len();
+    let member_count = s.store.member_count(g.id).await?;
     let joined_at = members
         .iter()
         .find(|m| m.user.id == user_id)
@@ -84,7 +82,7 @@ pub async fn guild_create_limited(
     v["channels"] = Value::Array(channels);
     v["members"] = Value::Array(members.iter().map(wire::member).collect());
     v["member_count"] = json!(member_count);
-    v["large"] = json!(member_count as u32 >= large_threshold);
+    v["large"] = json!(member_count >= large_threshold as u64);
     v["joined_at"] = json!(joined_at);
     v["voice_states"] = Value::Array(voice_states);
     let ids: Vec<u64> = members.iter().map(|m| m.user.id).collect();

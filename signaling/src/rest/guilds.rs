@@ -136,16 +136,14 @@ pub async fn channels(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
-    let mut out = Vec::new();
-    for c in s.store.channels(g.id).await? {
-        if s.store
-            .permissions(&g, Some(&c), u.id)
-            .await?
-            .has(Permissions::VIEW_CHANNEL)
-        {
-            out.push(wire::channel(&c));
-        }
-    }
+    let all = s.store.channels(g.id).await?;
+    let perms = s.store.channel_permissions(&g, &all, u.id).await?;
+    let out = all
+        .iter()
+        .zip(perms)
+        .filter(|(_, p)| p.has(Permissions::VIEW_CHANNEL))
+        .map(|(c, _)| wire::channel(c))
+        .collect();
     Ok(Json(Value::Array(out)))
 }
 

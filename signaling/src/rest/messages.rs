@@ -400,19 +400,15 @@ pub async fn search(
                 .map_err(|_| ApiError::bad_request("channel_id", "Must be a snowflake."))
         })
         .transpose()?;
-    let mut readable = Vec::new();
-    for c in s.store.channels(g.id).await? {
-        if only.is_some_and(|o| o != c.id) {
-            continue;
-        }
-        if s.store
-            .permissions(&g, Some(&c), u.id)
-            .await?
-            .has(Permissions::VIEW_CHANNEL | Permissions::READ_MESSAGE_HISTORY)
-        {
-            readable.push(c.id);
-        }
-    }
+    let mut channels = s.store.channels(g.id).await?;
+    channels.retain(|c| only.is_none_or(|o| o == c.id));
+    let perms = s.store.channel_permissions(&g, &channels, u.id).await?;
+    let readable: Vec<u64> = channels
+        .iter()
+        .zip(perms)
+        .filter(|(_, p)| p.has(Permissions::VIEW_CHANNEL | Permissions::READ_MESSAGE_HISTORY))
+        .map(|(c, _)| c.id)
+        .collect();
     let (total, hits) = s
         .store
         .search_messages(
