@@ -151,11 +151,11 @@ pub fn run(
     let mut total = Tally::default();
     let (mut series, mut audio) = (None, None);
     for (i, &seed) in seeds.iter().enumerate() {
-        let (tally, delays, played) = run_seed(profile, strategy, enc, seed, keep_audio && i == 0)?;
-        total.add(tally);
-        series.get_or_insert(delays);
-        if played.is_some() {
-            audio = played;
+        let run = run_seed(profile, strategy, enc, seed, keep_audio && i == 0)?;
+        total.add(run.tally);
+        series.get_or_insert(run.delays);
+        if run.audio.is_some() {
+            audio = run.audio;
         }
     }
     let t = total;
@@ -195,14 +195,23 @@ pub fn run(
     Ok((result, audio))
 }
 
-/// One seed: the counts, the (play time, buffer delay) series, and the audio if asked for.
+/// What one seed's run gives back.
+struct SeedRun {
+    tally: Tally,
+    /// (play time ms, buffering delay ms) of each decoded frame.
+    delays: Vec<(f64, f64)>,
+    /// Everything played, when asked for.
+    audio: Option<Vec<i16>>,
+}
+
+/// One seed: the counts, the delay series, and the audio if asked for.
 fn run_seed(
     profile: &Profile,
     strategy: Strategy,
     enc: &Encoded,
     seed: u64,
     keep_audio: bool,
-) -> Result<(Tally, Vec<(f64, f64)>, Option<Vec<i16>>)> {
+) -> Result<SeedRun> {
     // A receiver knows RTT/2 from RTCP; the model's base delay stands in for it.
     let cfg = strategy.config(profile.base_delay_ms);
     let n = enc.frames.len();
@@ -267,7 +276,11 @@ fn run_seed(
         speech_scored: snr_n,
         snr_sum,
     };
-    Ok((tally, playout.delays, keep_audio.then_some(audio)))
+    Ok(SeedRun {
+        tally,
+        delays: playout.delays,
+        audio: keep_audio.then_some(audio),
+    })
 }
 
 /// Segmental SNR of one frame, dB, clipped to [-10, 35].
