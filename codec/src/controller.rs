@@ -14,10 +14,11 @@
 //!   stop once the queue has drained) unless an estimate shows headroom, or a rate above the
 //!   estimate × 0.85, cuts the bitrate by 15% per step (never below `min_bps`), at most every
 //!   2 s; under an estimate the cuts stop within one step of its × 0.85 headroom target.
-//! - **Cut harder on heavy loss**: at ≥ 20% loss in the last report (and no estimate showing headroom) the
-//!   sender is far above capacity, typically with a queue overflowing; each report then cuts by
-//!   half the loss share, between 15% and 50% (at 50% loss: −25%), every second. 15% per 2 s
-//!   would need ~25 s to come down from 64 to 8 kbps while half the packets are lost.
+//! - **Cut harder on heavy loss**: at ≥ 20% loss in the last report (and no estimate showing
+//!   headroom) the sender is far above capacity, typically with a queue overflowing; each
+//!   report then cuts by half the loss share, between 15% and 50% (at 50% loss: −25%), every
+//!   second. 15% per 2 s would need ~25 s to come down from 64 to 8 kbps while half the
+//!   packets are lost.
 //! - **Queueing is congestion**: an RTT more than 60 ms above the lowest seen means a queue is
 //!   building on the path; it cuts like loss does, and blocks increases.
 //! - **Recover carefully**: below 2% loss, no queue and with headroom, +10% every 2 s (not

@@ -405,3 +405,39 @@ async fn presence_follows_connections_and_op3() {
     send(&mut w, json!({ "op": 3, "d": { "status": "sleepy" } })).await;
     assert_eq!(closed(&mut w).await.0, 4002);
 }
+
+#[tokio::test]
+async fn a_large_guilds_member_list_still_holds_the_session_and_counts_everyone() {
+    // 51 members, GUILD_CREATE lists at most 50 (large_threshold): the newest member (the
+    // highest user id, so not on the first page) still finds itself there, and member_count is
+    // the guild's total, not the list's length.
+    let n = common::node_with(|a| {
+        a.rate_limit_route = Some(100_000);
+        a.rate_limit_global = Some(100_000);
+    })
+    .await;
+    let (_, owner) = n.user("owner").await;
+    let (g, text, _) = n.guild(&owner).await;
+    let mut last = None;
+    for i in 0..50 {
+        let (id, tok) = n.user(&format!("member{i}")).await;
+        n.invite_and_join(&owner, &text, &tok).await;
+        last = Some((id, tok));
+    }
+    let (last_id, last_tok) = last.unwrap();
+    let mut w = common::ws(&n.gateway_url()).await;
+    assert_eq!(common::json(&mut w).await["op"], 10);
+    common::send(&mut w, json!({ "op": 2, "d": { "token": last_tok, "intents": 1,
+        "large_threshold": 50, "properties": { "os": "linux", "browser": "test", "device": "test" } } })).await;
+    let gc = dispatch(&mut w, "GUILD_CREATE").await;
+    assert_eq!(gc["id"].as_str().unwrap(), g);
+    assert_eq!(gc["member_count"], 51);
+    assert_eq!(gc["large"], true);
+    let members = gc["members"].as_array().unwrap();
+    assert!(members.len() <= 51, "{}", members.len());
+    assert!(
+        members.iter().any(|m| m["user"]["id"] == last_id.as_str()),
+        "the session's own member is listed"
+    );
+    assert!(gc["joined_at"].is_string(), "{}", gc["joined_at"]);
+}

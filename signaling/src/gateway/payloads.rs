@@ -59,10 +59,17 @@ pub async fn guild_create_limited(
         .filter(|(_, p)| p.has(Permissions::VIEW_CHANNEL))
         .map(|(c, _)| wire::channel(c))
         .collect();
-    let members = s
+    let mut members = s
         .store
         .members(g.id, large_threshold.clamp(1, MAX_GUILD_CREATE_MEMBERS), 0)
         .await?;
+    // The list is the first page by user id; the session's own member is always in it (a
+    // client takes its own roles and join time from there).
+    if !members.iter().any(|m| m.user.id == user_id) {
+        if let Ok(me) = s.store.member(g.id, user_id).await {
+            members.push(me);
+        }
+    }
     let member_count = s.store.member_count(g.id).await?;
     let joined_at = members
         .iter()
