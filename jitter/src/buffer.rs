@@ -374,24 +374,9 @@ impl JitterBuffer {
         let frame = self.cfg.frame_samples as u64;
         let frame_ms = self.frame_ms();
         let target = self.target_delay_ms();
-        if !self.playing {
-            let Some(first) = self.first_arrival_ms else {
-                return Pulled::Waiting;
-            };
-            if now_ms - first + frame_ms < target || self.packets.is_empty() {
-                return Pulled::Waiting;
-            }
-            let (&s, p) = self.packets.iter().next().expect("checked non-empty");
-            self.next_seq = s;
-            self.next_ts = p.ts;
-            self.playing = true;
-        }
-        // Resynchronise after a long outage: jump to what is buffered.
-        if let Some((&s, p)) = self.packets.iter().next() {
-            if s > self.next_seq + 100 {
-                self.next_seq = s;
-                self.next_ts = p.ts;
-            }
+        // The frame about to play counts toward the target.
+        if !self.begin(now_ms, target - frame_ms) {
+            return Pulled::Waiting;
         }
         let buffered = self.buffered_ms();
         // Audio held beyond the frame about to play, against the target.
@@ -525,31 +510,34 @@ impl JitterBuffer {
         Pulled::Stretch
     }
 
+    /// Start playing once the first packet has waited `wait_ms` (the playout position becomes
+    /// the oldest buffered packet), and resynchronise after an outage of more than 100 packets
+    /// (the position jumps to what is buffered). `false`: still waiting.
+    fn begin(&mut self, now_ms: f64, wait_ms: f64) -> bool {
+        let oldest = self.packets.iter().next().map(|(&s, p)| (s, p.ts));
+        if !self.playing {
+            let (Some(first), Some((s, ts))) = (self.first_arrival_ms, oldest) else {
+                return false;
+            };
+            if now_ms - first < wait_ms {
+                return false;
+            }
+            (self.next_seq, self.next_ts) = (s, ts);
+            self.playing = true;
+        }
+        if let Some((s, ts)) = oldest.filter(|&(s, _)| s > self.next_seq + 100) {
+            (self.next_seq, self.next_ts) = (s, ts);
+        }
+        true
+    }
+
     /// One frame of a static schedule (see [`BufferConfig::static_delay_ms`]). Every pull is the
     /// next frame of media time; what is buffered for it plays, anything older is late.
     fn pull_static(&mut self, now_ms: f64, delay_ms: f64) -> Pulled {
         let frame = self.cfg.frame_samples as u64;
         let frame_ms = self.frame_ms();
-        if !self.playing {
-            let Some(first) = self.first_arrival_ms else {
-                return Pulled::Waiting;
-            };
-            let Some((&s, p)) = self.packets.iter().next() else {
-                return Pulled::Waiting;
-            };
-            if now_ms - first < delay_ms {
-                return Pulled::Waiting;
-            }
-            self.next_seq = s;
-            self.next_ts = p.ts;
-            self.playing = true;
-        }
-        // Resynchronise after a long outage: restart the schedule at what is buffered.
-        if let Some((&s, p)) = self.packets.iter().next() {
-            if s > self.next_seq + 100 {
-                self.next_seq = s;
-                self.next_ts = p.ts;
-            }
+        if !self.begin(now_ms, delay_ms) {
+            return Pulled::Waiting;
         }
         let slot = self.next_ts;
         self.next_ts += frame;

@@ -29,6 +29,25 @@ pub struct JitterStats {
 }
 
 impl JitterStats {
+    /// Add another stream's (or another run's) counts to these, as if one longer call: the
+    /// derived figures (mean delay, concealment ratio) then weigh every frame alike.
+    pub fn merge(&mut self, o: &JitterStats) {
+        self.jitter_buffer_delay += o.jitter_buffer_delay;
+        self.jitter_buffer_target_delay += o.jitter_buffer_target_delay;
+        self.jitter_buffer_emitted_count += o.jitter_buffer_emitted_count;
+        self.total_samples_received += o.total_samples_received;
+        self.concealed_samples += o.concealed_samples;
+        self.silent_concealed_samples += o.silent_concealed_samples;
+        self.concealment_events += o.concealment_events;
+        self.inserted_samples_for_deceleration += o.inserted_samples_for_deceleration;
+        self.removed_samples_for_acceleration += o.removed_samples_for_acceleration;
+        self.packets_discarded += o.packets_discarded;
+        self.packets_received += o.packets_received;
+        self.fec_packets_received += o.fec_packets_received;
+        self.interruptions += o.interruptions;
+        self.total_interruption_duration += o.total_interruption_duration;
+    }
+
     /// Mean playout delay, ms.
     pub fn mean_delay_ms(&self) -> f64 {
         if self.jitter_buffer_emitted_count == 0 {
@@ -46,5 +65,31 @@ impl JitterStats {
             (self.concealed_samples - self.silent_concealed_samples) as f64
                 / self.total_samples_received as f64
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_stats_weigh_every_frame_alike() {
+        // 10 frames at 20 ms and 30 frames at 60 ms: 50 ms over the 40, not the 40 ms mean of
+        // the two means; 4 of 50 frames concealed.
+        let run = |frames: u64, delay_s: f64, concealed: u64, total: u64| JitterStats {
+            jitter_buffer_delay: delay_s * (frames * 960) as f64,
+            jitter_buffer_emitted_count: frames * 960,
+            total_samples_received: total * 960,
+            concealed_samples: concealed * 960,
+            ..JitterStats::default()
+        };
+        let mut a = run(10, 0.020, 1, 12);
+        a.merge(&run(30, 0.060, 3, 38));
+        assert!(
+            (a.mean_delay_ms() - 50.0).abs() < 1e-9,
+            "{}",
+            a.mean_delay_ms()
+        );
+        assert!((a.concealment_ratio() - 0.08).abs() < 1e-12);
     }
 }

@@ -130,14 +130,7 @@ fn dtx_gap_plays_silence_then_resumes() {
             let seq = if i < 50 { i } else { i - 50 };
             jb.insert(now + 30.0, seq as u16, i * 960, vec![1]);
         }
-        out.push(match jb.pull(now + 40.0) {
-            Pulled::Frame { .. } => 'F',
-            Pulled::Silence => 'S',
-            Pulled::Conceal { .. } => 'C',
-            Pulled::Stretch => 'T',
-            Pulled::Waiting => 'W',
-            Pulled::Fec { .. } => 'E',
-        });
+        out.push(kind(&jb.pull(now + 40.0)));
     }
     let s: String = out.iter().collect();
     assert!(s.contains(&"S".repeat(40)), "{s}");
@@ -302,6 +295,7 @@ fn static_buffer(ms: f64) -> BufferConfig {
     }
 }
 
+/// One letter per pull, for readable assertions on a run of decisions.
 fn kind(p: &Pulled) -> char {
     match p {
         Pulled::Frame { .. } => 'F',

@@ -425,9 +425,9 @@ async fn a_large_guilds_member_list_still_holds_the_session_and_counts_everyone(
         last = Some((id, tok));
     }
     let (last_id, last_tok) = last.unwrap();
-    let mut w = common::ws(&n.gateway_url()).await;
-    assert_eq!(common::json(&mut w).await["op"], 10);
-    common::send(&mut w, json!({ "op": 2, "d": { "token": last_tok, "intents": 1,
+    let mut w = ws(&n.gateway_url()).await;
+    assert_eq!(json(&mut w).await["op"], 10);
+    send(&mut w, json!({ "op": 2, "d": { "token": last_tok, "intents": 1,
         "large_threshold": 50, "properties": { "os": "linux", "browser": "test", "device": "test" } } })).await;
     let gc = dispatch(&mut w, "GUILD_CREATE").await;
     assert_eq!(gc["id"].as_str().unwrap(), g);

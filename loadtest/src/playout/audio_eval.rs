@@ -6,7 +6,7 @@ use anyhow::Result;
 use lodge_codec::audio::rfc6464_level;
 use lodge_codec::{EncoderSettings, OpusDecoder, OpusEncoder};
 use lodge_jitter::eval::{play_through, Playout, SentFrame, Strategy};
-use lodge_jitter::{mos_estimate, Profile, Pulled, QualityInput};
+use lodge_jitter::{mos_estimate, JitterStats, Profile, Pulled, QualityInput};
 use serde::Serialize;
 
 /// Samples in one 20 ms frame at 48 kHz.
@@ -105,16 +105,10 @@ pub struct RunResult {
 /// seeds, so several networks weigh as one longer call.
 #[derive(Debug, Default)]
 struct Tally {
-    /// Frames played (decoded, concealed, stretched or silent).
-    frames: u64,
-    /// Frames decoded from a packet or its successor's FEC, and their summed buffer delay, ms.
-    decoded: u64,
-    delay_sum_ms: f64,
+    /// The buffer's own counts (frames played and decoded, delay, concealment, FEC, late).
+    stats: JitterStats,
+    /// Buffer delay of every decoded frame, ms (for the p95).
     delays: Vec<f64>,
-    concealed: u64,
-    fec: u64,
-    interruptions: u64,
-    late: u64,
     unavoidable: u64,
     speech_total: u64,
     speech_scored: u64,
@@ -123,14 +117,8 @@ struct Tally {
 
 impl Tally {
     fn add(&mut self, o: Tally) {
-        self.frames += o.frames;
-        self.decoded += o.decoded;
-        self.delay_sum_ms += o.delay_sum_ms;
+        self.stats.merge(&o.stats);
         self.delays.extend(o.delays);
-        self.concealed += o.concealed;
-        self.fec += o.fec;
-        self.interruptions += o.interruptions;
-        self.late += o.late;
         self.unavoidable += o.unavoidable;
         self.speech_total += o.speech_total;
         self.speech_scored += o.speech_scored;
@@ -159,12 +147,13 @@ pub fn run(
         }
     }
     let t = total;
+    let st = &t.stats;
     let mut sorted = t.delays;
     sorted.sort_by(f64::total_cmp);
     let p95 = sorted.get(sorted.len() * 95 / 100).copied().unwrap_or(0.0);
-    let frames = t.frames.max(1) as f64;
-    let mean_delay_ms = t.delay_sum_ms / t.decoded.max(1) as f64;
-    let concealment_pct = t.concealed as f64 / frames * 100.0;
+    let frames = (st.total_samples_received / FRAME as u64).max(1) as f64;
+    let mean_delay_ms = st.mean_delay_ms();
+    let concealment_pct = st.concealment_ratio() * 100.0;
     let skipped = t.speech_total - t.speech_scored;
     let seg_snr_db = if t.speech_total == 0 {
         SNR_CEIL_DB
@@ -179,10 +168,10 @@ pub fn run(
         mean_delay_ms,
         p95_delay_ms: p95,
         concealment_pct,
-        fec_recovered_pct: t.fec as f64 / frames * 100.0,
-        interruptions: t.interruptions,
-        late_discarded: t.late,
-        concealed_frames: t.concealed,
+        fec_recovered_pct: st.fec_packets_received as f64 / frames * 100.0,
+        interruptions: st.interruptions,
+        late_discarded: st.packets_discarded,
+        concealed_frames: (st.concealed_samples - st.silent_concealed_samples) / FRAME as u64,
         unavoidable_frames: t.unavoidable,
         mos_estimate: mos_estimate(&QualityInput::opus(
             profile.base_delay_ms + mean_delay_ms + CODEC_DELAY_MS,
@@ -257,16 +246,9 @@ fn run_seed(
     if let Some(e) = err {
         return Err(e.into());
     }
-    let st = &playout.stats;
     let tally = Tally {
-        frames: st.total_samples_received / FRAME as u64,
-        decoded: st.jitter_buffer_emitted_count / FRAME as u64,
-        delay_sum_ms: st.jitter_buffer_delay * 1000.0 / FRAME as f64,
         delays: playout.delays.iter().map(|d| d.1).collect(),
-        concealed: (st.concealed_samples - st.silent_concealed_samples) / FRAME as u64,
-        fec: st.fec_packets_received,
-        interruptions: st.interruptions,
-        late: st.packets_discarded,
+        stats: playout.stats,
         unavoidable: if strategy.fec {
             playout.fec_unrecoverable
         } else {

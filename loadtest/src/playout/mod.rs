@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use lodge_jitter::eval::STRATEGIES;
+use lodge_jitter::eval::{Playout, STRATEGIES};
 use lodge_jitter::Profile;
 use serde_json::json;
 
@@ -156,17 +156,15 @@ pub fn run(a: PlayoutArgs) -> Result<bool> {
     }
     plot::bottleneck(&a.out.join("bottleneck.png"), &trace)?;
 
-    let goals = goals(&runs);
-    let ablation = ablation(&runs);
-    let mos = mos_comparison(&runs);
+    let cells = cells(&runs);
+    let (goals, mos, ablation) = (goals(&cells), mos_comparison(&cells), ablation(&cells));
     let md = markdown(
         &a,
         &source,
         plain.mean_packet_bytes,
         &runs,
         &trace,
-        &goals,
-        &[&mos, &ablation],
+        [&goals, &mos, &ablation],
     );
     std::fs::write(a.out.join("report.md"), &md)?;
     let report = json!({
@@ -179,9 +177,9 @@ pub fn run(a: PlayoutArgs) -> Result<bool> {
         "fec_encodings": fec_settings,
         "runs": runs,
         "bottleneck": trace,
-        "goals": goals.iter().map(|g| json!({ "goal": g.0, "met": g.1, "detail": g.2 })).collect::<Vec<_>>(),
-        "mos_vs_fixed": mos.iter().map(|g| json!({ "case": g.0, "at_least_both_fixed": g.1, "detail": g.2 })).collect::<Vec<_>>(),
-        "ablation_vs_pinned_80": ablation.iter().map(|g| json!({ "case": g.0, "below_in_delay_at_no_more_concealment": g.1, "detail": g.2 })).collect::<Vec<_>>(),
+        "goals": goals.iter().map(|c| c.json("goal", "met")).collect::<Vec<_>>(),
+        "mos_vs_fixed": mos.iter().map(|c| c.json("case", "at_least_both_fixed")).collect::<Vec<_>>(),
+        "ablation_vs_pinned_80": ablation.iter().map(|c| c.json("case", "below_in_delay_at_no_more_concealment")).collect::<Vec<_>>(),
     });
     std::fs::write(
         a.out.join("report.json"),
@@ -205,12 +203,64 @@ pub fn run(a: PlayoutArgs) -> Result<bool> {
     Ok(true)
 }
 
-fn find<'a>(runs: &'a [RunResult], profile: &str, strategy: &str) -> Option<&'a RunResult> {
-    runs.iter()
-        .find(|r| r.profile == profile && r.strategy == strategy)
+/// One line of a checklist in the report: what was compared, whether it held, the numbers.
+struct Check {
+    case: String,
+    met: bool,
+    detail: String,
 }
 
-/// Adaptive below `other` in mean delay at no more concealment: (met, numbers).
+impl Check {
+    fn json(&self, case_key: &str, met_key: &str) -> serde_json::Value {
+        json!({ case_key: self.case, met_key: self.met, "detail": self.detail })
+    }
+}
+
+/// One profile with or without FEC: the runs the report compares.
+struct Cell<'a> {
+    profile: &'a str,
+    /// "with FEC" / "without FEC".
+    label: &'static str,
+    adaptive: &'a RunResult,
+    fixed40: &'a RunResult,
+    fixed80: &'a RunResult,
+    pinned80: &'a RunResult,
+}
+
+/// Every profile × FEC setting for which all four strategies ran.
+fn cells(runs: &[RunResult]) -> Vec<Cell<'_>> {
+    let mut profiles: Vec<&str> = runs.iter().map(|r| r.profile).collect();
+    profiles.dedup();
+    let kind = |p: &str, playout: Playout, fec: bool| {
+        runs.iter()
+            .find(|r| r.profile == p && r.playout == playout && r.fec == fec)
+    };
+    let mut out = Vec::new();
+    for p in profiles {
+        for fec in [false, true] {
+            if let (Some(adaptive), Some(fixed40), Some(fixed80), Some(pinned80)) = (
+                kind(p, Playout::Adaptive, fec),
+                kind(p, Playout::Fixed(40.0), fec),
+                kind(p, Playout::Fixed(80.0), fec),
+                kind(p, Playout::Pinned(80.0), fec),
+            ) {
+                out.push(Cell {
+                    profile: p,
+                    label: if fec { "with FEC" } else { "without FEC" },
+                    adaptive,
+                    fixed40,
+                    fixed80,
+                    pinned80,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Adaptive below `other` in mean delay at no more concealment: (met, numbers). Concealment
+/// is compared in frames: network loss is the same for every strategy, and a percentage's
+/// denominator shrinks when a buffer drops frames to catch up.
 fn dominates(ad: &RunResult, other: &RunResult, short: &str) -> (bool, String) {
     (
         ad.mean_delay_ms < other.mean_delay_ms && ad.concealed_frames <= other.concealed_frames,
@@ -226,123 +276,116 @@ fn dominates(ad: &RunResult, other: &RunResult, short: &str) -> (bool, String) {
     )
 }
 
-/// The issue's goals, each (goal, met, numbers); the fixed buffers are the static schedules.
-fn goals(runs: &[RunResult]) -> Vec<(String, bool, String)> {
+/// The issue's goals; the fixed buffers are the static schedules.
+fn goals(cells: &[Cell]) -> Vec<Check> {
     let mut out = Vec::new();
-    let mut profiles: Vec<&str> = runs.iter().map(|r| r.profile).collect();
-    profiles.dedup();
-    for p in &profiles {
-        for (fec, suffix) in [(false, ""), (true, " + FEC")] {
-            let (Some(ad), Some(f80), Some(f40)) = (
-                find(runs, p, &format!("adaptive{suffix}")),
-                find(runs, p, &format!("fixed 80 ms{suffix}")),
-                find(runs, p, &format!("fixed 40 ms{suffix}")),
-            ) else {
-                continue;
-            };
-            let label = if fec { "with FEC" } else { "without FEC" };
-            // Concealment is compared in frames: network loss is the same for every strategy,
-            // and a percentage's denominator shrinks when a buffer drops frames to catch up.
-            let (met, detail) = dominates(ad, f80, "fixed 80");
-            out.push((
-                format!("{p} ({label}): adaptive below fixed 80 ms in mean delay, at no more concealment"),
-                met,
-                detail,
-            ));
-            // When both conceal no more than the network made unavoidable (lost frames; with
-            // FEC, lost frames whose successor was lost too), no buffer can conceal less.
-            let floor = ad.concealed_frames == f40.concealed_frames
-                && ad.concealed_frames <= ad.unavoidable_frames;
-            out.push((
-                format!("{p} ({label}): adaptive conceals less than fixed 40 ms"),
-                ad.concealed_frames < f40.concealed_frames || floor,
-                format!(
-                    "adaptive {} frames ({:.2}%, {} late), fixed 40 {} frames ({:.2}%, {} late){}",
-                    ad.concealed_frames,
-                    ad.concealment_pct,
-                    ad.late_discarded,
-                    f40.concealed_frames,
-                    f40.concealment_pct,
-                    f40.late_discarded,
-                    if floor {
-                        format!(
-                            "; equal, and no more than the {} frames no buffer could avoid",
-                            ad.unavoidable_frames
-                        )
-                    } else {
-                        String::new()
-                    }
-                ),
-            ));
-        }
+    for c in cells {
+        let (p, label, ad, f40) = (c.profile, c.label, c.adaptive, c.fixed40);
+        let (met, detail) = dominates(ad, c.fixed80, "fixed 80");
+        out.push(Check {
+            case: format!(
+                "{p} ({label}): adaptive below fixed 80 ms in mean delay, at no more concealment"
+            ),
+            met,
+            detail,
+        });
+        // When both conceal no more than the network made unavoidable (lost frames; with
+        // FEC, lost frames whose successor was lost too), no buffer can conceal less.
+        let floor = ad.concealed_frames == f40.concealed_frames
+            && ad.concealed_frames <= ad.unavoidable_frames;
+        out.push(Check {
+            case: format!("{p} ({label}): adaptive conceals less than fixed 40 ms"),
+            met: ad.concealed_frames < f40.concealed_frames || floor,
+            detail: format!(
+                "adaptive {} frames ({:.2}%, {} late), fixed 40 {} frames ({:.2}%, {} late){}",
+                ad.concealed_frames,
+                ad.concealment_pct,
+                ad.late_discarded,
+                f40.concealed_frames,
+                f40.concealment_pct,
+                f40.late_discarded,
+                if floor {
+                    format!(
+                        "; equal, and no more than the {} frames no buffer could avoid",
+                        ad.unavoidable_frames
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+        });
     }
-    if let Some(g) = find(runs, Profile::GOOD_WIFI.name, "adaptive") {
-        out.push((
-            "good_wifi: adaptive mean delay ≤ 60 ms with concealment ≤ 0.5%".into(),
-            g.mean_delay_ms <= 60.0 && g.concealment_pct <= 0.5,
-            format!("{:.1} ms, {:.2}%", g.mean_delay_ms, g.concealment_pct),
-        ));
+    if let Some(c) = cells
+        .iter()
+        .find(|c| c.profile == Profile::GOOD_WIFI.name && c.label == "without FEC")
+    {
+        let g = c.adaptive;
+        out.push(Check {
+            case: "good_wifi: adaptive mean delay ≤ 60 ms with concealment ≤ 0.5%".into(),
+            met: g.mean_delay_ms <= 60.0 && g.concealment_pct <= 0.5,
+            detail: format!("{:.1} ms, {:.2}%", g.mean_delay_ms, g.concealment_pct),
+        });
     }
-    if let Some(g) = find(runs, Profile::BURSTY_3.name, "adaptive + FEC") {
-        out.push((
-            "bursty_3 (3% bursty loss): MOS estimate ≥ 4.0 with FEC".into(),
-            g.mos_estimate >= 4.0,
-            format!("{:.2}", g.mos_estimate),
-        ));
+    if let Some(c) = cells
+        .iter()
+        .find(|c| c.profile == Profile::BURSTY_3.name && c.label == "with FEC")
+    {
+        out.push(Check {
+            case: "bursty_3 (3% bursty loss): MOS estimate ≥ 4.0 with FEC".into(),
+            met: c.adaptive.mos_estimate >= 4.0,
+            detail: format!("{:.2}", c.adaptive.mos_estimate),
+        });
     }
     out
 }
 
 /// The ablation: the adaptive buffer against its own control loop with the target pinned at
 /// 80 ms, by the same rule as the fixed 80 ms goal. Reported, not a goal of the issue.
-fn ablation(runs: &[RunResult]) -> Vec<(String, bool, String)> {
-    let mut out = Vec::new();
-    let mut profiles: Vec<&str> = runs.iter().map(|r| r.profile).collect();
-    profiles.dedup();
-    for p in &profiles {
-        for (fec, suffix) in [(false, ""), (true, " + FEC")] {
-            let (Some(ad), Some(pin)) = (
-                find(runs, p, &format!("adaptive{suffix}")),
-                find(runs, p, &format!("target pinned at 80 ms{suffix}")),
-            ) else {
-                continue;
-            };
-            let label = if fec { "with FEC" } else { "without FEC" };
-            let (met, detail) = dominates(ad, pin, "pinned 80");
-            out.push((format!("{p} ({label})"), met, detail));
-        }
-    }
-    out
+fn ablation(cells: &[Cell]) -> Vec<Check> {
+    cells
+        .iter()
+        .map(|c| {
+            let (met, detail) = dominates(c.adaptive, c.pinned80, "pinned 80");
+            Check {
+                case: format!("{} ({})", c.profile, c.label),
+                met,
+                detail,
+            }
+        })
+        .collect()
 }
 
 /// The MOS estimate of the adaptive buffer against the better of the two fixed buffers, per
 /// profile. Reported, not a goal of the issue: it weighs delay and concealment by the E-model
 /// instead of asking for both at once.
-fn mos_comparison(runs: &[RunResult]) -> Vec<(String, bool, String)> {
-    let mut out = Vec::new();
-    let mut profiles: Vec<&str> = runs.iter().map(|r| r.profile).collect();
-    profiles.dedup();
-    for p in &profiles {
-        for (fec, suffix) in [(false, ""), (true, " + FEC")] {
-            let (Some(ad), Some(f80), Some(f40)) = (
-                find(runs, p, &format!("adaptive{suffix}")),
-                find(runs, p, &format!("fixed 80 ms{suffix}")),
-                find(runs, p, &format!("fixed 40 ms{suffix}")),
-            ) else {
-                continue;
-            };
-            let label = if fec { "with FEC" } else { "without FEC" };
-            out.push((
-                format!("{p} ({label})"),
-                ad.mos_estimate >= f80.mos_estimate.max(f40.mos_estimate),
-                format!(
-                    "adaptive {:.3}, fixed 80 {:.3}, fixed 40 {:.3}",
-                    ad.mos_estimate, f80.mos_estimate, f40.mos_estimate
-                ),
-            ));
-        }
+fn mos_comparison(cells: &[Cell]) -> Vec<Check> {
+    cells
+        .iter()
+        .map(|c| {
+            let (ad, f80, f40) = (
+                c.adaptive.mos_estimate,
+                c.fixed80.mos_estimate,
+                c.fixed40.mos_estimate,
+            );
+            Check {
+                case: format!("{} ({})", c.profile, c.label),
+                met: ad >= f80.max(f40),
+                detail: format!("adaptive {ad:.3}, fixed 80 {f80:.3}, fixed 40 {f40:.3}"),
+            }
+        })
+        .collect()
+}
+
+/// A checklist section: each check marked `yes` or `no`.
+fn checklist(s: &mut String, checks: &[Check], yes: &str, no: &str) {
+    for c in checks {
+        s.push_str(&format!(
+            "- {} {}: {}\n",
+            if c.met { yes } else { no },
+            c.case,
+            c.detail
+        ));
     }
-    out
 }
 
 fn markdown(
@@ -351,8 +394,7 @@ fn markdown(
     plain_bytes: f64,
     runs: &[RunResult],
     trace: &[BottleneckRun],
-    goals: &[(String, bool, String)],
-    [mos, ablation]: &[&[(String, bool, String)]; 2],
+    [goals, mos, ablation]: [&[Check]; 3],
 ) -> String {
     let mut s = String::new();
     s.push_str("# Playout evaluation\n\n");
@@ -434,33 +476,18 @@ fn markdown(
         ));
     }
     s.push_str("\n![bottleneck](bottleneck.png)\n\n## Goals\n\n");
-    for (g, met, detail) in goals {
-        s.push_str(&format!(
-            "- {} {g}: {detail}\n",
-            if *met { "✅" } else { "❌" }
-        ));
-    }
+    checklist(&mut s, goals, "✅", "❌");
     s.push_str(
         "\n## MOS estimate: adaptive against the better fixed buffer\n\n\
          Not a goal of the issue: the E-model weighs the delay and the concealment of each run \
          into one estimate, where the goal above asks for both at once.\n\n",
     );
-    for (case, met, detail) in mos.iter() {
-        s.push_str(&format!(
-            "- {} {case}: {detail}\n",
-            if *met { "at least both" } else { "below one" }
-        ));
-    }
+    checklist(&mut s, mos, "at least both", "below one");
     s.push_str(
         "\n## Ablation: adaptive against its own loop with the target pinned at 80 ms\n\n\
          Not a goal of the issue: the same rule as the fixed 80 ms goal (lower mean delay at no \
          more concealed frames), against the pinned-target rows.\n\n",
     );
-    for (case, met, detail) in ablation.iter() {
-        s.push_str(&format!(
-            "- {} {case}: {detail}\n",
-            if *met { "below" } else { "not below" }
-        ));
-    }
+    checklist(&mut s, ablation, "below", "not below");
     s
 }

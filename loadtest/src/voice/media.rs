@@ -321,7 +321,8 @@ impl Client {
             .map(|s| (s.seed as usize * 7919) % shared.frames.len())
             .unwrap_or(0);
         let (mut seq, mut ts) = (1u64, 0u32);
-        let mut probe_frames = (0u64, 0u64, 0.0f64, 0u64); // (frames, concealed, delay sum, decoded)
+        // Every probed slot's buffer counts, summed as one stream.
+        let mut probe_stats = lodge_jitter::JitterStats::default();
         let mut live_batch: Vec<u64> = Vec::new();
         let mut pcm = vec![0i16; 960];
         let mut buf = vec![0u8; 2048];
@@ -596,22 +597,14 @@ impl Client {
             }
             if let Some((jb, _)) = s.probe.as_mut() {
                 jb.finish();
-                let j = jb.stats();
-                let frames = j.total_samples_received / 960;
-                probe_frames.0 += frames;
-                probe_frames.1 += (j.concealed_samples - j.silent_concealed_samples) / 960;
-                // Buffer delay is an average over the frames decoded from packets.
-                let emitted = j.jitter_buffer_emitted_count / 960;
-                probe_frames.2 += j.mean_delay_ms() * emitted as f64;
-                probe_frames.3 += emitted;
+                probe_stats.merge(jb.stats());
             }
         }
         if probe {
-            let (frames, concealed, delay, emitted) = probe_frames;
             st.probe = Some(ProbeStats {
-                concealment_pct: concealed as f64 / frames.max(1) as f64 * 100.0,
-                mean_buffer_delay_ms: delay / emitted.max(1) as f64,
-                frames,
+                concealment_pct: probe_stats.concealment_ratio() * 100.0,
+                mean_buffer_delay_ms: probe_stats.mean_delay_ms(),
+                frames: probe_stats.total_samples_received / 960,
             });
         }
         self.rtc.disconnect();

@@ -751,11 +751,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                     loop {
                         let (st, mv) = client.run(shared.clone(), slot_map.clone(), speaking.clone(), probe, started, stop.clone(), &mut call.moved).await?;
                         match total.as_mut() {
-                            None => {
-                                let mut st = st;
-                                (st.queued_ms, st.signaled_ms) = (Some(phases.0), Some(phases.1));
-                                total = Some(st);
-                            }
+                            None => total = Some(st),
                             Some(t) => t.merge(st),
                         }
                         let Some((vtoken, endpoint)) = mv else { break };
@@ -773,7 +769,9 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                         on_error2(format!("voice gateway connection lost and not rejoined: {}",
                             call.voice_lost.last.lock().expect("lost lock")));
                     }
-                    Ok((total.expect("at least one segment"), probe))
+                    let mut total = total.expect("at least one segment");
+                    (total.queued_ms, total.signaled_ms) = (Some(phases.0), Some(phases.1));
+                    Ok((total, probe))
                 }));
                 i += 1;
                 bar.set_position(i as u64);
