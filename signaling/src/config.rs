@@ -31,119 +31,102 @@ pub enum Command {
     Config(ServeArgs),
 }
 
-#[derive(Args, Debug, Clone, Default)]
-pub struct ServeArgs {
-    /// TOML configuration file. Keys: http_listen, media_listen, public_ip, public_url, data_dir,
-    /// database, database_url, log, max_participants, max_room_size, voice_token_ttl,
-    /// rate_limit_route, rate_limit_global, media_nice, media_realtime.
-    #[arg(long, env = "LODGE_CONFIG")]
-    pub config: Option<PathBuf>,
+/// The one list of configuration keys. Each key is a flag (`--http-listen`), a `LODGE_*`
+/// environment variable and a TOML key (`http_listen`); this table generates all three, so a
+/// key cannot be known to one and missing from another. Defaults and range checks live in
+/// [`Config::load`].
+macro_rules! config_keys {
+    ($( $(#[$doc:meta])* $key:ident : $ty:ty = $env:literal $([$($arg:tt)*])? ; )*) => {
+        #[derive(Args, Debug, Clone, Default)]
+        pub struct ServeArgs {
+            /// TOML configuration file. Its keys are the long options with '_' for '-'
+            /// (e.g. http_listen = "0.0.0.0:8080"); `lodge config` prints them all.
+            #[arg(long, env = "LODGE_CONFIG")]
+            pub config: Option<PathBuf>,
+            $( $(#[$doc])* #[arg(long, env = $env $(, $($arg)*)?)] pub $key: Option<$ty>, )*
+        }
+
+        /// The TOML file's shape: every key optional, unknown keys rejected.
+        #[derive(Deserialize, Debug, Default)]
+        #[serde(deny_unknown_fields)]
+        pub struct FileConfig {
+            $( pub $key: Option<$ty>, )*
+        }
+
+        /// Every `LODGE_*` environment variable Lodge reads.
+        pub const KNOWN_ENV: &[&str] = &["LODGE_CONFIG", $($env),*];
+
+        /// Every key of the file, in table order.
+        pub const KEYS: &[&str] = &[$(stringify!($key)),*];
+
+        impl ServeArgs {
+            /// Flags and environment over the file: each key as given, before defaults.
+            fn over(&self, file: FileConfig) -> FileConfig {
+                FileConfig { $( $key: self.$key.clone().or(file.$key), )* }
+            }
+        }
+    };
+}
+
+config_keys! {
     /// Address:port of the HTTP server (REST API, gateways, web client, metrics). [default: 127.0.0.1:8080]
-    #[arg(long, env = "LODGE_HTTP_LISTEN")]
-    pub http_listen: Option<SocketAddr>,
+    http_listen: SocketAddr = "LODGE_HTTP_LISTEN";
     /// Address:port of the one UDP media socket every WebRTC participant uses. [default: 127.0.0.1:50000]
-    #[arg(long, env = "LODGE_MEDIA_LISTEN")]
-    pub media_listen: Option<SocketAddr>,
+    media_listen: SocketAddr = "LODGE_MEDIA_LISTEN";
     /// IP address announced in ICE candidates (the address clients reach the media port on).
     /// [default: the media listen address]
-    #[arg(long, env = "LODGE_PUBLIC_IP")]
-    pub public_ip: Option<IpAddr>,
+    public_ip: IpAddr = "LODGE_PUBLIC_IP";
     /// Base URL clients use to reach the HTTP server, e.g. https://voice.example.com (sets the
     /// gateway url and voice endpoint). [default: http://<http_listen>]
-    #[arg(long, env = "LODGE_PUBLIC_URL")]
-    pub public_url: Option<String>,
+    public_url: String = "LODGE_PUBLIC_URL";
     /// Directory for Lodge's data. [default: ./lodge-data]
-    #[arg(long, env = "LODGE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    data_dir: PathBuf = "LODGE_DATA_DIR";
     /// SQLite database file. [default: <data_dir>/lodge.db]
-    #[arg(long, env = "LODGE_DATABASE")]
-    pub database: Option<PathBuf>,
+    database: PathBuf = "LODGE_DATABASE";
     /// Database URL instead of the SQLite file, e.g. postgres://lodge@127.0.0.1/lodge
     /// (PostgreSQL for scale) or sqlite:///path/to/file.db.
-    #[arg(long, env = "LODGE_DATABASE_URL")]
-    pub database_url: Option<String>,
+    database_url: String = "LODGE_DATABASE_URL";
     /// Log filter (tracing env-filter syntax), e.g. "info" or "lodge_sfu=debug,info". [default: info]
-    #[arg(long, env = "LODGE_LOG")]
-    pub log: Option<String>,
+    log: String = "LODGE_LOG";
     /// Most WebRTC participants on this node. [default: 10000]
-    #[arg(long, env = "LODGE_MAX_PARTICIPANTS")]
-    pub max_participants: Option<usize>,
+    max_participants: usize = "LODGE_MAX_PARTICIPANTS";
     /// Most participants in one voice channel. [default: 1000]
-    #[arg(long, env = "LODGE_MAX_ROOM_SIZE")]
-    pub max_room_size: Option<usize>,
+    max_room_size: usize = "LODGE_MAX_ROOM_SIZE";
     /// Seconds a voice token (from VOICE_SERVER_UPDATE) stays valid. [default: 60]
-    #[arg(long, env = "LODGE_VOICE_TOKEN_TTL")]
-    pub voice_token_ttl: Option<u64>,
+    voice_token_ttl: u64 = "LODGE_VOICE_TOKEN_TTL";
     /// REST requests per second per caller per route bucket (route + channel/guild). [default: 50]
-    #[arg(long, env = "LODGE_RATE_LIMIT_ROUTE")]
-    pub rate_limit_route: Option<u32>,
+    rate_limit_route: u32 = "LODGE_RATE_LIMIT_ROUTE";
     /// REST requests per second per caller across all routes. [default: 100]
-    #[arg(long, env = "LODGE_RATE_LIMIT_GLOBAL")]
-    pub rate_limit_global: Option<u32>,
+    rate_limit_global: u32 = "LODGE_RATE_LIMIT_GLOBAL";
     /// Scheduling priority (nice, -20..19) of the media thread; lower runs first. On a machine
     /// shared with other busy processes, e.g. -10 keeps packets from waiting for a time slice.
     /// Below 0 needs root or CAP_SYS_NICE; if refused, Lodge says so and runs at 0. [default: 0]
-    #[arg(long, env = "LODGE_MEDIA_NICE", allow_hyphen_values = true)]
-    pub media_nice: Option<i32>,
+    media_nice: i32 = "LODGE_MEDIA_NICE" [allow_hyphen_values = true];
     /// Run the media thread under the real-time FIFO scheduler at this priority (1..99; 0 =
     /// off): it then runs the moment a packet arrives instead of waiting for a time slice, the
     /// way to keep the node's added delay under a millisecond on a machine shared with other
     /// busy processes. Needs root or CAP_SYS_NICE; if refused, Lodge says so and carries on.
     /// The kernel's real-time throttling (kernel.sched_rt_runtime_us) keeps a share of each
     /// second for everything else. Overrides --media-nice. [default: 0]
-    #[arg(long, env = "LODGE_MEDIA_REALTIME")]
-    pub media_realtime: Option<u8>,
+    media_realtime: u8 = "LODGE_MEDIA_REALTIME";
     /// A secret that lets the /dashboard page and GET /api/v10/quality/* see every channel on
     /// this node (send it as "Authorization: Operator <secret>"); without it each user sees the
     /// channels of their own guilds only. Use 16 or more random characters. [default: unset]
-    #[arg(long, env = "LODGE_OPERATOR_TOKEN", hide_env_values = true)]
-    pub operator_token: Option<String>,
+    operator_token: String = "LODGE_OPERATOR_TOKEN" [hide_env_values = true];
     /// Shared secret of a cluster of nodes: edges present it to their origin. 16+ characters.
     /// Needed with --trunk-listen or --origin. [default: unset]
-    #[arg(long, env = "LODGE_CLUSTER_TOKEN", hide_env_values = true)]
-    pub cluster_token: Option<String>,
+    cluster_token: String = "LODGE_CLUSTER_TOKEN" [hide_env_values = true];
     /// Origin role: accept edge trunks (QUIC) on this UDP address:port. The trunk certificate's
     /// fingerprint, which edges pin, is printed at start-up (it lives in <data_dir>). [default: unset]
-    #[arg(long, env = "LODGE_TRUNK_LISTEN")]
-    pub trunk_listen: Option<SocketAddr>,
+    trunk_listen: SocketAddr = "LODGE_TRUNK_LISTEN";
     /// Edge role: the origin's trunk address:port. The edge then serves only the voice gateway
     /// and media for callers the origin places on it. [default: unset]
-    #[arg(long, env = "LODGE_ORIGIN")]
-    pub origin: Option<SocketAddr>,
+    origin: SocketAddr = "LODGE_ORIGIN";
     /// Edge role: the origin's trunk certificate fingerprint (sha256:…), as the origin printed it.
-    #[arg(long, env = "LODGE_ORIGIN_FINGERPRINT")]
-    pub origin_fingerprint: Option<String>,
+    origin_fingerprint: String = "LODGE_ORIGIN_FINGERPRINT";
     /// This node's region name; callers whose voice state update carries "region": "<name>" are
     /// placed on an edge of that region. [default: default]
-    #[arg(long, env = "LODGE_REGION")]
-    pub region: Option<String>,
-}
-
-/// The TOML file's shape. Every field optional; unknown keys rejected.
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub http_listen: Option<SocketAddr>,
-    pub media_listen: Option<SocketAddr>,
-    pub public_ip: Option<IpAddr>,
-    pub public_url: Option<String>,
-    pub data_dir: Option<PathBuf>,
-    pub database: Option<PathBuf>,
-    pub database_url: Option<String>,
-    pub log: Option<String>,
-    pub max_participants: Option<usize>,
-    pub max_room_size: Option<usize>,
-    pub voice_token_ttl: Option<u64>,
-    pub rate_limit_route: Option<u32>,
-    pub rate_limit_global: Option<u32>,
-    pub media_nice: Option<i32>,
-    pub media_realtime: Option<u8>,
-    pub operator_token: Option<String>,
-    pub cluster_token: Option<String>,
-    pub trunk_listen: Option<SocketAddr>,
-    pub origin: Option<SocketAddr>,
-    pub origin_fingerprint: Option<String>,
-    pub region: Option<String>,
+    region: String = "LODGE_REGION";
 }
 
 /// The effective configuration.
@@ -176,31 +159,6 @@ pub struct Config {
     pub origin_fingerprint: Option<String>,
     pub region: String,
 }
-
-const KNOWN_ENV: &[&str] = &[
-    "LODGE_CONFIG",
-    "LODGE_HTTP_LISTEN",
-    "LODGE_MEDIA_LISTEN",
-    "LODGE_PUBLIC_IP",
-    "LODGE_PUBLIC_URL",
-    "LODGE_DATA_DIR",
-    "LODGE_DATABASE",
-    "LODGE_DATABASE_URL",
-    "LODGE_LOG",
-    "LODGE_MAX_PARTICIPANTS",
-    "LODGE_MAX_ROOM_SIZE",
-    "LODGE_VOICE_TOKEN_TTL",
-    "LODGE_RATE_LIMIT_ROUTE",
-    "LODGE_RATE_LIMIT_GLOBAL",
-    "LODGE_MEDIA_NICE",
-    "LODGE_MEDIA_REALTIME",
-    "LODGE_OPERATOR_TOKEN",
-    "LODGE_CLUSTER_TOKEN",
-    "LODGE_TRUNK_LISTEN",
-    "LODGE_ORIGIN",
-    "LODGE_ORIGIN_FINGERPRINT",
-    "LODGE_REGION",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -238,27 +196,18 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        let http_listen = args
-            .http_listen
-            .or(file.http_listen)
-            .unwrap_or(([127, 0, 0, 1], 8080).into());
-        let media_listen = args
-            .media_listen
-            .or(file.media_listen)
-            .unwrap_or(([127, 0, 0, 1], 50000).into());
-        let public_ip = args
-            .public_ip
-            .or(file.public_ip)
-            .unwrap_or(media_listen.ip());
+        let mut v = args.over(file);
+        let http_listen = v.http_listen.unwrap_or(([127, 0, 0, 1], 8080).into());
+        let media_listen = v.media_listen.unwrap_or(([127, 0, 0, 1], 50000).into());
+        let public_ip = v.public_ip.unwrap_or(media_listen.ip());
         if public_ip.is_unspecified() {
             return Err(ConfigError::Invalid(
                 "the media port listens on all interfaces; set --public-ip to the address clients reach it on".into(),
             ));
         }
-        let public_url = args
+        let public_url = v
             .public_url
-            .clone()
-            .or(file.public_url)
+            .take()
             .unwrap_or_else(|| format!("http://{http_listen}"))
             .trim_end_matches('/')
             .to_string();
@@ -267,15 +216,13 @@ impl Config {
                 "public_url must start with http:// or https://, got {public_url}"
             )));
         }
-        let data_dir = args
+        let data_dir = v
             .data_dir
-            .clone()
-            .or(file.data_dir)
+            .take()
             .unwrap_or_else(|| PathBuf::from("./lodge-data"));
-        let database = args
+        let database = v
             .database
-            .clone()
-            .or(file.database)
+            .take()
             .unwrap_or_else(|| data_dir.join("lodge.db"));
         Config {
             http_listen,
@@ -284,45 +231,26 @@ impl Config {
             public_url,
             data_dir,
             database,
-            database_url: args.database_url.clone().or(file.database_url),
-            log: args
-                .log
-                .clone()
-                .or(file.log)
-                .unwrap_or_else(|| "info".into()),
-            max_participants: args
-                .max_participants
-                .or(file.max_participants)
-                .unwrap_or(10_000),
-            max_room_size: args.max_room_size.or(file.max_room_size).unwrap_or(1_000),
-            voice_token_ttl: args
-                .voice_token_ttl
-                .or(file.voice_token_ttl)
-                .unwrap_or(60)
-                .clamp(1, 3600),
-            rate_limit_route: args
-                .rate_limit_route
-                .or(file.rate_limit_route)
-                .unwrap_or(50)
-                .max(1),
-            rate_limit_global: args
-                .rate_limit_global
-                .or(file.rate_limit_global)
-                .unwrap_or(100)
-                .max(1),
+            database_url: v.database_url.take(),
+            log: v.log.take().unwrap_or_else(|| "info".into()),
+            max_participants: v.max_participants.unwrap_or(10_000),
+            max_room_size: v.max_room_size.unwrap_or(1_000),
+            voice_token_ttl: v.voice_token_ttl.unwrap_or(60).clamp(1, 3600),
+            rate_limit_route: v.rate_limit_route.unwrap_or(50).max(1),
+            rate_limit_global: v.rate_limit_global.unwrap_or(100).max(1),
             media_nice: in_range(
                 "media_nice",
-                args.media_nice.or(file.media_nice).unwrap_or(0),
+                v.media_nice.unwrap_or(0),
                 -20..=19,
                 "use -20 (first) to 19 (last); 0 is normal",
             )?,
             media_realtime: in_range(
                 "media_realtime",
-                args.media_realtime.or(file.media_realtime).unwrap_or(0),
+                v.media_realtime.unwrap_or(0),
                 0..=99,
                 "use 1 (lowest) to 99 (highest) real-time priority, or 0 for off",
             )?,
-            operator_token: match args.operator_token.clone().or(file.operator_token) {
+            operator_token: match v.operator_token.take() {
                 Some(t) if t.chars().count() < 16 => {
                     return Err(ConfigError::Invalid(
                         "operator_token must be at least 16 characters".into(),
@@ -330,7 +258,7 @@ impl Config {
                 }
                 t => t,
             },
-            cluster_token: match args.cluster_token.clone().or(file.cluster_token) {
+            cluster_token: match v.cluster_token.take() {
                 Some(t) if t.chars().count() < 16 => {
                     return Err(ConfigError::Invalid(
                         "cluster_token must be at least 16 characters".into(),
@@ -338,14 +266,10 @@ impl Config {
                 }
                 t => t,
             },
-            trunk_listen: args.trunk_listen.or(file.trunk_listen),
-            origin: args.origin.or(file.origin),
-            origin_fingerprint: args.origin_fingerprint.clone().or(file.origin_fingerprint),
-            region: args
-                .region
-                .clone()
-                .or(file.region)
-                .unwrap_or_else(|| "default".into()),
+            trunk_listen: v.trunk_listen,
+            origin: v.origin,
+            origin_fingerprint: v.origin_fingerprint.take(),
+            region: v.region.take().unwrap_or_else(|| "default".into()),
         }
         .checked_cluster()
     }
@@ -526,5 +450,29 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.contains("media_realtime 120") && e.contains("99"), "{e}");
+    }
+
+    #[test]
+    fn every_key_is_a_flag_an_env_variable_and_a_file_key() {
+        assert_eq!(
+            KNOWN_ENV.len(),
+            KEYS.len() + 1,
+            "LODGE_CONFIG plus one per key"
+        );
+        for (k, env) in KEYS.iter().zip(&KNOWN_ENV[1..]) {
+            assert_eq!(
+                *env,
+                format!("LODGE_{}", k.to_uppercase()),
+                "the env name of {k}"
+            );
+        }
+        let toml = KEYS
+            .iter()
+            .map(|k| format!("{k} = 0"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        // Every key is known to the file parser: a type error, never an unknown field.
+        let e = toml::from_str::<FileConfig>(&toml).unwrap_err().to_string();
+        assert!(!e.contains("unknown field"), "{e}");
     }
 }
