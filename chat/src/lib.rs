@@ -4,6 +4,7 @@
 //! This crate knows nothing of HTTP, WebSocket or JSON; the signaling crate shapes the wire.
 
 pub mod error;
+mod member_search;
 pub mod messages;
 pub mod model;
 pub mod permissions;
@@ -15,4 +16,4 @@ pub use error::ChatError;
 pub use model::*;
 pub use permissions::{Overwrite, OverwriteKind, Permissions};
 pub use quality::{CallQuery, CallSummary};
-pub use store::{RoleSpec, Store};
+pub use store::{token_hash, RoleSpec, Store};

@@ -32,8 +32,13 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn hash_token(token: &str) -> String {
+/// How a token is stored and recognised: its SHA-256, hex. Sessions keep this, not the token.
+pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn hash_token(token: &str) -> String {
+    token_hash(token)
 }
 
 /// Which database a store runs on. The SQL is shared; a few statements differ (search, locking).
@@ -276,6 +281,15 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Revoke every token of a user; returns how many were live.
+    pub async fn revoke_all_tokens(&self, user_id: u64) -> Result<u64, ChatError> {
+        let r = sqlx::query("UPDATE tokens SET revoked = 1 WHERE user_id = $1 AND revoked = 0")
+            .bind(user_id as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
     }
 
     pub async fn user(&self, id: u64) -> Result<User, ChatError> {
@@ -695,7 +709,11 @@ impl Store {
         Ok(out)
     }
 
-    async fn member_roles(&self, guild_id: u64, user_id: u64) -> Result<Vec<u64>, ChatError> {
+    pub(crate) async fn member_roles(
+        &self,
+        guild_id: u64,
+        user_id: u64,
+    ) -> Result<Vec<u64>, ChatError> {
         let ids: Vec<i64> = sqlx::query_scalar(
             "SELECT role_id FROM member_roles WHERE guild_id = $1 AND user_id = $2",
         )

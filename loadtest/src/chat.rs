@@ -410,6 +410,15 @@ async fn receiver(
                         let identify = json!({ "op": 2, "d": { "token": token, "intents": 1 | 512 | 32768, "properties": { "os": "linux", "browser": "lodge-load", "device": "lodge-load" } } });
                         if tx.send(Message::Text(identify.to_string().into())).await.is_err() { return }
                     }
+                    Some(9) => {
+                        // Invalid Session: this account identified faster than the node's
+                        // session_start_limit.max_concurrency allows. Wait 1-5 s, as Discord
+                        // asks clients to, and identify again.
+                        let wait = Duration::from_millis(1000 + now_us() % 4000);
+                        tokio::time::sleep(wait).await;
+                        let identify = json!({ "op": 2, "d": { "token": token, "intents": 1 | 512 | 32768, "properties": { "os": "linux", "browser": "lodge-load", "device": "lodge-load" } } });
+                        if tx.send(Message::Text(identify.to_string().into())).await.is_err() { return }
+                    }
                     Some(0) if v["t"] == "READY" => {
                         permit.take();
                         let _ = ready.send(Ok(())).await;

@@ -30,8 +30,30 @@ pub struct Inner {
     pub telemetry: Mutex<crate::quality::Telemetry>,
     /// Set when this node is an origin or an edge of a cluster.
     pub cluster: std::sync::OnceLock<crate::cluster::Cluster>,
-    /// Shared inputs of the gateway's VIEW_CHANNEL checks (per visibility epoch).
+    /// Shared inputs of the gateway's VIEW_CHANNEL checks (per guild visibility epoch).
     pub visibility: crate::gateway::visibility::VisibilityCache,
+    /// Open gateway WebSocket connections (capped by `max_gateway_connections`).
+    pub gateway_conns: std::sync::atomic::AtomicUsize,
+    /// Identifies per user: `session_start_limit`.
+    pub session_starts: crate::gateway::session_start::SessionStarts,
+    /// Token revocations, for long-lived connections that authenticated with a token (the
+    /// live-quality socket) to close themselves.
+    pub revoked: tokio::sync::broadcast::Sender<Revoked>,
+}
+
+/// A token (or, with `token_hash: None`, every token of the user) was revoked.
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    pub user: u64,
+    pub token_hash: Option<String>,
+}
+
+impl Revoked {
+    /// Whether a connection of `user` that authenticated with the token hashed `token_hash`
+    /// must close.
+    pub fn applies_to(&self, user: u64, token_hash: &str) -> bool {
+        self.user == user && self.token_hash.as_deref().is_none_or(|h| h == token_hash)
+    }
 }
 
 #[derive(Clone)]
@@ -52,6 +74,12 @@ impl AppState {
             global: cfg.rate_limit_global,
         };
         let (shutdown, _) = tokio::sync::watch::channel(false);
+        let session_starts = crate::gateway::session_start::SessionStarts::new(
+            crate::gateway::session_start::StartLimits {
+                total: cfg.session_start_total,
+                max_concurrency: cfg.session_start_max_concurrency,
+            },
+        );
         AppState(Arc::new(Inner {
             voice: Mutex::new(VoiceRegistry::new(std::time::Duration::from_secs(
                 cfg.voice_token_ttl,
@@ -69,6 +97,9 @@ impl AppState {
             telemetry: Default::default(),
             cluster: std::sync::OnceLock::new(),
             visibility: Default::default(),
+            gateway_conns: Default::default(),
+            session_starts,
+            revoked: tokio::sync::broadcast::channel(64).0,
         }))
     }
 
@@ -96,6 +127,7 @@ fn api_routes(state: &AppState) -> Router<AppState> {
         .route("/auth/register", post(auth::register))
         .route("/auth/login", post(auth::login))
         .route("/auth/logout", post(auth::logout))
+        .route("/auth/logout-all", post(auth::logout_all))
         .route("/gateway", get(ops::gateway))
         .route("/gateway/bot", get(ops::gateway_bot))
         .route("/users/@me", get(users::me))

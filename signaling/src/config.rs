@@ -127,6 +127,29 @@ config_keys! {
     /// This node's region name; callers whose voice state update carries "region": "<name>" are
     /// placed on an edge of that region. [default: default]
     region: String = "LODGE_REGION";
+    /// Milliseconds between gateway heartbeats (sent in Hello); a session that misses one and a
+    /// half intervals is closed with 4009. [default: 41250]
+    heartbeat_interval_ms: u64 = "LODGE_HEARTBEAT_INTERVAL_MS";
+    /// Seconds a new gateway connection has to Identify or Resume before it is closed with 4003.
+    /// [default: 20]
+    identify_timeout_secs: u64 = "LODGE_IDENTIFY_TIMEOUT_SECS";
+    /// Most gateway sessions (connected or resumable) one user may hold on this node; an
+    /// Identify beyond it first ends the user's oldest disconnected session, and is refused
+    /// (close 4008) when all of them are connected. [default: 16]
+    max_sessions_per_user: usize = "LODGE_MAX_SESSIONS_PER_USER";
+    /// Identifies one user may make per 24 hours (`session_start_limit.total`); beyond it the
+    /// gateway closes with 4008 until the window resets. [default: 1000]
+    session_start_total: u32 = "LODGE_SESSION_START_TOTAL";
+    /// Identifies one user may make per 5 seconds (`session_start_limit.max_concurrency`); a
+    /// faster Identify gets Invalid Session (op 9) and may retry after a few seconds. [default: 5]
+    session_start_max_concurrency: u32 = "LODGE_SESSION_START_MAX_CONCURRENCY";
+    /// Most open gateway WebSocket connections on this node; beyond it new ones get HTTP 503.
+    /// [default: 20000]
+    max_gateway_connections: usize = "LODGE_MAX_GATEWAY_CONNECTIONS";
+    /// Whether bot accounts may ask for the privileged intents GUILD_MEMBERS and
+    /// GUILD_PRESENCES (Discord makes each application enable them); false refuses such an
+    /// Identify with 4014. [default: true]
+    bot_privileged_intents: bool = "LODGE_BOT_PRIVILEGED_INTENTS";
 }
 
 /// The effective configuration.
@@ -158,6 +181,13 @@ pub struct Config {
     pub origin: Option<SocketAddr>,
     pub origin_fingerprint: Option<String>,
     pub region: String,
+    pub heartbeat_interval_ms: u64,
+    pub identify_timeout_secs: u64,
+    pub max_sessions_per_user: usize,
+    pub session_start_total: u32,
+    pub session_start_max_concurrency: u32,
+    pub max_gateway_connections: usize,
+    pub bot_privileged_intents: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -270,6 +300,43 @@ impl Config {
             origin: v.origin,
             origin_fingerprint: v.origin_fingerprint.take(),
             region: v.region.take().unwrap_or_else(|| "default".into()),
+            heartbeat_interval_ms: in_range(
+                "heartbeat_interval_ms",
+                v.heartbeat_interval_ms.unwrap_or(41_250),
+                100..=600_000,
+                "use 100 to 600000 milliseconds (Discord's is 41250)",
+            )?,
+            identify_timeout_secs: in_range(
+                "identify_timeout_secs",
+                v.identify_timeout_secs.unwrap_or(20),
+                1..=600,
+                "use 1 to 600 seconds",
+            )?,
+            max_sessions_per_user: in_range(
+                "max_sessions_per_user",
+                v.max_sessions_per_user.unwrap_or(16),
+                1..=10_000,
+                "use 1 to 10000",
+            )?,
+            session_start_total: in_range(
+                "session_start_total",
+                v.session_start_total.unwrap_or(1000),
+                1..=1_000_000,
+                "use 1 to 1000000 identifies per 24 hours",
+            )?,
+            session_start_max_concurrency: in_range(
+                "session_start_max_concurrency",
+                v.session_start_max_concurrency.unwrap_or(5),
+                1..=1000,
+                "use 1 to 1000 identifies per 5 seconds",
+            )?,
+            max_gateway_connections: in_range(
+                "max_gateway_connections",
+                v.max_gateway_connections.unwrap_or(20_000),
+                1..=10_000_000,
+                "use at least 1",
+            )?,
+            bot_privileged_intents: v.bot_privileged_intents.unwrap_or(true),
         }
         .checked_cluster()
     }

@@ -67,9 +67,18 @@ impl Dispatch {
 #[derive(Clone)]
 pub struct Hub {
     subs: Arc<Mutex<Subscribers>>,
-    /// Bumped before any dispatch that may change who can see what (roles, overwrites,
-    /// membership, channels), so per-session visibility caches know when to recompute.
-    epoch: Arc<std::sync::atomic::AtomicU64>,
+    epochs: Arc<Epochs>,
+}
+
+/// Visibility epochs per guild. A guild's epoch moves before any dispatch that may change who
+/// can see what in it (roles, overwrites, membership, channels), so visibility caches of that
+/// guild know when to recompute; other guilds' caches stay valid (a rename in one guild must
+/// not make every session on the node re-read its permissions). Values come from one counter,
+/// so a guild's epoch only ever grows and never repeats an earlier value.
+#[derive(Default)]
+struct Epochs {
+    next: std::sync::atomic::AtomicU64,
+    by_guild: Mutex<HashMap<u64, u64>>,
 }
 
 #[derive(Default)]
@@ -136,22 +145,42 @@ fn lock(m: &Mutex<Subscribers>) -> std::sync::MutexGuard<'_, Subscribers> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Events after which cached channel visibility may be stale.
+/// Events after which cached channel visibility in their guild may be stale. A rename
+/// (GUILD_UPDATE) changes nothing anyone can see, so it does not count.
 fn changes_visibility(t: &str) -> bool {
-    t.starts_with("GUILD_") || t.starts_with("CHANNEL_")
+    (t.starts_with("GUILD_") && t != "GUILD_UPDATE") || t.starts_with("CHANNEL_")
 }
 
 impl Hub {
     pub fn new() -> Self {
         Hub {
             subs: Arc::default(),
-            epoch: Default::default(),
+            epochs: Arc::default(),
         }
     }
 
-    /// Current visibility epoch; read it before computing a permission to cache.
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    /// The guild's current visibility epoch; read it before computing a permission to cache.
+    pub fn epoch(&self, guild: u64) -> u64 {
+        let m = self
+            .epochs
+            .by_guild
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        m.get(&guild).copied().unwrap_or(0)
+    }
+
+    /// Permissions in `guild` may change: its cached visibility is stale from now on.
+    pub fn invalidate(&self, guild: u64) {
+        let e = self
+            .epochs
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        self.epochs
+            .by_guild
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(guild, e);
     }
 
     /// A queue for a session that asked for `intents` (subscribe before reading any snapshot,
@@ -205,7 +234,12 @@ impl Hub {
         d: Value,
     ) {
         if changes_visibility(t) {
-            self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            match guild_id {
+                Some(g) => self.invalidate(g),
+                // A guild event without a guild (a user's GUILD_CREATE): the guild's own
+                // membership change invalidates it where it happens.
+                None => {}
+            }
         }
         let json: Arc<str> = d.to_string().into();
         self.deliver(Dispatch {
@@ -344,6 +378,32 @@ mod tests {
         hub.send(Target::Guild(3), Some(3), None, "GUILD_UPDATE", json!({}));
         hub.send(Target::Guild(3), Some(3), None, "GUILD_DELETE", json!({}));
         assert_eq!(drain(&mut s), ["GUILD_CREATE", "GUILD_DELETE"]);
+    }
+
+    #[test]
+    fn visibility_epochs_move_per_guild() {
+        let hub = Hub::new();
+        let (a, b) = (hub.epoch(1), hub.epoch(2));
+        hub.send(
+            Target::Guild(1),
+            Some(1),
+            None,
+            "GUILD_ROLE_UPDATE",
+            json!({}),
+        );
+        assert_ne!(hub.epoch(1), a, "a role change in guild 1 moves guild 1");
+        assert_eq!(hub.epoch(2), b, "…and not guild 2");
+        let a = hub.epoch(1);
+        hub.send(Target::Guild(1), Some(1), None, "GUILD_UPDATE", json!({}));
+        assert_eq!(hub.epoch(1), a, "a rename changes nobody's view");
+        hub.send(
+            Target::Guild(2),
+            Some(2),
+            Some(9),
+            "CHANNEL_UPDATE",
+            json!({}),
+        );
+        assert!(hub.epoch(2) > a, "epochs never repeat across guilds");
     }
 
     #[tokio::test]

@@ -129,7 +129,12 @@ async fn accounts_and_errors_are_discord_shaped() {
     );
     let (st, v) = n.req("GET", "/gateway/bot", Some(&token), None).await;
     assert_eq!((st, v["shards"].as_u64()), (200, Some(1)));
-    assert_eq!(v["session_start_limit"]["max_concurrency"], 1);
+    let l = &v["session_start_limit"];
+    assert_eq!(
+        (l["total"].as_u64(), l["remaining"].as_u64()),
+        (Some(1000), Some(1000))
+    );
+    assert_eq!(l["max_concurrency"], 5);
 }
 
 #[tokio::test]

@@ -1,20 +1,21 @@
 //! The gateway (v10, JSON): Hello, Identify → READY + GUILD_CREATE, Heartbeat, op 4 voice state
 //! updates, and dispatches from the hub filtered by guild membership, intents and VIEW_CHANNEL.
 
+pub mod client_op;
+mod member_chunks;
 pub mod payloads;
 pub mod presence;
 pub mod registry;
 mod session;
+pub mod session_start;
 pub mod visibility;
 
-pub use session::ws_handler;
+pub use client_op::MAX_PAYLOAD;
+pub use session::{end_sessions_of, ws_handler};
 
-/// Client payloads larger than this close the connection with 4002.
-pub const MAX_PAYLOAD: usize = 4096;
 /// Client payloads allowed per [`RATE_WINDOW`] before closing with 4008.
 pub const RATE_LIMIT: usize = 120;
 pub const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
-pub const HEARTBEAT_INTERVAL_MS: u64 = 41_250;
 
 /// Discord's gateway close codes that Lodge uses.
 pub mod close {
@@ -30,6 +31,7 @@ pub mod close {
     pub const INVALID_SHARD: u16 = 4010;
     pub const INVALID_API_VERSION: u16 = 4012;
     pub const INVALID_INTENTS: u16 = 4013;
+    pub const DISALLOWED_INTENTS: u16 = 4014;
 }
 
 /// Intent bits (Discord's).
@@ -43,6 +45,9 @@ pub mod intents {
     pub const GUILD_MESSAGE_TYPING: u64 = 1 << 11;
     pub const MESSAGE_CONTENT: u64 = 1 << 15;
     pub const ALL: u64 = (1 << 26) - 1;
+    /// Intents Discord makes each application enable (MESSAGE_CONTENT is not privileged on
+    /// Lodge).
+    pub const PRIVILEGED: u64 = GUILD_MEMBERS | GUILD_PRESENCES;
 
     /// Which intent an event needs; `None` means it is always sent.
     pub fn required(t: &str) -> Option<u64> {

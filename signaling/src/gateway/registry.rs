@@ -1,6 +1,12 @@
 //! Gateway sessions that outlive their WebSocket: sequence numbers, the replay buffer and the
 //! attached connection. A session stays resumable for [`RESUME_WINDOW`] after its connection
 //! drops; [`REPLAY_CAP`] bounds what is kept (beyond it, Resume gets Invalid Session).
+//!
+//! Only hub dispatches are kept for replay. Session-specific payloads (READY, GUILD_CREATE at
+//! identify, RESUMED, GUILD_MEMBERS_CHUNK) are sent once and never buffered: they are large
+//! (a 100-channel guild's GUILD_CREATE is tens of kilobytes) and a client that missed READY or
+//! its GUILD_CREATEs must identify again anyway, which the replay floor enforces. A user holds
+//! at most `max_sessions_per_user` sessions ([`Sessions::insert_capped`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -25,7 +31,8 @@ pub const LIVE_QUEUE: usize = 2048;
 pub enum Entry {
     /// A hub dispatch, full or redacted (MESSAGE_CONTENT) for this session.
     Shared(Arc<Dispatch>, bool),
-    /// A session-specific payload (READY, GUILD_CREATE at identify, RESUMED).
+    /// A session-specific payload (READY, GUILD_CREATE at identify, RESUMED, member chunks);
+    /// sent, never kept for replay.
     Own(&'static str, Arc<str>),
 }
 
@@ -48,6 +55,9 @@ impl Entry {
 pub struct Session {
     pub id: String,
     pub user: User,
+    /// Hash of the token the session identified with (`lodge_chat::token_hash`): revoking that
+    /// token ends the session.
+    pub token_hash: String,
     pub intents: u64,
     pub guilds: HashSet<u64>,
     pub seq: u64,
@@ -58,9 +68,14 @@ pub struct Session {
     /// Set when the buffer dropped entries the client has not acknowledged (cannot resume).
     pub gap_from: Option<u64>,
     pub ended: bool,
-    /// Channel → may view, valid while the hub's epoch equals `visible_epoch`.
-    pub visible: HashMap<u64, bool>,
-    pub visible_epoch: u64,
+    /// Why the session was ended from outside (token revoked, evicted): the close its
+    /// connection sends.
+    pub end_close: Option<(u16, &'static str)>,
+    /// A resume must have seen at least this sequence number (the last payload that was sent
+    /// but not kept: READY and the identify GUILD_CREATEs).
+    replay_floor: u64,
+    /// Guild → (the guild's visibility epoch when cached, channel → may view).
+    pub visible: HashMap<u64, (u64, HashMap<u64, bool>)>,
 }
 
 /// Why a resume is refused.
@@ -72,10 +87,17 @@ pub enum ResumeError {
 }
 
 impl Session {
-    pub fn new(id: String, user: User, intents: u64, guilds: HashSet<u64>) -> Self {
+    pub fn new(
+        id: String,
+        user: User,
+        token_hash: String,
+        intents: u64,
+        guilds: HashSet<u64>,
+    ) -> Self {
         Session {
             id,
             user,
+            token_hash,
             intents,
             guilds,
             seq: 0,
@@ -84,13 +106,14 @@ impl Session {
             detached_at: None,
             gap_from: None,
             ended: false,
+            end_close: None,
+            replay_floor: 0,
             visible: HashMap::new(),
-            visible_epoch: 0,
         }
     }
 
-    /// Assign the next sequence number, keep the entry for replay, and hand it to the attached
-    /// connection. Returns false when the connection was too slow and got detached.
+    /// Assign the next sequence number, keep a hub dispatch for replay, and hand the entry to
+    /// the attached connection. Returns false when the connection was too slow and got detached.
     pub fn push(&mut self, e: Entry) -> bool {
         self.seq += 1;
         let seq = self.seq;
@@ -102,21 +125,41 @@ impl Session {
                 ok = false;
             }
         }
-        self.buffer.push_back((seq, e));
-        while self.buffer.len() > REPLAY_CAP {
-            if let Some((s, _)) = self.buffer.pop_front() {
-                self.gap_from = Some(s);
+        if matches!(e, Entry::Shared(..)) {
+            self.buffer.push_back((seq, e));
+            while self.buffer.len() > REPLAY_CAP {
+                if let Some((s, _)) = self.buffer.pop_front() {
+                    self.gap_from = Some(s);
+                }
             }
         }
         ok
     }
 
-    /// Record an entry already sent directly on the socket (identify/resume paths).
-    pub fn record(&mut self, e: Entry) -> (u64, String) {
+    /// Number and render a session-specific payload to be written directly on the socket
+    /// (identify/resume paths); it is not kept for replay.
+    pub fn record(&mut self, t: &'static str, json: &str) -> String {
         self.seq += 1;
-        let f = e.render(self.seq);
-        self.buffer.push_back((self.seq, e));
-        (self.seq, f)
+        super::super::hub::frame(t, self.seq, json)
+    }
+
+    /// Everything recorded so far must have reached the client for a resume to be faithful
+    /// (called after READY and the identify GUILD_CREATEs).
+    pub fn set_replay_floor(&mut self) {
+        self.replay_floor = self.seq;
+    }
+
+    /// End the session from outside: its connection closes with `close`, and it cannot be
+    /// resumed.
+    pub fn end(&mut self, close: (u16, &'static str)) {
+        self.ended = true;
+        self.end_close = Some(close);
+        self.detach_all();
+    }
+
+    /// When the session's connection was detached (None while connected).
+    pub fn detached_at(&self) -> Option<Instant> {
+        self.detached_at
     }
 
     pub fn attach(&mut self, conn: u64, tx: mpsc::Sender<String>) {
@@ -151,7 +194,7 @@ impl Session {
 
     /// Frames after `acked`, if all of them are still buffered.
     pub fn replay_after(&self, acked: u64) -> Result<Vec<String>, ResumeError> {
-        if acked > self.seq {
+        if acked > self.seq || acked < self.replay_floor {
             return Err(ResumeError::TooOld);
         }
         if let Some(g) = self.gap_from {
@@ -170,32 +213,111 @@ impl Session {
 
 pub type SessionRef = Arc<Mutex<Session>>;
 
+/// Why a user cannot have another session.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SessionCapFull {
+    pub cap: usize,
+}
+
+#[derive(Default)]
+struct Maps {
+    by_id: HashMap<String, SessionRef>,
+    by_user: HashMap<u64, Vec<SessionRef>>,
+}
+
 #[derive(Default)]
 pub struct Sessions {
-    map: Mutex<HashMap<String, SessionRef>>,
+    maps: Mutex<Maps>,
+}
+
+fn lock_session(s: &SessionRef) -> std::sync::MutexGuard<'_, Session> {
+    s.lock()
+        .expect("a session lock is never held across a panic")
 }
 
 impl Sessions {
-    pub fn insert(&self, s: Session) -> SessionRef {
+    fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {
+        self.maps.lock().expect("sessions lock")
+    }
+
+    /// Add a session if its user holds fewer than `cap` sessions that have not ended. At the
+    /// cap, the user's session that has been disconnected longest is ended (closed with
+    /// `evicted`) to make room; if all of them are connected, the new one is refused. Returns
+    /// the session and the one it evicted, whose voice state the caller should clear.
+    pub fn insert_capped(
+        &self,
+        s: Session,
+        cap: usize,
+        evicted: (u16, &'static str),
+    ) -> Result<(SessionRef, Option<SessionRef>), SessionCapFull> {
+        let mut m = self.maps();
+        let user = s.user.id;
+        let mut gone = None;
+        let mine = m.by_user.entry(user).or_default();
+        mine.retain(|r| !lock_session(r).ended);
+        if mine.len() >= cap {
+            let oldest = mine
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| lock_session(r).detached_at().map(|t| (t, i)))
+                .min()
+                .map(|(_, i)| i);
+            let Some(i) = oldest else {
+                return Err(SessionCapFull { cap });
+            };
+            let r = mine.swap_remove(i);
+            lock_session(&r).end(evicted);
+            gone = Some(r);
+        }
         let id = s.id.clone();
         let r = Arc::new(Mutex::new(s));
-        self.map
-            .lock()
-            .expect("sessions lock")
-            .insert(id, r.clone());
-        r
+        mine.push(r.clone());
+        m.by_id.insert(id, r.clone());
+        Ok((r, gone))
+    }
+
+    /// Whether `user` could add a session now (it holds fewer than `cap` connected ones).
+    pub fn has_room(&self, user: u64, cap: usize) -> bool {
+        let m = self.maps();
+        let live = m
+            .by_user
+            .get(&user)
+            .map(|v| {
+                v.iter()
+                    .filter(|r| {
+                        let g = lock_session(r);
+                        !g.ended && g.detached_at().is_none()
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        live < cap
     }
 
     pub fn get(&self, id: &str) -> Option<SessionRef> {
-        self.map.lock().expect("sessions lock").get(id).cloned()
+        self.maps().by_id.get(id).cloned()
+    }
+
+    /// The sessions of `user` (ended ones included until they are removed).
+    pub fn of_user(&self, user: u64) -> Vec<SessionRef> {
+        self.maps().by_user.get(&user).cloned().unwrap_or_default()
     }
 
     pub fn remove(&self, id: &str) {
-        self.map.lock().expect("sessions lock").remove(id);
+        let mut m = self.maps();
+        if let Some(r) = m.by_id.remove(id) {
+            let user = lock_session(&r).user.id;
+            if let Some(v) = m.by_user.get_mut(&user) {
+                v.retain(|x| !Arc::ptr_eq(x, &r));
+                if v.is_empty() {
+                    m.by_user.remove(&user);
+                }
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.map.lock().expect("sessions lock").len()
+        self.maps().by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -204,37 +326,55 @@ impl Sessions {
 
     /// (live, detached) counts.
     pub fn counts(&self) -> (usize, usize) {
-        let m = self.map.lock().expect("sessions lock");
+        let m = self.maps();
         let live = m
+            .by_id
             .values()
             .filter(|s| s.lock().map(|s| s.is_live()).unwrap_or(false))
             .count();
-        (live, m.len() - live)
+        (live, m.by_id.len() - live)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::Target;
 
-    fn own(n: u64) -> Entry {
-        Entry::Own("X", format!("{{\"n\":{n}}}").into())
+    fn shared(n: u64) -> Entry {
+        Entry::Shared(
+            Arc::new(Dispatch {
+                target: Target::Guild(1),
+                channel_id: None,
+                guild_id: Some(1),
+                t: "X",
+                json: format!("{{\"n\":{n}}}").into(),
+                redacted: None,
+                full_for: Vec::new(),
+            }),
+            false,
+        )
+    }
+
+    fn session(id: &str, user: u64) -> Session {
+        Session::new(
+            id.into(),
+            User {
+                id: user,
+                username: "u".into(),
+                bot: false,
+            },
+            "hash".into(),
+            0,
+            HashSet::new(),
+        )
     }
 
     #[test]
     fn replay_in_order_and_bounded() {
-        let mut s = Session::new(
-            "s".into(),
-            User {
-                id: 1,
-                username: "u".into(),
-                bot: false,
-            },
-            0,
-            HashSet::new(),
-        );
+        let mut s = session("s", 1);
         for i in 0..10 {
-            s.push(own(i));
+            s.push(shared(i));
         }
         let r = s.replay_after(7).unwrap();
         assert_eq!(r.len(), 3);
@@ -242,7 +382,7 @@ mod tests {
         assert_eq!(s.replay_after(10).unwrap().len(), 0);
         assert_eq!(s.replay_after(11).unwrap_err(), ResumeError::TooOld);
         for i in 0..REPLAY_CAP as u64 {
-            s.push(own(i));
+            s.push(shared(i));
         }
         assert_eq!(
             s.replay_after(5).unwrap_err(),
@@ -253,26 +393,75 @@ mod tests {
     }
 
     #[test]
-    fn slow_connection_is_detached() {
-        let mut s = Session::new(
-            "s".into(),
-            User {
-                id: 1,
-                username: "u".into(),
-                bot: false,
-            },
-            0,
-            HashSet::new(),
+    fn session_payloads_are_sent_but_not_kept() {
+        let mut s = session("s", 1);
+        let ready = s.record("READY", &format!("{{\"pad\":\"{}\"}}", "x".repeat(10_000)));
+        assert!(ready.contains("\"s\":1"));
+        s.record("GUILD_CREATE", "{}");
+        s.set_replay_floor();
+        s.push(shared(1));
+        s.push(Entry::Own("GUILD_MEMBERS_CHUNK", "{}".into()));
+        s.push(shared(2));
+        assert_eq!(s.buffer.len(), 2, "only hub dispatches are buffered");
+        assert_eq!(
+            s.replay_after(1).unwrap_err(),
+            ResumeError::TooOld,
+            "a client that missed its GUILD_CREATE must identify again"
         );
+        let r = s.replay_after(2).unwrap();
+        assert_eq!(r.len(), 2);
+        assert!(r[0].contains("\"s\":3") && r[1].contains("\"s\":5"));
+    }
+
+    #[test]
+    fn slow_connection_is_detached() {
+        let mut s = session("s", 1);
         let (tx, _rx) = mpsc::channel(2);
         s.attach(1, tx);
-        assert!(s.push(own(1)) && s.push(own(2)));
-        assert!(!s.push(own(3)), "third frame overflows a queue of 2");
+        assert!(s.push(shared(1)) && s.push(shared(2)));
+        assert!(!s.push(shared(3)), "third frame overflows a queue of 2");
         assert!(!s.is_live());
         assert_eq!(
             s.replay_after(0).unwrap().len(),
             3,
             "nothing is lost for a resume"
         );
+    }
+
+    #[test]
+    fn a_user_at_the_cap_loses_the_longest_disconnected_session_or_is_refused() {
+        let reg = Sessions::default();
+        const EVICTED: (u16, &str) = (4009, "evicted");
+        let (a, _) = reg.insert_capped(session("a", 1), 2, EVICTED).unwrap();
+        let (b, _) = reg.insert_capped(session("b", 1), 2, EVICTED).unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        lock_session(&a).attach(1, tx.clone());
+        lock_session(&b).attach(2, tx.clone());
+        assert!(!reg.has_room(1, 2));
+        assert_eq!(
+            reg.insert_capped(session("c", 1), 2, EVICTED).err(),
+            Some(SessionCapFull { cap: 2 }),
+            "both connected: refused"
+        );
+        assert!(
+            reg.insert_capped(session("other", 2), 2, EVICTED).is_ok(),
+            "per user"
+        );
+        lock_session(&b).detach(2);
+        std::thread::sleep(Duration::from_millis(2));
+        lock_session(&a).detach(1);
+        let (_, gone) = reg.insert_capped(session("c", 1), 2, EVICTED).unwrap();
+        let gone = gone.expect("one was evicted");
+        assert!(Arc::ptr_eq(&gone, &b), "the one disconnected longest");
+        let g = lock_session(&b);
+        assert!(g.ended && g.end_close == Some(EVICTED));
+        drop(g);
+        assert!(
+            reg.get("b").is_some(),
+            "kept until its collector removes it"
+        );
+        reg.remove("b");
+        assert!(reg.get("b").is_none());
+        assert_eq!(reg.of_user(1).len(), 2);
     }
 }

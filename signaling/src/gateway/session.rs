@@ -1,14 +1,21 @@
 //! One gateway connection. The session it identifies (or resumes) lives in the registry and
 //! survives the connection; a collector task per session keeps receiving dispatches while the
 //! client is away, so Resume can replay them in order.
+//!
+//! A connection's life: Hello; then, within `identify_timeout_secs`, Identify or Resume (only
+//! Heartbeat may come before them, anything else closes with 4003); then client ops until the
+//! client leaves, stops heartbeating (4009), sends too much (4008), its session is ended from
+//! outside (token revoked: 4004) or the node shuts down (op 7).
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::response::Response;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use futures_util::{SinkExt, StreamExt};
 use lodge_chat::User;
 use rand::distributions::Alphanumeric;
@@ -18,17 +25,73 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use super::client_op::{self, ClientOp, Identify, Refusal, Resume, MAX_PAYLOAD};
 use super::registry::{Entry, Session, SessionRef, LIVE_QUEUE};
-use super::{
-    close, intents, payloads, HEARTBEAT_INTERVAL_MS, MAX_PAYLOAD, RATE_LIMIT, RATE_WINDOW,
-};
+use super::session_start::StartRefused;
+use super::{close, intents, payloads, RATE_LIMIT, RATE_WINDOW};
 use crate::app::AppState;
 use crate::hub::{Dispatch, Ended, Subscription, Target};
 use crate::ws::{close_with, Inbound, Tx};
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-pub async fn ws_handler(ws: WebSocketUpgrade, State(s): State<AppState>) -> Response {
+/// Gateway API versions this gateway speaks (`?v=`).
+pub const VERSIONS: [&str; 2] = ["9", "10"];
+
+/// Counts an open gateway connection for `max_gateway_connections` while it lives.
+struct ConnSlot<'a>(&'a AtomicUsize);
+
+impl Drop for ConnSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// `?v=10&encoding=json`: a version other than 9 or 10 is closed with 4012 after the upgrade
+/// (as Discord does); an encoding other than JSON with 4002.
+fn query_refusal(q: Option<&str>) -> Option<Refusal> {
+    for pair in q.unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "v" if !VERSIONS.contains(&v) => {
+                return Some((
+                    close::INVALID_API_VERSION,
+                    format!("gateway version {v:.8} is not supported; use v=10"),
+                ))
+            }
+            "encoding" if v != "json" => {
+                return Some((
+                    close::DECODE_ERROR,
+                    format!("encoding {v:.8} is not supported; use encoding=json"),
+                ))
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+pub async fn ws_handler(
+    ws: WebSocketUpgrade,
+    RawQuery(q): RawQuery,
+    State(s): State<AppState>,
+) -> Response {
+    let cap = s.cfg.max_gateway_connections;
+    if s.gateway_conns.fetch_add(1, Ordering::AcqRel) >= cap {
+        s.gateway_conns.fetch_sub(1, Ordering::AcqRel);
+        tracing::warn!(
+            limit = cap,
+            "gateway connection refused: node at max_gateway_connections"
+        );
+        let body = json!({ "code": 0, "message": format!("The gateway is full ({cap} connections, max_gateway_connections); retry later.") });
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "5")],
+            Json(body),
+        )
+            .into_response();
+    }
+    let refusal = query_refusal(q.as_deref());
     // Accept frames a bit larger than the protocol limit so we can close with 4002 ourselves.
     // A small read buffer: tungstenite zero-fills the whole read buffer on every read attempt,
     // and clients send little (measured: the 128 KiB default cost a third of the CPU at 1,000
@@ -36,7 +99,15 @@ pub async fn ws_handler(ws: WebSocketUpgrade, State(s): State<AppState>) -> Resp
     ws.max_message_size(MAX_PAYLOAD * 4)
         .max_frame_size(MAX_PAYLOAD * 4)
         .read_buffer_size(4096)
-        .on_upgrade(move |sock| run(s, sock))
+        .on_upgrade(move |sock| async move {
+            let _slot = ConnSlot(&s.gateway_conns);
+            let (mut tx, rx) = sock.split();
+            if let Some((code, reason)) = refusal {
+                close_with(&mut tx, code, &reason).await;
+                return;
+            }
+            Conn::new(s.clone()).run(tx, rx).await
+        })
 }
 
 async fn send(tx: &mut Tx, v: Value) -> bool {
@@ -45,11 +116,11 @@ async fn send(tx: &mut Tx, v: Value) -> bool {
 
 async fn send_frames(tx: &mut Tx, frames: Vec<String>) -> bool {
     for f in frames {
-        if tx.send(Message::Text(f.into())).await.is_err() {
+        if tx.feed(Message::Text(f.into())).await.is_err() {
             return false;
         }
     }
-    true
+    tx.flush().await.is_ok()
 }
 
 fn lock(s: &SessionRef) -> std::sync::MutexGuard<'_, Session> {
@@ -57,216 +128,352 @@ fn lock(s: &SessionRef) -> std::sync::MutexGuard<'_, Session> {
         .expect("a session lock is never held across a panic")
 }
 
-async fn run(s: AppState, sock: WebSocket) {
-    let (mut tx, mut rx) = sock.split();
-    if !send(&mut tx, json!({ "op": 10, "d": { "heartbeat_interval": HEARTBEAT_INTERVAL_MS }, "s": null, "t": null })).await {
-        return;
-    }
-    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let mut session: Option<SessionRef> = None;
-    let mut live: Option<mpsc::Receiver<String>> = None;
-    let mut recent: VecDeque<Instant> = VecDeque::new();
-    // A client that stops heartbeating is a zombie: allow one interval plus slack.
-    let hb_timeout = Duration::from_millis(HEARTBEAT_INTERVAL_MS * 3 / 2);
-    let mut hb_deadline = Instant::now() + hb_timeout;
-    let mut shutdown = s.shutdown.subscribe();
+/// How handling a payload ends the connection, if it does.
+enum Stop {
+    Close(u16, String),
+    /// The socket is gone: nothing more can be sent.
+    Gone,
+}
 
-    loop {
-        tokio::select! {
-            m = rx.next() => {
-                let msg = match crate::ws::judge(m, MAX_PAYLOAD) {
-                    Inbound::Json(v) => v,
-                    Inbound::Ignore => continue,
-                    Inbound::Refuse(code, reason) => { close_with(&mut tx, code, &reason).await; break }
-                    Inbound::Gone => break,
-                };
-                let now = Instant::now();
-                recent.push_back(now);
-                while recent.front().is_some_and(|t| now.duration_since(*t) > RATE_WINDOW) { recent.pop_front(); }
-                if recent.len() > RATE_LIMIT {
-                    close_with(&mut tx, close::RATE_LIMITED, "more than 120 payloads in 60 s").await;
-                    break;
-                }
-                let op = msg.get("op").and_then(Value::as_u64);
-                let d = msg.get("d").cloned().unwrap_or(Value::Null);
-                match op {
-                    Some(1) => {
-                        hb_deadline = Instant::now() + hb_timeout;
-                        if !send(&mut tx, json!({ "op": 11, "d": null, "s": null, "t": null })).await { break }
-                    }
-                    Some(2) => {
-                        if session.is_some() { close_with(&mut tx, close::ALREADY_AUTHENTICATED, "already identified").await; break }
-                        // Subscribe before reading the snapshot so nothing falls between the two.
-                        // Invalid intents: identify refuses them below; the hub filter meanwhile passes all.
-                        let hub_rx = s.hub.subscribe(requested_intents(&d).unwrap_or(intents::ALL));
-                        match identify(&s, &d).await {
-                            Ok((sess, ready, creates)) => {
-                                let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
-                                let id = sess.id.clone();
-                                let user = sess.user.id;
-                                hub_rx.identified(&id, user);
-                                let sref = s.sessions.insert(sess);
-                                let frames: Vec<String> = {
-                                    let mut g = lock(&sref);
-                                    let mut f = vec![g.record(Entry::Own("READY", ready.to_string().into())).1];
-                                    for c in creates {
-                                        f.push(g.record(Entry::Own("GUILD_CREATE", c.to_string().into())).1);
-                                    }
-                                    g.attach(conn, live_tx);
-                                    f
-                                };
-                                tokio::spawn(collector(s.clone(), sref.clone(), hub_rx));
-                                info!(user, session = %&id[..6], "gateway session identified");
-                                super::presence::connected(&s, user, d.get("presence").filter(|p| p.is_object())).await;
-                                session = Some(sref);
-                                live = Some(live_rx);
-                                if !send_frames(&mut tx, frames).await { break }
-                            }
-                            Err((code, reason)) => { close_with(&mut tx, code, reason).await; break }
-                        }
-                    }
-                    Some(6) => {
-                        if session.is_some() { close_with(&mut tx, close::ALREADY_AUTHENTICATED, "already identified").await; break }
-                        match resume(&s, &d, conn).await {
-                            Some((sref, live_rx, frames)) => {
-                                let user = lock(&sref).user.id;
-                                super::presence::connected(&s, user, None).await;
-                                session = Some(sref);
-                                live = Some(live_rx);
-                                if !send_frames(&mut tx, frames).await { break }
-                            }
-                            None => {
-                                if !send(&mut tx, json!({ "op": 9, "d": false, "s": null, "t": null })).await { break }
-                            }
-                        }
-                    }
-                    Some(3) => {
-                        let Some(sref) = &session else { close_with(&mut tx, close::NOT_AUTHENTICATED, "identify first").await; break };
-                        let user = lock(sref).user.id;
-                        if !super::presence::set(&s, user, &d).await {
-                            close_with(&mut tx, close::DECODE_ERROR, "invalid presence: status must be online, idle, dnd, invisible or offline").await;
-                            break;
-                        }
-                    }
-                    Some(4) => {
-                        let Some(sref) = &session else { close_with(&mut tx, close::NOT_AUTHENTICATED, "identify first").await; break };
-                        let (user, sid) = { let g = lock(sref); (g.user.clone(), g.id.clone()) };
-                        if let Err(e) = crate::voice::service::handle_op4(&s, &user, &sid, &d).await {
-                            // Discord answers nothing on a refused op 4; Lodge tells the session why.
-                            let body = json!({ "code": e.code(), "message": e.to_string(), "guild_id": d.get("guild_id"), "channel_id": d.get("channel_id") });
-                            s.hub.send(Target::Session(sid), None, None, "LODGE_VOICE_ERROR", body);
-                        }
-                    }
-                    Some(8) => { /* request guild members: GUILD_CREATE already carries them */ }
-                    Some(_) | None => {
-                        if session.is_none() { close_with(&mut tx, close::NOT_AUTHENTICATED, "identify first").await; }
-                        else { close_with(&mut tx, close::UNKNOWN_OPCODE, "unknown opcode").await; }
-                        break;
-                    }
-                }
-            }
-            f = async { match live.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
-                match f {
-                    Some(frame) => {
-                        // Under load frames queue up: write what is waiting, then flush once, so a
-                        // busy session costs one write per batch rather than one per dispatch.
-                        if tx.feed(Message::Text(frame.into())).await.is_err() { break }
-                        let mut more = 0;
-                        while more < 256 {
-                            match live.as_mut().map(|r| r.try_recv()) {
-                                Some(Ok(f)) => { if tx.feed(Message::Text(f.into())).await.is_err() { break } more += 1; }
-                                _ => break,
-                            }
-                        }
-                        if tx.flush().await.is_err() { break }
-                    }
-                    None => {
-                        // Detached: too slow, resumed elsewhere, or the session ended.
-                        close_with(&mut tx, close::UNKNOWN_ERROR, "session detached; resume to continue").await;
-                        break;
-                    }
-                }
-            }
-            _ = tokio::time::sleep_until(hb_deadline) => {
-                close_with(&mut tx, close::SESSION_TIMED_OUT, "no heartbeat received").await;
-                break;
-            }
-            _ = shutdown.changed() => {
-                let _ = send(&mut tx, json!({ "op": 7, "d": null, "s": null, "t": null })).await;
-                close_with(&mut tx, 1012, "server restarting").await;
-                break;
-            }
-        }
-    }
-    if let Some(sref) = session {
-        let user = {
-            let mut g = lock(&sref);
-            g.detach(conn);
-            debug!(user = g.user.id, session = %&g.id[..6], seq = g.seq, "gateway connection closed; session resumable");
-            g.user.id
-        };
-        super::presence::disconnected(&s, user).await;
+impl From<Refusal> for Stop {
+    fn from((code, reason): Refusal) -> Self {
+        Stop::Close(code, reason)
     }
 }
 
-type IdentifyResult = Result<(Session, Value, Vec<Value>), (u16, &'static str)>;
+fn stop(code: u16, reason: impl Into<String>) -> Stop {
+    Stop::Close(code, reason.into())
+}
 
-async fn identify(s: &AppState, d: &Value) -> IdentifyResult {
-    let token = d
-        .get("token")
-        .and_then(Value::as_str)
-        .ok_or((close::DECODE_ERROR, "identify needs a token"))?;
-    let token = crate::extract::token_from_header(token);
-    let user = s
-        .store
-        .authenticate(token)
-        .await
-        .map_err(|_| (close::AUTHENTICATION_FAILED, "authentication failed"))?;
-    let intents = requested_intents(d).ok_or((close::INVALID_INTENTS, "invalid intents"))?;
-    let shard = d.get("shard").filter(|v| !v.is_null());
-    if let Some(sh) = shard {
-        let ok = sh.as_array().is_some_and(|a| {
-            a.len() == 2
-                && a[0]
-                    .as_u64()
-                    .zip(a[1].as_u64())
-                    .is_some_and(|(i, n)| n >= 1 && i < n)
-        });
-        if !ok {
-            return Err((close::INVALID_SHARD, "invalid shard"));
+/// One connection's state.
+struct Conn {
+    s: AppState,
+    id: u64,
+    session: Option<SessionRef>,
+    live: Option<mpsc::Receiver<String>>,
+    /// Arrival times of the payloads in the last [`RATE_WINDOW`].
+    recent: VecDeque<Instant>,
+    hb_deadline: Instant,
+    /// Last all-members request per guild (rate limited).
+    member_requests: HashMap<u64, Instant>,
+}
+
+impl Conn {
+    fn new(s: AppState) -> Self {
+        Conn {
+            id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+            hb_deadline: Instant::now() + heartbeat_timeout(&s),
+            s,
+            session: None,
+            live: None,
+            recent: VecDeque::new(),
+            member_requests: HashMap::new(),
         }
     }
-    let large = d
-        .get("large_threshold")
-        .and_then(Value::as_u64)
-        .unwrap_or(payloads::MAX_GUILD_CREATE_MEMBERS as u64)
-        .clamp(50, 250) as u32;
+
+    async fn run(mut self, mut tx: Tx, mut rx: futures_util::stream::SplitStream<WebSocket>) {
+        let s = self.s.clone();
+        let hello = json!({ "op": 10, "d": { "heartbeat_interval": s.cfg.heartbeat_interval_ms }, "s": null, "t": null });
+        if !send(&mut tx, hello).await {
+            return;
+        }
+        let identify_by = Instant::now() + Duration::from_secs(s.cfg.identify_timeout_secs);
+        let mut shutdown = s.shutdown.subscribe();
+        let end = loop {
+            tokio::select! {
+                m = rx.next() => {
+                    let v = match crate::ws::judge(m, MAX_PAYLOAD) {
+                        Inbound::Json(v) => v,
+                        Inbound::Ignore => continue,
+                        Inbound::Refuse(code, reason) => break Stop::Close(code, reason),
+                        Inbound::Gone => break Stop::Gone,
+                    };
+                    if let Err(e) = self.count_payload() { break e }
+                    if self.session.is_none() && !client_op::allowed_before_identify(&v) {
+                        break stop(close::NOT_AUTHENTICATED, "identify first: only heartbeat, identify and resume are accepted before identify");
+                    }
+                    let op = match client_op::parse_value(v) {
+                        Ok(op) => op,
+                        Err(r) => break r.into(),
+                    };
+                    if let Err(e) = self.handle(&mut tx, op).await { break e }
+                }
+                f = async { match self.live.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                    match f {
+                        Some(frame) => {
+                            // Under load frames queue up: write what is waiting, then flush once, so a
+                            // busy session costs one write per batch rather than one per dispatch.
+                            if tx.feed(Message::Text(frame.into())).await.is_err() { break Stop::Gone }
+                            let mut more = 0;
+                            let mut broke = false;
+                            while more < 256 {
+                                match self.live.as_mut().map(|r| r.try_recv()) {
+                                    Some(Ok(f)) => { if tx.feed(Message::Text(f.into())).await.is_err() { broke = true; break } more += 1; }
+                                    _ => break,
+                                }
+                            }
+                            if broke || tx.flush().await.is_err() { break Stop::Gone }
+                        }
+                        None => {
+                            // Detached: too slow, resumed elsewhere, or ended from outside.
+                            let ended = self.session.as_ref().and_then(|r| lock(r).end_close);
+                            let (code, reason) = ended.unwrap_or((close::UNKNOWN_ERROR, "session detached; resume to continue"));
+                            break stop(code, reason);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(self.hb_deadline) => {
+                    break stop(close::SESSION_TIMED_OUT, "no heartbeat received in time");
+                }
+                _ = tokio::time::sleep_until(identify_by), if self.session.is_none() => {
+                    break stop(close::NOT_AUTHENTICATED, format!("not identified within {} s", s.cfg.identify_timeout_secs));
+                }
+                _ = shutdown.changed() => {
+                    let _ = send(&mut tx, json!({ "op": 7, "d": null, "s": null, "t": null })).await;
+                    break stop(1012, "server restarting");
+                }
+            }
+        };
+        if let Stop::Close(code, reason) = end {
+            close_with(&mut tx, code, &reason).await;
+        }
+        if let Some(sref) = self.session {
+            let user = {
+                let mut g = lock(&sref);
+                g.detach(self.id);
+                debug!(user = g.user.id, session = %&g.id[..6], seq = g.seq, "gateway connection closed; session resumable");
+                g.user.id
+            };
+            super::presence::disconnected(&s, user).await;
+        }
+    }
+
+    /// The payload rate limit: more than [`RATE_LIMIT`] in [`RATE_WINDOW`] closes with 4008.
+    fn count_payload(&mut self) -> Result<(), Stop> {
+        let now = Instant::now();
+        self.recent.push_back(now);
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > RATE_WINDOW)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() > RATE_LIMIT {
+            return Err(stop(
+                close::RATE_LIMITED,
+                format!("more than {RATE_LIMIT} payloads in 60 s"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, tx: &mut Tx, op: ClientOp) -> Result<(), Stop> {
+        let s = self.s.clone();
+        match op {
+            ClientOp::Heartbeat(_) => {
+                self.hb_deadline = Instant::now() + heartbeat_timeout(&s);
+                ok(send(tx, json!({ "op": 11, "d": null, "s": null, "t": null })).await)
+            }
+            ClientOp::Identify(d) => {
+                if self.session.is_some() {
+                    return Err(stop(close::ALREADY_AUTHENTICATED, "already identified"));
+                }
+                self.identify(tx, d).await
+            }
+            ClientOp::Resume(d) => {
+                if self.session.is_some() {
+                    return Err(stop(close::ALREADY_AUTHENTICATED, "already identified"));
+                }
+                match resume(&s, &d, self.id).await {
+                    Some((sref, live_rx, frames)) => {
+                        let user = lock(&sref).user.id;
+                        super::presence::connected(&s, user, None).await;
+                        self.session = Some(sref);
+                        self.live = Some(live_rx);
+                        ok(send_frames(tx, frames).await)
+                    }
+                    None => {
+                        ok(send(tx, json!({ "op": 9, "d": false, "s": null, "t": null })).await)
+                    }
+                }
+            }
+            ClientOp::PresenceUpdate(d) => {
+                let user = self.user().id;
+                if !super::presence::set(&s, user, &d).await {
+                    return Err(stop(
+                        close::DECODE_ERROR,
+                        "invalid presence: status must be online, idle, dnd, invisible or offline",
+                    ));
+                }
+                Ok(())
+            }
+            ClientOp::VoiceStateUpdate(d) => {
+                let (user, sid) = {
+                    let g = lock(self.sref());
+                    (g.user.clone(), g.id.clone())
+                };
+                if let Err(e) = crate::voice::service::handle_op4(&s, &user, &sid, &d).await {
+                    // Discord answers nothing on a refused op 4; Lodge tells the session why.
+                    let body = json!({ "code": e.code(), "message": e.to_string(), "guild_id": d.get("guild_id"), "channel_id": d.get("channel_id") });
+                    s.hub
+                        .send(Target::Session(sid), None, None, "LODGE_VOICE_ERROR", body);
+                }
+                Ok(())
+            }
+            ClientOp::RequestGuildMembers(r) => {
+                let sref = self.sref().clone();
+                super::member_chunks::request(&s, &sref, &mut self.member_requests, r)
+                    .await
+                    .map_err(Stop::from)
+            }
+        }
+    }
+
+    fn sref(&self) -> &SessionRef {
+        self.session
+            .as_ref()
+            .expect("ops that need a session are refused before identify")
+    }
+
+    fn user(&self) -> User {
+        lock(self.sref()).user.clone()
+    }
+
+    async fn identify(&mut self, tx: &mut Tx, d: Identify) -> Result<(), Stop> {
+        let s = self.s.clone();
+        let user = s
+            .store
+            .authenticate(&d.token)
+            .await
+            .map_err(|_| stop(close::AUTHENTICATION_FAILED, "authentication failed"))?;
+        if user.bot && !s.cfg.bot_privileged_intents && d.intents & intents::PRIVILEGED != 0 {
+            return Err(stop(
+                close::DISALLOWED_INTENTS,
+                "disallowed intents: GUILD_MEMBERS and GUILD_PRESENCES are not enabled for bots on this node (bot_privileged_intents)",
+            ));
+        }
+        let cap = s.cfg.max_sessions_per_user;
+        if !s.sessions.has_room(user.id, cap) {
+            return Err(stop(
+                close::RATE_LIMITED,
+                format!("this user already has {cap} connected gateway sessions (max_sessions_per_user)"),
+            ));
+        }
+        match s
+            .session_starts
+            .try_start(user.id, std::time::Instant::now())
+        {
+            Ok(_) => {}
+            Err(StartRefused::TooFast) => {
+                let per = s.session_starts.limits().max_concurrency;
+                info!(
+                    user = user.id,
+                    limit = per,
+                    "identify refused: more than max_concurrency identifies in 5 s"
+                );
+                return ok(send(tx, json!({ "op": 9, "d": false, "s": null, "t": null })).await);
+            }
+            Err(StartRefused::Exhausted { reset_after }) => {
+                let total = s.session_starts.limits().total;
+                info!(
+                    user = user.id,
+                    limit = total,
+                    "identify refused: session_start_limit used up"
+                );
+                return Err(stop(
+                    close::RATE_LIMITED,
+                    format!(
+                        "session_start_limit used up ({total} identifies per 24 h); resets in {} s",
+                        reset_after.as_secs()
+                    ),
+                ));
+            }
+        }
+        // Subscribe before reading the snapshot so nothing falls between the two.
+        let hub_rx = s.hub.subscribe(d.intents);
+        let (sess, ready, creates) = snapshot(&s, &d, user).await?;
+        let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
+        let id = sess.id.clone();
+        let uid = sess.user.id;
+        hub_rx.identified(&id, uid);
+        let (sref, evicted) = s
+            .sessions
+            .insert_capped(sess, cap, (close::SESSION_TIMED_OUT, "session ended: the user opened more than max_sessions_per_user sessions"))
+            .map_err(|e| {
+                stop(
+                    close::RATE_LIMITED,
+                    format!("this user already has {} connected gateway sessions (max_sessions_per_user)", e.cap),
+                )
+            })?;
+        if let Some(old) = evicted {
+            let old_id = lock(&old).id.clone();
+            info!(user = uid, session = %&old_id[..6], "gateway session evicted: user at max_sessions_per_user");
+            crate::voice::service::disconnect_session(&s, &old_id).await;
+        }
+        let frames: Vec<String> = {
+            let mut g = lock(&sref);
+            let mut f = vec![g.record("READY", &ready.to_string())];
+            for c in creates {
+                f.push(g.record("GUILD_CREATE", &c.to_string()));
+            }
+            g.set_replay_floor();
+            g.attach(self.id, live_tx);
+            f
+        };
+        tokio::spawn(collector(s.clone(), sref.clone(), hub_rx));
+        info!(user = uid, session = %&id[..6], "gateway session identified");
+        super::presence::connected(&s, uid, d.presence.as_ref()).await;
+        self.session = Some(sref);
+        self.live = Some(live_rx);
+        ok(send_frames(tx, frames).await)
+    }
+}
+
+fn ok(sent: bool) -> Result<(), Stop> {
+    if sent {
+        Ok(())
+    } else {
+        Err(Stop::Gone)
+    }
+}
+
+/// One and a half heartbeat intervals: a client that misses a beat is a zombie.
+fn heartbeat_timeout(s: &AppState) -> Duration {
+    Duration::from_millis(s.cfg.heartbeat_interval_ms * 3 / 2)
+}
+
+/// READY and the GUILD_CREATEs of a new session.
+async fn snapshot(
+    s: &AppState,
+    d: &Identify,
+    user: User,
+) -> Result<(Session, Value, Vec<Value>), Stop> {
+    let storage = |_| stop(close::UNKNOWN_ERROR, "storage error");
     let session_id: String = rand::thread_rng()
         .sample_iter(&Alphanumeric)
         .take(32)
         .map(char::from)
         .collect();
-    let guilds = s
-        .store
-        .user_guilds(user.id)
-        .await
-        .map_err(|_| (close::UNKNOWN_ERROR, "storage error"))?;
+    let guilds = s.store.user_guilds(user.id).await.map_err(storage)?;
     let ids: Vec<u64> = guilds.iter().map(|g| g.id).collect();
-    let ready = payloads::ready(s, &user, &session_id, &ids, shard);
+    let shard = d.shard.map(|sh| json!(sh));
+    let ready = payloads::ready(s, &user, &session_id, &ids, shard.as_ref());
     let mut creates = Vec::new();
-    if intents & intents::GUILDS != 0 {
+    if d.intents & intents::GUILDS != 0 {
         for g in &guilds {
             creates.push(
-                payloads::guild_create_limited(s, g, user.id, large)
+                payloads::guild_create_limited(s, g, user.id, d.large_threshold)
                     .await
-                    .map_err(|_| (close::UNKNOWN_ERROR, "storage error"))?,
+                    .map_err(|_| stop(close::UNKNOWN_ERROR, "storage error"))?,
             );
         }
     }
     let sess = Session::new(
         session_id,
         user,
-        intents,
+        lodge_chat::token_hash(&d.token),
+        d.intents,
         ids.into_iter().collect::<HashSet<u64>>(),
     );
     Ok((sess, ready, creates))
@@ -276,42 +483,31 @@ async fn identify(s: &AppState, d: &Value) -> IdentifyResult {
 /// Invalid Session (unknown, expired, another user's, or too far behind).
 async fn resume(
     s: &AppState,
-    d: &Value,
+    d: &Resume,
     conn: u64,
 ) -> Option<(SessionRef, mpsc::Receiver<String>, Vec<String>)> {
-    let token = crate::extract::token_from_header(d.get("token")?.as_str()?);
-    let sid = d.get("session_id")?.as_str()?;
-    let acked = d.get("seq").and_then(Value::as_u64).unwrap_or(0);
-    let user = s.store.authenticate(token).await.ok()?;
-    let sref = s.sessions.get(sid)?;
+    let user = s.store.authenticate(&d.token).await.ok()?;
+    let sref = s.sessions.get(&d.session_id)?;
     let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
     let frames = {
         let mut g = lock(&sref);
         if g.user.id != user.id || g.ended {
             return None;
         }
-        let mut frames = match g.replay_after(acked) {
+        let mut frames = match g.replay_after(d.seq) {
             Ok(f) => f,
             Err(e) => {
-                info!(user = user.id, session = %&g.id[..6], acked, ?e, "resume refused");
+                info!(user = user.id, session = %&g.id[..6], acked = d.seq, ?e, "resume refused");
                 return None;
             }
         };
         // Taking over drops the previous connection's queue: it closes and stops reading.
         g.attach(conn, live_tx);
-        frames.push(g.record(Entry::Own("RESUMED", "{}".into())).1);
+        frames.push(g.record("RESUMED", "{}"));
         info!(user = user.id, session = %&g.id[..6], replayed = frames.len() - 1, "gateway session resumed");
         frames
     };
     Some((sref, live_rx, frames))
-}
-
-/// The intents an Identify asks for (all when absent); `None` when they are invalid.
-fn requested_intents(d: &Value) -> Option<u64> {
-    match d.get("intents") {
-        None | Some(Value::Null) => Some(intents::ALL),
-        Some(v) => v.as_u64().filter(|i| *i <= intents::ALL),
-    }
 }
 
 /// Receives hub dispatches for one session until it expires, connected or not.
@@ -350,16 +546,20 @@ async fn collector(s: AppState, sref: SessionRef, mut hub: Subscription) {
     }
 }
 
-/// VIEW_CHANNEL for this session's user, cached until permissions may have changed.
+/// VIEW_CHANNEL for this session's user, cached until permissions in that guild may have
+/// changed.
 async fn can_view(s: &AppState, sref: &SessionRef, user: u64, guild: u64, channel: u64) -> bool {
-    let epoch = s.hub.epoch();
+    let epoch = s.hub.epoch(guild);
     {
         let mut g = lock(sref);
-        if g.visible_epoch != epoch {
-            g.visible.clear();
-            g.visible_epoch = epoch;
+        let cache = g
+            .visible
+            .entry(guild)
+            .or_insert_with(|| (epoch, HashMap::new()));
+        if cache.0 != epoch {
+            *cache = (epoch, HashMap::new());
         }
-        if let Some(v) = g.visible.get(&channel) {
+        if let Some(v) = cache.1.get(&channel) {
             return *v;
         }
     }
@@ -369,8 +569,10 @@ async fn can_view(s: &AppState, sref: &SessionRef, user: u64, guild: u64, channe
         .await;
     let mut g = lock(sref);
     // Only cache what was computed under the epoch that is still current.
-    if g.visible_epoch == epoch {
-        g.visible.insert(channel, visible);
+    if let Some(cache) = g.visible.get_mut(&guild) {
+        if cache.0 == epoch {
+            cache.1.insert(channel, visible);
+        }
     }
     visible
 }
@@ -396,6 +598,7 @@ fn addressed(sref: &SessionRef, d: &Dispatch) -> Option<(u64, bool)> {
             }
             ("GUILD_DELETE", _) => {
                 g.guilds.remove(&gid);
+                g.visible.remove(&gid);
             }
             _ => {}
         }
@@ -407,4 +610,45 @@ fn addressed(sref: &SessionRef, d: &Dispatch) -> Option<(u64, bool)> {
         && g.intents & intents::MESSAGE_CONTENT == 0
         && !d.full_for.contains(&uid);
     Some((uid, redacted))
+}
+
+/// End every session that identified with the token whose hash is `token_hash` (`None`: every
+/// session of the user): their connections close with 4004 and their voice ends.
+pub async fn end_sessions_of(s: &AppState, user: u64, token_hash: Option<&str>) -> usize {
+    let mut ended = Vec::new();
+    for r in s.sessions.of_user(user) {
+        let mut g = lock(&r);
+        if g.ended || token_hash.is_some_and(|h| h != g.token_hash) {
+            continue;
+        }
+        g.end((
+            close::AUTHENTICATION_FAILED,
+            "authentication failed: the token was revoked",
+        ));
+        ended.push(g.id.clone());
+    }
+    for id in &ended {
+        crate::voice::service::disconnect_session(s, id).await;
+    }
+    ended.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_encodings() {
+        assert!(query_refusal(None).is_none());
+        assert!(query_refusal(Some("v=10&encoding=json")).is_none());
+        assert!(query_refusal(Some("v=9&encoding=json&compress=zlib-stream")).is_none());
+        assert_eq!(
+            query_refusal(Some("v=6&encoding=json")).unwrap().0,
+            close::INVALID_API_VERSION
+        );
+        assert_eq!(
+            query_refusal(Some("encoding=etf&v=10")).unwrap().0,
+            close::DECODE_ERROR
+        );
+    }
 }

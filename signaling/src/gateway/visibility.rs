@@ -1,13 +1,15 @@
-//! What every gateway session's VIEW_CHANNEL check needs, fetched once per visibility epoch and
-//! shared by all sessions.
+//! What every gateway session's VIEW_CHANNEL check needs, fetched once per guild visibility
+//! epoch and shared by all sessions.
 //!
 //! A dispatch for a channel (a voice state, a message) reaches every session in the guild, and
 //! each must know whether its user may see that channel. Fetched per session, the first
 //! dispatch for each channel cost every session the guild, its roles, the channel and the
 //! membership from the database: 2,000 callers joining 100 voice channels made ~1 million queries
 //! and held joins up for tens of seconds. Here the guild with its roles and each channel are
-//! fetched once, each member's role ids once, all until the hub's epoch moves (any GUILD_* or
-//! CHANNEL_* dispatch); concurrent first lookups of one key wait for a single fetch.
+//! fetched once, each member's role ids once, all until that guild's epoch moves (a GUILD_* or
+//! CHANNEL_* dispatch of that guild; see `Hub::epoch`); concurrent first lookups of one key wait
+//! for a single fetch. Each guild's entries start over on their own: a change in one guild
+//! costs the others nothing.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -16,27 +18,30 @@ use std::sync::{Arc, Mutex};
 use lodge_chat::{Channel, ChatError, Guild, Role, Store};
 use tokio::sync::OnceCell;
 
-/// More cached members than this (across guilds) and the member map starts over.
-const MAX_MEMBERS: usize = 200_000;
+/// More cached members than this in one guild and that guild's member map starts over.
+const MAX_MEMBERS_PER_GUILD: usize = 200_000;
+/// More guilds than this and the whole cache starts over.
+const MAX_GUILDS: usize = 100_000;
 
 type Slot<T> = Arc<OnceCell<Arc<T>>>;
 
+/// One guild's cached inputs, valid for one epoch of that guild.
 #[derive(Default)]
-struct Maps {
+struct GuildMaps {
     epoch: u64,
-    guilds: HashMap<u64, Slot<(Guild, Vec<Role>)>>,
+    guild: Slot<(Guild, Vec<Role>)>,
     channels: HashMap<u64, Slot<Channel>>,
-    members: HashMap<(u64, u64), Slot<Option<Vec<u64>>>>,
+    members: HashMap<u64, Slot<Option<Vec<u64>>>>,
 }
 
 #[derive(Default)]
 pub struct VisibilityCache {
-    maps: Mutex<Maps>,
+    guilds: Mutex<HashMap<u64, GuildMaps>>,
 }
 
 impl VisibilityCache {
-    /// May `user` see `channel` of `guild`, as of `epoch`? Errors (unknown guild or channel, a
-    /// database failure) mean no.
+    /// May `user` see `channel` of `guild`, as of the guild's `epoch`? Errors (unknown guild
+    /// or channel, a database failure) mean no.
     pub async fn can_view(
         &self,
         store: &Store,
@@ -46,7 +51,7 @@ impl VisibilityCache {
         user: u64,
     ) -> bool {
         let view = async {
-            let g = self.slot(epoch, |m| &mut m.guilds, guild);
+            let g = self.slot(guild, epoch, |m| &mut m.guild);
             let g = g
                 .get_or_try_init(|| async {
                     let gd = store.guild(guild).await?;
@@ -55,7 +60,7 @@ impl VisibilityCache {
                 })
                 .await?
                 .clone();
-            let c = self.slot(epoch, |m| &mut m.channels, channel);
+            let c = self.keyed(guild, epoch, |m| &mut m.channels, channel);
             let c = c
                 .get_or_try_init(|| async {
                     Ok::<_, ChatError>(Arc::new(store.channel(channel).await?))
@@ -65,7 +70,7 @@ impl VisibilityCache {
             if c.guild_id != guild {
                 return Ok(false);
             }
-            let m = self.slot(epoch, |m| &mut m.members, (guild, user));
+            let m = self.keyed(guild, epoch, |m| &mut m.members, user);
             let mine = m
                 .get_or_try_init(|| async {
                     Ok::<_, ChatError>(Arc::new(store.member_role_ids(&g.0, user).await?))
@@ -83,32 +88,59 @@ impl VisibilityCache {
         view.await.unwrap_or(false)
     }
 
-    /// The shared cell for `key` under `epoch`; a newer epoch empties every map first. A cell
-    /// handed out under an epoch that has since passed is filled but no longer shared.
-    fn slot<K: Eq + Hash + Copy, T>(
+    /// Run `f` on the guild's maps as of `epoch`: a newer epoch empties them first. `None` for
+    /// a caller that read an older epoch than the cache holds (it gets a private cell).
+    fn with_guild<R>(
         &self,
+        guild: u64,
         epoch: u64,
-        map: impl FnOnce(&mut Maps) -> &mut HashMap<K, Slot<T>>,
-        key: K,
-    ) -> Slot<T> {
-        let mut maps = self
-            .maps
+        f: impl FnOnce(&mut GuildMaps) -> R,
+    ) -> Option<R> {
+        let mut all = self
+            .guilds
             .lock()
             .expect("visibility cache lock is never held across a panic");
+        if all.len() >= MAX_GUILDS && !all.contains_key(&guild) {
+            all.clear();
+        }
+        let maps = all.entry(guild).or_insert_with(|| GuildMaps {
+            epoch,
+            ..GuildMaps::default()
+        });
         if maps.epoch != epoch {
             if epoch < maps.epoch {
-                // A caller that read an older epoch: answer it without polluting the cache.
-                return Arc::new(OnceCell::new());
+                return None;
             }
-            *maps = Maps {
+            *maps = GuildMaps {
                 epoch,
-                ..Maps::default()
+                ..GuildMaps::default()
             };
         }
-        if maps.members.len() > MAX_MEMBERS {
+        if maps.members.len() > MAX_MEMBERS_PER_GUILD {
             maps.members.clear();
         }
-        map(&mut maps).entry(key).or_default().clone()
+        Some(f(maps))
+    }
+
+    fn slot<T>(
+        &self,
+        guild: u64,
+        epoch: u64,
+        cell: impl FnOnce(&mut GuildMaps) -> &mut Slot<T>,
+    ) -> Slot<T> {
+        self.with_guild(guild, epoch, |m| cell(m).clone())
+            .unwrap_or_default()
+    }
+
+    fn keyed<K: Eq + Hash, T>(
+        &self,
+        guild: u64,
+        epoch: u64,
+        map: impl FnOnce(&mut GuildMaps) -> &mut HashMap<K, Slot<T>>,
+        key: K,
+    ) -> Slot<T> {
+        self.with_guild(guild, epoch, |m| map(m).entry(key).or_default().clone())
+            .unwrap_or_default()
     }
 }
 
@@ -117,16 +149,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_newer_epoch_empties_the_maps_and_an_older_one_is_not_shared() {
+    fn a_newer_epoch_empties_only_its_guild_and_an_older_one_is_not_shared() {
         let cache = VisibilityCache::default();
-        let a = cache.slot(1, |m| &mut m.channels, 7u64);
-        let b = cache.slot(1, |m| &mut m.channels, 7u64);
+        let a = cache.keyed(1, 1, |m| &mut m.channels, 7u64);
+        let b = cache.keyed(1, 1, |m| &mut m.channels, 7u64);
         assert!(Arc::ptr_eq(&a, &b), "one cell per key within an epoch");
-        let c = cache.slot(2, |m| &mut m.channels, 7u64);
-        assert!(!Arc::ptr_eq(&a, &c), "a new epoch starts over");
-        let old = cache.slot(1, |m| &mut m.channels, 7u64);
+        let other = cache.keyed(2, 1, |m| &mut m.channels, 8u64);
+        let c = cache.keyed(1, 2, |m| &mut m.channels, 7u64);
+        assert!(!Arc::ptr_eq(&a, &c), "a new epoch starts the guild over");
+        assert!(
+            Arc::ptr_eq(&other, &cache.keyed(2, 1, |m| &mut m.channels, 8u64)),
+            "another guild's entries survive"
+        );
+        let old = cache.keyed(1, 1, |m| &mut m.channels, 7u64);
         assert!(!Arc::ptr_eq(&old, &c), "a stale reader gets a private cell");
-        let again = cache.slot(2, |m| &mut m.channels, 7u64);
+        let again = cache.keyed(1, 2, |m| &mut m.channels, 7u64);
         assert!(
             Arc::ptr_eq(&again, &c),
             "…and does not reset the current epoch"

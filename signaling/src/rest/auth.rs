@@ -45,16 +45,43 @@ pub async fn login(
     Ok(Json(json!({ "user": wire::user(&user), "token": token })))
 }
 
-/// Revoke the token used for this request.
+/// Revoke the token used for this request; the gateway sessions identified with it (and their
+/// voice connections) end at once.
 pub async fn logout(
     State(s): State<AppState>,
-    Auth(_): Auth,
+    Auth(u): Auth,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     let h = headers
         .get("authorization")
         .and_then(|h| h.to_str().ok())
         .ok_or_else(ApiError::unauthorized)?;
-    s.store.revoke_token(token_from_header(h)).await?;
+    let token = token_from_header(h);
+    s.store.revoke_token(token).await?;
+    let hash = lodge_chat::token_hash(token);
+    let ended = crate::gateway::end_sessions_of(&s, u.id, Some(&hash)).await;
+    let _ = s.revoked.send(crate::app::Revoked {
+        user: u.id,
+        token_hash: Some(hash),
+    });
+    tracing::info!(user = u.id, sessions = ended, "token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revoke every token of the caller (log out everywhere): every gateway session, voice and
+/// live-quality connection of the user ends.
+pub async fn logout_all(State(s): State<AppState>, Auth(u): Auth) -> ApiResult<StatusCode> {
+    let tokens = s.store.revoke_all_tokens(u.id).await?;
+    let ended = crate::gateway::end_sessions_of(&s, u.id, None).await;
+    let _ = s.revoked.send(crate::app::Revoked {
+        user: u.id,
+        token_hash: None,
+    });
+    tracing::info!(
+        user = u.id,
+        tokens,
+        sessions = ended,
+        "every token of the user revoked"
+    );
     Ok(StatusCode::NO_CONTENT)
 }

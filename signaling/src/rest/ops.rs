@@ -29,11 +29,19 @@ pub async fn gateway(State(s): State<AppState>) -> Json<Value> {
     Json(json!({ "url": s.cfg.gateway_url() }))
 }
 
-pub async fn gateway_bot(State(s): State<AppState>, Auth(_): Auth) -> Json<Value> {
+/// The gateway URL and what is left of the caller's `session_start_limit` (enforced at
+/// Identify).
+pub async fn gateway_bot(State(s): State<AppState>, Auth(u): Auth) -> Json<Value> {
+    let l = s.session_starts.remaining(u.id, std::time::Instant::now());
     Json(json!({
         "url": s.cfg.gateway_url(),
         "shards": 1,
-        "session_start_limit": { "total": 1000, "remaining": 1000, "reset_after": 86_400_000, "max_concurrency": 1 },
+        "session_start_limit": {
+            "total": l.total,
+            "remaining": l.remaining,
+            "reset_after": l.reset_after.as_millis() as u64,
+            "max_concurrency": l.max_concurrency,
+        },
     }))
 }
 
