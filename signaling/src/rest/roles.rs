@@ -222,6 +222,9 @@ pub async fn add_member_role(
     if r.id == g.id {
         return Err(ApiError::bad_request("role_id", "Everyone has @everyone."));
     }
+    if target.user.id != u.id {
+        super::hierarchy::may_act_on(&s, &g, u.id, target.user.id).await?;
+    }
     s.store.add_member_role(g.id, target.user.id, r.id).await?;
     member_update_dispatch(&s, &g, target.user.id).await;
     after_role_change(&s, g.id).await;
@@ -237,6 +240,9 @@ pub async fn remove_member_role(
     let target = s.store.member(g.id, snowflake(&user, "member")?).await?;
     let r = s.store.role(g.id, snowflake(&role, "role")?).await?;
     may_manage(&s, &g, &u, Some(&r)).await?;
+    if target.user.id != u.id {
+        super::hierarchy::may_act_on(&s, &g, u.id, target.user.id).await?;
+    }
     s.store
         .remove_member_role(g.id, target.user.id, r.id)
         .await?;
@@ -283,14 +289,21 @@ pub async fn update_member(
             "the guild owner is above everyone",
         ));
     }
+    // Every check comes before the first change: a refused request changes nothing.
     if let Some(nick) = &b.nick {
         if target_id == u.id {
             require(p, Permissions::CHANGE_NICKNAME, "CHANGE_NICKNAME")?;
         } else {
             require(p, Permissions::MANAGE_NICKNAMES, "MANAGE_NICKNAMES")?;
         }
-        s.store.set_nick(g.id, target_id, nick.as_deref()).await?;
+        if let Some(n) = nick.as_deref().filter(|n| !n.trim().is_empty()) {
+            lodge_chat::names::check_name("nick", n, lodge_chat::store::MAX_NICK_LEN)?;
+        }
     }
+    if target_id != u.id && (b.nick.is_some() || b.roles.is_some()) {
+        super::hierarchy::may_act_on(&s, &g, u.id, target_id).await?;
+    }
+    let mut role_changes: Vec<(u64, bool)> = Vec::new();
     if let Some(roles) = &b.roles {
         let wanted: Vec<u64> = roles
             .iter()
@@ -299,9 +312,9 @@ pub async fn update_member(
                     .map_err(|_| ApiError::bad_request("roles", "Must be snowflakes."))
             })
             .collect::<ApiResult<_>>()?;
+        require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
         let all = s.store.roles(g.id).await?;
         let top = s.store.top_role_position(&g, u.id).await?;
-        require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
         let changed: Vec<u64> = wanted
             .iter()
             .filter(|r| !target.roles.contains(r))
@@ -318,33 +331,53 @@ pub async fn update_member(
                     "a role is not below your highest role",
                 ));
             }
+            role_changes.push((*rid, wanted.contains(rid)));
         }
-        for rid in &changed {
-            if wanted.contains(rid) {
-                s.store.add_member_role(g.id, target_id, *rid).await?;
-            } else {
-                s.store.remove_member_role(g.id, target_id, *rid).await?;
-            }
+    }
+    if b.mute.is_some() {
+        require(p, Permissions::MUTE_MEMBERS, "MUTE_MEMBERS")?;
+    }
+    if b.deaf.is_some() {
+        require(p, Permissions::DEAFEN_MEMBERS, "DEAFEN_MEMBERS")?;
+    }
+    let dest = match &b.channel_id {
+        Some(ch) => {
+            require(p, Permissions::MOVE_MEMBERS, "MOVE_MEMBERS")?;
+            Some(
+                ch.as_deref()
+                    .map(|c| {
+                        c.parse::<u64>().map_err(|_| {
+                            ApiError::bad_request("channel_id", "Must be a snowflake.")
+                        })
+                    })
+                    .transpose()?,
+            )
+        }
+        None => None,
+    };
+    if (b.mute.is_some() || b.deaf.is_some() || dest.is_some())
+        && !s.voice().states.contains_key(&(g.id, target_id))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            40032,
+            "Target user is not connected to voice.",
+        ));
+    }
+    if let Some(nick) = &b.nick {
+        s.store.set_nick(g.id, target_id, nick.as_deref()).await?;
+    }
+    for (rid, add) in role_changes {
+        if add {
+            s.store.add_member_role(g.id, target_id, rid).await?;
+        } else {
+            s.store.remove_member_role(g.id, target_id, rid).await?;
         }
     }
     if b.mute.is_some() || b.deaf.is_some() {
-        if b.mute.is_some() {
-            require(p, Permissions::MUTE_MEMBERS, "MUTE_MEMBERS")?;
-        }
-        if b.deaf.is_some() {
-            require(p, Permissions::DEAFEN_MEMBERS, "DEAFEN_MEMBERS")?;
-        }
         crate::voice::service::set_server_flags(&s, g.id, target_id, b.mute, b.deaf).await?;
     }
-    if let Some(ch) = &b.channel_id {
-        require(p, Permissions::MOVE_MEMBERS, "MOVE_MEMBERS")?;
-        let dest = ch
-            .as_deref()
-            .map(|c| {
-                c.parse::<u64>()
-                    .map_err(|_| ApiError::bad_request("channel_id", "Must be a snowflake."))
-            })
-            .transpose()?;
+    if let Some(dest) = dest {
         crate::voice::service::move_member(&s, &g, &u, target_id, dest).await?;
     }
     member_update_dispatch(&s, &g, target_id).await;
