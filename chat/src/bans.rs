@@ -3,7 +3,8 @@
 use sqlx::Row;
 
 use crate::error::ChatError;
-use crate::model::User;
+use crate::model::{Guild, User};
+use crate::permissions::Permissions;
 use crate::store::{now_ms, user_from_row, Store};
 
 /// Longest ban reason, in characters (Discord's audit log reason limit).
@@ -145,6 +146,38 @@ impl Store {
                 .fetch_one(&self.pool)
                 .await?;
         Ok(n > 0)
+    }
+
+    /// Who is told of bans (GUILD_BAN_ADD/REMOVE), as Discord tells them: members holding
+    /// BAN_MEMBERS or VIEW_AUDIT_LOG (or ADMINISTRATOR) through a role, and the owner; `None`
+    /// when `@everyone` holds one of them (every member).
+    pub async fn ban_watchers(&self, guild: &Guild) -> Result<Option<Vec<u64>>, ChatError> {
+        const BITS: u64 =
+            Permissions::BAN_MEMBERS | Permissions::VIEW_AUDIT_LOG | Permissions::ADMINISTRATOR;
+        let roles: Vec<u64> = self
+            .roles(guild.id)
+            .await?
+            .into_iter()
+            .filter(|r| r.permissions & BITS != 0)
+            .map(|r| r.id)
+            .collect();
+        if roles.contains(&guild.id) {
+            return Ok(None);
+        }
+        let mut users = vec![guild.owner_id];
+        for r in roles {
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "SELECT user_id FROM member_roles WHERE guild_id = $1 AND role_id = $2",
+            )
+            .bind(guild.id as i64)
+            .bind(r as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            users.extend(ids.into_iter().map(|u| u as u64));
+        }
+        users.sort_unstable();
+        users.dedup();
+        Ok(Some(users))
     }
 
     /// A page of the guild's bans by user id: after `after` ascending, or (with only `before`)

@@ -483,12 +483,14 @@ async fn bans_remove_disconnect_and_keep_out() {
     let (peer_id, peer) = n.user("peer").await;
     let (v_id, victim) = n.user("victim").await;
     let (o_id, _) = n.user("outsider").await;
+    let (_, bystander) = n.user("bystander").await;
     let (g, general, voice) = n.guild(&owner).await;
-    for t in [&moder, &peer, &victim] {
+    for t in [&moder, &peer, &victim, &bystander] {
         n.invite_and_join(&owner, &general, t).await;
     }
     role(&n, &owner, &g, "mods", BAN_MEMBERS, 5, &[&m_id, &peer_id]).await;
     let (mut wo, _) = gateway(&n, &owner).await;
+    let (mut wb, _) = gateway(&n, &bystander).await;
     let (mut wv, ready) = gateway(&n, &victim).await;
     let session = ready["session_id"].as_str().unwrap().to_string();
     let (_, spam) = post(
@@ -595,6 +597,17 @@ async fn bans_remove_disconnect_and_keep_out() {
     assert_eq!(seen["GUILD_MEMBER_REMOVE"]["user"]["id"], v_id.as_str());
     assert_eq!(seen["MESSAGE_DELETE_BULK"]["ids"], json!([spam["id"]]));
     assert!(seen["VOICE_STATE_UPDATE"]["channel_id"].is_null());
+    // A member without BAN_MEMBERS/VIEW_AUDIT_LOG sees the member leave, not the ban (Discord).
+    let mut before = Vec::new();
+    let removed = loop {
+        let f = json(&mut wb).await;
+        if f["t"] == "GUILD_MEMBER_REMOVE" {
+            break f["d"].clone();
+        }
+        before.push(f["t"].clone());
+    };
+    assert_eq!(removed["user"]["id"], v_id.as_str());
+    assert!(!before.contains(&json!("GUILD_BAN_ADD")), "{before:?}");
     let (_, states) = n
         .req(
             "GET",
@@ -718,6 +731,18 @@ async fn bans_remove_disconnect_and_keep_out() {
         .req("POST", &format!("/invites/{code_s}"), Some(&victim), None)
         .await;
     assert_eq!(st, 200, "{v}");
+    let mut before = Vec::new();
+    loop {
+        let f = json(&mut wb).await;
+        if f["t"] == "GUILD_MEMBER_ADD" {
+            break;
+        }
+        before.push(f["t"].clone());
+    }
+    assert!(
+        !before.contains(&json!("GUILD_BAN_ADD")) && !before.contains(&json!("GUILD_BAN_REMOVE")),
+        "{before:?}"
+    );
 }
 
 /// Item 12: who is in a voice channel is visible only to those who may view the channel.

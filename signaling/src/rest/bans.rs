@@ -25,6 +25,21 @@ fn ban_json(b: &Ban) -> Value {
     json!({ "reason": b.reason, "user": wire::user(&b.user) })
 }
 
+/// GUILD_BAN_ADD/REMOVE go only to members who may see bans (BAN_MEMBERS or VIEW_AUDIT_LOG),
+/// as on Discord; everyone else learns of a banned member from GUILD_MEMBER_REMOVE.
+async fn tell_ban_watchers(s: &AppState, g: &Guild, t: &'static str, user: &User) {
+    let d = json!({ "guild_id": g.id.to_string(), "user": wire::user(user) });
+    match s.store.ban_watchers(g).await {
+        Ok(None) => s.hub.send(Target::Guild(g.id), Some(g.id), None, t, d),
+        Ok(Some(users)) => {
+            for u in users {
+                s.hub.send(Target::User(u), Some(g.id), None, t, d.clone());
+            }
+        }
+        Err(e) => tracing::warn!(guild = g.id, error = %e, "{t} not dispatched"),
+    }
+}
+
 /// The guild, if `actor` is in it and holds BAN_MEMBERS.
 async fn moderated_guild(s: &AppState, id: &str, actor: &User) -> ApiResult<Guild> {
     let g = guild_for(s, snowflake(id, "guild")?, actor.id).await?;
@@ -133,13 +148,7 @@ pub async fn ban(
             json!({ "id": gid }),
         );
     }
-    s.hub.send(
-        Target::Guild(g.id),
-        Some(g.id),
-        None,
-        "GUILD_BAN_ADD",
-        json!({ "guild_id": gid, "user": wire::user(&banned) }),
-    );
+    tell_ban_watchers(&s, &g, "GUILD_BAN_ADD", &banned).await;
     if effect.was_member {
         s.hub.send(
             Target::Guild(g.id),
@@ -178,13 +187,7 @@ pub async fn unban(
     let g = moderated_guild(&s, &id, &u).await?;
     let b = s.store.ban_of(g.id, snowflake(&user, "ban")?).await?;
     s.store.unban(g.id, b.user.id).await?;
-    s.hub.send(
-        Target::Guild(g.id),
-        Some(g.id),
-        None,
-        "GUILD_BAN_REMOVE",
-        json!({ "guild_id": g.id.to_string(), "user": wire::user(&b.user) }),
-    );
+    tell_ban_watchers(&s, &g, "GUILD_BAN_REMOVE", &b.user).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
