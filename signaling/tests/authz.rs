@@ -398,7 +398,7 @@ async fn kick_nick_and_roles_respect_the_hierarchy() {
     let (st, _) = n
         .req(
             "PATCH",
-            &format!("/guilds/{g}/members/{}", owner_id(&n, &owner).await),
+            &format!("/guilds/{g}/members/{}", user_id_of(&n, &owner).await),
             Some(&a),
             Some(json!({ "nick": "x" })),
         )
@@ -455,6 +455,62 @@ async fn kick_nick_and_roles_respect_the_hierarchy() {
     assert_eq!(st, 204);
 }
 
+/// A member edit that is refused in its last part (the move) changes nothing before it.
+#[tokio::test]
+async fn a_refused_member_edit_changes_nothing() {
+    const CONNECT: u64 = 1 << 20;
+    let n = node().await;
+    let (_, owner) = n.user("owner").await;
+    let (p_id, pleb) = n.user("pleb").await;
+    let (_, other) = n.user("other").await;
+    let (g, general, voice) = n.guild(&owner).await;
+    n.invite_and_join(&owner, &general, &pleb).await;
+    n.invite_and_join(&owner, &general, &other).await;
+    let locked = channel_denying(&n, &owner, &g, "locked", 2, CONNECT).await;
+    let helpers = role(&n, &owner, &g, "helpers", 0, 1, &[]).await;
+    let (mut wp, _) = gateway(&n, &pleb).await;
+    voice_join(&mut wp, &g, &voice, false).await;
+    let member = format!("/guilds/{g}/members/{p_id}");
+    let edit = json!({ "nick": "moved", "roles": [helpers], "channel_id": locked });
+    let (st, v) = n.req("PATCH", &member, Some(&owner), Some(edit)).await;
+    assert_eq!((st, code(&v)), (403, Some(50013)), "{v}");
+    let (_, m) = n.req("GET", &member, Some(&owner), None).await;
+    assert_eq!(
+        (m["nick"].clone(), m["roles"].clone()),
+        (Value::Null, json!([])),
+        "{m}"
+    );
+    let (_, states) = n
+        .req(
+            "GET",
+            &format!("/guilds/{g}/voice-states"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(states[0]["channel_id"], voice.as_str());
+    // Server mute of someone not in voice: refused before the nick changes.
+    let o_id = user_id_of(&n, &other).await;
+    let (st, v) = n
+        .req(
+            "PATCH",
+            &format!("/guilds/{g}/members/{o_id}"),
+            Some(&owner),
+            Some(json!({ "nick": "muted", "mute": true })),
+        )
+        .await;
+    assert_eq!((st, code(&v)), (400, Some(40032)), "{v}");
+    let (_, m) = n
+        .req(
+            "GET",
+            &format!("/guilds/{g}/members/{o_id}"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(m["nick"], Value::Null);
+}
+
 async fn channel_count(n: &Node, token: &str, g: &str) -> usize {
     let (_, v) = n
         .req("GET", &format!("/guilds/{g}/channels"), Some(token), None)
@@ -466,7 +522,7 @@ async fn get(n: &Node, token: &str, path: String) -> (u16, Value) {
     n.req("GET", &path, Some(token), None).await
 }
 
-async fn owner_id(n: &Node, token: &str) -> String {
+async fn user_id_of(n: &Node, token: &str) -> String {
     n.req("GET", "/users/@me", Some(token), None).await.1["id"]
         .as_str()
         .unwrap()
@@ -522,7 +578,7 @@ async fn bans_remove_disconnect_and_keep_out() {
     let (st, v) = n
         .req(
             "PUT",
-            &format!("{bans}/{}", owner_id(&n, &owner).await),
+            &format!("{bans}/{}", user_id_of(&n, &owner).await),
             Some(&moder),
             None,
         )

@@ -270,6 +270,43 @@ fn double_option<'de, D: serde::Deserializer<'de>>(
     Ok(Some(Option::<String>::deserialize(d)?))
 }
 
+/// Would moving `target` (with `target_roles`) to `dest` be allowed? The same rules as
+/// `voice::service::move_member`: a voice channel of this guild that both the actor and the
+/// member may view and connect to.
+async fn check_move(
+    s: &AppState,
+    g: &Guild,
+    actor: u64,
+    target: u64,
+    target_roles: &[u64],
+    dest: u64,
+) -> ApiResult<()> {
+    let c = s.store.channel(dest).await?;
+    if c.guild_id != g.id || c.kind != lodge_chat::ChannelKind::Voice {
+        return Err(ApiError::bad_request(
+            "channel_id",
+            "Not a voice channel of this guild.",
+        ));
+    }
+    let roles = s.store.roles(g.id).await?;
+    let actor_roles = s.store.member_role_ids(g, actor).await?.unwrap_or_default();
+    let join = Permissions::VIEW_CHANNEL | Permissions::CONNECT;
+    let of = |roles_of: &[u64], user| {
+        lodge_chat::permissions::of_member(g, &roles, roles_of, Some(&c), user)
+    };
+    if !of(&actor_roles, actor).has(join) {
+        return Err(ApiError::missing_permissions(
+            "CONNECT in the destination channel",
+        ));
+    }
+    if !of(target_roles, target).has(join) {
+        return Err(ApiError::missing_permissions(
+            "the member cannot CONNECT to the destination channel",
+        ));
+    }
+    Ok(())
+}
+
 /// PATCH /guilds/{id}/members/{user}: nick, roles, server mute/deafen, move or disconnect.
 pub async fn update_member(
     State(s): State<AppState>,
@@ -363,6 +400,14 @@ pub async fn update_member(
             40032,
             "Target user is not connected to voice.",
         ));
+    }
+    if let Some(Some(dest)) = dest {
+        // The move's own checks, made now with the roles the member will have, so a move
+        // refused after the nick and roles changed cannot leave half a request applied.
+        let mut roles_after = target.roles.clone();
+        roles_after.retain(|r| !role_changes.iter().any(|(c, add)| c == r && !add));
+        roles_after.extend(role_changes.iter().filter(|(_, add)| *add).map(|(r, _)| *r));
+        check_move(&s, &g, u.id, target_id, &roles_after, dest).await?;
     }
     if let Some(nick) = &b.nick {
         s.store.set_nick(g.id, target_id, nick.as_deref()).await?;
