@@ -563,16 +563,6 @@ impl Store {
         if kind == ChannelKind::Voice {
             check_voice_limits(spec.bitrate, spec.user_limit)?;
         }
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM channels WHERE guild_id = $1")
-            .bind(guild_id as i64)
-            .fetch_one(&self.pool)
-            .await?;
-        if count as usize >= MAX_GUILD_CHANNELS {
-            return Err(ChatError::Limit {
-                what: "guild channels",
-                limit: MAX_GUILD_CHANNELS,
-            });
-        }
         if let Some(Some(parent)) = spec.parent_id {
             let p = self.channel(parent).await.map_err(|_| ChatError::Invalid {
                 field: "parent_id",
@@ -585,14 +575,29 @@ impl Store {
                 });
             }
         }
-        let id = self.next_id();
-        let pos = match spec.position {
-            Some(p) => p,
-            None => count,
-        };
-        let voice = kind == ChannelKind::Voice;
-        // The channel and its overwrites appear together or not at all.
+        // The channel and its overwrites appear together or not at all, and the channel cap is
+        // counted in the same transaction (PostgreSQL: under the guild's row lock), so
+        // concurrent creations cannot overshoot it.
         let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT id FROM guilds WHERE id = $1 FOR UPDATE")
+                .bind(guild_id as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM channels WHERE guild_id = $1")
+            .bind(guild_id as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+        if count as usize >= MAX_GUILD_CHANNELS {
+            return Err(ChatError::Limit {
+                what: "guild channels",
+                limit: MAX_GUILD_CHANNELS,
+            });
+        }
+        let id = self.next_id();
+        let pos = spec.position.unwrap_or(count);
+        let voice = kind == ChannelKind::Voice;
         sqlx::query("INSERT INTO channels (id, guild_id, type, name, position, parent_id, bitrate, user_limit, topic) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(id as i64)
             .bind(guild_id as i64)
