@@ -24,6 +24,9 @@ pub enum ChatError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("password hashing failed")]
     Hash,
+    /// The user is banned from the guild they try to join.
+    #[error("The user is banned from this guild.")]
+    Banned,
 }
 
 impl ChatError {
@@ -38,12 +41,14 @@ impl ChatError {
             ChatError::Unknown("user") => 10013,
             ChatError::Unknown("message") => 10008,
             ChatError::Unknown("emoji") => 10014,
+            ChatError::Unknown("ban") => 10026,
             ChatError::Unknown(_) => 10000,
             ChatError::MissingPermissions(_) => 50013,
             ChatError::Unauthorized => 0,
             ChatError::Invalid { .. } => 50035,
             ChatError::Conflict(_) => 50035,
             ChatError::Limit { .. } => 30001,
+            ChatError::Banned => 40007,
             _ => 0,
         }
     }
@@ -52,7 +57,7 @@ impl ChatError {
     pub fn status(&self) -> u16 {
         match self {
             ChatError::Unknown(_) => 404,
-            ChatError::MissingPermissions(_) => 403,
+            ChatError::MissingPermissions(_) | ChatError::Banned => 403,
             ChatError::Unauthorized => 401,
             ChatError::Invalid { .. } | ChatError::Conflict(_) | ChatError::Limit { .. } => 400,
             _ => 500,

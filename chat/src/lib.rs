@@ -3,15 +3,19 @@
 //!
 //! This crate knows nothing of HTTP, WebSocket or JSON; the signaling crate shapes the wire.
 
+pub mod bans;
 pub mod error;
+pub mod invites;
 mod member_search;
 pub mod messages;
 pub mod model;
+pub mod names;
 pub mod permissions;
 pub mod quality;
 pub mod snowflake;
 pub mod store;
 
+pub use bans::{Ban, BanEffect, BanQuery};
 pub use error::ChatError;
 pub use model::*;
 pub use permissions::{Overwrite, OverwriteKind, Permissions};

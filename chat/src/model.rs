@@ -89,6 +89,8 @@ pub struct ChannelSpec {
     pub bitrate: Option<u32>,
     pub user_limit: Option<u32>,
     pub topic: Option<Option<String>>,
+    /// Overwrites a new channel starts with (create only; the caller has checked them).
+    pub overwrites: Vec<crate::permissions::Overwrite>,
 }
 
 /// A reaction on a message as one viewer sees it.

@@ -50,6 +50,8 @@ pub struct CallQuery {
     /// Only calls with a MOS estimate below this.
     pub mos_below: Option<f64>,
     pub limit: u32,
+    /// Never these channels (the viewer lacks VIEW_CHANNEL there).
+    pub hidden_channels: Vec<u64>,
 }
 
 /// Largest page of call summaries.
@@ -122,24 +124,38 @@ impl Store {
                 .map(|g| *g as i64)
                 .collect()
         };
+        // Hidden channels as a NOT IN list of numbered parameters ($8 on); the SQL holds no
+        // value, only placeholders.
+        let hidden: String = (0..q.hidden_channels.len())
+            .map(|i| format!("${}", i + 8))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT * FROM call_quality WHERE ($1 < 0 OR guild_id = $1) \
+             AND ($2 < 0 OR channel_id = $2) AND ($3 < 0 OR user_id = $3) \
+             AND ended_at >= $4 AND ended_at < $5 \
+             AND ($6 < 0 OR (mos_estimate IS NOT NULL AND mos_estimate < $6)) {} \
+             ORDER BY ended_at DESC, id DESC LIMIT $7",
+            if hidden.is_empty() {
+                String::new()
+            } else {
+                format!("AND channel_id NOT IN ({hidden})")
+            }
+        );
         let mut out = Vec::new();
         for g in scopes {
-            let rows = sqlx::query(
-                "SELECT * FROM call_quality WHERE ($1 < 0 OR guild_id = $1) \
-                 AND ($2 < 0 OR channel_id = $2) AND ($3 < 0 OR user_id = $3) \
-                 AND ended_at >= $4 AND ended_at < $5 \
-                 AND ($6 < 0 OR (mos_estimate IS NOT NULL AND mos_estimate < $6)) \
-                 ORDER BY ended_at DESC, id DESC LIMIT $7",
-            )
-            .bind(g)
-            .bind(opt(q.channel_id))
-            .bind(opt(q.user_id))
-            .bind(q.since.unwrap_or(0))
-            .bind(q.until.unwrap_or(i64::MAX))
-            .bind(q.mos_below.unwrap_or(-1.0))
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(g)
+                .bind(opt(q.channel_id))
+                .bind(opt(q.user_id))
+                .bind(q.since.unwrap_or(0))
+                .bind(q.until.unwrap_or(i64::MAX))
+                .bind(q.mos_below.unwrap_or(-1.0))
+                .bind(limit as i64);
+            for c in &q.hidden_channels {
+                query = query.bind(*c as i64);
+            }
+            let rows = query.fetch_all(&self.pool).await?;
             for r in &rows {
                 out.push(from_row(r)?);
             }

@@ -22,8 +22,14 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// Limits named in errors.
 pub const MAX_GUILD_CHANNELS: usize = 500;
 pub const MAX_NAME_LEN: usize = 100;
+/// A channel topic, at most (Discord's limit for text channels).
+pub const MAX_TOPIC_LEN: usize = 1024;
 pub const MAX_GUILD_ROLES: usize = 250;
 pub const MAX_USERNAME_LEN: usize = 32;
+/// Most guilds one user may own (checked in the creating transaction).
+pub const MAX_OWNED_GUILDS: usize = 100;
+/// Longest nickname, in characters.
+pub const MAX_NICK_LEN: usize = 32;
 
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
@@ -75,7 +81,7 @@ impl Store {
     pub async fn open(path: &Path) -> Result<Store, ChatError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| ChatError::Storage(sqlx::Error::Io(e)))?;
+                create_private_dir(dir).map_err(|e| ChatError::Storage(sqlx::Error::Io(e)))?;
             }
         }
         Self::open_url(&format!("sqlite://{}?mode=rwc", path.display())).await
@@ -116,11 +122,13 @@ impl Store {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
-        Ok(Store {
+        let store = Store {
             pool,
             backend,
             ids: std::sync::Arc::new(Snowflakes::new(0, 0)),
-        })
+        };
+        store.backfill_username_keys().await?;
+        Ok(store)
     }
 
     pub fn backend(&self) -> Backend {
@@ -188,9 +196,10 @@ impl Store {
             .map_err(|_| ChatError::Hash)?
             .to_string();
         let id = self.next_id();
-        let r = sqlx::query("INSERT INTO users (id, username, password_hash, bot, created_at) VALUES ($1, $2, $3, $4, $5)")
+        let r = sqlx::query("INSERT INTO users (id, username, username_key, password_hash, bot, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(id as i64)
             .bind(username)
+            .bind(crate::names::username_key(username))
             .bind(&hash)
             .bind(bot as i64)
             .bind(now_ms())
@@ -217,10 +226,11 @@ impl Store {
     }
 
     pub async fn login(&self, username: &str, password: &str) -> Result<(User, String), ChatError> {
+        // By the folded key: `ＡＤＭＩＮ` logs in as `admin`, never as an account of its own.
         let row = sqlx::query(
-            "SELECT id, username, password_hash, bot FROM users WHERE lower(username) = lower($1)",
+            "SELECT id, username, password_hash, bot FROM users WHERE username_key = $1",
         )
-        .bind(username.trim())
+        .bind(crate::names::username_key(username))
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {
@@ -313,6 +323,24 @@ impl Store {
         let name = check_name("name", name)?;
         let id = self.next_id();
         let mut tx = self.begin_write().await?;
+        // The cap is counted inside the creating transaction. SQLite's write transaction is
+        // already exclusive; on PostgreSQL the owner's row lock serialises their creations.
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+                .bind(owner.id as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let owned: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM guilds WHERE owner_id = $1")
+            .bind(owner.id as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+        if owned as usize >= MAX_OWNED_GUILDS {
+            return Err(ChatError::Limit {
+                what: "guilds",
+                limit: MAX_OWNED_GUILDS,
+            });
+        }
         sqlx::query("INSERT INTO guilds (id, name, owner_id, created_at) VALUES ($1, $2, $3, $4)")
             .bind(id as i64)
             .bind(&name)
@@ -548,15 +576,11 @@ impl Store {
     ) -> Result<Channel, ChatError> {
         let name = check_name("name", spec.name.as_deref().unwrap_or(""))?;
         let kind = spec.kind.unwrap_or(ChannelKind::Text);
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM channels WHERE guild_id = $1")
-            .bind(guild_id as i64)
-            .fetch_one(&self.pool)
-            .await?;
-        if count as usize >= MAX_GUILD_CHANNELS {
-            return Err(ChatError::Limit {
-                what: "guild channels",
-                limit: MAX_GUILD_CHANNELS,
-            });
+        if kind == ChannelKind::Voice {
+            check_voice_limits(spec.bitrate, spec.user_limit)?;
+        }
+        if let Some(Some(t)) = &spec.topic {
+            check_topic(t)?;
         }
         if let Some(Some(parent)) = spec.parent_id {
             let p = self.channel(parent).await.map_err(|_| ChatError::Invalid {
@@ -570,11 +594,28 @@ impl Store {
                 });
             }
         }
+        // The channel and its overwrites appear together or not at all, and the channel cap is
+        // counted in the same transaction (PostgreSQL: under the guild's row lock), so
+        // concurrent creations cannot overshoot it.
+        let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT id FROM guilds WHERE id = $1 FOR UPDATE")
+                .bind(guild_id as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM channels WHERE guild_id = $1")
+            .bind(guild_id as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+        if count as usize >= MAX_GUILD_CHANNELS {
+            return Err(ChatError::Limit {
+                what: "guild channels",
+                limit: MAX_GUILD_CHANNELS,
+            });
+        }
         let id = self.next_id();
-        let pos = match spec.position {
-            Some(p) => p,
-            None => count,
-        };
+        let pos = spec.position.unwrap_or(count);
         let voice = kind == ChannelKind::Voice;
         sqlx::query("INSERT INTO channels (id, guild_id, type, name, position, parent_id, bitrate, user_limit, topic) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(id as i64)
@@ -586,8 +627,22 @@ impl Store {
             .bind(voice.then(|| spec.bitrate.unwrap_or(64_000) as i64))
             .bind(voice.then(|| spec.user_limit.unwrap_or(0) as i64))
             .bind(spec.topic.flatten())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        for ow in &spec.overwrites {
+            sqlx::query(
+                "INSERT INTO overwrites (channel_id, target_id, type, allow, deny) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (channel_id, target_id) DO UPDATE SET type = excluded.type, allow = excluded.allow, deny = excluded.deny",
+            )
+            .bind(id as i64)
+            .bind(ow.target as i64)
+            .bind(ow.kind as i64)
+            .bind(ow.allow as i64)
+            .bind(ow.deny as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         self.channel(id).await
     }
 
@@ -600,20 +655,18 @@ impl Store {
             c.position = p;
         }
         if let Some(t) = spec.topic {
+            if let Some(t) = &t {
+                check_topic(t)?;
+            }
             c.topic = t;
         }
         if c.kind == ChannelKind::Voice {
+            check_voice_limits(spec.bitrate, spec.user_limit)?;
             if let Some(b) = spec.bitrate {
-                if !(8_000..=384_000).contains(&b) {
-                    return Err(ChatError::Invalid {
-                        field: "bitrate",
-                        message: "Must be between 8000 and 384000.".into(),
-                    });
-                }
                 c.bitrate = Some(b);
             }
             if let Some(u) = spec.user_limit {
-                c.user_limit = Some(u.min(99));
+                c.user_limit = Some(u);
             }
         }
         sqlx::query("UPDATE channels SET name = $1, position = $2, topic = $3, bitrate = $4, user_limit = $5 WHERE id = $6")
@@ -775,78 +828,6 @@ impl Store {
         Ok(())
     }
 
-    // ---- invites ----
-
-    pub async fn create_invite(
-        &self,
-        channel: &Channel,
-        inviter: u64,
-        max_uses: u32,
-        max_age_s: u32,
-    ) -> Result<Invite, ChatError> {
-        let code: String = rand::thread_rng()
-            .sample_iter(&Alphanumeric)
-            .take(8)
-            .map(char::from)
-            .collect();
-        let expires_at = (max_age_s > 0).then(|| now_ms() + max_age_s as i64 * 1000);
-        sqlx::query("INSERT INTO invites (code, guild_id, channel_id, inviter_id, max_uses, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(&code)
-            .bind(channel.guild_id as i64)
-            .bind(channel.id as i64)
-            .bind(inviter as i64)
-            .bind(max_uses as i64)
-            .bind(expires_at)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
-        Ok(Invite {
-            code,
-            guild_id: channel.guild_id,
-            channel_id: channel.id,
-            inviter_id: inviter,
-            max_uses,
-            uses: 0,
-            expires_at,
-        })
-    }
-
-    pub async fn invite(&self, code: &str) -> Result<Invite, ChatError> {
-        let r = sqlx::query("SELECT * FROM invites WHERE code = $1")
-            .bind(code)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(ChatError::Unknown("invite"))?;
-        let inv = Invite {
-            code: r.get("code"),
-            guild_id: r.get::<i64, _>("guild_id") as u64,
-            channel_id: r.get::<i64, _>("channel_id") as u64,
-            inviter_id: r.get::<i64, _>("inviter_id") as u64,
-            max_uses: r.get::<i64, _>("max_uses") as u32,
-            uses: r.get::<i64, _>("uses") as u32,
-            expires_at: r.get("expires_at"),
-        };
-        if inv.expires_at.is_some_and(|e| e <= now_ms())
-            || (inv.max_uses > 0 && inv.uses >= inv.max_uses)
-        {
-            return Err(ChatError::Unknown("invite"));
-        }
-        Ok(inv)
-    }
-
-    /// Join the invite's guild. Returns the invite and whether the user was newly added.
-    pub async fn use_invite(&self, code: &str, user_id: u64) -> Result<(Invite, bool), ChatError> {
-        let inv = self.invite(code).await?;
-        let added = self.add_member(inv.guild_id, user_id).await?;
-        if added {
-            sqlx::query("UPDATE invites SET uses = uses + 1 WHERE code = $1")
-                .bind(code)
-                .execute(&self.pool)
-                .await?;
-        }
-        Ok((inv, added))
-    }
-
     // ---- permissions ----
 
     /// A member's permissions in the guild (no channel) or in a channel.
@@ -906,14 +887,55 @@ impl Store {
 }
 
 fn check_name(field: &'static str, name: &str) -> Result<String, ChatError> {
-    let n = name.trim();
-    if n.is_empty() || n.chars().count() > MAX_NAME_LEN {
+    crate::names::check_name(field, name, MAX_NAME_LEN)
+}
+
+/// Voice channel bitrate 8,000..=384,000 and user_limit 0..=99 (0: no limit), on create and on
+/// update alike.
+fn check_voice_limits(bitrate: Option<u32>, user_limit: Option<u32>) -> Result<(), ChatError> {
+    if bitrate.is_some_and(|b| !(8_000..=384_000).contains(&b)) {
         return Err(ChatError::Invalid {
-            field,
-            message: format!("Must be between 1 and {MAX_NAME_LEN} in length."),
+            field: "bitrate",
+            message: "Must be between 8000 and 384000.".into(),
         });
     }
-    Ok(n.to_string())
+    if user_limit.is_some_and(|u| u > 99) {
+        return Err(ChatError::Invalid {
+            field: "user_limit",
+            message: "Must be between 0 and 99.".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Create `dir` (and missing parents) readable by the owner only (0700 on Unix): it holds the
+/// database and the trunk key. An existing directory keeps its mode.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// A topic is at most [`MAX_TOPIC_LEN`] characters, without bidirectional overrides or control
+/// characters other than line breaks and tabs.
+fn check_topic(t: &str) -> Result<(), ChatError> {
+    if t.chars().count() > MAX_TOPIC_LEN {
+        return Err(ChatError::Invalid {
+            field: "topic",
+            message: format!("Must be {MAX_TOPIC_LEN} or fewer in length."),
+        });
+    }
+    if t.chars().any(|c| {
+        crate::names::is_bidi_control(c) || (c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    }) {
+        return Err(ChatError::Invalid {
+            field: "topic",
+            message: "Control and bidirectional-override characters are not allowed.".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Role changes; `None` fields stay as they are.
@@ -1037,14 +1059,7 @@ impl Store {
     ) -> Result<(), ChatError> {
         let nick = match nick {
             Some(n) if !n.trim().is_empty() => {
-                let n = n.trim();
-                if n.chars().count() > 32 {
-                    return Err(ChatError::Invalid {
-                        field: "nick",
-                        message: "Must be 32 or fewer in length.".into(),
-                    });
-                }
-                Some(n.to_string())
+                Some(crate::names::check_name("nick", n, MAX_NICK_LEN)?)
             }
             _ => None,
         };

@@ -64,14 +64,9 @@ impl Identity {
             return Ok(Identity { cert, key });
         }
         let (id, cert_pem, key_pem) = Identity::generate_with_pem()?;
-        std::fs::create_dir_all(dir)?;
+        create_private_dir(dir)?;
+        write_private(&kp, key_pem.as_bytes())?;
         std::fs::write(&cp, cert_pem)?;
-        std::fs::write(&kp, key_pem)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&kp, std::fs::Permissions::from_mode(0o600))?;
-        }
         Ok(id)
     }
 
@@ -79,6 +74,34 @@ impl Identity {
     pub fn fingerprint(&self) -> String {
         fingerprint_of(self.cert.as_ref())
     }
+}
+
+/// Create `dir` (and missing parents) for the owner only (0700 on Unix); an existing
+/// directory keeps its mode.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// Write a secret to a new file that is 0600 from its creation: never readable by others, not
+/// even between a write and a chmod. A stale file of that name (a start that died between
+/// the key and the certificate) is replaced, not reused with its old mode.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o.open(path)?;
+    f.write_all(contents)?;
+    f.sync_all()
 }
 
 fn fingerprint_of(der: &[u8]) -> String {
@@ -228,6 +251,28 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn the_key_and_its_directory_are_private_from_creation() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("lodge-edge-modes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let dir = base.join("data");
+        Identity::load_or_create(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700, "data directory");
+        assert_eq!(mode(&base), 0o700, "missing parents too");
+        assert_eq!(mode(&dir.join("trunk-key.pem")), 0o600, "key");
+        // A stale key left world-readable by a start that died before the certificate is
+        // replaced by a new 0600 file, not rewritten in place with its old mode.
+        std::fs::remove_file(dir.join("trunk-cert.pem")).unwrap();
+        let kp = dir.join("trunk-key.pem");
+        std::fs::set_permissions(&kp, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Identity::load_or_create(&dir).unwrap();
+        assert_eq!(mode(&kp), 0o600);
+        let _ = std::fs::remove_dir_all(&base);
+    }
 
     #[test]
     fn identities_persist_and_fingerprints_parse() {

@@ -162,6 +162,11 @@ fn api_routes(state: &AppState) -> Router<AppState> {
             "/guilds/{id}/roles/{role}",
             axum::routing::patch(roles::update).delete(roles::delete),
         )
+        .route("/guilds/{id}/bans", get(bans::list))
+        .route(
+            "/guilds/{id}/bans/{user}",
+            get(bans::get).put(bans::ban).delete(bans::unban),
+        )
         .route("/guilds/{id}/voice-states", get(guilds::voice_states))
         .route("/guilds/{id}/messages/search", get(messages::search))
         .route(
@@ -218,6 +223,7 @@ pub fn edge_router(state: AppState) -> Router {
         .route("/readyz", get(crate::rest::ops::readyz))
         .route("/metrics", get(crate::rest::ops::metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(crate::web::nosniff))
         .with_state(state)
 }
 
@@ -231,6 +237,7 @@ pub fn router(state: AppState) -> Router {
         .route("/style.css", get(crate::web::style_css))
         .route("/dashboard", get(crate::web::dashboard))
         .route("/dashboard.js", get(crate::web::dashboard_js))
+        .route("/dashboard.css", get(crate::web::dashboard_css))
         .route(
             "/favicon.ico",
             get(|| async { axum::http::StatusCode::NO_CONTENT }),
@@ -239,5 +246,6 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(crate::rest::ops::readyz))
         .route("/metrics", get(crate::rest::ops::metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(crate::web::nosniff))
         .with_state(state)
 }

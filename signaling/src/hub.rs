@@ -146,9 +146,11 @@ fn lock(m: &Mutex<Subscribers>) -> std::sync::MutexGuard<'_, Subscribers> {
 }
 
 /// Events after which cached channel visibility in their guild may be stale. A rename
-/// (GUILD_UPDATE) changes nothing anyone can see, so it does not count.
+/// (GUILD_UPDATE) changes nothing anyone can see, and a ban is announced with the
+/// GUILD_MEMBER_REMOVE that does, so they do not count.
 fn changes_visibility(t: &str) -> bool {
-    (t.starts_with("GUILD_") && t != "GUILD_UPDATE") || t.starts_with("CHANNEL_")
+    (t.starts_with("GUILD_") && !matches!(t, "GUILD_UPDATE" | "GUILD_BAN_ADD" | "GUILD_BAN_REMOVE"))
+        || t.starts_with("CHANNEL_")
 }
 
 impl Hub {

@@ -53,6 +53,11 @@ pub enum StartError {
     },
     #[error("cannot start the cluster trunk: {0}")]
     Cluster(lodge_edge::EdgeError),
+    #[error("cannot create the data directory {path}: {err}")]
+    DataDir {
+        path: std::path::PathBuf,
+        err: std::io::Error,
+    },
 }
 
 /// A database URL without its password, for messages.
@@ -78,6 +83,11 @@ pub fn redact_url(url: &str) -> String {
 
 /// Bind sockets, open storage, start the SFU, serve HTTP.
 pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
+    // The data directory holds the database and the trunk key: the owner's only (0700).
+    lodge_chat::store::create_private_dir(&cfg.data_dir).map_err(|err| StartError::DataDir {
+        path: cfg.data_dir.clone(),
+        err,
+    })?;
     let store = match &cfg.database_url {
         Some(url) => lodge_chat::Store::open_url(url)
             .await

@@ -463,3 +463,58 @@ async fn rate_limits_per_route_and_global() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(get("/users/@me").await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn channel_topics_are_bounded() {
+    let n = common::node().await;
+    let (_, alice) = n.user("alice").await;
+    let (g, text, _) = n.guild(&alice).await;
+    let ok = "t".repeat(1024);
+    let (st, c) = n
+        .req(
+            "POST",
+            &format!("/guilds/{g}/channels"),
+            Some(&alice),
+            Some(json!({ "name": "news", "topic": ok })),
+        )
+        .await;
+    assert_eq!(st, 201, "{c}");
+    assert_eq!(c["topic"].as_str().map(str::len), Some(1024));
+    for topic in [
+        "t".repeat(1025),
+        "a\u{202e}b".to_string(),
+        "bell\u{7}".to_string(),
+    ] {
+        let (st, v) = n
+            .req(
+                "POST",
+                &format!("/guilds/{g}/channels"),
+                Some(&alice),
+                Some(json!({ "name": "x", "topic": topic })),
+            )
+            .await;
+        assert_eq!((st, v["code"].as_u64()), (400, Some(50035)), "{v}");
+        assert!(v["errors"]["topic"].is_object(), "{v}");
+        let (st, _) = n
+            .req(
+                "PATCH",
+                &format!("/channels/{text}"),
+                Some(&alice),
+                Some(json!({ "topic": topic })),
+            )
+            .await;
+        assert_eq!(st, 400);
+    }
+    let (_, chans) = n
+        .req("GET", &format!("/guilds/{g}/channels"), Some(&alice), None)
+        .await;
+    assert_eq!(
+        chans.as_array().unwrap().len(),
+        3,
+        "refused creates wrote nothing"
+    );
+    let (_, t) = n
+        .req("GET", &format!("/channels/{text}"), Some(&alice), None)
+        .await;
+    assert!(t["topic"].is_null(), "refused updates changed nothing: {t}");
+}

@@ -38,6 +38,7 @@ pub mod close {
 pub mod intents {
     pub const GUILDS: u64 = 1 << 0;
     pub const GUILD_MEMBERS: u64 = 1 << 1;
+    pub const GUILD_MODERATION: u64 = 1 << 2;
     pub const GUILD_VOICE_STATES: u64 = 1 << 7;
     pub const GUILD_PRESENCES: u64 = 1 << 8;
     pub const GUILD_MESSAGES: u64 = 1 << 9;
@@ -58,9 +59,12 @@ pub mod intents {
             "GUILD_MEMBER_ADD" | "GUILD_MEMBER_UPDATE" | "GUILD_MEMBER_REMOVE" => {
                 Some(GUILD_MEMBERS)
             }
+            "GUILD_BAN_ADD" | "GUILD_BAN_REMOVE" => Some(GUILD_MODERATION),
             "VOICE_STATE_UPDATE" => Some(GUILD_VOICE_STATES),
             "PRESENCE_UPDATE" => Some(GUILD_PRESENCES),
-            "MESSAGE_CREATE" | "MESSAGE_UPDATE" | "MESSAGE_DELETE" => Some(GUILD_MESSAGES),
+            "MESSAGE_CREATE" | "MESSAGE_UPDATE" | "MESSAGE_DELETE" | "MESSAGE_DELETE_BULK" => {
+                Some(GUILD_MESSAGES)
+            }
             "MESSAGE_REACTION_ADD" | "MESSAGE_REACTION_REMOVE" => Some(GUILD_MESSAGE_REACTIONS),
             "TYPING_START" => Some(GUILD_MESSAGE_TYPING),
             _ => None,

@@ -53,12 +53,13 @@ pub async fn guild_create_limited(
     let mut v = wire::guild(g, &roles);
     let all = s.store.channels(g.id).await?;
     let perms = s.store.channel_permissions(g, &all, user_id).await?;
-    let channels: Vec<Value> = all
+    let visible: Vec<&lodge_chat::Channel> = all
         .iter()
         .zip(perms)
         .filter(|(_, p)| p.has(Permissions::VIEW_CHANNEL))
-        .map(|(c, _)| wire::channel(c))
+        .map(|(c, _)| c)
         .collect();
+    let channels: Vec<Value> = visible.iter().map(|c| wire::channel(c)).collect();
     let mut members = s
         .store
         .members(g.id, large_threshold.clamp(1, MAX_GUILD_CREATE_MEMBERS), 0)
@@ -79,6 +80,8 @@ pub async fn guild_create_limited(
         .voice()
         .guild_states(g.id)
         .iter()
+        // Only the voice channels the user may view: who is in a hidden one is not theirs to see.
+        .filter(|vs| visible.iter().any(|c| c.id == vs.channel_id))
         .map(|vs| {
             let mut j = vs.json();
             j.as_object_mut().map(|o| o.remove("guild_id"));

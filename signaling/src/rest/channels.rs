@@ -97,17 +97,7 @@ pub async fn put_overwrite(
     b.id = target;
     let ow = b.parse()?;
     // Only bits you hold in this channel may be allowed or denied (owners and admins hold all).
-    if (ow.allow | ow.deny) & !p.0 != 0 {
-        return Err(ApiError::missing_permissions(
-            "cannot allow or deny permissions you do not have",
-        ));
-    }
-    if ow.kind == lodge_chat::OverwriteKind::Role && s.store.role(g.id, ow.target).await.is_err() {
-        return Err(ApiError::not_found("role"));
-    }
-    if ow.kind == lodge_chat::OverwriteKind::Member && !s.store.is_member(g.id, ow.target).await? {
-        return Err(ApiError::not_found("member"));
-    }
+    super::overwrites::check(&s, &g, p, &ow).await?;
     s.store.set_overwrite(c.id, ow).await?;
     let c = s.store.channel(c.id).await?;
     s.hub.send(

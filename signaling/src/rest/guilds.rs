@@ -1,6 +1,6 @@
 //! Guild routes: create/get/update/delete, channels, members, roles, voice states.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use lodge_chat::{ChannelKind, ChannelSpec, Overwrite, OverwriteKind, Permissions};
@@ -10,12 +10,9 @@ use serde_json::{json, Value};
 use super::{guild_for, require};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{snowflake, ApiJson, Auth};
+use crate::extract::{snowflake, ApiJson, ApiQuery, Auth};
 use crate::hub::Target;
 use crate::wire;
-
-/// Most guilds one user may own.
-pub const MAX_OWNED_GUILDS: usize = 100;
 
 #[derive(Deserialize)]
 pub struct CreateGuild {
@@ -27,20 +24,8 @@ pub async fn create(
     Auth(u): Auth,
     ApiJson(b): ApiJson<CreateGuild>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let owned = s
-        .store
-        .user_guilds(u.id)
-        .await?
-        .iter()
-        .filter(|g| g.owner_id == u.id)
-        .count();
-    if owned >= MAX_OWNED_GUILDS {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            30001,
-            format!("Maximum number of guilds reached ({MAX_OWNED_GUILDS})"),
-        ));
-    }
+    // The owned-guild cap (lodge_chat::store::MAX_OWNED_GUILDS) is checked in the creating
+    // transaction: concurrent creations cannot overshoot it.
     let g = s.store.create_guild(&u, &b.name).await?;
     tracing::info!(guild = g.id, owner = u.id, "guild created");
     let roles = s.store.roles(g.id).await?;
@@ -214,11 +199,8 @@ pub async fn create_channel(
     ApiJson(b): ApiJson<CreateChannel>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
-    require(
-        s.store.permissions(&g, None, u.id).await?,
-        Permissions::MANAGE_CHANNELS,
-        "MANAGE_CHANNELS",
-    )?;
+    let p = s.store.permissions(&g, None, u.id).await?;
+    require(p, Permissions::MANAGE_CHANNELS, "MANAGE_CHANNELS")?;
     let kind = match b.kind {
         None => ChannelKind::Text,
         Some(k) => ChannelKind::from_code(k).ok_or_else(|| {
@@ -239,6 +221,11 @@ pub async fn create_channel(
         .iter()
         .map(|o| o.parse())
         .collect::<ApiResult<Vec<_>>>()?;
+    // The same rules as PUT /channels/{id}/permissions/{target}, with the creator's guild
+    // permissions (the channel does not exist yet), all checked before anything is written.
+    for o in &ows {
+        super::overwrites::check(&s, &g, p, o).await?;
+    }
     let c = s
         .store
         .create_channel(
@@ -251,13 +238,10 @@ pub async fn create_channel(
                 bitrate: b.bitrate,
                 user_limit: b.user_limit,
                 topic: Some(b.topic),
+                overwrites: ows,
             },
         )
         .await?;
-    for o in ows {
-        s.store.set_overwrite(c.id, o).await?;
-    }
-    let c = s.store.channel(c.id).await?;
     let v = wire::channel(&c);
     s.hub.send(
         Target::Guild(g.id),
@@ -279,7 +263,7 @@ pub async fn members(
     State(s): State<AppState>,
     Auth(u): Auth,
     Path(id): Path<String>,
-    Query(q): Query<MembersQuery>,
+    ApiQuery(q): ApiQuery<MembersQuery>,
 ) -> ApiResult<Json<Value>> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     let limit = q.limit.unwrap_or(1);
@@ -315,21 +299,23 @@ pub async fn kick(
 ) -> ApiResult<StatusCode> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     let target = snowflake(&user, "member")?;
-    if target != u.id {
-        require(
-            s.store.permissions(&g, None, u.id).await?,
-            Permissions::KICK_MEMBERS,
-            "KICK_MEMBERS",
-        )?;
-    }
     if target == g.owner_id {
         return Err(ApiError::missing_permissions(
             "the guild owner cannot be kicked",
         ));
     }
     let m = s.store.member(g.id, target).await?;
-    crate::voice::service::disconnect_user(&s, g.id, target).await;
+    if target != u.id {
+        require(
+            s.store.permissions(&g, None, u.id).await?,
+            Permissions::KICK_MEMBERS,
+            "KICK_MEMBERS",
+        )?;
+        super::hierarchy::may_act_on(&s, &g, u.id, target).await?;
+    }
+    // Membership first: from here op 4 refuses the user, so the voice disconnect is final.
     s.store.remove_member(g.id, target).await?;
+    crate::voice::service::disconnect_user(&s, g.id, target).await;
     s.hub.send(
         Target::Guild(g.id),
         Some(g.id),
@@ -364,8 +350,29 @@ pub async fn voice_states(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
+    let visible = visible_channels(&s, &g, u.id).await?;
     let states = s.voice().guild_states(g.id);
     Ok(Json(Value::Array(
-        states.iter().map(|v| v.json()).collect(),
+        states
+            .iter()
+            .filter(|v| visible.contains(&v.channel_id))
+            .map(|v| v.json())
+            .collect(),
     )))
+}
+
+/// The ids of the guild's channels `user_id` may view (VIEW_CHANNEL).
+pub async fn visible_channels(
+    s: &AppState,
+    g: &lodge_chat::Guild,
+    user_id: u64,
+) -> ApiResult<std::collections::HashSet<u64>> {
+    let all = s.store.channels(g.id).await?;
+    let perms = s.store.channel_permissions(g, &all, user_id).await?;
+    Ok(all
+        .iter()
+        .zip(perms)
+        .filter(|(_, p)| p.has(Permissions::VIEW_CHANNEL))
+        .map(|(c, _)| c.id)
+        .collect())
 }

@@ -1,6 +1,6 @@
 //! Messages, reactions and typing.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use lodge_chat::{Channel, ChannelKind, Message, MessageQuery, NewMessage, Permissions, User};
@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::{channel_for, require};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{snowflake, ApiJson, Auth};
+use crate::extract::{snowflake, ApiJson, ApiQuery, Auth};
 use crate::hub::Target;
 use crate::wire;
 
@@ -25,17 +25,65 @@ fn messageable(c: &Channel) -> ApiResult<()> {
     }
 }
 
-async fn message_json(s: &AppState, m: &Message, viewer: u64) -> Value {
+/// VIEW_CHANNEL and READ_MESSAGE_HISTORY: what it takes to see a channel's past messages.
+const READ: u64 = Permissions::VIEW_CHANNEL | Permissions::READ_MESSAGE_HISTORY;
+
+/// Which referenced channels a viewer may read, asked once per channel per request.
+#[derive(Default)]
+struct Readable(std::collections::HashMap<u64, bool>);
+
+impl Readable {
+    async fn check(&mut self, s: &AppState, channel_id: u64, viewer: u64) -> bool {
+        if let Some(v) = self.0.get(&channel_id) {
+            return *v;
+        }
+        let ok = async {
+            let c = s.store.channel(channel_id).await.ok()?;
+            let g = s.store.guild(c.guild_id).await.ok()?;
+            let p = s.store.permissions(&g, Some(&c), viewer).await.ok()?;
+            Some(p.has(READ))
+        }
+        .await
+        .unwrap_or(false);
+        self.0.insert(channel_id, ok);
+        ok
+    }
+}
+
+/// A message as `viewer` sees it: `referenced_message` only if the viewer may read the channel
+/// it is in (otherwise null, as for a deleted one).
+async fn message_json_with(
+    s: &AppState,
+    m: &Message,
+    viewer: u64,
+    readable: &mut Readable,
+) -> Value {
     let referenced = match m.reference {
-        Some((mid, cid)) => s.store.message(cid, mid, viewer).await.ok(),
-        None => None,
+        Some((mid, cid)) if readable.check(s, cid, viewer).await => {
+            s.store.message(cid, mid, viewer).await.ok()
+        }
+        _ => None,
     };
     wire::message(m, referenced.as_ref())
 }
 
+async fn message_json(s: &AppState, m: &Message, viewer: u64) -> Value {
+    message_json_with(s, m, viewer, &mut Readable::default()).await
+}
+
 /// MESSAGE_CREATE/UPDATE payload: the message plus guild_id and the author's member object.
+/// It goes to everyone who can view the message's channel, so `referenced_message` is filled
+/// in only when the referenced message is in that same channel; a reference to another
+/// channel carries its ids and `referenced_message: null` (the dispatch is one body for all
+/// receivers, and some of them may not see that channel).
 async fn dispatch_message(s: &AppState, t: &'static str, m: &Message) {
-    let mut d = message_json(s, m, 0).await;
+    let mut d = match m.reference {
+        Some((mid, cid)) if cid == m.channel_id => {
+            let referenced = s.store.message(cid, mid, 0).await.ok();
+            wire::message(m, referenced.as_ref())
+        }
+        _ => wire::message(m, None),
+    };
     d["guild_id"] = json!(m.guild_id.to_string());
     if let Ok(member) = s.store.member(m.guild_id, m.author.id).await {
         let mut mv = wire::member(&member);
@@ -59,7 +107,7 @@ pub async fn list(
     State(s): State<AppState>,
     Auth(u): Auth,
     Path(id): Path<String>,
-    Query(q): Query<HistoryQuery>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> ApiResult<Json<Value>> {
     let (c, _, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
     messageable(&c)?;
@@ -83,8 +131,9 @@ pub async fn list(
     };
     let ms = s.store.messages(c.id, query, u.id).await?;
     let mut out = Vec::with_capacity(ms.len());
+    let mut readable = Readable::default();
     for m in &ms {
-        out.push(message_json(&s, m, u.id).await);
+        out.push(message_json_with(&s, m, u.id, &mut readable).await);
     }
     Ok(Json(Value::Array(out)))
 }
@@ -125,7 +174,7 @@ pub async fn create(
     Path(id): Path<String>,
     ApiJson(b): ApiJson<CreateMessage>,
 ) -> ApiResult<Json<Value>> {
-    let (c, _, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
     messageable(&c)?;
     require(p, Permissions::SEND_MESSAGES, "SEND_MESSAGES")?;
     let nonce = match b.nonce {
@@ -146,11 +195,25 @@ pub async fn create(
         })?;
         // A reference without channel_id means the channel posted in.
         let cid = snowflake_value(&r.channel_id).unwrap_or(c.id);
-        let exists = s
-            .store
-            .message(cid, mid, u.id)
-            .await
-            .is_ok_and(|m| m.guild_id == c.guild_id);
+        // The author must be able to read the referenced message where it is: VIEW_CHANNEL
+        // (a channel they cannot see answers as if the message did not exist, revealing
+        // nothing) and READ_MESSAGE_HISTORY (50013).
+        let rp = match s.store.channel(cid).await {
+            Ok(rc) if rc.guild_id == c.guild_id => s.store.permissions(&g, Some(&rc), u.id).await?,
+            _ => Permissions(0),
+        };
+        if rp.has(Permissions::VIEW_CHANNEL) {
+            require(
+                rp,
+                Permissions::READ_MESSAGE_HISTORY,
+                "READ_MESSAGE_HISTORY",
+            )?;
+        }
+        let exists = rp.has(READ)
+            && s.store
+                .message(cid, mid, u.id)
+                .await
+                .is_ok_and(|m| m.guild_id == c.guild_id);
         if exists {
             reference = Some((mid, cid));
         } else if r.fail_if_not_exists.unwrap_or(true) {
@@ -328,7 +391,7 @@ pub async fn reactors(
     State(s): State<AppState>,
     Auth(u): Auth,
     Path((id, mid, emoji)): Path<(String, String, String)>,
-    Query(q): Query<ReactorsQuery>,
+    ApiQuery(q): ApiQuery<ReactorsQuery>,
 ) -> ApiResult<Json<Value>> {
     check_emoji(&emoji)?;
     let (_, _, m) = reaction_target(&s, &u, &id, &mid).await?;
@@ -383,7 +446,7 @@ pub async fn search(
     State(s): State<AppState>,
     Auth(u): Auth,
     Path(id): Path<String>,
-    Query(q): Query<SearchQuery>,
+    ApiQuery(q): ApiQuery<SearchQuery>,
 ) -> ApiResult<Json<Value>> {
     let g = super::guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     let content = q.content.unwrap_or_default();
@@ -421,8 +484,9 @@ pub async fn search(
         )
         .await?;
     let mut messages = Vec::with_capacity(hits.len());
+    let mut readable = Readable::default();
     for m in &hits {
-        let mut v = message_json(&s, m, u.id).await;
+        let mut v = message_json_with(&s, m, u.id, &mut readable).await;
         v["guild_id"] = json!(g.id.to_string());
         messages.push(json!([v]));
     }

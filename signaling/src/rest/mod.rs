@@ -1,10 +1,13 @@
 //! REST API v10 (also served as v9).
 
 pub mod auth;
+pub mod bans;
 pub mod channels;
 pub mod guilds;
+pub mod hierarchy;
 pub mod messages;
 pub mod ops;
+pub mod overwrites;
 pub mod quality;
 pub mod roles;
 pub mod users;
@@ -52,5 +55,44 @@ pub fn require(p: Permissions, bits: u64, name: &str) -> ApiResult<()> {
         Ok(())
     } else {
         Err(ApiError::missing_permissions(name))
+    }
+}
+
+/// VIEW_CHANNEL answers for one request that asks about many channels (voice rooms), each
+/// channel's guild, roles and the viewer's roles read once per guild.
+#[derive(Default)]
+pub struct ChannelViews {
+    /// channel id → the channel, or `None` if unknown.
+    channels: std::collections::HashMap<u64, Option<Channel>>,
+    /// guild → the channel ids the viewer may view there (None: not a member).
+    guilds: std::collections::HashMap<u64, Option<std::collections::HashSet<u64>>>,
+}
+
+impl ChannelViews {
+    /// The channel, if `viewer` may view it.
+    pub async fn visible(&mut self, s: &AppState, channel_id: u64, viewer: u64) -> Option<Channel> {
+        if !self.channels.contains_key(&channel_id) {
+            let c = s.store.channel(channel_id).await.ok();
+            self.channels.insert(channel_id, c);
+        }
+        let c = self.channels.get(&channel_id)?.clone()?;
+        if !self.guilds.contains_key(&c.guild_id) {
+            // `channel_permissions` (under visible_channels) answers all-zero for non-members.
+            let set = match s.store.guild(c.guild_id).await {
+                Ok(g) => guilds::visible_channels(s, &g, viewer).await.ok(),
+                Err(_) => None,
+            };
+            self.guilds.insert(c.guild_id, set);
+        }
+        let ok = self
+            .guilds
+            .get(&c.guild_id)
+            .and_then(|v| v.as_ref())
+            .is_some_and(|v| v.contains(&channel_id));
+        ok.then_some(c)
+    }
+
+    pub async fn can_view(&mut self, s: &AppState, channel_id: u64, viewer: u64) -> bool {
+        self.visible(s, channel_id, viewer).await.is_some()
     }
 }

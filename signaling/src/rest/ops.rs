@@ -50,7 +50,7 @@ pub async fn api_not_found() -> ApiError {
 }
 
 /// Per-participant media figures (packets, bytes, loss, jitter, RTT, slots, drops) for the voice
-/// channels of guilds the caller belongs to, plus node-wide totals.
+/// channels the caller may view (VIEW_CHANNEL), plus node-wide totals.
 pub async fn voice_stats(State(s): State<AppState>, Auth(u): Auth) -> ApiResult<Json<Value>> {
     let mut r = s.sfu.report().await.ok_or_else(|| {
         ApiError::new(
@@ -59,31 +59,10 @@ pub async fn voice_stats(State(s): State<AppState>, Auth(u): Auth) -> ApiResult<
             "media node is not running",
         )
     })?;
-    let mine: std::collections::HashSet<u64> = s
-        .store
-        .user_guilds(u.id)
-        .await?
-        .into_iter()
-        .map(|g| g.id)
-        .collect();
-    let mut visible = std::collections::HashMap::<u64, bool>::new();
+    let mut visible = crate::rest::ChannelViews::default();
     let mut peers = Vec::with_capacity(r.peers.len());
     for p in r.peers {
-        let room = p.room.0;
-        let ok = match visible.get(&room) {
-            Some(v) => *v,
-            None => {
-                let v = s
-                    .store
-                    .channel(room)
-                    .await
-                    .map(|c| mine.contains(&c.guild_id))
-                    .unwrap_or(false);
-                visible.insert(room, v);
-                v
-            }
-        };
-        if ok {
+        if visible.can_view(&s, p.room.0, u.id).await {
             peers.push(p);
         }
     }

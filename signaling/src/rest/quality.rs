@@ -1,14 +1,14 @@
 //! Call-quality API: persisted call summaries (`GET /quality/calls`), the node's live view
 //! (`GET /quality/node`: timeline, channels and participants with their figures) and the same
 //! view pushed every two seconds over a WebSocket (`/quality/live`, used by /dashboard). A user
-//! sees the channels of their own guilds; the node operator (`Authorization: Operator <secret>`,
+//! sees the channels they may view (VIEW_CHANNEL) in their own guilds; the node operator (`Authorization: Operator <secret>`,
 //! see `--operator-token`) sees every channel. Nothing here shows tokens or network addresses.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::response::Response;
 use axum::Json;
@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{token_from_header, Auth};
+use crate::extract::{token_from_header, ApiQuery, Auth};
 use crate::quality::participant_mos;
 
 /// Who is looking: a user (their guilds) or the node operator (everything).
@@ -58,6 +58,25 @@ impl Viewer {
                     .collect(),
             )),
         }
+    }
+
+    /// The channels of the viewer's guilds that the viewer may not view (none for the operator).
+    async fn hidden_channels(&self, s: &AppState) -> ApiResult<Vec<u64>> {
+        let Viewer::User(id) = self else {
+            return Ok(Vec::new());
+        };
+        let mut hidden = Vec::new();
+        for g in s.store.user_guilds(*id).await? {
+            let all = s.store.channels(g.id).await?;
+            let perms = s.store.channel_permissions(&g, &all, *id).await?;
+            hidden.extend(
+                all.iter()
+                    .zip(perms)
+                    .filter(|(_, p)| !p.has(lodge_chat::Permissions::VIEW_CHANNEL))
+                    .map(|(c, _)| c.id),
+            );
+        }
+        Ok(hidden)
     }
 }
 
@@ -112,7 +131,7 @@ fn parse<T: std::str::FromStr>(
 pub async fn calls(
     State(s): State<AppState>,
     viewer: Viewer,
-    Query(q): Query<CallsQuery>,
+    ApiQuery(q): ApiQuery<CallsQuery>,
 ) -> ApiResult<Json<Value>> {
     let limit = parse::<u32>("limit", &q.limit, "a number")?.unwrap_or(50);
     if !(1..=MAX_CALLS_PAGE).contains(&limit) {
@@ -137,6 +156,7 @@ pub async fn calls(
         until: parse("until", &q.until, "unix milliseconds")?,
         mos_below,
         limit,
+        hidden_channels: viewer.hidden_channels(&s).await?,
         ..calls_in(&visible)
     };
     let calls = s.store.calls(&query).await?;
@@ -188,6 +208,7 @@ pub async fn node_view(s: &AppState, viewer: &Viewer) -> ApiResult<Value> {
     let visible = viewer.guilds(s).await?;
     let mut channels: BTreeMap<u64, (u64, String, Vec<Value>)> = BTreeMap::new();
     let mut hidden: HashSet<u64> = HashSet::new();
+    let mut views = crate::rest::ChannelViews::default();
     if let Some(r) = &report {
         for p in &r.peers {
             let room = p.room.0;
@@ -195,11 +216,15 @@ pub async fn node_view(s: &AppState, viewer: &Viewer) -> ApiResult<Value> {
                 continue;
             }
             if let std::collections::btree_map::Entry::Vacant(e) = channels.entry(room) {
-                match s.store.channel(room).await {
-                    Ok(c) if visible.as_ref().is_none_or(|v| v.contains(&c.guild_id)) => {
+                let shown = match viewer {
+                    Viewer::Operator => s.store.channel(room).await.ok(),
+                    Viewer::User(id) => views.visible(s, room, *id).await,
+                };
+                match shown {
+                    Some(c) => {
                         e.insert((c.guild_id, c.name.clone(), Vec::new()));
                     }
-                    _ => {
+                    None => {
                         hidden.insert(room);
                         continue;
                     }
@@ -232,6 +257,7 @@ pub async fn node_view(s: &AppState, viewer: &Viewer) -> ApiResult<Value> {
         .store
         .calls(&CallQuery {
             limit: 20,
+            hidden_channels: viewer.hidden_channels(s).await?,
             ..calls_in(&visible)
         })
         .await?;

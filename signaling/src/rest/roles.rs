@@ -222,6 +222,9 @@ pub async fn add_member_role(
     if r.id == g.id {
         return Err(ApiError::bad_request("role_id", "Everyone has @everyone."));
     }
+    if target.user.id != u.id {
+        super::hierarchy::may_act_on(&s, &g, u.id, target.user.id).await?;
+    }
     s.store.add_member_role(g.id, target.user.id, r.id).await?;
     member_update_dispatch(&s, &g, target.user.id).await;
     after_role_change(&s, g.id).await;
@@ -237,6 +240,9 @@ pub async fn remove_member_role(
     let target = s.store.member(g.id, snowflake(&user, "member")?).await?;
     let r = s.store.role(g.id, snowflake(&role, "role")?).await?;
     may_manage(&s, &g, &u, Some(&r)).await?;
+    if target.user.id != u.id {
+        super::hierarchy::may_act_on(&s, &g, u.id, target.user.id).await?;
+    }
     s.store
         .remove_member_role(g.id, target.user.id, r.id)
         .await?;
@@ -264,6 +270,43 @@ fn double_option<'de, D: serde::Deserializer<'de>>(
     Ok(Some(Option::<String>::deserialize(d)?))
 }
 
+/// Would moving `target` (with `target_roles`) to `dest` be allowed? The same rules as
+/// `voice::service::move_member`: a voice channel of this guild that both the actor and the
+/// member may view and connect to.
+async fn check_move(
+    s: &AppState,
+    g: &Guild,
+    actor: u64,
+    target: u64,
+    target_roles: &[u64],
+    dest: u64,
+) -> ApiResult<()> {
+    let c = s.store.channel(dest).await?;
+    if c.guild_id != g.id || c.kind != lodge_chat::ChannelKind::Voice {
+        return Err(ApiError::bad_request(
+            "channel_id",
+            "Not a voice channel of this guild.",
+        ));
+    }
+    let roles = s.store.roles(g.id).await?;
+    let actor_roles = s.store.member_role_ids(g, actor).await?.unwrap_or_default();
+    let join = Permissions::VIEW_CHANNEL | Permissions::CONNECT;
+    let of = |roles_of: &[u64], user| {
+        lodge_chat::permissions::of_member(g, &roles, roles_of, Some(&c), user)
+    };
+    if !of(&actor_roles, actor).has(join) {
+        return Err(ApiError::missing_permissions(
+            "CONNECT in the destination channel",
+        ));
+    }
+    if !of(target_roles, target).has(join) {
+        return Err(ApiError::missing_permissions(
+            "the member cannot CONNECT to the destination channel",
+        ));
+    }
+    Ok(())
+}
+
 /// PATCH /guilds/{id}/members/{user}: nick, roles, server mute/deafen, move or disconnect.
 pub async fn update_member(
     State(s): State<AppState>,
@@ -283,14 +326,21 @@ pub async fn update_member(
             "the guild owner is above everyone",
         ));
     }
+    // Every check comes before the first change: a refused request changes nothing.
     if let Some(nick) = &b.nick {
         if target_id == u.id {
             require(p, Permissions::CHANGE_NICKNAME, "CHANGE_NICKNAME")?;
         } else {
             require(p, Permissions::MANAGE_NICKNAMES, "MANAGE_NICKNAMES")?;
         }
-        s.store.set_nick(g.id, target_id, nick.as_deref()).await?;
+        if let Some(n) = nick.as_deref().filter(|n| !n.trim().is_empty()) {
+            lodge_chat::names::check_name("nick", n, lodge_chat::store::MAX_NICK_LEN)?;
+        }
     }
+    if target_id != u.id && (b.nick.is_some() || b.roles.is_some()) {
+        super::hierarchy::may_act_on(&s, &g, u.id, target_id).await?;
+    }
+    let mut role_changes: Vec<(u64, bool)> = Vec::new();
     if let Some(roles) = &b.roles {
         let wanted: Vec<u64> = roles
             .iter()
@@ -299,9 +349,9 @@ pub async fn update_member(
                     .map_err(|_| ApiError::bad_request("roles", "Must be snowflakes."))
             })
             .collect::<ApiResult<_>>()?;
+        require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
         let all = s.store.roles(g.id).await?;
         let top = s.store.top_role_position(&g, u.id).await?;
-        require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
         let changed: Vec<u64> = wanted
             .iter()
             .filter(|r| !target.roles.contains(r))
@@ -318,33 +368,61 @@ pub async fn update_member(
                     "a role is not below your highest role",
                 ));
             }
+            role_changes.push((*rid, wanted.contains(rid)));
         }
-        for rid in &changed {
-            if wanted.contains(rid) {
-                s.store.add_member_role(g.id, target_id, *rid).await?;
-            } else {
-                s.store.remove_member_role(g.id, target_id, *rid).await?;
-            }
+    }
+    if b.mute.is_some() {
+        require(p, Permissions::MUTE_MEMBERS, "MUTE_MEMBERS")?;
+    }
+    if b.deaf.is_some() {
+        require(p, Permissions::DEAFEN_MEMBERS, "DEAFEN_MEMBERS")?;
+    }
+    let dest = match &b.channel_id {
+        Some(ch) => {
+            require(p, Permissions::MOVE_MEMBERS, "MOVE_MEMBERS")?;
+            Some(
+                ch.as_deref()
+                    .map(|c| {
+                        c.parse::<u64>().map_err(|_| {
+                            ApiError::bad_request("channel_id", "Must be a snowflake.")
+                        })
+                    })
+                    .transpose()?,
+            )
+        }
+        None => None,
+    };
+    if (b.mute.is_some() || b.deaf.is_some() || dest.is_some())
+        && !s.voice().states.contains_key(&(g.id, target_id))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            40032,
+            "Target user is not connected to voice.",
+        ));
+    }
+    if let Some(Some(dest)) = dest {
+        // The move's own checks, made now with the roles the member will have, so a move
+        // refused after the nick and roles changed cannot leave half a request applied.
+        let mut roles_after = target.roles.clone();
+        roles_after.retain(|r| !role_changes.iter().any(|(c, add)| c == r && !add));
+        roles_after.extend(role_changes.iter().filter(|(_, add)| *add).map(|(r, _)| *r));
+        check_move(&s, &g, u.id, target_id, &roles_after, dest).await?;
+    }
+    if let Some(nick) = &b.nick {
+        s.store.set_nick(g.id, target_id, nick.as_deref()).await?;
+    }
+    for (rid, add) in role_changes {
+        if add {
+            s.store.add_member_role(g.id, target_id, rid).await?;
+        } else {
+            s.store.remove_member_role(g.id, target_id, rid).await?;
         }
     }
     if b.mute.is_some() || b.deaf.is_some() {
-        if b.mute.is_some() {
-            require(p, Permissions::MUTE_MEMBERS, "MUTE_MEMBERS")?;
-        }
-        if b.deaf.is_some() {
-            require(p, Permissions::DEAFEN_MEMBERS, "DEAFEN_MEMBERS")?;
-        }
         crate::voice::service::set_server_flags(&s, g.id, target_id, b.mute, b.deaf).await?;
     }
-    if let Some(ch) = &b.channel_id {
-        require(p, Permissions::MOVE_MEMBERS, "MOVE_MEMBERS")?;
-        let dest = ch
-            .as_deref()
-            .map(|c| {
-                c.parse::<u64>()
-                    .map_err(|_| ApiError::bad_request("channel_id", "Must be a snowflake."))
-            })
-            .transpose()?;
+    if let Some(dest) = dest {
         crate::voice::service::move_member(&s, &g, &u, target_id, dest).await?;
     }
     member_update_dispatch(&s, &g, target_id).await;

@@ -180,10 +180,11 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
     for (e, msg) in edge_msgs {
         crate::cluster::notify_edge(s, e, msg).await;
     }
+    // With the channel, so only sessions that may view it hear who is in it.
     s.hub.send(
         Target::Guild(g.id),
         Some(g.id),
-        None,
+        Some(c.id),
         "VOICE_STATE_UPDATE",
         vs_json,
     );
@@ -252,7 +253,7 @@ pub async fn set_server_flags(
     mute: Option<bool>,
     deaf: Option<bool>,
 ) -> ApiResult<()> {
-    let (j, part, edge) = {
+    let (j, part, edge, channel_id) = {
         let mut v = s.voice();
         let st = v
             .states
@@ -270,7 +271,12 @@ pub async fn set_server_flags(
                 lodge_edge::Control::VoiceUpdate(crate::cluster::grant(st, "")),
             )
         });
-        (st.json(), st.participant.map(|i| (i, st.flags())), edge)
+        (
+            st.json(),
+            st.participant.map(|i| (i, st.flags())),
+            edge,
+            st.channel_id,
+        )
     };
     if let Some((i, f)) = part {
         s.sfu.set_flags(i, f).await;
@@ -288,7 +294,7 @@ pub async fn set_server_flags(
     s.hub.send(
         Target::Guild(guild_id),
         Some(guild_id),
-        None,
+        Some(channel_id),
         "VOICE_STATE_UPDATE",
         j,
     );
@@ -381,10 +387,12 @@ pub async fn move_member(
         }
     }
     info!(guild = g.id, user = user_id, to = c.id, "member moved");
+    // Sessions that could view only the channel left are not told of the move (the
+    // dispatch carries one channel for the VIEW_CHANNEL filter): see ARCHITECTURE.
     s.hub.send(
         Target::Guild(g.id),
         Some(g.id),
-        None,
+        Some(c.id),
         "VOICE_STATE_UPDATE",
         j,
     );
@@ -439,12 +447,36 @@ pub async fn disconnect_user(s: &AppState, guild_id: u64, user_id: u64) {
     if let Some(pi) = st.participant {
         s.sfu.leave(pi).await;
     }
+    // The leave names no channel, but it goes only to sessions that may view the channel
+    // left: to anyone else it would say who had been in a channel they cannot see. A member
+    // who lost sight of the channel (that is why they were disconnected) still hears of their
+    // own leave on their session.
+    let left = left_json(guild_id, user_id, &st.session_id);
+    let sees_it = s
+        .visibility
+        .can_view(
+            &s.store,
+            s.hub.epoch(guild_id),
+            guild_id,
+            st.channel_id,
+            user_id,
+        )
+        .await;
+    if !sees_it {
+        s.hub.send(
+            Target::Session(st.session_id.clone()),
+            Some(guild_id),
+            None,
+            "VOICE_STATE_UPDATE",
+            left.clone(),
+        );
+    }
     s.hub.send(
         Target::Guild(guild_id),
         Some(guild_id),
-        None,
+        Some(st.channel_id),
         "VOICE_STATE_UPDATE",
-        left_json(guild_id, user_id, &st.session_id),
+        left,
     );
     info!(
         guild = guild_id,
@@ -535,7 +567,7 @@ pub async fn refresh_channel_permissions(s: &AppState, guild_id: u64, channel_id
             s.hub.send(
                 Target::Guild(guild_id),
                 Some(guild_id),
-                None,
+                Some(channel_id),
                 "VOICE_STATE_UPDATE",
                 j,
             );
