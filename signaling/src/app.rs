@@ -32,6 +32,10 @@ pub struct Inner {
     pub cluster: std::sync::OnceLock<crate::cluster::Cluster>,
     /// Shared inputs of the gateway's VIEW_CHANNEL checks (per visibility epoch).
     pub visibility: crate::gateway::visibility::VisibilityCache,
+    /// The node report every reader shares (at most one built per second).
+    pub reports: crate::node_report::NodeReports,
+    /// Open `/quality/live` sockets, bounded per viewer and node-wide.
+    pub live_sockets: crate::rest::quality::LiveSockets,
 }
 
 #[derive(Clone)]
@@ -69,12 +73,19 @@ impl AppState {
             telemetry: Default::default(),
             cluster: std::sync::OnceLock::new(),
             visibility: Default::default(),
+            reports: Default::default(),
+            live_sockets: Default::default(),
         }))
     }
 
     /// This node is an edge: it serves callers the origin places on it.
     pub fn is_edge(&self) -> bool {
         self.cluster.get().map(|c| c.role) == Some(lodge_edge::cascade::Role::Edge)
+    }
+
+    /// The shared node report (see [`crate::node_report`]); `None` when the media node stopped.
+    pub async fn node_report(&self) -> Option<Arc<lodge_sfu::shell::NodeReport>> {
+        self.reports.get(&self.sfu).await
     }
 
     pub fn telemetry(&self) -> std::sync::MutexGuard<'_, crate::quality::Telemetry> {

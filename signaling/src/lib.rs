@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod gateway;
 pub mod hub;
+pub mod node_report;
 pub mod quality;
 pub mod ratelimit;
 pub mod rest;

@@ -359,7 +359,7 @@ pub async fn run_sampler(s: AppState) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Some(r) = s.sfu.report().await {
+                if let Some(r) = s.node_report().await {
                     s.telemetry().sample(&r);
                 }
             }

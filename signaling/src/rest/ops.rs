@@ -17,8 +17,10 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Ready: started, not shutting down, and the media loop running. Asks the media thread for
+/// nothing (a probe may be frequent).
 pub async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.ready.load(Ordering::Relaxed) && s.sfu.report().await.is_some() {
+    if s.ready.load(Ordering::Relaxed) && s.sfu.is_running() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -44,7 +46,7 @@ pub async fn api_not_found() -> ApiError {
 /// Per-participant media figures (packets, bytes, loss, jitter, RTT, slots, drops) for the voice
 /// channels of guilds the caller belongs to, plus node-wide totals.
 pub async fn voice_stats(State(s): State<AppState>, Auth(u): Auth) -> ApiResult<Json<Value>> {
-    let mut r = s.sfu.report().await.ok_or_else(|| {
+    let r = s.node_report().await.ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             0,
@@ -60,7 +62,7 @@ pub async fn voice_stats(State(s): State<AppState>, Auth(u): Auth) -> ApiResult<
         .collect();
     let mut visible = std::collections::HashMap::<u64, bool>::new();
     let mut peers = Vec::with_capacity(r.peers.len());
-    for p in r.peers {
+    for p in &r.peers {
         let room = p.room.0;
         let ok = match visible.get(&room) {
             Some(v) => *v,
@@ -79,14 +81,20 @@ pub async fn voice_stats(State(s): State<AppState>, Auth(u): Auth) -> ApiResult<
             peers.push(p);
         }
     }
-    r.peers = peers;
-    Ok(Json(serde_json::to_value(r).unwrap_or(Value::Null)))
+    let mut v = serde_json::to_value(&*r).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "peers".into(),
+            serde_json::to_value(peers).unwrap_or(Value::Null),
+        );
+    }
+    Ok(Json(v))
 }
 
 /// Prometheus text format. No tokens, user names or addresses: only counts.
 pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let mut out = String::new();
-    if let Some(r) = s.sfu.report().await {
+    if let Some(r) = s.node_report().await {
         let mut g = |name: &str, help: &str, kind: &str, v: u64| {
             let _ = writeln!(
                 out,
