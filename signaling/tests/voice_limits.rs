@@ -1,5 +1,6 @@
-//! The voice side under abuse: a voice client that stops reading is closed instead of growing
-//! the node's memory.
+//! The voice side under abuse and at shutdown: a voice client that stops reading is closed
+//! instead of growing the node's memory, and the call summaries of participants a shutdown
+//! closes are stored before the store closes.
 
 mod common;
 
@@ -84,4 +85,78 @@ async fn a_voice_client_that_stops_reading_is_closed() {
         metrics.contains("lodge_voice_slow_consumers_closed_total 1"),
         "{metrics}"
     );
+}
+
+/// A member of `g` connected to `voice` with media flowing: (voice socket, client).
+async fn call(n: &Node, m: &mut Member, g: &str, voice: &str) -> (Ws, VoiceClient) {
+    let (t, ep) = voice_join(&mut m.gw, g, voice, false).await;
+    let (mut v, _) = voice_identify(&ep, g, &m.id, &m.session, &t).await.unwrap();
+    let mut c = VoiceClient::new(1).await;
+    send(
+        &mut v,
+        json!({ "op": 1, "d": { "protocol": "webrtc", "data": { "sdp": c.offer } } }),
+    )
+    .await;
+    let sd = loop {
+        let m = json(&mut v).await;
+        if m["op"] == 4 {
+            break m;
+        }
+    };
+    c.accept(sd["d"]["sdp"].as_str().unwrap());
+    let _ = n;
+    (v, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stores_the_summaries_of_the_calls_it_ends() {
+    let mut n = node().await;
+    let owner = member(&n, "owner").await;
+    let (g, text, voice) = n.guild(&owner.token).await;
+    // Several calls: the old shutdown closed the store while their summaries were still being
+    // written one after another.
+    let mut ids = Vec::new();
+    let mut calls = Vec::new();
+    let mut members = Vec::new();
+    for i in 0..6 {
+        let mut m = member(&n, &format!("caller{i}")).await;
+        n.invite_and_join(&owner.token, &text, &m.token).await;
+        calls.push(call(&n, &mut m, &g, &voice).await);
+        ids.push(m.id.clone());
+        members.push(m);
+    }
+    let mut runs = Vec::new();
+    for (i, (v, mut c)) in calls.into_iter().enumerate() {
+        runs.push(tokio::spawn(async move {
+            c.run(Duration::from_secs(2), Some(i as u8), 20).await;
+            assert!(c.rtc.is_connected(), "call {i} never connected");
+            (v, c)
+        }));
+    }
+    let mut keep = Vec::new();
+    for r in runs {
+        keep.push(r.await.unwrap());
+    }
+
+    let cfg = n.run.as_ref().unwrap().state.cfg.clone();
+    n.run.take().unwrap().shutdown().await;
+
+    let store = match &cfg.database_url {
+        Some(url) => lodge_chat::Store::open_url(url).await.unwrap(),
+        None => lodge_chat::Store::open(&cfg.database).await.unwrap(),
+    };
+    let stored = store
+        .calls(&lodge_chat::CallQuery {
+            any_guild: true,
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut users: Vec<String> = stored.iter().map(|c| c.user_id.to_string()).collect();
+    users.sort();
+    ids.sort();
+    assert_eq!(users, ids, "calls ended by the shutdown left no summary");
+    assert!(stored.iter().all(|c| c.packets_in > 0), "{stored:?}");
+    store.close().await;
 }
