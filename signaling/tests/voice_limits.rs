@@ -160,3 +160,45 @@ async fn shutdown_stores_the_summaries_of_the_calls_it_ends() {
     assert!(stored.iter().all(|c| c.packets_in > 0), "{stored:?}");
     store.close().await;
 }
+
+#[tokio::test]
+async fn a_user_cannot_hold_more_participants_than_the_node_allows() {
+    let n = node().await;
+    let mut a = member(&n, "alice").await;
+    // One voice state per guild: five guilds, five joins that never connect media.
+    let limit =
+        lodge_sfu::NodeConfig::new("127.0.0.1:1".parse().unwrap()).max_participants_per_user;
+    let mut open = Vec::new();
+    for i in 0..=limit {
+        let (g, _, voice) = n.guild(&a.token).await;
+        let (t, ep) = voice_join(&mut a.gw, &g, &voice, false).await;
+        let (mut v, _) = voice_identify(&ep, &g, &a.id, &a.session, &t)
+            .await
+            .unwrap();
+        let c = VoiceClient::new(1).await;
+        send(
+            &mut v,
+            json!({ "op": 1, "d": { "protocol": "webrtc", "data": { "sdp": c.offer } } }),
+        )
+        .await;
+        let m = match next(&mut v).await {
+            Frame::Json(m) => m,
+            Frame::Closed(code, reason) => {
+                assert_eq!(i, limit, "join {i} refused: {code} {reason}");
+                assert_eq!(code, 4014, "{reason}");
+                assert!(reason.contains("max_participants_per_user"), "{reason}");
+                assert!(
+                    reason.contains(&format!("{limit} participants")),
+                    "{reason}"
+                );
+                return;
+            }
+        };
+        assert_eq!(m["op"], 4, "{m}");
+        open.push((v, c));
+    }
+    panic!(
+        "join {} beyond max_participants_per_user was accepted",
+        limit + 1
+    );
+}
