@@ -23,17 +23,23 @@ impl NodeReports {
     /// The shared report, rebuilt if it is older than [`REPORT_MAX_AGE`]. `None` when the media
     /// node has stopped.
     pub async fn get(&self, sfu: &SfuHandle) -> Option<Arc<NodeReport>> {
+        self.get_timed(sfu).await.map(|(_, r)| r)
+    }
+
+    /// [`NodeReports::get`] with the moment the report was asked for (rates computed from two
+    /// reports must divide by the time between them, not between their readers).
+    pub async fn get_timed(&self, sfu: &SfuHandle) -> Option<(Instant, Arc<NodeReport>)> {
         // Held across the build on purpose: concurrent readers wait for this build instead of
         // each asking the media thread for one.
         let mut latest = self.latest.lock().await;
         if let Some((asked, r)) = latest.as_ref() {
             if asked.elapsed() < REPORT_MAX_AGE {
-                return Some(r.clone());
+                return Some((*asked, r.clone()));
             }
         }
         let asked = Instant::now();
         let r = Arc::new(sfu.report().await?);
         *latest = Some((asked, r.clone()));
-        Some(r)
+        Some((asked, r))
     }
 }
