@@ -8,6 +8,8 @@
 #   espeak-ng        synthesises the speech sample of `lodge-load playout`
 #   fonts-dejavu-core  the font of the playout report's PNG plots
 #   janus, iproute2  the Janus VideoRoom baseline (tests/load/janus_baseline.sh) in a private netns
+# and, from the Rust registry/toolchain servers, what scripts/fuzz.sh needs:
+#   the nightly toolchain (minimal profile) and cargo-fuzz
 set -euo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
@@ -30,6 +32,15 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get install -y --no-install-recommends "${need[@]}" >/dev/null 2>&1 || {
     $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends "${need[@]}"
   }
+fi
+# Fuzzing: cargo-fuzz builds with nightly-only sanitizer flags.
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  echo "setup: installing the nightly toolchain (rustup, minimal profile)"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  echo "setup: installing cargo-fuzz (cargo install --locked)"
+  cargo install --locked cargo-fuzz
 fi
 cd "$(dirname "$0")/../tests/browser"
 [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --loglevel=error

@@ -34,6 +34,9 @@ else
   TEST_POSTGRES_URL="$PG_URL" cargo test -p lodge-chat -p lodge-signaling --locked
 fi
 
+step "fuzzing: every fuzz/ target built once and run ${FUZZ_SECONDS:-60} s from its seed corpus (nightly, cargo-fuzz)"
+./scripts/fuzz.sh
+
 step "benchmarks compile and run once (criterion test mode)"
 cargo test -p lodge-sfu --bench forward --locked
 cargo test -p lodge-jitter --bench insert_pull --locked

@@ -293,6 +293,16 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the token whose hash is `hash` ([`token_hash`]) is still valid.
+    pub async fn token_hash_live(&self, hash: &str) -> Result<bool, ChatError> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE hash = $1 AND revoked = 0")
+                .bind(hash)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n > 0)
+    }
+
     /// Revoke every token of a user; returns how many were live.
     pub async fn revoke_all_tokens(&self, user_id: u64) -> Result<u64, ChatError> {
         let r = sqlx::query("UPDATE tokens SET revoked = 1 WHERE user_id = $1 AND revoked = 0")

@@ -1,6 +1,6 @@
 //! The sfu crate's one error type.
 
-use crate::ids::{ParticipantIdx, RoomId};
+use crate::ids::{GuildId, ParticipantIdx, RoomId, UserId};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -24,8 +24,27 @@ pub enum SfuError {
     NodeFull { limit: usize },
     #[error("{room} is full: at most {limit} participants (max_room_size)")]
     RoomFull { room: RoomId, limit: usize },
+    /// Connected or still connecting.
+    #[error("{user} already has {limit} participants on this node (max_participants_per_user)")]
+    UserLimit { user: UserId, limit: usize },
+    /// Connected or still connecting.
+    #[error("{guild} already has {limit} participants on this node (max_participants_per_guild)")]
+    GuildLimit { guild: GuildId, limit: usize },
     #[error("no participant {0}")]
     UnknownParticipant(ParticipantIdx),
     #[error("WebRTC failure: {0}")]
     Rtc(String),
+}
+
+impl SfuError {
+    /// A capacity limit refused the join (the request itself was fine).
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            SfuError::NodeFull { .. }
+                | SfuError::RoomFull { .. }
+                | SfuError::UserLimit { .. }
+                | SfuError::GuildLimit { .. }
+        )
+    }
 }

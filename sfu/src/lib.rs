@@ -37,7 +37,7 @@ pub mod shell;
 
 pub use drop_reason::{DropCounters, DropReason};
 pub use error::SfuError;
-pub use ids::{ParticipantIdx, RoomId, Ssrc, UserId};
+pub use ids::{GuildId, ParticipantIdx, RoomId, Ssrc, UserId};
 pub use node::{
     Export, JoinAnswer, JoinRequest, LeaveReason, Node, NodeConfig, NodeEvent, NodeOutput,
     ParticipantReport, RemotePacket, SlotInfo, Transmit, MAX_SLOTS,

@@ -6,7 +6,7 @@ use std::time::Instant;
 use str0m::media::{Mid, Pt};
 use str0m::Rtc;
 
-use crate::ids::{ParticipantIdx, RoomId, Ssrc, UserId};
+use crate::ids::{GuildId, ParticipantIdx, RoomId, Ssrc, UserId};
 use crate::rate_limit::TokenBucket;
 use crate::seq_rewriter::SeqRewriter;
 use crate::speaker_selector::SpeakerLevel;
@@ -47,6 +47,9 @@ pub(crate) const MAX_REMOTES: usize = 8;
 pub(crate) struct Participant {
     pub user: UserId,
     pub room: RoomId,
+    /// The room's guild, for a participant on WebRTC (counted against the per-guild bound);
+    /// `None` for a remote speaker, which no bound counts.
+    pub guild: Option<GuildId>,
     /// The WebRTC session; `None` for a remote speaker fed by a trunk from another node.
     pub rtc: Option<Rtc>,
     /// For a remote speaker: the SSRC its packets carry inside this node.

@@ -10,6 +10,7 @@
 //! is recorded ([`ForwardDelay`], `/metrics` `lodge_forward_delay_seconds`).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,12 @@ pub enum Exported {
     Packet(Export),
     /// The speaker is no longer exported (muted or gone).
     End(ParticipantIdx),
+}
+
+/// Figures the media loop publishes for handles to read without a command.
+struct Gauges {
+    reports_built: Arc<AtomicU64>,
+    participants: Arc<AtomicUsize>,
 }
 
 /// Where the loop sends what is not a datagram.
@@ -126,11 +133,33 @@ pub const FORWARD_DELAY_BUCKETS_US: [u64; 14] = [
 pub struct SfuHandle {
     tx: mpsc::Sender<Command>,
     local_addr: SocketAddr,
+    /// Full reports the media loop has built (each walks every participant on the media
+    /// thread, so callers share a cached one; this lets tests and metrics check they do).
+    reports_built: Arc<AtomicU64>,
+    /// WebRTC participants, refreshed by the media loop on every wake-up.
+    participants: Arc<AtomicUsize>,
 }
 
 impl SfuHandle {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Whether the media loop is still running (its command channel is open). Costs the media
+    /// thread nothing: a readiness probe uses this instead of a report.
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
+    /// WebRTC participants on the node (as of the media loop's last wake-up): the cheap figure
+    /// load reports need, without a full report.
+    pub fn participants(&self) -> usize {
+        self.participants.load(Ordering::Relaxed)
+    }
+
+    /// How many full reports the media loop has built since start.
+    pub fn reports_built(&self) -> u64 {
+        self.reports_built.load(Ordering::Relaxed)
     }
 
     pub async fn join(&self, req: JoinRequest) -> Result<JoinAnswer, SfuError> {
@@ -151,6 +180,8 @@ impl SfuHandle {
         let _ = self.tx.send(Command::SetFlags(idx, flags)).await;
     }
 
+    /// A full report, built on the media thread (O(participants)): prefer a shared, cached
+    /// copy (signaling's `NodeReports`) over calling this per request.
     pub async fn report(&self) -> Option<NodeReport> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::Report(tx)).await.ok()?;
@@ -271,13 +302,28 @@ fn spawn_inner(
         let _in_media_runtime = rt.enter();
         UdpSocket::from_std(socket.into_std()?)?
     };
+    let reports_built = Arc::new(AtomicU64::new(0));
+    let participants = Arc::new(AtomicUsize::new(0));
+    let gauges = Gauges {
+        reports_built: reports_built.clone(),
+        participants: participants.clone(),
+    };
     std::thread::Builder::new()
         .name("lodge-media".into())
         .spawn(move || {
             set_thread_priority(opts);
-            rt.block_on(run(Arc::new(socket), node, rx, sinks));
+            rt.block_on(run(Arc::new(socket), node, rx, sinks, gauges));
         })?;
-    Ok((SfuHandle { tx, local_addr }, ev_rx, ex_rx))
+    Ok((
+        SfuHandle {
+            tx,
+            local_addr,
+            reports_built,
+            participants,
+        },
+        ev_rx,
+        ex_rx,
+    ))
 }
 
 /// Give the calling (media) thread the priority `opts` asks for: real-time FIFO if set, else
@@ -348,6 +394,7 @@ async fn run(
     mut node: Node,
     mut rx: mpsc::Receiver<Command>,
     mut sinks: Sinks,
+    gauges: Gauges,
 ) {
     let local = socket.local_addr().expect("bound socket has an address");
     let udp = match quinn_udp::UdpSocketState::new((&*socket).into()) {
@@ -437,7 +484,10 @@ async fn run(
                     Some(Command::Join(req, reply)) => { let _ = reply.send(node.join(now, req)); }
                     Some(Command::Leave(idx)) => node.leave(now, idx),
                     Some(Command::SetFlags(idx, f)) => { let _ = node.set_flags(now, idx, f); }
-                    Some(Command::Report(reply)) => { let _ = reply.send(report(&node, &delay, sinks.exports_dropped)); }
+                    Some(Command::Report(reply)) => {
+                        gauges.reports_built.fetch_add(1, Ordering::Relaxed);
+                        let _ = reply.send(report(&node, &delay, sinks.exports_dropped));
+                    }
                     Some(Command::AddRemote(room, user, reply)) => { let _ = reply.send(node.add_remote(now, room, user)); }
                     Some(Command::RemoveRemote(idx)) => { if node.is_remote(idx) { node.leave(now, idx) } }
                     Some(Command::RemoteRtp(p)) => {
@@ -465,6 +515,10 @@ async fn run(
         // What timers caused (RTCP reports, retransmissions, queued RTP str0m released late:
         // `rtp_deferred`, counted apart) has no receive moment, so no delay is recorded for it.
         flush(&socket, &mut batch, &mut node, &mut sinks, None, &mut delay).await;
+        gauges.participants.store(
+            node.participant_count() - node.remote_count(),
+            Ordering::Relaxed,
+        );
         if now.duration_since(last_log) > Duration::from_secs(30) && node.participant_count() > 0 {
             last_log = now;
             let s = node.stats();

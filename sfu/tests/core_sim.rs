@@ -310,6 +310,7 @@ fn bad_offers_are_refused_with_clear_errors() {
         w.now,
         lodge_sfu::JoinRequest {
             room: lodge_sfu::RoomId(1),
+            guild: lodge_sfu::GuildId(1),
             user: lodge_sfu::UserId(1),
             offer: "v=0 garbage".into(),
             flags: World::speaking(),
@@ -327,6 +328,7 @@ fn bad_offers_are_refused_with_clear_errors() {
             w.now,
             lodge_sfu::JoinRequest {
                 room: lodge_sfu::RoomId(1),
+                guild: lodge_sfu::GuildId(1),
                 user: lodge_sfu::UserId(1),
                 offer,
                 flags: World::speaking(),
@@ -434,4 +436,93 @@ fn remote_speakers_are_heard_and_speakers_are_exported_while_they_talk() {
             ..
         }
     )));
+}
+
+/// Join with a fresh browser-like offer for `user` in `guild` (room = guild here); the client
+/// behind it never sends a datagram.
+fn silent_join(
+    w: &mut World,
+    user: u64,
+    guild: u64,
+) -> Result<ParticipantIdx, lodge_sfu::SfuError> {
+    let (_, offer, _) = sim::Client::new(200, w.now, 1);
+    w.node
+        .join(
+            w.now,
+            lodge_sfu::JoinRequest {
+                room: RoomId(guild),
+                guild: lodge_sfu::GuildId(guild),
+                user: UserId(user),
+                offer,
+                flags: World::speaking(),
+            },
+        )
+        .map(|a| a.idx)
+}
+
+#[test]
+fn one_user_or_one_guild_cannot_fill_the_node() {
+    let mut w = World::new(|c| {
+        c.max_participants_per_user = 2;
+        c.max_participants_per_guild = 3;
+    });
+    silent_join(&mut w, 1, 10).unwrap();
+    silent_join(&mut w, 1, 11).unwrap();
+    let err = silent_join(&mut w, 1, 12).unwrap_err();
+    assert!(
+        matches!(err, lodge_sfu::SfuError::UserLimit { limit: 2, .. }) && err.is_limit(),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("max_participants_per_user"),
+        "{err}"
+    );
+    silent_join(&mut w, 2, 10).unwrap();
+    let last = silent_join(&mut w, 3, 10).unwrap();
+    let err = silent_join(&mut w, 4, 10).unwrap_err();
+    assert!(
+        matches!(err, lodge_sfu::SfuError::GuildLimit { limit: 3, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("max_participants_per_guild"),
+        "{err}"
+    );
+    // Other guilds and users are unaffected; a participant that leaves gives its place back.
+    silent_join(&mut w, 4, 20).unwrap();
+    w.node.leave(w.now, last);
+    silent_join(&mut w, 4, 10).unwrap();
+    assert_eq!(w.node.participant_count(), 5);
+}
+
+#[test]
+fn joins_that_never_connect_are_reaped_within_ten_seconds() {
+    let mut w = connected_world(2, 1);
+    let joined_ms = w.ms();
+    for user in 0..3 {
+        silent_join(&mut w, 100 + user, 1).unwrap();
+    }
+    assert_eq!(w.node.participant_count(), 5);
+    w.run(Duration::from_millis(10_200));
+    let reaped: Vec<u64> = w
+        .events
+        .iter()
+        .filter_map(|(t, e)| match e {
+            NodeEvent::Left {
+                reason: LeaveReason::ConnectTimeout,
+                ..
+            } => Some((*t - w.t0).as_millis() as u64 - joined_ms),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reaped.len(), 3, "reaped after (ms): {reaped:?}");
+    assert!(
+        reaped.iter().all(|ms| (10_000..=10_200).contains(ms)),
+        "{reaped:?}"
+    );
+    // The connected callers stay, and the bound's places are free again.
+    assert_eq!(w.node.participant_count(), 2);
+    for user in 0..3 {
+        silent_join(&mut w, 100 + user, 1).unwrap();
+    }
 }

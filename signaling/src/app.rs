@@ -39,6 +39,10 @@ pub struct Inner {
     /// Token revocations, for long-lived connections that authenticated with a token (the
     /// live-quality socket) to close themselves.
     pub revoked: tokio::sync::broadcast::Sender<Revoked>,
+    /// The node report every reader shares (at most one built per second).
+    pub reports: crate::node_report::NodeReports,
+    /// Open `/quality/live` sockets, bounded per viewer and node-wide.
+    pub live_sockets: crate::rest::quality::LiveSockets,
 }
 
 /// A token (or, with `token_hash: None`, every token of the user) was revoked.
@@ -100,12 +104,19 @@ impl AppState {
             gateway_conns: Default::default(),
             session_starts,
             revoked: tokio::sync::broadcast::channel(64).0,
+            reports: Default::default(),
+            live_sockets: Default::default(),
         }))
     }
 
     /// This node is an edge: it serves callers the origin places on it.
     pub fn is_edge(&self) -> bool {
         self.cluster.get().map(|c| c.role) == Some(lodge_edge::cascade::Role::Edge)
+    }
+
+    /// The shared node report (see [`crate::node_report`]); `None` when the media node stopped.
+    pub async fn node_report(&self) -> Option<Arc<lodge_sfu::shell::NodeReport>> {
+        self.reports.get(&self.sfu).await
     }
 
     pub fn telemetry(&self) -> std::sync::MutexGuard<'_, crate::quality::Telemetry> {

@@ -450,7 +450,7 @@ pub async fn start(
             if !*up2.borrow() {
                 continue;
             }
-            let participants = sfu.report().await.map(|r| r.participants).unwrap_or(0) as u32;
+            let participants = sfu.participants() as u32;
             for r in c2.report().await {
                 c2.send(r.id, Control::Load { participants }).await;
             }

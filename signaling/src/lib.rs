@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod gateway;
 pub mod hub;
+pub mod node_report;
 pub mod quality;
 pub mod ratelimit;
 pub mod rest;
@@ -32,7 +33,13 @@ pub struct Running {
     pub http_addr: std::net::SocketAddr,
     pub media_addr: std::net::SocketAddr,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The task turning node events into voice messages and call summaries; it ends when the
+    /// media loop has stopped and every event it emitted has been handled.
+    node_events: tokio::task::JoinHandle<()>,
 }
+
+/// How long shutdown waits for the call summaries of the participants it closed to be stored.
+pub const SHUTDOWN_SUMMARIES_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -164,7 +171,7 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         None => None,
     };
     let state = AppState::new(cfg, store, sfu);
-    tokio::spawn(voice::service::run_sfu_events(state.clone(), events));
+    let node_events = tokio::spawn(voice::service::run_sfu_events(state.clone(), events));
     tokio::spawn(quality::run_sampler(state.clone()));
     if let Some((c, cluster_events)) = cluster {
         if c.role == lodge_edge::cascade::Role::Edge {
@@ -196,16 +203,28 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         http_addr,
         media_addr,
         server,
+        node_events,
     })
 }
 
 impl Running {
-    /// Graceful shutdown: stop taking calls, tell gateway clients to reconnect, close media peers,
-    /// flush the database.
+    /// Graceful shutdown: stop taking calls, tell gateway clients to reconnect, close media peers
+    /// and store their call summaries, flush the database.
     pub async fn shutdown(self) {
         self.state.ready.store(false, Ordering::Relaxed);
         let _ = self.state.shutdown.send(true);
         self.state.sfu.shutdown().await;
+        // The media loop has stopped, so the event stream ends once drained: every participant
+        // the shutdown closed has its summary written before the store closes.
+        if tokio::time::timeout(SHUTDOWN_SUMMARIES_WAIT, self.node_events)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                wait_s = SHUTDOWN_SUMMARIES_WAIT.as_secs(),
+                "shutdown: node events not drained in time; some call summaries may be missing"
+            );
+        }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.server).await;
         self.state.store.close().await;
         tracing::info!("lodge node stopped");

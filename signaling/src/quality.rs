@@ -82,7 +82,9 @@ struct Track {
 pub struct Telemetry {
     calls: HashMap<ParticipantIdx, Track>,
     timeline: VecDeque<NodePoint>,
-    last: Option<(Instant, u64, u64, Option<f64>)>,
+    /// The previous sample: when its report was taken, its packet counters, and when the
+    /// process CPU was read with its value.
+    last: Option<(Instant, u64, u64, Instant, Option<f64>)>,
     pub calls_recorded: u64,
 }
 
@@ -121,12 +123,17 @@ impl Telemetry {
         );
     }
 
-    /// Fold one node report in.
-    pub fn sample(&mut self, r: &lodge_sfu::shell::NodeReport) {
-        let now = Instant::now();
+    /// Fold one node report in; `at` is when the report was taken (a shared report may be up
+    /// to a second old when the sampler reads it).
+    pub fn sample(&mut self, at: Instant, r: &lodge_sfu::shell::NodeReport) {
+        if self.last.is_some_and(|l| at <= l.0) {
+            return; // the same shared report again: nothing new to fold in
+        }
+        let cpu_at = Instant::now();
         let cpu = process_cpu_seconds();
-        if let Some((t0, in0, out0, cpu0)) = self.last {
-            let dt = now.duration_since(t0).as_secs_f64().max(1e-3);
+        if let Some((t0, in0, out0, cpu_t0, cpu0)) = self.last {
+            let dt = at.duration_since(t0).as_secs_f64().max(1e-3);
+            let cpu_dt = cpu_at.duration_since(cpu_t0).as_secs_f64().max(1e-3);
             self.timeline.push_back(NodePoint {
                 t: now_ms(),
                 pps_in: r.rtp_in.saturating_sub(in0) as f64 / dt,
@@ -134,7 +141,7 @@ impl Telemetry {
                 participants: r.participants,
                 rooms: r.rooms,
                 cpu_pct: match (cpu0, cpu) {
-                    (Some(a), Some(b)) => Some((b - a) / dt * 100.0),
+                    (Some(a), Some(b)) => Some((b - a) / cpu_dt * 100.0),
                     _ => None,
                 },
             });
@@ -142,7 +149,7 @@ impl Telemetry {
                 self.timeline.pop_front();
             }
         }
-        self.last = Some((now, r.rtp_in, r.rtp_forwarded, cpu));
+        self.last = Some((at, r.rtp_in, r.rtp_forwarded, cpu_at, cpu));
         for p in &r.peers {
             let Some(t) = self.calls.get_mut(&ParticipantIdx(p.idx)) else {
                 continue;
@@ -359,8 +366,8 @@ pub async fn run_sampler(s: AppState) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Some(r) = s.sfu.report().await {
-                    s.telemetry().sample(&r);
+                if let Some((at, r)) = s.reports.get_timed(&s.sfu).await {
+                    s.telemetry().sample(at, &r);
                 }
             }
             _ = shutdown.changed() => return,
@@ -424,43 +431,48 @@ mod tests {
         assert_eq!(participant_mos(&ParticipantStats::default()), None);
     }
 
+    fn report(jitter: f32) -> lodge_sfu::shell::NodeReport {
+        lodge_sfu::shell::NodeReport {
+            participants: 1,
+            remote_speakers: 0,
+            exported: 0,
+            exports_dropped: 0,
+            rooms: 1,
+            datagrams_in: 0,
+            datagrams_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            rtp_in: 0,
+            rtp_forwarded: 0,
+            rtp_deferred: 0,
+            drops: vec![],
+            peers: vec![lodge_sfu::ParticipantReport {
+                idx: 3,
+                user: lodge_sfu::UserId(3),
+                room: lodge_sfu::RoomId(2),
+                connected: true,
+                self_mute: false,
+                server_mute: false,
+                deaf: false,
+                can_speak: true,
+                speaking_level: 0.0,
+                slots: vec![],
+                stats: stats(0.01, jitter, 30.0),
+                drops: vec![],
+            }],
+            forward_delay: Default::default(),
+        }
+    }
+
     #[test]
     fn a_call_summary_aggregates_the_samples() {
         let mut t = Telemetry::default();
         let idx = ParticipantIdx(3);
         t.start(idx, 1, 2, 3);
-        for j in [2.0f32, 4.0, 6.0, 40.0] {
-            let report = lodge_sfu::shell::NodeReport {
-                participants: 1,
-                remote_speakers: 0,
-                exported: 0,
-                exports_dropped: 0,
-                rooms: 1,
-                datagrams_in: 0,
-                datagrams_out: 0,
-                bytes_in: 0,
-                bytes_out: 0,
-                rtp_in: 0,
-                rtp_forwarded: 0,
-                rtp_deferred: 0,
-                drops: vec![],
-                peers: vec![lodge_sfu::ParticipantReport {
-                    idx: 3,
-                    user: lodge_sfu::UserId(3),
-                    room: lodge_sfu::RoomId(2),
-                    connected: true,
-                    self_mute: false,
-                    server_mute: false,
-                    deaf: false,
-                    can_speak: true,
-                    speaking_level: 0.0,
-                    slots: vec![],
-                    stats: stats(0.01, j, 30.0),
-                    drops: vec![],
-                }],
-                forward_delay: Default::default(),
-            };
-            t.sample(&report);
+        let t0 = Instant::now();
+        for (i, j) in [2.0f32, 4.0, 6.0, 40.0].into_iter().enumerate() {
+            let report = report(j);
+            t.sample(t0 + SAMPLE_EVERY * i as u32, &report);
         }
         let c = t
             .finish(idx, LeaveReason::Requested, &stats(0.01, 40.0, 30.0))
@@ -475,5 +487,29 @@ mod tests {
         assert!(t
             .finish(idx, LeaveReason::Requested, &stats(0.0, 0.0, 0.0))
             .is_none());
+    }
+
+    #[test]
+    fn the_same_shared_report_is_folded_in_once() {
+        let mut t = Telemetry::default();
+        t.start(ParticipantIdx(3), 1, 2, 3);
+        let t0 = Instant::now();
+        let r = report(10.0);
+        t.sample(t0, &r);
+        t.sample(t0, &r);
+        assert!(
+            t.timeline().is_empty(),
+            "a point from one report read twice"
+        );
+        t.sample(t0 + SAMPLE_EVERY, &report(20.0));
+        assert_eq!(t.timeline().len(), 1);
+        let c = t
+            .finish(
+                ParticipantIdx(3),
+                LeaveReason::Requested,
+                &stats(0.0, 0.0, 0.0),
+            )
+            .unwrap();
+        assert_eq!(c.jitter_mean_ms, Some(15.0));
     }
 }

@@ -156,6 +156,7 @@ impl World {
             self.now,
             JoinRequest {
                 room: RoomId(1),
+                guild: lodge_sfu::GuildId(1),
                 user: c.user,
                 offer,
                 flags,

@@ -17,8 +17,10 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Ready: started, not shutting down, and the media loop running. Asks the media thread for
+/// nothing (a probe may be frequent).
 pub async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.ready.load(Ordering::Relaxed) && s.sfu.report().await.is_some() {
+    if s.ready.load(Ordering::Relaxed) && s.sfu.is_running() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -52,7 +54,7 @@ pub async fn api_not_found() -> ApiError {
 /// Per-participant media figures (packets, bytes, loss, jitter, RTT, slots, drops) for the voice
 /// channels the caller may view (VIEW_CHANNEL), plus node-wide totals.
 pub async fn voice_stats(State(s): State<AppState>, Auth(u): Auth) -> ApiResult<Json<Value>> {
-    let mut r = s.sfu.report().await.ok_or_else(|| {
+    let r = s.node_report().await.ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             0,
@@ -61,19 +63,25 @@ pub async fn voice_stats(State(s): State<AppState>, Auth(u): Auth) -> ApiResult<
     })?;
     let mut visible = crate::rest::ChannelViews::default();
     let mut peers = Vec::with_capacity(r.peers.len());
-    for p in r.peers {
+    for p in &r.peers {
         if visible.can_view(&s, p.room.0, u.id).await {
             peers.push(p);
         }
     }
-    r.peers = peers;
-    Ok(Json(serde_json::to_value(r).unwrap_or(Value::Null)))
+    let mut v = serde_json::to_value(&*r).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "peers".into(),
+            serde_json::to_value(peers).unwrap_or(Value::Null),
+        );
+    }
+    Ok(Json(v))
 }
 
 /// Prometheus text format. No tokens, user names or addresses: only counts.
 pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let mut out = String::new();
-    if let Some(r) = s.sfu.report().await {
+    if let Some(r) = s.node_report().await {
         let mut g = |name: &str, help: &str, kind: &str, v: u64| {
             let _ = writeln!(
                 out,
@@ -183,13 +191,14 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     }
     let recorded = s.telemetry().calls_recorded;
     let _ = writeln!(out, "# HELP lodge_call_summaries_total Call-quality summaries persisted since start\n# TYPE lodge_call_summaries_total counter\nlodge_call_summaries_total {recorded}");
-    let (states, conns) = {
+    let (states, conns, slow) = {
         let v = s.voice();
-        (v.states.len(), v.conns.len())
+        (v.states.len(), v.conns.len(), v.slow_consumers_closed)
     };
     let (live, detached) = s.sessions.counts();
     let _ = writeln!(out, "# HELP lodge_voice_states Users in a voice channel\n# TYPE lodge_voice_states gauge\nlodge_voice_states {states}");
     let _ = writeln!(out, "# HELP lodge_voice_connections Open voice gateway connections\n# TYPE lodge_voice_connections gauge\nlodge_voice_connections {conns}");
+    let _ = writeln!(out, "# HELP lodge_voice_slow_consumers_closed_total Voice connections closed because the client did not keep up (outbox full or a write timed out)\n# TYPE lodge_voice_slow_consumers_closed_total counter\nlodge_voice_slow_consumers_closed_total {slow}");
     let _ = writeln!(out, "# HELP lodge_gateway_sessions Gateway sessions, connected or resumable\n# TYPE lodge_gateway_sessions gauge\nlodge_gateway_sessions{{state=\"connected\"}} {live}\nlodge_gateway_sessions{{state=\"resumable\"}} {detached}");
     if let Some(c) = s.cluster.get() {
         crate::cluster::write_metrics(c, &mut out).await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use lodge_chat::quality::MAX_CALLS_PAGE;
 use lodge_chat::CallQuery;
@@ -23,9 +23,88 @@ use crate::extract::{token_from_header, ApiQuery, Auth};
 use crate::quality::participant_mos;
 
 /// Who is looking: a user (their guilds) or the node operator (everything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Viewer {
     User(u64),
     Operator,
+}
+
+/// Open `/quality/live` sockets one viewer (a user, or the operator) may hold at once.
+pub const MAX_LIVE_PER_VIEWER: usize = 4;
+/// Open `/quality/live` sockets on the node, authenticated or not (a socket counts from its
+/// upgrade, so the 10 s before it authenticates are bounded too).
+pub const MAX_LIVE_SOCKETS: usize = 256;
+/// Close code for a live socket over its viewer's limit (Discord's "rate limited").
+pub const CLOSE_TOO_MANY: u16 = 4008;
+
+/// The live sockets open now: node-wide and per viewer. Each socket holds a [`LiveSlot`]
+/// that gives its places back when dropped.
+#[derive(Default)]
+pub struct LiveSockets {
+    open: std::sync::Mutex<LiveCounts>,
+}
+
+#[derive(Default)]
+struct LiveCounts {
+    total: usize,
+    by_viewer: std::collections::HashMap<Viewer, usize>,
+}
+
+/// One live socket's place in [`LiveSockets`].
+pub struct LiveSlot {
+    s: AppState,
+    viewer: Option<Viewer>,
+}
+
+impl LiveSockets {
+    fn counts(&self) -> std::sync::MutexGuard<'_, LiveCounts> {
+        self.open
+            .lock()
+            .expect("live socket counts are never held across a panic")
+    }
+}
+
+/// A place for a new socket, or `None` when the node holds [`MAX_LIVE_SOCKETS`].
+fn open_slot(s: &AppState) -> Option<LiveSlot> {
+    let mut c = s.live_sockets.counts();
+    if c.total >= MAX_LIVE_SOCKETS {
+        return None;
+    }
+    c.total += 1;
+    Some(LiveSlot {
+        s: s.clone(),
+        viewer: None,
+    })
+}
+
+impl LiveSlot {
+    /// Count this socket against `viewer`; false when they already hold
+    /// [`MAX_LIVE_PER_VIEWER`].
+    fn claim(&mut self, viewer: Viewer) -> bool {
+        let mut c = self.s.live_sockets.counts();
+        let n = c.by_viewer.entry(viewer).or_default();
+        if *n >= MAX_LIVE_PER_VIEWER {
+            return false;
+        }
+        *n += 1;
+        self.viewer = Some(viewer);
+        true
+    }
+}
+
+impl Drop for LiveSlot {
+    fn drop(&mut self) {
+        let mut c = self.s.live_sockets.counts();
+        c.total -= 1;
+        if let Some(v) = self.viewer {
+            if let std::collections::hash_map::Entry::Occupied(mut e) = c.by_viewer.entry(v) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+    }
 }
 
 /// Compare secrets without an early exit on the first differing byte.
@@ -204,7 +283,7 @@ pub async fn node(State(s): State<AppState>, viewer: Viewer) -> ApiResult<Json<V
 /// What the dashboard shows: the node, its timeline, every visible channel with its
 /// participants' figures, and the most recent call summaries.
 pub async fn node_view(s: &AppState, viewer: &Viewer) -> ApiResult<Value> {
-    let report = s.sfu.report().await;
+    let report = s.node_report().await;
     let visible = viewer.guilds(s).await?;
     let mut channels: BTreeMap<u64, (u64, String, Vec<Value>)> = BTreeMap::new();
     let mut hidden: HashSet<u64> = HashSet::new();
@@ -282,9 +361,29 @@ pub async fn node_view(s: &AppState, viewer: &Viewer) -> ApiResult<Value> {
 /// `GET /quality/live` (WebSocket): the first message authenticates (`{"token": "..."}` or
 /// `{"operator_token": "..."}`, within 10 s); then a `{"t": "snapshot", "d": view}` every two
 /// seconds (and once at once).
+/// Beyond [`MAX_LIVE_SOCKETS`] open sockets the upgrade is refused with Discord's 429 body; a
+/// viewer's socket beyond [`MAX_LIVE_PER_VIEWER`] is closed with [`CLOSE_TOO_MANY`] once it has
+/// authenticated. Either way the refusal names the limit.
 pub async fn live(ws: WebSocketUpgrade, State(s): State<AppState>) -> Response {
+    let Some(slot) = open_slot(&s) else {
+        tracing::warn!(
+            limit = MAX_LIVE_SOCKETS,
+            "live quality socket refused: node-wide limit reached"
+        );
+        let body = json!({
+            "message": format!("too many live quality sockets on this node (at most {MAX_LIVE_SOCKETS})"),
+            "retry_after": crate::quality::SAMPLE_EVERY.as_secs_f64(),
+            "global": true,
+        });
+        let mut res = (axum::http::StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+        res.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("2"),
+        );
+        return res;
+    };
     ws.max_message_size(4096)
-        .on_upgrade(move |sock| run_live(s, sock))
+        .on_upgrade(move |sock| run_live(s, sock, slot))
 }
 
 async fn close(mut sock: WebSocket, code: u16, reason: &str) {
@@ -296,7 +395,7 @@ async fn close(mut sock: WebSocket, code: u16, reason: &str) {
         .await;
 }
 
-async fn run_live(s: AppState, mut sock: WebSocket) {
+async fn run_live(s: AppState, mut sock: WebSocket, mut slot: LiveSlot) {
     let first = tokio::time::timeout(Duration::from_secs(10), sock.recv()).await;
     let hello = match first {
         Ok(m) => crate::ws::judge(m, 4096),
@@ -317,6 +416,9 @@ async fn run_live(s: AppState, mut sock: WebSocket) {
         )
         .await;
     };
+    // Subscribed before authenticating, so a revocation racing the first message is seen.
+    let mut revoked = s.revoked.subscribe();
+    let mut token_hash = None;
     let viewer = if let Some(secret) = v["operator_token"].as_str() {
         if !Viewer::operator(&s, secret) {
             return close(sock, 4004, "operator token refused").await;
@@ -325,7 +427,10 @@ async fn run_live(s: AppState, mut sock: WebSocket) {
     } else {
         let token = token_from_header(v["token"].as_str().unwrap_or(""));
         match s.store.authenticate(token).await {
-            Ok(u) if !token.is_empty() => Viewer::User(u.id),
+            Ok(u) if !token.is_empty() => {
+                token_hash = Some(lodge_chat::token_hash(token));
+                Viewer::User(u.id)
+            }
             _ => {
                 return close(
                     sock,
@@ -336,6 +441,19 @@ async fn run_live(s: AppState, mut sock: WebSocket) {
             }
         }
     };
+    if !slot.claim(viewer) {
+        tracing::info!(
+            ?viewer,
+            limit = MAX_LIVE_PER_VIEWER,
+            "live quality socket refused: per-viewer limit reached"
+        );
+        return close(
+            sock,
+            CLOSE_TOO_MANY,
+            &format!("too many live quality sockets: at most {MAX_LIVE_PER_VIEWER} per user"),
+        )
+        .await;
+    }
     let mut shutdown = s.shutdown.subscribe();
     let mut tick = tokio::time::interval(crate::quality::SAMPLE_EVERY);
     loop {
@@ -354,6 +472,18 @@ async fn run_live(s: AppState, mut sock: WebSocket) {
                 _ => {}
             },
             _ = shutdown.changed() => return close(sock, 1001, "server shutting down").await,
+            r = revoked.recv() => match (r, viewer, &token_hash) {
+                (Ok(r), Viewer::User(u), Some(h)) if r.applies_to(u, h) => {
+                    return close(sock, 4004, "token revoked").await
+                }
+                // Missed revocations: ask the store whether this socket's token still holds.
+                (Err(tokio::sync::broadcast::error::RecvError::Lagged(_)), Viewer::User(_), Some(h)) => {
+                    if !s.store.token_hash_live(h).await.unwrap_or(true) {
+                        return close(sock, 4004, "token revoked").await;
+                    }
+                }
+                _ => {}
+            },
         }
     }
 }

@@ -6,15 +6,16 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use lodge_sfu::{JoinRequest, RoomId, UserId, MAX_SLOTS};
+use lodge_sfu::{GuildId, JoinRequest, RoomId, UserId};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::client_op::{self, ClientOp, Identify, SelectProtocol};
+use super::outbox::{outbox, Next, Outbox, OUTBOX_CAPACITY, WRITE_TIMEOUT};
 use super::registry::{TokenError, VoiceConn, VoiceOut};
 use crate::app::AppState;
-use crate::ws::{close_with, Inbound};
+use crate::ws::{close_with, Tx};
 
 pub const HEARTBEAT_INTERVAL_MS: u64 = 13_750;
 /// Largest client payload (an offer with 17 audio lines is ~10 KB).
@@ -29,6 +30,9 @@ pub mod close {
     pub const ALREADY_AUTHENTICATED: u16 = 4005;
     pub const SESSION_INVALID: u16 = 4006;
     pub const SESSION_TIMEOUT: u16 = 4009;
+    /// The client did not keep up with what it was sent (outbox full or a write timed out):
+    /// Discord's session timeout, with a reason naming the limit.
+    pub const TOO_SLOW: u16 = 4009;
     pub const SERVER_NOT_FOUND: u16 = 4011;
     pub const UNKNOWN_PROTOCOL: u16 = 4012;
     pub const DISCONNECTED: u16 = 4014;
@@ -57,23 +61,53 @@ fn user_ssrc(user_id: u64) -> u32 {
     ((x >> 32) as u32) | 1
 }
 
+/// Why a connection's loop stopped.
+enum Stop {
+    /// Close with this code and reason.
+    Close(u16, String),
+    /// The client is not keeping up (its outbox filled or a write timed out).
+    TooSlow(String),
+    /// The client closed or the connection broke.
+    Gone,
+}
+
+/// The connection's writing half: numbers each payload and gives every write a deadline.
+struct Writer {
+    tx: Tx,
+    seq: u64,
+}
+
+impl Writer {
+    async fn json(&mut self, mut v: Value) -> Result<(), Stop> {
+        self.seq += 1;
+        v["seq"] = json!(self.seq);
+        let msg = Message::Text(v.to_string().into());
+        match tokio::time::timeout(WRITE_TIMEOUT, self.tx.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stop::Gone),
+            Err(_) => Err(Stop::TooSlow(format!(
+                "too slow: a write did not complete within {} s",
+                WRITE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// Send a close frame, waiting at most [`CLOSE_TIMEOUT`] (a client that is not reading
+    /// may never take it).
+    async fn close(&mut self, code: u16, reason: &str) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, close_with(&mut self.tx, code, reason)).await;
+    }
+}
+
+/// How long a close frame may take to write before the connection is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 async fn run(s: AppState, sock: WebSocket) {
-    let (mut tx, mut rx) = sock.split();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<VoiceOut>();
-    let mut seq: u64 = 0;
-    let mut send = |v: Value| {
-        seq += 1;
-        let mut v = v;
-        v["seq"] = json!(seq);
-        Message::Text(v.to_string().into())
-    };
-    if tx
-        .send(send(
-            json!({ "op": 8, "d": { "heartbeat_interval": HEARTBEAT_INTERVAL_MS, "v": 8 } }),
-        ))
-        .await
-        .is_err()
-    {
+    let (tx, mut rx) = sock.split();
+    let (out, mut outbox) = outbox(OUTBOX_CAPACITY);
+    let mut w = Writer { tx, seq: 0 };
+    let hello = json!({ "op": 8, "d": { "heartbeat_interval": HEARTBEAT_INTERVAL_MS, "v": 8 } });
+    if w.json(hello).await.is_err() {
         return;
     }
     let mut me: Option<Authed> = None;
@@ -81,118 +115,174 @@ async fn run(s: AppState, sock: WebSocket) {
     let mut hb_deadline = Instant::now() + hb_timeout;
     let mut shutdown = s.shutdown.subscribe();
 
-    loop {
-        tokio::select! {
-            m = rx.next() => {
-                let msg = match crate::ws::judge(m, MAX_PAYLOAD) {
-                    Inbound::Json(v) => v,
-                    Inbound::Ignore => continue,
-                    Inbound::Refuse(code, reason) => { close_with(&mut tx, code, &reason).await; break }
-                    Inbound::Gone => break,
-                };
-                let d = msg.get("d").cloned().unwrap_or(Value::Null);
-                match msg.get("op").and_then(Value::as_u64) {
-                    Some(0) => {
-                        if me.is_some() { close_with(&mut tx, close::ALREADY_AUTHENTICATED, "already identified").await; break }
-                        if let Some(t) = d.get("token").and_then(Value::as_str) {
-                            crate::cluster::await_token(&s, t).await;
-                        }
-                        match identify(&s, &d, out_tx.clone()) {
-                            Ok(a) => {
-                                let ready = json!({ "op": 2, "d": {
-                                    "ssrc": user_ssrc(a.user_id),
-                                    "ip": s.cfg.public_ip.to_string(),
-                                    "port": s.sfu.local_addr().port(),
-                                    "modes": ["aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize"],
-                                    "experiments": [],
-                                    "heartbeat_interval": HEARTBEAT_INTERVAL_MS,
-                                }});
-                                info!(user = a.user_id, channel = a.channel_id, "voice gateway identified");
-                                me = Some(a);
-                                if tx.send(send(ready)).await.is_err() { break }
-                            }
-                            Err((code, reason)) => { close_with(&mut tx, code, reason).await; break }
-                        }
-                    }
-                    Some(1) => {
-                        let Some(a) = me.as_mut() else { close_with(&mut tx, close::NOT_AUTHENTICATED, "identify first").await; break };
-                        if a.joined { close_with(&mut tx, close::ALREADY_AUTHENTICATED, "protocol already selected").await; break }
-                        match select_protocol(&s, a, &d).await {
-                            Ok(answer) => {
-                                a.joined = true;
-                                if tx.send(send(answer)).await.is_err() { break }
-                                let others: Vec<String> = s.voice().users_in(a.guild_id, a.channel_id).into_iter()
-                                    .filter(|u| *u != a.user_id).map(|u| u.to_string()).collect();
-                                if !others.is_empty() && tx.send(send(json!({ "op": 11, "d": { "user_ids": others } }))).await.is_err() { break }
-                                super::service::notify_others(&s, a.guild_id, a.channel_id, a.user_id,
-                                    json!({ "op": 11, "d": { "user_ids": [a.user_id.to_string()] } }));
-                            }
-                            Err((code, reason)) => { close_with(&mut tx, code, &reason).await; break }
-                        }
-                    }
-                    Some(3) => {
-                        hb_deadline = Instant::now() + hb_timeout;
-                        let t = d.get("t").cloned().unwrap_or_else(|| if d.is_number() { d.clone() } else { Value::Null });
-                        if tx.send(send(json!({ "op": 6, "d": { "t": t } }))).await.is_err() { break }
-                    }
-                    Some(5) => {
-                        if me.is_none() { close_with(&mut tx, close::NOT_AUTHENTICATED, "identify first").await; break }
-                        // Accepted; selection uses the audio-level header extension instead.
-                    }
-                    Some(7) => {
-                        close_with(&mut tx, close::SESSION_INVALID, "voice resume is not supported yet; rejoin with gateway op 4").await;
-                        break;
-                    }
-                    Some(_) | None => {
-                        if me.is_none() { close_with(&mut tx, close::NOT_AUTHENTICATED, "identify first").await; }
-                        else { close_with(&mut tx, close::UNKNOWN_OPCODE, "unknown opcode").await; }
-                        break;
-                    }
+    let stop = loop {
+        let step = tokio::select! {
+            m = rx.next() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    handle_text(&s, &mut w, &mut me, &out, &mut hb_deadline, hb_timeout, &t).await
                 }
-            }
-            o = out_rx.recv() => match o {
-                Some(VoiceOut::Json(v)) => { if tx.send(send(v)).await.is_err() { break } }
-                Some(VoiceOut::Close(code, reason)) => { close_with(&mut tx, code, &reason).await; break }
-                None => break,
+                Some(Ok(Message::Binary(_))) => Err(Stop::Close(
+                    close::DECODE_ERROR,
+                    "binary frames (etf, compression) are not supported; send JSON text".into(),
+                )),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                _ => Err(Stop::Gone),
+            },
+            o = outbox.next() => match o {
+                Next::Msg(VoiceOut::Json(v)) => w.json(v).await,
+                Next::Msg(VoiceOut::Close(code, reason)) => Err(Stop::Close(code, reason)),
+                Next::Overflowed => Err(Stop::TooSlow(format!(
+                    "too slow: more than {OUTBOX_CAPACITY} messages waiting to be read"
+                ))),
+                Next::Closed => Err(Stop::Gone),
             },
             _ = tokio::time::sleep_until(hb_deadline) => {
-                close_with(&mut tx, close::SESSION_TIMEOUT, "no heartbeat received").await;
-                break;
+                Err(Stop::Close(close::SESSION_TIMEOUT, "no heartbeat received".into()))
             }
-            _ = shutdown.changed() => {
-                close_with(&mut tx, 1001, "server shutting down").await;
-                break;
-            }
+            _ = shutdown.changed() => Err(Stop::Close(1001, "server shutting down".into())),
+        };
+        if let Err(stop) = step {
+            break stop;
         }
+    };
+    match stop {
+        Stop::Close(code, reason) => w.close(code, &reason).await,
+        Stop::TooSlow(reason) => {
+            s.voice().slow_consumers_closed += 1;
+            warn!(
+                user = me.as_ref().map(|a| a.user_id),
+                %reason,
+                "voice connection closed: slow consumer"
+            );
+            w.close(close::TOO_SLOW, &reason).await;
+        }
+        Stop::Gone => {}
     }
     if let Some(a) = me {
         end_connection(&s, &a).await;
     }
 }
 
-fn identify(
+/// One text frame from the client.
+async fn handle_text(
     s: &AppState,
-    d: &Value,
-    out: mpsc::UnboundedSender<VoiceOut>,
-) -> Result<Authed, (u16, &'static str)> {
-    let id = |k: &str| -> Option<u64> {
-        match d.get(k)? {
-            Value::String(v) => v.parse().ok(),
-            Value::Number(n) => n.as_u64(),
-            _ => None,
+    w: &mut Writer,
+    me: &mut Option<Authed>,
+    out: &Outbox,
+    hb_deadline: &mut Instant,
+    hb_timeout: Duration,
+    text: &str,
+) -> Result<(), Stop> {
+    let op = match client_op::parse(text) {
+        Ok(op) => op,
+        Err(r) => {
+            // What the connection's state says comes before what is wrong with the payload.
+            let (code, reason) = match (r.op, me.as_ref()) {
+                (Some(0), Some(_)) => (close::ALREADY_AUTHENTICATED, "already identified".into()),
+                (Some(1), None) => (close::NOT_AUTHENTICATED, "identify first".into()),
+                (Some(1), Some(a)) if a.joined => (
+                    close::ALREADY_AUTHENTICATED,
+                    "protocol already selected".into(),
+                ),
+                _ => (r.code, r.reason),
+            };
+            return Err(Stop::Close(code, reason));
         }
     };
-    let (Some(guild_id), Some(user_id)) = (id("server_id"), id("user_id")) else {
-        return Err((close::DECODE_ERROR, "identify needs server_id and user_id"));
-    };
-    let session_id = d
-        .get("session_id")
-        .and_then(Value::as_str)
-        .ok_or((close::DECODE_ERROR, "identify needs session_id"))?;
-    let token = d
-        .get("token")
-        .and_then(Value::as_str)
-        .ok_or((close::DECODE_ERROR, "identify needs token"))?;
+    match op {
+        ClientOp::Identify(i) => {
+            if me.is_some() {
+                return Err(Stop::Close(
+                    close::ALREADY_AUTHENTICATED,
+                    "already identified".into(),
+                ));
+            }
+            crate::cluster::await_token(s, &i.token).await;
+            let a = identify(s, &i, out.clone()).map_err(|(c, r)| Stop::Close(c, r.into()))?;
+            let ready = json!({ "op": 2, "d": {
+                "ssrc": user_ssrc(a.user_id),
+                "ip": s.cfg.public_ip.to_string(),
+                "port": s.sfu.local_addr().port(),
+                "modes": ["aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize"],
+                "experiments": [],
+                "heartbeat_interval": HEARTBEAT_INTERVAL_MS,
+            }});
+            info!(
+                user = a.user_id,
+                channel = a.channel_id,
+                "voice gateway identified"
+            );
+            *me = Some(a);
+            w.json(ready).await
+        }
+        ClientOp::SelectProtocol(p) => {
+            let Some(a) = me.as_mut() else {
+                return Err(Stop::Close(
+                    close::NOT_AUTHENTICATED,
+                    "identify first".into(),
+                ));
+            };
+            if a.joined {
+                return Err(Stop::Close(
+                    close::ALREADY_AUTHENTICATED,
+                    "protocol already selected".into(),
+                ));
+            }
+            let answer = select_protocol(s, a, &p)
+                .await
+                .map_err(|(c, r)| Stop::Close(c, r))?;
+            a.joined = true;
+            w.json(answer).await?;
+            let others: Vec<String> = s
+                .voice()
+                .users_in(a.guild_id, a.channel_id)
+                .into_iter()
+                .filter(|u| *u != a.user_id)
+                .map(|u| u.to_string())
+                .collect();
+            if !others.is_empty() {
+                w.json(json!({ "op": 11, "d": { "user_ids": others } }))
+                    .await?;
+            }
+            super::service::notify_others(
+                s,
+                a.guild_id,
+                a.channel_id,
+                a.user_id,
+                json!({ "op": 11, "d": { "user_ids": [a.user_id.to_string()] } }),
+            );
+            Ok(())
+        }
+        ClientOp::Heartbeat { t } => {
+            *hb_deadline = Instant::now() + hb_timeout;
+            w.json(json!({ "op": 6, "d": { "t": t } })).await
+        }
+        ClientOp::Speaking => match me {
+            // Accepted; selection uses the audio-level header extension instead.
+            Some(_) => Ok(()),
+            None => Err(Stop::Close(
+                close::NOT_AUTHENTICATED,
+                "identify first".into(),
+            )),
+        },
+        ClientOp::Resume => Err(Stop::Close(
+            close::SESSION_INVALID,
+            "voice resume is not supported yet; rejoin with gateway op 4".into(),
+        )),
+        ClientOp::Unknown(_) => Err(match me {
+            None => Stop::Close(close::NOT_AUTHENTICATED, "identify first".into()),
+            Some(_) => Stop::Close(close::UNKNOWN_OPCODE, "unknown opcode".into()),
+        }),
+    }
+}
+
+fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u16, &'static str)> {
+    let (guild_id, user_id, session_id, token) = (
+        i.server_id,
+        i.user_id,
+        i.session_id.as_str(),
+        i.token.as_str(),
+    );
     let mut v = s.voice();
     let t = v
         .redeem(
@@ -245,34 +335,12 @@ fn identify(
     })
 }
 
-async fn select_protocol(s: &AppState, a: &Authed, d: &Value) -> Result<Value, (u16, String)> {
-    let protocol = d.get("protocol").and_then(Value::as_str).unwrap_or("");
-    if protocol != "webrtc" {
-        return Err((
-            close::UNKNOWN_PROTOCOL,
-            format!("protocol {protocol:?} is not available on this node; use \"webrtc\""),
-        ));
-    }
-    let data = d.get("data").cloned().unwrap_or(Value::Null);
-    let sdp = data
-        .get("sdp")
-        .or_else(|| d.get("sdp"))
-        .and_then(Value::as_str)
-        .ok_or((
-            close::DECODE_ERROR,
-            "select protocol needs data.sdp (the SDP offer)".to_string(),
-        ))?;
-    let slots = match d.get("slots").or_else(|| data.get("slots")) {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .filter(|k| (1..=MAX_SLOTS as u64).contains(k))
-                .ok_or((
-                    close::DECODE_ERROR,
-                    format!("slots must be 1..={MAX_SLOTS}"),
-                ))? as usize,
-        ),
-    };
+async fn select_protocol(
+    s: &AppState,
+    a: &Authed,
+    p: &SelectProtocol,
+) -> Result<Value, (u16, String)> {
+    let (sdp, slots) = (p.sdp.as_str(), p.slots);
     let flags = {
         let v = s.voice();
         let st = v
@@ -283,13 +351,21 @@ async fn select_protocol(s: &AppState, a: &Authed, d: &Value) -> Result<Value, (
     };
     let req = JoinRequest {
         room: RoomId(a.channel_id),
+        guild: GuildId(a.guild_id),
         user: UserId(a.user_id),
         offer: sdp.to_string(),
         flags,
     };
     let ans = s.sfu.join(req).await.map_err(|e| {
         warn!(user = a.user_id, error = %e, "offer refused");
-        (close::DECODE_ERROR, e.to_string())
+        // A full node or a bound reached is no fault of the offer: 4014 (disconnected, do not
+        // retry at once), with the limit named in the reason.
+        let code = if e.is_limit() {
+            close::DISCONNECTED
+        } else {
+            close::DECODE_ERROR
+        };
+        (code, e.to_string())
     })?;
     let expected = slots.unwrap_or(ans.slots.len());
     if ans.slots.len() != expected {

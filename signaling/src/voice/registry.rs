@@ -9,7 +9,8 @@ use lodge_sfu::ParticipantIdx;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+
+use super::outbox::Outbox;
 
 /// How long a voice token stays valid unless configured otherwise.
 pub const VOICE_TOKEN_TTL: Duration = Duration::from_secs(60);
@@ -81,7 +82,7 @@ pub struct PendingToken {
 }
 
 pub struct VoiceConn {
-    pub tx: mpsc::UnboundedSender<VoiceOut>,
+    pub tx: Outbox,
     pub user_id: u64,
     pub guild_id: u64,
     pub channel_id: u64,
@@ -123,6 +124,9 @@ pub struct VoiceRegistry {
     /// when the participant is mapped or leaves.
     early_slots: HashMap<ParticipantIdx, Vec<(u32, Option<u64>)>>,
     next_conn: u64,
+    /// Voice connections closed because the client did not keep up (outbox full or a write
+    /// timed out), since start.
+    pub slow_consumers_closed: u64,
 }
 
 /// Why a voice token was refused (each maps to a voice gateway close code).
@@ -149,6 +153,7 @@ impl VoiceRegistry {
             by_participant: HashMap::new(),
             early_slots: HashMap::new(),
             next_conn: 0,
+            slow_consumers_closed: 0,
         }
     }
 
@@ -317,7 +322,7 @@ mod tests {
     #[test]
     fn slot_changes_before_the_mapping_are_replayed_in_order() {
         let mut r = VoiceRegistry::default();
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = super::super::outbox::outbox(16);
         let conn = r.add_conn(VoiceConn {
             tx,
             user_id: 1,
@@ -332,12 +337,12 @@ mod tests {
         r.slot_changed(idx, 101, Some(11));
         r.slot_changed(idx, 100, None);
         assert!(
-            rx.try_recv().is_err(),
+            rx.try_next().is_none(),
             "nothing can be sent before the mapping"
         );
         r.map_participant(idx, conn);
         let mut got = Vec::new();
-        while let Ok(VoiceOut::Json(v)) = rx.try_recv() {
+        while let Some(VoiceOut::Json(v)) = rx.try_next() {
             got.push((
                 v["d"]["ssrc"].as_u64().unwrap(),
                 v["d"]["user_id"].as_str().unwrap().to_string(),
@@ -355,7 +360,7 @@ mod tests {
         assert_eq!(r.conns[&conn].slots, HashMap::from([(101, 11)]));
         // Once mapped, changes go straight out.
         r.slot_changed(idx, 102, Some(12));
-        assert!(matches!(rx.try_recv(), Ok(VoiceOut::Json(_))));
+        assert!(matches!(rx.try_next(), Some(VoiceOut::Json(_))));
         // What was kept for a participant that leaves unmapped is dropped.
         r.slot_changed(ParticipantIdx(8), 1, Some(1));
         r.participant_left(ParticipantIdx(8));

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use super::outbox::Outbox;
 use super::registry::{VoiceOut, VoiceState};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -81,10 +82,7 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
         _ => None,
     };
 
-    let mut close_old: Option<(
-        mpsc::UnboundedSender<VoiceOut>,
-        Option<lodge_sfu::ParticipantIdx>,
-    )> = None;
+    let mut close_old: Option<OldConn> = None;
     let mut edge_msgs: Vec<(u64, lodge_edge::Control)> = Vec::new();
     let (vs_json, token, flags_update) = {
         let mut v = s.voice();
@@ -207,10 +205,7 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
     Ok(())
 }
 
-type OldConn = (
-    mpsc::UnboundedSender<VoiceOut>,
-    Option<lodge_sfu::ParticipantIdx>,
-);
+type OldConn = (Outbox, Option<lodge_sfu::ParticipantIdx>);
 
 /// Put a (new) voice state in place of the user's current one: the old voice connection is
 /// returned for closing, a fresh voice token is issued.

@@ -1,0 +1,35 @@
+//! Voice gateway payloads: `client_op::parse`, the function the voice gateway itself reads every
+//! client frame with. Never a panic; every refusal carries a close code of the 4000 range and a
+//! reason; what is accepted is within the protocol's bounds and parses the same once re-encoded.
+#![no_main]
+use lodge_signaling::voice::client_op::{parse, ClientOp};
+use serde_json::json;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match parse(text) {
+        Err(r) => {
+            assert!((4000..5000).contains(&r.code), "close code {}", r.code);
+            assert!(!r.reason.is_empty());
+        }
+        Ok(ClientOp::Identify(i)) => {
+            let again = json!({ "op": 0, "d": {
+                "server_id": i.server_id.to_string(), "user_id": i.user_id,
+                "session_id": i.session_id, "token": i.token,
+            }});
+            assert_eq!(parse(&again.to_string()), Ok(ClientOp::Identify(i)));
+        }
+        Ok(ClientOp::SelectProtocol(p)) => {
+            if let Some(k) = p.slots {
+                assert!((1..=lodge_sfu::MAX_SLOTS).contains(&k), "slots {k}");
+            }
+            let again = json!({ "op": 1, "d": {
+                "protocol": "webrtc", "data": { "sdp": p.sdp }, "slots": p.slots,
+            }});
+            assert_eq!(parse(&again.to_string()), Ok(ClientOp::SelectProtocol(p)));
+        }
+        Ok(_) => {}
+    }
+});

@@ -1,0 +1,251 @@
+//! What a voice gateway client may send, parsed by one pure function the server itself uses
+//! (and `fuzz/` fuzzes): a text frame in, a [`ClientOp`] or the close code and reason out. No
+//! state, no I/O: whether an op is allowed *now* (identified or not) is the connection's call.
+
+use lodge_sfu::MAX_SLOTS;
+use serde_json::Value;
+
+use super::gateway::{close, MAX_PAYLOAD};
+
+/// One client payload, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientOp {
+    /// Op 0.
+    Identify(Identify),
+    /// Op 1.
+    SelectProtocol(SelectProtocol),
+    /// Op 3; `t` is echoed in the ACK (the nonce under `d.t`, or `d` itself when a number).
+    Heartbeat { t: Value },
+    /// Op 5: accepted and ignored (speakers are selected by the audio-level extension).
+    Speaking,
+    /// Op 7.
+    Resume,
+    /// Any other op, or none.
+    Unknown(Option<u64>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identify {
+    /// The guild.
+    pub server_id: u64,
+    pub user_id: u64,
+    pub session_id: String,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectProtocol {
+    /// The SDP offer (`d.data.sdp`, or `d.sdp`).
+    pub sdp: String,
+    /// Speaker slots the client asked for (`d.slots` or `d.data.slots`), 1..=[`MAX_SLOTS`].
+    pub slots: Option<usize>,
+}
+
+/// A payload refused: which op it claimed to be (if any) and the close code and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub op: Option<u64>,
+    pub code: u16,
+    pub reason: String,
+}
+
+fn refuse(op: Option<u64>, code: u16, reason: impl Into<String>) -> Refused {
+    Refused {
+        op,
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// Parse one text frame. Never panics; every refusal carries a close code and a reason that
+/// names what was wrong (and the limit, for sizes).
+pub fn parse(text: &str) -> Result<ClientOp, Refused> {
+    if text.len() > MAX_PAYLOAD {
+        return Err(refuse(
+            None,
+            close::DECODE_ERROR,
+            format!("payload larger than {MAX_PAYLOAD} bytes"),
+        ));
+    }
+    let msg: Value = serde_json::from_str(text)
+        .map_err(|_| refuse(None, close::DECODE_ERROR, "payload is not valid JSON"))?;
+    let op = msg.get("op").and_then(Value::as_u64);
+    let d = msg.get("d").unwrap_or(&Value::Null);
+    match op {
+        Some(0) => identify(d).map(ClientOp::Identify),
+        Some(1) => select_protocol(d).map(ClientOp::SelectProtocol),
+        Some(3) => Ok(ClientOp::Heartbeat {
+            t: d.get("t").cloned().unwrap_or_else(|| {
+                if d.is_number() {
+                    d.clone()
+                } else {
+                    Value::Null
+                }
+            }),
+        }),
+        Some(5) => Ok(ClientOp::Speaking),
+        Some(7) => Ok(ClientOp::Resume),
+        other => Ok(ClientOp::Unknown(other)),
+    }
+}
+
+/// A snowflake given as a string or a number.
+fn snowflake(d: &Value, key: &str) -> Option<u64> {
+    match d.get(key)? {
+        Value::String(v) => v.parse().ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
+}
+
+fn identify(d: &Value) -> Result<Identify, Refused> {
+    let bad = |reason: &str| refuse(Some(0), close::DECODE_ERROR, reason);
+    let (Some(server_id), Some(user_id)) = (snowflake(d, "server_id"), snowflake(d, "user_id"))
+    else {
+        return Err(bad("identify needs server_id and user_id"));
+    };
+    let session_id = d
+        .get("session_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("identify needs session_id"))?;
+    let token = d
+        .get("token")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("identify needs token"))?;
+    Ok(Identify {
+        server_id,
+        user_id,
+        session_id: session_id.to_string(),
+        token: token.to_string(),
+    })
+}
+
+fn select_protocol(d: &Value) -> Result<SelectProtocol, Refused> {
+    let protocol = d.get("protocol").and_then(Value::as_str).unwrap_or("");
+    if protocol != "webrtc" {
+        return Err(refuse(
+            Some(1),
+            close::UNKNOWN_PROTOCOL,
+            format!("protocol {protocol:?} is not available on this node; use \"webrtc\""),
+        ));
+    }
+    let data = d.get("data").unwrap_or(&Value::Null);
+    let sdp = data
+        .get("sdp")
+        .or_else(|| d.get("sdp"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            refuse(
+                Some(1),
+                close::DECODE_ERROR,
+                "select protocol needs data.sdp (the SDP offer)",
+            )
+        })?;
+    let slots = match d.get("slots").or_else(|| data.get("slots")) {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|k| (1..=MAX_SLOTS as u64).contains(k))
+                .ok_or_else(|| {
+                    refuse(
+                        Some(1),
+                        close::DECODE_ERROR,
+                        format!("slots must be 1..={MAX_SLOTS}"),
+                    )
+                })? as usize,
+        ),
+    };
+    Ok(SelectProtocol {
+        sdp: sdp.to_string(),
+        slots,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn code(text: &str) -> u16 {
+        parse(text).unwrap_err().code
+    }
+
+    #[test]
+    fn table() {
+        assert_eq!(
+            parse(r#"{"op":0,"d":{"server_id":"1","user_id":2,"session_id":"s","token":"t"}}"#),
+            Ok(ClientOp::Identify(Identify {
+                server_id: 1,
+                user_id: 2,
+                session_id: "s".into(),
+                token: "t".into()
+            }))
+        );
+        assert_eq!(
+            parse(r#"{"op":1,"d":{"protocol":"webrtc","data":{"sdp":"v=0"},"slots":3}}"#),
+            Ok(ClientOp::SelectProtocol(SelectProtocol {
+                sdp: "v=0".into(),
+                slots: Some(3)
+            }))
+        );
+        assert_eq!(
+            parse(r#"{"op":1,"d":{"protocol":"webrtc","sdp":"v=0","data":{"slots":null}}}"#),
+            Ok(ClientOp::SelectProtocol(SelectProtocol {
+                sdp: "v=0".into(),
+                slots: None
+            }))
+        );
+        assert_eq!(
+            parse(r#"{"op":3,"d":{"t":1234,"seq_ack":1}}"#),
+            Ok(ClientOp::Heartbeat { t: json!(1234) })
+        );
+        assert_eq!(
+            parse(r#"{"op":3,"d":99}"#),
+            Ok(ClientOp::Heartbeat { t: json!(99) })
+        );
+        assert_eq!(
+            parse(r#"{"op":3}"#),
+            Ok(ClientOp::Heartbeat { t: Value::Null })
+        );
+        assert_eq!(parse(r#"{"op":5,"d":{}}"#), Ok(ClientOp::Speaking));
+        assert_eq!(parse(r#"{"op":7,"d":{}}"#), Ok(ClientOp::Resume));
+        assert_eq!(parse(r#"{"op":42}"#), Ok(ClientOp::Unknown(Some(42))));
+        assert_eq!(parse(r#"{"op":"0"}"#), Ok(ClientOp::Unknown(None)));
+        assert_eq!(parse("[1,2]"), Ok(ClientOp::Unknown(None)));
+
+        assert_eq!(code("{"), close::DECODE_ERROR);
+        assert_eq!(code(&" ".repeat(MAX_PAYLOAD + 1)), close::DECODE_ERROR);
+        assert!(parse(&" ".repeat(MAX_PAYLOAD + 1))
+            .unwrap_err()
+            .reason
+            .contains(&MAX_PAYLOAD.to_string()));
+        assert_eq!(
+            code(r#"{"op":0,"d":{"server_id":"x","user_id":2,"session_id":"s","token":"t"}}"#),
+            close::DECODE_ERROR
+        );
+        assert_eq!(
+            code(r#"{"op":0,"d":{"server_id":1,"user_id":2,"token":"t"}}"#),
+            close::DECODE_ERROR
+        );
+        assert_eq!(
+            code(r#"{"op":0,"d":{"server_id":1,"user_id":2,"session_id":"s","token":7}}"#),
+            close::DECODE_ERROR
+        );
+        assert_eq!(
+            code(r#"{"op":1,"d":{"protocol":"udp","data":{}}}"#),
+            close::UNKNOWN_PROTOCOL
+        );
+        assert_eq!(
+            code(r#"{"op":1,"d":{"protocol":"webrtc","data":{}}}"#),
+            close::DECODE_ERROR
+        );
+        for slots in ["0", "17", "-1", "2.5", "\"3\""] {
+            let r = parse(&format!(
+                r#"{{"op":1,"d":{{"protocol":"webrtc","data":{{"sdp":"v=0"}},"slots":{slots}}}}}"#
+            ))
+            .unwrap_err();
+            assert_eq!((r.op, r.code), (Some(1), close::DECODE_ERROR), "{slots}");
+            assert!(r.reason.contains("1..=16"), "{}", r.reason);
+        }
+    }
+}
