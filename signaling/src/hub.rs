@@ -6,7 +6,9 @@
 //! skips a session that a dispatch's intent or its session/user target rules out, so a crowd
 //! of sessions without GUILD_VOICE_STATES is not woken for every voice state change. What the
 //! hub cannot rule out cheaply (guild membership, VIEW_CHANNEL) the session still filters, and
-//! each session's queue keeps publish order.
+//! each session's queue keeps publish order. A voice move is one dispatch with two bodies (the
+//! move, and a leave for sessions that may view only the channel left), so a session never
+//! sees the two halves of a move out of order or one without the other.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,6 +47,32 @@ pub struct Dispatch {
     pub redacted: Option<Arc<str>>,
     /// Users who always get the full message (author and mentioned users).
     pub full_for: Vec<u64>,
+    /// For an event that takes something out of one channel into another (a voice move): the
+    /// channel left and the body for sessions that may view it but not `channel_id`.
+    pub left: Option<Left>,
+    /// A member the event is about (a presence): once they are no longer a member of the
+    /// guild, sessions drop it, however late it was published.
+    pub about: Option<u64>,
+}
+
+/// The other side of a move: sessions whose user may view `channel_id` but not the
+/// dispatch's channel get `json` (a leave) instead of the dispatch's body; sessions that may view
+/// neither get nothing.
+#[derive(Debug)]
+pub struct Left {
+    pub channel_id: u64,
+    /// `d` of the leave, serialized.
+    pub json: Arc<str>,
+}
+
+/// Which of a dispatch's bodies a session gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    Full,
+    /// `redacted`: a message event for a session without MESSAGE_CONTENT.
+    Redacted,
+    /// `left.json`: the session may view only the channel left.
+    Left,
 }
 
 impl Dispatch {
@@ -55,6 +83,15 @@ impl Dispatch {
             Target::Session(id) => id == session_id,
             Target::User(u) => *u == user_id,
             Target::Guild(_) => true,
+        }
+    }
+
+    /// The serialized `d` a session gets; `json` when the dispatch has no such body.
+    pub fn body(&self, body: Body) -> &str {
+        match body {
+            Body::Full => &self.json,
+            Body::Redacted => self.redacted.as_deref().unwrap_or(&self.json),
+            Body::Left => self.left.as_ref().map_or(&*self.json, |l| &l.json),
         }
     }
 
@@ -252,6 +289,55 @@ impl Hub {
             json,
             redacted: None,
             full_for: Vec::new(),
+            left: None,
+            about: None,
+        });
+    }
+
+    /// A guild event about one member (a presence): dropped for every session once `member`
+    /// has left the guild, even if it was published after (from a guild list read before).
+    pub fn send_about(&self, guild_id: u64, member: u64, t: &'static str, d: Value) {
+        self.deliver(Dispatch {
+            target: Target::Guild(guild_id),
+            channel_id: None,
+            guild_id: Some(guild_id),
+            t,
+            json: d.to_string().into(),
+            redacted: None,
+            full_for: Vec::new(),
+            left: None,
+            about: Some(member),
+        });
+    }
+
+    /// A move from channel `from` to channel `to` of a guild: `d` for sessions that may view
+    /// `to`, `left` (the same event saying the subject left, `channel_id: null`) for those that
+    /// may view only `from`, nothing for the others. Both bodies are serialized once, here.
+    pub fn send_move(
+        &self,
+        guild_id: u64,
+        from: u64,
+        to: u64,
+        t: &'static str,
+        d: Value,
+        left: Value,
+    ) {
+        if changes_visibility(t) {
+            self.invalidate(guild_id);
+        }
+        self.deliver(Dispatch {
+            target: Target::Guild(guild_id),
+            channel_id: Some(to),
+            guild_id: Some(guild_id),
+            t,
+            json: d.to_string().into(),
+            redacted: None,
+            full_for: Vec::new(),
+            left: (from != to).then(|| Left {
+                channel_id: from,
+                json: left.to_string().into(),
+            }),
+            about: None,
         });
     }
 
@@ -280,6 +366,8 @@ impl Hub {
             json,
             redacted: Some(redacted),
             full_for,
+            left: None,
+            about: None,
         });
     }
 }
@@ -406,6 +494,70 @@ mod tests {
             json!({}),
         );
         assert!(hub.epoch(2) > a, "epochs never repeat across guilds");
+    }
+
+    #[test]
+    fn a_move_is_one_dispatch_in_publish_order_with_both_bodies() {
+        let hub = Hub::new();
+        let mut s = hub.subscribe(intents::ALL);
+        s.identified("s", 1);
+        hub.send(
+            Target::Guild(3),
+            Some(3),
+            Some(10),
+            "VOICE_STATE_UPDATE",
+            json!({ "channel_id": "10" }),
+        );
+        hub.send_move(
+            3,
+            10,
+            20,
+            "VOICE_STATE_UPDATE",
+            json!({ "channel_id": "20" }),
+            json!({ "channel_id": null }),
+        );
+        hub.send(
+            Target::Guild(3),
+            Some(3),
+            Some(20),
+            "VOICE_STATE_UPDATE",
+            json!({ "channel_id": "20", "self_mute": true }),
+        );
+        let got: Vec<Arc<Dispatch>> = std::iter::from_fn(|| s.rx.try_recv().ok()).collect();
+        assert_eq!(got.len(), 3, "one dispatch per event, in publish order");
+        let mv = &got[1];
+        assert_eq!(
+            (mv.channel_id, mv.left.as_ref().map(|l| l.channel_id)),
+            (Some(20), Some(10))
+        );
+        assert_eq!(mv.body(Body::Full), r#"{"channel_id":"20"}"#);
+        assert_eq!(mv.body(Body::Left), r#"{"channel_id":null}"#);
+        assert!(got[0].left.is_none() && got[2].left.is_none());
+        assert_eq!(
+            got[2].body(Body::Left),
+            got[2].body(Body::Full),
+            "no leave body: the full one"
+        );
+        // Rejoining the same channel is no move.
+        hub.send_move(3, 20, 20, "VOICE_STATE_UPDATE", json!({}), json!({}));
+        assert!(s.rx.try_recv().unwrap().left.is_none());
+    }
+
+    #[test]
+    fn a_presence_names_the_member_it_is_about() {
+        let hub = Hub::new();
+        let mut s = hub.subscribe(intents::GUILDS);
+        s.identified("s", 1);
+        hub.send_about(3, 7, "PRESENCE_UPDATE", json!({}));
+        assert!(
+            s.rx.try_recv().is_err(),
+            "without GUILD_PRESENCES the session is not woken"
+        );
+        let mut p = hub.subscribe(intents::GUILD_PRESENCES);
+        p.identified("p", 2);
+        hub.send_about(3, 7, "PRESENCE_UPDATE", json!({}));
+        let d = p.rx.try_recv().unwrap();
+        assert_eq!((d.target.clone(), d.about), (Target::Guild(3), Some(7)));
     }
 
     #[tokio::test]

@@ -1111,3 +1111,159 @@ async fn web_pages_carry_security_headers() {
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains(".legend i.in"));
 }
+
+/// A voice channel only `@everyone` cannot view and `role` can; returns its id.
+async fn voice_channel_for(n: &Node, owner: &str, g: &str, name: &str, role: &str) -> String {
+    let (st, c) = n
+        .req(
+            "POST",
+            &format!("/guilds/{g}/channels"),
+            Some(owner),
+            Some(json!({ "name": name, "type": 2, "permission_overwrites": [
+                { "id": g, "type": 0, "allow": "0", "deny": VIEW_CHANNEL.to_string() },
+                { "id": role, "type": 0, "allow": VIEW_CHANNEL.to_string(), "deny": "0" }] })),
+        )
+        .await;
+    assert_eq!(st, 201, "{c}");
+    c["id"].as_str().unwrap().to_string()
+}
+
+/// A voice move from a channel some members may view to one they may not: those who may view
+/// only the channel left hear that the user left it (`channel_id: null`), those who may view
+/// both hear the move, those who may view neither hear nothing. By op 4 and by a moderator's
+/// move alike.
+#[tokio::test]
+async fn voice_moves_tell_each_member_what_they_may_see() {
+    let n = node().await;
+    let (_, owner) = n.user("owner").await;
+    let (mover_id, mover) = n.user("mover").await;
+    let (only_a_id, only_a) = n.user("only_a").await;
+    let (_, neither) = n.user("neither").await;
+    let (g, general, public) = n.guild(&owner).await;
+    for t in [&mover, &only_a, &neither] {
+        n.invite_and_join(&owner, &general, t).await;
+    }
+    let sees_a = role(&n, &owner, &g, "sees a", 0, 1, &[&mover_id, &only_a_id]).await;
+    let sees_b = role(&n, &owner, &g, "sees b", 0, 2, &[&mover_id]).await;
+    let a = voice_channel_for(&n, &owner, &g, "a", &sees_a).await;
+    let b = voice_channel_for(&n, &owner, &g, "b", &sees_b).await;
+    // The owner may view both channels.
+    let (mut wo, _) = gateway(&n, &owner).await;
+    let (mut wa, _) = gateway(&n, &only_a).await;
+    let (mut wn, _) = gateway(&n, &neither).await;
+    let (mut wm, ready) = gateway(&n, &mover).await;
+    let session = ready["session_id"].as_str().unwrap().to_string();
+
+    async fn heard(w: &mut Ws) -> (Value, Value, Value) {
+        let d = dispatch(w, "VOICE_STATE_UPDATE").await;
+        (
+            d["user_id"].clone(),
+            d["channel_id"].clone(),
+            d["session_id"].clone(),
+        )
+    }
+    let moved = |ch: &str| (json!(mover_id), json!(ch), json!(session));
+    let left = (json!(mover_id), Value::Null, json!(session));
+
+    voice_join(&mut wm, &g, &a, false).await;
+    assert_eq!(heard(&mut wa).await, moved(&a), "the join of a");
+    assert_eq!(heard(&mut wo).await, moved(&a));
+    // Op 4 from a to b.
+    voice_join(&mut wm, &g, &b, false).await;
+    assert_eq!(
+        heard(&mut wa).await,
+        left,
+        "only_a must hear the mover leave a"
+    );
+    assert_eq!(heard(&mut wo).await, moved(&b), "the owner hears the move");
+    // A moderator's moves: b to a, then a to b.
+    for (to, only_a_hears) in [(&a, moved(&a)), (&b, left.clone())] {
+        let (st, v) = n
+            .req(
+                "PATCH",
+                &format!("/guilds/{g}/members/{mover_id}"),
+                Some(&owner),
+                Some(json!({ "channel_id": to })),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(heard(&mut wa).await, only_a_hears, "moved to {to}");
+        assert_eq!(heard(&mut wo).await, moved(to));
+    }
+    // Into a channel everyone may view: the first voice state `neither` hears is this one.
+    voice_join(&mut wm, &g, &public, false).await;
+    assert_eq!(heard(&mut wa).await, moved(&public));
+    assert_eq!(
+        heard(&mut wn).await,
+        moved(&public),
+        "neither heard of a or b"
+    );
+}
+
+/// Item 3 (presence): once a member is kicked or banned, nothing more about their presence
+/// reaches the guild, not even a presence update whose guild list was read before the removal
+/// (published after GUILD_MEMBER_REMOVE, as a broadcast racing the kick would be).
+#[tokio::test]
+async fn a_removed_members_presence_no_longer_reaches_the_guild() {
+    let n = node().await;
+    let (_, owner) = n.user("owner").await;
+    let (_, bystander) = n.user("bystander").await;
+    let (kicked_id, kicked) = n.user("kicked").await;
+    let (banned_id, banned) = n.user("banned").await;
+    let (g, general, _) = n.guild(&owner).await;
+    for t in [&bystander, &kicked, &banned] {
+        n.invite_and_join(&owner, &general, t).await;
+    }
+    let (mut wb, _) = gateway(&n, &bystander).await;
+    let (mut wk, _) = gateway(&n, &kicked).await;
+    let (mut wx, _) = gateway(&n, &banned).await;
+    let state = &n.run.as_ref().unwrap().state;
+    let gid: u64 = g.parse().unwrap();
+    for (who, w, how) in [
+        (&kicked_id, &mut wk, "DELETE"),
+        (&banned_id, &mut wx, "PUT"),
+    ] {
+        let path = if how == "DELETE" {
+            format!("/guilds/{g}/members/{who}")
+        } else {
+            format!("/guilds/{g}/bans/{who}")
+        };
+        let (st, v) = n.req(how, &path, Some(&owner), None).await;
+        assert_eq!(st, 204, "{v}");
+        loop {
+            let v = json(&mut wb).await;
+            if v["t"] == "GUILD_MEMBER_REMOVE" {
+                assert_eq!(v["d"]["user"]["id"], who.as_str());
+                break;
+            }
+        }
+        // A stale broadcast, and the removed user's own status change.
+        lodge_signaling::gateway::presence::publish(
+            state,
+            gid,
+            who.parse().unwrap(),
+            "dnd",
+            &json!([]),
+        );
+        send(w, json!({ "op": 3, "d": { "status": "idle", "activities": [], "since": null, "afk": false } })).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (st, m) = post(
+            &n,
+            &owner,
+            &general,
+            json!({ "content": format!("after {how}") }),
+        )
+        .await;
+        assert_eq!(st, 200, "{m}");
+        loop {
+            let v = json(&mut wb).await;
+            assert_ne!(
+                v["t"], "PRESENCE_UPDATE",
+                "the bystander heard of a removed member: {v}"
+            );
+            if v["t"] == "MESSAGE_CREATE" {
+                break;
+            }
+        }
+    }
+}

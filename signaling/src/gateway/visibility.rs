@@ -51,15 +51,7 @@ impl VisibilityCache {
         user: u64,
     ) -> bool {
         let view = async {
-            let g = self.slot(guild, epoch, |m| &mut m.guild);
-            let g = g
-                .get_or_try_init(|| async {
-                    let gd = store.guild(guild).await?;
-                    let roles = store.roles(guild).await?;
-                    Ok::<_, ChatError>(Arc::new((gd, roles)))
-                })
-                .await?
-                .clone();
+            let g = self.guild(store, epoch, guild).await?;
             let c = self.keyed(guild, epoch, |m| &mut m.channels, channel);
             let c = c
                 .get_or_try_init(|| async {
@@ -70,13 +62,7 @@ impl VisibilityCache {
             if c.guild_id != guild {
                 return Ok(false);
             }
-            let m = self.keyed(guild, epoch, |m| &mut m.members, user);
-            let mine = m
-                .get_or_try_init(|| async {
-                    Ok::<_, ChatError>(Arc::new(store.member_role_ids(&g.0, user).await?))
-                })
-                .await?
-                .clone();
+            let mine = self.member_roles(store, epoch, &g, user).await?;
             let Some(mine) = mine.as_ref() else {
                 return Ok(false);
             };
@@ -86,6 +72,49 @@ impl VisibilityCache {
             )
         };
         view.await.unwrap_or(false)
+    }
+
+    /// Is `user` a member of `guild`, as of the guild's `epoch`? Errors mean no.
+    pub async fn is_member(&self, store: &Store, epoch: u64, guild: u64, user: u64) -> bool {
+        let member = async {
+            let g = self.guild(store, epoch, guild).await?;
+            Ok::<_, ChatError>(self.member_roles(store, epoch, &g, user).await?.is_some())
+        };
+        member.await.unwrap_or(false)
+    }
+
+    async fn guild(
+        &self,
+        store: &Store,
+        epoch: u64,
+        guild: u64,
+    ) -> Result<Arc<(Guild, Vec<Role>)>, ChatError> {
+        let g = self.slot(guild, epoch, |m| &mut m.guild);
+        let g = g
+            .get_or_try_init(|| async {
+                let gd = store.guild(guild).await?;
+                let roles = store.roles(guild).await?;
+                Ok::<_, ChatError>(Arc::new((gd, roles)))
+            })
+            .await?;
+        Ok(g.clone())
+    }
+
+    /// The member's role ids; `None` for someone who is not a member.
+    async fn member_roles(
+        &self,
+        store: &Store,
+        epoch: u64,
+        g: &(Guild, Vec<Role>),
+        user: u64,
+    ) -> Result<Arc<Option<Vec<u64>>>, ChatError> {
+        let m = self.keyed(g.0.id, epoch, |m| &mut m.members, user);
+        let mine = m
+            .get_or_try_init(|| async {
+                Ok::<_, ChatError>(Arc::new(store.member_role_ids(&g.0, user).await?))
+            })
+            .await?;
+        Ok(mine.clone())
     }
 
     /// Run `f` on the guild's maps as of `epoch`: a newer epoch empties them first. `None` for
