@@ -50,6 +50,9 @@ pub struct Dispatch {
     /// For an event that takes something out of one channel into another (a voice move): the
     /// channel left and the body for sessions that may view it but not `channel_id`.
     pub left: Option<Left>,
+    /// For a reply to a message in another channel: the bodies without the referenced message,
+    /// for sessions whose user may not read that channel.
+    pub reference: Option<Reference>,
     /// A member the event is about (a presence): once they are no longer a member of the
     /// guild, sessions drop it, however late it was published.
     pub about: Option<u64>,
@@ -65,6 +68,16 @@ pub struct Left {
     pub json: Arc<str>,
 }
 
+/// A message event replying to a message in another channel: sessions whose user may not
+/// VIEW_CHANNEL and READ_MESSAGE_HISTORY in `channel_id` get `json` (or `redacted`), the reply
+/// with `referenced_message: null`, instead of the dispatch's bodies.
+#[derive(Debug)]
+pub struct Reference {
+    pub channel_id: u64,
+    pub json: Arc<str>,
+    pub redacted: Arc<str>,
+}
+
 /// Which of a dispatch's bodies a session gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Body {
@@ -73,6 +86,21 @@ pub enum Body {
     Redacted,
     /// `left.json`: the session may view only the channel left.
     Left,
+    /// `reference.json`: the session may not read the referenced message's channel.
+    Unreferenced,
+    /// `reference.redacted`: both of the above.
+    UnreferencedRedacted,
+}
+
+impl Body {
+    /// The same body without a referenced message from another channel.
+    pub fn unreferenced(self) -> Body {
+        match self {
+            Body::Full => Body::Unreferenced,
+            Body::Redacted => Body::UnreferencedRedacted,
+            other => other,
+        }
+    }
 }
 
 impl Dispatch {
@@ -92,6 +120,11 @@ impl Dispatch {
             Body::Full => &self.json,
             Body::Redacted => self.redacted.as_deref().unwrap_or(&self.json),
             Body::Left => self.left.as_ref().map_or(&*self.json, |l| &l.json),
+            Body::Unreferenced => self.reference.as_ref().map_or(&*self.json, |r| &r.json),
+            Body::UnreferencedRedacted => self
+                .reference
+                .as_ref()
+                .map_or(self.body(Body::Redacted), |r| &r.redacted),
         }
     }
 
@@ -290,6 +323,7 @@ impl Hub {
             redacted: None,
             full_for: Vec::new(),
             left: None,
+            reference: None,
             about: None,
         });
     }
@@ -306,6 +340,7 @@ impl Hub {
             redacted: None,
             full_for: Vec::new(),
             left: None,
+            reference: None,
             about: Some(member),
         });
     }
@@ -337,6 +372,7 @@ impl Hub {
                 channel_id: from,
                 json: left.to_string().into(),
             }),
+            reference: None,
             about: None,
         });
     }
@@ -347,17 +383,33 @@ impl Hub {
         guild_id: u64,
         channel_id: u64,
         t: &'static str,
-        mut d: Value,
+        d: Value,
         full_for: Vec<u64>,
     ) {
-        let json: Arc<str> = d.to_string().into();
-        if let Some(o) = d.as_object_mut() {
-            o.insert("content".into(), Value::String(String::new()));
-            o.insert("embeds".into(), Value::Array(vec![]));
-            o.insert("attachments".into(), Value::Array(vec![]));
-            o.insert("components".into(), Value::Array(vec![]));
-        }
-        let redacted: Arc<str> = d.to_string().into();
+        self.send_reply(guild_id, channel_id, t, d, full_for, None);
+    }
+
+    /// A message event that may reply to a message in another channel: `unreferenced` is that
+    /// channel and `d` without the referenced message, for sessions that may not read it.
+    /// Every body (full and redacted, with and without the reference) is serialized here.
+    pub fn send_reply(
+        &self,
+        guild_id: u64,
+        channel_id: u64,
+        t: &'static str,
+        d: Value,
+        full_for: Vec<u64>,
+        unreferenced: Option<(u64, Value)>,
+    ) {
+        let (json, redacted) = with_redacted(d);
+        let reference = unreferenced.map(|(channel_id, d)| {
+            let (json, redacted) = with_redacted(d);
+            Reference {
+                channel_id,
+                json,
+                redacted,
+            }
+        });
         self.deliver(Dispatch {
             target: Target::Guild(guild_id),
             channel_id: Some(channel_id),
@@ -367,9 +419,23 @@ impl Hub {
             redacted: Some(redacted),
             full_for,
             left: None,
+            reference,
             about: None,
         });
     }
+}
+
+/// A message's `d` serialized, and again with content, embeds, attachments and components
+/// emptied (for sessions without MESSAGE_CONTENT).
+fn with_redacted(mut d: Value) -> (Arc<str>, Arc<str>) {
+    let json: Arc<str> = d.to_string().into();
+    if let Some(o) = d.as_object_mut() {
+        o.insert("content".into(), Value::String(String::new()));
+        o.insert("embeds".into(), Value::Array(vec![]));
+        o.insert("attachments".into(), Value::Array(vec![]));
+        o.insert("components".into(), Value::Array(vec![]));
+    }
+    (json, d.to_string().into())
 }
 
 impl Default for Hub {
@@ -541,6 +607,36 @@ mod tests {
         // Rejoining the same channel is no move.
         hub.send_move(3, 20, 20, "VOICE_STATE_UPDATE", json!({}), json!({}));
         assert!(s.rx.try_recv().unwrap().left.is_none());
+    }
+
+    #[test]
+    fn a_cross_channel_reply_carries_four_bodies_serialized_once() {
+        let hub = Hub::new();
+        let mut s = hub.subscribe(intents::ALL);
+        s.identified("s", 1);
+        let d = json!({ "content": "see staff", "referenced_message": { "content": "secret" } });
+        let without = json!({ "content": "see staff", "referenced_message": null });
+        hub.send_reply(3, 10, "MESSAGE_CREATE", d, vec![1], Some((20, without)));
+        let d = s.rx.try_recv().unwrap();
+        assert_eq!(d.reference.as_ref().map(|r| r.channel_id), Some(20));
+        let body = |b| serde_json::from_str::<Value>(d.body(b)).unwrap();
+        assert_eq!(body(Body::Full)["referenced_message"]["content"], "secret");
+        assert_eq!(body(Body::Redacted)["content"], "");
+        assert_eq!(
+            body(Body::Unreferenced),
+            json!({ "content": "see staff", "referenced_message": null })
+        );
+        let r = body(Body::Redacted.unreferenced());
+        assert_eq!(
+            (r["content"].clone(), r["referenced_message"].clone()),
+            (json!(""), Value::Null)
+        );
+        // A message without a cross-channel reference has only the two bodies.
+        hub.send_message(3, 10, "MESSAGE_CREATE", json!({ "content": "x" }), vec![]);
+        let d = s.rx.try_recv().unwrap();
+        assert!(d.reference.is_none());
+        assert_eq!(d.body(Body::Unreferenced), d.body(Body::Full));
+        assert_eq!(d.body(Body::UnreferencedRedacted), d.body(Body::Redacted));
     }
 
     #[test]

@@ -160,7 +160,7 @@ async fn replies_never_carry_messages_the_reader_cannot_see() {
         "the owner reads it"
     );
     let reply_id = reply["id"].as_str().unwrap().to_string();
-    // The dispatch goes to everyone in #general: no referenced message from another channel.
+    // The dispatch goes to everyone in #general: pleb's carries no message from #staff.
     let d = loop {
         let d = dispatch(&mut wp, "MESSAGE_CREATE").await;
         if d["id"] == reply_id.as_str() {
@@ -1114,14 +1114,21 @@ async fn web_pages_carry_security_headers() {
 
 /// A voice channel only `@everyone` cannot view and `role` can; returns its id.
 async fn voice_channel_for(n: &Node, owner: &str, g: &str, name: &str, role: &str) -> String {
+    channel_for(n, owner, g, name, 2, role).await
+}
+
+/// A channel of `kind` that `@everyone` cannot view and `role` can; returns its id.
+async fn channel_for(n: &Node, owner: &str, g: &str, name: &str, kind: u8, role: &str) -> String {
     let (st, c) = n
         .req(
             "POST",
             &format!("/guilds/{g}/channels"),
             Some(owner),
-            Some(json!({ "name": name, "type": 2, "permission_overwrites": [
+            Some(
+                json!({ "name": name, "type": kind, "permission_overwrites": [
                 { "id": g, "type": 0, "allow": "0", "deny": VIEW_CHANNEL.to_string() },
-                { "id": role, "type": 0, "allow": VIEW_CHANNEL.to_string(), "deny": "0" }] })),
+                { "id": role, "type": 0, "allow": VIEW_CHANNEL.to_string(), "deny": "0" }] }),
+            ),
         )
         .await;
     assert_eq!(st, 201, "{c}");
@@ -1265,5 +1272,119 @@ async fn a_removed_members_presence_no_longer_reaches_the_guild() {
                 break;
             }
         }
+    }
+}
+
+/// A gateway session with `intents`; returns the socket once READY has arrived.
+async fn gateway_with(n: &Node, token: &str, intents: u64) -> Ws {
+    let mut w = ws(&n.gateway_url()).await;
+    json(&mut w).await;
+    send(
+        &mut w,
+        json!({ "op": 2, "d": { "token": token, "intents": intents, "properties": {} } }),
+    )
+    .await;
+    dispatch(&mut w, "READY").await;
+    w
+}
+
+/// The next `t` dispatch about message `id`.
+async fn about_message(w: &mut Ws, t: &str, id: &str) -> Value {
+    loop {
+        let d = dispatch(w, t).await;
+        if d["id"] == id {
+            return d;
+        }
+    }
+}
+
+/// A reply to a message in another channel reaches each session as its user may read it: with
+/// `referenced_message` for those who may VIEW_CHANNEL and READ_MESSAGE_HISTORY where the
+/// referenced message is, `null` for the others, on MESSAGE_CREATE and MESSAGE_UPDATE alike,
+/// and with or without MESSAGE_CONTENT.
+#[tokio::test]
+async fn cross_channel_replies_carry_the_referenced_message_to_those_who_may_read_it() {
+    const MESSAGE_CONTENT: u64 = 1 << 15;
+    let n = node().await;
+    let (_, owner) = n.user("owner").await;
+    let (staffer_id, staffer) = n.user("staffer").await;
+    let (_, pleb) = n.user("pleb").await;
+    let (g, general, _) = n.guild(&owner).await;
+    for t in [&staffer, &pleb] {
+        n.invite_and_join(&owner, &general, t).await;
+    }
+    let staff_role = role(&n, &owner, &g, "staff", 0, 1, &[&staffer_id]).await;
+    let staff = channel_for(&n, &owner, &g, "staff", 0, &staff_role).await;
+    let news = channel_denying(&n, &owner, &g, "news", 0, READ_MESSAGE_HISTORY).await;
+    let (_, secret) = post(&n, &owner, &staff, json!({ "content": "launch at dawn" })).await;
+    let (_, headline) = post(&n, &owner, &news, json!({ "content": "old headline" })).await;
+    let all = 131071;
+    let mut wo = gateway_with(&n, &owner, all).await;
+    let mut ws_ = gateway_with(&n, &staffer, all).await;
+    let mut wp = gateway_with(&n, &pleb, all).await;
+    let mut ws_bot = gateway_with(&n, &staffer, all & !MESSAGE_CONTENT).await;
+    let mut wp_bot = gateway_with(&n, &pleb, all & !MESSAGE_CONTENT).await;
+
+    let (st, reply) = post(
+        &n,
+        &owner,
+        &general,
+        json!({ "content": "see staff",
+            "message_reference": { "message_id": secret["id"], "channel_id": staff } }),
+    )
+    .await;
+    assert_eq!(st, 200, "{reply}");
+    let id = reply["id"].as_str().unwrap().to_string();
+    let (st, edited) = n
+        .req(
+            "PATCH",
+            &format!("/channels/{general}/messages/{id}"),
+            Some(&owner),
+            Some(json!({ "content": "see staff, now" })),
+        )
+        .await;
+    assert_eq!(st, 200, "{edited}");
+    for t in ["MESSAGE_CREATE", "MESSAGE_UPDATE"] {
+        for (who, w) in [("owner", &mut wo), ("staffer", &mut ws_)] {
+            let d = about_message(w, t, &id).await;
+            assert_eq!(
+                d["referenced_message"]["content"], "launch at dawn",
+                "{who} {t}: {d}"
+            );
+            assert!(d["content"].as_str().unwrap().starts_with("see staff"));
+        }
+        let d = about_message(&mut ws_bot, t, &id).await;
+        assert_eq!(
+            (
+                d["content"].as_str(),
+                d["referenced_message"]["id"].as_str()
+            ),
+            (Some(""), secret["id"].as_str()),
+            "a staffer's session without MESSAGE_CONTENT: redacted, with the reference: {d}"
+        );
+        for (w, content) in [(&mut wp, "see staff"), (&mut wp_bot, "")] {
+            let d = about_message(w, t, &id).await;
+            assert!(d["referenced_message"].is_null(), "pleb {t}: {d}");
+            assert_eq!(d["message_reference"]["message_id"], secret["id"]);
+            assert!(d["content"].as_str().unwrap().starts_with(content), "{d}");
+            assert!(!d.to_string().contains("launch"), "{d}");
+        }
+    }
+    // Viewing the referenced channel is not enough: reading its history is needed too.
+    let (st, reply) = post(
+        &n,
+        &owner,
+        &general,
+        json!({ "content": "as reported",
+            "message_reference": { "message_id": headline["id"], "channel_id": news } }),
+    )
+    .await;
+    assert_eq!(st, 200, "{reply}");
+    let id = reply["id"].as_str().unwrap();
+    let d = about_message(&mut wo, "MESSAGE_CREATE", id).await;
+    assert_eq!(d["referenced_message"]["content"], "old headline");
+    for w in [&mut ws_, &mut wp] {
+        let d = about_message(w, "MESSAGE_CREATE", id).await;
+        assert!(d["referenced_message"].is_null(), "{d}");
     }
 }

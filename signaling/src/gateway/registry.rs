@@ -67,8 +67,8 @@ pub struct Session {
     /// A resume must have seen at least this sequence number (the last payload that was sent
     /// but not kept: READY and the identify GUILD_CREATEs).
     replay_floor: u64,
-    /// Guild → (the guild's visibility epoch when cached, channel → may view).
-    pub visible: HashMap<u64, (u64, HashMap<u64, bool>)>,
+    /// Guild → (the guild's visibility epoch when cached, channel → the user's permissions).
+    pub visible: HashMap<u64, (u64, HashMap<u64, lodge_chat::Permissions>)>,
 }
 
 /// Why a resume is refused.
@@ -345,6 +345,7 @@ mod tests {
                 redacted: None,
                 full_for: Vec::new(),
                 left: None,
+                reference: None,
                 about: None,
             }),
             Body::Full,

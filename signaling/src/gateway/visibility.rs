@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
-use lodge_chat::{Channel, ChatError, Guild, Role, Store};
+use lodge_chat::{Channel, ChatError, Guild, Permissions, Role, Store};
 use tokio::sync::OnceCell;
 
 /// More cached members than this in one guild and that guild's member map starts over.
@@ -50,7 +50,23 @@ impl VisibilityCache {
         channel: u64,
         user: u64,
     ) -> bool {
-        let view = async {
+        self.permissions(store, epoch, guild, channel, user)
+            .await
+            .has(Permissions::VIEW_CHANNEL)
+    }
+
+    /// `user`'s permissions in `channel` of `guild`, as of the guild's `epoch`. Errors (unknown
+    /// guild or channel, a channel of another guild, a database failure) and non-members get
+    /// none.
+    pub async fn permissions(
+        &self,
+        store: &Store,
+        epoch: u64,
+        guild: u64,
+        channel: u64,
+        user: u64,
+    ) -> Permissions {
+        let perms = async {
             let g = self.guild(store, epoch, guild).await?;
             let c = self.keyed(guild, epoch, |m| &mut m.channels, channel);
             let c = c
@@ -60,18 +76,21 @@ impl VisibilityCache {
                 .await?
                 .clone();
             if c.guild_id != guild {
-                return Ok(false);
+                return Ok(Permissions(0));
             }
             let mine = self.member_roles(store, epoch, &g, user).await?;
             let Some(mine) = mine.as_ref() else {
-                return Ok(false);
+                return Ok(Permissions(0));
             };
-            Ok::<_, ChatError>(
-                lodge_chat::permissions::of_member(&g.0, &g.1, mine, Some(&c), user)
-                    .has(lodge_chat::Permissions::VIEW_CHANNEL),
-            )
+            Ok::<_, ChatError>(lodge_chat::permissions::of_member(
+                &g.0,
+                &g.1,
+                mine,
+                Some(&c),
+                user,
+            ))
         };
-        view.await.unwrap_or(false)
+        perms.await.unwrap_or(Permissions(0))
     }
 
     /// Is `user` a member of `guild`, as of the guild's `epoch`? Errors mean no.
