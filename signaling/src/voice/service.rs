@@ -206,6 +206,18 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
         ),
     }
     if let Some(token) = token {
+        // A kick or ban between `guild_for` above and the state going in may have run its
+        // voice disconnect before there was a state to end. Reading membership again now
+        // that the state is in place closes that gap: either the removal commits after this
+        // read, and its disconnect (which follows it) finds the state, or this read sees it.
+        if g.owner_id != user.id && !s.store.is_member(g.id, user.id).await? {
+            disconnect_user(s, g.id, user.id).await;
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                50001,
+                "Missing Access",
+            ));
+        }
         info!(
             guild = g.id,
             channel = c.id,
