@@ -470,9 +470,19 @@ impl Store {
         let permissions = permissions & Permissions::ALL;
         let name = check_name("name", name)?;
         let id = self.next_id();
+        // The cap is counted in the creating transaction (PostgreSQL: under the guild's row
+        // lock, SQLite: under the write lock IMMEDIATE takes), so concurrent creations cannot
+        // overshoot it.
+        let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT id FROM guilds WHERE id = $1 FOR UPDATE")
+                .bind(guild_id as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM roles WHERE guild_id = $1")
             .bind(guild_id as i64)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await?;
         if count as usize >= MAX_GUILD_ROLES {
             return Err(ChatError::Limit {
@@ -488,8 +498,9 @@ impl Store {
             .bind(&name)
             .bind(permissions as i64)
             .bind(pos)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(Role {
             id,
             guild_id,

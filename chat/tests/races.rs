@@ -1,8 +1,8 @@
-//! Check-then-act races made atomic (invite `max_uses`, the owned-guild cap), bans against
+//! Check-then-act races made atomic (invite `max_uses`, the owned-guild and role caps), bans against
 //! invites, and usernames unique after folding — on SQLite, and on PostgreSQL when
 //! TEST_POSTGRES_URL is set.
 
-use lodge_chat::store::MAX_OWNED_GUILDS;
+use lodge_chat::store::{MAX_GUILD_ROLES, MAX_OWNED_GUILDS};
 use lodge_chat::*;
 
 async fn store() -> (Store, tempfile::TempDir) {
@@ -97,6 +97,42 @@ async fn the_owned_guild_cap_holds_under_concurrent_creation() {
         .filter(|g| g.owner_id == owner.id)
         .count();
     assert_eq!(owned, MAX_OWNED_GUILDS);
+}
+
+/// The role cap holds under concurrent creation: from cap − 2 roles (with @everyone), of 8
+/// concurrent creations exactly 2 succeed and the rest are refused with the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_role_cap_holds_under_concurrent_creation() {
+    let (s, _d) = store().await;
+    let (owner, _) = s.register("owner", "password1", false).await.unwrap();
+    let g = s.create_guild(&owner, "Den").await.unwrap();
+    let have = s.roles(g.id).await.unwrap().len();
+    for i in have..MAX_GUILD_ROLES - 2 {
+        s.create_role(g.id, &format!("r{i}"), 0).await.unwrap();
+    }
+    const CREATORS: usize = 8;
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(CREATORS));
+    let mut tasks = Vec::new();
+    for i in 0..CREATORS {
+        let (s, start) = (s.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            s.create_role(g.id, &format!("late{i}"), 0).await
+        }));
+    }
+    let mut made = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => made += 1,
+            Err(ChatError::Limit {
+                what: "guild roles",
+                limit,
+            }) => assert_eq!(limit, MAX_GUILD_ROLES),
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(made, 2, "exactly the 2 free places are taken");
+    assert_eq!(s.roles(g.id).await.unwrap().len(), MAX_GUILD_ROLES);
 }
 
 #[tokio::test]

@@ -6,7 +6,9 @@
 //! skips a session that a dispatch's intent or its session/user target rules out, so a crowd
 //! of sessions without GUILD_VOICE_STATES is not woken for every voice state change. What the
 //! hub cannot rule out cheaply (guild membership, VIEW_CHANNEL) the session still filters, and
-//! each session's queue keeps publish order.
+//! each session's queue keeps publish order. A voice move is one dispatch with two bodies (the
+//! move, and a leave for sessions that may view only the channel left), so a session never
+//! sees the two halves of a move out of order or one without the other.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,55 +16,12 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::gateway::intents;
+use crate::dispatch::with_redacted;
+pub use crate::dispatch::{frame, Body, Dispatch, Left, Reference, Target};
 
 /// Dispatches queued for one session before it counts as fallen behind (its session is then
 /// invalidated: it cannot be resumed faithfully).
 pub const SESSION_QUEUE: usize = 8192;
-
-/// Who a dispatch is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// Every session of a member of the guild (filtered by VIEW_CHANNEL when `channel_id` is set).
-    Guild(u64),
-    /// Every session of one user.
-    User(u64),
-    /// One gateway session.
-    Session(String),
-}
-
-#[derive(Debug)]
-pub struct Dispatch {
-    pub target: Target,
-    /// Channel the event is about, for VIEW_CHANNEL filtering.
-    pub channel_id: Option<u64>,
-    pub guild_id: Option<u64>,
-    pub t: &'static str,
-    /// `d`, serialized.
-    pub json: Arc<str>,
-    /// For message events: `d` with content, embeds and attachments emptied, for sessions
-    /// without the MESSAGE_CONTENT intent that are neither the author nor mentioned.
-    pub redacted: Option<Arc<str>>,
-    /// Users who always get the full message (author and mentioned users).
-    pub full_for: Vec<u64>,
-}
-
-impl Dispatch {
-    /// Whether a session (`session_id` of `user_id`) is this dispatch's session or user
-    /// target; a guild target is for every member (membership is the session's to check).
-    pub fn targets(&self, session_id: &str, user_id: u64) -> bool {
-        match &self.target {
-            Target::Session(id) => id == session_id,
-            Target::User(u) => *u == user_id,
-            Target::Guild(_) => true,
-        }
-    }
-
-    /// Whether a session with `intents` receives this kind of event.
-    pub fn wanted_with(&self, intents: u64) -> bool {
-        intents::required(self.t).is_none_or(|bit| intents & bit != 0)
-    }
-}
 
 #[derive(Clone)]
 pub struct Hub {
@@ -252,6 +211,58 @@ impl Hub {
             json,
             redacted: None,
             full_for: Vec::new(),
+            left: None,
+            reference: None,
+            about: None,
+        });
+    }
+
+    /// A guild event about one member (a presence): dropped for every session once `member`
+    /// has left the guild, even if it was published after (from a guild list read before).
+    pub fn send_about(&self, guild_id: u64, member: u64, t: &'static str, d: Value) {
+        self.deliver(Dispatch {
+            target: Target::Guild(guild_id),
+            channel_id: None,
+            guild_id: Some(guild_id),
+            t,
+            json: d.to_string().into(),
+            redacted: None,
+            full_for: Vec::new(),
+            left: None,
+            reference: None,
+            about: Some(member),
+        });
+    }
+
+    /// A move from channel `from` to channel `to` of a guild: `d` for sessions that may view
+    /// `to`, `left` (the same event saying the subject left, `channel_id: null`) for those that
+    /// may view only `from`, nothing for the others. Both bodies are serialized once, here.
+    pub fn send_move(
+        &self,
+        guild_id: u64,
+        from: u64,
+        to: u64,
+        t: &'static str,
+        d: Value,
+        left: Value,
+    ) {
+        if changes_visibility(t) {
+            self.invalidate(guild_id);
+        }
+        self.deliver(Dispatch {
+            target: Target::Guild(guild_id),
+            channel_id: Some(to),
+            guild_id: Some(guild_id),
+            t,
+            json: d.to_string().into(),
+            redacted: None,
+            full_for: Vec::new(),
+            left: (from != to).then(|| Left {
+                channel_id: from,
+                json: left.to_string().into(),
+            }),
+            reference: None,
+            about: None,
         });
     }
 
@@ -261,17 +272,33 @@ impl Hub {
         guild_id: u64,
         channel_id: u64,
         t: &'static str,
-        mut d: Value,
+        d: Value,
         full_for: Vec<u64>,
     ) {
-        let json: Arc<str> = d.to_string().into();
-        if let Some(o) = d.as_object_mut() {
-            o.insert("content".into(), Value::String(String::new()));
-            o.insert("embeds".into(), Value::Array(vec![]));
-            o.insert("attachments".into(), Value::Array(vec![]));
-            o.insert("components".into(), Value::Array(vec![]));
-        }
-        let redacted: Arc<str> = d.to_string().into();
+        self.send_reply(guild_id, channel_id, t, d, full_for, None);
+    }
+
+    /// A message event that may reply to a message in another channel: `unreferenced` is that
+    /// channel and `d` without the referenced message, for sessions that may not read it.
+    /// Every body (full and redacted, with and without the reference) is serialized here.
+    pub fn send_reply(
+        &self,
+        guild_id: u64,
+        channel_id: u64,
+        t: &'static str,
+        d: Value,
+        full_for: Vec<u64>,
+        unreferenced: Option<(u64, Value)>,
+    ) {
+        let (json, redacted) = with_redacted(d);
+        let reference = unreferenced.map(|(channel_id, d)| {
+            let (json, redacted) = with_redacted(d);
+            Reference {
+                channel_id,
+                json,
+                redacted,
+            }
+        });
         self.deliver(Dispatch {
             target: Target::Guild(guild_id),
             channel_id: Some(channel_id),
@@ -280,6 +307,9 @@ impl Hub {
             json,
             redacted: Some(redacted),
             full_for,
+            left: None,
+            reference,
+            about: None,
         });
     }
 }
@@ -290,32 +320,11 @@ impl Default for Hub {
     }
 }
 
-/// A dispatch frame for one session: `{"op":0,"t":…,"s":…,"d":…}` around an already-serialized `d`.
-pub fn frame(t: &str, seq: u64, d: &str) -> String {
-    let mut s = String::with_capacity(d.len() + t.len() + 40);
-    s.push_str("{\"op\":0,\"t\":\"");
-    s.push_str(t);
-    s.push_str("\",\"s\":");
-    s.push_str(&seq.to_string());
-    s.push_str(",\"d\":");
-    s.push_str(d);
-    s.push('}');
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::intents;
     use serde_json::json;
-
-    #[test]
-    fn frame_is_valid_json() {
-        let f = super::frame("MESSAGE_CREATE", 7, "{\"content\":\"hi \\\"x\\\"\"}");
-        let v: serde_json::Value = serde_json::from_str(&f).unwrap();
-        assert_eq!(v["op"], 0);
-        assert_eq!(v["s"], 7);
-        assert_eq!(v["d"]["content"], "hi \"x\"");
-    }
 
     fn drain(sub: &mut Subscription) -> Vec<&'static str> {
         let mut out = Vec::new();
@@ -406,6 +415,100 @@ mod tests {
             json!({}),
         );
         assert!(hub.epoch(2) > a, "epochs never repeat across guilds");
+    }
+
+    #[test]
+    fn a_move_is_one_dispatch_in_publish_order_with_both_bodies() {
+        let hub = Hub::new();
+        let mut s = hub.subscribe(intents::ALL);
+        s.identified("s", 1);
+        hub.send(
+            Target::Guild(3),
+            Some(3),
+            Some(10),
+            "VOICE_STATE_UPDATE",
+            json!({ "channel_id": "10" }),
+        );
+        hub.send_move(
+            3,
+            10,
+            20,
+            "VOICE_STATE_UPDATE",
+            json!({ "channel_id": "20" }),
+            json!({ "channel_id": null }),
+        );
+        hub.send(
+            Target::Guild(3),
+            Some(3),
+            Some(20),
+            "VOICE_STATE_UPDATE",
+            json!({ "channel_id": "20", "self_mute": true }),
+        );
+        let got: Vec<Arc<Dispatch>> = std::iter::from_fn(|| s.rx.try_recv().ok()).collect();
+        assert_eq!(got.len(), 3, "one dispatch per event, in publish order");
+        let mv = &got[1];
+        assert_eq!(
+            (mv.channel_id, mv.left.as_ref().map(|l| l.channel_id)),
+            (Some(20), Some(10))
+        );
+        assert_eq!(mv.body(Body::Full), r#"{"channel_id":"20"}"#);
+        assert_eq!(mv.body(Body::Left), r#"{"channel_id":null}"#);
+        assert!(got[0].left.is_none() && got[2].left.is_none());
+        assert_eq!(
+            got[2].body(Body::Left),
+            got[2].body(Body::Full),
+            "no leave body: the full one"
+        );
+        // Rejoining the same channel is no move.
+        hub.send_move(3, 20, 20, "VOICE_STATE_UPDATE", json!({}), json!({}));
+        assert!(s.rx.try_recv().unwrap().left.is_none());
+    }
+
+    #[test]
+    fn a_cross_channel_reply_carries_four_bodies_serialized_once() {
+        let hub = Hub::new();
+        let mut s = hub.subscribe(intents::ALL);
+        s.identified("s", 1);
+        let d = json!({ "content": "see staff", "referenced_message": { "content": "secret" } });
+        let without = json!({ "content": "see staff", "referenced_message": null });
+        hub.send_reply(3, 10, "MESSAGE_CREATE", d, vec![1], Some((20, without)));
+        let d = s.rx.try_recv().unwrap();
+        assert_eq!(d.reference.as_ref().map(|r| r.channel_id), Some(20));
+        let body = |b| serde_json::from_str::<Value>(d.body(b)).unwrap();
+        assert_eq!(body(Body::Full)["referenced_message"]["content"], "secret");
+        assert_eq!(body(Body::Redacted)["content"], "");
+        assert_eq!(
+            body(Body::Unreferenced),
+            json!({ "content": "see staff", "referenced_message": null })
+        );
+        let r = body(Body::Redacted.unreferenced());
+        assert_eq!(
+            (r["content"].clone(), r["referenced_message"].clone()),
+            (json!(""), Value::Null)
+        );
+        // A message without a cross-channel reference has only the two bodies.
+        hub.send_message(3, 10, "MESSAGE_CREATE", json!({ "content": "x" }), vec![]);
+        let d = s.rx.try_recv().unwrap();
+        assert!(d.reference.is_none());
+        assert_eq!(d.body(Body::Unreferenced), d.body(Body::Full));
+        assert_eq!(d.body(Body::UnreferencedRedacted), d.body(Body::Redacted));
+    }
+
+    #[test]
+    fn a_presence_names_the_member_it_is_about() {
+        let hub = Hub::new();
+        let mut s = hub.subscribe(intents::GUILDS);
+        s.identified("s", 1);
+        hub.send_about(3, 7, "PRESENCE_UPDATE", json!({}));
+        assert!(
+            s.rx.try_recv().is_err(),
+            "without GUILD_PRESENCES the session is not woken"
+        );
+        let mut p = hub.subscribe(intents::GUILD_PRESENCES);
+        p.identified("p", 2);
+        hub.send_about(3, 7, "PRESENCE_UPDATE", json!({}));
+        let d = p.rx.try_recv().unwrap();
+        assert_eq!((d.target.clone(), d.about), (Target::Guild(3), Some(7)));
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 pub mod app;
 pub mod cluster;
 pub mod config;
+pub mod dispatch;
 pub mod error;
 pub mod extract;
 pub mod gateway;

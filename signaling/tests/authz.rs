@@ -160,7 +160,7 @@ async fn replies_never_carry_messages_the_reader_cannot_see() {
         "the owner reads it"
     );
     let reply_id = reply["id"].as_str().unwrap().to_string();
-    // The dispatch goes to everyone in #general: no referenced message from another channel.
+    // The dispatch goes to everyone in #general: pleb's carries no message from #staff.
     let d = loop {
         let d = dispatch(&mut wp, "MESSAGE_CREATE").await;
         if d["id"] == reply_id.as_str() {
@@ -1119,4 +1119,281 @@ async fn web_pages_carry_security_headers() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains(".legend i.in"));
+}
+
+/// A voice channel only `@everyone` cannot view and `role` can; returns its id.
+async fn voice_channel_for(n: &Node, owner: &str, g: &str, name: &str, role: &str) -> String {
+    channel_for(n, owner, g, name, 2, role).await
+}
+
+/// A channel of `kind` that `@everyone` cannot view and `role` can; returns its id.
+async fn channel_for(n: &Node, owner: &str, g: &str, name: &str, kind: u8, role: &str) -> String {
+    let (st, c) = n
+        .req(
+            "POST",
+            &format!("/guilds/{g}/channels"),
+            Some(owner),
+            Some(
+                json!({ "name": name, "type": kind, "permission_overwrites": [
+                { "id": g, "type": 0, "allow": "0", "deny": VIEW_CHANNEL.to_string() },
+                { "id": role, "type": 0, "allow": VIEW_CHANNEL.to_string(), "deny": "0" }] }),
+            ),
+        )
+        .await;
+    assert_eq!(st, 201, "{c}");
+    c["id"].as_str().unwrap().to_string()
+}
+
+/// A voice move from a channel some members may view to one they may not: those who may view
+/// only the channel left hear that the user left it (`channel_id: null`), those who may view
+/// both hear the move, those who may view neither hear nothing. By op 4 and by a moderator's
+/// move alike.
+#[tokio::test]
+async fn voice_moves_tell_each_member_what_they_may_see() {
+    let n = node().await;
+    let (_, owner) = n.user("owner").await;
+    let (mover_id, mover) = n.user("mover").await;
+    let (only_a_id, only_a) = n.user("only_a").await;
+    let (_, neither) = n.user("neither").await;
+    let (g, general, public) = n.guild(&owner).await;
+    for t in [&mover, &only_a, &neither] {
+        n.invite_and_join(&owner, &general, t).await;
+    }
+    let sees_a = role(&n, &owner, &g, "sees a", 0, 1, &[&mover_id, &only_a_id]).await;
+    let sees_b = role(&n, &owner, &g, "sees b", 0, 2, &[&mover_id]).await;
+    let a = voice_channel_for(&n, &owner, &g, "a", &sees_a).await;
+    let b = voice_channel_for(&n, &owner, &g, "b", &sees_b).await;
+    // The owner may view both channels.
+    let (mut wo, _) = gateway(&n, &owner).await;
+    let (mut wa, _) = gateway(&n, &only_a).await;
+    let (mut wn, _) = gateway(&n, &neither).await;
+    let (mut wm, ready) = gateway(&n, &mover).await;
+    let session = ready["session_id"].as_str().unwrap().to_string();
+
+    async fn heard(w: &mut Ws) -> (Value, Value, Value) {
+        let d = dispatch(w, "VOICE_STATE_UPDATE").await;
+        (
+            d["user_id"].clone(),
+            d["channel_id"].clone(),
+            d["session_id"].clone(),
+        )
+    }
+    let moved = |ch: &str| (json!(mover_id), json!(ch), json!(session));
+    let left = (json!(mover_id), Value::Null, json!(session));
+
+    voice_join(&mut wm, &g, &a, false).await;
+    assert_eq!(heard(&mut wa).await, moved(&a), "the join of a");
+    assert_eq!(heard(&mut wo).await, moved(&a));
+    // Op 4 from a to b.
+    voice_join(&mut wm, &g, &b, false).await;
+    assert_eq!(
+        heard(&mut wa).await,
+        left,
+        "only_a must hear the mover leave a"
+    );
+    assert_eq!(heard(&mut wo).await, moved(&b), "the owner hears the move");
+    // A moderator's moves: b to a, then a to b.
+    for (to, only_a_hears) in [(&a, moved(&a)), (&b, left.clone())] {
+        let (st, v) = n
+            .req(
+                "PATCH",
+                &format!("/guilds/{g}/members/{mover_id}"),
+                Some(&owner),
+                Some(json!({ "channel_id": to })),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(heard(&mut wa).await, only_a_hears, "moved to {to}");
+        assert_eq!(heard(&mut wo).await, moved(to));
+    }
+    // Into a channel everyone may view: the first voice state `neither` hears is this one.
+    voice_join(&mut wm, &g, &public, false).await;
+    assert_eq!(heard(&mut wa).await, moved(&public));
+    assert_eq!(
+        heard(&mut wn).await,
+        moved(&public),
+        "neither heard of a or b"
+    );
+}
+
+/// Item 3 (presence): once a member is kicked or banned, nothing more about their presence
+/// reaches the guild, not even a presence update whose guild list was read before the removal
+/// (published after GUILD_MEMBER_REMOVE, as a broadcast racing the kick would be).
+#[tokio::test]
+async fn a_removed_members_presence_no_longer_reaches_the_guild() {
+    let n = node().await;
+    let (_, owner) = n.user("owner").await;
+    let (_, bystander) = n.user("bystander").await;
+    let (kicked_id, kicked) = n.user("kicked").await;
+    let (banned_id, banned) = n.user("banned").await;
+    let (g, general, _) = n.guild(&owner).await;
+    for t in [&bystander, &kicked, &banned] {
+        n.invite_and_join(&owner, &general, t).await;
+    }
+    let (mut wb, _) = gateway(&n, &bystander).await;
+    let (mut wk, _) = gateway(&n, &kicked).await;
+    let (mut wx, _) = gateway(&n, &banned).await;
+    let state = &n.run.as_ref().unwrap().state;
+    let gid: u64 = g.parse().unwrap();
+    for (who, w, how) in [
+        (&kicked_id, &mut wk, "DELETE"),
+        (&banned_id, &mut wx, "PUT"),
+    ] {
+        let path = if how == "DELETE" {
+            format!("/guilds/{g}/members/{who}")
+        } else {
+            format!("/guilds/{g}/bans/{who}")
+        };
+        let (st, v) = n.req(how, &path, Some(&owner), None).await;
+        assert_eq!(st, 204, "{v}");
+        loop {
+            let v = json(&mut wb).await;
+            if v["t"] == "GUILD_MEMBER_REMOVE" {
+                assert_eq!(v["d"]["user"]["id"], who.as_str());
+                break;
+            }
+        }
+        // A stale broadcast, and the removed user's own status change.
+        lodge_signaling::gateway::presence::publish(
+            state,
+            gid,
+            who.parse().unwrap(),
+            "dnd",
+            &json!([]),
+        );
+        send(w, json!({ "op": 3, "d": { "status": "idle", "activities": [], "since": null, "afk": false } })).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (st, m) = post(
+            &n,
+            &owner,
+            &general,
+            json!({ "content": format!("after {how}") }),
+        )
+        .await;
+        assert_eq!(st, 200, "{m}");
+        loop {
+            let v = json(&mut wb).await;
+            assert_ne!(
+                v["t"], "PRESENCE_UPDATE",
+                "the bystander heard of a removed member: {v}"
+            );
+            if v["t"] == "MESSAGE_CREATE" {
+                break;
+            }
+        }
+    }
+}
+
+/// A gateway session with `intents`; returns the socket once READY has arrived.
+async fn gateway_with(n: &Node, token: &str, intents: u64) -> Ws {
+    let mut w = ws(&n.gateway_url()).await;
+    json(&mut w).await;
+    send(
+        &mut w,
+        json!({ "op": 2, "d": { "token": token, "intents": intents, "properties": {} } }),
+    )
+    .await;
+    dispatch(&mut w, "READY").await;
+    w
+}
+
+/// The next `t` dispatch about message `id`.
+async fn about_message(w: &mut Ws, t: &str, id: &str) -> Value {
+    loop {
+        let d = dispatch(w, t).await;
+        if d["id"] == id {
+            return d;
+        }
+    }
+}
+
+/// A reply to a message in another channel reaches each session as its user may read it: with
+/// `referenced_message` for those who may VIEW_CHANNEL and READ_MESSAGE_HISTORY where the
+/// referenced message is, `null` for the others, on MESSAGE_CREATE and MESSAGE_UPDATE alike,
+/// and with or without MESSAGE_CONTENT.
+#[tokio::test]
+async fn cross_channel_replies_carry_the_referenced_message_to_those_who_may_read_it() {
+    const MESSAGE_CONTENT: u64 = 1 << 15;
+    let n = node().await;
+    let (_, owner) = n.user("owner").await;
+    let (staffer_id, staffer) = n.user("staffer").await;
+    let (_, pleb) = n.user("pleb").await;
+    let (g, general, _) = n.guild(&owner).await;
+    for t in [&staffer, &pleb] {
+        n.invite_and_join(&owner, &general, t).await;
+    }
+    let staff_role = role(&n, &owner, &g, "staff", 0, 1, &[&staffer_id]).await;
+    let staff = channel_for(&n, &owner, &g, "staff", 0, &staff_role).await;
+    let news = channel_denying(&n, &owner, &g, "news", 0, READ_MESSAGE_HISTORY).await;
+    let (_, secret) = post(&n, &owner, &staff, json!({ "content": "launch at dawn" })).await;
+    let (_, headline) = post(&n, &owner, &news, json!({ "content": "old headline" })).await;
+    let all = 131071;
+    let mut wo = gateway_with(&n, &owner, all).await;
+    let mut ws_ = gateway_with(&n, &staffer, all).await;
+    let mut wp = gateway_with(&n, &pleb, all).await;
+    let mut ws_bot = gateway_with(&n, &staffer, all & !MESSAGE_CONTENT).await;
+    let mut wp_bot = gateway_with(&n, &pleb, all & !MESSAGE_CONTENT).await;
+
+    let (st, reply) = post(
+        &n,
+        &owner,
+        &general,
+        json!({ "content": "see staff",
+            "message_reference": { "message_id": secret["id"], "channel_id": staff } }),
+    )
+    .await;
+    assert_eq!(st, 200, "{reply}");
+    let id = reply["id"].as_str().unwrap().to_string();
+    let (st, edited) = n
+        .req(
+            "PATCH",
+            &format!("/channels/{general}/messages/{id}"),
+            Some(&owner),
+            Some(json!({ "content": "see staff, now" })),
+        )
+        .await;
+    assert_eq!(st, 200, "{edited}");
+    for t in ["MESSAGE_CREATE", "MESSAGE_UPDATE"] {
+        for (who, w) in [("owner", &mut wo), ("staffer", &mut ws_)] {
+            let d = about_message(w, t, &id).await;
+            assert_eq!(
+                d["referenced_message"]["content"], "launch at dawn",
+                "{who} {t}: {d}"
+            );
+            assert!(d["content"].as_str().unwrap().starts_with("see staff"));
+        }
+        let d = about_message(&mut ws_bot, t, &id).await;
+        assert_eq!(
+            (
+                d["content"].as_str(),
+                d["referenced_message"]["id"].as_str()
+            ),
+            (Some(""), secret["id"].as_str()),
+            "a staffer's session without MESSAGE_CONTENT: redacted, with the reference: {d}"
+        );
+        for (w, content) in [(&mut wp, "see staff"), (&mut wp_bot, "")] {
+            let d = about_message(w, t, &id).await;
+            assert!(d["referenced_message"].is_null(), "pleb {t}: {d}");
+            assert_eq!(d["message_reference"]["message_id"], secret["id"]);
+            assert!(d["content"].as_str().unwrap().starts_with(content), "{d}");
+            assert!(!d.to_string().contains("launch"), "{d}");
+        }
+    }
+    // Viewing the referenced channel is not enough: reading its history is needed too.
+    let (st, reply) = post(
+        &n,
+        &owner,
+        &general,
+        json!({ "content": "as reported",
+            "message_reference": { "message_id": headline["id"], "channel_id": news } }),
+    )
+    .await;
+    assert_eq!(st, 200, "{reply}");
+    let id = reply["id"].as_str().unwrap();
+    let d = about_message(&mut wo, "MESSAGE_CREATE", id).await;
+    assert_eq!(d["referenced_message"]["content"], "old headline");
+    for w in [&mut ws_, &mut wp] {
+        let d = about_message(w, "MESSAGE_CREATE", id).await;
+        assert!(d["referenced_message"].is_null(), "{d}");
+    }
 }

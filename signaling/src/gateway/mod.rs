@@ -7,6 +7,7 @@ pub mod payloads;
 pub mod presence;
 pub mod registry;
 mod session;
+mod session_filter;
 pub mod session_start;
 pub mod visibility;
 

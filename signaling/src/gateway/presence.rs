@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use crate::app::AppState;
-use crate::hub::Target;
 
 pub const STATUSES: [&str; 5] = ["online", "idle", "dnd", "invisible", "offline"];
 
@@ -76,14 +75,21 @@ async fn broadcast(s: &AppState, user: u64, status: &str, activities: &Value) {
         return;
     };
     for g in guilds {
-        s.hub.send(
-            Target::Guild(g.id),
-            Some(g.id),
-            None,
-            "PRESENCE_UPDATE",
-            payload(g.id, user, status, activities),
-        );
+        publish(s, g.id, user, status, activities);
     }
+}
+
+/// One guild's PRESENCE_UPDATE for `user`. The guild list it is sent to may be stale by the
+/// time it is published (read before a kick or ban): the dispatch names `user` as the member
+/// it is about, so sessions drop it once `user` has left the guild, and members hear nothing
+/// more of them after GUILD_MEMBER_REMOVE.
+pub fn publish(s: &AppState, guild: u64, user: u64, status: &str, activities: &Value) {
+    s.hub.send_about(
+        guild,
+        user,
+        "PRESENCE_UPDATE",
+        payload(guild, user, status, activities),
+    );
 }
 
 /// A connection of `user` came up (identify or resume) with an optional presence.

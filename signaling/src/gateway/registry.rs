@@ -16,7 +16,7 @@ use lodge_chat::User;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::hub::{frame, Dispatch};
+use crate::hub::{frame, Body, Dispatch};
 
 /// How long a dropped session can be resumed.
 pub const RESUME_WINDOW: Duration = Duration::from_secs(5 * 60);
@@ -29,8 +29,8 @@ pub const LIVE_QUEUE: usize = 2048;
 /// A buffered dispatch.
 #[derive(Clone)]
 pub enum Entry {
-    /// A hub dispatch, full or redacted (MESSAGE_CONTENT) for this session.
-    Shared(Arc<Dispatch>, bool),
+    /// A hub dispatch and which of its bodies this session gets.
+    Shared(Arc<Dispatch>, Body),
     /// A session-specific payload (READY, GUILD_CREATE at identify, RESUMED, member chunks);
     /// sent, never kept for replay.
     Own(&'static str, Arc<str>),
@@ -39,14 +39,7 @@ pub enum Entry {
 impl Entry {
     pub fn render(&self, seq: u64) -> String {
         match self {
-            Entry::Shared(d, redacted) => {
-                let body = if *redacted {
-                    d.redacted.as_ref().unwrap_or(&d.json)
-                } else {
-                    &d.json
-                };
-                frame(d.t, seq, body)
-            }
+            Entry::Shared(d, body) => frame(d.t, seq, d.body(*body)),
             Entry::Own(t, json) => frame(t, seq, json),
         }
     }
@@ -74,8 +67,8 @@ pub struct Session {
     /// A resume must have seen at least this sequence number (the last payload that was sent
     /// but not kept: READY and the identify GUILD_CREATEs).
     replay_floor: u64,
-    /// Guild → (the guild's visibility epoch when cached, channel → may view).
-    pub visible: HashMap<u64, (u64, HashMap<u64, bool>)>,
+    /// Guild → (the guild's visibility epoch when cached, channel → the user's permissions).
+    pub visible: HashMap<u64, (u64, HashMap<u64, lodge_chat::Permissions>)>,
 }
 
 /// Why a resume is refused.
@@ -351,8 +344,11 @@ mod tests {
                 json: format!("{{\"n\":{n}}}").into(),
                 redacted: None,
                 full_for: Vec::new(),
+                left: None,
+                reference: None,
+                about: None,
             }),
-            false,
+            Body::Full,
         )
     }
 

@@ -30,7 +30,7 @@ use super::registry::{Entry, Session, SessionRef, LIVE_QUEUE};
 use super::session_start::StartRefused;
 use super::{close, intents, payloads, RATE_LIMIT, RATE_WINDOW};
 use crate::app::AppState;
-use crate::hub::{Dispatch, Ended, Subscription, Target};
+use crate::hub::{Ended, Subscription, Target};
 use crate::ws::{close_with, Inbound, Tx};
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -518,11 +518,9 @@ async fn collector(s: AppState, sref: SessionRef, mut hub: Subscription) {
         tokio::select! {
             ev = hub.recv(), if open => match ev {
                 Ok(d) => {
-                    let Some((user, redacted)) = addressed(&sref, &d) else { continue };
-                    if let (Some(ch), Some(g)) = (d.channel_id, d.guild_id) {
-                        if !can_view(&s, &sref, user, g, ch).await { continue }
-                    }
-                    lock(&sref).push(Entry::Shared(d, redacted));
+                    let Some((user, body)) = super::session_filter::addressed(&sref, &d) else { continue };
+                    let Some(body) = super::session_filter::visible_body(&s, &sref, user, &d, body).await else { continue };
+                    lock(&sref).push(Entry::Shared(d, body));
                 }
                 Err(Ended::Lagged) => {
                     // Dispatches were lost for this session: it cannot be resumed faithfully.
@@ -544,72 +542,6 @@ async fn collector(s: AppState, sref: SessionRef, mut hub: Subscription) {
             }
         }
     }
-}
-
-/// VIEW_CHANNEL for this session's user, cached until permissions in that guild may have
-/// changed.
-async fn can_view(s: &AppState, sref: &SessionRef, user: u64, guild: u64, channel: u64) -> bool {
-    let epoch = s.hub.epoch(guild);
-    {
-        let mut g = lock(sref);
-        let cache = g
-            .visible
-            .entry(guild)
-            .or_insert_with(|| (epoch, HashMap::new()));
-        if cache.0 != epoch {
-            *cache = (epoch, HashMap::new());
-        }
-        if let Some(v) = cache.1.get(&channel) {
-            return *v;
-        }
-    }
-    let visible = s
-        .visibility
-        .can_view(&s.store, epoch, guild, channel, user)
-        .await;
-    let mut g = lock(sref);
-    // Only cache what was computed under the epoch that is still current.
-    if let Some(cache) = g.visible.get_mut(&guild) {
-        if cache.0 == epoch {
-            cache.1.insert(channel, visible);
-        }
-    }
-    visible
-}
-
-/// Is the dispatch for this session (before the VIEW_CHANNEL check)? Keeps the guild set
-/// current. Returns the user and whether the redacted body applies.
-fn addressed(sref: &SessionRef, d: &Dispatch) -> Option<(u64, bool)> {
-    let mut g = lock(sref);
-    let me: &User = &g.user;
-    let uid = me.id;
-    let ok = d.targets(&g.id, uid)
-        && match &d.target {
-            Target::Guild(gid) => g.guilds.contains(gid),
-            _ => true,
-        };
-    if !ok {
-        return None;
-    }
-    if let Some(gid) = d.guild_id {
-        match (d.t, &d.target) {
-            ("GUILD_CREATE", Target::User(_)) => {
-                g.guilds.insert(gid);
-            }
-            ("GUILD_DELETE", _) => {
-                g.guilds.remove(&gid);
-                g.visible.remove(&gid);
-            }
-            _ => {}
-        }
-    }
-    if !d.wanted_with(g.intents) {
-        return None;
-    }
-    let redacted = d.redacted.is_some()
-        && g.intents & intents::MESSAGE_CONTENT == 0
-        && !d.full_for.contains(&uid);
-    Some((uid, redacted))
 }
 
 /// End every session that identified with the token whose hash is `token_hash` (`None`: every

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
-use lodge_chat::{Channel, ChatError, Guild, Role, Store};
+use lodge_chat::{Channel, ChatError, Guild, Permissions, Role, Store};
 use tokio::sync::OnceCell;
 
 /// More cached members than this in one guild and that guild's member map starts over.
@@ -50,16 +50,24 @@ impl VisibilityCache {
         channel: u64,
         user: u64,
     ) -> bool {
-        let view = async {
-            let g = self.slot(guild, epoch, |m| &mut m.guild);
-            let g = g
-                .get_or_try_init(|| async {
-                    let gd = store.guild(guild).await?;
-                    let roles = store.roles(guild).await?;
-                    Ok::<_, ChatError>(Arc::new((gd, roles)))
-                })
-                .await?
-                .clone();
+        self.permissions(store, epoch, guild, channel, user)
+            .await
+            .has(Permissions::VIEW_CHANNEL)
+    }
+
+    /// `user`'s permissions in `channel` of `guild`, as of the guild's `epoch`. Errors (unknown
+    /// guild or channel, a channel of another guild, a database failure) and non-members get
+    /// none.
+    pub async fn permissions(
+        &self,
+        store: &Store,
+        epoch: u64,
+        guild: u64,
+        channel: u64,
+        user: u64,
+    ) -> Permissions {
+        let perms = async {
+            let g = self.guild(store, epoch, guild).await?;
             let c = self.keyed(guild, epoch, |m| &mut m.channels, channel);
             let c = c
                 .get_or_try_init(|| async {
@@ -68,24 +76,64 @@ impl VisibilityCache {
                 .await?
                 .clone();
             if c.guild_id != guild {
-                return Ok(false);
+                return Ok(Permissions(0));
             }
-            let m = self.keyed(guild, epoch, |m| &mut m.members, user);
-            let mine = m
-                .get_or_try_init(|| async {
-                    Ok::<_, ChatError>(Arc::new(store.member_role_ids(&g.0, user).await?))
-                })
-                .await?
-                .clone();
+            let mine = self.member_roles(store, epoch, &g, user).await?;
             let Some(mine) = mine.as_ref() else {
-                return Ok(false);
+                return Ok(Permissions(0));
             };
-            Ok::<_, ChatError>(
-                lodge_chat::permissions::of_member(&g.0, &g.1, mine, Some(&c), user)
-                    .has(lodge_chat::Permissions::VIEW_CHANNEL),
-            )
+            Ok::<_, ChatError>(lodge_chat::permissions::of_member(
+                &g.0,
+                &g.1,
+                mine,
+                Some(&c),
+                user,
+            ))
         };
-        view.await.unwrap_or(false)
+        perms.await.unwrap_or(Permissions(0))
+    }
+
+    /// Is `user` a member of `guild`, as of the guild's `epoch`? Errors mean no.
+    pub async fn is_member(&self, store: &Store, epoch: u64, guild: u64, user: u64) -> bool {
+        let member = async {
+            let g = self.guild(store, epoch, guild).await?;
+            Ok::<_, ChatError>(self.member_roles(store, epoch, &g, user).await?.is_some())
+        };
+        member.await.unwrap_or(false)
+    }
+
+    async fn guild(
+        &self,
+        store: &Store,
+        epoch: u64,
+        guild: u64,
+    ) -> Result<Arc<(Guild, Vec<Role>)>, ChatError> {
+        let g = self.slot(guild, epoch, |m| &mut m.guild);
+        let g = g
+            .get_or_try_init(|| async {
+                let gd = store.guild(guild).await?;
+                let roles = store.roles(guild).await?;
+                Ok::<_, ChatError>(Arc::new((gd, roles)))
+            })
+            .await?;
+        Ok(g.clone())
+    }
+
+    /// The member's role ids; `None` for someone who is not a member.
+    async fn member_roles(
+        &self,
+        store: &Store,
+        epoch: u64,
+        g: &(Guild, Vec<Role>),
+        user: u64,
+    ) -> Result<Arc<Option<Vec<u64>>>, ChatError> {
+        let m = self.keyed(g.0.id, epoch, |m| &mut m.members, user);
+        let mine = m
+            .get_or_try_init(|| async {
+                Ok::<_, ChatError>(Arc::new(store.member_role_ids(&g.0, user).await?))
+            })
+            .await?;
+        Ok(mine.clone())
     }
 
     /// Run `f` on the guild's maps as of `epoch`: a newer epoch empties them first. `None` for

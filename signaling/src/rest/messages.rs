@@ -72,27 +72,42 @@ async fn message_json(s: &AppState, m: &Message, viewer: u64) -> Value {
 }
 
 /// MESSAGE_CREATE/UPDATE payload: the message plus guild_id and the author's member object.
-/// It goes to everyone who can view the message's channel, so `referenced_message` is filled
-/// in only when the referenced message is in that same channel; a reference to another
-/// channel carries its ids and `referenced_message: null` (the dispatch is one body for all
-/// receivers, and some of them may not see that channel).
+/// It goes to everyone who can view the message's channel. A reply to a message in another
+/// channel is published with a second body, `referenced_message: null`, for sessions whose
+/// user may not read that channel (VIEW_CHANNEL and READ_MESSAGE_HISTORY; the gateway decides
+/// per session), as REST renders it per viewer.
 async fn dispatch_message(s: &AppState, t: &'static str, m: &Message) {
-    let mut d = match m.reference {
-        Some((mid, cid)) if cid == m.channel_id => {
-            let referenced = s.store.message(cid, mid, 0).await.ok();
-            wire::message(m, referenced.as_ref())
-        }
-        _ => wire::message(m, None),
+    let referenced = match m.reference {
+        Some((mid, cid)) => s.store.message(cid, mid, 0).await.ok(),
+        None => None,
     };
-    d["guild_id"] = json!(m.guild_id.to_string());
-    if let Ok(member) = s.store.member(m.guild_id, m.author.id).await {
-        let mut mv = wire::member(&member);
-        mv.as_object_mut().map(|o| o.remove("user"));
-        d["member"] = mv;
-    }
+    let member = s
+        .store
+        .member(m.guild_id, m.author.id)
+        .await
+        .ok()
+        .map(|member| {
+            let mut mv = wire::member(&member);
+            mv.as_object_mut().map(|o| o.remove("user"));
+            mv
+        });
+    let body = |referenced: Option<&Message>| {
+        let mut d = wire::message(m, referenced);
+        d["guild_id"] = json!(m.guild_id.to_string());
+        if let Some(mv) = &member {
+            d["member"] = mv.clone();
+        }
+        d
+    };
+    let d = body(referenced.as_ref());
+    let unreferenced = match (m.reference, &referenced) {
+        (Some((_, cid)), Some(_)) if cid != m.channel_id => Some((cid, body(None))),
+        _ => None,
+    };
     let mut full_for = vec![m.author.id];
     full_for.extend(m.mentions.iter().map(|u| u.id));
-    s.hub.send_message(m.guild_id, m.channel_id, t, d, full_for);
+    s.hub
+        .send_reply(m.guild_id, m.channel_id, t, d, full_for, unreferenced);
 }
 
 #[derive(Deserialize)]

@@ -84,7 +84,7 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
 
     let mut close_old: Option<OldConn> = None;
     let mut edge_msgs: Vec<(u64, lodge_edge::Control)> = Vec::new();
-    let (vs_json, token, flags_update) = {
+    let (vs_json, token, flags_update, left) = {
         let mut v = s.voice();
         let in_channel = v
             .states
@@ -99,6 +99,11 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
             ));
         }
         let existing = v.states.get(&(g.id, user.id)).cloned();
+        // A move: the channel left, and the leave that sessions seeing only that channel get.
+        let left = existing
+            .as_ref()
+            .filter(|e| e.channel_id != c.id)
+            .map(|e| (e.channel_id, left_json(g.id, user.id, &e.session_id)));
         // Server mute/deafen stick to the member across channel changes, as on Discord.
         let (mute, deaf) = existing
             .as_ref()
@@ -121,7 +126,12 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
                         lodge_edge::Control::VoiceUpdate(crate::cluster::grant(st, "")),
                     ));
                 }
-                (st.json(), None, st.participant.map(|i| (i, st.flags())))
+                (
+                    st.json(),
+                    None,
+                    st.participant.map(|i| (i, st.flags())),
+                    None,
+                )
             }
             _ => {
                 let st = VoiceState {
@@ -158,7 +168,7 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
                     ));
                 }
                 close_old = old;
-                (j, Some(token), None)
+                (j, Some(token), None, left)
             }
         }
     };
@@ -178,15 +188,34 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
     for (e, msg) in edge_msgs {
         crate::cluster::notify_edge(s, e, msg).await;
     }
-    // With the channel, so only sessions that may view it hear who is in it.
-    s.hub.send(
-        Target::Guild(g.id),
-        Some(g.id),
-        Some(c.id),
-        "VOICE_STATE_UPDATE",
-        vs_json,
-    );
+    // With the channel, so only sessions that may view it hear who is in it; a move also
+    // carries the channel left, so sessions that may view only that one hear a leave.
+    match left {
+        Some((from, left)) => {
+            s.hub
+                .send_move(g.id, from, c.id, "VOICE_STATE_UPDATE", vs_json, left)
+        }
+        None => s.hub.send(
+            Target::Guild(g.id),
+            Some(g.id),
+            Some(c.id),
+            "VOICE_STATE_UPDATE",
+            vs_json,
+        ),
+    }
     if let Some(token) = token {
+        // A kick or ban between `guild_for` above and the state going in may have run its
+        // voice disconnect before there was a state to end. Reading membership again now
+        // that the state is in place closes that gap: either the removal commits after this
+        // read, and its disconnect (which follows it) finds the state, or this read sees it.
+        if g.owner_id != user.id && !s.store.is_member(g.id, user.id).await? {
+            disconnect_user(s, g.id, user.id).await;
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                50001,
+                "Missing Access",
+            ));
+        }
         info!(
             guild = g.id,
             channel = c.id,
@@ -331,7 +360,7 @@ pub async fn move_member(
             "the member cannot CONNECT to the destination channel",
         ));
     }
-    let (j, token, old, session_id, from, placed) = {
+    let (j, token, old, session_id, from, placed, left) = {
         let mut v = s.voice();
         let cur = v
             .states
@@ -347,7 +376,8 @@ pub async fn move_member(
         };
         let placed = st.clone();
         let (j, token, old) = replace_state(&mut v, st);
-        (j, token, old, cur.session_id, cur.channel_id, placed)
+        let left = left_json(g.id, user_id, &cur.session_id);
+        (j, token, old, cur.session_id, cur.channel_id, placed, left)
     };
     // A caller on an edge moves within that edge.
     let endpoint = match placed.edge {
@@ -382,15 +412,9 @@ pub async fn move_member(
         }
     }
     info!(guild = g.id, user = user_id, to = c.id, "member moved");
-    // Sessions that could view only the channel left are not told of the move (the
-    // dispatch carries one channel for the VIEW_CHANNEL filter): see ARCHITECTURE.
-    s.hub.send(
-        Target::Guild(g.id),
-        Some(g.id),
-        Some(c.id),
-        "VOICE_STATE_UPDATE",
-        j,
-    );
+    // Sessions that may view only the channel left hear a leave.
+    s.hub
+        .send_move(g.id, from, c.id, "VOICE_STATE_UPDATE", j, left);
     s.hub.send(
         Target::Session(session_id),
         Some(g.id),

@@ -1,0 +1,162 @@
+//! A gateway dispatch as the hub publishes it: who it is for, the channel its VIEW_CHANNEL
+//! filter looks at, and its bodies, each serialized once at publish and shared by every
+//! session that gets it (`Arc`). Which body a session gets (`Body`) is the session filter's
+//! choice (`gateway::session_filter`): full; redacted for MESSAGE_CONTENT; the leave of a move
+//! for sessions that may view only the channel left; a reply without its referenced message
+//! for sessions that may not read that message's channel.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::gateway::intents;
+
+/// Who a dispatch is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every session of a member of the guild (filtered by VIEW_CHANNEL when `channel_id` is set).
+    Guild(u64),
+    /// Every session of one user.
+    User(u64),
+    /// One gateway session.
+    Session(String),
+}
+
+#[derive(Debug)]
+pub struct Dispatch {
+    pub target: Target,
+    /// Channel the event is about, for VIEW_CHANNEL filtering.
+    pub channel_id: Option<u64>,
+    pub guild_id: Option<u64>,
+    pub t: &'static str,
+    /// `d`, serialized.
+    pub json: Arc<str>,
+    /// For message events: `d` with content, embeds and attachments emptied, for sessions
+    /// without the MESSAGE_CONTENT intent that are neither the author nor mentioned.
+    pub redacted: Option<Arc<str>>,
+    /// Users who always get the full message (author and mentioned users).
+    pub full_for: Vec<u64>,
+    /// For an event that takes something out of one channel into another (a voice move): the
+    /// channel left and the body for sessions that may view it but not `channel_id`.
+    pub left: Option<Left>,
+    /// For a reply to a message in another channel: the bodies without the referenced message,
+    /// for sessions whose user may not read that channel.
+    pub reference: Option<Reference>,
+    /// A member the event is about (a presence): once they are no longer a member of the
+    /// guild, sessions drop it, however late it was published.
+    pub about: Option<u64>,
+}
+
+/// The other side of a move: sessions whose user may view `channel_id` but not the
+/// dispatch's channel get `json` (a leave) instead of the dispatch's body; sessions that may view
+/// neither get nothing.
+#[derive(Debug)]
+pub struct Left {
+    pub channel_id: u64,
+    /// `d` of the leave, serialized.
+    pub json: Arc<str>,
+}
+
+/// A message event replying to a message in another channel: sessions whose user may not
+/// VIEW_CHANNEL and READ_MESSAGE_HISTORY in `channel_id` get `json` (or `redacted`), the reply
+/// with `referenced_message: null`, instead of the dispatch's bodies.
+#[derive(Debug)]
+pub struct Reference {
+    pub channel_id: u64,
+    pub json: Arc<str>,
+    pub redacted: Arc<str>,
+}
+
+/// Which of a dispatch's bodies a session gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    Full,
+    /// `redacted`: a message event for a session without MESSAGE_CONTENT.
+    Redacted,
+    /// `left.json`: the session may view only the channel left.
+    Left,
+    /// `reference.json`: the session may not read the referenced message's channel.
+    Unreferenced,
+    /// `reference.redacted`: both of the above.
+    UnreferencedRedacted,
+}
+
+impl Body {
+    /// The same body without a referenced message from another channel.
+    pub fn unreferenced(self) -> Body {
+        match self {
+            Body::Full => Body::Unreferenced,
+            Body::Redacted => Body::UnreferencedRedacted,
+            other => other,
+        }
+    }
+}
+
+impl Dispatch {
+    /// Whether a session (`session_id` of `user_id`) is this dispatch's session or user
+    /// target; a guild target is for every member (membership is the session's to check).
+    pub fn targets(&self, session_id: &str, user_id: u64) -> bool {
+        match &self.target {
+            Target::Session(id) => id == session_id,
+            Target::User(u) => *u == user_id,
+            Target::Guild(_) => true,
+        }
+    }
+
+    /// The serialized `d` a session gets; `json` when the dispatch has no such body.
+    pub fn body(&self, body: Body) -> &str {
+        match body {
+            Body::Full => &self.json,
+            Body::Redacted => self.redacted.as_deref().unwrap_or(&self.json),
+            Body::Left => self.left.as_ref().map_or(&*self.json, |l| &l.json),
+            Body::Unreferenced => self.reference.as_ref().map_or(&*self.json, |r| &r.json),
+            Body::UnreferencedRedacted => self
+                .reference
+                .as_ref()
+                .map_or(self.body(Body::Redacted), |r| &r.redacted),
+        }
+    }
+
+    /// Whether a session with `intents` receives this kind of event.
+    pub fn wanted_with(&self, intents: u64) -> bool {
+        intents::required(self.t).is_none_or(|bit| intents & bit != 0)
+    }
+}
+
+/// A message's `d` serialized, and again with content, embeds, attachments and components
+/// emptied (for sessions without MESSAGE_CONTENT).
+pub(crate) fn with_redacted(mut d: Value) -> (Arc<str>, Arc<str>) {
+    let json: Arc<str> = d.to_string().into();
+    if let Some(o) = d.as_object_mut() {
+        o.insert("content".into(), Value::String(String::new()));
+        o.insert("embeds".into(), Value::Array(vec![]));
+        o.insert("attachments".into(), Value::Array(vec![]));
+        o.insert("components".into(), Value::Array(vec![]));
+    }
+    (json, d.to_string().into())
+}
+
+/// A dispatch frame for one session: `{"op":0,"t":…,"s":…,"d":…}` around an already-serialized `d`.
+pub fn frame(t: &str, seq: u64, d: &str) -> String {
+    let mut s = String::with_capacity(d.len() + t.len() + 40);
+    s.push_str("{\"op\":0,\"t\":\"");
+    s.push_str(t);
+    s.push_str("\",\"s\":");
+    s.push_str(&seq.to_string());
+    s.push_str(",\"d\":");
+    s.push_str(d);
+    s.push('}');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn frame_is_valid_json() {
+        let f = super::frame("MESSAGE_CREATE", 7, "{\"content\":\"hi \\\"x\\\"\"}");
+        let v: serde_json::Value = serde_json::from_str(&f).unwrap();
+        assert_eq!(v["op"], 0);
+        assert_eq!(v["s"], 7);
+        assert_eq!(v["d"]["content"], "hi \"x\"");
+    }
+}
