@@ -352,7 +352,10 @@ async fn revoking_a_token_ends_its_sessions_and_their_voice() {
     let (mut wb, _) = gateway(&n, &second).await;
     let mut live = ws(&format!("ws://{}/api/v10/quality/live", n.http_addr())).await;
     send(&mut live, json!({ "token": first })).await;
-    assert!(json(&mut live).await["t"] == "snapshot", "the live view starts");
+    assert!(
+        json(&mut live).await["t"] == "snapshot",
+        "the live view starts"
+    );
     common::voice_join(&mut wa, &g, &voice, false).await;
     let (_, vs) = n
         .req(
@@ -368,7 +371,11 @@ async fn revoking_a_token_ends_its_sessions_and_their_voice() {
     assert_eq!(st, 204);
     let (code, reason) = closed(&mut wa).await;
     assert_eq!(code, 4004, "{reason}");
-    assert_eq!(closed(&mut live).await.0, 4004, "the live-quality socket too");
+    assert_eq!(
+        closed(&mut live).await.0,
+        4004,
+        "the live-quality socket too"
+    );
     let (_, vs) = n
         .req(
             "GET",
