@@ -26,6 +26,11 @@ pub struct Inner {
     pub ready: AtomicBool,
     pub limits: crate::ratelimit::Limits,
     pub rate_limiter: crate::ratelimit::RateLimiter,
+    /// Timeouts and connection caps of the HTTP server, and what they refused.
+    pub http_limits: crate::http_server::HttpLimits,
+    pub http_stats: std::sync::Arc<crate::http_server::HttpStats>,
+    /// Login back-off and registrations per address.
+    pub account_limiter: crate::account_limits::AccountLimiter,
     pub shutdown: tokio::sync::watch::Sender<bool>,
     pub telemetry: Mutex<crate::quality::Telemetry>,
     /// Set when this node is an origin or an edge of a cluster.
@@ -76,6 +81,12 @@ impl AppState {
             route: cfg.rate_limit_route,
             route_window: std::time::Duration::from_secs(1),
             global: cfg.rate_limit_global,
+            ..Default::default()
+        };
+        let account_limits = crate::account_limits::AccountLimits::default();
+        let http_limits = crate::http_server::HttpLimits {
+            trusted_proxies: limits.trusted_proxies.clone(),
+            ..Default::default()
         };
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let session_starts = crate::gateway::session_start::SessionStarts::new(
@@ -97,6 +108,9 @@ impl AppState {
             ready: AtomicBool::new(false),
             limits,
             rate_limiter: Default::default(),
+            account_limiter: crate::account_limits::AccountLimiter::new(account_limits),
+            http_limits,
+            http_stats: Default::default(),
             shutdown,
             telemetry: Default::default(),
             cluster: std::sync::OnceLock::new(),
