@@ -77,16 +77,29 @@ impl Deref for AppState {
 
 impl AppState {
     pub fn new(cfg: Config, store: Store, sfu: SfuHandle) -> Self {
+        let secs = std::time::Duration::from_secs;
         let limits = crate::ratelimit::Limits {
             route: cfg.rate_limit_route,
-            route_window: std::time::Duration::from_secs(1),
+            route_window: secs(1),
             global: cfg.rate_limit_global,
-            ..Default::default()
+            trusted_proxies: cfg.trusted_proxy.clone(),
         };
-        let account_limits = crate::account_limits::AccountLimits::default();
+        let account_limits = crate::account_limits::AccountLimits {
+            login_free_failures: cfg.login_failures_before_backoff,
+            login_backoff_base: secs(1),
+            login_backoff_max: secs(cfg.login_backoff_max_secs),
+            registrations_per_hour: cfg.registrations_per_ip_per_hour,
+        };
         let http_limits = crate::http_server::HttpLimits {
-            trusted_proxies: limits.trusted_proxies.clone(),
-            ..Default::default()
+            header_timeout: secs(cfg.http_header_timeout_secs),
+            idle_timeout: secs(cfg.http_idle_timeout_secs),
+            request_timeout: secs(cfg.http_request_timeout_secs),
+            max_connections: cfg.max_http_connections,
+            max_connections_per_addr: match cfg.max_http_connections_per_ip {
+                0 => usize::MAX,
+                n => n,
+            },
+            trusted_proxies: cfg.trusted_proxy.clone(),
         };
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let session_starts = crate::gateway::session_start::SessionStarts::new(

@@ -84,6 +84,8 @@ struct Clock {
     accepted: Instant,
     phase: AtomicU8,
     since_ms: AtomicU64,
+    /// Wakes the watchdog to re-arm its timer for the new phase.
+    changed: tokio::sync::Notify,
 }
 
 impl Clock {
@@ -92,6 +94,7 @@ impl Clock {
             accepted: Instant::now(),
             phase: AtomicU8::new(Phase::Head as u8),
             since_ms: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -99,6 +102,7 @@ impl Clock {
         let ms = self.accepted.elapsed().as_millis() as u64;
         self.since_ms.store(ms, Ordering::Relaxed);
         self.phase.store(p as u8, Ordering::Relaxed);
+        self.changed.notify_one();
     }
 
     fn get(&self) -> (Phase, u64) {
@@ -150,10 +154,11 @@ impl AsyncRead for Tracked {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            if self.clock.get().0 == Phase::Idle {
-                self.clock.enter(Phase::Head);
-            }
+        if matches!(r, Poll::Ready(Ok(())))
+            && buf.filled().len() > before
+            && self.clock.get().0 == Phase::Idle
+        {
+            self.clock.enter(Phase::Head);
         }
         r
     }
@@ -402,6 +407,7 @@ async fn connection(
                 }
                 return;
             }
+            _ = clock.changed.notified() => continue,
             _ = stopping(&mut shutdown), if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();

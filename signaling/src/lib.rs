@@ -113,7 +113,7 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
                 err,
             })?,
     };
-    let store = store.with_password_hashing(0);
+    let store = store.with_password_hashing(cfg.password_hash_concurrency);
     let udp = UdpSocket::bind(cfg.media_listen)
         .await
         .map_err(|err| StartError::Media {
