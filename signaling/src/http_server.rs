@@ -144,6 +144,13 @@ struct Tracked {
     clock: Arc<Clock>,
     _permit: OwnedSemaphorePermit,
     _slot: Option<AddrSlot>,
+    stats: Arc<HttpStats>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl AsyncRead for Tracked {
@@ -214,6 +221,8 @@ impl Throttle {
 /// Counts of connections refused or closed by each limit (for `/metrics` and tests).
 #[derive(Default)]
 pub struct HttpStats {
+    /// Open connections (WebSockets included).
+    pub open: AtomicU64,
     pub refused_node_cap: AtomicU64,
     pub refused_addr_cap: AtomicU64,
     pub header_timeouts: AtomicU64,
@@ -306,7 +315,9 @@ pub async fn serve(
             clock: clock.clone(),
             _permit: permit,
             _slot: slot,
+            stats: stats.clone(),
         };
+        stats.open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(connection(
             io,
             peer,
@@ -414,4 +425,29 @@ async fn connection(
             }
         }
     }
+}
+
+/// The HTTP server's and the password pool's figures in Prometheus text.
+pub fn write_metrics(out: &mut String, s: &crate::app::AppState) {
+    use std::fmt::Write;
+    let h = &s.http_stats;
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let _ = writeln!(out, "# HELP lodge_http_connections Open TCP connections on the HTTP port (WebSockets included)\n# TYPE lodge_http_connections gauge\nlodge_http_connections {}", n(&h.open));
+    let _ = writeln!(out, "# HELP lodge_http_connections_closed_total Connections refused or closed by a limit, by the limit's name\n# TYPE lodge_http_connections_closed_total counter");
+    for (limit, v) in [
+        ("max_http_connections", &h.refused_node_cap),
+        ("max_http_connections_per_ip", &h.refused_addr_cap),
+        ("http_header_timeout_secs", &h.header_timeouts),
+        ("http_idle_timeout_secs", &h.idle_timeouts),
+        ("http_request_timeout_secs", &h.request_timeouts),
+    ] {
+        let _ = writeln!(
+            out,
+            "lodge_http_connections_closed_total{{limit=\"{limit}\"}} {}",
+            n(v)
+        );
+    }
+    let p = s.store.passwords();
+    let _ = writeln!(out, "# HELP lodge_password_hashes_running Password hashes running on the blocking pool\n# TYPE lodge_password_hashes_running gauge\nlodge_password_hashes_running {}", p.running());
+    let _ = writeln!(out, "# HELP lodge_password_hashes_refused_total Logins and registrations refused with 503 because the hashing pool was full\n# TYPE lodge_password_hashes_refused_total counter\nlodge_password_hashes_refused_total {}", p.refused());
 }

@@ -656,6 +656,20 @@ async fn connections_over_the_caps_are_refused_and_the_node_stays_healthy() {
         assert!(t0.elapsed() < Duration::from_secs(3), "{r}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The refusals are counted by the limit's name.
+    let metrics = n
+        .http
+        .get(format!("{}/metrics", n.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for limit in ["max_http_connections", "max_http_connections_per_ip"] {
+        let line = format!("lodge_http_connections_closed_total{{limit=\"{limit}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
     // WebSockets still upgrade (and count while open).
     let (_, token) = n.user("alice").await;
     let (_w, ready) = gateway(&n, &token).await;
