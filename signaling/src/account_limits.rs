@@ -196,6 +196,20 @@ impl AccountLimiter {
         }
     }
 
+    /// The password was never checked (the hashing pool was full, the store failed): the
+    /// attempt is given back to both the address and the username.
+    pub fn login_unchecked(&self, attempt: LoginAttempt) {
+        let mut st = self.state();
+        for key in [Key::Addr(attempt.addr), Key::Username(attempt.username)] {
+            if let Some(f) = st.failures.get_mut(&key) {
+                f.count = f.count.saturating_sub(1);
+                if f.count < self.limits.login_free_failures {
+                    f.blocked_until = f.last;
+                }
+            }
+        }
+    }
+
     /// Count a registration attempt from `addr`; refuse past the hourly limit.
     pub fn begin_registration(&self, now: Instant, addr: IpAddr) -> Result<(), Box<RateLimited>> {
         let limit = self.limits.registrations_per_hour;
@@ -287,6 +301,12 @@ mod tests {
         assert!(r.limit_name.contains("address"), "{}", r.limit_name);
         // Another address is free to try.
         assert!(l.begin_login(t0, ip("192.0.2.2"), "u6").is_ok());
+        // An attempt whose password was never checked is given back.
+        let b = ip("192.0.2.3");
+        for _ in 0..20 {
+            let at = l.begin_login(t0, b, "dave").unwrap();
+            l.login_unchecked(at);
+        }
         // Records are forgotten.
         let later = t0 + FORGET_AFTER + Duration::from_secs(2);
         assert!(l.begin_login(later, a, "u7").is_ok());

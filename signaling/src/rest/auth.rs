@@ -61,8 +61,18 @@ pub async fn login(
         .account_limiter
         .begin_login(Instant::now(), client_key(client), &b.username)
         .map_err(ApiError::RateLimited)?;
-    let (user, token) = s.store.login(&b.username, &b.password).await?;
-    s.account_limiter.login_succeeded(attempt);
+    let (user, token) = match s.store.login(&b.username, &b.password).await {
+        Ok(ok) => {
+            s.account_limiter.login_succeeded(attempt);
+            ok
+        }
+        // A wrong password or unknown username stays counted.
+        Err(e @ lodge_chat::ChatError::Invalid { .. }) => return Err(e.into()),
+        Err(e) => {
+            s.account_limiter.login_unchecked(attempt);
+            return Err(e.into());
+        }
+    };
     Ok(Json(json!({ "user": wire::user(&user), "token": token })))
 }
 
