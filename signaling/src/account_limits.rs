@@ -241,6 +241,14 @@ impl AccountLimiter {
         Ok(())
     }
 
+    /// The registration never reached hashing (the pool was full, the store failed): give the
+    /// attempt back.
+    pub fn registration_unchecked(&self, addr: IpAddr) {
+        if let Some(w) = self.state().registrations.get_mut(&addr) {
+            w.used = w.used.saturating_sub(1);
+        }
+    }
+
     #[cfg(test)]
     fn sizes(&self) -> (usize, usize) {
         let st = self.state();

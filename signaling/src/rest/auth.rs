@@ -41,10 +41,18 @@ pub async fn register(
     client: Option<axum::Extension<ClientAddr>>,
     ApiJson(b): ApiJson<Register>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let addr = client_key(client);
     s.account_limiter
-        .begin_registration(Instant::now(), client_key(client))
+        .begin_registration(Instant::now(), addr)
         .map_err(ApiError::RateLimited)?;
-    let (user, token) = s.store.register(&b.username, &b.password, b.bot).await?;
+    let (user, token) = match s.store.register(&b.username, &b.password, b.bot).await {
+        Ok(ok) => ok,
+        Err(e @ (lodge_chat::ChatError::Busy { .. } | lodge_chat::ChatError::Storage(_))) => {
+            s.account_limiter.registration_unchecked(addr);
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     tracing::info!(user = user.id, bot = user.bot, "account registered");
     Ok((
         StatusCode::CREATED,
