@@ -197,6 +197,14 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         state.http_stats.clone(),
         state.shutdown.subscribe(),
     ));
+    for range in &state.limits.trusted_proxies {
+        if range.prefix_len() < 8 {
+            tracing::warn!(
+                %range,
+                "trusted_proxy {range} is very broad: any client in it can choose the address limits count it under"
+            );
+        }
+    }
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(http = %http_addr, media = %media_addr, "lodge node ready");
     Ok(Running {
