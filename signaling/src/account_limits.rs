@@ -177,7 +177,7 @@ impl AccountLimiter {
             if now.duration_since(f.last) > FORGET_AFTER {
                 f.count = 0;
             }
-            f.count += 1;
+            f.count = f.count.saturating_add(1);
             f.last = now;
             f.blocked_until = now + self.backoff(f.count);
         }

@@ -601,6 +601,31 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_from_the_file_and_bad_ranges_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("lodge.toml");
+        std::fs::write(&f, "trusted_proxy = [\"10.0.0.0/8\", \"fd00::/8\"]\n").unwrap();
+        let c = load_args(ServeArgs {
+            config: Some(f.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let shown: Vec<String> = c.trusted_proxy.iter().map(|r| r.to_string()).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "fd00::/8"]);
+        assert!(load_args(ServeArgs::default())
+            .unwrap()
+            .trusted_proxy
+            .is_empty());
+        std::fs::write(&f, "trusted_proxy = [\"10.0.0.0/40\"]\n").unwrap();
+        let e = load_args(ServeArgs {
+            config: Some(f),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("10.0.0.0/40") && e.contains("prefix"), "{e}");
+    }
+
+    #[test]
     fn every_key_is_a_flag_an_env_variable_and_a_file_key() {
         assert_eq!(
             KNOWN_ENV.len(),
