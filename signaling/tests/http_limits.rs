@@ -673,8 +673,20 @@ async fn connections_over_the_caps_are_refused_and_the_node_stays_healthy() {
         let line = format!("lodge_http_connections_closed_total{{limit=\"{limit}\"}} 1");
         assert!(metrics.contains(&line), "{line} in {metrics}");
     }
-    // WebSockets still upgrade (and count while open).
+    // WebSockets still upgrade, and count while open.
     let (_, token) = n.user("alice").await;
-    let (_w, ready) = gateway(&n, &token).await;
+    let open = || stats.open.load(std::sync::atomic::Ordering::Relaxed);
+    let before = open();
+    let (w, ready) = gateway(&n, &token).await;
     assert!(ready["session_id"].is_string());
+    assert_eq!(open(), before + 1, "the upgraded socket holds its place");
+    drop(w);
+    let t0 = Instant::now();
+    while open() != before {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "the closed WebSocket kept its place"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
