@@ -49,6 +49,11 @@ impl Default for Limits {
     }
 }
 
+/// The bucket of failed token lookups per address (route buckets have the low bit set).
+const INVALID_TOKENS: u64 = 2;
+/// Failed token lookups an address may cause per second.
+pub const INVALID_TOKENS_PER_SECOND: u32 = 10;
+
 /// Most (caller, bucket) windows kept; past it, expired ones are dropped first, then the ones
 /// closest to expiring. 100,000 windows are a few MB.
 const MAX_WINDOWS: usize = 100_000;
@@ -155,6 +160,13 @@ impl RateLimiter {
         }
         w.remaining -= 1;
         Ok(*w)
+    }
+
+    /// How long until `caller`'s window in `bucket` has room, if it has none now.
+    fn exhausted(&self, now: Instant, caller: Caller, bucket: u64) -> Option<Duration> {
+        let m = self.windows.lock().expect("rate limiter lock");
+        let w = m.get(&(hash_of(caller), bucket))?;
+        (w.remaining == 0 && now < w.reset_at).then(|| w.reset_at - now)
     }
 
     fn check(&self, now: Instant, caller: Caller, bucket: u64, l: &Limits) -> Verdict {
@@ -286,10 +298,44 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let addr = client_addr::resolve(peer, req.headers(), &s.limits.trusted_proxies);
     req.extensions_mut().insert(ClientAddr(addr));
+    let key = client_addr::limit_key(addr);
+    // Token lookups that fail cost the store a query each: an address gets a few per second,
+    // then token-bearing requests from it wait (429) instead of reaching the store.
+    let has_token = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .is_some_and(|h| !h.as_bytes().starts_with(b"Operator "));
+    if has_token {
+        if let Some(retry_after) =
+            s.rate_limiter
+                .exhausted(Instant::now(), Caller::Addr(key), INVALID_TOKENS)
+        {
+            return RateLimited {
+                limit_name: format!(
+                    "invalid tokens from this address: {INVALID_TOKENS_PER_SECOND} per second"
+                ),
+                retry_after,
+                global: false,
+                limit: INVALID_TOKENS_PER_SECOND,
+                bucket: "invalid-token".into(),
+                scope: "shared",
+            }
+            .into_response();
+        }
+    }
     let auth = authenticate(&s, req.headers()).await;
+    if matches!(auth, Some(Authenticated::Invalid)) {
+        let _ = s.rate_limiter.take(
+            Instant::now(),
+            hash_of(Caller::Addr(key)),
+            INVALID_TOKENS,
+            INVALID_TOKENS_PER_SECOND,
+            Duration::from_secs(1),
+        );
+    }
     let caller = match &auth {
         Some(Authenticated::User(u)) => Caller::User(u.id),
-        _ => Caller::Addr(client_addr::limit_key(addr)),
+        _ => Caller::Addr(key),
     };
     if let Some(a) = auth {
         req.extensions_mut().insert(a);

@@ -108,6 +108,31 @@ async fn made_up_tokens_do_not_escape_the_address_limit() {
         statuses.push(st);
     }
     assert_eq!(statuses, [401, 401, 401, 429, 429]);
+    // Failed token lookups are bounded per address whatever the route limits: past 10 a
+    // second, token-bearing requests wait without reaching the store.
+    let n = node_with(|a| {
+        a.rate_limit_route = Some(1000);
+        a.rate_limit_global = Some(1000);
+    })
+    .await;
+    let (_, good) = n.user("alice").await;
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let (st, h, v) = call(&n, "GET", "/users/@me", Some(&random_token()), None, None).await;
+        if st == 429 {
+            assert_rate_limited(st, &h, &v, "invalid tokens from this address");
+        }
+        statuses.push(st);
+    }
+    assert_eq!(statuses[..10], [401; 10]);
+    assert_eq!(statuses[10..], [429; 2]);
+    // Requests without a token are not affected.
+    let (st, _, _) = call(&n, "GET", "/users/@me", None, None, None).await;
+    assert_eq!(st, 401);
+    // A valid token from that address waits out the second, then works.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (st, _, v) = call(&n, "GET", "/users/@me", Some(&good), None, None).await;
+    assert_eq!(st, 200, "{v}");
 }
 
 #[tokio::test]
