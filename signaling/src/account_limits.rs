@@ -11,7 +11,7 @@
 //! - **Registrations per address per hour** (every attempt counts).
 //!
 //! Both maps are bounded (`MAX_ENTRIES`); usernames are kept as keyed hashes, so an entry's size
-//! does not depend on what a client sends.
+//! does not depend on what a client sends; usernames are folded as the store folds them.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -108,7 +108,9 @@ impl AccountLimiter {
     }
 
     fn username_key(&self, username: &str) -> u64 {
-        self.hasher.hash_one(username.trim().to_lowercase())
+        // The store's own folding (NFKC + case): `ＡＬＩＣＥ` backs off with `alice`.
+        self.hasher
+            .hash_one(lodge_chat::names::username_key(username))
     }
 
     fn backoff(&self, count: u32) -> Duration {
@@ -277,6 +279,8 @@ mod tests {
         let r = l.begin_login(t0, ip("198.51.100.1"), "ALICE ").unwrap_err();
         assert_eq!(r.retry_after, Duration::from_secs(1));
         assert!(r.limit_name.contains("username"), "{}", r.limit_name);
+        // Folded as the store folds usernames: the fullwidth spelling is the same account.
+        assert!(l.begin_login(t0, ip("198.51.100.2"), "ａｌｉｃｅ").is_err());
         // Other usernames are not affected.
         assert!(l.begin_login(t0, ip("198.51.100.1"), "bob").is_ok());
         // After it: the next failure doubles it, and so on up to the cap.
