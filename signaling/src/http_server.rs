@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,7 +28,7 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -237,6 +237,32 @@ pub struct HttpStats {
 /// A bare 503 for connections over a cap (written if the socket takes it at once).
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: 64\r\nconnection: close\r\n\r\n{\"code\": 0, \"message\": \"503: Too many connections, retry later\"}";
 
+/// Connections being refused at once; past it a refused connection is just dropped.
+const MAX_REFUSING: usize = 1024;
+
+/// Answer a connection over a cap with the 503 and close it cleanly: FIN after the response,
+/// then read what the client sent (closing with unread data would be a reset, and the client
+/// might never see the 503). At most 1 s per connection, `MAX_REFUSING` at once.
+fn refuse(stream: TcpStream, refusing: &Arc<AtomicUsize>) {
+    if refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
+        refusing.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let refusing = refusing.clone();
+    tokio::spawn(async move {
+        let mut s = stream;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            s.write_all(REFUSAL).await?;
+            s.shutdown().await?;
+            let mut buf = [0u8; 1024];
+            while s.read(&mut buf).await? > 0 {}
+            Ok::<_, io::Error>(())
+        })
+        .await;
+        refusing.fetch_sub(1, Ordering::AcqRel);
+    });
+}
+
 /// Resolves once shutdown is asked for (or its sender is gone).
 async fn stopping(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -253,6 +279,7 @@ pub async fn serve(
     let limits = Arc::new(limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let per_addr = Arc::new(PerAddr::default());
+    let refusing = Arc::new(AtomicUsize::new(0));
     // Each connection task holds a sender; all dropped = all connections done.
     let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
     loop {
@@ -279,7 +306,7 @@ pub async fn serve(
                     "connection refused: the node's connection cap is reached"
                 )
             });
-            let _ = stream.try_write(REFUSAL);
+            refuse(stream, &refusing);
             continue;
         };
         let slot = if limits.trusted_proxies.iter().any(|c| c.contains(peer.ip())) {
@@ -300,7 +327,7 @@ pub async fn serve(
                         "connection refused: this address's connection cap is reached"
                     )
                 });
-                let _ = stream.try_write(REFUSAL);
+                refuse(stream, &refusing);
                 continue;
             }
             *n += 1;
