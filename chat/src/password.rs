@@ -117,10 +117,10 @@ fn verify_phc(password: &[u8], stored: &str) -> Result<bool, ChatError> {
 /// Work for a hashing thread.
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The bounded hashing pool: `concurrency` threads of its own (`lodge-argon2-N`). Not tokio's
-/// blocking pool: each thread that runs Argon2 keeps its 19 MiB working area in its malloc
-/// arena, and the blocking pool's changing threads grew a flood of logins to hundreds of MB;
-/// a fixed set of threads keeps it at `concurrency` areas.
+/// The bounded hashing pool: `concurrency` threads of its own (`lodge-argon2-N`), each with
+/// one Argon2 working area it keeps (see `MEMORY`), so the memory hashing takes is
+/// `concurrency` × 19 MiB however many logins come. (On tokio's blocking pool the threads, and
+/// so the areas, would follow the load.)
 pub struct Passwords {
     jobs: std::sync::mpsc::Sender<Job>,
     concurrency: usize,

@@ -59,7 +59,7 @@ pub struct Store {
     pub(crate) pool: AnyPool,
     pub(crate) backend: Backend,
     ids: std::sync::Arc<Snowflakes>,
-    /// Argon2 on a bounded blocking pool (never on the runtime's threads).
+    /// Argon2 on a bounded pool of its own threads (never on the runtime's).
     passwords: std::sync::Arc<Passwords>,
 }
 

@@ -475,6 +475,6 @@ pub fn write_metrics(out: &mut String, s: &crate::app::AppState) {
         );
     }
     let p = s.store.passwords();
-    let _ = writeln!(out, "# HELP lodge_password_hashes_running Password hashes running on the blocking pool\n# TYPE lodge_password_hashes_running gauge\nlodge_password_hashes_running {}", p.running());
+    let _ = writeln!(out, "# HELP lodge_password_hashes_running Password hashes running on the hashing threads\n# TYPE lodge_password_hashes_running gauge\nlodge_password_hashes_running {}", p.running());
     let _ = writeln!(out, "# HELP lodge_password_hashes_refused_total Logins and registrations refused with 503 because the hashing pool was full\n# TYPE lodge_password_hashes_refused_total counter\nlodge_password_hashes_refused_total {}", p.refused());
 }
