@@ -3,7 +3,7 @@
 //! Argon2 is deliberately slow (tens of milliseconds of one core per call). Run on a runtime
 //! thread, eight parallel logins stalled every other request on that thread (`/healthz` p50 went
 //! from 1.3 ms to 89 ms). Here every hash and verify runs on one of `concurrency` threads of the
-//! pool's own (one per core by default), and at most `concurrency * QUEUE_PER_SLOT` more wait:
+//! pool's own (half the cores by default), and at most `concurrency * QUEUE_PER_SLOT` more wait:
 //! beyond that the caller gets [`ChatError::Busy`] at once (503 with `Retry-After` on the wire)
 //! instead of an unbounded queue.
 //!
@@ -155,11 +155,13 @@ impl Drop for Done {
 }
 
 impl Passwords {
-    /// A pool running at most `concurrency` hashes at once (0 means one per core).
+    /// A pool running at most `concurrency` hashes at once (0 means half the cores, at least
+    /// one: a flood of logins, which anyone can send, leaves the other half to requests and
+    /// media).
     pub fn new(concurrency: usize) -> Passwords {
         let concurrency = if concurrency == 0 {
             std::thread::available_parallelism()
-                .map(|n| n.get())
+                .map(|n| (n.get() / 2).max(1))
                 .unwrap_or(1)
         } else {
             concurrency

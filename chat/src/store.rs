@@ -135,7 +135,7 @@ impl Store {
         Ok(store)
     }
 
-    /// Run at most `concurrency` password hashes at once (0: one per core).
+    /// Run at most `concurrency` password hashes at once (0: half the cores).
     pub fn with_password_hashing(mut self, concurrency: usize) -> Store {
         self.passwords = std::sync::Arc::new(Passwords::new(concurrency));
         self

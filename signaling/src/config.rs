@@ -164,8 +164,8 @@ config_keys! {
     /// Account registrations per client address per hour. [default: 20]
     registrations_per_ip_per_hour: u32 = "LODGE_REGISTRATIONS_PER_IP_PER_HOUR";
     /// Password hashes (Argon2, for login and registration) run at once, off the request
-    /// threads; up to 4 per slot more wait, further ones get 503 with Retry-After. 0 = one per
-    /// CPU core. [default: 0]
+    /// threads; up to 4 per slot more wait, further ones get 503 with Retry-After. 0 = half
+    /// the CPU cores (at least one), leaving the rest to requests and media. [default: 0]
     password_hash_concurrency: usize = "LODGE_PASSWORD_HASH_CONCURRENCY";
     /// Seconds a client has to send a request's head (request line and headers), from
     /// connecting or from its first byte on a kept-alive connection. [default: 10]
@@ -391,7 +391,7 @@ impl Config {
                 "password_hash_concurrency",
                 v.password_hash_concurrency.unwrap_or(0),
                 0..=1024,
-                "use 0 (one per core) or a count of concurrent hashes",
+                "use 0 (half the cores) or a count of concurrent hashes",
             )?,
             http_header_timeout_secs: in_range(
                 "http_header_timeout_secs",
