@@ -27,6 +27,12 @@ pub enum ChatError {
     /// The user is banned from the guild they try to join.
     #[error("The user is banned from this guild.")]
     Banned,
+    /// A bounded resource is saturated; try again after `retry_after_secs`.
+    #[error("Service busy: {what} is at capacity, retry in {retry_after_secs} s")]
+    Busy {
+        what: &'static str,
+        retry_after_secs: u64,
+    },
 }
 
 impl ChatError {
@@ -60,6 +66,7 @@ impl ChatError {
             ChatError::MissingPermissions(_) | ChatError::Banned => 403,
             ChatError::Unauthorized => 401,
             ChatError::Invalid { .. } | ChatError::Conflict(_) | ChatError::Limit { .. } => 400,
+            ChatError::Busy { .. } => 503,
             _ => 500,
         }
     }

@@ -10,6 +10,7 @@ mod member_search;
 pub mod messages;
 pub mod model;
 pub mod names;
+pub mod password;
 pub mod permissions;
 pub mod quality;
 pub mod snowflake;

@@ -3,8 +3,6 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -13,6 +11,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::error::ChatError;
 use crate::model::*;
+use crate::password::Passwords;
 use crate::permissions::{self, Overwrite, OverwriteKind, Permissions};
 use crate::snowflake::Snowflakes;
 
@@ -60,6 +59,8 @@ pub struct Store {
     pub(crate) pool: AnyPool,
     pub(crate) backend: Backend,
     ids: std::sync::Arc<Snowflakes>,
+    /// Argon2 on a bounded pool of its own threads (never on the runtime's).
+    passwords: std::sync::Arc<Passwords>,
 }
 
 /// A user from a row's `username` and `bot` columns; the id is given (its column varies).
@@ -122,13 +123,27 @@ impl Store {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
+        let passwords = Passwords::default();
+        passwords.prepare();
         let store = Store {
             pool,
             backend,
             ids: std::sync::Arc::new(Snowflakes::new(0, 0)),
+            passwords: std::sync::Arc::new(passwords),
         };
         store.backfill_username_keys().await?;
         Ok(store)
+    }
+
+    /// Run at most `concurrency` password hashes at once (0: half the cores).
+    pub fn with_password_hashing(mut self, concurrency: usize) -> Store {
+        self.passwords = std::sync::Arc::new(Passwords::new(concurrency));
+        self
+    }
+
+    /// The password hashing pool (its counters are read by tests and metrics).
+    pub fn passwords(&self) -> &Passwords {
+        &self.passwords
     }
 
     pub fn backend(&self) -> Backend {
@@ -190,11 +205,7 @@ impl Store {
                 message: "Must be between 8 and 128 in length.".into(),
             });
         }
-        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-        let hash = Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(|_| ChatError::Hash)?
-            .to_string();
+        let hash = self.passwords.hash(password).await?;
         let id = self.next_id();
         let r = sqlx::query("INSERT INTO users (id, username, username_key, password_hash, bot, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(id as i64)
@@ -226,6 +237,14 @@ impl Store {
     }
 
     pub async fn login(&self, username: &str, password: &str) -> Result<(User, String), ChatError> {
+        let invalid = || ChatError::Invalid {
+            field: "login",
+            message: "Login or password is invalid.".into(),
+        };
+        // Registration allows 128; a longer one cannot match and is not worth hashing.
+        if password.len() > 1024 {
+            return Err(invalid());
+        }
         // By the folded key: `ＡＤＭＩＮ` logs in as `admin`, never as an account of its own.
         let row = sqlx::query(
             "SELECT id, username, password_hash, bot FROM users WHERE username_key = $1",
@@ -233,24 +252,12 @@ impl Store {
         .bind(crate::names::username_key(username))
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else {
-            // Same answer for unknown user and wrong password.
-            return Err(ChatError::Invalid {
-                field: "login",
-                message: "Login or password is invalid.".into(),
-            });
+        // An unknown username is verified against a dummy hash: the same work, the same answer.
+        let stored = row.as_ref().map(|r| r.get::<String, _>("password_hash"));
+        let matches = self.passwords.verify(password, stored).await?;
+        let Some(row) = row.filter(|_| matches) else {
+            return Err(invalid());
         };
-        let hash: String = row.get("password_hash");
-        let parsed = PasswordHash::new(&hash).map_err(|_| ChatError::Hash)?;
-        if Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_err()
-        {
-            return Err(ChatError::Invalid {
-                field: "login",
-                message: "Login or password is invalid.".into(),
-            });
-        }
         let user = user_from_row(&row, row.get::<i64, _>("id") as u64);
         let token = self.issue_token(user.id).await?;
         Ok((user, token))

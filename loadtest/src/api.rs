@@ -33,8 +33,9 @@ impl Api {
             })?;
             let status = res.status().as_u16();
             let v: Value = res.json().await.unwrap_or(Value::Null);
-            if status == 429 {
-                // Setup traffic obeys the rate limit; measured traffic counts it as an error.
+            if status == 429 || status == 503 {
+                // Setup traffic obeys the rate limit and waits out a busy password-hashing
+                // pool; measured traffic counts either as an error.
                 let wait = v["retry_after"].as_f64().unwrap_or(0.5);
                 tokio::time::sleep(Duration::from_secs_f64(wait)).await;
                 continue;

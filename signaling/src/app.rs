@@ -26,6 +26,11 @@ pub struct Inner {
     pub ready: AtomicBool,
     pub limits: crate::ratelimit::Limits,
     pub rate_limiter: crate::ratelimit::RateLimiter,
+    /// Timeouts and connection caps of the HTTP server, and what they refused.
+    pub http_limits: crate::http_server::HttpLimits,
+    pub http_stats: std::sync::Arc<crate::http_server::HttpStats>,
+    /// Login back-off and registrations per address.
+    pub account_limiter: crate::account_limits::AccountLimiter,
     pub shutdown: tokio::sync::watch::Sender<bool>,
     pub telemetry: Mutex<crate::quality::Telemetry>,
     /// Set when this node is an origin or an edge of a cluster.
@@ -72,10 +77,29 @@ impl Deref for AppState {
 
 impl AppState {
     pub fn new(cfg: Config, store: Store, sfu: SfuHandle) -> Self {
+        let secs = std::time::Duration::from_secs;
         let limits = crate::ratelimit::Limits {
             route: cfg.rate_limit_route,
-            route_window: std::time::Duration::from_secs(1),
+            route_window: secs(1),
             global: cfg.rate_limit_global,
+            trusted_proxies: cfg.trusted_proxy.clone(),
+        };
+        let account_limits = crate::account_limits::AccountLimits {
+            login_free_failures: cfg.login_failures_before_backoff,
+            login_backoff_base: secs(1),
+            login_backoff_max: secs(cfg.login_backoff_max_secs),
+            registrations_per_hour: cfg.registrations_per_ip_per_hour,
+        };
+        let http_limits = crate::http_server::HttpLimits {
+            header_timeout: secs(cfg.http_header_timeout_secs),
+            idle_timeout: secs(cfg.http_idle_timeout_secs),
+            request_timeout: secs(cfg.http_request_timeout_secs),
+            max_connections: cfg.max_http_connections,
+            max_connections_per_addr: match cfg.max_http_connections_per_ip {
+                0 => usize::MAX,
+                n => n,
+            },
+            trusted_proxies: cfg.trusted_proxy.clone(),
         };
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let session_starts = crate::gateway::session_start::SessionStarts::new(
@@ -97,6 +121,9 @@ impl AppState {
             ready: AtomicBool::new(false),
             limits,
             rate_limiter: Default::default(),
+            account_limiter: crate::account_limits::AccountLimiter::new(account_limits),
+            http_limits,
+            http_stats: Default::default(),
             shutdown,
             telemetry: Default::default(),
             cluster: std::sync::OnceLock::new(),

@@ -150,6 +150,37 @@ config_keys! {
     /// GUILD_PRESENCES (Discord makes each application enable them); false refuses such an
     /// Identify with 4014. [default: true]
     bot_privileged_intents: bool = "LODGE_BOT_PRIVILEGED_INTENTS";
+    /// Address range of a reverse proxy in front of Lodge (e.g. 10.0.0.0/8; repeat the flag or
+    /// separate with commas for several). Only from such a peer is X-Forwarded-For believed:
+    /// the client is its rightmost address that is not a trusted proxy. Trusted proxies are also
+    /// exempt from --max-http-connections-per-ip. [default: none: the TCP peer is the client]
+    trusted_proxy: Vec<crate::client_addr::Cidr> = "LODGE_TRUSTED_PROXY" [value_delimiter = ','];
+    /// Failed logins per client address, and per username from any address, before back-off
+    /// starts: 1 s, then doubling with each further failure up to --login-backoff-max-secs.
+    /// [default: 5]
+    login_failures_before_backoff: u32 = "LODGE_LOGIN_FAILURES_BEFORE_BACKOFF";
+    /// The longest login back-off, in seconds. [default: 60]
+    login_backoff_max_secs: u64 = "LODGE_LOGIN_BACKOFF_MAX_SECS";
+    /// Account registrations per client address per hour. [default: 20]
+    registrations_per_ip_per_hour: u32 = "LODGE_REGISTRATIONS_PER_IP_PER_HOUR";
+    /// Password hashes (Argon2, for login and registration) run at once, off the request
+    /// threads; up to 4 per slot more wait, further ones get 503 with Retry-After. 0 = half
+    /// the CPU cores (at least one), leaving the rest to requests and media. [default: 0]
+    password_hash_concurrency: usize = "LODGE_PASSWORD_HASH_CONCURRENCY";
+    /// Seconds a client has to send a request's head (request line and headers), from
+    /// connecting or from its first byte on a kept-alive connection. [default: 10]
+    http_header_timeout_secs: u64 = "LODGE_HTTP_HEADER_TIMEOUT_SECS";
+    /// Seconds a kept-alive HTTP connection may wait for its next request. [default: 60]
+    http_idle_timeout_secs: u64 = "LODGE_HTTP_IDLE_TIMEOUT_SECS";
+    /// Seconds to read a request's body and answer it (WebSockets are not limited once
+    /// upgraded). [default: 30]
+    http_request_timeout_secs: u64 = "LODGE_HTTP_REQUEST_TIMEOUT_SECS";
+    /// Open TCP connections on the HTTP port, WebSockets included; more are refused with 503.
+    /// [default: 10000]
+    max_http_connections: usize = "LODGE_MAX_HTTP_CONNECTIONS";
+    /// Open TCP connections on the HTTP port from one client address (IPv6: one /64); 0 = no
+    /// per-address cap. [default: 256]
+    max_http_connections_per_ip: usize = "LODGE_MAX_HTTP_CONNECTIONS_PER_IP";
 }
 
 /// The effective configuration.
@@ -188,6 +219,16 @@ pub struct Config {
     pub session_start_max_concurrency: u32,
     pub max_gateway_connections: usize,
     pub bot_privileged_intents: bool,
+    pub trusted_proxy: Vec<crate::client_addr::Cidr>,
+    pub login_failures_before_backoff: u32,
+    pub login_backoff_max_secs: u64,
+    pub registrations_per_ip_per_hour: u32,
+    pub password_hash_concurrency: usize,
+    pub http_header_timeout_secs: u64,
+    pub http_idle_timeout_secs: u64,
+    pub http_request_timeout_secs: u64,
+    pub max_http_connections: usize,
+    pub max_http_connections_per_ip: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -337,6 +378,46 @@ impl Config {
                 "use at least 1",
             )?,
             bot_privileged_intents: v.bot_privileged_intents.unwrap_or(true),
+            trusted_proxy: v.trusted_proxy.take().unwrap_or_default(),
+            login_failures_before_backoff: v.login_failures_before_backoff.unwrap_or(5).max(1),
+            login_backoff_max_secs: in_range(
+                "login_backoff_max_secs",
+                v.login_backoff_max_secs.unwrap_or(60),
+                1..=86_400,
+                "use 1 s to a day",
+            )?,
+            registrations_per_ip_per_hour: v.registrations_per_ip_per_hour.unwrap_or(20),
+            password_hash_concurrency: in_range(
+                "password_hash_concurrency",
+                v.password_hash_concurrency.unwrap_or(0),
+                0..=1024,
+                "use 0 (half the cores) or a count of concurrent hashes",
+            )?,
+            http_header_timeout_secs: in_range(
+                "http_header_timeout_secs",
+                v.http_header_timeout_secs.unwrap_or(10),
+                1..=3600,
+                "use 1 to 3600 seconds",
+            )?,
+            http_idle_timeout_secs: in_range(
+                "http_idle_timeout_secs",
+                v.http_idle_timeout_secs.unwrap_or(60),
+                1..=3600,
+                "use 1 to 3600 seconds",
+            )?,
+            http_request_timeout_secs: in_range(
+                "http_request_timeout_secs",
+                v.http_request_timeout_secs.unwrap_or(30),
+                1..=3600,
+                "use 1 to 3600 seconds",
+            )?,
+            max_http_connections: in_range(
+                "max_http_connections",
+                v.max_http_connections.unwrap_or(10_000),
+                1..=1_000_000,
+                "use 1 to 1000000 (mind the process's file descriptor limit)",
+            )?,
+            max_http_connections_per_ip: v.max_http_connections_per_ip.unwrap_or(256),
         }
         .checked_cluster()
     }
@@ -517,6 +598,31 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.contains("media_realtime 120") && e.contains("99"), "{e}");
+    }
+
+    #[test]
+    fn trusted_proxies_from_the_file_and_bad_ranges_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("lodge.toml");
+        std::fs::write(&f, "trusted_proxy = [\"10.0.0.0/8\", \"fd00::/8\"]\n").unwrap();
+        let c = load_args(ServeArgs {
+            config: Some(f.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let shown: Vec<String> = c.trusted_proxy.iter().map(|r| r.to_string()).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "fd00::/8"]);
+        assert!(load_args(ServeArgs::default())
+            .unwrap()
+            .trusted_proxy
+            .is_empty());
+        std::fs::write(&f, "trusted_proxy = [\"10.0.0.0/40\"]\n").unwrap();
+        let e = load_args(ServeArgs {
+            config: Some(f),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("10.0.0.0/40") && e.contains("prefix"), "{e}");
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub enum ApiError {
     },
     #[error(transparent)]
     Chat(#[from] ChatError),
+    /// 429 with Discord's rate-limit body and headers.
+    #[error("rate limited ({})", .0.limit_name)]
+    RateLimited(Box<crate::ratelimit::RateLimited>),
 }
 
 impl ApiError {
@@ -59,6 +62,24 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message, errors) = match self {
+            ApiError::RateLimited(r) => return r.into_response(),
+            ApiError::Chat(ChatError::Busy {
+                what,
+                retry_after_secs,
+            }) => {
+                tracing::debug!(what, "request refused: at capacity");
+                let body = json!({
+                    "code": 0,
+                    "message": format!("503: Service Unavailable ({what} is at capacity; retry in {retry_after_secs} s)"),
+                    "retry_after": retry_after_secs,
+                });
+                let mut res = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+                res.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from(retry_after_secs),
+                );
+                return res;
+            }
             ApiError::Status {
                 status,
                 code,
@@ -101,6 +122,7 @@ impl ApiError {
         match self {
             ApiError::Status { code, .. } => *code,
             ApiError::Chat(e) => e.code(),
+            ApiError::RateLimited(_) => 0,
         }
     }
 }

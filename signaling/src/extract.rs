@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::ratelimit::Authenticated;
 
 /// Largest JSON body the REST API accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -57,7 +58,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 }
 
 /// The authenticated user (`Authorization: Bot <t>`, `Bearer <t>` or a bare token).
+///
+/// Behind the rate limiter (every `/api` route) the token was already verified once for the
+/// request; the outcome is taken from the request's extensions rather than looked up again.
 pub struct Auth(pub User);
+
+/// Longest token looked up; longer ones are refused unread.
+pub const MAX_TOKEN_LEN: usize = 200;
 
 pub fn token_from_header(v: &str) -> &str {
     let v = v.trim();
@@ -74,6 +81,11 @@ impl FromRequestParts<AppState> for Auth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Authenticated>() {
+            Some(Authenticated::User(u)) => return Ok(Auth(u.clone())),
+            Some(Authenticated::Invalid) => return Err(ApiError::unauthorized()),
+            None => {}
+        }
         let Some(h) = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -82,7 +94,7 @@ impl FromRequestParts<AppState> for Auth {
             return Err(ApiError::unauthorized());
         };
         let token = token_from_header(h);
-        if token.is_empty() || token.len() > 200 {
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(ApiError::unauthorized());
         }
         match state.store.authenticate(token).await {

@@ -4,13 +4,16 @@
 //!
 //! This is the only crate that knows HTTP, WebSocket and JSON.
 
+pub mod account_limits;
 pub mod app;
+pub mod client_addr;
 pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod extract;
 pub mod gateway;
+pub mod http_server;
 pub mod hub;
 pub mod node_report;
 pub mod quality;
@@ -110,6 +113,7 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
                 err,
             })?,
     };
+    let store = store.with_password_hashing(cfg.password_hash_concurrency);
     let udp = UdpSocket::bind(cfg.media_listen)
         .await
         .map_err(|err| StartError::Media {
@@ -186,17 +190,21 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     } else {
         router(state.clone())
     };
-    let mut shutdown = state.shutdown.subscribe();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await
-    });
+    let server = tokio::spawn(http_server::serve(
+        listener,
+        app,
+        state.http_limits.clone(),
+        state.http_stats.clone(),
+        state.shutdown.subscribe(),
+    ));
+    for range in &state.limits.trusted_proxies {
+        if range.prefix_len() < 8 {
+            tracing::warn!(
+                %range,
+                "trusted_proxy {range} is very broad: any client in it can choose the address limits count it under"
+            );
+        }
+    }
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(http = %http_addr, media = %media_addr, "lodge node ready");
     Ok(Running {

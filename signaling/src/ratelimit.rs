@@ -1,10 +1,17 @@
 //! REST rate limits the way Discord announces them: a bucket per route (and major parameter) per
 //! caller, plus a global per-caller limit. Every response carries `X-RateLimit-*` headers; a
-//! refused request gets 429 `{message, retry_after, global}` and `Retry-After`.
+//! refused request gets 429 `{message, retry_after, global, code}` (the message names the limit)
+//! and `Retry-After`.
+//!
+//! The caller is the verified user: the middleware authenticates the request's token once and
+//! leaves the outcome in the request's extensions ([`Authenticated`]) for the `Auth` extractor.
+//! A request without a token, or with one that does not verify, is counted against its client
+//! address ([`crate::client_addr`]), so a made-up `Authorization` header per request buys
+//! nothing. Account endpoints add their own limits (`crate::account_limits`).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,19 +20,43 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use lodge_chat::User;
 use serde_json::json;
 
 use crate::app::AppState;
+use crate::client_addr::{self, Cidr, ClientAddr};
 
-/// Limits, configurable (`--rate-limit-route`, `--rate-limit-global`).
-#[derive(Debug, Clone, Copy)]
+/// Limits, configurable (`--rate-limit-route`, `--rate-limit-global`, `--trusted-proxy`).
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Requests per route bucket per window.
     pub route: u32,
     pub route_window: Duration,
     /// Requests per second per caller across all routes.
     pub global: u32,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
 }
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            route: 50,
+            route_window: Duration::from_secs(1),
+            global: 100,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// The bucket of failed token lookups per address (route buckets have the low bit set).
+const INVALID_TOKENS: u64 = 2;
+/// Failed token lookups an address may cause per second.
+pub const INVALID_TOKENS_PER_SECOND: u32 = 10;
+
+/// Most (caller, bucket) windows kept; past it, expired ones are dropped first, then the ones
+/// closest to expiring. 100,000 windows are a few MB.
+const MAX_WINDOWS: usize = 100_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Window {
@@ -36,6 +67,22 @@ struct Window {
 #[derive(Default)]
 pub struct RateLimiter {
     windows: Mutex<HashMap<(u64, u64), Window>>,
+}
+
+/// Whom a request is counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Caller {
+    User(u64),
+    /// The client address's limit key (IPv4, or IPv6 /64).
+    Addr(IpAddr),
+}
+
+/// The outcome of authenticating a request's token, left in its extensions by the middleware.
+#[derive(Debug, Clone)]
+pub enum Authenticated {
+    User(User),
+    /// A token was sent and it is unknown, revoked or malformed.
+    Invalid,
 }
 
 /// What a request got.
@@ -60,6 +107,31 @@ fn hash_of(v: impl Hash) -> u64 {
     h.finish()
 }
 
+/// Make room in a map capped at `cap` entries: when full, drop the expired entries and, if that
+/// leaves more than three quarters, the ones soonest to expire. Amortised O(1) per insert.
+pub(crate) fn make_room<K: Clone + Eq + Hash, V>(
+    map: &mut HashMap<K, V>,
+    cap: usize,
+    expires: impl Fn(&V) -> Instant,
+    now: Instant,
+) {
+    if map.len() < cap {
+        return;
+    }
+    map.retain(|_, v| expires(v) > now);
+    let target = cap / 4 * 3;
+    if map.len() <= target {
+        return;
+    }
+    let mut by_expiry: Vec<(Instant, K)> =
+        map.iter().map(|(k, v)| (expires(v), k.clone())).collect();
+    by_expiry.sort_unstable_by_key(|(t, _)| *t);
+    let excess = map.len() - target;
+    for (_, k) in by_expiry.into_iter().take(excess) {
+        map.remove(&k);
+    }
+}
+
 impl RateLimiter {
     fn take(
         &self,
@@ -70,8 +142,8 @@ impl RateLimiter {
         window: Duration,
     ) -> Result<Window, Window> {
         let mut m = self.windows.lock().expect("rate limiter lock");
-        if m.len() > 100_000 {
-            m.retain(|_, w| w.reset_at > now);
+        if !m.contains_key(&(caller, bucket)) {
+            make_room(&mut m, MAX_WINDOWS, |w| w.reset_at, now);
         }
         let w = m.entry((caller, bucket)).or_insert(Window {
             reset_at: now + window,
@@ -90,8 +162,16 @@ impl RateLimiter {
         Ok(*w)
     }
 
-    fn check(&self, now: Instant, caller: u64, bucket: u64, l: Limits) -> Verdict {
+    /// How long until `caller`'s window in `bucket` has room, if it has none now.
+    fn exhausted(&self, now: Instant, caller: Caller, bucket: u64) -> Option<Duration> {
+        let m = self.windows.lock().expect("rate limiter lock");
+        let w = m.get(&(hash_of(caller), bucket))?;
+        (w.remaining == 0 && now < w.reset_at).then(|| w.reset_at - now)
+    }
+
+    fn check(&self, now: Instant, caller: Caller, bucket: u64, l: &Limits) -> Verdict {
         const GLOBAL: u64 = 0;
+        let caller = hash_of(caller);
         if let Err(w) = self.take(now, caller, GLOBAL, l.global, Duration::from_secs(1)) {
             return Verdict::Limited {
                 retry_after: w.reset_at - now,
@@ -115,6 +195,11 @@ impl RateLimiter {
             },
         }
     }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.windows.lock().unwrap().len()
+    }
 }
 
 /// The route template plus its major parameter (the channel or guild id), Discord's bucket key.
@@ -134,33 +219,137 @@ fn set(h: &mut HeaderMap, k: &'static str, v: String) {
     }
 }
 
-pub async fn middleware(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let l = s.limits;
-    let now = Instant::now();
-    let caller = match req
-        .headers()
-        .get("authorization")
-        .and_then(|h| h.to_str().ok())
-    {
-        Some(a) => hash_of(("token", crate::extract::token_from_header(a))),
-        None => {
-            let ip = req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip());
-            hash_of(("ip", ip))
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// A refused request: 429 with Discord's body and headers. The message names the limit.
+#[derive(Debug, Clone)]
+pub struct RateLimited {
+    /// What was exceeded, for the message: "global limit: 100 requests per second".
+    pub limit_name: String,
+    pub retry_after: Duration,
+    pub global: bool,
+    /// The limit's size (`X-RateLimit-Limit`).
+    pub limit: u32,
+    /// `X-RateLimit-Bucket`.
+    pub bucket: String,
+    /// `X-RateLimit-Scope`: "user" (this caller's own limit) or "shared".
+    pub scope: &'static str,
+}
+
+impl IntoResponse for RateLimited {
+    fn into_response(self) -> Response {
+        let secs = self.retry_after.as_secs_f64().max(0.001);
+        let body = json!({
+            "message": format!("You are being rate limited ({}).", self.limit_name),
+            "retry_after": (secs * 1000.0).ceil() / 1000.0,
+            "global": self.global,
+            "code": 0,
+        });
+        let mut res = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+        let h = res.headers_mut();
+        set(h, "retry-after", format!("{}", secs.ceil() as u64));
+        set(h, "x-ratelimit-limit", self.limit.to_string());
+        set(h, "x-ratelimit-remaining", "0".into());
+        set(
+            h,
+            "x-ratelimit-reset",
+            format!("{:.3}", (unix_now() + self.retry_after).as_secs_f64()),
+        );
+        set(h, "x-ratelimit-reset-after", format!("{secs:.3}"));
+        set(h, "x-ratelimit-bucket", self.bucket);
+        set(h, "x-ratelimit-scope", self.scope.into());
+        if self.global {
+            set(h, "x-ratelimit-global", "true".into());
         }
+        res
+    }
+}
+
+/// Authenticate the request's token, if it has one (one store lookup per request).
+async fn authenticate(s: &AppState, headers: &HeaderMap) -> Option<Authenticated> {
+    let h = headers.get(axum::http::header::AUTHORIZATION)?;
+    if h.as_bytes().starts_with(b"Operator ") {
+        // The operator's secret is checked by the routes that take it, not the token store.
+        return None;
+    }
+    let Some(token) = h.to_str().ok().map(crate::extract::token_from_header) else {
+        return Some(Authenticated::Invalid);
     };
+    if token.is_empty() || token.len() > crate::extract::MAX_TOKEN_LEN {
+        return Some(Authenticated::Invalid);
+    }
+    match s.store.authenticate(token).await {
+        Ok(u) => Some(Authenticated::User(u)),
+        Err(lodge_chat::ChatError::Unauthorized) => Some(Authenticated::Invalid),
+        // The store failed: leave it to the `Auth` extractor, which reports the error.
+        Err(_) => None,
+    }
+}
+
+pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let addr = client_addr::resolve(peer, req.headers(), &s.limits.trusted_proxies);
+    req.extensions_mut().insert(ClientAddr(addr));
+    let key = client_addr::limit_key(addr);
+    // Token lookups that fail cost the store a query each: an address gets a few per second,
+    // then token-bearing requests from it wait (429) instead of reaching the store.
+    let has_token = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .is_some_and(|h| !h.as_bytes().starts_with(b"Operator "));
+    if has_token {
+        if let Some(retry_after) =
+            s.rate_limiter
+                .exhausted(Instant::now(), Caller::Addr(key), INVALID_TOKENS)
+        {
+            return RateLimited {
+                limit_name: format!(
+                    "invalid tokens from this address: {INVALID_TOKENS_PER_SECOND} per second"
+                ),
+                retry_after,
+                global: false,
+                limit: INVALID_TOKENS_PER_SECOND,
+                bucket: "invalid-token".into(),
+                scope: "shared",
+            }
+            .into_response();
+        }
+    }
+    let auth = authenticate(&s, req.headers()).await;
+    if matches!(auth, Some(Authenticated::Invalid)) {
+        let _ = s.rate_limiter.take(
+            Instant::now(),
+            hash_of(Caller::Addr(key)),
+            INVALID_TOKENS,
+            INVALID_TOKENS_PER_SECOND,
+            Duration::from_secs(1),
+        );
+    }
+    let caller = match &auth {
+        Some(Authenticated::User(u)) => Caller::User(u.id),
+        _ => Caller::Addr(key),
+    };
+    if let Some(a) = auth {
+        req.extensions_mut().insert(a);
+    }
     let template = req
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_default();
     let bucket = bucket_of(req.method().as_str(), &template, req.uri().path());
-    let unix_now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    match s.rate_limiter.check(now, caller, bucket, l) {
+    match s
+        .rate_limiter
+        .check(Instant::now(), caller, bucket, &s.limits)
+    {
         Verdict::Ok {
             limit,
             remaining,
@@ -169,19 +358,22 @@ pub async fn middleware(State(s): State<AppState>, req: Request, next: Next) -> 
         } => {
             let mut res = next.run(req).await;
             let h = res.headers_mut();
-            set(h, "x-ratelimit-limit", limit.to_string());
-            set(h, "x-ratelimit-remaining", remaining.to_string());
-            set(
-                h,
-                "x-ratelimit-reset",
-                format!("{:.3}", (unix_now + reset_after).as_secs_f64()),
-            );
-            set(
-                h,
-                "x-ratelimit-reset-after",
-                format!("{:.3}", reset_after.as_secs_f64()),
-            );
-            set(h, "x-ratelimit-bucket", format!("{bucket:016x}"));
+            // An account limit's 429 carries its own figures.
+            if !h.contains_key("x-ratelimit-limit") {
+                set(h, "x-ratelimit-limit", limit.to_string());
+                set(h, "x-ratelimit-remaining", remaining.to_string());
+                set(
+                    h,
+                    "x-ratelimit-reset",
+                    format!("{:.3}", (unix_now() + reset_after).as_secs_f64()),
+                );
+                set(
+                    h,
+                    "x-ratelimit-reset-after",
+                    format!("{:.3}", reset_after.as_secs_f64()),
+                );
+                set(h, "x-ratelimit-bucket", format!("{bucket:016x}"));
+            }
             res
         }
         Verdict::Limited {
@@ -190,41 +382,28 @@ pub async fn middleware(State(s): State<AppState>, req: Request, next: Next) -> 
             limit,
             bucket,
         } => {
-            let secs = retry_after.as_secs_f64().max(0.001);
-            let scope = if global {
-                "global limit"
-            } else {
-                "route limit"
-            };
             tracing::debug!(
                 global,
                 bucket = format!("{bucket:016x}"),
                 "request rate limited"
             );
-            let body = json!({
-                "message": format!("You are being rate limited ({scope}: {limit} requests per {}).",
-                    if global { "second".to_string() } else { format!("{:.0} s", l.route_window.as_secs_f64()) }),
-                "retry_after": (secs * 1000.0).ceil() / 1000.0,
-                "global": global,
-                "code": 0,
-            });
-            let mut res = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
-            let h = res.headers_mut();
-            set(h, "retry-after", format!("{}", secs.ceil() as u64));
-            set(h, "x-ratelimit-limit", limit.to_string());
-            set(h, "x-ratelimit-remaining", "0".into());
-            set(
-                h,
-                "x-ratelimit-reset",
-                format!("{:.3}", (unix_now + retry_after).as_secs_f64()),
-            );
-            set(h, "x-ratelimit-reset-after", format!("{secs:.3}"));
-            set(h, "x-ratelimit-bucket", format!("{bucket:016x}"));
-            set(h, "x-ratelimit-scope", "user".into());
-            if global {
-                set(h, "x-ratelimit-global", "true".into());
+            let limit_name = if global {
+                format!("global limit: {limit} requests per second")
+            } else {
+                format!(
+                    "route limit: {limit} requests per {:.0} s",
+                    s.limits.route_window.as_secs_f64()
+                )
+            };
+            RateLimited {
+                limit_name,
+                retry_after,
+                global,
+                limit,
+                bucket: format!("{bucket:016x}"),
+                scope: "user",
             }
-            res
+            .into_response()
         }
     }
 }
@@ -257,40 +436,57 @@ mod tests {
             route: 2,
             route_window: Duration::from_secs(1),
             global: 100,
+            ..Limits::default()
         };
         let t0 = Instant::now();
         assert!(matches!(
-            r.check(t0, 1, 7, l),
+            r.check(t0, Caller::User(1), 7, &l),
             Verdict::Ok { remaining: 1, .. }
         ));
         assert!(matches!(
-            r.check(t0, 1, 7, l),
+            r.check(t0, Caller::User(1), 7, &l),
             Verdict::Ok { remaining: 0, .. }
         ));
         assert!(matches!(
-            r.check(t0, 1, 7, l),
+            r.check(t0, Caller::User(1), 7, &l),
             Verdict::Limited { global: false, .. }
         ));
         assert!(
-            matches!(r.check(t0, 2, 7, l), Verdict::Ok { .. }),
+            matches!(r.check(t0, Caller::User(2), 7, &l), Verdict::Ok { .. }),
             "other callers are separate"
         );
         assert!(matches!(
-            r.check(t0 + Duration::from_millis(1001), 1, 7, l),
+            r.check(t0 + Duration::from_millis(1001), Caller::User(1), 7, &l),
             Verdict::Ok { remaining: 1, .. }
         ));
         let g = Limits {
             route: 100,
             route_window: Duration::from_secs(1),
             global: 3,
+            ..Limits::default()
         };
         let t1 = t0 + Duration::from_secs(10);
         for b in 0..3 {
-            assert!(matches!(r.check(t1, 9, 100 + b, g), Verdict::Ok { .. }));
+            assert!(matches!(
+                r.check(t1, Caller::User(9), 100 + b, &g),
+                Verdict::Ok { .. }
+            ));
         }
         assert!(matches!(
-            r.check(t1, 9, 200, g),
+            r.check(t1, Caller::User(9), 200, &g),
             Verdict::Limited { global: true, .. }
         ));
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let r = RateLimiter::default();
+        let l = Limits::default();
+        let t0 = Instant::now();
+        for i in 0..(MAX_WINDOWS as u32 + 10_000) {
+            let ip = IpAddr::from(i.to_be_bytes());
+            r.check(t0, Caller::Addr(ip), 7, &l);
+        }
+        assert!(r.len() <= MAX_WINDOWS, "{}", r.len());
     }
 }

@@ -6,6 +6,8 @@
 #   tests/cluster/hop_delay.sh            # 2 speakers, 40 listeners, 30 s each
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+# The load generator registers and connects from one address: lift the per-address limits.
+export LODGE_REGISTRATIONS_PER_IP_PER_HOUR=1000000 LODGE_MAX_HTTP_CONNECTIONS_PER_IP=0
 [ -n "${NODE_BIN:-}" ] || (cd "$ROOT" && cargo build -q --release -p lodge-signaling -p lodge-loadtest)
 BIN="${NODE_BIN:-$ROOT/target/release/lodge}"
 LOAD="${LOAD_BIN:-$ROOT/target/release/lodge-load}"

@@ -6,6 +6,8 @@
 # wrong cluster token is refused and counted; an edge that loses its origin says so.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+# The load generator registers and connects from one address: lift the per-address limits.
+export LODGE_REGISTRATIONS_PER_IP_PER_HOUR=1000000 LODGE_MAX_HTTP_CONNECTIONS_PER_IP=0
 BIN="${NODE_BIN:-$ROOT/target/debug/lodge}"
 LOAD="${LOAD_BIN:-$ROOT/target/debug/lodge-load}"
 TMP="$(mktemp -d)"

@@ -4,6 +4,8 @@
 #   lodge-load chat -m 1000 -r 200 -d 30 --accounts 100 --senders 8
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+# The load generator registers and connects from one address: lift the per-address limits.
+export LODGE_REGISTRATIONS_PER_IP_PER_HOUR=1000000 LODGE_MAX_HTTP_CONNECTIONS_PER_IP=0
 BIN="${LODGE_BIN:-$ROOT/target/debug/lodge}"
 LOAD="${LODGE_LOAD_BIN:-$ROOT/target/debug/lodge-load}"
 TMP="$(mktemp -d)"

@@ -8,6 +8,8 @@
 #   lodge-load voice -n 500 -c 10 -s 2 -d 30 --join-rate 100 --server-pid <pid> --out DIR
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+# The load generator registers and connects from one address: lift the per-address limits.
+export LODGE_REGISTRATIONS_PER_IP_PER_HOUR=1000000 LODGE_MAX_HTTP_CONNECTIONS_PER_IP=0
 BIN="${LODGE_BIN:-$ROOT/target/debug/lodge}"
 LOAD="${LODGE_LOAD_BIN:-$ROOT/target/debug/lodge-load}"
 TMP="$(mktemp -d)"

@@ -1,5 +1,7 @@
 //! Lodge's own accounts: register, login, logout (token revocation).
 
+use std::time::Instant;
+
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -7,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::app::AppState;
+use crate::client_addr::{limit_key, ClientAddr};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{token_from_header, ApiJson, Auth};
 use crate::wire;
@@ -25,11 +28,31 @@ pub struct Login {
     password: String,
 }
 
+/// The caller's limit key; every `/api` route has it (the rate limiter puts it there).
+fn client_key(c: Option<axum::Extension<ClientAddr>>) -> std::net::IpAddr {
+    limit_key(
+        c.map(|c| c.0 .0)
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+    )
+}
+
 pub async fn register(
     State(s): State<AppState>,
+    client: Option<axum::Extension<ClientAddr>>,
     ApiJson(b): ApiJson<Register>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let (user, token) = s.store.register(&b.username, &b.password, b.bot).await?;
+    let addr = client_key(client);
+    s.account_limiter
+        .begin_registration(Instant::now(), addr)
+        .map_err(ApiError::RateLimited)?;
+    let (user, token) = match s.store.register(&b.username, &b.password, b.bot).await {
+        Ok(ok) => ok,
+        Err(e @ (lodge_chat::ChatError::Busy { .. } | lodge_chat::ChatError::Storage(_))) => {
+            s.account_limiter.registration_unchecked(addr);
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     tracing::info!(user = user.id, bot = user.bot, "account registered");
     Ok((
         StatusCode::CREATED,
@@ -39,9 +62,25 @@ pub async fn register(
 
 pub async fn login(
     State(s): State<AppState>,
+    client: Option<axum::Extension<ClientAddr>>,
     ApiJson(b): ApiJson<Login>,
 ) -> ApiResult<Json<Value>> {
-    let (user, token) = s.store.login(&b.username, &b.password).await?;
+    let attempt = s
+        .account_limiter
+        .begin_login(Instant::now(), client_key(client), &b.username)
+        .map_err(ApiError::RateLimited)?;
+    let (user, token) = match s.store.login(&b.username, &b.password).await {
+        Ok(ok) => {
+            s.account_limiter.login_succeeded(attempt);
+            ok
+        }
+        // A wrong password or unknown username stays counted.
+        Err(e @ lodge_chat::ChatError::Invalid { .. }) => return Err(e.into()),
+        Err(e) => {
+            s.account_limiter.login_unchecked(attempt);
+            return Err(e.into());
+        }
+    };
     Ok(Json(json!({ "user": wire::user(&user), "token": token })))
 }
 

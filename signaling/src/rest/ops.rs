@@ -191,6 +191,7 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     }
     let recorded = s.telemetry().calls_recorded;
     let _ = writeln!(out, "# HELP lodge_call_summaries_total Call-quality summaries persisted since start\n# TYPE lodge_call_summaries_total counter\nlodge_call_summaries_total {recorded}");
+    crate::http_server::write_metrics(&mut out, &s);
     let (states, conns, slow) = {
         let v = s.voice();
         (v.states.len(), v.conns.len(), v.slow_consumers_closed)

@@ -34,6 +34,8 @@ pub async fn node_with(f: impl FnOnce(&mut ServeArgs)) -> Node {
     };
     // The same suite runs on PostgreSQL when TEST_POSTGRES_URL names an admin URL.
     args.database_url = lodge_chat::store::testing::database_url_from_env().await;
+    // Suites register many accounts from 127.0.0.1; tests of that limit set their own.
+    args.registrations_per_ip_per_hour = Some(100_000);
     f(&mut args);
     let cfg = Config::load(&args, std::iter::empty()).unwrap();
     let run = lodge_signaling::start(cfg).await.unwrap();
