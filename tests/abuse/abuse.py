@@ -24,7 +24,7 @@ async def main():
     ap.add_argument("--url", required=True)
     ap.add_argument("--pid", type=int, required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--only", default="", help="comma-separated attack names to run")
+    ap.add_argument("--only", default="", help="attack names to run, separated by ';'")
     args = ap.parse_args()
 
     node = Node(args.url, args.pid)
@@ -37,7 +37,7 @@ async def main():
         await asyncio.sleep(1.0)
         legit.window()
         failed = 0
-        only = [s for s in args.only.split(",") if s]
+        only = [s.strip() for s in args.only.split(";") if s.strip()]
         for name, items, f in ATTACKS:
             if only and name not in only:
                 continue

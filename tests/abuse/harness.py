@@ -75,6 +75,7 @@ class Node:
         return f"{self.url}/api/v10{path}"
 
     async def req(self, http, method, path, token=None, body=None, xff=None, raw_auth=None):
+        """One request; the status, the JSON body and the headers."""
         headers = {}
         if token:
             headers["Authorization"] = token
@@ -90,8 +91,17 @@ class Node:
                 data = text
             return r.status, data, r.headers
 
+    async def setup_req(self, http, method, path, token=None, body=None, xff=None):
+        """A setup request (not part of an attack): waits out 429s as a polite client does."""
+        for _ in range(20):
+            st, v, h = await self.req(http, method, path, token, body, xff)
+            if st != 429:
+                return st, v, h
+            await asyncio.sleep(float(v.get("retry_after", 1)) if isinstance(v, dict) else 1)
+        return st, v, h
+
     async def register(self, proxy, name, xff, bot=False):
-        st, v, _ = await self.req(
+        st, v, _ = await self.setup_req(
             proxy, "POST", "/auth/register",
             body={"username": name, "password": PASSWORD, "bot": bot}, xff=xff)
         check(st == 201, f"register {name}: {st} {v}")
@@ -113,7 +123,10 @@ class Gateway:
         m = await self.ws.receive(timeout=timeout)
         if m.type == aiohttp.WSMsgType.TEXT:
             return json.loads(m.data)
-        if m.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+        if m.type == aiohttp.WSMsgType.CLOSE:
+            # The code the server sent (close_code may read 1006 once the TCP side is gone).
+            return {"closed": int(m.data), "reason": m.extra}
+        if m.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
             return {"closed": self.ws.close_code, "reason": m.extra}
         return {"other": str(m.type)}
 
@@ -144,8 +157,8 @@ class Gateway:
 
 
 class Legit:
-    """The well-behaved user: a REST call every 100 ms and a heartbeat every 250 ms on its own
-    gateway session, each timed."""
+    """The well-behaved user: a REST call every 100 ms and a heartbeat every 600 ms on its own
+    gateway session (within the gateway's 120 payloads per minute), each timed."""
 
     def __init__(self, node, token):
         self.node = node
@@ -188,7 +201,7 @@ class Legit:
                 self.errors.append(f"heartbeat {e!r}")
                 return
             self.hb.append((time.monotonic() - t0) * 1000)
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.6)
 
     def window(self):
         """Take the samples gathered so far (one attack's window)."""
@@ -209,6 +222,8 @@ class Ctx:
         self.proxy = proxy
         self.args = args
         self.next_ip = 1
+        self.sessions = {}
+        self.root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
     def fake_ip(self):
         """A distinct client address, as the trusted proxy reports it (never contacted)."""

@@ -2,16 +2,19 @@
 # The abuse suite (issue #13's attack classes) against a release `lodge serve` on loopback.
 #   tests/abuse/run.sh                 builds the release binary, runs every attack
 #   LODGE_BIN=path tests/abuse/run.sh  uses that binary
-#   ONLY="identify loop" tests/abuse/run.sh   one attack class (comma-separated names)
+#   ONLY="identify loop;registration flood" tests/abuse/run.sh   some attack classes (";" between names)
 # Writes abuse-report.{md,json} to $OUT (default: a temporary directory) and prints a table.
 # Needs the addresses 127.0.0.1, 127.0.0.2 (the trusted proxy) and 127.0.0.66 (the attacker),
 # which Linux routes on loopback without any setup.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 HERE="$ROOT/tests/abuse"
-if [ -z "${LODGE_BIN:-}" ]; then
+BIN="${LODGE_BIN:-}"
+# The node rejects LODGE_* variables it does not know: do not hand it this script's own.
+unset LODGE_BIN
+if [ -z "$BIN" ]; then
   (cd "$ROOT" && cargo build -q --release --locked -p lodge-signaling --bin lodge)
-  LODGE_BIN="$ROOT/target/release/lodge"
+  BIN="$ROOT/target/release/lodge"
 fi
 OUT="${OUT:-$(mktemp -d)}"
 TMP="$(mktemp -d)"
@@ -22,7 +25,7 @@ MP="$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGR
 # Defaults throughout, except: the suite's own proxy address is trusted, and the two waits an
 # attack must sit out (identify and heartbeat timeouts, header timeout) are shortened so the
 # suite stays within five minutes.
-"$LODGE_BIN" serve --data-dir "$TMP/data" --http-listen "127.0.0.1:$HP" --media-listen "127.0.0.1:$MP" \
+"$BIN" serve --data-dir "$TMP/data" --http-listen "127.0.0.1:$HP" --media-listen "127.0.0.1:$MP" \
   --trusted-proxy 127.0.0.2/32 --identify-timeout-secs 5 --heartbeat-interval-ms 4000 \
   --http-header-timeout-secs 5 >"$TMP/lodge.log" 2>&1 &
 PID=$!
