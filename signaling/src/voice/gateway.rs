@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::client_op::{self, ClientOp, Identify, SelectProtocol};
-use super::outbox::{outbox, Next, Outbox, OUTBOX_CAPACITY, WRITE_TIMEOUT};
+use super::outbox::{outbox, Next, Outbox, OverflowWatch, OUTBOX_CAPACITY, WRITE_TIMEOUT};
 use super::registry::{TokenError, VoiceConn, VoiceOut};
 use crate::app::AppState;
 use crate::ws::{close_with, Tx};
@@ -71,10 +71,12 @@ enum Stop {
     Gone,
 }
 
-/// The connection's writing half: numbers each payload and gives every write a deadline.
+/// The connection's writing half: numbers each payload and gives every write a deadline; a
+/// write also ends when the outbox overflows meanwhile.
 struct Writer {
     tx: Tx,
     seq: u64,
+    overflow: OverflowWatch,
 }
 
 impl Writer {
@@ -82,13 +84,17 @@ impl Writer {
         self.seq += 1;
         v["seq"] = json!(self.seq);
         let msg = Message::Text(v.to_string().into());
-        match tokio::time::timeout(WRITE_TIMEOUT, self.tx.send(msg)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Stop::Gone),
-            Err(_) => Err(Stop::TooSlow(format!(
-                "too slow: a write did not complete within {} s",
-                WRITE_TIMEOUT.as_secs()
-            ))),
+        let write = tokio::time::timeout(WRITE_TIMEOUT, self.tx.send(msg));
+        tokio::select! {
+            r = write => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(Stop::Gone),
+                Err(_) => Err(Stop::TooSlow(format!(
+                    "too slow: a write did not complete within {} s",
+                    WRITE_TIMEOUT.as_secs()
+                ))),
+            },
+            _ = self.overflow.overflowed() => Err(outbox_full()),
         }
     }
 
@@ -99,13 +105,23 @@ impl Writer {
     }
 }
 
+fn outbox_full() -> Stop {
+    Stop::TooSlow(format!(
+        "too slow: more than {OUTBOX_CAPACITY} messages waiting to be read"
+    ))
+}
+
 /// How long a close frame may take to write before the connection is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 async fn run(s: AppState, sock: WebSocket) {
     let (tx, mut rx) = sock.split();
     let (out, mut outbox) = outbox(OUTBOX_CAPACITY);
-    let mut w = Writer { tx, seq: 0 };
+    let mut w = Writer {
+        tx,
+        seq: 0,
+        overflow: outbox.watch(),
+    };
     let hello = json!({ "op": 8, "d": { "heartbeat_interval": HEARTBEAT_INTERVAL_MS, "v": 8 } });
     if w.json(hello).await.is_err() {
         return;
@@ -131,9 +147,7 @@ async fn run(s: AppState, sock: WebSocket) {
             o = outbox.next() => match o {
                 Next::Msg(VoiceOut::Json(v)) => w.json(v).await,
                 Next::Msg(VoiceOut::Close(code, reason)) => Err(Stop::Close(code, reason)),
-                Next::Overflowed => Err(Stop::TooSlow(format!(
-                    "too slow: more than {OUTBOX_CAPACITY} messages waiting to be read"
-                ))),
+                Next::Overflowed => Err(outbox_full()),
                 Next::Closed => Err(Stop::Gone),
             },
             _ = tokio::time::sleep_until(hb_deadline) => {

@@ -75,7 +75,26 @@ impl Outbox {
     }
 }
 
+/// Resolves once the outbox has overflowed: the connection races its writes against it, so a
+/// client that stopped reading is closed as soon as its outbox fills, not only when a blocked
+/// write times out.
+#[derive(Clone)]
+pub struct OverflowWatch(Arc<Overflow>);
+
+impl OverflowWatch {
+    pub async fn overflowed(&self) {
+        // The flag is set before the notification; a stored permit wakes a late waiter.
+        while !self.0.hit.load(Ordering::Relaxed) {
+            self.0.notify.notified().await;
+        }
+    }
+}
+
 impl OutboxRx {
+    pub fn watch(&self) -> OverflowWatch {
+        OverflowWatch(self.overflow.clone())
+    }
+
     /// The next message, or the news that the outbox overflowed (reported before anything
     /// else once it has).
     pub async fn next(&mut self) -> Next {
