@@ -63,4 +63,7 @@ step "chat load smoke test: every message reaches every session, no errors (SQLi
 ./tests/load/chat_smoke.sh
 TEST_POSTGRES_URL="$PG_URL" ./tests/load/chat_smoke.sh
 
+step "abuse suite: every attack class of the hardening issue against a release node, a legitimate client measured throughout"
+OUT="$(mktemp -d)" ./tests/abuse/run.sh
+
 step "all tests passed"

@@ -92,6 +92,14 @@ config_keys! {
     max_participants: usize = "LODGE_MAX_PARTICIPANTS";
     /// Most participants in one voice channel. [default: 1000]
     max_room_size: usize = "LODGE_MAX_ROOM_SIZE";
+    /// Most voice participants one user may have on this node at once (connecting ones
+    /// included); a join beyond it closes with 4014 naming the limit. [default: 4]
+    max_participants_per_user: usize = "LODGE_MAX_PARTICIPANTS_PER_USER";
+    /// Most voice participants one guild may have on this node at once. [default: 2500]
+    max_participants_per_guild: usize = "LODGE_MAX_PARTICIPANTS_PER_GUILD";
+    /// Seconds a voice participant has to complete ICE and DTLS after its Select Protocol before
+    /// it is removed (its place is held meanwhile). [default: 10]
+    voice_connect_timeout_secs: u64 = "LODGE_VOICE_CONNECT_TIMEOUT_SECS";
     /// Seconds a voice token (from VOICE_SERVER_UPDATE) stays valid. [default: 60]
     voice_token_ttl: u64 = "LODGE_VOICE_TOKEN_TTL";
     /// REST requests per second per caller per route bucket (route + channel/guild). [default: 50]
@@ -197,6 +205,9 @@ pub struct Config {
     pub log: String,
     pub max_participants: usize,
     pub max_room_size: usize,
+    pub max_participants_per_user: usize,
+    pub max_participants_per_guild: usize,
+    pub voice_connect_timeout_secs: u64,
     pub voice_token_ttl: u64,
     pub rate_limit_route: u32,
     pub rate_limit_global: u32,
@@ -306,6 +317,24 @@ impl Config {
             log: v.log.take().unwrap_or_else(|| "info".into()),
             max_participants: v.max_participants.unwrap_or(10_000),
             max_room_size: v.max_room_size.unwrap_or(1_000),
+            max_participants_per_user: in_range(
+                "max_participants_per_user",
+                v.max_participants_per_user.unwrap_or(4),
+                1..=1_000,
+                "use 1 to 1000",
+            )?,
+            max_participants_per_guild: in_range(
+                "max_participants_per_guild",
+                v.max_participants_per_guild.unwrap_or(2_500),
+                1..=10_000_000,
+                "use at least 1",
+            )?,
+            voice_connect_timeout_secs: in_range(
+                "voice_connect_timeout_secs",
+                v.voice_connect_timeout_secs.unwrap_or(10),
+                1..=300,
+                "use 1 to 300 seconds",
+            )?,
             voice_token_ttl: v.voice_token_ttl.unwrap_or(60).clamp(1, 3600),
             rate_limit_route: v.rate_limit_route.unwrap_or(50).max(1),
             rate_limit_global: v.rate_limit_global.unwrap_or(100).max(1),

@@ -144,6 +144,9 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         lodge_sfu::NodeConfig::new(std::net::SocketAddr::new(cfg.public_ip, media_addr.port()));
     node_cfg.max_participants = cfg.max_participants;
     node_cfg.max_room_size = cfg.max_room_size;
+    node_cfg.max_participants_per_user = cfg.max_participants_per_user;
+    node_cfg.max_participants_per_guild = cfg.max_participants_per_guild;
+    node_cfg.connect_timeout = std::time::Duration::from_secs(cfg.voice_connect_timeout_secs);
     let shell_opts = lodge_sfu::shell::ShellOptions {
         media_nice: cfg.media_nice,
         media_realtime: cfg.media_realtime,
