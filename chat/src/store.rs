@@ -46,6 +46,13 @@ fn hash_token(token: &str) -> String {
     token_hash(token)
 }
 
+/// What a guild holds a bounded number of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GuildCap {
+    Channels,
+    Roles,
+}
+
 /// Which database a store runs on. The SQL is shared; a few statements differ (search, locking).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -159,6 +166,44 @@ impl Store {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         })
+    }
+
+    /// A write transaction that adds one of `cap`'s kind to a guild, with the guild's count
+    /// taken inside it (PostgreSQL: under the guild's row lock; SQLite: under the write lock
+    /// IMMEDIATE takes), so concurrent creations cannot overshoot the cap. Returns the count
+    /// before the addition.
+    pub(crate) async fn begin_capped(
+        &self,
+        guild_id: u64,
+        cap: GuildCap,
+    ) -> Result<(sqlx::Transaction<'static, sqlx::Any>, i64), ChatError> {
+        let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT id FROM guilds WHERE id = $1 FOR UPDATE")
+                .bind(guild_id as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let (sql, limit, what) = match cap {
+            GuildCap::Channels => (
+                "SELECT COUNT(*) FROM channels WHERE guild_id = $1",
+                MAX_GUILD_CHANNELS,
+                "guild channels",
+            ),
+            GuildCap::Roles => (
+                "SELECT COUNT(*) FROM roles WHERE guild_id = $1",
+                MAX_GUILD_ROLES,
+                "guild roles",
+            ),
+        };
+        let count: i64 = sqlx::query_scalar(sql)
+            .bind(guild_id as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+        if count as usize >= limit {
+            return Err(ChatError::Limit { what, limit });
+        }
+        Ok((tx, count))
     }
 
     /// Close the pool (SQLite: checkpointing the WAL).
@@ -477,26 +522,7 @@ impl Store {
         let permissions = permissions & Permissions::ALL;
         let name = check_name("name", name)?;
         let id = self.next_id();
-        // The cap is counted in the creating transaction (PostgreSQL: under the guild's row
-        // lock, SQLite: under the write lock IMMEDIATE takes), so concurrent creations cannot
-        // overshoot it.
-        let mut tx = self.begin_write().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT id FROM guilds WHERE id = $1 FOR UPDATE")
-                .bind(guild_id as i64)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM roles WHERE guild_id = $1")
-            .bind(guild_id as i64)
-            .fetch_one(&mut *tx)
-            .await?;
-        if count as usize >= MAX_GUILD_ROLES {
-            return Err(ChatError::Limit {
-                what: "guild roles",
-                limit: MAX_GUILD_ROLES,
-            });
-        }
+        let (mut tx, _) = self.begin_capped(guild_id, GuildCap::Roles).await?;
         // New roles go to the bottom, just above @everyone, as Discord places them.
         let pos: i64 = 1;
         sqlx::query("INSERT INTO roles (id, guild_id, name, permissions, position) VALUES ($1, $2, $3, $4, $5)")
@@ -622,26 +648,9 @@ impl Store {
                 });
             }
         }
-        // The channel and its overwrites appear together or not at all, and the channel cap is
-        // counted in the same transaction (PostgreSQL: under the guild's row lock), so
-        // concurrent creations cannot overshoot it.
-        let mut tx = self.begin_write().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT id FROM guilds WHERE id = $1 FOR UPDATE")
-                .bind(guild_id as i64)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM channels WHERE guild_id = $1")
-            .bind(guild_id as i64)
-            .fetch_one(&mut *tx)
-            .await?;
-        if count as usize >= MAX_GUILD_CHANNELS {
-            return Err(ChatError::Limit {
-                what: "guild channels",
-                limit: MAX_GUILD_CHANNELS,
-            });
-        }
+        // The channel and its overwrites appear together or not at all, in the transaction that
+        // counted the channel cap.
+        let (mut tx, count) = self.begin_capped(guild_id, GuildCap::Channels).await?;
         let id = self.next_id();
         let pos = spec.position.unwrap_or(count);
         let voice = kind == ChannelKind::Voice;
