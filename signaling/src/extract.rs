@@ -57,6 +57,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// A JSON body the route also takes empty (as Discord does for e.g. a ban or a new role): an
+/// empty or all-whitespace body is `T::default()`, anything else must parse.
+pub fn optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            50109,
+            format!("The request body contains invalid JSON: {e}"),
+        )
+    })
+}
+
 /// The authenticated user (`Authorization: Bot <t>`, `Bearer <t>` or a bare token).
 ///
 /// Behind the rate limiter (every `/api` route) the token was already verified once for the

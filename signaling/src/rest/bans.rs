@@ -93,17 +93,7 @@ pub async fn ban(
     let g = moderated_guild(&s, &id, &u).await?;
     let target = snowflake(&user, "user")?;
     // The body is optional, as on Discord.
-    let b: BanBody = if body.iter().all(u8::is_ascii_whitespace) {
-        BanBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                50109,
-                format!("The request body contains invalid JSON: {e}"),
-            )
-        })?
-    };
+    let b: BanBody = crate::extract::optional_json(&body)?;
     let seconds = match (b.delete_message_seconds, b.delete_message_days) {
         (Some(sec), _) => sec,
         (None, Some(days)) if days <= 7 => days * 86_400,

@@ -88,17 +88,7 @@ pub async fn create(
 ) -> ApiResult<Json<Value>> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     let p = may_manage(&s, &g, &u, None).await?;
-    let b: RoleBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RoleBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                50109,
-                format!("The request body contains invalid JSON: {e}"),
-            )
-        })?
-    };
+    let b: RoleBody = crate::extract::optional_json(&body)?;
     let perms = perm_bits(&b.permissions)?.unwrap_or(0);
     no_escalation(p, perms)?;
     let mut r = s
