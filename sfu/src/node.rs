@@ -250,6 +250,11 @@ pub struct SlotReport {
 
 pub struct Node {
     cfg: NodeConfig,
+    /// The node's one DTLS certificate, shared by every participant (as mediasoup shares one
+    /// per worker). Generating a key pair per join cost ~25 ms of the media thread, which a
+    /// stream of joins could turn against every call on the node; each handshake still
+    /// negotiates fresh keys.
+    dtls_cert: Option<str0m::config::DtlsCert>,
     participants: Vec<Option<Participant>>,
     free: Vec<u32>,
     count: usize,
@@ -284,6 +289,9 @@ impl Node {
     pub fn new(cfg: NodeConfig) -> Self {
         Node {
             cfg,
+            dtls_cert: str0m::crypto::from_feature_flags()
+                .dtls_provider
+                .generate_certificate(),
             participants: Vec::new(),
             free: Vec::new(),
             count: 0,
@@ -385,7 +393,11 @@ impl Node {
             return Err(SfuError::InvalidSdp("no media line with a=mid".into()));
         }
 
-        let mut rtc = Rtc::builder()
+        let mut builder = Rtc::builder();
+        if let Some(cert) = &self.dtls_cert {
+            builder = builder.set_dtls_cert(cert.clone());
+        }
+        let mut rtc = builder
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .clear_codecs()
