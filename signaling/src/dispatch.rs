@@ -124,14 +124,21 @@ impl Dispatch {
 }
 
 /// A message's `d` serialized, and again with content, embeds, attachments and components
-/// emptied (for sessions without MESSAGE_CONTENT).
+/// emptied, in the message and in the message it replies to (for sessions without
+/// MESSAGE_CONTENT).
 pub(crate) fn with_redacted(mut d: Value) -> (Arc<str>, Arc<str>) {
+    fn empty(m: &mut Value) {
+        if let Some(o) = m.as_object_mut() {
+            o.insert("content".into(), Value::String(String::new()));
+            o.insert("embeds".into(), Value::Array(vec![]));
+            o.insert("attachments".into(), Value::Array(vec![]));
+            o.insert("components".into(), Value::Array(vec![]));
+        }
+    }
     let json: Arc<str> = d.to_string().into();
-    if let Some(o) = d.as_object_mut() {
-        o.insert("content".into(), Value::String(String::new()));
-        o.insert("embeds".into(), Value::Array(vec![]));
-        o.insert("attachments".into(), Value::Array(vec![]));
-        o.insert("components".into(), Value::Array(vec![]));
+    empty(&mut d);
+    if let Some(r) = d.get_mut("referenced_message").filter(|r| r.is_object()) {
+        empty(r);
     }
     (json, d.to_string().into())
 }

@@ -478,6 +478,11 @@ mod tests {
         assert_eq!(body(Body::Full)["referenced_message"]["content"], "secret");
         assert_eq!(body(Body::Redacted)["content"], "");
         assert_eq!(
+            body(Body::Redacted)["referenced_message"]["content"],
+            "",
+            "the quoted message is redacted too"
+        );
+        assert_eq!(
             body(Body::Unreferenced),
             json!({ "content": "see staff", "referenced_message": null })
         );
