@@ -100,6 +100,11 @@ config_keys! {
     /// Seconds a voice participant has to complete ICE and DTLS after its Select Protocol before
     /// it is removed (its place is held meanwhile). [default: 10]
     voice_connect_timeout_secs: u64 = "LODGE_VOICE_CONNECT_TIMEOUT_SECS";
+    /// Open /quality/live sockets (the dashboard) one user, or the operator, may hold; more are
+    /// closed with 4008. [default: 4]
+    max_live_sockets_per_viewer: usize = "LODGE_MAX_LIVE_SOCKETS_PER_VIEWER";
+    /// Open /quality/live sockets on the node; more get 429 before the upgrade. [default: 256]
+    max_live_sockets: usize = "LODGE_MAX_LIVE_SOCKETS";
     /// Seconds a voice token (from VOICE_SERVER_UPDATE) stays valid. [default: 60]
     voice_token_ttl: u64 = "LODGE_VOICE_TOKEN_TTL";
     /// REST requests per second per caller per route bucket (route + channel/guild). [default: 50]
@@ -208,6 +213,8 @@ pub struct Config {
     pub max_participants_per_user: usize,
     pub max_participants_per_guild: usize,
     pub voice_connect_timeout_secs: u64,
+    pub max_live_sockets_per_viewer: usize,
+    pub max_live_sockets: usize,
     pub voice_token_ttl: u64,
     pub rate_limit_route: u32,
     pub rate_limit_global: u32,
@@ -328,6 +335,20 @@ impl Config {
                 v.max_participants_per_guild.unwrap_or(2_500),
                 1..=10_000_000,
                 "use at least 1",
+            )?,
+            max_live_sockets_per_viewer: in_range(
+                "max_live_sockets_per_viewer",
+                v.max_live_sockets_per_viewer
+                    .unwrap_or(crate::rest::quality::MAX_LIVE_PER_VIEWER),
+                1..=1_000,
+                "use 1 to 1000",
+            )?,
+            max_live_sockets: in_range(
+                "max_live_sockets",
+                v.max_live_sockets
+                    .unwrap_or(crate::rest::quality::MAX_LIVE_SOCKETS),
+                1..=100_000,
+                "use 1 to 100000",
             )?,
             voice_connect_timeout_secs: in_range(
                 "voice_connect_timeout_secs",

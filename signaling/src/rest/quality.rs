@@ -29,10 +29,12 @@ pub enum Viewer {
     Operator,
 }
 
-/// Open `/quality/live` sockets one viewer (a user, or the operator) may hold at once.
+/// Open `/quality/live` sockets one viewer (a user, or the operator) may hold at once, unless
+/// `max_live_sockets_per_viewer` says otherwise.
 pub const MAX_LIVE_PER_VIEWER: usize = 4;
 /// Open `/quality/live` sockets on the node, authenticated or not (a socket counts from its
-/// upgrade, so the 10 s before it authenticates are bounded too).
+/// upgrade, so the 10 s before it authenticates are bounded too), unless `max_live_sockets`
+/// says otherwise.
 pub const MAX_LIVE_SOCKETS: usize = 256;
 /// Close code for a live socket over its viewer's limit (Discord's "rate limited").
 pub const CLOSE_TOO_MANY: u16 = 4008;
@@ -64,10 +66,10 @@ impl LiveSockets {
     }
 }
 
-/// A place for a new socket, or `None` when the node holds [`MAX_LIVE_SOCKETS`].
+/// A place for a new socket, or `None` when the node holds `max_live_sockets`.
 fn open_slot(s: &AppState) -> Option<LiveSlot> {
     let mut c = s.live_sockets.counts();
-    if c.total >= MAX_LIVE_SOCKETS {
+    if c.total >= s.cfg.max_live_sockets {
         return None;
     }
     c.total += 1;
@@ -79,11 +81,11 @@ fn open_slot(s: &AppState) -> Option<LiveSlot> {
 
 impl LiveSlot {
     /// Count this socket against `viewer`; false when they already hold
-    /// [`MAX_LIVE_PER_VIEWER`].
+    /// `max_live_sockets_per_viewer`.
     fn claim(&mut self, viewer: Viewer) -> bool {
         let mut c = self.s.live_sockets.counts();
         let n = c.by_viewer.entry(viewer).or_default();
-        if *n >= MAX_LIVE_PER_VIEWER {
+        if *n >= self.s.cfg.max_live_sockets_per_viewer {
             return false;
         }
         *n += 1;
@@ -361,17 +363,18 @@ pub async fn node_view(s: &AppState, viewer: &Viewer) -> ApiResult<Value> {
 /// `GET /quality/live` (WebSocket): the first message authenticates (`{"token": "..."}` or
 /// `{"operator_token": "..."}`, within 10 s); then a `{"t": "snapshot", "d": view}` every two
 /// seconds (and once at once).
-/// Beyond [`MAX_LIVE_SOCKETS`] open sockets the upgrade is refused with Discord's 429 body; a
-/// viewer's socket beyond [`MAX_LIVE_PER_VIEWER`] is closed with [`CLOSE_TOO_MANY`] once it has
+/// Beyond `max_live_sockets` open sockets the upgrade is refused with Discord's 429 body; a
+/// viewer's socket beyond `max_live_sockets_per_viewer` is closed with [`CLOSE_TOO_MANY`] once it has
 /// authenticated. Either way the refusal names the limit.
 pub async fn live(ws: WebSocketUpgrade, State(s): State<AppState>) -> Response {
     let Some(slot) = open_slot(&s) else {
+        let limit = s.cfg.max_live_sockets;
         tracing::warn!(
-            limit = MAX_LIVE_SOCKETS,
-            "live quality socket refused: node-wide limit reached"
+            limit,
+            "live quality socket refused: node-wide limit reached (max_live_sockets)"
         );
         let body = json!({
-            "message": format!("too many live quality sockets on this node (at most {MAX_LIVE_SOCKETS})"),
+            "message": format!("too many live quality sockets on this node (at most {limit}, max_live_sockets)"),
             "retry_after": crate::quality::SAMPLE_EVERY.as_secs_f64(),
             "global": true,
         });
@@ -442,15 +445,16 @@ async fn run_live(s: AppState, mut sock: WebSocket, mut slot: LiveSlot) {
         }
     };
     if !slot.claim(viewer) {
+        let limit = s.cfg.max_live_sockets_per_viewer;
         tracing::info!(
             ?viewer,
-            limit = MAX_LIVE_PER_VIEWER,
-            "live quality socket refused: per-viewer limit reached"
+            limit,
+            "live quality socket refused: per-viewer limit reached (max_live_sockets_per_viewer)"
         );
         return close(
             sock,
             CLOSE_TOO_MANY,
-            &format!("too many live quality sockets: at most {MAX_LIVE_PER_VIEWER} per user"),
+            &format!("too many live quality sockets: at most {limit} per user"),
         )
         .await;
     }
