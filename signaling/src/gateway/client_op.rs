@@ -320,6 +320,22 @@ mod tests {
         assert_eq!(code(&big), close::DECODE_ERROR);
     }
 
+    /// Found by the `gateway_payload` fuzz target: one prefix is stripped, once, so a token
+    /// sent as "Bot Bearer x" is "Bearer x", and stays that when sent again with a prefix.
+    #[test]
+    fn one_token_prefix_is_stripped_once() {
+        let token =
+            |t: &str| match parse(&serde_json::json!({ "op": 2, "d": { "token": t } }).to_string())
+            {
+                Ok(ClientOp::Identify(i)) => i.token,
+                other => panic!("{other:?}"),
+            };
+        let first = token("Bot Bearer B(\\\\=\\]\r\u{c}\r");
+        assert_eq!(first, "Bearer B(\\\\=\\]");
+        assert_eq!(token(&format!("Bot {first}")), first);
+        assert_eq!(token("  abc  "), "abc");
+    }
+
     #[test]
     fn accepted_payloads() {
         assert_eq!(
