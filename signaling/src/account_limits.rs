@@ -58,6 +58,9 @@ enum Key {
     Addr(IpAddr),
     /// Keyed hash of the case-folded username.
     Username(u64),
+    /// Refused registrations of one (folded) username: asking again and again whether a name
+    /// is taken backs off like failed logins do.
+    Registering(u64),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -212,10 +215,33 @@ impl AccountLimiter {
         }
     }
 
-    /// Count a registration attempt from `addr`; refuse past the hourly limit.
-    pub fn begin_registration(&self, now: Instant, addr: IpAddr) -> Result<(), Box<RateLimited>> {
+    /// Count a registration attempt of `username` from `addr`; refuse past the address's
+    /// hourly limit, or while the username backs off after refused registrations.
+    pub fn begin_registration(
+        &self,
+        now: Instant,
+        addr: IpAddr,
+        username: &str,
+    ) -> Result<(), Box<RateLimited>> {
         let limit = self.limits.registrations_per_hour;
+        let name = Key::Registering(self.username_key(username));
         let mut st = self.state();
+        if let Some(f) = st.failures.get(&name) {
+            if f.blocked_until > now {
+                return Err(Box::new(RateLimited {
+                    limit_name: format!(
+                        "refused registrations of this username: {} refusals, back-off {:.0} s",
+                        f.count,
+                        self.backoff(f.count).as_secs_f64()
+                    ),
+                    retry_after: f.blocked_until - now,
+                    global: false,
+                    limit: self.limits.login_free_failures,
+                    bucket: "register".into(),
+                    scope: "shared",
+                }));
+            }
+        }
         if !st.registrations.contains_key(&addr) {
             make_room(&mut st.registrations, MAX_ENTRIES, |w| w.reset_at, now);
         }
@@ -241,6 +267,32 @@ impl AccountLimiter {
         }
         w.used += 1;
         Ok(())
+    }
+
+    /// The registration of `username` was refused (taken, or invalid): count it against the
+    /// username, with the login back-off's free refusals and doubling.
+    pub fn registration_refused(&self, now: Instant, username: &str) {
+        let key = Key::Registering(self.username_key(username));
+        let mut st = self.state();
+        if !st.failures.contains_key(&key) {
+            make_room(
+                &mut st.failures,
+                MAX_ENTRIES,
+                |f| f.last + FORGET_AFTER,
+                now,
+            );
+        }
+        let f = st.failures.entry(key).or_insert(Failures {
+            count: 0,
+            last: now,
+            blocked_until: now,
+        });
+        if now.duration_since(f.last) > FORGET_AFTER {
+            f.count = 0;
+        }
+        f.count = f.count.saturating_add(1);
+        f.last = now;
+        f.blocked_until = now + self.backoff(f.count);
     }
 
     /// The registration never reached hashing (the pool was full, the store failed): give the
@@ -331,14 +383,39 @@ mod tests {
             ..Default::default()
         });
         let t0 = Instant::now();
-        for _ in 0..3 {
-            l.begin_registration(t0, ip("192.0.2.1")).unwrap();
+        for i in 0..3 {
+            l.begin_registration(t0, ip("192.0.2.1"), &format!("n{i}"))
+                .unwrap();
         }
-        let r = l.begin_registration(t0, ip("192.0.2.1")).unwrap_err();
+        let r = l.begin_registration(t0, ip("192.0.2.1"), "n9").unwrap_err();
         assert_eq!(r.retry_after, REGISTRATION_WINDOW);
-        l.begin_registration(t0, ip("192.0.2.2")).unwrap();
-        l.begin_registration(t0 + REGISTRATION_WINDOW, ip("192.0.2.1"))
+        l.begin_registration(t0, ip("192.0.2.2"), "n9").unwrap();
+        l.begin_registration(t0 + REGISTRATION_WINDOW, ip("192.0.2.1"), "n9")
             .unwrap();
+    }
+
+    #[test]
+    fn refused_registrations_of_one_username_back_off_across_addresses() {
+        let l = AccountLimiter::new(AccountLimits::default());
+        let t0 = Instant::now();
+        for i in 0..5 {
+            let a = ip(&format!("192.0.2.{}", i + 1));
+            l.begin_registration(t0, a, "taken").unwrap();
+            l.registration_refused(t0, "taken");
+        }
+        let r = l
+            .begin_registration(t0, ip("198.51.100.1"), "ＴＡＫＥＮ")
+            .unwrap_err();
+        assert_eq!(r.retry_after, Duration::from_secs(1), "{}", r.limit_name);
+        assert!(r.limit_name.contains("registrations of this username"));
+        assert!(
+            l.begin_registration(t0, ip("198.51.100.1"), "other")
+                .is_ok(),
+            "other names are not held up"
+        );
+        assert!(l
+            .begin_registration(t0 + Duration::from_secs(1), ip("198.51.100.1"), "taken")
+            .is_ok());
     }
 
     #[test]
@@ -348,7 +425,7 @@ mod tests {
         for i in 0..(MAX_ENTRIES as u32 + 5_000) {
             let a = IpAddr::from(i.to_be_bytes());
             let _ = l.begin_login(t0, a, &format!("user{i}"));
-            let _ = l.begin_registration(t0, a);
+            let _ = l.begin_registration(t0, a, "x");
         }
         let (f, r) = l.sizes();
         assert!(f <= MAX_ENTRIES && r <= MAX_ENTRIES, "{f} {r}");

@@ -43,7 +43,7 @@ pub async fn register(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let addr = client_key(client);
     s.account_limiter
-        .begin_registration(Instant::now(), addr)
+        .begin_registration(Instant::now(), addr, &b.username)
         .map_err(ApiError::RateLimited)?;
     let (user, token) = match s.store.register(&b.username, &b.password, b.bot).await {
         Ok(ok) => ok,
@@ -51,7 +51,11 @@ pub async fn register(
             s.account_limiter.registration_unchecked(addr);
             return Err(e.into());
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            s.account_limiter
+                .registration_refused(Instant::now(), &b.username);
+            return Err(e.into());
+        }
     };
     tracing::info!(user = user.id, bot = user.bot, "account registered");
     Ok((
