@@ -342,9 +342,10 @@ async def reply_leak(ctx):
     st, v, _ = await ctx.node.req(ctx.proxy, "POST", f"/channels/{text}/messages", pleb, {
         "content": "what?", "message_reference": {"message_id": secret["id"], "channel_id": staff["id"]}})
     check(st in (400, 403, 404), f"reply to a hidden message accepted: {st} {v}")
+    refusal = f"{st} {v.get('code') if isinstance(v, dict) else ''}"
     st, hist, _ = await ctx.node.req(ctx.proxy, "GET", f"/channels/{text}/messages", pleb)
     check("launch code" not in json.dumps(hist), "the secret leaked into history")
-    return {"tried": 1, "refused": 1, "note": f"refused with {st}"}
+    return {"tried": 1, "refused": 1, "note": f"refused with {refusal}; history shows no secret"}
 
 
 @attack("channel create granting ADMINISTRATOR", "10")
