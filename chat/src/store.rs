@@ -42,10 +42,6 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn hash_token(token: &str) -> String {
-    token_hash(token)
-}
-
 /// What a guild holds a bounded number of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum GuildCap {
@@ -317,7 +313,7 @@ impl Store {
         // The token starts with the user id so it is recognisable (as Discord's are), then a secret.
         let token = format!("{}.{}", user_id, secret);
         sqlx::query("INSERT INTO tokens (hash, user_id, created_at) VALUES ($1, $2, $3)")
-            .bind(hash_token(&token))
+            .bind(token_hash(&token))
             .bind(user_id as i64)
             .bind(now_ms())
             .execute(&self.pool)
@@ -330,7 +326,7 @@ impl Store {
         let row = sqlx::query(
             "SELECT u.id, u.username, u.bot FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.hash = $1 AND t.revoked = 0",
         )
-        .bind(hash_token(token))
+        .bind(token_hash(token))
         .fetch_optional(&self.pool)
         .await?;
         let row = row.ok_or(ChatError::Unauthorized)?;
@@ -339,7 +335,7 @@ impl Store {
 
     pub async fn revoke_token(&self, token: &str) -> Result<(), ChatError> {
         sqlx::query("UPDATE tokens SET revoked = 1 WHERE hash = $1")
-            .bind(hash_token(token))
+            .bind(token_hash(token))
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -127,6 +127,58 @@ impl AccountLimiter {
             .min(l.login_backoff_max)
     }
 
+    /// `Err` while `key` backs off, naming the limit (`what` for the log and the message,
+    /// `counted` for what its count counts).
+    fn refuse_while_backing_off(
+        &self,
+        st: &State,
+        key: Key,
+        what: &str,
+        counted: &str,
+        bucket: &str,
+        now: Instant,
+    ) -> Result<(), Box<RateLimited>> {
+        match st.failures.get(&key) {
+            Some(f) if f.blocked_until > now => Err(Box::new(RateLimited {
+                limit_name: format!(
+                    "{what}: {} {counted}, back-off {:.0} s",
+                    f.count,
+                    self.backoff(f.count).as_secs_f64()
+                ),
+                retry_after: f.blocked_until - now,
+                global: false,
+                limit: self.limits.login_free_failures,
+                bucket: bucket.into(),
+                scope: "shared",
+            })),
+            _ => Ok(()),
+        }
+    }
+
+    /// One more failure for `key` (forgotten after [`FORGET_AFTER`] without one); past the
+    /// free ones, it backs off for [`AccountLimiter::backoff`].
+    fn count_failure(&self, st: &mut State, key: Key, now: Instant) {
+        if !st.failures.contains_key(&key) {
+            make_room(
+                &mut st.failures,
+                MAX_ENTRIES,
+                |f| f.last + FORGET_AFTER,
+                now,
+            );
+        }
+        let f = st.failures.entry(key).or_insert(Failures {
+            count: 0,
+            last: now,
+            blocked_until: now,
+        });
+        if now.duration_since(f.last) > FORGET_AFTER {
+            f.count = 0;
+        }
+        f.count = f.count.saturating_add(1);
+        f.last = now;
+        f.blocked_until = now + self.backoff(f.count);
+    }
+
     /// Refuse the login if the address or the username is backing off; otherwise count the
     /// attempt as a failure until [`AccountLimiter::login_succeeded`] says otherwise.
     pub fn begin_login(
@@ -148,43 +200,10 @@ impl AccountLimiter {
         ];
         let mut st = self.state();
         for (key, name) in keys {
-            if let Some(f) = st.failures.get(&key) {
-                if f.blocked_until > now {
-                    return Err(Box::new(RateLimited {
-                        limit_name: format!(
-                            "{name}: {} failures, back-off {:.0} s",
-                            f.count,
-                            self.backoff(f.count).as_secs_f64()
-                        ),
-                        retry_after: f.blocked_until - now,
-                        global: false,
-                        limit: self.limits.login_free_failures,
-                        bucket: "login".into(),
-                        scope: "shared",
-                    }));
-                }
-            }
+            self.refuse_while_backing_off(&st, key, name, "failures", "login", now)?;
         }
         for (key, _) in keys {
-            if !st.failures.contains_key(&key) {
-                make_room(
-                    &mut st.failures,
-                    MAX_ENTRIES,
-                    |f| f.last + FORGET_AFTER,
-                    now,
-                );
-            }
-            let f = st.failures.entry(key).or_insert(Failures {
-                count: 0,
-                last: now,
-                blocked_until: now,
-            });
-            if now.duration_since(f.last) > FORGET_AFTER {
-                f.count = 0;
-            }
-            f.count = f.count.saturating_add(1);
-            f.last = now;
-            f.blocked_until = now + self.backoff(f.count);
+            self.count_failure(&mut st, key, now);
         }
         Ok(attempt)
     }
@@ -226,22 +245,14 @@ impl AccountLimiter {
         let limit = self.limits.registrations_per_hour;
         let name = Key::Registering(self.username_key(username));
         let mut st = self.state();
-        if let Some(f) = st.failures.get(&name) {
-            if f.blocked_until > now {
-                return Err(Box::new(RateLimited {
-                    limit_name: format!(
-                        "refused registrations of this username: {} refusals, back-off {:.0} s",
-                        f.count,
-                        self.backoff(f.count).as_secs_f64()
-                    ),
-                    retry_after: f.blocked_until - now,
-                    global: false,
-                    limit: self.limits.login_free_failures,
-                    bucket: "register".into(),
-                    scope: "shared",
-                }));
-            }
-        }
+        self.refuse_while_backing_off(
+            &st,
+            name,
+            "refused registrations of this username",
+            "refusals",
+            "register",
+            now,
+        )?;
         if !st.registrations.contains_key(&addr) {
             make_room(&mut st.registrations, MAX_ENTRIES, |w| w.reset_at, now);
         }
@@ -273,26 +284,7 @@ impl AccountLimiter {
     /// username, with the login back-off's free refusals and doubling.
     pub fn registration_refused(&self, now: Instant, username: &str) {
         let key = Key::Registering(self.username_key(username));
-        let mut st = self.state();
-        if !st.failures.contains_key(&key) {
-            make_room(
-                &mut st.failures,
-                MAX_ENTRIES,
-                |f| f.last + FORGET_AFTER,
-                now,
-            );
-        }
-        let f = st.failures.entry(key).or_insert(Failures {
-            count: 0,
-            last: now,
-            blocked_until: now,
-        });
-        if now.duration_since(f.last) > FORGET_AFTER {
-            f.count = 0;
-        }
-        f.count = f.count.saturating_add(1);
-        f.last = now;
-        f.blocked_until = now + self.backoff(f.count);
+        self.count_failure(&mut self.state(), key, now);
     }
 
     /// The registration never reached hashing (the pool was full, the store failed): give the

@@ -195,11 +195,10 @@ impl Hub {
         d: Value,
     ) {
         if changes_visibility(t) {
-            match guild_id {
-                Some(g) => self.invalidate(g),
-                // A guild event without a guild (a user's GUILD_CREATE): the guild's own
-                // membership change invalidates it where it happens.
-                None => {}
+            // A guild event without a guild (a user's GUILD_CREATE) moves nothing: the
+            // membership change behind it invalidates its guild where it happens.
+            if let Some(g) = guild_id {
+                self.invalidate(g);
             }
         }
         let json: Arc<str> = d.to_string().into();
