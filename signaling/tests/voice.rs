@@ -8,24 +8,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-struct Member {
-    id: String,
-    token: String,
-    gw: Ws,
-    session: String,
-}
-
-async fn member(n: &Node, name: &str) -> Member {
-    let (id, token) = n.user(name).await;
-    let (gw, ready) = gateway(n, &token).await;
-    Member {
-        id,
-        token,
-        session: ready["session_id"].as_str().unwrap().to_string(),
-        gw,
-    }
-}
-
 /// Read voice gateway messages for `dur`, collecting them.
 async fn collect(v: &mut Ws, dur: Duration) -> Vec<Value> {
     let mut out = Vec::new();

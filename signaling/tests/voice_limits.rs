@@ -9,24 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-struct Member {
-    id: String,
-    token: String,
-    gw: Ws,
-    session: String,
-}
-
-async fn member(n: &Node, name: &str) -> Member {
-    let (id, token) = n.user(name).await;
-    let (gw, ready) = gateway(n, &token).await;
-    Member {
-        id,
-        token,
-        session: ready["session_id"].as_str().unwrap().to_string(),
-        gw,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_voice_client_that_stops_reading_is_closed() {
     let n = node().await;

@@ -224,6 +224,25 @@ pub async fn gateway(node: &Node, token: &str) -> (Ws, Value) {
 
 // ---------- voice ----------
 
+/// A registered user with an identified gateway session.
+pub struct Member {
+    pub id: String,
+    pub token: String,
+    pub gw: Ws,
+    pub session: String,
+}
+
+pub async fn member(n: &Node, name: &str) -> Member {
+    let (id, token) = n.user(name).await;
+    let (gw, ready) = gateway(n, &token).await;
+    Member {
+        id,
+        token,
+        session: ready["session_id"].as_str().unwrap().to_string(),
+        gw,
+    }
+}
+
 /// Gateway op 4 join; returns (token, endpoint) from VOICE_SERVER_UPDATE.
 pub async fn voice_join(
     w: &mut Ws,
