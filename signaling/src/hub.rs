@@ -166,8 +166,9 @@ impl Hub {
         }
     }
 
-    fn deliver(&self, d: Dispatch) {
-        let d = Arc::new(d);
+    /// Hand a dispatch to every local session that may want it (the bus calls this for
+    /// dispatches published anywhere in the cluster).
+    pub fn deliver(&self, d: Arc<Dispatch>) {
         let mut subs = lock(&self.subs);
         let mut gone: Vec<u64> = Vec::new();
         for (id, s) in subs.by_id.iter() {
@@ -202,7 +203,7 @@ impl Hub {
             }
         }
         let json: Arc<str> = d.to_string().into();
-        self.deliver(Dispatch {
+        self.deliver(Arc::new(Dispatch {
             target,
             channel_id,
             guild_id,
@@ -213,13 +214,13 @@ impl Hub {
             left: None,
             reference: None,
             about: None,
-        });
+        }));
     }
 
     /// A guild event about one member (a presence): dropped for every session once `member`
     /// has left the guild, even if it was published after (from a guild list read before).
     pub fn send_about(&self, guild_id: u64, member: u64, t: &'static str, d: Value) {
-        self.deliver(Dispatch {
+        self.deliver(Arc::new(Dispatch {
             target: Target::Guild(guild_id),
             channel_id: None,
             guild_id: Some(guild_id),
@@ -230,7 +231,7 @@ impl Hub {
             left: None,
             reference: None,
             about: Some(member),
-        });
+        }));
     }
 
     /// A move from channel `from` to channel `to` of a guild: `d` for sessions that may view
@@ -248,7 +249,7 @@ impl Hub {
         if changes_visibility(t) {
             self.invalidate(guild_id);
         }
-        self.deliver(Dispatch {
+        self.deliver(Arc::new(Dispatch {
             target: Target::Guild(guild_id),
             channel_id: Some(to),
             guild_id: Some(guild_id),
@@ -262,7 +263,7 @@ impl Hub {
             }),
             reference: None,
             about: None,
-        });
+        }));
     }
 
     /// A message event: also publish the redacted form for sessions without MESSAGE_CONTENT.
@@ -298,7 +299,7 @@ impl Hub {
                 redacted,
             }
         });
-        self.deliver(Dispatch {
+        self.deliver(Arc::new(Dispatch {
             target: Target::Guild(guild_id),
             channel_id: Some(channel_id),
             guild_id: Some(guild_id),
@@ -309,7 +310,7 @@ impl Hub {
             left: None,
             reference,
             about: None,
-        });
+        }));
     }
 }
 

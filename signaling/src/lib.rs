@@ -18,6 +18,7 @@ pub mod hub;
 pub mod node_report;
 pub mod quality;
 pub mod ratelimit;
+pub mod shared;
 pub mod rest;
 pub mod voice;
 pub mod web;

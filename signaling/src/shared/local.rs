@@ -1,0 +1,269 @@
+//! The in-process implementations: one node, nothing shared with anyone, no Redis. Exactly
+//! the behaviour Lodge had before the cluster: the registry knows only this node, every room
+//! is hosted here, voice states and tokens live in this process, the bus is the hub.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::hub::Hub;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn ready<'a, T: Send + 'a>(v: T) -> Fut<'a, T> {
+    Box::pin(std::future::ready(v))
+}
+
+/// The registry of a node alone: itself, while announced.
+#[derive(Default)]
+pub struct LocalRegistry {
+    me: Mutex<Option<NodeInfo>>,
+}
+
+impl Registry for LocalRegistry {
+    fn announce<'a>(&'a self, me: &'a NodeInfo, _ttl: Duration) -> Fut<'a, SharedResult<()>> {
+        *lock(&self.me) = Some(me.clone());
+        ready(Ok(()))
+    }
+    fn live_nodes(&self) -> Fut<'_, SharedResult<Vec<NodeInfo>>> {
+        ready(Ok(lock(&self.me).iter().cloned().collect()))
+    }
+    fn withdraw<'a>(&'a self, id: &'a NodeId) -> Fut<'a, SharedResult<()>> {
+        let mut me = lock(&self.me);
+        if me.as_ref().is_some_and(|m| &m.id == id) {
+            *me = None;
+        }
+        ready(Ok(()))
+    }
+}
+
+/// Room homes in this process (with one node, always this node).
+#[derive(Default)]
+pub struct LocalPlacement {
+    rooms: Mutex<HashMap<(u64, u64), RoomHome>>,
+    epoch: Mutex<u64>,
+}
+
+impl Placement for LocalPlacement {
+    fn home<'a>(
+        &'a self,
+        guild: u64,
+        channel: u64,
+        candidate: &'a NodeId,
+        alive: &'a [NodeId],
+    ) -> Fut<'a, SharedResult<RoomHome>> {
+        let mut rooms = lock(&self.rooms);
+        if let Some(h) = rooms.get(&(guild, channel)).filter(|h| alive.contains(&h.node)) {
+            return ready(Ok(h.clone()));
+        }
+        let mut e = lock(&self.epoch);
+        *e += 1;
+        let h = RoomHome {
+            node: candidate.clone(),
+            epoch: *e,
+        };
+        rooms.insert((guild, channel), h.clone());
+        ready(Ok(h))
+    }
+    fn current(&self, guild: u64, channel: u64) -> Fut<'_, SharedResult<Option<RoomHome>>> {
+        ready(Ok(lock(&self.rooms).get(&(guild, channel)).cloned()))
+    }
+    fn release<'a>(
+        &'a self,
+        guild: u64,
+        channel: u64,
+        home: &'a RoomHome,
+    ) -> Fut<'a, SharedResult<()>> {
+        let mut rooms = lock(&self.rooms);
+        if rooms.get(&(guild, channel)) == Some(home) {
+            rooms.remove(&(guild, channel));
+        }
+        ready(Ok(()))
+    }
+}
+
+/// Voice states in this process.
+#[derive(Default)]
+pub struct LocalVoiceStates {
+    by_guild: Mutex<HashMap<u64, HashMap<u64, String>>>,
+}
+
+impl VoiceStates for LocalVoiceStates {
+    fn get(&self, guild: u64, user: u64) -> Fut<'_, SharedResult<Option<String>>> {
+        let m = lock(&self.by_guild);
+        ready(Ok(m.get(&guild).and_then(|g| g.get(&user)).cloned()))
+    }
+    fn guild(&self, guild: u64) -> Fut<'_, SharedResult<Vec<(u64, String)>>> {
+        let m = lock(&self.by_guild);
+        let v = m
+            .get(&guild)
+            .map(|g| g.iter().map(|(u, s)| (*u, s.clone())).collect())
+            .unwrap_or_default();
+        ready(Ok(v))
+    }
+    fn swap<'a>(
+        &'a self,
+        guild: u64,
+        user: u64,
+        expected: Option<&'a str>,
+        new: Option<&'a str>,
+    ) -> Fut<'a, SharedResult<bool>> {
+        let mut m = lock(&self.by_guild);
+        let g = m.entry(guild).or_default();
+        if g.get(&user).map(String::as_str) != expected {
+            return ready(Ok(false));
+        }
+        match new {
+            Some(v) => {
+                g.insert(user, v.to_string());
+            }
+            None => {
+                g.remove(&user);
+                if g.is_empty() {
+                    m.remove(&guild);
+                }
+            }
+        }
+        ready(Ok(true))
+    }
+    fn guilds(&self) -> Fut<'_, SharedResult<Vec<u64>>> {
+        ready(Ok(lock(&self.by_guild).keys().copied().collect()))
+    }
+}
+
+/// Voice tokens in this process, each expiring after its TTL.
+#[derive(Default)]
+pub struct LocalVoiceTokens {
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl VoiceTokens for LocalVoiceTokens {
+    fn issue<'a>(
+        &'a self,
+        token: &'a str,
+        value: &'a str,
+        ttl: Duration,
+    ) -> Fut<'a, SharedResult<()>> {
+        let now = Instant::now();
+        let mut t = lock(&self.tokens);
+        t.retain(|_, (_, exp)| *exp > now);
+        t.insert(token.to_string(), (value.to_string(), now + ttl));
+        ready(Ok(()))
+    }
+    fn redeem<'a>(&'a self, token: &'a str) -> Fut<'a, SharedResult<Option<String>>> {
+        let now = Instant::now();
+        let v = lock(&self.tokens)
+            .remove(token)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(v, _)| v);
+        ready(Ok(v))
+    }
+}
+
+/// The bus of a node alone: a dispatch goes straight to the hub; a message to this node goes
+/// to its inbox (there are no other nodes).
+pub struct LocalBus {
+    hub: Hub,
+    me: NodeId,
+    inbox: mpsc::UnboundedSender<String>,
+}
+
+impl LocalBus {
+    pub fn new(hub: Hub, me: NodeId, inbox: mpsc::UnboundedSender<String>) -> Self {
+        LocalBus { hub, me, inbox }
+    }
+}
+
+impl Bus for LocalBus {
+    fn publish(&self, d: Arc<Dispatch>) -> Fut<'_, SharedResult<()>> {
+        self.hub.deliver(d);
+        ready(Ok(()))
+    }
+    fn to_node<'a>(&'a self, node: &'a NodeId, msg: String) -> Fut<'a, SharedResult<()>> {
+        if *node == self.me {
+            let _ = self.inbox.send(msg);
+            ready(Ok(()))
+        } else {
+            ready(Err(SharedError::Unavailable(format!(
+                "node {node} is not this node and there is no cluster"
+            ))))
+        }
+    }
+    fn watch_guild(&self, _guild: u64, _on: bool) {}
+    fn watch_user(&self, _user: u64, _on: bool) {}
+}
+
+impl Shared {
+    /// One node, in-process state only.
+    pub fn local(me: NodeId, hub: Hub, inbox: mpsc::UnboundedSender<String>) -> Shared {
+        Shared {
+            bus: Arc::new(LocalBus::new(hub, me.clone(), inbox)),
+            me,
+            registry: Arc::new(LocalRegistry::default()),
+            placement: Arc::new(LocalPlacement::default()),
+            voice_states: Arc::new(LocalVoiceStates::default()),
+            voice_tokens: Arc::new(LocalVoiceTokens::default()),
+            clustered: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block<T>(f: Fut<'_, T>) -> T {
+        futures_util::FutureExt::now_or_never(f).expect("local state never waits")
+    }
+
+    #[test]
+    fn voice_state_swaps_are_compare_and_set() {
+        let s = LocalVoiceStates::default();
+        assert!(block(s.swap(1, 2, None, Some("a"))).unwrap());
+        assert!(
+            !block(s.swap(1, 2, None, Some("b"))).unwrap(),
+            "a second insert loses"
+        );
+        assert!(!block(s.swap(1, 2, Some("x"), Some("b"))).unwrap());
+        assert!(block(s.swap(1, 2, Some("a"), Some("b"))).unwrap());
+        assert_eq!(block(s.get(1, 2)).unwrap().as_deref(), Some("b"));
+        assert!(block(s.swap(1, 2, Some("b"), None)).unwrap());
+        assert!(block(s.guilds()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn tokens_are_single_use_and_expire() {
+        let t = LocalVoiceTokens::default();
+        block(t.issue("k", "v", Duration::from_secs(60))).unwrap();
+        assert_eq!(block(t.redeem("k")).unwrap().as_deref(), Some("v"));
+        assert_eq!(block(t.redeem("k")).unwrap(), None);
+        block(t.issue("k", "v", Duration::ZERO)).unwrap();
+        assert_eq!(block(t.redeem("k")).unwrap(), None, "expired");
+    }
+
+    #[test]
+    fn a_room_keeps_its_live_home_and_moves_with_a_new_epoch_when_it_dies() {
+        let p = LocalPlacement::default();
+        let (a, b) = (NodeId("a".into()), NodeId("b".into()));
+        let h1 = block(p.home(1, 2, &a, &[a.clone(), b.clone()])).unwrap();
+        assert_eq!(h1.node, a);
+        let h2 = block(p.home(1, 2, &b, &[a.clone(), b.clone()])).unwrap();
+        assert_eq!(h2, h1, "the live home stays");
+        let h3 = block(p.home(1, 2, &b, std::slice::from_ref(&b))).unwrap();
+        assert_eq!(h3.node, b);
+        assert!(h3.epoch > h1.epoch);
+        block(p.release(1, 2, &h1)).unwrap();
+        assert_eq!(
+            block(p.current(1, 2)).unwrap(),
+            Some(h3.clone()),
+            "a stale release is ignored"
+        );
+        block(p.release(1, 2, &h3)).unwrap();
+        assert_eq!(block(p.current(1, 2)).unwrap(), None);
+    }
+}
