@@ -151,6 +151,10 @@ pub struct VoiceGrant {
     pub mute: bool,
     pub deaf: bool,
     pub can_speak: bool,
+    /// The caller's placement generation (the voice connection of an older one is not this
+    /// caller's any more).
+    #[serde(default)]
+    pub generation: u64,
 }
 
 impl Control {

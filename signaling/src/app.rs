@@ -13,14 +13,18 @@ use lodge_sfu::shell::SfuHandle;
 use crate::config::Config;
 use crate::extract::MAX_BODY_BYTES;
 use crate::hub::Hub;
-use crate::voice::VoiceRegistry;
+use crate::shared::Shared;
+use crate::voice::VoiceConns;
 
 pub struct Inner {
     pub cfg: Config,
     pub store: Store,
     pub sfu: SfuHandle,
     pub hub: Hub,
-    pub voice: Mutex<VoiceRegistry>,
+    /// The voice connections this node hosts.
+    pub voice: Mutex<VoiceConns>,
+    /// Everything shared with other nodes (in-process when the node is alone): the switch.
+    pub shared: Shared,
     pub sessions: crate::gateway::registry::Sessions,
     pub presences: crate::gateway::presence::Presences,
     pub ready: AtomicBool,
@@ -76,7 +80,7 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(cfg: Config, store: Store, sfu: SfuHandle) -> Self {
+    pub fn new(cfg: Config, store: Store, sfu: SfuHandle, hub: Hub, shared: Shared) -> Self {
         let secs = std::time::Duration::from_secs;
         let limits = crate::ratelimit::Limits {
             route: cfg.rate_limit_route,
@@ -109,13 +113,12 @@ impl AppState {
             },
         );
         AppState(Arc::new(Inner {
-            voice: Mutex::new(VoiceRegistry::new(std::time::Duration::from_secs(
-                cfg.voice_token_ttl,
-            ))),
+            voice: Mutex::new(VoiceConns::new()),
+            shared,
             cfg,
             store,
             sfu,
-            hub: Hub::new(),
+            hub,
             sessions: Default::default(),
             presences: Default::default(),
             ready: AtomicBool::new(false),
@@ -152,7 +155,7 @@ impl AppState {
             .expect("telemetry lock is never held across a panic")
     }
 
-    pub fn voice(&self) -> std::sync::MutexGuard<'_, VoiceRegistry> {
+    pub fn voice(&self) -> std::sync::MutexGuard<'_, VoiceConns> {
         self.voice
             .lock()
             .expect("voice registry lock is never held across a panic")

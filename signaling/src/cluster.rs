@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use lodge_edge::cascade::{CascadeHandle, ClusterEvent, Role, TrunkId, TrunkReport};
 use lodge_edge::{Control, VoiceGrant};
-use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::app::AppState;
-use crate::hub::Target;
-use crate::voice::registry::VoiceState;
+use crate::voice::control::{Guard, HomeCmd};
+use crate::voice::executor;
+use crate::voice::state::{Home, PendingToken, VoiceState};
 
 /// An edge as the origin knows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -108,13 +108,68 @@ pub fn grant(st: &VoiceState, token: &str) -> VoiceGrant {
         mute: st.mute,
         deaf: st.deaf,
         can_speak: st.can_speak,
+        generation: st.generation,
     }
 }
 
-/// Origin: tell the edge a caller's state changed or that they left.
-pub async fn notify_edge(s: &AppState, edge: TrunkId, msg: Control) {
+/// Origin: carry a command for a caller hosted by an edge over its trunk.
+pub async fn to_edge(s: &AppState, edge: TrunkId, cmd: HomeCmd) {
+    let msg = match cmd {
+        HomeCmd::Place { state, token } => Control::VoicePlace(grant(&state, &token)),
+        HomeCmd::Flags { state } => Control::VoiceUpdate(grant(&state, "")),
+        HomeCmd::Remove {
+            guild_id, user_id, ..
+        } => Control::VoiceRemove {
+            guild: guild_id,
+            user: user_id,
+        },
+    };
     if let Some(c) = s.cluster.get() {
         c.cascade.send(edge, msg).await;
+    }
+}
+
+/// Edge: the voice state of a caller the origin placed here, as this edge keeps it (hosted
+/// here, under the origin's generation).
+fn hosted_here(s: &AppState, g: &VoiceGrant) -> VoiceState {
+    VoiceState {
+        guild_id: g.guild,
+        channel_id: g.channel,
+        user_id: g.user,
+        session_id: g.session_id.clone(),
+        self_mute: g.self_mute,
+        self_deaf: g.self_deaf,
+        mute: g.mute,
+        deaf: g.deaf,
+        can_speak: g.can_speak,
+        home: Home::Node(crate::shared::RoomHome {
+            node: s.shared.me.clone(),
+            epoch: 0,
+        }),
+        generation: g.generation,
+        connected: false,
+        region: String::new(),
+    }
+}
+
+/// Put `st` in place of whatever this node stores for the caller.
+async fn store_state(s: &AppState, st: Option<&VoiceState>, guild: u64, user: u64) {
+    let new = st.map(|st| serde_json::to_string(st).expect("a voice state serializes"));
+    loop {
+        let cur = match s.shared.voice_states.get(guild, user).await {
+            Ok(c) => c,
+            Err(e) => return warn!(error = %e, "voice state not stored"),
+        };
+        match s
+            .shared
+            .voice_states
+            .swap(guild, user, cur.as_deref(), new.as_deref())
+            .await
+        {
+            Ok(true) => return,
+            Ok(false) => continue,
+            Err(e) => return warn!(error = %e, "voice state not stored"),
+        }
     }
 }
 
@@ -126,11 +181,20 @@ pub async fn await_token(s: &AppState, token: &str) {
     }
     let until = Instant::now() + Duration::from_secs(1);
     while Instant::now() < until {
-        if s.voice().has_token(token) {
+        if s.shared.voice_tokens.exists(token).await.unwrap_or(false) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Every voice state this node stores.
+async fn all_states(s: &AppState) -> Vec<VoiceState> {
+    let mut all = Vec::new();
+    for g in s.shared.voice_states.guilds().await.unwrap_or_default() {
+        all.extend(executor::guild_states(s, g).await.unwrap_or_default());
+    }
+    all
 }
 
 /// Handle what the cluster reports, for either role.
@@ -176,19 +240,22 @@ pub async fn run_events(s: AppState, mut rx: mpsc::UnboundedReceiver<ClusterEven
                 }
                 Control::VoiceGone { guild, user } if c.role == Role::Origin => {
                     // Only if the caller is still placed on that edge (not moved meanwhile).
-                    let here =
-                        s.voice().states.get(&(guild, user)).and_then(|st| st.edge) == Some(id);
-                    if here {
-                        crate::voice::service::disconnect_user(&s, guild, user).await;
-                    }
+                    crate::voice::service::leave_if(&s, guild, user, Guard::Edge(id)).await;
                 }
-                Control::VoicePlace(g) if c.role == Role::Edge => place_here(&s, g).await,
+                Control::VoicePlace(g) if c.role == Role::Edge => {
+                    let st = hosted_here(&s, &g);
+                    place_here(&s, st, g.token).await
+                }
                 Control::VoiceUpdate(g) if c.role == Role::Edge => update_here(&s, g).await,
                 Control::VoiceRemove { guild, user } if c.role == Role::Edge => {
-                    let channel = s.voice().states.get(&(guild, user)).map(|st| st.channel_id);
+                    let channel = executor::state(&s, guild, user)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|st| st.channel_id);
                     crate::voice::service::disconnect_user(&s, guild, user).await;
                     if let Some(ch) = channel {
-                        let left = s.voice().states.values().any(|st| st.channel_id == ch);
+                        let left = all_states(&s).await.iter().any(|st| st.channel_id == ch);
                         if !left {
                             c.cascade.interest(ch, false).await;
                         }
@@ -203,128 +270,98 @@ pub async fn run_events(s: AppState, mut rx: mpsc::UnboundedReceiver<ClusterEven
 /// Origin: an edge went away. Its callers get a fresh token and VOICE_SERVER_UPDATE pointing
 /// at another edge of the same region, or at this node, and reconnect there.
 async fn replace_edge(s: &AppState, edge: TrunkId, node: &str) {
-    let moved: Vec<VoiceState> = s
-        .voice()
-        .states
-        .values()
-        .filter(|st| st.edge == Some(edge))
-        .cloned()
+    let moved: Vec<VoiceState> = all_states(s)
+        .await
+        .into_iter()
+        .filter(|st| st.home == Home::Edge(edge))
         .collect();
     if moved.is_empty() {
         return;
     }
     warn!(edge = %node, callers = moved.len(), "edge lost; moving its callers");
-    let Some(c) = s.cluster.get() else { return };
     for st in moved {
-        let target = c.place(&st.region);
-        let token = {
-            let mut v = s.voice();
-            let Some(cur) = v.states.get_mut(&(st.guild_id, st.user_id)) else {
+        let placed = match crate::voice::service::placed_for(
+            s,
+            st.guild_id,
+            st.channel_id,
+            Some(st.region.as_str()).filter(|r| !r.is_empty()),
+            st.can_speak,
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = ?e, "could not re-place a caller of a lost edge");
                 continue;
-            };
-            cur.edge = target.as_ref().map(|t| t.0);
-            cur.conn = None;
-            cur.participant = None;
-            v.issue_token(
-                Instant::now(),
-                st.user_id,
-                st.guild_id,
-                st.channel_id,
-                &st.session_id,
-            )
-        };
-        let endpoint = match &target {
-            Some((id, ep)) => {
-                c.cascade
-                    .send(*id, Control::VoicePlace(grant(&st, &token)))
-                    .await;
-                ep.clone()
             }
-            None => s.cfg.public_host(),
         };
-        s.hub.send(
-            Target::Session(st.session_id.clone()),
-            Some(st.guild_id),
-            None,
-            "VOICE_SERVER_UPDATE",
-            json!({ "token": token, "guild_id": st.guild_id.to_string(), "endpoint": endpoint }),
-        );
+        let input = crate::voice::control::Input::Rehome(placed);
+        if let Err(e) = executor::run(s, st.guild_id, st.user_id, &input).await {
+            warn!(error = %e, "could not re-place a caller of a lost edge");
+        }
     }
 }
 
-/// Edge: accept a caller the origin placed here.
-async fn place_here(s: &AppState, g: VoiceGrant) {
+/// Edge: accept a caller the origin placed here (their earlier connection here, if any, ends).
+pub async fn place_here(s: &AppState, st: VoiceState, token: String) {
+    let st = if matches!(&st.home, Home::Node(h) if h.node == s.shared.me) {
+        st
+    } else {
+        hosted_here(s, &grant(&st, &token))
+    };
     let old = {
         let mut v = s.voice();
-        let old = v.states.remove(&(g.guild, g.user)).and_then(|st| {
-            let conn = st.conn.and_then(|id| v.conns.remove(&id));
-            conn.map(|c| (c.tx, st.participant))
-        });
-        v.states.insert(
-            (g.guild, g.user),
-            VoiceState {
-                guild_id: g.guild,
-                channel_id: g.channel,
-                user_id: g.user,
-                session_id: g.session_id.clone(),
-                self_mute: g.self_mute,
-                self_deaf: g.self_deaf,
-                mute: g.mute,
-                deaf: g.deaf,
-                can_speak: g.can_speak,
-                participant: None,
-                conn: None,
-                edge: None,
-                region: String::new(),
-            },
-        );
-        v.insert_token(
-            Instant::now(),
-            &g.token,
-            g.user,
-            g.guild,
-            g.channel,
-            &g.session_id,
-        );
-        old
+        let id = v.by_user.get(&(st.guild_id, st.user_id)).copied();
+        id.and_then(|id| v.remove_conn(id))
     };
-    if let Some((tx, participant)) = old {
-        let _ = tx.send(crate::voice::registry::VoiceOut::Close(
+    store_state(s, Some(&st), st.guild_id, st.user_id).await;
+    let pending = PendingToken {
+        user_id: st.user_id,
+        guild_id: st.guild_id,
+        channel_id: st.channel_id,
+        session_id: st.session_id.clone(),
+        generation: st.generation,
+    };
+    let ttl = Duration::from_secs(s.cfg.voice_token_ttl);
+    let value = serde_json::to_string(&pending).expect("a token serializes");
+    if let Err(e) = s.shared.voice_tokens.issue(&token, &value, ttl).await {
+        warn!(error = %e, "voice token not stored");
+    }
+    if let Some(old) = old {
+        let _ = old.tx.send(crate::voice::VoiceOut::Close(
             4014,
             "moved to another voice channel".into(),
         ));
-        if let Some(p) = participant {
+        if let Some(p) = old.participant {
             s.sfu.leave(p).await;
         }
     }
     if let Some(c) = s.cluster.get() {
-        c.cascade.interest(g.channel, true).await;
+        c.cascade.interest(st.channel_id, true).await;
     }
     info!(
-        guild = g.guild,
-        channel = g.channel,
-        user = g.user,
+        guild = st.guild_id,
+        channel = st.channel_id,
+        user = st.user_id,
         "caller placed on this edge"
     );
 }
 
 /// Edge: the origin changed a caller's flags.
 async fn update_here(s: &AppState, g: VoiceGrant) {
-    let part = {
-        let mut v = s.voice();
-        let Some(st) = v.states.get_mut(&(g.guild, g.user)) else {
-            return;
-        };
-        st.self_mute = g.self_mute;
-        st.self_deaf = g.self_deaf;
-        st.mute = g.mute;
-        st.deaf = g.deaf;
-        st.can_speak = g.can_speak;
-        st.participant.map(|p| (p, st.flags()))
+    let Ok(Some(cur)) = executor::state(s, g.guild, g.user).await else {
+        return;
     };
-    if let Some((p, f)) = part {
-        s.sfu.set_flags(p, f).await;
-    }
+    let st = VoiceState {
+        self_mute: g.self_mute,
+        self_deaf: g.self_deaf,
+        mute: g.mute,
+        deaf: g.deaf,
+        can_speak: g.can_speak,
+        ..cur
+    };
+    store_state(s, Some(&st), g.guild, g.user).await;
+    executor::apply_here(s, HomeCmd::Flags { state: st }).await;
 }
 
 /// How long an edge keeps its callers talking among themselves after losing the origin before it
@@ -353,35 +390,26 @@ pub async fn watch_origin(s: AppState, mut up: watch::Receiver<bool>) {
         if back.is_ok() {
             continue;
         }
-        let users: Vec<(u64, u64)> = s.voice().states.keys().copied().collect();
-        if !users.is_empty() {
+        let states = all_states(&s).await;
+        if !states.is_empty() {
             warn!(
-                callers = users.len(),
+                callers = states.len(),
                 "origin unreachable for {ORIGIN_LOST_GRACE:?}: closing this edge's calls (4015)"
             );
         }
-        for (guild, user) in users {
-            let conn = {
-                let mut v = s.voice();
-                let st = v.states.remove(&(guild, user));
-                let conn = st
-                    .as_ref()
-                    .and_then(|st| st.conn)
-                    .and_then(|id| v.conns.remove(&id));
-                if let Some(p) = st.as_ref().and_then(|st| st.participant) {
-                    v.by_participant.remove(&p);
-                }
-                conn.map(|c| (c.tx, st.and_then(|st| st.participant)))
-            };
-            if let Some((tx, p)) = conn {
-                let _ = tx.send(crate::voice::registry::VoiceOut::Close(
-                    4015,
-                    "this edge lost its origin; rejoin the channel".into(),
-                ));
-                if let Some(p) = p {
-                    s.sfu.leave(p).await;
-                }
-            }
+        for st in states {
+            store_state(&s, None, st.guild_id, st.user_id).await;
+            executor::apply_here(
+                &s,
+                HomeCmd::Remove {
+                    guild_id: st.guild_id,
+                    user_id: st.user_id,
+                    generation: st.generation,
+                    code: 4015,
+                    reason: "this edge lost its origin; rejoin the channel".into(),
+                },
+            )
+            .await;
         }
     }
 }

@@ -57,6 +57,21 @@ impl ApiError {
     pub fn not_found(what: &'static str) -> Self {
         ApiError::Chat(ChatError::Unknown(what))
     }
+    /// The shared state (Redis, in a cluster) could not be reached: 503, retry.
+    pub fn unavailable(e: crate::shared::SharedError) -> Self {
+        tracing::warn!(error = %e, "request refused: shared state unavailable");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            0,
+            "503: Service Unavailable (the cluster's shared state is unreachable; retry shortly)",
+        )
+    }
+}
+
+impl From<crate::shared::SharedError> for ApiError {
+    fn from(e: crate::shared::SharedError) -> Self {
+        ApiError::unavailable(e)
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -16,10 +16,11 @@ pub mod gateway;
 pub mod http_server;
 pub mod hub;
 pub mod node_report;
+pub mod nodes;
 pub mod quality;
 pub mod ratelimit;
-pub mod shared;
 pub mod rest;
+pub mod shared;
 pub mod voice;
 pub mod web;
 pub mod wire;
@@ -179,7 +180,13 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         ),
         None => None,
     };
-    let state = AppState::new(cfg, store, sfu);
+    let hub = hub::Hub::new();
+    let (inbox_tx, inbox_rx) = tokio::sync::mpsc::unbounded_channel();
+    let me = shared::NodeId(cfg.public_host());
+    let shared = shared::Shared::local(me, hub.clone(), inbox_tx);
+    let state = AppState::new(cfg, store, sfu, hub, shared);
+    nodes::announce_once(&state).await;
+    tokio::spawn(voice::executor::run_inbox(state.clone(), inbox_rx));
     let node_events = tokio::spawn(voice::service::run_sfu_events(state.clone(), events));
     tokio::spawn(quality::run_sampler(state.clone()));
     if let Some((c, cluster_events)) = cluster {

@@ -76,9 +76,12 @@ pub async fn guild_create_limited(
         .iter()
         .find(|m| m.user.id == user_id)
         .map(|m| wire::iso8601(m.joined_at));
-    let voice_states: Vec<Value> = s
-        .voice()
-        .guild_states(g.id)
+    let voice_states: Vec<Value> = crate::voice::executor::guild_states(s, g.id)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(guild = g.id, error = %e, "GUILD_CREATE without voice states");
+            Vec::new()
+        })
         .iter()
         // Only the voice channels the user may view: who is in a hidden one is not theirs to see.
         .filter(|vs| visible.iter().any(|c| c.id == vs.channel_id))

@@ -409,7 +409,7 @@ impl Conn {
         if let Some(old) = evicted {
             let old_id = lock(&old).id.clone();
             info!(user = uid, session = %&old_id[..6], "gateway session evicted: user at max_sessions_per_user");
-            crate::voice::service::disconnect_session(&s, &old_id).await;
+            end_voice(&s, &old).await;
         }
         let frames: Vec<String> = {
             let mut g = lock(&sref);
@@ -535,7 +535,7 @@ async fn collector(s: AppState, sref: SessionRef, mut hub: Subscription) {
                 let (expired, id) = { let g = lock(&sref); (g.expired(Instant::now()), g.id.clone()) };
                 if expired {
                     s.sessions.remove(&id);
-                    crate::voice::service::disconnect_session(&s, &id).await;
+                    end_voice(&s, &sref).await;
                     debug!(session = %&id[..6], "gateway session expired");
                     return;
                 }
@@ -557,12 +557,25 @@ pub async fn end_sessions_of(s: &AppState, user: u64, token_hash: Option<&str>) 
             close::AUTHENTICATION_FAILED,
             "authentication failed: the token was revoked",
         ));
-        ended.push(g.id.clone());
+        ended.push(r.clone());
     }
-    for id in &ended {
-        crate::voice::service::disconnect_session(s, id).await;
+    for r in &ended {
+        end_voice(s, r).await;
     }
     ended.len()
+}
+
+/// A session ended: its voice states in the guilds it was in end with it.
+async fn end_voice(s: &AppState, sref: &SessionRef) {
+    let (user, guilds, id) = {
+        let g = lock(sref);
+        (
+            g.user.id,
+            g.guilds.iter().copied().collect::<Vec<u64>>(),
+            g.id.clone(),
+        )
+    };
+    crate::voice::service::disconnect_session(s, user, guilds, &id).await;
 }
 
 #[cfg(test)]

@@ -351,7 +351,9 @@ pub async fn voice_states(
 ) -> ApiResult<Json<Value>> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
     let visible = visible_channels(&s, &g, u.id).await?;
-    let states = s.voice().guild_states(g.id);
+    let states = crate::voice::executor::guild_states(&s, g.id)
+        .await
+        .map_err(ApiError::unavailable)?;
     Ok(Json(Value::Array(
         states
             .iter()

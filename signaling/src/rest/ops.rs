@@ -194,10 +194,10 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     crate::http_server::write_metrics(&mut out, &s);
     let (states, conns, slow) = {
         let v = s.voice();
-        (v.states.len(), v.conns.len(), v.slow_consumers_closed)
+        (v.by_user.len(), v.conns.len(), v.slow_consumers_closed)
     };
     let (live, detached) = s.sessions.counts();
-    let _ = writeln!(out, "# HELP lodge_voice_states Users in a voice channel\n# TYPE lodge_voice_states gauge\nlodge_voice_states {states}");
+    let _ = writeln!(out, "# HELP lodge_voice_states Callers whose voice connection this node hosts\n# TYPE lodge_voice_states gauge\nlodge_voice_states {states}");
     let _ = writeln!(out, "# HELP lodge_voice_connections Open voice gateway connections\n# TYPE lodge_voice_connections gauge\nlodge_voice_connections {conns}");
     let _ = writeln!(out, "# HELP lodge_voice_slow_consumers_closed_total Voice connections closed because the client did not keep up (outbox full or a write timed out)\n# TYPE lodge_voice_slow_consumers_closed_total counter\nlodge_voice_slow_consumers_closed_total {slow}");
     let _ = writeln!(out, "# HELP lodge_gateway_sessions Gateway sessions, connected or resumable\n# TYPE lodge_gateway_sessions gauge\nlodge_gateway_sessions{{state=\"connected\"}} {live}\nlodge_gateway_sessions{{state=\"resumable\"}} {detached}");

@@ -60,11 +60,10 @@ fn no_escalation(actor: Permissions, wanted: u64) -> ApiResult<()> {
 
 async fn after_role_change(s: &AppState, g: u64) {
     // CONNECT/SPEAK may have changed for anyone in voice.
-    let channels: std::collections::HashSet<u64> = s
-        .voice()
-        .states
-        .values()
-        .filter(|v| v.guild_id == g)
+    let channels: std::collections::HashSet<u64> = crate::voice::executor::guild_states(s, g)
+        .await
+        .unwrap_or_default()
+        .iter()
         .map(|v| v.channel_id)
         .collect();
     for c in channels {
@@ -383,7 +382,7 @@ pub async fn update_member(
         None => None,
     };
     if (b.mute.is_some() || b.deaf.is_some() || dest.is_some())
-        && !s.voice().states.contains_key(&(g.id, target_id))
+        && !crate::voice::service::in_voice(&s, g.id, target_id).await?
     {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

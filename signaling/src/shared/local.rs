@@ -58,7 +58,10 @@ impl Placement for LocalPlacement {
         alive: &'a [NodeId],
     ) -> Fut<'a, SharedResult<RoomHome>> {
         let mut rooms = lock(&self.rooms);
-        if let Some(h) = rooms.get(&(guild, channel)).filter(|h| alive.contains(&h.node)) {
+        if let Some(h) = rooms
+            .get(&(guild, channel))
+            .filter(|h| alive.contains(&h.node))
+        {
             return ready(Ok(h.clone()));
         }
         let mut e = lock(&self.epoch);
@@ -162,6 +165,11 @@ impl VoiceTokens for LocalVoiceTokens {
             .filter(|(_, exp)| *exp > now)
             .map(|(v, _)| v);
         ready(Ok(v))
+    }
+    fn exists<'a>(&'a self, token: &'a str) -> Fut<'a, SharedResult<bool>> {
+        let now = Instant::now();
+        let t = lock(&self.tokens);
+        ready(Ok(t.get(token).is_some_and(|(_, exp)| *exp > now)))
     }
 }
 

@@ -140,10 +140,16 @@ pub trait VoiceStates: Send + Sync {
 /// Single-use voice tokens: issued by whichever node handled op 4, redeemed by the node that
 /// hosts the room. A token can be redeemed once, anywhere.
 pub trait VoiceTokens: Send + Sync {
-    fn issue<'a>(&'a self, token: &'a str, value: &'a str, ttl: Duration)
-        -> Fut<'a, SharedResult<()>>;
+    fn issue<'a>(
+        &'a self,
+        token: &'a str,
+        value: &'a str,
+        ttl: Duration,
+    ) -> Fut<'a, SharedResult<()>>;
     /// The token's value, removing it whatever happens next.
     fn redeem<'a>(&'a self, token: &'a str) -> Fut<'a, SharedResult<Option<String>>>;
+    /// Whether the token is there to redeem (an edge waits for one still on its way).
+    fn exists<'a>(&'a self, token: &'a str) -> Fut<'a, SharedResult<bool>>;
 }
 
 /// The bus: gateway dispatches to every node that has sessions for them, in publish order per

@@ -12,8 +12,11 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::client_op::{self, ClientOp, Identify, SelectProtocol};
+use super::conns::{VoiceConn, VoiceOut};
+use super::control::{Guard, Input};
+use super::executor::{self, ExecError};
 use super::outbox::{outbox, Next, Outbox, OverflowWatch, OUTBOX_CAPACITY, WRITE_TIMEOUT};
-use super::registry::{TokenError, VoiceConn, VoiceOut};
+use super::state::PendingToken;
 use crate::app::AppState;
 use crate::ws::{close_with, Tx};
 
@@ -52,6 +55,7 @@ struct Authed {
     guild_id: u64,
     channel_id: u64,
     conn_id: u64,
+    generation: u64,
     joined: bool,
 }
 
@@ -212,7 +216,9 @@ async fn handle_text(
                 ));
             }
             crate::cluster::await_token(s, &i.token).await;
-            let a = identify(s, &i, out.clone()).map_err(|(c, r)| Stop::Close(c, r.into()))?;
+            let a = identify(s, &i, out.clone())
+                .await
+                .map_err(|(c, r)| Stop::Close(c, r.into()))?;
             let ready = json!({ "op": 2, "d": {
                 "ssrc": user_ssrc(a.user_id),
                 "ip": s.cfg.public_ip.to_string(),
@@ -290,61 +296,73 @@ async fn handle_text(
     }
 }
 
-fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u16, &'static str)> {
-    let (guild_id, user_id, session_id, token) = (
-        i.server_id,
-        i.user_id,
-        i.session_id.as_str(),
-        i.token.as_str(),
-    );
-    let mut v = s.voice();
-    let t = v
-        .redeem(
-            std::time::Instant::now(),
-            token,
-            user_id,
-            guild_id,
-            session_id,
+async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u16, &'static str)> {
+    let (guild_id, user_id, session_id) = (i.server_id, i.user_id, i.session_id.as_str());
+    let redeemed = s.shared.voice_tokens.redeem(&i.token).await.map_err(|e| {
+        warn!(error = %e, "voice token store unreachable");
+        (
+            close::SERVER_CRASHED,
+            "voice is temporarily unavailable; rejoin shortly",
         )
-        .map_err(|e| match e {
-            TokenError::Unknown => (
-                close::AUTHENTICATION_FAILED,
-                "unknown or already used voice token",
-            ),
-            TokenError::Expired => (
-                close::AUTHENTICATION_FAILED,
-                "voice token expired; send gateway op 4 again for a new one",
-            ),
-            TokenError::Mismatch => (
-                close::AUTHENTICATION_FAILED,
-                "voice token was issued for another user, guild or session",
-            ),
-        })?;
-    let valid = v.states.get(&(guild_id, user_id)).is_some_and(|st| {
-        st.channel_id == t.channel_id && st.session_id == session_id && st.conn.is_none()
-    });
-    if !valid {
+    })?;
+    let unknown = (
+        close::AUTHENTICATION_FAILED,
+        "unknown, used or expired voice token; send gateway op 4 again for a new one",
+    );
+    let t: PendingToken = redeemed
+        .and_then(|raw| serde_json::from_str(&raw).ok())
+        .ok_or(unknown)?;
+    if t.user_id != user_id || t.guild_id != guild_id || t.session_id != session_id {
         return Err((
-            close::SESSION_INVALID,
-            "voice state changed since the token was issued; send gateway op 4 again",
+            close::AUTHENTICATION_FAILED,
+            "voice token was issued for another user, guild or session",
         ));
     }
-    let conn_id = v.add_conn(VoiceConn {
+    let connected = Input::Connected {
+        generation: t.generation,
+        channel: t.channel_id,
+        at: s.shared.me.clone(),
+    };
+    match executor::run(s, guild_id, user_id, &connected).await {
+        Ok(_) => {}
+        Err(ExecError::Refused(_)) => {
+            return Err((
+                close::SESSION_INVALID,
+                "voice state changed since the token was issued; send gateway op 4 again",
+            ))
+        }
+        Err(ExecError::Shared(e)) => {
+            warn!(error = %e, "voice state unreachable");
+            return Err((
+                close::SERVER_CRASHED,
+                "voice is temporarily unavailable; rejoin shortly",
+            ));
+        }
+    }
+    let (conn_id, old) = s.voice().add_conn(VoiceConn {
         tx: out,
+        generation: t.generation,
         user_id,
         guild_id,
         channel_id: t.channel_id,
         participant: None,
         slots: Default::default(),
     });
-    if let Some(st) = v.states.get_mut(&(guild_id, user_id)) {
-        st.conn = Some(conn_id);
+    if let Some(old) = old {
+        let _ = old.tx.send(VoiceOut::Close(
+            close::DISCONNECTED,
+            "another voice connection took over".into(),
+        ));
+        if let Some(p) = old.participant {
+            s.sfu.leave(p).await;
+        }
     }
     Ok(Authed {
         user_id,
         guild_id,
         channel_id: t.channel_id,
         conn_id,
+        generation: t.generation,
         joined: false,
     })
 }
@@ -355,14 +373,17 @@ async fn select_protocol(
     p: &SelectProtocol,
 ) -> Result<Value, (u16, String)> {
     let (sdp, slots) = (p.sdp.as_str(), p.slots);
-    let flags = {
-        let v = s.voice();
-        let st = v
-            .states
-            .get(&(a.guild_id, a.user_id))
-            .ok_or((close::SESSION_INVALID, "voice state is gone".to_string()))?;
-        st.flags()
-    };
+    let flags = executor::state(s, a.guild_id, a.user_id)
+        .await
+        .map_err(|e| {
+            (
+                close::SERVER_CRASHED,
+                format!("voice state unreachable: {e}"),
+            )
+        })?
+        .filter(|st| st.generation == a.generation)
+        .ok_or((close::SESSION_INVALID, "voice state is gone".to_string()))?
+        .flags();
     let req = JoinRequest {
         room: RoomId(a.channel_id),
         guild: GuildId(a.guild_id),
@@ -400,9 +421,6 @@ async fn select_protocol(
             v.map_participant(ans.idx, a.conn_id);
             s.telemetry()
                 .start(ans.idx, a.guild_id, a.channel_id, a.user_id);
-            if let Some(st) = v.states.get_mut(&(a.guild_id, a.user_id)) {
-                st.participant = Some(ans.idx);
-            }
             true
         } else {
             false
@@ -433,40 +451,30 @@ async fn select_protocol(
 
 /// The voice WebSocket ended: free the media participant and the voice state it owned.
 async fn end_connection(s: &AppState, a: &Authed) {
-    let (participant, owned_state) = {
-        let mut v = s.voice();
-        let conn = v.conns.remove(&a.conn_id);
-        let participant = conn.and_then(|c| c.participant);
-        if let Some(p) = participant {
-            v.by_participant.remove(&p);
-        }
-        let owned = v
-            .states
-            .get(&(a.guild_id, a.user_id))
-            .is_some_and(|st| st.conn == Some(a.conn_id));
-        (participant, owned)
-    };
-    if let Some(p) = participant {
+    let conn = s.voice().remove_conn(a.conn_id);
+    if let Some(p) = conn.as_ref().and_then(|c| c.participant) {
         s.sfu.leave(p).await;
     }
-    super::service::notify_others(
-        s,
-        a.guild_id,
-        a.channel_id,
-        a.user_id,
-        json!({ "op": 13, "d": { "user_id": a.user_id.to_string() } }),
-    );
-    if owned_state {
-        super::service::disconnect_user(s, a.guild_id, a.user_id).await;
-        // On an edge the voice state is the origin's: tell it the caller left.
-        if let Some(c) = s.cluster.get().filter(|_| s.is_edge()) {
-            c.cascade
-                .broadcast(lodge_edge::Control::VoiceGone {
-                    guild: a.guild_id,
-                    user: a.user_id,
-                })
-                .await;
-        }
+    if conn.is_some() {
+        super::service::notify_others(
+            s,
+            a.guild_id,
+            a.channel_id,
+            a.user_id,
+            json!({ "op": 13, "d": { "user_id": a.user_id.to_string() } }),
+        );
+    }
+    // The state goes with the connection, unless a newer placement replaced it meanwhile.
+    let left =
+        super::service::leave_if(s, a.guild_id, a.user_id, Guard::Generation(a.generation)).await;
+    // On an edge the voice state is the origin's: tell it the caller left.
+    if let Some(c) = s.cluster.get().filter(|_| left && s.is_edge()) {
+        c.cascade
+            .broadcast(lodge_edge::Control::VoiceGone {
+                guild: a.guild_id,
+                user: a.user_id,
+            })
+            .await;
     }
     info!(
         user = a.user_id,

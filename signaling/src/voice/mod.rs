@@ -1,9 +1,16 @@
-//! Voice: op 4 handling, the voice registry and the voice gateway (v8, WebRTC mode).
+//! Voice: the control plane (`control.rs`, pure; `executor.rs`, its one door), the shared voice
+//! state (`state.rs`), room placement, the connections this node hosts (`conns.rs`) and the
+//! voice gateway (v8, WebRTC mode).
 
 pub mod client_op;
+pub mod conns;
+pub mod control;
+pub mod executor;
 pub mod gateway;
 pub mod outbox;
-pub mod registry;
+pub mod placement;
 pub mod service;
+pub mod state;
 
-pub use registry::{VoiceOut, VoiceRegistry, VoiceState};
+pub use conns::{VoiceConns, VoiceOut};
+pub use state::VoiceState;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
 
-use super::registry::VoiceOut;
+use super::conns::VoiceOut;
 
 /// Messages one voice connection may have waiting to be written (about a minute of busy slot
 /// changes; a reading client drains it in milliseconds).

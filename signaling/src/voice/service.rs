@@ -1,19 +1,21 @@
-//! Voice state changes (gateway op 4), their effects on the SFU, and SFU events back to clients.
-
-use std::time::Instant;
+//! Voice state changes (gateway op 4, moderation, permission changes, sessions ending) turned
+//! into inputs of the voice control plane (`control.rs`, applied by `executor.rs`), and SFU
+//! events back to clients.
 
 use axum::http::StatusCode;
 use lodge_chat::{ChannelKind, Permissions, User};
 use lodge_sfu::{LeaveReason, NodeEvent};
-use serde_json::{json, Value};
+use rand::Rng;
+use serde_json::Value;
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use super::outbox::Outbox;
-use super::registry::{VoiceOut, VoiceState};
+use super::control::{Guard, Input, Join, Placed, Refusal};
+use super::executor::{self, ExecError};
+use super::state::Home;
+use super::VoiceOut;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::hub::Target;
 
 fn id_field(d: &Value, key: &'static str) -> ApiResult<Option<u64>> {
     match d.get(key) {
@@ -30,11 +32,72 @@ fn id_field(d: &Value, key: &'static str) -> ApiResult<Option<u64>> {
     }
 }
 
-fn left_json(guild_id: u64, user_id: u64, session_id: &str) -> Value {
-    json!({
-        "guild_id": guild_id.to_string(), "channel_id": null, "user_id": user_id.to_string(), "session_id": session_id,
-        "deaf": false, "mute": false, "self_deaf": false, "self_mute": false, "self_video": false, "suppress": false,
-        "request_to_speak_timestamp": null,
+fn not_in_voice() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        40032,
+        "Target user is not connected to voice.",
+    )
+}
+
+fn unavailable(e: crate::shared::SharedError) -> ApiError {
+    ApiError::unavailable(e)
+}
+
+impl From<ExecError> for ApiError {
+    fn from(e: ExecError) -> Self {
+        match e {
+            ExecError::Refused(Refusal::NotInVoice) => not_in_voice(),
+            ExecError::Refused(Refusal::Stale) => ApiError::new(
+                StatusCode::CONFLICT,
+                0,
+                "The voice state changed meanwhile; retry.",
+            ),
+            ExecError::Shared(e) => unavailable(e),
+        }
+    }
+}
+
+/// A fresh voice token and placement generation.
+fn fresh_token() -> (String, u64) {
+    let mut rng = rand::thread_rng();
+    let token: String = (&mut rng)
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect();
+    // Never 0: a generation of 0 means "none" in old grants.
+    (token, rng.gen_range(1..u64::MAX))
+}
+
+/// Where a caller of `channel` goes: an edge of their region (origin with edges), or the room's
+/// home node.
+pub async fn placed_for(
+    s: &AppState,
+    guild: u64,
+    channel: u64,
+    region: Option<&str>,
+    can_speak: bool,
+) -> ApiResult<Placed> {
+    let edge = match (region, s.cluster.get()) {
+        (Some(r), Some(cl)) if cl.role == lodge_edge::cascade::Role::Origin => cl.place(r),
+        _ => None,
+    };
+    let home = match edge {
+        Some((trunk, _)) => Home::Edge(trunk),
+        None => Home::Node(
+            super::placement::room_home(s, guild, channel, region.unwrap_or(""))
+                .await
+                .map_err(unavailable)?,
+        ),
+    };
+    let (token, generation) = fresh_token();
+    Ok(Placed {
+        channel_id: channel,
+        can_speak,
+        home,
+        token,
+        generation,
     })
 }
 
@@ -66,7 +129,7 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
     }
     let can_speak = p.has(Permissions::SPEAK);
     let limit = c.user_limit.unwrap_or(0) as usize;
-    // Lodge's extension: a region hint places the call on an edge of that region.
+    // Lodge's extension: a region hint places the call on an edge (or node) of that region.
     let region = match d.get("region") {
         None | Some(Value::Null) => None,
         Some(Value::String(r)) if !r.is_empty() && r.len() <= 64 => Some(r.clone()),
@@ -77,133 +140,32 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
             ))
         }
     };
-    let placement = match (&region, s.cluster.get()) {
-        (Some(r), Some(cl)) if cl.role == lodge_edge::cascade::Role::Origin => cl.place(r),
-        _ => None,
-    };
-
-    let mut close_old: Option<OldConn> = None;
-    let mut edge_msgs: Vec<(u64, lodge_edge::Control)> = Vec::new();
-    let (vs_json, token, flags_update, left) = {
-        let mut v = s.voice();
-        let in_channel = v
-            .states
-            .values()
-            .filter(|st| st.guild_id == g.id && st.channel_id == c.id && st.user_id != user.id)
+    if limit > 0 && !p.has(Permissions::MOVE_MEMBERS) {
+        let in_channel = executor::guild_states(s, g.id)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .filter(|st| st.channel_id == c.id && st.user_id != user.id)
             .count();
-        if limit > 0 && in_channel >= limit && !p.has(Permissions::MOVE_MEMBERS) {
+        if in_channel >= limit {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 50035,
                 format!("The voice channel is full (user_limit {limit})"),
             ));
         }
-        let existing = v.states.get(&(g.id, user.id)).cloned();
-        // A move: the channel left, and the leave that sessions seeing only that channel get.
-        let left = existing
-            .as_ref()
-            .filter(|e| e.channel_id != c.id)
-            .map(|e| (e.channel_id, left_json(g.id, user.id, &e.session_id)));
-        // Server mute/deafen stick to the member across channel changes, as on Discord.
-        let (mute, deaf) = existing
-            .as_ref()
-            .map(|e| (e.mute, e.deaf))
-            .unwrap_or((false, false));
-        match existing {
-            // Same channel and session, already connected: only the flags change.
-            Some(st)
-                if st.channel_id == c.id
-                    && st.session_id == session_id
-                    && (st.conn.is_some() || st.edge.is_some()) =>
-            {
-                let st = v.states.get_mut(&(g.id, user.id)).expect("cloned above");
-                st.self_mute = self_mute;
-                st.self_deaf = self_deaf;
-                st.can_speak = can_speak;
-                if let Some(e) = st.edge {
-                    edge_msgs.push((
-                        e,
-                        lodge_edge::Control::VoiceUpdate(crate::cluster::grant(st, "")),
-                    ));
-                }
-                (
-                    st.json(),
-                    None,
-                    st.participant.map(|i| (i, st.flags())),
-                    None,
-                )
-            }
-            _ => {
-                let st = VoiceState {
-                    guild_id: g.id,
-                    channel_id: c.id,
-                    user_id: user.id,
-                    session_id: session_id.to_string(),
-                    self_mute,
-                    self_deaf,
-                    mute,
-                    deaf,
-                    can_speak,
-                    participant: None,
-                    conn: None,
-                    edge: placement.as_ref().map(|p| p.0),
-                    region: region.clone().unwrap_or_default(),
-                };
-                let old_edge = v.states.get(&(g.id, user.id)).and_then(|o| o.edge);
-                if let Some(e) = old_edge.filter(|e| Some(*e) != st.edge) {
-                    edge_msgs.push((
-                        e,
-                        lodge_edge::Control::VoiceRemove {
-                            guild: g.id,
-                            user: user.id,
-                        },
-                    ));
-                }
-                let pending = st.clone();
-                let (j, token, old) = replace_state(&mut v, st);
-                if let Some(e) = pending.edge {
-                    edge_msgs.push((
-                        e,
-                        lodge_edge::Control::VoicePlace(crate::cluster::grant(&pending, &token)),
-                    ));
-                }
-                close_old = old;
-                (j, Some(token), None, left)
-            }
-        }
-    };
-    if let Some((tx, participant)) = close_old {
-        let _ = tx.send(VoiceOut::Close(
-            4014,
-            "moved to another voice channel".into(),
-        ));
-        if let Some(pi) = participant {
-            s.sfu.leave(pi).await;
-        }
     }
-    if let Some((idx, flags)) = flags_update {
-        s.sfu.set_flags(idx, flags).await;
-    }
-    // The edge hears of the caller before the caller hears of the edge.
-    for (e, msg) in edge_msgs {
-        crate::cluster::notify_edge(s, e, msg).await;
-    }
-    // With the channel, so only sessions that may view it hear who is in it; a move also
-    // carries the channel left, so sessions that may view only that one hear a leave.
-    match left {
-        Some((from, left)) => {
-            s.hub
-                .send_move(g.id, from, c.id, "VOICE_STATE_UPDATE", vs_json, left)
-        }
-        None => s.hub.send(
-            Target::Guild(g.id),
-            Some(g.id),
-            Some(c.id),
-            "VOICE_STATE_UPDATE",
-            vs_json,
-        ),
-    }
-    if let Some(token) = token {
+    let placed = placed_for(s, g.id, c.id, region.as_deref(), can_speak).await?;
+    let join = Input::Join(Join {
+        session_id: session_id.to_string(),
+        self_mute,
+        self_deaf,
+        can_speak,
+        region: region.unwrap_or_default(),
+        placed,
+    });
+    let applied = executor::run(s, g.id, user.id, &join).await?;
+    if applied.issued_token {
         // A kick or ban between `guild_for` above and the state going in may have run its
         // voice disconnect before there was a state to end. Reading membership again now
         // that the state is in place closes that gap: either the removal commits after this
@@ -222,50 +184,8 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
             user = user.id,
             "voice join: token issued"
         );
-        s.hub.send(
-            Target::Session(session_id.to_string()),
-            Some(g.id),
-            None,
-            "VOICE_SERVER_UPDATE",
-            json!({ "token": token, "guild_id": g.id.to_string(),
-                    "endpoint": placement.map(|p| p.1).unwrap_or_else(|| s.cfg.public_host()) }),
-        );
     }
     Ok(())
-}
-
-type OldConn = (Outbox, Option<lodge_sfu::ParticipantIdx>);
-
-/// Put a (new) voice state in place of the user's current one: the old voice connection is
-/// returned for closing, a fresh voice token is issued.
-fn replace_state(v: &mut super::VoiceRegistry, st: VoiceState) -> (Value, String, Option<OldConn>) {
-    let mut old_conn = None;
-    if let Some(old) = v.states.remove(&(st.guild_id, st.user_id)) {
-        if let Some(conn) = old.conn.and_then(|id| v.conns.remove(&id)) {
-            if let Some(pi) = conn.participant {
-                v.by_participant.remove(&pi);
-            }
-            old_conn = Some((conn.tx, conn.participant));
-        }
-    }
-    let j = st.json();
-    let token = v.issue_token(
-        Instant::now(),
-        st.user_id,
-        st.guild_id,
-        st.channel_id,
-        &st.session_id,
-    );
-    v.states.insert((st.guild_id, st.user_id), st);
-    (j, token, old_conn)
-}
-
-fn not_in_voice() -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        40032,
-        "Target user is not connected to voice.",
-    )
 }
 
 /// Server mute/deafen (MUTE_MEMBERS/DEAFEN_MEMBERS, checked by the caller): effective in the SFU
@@ -277,37 +197,7 @@ pub async fn set_server_flags(
     mute: Option<bool>,
     deaf: Option<bool>,
 ) -> ApiResult<()> {
-    let (j, part, edge, channel_id) = {
-        let mut v = s.voice();
-        let st = v
-            .states
-            .get_mut(&(guild_id, user_id))
-            .ok_or_else(not_in_voice)?;
-        if let Some(m) = mute {
-            st.mute = m;
-        }
-        if let Some(d) = deaf {
-            st.deaf = d;
-        }
-        let edge = st.edge.map(|e| {
-            (
-                e,
-                lodge_edge::Control::VoiceUpdate(crate::cluster::grant(st, "")),
-            )
-        });
-        (
-            st.json(),
-            st.participant.map(|i| (i, st.flags())),
-            edge,
-            st.channel_id,
-        )
-    };
-    if let Some((i, f)) = part {
-        s.sfu.set_flags(i, f).await;
-    }
-    if let Some((e, msg)) = edge {
-        crate::cluster::notify_edge(s, e, msg).await;
-    }
+    executor::run(s, guild_id, user_id, &Input::ServerFlags { mute, deaf }).await?;
     info!(
         guild = guild_id,
         user = user_id,
@@ -315,14 +205,15 @@ pub async fn set_server_flags(
         ?deaf,
         "server voice flags changed"
     );
-    s.hub.send(
-        Target::Guild(guild_id),
-        Some(guild_id),
-        Some(channel_id),
-        "VOICE_STATE_UPDATE",
-        j,
-    );
     Ok(())
+}
+
+/// Whether the user is in a voice channel of the guild.
+pub async fn in_voice(s: &AppState, guild_id: u64, user_id: u64) -> ApiResult<bool> {
+    Ok(executor::state(s, guild_id, user_id)
+        .await
+        .map_err(unavailable)?
+        .is_some())
 }
 
 /// Move a user to another voice channel (MOVE_MEMBERS, checked by the caller) or disconnect them
@@ -335,10 +226,7 @@ pub async fn move_member(
     dest: Option<u64>,
 ) -> ApiResult<()> {
     let Some(dest) = dest else {
-        if !s.voice().states.contains_key(&(g.id, user_id)) {
-            return Err(not_in_voice());
-        }
-        disconnect_user(s, g.id, user_id).await;
+        executor::run(s, g.id, user_id, &Input::Leave(None)).await?;
         return Ok(());
     };
     let c = s.store.channel(dest).await?;
@@ -360,188 +248,93 @@ pub async fn move_member(
             "the member cannot CONNECT to the destination channel",
         ));
     }
-    let (j, token, old, session_id, from, placed, left) = {
-        let mut v = s.voice();
-        let cur = v
-            .states
-            .get(&(g.id, user_id))
-            .cloned()
-            .ok_or_else(not_in_voice)?;
-        let st = VoiceState {
-            channel_id: c.id,
-            can_speak: target_p.has(Permissions::SPEAK),
-            participant: None,
-            conn: None,
-            ..cur.clone()
-        };
-        let placed = st.clone();
-        let (j, token, old) = replace_state(&mut v, st);
-        let left = left_json(g.id, user_id, &cur.session_id);
-        (j, token, old, cur.session_id, cur.channel_id, placed, left)
-    };
+    let cur = executor::state(s, g.id, user_id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(not_in_voice)?;
     // A caller on an edge moves within that edge.
-    let endpoint = match placed.edge {
-        Some(e) => {
-            crate::cluster::notify_edge(
-                s,
-                e,
-                lodge_edge::Control::VoicePlace(crate::cluster::grant(&placed, &token)),
-            )
-            .await;
-            s.cluster
-                .get()
-                .and_then(|c| c.endpoint_of(e))
-                .unwrap_or_else(|| s.cfg.public_host())
+    let placed = match cur.home {
+        Home::Edge(trunk) => {
+            let (token, generation) = fresh_token();
+            Placed {
+                channel_id: c.id,
+                can_speak: target_p.has(Permissions::SPEAK),
+                home: Home::Edge(trunk),
+                token,
+                generation,
+            }
         }
-        None => s.cfg.public_host(),
+        Home::Node(_) => {
+            let region = (!cur.region.is_empty()).then_some(cur.region.as_str());
+            placed_for(s, g.id, c.id, region, target_p.has(Permissions::SPEAK)).await?
+        }
     };
-    if let Some((tx, participant)) = old {
-        let _ = tx.send(VoiceOut::Close(
-            4014,
-            "moved to another voice channel".into(),
-        ));
-        notify_others(
-            s,
-            g.id,
-            from,
-            user_id,
-            json!({ "op": 13, "d": { "user_id": user_id.to_string() } }),
-        );
-        if let Some(pi) = participant {
-            s.sfu.leave(pi).await;
-        }
-    }
+    executor::run(s, g.id, user_id, &Input::Move(placed)).await?;
     info!(guild = g.id, user = user_id, to = c.id, "member moved");
-    // Sessions that may view only the channel left hear a leave.
-    s.hub
-        .send_move(g.id, from, c.id, "VOICE_STATE_UPDATE", j, left);
-    s.hub.send(
-        Target::Session(session_id),
-        Some(g.id),
-        None,
-        "VOICE_SERVER_UPDATE",
-        json!({ "token": token, "guild_id": g.id.to_string(), "endpoint": endpoint }),
-    );
     Ok(())
 }
 
 /// Remove a user's voice state in a guild: media participant, voice connection, broadcast.
 pub async fn disconnect_user(s: &AppState, guild_id: u64, user_id: u64) {
-    let removed = {
-        let mut v = s.voice();
-        let st = v.states.remove(&(guild_id, user_id));
-        st.map(|st| {
-            let conn = st.conn.and_then(|id| v.conns.remove(&id));
-            if let Some(pi) = st.participant {
-                v.by_participant.remove(&pi);
-            }
-            (st, conn)
-        })
-    };
-    let Some((st, conn)) = removed else { return };
-    if let Some(e) = st.edge {
-        crate::cluster::notify_edge(
-            s,
-            e,
-            lodge_edge::Control::VoiceRemove {
-                guild: guild_id,
-                user: user_id,
-            },
-        )
-        .await;
+    leave(s, guild_id, user_id, None).await;
+}
+
+/// Whether a state was removed.
+async fn leave(s: &AppState, guild_id: u64, user_id: u64, guard: Option<Guard>) -> bool {
+    match executor::run(s, guild_id, user_id, &Input::Leave(guard)).await {
+        Ok(a) if a.state.is_none() => {
+            info!(guild = guild_id, user = user_id, "voice leave");
+            true
+        }
+        Ok(_) | Err(ExecError::Refused(_)) => false,
+        Err(ExecError::Shared(e)) => {
+            warn!(guild = guild_id, user = user_id, error = %e, "voice leave not recorded");
+            false
+        }
     }
-    if let Some(conn) = conn {
-        let _ = conn.tx.send(VoiceOut::Close(
-            4014,
-            "disconnected from the voice channel".into(),
-        ));
-        notify_others(
-            s,
-            st.guild_id,
-            st.channel_id,
-            user_id,
-            json!({ "op": 13, "d": { "user_id": user_id.to_string() } }),
-        );
+}
+
+/// Leave, only if the state is still the one `guard` names. Whether it was.
+pub async fn leave_if(s: &AppState, guild_id: u64, user_id: u64, guard: Guard) -> bool {
+    leave(s, guild_id, user_id, Some(guard)).await
+}
+
+/// Users with a voice state in the guild (optionally only in one channel).
+async fn users_in(s: &AppState, guild_id: u64, channel_id: Option<u64>) -> Vec<u64> {
+    match executor::guild_states(s, guild_id).await {
+        Ok(v) => v
+            .into_iter()
+            .filter(|st| channel_id.is_none_or(|c| st.channel_id == c))
+            .map(|st| st.user_id)
+            .collect(),
+        Err(e) => {
+            warn!(guild = guild_id, error = %e, "voice states unavailable");
+            Vec::new()
+        }
     }
-    if let Some(pi) = st.participant {
-        s.sfu.leave(pi).await;
-    }
-    // The leave names no channel, but it goes only to sessions that may view the channel
-    // left: to anyone else it would say who had been in a channel they cannot see. A member
-    // who lost sight of the channel (that is why they were disconnected) still hears of their
-    // own leave on their session.
-    let left = left_json(guild_id, user_id, &st.session_id);
-    let sees_it = s
-        .visibility
-        .can_view(
-            &s.store,
-            s.hub.epoch(guild_id),
-            guild_id,
-            st.channel_id,
-            user_id,
-        )
-        .await;
-    if !sees_it {
-        s.hub.send(
-            Target::Session(st.session_id.clone()),
-            Some(guild_id),
-            None,
-            "VOICE_STATE_UPDATE",
-            left.clone(),
-        );
-    }
-    s.hub.send(
-        Target::Guild(guild_id),
-        Some(guild_id),
-        Some(st.channel_id),
-        "VOICE_STATE_UPDATE",
-        left,
-    );
-    info!(
-        guild = guild_id,
-        channel = st.channel_id,
-        user = user_id,
-        "voice leave"
-    );
 }
 
 pub async fn disconnect_channel(s: &AppState, guild_id: u64, channel_id: u64) {
-    let users: Vec<u64> = s
-        .voice()
-        .states
-        .values()
-        .filter(|st| st.guild_id == guild_id && st.channel_id == channel_id)
-        .map(|st| st.user_id)
-        .collect();
-    for u in users {
+    for u in users_in(s, guild_id, Some(channel_id)).await {
         disconnect_user(s, guild_id, u).await;
     }
 }
 
 pub async fn disconnect_guild(s: &AppState, guild_id: u64) {
-    let users: Vec<u64> = s
-        .voice()
-        .states
-        .values()
-        .filter(|st| st.guild_id == guild_id)
-        .map(|st| st.user_id)
-        .collect();
-    for u in users {
+    for u in users_in(s, guild_id, None).await {
         disconnect_user(s, guild_id, u).await;
     }
 }
 
-/// The gateway session ended: its voice states go with it.
-pub async fn disconnect_session(s: &AppState, session_id: &str) {
-    let keys: Vec<(u64, u64)> = s
-        .voice()
-        .states
-        .values()
-        .filter(|st| st.session_id == session_id)
-        .map(|st| (st.guild_id, st.user_id))
-        .collect();
-    for (g, u) in keys {
-        disconnect_user(s, g, u).await;
+/// The gateway session ended: its voice states (in the guilds it was in) go with it.
+pub async fn disconnect_session(
+    s: &AppState,
+    user_id: u64,
+    guilds: impl IntoIterator<Item = u64>,
+    session_id: &str,
+) {
+    for g in guilds {
+        leave(s, g, user_id, Some(Guard::Session(session_id.to_string()))).await;
     }
 }
 
@@ -554,14 +347,7 @@ pub async fn refresh_channel_permissions(s: &AppState, guild_id: u64, channel_id
     ) else {
         return;
     };
-    let users: Vec<u64> = s
-        .voice()
-        .states
-        .values()
-        .filter(|st| st.guild_id == guild_id && st.channel_id == channel_id)
-        .map(|st| st.user_id)
-        .collect();
-    for u in users {
+    for u in users_in(s, guild_id, Some(channel_id)).await {
         let Ok(p) = s.store.permissions(&g, Some(&c), u).await else {
             continue;
         };
@@ -569,27 +355,10 @@ pub async fn refresh_channel_permissions(s: &AppState, guild_id: u64, channel_id
             disconnect_user(s, guild_id, u).await;
             continue;
         }
-        let change = {
-            let mut v = s.voice();
-            v.states.get_mut(&(guild_id, u)).and_then(|st| {
-                let speak = p.has(Permissions::SPEAK);
-                (st.can_speak != speak).then(|| {
-                    st.can_speak = speak;
-                    (st.json(), st.participant.map(|i| (i, st.flags())))
-                })
-            })
-        };
-        if let Some((j, part)) = change {
-            if let Some((i, f)) = part {
-                s.sfu.set_flags(i, f).await;
-            }
-            s.hub.send(
-                Target::Guild(guild_id),
-                Some(guild_id),
-                Some(channel_id),
-                "VOICE_STATE_UPDATE",
-                j,
-            );
+        if let Err(e) =
+            executor::run(s, guild_id, u, &Input::SetSpeak(p.has(Permissions::SPEAK))).await
+        {
+            debug!(guild = guild_id, user = u, error = %e, "speak change not applied");
         }
     }
 }

@@ -1,0 +1,218 @@
+//! The voice gateway connections this node hosts and their media participants: node-local
+//! state (the shared voice states are `state.rs`, behind [`crate::shared::VoiceStates`]).
+//! Short critical sections under one std mutex (never held across an await, never touched by
+//! the media hot path).
+
+use std::collections::HashMap;
+
+use lodge_sfu::ParticipantIdx;
+use serde_json::{json, Value};
+
+use super::outbox::Outbox;
+
+/// What a voice gateway connection is told from outside its own task.
+#[derive(Debug)]
+pub enum VoiceOut {
+    Json(Value),
+    Close(u16, String),
+}
+
+pub struct VoiceConn {
+    pub tx: Outbox,
+    /// The placement generation whose token opened this connection.
+    pub generation: u64,
+    pub user_id: u64,
+    pub guild_id: u64,
+    pub channel_id: u64,
+    pub participant: Option<ParticipantIdx>,
+    /// Slot SSRC → user currently announced in it.
+    pub slots: HashMap<u32, u64>,
+}
+
+impl VoiceConn {
+    /// Record a slot change and send the matching op 5 (nothing when an empty slot empties).
+    pub fn slot_changed(&mut self, ssrc: u32, speaker: Option<u64>) {
+        let msg = match speaker {
+            Some(u) => {
+                self.slots.insert(ssrc, u);
+                json!({ "op": 5, "d": { "user_id": u.to_string(), "ssrc": ssrc, "speaking": 1, "delay": 0 } })
+            }
+            None => match self.slots.remove(&ssrc) {
+                Some(prev) => {
+                    json!({ "op": 5, "d": { "user_id": prev.to_string(), "ssrc": ssrc, "speaking": 0, "delay": 0 } })
+                }
+                None => return,
+            },
+        };
+        let _ = self.tx.send(VoiceOut::Json(msg));
+    }
+}
+
+/// Slot changes kept per participant before its voice connection is mapped (the media node may
+/// assign slots between answering the join and the gateway recording the participant).
+const MAX_EARLY_SLOT_CHANGES: usize = 64;
+
+pub struct VoiceConns {
+    pub conns: HashMap<u64, VoiceConn>,
+    /// (guild, user) → the connection hosted here.
+    pub by_user: HashMap<(u64, u64), u64>,
+    pub by_participant: HashMap<ParticipantIdx, u64>,
+    /// Slot changes (ssrc, speaker) for participants not yet mapped to a connection; cleared
+    /// when the participant is mapped or leaves.
+    early_slots: HashMap<ParticipantIdx, Vec<(u32, Option<u64>)>>,
+    next_conn: u64,
+    /// Voice connections closed because the client did not keep up (outbox full or a write
+    /// timed out), since start.
+    pub slow_consumers_closed: u64,
+}
+
+impl Default for VoiceConns {
+    fn default() -> Self {
+        VoiceConns::new()
+    }
+}
+
+impl VoiceConns {
+    pub fn new() -> Self {
+        VoiceConns {
+            conns: HashMap::new(),
+            by_user: HashMap::new(),
+            by_participant: HashMap::new(),
+            early_slots: HashMap::new(),
+            next_conn: 0,
+            slow_consumers_closed: 0,
+        }
+    }
+
+    /// A slot of `listener` changed: announce it on its connection, or keep it until the
+    /// connection is mapped.
+    pub fn slot_changed(&mut self, listener: ParticipantIdx, ssrc: u32, speaker: Option<u64>) {
+        match self.by_participant.get(&listener).copied() {
+            Some(conn_id) => {
+                if let Some(conn) = self.conns.get_mut(&conn_id) {
+                    conn.slot_changed(ssrc, speaker);
+                }
+            }
+            None => {
+                let early = self.early_slots.entry(listener).or_default();
+                if early.len() < MAX_EARLY_SLOT_CHANGES {
+                    early.push((ssrc, speaker));
+                }
+            }
+        }
+    }
+
+    /// Map a media participant to its connection and replay the slot changes that came first.
+    pub fn map_participant(&mut self, idx: ParticipantIdx, conn_id: u64) {
+        self.by_participant.insert(idx, conn_id);
+        let early = self.early_slots.remove(&idx).unwrap_or_default();
+        if let Some(conn) = self.conns.get_mut(&conn_id) {
+            conn.participant = Some(idx);
+            for (ssrc, speaker) in early {
+                conn.slot_changed(ssrc, speaker);
+            }
+        }
+    }
+
+    /// The media participant left the node: forget what was kept for it.
+    pub fn participant_left(&mut self, idx: ParticipantIdx) {
+        self.early_slots.remove(&idx);
+    }
+
+    /// Host a connection for (guild, user); a connection already hosted for them is
+    /// returned for closing (a client that opened a second one).
+    pub fn add_conn(&mut self, conn: VoiceConn) -> (u64, Option<VoiceConn>) {
+        self.next_conn += 1;
+        let id = self.next_conn;
+        let old = self
+            .by_user
+            .insert((conn.guild_id, conn.user_id), id)
+            .and_then(|old| self.remove_conn(old));
+        self.conns.insert(id, conn);
+        (id, old)
+    }
+
+    /// Forget a connection (and its participant mapping).
+    pub fn remove_conn(&mut self, id: u64) -> Option<VoiceConn> {
+        let c = self.conns.remove(&id)?;
+        if self.by_user.get(&(c.guild_id, c.user_id)) == Some(&id) {
+            self.by_user.remove(&(c.guild_id, c.user_id));
+        }
+        if let Some(p) = c.participant {
+            self.by_participant.remove(&p);
+        }
+        Some(c)
+    }
+
+    /// The connection hosted for (guild, user) if it belongs to `generation`.
+    pub fn conn_of(&self, guild: u64, user: u64, generation: u64) -> Option<u64> {
+        self.by_user.get(&(guild, user)).copied().filter(|id| {
+            self.conns
+                .get(id)
+                .is_some_and(|c| c.generation == generation)
+        })
+    }
+
+    /// Users with a live voice connection in a channel.
+    pub fn users_in(&self, guild_id: u64, channel_id: u64) -> Vec<u64> {
+        self.conns
+            .values()
+            .filter(|c| c.guild_id == guild_id && c.channel_id == channel_id)
+            .map(|c| c.user_id)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_changes_before_the_mapping_are_replayed_in_order() {
+        let mut r = VoiceConns::default();
+        let (tx, mut rx) = super::super::outbox::outbox(16);
+        let (conn, _) = r.add_conn(VoiceConn {
+            tx,
+            generation: 1,
+            user_id: 1,
+            guild_id: 2,
+            channel_id: 3,
+            participant: None,
+            slots: HashMap::new(),
+        });
+        let idx = ParticipantIdx(7);
+        // The node assigns slots before the gateway learns which participant is whose.
+        r.slot_changed(idx, 100, Some(10));
+        r.slot_changed(idx, 101, Some(11));
+        r.slot_changed(idx, 100, None);
+        assert!(
+            rx.try_next().is_none(),
+            "nothing can be sent before the mapping"
+        );
+        r.map_participant(idx, conn);
+        let mut got = Vec::new();
+        while let Some(VoiceOut::Json(v)) = rx.try_next() {
+            got.push((
+                v["d"]["ssrc"].as_u64().unwrap(),
+                v["d"]["user_id"].as_str().unwrap().to_string(),
+                v["d"]["speaking"].as_u64().unwrap(),
+            ));
+        }
+        assert_eq!(
+            got,
+            vec![
+                (100, "10".into(), 1),
+                (101, "11".into(), 1),
+                (100, "10".into(), 0)
+            ]
+        );
+        assert_eq!(r.conns[&conn].slots, HashMap::from([(101, 11)]));
+        // Once mapped, changes go straight out.
+        r.slot_changed(idx, 102, Some(12));
+        assert!(matches!(rx.try_next(), Some(VoiceOut::Json(_))));
+        // What was kept for a participant that leaves unmapped is dropped.
+        r.slot_changed(ParticipantIdx(8), 1, Some(1));
+        r.participant_left(ParticipantIdx(8));
+        assert!(r.early_slots.is_empty());
+    }
+}

@@ -1,0 +1,59 @@
+//! Which node hosts a voice channel's room, and the endpoint a caller is sent to.
+
+use super::state::Home;
+use crate::app::AppState;
+use crate::shared::{NodeId, RoomHome, SharedError};
+
+/// The room's home: its current home while that node is registered, or else the node that
+/// claims it — among media nodes that are not draining, the caller's region first, then the
+/// fewest participants. With one node, always this node.
+pub async fn room_home(
+    s: &AppState,
+    guild: u64,
+    channel: u64,
+    region: &str,
+) -> Result<RoomHome, SharedError> {
+    let nodes = s.shared.registry.live_nodes().await?;
+    // A draining node keeps the rooms it has until they move; it takes no new ones.
+    let alive: Vec<NodeId> = nodes
+        .iter()
+        .filter(|n| n.roles.media)
+        .map(|n| n.id.clone())
+        .collect();
+    let candidate = nodes
+        .iter()
+        .filter(|n| n.roles.media && !n.draining)
+        .min_by_key(|n| (n.region != region, n.load, &n.id))
+        .map(|n| n.id.clone())
+        .unwrap_or_else(|| s.shared.me.clone());
+    s.shared
+        .placement
+        .home(guild, channel, &candidate, &alive)
+        .await
+}
+
+/// `host:port` of a home's voice gateway, as VOICE_SERVER_UPDATE's `endpoint`.
+pub async fn endpoint(s: &AppState, home: &Home) -> String {
+    match home {
+        Home::Edge(trunk) => s
+            .cluster
+            .get()
+            .and_then(|c| c.endpoint_of(*trunk))
+            .unwrap_or_else(|| s.cfg.public_host()),
+        Home::Node(h) if h.node == s.shared.me => s.cfg.public_host(),
+        Home::Node(h) => match s.shared.registry.live_nodes().await {
+            Ok(nodes) => nodes
+                .into_iter()
+                .find(|n| n.id == h.node)
+                .map(|n| n.endpoint)
+                .unwrap_or_else(|| {
+                    tracing::warn!(node = %h.node, "a room's home is not registered; sending the caller here");
+                    s.cfg.public_host()
+                }),
+            Err(e) => {
+                tracing::warn!(error = %e, "node registry unreachable; sending the caller here");
+                s.cfg.public_host()
+            }
+        },
+    }
+}

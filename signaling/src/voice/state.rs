@@ -1,0 +1,89 @@
+//! A caller's voice state: who is in which voice channel with which flags, and where their
+//! media is hosted. This is the shared part (stored through [`crate::shared::VoiceStates`], so
+//! in a cluster every node reads the same one); the live voice connection and the media
+//! participant belong to the home node alone (`conns.rs`).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::shared::RoomHome;
+
+/// Where a caller's media is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Home {
+    /// A node of the cluster hosts the room (with one node: this node). The epoch is the
+    /// room's placement epoch when the caller was sent there.
+    Node(RoomHome),
+    /// An edge of this origin (its trunk number): the edge hosts the caller.
+    Edge(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoiceState {
+    pub guild_id: u64,
+    pub channel_id: u64,
+    pub user_id: u64,
+    pub session_id: String,
+    pub self_mute: bool,
+    pub self_deaf: bool,
+    pub mute: bool,
+    pub deaf: bool,
+    pub can_speak: bool,
+    pub home: Home,
+    /// Which placement of the caller this is: a new one with every voice token. The voice
+    /// connection opened with that token carries it, so ending an older placement never
+    /// closes a newer connection.
+    pub generation: u64,
+    /// The voice connection of this generation identified at the home.
+    pub connected: bool,
+    /// The region the caller asked for (kept to re-place them if their edge dies).
+    pub region: String,
+}
+
+impl VoiceState {
+    pub fn json(&self) -> Value {
+        json!({
+            "guild_id": self.guild_id.to_string(),
+            "channel_id": self.channel_id.to_string(),
+            "user_id": self.user_id.to_string(),
+            "session_id": self.session_id,
+            "deaf": self.deaf,
+            "mute": self.mute || !self.can_speak,
+            "self_deaf": self.self_deaf,
+            "self_mute": self.self_mute,
+            "self_stream": false,
+            "self_video": false,
+            "suppress": !self.can_speak,
+            "request_to_speak_timestamp": null,
+        })
+    }
+
+    pub fn flags(&self) -> lodge_sfu::VoiceFlags {
+        lodge_sfu::VoiceFlags {
+            self_mute: self.self_mute,
+            self_deaf: self.self_deaf,
+            server_mute: self.mute,
+            server_deaf: self.deaf,
+            can_speak: self.can_speak,
+        }
+    }
+}
+
+/// VOICE_STATE_UPDATE for a user who left (`channel_id: null`).
+pub fn left_json(guild_id: u64, user_id: u64, session_id: &str) -> Value {
+    json!({
+        "guild_id": guild_id.to_string(), "channel_id": null, "user_id": user_id.to_string(), "session_id": session_id,
+        "deaf": false, "mute": false, "self_deaf": false, "self_mute": false, "self_video": false, "suppress": false,
+        "request_to_speak_timestamp": null,
+    })
+}
+
+/// What a voice token stands for (stored with the token; redeemed once, on the home node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingToken {
+    pub user_id: u64,
+    pub guild_id: u64,
+    pub channel_id: u64,
+    pub session_id: String,
+    pub generation: u64,
+}
