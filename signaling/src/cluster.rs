@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::app::AppState;
-use crate::hub::Target;
+use crate::hub::{DispatchKind, Target};
 use crate::voice::registry::VoiceState;
 
 /// An edge as the origin knows it.
@@ -243,10 +243,13 @@ async fn replace_edge(s: &AppState, edge: TrunkId, node: &str) {
             None => s.cfg.public_host(),
         };
         s.hub.send(
-            Target::Session(st.session_id.clone()),
+            Target::Session {
+                user: st.user_id,
+                session: st.session_id.clone(),
+            },
             Some(st.guild_id),
             None,
-            "VOICE_SERVER_UPDATE",
+            DispatchKind::VoiceServerUpdate,
             json!({ "token": token, "guild_id": st.guild_id.to_string(), "endpoint": endpoint }),
         );
     }

@@ -11,6 +11,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use super::outbox::Outbox;
+use super::{payload, Opcode};
 
 /// How long a voice token stays valid unless configured otherwise.
 pub const VOICE_TOKEN_TTL: Duration = Duration::from_secs(60);
@@ -97,12 +98,16 @@ impl VoiceConn {
         let msg = match speaker {
             Some(u) => {
                 self.slots.insert(ssrc, u);
-                json!({ "op": 5, "d": { "user_id": u.to_string(), "ssrc": ssrc, "speaking": 1, "delay": 0 } })
+                payload(
+                    Opcode::Speaking,
+                    json!({ "user_id": u.to_string(), "ssrc": ssrc, "speaking": 1, "delay": 0 }),
+                )
             }
             None => match self.slots.remove(&ssrc) {
-                Some(prev) => {
-                    json!({ "op": 5, "d": { "user_id": prev.to_string(), "ssrc": ssrc, "speaking": 0, "delay": 0 } })
-                }
+                Some(prev) => payload(
+                    Opcode::Speaking,
+                    json!({ "user_id": prev.to_string(), "ssrc": ssrc, "speaking": 0, "delay": 0 }),
+                ),
                 None => return,
             },
         };

@@ -13,7 +13,7 @@ use super::outbox::Outbox;
 use super::registry::{VoiceOut, VoiceState};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::hub::Target;
+use crate::hub::{DispatchKind, Target};
 
 fn id_field(d: &Value, key: &'static str) -> ApiResult<Option<u64>> {
     match d.get(key) {
@@ -191,15 +191,19 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
     // With the channel, so only sessions that may view it hear who is in it; a move also
     // carries the channel left, so sessions that may view only that one hear a leave.
     match left {
-        Some((from, left)) => {
-            s.hub
-                .send_move(g.id, from, c.id, "VOICE_STATE_UPDATE", vs_json, left)
-        }
+        Some((from, left)) => s.hub.send_move(
+            g.id,
+            from,
+            c.id,
+            DispatchKind::VoiceStateUpdate,
+            vs_json,
+            left,
+        ),
         None => s.hub.send(
             Target::Guild(g.id),
             Some(g.id),
             Some(c.id),
-            "VOICE_STATE_UPDATE",
+            DispatchKind::VoiceStateUpdate,
             vs_json,
         ),
     }
@@ -223,10 +227,13 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
             "voice join: token issued"
         );
         s.hub.send(
-            Target::Session(session_id.to_string()),
+            Target::Session {
+                user: user.id,
+                session: session_id.to_string(),
+            },
             Some(g.id),
             None,
-            "VOICE_SERVER_UPDATE",
+            DispatchKind::VoiceServerUpdate,
             json!({ "token": token, "guild_id": g.id.to_string(),
                     "endpoint": placement.map(|p| p.1).unwrap_or_else(|| s.cfg.public_host()) }),
         );
@@ -319,7 +326,7 @@ pub async fn set_server_flags(
         Target::Guild(guild_id),
         Some(guild_id),
         Some(channel_id),
-        "VOICE_STATE_UPDATE",
+        DispatchKind::VoiceStateUpdate,
         j,
     );
     Ok(())
@@ -400,13 +407,7 @@ pub async fn move_member(
             4014,
             "moved to another voice channel".into(),
         ));
-        notify_others(
-            s,
-            g.id,
-            from,
-            user_id,
-            json!({ "op": 13, "d": { "user_id": user_id.to_string() } }),
-        );
+        notify_others(s, g.id, from, user_id, super::client_disconnect(user_id));
         if let Some(pi) = participant {
             s.sfu.leave(pi).await;
         }
@@ -414,12 +415,15 @@ pub async fn move_member(
     info!(guild = g.id, user = user_id, to = c.id, "member moved");
     // Sessions that may view only the channel left hear a leave.
     s.hub
-        .send_move(g.id, from, c.id, "VOICE_STATE_UPDATE", j, left);
+        .send_move(g.id, from, c.id, DispatchKind::VoiceStateUpdate, j, left);
     s.hub.send(
-        Target::Session(session_id),
+        Target::Session {
+            user: user_id,
+            session: session_id,
+        },
         Some(g.id),
         None,
-        "VOICE_SERVER_UPDATE",
+        DispatchKind::VoiceServerUpdate,
         json!({ "token": token, "guild_id": g.id.to_string(), "endpoint": endpoint }),
     );
     Ok(())
@@ -460,7 +464,7 @@ pub async fn disconnect_user(s: &AppState, guild_id: u64, user_id: u64) {
             st.guild_id,
             st.channel_id,
             user_id,
-            json!({ "op": 13, "d": { "user_id": user_id.to_string() } }),
+            super::client_disconnect(user_id),
         );
     }
     if let Some(pi) = st.participant {
@@ -483,10 +487,13 @@ pub async fn disconnect_user(s: &AppState, guild_id: u64, user_id: u64) {
         .await;
     if !sees_it {
         s.hub.send(
-            Target::Session(st.session_id.clone()),
+            Target::Session {
+                user: user_id,
+                session: st.session_id.clone(),
+            },
             Some(guild_id),
             None,
-            "VOICE_STATE_UPDATE",
+            DispatchKind::VoiceStateUpdate,
             left.clone(),
         );
     }
@@ -494,7 +501,7 @@ pub async fn disconnect_user(s: &AppState, guild_id: u64, user_id: u64) {
         Target::Guild(guild_id),
         Some(guild_id),
         Some(st.channel_id),
-        "VOICE_STATE_UPDATE",
+        DispatchKind::VoiceStateUpdate,
         left,
     );
     info!(
@@ -587,7 +594,7 @@ pub async fn refresh_channel_permissions(s: &AppState, guild_id: u64, channel_id
                 Target::Guild(guild_id),
                 Some(guild_id),
                 Some(channel_id),
-                "VOICE_STATE_UPDATE",
+                DispatchKind::VoiceStateUpdate,
                 j,
             );
         }
