@@ -5,30 +5,36 @@
 //! for sessions that may view only the channel left; a reply without its referenced message
 //! for sessions that may not read that message's channel.
 
+//!
+//! A dispatch is serde-serializable (bodies as the JSON strings they already are, the kind by
+//! its name), so it can cross nodes as it is.
+
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::gateway::intents;
+pub use crate::dispatch_kind::{DispatchKind, UnknownDispatchKind};
+use crate::gateway::Opcode;
 
 /// Who a dispatch is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Target {
     /// Every session of a member of the guild (filtered by VIEW_CHANNEL when `channel_id` is set).
     Guild(u64),
     /// Every session of one user.
     User(u64),
-    /// One gateway session.
-    Session(String),
+    /// One gateway session, of `user` (so a bus can route it by user, as it routes `User`).
+    Session { user: u64, session: String },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dispatch {
     pub target: Target,
     /// Channel the event is about, for VIEW_CHANNEL filtering.
     pub channel_id: Option<u64>,
     pub guild_id: Option<u64>,
-    pub t: &'static str,
+    pub t: DispatchKind,
     /// `d`, serialized.
     pub json: Arc<str>,
     /// For message events: `d` with content, embeds and attachments emptied, for sessions
@@ -50,7 +56,7 @@ pub struct Dispatch {
 /// The other side of a move: sessions whose user may view `channel_id` but not the
 /// dispatch's channel get `json` (a leave) instead of the dispatch's body; sessions that may view
 /// neither get nothing.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Left {
     pub channel_id: u64,
     /// `d` of the leave, serialized.
@@ -60,7 +66,7 @@ pub struct Left {
 /// A message event replying to a message in another channel: sessions whose user may not
 /// VIEW_CHANNEL and READ_MESSAGE_HISTORY in `channel_id` get `json` (or `redacted`), the reply
 /// with `referenced_message: null`, instead of the dispatch's bodies.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reference {
     pub channel_id: u64,
     pub json: Arc<str>,
@@ -97,7 +103,7 @@ impl Dispatch {
     /// target; a guild target is for every member (membership is the session's to check).
     pub fn targets(&self, session_id: &str, user_id: u64) -> bool {
         match &self.target {
-            Target::Session(id) => id == session_id,
+            Target::Session { user, session } => *user == user_id && session == session_id,
             Target::User(u) => *u == user_id,
             Target::Guild(_) => true,
         }
@@ -119,7 +125,7 @@ impl Dispatch {
 
     /// Whether a session with `intents` receives this kind of event.
     pub fn wanted_with(&self, intents: u64) -> bool {
-        intents::required(self.t).is_none_or(|bit| intents & bit != 0)
+        self.t.wanted_with(intents)
     }
 }
 
@@ -143,10 +149,15 @@ pub(crate) fn with_redacted(mut d: Value) -> (Arc<str>, Arc<str>) {
     (json, d.to_string().into())
 }
 
+/// The start of a dispatch frame, up to the event name.
+const FRAME_START: &str = "{\"op\":0,\"t\":\"";
+const _: () = assert!(Opcode::Dispatch as u8 == 0, "FRAME_START spells op 0");
+
 /// A dispatch frame for one session: `{"op":0,"t":…,"s":…,"d":…}` around an already-serialized `d`.
-pub fn frame(t: &str, seq: u64, d: &str) -> String {
+pub fn frame(t: DispatchKind, seq: u64, d: &str) -> String {
+    let t = t.name();
     let mut s = String::with_capacity(d.len() + t.len() + 40);
-    s.push_str("{\"op\":0,\"t\":\"");
+    s.push_str(FRAME_START);
     s.push_str(t);
     s.push_str("\",\"s\":");
     s.push_str(&seq.to_string());
@@ -158,12 +169,134 @@ pub fn frame(t: &str, seq: u64, d: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn frame_is_valid_json() {
-        let f = super::frame("MESSAGE_CREATE", 7, "{\"content\":\"hi \\\"x\\\"\"}");
+        let f = frame(
+            DispatchKind::MessageCreate,
+            7,
+            "{\"content\":\"hi \\\"x\\\"\"}",
+        );
         let v: serde_json::Value = serde_json::from_str(&f).unwrap();
         assert_eq!(v["op"], 0);
+        assert_eq!(v["t"], "MESSAGE_CREATE");
         assert_eq!(v["s"], 7);
         assert_eq!(v["d"]["content"], "hi \"x\"");
+    }
+
+    /// What a bus between nodes does to a dispatch: every part comes back as it was.
+    #[test]
+    fn a_dispatch_survives_serialization_whole() {
+        let (json, redacted) = with_redacted(serde_json::json!({
+            "content": "see \"staff\"", "referenced_message": { "content": "secret" }
+        }));
+        let (ref_json, ref_redacted) =
+            with_redacted(serde_json::json!({ "content": "see", "referenced_message": null }));
+        let all = [
+            Dispatch {
+                target: Target::Guild(3),
+                channel_id: Some(10),
+                guild_id: Some(3),
+                t: DispatchKind::MessageCreate,
+                json,
+                redacted: Some(redacted),
+                full_for: vec![1, 2],
+                left: None,
+                reference: Some(Reference {
+                    channel_id: 20,
+                    json: ref_json,
+                    redacted: ref_redacted,
+                }),
+                about: None,
+            },
+            Dispatch {
+                target: Target::Guild(3),
+                channel_id: Some(20),
+                guild_id: Some(3),
+                t: DispatchKind::VoiceStateUpdate,
+                json: r#"{"channel_id":"20"}"#.into(),
+                redacted: None,
+                full_for: vec![],
+                left: Some(Left {
+                    channel_id: 10,
+                    json: r#"{"channel_id":null}"#.into(),
+                }),
+                reference: None,
+                about: Some(7),
+            },
+            Dispatch {
+                target: Target::Session {
+                    user: 7,
+                    session: "s1".into(),
+                },
+                channel_id: None,
+                guild_id: None,
+                t: DispatchKind::VoiceServerUpdate,
+                json: r#"{"token":"t"}"#.into(),
+                redacted: None,
+                full_for: vec![],
+                left: None,
+                reference: None,
+                about: None,
+            },
+            Dispatch {
+                target: Target::User(u64::MAX),
+                channel_id: None,
+                guild_id: Some(u64::MAX),
+                t: DispatchKind::GuildCreate,
+                json: "{}".into(),
+                redacted: None,
+                full_for: vec![],
+                left: None,
+                reference: None,
+                about: None,
+            },
+        ];
+        for d in all {
+            let wire = serde_json::to_string(&d).unwrap();
+            let back: Dispatch = serde_json::from_str(&wire).unwrap();
+            assert_eq!(back, d, "{wire}");
+            for b in [
+                Body::Full,
+                Body::Redacted,
+                Body::Left,
+                Body::Unreferenced,
+                Body::UnreferencedRedacted,
+            ] {
+                assert_eq!(back.body(b), d.body(b));
+            }
+            assert_eq!(
+                (
+                    back.targets("s1", 7),
+                    back.targets("s1", 8),
+                    back.targets("s2", 7)
+                ),
+                (d.targets("s1", 7), d.targets("s1", 8), d.targets("s2", 7))
+            );
+        }
+    }
+
+    #[test]
+    fn a_session_target_is_that_session_of_that_user() {
+        let d = |target| Dispatch {
+            target,
+            channel_id: None,
+            guild_id: None,
+            t: DispatchKind::LodgeVoiceError,
+            json: "{}".into(),
+            redacted: None,
+            full_for: vec![],
+            left: None,
+            reference: None,
+            about: None,
+        };
+        let s = d(Target::Session {
+            user: 7,
+            session: "a".into(),
+        });
+        assert!(s.targets("a", 7));
+        assert!(!s.targets("b", 7) && !s.targets("a", 8));
+        assert!(d(Target::User(7)).targets("b", 7));
     }
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::dispatch::with_redacted;
-pub use crate::dispatch::{frame, Body, Dispatch, Left, Reference, Target};
+pub use crate::dispatch::{frame, Body, Dispatch, DispatchKind, Left, Reference, Target};
 
 /// Dispatches queued for one session before it counts as fallen behind (its session is then
 /// invalidated: it cannot be resumed faithfully).
@@ -62,7 +62,7 @@ impl Subscriber {
         self.addressee
             .as_ref()
             .is_none_or(|(sid, uid)| d.targets(sid, *uid))
-            && (matches!(d.t, "GUILD_CREATE" | "GUILD_DELETE") || d.wanted_with(self.intents))
+            && (d.t.keeps_guild_set() || d.wanted_with(self.intents))
     }
 }
 
@@ -102,14 +102,6 @@ impl Drop for Subscription {
 
 fn lock(m: &Mutex<Subscribers>) -> std::sync::MutexGuard<'_, Subscribers> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Events after which cached channel visibility in their guild may be stale. A rename
-/// (GUILD_UPDATE) changes nothing anyone can see, and a ban is announced with the
-/// GUILD_MEMBER_REMOVE that does, so they do not count.
-fn changes_visibility(t: &str) -> bool {
-    (t.starts_with("GUILD_") && !matches!(t, "GUILD_UPDATE" | "GUILD_BAN_ADD" | "GUILD_BAN_REMOVE"))
-        || t.starts_with("CHANNEL_")
 }
 
 impl Hub {
@@ -192,10 +184,10 @@ impl Hub {
         target: Target,
         guild_id: Option<u64>,
         channel_id: Option<u64>,
-        t: &'static str,
+        t: DispatchKind,
         d: Value,
     ) {
-        if changes_visibility(t) {
+        if t.changes_visibility() {
             // A guild event without a guild (a user's GUILD_CREATE) moves nothing: the
             // membership change behind it invalidates its guild where it happens.
             if let Some(g) = guild_id {
@@ -219,7 +211,7 @@ impl Hub {
 
     /// A guild event about one member (a presence): dropped for every session once `member`
     /// has left the guild, even if it was published after (from a guild list read before).
-    pub fn send_about(&self, guild_id: u64, member: u64, t: &'static str, d: Value) {
+    pub fn send_about(&self, guild_id: u64, member: u64, t: DispatchKind, d: Value) {
         self.deliver(Arc::new(Dispatch {
             target: Target::Guild(guild_id),
             channel_id: None,
@@ -242,11 +234,11 @@ impl Hub {
         guild_id: u64,
         from: u64,
         to: u64,
-        t: &'static str,
+        t: DispatchKind,
         d: Value,
         left: Value,
     ) {
-        if changes_visibility(t) {
+        if t.changes_visibility() {
             self.invalidate(guild_id);
         }
         self.deliver(Arc::new(Dispatch {
@@ -271,7 +263,7 @@ impl Hub {
         &self,
         guild_id: u64,
         channel_id: u64,
-        t: &'static str,
+        t: DispatchKind,
         d: Value,
         full_for: Vec<u64>,
     ) {
@@ -285,7 +277,7 @@ impl Hub {
         &self,
         guild_id: u64,
         channel_id: u64,
-        t: &'static str,
+        t: DispatchKind,
         d: Value,
         full_for: Vec<u64>,
         unreferenced: Option<(u64, Value)>,
@@ -325,8 +317,9 @@ mod tests {
     use super::*;
     use crate::gateway::intents;
     use serde_json::json;
+    use DispatchKind as K;
 
-    fn drain(sub: &mut Subscription) -> Vec<&'static str> {
+    fn drain(sub: &mut Subscription) -> Vec<DispatchKind> {
         let mut out = Vec::new();
         while let Ok(d) = sub.rx.try_recv() {
             out.push(d.t);
@@ -347,36 +340,35 @@ mod tests {
             Target::Guild(9),
             Some(9),
             None,
-            "VOICE_STATE_UPDATE",
+            K::VoiceStateUpdate,
             json!({}),
         );
         hub.send(
-            Target::Session("bot-session".into()),
+            Target::Session {
+                user: 2,
+                session: "bot-session".into(),
+            },
             Some(9),
             None,
-            "VOICE_SERVER_UPDATE",
+            K::VoiceServerUpdate,
             json!({}),
         );
-        hub.send(Target::User(1), None, None, "GUILD_CREATE", json!({}));
+        hub.send(Target::User(1), None, None, K::GuildCreate, json!({}));
         hub.send(
             Target::Guild(9),
             Some(9),
             Some(5),
-            "CHANNEL_UPDATE",
+            K::ChannelUpdate,
             json!({}),
         );
-        assert_eq!(drain(&mut crowd), ["GUILD_CREATE", "CHANNEL_UPDATE"]);
+        assert_eq!(drain(&mut crowd), [K::GuildCreate, K::ChannelUpdate]);
         assert_eq!(
             drain(&mut bot),
-            [
-                "VOICE_STATE_UPDATE",
-                "VOICE_SERVER_UPDATE",
-                "CHANNEL_UPDATE"
-            ]
+            [K::VoiceStateUpdate, K::VoiceServerUpdate, K::ChannelUpdate]
         );
         assert_eq!(
             drain(&mut early),
-            ["VOICE_SERVER_UPDATE", "GUILD_CREATE", "CHANNEL_UPDATE"]
+            [K::VoiceServerUpdate, K::GuildCreate, K::ChannelUpdate]
         );
     }
 
@@ -385,10 +377,10 @@ mod tests {
         let hub = Hub::new();
         let mut s = hub.subscribe(intents::GUILD_MESSAGES);
         s.identified("s", 1);
-        hub.send(Target::User(1), None, None, "GUILD_CREATE", json!({}));
-        hub.send(Target::Guild(3), Some(3), None, "GUILD_UPDATE", json!({}));
-        hub.send(Target::Guild(3), Some(3), None, "GUILD_DELETE", json!({}));
-        assert_eq!(drain(&mut s), ["GUILD_CREATE", "GUILD_DELETE"]);
+        hub.send(Target::User(1), None, None, K::GuildCreate, json!({}));
+        hub.send(Target::Guild(3), Some(3), None, K::GuildUpdate, json!({}));
+        hub.send(Target::Guild(3), Some(3), None, K::GuildDelete, json!({}));
+        assert_eq!(drain(&mut s), [K::GuildCreate, K::GuildDelete]);
     }
 
     #[test]
@@ -399,19 +391,19 @@ mod tests {
             Target::Guild(1),
             Some(1),
             None,
-            "GUILD_ROLE_UPDATE",
+            K::GuildRoleUpdate,
             json!({}),
         );
         assert_ne!(hub.epoch(1), a, "a role change in guild 1 moves guild 1");
         assert_eq!(hub.epoch(2), b, "…and not guild 2");
         let a = hub.epoch(1);
-        hub.send(Target::Guild(1), Some(1), None, "GUILD_UPDATE", json!({}));
+        hub.send(Target::Guild(1), Some(1), None, K::GuildUpdate, json!({}));
         assert_eq!(hub.epoch(1), a, "a rename changes nobody's view");
         hub.send(
             Target::Guild(2),
             Some(2),
             Some(9),
-            "CHANNEL_UPDATE",
+            K::ChannelUpdate,
             json!({}),
         );
         assert!(hub.epoch(2) > a, "epochs never repeat across guilds");
@@ -426,14 +418,14 @@ mod tests {
             Target::Guild(3),
             Some(3),
             Some(10),
-            "VOICE_STATE_UPDATE",
+            K::VoiceStateUpdate,
             json!({ "channel_id": "10" }),
         );
         hub.send_move(
             3,
             10,
             20,
-            "VOICE_STATE_UPDATE",
+            K::VoiceStateUpdate,
             json!({ "channel_id": "20" }),
             json!({ "channel_id": null }),
         );
@@ -441,7 +433,7 @@ mod tests {
             Target::Guild(3),
             Some(3),
             Some(20),
-            "VOICE_STATE_UPDATE",
+            K::VoiceStateUpdate,
             json!({ "channel_id": "20", "self_mute": true }),
         );
         let got: Vec<Arc<Dispatch>> = std::iter::from_fn(|| s.rx.try_recv().ok()).collect();
@@ -460,7 +452,7 @@ mod tests {
             "no leave body: the full one"
         );
         // Rejoining the same channel is no move.
-        hub.send_move(3, 20, 20, "VOICE_STATE_UPDATE", json!({}), json!({}));
+        hub.send_move(3, 20, 20, K::VoiceStateUpdate, json!({}), json!({}));
         assert!(s.rx.try_recv().unwrap().left.is_none());
     }
 
@@ -471,7 +463,7 @@ mod tests {
         s.identified("s", 1);
         let d = json!({ "content": "see staff", "referenced_message": { "content": "secret" } });
         let without = json!({ "content": "see staff", "referenced_message": null });
-        hub.send_reply(3, 10, "MESSAGE_CREATE", d, vec![1], Some((20, without)));
+        hub.send_reply(3, 10, K::MessageCreate, d, vec![1], Some((20, without)));
         let d = s.rx.try_recv().unwrap();
         assert_eq!(d.reference.as_ref().map(|r| r.channel_id), Some(20));
         let body = |b| serde_json::from_str::<Value>(d.body(b)).unwrap();
@@ -492,7 +484,7 @@ mod tests {
             (json!(""), Value::Null)
         );
         // A message without a cross-channel reference has only the two bodies.
-        hub.send_message(3, 10, "MESSAGE_CREATE", json!({ "content": "x" }), vec![]);
+        hub.send_message(3, 10, K::MessageCreate, json!({ "content": "x" }), vec![]);
         let d = s.rx.try_recv().unwrap();
         assert!(d.reference.is_none());
         assert_eq!(d.body(Body::Unreferenced), d.body(Body::Full));
@@ -504,14 +496,14 @@ mod tests {
         let hub = Hub::new();
         let mut s = hub.subscribe(intents::GUILDS);
         s.identified("s", 1);
-        hub.send_about(3, 7, "PRESENCE_UPDATE", json!({}));
+        hub.send_about(3, 7, K::PresenceUpdate, json!({}));
         assert!(
             s.rx.try_recv().is_err(),
             "without GUILD_PRESENCES the session is not woken"
         );
         let mut p = hub.subscribe(intents::GUILD_PRESENCES);
         p.identified("p", 2);
-        hub.send_about(3, 7, "PRESENCE_UPDATE", json!({}));
+        hub.send_about(3, 7, K::PresenceUpdate, json!({}));
         let d = p.rx.try_recv().unwrap();
         assert_eq!((d.target.clone(), d.about), (Target::Guild(3), Some(7)));
     }
@@ -526,7 +518,7 @@ mod tests {
                 Target::Guild(1),
                 Some(1),
                 None,
-                "TYPING_START",
+                K::TypingStart,
                 json!({ "i": i }),
             );
             if i % 1000 == 0 {
@@ -548,8 +540,8 @@ mod tests {
             got, SESSION_QUEUE,
             "what was queued before the overflow is kept"
         );
-        hub.send(Target::Guild(1), Some(1), None, "TYPING_START", json!({}));
-        assert_eq!(drain(&mut fast), ["TYPING_START"], "the others go on");
+        hub.send(Target::Guild(1), Some(1), None, K::TypingStart, json!({}));
+        assert_eq!(drain(&mut fast), [K::TypingStart], "the others go on");
         // Dropping a subscription unsubscribes it.
         drop(fast);
         assert_eq!(lock(&hub.subs).by_id.len(), 0);

@@ -10,6 +10,7 @@ pub mod client_addr;
 pub mod cluster;
 pub mod config;
 pub mod dispatch;
+pub mod dispatch_kind;
 pub mod error;
 pub mod extract;
 pub mod gateway;

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::{close, intents};
+use super::{close, intents, Opcode};
 
 /// Client payloads larger than this close the connection with 4002.
 pub const MAX_PAYLOAD: usize = 4096;
@@ -38,7 +38,10 @@ pub enum ClientOp {
 /// Whether a connection that has not identified yet may send this payload: Heartbeat,
 /// Identify and Resume only (checked before parsing, so nothing else is even looked at).
 pub fn allowed_before_identify(v: &Value) -> bool {
-    matches!(v.get("op").and_then(Value::as_u64), Some(1 | 2 | 6))
+    matches!(
+        v.get("op").and_then(Value::as_u64).map(Opcode::try_from),
+        Some(Ok(Opcode::Heartbeat | Opcode::Identify | Opcode::Resume))
+    )
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -121,8 +124,9 @@ pub fn parse_value(mut v: Value) -> Result<ClientOp, Refusal> {
         .and_then(Value::as_u64)
         .ok_or_else(|| refuse(close::DECODE_ERROR, "payload needs a numeric op"))?;
     let d = v.get_mut("d").map(Value::take).unwrap_or(Value::Null);
-    match op {
-        1 => match d {
+    let unknown = || refuse(close::UNKNOWN_OPCODE, format!("unknown opcode {op}"));
+    match Opcode::try_from(op).map_err(|_| unknown())? {
+        Opcode::Heartbeat => match d {
             Value::Null => Ok(ClientOp::Heartbeat(None)),
             Value::Number(n) if n.as_u64().is_some() => Ok(ClientOp::Heartbeat(n.as_u64())),
             _ => Err(refuse(
@@ -130,15 +134,17 @@ pub fn parse_value(mut v: Value) -> Result<ClientOp, Refusal> {
                 "heartbeat d must be the last sequence number or null",
             )),
         },
-        2 => identify(&d).map(ClientOp::Identify),
-        3 => Ok(ClientOp::PresenceUpdate(d)),
-        4 => Ok(ClientOp::VoiceStateUpdate(d)),
-        6 => resume(&d).map(ClientOp::Resume),
-        8 => request_members(&d).map(ClientOp::RequestGuildMembers),
-        _ => Err(refuse(
-            close::UNKNOWN_OPCODE,
-            format!("unknown opcode {op}"),
-        )),
+        Opcode::Identify => identify(&d).map(ClientOp::Identify),
+        Opcode::PresenceUpdate => Ok(ClientOp::PresenceUpdate(d)),
+        Opcode::VoiceStateUpdate => Ok(ClientOp::VoiceStateUpdate(d)),
+        Opcode::Resume => resume(&d).map(ClientOp::Resume),
+        Opcode::RequestGuildMembers => request_members(&d).map(ClientOp::RequestGuildMembers),
+        // What only the server sends is no client payload.
+        Opcode::Dispatch
+        | Opcode::Reconnect
+        | Opcode::InvalidSession
+        | Opcode::Hello
+        | Opcode::HeartbeatAck => Err(unknown()),
     }
 }
 
@@ -287,6 +293,9 @@ mod tests {
             ("{\"d\":null}", close::DECODE_ERROR),
             ("{\"op\":\"1\"}", close::DECODE_ERROR),
             ("{\"op\":99,\"d\":null}", close::UNKNOWN_OPCODE),
+            ("{\"op\":10,\"d\":null}", close::UNKNOWN_OPCODE),
+            ("{\"op\":0,\"d\":null}", close::UNKNOWN_OPCODE),
+            ("{\"op\":5,\"d\":null}", close::UNKNOWN_OPCODE),
             ("{\"op\":1,\"d\":\"x\"}", close::DECODE_ERROR),
             ("{\"op\":2,\"d\":{}}", close::DECODE_ERROR),
             ("{\"op\":2,\"d\":{\"token\":\"\"}}", close::AUTHENTICATION_FAILED),
@@ -376,6 +385,9 @@ mod tests {
             (3, false),
             (4, false),
             (8, false),
+            (0, false),
+            (10, false),
+            (99, false),
         ] {
             assert_eq!(
                 allowed_before_identify(&serde_json::json!({ "op": op })),

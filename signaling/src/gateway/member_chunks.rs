@@ -13,14 +13,15 @@ use tokio::time::Instant;
 
 use super::client_op::{MemberSelect, Refusal, RequestMembers, MEMBERS_PER_CHUNK};
 use super::registry::{Entry, SessionRef};
-use super::{close, intents};
+use super::{close, intents, Opcode};
 use crate::app::AppState;
+use crate::dispatch::DispatchKind;
 use crate::wire;
 
 /// How often one connection may list a whole guild.
 pub const EVERYONE_INTERVAL: Duration = Duration::from_secs(30);
 
-fn push(sref: &SessionRef, t: &'static str, d: Value) {
+fn push(sref: &SessionRef, t: DispatchKind, d: Value) {
     sref.lock()
         .expect("a session lock is never held across a panic")
         .push(Entry::Own(t, d.to_string().into()));
@@ -66,8 +67,8 @@ pub async fn request(
                 }
                 push(
                     sref,
-                    "RATE_LIMITED",
-                    json!({ "opcode": 8, "retry_after": (retry * 1000.0).ceil() / 1000.0, "meta": meta }),
+                    DispatchKind::RateLimited,
+                    json!({ "opcode": Opcode::RequestGuildMembers.code(), "retry_after": (retry * 1000.0).ceil() / 1000.0, "meta": meta }),
                 );
                 return Ok(());
             }
@@ -153,5 +154,5 @@ fn send_chunk(
     if let Some(n) = &r.nonce {
         d["nonce"] = json!(n);
     }
-    push(sref, "GUILD_MEMBERS_CHUNK", d);
+    push(sref, DispatchKind::GuildMembersChunk, d);
 }

@@ -3,6 +3,7 @@
 
 pub mod client_op;
 mod member_chunks;
+pub(crate) mod opcode;
 pub mod payloads;
 pub mod presence;
 pub mod registry;
@@ -12,6 +13,7 @@ pub mod session_start;
 pub mod visibility;
 
 pub use client_op::MAX_PAYLOAD;
+pub use opcode::{payload, Opcode, UnknownOpcode};
 pub use session::{end_sessions_of, ws_handler};
 
 /// Client payloads allowed per [`RATE_WINDOW`] before closing with 4008.
@@ -35,7 +37,7 @@ pub mod close {
     pub const DISALLOWED_INTENTS: u16 = 4014;
 }
 
-/// Intent bits (Discord's).
+/// Intent bits (Discord's). Which one each event needs is `DispatchKind::intent`.
 pub mod intents {
     pub const GUILDS: u64 = 1 << 0;
     pub const GUILD_MEMBERS: u64 = 1 << 1;
@@ -50,25 +52,4 @@ pub mod intents {
     /// Intents Discord makes each application enable (MESSAGE_CONTENT is not privileged on
     /// Lodge).
     pub const PRIVILEGED: u64 = GUILD_MEMBERS | GUILD_PRESENCES;
-
-    /// Which intent an event needs; `None` means it is always sent.
-    pub fn required(t: &str) -> Option<u64> {
-        match t {
-            "GUILD_CREATE" | "GUILD_UPDATE" | "GUILD_DELETE" | "CHANNEL_CREATE"
-            | "CHANNEL_UPDATE" | "CHANNEL_DELETE" | "GUILD_ROLE_CREATE" | "GUILD_ROLE_UPDATE"
-            | "GUILD_ROLE_DELETE" => Some(GUILDS),
-            "GUILD_MEMBER_ADD" | "GUILD_MEMBER_UPDATE" | "GUILD_MEMBER_REMOVE" => {
-                Some(GUILD_MEMBERS)
-            }
-            "GUILD_BAN_ADD" | "GUILD_BAN_REMOVE" => Some(GUILD_MODERATION),
-            "VOICE_STATE_UPDATE" => Some(GUILD_VOICE_STATES),
-            "PRESENCE_UPDATE" => Some(GUILD_PRESENCES),
-            "MESSAGE_CREATE" | "MESSAGE_UPDATE" | "MESSAGE_DELETE" | "MESSAGE_DELETE_BULK" => {
-                Some(GUILD_MESSAGES)
-            }
-            "MESSAGE_REACTION_ADD" | "MESSAGE_REACTION_REMOVE" => Some(GUILD_MESSAGE_REACTIONS),
-            "TYPING_START" => Some(GUILD_MESSAGE_TYPING),
-            _ => None,
-        }
-    }
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use crate::app::AppState;
+use crate::dispatch::DispatchKind;
 
 pub const STATUSES: [&str; 5] = ["online", "idle", "dnd", "invisible", "offline"];
 
@@ -87,7 +88,7 @@ pub fn publish(s: &AppState, guild: u64, user: u64, status: &str, activities: &V
     s.hub.send_about(
         guild,
         user,
-        "PRESENCE_UPDATE",
+        DispatchKind::PresenceUpdate,
         payload(guild, user, status, activities),
     );
 }

@@ -16,7 +16,7 @@ use lodge_chat::User;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::hub::{frame, Body, Dispatch};
+use crate::hub::{frame, Body, Dispatch, DispatchKind};
 
 /// How long a dropped session can be resumed.
 pub const RESUME_WINDOW: Duration = Duration::from_secs(5 * 60);
@@ -33,14 +33,14 @@ pub enum Entry {
     Shared(Arc<Dispatch>, Body),
     /// A session-specific payload (READY, GUILD_CREATE at identify, RESUMED, member chunks);
     /// sent, never kept for replay.
-    Own(&'static str, Arc<str>),
+    Own(DispatchKind, Arc<str>),
 }
 
 impl Entry {
     pub fn render(&self, seq: u64) -> String {
         match self {
             Entry::Shared(d, body) => frame(d.t, seq, d.body(*body)),
-            Entry::Own(t, json) => frame(t, seq, json),
+            Entry::Own(t, json) => frame(*t, seq, json),
         }
     }
 }
@@ -131,9 +131,9 @@ impl Session {
 
     /// Number and render a session-specific payload to be written directly on the socket
     /// (identify/resume paths); it is not kept for replay.
-    pub fn record(&mut self, t: &'static str, json: &str) -> String {
+    pub fn record(&mut self, t: DispatchKind, json: &str) -> String {
         self.seq += 1;
-        super::super::hub::frame(t, self.seq, json)
+        frame(t, self.seq, json)
     }
 
     /// Everything recorded so far must have reached the client for a resume to be faithful
@@ -340,7 +340,7 @@ mod tests {
                 target: Target::Guild(1),
                 channel_id: None,
                 guild_id: Some(1),
-                t: "X",
+                t: DispatchKind::MessageCreate,
                 json: format!("{{\"n\":{n}}}").into(),
                 redacted: None,
                 full_for: Vec::new(),
@@ -391,12 +391,15 @@ mod tests {
     #[test]
     fn session_payloads_are_sent_but_not_kept() {
         let mut s = session("s", 1);
-        let ready = s.record("READY", &format!("{{\"pad\":\"{}\"}}", "x".repeat(10_000)));
+        let ready = s.record(
+            DispatchKind::Ready,
+            &format!("{{\"pad\":\"{}\"}}", "x".repeat(10_000)),
+        );
         assert!(ready.contains("\"s\":1"));
-        s.record("GUILD_CREATE", "{}");
+        s.record(DispatchKind::GuildCreate, "{}");
         s.set_replay_floor();
         s.push(shared(1));
-        s.push(Entry::Own("GUILD_MEMBERS_CHUNK", "{}".into()));
+        s.push(Entry::Own(DispatchKind::GuildMembersChunk, "{}".into()));
         s.push(shared(2));
         assert_eq!(s.buffer.len(), 2, "only hub dispatches are buffered");
         assert_eq!(

@@ -28,9 +28,9 @@ use tracing::{debug, info};
 use super::client_op::{self, ClientOp, Identify, Refusal, Resume, MAX_PAYLOAD};
 use super::registry::{Entry, Session, SessionRef, LIVE_QUEUE};
 use super::session_start::StartRefused;
-use super::{close, intents, payloads, RATE_LIMIT, RATE_WINDOW};
+use super::{close, intents, payload, payloads, Opcode, RATE_LIMIT, RATE_WINDOW};
 use crate::app::AppState;
-use crate::hub::{Ended, Subscription, Target};
+use crate::hub::{DispatchKind, Ended, Subscription, Target};
 use crate::ws::{close_with, Inbound, Tx};
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -173,7 +173,10 @@ impl Conn {
 
     async fn run(mut self, mut tx: Tx, mut rx: futures_util::stream::SplitStream<WebSocket>) {
         let s = self.s.clone();
-        let hello = json!({ "op": 10, "d": { "heartbeat_interval": s.cfg.heartbeat_interval_ms }, "s": null, "t": null });
+        let hello = payload(
+            Opcode::Hello,
+            json!({ "heartbeat_interval": s.cfg.heartbeat_interval_ms }),
+        );
         if !send(&mut tx, hello).await {
             return;
         }
@@ -229,7 +232,7 @@ impl Conn {
                     break stop(close::NOT_AUTHENTICATED, format!("not identified within {} s", s.cfg.identify_timeout_secs));
                 }
                 _ = shutdown.changed() => {
-                    let _ = send(&mut tx, json!({ "op": 7, "d": null, "s": null, "t": null })).await;
+                    let _ = send(&mut tx, payload(Opcode::Reconnect, Value::Null)).await;
                     break stop(1012, "server restarting");
                 }
             }
@@ -273,7 +276,7 @@ impl Conn {
         match op {
             ClientOp::Heartbeat(_) => {
                 self.hb_deadline = Instant::now() + heartbeat_timeout(&s);
-                ok(send(tx, json!({ "op": 11, "d": null, "s": null, "t": null })).await)
+                ok(send(tx, payload(Opcode::HeartbeatAck, Value::Null)).await)
             }
             ClientOp::Identify(d) => {
                 if self.session.is_some() {
@@ -293,9 +296,7 @@ impl Conn {
                         self.live = Some(live_rx);
                         ok(send_frames(tx, frames).await)
                     }
-                    None => {
-                        ok(send(tx, json!({ "op": 9, "d": false, "s": null, "t": null })).await)
-                    }
+                    None => ok(send(tx, payload(Opcode::InvalidSession, Value::Bool(false))).await),
                 }
             }
             ClientOp::PresenceUpdate(d) => {
@@ -316,8 +317,12 @@ impl Conn {
                 if let Err(e) = crate::voice::service::handle_op4(&s, &user, &sid, &d).await {
                     // Discord answers nothing on a refused op 4; Lodge tells the session why.
                     let body = json!({ "code": e.code(), "message": e.to_string(), "guild_id": d.get("guild_id"), "channel_id": d.get("channel_id") });
+                    let to = Target::Session {
+                        user: user.id,
+                        session: sid,
+                    };
                     s.hub
-                        .send(Target::Session(sid), None, None, "LODGE_VOICE_ERROR", body);
+                        .send(to, None, None, DispatchKind::LodgeVoiceError, body);
                 }
                 Ok(())
             }
@@ -372,7 +377,7 @@ impl Conn {
                     limit = per,
                     "identify refused: more than max_concurrency identifies in 5 s"
                 );
-                return ok(send(tx, json!({ "op": 9, "d": false, "s": null, "t": null })).await);
+                return ok(send(tx, payload(Opcode::InvalidSession, Value::Bool(false))).await);
             }
             Err(StartRefused::Exhausted { reset_after }) => {
                 let total = s.session_starts.limits().total;
@@ -413,9 +418,9 @@ impl Conn {
         }
         let frames: Vec<String> = {
             let mut g = lock(&sref);
-            let mut f = vec![g.record("READY", &ready.to_string())];
+            let mut f = vec![g.record(DispatchKind::Ready, &ready.to_string())];
             for c in creates {
-                f.push(g.record("GUILD_CREATE", &c.to_string()));
+                f.push(g.record(DispatchKind::GuildCreate, &c.to_string()));
             }
             g.set_replay_floor();
             g.attach(self.id, live_tx);
@@ -503,7 +508,7 @@ async fn resume(
         };
         // Taking over drops the previous connection's queue: it closes and stops reading.
         g.attach(conn, live_tx);
-        frames.push(g.record("RESUMED", "{}"));
+        frames.push(g.record(DispatchKind::Resumed, "{}"));
         info!(user = user.id, session = %&g.id[..6], replayed = frames.len() - 1, "gateway session resumed");
         frames
     };

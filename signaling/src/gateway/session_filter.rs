@@ -16,7 +16,7 @@ use lodge_chat::{Permissions, User};
 use super::intents;
 use super::registry::{Session, SessionRef};
 use crate::app::AppState;
-use crate::hub::{Body, Dispatch, Target};
+use crate::hub::{Body, Dispatch, DispatchKind, Target};
 
 /// VIEW_CHANNEL and READ_MESSAGE_HISTORY: what it takes to see a referenced message.
 const READ: u64 = Permissions::VIEW_CHANNEL | Permissions::READ_MESSAGE_HISTORY;
@@ -133,10 +133,10 @@ pub(super) fn addressed(sref: &SessionRef, d: &Dispatch) -> Option<(u64, Body)> 
     }
     if let Some(gid) = d.guild_id {
         match (d.t, &d.target) {
-            ("GUILD_CREATE", Target::User(_)) => {
+            (DispatchKind::GuildCreate, Target::User(_)) => {
                 g.guilds.insert(gid);
             }
-            ("GUILD_DELETE", _) => {
+            (DispatchKind::GuildDelete, _) => {
                 g.guilds.remove(&gid);
                 g.visible.remove(&gid);
             }

@@ -15,7 +15,7 @@ use super::{guild_for, require};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{snowflake, ApiQuery, Auth};
-use crate::hub::Target;
+use crate::hub::{DispatchKind, Target};
 use crate::wire;
 
 /// Longest `delete_message_seconds` (7 days, Discord's limit).
@@ -27,7 +27,7 @@ fn ban_json(b: &Ban) -> Value {
 
 /// GUILD_BAN_ADD/REMOVE go only to members who may see bans (BAN_MEMBERS or VIEW_AUDIT_LOG),
 /// as on Discord; everyone else learns of a banned member from GUILD_MEMBER_REMOVE.
-async fn tell_ban_watchers(s: &AppState, g: &Guild, t: &'static str, user: &User) {
+async fn tell_ban_watchers(s: &AppState, g: &Guild, t: DispatchKind, user: &User) {
     let d = json!({ "guild_id": g.id.to_string(), "user": wire::user(user) });
     match s.store.ban_watchers(g).await {
         Ok(None) => s.hub.send(Target::Guild(g.id), Some(g.id), None, t, d),
@@ -134,17 +134,17 @@ pub async fn ban(
             Target::User(target),
             Some(g.id),
             None,
-            "GUILD_DELETE",
+            DispatchKind::GuildDelete,
             json!({ "id": gid }),
         );
     }
-    tell_ban_watchers(&s, &g, "GUILD_BAN_ADD", &banned).await;
+    tell_ban_watchers(&s, &g, DispatchKind::GuildBanAdd, &banned).await;
     if effect.was_member {
         s.hub.send(
             Target::Guild(g.id),
             Some(g.id),
             None,
-            "GUILD_MEMBER_REMOVE",
+            DispatchKind::GuildMemberRemove,
             json!({ "guild_id": gid, "user": wire::user(&banned) }),
         );
     }
@@ -153,7 +153,7 @@ pub async fn ban(
             Target::Guild(g.id),
             Some(g.id),
             Some(*channel),
-            "MESSAGE_DELETE_BULK",
+            DispatchKind::MessageDeleteBulk,
             json!({ "ids": ids.iter().map(u64::to_string).collect::<Vec<_>>(),
                     "channel_id": channel.to_string(), "guild_id": gid }),
         );
@@ -177,7 +177,7 @@ pub async fn unban(
     let g = moderated_guild(&s, &id, &u).await?;
     let b = s.store.ban_of(g.id, snowflake(&user, "ban")?).await?;
     s.store.unban(g.id, b.user.id).await?;
-    tell_ban_watchers(&s, &g, "GUILD_BAN_REMOVE", &b.user).await;
+    tell_ban_watchers(&s, &g, DispatchKind::GuildBanRemove, &b.user).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -12,7 +12,7 @@ use super::{channel_for, require};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{snowflake, ApiJson, Auth};
-use crate::hub::Target;
+use crate::hub::{DispatchKind, Target};
 use crate::wire;
 
 pub async fn get(
@@ -60,7 +60,7 @@ pub async fn update(
         Target::Guild(g.id),
         Some(g.id),
         Some(c.id),
-        "CHANNEL_UPDATE",
+        DispatchKind::ChannelUpdate,
         v.clone(),
     );
     Ok(Json(v))
@@ -80,7 +80,7 @@ pub async fn remove(
         Target::Guild(g.id),
         Some(g.id),
         None,
-        "CHANNEL_DELETE",
+        DispatchKind::ChannelDelete,
         v.clone(),
     );
     Ok(Json(v))
@@ -104,7 +104,7 @@ pub async fn put_overwrite(
         Target::Guild(g.id),
         Some(g.id),
         Some(c.id),
-        "CHANNEL_UPDATE",
+        DispatchKind::ChannelUpdate,
         wire::channel(&c),
     );
     crate::voice::service::refresh_channel_permissions(&s, g.id, c.id).await;
@@ -126,7 +126,7 @@ pub async fn delete_overwrite(
         Target::Guild(g.id),
         Some(g.id),
         Some(c.id),
-        "CHANNEL_UPDATE",
+        DispatchKind::ChannelUpdate,
         wire::channel(&c),
     );
     crate::voice::service::refresh_channel_permissions(&s, g.id, c.id).await;
@@ -232,7 +232,7 @@ pub async fn accept_invite(
             Target::Guild(g.id),
             Some(g.id),
             None,
-            "GUILD_MEMBER_ADD",
+            DispatchKind::GuildMemberAdd,
             mv,
         );
         let payload = crate::gateway::payloads::guild_create(&s, &g, u.id).await?;
@@ -240,7 +240,7 @@ pub async fn accept_invite(
             Target::User(u.id),
             Some(g.id),
             None,
-            "GUILD_CREATE",
+            DispatchKind::GuildCreate,
             payload,
         );
         tracing::info!(guild = g.id, user = u.id, "member joined by invite");

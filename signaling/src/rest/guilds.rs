@@ -11,7 +11,7 @@ use super::{guild_for, require};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{snowflake, ApiJson, ApiQuery, Auth};
-use crate::hub::Target;
+use crate::hub::{DispatchKind, Target};
 use crate::wire;
 
 #[derive(Deserialize)]
@@ -34,7 +34,7 @@ pub async fn create(
         Target::User(u.id),
         Some(g.id),
         None,
-        "GUILD_CREATE",
+        DispatchKind::GuildCreate,
         payload,
     );
     let mut v = wire::guild(&g, &roles);
@@ -86,7 +86,7 @@ pub async fn update(
         Target::Guild(g.id),
         Some(g.id),
         None,
-        "GUILD_UPDATE",
+        DispatchKind::GuildUpdate,
         v.clone(),
     );
     Ok(Json(v))
@@ -108,7 +108,7 @@ pub async fn remove(
         Target::Guild(g.id),
         Some(g.id),
         None,
-        "GUILD_DELETE",
+        DispatchKind::GuildDelete,
         json!({ "id": g.id.to_string(), "unavailable": false }),
     );
     s.store.delete_guild(g.id).await?;
@@ -247,7 +247,7 @@ pub async fn create_channel(
         Target::Guild(g.id),
         Some(g.id),
         Some(c.id),
-        "CHANNEL_CREATE",
+        DispatchKind::ChannelCreate,
         v.clone(),
     );
     Ok((StatusCode::CREATED, Json(v)))
@@ -320,14 +320,14 @@ pub async fn kick(
         Target::Guild(g.id),
         Some(g.id),
         None,
-        "GUILD_MEMBER_REMOVE",
+        DispatchKind::GuildMemberRemove,
         json!({ "guild_id": g.id.to_string(), "user": wire::user(&m.user) }),
     );
     s.hub.send(
         Target::User(target),
         Some(g.id),
         None,
-        "GUILD_DELETE",
+        DispatchKind::GuildDelete,
         json!({ "id": g.id.to_string() }),
     );
     Ok(StatusCode::NO_CONTENT)

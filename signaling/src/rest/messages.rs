@@ -11,7 +11,7 @@ use super::{channel_for, require};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{snowflake, ApiJson, ApiQuery, Auth};
-use crate::hub::Target;
+use crate::hub::{DispatchKind, Target};
 use crate::wire;
 
 fn messageable(c: &Channel) -> ApiResult<()> {
@@ -76,7 +76,7 @@ async fn message_json(s: &AppState, m: &Message, viewer: u64) -> Value {
 /// channel is published with a second body, `referenced_message: null`, for sessions whose
 /// user may not read that channel (VIEW_CHANNEL and READ_MESSAGE_HISTORY; the gateway decides
 /// per session), as REST renders it per viewer.
-async fn dispatch_message(s: &AppState, t: &'static str, m: &Message) {
+async fn dispatch_message(s: &AppState, t: DispatchKind, m: &Message) {
     let referenced = match m.reference {
         Some((mid, cid)) => s.store.message(cid, mid, 0).await.ok(),
         None => None,
@@ -249,7 +249,7 @@ pub async fn create(
     };
     let (m, created) = s.store.create_message(&c, &u, new).await?;
     if created {
-        dispatch_message(&s, "MESSAGE_CREATE", &m).await;
+        dispatch_message(&s, DispatchKind::MessageCreate, &m).await;
     }
     Ok(Json(message_json(&s, &m, u.id).await))
 }
@@ -295,7 +295,7 @@ pub async fn edit(
         Some(content) => s.store.edit_message(c.id, m.id, &content, u.id).await?,
         None => m,
     };
-    dispatch_message(&s, "MESSAGE_UPDATE", &m).await;
+    dispatch_message(&s, DispatchKind::MessageUpdate, &m).await;
     Ok(Json(message_json(&s, &m, u.id).await))
 }
 
@@ -313,7 +313,7 @@ pub async fn delete(
         require(p, Permissions::MANAGE_MESSAGES, "MANAGE_MESSAGES")?;
     }
     s.store.delete_message(c.id, m.id).await?;
-    s.hub.send(Target::Guild(g.id), Some(g.id), Some(c.id), "MESSAGE_DELETE", json!({ "id": m.id.to_string(), "channel_id": c.id.to_string(), "guild_id": g.id.to_string() }));
+    s.hub.send(Target::Guild(g.id), Some(g.id), Some(c.id), DispatchKind::MessageDelete, json!({ "id": m.id.to_string(), "channel_id": c.id.to_string(), "guild_id": g.id.to_string() }));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -366,7 +366,7 @@ pub async fn react(
             Target::Guild(c.guild_id),
             Some(c.guild_id),
             Some(c.id),
-            "MESSAGE_REACTION_ADD",
+            DispatchKind::MessageReactionAdd,
             d,
         );
     }
@@ -389,7 +389,7 @@ pub async fn unreact(
             Target::Guild(c.guild_id),
             Some(c.guild_id),
             Some(c.id),
-            "MESSAGE_REACTION_REMOVE",
+            DispatchKind::MessageReactionRemove,
             d,
         );
     }
@@ -442,7 +442,7 @@ pub async fn typing(
         Target::Guild(c.guild_id),
         Some(c.guild_id),
         Some(c.id),
-        "TYPING_START",
+        DispatchKind::TypingStart,
         d,
     );
     Ok(StatusCode::NO_CONTENT)

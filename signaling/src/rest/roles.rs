@@ -13,7 +13,7 @@ use super::{guild_for, require};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{snowflake, ApiJson, Auth};
-use crate::hub::Target;
+use crate::hub::{DispatchKind, Target};
 use crate::wire;
 
 fn perm_bits(v: &Option<String>) -> ApiResult<Option<u64>> {
@@ -112,7 +112,7 @@ pub async fn create(
         Target::Guild(g.id),
         Some(g.id),
         None,
-        "GUILD_ROLE_CREATE",
+        DispatchKind::GuildRoleCreate,
         json!({ "guild_id": g.id.to_string(), "role": v }),
     );
     Ok(Json(v))
@@ -158,7 +158,7 @@ pub async fn update(
         Target::Guild(g.id),
         Some(g.id),
         None,
-        "GUILD_ROLE_UPDATE",
+        DispatchKind::GuildRoleUpdate,
         json!({ "guild_id": g.id.to_string(), "role": v }),
     );
     after_role_change(&s, g.id).await;
@@ -178,7 +178,7 @@ pub async fn delete(
         Target::Guild(g.id),
         Some(g.id),
         None,
-        "GUILD_ROLE_DELETE",
+        DispatchKind::GuildRoleDelete,
         json!({ "guild_id": g.id.to_string(), "role_id": r.id.to_string() }),
     );
     after_role_change(&s, g.id).await;
@@ -193,7 +193,7 @@ async fn member_update_dispatch(s: &AppState, g: &Guild, user: u64) {
             Target::Guild(g.id),
             Some(g.id),
             None,
-            "GUILD_MEMBER_UPDATE",
+            DispatchKind::GuildMemberUpdate,
             v,
         );
     }

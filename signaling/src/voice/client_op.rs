@@ -6,6 +6,7 @@ use lodge_sfu::MAX_SLOTS;
 use serde_json::Value;
 
 use super::gateway::{close, MAX_PAYLOAD};
+use super::Opcode;
 
 /// One client payload, checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,7 +21,7 @@ pub enum ClientOp {
     Speaking,
     /// Op 7.
     Resume,
-    /// Any other op, or none.
+    /// Any other op (one only the server sends, or no opcode at all), or none.
     Unknown(Option<u64>),
 }
 
@@ -44,12 +45,12 @@ pub struct SelectProtocol {
 /// A payload refused: which op it claimed to be (if any) and the close code and reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
-    pub op: Option<u64>,
+    pub op: Option<Opcode>,
     pub code: u16,
     pub reason: String,
 }
 
-fn refuse(op: Option<u64>, code: u16, reason: impl Into<String>) -> Refused {
+fn refuse(op: Option<Opcode>, code: u16, reason: impl Into<String>) -> Refused {
     Refused {
         op,
         code,
@@ -69,12 +70,12 @@ pub fn parse(text: &str) -> Result<ClientOp, Refused> {
     }
     let msg: Value = serde_json::from_str(text)
         .map_err(|_| refuse(None, close::DECODE_ERROR, "payload is not valid JSON"))?;
-    let op = msg.get("op").and_then(Value::as_u64);
+    let raw = msg.get("op").and_then(Value::as_u64);
     let d = msg.get("d").unwrap_or(&Value::Null);
-    match op {
-        Some(0) => identify(d).map(ClientOp::Identify),
-        Some(1) => select_protocol(d).map(ClientOp::SelectProtocol),
-        Some(3) => Ok(ClientOp::Heartbeat {
+    match raw.and_then(|n| Opcode::try_from(n).ok()) {
+        Some(Opcode::Identify) => identify(d).map(ClientOp::Identify),
+        Some(Opcode::SelectProtocol) => select_protocol(d).map(ClientOp::SelectProtocol),
+        Some(Opcode::Heartbeat) => Ok(ClientOp::Heartbeat {
             t: d.get("t").cloned().unwrap_or_else(|| {
                 if d.is_number() {
                     d.clone()
@@ -83,9 +84,9 @@ pub fn parse(text: &str) -> Result<ClientOp, Refused> {
                 }
             }),
         }),
-        Some(5) => Ok(ClientOp::Speaking),
-        Some(7) => Ok(ClientOp::Resume),
-        other => Ok(ClientOp::Unknown(other)),
+        Some(Opcode::Speaking) => Ok(ClientOp::Speaking),
+        Some(Opcode::Resume) => Ok(ClientOp::Resume),
+        _ => Ok(ClientOp::Unknown(raw)),
     }
 }
 
@@ -99,7 +100,7 @@ fn snowflake(d: &Value, key: &str) -> Option<u64> {
 }
 
 fn identify(d: &Value) -> Result<Identify, Refused> {
-    let bad = |reason: &str| refuse(Some(0), close::DECODE_ERROR, reason);
+    let bad = |reason: &str| refuse(Some(Opcode::Identify), close::DECODE_ERROR, reason);
     let (Some(server_id), Some(user_id)) = (snowflake(d, "server_id"), snowflake(d, "user_id"))
     else {
         return Err(bad("identify needs server_id and user_id"));
@@ -124,7 +125,7 @@ fn select_protocol(d: &Value) -> Result<SelectProtocol, Refused> {
     let protocol = d.get("protocol").and_then(Value::as_str).unwrap_or("");
     if protocol != "webrtc" {
         return Err(refuse(
-            Some(1),
+            Some(Opcode::SelectProtocol),
             close::UNKNOWN_PROTOCOL,
             format!("protocol {protocol:?} is not available on this node; use \"webrtc\""),
         ));
@@ -136,7 +137,7 @@ fn select_protocol(d: &Value) -> Result<SelectProtocol, Refused> {
         .and_then(Value::as_str)
         .ok_or_else(|| {
             refuse(
-                Some(1),
+                Some(Opcode::SelectProtocol),
                 close::DECODE_ERROR,
                 "select protocol needs data.sdp (the SDP offer)",
             )
@@ -148,7 +149,7 @@ fn select_protocol(d: &Value) -> Result<SelectProtocol, Refused> {
                 .filter(|k| (1..=MAX_SLOTS as u64).contains(k))
                 .ok_or_else(|| {
                     refuse(
-                        Some(1),
+                        Some(Opcode::SelectProtocol),
                         close::DECODE_ERROR,
                         format!("slots must be 1..={MAX_SLOTS}"),
                     )
@@ -210,6 +211,9 @@ mod tests {
         assert_eq!(parse(r#"{"op":5,"d":{}}"#), Ok(ClientOp::Speaking));
         assert_eq!(parse(r#"{"op":7,"d":{}}"#), Ok(ClientOp::Resume));
         assert_eq!(parse(r#"{"op":42}"#), Ok(ClientOp::Unknown(Some(42))));
+        // Ops only the server sends, and DAVE's, are unknown from a client.
+        assert_eq!(parse(r#"{"op":8}"#), Ok(ClientOp::Unknown(Some(8))));
+        assert_eq!(parse(r#"{"op":26}"#), Ok(ClientOp::Unknown(Some(26))));
         assert_eq!(parse(r#"{"op":"0"}"#), Ok(ClientOp::Unknown(None)));
         assert_eq!(parse("[1,2]"), Ok(ClientOp::Unknown(None)));
 
@@ -244,7 +248,11 @@ mod tests {
                 r#"{{"op":1,"d":{{"protocol":"webrtc","data":{{"sdp":"v=0"}},"slots":{slots}}}}}"#
             ))
             .unwrap_err();
-            assert_eq!((r.op, r.code), (Some(1), close::DECODE_ERROR), "{slots}");
+            assert_eq!(
+                (r.op, r.code),
+                (Some(Opcode::SelectProtocol), close::DECODE_ERROR),
+                "{slots}"
+            );
             assert!(r.reason.contains("1..=16"), "{}", r.reason);
         }
     }

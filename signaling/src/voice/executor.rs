@@ -13,7 +13,7 @@ use super::control::{self, Effect, HomeCmd, Input, Refusal};
 use super::state::{Home, VoiceState};
 use super::VoiceOut;
 use crate::app::AppState;
-use crate::hub::Target;
+use crate::hub::{DispatchKind, Target};
 use crate::shared::SharedError;
 
 /// Why an input was not applied.
@@ -103,7 +103,7 @@ pub async fn run(s: &AppState, guild: u64, user: u64, input: &Input) -> Result<A
 }
 
 async fn perform(s: &AppState, guild: u64, user: u64, e: Effect) {
-    const VSU: &str = "VOICE_STATE_UPDATE";
+    const VSU: DispatchKind = DispatchKind::VoiceStateUpdate;
     match e {
         Effect::StateUpdate { channel_id, json } => s.hub.send(
             Target::Guild(guild),
@@ -133,7 +133,10 @@ async fn perform(s: &AppState, guild: u64, user: u64, e: Effect) {
                 .await;
             if !sees_it {
                 s.hub.send(
-                    Target::Session(session_id),
+                    Target::Session {
+                        user,
+                        session: session_id,
+                    },
                     Some(guild),
                     None,
                     VSU,
@@ -161,10 +164,13 @@ async fn perform(s: &AppState, guild: u64, user: u64, e: Effect) {
             }
             let endpoint = super::placement::endpoint(s, &home).await;
             s.hub.send(
-                Target::Session(pending.session_id),
+                Target::Session {
+                    user,
+                    session: pending.session_id,
+                },
                 Some(guild),
                 None,
-                "VOICE_SERVER_UPDATE",
+                DispatchKind::VoiceServerUpdate,
                 json!({ "token": token, "guild_id": guild.to_string(), "endpoint": endpoint }),
             );
         }
@@ -220,7 +226,7 @@ pub async fn apply_here(s: &AppState, cmd: HomeCmd) {
                 guild_id,
                 conn.channel_id,
                 user_id,
-                json!({ "op": 13, "d": { "user_id": user_id.to_string() } }),
+                super::client_disconnect(user_id),
             );
             if let Some(p) = conn.participant {
                 s.sfu.leave(p).await;

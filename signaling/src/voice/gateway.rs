@@ -17,6 +17,7 @@ use super::control::{Guard, Input};
 use super::executor::{self, ExecError};
 use super::outbox::{outbox, Next, Outbox, OverflowWatch, OUTBOX_CAPACITY, WRITE_TIMEOUT};
 use super::state::PendingToken;
+use super::{payload, Opcode};
 use crate::app::AppState;
 use crate::ws::{close_with, Tx};
 
@@ -126,7 +127,10 @@ async fn run(s: AppState, sock: WebSocket) {
         seq: 0,
         overflow: outbox.watch(),
     };
-    let hello = json!({ "op": 8, "d": { "heartbeat_interval": HEARTBEAT_INTERVAL_MS, "v": 8 } });
+    let hello = payload(
+        Opcode::Hello,
+        json!({ "heartbeat_interval": HEARTBEAT_INTERVAL_MS, "v": 8 }),
+    );
     if w.json(hello).await.is_err() {
         return;
     }
@@ -196,9 +200,13 @@ async fn handle_text(
         Err(r) => {
             // What the connection's state says comes before what is wrong with the payload.
             let (code, reason) = match (r.op, me.as_ref()) {
-                (Some(0), Some(_)) => (close::ALREADY_AUTHENTICATED, "already identified".into()),
-                (Some(1), None) => (close::NOT_AUTHENTICATED, "identify first".into()),
-                (Some(1), Some(a)) if a.joined => (
+                (Some(Opcode::Identify), Some(_)) => {
+                    (close::ALREADY_AUTHENTICATED, "already identified".into())
+                }
+                (Some(Opcode::SelectProtocol), None) => {
+                    (close::NOT_AUTHENTICATED, "identify first".into())
+                }
+                (Some(Opcode::SelectProtocol), Some(a)) if a.joined => (
                     close::ALREADY_AUTHENTICATED,
                     "protocol already selected".into(),
                 ),
@@ -219,14 +227,17 @@ async fn handle_text(
             let a = identify(s, &i, out.clone())
                 .await
                 .map_err(|(c, r)| Stop::Close(c, r.into()))?;
-            let ready = json!({ "op": 2, "d": {
-                "ssrc": user_ssrc(a.user_id),
-                "ip": s.cfg.public_ip.to_string(),
-                "port": s.sfu.local_addr().port(),
-                "modes": ["aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize"],
-                "experiments": [],
-                "heartbeat_interval": HEARTBEAT_INTERVAL_MS,
-            }});
+            let ready = payload(
+                Opcode::Ready,
+                json!({
+                    "ssrc": user_ssrc(a.user_id),
+                    "ip": s.cfg.public_ip.to_string(),
+                    "port": s.sfu.local_addr().port(),
+                    "modes": ["aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize"],
+                    "experiments": [],
+                    "heartbeat_interval": HEARTBEAT_INTERVAL_MS,
+                }),
+            );
             info!(
                 user = a.user_id,
                 channel = a.channel_id,
@@ -261,21 +272,28 @@ async fn handle_text(
                 .map(|u| u.to_string())
                 .collect();
             if !others.is_empty() {
-                w.json(json!({ "op": 11, "d": { "user_ids": others } }))
-                    .await?;
+                w.json(payload(
+                    Opcode::ClientsConnect,
+                    json!({ "user_ids": others }),
+                ))
+                .await?;
             }
             super::service::notify_others(
                 s,
                 a.guild_id,
                 a.channel_id,
                 a.user_id,
-                json!({ "op": 11, "d": { "user_ids": [a.user_id.to_string()] } }),
+                payload(
+                    Opcode::ClientsConnect,
+                    json!({ "user_ids": [a.user_id.to_string()] }),
+                ),
             );
             Ok(())
         }
         ClientOp::Heartbeat { t } => {
             *hb_deadline = Instant::now() + hb_timeout;
-            w.json(json!({ "op": 6, "d": { "t": t } })).await
+            w.json(payload(Opcode::HeartbeatAck, json!({ "t": t })))
+                .await
         }
         ClientOp::Speaking => match me {
             // Accepted; selection uses the audio-level header extension instead.
@@ -439,14 +457,17 @@ async fn select_protocol(
         slots = ans.slots.len(),
         "webrtc session described"
     );
-    Ok(json!({ "op": 4, "d": {
-        "mode": "webrtc",
-        "audio_codec": "opus",
-        "video_codec": null,
-        "media_session_id": format!("{}", ans.idx.0),
-        "sdp": ans.answer,
-        "slots": ans.slots,
-    }}))
+    Ok(payload(
+        Opcode::SessionDescription,
+        json!({
+            "mode": "webrtc",
+            "audio_codec": "opus",
+            "video_codec": null,
+            "media_session_id": format!("{}", ans.idx.0),
+            "sdp": ans.answer,
+            "slots": ans.slots,
+        }),
+    ))
 }
 
 /// The voice WebSocket ended: free the media participant and the voice state it owned.
@@ -461,7 +482,7 @@ async fn end_connection(s: &AppState, a: &Authed) {
             a.guild_id,
             a.channel_id,
             a.user_id,
-            json!({ "op": 13, "d": { "user_id": a.user_id.to_string() } }),
+            super::client_disconnect(a.user_id),
         );
     }
     // The state goes with the connection, unless a newer placement replaced it meanwhile.

@@ -7,10 +7,12 @@ pub mod conns;
 pub mod control;
 pub mod executor;
 pub mod gateway;
+pub mod opcode;
 pub mod outbox;
 pub mod placement;
 pub mod service;
 pub mod state;
 
 pub use conns::{VoiceConns, VoiceOut};
+pub use opcode::{client_disconnect, payload, Opcode};
 pub use state::VoiceState;
