@@ -27,6 +27,9 @@ pub const SESSION_QUEUE: usize = 8192;
 pub struct Hub {
     subs: Arc<Mutex<Subscribers>>,
     epochs: Arc<Epochs>,
+    /// In a cluster, the bus every dispatch goes through (to this node's sessions too, so
+    /// every node sees one order); unset, dispatches go straight to this node's sessions.
+    bus: Arc<std::sync::OnceLock<Arc<dyn crate::shared::Bus>>>,
 }
 
 /// Visibility epochs per guild. A guild's epoch moves before any dispatch that may change who
@@ -109,6 +112,7 @@ impl Hub {
         Hub {
             subs: Arc::default(),
             epochs: Arc::default(),
+            bus: Arc::default(),
         }
     }
 
@@ -158,6 +162,20 @@ impl Hub {
         }
     }
 
+    /// Publish through `bus` from now on (a cluster's bus; set once at start).
+    pub fn route_through(&self, bus: Arc<dyn crate::shared::Bus>) {
+        let _ = self.bus.set(bus);
+    }
+
+    /// A dispatch published on this node: through the cluster's bus, or to the sessions here.
+    fn publish(&self, d: Dispatch) {
+        let d = Arc::new(d);
+        match self.bus.get() {
+            Some(bus) => bus.publish(d),
+            None => self.deliver(d),
+        }
+    }
+
     /// Hand a dispatch to every local session that may want it (the bus calls this for
     /// dispatches published anywhere in the cluster).
     pub fn deliver(&self, d: Arc<Dispatch>) {
@@ -195,7 +213,7 @@ impl Hub {
             }
         }
         let json: Arc<str> = d.to_string().into();
-        self.deliver(Arc::new(Dispatch {
+        self.publish(Dispatch {
             target,
             channel_id,
             guild_id,
@@ -206,13 +224,13 @@ impl Hub {
             left: None,
             reference: None,
             about: None,
-        }));
+        });
     }
 
     /// A guild event about one member (a presence): dropped for every session once `member`
     /// has left the guild, even if it was published after (from a guild list read before).
     pub fn send_about(&self, guild_id: u64, member: u64, t: DispatchKind, d: Value) {
-        self.deliver(Arc::new(Dispatch {
+        self.publish(Dispatch {
             target: Target::Guild(guild_id),
             channel_id: None,
             guild_id: Some(guild_id),
@@ -223,7 +241,7 @@ impl Hub {
             left: None,
             reference: None,
             about: Some(member),
-        }));
+        });
     }
 
     /// A move from channel `from` to channel `to` of a guild: `d` for sessions that may view
@@ -241,7 +259,7 @@ impl Hub {
         if t.changes_visibility() {
             self.invalidate(guild_id);
         }
-        self.deliver(Arc::new(Dispatch {
+        self.publish(Dispatch {
             target: Target::Guild(guild_id),
             channel_id: Some(to),
             guild_id: Some(guild_id),
@@ -255,7 +273,7 @@ impl Hub {
             }),
             reference: None,
             about: None,
-        }));
+        });
     }
 
     /// A message event: also publish the redacted form for sessions without MESSAGE_CONTENT.
@@ -291,7 +309,7 @@ impl Hub {
                 redacted,
             }
         });
-        self.deliver(Arc::new(Dispatch {
+        self.publish(Dispatch {
             target: Target::Guild(guild_id),
             channel_id: Some(channel_id),
             guild_id: Some(guild_id),
@@ -302,7 +320,7 @@ impl Hub {
             left: None,
             reference,
             about: None,
-        }));
+        });
     }
 }
 

@@ -188,9 +188,8 @@ impl LocalBus {
 }
 
 impl Bus for LocalBus {
-    fn publish(&self, d: Arc<Dispatch>) -> Fut<'_, SharedResult<()>> {
+    fn publish(&self, d: Arc<Dispatch>) {
         self.hub.deliver(d);
-        ready(Ok(()))
     }
     fn to_node<'a>(&'a self, node: &'a NodeId, msg: String) -> Fut<'a, SharedResult<()>> {
         if *node == self.me {

@@ -155,9 +155,10 @@ pub trait VoiceTokens: Send + Sync {
 /// The bus: gateway dispatches to every node that has sessions for them, in publish order per
 /// guild (per user for dispatches without a guild), and messages to one node.
 pub trait Bus: Send + Sync {
-    /// Publish a dispatch. Every node watching its guild (or, without a guild, its target
-    /// user) hands it to its hub, in the order the bus accepted the publishes.
-    fn publish(&self, d: Arc<Dispatch>) -> Fut<'_, SharedResult<()>>;
+    /// Publish a dispatch: queued at once, in call order (never waits). Every node watching
+    /// its route — the guild for guild-wide dispatches, the user for those aimed at a user or
+    /// a session — hands it to its hub, in the order the bus accepted the publishes.
+    fn publish(&self, d: Arc<Dispatch>);
     /// Send a serialized message to one node's inbox.
     fn to_node<'a>(&'a self, node: &'a NodeId, msg: String) -> Fut<'a, SharedResult<()>>;
     /// This node wants a guild's (or a user's) dispatches while it has sessions for them;
