@@ -294,3 +294,356 @@ pub fn run(a: MergeArgs) -> Result<bool> {
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::Shard;
+    use crate::voice::media::{CallerStats, ProbeStats};
+    use crate::voice::report::render;
+    use serde_json::json;
+
+    const CALLERS: usize = 47;
+    const CHANNELS: usize = 6;
+    const SPEAKERS: usize = 2;
+
+    fn scenario() -> Scenario {
+        Scenario {
+            target: "lodge".into(),
+            callers: CALLERS,
+            channels: CHANNELS,
+            speakers: SPEAKERS,
+            slots: 3,
+            join_rate: 20.0,
+            duration_s: 20,
+            talk_ms: 1500,
+            pause_ms: 1000,
+            seed: 1,
+            probes: 0.25,
+            profile: None,
+            speech: "test".into(),
+        }
+    }
+
+    /// What caller `i` measured: distinct, deterministic figures per caller (one never
+    /// connects, some lose packets, every fourth listener probes).
+    fn caller(i: usize) -> CallerStats {
+        let mut m2e_us = crate::hist::micros();
+        for j in 0..(i % 7 + 3) {
+            m2e_us
+                .record_n((1_000 + 37 * i + 911 * j) as u64, (i % 5 + 1) as u64)
+                .unwrap();
+        }
+        let connected = i != 13;
+        CallerStats {
+            connect_ms: connected.then_some(150.0 + 11.0 * i as f64),
+            queued_ms: connected.then_some(i as f64),
+            signaled_ms: connected.then_some(60.0 + 2.0 * i as f64),
+            rtp_sent: if i < SPEAKERS * CHANNELS { 500 } else { 0 },
+            received: if connected { 900 + i as u64 } else { 0 },
+            gaps: (i % 4) as u64,
+            jitter_ms: vec![0.25 + i as f64 / 100.0, 1.5],
+            m2e_us,
+            repeated: 3,
+            unmatched: (i % 2) as u64,
+            probe: (i >= SPEAKERS * CHANNELS && i % 4 == 0).then_some(ProbeStats {
+                concealment_pct: i as f64 / 50.0,
+                mean_buffer_delay_ms: 40.0 + i as f64,
+                frames: 1000,
+            }),
+            input_errors: 0,
+            reordered: (i % 3) as u64,
+            rtp_datagrams: 1000 + i as u64,
+            gap_sizes: [(i % 4) as u64, 0, 0, 0, 0],
+            rejoins: (i == 20) as u32,
+            rejoin_ms: if i == 20 { vec![812.0] } else { vec![] },
+        }
+    }
+
+    /// The run of one shard as `lodge-load voice` assembles it (callers dealt to the nodes in
+    /// join order).
+    fn run_of(shard: Shard, urls: &[&str], scenario: &Scenario) -> Run {
+        let plan = shard.callers(CALLERS, CHANNELS);
+        let mut nodes: Vec<(String, Tally)> = urls
+            .iter()
+            .enumerate()
+            .map(|(n, u)| {
+                let callers = (0..plan.len()).filter(|k| k % urls.len() == n).count() as u64;
+                (
+                    u.to_string(),
+                    Tally {
+                        callers,
+                        ..Tally::default()
+                    },
+                )
+            })
+            .collect();
+        for (k, &i) in plan.iter().enumerate() {
+            nodes[k % urls.len()].1.add_caller(&caller(i), SPEAKERS);
+        }
+        let speakers = plan.iter().filter(|&&i| i / CHANNELS < SPEAKERS).count() as u64;
+        Run {
+            scenario: scenario.clone(),
+            shards: Shards {
+                count: shard.count,
+                indices: vec![shard.index],
+            },
+            plan: Plan {
+                channels: shard.channels(CHANNELS).len() as u64,
+                speakers,
+                listeners: plan.len() as u64 - speakers,
+            },
+            nodes,
+            errors: Vec::new(),
+            server: None,
+            forward_delay_ms: None,
+            node_drops: Vec::new(),
+            timeline: vec![
+                json!({ "t_s": 1.0, "connected": plan.len(), "pps_out": 100.0, "pps_in": 300.0, "m2e_p99_ms": 9.0 }),
+            ],
+            interrupted: false,
+            started_unix_ms: 1_000_000 + 2_000 * shard.index as u64,
+            merged_reports: None,
+        }
+    }
+
+    fn input(name: &str, run: &Run) -> Input {
+        Input {
+            file: PathBuf::from(name),
+            json: render(run).json,
+        }
+    }
+
+    fn shard(index: usize, count: usize) -> Shard {
+        Shard { index, count }
+    }
+
+    /// The main table of a Markdown report (its "| measure | value |" rows).
+    fn main_table(md: &str) -> Vec<&str> {
+        md.lines()
+            .skip_while(|l| !l.starts_with("| measure |"))
+            .take_while(|l| l.starts_with('|'))
+            .filter(|l| !l.starts_with("| node drops"))
+            .collect()
+    }
+
+    fn sorted_probes(t: &mut Tally) {
+        t.probes
+            .sort_by(|a, b| a.mos_estimate.total_cmp(&b.mos_estimate));
+    }
+
+    #[test]
+    fn merging_the_shards_equals_running_the_union() {
+        for urls in [
+            &["http://127.0.0.2:8080"][..],
+            &["http://a:1", "http://b:1"][..],
+        ] {
+            let sc = scenario();
+            let whole = run_of(Shard::WHOLE, urls, &sc);
+            let inputs: Vec<Input> = (0..3)
+                .map(|i| input(&format!("shard-{i}.json"), &run_of(shard(i, 3), urls, &sc)))
+                .collect();
+            let merged = merge(&inputs).expect("disjoint shards of one scenario merge");
+            assert_eq!(merged.shards.indices, [0, 1, 2]);
+            assert_eq!(merged.plan, whole.plan);
+            // The tallies (histograms bucket by bucket, every counter) are the union's, and
+            // those are what every caller measured, counted one by one without any merging.
+            let mut direct = Tally {
+                callers: CALLERS as u64,
+                ..Tally::default()
+            };
+            for i in 0..CALLERS {
+                direct.add_caller(&caller(i), SPEAKERS);
+            }
+            let (mut got, mut want) = (merged.total(), whole.total());
+            sorted_probes(&mut got);
+            sorted_probes(&mut want);
+            sorted_probes(&mut direct);
+            assert_eq!(got, direct);
+            assert_eq!(want, direct);
+            assert!(!direct.jitter_us.is_empty() && !direct.rejoin_ms.is_empty());
+            assert_eq!(got.callers, CALLERS as u64);
+            assert_eq!(got.connected, CALLERS as u64 - 1);
+            // And so is every figure printed from them.
+            let (m, w) = (render(&merged), render(&whole));
+            assert_eq!(main_table(&m.markdown), main_table(&w.markdown));
+            for key in [
+                "callers",
+                "connected",
+                "loss_pct",
+                "mouth_to_ear_ms",
+                "join_ms",
+                "jitter_ms",
+                "gap_sizes",
+                "join_phases_ms",
+                "rejoin_ms",
+                "channels",
+            ] {
+                assert_eq!(m.json[key], w.json[key], "{key}");
+            }
+            assert!(m
+                .markdown
+                .contains("Merged from 3 reports: shard(s) 0, 1, 2 of 3"));
+            assert!(m
+                .strict_failures
+                .iter()
+                .any(|f| f.contains("1 callers heard nothing")));
+        }
+    }
+
+    #[test]
+    fn a_merged_report_merges_again_and_missing_shards_are_named() {
+        let sc = scenario();
+        let urls = ["http://127.0.0.2:8080"];
+        let first_two = merge(&[
+            input("s0.json", &run_of(shard(0, 3), &urls, &sc)),
+            input("s1.json", &run_of(shard(1, 3), &urls, &sc)),
+        ])
+        .unwrap();
+        let partial = render(&first_two);
+        assert!(partial
+            .strict_failures
+            .iter()
+            .any(|f| f.contains("shards [2] of 3 are missing")));
+        let all = merge(&[
+            Input {
+                file: "s01.json".into(),
+                json: partial.json,
+            },
+            input("s2.json", &run_of(shard(2, 3), &urls, &sc)),
+        ])
+        .unwrap();
+        assert_eq!(all.merged_reports, Some(3));
+        assert_eq!(
+            all.total().m2e_us,
+            run_of(Shard::WHOLE, &urls, &sc).total().m2e_us
+        );
+    }
+
+    #[test]
+    fn overlapping_shards_and_other_scenarios_are_refused() {
+        let sc = scenario();
+        let urls = ["http://127.0.0.2:8080"];
+        let s0 = || input("a/shard-0.json", &run_of(shard(0, 2), &urls, &sc));
+        let again = input("b/shard-0.json", &run_of(shard(0, 2), &urls, &sc));
+        let e = merge(&[s0(), again]).err().expect("the same shard twice");
+        assert!(
+            matches!(
+                e,
+                MergeError::OverlappingShards {
+                    index: 0,
+                    count: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("a/shard-0.json") && msg.contains("b/shard-0.json"),
+            "{msg}"
+        );
+
+        let thirds = input("third.json", &run_of(shard(1, 3), &urls, &sc));
+        let e = merge(&[s0(), thirds])
+            .err()
+            .expect("different shard counts");
+        assert!(
+            matches!(e, MergeError::DifferentShardCount { a: 2, b: 3, .. }),
+            "{e}"
+        );
+
+        let other = Scenario {
+            seed: 2,
+            ..sc.clone()
+        };
+        let e = merge(&[
+            s0(),
+            input("seed2.json", &run_of(shard(1, 2), &urls, &other)),
+        ])
+        .err()
+        .expect("another scenario");
+        match &e {
+            MergeError::DifferentScenario { field, other, .. } => {
+                assert_eq!(field, "seed");
+                assert_eq!(other, Path::new("seed2.json"));
+            }
+            _ => panic!("wrong refusal: {e}"),
+        }
+
+        let chat = Input {
+            file: "chat.json".into(),
+            json: json!({ "scenario": "chat" }),
+        };
+        let e = merge(&[s0(), chat]).err().expect("a chat report");
+        assert!(e.to_string().contains("chat.json"), "{e}");
+        assert!(matches!(merge(&[]), Err(MergeError::Empty)));
+    }
+
+    #[test]
+    fn timelines_are_aligned_on_the_wall_clock_and_generator_figures_summed() {
+        let sc = scenario();
+        let urls = ["http://127.0.0.2:8080"];
+        let with_server = |s: Shard| {
+            let mut r = run_of(s, &urls, &sc);
+            r.server = Some(ServerWindow {
+                seconds: 20.0 + s.index as f64,
+                delivered: 1_000,
+                generator_cpu_seconds: Some(1.5),
+                node: Some((5, 50)),
+                cpu_seconds: Some(9.0),
+                ..ServerWindow::default()
+            });
+            r
+        };
+        let merged = merge(&[
+            input("s0.json", &with_server(shard(0, 2))),
+            input("s1.json", &with_server(shard(1, 2))),
+        ])
+        .unwrap();
+        // Shard 1 started 2 s after shard 0: their seconds 1 are seconds 1 and 3 merged.
+        let t: Vec<(f64, f64)> = merged
+            .timeline
+            .iter()
+            .map(|p| (p["t_s"].as_f64().unwrap(), p["connected"].as_f64().unwrap()))
+            .collect();
+        let (c0, c1) = (
+            shard(0, 2).callers(CALLERS, CHANNELS).len() as f64,
+            shard(1, 2).callers(CALLERS, CHANNELS).len() as f64,
+        );
+        assert_eq!(t, [(1.0, c0), (3.0, c1)]);
+        assert!(merged.timeline[0]["m2e_p99_ms"].is_null());
+        let s = merged.server.as_ref().unwrap();
+        assert_eq!((s.delivered, s.seconds), (2_000, 21.0));
+        assert_eq!(s.generator_cpu_seconds, Some(3.0));
+        // Node-side figures are the same nodes read twice: not added up.
+        assert_eq!((s.node, s.cpu_seconds), (None, None));
+    }
+
+    #[test]
+    fn the_per_node_table_appears_only_for_several_nodes() {
+        let sc = scenario();
+        let one = render(&run_of(Shard::WHOLE, &["http://127.0.0.2:8080"], &sc));
+        assert!(!one.markdown.contains("| node | callers |"));
+        let two = render(&run_of(Shard::WHOLE, &["http://a:1", "http://b:1"], &sc));
+        let rows: Vec<&str> = two
+            .markdown
+            .lines()
+            .filter(|l| l.starts_with("| http://"))
+            .collect();
+        assert_eq!(rows.len(), 2, "{}", two.markdown);
+        // 47 callers dealt round robin: 24 to the first node, 23 to the second (caller 13,
+        // which never connects, went to the second).
+        assert!(
+            rows[0].starts_with("| http://a:1 | 24 | 24 |"),
+            "{}",
+            rows[0]
+        );
+        assert!(
+            rows[1].starts_with("| http://b:1 | 23 | 22 |"),
+            "{}",
+            rows[1]
+        );
+        assert_eq!(two.json["nodes"][1]["connected"], 22);
+    }
+}
