@@ -346,7 +346,7 @@ mod tests {
             m2e_us,
             repeated: 3,
             unmatched: (i % 2) as u64,
-            probe: (i >= SPEAKERS * CHANNELS && i % 4 == 0).then_some(ProbeStats {
+            probe: (i >= SPEAKERS * CHANNELS && i.is_multiple_of(4)).then_some(ProbeStats {
                 concealment_pct: i as f64 / 50.0,
                 mean_buffer_delay_ms: 40.0 + i as f64,
                 frames: 1000,

@@ -125,8 +125,8 @@ pub struct VoiceArgs {
     /// Run shard I of N (0-based, e.g. 2/8) of the scenario the other options describe, so that
     /// N generator machines together run it without sharing a caller or a channel: shard I
     /// takes the channels whose index is I mod N and the callers of those channels, with the
-    /// same user names, speaker/probe roles and seeds they have in the unsharded run, in a guild
-    /// of its own, joining at its share of --join-rate. `lodge-load merge` combines the shards'
+    /// caller numbers (in their user names), speaker/probe roles and seeds they have in the
+    /// unsharded run, in a guild of its own, joining at its share of --join-rate. `lodge-load merge` combines the shards'
     /// JSON reports. N may not exceed --channels.
     #[arg(long, default_value_t = Shard::WHOLE)]
     pub shard: Shard,
