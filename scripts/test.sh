@@ -56,6 +56,9 @@ step "voice load smoke test: 12 WebRTC callers in 2 channels, strict, sane repor
 step "cluster: an origin and two edges in separate processes (trunks, placement, fan-out at the edge, refusals)"
 ./tests/cluster/run.sh
 
+step "deployment manifests validate (kubernetes-validate, offline schemas)"
+./deploy/k8s/validate.sh
+
 step "Janus baseline smoke run: the same 8 callers against Lodge and a Janus VideoRoom in a private netns"
 SMOKE=1 OUT="$(mktemp -d)" ./tests/load/janus_baseline.sh
 

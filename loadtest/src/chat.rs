@@ -14,13 +14,20 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::api::Api;
+use crate::nodes::Nodes;
 
 #[derive(Args, Clone)]
 pub struct ChatArgs {
-    /// Base URL of the Lodge node.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
+    /// Base URL of a Lodge node. Give it several times (or comma-separated) to load a cluster:
+    /// sessions connect to the nodes round robin (session k to node k mod N, each through that
+    /// node's own GET /gateway), registrations and invite joins go round robin too, and message
+    /// n is sent through node n mod N; the report then adds a per-node table.
+    #[arg(
+        long = "url",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080"
+    )]
+    urls: Vec<String>,
     /// Gateway sessions that receive every message.
     #[arg(long, short = 'm', default_value_t = 100)]
     sessions: usize,
@@ -57,6 +64,14 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// What one node did: messages sent through it, and deliveries and latency at its sessions.
+struct NodeCounters {
+    sessions: usize,
+    sent: AtomicU64,
+    delivered: AtomicU64,
+    hist: Mutex<Histogram<u64>>,
+}
+
 #[derive(Default)]
 struct Counters {
     sent: AtomicU64,
@@ -89,12 +104,8 @@ fn validate(a: &ChatArgs) -> Result<()> {
 
 pub async fn run(a: ChatArgs) -> Result<bool> {
     validate(&a)?;
-    let api = Arc::new(Api {
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()?,
-        base: a.url.trim_end_matches('/').to_string(),
-    });
+    let nodes = Nodes::new(&a.urls)?;
+    let api = nodes.apis[0].clone();
     let run_id = format!("{:x}", now_us() % 0xFFFF_FFFF);
     eprintln!(
         "setting up: {} accounts, a guild, {} sessions …",
@@ -104,7 +115,7 @@ pub async fn run(a: ChatArgs) -> Result<bool> {
     // Accounts, guild, invite.
     let mut tokens = Vec::with_capacity(a.accounts);
     for i in 0..a.accounts {
-        let (st, v) = api.call(reqwest::Method::POST, "/auth/register", None, Some(json!({ "username": format!("lt{run_id}_{i}"), "password": "load-test-password", "bot": true }))).await?;
+        let (st, v) = nodes.api(i).call(reqwest::Method::POST, "/auth/register", None, Some(json!({ "username": format!("lt{run_id}_{i}"), "password": "load-test-password", "bot": true }))).await?;
         if st != 201 {
             bail!("registering a load-test account failed ({st}): {v}");
         }
@@ -141,8 +152,9 @@ pub async fn run(a: ChatArgs) -> Result<bool> {
         )
         .await?;
     let code = inv["code"].as_str().context("invite code")?.to_string();
-    for t in &tokens[1..] {
-        let (st, v) = api
+    for (i, t) in tokens.iter().enumerate().skip(1) {
+        let (st, v) = nodes
+            .api(i)
             .call(
                 reqwest::Method::POST,
                 &format!("/invites/{code}"),
@@ -154,12 +166,28 @@ pub async fn run(a: ChatArgs) -> Result<bool> {
             bail!("joining the guild failed ({st}): {v}");
         }
     }
-    let (_, gw) = api
-        .call(reqwest::Method::GET, "/gateway", None, None)
-        .await?;
-    let gw_url = format!(
-        "{}?v=10&encoding=json",
-        gw["url"].as_str().context("gateway url")?
+    // Each node's own gateway: a session connects where its node says.
+    let mut gw_urls = Vec::with_capacity(nodes.len());
+    for node in &nodes.apis {
+        let (_, gw) = node
+            .call(reqwest::Method::GET, "/gateway", None, None)
+            .await?;
+        gw_urls.push(format!(
+            "{}?v=10&encoding=json",
+            gw["url"]
+                .as_str()
+                .with_context(|| format!("gateway url from {}", node.base))?
+        ));
+    }
+    let per_node: Arc<Vec<NodeCounters>> = Arc::new(
+        (0..nodes.len())
+            .map(|n| NodeCounters {
+                sessions: (0..a.sessions).filter(|&k| nodes.of(k) == n).count(),
+                sent: AtomicU64::new(0),
+                delivered: AtomicU64::new(0),
+                hist: Mutex::new(crate::hist::micros()),
+            })
+            .collect(),
     );
 
     // Sessions.
@@ -177,17 +205,25 @@ pub async fn run(a: ChatArgs) -> Result<bool> {
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(a.sessions);
     for i in 0..a.sessions {
         let token = tokens[i % tokens.len()].clone();
-        let (url, counters, hist, stop, sem, ready_tx) = (
-            gw_url.clone(),
+        let node = nodes.of(i);
+        let (url, counters, hist, stop, sem, ready_tx, per_node) = (
+            gw_urls[node].clone(),
             counters.clone(),
             hist.clone(),
             stop.clone(),
             sem.clone(),
             ready_tx.clone(),
+            per_node.clone(),
         );
         handles.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await.ok();
-            receiver(url, token, counters, hist, stop, ready_tx, permit).await
+            let sink = Sink {
+                counters,
+                hist,
+                per_node,
+                node,
+            };
+            receiver(url, token, sink, stop, ready_tx, permit).await
         }));
     }
     drop(ready_tx);
@@ -226,7 +262,13 @@ pub async fn run(a: ChatArgs) -> Result<bool> {
     for n in 0..total {
         tick.tick().await;
         let token = tokens[(n as usize) % a.senders].clone();
-        let (api, c2, channel) = (api.clone(), counters.clone(), channel.clone());
+        let node = nodes.of(n as usize);
+        let (api, c2, channel, per_node) = (
+            nodes.apis[node].clone(),
+            counters.clone(),
+            channel.clone(),
+            per_node.clone(),
+        );
         inflight.spawn(async move {
             let counters = c2;
             let content = format!("lt {n} {}", now_us());
@@ -240,6 +282,7 @@ pub async fn run(a: ChatArgs) -> Result<bool> {
             match r.map(|r| r.status().as_u16()) {
                 Ok(200) => {
                     counters.sent.fetch_add(1, Ordering::Relaxed);
+                    per_node[node].sent.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(429) => {
                     counters.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -287,6 +330,27 @@ pub async fn run(a: ChatArgs) -> Result<bool> {
     let h = hist
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+    let node_rows: Vec<NodeRow> = nodes
+        .urls()
+        .into_iter()
+        .zip(per_node.iter())
+        .map(|(url, n)| {
+            let hist = n
+                .hist
+                .lock()
+                .map(|h| h.clone())
+                .unwrap_or_else(|_| crate::hist::micros());
+            NodeRow {
+                url,
+                sessions: n.sessions,
+                sent: n.sent.load(Ordering::Relaxed),
+                delivered: n.delivered.load(Ordering::Relaxed),
+                p50_ms: crate::hist::at(&hist, 0.5, 1000.0),
+                p99_ms: crate::hist::at(&hist, 0.99, 1000.0),
+                hist,
+            }
+        })
+        .collect();
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let delivered = counters.delivered.load(Ordering::Relaxed);
     let sent = counters.sent.load(Ordering::Relaxed);
@@ -307,6 +371,12 @@ pub async fn run(a: ChatArgs) -> Result<bool> {
         "delivered": delivered,
         "deliveries_per_s": delivered as f64 / wall,
         "latency_ms": { "p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": h.max() as f64 / 1000.0, "mean": h.mean() / 1000.0, "samples": h.len() },
+        "latency_hist_us": crate::hist::encode(&h),
+        "nodes": node_rows.iter().map(|r| json!({
+            "url": r.url, "sessions": r.sessions, "sent": r.sent, "delivered": r.delivered,
+            "latency_ms": { "p50": r.p50_ms, "p99": r.p99_ms },
+            "latency_hist_us": crate::hist::encode(&r.hist),
+        })).collect::<Vec<_>>(),
         "errors": {
             "first_send_error": counters.first_error.lock().ok().and_then(|f| f.clone()),
             "send_failed": counters.send_errors.load(Ordering::Relaxed),
@@ -337,6 +407,9 @@ pub async fn run(a: ChatArgs) -> Result<bool> {
         counters.rate_limited.load(Ordering::Relaxed),
         counters.gateway_errors.load(Ordering::Relaxed)
     );
+    if node_rows.len() > 1 {
+        print!("\n{}", node_table(&node_rows, a.rate * a.duration as f64));
+    }
     if let Some(e) = counters.first_error.lock().ok().and_then(|f| f.clone()) {
         println!("\nfirst send error: {e}");
     }
@@ -361,12 +434,62 @@ fn lt_timestamp(text: &str) -> Option<u64> {
     parts.next()?.parse::<u64>().ok()
 }
 
+/// Per-node figures for the report.
+struct NodeRow {
+    url: String,
+    sessions: usize,
+    sent: u64,
+    delivered: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    hist: Histogram<u64>,
+}
+
+/// The per-node Markdown table (printed when more than one node is loaded). `planned` is the
+/// number of messages the run meant to send, for the sent column's share.
+fn node_table(rows: &[NodeRow], planned: f64) -> String {
+    let mut t = String::from(
+        "| node | sessions | messages sent through it | deliveries at its sessions | create→dispatch p50 / p99 at its sessions |\n|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        t.push_str(&format!(
+            "| {} | {} | {} ({:.0}% of {planned:.0}) | {} | {:.1} / {:.1} ms |\n",
+            r.url,
+            r.sessions,
+            r.sent,
+            r.sent as f64 / planned.max(1.0) * 100.0,
+            r.delivered,
+            r.p50_ms,
+            r.p99_ms
+        ));
+    }
+    t
+}
+
+/// Where a session records what it receives: the run's totals and its node's.
+struct Sink {
+    counters: Arc<Counters>,
+    hist: Arc<Mutex<Histogram<u64>>>,
+    per_node: Arc<Vec<NodeCounters>>,
+    node: usize,
+}
+
+impl Sink {
+    fn add(&self, local: &Histogram<u64>) {
+        if let Ok(mut h) = self.hist.lock() {
+            let _ = h.add(local);
+        }
+        if let Ok(mut h) = self.per_node[self.node].hist.lock() {
+            let _ = h.add(local);
+        }
+    }
+}
+
 /// One gateway session: identify, heartbeat, and time every load-test MESSAGE_CREATE.
 async fn receiver(
     url: String,
     token: String,
-    counters: Arc<Counters>,
-    hist: Arc<Mutex<Histogram<u64>>>,
+    sink: Sink,
     stop: Arc<tokio::sync::Notify>,
     ready: tokio::sync::mpsc::Sender<Result<(), String>>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -379,6 +502,7 @@ async fn receiver(
         }
     };
     let (mut tx, mut rx) = ws.split();
+    let counters = sink.counters.clone();
     let mut permit = permit;
     let mut local =
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
@@ -402,6 +526,7 @@ async fn receiver(
                 if let Some(t) = lt_timestamp(&text) {
                     let _ = local.record(now_us().saturating_sub(t).max(1));
                     counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    sink.per_node[sink.node].delivered.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
@@ -431,12 +556,12 @@ async fn receiver(
             }
             _ = flush.tick() => {
                 if !local.is_empty() {
-                    if let Ok(mut h) = hist.lock() { let _ = h.add(&local); }
+                    sink.add(&local);
                     local.reset();
                 }
             }
             _ = stop.notified() => {
-                if let Ok(mut h) = hist.lock() { let _ = h.add(&local); }
+                sink.add(&local);
                 return;
             }
         }

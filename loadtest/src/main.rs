@@ -4,11 +4,15 @@
 //! - `lodge-load playout`: the jitter buffer and adaptive Opus on impaired networks with real
 //!   speech; Markdown/JSON report and PNG plots.
 //! - `lodge-load voice`: crowds of WebRTC callers in voice channels; what listeners hear.
+//! - `lodge-load merge`: one voice report from the JSON reports of a scenario's shards.
 //! - `lodge-load relay`: a UDP relay that impairs one flow (e.g. an edge's trunk to its origin).
 
 mod api;
 mod chat;
+mod hist;
+mod nodes;
 pub(crate) mod playout;
+mod shard;
 mod speech;
 mod voice;
 
@@ -37,6 +41,10 @@ enum Cmd {
     /// N WebRTC callers in R voice channels through the real API; speakers send Opus speech in
     /// talk spurts; listeners measure loss, jitter, mouth-to-ear delay and (probes) MOS.
     Voice(voice::VoiceArgs),
+    /// Merge the JSON reports of a voice scenario's shards (`lodge-load voice --shard I/N`, run
+    /// on several machines) into one report with its plots: histograms added exactly, counters
+    /// summed. Refuses reports of different scenarios or holding the same shard.
+    Merge(voice::merge::MergeArgs),
     /// A UDP relay that impairs the one flow through it with a named profile (both directions),
     /// e.g. between an edge and its origin: point the edge's --origin at the relay.
     Relay(voice::RelayArgs),
@@ -49,6 +57,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Chat(a) => chat::run(a).await,
         Cmd::Playout(a) => playout::run(a),
         Cmd::Voice(a) => voice::run(a).await,
+        Cmd::Merge(a) => voice::merge::run(a),
         Cmd::Relay(a) => voice::relay(a).await,
     };
     match r {

@@ -12,15 +12,17 @@ mod due;
 mod frame_clock;
 mod janus;
 mod media;
+pub mod merge;
 mod plot;
 mod proxy;
 mod report;
 mod signal;
 mod speaker_runtime;
 mod talk;
+mod tally;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,10 +36,13 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::api::Api;
+use crate::nodes::Nodes;
+use crate::shard::Shard;
 use frame_clock::FrameClock;
 use media::{CallerStats, Client, Shared, Speaking};
 use speaker_runtime::SpeakerRuntime;
 use talk::TalkParams;
+use tally::Tally;
 
 /// Which server the callers call.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,8 +58,15 @@ pub enum Target {
 #[derive(Args, Clone)]
 pub struct VoiceArgs {
     /// Base URL of the server: a Lodge node, or Janus's HTTP API path with `--target janus`.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// Give it several times (or comma-separated) to load a cluster of Lodge nodes: caller k
+    /// (in join order) registers, joins the guild and connects its gateway through node k mod N
+    /// (that node's own GET /gateway), and the report adds a per-node table.
+    #[arg(
+        long = "url",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub urls: Vec<String>,
     /// The server under test.
     #[arg(long, value_enum, default_value_t = Target::Lodge)]
     pub target: Target,
@@ -105,9 +117,19 @@ pub struct VoiceArgs {
     /// Registrations, invite joins and signaling handshakes run this many at a time.
     #[arg(long, default_value_t = 16)]
     pub parallelism: usize,
-    /// PID of a local node: its CPU seconds (from /proc) go into the report.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// PID of a local node: its CPU seconds (from /proc) go into the report. With several
+    /// --url, give one PID per URL in the same order (repeated or comma-separated): the report
+    /// then shows each node's CPU and CPU per forwarded packet, and their sum.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// Run shard I of N (0-based, e.g. 2/8) of the scenario the other options describe, so that
+    /// N generator machines together run it without sharing a caller or a channel: shard I
+    /// takes the channels whose index is I mod N and the callers of those channels, with the
+    /// caller numbers (in their user names), speaker/probe roles and seeds they have in the
+    /// unsharded run, in a guild of its own, joining at its share of --join-rate. `lodge-load merge` combines the shards'
+    /// JSON reports. N may not exceed --channels.
+    #[arg(long, default_value_t = Shard::WHOLE)]
+    pub shard: Shard,
     /// Write the JSON report here (the Markdown report goes to stdout).
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -176,6 +198,17 @@ fn profile(a: &VoiceArgs) -> Result<Option<lodge_jitter::Profile>> {
 
 fn validate(a: &VoiceArgs) -> Result<()> {
     profile(a)?;
+    let urls = crate::nodes::normalize(&a.urls)?;
+    crate::nodes::check_pids(&a.server_pid, urls.len())?;
+    if a.target == Target::Janus && (urls.len() > 1 || !a.shard.is_whole()) {
+        bail!("--target janus takes one --url and no --shard (its rooms are numbered per run)");
+    }
+    if a.shard.count > a.channels {
+        bail!(
+            "--shard {}: {} shards need at least as many --channels (a shard owns whole channels; there are {})",
+            a.shard, a.shard.count, a.channels
+        );
+    }
     if a.callers == 0 || a.channels == 0 {
         bail!("--callers and --channels must be at least 1");
     }
@@ -202,10 +235,11 @@ fn validate(a: &VoiceArgs) -> Result<()> {
     if a.callers_per_ip == 0 || a.callers_per_ip > 20_000 {
         bail!("--callers-per-ip must be 1..=20000 (each caller needs a local UDP port and two TCP connections)");
     }
-    let ips = a.callers.div_ceil(a.callers_per_ip);
+    let mine = a.shard.callers(a.callers, a.channels).len();
+    let ips = mine.div_ceil(a.callers_per_ip);
     let room = 255 - a.source_ip.octets()[3] as usize;
     if ips > room {
-        bail!("{} callers at {} per address need {ips} source addresses; from --source-ip {} only {room} are left in its /24 (raise --callers-per-ip)", a.callers, a.callers_per_ip, a.source_ip);
+        bail!("{mine} callers at {} per address need {ips} source addresses; from --source-ip {} only {room} are left in its /24 (raise --callers-per-ip)", a.callers_per_ip, a.source_ip);
     }
     if a.target == Target::Janus && a.profile.is_some() {
         bail!("--profile is not supported with --target janus (the proxy rewrites Lodge's answer only)");
@@ -235,31 +269,68 @@ fn encode_speech(pcm: &[i16]) -> Result<Vec<(Vec<u8>, u8)>> {
 /// One reading at the edge of the measurement window.
 struct Window {
     at: Instant,
-    /// The node's (RTP in, forwarded) counters.
-    node: Option<(u64, u64)>,
-    server_cpu: Option<f64>,
+    /// Each node's (RTP in, forwarded) counters, in `--url` order.
+    nodes: Vec<Option<(u64, u64)>>,
+    /// Each node's CPU seconds (empty without `--server-pid`).
+    server_cpu: Vec<Option<f64>>,
     own_cpu: Option<f64>,
     rcvbuf_errors: Option<u64>,
     /// Whole-machine CPU jiffies (busy, total) from /proc/stat.
     machine: Option<(u64, u64)>,
     delivered: u64,
-    /// The node's cumulative forward-delay buckets (upper bound µs, count).
-    delay_buckets: Vec<(u64, u64)>,
+    /// Each node's cumulative forward-delay buckets (upper bound µs, count).
+    delay_buckets: Vec<Vec<(u64, u64)>>,
 }
 
 impl Window {
-    fn now(a: &VoiceArgs, metrics: Option<&str>, shared: &Shared) -> Window {
+    fn now(a: &VoiceArgs, metrics: &[Option<String>], shared: &Shared) -> Window {
         Window {
             at: Instant::now(),
-            node: metrics.and_then(node_counters),
-            server_cpu: a.server_pid.and_then(cpu_seconds),
+            nodes: metrics
+                .iter()
+                .map(|m| m.as_deref().and_then(node_counters))
+                .collect(),
+            server_cpu: a.server_pid.iter().map(|&p| cpu_seconds(p)).collect(),
             own_cpu: cpu_seconds(std::process::id()),
             rcvbuf_errors: udp_rcvbuf_errors(),
             machine: machine_jiffies(),
             delivered: shared.rtp_in.load(Ordering::Relaxed),
-            delay_buckets: metrics.map(node_delay_buckets).unwrap_or_default(),
+            delay_buckets: metrics
+                .iter()
+                .map(|m| m.as_deref().map(node_delay_buckets).unwrap_or_default())
+                .collect(),
         }
     }
+}
+
+/// The nodes' delay buckets added up (a cluster's histogram); empty unless every node has the
+/// same buckets.
+fn sum_buckets(nodes: &[Vec<(u64, u64)>]) -> Vec<(u64, u64)> {
+    let Some(first) = nodes.first() else {
+        return Vec::new();
+    };
+    let same = nodes
+        .iter()
+        .all(|n| n.len() == first.len() && n.iter().zip(first).all(|(x, y)| x.0 == y.0));
+    if !same {
+        return Vec::new();
+    }
+    first
+        .iter()
+        .enumerate()
+        .map(|(i, &(le, _))| (le, nodes.iter().map(|n| n[i].1).sum()))
+        .collect()
+}
+
+/// The sum of every element, or `None` if any is missing (or there are none).
+fn sum_all<T: std::iter::Sum<T> + Copy>(v: &[Option<T>]) -> Option<T> {
+    if v.is_empty() {
+        return None;
+    }
+    v.iter()
+        .copied()
+        .collect::<Option<Vec<T>>>()
+        .map(|x| x.into_iter().sum())
 }
 
 /// Busy and total CPU time of the whole machine, in jiffies (/proc/stat's first line; idle and
@@ -345,13 +416,17 @@ fn window_delay(start: &[(u64, u64)], end: &[(u64, u64)]) -> Option<report::Wind
 
 struct Setup {
     guild: String,
+    /// This shard's channels: the scenario's channel `c` is `channels[shard.local_channel(c)]`.
     channels: Vec<String>,
-    /// (user id, token) per caller.
+    /// (user id, token) per caller of this shard, in join order.
     callers: Vec<(u64, String)>,
-    gateway_url: String,
+    /// Each node's gateway URL, in `--url` order.
+    gateway_urls: Vec<String>,
 }
 
-async fn setup(api: &Arc<Api>, a: &VoiceArgs) -> Result<Setup> {
+/// Accounts for this shard's callers (`plan`: their global indices; caller k registers and
+/// joins through node k mod N), a guild with this shard's channels, and every node's gateway.
+async fn setup(nodes: &Nodes, a: &VoiceArgs, plan: &[usize]) -> Result<Setup> {
     let run_id = format!(
         "{:x}",
         std::time::SystemTime::now()
@@ -359,14 +434,14 @@ async fn setup(api: &Arc<Api>, a: &VoiceArgs) -> Result<Setup> {
             .map(|d| d.as_micros() as u64 % 0xFFFF_FFFF)
             .unwrap_or(0)
     );
-    let bar = ProgressBar::new(a.callers as u64).with_style(ProgressStyle::with_template(
+    let bar = ProgressBar::new(plan.len() as u64).with_style(ProgressStyle::with_template(
         "registering {bar:40} {pos}/{len} accounts",
     )?);
     let sem = Arc::new(tokio::sync::Semaphore::new(a.parallelism));
     let mut tasks = Vec::new();
-    for i in 0..a.callers {
+    for (k, &i) in plan.iter().enumerate() {
         let (api, sem, bar, name) = (
-            api.clone(),
+            nodes.api(k).clone(),
             sem.clone(),
             bar.clone(),
             format!("lv{run_id}_{i}"),
@@ -398,6 +473,7 @@ async fn setup(api: &Arc<Api>, a: &VoiceArgs) -> Result<Setup> {
     }
     bar.finish_and_clear();
     let owner = callers[0].1.clone();
+    let api = nodes.api(0);
     let (st, g) = api
         .call(
             reqwest::Method::POST,
@@ -418,13 +494,14 @@ async fn setup(api: &Arc<Api>, a: &VoiceArgs) -> Result<Setup> {
         .filter_map(|c| c["id"].as_str().map(str::to_string))
         .take(1)
         .collect();
-    while channels.len() < a.channels {
+    let wanted = a.shard.channels(a.channels);
+    while channels.len() < wanted.len() {
         let (st, c) = api
             .call(
                 reqwest::Method::POST,
                 &format!("/guilds/{guild}/channels"),
                 Some(&owner),
-                Some(json!({ "name": format!("Voice {}", channels.len() + 1), "type": 2 })),
+                Some(json!({ "name": format!("Voice {}", wanted[channels.len()] + 1), "type": 2 })),
             )
             .await?;
         if st != 201 {
@@ -453,8 +530,8 @@ async fn setup(api: &Arc<Api>, a: &VoiceArgs) -> Result<Setup> {
     }
     let code = inv["code"].as_str().context("invite code")?.to_string();
     let mut tasks = Vec::new();
-    for (_, t) in callers.iter().skip(1) {
-        let (api, sem, t, code) = (api.clone(), sem.clone(), t.clone(), code.clone());
+    for (k, (_, t)) in callers.iter().enumerate().skip(1) {
+        let (api, sem, t, code) = (nodes.api(k).clone(), sem.clone(), t.clone(), code.clone());
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire().await;
             let (st, v) = api
@@ -474,19 +551,29 @@ async fn setup(api: &Arc<Api>, a: &VoiceArgs) -> Result<Setup> {
     for t in tasks {
         t.await??;
     }
-    let (_, gw) = api
-        .call(reqwest::Method::GET, "/gateway", None, None)
-        .await?;
-    let gateway_url = format!(
-        "{}?v=10&encoding=json",
-        gw["url"].as_str().context("gateway url")?
-    );
+    let mut gateway_urls = Vec::with_capacity(nodes.len());
+    for node in &nodes.apis {
+        let (_, gw) = node
+            .call(reqwest::Method::GET, "/gateway", None, None)
+            .await?;
+        gateway_urls.push(format!(
+            "{}?v=10&encoding=json",
+            gw["url"]
+                .as_str()
+                .with_context(|| format!("gateway url from {}", node.base))?
+        ));
+    }
     Ok(Setup {
         guild,
         channels,
         callers,
-        gateway_url,
+        gateway_urls,
     })
+}
+
+/// Every node's Prometheus text, in `--url` order (`None` where it cannot be read).
+async fn fetch_all_metrics(nodes: &Nodes, target: Target) -> Vec<Option<String>> {
+    futures_util::future::join_all(nodes.apis.iter().map(|api| fetch_metrics(api, target))).await
 }
 
 /// The node's Prometheus text, or `None` when it cannot be read (or the target is Janus).
@@ -568,17 +655,15 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 
 pub async fn run(a: VoiceArgs) -> Result<bool> {
     validate(&a)?;
-    if let Some(pid) = a.server_pid {
+    for &pid in &a.server_pid {
         cpu_seconds(pid).with_context(|| {
             format!("cannot read /proc/{pid}/stat: is --server-pid a running local process?")
         })?;
     }
-    let api = Arc::new(Api {
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()?,
-        base: a.url.trim_end_matches('/').to_string(),
-    });
+    let nodes = Nodes::new(&a.urls)?;
+    let shard = a.shard;
+    // This shard's callers by global index, in join order.
+    let plan = shard.callers(a.callers, a.channels);
     let scratch = std::env::temp_dir().join(format!("lodge-load-speech-{}", std::process::id()));
     let (pcm, source) = crate::speech::load(60, a.speech.as_deref(), &scratch)?;
     let _ = std::fs::remove_dir_all(&scratch);
@@ -590,7 +675,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
     );
     let (s, janus) = match a.target {
         Target::Lodge => {
-            let s = setup(&api, &a).await?;
+            let s = setup(&nodes, &a, &plan).await?;
             eprintln!(
                 "setup: {} accounts in guild {} with {} voice channel(s)",
                 s.callers.len(),
@@ -600,34 +685,42 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
             (s, None)
         }
         Target::Janus => {
-            let j = Arc::new(janus::Janus::new(api.http.clone(), &a.url));
+            let j = Arc::new(janus::Janus::new(
+                nodes.apis[0].http.clone(),
+                &nodes.apis[0].base,
+            ));
             let rooms = janus::create_rooms(&j, a.channels, a.speakers).await?;
             eprintln!("setup: {} Janus VideoRoom(s) (audio only)", rooms.len());
             // Janus needs no accounts: a caller's "user id" is its feed id (index + 1).
             let s = Setup {
                 guild: String::new(),
                 channels: rooms.iter().map(u64::to_string).collect(),
-                callers: (0..a.callers)
-                    .map(|i| (i as u64 + 1, String::new()))
+                callers: plan
+                    .iter()
+                    .map(|&i| (i as u64 + 1, String::new()))
                     .collect(),
-                gateway_url: String::new(),
+                gateway_urls: vec![String::new()],
             };
             (s, Some(j))
         }
     };
 
-    // Who speaks: the first `speakers` callers of each channel (callers go round robin).
+    // Who speaks: the first `speakers` callers of each channel (callers go round robin), i.e.
+    // the callers with a global index below speakers × channels.
     let is_speaker = |i: usize| i / a.channels < a.speakers;
-    let speaker_users: Vec<u64> = (0..a.callers)
-        .filter(|&i| is_speaker(i))
-        .map(|i| s.callers[i].0)
+    let speaker_users: Vec<u64> = plan
+        .iter()
+        .enumerate()
+        .filter(|&(_, &i)| is_speaker(i))
+        .map(|(k, _)| s.callers[k].0)
         .collect();
     // Per channel, its speakers' user ids (what a Janus subscriber subscribes to).
     let channel_speakers: Vec<Vec<u64>> = (0..a.channels)
         .map(|c| {
-            (0..a.callers)
-                .filter(|&i| i % a.channels == c && is_speaker(i))
-                .map(|i| s.callers[i].0)
+            plan.iter()
+                .enumerate()
+                .filter(|&(_, &i)| i % a.channels == c && is_speaker(i))
+                .map(|(k, _)| s.callers[k].0)
                 .collect()
         })
         .collect();
@@ -642,7 +735,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
         mean_talk: Duration::from_millis(a.talk_ms),
         mean_pause: Duration::from_millis(a.pause_ms),
     };
-    let listeners_total = a.callers - speaker_users.len();
+    let listeners_total = plan.len() - speaker_users.len();
     let probe_every = if a.probes > 0.0 {
         (1.0 / a.probes).round().max(1.0) as usize
     } else {
@@ -655,40 +748,49 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
     let clock = FrameClock::start().context("starting the speakers' frame clock")?;
     let speaker_rt = SpeakerRuntime::start().context("starting the speakers' runtime")?;
     let started = Instant::now();
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let sem = Arc::new(tokio::sync::Semaphore::new(a.parallelism));
-    let mut handles = Vec::with_capacity(a.callers);
-    let mut listener_no = 0usize;
+    // (node, caller task) per caller.
+    let mut handles = Vec::with_capacity(plan.len());
     let mut speaker_no = 0usize;
-    let join_gap = Duration::from_secs_f64(1.0 / a.join_rate);
-    let bar = ProgressBar::new(a.callers as u64).with_style(ProgressStyle::with_template(
+    // A shard joins at its share of the scenario's rate, so the shards together join at it.
+    let join_rate = a.join_rate * plan.len() as f64 / a.callers as f64;
+    let join_gap = Duration::from_secs_f64(1.0 / join_rate);
+    let bar = ProgressBar::new(plan.len() as u64).with_style(ProgressStyle::with_template(
         "{elapsed_precise} {bar:30} {pos}/{len} joined  {msg}",
     )?);
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut last = (0u64, 0u64, Instant::now());
     let mut timeline: Vec<serde_json::Value> = Vec::new();
     let mut next_join = tokio::time::Instant::now();
-    let mut i = 0usize;
+    // The next caller to start, by position in `plan` (its global index is `plan[k]`).
+    let mut k = 0usize;
     let mut measure: Option<Window> = None;
     let mut interrupted = false;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(next_join), if i < a.callers => {
+            _ = tokio::time::sleep_until(next_join), if k < plan.len() => {
                 next_join += join_gap;
+                let i = plan[k];
+                let node = nodes.of(k);
                 let speaking = is_speaker(i).then(|| {
                     speaker_no += 1;
                     Speaking { index: speaker_no - 1, talk, seed: a.seed.wrapping_mul(1_000_003).wrapping_add(i as u64), clock: clock.clone() }
                 });
-                let probe = speaking.is_none() && {
-                    listener_no += 1;
-                    (listener_no - 1).is_multiple_of(probe_every)
-                };
-                let ip = source_ip(&a, i);
-                let (user, token) = s.callers[i].clone();
-                let channel = s.channels[i % s.channels.len()].clone();
+                // Every probe_every-th listener by global listener number (listeners are the
+                // callers from speakers × channels on), as in the unsharded run.
+                let probe = speaking.is_none()
+                    && (i - a.speakers * a.channels).is_multiple_of(probe_every);
+                let ip = source_ip(&a, k);
+                let (user, token) = s.callers[k].clone();
+                let channel = s.channels[shard.local_channel(i % a.channels)].clone();
                 let (guild, gw, shared, stop, on_error, sem, slots) = (
-                    s.guild.clone(), s.gateway_url.clone(), shared.clone(), stop_rx.clone(),
+                    s.guild.clone(), s.gateway_urls[node % s.gateway_urls.len()].clone(), shared.clone(), stop_rx.clone(),
                     on_error.clone(), sem.clone(), a.slots,
                 );
                 let on_error2 = on_error.clone();
@@ -697,7 +799,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                 let (janus, feeds) = (janus.clone(), channel_speakers[i % a.channels].clone());
                 let region = (!a.regions.is_empty()).then(|| a.regions[i % a.regions.len()].clone());
                 let rt = if speaking.is_some() { speaker_rt.handle.clone() } else { tokio::runtime::Handle::current() };
-                handles.push(rt.spawn(async move {
+                handles.push((node, rt.spawn(async move {
                     let t0 = Instant::now();
                     if let Some(j) = janus {
                         let room: u64 = channel.parse()?;
@@ -772,9 +874,9 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                     let mut total = total.expect("at least one segment");
                     (total.queued_ms, total.signaled_ms) = (Some(phases.0), Some(phases.1));
                     Ok((total, probe))
-                }));
-                i += 1;
-                bar.set_position(i as u64);
+                })));
+                k += 1;
+                bar.set_position(k as u64);
             }
             _ = ticker.tick() => {
                 let (out, inn) = (shared.rtp_out.load(Ordering::Relaxed), shared.rtp_in.load(Ordering::Relaxed));
@@ -796,12 +898,12 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                 ));
                 timeline.push(json!({ "t_s": started.elapsed().as_secs_f64(), "connected": connected,
                     "pps_out": pps_out, "pps_in": pps_in, "m2e_p99_ms": p99 }));
-                let done_joining = i == a.callers && (connected as usize == a.callers
-                    || handles.iter().filter(|h| h.is_finished()).count() + connected as usize >= a.callers
-                    || started.elapsed() > Duration::from_secs_f64(a.callers as f64 / a.join_rate + 60.0));
+                let done_joining = k == plan.len() && (connected as usize == plan.len()
+                    || handles.iter().filter(|h| h.1.is_finished()).count() + connected as usize >= plan.len()
+                    || started.elapsed() > Duration::from_secs_f64(plan.len() as f64 / join_rate + 60.0));
                 if measure.is_none() && done_joining {
-                    let m = fetch_metrics(&api, a.target).await;
-                    measure = Some(Window::now(&a, m.as_deref(), &shared));
+                    let m = fetch_all_metrics(&nodes, a.target).await;
+                    measure = Some(Window::now(&a, &m, &shared));
                 }
                 if let Some(m) = &measure {
                     if m.at.elapsed() >= Duration::from_secs(a.duration) { break; }
@@ -815,14 +917,19 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
         }
     }
     // One scrape at the end serves the window's counters, the delay quantiles and the drops.
-    let end_metrics = fetch_metrics(&api, a.target).await.unwrap_or_default();
-    let window_end = Window::now(&a, Some(&end_metrics), &shared);
+    let end_metrics = fetch_all_metrics(&nodes, a.target).await;
+    let window_end = Window::now(&a, &end_metrics, &shared);
     let _ = stop_tx.send(true);
     bar.finish_and_clear();
-    let mut results: Vec<(CallerStats, bool)> = Vec::new();
-    for h in handles {
+    let mut tallies: Vec<Tally> = (0..nodes.len())
+        .map(|n| Tally {
+            callers: (0..plan.len()).filter(|&k| nodes.of(k) == n).count() as u64,
+            ..Tally::default()
+        })
+        .collect();
+    for (node, h) in handles {
         match tokio::time::timeout(Duration::from_secs(10), h).await {
-            Ok(Ok(Ok(r))) => results.push(r),
+            Ok(Ok(Ok((st, _probe)))) => tallies[node].add_caller(&st, a.speakers),
             Ok(Ok(Err(e))) => on_error(format!("caller failed: {e:#}")),
             Ok(Err(e)) => on_error(format!("caller task failed: {e}")),
             Err(_) => on_error("caller did not stop within 10 s".into()),
@@ -831,6 +938,19 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
     let errors = errors.lock().expect("errors lock").clone();
     let server = measure.map(|w0| {
         let w1 = &window_end;
+        let cpu = |w: &Window, n: usize| w.server_cpu.get(n).copied().flatten();
+        let node_windows: Vec<report::NodeWindow> = (0..nodes.len())
+            .map(|n| report::NodeWindow {
+                counters: match (w0.nodes[n], w1.nodes[n]) {
+                    (Some(c0), Some(c1)) => {
+                        Some((c1.0.saturating_sub(c0.0), c1.1.saturating_sub(c0.1)))
+                    }
+                    _ => None,
+                },
+                cpu_seconds: cpu(w1, n).zip(cpu(&w0, n)).map(|(b, a)| b - a),
+                forward_delay: window_delay(&w0.delay_buckets[n], &w1.delay_buckets[n]),
+            })
+            .collect();
         let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
         report::ServerWindow {
             udp_rcvbuf_drops: match (w0.rcvbuf_errors, w1.rcvbuf_errors) {
@@ -838,14 +958,23 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                 _ => None,
             },
             seconds: (w1.at - w0.at).as_secs_f64(),
-            node: match (w0.node, w1.node) {
-                (Some(c0), Some(c1)) => {
-                    Some((c1.0.saturating_sub(c0.0), c1.1.saturating_sub(c0.1)))
-                }
-                _ => None,
-            },
+            node: node_windows
+                .iter()
+                .map(|n| n.counters)
+                .collect::<Option<Vec<_>>>()
+                .filter(|v| !v.is_empty())
+                .map(|v| v.iter().fold((0, 0), |s, c| (s.0 + c.0, s.1 + c.1))),
             delivered: w1.delivered.saturating_sub(w0.delivered),
-            cpu_seconds: diff(w0.server_cpu, w1.server_cpu),
+            cpu_seconds: if a.server_pid.is_empty() {
+                None
+            } else {
+                sum_all(
+                    &node_windows
+                        .iter()
+                        .map(|n| n.cpu_seconds)
+                        .collect::<Vec<_>>(),
+                )
+            },
             generator_cpu_seconds: diff(w0.own_cpu, w1.own_cpu),
             machine_busy_pct: match (w0.machine, w1.machine) {
                 (Some(a), Some(b)) if b.1 > a.1 => {
@@ -853,24 +982,69 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                 }
                 _ => None,
             },
-            forward_delay: window_delay(&w0.delay_buckets, &w1.delay_buckets),
+            forward_delay: window_delay(
+                &sum_buckets(&w0.delay_buckets),
+                &sum_buckets(&w1.delay_buckets),
+            ),
+            nodes: node_windows,
         }
     });
-    let rep = report::build(
-        &a,
-        &source,
-        listeners_total,
-        speaker_users.len(),
-        &results,
-        &errors,
+    let run = report::Run {
+        scenario: report::Scenario::of(&a, &source),
+        shards: report::Shards {
+            count: shard.count,
+            indices: vec![shard.index],
+        },
+        plan: report::Plan {
+            channels: shard.channels(a.channels).len() as u64,
+            speakers: speaker_users.len() as u64,
+            listeners: listeners_total as u64,
+        },
+        nodes: nodes.urls().into_iter().zip(tallies).collect(),
+        errors,
         server,
-        node_forward_delay(&end_metrics),
-        node_drops(&end_metrics),
+        // A whole-life summary is one node's; with several nodes, see the per-node window.
+        forward_delay_ms: match &end_metrics[..] {
+            [one] => one.as_deref().and_then(node_forward_delay),
+            _ => None,
+        },
+        node_drops: sum_drops(end_metrics.iter().flatten().map(|m| node_drops(m))),
         timeline,
         interrupted,
-    )?;
+        started_unix_ms,
+        merged_reports: None,
+    };
+    let rep = report::render(&run);
     println!("{}", rep.markdown);
-    if let Some(dir) = &a.out {
+    write_outputs(&rep, a.out.as_deref(), a.report.as_deref())?;
+    if a.strict && !rep.strict_failures.is_empty() {
+        for why in &rep.strict_failures {
+            eprintln!("strict: {why}");
+        }
+        return Ok(false);
+    }
+    Ok(!interrupted)
+}
+
+/// Drop counters of several nodes added up by reason (first-seen order).
+fn sum_drops(nodes: impl Iterator<Item = Vec<(String, u64)>>) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for (reason, n) in nodes.flatten() {
+        match out.iter_mut().find(|(r, _)| *r == reason) {
+            Some(e) => e.1 += n,
+            None => out.push((reason, n)),
+        }
+    }
+    out
+}
+
+/// report.md, report.json and the plots into `out`; the JSON alone to `json_path`.
+pub(crate) fn write_outputs(
+    rep: &report::Report,
+    out: Option<&Path>,
+    json_path: Option<&Path>,
+) -> Result<()> {
+    if let Some(dir) = out {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         crate::playout::plot::register_font()?;
         let timeline = rep.json["timeline"].as_array().cloned().unwrap_or_default();
@@ -892,18 +1066,12 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
         )?;
         eprintln!("report, JSON and plots written to {}", dir.display());
     }
-    if let Some(p) = &a.report {
+    if let Some(p) = json_path {
         std::fs::write(p, serde_json::to_string_pretty(&rep.json)?)
             .with_context(|| format!("cannot write {}", p.display()))?;
         eprintln!("report written to {}", p.display());
     }
-    if a.strict && !rep.strict_failures.is_empty() {
-        for why in &rep.strict_failures {
-            eprintln!("strict: {why}");
-        }
-        return Ok(false);
-    }
-    Ok(!interrupted)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -58,12 +58,12 @@ pub fn m2e_cdf(path: &Path, h: &Histogram<u64>) -> Result<()> {
     root.present().map_err(err)
 }
 
-/// Bars of a distribution: `values` binned by `bin` from `lo` to `hi`.
+/// Bars of a distribution: `values` (value, count) binned by `bin` from `lo` to `hi`.
 fn bars(
     path: &Path,
     title: &str,
     xdesc: &str,
-    values: &[f64],
+    values: impl Iterator<Item = (f64, u64)>,
     lo: f64,
     hi: f64,
     bin: f64,
@@ -71,10 +71,10 @@ fn bars(
     let root = BitMapBackend::new(path, (1000, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let n = ((hi - lo) / bin).ceil().max(1.0) as usize;
-    let mut counts = vec![0u32; n];
-    for v in values {
+    let mut counts = vec![0u64; n];
+    for (v, k) in values {
         let i = (((v - lo) / bin).floor().max(0.0) as usize).min(n - 1);
-        counts[i] += 1;
+        counts[i] += k;
     }
     let ymax = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.15;
     let mut c = ChartBuilder::on(&root)
@@ -105,20 +105,23 @@ pub fn mos(path: &Path, mos: &[f64]) -> Result<()> {
             mos.len()
         ),
         "MOS (estimate)",
-        mos,
+        mos.iter().map(|&m| (m, 1)),
         1.0,
         4.6,
         0.1,
     )
 }
 
-pub fn join(path: &Path, join_ms: &[f64]) -> Result<()> {
-    let hi = join_ms.iter().copied().fold(100.0, f64::max) * 1.05;
+/// Join times (ms) from the run's histogram of them.
+pub fn join(path: &Path, join_ms: &Histogram<u64>) -> Result<()> {
+    let hi = (join_ms.max() as f64).max(100.0) * 1.05;
     bars(
         path,
         &format!("Join → media connected, {} callers", join_ms.len()),
         "ms",
-        join_ms,
+        join_ms
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to() as f64, v.count_at_value())),
         0.0,
         hi,
         (hi / 40.0).max(1.0),
