@@ -138,8 +138,18 @@ config_keys! {
     /// Edge role: the origin's trunk certificate fingerprint (sha256:…), as the origin printed it.
     origin_fingerprint: String = "LODGE_ORIGIN_FINGERPRINT";
     /// This node's region name; callers whose voice state update carries "region": "<name>" are
-    /// placed on an edge of that region. [default: default]
+    /// placed on an edge (or, in a cluster, a node) of that region. [default: default]
     region: String = "LODGE_REGION";
+    /// Cluster of equal nodes: the Redis server they share (live state and the event bus), e.g.
+    /// redis://10.0.0.5:6379. Use with --database-url postgres://… (every node must see the
+    /// same database). Without it the node works alone and needs no Redis. [default: unset]
+    redis_url: String = "LODGE_REDIS_URL" [hide_env_values = true];
+    /// This node's name in the cluster (unique, stable across restarts).
+    /// [default: the host:port of --public-url]
+    node_id: String = "LODGE_NODE_ID";
+    /// What this node serves, comma-separated: api (REST and the gateway), media (the voice
+    /// gateway and the UDP media port; rooms can be placed here). [default: api,media]
+    roles: String = "LODGE_ROLES";
     /// Milliseconds between gateway heartbeats (sent in Hello); a session that misses one and a
     /// half intervals is closed with 4009. [default: 41250]
     heartbeat_interval_ms: u64 = "LODGE_HEARTBEAT_INTERVAL_MS";
@@ -230,6 +240,11 @@ pub struct Config {
     pub origin: Option<SocketAddr>,
     pub origin_fingerprint: Option<String>,
     pub region: String,
+    /// Never printed or serialized (it may carry a password).
+    #[serde(skip_serializing)]
+    pub redis_url: Option<String>,
+    pub node_id: String,
+    pub roles: crate::shared::Roles,
     pub heartbeat_interval_ms: u64,
     pub identify_timeout_secs: u64,
     pub max_sessions_per_user: usize,
@@ -391,6 +406,12 @@ impl Config {
             origin: v.origin,
             origin_fingerprint: v.origin_fingerprint.take(),
             region: v.region.take().unwrap_or_else(|| "default".into()),
+            redis_url: v.redis_url.take(),
+            node_id: v.node_id.take().unwrap_or_default(),
+            roles: match v.roles.take() {
+                None => crate::shared::Roles::ALL,
+                Some(r) => crate::shared::Roles::parse(&r).map_err(ConfigError::Invalid)?,
+            },
             heartbeat_interval_ms: in_range(
                 "heartbeat_interval_ms",
                 v.heartbeat_interval_ms.unwrap_or(41_250),
@@ -489,6 +510,23 @@ impl Config {
         if self.region.is_empty() || self.region.len() > 64 {
             return bad("--region must be 1 to 64 characters");
         }
+        if self.redis_url.is_some() {
+            if self.trunk_listen.is_some() || self.origin.is_some() {
+                return bad("--redis-url (a cluster of equal nodes) does not combine with --trunk-listen/--origin yet");
+            }
+            if !self
+                .database_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("postgres"))
+            {
+                return bad("--redis-url needs --database-url postgres://… (every node of a cluster must use the same database; a SQLite file is one node's)");
+            }
+        } else if self.roles != crate::shared::Roles::ALL {
+            return bad("--roles restricts a node of a cluster: it needs --redis-url");
+        }
+        if self.node_id.len() > 128 || self.node_id.chars().any(|c| c.is_whitespace()) {
+            return bad("--node-id must be at most 128 characters without spaces");
+        }
         Ok(self)
     }
 
@@ -502,6 +540,15 @@ impl Config {
             .next()
             .unwrap_or("")
             .to_string()
+    }
+
+    /// This node's name in a cluster: `--node-id`, or its public host:port.
+    pub fn node_name(&self) -> String {
+        if self.node_id.is_empty() {
+            self.public_host()
+        } else {
+            self.node_id.clone()
+        }
     }
 
     /// The gateway URL handed out by `GET /gateway`.

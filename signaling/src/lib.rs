@@ -183,7 +183,7 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     };
     let hub = hub::Hub::new();
     let (inbox_tx, inbox_rx) = tokio::sync::mpsc::unbounded_channel();
-    let me = shared::NodeId(cfg.public_host());
+    let me = shared::NodeId(cfg.node_name());
     let shared = shared::Shared::local(me, hub.clone(), inbox_tx);
     let state = AppState::new(cfg, store, sfu, hub, shared);
     nodes::announce_once(&state).await;

@@ -1,7 +1,7 @@
 //! This node in the registry: what it announces about itself.
 
 use crate::app::AppState;
-use crate::shared::{NodeInfo, Roles};
+use crate::shared::NodeInfo;
 
 /// How long a registration lives unless renewed.
 pub const NODE_TTL: std::time::Duration = std::time::Duration::from_secs(3);
@@ -12,7 +12,7 @@ pub fn info(s: &AppState) -> NodeInfo {
         id: s.shared.me.clone(),
         endpoint: s.cfg.public_host(),
         region: s.cfg.region.clone(),
-        roles: Roles::ALL,
+        roles: s.cfg.roles,
         load: s.sfu.participants() as u32,
         draining: !s.ready.load(std::sync::atomic::Ordering::Relaxed) && *s.shutdown.borrow(),
     }

@@ -57,6 +57,29 @@ impl Roles {
         api: true,
         media: true,
     };
+
+    /// `api,media`, `api`, `media` (also `gateway`, the same as `api`).
+    pub fn parse(s: &str) -> Result<Roles, String> {
+        let mut r = Roles {
+            api: false,
+            media: false,
+        };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "api" | "gateway" => r.api = true,
+                "media" => r.media = true,
+                other => {
+                    return Err(format!(
+                        "unknown role {other:?} in --roles; use api, media or api,media"
+                    ))
+                }
+            }
+        }
+        if !r.api && !r.media {
+            return Err("--roles names no role; use api, media or api,media".into());
+        }
+        Ok(r)
+    }
 }
 
 /// A node as the registry knows it.
