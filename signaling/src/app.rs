@@ -25,6 +25,8 @@ pub struct Inner {
     pub voice: Mutex<VoiceConns>,
     /// Everything shared with other nodes (in-process when the node is alone): the switch.
     pub shared: Shared,
+    /// The other nodes of the cluster, as the registry last showed them.
+    pub nodes: crate::nodes::ClusterView,
     pub sessions: crate::gateway::registry::Sessions,
     pub presences: crate::gateway::presence::Presences,
     pub ready: AtomicBool,
@@ -115,6 +117,7 @@ impl AppState {
         AppState(Arc::new(Inner {
             voice: Mutex::new(VoiceConns::new()),
             shared,
+            nodes: Default::default(),
             cfg,
             store,
             sfu,

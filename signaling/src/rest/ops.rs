@@ -204,5 +204,8 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     if let Some(c) = s.cluster.get() {
         crate::cluster::write_metrics(c, &mut out).await;
     }
+    if s.shared.clustered {
+        crate::nodes::write_metrics(&s, &mut out);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
