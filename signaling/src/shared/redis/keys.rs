@@ -142,7 +142,13 @@ mod tests {
         for r in [Route::Guild(7), Route::User(u64::MAX)] {
             assert_eq!(k.route_of_channel(&k.channel(r)), Some(r));
         }
-        for bad in ["{g:7}:ch", "p:{g:x}:ch", "p:{s:1}:ch", "p:{g:7}:bus", "p:lodge:nodes"] {
+        for bad in [
+            "{g:7}:ch",
+            "p:{g:x}:ch",
+            "p:{s:1}:ch",
+            "p:{g:7}:bus",
+            "p:lodge:nodes",
+        ] {
             assert_eq!(k.route_of_channel(bad), None, "{bad}");
         }
     }

@@ -131,8 +131,6 @@ pub(crate) mod test_support {
     use super::*;
 
     pub struct TestRedis {
-        pub url: String,
-        pub prefix: String,
         pub keys: Arc<Keys>,
         pub conn: Conn,
     }
@@ -179,17 +177,11 @@ pub(crate) mod test_support {
     pub async fn redis_or_skip(what: &str) -> Option<TestRedis> {
         let url = test_url(what)?;
         let client = Client::open(url.as_str()).expect("TEST_REDIS_URL parses");
-        let prefix = unique_prefix(what);
-        let keys = Arc::new(Keys::new(prefix.clone()));
+        let keys = Arc::new(Keys::new(unique_prefix(what)));
         let conn = Conn::connect(&client, keys.clone(), Arc::new(RedisStats::default()))
             .await
             .expect("TEST_REDIS_URL answers");
-        Some(TestRedis {
-            url,
-            prefix,
-            keys,
-            conn,
-        })
+        Some(TestRedis { keys, conn })
     }
 }
 
@@ -224,7 +216,10 @@ mod tests {
         };
         let msg = e.to_string();
         assert!(matches!(e, SharedError::Unavailable(_)), "{msg}");
-        assert!(msg.contains("Redis at redis://lodge@127.0.0.1:1/0"), "{msg}");
+        assert!(
+            msg.contains("Redis at redis://lodge@127.0.0.1:1/0"),
+            "{msg}"
+        );
         assert!(!msg.contains("secret"), "{msg}");
     }
 
@@ -254,7 +249,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(shared.registry.live_nodes().await.unwrap(), vec![info]);
-        assert_eq!(rs.stats.ops(OpKind::Registry), 4, "SET, SADD, SMEMBERS, MGET");
+        assert_eq!(
+            rs.stats.ops(OpKind::Registry),
+            4,
+            "SET, SADD, SMEMBERS, MGET"
+        );
         let mut m = String::new();
         rs.stats.write_metrics(&mut m);
         assert!(m.contains("lodge_redis_up 1"), "{m}");

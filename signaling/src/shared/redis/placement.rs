@@ -187,7 +187,11 @@ mod tests {
         let both = [a.clone(), b.clone()];
         let h1 = p.home(1, 2, &a, &both).await.unwrap();
         assert_eq!(h1.node, a);
-        assert_eq!(p.home(1, 2, &b, &both).await.unwrap(), h1, "the live home stays");
+        assert_eq!(
+            p.home(1, 2, &b, &both).await.unwrap(),
+            h1,
+            "the live home stays"
+        );
 
         let h2 = p.home(1, 2, &b, std::slice::from_ref(&b)).await.unwrap();
         assert_eq!(h2.node, b, "a dead home is replaced");

@@ -152,12 +152,20 @@ mod tests {
         r.announce(&a, Duration::from_millis(300)).await.unwrap();
         r.announce(&b, Duration::from_secs(30)).await.unwrap();
         let live = r.live_nodes().await.unwrap();
-        assert_eq!(live, vec![a.clone(), b.clone()], "the draining flag round-trips");
+        assert_eq!(
+            live,
+            vec![a.clone(), b.clone()],
+            "the draining flag round-trips"
+        );
 
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(r.live_nodes().await.unwrap(), vec![b.clone()]);
         let members: Vec<String> = t.cmd(redis::cmd("SMEMBERS").arg(t.keys.nodes())).await;
-        assert_eq!(members, vec!["b".to_string()], "the expired id left the set");
+        assert_eq!(
+            members,
+            vec!["b".to_string()],
+            "the expired id left the set"
+        );
 
         r.withdraw(&b.id).await.unwrap();
         assert!(r.live_nodes().await.unwrap().is_empty());

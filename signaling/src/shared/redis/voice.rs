@@ -199,11 +199,17 @@ mod tests {
         };
         let s = RedisVoiceStates::new(t.conn.clone());
         assert!(s.swap(1, 2, None, Some("a")).await.unwrap());
-        assert!(!s.swap(1, 2, None, Some("b")).await.unwrap(), "a second insert loses");
+        assert!(
+            !s.swap(1, 2, None, Some("b")).await.unwrap(),
+            "a second insert loses"
+        );
         assert!(!s.swap(1, 2, Some("x"), Some("b")).await.unwrap());
         assert!(s.swap(1, 2, Some("a"), Some("b")).await.unwrap());
         assert!(s.swap(1, 3, None, Some("c")).await.unwrap());
-        assert!(s.swap(4, 3, None, Some("")).await.unwrap(), "an empty state is a state");
+        assert!(
+            s.swap(4, 3, None, Some("")).await.unwrap(),
+            "an empty state is a state"
+        );
         assert!(!s.swap(4, 3, None, Some("d")).await.unwrap());
         assert_eq!(s.get(1, 2).await.unwrap().as_deref(), Some("b"));
         assert_eq!(s.get(1, 9).await.unwrap(), None);
@@ -212,9 +218,16 @@ mod tests {
         assert_eq!(g, vec![(2, "b".to_string()), (3, "c".to_string())]);
         assert_eq!(s.guilds().await.unwrap(), vec![1, 4]);
 
-        assert!(!s.swap(1, 2, None, None).await.unwrap(), "expected absent, but present");
+        assert!(
+            !s.swap(1, 2, None, None).await.unwrap(),
+            "expected absent, but present"
+        );
         assert!(s.swap(1, 2, Some("b"), None).await.unwrap());
-        assert_eq!(s.guilds().await.unwrap(), vec![1, 4], "user 3 is still in guild 1");
+        assert_eq!(
+            s.guilds().await.unwrap(),
+            vec![1, 4],
+            "user 3 is still in guild 1"
+        );
         assert!(s.swap(1, 3, Some("c"), None).await.unwrap());
         assert!(s.swap(4, 3, Some(""), None).await.unwrap());
         assert!(s.guilds().await.unwrap().is_empty());
