@@ -131,11 +131,22 @@ pub(crate) mod test_support {
     use super::*;
 
     pub struct TestRedis {
+        client: Client,
         pub keys: Arc<Keys>,
         pub conn: Conn,
     }
 
     impl TestRedis {
+        /// `n` more command connections under the same prefix, as `n` nodes would have.
+        pub async fn conns(&self, n: usize) -> Vec<Conn> {
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                let c = Conn::connect(&self.client, self.keys.clone(), self.conn.stats.clone());
+                v.push(c.await.expect("TEST_REDIS_URL answers"));
+            }
+            v
+        }
+
         /// A raw command (test setup and checks); panics on failure.
         pub async fn cmd<T: redis::FromRedisValue>(&self, c: &redis::Cmd) -> T {
             self.conn
@@ -181,7 +192,7 @@ pub(crate) mod test_support {
         let conn = Conn::connect(&client, keys.clone(), Arc::new(RedisStats::default()))
             .await
             .expect("TEST_REDIS_URL answers");
-        Some(TestRedis { keys, conn })
+        Some(TestRedis { client, keys, conn })
     }
 }
 

@@ -156,14 +156,20 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_claims_agree_on_one_home() {
         let Some(t) = redis_or_skip("placement race").await else {
             return;
         };
-        let p = Arc::new(RedisPlacement::new(t.conn.clone()));
+        // 20 claimants, each with its own connection (20 nodes).
+        let nodes: Vec<Arc<RedisPlacement>> = t
+            .conns(20)
+            .await
+            .into_iter()
+            .map(|c| Arc::new(RedisPlacement::new(c)))
+            .collect();
         let alive: Arc<Vec<NodeId>> = Arc::new((0..20).map(|i| n(&format!("n{i}"))).collect());
-        let claims = (0..20).map(|i| {
+        let claims = nodes.iter().enumerate().map(|(i, p)| {
             let (p, alive) = (p.clone(), alive.clone());
             tokio::spawn(async move { p.home(1, 2, &alive[i], &alive).await.unwrap() })
         });
@@ -174,7 +180,10 @@ mod tests {
             .collect();
         assert!(homes.iter().all(|h| *h == homes[0]), "{homes:?}");
         assert_eq!(homes[0].epoch, 1, "one claim won, the others read it");
-        assert_eq!(p.current(1, 2).await.unwrap(), Some(homes[0].clone()));
+        assert_eq!(
+            nodes[0].current(1, 2).await.unwrap(),
+            Some(homes[0].clone())
+        );
     }
 
     #[tokio::test]

@@ -234,14 +234,21 @@ mod tests {
         assert!(s.guild(1).await.unwrap().is_empty());
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn fifty_racing_increments_all_land() {
         let Some(t) = redis_or_skip("voice cas race").await else {
             return;
         };
-        let s = Arc::new(RedisVoiceStates::new(t.conn.clone()));
-        let tasks = (0..50).map(|_| {
-            let s = s.clone();
+        // Five "nodes" (connections), ten writers each.
+        let nodes: Vec<Arc<RedisVoiceStates>> = t
+            .conns(5)
+            .await
+            .into_iter()
+            .map(|c| Arc::new(RedisVoiceStates::new(c)))
+            .collect();
+        let s = nodes[0].clone();
+        let tasks = (0..50).map(|i| {
+            let s = nodes[i % nodes.len()].clone();
             tokio::spawn(async move {
                 let mut tries = 0u32;
                 loop {
@@ -266,18 +273,23 @@ mod tests {
         println!("{retried} of 50 writers lost a race and retried");
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_token_is_redeemed_once_among_racers() {
         let Some(t) = redis_or_skip("token race").await else {
             return;
         };
-        let tokens = Arc::new(RedisVoiceTokens::new(t.conn.clone()));
-        tokens
+        let nodes: Vec<Arc<RedisVoiceTokens>> = t
+            .conns(4)
+            .await
+            .into_iter()
+            .map(|c| Arc::new(RedisVoiceTokens::new(c)))
+            .collect();
+        nodes[0]
             .issue("tok", "session-1", Duration::from_secs(60))
             .await
             .unwrap();
-        let redeems = (0..20).map(|_| {
-            let tokens = tokens.clone();
+        let redeems = (0..20).map(|i| {
+            let tokens = nodes[i % nodes.len()].clone();
             tokio::spawn(async move { tokens.redeem("tok").await.unwrap() })
         });
         let got: Vec<String> = futures_util::future::join_all(redeems)
