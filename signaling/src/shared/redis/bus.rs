@@ -421,8 +421,8 @@ impl Subscriber {
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         keepalive.tick().await;
         loop {
+            // Not biased: a flood of messages must not starve watch changes or the keepalive.
             tokio::select! {
-                biased;
                 msg = stream.next() => match msg {
                     Some(m) => {
                         if !self.deliver(m) {

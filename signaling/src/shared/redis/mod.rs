@@ -30,6 +30,32 @@
 //!
 //! Every Redis failure reaches callers as [`SharedError::Unavailable`] naming Redis and its
 //! URL without the password; [`RedisStats`] counts what each node asks of Redis.
+//!
+//! ```no_run
+//! # async fn start(bus: std::sync::Arc<dyn lodge_signaling::shared::Bus>) -> anyhow::Result<()> {
+//! use lodge_signaling::shared::redis::{BusIncoming, RedisShared, Route};
+//! use lodge_signaling::shared::NodeId;
+//!
+//! let (redis, mut incoming) =
+//!     RedisShared::connect("redis://127.0.0.1:6379", NodeId("node-a".into())).await?;
+//! let shared = redis.shared(bus); // the switch: every handler sees only the traits
+//! assert!(shared.clustered);
+//! redis.bus.watch(Route::Guild(7), true);
+//! let id = redis.bus.publish_raw(Route::Guild(7), "{\"t\":\"TYPING_START\"}".into()).await?;
+//! while let Some(m) = incoming.recv().await {
+//!     match m {
+//!         BusIncoming::Dispatch { route, id, payload } => { /* to the hub, in order */ }
+//!         BusIncoming::Node(msg) => { /* to the voice control plane */ }
+//!         BusIncoming::Lost => { /* dispatches may be missed from here on */ }
+//!         BusIncoming::Reconnected => { /* read_after(route, last id) for each route */ }
+//!     }
+//! }
+//! # let mut metrics = String::new();
+//! # redis.stats.write_metrics(&mut metrics);
+//! # let _ = id;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::sync::Arc;
 
