@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::dispatch::Dispatch;
 
 pub mod local;
+pub mod redis;
 
 /// A boxed future, so the traits stay object-safe.
 pub type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
