@@ -104,15 +104,22 @@ pub async fn run(s: AppState) {
             }
         };
         let now: BTreeMap<NodeId, NodeInfo> = live.into_iter().map(|n| (n.id.clone(), n)).collect();
-        let before = s.nodes.with(|v| std::mem::replace(&mut v.nodes, now.clone()));
+        let before = s
+            .nodes
+            .with(|v| std::mem::replace(&mut v.nodes, now.clone()));
         for (id, n) in &now {
             match before.get(id) {
-                None if *id != s.shared.me => info!(node = %id, endpoint = %n.endpoint, region = %n.region, "node joined the cluster"),
+                None if *id != s.shared.me => {
+                    info!(node = %id, endpoint = %n.endpoint, region = %n.region, "node joined the cluster")
+                }
                 Some(b) if !b.draining && n.draining => info!(node = %id, "node is draining"),
                 _ => {}
             }
         }
-        for id in before.keys().filter(|id| !now.contains_key(*id) && **id != s.shared.me) {
+        for id in before
+            .keys()
+            .filter(|id| !now.contains_key(*id) && **id != s.shared.me)
+        {
             warn!(node = %id, "node lost (its registration expired): moving the calls it hosted for this node's sessions");
             s.nodes.with(|v| v.nodes_lost += 1);
             let moved = rehome_lost(&s, id).await;

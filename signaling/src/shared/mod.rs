@@ -189,6 +189,9 @@ pub trait Bus: Send + Sync {
     /// calls count (two sessions in a guild: watched until both unwatch).
     fn watch_guild(&self, guild: u64, on: bool);
     fn watch_user(&self, user: u64, on: bool);
+    /// Resolves once every watch asked for so far is in effect (a session subscribes, waits
+    /// for this, then reads its snapshot: nothing published after the snapshot is missed).
+    fn synced(&self) -> Fut<'_, ()>;
 }
 
 /// One node's view of everything shared: the switch.

@@ -65,6 +65,7 @@ use super::{Bus, NodeId, Shared, SharedError, SharedResult};
 
 pub mod bus;
 pub mod conn;
+pub mod dispatch_bus;
 pub mod keys;
 pub mod placement;
 pub mod registry;
@@ -226,22 +227,7 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::*;
     use super::*;
-    use crate::dispatch::Dispatch;
-    use crate::shared::{Fut, NodeInfo, Roles};
-
-    /// A stand-in until dispatches serialize: the switch only needs some bus.
-    struct NoBus;
-
-    impl Bus for NoBus {
-        fn publish(&self, _d: Arc<Dispatch>) -> Fut<'_, SharedResult<()>> {
-            Box::pin(async { Err(SharedError::Unavailable("no bus in this test".into())) })
-        }
-        fn to_node<'a>(&'a self, _node: &'a NodeId, _msg: String) -> Fut<'a, SharedResult<()>> {
-            Box::pin(async { Err(SharedError::Unavailable("no bus in this test".into())) })
-        }
-        fn watch_guild(&self, _guild: u64, _on: bool) {}
-        fn watch_user(&self, _user: u64, _on: bool) {}
-    }
+    use crate::shared::{NodeInfo, Roles};
 
     #[tokio::test]
     async fn an_unreachable_redis_is_unavailable_and_named_without_its_password() {
@@ -270,7 +256,7 @@ mod tests {
         let (rs, _rx) = RedisShared::connect_with_prefix(&url, me.clone(), &prefix)
             .await
             .unwrap();
-        let shared = rs.shared(Arc::new(NoBus));
+        let shared = rs.shared(dispatch_bus::RedisDispatchBus::new(rs.bus.clone()));
         assert!(shared.clustered);
         let info = NodeInfo {
             id: me.clone(),

@@ -183,6 +183,16 @@ impl VoiceTokens for RedisVoiceTokens {
     fn redeem<'a>(&'a self, token: &'a str) -> Fut<'a, SharedResult<Option<String>>> {
         Box::pin(self.redeem_(token))
     }
+    fn exists<'a>(&'a self, token: &'a str) -> Fut<'a, SharedResult<bool>> {
+        Box::pin(async move {
+            let key = self.conn.keys.token(token);
+            let n: u64 = self
+                .conn
+                .cmd(OpKind::Token, redis::cmd("EXISTS").arg(&key))
+                .await?;
+            Ok(n > 0)
+        })
+    }
 }
 
 #[cfg(test)]
