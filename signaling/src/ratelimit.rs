@@ -532,6 +532,67 @@ mod tests {
         ));
     }
 
+    /// Shared limits that never answer well: Redis down (an error) or swamped (no answer).
+    struct Broken {
+        hang: bool,
+        calls: std::sync::atomic::AtomicU32,
+    }
+
+    impl RateLimits for Broken {
+        fn check<'a>(
+            &'a self,
+            _caller: Caller,
+            _bucket: u64,
+            _w: &'a RateWindows,
+        ) -> Fut<'a, SharedResult<RateVerdict>> {
+            self.calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self.hang {
+                return Box::pin(std::future::pending());
+            }
+            Box::pin(std::future::ready(Err(
+                crate::shared::SharedError::Unavailable("Redis at redis://x: refused".into()),
+            )))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_shared_limiter_fails_over_to_this_nodes_windows() {
+        let w = Limits {
+            route: 2,
+            ..Limits::default()
+        }
+        .windows();
+        for hang in [false, true] {
+            let r = RateLimiter::default();
+            let broken = Broken {
+                hang,
+                calls: Default::default(),
+            };
+            let u = Caller::User(1);
+            assert!(matches!(
+                r.check_shared(&broken, u, 7, &w).await,
+                RateVerdict::Ok { remaining: 1, .. }
+            ));
+            assert!(matches!(
+                r.check_shared(&broken, u, 7, &w).await,
+                RateVerdict::Ok { remaining: 0, .. }
+            ));
+            assert!(
+                matches!(
+                    r.check_shared(&broken, u, 7, &w).await,
+                    RateVerdict::Limited { global: false, .. }
+                ),
+                "still limited, on this node's own count (hang: {hang})"
+            );
+            let calls = |b: &Broken| b.calls.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(calls(&broken), 1, "Redis is left alone after a failure");
+            tokio::time::sleep(SHARED_RETRY).await;
+            r.check_shared(&broken, Caller::User(2), 7, &w).await;
+            assert_eq!(calls(&broken), 2, "and asked again after SHARED_RETRY");
+        }
+    }
+
     #[test]
     fn memory_is_bounded() {
         let r = RateLimiter::default();

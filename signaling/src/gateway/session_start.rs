@@ -215,4 +215,35 @@ mod tests {
         assert_eq!(s.try_start_at(1, l, next_day).unwrap().remaining, 4);
         assert_eq!(s.remaining_at(1, l, next_day).reset_after, DAY);
     }
+
+    struct Down;
+
+    impl StartBudgets for Down {
+        fn try_start(
+            &self,
+            _user: u64,
+            _limits: StartLimits,
+        ) -> Fut<'_, SharedResult<Result<Remaining, StartRefused>>> {
+            Box::pin(std::future::ready(Err(
+                crate::shared::SharedError::Unavailable("Redis at redis://x: refused".into()),
+            )))
+        }
+        fn remaining(&self, _user: u64, _limits: StartLimits) -> Fut<'_, SharedResult<Remaining>> {
+            Box::pin(std::future::ready(Err(
+                crate::shared::SharedError::Unavailable("Redis at redis://x: refused".into()),
+            )))
+        }
+    }
+
+    #[tokio::test]
+    async fn unreachable_budgets_count_on_this_node() {
+        let l = StartLimits {
+            total: 5,
+            max_concurrency: 1,
+        };
+        let s = StartLimiter::new(l, Arc::new(Down));
+        assert_eq!(s.try_start(1).await.unwrap().remaining, 4);
+        assert_eq!(s.try_start(1).await, Err(StartRefused::TooFast));
+        assert_eq!(s.remaining(1).await.remaining, 4);
+    }
 }
