@@ -28,7 +28,9 @@
 //! with plain commands; the pruning script would need a common tag such as `{lodge}` on a
 //! cluster) and `lodge:voice-guilds`, which the voice-state script updates together with a
 //! guild's hash — on a cluster it would be one set per shard (see [`voice`]). Bus channels
-//! would move to sharded pub/sub (SPUBLISH) on a cluster.
+//! would move to sharded pub/sub (SPUBLISH) on a cluster. The per-node presence set
+//! (`lodge:node:<id>:presence`) is the same kind of exception, kept by the presence script
+//! together with the user's hash (see [`presence`]).
 //!
 //! Tests put a prefix in front of every name ([`RedisShared::connect_with_prefix`]), so many
 //! can share one server.
