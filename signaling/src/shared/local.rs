@@ -208,6 +208,39 @@ impl Bus for LocalBus {
     }
 }
 
+/// The resume store of a node alone: nothing leaves the process (a session resumes from its
+/// node's memory, and there is no other node to resume on).
+pub struct LocalResume;
+
+impl ResumeStore for LocalResume {
+    fn position(&self) -> Fut<'_, SharedResult<StreamId>> {
+        ready(Ok(StreamId::ZERO))
+    }
+    fn open(&self, _meta: SessionMeta) {}
+    fn append(&self, _session: &str, _seq: u64, _entry: Logged) {}
+    fn adopt(&self, _session: &str, _routes: std::collections::BTreeMap<Route, StreamId>) {}
+    fn follow(&self, _session: &str, _guilds: Vec<u64>, _joined: Option<(Route, StreamId)>) {}
+    fn end(&self, _session: &str) {}
+    fn close(&self, _session: &str) {}
+    fn load<'a>(&'a self, _session: &'a str) -> Fut<'a, SharedResult<Option<StoredSession>>> {
+        ready(Ok(None))
+    }
+    fn payloads<'a>(
+        &'a self,
+        at: &'a [(Route, StreamId)],
+    ) -> Fut<'a, SharedResult<Vec<Option<String>>>> {
+        ready(Ok(vec![None; at.len()]))
+    }
+    fn route_after(
+        &self,
+        _route: Route,
+        _after: StreamId,
+        _count: usize,
+    ) -> Fut<'_, SharedResult<Vec<(StreamId, String)>>> {
+        ready(Ok(Vec::new()))
+    }
+}
+
 impl Shared {
     /// One node, in-process state only.
     pub fn local(me: NodeId, hub: Hub, inbox: mpsc::UnboundedSender<String>) -> Shared {
@@ -218,6 +251,7 @@ impl Shared {
             placement: Arc::new(LocalPlacement::default()),
             voice_states: Arc::new(LocalVoiceStates::default()),
             voice_tokens: Arc::new(LocalVoiceTokens::default()),
+            resume: Arc::new(LocalResume),
             clustered: false,
         }
     }

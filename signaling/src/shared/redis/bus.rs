@@ -242,6 +242,34 @@ impl RedisBus {
             .collect()
     }
 
+    /// The payloads at given positions of their routes' streams (`XRANGE id id` each, in one
+    /// pipeline); `None` where the stream no longer holds it (trimmed, or Redis lost it).
+    pub async fn read_at(&self, at: &[(Route, StreamId)]) -> SharedResult<Vec<Option<String>>> {
+        if at.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (route, id) in at {
+            pipe.cmd("XRANGE")
+                .arg(self.conn.keys.stream(*route))
+                .arg(id.to_string())
+                .arg(id.to_string());
+        }
+        type Entries = Vec<(String, Vec<String>)>;
+        let got: Vec<Entries> = self
+            .conn
+            .pipe(OpKind::StreamRead, at.len() as u64, &pipe)
+            .await?;
+        Ok(got
+            .into_iter()
+            .map(|entries| {
+                let (_, mut fields) = entries.into_iter().next()?;
+                // Fields are [`d`, payload].
+                (fields.len() == 2 && fields[0] == "d").then(|| fields.swap_remove(1))
+            })
+            .collect())
+    }
+
     /// The oldest dispatch the route's stream still holds. A reader whose last position is
     /// older than this may have missed dispatches trimmed away (it must be told, not resumed).
     pub async fn oldest(&self, route: Route) -> SharedResult<Option<StreamId>> {

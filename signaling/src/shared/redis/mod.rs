@@ -17,6 +17,8 @@
 //! | `{g:<guild>}:bus`, `{u:<user>}:bus`    | stream  | the route's dispatches, field `d`, `MAXLEN ~ 10000` |
 //! | `{g:<guild>}:ch`, `{u:<user>}:ch`      | channel | `"<stream id> <payload>"` for each dispatch  |
 //! | `lodge:node:<id>:inbox`                | channel | messages to one node                         |
+//! | `{s:<session>}:meta`                   | hash    | a gateway session's resume meta, PX = resume window ([`resume`]) |
+//! | `{s:<session>}:log`                    | stream  | the session's sequence numbers: route, stream id and body of each dispatch, `MAXLEN` = replay cap |
 //!
 //! Everything about a guild shares the hash tag `{g:<guild>}`, so each script touches one
 //! Redis Cluster slot. The exceptions are node-wide and small: the registry (two keys, read
@@ -69,6 +71,7 @@ pub mod dispatch_bus;
 pub mod keys;
 pub mod placement;
 pub mod registry;
+pub mod resume;
 pub mod stats;
 pub mod voice;
 
@@ -76,6 +79,7 @@ pub use bus::{BusIncoming, RedisBus, RedisBusRx, StreamId};
 pub use keys::{Keys, Route};
 pub use placement::RedisPlacement;
 pub use registry::RedisRegistry;
+pub use resume::RedisResumeStore;
 pub use stats::{OpKind, RedisStats};
 pub use voice::{RedisVoiceStates, RedisVoiceTokens};
 
@@ -90,6 +94,8 @@ pub struct RedisShared {
     /// serializes dispatches) is built where the dispatch format lives, and passed to
     /// [`RedisShared::shared`].
     pub bus: Arc<RedisBus>,
+    /// Gateway sessions' resume state (over the bus's streams).
+    pub resume: Arc<RedisResumeStore>,
     pub stats: Arc<RedisStats>,
     /// The URL without its password, for logs.
     pub url: Arc<str>,
@@ -117,13 +123,15 @@ impl RedisShared {
         let conn = conn::Conn::connect(&client, keys, stats.clone()).await?;
         let (bus, rx) = RedisBus::connect(client, conn.clone(), me.clone()).await?;
         tracing::info!(url = %conn.url, node = %me, "connected to Redis");
+        let bus = Arc::new(bus);
         let shared = RedisShared {
+            resume: Arc::new(RedisResumeStore::new(conn.clone(), bus.clone(), me.clone())),
             me,
             registry: Arc::new(RedisRegistry::new(conn.clone())),
             placement: Arc::new(RedisPlacement::new(conn.clone())),
             voice_states: Arc::new(RedisVoiceStates::new(conn.clone())),
             voice_tokens: Arc::new(RedisVoiceTokens::new(conn.clone())),
-            bus: Arc::new(bus),
+            bus,
             stats,
             url: conn.url.clone(),
         };
@@ -140,6 +148,7 @@ impl RedisShared {
             voice_states: self.voice_states.clone(),
             voice_tokens: self.voice_tokens.clone(),
             bus,
+            resume: self.resume.clone(),
             clustered: true,
         }
     }

@@ -22,10 +22,12 @@ pub enum OpKind {
     StreamRead,
     /// Bus subscriptions: SUBSCRIBE and UNSUBSCRIBE on the pub/sub connection.
     Subscribe,
+    /// Gateway sessions' resume state: meta, log appends and refreshes, loads.
+    Resume,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 7] = [
+    pub const ALL: [OpKind; 8] = [
         OpKind::Registry,
         OpKind::Placement,
         OpKind::Voice,
@@ -33,6 +35,7 @@ impl OpKind {
         OpKind::Publish,
         OpKind::StreamRead,
         OpKind::Subscribe,
+        OpKind::Resume,
     ];
 
     /// The `kind` label.
@@ -45,6 +48,7 @@ impl OpKind {
             OpKind::Publish => "publish",
             OpKind::StreamRead => "stream_read",
             OpKind::Subscribe => "subscribe",
+            OpKind::Resume => "resume",
         }
     }
 }
