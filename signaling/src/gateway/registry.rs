@@ -397,6 +397,23 @@ impl Sessions {
         self.maps().by_user.get(&user).cloned().unwrap_or_default()
     }
 
+    /// Remove `r` if it is still the session registered under `id` (a session that moved to
+    /// another node and came back is a new one under the same id).
+    pub fn remove_if(&self, id: &str, r: &SessionRef) {
+        let mut m = self.maps();
+        if !m.by_id.get(id).is_some_and(|x| Arc::ptr_eq(x, r)) {
+            return;
+        }
+        m.by_id.remove(id);
+        let user = lock_session(r).user.id;
+        if let Some(v) = m.by_user.get_mut(&user) {
+            v.retain(|x| !Arc::ptr_eq(x, r));
+            if v.is_empty() {
+                m.by_user.remove(&user);
+            }
+        }
+    }
+
     pub fn remove(&self, id: &str) {
         let mut m = self.maps();
         if let Some(r) = m.by_id.remove(id) {

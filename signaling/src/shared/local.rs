@@ -231,6 +231,9 @@ impl ResumeStore for LocalResume {
     ) -> Fut<'a, SharedResult<Vec<Option<String>>>> {
         ready(Ok(vec![None; at.len()]))
     }
+    fn route_intact(&self, _route: Route, _after: StreamId) -> Fut<'_, SharedResult<bool>> {
+        ready(Ok(false))
+    }
     fn route_after(
         &self,
         _route: Route,

@@ -273,6 +273,8 @@ pub trait ResumeStore: Send + Sync {
         &'a self,
         at: &'a [(Route, StreamId)],
     ) -> Fut<'a, SharedResult<Vec<Option<String>>>>;
+    /// Whether a route's stream still holds every dispatch after `after`.
+    fn route_intact(&self, route: Route, after: StreamId) -> Fut<'_, SharedResult<bool>>;
     /// Up to `count` dispatches of a route's stream after `after`, oldest first.
     fn route_after(
         &self,

@@ -496,6 +496,10 @@ impl ResumeStore for RedisResumeStore {
         Box::pin(self.bus.read_at(at))
     }
 
+    fn route_intact(&self, route: Route, after: StreamId) -> Fut<'_, SharedResult<bool>> {
+        Box::pin(self.bus.intact_after(route, after))
+    }
+
     fn route_after(
         &self,
         route: Route,
