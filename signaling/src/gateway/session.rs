@@ -659,8 +659,13 @@ pub(super) fn follow_guilds(s: &AppState, d: &crate::dispatch::Dispatch, w: &mut
             s.shared.bus.watch_guild(g, true);
             w.guilds.push(g);
             if let (Some((_, id)), true) = (d.bus, w.journaled) {
-                let from = StreamId { ms: id.ms.saturating_sub(1), seq: u64::MAX };
-                s.shared.resume.follow(&w.session, w.guilds.clone(), Some((Route::Guild(g), from)));
+                let from = StreamId {
+                    ms: id.ms.saturating_sub(1),
+                    seq: u64::MAX,
+                };
+                s.shared
+                    .resume
+                    .follow(&w.session, w.guilds.clone(), Some((Route::Guild(g), from)));
             }
         }
         (DispatchKind::GuildDelete, target) if !matches!(target, Target::User(u) if *u != w.user) => {

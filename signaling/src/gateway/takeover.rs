@@ -92,7 +92,8 @@ pub fn plan(st: &StoredSession, user: u64, acked: u64) -> Result<Plan, Refused> 
     if want != top + 1 {
         return Err(Refused::NotLogged(want));
     }
-    let routes = std::iter::once(Route::User(m.user)).chain(m.guilds.iter().map(|g| Route::Guild(*g)));
+    let routes =
+        std::iter::once(Route::User(m.user)).chain(m.guilds.iter().map(|g| Route::Guild(*g)));
     let mut from: BTreeMap<Route, StreamId> = routes.map(|r| (r, m.created)).collect();
     let logged = st.log.iter().filter_map(|(_, e)| match e {
         Logged::Shared { route, id, .. } => Some((route, id)),
@@ -220,7 +221,13 @@ pub(super) async fn resume(s: &AppState, d: &Resume, user: User, conn: u64) -> O
         frames.push(g.record(DispatchKind::Resumed, "{}"));
         frames
     };
-    tokio::spawn(collector(s.clone(), sref.clone(), hub_rx, watched, caught_up));
+    tokio::spawn(collector(
+        s.clone(),
+        sref.clone(),
+        hub_rx,
+        watched,
+        caught_up,
+    ));
     info!(
         user = uid,
         session = %short(sid),

@@ -236,13 +236,12 @@ impl Writer {
                     match entry {
                         Logged::Shared { route, id, body } => {
                             held.routes.insert(route, id);
-                            cmd
-                            .arg("route")
-                            .arg(route.to_string())
-                            .arg("id")
-                            .arg(id.to_string())
-                            .arg("body")
-                            .arg(body_name(body))
+                            cmd.arg("route")
+                                .arg(route.to_string())
+                                .arg("id")
+                                .arg(id.to_string())
+                                .arg("body")
+                                .arg(body_name(body))
                         }
                         Logged::Own => cmd.arg("own").arg(1),
                     }
@@ -339,7 +338,10 @@ impl Writer {
             let mut pipe = redis::pipe();
             for s in chunk {
                 pipe.cmd("PEXPIRE").arg(keys.session_meta(s)).arg(ttl);
-                pipe.cmd("PEXPIRE").arg(keys.session_log(s)).arg(ttl).ignore();
+                pipe.cmd("PEXPIRE")
+                    .arg(keys.session_log(s))
+                    .arg(ttl)
+                    .ignore();
             }
             let n = 2 * chunk.len() as u64;
             match self.conn.pipe::<Vec<i64>>(OpKind::Resume, n, &pipe).await {
@@ -356,11 +358,7 @@ impl Writer {
     }
 }
 
-fn parse_meta(
-    key: &str,
-    session: &str,
-    h: &HashMap<String, String>,
-) -> SharedResult<SessionMeta> {
+fn parse_meta(key: &str, session: &str, h: &HashMap<String, String>) -> SharedResult<SessionMeta> {
     let malformed = |why: &str| SharedError::Malformed {
         key: key.to_string(),
         why: why.to_string(),
