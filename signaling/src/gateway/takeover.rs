@@ -16,6 +16,17 @@
 //!    past their position, and gap markers, refuse.
 //! 4. The collector starts and skips live dispatches up to where the catch-up read: none twice.
 //! 5. The previous node, if alive, is told to drop its copy (without ending the voice).
+//!
+//! Where clients come back: READY's `resume_gateway_url` is `--public-url`'s gateway. discord.py
+//! (2.6) resumes only there, retrying the same URL with a back-off (up to about 17 minutes
+//! between tries) for as long as it cannot connect; it returns to the default gateway only
+//! after op 9. So a cluster must give every node the same, load-balanced `--public-url`:
+//! clients then resume through the balancer, which reaches any live node, and this module
+//! does the rest. With a node's own address there, its clients never leave it when it dies.
+//!
+//! What can still be refused: the log is written in batches just after delivery, so a client
+//! that acknowledged a dispatch its dead node had not logged yet (a window of about one Redis
+//! round trip) gets op 9 and identifies again — told, never left silently behind.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
