@@ -76,6 +76,8 @@ pub struct Session {
     /// Taken over by another node: this copy ends without ending the session's voice or
     /// forgetting its resume state.
     pub moved: bool,
+    /// Ended for a reason that must not end its voice (the bus lost dispatches).
+    pub keep_voice: bool,
 }
 
 /// Why a resume is refused.
@@ -111,6 +113,7 @@ impl Session {
             visible: HashMap::new(),
             journal: None,
             moved: false,
+            keep_voice: false,
         }
     }
 
@@ -244,6 +247,9 @@ impl Session {
             );
         }
         self.end((4000, reason));
+        // The call is not the session's fault: it goes on until its voice connection ends
+        // (or the client, identified again, sends op 4 with its new session).
+        self.keep_voice = true;
     }
 
     /// When the session's connection was detached (None while connected).

@@ -638,11 +638,11 @@ pub(super) async fn collector(
                 let (expired, id) = { let g = lock(&sref); (g.expired(Instant::now()), g.id.clone()) };
                 if expired {
                     s.sessions.remove_if(&id, &sref);
-                    let (journal, moved) = { let mut g = lock(&sref); (g.take_journal(), g.moved) };
+                    let (journal, moved, keep_voice) = { let mut g = lock(&sref); (g.take_journal(), g.moved, g.keep_voice) };
                     if let Some(j) = journal {
                         j.close(&id);
                     }
-                    if !moved {
+                    if !moved && !keep_voice {
                         end_voice(&s, &sref).await;
                     }
                     debug!(session = %&id[..6], moved, "gateway session expired");
