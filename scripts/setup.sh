@@ -4,6 +4,7 @@
 #   nodejs, npm      drive Chromium with playwright-core
 #   curl, python3    the test runners; python3-venv for the discord.py test (pip: discord.py)
 #   postgresql       the storage suites run a second time on PostgreSQL (scripts/postgres.sh)
+#   redis-server     the shared state and bus of a cluster (scripts/redis.sh, TEST_REDIS_URL)
 #   libopus-dev, pkg-config   the codec crate links the system libopus
 #   espeak-ng        synthesises the speech sample of `lodge-load playout`
 #   fonts-dejavu-core  the font of the playout report's PNG plots
@@ -19,6 +20,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev)
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)

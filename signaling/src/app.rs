@@ -25,6 +25,10 @@ pub struct Inner {
     pub voice: Mutex<VoiceConns>,
     /// Everything shared with other nodes (in-process when the node is alone): the switch.
     pub shared: Shared,
+    /// In a cluster: Redis's counters.
+    pub redis: std::sync::OnceLock<RedisParts>,
+    /// The other nodes of the cluster, as the registry last showed them.
+    pub nodes: crate::nodes::ClusterView,
     pub sessions: crate::gateway::registry::Sessions,
     pub presences: crate::gateway::presence::Presences,
     pub ready: AtomicBool,
@@ -52,6 +56,12 @@ pub struct Inner {
     pub reports: crate::node_report::NodeReports,
     /// Open `/quality/live` sockets, bounded per viewer and node-wide.
     pub live_sockets: crate::rest::quality::LiveSockets,
+}
+
+/// What a cluster member keeps of its Redis connection, for /metrics.
+pub struct RedisParts {
+    pub stats: Arc<crate::shared::redis::RedisStats>,
+    pub publish: Arc<crate::shared::redis::dispatch_bus::PublishStats>,
 }
 
 /// A token (or, with `token_hash: None`, every token of the user) was revoked.
@@ -115,6 +125,8 @@ impl AppState {
         AppState(Arc::new(Inner {
             voice: Mutex::new(VoiceConns::new()),
             shared,
+            nodes: Default::default(),
+            redis: std::sync::OnceLock::new(),
             cfg,
             store,
             sfu,

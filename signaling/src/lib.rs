@@ -6,6 +6,7 @@
 
 pub mod account_limits;
 pub mod app;
+pub mod bus_in;
 pub mod client_addr;
 pub mod cluster;
 pub mod config;
@@ -65,6 +66,10 @@ pub enum StartError {
         path: std::path::PathBuf,
         err: lodge_chat::ChatError,
     },
+    #[error(
+        "cannot reach Redis for the cluster ({0}); check --redis-url and that Redis is running"
+    )]
+    Redis(shared::SharedError),
     #[error("cannot start the cluster trunk: {0}")]
     Cluster(lodge_edge::EdgeError),
     #[error("cannot create the data directory {path}: {err}")]
@@ -182,12 +187,43 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         None => None,
     };
     let hub = hub::Hub::new();
-    let (inbox_tx, inbox_rx) = tokio::sync::mpsc::unbounded_channel();
     let me = shared::NodeId(cfg.node_name());
-    let shared = shared::Shared::local(me, hub.clone(), inbox_tx);
+    // The switch: alone, everything in this process; with --redis-url, everything shared on
+    // Redis. Nothing after this point asks which.
+    let (shared, redis) = match cfg.redis_url.clone() {
+        None => {
+            let (inbox_tx, inbox_rx) = tokio::sync::mpsc::unbounded_channel();
+            (
+                shared::Shared::local(me, hub.clone(), inbox_tx),
+                Err(inbox_rx),
+            )
+        }
+        Some(url) => {
+            let (redis, rx) = shared::redis::RedisShared::connect(&url, me)
+                .await
+                .map_err(StartError::Redis)?;
+            let bus = shared::redis::dispatch_bus::RedisDispatchBus::new(redis.bus.clone());
+            hub.route_through(bus.clone());
+            let shared = redis.shared(bus.clone());
+            (shared, Ok((redis, bus, rx)))
+        }
+    };
     let state = AppState::new(cfg, store, sfu, hub, shared);
     nodes::announce_once(&state).await;
-    tokio::spawn(voice::executor::run_inbox(state.clone(), inbox_rx));
+    match redis {
+        Err(inbox_rx) => {
+            tokio::spawn(voice::executor::run_inbox(state.clone(), inbox_rx));
+        }
+        Ok((redis, bus, rx)) => {
+            tokio::spawn(bus_in::run(state.clone(), redis.bus.clone(), rx));
+            tokio::spawn(nodes::run(state.clone()));
+            let _ = state.redis.set(app::RedisParts {
+                stats: redis.stats.clone(),
+                publish: bus.stats.clone(),
+            });
+            tracing::info!(node = %state.shared.me, redis = %redis.url, "cluster member: shared state and the bus on Redis");
+        }
+    }
     let node_events = tokio::spawn(voice::service::run_sfu_events(state.clone(), events));
     tokio::spawn(quality::run_sampler(state.clone()));
     if let Some((c, cluster_events)) = cluster {

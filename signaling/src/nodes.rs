@@ -1,10 +1,48 @@
-//! This node in the registry: what it announces about itself.
+//! This node in the registry: it announces itself with a time to live and renews it; it watches
+//! the other nodes, logs each one that joins or leaves, and when a node is lost, moves the
+//! callers whose gateway sessions are here and whose room that node hosted to a new home.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tracing::{info, warn};
 
 use crate::app::AppState;
-use crate::shared::NodeInfo;
+use crate::shared::{NodeId, NodeInfo};
+use crate::voice::control::Input;
+use crate::voice::state::Home;
 
-/// How long a registration lives unless renewed.
-pub const NODE_TTL: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long a registration lives unless renewed: a node that stops renewing is lost to the
+/// others this long after its last renewal (plus up to one [`RENEW_EVERY`]).
+pub const NODE_TTL: Duration = Duration::from_secs(2);
+/// How often a node renews its registration and reads everyone else's.
+pub const RENEW_EVERY: Duration = Duration::from_millis(500);
+
+/// What this node knows of the cluster (for metrics and logs).
+#[derive(Default)]
+pub struct ClusterView {
+    inner: Mutex<View>,
+}
+
+#[derive(Default, Clone)]
+pub struct View {
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    /// Whether the last renewal reached the registry.
+    pub registered: bool,
+    pub renewals_failed: u64,
+    pub nodes_lost: u64,
+    pub callers_rehomed: u64,
+}
+
+impl ClusterView {
+    pub fn get(&self) -> View {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn with<R>(&self, f: impl FnOnce(&mut View) -> R) -> R {
+        f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
 
 /// What this node is now.
 pub fn info(s: &AppState) -> NodeInfo {
@@ -14,13 +52,140 @@ pub fn info(s: &AppState) -> NodeInfo {
         region: s.cfg.region.clone(),
         roles: s.cfg.roles,
         load: s.sfu.participants() as u32,
-        draining: !s.ready.load(std::sync::atomic::Ordering::Relaxed) && *s.shutdown.borrow(),
+        draining: *s.shutdown.borrow(),
     }
 }
 
-/// Register this node (once; a cluster renews it on a timer).
+/// Register this node (a cluster then renews it with [`run`]).
 pub async fn announce_once(s: &AppState) {
-    if let Err(e) = s.shared.registry.announce(&info(s), NODE_TTL).await {
-        tracing::warn!(error = %e, "could not register this node");
+    match s.shared.registry.announce(&info(s), NODE_TTL).await {
+        Ok(()) => s.nodes.with(|v| v.registered = true),
+        Err(e) => warn!(error = %e, "could not register this node"),
     }
+}
+
+/// Renew this node's registration and follow the others', until shutdown.
+pub async fn run(s: AppState) {
+    let mut tick = tokio::time::interval(RENEW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = s.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => {
+                let _ = s.shared.registry.withdraw(&s.shared.me).await;
+                info!(node = %s.shared.me, "left the cluster registry");
+                return;
+            }
+        }
+        let was = s.nodes.get().registered;
+        match s.shared.registry.announce(&info(&s), NODE_TTL).await {
+            Ok(()) if !was => {
+                info!(node = %s.shared.me, "registered in the cluster");
+                s.nodes.with(|v| v.registered = true);
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if was {
+                    warn!(error = %e, "cannot renew this node's registration; retrying every {RENEW_EVERY:?}");
+                }
+                s.nodes.with(|v| {
+                    v.registered = false;
+                    v.renewals_failed += 1;
+                });
+                continue;
+            }
+        }
+        let live = match s.shared.registry.live_nodes().await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot read the node registry");
+                continue;
+            }
+        };
+        let now: BTreeMap<NodeId, NodeInfo> = live.into_iter().map(|n| (n.id.clone(), n)).collect();
+        let before = s
+            .nodes
+            .with(|v| std::mem::replace(&mut v.nodes, now.clone()));
+        for (id, n) in &now {
+            match before.get(id) {
+                None if *id != s.shared.me => {
+                    info!(node = %id, endpoint = %n.endpoint, region = %n.region, "node joined the cluster")
+                }
+                Some(b) if !b.draining && n.draining => info!(node = %id, "node is draining"),
+                _ => {}
+            }
+        }
+        for id in before
+            .keys()
+            .filter(|id| !now.contains_key(*id) && **id != s.shared.me)
+        {
+            warn!(node = %id, "node lost (its registration expired): moving the calls it hosted for this node's sessions");
+            s.nodes.with(|v| v.nodes_lost += 1);
+            let moved = rehome_lost(&s, id).await;
+            s.nodes.with(|v| v.callers_rehomed += moved);
+        }
+    }
+}
+
+/// Callers whose room `lost` hosted and whose gateway session is on this node get a new home
+/// and a new VOICE_SERVER_UPDATE. (Every node does this for its own sessions; the room's new
+/// home is claimed once, whoever asks first.) Returns how many were moved.
+pub async fn rehome_lost(s: &AppState, lost: &NodeId) -> u64 {
+    let guilds = match s.shared.voice_states.guilds().await {
+        Ok(g) => g,
+        Err(e) => {
+            warn!(error = %e, "cannot read voice states to move the calls of a lost node");
+            return 0;
+        }
+    };
+    let mut moved = 0;
+    for g in guilds {
+        let states = crate::voice::executor::guild_states(s, g)
+            .await
+            .unwrap_or_default();
+        for st in states {
+            let there = matches!(&st.home, Home::Node(h) if h.node == *lost);
+            if !there || s.sessions.get(&st.session_id).is_none() {
+                continue;
+            }
+            let region = Some(st.region.as_str()).filter(|r| !r.is_empty());
+            let placed = match crate::voice::service::placed_for(
+                s,
+                st.guild_id,
+                st.channel_id,
+                region,
+                st.can_speak,
+            )
+            .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(error = ?e, "could not place a caller of a lost node");
+                    continue;
+                }
+            };
+            match crate::voice::executor::run(s, st.guild_id, st.user_id, &Input::Rehome(placed))
+                .await
+            {
+                Ok(_) => moved += 1,
+                Err(e) => warn!(error = %e, "could not move a caller of a lost node"),
+            }
+        }
+    }
+    if moved > 0 {
+        info!(node = %lost, callers = moved, "callers moved off a lost node");
+    }
+    moved
+}
+
+/// Registry metrics.
+pub fn write_metrics(s: &AppState, out: &mut String) {
+    use std::fmt::Write as _;
+    let v = s.nodes.get();
+    let _ = writeln!(out, "# HELP lodge_cluster_nodes Nodes registered in the cluster (this one included)\n# TYPE lodge_cluster_nodes gauge\nlodge_cluster_nodes {}", v.nodes.len());
+    let _ = writeln!(out, "# HELP lodge_cluster_registered Whether this node's last renewal reached the registry\n# TYPE lodge_cluster_registered gauge\nlodge_cluster_registered {}", v.registered as u8);
+    let _ = writeln!(out, "# HELP lodge_cluster_renewals_failed_total Registrations this node could not renew\n# TYPE lodge_cluster_renewals_failed_total counter\nlodge_cluster_renewals_failed_total {}", v.renewals_failed);
+    let _ = writeln!(out, "# HELP lodge_cluster_nodes_lost_total Nodes this node saw expire from the registry\n# TYPE lodge_cluster_nodes_lost_total counter\nlodge_cluster_nodes_lost_total {}", v.nodes_lost);
+    let _ = writeln!(out, "# HELP lodge_cluster_callers_rehomed_total Callers this node moved off lost nodes\n# TYPE lodge_cluster_callers_rehomed_total counter\nlodge_cluster_callers_rehomed_total {}", v.callers_rehomed);
 }

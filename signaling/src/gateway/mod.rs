@@ -14,7 +14,7 @@ pub mod visibility;
 
 pub use client_op::MAX_PAYLOAD;
 pub use opcode::{payload, Opcode, UnknownOpcode};
-pub use session::{end_sessions_of, ws_handler};
+pub use session::{end_sessions_of, invalidate_route, ws_handler};
 
 /// Client payloads allowed per [`RATE_WINDOW`] before closing with 4008.
 pub const RATE_LIMIT: usize = 120;

@@ -150,6 +150,21 @@ impl Session {
         self.detach_all();
     }
 
+    /// The session may have missed dispatches: tell its connection (op 9, not resumable) and
+    /// end it with `reason`.
+    pub fn invalidate(&mut self, reason: &'static str) {
+        if let Some((_, tx)) = &self.live {
+            let _ = tx.try_send(
+                crate::gateway::payload(
+                    crate::gateway::Opcode::InvalidSession,
+                    serde_json::json!(false),
+                )
+                .to_string(),
+            );
+        }
+        self.end((4000, reason));
+    }
+
     /// When the session's connection was detached (None while connected).
     pub fn detached_at(&self) -> Option<Instant> {
         self.detached_at
@@ -285,6 +300,11 @@ impl Sessions {
             })
             .unwrap_or(0);
         live < cap
+    }
+
+    /// Every session (for cluster-wide notices).
+    pub fn all(&self) -> Vec<SessionRef> {
+        self.maps().by_id.values().cloned().collect()
     }
 
     pub fn get(&self, id: &str) -> Option<SessionRef> {

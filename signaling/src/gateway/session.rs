@@ -395,8 +395,24 @@ impl Conn {
                 ));
             }
         }
-        // Subscribe before reading the snapshot so nothing falls between the two.
+        // Subscribe (and, in a cluster, watch the bus routes, confirmed) before reading the
+        // snapshot so nothing falls between the two.
         let hub_rx = s.hub.subscribe(d.intents);
+        let guild_ids: Vec<u64> = s
+            .store
+            .user_guilds(user.id)
+            .await
+            .map_err(|_| stop(close::UNKNOWN_ERROR, "storage error"))?
+            .iter()
+            .map(|g| g.id)
+            .collect();
+        watch_routes(&s, user.id, &guild_ids, true);
+        s.shared.bus.synced().await;
+        let watched = Watched {
+            s: s.clone(),
+            user: user.id,
+            guilds: guild_ids,
+        };
         let (sess, ready, creates) = snapshot(&s, &d, user).await?;
         let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
         let id = sess.id.clone();
@@ -426,7 +442,7 @@ impl Conn {
             g.attach(self.id, live_tx);
             f
         };
-        tokio::spawn(collector(s.clone(), sref.clone(), hub_rx));
+        tokio::spawn(collector(s.clone(), sref.clone(), hub_rx, watched));
         info!(user = uid, session = %&id[..6], "gateway session identified");
         super::presence::connected(&s, uid, d.presence.as_ref()).await;
         self.session = Some(sref);
@@ -515,14 +531,28 @@ async fn resume(
     Some((sref, live_rx, frames))
 }
 
+/// The bus routes a session watches; unwatched when dropped (the session's end).
+struct Watched {
+    s: AppState,
+    user: u64,
+    guilds: Vec<u64>,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        watch_routes(&self.s, self.user, &self.guilds, false);
+    }
+}
+
 /// Receives hub dispatches for one session until it expires, connected or not.
-async fn collector(s: AppState, sref: SessionRef, mut hub: Subscription) {
+async fn collector(s: AppState, sref: SessionRef, mut hub: Subscription, mut watched: Watched) {
     let mut check = tokio::time::interval(Duration::from_secs(5));
     let mut open = true;
     loop {
         tokio::select! {
             ev = hub.recv(), if open => match ev {
                 Ok(d) => {
+                    follow_guilds(&s, &d, &mut watched);
                     let Some((user, body)) = super::session_filter::addressed(&sref, &d) else { continue };
                     let Some(body) = super::session_filter::visible_body(&s, &sref, user, &d, body).await else { continue };
                     lock(&sref).push(Entry::Shared(d, body));
@@ -549,6 +579,25 @@ async fn collector(s: AppState, sref: SessionRef, mut hub: Subscription) {
     }
 }
 
+/// A guild joined or left: watch its route from now on, or stop.
+fn follow_guilds(s: &AppState, d: &crate::dispatch::Dispatch, w: &mut Watched) {
+    use crate::dispatch::{DispatchKind, Target};
+    let Some(g) = d.guild_id else { return };
+    match (d.t, &d.target) {
+        (DispatchKind::GuildCreate, Target::User(u)) if *u == w.user && !w.guilds.contains(&g) => {
+            s.shared.bus.watch_guild(g, true);
+            w.guilds.push(g);
+        }
+        (DispatchKind::GuildDelete, target) if !matches!(target, Target::User(u) if *u != w.user) => {
+            if let Some(i) = w.guilds.iter().position(|x| *x == g) {
+                w.guilds.swap_remove(i);
+                s.shared.bus.watch_guild(g, false);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// End every session that identified with the token whose hash is `token_hash` (`None`: every
 /// session of the user): their connections close with 4004 and their voice ends.
 pub async fn end_sessions_of(s: &AppState, user: u64, token_hash: Option<&str>) -> usize {
@@ -568,6 +617,46 @@ pub async fn end_sessions_of(s: &AppState, user: u64, token_hash: Option<&str>) 
         end_voice(s, r).await;
     }
     ended.len()
+}
+
+/// The bus could not deliver everything on `route`: every session here that receives it is
+/// told (op 9) and ended. Returns how many.
+pub fn invalidate_route(
+    s: &AppState,
+    route: crate::shared::redis::Route,
+    reason: &'static str,
+) -> usize {
+    use crate::shared::redis::Route;
+    let mut n = 0;
+    for r in s.sessions.all() {
+        let mut g = lock(&r);
+        let hit = match route {
+            Route::Guild(id) => g.guilds.contains(&id),
+            Route::User(u) => g.user.id == u,
+        };
+        if hit && !g.ended {
+            g.invalidate(reason);
+            n += 1;
+        }
+    }
+    if n > 0 {
+        tracing::warn!(
+            ?route,
+            sessions = n,
+            reason,
+            "sessions told they may have missed events (op 9)"
+        );
+    }
+    n
+}
+
+/// The bus routes a session needs: its user's and its guilds'.
+fn watch_routes(s: &AppState, user: u64, guilds: &[u64], on: bool) {
+    let bus = &s.shared.bus;
+    bus.watch_user(user, on);
+    for g in guilds {
+        bus.watch_guild(*g, on);
+    }
 }
 
 /// A session ended: its voice states in the guilds it was in end with it.

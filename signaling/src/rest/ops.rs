@@ -204,5 +204,15 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     if let Some(c) = s.cluster.get() {
         crate::cluster::write_metrics(c, &mut out).await;
     }
+    if s.shared.clustered {
+        crate::nodes::write_metrics(&s, &mut out);
+    }
+    if let Some(r) = s.redis.get() {
+        use std::sync::atomic::Ordering::Relaxed;
+        r.stats.write_metrics(&mut out);
+        let _ = writeln!(out, "# HELP lodge_bus_published_total Dispatches this node published on the cluster bus\n# TYPE lodge_bus_published_total counter\nlodge_bus_published_total {}", r.publish.published.load(Relaxed));
+        let _ = writeln!(out, "# HELP lodge_bus_publish_failed_total Dispatches this node could not publish (Redis unreachable); their routes' sessions are told\n# TYPE lodge_bus_publish_failed_total counter\nlodge_bus_publish_failed_total {}", r.publish.failed.load(Relaxed));
+        let _ = writeln!(out, "# HELP lodge_bus_gap_markers_total Gap markers this node published after failed publishes\n# TYPE lodge_bus_gap_markers_total counter\nlodge_bus_gap_markers_total {}", r.publish.gap_markers.load(Relaxed));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -203,6 +203,9 @@ impl Bus for LocalBus {
     }
     fn watch_guild(&self, _guild: u64, _on: bool) {}
     fn watch_user(&self, _user: u64, _on: bool) {}
+    fn synced(&self) -> Fut<'_, ()> {
+        ready(())
+    }
 }
 
 impl Shared {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::dispatch::Dispatch;
 
 pub mod local;
+pub mod redis;
 
 /// A boxed future, so the traits stay object-safe.
 pub type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -188,6 +189,9 @@ pub trait Bus: Send + Sync {
     /// calls count (two sessions in a guild: watched until both unwatch).
     fn watch_guild(&self, guild: u64, on: bool);
     fn watch_user(&self, user: u64, on: bool);
+    /// Resolves once every watch asked for so far is in effect (a session subscribes, waits
+    /// for this, then reads its snapshot: nothing published after the snapshot is missed).
+    fn synced(&self) -> Fut<'_, ()>;
 }
 
 /// One node's view of everything shared: the switch.

@@ -235,12 +235,17 @@ pub async fn apply_here(s: &AppState, cmd: HomeCmd) {
     }
 }
 
-/// Messages other nodes sent this node, until the bus ends.
+/// A message another node sent this one.
+pub async fn handle_node_msg(s: &AppState, raw: &str) {
+    match serde_json::from_str::<NodeMsg>(raw) {
+        Ok(NodeMsg::Home(cmd)) => apply_here(s, cmd).await,
+        Err(e) => warn!(error = %e, "malformed message on this node's inbox; dropped"),
+    }
+}
+
+/// Messages sent to this node in-process (a node alone), until the bus ends.
 pub async fn run_inbox(s: AppState, mut rx: tokio::sync::mpsc::UnboundedReceiver<String>) {
     while let Some(raw) = rx.recv().await {
-        match serde_json::from_str::<NodeMsg>(&raw) {
-            Ok(NodeMsg::Home(cmd)) => apply_here(&s, cmd).await,
-            Err(e) => warn!(error = %e, "malformed message on this node's inbox; dropped"),
-        }
+        handle_node_msg(&s, &raw).await;
     }
 }

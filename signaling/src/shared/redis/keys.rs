@@ -1,0 +1,155 @@
+//! Every Redis key and channel name Lodge uses, in one table (the module docs of
+//! [`super`] list the same layout for operators). Names are built here and nowhere else.
+//!
+//! A prefix (empty in production) goes in front of every name so that tests sharing one
+//! redis-server cannot see each other's keys. It sits outside the `{…}` hash tag, so a key's
+//! Redis Cluster slot is the same with or without it.
+
+use super::super::NodeId;
+
+/// What a bus message is addressed to: a guild's dispatches, or a user's dispatches that
+/// have no guild (DMs, relationships, the user's own settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Route {
+    Guild(u64),
+    User(u64),
+}
+
+impl Route {
+    /// The route's hash tag: `{g:<guild>}` or `{u:<user>}`.
+    fn tag(self) -> String {
+        match self {
+            Route::Guild(g) => format!("{{g:{g}}}"),
+            Route::User(u) => format!("{{u:{u}}}"),
+        }
+    }
+}
+
+/// Builds names under one prefix.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Keys {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `lodge:node:<id>`: the node's [`NodeInfo`](super::super::NodeInfo) as JSON, with the
+    /// registration's TTL.
+    pub fn node(&self, id: &NodeId) -> String {
+        format!("{}lodge:node:{id}", self.prefix)
+    }
+
+    /// `lodge:nodes`: the ids of nodes that announced themselves (some may have expired;
+    /// readers drop those lazily).
+    pub fn nodes(&self) -> String {
+        format!("{}lodge:nodes", self.prefix)
+    }
+
+    /// `{g:<guild>}:room:<channel>`: the room's home, `"<node> <epoch>"`.
+    pub fn room(&self, guild: u64, channel: u64) -> String {
+        format!("{}{{g:{guild}}}:room:{channel}", self.prefix)
+    }
+
+    /// `{g:<guild>}:room:<channel>:epoch`: the room's last placement epoch (a counter that is
+    /// never deleted, so epochs only grow).
+    pub fn room_epoch(&self, guild: u64, channel: u64) -> String {
+        format!("{}{{g:{guild}}}:room:{channel}:epoch", self.prefix)
+    }
+
+    /// `{g:<guild>}:voice`: hash user → voice state.
+    pub fn voice(&self, guild: u64) -> String {
+        format!("{}{{g:{guild}}}:voice", self.prefix)
+    }
+
+    /// `lodge:voice-guilds`: guilds whose voice hash is not empty.
+    pub fn voice_guilds(&self) -> String {
+        format!("{}lodge:voice-guilds", self.prefix)
+    }
+
+    /// `{t:<token>}`: a voice token's value until it is redeemed or expires.
+    pub fn token(&self, token: &str) -> String {
+        format!("{}{{t:{token}}}", self.prefix)
+    }
+
+    /// `{g:<guild>}:bus` / `{u:<user>}:bus`: the route's stream of dispatches.
+    pub fn stream(&self, route: Route) -> String {
+        format!("{}{}:bus", self.prefix, route.tag())
+    }
+
+    /// `{g:<guild>}:ch` / `{u:<user>}:ch`: the route's pub/sub channel.
+    pub fn channel(&self, route: Route) -> String {
+        format!("{}{}:ch", self.prefix, route.tag())
+    }
+
+    /// `lodge:node:<id>:inbox`: the pub/sub channel of messages to one node.
+    pub fn inbox(&self, node: &NodeId) -> String {
+        format!("{}lodge:node:{node}:inbox", self.prefix)
+    }
+
+    /// The route a channel name from [`Keys::channel`] stands for.
+    pub fn route_of_channel(&self, channel: &str) -> Option<Route> {
+        let rest = channel.strip_prefix(&self.prefix)?.strip_suffix(":ch")?;
+        let rest = rest.strip_prefix('{')?.strip_suffix('}')?;
+        if let Some(g) = rest.strip_prefix("g:") {
+            g.parse().ok().map(Route::Guild)
+        } else if let Some(u) = rest.strip_prefix("u:") {
+            u.parse().ok().map(Route::User)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_layout_and_its_hash_tags() {
+        let k = Keys::new("t1:");
+        let n = NodeId("10.0.0.1:8080".into());
+        let table = [
+            (k.node(&n), "t1:lodge:node:10.0.0.1:8080"),
+            (k.nodes(), "t1:lodge:nodes"),
+            (k.room(5, 6), "t1:{g:5}:room:6"),
+            (k.room_epoch(5, 6), "t1:{g:5}:room:6:epoch"),
+            (k.voice(5), "t1:{g:5}:voice"),
+            (k.voice_guilds(), "t1:lodge:voice-guilds"),
+            (k.token("abc"), "t1:{t:abc}"),
+            (k.stream(Route::Guild(5)), "t1:{g:5}:bus"),
+            (k.stream(Route::User(9)), "t1:{u:9}:bus"),
+            (k.channel(Route::Guild(5)), "t1:{g:5}:ch"),
+            (k.channel(Route::User(9)), "t1:{u:9}:ch"),
+            (k.inbox(&n), "t1:lodge:node:10.0.0.1:8080:inbox"),
+        ];
+        for (got, want) in table {
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn channel_names_map_back_to_routes() {
+        let k = Keys::new("p:");
+        for r in [Route::Guild(7), Route::User(u64::MAX)] {
+            assert_eq!(k.route_of_channel(&k.channel(r)), Some(r));
+        }
+        for bad in [
+            "{g:7}:ch",
+            "p:{g:x}:ch",
+            "p:{s:1}:ch",
+            "p:{g:7}:bus",
+            "p:lodge:nodes",
+        ] {
+            assert_eq!(k.route_of_channel(bad), None, "{bad}");
+        }
+    }
+}

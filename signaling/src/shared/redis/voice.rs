@@ -1,0 +1,328 @@
+//! Voice states and voice tokens on Redis.
+//!
+//! States: the hash `{g:<guild>}:voice` maps user → state; writes are a compare-and-set
+//! script. The set `lodge:voice-guilds` lists guilds whose hash is not empty, kept by the same
+//! script so the two cannot disagree. That set is not under a guild's hash tag: on a Redis
+//! Cluster a script may only touch one slot, so there the set would become one per shard
+//! (`{shard:<n>}:voice-guilds`, with the guild's tag mapped to its shard) — on one Redis it is
+//! a single key.
+//!
+//! Tokens: `{t:<token>}` holds the value with the token's TTL; redeeming is GETDEL, so one
+//! redeem wins across every node.
+
+use std::time::Duration;
+
+use redis::Script;
+
+use super::conn::Conn;
+use super::stats::OpKind;
+use crate::shared::{Fut, SharedError, SharedResult, VoiceStates, VoiceTokens};
+
+/// KEYS[1] = the guild's hash, KEYS[2] = the voice-guilds set.
+/// ARGV = user, has_expected ("0"/"1"), expected, has_new ("0"/"1"), new, guild.
+/// Returns 1 when the stored state was `expected` and is now `new`, else 0.
+const SWAP: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[2] == '1' then
+  if cur ~= ARGV[3] then return 0 end
+elseif cur then
+  return 0
+end
+if ARGV[4] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[5])
+  redis.call('SADD', KEYS[2], ARGV[6])
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if redis.call('HLEN', KEYS[1]) == 0 then
+    redis.call('SREM', KEYS[2], ARGV[6])
+  end
+end
+return 1
+";
+
+fn parse_id(key: &str, s: &str) -> SharedResult<u64> {
+    s.parse().map_err(|_| SharedError::Malformed {
+        key: key.to_string(),
+        why: format!("not an id: {s:?}"),
+    })
+}
+
+pub struct RedisVoiceStates {
+    conn: Conn,
+    swap: Script,
+}
+
+impl RedisVoiceStates {
+    pub fn new(conn: Conn) -> Self {
+        RedisVoiceStates {
+            conn,
+            swap: Script::new(SWAP),
+        }
+    }
+
+    async fn get_(&self, guild: u64, user: u64) -> SharedResult<Option<String>> {
+        let c = redis::cmd("HGET")
+            .arg(self.conn.keys.voice(guild))
+            .arg(user)
+            .to_owned();
+        self.conn.cmd(OpKind::Voice, &c).await
+    }
+
+    async fn guild_(&self, guild: u64) -> SharedResult<Vec<(u64, String)>> {
+        let key = self.conn.keys.voice(guild);
+        let all: Vec<(String, String)> = self
+            .conn
+            .cmd(OpKind::Voice, redis::cmd("HGETALL").arg(&key))
+            .await?;
+        all.into_iter()
+            .map(|(u, v)| Ok((parse_id(&key, &u)?, v)))
+            .collect()
+    }
+
+    async fn swap_(
+        &self,
+        guild: u64,
+        user: u64,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> SharedResult<bool> {
+        let k = &self.conn.keys;
+        let mut inv = self.swap.key(k.voice(guild));
+        inv.key(k.voice_guilds())
+            .arg(user)
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .arg(expected.unwrap_or(""))
+            .arg(if new.is_some() { "1" } else { "0" })
+            .arg(new.unwrap_or(""))
+            .arg(guild);
+        let done: u8 = self.conn.script(OpKind::Voice, &inv).await?;
+        Ok(done == 1)
+    }
+
+    async fn guilds_(&self) -> SharedResult<Vec<u64>> {
+        let key = self.conn.keys.voice_guilds();
+        let ids: Vec<String> = self
+            .conn
+            .cmd(OpKind::Voice, redis::cmd("SMEMBERS").arg(&key))
+            .await?;
+        let mut ids = ids
+            .iter()
+            .map(|s| parse_id(&key, s))
+            .collect::<SharedResult<Vec<u64>>>()?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+}
+
+impl VoiceStates for RedisVoiceStates {
+    fn get(&self, guild: u64, user: u64) -> Fut<'_, SharedResult<Option<String>>> {
+        Box::pin(self.get_(guild, user))
+    }
+    fn guild(&self, guild: u64) -> Fut<'_, SharedResult<Vec<(u64, String)>>> {
+        Box::pin(self.guild_(guild))
+    }
+    fn swap<'a>(
+        &'a self,
+        guild: u64,
+        user: u64,
+        expected: Option<&'a str>,
+        new: Option<&'a str>,
+    ) -> Fut<'a, SharedResult<bool>> {
+        Box::pin(self.swap_(guild, user, expected, new))
+    }
+    fn guilds(&self) -> Fut<'_, SharedResult<Vec<u64>>> {
+        Box::pin(self.guilds_())
+    }
+}
+
+pub struct RedisVoiceTokens {
+    conn: Conn,
+}
+
+impl RedisVoiceTokens {
+    pub fn new(conn: Conn) -> Self {
+        RedisVoiceTokens { conn }
+    }
+
+    async fn issue_(&self, token: &str, value: &str, ttl: Duration) -> SharedResult<()> {
+        let key = self.conn.keys.token(token);
+        let px = ttl.as_millis().min(u64::MAX as u128) as u64;
+        if px == 0 {
+            // Already expired (PX 0 is an error in Redis): make sure no older value stays.
+            return self
+                .conn
+                .cmd(OpKind::Token, redis::cmd("DEL").arg(&key))
+                .await;
+        }
+        let c = redis::cmd("SET")
+            .arg(&key)
+            .arg(value)
+            .arg("PX")
+            .arg(px)
+            .to_owned();
+        self.conn.cmd(OpKind::Token, &c).await
+    }
+
+    async fn redeem_(&self, token: &str) -> SharedResult<Option<String>> {
+        let key = self.conn.keys.token(token);
+        self.conn
+            .cmd(OpKind::Token, redis::cmd("GETDEL").arg(&key))
+            .await
+    }
+}
+
+impl VoiceTokens for RedisVoiceTokens {
+    fn issue<'a>(
+        &'a self,
+        token: &'a str,
+        value: &'a str,
+        ttl: Duration,
+    ) -> Fut<'a, SharedResult<()>> {
+        Box::pin(self.issue_(token, value, ttl))
+    }
+    fn redeem<'a>(&'a self, token: &'a str) -> Fut<'a, SharedResult<Option<String>>> {
+        Box::pin(self.redeem_(token))
+    }
+    fn exists<'a>(&'a self, token: &'a str) -> Fut<'a, SharedResult<bool>> {
+        Box::pin(async move {
+            let key = self.conn.keys.token(token);
+            let n: u64 = self
+                .conn
+                .cmd(OpKind::Token, redis::cmd("EXISTS").arg(&key))
+                .await?;
+            Ok(n > 0)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::test_support::redis_or_skip;
+    use super::*;
+
+    #[tokio::test]
+    async fn swaps_are_compare_and_set_and_keep_the_guild_set() {
+        let Some(t) = redis_or_skip("voice swap").await else {
+            return;
+        };
+        let s = RedisVoiceStates::new(t.conn.clone());
+        assert!(s.swap(1, 2, None, Some("a")).await.unwrap());
+        assert!(
+            !s.swap(1, 2, None, Some("b")).await.unwrap(),
+            "a second insert loses"
+        );
+        assert!(!s.swap(1, 2, Some("x"), Some("b")).await.unwrap());
+        assert!(s.swap(1, 2, Some("a"), Some("b")).await.unwrap());
+        assert!(s.swap(1, 3, None, Some("c")).await.unwrap());
+        assert!(
+            s.swap(4, 3, None, Some("")).await.unwrap(),
+            "an empty state is a state"
+        );
+        assert!(!s.swap(4, 3, None, Some("d")).await.unwrap());
+        assert_eq!(s.get(1, 2).await.unwrap().as_deref(), Some("b"));
+        assert_eq!(s.get(1, 9).await.unwrap(), None);
+        let mut g = s.guild(1).await.unwrap();
+        g.sort();
+        assert_eq!(g, vec![(2, "b".to_string()), (3, "c".to_string())]);
+        assert_eq!(s.guilds().await.unwrap(), vec![1, 4]);
+
+        assert!(
+            !s.swap(1, 2, None, None).await.unwrap(),
+            "expected absent, but present"
+        );
+        assert!(s.swap(1, 2, Some("b"), None).await.unwrap());
+        assert_eq!(
+            s.guilds().await.unwrap(),
+            vec![1, 4],
+            "user 3 is still in guild 1"
+        );
+        assert!(s.swap(1, 3, Some("c"), None).await.unwrap());
+        assert!(s.swap(4, 3, Some(""), None).await.unwrap());
+        assert!(s.guilds().await.unwrap().is_empty());
+        assert!(s.guild(1).await.unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fifty_racing_increments_all_land() {
+        let Some(t) = redis_or_skip("voice cas race").await else {
+            return;
+        };
+        // Five "nodes" (connections), ten writers each.
+        let nodes: Vec<Arc<RedisVoiceStates>> = t
+            .conns(5)
+            .await
+            .into_iter()
+            .map(|c| Arc::new(RedisVoiceStates::new(c)))
+            .collect();
+        let s = nodes[0].clone();
+        let tasks = (0..50).map(|i| {
+            let s = nodes[i % nodes.len()].clone();
+            tokio::spawn(async move {
+                let mut tries = 0u32;
+                loop {
+                    tries += 1;
+                    let cur = s.get(7, 1).await.unwrap();
+                    let n: u32 = cur.as_deref().map_or(0, |v| v.parse().unwrap());
+                    let next = (n + 1).to_string();
+                    if s.swap(7, 1, cur.as_deref(), Some(&next)).await.unwrap() {
+                        return tries;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        });
+        let tries: Vec<u32> = futures_util::future::join_all(tasks)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(s.get(7, 1).await.unwrap().as_deref(), Some("50"));
+        let retried = tries.iter().filter(|t| **t > 1).count();
+        println!("{retried} of 50 writers lost a race and retried");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_is_redeemed_once_among_racers() {
+        let Some(t) = redis_or_skip("token race").await else {
+            return;
+        };
+        let nodes: Vec<Arc<RedisVoiceTokens>> = t
+            .conns(4)
+            .await
+            .into_iter()
+            .map(|c| Arc::new(RedisVoiceTokens::new(c)))
+            .collect();
+        nodes[0]
+            .issue("tok", "session-1", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let redeems = (0..20).map(|i| {
+            let tokens = nodes[i % nodes.len()].clone();
+            tokio::spawn(async move { tokens.redeem("tok").await.unwrap() })
+        });
+        let got: Vec<String> = futures_util::future::join_all(redeems)
+            .await
+            .into_iter()
+            .filter_map(|r| r.unwrap())
+            .collect();
+        assert_eq!(got, vec!["session-1".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn tokens_expire() {
+        let Some(t) = redis_or_skip("token expiry").await else {
+            return;
+        };
+        let tokens = RedisVoiceTokens::new(t.conn.clone());
+        tokens
+            .issue("a", "v", Duration::from_millis(100))
+            .await
+            .unwrap();
+        tokens.issue("b", "v", Duration::ZERO).await.unwrap();
+        assert_eq!(tokens.redeem("b").await.unwrap(), None, "born expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(tokens.redeem("a").await.unwrap(), None, "expired");
+    }
+}
