@@ -271,8 +271,10 @@ async def voice_room(ctx, fig):
         fig["loss_pct"] = round(rep.get("loss_pct", 0), 2)
         m2e = rep.get("mouth_to_ear_ms") or {}
         fig["mouth_to_ear_p50/p99"] = f"{m2e.get('p50')} / {m2e.get('p99')} ms"
-        if h < 0.97:
-            problems.append(f"listeners received {h * 100:.1f}% of what every speaker sent them (want ≥ 97%)")
+        # A healthy run receives about 97% (the window's edges); one listener missing one of the
+        # three speakers alone takes 6.7% away.
+        if h < 0.95:
+            problems.append(f"the callers received {h * 100:.1f}% of what the speakers sent them (want ≥ 95%)")
         check(not problems, "; ".join(problems))
     finally:
         await load.stop()
@@ -528,7 +530,7 @@ async def postgres_down(ctx, fig):
     g = await rest.guild(2, owner, [])
     ch = text_channel(g)
     N = 4
-    load = Load(ctx, "pg", [c.url(n) for n in NODES], ["-n", N, "-c", 1, "-s", 2, "-d", 24])
+    load = Load(ctx, "pg", [c.url(n) for n in NODES], ["-n", N, "-c", 1, "-s", 2, "-d", 20])
     await load.start()
     problems = []
     stopped = False
@@ -541,7 +543,7 @@ async def postgres_down(ctx, fig):
             tot = 0
             for n in NODES:
                 m = await c.metrics(ctx.http, n) or {}
-                tot += m.get("lodge_sfu_rtp_forwarded_total", 0)
+                tot += m.get("lodge_rtp_forwarded_total", 0)
             return tot
         f0, t0 = await forwarded(), time.monotonic()
         await asyncio.sleep(3)
@@ -551,19 +553,22 @@ async def postgres_down(ctx, fig):
         t_stop = time.monotonic()
         f1 = await forwarded()
         answers, slow = [], []
-        while time.monotonic() - t_stop < 6:
-            for n in NODES:
-                for method, path, body in (("GET", f"/channels/{ch}/messages?limit=5", None),
-                                           ("POST", f"/channels/{ch}/messages", {"content": "while down"})):
-                    t = time.monotonic()
-                    try:
-                        st, v = await rest.req(n, method, path, owner, body, timeout=10)
-                    except asyncio.TimeoutError:
-                        st, v = "no answer in 10 s", None
-                    ms = (time.monotonic() - t) * 1000
-                    answers.append((n, method, st, v))
-                    slow.append(ms)
-            await asyncio.sleep(0.3)
+
+        async def probe(n, method, path, body, wait):
+            t = time.monotonic()
+            try:
+                st, v = await rest.req(n, method, path, owner, body, timeout=wait)
+            except asyncio.TimeoutError:
+                st, v = f"no answer in {wait} s", None
+            slow.append((time.monotonic() - t) * 1000)
+            answers.append((n, method, st, v))
+        # Two rounds, 2 s apart: every node, a read and a write, all at once. The first waits
+        # long enough to see what a slow node finally answers; the second 5 s.
+        for wait in (12, 5):
+            await asyncio.gather(*(probe(n, method, path, body, wait) for n in NODES for method, path, body in (
+                ("GET", f"/channels/{ch}/messages?limit=5", None),
+                ("POST", f"/channels/{ch}/messages", {"content": "while down"}))))
+            await asyncio.sleep(2)
         down_rate = (await forwarded() - f1) / (time.monotonic() - t_stop)
         fig["rest_answers_while_down"] = len(answers)
         fig["answer_time_p50/max"] = f"{fmt_ms(pct(slow, .5))} / {fmt_ms(max(slow))}"
