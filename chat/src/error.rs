@@ -67,7 +67,23 @@ impl ChatError {
             ChatError::Unauthorized => 401,
             ChatError::Invalid { .. } | ChatError::Conflict(_) | ChatError::Limit { .. } => 400,
             ChatError::Busy { .. } => 503,
+            e if e.is_unreachable() => 503,
             _ => 500,
         }
+    }
+
+    /// The database cannot be reached (down, restarting, the pool could not get a
+    /// connection in time): the request may succeed later, nothing was written.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ChatError::Storage(
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
     }
 }

@@ -104,8 +104,11 @@ impl Store {
                 message: "Use sqlite://<file> or postgres://user@host/db.".into(),
             });
         };
-        let mut opts =
-            AnyPoolOptions::new().max_connections(if backend == Backend::Sqlite { 8 } else { 16 });
+        let mut opts = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+            // A database that does not answer is reported (503) within seconds, not after
+            // sqlx's default 30 s.
+            .acquire_timeout(std::time::Duration::from_secs(3));
         if backend == Backend::Sqlite {
             // An embedded database's connections cannot be dropped by a server: skip the ping
             // sqlx sends before handing out each connection (a round trip to the connection's

@@ -110,6 +110,20 @@ impl IntoResponse for ApiError {
                     Some(body),
                 )
             }
+            ApiError::Chat(e) if e.is_unreachable() => {
+                tracing::warn!(error = %e, "request refused: the database is unreachable");
+                let body = json!({
+                    "code": 0,
+                    "message": "503: Service Unavailable (the database is unreachable; nothing was changed, retry shortly)",
+                    "retry_after": 2,
+                });
+                let mut res = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+                res.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from(2u32),
+                );
+                return res;
+            }
             ApiError::Chat(e) => {
                 let status =
                     StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

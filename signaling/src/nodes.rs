@@ -59,7 +59,7 @@ pub fn info(s: &AppState) -> NodeInfo {
 /// Register this node (a cluster then renews it with [`run`]).
 pub async fn announce_once(s: &AppState) {
     match s.shared.registry.announce(&info(s), NODE_TTL).await {
-        Ok(()) => s.nodes.with(|v| v.registered = true),
+        Ok(_) => s.nodes.with(|v| v.registered = true),
         Err(e) => warn!(error = %e, "could not register this node"),
     }
 }
@@ -80,11 +80,17 @@ pub async fn run(s: AppState) {
         }
         let was = s.nodes.get().registered;
         match s.shared.registry.announce(&info(&s), NODE_TTL).await {
-            Ok(()) if !was => {
-                info!(node = %s.shared.me, "registered in the cluster");
-                s.nodes.with(|v| v.registered = true);
+            Ok(renewed) => {
+                if !was {
+                    info!(node = %s.shared.me, "registered in the cluster");
+                    s.nodes.with(|v| v.registered = true);
+                }
+                if !renewed {
+                    // The registry had lost this node (Redis restarted, or this node was
+                    // paused past its TTL): what it hosts may be gone from the shared state.
+                    reassert(&s).await;
+                }
             }
-            Ok(()) => {}
             Err(e) => {
                 if was {
                     warn!(error = %e, "cannot renew this node's registration; retrying every {RENEW_EVERY:?}");
@@ -177,6 +183,94 @@ pub async fn rehome_lost(s: &AppState, lost: &NodeId) -> u64 {
         info!(node = %lost, callers = moved, "callers moved off a lost node");
     }
     moved
+}
+
+/// Write back what this node hosts — its callers' voice states and their rooms' placement —
+/// where the shared state no longer has it (after Redis lost its data). A state someone
+/// changed meanwhile is left alone.
+pub async fn reassert(s: &AppState) {
+    let hosted: Vec<crate::voice::VoiceState> = {
+        let v = s.voice();
+        v.conns.values().filter_map(|c| c.state.clone()).collect()
+    };
+    if hosted.is_empty() {
+        return;
+    }
+    let alive: Vec<NodeId> = match s.shared.registry.live_nodes().await {
+        Ok(nodes) => nodes.into_iter().map(|n| n.id).collect(),
+        Err(_) => return,
+    };
+    let (mut states, mut fenced, mut rooms) = (0, 0, std::collections::BTreeSet::new());
+    for st in hosted {
+        let raw = serde_json::to_string(&st).expect("a voice state serializes");
+        match s
+            .shared
+            .voice_states
+            .swap(st.guild_id, st.user_id, None, Some(&raw))
+            .await
+        {
+            Ok(true) => states += 1,
+            Ok(false) => {
+                // The caller has a state: if it no longer names this node and this
+                // connection's generation, the caller was moved while this node was away
+                // (fenced off): its connection here ends.
+                let cur = crate::voice::executor::state(s, st.guild_id, st.user_id).await;
+                let ours = matches!(&cur, Ok(Some(c)) if c.generation == st.generation
+                    && matches!(&c.home, Home::Node(h) if h.node == s.shared.me));
+                if matches!(cur, Ok(_)) && !ours {
+                    fenced += 1;
+                    crate::voice::executor::apply_here(
+                        s,
+                        crate::voice::control::HomeCmd::Remove {
+                            guild_id: st.guild_id,
+                            user_id: st.user_id,
+                            generation: st.generation,
+                            code: crate::voice::control::CLOSE_DISCONNECTED,
+                            reason: "this voice server lost its room to another node; rejoin"
+                                .into(),
+                        },
+                    )
+                    .await;
+                    continue;
+                }
+            }
+            Err(_) => return,
+        }
+        rooms.insert((st.guild_id, st.channel_id));
+        // The room must be here too; if another node claimed it meanwhile, the caller
+        // follows the room there (one room, one home).
+        let Ok(home) = s
+            .shared
+            .placement
+            .home(st.guild_id, st.channel_id, &s.shared.me, &alive)
+            .await
+        else {
+            continue;
+        };
+        if home.node != s.shared.me {
+            let (token, generation) = crate::voice::service::fresh_token();
+            let placed = crate::voice::control::Placed {
+                channel_id: st.channel_id,
+                can_speak: st.can_speak,
+                home: Home::Node(home),
+                token,
+                generation,
+            };
+            let input = Input::Rehome(placed);
+            if crate::voice::executor::run(s, st.guild_id, st.user_id, &input)
+                .await
+                .is_ok()
+            {
+                fenced += 1;
+            }
+        }
+    }
+    warn!(
+        states,
+        fenced,
+        rooms = rooms.len(),
+        "the registry had lost this node: wrote back the voice states and rooms it still hosts, ended the connections moved elsewhere meanwhile"
+    );
 }
 
 /// Registry metrics.

@@ -26,9 +26,9 @@ pub struct LocalRegistry {
 }
 
 impl Registry for LocalRegistry {
-    fn announce<'a>(&'a self, me: &'a NodeInfo, _ttl: Duration) -> Fut<'a, SharedResult<()>> {
-        *lock(&self.me) = Some(me.clone());
-        ready(Ok(()))
+    fn announce<'a>(&'a self, me: &'a NodeInfo, _ttl: Duration) -> Fut<'a, SharedResult<bool>> {
+        let was = lock(&self.me).replace(me.clone()).is_some();
+        ready(Ok(was))
     }
     fn live_nodes(&self) -> Fut<'_, SharedResult<Vec<NodeInfo>>> {
         ready(Ok(lock(&self.me).iter().cloned().collect()))

@@ -100,8 +100,10 @@ pub struct NodeInfo {
 /// The node registry: each node announces itself with a time to live and renews it; a node
 /// that stops renewing is gone for the others once the TTL runs out.
 pub trait Registry: Send + Sync {
-    /// Register or renew `me` for `ttl`.
-    fn announce<'a>(&'a self, me: &'a NodeInfo, ttl: Duration) -> Fut<'a, SharedResult<()>>;
+    /// Register or renew `me` for `ttl`. True when it was still registered (a renewal);
+    /// false when its registration was gone (first start, a pause longer than the TTL, or the
+    /// registry lost its data): the node then re-asserts what it hosts.
+    fn announce<'a>(&'a self, me: &'a NodeInfo, ttl: Duration) -> Fut<'a, SharedResult<bool>>;
     /// Every node whose registration has not expired.
     fn live_nodes(&self) -> Fut<'_, SharedResult<Vec<NodeInfo>>>;
     /// Leave the registry at once (clean shutdown).

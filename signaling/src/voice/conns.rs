@@ -21,6 +21,9 @@ pub struct VoiceConn {
     pub tx: Outbox,
     /// The placement generation whose token opened this connection.
     pub generation: u64,
+    /// The caller's voice state as this home last saw it (written back if the shared state
+    /// loses it).
+    pub state: Option<super::VoiceState>,
     pub user_id: u64,
     pub guild_id: u64,
     pub channel_id: u64,
@@ -174,6 +177,7 @@ mod tests {
         let (conn, _) = r.add_conn(VoiceConn {
             tx,
             generation: 1,
+            state: None,
             user_id: 1,
             guild_id: 2,
             channel_id: 3,

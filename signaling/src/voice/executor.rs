@@ -198,10 +198,12 @@ pub async fn apply_here(s: &AppState, cmd: HomeCmd) {
         HomeCmd::Place { state, token } => crate::cluster::place_here(s, state, token).await,
         HomeCmd::Flags { state } => {
             let part = {
-                let v = s.voice();
-                v.conn_of(state.guild_id, state.user_id, state.generation)
-                    .and_then(|id| v.conns.get(&id))
-                    .and_then(|c| c.participant)
+                let mut v = s.voice();
+                let id = v.conn_of(state.guild_id, state.user_id, state.generation);
+                id.and_then(|id| v.conns.get_mut(&id)).and_then(|c| {
+                    c.state = Some(state.clone());
+                    c.participant
+                })
             };
             if let Some(p) = part {
                 s.sfu.set_flags(p, state.flags()).await;

@@ -341,8 +341,8 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
         channel: t.channel_id,
         at: s.shared.me.clone(),
     };
-    match executor::run(s, guild_id, user_id, &connected).await {
-        Ok(_) => {}
+    let state = match executor::run(s, guild_id, user_id, &connected).await {
+        Ok(a) => a.state,
         Err(ExecError::Refused(_)) => {
             return Err((
                 close::SESSION_INVALID,
@@ -356,10 +356,11 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
                 "voice is temporarily unavailable; rejoin shortly",
             ));
         }
-    }
+    };
     let (conn_id, old) = s.voice().add_conn(VoiceConn {
         tx: out,
         generation: t.generation,
+        state,
         user_id,
         guild_id,
         channel_id: t.channel_id,

@@ -59,7 +59,7 @@ impl From<ExecError> for ApiError {
 }
 
 /// A fresh voice token and placement generation.
-fn fresh_token() -> (String, u64) {
+pub fn fresh_token() -> (String, u64) {
     let mut rng = rand::thread_rng();
     let token: String = (&mut rng)
         .sample_iter(&rand::distributions::Alphanumeric)

@@ -36,7 +36,7 @@ impl RedisRegistry {
         }
     }
 
-    async fn announce_(&self, me: &NodeInfo, ttl: Duration) -> SharedResult<()> {
+    async fn announce_(&self, me: &NodeInfo, ttl: Duration) -> SharedResult<bool> {
         let k = &self.conn.keys;
         let json = serde_json::to_string(me).expect("NodeInfo serializes");
         // PX 0 is an error in Redis; a registration shorter than a millisecond is one
@@ -48,12 +48,13 @@ impl RedisRegistry {
             .arg(json)
             .arg("PX")
             .arg(px)
-            .ignore()
+            .arg("GET")
             .cmd("SADD")
             .arg(k.nodes())
             .arg(&me.id.0)
             .ignore();
-        self.conn.pipe(OpKind::Registry, 2, &p).await
+        let (old,): (Option<String>,) = self.conn.pipe(OpKind::Registry, 2, &p).await?;
+        Ok(old.is_some())
     }
 
     async fn live_nodes_(&self) -> SharedResult<Vec<NodeInfo>> {
@@ -114,7 +115,7 @@ impl RedisRegistry {
 }
 
 impl Registry for RedisRegistry {
-    fn announce<'a>(&'a self, me: &'a NodeInfo, ttl: Duration) -> Fut<'a, SharedResult<()>> {
+    fn announce<'a>(&'a self, me: &'a NodeInfo, ttl: Duration) -> Fut<'a, SharedResult<bool>> {
         Box::pin(self.announce_(me, ttl))
     }
     fn live_nodes(&self) -> Fut<'_, SharedResult<Vec<NodeInfo>>> {
