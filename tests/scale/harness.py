@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import string
 import time
 
@@ -55,6 +56,8 @@ class Cluster:
         self.tmp = tmp
         # Extra `lodge serve` options each node was last started with (a step may restrict roles).
         self.extra = {n: () for n in NODES}
+        self.killed = set()
+        self.offsets = {}
 
     async def ctl(self, *args, timeout=90):
         p = await asyncio.create_subprocess_exec(
@@ -119,7 +122,34 @@ class Cluster:
         return started
 
     async def kill(self, n, sig="KILL"):
+        self.killed.add(n)
         await self.ctl("node-kill", n, sig)
+
+    def log_path(self, n):
+        return os.path.join(self.tmp, f"n{n}.log")
+
+    def mark(self):
+        """Start watching a step: which nodes it kills, and what the nodes log meanwhile."""
+        self.killed = set()
+        self.offsets = {n: (os.path.getsize(self.log_path(n)) if os.path.exists(self.log_path(n)) else 0)
+                        for n in NODES}
+
+    def review(self):
+        """After a step: nodes that exited without the step killing them (with their last log
+        lines), and the distinct ERROR lines and panics the nodes logged during the step."""
+        exited, errors = [], {}
+        for n in NODES:
+            with open(self.log_path(n), errors="replace") as f:
+                f.seek(self.offsets.get(n, 0))
+                lines = f.read().splitlines()
+            for line in lines:
+                if " ERROR " in line or "panicked" in line:
+                    msg = re.sub(r"\d{6,}", "N", line.split(" ERROR ", 1)[-1].strip())
+                    errors.setdefault(msg, []).append(f"n{n}")
+            if not self.alive(n) and n not in self.killed:
+                exited.append(f"n{n} exited during the step (not killed by it); its log ends: "
+                              + " / ".join(line[28:] if line[:2] == "20" else line for line in lines[-3:]))
+        return exited, [f"{len(v)}× on {','.join(sorted(set(v)))}: {k}" for k, v in errors.items()]
 
     async def metrics(self, http, n):
         """The node's /metrics as {series name: sum of its samples}; None if it does not answer."""

@@ -570,7 +570,10 @@ async def postgres_down(ctx, fig):
                 ("POST", f"/channels/{ch}/messages", {"content": "while down"}))))
             await asyncio.sleep(2)
         down_rate = (await forwarded() - f1) / (time.monotonic() - t_stop)
-        fig["rest_answers_while_down"] = len(answers)
+        kinds = {}
+        for _, _, st, _ in answers:
+            kinds[st] = kinds.get(st, 0) + 1
+        fig["rest_answers_while_down"] = ", ".join(f"{k}×{v}" for k, v in kinds.items())
         fig["answer_time_p50/max"] = f"{fmt_ms(pct(slow, .5))} / {fmt_ms(max(slow))}"
         fig["forwarded_pps_before/while_down"] = f"{base_rate:.0f} / {down_rate:.0f}"
         bad = [a for a in answers if not (a[2] == 503 and isinstance(a[3], dict)
@@ -667,6 +670,7 @@ async def main():
             print(f"\n== {num}. {name}: {what}", flush=True)
             fig, t0 = {}, time.monotonic()
             rec = {"step": num, "name": name, "what": what, "figures": fig}
+            cluster.mark()
             try:
                 await asyncio.wait_for(f(ctx, fig), STEP_TIMEOUT)
                 rec["ok"] = True
@@ -677,6 +681,13 @@ async def main():
             except Exception as e:  # noqa: BLE001 (report it as this step's failure, go on)
                 rec["ok"], rec["error"] = False, f"{type(e).__name__}: {e}"
             rec["seconds"] = round(time.monotonic() - t0, 1)
+            exited, node_errors = cluster.review()
+            if exited:
+                rec["ok"] = False
+                rec["error"] = "; ".join(exited + ([rec["error"]] if rec.get("error") else []))
+            if node_errors:
+                rec["node_errors"] = node_errors
+                print("   node ERROR lines during the step:\n     " + "\n     ".join(node_errors[:5]), flush=True)
             for k, v in fig.items():
                 print(f"   {k}: {v}", flush=True)
             print(f"   {'PASS' if rec['ok'] else 'FAIL'} ({rec['seconds']} s)"
@@ -690,6 +701,8 @@ async def main():
         f.write("| # | step | result | figures |\n|---|---|---|---|\n")
         for r in results:
             figs = "; ".join(f"{k}: {v}" for k, v in r["figures"].items())
+            if r.get("node_errors"):
+                figs += "; node ERROR lines: " + " / ".join(r["node_errors"][:3])
             res = "pass" if r["ok"] else "FAIL: " + r["error"].replace("|", "\\|")
             f.write(f"| {r['step']} | {r['name']} | {res} | {figs.replace('|', '/')} |\n")
     print("\n step            result  s      figures")
