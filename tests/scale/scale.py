@@ -242,7 +242,7 @@ async def voice_room(ctx, fig):
     await load.start()
     try:
         gid = await load.guild()
-        conns = await until(lambda: _sum_is(ctx, N), 60, 0.3)
+        conns = await joined(ctx, load, N)
         check(conns, f"the nodes never held {N} voice connections together: {await voice_conns(ctx)}; lodge-load: {load.tail()}")
         await asyncio.sleep(2)
         conns = await voice_conns(ctx)
@@ -285,6 +285,17 @@ async def _sum_is(ctx, k, nodes=NODES):
     return v if sum(v[n] or 0 for n in nodes) == k else None
 
 
+async def joined(ctx, load, k, nodes=NODES, timeout=60):
+    """lodge_voice_connections per node once `nodes` hold k together; None on timeout or when
+    lodge-load ends first."""
+    async def cond():
+        if load.proc.returncode is not None:
+            return "ended"
+        return await _sum_is(ctx, k, nodes)
+    v = await until(cond, timeout, 0.3)
+    return None if v == "ended" else v
+
+
 # ---------------------------------------------------------------------------------------------
 @step(3, "kill-media", "the room's node is killed (kill -9): every caller is moved and hears again")
 async def kill_media(ctx, fig):
@@ -296,7 +307,7 @@ async def kill_media(ctx, fig):
     load = Load(ctx, "kill", [c.url(2)], ["-n", N, "-c", 1, "-s", 2, "-d", 22])
     await load.start()
     try:
-        conns = await until(lambda: _sum_is(ctx, N, (3, 4)), 60, 0.3)
+        conns = await joined(ctx, load, N, (3, 4))
         check(conns, f"{N} callers never reached the media nodes: {await voice_conns(ctx)}; lodge-load: {load.tail()}")
         hosts = [n for n in (3, 4) if conns[n]]
         check(len(hosts) == 1, f"one room on two nodes before the kill: {conns}")
@@ -535,7 +546,7 @@ async def postgres_down(ctx, fig):
     problems = []
     stopped = False
     try:
-        conns = await until(lambda: _sum_is(ctx, N), 60, 0.3)
+        conns = await joined(ctx, load, N)
         check(conns, f"{N} callers never connected: {await voice_conns(ctx)}; lodge-load: {load.tail()}")
         await asyncio.sleep(3)
 
