@@ -267,8 +267,8 @@ fn api_routes(state: &AppState) -> Router<AppState> {
         .fallback(ops::api_not_found)
 }
 
-/// An edge serves its callers' voice gateway, health and metrics; the API, the chat gateway and
-/// the web client are the origin's.
+/// An edge (or a media-only cluster node) serves its callers' voice gateway, health and
+/// metrics; the API, the chat gateway and the web client are the origin's (the API nodes').
 pub fn edge_router(state: AppState) -> Router {
     Router::new()
         .route("/", get(crate::web::index_or_voice))

@@ -233,7 +233,9 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         let _ = state.cluster.set(c);
         tokio::spawn(cluster::run_events(state.clone(), cluster_events));
     }
-    let app = if state.is_edge() {
+    // An edge, or a cluster node with only the media role, serves the voice gateway, health
+    // and metrics; the API, the chat gateway and the web client are elsewhere.
+    let app = if state.is_edge() || !state.cfg.roles.api {
         crate::app::edge_router(state.clone())
     } else {
         router(state.clone())

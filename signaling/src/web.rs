@@ -54,6 +54,10 @@ pub async fn index_or_voice(State(s): State<AppState>, req: Request) -> Response
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if is_ws && !s.cfg.roles.media {
+        let body = serde_json::json!({ "code": 0, "message": "503: this node serves no voice (--roles without media); use the endpoint VOICE_SERVER_UPDATE names" });
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
     if is_ws {
         let (mut parts, _) = req.into_parts();
         return match axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &s).await {

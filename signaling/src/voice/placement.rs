@@ -25,7 +25,12 @@ pub async fn room_home(
         .filter(|n| n.roles.media && !n.draining)
         .min_by_key(|n| (n.region != region, n.load, &n.id))
         .map(|n| n.id.clone())
-        .unwrap_or_else(|| s.shared.me.clone());
+        .or_else(|| s.cfg.roles.media.then(|| s.shared.me.clone()))
+        .ok_or_else(|| {
+            SharedError::Unavailable(
+                "no node with the media role is registered (or all are draining)".into(),
+            )
+        })?;
     s.shared
         .placement
         .home(guild, channel, &candidate, &alive)
