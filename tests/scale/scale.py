@@ -592,7 +592,8 @@ async def postgres_down(ctx, fig):
         if bad:
             n, method, st, v = bad[0]
             problems.append(f"{len(bad)} of {len(answers)} REST answers while PostgreSQL was down were not "
-                            f"503 {{code, message}}; first: {method} on n{n}: {st} {str(v)[:120]}")
+                            f"503 {{code, message}} within 5 s (answers: {fig['rest_answers_while_down']}; "
+                            f"time p50/max {fig['answer_time_p50/max']}); first: {method} on n{n}: {st} {str(v)[:120]}")
         if down_rate <= 0:
             problems.append("no media was forwarded while PostgreSQL was down")
         await c.ctl("pg-start")
@@ -639,6 +640,7 @@ async def discordpy(ctx, fig):
            "--rest", c.url(2), "--gateway", c.url(bot_node),
            "--kill", f"{ctx.args.ctl} node-kill {bot_node}",
            "--live", ",".join(c.url(n) for n in NODES if n != bot_node)]
+    c.killed.add(bot_node)  # the bot's script kills it (ctl.sh) at the right moment
     p = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         out, _ = await asyncio.wait_for(p.communicate(), 100)
@@ -652,8 +654,10 @@ async def discordpy(ctx, fig):
             k, _, v = line[8:].partition("=")
             fig[k] = v
     fails = [line[6:] for line in lines if line.startswith("FAIL: ")]
+    oks = [line[4:] for line in lines if line.startswith("ok: ")]
     check(p.returncode == 0 and not fails,
-          (fails[0] if fails else f"exit {p.returncode}") + " | " + " | ".join(lines[-4:]))
+          (fails[0] if fails else f"exit {p.returncode}: " + " | ".join(lines[-4:]))
+          + (f" (last passed check: {oks[-1]})" if oks else ""))
 
 
 # ---------------------------------------------------------------------------------------------
