@@ -30,7 +30,6 @@ pub struct Inner {
     /// The other nodes of the cluster, as the registry last showed them.
     pub nodes: crate::nodes::ClusterView,
     pub sessions: crate::gateway::registry::Sessions,
-    pub presences: crate::gateway::presence::Presences,
     pub ready: AtomicBool,
     pub limits: crate::ratelimit::Limits,
     pub rate_limiter: crate::ratelimit::RateLimiter,
@@ -48,7 +47,7 @@ pub struct Inner {
     /// Open gateway WebSocket connections (capped by `max_gateway_connections`).
     pub gateway_conns: std::sync::atomic::AtomicUsize,
     /// Identifies per user: `session_start_limit`.
-    pub session_starts: crate::gateway::session_start::SessionStarts,
+    pub session_starts: crate::gateway::session_start::StartLimiter,
     /// Token revocations, for long-lived connections that authenticated with a token (the
     /// live-quality socket) to close themselves.
     pub revoked: tokio::sync::broadcast::Sender<Revoked>,
@@ -116,11 +115,12 @@ impl AppState {
             trusted_proxies: cfg.trusted_proxy.clone(),
         };
         let (shutdown, _) = tokio::sync::watch::channel(false);
-        let session_starts = crate::gateway::session_start::SessionStarts::new(
+        let session_starts = crate::gateway::session_start::StartLimiter::new(
             crate::gateway::session_start::StartLimits {
                 total: cfg.session_start_total,
                 max_concurrency: cfg.session_start_max_concurrency,
             },
+            shared.start_budgets.clone(),
         );
         AppState(Arc::new(Inner {
             voice: Mutex::new(VoiceConns::new()),
@@ -132,7 +132,6 @@ impl AppState {
             sfu,
             hub,
             sessions: Default::default(),
-            presences: Default::default(),
             ready: AtomicBool::new(false),
             limits,
             rate_limiter: Default::default(),

@@ -8,6 +8,15 @@
 //! A request without a token, or with one that does not verify, is counted against its client
 //! address ([`crate::client_addr`]), so a made-up `Authorization` header per request buys
 //! nothing. Account endpoints add their own limits (`crate::account_limits`).
+//!
+//! The global and route windows are counted by the switch's [`RateLimits`]: this process's
+//! [`RateLimiter`] when the node is alone, Redis in a cluster (one script per request, so a
+//! caller's limits hold across every node). If Redis does not answer within
+//! [`SHARED_TIMEOUT`], the request is counted on this node's own windows instead, Redis is
+//! left alone for [`SHARED_RETRY`], and the fallback is logged (at most every 10 s): during an
+//! outage each node enforces the limits by itself — a caller spreading requests over N nodes
+//! gets up to N times the limit — and the API stays up. Failed token lookups per address are
+//! always counted per node.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -25,6 +34,9 @@ use serde_json::json;
 
 use crate::app::AppState;
 use crate::client_addr::{self, Cidr, ClientAddr};
+pub use crate::shared::limits::Caller;
+use crate::shared::limits::{RateLimits, RateVerdict, RateWindows};
+use crate::shared::{Fut, SharedResult};
 
 /// Limits, configurable (`--rate-limit-route`, `--rate-limit-global`, `--trusted-proxy`).
 #[derive(Debug, Clone)]
@@ -36,6 +48,18 @@ pub struct Limits {
     pub global: u32,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
+}
+
+impl Limits {
+    /// The windows the switch's [`RateLimits`] count.
+    pub fn windows(&self) -> RateWindows {
+        RateWindows {
+            global: self.global,
+            global_window: Duration::from_secs(1),
+            route: self.route,
+            route_window: self.route_window,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -64,17 +88,22 @@ struct Window {
     remaining: u32,
 }
 
+/// How long the shared limits may take to answer before a request is counted on this node.
+pub const SHARED_TIMEOUT: Duration = Duration::from_millis(250);
+/// After the shared limits failed, how long requests are counted on this node before Redis
+/// is asked again.
+pub const SHARED_RETRY: Duration = Duration::from_secs(1);
+/// At most one fallback warning per this long.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// This process's windows: every window of a node alone, and in a cluster the failed token
+/// lookups plus the stand-in while Redis is unreachable.
 #[derive(Default)]
 pub struct RateLimiter {
     windows: Mutex<HashMap<(u64, u64), Window>>,
-}
-
-/// Whom a request is counted against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Caller {
-    User(u64),
-    /// The client address's limit key (IPv4, or IPv6 /64).
-    Addr(IpAddr),
+    /// While set and in the future, the shared limits are not asked.
+    shared_down_until: Mutex<Option<Instant>>,
+    last_warn: Mutex<Option<Instant>>,
 }
 
 /// The outcome of authenticating a request's token, left in its extensions by the middleware.
@@ -83,22 +112,6 @@ pub enum Authenticated {
     User(User),
     /// A token was sent and it is unknown, revoked or malformed.
     Invalid,
-}
-
-/// What a request got.
-enum Verdict {
-    Ok {
-        limit: u32,
-        remaining: u32,
-        reset_after: Duration,
-        bucket: u64,
-    },
-    Limited {
-        retry_after: Duration,
-        global: bool,
-        limit: u32,
-        bucket: u64,
-    },
 }
 
 fn hash_of(v: impl Hash) -> u64 {
@@ -169,36 +182,76 @@ impl RateLimiter {
         (w.remaining == 0 && now < w.reset_at).then(|| w.reset_at - now)
     }
 
-    fn check(&self, now: Instant, caller: Caller, bucket: u64, l: &Limits) -> Verdict {
+    fn check(&self, now: Instant, caller: Caller, bucket: u64, l: &RateWindows) -> RateVerdict {
         const GLOBAL: u64 = 0;
         let caller = hash_of(caller);
-        if let Err(w) = self.take(now, caller, GLOBAL, l.global, Duration::from_secs(1)) {
-            return Verdict::Limited {
+        if let Err(w) = self.take(now, caller, GLOBAL, l.global, l.global_window) {
+            return RateVerdict::Limited {
                 retry_after: w.reset_at - now,
                 global: true,
                 limit: l.global,
-                bucket,
             };
         }
         match self.take(now, caller, bucket, l.route, l.route_window) {
-            Ok(w) => Verdict::Ok {
+            Ok(w) => RateVerdict::Ok {
                 limit: l.route,
                 remaining: w.remaining,
                 reset_after: w.reset_at - now,
-                bucket,
             },
-            Err(w) => Verdict::Limited {
+            Err(w) => RateVerdict::Limited {
                 retry_after: w.reset_at - now,
                 global: false,
                 limit: l.route,
-                bucket,
             },
         }
+    }
+
+    /// Count a request with the switch's `shared` limits, or on this node's windows while
+    /// they cannot answer (see the module docs).
+    pub async fn check_shared(
+        &self,
+        shared: &dyn RateLimits,
+        caller: Caller,
+        bucket: u64,
+        w: &RateWindows,
+    ) -> RateVerdict {
+        let lock = |m: &'_ Mutex<Option<Instant>>| *m.lock().unwrap_or_else(|p| p.into_inner());
+        if lock(&self.shared_down_until).is_none_or(|t| Instant::now() >= t) {
+            let why =
+                match tokio::time::timeout(SHARED_TIMEOUT, shared.check(caller, bucket, w)).await {
+                    Ok(Ok(v)) => return v,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {} ms", SHARED_TIMEOUT.as_millis()),
+                };
+            let now = Instant::now();
+            *self
+                .shared_down_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(now + SHARED_RETRY);
+            let mut last = self.last_warn.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
+                *last = Some(now);
+                tracing::warn!(error = %why, "REST rate limits counted on this node alone: the shared limits cannot be reached");
+            }
+        }
+        self.check(Instant::now(), caller, bucket, w)
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
         self.windows.lock().unwrap().len()
+    }
+}
+
+impl RateLimits for RateLimiter {
+    fn check<'a>(
+        &'a self,
+        caller: Caller,
+        bucket: u64,
+        w: &'a RateWindows,
+    ) -> Fut<'a, SharedResult<RateVerdict>> {
+        let v = RateLimiter::check(self, Instant::now(), caller, bucket, w);
+        Box::pin(std::future::ready(Ok(v)))
     }
 }
 
@@ -346,15 +399,15 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
         .map(|m| m.as_str().to_string())
         .unwrap_or_default();
     let bucket = bucket_of(req.method().as_str(), &template, req.uri().path());
-    match s
+    let verdict = s
         .rate_limiter
-        .check(Instant::now(), caller, bucket, &s.limits)
-    {
-        Verdict::Ok {
+        .check_shared(&*s.shared.rate_limits, caller, bucket, &s.limits.windows())
+        .await;
+    match verdict {
+        RateVerdict::Ok {
             limit,
             remaining,
             reset_after,
-            bucket,
         } => {
             let mut res = next.run(req).await;
             let h = res.headers_mut();
@@ -376,11 +429,10 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
             }
             res
         }
-        Verdict::Limited {
+        RateVerdict::Limited {
             retry_after,
             global,
             limit,
-            bucket,
         } => {
             tracing::debug!(
                 global,
@@ -437,51 +489,114 @@ mod tests {
             route_window: Duration::from_secs(1),
             global: 100,
             ..Limits::default()
-        };
+        }
+        .windows();
         let t0 = Instant::now();
         assert!(matches!(
             r.check(t0, Caller::User(1), 7, &l),
-            Verdict::Ok { remaining: 1, .. }
+            RateVerdict::Ok { remaining: 1, .. }
         ));
         assert!(matches!(
             r.check(t0, Caller::User(1), 7, &l),
-            Verdict::Ok { remaining: 0, .. }
+            RateVerdict::Ok { remaining: 0, .. }
         ));
         assert!(matches!(
             r.check(t0, Caller::User(1), 7, &l),
-            Verdict::Limited { global: false, .. }
+            RateVerdict::Limited { global: false, .. }
         ));
         assert!(
-            matches!(r.check(t0, Caller::User(2), 7, &l), Verdict::Ok { .. }),
+            matches!(r.check(t0, Caller::User(2), 7, &l), RateVerdict::Ok { .. }),
             "other callers are separate"
         );
         assert!(matches!(
             r.check(t0 + Duration::from_millis(1001), Caller::User(1), 7, &l),
-            Verdict::Ok { remaining: 1, .. }
+            RateVerdict::Ok { remaining: 1, .. }
         ));
         let g = Limits {
             route: 100,
             route_window: Duration::from_secs(1),
             global: 3,
             ..Limits::default()
-        };
+        }
+        .windows();
         let t1 = t0 + Duration::from_secs(10);
         for b in 0..3 {
             assert!(matches!(
                 r.check(t1, Caller::User(9), 100 + b, &g),
-                Verdict::Ok { .. }
+                RateVerdict::Ok { .. }
             ));
         }
         assert!(matches!(
             r.check(t1, Caller::User(9), 200, &g),
-            Verdict::Limited { global: true, .. }
+            RateVerdict::Limited { global: true, .. }
         ));
+    }
+
+    /// Shared limits that never answer well: Redis down (an error) or swamped (no answer).
+    struct Broken {
+        hang: bool,
+        calls: std::sync::atomic::AtomicU32,
+    }
+
+    impl RateLimits for Broken {
+        fn check<'a>(
+            &'a self,
+            _caller: Caller,
+            _bucket: u64,
+            _w: &'a RateWindows,
+        ) -> Fut<'a, SharedResult<RateVerdict>> {
+            self.calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self.hang {
+                return Box::pin(std::future::pending());
+            }
+            Box::pin(std::future::ready(Err(
+                crate::shared::SharedError::Unavailable("Redis at redis://x: refused".into()),
+            )))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_shared_limiter_fails_over_to_this_nodes_windows() {
+        let w = Limits {
+            route: 2,
+            ..Limits::default()
+        }
+        .windows();
+        for hang in [false, true] {
+            let r = RateLimiter::default();
+            let broken = Broken {
+                hang,
+                calls: Default::default(),
+            };
+            let u = Caller::User(1);
+            assert!(matches!(
+                r.check_shared(&broken, u, 7, &w).await,
+                RateVerdict::Ok { remaining: 1, .. }
+            ));
+            assert!(matches!(
+                r.check_shared(&broken, u, 7, &w).await,
+                RateVerdict::Ok { remaining: 0, .. }
+            ));
+            assert!(
+                matches!(
+                    r.check_shared(&broken, u, 7, &w).await,
+                    RateVerdict::Limited { global: false, .. }
+                ),
+                "still limited, on this node's own count (hang: {hang})"
+            );
+            let calls = |b: &Broken| b.calls.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(calls(&broken), 1, "Redis is left alone after a failure");
+            tokio::time::sleep(SHARED_RETRY).await;
+            r.check_shared(&broken, Caller::User(2), 7, &w).await;
+            assert_eq!(calls(&broken), 2, "and asked again after SHARED_RETRY");
+        }
     }
 
     #[test]
     fn memory_is_bounded() {
         let r = RateLimiter::default();
-        let l = Limits::default();
+        let l = Limits::default().windows();
         let t0 = Instant::now();
         for i in 0..(MAX_WINDOWS as u32 + 10_000) {
             let ip = IpAddr::from(i.to_be_bytes());

@@ -114,7 +114,7 @@ pub async fn request(
                 if let Some(last) = page.last() {
                     after = last.user.id;
                 }
-                send_chunk(s, sref, &r, &page, index, count, None);
+                send_chunk(s, sref, &r, &page, index, count, None).await;
             }
             return Ok(());
         }
@@ -124,12 +124,12 @@ pub async fn request(
         let lo = (index * MEMBERS_PER_CHUNK).min(members.len());
         let hi = ((index + 1) * MEMBERS_PER_CHUNK).min(members.len());
         let nf = if index == 0 { not_found.as_ref() } else { None };
-        send_chunk(s, sref, &r, &members[lo..hi], index, count, nf);
+        send_chunk(s, sref, &r, &members[lo..hi], index, count, nf).await;
     }
     Ok(())
 }
 
-fn send_chunk(
+async fn send_chunk(
     s: &AppState,
     sref: &SessionRef,
     r: &RequestMembers,
@@ -149,7 +149,7 @@ fn send_chunk(
     }
     if r.presences {
         let ids: Vec<u64> = members.iter().map(|m| m.user.id).collect();
-        d["presences"] = Value::Array(s.presences.snapshot(r.guild_id, &ids));
+        d["presences"] = Value::Array(super::presence::snapshot(s, r.guild_id, &ids).await);
     }
     if let Some(n) = &r.nonce {
         d["nonce"] = json!(n);

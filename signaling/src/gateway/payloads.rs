@@ -99,7 +99,7 @@ pub async fn guild_create_limited(
     v["joined_at"] = json!(joined_at);
     v["voice_states"] = Value::Array(voice_states);
     let ids: Vec<u64> = members.iter().map(|m| m.user.id).collect();
-    v["presences"] = Value::Array(s.presences.snapshot(g.id, &ids));
+    v["presences"] = Value::Array(super::presence::snapshot(s, g.id, &ids).await);
     v["threads"] = json!([]);
     v["stage_instances"] = json!([]);
     v["guild_scheduled_events"] = json!([]);

@@ -1,5 +1,8 @@
 //! Presence: online/idle/dnd/offline per user, set by Identify and op 3, cleared when the user's
-//! last gateway connection goes away. Broadcast as PRESENCE_UPDATE to the user's guilds.
+//! last gateway connection goes away — on any node: the switch's [`Presences`] counts each
+//! user's connections per node ([`LocalPresences`] here when the node is alone; Redis in a
+//! cluster). Broadcast as PRESENCE_UPDATE to the user's guilds when what others see changes
+//! (invisible looks offline), by the node where the change happened.
 
 use std::collections::HashMap;
 
@@ -7,57 +10,150 @@ use serde_json::{json, Value};
 
 use crate::app::AppState;
 use crate::dispatch::DispatchKind;
+use crate::shared::limits::{visible_status, PresenceChange, Presences, Visible};
+use crate::shared::{Fut, NodeId, SharedResult};
 
 pub const STATUSES: [&str; 5] = ["online", "idle", "dnd", "invisible", "offline"];
 
+/// One user's presence in this process.
 #[derive(Debug, Clone)]
-pub struct Presence {
-    pub status: String,
-    pub activities: Value,
+struct Presence {
+    status: String,
+    activities: Value,
     /// Live gateway connections of the user.
-    pub connections: usize,
+    connections: usize,
 }
 
+/// The in-process presences: a node alone, which holds every connection of its users.
 #[derive(Default)]
-pub struct Presences {
+pub struct LocalPresences {
     map: std::sync::Mutex<HashMap<u64, Presence>>,
 }
 
-impl Presences {
-    /// What others see: invisible looks offline.
-    fn visible_status(p: &Presence) -> &str {
-        if p.status == "invisible" {
-            "offline"
-        } else {
-            &p.status
-        }
+impl LocalPresences {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Presence>> {
+        self.map
+            .lock()
+            .expect("presence lock is never held across a panic")
     }
 
-    /// Online-looking presences among `users` (for READY/GUILD_CREATE).
-    pub fn snapshot(&self, guild_id: u64, users: &[u64]) -> Vec<Value> {
-        let m = self.map.lock().expect("presence lock");
+    /// Online-looking presences among `users`.
+    fn snapshot_now(&self, users: &[u64]) -> Vec<(u64, Visible)> {
+        let m = self.lock();
         users
             .iter()
-            .filter_map(|u| m.get(u).map(|p| (u, p)))
-            .filter(|(_, p)| Self::visible_status(p) != "offline")
-            .map(|(u, p)| payload(guild_id, *u, Self::visible_status(p), &p.activities))
+            .filter_map(|u| m.get(u).map(|p| (*u, p)))
+            .filter(|(_, p)| visible_status(&p.status) != "offline")
+            .map(|(u, p)| {
+                (
+                    u,
+                    Visible {
+                        status: visible_status(&p.status).to_string(),
+                        activities: p.activities.clone(),
+                    },
+                )
+            })
             .collect()
     }
 
-    fn update(&self, user: u64, f: impl FnOnce(&mut Presence)) -> Option<(String, Value)> {
-        let mut m = self.map.lock().expect("presence lock");
+    fn update_now(&self, user: u64, f: impl FnOnce(&mut Presence)) -> Option<Visible> {
+        let mut m = self.lock();
         let p = m.entry(user).or_insert(Presence {
             status: "offline".into(),
             activities: json!([]),
             connections: 0,
         });
-        let before = (Self::visible_status(p).to_string(), p.activities.clone());
+        let before = (visible_status(&p.status).to_string(), p.activities.clone());
         f(p);
-        let after = (Self::visible_status(p).to_string(), p.activities.clone());
+        let after = (visible_status(&p.status).to_string(), p.activities.clone());
         if p.connections == 0 {
             m.remove(&user);
         }
-        (before != after).then_some(after)
+        (before != after).then_some(Visible {
+            status: after.0,
+            activities: after.1,
+        })
+    }
+
+    fn apply(&self, user: u64, change: PresenceChange) -> Option<Visible> {
+        match change {
+            PresenceChange::Connected {
+                status,
+                activities,
+                explicit,
+            } => self.update_now(user, |p| {
+                p.connections += 1;
+                if p.connections == 1 || explicit {
+                    p.status = status;
+                    p.activities = activities;
+                }
+            }),
+            PresenceChange::Set { status, activities } => self.update_now(user, |p| {
+                p.status = status;
+                p.activities = activities;
+            }),
+            PresenceChange::Disconnected => self.update_now(user, |p| {
+                p.connections = p.connections.saturating_sub(1);
+                if p.connections == 0 {
+                    p.status = "offline".into();
+                    p.activities = json!([]);
+                }
+            }),
+        }
+    }
+}
+
+impl Presences for LocalPresences {
+    fn update(&self, user: u64, change: PresenceChange) -> Fut<'_, SharedResult<Option<Visible>>> {
+        Box::pin(std::future::ready(Ok(self.apply(user, change))))
+    }
+    fn snapshot<'a>(&'a self, users: &'a [u64]) -> Fut<'a, SharedResult<Vec<(u64, Visible)>>> {
+        Box::pin(std::future::ready(Ok(self.snapshot_now(users))))
+    }
+    /// A node alone holds no other node's connections.
+    fn forget_node<'a>(&'a self, _node: &'a NodeId) -> Fut<'a, SharedResult<Vec<(u64, Visible)>>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+}
+
+/// Online-looking presences among `users`, as `guild_id`'s PRESENCE_UPDATE payloads (for
+/// READY, GUILD_CREATE and member chunks). One read of the shared presences (a pipelined round
+/// trip per 1,000 users in a cluster); if it fails, none (logged): a snapshot without
+/// presences is better than no READY.
+pub async fn snapshot(s: &AppState, guild_id: u64, users: &[u64]) -> Vec<Value> {
+    match s.shared.presences.snapshot(users).await {
+        Ok(v) => v
+            .into_iter()
+            .map(|(u, p)| payload(guild_id, u, &p.status, &p.activities))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(guild = guild_id, error = %e, "presences left out of a snapshot");
+            Vec::new()
+        }
+    }
+}
+
+/// Apply a change and broadcast what others now see, if that changed.
+async fn change(s: &AppState, user: u64, c: PresenceChange) {
+    match s.shared.presences.update(user, c).await {
+        Ok(Some(v)) => broadcast(s, user, &v.status, &v.activities).await,
+        Ok(None) => {}
+        Err(e) => tracing::warn!(user, error = %e, "presence change not recorded"),
+    }
+}
+
+/// A node of the cluster is gone: drop its users' connections from the shared presences and
+/// tell the guilds of those it left offline. Safe to call from every node that notices.
+pub async fn node_lost(s: &AppState, node: &NodeId) {
+    match s.shared.presences.forget_node(node).await {
+        Ok(gone) => {
+            for (user, v) in gone {
+                broadcast(s, user, &v.status, &v.activities).await;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(%node, error = %e, "a lost node's presences could not be dropped")
+        }
     }
 }
 
@@ -105,16 +201,12 @@ pub async fn connected(s: &AppState, user: u64, initial: Option<&Value>) {
         .and_then(|p| p.get("activities"))
         .filter(|a| a.is_array())
         .cloned();
-    let changed = s.presences.update(user, |p| {
-        p.connections += 1;
-        if p.connections == 1 || initial.is_some() {
-            p.status = status;
-            p.activities = activities.unwrap_or_else(|| json!([]));
-        }
-    });
-    if let Some((st, act)) = changed {
-        broadcast(s, user, &st, &act).await;
-    }
+    let c = PresenceChange::Connected {
+        status,
+        activities: activities.unwrap_or_else(|| json!([])),
+        explicit: initial.is_some(),
+    };
+    change(s, user, c).await;
 }
 
 /// Op 3. Returns false for an invalid status.
@@ -132,26 +224,11 @@ pub async fn set(s: &AppState, user: u64, d: &Value) -> bool {
         .filter(|a| a.is_array())
         .cloned()
         .unwrap_or_else(|| json!([]));
-    let changed = s.presences.update(user, |p| {
-        p.status = status;
-        p.activities = activities;
-    });
-    if let Some((st, act)) = changed {
-        broadcast(s, user, &st, &act).await;
-    }
+    change(s, user, PresenceChange::Set { status, activities }).await;
     true
 }
 
 /// A connection of `user` went away.
 pub async fn disconnected(s: &AppState, user: u64) {
-    let changed = s.presences.update(user, |p| {
-        p.connections = p.connections.saturating_sub(1);
-        if p.connections == 0 {
-            p.status = "offline".into();
-            p.activities = json!([]);
-        }
-    });
-    if let Some((st, act)) = changed {
-        broadcast(s, user, &st, &act).await;
-    }
+    change(s, user, PresenceChange::Disconnected).await;
 }

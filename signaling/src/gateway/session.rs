@@ -365,10 +365,7 @@ impl Conn {
                 format!("this user already has {cap} connected gateway sessions (max_sessions_per_user)"),
             ));
         }
-        match s
-            .session_starts
-            .try_start(user.id, std::time::Instant::now())
-        {
+        match s.session_starts.try_start(user.id).await {
             Ok(_) => {}
             Err(StartRefused::TooFast) => {
                 let per = s.session_starts.limits().max_concurrency;

@@ -1,6 +1,8 @@
 //! The in-process implementations: one node, nothing shared with anyone, no Redis. Exactly
 //! the behaviour Lodge had before the cluster: the registry knows only this node, every room
-//! is hosted here, voice states and tokens live in this process, the bus is the hub.
+//! is hosted here, voice states and tokens live in this process, the bus is the hub. The
+//! in-process limits and presences are the per-process code where it always was
+//! (`gateway/session_start.rs`, `ratelimit.rs`, `gateway/presence.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -218,6 +220,9 @@ impl Shared {
             placement: Arc::new(LocalPlacement::default()),
             voice_states: Arc::new(LocalVoiceStates::default()),
             voice_tokens: Arc::new(LocalVoiceTokens::default()),
+            start_budgets: Arc::new(crate::gateway::session_start::SessionStarts::default()),
+            rate_limits: Arc::new(crate::ratelimit::RateLimiter::default()),
+            presences: Arc::new(crate::gateway::presence::LocalPresences::default()),
             clustered: false,
         }
     }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dispatch::Dispatch;
 
+pub mod limits;
 pub mod local;
 pub mod redis;
 
@@ -205,6 +206,12 @@ pub struct Shared {
     pub voice_states: Arc<dyn VoiceStates>,
     pub voice_tokens: Arc<dyn VoiceTokens>,
     pub bus: Arc<dyn Bus>,
+    /// `session_start_limit`: identifies per user.
+    pub start_budgets: Arc<dyn limits::StartBudgets>,
+    /// REST rate limits: the global and route windows per caller.
+    pub rate_limits: Arc<dyn limits::RateLimits>,
+    /// Presence per user, with live connections counted per node.
+    pub presences: Arc<dyn limits::Presences>,
     /// False for the in-process implementation: one node, nothing to coordinate.
     pub clustered: bool,
 }

@@ -5,6 +5,7 @@
 //! redis-server cannot see each other's keys. It sits outside the `{…}` hash tag, so a key's
 //! Redis Cluster slot is the same with or without it.
 
+use super::super::limits::Caller;
 use super::super::NodeId;
 
 /// What a bus message is addressed to: a guild's dispatches, or a user's dispatches that
@@ -95,6 +96,38 @@ impl Keys {
         format!("{}lodge:node:{node}:inbox", self.prefix)
     }
 
+    /// `{u:<user>}:starts:day`: the user's identifies in the current day window (a counter
+    /// whose PX is what is left of the window).
+    pub fn starts_day(&self, user: u64) -> String {
+        format!("{}{{u:{user}}}:starts:day", self.prefix)
+    }
+
+    /// `{u:<user>}:starts:burst`: the user's identifies of the last burst window (a sorted set
+    /// scored by the server's time in ms).
+    pub fn starts_burst(&self, user: u64) -> String {
+        format!("{}{{u:{user}}}:starts:burst", self.prefix)
+    }
+
+    /// `{u:<user>}:rl:<window>` or `{a:<address>}:rl:<window>`: a REST window's count, PX =
+    /// what is left of the window; `window` is `global` or a route bucket in hex.
+    pub fn rate(&self, caller: Caller, window: &str) -> String {
+        match caller {
+            Caller::User(u) => format!("{}{{u:{u}}}:rl:{window}", self.prefix),
+            Caller::Addr(a) => format!("{}{{a:{a}}}:rl:{window}", self.prefix),
+        }
+    }
+
+    /// `{u:<user>}:presence`: hash of the user's `status`, `activities` (JSON), `total`
+    /// connections and `n:<node>` connections per node.
+    pub fn presence(&self, user: u64) -> String {
+        format!("{}{{u:{user}}}:presence", self.prefix)
+    }
+
+    /// `lodge:node:<id>:presence`: users with gateway connections on the node.
+    pub fn node_presence(&self, node: &NodeId) -> String {
+        format!("{}lodge:node:{node}:presence", self.prefix)
+    }
+
     /// The route a channel name from [`Keys::channel`] stands for.
     pub fn route_of_channel(&self, channel: &str) -> Option<Route> {
         let rest = channel.strip_prefix(&self.prefix)?.strip_suffix(":ch")?;
@@ -130,6 +163,15 @@ mod tests {
             (k.channel(Route::Guild(5)), "t1:{g:5}:ch"),
             (k.channel(Route::User(9)), "t1:{u:9}:ch"),
             (k.inbox(&n), "t1:lodge:node:10.0.0.1:8080:inbox"),
+            (k.starts_day(9), "t1:{u:9}:starts:day"),
+            (k.starts_burst(9), "t1:{u:9}:starts:burst"),
+            (k.rate(Caller::User(9), "global"), "t1:{u:9}:rl:global"),
+            (
+                k.rate(Caller::Addr([10, 0, 0, 1].into()), "00ff"),
+                "t1:{a:10.0.0.1}:rl:00ff",
+            ),
+            (k.presence(9), "t1:{u:9}:presence"),
+            (k.node_presence(&n), "t1:lodge:node:10.0.0.1:8080:presence"),
         ];
         for (got, want) in table {
             assert_eq!(got, want);

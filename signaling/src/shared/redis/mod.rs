@@ -17,13 +17,20 @@
 //! | `{g:<guild>}:bus`, `{u:<user>}:bus`    | stream  | the route's dispatches, field `d`, `MAXLEN ~ 10000` |
 //! | `{g:<guild>}:ch`, `{u:<user>}:ch`      | channel | `"<stream id> <payload>"` for each dispatch  |
 //! | `lodge:node:<id>:inbox`                | channel | messages to one node                         |
+//! | `{u:<user>}:starts:day`                | counter | identifies in the user's day window, PX = what is left of it |
+//! | `{u:<user>}:starts:burst`              | zset    | identifies of the last 5 s, scored by Redis time (ms) |
+//! | `{u:<user>}:rl:<window>`, `{a:<addr>}:rl:<window>` | counter | a REST window (`global` or a route bucket), PX = what is left of it |
+//! | `{u:<user>}:presence`                  | hash    | `status`, `activities`, `total` and `n:<node>` connections |
+//! | `lodge:node:<id>:presence`             | set     | users with gateway connections on the node   |
 //!
 //! Everything about a guild shares the hash tag `{g:<guild>}`, so each script touches one
 //! Redis Cluster slot. The exceptions are node-wide and small: the registry (two keys, read
 //! with plain commands; the pruning script would need a common tag such as `{lodge}` on a
 //! cluster) and `lodge:voice-guilds`, which the voice-state script updates together with a
 //! guild's hash — on a cluster it would be one set per shard (see [`voice`]). Bus channels
-//! would move to sharded pub/sub (SPUBLISH) on a cluster.
+//! would move to sharded pub/sub (SPUBLISH) on a cluster. The per-node presence set
+//! (`lodge:node:<id>:presence`) is the same kind of exception, kept by the presence script
+//! together with the user's hash (see [`presence`]).
 //!
 //! Tests put a prefix in front of every name ([`RedisShared::connect_with_prefix`]), so many
 //! can share one server.
@@ -67,14 +74,18 @@ pub mod bus;
 pub mod conn;
 pub mod dispatch_bus;
 pub mod keys;
+pub mod limits;
 pub mod placement;
+pub mod presence;
 pub mod registry;
 pub mod stats;
 pub mod voice;
 
 pub use bus::{BusIncoming, RedisBus, RedisBusRx, StreamId};
 pub use keys::{Keys, Route};
+pub use limits::{RedisRateLimits, RedisStartBudgets};
 pub use placement::RedisPlacement;
+pub use presence::RedisPresences;
 pub use registry::RedisRegistry;
 pub use stats::{OpKind, RedisStats};
 pub use voice::{RedisVoiceStates, RedisVoiceTokens};
@@ -86,6 +97,9 @@ pub struct RedisShared {
     pub placement: Arc<RedisPlacement>,
     pub voice_states: Arc<RedisVoiceStates>,
     pub voice_tokens: Arc<RedisVoiceTokens>,
+    pub start_budgets: Arc<RedisStartBudgets>,
+    pub rate_limits: Arc<RedisRateLimits>,
+    pub presences: Arc<RedisPresences>,
     /// The bus's transport. It carries serialized payloads; the [`Bus`] over it (which
     /// serializes dispatches) is built where the dispatch format lives, and passed to
     /// [`RedisShared::shared`].
@@ -118,11 +132,14 @@ impl RedisShared {
         let (bus, rx) = RedisBus::connect(client, conn.clone(), me.clone()).await?;
         tracing::info!(url = %conn.url, node = %me, "connected to Redis");
         let shared = RedisShared {
-            me,
+            me: me.clone(),
             registry: Arc::new(RedisRegistry::new(conn.clone())),
             placement: Arc::new(RedisPlacement::new(conn.clone())),
             voice_states: Arc::new(RedisVoiceStates::new(conn.clone())),
             voice_tokens: Arc::new(RedisVoiceTokens::new(conn.clone())),
+            start_budgets: Arc::new(RedisStartBudgets::new(conn.clone())),
+            rate_limits: Arc::new(RedisRateLimits::new(conn.clone())),
+            presences: Arc::new(RedisPresences::new(conn.clone(), me.clone())),
             bus: Arc::new(bus),
             stats,
             url: conn.url.clone(),
@@ -139,6 +156,9 @@ impl RedisShared {
             placement: self.placement.clone(),
             voice_states: self.voice_states.clone(),
             voice_tokens: self.voice_tokens.clone(),
+            start_budgets: self.start_budgets.clone(),
+            rate_limits: self.rate_limits.clone(),
+            presences: self.presences.clone(),
             bus,
             clustered: true,
         }

@@ -22,10 +22,16 @@ pub enum OpKind {
     StreamRead,
     /// Bus subscriptions: SUBSCRIBE and UNSUBSCRIBE on the pub/sub connection.
     Subscribe,
+    /// `session_start_limit`: one script per Identify (and per `GET /gateway/bot`).
+    SessionStart,
+    /// REST rate limits: one script per request.
+    RateLimit,
+    /// Presence: one script per change, one pipelined read per snapshot.
+    Presence,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 7] = [
+    pub const ALL: [OpKind; 10] = [
         OpKind::Registry,
         OpKind::Placement,
         OpKind::Voice,
@@ -33,6 +39,9 @@ impl OpKind {
         OpKind::Publish,
         OpKind::StreamRead,
         OpKind::Subscribe,
+        OpKind::SessionStart,
+        OpKind::RateLimit,
+        OpKind::Presence,
     ];
 
     /// The `kind` label.
@@ -45,6 +54,9 @@ impl OpKind {
             OpKind::Publish => "publish",
             OpKind::StreamRead => "stream_read",
             OpKind::Subscribe => "subscribe",
+            OpKind::SessionStart => "session_start",
+            OpKind::RateLimit => "rate_limit",
+            OpKind::Presence => "presence",
         }
     }
 }

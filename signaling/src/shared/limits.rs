@@ -1,0 +1,148 @@
+//! The limits and the presence several nodes share: `session_start_limit` per user, the REST
+//! rate limits per caller, and each user's presence with a live-connection count per node.
+//! Each is a trait with an in-process implementation (today's per-process code, in
+//! `gateway/session_start.rs`, `ratelimit.rs` and [`super::local`]) and a Redis one
+//! ([`super::redis::limits`], [`super::redis::presence`]).
+//!
+//! The traits take the configured limits with every call, so [`super::Shared`] can be built
+//! before the configuration is read into the application state, and one implementation serves
+//! any limits.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{Fut, NodeId, SharedResult};
+
+/// `session_start_limit`, from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartLimits {
+    /// Identifies per user per day window.
+    pub total: u32,
+    /// Identifies per user per burst window.
+    pub max_concurrency: u32,
+}
+
+/// What `GET /gateway/bot` reports for one user, and what a counted Identify leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remaining {
+    pub total: u32,
+    pub remaining: u32,
+    pub reset_after: Duration,
+    pub max_concurrency: u32,
+}
+
+/// Why an Identify is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartRefused {
+    /// More than `max_concurrency` in the burst window: Invalid Session (op 9), retry shortly.
+    TooFast,
+    /// The day's `total` is used up; `reset_after` until it refills.
+    Exhausted { reset_after: Duration },
+}
+
+/// Identifies per user, counted wherever the user identifies.
+pub trait StartBudgets: Send + Sync {
+    /// Count one Identify of `user`, or refuse it (a refusal uses nothing up).
+    fn try_start(
+        &self,
+        user: u64,
+        limits: StartLimits,
+    ) -> Fut<'_, SharedResult<Result<Remaining, StartRefused>>>;
+    /// What is left for `user`, without using any.
+    fn remaining(&self, user: u64, limits: StartLimits) -> Fut<'_, SharedResult<Remaining>>;
+}
+
+/// Whom a REST request is counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Caller {
+    User(u64),
+    /// The client address's limit key (IPv4, or IPv6 /64).
+    Addr(IpAddr),
+}
+
+/// The REST windows, from the configuration: a global one per caller and one per route
+/// bucket per caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateWindows {
+    pub global: u32,
+    pub global_window: Duration,
+    pub route: u32,
+    pub route_window: Duration,
+}
+
+/// What a request got: the figures of the `X-RateLimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateVerdict {
+    Ok {
+        limit: u32,
+        remaining: u32,
+        reset_after: Duration,
+    },
+    Limited {
+        retry_after: Duration,
+        /// The global limit refused it (else the route bucket did).
+        global: bool,
+        limit: u32,
+    },
+}
+
+/// REST rate limits per caller: the global window and the route bucket, checked and counted
+/// together (a request refused by the global limit counts against nothing; one refused by its
+/// route counts against the global window, as Discord does).
+pub trait RateLimits: Send + Sync {
+    fn check<'a>(
+        &'a self,
+        caller: Caller,
+        bucket: u64,
+        w: &'a RateWindows,
+    ) -> Fut<'a, SharedResult<RateVerdict>>;
+}
+
+/// A change to a user's presence, made by one of their gateway connections on this node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PresenceChange {
+    /// A connection came up (identify or resume). The first connection, or one that sent a
+    /// presence with Identify (`explicit`), sets the status and activities.
+    Connected {
+        status: String,
+        activities: Value,
+        explicit: bool,
+    },
+    /// Op 3.
+    Set { status: String, activities: Value },
+    /// A connection went away; the last one (across every node) makes the user offline.
+    Disconnected,
+}
+
+/// What others see of a user: invisible looks offline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Visible {
+    pub status: String,
+    pub activities: Value,
+}
+
+/// What others see of a stored status.
+pub fn visible_status(status: &str) -> &str {
+    if status == "invisible" {
+        "offline"
+    } else {
+        status
+    }
+}
+
+/// Presence per user, with the user's live gateway connections counted per node: the user is
+/// online while any node has one.
+pub trait Presences: Send + Sync {
+    /// Apply a change made on this node. `Some(what others now see)` when that changed (a
+    /// PRESENCE_UPDATE is due), `None` when it did not.
+    fn update(&self, user: u64, change: PresenceChange) -> Fut<'_, SharedResult<Option<Visible>>>;
+    /// Online-looking presences among `users` (for READY, GUILD_CREATE and member chunks), in
+    /// `users`' order.
+    fn snapshot<'a>(&'a self, users: &'a [u64]) -> Fut<'a, SharedResult<Vec<(u64, Visible)>>>;
+    /// `node` is gone: drop its connections. Returns the users that went offline (a
+    /// PRESENCE_UPDATE is due for each). Safe to call from several nodes at once: each user's
+    /// change is reported once.
+    fn forget_node<'a>(&'a self, node: &'a NodeId) -> Fut<'a, SharedResult<Vec<(u64, Visible)>>>;
+}
