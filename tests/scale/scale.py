@@ -67,7 +67,13 @@ class Load:
 
     def tail(self, n=6):
         lines = [line for line in re.split(r"[\r\n]", self.stderr()) if line.strip()]
-        return " | ".join(lines[-n:])
+        out = " | ".join(lines[-n:])
+        if "Username is already taken" in out:
+            # lodge-load's names are unique per run, and the store reports any unique violation
+            # of the users table as a taken name: the user id (a snowflake) is the suspect.
+            out += (" [lodge-load's user names are unique per run: the users insert most likely collided on "
+                    "its id, i.e. two nodes minted the same snowflake]")
+        return out
 
     async def guild(self):
         m = await until(lambda: re.search(r"in guild (\d+)", self.stderr()) or self.proc.returncode is not None, 60)
