@@ -18,8 +18,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (  # noqa: E402
-    NODES, VIEW_CHANNEL, Cluster, Failed, Gateway, Rest, check, fmt_ms, pct, psql, session,
-    text_channel, until)
+    NODES, PASSWORD, VIEW_CHANNEL, Cluster, Failed, Gateway, Rest, check, fmt_ms, pct, psql,
+    rand_name, session, text_channel, until)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STEPS = []
@@ -145,6 +145,22 @@ async def fanout(ctx, fig):
     c, rest = ctx.c, ctx.rest
     await c.ensure()
     PER = 50  # per sender, alternating the public and the hidden channel
+    # Registrations on all nodes at once: every one must succeed (the nodes share one users
+    # table, so their ids must never collide).
+    names = [rand_name("reg") for _ in range(30)]
+
+    async def register(n, nm):
+        for _ in range(30):  # a polite client waits out 429 and 503 (password hashing at capacity)
+            st, v = await rest.req(n, "POST", "/auth/register", body={"username": nm, "password": PASSWORD})
+            if st not in (429, 503):
+                return st, v
+            await asyncio.sleep(float(v.get("retry_after", 1)) if isinstance(v, dict) else 1)
+        return st, v
+    regs = await asyncio.gather(*(register(NODES[i % 3], nm) for i, nm in enumerate(names)))
+    bad_regs = [f"{st} {v}" for st, v in regs if st != 201]
+    fig["concurrent_registrations_refused"] = f"{len(bad_regs)} of {len(names)}"
+    reg_problem = (f"{len(bad_regs)} of {len(names)} concurrent registrations on the three nodes refused, "
+                   f"first: {bad_regs[0][:160]}") if bad_regs else None
     _, owner, _ = await rest.user(2, "own")
     senders = [(2, *(await rest.user(2, "sa"))), (3, *(await rest.user(3, "sb")))]
     observers = []  # (node, insider, uid, token)
@@ -196,7 +212,7 @@ async def fanout(ctx, fig):
     await until(complete, 10)
     await asyncio.sleep(0.5)  # late duplicates or leaks would arrive now
 
-    problems = []
+    problems = [reg_problem] if reg_problem else []
     if refused:
         problems.append(f"{len(refused)} of {2 * PER} POSTs refused, first: {refused[0]}")
     fig["acknowledged"] = len(all_sent)
