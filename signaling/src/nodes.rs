@@ -86,8 +86,10 @@ pub async fn run(s: AppState) {
                     s.nodes.with(|v| v.registered = true);
                 }
                 if !renewed {
-                    // The registry had lost this node (Redis restarted, or this node was
-                    // paused past its TTL): what it hosts may be gone from the shared state.
+                    // The registry had lost this node (first start, Redis restarted, or this
+                    // node was paused past its TTL): what it hosts may be gone from the shared
+                    // state, and presence counted under its name before is stale.
+                    crate::gateway::presence::node_lost(&s, &s.shared.me).await;
                     reassert(&s).await;
                 }
             }
@@ -130,6 +132,7 @@ pub async fn run(s: AppState) {
             s.nodes.with(|v| v.nodes_lost += 1);
             let moved = rehome_lost(&s, id).await;
             s.nodes.with(|v| v.callers_rehomed += moved);
+            crate::gateway::presence::node_lost(&s, id).await;
         }
     }
 }
