@@ -117,8 +117,16 @@ class Cluster:
         for n in NODES:
             await self.ctl("node-wait", n, 60)
         if started:
-            # Let restarted nodes register with the others before a step depends on it.
-            await asyncio.sleep(1.0)
+            # Let restarted nodes register with the others before a step depends on it (the
+            # step itself fails if they never do).
+            async def all_seen():
+                async with session() as http:
+                    for n in NODES:
+                        m = await self.metrics(http, n) or {}
+                        if m.get("lodge_cluster_nodes") != len(NODES):
+                            return False
+                return True
+            await until(all_seen, 10, 0.2)
         return started
 
     async def kill(self, n, sig="KILL"):
