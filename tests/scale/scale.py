@@ -712,11 +712,16 @@ async def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--only", default="")
     args = ap.parse_args()
+    try:
+        steps = selected(args.only)
+    except Failed as e:
+        print(f"scale suite: {e} (steps: {', '.join(f'{num} {name}' for num, name, _, _ in STEPS)})")
+        return 2
     results = []
     cluster = Cluster(args.ctl, args.tmp)
     async with session() as http:
         ctx = Ctx(args, cluster, http)
-        for num, name, what, f in selected(args.only):
+        for num, name, what, f in steps:
             print(f"\n== {num}. {name}: {what}", flush=True)
             fig, t0 = {}, time.monotonic()
             rec = {"step": num, "name": name, "what": what, "figures": fig}
