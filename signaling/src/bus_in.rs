@@ -28,7 +28,7 @@ pub async fn run(s: AppState, raw: Arc<RedisBus>, mut rx: RedisBusRx) {
                     continue; // already delivered by a catch-up read
                 }
                 last.insert(route, id);
-                deliver(&s, route, &payload);
+                deliver(&s, route, id, &payload);
             }
             BusIncoming::Node(msg) => crate::voice::executor::handle_node_msg(&s, &msg).await,
             BusIncoming::Lost => {
@@ -81,7 +81,7 @@ async fn catch_up(
         for (id, payload) in page {
             pos = id;
             last.insert(route, id);
-            deliver(s, route, &payload);
+            deliver(s, route, id, &payload);
             n += 1;
         }
         if len < CATCH_UP_PAGE {
@@ -90,7 +90,7 @@ async fn catch_up(
     }
 }
 
-fn deliver(s: &AppState, route: Route, payload: &str) {
+fn deliver(s: &AppState, route: Route, id: StreamId, payload: &str) {
     if payload == GAP_MARKER {
         crate::gateway::invalidate_route(
             s,
@@ -100,7 +100,11 @@ fn deliver(s: &AppState, route: Route, payload: &str) {
         return;
     }
     match serde_json::from_str::<Dispatch>(payload) {
-        Ok(d) => s.hub.deliver(Arc::new(d)),
+        Ok(mut d) => {
+            // Sessions' resume logs name the dispatch by where it sits on the bus.
+            d.bus = Some((route, id));
+            s.hub.deliver(Arc::new(d))
+        }
         Err(e) => warn!(?route, error = %e, "malformed dispatch on the bus; dropped"),
     }
 }

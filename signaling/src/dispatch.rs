@@ -16,6 +16,7 @@ use serde_json::Value;
 
 pub use crate::dispatch_kind::{DispatchKind, UnknownDispatchKind};
 use crate::gateway::Opcode;
+use crate::shared::redis::{Route, StreamId};
 
 /// Who a dispatch is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +52,11 @@ pub struct Dispatch {
     /// A member the event is about (a presence): once they are no longer a member of the
     /// guild, sessions drop it, however late it was published.
     pub about: Option<u64>,
+    /// Where the dispatch sits on the cluster's bus: its route and its position in the
+    /// route's stream, set by the node that received it (`bus_in`). `None` for in-process
+    /// delivery. A session's resume log names dispatches by it instead of copying them.
+    #[serde(skip)]
+    pub bus: Option<(Route, StreamId)>,
 }
 
 /// The other side of a move: sessions whose user may view `channel_id` but not the
@@ -73,8 +79,8 @@ pub struct Reference {
     pub redacted: Arc<str>,
 }
 
-/// Which of a dispatch's bodies a session gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which of a dispatch's bodies a session gets (kept in a session's resume log by name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Body {
     Full,
     /// `redacted`: a message event for a session without MESSAGE_CONTENT.
@@ -209,6 +215,7 @@ mod tests {
                     redacted: ref_redacted,
                 }),
                 about: None,
+                bus: None,
             },
             Dispatch {
                 target: Target::Guild(3),
@@ -224,6 +231,7 @@ mod tests {
                 }),
                 reference: None,
                 about: Some(7),
+                bus: None,
             },
             Dispatch {
                 target: Target::Session {
@@ -239,6 +247,7 @@ mod tests {
                 left: None,
                 reference: None,
                 about: None,
+                bus: None,
             },
             Dispatch {
                 target: Target::User(u64::MAX),
@@ -251,6 +260,7 @@ mod tests {
                 left: None,
                 reference: None,
                 about: None,
+                bus: None,
             },
         ];
         for d in all {
@@ -290,6 +300,7 @@ mod tests {
             left: None,
             reference: None,
             about: None,
+            bus: None,
         };
         let s = d(Target::Session {
             user: 7,

@@ -224,6 +224,7 @@ impl Hub {
             left: None,
             reference: None,
             about: None,
+            bus: None,
         });
     }
 
@@ -241,6 +242,7 @@ impl Hub {
             left: None,
             reference: None,
             about: Some(member),
+            bus: None,
         });
     }
 
@@ -273,6 +275,7 @@ impl Hub {
             }),
             reference: None,
             about: None,
+            bus: None,
         });
     }
 
@@ -320,6 +323,7 @@ impl Hub {
             left: None,
             reference,
             about: None,
+            bus: None,
         });
     }
 }

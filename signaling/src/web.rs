@@ -56,7 +56,11 @@ pub async fn index_or_voice(State(s): State<AppState>, req: Request) -> Response
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if is_ws && !s.cfg.roles.media {
         let body = serde_json::json!({ "code": 0, "message": "503: this node serves no voice (--roles without media); use the endpoint VOICE_SERVER_UPDATE names" });
-        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(body),
+        )
+            .into_response();
     }
     if is_ws {
         let (mut parts, _) = req.into_parts();

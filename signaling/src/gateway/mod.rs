@@ -10,11 +10,13 @@ pub mod registry;
 mod session;
 mod session_filter;
 pub mod session_start;
+pub mod takeover;
 pub mod visibility;
 
 pub use client_op::MAX_PAYLOAD;
 pub use opcode::{payload, Opcode, UnknownOpcode};
 pub use session::{end_sessions_of, invalidate_route, ws_handler};
+pub use takeover::{session_moved, Moved};
 
 /// Client payloads allowed per [`RATE_WINDOW`] before closing with 4008.
 pub const RATE_LIMIT: usize = 120;

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::hub::{frame, Body, Dispatch, DispatchKind};
+use crate::shared::{Logged, ResumeStore};
 
 /// How long a dropped session can be resumed.
 pub const RESUME_WINDOW: Duration = Duration::from_secs(5 * 60);
@@ -69,6 +70,14 @@ pub struct Session {
     replay_floor: u64,
     /// Guild → (the guild's visibility epoch when cached, channel → the user's permissions).
     pub visible: HashMap<u64, (u64, HashMap<u64, lodge_chat::Permissions>)>,
+    /// In a cluster: where every sequence number after the floor is logged, so another node
+    /// can take the session over (`None` alone, and once the session moved to another node).
+    journal: Option<Arc<dyn ResumeStore>>,
+    /// Taken over by another node: this copy ends without ending the session's voice or
+    /// forgetting its resume state.
+    pub moved: bool,
+    /// Ended for a reason that must not end its voice (the bus lost dispatches).
+    pub keep_voice: bool,
 }
 
 /// Why a resume is refused.
@@ -102,6 +111,57 @@ impl Session {
             end_close: None,
             replay_floor: 0,
             visible: HashMap::new(),
+            journal: None,
+            moved: false,
+            keep_voice: false,
+        }
+    }
+
+    /// A session taken over from another node: it continues after `seq`, the client has seen
+    /// everything up to `acked`, and `replay` (sequence numbers after `acked`) is what it
+    /// missed.
+    pub fn taken_over(
+        mut self,
+        seq: u64,
+        acked: u64,
+        replay: impl IntoIterator<Item = (u64, Entry)>,
+    ) -> Self {
+        self.seq = seq;
+        self.replay_floor = acked;
+        self.buffer = replay.into_iter().collect();
+        self
+    }
+
+    /// Log every sequence number from now on in `journal` (a cluster's resume store).
+    pub fn keep_journal(&mut self, journal: Arc<dyn ResumeStore>) {
+        self.journal = Some(journal);
+    }
+
+    /// The resume store this session logs to, if any (taken: nothing more is logged).
+    pub fn take_journal(&mut self) -> Option<Arc<dyn ResumeStore>> {
+        self.journal.take()
+    }
+
+    /// Log sequence number `seq`. A hub dispatch that did not come over the bus cannot be
+    /// named in the log: its number is left out, so the log has a hole there and a resume on
+    /// another node that would need it is refused rather than replayed without it.
+    fn journal(&self, seq: u64, e: &Entry) {
+        let Some(j) = &self.journal else { return };
+        match e {
+            Entry::Shared(d, body) => {
+                if let Some((route, id)) = d.bus {
+                    j.append(
+                        &self.id,
+                        seq,
+                        Logged::Shared {
+                            route,
+                            id,
+                            body: *body,
+                        },
+                    );
+                }
+            }
+            Entry::Own(..) => j.append(&self.id, seq, Logged::Own),
         }
     }
 
@@ -118,6 +178,7 @@ impl Session {
                 ok = false;
             }
         }
+        self.journal(seq, &e);
         if matches!(e, Entry::Shared(..)) {
             self.buffer.push_back((seq, e));
             while self.buffer.len() > REPLAY_CAP {
@@ -133,6 +194,9 @@ impl Session {
     /// (identify/resume paths); it is not kept for replay.
     pub fn record(&mut self, t: DispatchKind, json: &str) -> String {
         self.seq += 1;
+        if let Some(j) = &self.journal {
+            j.append(&self.id, self.seq, Logged::Own);
+        }
         frame(t, self.seq, json)
     }
 
@@ -142,9 +206,29 @@ impl Session {
         self.replay_floor = self.seq;
     }
 
+    /// The sequence number a resume must have seen at least.
+    pub fn replay_floor(&self) -> u64 {
+        self.replay_floor
+    }
+
+    /// Dispatches were lost for the session (its hub queue overflowed): it cannot be resumed,
+    /// here or anywhere; its connection closes.
+    pub fn lost_dispatches(&mut self) {
+        if let (Some(j), false) = (&self.journal, self.ended) {
+            j.end(&self.id);
+        }
+        self.ended = true;
+        self.detach_all();
+    }
+
     /// End the session from outside: its connection closes with `close`, and it cannot be
     /// resumed.
     pub fn end(&mut self, close: (u16, &'static str)) {
+        if let Some(j) = &self.journal {
+            if !self.ended {
+                j.end(&self.id);
+            }
+        }
         self.ended = true;
         self.end_close = Some(close);
         self.detach_all();
@@ -163,6 +247,9 @@ impl Session {
             );
         }
         self.end((4000, reason));
+        // The call is not the session's fault: it goes on until its voice connection ends
+        // (or the client, identified again, sends op 4 with its new session).
+        self.keep_voice = true;
     }
 
     /// When the session's connection was detached (None while connected).
@@ -316,6 +403,23 @@ impl Sessions {
         self.maps().by_user.get(&user).cloned().unwrap_or_default()
     }
 
+    /// Remove `r` if it is still the session registered under `id` (a session that moved to
+    /// another node and came back is a new one under the same id).
+    pub fn remove_if(&self, id: &str, r: &SessionRef) {
+        let mut m = self.maps();
+        if !m.by_id.get(id).is_some_and(|x| Arc::ptr_eq(x, r)) {
+            return;
+        }
+        m.by_id.remove(id);
+        let user = lock_session(r).user.id;
+        if let Some(v) = m.by_user.get_mut(&user) {
+            v.retain(|x| !Arc::ptr_eq(x, r));
+            if v.is_empty() {
+                m.by_user.remove(&user);
+            }
+        }
+    }
+
     pub fn remove(&self, id: &str) {
         let mut m = self.maps();
         if let Some(r) = m.by_id.remove(id) {
@@ -367,6 +471,7 @@ mod tests {
                 left: None,
                 reference: None,
                 about: None,
+                bus: None,
             }),
             Body::Full,
         )

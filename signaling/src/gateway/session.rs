@@ -31,6 +31,8 @@ use super::session_start::StartRefused;
 use super::{close, intents, payload, payloads, Opcode, RATE_LIMIT, RATE_WINDOW};
 use crate::app::AppState;
 use crate::hub::{DispatchKind, Ended, Subscription, Target};
+use crate::shared::redis::{Route, StreamId};
+use crate::shared::SessionMeta;
 use crate::ws::{close_with, Inbound, Tx};
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -123,7 +125,7 @@ async fn send_frames(tx: &mut Tx, frames: Vec<String>) -> bool {
     tx.flush().await.is_ok()
 }
 
-fn lock(s: &SessionRef) -> std::sync::MutexGuard<'_, Session> {
+pub(super) fn lock(s: &SessionRef) -> std::sync::MutexGuard<'_, Session> {
     s.lock()
         .expect("a session lock is never held across a panic")
 }
@@ -351,7 +353,15 @@ impl Conn {
             .store
             .authenticate(&d.token)
             .await
-            .map_err(|_| stop(close::AUTHENTICATION_FAILED, "authentication failed"))?;
+            .map_err(|e| match e {
+                // The database is down: not the token's fault (4004 would make clients drop
+                // it); 4000 lets them reconnect and identify again.
+                e if e.is_unreachable() => stop(
+                    close::UNKNOWN_ERROR,
+                    "the database is unreachable; reconnect and identify again shortly",
+                ),
+                _ => stop(close::AUTHENTICATION_FAILED, "authentication failed"),
+            })?;
         if user.bot && !s.cfg.bot_privileged_intents && d.intents & intents::PRIVILEGED != 0 {
             return Err(stop(
                 close::DISALLOWED_INTENTS,
@@ -405,12 +415,26 @@ impl Conn {
             .collect();
         watch_routes(&s, user.id, &guild_ids, true);
         s.shared.bus.synced().await;
-        let watched = Watched {
-            s: s.clone(),
-            user: user.id,
-            guilds: guild_ids,
+        // In a cluster, where another node taking the session over starts reading routes
+        // that have nothing in its log (without it the session resumes only here).
+        let created = match s.shared.clustered {
+            true => match s.shared.resume.position().await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the session cannot be resumed on another node: no stream position");
+                    None
+                }
+            },
+            false => None,
         };
         let (sess, ready, creates) = snapshot(&s, &d, user).await?;
+        let watched = Watched {
+            s: s.clone(),
+            session: sess.id.clone(),
+            user: sess.user.id,
+            guilds: guild_ids,
+            journaled: created.is_some(),
+        };
         let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
         let id = sess.id.clone();
         let uid = sess.user.id;
@@ -436,10 +460,31 @@ impl Conn {
                 f.push(g.record(DispatchKind::GuildCreate, &c.to_string()));
             }
             g.set_replay_floor();
+            if let Some(created) = created {
+                s.shared.resume.open(SessionMeta {
+                    session: g.id.clone(),
+                    user: g.user.id,
+                    token_hash: g.token_hash.clone(),
+                    intents: g.intents,
+                    guilds: watched.guilds.clone(),
+                    floor: g.replay_floor(),
+                    created,
+                    routes: Default::default(),
+                    node: s.shared.me.clone(),
+                    ended: false,
+                });
+                g.keep_journal(s.shared.resume.clone());
+            }
             g.attach(self.id, live_tx);
             f
         };
-        tokio::spawn(collector(s.clone(), sref.clone(), hub_rx, watched));
+        tokio::spawn(collector(
+            s.clone(),
+            sref.clone(),
+            hub_rx,
+            watched,
+            HashMap::new(),
+        ));
         info!(user = uid, session = %&id[..6], "gateway session identified");
         super::presence::connected(&s, uid, d.presence.as_ref()).await;
         self.session = Some(sref);
@@ -505,7 +550,13 @@ async fn resume(
     conn: u64,
 ) -> Option<(SessionRef, mpsc::Receiver<String>, Vec<String>)> {
     let user = s.store.authenticate(&d.token).await.ok()?;
-    let sref = s.sessions.get(&d.session_id)?;
+    let Some(sref) = s.sessions.get(&d.session_id) else {
+        // Not here: in a cluster, its node may have died (or the client moved).
+        if s.shared.clustered {
+            return super::takeover::resume(s, d, user, conn).await;
+        }
+        return None;
+    };
     let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
     let frames = {
         let mut g = lock(&sref);
@@ -529,10 +580,13 @@ async fn resume(
 }
 
 /// The bus routes a session watches; unwatched when dropped (the session's end).
-struct Watched {
-    s: AppState,
-    user: u64,
-    guilds: Vec<u64>,
+pub(super) struct Watched {
+    pub(super) s: AppState,
+    pub(super) session: String,
+    pub(super) user: u64,
+    pub(super) guilds: Vec<u64>,
+    /// The session's resume state is in the cluster's resume store (follow its guilds there).
+    pub(super) journaled: bool,
 }
 
 impl Drop for Watched {
@@ -541,14 +595,32 @@ impl Drop for Watched {
     }
 }
 
-/// Receives hub dispatches for one session until it expires, connected or not.
-async fn collector(s: AppState, sref: SessionRef, mut hub: Subscription, mut watched: Watched) {
+/// Receives hub dispatches for one session until it expires, connected or not. `caught_up`:
+/// per route, the position up to which the session already has the route's dispatches (a
+/// session taken over from another node read them back from the route's stream); live ones
+/// up to there are skipped.
+pub(super) async fn collector(
+    s: AppState,
+    sref: SessionRef,
+    mut hub: Subscription,
+    mut watched: Watched,
+    mut caught_up: HashMap<Route, StreamId>,
+) {
     let mut check = tokio::time::interval(Duration::from_secs(5));
     let mut open = true;
     loop {
         tokio::select! {
             ev = hub.recv(), if open => match ev {
                 Ok(d) => {
+                    if let Some((route, id)) = d.bus {
+                        if let Some(upto) = caught_up.get(&route) {
+                            if id <= *upto {
+                                continue;
+                            }
+                            // Past the catch-up: the route is live from here on.
+                            caught_up.remove(&route);
+                        }
+                    }
                     follow_guilds(&s, &d, &mut watched);
                     let Some((user, body)) = super::session_filter::addressed(&sref, &d) else { continue };
                     let Some(body) = super::session_filter::visible_body(&s, &sref, user, &d, body).await else { continue };
@@ -559,16 +631,21 @@ async fn collector(s: AppState, sref: SessionRef, mut hub: Subscription, mut wat
                     open = false;
                     let mut g = lock(&sref);
                     info!(user = g.user.id, queue = crate::hub::SESSION_QUEUE, "gateway session fell behind the hub; invalidating it");
-                    g.ended = true;
-                    g.detach_all();
+                    g.lost_dispatches();
                 }
             },
             _ = check.tick() => {
                 let (expired, id) = { let g = lock(&sref); (g.expired(Instant::now()), g.id.clone()) };
                 if expired {
-                    s.sessions.remove(&id);
-                    end_voice(&s, &sref).await;
-                    debug!(session = %&id[..6], "gateway session expired");
+                    s.sessions.remove_if(&id, &sref);
+                    let (journal, moved, keep_voice) = { let mut g = lock(&sref); (g.take_journal(), g.moved, g.keep_voice) };
+                    if let Some(j) = journal {
+                        j.close(&id);
+                    }
+                    if !moved && !keep_voice {
+                        end_voice(&s, &sref).await;
+                    }
+                    debug!(session = %&id[..6], moved, "gateway session expired");
                     return;
                 }
             }
@@ -576,19 +653,33 @@ async fn collector(s: AppState, sref: SessionRef, mut hub: Subscription, mut wat
     }
 }
 
-/// A guild joined or left: watch its route from now on, or stop.
-fn follow_guilds(s: &AppState, d: &crate::dispatch::Dispatch, w: &mut Watched) {
+/// A guild joined or left: watch its route from now on, or stop (and, in a cluster, say so
+/// in the session's resume meta: a join's route is read from the join's bus position on a
+/// takeover).
+pub(super) fn follow_guilds(s: &AppState, d: &crate::dispatch::Dispatch, w: &mut Watched) {
     use crate::dispatch::{DispatchKind, Target};
     let Some(g) = d.guild_id else { return };
     match (d.t, &d.target) {
         (DispatchKind::GuildCreate, Target::User(u)) if *u == w.user && !w.guilds.contains(&g) => {
             s.shared.bus.watch_guild(g, true);
             w.guilds.push(g);
+            if let (Some((_, id)), true) = (d.bus, w.journaled) {
+                let from = StreamId {
+                    ms: id.ms.saturating_sub(1),
+                    seq: u64::MAX,
+                };
+                s.shared
+                    .resume
+                    .follow(&w.session, w.guilds.clone(), Some((Route::Guild(g), from)));
+            }
         }
         (DispatchKind::GuildDelete, target) if !matches!(target, Target::User(u) if *u != w.user) => {
             if let Some(i) = w.guilds.iter().position(|x| *x == g) {
                 w.guilds.swap_remove(i);
                 s.shared.bus.watch_guild(g, false);
+                if w.journaled {
+                    s.shared.resume.follow(&w.session, w.guilds.clone(), None);
+                }
             }
         }
         _ => {}
@@ -648,7 +739,7 @@ pub fn invalidate_route(
 }
 
 /// The bus routes a session needs: its user's and its guilds'.
-fn watch_routes(s: &AppState, user: u64, guilds: &[u64], on: bool) {
+pub(super) fn watch_routes(s: &AppState, user: u64, guilds: &[u64], on: bool) {
     let bus = &s.shared.bus;
     bus.watch_user(user, on);
     for g in guilds {
@@ -657,7 +748,7 @@ fn watch_routes(s: &AppState, user: u64, guilds: &[u64], on: bool) {
 }
 
 /// A session ended: its voice states in the guilds it was in end with it.
-async fn end_voice(s: &AppState, sref: &SessionRef) {
+pub(super) async fn end_voice(s: &AppState, sref: &SessionRef) {
     let (user, guilds, id) = {
         let g = lock(sref);
         (

@@ -210,6 +210,42 @@ impl Bus for LocalBus {
     }
 }
 
+/// The resume store of a node alone: nothing leaves the process (a session resumes from its
+/// node's memory, and there is no other node to resume on).
+pub struct LocalResume;
+
+impl ResumeStore for LocalResume {
+    fn position(&self) -> Fut<'_, SharedResult<StreamId>> {
+        ready(Ok(StreamId::ZERO))
+    }
+    fn open(&self, _meta: SessionMeta) {}
+    fn append(&self, _session: &str, _seq: u64, _entry: Logged) {}
+    fn adopt(&self, _session: &str, _routes: std::collections::BTreeMap<Route, StreamId>) {}
+    fn follow(&self, _session: &str, _guilds: Vec<u64>, _joined: Option<(Route, StreamId)>) {}
+    fn end(&self, _session: &str) {}
+    fn close(&self, _session: &str) {}
+    fn load<'a>(&'a self, _session: &'a str) -> Fut<'a, SharedResult<Option<StoredSession>>> {
+        ready(Ok(None))
+    }
+    fn payloads<'a>(
+        &'a self,
+        at: &'a [(Route, StreamId)],
+    ) -> Fut<'a, SharedResult<Vec<Option<String>>>> {
+        ready(Ok(vec![None; at.len()]))
+    }
+    fn route_intact(&self, _route: Route, _after: StreamId) -> Fut<'_, SharedResult<bool>> {
+        ready(Ok(false))
+    }
+    fn route_after(
+        &self,
+        _route: Route,
+        _after: StreamId,
+        _count: usize,
+    ) -> Fut<'_, SharedResult<Vec<(StreamId, String)>>> {
+        ready(Ok(Vec::new()))
+    }
+}
+
 impl Shared {
     /// One node, in-process state only.
     pub fn local(me: NodeId, hub: Hub, inbox: mpsc::UnboundedSender<String>) -> Shared {
@@ -223,6 +259,7 @@ impl Shared {
             start_budgets: Arc::new(crate::gateway::session_start::SessionStarts::default()),
             rate_limits: Arc::new(crate::ratelimit::RateLimiter::default()),
             presences: Arc::new(crate::gateway::presence::LocalPresences::default()),
+            resume: Arc::new(LocalResume),
             clustered: false,
         }
     }

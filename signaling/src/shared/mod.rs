@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dispatch::Dispatch;
+use crate::dispatch::{Body, Dispatch};
+use redis::{Route, StreamId};
 
 pub mod limits;
 pub mod local;
@@ -197,6 +198,95 @@ pub trait Bus: Send + Sync {
     fn synced(&self) -> Fut<'_, ()>;
 }
 
+/// A gateway session as the resume store keeps it, so another node can take it over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionMeta {
+    pub session: String,
+    pub user: u64,
+    /// `lodge_chat::token_hash` of the token it identified with.
+    pub token_hash: String,
+    pub intents: u64,
+    pub guilds: Vec<u64>,
+    /// The sequence number of its last payload that is never logged (READY and the identify
+    /// GUILD_CREATEs): a resume must have seen it.
+    pub floor: u64,
+    /// A position on every route's stream before each dispatch published after the session's
+    /// bus watches took effect (from Redis's clock, taken right after they did): a route with
+    /// nothing in the log is read from here when the session is taken over.
+    pub created: StreamId,
+    /// Per route, a position up to which the session's node had handled the route's
+    /// dispatches when it last said so (on a guild join, on takeover, and every half
+    /// `REPLAY_CAP` log entries, so the log always holds everything after it): where a route
+    /// whose entries were all trimmed from the log, or that has none yet, is read from.
+    pub routes: std::collections::BTreeMap<Route, StreamId>,
+    /// The node holding the session.
+    pub node: NodeId,
+    /// Ended on its node (token revoked, evicted, invalidated): never resumable.
+    pub ended: bool,
+}
+
+/// One entry of a session's resume log: what the session got under one sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logged {
+    /// A bus dispatch: its route, its position in the route's stream (the payload stays
+    /// there, once) and the body the session got.
+    Shared {
+        route: Route,
+        id: StreamId,
+        body: Body,
+    },
+    /// A session-specific payload (RESUMED, a member chunk): it took a sequence number but is
+    /// not replayed (as a node's own replay buffer does not keep it).
+    Own,
+}
+
+/// What the resume store holds of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    pub meta: SessionMeta,
+    /// (sequence number, entry), oldest first: at most the last `REPLAY_CAP`.
+    pub log: Vec<(u64, Logged)>,
+}
+
+/// Gateway sessions' recent dispatches, kept where another node can read them, so a client
+/// whose node died resumes elsewhere. The in-process implementation keeps nothing (a node
+/// alone resumes from its own memory). Writes never wait: they are queued and written in
+/// order, in batches, off the delivery path.
+pub trait ResumeStore: Send + Sync {
+    /// A position before every dispatch published from now on, on every route.
+    fn position(&self) -> Fut<'_, SharedResult<StreamId>>;
+    /// A session identified on this node.
+    fn open(&self, meta: SessionMeta);
+    /// The session got `entry` as sequence number `seq` (called in sequence order).
+    fn append(&self, session: &str, seq: u64, entry: Logged);
+    /// This node took the session over from the node in its meta; `routes` as in
+    /// [`SessionMeta::routes`], up to where the log and the catch-up read reach.
+    fn adopt(&self, session: &str, routes: std::collections::BTreeMap<Route, StreamId>);
+    /// The session's guilds changed; `joined`: the route it now watches and the position it
+    /// starts from.
+    fn follow(&self, session: &str, guilds: Vec<u64>, joined: Option<(Route, StreamId)>);
+    /// The session was ended on this node: it must not be resumed anywhere.
+    fn end(&self, session: &str);
+    /// The session expired on this node: forget it (unless another node has taken it over).
+    fn close(&self, session: &str);
+    /// The session's meta and log, if it is known.
+    fn load<'a>(&'a self, session: &'a str) -> Fut<'a, SharedResult<Option<StoredSession>>>;
+    /// The payloads of logged dispatches, by their route and position (`None`: gone).
+    fn payloads<'a>(
+        &'a self,
+        at: &'a [(Route, StreamId)],
+    ) -> Fut<'a, SharedResult<Vec<Option<String>>>>;
+    /// Whether a route's stream still holds every dispatch after `after`.
+    fn route_intact(&self, route: Route, after: StreamId) -> Fut<'_, SharedResult<bool>>;
+    /// Up to `count` dispatches of a route's stream after `after`, oldest first.
+    fn route_after(
+        &self,
+        route: Route,
+        after: StreamId,
+        count: usize,
+    ) -> Fut<'_, SharedResult<Vec<(StreamId, String)>>>;
+}
+
 /// One node's view of everything shared: the switch.
 #[derive(Clone)]
 pub struct Shared {
@@ -212,6 +302,7 @@ pub struct Shared {
     pub rate_limits: Arc<dyn limits::RateLimits>,
     /// Presence per user, with live connections counted per node.
     pub presences: Arc<dyn limits::Presences>,
+    pub resume: Arc<dyn ResumeStore>,
     /// False for the in-process implementation: one node, nothing to coordinate.
     pub clustered: bool,
 }

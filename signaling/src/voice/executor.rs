@@ -30,6 +30,8 @@ pub enum ExecError {
 pub enum NodeMsg {
     /// A command for a caller this node hosts.
     Home(HomeCmd),
+    /// A gateway session of this node was resumed on another: drop this copy.
+    SessionMoved(crate::gateway::Moved),
 }
 
 /// What applying an input did.
@@ -241,6 +243,7 @@ pub async fn apply_here(s: &AppState, cmd: HomeCmd) {
 pub async fn handle_node_msg(s: &AppState, raw: &str) {
     match serde_json::from_str::<NodeMsg>(raw) {
         Ok(NodeMsg::Home(cmd)) => apply_here(s, cmd).await,
+        Ok(NodeMsg::SessionMoved(m)) => crate::gateway::session_moved(s, &m),
         Err(e) => warn!(error = %e, "malformed message on this node's inbox; dropped"),
     }
 }

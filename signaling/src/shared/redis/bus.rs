@@ -54,6 +54,22 @@ redis.call('PUBLISH', ARGV[2], id .. ' ' .. ARGV[1])
 return id
 ";
 
+/// KEYS[1] = a route's stream. `""` when nothing was ever trimmed from it (or it does not
+/// exist); otherwise the id of its first entry (everything trimmed is older).
+const INTACT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return '' end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local added, len, first
+for i = 1, #info, 2 do
+  if info[i] == 'entries-added' then added = info[i + 1] end
+  if info[i] == 'length' then len = info[i + 1] end
+  if info[i] == 'first-entry' then first = info[i + 1] end
+end
+if added ~= nil and added == len then return '' end
+if not first then return '0-0' end
+return first[1]
+";
+
 /// A Redis stream entry id, `<ms>-<seq>`: the position of a dispatch in its route's stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct StreamId {
@@ -132,6 +148,7 @@ pub struct RedisBus {
     conn: Conn,
     me: NodeId,
     publish: Script,
+    intact: Script,
     /// Route → how many times it is watched; the task subscribes while the count is > 0.
     watched: Mutex<HashMap<Route, u32>>,
     subs: mpsc::UnboundedSender<SubCmd>,
@@ -170,6 +187,7 @@ impl RedisBus {
             conn,
             me,
             publish: Script::new(PUBLISH),
+            intact: Script::new(INTACT),
             watched: Mutex::new(HashMap::new()),
             subs: subs_tx,
         };
@@ -240,6 +258,51 @@ impl RedisBus {
                 Ok((id, fields.swap_remove(1)))
             })
             .collect()
+    }
+
+    /// The payloads at given positions of their routes' streams (`XRANGE id id` each, in one
+    /// pipeline); `None` where the stream no longer holds it (trimmed, or Redis lost it).
+    pub async fn read_at(&self, at: &[(Route, StreamId)]) -> SharedResult<Vec<Option<String>>> {
+        if at.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (route, id) in at {
+            pipe.cmd("XRANGE")
+                .arg(self.conn.keys.stream(*route))
+                .arg(id.to_string())
+                .arg(id.to_string());
+        }
+        type Entries = Vec<(String, Vec<String>)>;
+        let got: Vec<Entries> = self
+            .conn
+            .pipe(OpKind::StreamRead, at.len() as u64, &pipe)
+            .await?;
+        Ok(got
+            .into_iter()
+            .map(|entries| {
+                let (_, mut fields) = entries.into_iter().next()?;
+                // Fields are [`d`, payload].
+                (fields.len() == 2 && fields[0] == "d").then(|| fields.swap_remove(1))
+            })
+            .collect())
+    }
+
+    /// Whether the route's stream still holds every dispatch it was given after `after`:
+    /// nothing was trimmed, or what was is older than `after`. (A missing stream holds
+    /// nothing and lost nothing this node can tell.)
+    pub async fn intact_after(&self, route: Route, after: StreamId) -> SharedResult<bool> {
+        let stream = self.conn.keys.stream(route);
+        let inv = self.intact.key(&stream);
+        let first: String = self.conn.script(OpKind::StreamRead, &inv).await?;
+        if first.is_empty() {
+            return Ok(true);
+        }
+        let first: StreamId = first.parse().map_err(|()| SharedError::Malformed {
+            key: stream,
+            why: format!("first entry id {first:?}"),
+        })?;
+        Ok(first <= after)
     }
 
     /// The oldest dispatch the route's stream still holds. A reader whose last position is

@@ -16,6 +16,27 @@ pub enum Route {
     User(u64),
 }
 
+impl std::fmt::Display for Route {
+    /// `g:<guild>` or `u:<user>` (how a session's resume log names a route).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Route::Guild(g) => write!(f, "g:{g}"),
+            Route::User(u) => write!(f, "u:{u}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Route {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Route, ()> {
+        match s.split_once(':') {
+            Some(("g", g)) => g.parse().map(Route::Guild).map_err(|_| ()),
+            Some(("u", u)) => u.parse().map(Route::User).map_err(|_| ()),
+            _ => Err(()),
+        }
+    }
+}
+
 impl Route {
     /// The route's hash tag: `{g:<guild>}` or `{u:<user>}`.
     fn tag(self) -> String {
@@ -89,6 +110,17 @@ impl Keys {
     /// `{g:<guild>}:ch` / `{u:<user>}:ch`: the route's pub/sub channel.
     pub fn channel(&self, route: Route) -> String {
         format!("{}{}:ch", self.prefix, route.tag())
+    }
+
+    /// `{s:<session>}:meta`: a gateway session's resume meta (hash), PX = the resume window.
+    pub fn session_meta(&self, session: &str) -> String {
+        format!("{}{{s:{session}}}:meta", self.prefix)
+    }
+
+    /// `{s:<session>}:log`: a gateway session's resume log (stream, one entry per sequence
+    /// number), PX = the resume window.
+    pub fn session_log(&self, session: &str) -> String {
+        format!("{}{{s:{session}}}:log", self.prefix)
     }
 
     /// `lodge:node:<id>:inbox`: the pub/sub channel of messages to one node.
@@ -172,6 +204,8 @@ mod tests {
             ),
             (k.presence(9), "t1:{u:9}:presence"),
             (k.node_presence(&n), "t1:lodge:node:10.0.0.1:8080:presence"),
+            (k.session_meta("abc"), "t1:{s:abc}:meta"),
+            (k.session_log("abc"), "t1:{s:abc}:log"),
         ];
         for (got, want) in table {
             assert_eq!(got, want);
@@ -183,6 +217,7 @@ mod tests {
         let k = Keys::new("p:");
         for r in [Route::Guild(7), Route::User(u64::MAX)] {
             assert_eq!(k.route_of_channel(&k.channel(r)), Some(r));
+            assert_eq!(r.to_string().parse(), Ok(r));
         }
         for bad in [
             "{g:7}:ch",

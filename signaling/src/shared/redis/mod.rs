@@ -22,6 +22,8 @@
 //! | `{u:<user>}:rl:<window>`, `{a:<addr>}:rl:<window>` | counter | a REST window (`global` or a route bucket), PX = what is left of it |
 //! | `{u:<user>}:presence`                  | hash    | `status`, `activities`, `total` and `n:<node>` connections |
 //! | `lodge:node:<id>:presence`             | set     | users with gateway connections on the node   |
+//! | `{s:<session>}:meta`                   | hash    | a gateway session's resume meta, PX = resume window ([`resume`]) |
+//! | `{s:<session>}:log`                    | stream  | the session's sequence numbers: route, stream id and body of each dispatch, `MAXLEN` = replay cap |
 //!
 //! Everything about a guild shares the hash tag `{g:<guild>}`, so each script touches one
 //! Redis Cluster slot. The exceptions are node-wide and small: the registry (two keys, read
@@ -78,6 +80,7 @@ pub mod limits;
 pub mod placement;
 pub mod presence;
 pub mod registry;
+pub mod resume;
 pub mod stats;
 pub mod voice;
 
@@ -87,6 +90,7 @@ pub use limits::{RedisRateLimits, RedisStartBudgets};
 pub use placement::RedisPlacement;
 pub use presence::RedisPresences;
 pub use registry::RedisRegistry;
+pub use resume::RedisResumeStore;
 pub use stats::{OpKind, RedisStats};
 pub use voice::{RedisVoiceStates, RedisVoiceTokens};
 
@@ -104,6 +108,8 @@ pub struct RedisShared {
     /// serializes dispatches) is built where the dispatch format lives, and passed to
     /// [`RedisShared::shared`].
     pub bus: Arc<RedisBus>,
+    /// Gateway sessions' resume state (over the bus's streams).
+    pub resume: Arc<RedisResumeStore>,
     pub stats: Arc<RedisStats>,
     /// The URL without its password, for logs.
     pub url: Arc<str>,
@@ -131,7 +137,9 @@ impl RedisShared {
         let conn = conn::Conn::connect(&client, keys, stats.clone()).await?;
         let (bus, rx) = RedisBus::connect(client, conn.clone(), me.clone()).await?;
         tracing::info!(url = %conn.url, node = %me, "connected to Redis");
+        let bus = Arc::new(bus);
         let shared = RedisShared {
+            resume: Arc::new(RedisResumeStore::new(conn.clone(), bus.clone(), me.clone())),
             me: me.clone(),
             registry: Arc::new(RedisRegistry::new(conn.clone())),
             placement: Arc::new(RedisPlacement::new(conn.clone())),
@@ -140,7 +148,7 @@ impl RedisShared {
             start_budgets: Arc::new(RedisStartBudgets::new(conn.clone())),
             rate_limits: Arc::new(RedisRateLimits::new(conn.clone())),
             presences: Arc::new(RedisPresences::new(conn.clone(), me.clone())),
-            bus: Arc::new(bus),
+            bus,
             stats,
             url: conn.url.clone(),
         };
@@ -160,6 +168,7 @@ impl RedisShared {
             rate_limits: self.rate_limits.clone(),
             presences: self.presences.clone(),
             bus,
+            resume: self.resume.clone(),
             clustered: true,
         }
     }

@@ -28,10 +28,12 @@ pub enum OpKind {
     RateLimit,
     /// Presence: one script per change, one pipelined read per snapshot.
     Presence,
+    /// Gateway sessions' resume state: meta, log appends and refreshes, loads.
+    Resume,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 10] = [
+    pub const ALL: [OpKind; 11] = [
         OpKind::Registry,
         OpKind::Placement,
         OpKind::Voice,
@@ -42,6 +44,7 @@ impl OpKind {
         OpKind::SessionStart,
         OpKind::RateLimit,
         OpKind::Presence,
+        OpKind::Resume,
     ];
 
     /// The `kind` label.
@@ -57,6 +60,7 @@ impl OpKind {
             OpKind::SessionStart => "session_start",
             OpKind::RateLimit => "rate_limit",
             OpKind::Presence => "presence",
+            OpKind::Resume => "resume",
         }
     }
 }
