@@ -8,9 +8,12 @@
 #   ctl.sh node-kill N [signal]                 default KILL; waits until the process is gone
 #   ctl.sh redis-start | redis-kill             the suite's redis-server, always on one port
 #   ctl.sh pg-start | pg-stop                   the suite's PostgreSQL cluster (never the shared one)
-#   ctl.sh stop-all                             every node and redis-server this suite started
+#   ctl.sh balancer-start                       the TCP balancer in front of the nodes (balancer.py)
+#   ctl.sh stop-all                             every node, redis-server and balancer it started
 # Environment (from run.sh): SCALE_TMP SCALE_LODGE SCALE_REDIS_PORT SCALE_DB_URL SCALE_PGBIN
-# SCALE_PGDIR SCALE_PGPORT, and SCALE_NODE_ARGS (extra options for every node).
+# SCALE_PGDIR SCALE_PGPORT SCALE_LB (balancer host:port) SCALE_PY (the venv's python),
+# SCALE_PUBLIC_URL (node: each node's own --public-url; balancer: every node's is the
+# balancer's) and SCALE_NODE_ARGS (extra options for every node).
 set -euo pipefail
 T="$SCALE_TMP"
 
@@ -40,11 +43,13 @@ case "$cmd" in
     [ -f "$T/n$n.ports" ] || echo "$(free tcp "$ip") $(free udp "$ip")" >"$T/n$n.ports"
     read -r hp mp <"$T/n$n.ports"
     alive "$T/n$n.pid" && { echo "ctl: n$n is already running" >&2; exit 1; }
-    echo "==== $(date +%T.%N | cut -c1-12) ctl: starting n$n $*" >>"$T/n$n.log"
+    public="http://$ip:$hp"
+    [ "${SCALE_PUBLIC_URL:-node}" = balancer ] && public="http://$SCALE_LB"
+    echo "==== $(date +%T.%N | cut -c1-12) ctl: starting n$n (public URL $public) $*" >>"$T/n$n.log"
     # Word splitting of SCALE_NODE_ARGS is wanted: it holds several options.
     # shellcheck disable=SC2086
     "$SCALE_LODGE" serve --data-dir "$T/n$n" --http-listen "$ip:$hp" --media-listen "$ip:$mp" \
-      --public-url "http://$ip:$hp" --node-id "n$n" \
+      --public-url "$public" --node-id "n$n" \
       --redis-url "redis://127.0.0.1:$SCALE_REDIS_PORT" --database-url "$SCALE_DB_URL" \
       --heartbeat-interval-ms 5000 --rate-limit-route 100000 --rate-limit-global 100000 \
       --registrations-per-ip-per-hour 1000000 --max-http-connections-per-ip 0 \
@@ -79,6 +84,10 @@ case "$cmd" in
     done
     echo "ctl: redis-server did not answer on port $SCALE_REDIS_PORT" >&2; exit 1
     ;;
+  balancer-start)
+    "$SCALE_PY" "$(dirname "$0")/balancer.py" --listen "$SCALE_LB" --tmp "$T" >>"$T/balancer.log" 2>&1 </dev/null &
+    echo $! >"$T/balancer.pid"
+    ;;
   redis-kill)
     kill_pidfile "$T/redis.pid" KILL
     ;;
@@ -93,6 +102,7 @@ case "$cmd" in
   stop-all)
     for f in "$T"/n*.pid; do [ -e "$f" ] && kill_pidfile "$f" TERM; done
     kill_pidfile "$T/redis.pid" KILL
+    kill_pidfile "$T/balancer.pid" KILL
     ;;
   *) echo "ctl: unknown command $cmd" >&2; exit 2 ;;
 esac

@@ -51,9 +51,10 @@ def fmt_ms(v):
 class Cluster:
     """The three nodes, the suite's redis-server and PostgreSQL, driven through ctl.sh."""
 
-    def __init__(self, ctl, tmp):
+    def __init__(self, ctl, tmp, balancer=None):
         self.ctl_path = ctl
         self.tmp = tmp
+        self.balancer = balancer  # http://127.0.0.5:PORT, in front of all nodes
         # Extra `lodge serve` options each node was last started with (a step may restrict roles).
         self.extra = {n: () for n in NODES}
         self.killed = set()
@@ -95,10 +96,13 @@ class Cluster:
             return False
 
     def node_of_url(self, url):
-        """Which node a URL (http, ws) points at, or None."""
+        """Which node a URL (http, ws) points at: its number, "balancer", or None."""
+        hostport = (url or "").split("://", 1)[-1].split("/", 1)[0]
         for n in NODES:
-            if url and url.split("://", 1)[-1].startswith(self.url(n).split("://", 1)[1]):
+            if hostport == self.url(n).split("://", 1)[1]:
                 return n
+        if self.balancer and hostport == self.balancer.split("://", 1)[1]:
+            return "balancer"
         return None
 
     async def ensure(self, extra=None):
@@ -265,15 +269,17 @@ class Gateway:
         self._changed = asyncio.Event()
 
     async def _open(self, n):
-        self.ws = await self.http.ws_connect(self.c.ws(n) + "?v=10&encoding=json", max_msg_size=0,
+        """Connect to node n, or to a gateway URL (the balancer)."""
+        url = self.c.ws(n) if isinstance(n, int) else n.split("?")[0]
+        self.ws = await self.http.ws_connect(url + "?v=10&encoding=json", max_msg_size=0,
                                              timeout=aiohttp.ClientWSTimeout(ws_close=2))
         self.node = n
         self.closed_at = None
         self.close_code = None
         m = await self.ws.receive(timeout=10)
-        check(m.type == aiohttp.WSMsgType.TEXT, f"{self.name}: no Hello from n{n} ({m.type})")
+        check(m.type == aiohttp.WSMsgType.TEXT, f"{self.name}: no Hello from {n} ({m.type})")
         hello = json.loads(m.data)
-        check(hello.get("op") == 10, f"{self.name}: first frame from n{n} is not Hello: {hello}")
+        check(hello.get("op") == 10, f"{self.name}: first frame from {n} is not Hello: {hello}")
         interval = hello["d"]["heartbeat_interval"] / 1000.0
         self._reader = asyncio.create_task(self._read())
         self._hb = asyncio.create_task(self._heartbeat(interval))

@@ -15,6 +15,9 @@
 #   ONLY="fanout;kill-media" tests/scale/run.sh some steps (";" or "," between names or numbers)
 #   LODGE_BIN=… LOAD_BIN=… tests/scale/run.sh   use those binaries (no build)
 #   NODE_ARGS="--option value" …                extra `lodge serve` options for every node
+#   SCALE_PUBLIC_URL=balancer …                 every node's --public-url is the suite's TCP
+#                                               balancer (127.0.0.5, in front of all three), as
+#                                               a cluster is deployed; default: each node's own
 # Writes scale-report.{md,json} to $OUT (default: a temporary directory) and prints a table.
 # Needs redis-server and PostgreSQL (scripts/setup.sh installs both; this script installs
 # nothing). Its PostgreSQL cluster is its own (PGPORT 55433, PGDIR /tmp/lodge-pg-scale; override
@@ -54,7 +57,8 @@ psql -q "$ADMIN_URL" -c "CREATE DATABASE $DB" >/dev/null
 export SCALE_TMP="$TMP" SCALE_LODGE="$BIN" SCALE_PGBIN="$PGBIN" SCALE_NODE_ARGS="${NODE_ARGS:-}"
 export SCALE_DB_URL="${ADMIN_URL%/postgres}/$DB"
 SCALE_REDIS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-export SCALE_REDIS_PORT
+SCALE_LB="127.0.0.5:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.5",0)); print(s.getsockname()[1])')"
+export SCALE_REDIS_PORT SCALE_LB SCALE_PY="$HERE/.venv/bin/python" SCALE_PUBLIC_URL="${SCALE_PUBLIC_URL:-node}"
 CTL="$HERE/ctl.sh"
 
 ok=0
@@ -75,12 +79,14 @@ cleanup() {
 trap cleanup EXIT
 
 "$CTL" redis-start
+"$CTL" balancer-start
 for n in 2 3 4; do "$CTL" node-start "$n"; done
 for n in 2 3 4; do "$CTL" node-wait "$n" 60; done
-echo "scale suite: nodes n2 n3 n4 ready ($(( SECONDS - START )) s); redis 127.0.0.1:$SCALE_REDIS_PORT; database $DB"
+echo "scale suite: nodes n2 n3 n4 ready ($(( SECONDS - START )) s); redis 127.0.0.1:$SCALE_REDIS_PORT; database $DB;" \
+  "balancer $SCALE_LB; public URL: $SCALE_PUBLIC_URL"
 
 if "$HERE/.venv/bin/python" "$HERE/scale.py" --ctl "$CTL" --tmp "$TMP" --load "$LOAD" \
-  --db-url "$SCALE_DB_URL" --out "$OUT" --only "${ONLY:-}"; then
+  --db-url "$SCALE_DB_URL" --balancer "http://$SCALE_LB" --out "$OUT" --only "${ONLY:-}"; then
   ok=1
 fi
 echo "scale suite: $(( SECONDS - START )) s; report: $OUT/scale-report.md"

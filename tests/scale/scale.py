@@ -373,8 +373,8 @@ async def kill_gateway(ctx, fig):
         gw = Gateway(c, ctx.http, tok, f"client{i}@n{B}")
         await gw.identify(B)
         gws.append(gw)
-    fig["resume_gateway_url"] = (f"n{c.node_of_url(gws[0].resume_url)}" if c.node_of_url(gws[0].resume_url)
-                                 else str(gws[0].resume_url))
+    where = c.node_of_url(gws[0].resume_url)
+    fig["resume_gateway_url"] = (f"n{where}" if isinstance(where, int) else where or str(gws[0].resume_url))
     acked, refused, stop = [], [], asyncio.Event()
 
     async def sender():
@@ -394,20 +394,28 @@ async def kill_gateway(ctx, fig):
         async def resume(gw):
             await until(lambda: gw.closed_at is not None, 10, 0.02)
             check(gw.closed_at is not None, f"{gw.name}: the connection to the killed node never closed")
+            # Where READY told it to resume, when that is alive (another node, the balancer);
+            # otherwise straight to C (a client following resume_gateway_url could not: the
+            # discord.py step shows that).
             target = c.node_of_url(gw.resume_url)
-            target = target if target in (A, C) else C
-            ans = await gw.resume(target)
+            if target in (A, C):
+                at, label = target, f"n{target}"
+            elif target == "balancer":
+                at, label = gw.resume_url, "the balancer"
+            else:
+                at, label = C, f"n{C}"
+            ans = await gw.resume(at)
             if ans.get("t") != "RESUMED":
                 what = ("Invalid Session (op 9): the session is not resumable away from its dead node"
                         if ans.get("op") == 9 else f"{ans}")
-                raise Failed(f"{gw.name} resuming on n{target}: {what}")
-            return (time.monotonic() - t_kill) * 1000, target
+                raise Failed(f"{gw.name} resuming on {label}: {what}")
+            return (time.monotonic() - t_kill) * 1000, label
         res = await asyncio.gather(*(resume(gw) for gw in gws), return_exceptions=True)
         for r in res:
             if isinstance(r, BaseException):
                 problems.append(str(r))
         ok = [r for r in res if not isinstance(r, BaseException)]
-        fig["resumed"] = f"{len(ok)} of {K}" + (f" on n{ok[0][1]}" if ok else "")
+        fig["resumed"] = f"{len(ok)} of {K}" + (f" through {ok[0][1]}" if ok else "")
         fig["kill_to_RESUMED_p50/max"] = f"{fmt_ms(pct([r[0] for r in ok], .5))} / {fmt_ms(max([r[0] for r in ok], default=None))}"
         await asyncio.sleep(2.0)
     finally:
@@ -674,7 +682,7 @@ async def discordpy(ctx, fig):
     cmd = [sys.executable, os.path.join(HERE, "bot_resume.py"),
            "--rest", c.url(2), "--gateway", c.url(bot_node),
            "--kill", f"{ctx.args.ctl} node-kill {bot_node}",
-           "--live", ",".join(c.url(n) for n in NODES if n != bot_node)]
+           "--live", ",".join([c.url(n) for n in NODES if n != bot_node] + [c.balancer])]
     c.killed.add(bot_node)  # the bot's script kills it (ctl.sh) at the right moment
     p = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
@@ -709,6 +717,7 @@ async def main():
     ap.add_argument("--tmp", required=True)
     ap.add_argument("--load", required=True)
     ap.add_argument("--db-url", required=True)
+    ap.add_argument("--balancer", default=None)
     ap.add_argument("--out", required=True)
     ap.add_argument("--only", default="")
     args = ap.parse_args()
@@ -718,7 +727,7 @@ async def main():
         print(f"scale suite: {e} (steps: {', '.join(f'{num} {name}' for num, name, _, _ in STEPS)})")
         return 2
     results = []
-    cluster = Cluster(args.ctl, args.tmp)
+    cluster = Cluster(args.ctl, args.tmp, args.balancer)
     async with session() as http:
         ctx = Ctx(args, cluster, http)
         for num, name, what, f in steps:
