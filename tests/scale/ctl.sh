@@ -46,7 +46,11 @@ case "$cmd" in
     public="http://$ip:$hp"
     [ "${SCALE_PUBLIC_URL:-node}" = balancer ] && public="http://$SCALE_LB"
     echo "==== $(date +%T.%N | cut -c1-12) ctl: starting n$n (public URL $public) $*" >>"$T/n$n.log"
-    # Word splitting of SCALE_NODE_ARGS is wanted: it holds several options.
+    # {node_url} in SCALE_NODE_ARGS stands for this node's own http://127.0.0.N:PORT (e.g. a
+    # per-node voice address while --public-url is the balancer).
+    node_args="${SCALE_NODE_ARGS:-}"
+    node_args="${node_args//\{node_url\}/http://$ip:$hp}"
+    # Word splitting of node_args is wanted: it holds several options.
     # shellcheck disable=SC2086
     "$SCALE_LODGE" serve --data-dir "$T/n$n" --http-listen "$ip:$hp" --media-listen "$ip:$mp" \
       --public-url "$public" --node-id "n$n" \
@@ -54,7 +58,7 @@ case "$cmd" in
       --heartbeat-interval-ms 5000 --rate-limit-route 100000 --rate-limit-global 100000 \
       --registrations-per-ip-per-hour 1000000 --max-http-connections-per-ip 0 \
       --session-start-max-concurrency 1000 --max-sessions-per-user 64 \
-      ${SCALE_NODE_ARGS:-} "$@" >>"$T/n$n.log" 2>&1 </dev/null &
+      $node_args "$@" >>"$T/n$n.log" 2>&1 </dev/null &
     echo $! >"$T/n$n.pid"
     ;;
   node-wait)

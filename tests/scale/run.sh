@@ -14,7 +14,8 @@
 #   tests/scale/run.sh                          builds lodge and lodge-load (debug), every step
 #   ONLY="fanout;kill-media" tests/scale/run.sh some steps (";" or "," between names or numbers)
 #   LODGE_BIN=… LOAD_BIN=… tests/scale/run.sh   use those binaries (no build)
-#   NODE_ARGS="--option value" …                extra `lodge serve` options for every node
+#   NODE_ARGS="--option value" …                extra `lodge serve` options for every node;
+#                                               {node_url} in them becomes the node's own URL
 #   SCALE_PUBLIC_URL=balancer …                 every node's --public-url is the suite's TCP
 #                                               balancer (127.0.0.5, in front of all three), as
 #                                               a cluster is deployed; default: each node's own
