@@ -56,6 +56,9 @@ step "voice load smoke test: 12 WebRTC callers in 2 channels, strict, sane repor
 step "cluster: an origin and two edges in separate processes (trunks, placement, fan-out at the edge, refusals)"
 ./tests/cluster/run.sh
 
+step "scale: three equal nodes on Redis and PostgreSQL (cross-node fan-out, one room per channel, a media node, a gateway node, Redis and PostgreSQL each failing, measured)"
+OUT="$(mktemp -d)" ./tests/scale/run.sh
+
 step "deployment manifests validate (kubernetes-validate, offline schemas)"
 ./deploy/k8s/validate.sh
 

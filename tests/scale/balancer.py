@@ -1,0 +1,71 @@
+"""A TCP load balancer in front of the scale suite's nodes, as an operator puts one in front of a
+cluster: each connection goes to the next node in turn that accepts it (a dead node refuses, so
+the next one gets it). HTTP and WebSockets pass through untouched.
+
+With SCALE_PUBLIC_URL=balancer, run.sh gives every node this address as its --public-url, which
+is where READY's resume_gateway_url points (discord.py resumes only there).
+
+Usage: balancer.py --listen 127.0.0.5:PORT --tmp DIR   (backends: the nN.ports files in DIR)
+"""
+
+import argparse
+import asyncio
+import itertools
+import os
+
+NODES = (2, 3, 4)
+
+
+def backends(tmp):
+    out = []
+    for n in NODES:
+        try:
+            with open(os.path.join(tmp, f"n{n}.ports")) as f:
+                out.append((f"127.0.0.{n}", int(f.read().split()[0])))
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+async def pipe(r, w):
+    try:
+        while data := await r.read(65536):
+            w.write(data)
+            await w.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        try:
+            w.close()
+        except (ConnectionError, OSError):
+            pass
+
+
+async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--listen", required=True)
+    ap.add_argument("--tmp", required=True)
+    a = ap.parse_args()
+    turn = itertools.count()
+
+    async def handle(cr, cw):
+        nodes = backends(a.tmp)
+        start = next(turn)
+        for i in range(len(nodes)):
+            host, port = nodes[(start + i) % len(nodes)]
+            try:
+                br, bw = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+            except (OSError, asyncio.TimeoutError):
+                continue
+            await asyncio.gather(pipe(cr, bw), pipe(br, cw))
+            return
+        cw.close()
+
+    host, port = a.listen.rsplit(":", 1)
+    server = await asyncio.start_server(handle, host, int(port))
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
