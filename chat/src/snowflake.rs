@@ -9,7 +9,8 @@ pub const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
 /// Generates unique, time-ordered ids. Lock-free; shared by every writer of a node.
 #[derive(Debug)]
 pub struct Snowflakes {
-    worker: u64,
+    /// The worker and process bits, in place (a cluster node's leased id; 0 alone).
+    worker: AtomicU64,
     /// (ms << 12) | increment of the last id handed out.
     last: AtomicU64,
 }
@@ -17,9 +18,16 @@ pub struct Snowflakes {
 impl Snowflakes {
     pub fn new(worker: u8, process: u8) -> Self {
         Snowflakes {
-            worker: ((worker as u64 & 31) << 17) | ((process as u64 & 31) << 12),
+            worker: AtomicU64::new(((worker as u64 & 31) << 17) | ((process as u64 & 31) << 12)),
             last: AtomicU64::new(0),
         }
+    }
+
+    /// Use the 10-bit id `id` (worker and process bits together) from now on: every node of a
+    /// cluster mints with its own, so two nodes never make the same id in one millisecond.
+    pub fn set_id(&self, id: u16) {
+        self.worker
+            .store(((id as u64) & 0x3ff) << 12, Ordering::Relaxed);
     }
 
     pub fn next(&self) -> u64 {
@@ -39,7 +47,7 @@ impl Snowflakes {
                 Ok(_) => {
                     let ms = next >> 12;
                     let inc = next & 0xfff;
-                    return (ms << 22) | self.worker | inc;
+                    return (ms << 22) | self.worker.load(Ordering::Relaxed) | inc;
                 }
                 Err(c) => cur = c,
             }
@@ -55,6 +63,18 @@ pub fn timestamp_ms(id: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_with_different_ids_never_collide() {
+        let (a, b) = (Snowflakes::new(0, 0), Snowflakes::new(0, 0));
+        a.set_id(1);
+        b.set_id(1023);
+        let ids: std::collections::HashSet<u64> =
+            (0..5000).flat_map(|_| [a.next(), b.next()]).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert_eq!((a.next() >> 12) & 0x3ff, 1);
+        assert_eq!((b.next() >> 12) & 0x3ff, 1023);
+    }
 
     #[test]
     fn unique_and_ordered() {

@@ -147,6 +147,11 @@ impl Store {
         self
     }
 
+    /// Mint ids with the 10-bit node id `id` from now on (a cluster node's lease).
+    pub fn set_id_worker(&self, id: u16) {
+        self.ids.set_id(id);
+    }
+
     /// The password hashing pool (its counters are read by tests and metrics).
     pub fn passwords(&self) -> &Passwords {
         &self.passwords

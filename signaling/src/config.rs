@@ -147,6 +147,10 @@ config_keys! {
     /// This node's name in the cluster (unique, stable across restarts).
     /// [default: the host:port of --public-url]
     node_id: String = "LODGE_NODE_ID";
+    /// This node's own base URL (e.g. http://10.0.0.3:8080) when --public-url is a load balancer
+    /// in front of the whole cluster: voice callers are sent here for rooms this node hosts,
+    /// while gateway clients (and their Resume) use --public-url. [default: --public-url]
+    node_url: String = "LODGE_NODE_URL";
     /// What this node serves, comma-separated: api (REST and the gateway), media (the voice
     /// gateway and the UDP media port; rooms can be placed here). [default: api,media]
     roles: String = "LODGE_ROLES";
@@ -244,6 +248,7 @@ pub struct Config {
     #[serde(skip_serializing)]
     pub redis_url: Option<String>,
     pub node_id: String,
+    pub node_url: Option<String>,
     pub roles: crate::shared::Roles,
     pub heartbeat_interval_ms: u64,
     pub identify_timeout_secs: u64,
@@ -408,6 +413,15 @@ impl Config {
             region: v.region.take().unwrap_or_else(|| "default".into()),
             redis_url: v.redis_url.take(),
             node_id: v.node_id.take().unwrap_or_default(),
+            node_url: match v.node_url.take() {
+                Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                    return Err(ConfigError::Invalid(
+                        "--node-url must be an http:// or https:// URL (this node's own address)"
+                            .into(),
+                    ))
+                }
+                u => u,
+            },
             roles: match v.roles.take() {
                 None => crate::shared::Roles::ALL,
                 Some(r) => crate::shared::Roles::parse(&r).map_err(ConfigError::Invalid)?,
@@ -532,20 +546,21 @@ impl Config {
 
     /// `host:port` of this node's HTTP server as clients see it (the voice endpoint).
     pub fn public_host(&self) -> String {
-        self.public_url
-            .split("://")
-            .nth(1)
-            .unwrap_or("")
-            .split('/')
-            .next()
-            .unwrap_or("")
-            .to_string()
+        host_of(&self.public_url)
     }
 
-    /// This node's name in a cluster: `--node-id`, or its public host:port.
+    /// `host:port` of this node itself (its voice gateway): `--node-url`, else `--public-url`.
+    pub fn node_host(&self) -> String {
+        match &self.node_url {
+            Some(u) => host_of(u),
+            None => self.public_host(),
+        }
+    }
+
+    /// This node's name in a cluster: `--node-id`, or its own host:port.
     pub fn node_name(&self) -> String {
         if self.node_id.is_empty() {
-            self.public_host()
+            self.node_host()
         } else {
             self.node_id.clone()
         }
@@ -745,4 +760,15 @@ mod tests {
         let e = toml::from_str::<FileConfig>(&toml).unwrap_err().to_string();
         assert!(!e.contains("unknown field"), "{e}");
     }
+}
+
+/// `host:port` of a base URL.
+fn host_of(url: &str) -> String {
+    url.split("://")
+        .nth(1)
+        .unwrap_or("")
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_string()
 }

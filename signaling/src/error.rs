@@ -112,17 +112,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::Chat(e) if e.is_unreachable() => {
                 tracing::warn!(error = %e, "request refused: the database is unreachable");
-                let body = json!({
-                    "code": 0,
-                    "message": "503: Service Unavailable (the database is unreachable; nothing was changed, retry shortly)",
-                    "retry_after": 2,
-                });
-                let mut res = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-                res.headers_mut().insert(
-                    axum::http::header::RETRY_AFTER,
-                    axum::http::HeaderValue::from(2u32),
-                );
-                return res;
+                return database_unreachable();
             }
             ApiError::Chat(e) => {
                 let status =
@@ -144,6 +134,21 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// 503 with Discord-shaped JSON and `Retry-After`: the database did not answer in time.
+pub fn database_unreachable() -> Response {
+    let body = json!({
+        "code": 0,
+        "message": "503: Service Unavailable (the database is unreachable; nothing was changed, retry shortly)",
+        "retry_after": 2,
+    });
+    let mut res = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    res.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(2u32),
+    );
+    res
+}
 
 impl ApiError {
     /// Discord JSON error code.

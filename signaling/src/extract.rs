@@ -99,6 +99,14 @@ impl FromRequestParts<AppState> for Auth {
         match parts.extensions.get::<Authenticated>() {
             Some(Authenticated::User(u)) => return Ok(Auth(u.clone())),
             Some(Authenticated::Invalid) => return Err(ApiError::unauthorized()),
+            // The middleware answers these itself; not reached.
+            Some(Authenticated::Unreachable) => {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    0,
+                    "503: Service Unavailable (the database is unreachable)",
+                ))
+            }
             None => {}
         }
         let Some(h) = parts

@@ -209,6 +209,8 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         }
     };
     let state = AppState::new(cfg, store, sfu, hub, shared);
+    // A cluster node must mint ids no other node mints: without its lease it does not start.
+    nodes::lease_id(&state).await.map_err(StartError::Redis)?;
     nodes::announce_once(&state).await;
     match redis {
         Err(inbox_rx) => {

@@ -33,6 +33,8 @@ pub struct View {
     pub renewals_failed: u64,
     pub nodes_lost: u64,
     pub callers_rehomed: u64,
+    /// The snowflake id this node mints with (a cluster's lease).
+    pub id_lease: Option<u16>,
 }
 
 impl ClusterView {
@@ -48,11 +50,32 @@ impl ClusterView {
 pub fn info(s: &AppState) -> NodeInfo {
     NodeInfo {
         id: s.shared.me.clone(),
-        endpoint: s.cfg.public_host(),
+        endpoint: s.cfg.node_host(),
         region: s.cfg.region.clone(),
         roles: s.cfg.roles,
         load: s.sfu.participants() as u32,
         draining: *s.shutdown.borrow(),
+    }
+}
+
+/// How long a snowflake id lease lives unless renewed (renewed with the registration).
+pub const ID_LEASE: Duration = Duration::from_secs(60);
+
+/// Lease this node's snowflake id and mint with it; a changed lease is logged.
+pub async fn lease_id(s: &AppState) -> Result<(), crate::shared::SharedError> {
+    match s.shared.registry.lease_id(&s.shared.me, ID_LEASE).await {
+        Ok(id) => {
+            let before = s.nodes.with(|v| v.id_lease.replace(id));
+            if before != Some(id) {
+                s.store.set_id_worker(id);
+                info!(node = %s.shared.me, id, "minting ids with this node's leased id");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            warn!(error = %e, "could not lease this node's id for new snowflakes");
+            Err(e)
+        }
     }
 }
 
@@ -79,6 +102,7 @@ pub async fn run(s: AppState) {
             }
         }
         let was = s.nodes.get().registered;
+        let _ = lease_id(&s).await;
         match s.shared.registry.announce(&info(&s), NODE_TTL).await {
             Ok(renewed) => {
                 if !was {

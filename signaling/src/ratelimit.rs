@@ -112,6 +112,9 @@ pub enum Authenticated {
     User(User),
     /// A token was sent and it is unknown, revoked or malformed.
     Invalid,
+    /// The token could not be checked: the database is unreachable (answered 503 at once,
+    /// rather than waiting for the database a second time in the handler).
+    Unreachable,
 }
 
 fn hash_of(v: impl Hash) -> u64 {
@@ -338,7 +341,8 @@ async fn authenticate(s: &AppState, headers: &HeaderMap) -> Option<Authenticated
     match s.store.authenticate(token).await {
         Ok(u) => Some(Authenticated::User(u)),
         Err(lodge_chat::ChatError::Unauthorized) => Some(Authenticated::Invalid),
-        // The store failed: leave it to the `Auth` extractor, which reports the error.
+        Err(e) if e.is_unreachable() => Some(Authenticated::Unreachable),
+        // The store failed otherwise: leave it to the `Auth` extractor, which reports it.
         Err(_) => None,
     }
 }
@@ -377,6 +381,10 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
         }
     }
     let auth = authenticate(&s, req.headers()).await;
+    if matches!(auth, Some(Authenticated::Unreachable)) {
+        tracing::warn!("request refused: the database is unreachable (token check)");
+        return crate::error::database_unreachable();
+    }
     if matches!(auth, Some(Authenticated::Invalid)) {
         let _ = s.rate_limiter.take(
             Instant::now(),

@@ -349,19 +349,15 @@ impl Conn {
 
     async fn identify(&mut self, tx: &mut Tx, d: Identify) -> Result<(), Stop> {
         let s = self.s.clone();
-        let user = s
-            .store
-            .authenticate(&d.token)
-            .await
-            .map_err(|e| match e {
-                // The database is down: not the token's fault (4004 would make clients drop
-                // it); 4000 lets them reconnect and identify again.
-                e if e.is_unreachable() => stop(
-                    close::UNKNOWN_ERROR,
-                    "the database is unreachable; reconnect and identify again shortly",
-                ),
-                _ => stop(close::AUTHENTICATION_FAILED, "authentication failed"),
-            })?;
+        let user = s.store.authenticate(&d.token).await.map_err(|e| match e {
+            // The database is down: not the token's fault (4004 would make clients drop
+            // it); 4000 lets them reconnect and identify again.
+            e if e.is_unreachable() => stop(
+                close::UNKNOWN_ERROR,
+                "the database is unreachable; reconnect and identify again shortly",
+            ),
+            _ => stop(close::AUTHENTICATION_FAILED, "authentication failed"),
+        })?;
         if user.bot && !s.cfg.bot_privileged_intents && d.intents & intents::PRIVILEGED != 0 {
             return Err(stop(
                 close::DISALLOWED_INTENTS,

@@ -108,6 +108,9 @@ pub trait Registry: Send + Sync {
     fn announce<'a>(&'a self, me: &'a NodeInfo, ttl: Duration) -> Fut<'a, SharedResult<bool>>;
     /// Every node whose registration has not expired.
     fn live_nodes(&self) -> Fut<'_, SharedResult<Vec<NodeInfo>>>;
+    /// Lease (or renew) this node's 10-bit id for snowflakes, unique among live nodes for
+    /// `ttl` after each call. Returns the id held now (it changes only if the lease was lost).
+    fn lease_id<'a>(&'a self, me: &'a NodeId, ttl: Duration) -> Fut<'a, SharedResult<u16>>;
     /// Leave the registry at once (clean shutdown).
     fn withdraw<'a>(&'a self, id: &'a NodeId) -> Fut<'a, SharedResult<()>>;
 }

@@ -45,7 +45,7 @@ pub async fn endpoint(s: &AppState, home: &Home) -> String {
             .get()
             .and_then(|c| c.endpoint_of(*trunk))
             .unwrap_or_else(|| s.cfg.public_host()),
-        Home::Node(h) if h.node == s.shared.me => s.cfg.public_host(),
+        Home::Node(h) if h.node == s.shared.me => s.cfg.node_host(),
         Home::Node(h) => match s.shared.registry.live_nodes().await {
             Ok(nodes) => nodes
                 .into_iter()

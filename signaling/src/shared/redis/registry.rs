@@ -23,9 +23,31 @@ end
 return n
 ";
 
+/// Lease a snowflake id (0–1023): renew the one this node holds, or take the first free one
+/// from ARGV[4] on. ARGV = slot key prefix, node id, TTL ms, first slot; KEYS[1] = the node's
+/// reverse key (which slot it holds). Returns the slot, or -1 when all 1,024 are held.
+const LEASE: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held and redis.call('GET', ARGV[1] .. held) == ARGV[2] then
+  redis.call('PEXPIRE', ARGV[1] .. held, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return tonumber(held)
+end
+local start = tonumber(ARGV[4])
+for i = 0, 1023 do
+  local n = (start + i) % 1024
+  if redis.call('SET', ARGV[1] .. n, ARGV[2], 'NX', 'PX', ARGV[3]) then
+    redis.call('SET', KEYS[1], n, 'PX', ARGV[3])
+    return n
+  end
+end
+return -1
+";
+
 pub struct RedisRegistry {
     conn: Conn,
     prune: Script,
+    lease: Script,
 }
 
 impl RedisRegistry {
@@ -33,6 +55,7 @@ impl RedisRegistry {
         RedisRegistry {
             conn,
             prune: Script::new(PRUNE),
+            lease: Script::new(LEASE),
         }
     }
 
@@ -114,7 +137,34 @@ impl RedisRegistry {
     }
 }
 
+impl RedisRegistry {
+    async fn lease_id_(&self, me: &NodeId, ttl: Duration) -> SharedResult<u16> {
+        let k = &self.conn.keys;
+        let prefix = format!("{}lodge:snowflake:", k.prefix());
+        let start =
+            me.0.bytes()
+                .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
+                % 1024;
+        let mut inv = self
+            .lease
+            .key(format!("{}lodge:snowflake-of:{}", k.prefix(), me.0));
+        inv.arg(prefix)
+            .arg(&me.0)
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(start);
+        let n: i64 = self.conn.script(OpKind::Registry, &inv).await?;
+        u16::try_from(n).map_err(|_| {
+            SharedError::Unavailable(
+                "all 1,024 snowflake ids are leased by live nodes; a cluster holds at most 1,024 nodes".into(),
+            )
+        })
+    }
+}
+
 impl Registry for RedisRegistry {
+    fn lease_id<'a>(&'a self, me: &'a NodeId, ttl: Duration) -> Fut<'a, SharedResult<u16>> {
+        Box::pin(self.lease_id_(me, ttl))
+    }
     fn announce<'a>(&'a self, me: &'a NodeInfo, ttl: Duration) -> Fut<'a, SharedResult<bool>> {
         Box::pin(self.announce_(me, ttl))
     }
