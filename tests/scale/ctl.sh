@@ -46,6 +46,8 @@ case "$cmd" in
     public="http://$ip:$hp"
     [ "${SCALE_PUBLIC_URL:-node}" = balancer ] && public="http://$SCALE_LB"
     echo "==== $(date +%T.%N | cut -c1-12) ctl: starting n$n (public URL $public) $*" >>"$T/n$n.log"
+    # The balancer reads this: a node started with --roles media serves no API or gateway.
+    echo "$*" >"$T/n$n.args"
     # {node_url} in SCALE_NODE_ARGS stands for this node's own http://127.0.0.N:PORT (e.g. a
     # per-node voice address while --public-url is the balancer).
     node_args="${SCALE_NODE_ARGS:-}"

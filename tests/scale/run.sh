@@ -16,9 +16,12 @@
 #   LODGE_BIN=… LOAD_BIN=… tests/scale/run.sh   use those binaries (no build)
 #   NODE_ARGS="--option value" …                extra `lodge serve` options for every node;
 #                                               {node_url} in them becomes the node's own URL
-#   SCALE_PUBLIC_URL=balancer …                 every node's --public-url is the suite's TCP
-#                                               balancer (127.0.0.5, in front of all three), as
-#                                               a cluster is deployed; default: each node's own
+#                                               (default: --node-url {node_url})
+#   SCALE_PUBLIC_URL=node …                     every node's --public-url is its own address;
+#                                               default (balancer): the suite's TCP balancer
+#                                               (127.0.0.5, in front of the API nodes), as a
+#                                               cluster is deployed — gateway clients resume
+#                                               through it, voice goes to --node-url
 # Writes scale-report.{md,json} to $OUT (default: a temporary directory) and prints a table.
 # Needs redis-server and PostgreSQL (scripts/setup.sh installs both; this script installs
 # nothing). Its PostgreSQL cluster is its own (PGPORT 55433, PGDIR /tmp/lodge-pg-scale; override
@@ -55,11 +58,11 @@ export SCALE_PGPORT="${SCALE_PGPORT:-55433}" SCALE_PGDIR="${SCALE_PGDIR:-/tmp/lo
 ADMIN_URL="$(PGPORT="$SCALE_PGPORT" PGDIR="$SCALE_PGDIR" "$ROOT/scripts/postgres.sh")"
 DB="scale_$(python3 -c 'import secrets; print(secrets.token_hex(6))')"
 psql -q "$ADMIN_URL" -c "CREATE DATABASE $DB" >/dev/null
-export SCALE_TMP="$TMP" SCALE_LODGE="$BIN" SCALE_PGBIN="$PGBIN" SCALE_NODE_ARGS="${NODE_ARGS:-}"
+export SCALE_TMP="$TMP" SCALE_LODGE="$BIN" SCALE_PGBIN="$PGBIN" SCALE_NODE_ARGS="${NODE_ARGS---node-url {node_url}}"
 export SCALE_DB_URL="${ADMIN_URL%/postgres}/$DB"
 SCALE_REDIS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 SCALE_LB="127.0.0.5:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.5",0)); print(s.getsockname()[1])')"
-export SCALE_REDIS_PORT SCALE_LB SCALE_PY="$HERE/.venv/bin/python" SCALE_PUBLIC_URL="${SCALE_PUBLIC_URL:-node}"
+export SCALE_REDIS_PORT SCALE_LB SCALE_PY="$HERE/.venv/bin/python" SCALE_PUBLIC_URL="${SCALE_PUBLIC_URL:-balancer}"
 CTL="$HERE/ctl.sh"
 
 ok=0

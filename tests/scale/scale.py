@@ -322,9 +322,10 @@ async def joined(ctx, load, k, nodes=NODES, timeout=60):
 @step(3, "kill-media", "the room's node is killed (kill -9): every caller is moved and hears again")
 async def kill_media(ctx, fig):
     c = ctx.c
-    # n2 serves the API only: every caller's gateway is there, so it survives the kill; the
-    # room lands on n3 or n4 and must move to the other.
-    await c.ensure({2: ("--roles", "api")})
+    # n2 serves the API only, n3 and n4 media only: every caller's gateway is on n2 (directly
+    # or through the balancer), so it survives the kill; the room lands on n3 or n4 and must
+    # move to the other.
+    await c.ensure({2: ("--roles", "api"), 3: ("--roles", "media"), 4: ("--roles", "media")})
     N = 6
     load = Load(ctx, "kill", [c.url(2)], ["-n", N, "-c", 1, "-s", 2, "-d", 22])
     await load.start()
