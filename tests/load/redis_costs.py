@@ -47,7 +47,7 @@ async def main():
     args = ap.parse_args()
     A, B, port = args.a, args.b, args.redis_port
     rows = []
-    async with aiohttp.ClientSession() as h:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as h:
         async def reg(url, name):
             r = await h.post(f"{url}/api/v10/auth/register", json={"username": name, "password": "pw-123456789"})
             j = await r.json()

@@ -38,5 +38,5 @@ for n in 2 3; do
   PIDS+=($!); URLS+=("http://$ip:$hp")
   for _ in $(seq 1 100); do curl -fs "http://$ip:$hp/readyz" >/dev/null && break; sleep 0.1; done
 done
-"$HERE/.venv/bin/python" "$HERE/redis_costs.py" --a "${URLS[0]}" --b "${URLS[1]}" --redis-port "$RPORT" --sessions "${SESSIONS:-100}" 2>/dev/null || {
+"$HERE/.venv/bin/python" "$HERE/redis_costs.py" --a "${URLS[0]}" --b "${URLS[1]}" --redis-port "$RPORT" --sessions "${SESSIONS:-100}" 2>"$TMP/costs.json" || { cat "$TMP/costs.json";
   tail -30 "$TMP/n2.log"; exit 1; }
