@@ -17,7 +17,9 @@ cargo build --workspace --all-targets --locked
 step "the sfu core builds without tokio (sans-IO is enforced by the dependency graph)"
 cargo build -p lodge-sfu --lib --no-default-features --locked
 
-step "unit, simulated-network and real-socket tests"
+step "unit, simulated-network and real-socket tests (the Redis-backed shared state against a throwaway redis-server)"
+TEST_REDIS_URL="$(./scripts/redis.sh)"
+export TEST_REDIS_URL
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
   cargo test --workspace --doc --locked
@@ -68,6 +70,13 @@ SMOKE=1 OUT="$(mktemp -d)" ./tests/load/janus_baseline.sh
 step "chat load smoke test: every message reaches every session, no errors (SQLite, PostgreSQL)"
 ./tests/load/chat_smoke.sh
 TEST_POSTGRES_URL="$PG_URL" ./tests/load/chat_smoke.sh
+
+step "load generator across nodes: several URLs, voice shards and their exact merge"
+./tests/load/cluster_load_smoke.sh
+
+step "cluster measurements run small: chat fan-out alone / through the bus / on three nodes, Redis costs per operation"
+PROFILE=debug M=100 R=10 D=5 ACCOUNTS=20 SENDERS=4 OUT="$(mktemp -d)" ./tests/load/cluster_bench.sh
+SESSIONS=40 ./tests/load/redis_costs.sh
 
 step "abuse suite: every attack class of the hardening issue against a release node, a legitimate client measured throughout"
 OUT="$(mktemp -d)" ./tests/abuse/run.sh
