@@ -300,6 +300,39 @@ pub async fn reassert(s: &AppState) {
     );
 }
 
+/// A session that arrived here (resumed from a lost node): its callers whose home is not a
+/// registered node get a new home and a new VOICE_SERVER_UPDATE.
+pub async fn rehome_session(s: &AppState, user: u64, guilds: &[u64], session: &str) {
+    let live: Vec<NodeId> = match s.shared.registry.live_nodes().await {
+        Ok(n) => n.into_iter().map(|n| n.id).collect(),
+        Err(_) => return,
+    };
+    for g in guilds {
+        let Ok(Some(st)) = crate::voice::executor::state(s, *g, user).await else {
+            continue;
+        };
+        let orphaned = st.session_id == session
+            && matches!(&st.home, Home::Node(h) if !live.contains(&h.node));
+        if !orphaned {
+            continue;
+        }
+        let region = Some(st.region.as_str()).filter(|r| !r.is_empty());
+        match crate::voice::service::placed_for(s, *g, st.channel_id, region, st.can_speak).await {
+            Ok(placed) => {
+                let r = crate::voice::executor::run(s, *g, user, &Input::Rehome(placed)).await;
+                if r.is_ok() {
+                    s.nodes.with(|v| v.callers_rehomed += 1);
+                    info!(
+                        guild = g,
+                        user, "a resumed session's call moved off its lost node"
+                    );
+                }
+            }
+            Err(e) => warn!(error = ?e, "could not place a resumed session's caller"),
+        }
+    }
+}
+
 /// Registry metrics.
 pub fn write_metrics(s: &AppState, out: &mut String) {
     use std::fmt::Write as _;

@@ -246,6 +246,16 @@ pub(super) async fn resume(s: &AppState, d: &Resume, user: User, conn: u64) -> O
         replayed = frames.len() - 1,
         "gateway session resumed from another node"
     );
+    // The session's node may have hosted its calls too: callers whose room's node is gone get
+    // a new home now (no node held their session when the loss was noticed).
+    {
+        let (s2, guilds) = (
+            s.clone(),
+            lock(&sref).guilds.iter().copied().collect::<Vec<u64>>(),
+        );
+        let sid2 = sid.to_string();
+        tokio::spawn(async move { crate::nodes::rehome_session(&s2, uid, &guilds, &sid2).await });
+    }
     if m.node != s.shared.me {
         let msg = crate::voice::executor::NodeMsg::SessionMoved(Moved {
             session: sid.to_string(),
