@@ -96,8 +96,11 @@ pub async fn run(s: AppState) {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => {
-                let _ = s.shared.registry.withdraw(&s.shared.me).await;
-                info!(node = %s.shared.me, "left the cluster registry");
+                // Marked draining for its last TTL (not withdrawn at once), so the others see
+                // a departure rather than a failure, place no new room here, and then move
+                // what it hosted.
+                let _ = s.shared.registry.announce(&info(&s), NODE_TTL).await;
+                info!(node = %s.shared.me, "leaving the cluster registry (draining until the registration expires)");
                 return;
             }
         }
@@ -148,11 +151,15 @@ pub async fn run(s: AppState) {
                 _ => {}
             }
         }
-        for id in before
-            .keys()
-            .filter(|id| !now.contains_key(*id) && **id != s.shared.me)
+        for (id, last) in before
+            .iter()
+            .filter(|(id, _)| !now.contains_key(*id) && **id != s.shared.me)
         {
-            warn!(node = %id, "node lost (its registration expired): moving the calls it hosted for this node's sessions");
+            if last.draining {
+                info!(node = %id, "node left the cluster (it was draining): moving the calls it hosted for this node's sessions");
+            } else {
+                warn!(node = %id, "node lost (its registration expired): moving the calls it hosted for this node's sessions");
+            }
             s.nodes.with(|v| v.nodes_lost += 1);
             let moved = rehome_lost(&s, id).await;
             s.nodes.with(|v| v.callers_rehomed += moved);
