@@ -593,6 +593,17 @@ fn in_range<T: PartialOrd + std::fmt::Display>(
     }
 }
 
+/// `host:port` of a base URL.
+fn host_of(url: &str) -> String {
+    url.split("://")
+        .nth(1)
+        .unwrap_or("")
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -760,15 +771,4 @@ mod tests {
         let e = toml::from_str::<FileConfig>(&toml).unwrap_err().to_string();
         assert!(!e.contains("unknown field"), "{e}");
     }
-}
-
-/// `host:port` of a base URL.
-fn host_of(url: &str) -> String {
-    url.split("://")
-        .nth(1)
-        .unwrap_or("")
-        .split('/')
-        .next()
-        .unwrap_or("")
-        .to_string()
 }

@@ -251,7 +251,7 @@ pub async fn reassert(s: &AppState) {
                 let cur = crate::voice::executor::state(s, st.guild_id, st.user_id).await;
                 let ours = matches!(&cur, Ok(Some(c)) if c.generation == st.generation
                     && matches!(&c.home, Home::Node(h) if h.node == s.shared.me));
-                if matches!(cur, Ok(_)) && !ours {
+                if cur.is_ok() && !ours {
                     fenced += 1;
                     crate::voice::executor::apply_here(
                         s,

@@ -88,7 +88,11 @@ async fn publisher(
                 stats.published.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                if stats.failed.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                if stats
+                    .failed
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(1000)
+                {
                     warn!(error = %e, "bus: a dispatch could not be published; its route's sessions will be told");
                 }
                 broken.insert(route);
