@@ -280,25 +280,7 @@ async fn replace_edge(s: &AppState, edge: TrunkId, node: &str) {
     }
     warn!(edge = %node, callers = moved.len(), "edge lost; moving its callers");
     for st in moved {
-        let placed = match crate::voice::service::placed_for(
-            s,
-            st.guild_id,
-            st.channel_id,
-            Some(st.region.as_str()).filter(|r| !r.is_empty()),
-            st.can_speak,
-        )
-        .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(error = ?e, "could not re-place a caller of a lost edge");
-                continue;
-            }
-        };
-        let input = crate::voice::control::Input::Rehome(placed);
-        if let Err(e) = executor::run(s, st.guild_id, st.user_id, &input).await {
-            warn!(error = %e, "could not re-place a caller of a lost edge");
-        }
+        crate::voice::service::rehome(s, &st).await;
     }
 }
 

@@ -189,27 +189,8 @@ pub async fn rehome_lost(s: &AppState, lost: &NodeId) -> u64 {
             if !there || s.sessions.get(&st.session_id).is_none() {
                 continue;
             }
-            let region = Some(st.region.as_str()).filter(|r| !r.is_empty());
-            let placed = match crate::voice::service::placed_for(
-                s,
-                st.guild_id,
-                st.channel_id,
-                region,
-                st.can_speak,
-            )
-            .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    warn!(error = ?e, "could not place a caller of a lost node");
-                    continue;
-                }
-            };
-            match crate::voice::executor::run(s, st.guild_id, st.user_id, &Input::Rehome(placed))
-                .await
-            {
-                Ok(_) => moved += 1,
-                Err(e) => warn!(error = %e, "could not move a caller of a lost node"),
+            if crate::voice::service::rehome(s, &st).await {
+                moved += 1;
             }
         }
     }
@@ -323,19 +304,12 @@ pub async fn rehome_session(s: &AppState, user: u64, guilds: &[u64], session: &s
         if !orphaned {
             continue;
         }
-        let region = Some(st.region.as_str()).filter(|r| !r.is_empty());
-        match crate::voice::service::placed_for(s, *g, st.channel_id, region, st.can_speak).await {
-            Ok(placed) => {
-                let r = crate::voice::executor::run(s, *g, user, &Input::Rehome(placed)).await;
-                if r.is_ok() {
-                    s.nodes.with(|v| v.callers_rehomed += 1);
-                    info!(
-                        guild = g,
-                        user, "a resumed session's call moved off its lost node"
-                    );
-                }
-            }
-            Err(e) => warn!(error = ?e, "could not place a resumed session's caller"),
+        if crate::voice::service::rehome(s, &st).await {
+            s.nodes.with(|v| v.callers_rehomed += 1);
+            info!(
+                guild = g,
+                user, "a resumed session's call moved off its lost node"
+            );
         }
     }
 }

@@ -101,6 +101,26 @@ pub async fn placed_for(
     })
 }
 
+/// Give a caller whose home is gone (a lost node or edge) a new one in the same channel and
+/// region: a new token and VOICE_SERVER_UPDATE. Whether it was done (failures are logged).
+pub async fn rehome(s: &AppState, st: &super::VoiceState) -> bool {
+    let region = Some(st.region.as_str()).filter(|r| !r.is_empty());
+    let placed = match placed_for(s, st.guild_id, st.channel_id, region, st.can_speak).await {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(guild = st.guild_id, user = st.user_id, error = ?e, "could not place a caller whose home is gone");
+            return false;
+        }
+    };
+    match executor::run(s, st.guild_id, st.user_id, &Input::Rehome(placed)).await {
+        Ok(_) => true,
+        Err(e) => {
+            warn!(guild = st.guild_id, user = st.user_id, error = %e, "could not move a caller whose home is gone");
+            false
+        }
+    }
+}
+
 /// Gateway op 4: join, move, leave or change self mute/deaf.
 pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) -> ApiResult<()> {
     let guild_id = id_field(d, "guild_id")?
