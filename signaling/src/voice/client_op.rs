@@ -58,6 +58,9 @@ fn refuse(op: Option<Opcode>, code: u16, reason: impl Into<String>) -> Refused {
     }
 }
 
+/// Longest voice token accepted (Lodge issues 32 characters).
+pub const MAX_VOICE_TOKEN: usize = 128;
+
 /// Parse one text frame. Never panics; every refusal carries a close code and a reason that
 /// names what was wrong (and the limit, for sizes).
 pub fn parse(text: &str) -> Result<ClientOp, Refused> {
@@ -113,6 +116,14 @@ fn identify(d: &Value) -> Result<Identify, Refused> {
         .get("token")
         .and_then(Value::as_str)
         .ok_or_else(|| bad("identify needs token"))?;
+    // The token becomes a key lookup in the shared store (Redis in a cluster): bounded first.
+    if token.len() > MAX_VOICE_TOKEN {
+        return Err(refuse(
+            Some(Opcode::Identify),
+            close::AUTHENTICATION_FAILED,
+            format!("voice token longer than {MAX_VOICE_TOKEN} bytes"),
+        ));
+    }
     Ok(Identify {
         server_id,
         user_id,
@@ -231,6 +242,12 @@ mod tests {
             code(r#"{"op":0,"d":{"server_id":1,"user_id":2,"token":"t"}}"#),
             close::DECODE_ERROR
         );
+        let long = format!(
+            r#"{{"op":0,"d":{{"server_id":1,"user_id":2,"session_id":"s","token":"{}"}}}}"#,
+            "t".repeat(MAX_VOICE_TOKEN + 1)
+        );
+        assert_eq!(code(&long), close::AUTHENTICATION_FAILED);
+        assert!(parse(&long).unwrap_err().reason.contains("128"));
         assert_eq!(
             code(r#"{"op":0,"d":{"server_id":1,"user_id":2,"session_id":"s","token":7}}"#),
             close::DECODE_ERROR
