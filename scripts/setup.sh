@@ -35,6 +35,11 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends "${need[@]}"
   }
 fi
+# Lints: CI runs clippy with warnings as errors.
+if ! cargo clippy --version >/dev/null 2>&1; then
+  echo "setup: installing clippy (rustup component)"
+  rustup component add clippy
+fi
 # Fuzzing: cargo-fuzz builds with nightly-only sanitizer flags.
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
   echo "setup: installing the nightly toolchain (rustup, minimal profile)"

@@ -11,6 +11,9 @@ step "setup (apt: chromium, nodejs, python3-venv; npm: playwright-core; pip: dis
 step "formatting (cargo fmt)"
 cargo fmt --all -- --check
 
+step "lints (cargo clippy, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 step "build (debug, all targets)"
 cargo build --workspace --all-targets --locked
 
