@@ -45,6 +45,11 @@ if ! rustup run nightly rustc --version >/dev/null 2>&1; then
   echo "setup: installing the nightly toolchain (rustup, minimal profile)"
   rustup toolchain install nightly --profile minimal
 fi
+# The Debian package (tests/package/run.sh) is built with cargo-deb.
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  echo "setup: installing cargo-deb (cargo install --locked)"
+  cargo install --locked cargo-deb
+fi
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "setup: installing cargo-fuzz (cargo install --locked)"
   cargo install --locked cargo-fuzz

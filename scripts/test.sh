@@ -84,4 +84,7 @@ SESSIONS=40 ./tests/load/redis_costs.sh
 step "abuse suite: every attack class of the hardening issue against a release node, a legitimate client measured throughout"
 OUT="$(mktemp -d)" ./tests/abuse/run.sh
 
+step "Debian package: cargo deb, dpkg -i, the installed binary as its user with its configuration, /healthz, remove, purge"
+./tests/package/run.sh
+
 step "all tests passed"
