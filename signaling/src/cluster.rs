@@ -545,6 +545,7 @@ pub async fn announce_peers(s: AppState) {
             .get()
             .nodes
             .values()
+            .filter(|n| n.roles.media)
             .filter_map(|n| {
                 n.trunk.as_ref().map(|t| PeerNode {
                     node: n.id.0.clone(),
