@@ -232,7 +232,11 @@ pub async fn to_edge(s: &AppState, edge: &str, cmd: HomeCmd) {
             user: user_id,
         },
     };
-    match s.cluster.get().and_then(|c| c.trunk_of_edge(edge).map(|id| (c, id))) {
+    match s
+        .cluster
+        .get()
+        .and_then(|c| c.trunk_of_edge(edge).map(|id| (c, id)))
+    {
         Some((c, id)) => c.cascade.send(id, msg).await,
         None => warn!(%edge, "a caller's edge has no trunk to this node; command dropped"),
     }

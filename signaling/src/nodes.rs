@@ -56,11 +56,7 @@ pub fn info(s: &AppState) -> NodeInfo {
         load: s.sfu.participants() as u32,
         draining: *s.shutdown.borrow(),
         trunk: s.cluster.get().and_then(|c| c.advert.clone()),
-        edges: s
-            .cluster
-            .get()
-            .map(|c| c.edge_list())
-            .unwrap_or_default(),
+        edges: s.cluster.get().map(|c| c.edge_list()).unwrap_or_default(),
     }
 }
 

@@ -765,7 +765,12 @@ async def edges(ctx, fig):
         fig["room_homes"] = f"A n{homes[0]}, B n{homes[1]}"
         await asyncio.sleep(4)
         m = await c.metrics_at(ctx.http, edge) or {}
-        fig["edge_trunk_streams_out/in"] = f"{int(m.get('lodge_trunk_streams_out', 0))} / {int(m.get('lodge_trunk_streams_in', 0))}"
+        out, inn = int(m.get("lodge_trunk_streams_out", 0)), int(m.get("lodge_trunk_streams_in", 0))
+        fig["edge_trunk_streams_out/in"] = f"{out} / {inn}"
+        # Each room has 2 speakers on the edge (callers 0 and 2 of 3 speakers): 4 streams if each
+        # goes only to its room's node, 8 if the edge sent every room to every trunk.
+        check(out == 4, f"the edge sends {out} speaker streams on its trunks, want 4 (each room's 2 edge speakers to its own node only)")
+        check(inn == 2, f"the edge receives {inn} speaker streams, want 2 (each room's 1 node speaker)")
         # Kill the seed (n3), the home of one of the rooms: the edge keeps its trunk to n4.
         killed = homes.index(3)
         other = 4

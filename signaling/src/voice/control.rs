@@ -71,7 +71,10 @@ pub enum Guard {
     Session(String),
     Generation(u64),
     /// The caller is still hosted by the edge `edge` through the node `via`.
-    Edge { via: crate::shared::NodeId, edge: String },
+    Edge {
+        via: crate::shared::NodeId,
+        edge: String,
+    },
 }
 
 /// A command for the node or edge hosting a caller.
