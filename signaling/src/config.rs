@@ -679,6 +679,32 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_node_may_accept_trunks_but_an_edge_is_no_cluster_member() {
+        let node = || ServeArgs {
+            redis_url: Some("redis://127.0.0.1:6379".into()),
+            database_url: Some("postgres://lodge@127.0.0.1/lodge".into()),
+            cluster_token: Some("0123456789abcdef-cluster".into()),
+            ..Default::default()
+        };
+        let c = load_args(ServeArgs {
+            trunk_listen: Some("127.0.0.1:7443".parse().unwrap()),
+            ..node()
+        })
+        .unwrap();
+        assert!(c.trunk_listen.is_some() && c.redis_url.is_some());
+        let e = load_args(ServeArgs {
+            origin: Some("127.0.0.1:7443".parse().unwrap()),
+            origin_fingerprint: Some(format!("sha256:{}", "0".repeat(64))),
+            ..node()
+        })
+        .unwrap_err();
+        assert!(
+            e.contains("--origin") && e.contains("not a cluster member"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn media_nice_from_file_and_its_range() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("lodge.toml");
