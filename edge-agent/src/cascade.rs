@@ -1,9 +1,12 @@
 //! Cascading: joins a media node's exported speaker packets to its trunks, and its trunks'
 //! media to the node's remote speakers.
 //!
-//! - On an **edge**, every local speaker who talks is exported to the origin (one stream per
-//!   speaker); what the origin sends becomes remote speakers in the edge's node, ranked and
-//!   fanned out to the edge's listeners there. Remote speakers are never sent back.
+//! - On an **edge**, a local speaker who talks in room R is exported (one stream per speaker)
+//!   to the node(s) that placed R's callers here — the room's home, whose trunk carried the
+//!   `VoicePlace` — and to no other trunk (an edge of a cluster holds trunks to several nodes,
+//!   each the home of other rooms). What a trunk sends becomes remote speakers in the edge's
+//!   node, ranked and fanned out to the edge's listeners there. Remote speakers are never sent
+//!   back.
 //! - On an **origin**, a room's speakers go to every edge that declared interest in the room
 //!   (`Interest`), local speakers and other edges' speakers alike, never back to the edge a
 //!   speaker came from. So an edge receives each active speaker once, however many of its
@@ -75,6 +78,7 @@ pub struct TrunkReport {
 
 enum Cmd {
     Add {
+        id: TrunkId,
         peer: Peer,
         trunk: Trunk,
         done: oneshot::Sender<()>,
@@ -83,10 +87,15 @@ enum Cmd {
         id: TrunkId,
         msg: Control,
     },
-    /// Tell the origin (edge role) whether this edge has callers in `room`.
+    /// (Edge role) this edge has callers in `room` placed by the node `node` (Some), or no
+    /// callers in `room` any more (None).
     Interest {
         room: u64,
-        on: bool,
+        node: Option<String>,
+    },
+    /// End a trunk (the edge no longer wants it).
+    Close {
+        id: TrunkId,
     },
     Report(oneshot::Sender<Vec<TrunkReport>>),
 }
@@ -95,14 +104,31 @@ enum Cmd {
 #[derive(Clone)]
 pub struct CascadeHandle {
     tx: mpsc::Sender<Cmd>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl CascadeHandle {
     /// Hand an established trunk to the cascade; `done` fires when it has ended.
-    pub async fn add_trunk(&self, peer: Peer, trunk: Trunk) -> oneshot::Receiver<()> {
+    pub async fn add_trunk(&self, peer: Peer, trunk: Trunk) -> (TrunkId, oneshot::Receiver<()>) {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (done, rx) = oneshot::channel();
-        let _ = self.tx.send(Cmd::Add { peer, trunk, done }).await;
-        rx
+        let _ = self
+            .tx
+            .send(Cmd::Add {
+                id,
+                peer,
+                trunk,
+                done,
+            })
+            .await;
+        (id, rx)
+    }
+
+    /// End a trunk (it is reported down like any other trunk that ends).
+    pub async fn close(&self, id: TrunkId) {
+        let _ = self.tx.send(Cmd::Close { id }).await;
     }
 
     /// Send an app-level message to a trunk peer.
@@ -117,9 +143,16 @@ impl CascadeHandle {
         }
     }
 
-    /// (Edge) this edge has, or no longer has, callers in `room`.
-    pub async fn interest(&self, room: u64, on: bool) {
-        let _ = self.tx.send(Cmd::Interest { room, on }).await;
+    /// (Edge) this edge has callers in `room` that the node `node` placed: that node's
+    /// trunk gets the room's local speakers.
+    pub async fn interest(&self, room: u64, node: &str) {
+        let node = Some(node.to_string());
+        let _ = self.tx.send(Cmd::Interest { room, node }).await;
+    }
+
+    /// (Edge) this edge has no callers in `room` any more.
+    pub async fn no_interest(&self, room: u64) {
+        let _ = self.tx.send(Cmd::Interest { room, node: None }).await;
     }
 
     pub async fn report(&self) -> Vec<TrunkReport> {
@@ -160,7 +193,8 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(256);
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     tokio::spawn(run(role, sfu, exports, rx, ev_tx));
-    (CascadeHandle { tx }, ev_rx)
+    let next_id = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    (CascadeHandle { tx, next_id }, ev_rx)
 }
 
 async fn run(
@@ -177,9 +211,9 @@ async fn run(
     let mut links: HashMap<TrunkId, Link> = HashMap::new();
     let mut remote: HashMap<(TrunkId, u16), ParticipantIdx> = HashMap::new();
     let mut source: HashMap<ParticipantIdx, TrunkId> = HashMap::new();
-    // Edge role: rooms with local callers (re-announced after a reconnect).
-    let mut my_rooms: HashSet<u64> = HashSet::new();
-    let mut next_id: TrunkId = 1;
+    // Edge role: rooms with local callers, by the nodes that placed them (re-announced to a
+    // node after a reconnect).
+    let mut my_rooms = EdgeRooms::default();
     let mut sweep = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
@@ -199,7 +233,7 @@ async fn run(
                 };
                 for (id, l) in links.iter_mut() {
                     let wanted = match role {
-                        Role::Edge => !x.remote,
+                        Role::Edge => !x.remote && my_rooms.wants(x.room.0, &l.peer.node),
                         Role::Origin => l.interest.contains(&x.room.0) && source.get(&x.from) != Some(id),
                     };
                     if !wanted {
@@ -319,9 +353,7 @@ async fn run(
             cmd = cmds.recv() => {
                 let Some(cmd) = cmd else { break };
                 match cmd {
-                    Cmd::Add { peer, trunk, done } => {
-                        let id = next_id;
-                        next_id += 1;
+                    Cmd::Add { id, peer, trunk, done } => {
                         let (ctx, crx) = mpsc::channel(TRUNK_QUEUE);
                         let (etx, mut erx) = mpsc::channel(4096);
                         let (stx, srx) = watch::channel(TrunkStats::default());
@@ -339,8 +371,8 @@ async fn run(
                         });
                         // An edge re-announces its rooms to a (re)connected origin.
                         if role == Role::Edge {
-                            for room in &my_rooms {
-                                let _ = ctx.send(TrunkCommand::App(Control::Interest { room: *room, on: true })).await;
+                            for room in my_rooms.rooms_of(&peer.node) {
+                                let _ = ctx.send(TrunkCommand::App(Control::Interest { room, on: true })).await;
                             }
                         }
                         info!(trunk = id, peer = %peer.node, region = %peer.region, "trunk up");
@@ -355,12 +387,29 @@ async fn run(
                             let _ = l.cmd.send(TrunkCommand::App(msg)).await;
                         }
                     }
-                    Cmd::Interest { room, on } => {
-                        let changed = if on { my_rooms.insert(room) } else { my_rooms.remove(&room) };
-                        if changed {
-                            for l in links.values() {
-                                let _ = l.cmd.send(TrunkCommand::App(Control::Interest { room, on })).await;
+                    Cmd::Interest { room, node } => {
+                        let changed = match &node {
+                            Some(n) => my_rooms.on(room, n).into_iter().collect::<Vec<_>>(),
+                            None => my_rooms.off(room),
+                        };
+                        let on = node.is_some();
+                        for l in links.values_mut().filter(|l| changed.contains(&l.peer.node)) {
+                            let _ = l.cmd.send(TrunkCommand::App(Control::Interest { room, on })).await;
+                            if !on {
+                                let ended: Vec<(ParticipantIdx, u16)> = l.out.iter()
+                                    .filter(|(_, o)| o.2 == room).map(|(p, o)| (*p, o.0)).collect();
+                                for (p, stream) in ended {
+                                    l.out.remove(&p);
+                                    let _ = l.cmd.try_send(TrunkCommand::Close { stream });
+                                }
                             }
+                        }
+                    }
+                    Cmd::Close { id } => {
+                        // Dropping the trunk's command sender ends its driver; the trunk then
+                        // reports down through the usual path.
+                        if let Some(l) = links.get_mut(&id) {
+                            l.cmd = mpsc::channel(1).0;
                         }
                     }
                     Cmd::Report(reply) => {
@@ -413,7 +462,7 @@ pub async fn keep_edge_connected(
                 info!(origin = %peer.node, %origin, "connected to the origin");
                 let _ = up.send(true);
                 let started = Instant::now();
-                let done = cascade.add_trunk(peer, trunk).await;
+                let (_, done) = cascade.add_trunk(peer, trunk).await;
                 let _ = done.await;
                 let _ = up.send(false);
                 warn!(%origin, "trunk to the origin lost; reconnecting");
@@ -428,5 +477,76 @@ pub async fn keep_edge_connected(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// (Edge role) The rooms this edge has callers in, and for each the nodes that placed them
+/// there: a room's local speakers go only to those nodes' trunks.
+#[derive(Debug, Default)]
+pub struct EdgeRooms {
+    rooms: HashMap<u64, HashSet<String>>,
+}
+
+impl EdgeRooms {
+    /// `node` placed callers of `room` here. The node, if it is new for the room.
+    pub fn on(&mut self, room: u64, node: &str) -> Option<String> {
+        self.rooms
+            .entry(room)
+            .or_default()
+            .insert(node.to_string())
+            .then(|| node.to_string())
+    }
+
+    /// No callers left in `room`: the nodes that were told of it.
+    pub fn off(&mut self, room: u64) -> Vec<String> {
+        self.rooms
+            .remove(&room)
+            .map(|n| n.into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether `room`'s local speakers go to `node`'s trunk.
+    pub fn wants(&self, room: u64, node: &str) -> bool {
+        self.rooms.get(&room).is_some_and(|n| n.contains(node))
+    }
+
+    /// The rooms `node` placed callers of (announced again when its trunk comes back).
+    pub fn rooms_of(&self, node: &str) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .rooms
+            .iter()
+            .filter(|(_, n)| n.contains(node))
+            .map(|(r, _)| *r)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EdgeRooms;
+
+    #[test]
+    fn two_trunks_two_rooms_each_room_only_on_its_trunk() {
+        let mut r = EdgeRooms::default();
+        assert_eq!(r.on(1, "node-a"), Some("node-a".into()));
+        assert_eq!(r.on(2, "node-b"), Some("node-b".into()));
+        // Placed again by the same node: nothing new to announce.
+        assert_eq!(r.on(1, "node-a"), None);
+        assert!(r.wants(1, "node-a") && !r.wants(1, "node-b"));
+        assert!(r.wants(2, "node-b") && !r.wants(2, "node-a"));
+        assert!(!r.wants(3, "node-a"));
+        assert_eq!(r.rooms_of("node-a"), vec![1]);
+        assert_eq!(r.rooms_of("node-b"), vec![2]);
+        // Room 1's home moved to node-b (node-a died): both are told until the room empties.
+        r.on(1, "node-b");
+        assert!(r.wants(1, "node-b"));
+        assert_eq!(r.rooms_of("node-b"), vec![1, 2]);
+        let mut told = r.off(1);
+        told.sort();
+        assert_eq!(told, vec!["node-a".to_string(), "node-b".to_string()]);
+        assert!(!r.wants(1, "node-a") && !r.wants(1, "node-b"));
+        assert!(r.off(1).is_empty());
     }
 }

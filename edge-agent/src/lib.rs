@@ -20,4 +20,4 @@ pub mod wire;
 pub use error::EdgeError;
 pub use repair::{ReceiveStats, RepairConfig};
 pub use session::{Delivered, Notice, TrunkCounters, TrunkSession};
-pub use wire::{Control, Media, VoiceGrant};
+pub use wire::{Control, Media, PeerNode, VoiceGrant};

@@ -326,7 +326,8 @@ impl TrunkSession {
             | Control::VoiceUpdate(_)
             | Control::VoiceRemove { .. }
             | Control::VoiceGone { .. }
-            | Control::CallSummary { .. }) => {
+            | Control::CallSummary { .. }
+            | Control::Peers { .. }) => {
                 self.notices.push_back(Notice::App(c));
                 Ok(())
             }

@@ -135,6 +135,22 @@ pub enum Control {
     /// Edge → origin: the call-quality summary of a caller who left the edge (JSON), so the
     /// origin's `/quality/calls` covers every node.
     CallSummary { json: String },
+    /// Node → edge (a cluster of nodes): every media node that accepts trunks. The edge keeps
+    /// a trunk to each (it trusts these fingerprints because they came over a pinned trunk), so
+    /// any room's home can place callers on it. Sent after the welcome and whenever the list
+    /// changes.
+    Peers { nodes: Vec<PeerNode> },
+}
+
+/// A node that accepts edge trunks, as a `Peers` message lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerNode {
+    /// The node's name in the cluster (what its welcome says).
+    pub node: String,
+    /// Its trunk address, `host:port`.
+    pub addr: String,
+    /// Its trunk certificate fingerprint (`sha256:…`).
+    pub fingerprint: String,
 }
 
 /// A caller's voice state as the origin decided it.

@@ -12,23 +12,23 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use lodge_edge::cascade::{CascadeHandle, ClusterEvent, Role, TrunkId, TrunkReport};
-use lodge_edge::{Control, VoiceGrant};
+use lodge_edge::{Control, PeerNode, VoiceGrant};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::app::AppState;
+pub use crate::shared::EdgeInfo;
+use crate::shared::TrunkAdvert;
 use crate::voice::control::{Guard, HomeCmd};
 use crate::voice::executor;
 use crate::voice::state::{Home, PendingToken, VoiceState};
 
-/// An edge as the origin knows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct EdgeInfo {
-    pub node: String,
-    pub region: String,
-    pub voice_endpoint: String,
-    /// Participants the edge reported, and callers placed on it since.
-    pub load: u32,
+/// How an edge dials the nodes it trunks to.
+pub struct Dial {
+    local: SocketAddr,
+    hello: lodge_edge::trunk::Hello,
+    /// The seed's fingerprint (`--origin-fingerprint`): its dialer is never dropped.
+    seed: String,
 }
 
 pub struct Cluster {
@@ -37,62 +37,170 @@ pub struct Cluster {
     pub region: String,
     /// Origin: the trunk certificate fingerprint edges pin.
     pub fingerprint: Option<String>,
+    /// Origin: where edges reach this node's trunk listener (for the registry).
+    pub advert: Option<TrunkAdvert>,
     /// Origin: connected edges.
     edges: Mutex<HashMap<TrunkId, EdgeInfo>>,
-    /// Edge: whether the trunk to the origin is up.
+    /// Either role: the peer's name for each trunk that is up.
+    trunk_nodes: Mutex<HashMap<TrunkId, String>>,
+    /// Edge: whether a trunk to a node (any) is up.
     pub origin_up: watch::Receiver<bool>,
+    any_up: watch::Sender<bool>,
+    /// Edge: which node placed each caller (guild, user) here.
+    placer: Mutex<HashMap<(u64, u64), String>>,
+    /// Edge: how to dial, the dialers by the fingerprint they pin (and the node's name), and
+    /// the node lists each trunk sent.
+    dial: Option<Dial>,
+    dialers: Mutex<HashMap<String, (tokio::task::JoinHandle<()>, String)>>,
+    peer_lists: Mutex<HashMap<TrunkId, Vec<PeerNode>>>,
     /// Origin: handshake outcomes.
     pub acceptance: Option<std::sync::Arc<lodge_edge::trunk::OriginCounters>>,
 }
 
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Cluster {
-    pub fn new(
-        role: Role,
-        cascade: CascadeHandle,
-        region: String,
-        fingerprint: Option<String>,
-        origin_up: watch::Receiver<bool>,
-    ) -> Self {
+    pub fn new(role: Role, cascade: CascadeHandle, region: String) -> Self {
+        let (any_up, origin_up) = watch::channel(role == Role::Origin);
         Cluster {
             role,
             cascade,
             region,
-            fingerprint,
+            fingerprint: None,
+            advert: None,
             edges: Mutex::new(HashMap::new()),
+            trunk_nodes: Mutex::new(HashMap::new()),
             origin_up,
+            any_up,
+            placer: Mutex::new(HashMap::new()),
+            dial: None,
+            dialers: Mutex::new(HashMap::new()),
+            peer_lists: Mutex::new(HashMap::new()),
             acceptance: None,
         }
     }
 
     fn edges(&self) -> std::sync::MutexGuard<'_, HashMap<TrunkId, EdgeInfo>> {
-        self.edges
-            .lock()
-            .expect("edge table lock is never held across a panic")
+        locked(&self.edges)
     }
 
-    /// Origin: the least busy edge in `region`, counting the caller as placed there.
-    pub fn place(&self, region: &str) -> Option<(TrunkId, String)> {
+    /// Origin: the least busy edge in `region` (its name), counting the caller as placed there.
+    pub fn place(&self, region: &str) -> Option<String> {
         let mut edges = self.edges();
-        let (id, e) = edges
+        let (_, e) = edges
             .iter_mut()
             .filter(|(_, e)| e.region == region)
             .min_by_key(|(id, e)| (e.load, **id))?;
         e.load += 1;
-        Some((*id, e.voice_endpoint.clone()))
+        Some(e.node.clone())
     }
 
-    pub fn endpoint_of(&self, id: TrunkId) -> Option<String> {
-        self.edges().get(&id).map(|e| e.voice_endpoint.clone())
+    /// Origin: the newest trunk from the edge named `edge`.
+    pub fn trunk_of_edge(&self, edge: &str) -> Option<TrunkId> {
+        self.edges()
+            .iter()
+            .filter(|(_, e)| e.node == edge)
+            .map(|(id, _)| *id)
+            .max()
     }
 
+    pub fn endpoint_of(&self, edge: &str) -> Option<String> {
+        self.edges()
+            .values()
+            .find(|e| e.node == edge)
+            .map(|e| e.voice_endpoint.clone())
+    }
+
+    /// Origin: the connected edges, one entry per edge name.
     pub fn edge_list(&self) -> Vec<EdgeInfo> {
         let mut v: Vec<EdgeInfo> = self.edges().values().cloned().collect();
         v.sort_by(|a, b| a.node.cmp(&b.node));
+        v.dedup_by(|a, b| a.node == b.node);
         v
     }
 
     pub async fn trunks(&self) -> Vec<TrunkReport> {
         self.cascade.report().await
+    }
+
+    /// Edge: the trunk to the node named `node`, if one is up.
+    fn trunk_to(&self, node: &str) -> Option<TrunkId> {
+        locked(&self.trunk_nodes)
+            .iter()
+            .filter(|(_, n)| *n == node)
+            .map(|(id, _)| *id)
+            .max()
+    }
+
+    /// Edge: send `msg` about caller (guild, user) to the node that placed them (every trunk
+    /// if that is not known).
+    pub async fn to_placer(&self, guild: u64, user: u64, msg: Control) {
+        let placer = locked(&self.placer).get(&(guild, user)).cloned();
+        match placer.and_then(|n| self.trunk_to(&n)) {
+            Some(id) => self.cascade.send(id, msg).await,
+            None => self.cascade.broadcast(msg).await,
+        }
+    }
+
+    /// Edge: keep a trunk to every node the trunks listed (and to the seed), drop the others.
+    fn reconcile_dialers(&self) {
+        let Some(dial) = &self.dial else { return };
+        let mut wanted: HashMap<String, PeerNode> = HashMap::new();
+        for list in locked(&self.peer_lists).values() {
+            for p in list {
+                if p.fingerprint != dial.seed {
+                    wanted.insert(p.fingerprint.clone(), p.clone());
+                }
+            }
+        }
+        let mut dialers = locked(&self.dialers);
+        let gone: Vec<String> = dialers
+            .keys()
+            .filter(|f| **f != dial.seed && !wanted.contains_key(*f))
+            .cloned()
+            .collect();
+        for f in gone {
+            if let Some((task, node)) = dialers.remove(&f) {
+                task.abort();
+                info!(%node, "node no longer listed: dropping the trunk to it");
+                let ids: Vec<TrunkId> = locked(&self.trunk_nodes)
+                    .iter()
+                    .filter(|(_, n)| **n == node)
+                    .map(|(id, _)| *id)
+                    .collect();
+                let cascade = self.cascade.clone();
+                tokio::spawn(async move {
+                    for id in ids {
+                        cascade.close(id).await;
+                    }
+                });
+            }
+        }
+        for (f, p) in wanted {
+            if dialers.contains_key(&f) {
+                continue;
+            }
+            let addr = match p.addr.parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    warn!(node = %p.node, addr = %p.addr, "a listed node's trunk address is not ip:port; not dialled");
+                    continue;
+                }
+            };
+            info!(node = %p.node, %addr, "trunking to another node of the cluster");
+            let (tx, _) = watch::channel(false);
+            let task = tokio::spawn(lodge_edge::cascade::keep_edge_connected(
+                self.cascade.clone(),
+                dial.local,
+                addr,
+                p.fingerprint.clone(),
+                dial.hello.clone(),
+                tx,
+            ));
+            dialers.insert(f, (task, p.node));
+        }
     }
 }
 
@@ -112,8 +220,8 @@ pub fn grant(st: &VoiceState, token: &str) -> VoiceGrant {
     }
 }
 
-/// Origin: carry a command for a caller hosted by an edge over its trunk.
-pub async fn to_edge(s: &AppState, edge: TrunkId, cmd: HomeCmd) {
+/// Origin: carry a command for a caller hosted by the edge named `edge` over its trunk.
+pub async fn to_edge(s: &AppState, edge: &str, cmd: HomeCmd) {
     let msg = match cmd {
         HomeCmd::Place { state, token } => Control::VoicePlace(grant(&state, &token)),
         HomeCmd::Flags { state } => Control::VoiceUpdate(grant(&state, "")),
@@ -124,8 +232,13 @@ pub async fn to_edge(s: &AppState, edge: TrunkId, cmd: HomeCmd) {
             user: user_id,
         },
     };
-    if let Some(c) = s.cluster.get() {
-        c.cascade.send(edge, msg).await;
+    match s
+        .cluster
+        .get()
+        .and_then(|c| c.trunk_of_edge(edge).map(|id| (c, id)))
+    {
+        Some((c, id)) => c.cascade.send(id, msg).await,
+        None => warn!(%edge, "a caller's edge has no trunk to this node; command dropped"),
     }
 }
 
@@ -203,6 +316,7 @@ pub async fn run_events(s: AppState, mut rx: mpsc::UnboundedReceiver<ClusterEven
         let Some(c) = s.cluster.get() else { continue };
         match ev {
             ClusterEvent::TrunkUp { id, peer } => {
+                locked(&c.trunk_nodes).insert(id, peer.node.clone());
                 if c.role == Role::Origin {
                     c.edges().insert(
                         id,
@@ -213,12 +327,27 @@ pub async fn run_events(s: AppState, mut rx: mpsc::UnboundedReceiver<ClusterEven
                             load: 0,
                         },
                     );
+                } else {
+                    let _ = c.any_up.send(true);
                 }
             }
             ClusterEvent::TrunkDown { id, peer } => {
+                let still = {
+                    let mut t = locked(&c.trunk_nodes);
+                    t.remove(&id);
+                    t.values().any(|n| *n == peer.node)
+                };
                 if c.role == Role::Origin {
                     c.edges().remove(&id);
-                    replace_edge(&s, id, &peer.node).await;
+                    // A newer trunk from the same edge keeps its callers.
+                    if !still {
+                        replace_edge(&s, &peer.node).await;
+                    }
+                } else {
+                    locked(&c.peer_lists).remove(&id);
+                    let any = !locked(&c.trunk_nodes).is_empty();
+                    let _ = c.any_up.send(any);
+                    tokio::spawn(node_lost(s.clone(), peer.node));
                 }
             }
             ClusterEvent::App { id, msg } => match msg {
@@ -239,12 +368,19 @@ pub async fn run_events(s: AppState, mut rx: mpsc::UnboundedReceiver<ClusterEven
                     }
                 }
                 Control::VoiceGone { guild, user } if c.role == Role::Origin => {
-                    // Only if the caller is still placed on that edge (not moved meanwhile).
-                    crate::voice::service::leave_if(&s, guild, user, Guard::Edge(id)).await;
+                    // Only if the caller is still placed on that edge through this node (not
+                    // moved meanwhile).
+                    let edge = c.edges().get(&id).map(|e| e.node.clone());
+                    if let Some(edge) = edge {
+                        let via = s.shared.me.clone();
+                        crate::voice::service::leave_if(&s, guild, user, Guard::Edge { via, edge })
+                            .await;
+                    }
                 }
                 Control::VoicePlace(g) if c.role == Role::Edge => {
                     let st = hosted_here(&s, &g);
-                    place_here(&s, st, g.token).await
+                    let placer = locked(&c.trunk_nodes).get(&id).cloned();
+                    place_here(&s, st, g.token, placer.as_deref()).await
                 }
                 Control::VoiceUpdate(g) if c.role == Role::Edge => update_here(&s, g).await,
                 Control::VoiceRemove { guild, user } if c.role == Role::Edge => {
@@ -257,9 +393,13 @@ pub async fn run_events(s: AppState, mut rx: mpsc::UnboundedReceiver<ClusterEven
                     if let Some(ch) = channel {
                         let left = all_states(&s).await.iter().any(|st| st.channel_id == ch);
                         if !left {
-                            c.cascade.interest(ch, false).await;
+                            c.cascade.no_interest(ch).await;
                         }
                     }
+                }
+                Control::Peers { nodes } if c.role == Role::Edge => {
+                    locked(&c.peer_lists).insert(id, nodes);
+                    c.reconcile_dialers();
                 }
                 other => warn!(trunk = id, msg = ?other, "unexpected cluster message"),
             },
@@ -267,25 +407,29 @@ pub async fn run_events(s: AppState, mut rx: mpsc::UnboundedReceiver<ClusterEven
     }
 }
 
-/// Origin: an edge went away. Its callers get a fresh token and VOICE_SERVER_UPDATE pointing
-/// at another edge of the same region, or at this node, and reconnect there.
-async fn replace_edge(s: &AppState, edge: TrunkId, node: &str) {
+/// Origin: the edge named `edge` went away. Its callers placed through this node get a fresh
+/// token and VOICE_SERVER_UPDATE pointing at another edge of the same region, or at a node, and
+/// reconnect there.
+async fn replace_edge(s: &AppState, edge: &str) {
     let moved: Vec<VoiceState> = all_states(s)
         .await
         .into_iter()
-        .filter(|st| st.home == Home::Edge(edge))
+        .filter(|st| {
+            matches!(&st.home, Home::Edge { via, edge: e } if via.node == s.shared.me && e == edge)
+        })
         .collect();
     if moved.is_empty() {
         return;
     }
-    warn!(edge = %node, callers = moved.len(), "edge lost; moving its callers");
+    warn!(%edge, callers = moved.len(), "edge lost; moving its callers");
     for st in moved {
         crate::voice::service::rehome(s, &st).await;
     }
 }
 
-/// Edge: accept a caller the origin placed here (their earlier connection here, if any, ends).
-pub async fn place_here(s: &AppState, st: VoiceState, token: String) {
+/// Edge: accept a caller the node `placer` placed here (their earlier connection here, if any,
+/// ends); the room's local speakers go to that node.
+pub async fn place_here(s: &AppState, st: VoiceState, token: String, placer: Option<&str>) {
     let st = if matches!(&st.home, Home::Node(h) if h.node == s.shared.me) {
         st
     } else {
@@ -318,8 +462,9 @@ pub async fn place_here(s: &AppState, st: VoiceState, token: String) {
             s.sfu.leave(p).await;
         }
     }
-    if let Some(c) = s.cluster.get() {
-        c.cascade.interest(st.channel_id, true).await;
+    if let (Some(c), Some(placer)) = (s.cluster.get(), placer) {
+        locked(&c.placer).insert((st.guild_id, st.user_id), placer.to_string());
+        c.cascade.interest(st.channel_id, placer).await;
     }
     info!(
         guild = st.guild_id,
@@ -346,54 +491,107 @@ async fn update_here(s: &AppState, g: VoiceGrant) {
     executor::apply_here(s, HomeCmd::Flags { state: st }).await;
 }
 
-/// How long an edge keeps its callers talking among themselves after losing the origin before it
-/// tells them (voice close 4015) that the call is broken.
+/// How long an edge keeps its callers talking among themselves after losing the trunk to the
+/// node that placed them before it tells them (voice close 4015) that the call is broken.
 pub const ORIGIN_LOST_GRACE: Duration = Duration::from_secs(5);
 
-/// Edge: when the origin stays unreachable past the grace time, close every caller's voice
-/// connection with 4015 ("voice server crashed": rejoin) instead of leaving them in a call that
+/// Edge: the trunk to `node` went down. If no trunk to it is back after the grace time, close
+/// the voice connections (4015, "voice server crashed": rejoin) of the callers that node placed
+/// here and that no other node placed again meanwhile, instead of leaving them in a call that
 /// only hears this edge.
-pub async fn watch_origin(s: AppState, mut up: watch::Receiver<bool>) {
-    loop {
-        if up.changed().await.is_err() {
-            return;
-        }
-        if *up.borrow() {
-            continue;
-        }
-        let back = tokio::time::timeout(ORIGIN_LOST_GRACE, async {
-            while !*up.borrow() {
-                if up.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
+async fn node_lost(s: AppState, node: String) {
+    tokio::time::sleep(ORIGIN_LOST_GRACE).await;
+    let Some(c) = s.cluster.get() else { return };
+    if c.trunk_to(&node).is_some() {
+        return;
+    }
+    let states: Vec<VoiceState> = {
+        let all = all_states(&s).await;
+        let placer = locked(&c.placer);
+        all.into_iter()
+            .filter(|st| placer.get(&(st.guild_id, st.user_id)) == Some(&node))
+            .collect()
+    };
+    if !states.is_empty() {
+        warn!(
+            %node,
+            callers = states.len(),
+            "node unreachable for {ORIGIN_LOST_GRACE:?}: closing the calls it placed on this edge (4015)"
+        );
+    }
+    for st in states {
+        locked(&c.placer).remove(&(st.guild_id, st.user_id));
+        store_state(&s, None, st.guild_id, st.user_id).await;
+        executor::apply_here(
+            &s,
+            HomeCmd::Remove {
+                guild_id: st.guild_id,
+                user_id: st.user_id,
+                generation: st.generation,
+                code: 4015,
+                reason: "this edge lost its origin; rejoin the channel".into(),
+            },
+        )
         .await;
-        if back.is_ok() {
+    }
+}
+
+/// Origin in a cluster: tell each edge trunked here every node that accepts trunks (from the
+/// registry), after it connects and whenever the list changes, so it trunks to all of them.
+pub async fn announce_peers(s: AppState) {
+    let mut sent: HashMap<TrunkId, Vec<PeerNode>> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let Some(c) = s.cluster.get() else { continue };
+        let mut nodes: Vec<PeerNode> = s
+            .nodes
+            .get()
+            .nodes
+            .values()
+            .filter(|n| n.roles.media)
+            .filter_map(|n| {
+                n.trunk.as_ref().map(|t| PeerNode {
+                    node: n.id.0.clone(),
+                    addr: t.addr.clone(),
+                    fingerprint: t.fingerprint.clone(),
+                })
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        if nodes.is_empty() {
             continue;
         }
-        let states = all_states(&s).await;
-        if !states.is_empty() {
-            warn!(
-                callers = states.len(),
-                "origin unreachable for {ORIGIN_LOST_GRACE:?}: closing this edge's calls (4015)"
-            );
-        }
-        for st in states {
-            store_state(&s, None, st.guild_id, st.user_id).await;
-            executor::apply_here(
-                &s,
-                HomeCmd::Remove {
-                    guild_id: st.guild_id,
-                    user_id: st.user_id,
-                    generation: st.generation,
-                    code: 4015,
-                    reason: "this edge lost its origin; rejoin the channel".into(),
-                },
-            )
-            .await;
+        let trunks: Vec<TrunkId> = c.edges().keys().copied().collect();
+        sent.retain(|id, _| trunks.contains(id));
+        for id in trunks {
+            if sent.get(&id) != Some(&nodes) {
+                c.cascade
+                    .send(
+                        id,
+                        Control::Peers {
+                            nodes: nodes.clone(),
+                        },
+                    )
+                    .await;
+                sent.insert(id, nodes.clone());
+            }
         }
     }
+}
+
+/// Where edges reach a trunk listener on `listen`: itself, or this node's host with its port
+/// when it listens on every address.
+fn advertised(cfg: &crate::config::Config, listen: SocketAddr) -> String {
+    if !listen.ip().is_unspecified() {
+        return listen.to_string();
+    }
+    let host = cfg.node_host();
+    let host = match host.rsplit_once(':') {
+        Some((h, _)) => h.to_string(),
+        None => host,
+    };
+    format!("{host}:{}", listen.port())
 }
 
 /// Start the cluster side of a node, if configured: returns the cluster and the cascade's
@@ -407,7 +605,7 @@ pub async fn start(
     if let Some(addr) = cfg.trunk_listen {
         let id = lodge_edge::tls::Identity::load_or_create(&cfg.data_dir)?;
         let fingerprint = id.fingerprint();
-        let origin = lodge_edge::trunk::Origin::bind(addr, &id, &token, &cfg.public_host())?;
+        let origin = lodge_edge::trunk::Origin::bind(addr, &id, &token, &cfg.node_name())?;
         let acceptance = origin.counters();
         let (cascade, events) = lodge_edge::cascade::spawn(Role::Origin, sfu, exports);
         let c2 = cascade.clone();
@@ -418,20 +616,17 @@ pub async fn start(
             }
         });
         info!(trunk = %addr, %fingerprint, "origin: accepting edge trunks");
-        let (_tx, up) = watch::channel(true);
-        let mut c = Cluster::new(
-            Role::Origin,
-            cascade,
-            cfg.region.clone(),
-            Some(fingerprint),
-            up,
-        );
+        let mut c = Cluster::new(Role::Origin, cascade, cfg.region.clone());
+        c.advert = Some(TrunkAdvert {
+            addr: advertised(cfg, addr),
+            fingerprint: fingerprint.clone(),
+        });
+        c.fingerprint = Some(fingerprint);
         c.acceptance = Some(acceptance);
         return Ok((c, events));
     }
     let origin = cfg.origin.expect("start is only called for a cluster role");
     let (cascade, events) = lodge_edge::cascade::spawn(Role::Edge, sfu.clone(), exports);
-    let (up_tx, up) = watch::channel(false);
     let hello = lodge_edge::trunk::Hello {
         token,
         node: format!("{}-{}", cfg.region, cfg.public_host()),
@@ -443,33 +638,32 @@ pub async fn start(
     } else {
         "[::]:0".parse().expect("valid address")
     };
-    tokio::spawn(lodge_edge::cascade::keep_edge_connected(
+    let seed = cfg.origin_fingerprint.clone().unwrap_or_default();
+    let (tx, _) = watch::channel(false);
+    let seed_task = tokio::spawn(lodge_edge::cascade::keep_edge_connected(
         cascade.clone(),
         local,
         origin,
-        cfg.origin_fingerprint.clone().unwrap_or_default(),
-        hello,
-        up_tx,
+        seed.clone(),
+        hello.clone(),
+        tx,
     ));
-    // Report load to the origin every 2 s.
-    let (c2, up2) = (cascade.clone(), up.clone());
+    // Report load to every node it trunks to every 2 s.
+    let c2 = cascade.clone();
     tokio::spawn(async move {
         let mut t = tokio::time::interval(Duration::from_secs(2));
         loop {
             t.tick().await;
-            if !*up2.borrow() {
-                continue;
-            }
             let participants = sfu.participants() as u32;
             for r in c2.report().await {
                 c2.send(r.id, Control::Load { participants }).await;
             }
         }
     });
-    Ok((
-        Cluster::new(Role::Edge, cascade, cfg.region.clone(), None, up),
-        events,
-    ))
+    let mut c = Cluster::new(Role::Edge, cascade, cfg.region.clone());
+    locked(&c.dialers).insert(seed.clone(), (seed_task, String::new()));
+    c.dial = Some(Dial { local, hello, seed });
+    Ok((c, events))
 }
 
 /// Trunk metrics: per trunk (labelled by trunk number and the peer's region, never addresses),
@@ -483,7 +677,7 @@ pub async fn write_metrics(c: &Cluster, out: &mut String) {
     let _ = writeln!(out, "# HELP lodge_cluster_role This node's role in a cluster\n# TYPE lodge_cluster_role gauge\nlodge_cluster_role{{role=\"{role}\"}} 1");
     if c.role == Role::Edge {
         let up = *c.origin_up.borrow() as u8;
-        let _ = writeln!(out, "# HELP lodge_origin_up Whether the trunk to the origin is up\n# TYPE lodge_origin_up gauge\nlodge_origin_up {up}");
+        let _ = writeln!(out, "# HELP lodge_origin_up Whether a trunk to a node (the origin, or any node of a cluster) is up\n# TYPE lodge_origin_up gauge\nlodge_origin_up {up}");
     }
     if let Some(oc) = &c.acceptance {
         use std::sync::atomic::Ordering::Relaxed;

@@ -138,10 +138,14 @@ config_keys! {
     /// Needed with --trunk-listen or --origin. [default: unset]
     cluster_token: String = "LODGE_CLUSTER_TOKEN" [hide_env_values = true];
     /// Origin role: accept edge trunks (QUIC) on this UDP address:port. The trunk certificate's
-    /// fingerprint, which edges pin, is printed at start-up (it lives in <data_dir>). [default: unset]
+    /// fingerprint, which edges pin, is printed at start-up (it lives in <data_dir>). With
+    /// --redis-url every media node may accept trunks: it lists its trunk address and its edges
+    /// in the registry, and tells each edge about the other nodes. [default: unset]
     trunk_listen: SocketAddr = "LODGE_TRUNK_LISTEN";
     /// Edge role: the origin's trunk address:port. The edge then serves only the voice gateway
-    /// and media for callers the origin places on it. [default: unset]
+    /// and media for callers the origin places on it. For a cluster of nodes, any node's trunk
+    /// address (a seed): the edge learns the other nodes from it and trunks to each. An edge
+    /// never uses Redis. [default: unset]
     origin: SocketAddr = "LODGE_ORIGIN";
     /// Edge role: the origin's trunk certificate fingerprint (sha256:…), as the origin printed it.
     origin_fingerprint: String = "LODGE_ORIGIN_FINGERPRINT";
@@ -546,8 +550,8 @@ impl Config {
             return bad("--region must be 1 to 64 characters");
         }
         if self.redis_url.is_some() {
-            if self.trunk_listen.is_some() || self.origin.is_some() {
-                return bad("--redis-url (a cluster of equal nodes) does not combine with --trunk-listen/--origin yet");
+            if self.origin.is_some() {
+                return bad("--redis-url (a cluster member) does not combine with --origin: an edge is not a cluster member; start it with --origin naming any node's --trunk-listen address");
             }
             if !self
                 .database_url
@@ -693,6 +697,32 @@ mod tests {
     /// Load with these flags and no environment.
     fn load_args(args: ServeArgs) -> Result<Config, String> {
         Config::load(&args, std::iter::empty()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_cluster_node_may_accept_trunks_but_an_edge_is_no_cluster_member() {
+        let node = || ServeArgs {
+            redis_url: Some("redis://127.0.0.1:6379".into()),
+            database_url: Some("postgres://lodge@127.0.0.1/lodge".into()),
+            cluster_token: Some("0123456789abcdef-cluster".into()),
+            ..Default::default()
+        };
+        let c = load_args(ServeArgs {
+            trunk_listen: Some("127.0.0.1:7443".parse().unwrap()),
+            ..node()
+        })
+        .unwrap();
+        assert!(c.trunk_listen.is_some() && c.redis_url.is_some());
+        let e = load_args(ServeArgs {
+            origin: Some("127.0.0.1:7443".parse().unwrap()),
+            origin_fingerprint: Some(format!("sha256:{}", "0".repeat(64))),
+            ..node()
+        })
+        .unwrap_err();
+        assert!(
+            e.contains("--origin") && e.contains("not a cluster member"),
+            "{e}"
+        );
     }
 
     #[test]

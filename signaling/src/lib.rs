@@ -241,10 +241,11 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     let node_events = tokio::spawn(voice::service::run_sfu_events(state.clone(), events));
     tokio::spawn(quality::run_sampler(state.clone()));
     if let Some((c, cluster_events)) = cluster {
-        if c.role == lodge_edge::cascade::Role::Edge {
-            tokio::spawn(cluster::watch_origin(state.clone(), c.origin_up.clone()));
-        }
+        let origin = c.role == lodge_edge::cascade::Role::Origin;
         let _ = state.cluster.set(c);
+        if origin && state.shared.clustered {
+            tokio::spawn(cluster::announce_peers(state.clone()));
+        }
         tokio::spawn(cluster::run_events(state.clone(), cluster_events));
     }
     // An edge, or a cluster node with only the media role, serves the voice gateway, health

@@ -55,6 +55,8 @@ pub fn info(s: &AppState) -> NodeInfo {
         roles: s.cfg.roles,
         load: s.sfu.participants() as u32,
         draining: *s.shutdown.borrow(),
+        trunk: s.cluster.get().and_then(|c| c.advert.clone()),
+        edges: s.cluster.get().map(|c| c.edge_list()).unwrap_or_default(),
     }
 }
 
@@ -185,7 +187,11 @@ pub async fn rehome_lost(s: &AppState, lost: &NodeId) -> u64 {
             .await
             .unwrap_or_default();
         for st in states {
-            let there = matches!(&st.home, Home::Node(h) if h.node == *lost);
+            let there = match &st.home {
+                Home::Node(h) => h.node == *lost,
+                // An edge reached through the lost node: placed again through the room's new home.
+                Home::Edge { via, .. } => via.node == *lost,
+            };
             if !there || s.sessions.get(&st.session_id).is_none() {
                 continue;
             }

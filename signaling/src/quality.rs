@@ -395,8 +395,8 @@ pub async fn record_left(
         if let Some(cl) = s.cluster.get().filter(|_| s.is_edge()) {
             if *cl.origin_up.borrow() {
                 let json = serde_json::to_string(&c).expect("a summary serializes");
-                cl.cascade
-                    .broadcast(lodge_edge::Control::CallSummary { json })
+                let (guild, user) = (c.guild_id, c.user_id);
+                cl.to_placer(guild, user, lodge_edge::Control::CallSummary { json })
                     .await;
                 s.telemetry().calls_recorded += 1;
                 return;

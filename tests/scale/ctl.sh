@@ -9,6 +9,9 @@
 #   ctl.sh redis-start | redis-kill             the suite's redis-server, always on one port
 #   ctl.sh pg-start | pg-stop                   the suite's PostgreSQL cluster (never the shared one)
 #   ctl.sh balancer-start                       the TCP balancer in front of the nodes (balancer.py)
+#   ctl.sh edge-start SEED FINGERPRINT TOKEN REGION  an edge on 127.0.0.6 (not a cluster member:
+#                                               no Redis) trunked to the node trunk SEED
+#   ctl.sh edge-kill [signal]                   the edge; default KILL
 #   ctl.sh stop-all                             every node, redis-server and balancer it started
 # Environment (from run.sh): SCALE_TMP SCALE_LODGE SCALE_REDIS_PORT SCALE_DB_URL SCALE_PGBIN
 # SCALE_PGDIR SCALE_PGPORT SCALE_LB (balancer host:port) SCALE_PY (the venv's python),
@@ -94,6 +97,20 @@ case "$cmd" in
     "$SCALE_PY" "$(dirname "$0")/balancer.py" --listen "$SCALE_LB" --tmp "$T" >>"$T/balancer.log" 2>&1 </dev/null &
     echo $! >"$T/balancer.pid"
     ;;
+  edge-start)
+    ip=127.0.0.6
+    [ -f "$T/edge.ports" ] || echo "$(free tcp "$ip") $(free udp "$ip")" >"$T/edge.ports"
+    read -r hp mp <"$T/edge.ports"
+    alive "$T/edge.pid" && { echo "ctl: the edge is already running" >&2; exit 1; }
+    echo "==== $(date +%T.%N | cut -c1-12) ctl: starting the edge (seed $1, region $4)" >>"$T/edge.log"
+    "$SCALE_LODGE" serve --data-dir "$T/edge" --http-listen "$ip:$hp" --media-listen "$ip:$mp" \
+      --origin "$1" --origin-fingerprint "$2" --cluster-token "$3" --region "$4" \
+      >>"$T/edge.log" 2>&1 </dev/null &
+    echo $! >"$T/edge.pid"
+    ;;
+  edge-kill)
+    kill_pidfile "$T/edge.pid" "${1:-KILL}"
+    ;;
   redis-kill)
     kill_pidfile "$T/redis.pid" KILL
     ;;
@@ -106,7 +123,7 @@ case "$cmd" in
       -o "-p $SCALE_PGPORT -k $SCALE_PGDIR -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
     ;;
   stop-all)
-    for f in "$T"/n*.pid; do [ -e "$f" ] && kill_pidfile "$f" TERM; done
+    for f in "$T"/n*.pid "$T"/edge.pid; do [ -e "$f" ] && kill_pidfile "$f" TERM; done
     kill_pidfile "$T/redis.pid" KILL
     kill_pidfile "$T/balancer.pid" KILL
     ;;

@@ -165,8 +165,13 @@ class Cluster:
 
     async def metrics(self, http, n):
         """The node's /metrics as {series name: sum of its samples}; None if it does not answer."""
+        return await self.metrics_at(http, self.url(n))
+
+    async def metrics_at(self, http, base, count=False):
+        """/metrics of any process at `base` (http://host:port) as {series name: sum of its
+        samples} (count: how many samples); None if it does not answer."""
         try:
-            async with http.get(self.url(n) + "/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r:
+            async with http.get(base + "/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r:
                 if r.status != 200:
                     return None
                 text = await r.text()
@@ -178,7 +183,7 @@ class Cluster:
                 continue
             name = line.split("{")[0].split(" ")[0]
             try:
-                out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+                out[name] = out.get(name, 0.0) + (1.0 if count else float(line.rsplit(" ", 1)[1]))
             except ValueError:
                 pass
         return out

@@ -10,6 +10,9 @@
 #                   silently behind (each saw everything or got op 7/9)
 #   postgres-down   PostgreSQL unreachable: REST 503 with Discord-shaped JSON, calls go on
 #   discordpy       the unmodified discord.py bot resumes on another node after its node dies
+#   edges           an edge (region eu, no Redis) seeded with one node trunks to both media
+#                   nodes; two rooms homed on two nodes each get only their own speakers from
+#                   it; kill -9 of the seed (one room's home): its callers move, gap p50/p99
 # Usage:
 #   tests/scale/run.sh                          builds lodge and lodge-load (debug), every step
 #   ONLY="fanout;kill-media" tests/scale/run.sh some steps (";" or "," between names or numbers)

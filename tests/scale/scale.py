@@ -705,6 +705,116 @@ async def discordpy(ctx, fig):
 
 
 # ---------------------------------------------------------------------------------------------
+def _free_udp(ip):
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sk:
+        sk.bind((ip, 0))
+        return sk.getsockname()[1]
+
+
+def _edge_url(ctx):
+    with open(os.path.join(ctx.args.tmp, "edge.ports")) as f:
+        return "http://127.0.0.6:" + f.read().split()[0]
+
+
+@step(8, "edges", "an edge (region eu) trunks to every media node: two rooms on two nodes through one edge; the seed's room node is killed")
+async def edges(ctx, fig):
+    c = ctx.c
+    # n2 serves the API (every caller's gateway is there, so it survives the kill); n3 and n4
+    # host rooms and accept edge trunks. The edge is given n3 alone (the seed) and must learn
+    # n4 from it.
+    token = "edge-" + rand_name("tok") * 2
+    trunk = {n: f"127.0.0.{n}:{_free_udp(f'127.0.0.{n}')}" for n in (3, 4)}
+    media = lambda n: ("--roles", "media", "--trunk-listen", trunk[n], "--cluster-token", token)  # noqa: E731
+    await c.ensure({2: ("--roles", "api"), 3: media(3), 4: media(4)})
+    with open(c.log_path(3), errors="replace") as f:
+        fps = re.findall(r"sha256:[0-9a-f]{64}", f.read())
+    check(fps, "n3 logged no trunk fingerprint")
+    await c.ctl("edge-kill", "TERM")
+    await c.ctl("edge-start", trunk[3], fps[-1], token, "eu")
+    edge = _edge_url(ctx)
+    loads = []
+    try:
+        async def trunks():
+            m = await c.metrics_at(ctx.http, edge, count=True) or {}
+            return int(m.get("lodge_trunk_rtt_seconds", 0))
+        t0 = time.monotonic()
+        two = await until(lambda: _at_least(trunks(), 2), 30, 0.2)
+        check(two, f"the edge holds {await trunks()} trunks, not one to each media node (seeded with n3)")
+        fig["edge_trunks"] = f"{await trunks()} (up {fmt_ms((time.monotonic() - t0) * 1000)} after start)"
+
+        async def edge_conns():
+            m = await c.metrics_at(ctx.http, edge) or {}
+            return int(m.get("lodge_voice_connections", 0))
+
+        # Room A first; room B then lands on the other (less loaded) media node. 6 callers each,
+        # every other one asks for region eu (3 on the edge, 3 on the room's node), 3 speakers.
+        N, homes = 6, []
+        for i, dur in enumerate((30, 24)):
+            load = Load(ctx, f"edge{i}", [c.url(2)],
+                        ["-n", N, "-c", 1, "-s", 3, "-d", dur, "--regions", "eu,origin"])
+            await load.start()
+            loads.append(load)
+            conns = await joined(ctx, load, 3 * (i + 1), (3, 4))
+            check(conns, f"room {'AB'[i]}: callers never reached the media nodes: {await voice_conns(ctx)}; lodge-load: {load.tail()}")
+            ok = await until(lambda: _eq(edge_conns(), 3 * (i + 1)), 30, 0.2)
+            check(ok, f"room {'AB'[i]}: the edge holds {await edge_conns()} voice connections, want {3 * (i + 1)}; lodge-load: {load.tail()}")
+            new = [n for n in (3, 4) if conns[n] and n not in homes]
+            check(len(new) == 1, f"room {'AB'[i]} is not on a node of its own: {conns} (earlier homes {homes})")
+            homes.append(new[0])
+        fig["room_homes"] = f"A n{homes[0]}, B n{homes[1]}"
+        await asyncio.sleep(4)
+        m = await c.metrics_at(ctx.http, edge) or {}
+        out, inn = int(m.get("lodge_trunk_streams_out", 0)), int(m.get("lodge_trunk_streams_in", 0))
+        fig["edge_trunk_streams_out/in"] = f"{out} / {inn}"
+        # Each room has 2 speakers on the edge (callers 0 and 2 of 3 speakers): 4 streams if each
+        # goes only to its room's node, 8 if the edge sent every room to every trunk.
+        check(out == 4, f"the edge sends {out} speaker streams on its trunks, want 4 (each room's 2 edge speakers to its own node only)")
+        check(inn == 2, f"the edge receives {inn} speaker streams, want 2 (each room's 1 node speaker)")
+        # Kill the seed (n3), the home of one of the rooms: the edge keeps its trunk to n4.
+        killed = homes.index(3)
+        other = 4
+        t_kill = time.monotonic()
+        await c.kill(3)
+        moved = await until(lambda: _sum_is(ctx, 2 * 3, (other,)), 20, 0.2)
+        fig["node_callers_on_n4_after"] = fmt_ms((time.monotonic() - t_kill) * 1000) if moved else "never (20 s)"
+        problems = [] if moved else [f"the node callers did not all reach n{other} within 20 s: {await voice_conns(ctx)}"]
+        for i, load in enumerate(loads):
+            rc, rep = await load.finish(90)
+            room = "AB"[i]
+            problems += [f"room {room}: {p}" for p in strict_report(rep, N)]
+            h = hearing(rep, N)
+            fig[f"room_{room}_heard"] = f"{h * 100:.1f}% (loss {rep.get('loss_pct', 0):.2f}%)"
+            if i == killed:
+                rj = rep.get("rejoin_ms") or {}
+                fig[f"room_{room}_moved"] = rep.get("rejoins")
+                fig[f"room_{room}_gap_p50/p99"] = f"{fmt_ms(rj.get('p50'))} / {fmt_ms(rj.get('max'))}"
+                if rep.get("rejoins") != N:
+                    problems.append(f"room {room}: {rep.get('rejoins')} of {N} callers got a new VOICE_SERVER_UPDATE and rejoined")
+                if rj.get("max") is not None and rj["max"] >= 5000:
+                    problems.append(f"room {room}: gap p99 {rj['max']:.0f} ms ≥ 5 s")
+            else:
+                if rep.get("rejoins"):
+                    problems.append(f"room {room} (on n4, not killed): {rep.get('rejoins')} callers had to rejoin")
+                if h < 0.95:
+                    problems.append(f"room {room}: the callers received {h * 100:.1f}% of what the speakers sent them (want ≥ 95%)")
+        check(not problems, "; ".join(problems))
+    finally:
+        for load in loads:
+            await load.stop()
+        await c.ctl("edge-kill", "TERM")
+
+
+async def _at_least(v, k):
+    v = await v
+    return v if v >= k else None
+
+
+async def _eq(v, k):
+    return (await v) == k
+
+
+# ---------------------------------------------------------------------------------------------
 def selected(only):
     want = [s.strip() for s in re.split(r"[;,]", only) if s.strip()]
     for w in want:

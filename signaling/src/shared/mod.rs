@@ -97,6 +97,33 @@ pub struct NodeInfo {
     pub load: u32,
     /// Draining: it takes no new rooms.
     pub draining: bool,
+    /// Where edges trunk to it (`--trunk-listen`), if it accepts trunks.
+    #[serde(default)]
+    pub trunk: Option<TrunkAdvert>,
+    /// The edges trunked to it now (placement on any node reads them here).
+    #[serde(default)]
+    pub edges: Vec<EdgeInfo>,
+}
+
+/// A node's trunk listener as edges reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrunkAdvert {
+    /// `host:port` (UDP).
+    pub addr: String,
+    /// The trunk certificate fingerprint (`sha256:…`).
+    pub fingerprint: String,
+}
+
+/// An edge as the node it trunks to knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeInfo {
+    /// The edge's name (its hello).
+    pub node: String,
+    pub region: String,
+    /// `host:port` of the edge's voice gateway (VOICE_SERVER_UPDATE's endpoint).
+    pub voice_endpoint: String,
+    /// Participants the edge reported, and callers placed on it since.
+    pub load: u32,
 }
 
 /// The node registry: each node announces itself with a time to live and renews it; a node

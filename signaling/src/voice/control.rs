@@ -70,7 +70,11 @@ pub struct Placed {
 pub enum Guard {
     Session(String),
     Generation(u64),
-    Edge(u64),
+    /// The caller is still hosted by the edge `edge` through the node `via`.
+    Edge {
+        via: crate::shared::NodeId,
+        edge: String,
+    },
 }
 
 /// A command for the node or edge hosting a caller.
@@ -167,7 +171,7 @@ fn remove(st: &VoiceState, reason: &str) -> Effect {
 /// Hand the caller to `st.home`: an edge is told first (the caller must not be faster than
 /// the edge), then the session gets the token.
 fn admit(st: &VoiceState, token: &str, effects: &mut Vec<Effect>) {
-    if let Home::Edge(_) = st.home {
+    if let Home::Edge { .. } = st.home {
         effects.push(Effect::Home(
             st.home.clone(),
             HomeCmd::Place {
@@ -192,7 +196,7 @@ fn admit(st: &VoiceState, token: &str, effects: &mut Vec<Effect>) {
 /// End the previous placement before a new one: its connection closes (4014 moved), unless
 /// the same edge hosts both (the edge replaces the caller when placed again).
 fn retire(old: &VoiceState, new_home: &Home, effects: &mut Vec<Effect>) {
-    let same_edge = matches!((&old.home, new_home), (Home::Edge(a), Home::Edge(b)) if a == b);
+    let same_edge = matches!((&old.home, new_home), (Home::Edge { edge: a, .. }, Home::Edge { edge: b, .. }) if a == b);
     if !same_edge {
         effects.push(remove(old, MOVED));
     }
@@ -225,7 +229,9 @@ pub fn apply(
                 None => true,
                 Some(Guard::Session(s)) => st.session_id == *s,
                 Some(Guard::Generation(g)) => st.generation == *g,
-                Some(Guard::Edge(e)) => st.home == Home::Edge(*e),
+                Some(Guard::Edge { via, edge }) => {
+                    matches!(&st.home, Home::Edge { via: v, edge: e } if v.node == *via && e == edge)
+                }
             };
             if !meant {
                 return Ok(Transition::default());
@@ -323,7 +329,7 @@ fn join(guild_id: u64, user_id: u64, cur: Option<&VoiceState>, j: &Join) -> Tran
     if let Some(st) = cur.filter(|st| {
         st.channel_id == p.channel_id
             && st.session_id == j.session_id
-            && (st.connected || matches!(st.home, Home::Edge(_)))
+            && (st.connected || matches!(st.home, Home::Edge { .. }))
     }) {
         let st = VoiceState {
             self_mute: j.self_mute,
@@ -402,6 +408,16 @@ mod tests {
             region: String::new(),
             placed: placed(channel, home, gen),
         })
+    }
+
+    fn edge(via: &str, name: &str) -> Home {
+        Home::Edge {
+            via: RoomHome {
+                node: crate::shared::NodeId(via.into()),
+                epoch: 1,
+            },
+            edge: name.into(),
+        }
     }
 
     fn run(cur: &mut Option<VoiceState>, input: Input) -> Vec<Effect> {
@@ -505,17 +521,17 @@ mod tests {
     #[test]
     fn the_same_edge_is_placed_again_without_a_remove_and_hears_before_the_caller() {
         let mut st = None;
-        let fx = run(&mut st, join_input(10, "s", Home::Edge(3), 1));
+        let fx = run(&mut st, join_input(10, "s", edge("a", "eu-1"), 1));
         assert_eq!(kinds(&fx), ["state", "place", "server"]);
         let fx = run(
             &mut st,
             Input::Move(Placed {
                 channel_id: 20,
-                ..placed(20, Home::Edge(3), 2)
+                ..placed(20, edge("b", "eu-1"), 2)
             }),
         );
         assert_eq!(kinds(&fx), ["moved", "place", "server"]);
-        let fx = run(&mut st, join_input(30, "s", Home::Edge(4), 3));
+        let fx = run(&mut st, join_input(30, "s", edge("b", "eu-2"), 3));
         assert_eq!(kinds(&fx), ["remove", "moved", "place", "server"]);
     }
 
@@ -526,7 +542,10 @@ mod tests {
         for g in [
             Guard::Session("other".into()),
             Guard::Generation(4),
-            Guard::Edge(1),
+            Guard::Edge {
+                via: crate::shared::NodeId("a".into()),
+                edge: "eu-1".into(),
+            },
         ] {
             assert!(run(&mut st, Input::Leave(Some(g))).is_empty());
             assert!(st.is_some());

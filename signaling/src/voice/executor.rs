@@ -33,6 +33,9 @@ pub enum ExecError {
 pub enum NodeMsg {
     /// A command for a caller this node hosts.
     Home(HomeCmd),
+    /// A command for a caller hosted by the edge `edge`, which trunks to this node: carry it
+    /// over the trunk.
+    Edge { edge: String, cmd: HomeCmd },
     /// A gateway session of this node was resumed on another: drop this copy.
     SessionMoved(crate::gateway::Moved),
 }
@@ -203,21 +206,26 @@ async fn perform(s: &AppState, guild: u64, user: u64, e: Effect) {
 /// Deliver a command to a caller's home.
 pub async fn to_home(s: &AppState, home: Home, cmd: HomeCmd) {
     match home {
-        Home::Edge(trunk) => crate::cluster::to_edge(s, trunk, cmd).await,
-        Home::Node(h) if h.node == s.shared.me => apply_here(s, cmd).await,
-        Home::Node(h) => {
-            let msg = serde_json::to_string(&NodeMsg::Home(cmd)).expect("a command serializes");
-            if let Err(e) = s.shared.bus.to_node(&h.node, msg).await {
-                warn!(node = %h.node, error = %e, "could not reach a caller's home node");
-            }
+        Home::Edge { via, edge } if via.node == s.shared.me => {
+            crate::cluster::to_edge(s, &edge, cmd).await
         }
+        Home::Edge { via, edge } => to_node(s, &via.node, NodeMsg::Edge { edge, cmd }).await,
+        Home::Node(h) if h.node == s.shared.me => apply_here(s, cmd).await,
+        Home::Node(h) => to_node(s, &h.node, NodeMsg::Home(cmd)).await,
+    }
+}
+
+async fn to_node(s: &AppState, node: &crate::shared::NodeId, msg: NodeMsg) {
+    let msg = serde_json::to_string(&msg).expect("a command serializes");
+    if let Err(e) = s.shared.bus.to_node(node, msg).await {
+        warn!(node = %node, error = %e, "could not reach a caller's home node");
     }
 }
 
 /// A command for a caller hosted on this node.
 pub async fn apply_here(s: &AppState, cmd: HomeCmd) {
     match cmd {
-        HomeCmd::Place { state, token } => crate::cluster::place_here(s, state, token).await,
+        HomeCmd::Place { state, token } => crate::cluster::place_here(s, state, token, None).await,
         HomeCmd::Flags { state } => {
             let part = {
                 let mut v = s.voice();
@@ -263,6 +271,7 @@ pub async fn apply_here(s: &AppState, cmd: HomeCmd) {
 pub async fn handle_node_msg(s: &AppState, raw: &str) {
     match serde_json::from_str::<NodeMsg>(raw) {
         Ok(NodeMsg::Home(cmd)) => apply_here(s, cmd).await,
+        Ok(NodeMsg::Edge { edge, cmd }) => crate::cluster::to_edge(s, &edge, cmd).await,
         Ok(NodeMsg::SessionMoved(m)) => crate::gateway::session_moved(s, &m),
         Err(e) => warn!(error = %e, "malformed message on this node's inbox; dropped"),
     }

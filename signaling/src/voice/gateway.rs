@@ -492,12 +492,11 @@ async fn end_connection(s: &AppState, a: &Authed) {
         super::service::leave_if(s, a.guild_id, a.user_id, Guard::Generation(a.generation)).await;
     // On an edge the voice state is the origin's: tell it the caller left.
     if let Some(c) = s.cluster.get().filter(|_| left && s.is_edge()) {
-        c.cascade
-            .broadcast(lodge_edge::Control::VoiceGone {
-                guild: a.guild_id,
-                user: a.user_id,
-            })
-            .await;
+        let gone = lodge_edge::Control::VoiceGone {
+            guild: a.guild_id,
+            user: a.user_id,
+        };
+        c.to_placer(a.guild_id, a.user_id, gone).await;
     }
     info!(
         user = a.user_id,

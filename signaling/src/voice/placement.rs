@@ -37,14 +37,44 @@ pub async fn room_home(
         .await
 }
 
+/// The least busy edge of `region` trunked to the room's home `via` (this node's own trunks,
+/// or another node's as its registration lists them), counting the caller as placed there.
+pub async fn edge_for(s: &AppState, via: &RoomHome, region: &str) -> Option<String> {
+    if via.node == s.shared.me {
+        return s.cluster.get().and_then(|c| c.place(region));
+    }
+    let nodes = s.shared.registry.live_nodes().await.ok()?;
+    let n = nodes.into_iter().find(|n| n.id == via.node)?;
+    n.edges
+        .into_iter()
+        .filter(|e| e.region == region)
+        .min_by(|a, b| (a.load, &a.node).cmp(&(b.load, &b.node)))
+        .map(|e| e.node)
+}
+
 /// `host:port` of a home's voice gateway, as VOICE_SERVER_UPDATE's `endpoint`.
 pub async fn endpoint(s: &AppState, home: &Home) -> String {
     match home {
-        Home::Edge(trunk) => s
+        Home::Edge { via, edge } if via.node == s.shared.me => s
             .cluster
             .get()
-            .and_then(|c| c.endpoint_of(*trunk))
+            .and_then(|c| c.endpoint_of(edge))
             .unwrap_or_else(|| s.cfg.public_host()),
+        Home::Edge { via, edge } => match s.shared.registry.live_nodes().await {
+            Ok(nodes) => nodes
+                .into_iter()
+                .find(|n| n.id == via.node)
+                .and_then(|n| n.edges.into_iter().find(|e| e.node == *edge))
+                .map(|e| e.voice_endpoint)
+                .unwrap_or_else(|| {
+                    tracing::warn!(node = %via.node, %edge, "an edge is not in its node's registration; sending the caller here");
+                    s.cfg.public_host()
+                }),
+            Err(e) => {
+                tracing::warn!(error = %e, "node registry unreachable; sending the caller here");
+                s.cfg.public_host()
+            }
+        },
         Home::Node(h) if h.node == s.shared.me => s.cfg.node_host(),
         Home::Node(h) => match s.shared.registry.live_nodes().await {
             Ok(nodes) => nodes

@@ -85,17 +85,17 @@ pub async fn placed_for(
     region: Option<&str>,
     can_speak: bool,
 ) -> ApiResult<Placed> {
-    let edge = match (region, s.cluster.get()) {
-        (Some(r), Some(cl)) if cl.role == lodge_edge::cascade::Role::Origin => cl.place(r),
-        _ => None,
+    let room = super::placement::room_home(s, guild, channel, region.unwrap_or(""))
+        .await
+        .map_err(unavailable)?;
+    // An edge of the caller's region trunked to the room's home hosts them, through that node.
+    let edge = match region {
+        Some(r) => super::placement::edge_for(s, &room, r).await,
+        None => None,
     };
     let home = match edge {
-        Some((trunk, _)) => Home::Edge(trunk),
-        None => Home::Node(
-            super::placement::room_home(s, guild, channel, region.unwrap_or(""))
-                .await
-                .map_err(unavailable)?,
-        ),
+        Some(edge) => Home::Edge { via: room, edge },
+        None => Home::Node(room),
     };
     let (token, generation) = fresh_token();
     Ok(Placed {
@@ -268,23 +268,10 @@ pub async fn move_member(
         .await
         .map_err(unavailable)?
         .ok_or_else(not_in_voice)?;
-    // A caller on an edge moves within that edge.
-    let placed = match cur.home {
-        Home::Edge(trunk) => {
-            let (token, generation) = fresh_token();
-            Placed {
-                channel_id: c.id,
-                can_speak: target_p.has(Permissions::SPEAK),
-                home: Home::Edge(trunk),
-                token,
-                generation,
-            }
-        }
-        Home::Node(_) => {
-            let region = (!cur.region.is_empty()).then_some(cur.region.as_str());
-            placed_for(s, g.id, c.id, region, target_p.has(Permissions::SPEAK)).await?
-        }
-    };
+    // Placed again for the new channel, in the caller's region (an edge caller stays on an
+    // edge of that region, through the new room's home).
+    let region = (!cur.region.is_empty()).then_some(cur.region.as_str());
+    let placed = placed_for(s, g.id, c.id, region, target_p.has(Permissions::SPEAK)).await?;
     executor::run(s, g.id, user_id, &Input::Move(placed)).await?;
     info!(guild = g.id, user = user_id, to = c.id, "member moved");
     Ok(())

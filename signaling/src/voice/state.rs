@@ -14,8 +14,9 @@ pub enum Home {
     /// A node of the cluster hosts the room (with one node: this node). The epoch is the
     /// room's placement epoch when the caller was sent there.
     Node(RoomHome),
-    /// An edge of this origin (its trunk number): the edge hosts the caller.
-    Edge(u64),
+    /// An edge hosts the caller, reached through the node `via` (the room's home, which holds
+    /// a trunk from the edge named `edge`; alone, this node).
+    Edge { via: RoomHome, edge: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

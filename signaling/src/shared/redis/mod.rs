@@ -294,6 +294,8 @@ mod tests {
             roles: Roles::ALL,
             load: 0,
             draining: false,
+            trunk: None,
+            edges: Vec::new(),
         };
         shared
             .registry

@@ -190,6 +190,8 @@ mod tests {
             roles: Roles::ALL,
             load: 3,
             draining,
+            trunk: None,
+            edges: Vec::new(),
         }
     }
 
