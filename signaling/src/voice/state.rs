@@ -113,7 +113,13 @@ mod tests {
             mute: false,
             deaf: false,
             can_speak: true,
-            home: Home::Edge(3),
+            home: Home::Edge {
+                via: RoomHome {
+                    node: crate::shared::NodeId("n1".into()),
+                    epoch: 2,
+                },
+                edge: "eu-1".into(),
+            },
             generation: 1,
             connected: false,
             region: String::new(),
