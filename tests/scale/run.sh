@@ -10,6 +10,8 @@
 #                   silently behind (each saw everything or got op 7/9)
 #   postgres-down   PostgreSQL unreachable: REST 503 with Discord-shaped JSON, calls go on
 #   discordpy       the unmodified discord.py bot resumes on another node after its node dies
+#   presence        op 3 on one node reaches a guild member's session on another; the user
+#                   goes offline there only when their last session (on any node) ends
 # Usage:
 #   tests/scale/run.sh                          builds lodge and lodge-load (debug), every step
 #   ONLY="fanout;kill-media" tests/scale/run.sh some steps (";" or "," between names or numbers)

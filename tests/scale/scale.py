@@ -705,6 +705,59 @@ async def discordpy(ctx, fig):
 
 
 # ---------------------------------------------------------------------------------------------
+@step(8, "presence", "presence crosses nodes: op 3 on one node reaches a member on another; offline only after the last session")
+async def presence(ctx, fig):
+    c, rest = ctx.c, ctx.rest
+    await c.ensure()
+    A, A2, B = 2, 4, 3
+    intents = 1 | (1 << 8)  # GUILDS | GUILD_PRESENCES (not privileged for a user account)
+    uid, utok, _ = await rest.user(A, "pr")
+    _, otok, _ = await rest.user(B, "ob")
+    _, owner, _ = await rest.user(A, "own")
+    await rest.guild(A, owner, [(A, utok), (B, otok)])
+    obs = Gateway(c, ctx.http, otok, f"observer@n{B}")
+    await obs.identify(B, intents)
+    user_a = Gateway(c, ctx.http, utok, f"user@n{A}")
+    user_a2 = Gateway(c, ctx.http, utok, f"user@n{A2}")
+    problems = []
+
+    def about(status, since):
+        def pred(f):
+            return (f.get("t") == "PRESENCE_UPDATE" and f["d"]["user"]["id"] == uid
+                    and f["d"]["status"] == status)
+        return lambda: obs.wait(pred, 5, f"PRESENCE_UPDATE {status} of the user", since=since)
+    try:
+        mark = len(obs.events)
+        await user_a.identify(A, intents)
+        await user_a2.identify(A2, intents)
+        await about("online", mark)()
+        # op 3 on n2 (the user's session there): the observer on n3 hears it.
+        mark, t0 = len(obs.events), time.monotonic()
+        await user_a.send({"op": 3, "d": {"status": "dnd", "activities": [], "since": None, "afk": False}})
+        await about("dnd", mark)()
+        fig["op3_to_other_node"] = fmt_ms((time.monotonic() - t0) * 1000)
+        # The session on n4 goes: the user still has one on n2, so nobody sees them offline.
+        mark = len(obs.events)
+        await user_a2.close()
+        await asyncio.sleep(1.5)
+        early = [f for _, f in obs.events[mark:] if f.get("t") == "PRESENCE_UPDATE" and f["d"]["user"]["id"] == uid]
+        if early:
+            problems.append(f"after one of two sessions closed the observer saw {early[0]['d']['status']}")
+        # The last session (n2) goes: the observer on n3 sees the user offline.
+        mark, t0 = len(obs.events), time.monotonic()
+        await user_a.close()
+        try:
+            await about("offline", mark)()
+            fig["last_session_closed_to_offline"] = fmt_ms((time.monotonic() - t0) * 1000)
+        except Failed as e:
+            problems.append(str(e))
+    finally:
+        for gw in (obs, user_a, user_a2):
+            await gw.close()
+    check(not problems, "; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------
 def selected(only):
     want = [s.strip() for s in re.split(r"[;,]", only) if s.strip()]
     for w in want:
