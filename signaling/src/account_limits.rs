@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::ratelimit::{make_room, RateLimited, SHARED_RETRY, SHARED_TIMEOUT};
-use crate::shared::limits::{AccountCounters, AccountKey, AddrWindow, BackingOff, Backoff};
+use crate::shared::limits::{AccountCounters, AccountKey, AddrWindow, BackingOff, Backoff, Left};
 use crate::shared::{Fut, SharedResult};
 
 /// Configurable account limits.
@@ -182,7 +182,7 @@ impl LocalAccounts {
         w: AddrWindow,
         limit: u32,
         window: Duration,
-    ) -> Result<(), Duration> {
+    ) -> Result<Left, Duration> {
         let mut st = self.state();
         if !st.windows.contains_key(&(addr, w)) {
             make_room(&mut st.windows, MAX_ENTRIES, |w| w.reset_at, now);
@@ -201,7 +201,10 @@ impl LocalAccounts {
             return Err(win.reset_at - now);
         }
         win.used += 1;
-        Ok(())
+        Ok(Left {
+            remaining: limit - win.used,
+            reset_after: win.reset_at - now,
+        })
     }
 
     pub fn untake_now(&self, addr: IpAddr, w: AddrWindow) {
@@ -262,22 +265,13 @@ impl AccountCounters for LocalAccounts {
         w: AddrWindow,
         limit: u32,
         window: Duration,
-    ) -> Fut<'_, SharedResult<Result<(), Duration>>> {
+    ) -> Fut<'_, SharedResult<Result<Left, Duration>>> {
         let r = self.take_at(Instant::now(), addr, w, limit, window);
         Box::pin(std::future::ready(Ok(r)))
     }
     fn untake(&self, addr: IpAddr, w: AddrWindow) -> Fut<'_, SharedResult<()>> {
         self.untake_now(addr, w);
         Box::pin(std::future::ready(Ok(())))
-    }
-    fn exhausted(
-        &self,
-        addr: IpAddr,
-        w: AddrWindow,
-        limit: u32,
-    ) -> Fut<'_, SharedResult<Option<Duration>>> {
-        let r = self.exhausted_at(Instant::now(), addr, w, limit);
-        Box::pin(std::future::ready(Ok(r)))
     }
 }
 
@@ -289,6 +283,8 @@ pub struct AccountLimiter {
     /// While set and in the future, the shared counters are not asked.
     shared_down_until: Mutex<Option<Instant>>,
     last_warn: Mutex<Option<Instant>>,
+    /// Addresses whose invalid tokens used up the cluster's allowance, until when.
+    token_blocks: Mutex<HashMap<IpAddr, Instant>>,
 }
 
 /// A login attempt that has been counted; report how it ended.
@@ -309,6 +305,7 @@ impl AccountLimiter {
             local: LocalAccounts::default(),
             shared_down_until: Mutex::new(None),
             last_warn: Mutex::new(None),
+            token_blocks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -460,7 +457,7 @@ impl AccountLimiter {
             Some(r) => r,
             None => self.local.take_at(now, addr, w, limit, REGISTRATION_WINDOW),
         };
-        r.map_err(|retry_after| {
+        r.map(|_| ()).map_err(|retry_after| {
             Box::new(RateLimited {
                 limit_name: format!("registrations from this address: {limit} per hour"),
                 retry_after,
@@ -494,26 +491,40 @@ impl AccountLimiter {
     }
 
     /// How long token-bearing requests from `addr` must wait, if its invalid tokens used up
-    /// this second's allowance.
-    pub async fn invalid_tokens_exhausted(
-        &self,
-        shared: &dyn AccountCounters,
-        now: Instant,
-        addr: IpAddr,
-    ) -> Option<Duration> {
+    /// this second's allowance. Asks no one: a node learns that the cluster's allowance is used
+    /// up when it counts an invalid token ([`AccountLimiter::invalid_token`]: the last one, or
+    /// one past it), so a REST request costs no Redis round trip for this, and each other node
+    /// lets at most one more lookup through per window.
+    pub fn invalid_tokens_exhausted(&self, now: Instant, addr: IpAddr) -> Option<Duration> {
         let (w, l) = (AddrWindow::InvalidTokens, INVALID_TOKENS_PER_SECOND);
-        match self.ask(shared.exhausted(addr, w, l)).await {
-            Some(r) => r,
-            None => self.local.exhausted_at(now, addr, w, l),
-        }
+        let learned = lock(&self.token_blocks)
+            .get(&addr)
+            .filter(|until| **until > now)
+            .map(|until| *until - now);
+        learned.or_else(|| self.local.exhausted_at(now, addr, w, l))
     }
 
     /// A request from `addr` carried a token that does not verify: count it.
     pub async fn invalid_token(&self, shared: &dyn AccountCounters, now: Instant, addr: IpAddr) {
         let (w, l) = (AddrWindow::InvalidTokens, INVALID_TOKENS_PER_SECOND);
         let one = Duration::from_secs(1);
-        if self.ask(shared.take(addr, w, l, one)).await.is_none() {
-            let _ = self.local.take_at(now, addr, w, l, one);
+        let full = match self.ask(shared.take(addr, w, l, one)).await {
+            // That was the last one: refuse the next without asking.
+            Some(Ok(left)) => (left.remaining == 0).then_some(left.reset_after),
+            Some(Err(retry_after)) => Some(retry_after),
+            None => {
+                let _ = self.local.take_at(now, addr, w, l, one);
+                None
+            }
+        };
+        if let Some(retry_after) = full {
+            {
+                let mut m = lock(&self.token_blocks);
+                if !m.contains_key(&addr) {
+                    make_room(&mut m, MAX_ENTRIES, |t| *t, now);
+                }
+                m.insert(addr, now + retry_after);
+            }
         }
     }
 }
@@ -554,18 +565,10 @@ mod tests {
             _: AddrWindow,
             _: u32,
             _: Duration,
-        ) -> Fut<'_, SharedResult<Result<(), Duration>>> {
+        ) -> Fut<'_, SharedResult<Result<Left, Duration>>> {
             down()
         }
         fn untake(&self, _: IpAddr, _: AddrWindow) -> Fut<'_, SharedResult<()>> {
-            down()
-        }
-        fn exhausted(
-            &self,
-            _: IpAddr,
-            _: AddrWindow,
-            _: u32,
-        ) -> Fut<'_, SharedResult<Option<Duration>>> {
             down()
         }
     }

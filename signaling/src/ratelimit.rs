@@ -355,8 +355,7 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
     if has_token {
         if let Some(retry_after) = s
             .account_limiter
-            .invalid_tokens_exhausted(&*s.shared.accounts, Instant::now(), key)
-            .await
+            .invalid_tokens_exhausted(Instant::now(), key)
         {
             return RateLimited {
                 limit_name: format!(

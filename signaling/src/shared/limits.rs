@@ -197,6 +197,13 @@ impl Backoff {
     }
 }
 
+/// What a window has left after a use: uses, and time until it resets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Left {
+    pub remaining: u32,
+    pub reset_after: Duration,
+}
+
 /// A key that is backing off: its failures and how long until it may try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackingOff {
@@ -221,22 +228,15 @@ pub trait AccountCounters: Send + Sync {
     fn give_back<'a>(&'a self, key: AccountKey, b: &'a Backoff) -> Fut<'a, SharedResult<()>>;
     /// Forget `key`'s failures.
     fn clear(&self, key: AccountKey) -> Fut<'_, SharedResult<()>>;
-    /// Count one use of `addr`'s window `w` (`limit` per `window`), or refuse with the time
-    /// until it resets.
+    /// Count one use of `addr`'s window `w` (`limit` per `window`) and say what is left, or
+    /// refuse with the time until it resets.
     fn take(
         &self,
         addr: IpAddr,
         w: AddrWindow,
         limit: u32,
         window: Duration,
-    ) -> Fut<'_, SharedResult<Result<(), Duration>>>;
+    ) -> Fut<'_, SharedResult<Result<Left, Duration>>>;
     /// Give one use of the window back.
     fn untake(&self, addr: IpAddr, w: AddrWindow) -> Fut<'_, SharedResult<()>>;
-    /// How long until `addr`'s window `w` has room, if it has none now (counts nothing).
-    fn exhausted(
-        &self,
-        addr: IpAddr,
-        w: AddrWindow,
-        limit: u32,
-    ) -> Fut<'_, SharedResult<Option<Duration>>>;
 }

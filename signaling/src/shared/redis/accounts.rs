@@ -16,7 +16,7 @@ use redis::Script;
 
 use super::conn::Conn;
 use super::stats::OpKind;
-use crate::shared::limits::{AccountCounters, AccountKey, AddrWindow, BackingOff, Backoff};
+use crate::shared::limits::{AccountCounters, AccountKey, AddrWindow, BackingOff, Backoff, Left};
 use crate::shared::{Fut, SharedResult};
 
 /// KEYS[1] = the record. ARGV = free, base ms, max ms, forget ms, mode ("check": only look;
@@ -48,24 +48,24 @@ if c < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'u', redis.call('HGET'
 return c
 ";
 
-/// KEYS[1] = the window. ARGV = limit, window ms, mode ("take", "peek", "untake").
-/// Returns {outcome (0 taken or room, 1 full), ms to reset}.
+/// KEYS[1] = the window. ARGV = limit, window ms, mode ("take", "untake").
+/// Returns {outcome (0 taken, 1 full), ms to reset, uses left}.
 const WINDOW: &str = r"
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 local left = redis.call('PTTL', KEYS[1])
 if left < 0 then used = 0; left = tonumber(ARGV[2]) end
 if ARGV[3] == 'untake' then
   if used > 0 then redis.call('DECR', KEYS[1]) end
-  return {0, left}
+  return {0, left, 0}
 end
-if used >= tonumber(ARGV[1]) then return {1, left} end
-if ARGV[3] == 'peek' then return {0, left} end
+local limit = tonumber(ARGV[1])
+if used >= limit then return {1, left, 0} end
 if used == 0 then
   redis.call('SET', KEYS[1], 1, 'PX', ARGV[2])
 else
   redis.call('INCR', KEYS[1])
 end
-return {0, left}
+return {0, left, limit - used - 1}
 ";
 
 fn ms(d: Duration) -> u64 {
@@ -121,14 +121,18 @@ impl RedisAccounts {
         limit: u32,
         window: Duration,
         mode: &str,
-    ) -> SharedResult<Result<(), Duration>> {
+    ) -> SharedResult<Result<Left, Duration>> {
         let mut inv = self.window.key(self.conn.keys.addr_window(addr, w));
         inv.arg(limit).arg(ms(window)).arg(mode);
-        let (outcome, left): (u8, u64) = self.conn.script(OpKind::RateLimit, &inv).await?;
+        let (outcome, left, remaining): (u8, u64, u64) =
+            self.conn.script(OpKind::RateLimit, &inv).await?;
         Ok(if outcome == 1 {
             Err(Duration::from_millis(left))
         } else {
-            Ok(())
+            Ok(Left {
+                remaining: remaining.min(u32::MAX as u64) as u32,
+                reset_after: Duration::from_millis(left),
+            })
         })
     }
 }
@@ -179,7 +183,7 @@ impl AccountCounters for RedisAccounts {
         w: AddrWindow,
         limit: u32,
         window: Duration,
-    ) -> Fut<'_, SharedResult<Result<(), Duration>>> {
+    ) -> Fut<'_, SharedResult<Result<Left, Duration>>> {
         Box::pin(self.window_op(addr, w, limit, window, "take"))
     }
     fn untake(&self, addr: IpAddr, w: AddrWindow) -> Fut<'_, SharedResult<()>> {
@@ -187,19 +191,6 @@ impl AccountCounters for RedisAccounts {
             self.window_op(addr, w, u32::MAX, Duration::from_millis(1), "untake")
                 .await
                 .map(|_| ())
-        })
-    }
-    fn exhausted(
-        &self,
-        addr: IpAddr,
-        w: AddrWindow,
-        limit: u32,
-    ) -> Fut<'_, SharedResult<Option<Duration>>> {
-        Box::pin(async move {
-            Ok(self
-                .window_op(addr, w, limit, Duration::from_millis(1), "peek")
-                .await?
-                .err())
         })
     }
 }
@@ -323,20 +314,23 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.limit_name.contains("this username"), "{}", e.limit_name);
-        // Invalid tokens: the per-second allowance is one for the cluster.
+        // Invalid tokens: the per-second allowance is one for the cluster. Each node learns
+        // it is used up with its next invalid token, and then refuses without asking.
         let t = ip("192.0.2.60");
         for i in 0..INVALID_TOKENS_PER_SECOND {
             let (l, r) = if i % 2 == 0 { (&la, &ra) } else { (&lb, &rb) };
-            assert!(l.invalid_tokens_exhausted(r, now, t).await.is_none(), "{i}");
+            assert!(l.invalid_tokens_exhausted(now, t).is_none(), "{i}");
             l.invalid_token(r, now, t).await;
         }
-        for (l, r) in [(&la, &ra), (&lb, &rb)] {
-            let wait = l
-                .invalid_tokens_exhausted(r, now, t)
-                .await
-                .expect("exhausted");
-            assert!(wait <= Duration::from_secs(1), "{wait:?}");
-        }
+        // Node b counted the tenth: it knows; node a learns with its next.
+        let wait = lb.invalid_tokens_exhausted(now, t).expect("exhausted");
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(
+            la.invalid_tokens_exhausted(now, t).is_none(),
+            "not learnt yet"
+        );
+        la.invalid_token(&ra, now, t).await;
+        assert!(la.invalid_tokens_exhausted(now, t).is_some());
     }
 
     #[tokio::test]
