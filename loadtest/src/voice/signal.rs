@@ -540,3 +540,138 @@ async fn keep_voice(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+    type ServerWs = WebSocketStream<TcpStream>;
+
+    async fn accept(l: &TcpListener) -> ServerWs {
+        let (tcp, _) = tokio::time::timeout(Duration::from_secs(10), l.accept())
+            .await
+            .expect("the caller came back")
+            .unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let hello = json!({ "op": 10, "d": { "heartbeat_interval": 30_000 } });
+        ws.send(Message::Text(hello.to_string().into()))
+            .await
+            .unwrap();
+        ws
+    }
+
+    async fn next_op(ws: &mut ServerWs) -> Value {
+        loop {
+            match ws.next().await.expect("a frame").unwrap() {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["op"] != 1 {
+                        return v;
+                    }
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    async fn send(ws: &mut ServerWs, v: Value) {
+        ws.send(Message::Text(v.to_string().into())).await.unwrap();
+    }
+
+    /// A caller whose gateway connection drops resumes (op 6 with its session and sequence)
+    /// and passes on the VOICE_SERVER_UPDATE it gets there; after an Invalid Session it
+    /// identifies again. Neither is an error.
+    #[tokio::test]
+    async fn a_dropped_gateway_is_resumed_and_an_invalid_session_identified_again() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "ws://{}/gateway?v=10&encoding=json",
+            l.local_addr().unwrap()
+        );
+        let client = tokio::spawn({
+            let url = url.clone();
+            async move { tokio_tungstenite::connect_async(&url).await.unwrap().0 }
+        });
+        let first = accept(&l).await;
+        let mut ws = client.await.unwrap();
+        let _hello = recv_json(&mut ws).await.unwrap();
+        let count = Arc::new(Resumes::default());
+        let resume = Resume {
+            url: url.clone(),
+            gateway_url: url.clone(),
+            token: "tok".into(),
+            session_id: "s1".into(),
+            count: count.clone(),
+        };
+        let (moved_tx, mut moved) = mpsc::unbounded_channel();
+        let (stop_tx, stop) = watch::channel(false);
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let on_error: Arc<dyn Fn(String) + Send + Sync> = {
+            let errors = errors.clone();
+            Arc::new(move |e| errors.lock().unwrap().push(e))
+        };
+        let task = tokio::spawn(keep_gateway(
+            ws,
+            30_000,
+            json!(2),
+            Some(resume),
+            moved_tx,
+            stop,
+            on_error,
+        ));
+        // The node dies: the connection ends without a close frame.
+        drop(first);
+        let mut second = accept(&l).await;
+        let r = next_op(&mut second).await;
+        assert_eq!(r["op"], 6, "{r}");
+        assert_eq!(r["d"]["session_id"], "s1");
+        assert_eq!(r["d"]["seq"], 2);
+        assert_eq!(r["d"]["token"], "tok");
+        let vsu = json!({ "op": 0, "s": 3, "t": "VOICE_SERVER_UPDATE",
+            "d": { "token": "t2", "endpoint": "127.0.0.9:1" } });
+        send(&mut second, vsu).await;
+        send(
+            &mut second,
+            json!({ "op": 0, "s": 4, "t": "RESUMED", "d": null }),
+        )
+        .await;
+        let m = tokio::time::timeout(Duration::from_secs(5), moved.recv())
+            .await
+            .unwrap();
+        assert_eq!(m, Some(("t2".into(), "127.0.0.9:1".into())));
+        // The server invalidates the session: op 9, then close 4000.
+        send(&mut second, json!({ "op": 9, "d": false })).await;
+        second
+            .close(Some(CloseFrame {
+                code: CloseCode::Library(4000),
+                reason: "events may have been missed".into(),
+            }))
+            .await
+            .unwrap();
+        let mut third = accept(&l).await;
+        let id = next_op(&mut third).await;
+        assert_eq!(id["op"], 2, "identified again, not resumed: {id}");
+        let ready = json!({ "op": 0, "s": 1, "t": "READY",
+            "d": { "session_id": "s2", "resume_gateway_url": url } });
+        send(&mut third, ready).await;
+        for _ in 0..100 {
+            if count.identified_again.load(Ordering::Relaxed) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(count.resumed.load(Ordering::Relaxed), 1);
+        assert_eq!(count.identified_again.load(Ordering::Relaxed), 1);
+        assert_eq!(count.failed.load(Ordering::Relaxed), 0);
+        assert!(
+            errors.lock().unwrap().is_empty(),
+            "{:?}",
+            errors.lock().unwrap()
+        );
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+}
