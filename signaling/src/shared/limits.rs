@@ -1,8 +1,9 @@
 //! The limits and the presence several nodes share: `session_start_limit` per user, the REST
-//! rate limits per caller, and each user's presence with a live-connection count per node.
+//! rate limits per caller, the account endpoints' counters (login back-off, registrations and
+//! invalid tokens per address), and each user's presence with a live-connection count per node.
 //! Each is a trait with an in-process implementation (today's per-process code, in
-//! `gateway/session_start.rs`, `ratelimit.rs` and [`super::local`]) and a Redis one
-//! ([`super::redis::limits`], [`super::redis::presence`]).
+//! `gateway/session_start.rs`, `ratelimit.rs`, `account_limits.rs` and [`super::local`]) and a
+//! Redis one ([`super::redis::limits`], [`super::redis::accounts`], [`super::redis::presence`]).
 //!
 //! The traits take the configured limits with every call, so [`super::Shared`] can be built
 //! before the configuration is read into the application state, and one implementation serves
