@@ -304,6 +304,7 @@ impl Shared {
             voice_tokens: Arc::new(LocalVoiceTokens::default()),
             start_budgets: Arc::new(crate::gateway::session_start::SessionStarts::default()),
             rate_limits: Arc::new(crate::ratelimit::RateLimiter::default()),
+            accounts: Arc::new(crate::account_limits::LocalAccounts::default()),
             presences: Arc::new(crate::gateway::presence::LocalPresences::default()),
             resume: Arc::new(LocalResume),
             clustered: false,

@@ -367,6 +367,8 @@ pub struct Shared {
     pub start_budgets: Arc<dyn limits::StartBudgets>,
     /// REST rate limits: the global and route windows per caller.
     pub rate_limits: Arc<dyn limits::RateLimits>,
+    /// The account endpoints' limits: login back-off, registrations and invalid tokens.
+    pub accounts: Arc<dyn limits::AccountCounters>,
     /// Presence per user, with live connections counted per node.
     pub presences: Arc<dyn limits::Presences>,
     pub resume: Arc<dyn ResumeStore>,
