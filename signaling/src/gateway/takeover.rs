@@ -26,7 +26,7 @@
 //!
 //! What can still be refused: the log is written in batches just after delivery, so a client
 //! that acknowledged a dispatch its dead node had not logged yet (a window of about one Redis
-//! round trip) gets op 9 and identifies again — told, never left silently behind.
+//! round trip and the writer's 2 ms of gathering) gets op 9 and identifies again — told, never left silently behind.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

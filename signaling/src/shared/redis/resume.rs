@@ -57,7 +57,10 @@ pub const MARK_EVERY: u64 = 128;
 /// How long a node's delivery log keeps an entry.
 pub const KEEP: Duration = Duration::from_secs(RESUME_WINDOW.as_secs() + 60);
 /// Queued writes sent in one pipeline at most.
-const BATCH: usize = 1024;
+const BATCH: usize = 4096;
+/// How long the writer lets writes gather after the first of a batch: a dispatch's
+/// deliveries to all of the node's sessions land in one entry instead of a few dozen.
+const LINGER: Duration = Duration::from_millis(2);
 /// Sessions renewed per pipeline.
 const REFRESH_CHUNK: usize = 1000;
 
@@ -250,6 +253,7 @@ impl Writer {
                 c = self.rx.recv() => {
                     let Some(c) = c else { return };
                     batch.push(c);
+                    tokio::time::sleep(LINGER).await;
                     while batch.len() < BATCH {
                         match self.rx.try_recv() {
                             Ok(c) => batch.push(c),
