@@ -439,6 +439,9 @@ mod tests {
         let mut ended = stored(vec![]);
         ended.meta.ended = true;
         assert_eq!(plan(&ended, 7, 2), Err(Refused::Ended));
+        let mut trimmed_node_log = stored(vec![(3, shared(G, 110))]);
+        trimmed_node_log.intact = false;
+        assert_eq!(plan(&trimmed_node_log, 7, 3), Err(Refused::Trimmed));
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub struct IdClock {
 
 impl IdClock {
     /// The next entry id, after every one handed out before.
-    pub fn next(&mut self) -> StreamId {
+    pub fn tick(&mut self) -> StreamId {
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -243,7 +243,7 @@ mod tests {
         let mut c = IdClock::default();
         let mut last = StreamId::ZERO;
         for _ in 0..1000 {
-            let id = c.next();
+            let id = c.tick();
             assert!(id > last);
             last = id;
         }

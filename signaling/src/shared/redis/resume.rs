@@ -120,7 +120,7 @@ impl RedisResumeStore {
     pub fn new(conn: Conn, bus: Arc<RedisBus>, me: NodeId) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         // This run's delivery log: a new key per start, so slots never repeat in one log.
-        let boot = IdClock::default().next().ms * 1000 + u64::from(rand::random::<u16>() % 1000);
+        let boot = IdClock::default().tick().ms * 1000 + u64::from(rand::random::<u16>() % 1000);
         let writer = Writer {
             log_key: conn.keys.node_log(&me, boot),
             conn: conn.clone(),
@@ -275,7 +275,7 @@ impl Writer {
     async fn write(&mut self, batch: &mut Vec<Cmd>) {
         let keys = self.conn.keys.clone();
         let ttl = ttl_ms();
-        let at = self.clock.next();
+        let at = self.clock.tick();
         let mut entry = delivery_log::Entry::default();
         let mut dirty: Vec<Arc<str>> = Vec::new();
         let mut pipe = redis::pipe();
