@@ -218,8 +218,8 @@ pub struct SessionMeta {
     /// nothing in the log is read from here when the session is taken over.
     pub created: StreamId,
     /// Per route, a position up to which the session's node had handled the route's
-    /// dispatches when it last said so (on a guild join, on takeover, and every half
-    /// `REPLAY_CAP` log entries, so the log always holds everything after it): where a route
+    /// dispatches when it last said so (on a guild join, on takeover, and with each new mark of
+    /// the Redis store, so a read from any mark holds everything after it): where a route
     /// whose entries were all trimmed from the log, or that has none yet, is read from.
     pub routes: std::collections::BTreeMap<Route, StreamId>,
     /// The node holding the session.
