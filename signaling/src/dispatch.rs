@@ -80,7 +80,7 @@ pub struct Reference {
 }
 
 /// Which of a dispatch's bodies a session gets (kept in a session's resume log by name).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Body {
     Full,
     /// `redacted`: a message event for a session without MESSAGE_CONTENT.

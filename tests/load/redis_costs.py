@@ -151,14 +151,19 @@ async def main():
             per_user.append(sum(int(redis(port, "memory", "usage", k).strip() or 0) for k in keys))
         gkeys = redis(port, "--scan", "--pattern", f"*{{g:{g['id']}}}*").split()
         gbytes = sum(int(redis(port, "memory", "usage", k).strip() or 0) for k in gkeys)
+        # The nodes' delivery logs (every session's resume log, one entry per batch per node).
+        dkeys = redis(port, "--scan", "--pattern", "*{n:*}:dlog:*").split()
+        dbytes = sum(int(redis(port, "memory", "usage", k, "samples", "0").strip() or 0) for k in dkeys)
+        dentries = sum(int(redis(port, "xlen", k).strip() or 0) for k in dkeys)
     print("| operation | Redis commands | bytes to Redis | bytes from Redis |")
     print("|---|---|---|---|")
     for name, c, i, o in rows:
         print(f"| {name} | {c:.1f} | {i:,.0f} | {o:,.0f} |")
     print()
     print(f"Redis memory per online user (their user and session keys, MEMORY USAGE, mean of 20): {sum(per_user) / len(per_user):,.0f} bytes; "
-          f"the guild's keys (bus stream of {len(tokens) + 1} members after these steps, voice hash): {gbytes:,} bytes.")
-    print(json.dumps({"rows": rows, "user_bytes": per_user, "guild_bytes": gbytes}), file=open("/dev/stderr", "w"))
+          f"the guild's keys (bus stream of {len(tokens) + 1} members after these steps, voice hash): {gbytes:,} bytes; "
+          f"the nodes' delivery logs: {dbytes:,} bytes in {dentries} entries ({dbytes / len(tokens):,.0f} bytes per online session).")
+    print(json.dumps({"rows": rows, "user_bytes": per_user, "guild_bytes": gbytes, "delivery_log_bytes": dbytes}), file=open("/dev/stderr", "w"))
 
 
 asyncio.run(main())

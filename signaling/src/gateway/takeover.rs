@@ -26,7 +26,7 @@
 //!
 //! What can still be refused: the log is written in batches just after delivery, so a client
 //! that acknowledged a dispatch its dead node had not logged yet (a window of about one Redis
-//! round trip) gets op 9 and identifies again — told, never left silently behind.
+//! round trip and the writer's 2 ms of gathering) gets op 9 and identifies again — told, never left silently behind.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -60,6 +60,8 @@ pub enum Refused {
     Ahead,
     /// This sequence number is not in the log (trimmed, or its write failed).
     NotLogged(u64),
+    /// The holder's delivery log was trimmed past the session's entries.
+    Trimmed,
 }
 
 /// What a takeover replays, and where it reads each route from.
@@ -81,6 +83,9 @@ pub fn plan(st: &StoredSession, user: u64, acked: u64) -> Result<Plan, Refused> 
     }
     if m.user != user {
         return Err(Refused::WrongUser);
+    }
+    if !st.intact {
+        return Err(Refused::Trimmed);
     }
     let top = st.log.last().map_or(m.floor, |(s, _)| *s).max(m.floor);
     if acked < m.floor {
@@ -153,7 +158,7 @@ pub(super) async fn resume(s: &AppState, d: &Resume, user: User, conn: u64) -> O
     let refuse = |why: &dyn std::fmt::Debug| {
         info!(user = uid, session = %short(sid), acked = d.seq, why = ?why, "resume on this node refused");
     };
-    let stored = match s.shared.resume.load(sid).await {
+    let stored = match s.shared.resume.load(sid, d.seq).await {
         Ok(Some(st)) => st,
         Ok(None) => {
             refuse(&"unknown session");
@@ -172,6 +177,13 @@ pub(super) async fn resume(s: &AppState, d: &Resume, user: User, conn: u64) -> O
         }
     };
     let replay = replayed(s, &plan).await.map_err(|why| refuse(&why)).ok()?;
+    // What this node logs again as the session's new holder: everything after `acked`.
+    let relog: Vec<(u64, Logged)> = stored
+        .log
+        .iter()
+        .filter(|(seq, _)| *seq > d.seq)
+        .copied()
+        .collect();
     let m = stored.meta;
     let guilds: HashSet<u64> = m.guilds.iter().copied().collect();
     let sess = Session::new(sid.to_string(), user, m.token_hash, m.intents, guilds)
@@ -210,7 +222,7 @@ pub(super) async fn resume(s: &AppState, d: &Resume, user: User, conn: u64) -> O
     {
         // From here on every sequence number is logged, after the new holder's mark.
         let mut g = lock(&sref);
-        s.shared.resume.adopt(sid, plan.from.clone());
+        s.shared.resume.adopt(sid, plan.from.clone(), d.seq, relog);
         g.keep_journal(s.shared.resume.clone());
     }
     let caught_up = match catch_up(s, &sref, &plan.from, &mut watched).await {
@@ -382,6 +394,7 @@ mod tests {
                 ended: false,
             },
             log,
+            intact: true,
         }
     }
 
@@ -426,6 +439,9 @@ mod tests {
         let mut ended = stored(vec![]);
         ended.meta.ended = true;
         assert_eq!(plan(&ended, 7, 2), Err(Refused::Ended));
+        let mut trimmed_node_log = stored(vec![(3, shared(G, 110))]);
+        trimmed_node_log.intact = false;
+        assert_eq!(plan(&trimmed_node_log, 7, 3), Err(Refused::Trimmed));
     }
 
     #[test]

@@ -266,11 +266,22 @@ impl ResumeStore for LocalResume {
     }
     fn open(&self, _meta: SessionMeta) {}
     fn append(&self, _session: &str, _seq: u64, _entry: Logged) {}
-    fn adopt(&self, _session: &str, _routes: std::collections::BTreeMap<Route, StreamId>) {}
+    fn adopt(
+        &self,
+        _session: &str,
+        _routes: std::collections::BTreeMap<Route, StreamId>,
+        _floor: u64,
+        _log: Vec<(u64, Logged)>,
+    ) {
+    }
     fn follow(&self, _session: &str, _guilds: Vec<u64>, _joined: Option<(Route, StreamId)>) {}
     fn end(&self, _session: &str) {}
     fn close(&self, _session: &str) {}
-    fn load<'a>(&'a self, _session: &'a str) -> Fut<'a, SharedResult<Option<StoredSession>>> {
+    fn load<'a>(
+        &'a self,
+        _session: &'a str,
+        _acked: u64,
+    ) -> Fut<'a, SharedResult<Option<StoredSession>>> {
         ready(Ok(None))
     }
     fn payloads<'a>(

@@ -282,8 +282,8 @@ pub struct SessionMeta {
     /// nothing in the log is read from here when the session is taken over.
     pub created: StreamId,
     /// Per route, a position up to which the session's node had handled the route's
-    /// dispatches when it last said so (on a guild join, on takeover, and every half
-    /// `REPLAY_CAP` log entries, so the log always holds everything after it): where a route
+    /// dispatches when it last said so (on a guild join, on takeover, and with each new mark of
+    /// the Redis store, so a read from any mark holds everything after it): where a route
     /// whose entries were all trimmed from the log, or that has none yet, is read from.
     pub routes: std::collections::BTreeMap<Route, StreamId>,
     /// The node holding the session.
@@ -311,8 +311,12 @@ pub enum Logged {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSession {
     pub meta: SessionMeta,
-    /// (sequence number, entry), oldest first: at most the last `REPLAY_CAP`.
+    /// (sequence number, entry), oldest first: at most the last `REPLAY_CAP`, from a little
+    /// before the acknowledged number `load` was given.
     pub log: Vec<(u64, Logged)>,
+    /// False when entries the log should hold may be gone (the holder's delivery log was
+    /// trimmed past where the session's entries start): nothing can be shown complete.
+    pub intact: bool,
 }
 
 /// Gateway sessions' recent dispatches, kept where another node can read them, so a client
@@ -327,8 +331,16 @@ pub trait ResumeStore: Send + Sync {
     /// The session got `entry` as sequence number `seq` (called in sequence order).
     fn append(&self, session: &str, seq: u64, entry: Logged);
     /// This node took the session over from the node in its meta; `routes` as in
-    /// [`SessionMeta::routes`], up to where the log and the catch-up read reach.
-    fn adopt(&self, session: &str, routes: std::collections::BTreeMap<Route, StreamId>);
+    /// [`SessionMeta::routes`], up to where the log and the catch-up read reach; the client
+    /// had acknowledged `floor`, and `log` is what the stored log holds after it (logged
+    /// again by this node, which now keeps the session's log).
+    fn adopt(
+        &self,
+        session: &str,
+        routes: std::collections::BTreeMap<Route, StreamId>,
+        floor: u64,
+        log: Vec<(u64, Logged)>,
+    );
     /// The session's guilds changed; `joined`: the route it now watches and the position it
     /// starts from.
     fn follow(&self, session: &str, guilds: Vec<u64>, joined: Option<(Route, StreamId)>);
@@ -336,8 +348,13 @@ pub trait ResumeStore: Send + Sync {
     fn end(&self, session: &str);
     /// The session expired on this node: forget it (unless another node has taken it over).
     fn close(&self, session: &str);
-    /// The session's meta and log, if it is known.
-    fn load<'a>(&'a self, session: &'a str) -> Fut<'a, SharedResult<Option<StoredSession>>>;
+    /// The session's meta and log, if it is known; the log from at least a little before
+    /// `acked + 1` (what a resume acknowledging `acked` needs) to its end.
+    fn load<'a>(
+        &'a self,
+        session: &'a str,
+        acked: u64,
+    ) -> Fut<'a, SharedResult<Option<StoredSession>>>;
     /// The payloads of logged dispatches, by their route and position (`None`: gone).
     fn payloads<'a>(
         &'a self,

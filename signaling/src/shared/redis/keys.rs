@@ -117,10 +117,10 @@ impl Keys {
         format!("{}{{s:{session}}}:meta", self.prefix)
     }
 
-    /// `{s:<session>}:log`: a gateway session's resume log (stream, one entry per sequence
-    /// number), PX = the resume window.
-    pub fn session_log(&self, session: &str) -> String {
-        format!("{}{{s:{session}}}:log", self.prefix)
+    /// `{n:<node>}:dlog:<boot>`: what the node's sessions got since it started (`boot`),
+    /// one entry per batch of resume writes (stream, trimmed by age), PX = the resume window.
+    pub fn node_log(&self, node: &NodeId, boot: u64) -> String {
+        format!("{}{{n:{node}}}:dlog:{boot}", self.prefix)
     }
 
     /// `lodge:node:<id>:inbox`: the pub/sub channel of messages to one node.
@@ -222,7 +222,7 @@ mod tests {
             (k.presence(9), "t1:{u:9}:presence"),
             (k.node_presence(&n), "t1:lodge:node:10.0.0.1:8080:presence"),
             (k.session_meta("abc"), "t1:{s:abc}:meta"),
-            (k.session_log("abc"), "t1:{s:abc}:log"),
+            (k.node_log(&n, 42), "t1:{n:10.0.0.1:8080}:dlog:42"),
         ];
         for (got, want) in table {
             assert_eq!(got, want);

@@ -25,7 +25,7 @@
 //! | `{u:<user>}:presence`                  | hash    | `status`, `activities`, `total` and `n:<node>` connections |
 //! | `lodge:node:<id>:presence`             | set     | users with gateway connections on the node   |
 //! | `{s:<session>}:meta`                   | hash    | a gateway session's resume meta, PX = resume window ([`resume`]) |
-//! | `{s:<session>}:log`                    | stream  | the session's sequence numbers: route, stream id and body of each dispatch, `MAXLEN` = replay cap |
+//! | `{n:<node>}:dlog:<boot>`               | stream  | what the node's sessions got, one entry per batch of resume writes ([`delivery_log`]), trimmed to the resume window plus a minute, PX = resume window |
 //!
 //! Everything about a guild shares the hash tag `{g:<guild>}`, so each script touches one
 //! Redis Cluster slot. The exceptions are node-wide and small: the registry (two keys, read
@@ -77,6 +77,7 @@ use super::{Bus, NodeId, Shared, SharedError, SharedResult};
 pub mod accounts;
 pub mod bus;
 pub mod conn;
+pub mod delivery_log;
 pub mod dispatch_bus;
 pub mod keys;
 pub mod limits;
