@@ -525,10 +525,16 @@ mod tests {
     fn two_trunks_two_rooms_each_room_only_on_its_trunk() {
         let (a, b) = ("node-a".to_string(), "node-b".to_string());
         let mut r = EdgeRooms::default();
-        assert_eq!(r.set(1, &[a.clone()]), (vec![a.clone()], vec![]));
-        assert_eq!(r.set(2, &[b.clone()]), (vec![b.clone()], vec![]));
+        assert_eq!(
+            r.set(1, std::slice::from_ref(&a)),
+            (vec![a.clone()], vec![])
+        );
+        assert_eq!(
+            r.set(2, std::slice::from_ref(&b)),
+            (vec![b.clone()], vec![])
+        );
         // Placed again by the same node: nothing new to announce.
-        assert_eq!(r.set(1, &[a.clone()]), (vec![], vec![]));
+        assert_eq!(r.set(1, std::slice::from_ref(&a)), (vec![], vec![]));
         assert!(r.wants(1, &a) && !r.wants(1, &b));
         assert!(r.wants(2, &b) && !r.wants(2, &a));
         assert!(!r.wants(3, &a));
@@ -536,7 +542,10 @@ mod tests {
         assert_eq!(r.rooms_of(&b), vec![2]);
         // Room 1's callers are placed again through node-b (node-a died): node-a is dropped,
         // so a node-a that comes back is not sent room 1 again.
-        assert_eq!(r.set(1, &[b.clone()]), (vec![b.clone()], vec![a.clone()]));
+        assert_eq!(
+            r.set(1, std::slice::from_ref(&b)),
+            (vec![b.clone()], vec![a.clone()])
+        );
         assert!(r.wants(1, &b) && !r.wants(1, &a));
         assert_eq!(r.rooms_of(&a), Vec::<u64>::new());
         assert_eq!(r.rooms_of(&b), vec![1, 2]);
