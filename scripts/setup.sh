@@ -35,10 +35,20 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends "${need[@]}"
   }
 fi
+# Lints: CI runs clippy with warnings as errors.
+if ! cargo clippy --version >/dev/null 2>&1; then
+  echo "setup: installing clippy (rustup component)"
+  rustup component add clippy
+fi
 # Fuzzing: cargo-fuzz builds with nightly-only sanitizer flags.
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
   echo "setup: installing the nightly toolchain (rustup, minimal profile)"
   rustup toolchain install nightly --profile minimal
+fi
+# The Debian package (tests/package/run.sh) is built with cargo-deb.
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  echo "setup: installing cargo-deb (cargo install --locked)"
+  cargo install --locked cargo-deb
 fi
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "setup: installing cargo-fuzz (cargo install --locked)"

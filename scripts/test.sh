@@ -11,6 +11,9 @@ step "setup (apt: chromium, nodejs, python3-venv; npm: playwright-core; pip: dis
 step "formatting (cargo fmt)"
 cargo fmt --all -- --check
 
+step "lints (cargo clippy, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 step "build (debug, all targets)"
 cargo build --workspace --all-targets --locked
 
@@ -80,5 +83,8 @@ SESSIONS=40 ./tests/load/redis_costs.sh
 
 step "abuse suite: every attack class of the hardening issue against a release node, a legitimate client measured throughout"
 OUT="$(mktemp -d)" ./tests/abuse/run.sh
+
+step "Debian package: cargo deb, dpkg -i, the installed binary as its user with its configuration, /healthz, remove, purge"
+./tests/package/run.sh
 
 step "all tests passed"

@@ -403,28 +403,6 @@ impl Store {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_mentions;
-
-    #[test]
-    fn mentions_table() {
-        let cases: &[(&str, &[u64], &[u64], bool)] = &[
-            ("hi <@12> and <@!34>", &[12, 34], &[], false),
-            ("<@&56> ping", &[], &[56], false),
-            ("@everyone look", &[], &[], true),
-            ("@here", &[], &[], true),
-            ("<@12><@12>", &[12], &[], false),
-            ("<@abc> <@", &[], &[], false),
-            ("<@&> <@!>", &[], &[], false),
-        ];
-        for (c, u, r, e) in cases {
-            let (gu, gr, ge) = parse_mentions(c);
-            assert_eq!((&gu[..], &gr[..], ge), (*u, *r, *e), "{c}");
-        }
-    }
-}
-
 /// Turn user input into a safe FTS5 query: every word quoted, all words required.
 pub fn fts_query(input: &str) -> Option<String> {
     let terms: Vec<String> = input
@@ -514,5 +492,27 @@ impl Store {
             out.push(self.hydrate(r, viewer).await?);
         }
         Ok((total as u64, out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_mentions;
+
+    #[test]
+    fn mentions_table() {
+        let cases: &[(&str, &[u64], &[u64], bool)] = &[
+            ("hi <@12> and <@!34>", &[12, 34], &[], false),
+            ("<@&56> ping", &[], &[56], false),
+            ("@everyone look", &[], &[], true),
+            ("@here", &[], &[], true),
+            ("<@12><@12>", &[12], &[], false),
+            ("<@abc> <@", &[], &[], false),
+            ("<@&> <@!>", &[], &[], false),
+        ];
+        for (c, u, r, e) in cases {
+            let (gu, gr, ge) = parse_mentions(c);
+            assert_eq!((&gu[..], &gr[..], ge), (*u, *r, *e), "{c}");
+        }
     }
 }

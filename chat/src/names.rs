@@ -60,6 +60,37 @@ pub fn username_key(name: &str) -> String {
     folded.nfkc().collect()
 }
 
+impl crate::store::Store {
+    /// Give accounts made before the key column existed their key (at start-up, once). Two old
+    /// accounts that fold to one key keep the older one's key; the newer is left without one,
+    /// logged, and can no longer log in until an operator renames it.
+    pub(crate) async fn backfill_username_keys(&self) -> Result<(), ChatError> {
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, username FROM users WHERE username_key IS NULL ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
+        for (id, name) in rows {
+            let r = sqlx::query("UPDATE users SET username_key = $1 WHERE id = $2")
+                .bind(username_key(&name))
+                .bind(id)
+                .execute(&self.pool)
+                .await;
+            match r {
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    tracing::warn!(
+                        user = id,
+                        "username folds to one already taken; account left without a login key"
+                    );
+                }
+                r => {
+                    r?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,36 +127,5 @@ mod tests {
         }
         assert!(check_name("name", "   ", 100).is_err());
         assert!(check_name("name", &"x".repeat(101), 100).is_err());
-    }
-}
-
-impl crate::store::Store {
-    /// Give accounts made before the key column existed their key (at start-up, once). Two old
-    /// accounts that fold to one key keep the older one's key; the newer is left without one,
-    /// logged, and can no longer log in until an operator renames it.
-    pub(crate) async fn backfill_username_keys(&self) -> Result<(), ChatError> {
-        let rows: Vec<(i64, String)> =
-            sqlx::query_as("SELECT id, username FROM users WHERE username_key IS NULL ORDER BY id")
-                .fetch_all(&self.pool)
-                .await?;
-        for (id, name) in rows {
-            let r = sqlx::query("UPDATE users SET username_key = $1 WHERE id = $2")
-                .bind(username_key(&name))
-                .bind(id)
-                .execute(&self.pool)
-                .await;
-            match r {
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                    tracing::warn!(
-                        user = id,
-                        "username folds to one already taken; account left without a login key"
-                    );
-                }
-                r => {
-                    r?;
-                }
-            }
-        }
-        Ok(())
     }
 }

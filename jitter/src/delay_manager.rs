@@ -298,7 +298,8 @@ mod tests {
     #[test]
     fn table() {
         // (name, jitter pattern, expected target range ms)
-        let cases: Vec<(&str, Box<dyn Fn(usize) -> f64>, f64, f64)> = vec![
+        type Pattern = Box<dyn Fn(usize) -> f64>;
+        let cases: Vec<(&str, Pattern, f64, f64)> = vec![
             ("no jitter: minimum", Box::new(|_| 0.0), 20.0, 20.0),
             (
                 "every 10th packet 60 ms late (10% > q): covers it",

@@ -284,7 +284,7 @@ mod tests {
                     if let Some(p) = last {
                         assert_eq!(out.seq, p.seq + 1, "seed {seed}");
                         let dts = out.timestamp.wrapping_sub(p.timestamp);
-                        assert!(dts >= 960 && dts < 48_000 * 10, "seed {seed}: dts {dts}");
+                        assert!((960..48_000 * 10).contains(&dts), "seed {seed}: dts {dts}");
                     }
                     last = Some(out);
                     seq = seq.wrapping_add(1);

@@ -271,7 +271,7 @@ mod tests {
                 for (i, l) in lv.iter().enumerate() {
                     self.levels[i].observe(now, *l, &self.cfg);
                 }
-                if t % 60 == 0 {
+                if t.is_multiple_of(60) {
                     let c: Vec<Candidate> = self
                         .levels
                         .iter()

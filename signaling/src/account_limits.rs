@@ -1,5 +1,5 @@
-//! Limits on the account endpoints, where each attempt costs an Argon2 hash and a wrong guess is
-//! what an attacker is buying:
+//! Limits on the account endpoints, where each attempt costs an Argon2 hash (or, for a token,
+//! a store lookup) and a wrong guess is what an attacker is buying:
 //!
 //! - **Login back-off**, counted per client address and per username (whatever address the
 //!   guesses come from): the first `login_free_failures` failures are free; from then on each
@@ -7,20 +7,30 @@
 //!   `login_backoff_max`. An attempt counts as a failure from the moment it starts, so parallel
 //!   guesses cannot all slip through before the first one fails; a successful login takes its
 //!   attempt back and clears its username's record. A record is forgotten `FORGET_AFTER` after
-//!   its last failure.
+//!   its last failure. Refused registrations of one username back off the same way.
 //! - **Registrations per address per hour** (every attempt counts).
+//! - **Invalid tokens per address per second** (`crate::ratelimit`'s middleware asks).
 //!
-//! Both maps are bounded (`MAX_ENTRIES`); usernames are kept as keyed hashes, so an entry's size
-//! does not depend on what a client sends; usernames are folded as the store folds them.
+//! The counts live in the switch's [`AccountCounters`]: this process's [`LocalAccounts`] when
+//! the node is alone, Redis in a cluster — so a guesser spreading attempts over N nodes gets
+//! the free failures once, not N times. If Redis does not answer within
+//! [`crate::ratelimit::SHARED_TIMEOUT`], the attempt is counted on this node's own
+//! [`LocalAccounts`] instead, Redis is left alone for [`crate::ratelimit::SHARED_RETRY`], and
+//! the fallback is logged (at most every 10 s): during an outage each node counts by itself,
+//! as the REST rate limits do.
+//!
+//! The local maps are bounded (`MAX_ENTRIES`); usernames are kept as hashes (FNV-1a of the
+//! name folded as the store folds it: the same on every node), so an entry's size does not
+//! depend on what a client sends.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::ratelimit::{make_room, RateLimited};
+use crate::ratelimit::{make_room, RateLimited, SHARED_RETRY, SHARED_TIMEOUT};
+use crate::shared::limits::{AccountCounters, AccountKey, AddrWindow, BackingOff, Backoff, Left};
+use crate::shared::{Fut, SharedResult};
 
 /// Configurable account limits.
 #[derive(Debug, Clone, Copy)]
@@ -46,21 +56,36 @@ impl Default for AccountLimits {
     }
 }
 
+impl AccountLimits {
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            free: self.login_free_failures,
+            base: self.login_backoff_base,
+            max: self.login_backoff_max,
+            forget: FORGET_AFTER,
+        }
+    }
+}
+
 /// A failure record is forgotten this long after its last failure.
-const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 /// The registration window.
 const REGISTRATION_WINDOW: Duration = Duration::from_secs(3600);
 /// Most records per map (a record is ~40 bytes: a few MB at most).
 const MAX_ENTRIES: usize = 100_000;
+/// Failed token lookups an address may cause per second.
+pub const INVALID_TOKENS_PER_SECOND: u32 = 10;
+/// At most one fallback warning per this long.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Key {
-    Addr(IpAddr),
-    /// Keyed hash of the case-folded username.
-    Username(u64),
-    /// Refused registrations of one (folded) username: asking again and again whether a name
-    /// is taken backs off like failed logins do.
-    Registering(u64),
+/// The stable hash of a username, folded as the store folds it (NFKC + case: `ＡＬＩＣＥ`
+/// backs off with `alice`). FNV-1a: every node computes the same value.
+pub fn username_hash(username: &str) -> u64 {
+    lodge_chat::names::username_key(username)
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -78,14 +103,188 @@ struct Window {
 
 #[derive(Default)]
 struct State {
-    failures: HashMap<Key, Failures>,
-    registrations: HashMap<IpAddr, Window>,
+    failures: HashMap<AccountKey, Failures>,
+    windows: HashMap<(IpAddr, AddrWindow), Window>,
 }
 
+/// This process's account counters: a node alone's, and a cluster node's stand-in while Redis
+/// is unreachable. Every operation takes the time (tests move it).
+#[derive(Default)]
+pub struct LocalAccounts {
+    state: Mutex<State>,
+}
+
+impl LocalAccounts {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .expect("account limiter lock is never held across a panic")
+    }
+
+    pub fn fail_at(
+        &self,
+        now: Instant,
+        key: AccountKey,
+        refuse: bool,
+        b: &Backoff,
+    ) -> Result<(), BackingOff> {
+        let mut st = self.state();
+        if let Some(f) = st.failures.get(&key) {
+            if refuse && f.blocked_until > now {
+                return Err(BackingOff {
+                    count: f.count,
+                    retry_after: f.blocked_until - now,
+                });
+            }
+        } else {
+            make_room(&mut st.failures, MAX_ENTRIES, |f| f.last + b.forget, now);
+        }
+        let f = st.failures.entry(key).or_insert(Failures {
+            count: 0,
+            last: now,
+            blocked_until: now,
+        });
+        if now.duration_since(f.last) > b.forget {
+            f.count = 0;
+        }
+        f.count = f.count.saturating_add(1);
+        f.last = now;
+        f.blocked_until = now + b.after(f.count);
+        Ok(())
+    }
+
+    pub fn backing_off_at(&self, now: Instant, key: AccountKey) -> Option<BackingOff> {
+        let st = self.state();
+        let f = st.failures.get(&key)?;
+        (f.blocked_until > now).then(|| BackingOff {
+            count: f.count,
+            retry_after: f.blocked_until - now,
+        })
+    }
+
+    pub fn give_back_now(&self, key: AccountKey, b: &Backoff) {
+        if let Some(f) = self.state().failures.get_mut(&key) {
+            f.count = f.count.saturating_sub(1);
+            if f.count < b.free {
+                f.blocked_until = f.last;
+            }
+        }
+    }
+
+    pub fn clear_now(&self, key: AccountKey) {
+        self.state().failures.remove(&key);
+    }
+
+    pub fn take_at(
+        &self,
+        now: Instant,
+        addr: IpAddr,
+        w: AddrWindow,
+        limit: u32,
+        window: Duration,
+    ) -> Result<Left, Duration> {
+        let mut st = self.state();
+        if !st.windows.contains_key(&(addr, w)) {
+            make_room(&mut st.windows, MAX_ENTRIES, |w| w.reset_at, now);
+        }
+        let win = st.windows.entry((addr, w)).or_insert(Window {
+            reset_at: now + window,
+            used: 0,
+        });
+        if now >= win.reset_at {
+            *win = Window {
+                reset_at: now + window,
+                used: 0,
+            };
+        }
+        if win.used >= limit {
+            return Err(win.reset_at - now);
+        }
+        win.used += 1;
+        Ok(Left {
+            remaining: limit - win.used,
+            reset_after: win.reset_at - now,
+        })
+    }
+
+    pub fn untake_now(&self, addr: IpAddr, w: AddrWindow) {
+        if let Some(win) = self.state().windows.get_mut(&(addr, w)) {
+            win.used = win.used.saturating_sub(1);
+        }
+    }
+
+    pub fn exhausted_at(
+        &self,
+        now: Instant,
+        addr: IpAddr,
+        w: AddrWindow,
+        limit: u32,
+    ) -> Option<Duration> {
+        let st = self.state();
+        let win = st.windows.get(&(addr, w))?;
+        (win.used >= limit && now < win.reset_at).then(|| win.reset_at - now)
+    }
+
+    #[cfg(test)]
+    fn sizes(&self) -> (usize, usize) {
+        let st = self.state();
+        (st.failures.len(), st.windows.len())
+    }
+}
+
+impl AccountCounters for LocalAccounts {
+    fn fail<'a>(
+        &'a self,
+        key: AccountKey,
+        refuse: bool,
+        b: &'a Backoff,
+    ) -> Fut<'a, SharedResult<Result<(), BackingOff>>> {
+        Box::pin(std::future::ready(Ok(self.fail_at(
+            Instant::now(),
+            key,
+            refuse,
+            b,
+        ))))
+    }
+    fn backing_off(&self, key: AccountKey) -> Fut<'_, SharedResult<Option<BackingOff>>> {
+        Box::pin(std::future::ready(Ok(
+            self.backing_off_at(Instant::now(), key)
+        )))
+    }
+    fn give_back<'a>(&'a self, key: AccountKey, b: &'a Backoff) -> Fut<'a, SharedResult<()>> {
+        self.give_back_now(key, b);
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn clear(&self, key: AccountKey) -> Fut<'_, SharedResult<()>> {
+        self.clear_now(key);
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn take(
+        &self,
+        addr: IpAddr,
+        w: AddrWindow,
+        limit: u32,
+        window: Duration,
+    ) -> Fut<'_, SharedResult<Result<Left, Duration>>> {
+        let r = self.take_at(Instant::now(), addr, w, limit, window);
+        Box::pin(std::future::ready(Ok(r)))
+    }
+    fn untake(&self, addr: IpAddr, w: AddrWindow) -> Fut<'_, SharedResult<()>> {
+        self.untake_now(addr, w);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// The account limits of this node: counted by the switch's [`AccountCounters`], or by its
+/// own [`LocalAccounts`] while those cannot answer (see the module docs).
 pub struct AccountLimiter {
     limits: AccountLimits,
-    hasher: RandomState,
-    state: Mutex<State>,
+    local: LocalAccounts,
+    /// While set and in the future, the shared counters are not asked.
+    shared_down_until: Mutex<Option<Instant>>,
+    last_warn: Mutex<Option<Instant>>,
+    /// Addresses whose invalid tokens used up the cluster's allowance, until when.
+    token_blocks: Mutex<HashMap<IpAddr, Instant>>,
 }
 
 /// A login attempt that has been counted; report how it ended.
@@ -95,216 +294,332 @@ pub struct LoginAttempt {
     username: u64,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl AccountLimiter {
     pub fn new(limits: AccountLimits) -> AccountLimiter {
         AccountLimiter {
             limits,
-            hasher: RandomState::new(),
-            state: Mutex::new(State::default()),
+            local: LocalAccounts::default(),
+            shared_down_until: Mutex::new(None),
+            last_warn: Mutex::new(None),
+            token_blocks: Mutex::new(HashMap::new()),
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .expect("account limiter lock is never held across a panic")
-    }
-
-    fn username_key(&self, username: &str) -> u64 {
-        // The store's own folding (NFKC + case): `ＡＬＩＣＥ` backs off with `alice`.
-        self.hasher
-            .hash_one(lodge_chat::names::username_key(username))
-    }
-
-    fn backoff(&self, count: u32) -> Duration {
-        let l = &self.limits;
-        if count < l.login_free_failures {
-            return Duration::ZERO;
+    /// `shared`'s answer, or `None` when it is down or fails now (then the caller counts
+    /// locally).
+    async fn ask<T>(&self, shared: Fut<'_, SharedResult<T>>) -> Option<T> {
+        if lock(&self.shared_down_until).is_some_and(|t| Instant::now() < t) {
+            return None;
         }
-        let doublings = (count - l.login_free_failures).min(30);
-        l.login_backoff_base
-            .saturating_mul(1 << doublings)
-            .min(l.login_backoff_max)
+        let why = match tokio::time::timeout(SHARED_TIMEOUT, shared).await {
+            Ok(Ok(v)) => return Some(v),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} ms", SHARED_TIMEOUT.as_millis()),
+        };
+        let now = Instant::now();
+        *lock(&self.shared_down_until) = Some(now + SHARED_RETRY);
+        let mut last = lock(&self.last_warn);
+        if last.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
+            *last = Some(now);
+            tracing::warn!(error = %why, "account limits counted on this node alone: the shared counters cannot be reached");
+        }
+        None
     }
 
-    /// `Err` while `key` backs off, naming the limit (`what` for the log and the message,
-    /// `counted` for what its count counts).
-    fn refuse_while_backing_off(
+    async fn fail(
         &self,
-        st: &State,
-        key: Key,
-        what: &str,
-        counted: &str,
-        bucket: &str,
+        shared: &dyn AccountCounters,
         now: Instant,
-    ) -> Result<(), Box<RateLimited>> {
-        match st.failures.get(&key) {
-            Some(f) if f.blocked_until > now => Err(Box::new(RateLimited {
-                limit_name: format!(
-                    "{what}: {} {counted}, back-off {:.0} s",
-                    f.count,
-                    self.backoff(f.count).as_secs_f64()
-                ),
-                retry_after: f.blocked_until - now,
-                global: false,
-                limit: self.limits.login_free_failures,
-                bucket: bucket.into(),
-                scope: "shared",
-            })),
-            _ => Ok(()),
+        key: AccountKey,
+        refuse: bool,
+    ) -> Result<(), BackingOff> {
+        let b = self.limits.backoff();
+        match self.ask(shared.fail(key, refuse, &b)).await {
+            Some(r) => r,
+            None => self.local.fail_at(now, key, refuse, &b),
         }
     }
 
-    /// One more failure for `key` (forgotten after [`FORGET_AFTER`] without one); past the
-    /// free ones, it backs off for [`AccountLimiter::backoff`].
-    fn count_failure(&self, st: &mut State, key: Key, now: Instant) {
-        if !st.failures.contains_key(&key) {
-            make_room(
-                &mut st.failures,
-                MAX_ENTRIES,
-                |f| f.last + FORGET_AFTER,
-                now,
-            );
+    async fn backing_off(
+        &self,
+        shared: &dyn AccountCounters,
+        now: Instant,
+        key: AccountKey,
+    ) -> Result<(), BackingOff> {
+        let b = match self.ask(shared.backing_off(key)).await {
+            Some(b) => b,
+            None => self.local.backing_off_at(now, key),
+        };
+        b.map_or(Ok(()), Err)
+    }
+
+    async fn give_back(&self, shared: &dyn AccountCounters, key: AccountKey) {
+        let b = self.limits.backoff();
+        if self.ask(shared.give_back(key, &b)).await.is_none() {
+            self.local.give_back_now(key, &b);
         }
-        let f = st.failures.entry(key).or_insert(Failures {
-            count: 0,
-            last: now,
-            blocked_until: now,
-        });
-        if now.duration_since(f.last) > FORGET_AFTER {
-            f.count = 0;
-        }
-        f.count = f.count.saturating_add(1);
-        f.last = now;
-        f.blocked_until = now + self.backoff(f.count);
+    }
+
+    fn refused(&self, what: &str, counted: &str, bucket: &str, b: BackingOff) -> Box<RateLimited> {
+        Box::new(RateLimited {
+            limit_name: format!(
+                "{what}: {} {counted}, back-off {:.0} s",
+                b.count,
+                self.limits.backoff().after(b.count).as_secs_f64()
+            ),
+            retry_after: b.retry_after,
+            global: false,
+            limit: self.limits.login_free_failures,
+            bucket: bucket.into(),
+            scope: "shared",
+        })
     }
 
     /// Refuse the login if the address or the username is backing off; otherwise count the
     /// attempt as a failure until [`AccountLimiter::login_succeeded`] says otherwise.
-    pub fn begin_login(
+    pub async fn begin_login(
         &self,
+        shared: &dyn AccountCounters,
         now: Instant,
         addr: IpAddr,
         username: &str,
     ) -> Result<LoginAttempt, Box<RateLimited>> {
         let attempt = LoginAttempt {
             addr,
-            username: self.username_key(username),
+            username: username_hash(username),
         };
-        let keys = [
-            (Key::Addr(addr), "login failures from this address"),
-            (
-                Key::Username(attempt.username),
-                "login failures for this username",
-            ),
-        ];
-        let mut st = self.state();
-        for (key, name) in keys {
-            self.refuse_while_backing_off(&st, key, name, "failures", "login", now)?;
+        let (a, u) = (
+            AccountKey::Addr(addr),
+            AccountKey::Username(attempt.username),
+        );
+        // A look at the username first; then each key is checked and counted in one step (one
+        // script on Redis), and the address's count is given back if the username started
+        // backing off in between.
+        if let Err(b) = self.backing_off(shared, now, u).await {
+            return Err(self.refused("login failures for this username", "failures", "login", b));
         }
-        for (key, _) in keys {
-            self.count_failure(&mut st, key, now);
+        if let Err(b) = self.fail(shared, now, a, true).await {
+            return Err(self.refused("login failures from this address", "failures", "login", b));
+        }
+        if let Err(b) = self.fail(shared, now, u, true).await {
+            self.give_back(shared, a).await;
+            return Err(self.refused("login failures for this username", "failures", "login", b));
         }
         Ok(attempt)
     }
 
     /// The login succeeded: the address gets its attempt back, the username starts afresh.
-    pub fn login_succeeded(&self, attempt: LoginAttempt) {
-        let mut st = self.state();
-        st.failures.remove(&Key::Username(attempt.username));
-        if let Some(f) = st.failures.get_mut(&Key::Addr(attempt.addr)) {
-            f.count = f.count.saturating_sub(1);
-            if f.count < self.limits.login_free_failures {
-                f.blocked_until = f.last;
-            }
+    pub async fn login_succeeded(&self, shared: &dyn AccountCounters, attempt: LoginAttempt) {
+        let u = AccountKey::Username(attempt.username);
+        if self.ask(shared.clear(u)).await.is_none() {
+            self.local.clear_now(u);
         }
+        self.give_back(shared, AccountKey::Addr(attempt.addr)).await;
     }
 
     /// The password was never checked (the hashing pool was full, the store failed): the
     /// attempt is given back to both the address and the username.
-    pub fn login_unchecked(&self, attempt: LoginAttempt) {
-        let mut st = self.state();
-        for key in [Key::Addr(attempt.addr), Key::Username(attempt.username)] {
-            if let Some(f) = st.failures.get_mut(&key) {
-                f.count = f.count.saturating_sub(1);
-                if f.count < self.limits.login_free_failures {
-                    f.blocked_until = f.last;
-                }
-            }
-        }
+    pub async fn login_unchecked(&self, shared: &dyn AccountCounters, attempt: LoginAttempt) {
+        self.give_back(shared, AccountKey::Addr(attempt.addr)).await;
+        self.give_back(shared, AccountKey::Username(attempt.username))
+            .await;
     }
 
     /// Count a registration attempt of `username` from `addr`; refuse past the address's
     /// hourly limit, or while the username backs off after refused registrations.
-    pub fn begin_registration(
+    pub async fn begin_registration(
         &self,
+        shared: &dyn AccountCounters,
         now: Instant,
         addr: IpAddr,
         username: &str,
     ) -> Result<(), Box<RateLimited>> {
+        let name = AccountKey::Registering(username_hash(username));
+        // Only a look: a refusal is counted when the store refuses the name.
+        if let Err(b) = self.backing_off(shared, now, name).await {
+            return Err(self.refused(
+                "refused registrations of this username",
+                "refusals",
+                "register",
+                b,
+            ));
+        }
         let limit = self.limits.registrations_per_hour;
-        let name = Key::Registering(self.username_key(username));
-        let mut st = self.state();
-        self.refuse_while_backing_off(
-            &st,
-            name,
-            "refused registrations of this username",
-            "refusals",
-            "register",
-            now,
-        )?;
-        if !st.registrations.contains_key(&addr) {
-            make_room(&mut st.registrations, MAX_ENTRIES, |w| w.reset_at, now);
-        }
-        let w = st.registrations.entry(addr).or_insert(Window {
-            reset_at: now + REGISTRATION_WINDOW,
-            used: 0,
-        });
-        if now >= w.reset_at {
-            *w = Window {
-                reset_at: now + REGISTRATION_WINDOW,
-                used: 0,
-            };
-        }
-        if w.used >= limit {
-            return Err(Box::new(RateLimited {
+        let w = AddrWindow::Registrations;
+        let r = match self
+            .ask(shared.take(addr, w, limit, REGISTRATION_WINDOW))
+            .await
+        {
+            Some(r) => r,
+            None => self.local.take_at(now, addr, w, limit, REGISTRATION_WINDOW),
+        };
+        r.map(|_| ()).map_err(|retry_after| {
+            Box::new(RateLimited {
                 limit_name: format!("registrations from this address: {limit} per hour"),
-                retry_after: w.reset_at - now,
+                retry_after,
                 global: false,
                 limit,
                 bucket: "register".into(),
                 scope: "shared",
-            }));
-        }
-        w.used += 1;
-        Ok(())
+            })
+        })
     }
 
     /// The registration of `username` was refused (taken, or invalid): count it against the
     /// username, with the login back-off's free refusals and doubling.
-    pub fn registration_refused(&self, now: Instant, username: &str) {
-        let key = Key::Registering(self.username_key(username));
-        self.count_failure(&mut self.state(), key, now);
+    pub async fn registration_refused(
+        &self,
+        shared: &dyn AccountCounters,
+        now: Instant,
+        username: &str,
+    ) {
+        let key = AccountKey::Registering(username_hash(username));
+        let _ = self.fail(shared, now, key, false).await;
     }
 
     /// The registration never reached hashing (the pool was full, the store failed): give the
     /// attempt back.
-    pub fn registration_unchecked(&self, addr: IpAddr) {
-        if let Some(w) = self.state().registrations.get_mut(&addr) {
-            w.used = w.used.saturating_sub(1);
+    pub async fn registration_unchecked(&self, shared: &dyn AccountCounters, addr: IpAddr) {
+        let w = AddrWindow::Registrations;
+        if self.ask(shared.untake(addr, w)).await.is_none() {
+            self.local.untake_now(addr, w);
         }
     }
 
-    #[cfg(test)]
-    fn sizes(&self) -> (usize, usize) {
-        let st = self.state();
-        (st.failures.len(), st.registrations.len())
+    /// How long token-bearing requests from `addr` must wait, if its invalid tokens used up
+    /// this second's allowance. Asks no one: a node learns that the cluster's allowance is used
+    /// up when it counts an invalid token ([`AccountLimiter::invalid_token`]: the last one, or
+    /// one past it), so a REST request costs no Redis round trip for this, and each other node
+    /// lets at most one more lookup through per window.
+    pub fn invalid_tokens_exhausted(&self, now: Instant, addr: IpAddr) -> Option<Duration> {
+        let (w, l) = (AddrWindow::InvalidTokens, INVALID_TOKENS_PER_SECOND);
+        let learned = lock(&self.token_blocks)
+            .get(&addr)
+            .filter(|until| **until > now)
+            .map(|until| *until - now);
+        learned.or_else(|| self.local.exhausted_at(now, addr, w, l))
+    }
+
+    /// A request from `addr` carried a token that does not verify: count it.
+    pub async fn invalid_token(&self, shared: &dyn AccountCounters, now: Instant, addr: IpAddr) {
+        let (w, l) = (AddrWindow::InvalidTokens, INVALID_TOKENS_PER_SECOND);
+        let one = Duration::from_secs(1);
+        let full = match self.ask(shared.take(addr, w, l, one)).await {
+            // That was the last one: refuse the next without asking.
+            Some(Ok(left)) => (left.remaining == 0).then_some(left.reset_after),
+            Some(Err(retry_after)) => Some(retry_after),
+            None => {
+                let _ = self.local.take_at(now, addr, w, l, one);
+                None
+            }
+        };
+        if let Some(retry_after) = full {
+            {
+                let mut m = lock(&self.token_blocks);
+                if !m.contains_key(&addr) {
+                    make_room(&mut m, MAX_ENTRIES, |t| *t, now);
+                }
+                m.insert(addr, now + retry_after);
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared::SharedError;
+
+    /// Shared counters that never answer: every count falls back to the node's own.
+    struct Down;
+    fn down<T: Send + 'static>() -> Fut<'static, SharedResult<T>> {
+        Box::pin(std::future::ready(Err(SharedError::Unavailable(
+            "down".into(),
+        ))))
+    }
+    impl AccountCounters for Down {
+        fn fail<'a>(
+            &'a self,
+            _: AccountKey,
+            _: bool,
+            _: &'a Backoff,
+        ) -> Fut<'a, SharedResult<Result<(), BackingOff>>> {
+            down()
+        }
+        fn backing_off(&self, _: AccountKey) -> Fut<'_, SharedResult<Option<BackingOff>>> {
+            down()
+        }
+        fn give_back<'a>(&'a self, _: AccountKey, _: &'a Backoff) -> Fut<'a, SharedResult<()>> {
+            down()
+        }
+        fn clear(&self, _: AccountKey) -> Fut<'_, SharedResult<()>> {
+            down()
+        }
+        fn take(
+            &self,
+            _: IpAddr,
+            _: AddrWindow,
+            _: u32,
+            _: Duration,
+        ) -> Fut<'_, SharedResult<Result<Left, Duration>>> {
+            down()
+        }
+        fn untake(&self, _: IpAddr, _: AddrWindow) -> Fut<'_, SharedResult<()>> {
+            down()
+        }
+    }
+
+    /// A limiter whose shared counters are down (so the times the tests give are used),
+    /// driven synchronously.
+    struct Node {
+        l: AccountLimiter,
+        rt: tokio::runtime::Runtime,
+    }
+
+    impl Node {
+        fn new(limits: AccountLimits) -> Node {
+            Node {
+                l: AccountLimiter::new(limits),
+                rt: tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap(),
+            }
+        }
+        fn begin_login(
+            &self,
+            now: Instant,
+            a: IpAddr,
+            u: &str,
+        ) -> Result<LoginAttempt, Box<RateLimited>> {
+            self.rt.block_on(self.l.begin_login(&Down, now, a, u))
+        }
+        fn login_succeeded(&self, at: LoginAttempt) {
+            self.rt.block_on(self.l.login_succeeded(&Down, at))
+        }
+        fn login_unchecked(&self, at: LoginAttempt) {
+            self.rt.block_on(self.l.login_unchecked(&Down, at))
+        }
+        fn begin_registration(
+            &self,
+            now: Instant,
+            a: IpAddr,
+            u: &str,
+        ) -> Result<(), Box<RateLimited>> {
+            self.rt
+                .block_on(self.l.begin_registration(&Down, now, a, u))
+        }
+        fn registration_refused(&self, now: Instant, u: &str) {
+            self.rt.block_on(self.l.registration_refused(&Down, now, u))
+        }
+        fn sizes(&self) -> (usize, usize) {
+            self.l.local.sizes()
+        }
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -312,7 +627,7 @@ mod tests {
 
     #[test]
     fn failures_back_off_doubling_to_a_cap_per_username_across_addresses() {
-        let l = AccountLimiter::new(AccountLimits::default());
+        let l = Node::new(AccountLimits::default());
         let t0 = Instant::now();
         // Five free failures for "alice", each from another address.
         for i in 0..5 {
@@ -342,7 +657,7 @@ mod tests {
 
     #[test]
     fn an_address_backs_off_across_usernames_and_success_gives_the_attempt_back() {
-        let l = AccountLimiter::new(AccountLimits::default());
+        let l = Node::new(AccountLimits::default());
         let t0 = Instant::now();
         let a = ip("192.0.2.1");
         // Many successful logins from one address never back off.
@@ -370,7 +685,7 @@ mod tests {
 
     #[test]
     fn registrations_per_address_per_hour() {
-        let l = AccountLimiter::new(AccountLimits {
+        let l = Node::new(AccountLimits {
             registrations_per_hour: 3,
             ..Default::default()
         });
@@ -388,7 +703,7 @@ mod tests {
 
     #[test]
     fn refused_registrations_of_one_username_back_off_across_addresses() {
-        let l = AccountLimiter::new(AccountLimits::default());
+        let l = Node::new(AccountLimits::default());
         let t0 = Instant::now();
         for i in 0..5 {
             let a = ip(&format!("192.0.2.{}", i + 1));
@@ -412,7 +727,7 @@ mod tests {
 
     #[test]
     fn memory_is_bounded() {
-        let l = AccountLimiter::new(AccountLimits::default());
+        let l = Node::new(AccountLimits::default());
         let t0 = Instant::now();
         for i in 0..(MAX_ENTRIES as u32 + 5_000) {
             let a = IpAddr::from(i.to_be_bytes());

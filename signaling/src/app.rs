@@ -36,6 +36,8 @@ pub struct Inner {
     /// Timeouts and connection caps of the HTTP server, and what they refused.
     pub http_limits: crate::http_server::HttpLimits,
     pub http_stats: std::sync::Arc<crate::http_server::HttpStats>,
+    /// The HTTPS certificate, when the node serves TLS itself.
+    pub tls: std::sync::OnceLock<Arc<crate::tls::Certs>>,
     /// Login back-off and registrations per address.
     pub account_limiter: crate::account_limits::AccountLimiter,
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -138,6 +140,7 @@ impl AppState {
             account_limiter: crate::account_limits::AccountLimiter::new(account_limits),
             http_limits,
             http_stats: Default::default(),
+            tls: std::sync::OnceLock::new(),
             shutdown,
             telemetry: Default::default(),
             cluster: std::sync::OnceLock::new(),

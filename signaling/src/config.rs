@@ -79,6 +79,14 @@ config_keys! {
     /// Base URL clients use to reach the HTTP server, e.g. https://voice.example.com (sets the
     /// gateway url and voice endpoint). [default: http://<http_listen>]
     public_url: String = "LODGE_PUBLIC_URL";
+    /// PEM certificate chain for HTTPS/WSS on the HTTP listener (with --tls-key). The files
+    /// are read again on SIGHUP: new connections get the new certificate, open ones keep theirs.
+    /// Without both, the listener speaks plain HTTP (behind a TLS-terminating proxy, or local).
+    /// [default: unset]
+    tls_cert: PathBuf = "LODGE_TLS_CERT";
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert. Keep it readable by Lodge's user
+    /// only. [default: unset]
+    tls_key: PathBuf = "LODGE_TLS_KEY";
     /// Directory for Lodge's data. [default: ./lodge-data]
     data_dir: PathBuf = "LODGE_DATA_DIR";
     /// SQLite database file. [default: <data_dir>/lodge.db]
@@ -221,6 +229,8 @@ pub struct Config {
     pub media_listen: SocketAddr,
     pub public_ip: IpAddr,
     pub public_url: String,
+    /// HTTPS on the HTTP listener.
+    pub tls: Option<crate::tls::TlsFiles>,
     pub data_dir: PathBuf,
     pub database: PathBuf,
     /// Set when a database URL (PostgreSQL) replaces the SQLite file.
@@ -318,10 +328,20 @@ impl Config {
                 "the media port listens on all interfaces; set --public-ip to the address clients reach it on".into(),
             ));
         }
+        let tls = match (v.tls_cert.take(), v.tls_key.take()) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "--tls-cert and --tls-key go together: give both for HTTPS, or neither".into(),
+                ))
+            }
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let public_url = v
             .public_url
             .take()
-            .unwrap_or_else(|| format!("http://{http_listen}"))
+            .unwrap_or_else(|| format!("{scheme}://{http_listen}"))
             .trim_end_matches('/')
             .to_string();
         if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
@@ -342,6 +362,7 @@ impl Config {
             media_listen,
             public_ip,
             public_url,
+            tls,
             data_dir,
             database,
             database_url: v.database_url.take(),

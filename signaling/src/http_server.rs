@@ -228,7 +228,10 @@ pub struct HttpStats {
     pub header_timeouts: AtomicU64,
     pub idle_timeouts: AtomicU64,
     pub request_timeouts: AtomicU64,
+    /// TLS handshakes that failed (not TLS, a certificate the client refused, too slow).
+    pub tls_handshake_failures: AtomicU64,
     log_node_cap: Throttle,
+    log_tls: Throttle,
     log_addr_cap: Throttle,
     log_timeout: [Throttle; 3],
     log_accept: Throttle,
@@ -243,7 +246,11 @@ const MAX_REFUSING: usize = 1024;
 /// Answer a connection over a cap with the 503 and close it cleanly: FIN after the response,
 /// then read what the client sent (closing with unread data would be a reset, and the client
 /// might never see the 503). At most 1 s per connection, `MAX_REFUSING` at once.
-fn refuse(stream: TcpStream, refusing: &Arc<AtomicUsize>) {
+fn refuse(stream: TcpStream, refusing: &Arc<AtomicUsize>, tls: bool) {
+    if tls {
+        // A plain-text answer means nothing inside a TLS handshake: just close.
+        return;
+    }
     if refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
         refusing.fetch_sub(1, Ordering::AcqRel);
         return;
@@ -275,6 +282,7 @@ pub async fn serve(
     limits: HttpLimits,
     stats: Arc<HttpStats>,
     mut shutdown: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> io::Result<()> {
     let limits = Arc::new(limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -306,7 +314,7 @@ pub async fn serve(
                     "connection refused: the node's connection cap is reached"
                 )
             });
-            refuse(stream, &refusing);
+            refuse(stream, &refusing, tls.is_some());
             continue;
         };
         let slot = if limits.trusted_proxies.iter().any(|c| c.contains(peer.ip())) {
@@ -327,7 +335,7 @@ pub async fn serve(
                         "connection refused: this address's connection cap is reached"
                     )
                 });
-                refuse(stream, &refusing);
+                refuse(stream, &refusing, tls.is_some());
                 continue;
             }
             *n += 1;
@@ -354,6 +362,7 @@ pub async fn serve(
             stats.clone(),
             shutdown.clone(),
             alive_tx.clone(),
+            tls.clone(),
         ));
     }
     drop(listener);
@@ -370,9 +379,50 @@ async fn connection(
     clock: Arc<Clock>,
     limits: Arc<HttpLimits>,
     stats: Arc<HttpStats>,
+    shutdown: watch::Receiver<bool>,
+    alive: tokio::sync::mpsc::Sender<()>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let Some(tls) = tls else {
+        return drive(io, peer, app, clock, limits, stats, shutdown, alive).await;
+    };
+    // The handshake counts against the head timeout: a client that opens the port and says
+    // nothing is closed as soon as one that sends half a request head.
+    match tokio::time::timeout(limits.header_timeout, tls.accept(io)).await {
+        Ok(Ok(stream)) => drive(stream, peer, app, clock, limits, stats, shutdown, alive).await,
+        Ok(Err(e)) => {
+            stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+            stats.log_tls.note(|held| {
+                tracing::info!(
+                    error = %e,
+                    peer = %redact(peer.ip()),
+                    held_back = held,
+                    "TLS handshake failed (a plain-HTTP client on the HTTPS port, or a client that does not trust the certificate)"
+                )
+            });
+        }
+        Err(_) => {
+            stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+            stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Serve HTTP/1.1 (and upgrades) on one connection, plain or TLS, closing it when the limit of
+/// its current phase runs out.
+#[allow(clippy::too_many_arguments)]
+async fn drive<I>(
+    io: I,
+    peer: SocketAddr,
+    app: Router,
+    clock: Arc<Clock>,
+    limits: Arc<HttpLimits>,
+    stats: Arc<HttpStats>,
     mut shutdown: watch::Receiver<bool>,
     _alive: tokio::sync::mpsc::Sender<()>,
-) {
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service_clock = clock.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         service_clock.enter(Phase::Busy);
@@ -473,6 +523,10 @@ pub fn write_metrics(out: &mut String, s: &crate::app::AppState) {
             "lodge_http_connections_closed_total{{limit=\"{limit}\"}} {}",
             n(v)
         );
+    }
+    let _ = writeln!(out, "# HELP lodge_tls_handshake_failures_total TLS handshakes on the HTTPS port that failed or timed out\n# TYPE lodge_tls_handshake_failures_total counter\nlodge_tls_handshake_failures_total {}", n(&h.tls_handshake_failures));
+    if let Some(c) = s.tls.get() {
+        c.write_metrics(out);
     }
     let p = s.store.passwords();
     let _ = writeln!(out, "# HELP lodge_password_hashes_running Password hashes running on the hashing threads\n# TYPE lodge_password_hashes_running gauge\nlodge_password_hashes_running {}", p.running());

@@ -23,6 +23,7 @@ pub mod quality;
 pub mod ratelimit;
 pub mod rest;
 pub mod shared;
+pub mod tls;
 pub mod voice;
 pub mod web;
 pub mod wire;
@@ -72,6 +73,8 @@ pub enum StartError {
     Redis(shared::SharedError),
     #[error("cannot start the cluster trunk: {0}")]
     Cluster(lodge_edge::EdgeError),
+    #[error("cannot serve HTTPS: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error("cannot create the data directory {path}: {err}")]
     DataDir {
         path: std::path::PathBuf,
@@ -102,6 +105,14 @@ pub fn redact_url(url: &str) -> String {
 
 /// Bind sockets, open storage, start the SFU, serve HTTP.
 pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
+    // A certificate that cannot be used stops the start before anything is opened.
+    let tls = match &cfg.tls {
+        Some(files) => {
+            let certs = tls::Certs::new(files.clone())?;
+            Some((tls::acceptor(certs.clone())?, certs))
+        }
+        None => None,
+    };
     // The data directory holds the database and the trunk key: the owner's only (0700).
     lodge_chat::store::create_private_dir(&cfg.data_dir).map_err(|err| StartError::DataDir {
         path: cfg.data_dir.clone(),
@@ -143,8 +154,9 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         err,
     })?;
     // Port 0 in the config means "pick one": make the advertised URL match what was bound.
-    if cfg.http_listen.port() == 0 && cfg.public_url == format!("http://{}", cfg.http_listen) {
-        cfg.public_url = format!("http://{http_addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if cfg.http_listen.port() == 0 && cfg.public_url == format!("{scheme}://{}", cfg.http_listen) {
+        cfg.public_url = format!("{scheme}://{http_addr}");
     }
     cfg.http_listen = http_addr;
     cfg.media_listen = media_addr;
@@ -249,7 +261,13 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         state.http_limits.clone(),
         state.http_stats.clone(),
         state.shutdown.subscribe(),
+        tls.as_ref().map(|(acceptor, _)| acceptor.clone()),
     ));
+    if let Some((_, certs)) = tls {
+        let _ = state.tls.set(certs.clone());
+        #[cfg(unix)]
+        tokio::spawn(tls::watch_reload(certs));
+    }
     for range in &state.limits.trusted_proxies {
         if range.prefix_len() < 8 {
             tracing::warn!(

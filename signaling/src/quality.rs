@@ -320,7 +320,14 @@ pub fn write_participant_metrics(out: &mut String, r: &lodge_sfu::shell::NodeRep
     if other.0 > 0 {
         labelled.push(("other".into(), other));
     }
-    let series: [(&str, &str, &str, fn(&(u64, u64, u64, f64)) -> Option<f64>); 4] = [
+    type Row = (u64, u64, u64, f64);
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&Row) -> Option<f64>,
+    );
+    let series: [Series; 4] = [
         (
             "channel_participants",
             "Participants per voice channel (largest channels; the rest as \"other\")",

@@ -16,7 +16,7 @@
 //! left alone for [`SHARED_RETRY`], and the fallback is logged (at most every 10 s): during an
 //! outage each node enforces the limits by itself — a caller spreading requests over N nodes
 //! gets up to N times the limit — and the API stays up. Failed token lookups per address are
-//! always counted per node.
+//! counted with the account limits (`crate::account_limits`), also cluster-wide.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -73,10 +73,7 @@ impl Default for Limits {
     }
 }
 
-/// The bucket of failed token lookups per address (route buckets have the low bit set).
-const INVALID_TOKENS: u64 = 2;
-/// Failed token lookups an address may cause per second.
-pub const INVALID_TOKENS_PER_SECOND: u32 = 10;
+use crate::account_limits::INVALID_TOKENS_PER_SECOND;
 
 /// Most (caller, bucket) windows kept; past it, expired ones are dropped first, then the ones
 /// closest to expiring. 100,000 windows are a few MB.
@@ -96,8 +93,8 @@ pub const SHARED_RETRY: Duration = Duration::from_secs(1);
 /// At most one fallback warning per this long.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// This process's windows: every window of a node alone, and in a cluster the failed token
-/// lookups plus the stand-in while Redis is unreachable.
+/// This process's windows: every window of a node alone, and in a cluster the stand-in while
+/// Redis is unreachable.
 #[derive(Default)]
 pub struct RateLimiter {
     windows: Mutex<HashMap<(u64, u64), Window>>,
@@ -176,13 +173,6 @@ impl RateLimiter {
         }
         w.remaining -= 1;
         Ok(*w)
-    }
-
-    /// How long until `caller`'s window in `bucket` has room, if it has none now.
-    fn exhausted(&self, now: Instant, caller: Caller, bucket: u64) -> Option<Duration> {
-        let m = self.windows.lock().expect("rate limiter lock");
-        let w = m.get(&(hash_of(caller), bucket))?;
-        (w.remaining == 0 && now < w.reset_at).then(|| w.reset_at - now)
     }
 
     fn check(&self, now: Instant, caller: Caller, bucket: u64, l: &RateWindows) -> RateVerdict {
@@ -363,9 +353,9 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
         .get(axum::http::header::AUTHORIZATION)
         .is_some_and(|h| !h.as_bytes().starts_with(b"Operator "));
     if has_token {
-        if let Some(retry_after) =
-            s.rate_limiter
-                .exhausted(Instant::now(), Caller::Addr(key), INVALID_TOKENS)
+        if let Some(retry_after) = s
+            .account_limiter
+            .invalid_tokens_exhausted(Instant::now(), key)
         {
             return RateLimited {
                 limit_name: format!(
@@ -386,13 +376,9 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
         return crate::error::database_unreachable();
     }
     if matches!(auth, Some(Authenticated::Invalid)) {
-        let _ = s.rate_limiter.take(
-            Instant::now(),
-            hash_of(Caller::Addr(key)),
-            INVALID_TOKENS,
-            INVALID_TOKENS_PER_SECOND,
-            Duration::from_secs(1),
-        );
+        s.account_limiter
+            .invalid_token(&*s.shared.accounts, Instant::now(), key)
+            .await;
     }
     let caller = match &auth {
         Some(Authenticated::User(u)) => Caller::User(u.id),

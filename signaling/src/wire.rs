@@ -146,26 +146,6 @@ pub fn guild(g: &Guild, roles: &[Role]) -> Value {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn iso_dates() {
-        assert_eq!(super::iso8601(0), "1970-01-01T00:00:00.000000+00:00");
-        assert_eq!(
-            super::iso8601(1_420_070_400_000),
-            "2015-01-01T00:00:00.000000+00:00"
-        );
-        assert_eq!(
-            super::iso8601(1_796_041_230_123),
-            "2026-11-30T12:20:30.123000+00:00"
-        );
-        assert_eq!(
-            super::iso8601(951_782_400_000),
-            "2000-02-29T00:00:00.000000+00:00"
-        );
-    }
-}
-
 /// Reaction emoji object for a unicode emoji (Lodge has no custom emoji yet).
 pub fn emoji(name: &str) -> Value {
     json!({ "id": null, "name": name })
@@ -218,4 +198,24 @@ pub fn message(m: &lodge_chat::Message, referenced: Option<&lodge_chat::Message>
         v["referenced_message"] = referenced.map(|r| message(r, None)).unwrap_or(Value::Null);
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn iso_dates() {
+        assert_eq!(super::iso8601(0), "1970-01-01T00:00:00.000000+00:00");
+        assert_eq!(
+            super::iso8601(1_420_070_400_000),
+            "2015-01-01T00:00:00.000000+00:00"
+        );
+        assert_eq!(
+            super::iso8601(1_796_041_230_123),
+            "2026-11-30T12:20:30.123000+00:00"
+        );
+        assert_eq!(
+            super::iso8601(951_782_400_000),
+            "2000-02-29T00:00:00.000000+00:00"
+        );
+    }
 }

@@ -27,7 +27,7 @@ async fn spawn(dir: &std::path::Path, http: u16, db: &Option<String>) -> Child {
     if let Some(url) = db {
         cmd.args(["--database-url", url]);
     }
-    let child = cmd
+    let mut child = cmd
         .args([
             "--http-listen",
             &format!("127.0.0.1:{http}"),
@@ -49,6 +49,8 @@ async fn spawn(dir: &std::path::Path, http: u16, db: &Option<String>) -> Child {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("lodge did not become ready");
 }
 

@@ -84,10 +84,9 @@ async fn a_users_fifth_live_socket_is_refused_naming_the_limit() {
     for _ in 0..4 {
         open.push(live(&n, &token).await.unwrap());
     }
-    let (code, reason) = live(&n, &token)
-        .await
-        .err()
-        .expect("a fifth socket was accepted");
+    let Err((code, reason)) = live(&n, &token).await else {
+        panic!("a fifth socket was accepted");
+    };
     assert_eq!(code, 4008, "{reason}");
     assert!(reason.contains("at most 4"), "{reason}");
     // Another user is not affected, and a closed socket gives its place back.

@@ -184,3 +184,55 @@ async fn a_user_cannot_hold_more_participants_than_the_node_allows() {
         limit + 1
     );
 }
+
+/// A voice channel's `user_limit` holds when members join at the same moment: the count and
+/// the state write are one atomic step, so racing joins never overfill it. Members who may
+/// move others still get in, as on Discord.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_joins_never_overfill_a_capped_channel() {
+    let n = node().await;
+    let mut owner = member(&n, "owner").await;
+    let (g, text, _) = n.guild(&owner.token).await;
+    let (st, c) = n
+        .req(
+            "POST",
+            &format!("/guilds/{g}/channels"),
+            Some(&owner.token),
+            Some(json!({ "name": "pair", "type": 2, "user_limit": 2 })),
+        )
+        .await;
+    assert_eq!(st, 201, "{c}");
+    let pair = c["id"].as_str().unwrap().to_string();
+    let mut members = Vec::new();
+    for i in 0..5 {
+        let mut m = member(&n, &format!("caller{i}")).await;
+        n.invite_and_join(&owner.token, &text, &m.token).await;
+        dispatch(&mut m.gw, "GUILD_CREATE").await;
+        members.push(m);
+    }
+    // Every op 4 is on the wire before any answer is read.
+    for m in members.iter_mut() {
+        send(&mut m.gw, json!({ "op": 4, "d": { "guild_id": g, "channel_id": pair, "self_mute": false, "self_deaf": false } })).await;
+    }
+    let (mut admitted, mut refused) = (0, 0);
+    for m in members.iter_mut() {
+        let v = loop {
+            let v = json(&mut m.gw).await;
+            let t = v["t"].as_str().unwrap_or("");
+            if t == "VOICE_SERVER_UPDATE" || t == "LODGE_VOICE_ERROR" {
+                break v;
+            }
+        };
+        if v["t"] == "VOICE_SERVER_UPDATE" {
+            admitted += 1;
+        } else {
+            assert_eq!(v["d"]["code"], 50035, "{v}");
+            let msg = v["d"]["message"].as_str().unwrap();
+            assert!(msg.contains("user_limit 2"), "the limit is named: {msg}");
+            refused += 1;
+        }
+    }
+    assert_eq!((admitted, refused), (2, 3));
+    // The owner (who may move members) still gets in.
+    let (_t, _ep) = voice_join(&mut owner.gw, &g, &pair, false).await;
+}

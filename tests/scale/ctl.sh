@@ -8,6 +8,7 @@
 #   ctl.sh node-kill N [signal]                 default KILL; waits until the process is gone
 #   ctl.sh redis-start | redis-kill             the suite's redis-server, always on one port
 #   ctl.sh pg-start | pg-stop                   the suite's PostgreSQL cluster (never the shared one)
+#   ctl.sh pg-ensure                            start or reuse it (scripts/postgres.sh); prints its URL
 #   ctl.sh balancer-start                       the TCP balancer in front of the nodes (balancer.py)
 #   ctl.sh edge-start SEED FINGERPRINT TOKEN REGION  an edge on 127.0.0.6 (not a cluster member:
 #                                               no Redis) trunked to the node trunk SEED
@@ -37,6 +38,10 @@ kill_pidfile() {  # kill_pidfile <file> <signal>: the process, and wait until it
   rm -f "$1"
 }
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# Close every inherited descriptor above stderr in this (sub)shell: PostgreSQL outlives the run,
+# and must not keep the lock file a caller took (`flock /tmp/lodge-scale.lock run.sh`) open,
+# which would hold the lock for good.
+close_fds() { local fd; for fd in $(ls /proc/$BASHPID/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done; return 0; }
 
 cmd="$1"; shift
 case "$cmd" in
@@ -117,10 +122,13 @@ case "$cmd" in
   pg-stop)
     as_pg "$SCALE_PGBIN/pg_ctl" -D "$SCALE_PGDIR/data" -m immediate -w stop >/dev/null
     ;;
+  pg-ensure)
+    (close_fds; PGPORT="$SCALE_PGPORT" PGDIR="$SCALE_PGDIR" "$(dirname "$0")/../../scripts/postgres.sh")
+    ;;
   pg-start)
     # The options scripts/postgres.sh starts the cluster with.
-    as_pg "$SCALE_PGBIN/pg_ctl" -D "$SCALE_PGDIR/data" -l "$SCALE_PGDIR/server.log" -w \
-      -o "-p $SCALE_PGPORT -k $SCALE_PGDIR -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
+    (close_fds; as_pg "$SCALE_PGBIN/pg_ctl" -D "$SCALE_PGDIR/data" -l "$SCALE_PGDIR/server.log" -w \
+      -o "-p $SCALE_PGPORT -k $SCALE_PGDIR -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null)
     ;;
   stop-all)
     for f in "$T"/n*.pid "$T"/edge.pid; do [ -e "$f" ] && kill_pidfile "$f" TERM; done

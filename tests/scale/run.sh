@@ -8,8 +8,14 @@
 #   kill-gateway    a gateway node is killed: its clients resume on another, no dispatch missed
 #   redis-restart   Redis restarts: nodes come back, no acknowledged message lost, no session
 #                   silently behind (each saw everything or got op 7/9)
+#                   a voice call runs across it (loss, gaps); the voice states come back and a
+#                   caller joining after it lands in the same room and hears the others
 #   postgres-down   PostgreSQL unreachable: REST 503 with Discord-shaped JSON, calls go on
 #   discordpy       the unmodified discord.py bot resumes on another node after its node dies
+#   presence        op 3 on one node reaches a guild member's session on another; the user
+#                   goes offline there only when their last session (on any node) ends
+#   kill-both       the node with callers' gateway sessions AND their room is killed: they
+#                   resume (op 6) elsewhere, their call moves, media again (gap p50/p99)
 #   edges           an edge (region eu, no Redis) seeded with one node trunks to both media
 #                   nodes; two rooms homed on two nodes each get only their own speakers from
 #                   it; kill -9 of the seed (one room's home): its callers move, gap p50/p99;
@@ -59,7 +65,9 @@ fi
 OUT="${OUT:-$(mktemp -d)}"
 TMP="$(mktemp -d)"
 export SCALE_PGPORT="${SCALE_PGPORT:-55433}" SCALE_PGDIR="${SCALE_PGDIR:-/tmp/lodge-pg-scale}"
-ADMIN_URL="$(PGPORT="$SCALE_PGPORT" PGDIR="$SCALE_PGDIR" "$ROOT/scripts/postgres.sh")"
+# Started with no inherited descriptors (ctl.sh): it outlives this run and must not hold a
+# caller's lock file open.
+ADMIN_URL="$(SCALE_TMP=/nonexistent "$HERE/ctl.sh" pg-ensure)"
 DB="scale_$(python3 -c 'import secrets; print(secrets.token_hex(6))')"
 psql -q "$ADMIN_URL" -c "CREATE DATABASE $DB" >/dev/null
 export SCALE_TMP="$TMP" SCALE_LODGE="$BIN" SCALE_PGBIN="$PGBIN" SCALE_NODE_ARGS="${NODE_ARGS---node-url {node_url}}"

@@ -40,6 +40,7 @@ class Ctx:
         self.c = cluster
         self.http = http
         self.rest = Rest(cluster, http)
+        self.loads = []  # every Load a step started: stopped after the step whatever happened
 
 
 class Load:
@@ -57,6 +58,7 @@ class Load:
         self.proc = None
 
     async def start(self):
+        self.ctx.loads.append(self)
         self.err = open(self.err_path, "w")
         self.proc = await asyncio.create_subprocess_exec(
             *self.cmd, stdout=asyncio.subprocess.DEVNULL, stderr=self.err)
@@ -458,6 +460,18 @@ async def redis_restart(ctx, fig):
         gw = Gateway(c, ctx.http, tok, f"client@n{n}")
         await gw.identify(n)
         gws.append(gw)
+    # A call runs across the restart: N-1 callers before it, the last one joins after it (the
+    # go file) and must land in the same room and hear the others.
+    N = 5
+    go = os.path.join(ctx.args.tmp, "redis-restart.go")
+    load = Load(ctx, "redis", [c.url(n) for n in NODES],
+                ["-n", N, "-c", 1, "-s", 2, "-d", 8, "--late", 1, "--go-file", go])
+    await load.start()
+    vgid = await load.guild()
+    conns = await joined(ctx, load, N - 1)
+    check(conns, f"{N - 1} callers never connected: {await voice_conns(ctx)}; lodge-load: {load.tail()}")
+    room = next(n for n, v in conns.items() if v)
+    fig["voice_room_home"] = f"n{room}"
     up0 = {n: (await c.metrics(ctx.http, n) or {}).get("lodge_redis_up") for n in NODES}
     acked, refused, stop = [], {}, asyncio.Event()
 
@@ -519,7 +533,8 @@ async def redis_restart(ctx, fig):
                                 f"{m.get('lodge_cluster_registered')}, lodge_cluster_nodes {m.get('lodge_cluster_nodes')}, "
                                 f"/readyz {await c.readyz(ctx.http, n)})")
             problems.append("not connected, registered and seeing all nodes 20 s after Redis returned: " + ", ".join(late))
-        await asyncio.sleep(3)
+        problems += await voice_after_restart(ctx, fig, load, vgid, N, room, go)
+        await asyncio.sleep(1)
     finally:
         stop.set()
         await asyncio.gather(*tasks)
@@ -570,7 +585,55 @@ async def redis_restart(ctx, fig):
         problems.append(f"POST after the restart: {st} {v}")
     for gw in fresh:
         await gw.close()
+    rc, rep = await load.finish(60)
+    problems += strict_report(rep, N)
+    fig["call_loss_pct"] = round(rep.get("loss_pct", 0), 2)
+    # Sequence gaps by size in packets of 20 ms (1 / 2 / 3–5 / 6–20 / more): what callers heard
+    # of the restart.
+    fig["call_gaps_by_size"] = " / ".join(str(x) for x in rep.get("gap_sizes", []))
+    fig["call_rejoins"] = rep.get("rejoins")
+    res = rep.get("gateway_resumes") or {}
+    fig["callers_gateway_resumed/identified_again/failed"] = (
+        f"{res.get('resumed')} / {res.get('identified_again')} / {res.get('failed')}")
+    if rep.get("loss_pct", 0) > 1.0:
+        problems.append(f"the call lost {rep['loss_pct']:.2f}% across the Redis restart (want ≤ 1%)")
     check(not problems, "; ".join(problems[:6]))
+
+
+async def voice_after_restart(ctx, fig, load, gid, n_callers, room, go):
+    """After Redis came back empty: every node lists the call's voice states again (the home
+    node re-asserted them), and a caller joining now lands in the same room. Returns problems."""
+    problems = []
+    token = await load_owner_token(ctx, 2, gid)
+
+    async def states_ok(want):
+        out = {}
+        for n in NODES:
+            st, v = await ctx.rest.req(n, "GET", f"/guilds/{gid}/voice-states", token)
+            out[n] = (len(v), len({s["channel_id"] for s in v})) if st == 200 else (st, None)
+        return out if all(x == (want, 1) for x in out.values()) else None
+    t0 = time.monotonic()
+    ok = await until(lambda: states_ok(n_callers - 1), 10, 0.2)
+    fig["voice_states_back_after"] = fmt_ms((time.monotonic() - t0) * 1000) if ok else "never (10 s)"
+    if not ok:
+        problems.append(f"10 s after Redis returned the nodes do not list the call's {n_callers - 1} voice states "
+                        f"in one channel (node: (states, channels)): {await states_now(ctx, gid, token)}")
+    with open(go, "w"):
+        pass
+    conns = await joined(ctx, load, n_callers)
+    if not conns:
+        problems.append(f"the caller joining after the restart never connected: {await voice_conns(ctx)}; lodge-load: {load.tail()}")
+    elif conns[room] != n_callers:
+        problems.append(f"the caller joining after the restart is not in the room on n{room}: {conns}")
+    return problems
+
+
+async def states_now(ctx, gid, token):
+    out = {}
+    for n in NODES:
+        st, v = await ctx.rest.req(n, "GET", f"/guilds/{gid}/voice-states", token)
+        out[f"n{n}"] = (len(v), len({s["channel_id"] for s in v})) if st == 200 else st
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -705,6 +768,118 @@ async def discordpy(ctx, fig):
 
 
 # ---------------------------------------------------------------------------------------------
+@step(8, "presence", "presence crosses nodes: op 3 on one node reaches a member on another; offline only after the last session")
+async def presence(ctx, fig):
+    c, rest = ctx.c, ctx.rest
+    await c.ensure()
+    A, A2, B = 2, 4, 3
+    intents = 1 | (1 << 8)  # GUILDS | GUILD_PRESENCES (not privileged for a user account)
+    uid, utok, _ = await rest.user(A, "pr")
+    _, otok, _ = await rest.user(B, "ob")
+    _, owner, _ = await rest.user(A, "own")
+    await rest.guild(A, owner, [(A, utok), (B, otok)])
+    obs = Gateway(c, ctx.http, otok, f"observer@n{B}")
+    await obs.identify(B, intents)
+    user_a = Gateway(c, ctx.http, utok, f"user@n{A}")
+    user_a2 = Gateway(c, ctx.http, utok, f"user@n{A2}")
+    problems = []
+
+    def about(status, since):
+        def pred(f):
+            return (f.get("t") == "PRESENCE_UPDATE" and f["d"]["user"]["id"] == uid
+                    and f["d"]["status"] == status)
+        return lambda: obs.wait(pred, 5, f"PRESENCE_UPDATE {status} of the user", since=since)
+    try:
+        mark = len(obs.events)
+        await user_a.identify(A, intents)
+        await user_a2.identify(A2, intents)
+        await about("online", mark)()
+        # op 3 on n2 (the user's session there): the observer on n3 hears it.
+        mark, t0 = len(obs.events), time.monotonic()
+        await user_a.send({"op": 3, "d": {"status": "dnd", "activities": [], "since": None, "afk": False}})
+        await about("dnd", mark)()
+        fig["op3_to_other_node"] = fmt_ms((time.monotonic() - t0) * 1000)
+        # The session on n4 goes: the user still has one on n2, so nobody sees them offline.
+        mark = len(obs.events)
+        await user_a2.close()
+        await asyncio.sleep(1.5)
+        early = [f for _, f in obs.events[mark:] if f.get("t") == "PRESENCE_UPDATE" and f["d"]["user"]["id"] == uid]
+        if early:
+            problems.append(f"after one of two sessions closed the observer saw {early[0]['d']['status']}")
+        # The last session (n2) goes: the observer on n3 sees the user offline.
+        mark, t0 = len(obs.events), time.monotonic()
+        await user_a.close()
+        try:
+            await about("offline", mark)()
+            fig["last_session_closed_to_offline"] = fmt_ms((time.monotonic() - t0) * 1000)
+        except Failed as e:
+            problems.append(str(e))
+    finally:
+        for gw in (obs, user_a, user_a2):
+            await gw.close()
+    check(not problems, "; ".join(problems))
+
+
+async def connected_sessions(ctx, n):
+    """Node n's connected gateway sessions (lodge_gateway_sessions{state="connected"})."""
+    async with ctx.http.get(ctx.c.url(n) + "/metrics") as r:
+        text = await r.text()
+    m = re.search(r'^lodge_gateway_sessions\{state="connected"\} (\d+)', text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+# ---------------------------------------------------------------------------------------------
+@step(9, "kill-both", "the node holding callers' gateway sessions and their room is killed: they resume and hear again")
+async def kill_both(ctx, fig):
+    c = ctx.c
+    # Every node serves the API and media; the callers' gateways go through the balancer (one
+    # node each in turn), so the room's node also holds about a third of the gateway sessions.
+    # Those callers lose both at once: lodge-load resumes their session at resume_gateway_url,
+    # and the resumed session must move their orphaned call (VOICE_SERVER_UPDATE).
+    await c.ensure()
+    N = 6
+    load = Load(ctx, "both", [c.url(n) for n in NODES], ["-n", N, "-c", 1, "-s", 2, "-d", 14])
+    await load.start()
+    conns = await joined(ctx, load, N)
+    check(conns, f"{N} callers never connected: {await voice_conns(ctx)}; lodge-load: {load.tail()}")
+    hosts = [n for n in NODES if conns[n]]
+    check(len(hosts) == 1, f"one room on several nodes before the kill: {conns}")
+    host = hosts[0]
+    # lodge-load's callers are the only connected gateway sessions now (earlier steps closed
+    # theirs).
+    on_host = await connected_sessions(ctx, host)
+    fig["room_home"] = f"n{host}"
+    fig["gateway_sessions_on_it"] = on_host
+    await asyncio.sleep(3)
+    t_kill = time.monotonic()
+    await c.kill(host)
+    others = tuple(n for n in NODES if n != host)
+    moved = await until(lambda: _sum_is(ctx, N, others), 25, 0.2)
+    fig["all_callers_in_a_room_again_after"] = fmt_ms((time.monotonic() - t_kill) * 1000) if moved else "never (25 s)"
+    rc, rep = await load.finish(90)
+    problems = strict_report(rep, N)
+    res = rep.get("gateway_resumes") or {}
+    rj = rep.get("rejoin_ms") or {}
+    fig["gateway_resumed/failed"] = f"{res.get('resumed')} / {res.get('failed')}"
+    fig["lost_to_RESUMED_p50/max"] = f"{fmt_ms((res.get('ms') or {}).get('p50'))} / {fmt_ms((res.get('ms') or {}).get('max'))}"
+    fig["calls_moved"] = rep.get("rejoins")
+    # lodge-load reports the gap (voice lost → media again) as p50 and max; over 6 callers p99
+    # is the max.
+    fig["gap_p50/p99"] = f"{fmt_ms(rj.get('p50'))} / {fmt_ms(rj.get('max'))}"
+    if not moved:
+        problems.insert(0, f"the callers were not all in a room on the other nodes within 25 s: {await voice_conns(ctx)}")
+    if on_host < 1:
+        problems.append(f"no caller had its gateway session on n{host}: the step tested nothing (lodge_gateway_sessions 0)")
+    if (res.get("resumed") or 0) < on_host:
+        problems.append(f"{res.get('resumed')} gateway sessions resumed, {on_host} were on the killed node")
+    if rep.get("rejoins") != N:
+        problems.append(f"{rep.get('rejoins')} of {N} callers got a new VOICE_SERVER_UPDATE and rejoined")
+    if rj.get("max") is not None and rj["max"] >= 8000:
+        problems.append(f"gap p99 {rj['max']:.0f} ms ≥ 8 s")
+    check(not problems, "; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------
 def _free_udp(ip):
     import socket
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sk:
@@ -717,7 +892,7 @@ def _edge_url(ctx):
         return "http://127.0.0.6:" + f.read().split()[0]
 
 
-@step(8, "edges", "an edge (region eu) trunks to every media node: two rooms on two nodes through one edge; the seed's room node is killed, then the edge")
+@step(10, "edges", "an edge (region eu) trunks to every media node: two rooms on two nodes through one edge; the seed's room node is killed, then the edge")
 async def edges(ctx, fig):
     c = ctx.c
     # n2 serves the API (every caller's gateway is there, so it survives the kill); n3 and n4
@@ -863,6 +1038,9 @@ async def main():
                 rec["ok"], rec["error"] = False, str(e)
             except Exception as e:  # noqa: BLE001 (report it as this step's failure, go on)
                 rec["ok"], rec["error"] = False, f"{type(e).__name__}: {e}"
+            for load in ctx.loads:
+                await load.stop()
+            ctx.loads.clear()
             rec["seconds"] = round(time.monotonic() - t0, 1)
             exited, node_errors = cluster.review()
             if exited:

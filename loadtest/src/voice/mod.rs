@@ -146,6 +146,18 @@ pub struct VoiceArgs {
     /// ("origin" or an unknown region keeps it on the origin).
     #[arg(long, value_delimiter = ',')]
     pub regions: Vec<String>,
+    /// The last K callers (in join order) join only once the file `--go-file` exists, e.g.
+    /// after a test has restarted something, so they join a call already under way.
+    #[arg(long, default_value_t = 0, requires = "go_file")]
+    pub late: usize,
+    /// The file whose appearance lets the `--late` callers join.
+    #[arg(long)]
+    pub go_file: Option<PathBuf>,
+    /// Do not resume a caller's gateway session (op 6 at READY's resume_gateway_url) when its
+    /// gateway connection drops; count the drop as the caller's error instead. By default a
+    /// caller resumes, as real clients do, and follows the VOICE_SERVER_UPDATE it then gets.
+    #[arg(long)]
+    pub no_resume: bool,
 }
 
 #[derive(Args, Clone)]
@@ -249,6 +261,13 @@ fn validate(a: &VoiceArgs) -> Result<()> {
     }
     if a.parallelism == 0 {
         bail!("--parallelism must be at least 1");
+    }
+    if a.late >= a.callers.max(1) {
+        bail!(
+            "--late ({}) must leave at least one caller joining first (--callers {})",
+            a.late,
+            a.callers
+        );
     }
     Ok(())
 }
@@ -752,6 +771,8 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    // Gateway sessions the callers resumed after their gateway connection dropped.
+    let gateway_resumes: Arc<signal::Resumes> = Arc::default();
     let sem = Arc::new(tokio::sync::Semaphore::new(a.parallelism));
     // (node, caller task) per caller.
     let mut handles = Vec::with_capacity(plan.len());
@@ -775,6 +796,11 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next_join), if k < plan.len() => {
+                if k + a.late >= plan.len() && !a.go_file.as_deref().is_some_and(Path::exists) {
+                    // A late caller: wait for the go file.
+                    next_join = tokio::time::Instant::now() + Duration::from_millis(50);
+                    continue;
+                }
                 next_join += join_gap;
                 let i = plan[k];
                 let node = nodes.of(k);
@@ -798,6 +824,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                 let impair = profile(&a)?.map(|p| (p, a.seed.wrapping_mul(7_777).wrapping_add(i as u64)));
                 let (janus, feeds) = (janus.clone(), channel_speakers[i % a.channels].clone());
                 let region = (!a.regions.is_empty()).then(|| a.regions[i % a.regions.len()].clone());
+                let resumes = (!a.no_resume).then(|| gateway_resumes.clone());
                 let rt = if speaking.is_some() { speaker_rt.handle.clone() } else { tokio::runtime::Handle::current() };
                 handles.push((node, rt.spawn(async move {
                     let t0 = Instant::now();
@@ -833,7 +860,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                         let _p = sem.acquire().await;
                         let queued = t0.elapsed().as_secs_f64() * 1000.0;
                         let client = Client::new(ip, slots).await?;
-                        let call = signal::join(&gw, &token, user, &guild, &channel, &client.offer, slots, muted, region.as_deref(), stop.clone(), on_error).await?;
+                        let call = signal::join(&gw, &token, user, &guild, &channel, &client.offer, slots, muted, region.as_deref(), resumes, stop.clone(), on_error).await?;
                         (client, call, (queued, t0.elapsed().as_secs_f64() * 1000.0))
                     };
                     let mut client = client;
@@ -1014,7 +1041,8 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
         started_unix_ms,
         merged_reports: None,
     };
-    let rep = report::render(&run);
+    let mut rep = report::render(&run);
+    gateway_resumes.add_to(&mut rep);
     println!("{}", rep.markdown);
     write_outputs(&rep, a.out.as_deref(), a.report.as_deref())?;
     if a.strict && !rep.strict_failures.is_empty() {

@@ -92,6 +92,7 @@ pub async fn join(
     slots: usize,
     self_mute: bool,
     region: Option<&str>,
+    resumes: Option<Arc<Resumes>>,
     stop: watch::Receiver<bool>,
     on_error: Arc<dyn Fn(String) + Send + Sync>,
 ) -> Result<Call> {
@@ -109,6 +110,7 @@ pub async fn join(
     )
     .await?;
     let mut session_id = None;
+    let mut resume_url = None;
     let mut last_seq = Value::Null;
     while session_id.is_none() {
         let m = recv_json(&mut gw).await?;
@@ -117,6 +119,7 @@ pub async fn join(
         }
         if m["t"] == "READY" {
             session_id = m["d"]["session_id"].as_str().map(str::to_string);
+            resume_url = m["d"]["resume_gateway_url"].as_str().map(str::to_string);
         }
     }
     let session_id = session_id.expect("loop ends with a session");
@@ -143,10 +146,22 @@ pub async fn join(
         }
     };
     let (moved_tx, moved) = mpsc::unbounded_channel();
+    let resume = resumes.map(|count| Resume {
+        // Where READY says to resume (a real client goes there); the URL it connected to if
+        // READY names none.
+        url: resume_url
+            .map(|u| format!("{}?v=10&encoding=json", u.split('?').next().unwrap_or(&u)))
+            .unwrap_or_else(|| gateway_url.to_string()),
+        gateway_url: gateway_url.to_string(),
+        token: token.to_string(),
+        session_id: session_id.clone(),
+        count,
+    });
     tokio::spawn(keep_gateway(
         gw,
         gw_hb,
         last_seq,
+        resume,
         moved_tx,
         stop.clone(),
         on_error.clone(),
@@ -221,45 +236,254 @@ pub async fn voice(
     Ok((answer, slot_map))
 }
 
+/// How a caller resumes its gateway session when the connection drops (op 6).
+struct Resume {
+    url: String,
+    /// Where to identify again after an Invalid Session (op 9).
+    gateway_url: String,
+    token: String,
+    session_id: String,
+    count: Arc<Resumes>,
+}
+
+/// Gateway sessions resumed after a dropped connection, and resumes that failed, over all
+/// callers: they go into the report (`gateway_resumes`).
+#[derive(Default)]
+pub struct Resumes {
+    pub resumed: AtomicU32,
+    /// Sessions the server invalidated (op 9): identified again, the call left as it was (the
+    /// server keeps a call whose session it ended through no fault of the client's).
+    pub identified_again: AtomicU32,
+    pub failed: AtomicU32,
+    /// Connection lost → RESUMED, ms.
+    pub ms: Mutex<Vec<f64>>,
+}
+
+impl Resumes {
+    /// Add the counts to a rendered report (JSON and Markdown).
+    pub fn add_to(&self, rep: &mut super::report::Report) {
+        let (ok, again, failed) = (
+            self.resumed.load(Ordering::Relaxed),
+            self.identified_again.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        );
+        let mut ms = self.ms.lock().expect("resume lock").clone();
+        ms.sort_by(f64::total_cmp);
+        let q = |p: f64| {
+            ms.get(((ms.len() as f64 * p) as usize).min(ms.len().saturating_sub(1)))
+                .copied()
+        };
+        rep.json["gateway_resumes"] = json!({ "resumed": ok, "identified_again": again, "failed": failed,
+            "ms": { "p50": q(0.5), "max": ms.last() } });
+        if ok + again + failed > 0 {
+            rep.markdown.push_str(&format!(
+                "\n| gateway sessions resumed / identified again (op 9) / failed; lost → RESUMED, ms (p50 / max) | {ok} / {again} / {failed}; {:.0} / {:.0} |\n",
+                q(0.5).unwrap_or(f64::NAN),
+                ms.last().copied().unwrap_or(f64::NAN)
+            ));
+        }
+    }
+}
+
+/// Close codes after which a client must not resume (Discord's: authentication failed, bad
+/// shard or intents).
+fn resumable(code: u16) -> bool {
+    !matches!(code, 4004 | 4010..=4014)
+}
+
+/// How long a caller keeps trying to resume before it gives up.
+const RESUME_FOR: Duration = Duration::from_secs(20);
+
+/// Resume the session at `r.url`: a new connection, Hello, op 6, then frames until RESUMED.
+/// Dispatches replayed on the way (a VOICE_SERVER_UPDATE among them) go to `on_frame`. Tries
+/// again every 250 ms while the connection cannot be made or is cut; an Invalid Session (op 9)
+/// ends it. The new socket and its heartbeat interval.
+async fn resume(
+    r: &Resume,
+    seq: &mut Value,
+    on_frame: &mut impl FnMut(&Value),
+) -> Result<(Ws, u64)> {
+    let until = tokio::time::Instant::now() + RESUME_FOR;
+    let mut last_err = String::new();
+    while tokio::time::Instant::now() < until {
+        match tokio::time::timeout(Duration::from_secs(5), resume_once(r, seq, on_frame)).await {
+            Ok(Ok(Some(done))) => return Ok(done),
+            Ok(Ok(None)) => bail!("Invalid Session (op 9) in answer to Resume"),
+            Ok(Err(e)) => last_err = format!("{e:#}"),
+            Err(_) => last_err = "no RESUMED within 5 s".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bail!("no resume within {} s: {last_err}", RESUME_FOR.as_secs())
+}
+
+/// One attempt of [`resume`]: `None` for an Invalid Session.
+async fn resume_once(
+    r: &Resume,
+    seq: &mut Value,
+    on_frame: &mut impl FnMut(&Value),
+) -> Result<Option<(Ws, u64)>> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(&r.url)
+        .await
+        .with_context(|| format!("connecting to {}", r.url))?;
+    let hello = recv_json(&mut ws).await?;
+    let hb = hello["d"]["heartbeat_interval"].as_u64().unwrap_or(41_250);
+    send_json(
+        &mut ws,
+        json!({ "op": 6, "d": { "token": r.token, "session_id": r.session_id, "seq": seq.clone() } }),
+    )
+    .await?;
+    loop {
+        let m = recv_json(&mut ws).await?;
+        if !m["s"].is_null() {
+            *seq = m["s"].clone();
+        }
+        if m["op"] == 9 {
+            return Ok(None);
+        }
+        on_frame(&m);
+        if m["t"] == "RESUMED" {
+            return Ok(Some((ws, hb)));
+        }
+    }
+}
+
+/// A new session after an Invalid Session (op 9), as a client does: Identify at the gateway
+/// URL. The socket, its heartbeat interval, READY's sequence number; `r` takes the new session.
+async fn identify_again(r: &mut Resume) -> Result<(Ws, u64, Value)> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(&r.gateway_url)
+        .await
+        .with_context(|| format!("connecting to {}", r.gateway_url))?;
+    let hello = recv_json(&mut ws).await?;
+    let hb = hello["d"]["heartbeat_interval"].as_u64().unwrap_or(41_250);
+    send_json(
+        &mut ws,
+        json!({ "op": 2, "d": { "token": r.token, "intents": 1,
+            "properties": { "os": "linux", "browser": "lodge-load", "device": "lodge-load" } } }),
+    )
+    .await?;
+    loop {
+        let m = recv_json(&mut ws).await?;
+        if m["t"] == "READY" {
+            r.session_id = m["d"]["session_id"]
+                .as_str()
+                .context("READY without session_id")?
+                .to_string();
+            if let Some(u) = m["d"]["resume_gateway_url"].as_str() {
+                r.url = format!("{}?v=10&encoding=json", u.split('?').next().unwrap_or(u));
+            }
+            return Ok((ws, hb, m["s"].clone()));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn keep_gateway(
     mut ws: Ws,
     hb_ms: u64,
     mut seq: Value,
+    mut resume_with: Option<Resume>,
     moved: mpsc::UnboundedSender<(String, String)>,
     mut stop: watch::Receiver<bool>,
     on_error: Arc<dyn Fn(String) + Send + Sync>,
 ) {
+    let mut on_frame = |v: &Value| {
+        if v["t"] == "VOICE_SERVER_UPDATE" {
+            if let (Some(t), Some(e)) = (v["d"]["token"].as_str(), v["d"]["endpoint"].as_str()) {
+                let _ = moved.send((t.to_string(), e.to_string()));
+            }
+        }
+    };
     let mut hb = tokio::time::interval(Duration::from_millis(hb_ms));
     hb.tick().await;
+    // The server said the session cannot be resumed (op 9).
+    let mut invalid = false;
     loop {
-        tokio::select! {
+        let why = tokio::select! {
             _ = stop.changed() => { let _ = ws.close(None).await; return; }
             _ = hb.tick() => {
                 if send_json(&mut ws, json!({ "op": 1, "d": seq })).await.is_err() {
-                    on_error("gateway: heartbeat could not be sent".into());
-                    return;
+                    "gateway: heartbeat could not be sent".to_string()
+                } else {
+                    continue;
                 }
             }
             m = ws.next() => match m {
                 Some(Ok(Message::Text(t))) => {
                     if let Ok(v) = serde_json::from_str::<Value>(&t) {
                         if !v["s"].is_null() { seq = v["s"].clone(); }
-                        if v["t"] == "VOICE_SERVER_UPDATE" {
-                            if let (Some(t), Some(e)) = (v["d"]["token"].as_str(), v["d"]["endpoint"].as_str()) {
-                                let _ = moved.send((t.to_string(), e.to_string()));
-                            }
-                        }
+                        invalid |= v["op"] == 9 && v["d"] != true;
+                        on_frame(&v);
                     }
+                    continue;
                 }
                 Some(Ok(Message::Close(c))) => {
-                    if !*stop.borrow() {
-                        on_error(format!("gateway closed by the server: {c:?}"));
+                    let code = c.as_ref().map(|c| u16::from(c.code)).unwrap_or(1005);
+                    if !resumable(code) {
+                        if !*stop.borrow() {
+                            on_error(format!("gateway closed by the server: {c:?}"));
+                        }
+                        return;
                     }
-                    return;
+                    format!("gateway closed by the server: {c:?}")
                 }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => { if !*stop.borrow() { on_error(format!("gateway error: {e}")); } return; }
-                None => { if !*stop.borrow() { on_error("gateway connection ended".into()); } return; }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => format!("gateway error: {e}"),
+                None => "gateway connection ended".to_string(),
+            }
+        };
+        if *stop.borrow() {
+            return;
+        }
+        let Some(r) = resume_with.as_mut() else {
+            on_error(why);
+            return;
+        };
+        // The connection dropped (its node died, say): resume the session, as a client does;
+        // identify again if the server invalidated it.
+        let lost = std::time::Instant::now();
+        let resumed = if invalid {
+            Err(anyhow::anyhow!("Invalid Session (op 9)"))
+        } else {
+            tokio::select! {
+                _ = stop.changed() => return,
+                x = resume(r, &mut seq, &mut on_frame) => x,
+            }
+        };
+        let next = match resumed {
+            Ok((ws, hb)) => {
+                r.count.resumed.fetch_add(1, Ordering::Relaxed);
+                r.count
+                    .ms
+                    .lock()
+                    .expect("resume lock")
+                    .push(lost.elapsed().as_secs_f64() * 1000.0);
+                Ok((ws, hb))
+            }
+            Err(e) if e.to_string().contains("op 9") => {
+                let again = tokio::select! {
+                    _ = stop.changed() => return,
+                    x = identify_again(r) => x,
+                };
+                again.map(|(ws, hb, s)| {
+                    r.count.identified_again.fetch_add(1, Ordering::Relaxed);
+                    seq = s;
+                    (ws, hb)
+                })
+            }
+            Err(e) => Err(e),
+        };
+        match next {
+            Ok((new_ws, new_hb)) => {
+                ws = new_ws;
+                invalid = false;
+                hb = tokio::time::interval(Duration::from_millis(new_hb));
+                hb.tick().await;
+            }
+            Err(e) => {
+                r.count.failed.fetch_add(1, Ordering::Relaxed);
+                on_error(format!("{why}; resuming at {} failed: {e:#}", r.url));
+                return;
             }
         }
     }
@@ -314,5 +538,140 @@ async fn keep_voice(
                 None => { end("voice gateway connection ended".into()); return; }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+    type ServerWs = WebSocketStream<TcpStream>;
+
+    async fn accept(l: &TcpListener) -> ServerWs {
+        let (tcp, _) = tokio::time::timeout(Duration::from_secs(10), l.accept())
+            .await
+            .expect("the caller came back")
+            .unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let hello = json!({ "op": 10, "d": { "heartbeat_interval": 30_000 } });
+        ws.send(Message::Text(hello.to_string().into()))
+            .await
+            .unwrap();
+        ws
+    }
+
+    async fn next_op(ws: &mut ServerWs) -> Value {
+        loop {
+            match ws.next().await.expect("a frame").unwrap() {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["op"] != 1 {
+                        return v;
+                    }
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    async fn send(ws: &mut ServerWs, v: Value) {
+        ws.send(Message::Text(v.to_string().into())).await.unwrap();
+    }
+
+    /// A caller whose gateway connection drops resumes (op 6 with its session and sequence)
+    /// and passes on the VOICE_SERVER_UPDATE it gets there; after an Invalid Session it
+    /// identifies again. Neither is an error.
+    #[tokio::test]
+    async fn a_dropped_gateway_is_resumed_and_an_invalid_session_identified_again() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "ws://{}/gateway?v=10&encoding=json",
+            l.local_addr().unwrap()
+        );
+        let client = tokio::spawn({
+            let url = url.clone();
+            async move { tokio_tungstenite::connect_async(&url).await.unwrap().0 }
+        });
+        let first = accept(&l).await;
+        let mut ws = client.await.unwrap();
+        let _hello = recv_json(&mut ws).await.unwrap();
+        let count = Arc::new(Resumes::default());
+        let resume = Resume {
+            url: url.clone(),
+            gateway_url: url.clone(),
+            token: "tok".into(),
+            session_id: "s1".into(),
+            count: count.clone(),
+        };
+        let (moved_tx, mut moved) = mpsc::unbounded_channel();
+        let (stop_tx, stop) = watch::channel(false);
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let on_error: Arc<dyn Fn(String) + Send + Sync> = {
+            let errors = errors.clone();
+            Arc::new(move |e| errors.lock().unwrap().push(e))
+        };
+        let task = tokio::spawn(keep_gateway(
+            ws,
+            30_000,
+            json!(2),
+            Some(resume),
+            moved_tx,
+            stop,
+            on_error,
+        ));
+        // The node dies: the connection ends without a close frame.
+        drop(first);
+        let mut second = accept(&l).await;
+        let r = next_op(&mut second).await;
+        assert_eq!(r["op"], 6, "{r}");
+        assert_eq!(r["d"]["session_id"], "s1");
+        assert_eq!(r["d"]["seq"], 2);
+        assert_eq!(r["d"]["token"], "tok");
+        let vsu = json!({ "op": 0, "s": 3, "t": "VOICE_SERVER_UPDATE",
+            "d": { "token": "t2", "endpoint": "127.0.0.9:1" } });
+        send(&mut second, vsu).await;
+        send(
+            &mut second,
+            json!({ "op": 0, "s": 4, "t": "RESUMED", "d": null }),
+        )
+        .await;
+        let m = tokio::time::timeout(Duration::from_secs(5), moved.recv())
+            .await
+            .unwrap();
+        assert_eq!(m, Some(("t2".into(), "127.0.0.9:1".into())));
+        // The server invalidates the session: op 9, then close 4000.
+        send(&mut second, json!({ "op": 9, "d": false })).await;
+        second
+            .close(Some(CloseFrame {
+                code: CloseCode::Library(4000),
+                reason: "events may have been missed".into(),
+            }))
+            .await
+            .unwrap();
+        let mut third = accept(&l).await;
+        let id = next_op(&mut third).await;
+        assert_eq!(id["op"], 2, "identified again, not resumed: {id}");
+        let ready = json!({ "op": 0, "s": 1, "t": "READY",
+            "d": { "session_id": "s2", "resume_gateway_url": url } });
+        send(&mut third, ready).await;
+        for _ in 0..100 {
+            if count.identified_again.load(Ordering::Relaxed) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(count.resumed.load(Ordering::Relaxed), 1);
+        assert_eq!(count.identified_again.load(Ordering::Relaxed), 1);
+        assert_eq!(count.failed.load(Ordering::Relaxed), 0);
+        assert!(
+            errors.lock().unwrap().is_empty(),
+            "{:?}",
+            errors.lock().unwrap()
+        );
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
     }
 }

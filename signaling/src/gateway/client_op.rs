@@ -256,12 +256,10 @@ fn request_members(d: &Value) -> Result<RequestMembers, Refusal> {
                 .and_then(Value::as_u64)
                 .ok_or_else(|| bad("needs limit"))?;
             let limit = u32::try_from(limit).unwrap_or(u32::MAX);
-            if !prefix.is_empty() || limit != 0 {
-                if limit > MAX_MEMBER_QUERY_LIMIT {
-                    return Err(bad(&format!(
-                        "limit is at most {MAX_MEMBER_QUERY_LIMIT} (0 with an empty query lists everyone)"
-                    )));
-                }
+            if (!prefix.is_empty() || limit != 0) && limit > MAX_MEMBER_QUERY_LIMIT {
+                return Err(bad(&format!(
+                    "limit is at most {MAX_MEMBER_QUERY_LIMIT} (0 with an empty query lists everyone)"
+                )));
             }
             MemberSelect::Query {
                 prefix: prefix.to_string(),

@@ -42,18 +42,21 @@ pub async fn register(
     ApiJson(b): ApiJson<Register>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let addr = client_key(client);
+    let acc = &*s.shared.accounts;
     s.account_limiter
-        .begin_registration(Instant::now(), addr, &b.username)
+        .begin_registration(acc, Instant::now(), addr, &b.username)
+        .await
         .map_err(ApiError::RateLimited)?;
     let (user, token) = match s.store.register(&b.username, &b.password, b.bot).await {
         Ok(ok) => ok,
         Err(e @ (lodge_chat::ChatError::Busy { .. } | lodge_chat::ChatError::Storage(_))) => {
-            s.account_limiter.registration_unchecked(addr);
+            s.account_limiter.registration_unchecked(acc, addr).await;
             return Err(e.into());
         }
         Err(e) => {
             s.account_limiter
-                .registration_refused(Instant::now(), &b.username);
+                .registration_refused(acc, Instant::now(), &b.username)
+                .await;
             return Err(e.into());
         }
     };
@@ -69,19 +72,21 @@ pub async fn login(
     client: Option<axum::Extension<ClientAddr>>,
     ApiJson(b): ApiJson<Login>,
 ) -> ApiResult<Json<Value>> {
+    let acc = &*s.shared.accounts;
     let attempt = s
         .account_limiter
-        .begin_login(Instant::now(), client_key(client), &b.username)
+        .begin_login(acc, Instant::now(), client_key(client), &b.username)
+        .await
         .map_err(ApiError::RateLimited)?;
     let (user, token) = match s.store.login(&b.username, &b.password).await {
         Ok(ok) => {
-            s.account_limiter.login_succeeded(attempt);
+            s.account_limiter.login_succeeded(acc, attempt).await;
             ok
         }
         // A wrong password or unknown username stays counted.
         Err(e @ lodge_chat::ChatError::Invalid { .. }) => return Err(e.into()),
         Err(e) => {
-            s.account_limiter.login_unchecked(attempt);
+            s.account_limiter.login_unchecked(acc, attempt).await;
             return Err(e.into());
         }
     };

@@ -71,18 +71,17 @@ pub struct ChannelViews {
 impl ChannelViews {
     /// The channel, if `viewer` may view it.
     pub async fn visible(&mut self, s: &AppState, channel_id: u64, viewer: u64) -> Option<Channel> {
-        if !self.channels.contains_key(&channel_id) {
-            let c = s.store.channel(channel_id).await.ok();
-            self.channels.insert(channel_id, c);
+        if let std::collections::hash_map::Entry::Vacant(e) = self.channels.entry(channel_id) {
+            e.insert(s.store.channel(channel_id).await.ok());
         }
         let c = self.channels.get(&channel_id)?.clone()?;
-        if !self.guilds.contains_key(&c.guild_id) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.guilds.entry(c.guild_id) {
             // `channel_permissions` (under visible_channels) answers all-zero for non-members.
             let set = match s.store.guild(c.guild_id).await {
                 Ok(g) => guilds::visible_channels(s, &g, viewer).await.ok(),
                 Err(_) => None,
             };
-            self.guilds.insert(c.guild_id, set);
+            e.insert(set);
         }
         let ok = self
             .guilds

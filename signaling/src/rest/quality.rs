@@ -481,10 +481,10 @@ async fn run_live(s: AppState, mut sock: WebSocket, mut slot: LiveSlot) {
                     return close(sock, 4004, "token revoked").await
                 }
                 // Missed revocations: ask the store whether this socket's token still holds.
-                (Err(tokio::sync::broadcast::error::RecvError::Lagged(_)), Viewer::User(_), Some(h)) => {
-                    if !s.store.token_hash_live(h).await.unwrap_or(true) {
-                        return close(sock, 4004, "token revoked").await;
-                    }
+                (Err(tokio::sync::broadcast::error::RecvError::Lagged(_)), Viewer::User(_), Some(h))
+                    if !s.store.token_hash_live(h).await.unwrap_or(true) =>
+                {
+                    return close(sock, 4004, "token revoked").await;
                 }
                 _ => {}
             },

@@ -1,8 +1,9 @@
 //! The limits and the presence several nodes share: `session_start_limit` per user, the REST
-//! rate limits per caller, and each user's presence with a live-connection count per node.
+//! rate limits per caller, the account endpoints' counters (login back-off, registrations and
+//! invalid tokens per address), and each user's presence with a live-connection count per node.
 //! Each is a trait with an in-process implementation (today's per-process code, in
-//! `gateway/session_start.rs`, `ratelimit.rs` and [`super::local`]) and a Redis one
-//! ([`super::redis::limits`], [`super::redis::presence`]).
+//! `gateway/session_start.rs`, `ratelimit.rs`, `account_limits.rs` and [`super::local`]) and a
+//! Redis one ([`super::redis::limits`], [`super::redis::accounts`], [`super::redis::presence`]).
 //!
 //! The traits take the configured limits with every call, so [`super::Shared`] can be built
 //! before the configuration is read into the application state, and one implementation serves
@@ -145,4 +146,98 @@ pub trait Presences: Send + Sync {
     /// PRESENCE_UPDATE is due for each). Safe to call from several nodes at once: each user's
     /// change is reported once.
     fn forget_node<'a>(&'a self, node: &'a NodeId) -> Fut<'a, SharedResult<Vec<(u64, Visible)>>>;
+}
+
+/// Whose failures an account limit counts (`crate::account_limits`): a client address (its
+/// limit key), a username or refused registrations of a username (each a stable hash of the
+/// folded name, the same on every node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AccountKey {
+    Addr(IpAddr),
+    Username(u64),
+    Registering(u64),
+}
+
+/// A fixed window counted per client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AddrWindow {
+    /// Registration attempts.
+    Registrations,
+    /// Requests whose token failed to verify.
+    InvalidTokens,
+}
+
+impl AddrWindow {
+    pub fn name(self) -> &'static str {
+        match self {
+            AddrWindow::Registrations => "registrations",
+            AddrWindow::InvalidTokens => "invalid-tokens",
+        }
+    }
+}
+
+/// The failure back-off, from the configuration: the first `free` failures are free, then
+/// each blocks the key for `base · 2^(failures − free)`, at most `max`; a record is forgotten
+/// `forget` after its last failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub free: u32,
+    pub base: Duration,
+    pub max: Duration,
+    pub forget: Duration,
+}
+
+impl Backoff {
+    /// The back-off after the `count`th failure.
+    pub fn after(&self, count: u32) -> Duration {
+        if count < self.free {
+            return Duration::ZERO;
+        }
+        let doublings = (count - self.free).min(30);
+        self.base.saturating_mul(1 << doublings).min(self.max)
+    }
+}
+
+/// What a window has left after a use: uses, and time until it resets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Left {
+    pub remaining: u32,
+    pub reset_after: Duration,
+}
+
+/// A key that is backing off: its failures and how long until it may try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackingOff {
+    pub count: u32,
+    pub retry_after: Duration,
+}
+
+/// The account endpoints' counters (login back-off, refused registrations per username,
+/// registrations and invalid tokens per address), counted wherever the attempt is made.
+pub trait AccountCounters: Send + Sync {
+    /// Count one failure of `key` — unless `refuse` is set and `key` is backing off, which
+    /// counts nothing and says for how long.
+    fn fail<'a>(
+        &'a self,
+        key: AccountKey,
+        refuse: bool,
+        b: &'a Backoff,
+    ) -> Fut<'a, SharedResult<Result<(), BackingOff>>>;
+    /// Whether `key` is backing off now (counts nothing).
+    fn backing_off(&self, key: AccountKey) -> Fut<'_, SharedResult<Option<BackingOff>>>;
+    /// Take one counted failure back; below the free ones the back-off ends.
+    fn give_back<'a>(&'a self, key: AccountKey, b: &'a Backoff) -> Fut<'a, SharedResult<()>>;
+    /// Forget `key`'s failures.
+    fn clear(&self, key: AccountKey) -> Fut<'_, SharedResult<()>>;
+    /// Count one use of `addr`'s window `w` (`limit` per `window`) and say what is left, or
+    /// refuse with the time until it resets.
+    fn take(
+        &self,
+        addr: IpAddr,
+        w: AddrWindow,
+        limit: u32,
+        window: Duration,
+    ) -> Fut<'_, SharedResult<Result<Left, Duration>>>;
+    /// Give one use of the window back.
+    fn untake(&self, addr: IpAddr, w: AddrWindow) -> Fut<'_, SharedResult<()>>;
 }

@@ -139,6 +139,49 @@ impl VoiceStates for LocalVoiceStates {
         }
         ready(Ok(true))
     }
+    fn swap_capped<'a>(
+        &'a self,
+        guild: u64,
+        user: u64,
+        expected: Option<&'a str>,
+        new: Option<&'a str>,
+        cap: ChannelCap,
+    ) -> Fut<'a, SharedResult<Swapped>> {
+        let marker = cap.marker();
+        // One lock around the check and the write: no other join can slip in between.
+        let mut m = lock(&self.by_guild);
+        let g = m.entry(guild).or_default();
+        if g.get(&user).map(String::as_str) != expected {
+            if g.is_empty() {
+                m.remove(&guild);
+            }
+            return ready(Ok(Swapped::Changed));
+        }
+        let entering = new.is_some_and(|v| v.contains(&marker))
+            && !expected.is_some_and(|v| v.contains(&marker));
+        let others = g
+            .iter()
+            .filter(|(u, v)| **u != user && v.contains(&marker))
+            .count();
+        if entering && others >= cap.limit as usize {
+            if g.is_empty() {
+                m.remove(&guild);
+            }
+            return ready(Ok(Swapped::Full));
+        }
+        match new {
+            Some(v) => {
+                g.insert(user, v.to_string());
+            }
+            None => {
+                g.remove(&user);
+                if g.is_empty() {
+                    m.remove(&guild);
+                }
+            }
+        }
+        ready(Ok(Swapped::Done))
+    }
     fn guilds(&self) -> Fut<'_, SharedResult<Vec<u64>>> {
         ready(Ok(lock(&self.by_guild).keys().copied().collect()))
     }
@@ -261,6 +304,7 @@ impl Shared {
             voice_tokens: Arc::new(LocalVoiceTokens::default()),
             start_budgets: Arc::new(crate::gateway::session_start::SessionStarts::default()),
             rate_limits: Arc::new(crate::ratelimit::RateLimiter::default()),
+            accounts: Arc::new(crate::account_limits::LocalAccounts::default()),
             presences: Arc::new(crate::gateway::presence::LocalPresences::default()),
             resume: Arc::new(LocalResume),
             clustered: false,

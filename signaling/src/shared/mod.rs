@@ -191,8 +191,45 @@ pub trait VoiceStates: Send + Sync {
         expected: Option<&'a str>,
         new: Option<&'a str>,
     ) -> Fut<'a, SharedResult<bool>>;
+    /// [`VoiceStates::swap`] that also refuses ([`Swapped::Full`]) when it would put the
+    /// user into `cap.channel_id` while `cap.limit` other users' states are already there.
+    /// The check and the write are one atomic step, so concurrent joins on any nodes never
+    /// overfill a channel.
+    fn swap_capped<'a>(
+        &'a self,
+        guild: u64,
+        user: u64,
+        expected: Option<&'a str>,
+        new: Option<&'a str>,
+        cap: ChannelCap,
+    ) -> Fut<'a, SharedResult<Swapped>>;
     /// Guilds that have at least one voice state (for sweeps after a node is lost).
     fn guilds(&self) -> Fut<'_, SharedResult<Vec<u64>>>;
+}
+
+/// A voice channel's `user_limit` as a capped swap enforces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelCap {
+    pub channel_id: u64,
+    pub limit: u32,
+}
+
+impl ChannelCap {
+    /// The text every stored state in this channel contains, and no other state does (see
+    /// [`crate::voice::state::channel_marker`]).
+    pub fn marker(&self) -> String {
+        crate::voice::state::channel_marker(self.channel_id)
+    }
+}
+
+/// What a capped swap did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Swapped {
+    Done,
+    /// The stored value was not the one expected.
+    Changed,
+    /// The channel is at its limit.
+    Full,
 }
 
 /// Single-use voice tokens: issued by whichever node handled op 4, redeemed by the node that
@@ -330,6 +367,8 @@ pub struct Shared {
     pub start_budgets: Arc<dyn limits::StartBudgets>,
     /// REST rate limits: the global and route windows per caller.
     pub rate_limits: Arc<dyn limits::RateLimits>,
+    /// The account endpoints' limits: login back-off, registrations and invalid tokens.
+    pub accounts: Arc<dyn limits::AccountCounters>,
     /// Presence per user, with live connections counted per node.
     pub presences: Arc<dyn limits::Presences>,
     pub resume: Arc<dyn ResumeStore>,

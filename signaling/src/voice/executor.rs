@@ -14,13 +14,16 @@ use super::state::{Home, VoiceState};
 use super::VoiceOut;
 use crate::app::AppState;
 use crate::hub::{DispatchKind, Target};
-use crate::shared::SharedError;
+use crate::shared::{ChannelCap, SharedError, Swapped};
 
 /// Why an input was not applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     #[error("refused: {0:?}")]
     Refused(Refusal),
+    /// The channel is at its `user_limit` (the limit).
+    #[error("the voice channel is full (user_limit {0})")]
+    Full(u32),
     #[error(transparent)]
     Shared(#[from] SharedError),
 }
@@ -71,6 +74,18 @@ pub async fn guild_states(s: &AppState, guild: u64) -> Result<Vec<VoiceState>, S
 
 /// Apply `input` to the caller (guild, user) and carry out its effects.
 pub async fn run(s: &AppState, guild: u64, user: u64, input: &Input) -> Result<Applied, ExecError> {
+    run_capped(s, guild, user, input, None).await
+}
+
+/// [`run`], refusing ([`ExecError::Full`]) to put the caller into `cap`'s channel when it is at
+/// its limit; the count and the write are one atomic step of the shared store.
+pub async fn run_capped(
+    s: &AppState,
+    guild: u64,
+    user: u64,
+    input: &Input,
+    cap: Option<ChannelCap>,
+) -> Result<Applied, ExecError> {
     loop {
         let raw = s.shared.voice_states.get(guild, user).await?;
         let cur = raw.as_deref().map(|r| parse(guild, user, r)).transpose()?;
@@ -85,11 +100,16 @@ pub async fn run(s: &AppState, guild: u64, user: u64, input: &Input) -> Result<A
                 let new_raw = next
                     .as_ref()
                     .map(|st| serde_json::to_string(st).expect("a voice state serializes"));
-                let stored = s
-                    .shared
-                    .voice_states
-                    .swap(guild, user, raw.as_deref(), new_raw.as_deref())
-                    .await?;
+                let vs = &s.shared.voice_states;
+                let (old, new) = (raw.as_deref(), new_raw.as_deref());
+                let stored = match cap {
+                    None => vs.swap(guild, user, old, new).await?,
+                    Some(cap) => match vs.swap_capped(guild, user, old, new, cap).await? {
+                        Swapped::Done => true,
+                        Swapped::Changed => false,
+                        Swapped::Full => return Err(ExecError::Full(cap.limit)),
+                    },
+                };
                 if !stored {
                     debug!(guild, user, "voice state changed meanwhile; applying again");
                     continue;

@@ -343,7 +343,8 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
     };
     let state = match executor::run(s, guild_id, user_id, &connected).await {
         Ok(a) => a.state,
-        Err(ExecError::Refused(_)) => {
+        // (`Full` comes only from a capped join, which this is not.)
+        Err(ExecError::Refused(_) | ExecError::Full(_)) => {
             return Err((
                 close::SESSION_INVALID,
                 "voice state changed since the token was issued; send gateway op 4 again",

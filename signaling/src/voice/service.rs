@@ -16,6 +16,7 @@ use super::state::Home;
 use super::VoiceOut;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::shared::ChannelCap;
 
 fn id_field(d: &Value, key: &'static str) -> ApiResult<Option<u64>> {
     match d.get(key) {
@@ -52,6 +53,11 @@ impl From<ExecError> for ApiError {
                 StatusCode::CONFLICT,
                 0,
                 "The voice state changed meanwhile; retry.",
+            ),
+            ExecError::Full(limit) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                50035,
+                format!("The voice channel is full (user_limit {limit})"),
             ),
             ExecError::Shared(e) => unavailable(e),
         }
@@ -148,7 +154,7 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
         ));
     }
     let can_speak = p.has(Permissions::SPEAK);
-    let limit = c.user_limit.unwrap_or(0) as usize;
+    let limit = c.user_limit.unwrap_or(0);
     // Lodge's extension: a region hint places the call on an edge (or node) of that region.
     let region = match d.get("region") {
         None | Some(Value::Null) => None,
@@ -160,21 +166,11 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
             ))
         }
     };
-    if limit > 0 && !p.has(Permissions::MOVE_MEMBERS) {
-        let in_channel = executor::guild_states(s, g.id)
-            .await
-            .map_err(unavailable)?
-            .iter()
-            .filter(|st| st.channel_id == c.id && st.user_id != user.id)
-            .count();
-        if in_channel >= limit {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                50035,
-                format!("The voice channel is full (user_limit {limit})"),
-            ));
-        }
-    }
+    // Members who may move others may also enter a full channel (as on Discord).
+    let cap = (limit > 0 && !p.has(Permissions::MOVE_MEMBERS)).then_some(ChannelCap {
+        channel_id: c.id,
+        limit,
+    });
     let placed = placed_for(s, g.id, c.id, region.as_deref(), can_speak).await?;
     let join = Input::Join(Join {
         session_id: session_id.to_string(),
@@ -184,7 +180,7 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
         region: region.unwrap_or_default(),
         placed,
     });
-    let applied = executor::run(s, g.id, user.id, &join).await?;
+    let applied = executor::run_capped(s, g.id, user.id, &join, cap).await?;
     if applied.issued_token {
         // A kick or ban between `guild_for` above and the state going in may have run its
         // voice disconnect before there was a state to end. Reading membership again now
@@ -293,7 +289,7 @@ async fn leave(s: &AppState, guild_id: u64, user_id: u64, guard: Option<Guard>) 
             info!(guild = guild_id, user = user_id, "voice leave");
             true
         }
-        Ok(_) | Err(ExecError::Refused(_)) => false,
+        Ok(_) | Err(ExecError::Refused(_) | ExecError::Full(_)) => false,
         Err(ExecError::Shared(e)) => {
             warn!(guild = guild_id, user = user_id, error = %e, "voice leave not recorded");
             false

@@ -70,6 +70,14 @@ impl VoiceState {
     }
 }
 
+/// The text that the stored form of every state in `channel_id` contains and no other state's
+/// does: the serialized `channel_id` field with the comma that ends it. The shared store counts
+/// a channel's states with it (inside one atomic script on Redis), so it must follow the field
+/// order of [`VoiceState`]; a test below holds the two together.
+pub fn channel_marker(channel_id: u64) -> String {
+    format!("\"channel_id\":{channel_id},")
+}
+
 /// VOICE_STATE_UPDATE for a user who left (`channel_id: null`).
 pub fn left_json(guild_id: u64, user_id: u64, session_id: &str) -> Value {
     json!({
@@ -87,4 +95,52 @@ pub struct PendingToken {
     pub channel_id: u64,
     pub session_id: String,
     pub generation: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_channel_marker_matches_the_stored_form_of_a_state_in_that_channel_only() {
+        let st = VoiceState {
+            guild_id: 1,
+            channel_id: 42,
+            user_id: 7,
+            session_id: "s".into(),
+            self_mute: false,
+            self_deaf: false,
+            mute: false,
+            deaf: false,
+            can_speak: true,
+            home: Home::Edge {
+                via: RoomHome {
+                    node: crate::shared::NodeId("n1".into()),
+                    epoch: 2,
+                },
+                edge: "eu-1".into(),
+            },
+            generation: 1,
+            connected: false,
+            region: String::new(),
+        };
+        let raw = serde_json::to_string(&st).unwrap();
+        assert!(raw.contains(&channel_marker(42)), "{raw}");
+        assert!(!raw.contains(&channel_marker(4)), "{raw}");
+        assert!(!raw.contains(&channel_marker(420)), "{raw}");
+        let other = VoiceState {
+            channel_id: 420,
+            ..st
+        };
+        let raw = serde_json::to_string(&other).unwrap();
+        assert!(!raw.contains(&channel_marker(42)), "{raw}");
+        // A caller-chosen string (the region hint) cannot forge the marker: quotes in it are
+        // escaped.
+        let forged = VoiceState {
+            region: "\"channel_id\":42,".into(),
+            ..other
+        };
+        let raw = serde_json::to_string(&forged).unwrap();
+        assert!(!raw.contains(&channel_marker(42)), "{raw}");
+    }
 }

@@ -5,7 +5,7 @@
 //! redis-server cannot see each other's keys. It sits outside the `{…}` hash tag, so a key's
 //! Redis Cluster slot is the same with or without it.
 
-use super::super::limits::Caller;
+use super::super::limits::{AccountKey, AddrWindow, Caller};
 use super::super::NodeId;
 
 /// What a bus message is addressed to: a guild's dispatches, or a user's dispatches that
@@ -147,6 +147,23 @@ impl Keys {
             Caller::User(u) => format!("{}{{u:{u}}}:rl:{window}", self.prefix),
             Caller::Addr(a) => format!("{}{{a:{a}}}:rl:{window}", self.prefix),
         }
+    }
+
+    /// `{a:<address>}:acct:fail`, `{n:<hash>}:acct:login`, `{n:<hash>}:acct:register`: an
+    /// account limit's failure record (hash of `c` count, `u` blocked until, `l` last failure,
+    /// Redis ms), PX = the time it is remembered.
+    pub fn account(&self, key: AccountKey) -> String {
+        match key {
+            AccountKey::Addr(a) => format!("{}{{a:{a}}}:acct:fail", self.prefix),
+            AccountKey::Username(h) => format!("{}{{n:{h:016x}}}:acct:login", self.prefix),
+            AccountKey::Registering(h) => format!("{}{{n:{h:016x}}}:acct:register", self.prefix),
+        }
+    }
+
+    /// `{a:<address>}:acct:<window>`: an address's registrations or invalid tokens in the
+    /// current window (a counter, PX = what is left of the window).
+    pub fn addr_window(&self, addr: std::net::IpAddr, w: AddrWindow) -> String {
+        format!("{}{{a:{addr}}}:acct:{}", self.prefix, w.name())
     }
 
     /// `{u:<user>}:presence`: hash of the user's `status`, `activities` (JSON), `total`

@@ -20,6 +20,8 @@
 //! | `{u:<user>}:starts:day`                | counter | identifies in the user's day window, PX = what is left of it |
 //! | `{u:<user>}:starts:burst`              | zset    | identifies of the last 5 s, scored by Redis time (ms) |
 //! | `{u:<user>}:rl:<window>`, `{a:<addr>}:rl:<window>` | counter | a REST window (`global` or a route bucket), PX = what is left of it |
+//! | `{a:<addr>}:acct:fail`, `{n:<hash>}:acct:login`, `{n:<hash>}:acct:register` | hash | an account limit's failure record (count, blocked until, last failure), PX = 15 min after the last failure |
+//! | `{a:<addr>}:acct:registrations`, `{a:<addr>}:acct:invalid-tokens` | counter | an address's registrations (hour) or invalid tokens (second), PX = what is left of the window |
 //! | `{u:<user>}:presence`                  | hash    | `status`, `activities`, `total` and `n:<node>` connections |
 //! | `lodge:node:<id>:presence`             | set     | users with gateway connections on the node   |
 //! | `{s:<session>}:meta`                   | hash    | a gateway session's resume meta, PX = resume window ([`resume`]) |
@@ -72,6 +74,7 @@ use redis::Client;
 
 use super::{Bus, NodeId, Shared, SharedError, SharedResult};
 
+pub mod accounts;
 pub mod bus;
 pub mod conn;
 pub mod dispatch_bus;
@@ -84,6 +87,7 @@ pub mod resume;
 pub mod stats;
 pub mod voice;
 
+pub use accounts::RedisAccounts;
 pub use bus::{BusIncoming, RedisBus, RedisBusRx, StreamId};
 pub use keys::{Keys, Route};
 pub use limits::{RedisRateLimits, RedisStartBudgets};
@@ -103,6 +107,7 @@ pub struct RedisShared {
     pub voice_tokens: Arc<RedisVoiceTokens>,
     pub start_budgets: Arc<RedisStartBudgets>,
     pub rate_limits: Arc<RedisRateLimits>,
+    pub accounts: Arc<RedisAccounts>,
     pub presences: Arc<RedisPresences>,
     /// The bus's transport. It carries serialized payloads; the [`Bus`] over it (which
     /// serializes dispatches) is built where the dispatch format lives, and passed to
@@ -147,6 +152,7 @@ impl RedisShared {
             voice_tokens: Arc::new(RedisVoiceTokens::new(conn.clone())),
             start_budgets: Arc::new(RedisStartBudgets::new(conn.clone())),
             rate_limits: Arc::new(RedisRateLimits::new(conn.clone())),
+            accounts: Arc::new(RedisAccounts::new(conn.clone())),
             presences: Arc::new(RedisPresences::new(conn.clone(), me.clone())),
             bus,
             stats,
@@ -166,6 +172,7 @@ impl RedisShared {
             voice_tokens: self.voice_tokens.clone(),
             start_budgets: self.start_budgets.clone(),
             rate_limits: self.rate_limits.clone(),
+            accounts: self.accounts.clone(),
             presences: self.presences.clone(),
             bus,
             resume: self.resume.clone(),

@@ -342,13 +342,13 @@ mod tests {
             status: "idle".into(),
             activities: playing.clone(),
         };
-        let want = Some(Visible {
+        let want = Visible {
             status: "idle".into(),
             activities: playing.clone(),
-        });
-        assert_eq!(a.update(2, set.clone()).await.unwrap(), want);
+        };
+        assert_eq!(a.update(2, set.clone()).await.unwrap(), Some(want.clone()));
         assert_eq!(b.update(2, set).await.unwrap(), None, "the same again");
-        assert_eq!(b.snapshot(&[2]).await.unwrap(), vec![(2, want.unwrap())]);
+        assert_eq!(b.snapshot(&[2]).await.unwrap(), vec![(2, want)]);
     }
 
     #[tokio::test]

@@ -16,17 +16,32 @@ use redis::Script;
 
 use super::conn::Conn;
 use super::stats::OpKind;
-use crate::shared::{Fut, SharedError, SharedResult, VoiceStates, VoiceTokens};
+use crate::shared::{
+    ChannelCap, Fut, SharedError, SharedResult, Swapped, VoiceStates, VoiceTokens,
+};
 
 /// KEYS[1] = the guild's hash, KEYS[2] = the voice-guilds set.
-/// ARGV = user, has_expected ("0"/"1"), expected, has_new ("0"/"1"), new, guild.
-/// Returns 1 when the stored state was `expected` and is now `new`, else 0.
+/// ARGV = user, has_expected ("0"/"1"), expected, has_new ("0"/"1"), new, guild, and for a
+/// capped swap the channel's marker and its limit.
+/// Returns 1 when the stored state was `expected` and is now `new`, 0 when it was not
+/// `expected`, 2 when `new` enters the marked channel and `limit` other states are there.
 const SWAP: &str = r"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if ARGV[2] == '1' then
   if cur ~= ARGV[3] then return 0 end
 elseif cur then
   return 0
+end
+if ARGV[4] == '1' and ARGV[7] then
+  local m = ARGV[7]
+  if string.find(ARGV[5], m, 1, true) and not (cur and string.find(cur, m, 1, true)) then
+    local n = 0
+    local all = redis.call('HGETALL', KEYS[1])
+    for i = 1, #all, 2 do
+      if all[i] ~= ARGV[1] and string.find(all[i + 1], m, 1, true) then n = n + 1 end
+    end
+    if n >= tonumber(ARGV[8]) then return 2 end
+  end
 end
 if ARGV[4] == '1' then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[5])
@@ -99,6 +114,33 @@ impl RedisVoiceStates {
         Ok(done == 1)
     }
 
+    async fn swap_capped_(
+        &self,
+        guild: u64,
+        user: u64,
+        expected: Option<&str>,
+        new: Option<&str>,
+        cap: ChannelCap,
+    ) -> SharedResult<Swapped> {
+        let k = &self.conn.keys;
+        let mut inv = self.swap.key(k.voice(guild));
+        inv.key(k.voice_guilds())
+            .arg(user)
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .arg(expected.unwrap_or(""))
+            .arg(if new.is_some() { "1" } else { "0" })
+            .arg(new.unwrap_or(""))
+            .arg(guild)
+            .arg(cap.marker())
+            .arg(cap.limit);
+        let done: u8 = self.conn.script(OpKind::Voice, &inv).await?;
+        Ok(match done {
+            1 => Swapped::Done,
+            2 => Swapped::Full,
+            _ => Swapped::Changed,
+        })
+    }
+
     async fn guilds_(&self) -> SharedResult<Vec<u64>> {
         let key = self.conn.keys.voice_guilds();
         let ids: Vec<String> = self
@@ -129,6 +171,16 @@ impl VoiceStates for RedisVoiceStates {
         new: Option<&'a str>,
     ) -> Fut<'a, SharedResult<bool>> {
         Box::pin(self.swap_(guild, user, expected, new))
+    }
+    fn swap_capped<'a>(
+        &'a self,
+        guild: u64,
+        user: u64,
+        expected: Option<&'a str>,
+        new: Option<&'a str>,
+        cap: ChannelCap,
+    ) -> Fut<'a, SharedResult<Swapped>> {
+        Box::pin(self.swap_capped_(guild, user, expected, new, cap))
     }
     fn guilds(&self) -> Fut<'_, SharedResult<Vec<u64>>> {
         Box::pin(self.guilds_())
@@ -242,6 +294,92 @@ mod tests {
         assert!(s.swap(4, 3, Some(""), None).await.unwrap());
         assert!(s.guilds().await.unwrap().is_empty());
         assert!(s.guild(1).await.unwrap().is_empty());
+    }
+
+    /// A state as the executor stores it, in `channel`.
+    fn in_channel(user: u64, channel: u64) -> String {
+        format!("{{\"guild_id\":9,\"channel_id\":{channel},\"user_id\":{user}}}")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_capped_channel_never_overfills_when_joins_race_on_several_nodes() {
+        let Some(t) = redis_or_skip("voice capped swap").await else {
+            return;
+        };
+        let nodes: Vec<Arc<RedisVoiceStates>> = t
+            .conns(3)
+            .await
+            .into_iter()
+            .map(|c| Arc::new(RedisVoiceStates::new(c)))
+            .collect();
+        let cap = ChannelCap {
+            channel_id: 500,
+            limit: 3,
+        };
+        let s = nodes[0].clone();
+        // One user already elsewhere in the guild (another channel) does not count.
+        assert_eq!(
+            s.swap_capped(9, 1, None, Some(&in_channel(1, 501)), cap)
+                .await
+                .unwrap(),
+            Swapped::Done
+        );
+        let tasks = (10..22u64).map(|user| {
+            let s = nodes[user as usize % nodes.len()].clone();
+            tokio::spawn(async move {
+                s.swap_capped(9, user, None, Some(&in_channel(user, 500)), cap)
+                    .await
+                    .unwrap()
+            })
+        });
+        let got: Vec<Swapped> = futures_util::future::join_all(tasks)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        let done = got.iter().filter(|g| **g == Swapped::Done).count();
+        let full = got.iter().filter(|g| **g == Swapped::Full).count();
+        assert_eq!((done, full), (3, 9), "{got:?}");
+        let marker = cap.marker();
+        let inside: Vec<u64> = s
+            .guild(9)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(_, v)| v.contains(&marker))
+            .map(|(u, _)| u)
+            .collect();
+        assert_eq!(inside.len(), 3);
+        // A caller already inside changes flags (same channel): not an entry, never refused.
+        let u = inside[0];
+        let cur = s.get(9, u).await.unwrap().unwrap();
+        let again = format!("{cur} ");
+        assert_eq!(
+            s.swap_capped(9, u, Some(&cur), Some(&again), cap)
+                .await
+                .unwrap(),
+            Swapped::Done
+        );
+        // The user in the other channel moves in: refused while full, then one leaves.
+        let other = in_channel(1, 501);
+        assert_eq!(
+            s.swap_capped(9, 1, Some(&other), Some(&in_channel(1, 500)), cap)
+                .await
+                .unwrap(),
+            Swapped::Full
+        );
+        assert!(s.swap(9, u, Some(&again), None).await.unwrap());
+        assert_eq!(
+            s.swap_capped(9, 1, Some(&other), Some(&in_channel(1, 500)), cap)
+                .await
+                .unwrap(),
+            Swapped::Done
+        );
+        // A stale expectation is a change, not a refusal.
+        assert_eq!(
+            s.swap_capped(9, 1, Some(&other), None, cap).await.unwrap(),
+            Swapped::Changed
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
