@@ -87,11 +87,10 @@ enum Cmd {
         id: TrunkId,
         msg: Control,
     },
-    /// (Edge role) this edge has callers in `room` placed by the node `node` (Some), or no
-    /// callers in `room` any more (None).
+    /// (Edge role) the nodes that placed this edge's callers in `room` now (empty: no callers).
     Interest {
         room: u64,
-        node: Option<String>,
+        nodes: Vec<String>,
     },
     /// End a trunk (the edge no longer wants it).
     Close {
@@ -143,16 +142,10 @@ impl CascadeHandle {
         }
     }
 
-    /// (Edge) this edge has callers in `room` that the node `node` placed: that node's
-    /// trunk gets the room's local speakers.
-    pub async fn interest(&self, room: u64, node: &str) {
-        let node = Some(node.to_string());
-        let _ = self.tx.send(Cmd::Interest { room, node }).await;
-    }
-
-    /// (Edge) this edge has no callers in `room` any more.
-    pub async fn no_interest(&self, room: u64) {
-        let _ = self.tx.send(Cmd::Interest { room, node: None }).await;
+    /// (Edge) the nodes that placed this edge's callers in `room` (none: no callers left):
+    /// their trunks get the room's local speakers, and no other trunk does.
+    pub async fn interest(&self, room: u64, nodes: Vec<String>) {
+        let _ = self.tx.send(Cmd::Interest { room, nodes }).await;
     }
 
     pub async fn report(&self) -> Vec<TrunkReport> {
@@ -387,13 +380,16 @@ async fn run(
                             let _ = l.cmd.send(TrunkCommand::App(msg)).await;
                         }
                     }
-                    Cmd::Interest { room, node } => {
-                        let changed = match &node {
-                            Some(n) => my_rooms.on(room, n).into_iter().collect::<Vec<_>>(),
-                            None => my_rooms.off(room),
-                        };
-                        let on = node.is_some();
-                        for l in links.values_mut().filter(|l| changed.contains(&l.peer.node)) {
+                    Cmd::Interest { room, nodes } => {
+                        let (added, removed) = my_rooms.set(room, &nodes);
+                        for l in links.values_mut() {
+                            let on = if added.contains(&l.peer.node) {
+                                true
+                            } else if removed.contains(&l.peer.node) {
+                                false
+                            } else {
+                                continue;
+                            };
                             let _ = l.cmd.send(TrunkCommand::App(Control::Interest { room, on })).await;
                             if !on {
                                 let ended: Vec<(ParticipantIdx, u16)> = l.out.iter()
@@ -488,21 +484,19 @@ pub struct EdgeRooms {
 }
 
 impl EdgeRooms {
-    /// `node` placed callers of `room` here. The node, if it is new for the room.
-    pub fn on(&mut self, room: u64, node: &str) -> Option<String> {
-        self.rooms
-            .entry(room)
-            .or_default()
-            .insert(node.to_string())
-            .then(|| node.to_string())
-    }
-
-    /// No callers left in `room`: the nodes that were told of it.
-    pub fn off(&mut self, room: u64) -> Vec<String> {
-        self.rooms
-            .remove(&room)
-            .map(|n| n.into_iter().collect())
-            .unwrap_or_default()
+    /// The nodes that placed callers of `room` here are now `nodes` (empty: none). Returns
+    /// the nodes added and the nodes removed.
+    pub fn set(&mut self, room: u64, nodes: &[String]) -> (Vec<String>, Vec<String>) {
+        let new: HashSet<String> = nodes.iter().cloned().collect();
+        let old = self.rooms.remove(&room).unwrap_or_default();
+        let mut added: Vec<String> = new.difference(&old).cloned().collect();
+        let mut removed: Vec<String> = old.difference(&new).cloned().collect();
+        added.sort();
+        removed.sort();
+        if !new.is_empty() {
+            self.rooms.insert(room, new);
+        }
+        (added, removed)
     }
 
     /// Whether `room`'s local speakers go to `node`'s trunk.
@@ -529,24 +523,35 @@ mod tests {
 
     #[test]
     fn two_trunks_two_rooms_each_room_only_on_its_trunk() {
+        let (a, b) = ("node-a".to_string(), "node-b".to_string());
         let mut r = EdgeRooms::default();
-        assert_eq!(r.on(1, "node-a"), Some("node-a".into()));
-        assert_eq!(r.on(2, "node-b"), Some("node-b".into()));
+        assert_eq!(
+            r.set(1, std::slice::from_ref(&a)),
+            (vec![a.clone()], vec![])
+        );
+        assert_eq!(
+            r.set(2, std::slice::from_ref(&b)),
+            (vec![b.clone()], vec![])
+        );
         // Placed again by the same node: nothing new to announce.
-        assert_eq!(r.on(1, "node-a"), None);
-        assert!(r.wants(1, "node-a") && !r.wants(1, "node-b"));
-        assert!(r.wants(2, "node-b") && !r.wants(2, "node-a"));
-        assert!(!r.wants(3, "node-a"));
-        assert_eq!(r.rooms_of("node-a"), vec![1]);
-        assert_eq!(r.rooms_of("node-b"), vec![2]);
-        // Room 1's home moved to node-b (node-a died): both are told until the room empties.
-        r.on(1, "node-b");
-        assert!(r.wants(1, "node-b"));
-        assert_eq!(r.rooms_of("node-b"), vec![1, 2]);
-        let mut told = r.off(1);
-        told.sort();
-        assert_eq!(told, vec!["node-a".to_string(), "node-b".to_string()]);
-        assert!(!r.wants(1, "node-a") && !r.wants(1, "node-b"));
-        assert!(r.off(1).is_empty());
+        assert_eq!(r.set(1, std::slice::from_ref(&a)), (vec![], vec![]));
+        assert!(r.wants(1, &a) && !r.wants(1, &b));
+        assert!(r.wants(2, &b) && !r.wants(2, &a));
+        assert!(!r.wants(3, &a));
+        assert_eq!(r.rooms_of(&a), vec![1]);
+        assert_eq!(r.rooms_of(&b), vec![2]);
+        // Room 1's callers are placed again through node-b (node-a died): node-a is dropped,
+        // so a node-a that comes back is not sent room 1 again.
+        assert_eq!(
+            r.set(1, std::slice::from_ref(&b)),
+            (vec![b.clone()], vec![a.clone()])
+        );
+        assert!(r.wants(1, &b) && !r.wants(1, &a));
+        assert_eq!(r.rooms_of(&a), Vec::<u64>::new());
+        assert_eq!(r.rooms_of(&b), vec![1, 2]);
+        // The room empties.
+        assert_eq!(r.set(1, &[]), (vec![], vec![b.clone()]));
+        assert!(!r.wants(1, &b));
+        assert_eq!(r.set(1, &[]), (vec![], vec![]));
     }
 }

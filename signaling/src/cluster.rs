@@ -391,10 +391,7 @@ pub async fn run_events(s: AppState, mut rx: mpsc::UnboundedReceiver<ClusterEven
                         .map(|st| st.channel_id);
                     crate::voice::service::disconnect_user(&s, guild, user).await;
                     if let Some(ch) = channel {
-                        let left = all_states(&s).await.iter().any(|st| st.channel_id == ch);
-                        if !left {
-                            c.cascade.no_interest(ch).await;
-                        }
+                        refresh_interest(&s, ch).await;
                     }
                 }
                 Control::Peers { nodes } if c.role == Role::Edge => {
@@ -427,6 +424,24 @@ async fn replace_edge(s: &AppState, edge: &str) {
     }
 }
 
+/// Edge: tell the cascade which nodes placed the callers this edge has in `room` (their trunks
+/// get the room's local speakers; none when the room is empty here).
+async fn refresh_interest(s: &AppState, room: u64) {
+    let Some(c) = s.cluster.get() else { return };
+    let states = all_states(s).await;
+    let mut nodes: Vec<String> = {
+        let placer = locked(&c.placer);
+        states
+            .iter()
+            .filter(|st| st.channel_id == room)
+            .filter_map(|st| placer.get(&(st.guild_id, st.user_id)).cloned())
+            .collect()
+    };
+    nodes.sort();
+    nodes.dedup();
+    c.cascade.interest(room, nodes).await;
+}
+
 /// Edge: accept a caller the node `placer` placed here (their earlier connection here, if any,
 /// ends); the room's local speakers go to that node.
 pub async fn place_here(s: &AppState, st: VoiceState, token: String, placer: Option<&str>) {
@@ -435,6 +450,11 @@ pub async fn place_here(s: &AppState, st: VoiceState, token: String, placer: Opt
     } else {
         hosted_here(s, &grant(&st, &token))
     };
+    let before = executor::state(s, st.guild_id, st.user_id)
+        .await
+        .ok()
+        .flatten()
+        .map(|b| b.channel_id);
     let old = {
         let mut v = s.voice();
         let id = v.by_user.get(&(st.guild_id, st.user_id)).copied();
@@ -464,7 +484,10 @@ pub async fn place_here(s: &AppState, st: VoiceState, token: String, placer: Opt
     }
     if let (Some(c), Some(placer)) = (s.cluster.get(), placer) {
         locked(&c.placer).insert((st.guild_id, st.user_id), placer.to_string());
-        c.cascade.interest(st.channel_id, placer).await;
+        refresh_interest(s, st.channel_id).await;
+        if let Some(b) = before.filter(|b| *b != st.channel_id) {
+            refresh_interest(s, b).await;
+        }
     }
     info!(
         guild = st.guild_id,
@@ -519,6 +542,9 @@ async fn node_lost(s: AppState, node: String) {
             "node unreachable for {ORIGIN_LOST_GRACE:?}: closing the calls it placed on this edge (4015)"
         );
     }
+    let mut rooms: Vec<u64> = states.iter().map(|st| st.channel_id).collect();
+    rooms.sort_unstable();
+    rooms.dedup();
     for st in states {
         locked(&c.placer).remove(&(st.guild_id, st.user_id));
         store_state(&s, None, st.guild_id, st.user_id).await;
@@ -533,6 +559,9 @@ async fn node_lost(s: AppState, node: String) {
             },
         )
         .await;
+    }
+    for room in rooms {
+        refresh_interest(&s, room).await;
     }
 }
 

@@ -18,7 +18,8 @@
 #                   resume (op 6) elsewhere, their call moves, media again (gap p50/p99)
 #   edges           an edge (region eu, no Redis) seeded with one node trunks to both media
 #                   nodes; two rooms homed on two nodes each get only their own speakers from
-#                   it; kill -9 of the seed (one room's home): its callers move, gap p50/p99
+#                   it; kill -9 of the seed (one room's home): its callers move, gap p50/p99;
+#                   kill -9 of the edge: the remaining node moves the edge's callers to itself
 # Usage:
 #   tests/scale/run.sh                          builds lodge and lodge-load (debug), every step
 #   ONLY="fanout;kill-media" tests/scale/run.sh some steps (";" or "," between names or numbers)
