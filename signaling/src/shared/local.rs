@@ -101,6 +101,46 @@ pub struct LocalVoiceStates {
     by_guild: Mutex<HashMap<u64, HashMap<u64, String>>>,
 }
 
+impl LocalVoiceStates {
+    /// The one compare-and-set (capped or not), under one lock around the check, the count
+    /// and the write, so no other join can slip in between.
+    fn swap_now(
+        &self,
+        guild: u64,
+        user: u64,
+        expected: Option<&str>,
+        new: Option<&str>,
+        cap: Option<ChannelCap>,
+    ) -> Swapped {
+        let mut m = lock(&self.by_guild);
+        let g = m.entry(guild).or_default();
+        let outcome = if g.get(&user).map(String::as_str) != expected {
+            Swapped::Changed
+        } else if cap.is_some_and(|cap| {
+            let marker = cap.marker();
+            let entering = new.is_some_and(|v| v.contains(&marker))
+                && !expected.is_some_and(|v| v.contains(&marker));
+            entering
+                && g.iter()
+                    .filter(|(u, v)| **u != user && v.contains(&marker))
+                    .count()
+                    >= cap.limit as usize
+        }) {
+            Swapped::Full
+        } else {
+            match new {
+                Some(v) => g.insert(user, v.to_string()),
+                None => g.remove(&user),
+            };
+            Swapped::Done
+        };
+        if g.is_empty() {
+            m.remove(&guild);
+        }
+        outcome
+    }
+}
+
 impl VoiceStates for LocalVoiceStates {
     fn get(&self, guild: u64, user: u64) -> Fut<'_, SharedResult<Option<String>>> {
         let m = lock(&self.by_guild);
@@ -121,23 +161,9 @@ impl VoiceStates for LocalVoiceStates {
         expected: Option<&'a str>,
         new: Option<&'a str>,
     ) -> Fut<'a, SharedResult<bool>> {
-        let mut m = lock(&self.by_guild);
-        let g = m.entry(guild).or_default();
-        if g.get(&user).map(String::as_str) != expected {
-            return ready(Ok(false));
-        }
-        match new {
-            Some(v) => {
-                g.insert(user, v.to_string());
-            }
-            None => {
-                g.remove(&user);
-                if g.is_empty() {
-                    m.remove(&guild);
-                }
-            }
-        }
-        ready(Ok(true))
+        ready(Ok(
+            self.swap_now(guild, user, expected, new, None) == Swapped::Done
+        ))
     }
     fn swap_capped<'a>(
         &'a self,
@@ -147,40 +173,7 @@ impl VoiceStates for LocalVoiceStates {
         new: Option<&'a str>,
         cap: ChannelCap,
     ) -> Fut<'a, SharedResult<Swapped>> {
-        let marker = cap.marker();
-        // One lock around the check and the write: no other join can slip in between.
-        let mut m = lock(&self.by_guild);
-        let g = m.entry(guild).or_default();
-        if g.get(&user).map(String::as_str) != expected {
-            if g.is_empty() {
-                m.remove(&guild);
-            }
-            return ready(Ok(Swapped::Changed));
-        }
-        let entering = new.is_some_and(|v| v.contains(&marker))
-            && !expected.is_some_and(|v| v.contains(&marker));
-        let others = g
-            .iter()
-            .filter(|(u, v)| **u != user && v.contains(&marker))
-            .count();
-        if entering && others >= cap.limit as usize {
-            if g.is_empty() {
-                m.remove(&guild);
-            }
-            return ready(Ok(Swapped::Full));
-        }
-        match new {
-            Some(v) => {
-                g.insert(user, v.to_string());
-            }
-            None => {
-                g.remove(&user);
-                if g.is_empty() {
-                    m.remove(&guild);
-                }
-            }
-        }
-        ready(Ok(Swapped::Done))
+        ready(Ok(self.swap_now(guild, user, expected, new, Some(cap))))
     }
     fn guilds(&self) -> Fut<'_, SharedResult<Vec<u64>>> {
         ready(Ok(lock(&self.by_guild).keys().copied().collect()))

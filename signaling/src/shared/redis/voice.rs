@@ -101,26 +101,17 @@ impl RedisVoiceStates {
         expected: Option<&str>,
         new: Option<&str>,
     ) -> SharedResult<bool> {
-        let k = &self.conn.keys;
-        let mut inv = self.swap.key(k.voice(guild));
-        inv.key(k.voice_guilds())
-            .arg(user)
-            .arg(if expected.is_some() { "1" } else { "0" })
-            .arg(expected.unwrap_or(""))
-            .arg(if new.is_some() { "1" } else { "0" })
-            .arg(new.unwrap_or(""))
-            .arg(guild);
-        let done: u8 = self.conn.script(OpKind::Voice, &inv).await?;
-        Ok(done == 1)
+        Ok(self.swap_capped_(guild, user, expected, new, None).await? == Swapped::Done)
     }
 
+    /// The one compare-and-set script call; with `cap`, it also counts the channel.
     async fn swap_capped_(
         &self,
         guild: u64,
         user: u64,
         expected: Option<&str>,
         new: Option<&str>,
-        cap: ChannelCap,
+        cap: Option<ChannelCap>,
     ) -> SharedResult<Swapped> {
         let k = &self.conn.keys;
         let mut inv = self.swap.key(k.voice(guild));
@@ -130,9 +121,10 @@ impl RedisVoiceStates {
             .arg(expected.unwrap_or(""))
             .arg(if new.is_some() { "1" } else { "0" })
             .arg(new.unwrap_or(""))
-            .arg(guild)
-            .arg(cap.marker())
-            .arg(cap.limit);
+            .arg(guild);
+        if let Some(cap) = cap {
+            inv.arg(cap.marker()).arg(cap.limit);
+        }
         let done: u8 = self.conn.script(OpKind::Voice, &inv).await?;
         Ok(match done {
             1 => Swapped::Done,
@@ -180,7 +172,7 @@ impl VoiceStates for RedisVoiceStates {
         new: Option<&'a str>,
         cap: ChannelCap,
     ) -> Fut<'a, SharedResult<Swapped>> {
-        Box::pin(self.swap_capped_(guild, user, expected, new, cap))
+        Box::pin(self.swap_capped_(guild, user, expected, new, Some(cap)))
     }
     fn guilds(&self) -> Fut<'_, SharedResult<Vec<u64>>> {
         Box::pin(self.guilds_())
