@@ -148,12 +148,22 @@ impl Cluster {
     fn reconcile_dialers(&self) {
         let Some(dial) = &self.dial else { return };
         let mut wanted: HashMap<String, PeerNode> = HashMap::new();
+        let mut listed = 0usize;
         for list in locked(&self.peer_lists).values() {
             for p in list {
-                if p.fingerprint != dial.seed {
+                listed += 1;
+                if p.fingerprint != dial.seed
+                    && (wanted.len() < MAX_EDGE_TRUNKS || wanted.contains_key(&p.fingerprint))
+                {
                     wanted.insert(p.fingerprint.clone(), p.clone());
                 }
             }
+        }
+        if wanted.len() >= MAX_EDGE_TRUNKS && listed > MAX_EDGE_TRUNKS {
+            warn!(
+                limit = MAX_EDGE_TRUNKS,
+                listed, "more media nodes listed than an edge trunks to; the rest are not dialled"
+            );
         }
         let mut dialers = locked(&self.dialers);
         let gone: Vec<String> = dialers
@@ -403,6 +413,10 @@ pub async fn run_events(s: AppState, mut rx: mpsc::UnboundedReceiver<ClusterEven
         }
     }
 }
+
+/// Most nodes an edge keeps trunks to, however many its `Peers` lists name (each trunk is a
+/// QUIC connection with its own task and queues).
+pub const MAX_EDGE_TRUNKS: usize = 64;
 
 /// Origin: the edge named `edge` went away. Its callers placed through this node get a fresh
 /// token and VOICE_SERVER_UPDATE pointing at another edge of the same region, or at a node, and
