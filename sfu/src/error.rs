@@ -25,10 +25,14 @@ pub enum SfuError {
     #[error("{room} is full: at most {limit} participants (max_room_size)")]
     RoomFull { room: RoomId, limit: usize },
     /// Connected or still connecting.
-    #[error("{user} already has {limit} participants on this node (max_participants_per_user)")]
+    #[error(
+        "user {user} already has {limit} participants on this node (max_participants_per_user)"
+    )]
     UserLimit { user: UserId, limit: usize },
     /// Connected or still connecting.
-    #[error("{guild} already has {limit} participants on this node (max_participants_per_guild)")]
+    #[error(
+        "guild {guild} already has {limit} participants on this node (max_participants_per_guild)"
+    )]
     GuildLimit { guild: GuildId, limit: usize },
     #[error("no participant {0}")]
     UnknownParticipant(ParticipantIdx),

@@ -10,28 +10,14 @@ pub struct ParticipantIdx(pub u32);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RoomId(pub u64);
 
-/// The guild a room belongs to (a snowflake): the node bounds participants per guild.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GuildId(pub u64);
-
-impl fmt::Display for GuildId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "guild {}", self.0)
-    }
-}
-
-/// The user a participant speaks for (a snowflake).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserId(pub u64);
+/// The guild a room belongs to (the node bounds participants per guild) and the user a
+/// participant speaks for: the workspace's shared snowflake ids. They print as bare numbers
+/// and serialize as JSON numbers; the sfu's reports write them as strings at the use site
+/// (`serialize_with = "lodge_ids::as_string"`), as before.
+pub use lodge_ids::{GuildId, UserId};
 
 // Snowflakes exceed JavaScript's 2^53: serialize them as strings, as Discord does.
 impl serde::Serialize for RoomId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
-}
-
-impl serde::Serialize for UserId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&self.0)
     }
@@ -53,8 +39,48 @@ impl fmt::Display for RoomId {
     }
 }
 
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "user {}", self.0)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{ParticipantReport, SlotReport};
+
+    /// The node's JSON endpoint writes every snowflake as a string; the shared ids serialize
+    /// as numbers by default, so the report fields say otherwise. Pin it.
+    #[test]
+    fn reports_write_snowflakes_as_strings() {
+        let big = 1u64 << 60;
+        let slot = SlotReport {
+            ssrc: 5,
+            speaker: Some(UserId(big)),
+        };
+        assert_eq!(
+            serde_json::to_string(&slot).unwrap(),
+            format!(r#"{{"ssrc":5,"speaker":"{big}"}}"#)
+        );
+        let empty = SlotReport {
+            ssrc: 6,
+            speaker: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&empty).unwrap(),
+            r#"{"ssrc":6,"speaker":null}"#
+        );
+        let p = ParticipantReport {
+            idx: 1,
+            user: UserId(big),
+            room: RoomId(big + 1),
+            connected: true,
+            self_mute: false,
+            server_mute: false,
+            deaf: false,
+            can_speak: true,
+            speaking_level: 0.0,
+            slots: vec![],
+            stats: Default::default(),
+            drops: vec![],
+        };
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["user"], serde_json::json!(big.to_string()));
+        assert_eq!(v["room"], serde_json::json!((big + 1).to_string()));
     }
 }

@@ -229,6 +229,7 @@ impl Inbound {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ParticipantReport {
     pub idx: u32,
+    #[serde(serialize_with = "lodge_ids::as_string")]
     pub user: UserId,
     pub room: RoomId,
     pub connected: bool,
@@ -245,6 +246,7 @@ pub struct ParticipantReport {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SlotReport {
     pub ssrc: u32,
+    #[serde(serialize_with = "lodge_ids::option_as_string")]
     pub speaker: Option<UserId>,
 }
 
