@@ -1,5 +1,6 @@
 //! Guild bans: a banned user is not a member and cannot join again (by invite) until unbanned.
 
+use lodge_ids::{GuildId, RoleId, UserId};
 use sqlx::Row;
 
 use crate::error::ChatError;
@@ -43,8 +44,8 @@ impl Store {
     /// `delete_message_seconds` (if not 0) are deleted. The caller checks who may ban whom.
     pub async fn ban(
         &self,
-        guild_id: u64,
-        user_id: u64,
+        guild_id: GuildId,
+        user_id: UserId,
         reason: Option<&str>,
         delete_message_seconds: u64,
     ) -> Result<BanEffect, ChatError> {
@@ -64,15 +65,15 @@ impl Store {
             "INSERT INTO bans (guild_id, user_id, reason, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (guild_id, user_id) DO UPDATE SET reason = excluded.reason",
         )
-        .bind(guild_id as i64)
-        .bind(user_id as i64)
+        .bind(guild_id.get() as i64)
+        .bind(user_id.get() as i64)
         .bind(reason)
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
         let removed = sqlx::query("DELETE FROM members WHERE guild_id = $1 AND user_id = $2")
-            .bind(guild_id as i64)
-            .bind(user_id as i64)
+            .bind(guild_id.get() as i64)
+            .bind(user_id.get() as i64)
             .execute(&mut *tx)
             .await?;
         let mut effect = BanEffect {
@@ -83,16 +84,16 @@ impl Store {
             let rows: Vec<(i64, i64)> = sqlx::query_as(
                 "SELECT channel_id, id FROM messages WHERE guild_id = $1 AND author_id = $2 AND created_at >= $3 ORDER BY channel_id, id",
             )
-            .bind(guild_id as i64)
-            .bind(user_id as i64)
+            .bind(guild_id.get() as i64)
+            .bind(user_id.get() as i64)
             .bind(since)
             .fetch_all(&mut *tx)
             .await?;
             sqlx::query(
                 "DELETE FROM messages WHERE guild_id = $1 AND author_id = $2 AND created_at >= $3",
             )
-            .bind(guild_id as i64)
-            .bind(user_id as i64)
+            .bind(guild_id.get() as i64)
+            .bind(user_id.get() as i64)
             .bind(since)
             .execute(&mut *tx)
             .await?;
@@ -108,10 +109,10 @@ impl Store {
     }
 
     /// Lift a ban; `Unknown Ban` if there was none.
-    pub async fn unban(&self, guild_id: u64, user_id: u64) -> Result<(), ChatError> {
+    pub async fn unban(&self, guild_id: GuildId, user_id: UserId) -> Result<(), ChatError> {
         let r = sqlx::query("DELETE FROM bans WHERE guild_id = $1 AND user_id = $2")
-            .bind(guild_id as i64)
-            .bind(user_id as i64)
+            .bind(guild_id.get() as i64)
+            .bind(user_id.get() as i64)
             .execute(&self.pool)
             .await?;
         if r.rows_affected() == 0 {
@@ -121,28 +122,28 @@ impl Store {
     }
 
     /// One ban; `Unknown Ban` if the user is not banned.
-    pub async fn ban_of(&self, guild_id: u64, user_id: u64) -> Result<Ban, ChatError> {
+    pub async fn ban_of(&self, guild_id: GuildId, user_id: UserId) -> Result<Ban, ChatError> {
         let r = sqlx::query(
             "SELECT b.user_id, b.reason, b.created_at, u.username, u.bot FROM bans b JOIN users u ON u.id = b.user_id \
              WHERE b.guild_id = $1 AND b.user_id = $2",
         )
-        .bind(guild_id as i64)
-        .bind(user_id as i64)
+        .bind(guild_id.get() as i64)
+        .bind(user_id.get() as i64)
         .fetch_optional(&self.pool)
         .await?
         .ok_or(ChatError::Unknown("ban"))?;
         Ok(Ban {
-            user: user_from_row(&r, user_id),
+            user: user_from_row(&r, user_id.get()),
             reason: r.get("reason"),
             created_at: r.get("created_at"),
         })
     }
 
-    pub async fn is_banned(&self, guild_id: u64, user_id: u64) -> Result<bool, ChatError> {
+    pub async fn is_banned(&self, guild_id: GuildId, user_id: UserId) -> Result<bool, ChatError> {
         let n: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM bans WHERE guild_id = $1 AND user_id = $2")
-                .bind(guild_id as i64)
-                .bind(user_id as i64)
+                .bind(guild_id.get() as i64)
+                .bind(user_id.get() as i64)
                 .fetch_one(&self.pool)
                 .await?;
         Ok(n > 0)
@@ -151,17 +152,17 @@ impl Store {
     /// Who is told of bans (GUILD_BAN_ADD/REMOVE), as Discord tells them: members holding
     /// BAN_MEMBERS or VIEW_AUDIT_LOG (or ADMINISTRATOR) through a role, and the owner; `None`
     /// when `@everyone` holds one of them (every member).
-    pub async fn ban_watchers(&self, guild: &Guild) -> Result<Option<Vec<u64>>, ChatError> {
+    pub async fn ban_watchers(&self, guild: &Guild) -> Result<Option<Vec<UserId>>, ChatError> {
         const BITS: u64 =
             Permissions::BAN_MEMBERS | Permissions::VIEW_AUDIT_LOG | Permissions::ADMINISTRATOR;
-        let roles: Vec<u64> = self
+        let roles: Vec<RoleId> = self
             .roles(guild.id)
             .await?
             .into_iter()
             .filter(|r| r.permissions & BITS != 0)
             .map(|r| r.id)
             .collect();
-        if roles.contains(&guild.id) {
+        if roles.contains(&RoleId::everyone(guild.id)) {
             return Ok(None);
         }
         let mut users = vec![guild.owner_id];
@@ -169,11 +170,11 @@ impl Store {
             let ids: Vec<i64> = sqlx::query_scalar(
                 "SELECT user_id FROM member_roles WHERE guild_id = $1 AND role_id = $2",
             )
-            .bind(guild.id as i64)
-            .bind(r as i64)
+            .bind(guild.id.get() as i64)
+            .bind(r.get() as i64)
             .fetch_all(&self.pool)
             .await?;
-            users.extend(ids.into_iter().map(|u| u as u64));
+            users.extend(ids.into_iter().map(|u| UserId(u as u64)));
         }
         users.sort_unstable();
         users.dedup();
@@ -182,7 +183,7 @@ impl Store {
 
     /// A page of the guild's bans by user id: after `after` ascending, or (with only `before`)
     /// the last `limit` before it, still ascending.
-    pub async fn bans(&self, guild_id: u64, q: BanQuery) -> Result<Vec<Ban>, ChatError> {
+    pub async fn bans(&self, guild_id: GuildId, q: BanQuery) -> Result<Vec<Ban>, ChatError> {
         let limit = q.limit.clamp(1, MAX_BANS_PAGE) as i64;
         let before = q.before.map(|b| b as i64).unwrap_or(i64::MAX);
         let rows = if q.after.is_none() && q.before.is_some() {
@@ -190,7 +191,7 @@ impl Store {
                 "SELECT b.user_id, b.reason, b.created_at, u.username, u.bot FROM bans b JOIN users u ON u.id = b.user_id \
                  WHERE b.guild_id = $1 AND b.user_id < $2 ORDER BY b.user_id DESC LIMIT $3",
             )
-            .bind(guild_id as i64)
+            .bind(guild_id.get() as i64)
             .bind(before)
             .bind(limit)
             .fetch_all(&self.pool)
@@ -202,7 +203,7 @@ impl Store {
                 "SELECT b.user_id, b.reason, b.created_at, u.username, u.bot FROM bans b JOIN users u ON u.id = b.user_id \
                  WHERE b.guild_id = $1 AND b.user_id > $2 AND b.user_id < $3 ORDER BY b.user_id LIMIT $4",
             )
-            .bind(guild_id as i64)
+            .bind(guild_id.get() as i64)
             .bind(q.after.map(|a| a as i64).unwrap_or(0))
             .bind(before)
             .bind(limit)

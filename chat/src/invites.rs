@@ -5,6 +5,7 @@
 //! joins can win for the last use) commit together or not at all, so an invite with
 //! `max_uses: 1` admits exactly one member however many accept it at once.
 
+use lodge_ids::{ChannelId, GuildId, UserId};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use sqlx::Row;
@@ -17,7 +18,7 @@ impl Store {
     pub async fn create_invite(
         &self,
         channel: &Channel,
-        inviter: u64,
+        inviter: UserId,
         max_uses: u32,
         max_age_s: u32,
     ) -> Result<Invite, ChatError> {
@@ -29,9 +30,9 @@ impl Store {
         let expires_at = (max_age_s > 0).then(|| now_ms() + max_age_s as i64 * 1000);
         sqlx::query("INSERT INTO invites (code, guild_id, channel_id, inviter_id, max_uses, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&code)
-            .bind(channel.guild_id as i64)
-            .bind(channel.id as i64)
-            .bind(inviter as i64)
+            .bind(channel.guild_id.get() as i64)
+            .bind(channel.id.get() as i64)
+            .bind(inviter.get() as i64)
             .bind(max_uses as i64)
             .bind(expires_at)
             .bind(now_ms())
@@ -57,9 +58,9 @@ impl Store {
             .ok_or(ChatError::Unknown("invite"))?;
         let inv = Invite {
             code: r.get("code"),
-            guild_id: r.get::<i64, _>("guild_id") as u64,
-            channel_id: r.get::<i64, _>("channel_id") as u64,
-            inviter_id: r.get::<i64, _>("inviter_id") as u64,
+            guild_id: GuildId(r.get::<i64, _>("guild_id") as u64),
+            channel_id: ChannelId(r.get::<i64, _>("channel_id") as u64),
+            inviter_id: UserId(r.get::<i64, _>("inviter_id") as u64),
             max_uses: r.get::<i64, _>("max_uses") as u32,
             uses: r.get::<i64, _>("uses") as u32,
             expires_at: r.get("expires_at"),
@@ -75,21 +76,25 @@ impl Store {
     /// Join the invite's guild. Returns the invite and whether the user was newly added (a
     /// member already in the guild does not use the invite up). `Banned` for a user banned
     /// from the guild; `Unknown Invite` when it expired or its last use went to someone else.
-    pub async fn use_invite(&self, code: &str, user_id: u64) -> Result<(Invite, bool), ChatError> {
+    pub async fn use_invite(
+        &self,
+        code: &str,
+        user_id: UserId,
+    ) -> Result<(Invite, bool), ChatError> {
         let mut inv = self.invite(code).await?;
         let mut tx = self.begin_write().await?;
         let banned: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM bans WHERE guild_id = $1 AND user_id = $2")
-                .bind(inv.guild_id as i64)
-                .bind(user_id as i64)
+                .bind(inv.guild_id.get() as i64)
+                .bind(user_id.get() as i64)
                 .fetch_one(&mut *tx)
                 .await?;
         if banned > 0 {
             return Err(ChatError::Banned);
         }
         let added = sqlx::query("INSERT INTO members (guild_id, user_id, joined_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(inv.guild_id as i64)
-            .bind(user_id as i64)
+            .bind(inv.guild_id.get() as i64)
+            .bind(user_id.get() as i64)
             .bind(now_ms())
             .execute(&mut *tx)
             .await?

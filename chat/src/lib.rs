@@ -18,6 +18,7 @@ pub mod store;
 
 pub use bans::{Ban, BanEffect, BanQuery};
 pub use error::ChatError;
+pub use lodge_ids::{ChannelId, GuildId, MessageId, RoleId, UserId};
 pub use model::*;
 pub use permissions::{Overwrite, OverwriteKind, Permissions};
 pub use quality::{CallQuery, CallSummary};

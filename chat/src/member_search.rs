@@ -1,5 +1,6 @@
 //! Members picked by id or by name prefix, for the gateway's Request Guild Members (op 8).
 
+use lodge_ids::{GuildId, UserId};
 use sqlx::Row;
 
 use crate::error::ChatError;
@@ -27,7 +28,7 @@ impl Store {
     /// username, at most `limit`.
     pub async fn members_named(
         &self,
-        guild_id: u64,
+        guild_id: GuildId,
         prefix: &str,
         limit: u32,
     ) -> Result<Vec<Member>, ChatError> {
@@ -36,7 +37,7 @@ impl Store {
              WHERE m.guild_id = $1 AND (lower(u.username) LIKE $2 ESCAPE '\\' OR lower(COALESCE(m.nick, '')) LIKE $2 ESCAPE '\\') \
              ORDER BY u.username LIMIT $3",
         )
-        .bind(guild_id as i64)
+        .bind(guild_id.get() as i64)
         .bind(like_prefix(prefix))
         .bind(limit as i64)
         .fetch_all(&self.pool)
@@ -47,8 +48,8 @@ impl Store {
     /// The members among `user_ids` (ids that are not members are left out).
     pub async fn members_by_id(
         &self,
-        guild_id: u64,
-        user_ids: &[u64],
+        guild_id: GuildId,
+        user_ids: &[UserId],
     ) -> Result<Vec<Member>, ChatError> {
         if user_ids.is_empty() {
             return Ok(Vec::new());
@@ -67,9 +68,9 @@ impl Store {
              WHERE m.guild_id = $1 AND m.user_id IN ({}) ORDER BY m.user_id",
             marks.join(", ")
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(guild_id as i64);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(guild_id.get() as i64);
         for id in user_ids {
-            q = q.bind(*id as i64);
+            q = q.bind(id.get() as i64);
         }
         let rows = q.fetch_all(&self.pool).await?;
         self.with_roles(guild_id, rows).await
@@ -77,7 +78,7 @@ impl Store {
 
     async fn with_roles(
         &self,
-        guild_id: u64,
+        guild_id: GuildId,
         rows: Vec<sqlx::any::AnyRow>,
     ) -> Result<Vec<Member>, ChatError> {
         let mut out = Vec::with_capacity(rows.len());
@@ -87,7 +88,7 @@ impl Store {
                 guild_id,
                 user: user_from_row(r, uid),
                 nick: r.get("nick"),
-                roles: self.member_roles(guild_id, uid).await?,
+                roles: self.member_roles(guild_id, UserId(uid)).await?,
                 joined_at: r.get("joined_at"),
             });
         }

@@ -1,5 +1,6 @@
 //! Messages, mentions and reactions.
 
+use lodge_ids::{ChannelId, GuildId, MessageId, RoleId, UserId};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -89,14 +90,18 @@ impl Store {
                 let existing: Option<i64> = sqlx::query_scalar(
                     "SELECT id FROM messages WHERE channel_id = $1 AND author_id = $2 AND nonce = $3 AND created_at > $4 ORDER BY id DESC LIMIT 1",
                 )
-                .bind(channel.id as i64)
-                .bind(author.id as i64)
+                .bind(channel.id.get() as i64)
+                .bind(author.id.get() as i64)
                 .bind(n)
                 .bind(now_ms() - NONCE_WINDOW_MS)
                 .fetch_optional(&self.pool)
                 .await?;
                 if let Some(id) = existing {
-                    return Ok((self.message(channel.id, id as u64, author.id).await?, false));
+                    return Ok((
+                        self.message(channel.id, MessageId(id as u64), author.id)
+                            .await?,
+                        false,
+                    ));
                 }
             }
         }
@@ -104,11 +109,11 @@ impl Store {
             let ok: Option<i64> = sqlx::query_scalar(
                 "SELECT guild_id FROM messages WHERE id = $1 AND channel_id = $2",
             )
-            .bind(mid as i64)
-            .bind(cid as i64)
+            .bind(mid.get() as i64)
+            .bind(cid.get() as i64)
             .fetch_optional(&self.pool)
             .await?;
-            if ok.map(|g| g as u64) != Some(channel.guild_id) {
+            if ok.map(|g| g as u64) != Some(channel.guild_id.get()) {
                 return Err(ChatError::Invalid {
                     field: "message_reference",
                     message: "Unknown message".into(),
@@ -124,15 +129,15 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(id as i64)
-        .bind(channel.id as i64)
-        .bind(channel.guild_id as i64)
-        .bind(author.id as i64)
+        .bind(channel.id.get() as i64)
+        .bind(channel.guild_id.get() as i64)
+        .bind(author.id.get() as i64)
         .bind(&m.content)
         .bind(&m.nonce)
         .bind(m.tts as i64)
         .bind((everyone && m.may_mention_everyone) as i64)
-        .bind(m.reference.map(|r| r.0 as i64))
-        .bind(m.reference.map(|r| r.1 as i64))
+        .bind(m.reference.map(|r| r.0.get() as i64))
+        .bind(m.reference.map(|r| r.1.get() as i64))
         .bind(created_at)
         .execute(&mut *tx)
         .await?;
@@ -140,7 +145,7 @@ impl Store {
         for u in users.iter().take(100) {
             sqlx::query("INSERT INTO message_mentions (message_id, kind, target_id) SELECT $1, 0, user_id FROM members WHERE guild_id = $2 AND user_id = $3 ON CONFLICT DO NOTHING")
                 .bind(id as i64)
-                .bind(channel.guild_id as i64)
+                .bind(channel.guild_id.get() as i64)
                 .bind(*u as i64)
                 .execute(&mut *tx)
                 .await?;
@@ -148,16 +153,19 @@ impl Store {
         for r in roles.iter().take(100) {
             sqlx::query("INSERT INTO message_mentions (message_id, kind, target_id) SELECT $1, 1, id FROM roles WHERE guild_id = $2 AND id = $3 ON CONFLICT DO NOTHING")
                 .bind(id as i64)
-                .bind(channel.guild_id as i64)
+                .bind(channel.guild_id.get() as i64)
                 .bind(*r as i64)
                 .execute(&mut *tx)
                 .await?;
         }
         tx.commit().await?;
-        Ok((self.message(channel.id, id, author.id).await?, true))
+        Ok((
+            self.message(channel.id, MessageId(id), author.id).await?,
+            true,
+        ))
     }
 
-    async fn hydrate(&self, r: &AnyRow, viewer: u64) -> Result<Message, ChatError> {
+    async fn hydrate(&self, r: &AnyRow, viewer: UserId) -> Result<Message, ChatError> {
         let id = r.get::<i64, _>("id") as u64;
         let mention_rows = sqlx::query(
             "SELECT mm.kind, mm.target_id, u.username, u.bot FROM message_mentions mm LEFT JOIN users u ON mm.kind = 0 AND u.id = mm.target_id WHERE mm.message_id = $1",
@@ -171,7 +179,7 @@ impl Store {
             let target = m.get::<i64, _>("target_id") as u64;
             if m.get::<i64, _>("kind") == 0 {
                 mentions.push(User {
-                    id: target,
+                    id: UserId(target),
                     username: m.get::<Option<String>, _>("username").unwrap_or_default(),
                     bot: m
                         .try_get::<Option<i64>, _>("bot")
@@ -181,14 +189,14 @@ impl Store {
                         != 0,
                 });
             } else {
-                mention_roles.push(target);
+                mention_roles.push(RoleId(target));
             }
         }
         let reaction_rows = sqlx::query(
             "SELECT emoji, COUNT(*) AS n, CAST(MAX(CASE WHEN user_id = $1 THEN 1 ELSE 0 END) AS BIGINT) AS me, MIN(created_at) AS first \
              FROM reactions WHERE message_id = $2 GROUP BY emoji ORDER BY first",
         )
-        .bind(viewer as i64)
+        .bind(viewer.get() as i64)
         .bind(id as i64)
         .fetch_all(&self.pool)
         .await?;
@@ -201,9 +209,9 @@ impl Store {
             })
             .collect();
         Ok(Message {
-            id,
-            channel_id: r.get::<i64, _>("channel_id") as u64,
-            guild_id: r.get::<i64, _>("guild_id") as u64,
+            id: MessageId(id),
+            channel_id: ChannelId(r.get::<i64, _>("channel_id") as u64),
+            guild_id: GuildId(r.get::<i64, _>("guild_id") as u64),
             author: user_from_row(r, r.get::<i64, _>("author_id") as u64),
             content: r.get("content"),
             nonce: r.get("nonce"),
@@ -214,7 +222,7 @@ impl Store {
             reference: r
                 .get::<Option<i64>, _>("reference_id")
                 .zip(r.get::<Option<i64>, _>("reference_channel_id"))
-                .map(|(a, b)| (a as u64, b as u64)),
+                .map(|(a, b)| (MessageId(a as u64), ChannelId(b as u64))),
             edited_at: r.get("edited_at"),
             created_at: r.get("created_at"),
             reactions,
@@ -224,13 +232,13 @@ impl Store {
     /// One message of a channel, as `viewer` sees it (reactions' `me`).
     pub async fn message(
         &self,
-        channel_id: u64,
-        id: u64,
-        viewer: u64,
+        channel_id: ChannelId,
+        id: MessageId,
+        viewer: UserId,
     ) -> Result<Message, ChatError> {
         let r = sqlx::query(select!("WHERE m.id = $1 AND m.channel_id = $2"))
-            .bind(id as i64)
-            .bind(channel_id as i64)
+            .bind(id.get() as i64)
+            .bind(channel_id.get() as i64)
             .fetch_optional(&self.pool)
             .await?
             .ok_or(ChatError::Unknown("message"))?;
@@ -240,19 +248,19 @@ impl Store {
     /// A page of history, newest first (as Discord returns it).
     pub async fn messages(
         &self,
-        channel_id: u64,
+        channel_id: ChannelId,
         q: MessageQuery,
-        viewer: u64,
+        viewer: UserId,
     ) -> Result<Vec<Message>, ChatError> {
         let limit = q.limit.clamp(1, 100) as i64;
-        let cid = channel_id as i64;
+        let cid = channel_id.get() as i64;
         let rows = if let Some(around) = q.around {
             let newer = limit / 2 + (limit % 2);
             let mut up = sqlx::query(select!(
                 "WHERE m.channel_id = $1 AND m.id >= $2 ORDER BY m.id ASC LIMIT $3"
             ))
             .bind(cid)
-            .bind(around as i64)
+            .bind(around.get() as i64)
             .bind(newer)
             .fetch_all(&self.pool)
             .await?;
@@ -261,7 +269,7 @@ impl Store {
                 "WHERE m.channel_id = $1 AND m.id < $2 ORDER BY m.id DESC LIMIT $3"
             ))
             .bind(cid)
-            .bind(around as i64)
+            .bind(around.get() as i64)
             .bind(older)
             .fetch_all(&self.pool)
             .await?;
@@ -273,7 +281,7 @@ impl Store {
                 "WHERE m.channel_id = $1 AND m.id > $2 ORDER BY m.id ASC LIMIT $3"
             ))
             .bind(cid)
-            .bind(after as i64)
+            .bind(after.get() as i64)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
@@ -284,7 +292,7 @@ impl Store {
                 "WHERE m.channel_id = $1 AND m.id < $2 ORDER BY m.id DESC LIMIT $3"
             ))
             .bind(cid)
-            .bind(q.before.map(|b| b as i64).unwrap_or(i64::MAX))
+            .bind(q.before.map(|b| b.get() as i64).unwrap_or(i64::MAX))
             .bind(limit)
             .fetch_all(&self.pool)
             .await?
@@ -298,10 +306,10 @@ impl Store {
 
     pub async fn edit_message(
         &self,
-        channel_id: u64,
-        id: u64,
+        channel_id: ChannelId,
+        id: MessageId,
         content: &str,
-        viewer: u64,
+        viewer: UserId,
     ) -> Result<Message, ChatError> {
         check_content(content)?;
         let r = sqlx::query(
@@ -309,8 +317,8 @@ impl Store {
         )
         .bind(content)
         .bind(now_ms())
-        .bind(id as i64)
-        .bind(channel_id as i64)
+        .bind(id.get() as i64)
+        .bind(channel_id.get() as i64)
         .execute(&self.pool)
         .await?;
         if r.rows_affected() == 0 {
@@ -319,10 +327,14 @@ impl Store {
         self.message(channel_id, id, viewer).await
     }
 
-    pub async fn delete_message(&self, channel_id: u64, id: u64) -> Result<(), ChatError> {
+    pub async fn delete_message(
+        &self,
+        channel_id: ChannelId,
+        id: MessageId,
+    ) -> Result<(), ChatError> {
         let r = sqlx::query("DELETE FROM messages WHERE id = $1 AND channel_id = $2")
-            .bind(id as i64)
-            .bind(channel_id as i64)
+            .bind(id.get() as i64)
+            .bind(channel_id.get() as i64)
             .execute(&self.pool)
             .await?;
         if r.rows_affected() == 0 {
@@ -334,14 +346,14 @@ impl Store {
     /// Add a reaction; `false` if the user had already reacted with it.
     pub async fn add_reaction(
         &self,
-        message_id: u64,
+        message_id: MessageId,
         emoji: &str,
-        user_id: u64,
+        user_id: UserId,
     ) -> Result<bool, ChatError> {
         let distinct: i64 = sqlx::query_scalar(
             "SELECT COUNT(DISTINCT emoji) FROM reactions WHERE message_id = $1 AND emoji != $2",
         )
-        .bind(message_id as i64)
+        .bind(message_id.get() as i64)
         .bind(emoji)
         .fetch_one(&self.pool)
         .await?;
@@ -352,9 +364,9 @@ impl Store {
             });
         }
         let r = sqlx::query("INSERT INTO reactions (message_id, emoji, user_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
-            .bind(message_id as i64)
+            .bind(message_id.get() as i64)
             .bind(emoji)
-            .bind(user_id as i64)
+            .bind(user_id.get() as i64)
             .bind(now_ms())
             .execute(&self.pool)
             .await?;
@@ -364,16 +376,16 @@ impl Store {
     /// Remove a reaction; `false` if there was none.
     pub async fn remove_reaction(
         &self,
-        message_id: u64,
+        message_id: MessageId,
         emoji: &str,
-        user_id: u64,
+        user_id: UserId,
     ) -> Result<bool, ChatError> {
         let r = sqlx::query(
             "DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3",
         )
-        .bind(message_id as i64)
+        .bind(message_id.get() as i64)
         .bind(emoji)
-        .bind(user_id as i64)
+        .bind(user_id.get() as i64)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() > 0)
@@ -382,7 +394,7 @@ impl Store {
     /// Users who reacted with `emoji`, by user id, after `after`.
     pub async fn reaction_users(
         &self,
-        message_id: u64,
+        message_id: MessageId,
         emoji: &str,
         limit: u32,
         after: u64,
@@ -390,7 +402,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT u.id, u.username, u.bot FROM reactions r JOIN users u ON u.id = r.user_id WHERE r.message_id = $1 AND r.emoji = $2 AND u.id > $3 ORDER BY u.id LIMIT $4",
         )
-        .bind(message_id as i64)
+        .bind(message_id.get() as i64)
         .bind(emoji)
         .bind(after as i64)
         .bind(limit.clamp(1, 100) as i64)
@@ -418,12 +430,12 @@ impl Store {
     /// first, with the total number of hits.
     pub async fn search_messages(
         &self,
-        guild_id: u64,
-        channels: &[u64],
+        guild_id: GuildId,
+        channels: &[ChannelId],
         query: &str,
         limit: u32,
         offset: u32,
-        viewer: u64,
+        viewer: UserId,
     ) -> Result<(u64, Vec<Message>), ChatError> {
         let Some(q) = fts_query(query) else {
             return Err(ChatError::Invalid {
@@ -440,7 +452,7 @@ impl Store {
                      WHERE messages_fts MATCH $1 AND m.guild_id = $2 AND m.channel_id IN (SELECT value FROM json_each($3))",
                 )
                 .bind(&q)
-                .bind(guild_id as i64)
+                .bind(guild_id.get() as i64)
                 .bind(&chans)
                 .fetch_one(&self.pool)
                 .await?;
@@ -449,7 +461,7 @@ impl Store {
                      AND m.channel_id IN (SELECT value FROM json_each($3)) ORDER BY m.id DESC LIMIT $4 OFFSET $5"
                 ))
                 .bind(&q)
-                .bind(guild_id as i64)
+                .bind(guild_id.get() as i64)
                 .bind(&chans)
                 .bind(limit)
                 .bind(offset)
@@ -469,7 +481,7 @@ impl Store {
                      AND m.channel_id IN (SELECT value::bigint FROM json_array_elements_text($3::json))",
                 )
                 .bind(&words)
-                .bind(guild_id as i64)
+                .bind(guild_id.get() as i64)
                 .bind(&chans)
                 .fetch_one(&self.pool)
                 .await?;
@@ -478,7 +490,7 @@ impl Store {
                      AND m.channel_id IN (SELECT value::bigint FROM json_array_elements_text($3::json)) ORDER BY m.id DESC LIMIT $4 OFFSET $5"
                 ))
                 .bind(&words)
-                .bind(guild_id as i64)
+                .bind(guild_id.get() as i64)
                 .bind(&chans)
                 .bind(limit)
                 .bind(offset)

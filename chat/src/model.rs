@@ -1,23 +1,25 @@
 //! The guild model's nouns. Plain data: the signaling crate decides their JSON shape.
 
+use lodge_ids::{ChannelId, GuildId, MessageId, RoleId, UserId};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
-    pub id: u64,
+    pub id: UserId,
     pub username: String,
     pub bot: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Guild {
-    pub id: u64,
+    pub id: GuildId,
     pub name: String,
-    pub owner_id: u64,
+    pub owner_id: UserId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Role {
-    pub id: u64,
-    pub guild_id: u64,
+    pub id: RoleId,
+    pub guild_id: GuildId,
     pub name: String,
     pub permissions: u64,
     pub position: i64,
@@ -45,12 +47,12 @@ impl ChannelKind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Channel {
-    pub id: u64,
-    pub guild_id: u64,
+    pub id: ChannelId,
+    pub guild_id: GuildId,
     pub kind: ChannelKind,
     pub name: String,
     pub position: i64,
-    pub parent_id: Option<u64>,
+    pub parent_id: Option<ChannelId>,
     pub bitrate: Option<u32>,
     pub user_limit: Option<u32>,
     pub topic: Option<String>,
@@ -59,10 +61,10 @@ pub struct Channel {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
-    pub guild_id: u64,
+    pub guild_id: GuildId,
     pub user: User,
     pub nick: Option<String>,
-    pub roles: Vec<u64>,
+    pub roles: Vec<RoleId>,
     /// Unix milliseconds.
     pub joined_at: i64,
 }
@@ -70,9 +72,9 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invite {
     pub code: String,
-    pub guild_id: u64,
-    pub channel_id: u64,
-    pub inviter_id: u64,
+    pub guild_id: GuildId,
+    pub channel_id: ChannelId,
+    pub inviter_id: UserId,
     pub max_uses: u32,
     pub uses: u32,
     /// Unix milliseconds, or never.
@@ -84,7 +86,7 @@ pub struct Invite {
 pub struct ChannelSpec {
     pub name: Option<String>,
     pub kind: Option<ChannelKind>,
-    pub parent_id: Option<Option<u64>>,
+    pub parent_id: Option<Option<ChannelId>>,
     pub position: Option<i64>,
     pub bitrate: Option<u32>,
     pub user_limit: Option<u32>,
@@ -104,18 +106,18 @@ pub struct ReactionCount {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
-    pub id: u64,
-    pub channel_id: u64,
-    pub guild_id: u64,
+    pub id: MessageId,
+    pub channel_id: ChannelId,
+    pub guild_id: GuildId,
     pub author: User,
     pub content: String,
     pub nonce: Option<String>,
     pub tts: bool,
     pub mention_everyone: bool,
     pub mentions: Vec<User>,
-    pub mention_roles: Vec<u64>,
+    pub mention_roles: Vec<RoleId>,
     /// (message id, channel id) this message replies to.
-    pub reference: Option<(u64, u64)>,
+    pub reference: Option<(MessageId, ChannelId)>,
     /// Unix milliseconds.
     pub edited_at: Option<i64>,
     pub created_at: i64,
@@ -132,14 +134,14 @@ pub struct NewMessage {
     pub tts: bool,
     /// The author may mention @everyone/@here (MENTION_EVERYONE).
     pub may_mention_everyone: bool,
-    pub reference: Option<(u64, u64)>,
+    pub reference: Option<(MessageId, ChannelId)>,
 }
 
 /// Which page of a channel's history.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MessageQuery {
     pub limit: u32,
-    pub before: Option<u64>,
-    pub after: Option<u64>,
-    pub around: Option<u64>,
+    pub before: Option<MessageId>,
+    pub after: Option<MessageId>,
+    pub around: Option<MessageId>,
 }

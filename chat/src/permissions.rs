@@ -5,6 +5,7 @@
 //! skips overwrites. Then the channel's overwrites apply: `@everyone`'s deny then allow, all the
 //! member's roles' denies then allows (combined), then the member's own deny then allow.
 
+use lodge_ids::{RoleId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// A permission bit set (Discord's bit positions).
@@ -86,24 +87,24 @@ pub struct PermissionInput<'a> {
 pub fn of_member(
     guild: &crate::Guild,
     roles: &[crate::Role],
-    member_role_ids: &[u64],
+    member_role_ids: &[RoleId],
     channel: Option<&crate::Channel>,
-    user_id: u64,
+    user_id: UserId,
 ) -> Permissions {
     let everyone = roles
         .iter()
-        .find(|r| r.id == guild.id)
+        .find(|r| r.id == RoleId::everyone(guild.id))
         .map(|r| r.permissions)
         .unwrap_or(0);
     let member_roles: Vec<(u64, u64)> = roles
         .iter()
         .filter(|r| member_role_ids.contains(&r.id))
-        .map(|r| (r.id, r.permissions))
+        .map(|r| (r.id.get(), r.permissions))
         .collect();
     compute(&PermissionInput {
-        guild_id: guild.id,
-        owner_id: guild.owner_id,
-        user_id,
+        guild_id: guild.id.get(),
+        owner_id: guild.owner_id.get(),
+        user_id: user_id.get(),
         everyone,
         roles: &member_roles,
         overwrites: channel.map(|c| c.overwrites.as_slice()).unwrap_or(&[]),

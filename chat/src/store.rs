@@ -1,5 +1,6 @@
 //! Storage of the guild model through sqlx (SQLite, the embedded default).
 
+use lodge_ids::{ChannelId, GuildId, RoleId, UserId};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -69,7 +70,7 @@ pub struct Store {
 /// A user from a row's `username` and `bot` columns; the id is given (its column varies).
 pub(crate) fn user_from_row(r: &AnyRow, id: u64) -> User {
     User {
-        id,
+        id: UserId(id),
         username: r.get("username"),
         bot: flag(r, "bot"),
     }
@@ -178,13 +179,13 @@ impl Store {
     /// before the addition.
     pub(crate) async fn begin_capped(
         &self,
-        guild_id: u64,
+        guild_id: GuildId,
         cap: GuildCap,
     ) -> Result<(sqlx::Transaction<'static, sqlx::Any>, i64), ChatError> {
         let mut tx = self.begin_write().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT id FROM guilds WHERE id = $1 FOR UPDATE")
-                .bind(guild_id as i64)
+                .bind(guild_id.get() as i64)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -201,7 +202,7 @@ impl Store {
             ),
         };
         let count: i64 = sqlx::query_scalar(sql)
-            .bind(guild_id as i64)
+            .bind(guild_id.get() as i64)
             .fetch_one(&mut *tx)
             .await?;
         if count as usize >= limit {
@@ -277,11 +278,11 @@ impl Store {
             }
         }
         let user = User {
-            id,
+            id: UserId(id),
             username: username.to_string(),
             bot,
         };
-        let token = self.issue_token(id).await?;
+        let token = self.issue_token(UserId(id)).await?;
         Ok((user, token))
     }
 
@@ -312,7 +313,7 @@ impl Store {
         Ok((user, token))
     }
 
-    async fn issue_token(&self, user_id: u64) -> Result<String, ChatError> {
+    async fn issue_token(&self, user_id: UserId) -> Result<String, ChatError> {
         let secret: String = rand::thread_rng()
             .sample_iter(&Alphanumeric)
             .take(40)
@@ -322,7 +323,7 @@ impl Store {
         let token = format!("{}.{}", user_id, secret);
         sqlx::query("INSERT INTO tokens (hash, user_id, created_at) VALUES ($1, $2, $3)")
             .bind(token_hash(&token))
-            .bind(user_id as i64)
+            .bind(user_id.get() as i64)
             .bind(now_ms())
             .execute(&self.pool)
             .await?;
@@ -360,17 +361,17 @@ impl Store {
     }
 
     /// Revoke every token of a user; returns how many were live.
-    pub async fn revoke_all_tokens(&self, user_id: u64) -> Result<u64, ChatError> {
+    pub async fn revoke_all_tokens(&self, user_id: UserId) -> Result<u64, ChatError> {
         let r = sqlx::query("UPDATE tokens SET revoked = 1 WHERE user_id = $1 AND revoked = 0")
-            .bind(user_id as i64)
+            .bind(user_id.get() as i64)
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected())
     }
 
-    pub async fn user(&self, id: u64) -> Result<User, ChatError> {
+    pub async fn user(&self, id: UserId) -> Result<User, ChatError> {
         let row = sqlx::query("SELECT id, username, bot FROM users WHERE id = $1")
-            .bind(id as i64)
+            .bind(id.get() as i64)
             .fetch_optional(&self.pool)
             .await?
             .ok_or(ChatError::Unknown("user"))?;
@@ -393,12 +394,12 @@ impl Store {
         // already exclusive; on PostgreSQL the owner's row lock serialises their creations.
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
-                .bind(owner.id as i64)
+                .bind(owner.id.get() as i64)
                 .execute(&mut *tx)
                 .await?;
         }
         let owned: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM guilds WHERE owner_id = $1")
-            .bind(owner.id as i64)
+            .bind(owner.id.get() as i64)
             .fetch_one(&mut *tx)
             .await?;
         if owned as usize >= MAX_OWNED_GUILDS {
@@ -410,7 +411,7 @@ impl Store {
         sqlx::query("INSERT INTO guilds (id, name, owner_id, created_at) VALUES ($1, $2, $3, $4)")
             .bind(id as i64)
             .bind(&name)
-            .bind(owner.id as i64)
+            .bind(owner.id.get() as i64)
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
@@ -440,73 +441,73 @@ impl Store {
         }
         sqlx::query("INSERT INTO members (guild_id, user_id, joined_at) VALUES ($1, $2, $3)")
             .bind(id as i64)
-            .bind(owner.id as i64)
+            .bind(owner.id.get() as i64)
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
         Ok(Guild {
-            id,
+            id: GuildId(id),
             name,
             owner_id: owner.id,
         })
     }
 
-    pub async fn guild(&self, id: u64) -> Result<Guild, ChatError> {
+    pub async fn guild(&self, id: GuildId) -> Result<Guild, ChatError> {
         let row = sqlx::query("SELECT id, name, owner_id FROM guilds WHERE id = $1")
-            .bind(id as i64)
+            .bind(id.get() as i64)
             .fetch_optional(&self.pool)
             .await?
             .ok_or(ChatError::Unknown("guild"))?;
         Ok(Guild {
             id,
             name: row.get("name"),
-            owner_id: row.get::<i64, _>("owner_id") as u64,
+            owner_id: UserId(row.get::<i64, _>("owner_id") as u64),
         })
     }
 
-    pub async fn rename_guild(&self, id: u64, name: &str) -> Result<Guild, ChatError> {
+    pub async fn rename_guild(&self, id: GuildId, name: &str) -> Result<Guild, ChatError> {
         let name = check_name("name", name)?;
         sqlx::query("UPDATE guilds SET name = $1 WHERE id = $2")
             .bind(&name)
-            .bind(id as i64)
+            .bind(id.get() as i64)
             .execute(&self.pool)
             .await?;
         self.guild(id).await
     }
 
-    pub async fn delete_guild(&self, id: u64) -> Result<(), ChatError> {
+    pub async fn delete_guild(&self, id: GuildId) -> Result<(), ChatError> {
         sqlx::query("DELETE FROM guilds WHERE id = $1")
-            .bind(id as i64)
+            .bind(id.get() as i64)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
-    pub async fn user_guilds(&self, user_id: u64) -> Result<Vec<Guild>, ChatError> {
+    pub async fn user_guilds(&self, user_id: UserId) -> Result<Vec<Guild>, ChatError> {
         let rows = sqlx::query("SELECT g.id, g.name, g.owner_id FROM guilds g JOIN members m ON m.guild_id = g.id WHERE m.user_id = $1 ORDER BY g.id")
-            .bind(user_id as i64)
+            .bind(user_id.get() as i64)
             .fetch_all(&self.pool)
             .await?;
         Ok(rows
             .iter()
             .map(|r| Guild {
-                id: r.get::<i64, _>("id") as u64,
+                id: GuildId(r.get::<i64, _>("id") as u64),
                 name: r.get("name"),
-                owner_id: r.get::<i64, _>("owner_id") as u64,
+                owner_id: UserId(r.get::<i64, _>("owner_id") as u64),
             })
             .collect())
     }
 
-    pub async fn roles(&self, guild_id: u64) -> Result<Vec<Role>, ChatError> {
+    pub async fn roles(&self, guild_id: GuildId) -> Result<Vec<Role>, ChatError> {
         let rows = sqlx::query("SELECT id, name, permissions, position, color FROM roles WHERE guild_id = $1 ORDER BY position, id")
-            .bind(guild_id as i64)
+            .bind(guild_id.get() as i64)
             .fetch_all(&self.pool)
             .await?;
         Ok(rows
             .iter()
             .map(|r| Role {
-                id: r.get::<i64, _>("id") as u64,
+                id: RoleId(r.get::<i64, _>("id") as u64),
                 guild_id,
                 name: r.get("name"),
                 permissions: r.get::<i64, _>("permissions") as u64,
@@ -519,7 +520,7 @@ impl Store {
     /// Create a role (used by tests and the chat issue's role routes).
     pub async fn create_role(
         &self,
-        guild_id: u64,
+        guild_id: GuildId,
         name: &str,
         permissions: u64,
     ) -> Result<Role, ChatError> {
@@ -531,7 +532,7 @@ impl Store {
         let pos: i64 = 1;
         sqlx::query("INSERT INTO roles (id, guild_id, name, permissions, position) VALUES ($1, $2, $3, $4, $5)")
             .bind(id as i64)
-            .bind(guild_id as i64)
+            .bind(guild_id.get() as i64)
             .bind(&name)
             .bind(permissions as i64)
             .bind(pos)
@@ -539,7 +540,7 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(Role {
-            id,
+            id: RoleId(id),
             guild_id,
             name,
             permissions,
@@ -550,14 +551,14 @@ impl Store {
 
     pub async fn add_member_role(
         &self,
-        guild_id: u64,
-        user_id: u64,
-        role_id: u64,
+        guild_id: GuildId,
+        user_id: UserId,
+        role_id: RoleId,
     ) -> Result<(), ChatError> {
         sqlx::query("INSERT INTO member_roles (guild_id, user_id, role_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(guild_id as i64)
-            .bind(user_id as i64)
-            .bind(role_id as i64)
+            .bind(guild_id.get() as i64)
+            .bind(user_id.get() as i64)
+            .bind(role_id.get() as i64)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -565,11 +566,11 @@ impl Store {
 
     // ---- channels ----
 
-    async fn overwrites(&self, channel_id: u64) -> Result<Vec<Overwrite>, ChatError> {
+    async fn overwrites(&self, channel_id: ChannelId) -> Result<Vec<Overwrite>, ChatError> {
         let rows = sqlx::query(
             "SELECT target_id, type, allow, deny FROM overwrites WHERE channel_id = $1",
         )
-        .bind(channel_id as i64)
+        .bind(channel_id.get() as i64)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -589,12 +590,14 @@ impl Store {
 
     fn channel_from_row(r: &AnyRow) -> Channel {
         Channel {
-            id: r.get::<i64, _>("id") as u64,
-            guild_id: r.get::<i64, _>("guild_id") as u64,
+            id: ChannelId(r.get::<i64, _>("id") as u64),
+            guild_id: GuildId(r.get::<i64, _>("guild_id") as u64),
             kind: ChannelKind::from_code(r.get("type")).unwrap_or(ChannelKind::Text),
             name: r.get("name"),
             position: r.get("position"),
-            parent_id: r.get::<Option<i64>, _>("parent_id").map(|v| v as u64),
+            parent_id: r
+                .get::<Option<i64>, _>("parent_id")
+                .map(|v| ChannelId(v as u64)),
             bitrate: r.get::<Option<i64>, _>("bitrate").map(|v| v as u32),
             user_limit: r.get::<Option<i64>, _>("user_limit").map(|v| v as u32),
             topic: r.get("topic"),
@@ -602,9 +605,9 @@ impl Store {
         }
     }
 
-    pub async fn channels(&self, guild_id: u64) -> Result<Vec<Channel>, ChatError> {
+    pub async fn channels(&self, guild_id: GuildId) -> Result<Vec<Channel>, ChatError> {
         let rows = sqlx::query("SELECT * FROM channels WHERE guild_id = $1 ORDER BY position, id")
-            .bind(guild_id as i64)
+            .bind(guild_id.get() as i64)
             .fetch_all(&self.pool)
             .await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -616,9 +619,9 @@ impl Store {
         Ok(out)
     }
 
-    pub async fn channel(&self, id: u64) -> Result<Channel, ChatError> {
+    pub async fn channel(&self, id: ChannelId) -> Result<Channel, ChatError> {
         let r = sqlx::query("SELECT * FROM channels WHERE id = $1")
-            .bind(id as i64)
+            .bind(id.get() as i64)
             .fetch_optional(&self.pool)
             .await?
             .ok_or(ChatError::Unknown("channel"))?;
@@ -629,7 +632,7 @@ impl Store {
 
     pub async fn create_channel(
         &self,
-        guild_id: u64,
+        guild_id: GuildId,
         spec: ChannelSpec,
     ) -> Result<Channel, ChatError> {
         let name = check_name("name", spec.name.as_deref().unwrap_or(""))?;
@@ -660,11 +663,11 @@ impl Store {
         let voice = kind == ChannelKind::Voice;
         sqlx::query("INSERT INTO channels (id, guild_id, type, name, position, parent_id, bitrate, user_limit, topic) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(id as i64)
-            .bind(guild_id as i64)
+            .bind(guild_id.get() as i64)
             .bind(kind as i64)
             .bind(&name)
             .bind(pos)
-            .bind(spec.parent_id.flatten().map(|v| v as i64))
+            .bind(spec.parent_id.flatten().map(|v| v.get() as i64))
             .bind(voice.then(|| spec.bitrate.unwrap_or(64_000) as i64))
             .bind(voice.then(|| spec.user_limit.unwrap_or(0) as i64))
             .bind(spec.topic.flatten())
@@ -684,10 +687,14 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        self.channel(id).await
+        self.channel(ChannelId(id)).await
     }
 
-    pub async fn update_channel(&self, id: u64, spec: ChannelSpec) -> Result<Channel, ChatError> {
+    pub async fn update_channel(
+        &self,
+        id: ChannelId,
+        spec: ChannelSpec,
+    ) -> Result<Channel, ChatError> {
         let mut c = self.channel(id).await?;
         if let Some(n) = spec.name {
             c.name = check_name("name", &n)?;
@@ -716,27 +723,31 @@ impl Store {
             .bind(&c.topic)
             .bind(c.bitrate.map(|v| v as i64))
             .bind(c.user_limit.map(|v| v as i64))
-            .bind(id as i64)
+            .bind(id.get() as i64)
             .execute(&self.pool)
             .await?;
         Ok(c)
     }
 
-    pub async fn delete_channel(&self, id: u64) -> Result<Channel, ChatError> {
+    pub async fn delete_channel(&self, id: ChannelId) -> Result<Channel, ChatError> {
         let c = self.channel(id).await?;
         sqlx::query("DELETE FROM channels WHERE id = $1")
-            .bind(id as i64)
+            .bind(id.get() as i64)
             .execute(&self.pool)
             .await?;
         Ok(c)
     }
 
-    pub async fn set_overwrite(&self, channel_id: u64, ow: Overwrite) -> Result<(), ChatError> {
+    pub async fn set_overwrite(
+        &self,
+        channel_id: ChannelId,
+        ow: Overwrite,
+    ) -> Result<(), ChatError> {
         sqlx::query(
             "INSERT INTO overwrites (channel_id, target_id, type, allow, deny) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (channel_id, target_id) DO UPDATE SET type = excluded.type, allow = excluded.allow, deny = excluded.deny",
         )
-            .bind(channel_id as i64)
+            .bind(channel_id.get() as i64)
             .bind(ow.target as i64)
             .bind(ow.kind as i64)
             .bind(ow.allow as i64)
@@ -746,9 +757,13 @@ impl Store {
         Ok(())
     }
 
-    pub async fn delete_overwrite(&self, channel_id: u64, target: u64) -> Result<(), ChatError> {
+    pub async fn delete_overwrite(
+        &self,
+        channel_id: ChannelId,
+        target: u64,
+    ) -> Result<(), ChatError> {
         sqlx::query("DELETE FROM overwrites WHERE channel_id = $1 AND target_id = $2")
-            .bind(channel_id as i64)
+            .bind(channel_id.get() as i64)
             .bind(target as i64)
             .execute(&self.pool)
             .await?;
@@ -759,7 +774,7 @@ impl Store {
 
     pub async fn members(
         &self,
-        guild_id: u64,
+        guild_id: GuildId,
         limit: u32,
         after: u64,
     ) -> Result<Vec<Member>, ChatError> {
@@ -767,26 +782,27 @@ impl Store {
             "SELECT m.user_id, m.nick, m.joined_at, u.username, u.bot FROM members m JOIN users u ON u.id = m.user_id \
              WHERE m.guild_id = $1 AND m.user_id > $2 ORDER BY m.user_id LIMIT $3",
         )
-        .bind(guild_id as i64)
+        .bind(guild_id.get() as i64)
         .bind(after as i64)
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
         // The page's role assignments in one query (the page is the user ids in (after, last]),
         // not one per member.
-        let mut roles: std::collections::HashMap<u64, Vec<u64>> = std::collections::HashMap::new();
+        let mut roles: std::collections::HashMap<u64, Vec<RoleId>> =
+            std::collections::HashMap::new();
         if let Some(last) = rows.last().map(|r| r.get::<i64, _>("user_id")) {
             let pairs: Vec<(i64, i64)> = sqlx::query_as(
                 "SELECT user_id, role_id FROM member_roles \
                  WHERE guild_id = $1 AND user_id > $2 AND user_id <= $3",
             )
-            .bind(guild_id as i64)
+            .bind(guild_id.get() as i64)
             .bind(after as i64)
             .bind(last)
             .fetch_all(&self.pool)
             .await?;
             for (u, r) in pairs {
-                roles.entry(u as u64).or_default().push(r as u64);
+                roles.entry(u as u64).or_default().push(RoleId(r as u64));
             }
         }
         let mut out = Vec::with_capacity(rows.len());
@@ -805,62 +821,62 @@ impl Store {
 
     pub(crate) async fn member_roles(
         &self,
-        guild_id: u64,
-        user_id: u64,
-    ) -> Result<Vec<u64>, ChatError> {
+        guild_id: GuildId,
+        user_id: UserId,
+    ) -> Result<Vec<RoleId>, ChatError> {
         let ids: Vec<i64> = sqlx::query_scalar(
             "SELECT role_id FROM member_roles WHERE guild_id = $1 AND user_id = $2",
         )
-        .bind(guild_id as i64)
-        .bind(user_id as i64)
+        .bind(guild_id.get() as i64)
+        .bind(user_id.get() as i64)
         .fetch_all(&self.pool)
         .await?;
-        Ok(ids.into_iter().map(|v| v as u64).collect())
+        Ok(ids.into_iter().map(|v| RoleId(v as u64)).collect())
     }
 
-    pub async fn member(&self, guild_id: u64, user_id: u64) -> Result<Member, ChatError> {
+    pub async fn member(&self, guild_id: GuildId, user_id: UserId) -> Result<Member, ChatError> {
         let r = sqlx::query(
             "SELECT m.nick, m.joined_at, u.username, u.bot FROM members m JOIN users u ON u.id = m.user_id WHERE m.guild_id = $1 AND m.user_id = $2",
         )
-        .bind(guild_id as i64)
-        .bind(user_id as i64)
+        .bind(guild_id.get() as i64)
+        .bind(user_id.get() as i64)
         .fetch_optional(&self.pool)
         .await?
         .ok_or(ChatError::Unknown("member"))?;
         Ok(Member {
             guild_id,
-            user: user_from_row(&r, user_id),
+            user: user_from_row(&r, user_id.get()),
             nick: r.get("nick"),
             roles: self.member_roles(guild_id, user_id).await?,
             joined_at: r.get("joined_at"),
         })
     }
 
-    pub async fn is_member(&self, guild_id: u64, user_id: u64) -> Result<bool, ChatError> {
+    pub async fn is_member(&self, guild_id: GuildId, user_id: UserId) -> Result<bool, ChatError> {
         let n: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE guild_id = $1 AND user_id = $2")
-                .bind(guild_id as i64)
-                .bind(user_id as i64)
+                .bind(guild_id.get() as i64)
+                .bind(user_id.get() as i64)
                 .fetch_one(&self.pool)
                 .await?;
         Ok(n > 0)
     }
 
     /// Add a member; `false` when already a member.
-    pub async fn add_member(&self, guild_id: u64, user_id: u64) -> Result<bool, ChatError> {
+    pub async fn add_member(&self, guild_id: GuildId, user_id: UserId) -> Result<bool, ChatError> {
         let r = sqlx::query("INSERT INTO members (guild_id, user_id, joined_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(guild_id as i64)
-            .bind(user_id as i64)
+            .bind(guild_id.get() as i64)
+            .bind(user_id.get() as i64)
             .bind(now_ms())
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected() > 0)
     }
 
-    pub async fn remove_member(&self, guild_id: u64, user_id: u64) -> Result<(), ChatError> {
+    pub async fn remove_member(&self, guild_id: GuildId, user_id: UserId) -> Result<(), ChatError> {
         let r = sqlx::query("DELETE FROM members WHERE guild_id = $1 AND user_id = $2")
-            .bind(guild_id as i64)
-            .bind(user_id as i64)
+            .bind(guild_id.get() as i64)
+            .bind(user_id.get() as i64)
             .execute(&self.pool)
             .await?;
         if r.rows_affected() == 0 {
@@ -876,7 +892,7 @@ impl Store {
         &self,
         guild: &Guild,
         channel: Option<&Channel>,
-        user_id: u64,
+        user_id: UserId,
     ) -> Result<Permissions, ChatError> {
         let Some(mine) = self.member_role_ids(guild, user_id).await? else {
             return Ok(Permissions(0));
@@ -893,7 +909,7 @@ impl Store {
         &self,
         guild: &Guild,
         channels: &[Channel],
-        user_id: u64,
+        user_id: UserId,
     ) -> Result<Vec<Permissions>, ChatError> {
         let Some(mine) = self.member_role_ids(guild, user_id).await? else {
             return Ok(vec![Permissions(0); channels.len()]);
@@ -906,9 +922,9 @@ impl Store {
     }
 
     /// How many members the guild has.
-    pub async fn member_count(&self, guild_id: u64) -> Result<u64, ChatError> {
+    pub async fn member_count(&self, guild_id: GuildId) -> Result<u64, ChatError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE guild_id = $1")
-            .bind(guild_id as i64)
+            .bind(guild_id.get() as i64)
             .fetch_one(&self.pool)
             .await?;
         Ok(n as u64)
@@ -918,8 +934,8 @@ impl Store {
     pub async fn member_role_ids(
         &self,
         guild: &Guild,
-        user_id: u64,
-    ) -> Result<Option<Vec<u64>>, ChatError> {
+        user_id: UserId,
+    ) -> Result<Option<Vec<RoleId>>, ChatError> {
         if guild.owner_id != user_id && !self.is_member(guild.id, user_id).await? {
             return Ok(None);
         }
@@ -989,7 +1005,7 @@ pub struct RoleSpec {
 }
 
 impl Store {
-    pub async fn role(&self, guild_id: u64, role_id: u64) -> Result<Role, ChatError> {
+    pub async fn role(&self, guild_id: GuildId, role_id: RoleId) -> Result<Role, ChatError> {
         self.roles(guild_id)
             .await?
             .into_iter()
@@ -999,13 +1015,13 @@ impl Store {
 
     pub async fn update_role(
         &self,
-        guild_id: u64,
-        role_id: u64,
+        guild_id: GuildId,
+        role_id: RoleId,
         spec: RoleSpec,
     ) -> Result<Role, ChatError> {
         let mut r = self.role(guild_id, role_id).await?;
         if let Some(n) = spec.name {
-            if role_id == guild_id {
+            if role_id == RoleId::everyone(guild_id) {
                 return Err(ChatError::Invalid {
                     field: "name",
                     message: "The @everyone role cannot be renamed.".into(),
@@ -1020,7 +1036,7 @@ impl Store {
             r.color = c & 0xFF_FFFF;
         }
         if let Some(p) = spec.position {
-            if role_id != guild_id {
+            if role_id != RoleId::everyone(guild_id) {
                 r.position = p.max(1);
             }
         }
@@ -1029,30 +1045,30 @@ impl Store {
             .bind(r.permissions as i64)
             .bind(r.color as i64)
             .bind(r.position)
-            .bind(role_id as i64)
-            .bind(guild_id as i64)
+            .bind(role_id.get() as i64)
+            .bind(guild_id.get() as i64)
             .execute(&self.pool)
             .await?;
         Ok(r)
     }
 
-    pub async fn delete_role(&self, guild_id: u64, role_id: u64) -> Result<(), ChatError> {
-        if role_id == guild_id {
+    pub async fn delete_role(&self, guild_id: GuildId, role_id: RoleId) -> Result<(), ChatError> {
+        if role_id == RoleId::everyone(guild_id) {
             return Err(ChatError::Invalid {
                 field: "role_id",
                 message: "The @everyone role cannot be deleted.".into(),
             });
         }
         let r = sqlx::query("DELETE FROM roles WHERE id = $1 AND guild_id = $2")
-            .bind(role_id as i64)
-            .bind(guild_id as i64)
+            .bind(role_id.get() as i64)
+            .bind(guild_id.get() as i64)
             .execute(&self.pool)
             .await?;
         if r.rows_affected() == 0 {
             return Err(ChatError::Unknown("role"));
         }
         sqlx::query("DELETE FROM overwrites WHERE target_id = $1 AND type = 0")
-            .bind(role_id as i64)
+            .bind(role_id.get() as i64)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -1060,31 +1076,35 @@ impl Store {
 
     pub async fn remove_member_role(
         &self,
-        guild_id: u64,
-        user_id: u64,
-        role_id: u64,
+        guild_id: GuildId,
+        user_id: UserId,
+        role_id: RoleId,
     ) -> Result<(), ChatError> {
         sqlx::query(
             "DELETE FROM member_roles WHERE guild_id = $1 AND user_id = $2 AND role_id = $3",
         )
-        .bind(guild_id as i64)
-        .bind(user_id as i64)
-        .bind(role_id as i64)
+        .bind(guild_id.get() as i64)
+        .bind(user_id.get() as i64)
+        .bind(role_id.get() as i64)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     /// The position of a member's highest role (0 = only @everyone); the owner is above all.
-    pub async fn top_role_position(&self, guild: &Guild, user_id: u64) -> Result<i64, ChatError> {
+    pub async fn top_role_position(
+        &self,
+        guild: &Guild,
+        user_id: UserId,
+    ) -> Result<i64, ChatError> {
         if guild.owner_id == user_id {
             return Ok(i64::MAX);
         }
         let p: Option<i64> = sqlx::query_scalar(
             "SELECT MAX(r.position) FROM member_roles mr JOIN roles r ON r.id = mr.role_id WHERE mr.guild_id = $1 AND mr.user_id = $2",
         )
-        .bind(guild.id as i64)
-        .bind(user_id as i64)
+        .bind(guild.id.get() as i64)
+        .bind(user_id.get() as i64)
         .fetch_one(&self.pool)
         .await?;
         Ok(p.unwrap_or(0))
@@ -1094,8 +1114,8 @@ impl Store {
 impl Store {
     pub async fn set_nick(
         &self,
-        guild_id: u64,
-        user_id: u64,
+        guild_id: GuildId,
+        user_id: UserId,
         nick: Option<&str>,
     ) -> Result<(), ChatError> {
         let nick = match nick {
@@ -1106,8 +1126,8 @@ impl Store {
         };
         let r = sqlx::query("UPDATE members SET nick = $1 WHERE guild_id = $2 AND user_id = $3")
             .bind(nick)
-            .bind(guild_id as i64)
-            .bind(user_id as i64)
+            .bind(guild_id.get() as i64)
+            .bind(user_id.get() as i64)
             .execute(&self.pool)
             .await?;
         if r.rows_affected() == 0 {

@@ -47,10 +47,10 @@ async fn by_prefix_and_by_id() {
         "limit"
     );
     let by_id = s
-        .members_by_id(g.id, &[bob.id, 424242, alice.id])
+        .members_by_id(g.id, &[bob.id, lodge_chat::UserId(424242), alice.id])
         .await
         .unwrap();
-    let mut ids: Vec<u64> = by_id.iter().map(|m| m.user.id).collect();
+    let mut ids: Vec<lodge_chat::UserId> = by_id.iter().map(|m| m.user.id).collect();
     ids.sort();
     let mut want = vec![alice.id, bob.id];
     want.sort();

@@ -161,7 +161,7 @@ async fn a_banned_user_cannot_join_by_invite_until_unbanned() {
         effect,
         BanEffect {
             was_member: true,
-            deleted: vec![(text.id, vec![m.id])]
+            deleted: vec![(text.id.get(), vec![m.id.get()])]
         }
     );
     assert!(!s.is_member(g.id, bob.id).await.unwrap());

@@ -57,7 +57,10 @@ async fn guild_defaults_invites_and_voice_permissions() {
     let g = s.create_guild(&owner, "Den").await.unwrap();
     let roles = s.roles(g.id).await.unwrap();
     assert_eq!(roles.len(), 1);
-    assert_eq!((roles[0].id, roles[0].name.as_str()), (g.id, "@everyone"));
+    assert_eq!(
+        (roles[0].id, roles[0].name.as_str()),
+        (lodge_chat::RoleId::everyone(g.id), "@everyone")
+    );
     let chans = s.channels(g.id).await.unwrap();
     let names: Vec<(&str, ChannelKind)> = chans.iter().map(|c| (c.name.as_str(), c.kind)).collect();
     assert_eq!(
@@ -86,7 +89,7 @@ async fn guild_defaults_invites_and_voice_permissions() {
     s.set_overwrite(
         voice.id,
         Overwrite {
-            target: g.id,
+            target: g.id.get(),
             kind: OverwriteKind::Role,
             allow: 0,
             deny: Permissions::SPEAK,
@@ -108,7 +111,7 @@ async fn guild_defaults_invites_and_voice_permissions() {
     s.set_overwrite(
         voice.id,
         Overwrite {
-            target: speakers.id,
+            target: speakers.id.get(),
             kind: OverwriteKind::Role,
             allow: Permissions::SPEAK,
             deny: 0,
@@ -326,7 +329,7 @@ async fn messages_history_nonce_mentions_reactions() {
         m.mentions.iter().map(|u| u.id).collect::<Vec<_>>(),
         vec![alice.id]
     );
-    assert_eq!(m.mention_roles, vec![g.id]);
+    assert_eq!(m.mention_roles, vec![lodge_chat::RoleId::everyone(g.id)]);
     assert!(!m.mention_everyone);
     let (m2, _) = s
         .create_message(
@@ -362,7 +365,7 @@ async fn messages_history_nonce_mentions_reactions() {
             &bob,
             NewMessage {
                 content: "bad".into(),
-                reference: Some((12345, text.id)),
+                reference: Some((lodge_chat::MessageId(12345), text.id)),
                 ..Default::default()
             }
         )
@@ -532,7 +535,7 @@ async fn member_pages_carry_each_members_roles_and_channel_permissions_match() {
     loop {
         let page = s.members(g.id, 3, after).await.unwrap();
         let Some(last) = page.last() else { break };
-        after = last.user.id;
+        after = last.user.id.get();
         for m in page {
             let mut want = Vec::new();
             if let Some(i) = ids.iter().position(|&id| id == m.user.id) {
@@ -558,7 +561,7 @@ async fn member_pages_carry_each_members_roles_and_channel_permissions_match() {
     s.set_overwrite(
         chans[0].id,
         Overwrite {
-            target: g.id,
+            target: g.id.get(),
             kind: OverwriteKind::Role,
             allow: 0,
             deny: Permissions::VIEW_CHANNEL,
@@ -569,7 +572,7 @@ async fn member_pages_carry_each_members_roles_and_channel_permissions_match() {
     s.set_overwrite(
         chans[0].id,
         Overwrite {
-            target: red.id,
+            target: red.id.get(),
             kind: OverwriteKind::Role,
             allow: Permissions::VIEW_CHANNEL,
             deny: 0,

@@ -96,6 +96,13 @@ snowflake_id!(
     RoleId
 );
 
+impl RoleId {
+    /// A guild's `@everyone` role: its id is the guild's.
+    pub const fn everyone(guild: GuildId) -> RoleId {
+        RoleId(guild.0)
+    }
+}
+
 /// Ids that can be written as snowflake strings by [`as_string`].
 pub trait AsString {
     fn as_u64(&self) -> u64;
@@ -178,5 +185,6 @@ mod tests {
         assert!("12a".parse::<ChannelId>().is_err());
         assert!("18446744073709551616".parse::<RoleId>().is_err());
         assert_eq!(u64::from(MessageId::from(8)), 8);
+        assert_eq!(RoleId::everyone(GuildId(9)), RoleId(9));
     }
 }

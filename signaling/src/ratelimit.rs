@@ -381,7 +381,7 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
             .await;
     }
     let caller = match &auth {
-        Some(Authenticated::User(u)) => Caller::User(u.id),
+        Some(Authenticated::User(u)) => Caller::User(u.id.get()),
         _ => Caller::Addr(key),
     };
     if let Some(a) = auth {

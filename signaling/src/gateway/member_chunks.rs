@@ -80,12 +80,17 @@ pub async fn request(
         MemberSelect::UserIds(ids) => {
             let found = s
                 .store
-                .members_by_id(r.guild_id, ids)
+                .members_by_id(
+                    lodge_ids::GuildId(r.guild_id),
+                    &ids.iter()
+                        .map(|&i| lodge_ids::UserId(i))
+                        .collect::<Vec<_>>(),
+                )
                 .await
                 .map_err(storage)?;
             let missing: Vec<Value> = ids
                 .iter()
-                .filter(|id| !found.iter().any(|m| m.user.id == **id))
+                .filter(|id| !found.iter().any(|m| m.user.id == lodge_ids::UserId(**id)))
                 .map(|id| json!(id.to_string()))
                 .collect();
             (found, Some(missing))
@@ -94,7 +99,7 @@ pub async fn request(
             let limit = (*limit).max(1);
             let found = s
                 .store
-                .members_named(r.guild_id, prefix, limit)
+                .members_named(lodge_ids::GuildId(r.guild_id), prefix, limit)
                 .await
                 .map_err(storage)?;
             (found, None)
@@ -102,17 +107,25 @@ pub async fn request(
         MemberSelect::Query { .. } => {
             // Everyone, a page at a time: the chunk count is fixed up front from the count,
             // and exactly that many chunks are sent even if members join or leave meanwhile.
-            let total = s.store.member_count(r.guild_id).await.map_err(storage)? as usize;
+            let total = s
+                .store
+                .member_count(lodge_ids::GuildId(r.guild_id))
+                .await
+                .map_err(storage)? as usize;
             let count = total.div_ceil(MEMBERS_PER_CHUNK).max(1);
             let mut after = 0;
             for index in 0..count {
                 let page = s
                     .store
-                    .members(r.guild_id, MEMBERS_PER_CHUNK as u32, after)
+                    .members(
+                        lodge_ids::GuildId(r.guild_id),
+                        MEMBERS_PER_CHUNK as u32,
+                        after,
+                    )
                     .await
                     .map_err(storage)?;
                 if let Some(last) = page.last() {
-                    after = last.user.id;
+                    after = last.user.id.get();
                 }
                 send_chunk(s, sref, &r, &page, index, count, None).await;
             }
@@ -148,7 +161,7 @@ async fn send_chunk(
         d["not_found"] = json!(nf);
     }
     if r.presences {
-        let ids: Vec<u64> = members.iter().map(|m| m.user.id).collect();
+        let ids: Vec<u64> = members.iter().map(|m| m.user.id.get()).collect();
         d["presences"] = Value::Array(super::presence::snapshot(s, r.guild_id, &ids).await);
     }
     if let Some(n) = &r.nonce {

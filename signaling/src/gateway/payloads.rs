@@ -52,7 +52,10 @@ pub async fn guild_create_limited(
     let roles = s.store.roles(g.id).await?;
     let mut v = wire::guild(g, &roles);
     let all = s.store.channels(g.id).await?;
-    let perms = s.store.channel_permissions(g, &all, user_id).await?;
+    let perms = s
+        .store
+        .channel_permissions(g, &all, lodge_ids::UserId(user_id))
+        .await?;
     let visible: Vec<&lodge_chat::Channel> = all
         .iter()
         .zip(perms)
@@ -66,25 +69,32 @@ pub async fn guild_create_limited(
         .await?;
     // The list is the first page by user id; the session's own member is always in it (a
     // client takes its own roles and join time from there).
-    if !members.iter().any(|m| m.user.id == user_id) {
-        if let Ok(me) = s.store.member(g.id, user_id).await {
+    if !members
+        .iter()
+        .any(|m| m.user.id == lodge_ids::UserId(user_id))
+    {
+        if let Ok(me) = s.store.member(g.id, lodge_ids::UserId(user_id)).await {
             members.push(me);
         }
     }
     let member_count = s.store.member_count(g.id).await?;
     let joined_at = members
         .iter()
-        .find(|m| m.user.id == user_id)
+        .find(|m| m.user.id == lodge_ids::UserId(user_id))
         .map(|m| wire::iso8601(m.joined_at));
-    let voice_states: Vec<Value> = crate::voice::executor::guild_states(s, g.id)
+    let voice_states: Vec<Value> = crate::voice::executor::guild_states(s, g.id.get())
         .await
         .unwrap_or_else(|e| {
-            tracing::warn!(guild = g.id, error = %e, "GUILD_CREATE without voice states");
+            tracing::warn!(guild = %g.id, error = %e, "GUILD_CREATE without voice states");
             Vec::new()
         })
         .iter()
         // Only the voice channels the user may view: who is in a hidden one is not theirs to see.
-        .filter(|vs| visible.iter().any(|c| c.id == vs.channel_id))
+        .filter(|vs| {
+            visible
+                .iter()
+                .any(|c| c.id == lodge_ids::ChannelId(vs.channel_id))
+        })
         .map(|vs| {
             let mut j = vs.json();
             j.as_object_mut().map(|o| o.remove("guild_id"));
@@ -98,8 +108,8 @@ pub async fn guild_create_limited(
     v["large"] = json!(member_count >= large_threshold as u64);
     v["joined_at"] = json!(joined_at);
     v["voice_states"] = Value::Array(voice_states);
-    let ids: Vec<u64> = members.iter().map(|m| m.user.id).collect();
-    v["presences"] = Value::Array(super::presence::snapshot(s, g.id, &ids).await);
+    let ids: Vec<u64> = members.iter().map(|m| m.user.id.get()).collect();
+    v["presences"] = Value::Array(super::presence::snapshot(s, g.id.get(), &ids).await);
     v["threads"] = json!([]);
     v["stage_instances"] = json!([]);
     v["guild_scheduled_events"] = json!([]);

@@ -168,11 +168,11 @@ fn payload(guild_id: u64, user: u64, status: &str, activities: &Value) -> Value 
 }
 
 async fn broadcast(s: &AppState, user: u64, status: &str, activities: &Value) {
-    let Ok(guilds) = s.store.user_guilds(user).await else {
+    let Ok(guilds) = s.store.user_guilds(lodge_ids::UserId(user)).await else {
         return;
     };
     for g in guilds {
-        publish(s, g.id, user, status, activities);
+        publish(s, g.id.get(), user, status, activities);
     }
 }
 

@@ -348,7 +348,7 @@ impl Sessions {
         let mut m = self.maps();
         let user = s.user.id;
         let mut gone = None;
-        let mine = m.by_user.entry(user).or_default();
+        let mine = m.by_user.entry(user.get()).or_default();
         mine.retain(|r| !lock_session(r).ended);
         if mine.len() >= cap {
             let oldest = mine
@@ -412,10 +412,10 @@ impl Sessions {
         }
         m.by_id.remove(id);
         let user = lock_session(r).user.id;
-        if let Some(v) = m.by_user.get_mut(&user) {
+        if let Some(v) = m.by_user.get_mut(&user.get()) {
             v.retain(|x| !Arc::ptr_eq(x, r));
             if v.is_empty() {
-                m.by_user.remove(&user);
+                m.by_user.remove(&user.get());
             }
         }
     }
@@ -424,10 +424,10 @@ impl Sessions {
         let mut m = self.maps();
         if let Some(r) = m.by_id.remove(id) {
             let user = lock_session(&r).user.id;
-            if let Some(v) = m.by_user.get_mut(&user) {
+            if let Some(v) = m.by_user.get_mut(&user.get()) {
                 v.retain(|x| !Arc::ptr_eq(x, &r));
                 if v.is_empty() {
-                    m.by_user.remove(&user);
+                    m.by_user.remove(&user.get());
                 }
             }
         }
@@ -481,7 +481,7 @@ mod tests {
         Session::new(
             id.into(),
             User {
-                id: user,
+                id: lodge_ids::UserId(user),
                 username: "u".into(),
                 bot: false,
             },

@@ -246,10 +246,10 @@ impl Conn {
             let user = {
                 let mut g = lock(&sref);
                 g.detach(self.id);
-                debug!(user = g.user.id, session = %&g.id[..6], seq = g.seq, "gateway connection closed; session resumable");
+                debug!(user = %g.user.id, session = %&g.id[..6], seq = g.seq, "gateway connection closed; session resumable");
                 g.user.id
             };
-            super::presence::disconnected(&s, user).await;
+            super::presence::disconnected(&s, user.get()).await;
         }
     }
 
@@ -293,7 +293,7 @@ impl Conn {
                 match resume(&s, &d, self.id).await {
                     Some((sref, live_rx, frames)) => {
                         let user = lock(&sref).user.id;
-                        super::presence::connected(&s, user, None).await;
+                        super::presence::connected(&s, user.get(), None).await;
                         self.session = Some(sref);
                         self.live = Some(live_rx);
                         ok(send_frames(tx, frames).await)
@@ -303,7 +303,7 @@ impl Conn {
             }
             ClientOp::PresenceUpdate(d) => {
                 let user = self.user().id;
-                if !super::presence::set(&s, user, &d).await {
+                if !super::presence::set(&s, user.get(), &d).await {
                     return Err(stop(
                         close::DECODE_ERROR,
                         "invalid presence: status must be online, idle, dnd, invisible or offline",
@@ -320,7 +320,7 @@ impl Conn {
                     // Discord answers nothing on a refused op 4; Lodge tells the session why.
                     let body = json!({ "code": e.code(), "message": e.to_string(), "guild_id": d.get("guild_id"), "channel_id": d.get("channel_id") });
                     let to = Target::Session {
-                        user: user.id,
+                        user: user.id.get(),
                         session: sid,
                     };
                     s.hub
@@ -365,18 +365,18 @@ impl Conn {
             ));
         }
         let cap = s.cfg.max_sessions_per_user;
-        if !s.sessions.has_room(user.id, cap) {
+        if !s.sessions.has_room(user.id.get(), cap) {
             return Err(stop(
                 close::RATE_LIMITED,
                 format!("this user already has {cap} connected gateway sessions (max_sessions_per_user)"),
             ));
         }
-        match s.session_starts.try_start(user.id).await {
+        match s.session_starts.try_start(user.id.get()).await {
             Ok(_) => {}
             Err(StartRefused::TooFast) => {
                 let per = s.session_starts.limits().max_concurrency;
                 info!(
-                    user = user.id,
+                    user = %user.id,
                     limit = per,
                     "identify refused: more than max_concurrency identifies in 5 s"
                 );
@@ -385,7 +385,7 @@ impl Conn {
             Err(StartRefused::Exhausted { reset_after }) => {
                 let total = s.session_starts.limits().total;
                 info!(
-                    user = user.id,
+                    user = %user.id,
                     limit = total,
                     "identify refused: session_start_limit used up"
                 );
@@ -407,9 +407,9 @@ impl Conn {
             .await
             .map_err(|_| stop(close::UNKNOWN_ERROR, "storage error"))?
             .iter()
-            .map(|g| g.id)
+            .map(|g| g.id.get())
             .collect();
-        watch_routes(&s, user.id, &guild_ids, true);
+        watch_routes(&s, user.id.get(), &guild_ids, true);
         s.shared.bus.synced().await;
         // In a cluster, where another node taking the session over starts reading routes
         // that have nothing in its log (without it the session resumes only here).
@@ -427,14 +427,14 @@ impl Conn {
         let watched = Watched {
             s: s.clone(),
             session: sess.id.clone(),
-            user: sess.user.id,
+            user: sess.user.id.get(),
             guilds: guild_ids,
             journaled: created.is_some(),
         };
         let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
         let id = sess.id.clone();
         let uid = sess.user.id;
-        hub_rx.identified(&id, uid);
+        hub_rx.identified(&id, uid.get());
         let (sref, evicted) = s
             .sessions
             .insert_capped(sess, cap, (close::SESSION_TIMED_OUT, "session ended: the user opened more than max_sessions_per_user sessions"))
@@ -446,7 +446,7 @@ impl Conn {
             })?;
         if let Some(old) = evicted {
             let old_id = lock(&old).id.clone();
-            info!(user = uid, session = %&old_id[..6], "gateway session evicted: user at max_sessions_per_user");
+            info!(user = %uid, session = %&old_id[..6], "gateway session evicted: user at max_sessions_per_user");
             end_voice(&s, &old).await;
         }
         let frames: Vec<String> = {
@@ -459,7 +459,7 @@ impl Conn {
             if let Some(created) = created {
                 s.shared.resume.open(SessionMeta {
                     session: g.id.clone(),
-                    user: g.user.id,
+                    user: g.user.id.get(),
                     token_hash: g.token_hash.clone(),
                     intents: g.intents,
                     guilds: watched.guilds.clone(),
@@ -481,8 +481,8 @@ impl Conn {
             watched,
             HashMap::new(),
         ));
-        info!(user = uid, session = %&id[..6], "gateway session identified");
-        super::presence::connected(&s, uid, d.presence.as_ref()).await;
+        info!(user = %uid, session = %&id[..6], "gateway session identified");
+        super::presence::connected(&s, uid.get(), d.presence.as_ref()).await;
         self.session = Some(sref);
         self.live = Some(live_rx);
         ok(send_frames(tx, frames).await)
@@ -515,14 +515,14 @@ async fn snapshot(
         .map(char::from)
         .collect();
     let guilds = s.store.user_guilds(user.id).await.map_err(storage)?;
-    let ids: Vec<u64> = guilds.iter().map(|g| g.id).collect();
+    let ids: Vec<u64> = guilds.iter().map(|g| g.id.get()).collect();
     let shard = d.shard.map(|sh| json!(sh));
     let ready = payloads::ready(s, &user, &session_id, &ids, shard.as_ref());
     let mut creates = Vec::new();
     if d.intents & intents::GUILDS != 0 {
         for g in &guilds {
             creates.push(
-                payloads::guild_create_limited(s, g, user.id, d.large_threshold)
+                payloads::guild_create_limited(s, g, user.id.get(), d.large_threshold)
                     .await
                     .map_err(|_| stop(close::UNKNOWN_ERROR, "storage error"))?,
             );
@@ -562,14 +562,14 @@ async fn resume(
         let mut frames = match g.replay_after(d.seq) {
             Ok(f) => f,
             Err(e) => {
-                info!(user = user.id, session = %&g.id[..6], acked = d.seq, ?e, "resume refused");
+                info!(user = %user.id, session = %&g.id[..6], acked = d.seq, ?e, "resume refused");
                 return None;
             }
         };
         // Taking over drops the previous connection's queue: it closes and stops reading.
         g.attach(conn, live_tx);
         frames.push(g.record(DispatchKind::Resumed, "{}"));
-        info!(user = user.id, session = %&g.id[..6], replayed = frames.len() - 1, "gateway session resumed");
+        info!(user = %user.id, session = %&g.id[..6], replayed = frames.len() - 1, "gateway session resumed");
         frames
     };
     Some((sref, live_rx, frames))
@@ -626,7 +626,7 @@ pub(super) async fn collector(
                     // Dispatches were lost for this session: it cannot be resumed faithfully.
                     open = false;
                     let mut g = lock(&sref);
-                    info!(user = g.user.id, queue = crate::hub::SESSION_QUEUE, "gateway session fell behind the hub; invalidating it");
+                    info!(user = %g.user.id, queue = crate::hub::SESSION_QUEUE, "gateway session fell behind the hub; invalidating it");
                     g.lost_dispatches();
                 }
             },
@@ -716,7 +716,7 @@ pub fn invalidate_route(
         let mut g = lock(&r);
         let hit = match route {
             Route::Guild(id) => g.guilds.contains(&id),
-            Route::User(u) => g.user.id == u,
+            Route::User(u) => g.user.id == lodge_ids::UserId(u),
         };
         if hit && !g.ended {
             g.invalidate(reason);
@@ -753,7 +753,7 @@ pub(super) async fn end_voice(s: &AppState, sref: &SessionRef) {
             g.id.clone(),
         )
     };
-    crate::voice::service::disconnect_session(s, user, guilds, &id).await;
+    crate::voice::service::disconnect_session(s, user.get(), guilds, &id).await;
 }
 
 #[cfg(test)]

@@ -123,7 +123,7 @@ pub(super) fn addressed(sref: &SessionRef, d: &Dispatch) -> Option<(u64, Body)> 
     let mut g = lock(sref);
     let me: &User = &g.user;
     let uid = me.id;
-    let ok = d.targets(&g.id, uid)
+    let ok = d.targets(&g.id, uid.get())
         && match &d.target {
             Target::Guild(gid) => g.guilds.contains(gid),
             _ => true,
@@ -148,6 +148,9 @@ pub(super) fn addressed(sref: &SessionRef, d: &Dispatch) -> Option<(u64, Body)> 
     }
     let redacted = d.redacted.is_some()
         && g.intents & intents::MESSAGE_CONTENT == 0
-        && !d.full_for.contains(&uid);
-    Some((uid, if redacted { Body::Redacted } else { Body::Full }))
+        && !d.full_for.contains(&uid.get());
+    Some((
+        uid.get(),
+        if redacted { Body::Redacted } else { Body::Full },
+    ))
 }

@@ -156,7 +156,7 @@ pub(super) async fn resume(s: &AppState, d: &Resume, user: User, conn: u64) -> O
     let sid = d.session_id.as_str();
     let uid = user.id;
     let refuse = |why: &dyn std::fmt::Debug| {
-        info!(user = uid, session = %short(sid), acked = d.seq, why = ?why, "resume on this node refused");
+        info!(user = %uid, session = %short(sid), acked = d.seq, why = ?why, "resume on this node refused");
     };
     let stored = match s.shared.resume.load(sid, d.seq).await {
         Ok(Some(st)) => st,
@@ -169,7 +169,7 @@ pub(super) async fn resume(s: &AppState, d: &Resume, user: User, conn: u64) -> O
             return None;
         }
     };
-    let plan = match plan(&stored, user.id, d.seq) {
+    let plan = match plan(&stored, user.id.get(), d.seq) {
         Ok(p) => p,
         Err(e) => {
             refuse(&e);
@@ -192,12 +192,12 @@ pub(super) async fn resume(s: &AppState, d: &Resume, user: User, conn: u64) -> O
     // Subscribe and watch (confirmed) before reading the routes back, so nothing published
     // meanwhile falls between the two; the collector drops what both bring.
     let hub_rx = s.hub.subscribe(m.intents);
-    hub_rx.identified(sid, uid);
-    watch_routes(s, uid, &m.guilds, true);
+    hub_rx.identified(sid, uid.get());
+    watch_routes(s, uid.get(), &m.guilds, true);
     let mut watched = Watched {
         s: s.clone(),
         session: sid.to_string(),
-        user: uid,
+        user: uid.get(),
         guilds: m.guilds.clone(),
         journaled: true,
     };
@@ -252,7 +252,7 @@ pub(super) async fn resume(s: &AppState, d: &Resume, user: User, conn: u64) -> O
         caught_up,
     ));
     info!(
-        user = uid,
+        user = %uid,
         session = %short(sid),
         from = %m.node,
         replayed = frames.len() - 1,
@@ -266,7 +266,9 @@ pub(super) async fn resume(s: &AppState, d: &Resume, user: User, conn: u64) -> O
             lock(&sref).guilds.iter().copied().collect::<Vec<u64>>(),
         );
         let sid2 = sid.to_string();
-        tokio::spawn(async move { crate::nodes::rehome_session(&s2, uid, &guilds, &sid2).await });
+        tokio::spawn(
+            async move { crate::nodes::rehome_session(&s2, uid.get(), &guilds, &sid2).await },
+        );
     }
     if m.node != s.shared.me {
         let msg = crate::voice::executor::NodeMsg::SessionMoved(Moved {

@@ -31,7 +31,7 @@ struct GuildMaps {
     epoch: u64,
     guild: Slot<(Guild, Vec<Role>)>,
     channels: HashMap<u64, Slot<Channel>>,
-    members: HashMap<u64, Slot<Option<Vec<u64>>>>,
+    members: HashMap<u64, Slot<Option<Vec<lodge_ids::RoleId>>>>,
 }
 
 #[derive(Default)]
@@ -71,11 +71,13 @@ impl VisibilityCache {
             let c = self.keyed(guild, epoch, |m| &mut m.channels, channel);
             let c = c
                 .get_or_try_init(|| async {
-                    Ok::<_, ChatError>(Arc::new(store.channel(channel).await?))
+                    Ok::<_, ChatError>(Arc::new(
+                        store.channel(lodge_ids::ChannelId(channel)).await?,
+                    ))
                 })
                 .await?
                 .clone();
-            if c.guild_id != guild {
+            if c.guild_id != lodge_ids::GuildId(guild) {
                 return Ok(Permissions(0));
             }
             let mine = self.member_roles(store, epoch, &g, user).await?;
@@ -87,7 +89,7 @@ impl VisibilityCache {
                 &g.1,
                 mine,
                 Some(&c),
-                user,
+                lodge_ids::UserId(user),
             ))
         };
         perms.await.unwrap_or(Permissions(0))
@@ -111,8 +113,8 @@ impl VisibilityCache {
         let g = self.slot(guild, epoch, |m| &mut m.guild);
         let g = g
             .get_or_try_init(|| async {
-                let gd = store.guild(guild).await?;
-                let roles = store.roles(guild).await?;
+                let gd = store.guild(lodge_ids::GuildId(guild)).await?;
+                let roles = store.roles(lodge_ids::GuildId(guild)).await?;
                 Ok::<_, ChatError>(Arc::new((gd, roles)))
             })
             .await?;
@@ -126,11 +128,13 @@ impl VisibilityCache {
         epoch: u64,
         g: &(Guild, Vec<Role>),
         user: u64,
-    ) -> Result<Arc<Option<Vec<u64>>>, ChatError> {
-        let m = self.keyed(g.0.id, epoch, |m| &mut m.members, user);
+    ) -> Result<Arc<Option<Vec<lodge_ids::RoleId>>>, ChatError> {
+        let m = self.keyed(g.0.id.get(), epoch, |m| &mut m.members, user);
         let mine = m
             .get_or_try_init(|| async {
-                Ok::<_, ChatError>(Arc::new(store.member_role_ids(&g.0, user).await?))
+                Ok::<_, ChatError>(Arc::new(
+                    store.member_role_ids(&g.0, lodge_ids::UserId(user)).await?,
+                ))
             })
             .await?;
         Ok(mine.clone())

@@ -60,7 +60,7 @@ pub async fn register(
             return Err(e.into());
         }
     };
-    tracing::info!(user = user.id, bot = user.bot, "account registered");
+    tracing::info!(user = %user.id, bot = user.bot, "account registered");
     Ok((
         StatusCode::CREATED,
         Json(json!({ "user": wire::user(&user), "token": token })),
@@ -107,12 +107,12 @@ pub async fn logout(
     let token = token_from_header(h);
     s.store.revoke_token(token).await?;
     let hash = lodge_chat::token_hash(token);
-    let ended = crate::gateway::end_sessions_of(&s, u.id, Some(&hash)).await;
+    let ended = crate::gateway::end_sessions_of(&s, u.id.get(), Some(&hash)).await;
     let _ = s.revoked.send(crate::app::Revoked {
-        user: u.id,
+        user: u.id.get(),
         token_hash: Some(hash),
     });
-    tracing::info!(user = u.id, sessions = ended, "token revoked");
+    tracing::info!(user = %u.id, sessions = ended, "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -120,13 +120,13 @@ pub async fn logout(
 /// live-quality connection of the user ends.
 pub async fn logout_all(State(s): State<AppState>, Auth(u): Auth) -> ApiResult<StatusCode> {
     let tokens = s.store.revoke_all_tokens(u.id).await?;
-    let ended = crate::gateway::end_sessions_of(&s, u.id, None).await;
+    let ended = crate::gateway::end_sessions_of(&s, u.id.get(), None).await;
     let _ = s.revoked.send(crate::app::Revoked {
-        user: u.id,
+        user: u.id.get(),
         token_hash: None,
     });
     tracing::info!(
-        user = u.id,
+        user = %u.id,
         tokens,
         sessions = ended,
         "every token of the user revoked"

@@ -30,19 +30,22 @@ fn ban_json(b: &Ban) -> Value {
 async fn tell_ban_watchers(s: &AppState, g: &Guild, t: DispatchKind, user: &User) {
     let d = json!({ "guild_id": g.id.to_string(), "user": wire::user(user) });
     match s.store.ban_watchers(g).await {
-        Ok(None) => s.hub.send(Target::Guild(g.id), Some(g.id), None, t, d),
+        Ok(None) => s
+            .hub
+            .send(Target::Guild(g.id.get()), Some(g.id.get()), None, t, d),
         Ok(Some(users)) => {
             for u in users {
-                s.hub.send(Target::User(u), Some(g.id), None, t, d.clone());
+                s.hub
+                    .send(Target::User(u.get()), Some(g.id.get()), None, t, d.clone());
             }
         }
-        Err(e) => tracing::warn!(guild = g.id, error = %e, "{t} not dispatched"),
+        Err(e) => tracing::warn!(guild = %g.id, error = %e, "{t} not dispatched"),
     }
 }
 
 /// The guild, if `actor` is in it and holds BAN_MEMBERS.
 async fn moderated_guild(s: &AppState, id: &str, actor: &User) -> ApiResult<Guild> {
-    let g = guild_for(s, snowflake(id, "guild")?, actor.id).await?;
+    let g = guild_for(s, snowflake(id, "guild")?, actor.id.get()).await?;
     require(
         s.store.permissions(&g, None, actor.id).await?,
         Permissions::BAN_MEMBERS,
@@ -111,28 +114,28 @@ pub async fn ban(
             format!("Must be between 0 and {MAX_DELETE_MESSAGE_SECONDS}."),
         ));
     }
-    if target == g.owner_id {
+    if target == g.owner_id.get() {
         return Err(ApiError::missing_permissions(
             "the guild owner cannot be banned",
         ));
     }
-    if s.store.is_member(g.id, target).await? {
-        super::hierarchy::may_act_on(&s, &g, u.id, target).await?;
+    if s.store.is_member(g.id, lodge_ids::UserId(target)).await? {
+        super::hierarchy::may_act_on(&s, &g, u.id.get(), target).await?;
     }
     let reason = audit_reason(&headers);
     let effect = s
         .store
-        .ban(g.id, target, reason.as_deref(), seconds)
+        .ban(g.id, lodge_ids::UserId(target), reason.as_deref(), seconds)
         .await?;
     // Membership is gone: op 4 now refuses the user, so this disconnect is final.
-    crate::voice::service::disconnect_user(&s, g.id, target).await;
-    let banned = s.store.user(target).await?;
+    crate::voice::service::disconnect_user(&s, g.id.get(), target).await;
+    let banned = s.store.user(lodge_ids::UserId(target)).await?;
     let gid = g.id.to_string();
     if effect.was_member {
         // The user's own sessions drop the guild first, so they are not told of their ban.
         s.hub.send(
             Target::User(target),
-            Some(g.id),
+            Some(g.id.get()),
             None,
             DispatchKind::GuildDelete,
             json!({ "id": gid }),
@@ -141,8 +144,8 @@ pub async fn ban(
     tell_ban_watchers(&s, &g, DispatchKind::GuildBanAdd, &banned).await;
     if effect.was_member {
         s.hub.send(
-            Target::Guild(g.id),
-            Some(g.id),
+            Target::Guild(g.id.get()),
+            Some(g.id.get()),
             None,
             DispatchKind::GuildMemberRemove,
             json!({ "guild_id": gid, "user": wire::user(&banned) }),
@@ -150,8 +153,8 @@ pub async fn ban(
     }
     for (channel, ids) in &effect.deleted {
         s.hub.send(
-            Target::Guild(g.id),
-            Some(g.id),
+            Target::Guild(g.id.get()),
+            Some(g.id.get()),
             Some(*channel),
             DispatchKind::MessageDeleteBulk,
             json!({ "ids": ids.iter().map(u64::to_string).collect::<Vec<_>>(),
@@ -159,9 +162,9 @@ pub async fn ban(
         );
     }
     tracing::info!(
-        guild = g.id,
-        user = target,
-        by = u.id,
+        guild = %g.id,
+        user = %target,
+        by = %u.id,
         was_member = effect.was_member,
         "member banned"
     );
@@ -175,7 +178,10 @@ pub async fn unban(
     Path((id, user)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let g = moderated_guild(&s, &id, &u).await?;
-    let b = s.store.ban_of(g.id, snowflake(&user, "ban")?).await?;
+    let b = s
+        .store
+        .ban_of(g.id, lodge_ids::UserId(snowflake(&user, "ban")?))
+        .await?;
     s.store.unban(g.id, b.user.id).await?;
     tell_ban_watchers(&s, &g, DispatchKind::GuildBanRemove, &b.user).await;
     Ok(StatusCode::NO_CONTENT)
@@ -188,7 +194,10 @@ pub async fn get(
     Path((id, user)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let g = moderated_guild(&s, &id, &u).await?;
-    let b = s.store.ban_of(g.id, snowflake(&user, "ban")?).await?;
+    let b = s
+        .store
+        .ban_of(g.id, lodge_ids::UserId(snowflake(&user, "ban")?))
+        .await?;
     Ok(Json(ban_json(&b)))
 }
 

@@ -20,7 +20,7 @@ pub async fn get(
     Auth(u): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let (c, _, _) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    let (c, _, _) = channel_for(&s, snowflake(&id, "channel")?, u.id.get()).await?;
     Ok(Json(wire::channel(&c)))
 }
 
@@ -39,7 +39,7 @@ pub async fn update(
     Path(id): Path<String>,
     ApiJson(b): ApiJson<UpdateChannel>,
 ) -> ApiResult<Json<Value>> {
-    let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id.get()).await?;
     require(p, Permissions::MANAGE_CHANNELS, "MANAGE_CHANNELS")?;
     let c = s
         .store
@@ -57,9 +57,9 @@ pub async fn update(
         .await?;
     let v = wire::channel(&c);
     s.hub.send(
-        Target::Guild(g.id),
-        Some(g.id),
-        Some(c.id),
+        Target::Guild(g.id.get()),
+        Some(g.id.get()),
+        Some(c.id.get()),
         DispatchKind::ChannelUpdate,
         v.clone(),
     );
@@ -71,14 +71,14 @@ pub async fn remove(
     Auth(u): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id.get()).await?;
     require(p, Permissions::MANAGE_CHANNELS, "MANAGE_CHANNELS")?;
-    crate::voice::service::disconnect_channel(&s, g.id, c.id).await;
+    crate::voice::service::disconnect_channel(&s, g.id.get(), c.id.get()).await;
     let c = s.store.delete_channel(c.id).await?;
     let v = wire::channel(&c);
     s.hub.send(
-        Target::Guild(g.id),
-        Some(g.id),
+        Target::Guild(g.id.get()),
+        Some(g.id.get()),
         None,
         DispatchKind::ChannelDelete,
         v.clone(),
@@ -92,7 +92,7 @@ pub async fn put_overwrite(
     Path((id, target)): Path<(String, String)>,
     ApiJson(mut b): ApiJson<OverwriteBody>,
 ) -> ApiResult<StatusCode> {
-    let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id.get()).await?;
     require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
     b.id = target;
     let ow = b.parse()?;
@@ -101,13 +101,13 @@ pub async fn put_overwrite(
     s.store.set_overwrite(c.id, ow).await?;
     let c = s.store.channel(c.id).await?;
     s.hub.send(
-        Target::Guild(g.id),
-        Some(g.id),
-        Some(c.id),
+        Target::Guild(g.id.get()),
+        Some(g.id.get()),
+        Some(c.id.get()),
         DispatchKind::ChannelUpdate,
         wire::channel(&c),
     );
-    crate::voice::service::refresh_channel_permissions(&s, g.id, c.id).await;
+    crate::voice::service::refresh_channel_permissions(&s, g.id.get(), c.id.get()).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -116,20 +116,20 @@ pub async fn delete_overwrite(
     Auth(u): Auth,
     Path((id, target)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id.get()).await?;
     require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
     s.store
         .delete_overwrite(c.id, snowflake(&target, "overwrite")?)
         .await?;
     let c = s.store.channel(c.id).await?;
     s.hub.send(
-        Target::Guild(g.id),
-        Some(g.id),
-        Some(c.id),
+        Target::Guild(g.id.get()),
+        Some(g.id.get()),
+        Some(c.id.get()),
         DispatchKind::ChannelUpdate,
         wire::channel(&c),
     );
-    crate::voice::service::refresh_channel_permissions(&s, g.id, c.id).await;
+    crate::voice::service::refresh_channel_permissions(&s, g.id.get(), c.id.get()).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -147,7 +147,7 @@ pub async fn create_invite(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
-    let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id.get()).await?;
     require(
         p,
         Permissions::CREATE_INSTANT_INVITE,
@@ -229,21 +229,21 @@ pub async fn accept_invite(
         let mut mv = wire::member(&m);
         mv["guild_id"] = json!(g.id.to_string());
         s.hub.send(
-            Target::Guild(g.id),
-            Some(g.id),
+            Target::Guild(g.id.get()),
+            Some(g.id.get()),
             None,
             DispatchKind::GuildMemberAdd,
             mv,
         );
-        let payload = crate::gateway::payloads::guild_create(&s, &g, u.id).await?;
+        let payload = crate::gateway::payloads::guild_create(&s, &g, u.id.get()).await?;
         s.hub.send(
-            Target::User(u.id),
-            Some(g.id),
+            Target::User(u.id.get()),
+            Some(g.id.get()),
             None,
             DispatchKind::GuildCreate,
             payload,
         );
-        tracing::info!(guild = g.id, user = u.id, "member joined by invite");
+        tracing::info!(guild = %g.id, user = %u.id, "member joined by invite");
     }
     Ok(Json(invite_json(&inv, &g, &c, None)))
 }

@@ -27,12 +27,12 @@ pub async fn create(
     // The owned-guild cap (lodge_chat::store::MAX_OWNED_GUILDS) is checked in the creating
     // transaction: concurrent creations cannot overshoot it.
     let g = s.store.create_guild(&u, &b.name).await?;
-    tracing::info!(guild = g.id, owner = u.id, "guild created");
+    tracing::info!(guild = %g.id, owner = %u.id, "guild created");
     let roles = s.store.roles(g.id).await?;
-    let payload = crate::gateway::payloads::guild_create(&s, &g, u.id).await?;
+    let payload = crate::gateway::payloads::guild_create(&s, &g, u.id.get()).await?;
     s.hub.send(
-        Target::User(u.id),
-        Some(g.id),
+        Target::User(u.id.get()),
+        Some(g.id.get()),
         None,
         DispatchKind::GuildCreate,
         payload,
@@ -54,7 +54,7 @@ pub async fn get(
     Auth(u): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
+    let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
     let roles = s.store.roles(g.id).await?;
     Ok(Json(wire::guild(&g, &roles)))
 }
@@ -70,7 +70,7 @@ pub async fn update(
     Path(id): Path<String>,
     ApiJson(b): ApiJson<UpdateGuild>,
 ) -> ApiResult<Json<Value>> {
-    let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
+    let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
     require(
         s.store.permissions(&g, None, u.id).await?,
         Permissions::MANAGE_GUILD,
@@ -83,8 +83,8 @@ pub async fn update(
     let roles = s.store.roles(g.id).await?;
     let v = wire::guild(&g, &roles);
     s.hub.send(
-        Target::Guild(g.id),
-        Some(g.id),
+        Target::Guild(g.id.get()),
+        Some(g.id.get()),
         None,
         DispatchKind::GuildUpdate,
         v.clone(),
@@ -97,16 +97,16 @@ pub async fn remove(
     Auth(u): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
+    let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
     if g.owner_id != u.id {
         return Err(ApiError::missing_permissions(
             "only the owner may delete a guild",
         ));
     }
-    crate::voice::service::disconnect_guild(&s, g.id).await;
+    crate::voice::service::disconnect_guild(&s, g.id.get()).await;
     s.hub.send(
-        Target::Guild(g.id),
-        Some(g.id),
+        Target::Guild(g.id.get()),
+        Some(g.id.get()),
         None,
         DispatchKind::GuildDelete,
         json!({ "id": g.id.to_string(), "unavailable": false }),
@@ -120,7 +120,7 @@ pub async fn channels(
     Auth(u): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
+    let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
     let all = s.store.channels(g.id).await?;
     let perms = s.store.channel_permissions(&g, &all, u.id).await?;
     let out = all
@@ -198,7 +198,7 @@ pub async fn create_channel(
     Path(id): Path<String>,
     ApiJson(b): ApiJson<CreateChannel>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
+    let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
     let p = s.store.permissions(&g, None, u.id).await?;
     require(p, Permissions::MANAGE_CHANNELS, "MANAGE_CHANNELS")?;
     let kind = match b.kind {
@@ -244,9 +244,9 @@ pub async fn create_channel(
         .await?;
     let v = wire::channel(&c);
     s.hub.send(
-        Target::Guild(g.id),
-        Some(g.id),
-        Some(c.id),
+        Target::Guild(g.id.get()),
+        Some(g.id.get()),
+        Some(c.id.get()),
         DispatchKind::ChannelCreate,
         v.clone(),
     );
@@ -265,7 +265,7 @@ pub async fn members(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<MembersQuery>,
 ) -> ApiResult<Json<Value>> {
-    let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
+    let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
     let limit = q.limit.unwrap_or(1);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -287,8 +287,11 @@ pub async fn member(
     Auth(u): Auth,
     Path((id, user)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
-    let m = s.store.member(g.id, snowflake(&user, "member")?).await?;
+    let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
+    let m = s
+        .store
+        .member(g.id, lodge_ids::UserId(snowflake(&user, "member")?))
+        .await?;
     Ok(Json(wire::member(&m)))
 }
 
@@ -297,35 +300,37 @@ pub async fn kick(
     Auth(u): Auth,
     Path((id, user)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
+    let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
     let target = snowflake(&user, "member")?;
-    if target == g.owner_id {
+    if target == g.owner_id.get() {
         return Err(ApiError::missing_permissions(
             "the guild owner cannot be kicked",
         ));
     }
-    let m = s.store.member(g.id, target).await?;
-    if target != u.id {
+    let m = s.store.member(g.id, lodge_ids::UserId(target)).await?;
+    if target != u.id.get() {
         require(
             s.store.permissions(&g, None, u.id).await?,
             Permissions::KICK_MEMBERS,
             "KICK_MEMBERS",
         )?;
-        super::hierarchy::may_act_on(&s, &g, u.id, target).await?;
+        super::hierarchy::may_act_on(&s, &g, u.id.get(), target).await?;
     }
     // Membership first: from here op 4 refuses the user, so the voice disconnect is final.
-    s.store.remove_member(g.id, target).await?;
-    crate::voice::service::disconnect_user(&s, g.id, target).await;
+    s.store
+        .remove_member(g.id, lodge_ids::UserId(target))
+        .await?;
+    crate::voice::service::disconnect_user(&s, g.id.get(), target).await;
     s.hub.send(
-        Target::Guild(g.id),
-        Some(g.id),
+        Target::Guild(g.id.get()),
+        Some(g.id.get()),
         None,
         DispatchKind::GuildMemberRemove,
         json!({ "guild_id": g.id.to_string(), "user": wire::user(&m.user) }),
     );
     s.hub.send(
         Target::User(target),
-        Some(g.id),
+        Some(g.id.get()),
         None,
         DispatchKind::GuildDelete,
         json!({ "id": g.id.to_string() }),
@@ -338,7 +343,7 @@ pub async fn roles(
     Auth(u): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
+    let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
     Ok(Json(Value::Array(
         s.store.roles(g.id).await?.iter().map(wire::role).collect(),
     )))
@@ -349,9 +354,9 @@ pub async fn voice_states(
     Auth(u): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
-    let visible = visible_channels(&s, &g, u.id).await?;
-    let states = crate::voice::executor::guild_states(&s, g.id)
+    let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
+    let visible = visible_channels(&s, &g, u.id.get()).await?;
+    let states = crate::voice::executor::guild_states(&s, g.id.get())
         .await
         .map_err(ApiError::unavailable)?;
     Ok(Json(Value::Array(
@@ -370,11 +375,14 @@ pub async fn visible_channels(
     user_id: u64,
 ) -> ApiResult<std::collections::HashSet<u64>> {
     let all = s.store.channels(g.id).await?;
-    let perms = s.store.channel_permissions(g, &all, user_id).await?;
+    let perms = s
+        .store
+        .channel_permissions(g, &all, lodge_ids::UserId(user_id))
+        .await?;
     Ok(all
         .iter()
         .zip(perms)
         .filter(|(_, p)| p.has(Permissions::VIEW_CHANNEL))
-        .map(|(c, _)| c.id)
+        .map(|(c, _)| c.id.get())
         .collect())
 }

@@ -10,16 +10,22 @@ use crate::error::{ApiError, ApiResult};
 /// May `actor` act on the member `target`? (Permissions are the caller's to check; acting on
 /// yourself is the caller's to allow.)
 pub async fn may_act_on(s: &AppState, g: &Guild, actor: u64, target: u64) -> ApiResult<()> {
-    if target == g.owner_id {
+    if target == g.owner_id.get() {
         return Err(ApiError::missing_permissions(
             "the guild owner is above everyone",
         ));
     }
-    if actor == g.owner_id {
+    if actor == g.owner_id.get() {
         return Ok(());
     }
-    let mine = s.store.top_role_position(g, actor).await?;
-    let theirs = s.store.top_role_position(g, target).await?;
+    let mine = s
+        .store
+        .top_role_position(g, lodge_ids::UserId(actor))
+        .await?;
+    let theirs = s
+        .store
+        .top_role_position(g, lodge_ids::UserId(target))
+        .await?;
     if theirs >= mine {
         return Err(ApiError::missing_permissions(
             "the member's highest role is not below yours",

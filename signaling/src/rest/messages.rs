@@ -38,9 +38,17 @@ impl Readable {
             return *v;
         }
         let ok = async {
-            let c = s.store.channel(channel_id).await.ok()?;
+            let c = s
+                .store
+                .channel(lodge_ids::ChannelId(channel_id))
+                .await
+                .ok()?;
             let g = s.store.guild(c.guild_id).await.ok()?;
-            let p = s.store.permissions(&g, Some(&c), viewer).await.ok()?;
+            let p = s
+                .store
+                .permissions(&g, Some(&c), lodge_ids::UserId(viewer))
+                .await
+                .ok()?;
             Some(p.has(READ))
         }
         .await
@@ -59,9 +67,11 @@ async fn message_json_with(
     readable: &mut Readable,
 ) -> Value {
     let referenced = match m.reference {
-        Some((mid, cid)) if readable.check(s, cid, viewer).await => {
-            s.store.message(cid, mid, viewer).await.ok()
-        }
+        Some((mid, cid)) if readable.check(s, cid.get(), viewer).await => s
+            .store
+            .message(cid, mid, lodge_ids::UserId(viewer))
+            .await
+            .ok(),
         _ => None,
     };
     wire::message(m, referenced.as_ref())
@@ -78,7 +88,7 @@ async fn message_json(s: &AppState, m: &Message, viewer: u64) -> Value {
 /// per session), as REST renders it per viewer.
 async fn dispatch_message(s: &AppState, t: DispatchKind, m: &Message) {
     let referenced = match m.reference {
-        Some((mid, cid)) => s.store.message(cid, mid, 0).await.ok(),
+        Some((mid, cid)) => s.store.message(cid, mid, lodge_ids::UserId(0)).await.ok(),
         None => None,
     };
     let member = s
@@ -101,13 +111,19 @@ async fn dispatch_message(s: &AppState, t: DispatchKind, m: &Message) {
     };
     let d = body(referenced.as_ref());
     let unreferenced = match (m.reference, &referenced) {
-        (Some((_, cid)), Some(_)) if cid != m.channel_id => Some((cid, body(None))),
+        (Some((_, cid)), Some(_)) if cid != m.channel_id => Some((cid.get(), body(None))),
         _ => None,
     };
-    let mut full_for = vec![m.author.id];
-    full_for.extend(m.mentions.iter().map(|u| u.id));
-    s.hub
-        .send_reply(m.guild_id, m.channel_id, t, d, full_for, unreferenced);
+    let mut full_for = vec![m.author.id.get()];
+    full_for.extend(m.mentions.iter().map(|u| u.id.get()));
+    s.hub.send_reply(
+        m.guild_id.get(),
+        m.channel_id.get(),
+        t,
+        d,
+        full_for,
+        unreferenced,
+    );
 }
 
 #[derive(Deserialize)]
@@ -124,16 +140,16 @@ pub async fn list(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> ApiResult<Json<Value>> {
-    let (c, _, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    let (c, _, p) = channel_for(&s, snowflake(&id, "channel")?, u.id.get()).await?;
     messageable(&c)?;
     require(p, Permissions::READ_MESSAGE_HISTORY, "READ_MESSAGE_HISTORY")?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::bad_request("limit", "Must be between 1 and 100."));
     }
-    let id_of = |v: Option<String>, f: &str| -> ApiResult<Option<u64>> {
+    let id_of = |v: Option<String>, f: &str| -> ApiResult<Option<lodge_ids::MessageId>> {
         v.map(|x| {
-            x.parse::<u64>()
+            x.parse::<lodge_ids::MessageId>()
                 .map_err(|_| ApiError::bad_request(f, "Must be a snowflake."))
         })
         .transpose()
@@ -148,7 +164,7 @@ pub async fn list(
     let mut out = Vec::with_capacity(ms.len());
     let mut readable = Readable::default();
     for m in &ms {
-        out.push(message_json_with(&s, m, u.id, &mut readable).await);
+        out.push(message_json_with(&s, m, u.id.get(), &mut readable).await);
     }
     Ok(Json(Value::Array(out)))
 }
@@ -189,7 +205,7 @@ pub async fn create(
     Path(id): Path<String>,
     ApiJson(b): ApiJson<CreateMessage>,
 ) -> ApiResult<Json<Value>> {
-    let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id.get()).await?;
     messageable(&c)?;
     require(p, Permissions::SEND_MESSAGES, "SEND_MESSAGES")?;
     let nonce = match b.nonce {
@@ -209,11 +225,11 @@ pub async fn create(
             ApiError::bad_request("message_reference", "message_id must be a snowflake.")
         })?;
         // A reference without channel_id means the channel posted in.
-        let cid = snowflake_value(&r.channel_id).unwrap_or(c.id);
+        let cid = snowflake_value(&r.channel_id).unwrap_or(c.id.get());
         // The author must be able to read the referenced message where it is: VIEW_CHANNEL
         // (a channel they cannot see answers as if the message did not exist, revealing
         // nothing) and READ_MESSAGE_HISTORY (50013).
-        let rp = match s.store.channel(cid).await {
+        let rp = match s.store.channel(lodge_ids::ChannelId(cid)).await {
             Ok(rc) if rc.guild_id == c.guild_id => s.store.permissions(&g, Some(&rc), u.id).await?,
             _ => Permissions(0),
         };
@@ -226,11 +242,11 @@ pub async fn create(
         }
         let exists = rp.has(READ)
             && s.store
-                .message(cid, mid, u.id)
+                .message(lodge_ids::ChannelId(cid), lodge_ids::MessageId(mid), u.id)
                 .await
                 .is_ok_and(|m| m.guild_id == c.guild_id);
         if exists {
-            reference = Some((mid, cid));
+            reference = Some((lodge_ids::MessageId(mid), lodge_ids::ChannelId(cid)));
         } else if r.fail_if_not_exists.unwrap_or(true) {
             return Err(ApiError::bad_request(
                 "message_reference",
@@ -251,7 +267,7 @@ pub async fn create(
     if created {
         dispatch_message(&s, DispatchKind::MessageCreate, &m).await;
     }
-    Ok(Json(message_json(&s, &m, u.id).await))
+    Ok(Json(message_json(&s, &m, u.id.get()).await))
 }
 
 pub async fn get(
@@ -259,13 +275,17 @@ pub async fn get(
     Auth(u): Auth,
     Path((id, mid)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let (c, _, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    let (c, _, p) = channel_for(&s, snowflake(&id, "channel")?, u.id.get()).await?;
     require(p, Permissions::READ_MESSAGE_HISTORY, "READ_MESSAGE_HISTORY")?;
     let m = s
         .store
-        .message(c.id, snowflake(&mid, "message")?, u.id)
+        .message(
+            c.id,
+            lodge_ids::MessageId(snowflake(&mid, "message")?),
+            u.id,
+        )
         .await?;
-    Ok(Json(message_json(&s, &m, u.id).await))
+    Ok(Json(message_json(&s, &m, u.id.get()).await))
 }
 
 #[derive(Deserialize)]
@@ -279,10 +299,14 @@ pub async fn edit(
     Path((id, mid)): Path<(String, String)>,
     ApiJson(b): ApiJson<EditMessage>,
 ) -> ApiResult<Json<Value>> {
-    let (c, _, _) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    let (c, _, _) = channel_for(&s, snowflake(&id, "channel")?, u.id.get()).await?;
     let m = s
         .store
-        .message(c.id, snowflake(&mid, "message")?, u.id)
+        .message(
+            c.id,
+            lodge_ids::MessageId(snowflake(&mid, "message")?),
+            u.id,
+        )
         .await?;
     if m.author.id != u.id {
         return Err(ApiError::new(
@@ -296,7 +320,7 @@ pub async fn edit(
         None => m,
     };
     dispatch_message(&s, DispatchKind::MessageUpdate, &m).await;
-    Ok(Json(message_json(&s, &m, u.id).await))
+    Ok(Json(message_json(&s, &m, u.id.get()).await))
 }
 
 pub async fn delete(
@@ -304,16 +328,20 @@ pub async fn delete(
     Auth(u): Auth,
     Path((id, mid)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id.get()).await?;
     let m = s
         .store
-        .message(c.id, snowflake(&mid, "message")?, u.id)
+        .message(
+            c.id,
+            lodge_ids::MessageId(snowflake(&mid, "message")?),
+            u.id,
+        )
         .await?;
     if m.author.id != u.id {
         require(p, Permissions::MANAGE_MESSAGES, "MANAGE_MESSAGES")?;
     }
     s.store.delete_message(c.id, m.id).await?;
-    s.hub.send(Target::Guild(g.id), Some(g.id), Some(c.id), DispatchKind::MessageDelete, json!({ "id": m.id.to_string(), "channel_id": c.id.to_string(), "guild_id": g.id.to_string() }));
+    s.hub.send(Target::Guild(g.id.get()), Some(g.id.get()), Some(c.id.get()), DispatchKind::MessageDelete, json!({ "id": m.id.to_string(), "channel_id": c.id.to_string(), "guild_id": g.id.to_string() }));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -336,11 +364,11 @@ async fn reaction_target(
     id: &str,
     mid: &str,
 ) -> ApiResult<(Channel, Permissions, Message)> {
-    let (c, _, p) = channel_for(s, snowflake(id, "channel")?, u.id).await?;
+    let (c, _, p) = channel_for(s, snowflake(id, "channel")?, u.id.get()).await?;
     require(p, Permissions::READ_MESSAGE_HISTORY, "READ_MESSAGE_HISTORY")?;
     let m = s
         .store
-        .message(c.id, snowflake(mid, "message")?, u.id)
+        .message(c.id, lodge_ids::MessageId(snowflake(mid, "message")?), u.id)
         .await?;
     Ok((c, p, m))
 }
@@ -363,9 +391,9 @@ pub async fn react(
             d["member"] = wire::member(&member);
         }
         s.hub.send(
-            Target::Guild(c.guild_id),
-            Some(c.guild_id),
-            Some(c.id),
+            Target::Guild(c.guild_id.get()),
+            Some(c.guild_id.get()),
+            Some(c.id.get()),
             DispatchKind::MessageReactionAdd,
             d,
         );
@@ -386,9 +414,9 @@ pub async fn unreact(
             "guild_id": c.guild_id.to_string(), "emoji": wire::emoji(&emoji), "burst": false, "type": 0,
         });
         s.hub.send(
-            Target::Guild(c.guild_id),
-            Some(c.guild_id),
-            Some(c.id),
+            Target::Guild(c.guild_id.get()),
+            Some(c.guild_id.get()),
+            Some(c.id.get()),
             DispatchKind::MessageReactionRemove,
             d,
         );
@@ -427,7 +455,7 @@ pub async fn typing(
     Auth(u): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let (c, _, p) = channel_for(&s, snowflake(&id, "channel")?, u.id).await?;
+    let (c, _, p) = channel_for(&s, snowflake(&id, "channel")?, u.id.get()).await?;
     messageable(&c)?;
     require(p, Permissions::SEND_MESSAGES, "SEND_MESSAGES")?;
     let ts = std::time::SystemTime::now()
@@ -439,9 +467,9 @@ pub async fn typing(
         d["member"] = wire::member(&member);
     }
     s.hub.send(
-        Target::Guild(c.guild_id),
-        Some(c.guild_id),
-        Some(c.id),
+        Target::Guild(c.guild_id.get()),
+        Some(c.guild_id.get()),
+        Some(c.id.get()),
         DispatchKind::TypingStart,
         d,
     );
@@ -463,7 +491,7 @@ pub async fn search(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<SearchQuery>,
 ) -> ApiResult<Json<Value>> {
-    let g = super::guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
+    let g = super::guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
     let content = q.content.unwrap_or_default();
     if content.chars().count() > 512 {
         return Err(ApiError::bad_request(
@@ -479,9 +507,9 @@ pub async fn search(
         })
         .transpose()?;
     let mut channels = s.store.channels(g.id).await?;
-    channels.retain(|c| only.is_none_or(|o| o == c.id));
+    channels.retain(|c| only.is_none_or(|o| o == c.id.get()));
     let perms = s.store.channel_permissions(&g, &channels, u.id).await?;
-    let readable: Vec<u64> = channels
+    let readable: Vec<lodge_ids::ChannelId> = channels
         .iter()
         .zip(perms)
         .filter(|(_, p)| p.has(Permissions::VIEW_CHANNEL | Permissions::READ_MESSAGE_HISTORY))
@@ -501,7 +529,7 @@ pub async fn search(
     let mut messages = Vec::with_capacity(hits.len());
     let mut readable = Readable::default();
     for m in &hits {
-        let mut v = message_json_with(&s, m, u.id, &mut readable).await;
+        let mut v = message_json_with(&s, m, u.id.get(), &mut readable).await;
         v["guild_id"] = json!(g.id.to_string());
         messages.push(json!([v]));
     }

@@ -20,8 +20,13 @@ use crate::error::{ApiError, ApiResult};
 
 /// The guild, if the user is a member (403 Missing Access otherwise, as Discord answers).
 pub async fn guild_for(state: &AppState, guild_id: u64, user_id: u64) -> ApiResult<Guild> {
-    let g = state.store.guild(guild_id).await?;
-    if g.owner_id != user_id && !state.store.is_member(guild_id, user_id).await? {
+    let g = state.store.guild(lodge_ids::GuildId(guild_id)).await?;
+    if g.owner_id != lodge_ids::UserId(user_id)
+        && !state
+            .store
+            .is_member(lodge_ids::GuildId(guild_id), lodge_ids::UserId(user_id))
+            .await?
+    {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             50001,
@@ -37,9 +42,15 @@ pub async fn channel_for(
     channel_id: u64,
     user_id: u64,
 ) -> ApiResult<(Channel, Guild, Permissions)> {
-    let c = state.store.channel(channel_id).await?;
-    let g = guild_for(state, c.guild_id, user_id).await?;
-    let p = state.store.permissions(&g, Some(&c), user_id).await?;
+    let c = state
+        .store
+        .channel(lodge_ids::ChannelId(channel_id))
+        .await?;
+    let g = guild_for(state, c.guild_id.get(), user_id).await?;
+    let p = state
+        .store
+        .permissions(&g, Some(&c), lodge_ids::UserId(user_id))
+        .await?;
     if !p.has(Permissions::VIEW_CHANNEL) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -72,10 +83,10 @@ impl ChannelViews {
     /// The channel, if `viewer` may view it.
     pub async fn visible(&mut self, s: &AppState, channel_id: u64, viewer: u64) -> Option<Channel> {
         if let std::collections::hash_map::Entry::Vacant(e) = self.channels.entry(channel_id) {
-            e.insert(s.store.channel(channel_id).await.ok());
+            e.insert(s.store.channel(lodge_ids::ChannelId(channel_id)).await.ok());
         }
         let c = self.channels.get(&channel_id)?.clone()?;
-        if let std::collections::hash_map::Entry::Vacant(e) = self.guilds.entry(c.guild_id) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.guilds.entry(c.guild_id.get()) {
             // `channel_permissions` (under visible_channels) answers all-zero for non-members.
             let set = match s.store.guild(c.guild_id).await {
                 Ok(g) => guilds::visible_channels(s, &g, viewer).await.ok(),
@@ -85,7 +96,7 @@ impl ChannelViews {
         }
         let ok = self
             .guilds
-            .get(&c.guild_id)
+            .get(&c.guild_id.get())
             .and_then(|v| v.as_ref())
             .is_some_and(|v| v.contains(&channel_id));
         ok.then_some(c)

@@ -34,7 +34,7 @@ pub async fn gateway(State(s): State<AppState>) -> Json<Value> {
 /// The gateway URL and what is left of the caller's `session_start_limit` (enforced at
 /// Identify).
 pub async fn gateway_bot(State(s): State<AppState>, Auth(u): Auth) -> Json<Value> {
-    let l = s.session_starts.remaining(u.id).await;
+    let l = s.session_starts.remaining(u.id.get()).await;
     Json(json!({
         "url": s.cfg.gateway_url(),
         "shards": 1,
@@ -64,7 +64,7 @@ pub async fn voice_stats(State(s): State<AppState>, Auth(u): Auth) -> ApiResult<
     let mut visible = crate::rest::ChannelViews::default();
     let mut peers = Vec::with_capacity(r.peers.len());
     for p in &r.peers {
-        if visible.can_view(&s, p.room.0, u.id).await {
+        if visible.can_view(&s, p.room.0, u.id.get()).await {
             peers.push(p);
         }
     }

@@ -18,10 +18,20 @@ pub async fn check(s: &AppState, g: &Guild, p: Permissions, ow: &Overwrite) -> A
         ));
     }
     match ow.kind {
-        OverwriteKind::Role if s.store.role(g.id, ow.target).await.is_err() => {
+        OverwriteKind::Role
+            if s.store
+                .role(g.id, lodge_ids::RoleId(ow.target))
+                .await
+                .is_err() =>
+        {
             Err(ApiError::not_found("role"))
         }
-        OverwriteKind::Member if !s.store.is_member(g.id, ow.target).await? => {
+        OverwriteKind::Member
+            if !s
+                .store
+                .is_member(g.id, lodge_ids::UserId(ow.target))
+                .await? =>
+        {
             Err(ApiError::not_found("member"))
         }
         _ => Ok(()),

@@ -132,10 +132,10 @@ impl Viewer {
             Viewer::Operator => Ok(None),
             Viewer::User(id) => Ok(Some(
                 s.store
-                    .user_guilds(*id)
+                    .user_guilds(lodge_ids::UserId(*id))
                     .await?
                     .into_iter()
-                    .map(|g| g.id)
+                    .map(|g| g.id.get())
                     .collect(),
             )),
         }
@@ -147,14 +147,17 @@ impl Viewer {
             return Ok(Vec::new());
         };
         let mut hidden = Vec::new();
-        for g in s.store.user_guilds(*id).await? {
+        for g in s.store.user_guilds(lodge_ids::UserId(*id)).await? {
             let all = s.store.channels(g.id).await?;
-            let perms = s.store.channel_permissions(&g, &all, *id).await?;
+            let perms = s
+                .store
+                .channel_permissions(&g, &all, lodge_ids::UserId(*id))
+                .await?;
             hidden.extend(
                 all.iter()
                     .zip(perms)
                     .filter(|(_, p)| !p.has(lodge_chat::Permissions::VIEW_CHANNEL))
-                    .map(|(c, _)| c.id),
+                    .map(|(c, _)| c.id.get()),
             );
         }
         Ok(hidden)
@@ -178,7 +181,7 @@ impl FromRequestParts<AppState> for Viewer {
             };
         }
         let Auth(u) = Auth::from_request_parts(parts, s).await?;
-        Ok(Viewer::User(u.id))
+        Ok(Viewer::User(u.id.get()))
     }
 }
 
@@ -298,12 +301,12 @@ pub async fn node_view(s: &AppState, viewer: &Viewer) -> ApiResult<Value> {
             }
             if let std::collections::btree_map::Entry::Vacant(e) = channels.entry(room) {
                 let shown = match viewer {
-                    Viewer::Operator => s.store.channel(room).await.ok(),
+                    Viewer::Operator => s.store.channel(lodge_ids::ChannelId(room)).await.ok(),
                     Viewer::User(id) => views.visible(s, room, *id).await,
                 };
                 match shown {
                     Some(c) => {
-                        e.insert((c.guild_id, c.name.clone(), Vec::new()));
+                        e.insert((c.guild_id.get(), c.name.clone(), Vec::new()));
                     }
                     None => {
                         hidden.insert(room);
@@ -432,7 +435,7 @@ async fn run_live(s: AppState, mut sock: WebSocket, mut slot: LiveSlot) {
         match s.store.authenticate(token).await {
             Ok(u) if !token.is_empty() => {
                 token_hash = Some(lodge_chat::token_hash(token));
-                Viewer::User(u.id)
+                Viewer::User(u.id.get())
             }
             _ => {
                 return close(

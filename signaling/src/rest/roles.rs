@@ -40,7 +40,7 @@ async fn may_manage(
     require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
     if let Some(r) = role {
         let top = s.store.top_role_position(g, actor.id).await?;
-        if r.id != g.id && r.position >= top {
+        if r.id != lodge_ids::RoleId::everyone(g.id) && r.position >= top {
             return Err(ApiError::missing_permissions(
                 "the role is not below your highest role",
             ));
@@ -85,7 +85,7 @@ pub async fn create(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
-    let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
+    let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
     let p = may_manage(&s, &g, &u, None).await?;
     let b: RoleBody = crate::extract::optional_json(&body)?;
     let perms = perm_bits(&b.permissions)?.unwrap_or(0);
@@ -109,8 +109,8 @@ pub async fn create(
     }
     let v = wire::role(&r);
     s.hub.send(
-        Target::Guild(g.id),
-        Some(g.id),
+        Target::Guild(g.id.get()),
+        Some(g.id.get()),
         None,
         DispatchKind::GuildRoleCreate,
         json!({ "guild_id": g.id.to_string(), "role": v }),
@@ -124,8 +124,11 @@ pub async fn update(
     Path((id, role)): Path<(String, String)>,
     ApiJson(b): ApiJson<RoleBody>,
 ) -> ApiResult<Json<Value>> {
-    let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
-    let r = s.store.role(g.id, snowflake(&role, "role")?).await?;
+    let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
+    let r = s
+        .store
+        .role(g.id, lodge_ids::RoleId(snowflake(&role, "role")?))
+        .await?;
     let p = may_manage(&s, &g, &u, Some(&r)).await?;
     let perms = perm_bits(&b.permissions)?;
     if let Some(bits) = perms {
@@ -155,13 +158,13 @@ pub async fn update(
         .await?;
     let v = wire::role(&r);
     s.hub.send(
-        Target::Guild(g.id),
-        Some(g.id),
+        Target::Guild(g.id.get()),
+        Some(g.id.get()),
         None,
         DispatchKind::GuildRoleUpdate,
         json!({ "guild_id": g.id.to_string(), "role": v }),
     );
-    after_role_change(&s, g.id).await;
+    after_role_change(&s, g.id.get()).await;
     Ok(Json(v))
 }
 
@@ -170,28 +173,31 @@ pub async fn delete(
     Auth(u): Auth,
     Path((id, role)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
-    let r = s.store.role(g.id, snowflake(&role, "role")?).await?;
+    let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
+    let r = s
+        .store
+        .role(g.id, lodge_ids::RoleId(snowflake(&role, "role")?))
+        .await?;
     may_manage(&s, &g, &u, Some(&r)).await?;
     s.store.delete_role(g.id, r.id).await?;
     s.hub.send(
-        Target::Guild(g.id),
-        Some(g.id),
+        Target::Guild(g.id.get()),
+        Some(g.id.get()),
         None,
         DispatchKind::GuildRoleDelete,
         json!({ "guild_id": g.id.to_string(), "role_id": r.id.to_string() }),
     );
-    after_role_change(&s, g.id).await;
+    after_role_change(&s, g.id.get()).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn member_update_dispatch(s: &AppState, g: &Guild, user: u64) {
-    if let Ok(m) = s.store.member(g.id, user).await {
+    if let Ok(m) = s.store.member(g.id, lodge_ids::UserId(user)).await {
         let mut v = wire::member(&m);
         v["guild_id"] = json!(g.id.to_string());
         s.hub.send(
-            Target::Guild(g.id),
-            Some(g.id),
+            Target::Guild(g.id.get()),
+            Some(g.id.get()),
             None,
             DispatchKind::GuildMemberUpdate,
             v,
@@ -204,19 +210,25 @@ pub async fn add_member_role(
     Auth(u): Auth,
     Path((id, user, role)): Path<(String, String, String)>,
 ) -> ApiResult<StatusCode> {
-    let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
-    let target = s.store.member(g.id, snowflake(&user, "member")?).await?;
-    let r = s.store.role(g.id, snowflake(&role, "role")?).await?;
+    let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
+    let target = s
+        .store
+        .member(g.id, lodge_ids::UserId(snowflake(&user, "member")?))
+        .await?;
+    let r = s
+        .store
+        .role(g.id, lodge_ids::RoleId(snowflake(&role, "role")?))
+        .await?;
     may_manage(&s, &g, &u, Some(&r)).await?;
-    if r.id == g.id {
+    if r.id == lodge_ids::RoleId::everyone(g.id) {
         return Err(ApiError::bad_request("role_id", "Everyone has @everyone."));
     }
     if target.user.id != u.id {
-        super::hierarchy::may_act_on(&s, &g, u.id, target.user.id).await?;
+        super::hierarchy::may_act_on(&s, &g, u.id.get(), target.user.id.get()).await?;
     }
     s.store.add_member_role(g.id, target.user.id, r.id).await?;
-    member_update_dispatch(&s, &g, target.user.id).await;
-    after_role_change(&s, g.id).await;
+    member_update_dispatch(&s, &g, target.user.id.get()).await;
+    after_role_change(&s, g.id.get()).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -225,18 +237,24 @@ pub async fn remove_member_role(
     Auth(u): Auth,
     Path((id, user, role)): Path<(String, String, String)>,
 ) -> ApiResult<StatusCode> {
-    let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
-    let target = s.store.member(g.id, snowflake(&user, "member")?).await?;
-    let r = s.store.role(g.id, snowflake(&role, "role")?).await?;
+    let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
+    let target = s
+        .store
+        .member(g.id, lodge_ids::UserId(snowflake(&user, "member")?))
+        .await?;
+    let r = s
+        .store
+        .role(g.id, lodge_ids::RoleId(snowflake(&role, "role")?))
+        .await?;
     may_manage(&s, &g, &u, Some(&r)).await?;
     if target.user.id != u.id {
-        super::hierarchy::may_act_on(&s, &g, u.id, target.user.id).await?;
+        super::hierarchy::may_act_on(&s, &g, u.id.get(), target.user.id.get()).await?;
     }
     s.store
         .remove_member_role(g.id, target.user.id, r.id)
         .await?;
-    member_update_dispatch(&s, &g, target.user.id).await;
-    after_role_change(&s, g.id).await;
+    member_update_dispatch(&s, &g, target.user.id.get()).await;
+    after_role_change(&s, g.id.get()).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -267,10 +285,10 @@ async fn check_move(
     g: &Guild,
     actor: u64,
     target: u64,
-    target_roles: &[u64],
+    target_roles: &[lodge_ids::RoleId],
     dest: u64,
 ) -> ApiResult<()> {
-    let c = s.store.channel(dest).await?;
+    let c = s.store.channel(lodge_ids::ChannelId(dest)).await?;
     if c.guild_id != g.id || c.kind != lodge_chat::ChannelKind::Voice {
         return Err(ApiError::bad_request(
             "channel_id",
@@ -278,17 +296,21 @@ async fn check_move(
         ));
     }
     let roles = s.store.roles(g.id).await?;
-    let actor_roles = s.store.member_role_ids(g, actor).await?.unwrap_or_default();
+    let actor_roles = s
+        .store
+        .member_role_ids(g, lodge_ids::UserId(actor))
+        .await?
+        .unwrap_or_default();
     let join = Permissions::VIEW_CHANNEL | Permissions::CONNECT;
-    let of = |roles_of: &[u64], user| {
+    let of = |roles_of: &[lodge_ids::RoleId], user| {
         lodge_chat::permissions::of_member(g, &roles, roles_of, Some(&c), user)
     };
-    if !of(&actor_roles, actor).has(join) {
+    if !of(&actor_roles, lodge_ids::UserId(actor)).has(join) {
         return Err(ApiError::missing_permissions(
             "CONNECT in the destination channel",
         ));
     }
-    if !of(target_roles, target).has(join) {
+    if !of(target_roles, lodge_ids::UserId(target)).has(join) {
         return Err(ApiError::missing_permissions(
             "the member cannot CONNECT to the destination channel",
         ));
@@ -303,8 +325,11 @@ pub async fn update_member(
     Path((id, user)): Path<(String, String)>,
     ApiJson(b): ApiJson<MemberBody>,
 ) -> ApiResult<Json<Value>> {
-    let g = guild_for(&s, snowflake(&id, "guild")?, u.id).await?;
-    let target = s.store.member(g.id, snowflake(&user, "member")?).await?;
+    let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
+    let target = s
+        .store
+        .member(g.id, lodge_ids::UserId(snowflake(&user, "member")?))
+        .await?;
     let p = s.store.permissions(&g, None, u.id).await?;
     let target_id = target.user.id;
     if target_id == g.owner_id
@@ -327,21 +352,21 @@ pub async fn update_member(
         }
     }
     if target_id != u.id && (b.nick.is_some() || b.roles.is_some()) {
-        super::hierarchy::may_act_on(&s, &g, u.id, target_id).await?;
+        super::hierarchy::may_act_on(&s, &g, u.id.get(), target_id.get()).await?;
     }
-    let mut role_changes: Vec<(u64, bool)> = Vec::new();
+    let mut role_changes: Vec<(lodge_ids::RoleId, bool)> = Vec::new();
     if let Some(roles) = &b.roles {
-        let wanted: Vec<u64> = roles
+        let wanted: Vec<lodge_ids::RoleId> = roles
             .iter()
             .map(|r| {
-                r.parse::<u64>()
+                r.parse::<lodge_ids::RoleId>()
                     .map_err(|_| ApiError::bad_request("roles", "Must be snowflakes."))
             })
             .collect::<ApiResult<_>>()?;
         require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
         let all = s.store.roles(g.id).await?;
         let top = s.store.top_role_position(&g, u.id).await?;
-        let changed: Vec<u64> = wanted
+        let changed: Vec<lodge_ids::RoleId> = wanted
             .iter()
             .filter(|r| !target.roles.contains(r))
             .chain(target.roles.iter().filter(|r| !wanted.contains(r)))
@@ -352,7 +377,7 @@ pub async fn update_member(
                 .iter()
                 .find(|r| r.id == *rid)
                 .ok_or_else(|| ApiError::not_found("role"))?;
-            if r.position >= top || r.id == g.id {
+            if r.position >= top || r.id == lodge_ids::RoleId::everyone(g.id) {
                 return Err(ApiError::missing_permissions(
                     "a role is not below your highest role",
                 ));
@@ -382,7 +407,7 @@ pub async fn update_member(
         None => None,
     };
     if (b.mute.is_some() || b.deaf.is_some() || dest.is_some())
-        && !crate::voice::service::in_voice(&s, g.id, target_id).await?
+        && !crate::voice::service::in_voice(&s, g.id.get(), target_id.get()).await?
     {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -396,27 +421,32 @@ pub async fn update_member(
         let mut roles_after = target.roles.clone();
         roles_after.retain(|r| !role_changes.iter().any(|(c, add)| c == r && !add));
         roles_after.extend(role_changes.iter().filter(|(_, add)| *add).map(|(r, _)| *r));
-        check_move(&s, &g, u.id, target_id, &roles_after, dest).await?;
+        check_move(&s, &g, u.id.get(), target_id.get(), &roles_after, dest).await?;
     }
     if let Some(nick) = &b.nick {
         s.store.set_nick(g.id, target_id, nick.as_deref()).await?;
     }
     for (rid, add) in role_changes {
         if add {
-            s.store.add_member_role(g.id, target_id, rid).await?;
+            s.store
+                .add_member_role(g.id, target_id, lodge_ids::RoleId(rid.get()))
+                .await?;
         } else {
-            s.store.remove_member_role(g.id, target_id, rid).await?;
+            s.store
+                .remove_member_role(g.id, target_id, lodge_ids::RoleId(rid.get()))
+                .await?;
         }
     }
     if b.mute.is_some() || b.deaf.is_some() {
-        crate::voice::service::set_server_flags(&s, g.id, target_id, b.mute, b.deaf).await?;
+        crate::voice::service::set_server_flags(&s, g.id.get(), target_id.get(), b.mute, b.deaf)
+            .await?;
     }
     if let Some(dest) = dest {
-        crate::voice::service::move_member(&s, &g, &u, target_id, dest).await?;
+        crate::voice::service::move_member(&s, &g, &u, target_id.get(), dest).await?;
     }
-    member_update_dispatch(&s, &g, target_id).await;
+    member_update_dispatch(&s, &g, target_id.get()).await;
     if b.roles.is_some() {
-        after_role_change(&s, g.id).await;
+        after_role_change(&s, g.id.get()).await;
     }
     let m = s.store.member(g.id, target_id).await?;
     Ok(Json(wire::member(&m)))

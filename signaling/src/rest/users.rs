@@ -19,7 +19,9 @@ pub async fn user(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id = snowflake(&id, "user")?;
-    Ok(Json(wire::user(&s.store.user(id).await?)))
+    Ok(Json(wire::user(
+        &s.store.user(lodge_ids::UserId(id)).await?,
+    )))
 }
 
 pub async fn my_guilds(State(s): State<AppState>, Auth(u): Auth) -> ApiResult<Json<Value>> {

@@ -134,13 +134,13 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
     let channel_id = id_field(d, "channel_id")?;
     let self_mute = d.get("self_mute").and_then(Value::as_bool).unwrap_or(false);
     let self_deaf = d.get("self_deaf").and_then(Value::as_bool).unwrap_or(false);
-    let g = crate::rest::guild_for(s, guild_id, user.id).await?;
+    let g = crate::rest::guild_for(s, guild_id, user.id.get()).await?;
 
     let Some(channel_id) = channel_id else {
-        disconnect_user(s, g.id, user.id).await;
+        disconnect_user(s, g.id.get(), user.id.get()).await;
         return Ok(());
     };
-    let c = s.store.channel(channel_id).await?;
+    let c = s.store.channel(lodge_ids::ChannelId(channel_id)).await?;
     if c.guild_id != g.id {
         return Err(ApiError::not_found("channel"));
     }
@@ -168,10 +168,10 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
     };
     // Members who may move others may also enter a full channel (as on Discord).
     let cap = (limit > 0 && !p.has(Permissions::MOVE_MEMBERS)).then_some(ChannelCap {
-        channel_id: c.id,
+        channel_id: c.id.get(),
         limit,
     });
-    let placed = placed_for(s, g.id, c.id, region.as_deref(), can_speak).await?;
+    let placed = placed_for(s, g.id.get(), c.id.get(), region.as_deref(), can_speak).await?;
     let join = Input::Join(Join {
         session_id: session_id.to_string(),
         self_mute,
@@ -180,14 +180,14 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
         region: region.unwrap_or_default(),
         placed,
     });
-    let applied = executor::run_capped(s, g.id, user.id, &join, cap).await?;
+    let applied = executor::run_capped(s, g.id.get(), user.id.get(), &join, cap).await?;
     if applied.issued_token {
         // A kick or ban between `guild_for` above and the state going in may have run its
         // voice disconnect before there was a state to end. Reading membership again now
         // that the state is in place closes that gap: either the removal commits after this
         // read, and its disconnect (which follows it) finds the state, or this read sees it.
         if g.owner_id != user.id && !s.store.is_member(g.id, user.id).await? {
-            disconnect_user(s, g.id, user.id).await;
+            disconnect_user(s, g.id.get(), user.id.get()).await;
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 50001,
@@ -195,9 +195,9 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
             ));
         }
         info!(
-            guild = g.id,
-            channel = c.id,
-            user = user.id,
+            guild = %g.id,
+            channel = %c.id,
+            user = %user.id,
             "voice join: token issued"
         );
     }
@@ -242,10 +242,10 @@ pub async fn move_member(
     dest: Option<u64>,
 ) -> ApiResult<()> {
     let Some(dest) = dest else {
-        executor::run(s, g.id, user_id, &Input::Leave(None)).await?;
+        executor::run(s, g.id.get(), user_id, &Input::Leave(None)).await?;
         return Ok(());
     };
-    let c = s.store.channel(dest).await?;
+    let c = s.store.channel(lodge_ids::ChannelId(dest)).await?;
     if c.guild_id != g.id || c.kind != ChannelKind::Voice {
         return Err(ApiError::bad_request(
             "channel_id",
@@ -258,22 +258,32 @@ pub async fn move_member(
             "CONNECT in the destination channel",
         ));
     }
-    let target_p = s.store.permissions(g, Some(&c), user_id).await?;
+    let target_p = s
+        .store
+        .permissions(g, Some(&c), lodge_ids::UserId(user_id))
+        .await?;
     if !target_p.has(Permissions::VIEW_CHANNEL | Permissions::CONNECT) {
         return Err(ApiError::missing_permissions(
             "the member cannot CONNECT to the destination channel",
         ));
     }
-    let cur = executor::state(s, g.id, user_id)
+    let cur = executor::state(s, g.id.get(), user_id)
         .await
         .map_err(unavailable)?
         .ok_or_else(not_in_voice)?;
     // Placed again for the new channel, in the caller's region (an edge caller stays on an
     // edge of that region, through the new room's home).
     let region = (!cur.region.is_empty()).then_some(cur.region.as_str());
-    let placed = placed_for(s, g.id, c.id, region, target_p.has(Permissions::SPEAK)).await?;
-    executor::run(s, g.id, user_id, &Input::Move(placed)).await?;
-    info!(guild = g.id, user = user_id, to = c.id, "member moved");
+    let placed = placed_for(
+        s,
+        g.id.get(),
+        c.id.get(),
+        region,
+        target_p.has(Permissions::SPEAK),
+    )
+    .await?;
+    executor::run(s, g.id.get(), user_id, &Input::Move(placed)).await?;
+    info!(guild = %g.id, user = %user_id, to = %c.id, "member moved");
     Ok(())
 }
 
@@ -345,13 +355,17 @@ pub async fn disconnect_session(
 /// at once).
 pub async fn refresh_channel_permissions(s: &AppState, guild_id: u64, channel_id: u64) {
     let (Ok(g), Ok(c)) = (
-        s.store.guild(guild_id).await,
-        s.store.channel(channel_id).await,
+        s.store.guild(lodge_ids::GuildId(guild_id)).await,
+        s.store.channel(lodge_ids::ChannelId(channel_id)).await,
     ) else {
         return;
     };
     for u in users_in(s, guild_id, Some(channel_id)).await {
-        let Ok(p) = s.store.permissions(&g, Some(&c), u).await else {
+        let Ok(p) = s
+            .store
+            .permissions(&g, Some(&c), lodge_ids::UserId(u))
+            .await
+        else {
             continue;
         };
         if !p.has(Permissions::VIEW_CHANNEL | Permissions::CONNECT) {
