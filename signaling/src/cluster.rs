@@ -216,9 +216,9 @@ impl Cluster {
 
 pub fn grant(st: &VoiceState, token: &str) -> VoiceGrant {
     VoiceGrant {
-        guild: st.guild_id,
-        channel: st.channel_id,
-        user: st.user_id,
+        guild: st.guild_id.get(),
+        channel: st.channel_id.get(),
+        user: st.user_id.get(),
         session_id: st.session_id.clone(),
         token: token.to_string(),
         self_mute: st.self_mute,
@@ -256,9 +256,9 @@ pub async fn to_edge(s: &AppState, edge: &str, cmd: HomeCmd) {
 /// here, under the origin's generation).
 fn hosted_here(s: &AppState, g: &VoiceGrant) -> VoiceState {
     VoiceState {
-        guild_id: g.guild,
-        channel_id: g.channel,
-        user_id: g.user,
+        guild_id: lodge_ids::GuildId(g.guild),
+        channel_id: lodge_ids::ChannelId(g.channel),
+        user_id: lodge_ids::UserId(g.user),
         session_id: g.session_id.clone(),
         self_mute: g.self_mute,
         self_deaf: g.self_deaf,
@@ -401,7 +401,7 @@ pub async fn run_events(s: AppState, mut rx: mpsc::UnboundedReceiver<ClusterEven
                         .map(|st| st.channel_id);
                     crate::voice::service::disconnect_user(&s, guild, user).await;
                     if let Some(ch) = channel {
-                        refresh_interest(&s, ch).await;
+                        refresh_interest(&s, ch.get()).await;
                     }
                 }
                 Control::Peers { nodes } if c.role == Role::Edge => {
@@ -447,8 +447,8 @@ async fn refresh_interest(s: &AppState, room: u64) {
         let placer = locked(&c.placer);
         states
             .iter()
-            .filter(|st| st.channel_id == room)
-            .filter_map(|st| placer.get(&(st.guild_id, st.user_id)).cloned())
+            .filter(|st| st.channel_id == lodge_ids::ChannelId(room))
+            .filter_map(|st| placer.get(&(st.guild_id.get(), st.user_id.get())).cloned())
             .collect()
     };
     nodes.sort();
@@ -464,17 +464,20 @@ pub async fn place_here(s: &AppState, st: VoiceState, token: String, placer: Opt
     } else {
         hosted_here(s, &grant(&st, &token))
     };
-    let before = executor::state(s, st.guild_id, st.user_id)
+    let before = executor::state(s, st.guild_id.get(), st.user_id.get())
         .await
         .ok()
         .flatten()
         .map(|b| b.channel_id);
     let old = {
         let mut v = s.voice();
-        let id = v.by_user.get(&(st.guild_id, st.user_id)).copied();
+        let id = v
+            .by_user
+            .get(&(st.guild_id.get(), st.user_id.get()))
+            .copied();
         id.and_then(|id| v.remove_conn(id))
     };
-    store_state(s, Some(&st), st.guild_id, st.user_id).await;
+    store_state(s, Some(&st), st.guild_id.get(), st.user_id.get()).await;
     let pending = PendingToken {
         user_id: st.user_id,
         guild_id: st.guild_id,
@@ -497,16 +500,16 @@ pub async fn place_here(s: &AppState, st: VoiceState, token: String, placer: Opt
         }
     }
     if let (Some(c), Some(placer)) = (s.cluster.get(), placer) {
-        locked(&c.placer).insert((st.guild_id, st.user_id), placer.to_string());
-        refresh_interest(s, st.channel_id).await;
+        locked(&c.placer).insert((st.guild_id.get(), st.user_id.get()), placer.to_string());
+        refresh_interest(s, st.channel_id.get()).await;
         if let Some(b) = before.filter(|b| *b != st.channel_id) {
-            refresh_interest(s, b).await;
+            refresh_interest(s, b.get()).await;
         }
     }
     info!(
-        guild = st.guild_id,
-        channel = st.channel_id,
-        user = st.user_id,
+        guild = %st.guild_id,
+        channel = %st.channel_id,
+        user = %st.user_id,
         "caller placed on this edge"
     );
 }
@@ -546,7 +549,7 @@ async fn node_lost(s: AppState, node: String) {
         let all = all_states(&s).await;
         let placer = locked(&c.placer);
         all.into_iter()
-            .filter(|st| placer.get(&(st.guild_id, st.user_id)) == Some(&node))
+            .filter(|st| placer.get(&(st.guild_id.get(), st.user_id.get())) == Some(&node))
             .collect()
     };
     if !states.is_empty() {
@@ -556,17 +559,17 @@ async fn node_lost(s: AppState, node: String) {
             "node unreachable for {ORIGIN_LOST_GRACE:?}: closing the calls it placed on this edge (4015)"
         );
     }
-    let mut rooms: Vec<u64> = states.iter().map(|st| st.channel_id).collect();
+    let mut rooms: Vec<u64> = states.iter().map(|st| st.channel_id.get()).collect();
     rooms.sort_unstable();
     rooms.dedup();
     for st in states {
-        locked(&c.placer).remove(&(st.guild_id, st.user_id));
-        store_state(&s, None, st.guild_id, st.user_id).await;
+        locked(&c.placer).remove(&(st.guild_id.get(), st.user_id.get()));
+        store_state(&s, None, st.guild_id.get(), st.user_id.get()).await;
         executor::apply_here(
             &s,
             HomeCmd::Remove {
-                guild_id: st.guild_id,
-                user_id: st.user_id,
+                guild_id: st.guild_id.get(),
+                user_id: st.user_id.get(),
                 generation: st.generation,
                 code: 4015,
                 reason: "this edge lost its origin; rejoin the channel".into(),

@@ -227,7 +227,7 @@ pub async fn reassert(s: &AppState) {
         match s
             .shared
             .voice_states
-            .swap(st.guild_id, st.user_id, None, Some(&raw))
+            .swap(st.guild_id.get(), st.user_id.get(), None, Some(&raw))
             .await
         {
             Ok(true) => states += 1,
@@ -235,7 +235,8 @@ pub async fn reassert(s: &AppState) {
                 // The caller has a state: if it no longer names this node and this
                 // connection's generation, the caller was moved while this node was away
                 // (fenced off): its connection here ends.
-                let cur = crate::voice::executor::state(s, st.guild_id, st.user_id).await;
+                let cur =
+                    crate::voice::executor::state(s, st.guild_id.get(), st.user_id.get()).await;
                 let ours = matches!(&cur, Ok(Some(c)) if c.generation == st.generation
                     && matches!(&c.home, Home::Node(h) if h.node == s.shared.me));
                 if cur.is_ok() && !ours {
@@ -243,8 +244,8 @@ pub async fn reassert(s: &AppState) {
                     crate::voice::executor::apply_here(
                         s,
                         crate::voice::control::HomeCmd::Remove {
-                            guild_id: st.guild_id,
-                            user_id: st.user_id,
+                            guild_id: st.guild_id.get(),
+                            user_id: st.user_id.get(),
                             generation: st.generation,
                             code: crate::voice::control::CLOSE_DISCONNECTED,
                             reason: "this voice server lost its room to another node; rejoin"
@@ -263,7 +264,7 @@ pub async fn reassert(s: &AppState) {
         let Ok(home) = s
             .shared
             .placement
-            .home(st.guild_id, st.channel_id, &s.shared.me, &alive)
+            .home(st.guild_id.get(), st.channel_id.get(), &s.shared.me, &alive)
             .await
         else {
             continue;
@@ -271,14 +272,14 @@ pub async fn reassert(s: &AppState) {
         if home.node != s.shared.me {
             let (token, generation) = crate::voice::service::fresh_token();
             let placed = crate::voice::control::Placed {
-                channel_id: st.channel_id,
+                channel_id: st.channel_id.get(),
                 can_speak: st.can_speak,
                 home: Home::Node(home),
                 token,
                 generation,
             };
             let input = Input::Rehome(placed);
-            if crate::voice::executor::run(s, st.guild_id, st.user_id, &input)
+            if crate::voice::executor::run(s, st.guild_id.get(), st.user_id.get(), &input)
                 .await
                 .is_ok()
             {

@@ -93,7 +93,7 @@ pub async fn guild_create_limited(
         .filter(|vs| {
             visible
                 .iter()
-                .any(|c| c.id == lodge_ids::ChannelId(vs.channel_id))
+                .any(|c| c.id == lodge_ids::ChannelId(vs.channel_id.get()))
         })
         .map(|vs| {
             let mut j = vs.json();

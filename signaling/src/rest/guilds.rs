@@ -362,7 +362,7 @@ pub async fn voice_states(
     Ok(Json(Value::Array(
         states
             .iter()
-            .filter(|v| visible.contains(&v.channel_id))
+            .filter(|v| visible.contains(&v.channel_id.get()))
             .map(|v| v.json())
             .collect(),
     )))

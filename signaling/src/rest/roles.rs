@@ -64,7 +64,7 @@ async fn after_role_change(s: &AppState, g: u64) {
         .await
         .unwrap_or_default()
         .iter()
-        .map(|v| v.channel_id)
+        .map(|v| v.channel_id.get())
         .collect();
     for c in channels {
         crate::voice::service::refresh_channel_permissions(s, g, c).await;

@@ -218,7 +218,7 @@ impl ChannelCap {
     /// The text every stored state in this channel contains, and no other state does (see
     /// [`crate::voice::state::channel_marker`]).
     pub fn marker(&self) -> String {
-        crate::voice::state::channel_marker(self.channel_id)
+        crate::voice::state::channel_marker(lodge_ids::ChannelId(self.channel_id))
     }
 }
 

@@ -159,8 +159,8 @@ fn remove(st: &VoiceState, reason: &str) -> Effect {
     Effect::Home(
         st.home.clone(),
         HomeCmd::Remove {
-            guild_id: st.guild_id,
-            user_id: st.user_id,
+            guild_id: st.guild_id.get(),
+            user_id: st.user_id.get(),
             generation: st.generation,
             code: CLOSE_DISCONNECTED,
             reason: reason.into(),
@@ -205,7 +205,7 @@ fn retire(old: &VoiceState, new_home: &Home, effects: &mut Vec<Effect>) {
 fn flags_changed(st: &VoiceState) -> Vec<Effect> {
     vec![
         Effect::StateUpdate {
-            channel_id: st.channel_id,
+            channel_id: st.channel_id.get(),
             json: st.json(),
         },
         Effect::Home(st.home.clone(), HomeCmd::Flags { state: st.clone() }),
@@ -241,9 +241,13 @@ pub fn apply(
                 effects: vec![
                     remove(st, DISCONNECTED),
                     Effect::Left {
-                        channel_id: st.channel_id,
+                        channel_id: st.channel_id.get(),
                         session_id: st.session_id.clone(),
-                        json: left_json(guild_id, user_id, &st.session_id),
+                        json: left_json(
+                            lodge_ids::GuildId(guild_id),
+                            lodge_ids::UserId(user_id),
+                            &st.session_id,
+                        ),
                     },
                 ],
             })
@@ -269,7 +273,7 @@ pub fn apply(
         Input::Move(p) => {
             let old = cur.ok_or(Refusal::NotInVoice)?;
             let st = VoiceState {
-                channel_id: p.channel_id,
+                channel_id: lodge_ids::ChannelId(p.channel_id),
                 can_speak: p.can_speak,
                 home: p.home.clone(),
                 generation: p.generation,
@@ -279,10 +283,14 @@ pub fn apply(
             let mut fx = Vec::new();
             retire(old, &st.home, &mut fx);
             fx.push(Effect::Moved {
-                from: old.channel_id,
-                to: st.channel_id,
+                from: old.channel_id.get(),
+                to: st.channel_id.get(),
                 json: st.json(),
-                left: left_json(guild_id, user_id, &old.session_id),
+                left: left_json(
+                    lodge_ids::GuildId(guild_id),
+                    lodge_ids::UserId(user_id),
+                    &old.session_id,
+                ),
             });
             admit(&st, &p.token, &mut fx);
             Ok(Transition::put(st, fx))
@@ -294,7 +302,7 @@ pub fn apply(
         } => match cur {
             Some(st)
                 if st.generation == *generation
-                    && st.channel_id == *channel
+                    && st.channel_id == lodge_ids::ChannelId(*channel)
                     && !st.connected
                     && matches!(&st.home, Home::Node(h) if h.node == *at) =>
             {
@@ -327,7 +335,7 @@ fn join(guild_id: u64, user_id: u64, cur: Option<&VoiceState>, j: &Join) -> Tran
     let p = &j.placed;
     // Same channel and session, already connected (or hosted by an edge): only the flags.
     if let Some(st) = cur.filter(|st| {
-        st.channel_id == p.channel_id
+        st.channel_id == lodge_ids::ChannelId(p.channel_id)
             && st.session_id == j.session_id
             && (st.connected || matches!(st.home, Home::Edge { .. }))
     }) {
@@ -343,9 +351,9 @@ fn join(guild_id: u64, user_id: u64, cur: Option<&VoiceState>, j: &Join) -> Tran
     // Server mute/deafen stick to the member across channel changes, as on Discord.
     let (mute, deaf) = cur.map(|c| (c.mute, c.deaf)).unwrap_or((false, false));
     let st = VoiceState {
-        guild_id,
-        channel_id: p.channel_id,
-        user_id,
+        guild_id: lodge_ids::GuildId(guild_id),
+        channel_id: lodge_ids::ChannelId(p.channel_id),
+        user_id: lodge_ids::UserId(user_id),
         session_id: j.session_id.clone(),
         self_mute: j.self_mute,
         self_deaf: j.self_deaf,
@@ -363,13 +371,17 @@ fn join(guild_id: u64, user_id: u64, cur: Option<&VoiceState>, j: &Join) -> Tran
     }
     match cur.filter(|old| old.channel_id != st.channel_id) {
         Some(old) => fx.push(Effect::Moved {
-            from: old.channel_id,
-            to: st.channel_id,
+            from: old.channel_id.get(),
+            to: st.channel_id.get(),
             json: st.json(),
-            left: left_json(guild_id, user_id, &old.session_id),
+            left: left_json(
+                lodge_ids::GuildId(guild_id),
+                lodge_ids::UserId(user_id),
+                &old.session_id,
+            ),
         }),
         None => fx.push(Effect::StateUpdate {
-            channel_id: st.channel_id,
+            channel_id: st.channel_id.get(),
             json: st.json(),
         }),
     }
@@ -456,7 +468,10 @@ mod tests {
             unreachable!()
         };
         assert_eq!((token.as_str(), pending.generation), ("tok7", 7));
-        assert_eq!((pending.channel_id, home), (10, &node("a", 1)));
+        assert_eq!(
+            (pending.channel_id, home),
+            (lodge_ids::ChannelId(10), &node("a", 1))
+        );
         let st = st.unwrap();
         assert!(!st.connected && st.generation == 7);
     }

@@ -229,7 +229,7 @@ pub async fn apply_here(s: &AppState, cmd: HomeCmd) {
         HomeCmd::Flags { state } => {
             let part = {
                 let mut v = s.voice();
-                let id = v.conn_of(state.guild_id, state.user_id, state.generation);
+                let id = v.conn_of(state.guild_id.get(), state.user_id.get(), state.generation);
                 id.and_then(|id| v.conns.get_mut(&id)).and_then(|c| {
                     c.state = Some(state.clone());
                     c.participant

@@ -330,7 +330,10 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
     let t: PendingToken = redeemed
         .and_then(|raw| serde_json::from_str(&raw).ok())
         .ok_or(unknown)?;
-    if t.user_id != user_id || t.guild_id != guild_id || t.session_id != session_id {
+    if t.user_id != lodge_ids::UserId(user_id)
+        || t.guild_id != lodge_ids::GuildId(guild_id)
+        || t.session_id != session_id
+    {
         return Err((
             close::AUTHENTICATION_FAILED,
             "voice token was issued for another user, guild or session",
@@ -338,7 +341,7 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
     }
     let connected = Input::Connected {
         generation: t.generation,
-        channel: t.channel_id,
+        channel: t.channel_id.get(),
         at: s.shared.me.clone(),
     };
     let state = match executor::run(s, guild_id, user_id, &connected).await {
@@ -364,7 +367,7 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
         state,
         user_id,
         guild_id,
-        channel_id: t.channel_id,
+        channel_id: t.channel_id.get(),
         participant: None,
         slots: Default::default(),
     });
@@ -380,7 +383,7 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
     Ok(Authed {
         user_id,
         guild_id,
-        channel_id: t.channel_id,
+        channel_id: t.channel_id.get(),
         conn_id,
         generation: t.generation,
         joined: false,

@@ -111,17 +111,32 @@ pub async fn placed_for(
 /// region: a new token and VOICE_SERVER_UPDATE. Whether it was done (failures are logged).
 pub async fn rehome(s: &AppState, st: &super::VoiceState) -> bool {
     let region = Some(st.region.as_str()).filter(|r| !r.is_empty());
-    let placed = match placed_for(s, st.guild_id, st.channel_id, region, st.can_speak).await {
+    let placed = match placed_for(
+        s,
+        st.guild_id.get(),
+        st.channel_id.get(),
+        region,
+        st.can_speak,
+    )
+    .await
+    {
         Ok(p) => p,
         Err(e) => {
-            warn!(guild = st.guild_id, user = st.user_id, error = ?e, "could not place a caller whose home is gone");
+            warn!(guild = %st.guild_id, user = %st.user_id, error = ?e, "could not place a caller whose home is gone");
             return false;
         }
     };
-    match executor::run(s, st.guild_id, st.user_id, &Input::Rehome(placed)).await {
+    match executor::run(
+        s,
+        st.guild_id.get(),
+        st.user_id.get(),
+        &Input::Rehome(placed),
+    )
+    .await
+    {
         Ok(_) => true,
         Err(e) => {
-            warn!(guild = st.guild_id, user = st.user_id, error = %e, "could not move a caller whose home is gone");
+            warn!(guild = %st.guild_id, user = %st.user_id, error = %e, "could not move a caller whose home is gone");
             false
         }
     }
@@ -317,8 +332,8 @@ async fn users_in(s: &AppState, guild_id: u64, channel_id: Option<u64>) -> Vec<u
     match executor::guild_states(s, guild_id).await {
         Ok(v) => v
             .into_iter()
-            .filter(|st| channel_id.is_none_or(|c| st.channel_id == c))
-            .map(|st| st.user_id)
+            .filter(|st| channel_id.is_none_or(|c| st.channel_id == lodge_ids::ChannelId(c)))
+            .map(|st| st.user_id.get())
             .collect(),
         Err(e) => {
             warn!(guild = guild_id, error = %e, "voice states unavailable");

@@ -3,6 +3,7 @@
 //! in a cluster every node reads the same one); the live voice connection and the media
 //! participant belong to the home node alone (`conns.rs`).
 
+use lodge_ids::{ChannelId, GuildId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -21,9 +22,10 @@ pub enum Home {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VoiceState {
-    pub guild_id: u64,
-    pub channel_id: u64,
-    pub user_id: u64,
+    // Stored as JSON numbers (the ids are serde-transparent): `channel_marker` relies on it.
+    pub guild_id: GuildId,
+    pub channel_id: ChannelId,
+    pub user_id: UserId,
     pub session_id: String,
     pub self_mute: bool,
     pub self_deaf: bool,
@@ -74,12 +76,12 @@ impl VoiceState {
 /// does: the serialized `channel_id` field with the comma that ends it. The shared store counts
 /// a channel's states with it (inside one atomic script on Redis), so it must follow the field
 /// order of [`VoiceState`]; a test below holds the two together.
-pub fn channel_marker(channel_id: u64) -> String {
+pub fn channel_marker(channel_id: ChannelId) -> String {
     format!("\"channel_id\":{channel_id},")
 }
 
 /// VOICE_STATE_UPDATE for a user who left (`channel_id: null`).
-pub fn left_json(guild_id: u64, user_id: u64, session_id: &str) -> Value {
+pub fn left_json(guild_id: GuildId, user_id: UserId, session_id: &str) -> Value {
     json!({
         "guild_id": guild_id.to_string(), "channel_id": null, "user_id": user_id.to_string(), "session_id": session_id,
         "deaf": false, "mute": false, "self_deaf": false, "self_mute": false, "self_video": false, "suppress": false,
@@ -90,9 +92,9 @@ pub fn left_json(guild_id: u64, user_id: u64, session_id: &str) -> Value {
 /// What a voice token stands for (stored with the token; redeemed once, on the home node).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingToken {
-    pub user_id: u64,
-    pub guild_id: u64,
-    pub channel_id: u64,
+    pub user_id: UserId,
+    pub guild_id: GuildId,
+    pub channel_id: ChannelId,
     pub session_id: String,
     pub generation: u64,
 }
@@ -104,9 +106,9 @@ mod tests {
     #[test]
     fn the_channel_marker_matches_the_stored_form_of_a_state_in_that_channel_only() {
         let st = VoiceState {
-            guild_id: 1,
-            channel_id: 42,
-            user_id: 7,
+            guild_id: GuildId(1),
+            channel_id: ChannelId(42),
+            user_id: UserId(7),
             session_id: "s".into(),
             self_mute: false,
             self_deaf: false,
@@ -125,15 +127,27 @@ mod tests {
             region: String::new(),
         };
         let raw = serde_json::to_string(&st).unwrap();
-        assert!(raw.contains(&channel_marker(42)), "{raw}");
-        assert!(!raw.contains(&channel_marker(4)), "{raw}");
-        assert!(!raw.contains(&channel_marker(420)), "{raw}");
+        assert!(raw.contains(&channel_marker(ChannelId(42))), "{raw}");
+        assert!(!raw.contains(&channel_marker(ChannelId(4))), "{raw}");
+        // The stored form keeps the ids as JSON numbers, as when they were bare u64.
+        assert!(
+            raw.starts_with(r#"{"guild_id":1,"channel_id":42,"user_id":7,"session_id":"s","#),
+            "{raw}"
+        );
+        assert_eq!(channel_marker(ChannelId(42)), r#""channel_id":42,"#);
+        assert!(
+            !raw.contains(&channel_marker(lodge_ids::ChannelId(420))),
+            "{raw}"
+        );
         let other = VoiceState {
-            channel_id: 420,
+            channel_id: lodge_ids::ChannelId(420),
             ..st
         };
         let raw = serde_json::to_string(&other).unwrap();
-        assert!(!raw.contains(&channel_marker(42)), "{raw}");
+        assert!(
+            !raw.contains(&channel_marker(lodge_ids::ChannelId(42))),
+            "{raw}"
+        );
         // A caller-chosen string (the region hint) cannot forge the marker: quotes in it are
         // escaped.
         let forged = VoiceState {
@@ -141,6 +155,9 @@ mod tests {
             ..other
         };
         let raw = serde_json::to_string(&forged).unwrap();
-        assert!(!raw.contains(&channel_marker(42)), "{raw}");
+        assert!(
+            !raw.contains(&channel_marker(lodge_ids::ChannelId(42))),
+            "{raw}"
+        );
     }
 }
