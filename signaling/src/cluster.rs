@@ -6,6 +6,7 @@
 //! node's voice gateway does, and cascades media through [`lodge_edge::cascade`]. Without
 //! either flag a node works alone, as before.
 
+use lodge_ids::{ChannelId, GuildId, UserId};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -238,8 +239,8 @@ pub async fn to_edge(s: &AppState, edge: &str, cmd: HomeCmd) {
         HomeCmd::Remove {
             guild_id, user_id, ..
         } => Control::VoiceRemove {
-            guild: guild_id,
-            user: user_id,
+            guild: guild_id.get(),
+            user: user_id.get(),
         },
     };
     match s
@@ -256,9 +257,9 @@ pub async fn to_edge(s: &AppState, edge: &str, cmd: HomeCmd) {
 /// here, under the origin's generation).
 fn hosted_here(s: &AppState, g: &VoiceGrant) -> VoiceState {
     VoiceState {
-        guild_id: lodge_ids::GuildId(g.guild),
-        channel_id: lodge_ids::ChannelId(g.channel),
-        user_id: lodge_ids::UserId(g.user),
+        guild_id: GuildId(g.guild),
+        channel_id: ChannelId(g.channel),
+        user_id: UserId(g.user),
         session_id: g.session_id.clone(),
         self_mute: g.self_mute,
         self_deaf: g.self_deaf,
@@ -315,7 +316,11 @@ pub async fn await_token(s: &AppState, token: &str) {
 async fn all_states(s: &AppState) -> Vec<VoiceState> {
     let mut all = Vec::new();
     for g in s.shared.voice_states.guilds().await.unwrap_or_default() {
-        all.extend(executor::guild_states(s, g).await.unwrap_or_default());
+        all.extend(
+            executor::guild_states(s, GuildId(g))
+                .await
+                .unwrap_or_default(),
+        );
     }
     all
 }
@@ -383,8 +388,13 @@ pub async fn run_events(s: AppState, mut rx: mpsc::UnboundedReceiver<ClusterEven
                     let edge = c.edges().get(&id).map(|e| e.node.clone());
                     if let Some(edge) = edge {
                         let via = s.shared.me.clone();
-                        crate::voice::service::leave_if(&s, guild, user, Guard::Edge { via, edge })
-                            .await;
+                        crate::voice::service::leave_if(
+                            &s,
+                            GuildId(guild),
+                            UserId(user),
+                            Guard::Edge { via, edge },
+                        )
+                        .await;
                     }
                 }
                 Control::VoicePlace(g) if c.role == Role::Edge => {
@@ -394,12 +404,12 @@ pub async fn run_events(s: AppState, mut rx: mpsc::UnboundedReceiver<ClusterEven
                 }
                 Control::VoiceUpdate(g) if c.role == Role::Edge => update_here(&s, g).await,
                 Control::VoiceRemove { guild, user } if c.role == Role::Edge => {
-                    let channel = executor::state(&s, guild, user)
+                    let channel = executor::state(&s, GuildId(guild), UserId(user))
                         .await
                         .ok()
                         .flatten()
                         .map(|st| st.channel_id);
-                    crate::voice::service::disconnect_user(&s, guild, user).await;
+                    crate::voice::service::disconnect_user(&s, GuildId(guild), UserId(user)).await;
                     if let Some(ch) = channel {
                         refresh_interest(&s, ch.get()).await;
                     }
@@ -447,7 +457,7 @@ async fn refresh_interest(s: &AppState, room: u64) {
         let placer = locked(&c.placer);
         states
             .iter()
-            .filter(|st| st.channel_id == lodge_ids::ChannelId(room))
+            .filter(|st| st.channel_id == ChannelId(room))
             .filter_map(|st| placer.get(&(st.guild_id.get(), st.user_id.get())).cloned())
             .collect()
     };
@@ -464,7 +474,7 @@ pub async fn place_here(s: &AppState, st: VoiceState, token: String, placer: Opt
     } else {
         hosted_here(s, &grant(&st, &token))
     };
-    let before = executor::state(s, st.guild_id.get(), st.user_id.get())
+    let before = executor::state(s, st.guild_id, st.user_id)
         .await
         .ok()
         .flatten()
@@ -516,7 +526,7 @@ pub async fn place_here(s: &AppState, st: VoiceState, token: String, placer: Opt
 
 /// Edge: the origin changed a caller's flags.
 async fn update_here(s: &AppState, g: VoiceGrant) {
-    let Ok(Some(cur)) = executor::state(s, g.guild, g.user).await else {
+    let Ok(Some(cur)) = executor::state(s, GuildId(g.guild), UserId(g.user)).await else {
         return;
     };
     let st = VoiceState {
@@ -568,8 +578,8 @@ async fn node_lost(s: AppState, node: String) {
         executor::apply_here(
             &s,
             HomeCmd::Remove {
-                guild_id: st.guild_id.get(),
-                user_id: st.user_id.get(),
+                guild_id: st.guild_id,
+                user_id: st.user_id,
                 generation: st.generation,
                 code: 4015,
                 reason: "this edge lost its origin; rejoin the channel".into(),

@@ -2,6 +2,7 @@
 //! the other nodes, logs each one that joins or leaves, and when a node is lost, moves the
 //! callers whose gateway sessions are here and whose room that node hosted to a new home.
 
+use lodge_ids::{GuildId, UserId};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -183,7 +184,7 @@ pub async fn rehome_lost(s: &AppState, lost: &NodeId) -> u64 {
     };
     let mut moved = 0;
     for g in guilds {
-        let states = crate::voice::executor::guild_states(s, g)
+        let states = crate::voice::executor::guild_states(s, GuildId(g))
             .await
             .unwrap_or_default();
         for st in states {
@@ -235,8 +236,7 @@ pub async fn reassert(s: &AppState) {
                 // The caller has a state: if it no longer names this node and this
                 // connection's generation, the caller was moved while this node was away
                 // (fenced off): its connection here ends.
-                let cur =
-                    crate::voice::executor::state(s, st.guild_id.get(), st.user_id.get()).await;
+                let cur = crate::voice::executor::state(s, st.guild_id, st.user_id).await;
                 let ours = matches!(&cur, Ok(Some(c)) if c.generation == st.generation
                     && matches!(&c.home, Home::Node(h) if h.node == s.shared.me));
                 if cur.is_ok() && !ours {
@@ -244,8 +244,8 @@ pub async fn reassert(s: &AppState) {
                     crate::voice::executor::apply_here(
                         s,
                         crate::voice::control::HomeCmd::Remove {
-                            guild_id: st.guild_id.get(),
-                            user_id: st.user_id.get(),
+                            guild_id: st.guild_id,
+                            user_id: st.user_id,
                             generation: st.generation,
                             code: crate::voice::control::CLOSE_DISCONNECTED,
                             reason: "this voice server lost its room to another node; rejoin"
@@ -272,14 +272,14 @@ pub async fn reassert(s: &AppState) {
         if home.node != s.shared.me {
             let (token, generation) = crate::voice::service::fresh_token();
             let placed = crate::voice::control::Placed {
-                channel_id: st.channel_id.get(),
+                channel_id: st.channel_id,
                 can_speak: st.can_speak,
                 home: Home::Node(home),
                 token,
                 generation,
             };
             let input = Input::Rehome(placed);
-            if crate::voice::executor::run(s, st.guild_id.get(), st.user_id.get(), &input)
+            if crate::voice::executor::run(s, st.guild_id, st.user_id, &input)
                 .await
                 .is_ok()
             {
@@ -303,7 +303,7 @@ pub async fn rehome_session(s: &AppState, user: u64, guilds: &[u64], session: &s
         Err(_) => return,
     };
     for g in guilds {
-        let Ok(Some(st)) = crate::voice::executor::state(s, *g, user).await else {
+        let Ok(Some(st)) = crate::voice::executor::state(s, GuildId(*g), UserId(user)).await else {
             continue;
         };
         let orphaned = st.session_id == session

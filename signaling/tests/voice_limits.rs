@@ -4,6 +4,7 @@
 
 mod common;
 
+use lodge_ids::{ChannelId, GuildId, UserId};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -26,9 +27,9 @@ async fn a_voice_client_that_stops_reading_is_closed() {
     for i in 0..3_000u32 {
         lodge_signaling::voice::service::notify_others(
             &state,
-            gid,
-            cid,
-            0,
+            GuildId(gid),
+            ChannelId(cid),
+            UserId(0),
             json!({ "op": 13, "d": { "user_id": i.to_string(), "pad": pad } }),
         );
         if i % 50 == 0 {

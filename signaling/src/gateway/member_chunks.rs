@@ -5,6 +5,7 @@
 //! dispatch instead of members. A query or an id list is small (at most 100 members) and counts
 //! against the connection's payload rate like any other payload.
 
+use lodge_ids::{GuildId, UserId};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -81,16 +82,14 @@ pub async fn request(
             let found = s
                 .store
                 .members_by_id(
-                    lodge_ids::GuildId(r.guild_id),
-                    &ids.iter()
-                        .map(|&i| lodge_ids::UserId(i))
-                        .collect::<Vec<_>>(),
+                    GuildId(r.guild_id),
+                    &ids.iter().map(|&i| UserId(i)).collect::<Vec<_>>(),
                 )
                 .await
                 .map_err(storage)?;
             let missing: Vec<Value> = ids
                 .iter()
-                .filter(|id| !found.iter().any(|m| m.user.id == lodge_ids::UserId(**id)))
+                .filter(|id| !found.iter().any(|m| m.user.id == UserId(**id)))
                 .map(|id| json!(id.to_string()))
                 .collect();
             (found, Some(missing))
@@ -99,7 +98,7 @@ pub async fn request(
             let limit = (*limit).max(1);
             let found = s
                 .store
-                .members_named(lodge_ids::GuildId(r.guild_id), prefix, limit)
+                .members_named(GuildId(r.guild_id), prefix, limit)
                 .await
                 .map_err(storage)?;
             (found, None)
@@ -109,7 +108,7 @@ pub async fn request(
             // and exactly that many chunks are sent even if members join or leave meanwhile.
             let total = s
                 .store
-                .member_count(lodge_ids::GuildId(r.guild_id))
+                .member_count(GuildId(r.guild_id))
                 .await
                 .map_err(storage)? as usize;
             let count = total.div_ceil(MEMBERS_PER_CHUNK).max(1);
@@ -117,11 +116,7 @@ pub async fn request(
             for index in 0..count {
                 let page = s
                     .store
-                    .members(
-                        lodge_ids::GuildId(r.guild_id),
-                        MEMBERS_PER_CHUNK as u32,
-                        after,
-                    )
+                    .members(GuildId(r.guild_id), MEMBERS_PER_CHUNK as u32, after)
                     .await
                     .map_err(storage)?;
                 if let Some(last) = page.last() {

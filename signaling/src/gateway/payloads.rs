@@ -1,6 +1,7 @@
 //! Gateway payloads built from the store: READY and GUILD_CREATE.
 
 use lodge_chat::{Guild, Permissions, User};
+use lodge_ids::UserId;
 use serde_json::{json, Value};
 
 use crate::app::AppState;
@@ -54,7 +55,7 @@ pub async fn guild_create_limited(
     let all = s.store.channels(g.id).await?;
     let perms = s
         .store
-        .channel_permissions(g, &all, lodge_ids::UserId(user_id))
+        .channel_permissions(g, &all, UserId(user_id))
         .await?;
     let visible: Vec<&lodge_chat::Channel> = all
         .iter()
@@ -69,20 +70,17 @@ pub async fn guild_create_limited(
         .await?;
     // The list is the first page by user id; the session's own member is always in it (a
     // client takes its own roles and join time from there).
-    if !members
-        .iter()
-        .any(|m| m.user.id == lodge_ids::UserId(user_id))
-    {
-        if let Ok(me) = s.store.member(g.id, lodge_ids::UserId(user_id)).await {
+    if !members.iter().any(|m| m.user.id == UserId(user_id)) {
+        if let Ok(me) = s.store.member(g.id, UserId(user_id)).await {
             members.push(me);
         }
     }
     let member_count = s.store.member_count(g.id).await?;
     let joined_at = members
         .iter()
-        .find(|m| m.user.id == lodge_ids::UserId(user_id))
+        .find(|m| m.user.id == UserId(user_id))
         .map(|m| wire::iso8601(m.joined_at));
-    let voice_states: Vec<Value> = crate::voice::executor::guild_states(s, g.id.get())
+    let voice_states: Vec<Value> = crate::voice::executor::guild_states(s, g.id)
         .await
         .unwrap_or_else(|e| {
             tracing::warn!(guild = %g.id, error = %e, "GUILD_CREATE without voice states");
@@ -90,11 +88,7 @@ pub async fn guild_create_limited(
         })
         .iter()
         // Only the voice channels the user may view: who is in a hidden one is not theirs to see.
-        .filter(|vs| {
-            visible
-                .iter()
-                .any(|c| c.id == lodge_ids::ChannelId(vs.channel_id.get()))
-        })
+        .filter(|vs| visible.iter().any(|c| c.id == vs.channel_id))
         .map(|vs| {
             let mut j = vs.json();
             j.as_object_mut().map(|o| o.remove("guild_id"));

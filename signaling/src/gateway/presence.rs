@@ -4,6 +4,7 @@
 //! cluster). Broadcast as PRESENCE_UPDATE to the user's guilds when what others see changes
 //! (invisible looks offline), by the node where the change happened.
 
+use lodge_ids::UserId;
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
@@ -168,7 +169,7 @@ fn payload(guild_id: u64, user: u64, status: &str, activities: &Value) -> Value 
 }
 
 async fn broadcast(s: &AppState, user: u64, status: &str, activities: &Value) {
-    let Ok(guilds) = s.store.user_guilds(lodge_ids::UserId(user)).await else {
+    let Ok(guilds) = s.store.user_guilds(UserId(user)).await else {
         return;
     };
     for g in guilds {

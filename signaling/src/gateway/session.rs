@@ -7,6 +7,7 @@
 //! client leaves, stops heartbeating (4009), sends too much (4008), its session is ended from
 //! outside (token revoked: 4004) or the node shuts down (op 7).
 
+use lodge_ids::UserId;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -716,7 +717,7 @@ pub fn invalidate_route(
         let mut g = lock(&r);
         let hit = match route {
             Route::Guild(id) => g.guilds.contains(&id),
-            Route::User(u) => g.user.id == lodge_ids::UserId(u),
+            Route::User(u) => g.user.id == UserId(u),
         };
         if hit && !g.ended {
             g.invalidate(reason);
@@ -753,7 +754,7 @@ pub(super) async fn end_voice(s: &AppState, sref: &SessionRef) {
             g.id.clone(),
         )
     };
-    crate::voice::service::disconnect_session(s, user.get(), guilds, &id).await;
+    crate::voice::service::disconnect_session(s, user, guilds, &id).await;
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! for a single fetch. Each guild's entries start over on their own: a change in one guild
 //! costs the others nothing.
 
+use lodge_ids::{ChannelId, GuildId, RoleId, UserId};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -31,7 +32,7 @@ struct GuildMaps {
     epoch: u64,
     guild: Slot<(Guild, Vec<Role>)>,
     channels: HashMap<u64, Slot<Channel>>,
-    members: HashMap<u64, Slot<Option<Vec<lodge_ids::RoleId>>>>,
+    members: HashMap<u64, Slot<Option<Vec<RoleId>>>>,
 }
 
 #[derive(Default)]
@@ -71,13 +72,11 @@ impl VisibilityCache {
             let c = self.keyed(guild, epoch, |m| &mut m.channels, channel);
             let c = c
                 .get_or_try_init(|| async {
-                    Ok::<_, ChatError>(Arc::new(
-                        store.channel(lodge_ids::ChannelId(channel)).await?,
-                    ))
+                    Ok::<_, ChatError>(Arc::new(store.channel(ChannelId(channel)).await?))
                 })
                 .await?
                 .clone();
-            if c.guild_id != lodge_ids::GuildId(guild) {
+            if c.guild_id != GuildId(guild) {
                 return Ok(Permissions(0));
             }
             let mine = self.member_roles(store, epoch, &g, user).await?;
@@ -89,7 +88,7 @@ impl VisibilityCache {
                 &g.1,
                 mine,
                 Some(&c),
-                lodge_ids::UserId(user),
+                UserId(user),
             ))
         };
         perms.await.unwrap_or(Permissions(0))
@@ -113,8 +112,8 @@ impl VisibilityCache {
         let g = self.slot(guild, epoch, |m| &mut m.guild);
         let g = g
             .get_or_try_init(|| async {
-                let gd = store.guild(lodge_ids::GuildId(guild)).await?;
-                let roles = store.roles(lodge_ids::GuildId(guild)).await?;
+                let gd = store.guild(GuildId(guild)).await?;
+                let roles = store.roles(GuildId(guild)).await?;
                 Ok::<_, ChatError>(Arc::new((gd, roles)))
             })
             .await?;
@@ -128,13 +127,11 @@ impl VisibilityCache {
         epoch: u64,
         g: &(Guild, Vec<Role>),
         user: u64,
-    ) -> Result<Arc<Option<Vec<lodge_ids::RoleId>>>, ChatError> {
+    ) -> Result<Arc<Option<Vec<RoleId>>>, ChatError> {
         let m = self.keyed(g.0.id.get(), epoch, |m| &mut m.members, user);
         let mine = m
             .get_or_try_init(|| async {
-                Ok::<_, ChatError>(Arc::new(
-                    store.member_role_ids(&g.0, lodge_ids::UserId(user)).await?,
-                ))
+                Ok::<_, ChatError>(Arc::new(store.member_role_ids(&g.0, UserId(user)).await?))
             })
             .await?;
         Ok(mine.clone())

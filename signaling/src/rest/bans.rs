@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use lodge_chat::bans::MAX_BANS_PAGE;
 use lodge_chat::{Ban, BanQuery, Guild, Permissions, User};
+use lodge_ids::UserId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -119,17 +120,17 @@ pub async fn ban(
             "the guild owner cannot be banned",
         ));
     }
-    if s.store.is_member(g.id, lodge_ids::UserId(target)).await? {
+    if s.store.is_member(g.id, UserId(target)).await? {
         super::hierarchy::may_act_on(&s, &g, u.id.get(), target).await?;
     }
     let reason = audit_reason(&headers);
     let effect = s
         .store
-        .ban(g.id, lodge_ids::UserId(target), reason.as_deref(), seconds)
+        .ban(g.id, UserId(target), reason.as_deref(), seconds)
         .await?;
     // Membership is gone: op 4 now refuses the user, so this disconnect is final.
-    crate::voice::service::disconnect_user(&s, g.id.get(), target).await;
-    let banned = s.store.user(lodge_ids::UserId(target)).await?;
+    crate::voice::service::disconnect_user(&s, g.id, UserId(target)).await;
+    let banned = s.store.user(UserId(target)).await?;
     let gid = g.id.to_string();
     if effect.was_member {
         // The user's own sessions drop the guild first, so they are not told of their ban.
@@ -180,7 +181,7 @@ pub async fn unban(
     let g = moderated_guild(&s, &id, &u).await?;
     let b = s
         .store
-        .ban_of(g.id, lodge_ids::UserId(snowflake(&user, "ban")?))
+        .ban_of(g.id, UserId(snowflake(&user, "ban")?))
         .await?;
     s.store.unban(g.id, b.user.id).await?;
     tell_ban_watchers(&s, &g, DispatchKind::GuildBanRemove, &b.user).await;
@@ -196,7 +197,7 @@ pub async fn get(
     let g = moderated_guild(&s, &id, &u).await?;
     let b = s
         .store
-        .ban_of(g.id, lodge_ids::UserId(snowflake(&user, "ban")?))
+        .ban_of(g.id, UserId(snowflake(&user, "ban")?))
         .await?;
     Ok(Json(ban_json(&b)))
 }

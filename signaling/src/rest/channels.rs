@@ -73,7 +73,7 @@ pub async fn remove(
 ) -> ApiResult<Json<Value>> {
     let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id.get()).await?;
     require(p, Permissions::MANAGE_CHANNELS, "MANAGE_CHANNELS")?;
-    crate::voice::service::disconnect_channel(&s, g.id.get(), c.id.get()).await;
+    crate::voice::service::disconnect_channel(&s, g.id, c.id).await;
     let c = s.store.delete_channel(c.id).await?;
     let v = wire::channel(&c);
     s.hub.send(
@@ -107,7 +107,7 @@ pub async fn put_overwrite(
         DispatchKind::ChannelUpdate,
         wire::channel(&c),
     );
-    crate::voice::service::refresh_channel_permissions(&s, g.id.get(), c.id.get()).await;
+    crate::voice::service::refresh_channel_permissions(&s, g.id, c.id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -129,7 +129,7 @@ pub async fn delete_overwrite(
         DispatchKind::ChannelUpdate,
         wire::channel(&c),
     );
-    crate::voice::service::refresh_channel_permissions(&s, g.id.get(), c.id.get()).await;
+    crate::voice::service::refresh_channel_permissions(&s, g.id, c.id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -4,6 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use lodge_chat::{ChannelKind, ChannelSpec, Overwrite, OverwriteKind, Permissions};
+use lodge_ids::UserId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -103,7 +104,7 @@ pub async fn remove(
             "only the owner may delete a guild",
         ));
     }
-    crate::voice::service::disconnect_guild(&s, g.id.get()).await;
+    crate::voice::service::disconnect_guild(&s, g.id).await;
     s.hub.send(
         Target::Guild(g.id.get()),
         Some(g.id.get()),
@@ -290,7 +291,7 @@ pub async fn member(
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
     let m = s
         .store
-        .member(g.id, lodge_ids::UserId(snowflake(&user, "member")?))
+        .member(g.id, UserId(snowflake(&user, "member")?))
         .await?;
     Ok(Json(wire::member(&m)))
 }
@@ -307,7 +308,7 @@ pub async fn kick(
             "the guild owner cannot be kicked",
         ));
     }
-    let m = s.store.member(g.id, lodge_ids::UserId(target)).await?;
+    let m = s.store.member(g.id, UserId(target)).await?;
     if target != u.id.get() {
         require(
             s.store.permissions(&g, None, u.id).await?,
@@ -317,10 +318,8 @@ pub async fn kick(
         super::hierarchy::may_act_on(&s, &g, u.id.get(), target).await?;
     }
     // Membership first: from here op 4 refuses the user, so the voice disconnect is final.
-    s.store
-        .remove_member(g.id, lodge_ids::UserId(target))
-        .await?;
-    crate::voice::service::disconnect_user(&s, g.id.get(), target).await;
+    s.store.remove_member(g.id, UserId(target)).await?;
+    crate::voice::service::disconnect_user(&s, g.id, UserId(target)).await;
     s.hub.send(
         Target::Guild(g.id.get()),
         Some(g.id.get()),
@@ -356,7 +355,7 @@ pub async fn voice_states(
 ) -> ApiResult<Json<Value>> {
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
     let visible = visible_channels(&s, &g, u.id.get()).await?;
-    let states = crate::voice::executor::guild_states(&s, g.id.get())
+    let states = crate::voice::executor::guild_states(&s, g.id)
         .await
         .map_err(ApiError::unavailable)?;
     Ok(Json(Value::Array(
@@ -377,7 +376,7 @@ pub async fn visible_channels(
     let all = s.store.channels(g.id).await?;
     let perms = s
         .store
-        .channel_permissions(g, &all, lodge_ids::UserId(user_id))
+        .channel_permissions(g, &all, UserId(user_id))
         .await?;
     Ok(all
         .iter()

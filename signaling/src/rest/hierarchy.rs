@@ -3,6 +3,7 @@
 //! above everyone and no one acts on the owner.
 
 use lodge_chat::Guild;
+use lodge_ids::UserId;
 
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -18,14 +19,8 @@ pub async fn may_act_on(s: &AppState, g: &Guild, actor: u64, target: u64) -> Api
     if actor == g.owner_id.get() {
         return Ok(());
     }
-    let mine = s
-        .store
-        .top_role_position(g, lodge_ids::UserId(actor))
-        .await?;
-    let theirs = s
-        .store
-        .top_role_position(g, lodge_ids::UserId(target))
-        .await?;
+    let mine = s.store.top_role_position(g, UserId(actor)).await?;
+    let theirs = s.store.top_role_position(g, UserId(target)).await?;
     if theirs >= mine {
         return Err(ApiError::missing_permissions(
             "the member's highest role is not below yours",

@@ -4,6 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use lodge_chat::{Channel, ChannelKind, Message, MessageQuery, NewMessage, Permissions, User};
+use lodge_ids::{ChannelId, MessageId, UserId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -38,15 +39,11 @@ impl Readable {
             return *v;
         }
         let ok = async {
-            let c = s
-                .store
-                .channel(lodge_ids::ChannelId(channel_id))
-                .await
-                .ok()?;
+            let c = s.store.channel(ChannelId(channel_id)).await.ok()?;
             let g = s.store.guild(c.guild_id).await.ok()?;
             let p = s
                 .store
-                .permissions(&g, Some(&c), lodge_ids::UserId(viewer))
+                .permissions(&g, Some(&c), UserId(viewer))
                 .await
                 .ok()?;
             Some(p.has(READ))
@@ -67,11 +64,9 @@ async fn message_json_with(
     readable: &mut Readable,
 ) -> Value {
     let referenced = match m.reference {
-        Some((mid, cid)) if readable.check(s, cid.get(), viewer).await => s
-            .store
-            .message(cid, mid, lodge_ids::UserId(viewer))
-            .await
-            .ok(),
+        Some((mid, cid)) if readable.check(s, cid.get(), viewer).await => {
+            s.store.message(cid, mid, UserId(viewer)).await.ok()
+        }
         _ => None,
     };
     wire::message(m, referenced.as_ref())
@@ -88,7 +83,7 @@ async fn message_json(s: &AppState, m: &Message, viewer: u64) -> Value {
 /// per session), as REST renders it per viewer.
 async fn dispatch_message(s: &AppState, t: DispatchKind, m: &Message) {
     let referenced = match m.reference {
-        Some((mid, cid)) => s.store.message(cid, mid, lodge_ids::UserId(0)).await.ok(),
+        Some((mid, cid)) => s.store.message(cid, mid, UserId(0)).await.ok(),
         None => None,
     };
     let member = s
@@ -147,9 +142,9 @@ pub async fn list(
     if !(1..=100).contains(&limit) {
         return Err(ApiError::bad_request("limit", "Must be between 1 and 100."));
     }
-    let id_of = |v: Option<String>, f: &str| -> ApiResult<Option<lodge_ids::MessageId>> {
+    let id_of = |v: Option<String>, f: &str| -> ApiResult<Option<MessageId>> {
         v.map(|x| {
-            x.parse::<lodge_ids::MessageId>()
+            x.parse::<MessageId>()
                 .map_err(|_| ApiError::bad_request(f, "Must be a snowflake."))
         })
         .transpose()
@@ -229,7 +224,7 @@ pub async fn create(
         // The author must be able to read the referenced message where it is: VIEW_CHANNEL
         // (a channel they cannot see answers as if the message did not exist, revealing
         // nothing) and READ_MESSAGE_HISTORY (50013).
-        let rp = match s.store.channel(lodge_ids::ChannelId(cid)).await {
+        let rp = match s.store.channel(ChannelId(cid)).await {
             Ok(rc) if rc.guild_id == c.guild_id => s.store.permissions(&g, Some(&rc), u.id).await?,
             _ => Permissions(0),
         };
@@ -242,11 +237,11 @@ pub async fn create(
         }
         let exists = rp.has(READ)
             && s.store
-                .message(lodge_ids::ChannelId(cid), lodge_ids::MessageId(mid), u.id)
+                .message(ChannelId(cid), MessageId(mid), u.id)
                 .await
                 .is_ok_and(|m| m.guild_id == c.guild_id);
         if exists {
-            reference = Some((lodge_ids::MessageId(mid), lodge_ids::ChannelId(cid)));
+            reference = Some((MessageId(mid), ChannelId(cid)));
         } else if r.fail_if_not_exists.unwrap_or(true) {
             return Err(ApiError::bad_request(
                 "message_reference",
@@ -279,11 +274,7 @@ pub async fn get(
     require(p, Permissions::READ_MESSAGE_HISTORY, "READ_MESSAGE_HISTORY")?;
     let m = s
         .store
-        .message(
-            c.id,
-            lodge_ids::MessageId(snowflake(&mid, "message")?),
-            u.id,
-        )
+        .message(c.id, MessageId(snowflake(&mid, "message")?), u.id)
         .await?;
     Ok(Json(message_json(&s, &m, u.id.get()).await))
 }
@@ -302,11 +293,7 @@ pub async fn edit(
     let (c, _, _) = channel_for(&s, snowflake(&id, "channel")?, u.id.get()).await?;
     let m = s
         .store
-        .message(
-            c.id,
-            lodge_ids::MessageId(snowflake(&mid, "message")?),
-            u.id,
-        )
+        .message(c.id, MessageId(snowflake(&mid, "message")?), u.id)
         .await?;
     if m.author.id != u.id {
         return Err(ApiError::new(
@@ -331,11 +318,7 @@ pub async fn delete(
     let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id.get()).await?;
     let m = s
         .store
-        .message(
-            c.id,
-            lodge_ids::MessageId(snowflake(&mid, "message")?),
-            u.id,
-        )
+        .message(c.id, MessageId(snowflake(&mid, "message")?), u.id)
         .await?;
     if m.author.id != u.id {
         require(p, Permissions::MANAGE_MESSAGES, "MANAGE_MESSAGES")?;
@@ -368,7 +351,7 @@ async fn reaction_target(
     require(p, Permissions::READ_MESSAGE_HISTORY, "READ_MESSAGE_HISTORY")?;
     let m = s
         .store
-        .message(c.id, lodge_ids::MessageId(snowflake(mid, "message")?), u.id)
+        .message(c.id, MessageId(snowflake(mid, "message")?), u.id)
         .await?;
     Ok((c, p, m))
 }
@@ -509,7 +492,7 @@ pub async fn search(
     let mut channels = s.store.channels(g.id).await?;
     channels.retain(|c| only.is_none_or(|o| o == c.id.get()));
     let perms = s.store.channel_permissions(&g, &channels, u.id).await?;
-    let readable: Vec<lodge_ids::ChannelId> = channels
+    let readable: Vec<ChannelId> = channels
         .iter()
         .zip(perms)
         .filter(|(_, p)| p.has(Permissions::VIEW_CHANNEL | Permissions::READ_MESSAGE_HISTORY))

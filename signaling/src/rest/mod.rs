@@ -14,17 +14,18 @@ pub mod users;
 
 use axum::http::StatusCode;
 use lodge_chat::{Channel, Guild, Permissions};
+use lodge_ids::{ChannelId, GuildId, UserId};
 
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 
 /// The guild, if the user is a member (403 Missing Access otherwise, as Discord answers).
 pub async fn guild_for(state: &AppState, guild_id: u64, user_id: u64) -> ApiResult<Guild> {
-    let g = state.store.guild(lodge_ids::GuildId(guild_id)).await?;
-    if g.owner_id != lodge_ids::UserId(user_id)
+    let g = state.store.guild(GuildId(guild_id)).await?;
+    if g.owner_id != UserId(user_id)
         && !state
             .store
-            .is_member(lodge_ids::GuildId(guild_id), lodge_ids::UserId(user_id))
+            .is_member(GuildId(guild_id), UserId(user_id))
             .await?
     {
         return Err(ApiError::new(
@@ -42,14 +43,11 @@ pub async fn channel_for(
     channel_id: u64,
     user_id: u64,
 ) -> ApiResult<(Channel, Guild, Permissions)> {
-    let c = state
-        .store
-        .channel(lodge_ids::ChannelId(channel_id))
-        .await?;
+    let c = state.store.channel(ChannelId(channel_id)).await?;
     let g = guild_for(state, c.guild_id.get(), user_id).await?;
     let p = state
         .store
-        .permissions(&g, Some(&c), lodge_ids::UserId(user_id))
+        .permissions(&g, Some(&c), UserId(user_id))
         .await?;
     if !p.has(Permissions::VIEW_CHANNEL) {
         return Err(ApiError::new(
@@ -83,7 +81,7 @@ impl ChannelViews {
     /// The channel, if `viewer` may view it.
     pub async fn visible(&mut self, s: &AppState, channel_id: u64, viewer: u64) -> Option<Channel> {
         if let std::collections::hash_map::Entry::Vacant(e) = self.channels.entry(channel_id) {
-            e.insert(s.store.channel(lodge_ids::ChannelId(channel_id)).await.ok());
+            e.insert(s.store.channel(ChannelId(channel_id)).await.ok());
         }
         let c = self.channels.get(&channel_id)?.clone()?;
         if let std::collections::hash_map::Entry::Vacant(e) = self.guilds.entry(c.guild_id.get()) {

@@ -2,6 +2,7 @@
 //! and the `permission_overwrites` of a channel being created.
 
 use lodge_chat::{Guild, Overwrite, OverwriteKind, Permissions};
+use lodge_ids::{RoleId, UserId};
 
 use super::require;
 use crate::app::AppState;
@@ -18,20 +19,10 @@ pub async fn check(s: &AppState, g: &Guild, p: Permissions, ow: &Overwrite) -> A
         ));
     }
     match ow.kind {
-        OverwriteKind::Role
-            if s.store
-                .role(g.id, lodge_ids::RoleId(ow.target))
-                .await
-                .is_err() =>
-        {
+        OverwriteKind::Role if s.store.role(g.id, RoleId(ow.target)).await.is_err() => {
             Err(ApiError::not_found("role"))
         }
-        OverwriteKind::Member
-            if !s
-                .store
-                .is_member(g.id, lodge_ids::UserId(ow.target))
-                .await? =>
-        {
+        OverwriteKind::Member if !s.store.is_member(g.id, UserId(ow.target)).await? => {
             Err(ApiError::not_found("member"))
         }
         _ => Ok(()),

@@ -4,6 +4,7 @@
 //! sees the channels they may view (VIEW_CHANNEL) in their own guilds; the node operator (`Authorization: Operator <secret>`,
 //! see `--operator-token`) sees every channel. Nothing here shows tokens or network addresses.
 
+use lodge_ids::{ChannelId, UserId};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
@@ -132,7 +133,7 @@ impl Viewer {
             Viewer::Operator => Ok(None),
             Viewer::User(id) => Ok(Some(
                 s.store
-                    .user_guilds(lodge_ids::UserId(*id))
+                    .user_guilds(UserId(*id))
                     .await?
                     .into_iter()
                     .map(|g| g.id.get())
@@ -147,12 +148,9 @@ impl Viewer {
             return Ok(Vec::new());
         };
         let mut hidden = Vec::new();
-        for g in s.store.user_guilds(lodge_ids::UserId(*id)).await? {
+        for g in s.store.user_guilds(UserId(*id)).await? {
             let all = s.store.channels(g.id).await?;
-            let perms = s
-                .store
-                .channel_permissions(&g, &all, lodge_ids::UserId(*id))
-                .await?;
+            let perms = s.store.channel_permissions(&g, &all, UserId(*id)).await?;
             hidden.extend(
                 all.iter()
                     .zip(perms)
@@ -301,7 +299,7 @@ pub async fn node_view(s: &AppState, viewer: &Viewer) -> ApiResult<Value> {
             }
             if let std::collections::btree_map::Entry::Vacant(e) = channels.entry(room) {
                 let shown = match viewer {
-                    Viewer::Operator => s.store.channel(lodge_ids::ChannelId(room)).await.ok(),
+                    Viewer::Operator => s.store.channel(ChannelId(room)).await.ok(),
                     Viewer::User(id) => views.visible(s, room, *id).await,
                 };
                 match shown {

@@ -6,6 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use lodge_chat::{Guild, Permissions, Role, RoleSpec, User};
+use lodge_ids::{ChannelId, GuildId, RoleId, UserId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -40,7 +41,7 @@ async fn may_manage(
     require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
     if let Some(r) = role {
         let top = s.store.top_role_position(g, actor.id).await?;
-        if r.id != lodge_ids::RoleId::everyone(g.id) && r.position >= top {
+        if r.id != RoleId::everyone(g.id) && r.position >= top {
             return Err(ApiError::missing_permissions(
                 "the role is not below your highest role",
             ));
@@ -60,14 +61,15 @@ fn no_escalation(actor: Permissions, wanted: u64) -> ApiResult<()> {
 
 async fn after_role_change(s: &AppState, g: u64) {
     // CONNECT/SPEAK may have changed for anyone in voice.
-    let channels: std::collections::HashSet<u64> = crate::voice::executor::guild_states(s, g)
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(|v| v.channel_id.get())
-        .collect();
+    let channels: std::collections::HashSet<u64> =
+        crate::voice::executor::guild_states(s, GuildId(g))
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|v| v.channel_id.get())
+            .collect();
     for c in channels {
-        crate::voice::service::refresh_channel_permissions(s, g, c).await;
+        crate::voice::service::refresh_channel_permissions(s, GuildId(g), ChannelId(c)).await;
     }
 }
 
@@ -127,7 +129,7 @@ pub async fn update(
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
     let r = s
         .store
-        .role(g.id, lodge_ids::RoleId(snowflake(&role, "role")?))
+        .role(g.id, RoleId(snowflake(&role, "role")?))
         .await?;
     let p = may_manage(&s, &g, &u, Some(&r)).await?;
     let perms = perm_bits(&b.permissions)?;
@@ -176,7 +178,7 @@ pub async fn delete(
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
     let r = s
         .store
-        .role(g.id, lodge_ids::RoleId(snowflake(&role, "role")?))
+        .role(g.id, RoleId(snowflake(&role, "role")?))
         .await?;
     may_manage(&s, &g, &u, Some(&r)).await?;
     s.store.delete_role(g.id, r.id).await?;
@@ -192,7 +194,7 @@ pub async fn delete(
 }
 
 async fn member_update_dispatch(s: &AppState, g: &Guild, user: u64) {
-    if let Ok(m) = s.store.member(g.id, lodge_ids::UserId(user)).await {
+    if let Ok(m) = s.store.member(g.id, UserId(user)).await {
         let mut v = wire::member(&m);
         v["guild_id"] = json!(g.id.to_string());
         s.hub.send(
@@ -213,14 +215,14 @@ pub async fn add_member_role(
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
     let target = s
         .store
-        .member(g.id, lodge_ids::UserId(snowflake(&user, "member")?))
+        .member(g.id, UserId(snowflake(&user, "member")?))
         .await?;
     let r = s
         .store
-        .role(g.id, lodge_ids::RoleId(snowflake(&role, "role")?))
+        .role(g.id, RoleId(snowflake(&role, "role")?))
         .await?;
     may_manage(&s, &g, &u, Some(&r)).await?;
-    if r.id == lodge_ids::RoleId::everyone(g.id) {
+    if r.id == RoleId::everyone(g.id) {
         return Err(ApiError::bad_request("role_id", "Everyone has @everyone."));
     }
     if target.user.id != u.id {
@@ -240,11 +242,11 @@ pub async fn remove_member_role(
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
     let target = s
         .store
-        .member(g.id, lodge_ids::UserId(snowflake(&user, "member")?))
+        .member(g.id, UserId(snowflake(&user, "member")?))
         .await?;
     let r = s
         .store
-        .role(g.id, lodge_ids::RoleId(snowflake(&role, "role")?))
+        .role(g.id, RoleId(snowflake(&role, "role")?))
         .await?;
     may_manage(&s, &g, &u, Some(&r)).await?;
     if target.user.id != u.id {
@@ -285,10 +287,10 @@ async fn check_move(
     g: &Guild,
     actor: u64,
     target: u64,
-    target_roles: &[lodge_ids::RoleId],
+    target_roles: &[RoleId],
     dest: u64,
 ) -> ApiResult<()> {
-    let c = s.store.channel(lodge_ids::ChannelId(dest)).await?;
+    let c = s.store.channel(ChannelId(dest)).await?;
     if c.guild_id != g.id || c.kind != lodge_chat::ChannelKind::Voice {
         return Err(ApiError::bad_request(
             "channel_id",
@@ -298,19 +300,19 @@ async fn check_move(
     let roles = s.store.roles(g.id).await?;
     let actor_roles = s
         .store
-        .member_role_ids(g, lodge_ids::UserId(actor))
+        .member_role_ids(g, UserId(actor))
         .await?
         .unwrap_or_default();
     let join = Permissions::VIEW_CHANNEL | Permissions::CONNECT;
-    let of = |roles_of: &[lodge_ids::RoleId], user| {
+    let of = |roles_of: &[RoleId], user| {
         lodge_chat::permissions::of_member(g, &roles, roles_of, Some(&c), user)
     };
-    if !of(&actor_roles, lodge_ids::UserId(actor)).has(join) {
+    if !of(&actor_roles, UserId(actor)).has(join) {
         return Err(ApiError::missing_permissions(
             "CONNECT in the destination channel",
         ));
     }
-    if !of(target_roles, lodge_ids::UserId(target)).has(join) {
+    if !of(target_roles, UserId(target)).has(join) {
         return Err(ApiError::missing_permissions(
             "the member cannot CONNECT to the destination channel",
         ));
@@ -328,7 +330,7 @@ pub async fn update_member(
     let g = guild_for(&s, snowflake(&id, "guild")?, u.id.get()).await?;
     let target = s
         .store
-        .member(g.id, lodge_ids::UserId(snowflake(&user, "member")?))
+        .member(g.id, UserId(snowflake(&user, "member")?))
         .await?;
     let p = s.store.permissions(&g, None, u.id).await?;
     let target_id = target.user.id;
@@ -354,19 +356,19 @@ pub async fn update_member(
     if target_id != u.id && (b.nick.is_some() || b.roles.is_some()) {
         super::hierarchy::may_act_on(&s, &g, u.id.get(), target_id.get()).await?;
     }
-    let mut role_changes: Vec<(lodge_ids::RoleId, bool)> = Vec::new();
+    let mut role_changes: Vec<(RoleId, bool)> = Vec::new();
     if let Some(roles) = &b.roles {
-        let wanted: Vec<lodge_ids::RoleId> = roles
+        let wanted: Vec<RoleId> = roles
             .iter()
             .map(|r| {
-                r.parse::<lodge_ids::RoleId>()
+                r.parse::<RoleId>()
                     .map_err(|_| ApiError::bad_request("roles", "Must be snowflakes."))
             })
             .collect::<ApiResult<_>>()?;
         require(p, Permissions::MANAGE_ROLES, "MANAGE_ROLES")?;
         let all = s.store.roles(g.id).await?;
         let top = s.store.top_role_position(&g, u.id).await?;
-        let changed: Vec<lodge_ids::RoleId> = wanted
+        let changed: Vec<RoleId> = wanted
             .iter()
             .filter(|r| !target.roles.contains(r))
             .chain(target.roles.iter().filter(|r| !wanted.contains(r)))
@@ -377,7 +379,7 @@ pub async fn update_member(
                 .iter()
                 .find(|r| r.id == *rid)
                 .ok_or_else(|| ApiError::not_found("role"))?;
-            if r.position >= top || r.id == lodge_ids::RoleId::everyone(g.id) {
+            if r.position >= top || r.id == RoleId::everyone(g.id) {
                 return Err(ApiError::missing_permissions(
                     "a role is not below your highest role",
                 ));
@@ -407,7 +409,7 @@ pub async fn update_member(
         None => None,
     };
     if (b.mute.is_some() || b.deaf.is_some() || dest.is_some())
-        && !crate::voice::service::in_voice(&s, g.id.get(), target_id.get()).await?
+        && !crate::voice::service::in_voice(&s, g.id, target_id).await?
     {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -428,21 +430,16 @@ pub async fn update_member(
     }
     for (rid, add) in role_changes {
         if add {
-            s.store
-                .add_member_role(g.id, target_id, lodge_ids::RoleId(rid.get()))
-                .await?;
+            s.store.add_member_role(g.id, target_id, rid).await?;
         } else {
-            s.store
-                .remove_member_role(g.id, target_id, lodge_ids::RoleId(rid.get()))
-                .await?;
+            s.store.remove_member_role(g.id, target_id, rid).await?;
         }
     }
     if b.mute.is_some() || b.deaf.is_some() {
-        crate::voice::service::set_server_flags(&s, g.id.get(), target_id.get(), b.mute, b.deaf)
-            .await?;
+        crate::voice::service::set_server_flags(&s, g.id, target_id, b.mute, b.deaf).await?;
     }
     if let Some(dest) = dest {
-        crate::voice::service::move_member(&s, &g, &u, target_id.get(), dest).await?;
+        crate::voice::service::move_member(&s, &g, &u, target_id, dest).await?;
     }
     member_update_dispatch(&s, &g, target_id.get()).await;
     if b.roles.is_some() {

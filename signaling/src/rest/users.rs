@@ -2,6 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
+use lodge_ids::UserId;
 use serde_json::{json, Value};
 
 use crate::app::AppState;
@@ -19,9 +20,7 @@ pub async fn user(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id = snowflake(&id, "user")?;
-    Ok(Json(wire::user(
-        &s.store.user(lodge_ids::UserId(id)).await?,
-    )))
+    Ok(Json(wire::user(&s.store.user(UserId(id)).await?)))
 }
 
 pub async fn my_guilds(State(s): State<AppState>, Auth(u): Auth) -> ApiResult<Json<Value>> {

@@ -8,6 +8,7 @@
 //! guild is under `{g:<guild>}`, about a user under `{u:<user>}`, about a gateway session under
 //! `{s:<session>}`. Node-wide keys (the registry) are few and small.
 
+use lodge_ids::ChannelId;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -218,7 +219,7 @@ impl ChannelCap {
     /// The text every stored state in this channel contains, and no other state does (see
     /// [`crate::voice::state::channel_marker`]).
     pub fn marker(&self) -> String {
-        crate::voice::state::channel_marker(lodge_ids::ChannelId(self.channel_id))
+        crate::voice::state::channel_marker(ChannelId(self.channel_id))
     }
 }
 

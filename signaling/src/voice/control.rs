@@ -7,6 +7,7 @@
 //! one place that reads the state, applies an input, stores the result (compare-and-set, so
 //! concurrent changes from several nodes re-apply on what won) and performs the effects.
 
+use lodge_ids::{ChannelId, GuildId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -35,7 +36,7 @@ pub enum Input {
     /// `at` (refused unless that node is the caller's home).
     Connected {
         generation: u64,
-        channel: u64,
+        channel: ChannelId,
         at: NodeId,
     },
     /// The caller's home is gone (its node died, its edge's trunk dropped): a new home, a new
@@ -58,7 +59,7 @@ pub struct Join {
 /// A new home for the caller and the token that admits them there.
 #[derive(Debug, Clone)]
 pub struct Placed {
-    pub channel_id: u64,
+    pub channel_id: ChannelId,
     pub can_speak: bool,
     pub home: Home,
     pub token: String,
@@ -88,8 +89,8 @@ pub enum HomeCmd {
     /// End the caller's voice connection of `generation` (and its media), telling the others
     /// in the channel.
     Remove {
-        guild_id: u64,
-        user_id: u64,
+        guild_id: GuildId,
+        user_id: UserId,
         generation: u64,
         code: u16,
         reason: String,
@@ -100,7 +101,7 @@ pub enum HomeCmd {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// VOICE_STATE_UPDATE to the guild's sessions that may view `channel_id`.
-    StateUpdate { channel_id: u64, json: Value },
+    StateUpdate { channel_id: ChannelId, json: Value },
     /// A move: `json` for sessions that may view `to`, `left` for those that see only `from`.
     Moved {
         from: u64,
@@ -111,7 +112,7 @@ pub enum Effect {
     /// A leave, for sessions that may view `channel_id`; the leaver's own session hears it
     /// even if it no longer may.
     Left {
-        channel_id: u64,
+        channel_id: ChannelId,
         session_id: String,
         json: Value,
     },
@@ -159,8 +160,8 @@ fn remove(st: &VoiceState, reason: &str) -> Effect {
     Effect::Home(
         st.home.clone(),
         HomeCmd::Remove {
-            guild_id: st.guild_id.get(),
-            user_id: st.user_id.get(),
+            guild_id: st.guild_id,
+            user_id: st.user_id,
             generation: st.generation,
             code: CLOSE_DISCONNECTED,
             reason: reason.into(),
@@ -205,7 +206,7 @@ fn retire(old: &VoiceState, new_home: &Home, effects: &mut Vec<Effect>) {
 fn flags_changed(st: &VoiceState) -> Vec<Effect> {
     vec![
         Effect::StateUpdate {
-            channel_id: st.channel_id.get(),
+            channel_id: st.channel_id,
             json: st.json(),
         },
         Effect::Home(st.home.clone(), HomeCmd::Flags { state: st.clone() }),
@@ -214,8 +215,8 @@ fn flags_changed(st: &VoiceState) -> Vec<Effect> {
 
 /// Apply `input` to the caller `(guild_id, user_id)` whose state is `cur`.
 pub fn apply(
-    guild_id: u64,
-    user_id: u64,
+    guild_id: GuildId,
+    user_id: UserId,
     cur: Option<&VoiceState>,
     input: &Input,
 ) -> Result<Transition, Refusal> {
@@ -241,13 +242,9 @@ pub fn apply(
                 effects: vec![
                     remove(st, DISCONNECTED),
                     Effect::Left {
-                        channel_id: st.channel_id.get(),
+                        channel_id: st.channel_id,
                         session_id: st.session_id.clone(),
-                        json: left_json(
-                            lodge_ids::GuildId(guild_id),
-                            lodge_ids::UserId(user_id),
-                            &st.session_id,
-                        ),
+                        json: left_json(guild_id, user_id, &st.session_id),
                     },
                 ],
             })
@@ -273,7 +270,7 @@ pub fn apply(
         Input::Move(p) => {
             let old = cur.ok_or(Refusal::NotInVoice)?;
             let st = VoiceState {
-                channel_id: lodge_ids::ChannelId(p.channel_id),
+                channel_id: p.channel_id,
                 can_speak: p.can_speak,
                 home: p.home.clone(),
                 generation: p.generation,
@@ -286,11 +283,7 @@ pub fn apply(
                 from: old.channel_id.get(),
                 to: st.channel_id.get(),
                 json: st.json(),
-                left: left_json(
-                    lodge_ids::GuildId(guild_id),
-                    lodge_ids::UserId(user_id),
-                    &old.session_id,
-                ),
+                left: left_json(guild_id, user_id, &old.session_id),
             });
             admit(&st, &p.token, &mut fx);
             Ok(Transition::put(st, fx))
@@ -302,7 +295,7 @@ pub fn apply(
         } => match cur {
             Some(st)
                 if st.generation == *generation
-                    && st.channel_id == lodge_ids::ChannelId(*channel)
+                    && st.channel_id == *channel
                     && !st.connected
                     && matches!(&st.home, Home::Node(h) if h.node == *at) =>
             {
@@ -331,11 +324,11 @@ pub fn apply(
     }
 }
 
-fn join(guild_id: u64, user_id: u64, cur: Option<&VoiceState>, j: &Join) -> Transition {
+fn join(guild_id: GuildId, user_id: UserId, cur: Option<&VoiceState>, j: &Join) -> Transition {
     let p = &j.placed;
     // Same channel and session, already connected (or hosted by an edge): only the flags.
     if let Some(st) = cur.filter(|st| {
-        st.channel_id == lodge_ids::ChannelId(p.channel_id)
+        st.channel_id == p.channel_id
             && st.session_id == j.session_id
             && (st.connected || matches!(st.home, Home::Edge { .. }))
     }) {
@@ -351,9 +344,9 @@ fn join(guild_id: u64, user_id: u64, cur: Option<&VoiceState>, j: &Join) -> Tran
     // Server mute/deafen stick to the member across channel changes, as on Discord.
     let (mute, deaf) = cur.map(|c| (c.mute, c.deaf)).unwrap_or((false, false));
     let st = VoiceState {
-        guild_id: lodge_ids::GuildId(guild_id),
-        channel_id: lodge_ids::ChannelId(p.channel_id),
-        user_id: lodge_ids::UserId(user_id),
+        guild_id: guild_id,
+        channel_id: p.channel_id,
+        user_id: user_id,
         session_id: j.session_id.clone(),
         self_mute: j.self_mute,
         self_deaf: j.self_deaf,
@@ -374,14 +367,10 @@ fn join(guild_id: u64, user_id: u64, cur: Option<&VoiceState>, j: &Join) -> Tran
             from: old.channel_id.get(),
             to: st.channel_id.get(),
             json: st.json(),
-            left: left_json(
-                lodge_ids::GuildId(guild_id),
-                lodge_ids::UserId(user_id),
-                &old.session_id,
-            ),
+            left: left_json(guild_id, user_id, &old.session_id),
         }),
         None => fx.push(Effect::StateUpdate {
-            channel_id: st.channel_id.get(),
+            channel_id: st.channel_id,
             json: st.json(),
         }),
     }
@@ -401,7 +390,7 @@ mod tests {
         })
     }
 
-    fn placed(channel: u64, home: Home, gen: u64) -> Placed {
+    fn placed(channel: ChannelId, home: Home, gen: u64) -> Placed {
         Placed {
             channel_id: channel,
             can_speak: true,
@@ -411,7 +400,7 @@ mod tests {
         }
     }
 
-    fn join_input(channel: u64, session: &str, home: Home, gen: u64) -> Input {
+    fn join_input(channel: ChannelId, session: &str, home: Home, gen: u64) -> Input {
         Input::Join(Join {
             session_id: session.into(),
             self_mute: false,
@@ -433,7 +422,7 @@ mod tests {
     }
 
     fn run(cur: &mut Option<VoiceState>, input: Input) -> Vec<Effect> {
-        let t = apply(1, 2, cur.as_ref(), &input).expect("accepted");
+        let t = apply(GuildId(1), UserId(2), cur.as_ref(), &input).expect("accepted");
         if let Some(next) = t.next {
             *cur = next;
         }
@@ -457,7 +446,7 @@ mod tests {
     #[test]
     fn a_join_announces_the_state_and_hands_out_a_token_for_the_home() {
         let mut st = None;
-        let fx = run(&mut st, join_input(10, "s", node("a", 1), 7));
+        let fx = run(&mut st, join_input(ChannelId(10), "s", node("a", 1), 7));
         assert_eq!(kinds(&fx), ["state", "server"]);
         let Effect::ServerUpdate {
             token,
@@ -468,10 +457,7 @@ mod tests {
             unreachable!()
         };
         assert_eq!((token.as_str(), pending.generation), ("tok7", 7));
-        assert_eq!(
-            (pending.channel_id, home),
-            (lodge_ids::ChannelId(10), &node("a", 1))
-        );
+        assert_eq!((pending.channel_id, home), (ChannelId(10), &node("a", 1)));
         let st = st.unwrap();
         assert!(!st.connected && st.generation == 7);
     }
@@ -479,8 +465,8 @@ mod tests {
     #[test]
     fn op4_again_before_connecting_issues_a_new_token_and_after_connecting_only_changes_flags() {
         let mut st = None;
-        run(&mut st, join_input(10, "s", node("a", 1), 1));
-        let fx = run(&mut st, join_input(10, "s", node("a", 1), 2));
+        run(&mut st, join_input(ChannelId(10), "s", node("a", 1), 1));
+        let fx = run(&mut st, join_input(ChannelId(10), "s", node("a", 1), 2));
         assert_eq!(
             kinds(&fx),
             ["remove", "state", "server"],
@@ -490,11 +476,11 @@ mod tests {
             &mut st,
             Input::Connected {
                 generation: 2,
-                channel: 10,
+                channel: ChannelId(10),
                 at: NodeId("a".into()),
             },
         );
-        let Input::Join(mut j) = join_input(10, "s", node("a", 1), 3) else {
+        let Input::Join(mut j) = join_input(ChannelId(10), "s", node("a", 1), 3) else {
             unreachable!()
         };
         j.self_mute = true;
@@ -507,7 +493,7 @@ mod tests {
     #[test]
     fn a_move_retires_the_old_connection_and_carries_the_leave_for_the_old_channel() {
         let mut st = None;
-        run(&mut st, join_input(10, "s", node("a", 1), 1));
+        run(&mut st, join_input(ChannelId(10), "s", node("a", 1), 1));
         run(
             &mut st,
             Input::ServerFlags {
@@ -515,7 +501,7 @@ mod tests {
                 deaf: None,
             },
         );
-        let fx = run(&mut st, join_input(20, "s", node("b", 4), 2));
+        let fx = run(&mut st, join_input(ChannelId(20), "s", node("b", 4), 2));
         assert_eq!(kinds(&fx), ["remove", "moved", "server"]);
         let Effect::Home(home, HomeCmd::Remove { generation, .. }) = &fx[0] else {
             unreachable!()
@@ -536,24 +522,30 @@ mod tests {
     #[test]
     fn the_same_edge_is_placed_again_without_a_remove_and_hears_before_the_caller() {
         let mut st = None;
-        let fx = run(&mut st, join_input(10, "s", edge("a", "eu-1"), 1));
+        let fx = run(
+            &mut st,
+            join_input(ChannelId(10), "s", edge("a", "eu-1"), 1),
+        );
         assert_eq!(kinds(&fx), ["state", "place", "server"]);
         let fx = run(
             &mut st,
             Input::Move(Placed {
-                channel_id: 20,
-                ..placed(20, edge("b", "eu-1"), 2)
+                channel_id: ChannelId(20),
+                ..placed(ChannelId(20), edge("b", "eu-1"), 2)
             }),
         );
         assert_eq!(kinds(&fx), ["moved", "place", "server"]);
-        let fx = run(&mut st, join_input(30, "s", edge("b", "eu-2"), 3));
+        let fx = run(
+            &mut st,
+            join_input(ChannelId(30), "s", edge("b", "eu-2"), 3),
+        );
         assert_eq!(kinds(&fx), ["remove", "moved", "place", "server"]);
     }
 
     #[test]
     fn guarded_leaves_end_only_the_state_they_name() {
         let mut st = None;
-        run(&mut st, join_input(10, "s", node("a", 1), 5));
+        run(&mut st, join_input(ChannelId(10), "s", node("a", 1), 5));
         for g in [
             Guard::Session("other".into()),
             Guard::Generation(4),
@@ -569,7 +561,7 @@ mod tests {
         assert_eq!(kinds(&fx), ["remove", "left"]);
         assert!(st.is_none());
         assert_eq!(
-            apply(1, 2, None, &Input::Leave(None)).unwrap_err(),
+            apply(GuildId(1), UserId(2), None, &Input::Leave(None)).unwrap_err(),
             Refusal::NotInVoice
         );
     }
@@ -577,16 +569,16 @@ mod tests {
     #[test]
     fn a_connection_of_an_older_generation_is_refused() {
         let mut st = None;
-        run(&mut st, join_input(10, "s", node("a", 1), 1));
-        run(&mut st, join_input(10, "s", node("a", 1), 2));
+        run(&mut st, join_input(ChannelId(10), "s", node("a", 1), 1));
+        run(&mut st, join_input(ChannelId(10), "s", node("a", 1), 2));
         assert_eq!(
             apply(
-                1,
-                2,
+                GuildId(1),
+                UserId(2),
                 st.as_ref(),
                 &Input::Connected {
                     generation: 2,
-                    channel: 10,
+                    channel: ChannelId(10),
                     at: NodeId("b".into()),
                 }
             )
@@ -597,12 +589,12 @@ mod tests {
         for (g, c) in [(1, 10), (2, 11)] {
             assert_eq!(
                 apply(
-                    1,
-                    2,
+                    GuildId(1),
+                    UserId(2),
                     st.as_ref(),
                     &Input::Connected {
                         generation: g,
-                        channel: c,
+                        channel: ChannelId(c),
                         at: NodeId("a".into()),
                     }
                 )
@@ -614,18 +606,18 @@ mod tests {
             &mut st,
             Input::Connected {
                 generation: 2,
-                channel: 10,
+                channel: ChannelId(10),
                 at: NodeId("a".into()),
             },
         );
         assert_eq!(
             apply(
-                1,
-                2,
+                GuildId(1),
+                UserId(2),
                 st.as_ref(),
                 &Input::Connected {
                     generation: 2,
-                    channel: 10,
+                    channel: ChannelId(10),
                     at: NodeId("a".into()),
                 }
             )
@@ -638,27 +630,33 @@ mod tests {
     #[test]
     fn rehoming_keeps_the_channel_and_flags_and_sends_only_the_new_server() {
         let mut st = None;
-        run(&mut st, join_input(10, "s", node("a", 1), 1));
+        run(&mut st, join_input(ChannelId(10), "s", node("a", 1), 1));
         run(&mut st, Input::SetSpeak(false));
-        let fx = run(&mut st, Input::Rehome(placed(10, node("b", 2), 9)));
+        let fx = run(
+            &mut st,
+            Input::Rehome(placed(ChannelId(10), node("b", 2), 9)),
+        );
         assert_eq!(kinds(&fx), ["server"], "the dead home needs no remove");
         let st = st.unwrap();
         assert_eq!(
             (st.home, st.generation, st.can_speak),
             (node("b", 2), 9, false)
         );
-        assert!(
-            apply(1, 2, None, &Input::Rehome(placed(10, node("b", 2), 9)))
-                .unwrap()
-                .effects
-                .is_empty()
-        );
+        assert!(apply(
+            GuildId(1),
+            UserId(2),
+            None,
+            &Input::Rehome(placed(ChannelId(10), node("b", 2), 9))
+        )
+        .unwrap()
+        .effects
+        .is_empty());
     }
 
     #[test]
     fn speak_changes_only_when_they_change_something() {
         let mut st = None;
-        run(&mut st, join_input(10, "s", node("a", 1), 1));
+        run(&mut st, join_input(ChannelId(10), "s", node("a", 1), 1));
         assert!(run(&mut st, Input::SetSpeak(true)).is_empty());
         assert_eq!(
             kinds(&run(&mut st, Input::SetSpeak(false))),

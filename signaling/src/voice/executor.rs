@@ -5,6 +5,7 @@
 //! commands for the caller's home — this node's own connections, another node's inbox, or an
 //! edge's trunk.
 
+use lodge_ids::{ChannelId, GuildId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{debug, warn};
@@ -49,7 +50,7 @@ pub struct Applied {
     pub issued_token: bool,
 }
 
-fn parse(guild: u64, user: u64, raw: &str) -> Result<VoiceState, SharedError> {
+fn parse(guild: GuildId, user: UserId, raw: &str) -> Result<VoiceState, SharedError> {
     serde_json::from_str(raw).map_err(|e| SharedError::Malformed {
         key: format!("voice state {guild}/{user}"),
         why: e.to_string(),
@@ -57,23 +58,32 @@ fn parse(guild: u64, user: u64, raw: &str) -> Result<VoiceState, SharedError> {
 }
 
 /// Read one caller's voice state.
-pub async fn state(s: &AppState, guild: u64, user: u64) -> Result<Option<VoiceState>, SharedError> {
-    let raw = s.shared.voice_states.get(guild, user).await?;
+pub async fn state(
+    s: &AppState,
+    guild: GuildId,
+    user: UserId,
+) -> Result<Option<VoiceState>, SharedError> {
+    let raw = s.shared.voice_states.get(guild.get(), user.get()).await?;
     raw.map(|r| parse(guild, user, &r)).transpose()
 }
 
 /// Every voice state of a guild, by channel then user.
-pub async fn guild_states(s: &AppState, guild: u64) -> Result<Vec<VoiceState>, SharedError> {
+pub async fn guild_states(s: &AppState, guild: GuildId) -> Result<Vec<VoiceState>, SharedError> {
     let mut v = Vec::new();
-    for (user, raw) in s.shared.voice_states.guild(guild).await? {
-        v.push(parse(guild, user, &raw)?);
+    for (user, raw) in s.shared.voice_states.guild(guild.get()).await? {
+        v.push(parse(guild, UserId(user), &raw)?);
     }
     v.sort_by_key(|st| (st.channel_id, st.user_id));
     Ok(v)
 }
 
 /// Apply `input` to the caller (guild, user) and carry out its effects.
-pub async fn run(s: &AppState, guild: u64, user: u64, input: &Input) -> Result<Applied, ExecError> {
+pub async fn run(
+    s: &AppState,
+    guild: GuildId,
+    user: UserId,
+    input: &Input,
+) -> Result<Applied, ExecError> {
     run_capped(s, guild, user, input, None).await
 }
 
@@ -81,13 +91,13 @@ pub async fn run(s: &AppState, guild: u64, user: u64, input: &Input) -> Result<A
 /// its limit; the count and the write are one atomic step of the shared store.
 pub async fn run_capped(
     s: &AppState,
-    guild: u64,
-    user: u64,
+    guild: GuildId,
+    user: UserId,
     input: &Input,
     cap: Option<ChannelCap>,
 ) -> Result<Applied, ExecError> {
     loop {
-        let raw = s.shared.voice_states.get(guild, user).await?;
+        let raw = s.shared.voice_states.get(guild.get(), user.get()).await?;
         let cur = raw.as_deref().map(|r| parse(guild, user, r)).transpose()?;
         let t = control::apply(guild, user, cur.as_ref(), input).map_err(ExecError::Refused)?;
         let issued_token = t
@@ -103,15 +113,18 @@ pub async fn run_capped(
                 let vs = &s.shared.voice_states;
                 let (old, new) = (raw.as_deref(), new_raw.as_deref());
                 let stored = match cap {
-                    None => vs.swap(guild, user, old, new).await?,
-                    Some(cap) => match vs.swap_capped(guild, user, old, new, cap).await? {
+                    None => vs.swap(guild.get(), user.get(), old, new).await?,
+                    Some(cap) => match vs
+                        .swap_capped(guild.get(), user.get(), old, new, cap)
+                        .await?
+                    {
                         Swapped::Done => true,
                         Swapped::Changed => false,
                         Swapped::Full => return Err(ExecError::Full(cap.limit)),
                     },
                 };
                 if !stored {
-                    debug!(guild, user, "voice state changed meanwhile; applying again");
+                    debug!(%guild, %user, "voice state changed meanwhile; applying again");
                     continue;
                 }
                 next
@@ -127,13 +140,13 @@ pub async fn run_capped(
     }
 }
 
-async fn perform(s: &AppState, guild: u64, user: u64, e: Effect) {
+async fn perform(s: &AppState, guild: GuildId, user: UserId, e: Effect) {
     const VSU: DispatchKind = DispatchKind::VoiceStateUpdate;
     match e {
         Effect::StateUpdate { channel_id, json } => s.hub.send(
-            Target::Guild(guild),
-            Some(guild),
-            Some(channel_id),
+            Target::Guild(guild.get()),
+            Some(guild.get()),
+            Some(channel_id.get()),
             VSU,
             json,
         ),
@@ -142,7 +155,7 @@ async fn perform(s: &AppState, guild: u64, user: u64, e: Effect) {
             to,
             json,
             left,
-        } => s.hub.send_move(guild, from, to, VSU, json, left),
+        } => s.hub.send_move(guild.get(), from, to, VSU, json, left),
         Effect::Left {
             channel_id,
             session_id,
@@ -154,24 +167,30 @@ async fn perform(s: &AppState, guild: u64, user: u64, e: Effect) {
             // still hears of their own leave on their session.
             let sees_it = s
                 .visibility
-                .can_view(&s.store, s.hub.epoch(guild), guild, channel_id, user)
+                .can_view(
+                    &s.store,
+                    s.hub.epoch(guild.get()),
+                    guild.get(),
+                    channel_id.get(),
+                    user.get(),
+                )
                 .await;
             if !sees_it {
                 s.hub.send(
                     Target::Session {
-                        user,
+                        user: user.get(),
                         session: session_id,
                     },
-                    Some(guild),
+                    Some(guild.get()),
                     None,
                     VSU,
                     json.clone(),
                 );
             }
             s.hub.send(
-                Target::Guild(guild),
-                Some(guild),
-                Some(channel_id),
+                Target::Guild(guild.get()),
+                Some(guild.get()),
+                Some(channel_id.get()),
                 VSU,
                 json,
             );
@@ -184,16 +203,16 @@ async fn perform(s: &AppState, guild: u64, user: u64, e: Effect) {
             let value = serde_json::to_string(&pending).expect("a token serializes");
             let ttl = std::time::Duration::from_secs(s.cfg.voice_token_ttl);
             if let Err(e) = s.shared.voice_tokens.issue(&token, &value, ttl).await {
-                warn!(guild, user, error = %e, "voice token not stored; the caller cannot connect");
+                warn!(%guild, %user, error = %e, "voice token not stored; the caller cannot connect");
                 return;
             }
             let endpoint = super::placement::endpoint(s, &home).await;
             s.hub.send(
                 Target::Session {
-                    user,
+                    user: user.get(),
                     session: pending.session_id,
                 },
-                Some(guild),
+                Some(guild.get()),
                 None,
                 DispatchKind::VoiceServerUpdate,
                 json!({ "token": token, "guild_id": guild.to_string(), "endpoint": endpoint }),
@@ -248,7 +267,7 @@ pub async fn apply_here(s: &AppState, cmd: HomeCmd) {
         } => {
             let conn = {
                 let mut v = s.voice();
-                v.conn_of(guild_id, user_id, generation)
+                v.conn_of(guild_id.get(), user_id.get(), generation)
                     .and_then(|id| v.remove_conn(id))
             };
             let Some(conn) = conn else { return };
@@ -256,9 +275,9 @@ pub async fn apply_here(s: &AppState, cmd: HomeCmd) {
             super::service::notify_others(
                 s,
                 guild_id,
-                conn.channel_id,
+                ChannelId(conn.channel_id),
                 user_id,
-                super::client_disconnect(user_id),
+                super::client_disconnect(user_id.get()),
             );
             if let Some(p) = conn.participant {
                 s.sfu.leave(p).await;

@@ -1,12 +1,13 @@
 //! The voice gateway (v8) in WebRTC mode: Hello, Identify → Ready, Select Protocol (SDP offer) →
 //! Session Description (answer + slots), Heartbeat, Speaking, Clients Connect/Disconnect.
 
+use lodge_ids::{ChannelId, GuildId, UserId};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use lodge_sfu::{GuildId, JoinRequest, RoomId, UserId};
+use lodge_sfu::{JoinRequest, RoomId};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -280,9 +281,9 @@ async fn handle_text(
             }
             super::service::notify_others(
                 s,
-                a.guild_id,
-                a.channel_id,
-                a.user_id,
+                GuildId(a.guild_id),
+                ChannelId(a.channel_id),
+                UserId(a.user_id),
                 payload(
                     Opcode::ClientsConnect,
                     json!({ "user_ids": [a.user_id.to_string()] }),
@@ -330,9 +331,7 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
     let t: PendingToken = redeemed
         .and_then(|raw| serde_json::from_str(&raw).ok())
         .ok_or(unknown)?;
-    if t.user_id != lodge_ids::UserId(user_id)
-        || t.guild_id != lodge_ids::GuildId(guild_id)
-        || t.session_id != session_id
+    if t.user_id != UserId(user_id) || t.guild_id != GuildId(guild_id) || t.session_id != session_id
     {
         return Err((
             close::AUTHENTICATION_FAILED,
@@ -341,10 +340,10 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
     }
     let connected = Input::Connected {
         generation: t.generation,
-        channel: t.channel_id.get(),
+        channel: t.channel_id,
         at: s.shared.me.clone(),
     };
-    let state = match executor::run(s, guild_id, user_id, &connected).await {
+    let state = match executor::run(s, GuildId(guild_id), UserId(user_id), &connected).await {
         Ok(a) => a.state,
         // (`Full` comes only from a capped join, which this is not.)
         Err(ExecError::Refused(_) | ExecError::Full(_)) => {
@@ -396,7 +395,7 @@ async fn select_protocol(
     p: &SelectProtocol,
 ) -> Result<Value, (u16, String)> {
     let (sdp, slots) = (p.sdp.as_str(), p.slots);
-    let flags = executor::state(s, a.guild_id, a.user_id)
+    let flags = executor::state(s, GuildId(a.guild_id), UserId(a.user_id))
         .await
         .map_err(|e| {
             (
@@ -484,15 +483,20 @@ async fn end_connection(s: &AppState, a: &Authed) {
     if conn.is_some() {
         super::service::notify_others(
             s,
-            a.guild_id,
-            a.channel_id,
-            a.user_id,
+            GuildId(a.guild_id),
+            ChannelId(a.channel_id),
+            UserId(a.user_id),
             super::client_disconnect(a.user_id),
         );
     }
     // The state goes with the connection, unless a newer placement replaced it meanwhile.
-    let left =
-        super::service::leave_if(s, a.guild_id, a.user_id, Guard::Generation(a.generation)).await;
+    let left = super::service::leave_if(
+        s,
+        GuildId(a.guild_id),
+        UserId(a.user_id),
+        Guard::Generation(a.generation),
+    )
+    .await;
     // On an edge the voice state is the origin's: tell it the caller left.
     if let Some(c) = s.cluster.get().filter(|_| left && s.is_edge()) {
         let gone = lodge_edge::Control::VoiceGone {

@@ -4,6 +4,7 @@
 
 use axum::http::StatusCode;
 use lodge_chat::{ChannelKind, Permissions, User};
+use lodge_ids::{ChannelId, GuildId, UserId};
 use lodge_sfu::{LeaveReason, NodeEvent};
 use rand::Rng;
 use serde_json::Value;
@@ -80,12 +81,12 @@ pub fn fresh_token() -> (String, u64) {
 /// home node.
 pub async fn placed_for(
     s: &AppState,
-    guild: u64,
-    channel: u64,
+    guild: GuildId,
+    channel: ChannelId,
     region: Option<&str>,
     can_speak: bool,
 ) -> ApiResult<Placed> {
-    let room = super::placement::room_home(s, guild, channel, region.unwrap_or(""))
+    let room = super::placement::room_home(s, guild.get(), channel.get(), region.unwrap_or(""))
         .await
         .map_err(unavailable)?;
     // An edge of the caller's region trunked to the room's home hosts them, through that node.
@@ -111,29 +112,14 @@ pub async fn placed_for(
 /// region: a new token and VOICE_SERVER_UPDATE. Whether it was done (failures are logged).
 pub async fn rehome(s: &AppState, st: &super::VoiceState) -> bool {
     let region = Some(st.region.as_str()).filter(|r| !r.is_empty());
-    let placed = match placed_for(
-        s,
-        st.guild_id.get(),
-        st.channel_id.get(),
-        region,
-        st.can_speak,
-    )
-    .await
-    {
+    let placed = match placed_for(s, st.guild_id, st.channel_id, region, st.can_speak).await {
         Ok(p) => p,
         Err(e) => {
             warn!(guild = %st.guild_id, user = %st.user_id, error = ?e, "could not place a caller whose home is gone");
             return false;
         }
     };
-    match executor::run(
-        s,
-        st.guild_id.get(),
-        st.user_id.get(),
-        &Input::Rehome(placed),
-    )
-    .await
-    {
+    match executor::run(s, st.guild_id, st.user_id, &Input::Rehome(placed)).await {
         Ok(_) => true,
         Err(e) => {
             warn!(guild = %st.guild_id, user = %st.user_id, error = %e, "could not move a caller whose home is gone");
@@ -152,10 +138,10 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
     let g = crate::rest::guild_for(s, guild_id, user.id.get()).await?;
 
     let Some(channel_id) = channel_id else {
-        disconnect_user(s, g.id.get(), user.id.get()).await;
+        disconnect_user(s, g.id, user.id).await;
         return Ok(());
     };
-    let c = s.store.channel(lodge_ids::ChannelId(channel_id)).await?;
+    let c = s.store.channel(ChannelId(channel_id)).await?;
     if c.guild_id != g.id {
         return Err(ApiError::not_found("channel"));
     }
@@ -186,7 +172,7 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
         channel_id: c.id.get(),
         limit,
     });
-    let placed = placed_for(s, g.id.get(), c.id.get(), region.as_deref(), can_speak).await?;
+    let placed = placed_for(s, g.id, c.id, region.as_deref(), can_speak).await?;
     let join = Input::Join(Join {
         session_id: session_id.to_string(),
         self_mute,
@@ -195,14 +181,14 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
         region: region.unwrap_or_default(),
         placed,
     });
-    let applied = executor::run_capped(s, g.id.get(), user.id.get(), &join, cap).await?;
+    let applied = executor::run_capped(s, g.id, user.id, &join, cap).await?;
     if applied.issued_token {
         // A kick or ban between `guild_for` above and the state going in may have run its
         // voice disconnect before there was a state to end. Reading membership again now
         // that the state is in place closes that gap: either the removal commits after this
         // read, and its disconnect (which follows it) finds the state, or this read sees it.
         if g.owner_id != user.id && !s.store.is_member(g.id, user.id).await? {
-            disconnect_user(s, g.id.get(), user.id.get()).await;
+            disconnect_user(s, g.id, user.id).await;
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 50001,
@@ -223,15 +209,15 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
 /// at once.
 pub async fn set_server_flags(
     s: &AppState,
-    guild_id: u64,
-    user_id: u64,
+    guild_id: GuildId,
+    user_id: UserId,
     mute: Option<bool>,
     deaf: Option<bool>,
 ) -> ApiResult<()> {
     executor::run(s, guild_id, user_id, &Input::ServerFlags { mute, deaf }).await?;
     info!(
-        guild = guild_id,
-        user = user_id,
+        guild = %guild_id,
+        user = %user_id,
         ?mute,
         ?deaf,
         "server voice flags changed"
@@ -240,7 +226,7 @@ pub async fn set_server_flags(
 }
 
 /// Whether the user is in a voice channel of the guild.
-pub async fn in_voice(s: &AppState, guild_id: u64, user_id: u64) -> ApiResult<bool> {
+pub async fn in_voice(s: &AppState, guild_id: GuildId, user_id: UserId) -> ApiResult<bool> {
     Ok(executor::state(s, guild_id, user_id)
         .await
         .map_err(unavailable)?
@@ -253,14 +239,14 @@ pub async fn move_member(
     s: &AppState,
     g: &lodge_chat::Guild,
     actor: &User,
-    user_id: u64,
+    user_id: UserId,
     dest: Option<u64>,
 ) -> ApiResult<()> {
     let Some(dest) = dest else {
-        executor::run(s, g.id.get(), user_id, &Input::Leave(None)).await?;
+        executor::run(s, g.id, user_id, &Input::Leave(None)).await?;
         return Ok(());
     };
-    let c = s.store.channel(lodge_ids::ChannelId(dest)).await?;
+    let c = s.store.channel(ChannelId(dest)).await?;
     if c.guild_id != g.id || c.kind != ChannelKind::Voice {
         return Err(ApiError::bad_request(
             "channel_id",
@@ -273,82 +259,72 @@ pub async fn move_member(
             "CONNECT in the destination channel",
         ));
     }
-    let target_p = s
-        .store
-        .permissions(g, Some(&c), lodge_ids::UserId(user_id))
-        .await?;
+    let target_p = s.store.permissions(g, Some(&c), user_id).await?;
     if !target_p.has(Permissions::VIEW_CHANNEL | Permissions::CONNECT) {
         return Err(ApiError::missing_permissions(
             "the member cannot CONNECT to the destination channel",
         ));
     }
-    let cur = executor::state(s, g.id.get(), user_id)
+    let cur = executor::state(s, g.id, user_id)
         .await
         .map_err(unavailable)?
         .ok_or_else(not_in_voice)?;
     // Placed again for the new channel, in the caller's region (an edge caller stays on an
     // edge of that region, through the new room's home).
     let region = (!cur.region.is_empty()).then_some(cur.region.as_str());
-    let placed = placed_for(
-        s,
-        g.id.get(),
-        c.id.get(),
-        region,
-        target_p.has(Permissions::SPEAK),
-    )
-    .await?;
-    executor::run(s, g.id.get(), user_id, &Input::Move(placed)).await?;
+    let placed = placed_for(s, g.id, c.id, region, target_p.has(Permissions::SPEAK)).await?;
+    executor::run(s, g.id, user_id, &Input::Move(placed)).await?;
     info!(guild = %g.id, user = %user_id, to = %c.id, "member moved");
     Ok(())
 }
 
 /// Remove a user's voice state in a guild: media participant, voice connection, broadcast.
-pub async fn disconnect_user(s: &AppState, guild_id: u64, user_id: u64) {
+pub async fn disconnect_user(s: &AppState, guild_id: GuildId, user_id: UserId) {
     leave(s, guild_id, user_id, None).await;
 }
 
 /// Whether a state was removed.
-async fn leave(s: &AppState, guild_id: u64, user_id: u64, guard: Option<Guard>) -> bool {
+async fn leave(s: &AppState, guild_id: GuildId, user_id: UserId, guard: Option<Guard>) -> bool {
     match executor::run(s, guild_id, user_id, &Input::Leave(guard)).await {
         Ok(a) if a.state.is_none() => {
-            info!(guild = guild_id, user = user_id, "voice leave");
+            info!(guild = %guild_id, user = %user_id, "voice leave");
             true
         }
         Ok(_) | Err(ExecError::Refused(_) | ExecError::Full(_)) => false,
         Err(ExecError::Shared(e)) => {
-            warn!(guild = guild_id, user = user_id, error = %e, "voice leave not recorded");
+            warn!(guild = %guild_id, user = %user_id, error = %e, "voice leave not recorded");
             false
         }
     }
 }
 
 /// Leave, only if the state is still the one `guard` names. Whether it was.
-pub async fn leave_if(s: &AppState, guild_id: u64, user_id: u64, guard: Guard) -> bool {
+pub async fn leave_if(s: &AppState, guild_id: GuildId, user_id: UserId, guard: Guard) -> bool {
     leave(s, guild_id, user_id, Some(guard)).await
 }
 
 /// Users with a voice state in the guild (optionally only in one channel).
-async fn users_in(s: &AppState, guild_id: u64, channel_id: Option<u64>) -> Vec<u64> {
+async fn users_in(s: &AppState, guild_id: GuildId, channel_id: Option<ChannelId>) -> Vec<UserId> {
     match executor::guild_states(s, guild_id).await {
         Ok(v) => v
             .into_iter()
-            .filter(|st| channel_id.is_none_or(|c| st.channel_id == lodge_ids::ChannelId(c)))
-            .map(|st| st.user_id.get())
+            .filter(|st| channel_id.is_none_or(|c| st.channel_id == c))
+            .map(|st| st.user_id)
             .collect(),
         Err(e) => {
-            warn!(guild = guild_id, error = %e, "voice states unavailable");
+            warn!(guild = %guild_id, error = %e, "voice states unavailable");
             Vec::new()
         }
     }
 }
 
-pub async fn disconnect_channel(s: &AppState, guild_id: u64, channel_id: u64) {
+pub async fn disconnect_channel(s: &AppState, guild_id: GuildId, channel_id: ChannelId) {
     for u in users_in(s, guild_id, Some(channel_id)).await {
         disconnect_user(s, guild_id, u).await;
     }
 }
 
-pub async fn disconnect_guild(s: &AppState, guild_id: u64) {
+pub async fn disconnect_guild(s: &AppState, guild_id: GuildId) {
     for u in users_in(s, guild_id, None).await {
         disconnect_user(s, guild_id, u).await;
     }
@@ -357,30 +333,32 @@ pub async fn disconnect_guild(s: &AppState, guild_id: u64) {
 /// The gateway session ended: its voice states (in the guilds it was in) go with it.
 pub async fn disconnect_session(
     s: &AppState,
-    user_id: u64,
+    user_id: UserId,
     guilds: impl IntoIterator<Item = u64>,
     session_id: &str,
 ) {
     for g in guilds {
-        leave(s, g, user_id, Some(Guard::Session(session_id.to_string()))).await;
+        leave(
+            s,
+            GuildId(g),
+            user_id,
+            Some(Guard::Session(session_id.to_string())),
+        )
+        .await;
     }
 }
 
 /// Overwrites changed: re-check CONNECT and SPEAK of everyone in the channel (effective in the SFU
 /// at once).
-pub async fn refresh_channel_permissions(s: &AppState, guild_id: u64, channel_id: u64) {
+pub async fn refresh_channel_permissions(s: &AppState, guild_id: GuildId, channel_id: ChannelId) {
     let (Ok(g), Ok(c)) = (
-        s.store.guild(lodge_ids::GuildId(guild_id)).await,
-        s.store.channel(lodge_ids::ChannelId(channel_id)).await,
+        s.store.guild(guild_id).await,
+        s.store.channel(channel_id).await,
     ) else {
         return;
     };
     for u in users_in(s, guild_id, Some(channel_id)).await {
-        let Ok(p) = s
-            .store
-            .permissions(&g, Some(&c), lodge_ids::UserId(u))
-            .await
-        else {
+        let Ok(p) = s.store.permissions(&g, Some(&c), u).await else {
             continue;
         };
         if !p.has(Permissions::VIEW_CHANNEL | Permissions::CONNECT) {
@@ -390,16 +368,25 @@ pub async fn refresh_channel_permissions(s: &AppState, guild_id: u64, channel_id
         if let Err(e) =
             executor::run(s, guild_id, u, &Input::SetSpeak(p.has(Permissions::SPEAK))).await
         {
-            debug!(guild = guild_id, user = u, error = %e, "speak change not applied");
+            debug!(guild = %guild_id, user = %u, error = %e, "speak change not applied");
         }
     }
 }
 
 /// Send a voice gateway message to every other connection in a channel.
-pub fn notify_others(s: &AppState, guild_id: u64, channel_id: u64, except_user: u64, msg: Value) {
+pub fn notify_others(
+    s: &AppState,
+    guild_id: GuildId,
+    channel_id: ChannelId,
+    except_user: UserId,
+    msg: Value,
+) {
     let v = s.voice();
     for c in v.conns.values() {
-        if c.guild_id == guild_id && c.channel_id == channel_id && c.user_id != except_user {
+        if c.guild_id == guild_id.get()
+            && c.channel_id == channel_id.get()
+            && c.user_id != except_user.get()
+        {
             let _ = c.tx.send(VoiceOut::Json(msg.clone()));
         }
     }

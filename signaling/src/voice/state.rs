@@ -135,19 +135,13 @@ mod tests {
             "{raw}"
         );
         assert_eq!(channel_marker(ChannelId(42)), r#""channel_id":42,"#);
-        assert!(
-            !raw.contains(&channel_marker(lodge_ids::ChannelId(420))),
-            "{raw}"
-        );
+        assert!(!raw.contains(&channel_marker(ChannelId(420))), "{raw}");
         let other = VoiceState {
-            channel_id: lodge_ids::ChannelId(420),
+            channel_id: ChannelId(420),
             ..st
         };
         let raw = serde_json::to_string(&other).unwrap();
-        assert!(
-            !raw.contains(&channel_marker(lodge_ids::ChannelId(42))),
-            "{raw}"
-        );
+        assert!(!raw.contains(&channel_marker(ChannelId(42))), "{raw}");
         // A caller-chosen string (the region hint) cannot forge the marker: quotes in it are
         // escaped.
         let forged = VoiceState {
@@ -155,9 +149,6 @@ mod tests {
             ..other
         };
         let raw = serde_json::to_string(&forged).unwrap();
-        assert!(
-            !raw.contains(&channel_marker(lodge_ids::ChannelId(42))),
-            "{raw}"
-        );
+        assert!(!raw.contains(&channel_marker(ChannelId(42))), "{raw}");
     }
 }
