@@ -344,9 +344,9 @@ fn join(guild_id: GuildId, user_id: UserId, cur: Option<&VoiceState>, j: &Join) 
     // Server mute/deafen stick to the member across channel changes, as on Discord.
     let (mute, deaf) = cur.map(|c| (c.mute, c.deaf)).unwrap_or((false, false));
     let st = VoiceState {
-        guild_id: guild_id,
+        guild_id,
         channel_id: p.channel_id,
-        user_id: user_id,
+        user_id,
         session_id: j.session_id.clone(),
         self_mute: j.self_mute,
         self_deaf: j.self_deaf,
