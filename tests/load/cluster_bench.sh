@@ -8,8 +8,8 @@
 #   bus     one node with --redis-url (every dispatch through Redis and back: the bus's cost)
 #   three   three nodes on 127.0.0.2–4 sharing Redis; sessions and senders spread over them
 # For each: deliveries/s, create→dispatch latency p50/p99 (lodge-load chat), CPU of the nodes
-# and of redis-server per delivery (/proc/<pid>/stat over the run), and Redis's bytes and
-# commands per published dispatch (INFO stats). Writes cluster-bench.md to $OUT.
+# and of redis-server per delivery (/proc/<pid>/stat over the sending phase), and Redis's bytes
+# and commands per published dispatch (INFO stats, same phase). Writes cluster-bench.md to $OUT.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 M="${M:-1000}" R="${R:-50}" D="${D:-20}"
@@ -48,6 +48,17 @@ RPID=$!; PIDS+=("$RPID")
 for _ in $(seq 1 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 rinfo() { redis-cli -p "$RPORT" info stats | tr -d '\r' | awk -F: -v k="$1" '$1==k{print $2}'; }
 
+# Dispatches the nodes have published to the bus so far: published N --url U1 --url U2 ...
+published() {
+  local n="$1" total=0; shift
+  [ "$n" -gt 0 ] || { echo 0; return; }
+  for u in "$@"; do
+    [ "$u" = --url ] && continue
+    total=$((total + $(curl -fs "$u/metrics" | awk '$1=="lodge_bus_published_total"{print $2}')))
+  done
+  echo "$total"
+}
+
 # run NAME NODES(0=alone,1,3)
 run() {
   local name="$1" n="$2" urls=() npids=() redis=()
@@ -63,22 +74,26 @@ run() {
     npids+=($!); PIDS+=($!); urls+=(--url "http://$ip:$hp")
     for _ in $(seq 1 100); do curl -fs "http://$ip:$hp/readyz" >/dev/null && break; sleep 0.1; done
   done
-  local b0 c0 p0 t0
+  # CPU and Redis traffic are counted over the sending phase only: from the generator's
+  # "sessions connected" line to its "closing the sessions" line, so the
+  # identifies' password hashing and the sessions' teardown are not counted per delivery.
+  local b0 c0 p0 t0 u0 u1 lpid
+  "$LOAD" chat "${urls[@]}" -m "$M" -r "$R" -d "$D" --accounts "$ACCOUNTS" --senders "$SENDERS" \
+    --strict --label "$name" --report "$OUT/$name.json" >"$OUT/$name.txt" 2>&1 &
+  lpid=$!
+  until grep -q "sessions connected" "$OUT/$name.txt" 2>/dev/null; do
+    kill -0 "$lpid" 2>/dev/null || break; sleep 0.05; done
+  u0="$(published "$n" "${urls[@]}")"
   b0="$(rinfo total_net_input_bytes)"; c0="$(rinfo total_commands_processed)"
   t0="$(ticks "${npids[@]}")"; p0="$(ticks "$RPID")"
-  "$LOAD" chat "${urls[@]}" -m "$M" -r "$R" -d "$D" --accounts "$ACCOUNTS" --senders "$SENDERS" \
-    --strict --label "$name" --report "$OUT/$name.json" >"$OUT/$name.txt" 2>&1 || {
-      cat "$OUT/$name.txt"; tail -30 "$TMP/$name-1.log"; exit 1; }
+  until grep -q "closing the sessions" "$OUT/$name.txt" 2>/dev/null; do
+    kill -0 "$lpid" 2>/dev/null || break; sleep 0.05; done
   local t1 p1 b1 c1
   t1="$(ticks "${npids[@]}")"; p1="$(ticks "$RPID")"
   b1="$(rinfo total_net_input_bytes)"; c1="$(rinfo total_commands_processed)"
-  local published=0
-  if [ "$n" -gt 0 ]; then
-    for u in "${urls[@]}"; do
-      [ "$u" = --url ] && continue
-      published=$((published + $(curl -fs "$u/metrics" | awk '$1=="lodge_bus_published_total"{print $2}')))
-    done
-  fi
+  u1="$(published "$n" "${urls[@]}")"
+  wait "$lpid" || { cat "$OUT/$name.txt"; tail -30 "$TMP/$name-1.log"; exit 1; }
+  local published=$((u1 - u0))
   python3 - "$OUT/$name.json" "$name" "$n" "$((t1 - t0))" "$((p1 - p0))" "$HZ" "$((b1 - b0))" "$((c1 - c0))" "$published" >>"$OUT/rows.md" <<'PY'
 import json, sys
 path, name, n, node_t, redis_t, hz, rbytes, rcmds, published = sys.argv[1:]
