@@ -67,6 +67,28 @@ macro_rules! snowflake_id {
             }
         }
 
+        /// The bare number, as a `u64` is written.
+        #[cfg(feature = "redis")]
+        impl redis::ToRedisArgs for $name {
+            fn write_redis_args<W>(&self, out: &mut W)
+            where
+                W: ?Sized + redis::RedisWrite,
+            {
+                self.0.write_redis_args(out)
+            }
+            fn describe_numeric_behavior(&self) -> redis::NumericBehavior {
+                redis::NumericBehavior::NumberIsInteger
+            }
+        }
+
+        /// Read as a `u64` is read (an integer reply or decimal text).
+        #[cfg(feature = "redis")]
+        impl redis::FromRedisValue for $name {
+            fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+                u64::from_redis_value(v).map($name)
+            }
+        }
+
         impl AsString for $name {
             fn as_u64(&self) -> u64 {
                 self.0

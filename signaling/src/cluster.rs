@@ -48,7 +48,7 @@ pub struct Cluster {
     pub origin_up: watch::Receiver<bool>,
     any_up: watch::Sender<bool>,
     /// Edge: which node placed each caller (guild, user) here.
-    placer: Mutex<HashMap<(u64, u64), String>>,
+    placer: Mutex<HashMap<(GuildId, UserId), String>>,
     /// Edge: how to dial, the dialers by the fingerprint they pin (and the node's name), and
     /// the node lists each trunk sent.
     dial: Option<Dial>,
@@ -137,7 +137,7 @@ impl Cluster {
 
     /// Edge: send `msg` about caller (guild, user) to the node that placed them (every trunk
     /// if that is not known).
-    pub async fn to_placer(&self, guild: u64, user: u64, msg: Control) {
+    pub async fn to_placer(&self, guild: GuildId, user: UserId, msg: Control) {
         let placer = locked(&self.placer).get(&(guild, user)).cloned();
         match placer.and_then(|n| self.trunk_to(&n)) {
             Some(id) => self.cascade.send(id, msg).await,
@@ -277,7 +277,7 @@ fn hosted_here(s: &AppState, g: &VoiceGrant) -> VoiceState {
 }
 
 /// Put `st` in place of whatever this node stores for the caller.
-async fn store_state(s: &AppState, st: Option<&VoiceState>, guild: u64, user: u64) {
+async fn store_state(s: &AppState, st: Option<&VoiceState>, guild: GuildId, user: UserId) {
     let new = st.map(|st| serde_json::to_string(st).expect("a voice state serializes"));
     loop {
         let cur = match s.shared.voice_states.get(guild, user).await {
@@ -316,11 +316,7 @@ pub async fn await_token(s: &AppState, token: &str) {
 async fn all_states(s: &AppState) -> Vec<VoiceState> {
     let mut all = Vec::new();
     for g in s.shared.voice_states.guilds().await.unwrap_or_default() {
-        all.extend(
-            executor::guild_states(s, GuildId(g))
-                .await
-                .unwrap_or_default(),
-        );
+        all.extend(executor::guild_states(s, g).await.unwrap_or_default());
     }
     all
 }
@@ -411,7 +407,7 @@ pub async fn run_events(s: AppState, mut rx: mpsc::UnboundedReceiver<ClusterEven
                         .map(|st| st.channel_id);
                     crate::voice::service::disconnect_user(&s, GuildId(guild), UserId(user)).await;
                     if let Some(ch) = channel {
-                        refresh_interest(&s, ch.get()).await;
+                        refresh_interest(&s, ch).await;
                     }
                 }
                 Control::Peers { nodes } if c.role == Role::Edge => {
@@ -450,20 +446,20 @@ async fn replace_edge(s: &AppState, edge: &str) {
 
 /// Edge: tell the cascade which nodes placed the callers this edge has in `room` (their trunks
 /// get the room's local speakers; none when the room is empty here).
-async fn refresh_interest(s: &AppState, room: u64) {
+async fn refresh_interest(s: &AppState, room: ChannelId) {
     let Some(c) = s.cluster.get() else { return };
     let states = all_states(s).await;
     let mut nodes: Vec<String> = {
         let placer = locked(&c.placer);
         states
             .iter()
-            .filter(|st| st.channel_id == ChannelId(room))
-            .filter_map(|st| placer.get(&(st.guild_id.get(), st.user_id.get())).cloned())
+            .filter(|st| st.channel_id == room)
+            .filter_map(|st| placer.get(&(st.guild_id, st.user_id)).cloned())
             .collect()
     };
     nodes.sort();
     nodes.dedup();
-    c.cascade.interest(room, nodes).await;
+    c.cascade.interest(room.get(), nodes).await;
 }
 
 /// Edge: accept a caller the node `placer` placed here (their earlier connection here, if any,
@@ -481,13 +477,10 @@ pub async fn place_here(s: &AppState, st: VoiceState, token: String, placer: Opt
         .map(|b| b.channel_id);
     let old = {
         let mut v = s.voice();
-        let id = v
-            .by_user
-            .get(&(st.guild_id.get(), st.user_id.get()))
-            .copied();
+        let id = v.by_user.get(&(st.guild_id, st.user_id)).copied();
         id.and_then(|id| v.remove_conn(id))
     };
-    store_state(s, Some(&st), st.guild_id.get(), st.user_id.get()).await;
+    store_state(s, Some(&st), st.guild_id, st.user_id).await;
     let pending = PendingToken {
         user_id: st.user_id,
         guild_id: st.guild_id,
@@ -510,10 +503,10 @@ pub async fn place_here(s: &AppState, st: VoiceState, token: String, placer: Opt
         }
     }
     if let (Some(c), Some(placer)) = (s.cluster.get(), placer) {
-        locked(&c.placer).insert((st.guild_id.get(), st.user_id.get()), placer.to_string());
-        refresh_interest(s, st.channel_id.get()).await;
+        locked(&c.placer).insert((st.guild_id, st.user_id), placer.to_string());
+        refresh_interest(s, st.channel_id).await;
         if let Some(b) = before.filter(|b| *b != st.channel_id) {
-            refresh_interest(s, b.get()).await;
+            refresh_interest(s, b).await;
         }
     }
     info!(
@@ -537,7 +530,7 @@ async fn update_here(s: &AppState, g: VoiceGrant) {
         can_speak: g.can_speak,
         ..cur
     };
-    store_state(s, Some(&st), g.guild, g.user).await;
+    store_state(s, Some(&st), GuildId(g.guild), UserId(g.user)).await;
     executor::apply_here(s, HomeCmd::Flags { state: st }).await;
 }
 
@@ -559,7 +552,7 @@ async fn node_lost(s: AppState, node: String) {
         let all = all_states(&s).await;
         let placer = locked(&c.placer);
         all.into_iter()
-            .filter(|st| placer.get(&(st.guild_id.get(), st.user_id.get())) == Some(&node))
+            .filter(|st| placer.get(&(st.guild_id, st.user_id)) == Some(&node))
             .collect()
     };
     if !states.is_empty() {
@@ -569,12 +562,12 @@ async fn node_lost(s: AppState, node: String) {
             "node unreachable for {ORIGIN_LOST_GRACE:?}: closing the calls it placed on this edge (4015)"
         );
     }
-    let mut rooms: Vec<u64> = states.iter().map(|st| st.channel_id.get()).collect();
+    let mut rooms: Vec<ChannelId> = states.iter().map(|st| st.channel_id).collect();
     rooms.sort_unstable();
     rooms.dedup();
     for st in states {
-        locked(&c.placer).remove(&(st.guild_id.get(), st.user_id.get()));
-        store_state(&s, None, st.guild_id.get(), st.user_id.get()).await;
+        locked(&c.placer).remove(&(st.guild_id, st.user_id));
+        store_state(&s, None, st.guild_id, st.user_id).await;
         executor::apply_here(
             &s,
             HomeCmd::Remove {

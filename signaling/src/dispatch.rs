@@ -17,24 +17,25 @@ use serde_json::Value;
 pub use crate::dispatch_kind::{DispatchKind, UnknownDispatchKind};
 use crate::gateway::Opcode;
 use crate::shared::redis::{Route, StreamId};
+use lodge_ids::{ChannelId, GuildId, UserId};
 
 /// Who a dispatch is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Target {
     /// Every session of a member of the guild (filtered by VIEW_CHANNEL when `channel_id` is set).
-    Guild(u64),
+    Guild(GuildId),
     /// Every session of one user.
-    User(u64),
+    User(UserId),
     /// One gateway session, of `user` (so a bus can route it by user, as it routes `User`).
-    Session { user: u64, session: String },
+    Session { user: UserId, session: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dispatch {
     pub target: Target,
     /// Channel the event is about, for VIEW_CHANNEL filtering.
-    pub channel_id: Option<u64>,
-    pub guild_id: Option<u64>,
+    pub channel_id: Option<ChannelId>,
+    pub guild_id: Option<GuildId>,
     pub t: DispatchKind,
     /// `d`, serialized.
     pub json: Arc<str>,
@@ -42,7 +43,7 @@ pub struct Dispatch {
     /// without the MESSAGE_CONTENT intent that are neither the author nor mentioned.
     pub redacted: Option<Arc<str>>,
     /// Users who always get the full message (author and mentioned users).
-    pub full_for: Vec<u64>,
+    pub full_for: Vec<UserId>,
     /// For an event that takes something out of one channel into another (a voice move): the
     /// channel left and the body for sessions that may view it but not `channel_id`.
     pub left: Option<Left>,
@@ -51,7 +52,7 @@ pub struct Dispatch {
     pub reference: Option<Reference>,
     /// A member the event is about (a presence): once they are no longer a member of the
     /// guild, sessions drop it, however late it was published.
-    pub about: Option<u64>,
+    pub about: Option<UserId>,
     /// Where the dispatch sits on the cluster's bus: its route and its position in the
     /// route's stream, set by the node that received it (`bus_in`). `None` for in-process
     /// delivery. A session's resume log names dispatches by it instead of copying them.
@@ -64,7 +65,7 @@ pub struct Dispatch {
 /// neither get nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Left {
-    pub channel_id: u64,
+    pub channel_id: ChannelId,
     /// `d` of the leave, serialized.
     pub json: Arc<str>,
 }
@@ -74,7 +75,7 @@ pub struct Left {
 /// with `referenced_message: null`, instead of the dispatch's bodies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reference {
-    pub channel_id: u64,
+    pub channel_id: ChannelId,
     pub json: Arc<str>,
     pub redacted: Arc<str>,
 }
@@ -107,7 +108,7 @@ impl Body {
 impl Dispatch {
     /// Whether a session (`session_id` of `user_id`) is this dispatch's session or user
     /// target; a guild target is for every member (membership is the session's to check).
-    pub fn targets(&self, session_id: &str, user_id: u64) -> bool {
+    pub fn targets(&self, session_id: &str, user_id: UserId) -> bool {
         match &self.target {
             Target::Session { user, session } => *user == user_id && session == session_id,
             Target::User(u) => *u == user_id,
@@ -201,16 +202,16 @@ mod tests {
             with_redacted(serde_json::json!({ "content": "see", "referenced_message": null }));
         let all = [
             Dispatch {
-                target: Target::Guild(3),
-                channel_id: Some(10),
-                guild_id: Some(3),
+                target: Target::Guild(GuildId(3)),
+                channel_id: Some(ChannelId(10)),
+                guild_id: Some(GuildId(3)),
                 t: DispatchKind::MessageCreate,
                 json,
                 redacted: Some(redacted),
-                full_for: vec![1, 2],
+                full_for: vec![UserId(1), UserId(2)],
                 left: None,
                 reference: Some(Reference {
-                    channel_id: 20,
+                    channel_id: ChannelId(20),
                     json: ref_json,
                     redacted: ref_redacted,
                 }),
@@ -218,24 +219,24 @@ mod tests {
                 bus: None,
             },
             Dispatch {
-                target: Target::Guild(3),
-                channel_id: Some(20),
-                guild_id: Some(3),
+                target: Target::Guild(GuildId(3)),
+                channel_id: Some(ChannelId(20)),
+                guild_id: Some(GuildId(3)),
                 t: DispatchKind::VoiceStateUpdate,
                 json: r#"{"channel_id":"20"}"#.into(),
                 redacted: None,
                 full_for: vec![],
                 left: Some(Left {
-                    channel_id: 10,
+                    channel_id: ChannelId(10),
                     json: r#"{"channel_id":null}"#.into(),
                 }),
                 reference: None,
-                about: Some(7),
+                about: Some(UserId(7)),
                 bus: None,
             },
             Dispatch {
                 target: Target::Session {
-                    user: 7,
+                    user: UserId(7),
                     session: "s1".into(),
                 },
                 channel_id: None,
@@ -250,9 +251,9 @@ mod tests {
                 bus: None,
             },
             Dispatch {
-                target: Target::User(u64::MAX),
+                target: Target::User(UserId(u64::MAX)),
                 channel_id: None,
-                guild_id: Some(u64::MAX),
+                guild_id: Some(GuildId(u64::MAX)),
                 t: DispatchKind::GuildCreate,
                 json: "{}".into(),
                 redacted: None,
@@ -278,11 +279,15 @@ mod tests {
             }
             assert_eq!(
                 (
-                    back.targets("s1", 7),
-                    back.targets("s1", 8),
-                    back.targets("s2", 7)
+                    back.targets("s1", UserId(7)),
+                    back.targets("s1", UserId(8)),
+                    back.targets("s2", UserId(7))
                 ),
-                (d.targets("s1", 7), d.targets("s1", 8), d.targets("s2", 7))
+                (
+                    d.targets("s1", UserId(7)),
+                    d.targets("s1", UserId(8)),
+                    d.targets("s2", UserId(7))
+                )
             );
         }
     }
@@ -303,11 +308,11 @@ mod tests {
             bus: None,
         };
         let s = d(Target::Session {
-            user: 7,
+            user: UserId(7),
             session: "a".into(),
         });
-        assert!(s.targets("a", 7));
-        assert!(!s.targets("b", 7) && !s.targets("a", 8));
-        assert!(d(Target::User(7)).targets("b", 7));
+        assert!(s.targets("a", UserId(7)));
+        assert!(!s.targets("b", UserId(7)) && !s.targets("a", UserId(8)));
+        assert!(d(Target::User(UserId(7))).targets("b", UserId(7)));
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::dispatch::with_redacted;
 pub use crate::dispatch::{frame, Body, Dispatch, DispatchKind, Left, Reference, Target};
+use lodge_ids::{ChannelId, GuildId, UserId};
 
 /// Dispatches queued for one session before it counts as fallen behind (its session is then
 /// invalidated: it cannot be resumed faithfully).
@@ -40,7 +41,7 @@ pub struct Hub {
 #[derive(Default)]
 struct Epochs {
     next: std::sync::atomic::AtomicU64,
-    by_guild: Mutex<HashMap<u64, u64>>,
+    by_guild: Mutex<HashMap<GuildId, u64>>,
 }
 
 #[derive(Default)]
@@ -52,7 +53,7 @@ struct Subscribers {
 struct Subscriber {
     intents: u64,
     /// (session id, user id) once identified; until then every target is delivered.
-    addressee: Option<(String, u64)>,
+    addressee: Option<(String, UserId)>,
     tx: mpsc::Sender<Arc<Dispatch>>,
 }
 
@@ -90,7 +91,7 @@ impl Subscription {
     }
 
     /// The session identified: from now on dispatches for other sessions and users skip it.
-    pub fn identified(&self, session_id: &str, user_id: u64) {
+    pub fn identified(&self, session_id: &str, user_id: UserId) {
         if let Some(s) = lock(&self.subs).by_id.get_mut(&self.id) {
             s.addressee = Some((session_id.to_string(), user_id));
         }
@@ -117,7 +118,7 @@ impl Hub {
     }
 
     /// The guild's current visibility epoch; read it before computing a permission to cache.
-    pub fn epoch(&self, guild: u64) -> u64 {
+    pub fn epoch(&self, guild: GuildId) -> u64 {
         let m = self
             .epochs
             .by_guild
@@ -127,7 +128,7 @@ impl Hub {
     }
 
     /// Permissions in `guild` may change: its cached visibility is stale from now on.
-    pub fn invalidate(&self, guild: u64) {
+    pub fn invalidate(&self, guild: GuildId) {
         let e = self
             .epochs
             .next
@@ -200,8 +201,8 @@ impl Hub {
     pub fn send(
         &self,
         target: Target,
-        guild_id: Option<u64>,
-        channel_id: Option<u64>,
+        guild_id: Option<GuildId>,
+        channel_id: Option<ChannelId>,
         t: DispatchKind,
         d: Value,
     ) {
@@ -230,7 +231,7 @@ impl Hub {
 
     /// A guild event about one member (a presence): dropped for every session once `member`
     /// has left the guild, even if it was published after (from a guild list read before).
-    pub fn send_about(&self, guild_id: u64, member: u64, t: DispatchKind, d: Value) {
+    pub fn send_about(&self, guild_id: GuildId, member: UserId, t: DispatchKind, d: Value) {
         self.publish(Dispatch {
             target: Target::Guild(guild_id),
             channel_id: None,
@@ -251,9 +252,9 @@ impl Hub {
     /// may view only `from`, nothing for the others. Both bodies are serialized once, here.
     pub fn send_move(
         &self,
-        guild_id: u64,
-        from: u64,
-        to: u64,
+        guild_id: GuildId,
+        from: ChannelId,
+        to: ChannelId,
         t: DispatchKind,
         d: Value,
         left: Value,
@@ -282,11 +283,11 @@ impl Hub {
     /// A message event: also publish the redacted form for sessions without MESSAGE_CONTENT.
     pub fn send_message(
         &self,
-        guild_id: u64,
-        channel_id: u64,
+        guild_id: GuildId,
+        channel_id: ChannelId,
         t: DispatchKind,
         d: Value,
-        full_for: Vec<u64>,
+        full_for: Vec<UserId>,
     ) {
         self.send_reply(guild_id, channel_id, t, d, full_for, None);
     }
@@ -296,12 +297,12 @@ impl Hub {
     /// Every body (full and redacted, with and without the reference) is serialized here.
     pub fn send_reply(
         &self,
-        guild_id: u64,
-        channel_id: u64,
+        guild_id: GuildId,
+        channel_id: ChannelId,
         t: DispatchKind,
         d: Value,
-        full_for: Vec<u64>,
-        unreferenced: Option<(u64, Value)>,
+        full_for: Vec<UserId>,
+        unreferenced: Option<(ChannelId, Value)>,
     ) {
         let (json, redacted) = with_redacted(d);
         let reference = unreferenced.map(|(channel_id, d)| {
@@ -338,6 +339,7 @@ impl Default for Hub {
 mod tests {
     use super::*;
     use crate::gateway::intents;
+    use lodge_ids::{ChannelId, GuildId, UserId};
     use serde_json::json;
     use DispatchKind as K;
 
@@ -355,31 +357,37 @@ mod tests {
         let mut crowd = hub.subscribe(intents::GUILDS);
         let mut bot = hub.subscribe(intents::GUILDS | intents::GUILD_VOICE_STATES);
         let mut early = hub.subscribe(intents::GUILDS);
-        crowd.identified("crowd-session", 1);
-        bot.identified("bot-session", 2);
+        crowd.identified("crowd-session", UserId(1));
+        bot.identified("bot-session", UserId(2));
         // `early` has not identified yet: it gets every target, as the session filter decides.
         hub.send(
-            Target::Guild(9),
-            Some(9),
+            Target::Guild(GuildId(9)),
+            Some(GuildId(9)),
             None,
             K::VoiceStateUpdate,
             json!({}),
         );
         hub.send(
             Target::Session {
-                user: 2,
+                user: UserId(2),
                 session: "bot-session".into(),
             },
-            Some(9),
+            Some(GuildId(9)),
             None,
             K::VoiceServerUpdate,
             json!({}),
         );
-        hub.send(Target::User(1), None, None, K::GuildCreate, json!({}));
         hub.send(
-            Target::Guild(9),
-            Some(9),
-            Some(5),
+            Target::User(UserId(1)),
+            None,
+            None,
+            K::GuildCreate,
+            json!({}),
+        );
+        hub.send(
+            Target::Guild(GuildId(9)),
+            Some(GuildId(9)),
+            Some(ChannelId(5)),
             K::ChannelUpdate,
             json!({}),
         );
@@ -398,63 +406,94 @@ mod tests {
     fn guild_create_and_delete_pass_without_the_guilds_intent() {
         let hub = Hub::new();
         let mut s = hub.subscribe(intents::GUILD_MESSAGES);
-        s.identified("s", 1);
-        hub.send(Target::User(1), None, None, K::GuildCreate, json!({}));
-        hub.send(Target::Guild(3), Some(3), None, K::GuildUpdate, json!({}));
-        hub.send(Target::Guild(3), Some(3), None, K::GuildDelete, json!({}));
+        s.identified("s", UserId(1));
+        hub.send(
+            Target::User(UserId(1)),
+            None,
+            None,
+            K::GuildCreate,
+            json!({}),
+        );
+        hub.send(
+            Target::Guild(GuildId(3)),
+            Some(GuildId(3)),
+            None,
+            K::GuildUpdate,
+            json!({}),
+        );
+        hub.send(
+            Target::Guild(GuildId(3)),
+            Some(GuildId(3)),
+            None,
+            K::GuildDelete,
+            json!({}),
+        );
         assert_eq!(drain(&mut s), [K::GuildCreate, K::GuildDelete]);
     }
 
     #[test]
     fn visibility_epochs_move_per_guild() {
         let hub = Hub::new();
-        let (a, b) = (hub.epoch(1), hub.epoch(2));
+        let (a, b) = (hub.epoch(GuildId(1)), hub.epoch(GuildId(2)));
         hub.send(
-            Target::Guild(1),
-            Some(1),
+            Target::Guild(GuildId(1)),
+            Some(GuildId(1)),
             None,
             K::GuildRoleUpdate,
             json!({}),
         );
-        assert_ne!(hub.epoch(1), a, "a role change in guild 1 moves guild 1");
-        assert_eq!(hub.epoch(2), b, "…and not guild 2");
-        let a = hub.epoch(1);
-        hub.send(Target::Guild(1), Some(1), None, K::GuildUpdate, json!({}));
-        assert_eq!(hub.epoch(1), a, "a rename changes nobody's view");
+        assert_ne!(
+            hub.epoch(GuildId(1)),
+            a,
+            "a role change in guild 1 moves guild 1"
+        );
+        assert_eq!(hub.epoch(GuildId(2)), b, "…and not guild 2");
+        let a = hub.epoch(GuildId(1));
         hub.send(
-            Target::Guild(2),
-            Some(2),
-            Some(9),
+            Target::Guild(GuildId(1)),
+            Some(GuildId(1)),
+            None,
+            K::GuildUpdate,
+            json!({}),
+        );
+        assert_eq!(hub.epoch(GuildId(1)), a, "a rename changes nobody's view");
+        hub.send(
+            Target::Guild(GuildId(2)),
+            Some(GuildId(2)),
+            Some(ChannelId(9)),
             K::ChannelUpdate,
             json!({}),
         );
-        assert!(hub.epoch(2) > a, "epochs never repeat across guilds");
+        assert!(
+            hub.epoch(GuildId(2)) > a,
+            "epochs never repeat across guilds"
+        );
     }
 
     #[test]
     fn a_move_is_one_dispatch_in_publish_order_with_both_bodies() {
         let hub = Hub::new();
         let mut s = hub.subscribe(intents::ALL);
-        s.identified("s", 1);
+        s.identified("s", UserId(1));
         hub.send(
-            Target::Guild(3),
-            Some(3),
-            Some(10),
+            Target::Guild(GuildId(3)),
+            Some(GuildId(3)),
+            Some(ChannelId(10)),
             K::VoiceStateUpdate,
             json!({ "channel_id": "10" }),
         );
         hub.send_move(
-            3,
-            10,
-            20,
+            GuildId(3),
+            ChannelId(10),
+            ChannelId(20),
             K::VoiceStateUpdate,
             json!({ "channel_id": "20" }),
             json!({ "channel_id": null }),
         );
         hub.send(
-            Target::Guild(3),
-            Some(3),
-            Some(20),
+            Target::Guild(GuildId(3)),
+            Some(GuildId(3)),
+            Some(ChannelId(20)),
             K::VoiceStateUpdate,
             json!({ "channel_id": "20", "self_mute": true }),
         );
@@ -463,7 +502,7 @@ mod tests {
         let mv = &got[1];
         assert_eq!(
             (mv.channel_id, mv.left.as_ref().map(|l| l.channel_id)),
-            (Some(20), Some(10))
+            (Some(ChannelId(20)), Some(ChannelId(10)))
         );
         assert_eq!(mv.body(Body::Full), r#"{"channel_id":"20"}"#);
         assert_eq!(mv.body(Body::Left), r#"{"channel_id":null}"#);
@@ -474,7 +513,14 @@ mod tests {
             "no leave body: the full one"
         );
         // Rejoining the same channel is no move.
-        hub.send_move(3, 20, 20, K::VoiceStateUpdate, json!({}), json!({}));
+        hub.send_move(
+            GuildId(3),
+            ChannelId(20),
+            ChannelId(20),
+            K::VoiceStateUpdate,
+            json!({}),
+            json!({}),
+        );
         assert!(s.rx.try_recv().unwrap().left.is_none());
     }
 
@@ -482,12 +528,22 @@ mod tests {
     fn a_cross_channel_reply_carries_four_bodies_serialized_once() {
         let hub = Hub::new();
         let mut s = hub.subscribe(intents::ALL);
-        s.identified("s", 1);
+        s.identified("s", UserId(1));
         let d = json!({ "content": "see staff", "referenced_message": { "content": "secret" } });
         let without = json!({ "content": "see staff", "referenced_message": null });
-        hub.send_reply(3, 10, K::MessageCreate, d, vec![1], Some((20, without)));
+        hub.send_reply(
+            GuildId(3),
+            ChannelId(10),
+            K::MessageCreate,
+            d,
+            vec![UserId(1)],
+            Some((ChannelId(20), without)),
+        );
         let d = s.rx.try_recv().unwrap();
-        assert_eq!(d.reference.as_ref().map(|r| r.channel_id), Some(20));
+        assert_eq!(
+            d.reference.as_ref().map(|r| r.channel_id),
+            Some(ChannelId(20))
+        );
         let body = |b| serde_json::from_str::<Value>(d.body(b)).unwrap();
         assert_eq!(body(Body::Full)["referenced_message"]["content"], "secret");
         assert_eq!(body(Body::Redacted)["content"], "");
@@ -506,7 +562,13 @@ mod tests {
             (json!(""), Value::Null)
         );
         // A message without a cross-channel reference has only the two bodies.
-        hub.send_message(3, 10, K::MessageCreate, json!({ "content": "x" }), vec![]);
+        hub.send_message(
+            GuildId(3),
+            ChannelId(10),
+            K::MessageCreate,
+            json!({ "content": "x" }),
+            vec![],
+        );
         let d = s.rx.try_recv().unwrap();
         assert!(d.reference.is_none());
         assert_eq!(d.body(Body::Unreferenced), d.body(Body::Full));
@@ -517,17 +579,20 @@ mod tests {
     fn a_presence_names_the_member_it_is_about() {
         let hub = Hub::new();
         let mut s = hub.subscribe(intents::GUILDS);
-        s.identified("s", 1);
-        hub.send_about(3, 7, K::PresenceUpdate, json!({}));
+        s.identified("s", UserId(1));
+        hub.send_about(GuildId(3), UserId(7), K::PresenceUpdate, json!({}));
         assert!(
             s.rx.try_recv().is_err(),
             "without GUILD_PRESENCES the session is not woken"
         );
         let mut p = hub.subscribe(intents::GUILD_PRESENCES);
-        p.identified("p", 2);
-        hub.send_about(3, 7, K::PresenceUpdate, json!({}));
+        p.identified("p", UserId(2));
+        hub.send_about(GuildId(3), UserId(7), K::PresenceUpdate, json!({}));
         let d = p.rx.try_recv().unwrap();
-        assert_eq!((d.target.clone(), d.about), (Target::Guild(3), Some(7)));
+        assert_eq!(
+            (d.target.clone(), d.about),
+            (Target::Guild(GuildId(3)), Some(UserId(7)))
+        );
     }
 
     #[tokio::test]
@@ -537,8 +602,8 @@ mod tests {
         let mut fast = hub.subscribe(intents::ALL);
         for i in 0..=SESSION_QUEUE {
             hub.send(
-                Target::Guild(1),
-                Some(1),
+                Target::Guild(GuildId(1)),
+                Some(GuildId(1)),
                 None,
                 K::TypingStart,
                 json!({ "i": i }),
@@ -562,7 +627,13 @@ mod tests {
             got, SESSION_QUEUE,
             "what was queued before the overflow is kept"
         );
-        hub.send(Target::Guild(1), Some(1), None, K::TypingStart, json!({}));
+        hub.send(
+            Target::Guild(GuildId(1)),
+            Some(GuildId(1)),
+            None,
+            K::TypingStart,
+            json!({}),
+        );
         assert_eq!(drain(&mut fast), [K::TypingStart], "the others go on");
         // Dropping a subscription unsubscribes it.
         drop(fast);

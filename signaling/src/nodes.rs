@@ -184,7 +184,7 @@ pub async fn rehome_lost(s: &AppState, lost: &NodeId) -> u64 {
     };
     let mut moved = 0;
     for g in guilds {
-        let states = crate::voice::executor::guild_states(s, GuildId(g))
+        let states = crate::voice::executor::guild_states(s, g)
             .await
             .unwrap_or_default();
         for st in states {
@@ -228,7 +228,7 @@ pub async fn reassert(s: &AppState) {
         match s
             .shared
             .voice_states
-            .swap(st.guild_id.get(), st.user_id.get(), None, Some(&raw))
+            .swap(st.guild_id, st.user_id, None, Some(&raw))
             .await
         {
             Ok(true) => states += 1,
@@ -264,7 +264,7 @@ pub async fn reassert(s: &AppState) {
         let Ok(home) = s
             .shared
             .placement
-            .home(st.guild_id.get(), st.channel_id.get(), &s.shared.me, &alive)
+            .home(st.guild_id, st.channel_id, &s.shared.me, &alive)
             .await
         else {
             continue;
@@ -297,13 +297,13 @@ pub async fn reassert(s: &AppState) {
 
 /// A session that arrived here (resumed from a lost node): its callers whose home is not a
 /// registered node get a new home and a new VOICE_SERVER_UPDATE.
-pub async fn rehome_session(s: &AppState, user: u64, guilds: &[u64], session: &str) {
+pub async fn rehome_session(s: &AppState, user: UserId, guilds: &[GuildId], session: &str) {
     let live: Vec<NodeId> = match s.shared.registry.live_nodes().await {
         Ok(n) => n.into_iter().map(|n| n.id).collect(),
         Err(_) => return,
     };
     for g in guilds {
-        let Ok(Some(st)) = crate::voice::executor::state(s, GuildId(*g), UserId(user)).await else {
+        let Ok(Some(st)) = crate::voice::executor::state(s, *g, user).await else {
             continue;
         };
         let orphaned = st.session_id == session
@@ -314,8 +314,8 @@ pub async fn rehome_session(s: &AppState, user: u64, guilds: &[u64], session: &s
         if crate::voice::service::rehome(s, &st).await {
             s.nodes.with(|v| v.callers_rehomed += 1);
             info!(
-                guild = g,
-                user, "a resumed session's call moved off its lost node"
+                guild = %g,
+                user = %user, "a resumed session's call moved off its lost node"
             );
         }
     }

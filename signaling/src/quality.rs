@@ -396,8 +396,12 @@ pub async fn record_left(
             if *cl.origin_up.borrow() {
                 let json = serde_json::to_string(&c).expect("a summary serializes");
                 let (guild, user) = (c.guild_id, c.user_id);
-                cl.to_placer(guild, user, lodge_edge::Control::CallSummary { json })
-                    .await;
+                cl.to_placer(
+                    lodge_ids::GuildId(guild),
+                    lodge_ids::UserId(user),
+                    lodge_edge::Control::CallSummary { json },
+                )
+                .await;
                 s.telemetry().calls_recorded += 1;
                 return;
             }

@@ -381,7 +381,7 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
             .await;
     }
     let caller = match &auth {
-        Some(Authenticated::User(u)) => Caller::User(u.id.get()),
+        Some(Authenticated::User(u)) => Caller::User(u.id),
         _ => Caller::Addr(key),
     };
     if let Some(a) = auth {
@@ -457,6 +457,7 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lodge_ids::UserId;
 
     #[test]
     fn buckets_split_by_major_parameter_not_by_minor() {
@@ -487,23 +488,31 @@ mod tests {
         .windows();
         let t0 = Instant::now();
         assert!(matches!(
-            r.check(t0, Caller::User(1), 7, &l),
+            r.check(t0, Caller::User(UserId(1)), 7, &l),
             RateVerdict::Ok { remaining: 1, .. }
         ));
         assert!(matches!(
-            r.check(t0, Caller::User(1), 7, &l),
+            r.check(t0, Caller::User(UserId(1)), 7, &l),
             RateVerdict::Ok { remaining: 0, .. }
         ));
         assert!(matches!(
-            r.check(t0, Caller::User(1), 7, &l),
+            r.check(t0, Caller::User(UserId(1)), 7, &l),
             RateVerdict::Limited { global: false, .. }
         ));
         assert!(
-            matches!(r.check(t0, Caller::User(2), 7, &l), RateVerdict::Ok { .. }),
+            matches!(
+                r.check(t0, Caller::User(UserId(2)), 7, &l),
+                RateVerdict::Ok { .. }
+            ),
             "other callers are separate"
         );
         assert!(matches!(
-            r.check(t0 + Duration::from_millis(1001), Caller::User(1), 7, &l),
+            r.check(
+                t0 + Duration::from_millis(1001),
+                Caller::User(UserId(1)),
+                7,
+                &l
+            ),
             RateVerdict::Ok { remaining: 1, .. }
         ));
         let g = Limits {
@@ -516,12 +525,12 @@ mod tests {
         let t1 = t0 + Duration::from_secs(10);
         for b in 0..3 {
             assert!(matches!(
-                r.check(t1, Caller::User(9), 100 + b, &g),
+                r.check(t1, Caller::User(UserId(9)), 100 + b, &g),
                 RateVerdict::Ok { .. }
             ));
         }
         assert!(matches!(
-            r.check(t1, Caller::User(9), 200, &g),
+            r.check(t1, Caller::User(UserId(9)), 200, &g),
             RateVerdict::Limited { global: true, .. }
         ));
     }
@@ -563,7 +572,7 @@ mod tests {
                 hang,
                 calls: Default::default(),
             };
-            let u = Caller::User(1);
+            let u = Caller::User(UserId(1));
             assert!(matches!(
                 r.check_shared(&broken, u, 7, &w).await,
                 RateVerdict::Ok { remaining: 1, .. }
@@ -582,7 +591,8 @@ mod tests {
             let calls = |b: &Broken| b.calls.load(std::sync::atomic::Ordering::Relaxed);
             assert_eq!(calls(&broken), 1, "Redis is left alone after a failure");
             tokio::time::sleep(SHARED_RETRY).await;
-            r.check_shared(&broken, Caller::User(2), 7, &w).await;
+            r.check_shared(&broken, Caller::User(UserId(2)), 7, &w)
+                .await;
             assert_eq!(calls(&broken), 2, "and asked again after SHARED_RETRY");
         }
     }

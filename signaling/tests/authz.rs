@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use lodge_ids::GuildId;
 use serde_json::{json, Value};
 
 const VIEW_CHANNEL: u64 = 1 << 10;
@@ -1256,7 +1257,7 @@ async fn a_removed_members_presence_no_longer_reaches_the_guild() {
         // A stale broadcast, and the removed user's own status change.
         lodge_signaling::gateway::presence::publish(
             state,
-            gid,
+            GuildId(gid),
             who.parse().unwrap(),
             "dnd",
             &json!([]),

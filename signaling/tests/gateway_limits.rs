@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{closed, dispatch, gateway, json, send, ws, Frame};
+use lodge_ids::UserId;
 use serde_json::{json, Value};
 
 async fn identify(n: &common::Node, token: &str, intents: u64) -> common::Ws {
@@ -93,7 +94,7 @@ async fn an_identify_loop_holds_at_most_the_per_user_cap() {
     }
     let held = state(&n)
         .sessions
-        .of_user(uid)
+        .of_user(UserId(uid))
         .iter()
         .filter(|s| !s.lock().unwrap().ended)
         .count();

@@ -3,6 +3,7 @@
 //! loop only dispatches. A pure function of the frame's text: fuzzed (`fuzz/`, target
 //! `gateway_payload`).
 
+use lodge_ids::GuildId;
 use serde_json::Value;
 
 use super::{close, intents, Opcode};
@@ -68,7 +69,7 @@ pub struct Resume {
 /// a list of user ids.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestMembers {
-    pub guild_id: u64,
+    pub guild_id: GuildId,
     pub select: MemberSelect,
     pub presences: bool,
     pub nonce: Option<String>,
@@ -269,7 +270,7 @@ fn request_members(d: &Value) -> Result<RequestMembers, Refusal> {
         (None, _) => return Err(bad("needs query or user_ids")),
     };
     Ok(RequestMembers {
-        guild_id,
+        guild_id: GuildId(guild_id),
         select,
         presences,
         nonce,
@@ -279,6 +280,7 @@ fn request_members(d: &Value) -> Result<RequestMembers, Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lodge_ids::GuildId;
 
     fn code(text: &str) -> u16 {
         parse(text).unwrap_err().0
@@ -366,7 +368,7 @@ mod tests {
             panic!()
         };
         assert!(r.select.is_everyone() && r.presences);
-        assert_eq!((r.guild_id, r.nonce.as_deref()), (5, Some("n1")));
+        assert_eq!((r.guild_id, r.nonce.as_deref()), (GuildId(5), Some("n1")));
         let ClientOp::RequestGuildMembers(r) = parse(&format!(
             "{{\"op\":8,\"d\":{{\"guild_id\":5,\"user_ids\":\"6\",\"nonce\":\"{}\"}}}}",
             "n".repeat(33)

@@ -31,7 +31,7 @@ fn push(sref: &SessionRef, t: DispatchKind, d: Value) {
 pub async fn request(
     s: &AppState,
     sref: &SessionRef,
-    last_everyone: &mut HashMap<u64, Instant>,
+    last_everyone: &mut HashMap<GuildId, Instant>,
     r: RequestMembers,
 ) -> Result<(), Refusal> {
     let (member_of, granted) = {
@@ -82,7 +82,7 @@ pub async fn request(
             let found = s
                 .store
                 .members_by_id(
-                    GuildId(r.guild_id),
+                    r.guild_id,
                     &ids.iter().map(|&i| UserId(i)).collect::<Vec<_>>(),
                 )
                 .await
@@ -98,7 +98,7 @@ pub async fn request(
             let limit = (*limit).max(1);
             let found = s
                 .store
-                .members_named(GuildId(r.guild_id), prefix, limit)
+                .members_named(r.guild_id, prefix, limit)
                 .await
                 .map_err(storage)?;
             (found, None)
@@ -106,17 +106,13 @@ pub async fn request(
         MemberSelect::Query { .. } => {
             // Everyone, a page at a time: the chunk count is fixed up front from the count,
             // and exactly that many chunks are sent even if members join or leave meanwhile.
-            let total = s
-                .store
-                .member_count(GuildId(r.guild_id))
-                .await
-                .map_err(storage)? as usize;
+            let total = s.store.member_count(r.guild_id).await.map_err(storage)? as usize;
             let count = total.div_ceil(MEMBERS_PER_CHUNK).max(1);
             let mut after = 0;
             for index in 0..count {
                 let page = s
                     .store
-                    .members(GuildId(r.guild_id), MEMBERS_PER_CHUNK as u32, after)
+                    .members(r.guild_id, MEMBERS_PER_CHUNK as u32, after)
                     .await
                     .map_err(storage)?;
                 if let Some(last) = page.last() {
@@ -156,7 +152,7 @@ async fn send_chunk(
         d["not_found"] = json!(nf);
     }
     if r.presences {
-        let ids: Vec<u64> = members.iter().map(|m| m.user.id.get()).collect();
+        let ids: Vec<UserId> = members.iter().map(|m| m.user.id).collect();
         d["presences"] = Value::Array(super::presence::snapshot(s, r.guild_id, &ids).await);
     }
     if let Some(n) = &r.nonce {

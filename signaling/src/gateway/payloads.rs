@@ -15,7 +15,7 @@ pub fn ready(
     s: &AppState,
     user: &User,
     session_id: &str,
-    guild_ids: &[u64],
+    guild_ids: &[lodge_ids::GuildId],
     shard: Option<&Value>,
 ) -> Value {
     let mut v = json!({
@@ -40,23 +40,20 @@ pub fn ready(
 }
 
 /// GUILD_CREATE for `user_id`: only channels the user can view.
-pub async fn guild_create(s: &AppState, g: &Guild, user_id: u64) -> ApiResult<Value> {
+pub async fn guild_create(s: &AppState, g: &Guild, user_id: UserId) -> ApiResult<Value> {
     guild_create_limited(s, g, user_id, MAX_GUILD_CREATE_MEMBERS).await
 }
 
 pub async fn guild_create_limited(
     s: &AppState,
     g: &Guild,
-    user_id: u64,
+    user_id: UserId,
     large_threshold: u32,
 ) -> ApiResult<Value> {
     let roles = s.store.roles(g.id).await?;
     let mut v = wire::guild(g, &roles);
     let all = s.store.channels(g.id).await?;
-    let perms = s
-        .store
-        .channel_permissions(g, &all, UserId(user_id))
-        .await?;
+    let perms = s.store.channel_permissions(g, &all, user_id).await?;
     let visible: Vec<&lodge_chat::Channel> = all
         .iter()
         .zip(perms)
@@ -70,15 +67,15 @@ pub async fn guild_create_limited(
         .await?;
     // The list is the first page by user id; the session's own member is always in it (a
     // client takes its own roles and join time from there).
-    if !members.iter().any(|m| m.user.id == UserId(user_id)) {
-        if let Ok(me) = s.store.member(g.id, UserId(user_id)).await {
+    if !members.iter().any(|m| m.user.id == user_id) {
+        if let Ok(me) = s.store.member(g.id, user_id).await {
             members.push(me);
         }
     }
     let member_count = s.store.member_count(g.id).await?;
     let joined_at = members
         .iter()
-        .find(|m| m.user.id == UserId(user_id))
+        .find(|m| m.user.id == user_id)
         .map(|m| wire::iso8601(m.joined_at));
     let voice_states: Vec<Value> = crate::voice::executor::guild_states(s, g.id)
         .await
@@ -102,8 +99,8 @@ pub async fn guild_create_limited(
     v["large"] = json!(member_count >= large_threshold as u64);
     v["joined_at"] = json!(joined_at);
     v["voice_states"] = Value::Array(voice_states);
-    let ids: Vec<u64> = members.iter().map(|m| m.user.id.get()).collect();
-    v["presences"] = Value::Array(super::presence::snapshot(s, g.id.get(), &ids).await);
+    let ids: Vec<UserId> = members.iter().map(|m| m.user.id).collect();
+    v["presences"] = Value::Array(super::presence::snapshot(s, g.id, &ids).await);
     v["threads"] = json!([]);
     v["stage_instances"] = json!([]);
     v["guild_scheduled_events"] = json!([]);

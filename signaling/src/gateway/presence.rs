@@ -4,7 +4,7 @@
 //! cluster). Broadcast as PRESENCE_UPDATE to the user's guilds when what others see changes
 //! (invisible looks offline), by the node where the change happened.
 
-use lodge_ids::UserId;
+use lodge_ids::{GuildId, UserId};
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
@@ -28,18 +28,18 @@ struct Presence {
 /// The in-process presences: a node alone, which holds every connection of its users.
 #[derive(Default)]
 pub struct LocalPresences {
-    map: std::sync::Mutex<HashMap<u64, Presence>>,
+    map: std::sync::Mutex<HashMap<UserId, Presence>>,
 }
 
 impl LocalPresences {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Presence>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Presence>> {
         self.map
             .lock()
             .expect("presence lock is never held across a panic")
     }
 
     /// Online-looking presences among `users`.
-    fn snapshot_now(&self, users: &[u64]) -> Vec<(u64, Visible)> {
+    fn snapshot_now(&self, users: &[UserId]) -> Vec<(UserId, Visible)> {
         let m = self.lock();
         users
             .iter()
@@ -57,7 +57,7 @@ impl LocalPresences {
             .collect()
     }
 
-    fn update_now(&self, user: u64, f: impl FnOnce(&mut Presence)) -> Option<Visible> {
+    fn update_now(&self, user: UserId, f: impl FnOnce(&mut Presence)) -> Option<Visible> {
         let mut m = self.lock();
         let p = m.entry(user).or_insert(Presence {
             status: "offline".into(),
@@ -76,7 +76,7 @@ impl LocalPresences {
         })
     }
 
-    fn apply(&self, user: u64, change: PresenceChange) -> Option<Visible> {
+    fn apply(&self, user: UserId, change: PresenceChange) -> Option<Visible> {
         match change {
             PresenceChange::Connected {
                 status,
@@ -105,14 +105,24 @@ impl LocalPresences {
 }
 
 impl Presences for LocalPresences {
-    fn update(&self, user: u64, change: PresenceChange) -> Fut<'_, SharedResult<Option<Visible>>> {
+    fn update(
+        &self,
+        user: UserId,
+        change: PresenceChange,
+    ) -> Fut<'_, SharedResult<Option<Visible>>> {
         Box::pin(std::future::ready(Ok(self.apply(user, change))))
     }
-    fn snapshot<'a>(&'a self, users: &'a [u64]) -> Fut<'a, SharedResult<Vec<(u64, Visible)>>> {
+    fn snapshot<'a>(
+        &'a self,
+        users: &'a [UserId],
+    ) -> Fut<'a, SharedResult<Vec<(UserId, Visible)>>> {
         Box::pin(std::future::ready(Ok(self.snapshot_now(users))))
     }
     /// A node alone holds no other node's connections.
-    fn forget_node<'a>(&'a self, _node: &'a NodeId) -> Fut<'a, SharedResult<Vec<(u64, Visible)>>> {
+    fn forget_node<'a>(
+        &'a self,
+        _node: &'a NodeId,
+    ) -> Fut<'a, SharedResult<Vec<(UserId, Visible)>>> {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }
 }
@@ -121,25 +131,25 @@ impl Presences for LocalPresences {
 /// READY, GUILD_CREATE and member chunks). One read of the shared presences (a pipelined round
 /// trip per 1,000 users in a cluster); if it fails, none (logged): a snapshot without
 /// presences is better than no READY.
-pub async fn snapshot(s: &AppState, guild_id: u64, users: &[u64]) -> Vec<Value> {
+pub async fn snapshot(s: &AppState, guild_id: GuildId, users: &[UserId]) -> Vec<Value> {
     match s.shared.presences.snapshot(users).await {
         Ok(v) => v
             .into_iter()
             .map(|(u, p)| payload(guild_id, u, &p.status, &p.activities))
             .collect(),
         Err(e) => {
-            tracing::warn!(guild = guild_id, error = %e, "presences left out of a snapshot");
+            tracing::warn!(guild = %guild_id, error = %e, "presences left out of a snapshot");
             Vec::new()
         }
     }
 }
 
 /// Apply a change and broadcast what others now see, if that changed.
-async fn change(s: &AppState, user: u64, c: PresenceChange) {
+async fn change(s: &AppState, user: UserId, c: PresenceChange) {
     match s.shared.presences.update(user, c).await {
         Ok(Some(v)) => broadcast(s, user, &v.status, &v.activities).await,
         Ok(None) => {}
-        Err(e) => tracing::warn!(user, error = %e, "presence change not recorded"),
+        Err(e) => tracing::warn!(user = %user, error = %e, "presence change not recorded"),
     }
 }
 
@@ -158,7 +168,7 @@ pub async fn node_lost(s: &AppState, node: &NodeId) {
     }
 }
 
-fn payload(guild_id: u64, user: u64, status: &str, activities: &Value) -> Value {
+fn payload(guild_id: GuildId, user: UserId, status: &str, activities: &Value) -> Value {
     json!({
         "user": { "id": user.to_string() },
         "guild_id": guild_id.to_string(),
@@ -168,12 +178,12 @@ fn payload(guild_id: u64, user: u64, status: &str, activities: &Value) -> Value 
     })
 }
 
-async fn broadcast(s: &AppState, user: u64, status: &str, activities: &Value) {
-    let Ok(guilds) = s.store.user_guilds(UserId(user)).await else {
+async fn broadcast(s: &AppState, user: UserId, status: &str, activities: &Value) {
+    let Ok(guilds) = s.store.user_guilds(user).await else {
         return;
     };
     for g in guilds {
-        publish(s, g.id.get(), user, status, activities);
+        publish(s, g.id, user, status, activities);
     }
 }
 
@@ -181,7 +191,7 @@ async fn broadcast(s: &AppState, user: u64, status: &str, activities: &Value) {
 /// time it is published (read before a kick or ban): the dispatch names `user` as the member
 /// it is about, so sessions drop it once `user` has left the guild, and members hear nothing
 /// more of them after GUILD_MEMBER_REMOVE.
-pub fn publish(s: &AppState, guild: u64, user: u64, status: &str, activities: &Value) {
+pub fn publish(s: &AppState, guild: GuildId, user: UserId, status: &str, activities: &Value) {
     s.hub.send_about(
         guild,
         user,
@@ -191,7 +201,7 @@ pub fn publish(s: &AppState, guild: u64, user: u64, status: &str, activities: &V
 }
 
 /// A connection of `user` came up (identify or resume) with an optional presence.
-pub async fn connected(s: &AppState, user: u64, initial: Option<&Value>) {
+pub async fn connected(s: &AppState, user: UserId, initial: Option<&Value>) {
     let status = initial
         .and_then(|p| p.get("status"))
         .and_then(Value::as_str)
@@ -211,7 +221,7 @@ pub async fn connected(s: &AppState, user: u64, initial: Option<&Value>) {
 }
 
 /// Op 3. Returns false for an invalid status.
-pub async fn set(s: &AppState, user: u64, d: &Value) -> bool {
+pub async fn set(s: &AppState, user: UserId, d: &Value) -> bool {
     let Some(status) = d
         .get("status")
         .and_then(Value::as_str)
@@ -230,6 +240,6 @@ pub async fn set(s: &AppState, user: u64, d: &Value) -> bool {
 }
 
 /// A connection of `user` went away.
-pub async fn disconnected(s: &AppState, user: u64) {
+pub async fn disconnected(s: &AppState, user: UserId) {
     change(s, user, PresenceChange::Disconnected).await;
 }

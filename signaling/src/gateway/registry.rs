@@ -8,6 +8,7 @@
 //! its GUILD_CREATEs must identify again anyway, which the replay floor enforces. A user holds
 //! at most `max_sessions_per_user` sessions ([`Sessions::insert_capped`]).
 
+use lodge_ids::{ChannelId, GuildId, UserId};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,7 +54,7 @@ pub struct Session {
     /// token ends the session.
     pub token_hash: String,
     pub intents: u64,
-    pub guilds: HashSet<u64>,
+    pub guilds: HashSet<GuildId>,
     pub seq: u64,
     buffer: VecDeque<(u64, Entry)>,
     /// Attached connection: (connection id, frames for it).
@@ -69,7 +70,7 @@ pub struct Session {
     /// but not kept: READY and the identify GUILD_CREATEs).
     replay_floor: u64,
     /// Guild → (the guild's visibility epoch when cached, channel → the user's permissions).
-    pub visible: HashMap<u64, (u64, HashMap<u64, lodge_chat::Permissions>)>,
+    pub visible: HashMap<GuildId, (u64, HashMap<ChannelId, lodge_chat::Permissions>)>,
     /// In a cluster: where every sequence number after the floor is logged, so another node
     /// can take the session over (`None` alone, and once the session moved to another node).
     journal: Option<Arc<dyn ResumeStore>>,
@@ -94,7 +95,7 @@ impl Session {
         user: User,
         token_hash: String,
         intents: u64,
-        guilds: HashSet<u64>,
+        guilds: HashSet<GuildId>,
     ) -> Self {
         Session {
             id,
@@ -317,7 +318,7 @@ pub struct SessionCapFull {
 #[derive(Default)]
 struct Maps {
     by_id: HashMap<String, SessionRef>,
-    by_user: HashMap<u64, Vec<SessionRef>>,
+    by_user: HashMap<UserId, Vec<SessionRef>>,
 }
 
 #[derive(Default)]
@@ -348,7 +349,7 @@ impl Sessions {
         let mut m = self.maps();
         let user = s.user.id;
         let mut gone = None;
-        let mine = m.by_user.entry(user.get()).or_default();
+        let mine = m.by_user.entry(user).or_default();
         mine.retain(|r| !lock_session(r).ended);
         if mine.len() >= cap {
             let oldest = mine
@@ -372,7 +373,7 @@ impl Sessions {
     }
 
     /// Whether `user` could add a session now (it holds fewer than `cap` connected ones).
-    pub fn has_room(&self, user: u64, cap: usize) -> bool {
+    pub fn has_room(&self, user: UserId, cap: usize) -> bool {
         let m = self.maps();
         let live = m
             .by_user
@@ -399,7 +400,7 @@ impl Sessions {
     }
 
     /// The sessions of `user` (ended ones included until they are removed).
-    pub fn of_user(&self, user: u64) -> Vec<SessionRef> {
+    pub fn of_user(&self, user: UserId) -> Vec<SessionRef> {
         self.maps().by_user.get(&user).cloned().unwrap_or_default()
     }
 
@@ -412,10 +413,10 @@ impl Sessions {
         }
         m.by_id.remove(id);
         let user = lock_session(r).user.id;
-        if let Some(v) = m.by_user.get_mut(&user.get()) {
+        if let Some(v) = m.by_user.get_mut(&user) {
             v.retain(|x| !Arc::ptr_eq(x, r));
             if v.is_empty() {
-                m.by_user.remove(&user.get());
+                m.by_user.remove(&user);
             }
         }
     }
@@ -424,10 +425,10 @@ impl Sessions {
         let mut m = self.maps();
         if let Some(r) = m.by_id.remove(id) {
             let user = lock_session(&r).user.id;
-            if let Some(v) = m.by_user.get_mut(&user.get()) {
+            if let Some(v) = m.by_user.get_mut(&user) {
                 v.retain(|x| !Arc::ptr_eq(x, &r));
                 if v.is_empty() {
-                    m.by_user.remove(&user.get());
+                    m.by_user.remove(&user);
                 }
             }
         }
@@ -461,9 +462,9 @@ mod tests {
     fn shared(n: u64) -> Entry {
         Entry::Shared(
             Arc::new(Dispatch {
-                target: Target::Guild(1),
+                target: Target::Guild(GuildId(1)),
                 channel_id: None,
-                guild_id: Some(1),
+                guild_id: Some(GuildId(1)),
                 t: DispatchKind::MessageCreate,
                 json: format!("{{\"n\":{n}}}").into(),
                 redacted: None,
@@ -477,11 +478,11 @@ mod tests {
         )
     }
 
-    fn session(id: &str, user: u64) -> Session {
+    fn session(id: &str, user: UserId) -> Session {
         Session::new(
             id.into(),
             User {
-                id: lodge_ids::UserId(user),
+                id: lodge_ids::UserId(user.get()),
                 username: "u".into(),
                 bot: false,
             },
@@ -493,7 +494,7 @@ mod tests {
 
     #[test]
     fn replay_in_order_and_bounded() {
-        let mut s = session("s", 1);
+        let mut s = session("s", UserId(1));
         for i in 0..10 {
             s.push(shared(i));
         }
@@ -515,7 +516,7 @@ mod tests {
 
     #[test]
     fn session_payloads_are_sent_but_not_kept() {
-        let mut s = session("s", 1);
+        let mut s = session("s", UserId(1));
         let ready = s.record(
             DispatchKind::Ready,
             &format!("{{\"pad\":\"{}\"}}", "x".repeat(10_000)),
@@ -539,7 +540,7 @@ mod tests {
 
     #[test]
     fn slow_connection_is_detached() {
-        let mut s = session("s", 1);
+        let mut s = session("s", UserId(1));
         let (tx, _rx) = mpsc::channel(2);
         s.attach(1, tx);
         assert!(s.push(shared(1)) && s.push(shared(2)));
@@ -556,25 +557,32 @@ mod tests {
     fn a_user_at_the_cap_loses_the_longest_disconnected_session_or_is_refused() {
         let reg = Sessions::default();
         const EVICTED: (u16, &str) = (4009, "evicted");
-        let (a, _) = reg.insert_capped(session("a", 1), 2, EVICTED).unwrap();
-        let (b, _) = reg.insert_capped(session("b", 1), 2, EVICTED).unwrap();
+        let (a, _) = reg
+            .insert_capped(session("a", UserId(1)), 2, EVICTED)
+            .unwrap();
+        let (b, _) = reg
+            .insert_capped(session("b", UserId(1)), 2, EVICTED)
+            .unwrap();
         let (tx, _rx) = mpsc::channel(1);
         lock_session(&a).attach(1, tx.clone());
         lock_session(&b).attach(2, tx.clone());
-        assert!(!reg.has_room(1, 2));
+        assert!(!reg.has_room(UserId(1), 2));
         assert_eq!(
-            reg.insert_capped(session("c", 1), 2, EVICTED).err(),
+            reg.insert_capped(session("c", UserId(1)), 2, EVICTED).err(),
             Some(SessionCapFull { cap: 2 }),
             "both connected: refused"
         );
         assert!(
-            reg.insert_capped(session("other", 2), 2, EVICTED).is_ok(),
+            reg.insert_capped(session("other", UserId(2)), 2, EVICTED)
+                .is_ok(),
             "per user"
         );
         lock_session(&b).detach(2);
         std::thread::sleep(Duration::from_millis(2));
         lock_session(&a).detach(1);
-        let (_, gone) = reg.insert_capped(session("c", 1), 2, EVICTED).unwrap();
+        let (_, gone) = reg
+            .insert_capped(session("c", UserId(1)), 2, EVICTED)
+            .unwrap();
         let gone = gone.expect("one was evicted");
         assert!(Arc::ptr_eq(&gone, &b), "the one disconnected longest");
         let g = lock_session(&b);
@@ -586,6 +594,6 @@ mod tests {
         );
         reg.remove("b");
         assert!(reg.get("b").is_none());
-        assert_eq!(reg.of_user(1).len(), 2);
+        assert_eq!(reg.of_user(UserId(1)).len(), 2);
     }
 }

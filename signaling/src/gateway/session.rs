@@ -7,7 +7,7 @@
 //! client leaves, stops heartbeating (4009), sends too much (4008), its session is ended from
 //! outside (token revoked: 4004) or the node shuts down (op 7).
 
-use lodge_ids::UserId;
+use lodge_ids::{GuildId, UserId};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -158,7 +158,7 @@ struct Conn {
     recent: VecDeque<Instant>,
     hb_deadline: Instant,
     /// Last all-members request per guild (rate limited).
-    member_requests: HashMap<u64, Instant>,
+    member_requests: HashMap<GuildId, Instant>,
 }
 
 impl Conn {
@@ -250,7 +250,7 @@ impl Conn {
                 debug!(user = %g.user.id, session = %&g.id[..6], seq = g.seq, "gateway connection closed; session resumable");
                 g.user.id
             };
-            super::presence::disconnected(&s, user.get()).await;
+            super::presence::disconnected(&s, user).await;
         }
     }
 
@@ -294,7 +294,7 @@ impl Conn {
                 match resume(&s, &d, self.id).await {
                     Some((sref, live_rx, frames)) => {
                         let user = lock(&sref).user.id;
-                        super::presence::connected(&s, user.get(), None).await;
+                        super::presence::connected(&s, user, None).await;
                         self.session = Some(sref);
                         self.live = Some(live_rx);
                         ok(send_frames(tx, frames).await)
@@ -304,7 +304,7 @@ impl Conn {
             }
             ClientOp::PresenceUpdate(d) => {
                 let user = self.user().id;
-                if !super::presence::set(&s, user.get(), &d).await {
+                if !super::presence::set(&s, user, &d).await {
                     return Err(stop(
                         close::DECODE_ERROR,
                         "invalid presence: status must be online, idle, dnd, invisible or offline",
@@ -321,7 +321,7 @@ impl Conn {
                     // Discord answers nothing on a refused op 4; Lodge tells the session why.
                     let body = json!({ "code": e.code(), "message": e.to_string(), "guild_id": d.get("guild_id"), "channel_id": d.get("channel_id") });
                     let to = Target::Session {
-                        user: user.id.get(),
+                        user: user.id,
                         session: sid,
                     };
                     s.hub
@@ -366,13 +366,13 @@ impl Conn {
             ));
         }
         let cap = s.cfg.max_sessions_per_user;
-        if !s.sessions.has_room(user.id.get(), cap) {
+        if !s.sessions.has_room(user.id, cap) {
             return Err(stop(
                 close::RATE_LIMITED,
                 format!("this user already has {cap} connected gateway sessions (max_sessions_per_user)"),
             ));
         }
-        match s.session_starts.try_start(user.id.get()).await {
+        match s.session_starts.try_start(user.id).await {
             Ok(_) => {}
             Err(StartRefused::TooFast) => {
                 let per = s.session_starts.limits().max_concurrency;
@@ -402,15 +402,15 @@ impl Conn {
         // Subscribe (and, in a cluster, watch the bus routes, confirmed) before reading the
         // snapshot so nothing falls between the two.
         let hub_rx = s.hub.subscribe(d.intents);
-        let guild_ids: Vec<u64> = s
+        let guild_ids: Vec<GuildId> = s
             .store
             .user_guilds(user.id)
             .await
             .map_err(|_| stop(close::UNKNOWN_ERROR, "storage error"))?
             .iter()
-            .map(|g| g.id.get())
+            .map(|g| g.id)
             .collect();
-        watch_routes(&s, user.id.get(), &guild_ids, true);
+        watch_routes(&s, user.id, &guild_ids, true);
         s.shared.bus.synced().await;
         // In a cluster, where another node taking the session over starts reading routes
         // that have nothing in its log (without it the session resumes only here).
@@ -428,14 +428,14 @@ impl Conn {
         let watched = Watched {
             s: s.clone(),
             session: sess.id.clone(),
-            user: sess.user.id.get(),
+            user: sess.user.id,
             guilds: guild_ids,
             journaled: created.is_some(),
         };
         let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
         let id = sess.id.clone();
         let uid = sess.user.id;
-        hub_rx.identified(&id, uid.get());
+        hub_rx.identified(&id, uid);
         let (sref, evicted) = s
             .sessions
             .insert_capped(sess, cap, (close::SESSION_TIMED_OUT, "session ended: the user opened more than max_sessions_per_user sessions"))
@@ -460,7 +460,7 @@ impl Conn {
             if let Some(created) = created {
                 s.shared.resume.open(SessionMeta {
                     session: g.id.clone(),
-                    user: g.user.id.get(),
+                    user: g.user.id,
                     token_hash: g.token_hash.clone(),
                     intents: g.intents,
                     guilds: watched.guilds.clone(),
@@ -483,7 +483,7 @@ impl Conn {
             HashMap::new(),
         ));
         info!(user = %uid, session = %&id[..6], "gateway session identified");
-        super::presence::connected(&s, uid.get(), d.presence.as_ref()).await;
+        super::presence::connected(&s, uid, d.presence.as_ref()).await;
         self.session = Some(sref);
         self.live = Some(live_rx);
         ok(send_frames(tx, frames).await)
@@ -516,14 +516,14 @@ async fn snapshot(
         .map(char::from)
         .collect();
     let guilds = s.store.user_guilds(user.id).await.map_err(storage)?;
-    let ids: Vec<u64> = guilds.iter().map(|g| g.id.get()).collect();
+    let ids: Vec<GuildId> = guilds.iter().map(|g| g.id).collect();
     let shard = d.shard.map(|sh| json!(sh));
     let ready = payloads::ready(s, &user, &session_id, &ids, shard.as_ref());
     let mut creates = Vec::new();
     if d.intents & intents::GUILDS != 0 {
         for g in &guilds {
             creates.push(
-                payloads::guild_create_limited(s, g, user.id.get(), d.large_threshold)
+                payloads::guild_create_limited(s, g, user.id, d.large_threshold)
                     .await
                     .map_err(|_| stop(close::UNKNOWN_ERROR, "storage error"))?,
             );
@@ -534,7 +534,7 @@ async fn snapshot(
         user,
         lodge_chat::token_hash(&d.token),
         d.intents,
-        ids.into_iter().collect::<HashSet<u64>>(),
+        ids.into_iter().collect::<HashSet<GuildId>>(),
     );
     Ok((sess, ready, creates))
 }
@@ -580,8 +580,8 @@ async fn resume(
 pub(super) struct Watched {
     pub(super) s: AppState,
     pub(super) session: String,
-    pub(super) user: u64,
-    pub(super) guilds: Vec<u64>,
+    pub(super) user: UserId,
+    pub(super) guilds: Vec<GuildId>,
     /// The session's resume state is in the cluster's resume store (follow its guilds there).
     pub(super) journaled: bool,
 }
@@ -685,7 +685,7 @@ pub(super) fn follow_guilds(s: &AppState, d: &crate::dispatch::Dispatch, w: &mut
 
 /// End every session that identified with the token whose hash is `token_hash` (`None`: every
 /// session of the user): their connections close with 4004 and their voice ends.
-pub async fn end_sessions_of(s: &AppState, user: u64, token_hash: Option<&str>) -> usize {
+pub async fn end_sessions_of(s: &AppState, user: UserId, token_hash: Option<&str>) -> usize {
     let mut ended = Vec::new();
     for r in s.sessions.of_user(user) {
         let mut g = lock(&r);
@@ -717,7 +717,7 @@ pub fn invalidate_route(
         let mut g = lock(&r);
         let hit = match route {
             Route::Guild(id) => g.guilds.contains(&id),
-            Route::User(u) => g.user.id == UserId(u),
+            Route::User(u) => g.user.id == u,
         };
         if hit && !g.ended {
             g.invalidate(reason);
@@ -736,7 +736,7 @@ pub fn invalidate_route(
 }
 
 /// The bus routes a session needs: its user's and its guilds'.
-pub(super) fn watch_routes(s: &AppState, user: u64, guilds: &[u64], on: bool) {
+pub(super) fn watch_routes(s: &AppState, user: UserId, guilds: &[GuildId], on: bool) {
     let bus = &s.shared.bus;
     bus.watch_user(user, on);
     for g in guilds {
@@ -750,7 +750,7 @@ pub(super) async fn end_voice(s: &AppState, sref: &SessionRef) {
         let g = lock(sref);
         (
             g.user.id,
-            g.guilds.iter().copied().collect::<Vec<u64>>(),
+            g.guilds.iter().copied().collect::<Vec<GuildId>>(),
             g.id.clone(),
         )
     };

@@ -9,6 +9,7 @@
 //! Permissions are cached per session, guild and channel until the guild's visibility epoch
 //! moves (`Hub::epoch`); their inputs are shared by all sessions (`visibility.rs`).
 
+use lodge_ids::{ChannelId, GuildId, UserId};
 use std::collections::HashMap;
 
 use lodge_chat::{Permissions, User};
@@ -34,7 +35,7 @@ fn lock(s: &SessionRef) -> std::sync::MutexGuard<'_, Session> {
 pub(super) async fn visible_body(
     s: &AppState,
     sref: &SessionRef,
-    user: u64,
+    user: UserId,
     d: &Dispatch,
     body: Body,
 ) -> Option<Body> {
@@ -85,9 +86,9 @@ pub(super) async fn visible_body(
 async fn permissions_in(
     s: &AppState,
     sref: &SessionRef,
-    user: u64,
-    guild: u64,
-    channel: u64,
+    user: UserId,
+    guild: GuildId,
+    channel: ChannelId,
 ) -> Permissions {
     let epoch = s.hub.epoch(guild);
     {
@@ -119,11 +120,11 @@ async fn permissions_in(
 
 /// Is the dispatch for this session (before the VIEW_CHANNEL check)? Keeps the guild set
 /// current. Returns the user and the body for them (full, or redacted for MESSAGE_CONTENT).
-pub(super) fn addressed(sref: &SessionRef, d: &Dispatch) -> Option<(u64, Body)> {
+pub(super) fn addressed(sref: &SessionRef, d: &Dispatch) -> Option<(UserId, Body)> {
     let mut g = lock(sref);
     let me: &User = &g.user;
     let uid = me.id;
-    let ok = d.targets(&g.id, uid.get())
+    let ok = d.targets(&g.id, uid)
         && match &d.target {
             Target::Guild(gid) => g.guilds.contains(gid),
             _ => true,
@@ -148,9 +149,6 @@ pub(super) fn addressed(sref: &SessionRef, d: &Dispatch) -> Option<(u64, Body)> 
     }
     let redacted = d.redacted.is_some()
         && g.intents & intents::MESSAGE_CONTENT == 0
-        && !d.full_for.contains(&uid.get());
-    Some((
-        uid.get(),
-        if redacted { Body::Redacted } else { Body::Full },
-    ))
+        && !d.full_for.contains(&uid);
+    Some((uid, if redacted { Body::Redacted } else { Body::Full }))
 }

@@ -9,6 +9,7 @@
 //! [`SessionStarts`] is the in-process budget; time is passed in, so its rules are tested
 //! without waiting.
 
+use lodge_ids::UserId;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,11 +33,11 @@ struct Budget {
 /// The in-process budgets: one node's identifies, per user.
 #[derive(Default)]
 pub struct SessionStarts {
-    users: Mutex<HashMap<u64, Budget>>,
+    users: Mutex<HashMap<UserId, Budget>>,
 }
 
 impl SessionStarts {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Budget>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Budget>> {
         self.users
             .lock()
             .expect("session start lock is never held across a panic")
@@ -45,7 +46,7 @@ impl SessionStarts {
     /// Count one Identify of `user` at `now`, or refuse it (a refusal uses nothing up).
     pub fn try_start_at(
         &self,
-        user: u64,
+        user: UserId,
         l: StartLimits,
         now: Instant,
     ) -> Result<Remaining, StartRefused> {
@@ -87,7 +88,7 @@ impl SessionStarts {
     }
 
     /// What is left for `user` at `now`, without using any.
-    pub fn remaining_at(&self, user: u64, l: StartLimits, now: Instant) -> Remaining {
+    pub fn remaining_at(&self, user: UserId, l: StartLimits, now: Instant) -> Remaining {
         let m = self.lock();
         let (used, reset_after) = match m.get(&user) {
             Some(b) if now.duration_since(b.day_start) < DAY => {
@@ -107,13 +108,13 @@ impl SessionStarts {
 impl StartBudgets for SessionStarts {
     fn try_start(
         &self,
-        user: u64,
+        user: UserId,
         limits: StartLimits,
     ) -> Fut<'_, SharedResult<Result<Remaining, StartRefused>>> {
         let r = self.try_start_at(user, limits, Instant::now());
         Box::pin(std::future::ready(Ok(r)))
     }
-    fn remaining(&self, user: u64, limits: StartLimits) -> Fut<'_, SharedResult<Remaining>> {
+    fn remaining(&self, user: UserId, limits: StartLimits) -> Fut<'_, SharedResult<Remaining>> {
         let r = self.remaining_at(user, limits, Instant::now());
         Box::pin(std::future::ready(Ok(r)))
     }
@@ -155,7 +156,7 @@ impl StartLimiter {
     }
 
     /// Count one Identify of `user`, or refuse it.
-    pub async fn try_start(&self, user: u64) -> Result<Remaining, StartRefused> {
+    pub async fn try_start(&self, user: UserId) -> Result<Remaining, StartRefused> {
         match self.budgets.try_start(user, self.limits).await {
             Ok(r) => r,
             Err(e) => {
@@ -167,7 +168,7 @@ impl StartLimiter {
     }
 
     /// What is left for `user` (this node's own count while the shared one is unreachable).
-    pub async fn remaining(&self, user: u64) -> Remaining {
+    pub async fn remaining(&self, user: UserId) -> Remaining {
         match self.budgets.remaining(user, self.limits).await {
             Ok(r) => r,
             Err(e) => {
@@ -191,29 +192,32 @@ mod tests {
         };
         let s = SessionStarts::default();
         let t0 = Instant::now();
-        assert_eq!(s.try_start_at(1, l, t0).unwrap().remaining, 4);
-        assert_eq!(s.try_start_at(1, l, t0).unwrap().remaining, 3);
-        assert_eq!(s.try_start_at(1, l, t0), Err(StartRefused::TooFast));
+        assert_eq!(s.try_start_at(UserId(1), l, t0).unwrap().remaining, 4);
+        assert_eq!(s.try_start_at(UserId(1), l, t0).unwrap().remaining, 3);
+        assert_eq!(s.try_start_at(UserId(1), l, t0), Err(StartRefused::TooFast));
         assert_eq!(
-            s.remaining_at(1, l, t0).remaining,
+            s.remaining_at(UserId(1), l, t0).remaining,
             3,
             "a refusal uses nothing"
         );
-        assert!(s.try_start_at(2, l, t0).is_ok(), "users are separate");
+        assert!(
+            s.try_start_at(UserId(2), l, t0).is_ok(),
+            "users are separate"
+        );
         let t1 = t0 + BURST_WINDOW;
-        assert!(s.try_start_at(1, l, t1).is_ok());
-        assert!(s.try_start_at(1, l, t1).is_ok());
+        assert!(s.try_start_at(UserId(1), l, t1).is_ok());
+        assert!(s.try_start_at(UserId(1), l, t1).is_ok());
         let t2 = t1 + BURST_WINDOW;
-        assert_eq!(s.try_start_at(1, l, t2).unwrap().remaining, 0);
-        match s.try_start_at(1, l, t2 + BURST_WINDOW) {
+        assert_eq!(s.try_start_at(UserId(1), l, t2).unwrap().remaining, 0);
+        match s.try_start_at(UserId(1), l, t2 + BURST_WINDOW) {
             Err(StartRefused::Exhausted { reset_after }) => {
                 assert_eq!(reset_after, DAY - 3 * BURST_WINDOW)
             }
             other => panic!("{other:?}"),
         }
         let next_day = t0 + DAY;
-        assert_eq!(s.try_start_at(1, l, next_day).unwrap().remaining, 4);
-        assert_eq!(s.remaining_at(1, l, next_day).reset_after, DAY);
+        assert_eq!(s.try_start_at(UserId(1), l, next_day).unwrap().remaining, 4);
+        assert_eq!(s.remaining_at(UserId(1), l, next_day).reset_after, DAY);
     }
 
     struct Down;
@@ -221,14 +225,18 @@ mod tests {
     impl StartBudgets for Down {
         fn try_start(
             &self,
-            _user: u64,
+            _user: lodge_ids::UserId,
             _limits: StartLimits,
         ) -> Fut<'_, SharedResult<Result<Remaining, StartRefused>>> {
             Box::pin(std::future::ready(Err(
                 crate::shared::SharedError::Unavailable("Redis at redis://x: refused".into()),
             )))
         }
-        fn remaining(&self, _user: u64, _limits: StartLimits) -> Fut<'_, SharedResult<Remaining>> {
+        fn remaining(
+            &self,
+            _user: lodge_ids::UserId,
+            _limits: StartLimits,
+        ) -> Fut<'_, SharedResult<Remaining>> {
             Box::pin(std::future::ready(Err(
                 crate::shared::SharedError::Unavailable("Redis at redis://x: refused".into()),
             )))
@@ -242,8 +250,8 @@ mod tests {
             max_concurrency: 1,
         };
         let s = StartLimiter::new(l, Arc::new(Down));
-        assert_eq!(s.try_start(1).await.unwrap().remaining, 4);
-        assert_eq!(s.try_start(1).await, Err(StartRefused::TooFast));
-        assert_eq!(s.remaining(1).await.remaining, 4);
+        assert_eq!(s.try_start(UserId(1)).await.unwrap().remaining, 4);
+        assert_eq!(s.try_start(UserId(1)).await, Err(StartRefused::TooFast));
+        assert_eq!(s.remaining(UserId(1)).await.remaining, 4);
     }
 }

@@ -28,6 +28,7 @@
 //! that acknowledged a dispatch its dead node had not logged yet (a window of about one Redis
 //! round trip and the writer's 2 ms of gathering) gets op 9 and identifies again — told, never left silently behind.
 
+use lodge_ids::{GuildId, UserId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -76,7 +77,7 @@ pub struct Plan {
 }
 
 /// Check a stored session against a resume acknowledging `acked`, by `user`.
-pub fn plan(st: &StoredSession, user: u64, acked: u64) -> Result<Plan, Refused> {
+pub fn plan(st: &StoredSession, user: UserId, acked: u64) -> Result<Plan, Refused> {
     let m = &st.meta;
     if m.ended {
         return Err(Refused::Ended);
@@ -169,7 +170,7 @@ pub(super) async fn resume(s: &AppState, d: &Resume, user: User, conn: u64) -> O
             return None;
         }
     };
-    let plan = match plan(&stored, user.id.get(), d.seq) {
+    let plan = match plan(&stored, user.id, d.seq) {
         Ok(p) => p,
         Err(e) => {
             refuse(&e);
@@ -185,19 +186,19 @@ pub(super) async fn resume(s: &AppState, d: &Resume, user: User, conn: u64) -> O
         .copied()
         .collect();
     let m = stored.meta;
-    let guilds: HashSet<u64> = m.guilds.iter().copied().collect();
+    let guilds: HashSet<GuildId> = m.guilds.iter().copied().collect();
     let sess = Session::new(sid.to_string(), user, m.token_hash, m.intents, guilds)
         .taken_over(plan.top, d.seq, replay);
 
     // Subscribe and watch (confirmed) before reading the routes back, so nothing published
     // meanwhile falls between the two; the collector drops what both bring.
     let hub_rx = s.hub.subscribe(m.intents);
-    hub_rx.identified(sid, uid.get());
-    watch_routes(s, uid.get(), &m.guilds, true);
+    hub_rx.identified(sid, uid);
+    watch_routes(s, uid, &m.guilds, true);
     let mut watched = Watched {
         s: s.clone(),
         session: sid.to_string(),
-        user: uid.get(),
+        user: uid,
         guilds: m.guilds.clone(),
         journaled: true,
     };
@@ -263,12 +264,10 @@ pub(super) async fn resume(s: &AppState, d: &Resume, user: User, conn: u64) -> O
     {
         let (s2, guilds) = (
             s.clone(),
-            lock(&sref).guilds.iter().copied().collect::<Vec<u64>>(),
+            lock(&sref).guilds.iter().copied().collect::<Vec<GuildId>>(),
         );
         let sid2 = sid.to_string();
-        tokio::spawn(
-            async move { crate::nodes::rehome_session(&s2, uid.get(), &guilds, &sid2).await },
-        );
+        tokio::spawn(async move { crate::nodes::rehome_session(&s2, uid, &guilds, &sid2).await });
     }
     if m.node != s.shared.me {
         let msg = crate::voice::executor::NodeMsg::SessionMoved(Moved {
@@ -366,8 +365,8 @@ mod tests {
     use super::*;
     use crate::shared::{NodeId, SessionMeta};
 
-    const G: Route = Route::Guild(5);
-    const U: Route = Route::User(7);
+    const G: Route = Route::Guild(GuildId(5));
+    const U: Route = Route::User(UserId(7));
 
     fn id(ms: u64) -> StreamId {
         StreamId { ms, seq: 0 }
@@ -385,10 +384,10 @@ mod tests {
         StoredSession {
             meta: SessionMeta {
                 session: "s".into(),
-                user: 7,
+                user: UserId(7),
                 token_hash: "h".into(),
                 intents: 0,
-                guilds: vec![5],
+                guilds: vec![GuildId(5)],
                 floor: 2,
                 created: id(100),
                 routes: BTreeMap::new(),
@@ -408,7 +407,7 @@ mod tests {
             (5, shared(U, 120)),
             (6, shared(G, 130)),
         ]);
-        let p = plan(&st, 7, 3).unwrap();
+        let p = plan(&st, UserId(7), 3).unwrap();
         assert_eq!(p.top, 6);
         assert_eq!(
             p.replay,
@@ -416,9 +415,9 @@ mod tests {
             "the own payload keeps its number but is not replayed"
         );
         assert_eq!(p.from, [(G, id(130)), (U, id(120))].into());
-        assert_eq!(plan(&st, 7, 6).unwrap().replay, vec![]);
+        assert_eq!(plan(&st, UserId(7), 6).unwrap().replay, vec![]);
         // Nothing logged yet: read every route from the session's creation.
-        let p = plan(&stored(vec![]), 7, 2).unwrap();
+        let p = plan(&stored(vec![]), UserId(7), 2).unwrap();
         assert_eq!((p.top, p.from), (2, [(G, id(100)), (U, id(100))].into()));
     }
 
@@ -431,26 +430,26 @@ mod tests {
             (7, 5, Refused::Ahead),
         ];
         for (user, acked, want) in cases {
-            assert_eq!(plan(&st, user, acked), Err(want));
+            assert_eq!(plan(&st, UserId(user), acked), Err(want));
         }
         let trimmed = stored(vec![(10, shared(G, 110)), (11, shared(G, 111))]);
-        assert_eq!(plan(&trimmed, 7, 5), Err(Refused::NotLogged(6)));
-        assert!(plan(&trimmed, 7, 9).is_ok());
+        assert_eq!(plan(&trimmed, UserId(7), 5), Err(Refused::NotLogged(6)));
+        assert!(plan(&trimmed, UserId(7), 9).is_ok());
         let hole = stored(vec![(3, shared(G, 110)), (5, shared(G, 111))]);
-        assert_eq!(plan(&hole, 7, 2), Err(Refused::NotLogged(4)));
+        assert_eq!(plan(&hole, UserId(7), 2), Err(Refused::NotLogged(4)));
         let mut ended = stored(vec![]);
         ended.meta.ended = true;
-        assert_eq!(plan(&ended, 7, 2), Err(Refused::Ended));
+        assert_eq!(plan(&ended, UserId(7), 2), Err(Refused::Ended));
         let mut trimmed_node_log = stored(vec![(3, shared(G, 110))]);
         trimmed_node_log.intact = false;
-        assert_eq!(plan(&trimmed_node_log, 7, 3), Err(Refused::Trimmed));
+        assert_eq!(plan(&trimmed_node_log, UserId(7), 3), Err(Refused::Trimmed));
     }
 
     #[test]
     fn a_route_trimmed_out_of_the_log_starts_from_its_snapshot() {
         let mut st = stored(vec![(5000, shared(U, 900))]);
-        st.meta.routes = [(G, id(800)), (Route::Guild(99), id(1))].into();
-        let p = plan(&st, 7, 4999).unwrap();
+        st.meta.routes = [(G, id(800)), (Route::Guild(GuildId(99)), id(1))].into();
+        let p = plan(&st, UserId(7), 4999).unwrap();
         assert_eq!(
             p.from,
             [(G, id(800)), (U, id(900))].into(),

@@ -31,13 +31,13 @@ type Slot<T> = Arc<OnceCell<Arc<T>>>;
 struct GuildMaps {
     epoch: u64,
     guild: Slot<(Guild, Vec<Role>)>,
-    channels: HashMap<u64, Slot<Channel>>,
-    members: HashMap<u64, Slot<Option<Vec<RoleId>>>>,
+    channels: HashMap<ChannelId, Slot<Channel>>,
+    members: HashMap<UserId, Slot<Option<Vec<RoleId>>>>,
 }
 
 #[derive(Default)]
 pub struct VisibilityCache {
-    guilds: Mutex<HashMap<u64, GuildMaps>>,
+    guilds: Mutex<HashMap<GuildId, GuildMaps>>,
 }
 
 impl VisibilityCache {
@@ -47,9 +47,9 @@ impl VisibilityCache {
         &self,
         store: &Store,
         epoch: u64,
-        guild: u64,
-        channel: u64,
-        user: u64,
+        guild: GuildId,
+        channel: ChannelId,
+        user: UserId,
     ) -> bool {
         self.permissions(store, epoch, guild, channel, user)
             .await
@@ -63,20 +63,20 @@ impl VisibilityCache {
         &self,
         store: &Store,
         epoch: u64,
-        guild: u64,
-        channel: u64,
-        user: u64,
+        guild: GuildId,
+        channel: ChannelId,
+        user: UserId,
     ) -> Permissions {
         let perms = async {
             let g = self.guild(store, epoch, guild).await?;
             let c = self.keyed(guild, epoch, |m| &mut m.channels, channel);
             let c = c
                 .get_or_try_init(|| async {
-                    Ok::<_, ChatError>(Arc::new(store.channel(ChannelId(channel)).await?))
+                    Ok::<_, ChatError>(Arc::new(store.channel(channel).await?))
                 })
                 .await?
                 .clone();
-            if c.guild_id != GuildId(guild) {
+            if c.guild_id != guild {
                 return Ok(Permissions(0));
             }
             let mine = self.member_roles(store, epoch, &g, user).await?;
@@ -88,14 +88,14 @@ impl VisibilityCache {
                 &g.1,
                 mine,
                 Some(&c),
-                UserId(user),
+                user,
             ))
         };
         perms.await.unwrap_or(Permissions(0))
     }
 
     /// Is `user` a member of `guild`, as of the guild's `epoch`? Errors mean no.
-    pub async fn is_member(&self, store: &Store, epoch: u64, guild: u64, user: u64) -> bool {
+    pub async fn is_member(&self, store: &Store, epoch: u64, guild: GuildId, user: UserId) -> bool {
         let member = async {
             let g = self.guild(store, epoch, guild).await?;
             Ok::<_, ChatError>(self.member_roles(store, epoch, &g, user).await?.is_some())
@@ -107,13 +107,13 @@ impl VisibilityCache {
         &self,
         store: &Store,
         epoch: u64,
-        guild: u64,
+        guild: GuildId,
     ) -> Result<Arc<(Guild, Vec<Role>)>, ChatError> {
         let g = self.slot(guild, epoch, |m| &mut m.guild);
         let g = g
             .get_or_try_init(|| async {
-                let gd = store.guild(GuildId(guild)).await?;
-                let roles = store.roles(GuildId(guild)).await?;
+                let gd = store.guild(guild).await?;
+                let roles = store.roles(guild).await?;
                 Ok::<_, ChatError>(Arc::new((gd, roles)))
             })
             .await?;
@@ -126,12 +126,12 @@ impl VisibilityCache {
         store: &Store,
         epoch: u64,
         g: &(Guild, Vec<Role>),
-        user: u64,
+        user: UserId,
     ) -> Result<Arc<Option<Vec<RoleId>>>, ChatError> {
-        let m = self.keyed(g.0.id.get(), epoch, |m| &mut m.members, user);
+        let m = self.keyed(g.0.id, epoch, |m| &mut m.members, user);
         let mine = m
             .get_or_try_init(|| async {
-                Ok::<_, ChatError>(Arc::new(store.member_role_ids(&g.0, UserId(user)).await?))
+                Ok::<_, ChatError>(Arc::new(store.member_role_ids(&g.0, user).await?))
             })
             .await?;
         Ok(mine.clone())
@@ -141,7 +141,7 @@ impl VisibilityCache {
     /// a caller that read an older epoch than the cache holds (it gets a private cell).
     fn with_guild<R>(
         &self,
-        guild: u64,
+        guild: GuildId,
         epoch: u64,
         f: impl FnOnce(&mut GuildMaps) -> R,
     ) -> Option<R> {
@@ -173,7 +173,7 @@ impl VisibilityCache {
 
     fn slot<T>(
         &self,
-        guild: u64,
+        guild: GuildId,
         epoch: u64,
         cell: impl FnOnce(&mut GuildMaps) -> &mut Slot<T>,
     ) -> Slot<T> {
@@ -183,7 +183,7 @@ impl VisibilityCache {
 
     fn keyed<K: Eq + Hash, T>(
         &self,
-        guild: u64,
+        guild: GuildId,
         epoch: u64,
         map: impl FnOnce(&mut GuildMaps) -> &mut HashMap<K, Slot<T>>,
         key: K,
@@ -196,23 +196,27 @@ impl VisibilityCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lodge_ids::{ChannelId, GuildId};
 
     #[test]
     fn a_newer_epoch_empties_only_its_guild_and_an_older_one_is_not_shared() {
         let cache = VisibilityCache::default();
-        let a = cache.keyed(1, 1, |m| &mut m.channels, 7u64);
-        let b = cache.keyed(1, 1, |m| &mut m.channels, 7u64);
+        let a = cache.keyed(GuildId(1), 1, |m| &mut m.channels, ChannelId(7));
+        let b = cache.keyed(GuildId(1), 1, |m| &mut m.channels, ChannelId(7));
         assert!(Arc::ptr_eq(&a, &b), "one cell per key within an epoch");
-        let other = cache.keyed(2, 1, |m| &mut m.channels, 8u64);
-        let c = cache.keyed(1, 2, |m| &mut m.channels, 7u64);
+        let other = cache.keyed(GuildId(2), 1, |m| &mut m.channels, ChannelId(8));
+        let c = cache.keyed(GuildId(1), 2, |m| &mut m.channels, ChannelId(7));
         assert!(!Arc::ptr_eq(&a, &c), "a new epoch starts the guild over");
         assert!(
-            Arc::ptr_eq(&other, &cache.keyed(2, 1, |m| &mut m.channels, 8u64)),
+            Arc::ptr_eq(
+                &other,
+                &cache.keyed(GuildId(2), 1, |m| &mut m.channels, ChannelId(8))
+            ),
             "another guild's entries survive"
         );
-        let old = cache.keyed(1, 1, |m| &mut m.channels, 7u64);
+        let old = cache.keyed(GuildId(1), 1, |m| &mut m.channels, ChannelId(7));
         assert!(!Arc::ptr_eq(&old, &c), "a stale reader gets a private cell");
-        let again = cache.keyed(1, 2, |m| &mut m.channels, 7u64);
+        let again = cache.keyed(GuildId(1), 2, |m| &mut m.channels, ChannelId(7));
         assert!(
             Arc::ptr_eq(&again, &c),
             "…and does not reset the current epoch"

@@ -107,7 +107,7 @@ pub async fn logout(
     let token = token_from_header(h);
     s.store.revoke_token(token).await?;
     let hash = lodge_chat::token_hash(token);
-    let ended = crate::gateway::end_sessions_of(&s, u.id.get(), Some(&hash)).await;
+    let ended = crate::gateway::end_sessions_of(&s, u.id, Some(&hash)).await;
     let _ = s.revoked.send(crate::app::Revoked {
         user: u.id.get(),
         token_hash: Some(hash),
@@ -120,7 +120,7 @@ pub async fn logout(
 /// live-quality connection of the user ends.
 pub async fn logout_all(State(s): State<AppState>, Auth(u): Auth) -> ApiResult<StatusCode> {
     let tokens = s.store.revoke_all_tokens(u.id).await?;
-    let ended = crate::gateway::end_sessions_of(&s, u.id.get(), None).await;
+    let ended = crate::gateway::end_sessions_of(&s, u.id, None).await;
     let _ = s.revoked.send(crate::app::Revoked {
         user: u.id.get(),
         token_hash: None,

@@ -31,13 +31,10 @@ fn ban_json(b: &Ban) -> Value {
 async fn tell_ban_watchers(s: &AppState, g: &Guild, t: DispatchKind, user: &User) {
     let d = json!({ "guild_id": g.id.to_string(), "user": wire::user(user) });
     match s.store.ban_watchers(g).await {
-        Ok(None) => s
-            .hub
-            .send(Target::Guild(g.id.get()), Some(g.id.get()), None, t, d),
+        Ok(None) => s.hub.send(Target::Guild(g.id), Some(g.id), None, t, d),
         Ok(Some(users)) => {
             for u in users {
-                s.hub
-                    .send(Target::User(u.get()), Some(g.id.get()), None, t, d.clone());
+                s.hub.send(Target::User(u), Some(g.id), None, t, d.clone());
             }
         }
         Err(e) => tracing::warn!(guild = %g.id, error = %e, "{t} not dispatched"),
@@ -135,8 +132,8 @@ pub async fn ban(
     if effect.was_member {
         // The user's own sessions drop the guild first, so they are not told of their ban.
         s.hub.send(
-            Target::User(target),
-            Some(g.id.get()),
+            Target::User(UserId(target)),
+            Some(g.id),
             None,
             DispatchKind::GuildDelete,
             json!({ "id": gid }),
@@ -145,8 +142,8 @@ pub async fn ban(
     tell_ban_watchers(&s, &g, DispatchKind::GuildBanAdd, &banned).await;
     if effect.was_member {
         s.hub.send(
-            Target::Guild(g.id.get()),
-            Some(g.id.get()),
+            Target::Guild(g.id),
+            Some(g.id),
             None,
             DispatchKind::GuildMemberRemove,
             json!({ "guild_id": gid, "user": wire::user(&banned) }),
@@ -154,9 +151,9 @@ pub async fn ban(
     }
     for (channel, ids) in &effect.deleted {
         s.hub.send(
-            Target::Guild(g.id.get()),
-            Some(g.id.get()),
-            Some(*channel),
+            Target::Guild(g.id),
+            Some(g.id),
+            Some(lodge_ids::ChannelId(*channel)),
             DispatchKind::MessageDeleteBulk,
             json!({ "ids": ids.iter().map(u64::to_string).collect::<Vec<_>>(),
                     "channel_id": channel.to_string(), "guild_id": gid }),

@@ -57,9 +57,9 @@ pub async fn update(
         .await?;
     let v = wire::channel(&c);
     s.hub.send(
-        Target::Guild(g.id.get()),
-        Some(g.id.get()),
-        Some(c.id.get()),
+        Target::Guild(g.id),
+        Some(g.id),
+        Some(c.id),
         DispatchKind::ChannelUpdate,
         v.clone(),
     );
@@ -77,8 +77,8 @@ pub async fn remove(
     let c = s.store.delete_channel(c.id).await?;
     let v = wire::channel(&c);
     s.hub.send(
-        Target::Guild(g.id.get()),
-        Some(g.id.get()),
+        Target::Guild(g.id),
+        Some(g.id),
         None,
         DispatchKind::ChannelDelete,
         v.clone(),
@@ -101,9 +101,9 @@ pub async fn put_overwrite(
     s.store.set_overwrite(c.id, ow).await?;
     let c = s.store.channel(c.id).await?;
     s.hub.send(
-        Target::Guild(g.id.get()),
-        Some(g.id.get()),
-        Some(c.id.get()),
+        Target::Guild(g.id),
+        Some(g.id),
+        Some(c.id),
         DispatchKind::ChannelUpdate,
         wire::channel(&c),
     );
@@ -123,9 +123,9 @@ pub async fn delete_overwrite(
         .await?;
     let c = s.store.channel(c.id).await?;
     s.hub.send(
-        Target::Guild(g.id.get()),
-        Some(g.id.get()),
-        Some(c.id.get()),
+        Target::Guild(g.id),
+        Some(g.id),
+        Some(c.id),
         DispatchKind::ChannelUpdate,
         wire::channel(&c),
     );
@@ -229,16 +229,16 @@ pub async fn accept_invite(
         let mut mv = wire::member(&m);
         mv["guild_id"] = json!(g.id.to_string());
         s.hub.send(
-            Target::Guild(g.id.get()),
-            Some(g.id.get()),
+            Target::Guild(g.id),
+            Some(g.id),
             None,
             DispatchKind::GuildMemberAdd,
             mv,
         );
-        let payload = crate::gateway::payloads::guild_create(&s, &g, u.id.get()).await?;
+        let payload = crate::gateway::payloads::guild_create(&s, &g, u.id).await?;
         s.hub.send(
-            Target::User(u.id.get()),
-            Some(g.id.get()),
+            Target::User(u.id),
+            Some(g.id),
             None,
             DispatchKind::GuildCreate,
             payload,

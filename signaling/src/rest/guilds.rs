@@ -30,10 +30,10 @@ pub async fn create(
     let g = s.store.create_guild(&u, &b.name).await?;
     tracing::info!(guild = %g.id, owner = %u.id, "guild created");
     let roles = s.store.roles(g.id).await?;
-    let payload = crate::gateway::payloads::guild_create(&s, &g, u.id.get()).await?;
+    let payload = crate::gateway::payloads::guild_create(&s, &g, u.id).await?;
     s.hub.send(
-        Target::User(u.id.get()),
-        Some(g.id.get()),
+        Target::User(u.id),
+        Some(g.id),
         None,
         DispatchKind::GuildCreate,
         payload,
@@ -84,8 +84,8 @@ pub async fn update(
     let roles = s.store.roles(g.id).await?;
     let v = wire::guild(&g, &roles);
     s.hub.send(
-        Target::Guild(g.id.get()),
-        Some(g.id.get()),
+        Target::Guild(g.id),
+        Some(g.id),
         None,
         DispatchKind::GuildUpdate,
         v.clone(),
@@ -106,8 +106,8 @@ pub async fn remove(
     }
     crate::voice::service::disconnect_guild(&s, g.id).await;
     s.hub.send(
-        Target::Guild(g.id.get()),
-        Some(g.id.get()),
+        Target::Guild(g.id),
+        Some(g.id),
         None,
         DispatchKind::GuildDelete,
         json!({ "id": g.id.to_string(), "unavailable": false }),
@@ -245,9 +245,9 @@ pub async fn create_channel(
         .await?;
     let v = wire::channel(&c);
     s.hub.send(
-        Target::Guild(g.id.get()),
-        Some(g.id.get()),
-        Some(c.id.get()),
+        Target::Guild(g.id),
+        Some(g.id),
+        Some(c.id),
         DispatchKind::ChannelCreate,
         v.clone(),
     );
@@ -321,15 +321,15 @@ pub async fn kick(
     s.store.remove_member(g.id, UserId(target)).await?;
     crate::voice::service::disconnect_user(&s, g.id, UserId(target)).await;
     s.hub.send(
-        Target::Guild(g.id.get()),
-        Some(g.id.get()),
+        Target::Guild(g.id),
+        Some(g.id),
         None,
         DispatchKind::GuildMemberRemove,
         json!({ "guild_id": g.id.to_string(), "user": wire::user(&m.user) }),
     );
     s.hub.send(
-        Target::User(target),
-        Some(g.id.get()),
+        Target::User(UserId(target)),
+        Some(g.id),
         None,
         DispatchKind::GuildDelete,
         json!({ "id": g.id.to_string() }),
@@ -361,7 +361,7 @@ pub async fn voice_states(
     Ok(Json(Value::Array(
         states
             .iter()
-            .filter(|v| visible.contains(&v.channel_id.get()))
+            .filter(|v| visible.contains(&v.channel_id))
             .map(|v| v.json())
             .collect(),
     )))
@@ -372,7 +372,7 @@ pub async fn visible_channels(
     s: &AppState,
     g: &lodge_chat::Guild,
     user_id: u64,
-) -> ApiResult<std::collections::HashSet<u64>> {
+) -> ApiResult<std::collections::HashSet<lodge_ids::ChannelId>> {
     let all = s.store.channels(g.id).await?;
     let perms = s
         .store
@@ -382,6 +382,6 @@ pub async fn visible_channels(
         .iter()
         .zip(perms)
         .filter(|(_, p)| p.has(Permissions::VIEW_CHANNEL))
-        .map(|(c, _)| c.id.get())
+        .map(|(c, _)| c.id)
         .collect())
 }

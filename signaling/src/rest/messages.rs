@@ -106,19 +106,13 @@ async fn dispatch_message(s: &AppState, t: DispatchKind, m: &Message) {
     };
     let d = body(referenced.as_ref());
     let unreferenced = match (m.reference, &referenced) {
-        (Some((_, cid)), Some(_)) if cid != m.channel_id => Some((cid.get(), body(None))),
+        (Some((_, cid)), Some(_)) if cid != m.channel_id => Some((cid, body(None))),
         _ => None,
     };
-    let mut full_for = vec![m.author.id.get()];
-    full_for.extend(m.mentions.iter().map(|u| u.id.get()));
-    s.hub.send_reply(
-        m.guild_id.get(),
-        m.channel_id.get(),
-        t,
-        d,
-        full_for,
-        unreferenced,
-    );
+    let mut full_for = vec![m.author.id];
+    full_for.extend(m.mentions.iter().map(|u| u.id));
+    s.hub
+        .send_reply(m.guild_id, m.channel_id, t, d, full_for, unreferenced);
 }
 
 #[derive(Deserialize)]
@@ -324,7 +318,7 @@ pub async fn delete(
         require(p, Permissions::MANAGE_MESSAGES, "MANAGE_MESSAGES")?;
     }
     s.store.delete_message(c.id, m.id).await?;
-    s.hub.send(Target::Guild(g.id.get()), Some(g.id.get()), Some(c.id.get()), DispatchKind::MessageDelete, json!({ "id": m.id.to_string(), "channel_id": c.id.to_string(), "guild_id": g.id.to_string() }));
+    s.hub.send(Target::Guild(g.id), Some(g.id), Some(c.id), DispatchKind::MessageDelete, json!({ "id": m.id.to_string(), "channel_id": c.id.to_string(), "guild_id": g.id.to_string() }));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -374,9 +368,9 @@ pub async fn react(
             d["member"] = wire::member(&member);
         }
         s.hub.send(
-            Target::Guild(c.guild_id.get()),
-            Some(c.guild_id.get()),
-            Some(c.id.get()),
+            Target::Guild(c.guild_id),
+            Some(c.guild_id),
+            Some(c.id),
             DispatchKind::MessageReactionAdd,
             d,
         );
@@ -397,9 +391,9 @@ pub async fn unreact(
             "guild_id": c.guild_id.to_string(), "emoji": wire::emoji(&emoji), "burst": false, "type": 0,
         });
         s.hub.send(
-            Target::Guild(c.guild_id.get()),
-            Some(c.guild_id.get()),
-            Some(c.id.get()),
+            Target::Guild(c.guild_id),
+            Some(c.guild_id),
+            Some(c.id),
             DispatchKind::MessageReactionRemove,
             d,
         );
@@ -450,9 +444,9 @@ pub async fn typing(
         d["member"] = wire::member(&member);
     }
     s.hub.send(
-        Target::Guild(c.guild_id.get()),
-        Some(c.guild_id.get()),
-        Some(c.id.get()),
+        Target::Guild(c.guild_id),
+        Some(c.guild_id),
+        Some(c.id),
         DispatchKind::TypingStart,
         d,
     );

@@ -74,7 +74,8 @@ pub struct ChannelViews {
     /// channel id → the channel, or `None` if unknown.
     channels: std::collections::HashMap<u64, Option<Channel>>,
     /// guild → the channel ids the viewer may view there (None: not a member).
-    guilds: std::collections::HashMap<u64, Option<std::collections::HashSet<u64>>>,
+    guilds:
+        std::collections::HashMap<lodge_ids::GuildId, Option<std::collections::HashSet<ChannelId>>>,
 }
 
 impl ChannelViews {
@@ -84,7 +85,7 @@ impl ChannelViews {
             e.insert(s.store.channel(ChannelId(channel_id)).await.ok());
         }
         let c = self.channels.get(&channel_id)?.clone()?;
-        if let std::collections::hash_map::Entry::Vacant(e) = self.guilds.entry(c.guild_id.get()) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.guilds.entry(c.guild_id) {
             // `channel_permissions` (under visible_channels) answers all-zero for non-members.
             let set = match s.store.guild(c.guild_id).await {
                 Ok(g) => guilds::visible_channels(s, &g, viewer).await.ok(),
@@ -94,9 +95,9 @@ impl ChannelViews {
         }
         let ok = self
             .guilds
-            .get(&c.guild_id.get())
+            .get(&c.guild_id)
             .and_then(|v| v.as_ref())
-            .is_some_and(|v| v.contains(&channel_id));
+            .is_some_and(|v| v.contains(&ChannelId(channel_id)));
         ok.then_some(c)
     }
 

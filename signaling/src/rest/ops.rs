@@ -34,7 +34,7 @@ pub async fn gateway(State(s): State<AppState>) -> Json<Value> {
 /// The gateway URL and what is left of the caller's `session_start_limit` (enforced at
 /// Identify).
 pub async fn gateway_bot(State(s): State<AppState>, Auth(u): Auth) -> Json<Value> {
-    let l = s.session_starts.remaining(u.id.get()).await;
+    let l = s.session_starts.remaining(u.id).await;
     Json(json!({
         "url": s.cfg.gateway_url(),
         "shards": 1,

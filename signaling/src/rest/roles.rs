@@ -61,15 +61,15 @@ fn no_escalation(actor: Permissions, wanted: u64) -> ApiResult<()> {
 
 async fn after_role_change(s: &AppState, g: u64) {
     // CONNECT/SPEAK may have changed for anyone in voice.
-    let channels: std::collections::HashSet<u64> =
+    let channels: std::collections::HashSet<lodge_ids::ChannelId> =
         crate::voice::executor::guild_states(s, GuildId(g))
             .await
             .unwrap_or_default()
             .iter()
-            .map(|v| v.channel_id.get())
+            .map(|v| v.channel_id)
             .collect();
     for c in channels {
-        crate::voice::service::refresh_channel_permissions(s, GuildId(g), ChannelId(c)).await;
+        crate::voice::service::refresh_channel_permissions(s, GuildId(g), c).await;
     }
 }
 
@@ -111,8 +111,8 @@ pub async fn create(
     }
     let v = wire::role(&r);
     s.hub.send(
-        Target::Guild(g.id.get()),
-        Some(g.id.get()),
+        Target::Guild(g.id),
+        Some(g.id),
         None,
         DispatchKind::GuildRoleCreate,
         json!({ "guild_id": g.id.to_string(), "role": v }),
@@ -160,8 +160,8 @@ pub async fn update(
         .await?;
     let v = wire::role(&r);
     s.hub.send(
-        Target::Guild(g.id.get()),
-        Some(g.id.get()),
+        Target::Guild(g.id),
+        Some(g.id),
         None,
         DispatchKind::GuildRoleUpdate,
         json!({ "guild_id": g.id.to_string(), "role": v }),
@@ -183,8 +183,8 @@ pub async fn delete(
     may_manage(&s, &g, &u, Some(&r)).await?;
     s.store.delete_role(g.id, r.id).await?;
     s.hub.send(
-        Target::Guild(g.id.get()),
-        Some(g.id.get()),
+        Target::Guild(g.id),
+        Some(g.id),
         None,
         DispatchKind::GuildRoleDelete,
         json!({ "guild_id": g.id.to_string(), "role_id": r.id.to_string() }),
@@ -198,8 +198,8 @@ async fn member_update_dispatch(s: &AppState, g: &Guild, user: u64) {
         let mut v = wire::member(&m);
         v["guild_id"] = json!(g.id.to_string());
         s.hub.send(
-            Target::Guild(g.id.get()),
-            Some(g.id.get()),
+            Target::Guild(g.id),
+            Some(g.id),
             None,
             DispatchKind::GuildMemberUpdate,
             v,

@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{Fut, NodeId, SharedResult};
+use lodge_ids::UserId;
 
 /// `session_start_limit`, from the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,17 +49,17 @@ pub trait StartBudgets: Send + Sync {
     /// Count one Identify of `user`, or refuse it (a refusal uses nothing up).
     fn try_start(
         &self,
-        user: u64,
+        user: UserId,
         limits: StartLimits,
     ) -> Fut<'_, SharedResult<Result<Remaining, StartRefused>>>;
     /// What is left for `user`, without using any.
-    fn remaining(&self, user: u64, limits: StartLimits) -> Fut<'_, SharedResult<Remaining>>;
+    fn remaining(&self, user: UserId, limits: StartLimits) -> Fut<'_, SharedResult<Remaining>>;
 }
 
 /// Whom a REST request is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Caller {
-    User(u64),
+    User(UserId),
     /// The client address's limit key (IPv4, or IPv6 /64).
     Addr(IpAddr),
 }
@@ -138,14 +139,20 @@ pub fn visible_status(status: &str) -> &str {
 pub trait Presences: Send + Sync {
     /// Apply a change made on this node. `Some(what others now see)` when that changed (a
     /// PRESENCE_UPDATE is due), `None` when it did not.
-    fn update(&self, user: u64, change: PresenceChange) -> Fut<'_, SharedResult<Option<Visible>>>;
+    fn update(
+        &self,
+        user: UserId,
+        change: PresenceChange,
+    ) -> Fut<'_, SharedResult<Option<Visible>>>;
     /// Online-looking presences among `users` (for READY, GUILD_CREATE and member chunks), in
     /// `users`' order.
-    fn snapshot<'a>(&'a self, users: &'a [u64]) -> Fut<'a, SharedResult<Vec<(u64, Visible)>>>;
+    fn snapshot<'a>(&'a self, users: &'a [UserId])
+        -> Fut<'a, SharedResult<Vec<(UserId, Visible)>>>;
     /// `node` is gone: drop its connections. Returns the users that went offline (a
     /// PRESENCE_UPDATE is due for each). Safe to call from several nodes at once: each user's
     /// change is reported once.
-    fn forget_node<'a>(&'a self, node: &'a NodeId) -> Fut<'a, SharedResult<Vec<(u64, Visible)>>>;
+    fn forget_node<'a>(&'a self, node: &'a NodeId)
+        -> Fut<'a, SharedResult<Vec<(UserId, Visible)>>>;
 }
 
 /// Whose failures an account limit counts (`crate::account_limits`): a client address (its

@@ -4,6 +4,7 @@
 //! in-process limits and presences are the per-process code where it always was
 //! (`gateway/session_start.rs`, `ratelimit.rs`, `gateway/presence.rs`).
 
+use lodge_ids::{ChannelId, GuildId, UserId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,15 +51,15 @@ impl Registry for LocalRegistry {
 /// Room homes in this process (with one node, always this node).
 #[derive(Default)]
 pub struct LocalPlacement {
-    rooms: Mutex<HashMap<(u64, u64), RoomHome>>,
+    rooms: Mutex<HashMap<(GuildId, ChannelId), RoomHome>>,
     epoch: Mutex<u64>,
 }
 
 impl Placement for LocalPlacement {
     fn home<'a>(
         &'a self,
-        guild: u64,
-        channel: u64,
+        guild: GuildId,
+        channel: ChannelId,
         candidate: &'a NodeId,
         alive: &'a [NodeId],
     ) -> Fut<'a, SharedResult<RoomHome>> {
@@ -78,13 +79,17 @@ impl Placement for LocalPlacement {
         rooms.insert((guild, channel), h.clone());
         ready(Ok(h))
     }
-    fn current(&self, guild: u64, channel: u64) -> Fut<'_, SharedResult<Option<RoomHome>>> {
+    fn current(
+        &self,
+        guild: GuildId,
+        channel: ChannelId,
+    ) -> Fut<'_, SharedResult<Option<RoomHome>>> {
         ready(Ok(lock(&self.rooms).get(&(guild, channel)).cloned()))
     }
     fn release<'a>(
         &'a self,
-        guild: u64,
-        channel: u64,
+        guild: GuildId,
+        channel: ChannelId,
         home: &'a RoomHome,
     ) -> Fut<'a, SharedResult<()>> {
         let mut rooms = lock(&self.rooms);
@@ -98,7 +103,7 @@ impl Placement for LocalPlacement {
 /// Voice states in this process.
 #[derive(Default)]
 pub struct LocalVoiceStates {
-    by_guild: Mutex<HashMap<u64, HashMap<u64, String>>>,
+    by_guild: Mutex<HashMap<GuildId, HashMap<UserId, String>>>,
 }
 
 impl LocalVoiceStates {
@@ -106,8 +111,8 @@ impl LocalVoiceStates {
     /// and the write, so no other join can slip in between.
     fn swap_now(
         &self,
-        guild: u64,
-        user: u64,
+        guild: GuildId,
+        user: UserId,
         expected: Option<&str>,
         new: Option<&str>,
         cap: Option<ChannelCap>,
@@ -142,11 +147,11 @@ impl LocalVoiceStates {
 }
 
 impl VoiceStates for LocalVoiceStates {
-    fn get(&self, guild: u64, user: u64) -> Fut<'_, SharedResult<Option<String>>> {
+    fn get(&self, guild: GuildId, user: UserId) -> Fut<'_, SharedResult<Option<String>>> {
         let m = lock(&self.by_guild);
         ready(Ok(m.get(&guild).and_then(|g| g.get(&user)).cloned()))
     }
-    fn guild(&self, guild: u64) -> Fut<'_, SharedResult<Vec<(u64, String)>>> {
+    fn guild(&self, guild: GuildId) -> Fut<'_, SharedResult<Vec<(UserId, String)>>> {
         let m = lock(&self.by_guild);
         let v = m
             .get(&guild)
@@ -156,8 +161,8 @@ impl VoiceStates for LocalVoiceStates {
     }
     fn swap<'a>(
         &'a self,
-        guild: u64,
-        user: u64,
+        guild: GuildId,
+        user: UserId,
         expected: Option<&'a str>,
         new: Option<&'a str>,
     ) -> Fut<'a, SharedResult<bool>> {
@@ -167,15 +172,15 @@ impl VoiceStates for LocalVoiceStates {
     }
     fn swap_capped<'a>(
         &'a self,
-        guild: u64,
-        user: u64,
+        guild: GuildId,
+        user: UserId,
         expected: Option<&'a str>,
         new: Option<&'a str>,
         cap: ChannelCap,
     ) -> Fut<'a, SharedResult<Swapped>> {
         ready(Ok(self.swap_now(guild, user, expected, new, Some(cap))))
     }
-    fn guilds(&self) -> Fut<'_, SharedResult<Vec<u64>>> {
+    fn guilds(&self) -> Fut<'_, SharedResult<Vec<GuildId>>> {
         ready(Ok(lock(&self.by_guild).keys().copied().collect()))
     }
 }
@@ -242,8 +247,8 @@ impl Bus for LocalBus {
             ))))
         }
     }
-    fn watch_guild(&self, _guild: u64, _on: bool) {}
-    fn watch_user(&self, _user: u64, _on: bool) {}
+    fn watch_guild(&self, _guild: GuildId, _on: bool) {}
+    fn watch_user(&self, _user: UserId, _on: bool) {}
     fn synced(&self) -> Fut<'_, ()> {
         ready(())
     }
@@ -267,7 +272,7 @@ impl ResumeStore for LocalResume {
         _log: Vec<(u64, Logged)>,
     ) {
     }
-    fn follow(&self, _session: &str, _guilds: Vec<u64>, _joined: Option<(Route, StreamId)>) {}
+    fn follow(&self, _session: &str, _guilds: Vec<GuildId>, _joined: Option<(Route, StreamId)>) {}
     fn end(&self, _session: &str) {}
     fn close(&self, _session: &str) {}
     fn load<'a>(
@@ -327,15 +332,18 @@ mod tests {
     #[test]
     fn voice_state_swaps_are_compare_and_set() {
         let s = LocalVoiceStates::default();
-        assert!(block(s.swap(1, 2, None, Some("a"))).unwrap());
+        assert!(block(s.swap(GuildId(1), UserId(2), None, Some("a"))).unwrap());
         assert!(
-            !block(s.swap(1, 2, None, Some("b"))).unwrap(),
+            !block(s.swap(GuildId(1), UserId(2), None, Some("b"))).unwrap(),
             "a second insert loses"
         );
-        assert!(!block(s.swap(1, 2, Some("x"), Some("b"))).unwrap());
-        assert!(block(s.swap(1, 2, Some("a"), Some("b"))).unwrap());
-        assert_eq!(block(s.get(1, 2)).unwrap().as_deref(), Some("b"));
-        assert!(block(s.swap(1, 2, Some("b"), None)).unwrap());
+        assert!(!block(s.swap(GuildId(1), UserId(2), Some("x"), Some("b"))).unwrap());
+        assert!(block(s.swap(GuildId(1), UserId(2), Some("a"), Some("b"))).unwrap());
+        assert_eq!(
+            block(s.get(GuildId(1), UserId(2))).unwrap().as_deref(),
+            Some("b")
+        );
+        assert!(block(s.swap(GuildId(1), UserId(2), Some("b"), None)).unwrap());
         assert!(block(s.guilds()).unwrap().is_empty());
     }
 
@@ -353,20 +361,20 @@ mod tests {
     fn a_room_keeps_its_live_home_and_moves_with_a_new_epoch_when_it_dies() {
         let p = LocalPlacement::default();
         let (a, b) = (NodeId("a".into()), NodeId("b".into()));
-        let h1 = block(p.home(1, 2, &a, &[a.clone(), b.clone()])).unwrap();
+        let h1 = block(p.home(GuildId(1), ChannelId(2), &a, &[a.clone(), b.clone()])).unwrap();
         assert_eq!(h1.node, a);
-        let h2 = block(p.home(1, 2, &b, &[a.clone(), b.clone()])).unwrap();
+        let h2 = block(p.home(GuildId(1), ChannelId(2), &b, &[a.clone(), b.clone()])).unwrap();
         assert_eq!(h2, h1, "the live home stays");
-        let h3 = block(p.home(1, 2, &b, std::slice::from_ref(&b))).unwrap();
+        let h3 = block(p.home(GuildId(1), ChannelId(2), &b, std::slice::from_ref(&b))).unwrap();
         assert_eq!(h3.node, b);
         assert!(h3.epoch > h1.epoch);
-        block(p.release(1, 2, &h1)).unwrap();
+        block(p.release(GuildId(1), ChannelId(2), &h1)).unwrap();
         assert_eq!(
-            block(p.current(1, 2)).unwrap(),
+            block(p.current(GuildId(1), ChannelId(2))).unwrap(),
             Some(h3.clone()),
             "a stale release is ignored"
         );
-        block(p.release(1, 2, &h3)).unwrap();
-        assert_eq!(block(p.current(1, 2)).unwrap(), None);
+        block(p.release(GuildId(1), ChannelId(2), &h3)).unwrap();
+        assert_eq!(block(p.current(GuildId(1), ChannelId(2))).unwrap(), None);
     }
 }

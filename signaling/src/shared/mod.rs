@@ -8,7 +8,7 @@
 //! guild is under `{g:<guild>}`, about a user under `{u:<user>}`, about a gateway session under
 //! `{s:<session>}`. Node-wide keys (the registry) are few and small.
 
-use lodge_ids::ChannelId;
+use lodge_ids::{ChannelId, GuildId, UserId};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -159,19 +159,23 @@ pub trait Placement: Send + Sync {
     /// get the same answer.
     fn home<'a>(
         &'a self,
-        guild: u64,
-        channel: u64,
+        guild: GuildId,
+        channel: ChannelId,
         candidate: &'a NodeId,
         alive: &'a [NodeId],
     ) -> Fut<'a, SharedResult<RoomHome>>;
     /// The room's current home, if any.
-    fn current(&self, guild: u64, channel: u64) -> Fut<'_, SharedResult<Option<RoomHome>>>;
+    fn current(
+        &self,
+        guild: GuildId,
+        channel: ChannelId,
+    ) -> Fut<'_, SharedResult<Option<RoomHome>>>;
     /// The room emptied: forget its home, but only if it is still `home` (a newer placement
     /// is left alone).
     fn release<'a>(
         &'a self,
-        guild: u64,
-        channel: u64,
+        guild: GuildId,
+        channel: ChannelId,
         home: &'a RoomHome,
     ) -> Fut<'a, SharedResult<()>>;
 }
@@ -180,15 +184,15 @@ pub trait Placement: Send + Sync {
 /// compare-and-set against the value read, so two nodes changing one user's state at once
 /// cannot both win (the loser reads again and re-applies).
 pub trait VoiceStates: Send + Sync {
-    fn get(&self, guild: u64, user: u64) -> Fut<'_, SharedResult<Option<String>>>;
+    fn get(&self, guild: GuildId, user: UserId) -> Fut<'_, SharedResult<Option<String>>>;
     /// Every state of the guild: (user, value).
-    fn guild(&self, guild: u64) -> Fut<'_, SharedResult<Vec<(u64, String)>>>;
+    fn guild(&self, guild: GuildId) -> Fut<'_, SharedResult<Vec<(UserId, String)>>>;
     /// Replace `expected` (None: no state) with `new` (None: delete). False when the stored
     /// value was not `expected`.
     fn swap<'a>(
         &'a self,
-        guild: u64,
-        user: u64,
+        guild: GuildId,
+        user: UserId,
         expected: Option<&'a str>,
         new: Option<&'a str>,
     ) -> Fut<'a, SharedResult<bool>>;
@@ -198,20 +202,20 @@ pub trait VoiceStates: Send + Sync {
     /// overfill a channel.
     fn swap_capped<'a>(
         &'a self,
-        guild: u64,
-        user: u64,
+        guild: GuildId,
+        user: UserId,
         expected: Option<&'a str>,
         new: Option<&'a str>,
         cap: ChannelCap,
     ) -> Fut<'a, SharedResult<Swapped>>;
     /// Guilds that have at least one voice state (for sweeps after a node is lost).
-    fn guilds(&self) -> Fut<'_, SharedResult<Vec<u64>>>;
+    fn guilds(&self) -> Fut<'_, SharedResult<Vec<GuildId>>>;
 }
 
 /// A voice channel's `user_limit` as a capped swap enforces it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelCap {
-    pub channel_id: u64,
+    pub channel_id: ChannelId,
     pub limit: u32,
 }
 
@@ -219,7 +223,7 @@ impl ChannelCap {
     /// The text every stored state in this channel contains, and no other state does (see
     /// [`crate::voice::state::channel_marker`]).
     pub fn marker(&self) -> String {
-        crate::voice::state::channel_marker(ChannelId(self.channel_id))
+        crate::voice::state::channel_marker(self.channel_id)
     }
 }
 
@@ -259,8 +263,8 @@ pub trait Bus: Send + Sync {
     fn to_node<'a>(&'a self, node: &'a NodeId, msg: String) -> Fut<'a, SharedResult<()>>;
     /// This node wants a guild's (or a user's) dispatches while it has sessions for them;
     /// calls count (two sessions in a guild: watched until both unwatch).
-    fn watch_guild(&self, guild: u64, on: bool);
-    fn watch_user(&self, user: u64, on: bool);
+    fn watch_guild(&self, guild: GuildId, on: bool);
+    fn watch_user(&self, user: UserId, on: bool);
     /// Resolves once every watch asked for so far is in effect (a session subscribes, waits
     /// for this, then reads its snapshot: nothing published after the snapshot is missed).
     fn synced(&self) -> Fut<'_, ()>;
@@ -270,11 +274,11 @@ pub trait Bus: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionMeta {
     pub session: String,
-    pub user: u64,
+    pub user: UserId,
     /// `lodge_chat::token_hash` of the token it identified with.
     pub token_hash: String,
     pub intents: u64,
-    pub guilds: Vec<u64>,
+    pub guilds: Vec<GuildId>,
     /// The sequence number of its last payload that is never logged (READY and the identify
     /// GUILD_CREATEs): a resume must have seen it.
     pub floor: u64,
@@ -344,7 +348,7 @@ pub trait ResumeStore: Send + Sync {
     );
     /// The session's guilds changed; `joined`: the route it now watches and the position it
     /// starts from.
-    fn follow(&self, session: &str, guilds: Vec<u64>, joined: Option<(Route, StreamId)>);
+    fn follow(&self, session: &str, guilds: Vec<GuildId>, joined: Option<(Route, StreamId)>);
     /// The session was ended on this node: it must not be resumed anywhere.
     fn end(&self, session: &str);
     /// The session expired on this node: forget it (unless another node has taken it over).

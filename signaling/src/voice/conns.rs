@@ -3,6 +3,7 @@
 //! Short critical sections under one std mutex (never held across an await, never touched by
 //! the media hot path).
 
+use lodge_ids::{ChannelId, GuildId, UserId};
 use std::collections::HashMap;
 
 use lodge_sfu::ParticipantIdx;
@@ -24,17 +25,17 @@ pub struct VoiceConn {
     /// The caller's voice state as this home last saw it (written back if the shared state
     /// loses it).
     pub state: Option<super::VoiceState>,
-    pub user_id: u64,
-    pub guild_id: u64,
-    pub channel_id: u64,
+    pub user_id: UserId,
+    pub guild_id: GuildId,
+    pub channel_id: ChannelId,
     pub participant: Option<ParticipantIdx>,
     /// Slot SSRC → user currently announced in it.
-    pub slots: HashMap<u32, u64>,
+    pub slots: HashMap<u32, UserId>,
 }
 
 impl VoiceConn {
     /// Record a slot change and send the matching op 5 (nothing when an empty slot empties).
-    pub fn slot_changed(&mut self, ssrc: u32, speaker: Option<u64>) {
+    pub fn slot_changed(&mut self, ssrc: u32, speaker: Option<UserId>) {
         let msg = match speaker {
             Some(u) => {
                 self.slots.insert(ssrc, u);
@@ -58,11 +59,11 @@ const MAX_EARLY_SLOT_CHANGES: usize = 64;
 pub struct VoiceConns {
     pub conns: HashMap<u64, VoiceConn>,
     /// (guild, user) → the connection hosted here.
-    pub by_user: HashMap<(u64, u64), u64>,
+    pub by_user: HashMap<(GuildId, UserId), u64>,
     pub by_participant: HashMap<ParticipantIdx, u64>,
     /// Slot changes (ssrc, speaker) for participants not yet mapped to a connection; cleared
     /// when the participant is mapped or leaves.
-    early_slots: HashMap<ParticipantIdx, Vec<(u32, Option<u64>)>>,
+    early_slots: HashMap<ParticipantIdx, Vec<(u32, Option<UserId>)>>,
     next_conn: u64,
     /// Voice connections closed because the client did not keep up (outbox full or a write
     /// timed out), since start.
@@ -89,7 +90,7 @@ impl VoiceConns {
 
     /// A slot of `listener` changed: announce it on its connection, or keep it until the
     /// connection is mapped.
-    pub fn slot_changed(&mut self, listener: ParticipantIdx, ssrc: u32, speaker: Option<u64>) {
+    pub fn slot_changed(&mut self, listener: ParticipantIdx, ssrc: u32, speaker: Option<UserId>) {
         match self.by_participant.get(&listener).copied() {
             Some(conn_id) => {
                 if let Some(conn) = self.conns.get_mut(&conn_id) {
@@ -148,7 +149,7 @@ impl VoiceConns {
     }
 
     /// The connection hosted for (guild, user) if it belongs to `generation`.
-    pub fn conn_of(&self, guild: u64, user: u64, generation: u64) -> Option<u64> {
+    pub fn conn_of(&self, guild: GuildId, user: UserId, generation: u64) -> Option<u64> {
         self.by_user.get(&(guild, user)).copied().filter(|id| {
             self.conns
                 .get(id)
@@ -157,7 +158,7 @@ impl VoiceConns {
     }
 
     /// Users with a live voice connection in a channel.
-    pub fn users_in(&self, guild_id: u64, channel_id: u64) -> Vec<u64> {
+    pub fn users_in(&self, guild_id: GuildId, channel_id: ChannelId) -> Vec<UserId> {
         self.conns
             .values()
             .filter(|c| c.guild_id == guild_id && c.channel_id == channel_id)
@@ -169,6 +170,7 @@ impl VoiceConns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lodge_ids::{ChannelId, GuildId, UserId};
 
     #[test]
     fn slot_changes_before_the_mapping_are_replayed_in_order() {
@@ -178,16 +180,16 @@ mod tests {
             tx,
             generation: 1,
             state: None,
-            user_id: 1,
-            guild_id: 2,
-            channel_id: 3,
+            user_id: UserId(1),
+            guild_id: GuildId(2),
+            channel_id: ChannelId(3),
             participant: None,
             slots: HashMap::new(),
         });
         let idx = ParticipantIdx(7);
         // The node assigns slots before the gateway learns which participant is whose.
-        r.slot_changed(idx, 100, Some(10));
-        r.slot_changed(idx, 101, Some(11));
+        r.slot_changed(idx, 100, Some(UserId(10)));
+        r.slot_changed(idx, 101, Some(UserId(11)));
         r.slot_changed(idx, 100, None);
         assert!(
             rx.try_next().is_none(),
@@ -210,12 +212,12 @@ mod tests {
                 (100, "10".into(), 0)
             ]
         );
-        assert_eq!(r.conns[&conn].slots, HashMap::from([(101, 11)]));
+        assert_eq!(r.conns[&conn].slots, HashMap::from([(101, UserId(11))]));
         // Once mapped, changes go straight out.
-        r.slot_changed(idx, 102, Some(12));
+        r.slot_changed(idx, 102, Some(UserId(12)));
         assert!(matches!(rx.try_next(), Some(VoiceOut::Json(_))));
         // What was kept for a participant that leaves unmapped is dropped.
-        r.slot_changed(ParticipantIdx(8), 1, Some(1));
+        r.slot_changed(ParticipantIdx(8), 1, Some(UserId(1)));
         r.participant_left(ParticipantIdx(8));
         assert!(r.early_slots.is_empty());
     }

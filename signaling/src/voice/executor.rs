@@ -63,15 +63,15 @@ pub async fn state(
     guild: GuildId,
     user: UserId,
 ) -> Result<Option<VoiceState>, SharedError> {
-    let raw = s.shared.voice_states.get(guild.get(), user.get()).await?;
+    let raw = s.shared.voice_states.get(guild, user).await?;
     raw.map(|r| parse(guild, user, &r)).transpose()
 }
 
 /// Every voice state of a guild, by channel then user.
 pub async fn guild_states(s: &AppState, guild: GuildId) -> Result<Vec<VoiceState>, SharedError> {
     let mut v = Vec::new();
-    for (user, raw) in s.shared.voice_states.guild(guild.get()).await? {
-        v.push(parse(guild, UserId(user), &raw)?);
+    for (user, raw) in s.shared.voice_states.guild(guild).await? {
+        v.push(parse(guild, user, &raw)?);
     }
     v.sort_by_key(|st| (st.channel_id, st.user_id));
     Ok(v)
@@ -97,7 +97,7 @@ pub async fn run_capped(
     cap: Option<ChannelCap>,
 ) -> Result<Applied, ExecError> {
     loop {
-        let raw = s.shared.voice_states.get(guild.get(), user.get()).await?;
+        let raw = s.shared.voice_states.get(guild, user).await?;
         let cur = raw.as_deref().map(|r| parse(guild, user, r)).transpose()?;
         let t = control::apply(guild, user, cur.as_ref(), input).map_err(ExecError::Refused)?;
         let issued_token = t
@@ -113,11 +113,8 @@ pub async fn run_capped(
                 let vs = &s.shared.voice_states;
                 let (old, new) = (raw.as_deref(), new_raw.as_deref());
                 let stored = match cap {
-                    None => vs.swap(guild.get(), user.get(), old, new).await?,
-                    Some(cap) => match vs
-                        .swap_capped(guild.get(), user.get(), old, new, cap)
-                        .await?
-                    {
+                    None => vs.swap(guild, user, old, new).await?,
+                    Some(cap) => match vs.swap_capped(guild, user, old, new, cap).await? {
                         Swapped::Done => true,
                         Swapped::Changed => false,
                         Swapped::Full => return Err(ExecError::Full(cap.limit)),
@@ -144,9 +141,9 @@ async fn perform(s: &AppState, guild: GuildId, user: UserId, e: Effect) {
     const VSU: DispatchKind = DispatchKind::VoiceStateUpdate;
     match e {
         Effect::StateUpdate { channel_id, json } => s.hub.send(
-            Target::Guild(guild.get()),
-            Some(guild.get()),
-            Some(channel_id.get()),
+            Target::Guild(guild),
+            Some(guild),
+            Some(channel_id),
             VSU,
             json,
         ),
@@ -155,7 +152,9 @@ async fn perform(s: &AppState, guild: GuildId, user: UserId, e: Effect) {
             to,
             json,
             left,
-        } => s.hub.send_move(guild.get(), from, to, VSU, json, left),
+        } => s
+            .hub
+            .send_move(guild, ChannelId(from), ChannelId(to), VSU, json, left),
         Effect::Left {
             channel_id,
             session_id,
@@ -167,30 +166,24 @@ async fn perform(s: &AppState, guild: GuildId, user: UserId, e: Effect) {
             // still hears of their own leave on their session.
             let sees_it = s
                 .visibility
-                .can_view(
-                    &s.store,
-                    s.hub.epoch(guild.get()),
-                    guild.get(),
-                    channel_id.get(),
-                    user.get(),
-                )
+                .can_view(&s.store, s.hub.epoch(guild), guild, channel_id, user)
                 .await;
             if !sees_it {
                 s.hub.send(
                     Target::Session {
-                        user: user.get(),
+                        user,
                         session: session_id,
                     },
-                    Some(guild.get()),
+                    Some(guild),
                     None,
                     VSU,
                     json.clone(),
                 );
             }
             s.hub.send(
-                Target::Guild(guild.get()),
-                Some(guild.get()),
-                Some(channel_id.get()),
+                Target::Guild(guild),
+                Some(guild),
+                Some(channel_id),
                 VSU,
                 json,
             );
@@ -209,10 +202,10 @@ async fn perform(s: &AppState, guild: GuildId, user: UserId, e: Effect) {
             let endpoint = super::placement::endpoint(s, &home).await;
             s.hub.send(
                 Target::Session {
-                    user: user.get(),
+                    user,
                     session: pending.session_id,
                 },
-                Some(guild.get()),
+                Some(guild),
                 None,
                 DispatchKind::VoiceServerUpdate,
                 json!({ "token": token, "guild_id": guild.to_string(), "endpoint": endpoint }),
@@ -248,7 +241,7 @@ pub async fn apply_here(s: &AppState, cmd: HomeCmd) {
         HomeCmd::Flags { state } => {
             let part = {
                 let mut v = s.voice();
-                let id = v.conn_of(state.guild_id.get(), state.user_id.get(), state.generation);
+                let id = v.conn_of(state.guild_id, state.user_id, state.generation);
                 id.and_then(|id| v.conns.get_mut(&id)).and_then(|c| {
                     c.state = Some(state.clone());
                     c.participant
@@ -267,7 +260,7 @@ pub async fn apply_here(s: &AppState, cmd: HomeCmd) {
         } => {
             let conn = {
                 let mut v = s.voice();
-                v.conn_of(guild_id.get(), user_id.get(), generation)
+                v.conn_of(guild_id, user_id, generation)
                     .and_then(|id| v.remove_conn(id))
             };
             let Some(conn) = conn else { return };
@@ -275,7 +268,7 @@ pub async fn apply_here(s: &AppState, cmd: HomeCmd) {
             super::service::notify_others(
                 s,
                 guild_id,
-                ChannelId(conn.channel_id),
+                conn.channel_id,
                 user_id,
                 super::client_disconnect(user_id.get()),
             );

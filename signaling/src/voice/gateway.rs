@@ -53,9 +53,9 @@ pub fn upgrade(ws: WebSocketUpgrade, s: AppState) -> Response {
 }
 
 struct Authed {
-    user_id: u64,
-    guild_id: u64,
-    channel_id: u64,
+    user_id: UserId,
+    guild_id: GuildId,
+    channel_id: ChannelId,
     conn_id: u64,
     generation: u64,
     joined: bool,
@@ -173,7 +173,7 @@ async fn run(s: AppState, sock: WebSocket) {
         Stop::TooSlow(reason) => {
             s.voice().slow_consumers_closed += 1;
             warn!(
-                user = me.as_ref().map(|a| a.user_id),
+                user = me.as_ref().map(|a| a.user_id.get()),
                 %reason,
                 "voice connection closed: slow consumer"
             );
@@ -231,7 +231,7 @@ async fn handle_text(
             let ready = payload(
                 Opcode::Ready,
                 json!({
-                    "ssrc": user_ssrc(a.user_id),
+                    "ssrc": user_ssrc(a.user_id.get()),
                     "ip": s.cfg.public_ip.to_string(),
                     "port": s.sfu.local_addr().port(),
                     "modes": ["aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize"],
@@ -240,8 +240,8 @@ async fn handle_text(
                 }),
             );
             info!(
-                user = a.user_id,
-                channel = a.channel_id,
+                user = %a.user_id,
+                channel = %a.channel_id,
                 "voice gateway identified"
             );
             *me = Some(a);
@@ -281,9 +281,9 @@ async fn handle_text(
             }
             super::service::notify_others(
                 s,
-                GuildId(a.guild_id),
-                ChannelId(a.channel_id),
-                UserId(a.user_id),
+                a.guild_id,
+                a.channel_id,
+                a.user_id,
                 payload(
                     Opcode::ClientsConnect,
                     json!({ "user_ids": [a.user_id.to_string()] }),
@@ -316,7 +316,11 @@ async fn handle_text(
 }
 
 async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u16, &'static str)> {
-    let (guild_id, user_id, session_id) = (i.server_id, i.user_id, i.session_id.as_str());
+    let (guild_id, user_id, session_id) = (
+        GuildId(i.server_id),
+        UserId(i.user_id),
+        i.session_id.as_str(),
+    );
     let redeemed = s.shared.voice_tokens.redeem(&i.token).await.map_err(|e| {
         warn!(error = %e, "voice token store unreachable");
         (
@@ -331,8 +335,7 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
     let t: PendingToken = redeemed
         .and_then(|raw| serde_json::from_str(&raw).ok())
         .ok_or(unknown)?;
-    if t.user_id != UserId(user_id) || t.guild_id != GuildId(guild_id) || t.session_id != session_id
-    {
+    if t.user_id != user_id || t.guild_id != guild_id || t.session_id != session_id {
         return Err((
             close::AUTHENTICATION_FAILED,
             "voice token was issued for another user, guild or session",
@@ -343,7 +346,7 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
         channel: t.channel_id,
         at: s.shared.me.clone(),
     };
-    let state = match executor::run(s, GuildId(guild_id), UserId(user_id), &connected).await {
+    let state = match executor::run(s, guild_id, user_id, &connected).await {
         Ok(a) => a.state,
         // (`Full` comes only from a capped join, which this is not.)
         Err(ExecError::Refused(_) | ExecError::Full(_)) => {
@@ -366,7 +369,7 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
         state,
         user_id,
         guild_id,
-        channel_id: t.channel_id.get(),
+        channel_id: t.channel_id,
         participant: None,
         slots: Default::default(),
     });
@@ -382,7 +385,7 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
     Ok(Authed {
         user_id,
         guild_id,
-        channel_id: t.channel_id.get(),
+        channel_id: t.channel_id,
         conn_id,
         generation: t.generation,
         joined: false,
@@ -395,7 +398,7 @@ async fn select_protocol(
     p: &SelectProtocol,
 ) -> Result<Value, (u16, String)> {
     let (sdp, slots) = (p.sdp.as_str(), p.slots);
-    let flags = executor::state(s, GuildId(a.guild_id), UserId(a.user_id))
+    let flags = executor::state(s, a.guild_id, a.user_id)
         .await
         .map_err(|e| {
             (
@@ -407,14 +410,14 @@ async fn select_protocol(
         .ok_or((close::SESSION_INVALID, "voice state is gone".to_string()))?
         .flags();
     let req = JoinRequest {
-        room: RoomId(a.channel_id),
-        guild: GuildId(a.guild_id),
-        user: UserId(a.user_id),
+        room: RoomId(a.channel_id.get()),
+        guild: a.guild_id,
+        user: a.user_id,
         offer: sdp.to_string(),
         flags,
     };
     let ans = s.sfu.join(req).await.map_err(|e| {
-        warn!(user = a.user_id, error = %e, "offer refused");
+        warn!(user = %a.user_id, error = %e, "offer refused");
         // A full node or a bound reached is no fault of the offer: 4014 (disconnected, do not
         // retry at once), with the limit named in the reason.
         let code = if e.is_limit() {
@@ -441,8 +444,12 @@ async fn select_protocol(
             // Slot announcements queued here are written after the answer: the caller's
             // loop does not read its outbox while this runs.
             v.map_participant(ans.idx, a.conn_id);
-            s.telemetry()
-                .start(ans.idx, a.guild_id, a.channel_id, a.user_id);
+            s.telemetry().start(
+                ans.idx,
+                a.guild_id.get(),
+                a.channel_id.get(),
+                a.user_id.get(),
+            );
             true
         } else {
             false
@@ -456,8 +463,8 @@ async fn select_protocol(
         ));
     }
     info!(
-        user = a.user_id,
-        channel = a.channel_id,
+        user = %a.user_id,
+        channel = %a.channel_id,
         slots = ans.slots.len(),
         "webrtc session described"
     );
@@ -483,31 +490,26 @@ async fn end_connection(s: &AppState, a: &Authed) {
     if conn.is_some() {
         super::service::notify_others(
             s,
-            GuildId(a.guild_id),
-            ChannelId(a.channel_id),
-            UserId(a.user_id),
-            super::client_disconnect(a.user_id),
+            a.guild_id,
+            a.channel_id,
+            a.user_id,
+            super::client_disconnect(a.user_id.get()),
         );
     }
     // The state goes with the connection, unless a newer placement replaced it meanwhile.
-    let left = super::service::leave_if(
-        s,
-        GuildId(a.guild_id),
-        UserId(a.user_id),
-        Guard::Generation(a.generation),
-    )
-    .await;
+    let left =
+        super::service::leave_if(s, a.guild_id, a.user_id, Guard::Generation(a.generation)).await;
     // On an edge the voice state is the origin's: tell it the caller left.
     if let Some(c) = s.cluster.get().filter(|_| left && s.is_edge()) {
         let gone = lodge_edge::Control::VoiceGone {
-            guild: a.guild_id,
-            user: a.user_id,
+            guild: a.guild_id.get(),
+            user: a.user_id.get(),
         };
         c.to_placer(a.guild_id, a.user_id, gone).await;
     }
     info!(
-        user = a.user_id,
-        channel = a.channel_id,
+        user = %a.user_id,
+        channel = %a.channel_id,
         "voice connection ended"
     );
 }

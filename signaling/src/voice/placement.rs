@@ -3,14 +3,15 @@
 use super::state::Home;
 use crate::app::AppState;
 use crate::shared::{NodeId, RoomHome, SharedError};
+use lodge_ids::{ChannelId, GuildId};
 
 /// The room's home: its current home while that node is registered, or else the node that
 /// claims it — among media nodes that are not draining, the caller's region first, then the
 /// fewest participants. With one node, always this node.
 pub async fn room_home(
     s: &AppState,
-    guild: u64,
-    channel: u64,
+    guild: GuildId,
+    channel: ChannelId,
     region: &str,
 ) -> Result<RoomHome, SharedError> {
     let nodes = s.shared.registry.live_nodes().await?;

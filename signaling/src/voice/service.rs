@@ -86,7 +86,7 @@ pub async fn placed_for(
     region: Option<&str>,
     can_speak: bool,
 ) -> ApiResult<Placed> {
-    let room = super::placement::room_home(s, guild.get(), channel.get(), region.unwrap_or(""))
+    let room = super::placement::room_home(s, guild, channel, region.unwrap_or(""))
         .await
         .map_err(unavailable)?;
     // An edge of the caller's region trunked to the room's home hosts them, through that node.
@@ -169,7 +169,7 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
     };
     // Members who may move others may also enter a full channel (as on Discord).
     let cap = (limit > 0 && !p.has(Permissions::MOVE_MEMBERS)).then_some(ChannelCap {
-        channel_id: c.id.get(),
+        channel_id: c.id,
         limit,
     });
     let placed = placed_for(s, g.id, c.id, region.as_deref(), can_speak).await?;
@@ -334,17 +334,11 @@ pub async fn disconnect_guild(s: &AppState, guild_id: GuildId) {
 pub async fn disconnect_session(
     s: &AppState,
     user_id: UserId,
-    guilds: impl IntoIterator<Item = u64>,
+    guilds: impl IntoIterator<Item = GuildId>,
     session_id: &str,
 ) {
     for g in guilds {
-        leave(
-            s,
-            GuildId(g),
-            user_id,
-            Some(Guard::Session(session_id.to_string())),
-        )
-        .await;
+        leave(s, g, user_id, Some(Guard::Session(session_id.to_string()))).await;
     }
 }
 
@@ -383,10 +377,7 @@ pub fn notify_others(
 ) {
     let v = s.voice();
     for c in v.conns.values() {
-        if c.guild_id == guild_id.get()
-            && c.channel_id == channel_id.get()
-            && c.user_id != except_user.get()
-        {
+        if c.guild_id == guild_id && c.channel_id == channel_id && c.user_id != except_user {
             let _ = c.tx.send(VoiceOut::Json(msg.clone()));
         }
     }
@@ -402,8 +393,7 @@ pub async fn run_sfu_events(s: AppState, mut rx: mpsc::UnboundedReceiver<NodeEve
                 speaker,
                 ..
             } => {
-                s.voice()
-                    .slot_changed(listener, ssrc.0, speaker.map(|u| u.0));
+                s.voice().slot_changed(listener, ssrc.0, speaker);
             }
             NodeEvent::Connected { idx, user, .. } => {
                 debug!(%idx, user = user.0, "media connected")

@@ -18,6 +18,7 @@
 //! polled, so publishes awaited one after another (or issued from one task in turn) reach
 //! the stream in that order.
 
+use lodge_ids::{GuildId, UserId};
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
@@ -346,11 +347,11 @@ impl RedisBus {
         }
     }
 
-    pub fn watch_guild(&self, guild: u64, on: bool) {
+    pub fn watch_guild(&self, guild: GuildId, on: bool) {
         self.watch(Route::Guild(guild), on);
     }
 
-    pub fn watch_user(&self, user: u64, on: bool) {
+    pub fn watch_user(&self, user: UserId, on: bool) {
         self.watch(Route::User(user), on);
     }
 

@@ -171,6 +171,7 @@ pub fn entries_of(slot: u64, fields: &[String]) -> Result<Vec<(u64, Logged)>, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lodge_ids::GuildId;
 
     fn flat(fields: Vec<(String, String)>) -> Vec<String> {
         fields.into_iter().flat_map(|(a, b)| [a, b]).collect()
@@ -178,7 +179,7 @@ mod tests {
 
     #[test]
     fn an_entry_groups_sessions_by_what_they_got_and_reads_back_per_slot() {
-        let g = Route::Guild(5);
+        let g = Route::Guild(GuildId(5));
         let id = StreamId { ms: 10, seq: 2 };
         let full = Logged::Shared {
             route: g,

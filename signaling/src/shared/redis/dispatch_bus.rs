@@ -9,6 +9,7 @@
 //! every node that receives the marker tells the sessions of that route they may have missed
 //! events (op 9), instead of leaving them silently behind.
 
+use lodge_ids::{GuildId, UserId};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -117,10 +118,10 @@ impl Bus for RedisDispatchBus {
             }
         })
     }
-    fn watch_guild(&self, guild: u64, on: bool) {
+    fn watch_guild(&self, guild: GuildId, on: bool) {
         self.raw.watch_guild(guild, on);
     }
-    fn watch_user(&self, user: u64, on: bool) {
+    fn watch_user(&self, user: UserId, on: bool) {
         self.raw.watch_user(user, on);
     }
     fn synced(&self) -> Fut<'_, ()> {

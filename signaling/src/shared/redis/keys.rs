@@ -7,13 +7,14 @@
 
 use super::super::limits::{AccountKey, AddrWindow, Caller};
 use super::super::NodeId;
+use lodge_ids::{ChannelId, GuildId, UserId};
 
 /// What a bus message is addressed to: a guild's dispatches, or a user's dispatches that
 /// have no guild (DMs, relationships, the user's own settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Route {
-    Guild(u64),
-    User(u64),
+    Guild(GuildId),
+    User(UserId),
 }
 
 impl std::fmt::Display for Route {
@@ -77,18 +78,18 @@ impl Keys {
     }
 
     /// `{g:<guild>}:room:<channel>`: the room's home, `"<node> <epoch>"`.
-    pub fn room(&self, guild: u64, channel: u64) -> String {
+    pub fn room(&self, guild: GuildId, channel: ChannelId) -> String {
         format!("{}{{g:{guild}}}:room:{channel}", self.prefix)
     }
 
     /// `{g:<guild>}:room:<channel>:epoch`: the room's last placement epoch (a counter that is
     /// never deleted, so epochs only grow).
-    pub fn room_epoch(&self, guild: u64, channel: u64) -> String {
+    pub fn room_epoch(&self, guild: GuildId, channel: ChannelId) -> String {
         format!("{}{{g:{guild}}}:room:{channel}:epoch", self.prefix)
     }
 
     /// `{g:<guild>}:voice`: hash user → voice state.
-    pub fn voice(&self, guild: u64) -> String {
+    pub fn voice(&self, guild: GuildId) -> String {
         format!("{}{{g:{guild}}}:voice", self.prefix)
     }
 
@@ -130,13 +131,13 @@ impl Keys {
 
     /// `{u:<user>}:starts:day`: the user's identifies in the current day window (a counter
     /// whose PX is what is left of the window).
-    pub fn starts_day(&self, user: u64) -> String {
+    pub fn starts_day(&self, user: UserId) -> String {
         format!("{}{{u:{user}}}:starts:day", self.prefix)
     }
 
     /// `{u:<user>}:starts:burst`: the user's identifies of the last burst window (a sorted set
     /// scored by the server's time in ms).
-    pub fn starts_burst(&self, user: u64) -> String {
+    pub fn starts_burst(&self, user: UserId) -> String {
         format!("{}{{u:{user}}}:starts:burst", self.prefix)
     }
 
@@ -168,7 +169,7 @@ impl Keys {
 
     /// `{u:<user>}:presence`: hash of the user's `status`, `activities` (JSON), `total`
     /// connections and `n:<node>` connections per node.
-    pub fn presence(&self, user: u64) -> String {
+    pub fn presence(&self, user: UserId) -> String {
         format!("{}{{u:{user}}}:presence", self.prefix)
     }
 
@@ -202,24 +203,30 @@ mod tests {
         let table = [
             (k.node(&n), "t1:lodge:node:10.0.0.1:8080"),
             (k.nodes(), "t1:lodge:nodes"),
-            (k.room(5, 6), "t1:{g:5}:room:6"),
-            (k.room_epoch(5, 6), "t1:{g:5}:room:6:epoch"),
-            (k.voice(5), "t1:{g:5}:voice"),
+            (k.room(GuildId(5), ChannelId(6)), "t1:{g:5}:room:6"),
+            (
+                k.room_epoch(GuildId(5), ChannelId(6)),
+                "t1:{g:5}:room:6:epoch",
+            ),
+            (k.voice(GuildId(5)), "t1:{g:5}:voice"),
             (k.voice_guilds(), "t1:lodge:voice-guilds"),
             (k.token("abc"), "t1:{t:abc}"),
-            (k.stream(Route::Guild(5)), "t1:{g:5}:bus"),
-            (k.stream(Route::User(9)), "t1:{u:9}:bus"),
-            (k.channel(Route::Guild(5)), "t1:{g:5}:ch"),
-            (k.channel(Route::User(9)), "t1:{u:9}:ch"),
+            (k.stream(Route::Guild(GuildId(5))), "t1:{g:5}:bus"),
+            (k.stream(Route::User(UserId(9))), "t1:{u:9}:bus"),
+            (k.channel(Route::Guild(GuildId(5))), "t1:{g:5}:ch"),
+            (k.channel(Route::User(UserId(9))), "t1:{u:9}:ch"),
             (k.inbox(&n), "t1:lodge:node:10.0.0.1:8080:inbox"),
-            (k.starts_day(9), "t1:{u:9}:starts:day"),
-            (k.starts_burst(9), "t1:{u:9}:starts:burst"),
-            (k.rate(Caller::User(9), "global"), "t1:{u:9}:rl:global"),
+            (k.starts_day(UserId(9)), "t1:{u:9}:starts:day"),
+            (k.starts_burst(UserId(9)), "t1:{u:9}:starts:burst"),
+            (
+                k.rate(Caller::User(UserId(9)), "global"),
+                "t1:{u:9}:rl:global",
+            ),
             (
                 k.rate(Caller::Addr([10, 0, 0, 1].into()), "00ff"),
                 "t1:{a:10.0.0.1}:rl:00ff",
             ),
-            (k.presence(9), "t1:{u:9}:presence"),
+            (k.presence(UserId(9)), "t1:{u:9}:presence"),
             (k.node_presence(&n), "t1:lodge:node:10.0.0.1:8080:presence"),
             (k.session_meta("abc"), "t1:{s:abc}:meta"),
             (k.node_log(&n, 42), "t1:{n:10.0.0.1:8080}:dlog:42"),
@@ -232,7 +239,7 @@ mod tests {
     #[test]
     fn channel_names_map_back_to_routes() {
         let k = Keys::new("p:");
-        for r in [Route::Guild(7), Route::User(u64::MAX)] {
+        for r in [Route::Guild(GuildId(7)), Route::User(UserId(u64::MAX))] {
             assert_eq!(k.route_of_channel(&k.channel(r)), Some(r));
             assert_eq!(r.to_string().parse(), Ok(r));
         }

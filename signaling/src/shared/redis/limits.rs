@@ -12,6 +12,7 @@
 //!   each a counter whose PX is what is left of its window. Both keys of a request share the
 //!   caller's hash tag, so the script touches one Redis Cluster slot.
 
+use lodge_ids::UserId;
 use std::time::Duration;
 
 use redis::Script;
@@ -106,7 +107,7 @@ impl RedisStartBudgets {
 
     async fn run(
         &self,
-        user: u64,
+        user: UserId,
         l: StartLimits,
         count: bool,
     ) -> SharedResult<(Result<Remaining, StartRefused>, u32)> {
@@ -139,12 +140,12 @@ impl RedisStartBudgets {
 impl StartBudgets for RedisStartBudgets {
     fn try_start(
         &self,
-        user: u64,
+        user: UserId,
         limits: StartLimits,
     ) -> Fut<'_, SharedResult<Result<Remaining, StartRefused>>> {
         Box::pin(async move { Ok(self.run(user, limits, true).await?.0) })
     }
-    fn remaining(&self, user: u64, limits: StartLimits) -> Fut<'_, SharedResult<Remaining>> {
+    fn remaining(&self, user: UserId, limits: StartLimits) -> Fut<'_, SharedResult<Remaining>> {
         Box::pin(async move {
             let (r, used) = self.run(user, limits, false).await?;
             Ok(r.unwrap_or(Remaining {
@@ -233,23 +234,32 @@ mod tests {
         let c = t.conns(2).await;
         let a = RedisStartBudgets::new(c[0].clone());
         let b = RedisStartBudgets::new(c[1].clone());
-        assert_eq!(a.try_start(1, L).await.unwrap().unwrap().remaining, 4);
-        assert_eq!(b.try_start(1, L).await.unwrap().unwrap().remaining, 3);
         assert_eq!(
-            a.try_start(1, L).await.unwrap(),
+            a.try_start(UserId(1), L).await.unwrap().unwrap().remaining,
+            4
+        );
+        assert_eq!(
+            b.try_start(UserId(1), L).await.unwrap().unwrap().remaining,
+            3
+        );
+        assert_eq!(
+            a.try_start(UserId(1), L).await.unwrap(),
             Err(StartRefused::TooFast),
             "the (max_concurrency+1)th identify within 5 s, whichever node"
         );
-        assert_eq!(b.try_start(1, L).await.unwrap(), Err(StartRefused::TooFast));
-        let r = b.remaining(1, L).await.unwrap();
+        assert_eq!(
+            b.try_start(UserId(1), L).await.unwrap(),
+            Err(StartRefused::TooFast)
+        );
+        let r = b.remaining(UserId(1), L).await.unwrap();
         assert_eq!(r.remaining, 3, "refusals use nothing up");
         assert!(r.reset_after > DAY - Duration::from_secs(60), "{r:?}");
         assert!(
-            a.try_start(2, L).await.unwrap().is_ok(),
+            a.try_start(UserId(2), L).await.unwrap().is_ok(),
             "users are separate"
         );
         assert_eq!(
-            a.remaining(3, L).await.unwrap(),
+            a.remaining(UserId(3), L).await.unwrap(),
             Remaining {
                 total: 5,
                 remaining: 5,
@@ -277,26 +287,31 @@ mod tests {
             total: 3,
             max_concurrency: 2,
         };
-        assert!(nodes[0].try_start(7, l).await.unwrap().is_ok());
-        assert!(nodes[1].try_start(7, l).await.unwrap().is_ok());
+        assert!(nodes[0].try_start(UserId(7), l).await.unwrap().is_ok());
+        assert!(nodes[1].try_start(UserId(7), l).await.unwrap().is_ok());
         assert_eq!(
-            nodes[0].try_start(7, l).await.unwrap(),
+            nodes[0].try_start(UserId(7), l).await.unwrap(),
             Err(StartRefused::TooFast)
         );
         tokio::time::sleep(burst + Duration::from_millis(50)).await;
         assert_eq!(
-            nodes[1].try_start(7, l).await.unwrap().unwrap().remaining,
+            nodes[1]
+                .try_start(UserId(7), l)
+                .await
+                .unwrap()
+                .unwrap()
+                .remaining,
             0,
             "the burst window slid; the third of the day"
         );
         tokio::time::sleep(burst + Duration::from_millis(50)).await;
-        match nodes[0].try_start(7, l).await.unwrap() {
+        match nodes[0].try_start(UserId(7), l).await.unwrap() {
             Err(StartRefused::Exhausted { reset_after }) => {
                 assert!(reset_after <= DAY && reset_after > DAY - Duration::from_secs(60))
             }
             other => panic!("the day's total is used up across nodes: {other:?}"),
         }
-        assert_eq!(nodes[1].remaining(7, l).await.unwrap().remaining, 0);
+        assert_eq!(nodes[1].remaining(UserId(7), l).await.unwrap().remaining, 0);
     }
 
     #[tokio::test]
@@ -310,13 +325,16 @@ mod tests {
             total: 1,
             max_concurrency: 5,
         };
-        assert!(s.try_start(1, l).await.unwrap().is_ok());
+        assert!(s.try_start(UserId(1), l).await.unwrap().is_ok());
         assert!(matches!(
-            s.try_start(1, l).await.unwrap(),
+            s.try_start(UserId(1), l).await.unwrap(),
             Err(StartRefused::Exhausted { .. })
         ));
         tokio::time::sleep(day + Duration::from_millis(50)).await;
-        assert_eq!(s.try_start(1, l).await.unwrap().unwrap().remaining, 0);
+        assert_eq!(
+            s.try_start(UserId(1), l).await.unwrap().unwrap().remaining,
+            0
+        );
     }
 
     const W: RateWindows = RateWindows {
@@ -334,7 +352,7 @@ mod tests {
         let c = t.conns(2).await;
         let a = RedisRateLimits::new(c[0].clone());
         let b = RedisRateLimits::new(c[1].clone());
-        let u = Caller::User(1);
+        let u = Caller::User(UserId(1));
         let ok = |r: RateVerdict| match r {
             RateVerdict::Ok {
                 limit, remaining, ..
@@ -353,7 +371,7 @@ mod tests {
         }
         assert!(
             matches!(
-                b.check(Caller::User(2), 7, &W).await.unwrap(),
+                b.check(Caller::User(UserId(2)), 7, &W).await.unwrap(),
                 RateVerdict::Ok { .. }
             ),
             "callers are separate"
@@ -383,7 +401,7 @@ mod tests {
             global_window: Duration::from_millis(200),
             ..W
         };
-        let u = Caller::User(5);
+        let u = Caller::User(UserId(5));
         for _ in 0..2 {
             assert!(matches!(
                 r.check(u, 1, &w).await.unwrap(),

@@ -3,6 +3,7 @@
 //! scripts, so each is one atomic step on the server: two nodes claiming at once are
 //! serialized and the second sees the first's claim.
 
+use lodge_ids::{ChannelId, GuildId};
 use redis::Script;
 
 use super::conn::Conn;
@@ -70,8 +71,8 @@ impl RedisPlacement {
 
     async fn home_(
         &self,
-        guild: u64,
-        channel: u64,
+        guild: GuildId,
+        channel: ChannelId,
         candidate: &NodeId,
         alive: &[NodeId],
     ) -> SharedResult<RoomHome> {
@@ -86,7 +87,7 @@ impl RedisPlacement {
         decode(&key, &v)
     }
 
-    async fn current_(&self, guild: u64, channel: u64) -> SharedResult<Option<RoomHome>> {
+    async fn current_(&self, guild: GuildId, channel: ChannelId) -> SharedResult<Option<RoomHome>> {
         let key = self.conn.keys.room(guild, channel);
         let v: Option<String> = self
             .conn
@@ -95,7 +96,12 @@ impl RedisPlacement {
         v.map(|v| decode(&key, &v)).transpose()
     }
 
-    async fn release_(&self, guild: u64, channel: u64, home: &RoomHome) -> SharedResult<()> {
+    async fn release_(
+        &self,
+        guild: GuildId,
+        channel: ChannelId,
+        home: &RoomHome,
+    ) -> SharedResult<()> {
         let mut inv = self.release.key(self.conn.keys.room(guild, channel));
         inv.arg(encode(home));
         let _deleted: u64 = self.conn.script(OpKind::Placement, &inv).await?;
@@ -106,20 +112,24 @@ impl RedisPlacement {
 impl Placement for RedisPlacement {
     fn home<'a>(
         &'a self,
-        guild: u64,
-        channel: u64,
+        guild: GuildId,
+        channel: ChannelId,
         candidate: &'a NodeId,
         alive: &'a [NodeId],
     ) -> Fut<'a, SharedResult<RoomHome>> {
         Box::pin(self.home_(guild, channel, candidate, alive))
     }
-    fn current(&self, guild: u64, channel: u64) -> Fut<'_, SharedResult<Option<RoomHome>>> {
+    fn current(
+        &self,
+        guild: GuildId,
+        channel: ChannelId,
+    ) -> Fut<'_, SharedResult<Option<RoomHome>>> {
         Box::pin(self.current_(guild, channel))
     }
     fn release<'a>(
         &'a self,
-        guild: u64,
-        channel: u64,
+        guild: GuildId,
+        channel: ChannelId,
         home: &'a RoomHome,
     ) -> Fut<'a, SharedResult<()>> {
         Box::pin(self.release_(guild, channel, home))
@@ -171,7 +181,11 @@ mod tests {
         let alive: Arc<Vec<NodeId>> = Arc::new((0..20).map(|i| n(&format!("n{i}"))).collect());
         let claims = nodes.iter().enumerate().map(|(i, p)| {
             let (p, alive) = (p.clone(), alive.clone());
-            tokio::spawn(async move { p.home(1, 2, &alive[i], &alive).await.unwrap() })
+            tokio::spawn(async move {
+                p.home(GuildId(1), ChannelId(2), &alive[i], &alive)
+                    .await
+                    .unwrap()
+            })
         });
         let homes: Vec<RoomHome> = futures_util::future::join_all(claims)
             .await
@@ -181,7 +195,7 @@ mod tests {
         assert!(homes.iter().all(|h| *h == homes[0]), "{homes:?}");
         assert_eq!(homes[0].epoch, 1, "one claim won, the others read it");
         assert_eq!(
-            nodes[0].current(1, 2).await.unwrap(),
+            nodes[0].current(GuildId(1), ChannelId(2)).await.unwrap(),
             Some(homes[0].clone())
         );
     }
@@ -194,29 +208,36 @@ mod tests {
         let p = RedisPlacement::new(t.conn.clone());
         let (a, b) = (n("a"), n("b"));
         let both = [a.clone(), b.clone()];
-        let h1 = p.home(1, 2, &a, &both).await.unwrap();
+        let h1 = p.home(GuildId(1), ChannelId(2), &a, &both).await.unwrap();
         assert_eq!(h1.node, a);
         assert_eq!(
-            p.home(1, 2, &b, &both).await.unwrap(),
+            p.home(GuildId(1), ChannelId(2), &b, &both).await.unwrap(),
             h1,
             "the live home stays"
         );
 
-        let h2 = p.home(1, 2, &b, std::slice::from_ref(&b)).await.unwrap();
+        let h2 = p
+            .home(GuildId(1), ChannelId(2), &b, std::slice::from_ref(&b))
+            .await
+            .unwrap();
         assert_eq!(h2.node, b, "a dead home is replaced");
         assert!(h2.epoch > h1.epoch);
 
-        p.release(1, 2, &h1).await.unwrap();
+        p.release(GuildId(1), ChannelId(2), &h1).await.unwrap();
         assert_eq!(
-            p.current(1, 2).await.unwrap(),
+            p.current(GuildId(1), ChannelId(2)).await.unwrap(),
             Some(h2.clone()),
             "a stale release is ignored"
         );
-        p.release(1, 2, &h2).await.unwrap();
-        assert_eq!(p.current(1, 2).await.unwrap(), None);
+        p.release(GuildId(1), ChannelId(2), &h2).await.unwrap();
+        assert_eq!(p.current(GuildId(1), ChannelId(2)).await.unwrap(), None);
 
-        let h3 = p.home(1, 2, &a, &both).await.unwrap();
+        let h3 = p.home(GuildId(1), ChannelId(2), &a, &both).await.unwrap();
         assert!(h3.epoch > h2.epoch, "epochs keep growing after a release");
-        assert_eq!(p.current(1, 3).await.unwrap(), None, "rooms are separate");
+        assert_eq!(
+            p.current(GuildId(1), ChannelId(3)).await.unwrap(),
+            None,
+            "rooms are separate"
+        );
     }
 }

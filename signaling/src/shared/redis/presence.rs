@@ -12,6 +12,7 @@
 //! would have to leave it to a second command (a set per node and shard), as the voice-guilds
 //! set would; on one Redis the script keeps both together.
 
+use lodge_ids::UserId;
 use redis::Script;
 use serde_json::Value;
 
@@ -114,7 +115,7 @@ impl RedisPresences {
         })
     }
 
-    async fn update_(&self, user: u64, change: PresenceChange) -> SharedResult<Option<Visible>> {
+    async fn update_(&self, user: UserId, change: PresenceChange) -> SharedResult<Option<Visible>> {
         let k = &self.conn.keys;
         let key = k.presence(user);
         let (op, status, activities, explicit) = match change {
@@ -147,7 +148,7 @@ impl RedisPresences {
         }))
     }
 
-    async fn snapshot_(&self, users: &[u64]) -> SharedResult<Vec<(u64, Visible)>> {
+    async fn snapshot_(&self, users: &[UserId]) -> SharedResult<Vec<(UserId, Visible)>> {
         let k = &self.conn.keys;
         let mut out = Vec::new();
         for chunk in users.chunks(BATCH) {
@@ -182,7 +183,7 @@ impl RedisPresences {
         Ok(out)
     }
 
-    async fn forget_node_(&self, node: &NodeId) -> SharedResult<Vec<(u64, Visible)>> {
+    async fn forget_node_(&self, node: &NodeId) -> SharedResult<Vec<(UserId, Visible)>> {
         let k = &self.conn.keys;
         let set = k.node_presence(node);
         let users: Vec<String> = self
@@ -192,12 +193,12 @@ impl RedisPresences {
         let users = users
             .iter()
             .map(|u| {
-                u.parse::<u64>().map_err(|_| SharedError::Malformed {
+                u.parse::<UserId>().map_err(|_| SharedError::Malformed {
                     key: set.clone(),
                     why: format!("not a user id: {u:?}"),
                 })
             })
-            .collect::<SharedResult<Vec<u64>>>()?;
+            .collect::<SharedResult<Vec<UserId>>>()?;
         let field = Self::field(node);
         let mut gone = Vec::new();
         for chunk in users.chunks(BATCH) {
@@ -230,19 +231,30 @@ impl RedisPresences {
 }
 
 impl Presences for RedisPresences {
-    fn update(&self, user: u64, change: PresenceChange) -> Fut<'_, SharedResult<Option<Visible>>> {
+    fn update(
+        &self,
+        user: UserId,
+        change: PresenceChange,
+    ) -> Fut<'_, SharedResult<Option<Visible>>> {
         Box::pin(self.update_(user, change))
     }
-    fn snapshot<'a>(&'a self, users: &'a [u64]) -> Fut<'a, SharedResult<Vec<(u64, Visible)>>> {
+    fn snapshot<'a>(
+        &'a self,
+        users: &'a [UserId],
+    ) -> Fut<'a, SharedResult<Vec<(UserId, Visible)>>> {
         Box::pin(self.snapshot_(users))
     }
-    fn forget_node<'a>(&'a self, node: &'a NodeId) -> Fut<'a, SharedResult<Vec<(u64, Visible)>>> {
+    fn forget_node<'a>(
+        &'a self,
+        node: &'a NodeId,
+    ) -> Fut<'a, SharedResult<Vec<(UserId, Visible)>>> {
         Box::pin(self.forget_node_(node))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use lodge_ids::UserId;
     use serde_json::json;
 
     use super::super::test_support::redis_or_skip;
@@ -279,38 +291,48 @@ mod tests {
             return;
         };
         assert_eq!(
-            a.update(1, connected("online", false)).await.unwrap(),
+            a.update(UserId(1), connected("online", false))
+                .await
+                .unwrap(),
             vis("online")
         );
         assert_eq!(
-            b.update(1, connected("online", false)).await.unwrap(),
+            b.update(UserId(1), connected("online", false))
+                .await
+                .unwrap(),
             None,
             "a second connection changes nothing others see"
         );
         assert_eq!(
-            a.update(1, PresenceChange::Disconnected).await.unwrap(),
+            a.update(UserId(1), PresenceChange::Disconnected)
+                .await
+                .unwrap(),
             None,
             "node b still has a connection"
         );
         assert_eq!(
-            a.snapshot(&[1, 2]).await.unwrap(),
-            vec![(1, vis("online").unwrap())]
+            a.snapshot(&[UserId(1), UserId(2)]).await.unwrap(),
+            vec![(UserId(1), vis("online").unwrap())]
         );
         assert_eq!(
-            a.update(1, PresenceChange::Disconnected).await.unwrap(),
+            a.update(UserId(1), PresenceChange::Disconnected)
+                .await
+                .unwrap(),
             None,
             "node a has no connection left to drop: the count does not go below b's"
         );
         assert_eq!(
-            b.update(1, PresenceChange::Disconnected).await.unwrap(),
+            b.update(UserId(1), PresenceChange::Disconnected)
+                .await
+                .unwrap(),
             vis("offline"),
             "the last one"
         );
-        assert!(a.snapshot(&[1]).await.unwrap().is_empty());
+        assert!(a.snapshot(&[UserId(1)]).await.unwrap().is_empty());
         let left: u64 = conn
             .cmd(
                 OpKind::Registry,
-                redis::cmd("EXISTS").arg(conn.keys.presence(1)),
+                redis::cmd("EXISTS").arg(conn.keys.presence(UserId(1))),
             )
             .await
             .unwrap();
@@ -324,18 +346,20 @@ mod tests {
         };
         let playing = json!([{ "name": "chess", "type": 0 }]);
         assert_eq!(
-            a.update(2, connected("invisible", true)).await.unwrap(),
+            a.update(UserId(2), connected("invisible", true))
+                .await
+                .unwrap(),
             None,
             "invisible looks offline"
         );
-        assert!(a.snapshot(&[2]).await.unwrap().is_empty());
+        assert!(a.snapshot(&[UserId(2)]).await.unwrap().is_empty());
         assert_eq!(
-            b.update(2, connected("dnd", false)).await.unwrap(),
+            b.update(UserId(2), connected("dnd", false)).await.unwrap(),
             None,
             "a later connection without a presence keeps the status"
         );
         assert_eq!(
-            b.update(2, connected("dnd", true)).await.unwrap(),
+            b.update(UserId(2), connected("dnd", true)).await.unwrap(),
             vis("dnd")
         );
         let set = PresenceChange::Set {
@@ -346,9 +370,19 @@ mod tests {
             status: "idle".into(),
             activities: playing.clone(),
         };
-        assert_eq!(a.update(2, set.clone()).await.unwrap(), Some(want.clone()));
-        assert_eq!(b.update(2, set).await.unwrap(), None, "the same again");
-        assert_eq!(b.snapshot(&[2]).await.unwrap(), vec![(2, want)]);
+        assert_eq!(
+            a.update(UserId(2), set.clone()).await.unwrap(),
+            Some(want.clone())
+        );
+        assert_eq!(
+            b.update(UserId(2), set).await.unwrap(),
+            None,
+            "the same again"
+        );
+        assert_eq!(
+            b.snapshot(&[UserId(2)]).await.unwrap(),
+            vec![(UserId(2), want)]
+        );
     }
 
     #[tokio::test]
@@ -357,33 +391,45 @@ mod tests {
             return;
         };
         for u in [1, 2, 3] {
-            a.update(u, connected("online", false)).await.unwrap();
+            a.update(UserId(u), connected("online", false))
+                .await
+                .unwrap();
         }
-        b.update(2, connected("online", false)).await.unwrap();
-        a.update(3, connected("invisible", true)).await.unwrap();
+        b.update(UserId(2), connected("online", false))
+            .await
+            .unwrap();
+        a.update(UserId(3), connected("invisible", true))
+            .await
+            .unwrap();
         let dead = NodeId("a".into());
         let mut gone = b.forget_node(&dead).await.unwrap();
         gone.sort_by_key(|(u, _)| *u);
         assert_eq!(
             gone,
-            vec![(1, vis("offline").unwrap())],
+            vec![(UserId(1), vis("offline").unwrap())],
             "2 is still on b; 3 looked offline already"
         );
         assert_eq!(
-            b.snapshot(&[1, 2, 3]).await.unwrap(),
-            vec![(2, vis("online").unwrap())]
+            b.snapshot(&[UserId(1), UserId(2), UserId(3)])
+                .await
+                .unwrap(),
+            vec![(UserId(2), vis("online").unwrap())]
         );
         assert!(
             b.forget_node(&dead).await.unwrap().is_empty(),
             "a second sweep (another node) reports nothing"
         );
         assert_eq!(
-            a.update(2, PresenceChange::Disconnected).await.unwrap(),
+            a.update(UserId(2), PresenceChange::Disconnected)
+                .await
+                .unwrap(),
             None,
             "a late disconnect from the forgotten node cannot take b's connection"
         );
         assert_eq!(
-            b.update(2, PresenceChange::Disconnected).await.unwrap(),
+            b.update(UserId(2), PresenceChange::Disconnected)
+                .await
+                .unwrap(),
             vis("offline")
         );
     }
@@ -393,9 +439,11 @@ mod tests {
         let Some((a, _, conn)) = two_nodes("presence snapshot").await else {
             return;
         };
-        a.update(5, connected("online", false)).await.unwrap();
+        a.update(UserId(5), connected("online", false))
+            .await
+            .unwrap();
         let before = conn.stats.ops(OpKind::Presence);
-        let users: Vec<u64> = (0..50).collect();
+        let users: Vec<UserId> = (0..50).map(UserId).collect();
         assert_eq!(a.snapshot(&users).await.unwrap().len(), 1);
         assert_eq!(
             conn.stats.ops(OpKind::Presence) - before,

@@ -32,6 +32,7 @@
 //! session) and one task per node writes whatever is queued as one pipeline: one delivery-log
 //! entry, the metas of sessions opened, adopted or re-marked, whatever the batch holds.
 
+use lodge_ids::{GuildId, UserId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,7 +104,7 @@ enum Cmd {
         floor: u64,
         log: Vec<(u64, Logged)>,
     },
-    Follow(Arc<str>, Vec<u64>, Option<(Route, StreamId)>),
+    Follow(Arc<str>, Vec<GuildId>, Option<(Route, StreamId)>),
     End(Arc<str>),
     Close(Arc<str>),
 }
@@ -502,7 +503,7 @@ fn parse_meta(key: &str, session: &str, h: &HashMap<String, String>) -> SharedRe
     };
     Ok(SessionMeta {
         session: session.to_string(),
-        user: num("user")?,
+        user: UserId(num("user")?),
         token_hash: field("token_hash")?.clone(),
         intents: num("intents")?,
         guilds: serde_json::from_str(field("guilds")?)
@@ -590,7 +591,7 @@ impl ResumeStore for RedisResumeStore {
         });
     }
 
-    fn follow(&self, session: &str, guilds: Vec<u64>, joined: Option<(Route, StreamId)>) {
+    fn follow(&self, session: &str, guilds: Vec<GuildId>, joined: Option<(Route, StreamId)>) {
         self.queue(Cmd::Follow(session.into(), guilds, joined));
     }
 
@@ -704,13 +705,13 @@ mod tests {
     fn meta(session: &str, node: &str) -> SessionMeta {
         SessionMeta {
             session: session.into(),
-            user: 7,
+            user: UserId(7),
             token_hash: "h".into(),
             intents: 513,
-            guilds: vec![1, 2],
+            guilds: vec![GuildId(1), GuildId(2)],
             floor: 3,
             created: StreamId { ms: 5, seq: 9 },
-            routes: [(Route::User(7), StreamId { ms: 4, seq: 0 })].into(),
+            routes: [(Route::User(UserId(7)), StreamId { ms: 4, seq: 0 })].into(),
             node: NodeId(node.into()),
             ended: false,
         }
@@ -735,7 +736,7 @@ mod tests {
             .collect()
     }
 
-    fn shared(guild: u64, ms: u64) -> Logged {
+    fn shared(guild: GuildId, ms: u64) -> Logged {
         Logged::Shared {
             route: Route::Guild(guild),
             id: StreamId { ms, seq: 0 },
@@ -764,28 +765,28 @@ mod tests {
         let p = a.position().await.unwrap();
         assert!(p > StreamId::ZERO);
         a.open(meta("s1", "a"));
-        a.append("s1", 4, shared(1, 10));
+        a.append("s1", 4, shared(GuildId(1), 10));
         a.append("s1", 5, Logged::Own);
         settle().await;
         let got = b.load("s1", 3).await.unwrap().expect("stored");
         let mut want = meta("s1", "a");
         // The first logged number is a mark: the routes are written with it.
         want.routes
-            .insert(Route::Guild(1), StreamId { ms: 10, seq: 0 });
+            .insert(Route::Guild(GuildId(1)), StreamId { ms: 10, seq: 0 });
         assert_eq!(got.meta, want);
         assert!(got.intact);
-        assert_eq!(got.log, vec![(4, shared(1, 10)), (5, Logged::Own)]);
+        assert_eq!(got.log, vec![(4, shared(GuildId(1), 10)), (5, Logged::Own)]);
         let ttl: i64 = r
             .cmd(redis::cmd("PTTL").arg(log_key(&r, "s1", "a").await))
             .await;
         assert!(ttl > 0, "the delivery log expires: {ttl}");
         // b takes it over after seq 4: it logs 5 again, then its own numbers.
-        let g = Route::Guild(1);
+        let g = Route::Guild(GuildId(1));
         let id = StreamId { ms: 10, seq: 0 };
         b.adopt("s1", [(g, id)].into(), 4, vec![(5, Logged::Own)]);
-        b.append("s1", 6, shared(1, 11));
+        b.append("s1", 6, shared(GuildId(1), 11));
         settle().await;
-        a.append("s1", 6, shared(1, 99));
+        a.append("s1", 6, shared(GuildId(1), 99));
         a.end("s1");
         a.close("s1");
         settle().await;
@@ -795,7 +796,7 @@ mod tests {
         assert!(!got.meta.ended);
         assert_eq!(
             got.log,
-            vec![(5, Logged::Own), (6, shared(1, 11))],
+            vec![(5, Logged::Own), (6, shared(GuildId(1), 11))],
             "what a logged after the takeover is not the session's"
         );
         b.end("s1");
@@ -842,10 +843,10 @@ mod tests {
         let key = log_key(&r, "f0", "a").await;
         let before = r.conn.stats.ops(OpKind::Resume);
         for s in &sessions {
-            a.append(s, 4, shared(1, 10));
+            a.append(s, 4, shared(GuildId(1), 10));
         }
         for s in &sessions {
-            a.append(s, 5, shared(2, 11));
+            a.append(s, 5, shared(GuildId(2), 11));
         }
         settle().await;
         let commands = r.conn.stats.ops(OpKind::Resume) - before;
@@ -859,7 +860,11 @@ mod tests {
         assert!(len <= 2, "{len} entries");
         for s in &sessions {
             let got = a.load(s, 3).await.unwrap().unwrap();
-            assert_eq!(got.log, vec![(4, shared(1, 10)), (5, shared(2, 11))], "{s}");
+            assert_eq!(
+                got.log,
+                vec![(4, shared(GuildId(1), 10)), (5, shared(GuildId(2), 11))],
+                "{s}"
+            );
         }
     }
 
@@ -875,7 +880,7 @@ mod tests {
         let total = REPLAY_CAP as u64 + 10;
         for seq in 4..4 + total {
             a.append("s", seq, Logged::Own);
-            a.append("other", seq, shared(3, seq));
+            a.append("other", seq, shared(GuildId(3), seq));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let got = a.load("s", 3).await.unwrap().unwrap();
@@ -889,7 +894,7 @@ mod tests {
         assert!(got.log.first().unwrap().0 <= top - 4);
         assert_eq!(got.log.last().unwrap().0, top);
         let got = a.load("other", top - 1).await.unwrap().unwrap();
-        assert_eq!(got.log.last().unwrap(), &(top, shared(3, top)));
+        assert_eq!(got.log.last().unwrap(), &(top, shared(GuildId(3), top)));
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@
 //! Tokens: `{t:<token>}` holds the value with the token's TTL; redeeming is GETDEL, so one
 //! redeem wins across every node.
 
+use lodge_ids::{GuildId, UserId};
 use std::time::Duration;
 
 use redis::Script;
@@ -55,7 +56,7 @@ end
 return 1
 ";
 
-fn parse_id(key: &str, s: &str) -> SharedResult<u64> {
+fn parse_id<T: std::str::FromStr>(key: &str, s: &str) -> SharedResult<T> {
     s.parse().map_err(|_| SharedError::Malformed {
         key: key.to_string(),
         why: format!("not an id: {s:?}"),
@@ -75,7 +76,7 @@ impl RedisVoiceStates {
         }
     }
 
-    async fn get_(&self, guild: u64, user: u64) -> SharedResult<Option<String>> {
+    async fn get_(&self, guild: GuildId, user: UserId) -> SharedResult<Option<String>> {
         let c = redis::cmd("HGET")
             .arg(self.conn.keys.voice(guild))
             .arg(user)
@@ -83,7 +84,7 @@ impl RedisVoiceStates {
         self.conn.cmd(OpKind::Voice, &c).await
     }
 
-    async fn guild_(&self, guild: u64) -> SharedResult<Vec<(u64, String)>> {
+    async fn guild_(&self, guild: GuildId) -> SharedResult<Vec<(UserId, String)>> {
         let key = self.conn.keys.voice(guild);
         let all: Vec<(String, String)> = self
             .conn
@@ -96,8 +97,8 @@ impl RedisVoiceStates {
 
     async fn swap_(
         &self,
-        guild: u64,
-        user: u64,
+        guild: GuildId,
+        user: UserId,
         expected: Option<&str>,
         new: Option<&str>,
     ) -> SharedResult<bool> {
@@ -107,8 +108,8 @@ impl RedisVoiceStates {
     /// The one compare-and-set script call; with `cap`, it also counts the channel.
     async fn swap_capped_(
         &self,
-        guild: u64,
-        user: u64,
+        guild: GuildId,
+        user: UserId,
         expected: Option<&str>,
         new: Option<&str>,
         cap: Option<ChannelCap>,
@@ -133,7 +134,7 @@ impl RedisVoiceStates {
         })
     }
 
-    async fn guilds_(&self) -> SharedResult<Vec<u64>> {
+    async fn guilds_(&self) -> SharedResult<Vec<GuildId>> {
         let key = self.conn.keys.voice_guilds();
         let ids: Vec<String> = self
             .conn
@@ -142,23 +143,23 @@ impl RedisVoiceStates {
         let mut ids = ids
             .iter()
             .map(|s| parse_id(&key, s))
-            .collect::<SharedResult<Vec<u64>>>()?;
+            .collect::<SharedResult<Vec<GuildId>>>()?;
         ids.sort_unstable();
         Ok(ids)
     }
 }
 
 impl VoiceStates for RedisVoiceStates {
-    fn get(&self, guild: u64, user: u64) -> Fut<'_, SharedResult<Option<String>>> {
+    fn get(&self, guild: GuildId, user: UserId) -> Fut<'_, SharedResult<Option<String>>> {
         Box::pin(self.get_(guild, user))
     }
-    fn guild(&self, guild: u64) -> Fut<'_, SharedResult<Vec<(u64, String)>>> {
+    fn guild(&self, guild: GuildId) -> Fut<'_, SharedResult<Vec<(UserId, String)>>> {
         Box::pin(self.guild_(guild))
     }
     fn swap<'a>(
         &'a self,
-        guild: u64,
-        user: u64,
+        guild: GuildId,
+        user: UserId,
         expected: Option<&'a str>,
         new: Option<&'a str>,
     ) -> Fut<'a, SharedResult<bool>> {
@@ -166,15 +167,15 @@ impl VoiceStates for RedisVoiceStates {
     }
     fn swap_capped<'a>(
         &'a self,
-        guild: u64,
-        user: u64,
+        guild: GuildId,
+        user: UserId,
         expected: Option<&'a str>,
         new: Option<&'a str>,
         cap: ChannelCap,
     ) -> Fut<'a, SharedResult<Swapped>> {
         Box::pin(self.swap_capped_(guild, user, expected, new, Some(cap)))
     }
-    fn guilds(&self) -> Fut<'_, SharedResult<Vec<u64>>> {
+    fn guilds(&self) -> Fut<'_, SharedResult<Vec<GuildId>>> {
         Box::pin(self.guilds_())
     }
 }
@@ -241,6 +242,7 @@ impl VoiceTokens for RedisVoiceTokens {
 
 #[cfg(test)]
 mod tests {
+    use lodge_ids::{ChannelId, GuildId, UserId};
     use std::sync::Arc;
 
     use super::super::test_support::redis_or_skip;
@@ -252,44 +254,73 @@ mod tests {
             return;
         };
         let s = RedisVoiceStates::new(t.conn.clone());
-        assert!(s.swap(1, 2, None, Some("a")).await.unwrap());
+        assert!(s
+            .swap(GuildId(1), UserId(2), None, Some("a"))
+            .await
+            .unwrap());
         assert!(
-            !s.swap(1, 2, None, Some("b")).await.unwrap(),
+            !s.swap(GuildId(1), UserId(2), None, Some("b"))
+                .await
+                .unwrap(),
             "a second insert loses"
         );
-        assert!(!s.swap(1, 2, Some("x"), Some("b")).await.unwrap());
-        assert!(s.swap(1, 2, Some("a"), Some("b")).await.unwrap());
-        assert!(s.swap(1, 3, None, Some("c")).await.unwrap());
+        assert!(!s
+            .swap(GuildId(1), UserId(2), Some("x"), Some("b"))
+            .await
+            .unwrap());
+        assert!(s
+            .swap(GuildId(1), UserId(2), Some("a"), Some("b"))
+            .await
+            .unwrap());
+        assert!(s
+            .swap(GuildId(1), UserId(3), None, Some("c"))
+            .await
+            .unwrap());
         assert!(
-            s.swap(4, 3, None, Some("")).await.unwrap(),
+            s.swap(GuildId(4), UserId(3), None, Some("")).await.unwrap(),
             "an empty state is a state"
         );
-        assert!(!s.swap(4, 3, None, Some("d")).await.unwrap());
-        assert_eq!(s.get(1, 2).await.unwrap().as_deref(), Some("b"));
-        assert_eq!(s.get(1, 9).await.unwrap(), None);
-        let mut g = s.guild(1).await.unwrap();
+        assert!(!s
+            .swap(GuildId(4), UserId(3), None, Some("d"))
+            .await
+            .unwrap());
+        assert_eq!(
+            s.get(GuildId(1), UserId(2)).await.unwrap().as_deref(),
+            Some("b")
+        );
+        assert_eq!(s.get(GuildId(1), UserId(9)).await.unwrap(), None);
+        let mut g = s.guild(GuildId(1)).await.unwrap();
         g.sort();
-        assert_eq!(g, vec![(2, "b".to_string()), (3, "c".to_string())]);
-        assert_eq!(s.guilds().await.unwrap(), vec![1, 4]);
+        assert_eq!(
+            g,
+            vec![(UserId(2), "b".to_string()), (UserId(3), "c".to_string())]
+        );
+        assert_eq!(s.guilds().await.unwrap(), vec![GuildId(1), GuildId(4)]);
 
         assert!(
-            !s.swap(1, 2, None, None).await.unwrap(),
+            !s.swap(GuildId(1), UserId(2), None, None).await.unwrap(),
             "expected absent, but present"
         );
-        assert!(s.swap(1, 2, Some("b"), None).await.unwrap());
+        assert!(s
+            .swap(GuildId(1), UserId(2), Some("b"), None)
+            .await
+            .unwrap());
         assert_eq!(
             s.guilds().await.unwrap(),
-            vec![1, 4],
+            vec![GuildId(1), GuildId(4)],
             "user 3 is still in guild 1"
         );
-        assert!(s.swap(1, 3, Some("c"), None).await.unwrap());
-        assert!(s.swap(4, 3, Some(""), None).await.unwrap());
+        assert!(s
+            .swap(GuildId(1), UserId(3), Some("c"), None)
+            .await
+            .unwrap());
+        assert!(s.swap(GuildId(4), UserId(3), Some(""), None).await.unwrap());
         assert!(s.guilds().await.unwrap().is_empty());
-        assert!(s.guild(1).await.unwrap().is_empty());
+        assert!(s.guild(GuildId(1)).await.unwrap().is_empty());
     }
 
     /// A state as the executor stores it, in `channel`.
-    fn in_channel(user: u64, channel: u64) -> String {
+    fn in_channel(user: UserId, channel: ChannelId) -> String {
         format!("{{\"guild_id\":9,\"channel_id\":{channel},\"user_id\":{user}}}")
     }
 
@@ -305,23 +336,35 @@ mod tests {
             .map(|c| Arc::new(RedisVoiceStates::new(c)))
             .collect();
         let cap = ChannelCap {
-            channel_id: 500,
+            channel_id: ChannelId(500),
             limit: 3,
         };
         let s = nodes[0].clone();
         // One user already elsewhere in the guild (another channel) does not count.
         assert_eq!(
-            s.swap_capped(9, 1, None, Some(&in_channel(1, 501)), cap)
-                .await
-                .unwrap(),
+            s.swap_capped(
+                GuildId(9),
+                UserId(1),
+                None,
+                Some(&in_channel(UserId(1), ChannelId(501))),
+                cap
+            )
+            .await
+            .unwrap(),
             Swapped::Done
         );
         let tasks = (10..22u64).map(|user| {
             let s = nodes[user as usize % nodes.len()].clone();
             tokio::spawn(async move {
-                s.swap_capped(9, user, None, Some(&in_channel(user, 500)), cap)
-                    .await
-                    .unwrap()
+                s.swap_capped(
+                    GuildId(9),
+                    UserId(user),
+                    None,
+                    Some(&in_channel(UserId(user), ChannelId(500))),
+                    cap,
+                )
+                .await
+                .unwrap()
             })
         });
         let got: Vec<Swapped> = futures_util::future::join_all(tasks)
@@ -333,8 +376,8 @@ mod tests {
         let full = got.iter().filter(|g| **g == Swapped::Full).count();
         assert_eq!((done, full), (3, 9), "{got:?}");
         let marker = cap.marker();
-        let inside: Vec<u64> = s
-            .guild(9)
+        let inside: Vec<UserId> = s
+            .guild(GuildId(9))
             .await
             .unwrap()
             .into_iter()
@@ -344,32 +387,49 @@ mod tests {
         assert_eq!(inside.len(), 3);
         // A caller already inside changes flags (same channel): not an entry, never refused.
         let u = inside[0];
-        let cur = s.get(9, u).await.unwrap().unwrap();
+        let cur = s.get(GuildId(9), UserId(u.get())).await.unwrap().unwrap();
         let again = format!("{cur} ");
         assert_eq!(
-            s.swap_capped(9, u, Some(&cur), Some(&again), cap)
+            s.swap_capped(GuildId(9), UserId(u.get()), Some(&cur), Some(&again), cap)
                 .await
                 .unwrap(),
             Swapped::Done
         );
         // The user in the other channel moves in: refused while full, then one leaves.
-        let other = in_channel(1, 501);
+        let other = in_channel(UserId(1), ChannelId(501));
         assert_eq!(
-            s.swap_capped(9, 1, Some(&other), Some(&in_channel(1, 500)), cap)
-                .await
-                .unwrap(),
+            s.swap_capped(
+                GuildId(9),
+                UserId(1),
+                Some(&other),
+                Some(&in_channel(UserId(1), ChannelId(500))),
+                cap
+            )
+            .await
+            .unwrap(),
             Swapped::Full
         );
-        assert!(s.swap(9, u, Some(&again), None).await.unwrap());
+        assert!(s
+            .swap(GuildId(9), UserId(u.get()), Some(&again), None)
+            .await
+            .unwrap());
         assert_eq!(
-            s.swap_capped(9, 1, Some(&other), Some(&in_channel(1, 500)), cap)
-                .await
-                .unwrap(),
+            s.swap_capped(
+                GuildId(9),
+                UserId(1),
+                Some(&other),
+                Some(&in_channel(UserId(1), ChannelId(500))),
+                cap
+            )
+            .await
+            .unwrap(),
             Swapped::Done
         );
         // A stale expectation is a change, not a refusal.
         assert_eq!(
-            s.swap_capped(9, 1, Some(&other), None, cap).await.unwrap(),
+            s.swap_capped(GuildId(9), UserId(1), Some(&other), None, cap)
+                .await
+                .unwrap(),
             Swapped::Changed
         );
     }
@@ -393,10 +453,13 @@ mod tests {
                 let mut tries = 0u32;
                 loop {
                     tries += 1;
-                    let cur = s.get(7, 1).await.unwrap();
+                    let cur = s.get(GuildId(7), UserId(1)).await.unwrap();
                     let n: u32 = cur.as_deref().map_or(0, |v| v.parse().unwrap());
                     let next = (n + 1).to_string();
-                    if s.swap(7, 1, cur.as_deref(), Some(&next)).await.unwrap() {
+                    if s.swap(GuildId(7), UserId(1), cur.as_deref(), Some(&next))
+                        .await
+                        .unwrap()
+                    {
                         return tries;
                     }
                     tokio::task::yield_now().await;
@@ -408,7 +471,10 @@ mod tests {
             .into_iter()
             .map(|r| r.unwrap())
             .collect();
-        assert_eq!(s.get(7, 1).await.unwrap().as_deref(), Some("50"));
+        assert_eq!(
+            s.get(GuildId(7), UserId(1)).await.unwrap().as_deref(),
+            Some("50")
+        );
         let retried = tries.iter().filter(|t| **t > 1).count();
         println!("{retried} of 50 writers lost a race and retried");
     }

@@ -61,7 +61,7 @@ async fn three_publishers_one_order_and_only_watched_routes() {
     let (a, _arx) = node(&url, &prefix, "a").await;
     let (b, mut brx) = node(&url, &prefix, "b").await;
     let (c, _crx) = node(&url, &prefix, "c").await;
-    b.bus.watch_guild(7, true);
+    b.bus.watch_guild(GuildId(7), true);
     b.bus.synced().await;
 
     let publishers = [
@@ -72,12 +72,12 @@ async fn three_publishers_one_order_and_only_watched_routes() {
     let tasks = publishers.map(|(name, bus)| {
         tokio::spawn(async move {
             for i in 0..100 {
-                bus.publish_raw(Route::Guild(7), format!("{name}:{i}"))
+                bus.publish_raw(Route::Guild(GuildId(7)), format!("{name}:{i}"))
                     .await
                     .unwrap();
                 if name == "a" {
                     // Interleaved with guild 7: a guild B does not watch.
-                    bus.publish_raw(Route::Guild(8), format!("unwatched:{i}"))
+                    bus.publish_raw(Route::Guild(GuildId(8)), format!("unwatched:{i}"))
                         .await
                         .unwrap();
                 }
@@ -92,7 +92,7 @@ async fn three_publishers_one_order_and_only_watched_routes() {
     while got.len() < 300 {
         match next(&mut brx).await {
             BusIncoming::Dispatch { route, id, payload } => {
-                assert_eq!(route, Route::Guild(7), "{payload}");
+                assert_eq!(route, Route::Guild(GuildId(7)), "{payload}");
                 got.push((id, payload));
             }
             other => panic!("unexpected {other:?}"),
@@ -102,7 +102,7 @@ async fn three_publishers_one_order_and_only_watched_routes() {
 
     let stream = b
         .bus
-        .read_after(Route::Guild(7), StreamId::ZERO, 1000)
+        .read_after(Route::Guild(GuildId(7)), StreamId::ZERO, 1000)
         .await
         .unwrap();
     assert_eq!(got, stream, "pub/sub order is the stream's order");
@@ -159,10 +159,10 @@ async fn watches_are_counted() {
     let prefix = unique_prefix("bus watch count");
     let (a, _arx) = node(&url, &prefix, "a").await;
     let (b, mut brx) = node(&url, &prefix, "b").await;
-    let user = Route::User(42);
-    b.bus.watch_user(42, true);
-    b.bus.watch_user(42, true);
-    b.bus.watch_user(42, false);
+    let user = Route::User(UserId(42));
+    b.bus.watch_user(UserId(42), true);
+    b.bus.watch_user(UserId(42), true);
+    b.bus.watch_user(UserId(42), false);
     b.bus.synced().await;
     assert_eq!(b.bus.watched(), 1);
     a.bus.publish_raw(user, "one".into()).await.unwrap();
@@ -172,14 +172,14 @@ async fn watches_are_counted() {
         "still watched after one of two unwatches"
     );
 
-    b.bus.watch_user(42, false);
-    b.bus.watch_user(42, false); // one too many: ignored
+    b.bus.watch_user(UserId(42), false);
+    b.bus.watch_user(UserId(42), false); // one too many: ignored
     b.bus.synced().await;
     assert_eq!(b.bus.watched(), 0);
     a.bus.publish_raw(user, "two".into()).await.unwrap();
     quiet(&mut brx).await;
 
-    b.bus.watch_user(42, true);
+    b.bus.watch_user(UserId(42), true);
     b.bus.synced().await;
     a.bus.publish_raw(user, "three".into()).await.unwrap();
     assert!(
@@ -194,7 +194,7 @@ async fn a_route_is_read_back_after_a_position() {
     };
     let prefix = unique_prefix("bus read_after");
     let (a, _arx) = node(&url, &prefix, "a").await;
-    let g = Route::Guild(3);
+    let g = Route::Guild(GuildId(3));
     assert_eq!(a.bus.oldest(g).await.unwrap(), None);
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -272,8 +272,8 @@ async fn the_bus_survives_a_killed_connection_and_a_restart() {
     let prefix = unique_prefix("bus reconnect");
     let (a, _arx) = node(&url, &prefix, "a").await;
     let (b, mut brx) = node(&url, &prefix, "b").await;
-    let g = Route::Guild(7);
-    b.bus.watch_guild(7, true);
+    let g = Route::Guild(GuildId(7));
+    b.bus.watch_guild(GuildId(7), true);
     b.bus.synced().await;
     a.bus.publish_raw(g, "before".into()).await.unwrap();
     let (seen, p) = dispatch(&mut brx).await;
