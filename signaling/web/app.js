@@ -369,7 +369,11 @@ function onVoiceServer(d) {
     const msg = JSON.parse(ev.data);
     switch (msg.op) {
       case 8:
-        hb = setInterval(() => ws.send(JSON.stringify({ op: 3, d: { t: Date.now(), seq_ack: msg.seq ?? -1 } })), msg.d.heartbeat_interval);
+        // Leaving or moving closes the socket without its onclose: the interval ends itself.
+        hb = setInterval(() => {
+          if (ws.readyState !== WebSocket.OPEN) { clearInterval(hb); return; }
+          ws.send(JSON.stringify({ op: 3, d: { t: Date.now(), seq_ack: msg.seq ?? -1 } }));
+        }, msg.d.heartbeat_interval);
         ws.send(JSON.stringify({ op: 0, d: { server_id: d.guild_id, user_id: state.user.id, session_id: state.sessionId, token: d.token } }));
         break;
       case 2: await startWebRtc(v, msg.d.ice_servers || []); break;
