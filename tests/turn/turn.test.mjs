@@ -10,6 +10,7 @@
 
 import { createRequire } from 'node:module';
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { writeWav } from '../browser/wav.mjs';
 import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,24 +24,6 @@ const work = mkdtempSync(join(tmpdir(), 'lodge-turn-'));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const log = (...a) => console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...a);
 const drops = () => Number(execFileSync(process.env.FIREWALL_DROPS).toString().trim());
-
-function writeWav(path, f0, seconds = 8, rate = 48000) {
-  const n = seconds * rate;
-  const data = Buffer.alloc(n * 2);
-  for (let i = 0; i < n; i++) {
-    const t = i / rate;
-    const env = 0.55 + 0.45 * Math.sin(2 * Math.PI * 3.5 * t);
-    let s = 0;
-    for (let h = 1; h <= 5; h++) s += Math.sin(2 * Math.PI * f0 * h * t) / h;
-    data.writeInt16LE(Math.round(Math.max(-1, Math.min(1, 0.35 * env * s)) * 32767), i * 2);
-  }
-  const hdr = Buffer.alloc(44);
-  hdr.write('RIFF', 0); hdr.writeUInt32LE(36 + data.length, 4); hdr.write('WAVE', 8);
-  hdr.write('fmt ', 12); hdr.writeUInt32LE(16, 16); hdr.writeUInt16LE(1, 20); hdr.writeUInt16LE(1, 22);
-  hdr.writeUInt32LE(rate, 24); hdr.writeUInt32LE(rate * 2, 28); hdr.writeUInt16LE(2, 32); hdr.writeUInt16LE(16, 34);
-  hdr.write('data', 36); hdr.writeUInt32LE(data.length, 40);
-  writeFileSync(path, Buffer.concat([hdr, data]));
-}
 
 // Keeps only the relays of window.__relay ('none', 'tcp' = turn: URLs, 'tls' = turns: URLs) and
 // remembers what the node sent.
