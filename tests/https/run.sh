@@ -22,6 +22,10 @@ done
 
 B="lodge-https-b-$$"; N="lodge-https-n-$$"
 PIDS=()
+# Namespaces left by a run that was killed with -9 (its pid is gone) are removed first.
+for ns in $(ip netns list | awk '{print $1}' | grep -E '^lodge-https-[a-z]-[0-9]+$' || true); do
+  kill -0 "${ns##*-}" 2>/dev/null || ip netns del "$ns" 2>/dev/null || true
+done
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
