@@ -9,6 +9,7 @@
 #   espeak-ng        synthesises the speech sample of `lodge-load playout`
 #   fonts-dejavu-core  the font of the playout report's PNG plots
 #   janus, iproute2  the Janus VideoRoom baseline (tests/load/janus_baseline.sh) in a private netns
+#   coturn, nftables, openssl  the TURN test (tests/turn/run.sh): a relay, a firewall, a test CA
 # and, from the Rust registry/toolchain servers, what scripts/fuzz.sh needs:
 #   the nightly toolchain (minimal profile) and cargo-fuzz
 set -euo pipefail
@@ -27,6 +28,9 @@ command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 command -v janus >/dev/null 2>&1 || need+=(janus)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v turnserver >/dev/null 2>&1 || need+=(coturn)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} (apt)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

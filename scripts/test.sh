@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
-step "setup (apt: chromium, nodejs, python3-venv; npm: playwright-core; pip: discord.py)"
+step "setup (apt: chromium, nodejs, python3-venv, coturn, nftables; npm: playwright-core; pip: discord.py)"
 ./scripts/setup.sh
 
 step "formatting (cargo fmt)"
@@ -48,6 +48,12 @@ cargo test -p lodge-jitter --bench insert_pull --locked
 
 step "real browsers: three headless Chromium clients in one voice channel"
 ./tests/browser/run.sh
+
+step "HTTPS origin: Chromium opens the web client at https://lodge.test (a test CA, a name mapped in a private netns), gets the microphone, joins a call"
+OUT="$(mktemp -d)" ./tests/https/run.sh
+
+step "TURN: a Chromium caller whose UDP is firewalled joins through coturn over TCP and TLS (namespaces, nftables); fails without the relay"
+OUT="$(mktemp -d)" ./tests/turn/run.sh
 
 step "real client library: an unmodified discord.py bot (login, events, resume)"
 ./tests/discordpy/run.sh

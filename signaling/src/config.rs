@@ -220,6 +220,20 @@ config_keys! {
     /// Open TCP connections on the HTTP port from one client address (IPv6: one /64); 0 = no
     /// per-address cap. [default: 256]
     max_http_connections_per_ip: usize = "LODGE_MAX_HTTP_CONNECTIONS_PER_IP";
+    /// TURN relay (coturn) handed to voice callers whose UDP cannot reach the media port, e.g.
+    /// turn:turn.example.com:3478?transport=udp, turn:turn.example.com:3478?transport=tcp,
+    /// turns:turn.example.com:5349?transport=tcp (repeat the flag or separate with commas; in
+    /// the file a list). Needs --turn-secret. Each voice connection gets these URLs with its
+    /// own credential in the voice gateway's Ready (`ice_servers`). [default: none]
+    turn_url: Vec<crate::turn::TurnUrl> = "LODGE_TURN_URL" [value_delimiter = ','];
+    /// The secret shared with coturn (its `use-auth-secret` and `static-auth-secret=<this>`):
+    /// Lodge signs each caller's TURN username `<expiry>:<user id>` with it (HMAC-SHA1).
+    /// 16 or more random characters. [default: unset]
+    turn_secret: String = "LODGE_TURN_SECRET" [hide_env_values = true];
+    /// Seconds a handed-out TURN credential stays valid for starting a relay (60..86400).
+    /// coturn checks the expiry when a relay is allocated, so a call relayed before it goes on;
+    /// every voice connection gets a fresh credential. [default: 3600, one hour]
+    turn_credential_ttl_secs: u64 = "LODGE_TURN_CREDENTIAL_TTL_SECS";
 }
 
 /// The effective configuration.
@@ -281,6 +295,8 @@ pub struct Config {
     pub http_request_timeout_secs: u64,
     pub max_http_connections: usize,
     pub max_http_connections_per_ip: usize,
+    /// TURN relays handed to voice callers; `None` without --turn-url.
+    pub turn: Option<crate::turn::TurnConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -528,6 +544,11 @@ impl Config {
                 "use 1 to 1000000 (mind the process's file descriptor limit)",
             )?,
             max_http_connections_per_ip: v.max_http_connections_per_ip.unwrap_or(256),
+            turn: turn_config(
+                v.turn_url.take().unwrap_or_default(),
+                v.turn_secret.take(),
+                v.turn_credential_ttl_secs,
+            )?,
         }
         .checked_cluster()
     }
@@ -599,6 +620,38 @@ impl Config {
             "ws"
         };
         format!("{scheme}://{}/gateway", self.public_host())
+    }
+}
+
+/// The TURN settings fit together: URLs and a secret, or neither.
+fn turn_config(
+    urls: Vec<crate::turn::TurnUrl>,
+    secret: Option<String>,
+    ttl_secs: Option<u64>,
+) -> Result<Option<crate::turn::TurnConfig>, ConfigError> {
+    let ttl = in_range(
+        "turn_credential_ttl_secs",
+        ttl_secs.unwrap_or(3600),
+        60..=86_400,
+        "use 60 seconds to a day",
+    )?;
+    match (urls.is_empty(), secret) {
+        (true, None) => Ok(None),
+        (true, Some(_)) => Err(ConfigError::Invalid(
+            "--turn-secret is set but no --turn-url: name the relay(s) callers should use".into(),
+        )),
+        (false, None) => Err(ConfigError::Invalid(
+            "--turn-url needs --turn-secret (coturn's static-auth-secret, with use-auth-secret)"
+                .into(),
+        )),
+        (false, Some(s)) if s.chars().count() < 16 => Err(ConfigError::Invalid(
+            "turn_secret must be at least 16 characters".into(),
+        )),
+        (false, Some(secret)) => Ok(Some(crate::turn::TurnConfig {
+            urls,
+            secret,
+            ttl: std::time::Duration::from_secs(ttl),
+        })),
     }
 }
 
@@ -797,6 +850,64 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.contains("10.0.0.0/40") && e.contains("prefix"), "{e}");
+    }
+
+    #[test]
+    fn turn_urls_from_the_file_need_a_secret_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("lodge.toml");
+        std::fs::write(
+            &f,
+            "turn_url = [\"turn:turn.example.com:3478?transport=tcp\", \"turns:turn.example.com:5349?transport=tcp\"]\nturn_secret = \"0123456789abcdef-turn\"\n",
+        )
+        .unwrap();
+        let file = || ServeArgs {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
+        let c = load_args(file()).unwrap();
+        let turn = c.turn.as_ref().expect("turn configured");
+        assert_eq!(turn.urls.len(), 2);
+        assert_eq!(turn.ttl.as_secs(), 3600, "one hour unless asked");
+        let shown = serde_json::to_string(&c).unwrap();
+        assert!(
+            shown.contains("turns:turn.example.com:5349")
+                && !shown.contains("0123456789abcdef-turn"),
+            "urls shown, secret never: {shown}"
+        );
+        assert!(load_args(ServeArgs::default()).unwrap().turn.is_none());
+
+        let no_secret = load_args(ServeArgs {
+            turn_url: Some(vec!["turn:10.0.0.1".parse().unwrap()]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(no_secret.contains("--turn-secret"), "{no_secret}");
+        let no_url = load_args(ServeArgs {
+            turn_secret: Some("0123456789abcdef-turn".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(no_url.contains("no --turn-url"), "{no_url}");
+        let short = load_args(ServeArgs {
+            turn_secret: Some("short".into()),
+            ..file()
+        })
+        .unwrap_err();
+        assert!(short.contains("at least 16"), "{short}");
+        let ttl = load_args(ServeArgs {
+            turn_credential_ttl_secs: Some(5),
+            ..file()
+        })
+        .unwrap_err();
+        assert!(ttl.contains("turn_credential_ttl_secs 5"), "{ttl}");
+
+        std::fs::write(&f, "turn_url = [\"stun:10.0.0.1:3478\"]\n").unwrap();
+        let e = load_args(file()).unwrap_err();
+        assert!(
+            e.contains("stun:10.0.0.1:3478") && e.contains("turn:"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod ratelimit;
 pub mod rest;
 pub mod shared;
 pub mod tls;
+pub mod turn;
 pub mod voice;
 pub mod web;
 pub mod wire;

@@ -611,3 +611,61 @@ async fn speak_permission_revoked_mid_call_stops_forwarding() {
         "{bob_peer}"
     );
 }
+
+/// With --turn-url and --turn-secret, each voice connection's Ready carries the relays and a
+/// credential coturn accepts (`use-auth-secret`): `<expiry>:<user id>` signed with the secret.
+#[tokio::test]
+async fn ready_hands_out_turn_relays_with_a_short_lived_credential() {
+    let secret = "lodge-test-turn-secret-0123";
+    let n = node_with(|a| {
+        a.turn_url = Some(vec![
+            "turn:10.0.0.1:3478?transport=tcp".parse().unwrap(),
+            "turns:turn.example.com:5349?transport=tcp".parse().unwrap(),
+        ]);
+        a.turn_secret = Some(secret.into());
+        a.turn_credential_ttl_secs = Some(600);
+    })
+    .await;
+    let mut a = member(&n, "alice").await;
+    let (g, _, voice) = n.guild(&a.token).await;
+    let (t, ep) = voice_join(&mut a.gw, &g, &voice, false).await;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (_v, ready) = voice_identify(&ep, &g, &a.id, &a.session, &t)
+        .await
+        .unwrap();
+    let servers = ready["ice_servers"].as_array().expect("ice_servers");
+    assert_eq!(servers.len(), 1, "{ready}");
+    let s = &servers[0];
+    assert_eq!(
+        s["urls"],
+        json!([
+            "turn:10.0.0.1:3478?transport=tcp",
+            "turns:turn.example.com:5349?transport=tcp"
+        ])
+    );
+    let username = s["username"].as_str().unwrap();
+    let (expiry, user) = username.split_once(':').unwrap();
+    assert_eq!(user, a.id, "the user id names who relays");
+    let expiry: u64 = expiry.parse().unwrap();
+    assert!(
+        (before + 600..=before + 602).contains(&expiry),
+        "expires after the ttl: {expiry} vs now {before}"
+    );
+    assert_eq!(
+        s["credential"].as_str().unwrap(),
+        lodge_signaling::turn::credential(secret, username)
+    );
+
+    // Without TURN configured: an empty list, so clients need no special case.
+    let n = node().await;
+    let mut b = member(&n, "bob").await;
+    let (g, _, voice) = n.guild(&b.token).await;
+    let (t, ep) = voice_join(&mut b.gw, &g, &voice, false).await;
+    let (_v, ready) = voice_identify(&ep, &g, &b.id, &b.session, &t)
+        .await
+        .unwrap();
+    assert_eq!(ready["ice_servers"], json!([]));
+}

@@ -369,10 +369,14 @@ function onVoiceServer(d) {
     const msg = JSON.parse(ev.data);
     switch (msg.op) {
       case 8:
-        hb = setInterval(() => ws.send(JSON.stringify({ op: 3, d: { t: Date.now(), seq_ack: msg.seq ?? -1 } })), msg.d.heartbeat_interval);
+        // Leaving or moving closes the socket without its onclose: the interval ends itself.
+        hb = setInterval(() => {
+          if (ws.readyState !== WebSocket.OPEN) { clearInterval(hb); return; }
+          ws.send(JSON.stringify({ op: 3, d: { t: Date.now(), seq_ack: msg.seq ?? -1 } }));
+        }, msg.d.heartbeat_interval);
         ws.send(JSON.stringify({ op: 0, d: { server_id: d.guild_id, user_id: state.user.id, session_id: state.sessionId, token: d.token } }));
         break;
-      case 2: await startWebRtc(v); break;
+      case 2: await startWebRtc(v, msg.d.ice_servers || []); break;
       case 4: await onSessionDescription(v, msg.d); break;
       case 5: onSpeaking(v, msg.d); break;
       case 11: case 13: break; // membership is shown from voice states
@@ -394,8 +398,10 @@ function onVoiceServer(d) {
   };
 }
 
-async function startWebRtc(v) {
-  const pc = new RTCPeerConnection({ iceServers: [] });
+// iceServers: the node's TURN relays with this connection's credential (Ready's ice_servers),
+// used when UDP to the media port is blocked.
+async function startWebRtc(v, iceServers) {
+  const pc = new RTCPeerConnection({ iceServers });
   v.pc = pc;
   pc.addTransceiver(v.mic.getAudioTracks()[0], { direction: 'sendonly' });
   for (let i = 0; i < SLOTS; i++) pc.addTransceiver('audio', { direction: 'recvonly' });

@@ -67,6 +67,17 @@ fn user_ssrc(user_id: u64) -> u32 {
     ((x >> 32) as u32) | 1
 }
 
+/// The relays for `user`'s Ready: `[]` without `--turn-url`.
+fn ice_servers(s: &AppState, user: u64) -> Vec<crate::turn::IceServer> {
+    let Some(turn) = &s.cfg.turn else {
+        return Vec::new();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    turn.ice_servers(UserId(user), now)
+}
+
 /// Why a connection's loop stopped.
 enum Stop {
     /// Close with this code and reason.
@@ -237,6 +248,9 @@ async fn handle_text(
                     "modes": ["aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize"],
                     "experiments": [],
                     "heartbeat_interval": HEARTBEAT_INTERVAL_MS,
+                    // Lodge's WebRTC-mode extension: the TURN relays this connection may use,
+                    // with a credential of its own (Discord's clients ignore the field).
+                    "ice_servers": ice_servers(s, a.user_id),
                 }),
             );
             info!(

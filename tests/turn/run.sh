@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# TURN through coturn, with real browsers: a Chromium caller whose UDP to the node is dropped by
+# a firewall still joins a call through coturn, over TCP and over TLS, and hears (and is heard
+# by) a caller on the node's side. Before that, the same caller joins directly (the baseline of
+# the delay figures) and then, with the firewall up and no relay, must NOT get media: the test
+# cannot pass without the relay doing the work.
+#
+# Everything runs in three network namespaces this script creates, on private addresses:
+#
+#   ns B (browser "alice")        ns R (router + coturn)              ns N (node + browser "bob")
+#   10.77.0.2 ── veth ── 10.77.0.1   coturn: TCP 3478, TLS 5349 on .0.1   10.77.1.2 ── veth ── 10.77.1.1
+#                                  relays from 10.77.1.1                lodge: HTTP 8080, UDP media 50000
+#                                  nftables: UDP from 10.77.0.0/24 dropped (forwarded and to coturn)
+#
+# Needs root (namespaces, nftables), coturn, nftables, chromium, node (scripts/setup.sh installs
+# them), and a built `lodge` (LODGE_BIN, default target/debug/lodge).
+# OUT=<dir> keeps the logs and the measured figures (figures.json); default a temp dir.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+BIN="${LODGE_BIN:-$ROOT/target/debug/lodge}"
+OUT="${OUT:-$(mktemp -d)}"
+mkdir -p "$OUT"
+[ "$(id -u)" -eq 0 ] || { echo "tests/turn: needs root (network namespaces, nftables)"; exit 1; }
+for c in turnserver nft ip openssl chromium node; do
+  command -v "$c" >/dev/null || { echo "tests/turn: $c is missing (run scripts/setup.sh)"; exit 1; }
+done
+[ -x "$BIN" ] || { echo "tests/turn: no lodge binary at $BIN (cargo build --bin lodge)"; exit 1; }
+
+# Namespace names carry our pid, so parallel runs and leftovers of killed runs never collide.
+B="lodge-turn-b-$$"; R="lodge-turn-r-$$"; N="lodge-turn-n-$$"
+PIDS=()
+# Namespaces left by a run that was killed with -9 (its pid is gone) are removed first.
+for ns in $(ip netns list | awk '{print $1}' | grep -E '^lodge-turn-[a-z]-[0-9]+$' || true); do
+  kill -0 "${ns##*-}" 2>/dev/null || ip netns del "$ns" 2>/dev/null || true
+done
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  # Anything still running in our namespaces (Chromium helpers) goes with them.
+  for ns in "$B" "$R" "$N"; do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+
+for ns in "$B" "$R" "$N"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+ip link add rb netns "$R" type veth peer name b0 netns "$B"
+ip link add rn netns "$R" type veth peer name n0 netns "$N"
+ip -n "$R" addr add 10.77.0.1/24 dev rb
+ip -n "$R" addr add 10.77.1.1/24 dev rn
+ip -n "$B" addr add 10.77.0.2/24 dev b0
+ip -n "$N" addr add 10.77.1.2/24 dev n0
+for l in "$R rb" "$R rn" "$B b0" "$N n0"; do set -- $l; ip -n "$1" link set "$2" up; done
+ip -n "$B" route add default via 10.77.0.1
+ip -n "$N" route add default via 10.77.1.1
+ip netns exec "$R" sysctl -qw net.ipv4.ip_forward=1
+
+# coturn's TLS certificate, from a CA made here (Chromium pins the certificate's key instead of
+# trusting the CA: --ignore-certificate-errors-spki-list).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=Lodge test CA" \
+  -keyout "$OUT/ca.key" -out "$OUT/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=10.77.0.1" \
+  -keyout "$OUT/turn.key" -out "$OUT/turn.csr" 2>/dev/null
+printf 'subjectAltName=IP:10.77.0.1\nextendedKeyUsage=serverAuth\n' >"$OUT/turn.ext"
+openssl x509 -req -in "$OUT/turn.csr" -CA "$OUT/ca.pem" -CAkey "$OUT/ca.key" -CAcreateserial -days 2 \
+  -extfile "$OUT/turn.ext" -out "$OUT/turn.pem" 2>/dev/null
+TURN_SPKI="$(openssl x509 -in "$OUT/turn.pem" -pubkey -noout | openssl pkey -pubin -outform der \
+  | openssl dgst -sha256 -binary | base64)"
+export TURN_SPKI
+
+SECRET="$(openssl rand -hex 24)"
+cat >"$OUT/turnserver.conf" <<CONF
+listening-ip=10.77.0.1
+relay-ip=10.77.1.1
+listening-port=3478
+tls-listening-port=5349
+cert=$OUT/turn.pem
+pkey=$OUT/turn.key
+use-auth-secret
+static-auth-secret=$SECRET
+realm=lodge.test
+fingerprint
+no-dtls
+no-cli
+no-multicast-peers
+pidfile=$OUT/turnserver.pid
+log-file=stdout
+simple-log
+userdb=$OUT/turndb
+CONF
+ip netns exec "$R" turnserver -c "$OUT/turnserver.conf" >"$OUT/coturn.log" 2>&1 &
+PIDS+=($!)
+
+HTTP=10.77.1.2:8080
+ip netns exec "$N" "$BIN" serve --data-dir "$OUT/data" --http-listen "$HTTP" \
+  --media-listen 10.77.1.2:50000 --public-ip 10.77.1.2 --log info \
+  --registrations-per-ip-per-hour 1000 \
+  --turn-url "turn:10.77.0.1:3478?transport=tcp,turns:10.77.0.1:5349?transport=tcp" \
+  --turn-secret "$SECRET" >"$OUT/lodge.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 100); do ip netns exec "$B" curl -fs "http://$HTTP/readyz" >/dev/null && break; sleep 0.1; done
+ip netns exec "$B" curl -fsS "http://$HTTP/readyz" >/dev/null
+for _ in $(seq 1 50); do grep -q "Listening" "$OUT/coturn.log" 2>/dev/null && break; sleep 0.1; done
+
+# Chromium for alice runs in ns B; the driver and bob's Chromium in ns N.
+cat >"$OUT/chromium-b" <<SH
+#!/bin/sh
+exec ip netns exec $B /usr/bin/chromium "\$@"
+SH
+chmod +x "$OUT/chromium-b"
+
+# The firewall: applied between the phases by the driver (it calls these two files).
+cat >"$OUT/firewall-up" <<SH
+#!/bin/sh
+ip netns exec $R nft -f - <<NFT
+table inet lodge_turn {
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    ip saddr 10.77.0.0/24 ip daddr 10.77.1.0/24 meta l4proto udp counter drop
+    ip saddr 10.77.1.0/24 ip daddr 10.77.0.0/24 meta l4proto udp counter drop
+  }
+  chain input {
+    type filter hook input priority 0; policy accept;
+    ip saddr 10.77.0.0/24 meta l4proto udp counter drop
+  }
+}
+NFT
+SH
+cat >"$OUT/firewall-drops" <<SH
+#!/bin/sh
+# Packets dropped so far (all three rules).
+ip netns exec $R nft list table inet lodge_turn | awk '/counter packets/ { for (i = 1; i < NF; i++) if (\$i == "packets") n += \$(i + 1) } END { print n + 0 }'
+SH
+chmod +x "$OUT/firewall-up" "$OUT/firewall-drops"
+
+cd "$ROOT/tests/browser"
+[ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --loglevel=error
+cd "$ROOT/tests/turn"
+if ! ip netns exec "$N" env LODGE_URL="http://$HTTP" CHROMIUM_B="$OUT/chromium-b" \
+    FIREWALL_UP="$OUT/firewall-up" FIREWALL_DROPS="$OUT/firewall-drops" FIGURES="$OUT/figures.json" \
+    timeout 300 node turn.test.mjs; then
+  echo "---- lodge log (last 40 lines) ----"; tail -40 "$OUT/lodge.log"
+  echo "---- coturn log (last 40 lines) ----"; tail -40 "$OUT/coturn.log"
+  exit 1
+fi
+echo "tests/turn: passed; figures in $OUT/figures.json"
