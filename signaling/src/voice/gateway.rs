@@ -68,14 +68,14 @@ fn user_ssrc(user_id: u64) -> u32 {
 }
 
 /// The relays for `user`'s Ready: `[]` without `--turn-url`.
-fn ice_servers(s: &AppState, user: u64) -> Vec<crate::turn::IceServer> {
+fn ice_servers(s: &AppState, user: UserId) -> Vec<crate::turn::IceServer> {
     let Some(turn) = &s.cfg.turn else {
         return Vec::new();
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    turn.ice_servers(UserId(user), now)
+    turn.ice_servers(user, now)
 }
 
 /// Why a connection's loop stopped.
