@@ -1,0 +1,126 @@
+//! Remote speakers: speakers of a room connected to another node, fed by a trunk.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use super::forward::Inbound;
+use super::Node;
+use crate::drop_reason::DropReason;
+use crate::error::SfuError;
+use crate::ids::{ParticipantIdx, RoomId, UserId};
+use crate::participant::{Participant, VoiceFlags};
+use crate::rate_limit::TokenBucket;
+use crate::room::Room;
+use crate::stats::ParticipantStats;
+
+/// Far enough in the future to mean "no timer".
+const NEVER: Duration = Duration::from_secs(86_400 * 365);
+
+/// A remote speaker's packet, as a trunk delivered it.
+#[derive(Debug)]
+pub struct RemotePacket {
+    pub idx: ParticipantIdx,
+    /// Consecutive per speaker (the trunk's sequence number).
+    pub seq: u16,
+    pub rtp_ts: u32,
+    /// RFC 6464 level, 0 loudest … 127 silent.
+    pub level: u8,
+    pub marker: bool,
+    pub payload: Arc<[u8]>,
+}
+
+impl Node {
+    /// Add a speaker of `room` that is connected to another node and arrives over a trunk: it
+    /// is ranked and forwarded like a local speaker, has no WebRTC session and no slots, and is
+    /// never timed out (the trunk removes it). No Connected/Left events are emitted for it.
+    pub fn add_remote(
+        &mut self,
+        now: Instant,
+        room: RoomId,
+        user: UserId,
+    ) -> Result<ParticipantIdx, SfuError> {
+        if self.count >= self.cfg.max_participants {
+            return Err(SfuError::NodeFull {
+                limit: self.cfg.max_participants,
+            });
+        }
+        let rate = self.cfg.max_packet_rate;
+        let p = Participant {
+            user,
+            room,
+            guild: None,
+            rtc: None,
+            remote_ssrc: 0,
+            ufrag: String::new(),
+            remotes: Vec::new(),
+            opus_pt: 111.into(),
+            slots: Vec::new(),
+            subscribers: Vec::new(),
+            level: Default::default(),
+            flags: VoiceFlags {
+                can_speak: true,
+                ..VoiceFlags::default()
+            },
+            stats: ParticipantStats::default(),
+            rate: TokenBucket::new(rate, (rate / 4).max(8)),
+            joined_at: now,
+            last_recv: None,
+            connected: true,
+            next_timeout: now + NEVER,
+            armed: None,
+            gone: false,
+        };
+        let idx = self.insert(p);
+        // A per-node SSRC for the remote source (the slot rewriter tells sources apart by it).
+        let r = self.next_rand() as u32;
+        if let Some(p) = self.participant_mut(idx) {
+            p.remote_ssrc = r;
+        }
+        self.count += 1;
+        self.remote_count += 1;
+        let sel_cfg = self.cfg.selector;
+        let r = self.rooms.entry(room).or_insert_with(|| Room::new(sel_cfg));
+        r.members.push(idx);
+        if self.next_tick.is_none() {
+            self.next_tick = Some(now + self.cfg.selector.tick);
+        }
+        info!(%idx, room = room.0, user = user.0, "remote speaker added");
+        Ok(idx)
+    }
+
+    /// A remote speaker's packet from its trunk. Unknown or local indices are dropped (counted).
+    pub fn remote_rtp(&mut self, now: Instant, pkt: RemotePacket) {
+        let RemotePacket {
+            idx,
+            seq,
+            rtp_ts,
+            level,
+            marker,
+            payload,
+        } = pkt;
+        let Some(p) = self.participant_mut(idx).filter(|p| p.rtc.is_none()) else {
+            return self.drop_datagram(DropReason::UnknownPeer, None);
+        };
+        if !p.rate.take(now) {
+            return self.drop_datagram(DropReason::OverRate, Some(idx));
+        }
+        p.last_recv = Some(now);
+        let pkt = Inbound {
+            ssrc: p.remote_ssrc,
+            seq,
+            ts: rtp_ts,
+            marker,
+            audio_level: Some(-(level.min(127) as i8)),
+            voice_activity: None,
+            payload,
+        };
+        self.forward(now, idx, pkt, true);
+    }
+
+    /// Whether `idx` is a remote speaker (fed by a trunk).
+    pub fn is_remote(&self, idx: ParticipantIdx) -> bool {
+        self.participant(idx).is_some_and(|p| p.rtc.is_none())
+    }
+}
