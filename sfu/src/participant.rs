@@ -6,7 +6,7 @@ use std::time::Instant;
 use str0m::media::{Mid, Pt};
 use str0m::Rtc;
 
-use crate::ids::{GuildId, ParticipantIdx, RoomId, Ssrc, UserId};
+use crate::ids::{GuildId, RoomId, Ssrc, UserId};
 use crate::rate_limit::TokenBucket;
 use crate::seq_rewriter::SeqRewriter;
 use crate::speaker_selector::SpeakerLevel;
@@ -17,7 +17,6 @@ pub(crate) struct Slot {
     pub mid: Mid,
     pub ssrc: Ssrc,
     pub pt: Pt,
-    pub speaker: Option<ParticipantIdx>,
     pub rewriter: SeqRewriter,
 }
 
@@ -60,8 +59,6 @@ pub(crate) struct Participant {
     pub remotes: Vec<SocketAddr>,
     pub opus_pt: Pt,
     pub slots: Vec<Slot>,
-    /// Listeners that have this participant in a slot: (listener, slot index).
-    pub subscribers: Vec<(ParticipantIdx, u8)>,
     pub level: SpeakerLevel,
     pub flags: VoiceFlags,
     pub stats: ParticipantStats,

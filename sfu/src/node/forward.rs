@@ -54,6 +54,7 @@ impl Node {
             exported,
             export_all,
             timers,
+            slot_map,
             ..
         } = self;
         let p = participants[from.0 as usize]
@@ -119,13 +120,8 @@ impl Node {
             voice_activity,
             ..Default::default()
         };
-        // Subscribers are kept up to date by the tick; iterate by index to avoid cloning the list.
-        let n_subs = p.subscribers.len();
-        for s in 0..n_subs {
-            let (listener, slot_ix) = participants[from.0 as usize]
-                .as_ref()
-                .expect("live")
-                .subscribers[s];
+        // The slot map is kept up to date by the tick and by leaving; reading it is a slice.
+        for &(listener, slot_ix) in slot_map.subscribers(from) {
             let Some(l) = participants
                 .get_mut(listener.0 as usize)
                 .and_then(|x| x.as_mut())

@@ -172,7 +172,6 @@ impl Node {
                 mid,
                 ssrc: Ssrc(*ssrc),
                 pt: opus_pt,
-                speaker: None,
                 rewriter: SeqRewriter::new(seq0, ts0, 48_000, OPUS_FRAME),
             });
         }
@@ -197,7 +196,6 @@ impl Node {
             remotes: Vec::new(),
             opus_pt,
             slots,
-            subscribers: Vec::new(),
             level: Default::default(),
             flags: req.flags,
             stats: ParticipantStats::default(),

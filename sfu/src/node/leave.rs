@@ -73,37 +73,25 @@ impl Node {
             room.members.retain(|m| *m != idx);
             room.selector_forget(idx);
         }
-        for (listener, slot) in p.subscribers.drain(..) {
-            if let Some(l) = self
-                .participants
-                .get_mut(listener.0 as usize)
-                .and_then(|s| s.as_mut())
-            {
-                if let Some(s) = l.slots.get_mut(slot as usize) {
-                    if s.speaker == Some(idx) {
-                        s.speaker = None;
-                        self.out
-                            .push_back(NodeOutput::Event(NodeEvent::SlotChanged {
-                                listener,
-                                listener_user: l.user,
-                                room: l.room,
-                                slot: slot as usize,
-                                ssrc: s.ssrc,
-                                speaker: None,
-                            }));
-                    }
-                }
-            }
-        }
-        for s in &p.slots {
-            if let Some(sp) = s
-                .speaker
-                .and_then(|sp| self.participants.get_mut(sp.0 as usize))
-                .and_then(|x| x.as_mut())
-            {
-                sp.subscribers.retain(|(l, _)| *l != idx);
-            }
-        }
+        let Node {
+            participants,
+            slot_map,
+            out,
+            ..
+        } = self;
+        slot_map.remove(idx, |listener, slot| {
+            let l = participants[listener.0 as usize]
+                .as_ref()
+                .expect("the slot map holds only live participants");
+            out.push_back(NodeOutput::Event(NodeEvent::SlotChanged {
+                listener,
+                listener_user: l.user,
+                room: l.room,
+                slot,
+                ssrc: l.slots[slot].ssrc,
+                speaker: None,
+            }));
+        });
         let room_empty = self
             .rooms
             .get(&p.room)

@@ -27,6 +27,7 @@ use crate::error::SfuError;
 use crate::ids::{GuildId, ParticipantIdx, RoomId, UserId};
 use crate::participant::{Participant, VoiceFlags};
 use crate::room::Room;
+use crate::slot_map::SlotMap;
 use crate::speaker_selector::Candidate as SelCandidate;
 use crate::stats::NodeStats;
 use crate::timers::TimerQueue;
@@ -51,6 +52,8 @@ pub struct Node {
     free: Vec<u32>,
     count: usize,
     rooms: HashMap<RoomId, Room>,
+    /// Which speaker each listener slot carries, and its reverse.
+    slot_map: SlotMap,
     by_ufrag: HashMap<String, ParticipantIdx>,
     by_addr: HashMap<SocketAddr, ParticipantIdx>,
     out: VecDeque<NodeOutput>,
@@ -88,6 +91,7 @@ impl Node {
             free: Vec::new(),
             count: 0,
             rooms: HashMap::new(),
+            slot_map: SlotMap::default(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             out: VecDeque::new(),
@@ -144,9 +148,10 @@ impl Node {
         self.seed = seed | 1;
     }
 
-    /// Put a participant in a free slab slot (or a new one).
+    /// Put a participant in a free slab slot (or a new one), with its slots empty.
     pub(super) fn insert(&mut self, p: Participant) -> ParticipantIdx {
-        match self.free.pop() {
+        let k = p.slots.len();
+        let idx = match self.free.pop() {
             Some(i) => {
                 self.participants[i as usize] = Some(p);
                 ParticipantIdx(i)
@@ -155,7 +160,9 @@ impl Node {
                 self.participants.push(Some(p));
                 ParticipantIdx((self.participants.len() - 1) as u32)
             }
-        }
+        };
+        self.slot_map.add(idx, k);
+        idx
     }
 
     /// Mark `room` as having listeners on other nodes: its speakers' packets are emitted as

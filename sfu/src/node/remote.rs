@@ -57,7 +57,6 @@ impl Node {
             remotes: Vec::new(),
             opus_pt: 111.into(),
             slots: Vec::new(),
-            subscribers: Vec::new(),
             level: Default::default(),
             flags: VoiceFlags {
                 can_speak: true,

@@ -51,9 +51,10 @@ impl Node {
                 slots: p
                     .slots
                     .iter()
-                    .map(|s| SlotReport {
+                    .zip(self.slot_map.speakers(ParticipantIdx(i as u32)))
+                    .map(|(s, speaker)| SlotReport {
                         ssrc: s.ssrc.0,
-                        speaker: s.speaker.and_then(user_of),
+                        speaker: speaker.and_then(user_of),
                     })
                     .collect(),
                 stats: p.stats.clone(),

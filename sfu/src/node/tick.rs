@@ -24,6 +24,7 @@ impl Node {
             rooms,
             scratch_candidates,
             scratch_changes,
+            slot_map,
             out,
             ..
         } = self;
@@ -44,30 +45,20 @@ impl Node {
         let ranked = room.selector.ranked();
         for &li in &room.members {
             scratch_changes.clear();
-            {
-                let Some(l) = participants[li.0 as usize].as_mut() else {
-                    continue;
-                };
-                room.slot_scratch.clear();
-                room.slot_scratch.extend(l.slots.iter().map(|s| s.speaker));
-                assign_slots(li, &mut room.slot_scratch, ranked, |n, w| {
-                    scratch_changes.push((n, w))
-                });
-            }
+            let Some(l) = participants[li.0 as usize].as_ref() else {
+                continue;
+            };
+            room.slot_scratch.clear();
+            room.slot_scratch.extend_from_slice(slot_map.speakers(li));
+            assign_slots(li, &mut room.slot_scratch, ranked, |n, w| {
+                scratch_changes.push((n, w))
+            });
             for &(n, who) in scratch_changes.iter() {
-                let l = participants[li.0 as usize].as_mut().expect("checked above");
-                let old = std::mem::replace(&mut l.slots[n].speaker, who);
+                slot_map.assign(li, n, who);
                 let (listener_user, ssrc) = (l.user, l.slots[n].ssrc);
-                if let Some(o) = old.and_then(|o| participants[o.0 as usize].as_mut()) {
-                    o.subscribers
-                        .retain(|(x, s)| !(*x == li && *s as usize == n));
-                }
                 let speaker_user = who
-                    .and_then(|w| participants[w.0 as usize].as_mut())
-                    .map(|w| {
-                        w.subscribers.push((li, n as u8));
-                        w.user
-                    });
+                    .and_then(|w| participants[w.0 as usize].as_ref())
+                    .map(|w| w.user);
                 out.push_back(NodeOutput::Event(NodeEvent::SlotChanged {
                     listener: li,
                     listener_user,
