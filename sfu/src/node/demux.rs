@@ -9,7 +9,8 @@ use tracing::{debug, trace};
 
 use super::Node;
 use crate::drop_reason::DropReason;
-use crate::participant::MAX_REMOTES;
+use crate::ids::ParticipantIdx;
+use crate::participant::{Kind, MAX_REMOTES};
 
 impl Node {
     /// Feed one received UDP datagram.
@@ -65,35 +66,20 @@ impl Node {
         if !p.rate.take(now) {
             return self.drop_datagram(DropReason::OverRate, Some(idx));
         }
-        let Some(rtc) = p.rtc.as_mut() else {
+        let Kind::WebRtc(w) = &mut p.kind else {
             // Remote speakers have no address or ufrag in the maps.
             return self.drop_datagram(DropReason::UnknownPeer, None);
         };
-        if !rtc.accepts(&input) {
+        if !w.rtc.accepts(&input) {
             return self.drop_datagram(DropReason::Rejected, Some(idx));
         }
-        if let Err(e) = rtc.handle_input(input) {
+        if let Err(e) = w.rtc.handle_input(input) {
             trace!(%idx, error = %e, "datagram refused by WebRTC stack");
             return self.drop_datagram(DropReason::Rejected, Some(idx));
         }
         p.last_recv = Some(now);
-        if stun && !p.remotes.contains(&source) {
-            p.remotes.push(source);
-            let evicted = (p.remotes.len() > MAX_REMOTES).then(|| p.remotes.remove(0));
-            if let Some(old) = evicted {
-                if self.by_addr.get(&old) == Some(&idx) {
-                    self.by_addr.remove(&old);
-                }
-            }
-            // An address moves to whoever proved it last (NAT rebinding, reused port).
-            if let Some(prev) = self.by_addr.insert(source, idx) {
-                if prev != idx {
-                    if let Some(pp) = self.participant_mut(prev) {
-                        pp.remotes.retain(|a| *a != source);
-                    }
-                }
-            }
-            debug!(%idx, "participant address learned from STUN");
+        if stun {
+            self.learn_address(idx, source);
         }
         // In RTP mode str0m reports every RTP packet that authenticates; one that does not
         // vanishes inside it. Notice that here so it is counted like every other drop.
@@ -102,6 +88,35 @@ impl Node {
         if is_rtp(buf) && self.stats.rtp_in == rtp_before {
             self.drop_datagram(DropReason::DecryptFailed, Some(idx));
         }
+    }
+}
+
+impl Node {
+    /// A STUN check from `source` authenticated for `idx`: its media may come from there. The
+    /// peer keeps its last `MAX_REMOTES` addresses; an address belongs to whoever proved it
+    /// last (NAT rebinding, a reused port).
+    fn learn_address(&mut self, idx: ParticipantIdx, source: SocketAddr) {
+        let Some(Kind::WebRtc(w)) = self.participant_mut(idx).map(|p| &mut p.kind) else {
+            return;
+        };
+        if w.remotes.contains(&source) {
+            return;
+        }
+        w.remotes.push(source);
+        let evicted = (w.remotes.len() > MAX_REMOTES).then(|| w.remotes.remove(0));
+        if let Some(old) = evicted {
+            if self.by_addr.get(&old) == Some(&idx) {
+                self.by_addr.remove(&old);
+            }
+        }
+        if let Some(prev) = self.by_addr.insert(source, idx) {
+            if prev != idx {
+                if let Some(Kind::WebRtc(pw)) = self.participant_mut(prev).map(|p| &mut p.kind) {
+                    pw.remotes.retain(|a| *a != source);
+                }
+            }
+        }
+        debug!(%idx, "participant address learned from STUN");
     }
 }
 

@@ -9,6 +9,7 @@ use str0m::{Input, Output};
 use super::{Export, Node, NodeOutput, Transmit};
 use crate::drop_reason::DropReason;
 use crate::ids::ParticipantIdx;
+use crate::participant::{Kind, Participant};
 
 /// One received speaker packet, from WebRTC or from a trunk.
 pub(super) struct Inbound {
@@ -107,7 +108,7 @@ impl Node {
                     room: p.room,
                     from,
                     user: p.user,
-                    remote: p.rtc.is_none(),
+                    remote: p.is_remote(),
                     rtp_ts: ts,
                     level,
                     marker,
@@ -122,27 +123,31 @@ impl Node {
         };
         // The slot map is kept up to date by the tick and by leaving; reading it is a slice.
         for &(listener, slot_ix) in slot_map.subscribers(from) {
-            let Some(l) = participants
+            // Only a WebRTC peer has slots (today's only kind of listener).
+            let Some(Participant {
+                kind: Kind::WebRtc(w),
+                flags,
+                stats: l_stats,
+                ..
+            }) = participants
                 .get_mut(listener.0 as usize)
                 .and_then(|x| x.as_mut())
             else {
                 continue;
             };
-            if l.flags.deaf() || !l.connected {
+            if flags.deaf() || !w.connected {
                 continue;
             }
-            let slot = &mut l.slots[slot_ix as usize];
+            let slot = &mut w.slots[slot_ix as usize];
             let Some(rw) = slot.rewriter.rewrite(now, ssrc, seq, ts) else {
                 stats.drops.count(DropReason::Stale);
                 continue;
             };
             if rw.switched {
-                l.stats.slot_switches += 1;
+                l_stats.slot_switches += 1;
             }
             let (mid, pt) = (slot.mid, slot.pt);
-            let Some(rtc) = l.rtc.as_mut() else {
-                continue;
-            };
+            let rtc = &mut w.rtc;
             {
                 let mut api = rtc.direct_api();
                 let Some(tx) = api.stream_tx_by_mid(mid, None) else {
@@ -154,13 +159,13 @@ impl Node {
                         .ext_vals(ext.clone()),
                 );
             }
-            l.stats.packets_out += 1;
-            l.stats.bytes_out += payload.len() as u64;
+            l_stats.packets_out += 1;
+            l_stats.bytes_out += payload.len() as u64;
             stats.rtp_forwarded += 1;
             // str0m releases queued RTP when driven by time: give it `now` so the packet leaves
             // in this same call instead of waiting for the listener's next timer.
             if rtc.handle_input(Input::Timeout(now)).is_err() {
-                l.gone = true;
+                w.gone = true;
                 continue;
             }
             // Drain the listener's transmits right away (no events are expected from writing).
@@ -175,8 +180,8 @@ impl Node {
                         }))
                     }
                     Ok(Output::Timeout(t)) => {
-                        l.next_timeout = t;
-                        timers.arm(listener.0, t, &mut l.armed);
+                        w.next_timeout = t;
+                        timers.arm(listener.0, t, &mut w.armed);
                         if !sent {
                             stats.rtp_deferred += 1;
                         }
@@ -184,7 +189,7 @@ impl Node {
                     }
                     Ok(Output::Event(_)) => {}
                     Err(_) => {
-                        l.gone = true;
+                        w.gone = true;
                         break;
                     }
                 }

@@ -13,7 +13,7 @@ use tracing::info;
 use super::Node;
 use crate::error::SfuError;
 use crate::ids::{GuildId, ParticipantIdx, RoomId, Ssrc, UserId};
-use crate::participant::{Participant, Slot, VoiceFlags};
+use crate::participant::{Kind, Participant, Slot, VoiceFlags, WebRtcPeer};
 use crate::rate_limit::TokenBucket;
 use crate::room::Room;
 use crate::seq_rewriter::SeqRewriter;
@@ -189,23 +189,24 @@ impl Node {
         let p = Participant {
             user: req.user,
             room: req.room,
-            guild: Some(req.guild),
-            rtc: Some(rtc),
-            remote_ssrc: 0,
-            ufrag: ufrag.clone(),
-            remotes: Vec::new(),
-            opus_pt,
-            slots,
             level: Default::default(),
             flags: req.flags,
             stats: ParticipantStats::default(),
             rate: TokenBucket::new(rate, (rate / 4).max(8)),
-            joined_at: now,
             last_recv: None,
-            connected: false,
-            next_timeout: now,
-            armed: None,
-            gone: false,
+            kind: Kind::WebRtc(WebRtcPeer {
+                rtc,
+                guild: req.guild,
+                ufrag: ufrag.clone(),
+                remotes: Vec::new(),
+                opus_pt,
+                slots,
+                joined_at: now,
+                connected: false,
+                next_timeout: now,
+                armed: None,
+                gone: false,
+            }),
         };
         let idx = self.insert(p);
         self.count += 1;

@@ -7,6 +7,7 @@ use tracing::info;
 
 use super::{LeaveReason, Node, NodeEvent, NodeOutput};
 use crate::ids::ParticipantIdx;
+use crate::participant::Kind;
 
 impl Node {
     /// Remove a participant (left the channel, moved, kicked). Unknown indices are ignored.
@@ -25,16 +26,17 @@ impl Node {
 
     pub(super) fn reap(&mut self, now: Instant) {
         for i in 0..self.participants.len() {
-            let reason = match &self.participants[i] {
-                Some(p) if p.rtc.is_none() => None,
-                Some(p) if p.gone => Some(LeaveReason::Closed),
-                Some(p) if p.connected => p
+            // Remote speakers are never reaped: their trunk removes them.
+            let reason = match self.participants[i].as_ref().map(|p| (p, &p.kind)) {
+                Some((_, Kind::WebRtc(w))) if w.gone => Some(LeaveReason::Closed),
+                Some((p, Kind::WebRtc(w))) if w.connected => p
                     .last_recv
                     .is_some_and(|t| now.saturating_duration_since(t) > self.cfg.idle_timeout)
                     .then_some(LeaveReason::Idle),
-                Some(p) => (now.saturating_duration_since(p.joined_at) > self.cfg.connect_timeout)
+                Some((_, Kind::WebRtc(w))) => (now.saturating_duration_since(w.joined_at)
+                    > self.cfg.connect_timeout)
                     .then_some(LeaveReason::ConnectTimeout),
-                None => None,
+                Some((_, Kind::Remote(_))) | None => None,
             };
             if let Some(r) = reason {
                 self.remove(ParticipantIdx(i as u32), r);
@@ -52,21 +54,19 @@ impl Node {
         };
         self.free.push(idx.0);
         self.count -= 1;
-        if p.rtc.is_none() {
-            self.remote_count -= 1;
-        }
-        if let Some(g) = p.guild {
-            release(&mut self.per_guild, g);
-            release(&mut self.per_user, p.user);
-        }
-        self.by_ufrag.remove(&p.ufrag);
-        for addr in &p.remotes {
-            if self.by_addr.get(addr) == Some(&idx) {
-                self.by_addr.remove(addr);
+        match &mut p.kind {
+            Kind::WebRtc(w) => {
+                release(&mut self.per_guild, w.guild);
+                release(&mut self.per_user, p.user);
+                self.by_ufrag.remove(&w.ufrag);
+                for addr in &w.remotes {
+                    if self.by_addr.get(addr) == Some(&idx) {
+                        self.by_addr.remove(addr);
+                    }
+                }
+                w.rtc.disconnect();
             }
-        }
-        if let Some(rtc) = p.rtc.as_mut() {
-            rtc.disconnect();
+            Kind::Remote(_) => self.remote_count -= 1,
         }
         // Free every slot that carried this participant, and forget its own subscriptions.
         if let Some(room) = self.rooms.get_mut(&p.room) {
@@ -88,7 +88,7 @@ impl Node {
                 listener_user: l.user,
                 room: l.room,
                 slot,
-                ssrc: l.slots[slot].ssrc,
+                ssrc: l.slots()[slot].ssrc,
                 speaker: None,
             }));
         });
@@ -103,7 +103,7 @@ impl Node {
                 .members
                 .iter()
                 .filter_map(|m| self.participants[m.0 as usize].as_ref())
-                .map(|m| m.slots.len())
+                .map(|m| m.slots().len())
                 .max();
             room.set_capacity(max_k.unwrap_or(0) + 1);
         }
@@ -113,8 +113,8 @@ impl Node {
         if self.export_all || self.exported.contains(&p.room) {
             self.out.push_back(NodeOutput::ExportEnd(idx));
         }
-        if p.rtc.is_none() {
-            return;
+        if p.is_remote() {
+            return; // signaling never saw it join
         }
         self.out.push_back(NodeOutput::Event(NodeEvent::Left {
             idx,

@@ -25,7 +25,7 @@ use tracing::{trace, warn};
 use crate::drop_reason::DropReason;
 use crate::error::SfuError;
 use crate::ids::{GuildId, ParticipantIdx, RoomId, UserId};
-use crate::participant::{Participant, VoiceFlags};
+use crate::participant::{Kind, Participant, VoiceFlags};
 use crate::room::Room;
 use crate::slot_map::SlotMap;
 use crate::speaker_selector::Candidate as SelCandidate;
@@ -150,7 +150,7 @@ impl Node {
 
     /// Put a participant in a free slab slot (or a new one), with its slots empty.
     pub(super) fn insert(&mut self, p: Participant) -> ParticipantIdx {
-        let k = p.slots.len();
+        let k = p.slots().len();
         let idx = match self.free.pop() {
             Some(i) => {
                 self.participants[i as usize] = Some(p);
@@ -239,31 +239,32 @@ impl Node {
     /// Drive timers: str0m timeouts that are due, the selector tick, idle and connect timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some((at, i)) = self.timers.pop_due(now) {
-            let Some(p) = self
+            // Only WebRTC sessions arm timers.
+            let Some(Participant {
+                kind: Kind::WebRtc(w),
+                ..
+            }) = self
                 .participants
                 .get_mut(i as usize)
                 .and_then(|p| p.as_mut())
             else {
                 continue;
             };
-            if p.armed != Some(at) {
+            if w.armed != Some(at) {
                 continue; // stale: a later entry (or none, for a reused index) is live
             }
-            p.armed = None;
+            w.armed = None;
             let idx = ParticipantIdx(i);
-            if p.next_timeout <= now {
-                let Some(rtc) = p.rtc.as_mut() else {
-                    continue;
-                };
-                if let Err(e) = rtc.handle_input(Input::Timeout(now)) {
+            if w.next_timeout <= now {
+                if let Err(e) = w.rtc.handle_input(Input::Timeout(now)) {
                     warn!(%idx, error = %e, "WebRTC timeout handling failed; removing participant");
-                    p.gone = true;
+                    w.gone = true;
                 }
                 // Re-arms through the Timeout output.
                 self.drain(idx, now);
             } else {
-                let at = p.next_timeout;
-                self.timers.arm(i, at, &mut p.armed);
+                let at = w.next_timeout;
+                self.timers.arm(i, at, &mut w.armed);
             }
         }
         if self.next_tick.is_some_and(|t| t <= now) {

@@ -1,7 +1,7 @@
 //! Remote speakers: speakers of a room connected to another node, fed by a trunk.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tracing::info;
 
@@ -10,13 +10,10 @@ use super::Node;
 use crate::drop_reason::DropReason;
 use crate::error::SfuError;
 use crate::ids::{ParticipantIdx, RoomId, UserId};
-use crate::participant::{Participant, VoiceFlags};
+use crate::participant::{Kind, Participant, RemoteSpeaker, VoiceFlags};
 use crate::rate_limit::TokenBucket;
 use crate::room::Room;
 use crate::stats::ParticipantStats;
-
-/// Far enough in the future to mean "no timer".
-const NEVER: Duration = Duration::from_secs(86_400 * 365);
 
 /// A remote speaker's packet, as a trunk delivered it.
 #[derive(Debug)]
@@ -47,16 +44,11 @@ impl Node {
             });
         }
         let rate = self.cfg.max_packet_rate;
+        // A per-node SSRC for the remote source (the slot rewriter tells sources apart by it).
+        let ssrc = self.next_rand() as u32;
         let p = Participant {
             user,
             room,
-            guild: None,
-            rtc: None,
-            remote_ssrc: 0,
-            ufrag: String::new(),
-            remotes: Vec::new(),
-            opus_pt: 111.into(),
-            slots: Vec::new(),
             level: Default::default(),
             flags: VoiceFlags {
                 can_speak: true,
@@ -64,19 +56,10 @@ impl Node {
             },
             stats: ParticipantStats::default(),
             rate: TokenBucket::new(rate, (rate / 4).max(8)),
-            joined_at: now,
             last_recv: None,
-            connected: true,
-            next_timeout: now + NEVER,
-            armed: None,
-            gone: false,
+            kind: Kind::Remote(RemoteSpeaker { ssrc }),
         };
         let idx = self.insert(p);
-        // A per-node SSRC for the remote source (the slot rewriter tells sources apart by it).
-        let r = self.next_rand() as u32;
-        if let Some(p) = self.participant_mut(idx) {
-            p.remote_ssrc = r;
-        }
         self.count += 1;
         self.remote_count += 1;
         let sel_cfg = self.cfg.selector;
@@ -99,7 +82,10 @@ impl Node {
             marker,
             payload,
         } = pkt;
-        let Some(p) = self.participant_mut(idx).filter(|p| p.rtc.is_none()) else {
+        let Some(p) = self.participant_mut(idx) else {
+            return self.drop_datagram(DropReason::UnknownPeer, None);
+        };
+        let Kind::Remote(RemoteSpeaker { ssrc }) = p.kind else {
             return self.drop_datagram(DropReason::UnknownPeer, None);
         };
         if !p.rate.take(now) {
@@ -107,7 +93,7 @@ impl Node {
         }
         p.last_recv = Some(now);
         let pkt = Inbound {
-            ssrc: p.remote_ssrc,
+            ssrc,
             seq,
             ts: rtp_ts,
             marker,
@@ -120,6 +106,6 @@ impl Node {
 
     /// Whether `idx` is a remote speaker (fed by a trunk).
     pub fn is_remote(&self, idx: ParticipantIdx) -> bool {
-        self.participant(idx).is_some_and(|p| p.rtc.is_none())
+        self.participant(idx).is_some_and(Participant::is_remote)
     }
 }

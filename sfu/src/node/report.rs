@@ -37,18 +37,18 @@ impl Node {
         self.participants
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| p.as_ref().filter(|p| p.rtc.is_some()).map(|p| (i, p)))
-            .map(|(i, p)| ParticipantReport {
+            .filter_map(|(i, p)| p.as_ref().and_then(|p| Some((i, p, p.webrtc()?))))
+            .map(|(i, p, w)| ParticipantReport {
                 idx: i as u32,
                 user: p.user,
                 room: p.room,
-                connected: p.connected,
+                connected: w.connected,
                 self_mute: p.flags.self_mute,
                 server_mute: p.flags.server_mute,
                 deaf: p.flags.deaf(),
                 can_speak: p.flags.can_speak,
                 speaking_level: p.level.loudness(),
-                slots: p
+                slots: w
                     .slots
                     .iter()
                     .zip(self.slot_map.speakers(ParticipantIdx(i as u32)))

@@ -36,7 +36,7 @@ impl Node {
             if let Some(p) = participants[m.0 as usize].as_ref() {
                 scratch_candidates.push(SelCandidate {
                     idx: *m,
-                    eligible: p.connected && p.flags.forwardable(),
+                    eligible: p.connected() && p.flags.forwardable(),
                     level: p.level,
                 });
             }
@@ -55,7 +55,7 @@ impl Node {
             });
             for &(n, who) in scratch_changes.iter() {
                 slot_map.assign(li, n, who);
-                let (listener_user, ssrc) = (l.user, l.slots[n].ssrc);
+                let (listener_user, ssrc) = (l.user, l.slots()[n].ssrc);
                 let speaker_user = who
                     .and_then(|w| participants[w.0 as usize].as_ref())
                     .map(|w| w.user);
