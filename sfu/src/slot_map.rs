@@ -8,7 +8,7 @@
 //! `speakers[l][s] == Some(sp)`  ⇔  `(l, s)` occurs in `subscribers[sp]`, exactly once.
 //!
 //! Every change checks the entries it touched with `debug_assert!` (O(K + subscribers) per
-//! change, so debug runs of large rooms stay usable); [`SlotMap::check`] checks the whole map.
+//! change, so debug runs of large rooms stay usable); `SlotMap::check` (in tests) checks the whole map.
 //! Entries are indexed by slab index and keep their capacity when a participant leaves, so a
 //! reused index allocates nothing; reading is a slice, so the forward loop allocates nothing.
 

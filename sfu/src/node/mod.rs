@@ -1,8 +1,28 @@
 //! The node: every participant and room of one media server, driven sans-IO.
 //!
-//! Inputs: [`Node::handle_datagram`], [`Node::handle_timeout`] and commands (join, leave,
-//! voice flags). Outputs: [`Node::poll_output`] until it returns `None`, then sleep until
-//! [`Node::poll_timeout`]. The node never reads the clock: every call takes `now`.
+//! [`Node`] is a state machine in the manner of str0m's `Rtc` and quinn-proto's
+//! `Connection`: it never reads the clock, opens a socket or spawns a task. Its shell
+//! (`shell.rs`, or a test's simulated network) owns the socket and the timer and calls it;
+//! see [`Node`] for the contract.
+//!
+//! Where things are:
+//!
+//! | file | holds |
+//! |---|---|
+//! | `mod.rs` | `Node`, its timers and output queue, commands on flags and exports |
+//! | `config.rs` | [`NodeConfig`], the bounds and tunables |
+//! | `output.rs` | [`NodeOutput`] and what it carries: [`Transmit`], [`NodeEvent`], [`Export`] |
+//! | `join.rs` | admission bounds, the SDP offer, classifying its lines into 1 send + K slots |
+//! | `remote.rs` | remote speakers fed by a trunk: [`Node::add_remote`], [`Node::remote_rtp`] |
+//! | `demux.rs` | a datagram → its participant (STUN ufrag, then source address); address learning |
+//! | `rtc_output.rs` | draining one WebRTC session: transmits, its timer, events, received RTP |
+//! | `forward.rs` | the per-packet loop: checks, level, export, each subscribed slot |
+//! | `tick.rs` | the selector tick: rank a room's speakers, re-map its listeners' slots |
+//! | `leave.rs` | leaving, reaping (idle, never connected, closed), shutdown |
+//! | `report.rs` | [`ParticipantReport`]s for logs and the JSON endpoint |
+//!
+//! Who hears whom lives in one `SlotMap` (`slot_map.rs`), what carries a participant's media
+//! in its `Kind` (`participant.rs`).
 
 mod config;
 mod demux;
@@ -41,6 +61,71 @@ pub use report::{ParticipantReport, SlotReport};
 /// How often participants are checked for idle and connect timeouts and closed sessions.
 const REAP_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Every participant and room of one media server: a sans-IO state machine.
+///
+/// The node does nothing by itself. Its shell feeds it what happened (handlers) and what
+/// signaling asks for (commands), then takes what it produced (polls). Every method that may
+/// change state takes `now`, which must never go backwards between calls.
+///
+/// # Handlers: something happened
+///
+/// - [`handle_datagram`](Node::handle_datagram): a UDP datagram arrived on the node's port
+///   (STUN, DTLS, SRTP, SRTCP for any participant). Never fails: a datagram nobody can use is
+///   counted under a [`DropReason`] and dropped.
+/// - [`remote_rtp`](Node::remote_rtp): a trunk delivered a remote speaker's packet.
+/// - [`handle_timeout`](Node::handle_timeout): the time returned by
+///   [`poll_timeout`](Node::poll_timeout) has come (calling it early or late is harmless: it
+///   does what is due at `now`).
+///
+/// # Commands: signaling asks
+///
+/// - [`join`](Node::join) admits a WebRTC participant (bounds, SDP) and answers; it returns
+///   the participant's [`ParticipantIdx`] and its slots. [`leave`](Node::leave) removes one.
+/// - [`set_flags`](Node::set_flags): mute, deafen, SPEAK; a speaker that may no longer be
+///   heard loses its slots in the same call.
+/// - [`add_remote`](Node::add_remote) / [`leave`](Node::leave) for speakers of other nodes;
+///   [`set_exported`](Node::set_exported) / [`set_export_all`](Node::set_export_all) for rooms
+///   other nodes listen to.
+/// - [`close_all`](Node::close_all) at shutdown; [`set_seed`](Node::set_seed) once, before the
+///   first join (slot numbering).
+///
+/// # Polls: what the node produced
+///
+/// - [`poll_output`](Node::poll_output): datagrams to send ([`NodeOutput::Transmit`], in
+///   order), events for signaling ([`NodeOutput::Event`]), packets and stream ends for other
+///   nodes ([`NodeOutput::Export`], [`NodeOutput::ExportEnd`]). `None` when empty.
+/// - [`poll_timeout`](Node::poll_timeout): when to call `handle_timeout` next (O(1)); `None`
+///   when nothing is due until the next datagram or command.
+///
+/// # The order to call them
+///
+/// After **every** handler or command, drain `poll_output` until it returns `None`, then ask
+/// `poll_timeout` again (any call may move it earlier) and sleep until then or the next
+/// datagram or command, whichever comes first:
+///
+/// ```text
+/// loop {
+///     wait for a datagram, a command, or poll_timeout()
+///     now = clock()
+///     handle_datagram(now, ..) | remote_rtp(now, ..) | join(now, ..) | … | handle_timeout(now)
+///     while let Some(o) = poll_output() { send / deliver o }
+/// }
+/// ```
+///
+/// Transmits must leave in the order polled (a listener's SRTP packets are numbered). The
+/// queue is unbounded: a shell that stops polling lets it grow.
+///
+/// # Events, and what signaling may rely on
+///
+/// - [`NodeEvent::Connected`] once per WebRTC participant, when ICE and DTLS complete.
+/// - [`NodeEvent::SlotChanged`] whenever a listener's slot gets a speaker or is emptied
+///   (tick, flags, a speaker leaving), after the listener's `join` returned.
+/// - [`NodeEvent::Left`] is the last event of a WebRTC participant, whatever the reason
+///   ([`LeaveReason`]); its index may be handed to a later join, so forget it then.
+/// - Remote speakers get neither `Connected` nor `Left`: their trunk adds and removes them.
+///
+/// Queries ([`stats`](Node::stats), [`reports`](Node::reports), counts, [`flags`](Node::flags),
+/// [`is_remote`](Node::is_remote)) change nothing and may be called at any time.
 pub struct Node {
     cfg: NodeConfig,
     /// The node's one DTLS certificate, shared by every participant (as mediasoup shares one
