@@ -25,6 +25,7 @@ mod participant;
 pub mod rate_limit;
 mod room;
 pub mod seq_rewriter;
+mod slot_map;
 pub mod speaker_selector;
 pub mod stats;
 pub mod stun;

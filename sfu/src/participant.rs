@@ -1,4 +1,4 @@
-//! A participant: one WebRTC peer in one room, with its speaker slots.
+//! A participant: one speaker/listener in one room, and the kinds of media transport it can be on.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -6,7 +6,7 @@ use std::time::Instant;
 use str0m::media::{Mid, Pt};
 use str0m::Rtc;
 
-use crate::ids::{GuildId, ParticipantIdx, RoomId, Ssrc, UserId};
+use crate::ids::{GuildId, RoomId, Ssrc, UserId};
 use crate::rate_limit::TokenBucket;
 use crate::seq_rewriter::SeqRewriter;
 use crate::speaker_selector::SpeakerLevel;
@@ -17,7 +17,6 @@ pub(crate) struct Slot {
     pub mid: Mid,
     pub ssrc: Ssrc,
     pub pt: Pt,
-    pub speaker: Option<ParticipantIdx>,
     pub rewriter: SeqRewriter,
 }
 
@@ -44,33 +43,89 @@ impl VoiceFlags {
 /// Most remote addresses remembered per participant.
 pub(crate) const MAX_REMOTES: usize = 8;
 
+/// One participant of a room, whatever carries its media.
 pub(crate) struct Participant {
     pub user: UserId,
     pub room: RoomId,
-    /// The room's guild, for a participant on WebRTC (counted against the per-guild bound);
-    /// `None` for a remote speaker, which no bound counts.
-    pub guild: Option<GuildId>,
-    /// The WebRTC session; `None` for a remote speaker fed by a trunk from another node.
-    pub rtc: Option<Rtc>,
-    /// For a remote speaker: the SSRC its packets carry inside this node.
-    pub remote_ssrc: u32,
+    pub level: SpeakerLevel,
+    pub flags: VoiceFlags,
+    pub stats: ParticipantStats,
+    pub rate: TokenBucket,
+    pub last_recv: Option<Instant>,
+    pub kind: Kind,
+}
+
+/// What carries a participant's media; each kind holds only the state it uses.
+///
+/// Native Discord voice over UDP (issue #15, docs/design/NATIVE-VOICE.md) becomes a third
+/// kind here — its address, AEAD mode and key, replay window and SSRC — when it lands; every
+/// `match` on `Kind` then says what a native participant does at that point.
+// The WebRTC variant is large (str0m's `Rtc`, ~10 KB) and stays inline, as `Option<Rtc>` was:
+// boxing it would add a pointer chase per listener on the forward path to save memory only on
+// remote speakers, which are few.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Kind {
+    /// A browser or game client on WebRTC: a str0m session, addresses, K slots.
+    WebRtc(WebRtcPeer),
+    /// A speaker connected to another node whose packets a trunk delivers: ranked and
+    /// forwarded like a local speaker, but no session, no slots, never timed out.
+    Remote(RemoteSpeaker),
+}
+
+pub(crate) struct WebRtcPeer {
+    pub rtc: Rtc,
+    /// The room's guild (counted against the per-guild bound).
+    pub guild: GuildId,
+    /// Our ICE username fragment: STUN requests name it, so it finds this peer.
     pub ufrag: String,
     /// Addresses that passed a STUN check for this participant (ICE checks every candidate
     /// pair, so media may come from any of them). Bounded by `MAX_REMOTES`.
     pub remotes: Vec<SocketAddr>,
     pub opus_pt: Pt,
+    /// The listener's speaker slots; who is in each is kept by the node's `SlotMap`.
     pub slots: Vec<Slot>,
-    /// Listeners that have this participant in a slot: (listener, slot index).
-    pub subscribers: Vec<(ParticipantIdx, u8)>,
-    pub level: SpeakerLevel,
-    pub flags: VoiceFlags,
-    pub stats: ParticipantStats,
-    pub rate: TokenBucket,
     pub joined_at: Instant,
-    pub last_recv: Option<Instant>,
+    /// ICE and DTLS completed.
     pub connected: bool,
+    /// When the session next wants `Input::Timeout`.
     pub next_timeout: Instant,
     /// The time of this participant's live entry in the node's timer queue.
     pub armed: Option<Instant>,
+    /// The session closed or failed: the next reap removes it.
     pub gone: bool,
+}
+
+pub(crate) struct RemoteSpeaker {
+    /// The SSRC its packets carry inside this node (the slot rewriter tells sources apart by
+    /// it).
+    pub ssrc: u32,
+}
+
+impl Participant {
+    pub fn webrtc(&self) -> Option<&WebRtcPeer> {
+        match &self.kind {
+            Kind::WebRtc(w) => Some(w),
+            Kind::Remote(_) => None,
+        }
+    }
+
+    pub fn is_remote(&self) -> bool {
+        matches!(self.kind, Kind::Remote(_))
+    }
+
+    /// Media can flow: a WebRTC peer completed ICE + DTLS; a remote speaker always can.
+    pub fn connected(&self) -> bool {
+        match &self.kind {
+            Kind::WebRtc(w) => w.connected,
+            Kind::Remote(_) => true,
+        }
+    }
+
+    /// The listener's slots (none for a remote speaker, which listens on its own node).
+    pub fn slots(&self) -> &[Slot] {
+        match &self.kind {
+            Kind::WebRtc(w) => &w.slots,
+            Kind::Remote(_) => &[],
+        }
+    }
 }

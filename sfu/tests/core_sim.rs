@@ -526,3 +526,168 @@ fn joins_that_never_connect_are_reaped_within_ten_seconds() {
         silent_join(&mut w, 100 + user, 1).unwrap();
     }
 }
+
+/// Random joins, leaves, mutes, remote speakers and levels in one room (seeded), checked after
+/// every step against what signaling can see: each listener's slots as the SlotChanged events
+/// built them must equal the node's report, nobody hears themself or one speaker twice, and a
+/// muted speaker or one without SPEAK holds no slot after the tick. (In debug builds the slot
+/// map also asserts its two sides agree on every change.)
+#[test]
+fn random_churn_keeps_every_listeners_slots_consistent() {
+    use std::collections::HashMap;
+    for seed in 1..=4u64 {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut w = World::new(|_| {});
+        // Slots as the events describe them: (listener, slot) -> speaker.
+        let mut seen: HashMap<(ParticipantIdx, usize), Option<UserId>> = HashMap::new();
+        let mut events_read = 0;
+        let mut remotes: Vec<(ParticipantIdx, u16, UserId)> = Vec::new();
+        let mut next_remote_user = 9_000u64; // clients are 1000 + n
+        let mut muted_users = Vec::new();
+        for step in 0..60 {
+            let live: Vec<usize> = (0..w.clients.len())
+                .filter(|&i| !w.clients[i].closed)
+                .collect();
+            match rnd(8) {
+                0 | 1 if w.clients.len() < 40 => {
+                    let k = 1 + rnd(3) as usize;
+                    let i = w.join(k, World::speaking()).unwrap();
+                    w.clients[i].level = Some(rnd(100) as u8);
+                }
+                2 if !live.is_empty() => {
+                    let i = live[rnd(live.len() as u64) as usize];
+                    let idx = w.clients[i].idx.unwrap();
+                    let now = w.now;
+                    w.node.leave(now, idx);
+                    w.clients[i].closed = true;
+                }
+                3 if !live.is_empty() => {
+                    let i = live[rnd(live.len() as u64) as usize];
+                    let idx = w.clients[i].idx.unwrap();
+                    let flags = VoiceFlags {
+                        can_speak: rnd(4) != 0,
+                        self_mute: rnd(3) == 0,
+                        ..Default::default()
+                    };
+                    let now = w.now;
+                    w.node.set_flags(now, idx, flags).unwrap();
+                }
+                4 if remotes.len() < 3 => {
+                    next_remote_user += 1;
+                    let now = w.now;
+                    let r = w
+                        .node
+                        .add_remote(now, RoomId(1), UserId(next_remote_user))
+                        .unwrap();
+                    remotes.push((r, 0, UserId(next_remote_user)));
+                }
+                5 if !remotes.is_empty() => {
+                    let (r, _, _) = remotes.swap_remove(rnd(remotes.len() as u64) as usize);
+                    let now = w.now;
+                    w.node.leave(now, r);
+                }
+                _ if !live.is_empty() => {
+                    let i = live[rnd(live.len() as u64) as usize];
+                    w.clients[i].level = if rnd(4) == 0 {
+                        None
+                    } else {
+                        Some(rnd(127) as u8)
+                    };
+                }
+                _ => {}
+            }
+            w.drain_node();
+            // 200 ms of call, remote speakers talking, so the selector ticks several times.
+            for _ in 0..10 {
+                for (r, seq, _) in remotes.iter_mut() {
+                    let now = w.now;
+                    w.node.remote_rtp(now, rp(*r, *seq, *seq as u32 * 960, 200));
+                    *seq = seq.wrapping_add(1);
+                }
+                w.drain_node();
+                w.run(Duration::from_millis(20));
+            }
+            for (_, e) in &w.events[events_read..] {
+                match e {
+                    NodeEvent::SlotChanged {
+                        listener,
+                        slot,
+                        speaker,
+                        ..
+                    } => {
+                        seen.insert((*listener, *slot), *speaker);
+                    }
+                    NodeEvent::Left { idx, .. } => seen.retain(|(l, _), _| l != idx),
+                    _ => {}
+                }
+            }
+            events_read = w.events.len();
+
+            let reports = w.node.reports();
+            muted_users.clear();
+            muted_users.extend(
+                reports
+                    .iter()
+                    .filter(|r| !r.can_speak || r.self_mute || r.server_mute)
+                    .map(|r| r.user),
+            );
+            for r in &reports {
+                let idx = ParticipantIdx(r.idx);
+                let speakers: Vec<UserId> = r.slots.iter().filter_map(|s| s.speaker).collect();
+                for (n, s) in r.slots.iter().enumerate() {
+                    let from_events = seen.get(&(idx, n)).copied().flatten();
+                    assert_eq!(
+                        from_events, s.speaker,
+                        "seed {seed} step {step}: {idx} slot {n}: events say {from_events:?}, node {:?}",
+                        s.speaker
+                    );
+                }
+                assert!(
+                    !speakers.contains(&r.user),
+                    "seed {seed} step {step}: {idx} hears themself"
+                );
+                let mut dedup = speakers.clone();
+                dedup.sort_by_key(|u| u.0);
+                dedup.dedup();
+                assert_eq!(
+                    dedup.len(),
+                    speakers.len(),
+                    "seed {seed} step {step}: {idx} hears a speaker twice: {speakers:?}"
+                );
+                for u in &speakers {
+                    assert!(
+                        !muted_users.contains(u),
+                        "seed {seed} step {step}: muted {u:?} holds a slot of {idx}"
+                    );
+                    let present = reports.iter().any(|o| o.user == *u)
+                        || remotes.iter().any(|(_, _, ru)| ru == u);
+                    assert!(
+                        present,
+                        "seed {seed} step {step}: {u:?} left but holds a slot"
+                    );
+                }
+            }
+        }
+        // The churn did exercise the relation.
+        assert!(
+            w.events
+                .iter()
+                .filter(|(_, e)| matches!(
+                    e,
+                    NodeEvent::SlotChanged {
+                        speaker: Some(_),
+                        ..
+                    }
+                ))
+                .count()
+                > 20,
+            "seed {seed}: too few slot assignments to mean anything"
+        );
+    }
+}

@@ -1,0 +1,199 @@
+//! The forward loop: one speaker packet into every listener slot that carries the speaker.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::{Input, Output};
+
+use super::{Export, Node, NodeOutput, Transmit};
+use crate::drop_reason::DropReason;
+use crate::ids::ParticipantIdx;
+use crate::participant::{Kind, Participant};
+
+/// One received speaker packet, from WebRTC or from a trunk.
+pub(super) struct Inbound {
+    pub(super) ssrc: u32,
+    pub(super) seq: u16,
+    pub(super) ts: u32,
+    pub(super) marker: bool,
+    pub(super) audio_level: Option<i8>,
+    pub(super) voice_activity: Option<bool>,
+    pub(super) payload: Arc<[u8]>,
+}
+
+impl Inbound {
+    pub(super) fn from_rtp(p: RtpPacket) -> Inbound {
+        Inbound {
+            ssrc: *p.header.ssrc,
+            seq: p.header.sequence_number,
+            ts: p.header.timestamp,
+            marker: p.header.marker,
+            audio_level: p.header.ext_vals.audio_level,
+            voice_activity: p.header.ext_vals.voice_activity,
+            payload: p.payload,
+        }
+    }
+}
+
+impl Node {
+    /// The hot path: one speaker packet to every listener slot that carries the speaker.
+    pub(super) fn forward(
+        &mut self,
+        now: Instant,
+        from: ParticipantIdx,
+        pkt: Inbound,
+        pt_ok: bool,
+    ) {
+        self.stats.rtp_in += 1;
+        let Node {
+            participants,
+            stats,
+            out,
+            cfg,
+            rooms,
+            exported,
+            export_all,
+            timers,
+            slot_map,
+            ..
+        } = self;
+        let p = participants[from.0 as usize]
+            .as_mut()
+            .expect("drain only forwards for live participants");
+        p.stats.packets_in += 1;
+        p.stats.bytes_in += pkt.payload.len() as u64;
+        let reason = if !pt_ok {
+            Some(DropReason::UnexpectedStream)
+        } else if !p.flags.can_speak {
+            Some(DropReason::NoSpeakPermission)
+        } else if p.flags.self_mute || p.flags.server_mute {
+            Some(DropReason::Muted)
+        } else {
+            None
+        };
+        if let Some(r) = reason {
+            stats.drops.count(r);
+            p.stats.drops.count(r);
+            return;
+        }
+        // RFC 6464: value is -dBov, 127 = silence. Without the extension the sender is silent to
+        // the selector (it can still be heard if already selected).
+        let level = pkt
+            .audio_level
+            .map(|l| l.unsigned_abs().min(127))
+            .unwrap_or(127);
+        p.level.observe(now, level, &cfg.selector);
+        let Inbound {
+            ssrc,
+            seq,
+            ts,
+            marker,
+            audio_level,
+            voice_activity,
+            payload,
+        } = pkt;
+        // Other nodes get this speaker while it talks (this packet is voice, or it talked within
+        // the hang time) or holds a seat in the room's ranking: one copy per node, fan-out there.
+        if *export_all || exported.contains(&p.room) {
+            let voice = 127.0 - level as f32 > cfg.selector.active_above;
+            let ranked = || {
+                rooms
+                    .get(&p.room)
+                    .is_some_and(|r| r.selector.ranked().iter().any(|(i, _)| *i == from))
+            };
+            if voice || p.level.is_holding(now, &cfg.selector) || ranked() {
+                stats.exported += 1;
+                out.push_back(NodeOutput::Export(Export {
+                    room: p.room,
+                    from,
+                    user: p.user,
+                    remote: p.is_remote(),
+                    rtp_ts: ts,
+                    level,
+                    marker,
+                    payload: payload.clone(),
+                }));
+            }
+        }
+        let ext = ExtensionValues {
+            audio_level,
+            voice_activity,
+            ..Default::default()
+        };
+        // The slot map is kept up to date by the tick and by leaving; reading it is a slice.
+        for &(listener, slot_ix) in slot_map.subscribers(from) {
+            // Only a WebRTC peer has slots (today's only kind of listener).
+            let Some(Participant {
+                kind: Kind::WebRtc(w),
+                flags,
+                stats: l_stats,
+                ..
+            }) = participants
+                .get_mut(listener.0 as usize)
+                .and_then(|x| x.as_mut())
+            else {
+                continue;
+            };
+            if flags.deaf() || !w.connected {
+                continue;
+            }
+            let slot = &mut w.slots[slot_ix as usize];
+            let Some(rw) = slot.rewriter.rewrite(now, ssrc, seq, ts) else {
+                stats.drops.count(DropReason::Stale);
+                continue;
+            };
+            if rw.switched {
+                l_stats.slot_switches += 1;
+            }
+            let (mid, pt) = (slot.mid, slot.pt);
+            let rtc = &mut w.rtc;
+            {
+                let mut api = rtc.direct_api();
+                let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                    continue;
+                };
+                tx.write_rtp(
+                    RtpWrite::new(pt, rw.seq.into(), rw.timestamp, now, payload.clone())
+                        .marker(marker)
+                        .ext_vals(ext.clone()),
+                );
+            }
+            l_stats.packets_out += 1;
+            l_stats.bytes_out += payload.len() as u64;
+            stats.rtp_forwarded += 1;
+            // str0m releases queued RTP when driven by time: give it `now` so the packet leaves
+            // in this same call instead of waiting for the listener's next timer.
+            if rtc.handle_input(Input::Timeout(now)).is_err() {
+                w.gone = true;
+                continue;
+            }
+            // Drain the listener's transmits right away (no events are expected from writing).
+            let mut sent = false;
+            loop {
+                match rtc.poll_output() {
+                    Ok(Output::Transmit(t)) => {
+                        sent = true;
+                        out.push_back(NodeOutput::Transmit(Transmit {
+                            destination: t.destination,
+                            contents: t.contents.into(),
+                        }))
+                    }
+                    Ok(Output::Timeout(t)) => {
+                        w.next_timeout = t;
+                        timers.arm(listener.0, t, &mut w.armed);
+                        if !sent {
+                            stats.rtp_deferred += 1;
+                        }
+                        break;
+                    }
+                    Ok(Output::Event(_)) => {}
+                    Err(_) => {
+                        w.gone = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

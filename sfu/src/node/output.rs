@@ -1,0 +1,84 @@
+//! What the node hands its shell: datagrams, events for signaling, cascade exports.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::ids::{ParticipantIdx, RoomId, Ssrc, UserId};
+use crate::stats::ParticipantStats;
+
+/// Why a participant left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// Asked by signaling (left the channel, moved, kicked, disconnected).
+    Requested,
+    /// Silent on the network for longer than the idle timeout (closed tab, lost network).
+    Idle,
+    /// Never completed ICE/DTLS.
+    ConnectTimeout,
+    /// The WebRTC session closed or failed.
+    Closed,
+}
+
+/// Something signaling should know.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeEvent {
+    /// ICE and DTLS completed: media can flow.
+    Connected {
+        idx: ParticipantIdx,
+        room: RoomId,
+        user: UserId,
+    },
+    /// A listener's slot now carries `speaker` (or nobody).
+    SlotChanged {
+        listener: ParticipantIdx,
+        listener_user: UserId,
+        room: RoomId,
+        slot: usize,
+        ssrc: Ssrc,
+        speaker: Option<UserId>,
+    },
+    /// The participant is gone from the node.
+    Left {
+        idx: ParticipantIdx,
+        room: RoomId,
+        user: UserId,
+        reason: LeaveReason,
+        /// The participant's figures at the moment it left (for call summaries).
+        stats: Box<ParticipantStats>,
+    },
+}
+
+/// A datagram to send from the node's socket.
+#[derive(Debug)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub contents: Vec<u8>,
+}
+
+/// A speaker's packet for other nodes (cascading): emitted for rooms marked with
+/// [`Node::set_exported`](super::Node::set_exported) while the speaker talks or holds a seat in the ranking.
+#[derive(Debug, Clone)]
+pub struct Export {
+    pub room: RoomId,
+    pub from: ParticipantIdx,
+    pub user: UserId,
+    /// The speaker itself came from another node (an origin relays it on to other edges; an
+    /// edge never sends it back).
+    pub remote: bool,
+    pub rtp_ts: u32,
+    /// RFC 6464 level, 0 loudest … 127 silent.
+    pub level: u8,
+    pub marker: bool,
+    pub payload: Arc<[u8]>,
+}
+
+#[derive(Debug)]
+pub enum NodeOutput {
+    Transmit(Transmit),
+    Event(NodeEvent),
+    Export(Export),
+    /// The speaker will not be exported any more (muted, lost SPEAK, or left): other nodes
+    /// should drop it now rather than wait for its stream to go idle.
+    ExportEnd(ParticipantIdx),
+}

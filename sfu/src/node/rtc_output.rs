@@ -1,0 +1,96 @@
+//! Draining one WebRTC session's outputs: transmits, timers, events, received RTP.
+
+use std::time::Instant;
+
+use str0m::{Event, IceConnectionState, Output};
+use tracing::{debug, info, warn};
+
+use super::forward::Inbound;
+use super::{Node, NodeEvent, NodeOutput, Transmit};
+use crate::ids::ParticipantIdx;
+use crate::participant::{Kind, Participant};
+
+impl Node {
+    /// Drain one participant's WebRTC outputs into the node's queue, forwarding its RTP.
+    pub(super) fn drain(&mut self, idx: ParticipantIdx, now: Instant) {
+        loop {
+            let Some(Participant {
+                kind: Kind::WebRtc(w),
+                stats,
+                room,
+                user,
+                ..
+            }) = self
+                .participants
+                .get_mut(idx.0 as usize)
+                .and_then(|s| s.as_mut())
+            else {
+                return;
+            };
+            let out = match w.rtc.poll_output() {
+                Ok(o) => o,
+                Err(e) => {
+                    warn!(%idx, error = %e, "WebRTC session failed");
+                    w.gone = true;
+                    return;
+                }
+            };
+            match out {
+                Output::Timeout(t) => {
+                    w.next_timeout = t;
+                    self.timers.arm(idx.0, t, &mut w.armed);
+                    return;
+                }
+                Output::Transmit(t) => {
+                    self.out.push_back(NodeOutput::Transmit(Transmit {
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    }));
+                }
+                Output::Event(ev) => match ev {
+                    Event::RtpPacket(pkt) => {
+                        let pt_ok = pkt.header.payload_type == w.opus_pt;
+                        self.forward(now, idx, Inbound::from_rtp(pkt), pt_ok)
+                    }
+                    Event::Connected => {
+                        w.connected = true;
+                        info!(%idx, "participant connected (ICE + DTLS done)");
+                        let (room, user) = (*room, *user);
+                        self.out.push_back(NodeOutput::Event(NodeEvent::Connected {
+                            idx,
+                            room,
+                            user,
+                        }));
+                    }
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        debug!(%idx, "ICE disconnected");
+                        w.gone = true;
+                    }
+                    Event::MediaIngressStats(s) => {
+                        stats.loss_in = s.loss.or(stats.loss_in);
+                        stats.jitter_in_ms = Some(s.jitter as f32 / 48.0);
+                        if let Some(rtt) = s.rtt {
+                            stats.rtt_ms = Some(rtt.as_secs_f32() * 1000.0);
+                        }
+                    }
+                    Event::MediaEgressStats(s) => {
+                        stats.loss_out = s.loss.or(stats.loss_out);
+                        if let Some(rtt) = s.rtt {
+                            stats.rtt_ms = Some(rtt.as_secs_f32() * 1000.0);
+                        }
+                        if let Some(r) = s.remote {
+                            stats.jitter_out_ms = Some(r.jitter as f32 / 48.0);
+                        }
+                    }
+                    Event::PeerStats(s) => {
+                        if let Some(rtt) = s.rtt {
+                            stats.rtt_ms = Some(rtt.as_secs_f32() * 1000.0);
+                        }
+                    }
+                    Event::Closed => w.gone = true,
+                    _ => {}
+                },
+            }
+        }
+    }
+}
