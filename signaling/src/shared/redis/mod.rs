@@ -46,13 +46,14 @@
 //! # async fn start(bus: std::sync::Arc<dyn lodge_signaling::shared::Bus>) -> anyhow::Result<()> {
 //! use lodge_signaling::shared::redis::{BusIncoming, RedisShared, Route};
 //! use lodge_signaling::shared::NodeId;
+//! use lodge_ids::GuildId;
 //!
 //! let (redis, mut incoming) =
 //!     RedisShared::connect("redis://127.0.0.1:6379", NodeId("node-a".into())).await?;
 //! let shared = redis.shared(bus); // the switch: every handler sees only the traits
 //! assert!(shared.clustered);
-//! redis.bus.watch(Route::Guild(7), true);
-//! let id = redis.bus.publish_raw(Route::Guild(7), "{\"t\":\"TYPING_START\"}".into()).await?;
+//! redis.bus.watch(Route::Guild(GuildId(7)), true);
+//! let id = redis.bus.publish_raw(Route::Guild(GuildId(7)), "{\"t\":\"TYPING_START\"}".into()).await?;
 //! while let Some(m) = incoming.recv().await {
 //!     match m {
 //!         BusIncoming::Dispatch { route, id, payload } => { /* to the hub, in order */ }
