@@ -669,3 +669,56 @@ async fn ready_hands_out_turn_relays_with_a_short_lived_credential() {
         .unwrap();
     assert_eq!(ready["ice_servers"], json!([]));
 }
+
+#[tokio::test]
+async fn each_voice_gateway_version_gets_its_own_framing() {
+    let n = node().await;
+    let mut a = member(&n, "alice").await;
+    let (g, _text, voice) = n.guild(&a.token).await;
+    let (token, ep) = voice_join(&mut a.gw, &g, &voice, false).await;
+
+    // v4 (songbird): no `seq` anywhere, the heartbeat nonce is a bare number and so is the ACK.
+    let mut v = ws(&format!("ws://{ep}/?v=4")).await;
+    let hello = json(&mut v).await;
+    assert_eq!(
+        (hello["op"].as_u64(), hello["d"]["v"].as_u64()),
+        (Some(8), Some(4))
+    );
+    assert!(hello.get("seq").is_none(), "{hello}");
+    send(&mut v, json!({ "op": 0, "d": { "server_id": g, "user_id": a.id, "session_id": a.session, "token": token } })).await;
+    let ready = json(&mut v).await;
+    assert_eq!(ready["op"], 2, "{ready}");
+    assert!(ready.get("seq").is_none(), "{ready}");
+    send(&mut v, json!({ "op": 3, "d": 1_234_567_u64 })).await;
+    let ack = loop {
+        let m = json(&mut v).await;
+        if m["op"] == 6 {
+            break m;
+        }
+    };
+    assert_eq!(ack["d"], json!(1_234_567_u64), "{ack}");
+    assert!(ack.get("seq").is_none(), "{ack}");
+
+    // v8: every message numbered from 1; the ACK echoes `t`.
+    let mut v = ws(&format!("ws://{ep}/?v=8")).await;
+    let hello = json(&mut v).await;
+    assert_eq!(
+        (hello["d"]["v"].as_u64(), hello["seq"].as_u64()),
+        (Some(8), Some(1))
+    );
+    send(&mut v, json!({ "op": 3, "d": { "t": 99, "seq_ack": 1 } })).await;
+    let ack = json(&mut v).await;
+    assert_eq!(
+        (ack["op"].as_u64(), &ack["d"]),
+        (Some(6), &json!({ "t": 99 }))
+    );
+    assert_eq!(ack["seq"], 2);
+
+    // Outside 4..=8: closed with 4020, naming the range.
+    for q in ["v=3", "v=9", "v=x"] {
+        let mut v = ws(&format!("ws://{ep}/?{q}")).await;
+        let (code, reason) = closed(&mut v).await;
+        assert_eq!(code, 4020, "{q}: {reason}");
+        assert!(reason.contains("?v=4 to ?v=8"), "{q}: {reason}");
+    }
+}

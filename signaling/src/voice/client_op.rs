@@ -15,8 +15,9 @@ pub enum ClientOp {
     Identify(Identify),
     /// Op 1.
     SelectProtocol(SelectProtocol),
-    /// Op 3; `t` is echoed in the ACK (the nonce under `d.t`, or `d` itself when a number).
-    Heartbeat { t: Value },
+    /// Op 3; `t` is echoed in the ACK (the nonce under `d.t`, or `d` itself when a number);
+    /// `seq_ack` (v8): the last server `seq` the client saw, if it said (it may send -1).
+    Heartbeat { t: Value, seq_ack: Option<i64> },
     /// Op 5: accepted and ignored (speakers are selected by the audio-level extension).
     Speaking,
     /// Op 7.
@@ -86,6 +87,7 @@ pub fn parse(text: &str) -> Result<ClientOp, Refused> {
                     Value::Null
                 }
             }),
+            seq_ack: d.get("seq_ack").and_then(Value::as_i64),
         }),
         Some(Opcode::Speaking) => Ok(ClientOp::Speaking),
         Some(Opcode::Resume) => Ok(ClientOp::Resume),
@@ -209,15 +211,32 @@ mod tests {
         );
         assert_eq!(
             parse(r#"{"op":3,"d":{"t":1234,"seq_ack":1}}"#),
-            Ok(ClientOp::Heartbeat { t: json!(1234) })
+            Ok(ClientOp::Heartbeat {
+                t: json!(1234),
+                seq_ack: Some(1)
+            })
         );
         assert_eq!(
             parse(r#"{"op":3,"d":99}"#),
-            Ok(ClientOp::Heartbeat { t: json!(99) })
+            Ok(ClientOp::Heartbeat {
+                t: json!(99),
+                seq_ack: None
+            })
         );
         assert_eq!(
             parse(r#"{"op":3}"#),
-            Ok(ClientOp::Heartbeat { t: Value::Null })
+            Ok(ClientOp::Heartbeat {
+                t: Value::Null,
+                seq_ack: None
+            })
+        );
+        assert_eq!(
+            parse(r#"{"op":3,"d":{"t":5,"seq_ack":-1}}"#),
+            Ok(ClientOp::Heartbeat {
+                t: json!(5),
+                seq_ack: Some(-1)
+            }),
+            "discord.js sends -1 before any numbered message"
         );
         assert_eq!(parse(r#"{"op":5,"d":{}}"#), Ok(ClientOp::Speaking));
         assert_eq!(parse(r#"{"op":7,"d":{}}"#), Ok(ClientOp::Resume));

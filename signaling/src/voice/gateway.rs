@@ -18,6 +18,7 @@ use super::control::{Guard, Input};
 use super::executor::{self, ExecError};
 use super::outbox::{outbox, Next, Outbox, OverflowWatch, OUTBOX_CAPACITY, WRITE_TIMEOUT};
 use super::state::PendingToken;
+use super::wire::{Seq, WireVersion};
 use super::{payload, Opcode};
 use crate::app::AppState;
 use crate::ws::{close_with, Tx};
@@ -42,14 +43,21 @@ pub mod close {
     pub const UNKNOWN_PROTOCOL: u16 = 4012;
     pub const DISCONNECTED: u16 = 4014;
     pub const SERVER_CRASHED: u16 = 4015;
+    pub const BAD_REQUEST: u16 = 4020;
 }
 
-pub fn upgrade(ws: WebSocketUpgrade, s: AppState) -> Response {
+/// `version`: the `?v=` the client asked for (see [`super::wire`]), or why it is refused (the
+/// socket is then closed with 4020 at once).
+pub fn upgrade(
+    ws: WebSocketUpgrade,
+    s: AppState,
+    version: Result<WireVersion, String>,
+) -> Response {
     // Small read buffer: see the gateway's handler (tungstenite zero-fills it per read).
     ws.max_message_size(MAX_PAYLOAD * 2)
         .max_frame_size(MAX_PAYLOAD * 2)
         .read_buffer_size(4096)
-        .on_upgrade(move |sock| run(s, sock))
+        .on_upgrade(move |sock| run(s, sock, version))
 }
 
 struct Authed {
@@ -92,14 +100,16 @@ enum Stop {
 /// write also ends when the outbox overflows meanwhile.
 struct Writer {
     tx: Tx,
-    seq: u64,
+    version: WireVersion,
+    seq: Seq,
     overflow: OverflowWatch,
 }
 
 impl Writer {
     async fn json(&mut self, mut v: Value) -> Result<(), Stop> {
-        self.seq += 1;
-        v["seq"] = json!(self.seq);
+        if self.version.numbered() {
+            v["seq"] = json!(self.seq.advance());
+        }
         let msg = Message::Text(v.to_string().into());
         let write = tokio::time::timeout(WRITE_TIMEOUT, self.tx.send(msg));
         tokio::select! {
@@ -131,17 +141,21 @@ fn outbox_full() -> Stop {
 /// How long a close frame may take to write before the connection is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-async fn run(s: AppState, sock: WebSocket) {
+async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>) {
     let (tx, mut rx) = sock.split();
     let (out, mut outbox) = outbox(OUTBOX_CAPACITY);
     let mut w = Writer {
         tx,
-        seq: 0,
+        version: *version.as_ref().unwrap_or(&WireVersion::V8),
+        seq: Seq::default(),
         overflow: outbox.watch(),
     };
+    if let Err(reason) = version {
+        return w.close(close::BAD_REQUEST, &reason).await;
+    }
     let hello = payload(
         Opcode::Hello,
-        json!({ "heartbeat_interval": HEARTBEAT_INTERVAL_MS, "v": 8 }),
+        json!({ "heartbeat_interval": HEARTBEAT_INTERVAL_MS, "v": w.version.get() }),
     );
     if w.json(hello).await.is_err() {
         return;
@@ -305,10 +319,10 @@ async fn handle_text(
             );
             Ok(())
         }
-        ClientOp::Heartbeat { t } => {
+        ClientOp::Heartbeat { t, .. } => {
             *hb_deadline = Instant::now() + hb_timeout;
-            w.json(payload(Opcode::HeartbeatAck, json!({ "t": t })))
-                .await
+            let ack = w.version.heartbeat_ack(&t);
+            w.json(payload(Opcode::HeartbeatAck, ack)).await
         }
         ClientOp::Speaking => match me {
             // Accepted; selection uses the audio-level header extension instead.

@@ -12,6 +12,7 @@ pub mod outbox;
 pub mod placement;
 pub mod service;
 pub mod state;
+pub mod wire;
 
 pub use conns::{VoiceConns, VoiceOut};
 pub use opcode::{client_disconnect, payload, Opcode};
