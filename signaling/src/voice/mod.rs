@@ -10,6 +10,7 @@ pub mod gateway;
 pub mod opcode;
 pub mod outbox;
 pub mod placement;
+pub mod resume;
 pub mod service;
 pub mod state;
 pub mod wire;
