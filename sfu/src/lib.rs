@@ -20,6 +20,7 @@
 pub mod drop_reason;
 pub mod error;
 pub mod ids;
+pub mod native;
 pub mod node;
 mod participant;
 pub mod rate_limit;

@@ -108,6 +108,10 @@ config_keys! {
     /// Seconds a voice participant has to complete ICE and DTLS after its Select Protocol before
     /// it is removed (its place is held meanwhile). [default: 10]
     voice_connect_timeout_secs: u64 = "LODGE_VOICE_CONNECT_TIMEOUT_SECS";
+    /// Seconds a voice connection whose WebSocket dropped is kept (its call goes on) for the
+    /// client to resume it with op 7 and get the messages it missed; after that the caller
+    /// leaves the channel. [default: 10]
+    voice_resume_secs: u64 = "LODGE_VOICE_RESUME_SECS";
     /// Open /quality/live sockets (the dashboard) one user, or the operator, may hold; more are
     /// closed with 4008. [default: 4]
     max_live_sockets_per_viewer: usize = "LODGE_MAX_LIVE_SOCKETS_PER_VIEWER";
@@ -255,6 +259,7 @@ pub struct Config {
     pub max_participants_per_user: usize,
     pub max_participants_per_guild: usize,
     pub voice_connect_timeout_secs: u64,
+    pub voice_resume_secs: u64,
     pub max_live_sockets_per_viewer: usize,
     pub max_live_sockets: usize,
     pub voice_token_ttl: u64,
@@ -414,6 +419,12 @@ impl Config {
             voice_connect_timeout_secs: in_range(
                 "voice_connect_timeout_secs",
                 v.voice_connect_timeout_secs.unwrap_or(10),
+                1..=300,
+                "use 1 to 300 seconds",
+            )?,
+            voice_resume_secs: in_range(
+                "voice_resume_secs",
+                v.voice_resume_secs.unwrap_or(10),
                 1..=300,
                 "use 1 to 300 seconds",
             )?,

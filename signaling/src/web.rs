@@ -64,8 +64,9 @@ pub async fn index_or_voice(State(s): State<AppState>, req: Request) -> Response
     }
     if is_ws {
         let (mut parts, _) = req.into_parts();
+        let version = crate::voice::wire::WireVersion::from_query(parts.uri.query());
         return match axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &s).await {
-            Ok(ws) => crate::voice::gateway::upgrade(ws, s),
+            Ok(ws) => crate::voice::gateway::upgrade(ws, s, version),
             Err(e) => e.into_response(),
         };
     }

@@ -669,3 +669,168 @@ async fn ready_hands_out_turn_relays_with_a_short_lived_credential() {
         .unwrap();
     assert_eq!(ready["ice_servers"], json!([]));
 }
+
+#[tokio::test]
+async fn each_voice_gateway_version_gets_its_own_framing() {
+    let n = node().await;
+    let mut a = member(&n, "alice").await;
+    let (g, _text, voice) = n.guild(&a.token).await;
+    let (token, ep) = voice_join(&mut a.gw, &g, &voice, false).await;
+
+    // v4 (songbird): no `seq` anywhere, the heartbeat nonce is a bare number and so is the ACK.
+    let mut v = ws(&format!("ws://{ep}/?v=4")).await;
+    let hello = json(&mut v).await;
+    assert_eq!(
+        (hello["op"].as_u64(), hello["d"]["v"].as_u64()),
+        (Some(8), Some(4))
+    );
+    assert!(hello.get("seq").is_none(), "{hello}");
+    send(&mut v, json!({ "op": 0, "d": { "server_id": g, "user_id": a.id, "session_id": a.session, "token": token } })).await;
+    let ready = json(&mut v).await;
+    assert_eq!(ready["op"], 2, "{ready}");
+    assert!(ready.get("seq").is_none(), "{ready}");
+    send(&mut v, json!({ "op": 3, "d": 1_234_567_u64 })).await;
+    let ack = loop {
+        let m = json(&mut v).await;
+        if m["op"] == 6 {
+            break m;
+        }
+    };
+    assert_eq!(ack["d"], json!(1_234_567_u64), "{ack}");
+    assert!(ack.get("seq").is_none(), "{ack}");
+
+    // v8: messages numbered from 1 but for Hello and the ACKs, which belong to one socket;
+    // the ACK echoes `t`.
+    let mut v = ws(&format!("ws://{ep}/?v=8")).await;
+    let hello = json(&mut v).await;
+    assert_eq!(hello["d"]["v"].as_u64(), Some(8));
+    assert!(hello.get("seq").is_none(), "{hello}");
+    send(&mut v, json!({ "op": 3, "d": { "t": 99, "seq_ack": -1 } })).await;
+    let ack = json(&mut v).await;
+    assert_eq!(
+        (ack["op"].as_u64(), &ack["d"]),
+        (Some(6), &json!({ "t": 99 }))
+    );
+    assert!(ack.get("seq").is_none(), "{ack}");
+
+    // Outside 4..=8: closed with 4020, naming the range.
+    for q in ["v=3", "v=9", "v=x"] {
+        let mut v = ws(&format!("ws://{ep}/?{q}")).await;
+        let (code, reason) = closed(&mut v).await;
+        assert_eq!(code, 4020, "{q}: {reason}");
+        assert!(reason.contains("?v=4 to ?v=8"), "{q}: {reason}");
+    }
+}
+
+async fn metrics(n: &Node) -> String {
+    n.http
+        .get(format!("{}/metrics", n.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_dropped_voice_socket_resumes_with_what_it_missed_or_ends_after_the_grace() {
+    let n = node_with(|a| a.voice_resume_secs = Some(2)).await;
+    let mut a = member(&n, "alice").await;
+    let (g, text, voice) = n.guild(&a.token).await;
+    dispatch(&mut a.gw, "GUILD_CREATE").await;
+    let mut b = member(&n, "bob").await;
+    n.invite_and_join(&a.token, &text, &b.token).await;
+    dispatch(&mut b.gw, "GUILD_CREATE").await;
+
+    let (ta, ep) = voice_join(&mut a.gw, &g, &voice, false).await;
+    let (mut va, _) = voice_identify(&ep, &g, &a.id, &a.session, &ta)
+        .await
+        .unwrap();
+    let mut ca = VoiceClient::new(1).await;
+    send(
+        &mut va,
+        json!({ "op": 1, "d": { "protocol": "webrtc", "data": { "sdp": ca.offer } } }),
+    )
+    .await;
+    let sd = json(&mut va).await;
+    assert_eq!(sd["op"], 4, "{sd}");
+    ca.accept(sd["d"]["sdp"].as_str().unwrap());
+    let last_seen = sd["seq"]
+        .as_i64()
+        .expect("v8 numbers the session description");
+
+    // Alice's socket drops without a close frame; her call goes on.
+    drop(va);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = metrics(&n).await;
+    assert!(m.contains("lodge_voice_parked 1"), "{m}");
+
+    // Bob joins meanwhile: the Clients Connect for Alice waits in her parked connection.
+    let (tb, _) = voice_join(&mut b.gw, &g, &voice, false).await;
+    let (mut vb, _) = voice_identify(&ep, &g, &b.id, &b.session, &tb)
+        .await
+        .unwrap();
+    let cb = VoiceClient::new(1).await;
+    send(
+        &mut vb,
+        json!({ "op": 1, "d": { "protocol": "webrtc", "data": { "sdp": cb.offer } } }),
+    )
+    .await;
+
+    // A wrong token and an unknown session are refused without touching the connection.
+    let resume = |token: &str, session: &str| json!({ "op": 7, "d": { "server_id": g, "session_id": session, "token": token, "seq_ack": last_seen } });
+    let mut v = ws(&format!("ws://{ep}/?v=8")).await;
+    json(&mut v).await;
+    send(&mut v, resume("not-the-token", &a.session)).await;
+    assert_eq!(closed(&mut v).await.0, 4004);
+    let mut v = ws(&format!("ws://{ep}/?v=8")).await;
+    json(&mut v).await;
+    send(&mut v, resume(&ta, "no-such-session")).await;
+    assert_eq!(closed(&mut v).await.0, 4006);
+
+    // Alice resumes: op 9 first, then Bob's Clients Connect, numbered after what she saw.
+    let mut v = ws(&format!("ws://{ep}/?v=8")).await;
+    json(&mut v).await;
+    send(&mut v, resume(&ta, &a.session)).await;
+    let resumed = json(&mut v).await;
+    assert_eq!(resumed["op"], 9, "{resumed}");
+    let cc = loop {
+        let m = json(&mut v).await;
+        if m["op"] == 11 {
+            break m;
+        }
+    };
+    assert_eq!(cc["d"]["user_ids"], json!([b.id]));
+    assert!(cc["seq"].as_i64().unwrap() > last_seen, "{cc}");
+    // The connection works as before: heartbeats are acknowledged.
+    send(
+        &mut v,
+        json!({ "op": 3, "d": { "t": 5, "seq_ack": cc["seq"] } }),
+    )
+    .await;
+    let ack = loop {
+        let m = json(&mut v).await;
+        if m["op"] == 6 {
+            break m;
+        }
+    };
+    assert_eq!(ack["d"]["t"], 5);
+
+    // Dropped again and never resumed: after the grace Alice leaves the channel.
+    drop(v);
+    loop {
+        let vs = dispatch(&mut b.gw, "VOICE_STATE_UPDATE").await;
+        if vs["user_id"].as_str() == Some(a.id.as_str()) && vs["channel_id"].is_null() {
+            break;
+        }
+    }
+    let m = metrics(&n).await;
+    assert!(
+        m.contains("lodge_voice_resumes_total{outcome=\"resumed\"} 1")
+            && m.contains("lodge_voice_resumes_total{outcome=\"expired\"} 1")
+            && m.contains("lodge_voice_parked 0"),
+        "{m}"
+    );
+    drop(vb);
+}

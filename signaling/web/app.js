@@ -365,14 +365,16 @@ function onVoiceServer(d) {
   const ws = new WebSocket(`${scheme}://${d.endpoint}/?v=8`);
   v.ws = ws;
   let hb = null;
+  let lastSeq = -1; // the last numbered message seen: heartbeats acknowledge it (v8)
   ws.onmessage = async (ev) => {
     const msg = JSON.parse(ev.data);
+    if (typeof msg.seq === 'number') lastSeq = msg.seq;
     switch (msg.op) {
       case 8:
         // Leaving or moving closes the socket without its onclose: the interval ends itself.
         hb = setInterval(() => {
           if (ws.readyState !== WebSocket.OPEN) { clearInterval(hb); return; }
-          ws.send(JSON.stringify({ op: 3, d: { t: Date.now(), seq_ack: msg.seq ?? -1 } }));
+          ws.send(JSON.stringify({ op: 3, d: { t: Date.now(), seq_ack: lastSeq } }));
         }, msg.d.heartbeat_interval);
         ws.send(JSON.stringify({ op: 0, d: { server_id: d.guild_id, user_id: state.user.id, session_id: state.sessionId, token: d.token } }));
         break;

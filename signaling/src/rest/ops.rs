@@ -192,14 +192,23 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let recorded = s.telemetry().calls_recorded;
     let _ = writeln!(out, "# HELP lodge_call_summaries_total Call-quality summaries persisted since start\n# TYPE lodge_call_summaries_total counter\nlodge_call_summaries_total {recorded}");
     crate::http_server::write_metrics(&mut out, &s);
-    let (states, conns, slow) = {
+    let (states, conns, slow, parked, resumes, expired) = {
         let v = s.voice();
-        (v.by_user.len(), v.conns.len(), v.slow_consumers_closed)
+        (
+            v.by_user.len(),
+            v.conns.len(),
+            v.slow_consumers_closed,
+            v.parked.len(),
+            v.resumes,
+            v.resumes_expired,
+        )
     };
     let (live, detached) = s.sessions.counts();
     let _ = writeln!(out, "# HELP lodge_voice_states Callers whose voice connection this node hosts\n# TYPE lodge_voice_states gauge\nlodge_voice_states {states}");
     let _ = writeln!(out, "# HELP lodge_voice_connections Open voice gateway connections\n# TYPE lodge_voice_connections gauge\nlodge_voice_connections {conns}");
     let _ = writeln!(out, "# HELP lodge_voice_slow_consumers_closed_total Voice connections closed because the client did not keep up (outbox full or a write timed out)\n# TYPE lodge_voice_slow_consumers_closed_total counter\nlodge_voice_slow_consumers_closed_total {slow}");
+    let _ = writeln!(out, "# HELP lodge_voice_parked Voice connections whose socket dropped, kept for a resume (op 7)\n# TYPE lodge_voice_parked gauge\nlodge_voice_parked {parked}");
+    let _ = writeln!(out, "# HELP lodge_voice_resumes_total Voice connections taken up again by op 7 (resumed), and parked ones whose grace ran out (expired)\n# TYPE lodge_voice_resumes_total counter\nlodge_voice_resumes_total{{outcome=\"resumed\"}} {resumes}\nlodge_voice_resumes_total{{outcome=\"expired\"}} {expired}");
     let _ = writeln!(out, "# HELP lodge_gateway_sessions Gateway sessions, connected or resumable\n# TYPE lodge_gateway_sessions gauge\nlodge_gateway_sessions{{state=\"connected\"}} {live}\nlodge_gateway_sessions{{state=\"resumable\"}} {detached}");
     if let Some(c) = s.cluster.get() {
         crate::cluster::write_metrics(c, &mut out).await;

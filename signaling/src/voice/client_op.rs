@@ -15,12 +15,13 @@ pub enum ClientOp {
     Identify(Identify),
     /// Op 1.
     SelectProtocol(SelectProtocol),
-    /// Op 3; `t` is echoed in the ACK (the nonce under `d.t`, or `d` itself when a number).
-    Heartbeat { t: Value },
+    /// Op 3; `t` is echoed in the ACK (the nonce under `d.t`, or `d` itself when a number);
+    /// `seq_ack` (v8): the last server `seq` the client saw, if it said (it may send -1).
+    Heartbeat { t: Value, seq_ack: Option<i64> },
     /// Op 5: accepted and ignored (speakers are selected by the audio-level extension).
     Speaking,
     /// Op 7.
-    Resume,
+    Resume(Resume),
     /// Any other op (one only the server sends, or no opcode at all), or none.
     Unknown(Option<u64>),
 }
@@ -32,6 +33,15 @@ pub struct Identify {
     pub user_id: u64,
     pub session_id: String,
     pub token: String,
+}
+
+/// Op 7: the connection to take up again, and (v8) the last server `seq` the client saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub server_id: u64,
+    pub session_id: String,
+    pub token: String,
+    pub seq_ack: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,9 +96,10 @@ pub fn parse(text: &str) -> Result<ClientOp, Refused> {
                     Value::Null
                 }
             }),
+            seq_ack: d.get("seq_ack").and_then(Value::as_i64),
         }),
         Some(Opcode::Speaking) => Ok(ClientOp::Speaking),
-        Some(Opcode::Resume) => Ok(ClientOp::Resume),
+        Some(Opcode::Resume) => resume(d).map(ClientOp::Resume),
         _ => Ok(ClientOp::Unknown(raw)),
     }
 }
@@ -129,6 +140,32 @@ fn identify(d: &Value) -> Result<Identify, Refused> {
         user_id,
         session_id: session_id.to_string(),
         token: token.to_string(),
+    })
+}
+
+fn resume(d: &Value) -> Result<Resume, Refused> {
+    let bad = |reason: &str| refuse(Some(Opcode::Resume), close::DECODE_ERROR, reason);
+    let server_id = snowflake(d, "server_id").ok_or_else(|| bad("resume needs server_id"))?;
+    let session_id = d
+        .get("session_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("resume needs session_id"))?;
+    let token = d
+        .get("token")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("resume needs token"))?;
+    if token.len() > MAX_VOICE_TOKEN || session_id.len() > MAX_VOICE_TOKEN {
+        return Err(refuse(
+            Some(Opcode::Resume),
+            close::AUTHENTICATION_FAILED,
+            format!("voice token or session id longer than {MAX_VOICE_TOKEN} bytes"),
+        ));
+    }
+    Ok(Resume {
+        server_id,
+        session_id: session_id.to_string(),
+        token: token.to_string(),
+        seq_ack: d.get("seq_ack").and_then(Value::as_i64),
     })
 }
 
@@ -209,18 +246,48 @@ mod tests {
         );
         assert_eq!(
             parse(r#"{"op":3,"d":{"t":1234,"seq_ack":1}}"#),
-            Ok(ClientOp::Heartbeat { t: json!(1234) })
+            Ok(ClientOp::Heartbeat {
+                t: json!(1234),
+                seq_ack: Some(1)
+            })
         );
         assert_eq!(
             parse(r#"{"op":3,"d":99}"#),
-            Ok(ClientOp::Heartbeat { t: json!(99) })
+            Ok(ClientOp::Heartbeat {
+                t: json!(99),
+                seq_ack: None
+            })
         );
         assert_eq!(
             parse(r#"{"op":3}"#),
-            Ok(ClientOp::Heartbeat { t: Value::Null })
+            Ok(ClientOp::Heartbeat {
+                t: Value::Null,
+                seq_ack: None
+            })
+        );
+        assert_eq!(
+            parse(r#"{"op":3,"d":{"t":5,"seq_ack":-1}}"#),
+            Ok(ClientOp::Heartbeat {
+                t: json!(5),
+                seq_ack: Some(-1)
+            }),
+            "discord.js sends -1 before any numbered message"
         );
         assert_eq!(parse(r#"{"op":5,"d":{}}"#), Ok(ClientOp::Speaking));
-        assert_eq!(parse(r#"{"op":7,"d":{}}"#), Ok(ClientOp::Resume));
+        assert_eq!(
+            parse(r#"{"op":7,"d":{"server_id":"5","session_id":"s","token":"t","seq_ack":9}}"#),
+            Ok(ClientOp::Resume(Resume {
+                server_id: 5,
+                session_id: "s".into(),
+                token: "t".into(),
+                seq_ack: Some(9)
+            }))
+        );
+        assert_eq!(
+            parse(r#"{"op":7,"d":{}}"#).unwrap_err().code,
+            close::DECODE_ERROR,
+            "a resume names its connection"
+        );
         assert_eq!(parse(r#"{"op":42}"#), Ok(ClientOp::Unknown(Some(42))));
         // Ops only the server sends, and DAVE's, are unknown from a client.
         assert_eq!(parse(r#"{"op":8}"#), Ok(ClientOp::Unknown(Some(8))));

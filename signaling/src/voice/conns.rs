@@ -68,6 +68,11 @@ pub struct VoiceConns {
     /// Voice connections closed because the client did not keep up (outbox full or a write
     /// timed out), since start.
     pub slow_consumers_closed: u64,
+    /// Connections whose socket dropped, by (guild, gateway session), waiting for op 7.
+    pub(crate) parked: HashMap<(GuildId, String), super::gateway::Parked>,
+    /// Connections taken up again by op 7, and parked ones that were not, since start.
+    pub resumes: u64,
+    pub resumes_expired: u64,
 }
 
 impl Default for VoiceConns {
@@ -82,6 +87,9 @@ impl VoiceConns {
             conns: HashMap::new(),
             by_user: HashMap::new(),
             by_participant: HashMap::new(),
+            parked: HashMap::new(),
+            resumes: 0,
+            resumes_expired: 0,
             early_slots: HashMap::new(),
             next_conn: 0,
             slow_consumers_closed: 0,

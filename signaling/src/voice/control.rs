@@ -42,6 +42,10 @@ pub enum Input {
     /// The caller's home is gone (its node died, its edge's trunk dropped): a new home, a new
     /// token.
     Rehome(Placed),
+    /// The voice connection of generation `generation` lost its socket and waits for a resume
+    /// (op 7): the caller stays in the channel, not connected, so an op 4 meanwhile places
+    /// them afresh instead of changing only their flags. A resume connects it again.
+    Dropped { generation: u64 },
 }
 
 /// Op 4's request, with what was decided before applying it.
@@ -306,6 +310,16 @@ pub fn apply(
                 Ok(Transition::put(st, Vec::new()))
             }
             _ => Err(Refusal::Stale),
+        },
+        Input::Dropped { generation } => match cur {
+            Some(st) if st.generation == *generation && st.connected => {
+                let st = VoiceState {
+                    connected: false,
+                    ..st.clone()
+                };
+                Ok(Transition::put(st, Vec::new()))
+            }
+            _ => Ok(Transition::default()),
         },
         Input::Rehome(p) => {
             let Some(old) = cur else {

@@ -16,8 +16,12 @@ use super::client_op::{self, ClientOp, Identify, SelectProtocol};
 use super::conns::{VoiceConn, VoiceOut};
 use super::control::{Guard, Input};
 use super::executor::{self, ExecError};
-use super::outbox::{outbox, Next, Outbox, OverflowWatch, OUTBOX_CAPACITY, WRITE_TIMEOUT};
+use super::outbox::{
+    outbox, Next, Outbox, OutboxRx, OverflowWatch, OUTBOX_CAPACITY, WRITE_TIMEOUT,
+};
+use super::resume::ReplayBuffer;
 use super::state::PendingToken;
+use super::wire::{Seq, WireVersion};
 use super::{payload, Opcode};
 use crate::app::AppState;
 use crate::ws::{close_with, Tx};
@@ -42,23 +46,43 @@ pub mod close {
     pub const UNKNOWN_PROTOCOL: u16 = 4012;
     pub const DISCONNECTED: u16 = 4014;
     pub const SERVER_CRASHED: u16 = 4015;
+    pub const BAD_REQUEST: u16 = 4020;
 }
 
-pub fn upgrade(ws: WebSocketUpgrade, s: AppState) -> Response {
+/// `version`: the `?v=` the client asked for (see [`super::wire`]), or why it is refused (the
+/// socket is then closed with 4020 at once).
+pub fn upgrade(
+    ws: WebSocketUpgrade,
+    s: AppState,
+    version: Result<WireVersion, String>,
+) -> Response {
     // Small read buffer: see the gateway's handler (tungstenite zero-fills it per read).
     ws.max_message_size(MAX_PAYLOAD * 2)
         .max_frame_size(MAX_PAYLOAD * 2)
         .read_buffer_size(4096)
-        .on_upgrade(move |sock| run(s, sock))
+        .on_upgrade(move |sock| run(s, sock, version))
 }
 
-struct Authed {
+pub(crate) struct Authed {
     user_id: UserId,
     guild_id: GuildId,
     channel_id: ChannelId,
     conn_id: u64,
     generation: u64,
     joined: bool,
+    /// The gateway session and the voice token it identified with: what op 7 must name.
+    session_id: String,
+    token: String,
+}
+
+/// A connection whose WebSocket dropped, kept for `voice_resume_secs` so op 7 can take it up:
+/// its call, its queue of messages not yet written, its numbering and what it wrote last.
+pub(crate) struct Parked {
+    authed: Authed,
+    out: Outbox,
+    outbox: OutboxRx,
+    seq: Seq,
+    replay: ReplayBuffer,
 }
 
 /// Stable per-user SSRC for UDP mode's Ready (WebRTC clients may ignore it).
@@ -84,7 +108,9 @@ enum Stop {
     Close(u16, String),
     /// The client is not keeping up (its outbox filled or a write timed out).
     TooSlow(String),
-    /// The client closed or the connection broke.
+    /// The client's socket closed or broke: an identified connection is parked for op 7.
+    Dropped,
+    /// Nothing more to do (the connection was replaced or removed elsewhere).
     Gone,
 }
 
@@ -92,15 +118,37 @@ enum Stop {
 /// write also ends when the outbox overflows meanwhile.
 struct Writer {
     tx: Tx,
-    seq: u64,
+    version: WireVersion,
+    seq: Seq,
+    /// Numbered messages written, for a resume (v8).
+    replay: ReplayBuffer,
     overflow: OverflowWatch,
 }
 
 impl Writer {
     async fn json(&mut self, mut v: Value) -> Result<(), Stop> {
-        self.seq += 1;
-        v["seq"] = json!(self.seq);
-        let msg = Message::Text(v.to_string().into());
+        let op = v["op"].as_u64().and_then(|n| Opcode::try_from(n).ok());
+        // Hello and heartbeat ACKs belong to one socket; everything else is numbered (v8) and,
+        // but for Ready and Resumed, kept for a resume.
+        let numbered =
+            self.version.numbered() && !matches!(op, Some(Opcode::Hello | Opcode::HeartbeatAck));
+        let text = if numbered {
+            let seq = self.seq.advance();
+            v["seq"] = json!(seq);
+            let text = v.to_string();
+            if !matches!(op, Some(Opcode::Ready | Opcode::Resumed)) {
+                self.replay.push(seq, text.clone());
+            }
+            text
+        } else {
+            v.to_string()
+        };
+        self.text(text).await
+    }
+
+    /// Write one text frame as it is (a replayed message keeps its number).
+    async fn text(&mut self, text: String) -> Result<(), Stop> {
+        let msg = Message::Text(text.into());
         let write = tokio::time::timeout(WRITE_TIMEOUT, self.tx.send(msg));
         tokio::select! {
             r = write => match r {
@@ -131,17 +179,22 @@ fn outbox_full() -> Stop {
 /// How long a close frame may take to write before the connection is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-async fn run(s: AppState, sock: WebSocket) {
+async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>) {
     let (tx, mut rx) = sock.split();
-    let (out, mut outbox) = outbox(OUTBOX_CAPACITY);
+    let (mut out, mut outbox) = outbox(OUTBOX_CAPACITY);
     let mut w = Writer {
         tx,
-        seq: 0,
+        version: *version.as_ref().unwrap_or(&WireVersion::V8),
+        seq: Seq::default(),
+        replay: ReplayBuffer::default(),
         overflow: outbox.watch(),
     };
+    if let Err(reason) = version {
+        return w.close(close::BAD_REQUEST, &reason).await;
+    }
     let hello = payload(
         Opcode::Hello,
-        json!({ "heartbeat_interval": HEARTBEAT_INTERVAL_MS, "v": 8 }),
+        json!({ "heartbeat_interval": HEARTBEAT_INTERVAL_MS, "v": w.version.get() }),
     );
     if w.json(hello).await.is_err() {
         return;
@@ -150,19 +203,21 @@ async fn run(s: AppState, sock: WebSocket) {
     let hb_timeout = Duration::from_millis(HEARTBEAT_INTERVAL_MS * 2);
     let mut hb_deadline = Instant::now() + hb_timeout;
     let mut shutdown = s.shutdown.subscribe();
+    let mut resumed: Option<Parked> = None;
 
     let stop = loop {
         let step = tokio::select! {
             m = rx.next() => match m {
                 Some(Ok(Message::Text(t))) => {
-                    handle_text(&s, &mut w, &mut me, &out, &mut hb_deadline, hb_timeout, &t).await
+                    let mut cx = Cx { me: &mut me, out: &out, resumed: &mut resumed };
+                    handle_text(&s, &mut w, &mut cx, &mut hb_deadline, hb_timeout, &t).await
                 }
                 Some(Ok(Message::Binary(_))) => Err(Stop::Close(
                     close::DECODE_ERROR,
                     "binary frames (etf, compression) are not supported; send JSON text".into(),
                 )),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
-                _ => Err(Stop::Gone),
+                _ => Err(Stop::Dropped),
             },
             o = outbox.next() => match o {
                 Next::Msg(VoiceOut::Json(v)) => w.json(v).await,
@@ -178,7 +233,19 @@ async fn run(s: AppState, sock: WebSocket) {
         if let Err(stop) = step {
             break stop;
         }
+        if let Some(p) = resumed.take() {
+            // Op 7 took up a parked connection: its queue, numbering and call are this
+            // socket's from now on (op 9 and the replay have been written).
+            out = p.out;
+            outbox = p.outbox;
+            w.overflow = outbox.watch();
+            me = Some(p.authed);
+        }
     };
+    // A dropped socket, or heartbeats that stopped (songbird resumes after 4009), leave the
+    // call running for a resume; every other end is final.
+    let park = matches!(stop, Stop::Dropped)
+        || matches!(&stop, Stop::Close(code, _) if *code == close::SESSION_TIMEOUT);
     match stop {
         Stop::Close(code, reason) => w.close(code, &reason).await,
         Stop::TooSlow(reason) => {
@@ -190,23 +257,82 @@ async fn run(s: AppState, sock: WebSocket) {
             );
             w.close(close::TOO_SLOW, &reason).await;
         }
-        Stop::Gone => {}
+        Stop::Dropped | Stop::Gone => {}
     }
     if let Some(a) = me {
-        end_connection(&s, &a).await;
+        if park {
+            let p = Parked {
+                authed: a,
+                out,
+                outbox,
+                seq: w.seq,
+                replay: w.replay,
+            };
+            park_connection(&s, p).await;
+        } else {
+            end_connection(&s, &a).await;
+        }
     }
+}
+
+/// What a text frame may change besides the writer: who the connection is, and (op 7) the
+/// parked connection it takes up.
+struct Cx<'a> {
+    me: &'a mut Option<Authed>,
+    out: &'a Outbox,
+    resumed: &'a mut Option<Parked>,
+}
+
+/// Keep a connection whose socket dropped for `voice_resume_secs`; then, unless op 7 took it
+/// up, it ends as any connection does.
+async fn park_connection(s: &AppState, p: Parked) {
+    let key = (p.authed.guild_id, p.authed.session_id.clone());
+    let conn_id = p.authed.conn_id;
+    let dropped = Input::Dropped {
+        generation: p.authed.generation,
+    };
+    if let Err(e) = executor::run(s, p.authed.guild_id, p.authed.user_id, &dropped).await {
+        // The state is not reachable or no longer this connection's: nothing to resume.
+        info!(user = %p.authed.user_id, error = ?e, "voice socket dropped: connection ended");
+        return end_connection(s, &p.authed).await;
+    }
+    info!(
+        user = %p.authed.user_id,
+        channel = %p.authed.channel_id,
+        "voice socket dropped: connection kept for a resume"
+    );
+    let replaced = s.voice().parked.insert(key.clone(), p);
+    let grace = Duration::from_secs(s.cfg.voice_resume_secs);
+    let s = s.clone();
+    tokio::spawn(async move {
+        if let Some(old) = replaced {
+            end_connection(&s, &old.authed).await;
+        }
+        tokio::time::sleep(grace).await;
+        let expired = {
+            let mut v = s.voice();
+            match v.parked.get(&key) {
+                Some(p) if p.authed.conn_id == conn_id => v.parked.remove(&key),
+                _ => None,
+            }
+        };
+        if let Some(p) = expired {
+            s.voice().resumes_expired += 1;
+            end_connection(&s, &p.authed).await;
+        }
+    });
 }
 
 /// One text frame from the client.
 async fn handle_text(
     s: &AppState,
     w: &mut Writer,
-    me: &mut Option<Authed>,
-    out: &Outbox,
+    cx: &mut Cx<'_>,
     hb_deadline: &mut Instant,
     hb_timeout: Duration,
     text: &str,
 ) -> Result<(), Stop> {
+    let (me, out) = (&mut *cx.me, cx.out);
     let op = match client_op::parse(text) {
         Ok(op) => op,
         Err(r) => {
@@ -305,10 +431,13 @@ async fn handle_text(
             );
             Ok(())
         }
-        ClientOp::Heartbeat { t } => {
+        ClientOp::Heartbeat { t, seq_ack } => {
             *hb_deadline = Instant::now() + hb_timeout;
-            w.json(payload(Opcode::HeartbeatAck, json!({ "t": t })))
-                .await
+            if let Some(ack) = seq_ack.and_then(|a| u16::try_from(a).ok()) {
+                w.replay.ack(ack);
+            }
+            let ack = w.version.heartbeat_ack(&t);
+            w.json(payload(Opcode::HeartbeatAck, ack)).await
         }
         ClientOp::Speaking => match me {
             // Accepted; selection uses the audio-level header extension instead.
@@ -318,15 +447,110 @@ async fn handle_text(
                 "identify first".into(),
             )),
         },
-        ClientOp::Resume => Err(Stop::Close(
-            close::SESSION_INVALID,
-            "voice resume is not supported yet; rejoin with gateway op 4".into(),
-        )),
+        ClientOp::Resume(r) => {
+            if me.is_some() {
+                return Err(Stop::Close(
+                    close::ALREADY_AUTHENTICATED,
+                    "already identified".into(),
+                ));
+            }
+            let p = take_parked(s, &r)?;
+            let connected = Input::Connected {
+                generation: p.authed.generation,
+                channel: p.authed.channel_id,
+                at: s.shared.me.clone(),
+            };
+            if executor::run(s, p.authed.guild_id, p.authed.user_id, &connected)
+                .await
+                .is_err()
+            {
+                // An op 4 placed the caller afresh meanwhile (or the state is unreachable).
+                end_connection(s, &p.authed).await;
+                return Err(Stop::Close(
+                    close::SESSION_INVALID,
+                    "the voice state changed since the connection dropped; rejoin with gateway op 4"
+                        .into(),
+                ));
+            }
+            // Op 9, then what the client had not acknowledged, with the numbers it first had.
+            w.seq = p.seq;
+            w.replay = p.replay;
+            w.json(payload(Opcode::Resumed, Value::Null)).await?;
+            let ack = r.seq_ack.and_then(|a| u16::try_from(a).ok());
+            let again: Vec<String> = w
+                .replay
+                .replay(ack)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, t)| t.to_string())
+                .collect();
+            for t in again {
+                w.text(t).await?;
+            }
+            info!(
+                user = %p.authed.user_id,
+                channel = %p.authed.channel_id,
+                "voice connection resumed"
+            );
+            s.voice().resumes += 1;
+            *cx.resumed = Some(Parked {
+                replay: ReplayBuffer::default(),
+                ..p
+            });
+            Ok(())
+        }
         ClientOp::Unknown(_) => Err(match me {
             None => Stop::Close(close::NOT_AUTHENTICATED, "identify first".into()),
             Some(_) => Stop::Close(close::UNKNOWN_OPCODE, "unknown opcode".into()),
         }),
     }
+}
+
+/// The parked connection op 7 names, if its token matches and everything the client has not
+/// acknowledged can still be sent again; otherwise the close to send.
+fn take_parked(s: &AppState, r: &client_op::Resume) -> Result<Parked, Stop> {
+    let key = (GuildId(r.server_id), r.session_id.clone());
+    let mut v = s.voice();
+    let Some(p) = v.parked.get(&key) else {
+        return Err(Stop::Close(
+            close::SESSION_INVALID,
+            "no voice connection to resume (it ended or was never here); rejoin with gateway op 4"
+                .into(),
+        ));
+    };
+    if !same_secret(&p.authed.token, &r.token) {
+        return Err(Stop::Close(
+            close::AUTHENTICATION_FAILED,
+            "resume token does not match the connection's voice token".into(),
+        ));
+    }
+    let ack = r.seq_ack.and_then(|a| u16::try_from(a).ok());
+    if p.replay.replay(ack).is_none() {
+        // It cannot be made whole: end it now rather than at the end of the grace period.
+        let p = v.parked.remove(&key).expect("looked up above");
+        drop(v);
+        let s = s.clone();
+        tokio::spawn(async move { end_connection(&s, &p.authed).await });
+        return Err(Stop::Close(
+            close::SESSION_INVALID,
+            format!(
+                "messages after seq {} are no longer kept (at most {} messages or {} bytes); rejoin with gateway op 4",
+                r.seq_ack.unwrap_or(-1),
+                super::resume::REPLAY_MESSAGES,
+                super::resume::REPLAY_BYTES
+            ),
+        ));
+    }
+    Ok(v.parked.remove(&key).expect("looked up above"))
+}
+
+/// Compare two secrets without stopping at the first difference.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u16, &'static str)> {
@@ -403,6 +627,8 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
         conn_id,
         generation: t.generation,
         joined: false,
+        session_id: i.session_id.clone(),
+        token: i.token.clone(),
     })
 }
 

@@ -10,8 +10,10 @@ pub mod gateway;
 pub mod opcode;
 pub mod outbox;
 pub mod placement;
+pub mod resume;
 pub mod service;
 pub mod state;
+pub mod wire;
 
 pub use conns::{VoiceConns, VoiceOut};
 pub use opcode::{client_disconnect, payload, Opcode};
