@@ -217,6 +217,8 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
                     "binary frames (etf, compression) are not supported; send JSON text".into(),
                 )),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                // A close frame is the client's decision to end; a broken socket is not.
+                Some(Ok(Message::Close(_))) => Err(Stop::Gone),
                 _ => Err(Stop::Dropped),
             },
             o = outbox.next() => match o {
