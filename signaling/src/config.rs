@@ -110,7 +110,7 @@ config_keys! {
     voice_connect_timeout_secs: u64 = "LODGE_VOICE_CONNECT_TIMEOUT_SECS";
     /// Seconds a voice connection whose WebSocket dropped is kept (its call goes on) for the
     /// client to resume it with op 7 and get the messages it missed; after that the caller
-    /// leaves the channel. [default: 10]
+    /// leaves the channel (a closed tab shows the caller leaving this much later). [default: 5]
     voice_resume_secs: u64 = "LODGE_VOICE_RESUME_SECS";
     /// Open /quality/live sockets (the dashboard) one user, or the operator, may hold; more are
     /// closed with 4008. [default: 4]
@@ -424,7 +424,7 @@ impl Config {
             )?,
             voice_resume_secs: in_range(
                 "voice_resume_secs",
-                v.voice_resume_secs.unwrap_or(10),
+                v.voice_resume_secs.unwrap_or(5),
                 1..=300,
                 "use 1 to 300 seconds",
             )?,
