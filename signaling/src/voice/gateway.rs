@@ -83,7 +83,13 @@ pub(crate) struct Parked {
     outbox: OutboxRx,
     seq: Seq,
     replay: ReplayBuffer,
+    /// Which parking this is (a connection resumed and dropped again is parked anew, with
+    /// its own grace period).
+    parking: u64,
 }
+
+/// Numbers parkings, so a grace period ends only its own.
+static PARKINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Stable per-user SSRC for UDP mode's Ready (WebRTC clients may ignore it).
 fn user_ssrc(user_id: u64) -> u32 {
@@ -244,6 +250,13 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
             me = Some(p.authed);
         }
     };
+    if let Some(p) = resumed.take() {
+        // A resume that failed while writing op 9 or the replay: the connection is this
+        // socket's all the same, and ends with it.
+        out = p.out;
+        outbox = p.outbox;
+        me = Some(p.authed);
+    }
     // A dropped socket, or heartbeats that stopped (songbird resumes after 4009), leave the
     // call running for a resume; every other end is final.
     let park = matches!(stop, Stop::Dropped)
@@ -269,6 +282,7 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
                 outbox,
                 seq: w.seq,
                 replay: w.replay,
+                parking: PARKINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             };
             park_connection(&s, p).await;
         } else {
@@ -289,7 +303,7 @@ struct Cx<'a> {
 /// up, it ends as any connection does.
 async fn park_connection(s: &AppState, p: Parked) {
     let key = (p.authed.guild_id, p.authed.session_id.clone());
-    let conn_id = p.authed.conn_id;
+    let parking = p.parking;
     let dropped = Input::Dropped {
         generation: p.authed.generation,
     };
@@ -314,7 +328,7 @@ async fn park_connection(s: &AppState, p: Parked) {
         let expired = {
             let mut v = s.voice();
             match v.parked.get(&key) {
-                Some(p) if p.authed.conn_id == conn_id => v.parked.remove(&key),
+                Some(p) if p.parking == parking => v.parked.remove(&key),
                 _ => None,
             }
         };
@@ -475,8 +489,12 @@ async fn handle_text(
                 ));
             }
             // Op 9, then what the client had not acknowledged, with the numbers it first had.
+            // The connection is this socket's from here, even if a write below fails.
+            let mut p = p;
             w.seq = p.seq;
-            w.replay = p.replay;
+            w.replay = std::mem::take(&mut p.replay);
+            let (user, channel) = (p.authed.user_id, p.authed.channel_id);
+            *cx.resumed = Some(p);
             w.json(payload(Opcode::Resumed, Value::Null)).await?;
             let ack = r.seq_ack.and_then(|a| u16::try_from(a).ok());
             let again: Vec<String> = w
@@ -489,16 +507,8 @@ async fn handle_text(
             for t in again {
                 w.text(t).await?;
             }
-            info!(
-                user = %p.authed.user_id,
-                channel = %p.authed.channel_id,
-                "voice connection resumed"
-            );
+            info!(user = %user, channel = %channel, "voice connection resumed");
             s.voice().resumes += 1;
-            *cx.resumed = Some(Parked {
-                replay: ReplayBuffer::default(),
-                ..p
-            });
             Ok(())
         }
         ClientOp::Unknown(_) => Err(match me {
