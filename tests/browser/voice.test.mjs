@@ -6,10 +6,11 @@
 // (the web client's ?region=); tests/cluster/run.sh does that.
 
 import { chromium } from 'playwright-core';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
+import { writeWav } from './wav.mjs';
 
 const BASE = process.env.LODGE_URL || 'http://127.0.0.1:8080';
 const REGIONS = (process.env.VOICE_REGIONS || '').split(',').filter(Boolean);
@@ -18,25 +19,6 @@ const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const work = mkdtempSync(join(tmpdir(), 'lodge-browser-'));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const log = (...a) => console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...a);
-
-// A voice-like test signal: a harmonic tone with a syllable-rate envelope, one pitch per client.
-function writeWav(path, f0, seconds = 8, rate = 48000) {
-  const n = seconds * rate;
-  const data = Buffer.alloc(n * 2);
-  for (let i = 0; i < n; i++) {
-    const t = i / rate;
-    const env = 0.55 + 0.45 * Math.sin(2 * Math.PI * 3.5 * t);
-    let s = 0;
-    for (let h = 1; h <= 5; h++) s += Math.sin(2 * Math.PI * f0 * h * t) / h;
-    data.writeInt16LE(Math.round(Math.max(-1, Math.min(1, 0.35 * env * s)) * 32767), i * 2);
-  }
-  const hdr = Buffer.alloc(44);
-  hdr.write('RIFF', 0); hdr.writeUInt32LE(36 + data.length, 4); hdr.write('WAVE', 8);
-  hdr.write('fmt ', 12); hdr.writeUInt32LE(16, 16); hdr.writeUInt16LE(1, 20); hdr.writeUInt16LE(1, 22);
-  hdr.writeUInt32LE(rate, 24); hdr.writeUInt32LE(rate * 2, 28); hdr.writeUInt16LE(2, 32); hdr.writeUInt16LE(16, 34);
-  hdr.write('data', 36); hdr.writeUInt32LE(data.length, 40);
-  writeFileSync(path, Buffer.concat([hdr, data]));
-}
 
 async function client(name, f0) {
   const wav = join(work, `${name}.wav`);
