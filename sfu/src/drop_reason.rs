@@ -29,11 +29,14 @@ pub enum DropReason {
     Stale,
     /// The sender exceeded the per-participant packet rate.
     OverRate,
+    /// A native (UDP mode) packet that authenticated but whose nonce counter was already
+    /// accepted: a captured packet sent again.
+    Replayed,
 }
 
 impl DropReason {
     /// All reasons, for exporting zeroes too.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::Oversized,
         DropReason::UnknownUsername,
@@ -45,6 +48,7 @@ impl DropReason {
         DropReason::UnexpectedStream,
         DropReason::Stale,
         DropReason::OverRate,
+        DropReason::Replayed,
     ];
 
     /// Stable snake_case name used in logs and metrics.
@@ -61,6 +65,7 @@ impl DropReason {
             DropReason::UnexpectedStream => "unexpected_stream",
             DropReason::Stale => "stale",
             DropReason::OverRate => "over_rate",
+            DropReason::Replayed => "replayed",
         }
     }
 

@@ -34,6 +34,11 @@ pub enum SfuError {
         "guild {guild} already has {limit} participants on this node (max_participants_per_guild)"
     )]
     GuildLimit { guild: GuildId, limit: usize },
+    #[error("a native participant hears 1 to {max} speakers at once; asked for {asked}")]
+    BadSlots { asked: usize, max: usize },
+    /// Two (guild, user) pairs whose SSRCs collide, or one already joined natively.
+    #[error("SSRC {0} is already in use on this node; leave the other voice connection first")]
+    SsrcInUse(u32),
     #[error("no participant {0}")]
     UnknownParticipant(ParticipantIdx),
     #[error("WebRTC failure: {0}")]

@@ -41,7 +41,8 @@ pub use drop_reason::{DropCounters, DropReason};
 pub use error::SfuError;
 pub use ids::{GuildId, ParticipantIdx, RoomId, Ssrc, UserId};
 pub use node::{
-    Export, JoinAnswer, JoinRequest, LeaveReason, Node, NodeConfig, NodeEvent, NodeOutput,
-    ParticipantReport, RemotePacket, SlotInfo, Transmit, MAX_SLOTS,
+    Export, JoinAnswer, JoinRequest, LeaveReason, NativeAnswer, NativeJoin, Node, NodeConfig,
+    NodeEvent, NodeOutput, ParticipantReport, RemotePacket, SlotInfo, Transmit, MAX_SLOTS,
+    NATIVE_OPUS_PT,
 };
 pub use participant::VoiceFlags;

@@ -7,6 +7,7 @@ use str0m::media::{Mid, Pt};
 use str0m::Rtc;
 
 use crate::ids::{GuildId, RoomId, Ssrc, UserId};
+use crate::native::{ReplayWindow, TransportCipher};
 use crate::rate_limit::TokenBucket;
 use crate::seq_rewriter::SeqRewriter;
 use crate::speaker_selector::SpeakerLevel;
@@ -52,14 +53,14 @@ pub(crate) struct Participant {
     pub stats: ParticipantStats,
     pub rate: TokenBucket,
     pub last_recv: Option<Instant>,
+    /// The SSRC native listeners hear this participant under (its `user_ssrc`: the one a
+    /// native client announces in Ready and op 5 maps to the user).
+    pub voice_ssrc: Ssrc,
     pub kind: Kind,
 }
 
 /// What carries a participant's media; each kind holds only the state it uses.
 ///
-/// Native Discord voice over UDP (issue #15, docs/design/NATIVE-VOICE.md) becomes a third
-/// kind here — its address, AEAD mode and key, replay window and SSRC — when it lands; every
-/// `match` on `Kind` then says what a native participant does at that point.
 // The WebRTC variant is large (str0m's `Rtc`, ~10 KB) and stays inline, as `Option<Rtc>` was:
 // boxing it would add a pointer chase per listener on the forward path to save memory only on
 // remote speakers, which are few.
@@ -70,6 +71,27 @@ pub(crate) enum Kind {
     /// A speaker connected to another node whose packets a trunk delivers: ranked and
     /// forwarded like a local speaker, but no session, no slots, never timed out.
     Remote(RemoteSpeaker),
+    /// A game client or bot on Discord's native UDP voice (docs/design/NATIVE-VOICE.md): one
+    /// address, AEAD transport encryption, and the loudest K speakers under their own SSRCs.
+    Native(NativePeer),
+}
+
+pub(crate) struct NativePeer {
+    pub guild: GuildId,
+    /// Where its packets come from and ours go: set by IP discovery until an authenticated
+    /// packet proves an address, then only by authenticated packets (NAT rebinding).
+    pub addr: Option<SocketAddr>,
+    /// An authenticated packet came from `addr`.
+    pub addr_proven: bool,
+    pub cipher: TransportCipher,
+    pub replay: ReplayWindow,
+    /// The nonce counter of the next packet sent to it.
+    pub send_counter: u32,
+    /// Speakers it hears at once (its slots in the slot map; no SSRC of their own).
+    pub k: usize,
+    pub joined_at: Instant,
+    /// Budget for trying to authenticate packets from unknown addresses as this peer's.
+    pub rebind: TokenBucket,
 }
 
 pub(crate) struct WebRtcPeer {
@@ -105,7 +127,7 @@ impl Participant {
     pub fn webrtc(&self) -> Option<&WebRtcPeer> {
         match &self.kind {
             Kind::WebRtc(w) => Some(w),
-            Kind::Remote(_) => None,
+            Kind::Remote(_) | Kind::Native(_) => None,
         }
     }
 
@@ -113,19 +135,33 @@ impl Participant {
         matches!(self.kind, Kind::Remote(_))
     }
 
-    /// Media can flow: a WebRTC peer completed ICE + DTLS; a remote speaker always can.
+    /// Media can flow: a WebRTC peer completed ICE + DTLS; a native peer has an address; a
+    /// remote speaker always can.
     pub fn connected(&self) -> bool {
         match &self.kind {
             Kind::WebRtc(w) => w.connected,
+            Kind::Native(n) => n.addr.is_some(),
             Kind::Remote(_) => true,
         }
     }
 
-    /// The listener's slots (none for a remote speaker, which listens on its own node).
-    pub fn slots(&self) -> &[Slot] {
+    /// How many speakers it hears at once (none for a remote speaker, which listens on its
+    /// own node).
+    pub fn slot_count(&self) -> usize {
         match &self.kind {
-            Kind::WebRtc(w) => &w.slots,
-            Kind::Remote(_) => &[],
+            Kind::WebRtc(w) => w.slots.len(),
+            Kind::Native(n) => n.k,
+            Kind::Remote(_) => 0,
+        }
+    }
+
+    /// The SSRC a WebRTC listener's slot `n` carries, announced by op 5 when its speaker
+    /// changes. Native listeners have none: they hear every speaker under the speaker's own
+    /// SSRC, announced once per user.
+    pub fn slot_ssrc(&self, n: usize) -> Option<Ssrc> {
+        match &self.kind {
+            Kind::WebRtc(w) => w.slots.get(n).map(|s| s.ssrc),
+            Kind::Native(_) | Kind::Remote(_) => None,
         }
     }
 }

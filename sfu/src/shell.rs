@@ -25,7 +25,8 @@ use crate::error::SfuError;
 use crate::ids::{ParticipantIdx, RoomId, UserId};
 pub use crate::node::RemotePacket;
 use crate::node::{
-    Export, JoinAnswer, JoinRequest, Node, NodeConfig, NodeEvent, NodeOutput, ParticipantReport,
+    Export, JoinAnswer, JoinRequest, NativeAnswer, NativeJoin, Node, NodeConfig, NodeEvent,
+    NodeOutput, ParticipantReport,
 };
 use crate::participant::VoiceFlags;
 use crate::send_batch::SendBatch;
@@ -42,6 +43,7 @@ pub const RECV_ROUNDS: usize = 4;
 
 enum Command {
     Join(JoinRequest, oneshot::Sender<Result<JoinAnswer, SfuError>>),
+    JoinNative(NativeJoin, oneshot::Sender<Result<NativeAnswer, SfuError>>),
     Leave(ParticipantIdx),
     SetFlags(ParticipantIdx, VoiceFlags),
     Report(oneshot::Sender<NodeReport>),
@@ -166,6 +168,17 @@ impl SfuHandle {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::Join(req, tx))
+            .await
+            .map_err(|_| SfuError::Rtc("media node stopped".into()))?;
+        rx.await
+            .map_err(|_| SfuError::Rtc("media node stopped".into()))?
+    }
+
+    /// Admit a native (UDP mode) participant (see [`Node::join_native`]).
+    pub async fn join_native(&self, req: NativeJoin) -> Result<NativeAnswer, SfuError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::JoinNative(req, tx))
             .await
             .map_err(|_| SfuError::Rtc("media node stopped".into()))?;
         rx.await
@@ -482,6 +495,7 @@ async fn run(
                 let now = Instant::now();
                 match cmd {
                     Some(Command::Join(req, reply)) => { let _ = reply.send(node.join(now, req)); }
+                    Some(Command::JoinNative(req, reply)) => { let _ = reply.send(node.join_native(now, req)); }
                     Some(Command::Leave(idx)) => node.leave(now, idx),
                     Some(Command::SetFlags(idx, f)) => { let _ = node.set_flags(now, idx, f); }
                     Some(Command::Report(reply)) => {

@@ -11,11 +11,18 @@
 //!   4-byte big-endian nonce counter appended.
 //! - [`replay_window`]: which nonce counters a session has already accepted, so a captured
 //!   packet replayed to the port is dropped even though it authenticates.
+//! - [`user_ssrc`]: the SSRC each (guild, user) speaks under.
+//!
+//! The node's `Kind::Native` participant (`node/native.rs`) puts them together.
 
 pub mod discovery;
 pub mod replay_window;
 pub mod transport_crypto;
+pub mod user_ssrc;
 
 pub use discovery::{discovery_request, discovery_response, DISCOVERY_LEN};
 pub use replay_window::ReplayWindow;
-pub use transport_crypto::{clear_header_len, CryptoMode, Opened, TransportCipher};
+pub use transport_crypto::{
+    clear_header_len, CryptoMode, Opened, TransportCipher, COUNTER_LEN, TAG_LEN,
+};
+pub use user_ssrc::user_ssrc;

@@ -26,6 +26,11 @@ impl Node {
         if buf.len() > self.cfg.max_datagram {
             return self.drop_datagram(DropReason::Oversized, None);
         }
+        // IP discovery first: its first bytes fall in STUN's range (RFC 7983), and only its
+        // exact shape and length tell it apart (see `native/discovery.rs`).
+        if let Some(ssrc) = crate::native::discovery_request(buf) {
+            return self.native_discovery(now, source, ssrc);
+        }
         let stun = crate::stun::is_stun(buf);
         let idx = if stun {
             match crate::stun::local_ufrag(buf) {
@@ -39,7 +44,15 @@ impl Node {
             match self.by_addr.get(&source) {
                 Some(i) => *i,
                 None => {
-                    let reason = if DatagramRecv::try_from(buf).is_err() {
+                    // A native participant's packet from a new address (NAT rebinding), or
+                    // its first before discovery bound one: it must authenticate.
+                    if let Some(i) = self.native_claimed(buf) {
+                        return self.native_datagram(now, i, source, buf, true);
+                    }
+                    // A keepalive before discovery (discord.js sends one at once) is normal.
+                    let reason = if buf.len() < 12 {
+                        DropReason::UnknownPeer
+                    } else if DatagramRecv::try_from(buf).is_err() {
                         DropReason::Malformed
                     } else {
                         DropReason::UnknownPeer
@@ -48,6 +61,14 @@ impl Node {
                 }
             }
         };
+        if !stun
+            && matches!(
+                self.participant(idx).map(|p| &p.kind),
+                Some(Kind::Native(_))
+            )
+        {
+            return self.native_datagram(now, idx, source, buf, false);
+        }
         let Ok(contents) = DatagramRecv::try_from(buf) else {
             return self.drop_datagram(DropReason::Malformed, Some(idx));
         };
@@ -67,7 +88,7 @@ impl Node {
             return self.drop_datagram(DropReason::OverRate, Some(idx));
         }
         let Kind::WebRtc(w) = &mut p.kind else {
-            // Remote speakers have no address or ufrag in the maps.
+            // Remote speakers have no address or ufrag in the maps; a native peer's STUN.
             return self.drop_datagram(DropReason::UnknownPeer, None);
         };
         if !w.rtc.accepts(&input) {
@@ -111,8 +132,13 @@ impl Node {
         }
         if let Some(prev) = self.by_addr.insert(source, idx) {
             if prev != idx {
-                if let Some(Kind::WebRtc(pw)) = self.participant_mut(prev).map(|p| &mut p.kind) {
-                    pw.remotes.retain(|a| *a != source);
+                match self.participant_mut(prev).map(|p| &mut p.kind) {
+                    Some(Kind::WebRtc(pw)) => pw.remotes.retain(|a| *a != source),
+                    Some(Kind::Native(n)) if n.addr == Some(source) => {
+                        n.addr = None;
+                        n.addr_proven = false;
+                    }
+                    _ => {}
                 }
             }
         }

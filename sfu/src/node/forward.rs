@@ -9,7 +9,8 @@ use str0m::{Input, Output};
 use super::{Export, Node, NodeOutput, Transmit};
 use crate::drop_reason::DropReason;
 use crate::ids::ParticipantIdx;
-use crate::participant::{Kind, Participant};
+use crate::native::{COUNTER_LEN, TAG_LEN};
+use crate::participant::{Kind, NativePeer, Participant};
 
 /// One received speaker packet, from WebRTC or from a trunk.
 pub(super) struct Inbound {
@@ -121,11 +122,11 @@ impl Node {
             voice_activity,
             ..Default::default()
         };
+        let voice_ssrc = p.voice_ssrc;
         // The slot map is kept up to date by the tick and by leaving; reading it is a slice.
         for &(listener, slot_ix) in slot_map.subscribers(from) {
-            // Only a WebRTC peer has slots (today's only kind of listener).
             let Some(Participant {
-                kind: Kind::WebRtc(w),
+                kind,
                 flags,
                 stats: l_stats,
                 ..
@@ -135,9 +136,25 @@ impl Node {
             else {
                 continue;
             };
-            if flags.deaf() || !w.connected {
+            if flags.deaf() {
                 continue;
             }
+            let w = match kind {
+                Kind::WebRtc(w) if w.connected => w,
+                Kind::Native(n) => {
+                    // The speaker under its own SSRC, numbered as it numbered its packets: a
+                    // native client keeps one decoder per SSRC, so nothing is rewritten.
+                    let Some(t) = seal_native(n, voice_ssrc.0, seq, ts, marker, &payload) else {
+                        continue;
+                    };
+                    l_stats.packets_out += 1;
+                    l_stats.bytes_out += payload.len() as u64;
+                    stats.rtp_forwarded += 1;
+                    out.push_back(NodeOutput::Transmit(t));
+                    continue;
+                }
+                _ => continue,
+            };
             let slot = &mut w.slots[slot_ix as usize];
             let Some(rw) = slot.rewriter.rewrite(now, ssrc, seq, ts) else {
                 stats.drops.count(DropReason::Stale);
@@ -196,4 +213,34 @@ impl Node {
             }
         }
     }
+}
+
+/// One packet for a native listener: a bare 12-byte header (no extensions: Discord's clients
+/// send and expect none) and the Opus payload, sealed under the listener's key with its next
+/// nonce counter. `None` while the listener has no address.
+fn seal_native(
+    n: &mut NativePeer,
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+    marker: bool,
+    payload: &[u8],
+) -> Option<Transmit> {
+    let destination = n.addr?;
+    let mut header = [0u8; 12];
+    header[0] = 0x80;
+    header[1] = (u8::from(marker) << 7) | super::NATIVE_OPUS_PT;
+    header[2..4].copy_from_slice(&seq.to_be_bytes());
+    header[4..8].copy_from_slice(&ts.to_be_bytes());
+    header[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    let mut contents = vec![0u8; header.len() + payload.len() + TAG_LEN + COUNTER_LEN];
+    let len = n
+        .cipher
+        .seal(&header, payload, n.send_counter, &mut contents)?;
+    contents.truncate(len);
+    n.send_counter = n.send_counter.wrapping_add(1);
+    Some(Transmit {
+        destination,
+        contents,
+    })
 }

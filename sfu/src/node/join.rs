@@ -53,37 +53,7 @@ impl Node {
     /// Admit a participant: accept its offer and answer with ICE-lite, our host candidate and
     /// K send-only slots.
     pub fn join(&mut self, now: Instant, req: JoinRequest) -> Result<JoinAnswer, SfuError> {
-        if self.count >= self.cfg.max_participants {
-            return Err(SfuError::NodeFull {
-                limit: self.cfg.max_participants,
-            });
-        }
-        let room_size = self
-            .rooms
-            .get(&req.room)
-            .map(|r| r.members.len())
-            .unwrap_or(0);
-        if room_size >= self.cfg.max_room_size {
-            return Err(SfuError::RoomFull {
-                room: req.room,
-                limit: self.cfg.max_room_size,
-            });
-        }
-        if self.per_user.get(&req.user).copied().unwrap_or(0) >= self.cfg.max_participants_per_user
-        {
-            return Err(SfuError::UserLimit {
-                user: req.user,
-                limit: self.cfg.max_participants_per_user,
-            });
-        }
-        if self.per_guild.get(&req.guild).copied().unwrap_or(0)
-            >= self.cfg.max_participants_per_guild
-        {
-            return Err(SfuError::GuildLimit {
-                guild: req.guild,
-                limit: self.cfg.max_participants_per_guild,
-            });
-        }
+        self.admit(req.room, req.guild, req.user)?;
         let offer = SdpOffer::from_sdp_string(&req.offer)
             .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         let mids = offer_mids(&req.offer);
@@ -194,6 +164,7 @@ impl Node {
             stats: ParticipantStats::default(),
             rate: TokenBucket::new(rate, (rate / 4).max(8)),
             last_recv: None,
+            voice_ssrc: crate::native::user_ssrc(req.guild, req.user),
             kind: Kind::WebRtc(WebRtcPeer {
                 rtc,
                 guild: req.guild,
@@ -208,21 +179,8 @@ impl Node {
                 gone: false,
             }),
         };
-        let idx = self.insert(p);
-        self.count += 1;
-        *self.per_user.entry(req.user).or_default() += 1;
-        *self.per_guild.entry(req.guild).or_default() += 1;
+        let idx = self.seat(now, p, req.guild);
         self.by_ufrag.insert(ufrag, idx);
-        let sel_cfg = self.cfg.selector;
-        let room = self
-            .rooms
-            .entry(req.room)
-            .or_insert_with(|| Room::new(sel_cfg));
-        room.members.push(idx);
-        room.refresh_capacity(k);
-        if self.next_tick.is_none() {
-            self.next_tick = Some(now + self.cfg.selector.tick);
-        }
         info!(%idx, room = req.room.0, user = req.user.0, slots = k, "participant joined");
         self.drain(idx, now);
         Ok(JoinAnswer {
@@ -230,6 +188,55 @@ impl Node {
             answer: answer.to_sdp_string(),
             slots: slot_infos,
         })
+    }
+
+    /// Whether the bounds let `user` of `guild` join `room` now.
+    pub(super) fn admit(&self, room: RoomId, guild: GuildId, user: UserId) -> Result<(), SfuError> {
+        if self.count >= self.cfg.max_participants {
+            return Err(SfuError::NodeFull {
+                limit: self.cfg.max_participants,
+            });
+        }
+        let room_size = self.rooms.get(&room).map(|r| r.members.len()).unwrap_or(0);
+        if room_size >= self.cfg.max_room_size {
+            return Err(SfuError::RoomFull {
+                room,
+                limit: self.cfg.max_room_size,
+            });
+        }
+        if self.per_user.get(&user).copied().unwrap_or(0) >= self.cfg.max_participants_per_user {
+            return Err(SfuError::UserLimit {
+                user,
+                limit: self.cfg.max_participants_per_user,
+            });
+        }
+        if self.per_guild.get(&guild).copied().unwrap_or(0) >= self.cfg.max_participants_per_guild {
+            return Err(SfuError::GuildLimit {
+                guild,
+                limit: self.cfg.max_participants_per_guild,
+            });
+        }
+        Ok(())
+    }
+
+    /// Put an admitted local participant in its room and count it against the bounds.
+    pub(super) fn seat(&mut self, now: Instant, p: Participant, guild: GuildId) -> ParticipantIdx {
+        let (user, room_id, k) = (p.user, p.room, p.slot_count());
+        let idx = self.insert(p);
+        self.count += 1;
+        *self.per_user.entry(user).or_default() += 1;
+        *self.per_guild.entry(guild).or_default() += 1;
+        let sel_cfg = self.cfg.selector;
+        let room = self
+            .rooms
+            .entry(room_id)
+            .or_insert_with(|| Room::new(sel_cfg));
+        room.members.push(idx);
+        room.refresh_capacity(k);
+        if self.next_tick.is_none() {
+            self.next_tick = Some(now + self.cfg.selector.tick);
+        }
+        idx
     }
 }
 

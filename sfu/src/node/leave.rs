@@ -36,6 +36,13 @@ impl Node {
                 Some((_, Kind::WebRtc(w))) => (now.saturating_duration_since(w.joined_at)
                     > self.cfg.connect_timeout)
                     .then_some(LeaveReason::ConnectTimeout),
+                Some((p, Kind::Native(n))) if n.addr.is_some() => p
+                    .last_recv
+                    .is_some_and(|t| now.saturating_duration_since(t) > self.cfg.idle_timeout)
+                    .then_some(LeaveReason::Idle),
+                Some((_, Kind::Native(n))) => (now.saturating_duration_since(n.joined_at)
+                    > self.cfg.connect_timeout)
+                    .then_some(LeaveReason::ConnectTimeout),
                 Some((_, Kind::Remote(_))) | None => None,
             };
             if let Some(r) = reason {
@@ -66,6 +73,18 @@ impl Node {
                 }
                 w.rtc.disconnect();
             }
+            Kind::Native(n) => {
+                release(&mut self.per_guild, n.guild);
+                release(&mut self.per_user, p.user);
+                if self.native.by_ssrc.get(&p.voice_ssrc) == Some(&idx) {
+                    self.native.by_ssrc.remove(&p.voice_ssrc);
+                }
+                if let Some(a) = n.addr {
+                    if self.by_addr.get(&a) == Some(&idx) {
+                        self.by_addr.remove(&a);
+                    }
+                }
+            }
             Kind::Remote(_) => self.remote_count -= 1,
         }
         // Free every slot that carried this participant, and forget its own subscriptions.
@@ -83,14 +102,16 @@ impl Node {
             let l = participants[listener.0 as usize]
                 .as_ref()
                 .expect("the slot map holds only live participants");
-            out.push_back(NodeOutput::Event(NodeEvent::SlotChanged {
-                listener,
-                listener_user: l.user,
-                room: l.room,
-                slot,
-                ssrc: l.slots()[slot].ssrc,
-                speaker: None,
-            }));
+            if let Some(ssrc) = l.slot_ssrc(slot) {
+                out.push_back(NodeOutput::Event(NodeEvent::SlotChanged {
+                    listener,
+                    listener_user: l.user,
+                    room: l.room,
+                    slot,
+                    ssrc,
+                    speaker: None,
+                }));
+            }
         });
         let room_empty = self
             .rooms
@@ -103,7 +124,7 @@ impl Node {
                 .members
                 .iter()
                 .filter_map(|m| self.participants[m.0 as usize].as_ref())
-                .map(|m| m.slots().len())
+                .map(|m| m.slot_count())
                 .max();
             room.set_capacity(max_k.unwrap_or(0) + 1);
         }

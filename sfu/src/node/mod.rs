@@ -13,6 +13,7 @@
 //! | `config.rs` | [`NodeConfig`], the bounds and tunables |
 //! | `output.rs` | [`NodeOutput`] and what it carries: [`Transmit`], [`NodeEvent`], [`Export`] |
 //! | `join.rs` | admission bounds, the SDP offer, classifying its lines into 1 send + K slots |
+//! | `native.rs` | native (Discord UDP mode) participants: join, IP discovery, opening their packets |
 //! | `remote.rs` | remote speakers fed by a trunk: [`Node::add_remote`], [`Node::remote_rtp`] |
 //! | `demux.rs` | a datagram → its participant (STUN ufrag, then source address); address learning |
 //! | `rtc_output.rs` | draining one WebRTC session: transmits, its timer, events, received RTP |
@@ -29,6 +30,7 @@ mod demux;
 mod forward;
 mod join;
 mod leave;
+mod native;
 mod output;
 mod remote;
 mod report;
@@ -54,6 +56,7 @@ use crate::timers::TimerQueue;
 
 pub use config::NodeConfig;
 pub use join::{JoinAnswer, JoinRequest, SlotInfo, MAX_SLOTS};
+pub use native::{size_level, NativeAnswer, NativeJoin, NATIVE_OPUS_PT};
 pub use output::{Export, LeaveReason, NodeEvent, NodeOutput, Transmit};
 pub use remote::RemotePacket;
 pub use report::{ParticipantReport, SlotReport};
@@ -80,7 +83,9 @@ const REAP_INTERVAL: Duration = Duration::from_millis(100);
 /// # Commands: signaling asks
 ///
 /// - [`join`](Node::join) admits a WebRTC participant (bounds, SDP) and answers; it returns
-///   the participant's [`ParticipantIdx`] and its slots. [`leave`](Node::leave) removes one.
+///   the participant's [`ParticipantIdx`] and its slots. [`join_native`](Node::join_native)
+///   admits a native (UDP mode) one with the mode and key signaling handed out.
+///   [`leave`](Node::leave) removes either.
 /// - [`set_flags`](Node::set_flags): mute, deafen, SPEAK; a speaker that may no longer be
 ///   heard loses its slots in the same call.
 /// - [`add_remote`](Node::add_remote) / [`leave`](Node::leave) for speakers of other nodes;
@@ -117,7 +122,8 @@ const REAP_INTERVAL: Duration = Duration::from_millis(100);
 ///
 /// # Events, and what signaling may rely on
 ///
-/// - [`NodeEvent::Connected`] once per WebRTC participant, when ICE and DTLS complete.
+/// - [`NodeEvent::Connected`] once per WebRTC participant, when ICE and DTLS complete, and
+///   once per native one, when IP discovery (or its first packet) gives it an address.
 /// - [`NodeEvent::SlotChanged`] whenever a listener's slot gets a speaker or is emptied
 ///   (tick, flags, a speaker leaving), after the listener's `join` returned.
 /// - [`NodeEvent::Left`] is the last event of a WebRTC participant, whatever the reason
@@ -163,6 +169,8 @@ pub struct Node {
     /// entry is removed when it reaches zero.
     per_user: HashMap<UserId, usize>,
     per_guild: HashMap<GuildId, usize>,
+    /// Native participants by SSRC, discovery answers waiting for their join, scratch.
+    native: native::NativeState,
 }
 
 impl Node {
@@ -193,6 +201,7 @@ impl Node {
             remote_count: 0,
             per_user: HashMap::new(),
             per_guild: HashMap::new(),
+            native: native::NativeState::default(),
         }
     }
 
@@ -235,7 +244,7 @@ impl Node {
 
     /// Put a participant in a free slab slot (or a new one), with its slots empty.
     pub(super) fn insert(&mut self, p: Participant) -> ParticipantIdx {
-        let k = p.slots().len();
+        let k = p.slot_count();
         let idx = match self.free.pop() {
             Some(i) => {
                 self.participants[i as usize] = Some(p);

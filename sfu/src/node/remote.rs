@@ -57,6 +57,9 @@ impl Node {
             stats: ParticipantStats::default(),
             rate: TokenBucket::new(rate, (rate / 4).max(8)),
             last_recv: None,
+            // The trunk names no guild, so native listeners here hear a remote speaker under
+            // this node's own SSRC for it, which no op 5 maps (docs/ARCHITECTURE.md, limits).
+            voice_ssrc: crate::ids::Ssrc(ssrc),
             kind: Kind::Remote(RemoteSpeaker { ssrc }),
         };
         let idx = self.insert(p);

@@ -55,7 +55,11 @@ impl Node {
             });
             for &(n, who) in scratch_changes.iter() {
                 slot_map.assign(li, n, who);
-                let (listener_user, ssrc) = (l.user, l.slots()[n].ssrc);
+                // Native listeners' slots carry no SSRC of their own: nothing to announce.
+                let Some(ssrc) = l.slot_ssrc(n) else {
+                    continue;
+                };
+                let listener_user = l.user;
                 let speaker_user = who
                     .and_then(|w| participants[w.0 as usize].as_ref())
                     .map(|w| w.user);

@@ -7,8 +7,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use lodge_sfu::native::{CryptoMode, TransportCipher};
 use lodge_sfu::{
-    JoinAnswer, JoinRequest, Node, NodeConfig, NodeEvent, NodeOutput, RoomId, UserId, VoiceFlags,
+    JoinAnswer, JoinRequest, NativeJoin, Node, NodeConfig, NodeEvent, NodeOutput, RoomId, UserId,
+    VoiceFlags,
 };
 use str0m::change::SdpAnswer;
 use str0m::format::Codec;
@@ -102,6 +104,77 @@ impl Client {
     }
 }
 
+/// What a native client received: one packet, opened.
+#[derive(Debug, Clone)]
+pub struct NativeHeard {
+    pub at: Instant,
+    pub ssrc: u32,
+    pub seq: u16,
+    pub ts: u32,
+    pub pt: u8,
+    /// First payload byte: the speaker's number.
+    pub speaker: u8,
+    pub len: usize,
+}
+
+/// A hand-rolled Discord UDP-mode client: discovery, rtpsize AEAD, 20 ms Opus-sized frames.
+pub struct NativeClient {
+    /// The speaker number in its payloads (100 + its index, apart from WebRTC clients').
+    pub n: u8,
+    pub addr: SocketAddr,
+    pub user: UserId,
+    pub ssrc: u32,
+    pub cipher: TransportCipher,
+    pub idx: Option<lodge_sfu::ParticipantIdx>,
+    pub heard: Vec<NativeHeard>,
+    /// Packets it could not open (wrong key, not RTP).
+    pub unopened: usize,
+    /// Discovery answers: (ssrc, address text, port).
+    pub discovered: Vec<(u32, String, u16)>,
+    /// Opus payload bytes to send every 20 ms (None = silent, sends nothing).
+    pub bytes: Option<usize>,
+    pub seq: u16,
+    pub ts: u32,
+    pub counter: u32,
+    pub next_send: Instant,
+    /// Send a keepalive this often while not speaking.
+    pub keepalive: Option<Duration>,
+    pub next_keepalive: Instant,
+}
+
+impl NativeClient {
+    pub fn heard_from(&self, speaker: u8) -> usize {
+        self.heard.iter().filter(|h| h.speaker == speaker).count()
+    }
+
+    /// One sealed packet as this client would send it.
+    pub fn packet(&mut self, payload: &[u8]) -> Vec<u8> {
+        let mut h = [0u8; 12];
+        h[0] = 0x80;
+        h[1] = 120;
+        h[2..4].copy_from_slice(&self.seq.to_be_bytes());
+        h[4..8].copy_from_slice(&self.ts.to_be_bytes());
+        h[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        let mut out = vec![0u8; 12 + payload.len() + 20];
+        let n = self
+            .cipher
+            .seal(&h, payload, self.counter, &mut out)
+            .unwrap();
+        out.truncate(n);
+        self.seq = self.seq.wrapping_add(1);
+        self.ts = self.ts.wrapping_add(960);
+        self.counter = self.counter.wrapping_add(1);
+        out
+    }
+}
+
+pub fn discovery_request(ssrc: u32) -> [u8; 74] {
+    let mut r = [0u8; 74];
+    r[..4].copy_from_slice(&[0, 1, 0, 70]);
+    r[4..8].copy_from_slice(&ssrc.to_be_bytes());
+    r
+}
+
 struct Packet {
     at: Instant,
     from: SocketAddr,
@@ -121,6 +194,7 @@ pub struct World {
     pub exports: Vec<(Instant, lodge_sfu::Export)>,
     pub export_ends: Vec<(Instant, lodge_sfu::ParticipantIdx)>,
     pub node_addr: SocketAddr,
+    pub natives: Vec<NativeClient>,
 }
 
 impl World {
@@ -142,6 +216,7 @@ impl World {
             exports: Vec::new(),
             export_ends: Vec::new(),
             node_addr,
+            natives: Vec::new(),
         }
     }
 
@@ -170,6 +245,60 @@ impl World {
         c.idx = Some(idx);
         self.clients.push(c);
         Ok(n as usize)
+    }
+
+    /// A native client joins room 1 as a Discord library does: IP discovery from its address
+    /// first, then the join signaling makes after Select Protocol. Returns its index in
+    /// `natives`.
+    pub fn join_native(
+        &mut self,
+        k: usize,
+        mode: CryptoMode,
+        flags: VoiceFlags,
+    ) -> Result<usize, lodge_sfu::SfuError> {
+        let i = self.natives.len();
+        let n = 100 + i as u8;
+        let addr: SocketAddr = format!("127.0.1.{}:{}", 10 + i, 41000 + i as u16)
+            .parse()
+            .unwrap();
+        let user = UserId(5000 + i as u64);
+        let guild = lodge_sfu::GuildId(1);
+        let ssrc = lodge_sfu::native::user_ssrc(guild, user).0;
+        let key = [n; 32];
+        self.inject(addr, &discovery_request(ssrc));
+        let ans = self.node.join_native(
+            self.now,
+            NativeJoin {
+                room: RoomId(1),
+                guild,
+                user,
+                mode,
+                key,
+                slots: k,
+                flags,
+            },
+        )?;
+        assert_eq!(ans.ssrc.0, ssrc);
+        self.drain_node();
+        self.natives.push(NativeClient {
+            n,
+            addr,
+            user,
+            ssrc,
+            cipher: TransportCipher::new(mode, &key),
+            idx: Some(ans.idx),
+            heard: Vec::new(),
+            unopened: 0,
+            discovered: Vec::new(),
+            bytes: None,
+            seq: 1000,
+            ts: 5000,
+            counter: 0,
+            next_send: self.now,
+            keepalive: None,
+            next_keepalive: self.now,
+        });
+        Ok(i)
     }
 
     pub fn speaking() -> VoiceFlags {
@@ -269,6 +398,29 @@ impl World {
             if p.to == self.node_addr {
                 self.node.handle_datagram(now, p.from, p.to, &p.data);
                 self.drain_node();
+            } else if let Some(c) = self.natives.iter_mut().find(|c| c.addr == p.to) {
+                let mut data = p.data;
+                if data.len() == 74 && data[..2] == [0, 2] {
+                    let end = data[8..72].iter().position(|b| *b == 0).unwrap_or(64);
+                    c.discovered.push((
+                        u32::from_be_bytes([data[4], data[5], data[6], data[7]]),
+                        String::from_utf8_lossy(&data[8..8 + end]).into_owned(),
+                        u16::from_be_bytes([data[72], data[73]]),
+                    ));
+                    continue;
+                }
+                match c.cipher.open(&mut data) {
+                    Ok(o) => c.heard.push(NativeHeard {
+                        at: now,
+                        ssrc: u32::from_be_bytes([data[8], data[9], data[10], data[11]]),
+                        seq: u16::from_be_bytes([data[2], data[3]]),
+                        ts: u32::from_be_bytes([data[4], data[5], data[6], data[7]]),
+                        pt: data[1] & 0x7f,
+                        speaker: data[o.payload.clone()].first().copied().unwrap_or(255),
+                        len: o.payload.len(),
+                    }),
+                    Err(_) => c.unopened += 1,
+                }
             } else if let Some(i) = self
                 .clients
                 .iter()
@@ -325,6 +477,35 @@ impl World {
                 }
             }
             self.drain_client(i);
+        }
+        // Native clients: 20 ms frames while they have something to say, keepalives else.
+        let node_addr = self.node_addr;
+        for c in &mut self.natives {
+            if c.next_send <= now {
+                c.next_send = now + Duration::from_millis(20);
+                if let Some(bytes) = c.bytes {
+                    let mut payload = vec![c.n; bytes.max(2)];
+                    payload[1] = (c.seq & 0xff) as u8;
+                    let data = c.packet(&payload[..bytes.max(1)]);
+                    self.net.push_back(Packet {
+                        at: now + self.latency,
+                        from: c.addr,
+                        to: node_addr,
+                        data,
+                    });
+                }
+            }
+            if let Some(every) = c.keepalive {
+                if c.next_keepalive <= now {
+                    c.next_keepalive = now + every;
+                    self.net.push_back(Packet {
+                        at: now + self.latency,
+                        from: c.addr,
+                        to: node_addr,
+                        data: c.ssrc.to_be_bytes().to_vec(),
+                    });
+                }
+            }
         }
         // Node timers.
         if self.node.poll_timeout().is_some_and(|t| t <= now) {

@@ -1,0 +1,270 @@
+//! Native (Discord UDP mode) participants in the simulated world: discovery, AEAD both ways,
+//! speakers under their own SSRCs, mixed rooms with WebRTC, bad packets, rebinding, liveness.
+
+mod sim;
+
+use std::time::Duration;
+
+use lodge_sfu::native::{user_ssrc, CryptoMode, TransportCipher};
+use lodge_sfu::{DropReason, GuildId, LeaveReason, NativeJoin, NodeEvent, RoomId, UserId};
+use sim::{discovery_request, World};
+
+const AES: CryptoMode = CryptoMode::Aes256GcmRtpsize;
+const XCHACHA: CryptoMode = CryptoMode::XChaCha20Poly1305Rtpsize;
+
+fn drops(w: &World, r: DropReason) -> u64 {
+    w.node.stats().drops.get(r)
+}
+
+#[test]
+fn native_clients_hear_each_other_under_the_speakers_own_ssrc() {
+    let mut w = World::new(|_| {});
+    let a = w.join_native(2, AES, World::speaking()).unwrap();
+    let b = w.join_native(2, XCHACHA, World::speaking()).unwrap();
+    // Discovery answered each with the address it asked from; the join bound it.
+    w.run(Duration::from_millis(50));
+    assert_eq!(
+        w.natives[a].discovered,
+        vec![(w.natives[a].ssrc, "127.0.1.10".into(), 41000)]
+    );
+    let connected = w
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, NodeEvent::Connected { .. }))
+        .count();
+    assert_eq!(connected, 2, "one Connected per native participant");
+    w.natives[a].bytes = Some(120);
+    w.natives[b].bytes = Some(90);
+    w.run(Duration::from_secs(2));
+    for (me, other) in [(a, b), (b, a)] {
+        let (me_c, other_c) = (&w.natives[me], &w.natives[other]);
+        assert_eq!(me_c.heard_from(me_c.n), 0, "{me} heard itself");
+        assert!(me_c.unopened == 0, "every packet opened under its own key");
+        let from: Vec<_> = me_c
+            .heard
+            .iter()
+            .filter(|h| h.speaker == other_c.n)
+            .collect();
+        assert!(
+            from.len() > 80,
+            "{me} heard {} packets of {other}",
+            from.len()
+        );
+        assert!(from.iter().all(|h| h.ssrc == other_c.ssrc && h.pt == 120));
+        // Passed through as the speaker numbered them: consecutive from its first packets (the
+        // ones before the selector's first tick ranked it are not forwarded).
+        assert!((1000..1005).contains(&from[0].seq), "first seq {}", from[0].seq);
+        assert!(from
+            .windows(2)
+            .all(|p| p[1].seq == p[0].seq.wrapping_add(1)));
+        assert!(from
+            .windows(2)
+            .all(|p| p[1].ts == p[0].ts.wrapping_add(960)));
+    }
+    assert_eq!(w.natives[b].heard[0].len, 120, "the Opus payload unchanged");
+}
+
+#[test]
+fn a_mixed_room_webrtc_and_native_hear_each_other() {
+    let mut w = World::new(|_| {});
+    let web = w.join(2, World::speaking()).unwrap();
+    let nat = w.join_native(2, AES, World::speaking()).unwrap();
+    w.run(Duration::from_millis(1500));
+    assert!(w.clients[web].connected);
+    w.clients[web].level = Some(30);
+    w.natives[nat].bytes = Some(120);
+    w.run(Duration::from_secs(3));
+    let web_user = w.clients[web].user;
+    let heard_web: Vec<_> = w.natives[nat]
+        .heard
+        .iter()
+        .filter(|h| h.speaker == w.clients[web].n)
+        .collect();
+    assert!(
+        heard_web.len() > 80,
+        "native heard {} web packets",
+        heard_web.len()
+    );
+    assert!(
+        heard_web
+            .iter()
+            .all(|h| h.ssrc == user_ssrc(GuildId(1), web_user).0),
+        "a WebRTC speaker reaches native listeners under its user SSRC"
+    );
+    let n = w.natives[nat].n;
+    assert!(
+        w.clients[web].heard_from(n) > 80,
+        "web heard {} native packets",
+        w.clients[web].heard_from(n)
+    );
+    // Only the WebRTC listener's slots are announced (op 5 per slot); native listeners get
+    // none (signaling maps user SSRCs once).
+    let nat_idx = w.natives[nat].idx.unwrap();
+    assert!(!w.events.iter().any(
+        |(_, e)| matches!(e, NodeEvent::SlotChanged { listener, .. } if *listener == nat_idx)
+    ));
+}
+
+#[test]
+fn a_native_listener_hears_the_loudest_k_by_packet_size() {
+    let mut w = World::new(|_| {});
+    let sizes = [30, 200, 60, 140];
+    for s in sizes {
+        let i = w.join_native(1, AES, World::speaking()).unwrap();
+        w.natives[i].bytes = Some(s);
+    }
+    let l = w.join_native(2, AES, World::speaking()).unwrap();
+    w.run(Duration::from_secs(3));
+    let heard: Vec<usize> = (0..4)
+        .map(|i| w.natives[l].heard_from(w.natives[i].n))
+        .collect();
+    assert!(
+        heard[1] > 100 && heard[3] > 100,
+        "the two busiest: {heard:?}"
+    );
+    assert!(
+        heard[0] < 20 && heard[2] < 20,
+        "quieter ones barely: {heard:?}"
+    );
+}
+
+#[test]
+fn bad_native_packets_are_dropped_and_counted() {
+    let mut w = World::new(|_| {});
+    let a = w.join_native(2, AES, World::speaking()).unwrap();
+    let b = w.join_native(2, AES, World::speaking()).unwrap();
+    w.run(Duration::from_millis(100));
+    let addr = w.natives[a].addr;
+    let good = w.natives[a].packet(&[7u8; 80]);
+    w.inject(addr, &good);
+    w.inject(addr, &good);
+    assert_eq!(
+        drops(&w, DropReason::Replayed),
+        1,
+        "a replay authenticates but is refused"
+    );
+    let wrong = TransportCipher::new(AES, &[9; 32]);
+    let mut forged = vec![0u8; 12 + 80 + 20];
+    let mut h = [0u8; 12];
+    h[0] = 0x80;
+    h[1] = 120;
+    h[8..12].copy_from_slice(&w.natives[a].ssrc.to_be_bytes());
+    let n = wrong.seal(&h, &[1; 80], 77, &mut forged).unwrap();
+    forged.truncate(n);
+    w.inject(addr, &forged);
+    assert_eq!(drops(&w, DropReason::DecryptFailed), 1);
+    // Too short for header + tag + counter; RTCP; garbage of every small length.
+    w.inject(addr, &good[..20]);
+    assert_eq!(drops(&w, DropReason::Malformed), 1);
+    let mut rtcp = good.clone();
+    rtcp[1] = 200;
+    w.inject(addr, &rtcp);
+    assert_eq!(drops(&w, DropReason::UnexpectedStream), 1);
+    for len in 0..120 {
+        w.inject(addr, &vec![0x90; len]);
+        w.inject("127.9.9.9:9".parse().unwrap(), &vec![0x80; len]);
+    }
+    // A keepalive from nowhere, a discovery of the wrong length.
+    w.inject("127.9.9.9:1".parse().unwrap(), &[0, 0, 0, 1, 0, 0, 0, 0]);
+    w.inject("127.9.9.9:1".parse().unwrap(), &discovery_request(5)[..73]);
+    // Nothing of that reached b, and a is still heard once it talks.
+    w.natives[a].bytes = Some(100);
+    w.run(Duration::from_secs(1));
+    assert!(w.natives[b].heard.len() > 20);
+    assert!(w.natives[b].heard.iter().all(|h| h.speaker == w.natives[a].n));
+}
+
+#[test]
+fn a_native_peer_moves_only_on_an_authenticated_packet_once_proven() {
+    let mut w = World::new(|_| {});
+    let a = w.join_native(2, AES, World::speaking()).unwrap();
+    let b = w.join_native(2, AES, World::speaking()).unwrap();
+    w.natives[a].bytes = Some(100);
+    w.natives[b].bytes = Some(100);
+    w.run(Duration::from_secs(1));
+    let before = w.natives[a].heard.len();
+    assert!(before > 30);
+    // An attacker's discovery for a's SSRC is answered but does not steal a proven address.
+    let attacker: std::net::SocketAddr = "127.66.0.1:666".parse().unwrap();
+    w.inject(attacker, &discovery_request(w.natives[a].ssrc));
+    w.run(Duration::from_millis(500));
+    assert!(w.natives[a].heard.len() > before + 15, "a still hears b");
+    // a's NAT rebinds: its next packets come from a new port and move it there.
+    let moved: std::net::SocketAddr = "127.0.1.10:52000".parse().unwrap();
+    w.natives[a].addr = moved;
+    let mid = w.natives[a].heard.len();
+    w.run(Duration::from_secs(1));
+    assert!(
+        w.natives[a].heard.len() > mid + 30,
+        "a hears b at its new address"
+    );
+    assert_eq!(w.node.participant_count(), 2);
+}
+
+#[test]
+fn native_liveness_keepalives_idle_and_never_discovered() {
+    let mut w = World::new(|_| {});
+    let kept = w.join_native(2, AES, World::speaking()).unwrap();
+    let silent = w.join_native(2, AES, World::speaking()).unwrap();
+    w.natives[kept].keepalive = Some(Duration::from_secs(5));
+    // A native join whose client never did discovery nor sent anything.
+    let lost = w
+        .node
+        .join_native(
+            w.now,
+            NativeJoin {
+                room: RoomId(1),
+                guild: GuildId(1),
+                user: UserId(999),
+                mode: AES,
+                key: [3; 32],
+                slots: 1,
+                flags: World::speaking(),
+            },
+        )
+        .unwrap();
+    w.run(Duration::from_secs(12));
+    let left = |idx| {
+        w.events.iter().find_map(|(_, e)| match e {
+            NodeEvent::Left { idx: i, reason, .. } if *i == idx => Some(*reason),
+            _ => None,
+        })
+    };
+    assert_eq!(
+        left(w.natives[kept].idx.unwrap()),
+        None,
+        "keepalives keep it"
+    );
+    assert_eq!(
+        left(w.natives[silent].idx.unwrap()),
+        Some(LeaveReason::Idle)
+    );
+    assert_eq!(left(lost.idx), Some(LeaveReason::ConnectTimeout));
+    // Its SSRC is free again: the same user may join natively anew.
+    let again = w.node.join_native(
+        w.now,
+        NativeJoin {
+            room: RoomId(1),
+            guild: GuildId(1),
+            user: UserId(999),
+            mode: AES,
+            key: [3; 32],
+            slots: 1,
+            flags: World::speaking(),
+        },
+    );
+    assert!(again.is_ok());
+    let dup = w.node.join_native(
+        w.now,
+        NativeJoin {
+            room: RoomId(2),
+            guild: GuildId(1),
+            user: UserId(999),
+            mode: AES,
+            key: [3; 32],
+            slots: 1,
+            flags: World::speaking(),
+        },
+    );
+    assert!(matches!(dup, Err(lodge_sfu::SfuError::SsrcInUse(_))));
+}
