@@ -1,15 +1,35 @@
-//! Arbitrary datagrams from arbitrary loopback addresses at a node: never a panic, every unused
-//! datagram counted.
+//! Arbitrary datagrams from arbitrary loopback addresses at a node with two native (UDP mode)
+//! participants: never a panic, every datagram used (discovery answered, a keepalive, RTP
+//! received) or counted as a drop.
 #![no_main]
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use lodge_sfu::{Node, NodeConfig};
+use lodge_sfu::native::CryptoMode;
+use lodge_sfu::{GuildId, NativeJoin, Node, NodeConfig, RoomId, UserId, VoiceFlags};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let t0 = Instant::now();
     let node_addr: SocketAddr = "127.0.0.1:50000".parse().unwrap();
     let mut node = Node::new(NodeConfig::new(node_addr));
+    for (user, mode) in [
+        (1, CryptoMode::Aes256GcmRtpsize),
+        (2, CryptoMode::XChaCha20Poly1305Rtpsize),
+    ] {
+        let join = NativeJoin {
+            room: RoomId(1),
+            guild: GuildId(1),
+            user: UserId(user),
+            mode,
+            key: [user as u8; 32],
+            slots: 2,
+            flags: VoiceFlags {
+                can_speak: true,
+                ..Default::default()
+            },
+        };
+        node.join_native(t0, join).unwrap();
+    }
     let mut rest = data;
     let mut n = 0u64;
     while rest.len() >= 3 {
@@ -24,8 +44,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     }
     node.handle_timeout(t0 + Duration::from_secs(60));
     while node.poll_output().is_some() {}
+    let s = node.stats();
     assert_eq!(
-        node.stats().drops.total(),
+        s.drops.total() + s.native_discovery + s.native_keepalives + s.rtp_in,
         n,
         "a datagram was neither used nor counted"
     );

@@ -2,7 +2,7 @@
 //! client frame with. Never a panic; every refusal carries a close code of the 4000 range and a
 //! reason; what is accepted is within the protocol's bounds and parses the same once re-encoded.
 #![no_main]
-use lodge_signaling::voice::client_op::{parse, ClientOp};
+use lodge_signaling::voice::client_op::{parse, ClientOp, Media};
 use serde_json::json;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -25,8 +25,18 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             if let Some(k) = p.slots {
                 assert!((1..=lodge_sfu::MAX_SLOTS).contains(&k), "slots {k}");
             }
+            let data = match &p.media {
+                Media::WebRtc { sdp } => json!({ "sdp": sdp }),
+                Media::Udp { address, port, mode } => {
+                    json!({ "address": address, "port": port, "mode": mode.name() })
+                }
+            };
+            let protocol = match p.media {
+                Media::WebRtc { .. } => "webrtc",
+                Media::Udp { .. } => "udp",
+            };
             let again = json!({ "op": 1, "d": {
-                "protocol": "webrtc", "data": { "sdp": p.sdp }, "slots": p.slots,
+                "protocol": protocol, "data": data, "slots": p.slots,
             }});
             assert_eq!(parse(&again.to_string()), Ok(ClientOp::SelectProtocol(p)));
         }

@@ -124,13 +124,6 @@ pub(crate) struct RemoteSpeaker {
 }
 
 impl Participant {
-    pub fn webrtc(&self) -> Option<&WebRtcPeer> {
-        match &self.kind {
-            Kind::WebRtc(w) => Some(w),
-            Kind::Remote(_) | Kind::Native(_) => None,
-        }
-    }
-
     pub fn is_remote(&self) -> bool {
         matches!(self.kind, Kind::Remote(_))
     }

@@ -100,6 +100,9 @@ pub struct NodeReport {
     /// Speaker packets handed to trunks, and those dropped because the trunk side lagged.
     pub exported: u64,
     pub exports_dropped: u64,
+    /// IP discovery requests answered; keepalives from native participants.
+    pub native_discovery: u64,
+    pub native_keepalives: u64,
     pub drops: Vec<(&'static str, u64)>,
     pub peers: Vec<ParticipantReport>,
     /// Receive → send inside the node since start, µs (see [`ForwardDelay`]).
@@ -619,6 +622,8 @@ fn report(node: &Node, delay: &hdrhistogram::Histogram<u64>, exports_dropped: u6
         rtp_deferred: s.rtp_deferred,
         exported: s.exported,
         exports_dropped,
+        native_discovery: s.native_discovery,
+        native_keepalives: s.native_keepalives,
         drops: DropReason::ALL
             .iter()
             .map(|r| (r.as_str(), s.drops.get(*r)))

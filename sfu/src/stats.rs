@@ -43,5 +43,9 @@ pub struct NodeStats {
     pub rtp_deferred: u64,
     /// Speaker packets handed to trunks for other nodes (one per packet, not per node).
     pub exported: u64,
+    /// IP discovery requests answered, and keepalives from native participants (datagrams
+    /// used without being RTP).
+    pub native_discovery: u64,
+    pub native_keepalives: u64,
     pub drops: DropCounters,
 }

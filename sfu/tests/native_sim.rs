@@ -53,7 +53,11 @@ fn native_clients_hear_each_other_under_the_speakers_own_ssrc() {
         assert!(from.iter().all(|h| h.ssrc == other_c.ssrc && h.pt == 120));
         // Passed through as the speaker numbered them: consecutive from its first packets (the
         // ones before the selector's first tick ranked it are not forwarded).
-        assert!((1000..1005).contains(&from[0].seq), "first seq {}", from[0].seq);
+        assert!(
+            (1000..1005).contains(&from[0].seq),
+            "first seq {}",
+            from[0].seq
+        );
         assert!(from
             .windows(2)
             .all(|p| p[1].seq == p[0].seq.wrapping_add(1)));
@@ -171,7 +175,10 @@ fn bad_native_packets_are_dropped_and_counted() {
     w.natives[a].bytes = Some(100);
     w.run(Duration::from_secs(1));
     assert!(w.natives[b].heard.len() > 20);
-    assert!(w.natives[b].heard.iter().all(|h| h.speaker == w.natives[a].n));
+    assert!(w.natives[b]
+        .heard
+        .iter()
+        .all(|h| h.speaker == w.natives[a].n));
 }
 
 #[test]

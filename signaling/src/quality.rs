@@ -448,6 +448,8 @@ mod tests {
             remote_speakers: 0,
             exported: 0,
             exports_dropped: 0,
+            native_discovery: 0,
+            native_keepalives: 0,
             rooms: 1,
             datagrams_in: 0,
             datagrams_out: 0,

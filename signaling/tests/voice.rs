@@ -455,7 +455,16 @@ async fn bad_offers_and_permissions_get_clear_errors() {
         json!({ "protocol": "udp", "data": { "address": "127.0.0.1", "port": 1, "mode": "x" } }),
     )
     .await;
-    assert_eq!(code, 4012, "{reason}");
+    assert_eq!(code, 4016, "an unknown encryption mode: {reason}");
+    assert!(reason.contains("aead_aes256_gcm_rtpsize"), "{reason}");
+    let (code, reason) = select(
+        &mut a,
+        &g,
+        &voice,
+        json!({ "protocol": "rtp", "data": { "address": "127.0.0.1", "port": 1, "mode": "x" } }),
+    )
+    .await;
+    assert_eq!(code, 4012, "an unknown protocol: {reason}");
     let (code, reason) = select(
         &mut a,
         &g,

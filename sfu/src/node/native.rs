@@ -212,6 +212,7 @@ impl Node {
             }
             None => self.native.pending.remember(now, ssrc, source),
         }
+        self.stats.native_discovery += 1;
         self.out.push_back(NodeOutput::Transmit(Transmit {
             destination: source,
             contents: discovery_response(ssrc, source).to_vec(),
@@ -263,7 +264,7 @@ impl Node {
     ) {
         let who = (!rebinding).then_some(idx);
         match self.open_native(now, idx, source, buf, rebinding) {
-            Ok(None) => {}
+            Ok(None) => self.stats.native_keepalives += 1,
             Ok(Some((pkt, moved))) => {
                 if moved {
                     info!(%idx, rebinding, "native participant moved to a new address (authenticated)");

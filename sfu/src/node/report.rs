@@ -30,30 +30,40 @@ pub struct SlotReport {
 }
 
 impl Node {
-    /// Snapshot of every WebRTC participant's figures (for logs and the JSON endpoint; remote
+    /// Snapshot of every local (WebRTC or native) participant's figures (for logs and the JSON endpoint; remote
     /// speakers are counted by [`Node::remote_count`], not listed).
     pub fn reports(&self) -> Vec<ParticipantReport> {
         let user_of = |i: ParticipantIdx| self.participant(i).map(|p| p.user);
         self.participants
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| p.as_ref().and_then(|p| Some((i, p, p.webrtc()?))))
-            .map(|(i, p, w)| ParticipantReport {
+            .filter_map(|(i, p)| p.as_ref().filter(|p| !p.is_remote()).map(|p| (i, p)))
+            .map(|(i, p)| ParticipantReport {
                 idx: i as u32,
                 user: p.user,
                 room: p.room,
-                connected: w.connected,
+                connected: p.connected(),
                 self_mute: p.flags.self_mute,
                 server_mute: p.flags.server_mute,
                 deaf: p.flags.deaf(),
                 can_speak: p.flags.can_speak,
                 speaking_level: p.level.loudness(),
-                slots: w
-                    .slots
+                // A WebRTC slot has an SSRC of its own; a native listener hears each speaker
+                // under the speaker's SSRC (0 while the slot is empty).
+                slots: self
+                    .slot_map
+                    .speakers(ParticipantIdx(i as u32))
                     .iter()
-                    .zip(self.slot_map.speakers(ParticipantIdx(i as u32)))
-                    .map(|(s, speaker)| SlotReport {
-                        ssrc: s.ssrc.0,
+                    .enumerate()
+                    .map(|(n, speaker)| SlotReport {
+                        ssrc: p.slot_ssrc(n).map_or_else(
+                            || {
+                                speaker
+                                    .and_then(|s| self.participant(s))
+                                    .map_or(0, |s| s.voice_ssrc.0)
+                            },
+                            |s| s.0,
+                        ),
                         speaker: speaker.and_then(user_of),
                     })
                     .collect(),

@@ -142,6 +142,18 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             "counter",
             r.rtp_deferred,
         );
+        g(
+            "native_discovery_total",
+            "IP discovery requests answered on the media port (native UDP voice)",
+            "counter",
+            r.native_discovery,
+        );
+        g(
+            "native_keepalives_total",
+            "Keepalives received from native UDP voice participants",
+            "counter",
+            r.native_keepalives,
+        );
         let _ = writeln!(out, "# HELP lodge_dropped_total Datagrams or packets not forwarded, by reason\n# TYPE lodge_dropped_total counter");
         for (reason, n) in &r.drops {
             let _ = writeln!(out, "lodge_dropped_total{{reason=\"{reason}\"}} {n}");

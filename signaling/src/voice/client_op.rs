@@ -2,6 +2,7 @@
 //! (and `fuzz/` fuzzes): a text frame in, a [`ClientOp`] or the close code and reason out. No
 //! state, no I/O: whether an op is allowed *now* (identified or not) is the connection's call.
 
+use lodge_sfu::native::CryptoMode;
 use lodge_sfu::MAX_SLOTS;
 use serde_json::Value;
 
@@ -18,8 +19,10 @@ pub enum ClientOp {
     /// Op 3; `t` is echoed in the ACK (the nonce under `d.t`, or `d` itself when a number);
     /// `seq_ack` (v8): the last server `seq` the client saw, if it said (it may send -1).
     Heartbeat { t: Value, seq_ack: Option<i64> },
-    /// Op 5: accepted and ignored (speakers are selected by the audio-level extension).
-    Speaking,
+    /// Op 5: the client's speaking flags (1 microphone, 2 soundshare, 4 priority), if it
+    /// gave a number. Speakers are selected from their packets, not from this; a native
+    /// client's flags are relayed to the others with its user id.
+    Speaking { speaking: Option<u64> },
     /// Op 7.
     Resume(Resume),
     /// Any other op (one only the server sends, or no opcode at all), or none.
@@ -46,10 +49,23 @@ pub struct Resume {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SelectProtocol {
-    /// The SDP offer (`d.data.sdp`, or `d.sdp`).
-    pub sdp: String,
+    pub media: Media,
     /// Speaker slots the client asked for (`d.slots` or `d.data.slots`), 1..=[`MAX_SLOTS`].
     pub slots: Option<usize>,
+}
+
+/// What carries the client's media.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Media {
+    /// `protocol: "webrtc"`: the SDP offer (`d.data.sdp`, or `d.sdp`).
+    WebRtc { sdp: String },
+    /// `protocol: "udp"`: Discord's native transport, with what the client learnt from IP
+    /// discovery (logged only: the node binds the address the discovery came from).
+    Udp {
+        address: Option<String>,
+        port: Option<u16>,
+        mode: CryptoMode,
+    },
 }
 
 /// A payload refused: which op it claimed to be (if any) and the close code and reason.
@@ -98,7 +114,9 @@ pub fn parse(text: &str) -> Result<ClientOp, Refused> {
             }),
             seq_ack: d.get("seq_ack").and_then(Value::as_i64),
         }),
-        Some(Opcode::Speaking) => Ok(ClientOp::Speaking),
+        Some(Opcode::Speaking) => Ok(ClientOp::Speaking {
+            speaking: d.get("speaking").and_then(Value::as_u64),
+        }),
         Some(Opcode::Resume) => resume(d).map(ClientOp::Resume),
         _ => Ok(ClientOp::Unknown(raw)),
     }
@@ -169,45 +187,86 @@ fn resume(d: &Value) -> Result<Resume, Refused> {
     })
 }
 
+/// Longest address text a Select Protocol may carry (an IPv6 address is at most 45).
+const MAX_ADDRESS: usize = 64;
+
 fn select_protocol(d: &Value) -> Result<SelectProtocol, Refused> {
+    let bad = |code: u16, reason: String| refuse(Some(Opcode::SelectProtocol), code, reason);
     let protocol = d.get("protocol").and_then(Value::as_str).unwrap_or("");
-    if protocol != "webrtc" {
-        return Err(refuse(
-            Some(Opcode::SelectProtocol),
-            close::UNKNOWN_PROTOCOL,
-            format!("protocol {protocol:?} is not available on this node; use \"webrtc\""),
-        ));
-    }
     let data = d.get("data").unwrap_or(&Value::Null);
-    let sdp = data
-        .get("sdp")
-        .or_else(|| d.get("sdp"))
-        .and_then(Value::as_str)
-        .ok_or_else(|| {
-            refuse(
-                Some(Opcode::SelectProtocol),
-                close::DECODE_ERROR,
-                "select protocol needs data.sdp (the SDP offer)",
-            )
-        })?;
+    let media = match protocol {
+        "webrtc" => {
+            let sdp = data
+                .get("sdp")
+                .or_else(|| d.get("sdp"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    bad(
+                        close::DECODE_ERROR,
+                        "select protocol needs data.sdp (the SDP offer)".into(),
+                    )
+                })?;
+            Media::WebRtc {
+                sdp: sdp.to_string(),
+            }
+        }
+        "udp" => {
+            let name = data.get("mode").and_then(Value::as_str).unwrap_or("");
+            let mode = CryptoMode::from_name(name).ok_or_else(|| {
+                let offered: Vec<&str> = CryptoMode::ALL.iter().map(|m| m.name()).collect();
+                bad(
+                    close::UNKNOWN_ENCRYPTION_MODE,
+                    format!(
+                        "encryption mode {name:?} is not supported; use one of {}",
+                        offered.join(", ")
+                    ),
+                )
+            })?;
+            let address = match data.get("address") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(a)) if a.len() <= MAX_ADDRESS => Some(a.clone()),
+                Some(_) => {
+                    return Err(bad(
+                        close::DECODE_ERROR,
+                        format!("data.address must be a string of at most {MAX_ADDRESS} bytes"),
+                    ))
+                }
+            };
+            let port = match data.get("port") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().and_then(|p| u16::try_from(p).ok()).ok_or_else(
+                    || bad(close::DECODE_ERROR, "data.port must be 0..=65535".into()),
+                )?),
+            };
+            Media::Udp {
+                address,
+                port,
+                mode,
+            }
+        }
+        other => {
+            return Err(bad(
+                close::UNKNOWN_PROTOCOL,
+                format!(
+                    "protocol {other:?} is not available on this node; use \"webrtc\" or \"udp\""
+                ),
+            ))
+        }
+    };
     let slots = match d.get("slots").or_else(|| data.get("slots")) {
         None | Some(Value::Null) => None,
         Some(v) => Some(
             v.as_u64()
                 .filter(|k| (1..=MAX_SLOTS as u64).contains(k))
                 .ok_or_else(|| {
-                    refuse(
-                        Some(Opcode::SelectProtocol),
+                    bad(
                         close::DECODE_ERROR,
                         format!("slots must be 1..={MAX_SLOTS}"),
                     )
                 })? as usize,
         ),
     };
-    Ok(SelectProtocol {
-        sdp: sdp.to_string(),
-        slots,
-    })
+    Ok(SelectProtocol { media, slots })
 }
 
 #[cfg(test)]
@@ -233,14 +292,14 @@ mod tests {
         assert_eq!(
             parse(r#"{"op":1,"d":{"protocol":"webrtc","data":{"sdp":"v=0"},"slots":3}}"#),
             Ok(ClientOp::SelectProtocol(SelectProtocol {
-                sdp: "v=0".into(),
+                media: Media::WebRtc { sdp: "v=0".into() },
                 slots: Some(3)
             }))
         );
         assert_eq!(
             parse(r#"{"op":1,"d":{"protocol":"webrtc","sdp":"v=0","data":{"slots":null}}}"#),
             Ok(ClientOp::SelectProtocol(SelectProtocol {
-                sdp: "v=0".into(),
+                media: Media::WebRtc { sdp: "v=0".into() },
                 slots: None
             }))
         );
@@ -273,7 +332,27 @@ mod tests {
             }),
             "discord.js sends -1 before any numbered message"
         );
-        assert_eq!(parse(r#"{"op":5,"d":{}}"#), Ok(ClientOp::Speaking));
+        assert_eq!(
+            parse(r#"{"op":5,"d":{}}"#),
+            Ok(ClientOp::Speaking { speaking: None })
+        );
+        assert_eq!(
+            parse(r#"{"op":5,"d":{"speaking":1,"delay":0,"ssrc":3,"user_id":null}}"#),
+            Ok(ClientOp::Speaking { speaking: Some(1) })
+        );
+        assert_eq!(
+            parse(
+                r#"{"op":1,"d":{"protocol":"udp","data":{"address":"203.0.113.9","port":50000,"mode":"aead_xchacha20_poly1305_rtpsize"}}}"#
+            ),
+            Ok(ClientOp::SelectProtocol(SelectProtocol {
+                media: Media::Udp {
+                    address: Some("203.0.113.9".into()),
+                    port: Some(50000),
+                    mode: CryptoMode::XChaCha20Poly1305Rtpsize
+                },
+                slots: None
+            }))
+        );
         assert_eq!(
             parse(r#"{"op":7,"d":{"server_id":"5","session_id":"s","token":"t","seq_ack":9}}"#),
             Ok(ClientOp::Resume(Resume {
@@ -319,8 +398,32 @@ mod tests {
             code(r#"{"op":0,"d":{"server_id":1,"user_id":2,"session_id":"s","token":7}}"#),
             close::DECODE_ERROR
         );
+        for mode in [
+            r#"{}"#,
+            r#"{"mode":"xsalsa20_poly1305"}"#,
+            r#"{"mode":"aead_aes256_gcm"}"#,
+            r#"{"mode":7}"#,
+        ] {
+            let r = parse(&format!(
+                r#"{{"op":1,"d":{{"protocol":"udp","data":{mode}}}}}"#
+            ))
+            .unwrap_err();
+            assert_eq!(r.code, close::UNKNOWN_ENCRYPTION_MODE, "{mode}");
+            assert!(r.reason.contains("aead_aes256_gcm_rtpsize"), "{}", r.reason);
+        }
+        let udp = |data: &str| {
+            code(&format!(
+                r#"{{"op":1,"d":{{"protocol":"udp","data":{{"mode":"aead_aes256_gcm_rtpsize",{data}}}}}}}"#
+            ))
+        };
+        assert_eq!(udp(r#""port":70000"#), close::DECODE_ERROR);
+        assert_eq!(udp(r#""port":-1"#), close::DECODE_ERROR);
         assert_eq!(
-            code(r#"{"op":1,"d":{"protocol":"udp","data":{}}}"#),
+            udp(&format!(r#""address":"{}""#, "1".repeat(65))),
+            close::DECODE_ERROR
+        );
+        assert_eq!(
+            code(r#"{"op":1,"d":{"protocol":"rtp","data":{}}}"#),
             close::UNKNOWN_PROTOCOL
         );
         assert_eq!(

@@ -31,6 +31,9 @@ pub struct VoiceConn {
     pub participant: Option<ParticipantIdx>,
     /// Slot SSRC → user currently announced in it.
     pub slots: HashMap<u32, UserId>,
+    /// Selected Discord's native UDP transport: hears every user under the user's own SSRC,
+    /// which op 5 maps once per user (WebRTC connections get op 5 per slot instead).
+    pub native: bool,
 }
 
 impl VoiceConn {
@@ -193,6 +196,7 @@ mod tests {
             channel_id: ChannelId(3),
             participant: None,
             slots: HashMap::new(),
+            native: false,
         });
         let idx = ParticipantIdx(7);
         // The node assigns slots before the gateway learns which participant is whose.

@@ -7,12 +7,13 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use lodge_sfu::{JoinRequest, RoomId};
+use lodge_sfu::native::CryptoMode;
+use lodge_sfu::{JoinRequest, NativeJoin, RoomId};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::client_op::{self, ClientOp, Identify, SelectProtocol};
+use super::client_op::{self, ClientOp, Identify, Media, SelectProtocol};
 use super::conns::{VoiceConn, VoiceOut};
 use super::control::{Guard, Input};
 use super::executor::{self, ExecError};
@@ -44,6 +45,7 @@ pub mod close {
     pub const TOO_SLOW: u16 = 4009;
     pub const SERVER_NOT_FOUND: u16 = 4011;
     pub const UNKNOWN_PROTOCOL: u16 = 4012;
+    pub const UNKNOWN_ENCRYPTION_MODE: u16 = 4016;
     pub const DISCONNECTED: u16 = 4014;
     pub const SERVER_CRASHED: u16 = 4015;
     pub const BAD_REQUEST: u16 = 4020;
@@ -91,10 +93,9 @@ pub(crate) struct Parked {
 /// Numbers parkings, so a grace period ends only its own.
 static PARKINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Stable per-user SSRC for UDP mode's Ready (WebRTC clients may ignore it).
-fn user_ssrc(user_id: u64) -> u32 {
-    let x = user_id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    ((x >> 32) as u32) | 1
+/// The SSRC `user` speaks under in `guild` (Ready, op 5; the node derives the same).
+fn user_ssrc(guild: GuildId, user: UserId) -> u32 {
+    lodge_sfu::native::user_ssrc(guild, user).0
 }
 
 /// The relays for `user`'s Ready: `[]` without `--turn-url`.
@@ -384,10 +385,10 @@ async fn handle_text(
             let ready = payload(
                 Opcode::Ready,
                 json!({
-                    "ssrc": user_ssrc(a.user_id.get()),
+                    "ssrc": user_ssrc(a.guild_id, a.user_id),
                     "ip": s.cfg.public_ip.to_string(),
                     "port": s.sfu.local_addr().port(),
-                    "modes": ["aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize"],
+                    "modes": CryptoMode::ALL.iter().map(|m| m.name()).collect::<Vec<_>>(),
                     "experiments": [],
                     "heartbeat_interval": HEARTBEAT_INTERVAL_MS,
                     // Lodge's WebRTC-mode extension: the TURN relays this connection may use,
@@ -421,19 +422,23 @@ async fn handle_text(
                 .map_err(|(c, r)| Stop::Close(c, r))?;
             a.joined = true;
             w.json(answer).await?;
-            let others: Vec<String> = s
+            let others: Vec<UserId> = s
                 .voice()
                 .users_in(a.guild_id, a.channel_id)
                 .into_iter()
                 .filter(|u| *u != a.user_id)
-                .map(|u| u.to_string())
                 .collect();
             if !others.is_empty() {
-                w.json(payload(
-                    Opcode::ClientsConnect,
-                    json!({ "user_ids": others }),
-                ))
-                .await?;
+                let ids: Vec<String> = others.iter().map(|u| u.to_string()).collect();
+                w.json(payload(Opcode::ClientsConnect, json!({ "user_ids": ids })))
+                    .await?;
+            }
+            if matches!(p.media, Media::Udp { .. }) {
+                // A native client ignores packets whose SSRC no op 5 named: name everyone's
+                // before their voice arrives.
+                for u in others {
+                    w.json(speaking(a.guild_id, u, 0)).await?;
+                }
             }
             super::service::notify_others(
                 s,
@@ -445,6 +450,7 @@ async fn handle_text(
                     json!({ "user_ids": [a.user_id.to_string()] }),
                 ),
             );
+            notify_native_others(s, a, speaking(a.guild_id, a.user_id, 0));
             Ok(())
         }
         ClientOp::Heartbeat { t, seq_ack } => {
@@ -455,9 +461,17 @@ async fn handle_text(
             let ack = w.version.heartbeat_ack(&t);
             w.json(payload(Opcode::HeartbeatAck, ack)).await
         }
-        ClientOp::Speaking => match me {
-            // Accepted; selection uses the audio-level header extension instead.
-            Some(_) => Ok(()),
+        ClientOp::Speaking { speaking: flags } => match me {
+            // Selection uses the packets themselves; a native client's flags are relayed (its
+            // SSRC as the node knows it, whatever the client wrote).
+            Some(a) => {
+                let native = a.joined && s.voice().conns.get(&a.conn_id).is_some_and(|c| c.native);
+                if native {
+                    let flags = flags.unwrap_or(0) & 0b111;
+                    notify_native_others(s, a, speaking(a.guild_id, a.user_id, flags));
+                }
+                Ok(())
+            }
             None => Err(Stop::Close(
                 close::NOT_AUTHENTICATED,
                 "identify first".into(),
@@ -622,6 +636,7 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
         channel_id: t.channel_id,
         participant: None,
         slots: Default::default(),
+        native: false,
     });
     if let Some(old) = old {
         let _ = old.tx.send(VoiceOut::Close(
@@ -644,23 +659,46 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
     })
 }
 
+/// Op 5 naming `user`'s SSRC, as the server sends it.
+fn speaking(guild: GuildId, user: UserId, flags: u64) -> Value {
+    payload(
+        Opcode::Speaking,
+        json!({ "user_id": user.to_string(), "ssrc": user_ssrc(guild, user), "speaking": flags, "delay": 0 }),
+    )
+}
+
+/// Send `msg` to every other native connection in `a`'s channel.
+fn notify_native_others(s: &AppState, a: &Authed, msg: Value) {
+    let v = s.voice();
+    for c in v.conns.values() {
+        if c.native
+            && c.guild_id == a.guild_id
+            && c.channel_id == a.channel_id
+            && c.user_id != a.user_id
+        {
+            let _ = c.tx.send(VoiceOut::Json(msg.clone()));
+        }
+    }
+}
+
+/// Default speakers a native client hears at once (it names none).
+const NATIVE_SLOTS: usize = 3;
+
 async fn select_protocol(
     s: &AppState,
     a: &Authed,
     p: &SelectProtocol,
 ) -> Result<Value, (u16, String)> {
-    let (sdp, slots) = (p.sdp.as_str(), p.slots);
-    let flags = executor::state(s, a.guild_id, a.user_id)
-        .await
-        .map_err(|e| {
-            (
-                close::SERVER_CRASHED,
-                format!("voice state unreachable: {e}"),
-            )
-        })?
-        .filter(|st| st.generation == a.generation)
-        .ok_or((close::SESSION_INVALID, "voice state is gone".to_string()))?
-        .flags();
+    let sdp = match &p.media {
+        Media::WebRtc { sdp } => sdp.as_str(),
+        Media::Udp {
+            address,
+            port,
+            mode,
+        } => return select_udp(s, a, *mode, p.slots, address.as_deref(), *port).await,
+    };
+    let slots = p.slots;
+    let flags = current_flags(s, a).await?;
     let req = JoinRequest {
         room: RoomId(a.channel_id.get()),
         guild: a.guild_id,
@@ -668,17 +706,7 @@ async fn select_protocol(
         offer: sdp.to_string(),
         flags,
     };
-    let ans = s.sfu.join(req).await.map_err(|e| {
-        warn!(user = %a.user_id, error = %e, "offer refused");
-        // A full node or a bound reached is no fault of the offer: 4014 (disconnected, do not
-        // retry at once), with the limit named in the reason.
-        let code = if e.is_limit() {
-            close::DISCONNECTED
-        } else {
-            close::DECODE_ERROR
-        };
-        (code, e.to_string())
-    })?;
+    let ans = s.sfu.join(req).await.map_err(|e| refused(a, e))?;
     let expected = slots.unwrap_or(ans.slots.len());
     if ans.slots.len() != expected {
         s.sfu.leave(ans.idx).await;
@@ -690,30 +718,7 @@ async fn select_protocol(
             ),
         ));
     }
-    let still_there = {
-        let mut v = s.voice();
-        if v.conns.contains_key(&a.conn_id) {
-            // Slot announcements queued here are written after the answer: the caller's
-            // loop does not read its outbox while this runs.
-            v.map_participant(ans.idx, a.conn_id);
-            s.telemetry().start(
-                ans.idx,
-                a.guild_id.get(),
-                a.channel_id.get(),
-                a.user_id.get(),
-            );
-            true
-        } else {
-            false
-        }
-    };
-    if !still_there {
-        s.sfu.leave(ans.idx).await;
-        return Err((
-            close::DISCONNECTED,
-            "voice state ended while connecting".into(),
-        ));
-    }
+    attach(s, a, ans.idx, false).await?;
     info!(
         user = %a.user_id,
         channel = %a.channel_id,
@@ -729,6 +734,109 @@ async fn select_protocol(
             "media_session_id": format!("{}", ans.idx.0),
             "sdp": ans.answer,
             "slots": ans.slots,
+        }),
+    ))
+}
+
+/// The caller's current flags, if the voice state is still the one this connection opened.
+async fn current_flags(s: &AppState, a: &Authed) -> Result<lodge_sfu::VoiceFlags, (u16, String)> {
+    Ok(executor::state(s, a.guild_id, a.user_id)
+        .await
+        .map_err(|e| {
+            (
+                close::SERVER_CRASHED,
+                format!("voice state unreachable: {e}"),
+            )
+        })?
+        .filter(|st| st.generation == a.generation)
+        .ok_or((close::SESSION_INVALID, "voice state is gone".to_string()))?
+        .flags())
+}
+
+/// Why the node refused a join, as a close: a bound reached is no fault of the request
+/// (4014, do not retry at once, the limit named); anything else is the request's.
+fn refused(a: &Authed, e: lodge_sfu::SfuError) -> (u16, String) {
+    warn!(user = %a.user_id, error = %e, "media join refused");
+    let code = if e.is_limit() {
+        close::DISCONNECTED
+    } else {
+        close::DECODE_ERROR
+    };
+    (code, e.to_string())
+}
+
+/// Record the participant on its connection (slot announcements queued meanwhile are written
+/// after the answer), or leave the node again if the connection ended while joining.
+async fn attach(
+    s: &AppState,
+    a: &Authed,
+    idx: lodge_sfu::ParticipantIdx,
+    native: bool,
+) -> Result<(), (u16, String)> {
+    let still_there = {
+        let mut v = s.voice();
+        if let Some(c) = v.conns.get_mut(&a.conn_id) {
+            c.native = native;
+            v.map_participant(idx, a.conn_id);
+            s.telemetry()
+                .start(idx, a.guild_id.get(), a.channel_id.get(), a.user_id.get());
+            true
+        } else {
+            false
+        }
+    };
+    if !still_there {
+        s.sfu.leave(idx).await;
+        return Err((
+            close::DISCONNECTED,
+            "voice state ended while connecting".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Select Protocol `udp`: a fresh transport key, the node admits the caller natively, and op 4
+/// hands out the mode and key.
+async fn select_udp(
+    s: &AppState,
+    a: &Authed,
+    mode: CryptoMode,
+    slots: Option<usize>,
+    address: Option<&str>,
+    port: Option<u16>,
+) -> Result<Value, (u16, String)> {
+    let flags = current_flags(s, a).await?;
+    let mut key = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+    let req = NativeJoin {
+        room: RoomId(a.channel_id.get()),
+        guild: a.guild_id,
+        user: a.user_id,
+        mode,
+        key,
+        slots: slots.unwrap_or(NATIVE_SLOTS),
+        flags,
+    };
+    let ans = s.sfu.join_native(req).await.map_err(|e| refused(a, e))?;
+    attach(s, a, ans.idx, true).await?;
+    info!(
+        user = %a.user_id,
+        channel = %a.channel_id,
+        mode = mode.name(),
+        discovered = ?ans.addr,
+        claimed = ?address.zip(port),
+        "udp session described"
+    );
+    Ok(payload(
+        Opcode::SessionDescription,
+        json!({
+            "mode": mode.name(),
+            "secret_key": key,
+            "audio_codec": "opus",
+            "video_codec": null,
+            "media_session_id": format!("{}", ans.idx.0),
+            // DAVE (end-to-end encryption) is not negotiated yet: every call runs at 0.
+            "dave_protocol_version": 0,
         }),
     ))
 }
