@@ -1,5 +1,6 @@
-//! The voice gateway (v8) in WebRTC mode: Hello, Identify → Ready, Select Protocol (SDP offer) →
-//! Session Description (answer + slots), Heartbeat, Speaking, Clients Connect/Disconnect.
+//! The voice gateway (v4–v8): Hello, Identify → Ready, Select Protocol → Session Description
+//! (WebRTC: the SDP answer and slots; native UDP: the mode and key), Heartbeat, Speaking, Clients
+//! Connect/Disconnect, Resume.
 
 use lodge_ids::{ChannelId, GuildId, UserId};
 use std::time::Duration;
