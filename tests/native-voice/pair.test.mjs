@@ -4,6 +4,16 @@
 // `connection.receiver.subscribe(A)`, decodes it with opusscript and the test finds the tone's
 // frequency with a Goertzel scan.
 //
+// Asserts: both bots log in through discord.js (REST + gateway against Lodge); both voice
+// connections reach VoiceConnectionStatus.Ready and stay there; Identify carries
+// max_dave_protocol_version 0, Select Protocol is `udp` with the expected mode, op 4 answers that
+// mode with dave_protocol_version 0 and a 32-byte key; B learns A's SSRC from op 5; B decodes 1 s
+// of A's audio within 10 s and its strongest frequency (100..2000 Hz, 2 Hz steps) is the tone's
+// (±4 Hz) and stands > 100x above 0.5/0.75/1.25/1.5/2x the tone; Lodge's /voice/stats shows the
+// IP discoveries, A in B's slot under A's SSRC and no AEAD or replay drops; nothing emits an
+// error or throws. HOLD=1 adds: every tone packet reaches B, and one voice heartbeat round
+// (op 3 with seq_ack = the last seq, op 6 echoing t) on both connections.
+//
 // Env: LODGE_URL (https://localhost:PORT, its CA trusted through NODE_EXTRA_CA_CERTS),
 //      TONE_HZ (default 440), RUN (a tag for account names),
 //      EXPECT_MODE (the encryption mode the client must pick; default aead_aes256_gcm_rtpsize),
@@ -70,7 +80,7 @@ async function setup() {
     const r = await rest('POST', `/invites/${inv.body.code}`, b.token);
     check(r.status === 200, 'a bot joins by invite');
   }
-  return { bots, guildId, voiceId };
+  return { owner: owner.body.token, bots, guildId, voiceId };
 }
 
 // --- two discord.js clients logged into Lodge ------------------------------------------------
@@ -112,7 +122,7 @@ function observe(conn, tag) {
 
 let exitCode = 0;
 try {
-  const { bots, guildId, voiceId } = await setup();
+  const { owner, bots, guildId, voiceId } = await setup();
   const [ca, cb] = [await login(bots[0].token), await login(bots[1].token)];
   check(ca.user.id === bots[0].user.id && cb.user.id === bots[1].user.id, 'both bots logged in through discord.js (REST + gateway)');
   const ga = ca.guilds.cache.get(guildId);
@@ -194,6 +204,19 @@ try {
   check(Math.abs(p.freq - TONE) <= 4, `the strongest frequency at B is ${p.freq} Hz (A plays ${TONE} Hz)`);
   check(margin > 100, `the tone stands ${margin.toFixed(0)}x above 0.5, 0.75, 1.25, 1.5 and 2 times its frequency`);
 
+  // Lodge's side of the call (GET /voice/stats, the owner may view the channel): both bots did
+  // IP discovery, B's slot carries A under A's SSRC, and no packet failed AEAD or was replayed.
+  const ssrcA = seenA.received.find((m) => m.op === 2).d.ssrc;
+  let stats, slot;
+  for (let i = 0; i < 30 && !slot; i++) {
+    if (i) await new Promise((r) => setTimeout(r, 200));
+    stats = (await rest('GET', '/voice/stats', owner)).body;
+    slot = stats?.peers?.find((p) => p.user === cb.user.id)?.slots?.find((x) => x.speaker === ca.user.id);
+  }
+  const drop = (name) => stats?.drops?.find(([n]) => n === name)?.[1];
+  check(stats?.native_discovery >= 2, `Lodge answered IP discovery (native_discovery ${stats?.native_discovery})`);
+  check(slot && slot.ssrc === ssrcA, `Lodge forwards A in one of B's slots under A's SSRC (${slot?.ssrc})`);
+  check(drop('decrypt_failed') === 0 && drop('replayed') === 0, `Lodge dropped no packet as decrypt_failed (${drop('decrypt_failed')}) or replayed (${drop('replayed')})`);
   if (process.env.HOLD === '1') {
     // The whole tone (every packet A's player sent reaches B), then voice heartbeats: one
     // round of op 3 / op 6 on both connections (Lodge's Hello interval is 13.75 s).
@@ -216,7 +239,6 @@ try {
   const after = [seenA.states, seenB.states].map((s) => s.slice(s.indexOf(VoiceConnectionStatus.Ready)));
   check(after.every((s) => s.every((st) => st === VoiceConnectionStatus.Ready)), `both connections stayed Ready (A: ${seenA.states.join('→')}; B: ${seenB.states.join('→')})`);
   const codes = seenB.received.filter((m) => m.op === 5 && m.d.user_id === ca.user.id).map((m) => m.d.ssrc);
-  const ssrcA = seenA.received.find((m) => m.op === 2).d.ssrc;
   check(codes.length > 0 && codes.every((c) => c === ssrcA), `B was told A's SSRC by op 5 (${[...new Set(codes)].join(', ')}; A's Ready said ${ssrcA})`);
 } catch (e) {
   errors.push(`test: ${e?.stack || e}`);
