@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what Lodge's tests need on a fresh Debian machine (idempotent).
 #   chromium         real-browser voice tests (headless)
-#   nodejs, npm      drive Chromium with playwright-core
+#   nodejs, npm      drive Chromium with playwright-core; run the discord.js voice bots
 #   curl, python3    the test runners; python3-venv for the discord.py test (pip: discord.py)
 #   postgresql       the storage suites run a second time on PostgreSQL (scripts/postgres.sh)
 #   redis-server     the shared state and bus of a cluster (scripts/redis.sh, TEST_REDIS_URL)
@@ -60,6 +60,8 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 cd "$(dirname "$0")/../tests/browser"
 [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --loglevel=error
+cd ../native-voice
+[ -d node_modules/@discordjs/voice ] || npm ci --no-audit --no-fund --loglevel=error
 cd ../discordpy
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt

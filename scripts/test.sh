@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
-step "setup (apt: chromium, nodejs, python3-venv, coturn, nftables; npm: playwright-core; pip: discord.py)"
+step "setup (apt: chromium, nodejs, python3-venv, coturn, nftables; npm: playwright-core, discord.js + @discordjs/voice; pip: discord.py)"
 ./scripts/setup.sh
 
 step "formatting (cargo fmt)"
@@ -57,6 +57,9 @@ OUT="$(mktemp -d)" ./tests/turn/run.sh
 
 step "real client library: an unmodified discord.py bot (login, events, resume)"
 ./tests/discordpy/run.sh
+
+step "native voice (Discord UDP mode, DAVE off): unmodified discord.js + @discordjs/voice bots over WSS (a test CA); one plays a tone, the other decodes it; AES-GCM and XChaCha"
+OUT="$(mktemp -d)" ./tests/native-voice/run.sh
 
 step "playout evaluation smoke run: real speech, Opus, two profiles, report + plots"
 ./tests/load/playout_smoke.sh

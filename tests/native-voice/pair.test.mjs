@@ -1,0 +1,253 @@
+// Two unmodified discord.js 14 bots with @discordjs/voice 0.19 join a Lodge voice channel over
+// Discord's native voice transport (UDP mode) with DAVE off (`daveEncryption: false`, so the
+// call runs at DAVE protocol version 0). Bot A plays an Opus tone; bot B subscribes to A with
+// `connection.receiver.subscribe(A)`, decodes it with opusscript and the test finds the tone's
+// frequency with a Goertzel scan.
+//
+// Asserts: both bots log in through discord.js (REST + gateway against Lodge); both voice
+// connections reach VoiceConnectionStatus.Ready and stay there; Identify carries
+// max_dave_protocol_version 0, Select Protocol is `udp` with the expected mode, op 4 answers that
+// mode with dave_protocol_version 0 and a 32-byte key; B learns A's SSRC from op 5; B decodes 1 s
+// of A's audio within 10 s and its strongest frequency (100..2000 Hz, 2 Hz steps) is the tone's
+// (±4 Hz) and stands > 100x above 0.5/0.75/1.25/1.5/2x the tone; Lodge's /voice/stats shows the
+// IP discoveries, A in B's slot under A's SSRC and no AEAD or replay drops; nothing emits an
+// error or throws. HOLD=1 adds: every tone packet reaches B, and one voice heartbeat round
+// (op 3 with seq_ack = the last seq, op 6 echoing t) on both connections.
+//
+// Env: LODGE_URL (https://localhost:PORT, its CA trusted through NODE_EXTRA_CA_CERTS),
+//      TONE_HZ (default 440), RUN (a tag for account names),
+//      EXPECT_MODE (the encryption mode the client must pick; default aead_aes256_gcm_rtpsize),
+//      FORCE_XCHACHA=1 makes this process report no native AES-256-GCM (node:crypto's
+//      getCiphers() without it) before @discordjs/voice loads; the library then supports only
+//      aead_xchacha20_poly1305_rtpsize (through @noble/ciphers) and picks it from Lodge's modes.
+import crypto from 'node:crypto';
+import { Readable } from 'node:stream';
+import { opusTone, monoDecoder, peak, goertzel, RATE } from './tone.mjs';
+
+const BASE = (process.env.LODGE_URL || 'https://localhost:8443').replace(/\/$/, '');
+const TONE = Number(process.env.TONE_HZ || 440);
+const RUN = process.env.RUN || String(process.pid);
+const EXPECT_MODE = process.env.EXPECT_MODE || 'aead_aes256_gcm_rtpsize';
+const READY_S = 20; // both connections Ready within this
+const TONE_S = 10; // the tone detected at B within this after A starts playing
+const ANALYSE_S = 1; // seconds of decoded audio analysed
+
+if (process.env.FORCE_XCHACHA === '1') {
+  const real = crypto.getCiphers.bind(crypto);
+  crypto.getCiphers = () => real().filter((c) => c !== 'aes-256-gcm');
+}
+// Loaded after the optional patch above: @discordjs/voice reads getCiphers() when it loads.
+const { Client, GatewayIntentBits, Events } = await import('discord.js');
+const voice = await import('@discordjs/voice');
+const {
+  joinVoiceChannel, entersState, VoiceConnectionStatus, createAudioPlayer, createAudioResource,
+  StreamType, AudioPlayerStatus, EndBehaviorType, NoSubscriberBehavior,
+} = voice;
+
+const errors = [];
+const check = (cond, what) => { if (!cond) throw new Error(`check failed: ${what}`); console.log(`ok: ${what}`); };
+process.on('uncaughtException', (e) => { errors.push(`uncaught: ${e?.stack || e}`); });
+process.on('unhandledRejection', (e) => { errors.push(`unhandled rejection: ${e?.stack || e}`); });
+
+async function rest(method, path, token, body) {
+  const r = await fetch(`${BASE}/api/v10${path}`, {
+    method,
+    headers: { 'content-type': 'application/json', ...(token ? { authorization: token } : {}) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await r.text();
+  return { status: r.status, body: text ? JSON.parse(text) : null };
+}
+
+// --- accounts and a guild through Lodge's REST API (a human owner, two bots invited) ----------
+async function setup() {
+  const owner = await rest('POST', '/auth/register', null, { username: `owner${RUN}`, password: `password-owner-${RUN}` });
+  check(owner.status === 201, `register the guild owner (${owner.status} ${JSON.stringify(owner.body)})`);
+  const bots = [];
+  for (const name of ['a', 'b']) {
+    const r = await rest('POST', '/auth/register', null, { username: `bot${name}${RUN}`, password: `password-bot-${RUN}`, bot: true });
+    check(r.status === 201 && r.body.user?.bot !== false, `register bot ${name.toUpperCase()}`);
+    bots.push(r.body);
+  }
+  const guild = await rest('POST', '/guilds', owner.body.token, { name: `Native voice ${RUN}` });
+  check(guild.status === 201, 'create a guild');
+  const guildId = guild.body.id;
+  const textId = guild.body.channels.find((c) => c.type === 0).id;
+  const voiceId = guild.body.channels.find((c) => c.type === 2)?.id;
+  check(voiceId, 'the guild has a voice channel');
+  const inv = await rest('POST', `/channels/${textId}/invites`, owner.body.token, {});
+  for (const b of bots) {
+    const r = await rest('POST', `/invites/${inv.body.code}`, b.token);
+    check(r.status === 200, 'a bot joins by invite');
+  }
+  return { owner: owner.body.token, bots, guildId, voiceId };
+}
+
+// --- two discord.js clients logged into Lodge ------------------------------------------------
+const clients = [];
+const connections = [];
+async function cleanup() {
+  for (const c of connections) { try { c.destroy(); } catch { /* already gone */ } }
+  for (const c of clients) { try { await c.destroy(); } catch { /* already gone */ } }
+}
+const deadline = (s, what) => new Promise((_, rej) => setTimeout(() => rej(new Error(`timeout after ${s} s: ${what}`)), s * 1000).unref());
+
+async function login(token) {
+  const client = new Client({
+    intents: [GatewayIntentBits.Guilds, GatewayIntentBits.GuildVoiceStates],
+    rest: { api: `${BASE}/api` },
+  });
+  client.on(Events.Error, (e) => errors.push(`client error: ${e?.stack || e}`));
+  clients.push(client);
+  const ready = new Promise((res) => client.once(Events.ClientReady, res));
+  await client.login(token);
+  await Promise.race([ready, deadline(15, 'discord.js ClientReady')]);
+  return client;
+}
+
+// What the voice WebSocket carried, read from @discordjs/voice's own debug log.
+function observe(conn, tag) {
+  const seen = { sent: [], received: [], states: [] };
+  conn.on('debug', (m) => {
+    const r = /\[WS\] (<<|>>) (\{.*\})$/s.exec(m);
+    if (r) {
+      try { (r[1] === '<<' ? seen.received : seen.sent).push(JSON.parse(r[2])); } catch { /* not JSON */ }
+    }
+    if (process.env.VERBOSE) console.log(`[${tag}] ${m.replace(/"secret_key":\[[^\]]*\]/, '"secret_key":[…]')}`);
+  });
+  conn.on('stateChange', (o, n) => { seen.states.push(n.status); });
+  conn.on('error', (e) => errors.push(`${tag} connection error: ${e?.stack || e}`));
+  return seen;
+}
+
+let exitCode = 0;
+try {
+  const { owner, bots, guildId, voiceId } = await setup();
+  const [ca, cb] = [await login(bots[0].token), await login(bots[1].token)];
+  check(ca.user.id === bots[0].user.id && cb.user.id === bots[1].user.id, 'both bots logged in through discord.js (REST + gateway)');
+  const ga = ca.guilds.cache.get(guildId);
+  const gb = cb.guilds.cache.get(guildId);
+  check(ga && gb, 'both bots see the guild (GUILD_CREATE)');
+
+  const join = (g, group) => joinVoiceChannel({
+    channelId: voiceId, guildId, adapterCreator: g.voiceAdapterCreator, group,
+    selfDeaf: false, selfMute: false, daveEncryption: false, debug: true,
+  });
+  const A = join(ga, 'a');
+  const B = join(gb, 'b');
+  connections.push(A, B);
+  const seenA = observe(A, 'A');
+  const seenB = observe(B, 'B');
+  const t0 = Date.now();
+  await Promise.race([
+    Promise.all([entersState(A, VoiceConnectionStatus.Ready, READY_S * 1000), entersState(B, VoiceConnectionStatus.Ready, READY_S * 1000)]),
+    deadline(READY_S, 'VoiceConnectionStatus.Ready'),
+  ]);
+  check(true, `both voice connections reach VoiceConnectionStatus.Ready (${Date.now() - t0} ms)`);
+
+  for (const [tag, seen] of [['A', seenA], ['B', seenB]]) {
+    const identify = seen.sent.find((p) => p.op === 0);
+    check(identify && identify.d.max_dave_protocol_version === 0, `${tag} identified with max_dave_protocol_version 0`);
+    const ready = seen.received.find((p) => p.op === 2);
+    check(ready && ready.d.modes.includes(EXPECT_MODE) && ready.d.ip === '127.0.0.1', `${tag}: Ready offers ${ready?.d.modes.join(', ')} on ${ready?.d.ip}:${ready?.d.port}`);
+    const select = seen.sent.find((p) => p.op === 1);
+    check(select && select.d.protocol === 'udp' && select.d.data.mode === EXPECT_MODE, `${tag} selected protocol udp, mode ${select?.d.data.mode}`);
+    const sd = seen.received.find((p) => p.op === 4);
+    check(sd && sd.d.mode === EXPECT_MODE && sd.d.dave_protocol_version === 0 && sd.d.secret_key.length === 32,
+      `${tag}: session description mode ${sd?.d.mode}, dave_protocol_version ${sd?.d.dave_protocol_version}, 32-byte key`);
+  }
+  const net = B.state.networking?.state;
+  check(net?.connectionData?.encryptionMode === EXPECT_MODE, `B's networking runs ${net?.connectionData?.encryptionMode}`);
+  check(!net?.dave, 'no DAVE session on B (protocol version 0)');
+
+  // B listens to A before A starts.
+  const stream = B.receiver.subscribe(ca.user.id, { end: { behavior: EndBehaviorType.Manual } });
+  stream.on('error', (e) => errors.push(`B's receive stream: ${e?.stack || e}`));
+  const dec = monoDecoder();
+  const chunks = [];
+  let samples = 0, packets = 0, firstAt = 0;
+  const need = ANALYSE_S * RATE;
+  const skip = 5; // the first packets may carry the encoder's start-up
+  const got = new Promise((res) => {
+    stream.on('data', (pkt) => {
+      packets++;
+      if (!firstAt) firstAt = Date.now();
+      if (packets <= skip || samples >= need) return;
+      const pcm = dec.decode(pkt);
+      chunks.push(pcm);
+      samples += pcm.length;
+      if (samples >= need) res();
+    });
+  });
+
+  const player = createAudioPlayer({ behaviors: { noSubscriber: NoSubscriberBehavior.Play } });
+  player.on('error', (e) => errors.push(`player error: ${e?.stack || e}`));
+  A.subscribe(player);
+  const packetsOut = opusTone(TONE, TONE_S + 2);
+  player.play(createAudioResource(Readable.from(packetsOut), { inputType: StreamType.Opus }));
+  await entersState(player, AudioPlayerStatus.Playing, 5000);
+  const t1 = Date.now();
+  console.log(`ok: A plays a ${TONE} Hz Opus tone (${packetsOut.length} packets)`);
+  await Promise.race([got, deadline(TONE_S, `${ANALYSE_S} s of A's audio at B (got ${packets} packets)`)]);
+  check(true, `B received ${packets} packets from A; the first after ${firstAt - t1} ms, ${ANALYSE_S} s decoded after ${Date.now() - t1} ms`);
+  dec.delete();
+
+  const x = new Float32Array(samples);
+  let o = 0;
+  for (const c of chunks) { x.set(c, o); o += c.length; }
+  const win = x.subarray(0, need);
+  const p = peak(win);
+  const others = [0.5, 0.75, 1.25, 1.5, 2].map((k) => goertzel(win, TONE * k));
+  const margin = p.power / Math.max(...others);
+  console.log(`   decoded: rms ${p.rms.toFixed(3)}, peak ${p.freq} Hz, peak/other-frequency power ${margin.toFixed(0)}x`);
+  check(p.rms > 0.05, `B's decoded audio is not silence (rms ${p.rms.toFixed(3)})`);
+  check(Math.abs(p.freq - TONE) <= 4, `the strongest frequency at B is ${p.freq} Hz (A plays ${TONE} Hz)`);
+  check(margin > 100, `the tone stands ${margin.toFixed(0)}x above 0.5, 0.75, 1.25, 1.5 and 2 times its frequency`);
+
+  // Lodge's side of the call (GET /voice/stats, the owner may view the channel): both bots did
+  // IP discovery, B's slot carries A under A's SSRC, and no packet failed AEAD or was replayed.
+  const ssrcA = seenA.received.find((m) => m.op === 2).d.ssrc;
+  let stats, slot;
+  for (let i = 0; i < 30 && !slot; i++) {
+    if (i) await new Promise((r) => setTimeout(r, 200));
+    stats = (await rest('GET', '/voice/stats', owner)).body;
+    slot = stats?.peers?.find((p) => p.user === cb.user.id)?.slots?.find((x) => x.speaker === ca.user.id);
+  }
+  const drop = (name) => stats?.drops?.find(([n]) => n === name)?.[1];
+  check(stats?.native_discovery >= 2, `Lodge answered IP discovery (native_discovery ${stats?.native_discovery})`);
+  check(slot && slot.ssrc === ssrcA, `Lodge forwards A in one of B's slots under A's SSRC (${slot?.ssrc})`);
+  check(drop('decrypt_failed') === 0 && drop('replayed') === 0, `Lodge dropped no packet as decrypt_failed (${drop('decrypt_failed')}) or replayed (${drop('replayed')})`);
+  if (process.env.HOLD === '1') {
+    // The whole tone (every packet A's player sent reaches B), then voice heartbeats: one
+    // round of op 3 / op 6 on both connections (Lodge's Hello interval is 13.75 s).
+    await Promise.race([entersState(player, AudioPlayerStatus.Idle, (TONE_S + 5) * 1000), deadline(TONE_S + 5, 'the tone to end')]);
+    await new Promise((r) => setTimeout(r, 300));
+    check(packets >= packetsOut.length - 2, `B received ${packets} packets: the ${packetsOut.length} of the tone A played (then its player's silence frames) (${((Date.now() - t1) / 1000).toFixed(1)} s)`);
+    const acked = () => [seenA, seenB].every((s) => s.received.some((m) => m.op === 6));
+    const t2 = Date.now();
+    while (!acked() && Date.now() - t2 < 20000) await new Promise((r) => setTimeout(r, 200));
+    for (const [tag, seen, conn] of [['A', seenA, A], ['B', seenB, B]]) {
+      const hb = seen.sent.filter((m) => m.op === 3);
+      const ack = seen.received.find((m) => m.op === 6);
+      const lastSeq = Math.max(...seen.received.filter((m) => m.seq).map((m) => m.seq));
+      check(hb.length > 0 && ack && ack.d.t === hb[0].d.t && conn.ping.ws !== undefined,
+        `${tag}: heartbeat ${JSON.stringify(hb[0]?.d)} answered by op 6 ${JSON.stringify(ack?.d)}, ws ping ${conn.ping.ws} ms`);
+      check(hb[0].d.seq_ack === lastSeq, `${tag}: the heartbeat's seq_ack ${hb[0].d.seq_ack} is the last seq Lodge sent (${lastSeq})`);
+    }
+  }
+  player.stop(true);
+  const after = [seenA.states, seenB.states].map((s) => s.slice(s.indexOf(VoiceConnectionStatus.Ready)));
+  check(after.every((s) => s.every((st) => st === VoiceConnectionStatus.Ready)), `both connections stayed Ready (A: ${seenA.states.join('→')}; B: ${seenB.states.join('→')})`);
+  const codes = seenB.received.filter((m) => m.op === 5 && m.d.user_id === ca.user.id).map((m) => m.d.ssrc);
+  check(codes.length > 0 && codes.every((c) => c === ssrcA), `B was told A's SSRC by op 5 (${[...new Set(codes)].join(', ')}; A's Ready said ${ssrcA})`);
+} catch (e) {
+  errors.push(`test: ${e?.stack || e}`);
+}
+if (errors.length) {
+  for (const e of errors) console.log(`FAIL: ${e}`);
+  exitCode = 1;
+} else {
+  console.log('ok: nothing threw (no errors from clients, connections, player, receive stream)');
+}
+await cleanup();
+process.exit(exitCode);
