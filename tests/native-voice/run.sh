@@ -17,7 +17,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 HERE="$ROOT/tests/native-voice"
-BIN="${LODGE_BIN:-$ROOT/target/debug/lodge}"
+BIN="$(realpath -m "${LODGE_BIN:-$ROOT/target/debug/lodge}")" # absolute: the script changes directory
 unset LODGE_BIN # lodge refuses LODGE_* variables it does not know
 OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
