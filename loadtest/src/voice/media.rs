@@ -108,6 +108,178 @@ struct SlotRx {
     probe: Option<(JitterBuffer, OpusDecoder)>,
 }
 
+/// What one caller measures of what it receives, whatever carried it: per SSRC sequence gaps,
+/// reordering, RFC 3550 jitter, mouth-to-ear delay against the speakers' send times, and (for a
+/// probe) playout through the jitter buffer and Opus decode.
+struct RxMeter<'a> {
+    shared: &'a Shared,
+    slots: &'a SlotMap,
+    probe: bool,
+    rx: HashMap<u32, SlotRx>,
+    /// Mouth-to-ear delays not yet copied into the shared live histogram.
+    live_batch: Vec<u64>,
+    pcm: Vec<i16>,
+}
+
+impl<'a> RxMeter<'a> {
+    fn new(shared: &'a Shared, slots: &'a SlotMap, probe: bool) -> Self {
+        RxMeter {
+            shared,
+            slots,
+            probe,
+            rx: HashMap::new(),
+            live_batch: Vec::new(),
+            pcm: vec![0i16; 960],
+        }
+    }
+
+    /// One RTP packet received at `now_us` (µs since the shared epoch): `ext` is its extended
+    /// sequence number, `seq` the 16-bit one.
+    #[allow(clippy::too_many_arguments)]
+    fn on_rtp(
+        &mut self,
+        st: &mut CallerStats,
+        now_us: u64,
+        ssrc: u32,
+        ext: u64,
+        seq: u16,
+        timestamp: u32,
+        payload: &[u8],
+    ) {
+        let (shared, probe) = (self.shared, self.probe);
+        let s = self.rx.entry(ssrc).or_insert_with(|| SlotRx {
+            first_seq: ext,
+            last_seq: None,
+            received: 0,
+            reordered: 0,
+            jitter: 0.0,
+            last_transit: None,
+            probe: if probe {
+                OpusDecoder::new(false)
+                    .ok()
+                    .map(|d| (JitterBuffer::new(BufferConfig::default()), d))
+            } else {
+                None
+            },
+        });
+        match s.last_seq {
+            Some(l) if ext < l => s.reordered += 1,
+            Some(l) => {
+                if ext > l + 1 {
+                    let g = ext - l - 1;
+                    let b = match g {
+                        1 => 0,
+                        2 => 1,
+                        3..=5 => 2,
+                        6..=20 => 3,
+                        _ => 4,
+                    };
+                    st.gap_sizes[b] += 1;
+                }
+                s.last_seq = Some(ext);
+            }
+            None => s.last_seq = Some(ext),
+        }
+        s.first_seq = s.first_seq.min(ext);
+        s.received += 1;
+        // RFC 3550 A.8: transit in RTP units; J += (|D| - J) / 16.
+        let transit = now_us as f64 * 0.048 - timestamp as f64;
+        if let Some(prev) = s.last_transit {
+            let d = (transit - prev).abs();
+            if d < 48_000.0 {
+                s.jitter += (d - s.jitter) / 16.0;
+            }
+        }
+        s.last_transit = Some(transit);
+        if let Some((jb, _)) = s.probe.as_mut() {
+            jb.insert(now_us as f64 / 1000.0, seq, timestamp, payload.to_vec());
+        }
+        shared.rtp_in.fetch_add(1, Ordering::Relaxed);
+        st.received += 1;
+        // Mouth-to-ear: who sends under this SSRC, and when did they send this frame?
+        let speaker = self
+            .slots
+            .lock()
+            .expect("slot map lock")
+            .get(&ssrc)
+            .and_then(|u| shared.speaker_of.get(u).copied());
+        let frame = shared.frame_of.get(&payload_hash(payload)).copied();
+        match (speaker, frame) {
+            (Some(sp), Some(f)) => {
+                let sent = shared.sent_at[sp][f as usize].load(Ordering::Relaxed);
+                if sent > 0 && now_us >= sent && now_us - sent < 10_000_000 {
+                    let d = (now_us - sent).max(1);
+                    let _ = st.m2e_us.record(d);
+                    self.live_batch.push(d);
+                } else {
+                    st.unmatched += 1;
+                }
+            }
+            (_, None) => st.repeated += 1,
+            (None, Some(_)) => st.unmatched += 1,
+        }
+    }
+
+    /// A probe plays out `owed` frames of every slot (each at the time it was due).
+    fn pull_probes(&mut self, owed: u32, now_ms: f64, tick: Duration) {
+        for s in self.rx.values_mut() {
+            let Some((jb, dec)) = s.probe.as_mut() else {
+                continue;
+            };
+            for k in (0..owed).rev() {
+                let due = now_ms - k as f64 * tick.as_secs_f64() * 1000.0;
+                let _ = match jb.pull(due) {
+                    Pulled::Waiting | Pulled::Silence => Ok(0),
+                    Pulled::Frame { payload, .. } => dec.decode(&payload, &mut self.pcm),
+                    Pulled::Fec { next_payload, .. } => {
+                        dec.decode_fec(&next_payload, &mut self.pcm)
+                    }
+                    Pulled::Conceal { .. } | Pulled::Stretch => dec.conceal(&mut self.pcm),
+                };
+            }
+        }
+    }
+
+    /// Copy the delays measured since the last flush into the shared live histogram.
+    fn flush_live(&mut self) {
+        if self.live_batch.is_empty() {
+            return;
+        }
+        if let Ok(mut h) = self.shared.live.lock() {
+            for d in self.live_batch.drain(..) {
+                let _ = h.record(d);
+            }
+        }
+    }
+
+    /// The call ended: losses, jitter and the probes' figures into `st`.
+    fn finish(&mut self, st: &mut CallerStats) {
+        // Every probed slot's buffer counts, summed as one stream.
+        let mut probe_stats = lodge_jitter::JitterStats::default();
+        for s in self.rx.values_mut() {
+            // Lost = expected range − received (a late packet is not lost), as RFC 3550 counts.
+            if let Some(last) = s.last_seq {
+                st.gaps += (last - s.first_seq + 1).saturating_sub(s.received);
+            }
+            st.reordered += s.reordered;
+            if s.received > 1 {
+                st.jitter_ms.push(s.jitter / 48.0);
+            }
+            if let Some((jb, _)) = s.probe.as_mut() {
+                jb.finish();
+                probe_stats.merge(jb.stats());
+            }
+        }
+        if self.probe {
+            st.probe = Some(ProbeStats {
+                concealment_pct: probe_stats.concealment_ratio() * 100.0,
+                mean_buffer_delay_ms: probe_stats.mean_delay_ms(),
+                frames: probe_stats.total_samples_received / 960,
+            });
+        }
+    }
+}
+
 /// What a probe measured on all its slots together.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ProbeStats {
@@ -313,7 +485,7 @@ impl Client {
         };
         let mut move_to: Option<(String, String)> = None;
         let mut moves_open = true;
-        let mut rx: HashMap<u32, SlotRx> = HashMap::new();
+        let mut meter = RxMeter::new(&shared, &slots, probe);
         let mut talk = speaking.as_ref().map(|s| Talk::new(s.talk, s.seed));
         // Each speaker starts at its own place in the sample.
         let mut frame_pos = speaking
@@ -321,10 +493,6 @@ impl Client {
             .map(|s| (s.seed as usize * 7919) % shared.frames.len())
             .unwrap_or(0);
         let (mut seq, mut ts) = (1u64, 0u32);
-        // Every probed slot's buffer counts, summed as one stream.
-        let mut probe_stats = lodge_jitter::JitterStats::default();
-        let mut live_batch: Vec<u64> = Vec::new();
-        let mut pcm = vec![0i16; 960];
         let mut buf = vec![0u8; 2048];
         let tick = Duration::from_millis(20);
         // Only speakers and probes need the 20 ms frame clock; a plain listener wakes for its
@@ -352,86 +520,15 @@ impl Client {
                     Output::Transmit(t) => {
                         let _ = self.sock.send_to(&t.contents, t.destination).await;
                     }
-                    Output::Event(Event::RtpPacket(p)) => {
-                        let now_us = shared.us(p.timestamp);
-                        let ssrc = *p.header.ssrc;
-                        let s = rx.entry(ssrc).or_insert_with(|| SlotRx {
-                            first_seq: *p.seq_no,
-                            last_seq: None,
-                            received: 0,
-                            reordered: 0,
-                            jitter: 0.0,
-                            last_transit: None,
-                            probe: if probe {
-                                OpusDecoder::new(false)
-                                    .ok()
-                                    .map(|d| (JitterBuffer::new(BufferConfig::default()), d))
-                            } else {
-                                None
-                            },
-                        });
-                        let ext = *p.seq_no;
-                        match s.last_seq {
-                            Some(l) if ext < l => s.reordered += 1,
-                            Some(l) => {
-                                if ext > l + 1 {
-                                    let g = ext - l - 1;
-                                    let b = match g {
-                                        1 => 0,
-                                        2 => 1,
-                                        3..=5 => 2,
-                                        6..=20 => 3,
-                                        _ => 4,
-                                    };
-                                    st.gap_sizes[b] += 1;
-                                }
-                                s.last_seq = Some(ext);
-                            }
-                            None => s.last_seq = Some(ext),
-                        }
-                        s.first_seq = s.first_seq.min(ext);
-                        s.received += 1;
-                        // RFC 3550 A.8: transit in RTP units; J += (|D| - J) / 16.
-                        let transit = now_us as f64 * 0.048 - p.header.timestamp as f64;
-                        if let Some(prev) = s.last_transit {
-                            let d = (transit - prev).abs();
-                            if d < 48_000.0 {
-                                s.jitter += (d - s.jitter) / 16.0;
-                            }
-                        }
-                        s.last_transit = Some(transit);
-                        if let Some((jb, _)) = s.probe.as_mut() {
-                            jb.insert(
-                                now_us as f64 / 1000.0,
-                                p.header.sequence_number,
-                                p.header.timestamp,
-                                p.payload.to_vec(),
-                            );
-                        }
-                        shared.rtp_in.fetch_add(1, Ordering::Relaxed);
-                        st.received += 1;
-                        // Mouth-to-ear: who is in this slot, and when did they send this frame?
-                        let speaker = slots
-                            .lock()
-                            .expect("slot map lock")
-                            .get(&ssrc)
-                            .and_then(|u| shared.speaker_of.get(u).copied());
-                        let frame = shared.frame_of.get(&payload_hash(&p.payload)).copied();
-                        match (speaker, frame) {
-                            (Some(sp), Some(f)) => {
-                                let sent = shared.sent_at[sp][f as usize].load(Ordering::Relaxed);
-                                if sent > 0 && now_us >= sent && now_us - sent < 10_000_000 {
-                                    let d = (now_us - sent).max(1);
-                                    let _ = st.m2e_us.record(d);
-                                    live_batch.push(d);
-                                } else {
-                                    st.unmatched += 1;
-                                }
-                            }
-                            (_, None) => st.repeated += 1,
-                            (None, Some(_)) => st.unmatched += 1,
-                        }
-                    }
+                    Output::Event(Event::RtpPacket(p)) => meter.on_rtp(
+                        &mut st,
+                        shared.us(p.timestamp),
+                        *p.header.ssrc,
+                        *p.seq_no,
+                        p.header.sequence_number,
+                        p.header.timestamp,
+                        &p.payload,
+                    ),
                     Output::Event(Event::Connected) => {}
                     Output::Event(_) => {}
                 }
@@ -519,34 +616,13 @@ impl Client {
                     frame_pos = (frame_pos + 1) % shared.frames.len();
                 }
                 if probe {
-                    let now_ms = shared.us(Instant::now()) as f64 / 1000.0;
-                    for s in rx.values_mut() {
-                        let Some((jb, dec)) = s.probe.as_mut() else {
-                            continue;
-                        };
-                        for k in (0..owed).rev() {
-                            // Each owed pull at the time it was due.
-                            let due = now_ms - k as f64 * tick.as_secs_f64() * 1000.0;
-                            let _ = match jb.pull(due) {
-                                Pulled::Waiting | Pulled::Silence => Ok(0),
-                                Pulled::Frame { payload, .. } => dec.decode(&payload, &mut pcm),
-                                Pulled::Fec { next_payload, .. } => {
-                                    dec.decode_fec(&next_payload, &mut pcm)
-                                }
-                                Pulled::Conceal { .. } | Pulled::Stretch => dec.conceal(&mut pcm),
-                            };
-                        }
-                    }
+                    meter.pull_probes(owed, shared.us(Instant::now()) as f64 / 1000.0, tick);
                 }
                 continue;
             }
-            if !live_batch.is_empty() && Instant::now() >= next_flush {
+            if Instant::now() >= next_flush {
                 next_flush = Instant::now() + Duration::from_millis(500);
-                if let Ok(mut h) = shared.live.lock() {
-                    for d in live_batch.drain(..) {
-                        let _ = h.record(d);
-                    }
-                }
+                meter.flush_live();
             }
             let wake = tokio::time::Instant::from_std(timeout).min(next_tick);
             tokio::select! {
@@ -586,27 +662,7 @@ impl Client {
                 },
             }
         }
-        for s in rx.values_mut() {
-            // Lost = expected range − received (a late packet is not lost), as RFC 3550 counts.
-            if let Some(last) = s.last_seq {
-                st.gaps += (last - s.first_seq + 1).saturating_sub(s.received);
-            }
-            st.reordered += s.reordered;
-            if s.received > 1 {
-                st.jitter_ms.push(s.jitter / 48.0);
-            }
-            if let Some((jb, _)) = s.probe.as_mut() {
-                jb.finish();
-                probe_stats.merge(jb.stats());
-            }
-        }
-        if probe {
-            st.probe = Some(ProbeStats {
-                concealment_pct: probe_stats.concealment_ratio() * 100.0,
-                mean_buffer_delay_ms: probe_stats.mean_delay_ms(),
-                frames: probe_stats.total_samples_received / 960,
-            });
-        }
+        meter.finish(&mut st);
         self.rtc.disconnect();
         Ok((st, move_to))
     }
