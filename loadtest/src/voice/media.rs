@@ -11,10 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use lodge_codec::OpusDecoder;
 use lodge_jitter::{BufferConfig, JitterBuffer, Pulled};
+use lodge_sfu::native::{CryptoMode, TransportCipher, COUNTER_LEN, TAG_LEN};
+use lodge_sfu::seq_rewriter::SeqExtender;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
@@ -106,6 +108,38 @@ struct SlotRx {
     jitter: f64,
     last_transit: Option<f64>,
     probe: Option<(JitterBuffer, OpusDecoder)>,
+}
+
+impl NativeWire {
+    /// One frame, sealed: a bare 12-byte header (PT 120) and the Opus payload.
+    fn seal(&mut self, seq: u16, ts: u32, marker: bool, payload: &[u8]) -> Result<Vec<u8>> {
+        let cipher = self.cipher.as_ref().context("no key before media")?;
+        let mut h = [0u8; 12];
+        h[0] = 0x80;
+        h[1] = (u8::from(marker) << 7) | 120;
+        h[2..4].copy_from_slice(&seq.to_be_bytes());
+        h[4..8].copy_from_slice(&ts.to_be_bytes());
+        h[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        let mut out = vec![0u8; 12 + payload.len() + TAG_LEN + COUNTER_LEN];
+        let n = cipher
+            .seal(&h, payload, self.counter, &mut out)
+            .context("sealing a frame")?;
+        out.truncate(n);
+        self.counter = self.counter.wrapping_add(1);
+        Ok(out)
+    }
+
+    /// Open a received packet in place: (SSRC, extended sequence, sequence, timestamp, where
+    /// the Opus payload is), or `None` if it is not ours (a discovery answer, garbage, a
+    /// wrong key).
+    fn open(&mut self, pkt: &mut [u8]) -> Option<(u32, u64, u16, u32, std::ops::Range<usize>)> {
+        let o = self.cipher.as_ref()?.open(pkt).ok()?;
+        let ssrc = u32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
+        let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
+        let ts = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
+        let ext = self.seqs.entry(ssrc).or_default().extend(seq);
+        Some((ssrc, ext, seq, ts, o.payload))
+    }
 }
 
 /// What one caller measures of what it receives, whatever carried it: per SSRC sequence gaps,
@@ -385,15 +419,47 @@ fn opus_pt(rtc: &Rtc) -> Result<Pt> {
 }
 
 pub struct Client {
-    rtc: Rtc,
     sock: UdpSocket,
     local: SocketAddr,
+    wire: Wire,
+    /// The SDP offer (WebRTC); empty for a native caller.
+    pub offer: String,
+}
+
+/// What carries a caller's media. (One per caller, moved once: the size difference between
+/// the variants costs nothing worth a box.)
+#[allow(clippy::large_enum_variant)]
+enum Wire {
+    /// A str0m WebRTC session: ICE, DTLS-SRTP, one send and K receive lines.
+    Rtc(RtcWire),
+    /// Discord's native UDP transport, as game clients and bots speak it: IP discovery, then
+    /// RTP sealed with one of the two AEAD "rtpsize" modes; speakers arrive under their own
+    /// SSRCs.
+    Native(NativeWire),
+}
+
+struct RtcWire {
+    rtc: Rtc,
     /// The send transceiver (none for a receive-only subscriber).
     send_mid: Option<Mid>,
     pt: Pt,
     pending: Option<str0m::change::SdpPendingOffer>,
-    pub offer: String,
 }
+
+struct NativeWire {
+    /// The node's media address (Ready's ip and port).
+    server: Option<SocketAddr>,
+    /// Ours, from Ready.
+    ssrc: u32,
+    /// From Session Description (op 4).
+    cipher: Option<TransportCipher>,
+    counter: u32,
+    /// Extends each speaker's 16-bit sequence numbers.
+    seqs: HashMap<u32, SeqExtender>,
+}
+
+/// How often a native caller sends a keepalive (both Discord libraries use 5 s).
+const NATIVE_KEEPALIVE: Duration = Duration::from_secs(5);
 
 impl Client {
     /// A client with one send and `slots` receive-only audio transceivers on `ip`.
@@ -407,14 +473,74 @@ impl Client {
         let (offer, pending) = api.apply().context("building the SDP offer")?;
         let pt = opus_pt(&rtc)?;
         Ok(Client {
-            rtc,
             sock,
             local,
-            send_mid: Some(send_mid),
-            pt,
-            pending: Some(pending),
+            wire: Wire::Rtc(RtcWire {
+                rtc,
+                send_mid: Some(send_mid),
+                pt,
+                pending: Some(pending),
+            }),
             offer: offer.to_sdp_string(),
         })
+    }
+
+    /// A native (UDP mode) caller's socket on `ip`; [`Client::discover`] and
+    /// [`Client::set_key`] complete it as the voice gateway goes.
+    pub async fn native(ip: IpAddr) -> Result<Client> {
+        let sock = UdpSocket::bind(SocketAddr::new(ip, 0))
+            .await
+            .with_context(|| format!("binding a UDP socket on {ip}"))?;
+        let local = sock.local_addr()?;
+        Ok(Client {
+            sock,
+            local,
+            wire: Wire::Native(NativeWire {
+                server: None,
+                ssrc: 0,
+                cipher: None,
+                counter: rand::random(),
+                seqs: HashMap::new(),
+            }),
+            offer: String::new(),
+        })
+    }
+
+    /// IP discovery with the node at `server` for `ssrc` (Ready's): the address and port the
+    /// node saw us at.
+    pub async fn discover(&mut self, server: SocketAddr, ssrc: u32) -> Result<(String, u16)> {
+        let Wire::Native(w) = &mut self.wire else {
+            bail!("IP discovery is for native callers");
+        };
+        w.server = Some(server);
+        w.ssrc = ssrc;
+        let mut req = [0u8; 74];
+        req[..4].copy_from_slice(&[0, 1, 0, 70]);
+        req[4..8].copy_from_slice(&ssrc.to_be_bytes());
+        let mut buf = [0u8; 128];
+        // UDP: ask again if an answer does not come.
+        for _ in 0..5 {
+            self.sock.send_to(&req, server).await?;
+            let r =
+                tokio::time::timeout(Duration::from_secs(1), self.sock.recv_from(&mut buf)).await;
+            let Ok(Ok((74, _))) = r else { continue };
+            if buf[..2] != [0, 2] {
+                continue;
+            }
+            let end = buf[8..72].iter().position(|b| *b == 0).unwrap_or(64);
+            let addr = String::from_utf8_lossy(&buf[8..8 + end]).into_owned();
+            return Ok((addr, u16::from_be_bytes([buf[72], buf[73]])));
+        }
+        bail!("no IP discovery answer from {server} in 5 s")
+    }
+
+    /// The mode and key from Session Description.
+    pub fn set_key(&mut self, mode: CryptoMode, key: &[u8; 32]) -> Result<()> {
+        let Wire::Native(w) = &mut self.wire else {
+            bail!("a transport key is for native callers");
+        };
+        w.cipher = Some(TransportCipher::new(mode, key));
+        Ok(())
     }
 
     /// A receive-only client answering a server's offer (a Janus VideoRoom subscriber): the
@@ -429,12 +555,14 @@ impl Client {
         let pt = opus_pt(&rtc)?;
         Ok((
             Client {
-                rtc,
                 sock,
                 local,
-                send_mid: None,
-                pt,
-                pending: None,
+                wire: Wire::Rtc(RtcWire {
+                    rtc,
+                    send_mid: None,
+                    pt,
+                    pending: None,
+                }),
                 offer: String::new(),
             },
             answer.to_sdp_string(),
@@ -443,8 +571,11 @@ impl Client {
 
     pub fn accept(&mut self, answer: &str) -> Result<()> {
         let a = str0m::change::SdpAnswer::from_sdp_string(answer).context("parsing the answer")?;
-        let pending = self.pending.take().context("answer accepted twice")?;
-        self.rtc
+        let Wire::Rtc(w) = &mut self.wire else {
+            bail!("an SDP answer is for WebRTC callers");
+        };
+        let pending = w.pending.take().context("answer accepted twice")?;
+        w.rtc
             .sdp_api()
             .accept_answer(pending, a)
             .context("applying the answer")?;
@@ -512,10 +643,15 @@ impl Client {
         };
         let mut next_flush = Instant::now() + Duration::from_millis(500);
         let mut was_connected = false;
+        let mut next_keepalive = Instant::now() + NATIVE_KEEPALIVE;
         loop {
             // Drain what str0m wants to do.
             let timeout = loop {
-                match self.rtc.poll_output()? {
+                let Wire::Rtc(w) = &mut self.wire else {
+                    // A native caller has no stack to drain: its keepalive is its only timer.
+                    break next_keepalive;
+                };
+                match w.rtc.poll_output()? {
                     Output::Timeout(t) => break t,
                     Output::Transmit(t) => {
                         let _ = self.sock.send_to(&t.contents, t.destination).await;
@@ -533,7 +669,11 @@ impl Client {
                     Output::Event(_) => {}
                 }
             };
-            if !was_connected && self.rtc.is_connected() {
+            let connected = match &self.wire {
+                Wire::Rtc(w) => w.rtc.is_connected(),
+                Wire::Native(w) => w.cipher.is_some(),
+            };
+            if !was_connected && connected {
                 was_connected = true;
                 st.connect_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                 shared.connected.fetch_add(1, Ordering::Relaxed);
@@ -580,35 +720,52 @@ impl Client {
                     if on && was_connected {
                         let (payload, level) = &shared.frames[frame_pos];
                         let wall = Instant::now();
-                        let ext = str0m::rtp::ExtensionValues {
-                            audio_level: Some(-(*level as i8)),
-                            voice_activity: Some(true),
-                            ..Default::default()
+                        let sent = match &mut self.wire {
+                            Wire::Rtc(w) => {
+                                let ext = str0m::rtp::ExtensionValues {
+                                    audio_level: Some(-(*level as i8)),
+                                    voice_activity: Some(true),
+                                    ..Default::default()
+                                };
+                                let mut api = w.rtc.direct_api();
+                                let tx = w.send_mid.and_then(|m| api.stream_tx_by_mid(m, None));
+                                let sent = tx.is_some();
+                                if let Some(tx) = tx {
+                                    tx.write_rtp(
+                                        str0m::rtp::RtpWrite::new(
+                                            w.pt,
+                                            seq.into(),
+                                            ts,
+                                            wall,
+                                            payload.clone(),
+                                        )
+                                        .marker(start)
+                                        .ext_vals(ext),
+                                    );
+                                    // str0m releases queued RTP when time moves: move it now so
+                                    // the packet leaves in this wake-up, not at the runtime's
+                                    // next timer tick (which lines every speaker due in that
+                                    // millisecond up into one burst).
+                                    w.rtc.handle_input(Input::Timeout(wall))?;
+                                }
+                                sent
+                            }
+                            Wire::Native(w) => {
+                                // No audio-level extension: Discord's clients send none (the
+                                // node ranks native speakers by packet size).
+                                let pkt = w.seal(seq as u16, ts, start, payload)?;
+                                let to = w.server.context("no IP discovery before media")?;
+                                let _ = self.sock.send_to(&pkt, to).await;
+                                next_keepalive = wall + NATIVE_KEEPALIVE;
+                                true
+                            }
                         };
-                        let mut api = self.rtc.direct_api();
-                        let tx = self.send_mid.and_then(|m| api.stream_tx_by_mid(m, None));
-                        if let Some(tx) = tx {
-                            tx.write_rtp(
-                                str0m::rtp::RtpWrite::new(
-                                    self.pt,
-                                    seq.into(),
-                                    ts,
-                                    wall,
-                                    payload.clone(),
-                                )
-                                .marker(start)
-                                .ext_vals(ext),
-                            );
+                        if sent {
                             shared.sent_at[sp.index][frame_pos]
                                 .store(shared.us(wall).max(1), Ordering::Relaxed);
                             seq += 1;
                             st.rtp_sent += 1;
                             shared.rtp_out.fetch_add(1, Ordering::Relaxed);
-                            // str0m releases queued RTP when time moves: move it now so the
-                            // packet leaves in this wake-up, not at the runtime's next timer
-                            // tick (which lines every speaker due in that millisecond up into
-                            // one burst).
-                            self.rtc.handle_input(Input::Timeout(wall))?;
                         }
                     }
                     // Media time runs during pauses too (the receiver sees a DTX-like gap).
@@ -633,17 +790,42 @@ impl Client {
                         if n >= 12 && buf[0] >> 6 == 2 && !(200..=206).contains(&buf[1]) {
                             st.rtp_datagrams += 1;
                         }
-                        if let Ok(contents) = buf[..n].try_into() {
-                            if self.rtc.handle_input(Input::Receive(Instant::now(), Receive {
-                                proto: Protocol::Udp, source: src, destination: self.local, contents,
-                            })).is_err() {
-                                st.input_errors += 1;
+                        match &mut self.wire {
+                            Wire::Rtc(w) => {
+                                if let Ok(contents) = buf[..n].try_into() {
+                                    if w.rtc.handle_input(Input::Receive(Instant::now(), Receive {
+                                        proto: Protocol::Udp, source: src, destination: self.local, contents,
+                                    })).is_err() {
+                                        st.input_errors += 1;
+                                    }
+                                }
+                            }
+                            Wire::Native(w) => {
+                                let now_us = shared.us(Instant::now());
+                                match w.open(&mut buf[..n]) {
+                                    Some((ssrc, ext, seq16, ts, body)) => {
+                                        meter.on_rtp(&mut st, now_us, ssrc, ext, seq16, ts, &buf[body]);
+                                    }
+                                    None => st.input_errors += 1,
+                                }
                             }
                         }
                     }
                 }
                 _ = tokio::time::sleep_until(wake) => {
-                    self.rtc.handle_input(Input::Timeout(Instant::now()))?;
+                    match &mut self.wire {
+                        Wire::Rtc(w) => w.rtc.handle_input(Input::Timeout(Instant::now()))?,
+                        Wire::Native(w) => {
+                            let now = Instant::now();
+                            if now >= next_keepalive {
+                                // Four bytes, our SSRC (as songbird sends them): liveness only.
+                                if let Some(to) = w.server {
+                                    let _ = self.sock.send_to(&w.ssrc.to_be_bytes(), to).await;
+                                }
+                                next_keepalive = now + NATIVE_KEEPALIVE;
+                            }
+                        }
+                    }
                 }
                 d = async { frame_ticks.as_mut().expect("guarded").recv().await }, if frame_ticks.is_some() => {
                     match d {
@@ -663,7 +845,9 @@ impl Client {
             }
         }
         meter.finish(&mut st);
-        self.rtc.disconnect();
+        if let Wire::Rtc(w) = &mut self.wire {
+            w.rtc.disconnect();
+        }
         Ok((st, move_to))
     }
 }

@@ -310,6 +310,7 @@ mod tests {
     fn scenario() -> Scenario {
         Scenario {
             target: "lodge".into(),
+            transport: "webrtc".into(),
             callers: CALLERS,
             channels: CHANNELS,
             speakers: SPEAKERS,

@@ -44,6 +44,29 @@ use speaker_runtime::SpeakerRuntime;
 use talk::TalkParams;
 use tally::Tally;
 
+/// What carries the callers' media to a Lodge node.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// WebRTC (str0m: ICE, DTLS-SRTP, 1 send + K receive lines), as the browser client.
+    Webrtc,
+    /// Discord's native UDP voice with aead_aes256_gcm_rtpsize, as game clients and bots
+    /// (@discordjs/voice, songbird) speak it: much cheaper per caller than WebRTC.
+    Udp,
+    /// Native UDP voice with aead_xchacha20_poly1305_rtpsize.
+    UdpXchacha,
+}
+
+impl Transport {
+    fn native_mode(self) -> Option<lodge_sfu::native::CryptoMode> {
+        use lodge_sfu::native::CryptoMode;
+        match self {
+            Transport::Webrtc => None,
+            Transport::Udp => Some(CryptoMode::Aes256GcmRtpsize),
+            Transport::UdpXchacha => Some(CryptoMode::XChaCha20Poly1305Rtpsize),
+        }
+    }
+}
+
 /// Which server the callers call.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -70,7 +93,10 @@ pub struct VoiceArgs {
     /// The server under test.
     #[arg(long, value_enum, default_value_t = Target::Lodge)]
     pub target: Target,
-    /// WebRTC callers in total.
+    /// What carries the callers' media (Lodge only).
+    #[arg(long, value_enum, default_value_t = Transport::Webrtc)]
+    pub transport: Transport,
+    /// Callers in total.
     #[arg(long, short = 'n', default_value_t = 20)]
     pub callers: usize,
     /// Voice channels the callers are spread over (round robin).
@@ -252,6 +278,12 @@ fn validate(a: &VoiceArgs) -> Result<()> {
     let room = 255 - a.source_ip.octets()[3] as usize;
     if ips > room {
         bail!("{mine} callers at {} per address need {ips} source addresses; from --source-ip {} only {room} are left in its /24 (raise --callers-per-ip)", a.callers_per_ip, a.source_ip);
+    }
+    if a.transport != Transport::Webrtc && a.target == Target::Janus {
+        bail!("--transport udp is Discord's native voice: Lodge only (Janus speaks WebRTC)");
+    }
+    if a.transport != Transport::Webrtc && a.profile.is_some() {
+        bail!("--profile is not supported with --transport udp yet (the proxy sits on WebRTC's candidates)");
     }
     if a.target == Target::Janus && a.profile.is_some() {
         bail!("--profile is not supported with --target janus (the proxy rewrites Lodge's answer only)");
@@ -819,6 +851,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                     s.guild.clone(), s.gateway_urls[node % s.gateway_urls.len()].clone(), shared.clone(), stop_rx.clone(),
                     on_error.clone(), sem.clone(), a.slots,
                 );
+                let native_mode = a.transport.native_mode();
                 let on_error2 = on_error.clone();
                 let muted = speaking.is_none();
                 let impair = profile(&a)?.map(|p| (p, a.seed.wrapping_mul(7_777).wrapping_add(i as u64)));
@@ -859,12 +892,25 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                     let (client, call, phases) = {
                         let _p = sem.acquire().await;
                         let queued = t0.elapsed().as_secs_f64() * 1000.0;
-                        let client = Client::new(ip, slots).await?;
-                        let call = signal::join(&gw, &token, user, &guild, &channel, &client.offer, slots, muted, region.as_deref(), resumes, stop.clone(), on_error).await?;
+                        let (client, call) = match native_mode {
+                            None => {
+                                let client = Client::new(ip, slots).await?;
+                                let select = signal::Select::WebRtc { offer: &client.offer };
+                                let call = signal::join(&gw, &token, user, &guild, &channel, select, slots, muted, region.as_deref(), resumes, stop.clone(), on_error).await?;
+                                (client, call)
+                            }
+                            Some(mode) => {
+                                let mut client = Client::native(ip).await?;
+                                let select = signal::Select::Udp { client: &mut client, mode };
+                                let call = signal::join(&gw, &token, user, &guild, &channel, select, slots, muted, region.as_deref(), resumes, stop.clone(), on_error).await?;
+                                (client, call)
+                            }
+                        };
                         (client, call, (queued, t0.elapsed().as_secs_f64() * 1000.0))
                     };
                     let mut client = client;
                     let answer = match impair {
+                        _ if native_mode.is_some() => String::new(),
                         Some((p, seed)) => {
                             let node = proxy::candidate_addr(&call.answer_sdp).context("no host candidate in the answer")?;
                             let via = proxy::start(SocketAddr::new(ip, 0), node, p, seed, stop.clone()).await?;
@@ -872,7 +918,9 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                         }
                         None => call.answer_sdp.clone(),
                     };
-                    client.accept(&answer)?;
+                    if native_mode.is_none() {
+                        client.accept(&answer)?;
+                    }
                     let mut call = call;
                     let (mut slot_map, mut started) = (call.slots.clone(), t0);
                     let mut total: Option<CallerStats> = None;
@@ -886,10 +934,23 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                         let Some((vtoken, endpoint)) = mv else { break };
                         // The server moved the call (its node went away): reconnect there.
                         started = call.voice_lost.at.lock().expect("lost lock").take().unwrap_or_else(Instant::now);
-                        client = Client::new(ip, slots).await?;
-                        let (answer, map) = signal::voice(&endpoint, &guild, user, &call.session_id, &vtoken,
-                            &client.offer, slots, call.voice_lost.clone(), stop.clone()).await?;
-                        client.accept(&answer)?;
+                        let map = match native_mode {
+                            None => {
+                                client = Client::new(ip, slots).await?;
+                                let select = signal::Select::WebRtc { offer: &client.offer };
+                                let (answer, map) = signal::voice(&endpoint, &guild, user, &call.session_id, &vtoken,
+                                    select, slots, call.voice_lost.clone(), stop.clone()).await?;
+                                client.accept(&answer)?;
+                                map
+                            }
+                            Some(mode) => {
+                                client = Client::native(ip).await?;
+                                let select = signal::Select::Udp { client: &mut client, mode };
+                                let (_, map) = signal::voice(&endpoint, &guild, user, &call.session_id, &vtoken,
+                                    select, slots, call.voice_lost.clone(), stop.clone()).await?;
+                                map
+                            }
+                        };
                         slot_map = map;
                         rejoined += 1;
                     }

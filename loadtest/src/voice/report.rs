@@ -15,6 +15,10 @@ use crate::hist;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scenario {
     pub target: String,
+    /// What carried the callers' media: webrtc, udp or udp-xchacha (reports from before
+    /// native callers existed were WebRTC).
+    #[serde(default = "webrtc")]
+    pub transport: String,
     pub callers: usize,
     pub channels: usize,
     pub speakers: usize,
@@ -29,10 +33,20 @@ pub struct Scenario {
     pub speech: String,
 }
 
+fn webrtc() -> String {
+    "webrtc".into()
+}
+
 impl Scenario {
     pub fn of(a: &VoiceArgs, speech: &str) -> Scenario {
         Scenario {
             target: format!("{:?}", a.target).to_lowercase(),
+            transport: match a.transport {
+                super::Transport::Webrtc => "webrtc",
+                super::Transport::Udp => "udp",
+                super::Transport::UdpXchacha => "udp-xchacha",
+            }
+            .into(),
             callers: a.callers,
             channels: a.channels,
             speakers: a.speakers,
@@ -245,9 +259,11 @@ pub fn render(run: &Run) -> Report {
     let mut md = String::new();
     md.push_str(&format!(
         "# Voice load report: {}{}\n\n{} callers ({} speakers, {} listeners) in {} channel(s), K = {} slots, joining at {}/s, measured {} s after joining; talk spurts {} ms on / {} ms off; speech: {}.\n\n",
-        match sc.target.as_str() {
-            "janus" => "Janus VideoRoom",
-            _ => "Lodge",
+        match (sc.target.as_str(), sc.transport.as_str()) {
+            ("janus", _) => "Janus VideoRoom",
+            (_, "udp") => "Lodge, native UDP callers (aead_aes256_gcm_rtpsize)",
+            (_, "udp-xchacha") => "Lodge, native UDP callers (aead_xchacha20_poly1305_rtpsize)",
+            _ => "Lodge, WebRTC callers",
         },
         if run.interrupted { " (partial: interrupted)" } else { "" },
         t.callers, run.plan.speakers, run.plan.listeners, run.plan.channels, sc.slots, sc.join_rate,

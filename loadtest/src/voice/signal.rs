@@ -4,12 +4,14 @@
 //! heartbeats; the voice socket's op 5 messages keep the caller's slot → speaker map current.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
+use lodge_sfu::native::CryptoMode;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -62,7 +64,21 @@ async fn send_json(ws: &mut Ws, v: Value) -> Result<()> {
         .context("sending on the websocket")
 }
 
-fn on_speaking(slots: &SlotMap, d: &Value) {
+/// How a caller's media is described to the voice gateway.
+pub enum Select<'a> {
+    /// Select Protocol `webrtc` with this SDP offer (the answer comes back in op 4).
+    WebRtc { offer: &'a str },
+    /// Select Protocol `udp` (Discord's native transport): IP discovery on the client's socket
+    /// after Ready, then the mode and key from op 4.
+    Udp {
+        client: &'a mut super::media::Client,
+        mode: CryptoMode,
+    },
+}
+
+/// Op 5 maps an SSRC to a user. A WebRTC caller's slot carries a speaker only while op 5 says
+/// `speaking`; a native caller hears each user under the user's own SSRC, named once.
+fn on_speaking(slots: &SlotMap, d: &Value, native: bool) {
     let (Some(ssrc), Some(user)) = (
         d["ssrc"].as_u64(),
         d["user_id"].as_str().and_then(|u| u.parse::<u64>().ok()),
@@ -71,14 +87,14 @@ fn on_speaking(slots: &SlotMap, d: &Value) {
     };
     let mut m = slots.lock().expect("slot map lock");
     let speaking = d["speaking"].as_u64().unwrap_or(0) != 0;
-    if speaking {
+    if speaking || native {
         m.insert(ssrc as u32, user);
     } else if m.get(&(ssrc as u32)) == Some(&user) {
         m.remove(&(ssrc as u32));
     }
 }
 
-/// Join `channel` of `guild` as the caller with `token`, offering `offer_sdp` with `slots`
+/// Join `channel` of `guild` as the caller with `token`, describing its media by `select` with `slots`
 /// receive slots. The sockets are kept alive (heartbeats) until `stop` turns true; a socket that
 /// closes before that is reported through `on_error`.
 #[allow(clippy::too_many_arguments)]
@@ -88,7 +104,7 @@ pub async fn join(
     user_id: u64,
     guild: &str,
     channel: &str,
-    offer_sdp: &str,
+    select: Select<'_>,
     slots: usize,
     self_mute: bool,
     region: Option<&str>,
@@ -173,7 +189,7 @@ pub async fn join(
         user_id,
         &session_id,
         &vtoken,
-        offer_sdp,
+        select,
         slots,
         voice_lost.clone(),
         stop,
@@ -188,7 +204,8 @@ pub async fn join(
     })
 }
 
-/// Connect to the voice gateway at `endpoint` with `vtoken`, offer `offer_sdp`; the answer and
+/// Connect to the voice gateway at `endpoint` with `vtoken`, describe the media by `select`; the
+/// SDP answer (empty for a native caller, whose key went to its client) and
 /// the slot map. The connection is kept alive until `stop`; if it ends before, `lost` counts it.
 #[allow(clippy::too_many_arguments)]
 pub async fn voice(
@@ -197,7 +214,7 @@ pub async fn voice(
     user_id: u64,
     session_id: &str,
     vtoken: &str,
-    offer_sdp: &str,
+    select: Select<'_>,
     slots: usize,
     lost: Arc<VoiceLost>,
     stop: watch::Receiver<bool>,
@@ -218,21 +235,64 @@ pub async fn voice(
     if ready["op"] != 2 {
         bail!("voice identify: expected Ready (op 2), got {ready}");
     }
-    send_json(
-        &mut vw,
-        json!({ "op": 1, "d": { "protocol": "webrtc", "data": { "sdp": offer_sdp }, "slots": slots } }),
-    )
-    .await?;
+    let native = matches!(select, Select::Udp { .. });
+    let (mut native_client, mut native_mode) = (None, None);
+    let op1 = match select {
+        Select::WebRtc { offer } => {
+            json!({ "op": 1, "d": { "protocol": "webrtc", "data": { "sdp": offer }, "slots": slots } })
+        }
+        Select::Udp { client, mode } => {
+            let d = &ready["d"];
+            let server = SocketAddr::new(
+                d["ip"]
+                    .as_str()
+                    .context("Ready's ip")?
+                    .parse()
+                    .context("Ready's ip")?,
+                d["port"].as_u64().context("Ready's port")? as u16,
+            );
+            let ssrc = d["ssrc"].as_u64().context("Ready's ssrc")? as u32;
+            let (address, port) = client.discover(server, ssrc).await?;
+            native_client = Some(client);
+            native_mode = Some(mode);
+            json!({ "op": 1, "d": { "protocol": "udp", "slots": slots,
+                "data": { "address": address, "port": port, "mode": mode.name() } } })
+        }
+    };
+    send_json(&mut vw, op1).await?;
     let slot_map: SlotMap = Arc::default();
     let answer = loop {
         let m = recv_json(&mut vw).await?;
         match m["op"].as_u64() {
-            Some(4) => break m["d"]["sdp"].as_str().context("answer sdp")?.to_string(),
-            Some(5) => on_speaking(&slot_map, &m["d"]),
+            Some(4) => {
+                let d = &m["d"];
+                if let (Some(client), Some(mode)) = (native_client.take(), native_mode) {
+                    if d["mode"] != mode.name() {
+                        bail!(
+                            "voice gateway chose mode {} after we asked for {}",
+                            d["mode"],
+                            mode.name()
+                        );
+                    }
+                    let key: Vec<u8> = d["secret_key"]
+                        .as_array()
+                        .context("op 4 secret_key")?
+                        .iter()
+                        .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                        .collect();
+                    let key: [u8; 32] = key
+                        .try_into()
+                        .map_err(|_| anyhow::anyhow!("op 4 secret_key is not 32 bytes"))?;
+                    client.set_key(mode, &key)?;
+                    break String::new();
+                }
+                break d["sdp"].as_str().context("answer sdp")?.to_string();
+            }
+            Some(5) => on_speaking(&slot_map, &m["d"], native),
             _ => {}
         }
     };
-    tokio::spawn(keep_voice(vw, v_hb, slot_map.clone(), stop, lost));
+    tokio::spawn(keep_voice(vw, v_hb, slot_map.clone(), native, stop, lost));
     Ok((answer, slot_map))
 }
 
@@ -502,6 +562,7 @@ async fn keep_voice(
     mut ws: Ws,
     hb_ms: u64,
     slots: SlotMap,
+    native: bool,
     mut stop: watch::Receiver<bool>,
     lost: Arc<VoiceLost>,
 ) {
@@ -529,7 +590,7 @@ async fn keep_voice(
             m = ws.next() => match m {
                 Some(Ok(Message::Text(t))) => {
                     if let Ok(v) = serde_json::from_str::<Value>(&t) {
-                        if v["op"] == 5 { on_speaking(&slots, &v["d"]); }
+                        if v["op"] == 5 { on_speaking(&slots, &v["d"], native); }
                     }
                 }
                 Some(Ok(Message::Close(c))) => { end(format!("voice gateway closed by the server: {c:?}")); return; }
