@@ -19,6 +19,7 @@ pub mod http_server;
 pub mod hub;
 pub mod node_report;
 pub mod nodes;
+pub mod operator;
 pub mod quality;
 pub mod ratelimit;
 pub mod rest;

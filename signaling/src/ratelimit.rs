@@ -318,7 +318,7 @@ impl IntoResponse for RateLimited {
 /// Authenticate the request's token, if it has one (one store lookup per request).
 async fn authenticate(s: &AppState, headers: &HeaderMap) -> Option<Authenticated> {
     let h = headers.get(axum::http::header::AUTHORIZATION)?;
-    if h.as_bytes().starts_with(b"Operator ") {
+    if h.as_bytes().starts_with(crate::operator::SCHEME.as_bytes()) {
         // The operator's secret is checked by the routes that take it, not the token store.
         return None;
     }
@@ -351,7 +351,7 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
     let has_token = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
-        .is_some_and(|h| !h.as_bytes().starts_with(b"Operator "));
+        .is_some_and(|h| !h.as_bytes().starts_with(crate::operator::SCHEME.as_bytes()));
     if has_token {
         if let Some(retry_after) = s
             .account_limiter
