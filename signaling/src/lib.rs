@@ -5,6 +5,7 @@
 //! This is the only crate that knows HTTP, WebSocket and JSON.
 
 pub mod account_limits;
+pub mod admin;
 pub mod app;
 pub mod bus_in;
 pub mod client_addr;

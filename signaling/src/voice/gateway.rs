@@ -719,6 +719,10 @@ async fn select_protocol(
             ),
         ));
     }
+    if let Err(why) = crate::admin::gates::slots(s, a.guild_id, ans.slots.len()).await {
+        s.sfu.leave(ans.idx).await;
+        return Err((close::DISCONNECTED, why));
+    }
     attach(s, a, ans.idx, false).await?;
     info!(
         user = %a.user_id,
