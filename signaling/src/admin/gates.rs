@@ -32,21 +32,39 @@ pub async fn voice_join(
     if here {
         return Ok(());
     }
-    let (switch, message) = if voice_off {
-        (
-            Setting::VoiceOff,
-            "Voice is off in this guild (the node operator's voice_off switch)",
-        )
+    let switch = if voice_off {
+        Setting::VoiceOff
     } else {
-        (
-            Setting::JoinsFrozen,
-            "New voice joins are frozen on this node (the node operator's joins_frozen kill \
-             switch); calls in progress continue",
-        )
+        Setting::JoinsFrozen
     };
-    s.admin.refused(switch);
     tracing::debug!(%guild, %user, switch = switch.as_str(), "voice join refused by a switch");
-    Err(ApiError::new(StatusCode::FORBIDDEN, 0, message))
+    Err(refuse_join(s, switch))
+}
+
+/// After a join's voice state is in place: whether `voice_off` was turned on meanwhile. Its
+/// disconnect may have run before there was a state to end (as with a kick, see
+/// `voice::service::handle_op4`); reading the switch again now closes that gap. A read that
+/// fails lets the join stand: the switch was read once already, before the join.
+pub async fn voice_still_on(s: &AppState, guild: GuildId) -> ApiResult<()> {
+    match s.shared.guild_switches.get(guild).await {
+        Ok(g) if g.voice_off => Err(refuse_join(s, Setting::VoiceOff)),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(%guild, error = %e, "guild switches unreadable after a join");
+            Ok(())
+        }
+    }
+}
+
+fn refuse_join(s: &AppState, switch: Setting) -> ApiError {
+    s.admin.refused(switch);
+    let message = if switch == Setting::VoiceOff {
+        "Voice is off in this guild (the node operator's voice_off switch)"
+    } else {
+        "New voice joins are frozen on this node (the node operator's joins_frozen kill \
+         switch); calls in progress continue"
+    };
+    ApiError::new(StatusCode::FORBIDDEN, 0, message)
 }
 
 /// A new message in a channel of `guild`: refused while the guild's messages are frozen.

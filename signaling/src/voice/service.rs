@@ -197,6 +197,11 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
                 "Missing Access",
             ));
         }
+        // The same for the operator's voice_off switch thrown meanwhile.
+        if let Err(e) = crate::admin::gates::voice_still_on(s, g.id).await {
+            disconnect_user(s, g.id, user.id).await;
+            return Err(e);
+        }
         info!(
             guild = %g.id,
             channel = %c.id,
