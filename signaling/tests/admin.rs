@@ -68,30 +68,6 @@ async fn op4_outcome(w: &mut Ws) -> (String, Value) {
     }
 }
 
-/// Join `voice` through op 4 and the voice gateway, with `slots` speaker slots; returns the
-/// voice socket and a client whose offer was answered.
-async fn call(n: &Node, m: &mut Member, g: &str, voice: &str, slots: usize) -> (Ws, VoiceClient) {
-    let (token, endpoint) = voice_join(&mut m.gw, g, voice, false).await;
-    let (mut v, _) = voice_identify(&endpoint, g, &m.id, &m.session, &token)
-        .await
-        .unwrap();
-    let mut c = VoiceClient::new(slots).await;
-    send(
-        &mut v,
-        json!({ "op": 1, "d": { "protocol": "webrtc", "data": { "sdp": c.offer }, "slots": slots } }),
-    )
-    .await;
-    let sd = loop {
-        let m = json(&mut v).await;
-        if m["op"] == 4 {
-            break m;
-        }
-    };
-    c.accept(sd["d"]["sdp"].as_str().unwrap());
-    let _ = n;
-    (v, c)
-}
-
 #[tokio::test]
 async fn without_an_operator_token_the_admin_api_says_how_to_turn_it_on() {
     let n = node().await;
@@ -221,8 +197,8 @@ async fn the_kill_switch_refuses_new_voice_joins_while_calls_go_on() {
     n.invite_and_join(&a.token, &text, &c.token).await;
     dispatch(&mut c.gw, "GUILD_CREATE").await;
 
-    let (_va, mut ca) = call(&n, &mut a, &g, &voice, 2).await;
-    let (_vb, mut cb) = call(&n, &mut b, &g, &voice, 2).await;
+    let (_va, mut ca) = voice_call(&mut a, &g, &voice, 2).await;
+    let (_vb, mut cb) = voice_call(&mut b, &g, &voice, 2).await;
 
     let v = settings(&n, json!({ "joins_frozen": true })).await;
     assert_eq!(v["joins_frozen"], true);
@@ -289,7 +265,7 @@ async fn voice_off_ends_the_guilds_calls_and_refuses_joins() {
     let mut a = member(&n, "alice").await;
     let (g, _, voice) = n.guild(&a.token).await;
     dispatch(&mut a.gw, "GUILD_CREATE").await;
-    let (mut va, _ca) = call(&n, &mut a, &g, &voice, 1).await;
+    let (mut va, _ca) = voice_call(&mut a, &g, &voice, 1).await;
 
     switch(&n, &g, json!({ "voice_off": true })).await;
     // Alice's call ends: her voice state leaves the channel and her voice socket closes.
@@ -343,7 +319,7 @@ async fn a_slot_cap_refuses_a_connection_asking_for_more() {
     assert!(reason.contains("at most 2"), "{reason}");
 
     // Within the cap the connection is answered.
-    let (_v, _c) = call(&n, &mut a, &g, &voice, 2).await;
+    let (_v, _c) = voice_call(&mut a, &g, &voice, 2).await;
     let m = metrics(&n).await;
     assert_eq!(
         metric(

@@ -7,24 +7,14 @@
 
 mod common;
 
-use common::Node;
+use common::{env, Node};
 use serde_json::json;
 
 const OP: &str = "Operator 0123456789abcdef-admin";
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
 async fn cluster_node(ip: &str, id: String, redis: String, db: String) -> Node {
-    let ip = ip.to_string();
-    common::node_with(move |a| {
-        a.http_listen = Some(format!("{ip}:0").parse().unwrap());
-        a.media_listen = Some(format!("{ip}:0").parse().unwrap());
-        a.redis_url = Some(redis);
-        a.database_url = Some(db);
-        a.node_id = Some(id);
-        a.operator_token = Some("0123456789abcdef-admin".into());
+    common::cluster_node(ip, id, redis, db, |a| {
+        a.operator_token = Some("0123456789abcdef-admin".into())
     })
     .await
 }
