@@ -338,6 +338,51 @@ async fn a_slot_cap_refuses_a_connection_asking_for_more() {
 }
 
 #[tokio::test]
+async fn a_slot_cap_clamps_a_native_connection() {
+    let n = admin_node().await;
+    let mut a = member(&n, "alice").await;
+    let (g, _, voice) = n.guild(&a.token).await;
+    dispatch(&mut a.gw, "GUILD_CREATE").await;
+    switch(&n, &g, json!({ "max_slots": 1 })).await;
+
+    let (token, endpoint) = voice_join(&mut a.gw, &g, &voice, false).await;
+    let (mut v, _) = voice_identify(&endpoint, &g, &a.id, &a.session, &token)
+        .await
+        .unwrap();
+    let mode = "aead_aes256_gcm_rtpsize";
+    send(
+        &mut v,
+        json!({ "op": 1, "d": { "protocol": "udp", "data": { "address": "127.0.0.1", "port": 9, "mode": mode }, "slots": 3 } }),
+    )
+    .await;
+    let sd = loop {
+        let m = json(&mut v).await;
+        if m["op"] == 4 {
+            break m;
+        }
+    };
+    assert_eq!(sd["d"]["mode"], mode, "{sd}");
+    // The node report is rebuilt at most once a second.
+    let mut stats = Value::Null;
+    for _ in 0..30 {
+        let (st, v) = n.req("GET", "/voice/stats", Some(&a.token), None).await;
+        assert_eq!(st, 200, "{v}");
+        stats = v;
+        if !stats["peers"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let peers = stats["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 1, "{stats}");
+    assert_eq!(
+        peers[0]["slots"].as_array().map(Vec::len),
+        Some(1),
+        "a native caller asking for 3 slots in a guild capped at 1: {stats}"
+    );
+}
+
+#[tokio::test]
 async fn a_rate_limit_reload_changes_what_is_enforced() {
     let n = admin_node().await;
     let (_, token) = n.user("busy").await;

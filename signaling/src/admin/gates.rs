@@ -8,6 +8,7 @@ use super::Setting;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::voice::executor;
+use crate::voice::gateway::close;
 
 /// Discord's "Send messages has been temporarily disabled".
 pub const SEND_DISABLED: u32 = 40004;
@@ -81,22 +82,47 @@ pub async fn message_create(s: &AppState, guild: GuildId) -> ApiResult<()> {
     ))
 }
 
-/// A voice connection of `guild` asking for `slots` speaker slots (Select Protocol): refused,
-/// not clamped, above the guild's `max_slots` — the offer already carries one receive line per
-/// slot, and the client must make a new one. The `Err` is the reason for the close.
-pub async fn slots(s: &AppState, guild: GuildId, slots: usize) -> Result<(), String> {
-    let cap = match s.shared.guild_switches.get(guild).await {
-        Ok(g) => g.max_slots,
-        Err(e) => return Err(format!("voice is temporarily unavailable: {e}")),
-    };
-    match cap {
+/// The guild's slot cap for a voice connection (Select Protocol), or the close that ends it
+/// when the cap cannot be read.
+async fn slot_cap(s: &AppState, guild: GuildId) -> Result<Option<u8>, (u16, String)> {
+    match s.shared.guild_switches.get(guild).await {
+        Ok(g) => Ok(g.max_slots),
+        Err(e) => Err((
+            close::SERVER_CRASHED,
+            format!("voice is temporarily unavailable: {e}"),
+        )),
+    }
+}
+
+/// A WebRTC connection of `guild` whose offer carries `slots` speaker slots: refused, not
+/// clamped, above the guild's `max_slots` — the offer holds one receive line per slot, so the
+/// client must make a new one. The `Err` is the close (4014, the cap named).
+pub async fn webrtc_slots(s: &AppState, guild: GuildId, slots: usize) -> Result<(), (u16, String)> {
+    match slot_cap(s, guild).await? {
         Some(max) if slots > usize::from(max) => {
             s.admin.refused(Setting::MaxSlots);
-            Err(format!(
-                "slots is {slots} but this guild allows at most {max} (the node operator's \
-                 max_slots switch); offer at most {max} recv-only audio transceivers"
+            Err((
+                close::DISCONNECTED,
+                format!(
+                    "slots is {slots} but this guild allows at most {max} (the node operator's \
+                     max_slots switch); offer at most {max} recv-only audio transceivers"
+                ),
             ))
         }
         _ => Ok(()),
     }
+}
+
+/// A native (UDP mode) connection of `guild` asking for `slots` speakers: clamped to the
+/// guild's `max_slots` — a native client negotiates no receive lines, so fewer slots only
+/// means fewer speakers forwarded to it at once.
+pub async fn native_slots(
+    s: &AppState,
+    guild: GuildId,
+    slots: usize,
+) -> Result<usize, (u16, String)> {
+    Ok(match slot_cap(s, guild).await? {
+        Some(max) => slots.min(usize::from(max)),
+        None => slots,
+    })
 }

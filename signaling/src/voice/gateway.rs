@@ -719,9 +719,9 @@ async fn select_protocol(
             ),
         ));
     }
-    if let Err(why) = crate::admin::gates::slots(s, a.guild_id, ans.slots.len()).await {
+    if let Err(refused) = crate::admin::gates::webrtc_slots(s, a.guild_id, ans.slots.len()).await {
         s.sfu.leave(ans.idx).await;
-        return Err((close::DISCONNECTED, why));
+        return Err(refused);
     }
     attach(s, a, ans.idx, false).await?;
     info!(
@@ -819,7 +819,8 @@ async fn select_udp(
         user: a.user_id,
         mode,
         key,
-        slots: slots.unwrap_or(NATIVE_SLOTS),
+        slots: crate::admin::gates::native_slots(s, a.guild_id, slots.unwrap_or(NATIVE_SLOTS))
+            .await?,
         flags,
     };
     let ans = s.sfu.join_native(req).await.map_err(|e| refused(a, e))?;
