@@ -57,6 +57,8 @@ pub struct Inner {
     pub reports: crate::node_report::NodeReports,
     /// Open `/quality/live` sockets, bounded per viewer and node-wide.
     pub live_sockets: crate::rest::quality::LiveSockets,
+    /// Runtime control: the kill switch, the log filter, what the operator changed.
+    pub admin: crate::admin::Admin,
 }
 
 /// What a cluster member keeps of its Redis connection, for /metrics.
@@ -93,12 +95,12 @@ impl Deref for AppState {
 impl AppState {
     pub fn new(cfg: Config, store: Store, sfu: SfuHandle, hub: Hub, shared: Shared) -> Self {
         let secs = std::time::Duration::from_secs;
-        let limits = crate::ratelimit::Limits {
-            route: cfg.rate_limit_route,
-            route_window: secs(1),
-            global: cfg.rate_limit_global,
-            trusted_proxies: cfg.trusted_proxy.clone(),
-        };
+        let limits = crate::ratelimit::Limits::new(
+            cfg.rate_limit_route,
+            cfg.rate_limit_global,
+            secs(1),
+            cfg.trusted_proxy.clone(),
+        );
         let account_limits = crate::account_limits::AccountLimits {
             login_free_failures: cfg.login_failures_before_backoff,
             login_backoff_base: secs(1),
@@ -150,6 +152,7 @@ impl AppState {
             revoked: tokio::sync::broadcast::channel(64).0,
             reports: Default::default(),
             live_sockets: Default::default(),
+            admin: Default::default(),
         }))
     }
 
@@ -266,6 +269,17 @@ fn api_routes(state: &AppState) -> Router<AppState> {
             state.clone(),
             crate::ratelimit::middleware,
         ))
+        // After the rate limiter's layer: the operator is not held to the limits it sets
+        // (a wrong operator token is bounded per address by the `Operator` extractor).
+        .route(
+            "/admin/settings",
+            get(admin::get_settings).patch(admin::patch_settings),
+        )
+        .route("/admin/guilds", get(admin::list_guilds))
+        .route(
+            "/admin/guilds/{id}",
+            get(admin::get_guild).patch(admin::patch_guild),
+        )
         .fallback(ops::api_not_found)
 }
 

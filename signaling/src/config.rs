@@ -135,8 +135,10 @@ config_keys! {
     /// second for everything else. Overrides --media-nice. [default: 0]
     media_realtime: u8 = "LODGE_MEDIA_REALTIME";
     /// A secret that lets the /dashboard page and GET /api/v10/quality/* see every channel on
-    /// this node (send it as "Authorization: Operator <secret>"); without it each user sees the
-    /// channels of their own guilds only. Use 16 or more random characters. [default: unset]
+    /// this node and turns on the admin API (/api/v10/admin/*: runtime control); send it as
+    /// "Authorization: Operator <secret>". Without it each user sees the channels of their own
+    /// guilds only and the admin API answers 404. Use 16 or more random characters.
+    /// [default: unset]
     operator_token: String = "LODGE_OPERATOR_TOKEN" [hide_env_values = true];
     /// Shared secret of a cluster of nodes: edges present it to their origin. 16+ characters.
     /// Needed with --trunk-listen or --origin. [default: unset]

@@ -5,6 +5,7 @@
 //! This is the only crate that knows HTTP, WebSocket and JSON.
 
 pub mod account_limits;
+pub mod admin;
 pub mod app;
 pub mod bus_in;
 pub mod client_addr;
@@ -19,6 +20,7 @@ pub mod http_server;
 pub mod hub;
 pub mod node_report;
 pub mod nodes;
+pub mod operator;
 pub mod quality;
 pub mod ratelimit;
 pub mod rest;

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use lodge_signaling::config::{Cli, Command, Config};
+use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -38,17 +39,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = Config::load(&args, std::env::vars())?;
             let filter = EnvFilter::try_new(&cfg.log)
                 .with_context(|| format!("invalid log filter {:?}", cfg.log))?;
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_target(false)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            // Behind a reload layer, so the admin API can change the filter while running.
+            let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_target(false)
+                        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+                )
                 .init();
+            let log_filter = lodge_signaling::admin::LogFilter::new(&cfg.log, handle);
             let db = match &cfg.database_url {
                 Some(u) => lodge_signaling::redact_url(u),
                 None => cfg.database.display().to_string(),
             };
             tracing::info!(database = %db, public_url = %cfg.public_url, "starting lodge");
             let node = lodge_signaling::start(cfg).await?;
+            // `start` leaves it unset; this is the only place that sets it.
+            let _ = node.state.admin.log_filter.set(log_filter);
             match node.state.cluster.get() {
                 Some(c) if c.role == lodge_edge::cascade::Role::Edge => println!(
                     "Lodge edge ({}) is running: voice gateway at {}, trunk to the origin {}. Ctrl-C stops it.",

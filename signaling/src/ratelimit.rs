@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,25 +39,61 @@ pub use crate::shared::limits::Caller;
 use crate::shared::limits::{RateLimits, RateVerdict, RateWindows};
 use crate::shared::{Fut, SharedResult};
 
-/// Limits, configurable (`--rate-limit-route`, `--rate-limit-global`, `--trusted-proxy`).
-#[derive(Debug, Clone)]
+/// Limits, configurable (`--rate-limit-route`, `--rate-limit-global`, `--trusted-proxy`). The
+/// two sizes can be changed while the node runs (`PATCH /api/v10/admin/settings`): every
+/// request reads them afresh, and a lowered limit caps what is left of a window already open.
+#[derive(Debug)]
 pub struct Limits {
     /// Requests per route bucket per window.
-    pub route: u32,
+    route: AtomicU32,
     pub route_window: Duration,
     /// Requests per second per caller across all routes.
-    pub global: u32,
+    global: AtomicU32,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Limits {
+    pub fn new(
+        route: u32,
+        global: u32,
+        route_window: Duration,
+        trusted_proxies: Vec<Cidr>,
+    ) -> Self {
+        Limits {
+            route: AtomicU32::new(route),
+            route_window,
+            global: AtomicU32::new(global),
+            trusted_proxies,
+        }
+    }
+
+    /// Requests per route bucket per window, now.
+    pub fn route(&self) -> u32 {
+        self.route.load(Relaxed)
+    }
+
+    /// Requests per second per caller, now.
+    pub fn global(&self) -> u32 {
+        self.global.load(Relaxed)
+    }
+
+    /// Change the route limit; returns the one it replaces.
+    pub fn set_route(&self, n: u32) -> u32 {
+        self.route.swap(n, Relaxed)
+    }
+
+    /// Change the global limit; returns the one it replaces.
+    pub fn set_global(&self, n: u32) -> u32 {
+        self.global.swap(n, Relaxed)
+    }
+
     /// The windows the switch's [`RateLimits`] count.
     pub fn windows(&self) -> RateWindows {
         RateWindows {
-            global: self.global,
+            global: self.global(),
             global_window: Duration::from_secs(1),
-            route: self.route,
+            route: self.route(),
             route_window: self.route_window,
         }
     }
@@ -64,12 +101,7 @@ impl Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            route: 50,
-            route_window: Duration::from_secs(1),
-            global: 100,
-            trusted_proxies: Vec::new(),
-        }
+        Limits::new(50, 100, Duration::from_secs(1), Vec::new())
     }
 }
 
@@ -168,6 +200,8 @@ impl RateLimiter {
                 remaining: limit,
             };
         }
+        // The limit was lowered while this window was open: what is left cannot exceed it.
+        w.remaining = w.remaining.min(limit);
         if w.remaining == 0 {
             return Err(*w);
         }
@@ -286,6 +320,22 @@ pub struct RateLimited {
     pub scope: &'static str,
 }
 
+impl RateLimited {
+    /// An address that sent too many refused tokens (user tokens, or the operator's) waits.
+    pub fn invalid_tokens(retry_after: Duration) -> RateLimited {
+        RateLimited {
+            limit_name: format!(
+                "invalid tokens from this address: {INVALID_TOKENS_PER_SECOND} per second"
+            ),
+            retry_after,
+            global: false,
+            limit: INVALID_TOKENS_PER_SECOND,
+            bucket: "invalid-token".into(),
+            scope: "shared",
+        }
+    }
+}
+
 impl IntoResponse for RateLimited {
     fn into_response(self) -> Response {
         let secs = self.retry_after.as_secs_f64().max(0.001);
@@ -318,7 +368,7 @@ impl IntoResponse for RateLimited {
 /// Authenticate the request's token, if it has one (one store lookup per request).
 async fn authenticate(s: &AppState, headers: &HeaderMap) -> Option<Authenticated> {
     let h = headers.get(axum::http::header::AUTHORIZATION)?;
-    if h.as_bytes().starts_with(b"Operator ") {
+    if h.as_bytes().starts_with(crate::operator::SCHEME.as_bytes()) {
         // The operator's secret is checked by the routes that take it, not the token store.
         return None;
     }
@@ -351,23 +401,13 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
     let has_token = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
-        .is_some_and(|h| !h.as_bytes().starts_with(b"Operator "));
+        .is_some_and(|h| !h.as_bytes().starts_with(crate::operator::SCHEME.as_bytes()));
     if has_token {
         if let Some(retry_after) = s
             .account_limiter
             .invalid_tokens_exhausted(Instant::now(), key)
         {
-            return RateLimited {
-                limit_name: format!(
-                    "invalid tokens from this address: {INVALID_TOKENS_PER_SECOND} per second"
-                ),
-                retry_after,
-                global: false,
-                limit: INVALID_TOKENS_PER_SECOND,
-                bucket: "invalid-token".into(),
-                scope: "shared",
-            }
-            .into_response();
+            return RateLimited::invalid_tokens(retry_after).into_response();
         }
     }
     let auth = authenticate(&s, req.headers()).await;
@@ -479,13 +519,7 @@ mod tests {
     #[test]
     fn windows_refill() {
         let r = RateLimiter::default();
-        let l = Limits {
-            route: 2,
-            route_window: Duration::from_secs(1),
-            global: 100,
-            ..Limits::default()
-        }
-        .windows();
+        let l = Limits::new(2, 100, Duration::from_secs(1), Vec::new()).windows();
         let t0 = Instant::now();
         assert!(matches!(
             r.check(t0, Caller::User(UserId(1)), 7, &l),
@@ -515,13 +549,7 @@ mod tests {
             ),
             RateVerdict::Ok { remaining: 1, .. }
         ));
-        let g = Limits {
-            route: 100,
-            route_window: Duration::from_secs(1),
-            global: 3,
-            ..Limits::default()
-        }
-        .windows();
+        let g = Limits::new(100, 3, Duration::from_secs(1), Vec::new()).windows();
         let t1 = t0 + Duration::from_secs(10);
         for b in 0..3 {
             assert!(matches!(
@@ -532,6 +560,32 @@ mod tests {
         assert!(matches!(
             r.check(t1, Caller::User(UserId(9)), 200, &g),
             RateVerdict::Limited { global: true, .. }
+        ));
+    }
+
+    #[test]
+    fn a_lowered_limit_caps_an_open_window() {
+        let r = RateLimiter::default();
+        let limits = Limits::new(50, 100, Duration::from_secs(1), Vec::new());
+        let t0 = Instant::now();
+        let u = Caller::User(UserId(3));
+        assert!(matches!(
+            r.check(t0, u, 7, &limits.windows()),
+            RateVerdict::Ok { remaining: 49, .. }
+        ));
+        assert_eq!(limits.set_route(2), 50);
+        let w = limits.windows();
+        assert!(matches!(
+            r.check(t0, u, 7, &w),
+            RateVerdict::Ok { remaining: 1, .. }
+        ));
+        assert!(matches!(
+            r.check(t0, u, 7, &w),
+            RateVerdict::Ok { remaining: 0, .. }
+        ));
+        assert!(matches!(
+            r.check(t0, u, 7, &w),
+            RateVerdict::Limited { limit: 2, .. }
         ));
     }
 
@@ -561,11 +615,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_shared_limiter_fails_over_to_this_nodes_windows() {
-        let w = Limits {
-            route: 2,
-            ..Limits::default()
-        }
-        .windows();
+        let w = Limits::new(2, 100, Duration::from_secs(1), Vec::new()).windows();
         for hang in [false, true] {
             let r = RateLimiter::default();
             let broken = Broken {

@@ -10,27 +10,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{json, send, ws, Node, Ws};
+use common::{env, json, send, ws, Node, Ws};
 use serde_json::{json, Value};
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
 
 fn suffix() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
 
 async fn cluster_node(ip: &str, id: String, redis: String, db: String) -> Node {
-    let ip = ip.to_string();
-    common::node_with(move |a| {
-        a.http_listen = Some(format!("{ip}:0").parse().unwrap());
-        a.media_listen = Some(format!("{ip}:0").parse().unwrap());
-        a.redis_url = Some(redis);
-        a.database_url = Some(db);
-        a.node_id = Some(id);
-    })
-    .await
+    common::cluster_node(ip, id, redis, db, |_| {}).await
 }
 
 /// Post `content` in `channel` through `node`.

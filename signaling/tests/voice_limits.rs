@@ -70,27 +70,6 @@ async fn a_voice_client_that_stops_reading_is_closed() {
     );
 }
 
-/// A member of `g` connected to `voice` with media flowing: (voice socket, client).
-async fn call(n: &Node, m: &mut Member, g: &str, voice: &str) -> (Ws, VoiceClient) {
-    let (t, ep) = voice_join(&mut m.gw, g, voice, false).await;
-    let (mut v, _) = voice_identify(&ep, g, &m.id, &m.session, &t).await.unwrap();
-    let mut c = VoiceClient::new(1).await;
-    send(
-        &mut v,
-        json!({ "op": 1, "d": { "protocol": "webrtc", "data": { "sdp": c.offer } } }),
-    )
-    .await;
-    let sd = loop {
-        let m = json(&mut v).await;
-        if m["op"] == 4 {
-            break m;
-        }
-    };
-    c.accept(sd["d"]["sdp"].as_str().unwrap());
-    let _ = n;
-    (v, c)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stores_the_summaries_of_the_calls_it_ends() {
     let mut n = node().await;
@@ -104,7 +83,7 @@ async fn shutdown_stores_the_summaries_of_the_calls_it_ends() {
     for i in 0..6 {
         let mut m = member(&n, &format!("caller{i}")).await;
         n.invite_and_join(&owner.token, &text, &m.token).await;
-        calls.push(call(&n, &mut m, &g, &voice).await);
+        calls.push(voice_call(&mut m, &g, &voice, 1).await);
         ids.push(m.id.clone());
         members.push(m);
     }

@@ -197,6 +197,7 @@ pub async fn create(
     let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id.get()).await?;
     messageable(&c)?;
     require(p, Permissions::SEND_MESSAGES, "SEND_MESSAGES")?;
+    crate::admin::gates::message_create(&s, g.id).await?;
     let nonce = match b.nonce {
         None | Some(Value::Null) => None,
         Some(Value::String(n)) => Some(n),

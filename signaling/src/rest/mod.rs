@@ -1,5 +1,6 @@
 //! REST API v10 (also served as v9).
 
+pub mod admin;
 pub mod auth;
 pub mod bans;
 pub mod channels;

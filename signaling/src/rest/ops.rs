@@ -204,6 +204,7 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let recorded = s.telemetry().calls_recorded;
     let _ = writeln!(out, "# HELP lodge_call_summaries_total Call-quality summaries persisted since start\n# TYPE lodge_call_summaries_total counter\nlodge_call_summaries_total {recorded}");
     crate::http_server::write_metrics(&mut out, &s);
+    crate::admin::write_metrics(&mut out, &s).await;
     let (states, conns, slow, parked, resumes, expired) = {
         let v = s.voice();
         (

@@ -110,23 +110,7 @@ impl Drop for LiveSlot {
     }
 }
 
-/// Compare secrets without an early exit on the first differing byte.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 impl Viewer {
-    fn operator(s: &AppState, secret: &str) -> bool {
-        s.cfg
-            .operator_token
-            .as_deref()
-            .is_some_and(|t| same_secret(t, secret.trim()))
-    }
-
     /// The guilds this viewer may see, or `None` for all of them.
     async fn guilds(&self, s: &AppState) -> ApiResult<Option<HashSet<u64>>> {
         match self {
@@ -166,13 +150,8 @@ impl FromRequestParts<AppState> for Viewer {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, ApiError> {
-        let h = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        if let Some(secret) = h.trim().strip_prefix("Operator ") {
-            return if Viewer::operator(s, secret) {
+        if let Some(secret) = crate::operator::secret_in(&parts.headers) {
+            return if crate::operator::is_operator(s, secret) {
                 Ok(Viewer::Operator)
             } else {
                 Err(ApiError::unauthorized())
@@ -424,7 +403,7 @@ async fn run_live(s: AppState, mut sock: WebSocket, mut slot: LiveSlot) {
     let mut revoked = s.revoked.subscribe();
     let mut token_hash = None;
     let viewer = if let Some(secret) = v["operator_token"].as_str() {
-        if !Viewer::operator(&s, secret) {
+        if !crate::operator::is_operator(&s, secret) {
             return close(sock, 4004, "operator token refused").await;
         }
         Viewer::Operator

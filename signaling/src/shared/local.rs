@@ -315,6 +315,7 @@ impl Shared {
             rate_limits: Arc::new(crate::ratelimit::RateLimiter::default()),
             accounts: Arc::new(crate::account_limits::LocalAccounts::default()),
             presences: Arc::new(crate::gateway::presence::LocalPresences::default()),
+            guild_switches: Arc::new(super::guild_switches::LocalGuildSwitches::default()),
             resume: Arc::new(LocalResume),
             clustered: false,
         }

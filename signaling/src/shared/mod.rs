@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::dispatch::{Body, Dispatch};
 use redis::{Route, StreamId};
 
+pub mod guild_switches;
 pub mod limits;
 pub mod local;
 pub mod redis;
@@ -393,6 +394,8 @@ pub struct Shared {
     pub accounts: Arc<dyn limits::AccountCounters>,
     /// Presence per user, with live connections counted per node.
     pub presences: Arc<dyn limits::Presences>,
+    /// The operator's per-guild switches (voice off, messages frozen, slot cap).
+    pub guild_switches: Arc<dyn guild_switches::GuildSwitchStore>,
     pub resume: Arc<dyn ResumeStore>,
     /// False for the in-process implementation: one node, nothing to coordinate.
     pub clustered: bool,

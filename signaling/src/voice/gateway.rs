@@ -719,6 +719,10 @@ async fn select_protocol(
             ),
         ));
     }
+    if let Err(refused) = crate::admin::gates::webrtc_slots(s, a.guild_id, ans.slots.len()).await {
+        s.sfu.leave(ans.idx).await;
+        return Err(refused);
+    }
     attach(s, a, ans.idx, false).await?;
     info!(
         user = %a.user_id,
@@ -815,7 +819,8 @@ async fn select_udp(
         user: a.user_id,
         mode,
         key,
-        slots: slots.unwrap_or(NATIVE_SLOTS),
+        slots: crate::admin::gates::native_slots(s, a.guild_id, slots.unwrap_or(NATIVE_SLOTS))
+            .await?,
         flags,
     };
     let ans = s.sfu.join_native(req).await.map_err(|e| refused(a, e))?;

@@ -154,6 +154,8 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
             "CONNECT (and VIEW_CHANNEL) in this voice channel",
         ));
     }
+    // The operator's kill switch and the guild's voice_off switch.
+    crate::admin::gates::voice_join(s, g.id, user.id, c.id).await?;
     let can_speak = p.has(Permissions::SPEAK);
     let limit = c.user_limit.unwrap_or(0);
     // Lodge's extension: a region hint places the call on an edge (or node) of that region.
@@ -194,6 +196,11 @@ pub async fn handle_op4(s: &AppState, user: &User, session_id: &str, d: &Value) 
                 50001,
                 "Missing Access",
             ));
+        }
+        // The same for the operator's voice_off switch thrown meanwhile.
+        if let Err(e) = crate::admin::gates::voice_still_on(s, g.id).await {
+            disconnect_user(s, g.id, user.id).await;
+            return Err(e);
         }
         info!(
             guild = %g.id,

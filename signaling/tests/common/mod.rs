@@ -48,6 +48,31 @@ pub async fn node_with(f: impl FnOnce(&mut ServeArgs)) -> Node {
     }
 }
 
+/// A test setting from the environment (`TEST_REDIS_URL`, `TEST_POSTGRES_URL`), if set.
+pub fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// A cluster member on `ip` (a loopback address of its own) named `id`, on one Redis and
+/// one database; `f` sets anything else.
+pub async fn cluster_node(
+    ip: &str,
+    id: String,
+    redis: String,
+    db: String,
+    f: impl FnOnce(&mut ServeArgs),
+) -> Node {
+    node_with(move |a| {
+        a.http_listen = Some(format!("{ip}:0").parse().unwrap());
+        a.media_listen = Some(format!("{ip}:0").parse().unwrap());
+        a.redis_url = Some(redis);
+        a.database_url = Some(db);
+        a.node_id = Some(id);
+        f(a);
+    })
+    .await
+}
+
 impl Node {
     pub fn url(&self, path: &str) -> String {
         format!("{}/api/v10{}", self.base, path)
@@ -279,6 +304,27 @@ pub async fn voice_identify(
         }
         Frame::Closed(c, r) => Err((c, r)),
     }
+}
+
+/// Join `voice` of `g` (op 4, the voice gateway, Select Protocol with `slots` speaker slots):
+/// the voice socket and a client whose offer was answered.
+pub async fn voice_call(m: &mut Member, g: &str, voice: &str, slots: usize) -> (Ws, VoiceClient) {
+    let (t, ep) = voice_join(&mut m.gw, g, voice, false).await;
+    let (mut v, _) = voice_identify(&ep, g, &m.id, &m.session, &t).await.unwrap();
+    let mut c = VoiceClient::new(slots).await;
+    send(
+        &mut v,
+        json!({ "op": 1, "d": { "protocol": "webrtc", "data": { "sdp": c.offer }, "slots": slots } }),
+    )
+    .await;
+    let sd = loop {
+        let m = json(&mut v).await;
+        if m["op"] == 4 {
+            break m;
+        }
+    };
+    c.accept(sd["d"]["sdp"].as_str().unwrap());
+    (v, c)
 }
 
 /// A libwebrtc-like voice client on str0m over a real UDP socket.

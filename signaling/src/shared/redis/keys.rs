@@ -98,6 +98,17 @@ impl Keys {
         format!("{}lodge:voice-guilds", self.prefix)
     }
 
+    /// `{g:<guild>}:switches`: hash of the operator's switches of the guild that are not at
+    /// their default (`shared/guild_switches.rs`).
+    pub fn guild_switches(&self, guild: GuildId) -> String {
+        format!("{}{{g:{guild}}}:switches", self.prefix)
+    }
+
+    /// `lodge:switched-guilds`: guilds whose switches hash is not empty.
+    pub fn switched_guilds(&self) -> String {
+        format!("{}lodge:switched-guilds", self.prefix)
+    }
+
     /// `{t:<token>}`: a voice token's value until it is redeemed or expires.
     pub fn token(&self, token: &str) -> String {
         format!("{}{{t:{token}}}", self.prefix)

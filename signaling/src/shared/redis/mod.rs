@@ -25,13 +25,15 @@
 //! | `{u:<user>}:presence`                  | hash    | `status`, `activities`, `total` and `n:<node>` connections |
 //! | `lodge:node:<id>:presence`             | set     | users with gateway connections on the node   |
 //! | `{s:<session>}:meta`                   | hash    | a gateway session's resume meta, PX = resume window ([`resume`]) |
+//! | `{g:<guild>}:switches`                 | hash    | the operator's switches of the guild not at their default ([`guild_switches`]) |
+//! | `lodge:switched-guilds`                | set     | guilds with a switches hash                  |
 //! | `{n:<node>}:dlog:<boot>`               | stream  | what the node's sessions got, one entry per batch of resume writes ([`delivery_log`]), trimmed to the resume window plus a minute, PX = resume window |
 //!
 //! Everything about a guild shares the hash tag `{g:<guild>}`, so each script touches one
 //! Redis Cluster slot. The exceptions are node-wide and small: the registry (two keys, read
 //! with plain commands; the pruning script would need a common tag such as `{lodge}` on a
-//! cluster) and `lodge:voice-guilds`, which the voice-state script updates together with a
-//! guild's hash — on a cluster it would be one set per shard (see [`voice`]). Bus channels
+//! cluster), and `lodge:voice-guilds` and `lodge:switched-guilds`, each updated by its script
+//! together with a guild's hash — on a cluster each would be one set per shard (see [`voice`]). Bus channels
 //! would move to sharded pub/sub (SPUBLISH) on a cluster. The per-node presence set
 //! (`lodge:node:<id>:presence`) is the same kind of exception, kept by the presence script
 //! together with the user's hash (see [`presence`]).
@@ -80,6 +82,7 @@ pub mod bus;
 pub mod conn;
 pub mod delivery_log;
 pub mod dispatch_bus;
+pub mod guild_switches;
 pub mod keys;
 pub mod limits;
 pub mod placement;
@@ -91,6 +94,7 @@ pub mod voice;
 
 pub use accounts::RedisAccounts;
 pub use bus::{BusIncoming, RedisBus, RedisBusRx, StreamId};
+pub use guild_switches::RedisGuildSwitches;
 pub use keys::{Keys, Route};
 pub use limits::{RedisRateLimits, RedisStartBudgets};
 pub use placement::RedisPlacement;
@@ -111,6 +115,7 @@ pub struct RedisShared {
     pub rate_limits: Arc<RedisRateLimits>,
     pub accounts: Arc<RedisAccounts>,
     pub presences: Arc<RedisPresences>,
+    pub guild_switches: Arc<RedisGuildSwitches>,
     /// The bus's transport. It carries serialized payloads; the [`Bus`] over it (which
     /// serializes dispatches) is built where the dispatch format lives, and passed to
     /// [`RedisShared::shared`].
@@ -156,6 +161,7 @@ impl RedisShared {
             rate_limits: Arc::new(RedisRateLimits::new(conn.clone())),
             accounts: Arc::new(RedisAccounts::new(conn.clone())),
             presences: Arc::new(RedisPresences::new(conn.clone(), me.clone())),
+            guild_switches: Arc::new(RedisGuildSwitches::new(conn.clone())),
             bus,
             stats,
             url: conn.url.clone(),
@@ -176,6 +182,7 @@ impl RedisShared {
             rate_limits: self.rate_limits.clone(),
             accounts: self.accounts.clone(),
             presences: self.presences.clone(),
+            guild_switches: self.guild_switches.clone(),
             bus,
             resume: self.resume.clone(),
             clustered: true,

@@ -30,10 +30,12 @@ pub enum OpKind {
     Presence,
     /// Gateway sessions' resume state: meta, log appends and refreshes, loads.
     Resume,
+    /// The operator's per-guild switches: one read per check, one script per change.
+    Admin,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 11] = [
+    pub const ALL: [OpKind; 12] = [
         OpKind::Registry,
         OpKind::Placement,
         OpKind::Voice,
@@ -45,6 +47,7 @@ impl OpKind {
         OpKind::RateLimit,
         OpKind::Presence,
         OpKind::Resume,
+        OpKind::Admin,
     ];
 
     /// The `kind` label.
@@ -61,6 +64,7 @@ impl OpKind {
             OpKind::RateLimit => "rate_limit",
             OpKind::Presence => "presence",
             OpKind::Resume => "resume",
+            OpKind::Admin => "admin",
         }
     }
 }
