@@ -3,6 +3,7 @@
 # channels, 2 speakers each sending Opus speech in talk spurts, half the listeners probing with
 # the jitter buffer and Opus decode; strict (every caller connects and hears, no errors). Then the
 # report must show what a clean loopback gives: no loss, low delay, a good MOS estimate. It also
+# runs the same crowd as native UDP-mode callers (`--transport udp-xchacha`), and
 # checks that bad options are refused with the limit named and that Ctrl-C stops a run with a
 # partial report. The full-size run is a benchmark (docs/BENCHMARKS.md):
 #   lodge-load voice -n 500 -c 10 -s 2 -d 30 --join-rate 100 --server-pid <pid> --out DIR
@@ -24,6 +25,15 @@ if ! "$LOAD" voice --url "http://127.0.0.1:$HP" -n 12 -c 2 -s 2 -d 8 --probes 0.
     --server-pid "$PID" --report "$TMP/voice.json" --out "$TMP/report"; then
   echo "---- lodge log (last 40 lines) ----"; tail -40 "$TMP/lodge.log"; exit 1
 fi
+# The same crowd as native callers (Discord's UDP mode; XChaCha for a change of mode).
+if ! "$LOAD" voice --url "http://127.0.0.1:$HP" --transport udp-xchacha -n 12 -c 2 -s 2 -d 6 --probes 0.5 --strict \
+    --server-pid "$PID" --report "$TMP/udp.json" >"$TMP/udp.md"; then
+  echo "---- lodge log (last 40 lines) ----"; tail -40 "$TMP/lodge.log"; exit 1
+fi
+grep -q "native UDP callers (aead_xchacha20_poly1305_rtpsize)" "$TMP/udp.md" || { echo "voice smoke: the udp report does not say its transport"; exit 1; }
+if out="$("$LOAD" voice --url "http://127.0.0.1:$HP" --transport udp --profile wired -n 2 -c 1 -s 1 2>&1)"; then
+  echo "voice smoke: --profile with --transport udp was accepted"; exit 1
+fi
 # Bad options are refused with the limit named, before anything is set up.
 if out="$("$LOAD" voice --url "http://127.0.0.1:$HP" -n 4 -c 8 2>&1)"; then
   echo "voice smoke: more channels than callers was accepted"; exit 1
@@ -41,6 +51,18 @@ python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["interrupt
 for f in report.md report.json m2e-cdf.png pps.png join.png mos.png; do
   [ -s "$TMP/report/$f" ] || { echo "voice smoke: $f missing"; exit 1; }
 done
+python3 - "$TMP/udp.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["scenario_params"]["transport"] == "udp-xchacha", r["scenario_params"]
+assert r["connected"] == 12, r["connected"]
+assert r["loss_pct"] < 1.0, r["loss_pct"]
+m2e = r["mouth_to_ear_ms"]
+assert m2e["count"] > 300 and m2e["p99"] < 200, m2e
+assert min(p["mos_estimate"] for p in r["probes"]) >= 4.0, r["probes"]
+print(f"voice smoke (native UDP): loss {r['loss_pct']:.2f}%, mouth-to-ear p50/p99 {m2e['p50']:.1f}/{m2e['p99']:.1f} ms, "
+      f"{r['server']['cpu_us_per_forwarded_packet']:.1f} µs CPU per forwarded packet (debug build)")
+PY
 python3 - "$TMP/voice.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
