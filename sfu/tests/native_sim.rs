@@ -230,7 +230,7 @@ fn native_liveness_keepalives_idle_and_never_discovered() {
             },
         )
         .unwrap();
-    w.run(Duration::from_secs(12));
+    w.run(Duration::from_secs(17));
     let left = |idx| {
         w.events.iter().find_map(|(_, e)| match e {
             NodeEvent::Left { idx: i, reason, .. } if *i == idx => Some(*reason),

@@ -24,6 +24,9 @@ pub struct NodeConfig {
     pub max_packet_rate: u32,
     /// A connected participant silent on the network this long is removed (closed tab).
     pub idle_timeout: Duration,
+    /// The same for a native (UDP mode) participant, which proves it is alive only by
+    /// keepalives every 5 s while it does not speak (both Discord libraries): three missed.
+    pub native_idle_timeout: Duration,
     /// A participant that has not completed ICE+DTLS after this long is removed. Honest
     /// clients take well under a second (ICE+DTLS p90 87 ms with 2,000 callers joining); a
     /// join that never connects holds a place in every bound until then.
@@ -45,6 +48,7 @@ impl NodeConfig {
             max_datagram: 1500,
             max_packet_rate: 400,
             idle_timeout: Duration::from_secs(6),
+            native_idle_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(10),
             selector: SelectorConfig::default(),
             slot_numbering_start: None,

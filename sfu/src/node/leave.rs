@@ -38,7 +38,9 @@ impl Node {
                     .then_some(LeaveReason::ConnectTimeout),
                 Some((p, Kind::Native(n))) if n.addr.is_some() => p
                     .last_recv
-                    .is_some_and(|t| now.saturating_duration_since(t) > self.cfg.idle_timeout)
+                    .is_some_and(|t| {
+                        now.saturating_duration_since(t) > self.cfg.native_idle_timeout
+                    })
                     .then_some(LeaveReason::Idle),
                 Some((_, Kind::Native(n))) => (now.saturating_duration_since(n.joined_at)
                     > self.cfg.connect_timeout)

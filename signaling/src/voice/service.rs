@@ -426,7 +426,7 @@ pub async fn run_sfu_events(s: AppState, mut rx: mpsc::UnboundedReceiver<NodeEve
                 info!(%idx, user = user.0, ?reason, "media participant lost; closing its voice connection");
                 if let Some(tx) = conn {
                     let why = match reason {
-                        LeaveReason::Idle => "media connection lost: no packets for 6 s",
+                        LeaveReason::Idle => "media connection lost: no packets within the idle timeout (6 s WebRTC, 15 s native)",
                         LeaveReason::ConnectTimeout => {
                             "media connection never completed (ICE/DTLS)"
                         }
