@@ -314,4 +314,38 @@ async fn native_and_webrtc_callers_share_a_call() {
         tags(2)
     );
     assert_eq!(tags(3), 0);
+
+    // A client flipping its speaking flags in a loop: each change would fan out to everyone,
+    // so changes beyond the relay budget (2/s, burst 10) are dropped and counted.
+    for i in 0..200 {
+        send(
+            &mut va,
+            json!({ "op": 5, "d": { "speaking": i % 2, "delay": 0, "ssrc": ua.ssrc } }),
+        )
+        .await;
+    }
+    let flood = collect(&mut vb, Duration::from_millis(500)).await;
+    let relayed = flood
+        .iter()
+        .filter(|m| m["op"] == 5 && m["d"]["user_id"] == a.id)
+        .count();
+    assert!((1..=12).contains(&relayed), "{relayed} op 5 relayed of 200");
+    let metrics = n
+        .http
+        .get(format!("{}/metrics", n.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lodge_voice_speaking_relays_dropped_total "))
+        .expect("the relay counter is exported")
+        .parse()
+        .unwrap();
+    // Half the 200 repeat the flags last relayed (not a change); nearly all the rest are over
+    // the budget.
+    assert!(dropped >= 85, "{dropped} relays dropped");
 }

@@ -41,8 +41,8 @@ const PENDING_MAX: usize = 4096;
 const PENDING_TTL: Duration = Duration::from_secs(60);
 /// Discovery requests answered per second node-wide, and the burst: an answer is no larger
 /// than its request, and the budget bounds how fast a flood can push out remembered ones.
-const DISCOVERY_RATE: u32 = 200;
-const DISCOVERY_BURST: u32 = 400;
+const DISCOVERY_RATE: u32 = 1_000;
+const DISCOVERY_BURST: u32 = 2_000;
 /// Attempts per second to authenticate a packet from an unknown address as a peer's.
 const REBIND_RATE: u32 = 100;
 

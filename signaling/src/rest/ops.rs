@@ -205,7 +205,7 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let _ = writeln!(out, "# HELP lodge_call_summaries_total Call-quality summaries persisted since start\n# TYPE lodge_call_summaries_total counter\nlodge_call_summaries_total {recorded}");
     crate::http_server::write_metrics(&mut out, &s);
     crate::admin::write_metrics(&mut out, &s).await;
-    let (states, conns, slow, parked, resumes, expired) = {
+    let (states, conns, slow, parked, resumes, expired, relays_dropped) = {
         let v = s.voice();
         (
             v.by_user.len(),
@@ -214,8 +214,10 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             v.parked.len(),
             v.resumes,
             v.resumes_expired,
+            v.speaking_relays_dropped,
         )
     };
+    let _ = writeln!(out, "# HELP lodge_voice_speaking_relays_dropped_total Op 5 speaking changes of native clients not relayed to the channel (over 2/s, burst 10, per connection)\n# TYPE lodge_voice_speaking_relays_dropped_total counter\nlodge_voice_speaking_relays_dropped_total {relays_dropped}");
     let (live, detached) = s.sessions.counts();
     let _ = writeln!(out, "# HELP lodge_voice_states Callers whose voice connection this node hosts\n# TYPE lodge_voice_states gauge\nlodge_voice_states {states}");
     let _ = writeln!(out, "# HELP lodge_voice_connections Open voice gateway connections\n# TYPE lodge_voice_connections gauge\nlodge_voice_connections {conns}");

@@ -76,6 +76,8 @@ pub struct VoiceConns {
     /// Connections taken up again by op 7, and parked ones that were not, since start.
     pub resumes: u64,
     pub resumes_expired: u64,
+    /// Op 5 changes not relayed because the connection was over its relay budget.
+    pub speaking_relays_dropped: u64,
 }
 
 impl Default for VoiceConns {
@@ -93,6 +95,7 @@ impl VoiceConns {
             parked: HashMap::new(),
             resumes: 0,
             resumes_expired: 0,
+            speaking_relays_dropped: 0,
             early_slots: HashMap::new(),
             next_conn: 0,
             slow_consumers_closed: 0,

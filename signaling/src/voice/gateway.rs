@@ -76,7 +76,17 @@ pub(crate) struct Authed {
     /// The gateway session and the voice token it identified with: what op 7 must name.
     session_id: String,
     token: String,
+    /// The speaking flags last relayed to the others (op 5), and the budget for relaying: each
+    /// relay fans out to every native connection in the channel, so a client that flips its
+    /// flags in a loop must not flood the others' queues (they would be closed as too slow).
+    relayed_speaking: Option<u64>,
+    speaking_relays: lodge_sfu::rate_limit::TokenBucket,
 }
+
+/// Speaking changes relayed per second per connection, and the burst (Discord's libraries
+/// send op 5 when they start and stop playing, a few times a minute).
+const SPEAKING_RELAYS_PER_S: u32 = 2;
+const SPEAKING_RELAY_BURST: u32 = 10;
 
 /// A connection whose WebSocket dropped, kept for `voice_resume_secs` so op 7 can take it up:
 /// its call, its queue of messages not yet written, its numbering and what it wrote last.
@@ -462,14 +472,21 @@ async fn handle_text(
             let ack = w.version.heartbeat_ack(&t);
             w.json(payload(Opcode::HeartbeatAck, ack)).await
         }
-        ClientOp::Speaking { speaking: flags } => match me {
+        ClientOp::Speaking { speaking: flags } => match me.as_mut() {
             // Selection uses the packets themselves; a native client's flags are relayed (its
             // SSRC as the node knows it, whatever the client wrote).
             Some(a) => {
                 let native = a.joined && s.voice().conns.get(&a.conn_id).is_some_and(|c| c.native);
-                if native {
-                    let flags = flags.unwrap_or(0) & 0b111;
-                    notify_native_others(s, a, speaking(a.guild_id, a.user_id, flags));
+                let flags = flags.unwrap_or(0) & 0b111;
+                // Only a change is relayed, within the connection's relay budget; the rest is
+                // accepted and dropped (counted).
+                if native && a.relayed_speaking != Some(flags) {
+                    if a.speaking_relays.take(std::time::Instant::now()) {
+                        a.relayed_speaking = Some(flags);
+                        notify_native_others(s, a, speaking(a.guild_id, a.user_id, flags));
+                    } else {
+                        s.voice().speaking_relays_dropped += 1;
+                    }
                 }
                 Ok(())
             }
@@ -657,6 +674,11 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
         joined: false,
         session_id: i.session_id.clone(),
         token: i.token.clone(),
+        relayed_speaking: None,
+        speaking_relays: lodge_sfu::rate_limit::TokenBucket::new(
+            SPEAKING_RELAYS_PER_S,
+            SPEAKING_RELAY_BURST,
+        ),
     })
 }
 
