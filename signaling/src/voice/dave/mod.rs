@@ -1,7 +1,8 @@
 //! DAVE (Discord's MLS-based voice end-to-end encryption): Lodge as the MLS delivery service and
-//! external sender. docs/design/NATIVE-VOICE.md §3; this module is its step 6 (in progress: the
-//! binary codecs first).
+//! external sender. docs/design/NATIVE-VOICE.md §3; this module is its step 6 (in progress: codecs
+//! and the openmls glue).
 
+pub mod mls;
 pub mod wire;
 
 /// A user (snowflake). Also the MLS credential identity, 8 bytes big-endian.
