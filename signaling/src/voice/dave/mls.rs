@@ -545,4 +545,23 @@ mod tests {
         trailing.push(0);
         assert!(parse_commit_welcome(&trailing, ch).is_err());
     }
+
+    /// Why the structural walk runs before openmls sees a key package: in a debug build
+    /// tls_codec (openmls's `mls` feature) panics on a reserved `0b11` length prefix.
+    #[test]
+    #[cfg(debug_assertions)]
+    fn tls_codec_debug_asserts_on_reserved_prefix_so_we_walk_first() {
+        let hostile = [0, 1, 0, 2, 0xc0, 0, 0, 0];
+        let raw = std::panic::catch_unwind(|| KeyPackageIn::tls_deserialize_exact(&hostile[..]));
+        assert!(
+            raw.is_err(),
+            "tls_codec no longer panics here; the walk is still worth keeping"
+        );
+        assert_eq!(
+            validate_key_package(&hostile, UserId(1)),
+            Err(DaveError::VarintReserved {
+                what: "key package init_key"
+            })
+        );
+    }
 }
