@@ -888,3 +888,61 @@ fn invalid_commit_recovers_by_remove_and_re_add() {
     assert!(h.call.stats().commits_accepted >= 3);
     h.assert_converged(&[1, 2, 3, 4]);
 }
+
+/// Regenerates the `dave_binary` fuzz seeds from a real 3-member session:
+/// `cargo nextest run -p lodge-signaling --lib write_dave_fuzz_seeds --run-ignored only`.
+#[test]
+#[ignore = "writes fuzz/corpus/dave_binary; run by hand"]
+fn write_dave_fuzz_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/dave_binary");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut h = Harness::new();
+    h.join(1, 1);
+    let kp = {
+        let s = h
+            .clients
+            .get_mut(&UserId(1))
+            .unwrap()
+            .session
+            .as_mut()
+            .unwrap();
+        s.create_key_package().unwrap()
+    };
+    std::fs::write(
+        dir.join("key_package_frame"),
+        wire::encode_client_frame(26, &kp),
+    )
+    .unwrap();
+    std::fs::write(dir.join("key_package_bare"), &kp).unwrap();
+    // A commit + Welcome as a client sends it (op 28), captured before Lodge sees it.
+    h.join_no_pump(2, 1);
+    h.collect();
+    h.deliver();
+    let ClientMsg::Binary(cw) = h.clients[&UserId(1)].outbox[0].clone() else {
+        panic!()
+    };
+    std::fs::write(dir.join("commit_welcome_frame"), &cw).unwrap();
+    std::fs::write(dir.join("commit_welcome_payload"), &cw[1..]).unwrap();
+    h.pump();
+    h.join(3, 1);
+    h.leave(3);
+    let mut kinds = std::collections::BTreeSet::new();
+    for o in &h.log {
+        if let Some(b) = o.msg.binary() {
+            let name = format!("server_op{}_{}", o.msg.opcode(), kinds.len());
+            if kinds.insert((
+                o.msg.opcode(),
+                matches!(
+                    o.msg,
+                    DaveMessage::Proposals {
+                        op: ProposalsOp::Revoke,
+                        ..
+                    }
+                ),
+            )) {
+                std::fs::write(dir.join(name), b.encode_frame(Some(7)).unwrap()).unwrap();
+            }
+        }
+    }
+    std::fs::write(dir.join("varint_4byte"), [0x80, 0x00, 0x40, 0x00]).unwrap();
+}
