@@ -29,8 +29,9 @@
 //! [`DaveCall::handle_invalid_commit_welcome`] (op 31), [`DaveCall::handle_timeout`].
 //! Polls: [`DaveCall::poll_output`] until `None` after every handler, [`DaveCall::poll_timeout`]
 //! for the next deadline. `now` is always passed in; nothing here reads a clock or does I/O.
-//! Handlers return `Err` for input that was refused (dropped; the caller counts the reason) —
-//! state is unchanged by a refused input.
+//! Handlers return `Err` for input that was refused (dropped; the caller counts the reason);
+//! a refused binary frame (op 26/28) leaves the state and the output queue unchanged (the
+//! `dave_binary` fuzz target asserts it).
 //!
 //! # Commit validity
 //! As the whitepaper asks: a PublicMessage commit from a member (a pending participant's own
