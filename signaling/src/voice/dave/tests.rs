@@ -946,3 +946,39 @@ fn write_dave_fuzz_seeds() {
     }
     std::fs::write(dir.join("varint_4byte"), [0x80, 0x00, 0x40, 0x00]).unwrap();
 }
+
+#[test]
+fn json_ops_have_the_protocol_shapes() {
+    use serde_json::json;
+    let t = TransitionId(7);
+    let cases = [
+        (
+            DaveMessage::PrepareTransition {
+                protocol_version: 0,
+                transition_id: t,
+            },
+            21,
+            json!({"protocol_version": 0, "transition_id": 7}),
+        ),
+        (
+            DaveMessage::ExecuteTransition { transition_id: t },
+            22,
+            json!({"transition_id": 7}),
+        ),
+        (
+            DaveMessage::PrepareEpoch {
+                protocol_version: 1,
+                epoch: 1,
+            },
+            24,
+            json!({"protocol_version": 1, "epoch": 1}),
+        ),
+    ];
+    for (m, op, d) in cases {
+        assert_eq!(m.opcode(), op);
+        assert_eq!(m.json_data(), Some(d));
+        assert!(m.binary().is_none());
+    }
+    let b = DaveMessage::ExternalSender(vec![1u8].into());
+    assert_eq!((b.opcode(), b.json_data()), (25, None));
+}
