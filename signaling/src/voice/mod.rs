@@ -5,6 +5,7 @@
 pub mod client_op;
 pub mod conns;
 pub mod control;
+pub mod dave;
 pub mod executor;
 pub mod gateway;
 pub mod opcode;
