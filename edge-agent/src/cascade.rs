@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lodge_sfu::shell::{Exported, RemotePacket, SfuHandle};
-use lodge_sfu::{ParticipantIdx, RoomId, UserId};
+use lodge_sfu::{ParticipantIdx, RoomId, Ssrc, UserId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
@@ -243,7 +243,7 @@ async fn run(
                                 s = s.wrapping_add(1);
                             }
                             l.next_stream = s.wrapping_add(1);
-                            if l.cmd.try_send(TrunkCommand::OpenAs { stream: s, room: x.room.0, user: x.user.0 }).is_err() {
+                            if l.cmd.try_send(TrunkCommand::OpenAs { stream: s, room: x.room.0, user: x.user.0, ssrc: Some(x.voice_ssrc.0) }).is_err() {
                                 l.dropped += 1;
                                 continue;
                             }
@@ -278,12 +278,12 @@ async fn run(
                             }).await;
                         }
                     }
-                    Some(TrunkEvent::Notice(Notice::Opened { stream, room, user })) => {
+                    Some(TrunkEvent::Notice(Notice::Opened { stream, room, user, ssrc })) => {
                         if let Some(old) = remote.remove(&(id, stream)) {
                             source.remove(&old);
                             sfu.remove_remote(old).await;
                         }
-                        match sfu.add_remote(RoomId(room), UserId(user)).await {
+                        match sfu.add_remote(RoomId(room), UserId(user), ssrc.map(Ssrc)).await {
                             Ok(idx) => {
                                 remote.insert((id, stream), idx);
                                 source.insert(idx, id);

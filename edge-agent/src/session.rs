@@ -47,7 +47,13 @@ pub struct TrunkCounters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
     /// The peer started a stream: `user`'s voice in `room`.
-    Opened { stream: u16, room: u64, user: u64 },
+    Opened {
+        stream: u16,
+        room: u64,
+        user: u64,
+        /// The SSRC native listeners hear the speaker under, if the sender named it.
+        ssrc: Option<u32>,
+    },
     /// The peer ended a stream.
     Closed { stream: u16 },
     /// A message for the layer above the trunk (placement, interest, load).
@@ -161,13 +167,19 @@ impl TrunkSession {
             id = id.wrapping_add(1);
         }
         self.next_stream = id.wrapping_add(1);
-        self.open_stream_as(id, room, user)?;
+        self.open_stream_as(id, room, user, None)?;
         Ok(id)
     }
 
     /// Open a stream with a number the owner chose (it must not be open already), so the owner
     /// never has to wait for the session to answer.
-    pub fn open_stream_as(&mut self, id: u16, room: u64, user: u64) -> Result<(), EdgeError> {
+    pub fn open_stream_as(
+        &mut self,
+        id: u16,
+        room: u64,
+        user: u64,
+        ssrc: Option<u32>,
+    ) -> Result<(), EdgeError> {
         if self.out_streams.len() >= MAX_STREAMS || self.out_streams.contains_key(&id) {
             return Err(EdgeError::UnexpectedControl(format!(
                 "stream {id} is open already, or {MAX_STREAMS} streams are"
@@ -184,6 +196,7 @@ impl TrunkSession {
             stream: id,
             room,
             user,
+            ssrc,
         });
         Ok(())
     }
@@ -267,14 +280,23 @@ impl TrunkSession {
     pub fn handle_control(&mut self, _now: Instant, c: Control) -> Result<(), EdgeError> {
         self.counters.control_in += 1;
         let r = match c {
-            Control::StreamOpen { stream, room, user } => {
+            Control::StreamOpen {
+                stream,
+                room,
+                user,
+                ssrc,
+            } => {
                 if self.in_streams.len() >= MAX_STREAMS && !self.in_streams.contains_key(&stream) {
                     Err(EdgeError::UnexpectedControl(format!(
                         "stream {stream}: the peer already has {MAX_STREAMS} streams open"
                     )))
                 } else {
-                    self.notices
-                        .push_back(Notice::Opened { stream, room, user });
+                    self.notices.push_back(Notice::Opened {
+                        stream,
+                        room,
+                        user,
+                        ssrc,
+                    });
                     if let Some(old) = self.in_streams.insert(
                         stream,
                         InStream {

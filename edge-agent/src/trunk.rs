@@ -318,6 +318,8 @@ pub enum TrunkCommand {
         stream: u16,
         room: u64,
         user: u64,
+        /// The SSRC native listeners hear the speaker under (see `Control::StreamOpen`).
+        ssrc: Option<u32>,
     },
     Close {
         stream: u16,
@@ -454,8 +456,8 @@ impl Trunk {
                     Some(TrunkCommand::Open { room, user, reply }) => {
                         let _ = reply.send(session.open_stream(room, user));
                     }
-                    Some(TrunkCommand::OpenAs { stream, room, user }) => {
-                        if let Err(e) = session.open_stream_as(stream, room, user) {
+                    Some(TrunkCommand::OpenAs { stream, room, user, ssrc }) => {
+                        if let Err(e) = session.open_stream_as(stream, room, user, ssrc) {
                             debug!(error = %e, "stream not opened");
                         }
                     }

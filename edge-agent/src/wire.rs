@@ -113,8 +113,16 @@ pub enum Control {
     Welcome { node: String },
     /// The origin refused the trunk (the connection closes after this).
     Refused { reason: String },
-    /// From now on datagrams of `stream` carry `user`'s voice in `room`.
-    StreamOpen { stream: u16, room: u64, user: u64 },
+    /// From now on datagrams of `stream` carry `user`'s voice in `room`; `ssrc` is the SSRC
+    /// native (UDP mode) listeners hear that user under (its `user_ssrc`, which op 5 names),
+    /// absent from senders that predate native voice.
+    StreamOpen {
+        stream: u16,
+        room: u64,
+        user: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ssrc: Option<u32>,
+    },
     /// `stream` ends; its number may be reused after this.
     StreamClose { stream: u16 },
     /// The receiver misses these trunk sequence numbers of `stream`: send them again.
@@ -282,5 +290,25 @@ mod tests {
             Control::decode(b"{\"t\":\"launch_missiles\"}"),
             Err(EdgeError::BadControl(_))
         ));
+    }
+
+    #[test]
+    fn stream_open_carries_the_native_ssrc_and_reads_senders_without_it() {
+        let c = Control::StreamOpen {
+            stream: 4,
+            room: 9,
+            user: 7,
+            ssrc: Some(0x1234_5679),
+        };
+        assert_eq!(Control::decode(&c.encode()[4..]).unwrap(), c);
+        assert_eq!(
+            Control::decode(br#"{"t":"stream_open","stream":4,"room":9,"user":7}"#).unwrap(),
+            Control::StreamOpen {
+                stream: 4,
+                room: 9,
+                user: 7,
+                ssrc: None
+            }
+        );
     }
 }

@@ -143,7 +143,8 @@ async fn media_flows_both_ways_with_little_overhead() {
             lodge_edge::Notice::Opened {
                 stream: s,
                 room: 77,
-                user: 1001
+                user: 1001,
+                ssrc: None
             },
             lodge_edge::Notice::App(lodge_edge::Control::Interest { room: 77, on: true }),
         ]

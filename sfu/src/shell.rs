@@ -51,6 +51,7 @@ enum Command {
     AddRemote(
         RoomId,
         UserId,
+        Option<crate::ids::Ssrc>,
         oneshot::Sender<Result<ParticipantIdx, SfuError>>,
     ),
     RemoveRemote(ParticipantIdx),
@@ -205,10 +206,15 @@ impl SfuHandle {
     }
 
     /// Add a speaker connected to another node (see [`Node::add_remote`]).
-    pub async fn add_remote(&self, room: RoomId, user: UserId) -> Result<ParticipantIdx, SfuError> {
+    pub async fn add_remote(
+        &self,
+        room: RoomId,
+        user: UserId,
+        voice_ssrc: Option<crate::ids::Ssrc>,
+    ) -> Result<ParticipantIdx, SfuError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::AddRemote(room, user, tx))
+            .send(Command::AddRemote(room, user, voice_ssrc, tx))
             .await
             .map_err(|_| SfuError::Rtc("media node stopped".into()))?;
         rx.await
@@ -505,7 +511,7 @@ async fn run(
                         gauges.reports_built.fetch_add(1, Ordering::Relaxed);
                         let _ = reply.send(report(&node, &delay, sinks.exports_dropped));
                     }
-                    Some(Command::AddRemote(room, user, reply)) => { let _ = reply.send(node.add_remote(now, room, user)); }
+                    Some(Command::AddRemote(room, user, ssrc, reply)) => { let _ = reply.send(node.add_remote(now, room, user, ssrc)); }
                     Some(Command::RemoveRemote(idx)) => { if node.is_remote(idx) { node.leave(now, idx) } }
                     Some(Command::RemoteRtp(p)) => {
                         guarded(&mut panics, || node.remote_rtp(now, p));

@@ -359,7 +359,10 @@ fn rp(idx: ParticipantIdx, seq: u16, rtp_ts: u32, tag: u8) -> RemotePacket {
 fn remote_speakers_are_heard_and_speakers_are_exported_while_they_talk() {
     let mut w = connected_world(2, 2);
     w.node.set_exported(RoomId(1), true);
-    let remote = w.node.add_remote(w.now, RoomId(1), UserId(77)).unwrap();
+    let remote = w
+        .node
+        .add_remote(w.now, RoomId(1), UserId(77), None)
+        .unwrap();
     assert!(w.node.is_remote(remote));
     // A remote speaker talks for 2 s (payload byte 200 tags it in what clients hear).
     for i in 0..100u32 {
@@ -583,7 +586,7 @@ fn random_churn_keeps_every_listeners_slots_consistent() {
                     let now = w.now;
                     let r = w
                         .node
-                        .add_remote(now, RoomId(1), UserId(next_remote_user))
+                        .add_remote(now, RoomId(1), UserId(next_remote_user), None)
                         .unwrap();
                     remotes.push((r, 0, UserId(next_remote_user)));
                 }

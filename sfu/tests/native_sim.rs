@@ -275,3 +275,44 @@ fn native_liveness_keepalives_idle_and_never_discovered() {
     );
     assert!(matches!(dup, Err(lodge_sfu::SfuError::SsrcInUse(_))));
 }
+
+#[test]
+fn a_remote_speaker_reaches_native_listeners_under_the_ssrc_its_home_named() {
+    let mut w = World::new(|_| {});
+    w.node.set_exported(RoomId(1), true);
+    let l = w.join_native(2, AES, World::speaking()).unwrap();
+    // The speaker's home derived its user SSRC; the trunk carried it here.
+    let home_ssrc = user_ssrc(GuildId(1), UserId(77));
+    let remote = w
+        .node
+        .add_remote(w.now, RoomId(1), UserId(77), Some(home_ssrc))
+        .unwrap();
+    for i in 0..60u32 {
+        w.node.remote_rtp(
+            w.now,
+            lodge_sfu::RemotePacket {
+                idx: remote,
+                seq: i as u16,
+                rtp_ts: i * 960,
+                level: 20,
+                marker: i == 0,
+                payload: std::sync::Arc::from(vec![77u8; 60]),
+            },
+        );
+        w.drain_node();
+        w.run(Duration::from_millis(20));
+    }
+    let heard: Vec<_> = w.natives[l]
+        .heard
+        .iter()
+        .filter(|h| h.speaker == 77)
+        .collect();
+    assert!(heard.len() > 40, "heard {}", heard.len());
+    assert!(heard.iter().all(|h| h.ssrc == home_ssrc.0));
+    // And relayed on to other nodes with the same SSRC.
+    assert!(w
+        .exports
+        .iter()
+        .filter(|(_, x)| x.user == UserId(77))
+        .all(|(_, x)| x.voice_ssrc == home_ssrc));
+}

@@ -109,6 +109,7 @@ impl Node {
                     room: p.room,
                     from,
                     user: p.user,
+                    voice_ssrc: p.voice_ssrc,
                     remote: p.is_remote(),
                     rtp_ts: ts,
                     level,

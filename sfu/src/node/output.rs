@@ -63,6 +63,9 @@ pub struct Export {
     pub room: RoomId,
     pub from: ParticipantIdx,
     pub user: UserId,
+    /// The SSRC native listeners hear the speaker under (its `user_ssrc`), for the other
+    /// node's op 5 to name.
+    pub voice_ssrc: Ssrc,
     /// The speaker itself came from another node (an origin relays it on to other edges; an
     /// edge never sends it back).
     pub remote: bool,

@@ -9,7 +9,7 @@ use super::forward::Inbound;
 use super::Node;
 use crate::drop_reason::DropReason;
 use crate::error::SfuError;
-use crate::ids::{ParticipantIdx, RoomId, UserId};
+use crate::ids::{ParticipantIdx, RoomId, Ssrc, UserId};
 use crate::participant::{Kind, Participant, RemoteSpeaker, VoiceFlags};
 use crate::rate_limit::TokenBucket;
 use crate::room::Room;
@@ -32,11 +32,16 @@ impl Node {
     /// Add a speaker of `room` that is connected to another node and arrives over a trunk: it
     /// is ranked and forwarded like a local speaker, has no WebRTC session and no slots, and is
     /// never timed out (the trunk removes it). No Connected/Left events are emitted for it.
+    ///
+    /// `voice_ssrc` is the SSRC native listeners here hear it under: the one its home node
+    /// derived (`user_ssrc`), which signaling's op 5 names. Without it (a sender that did not
+    /// say), a node-local SSRC no op 5 names.
     pub fn add_remote(
         &mut self,
         now: Instant,
         room: RoomId,
         user: UserId,
+        voice_ssrc: Option<Ssrc>,
     ) -> Result<ParticipantIdx, SfuError> {
         if self.count >= self.cfg.max_participants {
             return Err(SfuError::NodeFull {
@@ -57,9 +62,7 @@ impl Node {
             stats: ParticipantStats::default(),
             rate: TokenBucket::new(rate, (rate / 4).max(8)),
             last_recv: None,
-            // The trunk names no guild, so native listeners here hear a remote speaker under
-            // this node's own SSRC for it, which no op 5 maps (docs/ARCHITECTURE.md, limits).
-            voice_ssrc: crate::ids::Ssrc(ssrc),
+            voice_ssrc: voice_ssrc.unwrap_or(Ssrc(ssrc)),
             kind: Kind::Remote(RemoteSpeaker { ssrc }),
         };
         let idx = self.insert(p);
