@@ -562,7 +562,7 @@ fn take_parked(s: &AppState, r: &client_op::Resume) -> Result<Parked, Stop> {
                 .into(),
         ));
     };
-    if !same_secret(&p.authed.token, &r.token) {
+    if !crate::operator::same_secret(&p.authed.token, &r.token) {
         return Err(Stop::Close(
             close::AUTHENTICATION_FAILED,
             "resume token does not match the connection's voice token".into(),
@@ -586,15 +586,6 @@ fn take_parked(s: &AppState, r: &client_op::Resume) -> Result<Parked, Stop> {
         ));
     }
     Ok(v.parked.remove(&key).expect("looked up above"))
-}
-
-/// Compare two secrets without stopping at the first difference.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u16, &'static str)> {
@@ -692,16 +683,7 @@ fn speaking(guild: GuildId, user: UserId, flags: u64) -> Value {
 
 /// Send `msg` to every other native connection in `a`'s channel.
 fn notify_native_others(s: &AppState, a: &Authed, msg: Value) {
-    let v = s.voice();
-    for c in v.conns.values() {
-        if c.native
-            && c.guild_id == a.guild_id
-            && c.channel_id == a.channel_id
-            && c.user_id != a.user_id
-        {
-            let _ = c.tx.send(VoiceOut::Json(msg.clone()));
-        }
-    }
+    super::service::notify_others_where(s, a.guild_id, a.channel_id, a.user_id, msg, |c| c.native);
 }
 
 /// Default speakers a native client hears at once (it names none).

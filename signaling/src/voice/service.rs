@@ -382,9 +382,25 @@ pub fn notify_others(
     except_user: UserId,
     msg: Value,
 ) {
+    notify_others_where(s, guild_id, channel_id, except_user, msg, |_| true);
+}
+
+/// The same, to the other connections `which` picks (e.g. native ones only).
+pub fn notify_others_where(
+    s: &AppState,
+    guild_id: GuildId,
+    channel_id: ChannelId,
+    except_user: UserId,
+    msg: Value,
+    which: impl Fn(&super::conns::VoiceConn) -> bool,
+) {
     let v = s.voice();
     for c in v.conns.values() {
-        if c.guild_id == guild_id && c.channel_id == channel_id && c.user_id != except_user {
+        if c.guild_id == guild_id
+            && c.channel_id == channel_id
+            && c.user_id != except_user
+            && which(c)
+        {
             let _ = c.tx.send(VoiceOut::Json(msg.clone()));
         }
     }

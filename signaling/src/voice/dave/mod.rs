@@ -318,6 +318,19 @@ impl DaveCall {
         self.group.as_ref().map_or(0, |g| g.0)
     }
 
+    /// The leaves `user` holds in the group (none before a group exists).
+    fn leaves_of(&self, user: UserId) -> Vec<u32> {
+        self.group
+            .as_ref()
+            .map(|g| {
+                g.1.members()
+                    .filter(|(_, u)| *u == user)
+                    .map(|(l, _)| l)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Established members by leaf.
     pub fn members(&self) -> Vec<(u32, UserId)> {
         self.group
@@ -402,16 +415,7 @@ impl DaveCall {
             return Ok(());
         }
         self.revoke_adds_of(user);
-        let leaves: Vec<u32> = self
-            .group
-            .as_ref()
-            .map(|g| {
-                g.1.members()
-                    .filter(|(_, u)| *u == user)
-                    .map(|(l, _)| l)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let leaves = self.leaves_of(user);
         if leaves.is_empty() {
             return Ok(());
         }
@@ -483,16 +487,7 @@ impl DaveCall {
         if let Some(p) = self.participants.get_mut(&user) {
             p.key_package = None;
         }
-        let leaves: Vec<u32> = self
-            .group
-            .as_ref()
-            .map(|g| {
-                g.1.members()
-                    .filter(|(_, u)| *u == user)
-                    .map(|(l, _)| l)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let leaves = self.leaves_of(user);
         if leaves.is_empty() {
             return Ok(());
         }
