@@ -16,17 +16,6 @@ async fn admin_node() -> Node {
     node_with(|a| a.operator_token = Some(SECRET.into())).await
 }
 
-async fn metrics(n: &Node) -> String {
-    let res = n.http.get(format!("{}/metrics", n.base)).send().await;
-    res.unwrap().text().await.unwrap()
-}
-
-/// The value of the metric line starting with `series` (name and labels).
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 async fn switch(n: &Node, guild: &str, body: Value) -> Value {
     let (st, v) = n
         .req(

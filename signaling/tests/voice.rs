@@ -8,19 +8,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-/// Read voice gateway messages for `dur`, collecting them.
-async fn collect(v: &mut Ws, dur: Duration) -> Vec<Value> {
-    let mut out = Vec::new();
-    let end = tokio::time::Instant::now() + dur;
-    while let Ok(f) = tokio::time::timeout_at(end, next(v)).await {
-        match f {
-            Frame::Json(j) => out.push(j),
-            Frame::Closed(c, r) => panic!("voice gateway closed {c} {r}"),
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn two_clients_talk_through_the_node() {
     let n = node().await;
@@ -729,17 +716,6 @@ async fn each_voice_gateway_version_gets_its_own_framing() {
         assert_eq!(code, 4020, "{q}: {reason}");
         assert!(reason.contains("?v=4 to ?v=8"), "{q}: {reason}");
     }
-}
-
-async fn metrics(n: &Node) -> String {
-    n.http
-        .get(format!("{}/metrics", n.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use lodge_codec::OpusDecoder;
 use lodge_jitter::{BufferConfig, JitterBuffer, Pulled};
-use lodge_sfu::native::{CryptoMode, TransportCipher, COUNTER_LEN, TAG_LEN};
+use lodge_sfu::native::{CryptoMode, TransportCipher};
 use lodge_sfu::seq_rewriter::SeqExtender;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
@@ -114,17 +114,7 @@ impl NativeWire {
     /// One frame, sealed: a bare 12-byte header (PT 120) and the Opus payload.
     fn seal(&mut self, seq: u16, ts: u32, marker: bool, payload: &[u8]) -> Result<Vec<u8>> {
         let cipher = self.cipher.as_ref().context("no key before media")?;
-        let mut h = [0u8; 12];
-        h[0] = 0x80;
-        h[1] = (u8::from(marker) << 7) | 120;
-        h[2..4].copy_from_slice(&seq.to_be_bytes());
-        h[4..8].copy_from_slice(&ts.to_be_bytes());
-        h[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
-        let mut out = vec![0u8; 12 + payload.len() + TAG_LEN + COUNTER_LEN];
-        let n = cipher
-            .seal(&h, payload, self.counter, &mut out)
-            .context("sealing a frame")?;
-        out.truncate(n);
+        let out = cipher.seal_opus(self.ssrc, seq, ts, marker, payload, self.counter);
         self.counter = self.counter.wrapping_add(1);
         Ok(out)
     }

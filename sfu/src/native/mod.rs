@@ -23,6 +23,6 @@ pub mod user_ssrc;
 pub use discovery::{discovery_request, discovery_response, DISCOVERY_LEN};
 pub use replay_window::ReplayWindow;
 pub use transport_crypto::{
-    clear_header_len, CryptoMode, Opened, TransportCipher, COUNTER_LEN, TAG_LEN,
+    clear_header_len, CryptoMode, Opened, TransportCipher, COUNTER_LEN, OPUS_PT, TAG_LEN,
 };
 pub use user_ssrc::user_ssrc;

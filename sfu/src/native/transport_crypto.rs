@@ -27,6 +27,8 @@ pub const TAG_LEN: usize = 16;
 pub const COUNTER_LEN: usize = 4;
 /// The smallest RTP header.
 const RTP_HEADER: usize = 12;
+/// The payload type of Opus on Discord's voice (both client libraries send and expect it).
+pub const OPUS_PT: u8 = 120;
 
 /// An encryption mode a native client may select.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -194,6 +196,33 @@ impl TransportCipher {
         out[sealed_end..sealed_end + TAG_LEN].copy_from_slice(&tag);
         out[sealed_end + TAG_LEN..total].copy_from_slice(&counter.to_be_bytes());
         Some(total)
+    }
+}
+
+impl TransportCipher {
+    /// One Opus frame as Discord's clients send and expect it: a bare 12-byte header (PT
+    /// [`OPUS_PT`], no extensions) and the payload, sealed with `counter`.
+    pub fn seal_opus(
+        &self,
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+        marker: bool,
+        payload: &[u8],
+        counter: u32,
+    ) -> Vec<u8> {
+        let mut header = [0u8; RTP_HEADER];
+        header[0] = 0x80;
+        header[1] = (u8::from(marker) << 7) | OPUS_PT;
+        header[2..4].copy_from_slice(&seq.to_be_bytes());
+        header[4..8].copy_from_slice(&ts.to_be_bytes());
+        header[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        let mut out = vec![0u8; RTP_HEADER + payload.len() + TAG_LEN + COUNTER_LEN];
+        let n = self
+            .seal(&header, payload, counter, &mut out)
+            .expect("a bare header and a buffer sized for it always seal");
+        out.truncate(n);
+        out
     }
 }
 

@@ -9,7 +9,6 @@ use str0m::{Input, Output};
 use super::{Export, Node, NodeOutput, Transmit};
 use crate::drop_reason::DropReason;
 use crate::ids::ParticipantIdx;
-use crate::native::{COUNTER_LEN, TAG_LEN};
 use crate::participant::{Kind, NativePeer, Participant};
 
 /// One received speaker packet, from WebRTC or from a trunk.
@@ -216,9 +215,8 @@ impl Node {
     }
 }
 
-/// One packet for a native listener: a bare 12-byte header (no extensions: Discord's clients
-/// send and expect none) and the Opus payload, sealed under the listener's key with its next
-/// nonce counter. `None` while the listener has no address.
+/// One packet for a native listener, sealed under its key with its next nonce counter
+/// (`TransportCipher::seal_opus`). `None` while the listener has no address.
 fn seal_native(
     n: &mut NativePeer,
     ssrc: u32,
@@ -228,17 +226,9 @@ fn seal_native(
     payload: &[u8],
 ) -> Option<Transmit> {
     let destination = n.addr?;
-    let mut header = [0u8; 12];
-    header[0] = 0x80;
-    header[1] = (u8::from(marker) << 7) | super::NATIVE_OPUS_PT;
-    header[2..4].copy_from_slice(&seq.to_be_bytes());
-    header[4..8].copy_from_slice(&ts.to_be_bytes());
-    header[8..12].copy_from_slice(&ssrc.to_be_bytes());
-    let mut contents = vec![0u8; header.len() + payload.len() + TAG_LEN + COUNTER_LEN];
-    let len = n
+    let contents = n
         .cipher
-        .seal(&header, payload, n.send_counter, &mut contents)?;
-    contents.truncate(len);
+        .seal_opus(ssrc, seq, ts, marker, payload, n.send_counter);
     n.send_counter = n.send_counter.wrapping_add(1);
     Some(Transmit {
         destination,

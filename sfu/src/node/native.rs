@@ -34,7 +34,7 @@ use crate::rate_limit::TokenBucket;
 use crate::stats::ParticipantStats;
 
 /// The payload type of Opus on Discord's voice (both client libraries send and expect it).
-pub const NATIVE_OPUS_PT: u8 = 120;
+pub const NATIVE_OPUS_PT: u8 = crate::native::OPUS_PT;
 /// Discovery answers remembered for a join to come, and for how long (a client selects the
 /// protocol within a round trip of its discovery).
 const PENDING_MAX: usize = 4096;

@@ -149,18 +149,9 @@ impl NativeClient {
 
     /// One sealed packet as this client would send it.
     pub fn packet(&mut self, payload: &[u8]) -> Vec<u8> {
-        let mut h = [0u8; 12];
-        h[0] = 0x80;
-        h[1] = 120;
-        h[2..4].copy_from_slice(&self.seq.to_be_bytes());
-        h[4..8].copy_from_slice(&self.ts.to_be_bytes());
-        h[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
-        let mut out = vec![0u8; 12 + payload.len() + 20];
-        let n = self
+        let out = self
             .cipher
-            .seal(&h, payload, self.counter, &mut out)
-            .unwrap();
-        out.truncate(n);
+            .seal_opus(self.ssrc, self.seq, self.ts, false, payload, self.counter);
         self.seq = self.seq.wrapping_add(1);
         self.ts = self.ts.wrapping_add(960);
         self.counter = self.counter.wrapping_add(1);

@@ -457,3 +457,28 @@ impl VoiceClient {
         }
     }
 }
+
+/// Read voice gateway messages for `dur`, collecting them (a close fails the test).
+pub async fn collect(v: &mut Ws, dur: Duration) -> Vec<Value> {
+    let mut out = Vec::new();
+    let end = tokio::time::Instant::now() + dur;
+    while let Ok(f) = tokio::time::timeout_at(end, next(v)).await {
+        match f {
+            Frame::Json(j) => out.push(j),
+            Frame::Closed(c, r) => panic!("voice gateway closed {c} {r}"),
+        }
+    }
+    out
+}
+
+/// The node's /metrics text.
+pub async fn metrics(n: &Node) -> String {
+    let res = n.http.get(format!("{}/metrics", n.base)).send().await;
+    res.unwrap().text().await.unwrap()
+}
+
+/// The value of the metric line starting with `series` (name and labels).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
