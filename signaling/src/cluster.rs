@@ -498,6 +498,7 @@ pub async fn place_here(s: &AppState, st: VoiceState, token: String, placer: Opt
             4014,
             "moved to another voice channel".into(),
         ));
+        crate::voice::e2ee::conn_removed(s, &old);
         if let Some(p) = old.participant {
             s.sfu.leave(p).await;
         }

@@ -243,6 +243,7 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     }
     let node_events = tokio::spawn(voice::service::run_sfu_events(state.clone(), events));
     tokio::spawn(quality::run_sampler(state.clone()));
+    tokio::spawn(voice::e2ee::run_timers(state.clone()));
     if let Some((c, cluster_events)) = cluster {
         let origin = c.role == lodge_edge::cascade::Role::Origin;
         let _ = state.cluster.set(c);

@@ -1,7 +1,9 @@
 //! An unmodified songbird 0.6 (the Rust voice library bots use) joins Lodge over Discord's
 //! native UDP voice transport: one driver plays a tone, the other receives, decrypts and
 //! decodes it, and the tone is found at its frequency. Each driver uses one of the two AEAD
-//! modes. DAVE is not negotiated yet (songbird offers it; Lodge answers version 0).
+//! modes. songbird offers DAVE (end-to-end encryption) and Lodge runs it: the node's
+//! coordinator accepts a commit, both drivers acknowledge the transition, and the voice the
+//! node forwards is DAVE frames it cannot read.
 //!
 //! songbird always connects `wss://{endpoint}`: the test puts a TLS terminator (a CA made here,
 //! trusted through SSL_CERT_FILE) in front of the node, as a reverse proxy would be.
@@ -138,6 +140,13 @@ fn id(s: &str) -> NonZeroU64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn songbird_drivers_exchange_a_tone_over_udp_mode() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // songbird's and davey's warnings (DAVE failures) show when the test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,songbird=info".to_string()),
+        )
+        .with_test_writer()
+        .try_init();
     let n = node().await;
     let (proxy_port, ca) = tls_proxy(n.http_addr()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -208,6 +217,16 @@ async fn songbird_drivers_exchange_a_tone_over_udp_mode() {
         "{stats}"
     );
     assert!(stats["rtp_forwarded"].as_u64().unwrap() > 100, "{stats}");
+    // DAVE: a group of two was made (one commit accepted, the transition acknowledged by
+    // both, not timed out) and the call runs end-to-end encrypted.
+    let m = metrics(&n).await;
+    let dave = |series: &str| metric(&m, series).unwrap_or_else(|| panic!("{series} missing in\n{m}"));
+    assert_eq!(dave("lodge_dave_calls{state=\"e2ee\"}"), 1.0, "{m}");
+    assert!(dave("lodge_dave_events_total{event=\"commit_accepted\"}") >= 1.0);
+    let executed = dave("lodge_dave_events_total{event=\"transition_executed\"}");
+    let timed_out = dave("lodge_dave_events_total{event=\"transition_timed_out\"}");
+    assert!(executed - timed_out >= 1.0, "{executed} executed, {timed_out} on timeout");
+    assert_eq!(dave("lodge_dave_events_total{event=\"downgrade\"}"), 0.0);
     assert_eq!(stats["native_discovery"], 2, "one IP discovery per driver");
     let alice_ssrc = lodge_sfu::native::user_ssrc(
         lodge_sfu::GuildId(g.parse().unwrap()),
@@ -222,6 +241,9 @@ async fn songbird_drivers_exchange_a_tone_over_udp_mode() {
     });
     // At least 2 s of audio, and the tone dominates its last second.
     assert!(pcm.len() >= 96_000, "{} samples decoded", pcm.len());
+    for (i, c) in pcm.chunks(9600).enumerate() {
+        eprintln!("DBG chunk {i}: share {:.2} rms {:.0}", tone_share(c, TONE_HZ), (c.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / c.len() as f64).sqrt());
+    }
     let last = &pcm[pcm.len() - 48_000..];
     let share = tone_share(last, TONE_HZ);
     let off = tone_share(last, 2.0 * TONE_HZ + 37.0);

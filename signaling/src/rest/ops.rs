@@ -217,6 +217,16 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             v.speaking_relays_dropped,
         )
     };
+    let dave = s.voice().dave.totals();
+    let _ = writeln!(out, "# HELP lodge_dave_calls Voice calls with callers on this node (DAVE coordinators), and those running DAVE (end-to-end encrypted) now\n# TYPE lodge_dave_calls gauge\nlodge_dave_calls{{state=\"any\"}} {}\nlodge_dave_calls{{state=\"e2ee\"}} {}", dave.calls, dave.dave_calls);
+    let st = &dave.stats;
+    let _ = writeln!(out, "# HELP lodge_dave_events_total DAVE coordinator events: commits accepted, transitions executed (all ACKed) or timed out, downgrades, upgrades, sole-member resets\n# TYPE lodge_dave_events_total counter\nlodge_dave_events_total{{event=\"commit_accepted\"}} {}\nlodge_dave_events_total{{event=\"transition_executed\"}} {}\nlodge_dave_events_total{{event=\"transition_timed_out\"}} {}\nlodge_dave_events_total{{event=\"downgrade\"}} {}\nlodge_dave_events_total{{event=\"upgrade\"}} {}\nlodge_dave_events_total{{event=\"sole_member_reset\"}} {}", st.commits_accepted, st.transitions_executed, st.transitions_timed_out, st.downgrades, st.upgrades, st.sole_member_resets);
+    let _ = writeln!(out, "# HELP lodge_dave_refused_total DAVE messages from clients refused (dropped), by reason; over_budget: binary frames over {} per second per connection\n# TYPE lodge_dave_refused_total counter", crate::voice::e2ee::DAVE_FRAMES_PER_S);
+    for kind in crate::voice::dave::DaveError::KINDS {
+        let n = dave.refused.get(kind).copied().unwrap_or(0);
+        let _ = writeln!(out, "lodge_dave_refused_total{{reason=\"{kind}\"}} {n}");
+    }
+    let _ = writeln!(out, "lodge_dave_refused_total{{reason=\"over_budget\"}} {}", dave.over_budget);
     let _ = writeln!(out, "# HELP lodge_voice_speaking_relays_dropped_total Op 5 speaking changes of native clients not relayed to the channel (over 2/s, burst 10, per connection)\n# TYPE lodge_voice_speaking_relays_dropped_total counter\nlodge_voice_speaking_relays_dropped_total {relays_dropped}");
     let (live, detached) = s.sessions.counts();
     let _ = writeln!(out, "# HELP lodge_voice_states Callers whose voice connection this node hosts\n# TYPE lodge_voice_states gauge\nlodge_voice_states {states}");

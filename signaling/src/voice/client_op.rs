@@ -25,6 +25,12 @@ pub enum ClientOp {
     Speaking { speaking: Option<u64> },
     /// Op 7.
     Resume(Resume),
+    /// Op 23 (DAVE): the client is ready for transition `transition_id` (songbird also sends
+    /// its `protocol_version`, ignored).
+    DaveTransitionReady { transition_id: u16 },
+    /// Op 31 (DAVE): the client could not process the commit or Welcome of `transition_id`
+    /// and has reset its session (a new key package follows).
+    DaveInvalidCommitWelcome { transition_id: u16 },
     /// Any other op (one only the server sends, or no opcode at all), or none.
     Unknown(Option<u64>),
 }
@@ -36,6 +42,9 @@ pub struct Identify {
     pub user_id: u64,
     pub session_id: String,
     pub token: String,
+    /// The newest DAVE protocol version the client speaks (`max_dave_protocol_version`;
+    /// absent, null or 0: none).
+    pub max_dave_protocol_version: u16,
 }
 
 /// Op 7: the connection to take up again, and (v8) the last server `seq` the client saw.
@@ -118,6 +127,24 @@ pub fn parse(text: &str) -> Result<ClientOp, Refused> {
             speaking: d.get("speaking").and_then(Value::as_u64),
         }),
         Some(Opcode::Resume) => resume(d).map(ClientOp::Resume),
+        Some(op @ (Opcode::DaveTransitionReady | Opcode::DaveMlsInvalidCommitWelcome)) => {
+            let transition_id = d
+                .get("transition_id")
+                .and_then(Value::as_u64)
+                .and_then(|n| u16::try_from(n).ok())
+                .ok_or_else(|| {
+                    refuse(
+                        Some(op),
+                        close::DECODE_ERROR,
+                        format!("op {} needs transition_id, 0..=65535", op.code()),
+                    )
+                })?;
+            Ok(if op == Opcode::DaveTransitionReady {
+                ClientOp::DaveTransitionReady { transition_id }
+            } else {
+                ClientOp::DaveInvalidCommitWelcome { transition_id }
+            })
+        }
         _ => Ok(ClientOp::Unknown(raw)),
     }
 }
@@ -153,11 +180,19 @@ fn identify(d: &Value) -> Result<Identify, Refused> {
             format!("voice token longer than {MAX_VOICE_TOKEN} bytes"),
         ));
     }
+    let max_dave_protocol_version = match d.get("max_dave_protocol_version") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or_else(|| bad("max_dave_protocol_version must be an integer 0..=65535"))?,
+    };
     Ok(Identify {
         server_id,
         user_id,
         session_id: session_id.to_string(),
         token: token.to_string(),
+        max_dave_protocol_version,
     })
 }
 
@@ -286,9 +321,38 @@ mod tests {
                 server_id: 1,
                 user_id: 2,
                 session_id: "s".into(),
-                token: "t".into()
+                token: "t".into(),
+                max_dave_protocol_version: 0,
             }))
         );
+        assert_eq!(
+            parse(r#"{"op":0,"d":{"server_id":"1","user_id":"2","session_id":"s","token":"t","max_dave_protocol_version":1}}"#),
+            Ok(ClientOp::Identify(Identify {
+                server_id: 1,
+                user_id: 2,
+                session_id: "s".into(),
+                token: "t".into(),
+                max_dave_protocol_version: 1,
+            }))
+        );
+        for bad in ["-1", "1.5", "\"1\"", "65536"] {
+            assert_eq!(
+                code(&format!(r#"{{"op":0,"d":{{"server_id":1,"user_id":2,"session_id":"s","token":"t","max_dave_protocol_version":{bad}}}}}"#)),
+                close::DECODE_ERROR,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse(r#"{"op":23,"d":{"transition_id":7,"protocol_version":1}}"#),
+            Ok(ClientOp::DaveTransitionReady { transition_id: 7 })
+        );
+        assert_eq!(
+            parse(r#"{"op":31,"d":{"transition_id":0}}"#),
+            Ok(ClientOp::DaveInvalidCommitWelcome { transition_id: 0 })
+        );
+        for bad in [r#"{"op":23,"d":{}}"#, r#"{"op":31,"d":{"transition_id":70000}}"#] {
+            assert_eq!(code(bad), close::DECODE_ERROR, "{bad}");
+        }
         assert_eq!(
             parse(r#"{"op":1,"d":{"protocol":"webrtc","data":{"sdp":"v=0"},"slots":3}}"#),
             Ok(ClientOp::SelectProtocol(SelectProtocol {

@@ -15,6 +15,9 @@ use super::outbox::Outbox;
 #[derive(Debug)]
 pub enum VoiceOut {
     Json(Value),
+    /// A binary frame (DAVE's ops 25, 27, 29, 30): the opcode and payload; the writer puts
+    /// the sequence number in front (v8).
+    Binary(Vec<u8>),
     Close(u16, String),
 }
 
@@ -34,6 +37,9 @@ pub struct VoiceConn {
     /// Selected Discord's native UDP transport: hears every user under the user's own SSRC,
     /// which op 5 maps once per user (WebRTC connections get op 5 per slot instead).
     pub native: bool,
+    /// Joined its channel's DAVE call (`e2ee.rs`) at Select Protocol: it leaves it when the
+    /// connection ends.
+    pub dave: bool,
 }
 
 impl VoiceConn {
@@ -78,6 +84,8 @@ pub struct VoiceConns {
     pub resumes_expired: u64,
     /// Op 5 changes not relayed because the connection was over its relay budget.
     pub speaking_relays_dropped: u64,
+    /// The DAVE calls of the voice channels with callers here.
+    pub dave: super::e2ee::DaveCalls,
 }
 
 impl Default for VoiceConns {
@@ -96,6 +104,7 @@ impl VoiceConns {
             resumes: 0,
             resumes_expired: 0,
             speaking_relays_dropped: 0,
+            dave: Default::default(),
             early_slots: HashMap::new(),
             next_conn: 0,
             slow_consumers_closed: 0,
@@ -200,6 +209,7 @@ mod tests {
             participant: None,
             slots: HashMap::new(),
             native: false,
+            dave: false,
         });
         let idx = ParticipantIdx(7);
         // The node assigns slots before the gateway learns which participant is whose.

@@ -272,6 +272,7 @@ pub async fn apply_here(s: &AppState, cmd: HomeCmd) {
                 user_id,
                 super::client_disconnect(user_id.get()),
             );
+            super::e2ee::conn_removed(s, &conn);
             if let Some(p) = conn.participant {
                 s.sfu.leave(p).await;
             }

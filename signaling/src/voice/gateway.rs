@@ -1,6 +1,6 @@
 //! The voice gateway (v4–v8): Hello, Identify → Ready, Select Protocol → Session Description
 //! (WebRTC: the SDP answer and slots; native UDP: the mode and key), Heartbeat, Speaking, Clients
-//! Connect/Disconnect, Resume.
+//! Connect/Disconnect, Resume, and DAVE's ops (21–31, binary 26/28 in; see `e2ee.rs`).
 
 use lodge_ids::{ChannelId, GuildId, UserId};
 use std::time::Duration;
@@ -21,7 +21,7 @@ use super::executor::{self, ExecError};
 use super::outbox::{
     outbox, Next, Outbox, OutboxRx, OverflowWatch, OUTBOX_CAPACITY, WRITE_TIMEOUT,
 };
-use super::resume::ReplayBuffer;
+use super::resume::{Frame, ReplayBuffer};
 use super::state::PendingToken;
 use super::wire::{Seq, WireVersion};
 use super::{payload, Opcode};
@@ -47,6 +47,8 @@ pub mod close {
     pub const SERVER_NOT_FOUND: u16 = 4011;
     pub const UNKNOWN_PROTOCOL: u16 = 4012;
     pub const UNKNOWN_ENCRYPTION_MODE: u16 = 4016;
+    /// The channel requires end-to-end encryption (DAVE) and the client offers none.
+    pub const E2EE_REQUIRED: u16 = 4017;
     pub const DISCONNECTED: u16 = 4014;
     pub const SERVER_CRASHED: u16 = 4015;
     pub const BAD_REQUEST: u16 = 4020;
@@ -81,6 +83,10 @@ pub(crate) struct Authed {
     /// flags in a loop must not flood the others' queues (they would be closed as too slow).
     relayed_speaking: Option<u64>,
     speaking_relays: lodge_sfu::rate_limit::TokenBucket,
+    /// Identify's `max_dave_protocol_version` (0: no DAVE).
+    max_dave: u16,
+    /// Budget for binary DAVE frames (each may cost signature checks).
+    dave_frames: lodge_sfu::rate_limit::TokenBucket,
 }
 
 /// Speaking changes relayed per second per connection, and the burst (Discord's libraries
@@ -161,12 +167,29 @@ impl Writer {
         } else {
             v.to_string()
         };
-        self.text(text).await
+        self.frame(Frame::Text(text)).await
     }
 
-    /// Write one text frame as it is (a replayed message keeps its number).
-    async fn text(&mut self, text: String) -> Result<(), Stop> {
-        let msg = Message::Text(text.into());
+    /// A binary frame (opcode and payload): v8 puts the sequence number in front and keeps it
+    /// for a resume; older versions send it as it is (NATIVE-VOICE.md §0).
+    async fn binary(&mut self, op_and_payload: Vec<u8>) -> Result<(), Stop> {
+        if !self.version.numbered() {
+            return self.frame(Frame::Binary(op_and_payload)).await;
+        }
+        let seq = self.seq.advance();
+        let mut frame = Vec::with_capacity(2 + op_and_payload.len());
+        frame.extend_from_slice(&seq.to_be_bytes());
+        frame.extend_from_slice(&op_and_payload);
+        self.replay.push(seq, Frame::Binary(frame.clone()));
+        self.frame(Frame::Binary(frame)).await
+    }
+
+    /// Write one frame as it is (a replayed message keeps its number).
+    async fn frame(&mut self, frame: Frame) -> Result<(), Stop> {
+        let msg = match frame {
+            Frame::Text(t) => Message::Text(t.into()),
+            Frame::Binary(b) => Message::Binary(b.into()),
+        };
         let write = tokio::time::timeout(WRITE_TIMEOUT, self.tx.send(msg));
         tokio::select! {
             r = write => match r {
@@ -230,10 +253,7 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
                     let mut cx = Cx { me: &mut me, out: &out, resumed: &mut resumed };
                     handle_text(&s, &mut w, &mut cx, &mut hb_deadline, hb_timeout, &t).await
                 }
-                Some(Ok(Message::Binary(_))) => Err(Stop::Close(
-                    close::DECODE_ERROR,
-                    "binary frames (etf, compression) are not supported; send JSON text".into(),
-                )),
+                Some(Ok(Message::Binary(b))) => handle_binary(&s, me.as_mut(), &b),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                 // A close frame is the client's decision to end; a broken socket is not.
                 Some(Ok(Message::Close(_))) => Err(Stop::Gone),
@@ -241,6 +261,7 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
             },
             o = outbox.next() => match o {
                 Next::Msg(VoiceOut::Json(v)) => w.json(v).await,
+                Next::Msg(VoiceOut::Binary(b)) => w.binary(b).await,
                 Next::Msg(VoiceOut::Close(code, reason)) => Err(Stop::Close(code, reason)),
                 Next::Overflowed => Err(outbox_full()),
                 Next::Closed => Err(Stop::Gone),
@@ -529,18 +550,34 @@ async fn handle_text(
             *cx.resumed = Some(p);
             w.json(payload(Opcode::Resumed, Value::Null)).await?;
             let ack = r.seq_ack.and_then(|a| u16::try_from(a).ok());
-            let again: Vec<String> = w
+            let again: Vec<Frame> = w
                 .replay
                 .replay(ack)
                 .unwrap_or_default()
                 .into_iter()
-                .map(|(_, t)| t.to_string())
+                .map(|(_, f)| f.clone())
                 .collect();
-            for t in again {
-                w.text(t).await?;
+            for f in again {
+                w.frame(f).await?;
             }
             info!(user = %user, channel = %channel, "voice connection resumed");
             s.voice().resumes += 1;
+            Ok(())
+        }
+        ClientOp::DaveTransitionReady { transition_id } => {
+            let a = me.as_ref().ok_or_else(not_identified)?;
+            super::e2ee::transition_ready(s, a.guild_id, a.channel_id, a.user_id, transition_id);
+            Ok(())
+        }
+        ClientOp::DaveInvalidCommitWelcome { transition_id } => {
+            let a = me.as_ref().ok_or_else(not_identified)?;
+            super::e2ee::invalid_commit_welcome(
+                s,
+                a.guild_id,
+                a.channel_id,
+                a.user_id,
+                transition_id,
+            );
             Ok(())
         }
         ClientOp::Unknown(_) => Err(match me {
@@ -548,6 +585,24 @@ async fn handle_text(
             Some(_) => Stop::Close(close::UNKNOWN_OPCODE, "unknown opcode".into()),
         }),
     }
+}
+
+fn not_identified() -> Stop {
+    Stop::Close(close::NOT_AUTHENTICATED, "identify first".into())
+}
+
+/// A binary frame from the client: DAVE's key package (op 26) or commit + Welcome (op 28),
+/// within the connection's budget. What the coordinator refuses is dropped and counted
+/// (`lodge_dave_refused_total`): a losing commit is normal, and a bad one costs its sender
+/// only its own message.
+fn handle_binary(s: &AppState, me: Option<&mut Authed>, frame: &[u8]) -> Result<(), Stop> {
+    let a = me.ok_or_else(not_identified)?;
+    if !a.dave_frames.take(std::time::Instant::now()) {
+        s.voice().dave.over_budget += 1;
+        return Ok(());
+    }
+    super::e2ee::binary(s, a.guild_id, a.channel_id, a.user_id, frame);
+    Ok(())
 }
 
 /// The parked connection op 7 names, if its token matches and everything the client has not
@@ -646,12 +701,14 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
         participant: None,
         slots: Default::default(),
         native: false,
+        dave: false,
     });
     if let Some(old) = old {
         let _ = old.tx.send(VoiceOut::Close(
             close::DISCONNECTED,
             "another voice connection took over".into(),
         ));
+        super::e2ee::conn_removed(s, &old);
         if let Some(p) = old.participant {
             s.sfu.leave(p).await;
         }
@@ -669,6 +726,11 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
         speaking_relays: lodge_sfu::rate_limit::TokenBucket::new(
             SPEAKING_RELAYS_PER_S,
             SPEAKING_RELAY_BURST,
+        ),
+        max_dave: i.max_dave_protocol_version,
+        dave_frames: lodge_sfu::rate_limit::TokenBucket::new(
+            super::e2ee::DAVE_FRAMES_PER_S,
+            super::e2ee::DAVE_FRAME_BURST,
         ),
     })
 }
@@ -727,11 +789,12 @@ async fn select_protocol(
         s.sfu.leave(ans.idx).await;
         return Err(refused);
     }
-    attach(s, a, ans.idx, false).await?;
+    let dave = attach(s, a, ans.idx, false).await?;
     info!(
         user = %a.user_id,
         channel = %a.channel_id,
         slots = ans.slots.len(),
+        dave,
         "webrtc session described"
     );
     Ok(payload(
@@ -775,13 +838,14 @@ fn refused(a: &Authed, e: lodge_sfu::SfuError) -> (u16, String) {
 }
 
 /// Record the participant on its connection (slot announcements queued meanwhile are written
-/// after the answer), or leave the node again if the connection ended while joining.
+/// after the answer) and join the channel's DAVE call, or leave the node again if the
+/// connection ended while joining. Returns op 4's `dave_protocol_version`.
 async fn attach(
     s: &AppState,
     a: &Authed,
     idx: lodge_sfu::ParticipantIdx,
     native: bool,
-) -> Result<(), (u16, String)> {
+) -> Result<u16, (u16, String)> {
     let still_there = {
         let mut v = s.voice();
         if let Some(c) = v.conns.get_mut(&a.conn_id) {
@@ -801,7 +865,18 @@ async fn attach(
             "voice state ended while connecting".into(),
         ));
     }
-    Ok(())
+    // Lodge's web client has no DAVE: a WebRTC caller is a participant without it.
+    let max_dave = if native { a.max_dave } else { 0 };
+    let version = super::e2ee::join(s, a.guild_id, a.channel_id, a.user_id, max_dave);
+    let joined = {
+        let mut v = s.voice();
+        v.conns.get_mut(&a.conn_id).map(|c| c.dave = true).is_some()
+    };
+    if !joined {
+        // The connection ended meanwhile (its end saw no DAVE membership to leave).
+        super::e2ee::leave(s, a.guild_id, a.channel_id, a.user_id);
+    }
+    Ok(version)
 }
 
 /// Select Protocol `udp`: a fresh transport key, the node admits the caller natively, and op 4
@@ -828,13 +903,14 @@ async fn select_udp(
         flags,
     };
     let ans = s.sfu.join_native(req).await.map_err(|e| refused(a, e))?;
-    attach(s, a, ans.idx, true).await?;
+    let dave = attach(s, a, ans.idx, true).await?;
     info!(
         user = %a.user_id,
         channel = %a.channel_id,
         mode = mode.name(),
         discovered = ?ans.addr,
         claimed = ?address.zip(port),
+        dave,
         "udp session described"
     );
     Ok(payload(
@@ -845,8 +921,8 @@ async fn select_udp(
             "audio_codec": "opus",
             "video_codec": null,
             "media_session_id": format!("{}", ans.idx.0),
-            // DAVE (end-to-end encryption) is not negotiated yet: every call runs at 0.
-            "dave_protocol_version": 0,
+            // The call's DAVE version with this caller in it; op 25 follows when it is 1.
+            "dave_protocol_version": dave,
         }),
     ))
 }
@@ -857,7 +933,7 @@ async fn end_connection(s: &AppState, a: &Authed) {
     if let Some(p) = conn.as_ref().and_then(|c| c.participant) {
         s.sfu.leave(p).await;
     }
-    if conn.is_some() {
+    if let Some(c) = &conn {
         super::service::notify_others(
             s,
             a.guild_id,
@@ -865,6 +941,7 @@ async fn end_connection(s: &AppState, a: &Authed) {
             a.user_id,
             super::client_disconnect(a.user_id.get()),
         );
+        super::e2ee::conn_removed(s, c);
     }
     // The state goes with the connection, unless a newer placement replaced it meanwhile.
     let left =

@@ -6,9 +6,8 @@ use serde_json::{json, Value};
 use crate::gateway::opcode::opcodes;
 
 opcodes! {
-    /// Voice gateway opcodes (Discord's numbering, v8). 10 and 12 are retired; the DAVE
-    /// (end-to-end encryption) opcodes are listed for completeness: Lodge does not negotiate
-    /// DAVE, so a client never needs them.
+    /// Voice gateway opcodes (Discord's numbering, v8). 10 and 12 are retired. 21–31 are
+    /// DAVE's (end-to-end encryption, `e2ee.rs`); 25–30 travel as binary frames.
     pub enum Opcode {
         /// Client → server.
         Identify = 0,

@@ -58,8 +58,12 @@ use wire::{ClientBinary, ProposalsOp, ServerBinary};
 
 /// The DAVE protocol version Lodge speaks (the only one there is).
 pub const DAVE_VERSION: u16 = 1;
-/// Participants per call the coordinator accepts (a Welcome's inline tree grows with it).
+/// DAVE participants per call (a Welcome's inline tree grows with it): a call larger than
+/// this runs without DAVE (a joiner past it counts as a participant without DAVE, which
+/// downgrades the call).
 pub const MAX_PARTICIPANTS: usize = 100;
+/// Participants per call the coordinator tracks at all (the media node's own bound).
+pub const MAX_TRACKED: usize = 10_000;
 /// Outstanding proposals per epoch: at most one add per participant and one remove per leaf.
 pub const MAX_PROPOSALS_PER_EPOCH: usize = 2 * MAX_PARTICIPANTS;
 /// Transitions in flight; beyond this the oldest is executed at once.
@@ -119,7 +123,7 @@ pub enum DaveError {
     UnknownParticipant(UserId),
     #[error("{0:?} is already in this call")]
     AlreadyJoined(UserId),
-    #[error("call is full: MAX_PARTICIPANTS = {limit}")]
+    #[error("call is full: MAX_TRACKED = {limit}")]
     CallFull { limit: usize },
     #[error("too many proposals this epoch: MAX_PROPOSALS_PER_EPOCH = {limit}")]
     TooManyProposals { limit: usize },
@@ -129,6 +133,47 @@ pub enum DaveError {
     AlreadyMember(UserId),
     #[error("mls {what}: {detail}")]
     Mls { what: &'static str, detail: String },
+}
+
+impl DaveError {
+    /// Stable snake_case name for metrics (`lodge_dave_refused_total{reason=…}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DaveError::Truncated { .. }
+            | DaveError::TooLarge { .. }
+            | DaveError::VarintReserved { .. }
+            | DaveError::VarintNonMinimal { .. }
+            | DaveError::Trailing { .. }
+            | DaveError::Unexpected { .. } => "malformed",
+            DaveError::UnexpectedOpcode(_) => "unexpected_opcode",
+            DaveError::KeyPackage(_) => "key_package",
+            DaveError::CommitShape(_) | DaveError::CommitRefused { .. } => "commit_refused",
+            DaveError::StaleEpoch { .. } => "stale_epoch",
+            DaveError::UnknownParticipant(_) => "unknown_participant",
+            DaveError::AlreadyJoined(_) => "already_joined",
+            DaveError::CallFull { .. } => "call_full",
+            DaveError::TooManyProposals { .. } => "too_many_proposals",
+            DaveError::NotInDaveMode(_) => "not_in_dave_mode",
+            DaveError::AlreadyMember(_) => "already_member",
+            DaveError::Mls { .. } => "mls",
+        }
+    }
+
+    /// Every name [`DaveError::kind`] gives, for exporting zeroes too.
+    pub const KINDS: [&'static str; 12] = [
+        "malformed",
+        "unexpected_opcode",
+        "key_package",
+        "commit_refused",
+        "stale_epoch",
+        "unknown_participant",
+        "already_joined",
+        "call_full",
+        "too_many_proposals",
+        "not_in_dave_mode",
+        "already_member",
+        "mls",
+    ];
 }
 
 /// A message for one participant. JSON ops carry their `d`; binary ops their payload.
@@ -238,6 +283,18 @@ pub struct DaveStats {
     pub sole_member_resets: u64,
 }
 
+impl DaveStats {
+    /// Add `other`'s counts to these (a node's totals over its calls).
+    pub fn add(&mut self, other: &DaveStats) {
+        self.commits_accepted += other.commits_accepted;
+        self.transitions_executed += other.transitions_executed;
+        self.transitions_timed_out += other.transitions_timed_out;
+        self.downgrades += other.downgrades;
+        self.upgrades += other.upgrades;
+        self.sole_member_resets += other.sole_member_resets;
+    }
+}
+
 #[derive(Debug)]
 struct Participant {
     max_version: u16,
@@ -339,6 +396,11 @@ impl DaveCall {
             .unwrap_or_default()
     }
 
+    /// Participants in the call (with or without DAVE).
+    pub fn participant_count(&self) -> usize {
+        self.participants.len()
+    }
+
     pub fn stats(&self) -> &DaveStats {
         &self.stats
     }
@@ -372,11 +434,14 @@ impl DaveCall {
         if self.participants.contains_key(&user) {
             return Err(DaveError::AlreadyJoined(user));
         }
-        if self.participants.len() >= MAX_PARTICIPANTS {
-            return Err(DaveError::CallFull {
-                limit: MAX_PARTICIPANTS,
-            });
+        if self.participants.len() >= MAX_TRACKED {
+            return Err(DaveError::CallFull { limit: MAX_TRACKED });
         }
+        let max_version = if self.participants.len() >= MAX_PARTICIPANTS {
+            0
+        } else {
+            max_version
+        };
         let was_empty = self.participants.is_empty();
         self.participants.insert(
             user,
