@@ -32,11 +32,14 @@ pub enum DropReason {
     /// A native (UDP mode) packet that authenticated but whose nonce counter was already
     /// accepted: a captured packet sent again.
     Replayed,
+    /// A DAVE (end-to-end encrypted) frame not delivered to one listener that does not do
+    /// DAVE: counted once per skipped delivery, not per packet (like `Stale`).
+    DaveToNonDave,
 }
 
 impl DropReason {
     /// All reasons, for exporting zeroes too.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Malformed,
         DropReason::Oversized,
         DropReason::UnknownUsername,
@@ -49,6 +52,7 @@ impl DropReason {
         DropReason::Stale,
         DropReason::OverRate,
         DropReason::Replayed,
+        DropReason::DaveToNonDave,
     ];
 
     /// Stable snake_case name used in logs and metrics.
@@ -66,6 +70,7 @@ impl DropReason {
             DropReason::Stale => "stale",
             DropReason::OverRate => "over_rate",
             DropReason::Replayed => "replayed",
+            DropReason::DaveToNonDave => "dave_to_non_dave",
         }
     }
 

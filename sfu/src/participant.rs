@@ -56,6 +56,10 @@ pub(crate) struct Participant {
     /// The SSRC native listeners hear this participant under (its `user_ssrc`: the one a
     /// native client announces in Ready and op 5 maps to the user).
     pub voice_ssrc: Ssrc,
+    /// Its voice is DAVE-encrypted: set by a DAVE frame, cleared by a plain Opus frame longer
+    /// than silence (`F8 FF FE` is never encrypted, so silence leaves it as it is). Listeners
+    /// that cannot decrypt it keep their slots for someone they can hear (the tick).
+    pub sends_dave: bool,
     pub kind: Kind,
 }
 
@@ -92,6 +96,9 @@ pub(crate) struct NativePeer {
     pub joined_at: Instant,
     /// Budget for trying to authenticate packets from unknown addresses as this peer's.
     pub rebind: TokenBucket,
+    /// Its client does DAVE (announced `max_dave_protocol_version` ≥ 1): it may get DAVE
+    /// frames.
+    pub dave: bool,
 }
 
 pub(crate) struct WebRtcPeer {
@@ -146,6 +153,12 @@ impl Participant {
             Kind::Native(n) => n.k,
             Kind::Remote(_) => 0,
         }
+    }
+
+    /// It can decrypt DAVE frames: only a native client that announced DAVE. The browser
+    /// client has no DAVE, so a WebRTC listener never can.
+    pub fn hears_dave(&self) -> bool {
+        matches!(&self.kind, Kind::Native(n) if n.dave)
     }
 
     /// The SSRC a WebRTC listener's slot `n` carries, announced by op 5 when its speaker

@@ -206,10 +206,14 @@ impl SpeakerSelector {
 
 /// Map `ranked` speakers onto one listener's slots. Calls `changed(slot, new)` for every slot
 /// whose speaker changes. Incumbents that are still among the listener's top K keep their slot.
+/// Speakers the listener cannot hear (`audible` false: DAVE voice for a listener without DAVE)
+/// are passed over, so the next ranked speaker gets the slot; the ranking itself is the room's
+/// and holds only the largest K + 1, so such a listener may be left with free slots.
 pub fn assign_slots(
     listener: ParticipantIdx,
     slots: &mut [Option<ParticipantIdx>],
     ranked: &[(ParticipantIdx, f32)],
+    audible: impl Fn(ParticipantIdx) -> bool,
     mut changed: impl FnMut(usize, Option<ParticipantIdx>),
 ) {
     let k = slots.len();
@@ -217,7 +221,7 @@ pub fn assign_slots(
         ranked
             .iter()
             .map(|(i, _)| *i)
-            .filter(|i| *i != listener)
+            .filter(|i| *i != listener && audible(*i))
             .take(k)
     };
     // Free slots whose speaker is no longer wanted.
@@ -339,13 +343,55 @@ mod tests {
         let mut slots = [None; 2];
         let mut changes = vec![];
         let ranked = [(p(1), 90.0), (p(2), 80.0), (p(3), 70.0)];
-        assign_slots(p(1), &mut slots, &ranked, |n, w| changes.push((n, w)));
+        assign_slots(
+            p(1),
+            &mut slots,
+            &ranked,
+            |_| true,
+            |n, w| changes.push((n, w)),
+        );
         assert_eq!(slots, [Some(p(2)), Some(p(3))]);
         changes.clear();
         // 4 becomes loudest; 2 remains; 3 falls off; 4 takes 3's slot; 2 does not move.
         let ranked = [(p(4), 95.0), (p(1), 90.0), (p(2), 80.0), (p(3), 70.0)];
-        assign_slots(p(1), &mut slots, &ranked, |n, w| changes.push((n, w)));
+        assign_slots(
+            p(1),
+            &mut slots,
+            &ranked,
+            |_| true,
+            |n, w| changes.push((n, w)),
+        );
         assert_eq!(slots, [Some(p(2)), Some(p(4))]);
         assert_eq!(changes, vec![(1, None), (1, Some(p(4)))]);
+    }
+
+    #[test]
+    fn slots_pass_over_inaudible_speakers() {
+        let mut slots = [None; 2];
+        let mut changes = vec![];
+        let ranked = [(p(2), 95.0), (p(3), 90.0), (p(4), 80.0)];
+        // 2 turns out inaudible to listener 1 (DAVE voice, no DAVE): 3 and 4 get the slots.
+        assign_slots(p(1), &mut slots, &ranked, |_| true, |_, _| {});
+        assert_eq!(slots, [Some(p(2)), Some(p(3))]);
+        assign_slots(
+            p(1),
+            &mut slots,
+            &ranked,
+            |i| i != p(2),
+            |n, w| changes.push((n, w)),
+        );
+        assert_eq!(slots, [Some(p(4)), Some(p(3))], "3 keeps its slot");
+        assert_eq!(changes, vec![(0, None), (0, Some(p(4)))]);
+        // Nobody audible left: the slots are freed, not filled with what cannot be heard.
+        changes.clear();
+        assign_slots(
+            p(1),
+            &mut slots,
+            &ranked,
+            |_| false,
+            |n, w| changes.push((n, w)),
+        );
+        assert_eq!(slots, [None, None]);
+        assert_eq!(changes, vec![(0, None), (1, None)]);
     }
 }

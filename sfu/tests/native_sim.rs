@@ -1,11 +1,14 @@
 //! Native (Discord UDP mode) participants in the simulated world: discovery, AEAD both ways,
-//! speakers under their own SSRCs, mixed rooms with WebRTC, bad packets, rebinding, liveness.
+//! speakers under their own SSRCs, mixed rooms with WebRTC, bad packets, rebinding, liveness,
+//! and DAVE frames reaching only listeners that do DAVE.
 
 mod sim;
 
 use std::time::Duration;
 
 use lodge_sfu::native::{user_ssrc, CryptoMode, TransportCipher};
+use lodge_sfu::node::size_level;
+use lodge_sfu::ParticipantIdx;
 use lodge_sfu::{DropReason, GuildId, LeaveReason, NativeJoin, NodeEvent, RoomId, UserId};
 use sim::{discovery_request, World};
 
@@ -227,6 +230,7 @@ fn native_liveness_keepalives_idle_and_never_discovered() {
                 key: [3; 32],
                 slots: 1,
                 flags: World::speaking(),
+                dave: false,
             },
         )
         .unwrap();
@@ -258,6 +262,7 @@ fn native_liveness_keepalives_idle_and_never_discovered() {
             key: [3; 32],
             slots: 1,
             flags: World::speaking(),
+            dave: false,
         },
     );
     assert!(again.is_ok());
@@ -271,6 +276,7 @@ fn native_liveness_keepalives_idle_and_never_discovered() {
             key: [3; 32],
             slots: 1,
             flags: World::speaking(),
+            dave: false,
         },
     );
     assert!(matches!(dup, Err(lodge_sfu::SfuError::SsrcInUse(_))));
@@ -315,4 +321,147 @@ fn a_remote_speaker_reaches_native_listeners_under_the_ssrc_its_home_named() {
         .iter()
         .filter(|(_, x)| x.user == UserId(77))
         .all(|(_, x)| x.voice_ssrc == home_ssrc));
+}
+
+fn is_dave(p: &[u8]) -> bool {
+    p.ends_with(&[0xFA, 0xFA])
+}
+
+/// Whom `listener`'s slots carry, as the node reports it.
+fn slot_speakers(w: &World, listener: ParticipantIdx) -> Vec<Option<UserId>> {
+    w.node
+        .reports()
+        .into_iter()
+        .find(|r| r.idx == listener.0)
+        .map(|r| r.slots.into_iter().map(|s| s.speaker).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn dave_frames_reach_only_listeners_that_do_dave() {
+    let mut w = World::new(|_| {});
+    w.node.set_exported(RoomId(1), true);
+    let s = w.join_native_dave(2, AES, World::speaking(), true).unwrap();
+    let d = w
+        .join_native_dave(2, XCHACHA, World::speaking(), true)
+        .unwrap();
+    let n = w.join_native(2, AES, World::speaking()).unwrap();
+    let web = w.join(2, World::speaking()).unwrap();
+    w.run(Duration::from_millis(1500));
+    assert!(w.clients[web].connected);
+    let (s_n, s_user) = (w.natives[s].n, w.natives[s].user);
+    let (n_idx, web_idx) = (w.natives[n].idx.unwrap(), w.clients[web].idx.unwrap());
+
+    // Plain Opus from the DAVE-capable speaker: everyone hears it.
+    w.natives[s].bytes = Some(100);
+    w.run(Duration::from_secs(1));
+    let heard_plain = |w: &World| {
+        (
+            w.natives[d].heard_from(s_n),
+            w.natives[n].heard_from(s_n),
+            w.clients[web].heard_from(s_n),
+        )
+    };
+    let (d0, n0, web0) = heard_plain(&w);
+    assert!(d0 > 30 && n0 > 30 && web0 > 30, "{:?}", heard_plain(&w));
+    assert_eq!(drops(&w, DropReason::DaveToNonDave), 0);
+    assert!(slot_speakers(&w, n_idx).contains(&Some(s_user)));
+
+    // DAVE frames: the DAVE listener gets each byte for byte; the others none.
+    w.natives[s].dave_frames = true;
+    let exports_before = w.exports.len();
+    w.run(Duration::from_secs(2));
+    let (d1, n1, web1) = heard_plain(&w);
+    let d_dave: Vec<_> = w.natives[d].heard[..]
+        .iter()
+        .filter(|h| h.speaker == s_n && is_dave(&h.payload))
+        .collect();
+    assert!(d_dave.len() > 90, "DAVE listener got {}", d_dave.len());
+    assert!(d1 - d0 >= d_dave.len());
+    for h in &d_dave {
+        assert_eq!(
+            Some(h.payload.as_slice()),
+            w.natives[s].sent_payload(h.seq),
+            "a DAVE frame is forwarded untouched (seq {})",
+            h.seq
+        );
+        assert!(lodge_sfu::native::is_dave_frame(&h.payload));
+    }
+    assert!(w.natives[d].unopened == 0);
+    assert!(!w.natives[n].heard.iter().any(|h| is_dave(&h.payload)));
+    assert!(!w.clients[web].heard.iter().any(|h| is_dave(&h.payload)));
+    // At most the packets still in flight when the speaker switched reach them (plain ones).
+    assert!(n1 - n0 <= 2 && web1 - web0 <= 2, "{:?}", heard_plain(&w));
+    // Each skipped delivery is counted, until the next tick freed both listeners' slots.
+    let skipped = drops(&w, DropReason::DaveToNonDave);
+    assert!(
+        (2..=8).contains(&skipped),
+        "{skipped} skipped deliveries: the tick did not free the slots"
+    );
+    assert!(!slot_speakers(&w, n_idx).contains(&Some(s_user)));
+    assert!(!slot_speakers(&w, web_idx).contains(&Some(s_user)));
+    assert!(w.events.iter().any(|(_, e)| matches!(
+        e,
+        NodeEvent::SlotChanged { listener, speaker: None, .. } if *listener == web_idx
+    )));
+    // Ranked (and exported) at the Opus frame's size, not the DAVE frame's.
+    let levels: Vec<u8> = w.exports[exports_before..]
+        .iter()
+        .filter(|(_, x)| x.user == s_user && is_dave(&x.payload))
+        .map(|(_, x)| x.level)
+        .collect();
+    assert!(levels.len() > 90);
+    assert!(levels.iter().all(|l| *l == size_level(100)), "{levels:?}");
+    assert_ne!(size_level(100), size_level(112));
+
+    // Plain Opus again: the slots come back and everyone hears it.
+    w.natives[s].dave_frames = false;
+    w.run(Duration::from_secs(1));
+    let (d2, n2, web2) = heard_plain(&w);
+    assert!(
+        d2 - d1 > 40 && n2 - n1 > 40 && web2 - web1 > 40,
+        "{:?}",
+        heard_plain(&w)
+    );
+    assert_eq!(drops(&w, DropReason::DaveToNonDave), skipped);
+    assert!(slot_speakers(&w, n_idx).contains(&Some(s_user)));
+}
+
+#[test]
+fn a_listener_without_dave_hears_the_next_speaker_instead() {
+    let mut w = World::new(|_| {});
+    // One slot each: a loud DAVE speaker and a quieter plain one compete for it.
+    let s = w.join_native_dave(1, AES, World::speaking(), true).unwrap();
+    let p = w.join_native(1, AES, World::speaking()).unwrap();
+    let d = w.join_native_dave(1, AES, World::speaking(), true).unwrap();
+    let n = w.join_native(1, XCHACHA, World::speaking()).unwrap();
+    let web = w.join(1, World::speaking()).unwrap();
+    w.natives[s].bytes = Some(200);
+    w.natives[s].dave_frames = true;
+    w.natives[p].bytes = Some(60);
+    w.run(Duration::from_secs(3));
+    assert!(w.clients[web].connected);
+    let (s_n, p_n) = (w.natives[s].n, w.natives[p].n);
+    // The DAVE listener hears the louder one; the others get the plain speaker in its place.
+    assert!(
+        w.natives[d].heard_from(s_n) > 100,
+        "d: {}",
+        w.natives[d].heard_from(s_n)
+    );
+    assert!(w.natives[d].heard_from(p_n) < 10);
+    assert!(
+        w.natives[n].heard_from(p_n) > 100,
+        "n: {}",
+        w.natives[n].heard_from(p_n)
+    );
+    assert!(
+        w.clients[web].heard_from(p_n) > 50,
+        "web: {}",
+        w.clients[web].heard_from(p_n)
+    );
+    assert_eq!(w.natives[n].heard_from(s_n), 0);
+    assert_eq!(w.clients[web].heard_from(s_n), 0);
+    // The plain speaker cannot hear the DAVE one and nobody else talks: its slot stays free.
+    assert_eq!(w.natives[p].heard_from(s_n), 0);
+    assert!(drops(&w, DropReason::DaveToNonDave) <= 10);
 }

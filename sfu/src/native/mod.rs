@@ -12,14 +12,18 @@
 //! - [`replay_window`]: which nonce counters a session has already accepted, so a captured
 //!   packet replayed to the port is dropped even though it authenticates.
 //! - [`user_ssrc`]: the SSRC each (guild, user) speaks under.
+//! - [`dave_frame`]: whether a voice payload is an end-to-end encrypted DAVE frame, which
+//!   only listeners that do DAVE may get.
 //!
 //! The node's `Kind::Native` participant (`node/native.rs`) puts them together.
 
+pub mod dave_frame;
 pub mod discovery;
 pub mod replay_window;
 pub mod transport_crypto;
 pub mod user_ssrc;
 
+pub use dave_frame::{is_dave_frame, DAVE_MAGIC};
 pub use discovery::{discovery_request, discovery_response, DISCOVERY_LEN};
 pub use replay_window::ReplayWindow;
 pub use transport_crypto::{

@@ -9,6 +9,7 @@ use str0m::{Input, Output};
 use super::{Export, Node, NodeOutput, Transmit};
 use crate::drop_reason::DropReason;
 use crate::ids::ParticipantIdx;
+use crate::native::is_dave_frame;
 use crate::participant::{Kind, NativePeer, Participant};
 
 /// One received speaker packet, from WebRTC or from a trunk.
@@ -19,6 +20,9 @@ pub(super) struct Inbound {
     pub(super) marker: bool,
     pub(super) audio_level: Option<i8>,
     pub(super) voice_activity: Option<bool>,
+    /// The payload is a DAVE frame (`native::is_dave_frame`), decided once where the packet
+    /// is received: only listeners that do DAVE get it.
+    pub(super) dave: bool,
     pub(super) payload: Arc<[u8]>,
 }
 
@@ -31,6 +35,7 @@ impl Inbound {
             marker: p.header.marker,
             audio_level: p.header.ext_vals.audio_level,
             voice_activity: p.header.ext_vals.voice_activity,
+            dave: is_dave_frame(&p.payload),
             payload: p.payload,
         }
     }
@@ -91,8 +96,14 @@ impl Node {
             marker,
             audio_level,
             voice_activity,
+            dave,
             payload,
         } = pkt;
+        // Silence (`F8 FF FE`, ≤ 3 bytes) is sent in clear by DAVE senders too: it says
+        // nothing about whether the voice is encrypted.
+        if dave || payload.len() > 3 {
+            p.sends_dave = dave;
+        }
         // Other nodes get this speaker while it talks (this packet is voice, or it talked within
         // the hang time) or holds a seat in the room's ranking: one copy per node, fan-out there.
         if *export_all || exported.contains(&p.room) {
@@ -139,9 +150,22 @@ impl Node {
             if flags.deaf() {
                 continue;
             }
+            // A DAVE frame goes only to listeners that can decrypt it (NATIVE-VOICE.md §3.7);
+            // the tick frees such a listener's slot of a DAVE speaker, so this skips only the
+            // packets until then.
             let w = match kind {
-                Kind::WebRtc(w) if w.connected => w,
+                Kind::WebRtc(w) if w.connected => {
+                    if dave {
+                        stats.drops.count(DropReason::DaveToNonDave);
+                        continue;
+                    }
+                    w
+                }
                 Kind::Native(n) => {
+                    if dave && !n.dave {
+                        stats.drops.count(DropReason::DaveToNonDave);
+                        continue;
+                    }
                     // The speaker under its own SSRC, numbered as it numbered its packets: a
                     // native client keeps one decoder per SSRC, so nothing is rewritten.
                     let Some(t) = seal_native(n, voice_ssrc.0, seq, ts, marker, &payload) else {

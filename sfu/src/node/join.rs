@@ -165,6 +165,7 @@ impl Node {
             rate: TokenBucket::new(rate, (rate / 4).max(8)),
             last_recv: None,
             voice_ssrc: crate::native::user_ssrc(req.guild, req.user),
+            sends_dave: false,
             kind: Kind::WebRtc(WebRtcPeer {
                 rtc,
                 guild: req.guild,

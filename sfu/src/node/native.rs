@@ -12,8 +12,8 @@
 //! - an authenticated packet from another address moves the participant there (NAT
 //!   rebinding); a discovery request moves it only until the first authenticated packet.
 //!
-//! Its voice is ranked by a size proxy (native clients send no audio-level extension) and
-//! forwarded like any speaker's; what it hears is the loudest K speakers of the room, each
+//! Its voice is ranked by a size proxy (native clients send no audio-level extension; for a
+//! DAVE frame, the size of the Opus frame inside) and forwarded like any speaker's; what it hears is the loudest K speakers of the room, each
 //! under the speaker's own SSRC (`user_ssrc`), sealed under its key (`forward.rs`).
 
 use std::collections::{HashMap, VecDeque};
@@ -28,7 +28,9 @@ use super::{Node, NodeEvent, NodeOutput, Transmit, MAX_SLOTS};
 use crate::drop_reason::DropReason;
 use crate::error::SfuError;
 use crate::ids::{GuildId, ParticipantIdx, RoomId, Ssrc, UserId};
-use crate::native::{discovery_response, user_ssrc, CryptoMode, ReplayWindow, TransportCipher};
+use crate::native::{
+    dave_frame, discovery_response, user_ssrc, CryptoMode, ReplayWindow, TransportCipher,
+};
 use crate::participant::{Kind, NativePeer, Participant, VoiceFlags};
 use crate::rate_limit::TokenBucket;
 use crate::stats::ParticipantStats;
@@ -58,6 +60,9 @@ pub struct NativeJoin {
     /// Speakers it hears at once (1..=[`MAX_SLOTS`]).
     pub slots: usize,
     pub flags: VoiceFlags,
+    /// The client does DAVE (its Identify announced `max_dave_protocol_version` ≥ 1): it may
+    /// be sent DAVE frames. Without it the node never forwards it one.
+    pub dave: bool,
 }
 
 impl std::fmt::Debug for NativeJoin {
@@ -68,6 +73,7 @@ impl std::fmt::Debug for NativeJoin {
             .field("user", &self.user)
             .field("mode", &self.mode.name())
             .field("slots", &self.slots)
+            .field("dave", &self.dave)
             .finish_non_exhaustive()
     }
 }
@@ -169,6 +175,7 @@ impl Node {
             rate: TokenBucket::new(rate, (rate / 4).max(8)),
             last_recv: addr.map(|_| now),
             voice_ssrc: ssrc,
+            sends_dave: false,
             kind: Kind::Native(NativePeer {
                 guild: req.guild,
                 addr: None,
@@ -179,12 +186,14 @@ impl Node {
                 k: req.slots,
                 joined_at: now,
                 rebind: TokenBucket::new(REBIND_RATE, REBIND_RATE),
+                dave: req.dave,
             }),
         };
         let idx = self.seat(now, p, req.guild);
         self.native.by_ssrc.insert(ssrc, idx);
         info!(%idx, room = req.room.0, user = req.user.0, slots = req.slots,
-              mode = req.mode.name(), discovered = addr.is_some(), "native participant joined");
+              mode = req.mode.name(), dave = req.dave, discovered = addr.is_some(),
+              "native participant joined");
         if let Some(a) = addr {
             self.bind_native(idx, a);
         }
@@ -334,7 +343,10 @@ impl Node {
         n.addr_proven = true;
         let moved = n.addr != Some(source);
         let payload: Arc<[u8]> = Arc::from(&s[opened.payload]);
-        let level = size_level(payload.len());
+        // With DAVE the Opus frame is sealed (its TOC too) but keeps its size; what DAVE adds
+        // (the supplemental bytes, ~12–16) would otherwise lift every quiet packet a band.
+        let dave = dave_frame::supplemental_len(&payload);
+        let level = size_level(payload.len() - dave.unwrap_or(0));
         Ok(Some((
             Inbound {
                 ssrc,
@@ -343,6 +355,7 @@ impl Node {
                 marker: s[1] & 0x80 != 0,
                 audio_level: Some(-(level as i8)),
                 voice_activity: None,
+                dave: dave.is_some(),
                 payload,
             },
             moved,
@@ -364,6 +377,7 @@ impl Node {
 /// silence frames are ≤ 3 bytes; background noise a few dozen; voice, more. The bands put
 /// quiet packets below the selector's "talking" threshold (level 72) and rank louder,
 /// busier speech higher. A Lodge choice (how Discord ranks such senders is not published).
+/// For a DAVE frame, pass the Opus size inside it (`dave_frame::opus_len`).
 pub fn size_level(opus_bytes: usize) -> u8 {
     match opus_bytes {
         0..=3 => 127,

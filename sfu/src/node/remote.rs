@@ -63,6 +63,7 @@ impl Node {
             rate: TokenBucket::new(rate, (rate / 4).max(8)),
             last_recv: None,
             voice_ssrc: voice_ssrc.unwrap_or(Ssrc(ssrc)),
+            sends_dave: false,
             kind: Kind::Remote(RemoteSpeaker { ssrc }),
         };
         let idx = self.insert(p);
@@ -105,6 +106,7 @@ impl Node {
             marker,
             audio_level: Some(-(level.min(127) as i8)),
             voice_activity: None,
+            dave: crate::native::is_dave_frame(&payload),
             payload,
         };
         self.forward(now, idx, pkt, true);

@@ -50,7 +50,16 @@ impl Node {
             };
             room.slot_scratch.clear();
             room.slot_scratch.extend_from_slice(slot_map.speakers(li));
-            assign_slots(li, &mut room.slot_scratch, ranked, |n, w| {
+            // A listener without DAVE cannot hear a speaker whose voice is DAVE-encrypted
+            // (the forward loop would skip every packet): its slot goes to the next speaker.
+            let hears_dave = l.hears_dave();
+            let audible = |s: crate::ids::ParticipantIdx| {
+                hears_dave
+                    || !participants[s.0 as usize]
+                        .as_ref()
+                        .is_some_and(|p| p.sends_dave)
+            };
+            assign_slots(li, &mut room.slot_scratch, ranked, audible, |n, w| {
                 scratch_changes.push((n, w))
             });
             for &(n, who) in scratch_changes.iter() {

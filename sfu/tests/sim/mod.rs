@@ -31,6 +31,7 @@ pub struct Heard {
     pub ts: u32,
     /// First payload byte: the speaker's client number (the test's "voice").
     pub speaker: u8,
+    pub payload: Vec<u8>,
 }
 
 pub struct Client {
@@ -115,6 +116,7 @@ pub struct NativeHeard {
     /// First payload byte: the speaker's number.
     pub speaker: u8,
     pub len: usize,
+    pub payload: Vec<u8>,
 }
 
 /// A hand-rolled Discord UDP-mode client: discovery, rtpsize AEAD, 20 ms Opus-sized frames.
@@ -140,11 +142,24 @@ pub struct NativeClient {
     /// Send a keepalive this often while not speaking.
     pub keepalive: Option<Duration>,
     pub next_keepalive: Instant,
+    /// Wrap each Opus frame as a DAVE frame ([`dave_frame`]) before transport encryption.
+    pub dave_frames: bool,
+    /// Every payload it sent (before transport encryption), by sequence number.
+    pub sent: Vec<(u16, Vec<u8>)>,
 }
 
 impl NativeClient {
     pub fn heard_from(&self, speaker: u8) -> usize {
         self.heard.iter().filter(|h| h.speaker == speaker).count()
+    }
+
+    /// The payload it sent under sequence number `seq`.
+    pub fn sent_payload(&self, seq: u16) -> Option<&[u8]> {
+        self.sent
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, p)| p.as_slice())
     }
 
     /// One sealed packet as this client would send it.
@@ -157,6 +172,35 @@ impl NativeClient {
         self.counter = self.counter.wrapping_add(1);
         out
     }
+}
+
+/// A DAVE media frame as a DAVE client makes one from `opus` (docs/design/NATIVE-VOICE.md
+/// §3.7), built here by hand rather than with the node's parser: the "ciphertext" keeps the
+/// first byte (the test's speaker number) and scrambles the rest, then an 8-byte tag, the
+/// ULEB128 nonce, no unencrypted ranges, the supplemental size and `FA FA`.
+pub fn dave_frame(opus: &[u8], nonce: u32) -> Vec<u8> {
+    let mut f: Vec<u8> = opus
+        .iter()
+        .enumerate()
+        .map(|(i, b)| if i == 0 { *b } else { b ^ 0x5C ^ i as u8 })
+        .collect();
+    let start = f.len();
+    f.extend_from_slice(&nonce.to_le_bytes());
+    f.extend_from_slice(&[0x7E; 4]);
+    let mut v = nonce;
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            f.push(b);
+            break;
+        }
+        f.push(b | 0x80);
+    }
+    let supplemental = f.len() - start + 3;
+    f.push(supplemental as u8);
+    f.extend_from_slice(&[0xFA, 0xFA]);
+    f
 }
 
 pub fn discovery_request(ssrc: u32) -> [u8; 74] {
@@ -247,6 +291,17 @@ impl World {
         mode: CryptoMode,
         flags: VoiceFlags,
     ) -> Result<usize, lodge_sfu::SfuError> {
+        self.join_native_dave(k, mode, flags, false)
+    }
+
+    /// As [`World::join_native`], for a client that announced DAVE (`dave`) or not.
+    pub fn join_native_dave(
+        &mut self,
+        k: usize,
+        mode: CryptoMode,
+        flags: VoiceFlags,
+        dave: bool,
+    ) -> Result<usize, lodge_sfu::SfuError> {
         let i = self.natives.len();
         let n = 100 + i as u8;
         let addr: SocketAddr = format!("127.0.1.{}:{}", 10 + i, 41000 + i as u16)
@@ -267,6 +322,7 @@ impl World {
                 key,
                 slots: k,
                 flags,
+                dave,
             },
         )?;
         assert_eq!(ans.ssrc.0, ssrc);
@@ -288,6 +344,8 @@ impl World {
             next_send: self.now,
             keepalive: None,
             next_keepalive: self.now,
+            dave_frames: false,
+            sent: Vec::new(),
         });
         Ok(i)
     }
@@ -355,6 +413,7 @@ impl World {
                         seq: *p.seq_no,
                         ts: p.header.timestamp,
                         speaker: p.payload.first().copied().unwrap_or(255),
+                        payload: p.payload.to_vec(),
                     })
                 }
                 Ok(Output::Event(_)) => {}
@@ -409,6 +468,7 @@ impl World {
                         pt: data[1] & 0x7f,
                         speaker: data[o.payload.clone()].first().copied().unwrap_or(255),
                         len: o.payload.len(),
+                        payload: data[o.payload].to_vec(),
                     }),
                     Err(_) => c.unopened += 1,
                 }
@@ -477,7 +537,12 @@ impl World {
                 if let Some(bytes) = c.bytes {
                     let mut payload = vec![c.n; bytes.max(2)];
                     payload[1] = (c.seq & 0xff) as u8;
-                    let data = c.packet(&payload[..bytes.max(1)]);
+                    payload.truncate(bytes.max(1));
+                    if c.dave_frames {
+                        payload = dave_frame(&payload, c.counter);
+                    }
+                    c.sent.push((c.seq, payload.clone()));
+                    let data = c.packet(&payload);
                     self.net.push_back(Packet {
                         at: now + self.latency,
                         from: c.addr,

@@ -901,6 +901,9 @@ async fn select_udp(
         slots: crate::admin::gates::native_slots(s, a.guild_id, slots.unwrap_or(NATIVE_SLOTS))
             .await?,
         flags,
+        // Calls run at DAVE protocol version 0 until the coordinator is wired in: the node
+        // must not send this client DAVE frames.
+        dave: false,
     };
     let ans = s.sfu.join_native(req).await.map_err(|e| refused(a, e))?;
     let dave = attach(s, a, ans.idx, true).await?;
