@@ -639,7 +639,10 @@ async fn voice_channels_may_require_dave_and_no_other_kind_may() {
         .iter()
         .map(|c| (c.name.as_str(), c.require_dave))
         .collect();
-    assert!(flags.contains(&("e2ee", true)) && flags.contains(&("plain", false)), "{flags:?}");
+    assert!(
+        flags.contains(&("e2ee", true)) && flags.contains(&("plain", false)),
+        "{flags:?}"
+    );
 
     // An update that does not name the field keeps it, other voice settings included.
     let e2ee = s
