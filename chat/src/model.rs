@@ -55,6 +55,9 @@ pub struct Channel {
     pub parent_id: Option<ChannelId>,
     pub bitrate: Option<u32>,
     pub user_limit: Option<u32>,
+    /// Voice gateway clients that do not support DAVE (end-to-end encryption) are refused
+    /// (close 4017). Always false on a channel that is not a voice channel.
+    pub require_dave: bool,
     pub topic: Option<String>,
     pub overwrites: Vec<crate::permissions::Overwrite>,
 }
@@ -90,6 +93,8 @@ pub struct ChannelSpec {
     pub position: Option<i64>,
     pub bitrate: Option<u32>,
     pub user_limit: Option<u32>,
+    /// Voice channels only: `Some(true)` for any other kind is refused.
+    pub require_dave: Option<bool>,
     pub topic: Option<Option<String>>,
     /// Overwrites a new channel starts with (create only; the caller has checked them).
     pub overwrites: Vec<crate::permissions::Overwrite>,

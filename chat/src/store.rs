@@ -600,6 +600,7 @@ impl Store {
                 .map(|v| ChannelId(v as u64)),
             bitrate: r.get::<Option<i64>, _>("bitrate").map(|v| v as u32),
             user_limit: r.get::<Option<i64>, _>("user_limit").map(|v| v as u32),
+            require_dave: flag(r, "require_dave"),
             topic: r.get("topic"),
             overwrites: Vec::new(),
         }
@@ -630,6 +631,17 @@ impl Store {
         Ok(c)
     }
 
+    /// Whether the voice gateway must refuse clients without DAVE in channel `id`: one column
+    /// by primary key, without the overwrites `channel` also reads. Unknown channel: `Unknown`.
+    pub async fn channel_requires_dave(&self, id: ChannelId) -> Result<bool, ChatError> {
+        let r = sqlx::query("SELECT require_dave FROM channels WHERE id = $1")
+            .bind(id.get() as i64)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(ChatError::Unknown("channel"))?;
+        Ok(flag(&r, "require_dave"))
+    }
+
     pub async fn create_channel(
         &self,
         guild_id: GuildId,
@@ -640,6 +652,7 @@ impl Store {
         if kind == ChannelKind::Voice {
             check_voice_limits(spec.bitrate, spec.user_limit)?;
         }
+        check_require_dave(kind, spec.require_dave)?;
         if let Some(Some(t)) = &spec.topic {
             check_topic(t)?;
         }
@@ -661,7 +674,7 @@ impl Store {
         let id = self.next_id();
         let pos = spec.position.unwrap_or(count);
         let voice = kind == ChannelKind::Voice;
-        sqlx::query("INSERT INTO channels (id, guild_id, type, name, position, parent_id, bitrate, user_limit, topic) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+        sqlx::query("INSERT INTO channels (id, guild_id, type, name, position, parent_id, bitrate, user_limit, topic, require_dave) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
             .bind(id as i64)
             .bind(guild_id.get() as i64)
             .bind(kind as i64)
@@ -671,6 +684,7 @@ impl Store {
             .bind(voice.then(|| spec.bitrate.unwrap_or(64_000) as i64))
             .bind(voice.then(|| spec.user_limit.unwrap_or(0) as i64))
             .bind(spec.topic.flatten())
+            .bind(spec.require_dave.unwrap_or(false) as i64)
             .execute(&mut *tx)
             .await?;
         for ow in &spec.overwrites {
@@ -717,12 +731,17 @@ impl Store {
                 c.user_limit = Some(u);
             }
         }
-        sqlx::query("UPDATE channels SET name = $1, position = $2, topic = $3, bitrate = $4, user_limit = $5 WHERE id = $6")
+        check_require_dave(c.kind, spec.require_dave)?;
+        if let Some(r) = spec.require_dave {
+            c.require_dave = r;
+        }
+        sqlx::query("UPDATE channels SET name = $1, position = $2, topic = $3, bitrate = $4, user_limit = $5, require_dave = $6 WHERE id = $7")
             .bind(&c.name)
             .bind(c.position)
             .bind(&c.topic)
             .bind(c.bitrate.map(|v| v as i64))
             .bind(c.user_limit.map(|v| v as i64))
+            .bind(c.require_dave as i64)
             .bind(id.get() as i64)
             .execute(&self.pool)
             .await?;
@@ -960,6 +979,18 @@ fn check_voice_limits(bitrate: Option<u32>, user_limit: Option<u32>) -> Result<(
         return Err(ChatError::Invalid {
             field: "user_limit",
             message: "Must be between 0 and 99.".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Only a voice channel may require DAVE; `false` is accepted anywhere (it is every other
+/// channel's value), on create and on update alike.
+fn check_require_dave(kind: ChannelKind, require_dave: Option<bool>) -> Result<(), ChatError> {
+    if require_dave == Some(true) && kind != ChannelKind::Voice {
+        return Err(ChatError::Invalid {
+            field: "require_dave",
+            message: "Only voice channels can require DAVE.".into(),
         });
     }
     Ok(())

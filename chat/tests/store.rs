@@ -598,3 +598,192 @@ async fn member_pages_carry_each_members_roles_and_channel_permissions_match() {
         .unwrap();
     assert!(p.iter().all(|p| p.0 == 0));
 }
+
+/// `require_dave`: a voice channel's setting, kept until changed; refused with the field named
+/// on any other channel kind, where nothing is written.
+#[tokio::test]
+async fn voice_channels_may_require_dave_and_no_other_kind_may() {
+    let (s, _d) = store().await;
+    let (owner, _) = s.register("owner", "password1", false).await.unwrap();
+    let g = s.create_guild(&owner, "Den").await.unwrap();
+    let before = s.channels(g.id).await.unwrap();
+    assert!(
+        before.iter().all(|c| !c.require_dave),
+        "a new guild's channels require nothing"
+    );
+    for c in &before {
+        assert!(!s.channel_requires_dave(c.id).await.unwrap());
+    }
+
+    let spec = |name: &str, kind, require_dave| ChannelSpec {
+        name: Some(name.into()),
+        kind: Some(kind),
+        require_dave,
+        ..Default::default()
+    };
+    let plain = s
+        .create_channel(g.id, spec("plain", ChannelKind::Voice, None))
+        .await
+        .unwrap();
+    assert!(!plain.require_dave);
+    let e2ee = s
+        .create_channel(g.id, spec("e2ee", ChannelKind::Voice, Some(true)))
+        .await
+        .unwrap();
+    assert!(e2ee.require_dave);
+    assert!(s.channel(e2ee.id).await.unwrap().require_dave);
+    assert!(s.channel_requires_dave(e2ee.id).await.unwrap());
+    assert!(!s.channel_requires_dave(plain.id).await.unwrap());
+    let listed = s.channels(g.id).await.unwrap();
+    let flags: Vec<(&str, bool)> = listed
+        .iter()
+        .map(|c| (c.name.as_str(), c.require_dave))
+        .collect();
+    assert!(
+        flags.contains(&("e2ee", true)) && flags.contains(&("plain", false)),
+        "{flags:?}"
+    );
+
+    // An update that does not name the field keeps it, other voice settings included.
+    let e2ee = s
+        .update_channel(
+            e2ee.id,
+            ChannelSpec {
+                name: Some("e2ee 2".into()),
+                bitrate: Some(96_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(e2ee.require_dave);
+    assert!(s.channel_requires_dave(e2ee.id).await.unwrap());
+    // Off, then on again, each read back from storage.
+    for want in [false, true] {
+        let c = s
+            .update_channel(
+                e2ee.id,
+                ChannelSpec {
+                    require_dave: Some(want),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(c.require_dave, want);
+        assert_eq!(s.channel(e2ee.id).await.unwrap().require_dave, want);
+        assert_eq!(s.channel_requires_dave(e2ee.id).await.unwrap(), want);
+        assert_eq!(s.channel(e2ee.id).await.unwrap().bitrate, Some(96_000));
+    }
+
+    // Text and category channels: true is refused on create (nothing made) and on update
+    // (nothing changed, not even the name sent with it); false is every channel's value.
+    let count = s.channels(g.id).await.unwrap().len();
+    for kind in [ChannelKind::Text, ChannelKind::Category] {
+        let e = s
+            .create_channel(g.id, spec("nope", kind, Some(true)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ChatError::Invalid {
+                    field: "require_dave",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(e.status(), 400);
+    }
+    assert_eq!(s.channels(g.id).await.unwrap().len(), count);
+    let text = s
+        .create_channel(g.id, spec("chat", ChannelKind::Text, Some(false)))
+        .await
+        .unwrap();
+    assert!(!text.require_dave);
+    let e = s
+        .update_channel(
+            text.id,
+            ChannelSpec {
+                name: Some("renamed".into()),
+                require_dave: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        ChatError::Invalid {
+            field: "require_dave",
+            ..
+        }
+    ));
+    let text = s.channel(text.id).await.unwrap();
+    assert_eq!((text.name.as_str(), text.require_dave), ("chat", false));
+    assert!(!s.channel_requires_dave(text.id).await.unwrap());
+
+    s.delete_channel(e2ee.id).await.unwrap();
+    assert!(matches!(
+        s.channel_requires_dave(e2ee.id).await,
+        Err(ChatError::Unknown("channel"))
+    ));
+}
+
+/// A database made before migration 0007 upgrades in place: its channels are kept and require
+/// nothing.
+#[tokio::test]
+async fn channels_made_before_require_dave_existed_require_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, backend) = match lodge_chat::store::testing::database_url_from_env().await {
+        Some(url) => (url, "postgres"),
+        None => (
+            format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display()),
+            "sqlite",
+        ),
+    };
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    let mut old = sqlx::migrate::Migrator::new(src).await.unwrap();
+    assert!(old.iter().any(|m| m.version == 7), "0007 is require_dave");
+    old.migrations = old
+        .iter()
+        .filter(|m| m.version < 7)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    old.run(&pool).await.unwrap();
+    sqlx::query("INSERT INTO users (id, username, password_hash, bot, created_at) VALUES (1, 'old', 'x', 0, 0)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO guilds (id, name, owner_id, created_at) VALUES (10, 'Old Den', 1, 0)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO channels (id, guild_id, type, name, position, bitrate, user_limit) VALUES (20, 10, 2, 'Old Voice', 0, 64000, 0)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let s = Store::open_url(&url).await.unwrap();
+    let c = s.channel(lodge_ids::ChannelId(20)).await.unwrap();
+    assert_eq!((c.name.as_str(), c.require_dave), ("Old Voice", false));
+    assert!(!s.channel_requires_dave(c.id).await.unwrap());
+    let c = s
+        .update_channel(
+            c.id,
+            ChannelSpec {
+                require_dave: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(c.require_dave && s.channel_requires_dave(c.id).await.unwrap());
+}

@@ -14,6 +14,15 @@ use crate::ratelimit::Authenticated;
 /// Largest JSON body the REST API accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// A body field that is present, `null` included (serde's `Option` alone reads `null` as
+/// absent), kept as JSON for the route to check and name in its own form error:
+/// `#[serde(default, deserialize_with = "present")] field: Option<Value>`.
+pub fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde::Deserialize::deserialize(d).map(Some)
+}
+
 /// `Json<T>` whose failures are Discord JSON errors (400 bad body, 413 too large).
 pub struct ApiJson<T>(pub T);
 

@@ -83,6 +83,8 @@ pub fn channel(c: &Channel) -> Value {
         ChannelKind::Voice => {
             v["bitrate"] = json!(c.bitrate.unwrap_or(64_000));
             v["user_limit"] = json!(c.user_limit.unwrap_or(0));
+            // Lodge's extension (Discord's libraries ignore unknown fields).
+            v["require_dave"] = json!(c.require_dave);
             v["rtc_region"] = Value::Null;
             v["last_message_id"] = Value::Null;
             v["rate_limit_per_user"] = json!(0);

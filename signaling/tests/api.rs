@@ -518,3 +518,205 @@ async fn channel_topics_are_bounded() {
         .await;
     assert!(t["topic"].is_null(), "refused updates changed nothing: {t}");
 }
+
+/// Lodge's `require_dave` channel setting: a voice channel's JSON boolean, set on create and by
+/// PATCH with MANAGE_CHANNELS, carried by GET and the CHANNEL_* dispatches; refused with the
+/// field named on other channel kinds and for anything but a boolean, changing nothing.
+#[tokio::test]
+async fn voice_channels_may_require_dave() {
+    use common::{dispatch, gateway};
+    let n = common::node().await;
+    let (_, alice) = n.user("alice").await;
+    let (bob_id, bob) = n.user("bob").await;
+    let (g, text, general_voice) = n.guild(&alice).await;
+    n.invite_and_join(&alice, &text, &bob).await;
+    let (mut wb, _) = gateway(&n, &bob).await;
+    let get = |id: String| {
+        let (n, alice) = (&n, alice.clone());
+        async move {
+            let (st, c) = n
+                .req("GET", &format!("/channels/{id}"), Some(&alice), None)
+                .await;
+            assert_eq!(st, 200, "{c}");
+            c
+        }
+    };
+    let patch = |id: String, token: String, body: serde_json::Value| {
+        let n = &n;
+        async move {
+            n.req(
+                "PATCH",
+                &format!("/channels/{id}"),
+                Some(&token),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let form_error = |st: u16, v: &serde_json::Value| {
+        assert_eq!((st, v["code"].as_u64()), (400, Some(50035)), "{v}");
+        assert!(
+            v["errors"]["require_dave"]["_errors"][0]["message"].is_string(),
+            "{v}"
+        );
+    };
+
+    // Voice channels say so (false unless set); other kinds carry no such field.
+    assert_eq!(get(general_voice.clone()).await["require_dave"], false);
+    assert!(get(text.clone()).await.get("require_dave").is_none());
+
+    let (st, c) = n
+        .req(
+            "POST",
+            &format!("/guilds/{g}/channels"),
+            Some(&alice),
+            Some(json!({ "name": "e2ee", "type": 2, "require_dave": true })),
+        )
+        .await;
+    assert_eq!((st, &c["require_dave"]), (201, &json!(true)), "{c}");
+    let e2ee = c["id"].as_str().unwrap().to_string();
+    let created = dispatch(&mut wb, "CHANNEL_CREATE").await;
+    assert_eq!(
+        (created["id"].as_str(), &created["require_dave"]),
+        (Some(e2ee.as_str()), &json!(true))
+    );
+    assert_eq!(get(e2ee.clone()).await["require_dave"], true);
+    let (_, all) = n
+        .req("GET", &format!("/guilds/{g}/channels"), Some(&alice), None)
+        .await;
+    let listed = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == e2ee.as_str())
+        .unwrap();
+    assert_eq!(listed["require_dave"], true);
+
+    // Off and on again by PATCH, each in the response, in GET and in bob's CHANNEL_UPDATE.
+    for want in [false, true] {
+        let (st, c) = patch(e2ee.clone(), alice.clone(), json!({ "require_dave": want })).await;
+        assert_eq!((st, &c["require_dave"]), (200, &json!(want)), "{c}");
+        let upd = dispatch(&mut wb, "CHANNEL_UPDATE").await;
+        assert_eq!(
+            (upd["id"].as_str(), &upd["require_dave"]),
+            (Some(e2ee.as_str()), &json!(want)),
+            "{upd}"
+        );
+        assert_eq!(get(e2ee.clone()).await["require_dave"], want);
+    }
+    // A PATCH that does not name it keeps it.
+    let (st, c) = patch(
+        e2ee.clone(),
+        alice.clone(),
+        json!({ "name": "e2ee 2", "bitrate": 96000 }),
+    )
+    .await;
+    assert_eq!(
+        (st, &c["require_dave"], c["bitrate"].as_u64()),
+        (200, &json!(true), Some(96000)),
+        "{c}"
+    );
+    assert_eq!(
+        dispatch(&mut wb, "CHANNEL_UPDATE").await["require_dave"],
+        true
+    );
+
+    // Anything but a boolean is refused, naming the field, on create and on update.
+    let (_, before) = n
+        .req("GET", &format!("/guilds/{g}/channels"), Some(&alice), None)
+        .await;
+    for bad in [
+        json!("true"),
+        json!(1),
+        json!(0),
+        json!(null),
+        json!({}),
+        json!([true]),
+    ] {
+        let (st, v) = n
+            .req(
+                "POST",
+                &format!("/guilds/{g}/channels"),
+                Some(&alice),
+                Some(json!({ "name": "bad", "type": 2, "require_dave": bad })),
+            )
+            .await;
+        form_error(st, &v);
+        let (st, v) = patch(
+            e2ee.clone(),
+            alice.clone(),
+            json!({ "name": "renamed", "require_dave": bad }),
+        )
+        .await;
+        form_error(st, &v);
+    }
+    // Only voice channels may require DAVE; false is every channel's value and is accepted.
+    for kind in [0, 4] {
+        let (st, v) = n
+            .req(
+                "POST",
+                &format!("/guilds/{g}/channels"),
+                Some(&alice),
+                Some(json!({ "name": "nope", "type": kind, "require_dave": true })),
+            )
+            .await;
+        form_error(st, &v);
+    }
+    let (st, v) = patch(
+        text.clone(),
+        alice.clone(),
+        json!({ "name": "renamed", "require_dave": true }),
+    )
+    .await;
+    form_error(st, &v);
+    let (st, v) = patch(
+        text.clone(),
+        alice.clone(),
+        json!({ "require_dave": false }),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v.get("require_dave").is_none(), "{v}");
+    let (_, after) = n
+        .req("GET", &format!("/guilds/{g}/channels"), Some(&alice), None)
+        .await;
+    assert_eq!(after, before, "refused creates and updates wrote nothing");
+
+    // It takes MANAGE_CHANNELS, like every other channel setting.
+    let (st, v) = patch(e2ee.clone(), bob.clone(), json!({ "require_dave": false })).await;
+    assert_eq!((st, v["code"].as_u64()), (403, Some(50013)), "{v}");
+    let (st, v) = n
+        .req(
+            "POST",
+            &format!("/guilds/{g}/channels"),
+            Some(&bob),
+            Some(json!({ "name": "bobs", "type": 2, "require_dave": true })),
+        )
+        .await;
+    assert_eq!((st, v["code"].as_u64()), (403, Some(50013)), "{v}");
+    assert_eq!(get(e2ee.clone()).await["require_dave"], true);
+    let (st, role) = n
+        .req(
+            "POST",
+            &format!("/guilds/{g}/roles"),
+            Some(&alice),
+            Some(json!({ "name": "channel managers", "permissions": (1u64 << 4).to_string() })),
+        )
+        .await;
+    assert_eq!(st, 200, "{role}");
+    let (st, _) = n
+        .req(
+            "PUT",
+            &format!(
+                "/guilds/{g}/members/{bob_id}/roles/{}",
+                role["id"].as_str().unwrap()
+            ),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    let (st, c) = patch(e2ee.clone(), bob.clone(), json!({ "require_dave": false })).await;
+    assert_eq!((st, &c["require_dave"]), (200, &json!(false)), "{c}");
+    assert_eq!(get(e2ee).await["require_dave"], false);
+}

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::admin::Setting;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{snowflake, ApiJson};
+use crate::extract::{present, snowflake, ApiJson};
 use crate::operator::Operator;
 use crate::shared::guild_switches::{GuildSwitches, SwitchChange};
 
@@ -43,11 +43,6 @@ pub struct GuildChange {
     /// A number, or `null` to lift the cap (absent: unchanged).
     #[serde(default, deserialize_with = "present")]
     max_slots: Option<Value>,
-}
-
-/// A field that is present, `null` included (serde's `Option` alone reads `null` as absent).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
 }
 
 fn settings(s: &AppState) -> Value {

@@ -11,7 +11,7 @@ use super::guilds::OverwriteBody;
 use super::{channel_for, require};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{snowflake, ApiJson, Auth};
+use crate::extract::{present, snowflake, ApiJson, Auth};
 use crate::hub::{DispatchKind, Target};
 use crate::wire;
 
@@ -30,7 +30,23 @@ pub struct UpdateChannel {
     position: Option<i64>,
     bitrate: Option<u32>,
     user_limit: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
+    require_dave: Option<Value>,
     topic: Option<String>,
+}
+
+/// Lodge's `require_dave` from a create or update body: absent is unchanged, a JSON boolean is
+/// the setting, anything else (`null` included) a form error naming the field. Checked here,
+/// not by serde, so the refusal is Discord's 50035 like every other bad channel field.
+pub(super) fn require_dave(v: Option<Value>) -> ApiResult<Option<bool>> {
+    match v {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(b)),
+        Some(_) => Err(ApiError::bad_request(
+            "require_dave",
+            "Must be true or false.",
+        )),
+    }
 }
 
 pub async fn update(
@@ -41,6 +57,7 @@ pub async fn update(
 ) -> ApiResult<Json<Value>> {
     let (c, g, p) = channel_for(&s, snowflake(&id, "channel")?, u.id.get()).await?;
     require(p, Permissions::MANAGE_CHANNELS, "MANAGE_CHANNELS")?;
+    let require_dave = require_dave(b.require_dave)?;
     let c = s
         .store
         .update_channel(
@@ -50,6 +67,7 @@ pub async fn update(
                 position: b.position,
                 bitrate: b.bitrate,
                 user_limit: b.user_limit,
+                require_dave,
                 topic: b.topic.map(Some),
                 ..Default::default()
             },

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::{guild_for, require};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{snowflake, ApiJson, ApiQuery, Auth};
+use crate::extract::{present, snowflake, ApiJson, ApiQuery, Auth};
 use crate::hub::{DispatchKind, Target};
 use crate::wire;
 
@@ -187,6 +187,8 @@ pub struct CreateChannel {
     bitrate: Option<u32>,
     #[serde(default)]
     user_limit: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
+    require_dave: Option<Value>,
     #[serde(default)]
     topic: Option<String>,
     #[serde(default)]
@@ -211,6 +213,7 @@ pub async fn create_channel(
             )
         })?,
     };
+    let require_dave = super::channels::require_dave(b.require_dave)?;
     let parent_id = match b.parent_id {
         Some(p) => Some(Some(p.parse().map_err(|_| {
             ApiError::bad_request("parent_id", "Must be a snowflake.")
@@ -238,6 +241,7 @@ pub async fn create_channel(
                 position: b.position,
                 bitrate: b.bitrate,
                 user_limit: b.user_limit,
+                require_dave,
                 topic: Some(b.topic),
                 overwrites: ows,
             },

@@ -1,0 +1,4 @@
+-- A voice channel may require DAVE (Discord's end-to-end encryption): the voice gateway refuses
+-- clients that do not offer it (close 4017). 0/1 as BIGINT like users.bot, read by the same
+-- portable flag(); only ever 1 on a voice channel (the store refuses it elsewhere).
+ALTER TABLE channels ADD COLUMN require_dave BIGINT NOT NULL DEFAULT 0;
