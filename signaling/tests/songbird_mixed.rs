@@ -86,8 +86,8 @@ fn speaker(name: &str) -> Speaker {
         .expect("every ranked name is a speaker")
 }
 
-/// One 20 ms playout tick of the songbird listener: per SSRC that had a packet, the Opus
-/// payload's size and the decoded mono PCM.
+/// One 20 ms playout tick of the songbird listener: per SSRC that had a packet, the sealed
+/// payload's size (Opus and AEAD tag) and the decoded mono PCM.
 type Tick = HashMap<u32, (usize, Vec<i16>)>;
 
 #[derive(Clone, Default)]
@@ -102,7 +102,9 @@ impl EventHandler for Recorder {
                 .iter()
                 .filter_map(|(ssrc, d)| {
                     let p = d.packet.as_ref()?;
-                    let bytes = p.packet.len() - p.payload_offset - p.payload_end_pad;
+                    // In songbird 0.6.1's VoiceTick, `payload_end_pad` is where the payload
+                    // ends within the RTP body (not a count from the end, as documented).
+                    let bytes = p.payload_end_pad.saturating_sub(p.payload_offset);
                     Some((*ssrc, (bytes, d.decoded_voice.clone().unwrap_or_default())))
                 })
                 .collect();
@@ -140,9 +142,8 @@ fn keep_alive(mut gw: Ws) {
 /// channel, its log echoed into the test's output.
 fn browsers(env: &[(&str, String)]) -> (Child, mpsc::UnboundedReceiver<Value>) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser");
-    let chromium = PathBuf::from(
-        std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
-    );
+    let chromium =
+        PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
     assert!(
         chromium.exists(),
         "Chromium not found at {} (set CHROMIUM, or run scripts/setup.sh, which installs it)",
@@ -342,7 +343,10 @@ async fn songbird_and_browsers_share_a_call_with_more_speakers_than_slots() {
     println!("tone shares of bob's mix: {shares:?}");
     for (rank, (name, share)) in shares.iter().enumerate() {
         if rank < SLOTS {
-            assert!(*share > 0.1, "{name}'s tone is missing from bob's mix: {shares:?}");
+            assert!(
+                *share > 0.1,
+                "{name}'s tone is missing from bob's mix: {shares:?}"
+            );
         } else {
             assert!(*share < 0.01, "{name}'s tone is in bob's mix: {shares:?}");
         }
