@@ -124,8 +124,8 @@ impl Recorder {
     }
 }
 
-/// Answer heartbeats' absence for a gateway session the test no longer reads: the call outlives
-/// one heartbeat interval, and a silent session would be closed (its voice state with it).
+/// Heartbeat and drain a gateway session the test no longer reads: the call may outlive one
+/// heartbeat interval, and a silent session would be closed (its voice state with it).
 fn keep_alive(mut gw: Ws) {
     tokio::spawn(async move {
         let mut beat = tokio::time::interval(Duration::from_secs(10));
