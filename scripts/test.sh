@@ -20,7 +20,7 @@ cargo build --workspace --all-targets --locked
 step "the sfu core builds without tokio (sans-IO is enforced by the dependency graph)"
 cargo build -p lodge-sfu --lib --no-default-features --locked
 
-step "unit, simulated-network and real-socket tests (the Redis-backed shared state against a throwaway redis-server)"
+step "unit, simulated-network and real-socket tests (the Redis-backed shared state against a throwaway redis-server; songbird_mixed drives headless Chromium, which setup installed)"
 TEST_REDIS_URL="$(./scripts/redis.sh)"
 export TEST_REDIS_URL
 if command -v cargo-nextest >/dev/null 2>&1; then

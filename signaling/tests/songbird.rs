@@ -9,68 +9,19 @@
 //! trusted through SSL_CERT_FILE) in front of the node, as a reverse proxy would be.
 
 mod common;
+mod songbird_rig;
 
-use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use songbird::driver::{Channels, CryptoMode, DecodeConfig, DecodeMode, SampleRate};
 use songbird::events::{CoreEvent, Event, EventContext, EventHandler};
-use songbird::input::{Input, RawAdapter};
 use songbird::{Config, ConnectionInfo, Driver};
-use tokio::net::{TcpListener, TcpStream};
+use songbird_rig::{id, tone, tone_share, trusted_tls_endpoint};
 
 const TONE_HZ: f32 = 440.0;
-
-/// A TLS terminator for `localhost` in front of `upstream`; returns its port and the CA's PEM.
-async fn tls_proxy(upstream: std::net::SocketAddr) -> (u16, String) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "Lodge songbird test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![CertificateDer::from_pem_slice(leaf.pem().as_bytes()).unwrap()],
-        PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
-    )
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut up) = TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
-            });
-        }
-    });
-    (port, ca_cert.pem())
-}
 
 /// Decoded audio per SSRC, as songbird's receive path delivered it.
 #[derive(Clone, Default)]
@@ -91,55 +42,8 @@ impl EventHandler for Received {
     }
 }
 
-/// Relative power of `hz` in mono `pcm` at 48 kHz (Goertzel), 0..1 of the signal's power.
-fn tone_share(pcm: &[i16], hz: f32) -> f32 {
-    let w = 2.0 * std::f32::consts::PI * hz / 48_000.0;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2, mut energy) = (0f32, 0f32, 0f32);
-    for &x in pcm {
-        let x = x as f32;
-        let s0 = x + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-        energy += x * x;
-    }
-    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
-    if energy == 0.0 {
-        return 0.0;
-    }
-    // A pure sine of N samples gives power ≈ energy · N / 2.
-    power / (energy * pcm.len() as f32 / 2.0)
-}
-
-/// Ten seconds of a stereo f32 sine, as songbird's raw input reads it.
-fn tone() -> Input {
-    let mut bytes = Vec::with_capacity(48_000 * 10 * 8);
-    for i in 0..48_000 * 10 {
-        let v = 0.4 * (2.0 * std::f32::consts::PI * TONE_HZ * i as f32 / 48_000.0).sin();
-        for _ in 0..2 {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    let input: Input = RawAdapter::new(std::io::Cursor::new(bytes), 48_000, 2).into();
-    let Input::Live(live, _) = input else {
-        unreachable!("a raw adapter is a live input")
-    };
-    let parsed = live
-        .promote(
-            songbird::input::codecs::get_codec_registry(),
-            songbird::input::codecs::get_probe(),
-        )
-        .expect("the tone parses");
-    Input::Live(parsed, None)
-}
-
-fn id(s: &str) -> NonZeroU64 {
-    s.parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn songbird_drivers_exchange_a_tone_over_udp_mode() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     // songbird's and davey's warnings (DAVE failures) show when the test fails.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -148,12 +52,8 @@ async fn songbird_drivers_exchange_a_tone_over_udp_mode() {
         .with_test_writer()
         .try_init();
     let n = node().await;
-    let (proxy_port, ca) = tls_proxy(n.http_addr()).await;
     let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca).unwrap();
-    // Read by rustls-native-certs when songbird's WebSocket client builds its roots.
-    unsafe { std::env::set_var("SSL_CERT_FILE", &ca_file) };
+    let endpoint = trusted_tls_endpoint(n.http_addr(), dir.path()).await;
 
     let mut a = member(&n, "alice").await;
     let (g, text, voice) = n.guild(&a.token).await;
@@ -162,7 +62,6 @@ async fn songbird_drivers_exchange_a_tone_over_udp_mode() {
     n.invite_and_join(&a.token, &text, &b.token).await;
     let (ta, _) = voice_join(&mut a.gw, &g, &voice, false).await;
     let (tb, _) = voice_join(&mut b.gw, &g, &voice, false).await;
-    let endpoint = format!("localhost:{proxy_port}");
     let info = |m: &Member, token: String| ConnectionInfo {
         channel_id: id(&voice).into(),
         endpoint: endpoint.clone(),
@@ -194,7 +93,7 @@ async fn songbird_drivers_exchange_a_tone_over_udp_mode() {
         .await
         .expect("alice's driver did not connect in 10 s")
         .expect("alice's driver refused");
-    let track = speaker.play_input(tone());
+    let track = speaker.play_input(tone(TONE_HZ, 0.4, 10));
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(track.get_info().await.is_ok(), "the tone still plays");
 

@@ -2,7 +2,12 @@
 // Plain ES module, no build step. Talks the same Discord-shaped API as any bot library.
 
 const API = '/api/v10';
-const SLOTS = 3;
+// Speakers heard at once: 3, or ?slots=N (1..=16) in a guild whose operator capped slots below
+// 3 (the max_slots switch refuses an offer with more receive lines than the cap).
+const SLOTS = (() => {
+  const n = Number(new URLSearchParams(location.search).get('slots'));
+  return Number.isInteger(n) && n >= 1 && n <= 16 ? n : 3;
+})();
 const $ = (id) => document.getElementById(id);
 // A small speaker glyph (no emoji font needed).
 const SPEAKER_SVG = '<svg width="14" height="14" viewBox="0 0 24 24" aria-label="voice channel"><path fill="currentColor" d="M3 9v6h4l5 4V5L7 9H3zm13.5 3a4.5 4.5 0 0 0-2.5-4v8a4.5 4.5 0 0 0 2.5-4z"/></svg>';

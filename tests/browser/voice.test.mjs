@@ -5,17 +5,16 @@
 // Against a cluster: VOICE_REGIONS=eu,us,origin places alice, bob and carol by region hint
 // (the web client's ?region=); tests/cluster/run.sh does that.
 
-import { chromium } from 'playwright-core';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
 import { writeWav } from './wav.mjs';
+import { launchVoiceBrowser } from './launch.mjs';
 
 const BASE = process.env.LODGE_URL || 'http://127.0.0.1:8080';
 const REGIONS = (process.env.VOICE_REGIONS || '').split(',').filter(Boolean);
 let clients = 0;
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const work = mkdtempSync(join(tmpdir(), 'lodge-browser-'));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const log = (...a) => console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...a);
@@ -23,17 +22,7 @@ const log = (...a) => console.log(`[${new Date().toISOString().slice(11, 23)}]`,
 async function client(name, f0) {
   const wav = join(work, `${name}.wav`);
   writeWav(wav, f0);
-  const ctx = await chromium.launchPersistentContext(join(work, `profile-${name}`), {
-    executablePath: CHROMIUM,
-    headless: false,
-    args: [
-      '--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--allow-loopback-in-peer-connection', '--use-fake-device-for-media-stream',
-      '--use-fake-ui-for-media-stream', '--autoplay-policy=no-user-gesture-required',
-      `--use-file-for-fake-audio-capture=${wav}`,
-    ],
-  });
+  const ctx = await launchVoiceBrowser(join(work, `profile-${name}`), wav);
   const page = ctx.pages()[0] || (await ctx.newPage());
   page.on('console', (m) => { if (m.type() === 'error') log(`${name} console:`, m.text()); });
   page.on('pageerror', (e) => log(`${name} page error:`, e.message));

@@ -1,0 +1,128 @@
+// The browser half of signaling/tests/songbird_mixed.rs (which starts the node, the songbird
+// clients and this script): headless Chromium web clients, each speaking a steady tone, join the
+// guild of INVITE and its voice channel, asking for SLOTS speaker slots. Once every one is
+// connected the script reports the users it registered; then it waits until every browser's
+// slots hold exactly the speakers the ranking says it should hear, and hears the native
+// speaker's tone (WebAudio on the slot's track) — or fails after 35 s saying what each hears.
+//
+// Input (environment): LODGE_URL, INVITE, SLOTS, SPEAKERS (JSON [{name, hz, amp}], the browsers),
+// NATIVE (JSON {name, id, hz}: the songbird speaker), RANKING (JSON [name], loudest first:
+// browsers and the native speaker). Output: lines `@@ {json}` on stdout for the Rust test
+// (`joined`, `heard`); anything else is log. Closing stdin ends the call and the script.
+
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { writeToneWav } from './wav.mjs';
+import { launchVoiceBrowser } from './launch.mjs';
+
+const BASE = process.env.LODGE_URL;
+const INVITE = process.env.INVITE;
+const SLOTS = Number(process.env.SLOTS);
+const SPEAKERS = JSON.parse(process.env.SPEAKERS);
+const NATIVE = JSON.parse(process.env.NATIVE);
+const RANKING = JSON.parse(process.env.RANKING);
+const work = mkdtempSync(join(tmpdir(), 'lodge-mixed-'));
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const log = (...a) => console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...a);
+const report = (event, d) => console.log(`@@ ${JSON.stringify({ event, ...d })}`);
+
+async function client({ name, hz, amp }) {
+  const wav = join(work, `${name}.wav`);
+  writeToneWav(wav, hz, amp);
+  const ctx = await launchVoiceBrowser(join(work, `profile-${name}`), wav);
+  const page = ctx.pages()[0] || (await ctx.newPage());
+  page.on('console', (m) => { if (m.type() === 'error') log(`${name} console:`, m.text()); });
+  page.on('pageerror', (e) => log(`${name} page error:`, e.message));
+  await page.goto(`${BASE}/?slots=${SLOTS}`);
+  await page.fill('#username', name);
+  await page.fill('#password', `password-${name}`);
+  await page.click('#register-btn');
+  await page.waitForFunction(() => window.lodge && window.lodge.state.user, null, { timeout: 20000 });
+  const id = await page.evaluate(() => window.lodge.state.user.id);
+  await page.fill('#invite-code', INVITE);
+  await page.click('#join-invite button');
+  await page.waitForSelector('#guild-list li.active', { timeout: 20000 });
+  await page.click('#channel-list li[data-type="2"]');
+  await page.waitForSelector('#voice-status[data-state="connected"]', { timeout: 30000 });
+  log(`${name} (${id}) in voice at ${hz} Hz, peak ${amp}`);
+  return { name, ctx, page, id };
+}
+
+// In the page: per slot, the speaker op 5 names, packets so far, and the share of the slot's
+// last 8192 samples (WebAudio, after the jitter buffer and decoder) at each of `freqs`.
+function hearing(freqs) {
+  const v = window.lodge.state.voice;
+  const m = (window.__mixed ||= { ctx: new AudioContext(), analysers: new Map() });
+  if (m.ctx.state !== 'running') m.ctx.resume();
+  const share = (x, hz) => {
+    const coeff = 2 * Math.cos((2 * Math.PI * hz) / m.ctx.sampleRate);
+    let s1 = 0, s2 = 0, energy = 0;
+    for (const s of x) { const s0 = s + coeff * s1 - s2; s2 = s1; s1 = s0; energy += s * s; }
+    return energy > 0 ? (s1 * s1 + s2 * s2 - coeff * s1 * s2) / ((energy * x.length) / 2) : 0;
+  };
+  return window.lodge.slotStats().then((slots) => slots.map((s) => {
+    let an = m.analysers.get(s.mid);
+    if (!an) {
+      const tr = v.pc.getTransceivers().find((t) => t.mid === s.mid);
+      an = m.ctx.createAnalyser();
+      an.fftSize = 8192;
+      m.ctx.createMediaStreamSource(new MediaStream([tr.receiver.track])).connect(an);
+      m.analysers.set(s.mid, an);
+    }
+    const x = new Float32Array(an.fftSize);
+    an.getFloatTimeDomainData(x);
+    const rms = Math.sqrt(x.reduce((a, s) => a + s * s, 0) / x.length);
+    return { ...s, rms, shares: Object.fromEntries(freqs.map((f) => [f, share(x, f)])) };
+  }));
+}
+
+async function main() {
+  if (!BASE || !INVITE || !SLOTS) throw new Error('run by signaling/tests/songbird_mixed.rs (LODGE_URL, INVITE, SLOTS unset)');
+  const browsers = await Promise.all(SPEAKERS.map(client));
+  const ids = Object.fromEntries([...browsers.map((b) => [b.name, b.id]), [NATIVE.name, NATIVE.id]]);
+  report('joined', { users: ids });
+
+  // Listener L should hear the first SLOTS of the ranking other than itself, the native
+  // speaker among them, with its tone dominating that slot.
+  const freqs = [NATIVE.hz, ...SPEAKERS.map((s) => s.hz)];
+  const expected = (name) => RANKING.filter((n) => n !== name).slice(0, SLOTS).map((n) => ids[n]).sort();
+  const nameOf = Object.fromEntries(Object.entries(ids).map(([n, id]) => [id, n]));
+  const deadline = Date.now() + 35000;
+  let last = {};
+  let ok = false;
+  const before = new Map();
+  while (!ok && Date.now() < deadline) {
+    await sleep(1000);
+    ok = true;
+    for (const b of browsers) {
+      const slots = await b.page.evaluate(hearing, freqs);
+      // Only slots that are flowing count: a speaker is heard if its slot gained packets.
+      const flowing = slots.filter((s) => s.user && s.packetsReceived > (before.get(`${b.name}/${s.ssrc}`) ?? Infinity));
+      for (const s of slots) before.set(`${b.name}/${s.ssrc}`, s.packetsReceived);
+      const heard = flowing.map((s) => s.user).sort();
+      const native = flowing.find((s) => s.user === NATIVE.id);
+      const nativeShare = native ? native.shares[NATIVE.hz] : 0;
+      last[b.name] = {
+        hears: heard.map((id) => nameOf[id] || id),
+        expected: expected(b.name).map((id) => nameOf[id]),
+        nativeShare: Number(nativeShare.toFixed(3)),
+        slots: slots.map((s) => ({ user: nameOf[s.user] || s.user, packets: s.packetsReceived, level: s.audioLevel, rms: Number(s.rms.toFixed(4)), shares: s.shares })),
+      };
+      if (JSON.stringify(heard) !== JSON.stringify(expected(b.name)) || nativeShare <= 0.5) ok = false;
+    }
+  }
+  report('heard', { ok, browsers: last });
+  if (!ok) throw new Error(`browsers do not hear what the ranking says: ${JSON.stringify(last, null, 1)}`);
+  log('every browser hears its top speakers, the native tone among them');
+
+  // Stay in the call until the Rust side has recorded (it closes our stdin).
+  await new Promise((r) => { process.stdin.on('end', r); process.stdin.on('close', r); process.stdin.resume(); });
+  await Promise.all(browsers.map((b) => b.ctx.close()));
+}
+
+// A bound of our own, below the Rust test's: a hung browser must not hold the test.
+const watchdog = setTimeout(() => { console.error('FAIL: mixed-call.mjs watchdog (80 s)'); process.exit(1); }, 80000);
+main()
+  .then(() => { clearTimeout(watchdog); rmSync(work, { recursive: true, force: true }); })
+  .catch((e) => { console.error('FAIL:', e); process.exit(1); });
