@@ -104,6 +104,8 @@ pub struct NodeReport {
     /// IP discovery requests answered; keepalives from native participants.
     pub native_discovery: u64,
     pub native_keepalives: u64,
+    /// Speaker packets whose payload is a DAVE frame (end-to-end encrypted).
+    pub dave_frames_in: u64,
     pub drops: Vec<(&'static str, u64)>,
     pub peers: Vec<ParticipantReport>,
     /// Receive → send inside the node since start, µs (see [`ForwardDelay`]).
@@ -630,6 +632,7 @@ fn report(node: &Node, delay: &hdrhistogram::Histogram<u64>, exports_dropped: u6
         exports_dropped,
         native_discovery: s.native_discovery,
         native_keepalives: s.native_keepalives,
+        dave_frames_in: s.dave_frames_in,
         drops: DropReason::ALL
             .iter()
             .map(|r| (r.as_str(), s.drops.get(*r)))

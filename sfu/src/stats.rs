@@ -47,5 +47,7 @@ pub struct NodeStats {
     /// used without being RTP).
     pub native_discovery: u64,
     pub native_keepalives: u64,
+    /// Speaker packets whose payload is a DAVE frame (end-to-end encrypted; forwarded opaque).
+    pub dave_frames_in: u64,
     pub drops: DropCounters,
 }

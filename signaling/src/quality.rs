@@ -450,6 +450,7 @@ mod tests {
             exports_dropped: 0,
             native_discovery: 0,
             native_keepalives: 0,
+            dave_frames_in: 0,
             rooms: 1,
             datagrams_in: 0,
             datagrams_out: 0,

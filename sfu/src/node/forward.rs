@@ -51,6 +51,7 @@ impl Node {
         pt_ok: bool,
     ) {
         self.stats.rtp_in += 1;
+        self.stats.dave_frames_in += u64::from(pkt.dave);
         let Node {
             participants,
             stats,

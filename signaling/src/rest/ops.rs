@@ -154,6 +154,12 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             "counter",
             r.native_keepalives,
         );
+        g(
+            "dave_frames_total",
+            "Speaker packets whose payload is a DAVE frame (end-to-end encrypted, forwarded without keys)",
+            "counter",
+            r.dave_frames_in,
+        );
         let _ = writeln!(out, "# HELP lodge_dropped_total Datagrams or packets not forwarded, by reason\n# TYPE lodge_dropped_total counter");
         for (reason, n) in &r.drops {
             let _ = writeln!(out, "lodge_dropped_total{{reason=\"{reason}\"}} {n}");
@@ -226,7 +232,11 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         let n = dave.refused.get(kind).copied().unwrap_or(0);
         let _ = writeln!(out, "lodge_dave_refused_total{{reason=\"{kind}\"}} {n}");
     }
-    let _ = writeln!(out, "lodge_dave_refused_total{{reason=\"over_budget\"}} {}", dave.over_budget);
+    let _ = writeln!(
+        out,
+        "lodge_dave_refused_total{{reason=\"over_budget\"}} {}",
+        dave.over_budget
+    );
     let _ = writeln!(out, "# HELP lodge_voice_speaking_relays_dropped_total Op 5 speaking changes of native clients not relayed to the channel (over 2/s, burst 10, per connection)\n# TYPE lodge_voice_speaking_relays_dropped_total counter\nlodge_voice_speaking_relays_dropped_total {relays_dropped}");
     let (live, detached) = s.sessions.counts();
     let _ = writeln!(out, "# HELP lodge_voice_states Callers whose voice connection this node hosts\n# TYPE lodge_voice_states gauge\nlodge_voice_states {states}");

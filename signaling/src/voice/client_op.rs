@@ -326,7 +326,9 @@ mod tests {
             }))
         );
         assert_eq!(
-            parse(r#"{"op":0,"d":{"server_id":"1","user_id":"2","session_id":"s","token":"t","max_dave_protocol_version":1}}"#),
+            parse(
+                r#"{"op":0,"d":{"server_id":"1","user_id":"2","session_id":"s","token":"t","max_dave_protocol_version":1}}"#
+            ),
             Ok(ClientOp::Identify(Identify {
                 server_id: 1,
                 user_id: 2,
@@ -337,7 +339,9 @@ mod tests {
         );
         for bad in ["-1", "1.5", "\"1\"", "65536"] {
             assert_eq!(
-                code(&format!(r#"{{"op":0,"d":{{"server_id":1,"user_id":2,"session_id":"s","token":"t","max_dave_protocol_version":{bad}}}}}"#)),
+                code(&format!(
+                    r#"{{"op":0,"d":{{"server_id":1,"user_id":2,"session_id":"s","token":"t","max_dave_protocol_version":{bad}}}}}"#
+                )),
                 close::DECODE_ERROR,
                 "{bad}"
             );
@@ -350,7 +354,10 @@ mod tests {
             parse(r#"{"op":31,"d":{"transition_id":0}}"#),
             Ok(ClientOp::DaveInvalidCommitWelcome { transition_id: 0 })
         );
-        for bad in [r#"{"op":23,"d":{}}"#, r#"{"op":31,"d":{"transition_id":70000}}"#] {
+        for bad in [
+            r#"{"op":23,"d":{}}"#,
+            r#"{"op":31,"d":{"transition_id":70000}}"#,
+        ] {
             assert_eq!(code(bad), close::DECODE_ERROR, "{bad}");
         }
         assert_eq!(

@@ -175,21 +175,39 @@ fn refused(s: &AppState, user: UserId, what: &str, e: &DaveError) {
 
 /// A caller selected its protocol: it joins its channel's call. Returns Session Description's
 /// `dave_protocol_version` (the call's version after the join); the messages queued here (op
-/// 25 for a DAVE joiner, op 21 to the others on a downgrade) go out after op 4.
-pub fn join(s: &AppState, guild: GuildId, channel: ChannelId, user: UserId, max: u16) -> u16 {
+/// 25 for a DAVE joiner, op 21 to the others on a downgrade) go out after op 4. `required`
+/// (the channel's `require_dave`): a join that would take the call off DAVE is refused instead
+/// (a call past [`dave::MAX_PARTICIPANTS`]; callers without DAVE are refused before this).
+pub fn join(
+    s: &AppState,
+    guild: GuildId,
+    channel: ChannelId,
+    user: UserId,
+    max: u16,
+    required: bool,
+) -> Result<u16, DaveError> {
     if !available(s) {
-        return 0;
+        return Ok(0);
     }
     let r = with_call(s, (guild, channel), true, |c| {
+        if required && c.participant_count() >= dave::MAX_PARTICIPANTS {
+            return Err(DaveError::CallFull {
+                limit: dave::MAX_PARTICIPANTS,
+            });
+        }
         c.handle_join(Instant::now(), dave::UserId(user.get()), max)
     });
     match r {
-        Some(Ok(v)) => v,
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e @ DaveError::CallFull { .. })) => {
+            refused(s, user, "join", &e);
+            Err(e)
+        }
         Some(Err(e)) => {
             refused(s, user, "join", &e);
-            0
+            Ok(0)
         }
-        None => 0,
+        None => Ok(0),
     }
 }
 
@@ -220,7 +238,12 @@ pub fn binary(s: &AppState, guild: GuildId, channel: ChannelId, user: UserId, fr
     match r {
         Some(Ok(())) => {}
         Some(Err(e)) => refused(s, user, "binary message", &e),
-        None => refused(s, user, "binary message", &DaveError::NotInDaveMode(dave::UserId(user.get()))),
+        None => refused(
+            s,
+            user,
+            "binary message",
+            &DaveError::NotInDaveMode(dave::UserId(user.get())),
+        ),
     }
 }
 
@@ -248,7 +271,12 @@ pub fn invalid_commit_welcome(
     match r {
         Some(Ok(())) => {}
         Some(Err(e)) => refused(s, user, "invalid commit/welcome", &e),
-        None => refused(s, user, "invalid commit/welcome", &DaveError::NotInDaveMode(dave::UserId(user.get()))),
+        None => refused(
+            s,
+            user,
+            "invalid commit/welcome",
+            &DaveError::NotInDaveMode(dave::UserId(user.get())),
+        ),
     }
 }
 

@@ -87,6 +87,8 @@ pub(crate) struct Authed {
     max_dave: u16,
     /// Budget for binary DAVE frames (each may cost signature checks).
     dave_frames: lodge_sfu::rate_limit::TokenBucket,
+    /// The channel requires DAVE (`require_dave`): no WebRTC, no call without it.
+    require_dave: bool,
 }
 
 /// Speaking changes relayed per second per connection, and the burst (Discord's libraries
@@ -669,6 +671,24 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
             "voice token was issued for another user, guild or session",
         ));
     }
+    // (An edge has no channel store: it cannot see the setting, and runs no DAVE either.)
+    let require_dave = s
+        .store
+        .channel_requires_dave(t.channel_id)
+        .await
+        .unwrap_or(false);
+    if require_dave && !super::e2ee::available(s) {
+        return Err((
+            close::E2EE_REQUIRED,
+            "this voice channel requires end-to-end encryption (DAVE), which this node cannot run (it is part of an edge cascade)",
+        ));
+    }
+    if require_dave && i.max_dave_protocol_version < super::dave::DAVE_VERSION {
+        return Err((
+            close::E2EE_REQUIRED,
+            "this voice channel requires end-to-end encryption (DAVE): identify with max_dave_protocol_version 1 from a client that supports it",
+        ));
+    }
     let connected = Input::Connected {
         generation: t.generation,
         channel: t.channel_id,
@@ -728,6 +748,7 @@ async fn identify(s: &AppState, i: &Identify, out: Outbox) -> Result<Authed, (u1
             SPEAKING_RELAY_BURST,
         ),
         max_dave: i.max_dave_protocol_version,
+        require_dave,
         dave_frames: lodge_sfu::rate_limit::TokenBucket::new(
             super::e2ee::DAVE_FRAMES_PER_S,
             super::e2ee::DAVE_FRAME_BURST,
@@ -764,6 +785,12 @@ async fn select_protocol(
             mode,
         } => return select_udp(s, a, *mode, p.slots, address.as_deref(), *port).await,
     };
+    if a.require_dave {
+        return Err((
+            close::E2EE_REQUIRED,
+            "this voice channel requires end-to-end encryption (DAVE); the WebRTC transport has none here: select protocol \"udp\" with a DAVE client".into(),
+        ));
+    }
     let slots = p.slots;
     let flags = current_flags(s, a).await?;
     let req = JoinRequest {
@@ -867,7 +894,24 @@ async fn attach(
     }
     // Lodge's web client has no DAVE: a WebRTC caller is a participant without it.
     let max_dave = if native { a.max_dave } else { 0 };
-    let version = super::e2ee::join(s, a.guild_id, a.channel_id, a.user_id, max_dave);
+    let joined = super::e2ee::join(
+        s,
+        a.guild_id,
+        a.channel_id,
+        a.user_id,
+        max_dave,
+        a.require_dave,
+    );
+    let version =
+        match joined {
+            Ok(v) => v,
+            Err(e) => return Err((
+                close::DISCONNECTED,
+                format!(
+                    "this channel requires end-to-end encryption (DAVE) and its call is full: {e}"
+                ),
+            )),
+        };
     let joined = {
         let mut v = s.voice();
         v.conns.get_mut(&a.conn_id).map(|c| c.dave = true).is_some()
@@ -901,9 +945,9 @@ async fn select_udp(
         slots: crate::admin::gates::native_slots(s, a.guild_id, slots.unwrap_or(NATIVE_SLOTS))
             .await?,
         flags,
-        // Calls run at DAVE protocol version 0 until the coordinator is wired in: the node
-        // must not send this client DAVE frames.
-        dave: false,
+        // The client reads DAVE frames (it announced DAVE at Identify); the node never sends
+        // them to one that did not.
+        dave: a.max_dave >= super::dave::DAVE_VERSION,
     };
     let ans = s.sfu.join_native(req).await.map_err(|e| refused(a, e))?;
     let dave = attach(s, a, ans.idx, true).await?;
