@@ -17,8 +17,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::*;
 use songbird::driver::{CryptoMode, DecodeMode};
-use songbird::packet::Packet as _;
 use songbird::events::{CoreEvent, Event, EventContext, EventHandler};
+use songbird::packet::Packet as _;
 use songbird::{Config, ConnectionInfo, Driver};
 use songbird_rig::{id, tone, tone_share, trusted_tls_endpoint};
 

@@ -1,13 +1,17 @@
 // Two unmodified discord.js 14 bots with @discordjs/voice 0.19 join a Lodge voice channel over
-// Discord's native voice transport (UDP mode) with DAVE off (`daveEncryption: false`, so the
-// call runs at DAVE protocol version 0). Bot A plays an Opus tone; bot B subscribes to A with
+// Discord's native voice transport (UDP mode), with DAVE off (`daveEncryption: false`, so the
+// call runs at DAVE protocol version 0) or, with DAVE=1, on (the library's default with
+// @snazzah/davey: Lodge coordinates the MLS group and forwards end-to-end encrypted frames it
+// cannot read). Bot A plays an Opus tone; bot B subscribes to A with
 // `connection.receiver.subscribe(A)`, decodes it with opusscript and the test finds the tone's
 // frequency with a Goertzel scan.
 //
 // Asserts: both bots log in through discord.js (REST + gateway against Lodge); both voice
 // connections reach VoiceConnectionStatus.Ready and stay there; Identify carries
-// max_dave_protocol_version 0, Select Protocol is `udp` with the expected mode, op 4 answers that
-// mode with dave_protocol_version 0 and a 32-byte key; B learns A's SSRC from op 5; B decodes 1 s
+// max_dave_protocol_version 0 (DAVE=1: 1), Select Protocol is `udp` with the expected mode, op 4
+// answers that mode with dave_protocol_version 0 (DAVE=1: 1) and a 32-byte key; with DAVE=1 both
+// connections reach the same voice privacy code (the MLS epoch authenticator) before A plays,
+// and Lodge counts A's voice as DAVE frames; B learns A's SSRC from op 5; B decodes 1 s
 // of A's audio within 10 s and its strongest frequency (100..2000 Hz, 2 Hz steps) is the tone's
 // (±4 Hz) and stands > 100x above 0.5/0.75/1.25/1.5/2x the tone; Lodge's /voice/stats shows the
 // IP discoveries, A in B's slot under A's SSRC and no AEAD or replay drops; nothing emits an
@@ -28,6 +32,8 @@ const BASE = (process.env.LODGE_URL || 'https://localhost:8443').replace(/\/$/, 
 const TONE = Number(process.env.TONE_HZ || 440);
 const RUN = process.env.RUN || String(process.pid);
 const EXPECT_MODE = process.env.EXPECT_MODE || 'aead_aes256_gcm_rtpsize';
+const DAVE = process.env.DAVE === '1';
+const DAVE_VERSION = DAVE ? 1 : 0;
 const READY_S = 20; // both connections Ready within this
 const TONE_S = 10; // the tone detected at B within this after A starts playing
 const ANALYSE_S = 1; // seconds of decoded audio analysed
@@ -131,7 +137,7 @@ try {
 
   const join = (g, group) => joinVoiceChannel({
     channelId: voiceId, guildId, adapterCreator: g.voiceAdapterCreator, group,
-    selfDeaf: false, selfMute: false, daveEncryption: false, debug: true,
+    selfDeaf: false, selfMute: false, daveEncryption: DAVE, debug: true,
   });
   const A = join(ga, 'a');
   const B = join(gb, 'b');
@@ -147,18 +153,32 @@ try {
 
   for (const [tag, seen] of [['A', seenA], ['B', seenB]]) {
     const identify = seen.sent.find((p) => p.op === 0);
-    check(identify && identify.d.max_dave_protocol_version === 0, `${tag} identified with max_dave_protocol_version 0`);
+    check(identify && identify.d.max_dave_protocol_version === DAVE_VERSION, `${tag} identified with max_dave_protocol_version ${identify?.d.max_dave_protocol_version}`);
     const ready = seen.received.find((p) => p.op === 2);
     check(ready && ready.d.modes.includes(EXPECT_MODE) && ready.d.ip === '127.0.0.1', `${tag}: Ready offers ${ready?.d.modes.join(', ')} on ${ready?.d.ip}:${ready?.d.port}`);
     const select = seen.sent.find((p) => p.op === 1);
     check(select && select.d.protocol === 'udp' && select.d.data.mode === EXPECT_MODE, `${tag} selected protocol udp, mode ${select?.d.data.mode}`);
     const sd = seen.received.find((p) => p.op === 4);
-    check(sd && sd.d.mode === EXPECT_MODE && sd.d.dave_protocol_version === 0 && sd.d.secret_key.length === 32,
+    check(sd && sd.d.mode === EXPECT_MODE && sd.d.dave_protocol_version === DAVE_VERSION && sd.d.secret_key.length === 32,
       `${tag}: session description mode ${sd?.d.mode}, dave_protocol_version ${sd?.d.dave_protocol_version}, 32-byte key`);
   }
   const net = B.state.networking?.state;
   check(net?.connectionData?.encryptionMode === EXPECT_MODE, `B's networking runs ${net?.connectionData?.encryptionMode}`);
-  check(!net?.dave, 'no DAVE session on B (protocol version 0)');
+  if (DAVE) {
+    // The group: both bots derive the same epoch authenticator once Lodge's commit/Welcome
+    // went through and the transition executed.
+    const t2 = Date.now();
+    while (!(A.voicePrivacyCode && A.voicePrivacyCode === B.voicePrivacyCode) && Date.now() - t2 < 15000) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    check(A.voicePrivacyCode && A.voicePrivacyCode === B.voicePrivacyCode,
+      `A and B share the voice privacy code ${A.voicePrivacyCode} (B: ${B.voicePrivacyCode}) after ${Date.now() - t2} ms`);
+    const daveOps = (seen) => [...new Set(seen.received.map((m) => m.op).filter((op) => op >= 21))].sort((x, y) => x - y);
+    console.log(`   JSON DAVE ops seen: A ${daveOps(seenA).join(',')}; B ${daveOps(seenB).join(',')}`);
+    check([seenA, seenB].some((s) => s.received.some((m) => m.op === 22)), 'a transition was executed (op 22)');
+  } else {
+    check(!net?.dave, 'no DAVE session on B (protocol version 0)');
+  }
 
   // B listens to A before A starts.
   const stream = B.receiver.subscribe(ca.user.id, { end: { behavior: EndBehaviorType.Manual } });
@@ -217,6 +237,11 @@ try {
   check(stats?.native_discovery >= 2, `Lodge answered IP discovery (native_discovery ${stats?.native_discovery})`);
   check(slot && slot.ssrc === ssrcA, `Lodge forwards A in one of B's slots under A's SSRC (${slot?.ssrc})`);
   check(drop('decrypt_failed') === 0 && drop('replayed') === 0, `Lodge dropped no packet as decrypt_failed (${drop('decrypt_failed')}) or replayed (${drop('replayed')})`);
+  if (DAVE) {
+    check(stats.dave_frames_in >= packets - skip, `Lodge forwarded A's voice as DAVE frames it cannot read (${stats.dave_frames_in} DAVE frames; B got ${packets} packets)`);
+  } else {
+    check(stats.dave_frames_in === 0, `no DAVE frames with DAVE off (${stats.dave_frames_in})`);
+  }
   if (process.env.HOLD === '1') {
     // The whole tone (every packet A's player sent reaches B), then voice heartbeats: one
     // round of op 3 / op 6 on both connections (Lodge's Hello interval is 13.75 s).

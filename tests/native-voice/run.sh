@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Unmodified discord.js 14 + @discordjs/voice 0.19 bots in a Lodge voice channel over Discord's
-# native voice transport (UDP mode), DAVE off (`daveEncryption: false`, protocol version 0).
+# native voice transport (UDP mode), with DAVE on (end-to-end encryption, @snazzah/davey: Lodge
+# is the MLS delivery service) and off (`daveEncryption: false`, protocol version 0).
 # Bot A plays an Opus tone, bot B receives and decodes it, the test checks its frequency.
 #
 # @discordjs/voice always opens wss://{endpoint}/?v=8, so the node serves HTTPS/WSS itself
 # (--tls-cert/--tls-key) with a certificate for localhost / 127.0.0.1 from a CA made here, which
 # node trusts through NODE_EXTRA_CA_CERTS. Everything stays on loopback.
 #
-# Two runs against one node: the client's default mode choice (aead_aes256_gcm_rtpsize, Lodge's
-# first mode; this run also holds the call for the whole 12 s tone and one voice heartbeat), and
+# Three runs against one node: DAVE on with the client's default mode choice
+# (aead_aes256_gcm_rtpsize, Lodge's first mode); DAVE off with that mode (this run also holds the
+# call for the whole 12 s tone and one voice heartbeat); DAVE off with
 # aead_xchacha20_poly1305_rtpsize, forced on the client side (see pair.test.mjs, FORCE_XCHACHA).
-# ONLY_AES=1 skips the second run; VERBOSE=1 prints @discordjs/voice's debug log (keys elided).
+# ONLY_AES=1 skips the third run; VERBOSE=1 prints @discordjs/voice's debug log (keys elided).
 #
 # Needs node (>= 20), npm, openssl, curl, python3 and a `lodge` binary (LODGE_BIN, default
 # target/debug/lodge; built with cargo if missing). OUT=<dir> keeps the logs.
@@ -64,6 +66,7 @@ run() { # name, then env for the test
   fi
 }
 set -o pipefail
+run dave RUN=d TONE_HZ=550 DAVE=1 EXPECT_MODE=aead_aes256_gcm_rtpsize
 run aes-gcm RUN=g TONE_HZ=440 HOLD=1 EXPECT_MODE=aead_aes256_gcm_rtpsize
 [ -n "${ONLY_AES:-}" ] || run xchacha RUN=x TONE_HZ=660 EXPECT_MODE=aead_xchacha20_poly1305_rtpsize FORCE_XCHACHA=1
-echo "native voice: both runs passed (logs in $OUT)"
+echo "native voice: every run passed (logs in $OUT)"

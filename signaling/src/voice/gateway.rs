@@ -902,16 +902,17 @@ async fn attach(
         max_dave,
         a.require_dave,
     );
-    let version =
-        match joined {
-            Ok(v) => v,
-            Err(e) => return Err((
+    let version = match joined {
+        Ok(v) => v,
+        Err(e) => {
+            return Err((
                 close::DISCONNECTED,
                 format!(
                     "this channel requires end-to-end encryption (DAVE) and its call is full: {e}"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let joined = {
         let mut v = s.voice();
         v.conns.get_mut(&a.conn_id).map(|c| c.dave = true).is_some()
