@@ -15,8 +15,9 @@
 //!   always among them) and finds the songbird speaker's tone in that slot's decoded audio
 //!   (WebAudio; `tests/browser/mixed-call.mjs` asserts this and reports it).
 //!
-//! The call runs without DAVE (the browsers cannot); whether songbird first negotiated it and was
-//! then downgraded is the node's business, not this test's. Chromium and playwright-core are
+//! The songbird pair joins first and negotiates DAVE; the first browser (which has none)
+//! downgrades the call (op 21/22 for version 0), so what is asserted afterwards runs without it,
+//! and the node's counters must show that downgrade. Chromium and playwright-core are
 //! required, not optional: `scripts/setup.sh` installs both, and without them the test fails.
 
 mod common;
@@ -270,6 +271,11 @@ async fn songbird_and_browsers_share_a_call_with_more_speakers_than_slots() {
         "the browsers do not hear the top {SLOTS} speakers with the songbird tone among them: {:#}",
         heard["browsers"]
     );
+    // The songbird pair ran DAVE until a browser joined: the call was downgraded, not refused.
+    let m = metrics(&n).await;
+    let downgrades = metric(&m, "lodge_dave_events_total{event=\"downgrade\"}");
+    assert!(downgrades >= Some(1.0), "downgrades: {downgrades:?}");
+    assert_eq!(metric(&m, "lodge_dave_calls{state=\"e2ee\"}"), Some(0.0));
 
     // What the songbird listener decodes meanwhile, per speaker.
     let from = recorder.len();
