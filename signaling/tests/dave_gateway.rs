@@ -1,5 +1,5 @@
 //! DAVE over the voice gateway, from a client's side of the socket: op 4's version, op 25 as a
-//! numbered binary frame, a downgrade when a browser joins (op 21 → op 23 → op 22) and the
+//! numbered binary frame (replayed as such after a resume), a downgrade when a browser joins (op 21 → op 23 → op 22) and the
 //! upgrade when it leaves (op 24, op 25 again), refused binary input counted, and a channel's
 //! `require_dave` closing with 4017. (The MLS group itself is proven with real clients in
 //! `songbird.rs` and `tests/native-voice/`.)
@@ -125,6 +125,26 @@ async fn dave_runs_over_the_voice_gateway_and_downgrades_for_a_browser() {
             assert_eq!(&payload[..3], &[0x40, 0x41, 0x04], "{payload:02x?}");
         }
         _ => unreachable!(),
+    }
+
+    // The socket drops before the client acknowledged op 25: a resume (op 7 with seq_ack = op
+    // 4's seq) gets op 9 and then op 25 again, as a binary frame with its first number.
+    drop(va);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut va = ws(&format!("ws://{endpoint}/?v=8")).await;
+    assert_eq!(json(&mut va).await["op"], 8);
+    send(
+        &mut va,
+        json!({ "op": 7, "d": { "server_id": g, "session_id": a.session, "token": ta, "seq_ack": sd_seq } }),
+    )
+    .await;
+    assert!(matches!(recv(&mut va).await, In::Json(j) if j["op"] == 9));
+    match recv(&mut va).await {
+        In::Binary(seq, 25, payload) => {
+            assert_eq!(seq, sd_seq.wrapping_add(1), "replayed with its number");
+            assert_eq!(&payload[..3], &[0x40, 0x41, 0x04]);
+        }
+        f => panic!("expected op 25 replayed, got {f:?}"),
     }
 
     // Garbage where a key package belongs, an opcode a client never sends and an ACK for a
