@@ -58,7 +58,7 @@ OUT="$(mktemp -d)" ./tests/turn/run.sh
 step "real client library: an unmodified discord.py bot (login, events, resume)"
 ./tests/discordpy/run.sh
 
-step "native voice (Discord UDP mode, DAVE off): unmodified discord.js + @discordjs/voice bots over WSS (a test CA); one plays a tone, the other decodes it; AES-GCM and XChaCha"
+step "native voice (Discord UDP mode): unmodified discord.js + @discordjs/voice bots over WSS (a test CA); one plays a tone, the other decodes it; DAVE on (end-to-end encrypted), DAVE off with AES-GCM and with XChaCha"
 OUT="$(mktemp -d)" ./tests/native-voice/run.sh
 
 step "playout evaluation smoke run: real speech, Opus, two profiles, report + plots"

@@ -18,6 +18,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             let again = json!({ "op": 0, "d": {
                 "server_id": i.server_id.to_string(), "user_id": i.user_id,
                 "session_id": i.session_id, "token": i.token,
+                "max_dave_protocol_version": i.max_dave_protocol_version,
             }});
             assert_eq!(parse(&again.to_string()), Ok(ClientOp::Identify(i)));
         }
@@ -39,6 +40,14 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                 "protocol": protocol, "data": data, "slots": p.slots,
             }});
             assert_eq!(parse(&again.to_string()), Ok(ClientOp::SelectProtocol(p)));
+        }
+        Ok(op @ ClientOp::DaveTransitionReady { transition_id }) => {
+            let again = json!({ "op": 23, "d": { "transition_id": transition_id } });
+            assert_eq!(parse(&again.to_string()), Ok(op));
+        }
+        Ok(op @ ClientOp::DaveInvalidCommitWelcome { transition_id }) => {
+            let again = json!({ "op": 31, "d": { "transition_id": transition_id } });
+            assert_eq!(parse(&again.to_string()), Ok(op));
         }
         Ok(_) => {}
     }
