@@ -92,6 +92,11 @@ async fn wait_to_stop(s: &lodge_signaling::AppState) {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return,
             _ = term.recv() => {
+                if s.is_edge() {
+                    // An edge's calls belong to its origin's voice states: nothing here can
+                    // move them, so it stops as before (its callers' origin re-places them).
+                    return;
+                }
                 if s.drain.is_draining() {
                     tracing::info!("second SIGTERM while draining: stopping now");
                     return;
