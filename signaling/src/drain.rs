@@ -453,6 +453,9 @@ mod tests {
             assert!(b < BUCKETS);
             slices[(b / 100) as usize] += 1;
         }
-        assert!(slices.iter().all(|&n| (850..=1150).contains(&n)), "{slices:?}");
+        assert!(
+            slices.iter().all(|&n| (850..=1150).contains(&n)),
+            "{slices:?}"
+        );
     }
 }

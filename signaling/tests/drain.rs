@@ -66,14 +66,26 @@ async fn a_node_alone_drains_its_calls_with_notice_refuses_joins_and_finishes() 
     let (mut vb, _cb) = voice_call(&mut b, &g, &voice2, 3).await;
     let m = metrics(&n).await;
     assert_eq!(metric(&m, "lodge_draining"), Some(0.0), "{m}");
-    assert_eq!(n.http.get(format!("{}/readyz", n.base)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        n.http
+            .get(format!("{}/readyz", n.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     // Only the operator drains a node.
     let (st, v) = n.req("POST", "/admin/drain", None, None).await;
     assert_eq!(st, 401, "{v}");
     let (st, v) = n.req("POST", "/admin/drain", Some(&c.token), None).await;
     assert_eq!(st, 403, "{v}");
-    assert_eq!(state.drain.phase(), Phase::Serving, "a refused drain changed nothing");
+    assert_eq!(
+        state.drain.phase(),
+        Phase::Serving,
+        "a refused drain changed nothing"
+    );
 
     let t0 = std::time::Instant::now();
     let (st, plan) = n.req("POST", "/admin/drain", Some(OP), None).await;
@@ -81,22 +93,40 @@ async fn a_node_alone_drains_its_calls_with_notice_refuses_joins_and_finishes() 
     assert_eq!(plan["draining"], true, "{plan}");
     assert_eq!(plan["already"], false, "{plan}");
     assert_eq!(plan["calls"], "end", "alone, the calls end: {plan}");
-    assert_eq!((plan["callers"].as_u64(), plan["rooms"].as_u64()), (Some(2), Some(2)), "{plan}");
+    assert_eq!(
+        (plan["callers"].as_u64(), plan["rooms"].as_u64()),
+        (Some(2), Some(2)),
+        "{plan}"
+    );
     assert_eq!(plan["gateway_connections"], 3, "{plan}");
-    assert!(plan["what"].as_str().unwrap().contains("end with notice"), "{plan}");
+    assert!(
+        plan["what"].as_str().unwrap().contains("end with notice"),
+        "{plan}"
+    );
     // Asked again: the same drain, said so.
     let (st, again) = n.req("POST", "/admin/drain", Some(OP), None).await;
     assert_eq!(st, 202, "{again}");
     assert_eq!(again["already"], true, "{again}");
     assert_eq!(state.drain.phase(), Phase::Draining);
     // A balancer stops sending work here.
-    assert_eq!(n.http.get(format!("{}/readyz", n.base)).send().await.unwrap().status(), 503);
+    assert_eq!(
+        n.http
+            .get(format!("{}/readyz", n.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
     assert_eq!(metric(&metrics(&n).await, "lodge_draining"), Some(1.0));
 
     // The first room's call ends at once with a close a client understands, and why.
     let (code, reason) = closed(&mut va).await;
     assert_eq!(code, 4014, "{reason}");
-    assert!(reason.contains("no other node can take the call"), "{reason}");
+    assert!(
+        reason.contains("no other node can take the call"),
+        "{reason}"
+    );
     // The guild sees alice leave.
     loop {
         let d = dispatch(&mut c.gw, "VOICE_STATE_UPDATE").await;
@@ -110,13 +140,19 @@ async fn a_node_alone_drains_its_calls_with_notice_refuses_joins_and_finishes() 
     let (t, d) = op4_outcome(&mut c.gw).await;
     assert_eq!(t, "LODGE_VOICE_ERROR", "{d}");
     assert!(d["message"].as_str().unwrap().contains("draining"), "{d}");
-    assert!(t0.elapsed() < Duration::from_millis(1800), "the join was tried before the second room's turn");
+    assert!(
+        t0.elapsed() < Duration::from_millis(1800),
+        "the join was tried before the second room's turn"
+    );
 
     // The second room's call ends half way through the spread, not with the first.
     let (code, reason) = closed(&mut vb).await;
     let at = t0.elapsed();
     assert_eq!(code, 4014, "{reason}");
-    assert!(at >= Duration::from_millis(1800), "the rooms were not spread: the second ended after {at:?}");
+    assert!(
+        at >= Duration::from_millis(1800),
+        "the rooms were not spread: the second ended after {at:?}"
+    );
 
     // Then every gateway client is told to reconnect (op 7) and closed with 1012.
     for w in [&mut a.gw, &mut b.gw, &mut c.gw] {
@@ -130,12 +166,26 @@ async fn a_node_alone_drains_its_calls_with_notice_refuses_joins_and_finishes() 
     assert!(t0.elapsed() < Duration::from_secs(15));
     let m = metrics(&n).await;
     assert_eq!(metric(&m, "lodge_draining"), Some(2.0), "{m}");
-    assert_eq!(metric(&m, "lodge_drain_calls_ended_total"), Some(2.0), "{m}");
-    assert_eq!(metric(&m, "lodge_drain_calls_moved_total"), Some(0.0), "{m}");
-    assert_eq!(metric(&m, "lodge_drain_gateway_reconnects_total"), Some(3.0), "{m}");
+    assert_eq!(
+        metric(&m, "lodge_drain_calls_ended_total"),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "lodge_drain_calls_moved_total"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "lodge_drain_gateway_reconnects_total"),
+        Some(3.0),
+        "{m}"
+    );
     // A gateway client arriving now is sent elsewhere before the upgrade.
     let r = n.http.get(n.url("/gateway")).send().await.unwrap();
     assert_eq!(r.status(), 200, "REST still answers while the node drains");
-    let err = tokio_tungstenite::connect_async(n.gateway_url()).await.unwrap_err();
+    let err = tokio_tungstenite::connect_async(n.gateway_url())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("503"), "{err}");
 }

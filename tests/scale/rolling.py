@@ -90,6 +90,7 @@ async def main():
     ap.add_argument("--gap-p99-ms", type=float, default=1000)
     a = ap.parse_args()
     c = Cluster(a.ctl, a.tmp, a.balancer)
+    os.makedirs(a.out, exist_ok=True)
     N = a.callers
     fig = {}
     report_path = os.path.join(a.tmp, "rolling-load.json")
