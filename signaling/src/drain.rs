@@ -286,7 +286,12 @@ async fn run(s: AppState, rooms: BTreeMap<(GuildId, ChannelId), Vec<VoiceState>>
     }
     let ramp = Instant::now();
     loop {
-        let share = reconnect_share(ramp.elapsed(), spread);
+        // No gateway client left to tell: the rest of the ramp is moot (an idle node stops
+        // at once).
+        let share = match s.gateway_conns.load(Relaxed) {
+            0 => BUCKETS,
+            _ => reconnect_share(ramp.elapsed(), spread),
+        };
         s.drain.reconnect.send_replace(share);
         retire_due(&s, &mut retire).await;
         if share >= BUCKETS {
