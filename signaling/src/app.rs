@@ -59,6 +59,8 @@ pub struct Inner {
     pub live_sockets: crate::rest::quality::LiveSockets,
     /// Runtime control: the kill switch, the log filter, what the operator changed.
     pub admin: crate::admin::Admin,
+    /// Draining before a stop (SIGTERM, the admin API): see [`crate::drain`].
+    pub drain: crate::drain::Drain,
 }
 
 /// What a cluster member keeps of its Redis connection, for /metrics.
@@ -153,6 +155,7 @@ impl AppState {
             reports: Default::default(),
             live_sockets: Default::default(),
             admin: Default::default(),
+            drain: Default::default(),
         }))
     }
 
@@ -275,6 +278,7 @@ fn api_routes(state: &AppState) -> Router<AppState> {
             "/admin/settings",
             get(admin::get_settings).patch(admin::patch_settings),
         )
+        .route("/admin/drain", post(admin::drain))
         .route("/admin/guilds", get(admin::list_guilds))
         .route(
             "/admin/guilds/{id}",

@@ -112,6 +112,14 @@ config_keys! {
     /// client to resume it with op 7 and get the messages it missed; after that the caller
     /// leaves the channel (a closed tab shows the caller leaving this much later). [default: 5]
     voice_resume_secs: u64 = "LODGE_VOICE_RESUME_SECS";
+    /// Milliseconds a drain (SIGTERM, or POST /api/v10/admin/drain) spreads its work over:
+    /// the calls it moves to other nodes (room by room), then the op 7 it sends its gateway
+    /// clients, so neither arrives on the other nodes all at once. [default: 5000]
+    drain_spread_ms: u64 = "LODGE_DRAIN_SPREAD_MS";
+    /// Seconds a draining node waits for its calls and gateway clients to leave before it
+    /// exits anyway (what is left then gets the ordinary shutdown: op 7, voice close 1001).
+    /// [default: 30]
+    drain_timeout_secs: u64 = "LODGE_DRAIN_TIMEOUT_SECS";
     /// Open /quality/live sockets (the dashboard) one user, or the operator, may hold; more are
     /// closed with 4008. [default: 4]
     max_live_sockets_per_viewer: usize = "LODGE_MAX_LIVE_SOCKETS_PER_VIEWER";
@@ -262,6 +270,8 @@ pub struct Config {
     pub max_participants_per_guild: usize,
     pub voice_connect_timeout_secs: u64,
     pub voice_resume_secs: u64,
+    pub drain_spread_ms: u64,
+    pub drain_timeout_secs: u64,
     pub max_live_sockets_per_viewer: usize,
     pub max_live_sockets: usize,
     pub voice_token_ttl: u64,
@@ -429,6 +439,18 @@ impl Config {
                 v.voice_resume_secs.unwrap_or(5),
                 1..=300,
                 "use 1 to 300 seconds",
+            )?,
+            drain_spread_ms: in_range(
+                "drain_spread_ms",
+                v.drain_spread_ms.unwrap_or(5000),
+                0..=600_000,
+                "use 0 (all at once) to 600000 ms",
+            )?,
+            drain_timeout_secs: in_range(
+                "drain_timeout_secs",
+                v.drain_timeout_secs.unwrap_or(30),
+                1..=3600,
+                "use 1 to 3600 seconds",
             )?,
             voice_token_ttl: v.voice_token_ttl.unwrap_or(60).clamp(1, 3600),
             rate_limit_route: v.rate_limit_route.unwrap_or(50).max(1),

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod dispatch_kind;
+pub mod drain;
 pub mod error;
 pub mod extract;
 pub mod gateway;

@@ -71,11 +71,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     c.fingerprint.as_deref().unwrap_or("")
                 ),
                 None => println!(
-                    "Lodge is running. Open {} in a browser. Ctrl-C stops it.",
+                    "Lodge is running. Open {} in a browser. Ctrl-C stops it (SIGTERM drains it first).",
                     node.state.cfg.public_url
                 ),
             }
-            wait_for_signal().await;
+            wait_to_stop(&node.state).await;
             tracing::info!("shutting down: closing calls and flushing the database");
             node.shutdown().await;
             Ok(())
@@ -83,11 +83,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn wait_for_signal() {
+/// Until the node should stop: SIGINT stops at once; SIGTERM (or the admin API) starts a
+/// drain, and the node stops when the drain is done — or at once on a second SIGTERM.
+async fn wait_to_stop(s: &lodge_signaling::AppState) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => {
+                if s.is_edge() {
+                    // An edge's calls belong to its origin's voice states: nothing here can
+                    // move them, so it stops as before (its callers' origin re-places them).
+                    return;
+                }
+                if s.drain.is_draining() {
+                    tracing::info!("second SIGTERM while draining: stopping now");
+                    return;
+                }
+                lodge_signaling::drain::start(s, "SIGTERM").await;
+            }
+            _ = s.drain.done() => return,
+        }
     }
 }

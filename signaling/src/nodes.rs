@@ -55,7 +55,7 @@ pub fn info(s: &AppState) -> NodeInfo {
         region: s.cfg.region.clone(),
         roles: s.cfg.roles,
         load: s.sfu.participants() as u32,
-        draining: *s.shutdown.borrow(),
+        draining: *s.shutdown.borrow() || s.drain.is_draining(),
         trunk: s.cluster.get().and_then(|c| c.advert.clone()),
         edges: s.cluster.get().map(|c| c.edge_list()).unwrap_or_default(),
     }

@@ -6,6 +6,8 @@
 #   ctl.sh node-start N [extra serve options]   node nN on 127.0.0.N (ports chosen once, then kept)
 #   ctl.sh node-wait N [seconds]                until its /readyz answers 200
 #   ctl.sh node-kill N [signal]                 default KILL; waits until the process is gone
+#                                               (TERM drains it: LODGE_DRAIN_SPREAD_MS, default
+#                                               300 here, and LODGE_DRAIN_TIMEOUT_SECS, 3)
 #   ctl.sh redis-start | redis-kill             the suite's redis-server, always on one port
 #   ctl.sh pg-start | pg-stop                   the suite's PostgreSQL cluster (never the shared one)
 #   ctl.sh pg-ensure                            start or reuse it (scripts/postgres.sh); prints its URL
@@ -61,7 +63,10 @@ case "$cmd" in
     node_args="${SCALE_NODE_ARGS:-}"
     node_args="${node_args//\{node_url\}/http://$ip:$hp}"
     # Word splitting of node_args is wanted: it holds several options.
+    # SIGTERM drains a node (issue #16): short here, so that stopping a node between steps
+    # stays quick; rolling.sh sets its own.
     # shellcheck disable=SC2086
+    LODGE_DRAIN_SPREAD_MS="${LODGE_DRAIN_SPREAD_MS:-300}" LODGE_DRAIN_TIMEOUT_SECS="${LODGE_DRAIN_TIMEOUT_SECS:-3}" \
     "$SCALE_LODGE" serve --data-dir "$T/n$n" --http-listen "$ip:$hp" --media-listen "$ip:$mp" \
       --public-url "$public" --node-id "n$n" \
       --redis-url "redis://127.0.0.1:$SCALE_REDIS_PORT" --database-url "$SCALE_DB_URL" \

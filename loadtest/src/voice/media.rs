@@ -344,6 +344,9 @@ pub struct CallerStats {
     /// losing the voice connection (or the move) to media flowing again, ms.
     pub rejoins: u32,
     pub rejoin_ms: Vec<f64>,
+    /// The call's last segment had media (its connection came up), and no voice connection was
+    /// lost without a move after it.
+    pub media_at_end: bool,
 }
 
 impl CallerStats {
@@ -380,6 +383,7 @@ impl CallerStats {
         self.rejoins += 1 + o.rejoins;
         self.rejoin_ms.extend(o.connect_ms);
         self.rejoin_ms.extend(o.rejoin_ms);
+        self.media_at_end = o.media_at_end;
     }
 }
 
@@ -603,6 +607,7 @@ impl Client {
             gap_sizes: [0; 5],
             rejoins: 0,
             rejoin_ms: Vec::new(),
+            media_at_end: false,
         };
         let mut move_to: Option<(String, String)> = None;
         let mut moves_open = true;
@@ -835,6 +840,7 @@ impl Client {
             }
         }
         meter.finish(&mut st);
+        st.media_at_end = was_connected;
         if let Wire::Rtc(w) = &mut self.wire {
             w.rtc.disconnect();
         }

@@ -358,6 +358,7 @@ mod tests {
             gap_sizes: [(i % 4) as u64, 0, 0, 0, 0],
             rejoins: (i == 20) as u32,
             rejoin_ms: if i == 20 { vec![812.0] } else { vec![] },
+            media_at_end: connected,
         }
     }
 

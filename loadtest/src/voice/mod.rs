@@ -932,7 +932,9 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                             Some(t) => t.merge(st),
                         }
                         let Some((vtoken, endpoint)) = mv else { break };
-                        // The server moved the call (its node went away): reconnect there.
+                        // The server moved the call (its node went away, or is draining):
+                        // leave the old voice connection and reconnect there.
+                        call.voice_lost.retire();
                         started = call.voice_lost.at.lock().expect("lost lock").take().unwrap_or_else(Instant::now);
                         let map = match native_mode {
                             None => {
@@ -955,11 +957,12 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                         rejoined += 1;
                     }
                     let lost = call.voice_lost.count.load(Ordering::Relaxed);
+                    let mut total = total.expect("at least one segment");
                     if lost > rejoined {
+                        total.media_at_end = false;
                         on_error2(format!("voice gateway connection lost and not rejoined: {}",
                             call.voice_lost.last.lock().expect("lost lock")));
                     }
-                    let mut total = total.expect("at least one segment");
                     (total.queued_ms, total.signaled_ms) = (Some(phases.0), Some(phases.1));
                     Ok((total, probe))
                 })));

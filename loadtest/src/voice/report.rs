@@ -169,6 +169,18 @@ fn quantiles_ms(h: &Histogram<u64>, scale: f64) -> Value {
     })
 }
 
+/// A gap distribution in ms as JSON: count, p50, p99, max (null figures when empty).
+fn gap_json(h: &Histogram<u64>) -> Value {
+    let q = |q: f64| {
+        if h.is_empty() {
+            Value::Null
+        } else {
+            json!(hist::at(h, q, 1.0))
+        }
+    };
+    json!({ "count": h.len(), "p50": q(0.5), "p99": q(0.99), "max": q(1.0) })
+}
+
 fn pct(v: &mut [f64], q: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -236,6 +248,12 @@ pub fn render(run: &Run) -> Report {
     }
     if t.deaf > 0 {
         failures.push(format!("{} callers heard nothing", t.deaf));
+    }
+    if t.moved_without_media > 0 {
+        failures.push(format!(
+            "{} of {} moved callers had no media at the end",
+            t.moved_without_media, t.moved_callers
+        ));
     }
     let timeable = t.received.saturating_sub(t.repeated);
     if timeable > 0 && t.unmatched as f64 / timeable as f64 > 0.05 {
@@ -356,10 +374,19 @@ pub fn render(run: &Run) -> Report {
     }
     if t.rejoins > 0 {
         md.push_str(&format!(
-            "| calls the server moved (rejoins) / voice lost → media again, ms (p50 / max) | {} / {:.0} / {:.0} |\n",
+            "| calls the server moved (rejoins) / voice lost → media again, ms (p50 / p99 / max) | {} / {:.0} / {:.0} / {:.0} |\n",
             t.rejoins,
             hist::at(&t.rejoin_ms, 0.5, 1.0),
+            hist::at(&t.rejoin_ms, 0.99, 1.0),
             hist::at(&t.rejoin_ms, 1.0, 1.0)
+        ));
+        md.push_str(&format!(
+            "| callers moved / without media at the end; each caller's longest gap, ms (p50 / p99 / max) | {} / {}; {:.0} / {:.0} / {:.0} |\n",
+            t.moved_callers,
+            t.moved_without_media,
+            hist::at(&t.caller_gap_ms, 0.5, 1.0),
+            hist::at(&t.caller_gap_ms, 0.99, 1.0),
+            hist::at(&t.caller_gap_ms, 1.0, 1.0)
         ));
     }
     if let Some(s) = server {
@@ -517,8 +544,10 @@ pub fn render(run: &Run) -> Report {
         "jitter_ms": { "p50": jit(0.5), "p95": jit(0.95), "max": jit(1.0) },
         "mouth_to_ear_ms": m2e_q,
         "rejoins": t.rejoins,
-        "rejoin_ms": { "p50": if t.rejoin_ms.is_empty() { Value::Null } else { json!(hist::at(&t.rejoin_ms, 0.5, 1.0)) },
-                       "max": if t.rejoin_ms.is_empty() { Value::Null } else { json!(hist::at(&t.rejoin_ms, 1.0, 1.0)) } },
+        "rejoin_ms": gap_json(&t.rejoin_ms),
+        "moved_callers": t.moved_callers,
+        "moved_without_media": t.moved_without_media,
+        "caller_gap_ms": gap_json(&t.caller_gap_ms),
         "probes": t.probes,
         "target": sc.target,
         "server": server_json,

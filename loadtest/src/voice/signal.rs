@@ -551,11 +551,34 @@ async fn keep_gateway(
 
 /// Voice gateway connections that ended mid-call. Not an error by itself (the server may move
 /// the call); the caller's task counts losses against the reconnects that followed.
-#[derive(Default)]
 pub struct VoiceLost {
     pub count: AtomicU32,
     pub last: Mutex<String>,
     pub at: Mutex<Option<std::time::Instant>>,
+    /// The caller's current voice connection, numbered: a move retires the one before (see
+    /// [`VoiceLost::retire`]).
+    current: watch::Sender<u32>,
+}
+
+impl Default for VoiceLost {
+    fn default() -> Self {
+        VoiceLost {
+            count: AtomicU32::new(0),
+            last: Mutex::default(),
+            at: Mutex::default(),
+            current: watch::channel(0).0,
+        }
+    }
+}
+
+impl VoiceLost {
+    /// The call moves (a new VOICE_SERVER_UPDATE): the current voice connection closes itself
+    /// (a close frame, as a client leaving it does) and its end is not a loss. A server that
+    /// keeps the old connection while the client moves (a draining node) would otherwise see
+    /// it linger, and its later close would count as a lost connection of the new one.
+    pub fn retire(&self) {
+        self.current.send_modify(|n| *n += 1);
+    }
 }
 
 async fn keep_voice(
@@ -570,8 +593,10 @@ async fn keep_voice(
     hb.tick().await;
     let mut nonce = 0u64;
     let stopped = stop.clone();
+    let mut current = lost.current.subscribe();
+    let mine = *current.borrow_and_update();
     let end = |why: String| {
-        if !*stopped.borrow() {
+        if !*stopped.borrow() && *lost.current.borrow() == mine {
             *lost.last.lock().expect("lost lock") = why;
             *lost.at.lock().expect("lost lock") = Some(std::time::Instant::now());
             lost.count.fetch_add(1, Ordering::Relaxed);
@@ -580,6 +605,11 @@ async fn keep_voice(
     loop {
         tokio::select! {
             _ = stop.changed() => { let _ = ws.close(None).await; return; }
+            _ = current.changed() => {
+                // Retired by a move: leave this connection as a client does.
+                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                return;
+            }
             _ = hb.tick() => {
                 nonce += 1;
                 if send_json(&mut ws, json!({ "op": 3, "d": { "t": nonce } })).await.is_err() {

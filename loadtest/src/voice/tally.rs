@@ -58,6 +58,16 @@ pub struct Tally {
     /// Voice lost (or moved) → media again, ms, per rejoin.
     #[serde(with = "hist::serde_b64")]
     pub rejoin_ms: Histogram<u64>,
+    /// Callers the server moved at least once, and those of them whose call had no media at
+    /// the end (a move never completed, or a connection was lost without one).
+    #[serde(default)]
+    pub moved_callers: u64,
+    #[serde(default)]
+    pub moved_without_media: u64,
+    /// Per moved caller, its longest gap (voice lost or moved → media again), ms: what the
+    /// worst-served callers heard, whatever number of moves each had.
+    #[serde(default = "hist::millis", with = "hist::serde_b64")]
+    pub caller_gap_ms: Histogram<u64>,
     pub probes: Vec<Probe>,
 }
 
@@ -84,6 +94,9 @@ impl Default for Tally {
             ice_dtls_ms: hist::millis(),
             jitter_us: hist::micros(),
             rejoin_ms: hist::millis(),
+            moved_callers: 0,
+            moved_without_media: 0,
+            caller_gap_ms: hist::millis(),
             probes: Vec::new(),
         }
     }
@@ -101,6 +114,15 @@ impl Tally {
         self.rejoins += st.rejoins as u64;
         for &r in &st.rejoin_ms {
             ms(&mut self.rejoin_ms, r);
+        }
+        if st.rejoins > 0 {
+            self.moved_callers += 1;
+            if !st.media_at_end {
+                self.moved_without_media += 1;
+            }
+            if let Some(longest) = st.rejoin_ms.iter().copied().reduce(f64::max) {
+                ms(&mut self.caller_gap_ms, longest);
+            }
         }
         self.m2e_us
             .add(&st.m2e_us)
@@ -168,6 +190,8 @@ impl Tally {
             *a += b;
         }
         self.rejoins += o.rejoins;
+        self.moved_callers += o.moved_callers;
+        self.moved_without_media += o.moved_without_media;
         for (a, b) in [
             (&mut self.m2e_us, &o.m2e_us),
             (&mut self.join_ms, &o.join_ms),
@@ -176,6 +200,7 @@ impl Tally {
             (&mut self.ice_dtls_ms, &o.ice_dtls_ms),
             (&mut self.jitter_us, &o.jitter_us),
             (&mut self.rejoin_ms, &o.rejoin_ms),
+            (&mut self.caller_gap_ms, &o.caller_gap_ms),
         ] {
             // The bounds are the same constants everywhere and hdrhistogram resizes when a
             // deserialized one is wider; should it refuse, saturate rather than lose counts.

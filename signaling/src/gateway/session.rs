@@ -79,6 +79,17 @@ pub async fn ws_handler(
     RawQuery(q): RawQuery,
     State(s): State<AppState>,
 ) -> Response {
+    if s.drain.gateway_closed() {
+        // Every client of this node has been told to reconnect: a new one belongs elsewhere
+        // (a balancer stopped sending them once /readyz said 503).
+        let body = json!({ "code": 0, "message": "This node is draining before a restart; connect through another node." });
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "1")],
+            Json(body),
+        )
+            .into_response();
+    }
     let cap = s.cfg.max_gateway_connections;
     if s.gateway_conns.fetch_add(1, Ordering::AcqRel) >= cap {
         s.gateway_conns.fetch_sub(1, Ordering::AcqRel);
@@ -185,6 +196,9 @@ impl Conn {
         }
         let identify_by = Instant::now() + Duration::from_secs(s.cfg.identify_timeout_secs);
         let mut shutdown = s.shutdown.subscribe();
+        // A drain tells this connection to reconnect once its share passes this bucket.
+        let bucket = crate::drain::gateway_bucket(self.id);
+        let mut drain = s.drain.reconnects();
         let end = loop {
             tokio::select! {
                 m = rx.next() => {
@@ -237,6 +251,12 @@ impl Conn {
                 _ = shutdown.changed() => {
                     let _ = send(&mut tx, payload(Opcode::Reconnect, Value::Null)).await;
                     break stop(1012, "server restarting");
+                }
+                // (The guard `wait_for` returns is dropped inside: it must not live across an await.)
+                _ = async { drop(drain.wait_for(|share| *share > bucket).await) } => {
+                    s.drain.gateway_reconnects.fetch_add(1, Ordering::Relaxed);
+                    let _ = send(&mut tx, payload(Opcode::Reconnect, Value::Null)).await;
+                    break stop(1012, "node draining before a restart: resume elsewhere");
                 }
             }
         };

@@ -4,6 +4,8 @@
 //! - `GET /admin/settings`, `PATCH /admin/settings` — `log_filter`, `rate_limit_route`,
 //!   `rate_limit_global`, `joins_frozen` (the kill switch for new voice joins through this
 //!   node).
+//! - `POST /admin/drain` — drain this node before a restart (as SIGTERM does; see
+//!   [`crate::drain`]): 202 with what will happen; asked again, 202 with `already: true`.
 //! - `GET /admin/guilds` — every guild with a switch on; `GET /admin/guilds/{id}`,
 //!   `PATCH /admin/guilds/{id}` — `voice_off`, `messages_frozen`, `max_slots` (`null` lifts it).
 //!
@@ -55,6 +57,16 @@ fn settings(s: &AppState) -> Value {
         "rate_limit_global": s.limits.global(),
         "joins_frozen": s.admin.joins_frozen(),
     })
+}
+
+/// Start draining this node (idempotent): 202 Accepted with the plan.
+pub async fn drain(
+    State(s): State<AppState>,
+    op: Operator,
+) -> (axum::http::StatusCode, Json<crate::drain::Plan>) {
+    let by = format!("admin API ({})", op.who);
+    let plan = crate::drain::start(&s, &by).await;
+    (axum::http::StatusCode::ACCEPTED, Json(plan))
 }
 
 pub async fn get_settings(State(s): State<AppState>, _op: Operator) -> Json<Value> {

@@ -17,10 +17,10 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready: started, not shutting down, and the media loop running. Asks the media thread for
+/// Ready: started, not shutting down or draining, and the media loop running. Asks the media thread for
 /// nothing (a probe may be frequent).
 pub async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.ready.load(Ordering::Relaxed) && s.sfu.is_running() {
+    if s.ready.load(Ordering::Relaxed) && s.sfu.is_running() && !s.drain.is_draining() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -248,6 +248,7 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     if let Some(c) = s.cluster.get() {
         crate::cluster::write_metrics(c, &mut out).await;
     }
+    crate::drain::write_metrics(&s, &mut out);
     if s.shared.clustered {
         crate::nodes::write_metrics(&s, &mut out);
     }

@@ -5,9 +5,10 @@ use crate::app::AppState;
 use crate::shared::{NodeId, RoomHome, SharedError};
 use lodge_ids::{ChannelId, GuildId};
 
-/// The room's home: its current home while that node is registered, or else the node that
-/// claims it — among media nodes that are not draining, the caller's region first, then the
-/// fewest participants. With one node, always this node.
+/// The room's home: its current home while that node is registered and not draining, or else
+/// the node that claims it — among media nodes that are not draining, the caller's region
+/// first, then the fewest participants. With one node, always this node, unless it is
+/// draining: then no room is placed (503).
 pub async fn room_home(
     s: &AppState,
     guild: GuildId,
@@ -15,10 +16,11 @@ pub async fn room_home(
     region: &str,
 ) -> Result<RoomHome, SharedError> {
     let nodes = s.shared.registry.live_nodes().await?;
-    // A draining node keeps the rooms it has until they move; it takes no new ones.
+    // A draining node takes no new rooms, and a join into a room it still hosts claims the
+    // room's next home (the drain moves the callers there; `drain.rs`).
     let alive: Vec<NodeId> = nodes
         .iter()
-        .filter(|n| n.roles.media)
+        .filter(|n| n.roles.media && !n.draining)
         .map(|n| n.id.clone())
         .collect();
     let candidate = nodes
@@ -26,7 +28,10 @@ pub async fn room_home(
         .filter(|n| n.roles.media && !n.draining)
         .min_by_key(|n| (n.region != region, n.load, &n.id))
         .map(|n| n.id.clone())
-        .or_else(|| s.cfg.roles.media.then(|| s.shared.me.clone()))
+        .or_else(|| {
+            let here = s.cfg.roles.media && !s.drain.is_draining() && !*s.shutdown.borrow();
+            here.then(|| s.shared.me.clone())
+        })
         .ok_or_else(|| {
             SharedError::Unavailable(
                 "no node with the media role is registered (or all are draining)".into(),

@@ -88,7 +88,19 @@ pub async fn placed_for(
 ) -> ApiResult<Placed> {
     let room = super::placement::room_home(s, guild, channel, region.unwrap_or(""))
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| {
+            if s.drain.is_draining() {
+                // Most likely no other node can host the room: say so rather than blame Redis.
+                tracing::info!(error = %e, %guild, %channel, "voice join refused: this node is draining");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    0,
+                    "503: this voice server is draining before a restart and no other node can host the call; join again shortly",
+                )
+            } else {
+                unavailable(e)
+            }
+        })?;
     // An edge of the caller's region trunked to the room's home hosts them, through that node.
     let edge = match region {
         Some(r) => super::placement::edge_for(s, &room, r).await,
