@@ -24,7 +24,7 @@ unset LODGE_BIN
 OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
 [ "$(id -u)" -eq 0 ] || { echo "tests/ice-tcp: needs root (network namespaces, nftables)"; exit 1; }
-for c in nft ip chromium node curl; do
+for c in nft ip ss chromium node curl; do
   command -v "$c" >/dev/null || { echo "tests/ice-tcp: $c is missing (run scripts/setup.sh)"; exit 1; }
 done
 [ -x "$BIN" ] || { echo "tests/ice-tcp: no lodge binary at $BIN (cargo build --bin lodge)"; exit 1; }
