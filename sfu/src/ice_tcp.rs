@@ -194,7 +194,7 @@ impl IceTcp {
                     }
                 }
                 ConnEvent::Ended { id, peer, why } => {
-                    if !self.conns.get(&peer).is_some_and(|c| c.id == id) {
+                    if self.conns.get(&peer).is_none_or(|c| c.id != id) {
                         return Wake::Nothing;
                     }
                     self.forget(peer);
@@ -252,9 +252,8 @@ impl IceTcp {
             return None;
         };
         let mut framed = Vec::with_capacity(tcp_framing::PREFIX + t.contents.len());
-        if tcp_framing::encode(&t.contents, &mut framed).is_none() {
-            return None; // longer than a frame can say: the node never sends one
-        }
+        // `None` only for more than a frame can say, which the node never sends.
+        tcp_framing::encode(&t.contents, &mut framed)?;
         match c.tx.try_send(framed) {
             Ok(()) => None,
             Err(mpsc::error::TrySendError::Full(_)) => {

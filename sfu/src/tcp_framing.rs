@@ -166,9 +166,9 @@ mod tests {
                 }
             };
             assert_eq!((n, r), (good, err), "{what}");
-            if err.is_some() {
+            if let Some(e) = err {
                 // It stays an error: the stream is not resynchronised past a bad length.
-                assert_eq!(d.next_frame(), Err(err.unwrap()), "{what}");
+                assert_eq!(d.next_frame(), Err(e), "{what}");
             }
         }
     }
