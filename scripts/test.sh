@@ -55,6 +55,9 @@ OUT="$(mktemp -d)" ./tests/https/run.sh
 step "TURN: a Chromium caller whose UDP is firewalled joins through coturn over TCP and TLS (namespaces, nftables); fails without the relay"
 OUT="$(mktemp -d)" ./tests/turn/run.sh
 
+step "ICE-TCP: a Chromium caller whose UDP is firewalled joins over TCP to the node's media port, no relay (namespaces, nftables); fails without the node's TCP candidate"
+OUT="$(mktemp -d)" ./tests/ice-tcp/run.sh
+
 step "real client library: an unmodified discord.py bot (login, events, resume)"
 ./tests/discordpy/run.sh
 

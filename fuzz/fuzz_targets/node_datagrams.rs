@@ -1,11 +1,15 @@
 //! Arbitrary datagrams from arbitrary loopback addresses at a node with two native (UDP mode)
 //! participants (one doing DAVE, one not): never a panic, every datagram used (discovery
-//! answered, a keepalive, RTP received) or counted as a drop.
+//! answered, a keepalive, RTP received) or counted as a drop. Addresses 127.0.0.240 and up send
+//! ICE-TCP frames instead (natives are UDP only: each one is a drop), and the whole input is
+//! also cut into RFC 4571 frames by the shell's decoder (never a panic, never buffering more
+//! than one frame plus one push).
 #![no_main]
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use lodge_sfu::native::CryptoMode;
+use lodge_sfu::tcp_framing::{FrameDecoder, PREFIX};
 use lodge_sfu::{DropReason, GuildId, NativeJoin, Node, NodeConfig, RoomId, UserId, VoiceFlags};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -40,11 +44,29 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             .parse()
             .unwrap();
         let dgram = &rest[2..2 + len];
-        node.handle_datagram(t0 + Duration::from_millis(n), from, node_addr, dgram);
+        let at = t0 + Duration::from_millis(n);
+        if rest[1] >= 240 {
+            node.handle_tcp_frame(at, from, dgram);
+        } else {
+            node.handle_datagram(at, from, node_addr, dgram);
+        }
         n += 1;
         rest = &rest[2 + len..];
     }
     node.handle_timeout(t0 + Duration::from_secs(60));
+    // As the shell does: take every whole frame after each push; an oversized one ends it.
+    let mut dec = FrameDecoder::new(1500);
+    'stream: for chunk in data.chunks(7) {
+        dec.push(chunk);
+        loop {
+            match dec.next_frame() {
+                Ok(Some(f)) => assert!(f.len() <= 1500),
+                Ok(None) => break,
+                Err(_) => break 'stream,
+            }
+        }
+        assert!(dec.pending() < PREFIX + 1500);
+    }
     while node.poll_output().is_some() {}
     let s = node.stats();
     // `dave_to_non_dave` counts skipped deliveries of received packets, not datagrams.

@@ -35,11 +35,14 @@ pub enum DropReason {
     /// A DAVE (end-to-end encrypted) frame not delivered to one listener that does not do
     /// DAVE: counted once per skipped delivery, not per packet (like `Stale`).
     DaveToNonDave,
+    /// Something UDP only on an ICE-TCP connection: IP discovery, or a frame for a native
+    /// (Discord UDP mode) participant. ICE-TCP is for WebRTC participants.
+    NotOverTcp,
 }
 
 impl DropReason {
     /// All reasons, for exporting zeroes too.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Malformed,
         DropReason::Oversized,
         DropReason::UnknownUsername,
@@ -53,6 +56,7 @@ impl DropReason {
         DropReason::OverRate,
         DropReason::Replayed,
         DropReason::DaveToNonDave,
+        DropReason::NotOverTcp,
     ];
 
     /// Stable snake_case name used in logs and metrics.
@@ -71,6 +75,7 @@ impl DropReason {
             DropReason::OverRate => "over_rate",
             DropReason::Replayed => "replayed",
             DropReason::DaveToNonDave => "dave_to_non_dave",
+            DropReason::NotOverTcp => "not_over_tcp",
         }
     }
 

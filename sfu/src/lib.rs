@@ -4,7 +4,8 @@
 //! (ICE-lite, DTLS-SRTP, RTP mode), demultiplexes datagrams by STUN username and then by source
 //! address, ranks speakers by their RFC 6464 audio level and forwards Opus packets, rewritten,
 //! into each listener's K speaker slots. It never reads the clock, opens a socket or spawns a
-//! task: `now` is always passed in. The optional `shell` feature adds the tokio UDP loop.
+//! task: `now` is always passed in. The optional `shell` feature adds the tokio loop (the UDP
+//! media socket and, beside it, the ICE-TCP listener on the same port number).
 //!
 //! ```
 //! use std::time::Instant;
@@ -30,8 +31,11 @@ mod slot_map;
 pub mod speaker_selector;
 pub mod stats;
 pub mod stun;
+pub mod tcp_framing;
 mod timers;
 
+#[cfg(feature = "shell")]
+pub mod ice_tcp;
 #[cfg(feature = "shell")]
 pub mod send_batch;
 #[cfg(feature = "shell")]
@@ -42,7 +46,7 @@ pub use error::SfuError;
 pub use ids::{GuildId, ParticipantIdx, RoomId, Ssrc, UserId};
 pub use node::{
     Export, JoinAnswer, JoinRequest, LeaveReason, NativeAnswer, NativeJoin, Node, NodeConfig,
-    NodeEvent, NodeOutput, ParticipantReport, RemotePacket, SlotInfo, Transmit, MAX_SLOTS,
-    NATIVE_OPUS_PT,
+    NodeEvent, NodeOutput, ParticipantReport, RemotePacket, SlotInfo, Transmit, Transport,
+    MAX_SLOTS, NATIVE_OPUS_PT,
 };
 pub use participant::VoiceFlags;

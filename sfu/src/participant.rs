@@ -8,6 +8,7 @@ use str0m::Rtc;
 
 use crate::ids::{GuildId, RoomId, Ssrc, UserId};
 use crate::native::{ReplayWindow, TransportCipher};
+use crate::node::Transport;
 use crate::rate_limit::TokenBucket;
 use crate::seq_rewriter::SeqRewriter;
 use crate::speaker_selector::SpeakerLevel;
@@ -107,9 +108,10 @@ pub(crate) struct WebRtcPeer {
     pub guild: GuildId,
     /// Our ICE username fragment: STUN requests name it, so it finds this peer.
     pub ufrag: String,
-    /// Addresses that passed a STUN check for this participant (ICE checks every candidate
-    /// pair, so media may come from any of them). Bounded by `MAX_REMOTES`.
-    pub remotes: Vec<SocketAddr>,
+    /// Addresses that passed a STUN check for this participant, with the transport they came
+    /// on (ICE checks every candidate pair, UDP and ICE-TCP, so media may come from any of
+    /// them). Bounded by `MAX_REMOTES`.
+    pub remotes: Vec<(Transport, SocketAddr)>,
     pub opus_pt: Pt,
     /// The listener's speaker slots; who is in each is kept by the node's `SlotMap`.
     pub slots: Vec<Slot>,

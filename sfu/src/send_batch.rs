@@ -201,6 +201,7 @@ mod tests {
         // More than one sendmmsg call's worth.
         for i in 0..(MAX_BATCH as u32 + 10) {
             batch.push(Transmit {
+                transport: crate::node::Transport::Udp,
                 destination: a.local_addr().unwrap(),
                 contents: i.to_be_bytes().to_vec(),
             });
@@ -216,6 +217,7 @@ mod tests {
         // IPv6 too, where the machine has it.
         if let (Some(b), Some(tx6)) = (b, tx6) {
             batch.push(Transmit {
+                transport: crate::node::Transport::Udp,
                 destination: b.local_addr().unwrap(),
                 contents: b"six".to_vec(),
             });

@@ -8,6 +8,10 @@
 //! in one `sendmmsg` ([`SendBatch`]: each copy goes to a different listener, so GSO does not
 //! apply), so a packet waits only for the datagrams ahead of it. The time from a batch's return to each send
 //! is recorded ([`ForwardDelay`], `/metrics` `lodge_forward_delay_seconds`).
+//!
+//! With an ICE-TCP listener (on the media socket's address and port number), the loop also
+//! accepts TCP connections and feeds their frames to the node; the node's TCP transmits go back
+//! on their connection, UDP ones into the batch (see [`crate::ice_tcp`] for the bounds).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -17,16 +21,17 @@ use std::time::{Duration, Instant};
 use std::io::IoSliceMut;
 
 use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::error::SfuError;
+use crate::ice_tcp::{IceTcp, IceTcpLimits, IceTcpReport, Wake};
 use crate::ids::{ParticipantIdx, RoomId, UserId};
 pub use crate::node::RemotePacket;
 use crate::node::{
     Export, JoinAnswer, JoinRequest, NativeAnswer, NativeJoin, Node, NodeConfig, NodeEvent,
-    NodeOutput, ParticipantReport,
+    NodeOutput, ParticipantReport, Transport,
 };
 use crate::participant::VoiceFlags;
 use crate::send_batch::SendBatch;
@@ -106,6 +111,11 @@ pub struct NodeReport {
     pub native_keepalives: u64,
     /// Speaker packets whose payload is a DAVE frame (end-to-end encrypted).
     pub dave_frames_in: u64,
+    /// Of the datagrams in and out: frames on ICE-TCP connections.
+    pub tcp_frames_in: u64,
+    pub tcp_frames_out: u64,
+    /// The ICE-TCP listener's connections, refusals and closes; `None` without one.
+    pub ice_tcp: Option<IceTcpReport>,
     pub drops: Vec<(&'static str, u64)>,
     pub peers: Vec<ParticipantReport>,
     /// Receive → send inside the node since start, µs (see [`ForwardDelay`]).
@@ -252,6 +262,8 @@ impl SfuHandle {
 /// How the shell runs (as opposed to what the node does, [`NodeConfig`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ShellOptions {
+    /// Bounds of the ICE-TCP listener, when there is one.
+    pub ice_tcp: IceTcpLimits,
     /// Nice value of the media thread (-20..19; 0 = unchanged). Lowering it needs root or
     /// CAP_SYS_NICE; when refused, the thread logs a warning and runs at its normal priority.
     pub media_nice: i32,
@@ -260,19 +272,33 @@ pub struct ShellOptions {
     pub media_realtime: u8,
 }
 
-/// Bind nothing, spawn the loop on `socket`. Events for signaling arrive on the returned receiver.
+/// The sockets a node serves media on: the UDP socket, and optionally the ICE-TCP listener
+/// (same address, same port number; its presence is what makes the node offer a passive TCP
+/// candidate, whatever `NodeConfig::ice_tcp` said).
+pub struct MediaSockets {
+    pub udp: UdpSocket,
+    pub tcp: Option<TcpListener>,
+}
+
+impl From<UdpSocket> for MediaSockets {
+    fn from(udp: UdpSocket) -> Self {
+        MediaSockets { udp, tcp: None }
+    }
+}
+
+/// Bind nothing, spawn the loop on `sockets`. Events for signaling arrive on the returned receiver.
 pub fn spawn(
-    socket: UdpSocket,
+    sockets: impl Into<MediaSockets>,
     cfg: NodeConfig,
     opts: ShellOptions,
 ) -> std::io::Result<(SfuHandle, mpsc::UnboundedReceiver<NodeEvent>)> {
-    let (h, ev, _) = spawn_inner(socket, cfg, opts, false)?;
+    let (h, ev, _) = spawn_inner(sockets.into(), cfg, opts, false)?;
     Ok((h, ev))
 }
 
 /// [`spawn`] for a node in a cluster: exported speaker packets arrive on the third receiver.
 pub fn spawn_cascading(
-    socket: UdpSocket,
+    sockets: impl Into<MediaSockets>,
     cfg: NodeConfig,
     opts: ShellOptions,
 ) -> std::io::Result<(
@@ -280,7 +306,7 @@ pub fn spawn_cascading(
     mpsc::UnboundedReceiver<NodeEvent>,
     mpsc::Receiver<Exported>,
 )> {
-    let (h, ev, ex) = spawn_inner(socket, cfg, opts, true)?;
+    let (h, ev, ex) = spawn_inner(sockets.into(), cfg, opts, true)?;
     Ok((h, ev, ex.expect("exports requested")))
 }
 
@@ -289,8 +315,8 @@ const EXPORT_QUEUE: usize = 10_000;
 
 #[allow(clippy::type_complexity)]
 fn spawn_inner(
-    socket: UdpSocket,
-    cfg: NodeConfig,
+    sockets: MediaSockets,
+    mut cfg: NodeConfig,
     opts: ShellOptions,
     cascading: bool,
 ) -> std::io::Result<(
@@ -298,7 +324,9 @@ fn spawn_inner(
     mpsc::UnboundedReceiver<NodeEvent>,
     Option<mpsc::Receiver<Exported>>,
 )> {
+    let MediaSockets { udp: socket, tcp } = sockets;
     let local_addr = socket.local_addr()?;
+    cfg.ice_tcp = tcp.is_some();
     let (tx, rx) = mpsc::channel(1024);
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (ex_tx, ex_rx) = if cascading {
@@ -322,9 +350,17 @@ fn spawn_inner(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let socket = {
+    let (socket, ice_tcp) = {
         let _in_media_runtime = rt.enter();
-        UdpSocket::from_std(socket.into_std()?)?
+        let udp = UdpSocket::from_std(socket.into_std()?)?;
+        let tcp = match tcp {
+            Some(l) => Some(IceTcp::new(
+                TcpListener::from_std(l.into_std()?)?,
+                opts.ice_tcp,
+            )),
+            None => None,
+        };
+        (udp, tcp)
     };
     let reports_built = Arc::new(AtomicU64::new(0));
     let participants = Arc::new(AtomicUsize::new(0));
@@ -336,7 +372,7 @@ fn spawn_inner(
         .name("lodge-media".into())
         .spawn(move || {
             set_thread_priority(opts);
-            rt.block_on(run(Arc::new(socket), node, rx, sinks, gauges));
+            rt.block_on(run(Arc::new(socket), ice_tcp, node, rx, sinks, gauges));
         })?;
     Ok((
         SfuHandle {
@@ -413,8 +449,17 @@ fn seed_from_clock() -> u64 {
     t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
 }
 
+/// The next ICE-TCP event, or never without a listener.
+async fn next_tcp(tcp: &mut Option<IceTcp>) -> Wake {
+    match tcp {
+        Some(t) => t.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn run(
     socket: Arc<UdpSocket>,
+    mut tcp: Option<IceTcp>,
     mut node: Node,
     mut rx: mpsc::Receiver<Command>,
     mut sinks: Sinks,
@@ -465,7 +510,7 @@ async fn run(
     let mut delay = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 2)
         .expect("static histogram bounds are valid");
     let mut batch = SendBatch::default();
-    info!(%local, "media node listening");
+    info!(%local, ice_tcp = tcp.is_some(), "media node listening");
     loop {
         let deadline = node
             .poll_timeout()
@@ -497,7 +542,7 @@ async fn run(
                             // Send what this datagram caused before handling the next: sends are
                             // one syscall per datagram either way, and a packet then waits only
                             // for the datagrams ahead of it, not for the whole batch.
-                            flush(&socket, &mut batch, &mut node, &mut sinks, Some(now), &mut delay).await;
+                            flush(&socket, &mut batch, &mut tcp, &mut node, &mut sinks, Some(now), &mut delay).await;
                         }
                     }
                 }
@@ -511,24 +556,38 @@ async fn run(
                     Some(Command::SetFlags(idx, f)) => { let _ = node.set_flags(now, idx, f); }
                     Some(Command::Report(reply)) => {
                         gauges.reports_built.fetch_add(1, Ordering::Relaxed);
-                        let _ = reply.send(report(&node, &delay, sinks.exports_dropped));
+                        let _ = reply.send(report(&node, &delay, sinks.exports_dropped, tcp.as_ref()));
                     }
                     Some(Command::AddRemote(room, user, ssrc, reply)) => { let _ = reply.send(node.add_remote(now, room, user, ssrc)); }
                     Some(Command::RemoveRemote(idx)) => { if node.is_remote(idx) { node.leave(now, idx) } }
                     Some(Command::RemoteRtp(p)) => {
                         guarded(&mut panics, || node.remote_rtp(now, p));
-                        flush(&socket, &mut batch, &mut node, &mut sinks, Some(now), &mut delay).await;
+                        flush(&socket, &mut batch, &mut tcp, &mut node, &mut sinks, Some(now), &mut delay).await;
                     }
                     Some(Command::SetExported(room, on)) => node.set_exported(room, on),
                     Some(Command::SetExportAll(on)) => node.set_export_all(on),
                     Some(Command::Shutdown(done)) => {
                         node.close_all(now);
-                        flush(&socket, &mut batch, &mut node, &mut sinks, None, &mut delay).await;
+                        flush(&socket, &mut batch, &mut tcp, &mut node, &mut sinks, None, &mut delay).await;
+                        if let Some(t) = &mut tcp {
+                            t.close_all();
+                        }
                         info!("media node stopped; all peers closed");
                         let _ = done.send(());
                         return;
                     }
                     None => return,
+                }
+            }
+            w = next_tcp(&mut tcp) => {
+                let now = Instant::now();
+                match w {
+                    Wake::Frame(peer, data) => {
+                        guarded(&mut panics, || node.handle_tcp_frame(now, peer, &data));
+                        flush(&socket, &mut batch, &mut tcp, &mut node, &mut sinks, Some(now), &mut delay).await;
+                    }
+                    Wake::Closed(peer) => node.handle_tcp_closed(peer),
+                    Wake::Nothing => {}
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {}
@@ -539,7 +598,13 @@ async fn run(
         }
         // What timers caused (RTCP reports, retransmissions, queued RTP str0m released late:
         // `rtp_deferred`, counted apart) has no receive moment, so no delay is recorded for it.
-        flush(&socket, &mut batch, &mut node, &mut sinks, None, &mut delay).await;
+        flush(
+            &socket, &mut batch, &mut tcp, &mut node, &mut sinks, None, &mut delay,
+        )
+        .await;
+        if let Some(t) = &mut tcp {
+            t.sweep(now, &node);
+        }
         gauges.participants.store(
             node.participant_count() - node.remote_count(),
             Ordering::Relaxed,
@@ -575,9 +640,11 @@ fn guarded(panics: &mut u64, f: impl FnOnce()) {
 
 /// Send everything the node wants sent and pass its events on. With `received_at`, each
 /// datagram's time inside the node is recorded in `delay`.
+#[allow(clippy::too_many_arguments)]
 async fn flush(
     socket: &UdpSocket,
     batch: &mut SendBatch,
+    tcp: &mut Option<IceTcp>,
     node: &mut Node,
     sinks: &mut Sinks,
     received_at: Option<Instant>,
@@ -585,7 +652,14 @@ async fn flush(
 ) {
     while let Some(o) = node.poll_output() {
         match o {
-            NodeOutput::Transmit(t) => batch.push(t),
+            NodeOutput::Transmit(t) if t.transport == Transport::Udp => batch.push(t),
+            // Queued on its connection at once; no delay is recorded for TCP (the connection's
+            // task writes it).
+            NodeOutput::Transmit(t) => {
+                if let Some(closed) = tcp.as_mut().and_then(|c| c.send(t)) {
+                    node.handle_tcp_closed(closed);
+                }
+            }
             NodeOutput::Event(e) => {
                 let _ = sinks.events.send(e);
             }
@@ -615,7 +689,12 @@ async fn flush(
     }
 }
 
-fn report(node: &Node, delay: &hdrhistogram::Histogram<u64>, exports_dropped: u64) -> NodeReport {
+fn report(
+    node: &Node,
+    delay: &hdrhistogram::Histogram<u64>,
+    exports_dropped: u64,
+    tcp: Option<&IceTcp>,
+) -> NodeReport {
     let s = node.stats();
     NodeReport {
         participants: node.participant_count() - node.remote_count(),
@@ -633,6 +712,9 @@ fn report(node: &Node, delay: &hdrhistogram::Histogram<u64>, exports_dropped: u6
         native_discovery: s.native_discovery,
         native_keepalives: s.native_keepalives,
         dave_frames_in: s.dave_frames_in,
+        tcp_frames_in: s.tcp_frames_in,
+        tcp_frames_out: s.tcp_frames_out,
+        ice_tcp: tcp.map(IceTcp::report),
         drops: DropReason::ALL
             .iter()
             .map(|r| (r.as_str(), s.drops.get(*r)))

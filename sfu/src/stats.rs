@@ -49,5 +49,8 @@ pub struct NodeStats {
     pub native_keepalives: u64,
     /// Speaker packets whose payload is a DAVE frame (end-to-end encrypted; forwarded opaque).
     pub dave_frames_in: u64,
+    /// Of `datagrams_in`/`datagrams_out`: RFC 4571 frames on ICE-TCP connections.
+    pub tcp_frames_in: u64,
+    pub tcp_frames_out: u64,
     pub drops: DropCounters,
 }

@@ -248,6 +248,16 @@ config_keys! {
     /// coturn checks the expiry when a relay is allocated, so a call relayed before it goes on;
     /// every voice connection gets a fresh credential. [default: 3600, one hour]
     turn_credential_ttl_secs: u64 = "LODGE_TURN_CREDENTIAL_TTL_SECS";
+    /// ICE-TCP for voice callers whose UDP cannot reach the media port: a TCP listener on the
+    /// media listen address and port number, and a passive TCP candidate (lower priority than
+    /// UDP) in every WebRTC answer. Browsers try it before any TURN relay. Native (UDP mode)
+    /// clients never use it. false = UDP only. [default: true]
+    ice_tcp: bool = "LODGE_ICE_TCP";
+    /// Open ICE-TCP connections on the node; more are closed when accepted. [default: 4096]
+    ice_tcp_max_connections: usize = "LODGE_ICE_TCP_MAX_CONNECTIONS";
+    /// Open ICE-TCP connections from one IP address (a caller opens one or two; callers behind
+    /// one NAT address share this). [default: 64]
+    ice_tcp_max_connections_per_ip: usize = "LODGE_ICE_TCP_MAX_CONNECTIONS_PER_IP";
 }
 
 /// The effective configuration.
@@ -314,6 +324,9 @@ pub struct Config {
     pub max_http_connections_per_ip: usize,
     /// TURN relays handed to voice callers; `None` without --turn-url.
     pub turn: Option<crate::turn::TurnConfig>,
+    pub ice_tcp: bool,
+    pub ice_tcp_max_connections: usize,
+    pub ice_tcp_max_connections_per_ip: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -584,6 +597,19 @@ impl Config {
                 v.turn_secret.take(),
                 v.turn_credential_ttl_secs,
             )?,
+            ice_tcp: v.ice_tcp.unwrap_or(true),
+            ice_tcp_max_connections: in_range(
+                "ice_tcp_max_connections",
+                v.ice_tcp_max_connections.unwrap_or(4096),
+                1..=1_000_000,
+                "use 1 to 1000000 (mind the process's file descriptor limit)",
+            )?,
+            ice_tcp_max_connections_per_ip: in_range(
+                "ice_tcp_max_connections_per_ip",
+                v.ice_tcp_max_connections_per_ip.unwrap_or(64),
+                1..=1_000_000,
+                "use 1 or more",
+            )?,
         }
         .checked_cluster()
     }
@@ -762,6 +788,46 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--public-ip"));
+    }
+
+    #[test]
+    fn ice_tcp_is_on_by_default_and_can_be_turned_off() {
+        let c = Config::load(&ServeArgs::default(), std::iter::empty()).unwrap();
+        assert!(c.ice_tcp);
+        assert_eq!(
+            (c.ice_tcp_max_connections, c.ice_tcp_max_connections_per_ip),
+            (4096, 64)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("lodge.toml");
+        std::fs::write(&f, "ice_tcp = false\nice_tcp_max_connections_per_ip = 8\n").unwrap();
+        let args = ServeArgs {
+            config: Some(f),
+            ..Default::default()
+        };
+        let c = Config::load(&args, std::iter::empty()).unwrap();
+        assert!(!c.ice_tcp);
+        assert_eq!(c.ice_tcp_max_connections_per_ip, 8);
+        let on = ServeArgs {
+            ice_tcp: Some(true),
+            ..args
+        };
+        assert!(
+            Config::load(&on, std::iter::empty()).unwrap().ice_tcp,
+            "the flag beats the file"
+        );
+        let zero = ServeArgs {
+            ice_tcp_max_connections: Some(0),
+            ..Default::default()
+        };
+        assert!(Config::load(&zero, std::iter::empty()).is_err());
+        // The flag takes a value, as the other booleans do.
+        let cli = <Cli as clap::Parser>::try_parse_from(["lodge", "serve", "--ice-tcp", "false"])
+            .unwrap();
+        let Command::Serve(a) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(a.ice_tcp, Some(false));
     }
 
     #[test]

@@ -107,6 +107,32 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The media sockets: UDP on `addr`, and with `ice_tcp` a TCP listener on the same address and
+/// port number (the node's passive ICE-TCP candidate names the UDP port). When the port is
+/// picked by the system (port 0), the TCP one may be taken: a few other UDP ports are tried.
+async fn bind_media(
+    addr: std::net::SocketAddr,
+    ice_tcp: bool,
+) -> std::io::Result<(UdpSocket, Option<TcpListener>)> {
+    let tries = if addr.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..tries {
+        let udp = UdpSocket::bind(addr).await?;
+        if !ice_tcp {
+            return Ok((udp, None));
+        }
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, Some(tcp))),
+            Err(e) => last = Some(e),
+        }
+    }
+    let e = last.expect("ice_tcp tried at least once");
+    Err(std::io::Error::new(
+        e.kind(),
+        format!("ICE-TCP listener on the media port: {e} (--ice-tcp false turns it off)"),
+    ))
+}
+
 /// Bind sockets, open storage, start the SFU, serve HTTP.
 pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     // A certificate that cannot be used stops the start before anything is opened.
@@ -137,7 +163,7 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
             })?,
     };
     let store = store.with_password_hashing(cfg.password_hash_concurrency);
-    let udp = UdpSocket::bind(cfg.media_listen)
+    let (udp, ice_tcp) = bind_media(cfg.media_listen, cfg.ice_tcp)
         .await
         .map_err(|err| StartError::Media {
             addr: cfg.media_listen,
@@ -174,26 +200,31 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     let shell_opts = lodge_sfu::shell::ShellOptions {
         media_nice: cfg.media_nice,
         media_realtime: cfg.media_realtime,
+        ice_tcp: lodge_sfu::ice_tcp::IceTcpLimits {
+            max_connections: cfg.ice_tcp_max_connections,
+            max_connections_per_ip: cfg.ice_tcp_max_connections_per_ip,
+            ..Default::default()
+        },
     };
+    let media = lodge_sfu::shell::MediaSockets { udp, tcp: ice_tcp };
     let clustered = cfg.trunk_listen.is_some() || cfg.origin.is_some();
-    let (sfu, events, exports) = if clustered {
-        let (h, e, x) =
-            lodge_sfu::shell::spawn_cascading(udp, node_cfg, shell_opts).map_err(|err| {
+    let (sfu, events, exports) =
+        if clustered {
+            let (h, e, x) = lodge_sfu::shell::spawn_cascading(media, node_cfg, shell_opts)
+                .map_err(|err| StartError::Media {
+                    addr: media_addr,
+                    err,
+                })?;
+            (h, e, Some(x))
+        } else {
+            let (h, e) = lodge_sfu::shell::spawn(media, node_cfg, shell_opts).map_err(|err| {
                 StartError::Media {
                     addr: media_addr,
                     err,
                 }
             })?;
-        (h, e, Some(x))
-    } else {
-        let (h, e) = lodge_sfu::shell::spawn(udp, node_cfg, shell_opts).map_err(|err| {
-            StartError::Media {
-                addr: media_addr,
-                err,
-            }
-        })?;
-        (h, e, None)
-    };
+            (h, e, None)
+        };
     let cluster = match exports {
         Some(x) => Some(
             cluster::start(&cfg, sfu.clone(), x)

@@ -8,8 +8,13 @@ use crate::speaker_selector::SelectorConfig;
 /// Limits and tunables of a node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// Address put in the ICE host candidate (public IP + the UDP media port).
+    /// Address put in the ICE host candidates (public IP + the media port): the UDP one, and
+    /// with `ice_tcp` the passive TCP one.
     pub public_addr: SocketAddr,
+    /// Offer every WebRTC participant a passive ICE-TCP host candidate on `public_addr` beside
+    /// the UDP one (lower priority: browsers use it only when UDP fails). Only true when the
+    /// shell listens on TCP there (the shell sets it from its listener); off by default.
+    pub ice_tcp: bool,
     pub max_participants: usize,
     pub max_room_size: usize,
     /// WebRTC participants one user may have on the node, connected or still connecting (a
@@ -41,6 +46,7 @@ impl NodeConfig {
     pub fn new(public_addr: SocketAddr) -> Self {
         NodeConfig {
             public_addr,
+            ice_tcp: false,
             max_participants: 10_000,
             max_room_size: 1_000,
             max_participants_per_user: 4,

@@ -1,4 +1,10 @@
 //! Demultiplexing received datagrams to participants, and learning their addresses.
+//!
+//! Two ways in: a UDP datagram on the media socket ([`Node::handle_datagram`]) and one RFC 4571
+//! frame of an ICE-TCP connection ([`Node::handle_tcp_frame`]). Both take the same steps (STUN
+//! by USERNAME, then the source address); they differ in what may arrive. Native (Discord UDP
+//! mode) participants and their IP discovery are UDP only, and a TCP peer is looked up among
+//! proven TCP connections only (`by_tcp`), never among UDP addresses.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -7,7 +13,7 @@ use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::Input;
 use tracing::{debug, trace};
 
-use super::Node;
+use super::{Node, Transport};
 use crate::drop_reason::DropReason;
 use crate::ids::ParticipantIdx;
 use crate::participant::{Kind, MAX_REMOTES};
@@ -21,6 +27,45 @@ impl Node {
         destination: SocketAddr,
         buf: &[u8],
     ) {
+        self.receive(now, Transport::Udp, source, destination, buf)
+    }
+
+    /// Feed one frame (RFC 4571: the bytes after the 2-byte length) of the ICE-TCP connection
+    /// whose peer is `source`. Its destination is the passive candidate the node advertised
+    /// (`public_addr`), whatever address the shell accepted it on: a connection to the media
+    /// port is a connection to that candidate, also behind a port forward.
+    pub fn handle_tcp_frame(&mut self, now: Instant, source: SocketAddr, buf: &[u8]) {
+        self.stats.tcp_frames_in += 1;
+        let destination = self.cfg.public_addr;
+        self.receive(now, Transport::Tcp, source, destination, buf)
+    }
+
+    /// The ICE-TCP connection whose peer is `source` ended: its address no longer names anyone
+    /// (a later connection from the same address must pass a STUN check again). The
+    /// participant stays: ICE moves to another pair, or its idle timeout removes it.
+    pub fn handle_tcp_closed(&mut self, source: SocketAddr) {
+        let Some(idx) = self.by_tcp.remove(&source) else {
+            return;
+        };
+        if let Some(Kind::WebRtc(w)) = self.participant_mut(idx).map(|p| &mut p.kind) {
+            w.remotes.retain(|r| *r != (Transport::Tcp, source));
+        }
+    }
+
+    /// The ICE-TCP connection whose peer is `source` passed a STUN check for a participant (the
+    /// shell closes connections that do not within a few seconds).
+    pub fn tcp_peer_known(&self, source: SocketAddr) -> bool {
+        self.by_tcp.contains_key(&source)
+    }
+
+    fn receive(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        source: SocketAddr,
+        destination: SocketAddr,
+        buf: &[u8],
+    ) {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += buf.len() as u64;
         if buf.len() > self.cfg.max_datagram {
@@ -29,6 +74,9 @@ impl Node {
         // IP discovery first: its first bytes fall in STUN's range (RFC 7983), and only its
         // exact shape and length tell it apart (see `native/discovery.rs`).
         if let Some(ssrc) = crate::native::discovery_request(buf) {
+            if transport == Transport::Tcp {
+                return self.drop_datagram(DropReason::NotOverTcp, None);
+            }
             return self.native_discovery(now, source, ssrc);
         }
         let stun = crate::stun::is_stun(buf);
@@ -41,13 +89,19 @@ impl Node {
                 },
             }
         } else {
-            match self.by_addr.get(&source) {
+            let known = match transport {
+                Transport::Udp => self.by_addr.get(&source),
+                Transport::Tcp => self.by_tcp.get(&source),
+            };
+            match known {
                 Some(i) => *i,
                 None => {
                     // A native participant's packet from a new address (NAT rebinding), or
                     // its first before discovery bound one: it must authenticate.
-                    if let Some(i) = self.native_claimed(buf) {
-                        return self.native_datagram(now, i, source, buf, true);
+                    if transport == Transport::Udp {
+                        if let Some(i) = self.native_claimed(buf) {
+                            return self.native_datagram(now, i, source, buf, true);
+                        }
                     }
                     // A keepalive before discovery (discord.js sends one at once) is normal.
                     let reason = if buf.len() < 12 {
@@ -67,15 +121,22 @@ impl Node {
                 Some(Kind::Native(_))
             )
         {
+            if transport == Transport::Tcp {
+                return self.drop_datagram(DropReason::NotOverTcp, Some(idx));
+            }
             return self.native_datagram(now, idx, source, buf, false);
         }
         let Ok(contents) = DatagramRecv::try_from(buf) else {
             return self.drop_datagram(DropReason::Malformed, Some(idx));
         };
+        let proto = match transport {
+            Transport::Udp => Protocol::Udp,
+            Transport::Tcp => Protocol::Tcp,
+        };
         let input = Input::Receive(
             now,
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source,
                 destination,
                 contents,
@@ -100,7 +161,7 @@ impl Node {
         }
         p.last_recv = Some(now);
         if stun {
-            self.learn_address(idx, source);
+            self.learn_address(idx, transport, source);
         }
         // In RTP mode str0m reports every RTP packet that authenticates; one that does not
         // vanishes inside it. Notice that here so it is counted like every other drop.
@@ -113,28 +174,32 @@ impl Node {
 }
 
 impl Node {
-    /// A STUN check from `source` authenticated for `idx`: its media may come from there. The
-    /// peer keeps its last `MAX_REMOTES` addresses; an address belongs to whoever proved it
-    /// last (NAT rebinding, a reused port).
-    fn learn_address(&mut self, idx: ParticipantIdx, source: SocketAddr) {
+    /// A STUN check from `source` over `transport` authenticated for `idx`: its media may come
+    /// from there. The peer keeps its last `MAX_REMOTES` addresses; an address belongs to
+    /// whoever proved it last (NAT rebinding, a reused port).
+    fn learn_address(&mut self, idx: ParticipantIdx, transport: Transport, source: SocketAddr) {
         let Some(Kind::WebRtc(w)) = self.participant_mut(idx).map(|p| &mut p.kind) else {
             return;
         };
-        if w.remotes.contains(&source) {
+        let key = (transport, source);
+        if w.remotes.contains(&key) {
             return;
         }
-        w.remotes.push(source);
+        w.remotes.push(key);
         let evicted = (w.remotes.len() > MAX_REMOTES).then(|| w.remotes.remove(0));
-        if let Some(old) = evicted {
-            if self.by_addr.get(&old) == Some(&idx) {
-                self.by_addr.remove(&old);
+        if let Some((t, old)) = evicted {
+            let map = self.addr_map(t);
+            if map.get(&old) == Some(&idx) {
+                map.remove(&old);
             }
         }
-        if let Some(prev) = self.by_addr.insert(source, idx) {
+        if let Some(prev) = self.addr_map(transport).insert(source, idx) {
             if prev != idx {
                 match self.participant_mut(prev).map(|p| &mut p.kind) {
-                    Some(Kind::WebRtc(pw)) => pw.remotes.retain(|a| *a != source),
-                    Some(Kind::Native(n)) if n.addr == Some(source) => {
+                    Some(Kind::WebRtc(pw)) => pw.remotes.retain(|r| *r != key),
+                    Some(Kind::Native(n))
+                        if transport == Transport::Udp && n.addr == Some(source) =>
+                    {
                         n.addr = None;
                         n.addr_proven = false;
                     }
@@ -142,7 +207,7 @@ impl Node {
                 }
             }
         }
-        debug!(%idx, "participant address learned from STUN");
+        debug!(%idx, transport = transport.as_str(), "participant address learned from STUN");
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Input, Output};
 
-use super::{Export, Node, NodeOutput, Transmit};
+use super::{Export, Node, NodeOutput, Transmit, Transport};
 use crate::drop_reason::DropReason;
 use crate::ids::ParticipantIdx;
 use crate::native::is_dave_frame;
@@ -217,6 +217,7 @@ impl Node {
                     Ok(Output::Transmit(t)) => {
                         sent = true;
                         out.push_back(NodeOutput::Transmit(Transmit {
+                            transport: Transport::of(t.proto),
                             destination: t.destination,
                             contents: t.contents.into(),
                         }))
@@ -256,6 +257,7 @@ fn seal_native(
         .seal_opus(ssrc, seq, ts, marker, payload, n.send_counter);
     n.send_counter = n.send_counter.wrapping_add(1);
     Some(Transmit {
+        transport: Transport::Udp,
         destination,
         contents,
     })

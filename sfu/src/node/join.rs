@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::TcpType;
 use str0m::rtp::Extension;
 use str0m::{Candidate, Rtc};
 use tracing::info;
@@ -50,8 +51,8 @@ pub struct JoinAnswer {
 }
 
 impl Node {
-    /// Admit a participant: accept its offer and answer with ICE-lite, our host candidate and
-    /// K send-only slots.
+    /// Admit a participant: accept its offer and answer with ICE-lite, our host candidates
+    /// (UDP, and passive TCP with `ice_tcp`) and K send-only slots.
     pub fn join(&mut self, now: Instant, req: JoinRequest) -> Result<JoinAnswer, SfuError> {
         self.admit(req.room, req.guild, req.user)?;
         let offer = SdpOffer::from_sdp_string(&req.offer)
@@ -82,6 +83,18 @@ impl Node {
         let cand = Candidate::host(self.cfg.public_addr, "udp")
             .map_err(|e| SfuError::Rtc(e.to_string()))?;
         rtc.add_local_candidate(cand);
+        if self.cfg.ice_tcp {
+            // RFC 6544 passive: the client connects to the media port's number over TCP when
+            // its UDP cannot get through. Its priority (type preference 90 against UDP's 126,
+            // libwebrtc's values) keeps it second: a browser that can use UDP does.
+            let tcp = Candidate::builder()
+                .tcp()
+                .host(self.cfg.public_addr)
+                .tcptype(TcpType::Passive)
+                .build()
+                .map_err(|e| SfuError::Rtc(e.to_string()))?;
+            rtc.add_local_candidate(tcp);
+        }
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tracing::info;
 
-use super::{LeaveReason, Node, NodeEvent, NodeOutput};
+use super::{LeaveReason, Node, NodeEvent, NodeOutput, Transport};
 use crate::ids::ParticipantIdx;
 use crate::participant::Kind;
 
@@ -68,9 +68,13 @@ impl Node {
                 release(&mut self.per_guild, w.guild);
                 release(&mut self.per_user, p.user);
                 self.by_ufrag.remove(&w.ufrag);
-                for addr in &w.remotes {
-                    if self.by_addr.get(addr) == Some(&idx) {
-                        self.by_addr.remove(addr);
+                for (t, addr) in &w.remotes {
+                    let map = match t {
+                        Transport::Udp => &mut self.by_addr,
+                        Transport::Tcp => &mut self.by_tcp,
+                    };
+                    if map.get(addr) == Some(&idx) {
+                        map.remove(addr);
                     }
                 }
                 w.rtc.disconnect();

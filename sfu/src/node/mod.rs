@@ -57,7 +57,7 @@ use crate::timers::TimerQueue;
 pub use config::NodeConfig;
 pub use join::{JoinAnswer, JoinRequest, SlotInfo, MAX_SLOTS};
 pub use native::{size_level, NativeAnswer, NativeJoin, NATIVE_OPUS_PT};
-pub use output::{Export, LeaveReason, NodeEvent, NodeOutput, Transmit};
+pub use output::{Export, LeaveReason, NodeEvent, NodeOutput, Transmit, Transport};
 pub use remote::RemotePacket;
 pub use report::{ParticipantReport, SlotReport};
 
@@ -75,6 +75,9 @@ const REAP_INTERVAL: Duration = Duration::from_millis(100);
 /// - [`handle_datagram`](Node::handle_datagram): a UDP datagram arrived on the node's port
 ///   (STUN, DTLS, SRTP, SRTCP for any participant). Never fails: a datagram nobody can use is
 ///   counted under a [`DropReason`] and dropped.
+/// - [`handle_tcp_frame`](Node::handle_tcp_frame): the same for one RFC 4571 frame of an
+///   ICE-TCP connection (WebRTC participants only), and
+///   [`handle_tcp_closed`](Node::handle_tcp_closed) when such a connection ends.
 /// - [`remote_rtp`](Node::remote_rtp): a trunk delivered a remote speaker's packet.
 /// - [`handle_timeout`](Node::handle_timeout): the time returned by
 ///   [`poll_timeout`](Node::poll_timeout) has come (calling it early or late is harmless: it
@@ -97,7 +100,7 @@ const REAP_INTERVAL: Duration = Duration::from_millis(100);
 /// # Polls: what the node produced
 ///
 /// - [`poll_output`](Node::poll_output): datagrams to send ([`NodeOutput::Transmit`], in
-///   order), events for signaling ([`NodeOutput::Event`]), packets and stream ends for other
+///   order, each naming its [`Transport`]), events for signaling ([`NodeOutput::Event`]), packets and stream ends for other
 ///   nodes ([`NodeOutput::Export`], [`NodeOutput::ExportEnd`]). `None` when empty.
 /// - [`poll_timeout`](Node::poll_timeout): when to call `handle_timeout` next (O(1)); `None`
 ///   when nothing is due until the next datagram or command.
@@ -130,7 +133,7 @@ const REAP_INTERVAL: Duration = Duration::from_millis(100);
 ///   ([`LeaveReason`]); its index may be handed to a later join, so forget it then.
 /// - Remote speakers get neither `Connected` nor `Left`: their trunk adds and removes them.
 ///
-/// Queries ([`stats`](Node::stats), [`reports`](Node::reports), counts, [`flags`](Node::flags),
+/// Queries ([`stats`](Node::stats), [`tcp_peer_known`](Node::tcp_peer_known), [`reports`](Node::reports), counts, [`flags`](Node::flags),
 /// [`is_remote`](Node::is_remote)) change nothing and may be called at any time.
 pub struct Node {
     cfg: NodeConfig,
@@ -146,7 +149,12 @@ pub struct Node {
     /// Which speaker each listener slot carries, and its reverse.
     slot_map: SlotMap,
     by_ufrag: HashMap<String, ParticipantIdx>,
+    /// UDP source addresses proven by STUN (WebRTC) or discovery/authentication (native).
     by_addr: HashMap<SocketAddr, ParticipantIdx>,
+    /// ICE-TCP connections (by peer address) proven by STUN: WebRTC participants only. Apart
+    /// from `by_addr` so a TCP peer can never pass for a UDP one with the same address and
+    /// port, and so the UDP lookup stays as it was.
+    by_tcp: HashMap<SocketAddr, ParticipantIdx>,
     out: VecDeque<NodeOutput>,
     next_tick: Option<Instant>,
     stats: NodeStats,
@@ -187,6 +195,7 @@ impl Node {
             slot_map: SlotMap::default(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
+            by_tcp: HashMap::new(),
             out: VecDeque::new(),
             next_tick: None,
             stats: NodeStats::default(),
@@ -314,6 +323,14 @@ impl Node {
             .and_then(|p| p.as_mut())
     }
 
+    /// The proven addresses of one transport.
+    pub(super) fn addr_map(&mut self, t: Transport) -> &mut HashMap<SocketAddr, ParticipantIdx> {
+        match t {
+            Transport::Udp => &mut self.by_addr,
+            Transport::Tcp => &mut self.by_tcp,
+        }
+    }
+
     pub(super) fn drop_datagram(&mut self, reason: DropReason, idx: Option<ParticipantIdx>) {
         self.stats.drops.count(reason);
         if let Some(p) = idx.and_then(|i| self.participant_mut(i)) {
@@ -381,6 +398,9 @@ impl Node {
         if let Some(NodeOutput::Transmit(t)) = &o {
             self.stats.datagrams_out += 1;
             self.stats.bytes_out += t.contents.len() as u64;
+            if t.transport == Transport::Tcp {
+                self.stats.tcp_frames_out += 1;
+            }
         }
         o
     }

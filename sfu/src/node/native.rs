@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info};
 
 use super::forward::Inbound;
-use super::{Node, NodeEvent, NodeOutput, Transmit, MAX_SLOTS};
+use super::{Node, NodeEvent, NodeOutput, Transmit, Transport, MAX_SLOTS};
 use crate::drop_reason::DropReason;
 use crate::error::SfuError;
 use crate::ids::{GuildId, ParticipantIdx, RoomId, Ssrc, UserId};
@@ -223,6 +223,7 @@ impl Node {
         }
         self.stats.native_discovery += 1;
         self.out.push_back(NodeOutput::Transmit(Transmit {
+            transport: Transport::Udp,
             destination: source,
             contents: discovery_response(ssrc, source).to_vec(),
         }));
@@ -242,7 +243,7 @@ impl Node {
         }
         if let Some(prev) = self.by_addr.insert(addr, idx).filter(|p| *p != idx) {
             match self.participant_mut(prev).map(|p| &mut p.kind) {
-                Some(Kind::WebRtc(w)) => w.remotes.retain(|a| *a != addr),
+                Some(Kind::WebRtc(w)) => w.remotes.retain(|r| *r != (Transport::Udp, addr)),
                 Some(Kind::Native(n)) if n.addr == Some(addr) => {
                     n.addr = None;
                     n.addr_proven = false;

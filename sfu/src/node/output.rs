@@ -49,11 +49,44 @@ pub enum NodeEvent {
     },
 }
 
-/// A datagram to send from the node's socket.
+/// How a datagram reached the node, or how it must leave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// The media port's UDP socket: every kind of participant.
+    Udp,
+    /// An ICE-TCP connection accepted on the media port's number (RFC 6544 passive candidate,
+    /// RFC 4571 framing; the shell frames and deframes): WebRTC participants only. The
+    /// connection is named by its peer's address, which is unique per connection.
+    Tcp,
+}
+
+/// A datagram to send: on the media socket ([`Transport::Udp`]) or framed on the ICE-TCP
+/// connection whose peer is `destination` ([`Transport::Tcp`]; gone = dropped by the shell).
 #[derive(Debug)]
 pub struct Transmit {
+    pub transport: Transport,
     pub destination: SocketAddr,
     pub contents: Vec<u8>,
+}
+
+impl Transport {
+    /// The transport of a str0m transmit. The node only ever adds UDP and (passive) TCP host
+    /// candidates, so str0m never sends on the other protocols it knows (SSL-TCP, TLS, which
+    /// only TURN relays use).
+    pub(crate) fn of(proto: str0m::net::Protocol) -> Transport {
+        match proto {
+            str0m::net::Protocol::Tcp => Transport::Tcp,
+            _ => Transport::Udp,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
 }
 
 /// A speaker's packet for other nodes (cascading): emitted for rooms marked with

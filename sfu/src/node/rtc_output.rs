@@ -6,7 +6,7 @@ use str0m::{Event, IceConnectionState, Output};
 use tracing::{debug, info, warn};
 
 use super::forward::Inbound;
-use super::{Node, NodeEvent, NodeOutput, Transmit};
+use super::{Node, NodeEvent, NodeOutput, Transmit, Transport};
 use crate::ids::ParticipantIdx;
 use crate::participant::{Kind, Participant};
 
@@ -43,6 +43,7 @@ impl Node {
                 }
                 Output::Transmit(t) => {
                     self.out.push_back(NodeOutput::Transmit(Transmit {
+                        transport: Transport::of(t.proto),
                         destination: t.destination,
                         contents: t.contents.into(),
                     }));

@@ -3,19 +3,20 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use lodge_sfu::native::{CryptoMode, TransportCipher};
+use lodge_sfu::tcp_framing::{self, FrameDecoder};
 use lodge_sfu::{
-    JoinAnswer, JoinRequest, NativeJoin, Node, NodeConfig, NodeEvent, NodeOutput, RoomId, UserId,
-    VoiceFlags,
+    JoinAnswer, JoinRequest, NativeJoin, Node, NodeConfig, NodeEvent, NodeOutput, RoomId,
+    Transport, UserId, VoiceFlags,
 };
 use str0m::change::SdpAnswer;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
-use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::net::{DatagramRecv, Protocol, Receive, TcpType};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
@@ -52,10 +53,22 @@ pub struct Client {
     pub timeout: Instant,
     pub connected: bool,
     pub closed: bool,
+    /// Reaches the node only over ICE-TCP (an active TCP candidate, no UDP one), as a browser
+    /// whose UDP is blocked.
+    pub tcp_only: bool,
 }
 
 impl Client {
     pub fn new(n: u8, now: Instant, k: usize) -> (Client, String, str0m::change::SdpPendingOffer) {
+        Client::with_transport(n, now, k, false)
+    }
+
+    pub fn with_transport(
+        n: u8,
+        now: Instant,
+        k: usize,
+        tcp_only: bool,
+    ) -> (Client, String, str0m::change::SdpPendingOffer) {
         let addr: SocketAddr = format!("127.0.0.{}:{}", 10 + n, 40000 + n as u16)
             .parse()
             .unwrap();
@@ -64,7 +77,17 @@ impl Client {
             .clear_codecs()
             .enable_opus(true, false)
             .build(now);
-        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        if tcp_only {
+            let c = Candidate::builder()
+                .tcp()
+                .host(addr)
+                .tcptype(TcpType::Active)
+                .build()
+                .unwrap();
+            rtc.add_local_candidate(c);
+        } else {
+            rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        }
         let mut api = rtc.sdp_api();
         let send_mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
         let slot_mids: Vec<Mid> = (0..k)
@@ -96,6 +119,7 @@ impl Client {
             timeout: now,
             connected: false,
             closed: false,
+            tcp_only,
         };
         (c, offer.to_sdp_string(), pending)
     }
@@ -214,7 +238,17 @@ struct Packet {
     at: Instant,
     from: SocketAddr,
     to: SocketAddr,
+    /// UDP: one datagram. TCP: a piece of the `from → to` byte stream (RFC 4571 frames cut
+    /// anywhere), reassembled by a [`FrameDecoder`] on arrival.
+    transport: Transport,
     data: Vec<u8>,
+}
+
+/// Datagrams and TCP frames delivered from one address, by transport.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Carried {
+    pub udp: usize,
+    pub tcp_frames: usize,
 }
 
 pub struct World {
@@ -230,6 +264,12 @@ pub struct World {
     pub export_ends: Vec<(Instant, lodge_sfu::ParticipantIdx)>,
     pub node_addr: SocketAddr,
     pub natives: Vec<NativeClient>,
+    /// The receiving end of each `from → to` TCP stream.
+    tcp_streams: HashMap<(SocketAddr, SocketAddr), FrameDecoder>,
+    /// What arrived from each address (clients and the node alike).
+    pub carried: HashMap<SocketAddr, Carried>,
+    /// The SDP answers the node gave, by client.
+    pub answers: Vec<String>,
 }
 
 impl World {
@@ -252,6 +292,9 @@ impl World {
             export_ends: Vec::new(),
             node_addr,
             natives: Vec::new(),
+            tcp_streams: HashMap::new(),
+            carried: HashMap::new(),
+            answers: Vec::new(),
         }
     }
 
@@ -260,8 +303,22 @@ impl World {
     }
 
     pub fn join(&mut self, k: usize, flags: VoiceFlags) -> Result<usize, lodge_sfu::SfuError> {
+        self.join_on(k, flags, false)
+    }
+
+    /// A client that has only an active ICE-TCP candidate joins (its UDP is blocked).
+    pub fn join_tcp(&mut self, k: usize, flags: VoiceFlags) -> Result<usize, lodge_sfu::SfuError> {
+        self.join_on(k, flags, true)
+    }
+
+    fn join_on(
+        &mut self,
+        k: usize,
+        flags: VoiceFlags,
+        tcp_only: bool,
+    ) -> Result<usize, lodge_sfu::SfuError> {
         let n = self.clients.len() as u8;
-        let (mut c, offer, pending) = Client::new(n, self.now, k);
+        let (mut c, offer, pending) = Client::with_transport(n, self.now, k, tcp_only);
         let JoinAnswer { idx, answer, slots } = self.node.join(
             self.now,
             JoinRequest {
@@ -273,6 +330,7 @@ impl World {
             },
         )?;
         assert_eq!(slots.len(), k);
+        self.answers.push(answer.clone());
         c.rtc
             .sdp_api()
             .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
@@ -357,6 +415,31 @@ impl World {
         }
     }
 
+    /// Inject one ICE-TCP frame at the node, as if on the connection whose peer is `from`.
+    pub fn inject_tcp(&mut self, from: SocketAddr, frame: &[u8]) {
+        let now = self.now;
+        self.node.handle_tcp_frame(now, from, frame);
+        self.drain_node();
+    }
+
+    /// Queue `payload` on the `from → to` TCP stream, framed and cut in two pieces at a point
+    /// that depends on its length (so the far end reassembles frames across pieces).
+    fn send_tcp(&mut self, from: SocketAddr, to: SocketAddr, payload: &[u8]) {
+        let mut framed = Vec::new();
+        tcp_framing::encode(payload, &mut framed).expect("a datagram fits a frame");
+        let cut = 1 + (framed.len() * 7) % (framed.len() - 1);
+        let at = self.now + self.latency;
+        for piece in [&framed[..cut], &framed[cut..]] {
+            self.net.push_back(Packet {
+                at,
+                from,
+                to,
+                transport: Transport::Tcp,
+                data: piece.to_vec(),
+            });
+        }
+    }
+
     /// Inject a raw datagram at the node, as if from `from`.
     pub fn inject(&mut self, from: SocketAddr, data: &[u8]) {
         let now = self.now;
@@ -368,10 +451,14 @@ impl World {
     pub fn drain_node(&mut self) {
         while let Some(o) = self.node.poll_output() {
             match o {
+                NodeOutput::Transmit(t) if t.transport == Transport::Tcp => {
+                    self.send_tcp(self.node_addr, t.destination, &t.contents)
+                }
                 NodeOutput::Transmit(t) => self.net.push_back(Packet {
                     at: self.now + self.latency,
                     from: self.node_addr,
                     to: t.destination,
+                    transport: Transport::Udp,
                     data: t.contents,
                 }),
                 NodeOutput::Event(e) => self.events.push((self.now, e)),
@@ -384,17 +471,22 @@ impl World {
     fn drain_client(&mut self, i: usize) {
         let now = self.now;
         let node_addr = self.node_addr;
-        let c = &mut self.clients[i];
         loop {
+            let c = &mut self.clients[i];
             match c.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
                     c.timeout = t;
                     break;
                 }
+                Ok(Output::Transmit(t)) if t.proto == Protocol::Tcp => {
+                    let from = c.addr;
+                    self.send_tcp(from, t.destination, &t.contents);
+                }
                 Ok(Output::Transmit(t)) => self.net.push_back(Packet {
                     at: now + self.latency,
                     from: c.addr,
                     to: node_addr,
+                    transport: Transport::Udp,
                     data: t.contents.into(),
                 }),
                 Ok(Output::Event(Event::Connected)) => c.connected = true,
@@ -444,8 +536,32 @@ impl World {
             }
         }
         self.net = keep;
+        // TCP pieces become whole frames at the receiving end of their stream.
+        let mut arrived = Vec::new();
         for p in due {
-            if p.to == self.node_addr {
+            if p.transport == Transport::Udp {
+                self.carried.entry(p.from).or_default().udp += 1;
+                arrived.push(p);
+                continue;
+            }
+            let dec = self
+                .tcp_streams
+                .entry((p.from, p.to))
+                .or_insert_with(|| FrameDecoder::new(1500));
+            dec.push(&p.data);
+            while let Some(f) = dec.next_frame().expect("frames within bounds") {
+                self.carried.entry(p.from).or_default().tcp_frames += 1;
+                arrived.push(Packet {
+                    data: f.to_vec(),
+                    ..p
+                });
+            }
+        }
+        for p in arrived {
+            if p.to == self.node_addr && p.transport == Transport::Tcp {
+                self.node.handle_tcp_frame(now, p.from, &p.data);
+                self.drain_node();
+            } else if p.to == self.node_addr {
                 self.node.handle_datagram(now, p.from, p.to, &p.data);
                 self.drain_node();
             } else if let Some(c) = self.natives.iter_mut().find(|c| c.addr == p.to) {
@@ -481,11 +597,15 @@ impl World {
                 let Ok(contents) = DatagramRecv::try_from(p.data.as_slice()) else {
                     continue;
                 };
+                let proto = match p.transport {
+                    Transport::Udp => Protocol::Udp,
+                    Transport::Tcp => Protocol::Tcp,
+                };
                 c.rtc
                     .handle_input(Input::Receive(
                         now,
                         Receive {
-                            proto: Protocol::Udp,
+                            proto,
                             source: p.from,
                             destination: p.to,
                             contents,
@@ -547,6 +667,7 @@ impl World {
                         at: now + self.latency,
                         from: c.addr,
                         to: node_addr,
+                        transport: Transport::Udp,
                         data,
                     });
                 }
@@ -558,6 +679,7 @@ impl World {
                         at: now + self.latency,
                         from: c.addr,
                         to: node_addr,
+                        transport: Transport::Udp,
                         data: c.ssrc.to_be_bytes().to_vec(),
                     });
                 }

@@ -102,13 +102,13 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         );
         g(
             "udp_datagrams_received_total",
-            "UDP datagrams received on the media port",
+            "UDP datagrams received on the media port (ICE-TCP frames included; also counted as lodge_ice_tcp_frames_received_total)",
             "counter",
             r.datagrams_in,
         );
         g(
             "udp_datagrams_sent_total",
-            "UDP datagrams sent from the media port",
+            "UDP datagrams sent from the media port (ICE-TCP frames included; also counted as lodge_ice_tcp_frames_sent_total)",
             "counter",
             r.datagrams_out,
         );
@@ -160,6 +160,43 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             "counter",
             r.dave_frames_in,
         );
+        g(
+            "ice_tcp_frames_received_total",
+            "RFC 4571 frames received on ICE-TCP connections to the media port",
+            "counter",
+            r.tcp_frames_in,
+        );
+        g(
+            "ice_tcp_frames_sent_total",
+            "RFC 4571 frames sent on ICE-TCP connections",
+            "counter",
+            r.tcp_frames_out,
+        );
+        if let Some(t) = &r.ice_tcp {
+            g(
+                "ice_tcp_connections",
+                "Open ICE-TCP connections on the media port",
+                "gauge",
+                t.connections as u64,
+            );
+            g(
+                "ice_tcp_accepted_total",
+                "ICE-TCP connections accepted",
+                "counter",
+                t.accepted,
+            );
+            let _ = writeln!(out, "# HELP lodge_ice_tcp_closed_total ICE-TCP connections closed by the node or the peer, by reason\n# TYPE lodge_ice_tcp_closed_total counter");
+            for (reason, n) in [
+                ("over_limit", t.refused_over_limit),
+                ("unauthenticated", t.closed_unauthenticated),
+                ("idle", t.closed_idle),
+                ("slow", t.closed_slow),
+                ("oversized", t.closed_oversized),
+                ("peer", t.closed_by_peer),
+            ] {
+                let _ = writeln!(out, "lodge_ice_tcp_closed_total{{reason=\"{reason}\"}} {n}");
+            }
+        }
         let _ = writeln!(out, "# HELP lodge_dropped_total Datagrams or packets not forwarded, by reason\n# TYPE lodge_dropped_total counter");
         for (reason, n) in &r.drops {
             let _ = writeln!(out, "lodge_dropped_total{{reason=\"{reason}\"}} {n}");

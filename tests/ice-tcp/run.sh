@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# ICE-TCP with real browsers: a Chromium caller whose UDP to the node is dropped by a firewall
+# joins a call over TCP to the node's media port (the passive ICE-TCP candidate; no TURN relay
+# is configured) and hears (and is heard by) a caller on the node's side. First the same caller
+# joins with the firewall down (UDP, the baseline of the delay figures); then, with the firewall
+# up, it must NOT get media while its page strips the node's TCP candidate from the answer: the
+# test cannot pass without that candidate doing the work.
+#
+# Everything runs in three network namespaces this script creates, on private addresses:
+#
+#   ns B (browser "alice")        ns R (router)                     ns N (node + browser "bob")
+#   10.78.0.2 ── veth ── 10.78.0.1                     10.78.1.1 ── veth ── 10.78.1.2
+#                     nftables: UDP between 10.78.0.0/24 and        lodge: HTTP 8080, media 50000
+#                     10.78.1.0/24 dropped (both ways)              (UDP, and TCP for ICE-TCP)
+#
+# Needs root (namespaces, nftables), nftables, chromium, node (scripts/setup.sh installs them),
+# and a built `lodge` (LODGE_BIN, default target/debug/lodge).
+# OUT=<dir> keeps the logs and the measured figures (figures.json); default a temp dir.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+BIN="${LODGE_BIN:-$ROOT/target/debug/lodge}"
+# lodge refuses LODGE_* variables it does not know: this one is ours.
+unset LODGE_BIN
+OUT="${OUT:-$(mktemp -d)}"
+mkdir -p "$OUT"
+[ "$(id -u)" -eq 0 ] || { echo "tests/ice-tcp: needs root (network namespaces, nftables)"; exit 1; }
+for c in nft ip ss chromium node curl; do
+  command -v "$c" >/dev/null || { echo "tests/ice-tcp: $c is missing (run scripts/setup.sh)"; exit 1; }
+done
+[ -x "$BIN" ] || { echo "tests/ice-tcp: no lodge binary at $BIN (cargo build --bin lodge)"; exit 1; }
+
+# Namespace names carry our pid, so parallel runs and leftovers of killed runs never collide.
+B="lodge-itcp-b-$$"; R="lodge-itcp-r-$$"; N="lodge-itcp-n-$$"
+PIDS=()
+# Namespaces left by a run that was killed with -9 (its pid is gone) are removed first.
+for ns in $(ip netns list | awk '{print $1}' | grep -E '^lodge-itcp-[a-z]-[0-9]+$' || true); do
+  kill -0 "${ns##*-}" 2>/dev/null || ip netns del "$ns" 2>/dev/null || true
+done
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  # Anything still running in our namespaces (Chromium helpers) goes with them.
+  for ns in "$B" "$R" "$N"; do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+
+for ns in "$B" "$R" "$N"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+ip link add rb netns "$R" type veth peer name b0 netns "$B"
+ip link add rn netns "$R" type veth peer name n0 netns "$N"
+ip -n "$R" addr add 10.78.0.1/24 dev rb
+ip -n "$R" addr add 10.78.1.1/24 dev rn
+ip -n "$B" addr add 10.78.0.2/24 dev b0
+ip -n "$N" addr add 10.78.1.2/24 dev n0
+for l in "$R rb" "$R rn" "$B b0" "$N n0"; do set -- $l; ip -n "$1" link set "$2" up; done
+ip -n "$B" route add default via 10.78.0.1
+ip -n "$N" route add default via 10.78.1.1
+ip netns exec "$R" sysctl -qw net.ipv4.ip_forward=1
+
+HTTP=10.78.1.2:8080
+# ICE-TCP is on by default; said here so the test reads as what it tests.
+ip netns exec "$N" "$BIN" serve --data-dir "$OUT/data" --http-listen "$HTTP" \
+  --media-listen 10.78.1.2:50000 --public-ip 10.78.1.2 --log info,lodge_sfu=debug \
+  --registrations-per-ip-per-hour 1000 --ice-tcp true >"$OUT/lodge.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 100); do ip netns exec "$B" curl -fs "http://$HTTP/readyz" >/dev/null && break; sleep 0.1; done
+ip netns exec "$B" curl -fsS "http://$HTTP/readyz" >/dev/null
+# The node listens on TCP at the media port.
+ip netns exec "$N" ss -Hltn "sport = :50000" | grep -q 50000 || { echo "no TCP listener on the media port"; exit 1; }
+
+# Chromium for alice runs in ns B; the driver and bob's Chromium in ns N.
+cat >"$OUT/chromium-b" <<SH
+#!/bin/sh
+exec ip netns exec $B /usr/bin/chromium "\$@"
+SH
+chmod +x "$OUT/chromium-b"
+
+# The firewall: applied between the phases by the driver (it calls these two files).
+cat >"$OUT/firewall-up" <<SH
+#!/bin/sh
+ip netns exec $R nft -f - <<NFT
+table inet lodge_icetcp {
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    ip saddr 10.78.0.0/24 ip daddr 10.78.1.0/24 meta l4proto udp counter drop
+    ip saddr 10.78.1.0/24 ip daddr 10.78.0.0/24 meta l4proto udp counter drop
+  }
+}
+NFT
+SH
+cat >"$OUT/firewall-drops" <<SH
+#!/bin/sh
+# UDP packets dropped so far (both rules).
+ip netns exec $R nft list table inet lodge_icetcp | awk '/counter packets/ { for (i = 1; i < NF; i++) if (\$i == "packets") n += \$(i + 1) } END { print n + 0 }'
+SH
+chmod +x "$OUT/firewall-up" "$OUT/firewall-drops"
+
+cd "$ROOT/tests/browser"
+[ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --loglevel=error
+cd "$ROOT/tests/ice-tcp"
+if ! ip netns exec "$N" env LODGE_URL="http://$HTTP" CHROMIUM_B="$OUT/chromium-b" \
+    FIREWALL_UP="$OUT/firewall-up" FIREWALL_DROPS="$OUT/firewall-drops" FIGURES="$OUT/figures.json" \
+    timeout 180 node ice-tcp.test.mjs; then
+  echo "---- lodge log (last 40 lines) ----"; tail -40 "$OUT/lodge.log"
+  exit 1
+fi
+# The node's side of it: TCP connections were accepted on the media port.
+grep -Eq 'address learned from STUN.*transport="?tcp' "$OUT/lodge.log" \
+  || { echo "the node's log shows no STUN check over TCP"; tail -40 "$OUT/lodge.log"; exit 1; }
+echo "tests/ice-tcp: passed; figures in $OUT/figures.json"
