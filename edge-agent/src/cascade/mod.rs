@@ -17,6 +17,12 @@
 //! silent ones are not), so all nodes rank the same top speakers; a remote speaker's levels
 //! arrive with its packets, one trunk hop (plus the export queue) after the speaker's own node
 //! saw them. Nothing else has to be agreed.
+//!
+//! Shape: the decisions live in [`CascadeCore`] (`core.rs`), a sans-IO state machine fed
+//! inputs and drained of [`Output`]s, tested on a simulated clock (`tests.rs`). This file is
+//! its tokio shell: [`CascadeHandle`] and one task that waits for an export, a trunk event, a
+//! command or the core's timeout, hands it to the core and carries out what it asks — the
+//! trunks' queues, the node's handle and signaling's event channel are only touched here.
 
 mod core;
 mod edge_rooms;
@@ -175,12 +181,19 @@ async fn run(
     let mut core = CascadeCore::new(role, Instant::now());
     let (tev_tx, mut tev_rx) = mpsc::channel::<(TrunkId, Option<TrunkEvent>)>(4096);
     let mut links: HashMap<TrunkId, Link> = HashMap::new();
+    // One timer, moved only when the core's timeout moves: most wake-ups are exports, and
+    // registering a fresh timer for each would cost every packet.
+    let sleep = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(sleep);
     loop {
         drain(&mut core, &mut links, &sfu, &events).await;
         let wake = core
             .poll_timeout()
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        if sleep.deadline() != wake {
+            sleep.as_mut().reset(wake);
+        }
         tokio::select! {
             x = exports.recv() => match x {
                 None => break,
@@ -248,7 +261,7 @@ async fn run(
                     }
                 }
             }
-            _ = tokio::time::sleep_until(wake) => core.handle_timeout(Instant::now()),
+            _ = &mut sleep => core.handle_timeout(Instant::now()),
         }
     }
 }
