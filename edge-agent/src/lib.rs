@@ -7,7 +7,9 @@
 //! - [`session`]: one trunk's protocol state, sans-IO: streams, numbering, limits, counters.
 //! - [`tls`]: the trunk's TLS: a node identity (self-signed certificate) and certificate pinning.
 //! - [`trunk`]: the quinn shell: an origin listener, an edge connector, and a driver task.
-//! - [`cascade`]: joins a media node's exports and remote speakers to its trunks.
+//! - [`cascade`]: joins a media node's exports and remote speakers to its trunks: a sans-IO
+//!   [`cascade::CascadeCore`] (which speaker goes on which trunk, which stream is which remote
+//!   speaker, interest, idle streams) under a tokio shell (the trunks' queues, the node's handle).
 
 pub mod cascade;
 pub mod error;
