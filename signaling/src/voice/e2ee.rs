@@ -211,14 +211,30 @@ pub fn join(
     }
 }
 
+/// Run a client's input on its channel's existing call, counting a refusal. `no_call`: how to
+/// count input for a channel without a call (`None`: ignore it, e.g. a leave after the call
+/// ended).
+fn input(
+    s: &AppState,
+    (guild, channel, user): (GuildId, ChannelId, UserId),
+    what: &str,
+    no_call: Option<DaveError>,
+    f: impl FnOnce(&mut DaveCall, Instant, dave::UserId) -> Result<(), DaveError>,
+) {
+    let r = with_call(s, (guild, channel), false, |c| {
+        f(c, Instant::now(), dave::UserId(user.get()))
+    });
+    match (r, no_call) {
+        (Some(Err(e)), _) | (None, Some(e)) => refused(s, user, what, &e),
+        _ => {}
+    }
+}
+
 /// A caller that joined (see [`join`]) left its channel's call.
 pub fn leave(s: &AppState, guild: GuildId, channel: ChannelId, user: UserId) {
-    let r = with_call(s, (guild, channel), false, |c| {
-        c.handle_leave(Instant::now(), dave::UserId(user.get()))
+    input(s, (guild, channel, user), "leave", None, |c, now, u| {
+        c.handle_leave(now, u)
     });
-    if let Some(Err(e)) = r {
-        refused(s, user, "leave", &e);
-    }
 }
 
 /// A connection was removed from the registry (it ended, was replaced, or its caller was
@@ -232,29 +248,25 @@ pub fn conn_removed(s: &AppState, c: &super::conns::VoiceConn) {
 
 /// A binary frame from a caller (op 26 key package, op 28 commit + Welcome).
 pub fn binary(s: &AppState, guild: GuildId, channel: ChannelId, user: UserId, frame: &[u8]) {
-    let r = with_call(s, (guild, channel), false, |c| {
-        c.handle_binary(Instant::now(), dave::UserId(user.get()), frame)
-    });
-    match r {
-        Some(Ok(())) => {}
-        Some(Err(e)) => refused(s, user, "binary message", &e),
-        None => refused(
-            s,
-            user,
-            "binary message",
-            &DaveError::NotInDaveMode(dave::UserId(user.get())),
-        ),
-    }
+    let no_call = DaveError::NotInDaveMode(dave::UserId(user.get()));
+    input(
+        s,
+        (guild, channel, user),
+        "binary message",
+        Some(no_call),
+        |c, now, u| c.handle_binary(now, u, frame),
+    );
 }
 
 /// Op 23.
 pub fn transition_ready(s: &AppState, guild: GuildId, channel: ChannelId, user: UserId, id: u16) {
-    let r = with_call(s, (guild, channel), false, |c| {
-        c.handle_transition_ready(Instant::now(), dave::UserId(user.get()), TransitionId(id))
-    });
-    if let Some(Err(e)) = r {
-        refused(s, user, "transition ready", &e);
-    }
+    input(
+        s,
+        (guild, channel, user),
+        "transition ready",
+        None,
+        |c, now, u| c.handle_transition_ready(now, u, TransitionId(id)),
+    );
 }
 
 /// Op 31.
@@ -265,19 +277,14 @@ pub fn invalid_commit_welcome(
     user: UserId,
     id: u16,
 ) {
-    let r = with_call(s, (guild, channel), false, |c| {
-        c.handle_invalid_commit_welcome(Instant::now(), dave::UserId(user.get()), TransitionId(id))
-    });
-    match r {
-        Some(Ok(())) => {}
-        Some(Err(e)) => refused(s, user, "invalid commit/welcome", &e),
-        None => refused(
-            s,
-            user,
-            "invalid commit/welcome",
-            &DaveError::NotInDaveMode(dave::UserId(user.get())),
-        ),
-    }
+    let no_call = DaveError::NotInDaveMode(dave::UserId(user.get()));
+    input(
+        s,
+        (guild, channel, user),
+        "invalid commit/welcome",
+        Some(no_call),
+        |c, now, u| c.handle_invalid_commit_welcome(now, u, TransitionId(id)),
+    );
 }
 
 /// How often transition deadlines are checked (they are two seconds long).
