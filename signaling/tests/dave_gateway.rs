@@ -91,11 +91,7 @@ async fn select_udp(v: &mut Ws) -> Value {
 #[tokio::test]
 async fn dave_runs_over_the_voice_gateway_and_downgrades_for_a_browser() {
     let n = node().await;
-    let mut a = member(&n, "alice").await;
-    let (g, text, voice) = n.guild(&a.token).await;
-    dispatch(&mut a.gw, "GUILD_CREATE").await;
-    let mut b = member(&n, "bob").await;
-    n.invite_and_join(&a.token, &text, &b.token).await;
+    let (mut a, mut b, g, _, voice) = guild_of_two(&n).await;
 
     // Binary before Identify: not authenticated.
     let (ta, endpoint) = voice_join(&mut a.gw, &g, &voice, false).await;

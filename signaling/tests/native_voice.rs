@@ -169,11 +169,7 @@ fn ssrc_map(msgs: &[Value]) -> HashMap<String, u32> {
 #[tokio::test]
 async fn native_and_webrtc_callers_share_a_call() {
     let n = node().await;
-    let mut a = member(&n, "alice").await;
-    let (g, text, voice) = n.guild(&a.token).await;
-    dispatch(&mut a.gw, "GUILD_CREATE").await;
-    let mut b = member(&n, "bob").await;
-    n.invite_and_join(&a.token, &text, &b.token).await;
+    let (mut a, mut b, g, text, voice) = guild_of_two(&n).await;
     let mut c = member(&n, "carol").await;
     n.invite_and_join(&a.token, &text, &c.token).await;
 

@@ -76,11 +76,7 @@ async fn songbird_drivers_exchange_a_tone_over_udp_mode() {
     let dir = tempfile::tempdir().unwrap();
     let endpoint = trusted_tls_endpoint(n.http_addr(), dir.path()).await;
 
-    let mut a = member(&n, "alice").await;
-    let (g, text, voice) = n.guild(&a.token).await;
-    dispatch(&mut a.gw, "GUILD_CREATE").await;
-    let mut b = member(&n, "bob").await;
-    n.invite_and_join(&a.token, &text, &b.token).await;
+    let (mut a, mut b, g, _, voice) = guild_of_two(&n).await;
     let (ta, _) = voice_join(&mut a.gw, &g, &voice, false).await;
     let (tb, _) = voice_join(&mut b.gw, &g, &voice, false).await;
     let info = |m: &Member, token: String| ConnectionInfo {

@@ -194,11 +194,7 @@ async fn songbird_and_browsers_share_a_call_with_more_speakers_than_slots() {
     let dir = tempfile::tempdir().unwrap();
     let endpoint = trusted_tls_endpoint(n.http_addr(), dir.path()).await;
 
-    let mut alice = member(&n, "alice").await;
-    let (g, text, voice) = n.guild(&alice.token).await;
-    dispatch(&mut alice.gw, "GUILD_CREATE").await;
-    let mut bob = member(&n, "bob").await;
-    n.invite_and_join(&alice.token, &text, &bob.token).await;
+    let (mut alice, mut bob, g, text, voice) = guild_of_two(&n).await;
     let (st, sw) = n
         .req(
             "PATCH",

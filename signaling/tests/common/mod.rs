@@ -268,6 +268,17 @@ pub async fn member(n: &Node, name: &str) -> Member {
     }
 }
 
+/// Alice owns a guild and Bob joined it by invite (both with identified gateway sessions,
+/// Alice past GUILD_CREATE): (alice, bob, guild, text channel, voice channel).
+pub async fn guild_of_two(n: &Node) -> (Member, Member, String, String, String) {
+    let mut a = member(n, "alice").await;
+    let (g, text, voice) = n.guild(&a.token).await;
+    dispatch(&mut a.gw, "GUILD_CREATE").await;
+    let b = member(n, "bob").await;
+    n.invite_and_join(&a.token, &text, &b.token).await;
+    (a, b, g, text, voice)
+}
+
 /// Gateway op 4 join; returns (token, endpoint) from VOICE_SERVER_UPDATE.
 pub async fn voice_join(
     w: &mut Ws,
