@@ -93,9 +93,11 @@ ip netns exec "$R" turnserver -c "$OUT/turnserver.conf" >"$OUT/coturn.log" 2>&1 
 PIDS+=($!)
 
 HTTP=10.77.1.2:8080
+# ICE-TCP off: with it on, a caller whose UDP is blocked reaches the node over TCP directly and
+# never needs the relay this suite proves (tests/ice-tcp covers that path).
 ip netns exec "$N" "$BIN" serve --data-dir "$OUT/data" --http-listen "$HTTP" \
   --media-listen 10.77.1.2:50000 --public-ip 10.77.1.2 --log info \
-  --registrations-per-ip-per-hour 1000 \
+  --registrations-per-ip-per-hour 1000 --ice-tcp false \
   --turn-url "turn:10.77.0.1:3478?transport=tcp,turns:10.77.0.1:5349?transport=tcp" \
   --turn-secret "$SECRET" >"$OUT/lodge.log" 2>&1 &
 PIDS+=($!)
