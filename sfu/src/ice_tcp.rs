@@ -85,6 +85,21 @@ pub struct IceTcpReport {
     pub frames_to_gone: u64,
 }
 
+impl IceTcpReport {
+    /// Add another worker's listener's figures.
+    pub fn add(&mut self, o: &IceTcpReport) {
+        self.connections += o.connections;
+        self.accepted += o.accepted;
+        self.refused_over_limit += o.refused_over_limit;
+        self.closed_unauthenticated += o.closed_unauthenticated;
+        self.closed_idle += o.closed_idle;
+        self.closed_slow += o.closed_slow;
+        self.closed_oversized += o.closed_oversized;
+        self.closed_by_peer += o.closed_by_peer;
+        self.frames_to_gone += o.frames_to_gone;
+    }
+}
+
 /// How often connections are checked for `auth_timeout`.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Read buffer of one connection.

@@ -27,9 +27,39 @@ impl serde::Serialize for RoomId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Ssrc(pub u32);
 
+/// Bits of a [`ParticipantIdx`] below the media worker's number. A worker's node hands out
+/// slab indices below `1 << WORKER_SHIFT`; outside the worker (signaling, the cascade) an index
+/// carries its worker in the bits above, so one number names a participant node-wide. Worker 0's
+/// indices are the node's own, unchanged.
+pub const WORKER_SHIFT: u32 = 24;
+
+/// Media workers a node can run (the worker number must fit above [`WORKER_SHIFT`]).
+pub const MAX_WORKERS: usize = 1 << (32 - WORKER_SHIFT);
+
+impl ParticipantIdx {
+    /// The media worker this node-wide index belongs to.
+    pub fn worker(self) -> usize {
+        (self.0 >> WORKER_SHIFT) as usize
+    }
+
+    /// The index inside its worker's node.
+    pub fn local(self) -> ParticipantIdx {
+        ParticipantIdx(self.0 & ((1 << WORKER_SHIFT) - 1))
+    }
+
+    /// A worker node's (local) index as the node-wide one.
+    pub fn on_worker(self, worker: usize) -> ParticipantIdx {
+        debug_assert!(worker < MAX_WORKERS && self.0 < 1 << WORKER_SHIFT);
+        ParticipantIdx(self.local().0 | ((worker as u32) << WORKER_SHIFT))
+    }
+}
+
 impl fmt::Display for ParticipantIdx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "p{}", self.0)
+        match self.worker() {
+            0 => write!(f, "p{}", self.0),
+            w => write!(f, "p{}@w{w}", self.local().0),
+        }
     }
 }
 

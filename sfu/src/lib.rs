@@ -18,6 +18,8 @@
 //! assert!(node.poll_output().is_none());
 //! ```
 
+#[cfg(feature = "shell")]
+mod admission;
 pub mod drop_reason;
 pub mod error;
 pub mod ids;
@@ -40,6 +42,8 @@ pub mod ice_tcp;
 pub mod send_batch;
 #[cfg(feature = "shell")]
 pub mod shell;
+#[cfg(feature = "shell")]
+pub mod workers;
 
 pub use drop_reason::{DropCounters, DropReason};
 pub use error::SfuError;

@@ -14,7 +14,7 @@
 //! on their connection, UDP ones into the batch (see [`crate::ice_tcp`] for the bounds).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use crate::admission::{Admission, Seat};
 use crate::error::SfuError;
 use crate::ice_tcp::{IceTcp, IceTcpLimits, IceTcpReport, Wake};
 use crate::ids::{ParticipantIdx, RoomId, UserId};
@@ -35,6 +36,7 @@ use crate::node::{
 };
 use crate::participant::VoiceFlags;
 use crate::send_batch::SendBatch;
+pub use crate::workers::{spawn, spawn_cascading, spawn_workers, SfuHandle};
 use crate::DropReason;
 
 /// Kernel receive/send buffer asked for on the media socket (the kernel may cap it). Large
@@ -46,12 +48,24 @@ pub const SOCKET_BUFFER_BYTES: usize = 1 << 20;
 /// recvmmsg calls per wake-up (each up to `quinn_udp::BATCH_SIZE` datagrams, 32 on Linux).
 pub const RECV_ROUNDS: usize = 4;
 
-enum Command {
-    Join(JoinRequest, oneshot::Sender<Result<JoinAnswer, SfuError>>),
-    JoinNative(NativeJoin, oneshot::Sender<Result<NativeAnswer, SfuError>>),
+/// Time a wake-up may spend receiving before the loop runs due timers and flushes (checked
+/// between receive rounds; a round already begun finishes).
+pub const RECV_BUDGET: Duration = Duration::from_millis(2);
+
+pub(crate) enum Command {
+    Join(
+        JoinRequest,
+        Seat,
+        oneshot::Sender<Result<JoinAnswer, SfuError>>,
+    ),
+    JoinNative(
+        NativeJoin,
+        Seat,
+        oneshot::Sender<Result<NativeAnswer, SfuError>>,
+    ),
     Leave(ParticipantIdx),
     SetFlags(ParticipantIdx, VoiceFlags),
-    Report(oneshot::Sender<NodeReport>),
+    Report(oneshot::Sender<WorkerReport>),
     Shutdown(oneshot::Sender<()>),
     AddRemote(
         RoomId,
@@ -63,6 +77,9 @@ enum Command {
     RemoteRtp(RemotePacket),
     SetExported(RoomId, bool),
     SetExportAll(bool),
+    /// Test hook: the worker's thread panics outside the per-call guard (see
+    /// [`SfuHandle::crash_worker_for_tests`]).
+    Crash,
 }
 
 /// What the node hands to the cascade.
@@ -75,15 +92,16 @@ pub enum Exported {
 
 /// Figures the media loop publishes for handles to read without a command.
 struct Gauges {
-    reports_built: Arc<AtomicU64>,
     participants: Arc<AtomicUsize>,
 }
 
-/// Where the loop sends what is not a datagram.
+/// Where one worker's loop sends what is not a datagram. Participant indices leave the worker
+/// tagged with its number ([`ParticipantIdx::on_worker`]).
 struct Sinks {
-    events: mpsc::UnboundedSender<NodeEvent>,
-    /// Speaker packets for other nodes; full = dropped and counted, never waited for.
-    exports: Option<mpsc::Sender<Exported>>,
+    worker: usize,
+    /// Events, exports (speaker packets for other nodes; full = dropped and counted, never
+    /// waited for) and the node-wide admission, shared with the other workers.
+    shared: WorkerSinks,
     exports_dropped: u64,
 }
 
@@ -122,6 +140,42 @@ pub struct NodeReport {
     pub forward_delay: ForwardDelay,
 }
 
+impl NodeReport {
+    /// Fold another worker's report into this one (sums, peers appended; the forward delay is
+    /// recomputed by the caller from the merged histograms).
+    pub(crate) fn add(&mut self, o: NodeReport) {
+        self.participants += o.participants;
+        self.remote_speakers += o.remote_speakers;
+        self.rooms += o.rooms;
+        self.datagrams_in += o.datagrams_in;
+        self.datagrams_out += o.datagrams_out;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.rtp_in += o.rtp_in;
+        self.rtp_forwarded += o.rtp_forwarded;
+        self.rtp_deferred += o.rtp_deferred;
+        self.exported += o.exported;
+        self.exports_dropped += o.exports_dropped;
+        self.native_discovery += o.native_discovery;
+        self.native_keepalives += o.native_keepalives;
+        self.dave_frames_in += o.dave_frames_in;
+        self.tcp_frames_in += o.tcp_frames_in;
+        self.tcp_frames_out += o.tcp_frames_out;
+        self.ice_tcp = match (self.ice_tcp.take(), o.ice_tcp) {
+            (Some(mut a), Some(b)) => {
+                a.add(&b);
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        };
+        // Every worker lists DropReason::ALL in the same order.
+        for ((_, n), (_, m)) in self.drops.iter_mut().zip(o.drops) {
+            *n += m;
+        }
+        self.peers.extend(o.peers);
+    }
+}
+
 /// How long datagrams spend inside the node: from the moment a receive batch returned from the
 /// kernel to the moment each datagram a received datagram caused (forwarded copies, STUN and
 /// RTCP answers) was handed back to the kernel. Datagrams that timers cause (RTCP reports,
@@ -146,117 +200,21 @@ pub const FORWARD_DELAY_BUCKETS_US: [u64; 14] = [
     50, 100, 200, 300, 500, 750, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 1_000_000,
 ];
 
-/// Cheap, cloneable handle to the running node.
+/// One media worker's half of the handle: its command channel and its gauges. The node-wide
+/// [`SfuHandle`] routes to these.
 #[derive(Clone)]
-pub struct SfuHandle {
-    tx: mpsc::Sender<Command>,
-    local_addr: SocketAddr,
-    /// Full reports the media loop has built (each walks every participant on the media
-    /// thread, so callers share a cached one; this lets tests and metrics check they do).
-    reports_built: Arc<AtomicU64>,
-    /// WebRTC participants, refreshed by the media loop on every wake-up.
-    participants: Arc<AtomicUsize>,
+pub(crate) struct WorkerHandle {
+    pub(crate) tx: mpsc::Sender<Command>,
+    pub(crate) local_addr: SocketAddr,
+    /// WebRTC and native participants, refreshed by the media loop on every wake-up.
+    pub(crate) participants: Arc<AtomicUsize>,
 }
 
-impl SfuHandle {
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Whether the media loop is still running (its command channel is open). Costs the media
-    /// thread nothing: a readiness probe uses this instead of a report.
-    pub fn is_running(&self) -> bool {
-        !self.tx.is_closed()
-    }
-
-    /// WebRTC participants on the node (as of the media loop's last wake-up): the cheap figure
-    /// load reports need, without a full report.
-    pub fn participants(&self) -> usize {
-        self.participants.load(Ordering::Relaxed)
-    }
-
-    /// How many full reports the media loop has built since start.
-    pub fn reports_built(&self) -> u64 {
-        self.reports_built.load(Ordering::Relaxed)
-    }
-
-    pub async fn join(&self, req: JoinRequest) -> Result<JoinAnswer, SfuError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Join(req, tx))
-            .await
-            .map_err(|_| SfuError::Rtc("media node stopped".into()))?;
-        rx.await
-            .map_err(|_| SfuError::Rtc("media node stopped".into()))?
-    }
-
-    /// Admit a native (UDP mode) participant (see [`Node::join_native`]).
-    pub async fn join_native(&self, req: NativeJoin) -> Result<NativeAnswer, SfuError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::JoinNative(req, tx))
-            .await
-            .map_err(|_| SfuError::Rtc("media node stopped".into()))?;
-        rx.await
-            .map_err(|_| SfuError::Rtc("media node stopped".into()))?
-    }
-
-    pub async fn leave(&self, idx: ParticipantIdx) {
-        let _ = self.tx.send(Command::Leave(idx)).await;
-    }
-
-    pub async fn set_flags(&self, idx: ParticipantIdx, flags: VoiceFlags) {
-        let _ = self.tx.send(Command::SetFlags(idx, flags)).await;
-    }
-
-    /// A full report, built on the media thread (O(participants)): prefer a shared, cached
-    /// copy (signaling's `NodeReports`) over calling this per request.
-    pub async fn report(&self) -> Option<NodeReport> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Report(tx)).await.ok()?;
-        rx.await.ok()
-    }
-
-    /// Add a speaker connected to another node (see [`Node::add_remote`]).
-    pub async fn add_remote(
-        &self,
-        room: RoomId,
-        user: UserId,
-        voice_ssrc: Option<crate::ids::Ssrc>,
-    ) -> Result<ParticipantIdx, SfuError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::AddRemote(room, user, voice_ssrc, tx))
-            .await
-            .map_err(|_| SfuError::Rtc("media node stopped".into()))?;
-        rx.await
-            .map_err(|_| SfuError::Rtc("media node stopped".into()))?
-    }
-
-    pub async fn remove_remote(&self, idx: ParticipantIdx) {
-        let _ = self.tx.send(Command::RemoveRemote(idx)).await;
-    }
-
-    /// Feed a remote speaker's packet.
-    pub async fn remote_rtp(&self, p: RemotePacket) {
-        let _ = self.tx.send(Command::RemoteRtp(p)).await;
-    }
-
-    pub async fn set_exported(&self, room: RoomId, on: bool) {
-        let _ = self.tx.send(Command::SetExported(room, on)).await;
-    }
-
-    pub async fn set_export_all(&self, on: bool) {
-        let _ = self.tx.send(Command::SetExportAll(on)).await;
-    }
-
-    /// Close every peer and stop the loop.
-    pub async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Command::Shutdown(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
-    }
+/// A worker's report before it is merged with the others': its delay histogram goes along so
+/// the node-wide percentiles are computed from every datagram, not averaged.
+pub(crate) struct WorkerReport {
+    pub(crate) report: NodeReport,
+    pub(crate) delay: hdrhistogram::Histogram<u64>,
 }
 
 /// How the shell runs (as opposed to what the node does, [`NodeConfig`]).
@@ -286,60 +244,36 @@ impl From<UdpSocket> for MediaSockets {
     }
 }
 
-/// Bind nothing, spawn the loop on `sockets`. Events for signaling arrive on the returned receiver.
-pub fn spawn(
-    sockets: impl Into<MediaSockets>,
-    cfg: NodeConfig,
-    opts: ShellOptions,
-) -> std::io::Result<(SfuHandle, mpsc::UnboundedReceiver<NodeEvent>)> {
-    let (h, ev, _) = spawn_inner(sockets.into(), cfg, opts, false)?;
-    Ok((h, ev))
-}
-
-/// [`spawn`] for a node in a cluster: exported speaker packets arrive on the third receiver.
-pub fn spawn_cascading(
-    sockets: impl Into<MediaSockets>,
-    cfg: NodeConfig,
-    opts: ShellOptions,
-) -> std::io::Result<(
-    SfuHandle,
-    mpsc::UnboundedReceiver<NodeEvent>,
-    mpsc::Receiver<Exported>,
-)> {
-    let (h, ev, ex) = spawn_inner(sockets.into(), cfg, opts, true)?;
-    Ok((h, ev, ex.expect("exports requested")))
-}
-
 /// Exports waiting for the trunks before new ones are dropped (about 1 s of 200 speakers).
-const EXPORT_QUEUE: usize = 10_000;
+pub(crate) const EXPORT_QUEUE: usize = 10_000;
 
-#[allow(clippy::type_complexity)]
-fn spawn_inner(
+/// Where a worker's loop sends what is not a datagram, shared by all workers of a node.
+#[derive(Clone)]
+pub(crate) struct WorkerSinks {
+    pub(crate) events: mpsc::UnboundedSender<NodeEvent>,
+    pub(crate) exports: Option<mpsc::Sender<Exported>>,
+    pub(crate) admission: Arc<Admission>,
+}
+
+/// Start media worker `worker` on `sockets`: a thread of its own (`lodge-media-N`) with a
+/// single-threaded runtime, owning one [`Node`] (its `public_addr` port set to the socket's).
+pub(crate) fn spawn_worker(
+    worker: usize,
     sockets: MediaSockets,
     mut cfg: NodeConfig,
     opts: ShellOptions,
-    cascading: bool,
-) -> std::io::Result<(
-    SfuHandle,
-    mpsc::UnboundedReceiver<NodeEvent>,
-    Option<mpsc::Receiver<Exported>>,
-)> {
+    sinks: WorkerSinks,
+) -> std::io::Result<WorkerHandle> {
     let MediaSockets { udp: socket, tcp } = sockets;
     let local_addr = socket.local_addr()?;
     cfg.ice_tcp = tcp.is_some();
+    cfg.public_addr.set_port(local_addr.port());
     let (tx, rx) = mpsc::channel(1024);
-    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    let (ex_tx, ex_rx) = if cascading {
-        let (t, r) = mpsc::channel(EXPORT_QUEUE);
-        (Some(t), Some(r))
-    } else {
-        (None, None)
-    };
     let mut node = Node::new(cfg);
-    node.set_seed(seed_from_clock());
+    node.set_seed(seed_from_clock() ^ worker as u64);
     let sinks = Sinks {
-        events: ev_tx,
-        exports: ex_tx,
+        worker,
+        shared: sinks,
         exports_dropped: 0,
     };
     // The media loop gets a thread and a single-threaded runtime of its own: signaling (gateway
@@ -362,28 +296,21 @@ fn spawn_inner(
         };
         (udp, tcp)
     };
-    let reports_built = Arc::new(AtomicU64::new(0));
     let participants = Arc::new(AtomicUsize::new(0));
     let gauges = Gauges {
-        reports_built: reports_built.clone(),
         participants: participants.clone(),
     };
     std::thread::Builder::new()
-        .name("lodge-media".into())
+        .name(format!("lodge-media-{worker}"))
         .spawn(move || {
             set_thread_priority(opts);
             rt.block_on(run(Arc::new(socket), ice_tcp, node, rx, sinks, gauges));
         })?;
-    Ok((
-        SfuHandle {
-            tx,
-            local_addr,
-            reports_built,
-            participants,
-        },
-        ev_rx,
-        ex_rx,
-    ))
+    Ok(WorkerHandle {
+        tx,
+        local_addr,
+        participants,
+    })
 }
 
 /// Give the calling (media) thread the priority `opts` asks for: real-time FIFO if set, else
@@ -510,7 +437,8 @@ async fn run(
     let mut delay = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 2)
         .expect("static histogram bounds are valid");
     let mut batch = SendBatch::default();
-    info!(%local, ice_tcp = tcp.is_some(), "media node listening");
+    let w = sinks.worker;
+    info!(worker = w, %local, ice_tcp = tcp.is_some(), "media worker listening");
     loop {
         let deadline = node
             .poll_timeout()
@@ -522,8 +450,14 @@ async fn run(
                     continue;
                 }
                 // Up to RECV_ROUNDS recvmmsg calls of BATCH_SIZE datagrams each (GRO buffers may
-                // hold several datagrams of `stride` bytes) before outputs are drained.
+                // hold several datagrams of `stride` bytes), within RECV_BUDGET and not past a due
+                // timer, so a flood of datagrams never starves the node's timers and flushes.
+                let woke = Instant::now();
                 for _ in 0..RECV_ROUNDS {
+                    let t = Instant::now();
+                    if t >= deadline || t.duration_since(woke) >= RECV_BUDGET {
+                        break;
+                    }
                     let mut it = storage.iter_mut();
                     let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
                         std::array::from_fn(|_| IoSliceMut::new(it.next().expect("storage has BATCH_SIZE buffers")));
@@ -550,15 +484,25 @@ async fn run(
             cmd = rx.recv() => {
                 let now = Instant::now();
                 match cmd {
-                    Some(Command::Join(req, reply)) => { let _ = reply.send(node.join(now, req)); }
-                    Some(Command::JoinNative(req, reply)) => { let _ = reply.send(node.join_native(now, req)); }
+                    Some(Command::Join(req, seat, reply)) => {
+                        let r = node.join(now, req).map(|mut a| { a.idx = a.idx.on_worker(w); a });
+                        sinks.shared.admission.settle(r.as_ref().ok().map(|a| a.idx), seat);
+                        let _ = reply.send(r);
+                    }
+                    Some(Command::JoinNative(req, seat, reply)) => {
+                        let r = node.join_native(now, req).map(|mut a| { a.idx = a.idx.on_worker(w); a });
+                        sinks.shared.admission.settle(r.as_ref().ok().map(|a| a.idx), seat);
+                        let _ = reply.send(r);
+                    }
                     Some(Command::Leave(idx)) => node.leave(now, idx),
                     Some(Command::SetFlags(idx, f)) => { let _ = node.set_flags(now, idx, f); }
                     Some(Command::Report(reply)) => {
-                        gauges.reports_built.fetch_add(1, Ordering::Relaxed);
-                        let _ = reply.send(report(&node, &delay, sinks.exports_dropped, tcp.as_ref()));
+                        let report = report(&node, w, &delay, sinks.exports_dropped, tcp.as_ref());
+                        let _ = reply.send(WorkerReport { report, delay: delay.clone() });
                     }
-                    Some(Command::AddRemote(room, user, ssrc, reply)) => { let _ = reply.send(node.add_remote(now, room, user, ssrc)); }
+                    Some(Command::AddRemote(room, user, ssrc, reply)) => {
+                        let _ = reply.send(node.add_remote(now, room, user, ssrc).map(|i| i.on_worker(w)));
+                    }
                     Some(Command::RemoveRemote(idx)) => { if node.is_remote(idx) { node.leave(now, idx) } }
                     Some(Command::RemoteRtp(p)) => {
                         guarded(&mut panics, || node.remote_rtp(now, p));
@@ -566,6 +510,7 @@ async fn run(
                     }
                     Some(Command::SetExported(room, on)) => node.set_exported(room, on),
                     Some(Command::SetExportAll(on)) => node.set_export_all(on),
+                    Some(Command::Crash) => panic!("media worker {w} stopped on request (test hook)"),
                     Some(Command::Shutdown(done)) => {
                         node.close_all(now);
                         flush(&socket, &mut batch, &mut tcp, &mut node, &mut sinks, None, &mut delay).await;
@@ -660,20 +605,25 @@ async fn flush(
                     node.handle_tcp_closed(closed);
                 }
             }
-            NodeOutput::Event(e) => {
-                let _ = sinks.events.send(e);
+            NodeOutput::Event(mut e) => {
+                tag_event(&mut e, sinks.worker);
+                if let NodeEvent::Left { idx, .. } = &e {
+                    sinks.shared.admission.release(*idx);
+                }
+                let _ = sinks.shared.events.send(e);
             }
-            NodeOutput::Export(x) => {
-                if let Some(tx) = &sinks.exports {
+            NodeOutput::Export(mut x) => {
+                if let Some(tx) = &sinks.shared.exports {
+                    x.from = x.from.on_worker(sinks.worker);
                     if tx.try_send(Exported::Packet(x)).is_err() {
                         sinks.exports_dropped += 1;
                     }
                 }
             }
             NodeOutput::ExportEnd(i) => {
-                if let Some(tx) = &sinks.exports {
+                if let Some(tx) = &sinks.shared.exports {
                     // Dropped when full: the stream then ends by going idle.
-                    let _ = tx.try_send(Exported::End(i));
+                    let _ = tx.try_send(Exported::End(i.on_worker(sinks.worker)));
                 }
             }
         }
@@ -689,8 +639,19 @@ async fn flush(
     }
 }
 
+/// A node event's participant indices as the node-wide ones.
+fn tag_event(e: &mut NodeEvent, worker: usize) {
+    match e {
+        NodeEvent::Connected { idx, .. } | NodeEvent::Left { idx, .. } => {
+            *idx = idx.on_worker(worker)
+        }
+        NodeEvent::SlotChanged { listener, .. } => *listener = listener.on_worker(worker),
+    }
+}
+
 fn report(
     node: &Node,
+    worker: usize,
     delay: &hdrhistogram::Histogram<u64>,
     exports_dropped: u64,
     tcp: Option<&IceTcp>,
@@ -719,8 +680,21 @@ fn report(
             .iter()
             .map(|r| (r.as_str(), s.drops.get(*r)))
             .collect(),
-        peers: node.reports(),
-        forward_delay: ForwardDelay {
+        peers: node
+            .reports()
+            .into_iter()
+            .map(|mut p| {
+                p.idx = ParticipantIdx(p.idx).on_worker(worker).0;
+                p
+            })
+            .collect(),
+        forward_delay: ForwardDelay::of(delay),
+    }
+}
+
+impl ForwardDelay {
+    pub(crate) fn of(delay: &hdrhistogram::Histogram<u64>) -> ForwardDelay {
+        ForwardDelay {
             count: delay.len(),
             p50_us: delay.value_at_quantile(0.5),
             p99_us: delay.value_at_quantile(0.99),
@@ -728,6 +702,6 @@ fn report(
             max_us: delay.max(),
             buckets: FORWARD_DELAY_BUCKETS_US.map(|b| delay.count_between(0, b)),
             sum_us: delay.mean() * delay.len() as f64,
-        },
+        }
     }
 }

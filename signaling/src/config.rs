@@ -71,7 +71,8 @@ macro_rules! config_keys {
 config_keys! {
     /// Address:port of the HTTP server (REST API, gateways, web client, metrics). [default: 127.0.0.1:8080]
     http_listen: SocketAddr = "LODGE_HTTP_LISTEN";
-    /// Address:port of the one UDP media socket every WebRTC participant uses. [default: 127.0.0.1:50000]
+    /// Address:port of the first media worker's UDP socket (and ICE-TCP listener); worker i
+    /// listens on port + i (port 0: each picks a free port). [default: 127.0.0.1:50000]
     media_listen: SocketAddr = "LODGE_MEDIA_LISTEN";
     /// IP address announced in ICE candidates (the address clients reach the media port on).
     /// [default: the media listen address]
@@ -142,6 +143,11 @@ config_keys! {
     /// The kernel's real-time throttling (kernel.sched_rt_runtime_us) keeps a share of each
     /// second for everything else. Overrides --media-nice. [default: 0]
     media_realtime: u8 = "LODGE_MEDIA_REALTIME";
+    /// Media workers: single-threaded loops, each on a thread of its own with its own media
+    /// port (media_listen's port + i) and a share of the rooms (every caller of a room is on
+    /// its room's worker). Open the whole port range in firewalls. 1..=64. [default: the
+    /// number of available cores]
+    media_workers: usize = "LODGE_MEDIA_WORKERS";
     /// A secret that lets the /dashboard page and GET /api/v10/quality/* see every channel on
     /// this node and turns on the admin API (/api/v10/admin/*: runtime control); send it as
     /// "Authorization: Operator <secret>". Without it each user sees the channels of their own
@@ -288,6 +294,7 @@ pub struct Config {
     pub rate_limit_route: u32,
     pub rate_limit_global: u32,
     pub media_nice: i32,
+    pub media_workers: usize,
     pub media_realtime: u8,
     /// Never printed or serialized.
     #[serde(skip_serializing)]
@@ -479,6 +486,14 @@ impl Config {
                 v.media_realtime.unwrap_or(0),
                 0..=99,
                 "use 1 (lowest) to 99 (highest) real-time priority, or 0 for off",
+            )?,
+            media_workers: in_range(
+                "media_workers",
+                v.media_workers.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, |n| n.get().min(64))
+                }),
+                1..=64,
+                "use 1 to 64 media workers (about one per core)",
             )?,
             operator_token: match v.operator_token.take() {
                 Some(t) if t.chars().count() < 16 => {

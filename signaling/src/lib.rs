@@ -163,13 +163,29 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
             })?,
     };
     let store = store.with_password_hashing(cfg.password_hash_concurrency);
-    let (udp, ice_tcp) = bind_media(cfg.media_listen, cfg.ice_tcp)
-        .await
-        .map_err(|err| StartError::Media {
-            addr: cfg.media_listen,
-            err,
-        })?;
-    let media_addr = udp.local_addr().map_err(|err| StartError::Media {
+    // One UDP socket (and ICE-TCP listener) per media worker: port, port + 1, ... (or each a
+    // free port when the configured one is 0).
+    let mut media = Vec::with_capacity(cfg.media_workers);
+    for i in 0..cfg.media_workers {
+        let mut addr = cfg.media_listen;
+        if addr.port() != 0 {
+            let port = u16::try_from(usize::from(addr.port()) + i).map_err(|_| StartError::Media {
+                addr,
+                err: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "media worker {i} would listen past port 65535: lower media_listen's port or media_workers"
+                    ),
+                ),
+            })?;
+            addr.set_port(port);
+        }
+        let (udp, tcp) = bind_media(addr, cfg.ice_tcp)
+            .await
+            .map_err(|err| StartError::Media { addr, err })?;
+        media.push(lodge_sfu::shell::MediaSockets { udp, tcp });
+    }
+    let media_addr = media[0].udp.local_addr().map_err(|err| StartError::Media {
         addr: cfg.media_listen,
         err,
     })?;
@@ -206,25 +222,14 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
             ..Default::default()
         },
     };
-    let media = lodge_sfu::shell::MediaSockets { udp, tcp: ice_tcp };
     let clustered = cfg.trunk_listen.is_some() || cfg.origin.is_some();
     let (sfu, events, exports) =
-        if clustered {
-            let (h, e, x) = lodge_sfu::shell::spawn_cascading(media, node_cfg, shell_opts)
-                .map_err(|err| StartError::Media {
-                    addr: media_addr,
-                    err,
-                })?;
-            (h, e, Some(x))
-        } else {
-            let (h, e) = lodge_sfu::shell::spawn(media, node_cfg, shell_opts).map_err(|err| {
-                StartError::Media {
-                    addr: media_addr,
-                    err,
-                }
-            })?;
-            (h, e, None)
-        };
+        lodge_sfu::shell::spawn_workers(media, node_cfg, shell_opts, clustered).map_err(|err| {
+            StartError::Media {
+                addr: media_addr,
+                err,
+            }
+        })?;
     let cluster = match exports {
         Some(x) => Some(
             cluster::start(&cfg, sfu.clone(), x)
@@ -313,7 +318,7 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
         }
     }
     state.ready.store(true, Ordering::Relaxed);
-    tracing::info!(http = %http_addr, media = %media_addr, "lodge node ready");
+    tracing::info!(http = %http_addr, media = %media_addr, media_workers = state.sfu.workers(), "lodge node ready");
     Ok(Running {
         state,
         http_addr,

@@ -44,9 +44,11 @@ async fn two_clients_talk_through_the_node() {
     let (mut va, ready) = voice_identify(&endpoint, &g, &a.id, &a.session, &ta)
         .await
         .unwrap();
+    // The port of the media worker that runs the channel's room.
+    let sfu = &n.run.as_ref().unwrap().state.sfu;
     assert_eq!(
         ready["port"].as_u64().unwrap(),
-        n.run.as_ref().unwrap().media_addr.port() as u64
+        sfu.port_for_room(lodge_sfu::RoomId(voice.parse().unwrap())) as u64
     );
     let (mut vb, _) = voice_identify(&endpoint, &g, &b.id, &b.session, &tb)
         .await

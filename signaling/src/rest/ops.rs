@@ -244,6 +244,7 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     if let Some(cpu) = crate::quality::process_cpu_seconds() {
         let _ = writeln!(out, "# HELP lodge_process_cpu_seconds_total CPU time of the node process (user + system)\n# TYPE lodge_process_cpu_seconds_total counter\nlodge_process_cpu_seconds_total {cpu}");
     }
+    let _ = writeln!(out, "# HELP lodge_media_workers Media workers the node runs, and those still running (a stopped one takes its rooms with it and fails /readyz)\n# TYPE lodge_media_workers gauge\nlodge_media_workers{{state=\"configured\"}} {}\nlodge_media_workers{{state=\"running\"}} {}", s.sfu.workers(), s.sfu.workers_running());
     let recorded = s.telemetry().calls_recorded;
     let _ = writeln!(out, "# HELP lodge_call_summaries_total Call-quality summaries persisted since start\n# TYPE lodge_call_summaries_total counter\nlodge_call_summaries_total {recorded}");
     crate::http_server::write_metrics(&mut out, &s);

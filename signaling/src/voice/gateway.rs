@@ -421,7 +421,8 @@ async fn handle_text(
                 json!({
                     "ssrc": user_ssrc(a.guild_id, a.user_id),
                     "ip": s.cfg.public_ip.to_string(),
-                    "port": s.sfu.local_addr().port(),
+                    // The media worker that runs this channel's room.
+                    "port": s.sfu.port_for_room(RoomId(a.channel_id.get())),
                     "modes": CryptoMode::ALL.iter().map(|m| m.name()).collect::<Vec<_>>(),
                     "experiments": [],
                     "heartbeat_interval": HEARTBEAT_INTERVAL_MS,

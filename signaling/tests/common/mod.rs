@@ -30,6 +30,9 @@ pub async fn node_with(f: impl FnOnce(&mut ServeArgs)) -> Node {
         http_listen: Some("127.0.0.1:0".parse().unwrap()),
         media_listen: Some("127.0.0.1:0".parse().unwrap()),
         data_dir: Some(dir.path().to_path_buf()),
+        // Two media workers whatever the machine: rooms then spread over two ports, and every
+        // voice test crosses the routing between them.
+        media_workers: Some(2),
         ..Default::default()
     };
     // The same suite runs on PostgreSQL when TEST_POSTGRES_URL names an admin URL.
