@@ -895,6 +895,29 @@ mod tests {
     }
 
     #[test]
+    fn media_workers_default_to_the_cores_and_are_bounded() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(64));
+        assert_eq!(load_args(ServeArgs::default()).unwrap().media_workers, cores);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("lodge.toml");
+        std::fs::write(&f, "media_workers = 3\n").unwrap();
+        let c = load_args(ServeArgs {
+            config: Some(f),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.media_workers, 3);
+        for bad in [0, 65] {
+            let e = load_args(ServeArgs {
+                media_workers: Some(bad),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(e.contains(&format!("media_workers {bad}")) && e.contains("1 to 64"), "{e}");
+        }
+    }
+
+    #[test]
     fn media_nice_from_file_and_its_range() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("lodge.toml");

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The same voice crowd against a node with 1 media worker, then with 2 (or WORKERS="1 2 4"):
+# node CPU per forwarded packet, node-added delay, loss, mouth-to-ear, one table row per run.
+#
+# Usage: OUT=dir [N=2000] [C=100] [D=30] [WORKERS="1 2"] [PROFILE=release] [NODE_FLAGS=...] \
+#          tests/load/workers_compare.sh
+# Builds nothing: run `cargo build --release --bin lodge --bin lodge-load` first (PROFILE=debug
+# for a quick look). Node and generator share this machine; the table says how busy it was.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+OUT="${OUT:?set OUT to a directory for the reports}"
+N="${N:-2000}"; C="${C:-100}"; D="${D:-30}"; WORKERS="${WORKERS:-1 2}"
+PROFILE="${PROFILE:-release}"
+BIN="$ROOT/target/$PROFILE"
+for b in lodge lodge-load; do
+  [ -x "$BIN/$b" ] || { echo "workers_compare: no $BIN/$b (cargo build --profile $PROFILE --bin $b)"; exit 1; }
+done
+mkdir -p "$OUT"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PID=
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+ROWS="$OUT/rows.md"
+: >"$ROWS"
+for w in $WORKERS; do
+  HP=$(free_port); MP=$(( 52000 + RANDOM % 8000 ))
+  DATA="$(mktemp -d)"
+  # shellcheck disable=SC2086
+  "$BIN/lodge" serve --data-dir "$DATA" --http-listen "127.0.0.1:$HP" --media-listen "127.0.0.1:$MP" \
+    --media-workers "$w" --rate-limit-route 100000 --rate-limit-global 100000 \
+    --registrations-per-ip-per-hour 1000000 --max-http-connections-per-ip 0 --log warn \
+    ${NODE_FLAGS:-} >"$OUT/lodge-w$w.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$HP/readyz" >/dev/null && break; sleep 0.1; done
+  echo "== $w media worker(s): $N callers in $C channels, $D s"
+  "$BIN/lodge-load" voice --url "http://127.0.0.1:$HP" -n "$N" -c "$C" -s 1 -d "$D" --join-rate 100 \
+    --probes 0.02 --server-pid "$PID" --out "$OUT/w$w"
+  kill -INT "$PID"; wait "$PID" 2>/dev/null || true; PID=
+  rm -rf "$DATA"
+  python3 - "$OUT/w$w/report.json" "$w" >>"$ROWS" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); s = r["server"]; fd = s["forward_delay_window"]
+m2e = r["mouth_to_ear_ms"]
+print(f"| {sys.argv[2]} | {r['connected']} / {r['callers']} | {r['loss_pct']:.3f}% "
+      f"| {s['rtp_forwarded'] / s['window_s'] / 1000:.1f} k | {s['cpu_us_per_forwarded_packet']:.1f} µs "
+      f"({100 * s['cpu_seconds'] / s['window_s']:.0f}% of a core) | {s['machine_busy_pct']:.0f}% "
+      f"| {fd['p50_ms']:.2f} / {fd['p99_ms']:.2f} ms ({fd['within_1ms_pct']:.1f}% ≤ 1 ms) "
+      f"| {m2e['p50']:.1f} / {m2e['p99']:.1f} ms |")
+PY
+done
+{
+  echo "| media workers | connected | listener loss | forwarded pps | node CPU / fwd packet | machine busy | node-added delay p50 / p99 | mouth-to-ear p50 / p99 |"
+  echo "|---|---|---|---|---|---|---|---|"
+  cat "$ROWS"
+} | tee "$OUT/table.md"
