@@ -6,18 +6,49 @@
 //! when the participant leaves. Taken on joins and leaves only, never per packet.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::error::SfuError;
 use crate::ids::{GuildId, ParticipantIdx, UserId};
 use crate::node::NodeConfig;
 
-/// A reserved place under the bounds, to be settled by the worker that runs the join.
-#[derive(Debug)]
-#[must_use = "a seat is settled or the place stays taken"]
+/// A reserved place under the bounds, settled by the worker that runs the join. Dropped
+/// unsettled (the join command never ran: a cancelled caller, a stopped worker), it gives the
+/// place back.
 pub(crate) struct Seat {
     user: UserId,
     guild: GuildId,
+    admission: Arc<Admission>,
+    settled: bool,
+}
+
+impl Seat {
+    /// The join ran: seated as `idx` (node-wide), or `None` when it failed (the place is
+    /// given back).
+    pub(crate) fn settle(mut self, idx: Option<ParticipantIdx>) {
+        self.settled = true;
+        let mut c = self.admission.counts();
+        match idx {
+            Some(i) => {
+                c.seated.insert(i, (self.user, self.guild));
+            }
+            None => give_back(&mut c, self.user, self.guild),
+        }
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        if !self.settled {
+            give_back(&mut self.admission.counts(), self.user, self.guild);
+        }
+    }
+}
+
+impl std::fmt::Debug for Seat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Seat({} in {})", self.user.0, self.guild.0)
+    }
 }
 
 #[derive(Default)]
@@ -52,7 +83,11 @@ impl Admission {
 
     /// Take a place for `user` of `guild`, or the bound that refuses it (the same errors a
     /// node's own bounds give).
-    pub(crate) fn reserve(&self, user: UserId, guild: GuildId) -> Result<Seat, SfuError> {
+    pub(crate) fn reserve(
+        self: &Arc<Self>,
+        user: UserId,
+        guild: GuildId,
+    ) -> Result<Seat, SfuError> {
         let mut c = self.counts();
         if c.total >= self.max_total {
             return Err(SfuError::NodeFull {
@@ -74,22 +109,16 @@ impl Admission {
         c.total += 1;
         *c.per_user.entry(user).or_default() += 1;
         *c.per_guild.entry(guild).or_default() += 1;
-        Ok(Seat { user, guild })
+        Ok(Seat {
+            user,
+            guild,
+            admission: self.clone(),
+            settled: false,
+        })
     }
 
-    /// The join ran: seated as `idx` (node-wide), or `None` when it failed (the place is
-    /// given back).
-    pub(crate) fn settle(&self, idx: Option<ParticipantIdx>, seat: Seat) {
-        let mut c = self.counts();
-        match idx {
-            Some(i) => {
-                c.seated.insert(i, (seat.user, seat.guild));
-            }
-            None => give_back(&mut c, seat.user, seat.guild),
-        }
-    }
-
-    /// `idx` left its worker; nothing for indices never seated here (remote speakers).
+    /// `idx` is leaving (asked by signaling) or left its worker: its place is free; nothing
+    /// for indices not seated (remote speakers, a second release).
     pub(crate) fn release(&self, idx: ParticipantIdx) {
         let mut c = self.counts();
         if let Some((user, guild)) = c.seated.remove(&idx) {
@@ -123,12 +152,12 @@ fn decrement<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: K) {
 mod tests {
     use super::*;
 
-    fn admission(total: usize, per_user: usize, per_guild: usize) -> Admission {
+    fn admission(total: usize, per_user: usize, per_guild: usize) -> Arc<Admission> {
         let mut cfg = NodeConfig::new("127.0.0.1:1".parse().unwrap());
         cfg.max_participants = total;
         cfg.max_participants_per_user = per_user;
         cfg.max_participants_per_guild = per_guild;
-        Admission::new(&cfg)
+        Arc::new(Admission::new(&cfg))
     }
 
     #[test]
@@ -137,18 +166,18 @@ mod tests {
         let (u, g) = (UserId(1), GuildId(1));
         // Two seats of one user on different workers: the third is refused by the user bound.
         let s0 = a.reserve(u, g).unwrap();
-        a.settle(Some(ParticipantIdx(0).on_worker(0)), s0);
+        s0.settle(Some(ParticipantIdx(0).on_worker(0)));
         let s1 = a.reserve(u, GuildId(2)).unwrap();
-        a.settle(Some(ParticipantIdx(0).on_worker(1)), s1);
+        s1.settle(Some(ParticipantIdx(0).on_worker(1)));
         assert!(matches!(
             a.reserve(u, GuildId(3)),
             Err(SfuError::UserLimit { limit: 2, .. })
         ));
         // A failed join gives its place back; the node bound (3) then refuses the fourth.
         let s = a.reserve(UserId(2), g).unwrap();
-        a.settle(None, s);
+        s.settle(None);
         let s = a.reserve(UserId(2), g).unwrap();
-        a.settle(Some(ParticipantIdx(1).on_worker(1)), s);
+        s.settle(Some(ParticipantIdx(1).on_worker(1)));
         assert!(matches!(
             a.reserve(UserId(3), g),
             Err(SfuError::NodeFull { limit: 3 })
@@ -159,10 +188,13 @@ mod tests {
         a.release(ParticipantIdx(0).on_worker(1));
         assert_eq!(a.taken(), 2);
         let s = a.reserve(u, GuildId(3)).unwrap();
-        a.settle(Some(ParticipantIdx(2).on_worker(0)), s);
+        s.settle(Some(ParticipantIdx(2).on_worker(0)));
         // Releasing twice does not free a second place.
         a.release(ParticipantIdx(2).on_worker(0));
         a.release(ParticipantIdx(2).on_worker(0));
+        assert_eq!(a.taken(), 2);
+        // A seat dropped unsettled (its join never ran) gives its place back.
+        drop(a.reserve(UserId(9), g).unwrap());
         assert_eq!(a.taken(), 2);
     }
 
@@ -172,7 +204,7 @@ mod tests {
         let g = GuildId(9);
         for (i, w) in [(0u32, 0usize), (0, 1)] {
             let s = a.reserve(UserId(u64::from(i) + w as u64), g).unwrap();
-            a.settle(Some(ParticipantIdx(i).on_worker(w)), s);
+            s.settle(Some(ParticipantIdx(i).on_worker(w)));
         }
         assert!(matches!(
             a.reserve(UserId(5), g),

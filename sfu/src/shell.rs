@@ -452,10 +452,12 @@ async fn run(
                 // Up to RECV_ROUNDS recvmmsg calls of BATCH_SIZE datagrams each (GRO buffers may
                 // hold several datagrams of `stride` bytes), within RECV_BUDGET and not past a due
                 // timer, so a flood of datagrams never starves the node's timers and flushes.
+                // The first round always runs: a timer that fell due during the last flush must
+                // not keep the socket from being read.
                 let woke = Instant::now();
-                for _ in 0..RECV_ROUNDS {
+                for round in 0..RECV_ROUNDS {
                     let t = Instant::now();
-                    if t >= deadline || t.duration_since(woke) >= RECV_BUDGET {
+                    if round > 0 && (t >= deadline || t.duration_since(woke) >= RECV_BUDGET) {
                         break;
                     }
                     let mut it = storage.iter_mut();
@@ -486,12 +488,12 @@ async fn run(
                 match cmd {
                     Some(Command::Join(req, seat, reply)) => {
                         let r = node.join(now, req).map(|mut a| { a.idx = a.idx.on_worker(w); a });
-                        sinks.shared.admission.settle(r.as_ref().ok().map(|a| a.idx), seat);
+                        seat.settle(r.as_ref().ok().map(|a| a.idx));
                         let _ = reply.send(r);
                     }
                     Some(Command::JoinNative(req, seat, reply)) => {
                         let r = node.join_native(now, req).map(|mut a| { a.idx = a.idx.on_worker(w); a });
-                        sinks.shared.admission.settle(r.as_ref().ok().map(|a| a.idx), seat);
+                        seat.settle(r.as_ref().ok().map(|a| a.idx));
                         let _ = reply.send(r);
                     }
                     Some(Command::Leave(idx)) => node.leave(now, idx),

@@ -122,13 +122,14 @@ impl SfuHandle {
     pub async fn join(&self, req: JoinRequest) -> Result<JoinAnswer, SfuError> {
         let w = self.worker_for_room(req.room);
         let seat = self.admission.reserve(req.user, req.guild)?;
+        // A seat that never reaches the worker (stopped, or this future dropped) gives its
+        // place back when dropped.
         let (tx, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError(Command::Join(_, seat, _))) =
-            self.workers[w].tx.send(Command::Join(req, seat, tx)).await
-        {
-            self.admission.settle(None, seat);
-            return Err(stopped());
-        }
+        self.workers[w]
+            .tx
+            .send(Command::Join(req, seat, tx))
+            .await
+            .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -137,18 +138,18 @@ impl SfuHandle {
         let w = self.worker_for_room(req.room);
         let seat = self.admission.reserve(req.user, req.guild)?;
         let (tx, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError(Command::JoinNative(_, seat, _))) = self.workers[w]
+        self.workers[w]
             .tx
             .send(Command::JoinNative(req, seat, tx))
             .await
-        {
-            self.admission.settle(None, seat);
-            return Err(stopped());
-        }
+            .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
+    /// Remove a participant. Its place under the node-wide bounds is free at once, so a join
+    /// that follows (a takeover, a move) is not refused while the worker catches up.
     pub async fn leave(&self, idx: ParticipantIdx) {
+        self.admission.release(idx);
         if let Some(w) = self.worker(idx) {
             let _ = w.tx.send(Command::Leave(idx.local())).await;
         }

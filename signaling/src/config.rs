@@ -897,7 +897,10 @@ mod tests {
     #[test]
     fn media_workers_default_to_the_cores_and_are_bounded() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(64));
-        assert_eq!(load_args(ServeArgs::default()).unwrap().media_workers, cores);
+        assert_eq!(
+            load_args(ServeArgs::default()).unwrap().media_workers,
+            cores
+        );
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("lodge.toml");
         std::fs::write(&f, "media_workers = 3\n").unwrap();
@@ -913,7 +916,10 @@ mod tests {
                 ..Default::default()
             })
             .unwrap_err();
-            assert!(e.contains(&format!("media_workers {bad}")) && e.contains("1 to 64"), "{e}");
+            assert!(
+                e.contains(&format!("media_workers {bad}")) && e.contains("1 to 64"),
+                "{e}"
+            );
         }
     }
 

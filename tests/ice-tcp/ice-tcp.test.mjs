@@ -19,7 +19,11 @@ const require = createRequire(new URL('../browser/package.json', import.meta.url
 const { chromium } = require('playwright-core');
 
 const BASE = process.env.LODGE_URL;
-const NODE_MEDIA = `${new URL(BASE).hostname}:50000`;
+// The node runs MEDIA_WORKERS media workers on ports 50000.. (one each); the call's room is on
+// one of them, named in the answer's candidates.
+const NODE_HOST = new URL(BASE).hostname;
+const MEDIA_PORTS = Array.from({ length: Number(process.env.MEDIA_WORKERS || 1) }, (_, i) => 50000 + i);
+let NODE_MEDIA = null;
 const work = mkdtempSync(join(tmpdir(), 'lodge-icetcp-'));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const log = (...a) => console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...a);
@@ -189,14 +193,17 @@ async function main() {
   // 1. No firewall: UDP, the node's first candidate.
   const udp = await phase(alice, bob, 'udp', 6);
   assert.equal(udp.t.remoteProtocol, 'udp', `UDP expected while it works: ${JSON.stringify(udp.t)}`);
-  assert.equal(udp.t.remoteAddress, NODE_MEDIA);
   figures.udp = udp.figures;
-  // What the node answered: its UDP and passive TCP host candidates on the media port, UDP
-  // first by priority; and no relay to fall back on.
+  // What the node answered: its UDP and passive TCP host candidates on the media port of the
+  // worker that runs the room, UDP first by priority; and no relay to fall back on.
   const answer = (await alice.page.evaluate(() => window.__answers)).at(-1);
   const cands = answer.split('\r\n').filter((l) => l.startsWith('a=candidate:'));
   const tcp = cands.find((l) => / tcp /i.test(l));
   const udpC = cands.find((l) => / udp /i.test(l));
+  const port = Number(udpC.split(' ')[5]);
+  assert.ok(MEDIA_PORTS.includes(port), `the answer names port ${port}, not a media worker's (${MEDIA_PORTS})`);
+  NODE_MEDIA = `${NODE_HOST}:${port}`;
+  assert.equal(udp.t.remoteAddress, NODE_MEDIA);
   assert.ok(tcp && tcp.includes(`${NODE_MEDIA.replace(':', ' ')} typ host tcptype passive`), cands.join('\n'));
   assert.ok(Number(udpC.split(' ')[3]) > Number(tcp.split(' ')[3]), `UDP must outrank TCP:\n${cands.join('\n')}`);
   assert.deepEqual(await alice.page.evaluate(() => window.__given), [], 'no TURN relay configured');

@@ -60,15 +60,20 @@ ip -n "$N" route add default via 10.78.1.1
 ip netns exec "$R" sysctl -qw net.ipv4.ip_forward=1
 
 HTTP=10.78.1.2:8080
-# ICE-TCP is on by default; said here so the test reads as what it tests.
+# ICE-TCP is on by default; said here so the test reads as what it tests. Two media workers
+# (ports 50000 and 50001, each with its TCP listener) whatever the machine: the call's room is
+# on one of them and the page checks the answer names it.
+WORKERS=2
 ip netns exec "$N" "$BIN" serve --data-dir "$OUT/data" --http-listen "$HTTP" \
   --media-listen 10.78.1.2:50000 --public-ip 10.78.1.2 --log info,lodge_sfu=debug \
-  --registrations-per-ip-per-hour 1000 --ice-tcp true >"$OUT/lodge.log" 2>&1 &
+  --registrations-per-ip-per-hour 1000 --ice-tcp true --media-workers $WORKERS >"$OUT/lodge.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do ip netns exec "$B" curl -fs "http://$HTTP/readyz" >/dev/null && break; sleep 0.1; done
 ip netns exec "$B" curl -fsS "http://$HTTP/readyz" >/dev/null
-# The node listens on TCP at the media port.
-ip netns exec "$N" ss -Hltn "sport = :50000" | grep -q 50000 || { echo "no TCP listener on the media port"; exit 1; }
+# The node listens on TCP at each media worker's port.
+for p in 50000 50001; do
+  ip netns exec "$N" ss -Hltn "sport = :$p" | grep -q "$p" || { echo "no TCP listener on media port $p"; exit 1; }
+done
 
 # Chromium for alice runs in ns B; the driver and bob's Chromium in ns N.
 cat >"$OUT/chromium-b" <<SH
@@ -102,6 +107,7 @@ cd "$ROOT/tests/browser"
 cd "$ROOT/tests/ice-tcp"
 if ! ip netns exec "$N" env LODGE_URL="http://$HTTP" CHROMIUM_B="$OUT/chromium-b" \
     FIREWALL_UP="$OUT/firewall-up" FIREWALL_DROPS="$OUT/firewall-drops" FIGURES="$OUT/figures.json" \
+    MEDIA_WORKERS="$WORKERS" \
     timeout 180 node ice-tcp.test.mjs; then
   echo "---- lodge log (last 40 lines) ----"; tail -40 "$OUT/lodge.log"
   exit 1
