@@ -694,3 +694,22 @@ fn random_churn_keeps_every_listeners_slots_consistent() {
         );
     }
 }
+
+/// A listener's session figures come from str0m's stats events, which fire when its session is
+/// driven by time: by its own timer, or while a packet is being forwarded to it (both paths keep
+/// them). After a few seconds of one speaker, a pure listener's outbound jitter, from its
+/// receiver reports, is in its report.
+#[test]
+fn a_listeners_egress_stats_reach_its_report() {
+    let mut w = connected_world(2, 1);
+    w.clients[0].level = Some(30);
+    w.run(Duration::from_secs(6));
+    assert!(w.clients[1].heard_from(0) > 200);
+    let reports = w.node.reports();
+    let listener = reports
+        .iter()
+        .find(|p| p.stats.packets_out > 200)
+        .expect("the listener got the speaker's packets");
+    let s = &listener.stats;
+    assert!(s.jitter_out_ms.is_some(), "egress figures missing: {s:?}");
+}

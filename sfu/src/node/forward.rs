@@ -210,7 +210,8 @@ impl Node {
                 w.gone = true;
                 continue;
             }
-            // Drain the listener's transmits right away (no events are expected from writing).
+            // Drain the listener's transmits right away, and the figures and ends its session
+            // reports while driven by time here (they would be lost otherwise).
             let mut sent = false;
             loop {
                 match rtc.poll_output() {
@@ -230,7 +231,9 @@ impl Node {
                         }
                         break;
                     }
-                    Ok(Output::Event(_)) => {}
+                    Ok(Output::Event(ev)) => {
+                        super::rtc_output::session_event(listener, ev, l_stats, &mut w.gone)
+                    }
                     Err(_) => {
                         w.gone = true;
                         break;

@@ -9,6 +9,7 @@ use super::forward::Inbound;
 use super::{Node, NodeEvent, NodeOutput, Transmit, Transport};
 use crate::ids::ParticipantIdx;
 use crate::participant::{Kind, Participant};
+use crate::stats::ParticipantStats;
 
 impl Node {
     /// Drain one participant's WebRTC outputs into the node's queue, forwarding its RTP.
@@ -63,35 +64,49 @@ impl Node {
                             user,
                         }));
                     }
-                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                        debug!(%idx, "ICE disconnected");
-                        w.gone = true;
-                    }
-                    Event::MediaIngressStats(s) => {
-                        stats.loss_in = s.loss.or(stats.loss_in);
-                        stats.jitter_in_ms = Some(s.jitter as f32 / 48.0);
-                        if let Some(rtt) = s.rtt {
-                            stats.rtt_ms = Some(rtt.as_secs_f32() * 1000.0);
-                        }
-                    }
-                    Event::MediaEgressStats(s) => {
-                        stats.loss_out = s.loss.or(stats.loss_out);
-                        if let Some(rtt) = s.rtt {
-                            stats.rtt_ms = Some(rtt.as_secs_f32() * 1000.0);
-                        }
-                        if let Some(r) = s.remote {
-                            stats.jitter_out_ms = Some(r.jitter as f32 / 48.0);
-                        }
-                    }
-                    Event::PeerStats(s) => {
-                        if let Some(rtt) = s.rtt {
-                            stats.rtt_ms = Some(rtt.as_secs_f32() * 1000.0);
-                        }
-                    }
-                    Event::Closed => w.gone = true,
-                    _ => {}
+                    other => session_event(idx, other, stats, &mut w.gone),
                 },
             }
         }
+    }
+}
+
+/// A session event that is neither media nor the connection coming up: the session's figures
+/// (str0m emits them when the session is driven by time, which for a listener is mostly while a
+/// packet is forwarded to it) and its end. Used by [`Node::drain`] and by the forward loop.
+pub(super) fn session_event(
+    idx: ParticipantIdx,
+    ev: Event,
+    stats: &mut ParticipantStats,
+    gone: &mut bool,
+) {
+    match ev {
+        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+            debug!(%idx, "ICE disconnected");
+            *gone = true;
+        }
+        Event::MediaIngressStats(s) => {
+            stats.loss_in = s.loss.or(stats.loss_in);
+            stats.jitter_in_ms = Some(s.jitter as f32 / 48.0);
+            if let Some(rtt) = s.rtt {
+                stats.rtt_ms = Some(rtt.as_secs_f32() * 1000.0);
+            }
+        }
+        Event::MediaEgressStats(s) => {
+            stats.loss_out = s.loss.or(stats.loss_out);
+            if let Some(rtt) = s.rtt {
+                stats.rtt_ms = Some(rtt.as_secs_f32() * 1000.0);
+            }
+            if let Some(r) = s.remote {
+                stats.jitter_out_ms = Some(r.jitter as f32 / 48.0);
+            }
+        }
+        Event::PeerStats(s) => {
+            if let Some(rtt) = s.rtt {
+                stats.rtt_ms = Some(rtt.as_secs_f32() * 1000.0);
+            }
+        }
+        Event::Closed => *gone = true,
+        _ => {}
     }
 }
