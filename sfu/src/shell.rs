@@ -90,11 +90,6 @@ pub enum Exported {
     End(ParticipantIdx),
 }
 
-/// Figures the media loop publishes for handles to read without a command.
-struct Gauges {
-    participants: Arc<AtomicUsize>,
-}
-
 /// Where one worker's loop sends what is not a datagram. Participant indices leave the worker
 /// tagged with its number ([`ParticipantIdx::on_worker`]).
 struct Sinks {
@@ -296,15 +291,14 @@ pub(crate) fn spawn_worker(
         };
         (udp, tcp)
     };
+    // Participants on the worker, published for the handle to read without a command.
     let participants = Arc::new(AtomicUsize::new(0));
-    let gauges = Gauges {
-        participants: participants.clone(),
-    };
+    let gauge = participants.clone();
     std::thread::Builder::new()
         .name(format!("lodge-media-{worker}"))
         .spawn(move || {
             set_thread_priority(opts);
-            rt.block_on(run(Arc::new(socket), ice_tcp, node, rx, sinks, gauges));
+            rt.block_on(run(Arc::new(socket), ice_tcp, node, rx, sinks, gauge));
         })?;
     Ok(WorkerHandle {
         tx,
@@ -390,7 +384,7 @@ async fn run(
     mut node: Node,
     mut rx: mpsc::Receiver<Command>,
     mut sinks: Sinks,
-    gauges: Gauges,
+    participants: Arc<AtomicUsize>,
 ) {
     let local = socket.local_addr().expect("bound socket has an address");
     let udp = match quinn_udp::UdpSocketState::new((&*socket).into()) {
@@ -499,7 +493,7 @@ async fn run(
                     Some(Command::Leave(idx)) => node.leave(now, idx),
                     Some(Command::SetFlags(idx, f)) => { let _ = node.set_flags(now, idx, f); }
                     Some(Command::Report(reply)) => {
-                        let report = report(&node, w, &delay, sinks.exports_dropped, tcp.as_ref());
+                        let report = report(&node, w, sinks.exports_dropped, tcp.as_ref());
                         let _ = reply.send(WorkerReport { report, delay: delay.clone() });
                     }
                     Some(Command::AddRemote(room, user, ssrc, reply)) => {
@@ -552,7 +546,7 @@ async fn run(
         if let Some(t) = &mut tcp {
             t.sweep(now, &node);
         }
-        gauges.participants.store(
+        participants.store(
             node.participant_count() - node.remote_count(),
             Ordering::Relaxed,
         );
@@ -651,13 +645,7 @@ fn tag_event(e: &mut NodeEvent, worker: usize) {
     }
 }
 
-fn report(
-    node: &Node,
-    worker: usize,
-    delay: &hdrhistogram::Histogram<u64>,
-    exports_dropped: u64,
-    tcp: Option<&IceTcp>,
-) -> NodeReport {
+fn report(node: &Node, worker: usize, exports_dropped: u64, tcp: Option<&IceTcp>) -> NodeReport {
     let s = node.stats();
     NodeReport {
         participants: node.participant_count() - node.remote_count(),
@@ -690,7 +678,8 @@ fn report(
                 p
             })
             .collect(),
-        forward_delay: ForwardDelay::of(delay),
+        // Computed by the handle from every worker's histogram (`WorkerReport::delay`).
+        forward_delay: ForwardDelay::default(),
     }
 }
 

@@ -22,9 +22,9 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::admission::Admission;
+use crate::admission::{Admission, Seat};
 use crate::error::SfuError;
-use crate::ids::{ParticipantIdx, RoomId, Ssrc, UserId, MAX_WORKERS};
+use crate::ids::{GuildId, ParticipantIdx, RoomId, Ssrc, UserId, MAX_WORKERS};
 use crate::node::{JoinAnswer, JoinRequest, NativeAnswer, NativeJoin, NodeConfig, NodeEvent};
 use crate::participant::VoiceFlags;
 use crate::shell::{
@@ -118,32 +118,36 @@ impl SfuHandle {
         rx.await.ok()
     }
 
+    /// Reserve a place under the node-wide bounds and send the join `cmd` builds to `room`'s
+    /// worker, which settles the seat. A seat that never reaches the worker (stopped, or this
+    /// future dropped) gives its place back when dropped.
+    async fn admit<T>(
+        &self,
+        room: RoomId,
+        user: UserId,
+        guild: GuildId,
+        cmd: impl FnOnce(Seat, oneshot::Sender<Result<T, SfuError>>) -> Command,
+    ) -> Result<T, SfuError> {
+        let seat = self.admission.reserve(user, guild)?;
+        self.ask(self.worker_for_room(room), |tx| cmd(seat, tx))
+            .await
+            .ok_or_else(stopped)?
+    }
+
     /// Admit a WebRTC participant on its room's worker (see [`Node::join`](crate::Node::join)).
     pub async fn join(&self, req: JoinRequest) -> Result<JoinAnswer, SfuError> {
-        let w = self.worker_for_room(req.room);
-        let seat = self.admission.reserve(req.user, req.guild)?;
-        // A seat that never reaches the worker (stopped, or this future dropped) gives its
-        // place back when dropped.
-        let (tx, rx) = oneshot::channel();
-        self.workers[w]
-            .tx
-            .send(Command::Join(req, seat, tx))
+        let (room, user, guild) = (req.room, req.user, req.guild);
+        self.admit(room, user, guild, |seat, tx| Command::Join(req, seat, tx))
             .await
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
     }
 
     /// Admit a native (UDP mode) participant (see [`Node::join_native`](crate::Node::join_native)).
     pub async fn join_native(&self, req: NativeJoin) -> Result<NativeAnswer, SfuError> {
-        let w = self.worker_for_room(req.room);
-        let seat = self.admission.reserve(req.user, req.guild)?;
-        let (tx, rx) = oneshot::channel();
-        self.workers[w]
-            .tx
-            .send(Command::JoinNative(req, seat, tx))
-            .await
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        let (room, user, guild) = (req.room, req.user, req.guild);
+        self.admit(room, user, guild, |seat, tx| {
+            Command::JoinNative(req, seat, tx)
+        })
+        .await
     }
 
     /// Remove a participant. Its place under the node-wide bounds is free at once, so a join
