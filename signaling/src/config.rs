@@ -132,12 +132,13 @@ config_keys! {
     rate_limit_route: u32 = "LODGE_RATE_LIMIT_ROUTE";
     /// REST requests per second per caller across all routes. [default: 100]
     rate_limit_global: u32 = "LODGE_RATE_LIMIT_GLOBAL";
-    /// Scheduling priority (nice, -20..19) of the media thread; lower runs first. On a machine
-    /// shared with other busy processes, e.g. -10 keeps packets from waiting for a time slice.
+    /// Scheduling priority (nice, -20..19) of the media threads (every media worker's); lower
+    /// runs first. On a machine shared with other busy processes, e.g. -10 keeps packets from
+    /// waiting for a time slice.
     /// Below 0 needs root or CAP_SYS_NICE; if refused, Lodge says so and runs at 0. [default: 0]
     media_nice: i32 = "LODGE_MEDIA_NICE" [allow_hyphen_values = true];
-    /// Run the media thread under the real-time FIFO scheduler at this priority (1..99; 0 =
-    /// off): it then runs the moment a packet arrives instead of waiting for a time slice, the
+    /// Run the media threads (every media worker's) under the real-time FIFO scheduler at this
+    /// priority (1..99; 0 = off): each then runs the moment a packet arrives instead of waiting for a time slice, the
     /// way to keep the node's added delay under a millisecond on a machine shared with other
     /// busy processes. Needs root or CAP_SYS_NICE; if refused, Lodge says so and carries on.
     /// The kernel's real-time throttling (kernel.sched_rt_runtime_us) keeps a share of each

@@ -29,35 +29,9 @@ for c in nft ip ss chromium node curl; do
 done
 [ -x "$BIN" ] || { echo "tests/ice-tcp: no lodge binary at $BIN (cargo build --bin lodge)"; exit 1; }
 
-# Namespace names carry our pid, so parallel runs and leftovers of killed runs never collide.
-B="lodge-itcp-b-$$"; R="lodge-itcp-r-$$"; N="lodge-itcp-n-$$"
-PIDS=()
-# Namespaces left by a run that was killed with -9 (its pid is gone) are removed first.
-for ns in $(ip netns list | awk '{print $1}' | grep -E '^lodge-itcp-[a-z]-[0-9]+$' || true); do
-  kill -0 "${ns##*-}" 2>/dev/null || ip netns del "$ns" 2>/dev/null || true
-done
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  # Anything still running in our namespaces (Chromium helpers) goes with them.
-  for ns in "$B" "$R" "$N"; do
-    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-}
-trap cleanup EXIT
-
-for ns in "$B" "$R" "$N"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
-ip link add rb netns "$R" type veth peer name b0 netns "$B"
-ip link add rn netns "$R" type veth peer name n0 netns "$N"
-ip -n "$R" addr add 10.78.0.1/24 dev rb
-ip -n "$R" addr add 10.78.1.1/24 dev rn
-ip -n "$B" addr add 10.78.0.2/24 dev b0
-ip -n "$N" addr add 10.78.1.2/24 dev n0
-for l in "$R rb" "$R rn" "$B b0" "$N n0"; do set -- $l; ip -n "$1" link set "$2" up; done
-ip -n "$B" route add default via 10.78.0.1
-ip -n "$N" route add default via 10.78.1.1
-ip netns exec "$R" sysctl -qw net.ipv4.ip_forward=1
+# B (browser) ── R (router) ── N (node) on 10.78.0.0/24 and 10.78.1.0/24; removed at exit.
+. "$ROOT/tests/lib/netns.sh"
+netns_three itcp 78
 
 HTTP=10.78.1.2:8080
 # ICE-TCP is on by default; said here so the test reads as what it tests. Two media workers
