@@ -488,14 +488,24 @@ impl Config {
                 0..=99,
                 "use 1 (lowest) to 99 (highest) real-time priority, or 0 for off",
             )?,
-            media_workers: in_range(
-                "media_workers",
-                v.media_workers.unwrap_or_else(|| {
-                    std::thread::available_parallelism().map_or(1, |n| n.get().min(64))
-                }),
-                1..=64,
-                "use 1 to 64 media workers (about one per core)",
-            )?,
+            media_workers: {
+                let n = in_range(
+                    "media_workers",
+                    v.media_workers.unwrap_or_else(|| {
+                        std::thread::available_parallelism().map_or(1, |n| n.get().min(64))
+                    }),
+                    1..=64,
+                    "use 1 to 64 media workers (about one per core)",
+                )?;
+                let last = usize::from(media_listen.port()) + n - 1;
+                if media_listen.port() != 0 && last > usize::from(u16::MAX) {
+                    return Err(ConfigError::Invalid(format!(
+                        "media_workers {n} from media_listen port {} would need ports up to {last}, past 65535: lower the port or media_workers",
+                        media_listen.port()
+                    )));
+                }
+                n
+            },
             operator_token: match v.operator_token.take() {
                 Some(t) if t.chars().count() < 16 => {
                     return Err(ConfigError::Invalid(
@@ -922,6 +932,15 @@ mod tests {
                 "{e}"
             );
         }
+        // Worker i listens on media_listen's port + i: the range must end by 65535.
+        let near_top = |n| ServeArgs {
+            media_listen: Some("127.0.0.1:65534".parse().unwrap()),
+            media_workers: Some(n),
+            ..Default::default()
+        };
+        assert_eq!(load_args(near_top(2)).unwrap().media_workers, 2);
+        let e = load_args(near_top(3)).unwrap_err();
+        assert!(e.contains("65536") && e.contains("past 65535"), "{e}");
     }
 
     #[test]

@@ -165,20 +165,12 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     let store = store.with_password_hashing(cfg.password_hash_concurrency);
     // One UDP socket (and ICE-TCP listener) per media worker: port, port + 1, ... (or each a
     // free port when the configured one is 0).
+    // The configuration checked that the range fits below 65536.
     let mut media = Vec::with_capacity(cfg.media_workers);
     for i in 0..cfg.media_workers {
         let mut addr = cfg.media_listen;
         if addr.port() != 0 {
-            let port = u16::try_from(usize::from(addr.port()) + i).map_err(|_| StartError::Media {
-                addr,
-                err: std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!(
-                        "media worker {i} would listen past port 65535: lower media_listen's port or media_workers"
-                    ),
-                ),
-            })?;
-            addr.set_port(port);
+            addr.set_port(addr.port() + i as u16);
         }
         let (udp, tcp) = bind_media(addr, cfg.ice_tcp)
             .await
