@@ -20,6 +20,7 @@
 
 #[cfg(feature = "shell")]
 mod admission;
+mod buf_pool;
 pub mod drop_reason;
 pub mod error;
 pub mod ids;

@@ -44,8 +44,9 @@ impl SendBatch {
     }
 
     /// Send everything queued; waits for socket space rather than dropping voice. Returns how
-    /// many datagrams the kernel took (the rest failed with an error other than "full").
-    pub async fn send_all(&mut self, socket: &UdpSocket) -> usize {
+    /// many datagrams the kernel took (the rest failed with an error other than "full"). Each
+    /// datagram's storage goes to `spent` afterwards, to be reused (`Node::recycle`).
+    pub async fn send_all(&mut self, socket: &UdpSocket, mut spent: impl FnMut(Vec<u8>)) -> usize {
         let mut sent = 0;
         let mut start = 0;
         while start < self.pending.len() {
@@ -75,7 +76,9 @@ impl SendBatch {
                 }
             }
         }
-        self.pending.clear();
+        for t in self.pending.drain(..) {
+            spent(t.contents);
+        }
         sent
     }
 }
@@ -206,8 +209,12 @@ mod tests {
                 contents: i.to_be_bytes().to_vec(),
             });
         }
-        assert_eq!(batch.send_all(&tx).await, MAX_BATCH + 10);
+        let mut spent = Vec::new();
+        assert_eq!(batch.send_all(&tx, |b| spent.push(b)).await, MAX_BATCH + 10);
         assert!(batch.is_empty());
+        // Every datagram's storage comes back, in the order sent.
+        assert_eq!(spent.len(), MAX_BATCH + 10);
+        assert_eq!(spent[3], 3u32.to_be_bytes());
         let mut buf = [0u8; 16];
         for i in 0..(MAX_BATCH as u32 + 10) {
             let (n, from) = a.recv_from(&mut buf).await.unwrap();
@@ -221,7 +228,7 @@ mod tests {
                 destination: b.local_addr().unwrap(),
                 contents: b"six".to_vec(),
             });
-            assert_eq!(batch.send_all(&tx6).await, 1);
+            assert_eq!(batch.send_all(&tx6, drop).await, 1);
             let (n, _) = b.recv_from(&mut buf).await.unwrap();
             assert_eq!(&buf[..n], b"six");
         }

@@ -628,7 +628,7 @@ async fn flush(
         return;
     }
     // One sendmmsg for everything this input caused (each copy to a different listener).
-    let n = batch.send_all(socket).await;
+    let n = batch.send_all(socket, |b| node.recycle(b)).await;
     if let Some(r) = received_at {
         let us = r.elapsed().as_micros().max(1) as u64;
         delay.saturating_record_n(us, n as u64);

@@ -211,18 +211,36 @@ impl TransportCipher {
         payload: &[u8],
         counter: u32,
     ) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.seal_opus_into(ssrc, seq, ts, marker, payload, counter, &mut out);
+        out
+    }
+
+    /// [`TransportCipher::seal_opus`] into `out`, replacing what it held: a reused buffer
+    /// seals without allocating.
+    #[allow(clippy::too_many_arguments)]
+    pub fn seal_opus_into(
+        &self,
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+        marker: bool,
+        payload: &[u8],
+        counter: u32,
+        out: &mut Vec<u8>,
+    ) {
         let mut header = [0u8; RTP_HEADER];
         header[0] = 0x80;
         header[1] = (u8::from(marker) << 7) | OPUS_PT;
         header[2..4].copy_from_slice(&seq.to_be_bytes());
         header[4..8].copy_from_slice(&ts.to_be_bytes());
         header[8..12].copy_from_slice(&ssrc.to_be_bytes());
-        let mut out = vec![0u8; RTP_HEADER + payload.len() + TAG_LEN + COUNTER_LEN];
+        out.clear();
+        out.resize(RTP_HEADER + payload.len() + TAG_LEN + COUNTER_LEN, 0);
         let n = self
-            .seal(&header, payload, counter, &mut out)
+            .seal(&header, payload, counter, out)
             .expect("a bare header and a buffer sized for it always seal");
         out.truncate(n);
-        out
     }
 }
 

@@ -7,6 +7,7 @@ use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Input, Output};
 
 use super::{Export, Node, NodeOutput, Transmit, Transport};
+use crate::buf_pool::BufPool;
 use crate::drop_reason::DropReason;
 use crate::ids::ParticipantIdx;
 use crate::native::is_dave_frame;
@@ -62,6 +63,7 @@ impl Node {
             export_all,
             timers,
             slot_map,
+            pool,
             ..
         } = self;
         let p = participants[from.0 as usize]
@@ -169,7 +171,8 @@ impl Node {
                     }
                     // The speaker under its own SSRC, numbered as it numbered its packets: a
                     // native client keeps one decoder per SSRC, so nothing is rewritten.
-                    let Some(t) = seal_native(n, voice_ssrc.0, seq, ts, marker, &payload) else {
+                    let Some(t) = seal_native(n, voice_ssrc.0, seq, ts, marker, &payload, pool)
+                    else {
                         continue;
                     };
                     l_stats.packets_out += 1;
@@ -204,6 +207,13 @@ impl Node {
             l_stats.packets_out += 1;
             l_stats.bytes_out += payload.len() as u64;
             stats.rtp_forwarded += 1;
+            // Storage for the datagram this write becomes (str0m keeps a few spares per session
+            // and hands the buffer back when it has enough).
+            if let Some(b) = pool.take() {
+                if let Some(b) = rtc.recycle_buffer(b) {
+                    pool.put(b);
+                }
+            }
             // str0m releases queued RTP when driven by time: give it `now` so the packet leaves
             // in this same call instead of waiting for the listener's next timer.
             if rtc.handle_input(Input::Timeout(now)).is_err() {
@@ -245,7 +255,8 @@ impl Node {
 }
 
 /// One packet for a native listener, sealed under its key with its next nonce counter
-/// (`TransportCipher::seal_opus`). `None` while the listener has no address.
+/// (`TransportCipher::seal_opus_into`) into a pooled buffer. `None` while the listener has no
+/// address.
 fn seal_native(
     n: &mut NativePeer,
     ssrc: u32,
@@ -253,11 +264,12 @@ fn seal_native(
     ts: u32,
     marker: bool,
     payload: &[u8],
+    pool: &mut BufPool,
 ) -> Option<Transmit> {
     let destination = n.addr?;
-    let contents = n
-        .cipher
-        .seal_opus(ssrc, seq, ts, marker, payload, n.send_counter);
+    let mut contents = pool.take_or_new();
+    n.cipher
+        .seal_opus_into(ssrc, seq, ts, marker, payload, n.send_counter, &mut contents);
     n.send_counter = n.send_counter.wrapping_add(1);
     Some(Transmit {
         transport: Transport::Udp,

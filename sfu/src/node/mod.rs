@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 use str0m::Input;
 use tracing::{trace, warn};
 
+use crate::buf_pool::BufPool;
 use crate::drop_reason::DropReason;
 use crate::error::SfuError;
 use crate::ids::{GuildId, ParticipantIdx, RoomId, UserId};
@@ -123,6 +124,9 @@ const REAP_INTERVAL: Duration = Duration::from_millis(100);
 /// Transmits must leave in the order polled (a listener's SRTP packets are numbered). The
 /// queue is unbounded: a shell that stops polling lets it grow.
 ///
+/// Once a datagram is sent, its `contents` may be handed back with [`recycle`](Node::recycle);
+/// forwarded copies are then encrypted into those buffers instead of new ones.
+///
 /// # Events, and what signaling may rely on
 ///
 /// - [`NodeEvent::Connected`] once per WebRTC participant, when ICE and DTLS complete, and
@@ -179,6 +183,9 @@ pub struct Node {
     per_guild: HashMap<GuildId, usize>,
     /// Native participants by SSRC, discovery answers waiting for their join, scratch.
     native: native::NativeState,
+    /// Sent datagrams' storage, handed back by the shell ([`Node::recycle`]) and reused for
+    /// forwarded copies.
+    pool: BufPool,
 }
 
 impl Node {
@@ -211,6 +218,7 @@ impl Node {
             per_user: HashMap::new(),
             per_guild: HashMap::new(),
             native: native::NativeState::default(),
+            pool: BufPool::default(),
         }
     }
 
@@ -390,6 +398,13 @@ impl Node {
             self.reap(now);
             self.next_reap = (self.count > 0).then(|| now + REAP_INTERVAL);
         }
+    }
+
+    /// Hands back the storage of a datagram that was sent ([`Transmit::contents`]): the node
+    /// writes later forwarded copies into it instead of allocating. Optional, but a shell that
+    /// does it for every sent datagram makes the forward path allocation-free.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.pool.put(buf);
     }
 
     /// Next output: a datagram to send or an event for signaling.

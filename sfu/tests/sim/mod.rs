@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod fanout;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
