@@ -114,7 +114,9 @@ pub struct NodeReport {
     pub bytes_out: u64,
     pub rtp_in: u64,
     pub rtp_forwarded: u64,
-    /// Forwarded packets that did not leave in the same call (str0m queued them).
+    /// Forwarded packets written to str0m's queue (the direct send declined), and those of
+    /// them that did not leave in the same call.
+    pub rtp_queued: u64,
     pub rtp_deferred: u64,
     /// Speaker packets handed to trunks, and those dropped because the trunk side lagged.
     pub exported: u64,
@@ -148,6 +150,7 @@ impl NodeReport {
         self.bytes_out += o.bytes_out;
         self.rtp_in += o.rtp_in;
         self.rtp_forwarded += o.rtp_forwarded;
+        self.rtp_queued += o.rtp_queued;
         self.rtp_deferred += o.rtp_deferred;
         self.exported += o.exported;
         self.exports_dropped += o.exports_dropped;
@@ -657,6 +660,7 @@ fn report(node: &Node, worker: usize, exports_dropped: u64, tcp: Option<&IceTcp>
         bytes_out: s.bytes_out,
         rtp_in: s.rtp_in,
         rtp_forwarded: s.rtp_forwarded,
+        rtp_queued: s.rtp_queued,
         rtp_deferred: s.rtp_deferred,
         exported: s.exported,
         exports_dropped,

@@ -39,7 +39,10 @@ pub struct NodeStats {
     pub bytes_out: u64,
     pub rtp_in: u64,
     pub rtp_forwarded: u64,
-    /// Forwarded packets str0m did not transmit in the same call (queued for later).
+    /// Forwarded packets str0m could not send directly (`Rtc::send_rtp_now` declined, e.g.
+    /// before the session connected): written to its queue instead.
+    pub rtp_queued: u64,
+    /// Of those, packets str0m did not transmit in the same call (left queued for later).
     pub rtp_deferred: u64,
     /// Speaker packets handed to trunks for other nodes (one per packet, not per node).
     pub exported: u64,

@@ -70,6 +70,34 @@ fn three_participants_hear_each_other_and_never_themselves() {
 }
 
 #[test]
+fn connected_listeners_get_copies_directly_numbered_without_gaps() {
+    let mut w = connected_world(4, 3);
+    for c in &mut w.clients {
+        c.level = Some(30);
+    }
+    w.run(Duration::from_secs(3));
+    let s = w.node.stats();
+    assert!(s.rtp_forwarded > 1000, "forwarded {}", s.rtp_forwarded);
+    // Every copy to a connected listener is serialized and sent in the forwarding call
+    // (`Rtc::send_rtp_now`), none through str0m's queue.
+    assert_eq!(s.rtp_queued, 0, "copies written to str0m's queue");
+    assert_eq!(s.rtp_deferred, 0);
+    // What each listener received on a slot is one run of consecutive sequence numbers per
+    // stream (str0m's numbering, as the queued path would give).
+    for i in 0..4 {
+        for (ssrc, heard) in w.streams(i) {
+            for pair in heard.windows(2) {
+                assert_eq!(
+                    pair[1].seq,
+                    pair[0].seq + 1,
+                    "client {i} stream {ssrc}: a gap or reorder"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn new_loud_speaker_takes_a_slot_within_300ms() {
     // K = 1: only one speaker fits, so the newcomer must displace the quiet one.
     let mut w = connected_world(4, 1);

@@ -461,6 +461,7 @@ mod tests {
             bytes_out: 0,
             rtp_in: 0,
             rtp_forwarded: 0,
+            rtp_queued: 0,
             rtp_deferred: 0,
             drops: vec![],
             peers: vec![lodge_sfu::ParticipantReport {

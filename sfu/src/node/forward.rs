@@ -1,8 +1,10 @@
 //! The forward loop: one speaker packet into every listener slot that carries the speaker.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use str0m::media::Mid;
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Input, Output};
 
@@ -11,7 +13,9 @@ use crate::buf_pool::BufPool;
 use crate::drop_reason::DropReason;
 use crate::ids::ParticipantIdx;
 use crate::native::is_dave_frame;
-use crate::participant::{Kind, NativePeer, Participant};
+use crate::participant::{Kind, NativePeer, Participant, WebRtcPeer};
+use crate::stats::{NodeStats, ParticipantStats};
+use crate::timers::TimerQueue;
 
 /// One received speaker packet, from WebRTC or from a trunk.
 pub(super) struct Inbound {
@@ -193,20 +197,6 @@ impl Node {
             }
             let (mid, pt) = (slot.mid, slot.pt);
             let rtc = &mut w.rtc;
-            {
-                let mut api = rtc.direct_api();
-                let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-                    continue;
-                };
-                tx.write_rtp(
-                    RtpWrite::new(pt, rw.seq.into(), rw.timestamp, now, payload.clone())
-                        .marker(marker)
-                        .ext_vals(ext.clone()),
-                );
-            }
-            l_stats.packets_out += 1;
-            l_stats.bytes_out += payload.len() as u64;
-            stats.rtp_forwarded += 1;
             // Storage for the datagram this write becomes (str0m keeps a few spares per session
             // and hands the buffer back when it has enough).
             if let Some(b) = pool.take() {
@@ -214,45 +204,88 @@ impl Node {
                     pool.put(b);
                 }
             }
-            // str0m releases queued RTP when driven by time: give it `now` so the packet leaves
-            // in this same call instead of waiting for the listener's next timer.
-            if rtc.handle_input(Input::Timeout(now)).is_err() {
-                w.gone = true;
-                continue;
-            }
-            // Drain the listener's transmits right away, and the figures and ends its session
-            // reports while driven by time here (they would be lost otherwise).
-            let mut sent = false;
-            loop {
-                match rtc.poll_output() {
-                    Ok(Output::Transmit(t)) => {
-                        sent = true;
-                        out.push_back(NodeOutput::Transmit(Transmit {
-                            transport: Transport::of(t.proto),
-                            destination: t.destination,
-                            contents: t.contents.into(),
-                        }))
-                    }
-                    Ok(Output::Timeout(t)) => {
-                        w.next_timeout = t;
-                        timers.arm(listener.0, t, &mut w.armed);
-                        if !sent {
-                            stats.rtp_deferred += 1;
-                        }
-                        break;
-                    }
-                    Ok(Output::Event(ev)) => {
-                        super::rtc_output::session_event(listener, ev, l_stats, &mut w.gone)
-                    }
-                    Err(_) => {
-                        w.gone = true;
-                        break;
-                    }
+            let write = RtpWrite::new(pt, rw.seq.into(), rw.timestamp, now, payload.clone())
+                .marker(marker)
+                .ext_vals(ext.clone());
+            l_stats.packets_out += 1;
+            l_stats.bytes_out += payload.len() as u64;
+            stats.rtp_forwarded += 1;
+            // The direct path: serialized and encrypted in this call, with no timeout pass and
+            // no output walk per copy. str0m gives the write back when the packet has to queue.
+            match rtc.send_rtp_now(now, mid, write) {
+                Ok(Some(t)) => out.push_back(NodeOutput::Transmit(Transmit {
+                    transport: Transport::of(t.proto),
+                    destination: t.destination,
+                    contents: t.contents.into(),
+                })),
+                Ok(None) => {}
+                Err(write) => {
+                    stats.rtp_queued += 1;
+                    write_queued(listener, w, mid, write, now, out, timers, l_stats, stats);
                 }
             }
         }
     }
 }
+
+/// The queued path of one forwarded copy (str0m declined the direct send): write it to the
+/// slot's stream, drive the listener's session with `now` so the packet leaves in this same
+/// call, and drain what that produced. Its figures and the end of its session, reported while
+/// driven by time here, go where `drain` would put them.
+#[allow(clippy::too_many_arguments)]
+fn write_queued(
+    listener: ParticipantIdx,
+    w: &mut WebRtcPeer,
+    mid: Mid,
+    write: RtpWrite,
+    now: Instant,
+    out: &mut VecDeque<NodeOutput>,
+    timers: &mut TimerQueue,
+    l_stats: &mut ParticipantStats,
+    stats: &mut NodeStats,
+) {
+    let rtc = &mut w.rtc;
+    {
+        let mut api = rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            return;
+        };
+        tx.write_rtp(write);
+    }
+    if rtc.handle_input(Input::Timeout(now)).is_err() {
+        w.gone = true;
+        return;
+    }
+    let mut sent = false;
+    loop {
+        match rtc.poll_output() {
+            Ok(Output::Transmit(t)) => {
+                sent = true;
+                out.push_back(NodeOutput::Transmit(Transmit {
+                    transport: Transport::of(t.proto),
+                    destination: t.destination,
+                    contents: t.contents.into(),
+                }))
+            }
+            Ok(Output::Timeout(t)) => {
+                w.next_timeout = t;
+                timers.arm(listener.0, t, &mut w.armed);
+                if !sent {
+                    stats.rtp_deferred += 1;
+                }
+                break;
+            }
+            Ok(Output::Event(ev)) => {
+                super::rtc_output::session_event(listener, ev, l_stats, &mut w.gone)
+            }
+            Err(_) => {
+                w.gone = true;
+                break;
+            }
+        }
+    }
+}
+
 
 /// One packet for a native listener, sealed under its key with its next nonce counter
 /// (`TransportCipher::seal_opus_into`) into a pooled buffer. `None` while the listener has no

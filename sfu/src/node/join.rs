@@ -141,11 +141,15 @@ impl Node {
 
         let mut slots = Vec::with_capacity(slot_mids.len());
         for mid in slot_mids {
-            let ssrc = rtc
-                .direct_api()
+            let mut api = rtc.direct_api();
+            let tx = api
                 .stream_tx_by_mid(mid, None)
-                .map(|s| s.ssrc())
                 .ok_or_else(|| SfuError::Rtc(format!("no send stream for slot {mid}")))?;
+            // Nothing a slot sends is resent (Opus has no RTX here and writes are not
+            // nackable): an inert resend cache, and no per-packet byte history for the resend
+            // ratio it would police.
+            tx.set_rtx_cache(1, Duration::ZERO, None);
+            let ssrc = tx.ssrc();
             let r = self.next_rand();
             let (seq0, ts0) = self
                 .cfg

@@ -137,6 +137,12 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             r.rtp_forwarded,
         );
         g(
+            "rtp_queued_total",
+            "Forwarded RTP packets the WebRTC stack could not send directly (written to its queue)",
+            "counter",
+            r.rtp_queued,
+        );
+        g(
             "rtp_deferred_total",
             "Forwarded RTP packets the WebRTC stack did not transmit at once (queued)",
             "counter",

@@ -1469,6 +1469,45 @@ impl Rtc {
         self.session.recycle_buffer(buf)
     }
 
+    /// RTP mode: sends one RTP packet on `mid`'s send stream now, returning its datagram,
+    /// instead of queueing it (`StreamTx::write_rtp`) for the next `handle_input` and
+    /// `poll_output` rounds to release. For a server that writes one packet into many sessions
+    /// (an SFU), this skips the timeout pass and the output walks each write would cost.
+    ///
+    /// The packet is numbered, counted in the stream's statistics and protected exactly as
+    /// through `write_rtp`. `now` is only used for those statistics; time still moves through
+    /// [`Rtc::handle_input`], and the timeout from the last `poll_output` stays valid.
+    ///
+    /// Gives the write back (`Err`) when the queued path is needed: not in RTP mode, bandwidth
+    /// estimation enabled, TWCC negotiated on the line, raw packet capture, the session not
+    /// connected (no selected pair or SRTP keys yet) or closing, or packets already waiting on
+    /// the stream. `Ok(None)`: the packet's PT is not negotiated, and it was dropped.
+    pub fn send_rtp_now(
+        &mut self,
+        now: Instant,
+        mid: Mid,
+        rtp: rtp::RtpWrite,
+    ) -> Result<Option<net::Transmit>, rtp::RtpWrite> {
+        if self.state != RtcState::Alive {
+            return Err(rtp);
+        }
+        let Some(send) = &self.send_addr else {
+            return Err(rtp);
+        };
+        let (proto, source, destination) = (send.proto, send.source, send.destination);
+        let now = now.max(self.last_now);
+        let Some(contents) = self.session.send_rtp_now(now, mid, rtp)? else {
+            return Ok(None);
+        };
+        self.peer_bytes_tx += contents.len() as u64;
+        Ok(Some(net::Transmit {
+            proto,
+            source,
+            destination,
+            contents,
+        }))
+    }
+
     /// Send outgoing media data (frames) or request keyframes.
     ///
     /// Returns `None` if the direction isn't sending (`sendrecv` or `sendonly`).

@@ -1244,6 +1244,45 @@ impl Session {
         Some(protected.into())
     }
 
+    /// The fast path of `Rtc::send_rtp_now`: one RTP packet on `mid`'s send stream, serialized
+    /// and protected at once. Gives the write back where the queued path is needed: not in RTP
+    /// mode, with BWE (the pacer decides when packets leave), TWCC on the line (the send
+    /// register must see it), raw packet capture, closing, no SRTP keys yet, or packets already
+    /// waiting on the stream.
+    pub fn send_rtp_now(
+        &mut self,
+        now: Instant,
+        mid: Mid,
+        rtp: crate::rtp::RtpWrite,
+    ) -> Result<Option<DatagramSend>, crate::rtp::RtpWrite> {
+        if !self.rtp_mode || self.bwe.is_some() || self.rtp_closing || self.raw_packets.is_some() {
+            return Err(rtp);
+        }
+        let Some(srtp_tx) = self.srtp_tx.as_mut() else {
+            return Err(rtp);
+        };
+        let Some(media) = self.medias.iter().find(|m| m.mid() == mid) else {
+            return Err(rtp);
+        };
+        let exts = media.remote_extmap();
+        if exts.id_of(Extension::TransportSequenceNumber).is_some() {
+            return Err(rtp);
+        }
+        let Some(stream) = self.streams.stream_tx_by_midrid(MidRid(mid, None)) else {
+            return Err(rtp);
+        };
+        let buf = &mut self.poll_packet_buf;
+        let Some(receipt) = stream.send_now(now, rtp, exts, &self.codec_config, buf)? else {
+            return Ok(None);
+        };
+        let mut protected = self.tx_spare.pop().unwrap_or_default();
+        srtp_tx.protect_rtp_into(buf, &receipt.header, *receipt.seq_no, &mut protected);
+        if !receipt.is_padding && !receipt.header.ssrc.is_probe() {
+            self.media_bytes_tx += receipt.payload_size as u64;
+        }
+        Ok(Some(protected.into()))
+    }
+
     fn poll_packet(&mut self, now: Instant) -> Option<DatagramSend> {
         let srtp_tx = self.srtp_tx.as_mut()?;
 

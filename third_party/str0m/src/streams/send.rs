@@ -555,6 +555,29 @@ impl StreamTx {
         self.send_queue.push(packet);
     }
 
+    /// Write and serialize `rtp` at once into `buf` (the fast path of `Rtc::send_rtp_now`).
+    ///
+    /// Only when nothing else waits to be sent on this stream (no queued packet, resend or
+    /// padding), so the order of packets is what it would have been through `write_rtp`; else
+    /// the write is given back. The packet then takes the regular path through the send queue,
+    /// stamped and taken at `now`, and is serialized exactly as `poll_packet` does. `Ok(None)`
+    /// when the packet cannot be sent (its PT is not negotiated) and was dropped.
+    pub(crate) fn send_now(
+        &mut self,
+        now: Instant,
+        rtp: RtpWrite,
+        exts: &ExtensionMap,
+        params: &[PayloadParams],
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<PacketReceipt>, RtpWrite> {
+        if !self.send_queue.is_empty() || !self.resends.is_empty() || self.padding > 0 {
+            return Err(rtp);
+        }
+        self.write_rtp(rtp);
+        self.send_queue.handle_timeout(now);
+        Ok(self.poll_packet(now, exts, None, params, buf))
+    }
+
     fn padding_enabled(&self) -> bool {
         (self.ssrc.is_probe() || self.rtx.is_some()) && self.pt_for_padding.is_some()
     }
