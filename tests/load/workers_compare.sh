@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The same voice crowd against a node with 1 media worker, then with 2 (or WORKERS="1 2 4"):
-# node CPU per forwarded packet (and its user/kernel split), node-added delay, loss, mouth-to-ear,
+# node CPU per forwarded packet (its user/kernel split, and the media worker threads' share apart
+# from signaling's), node-added delay, loss, mouth-to-ear,
 # one table row per run.
 #
 # Usage: OUT=dir [N=2000] [C=100] [D=30] [WORKERS="1 2"] [PROFILE=release] [NODE_FLAGS=...] \
@@ -35,10 +36,12 @@ for w in $WORKERS; do
   PID=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$HP/readyz" >/dev/null && break; sleep 0.1; done
   echo "== $w media worker(s): $N callers in $C channels, $D s"
-  # The node's user and kernel CPU ticks every 2 s, to split its CPU over the last D seconds.
+  # The node's user and kernel CPU ticks every 2 s, to split its CPU over the last D seconds:
+  # the whole process, and its media worker threads (lodge-media-*) apart from the rest.
   CPU="$OUT/cpu-w$w.txt"; : >"$CPU"
   ( while [ -e "/proc/$PID/stat" ]; do
-      echo "$(date +%s.%N) $(awk '{print $14, $15}' "/proc/$PID/stat")" >>"$CPU"; sleep 2
+      media=$(cat /proc/"$PID"/task/*/stat 2>/dev/null | awk '/\(lodge-media-/ {u += $14; k += $15} END {print u + 0, k + 0}')
+      echo "$(date +%s.%N) $(awk '{print $14, $15}' "/proc/$PID/stat") $media" >>"$CPU"; sleep 2
     done ) &
   SAMPLER=$!
   "$BIN/lodge-load" voice --url "http://127.0.0.1:$HP" -n "$N" -c "$C" -s 1 -d "$D" --join-rate 100 \
@@ -51,22 +54,27 @@ import json, sys
 r = json.load(open(sys.argv[1])); s = r["server"]; fd = s["forward_delay_window"]
 m2e = r["mouth_to_ear_ms"]
 # User share of the node's CPU over the last D seconds of the run (the measurement window).
-rows = [tuple(map(float, l.split())) for l in open(sys.argv[3]) if len(l.split()) == 3]
+rows = [tuple(map(float, l.split())) for l in open(sys.argv[3]) if len(l.split()) == 5]
 end = rows[-1][0]
 win = [x for x in rows if x[0] >= end - float(sys.argv[4])]
 du, ds = win[-1][1] - win[0][1], win[-1][2] - win[0][2]
+mu, ms = win[-1][3] - win[0][3], win[-1][4] - win[0][4]
 user = du / (du + ds) if du + ds else float("nan")
 per = s["cpu_us_per_forwarded_packet"]
+# The media threads' share of the process's CPU (ticks), as µs per forwarded packet.
+media = (mu + ms) / (du + ds) if du + ds else float("nan")
+muser = mu / (mu + ms) if mu + ms else float("nan")
 print(f"| {sys.argv[2]} | {r['connected']} / {r['callers']} | {r['loss_pct']:.3f}% "
       f"| {s['rtp_forwarded'] / s['window_s'] / 1000:.1f} k | {per:.1f} µs "
       f"({100 * s['cpu_seconds'] / s['window_s']:.0f}% of a core) | {per * user:.1f} / {per * (1 - user):.1f} µs "
+      f"| {per * media:.1f} µs ({per * media * muser:.1f} / {per * media * (1 - muser):.1f}) "
       f"| {s['machine_busy_pct']:.0f}% "
       f"| {fd['p50_ms']:.2f} / {fd['p99_ms']:.2f} ms ({fd['within_1ms_pct']:.1f}% ≤ 1 ms) "
       f"| {m2e['p50']:.1f} / {m2e['p99']:.1f} ms |")
 PY
 done
 {
-  echo "| media workers | connected | listener loss | forwarded pps | node CPU / fwd packet | of which user / kernel | machine busy | node-added delay p50 / p99 | mouth-to-ear p50 / p99 |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| media workers | connected | listener loss | forwarded pps | node CPU / fwd packet | of which user / kernel | media threads' share (user / kernel) | machine busy | node-added delay p50 / p99 | mouth-to-ear p50 / p99 |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
   cat "$ROWS"
 } | tee "$OUT/table.md"
