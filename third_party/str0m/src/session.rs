@@ -1276,7 +1276,8 @@ impl Session {
             return Ok(None);
         };
         let mut protected = self.tx_spare.pop().unwrap_or_default();
-        srtp_tx.protect_rtp_into(buf, &receipt.header, *receipt.seq_no, &mut protected);
+        let packet = &buf[..receipt.packet_len];
+        srtp_tx.protect_rtp_into(packet, &receipt.header, *receipt.seq_no, &mut protected);
         if !receipt.is_padding && !receipt.header.ssrc.is_probe() {
             self.media_bytes_tx += receipt.payload_size as u64;
         }
@@ -1312,7 +1313,9 @@ impl Session {
             seq_no,
             is_padding,
             payload_size,
+            packet_len,
         } = receipt;
+        let buf = &buf[..packet_len];
 
         trace!(payload_size, is_padding, "Poll RTP: {:?}", header);
 
@@ -1326,7 +1329,7 @@ impl Session {
         self.pacer.register_send(now, payload_size.into(), midrid);
 
         if let Some(raw_packets) = &mut self.raw_packets {
-            raw_packets.push_back(Box::new(RawPacket::RtpTx(header.clone(), buf.clone())));
+            raw_packets.push_back(Box::new(RawPacket::RtpTx(header.clone(), buf.to_vec())));
         }
 
         let mut protected = self.tx_spare.pop().unwrap_or_default();
@@ -1611,6 +1614,8 @@ pub struct PacketReceipt {
     pub seq_no: SeqNo,
     pub is_padding: bool,
     pub payload_size: usize,
+    /// The packet's length in the poll buffer (header and body).
+    pub packet_len: usize,
 }
 
 /// Find the PayloadParams for the given Pt, either when the Pt is the main Pt for the Codec or

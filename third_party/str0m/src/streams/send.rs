@@ -26,6 +26,10 @@ use crate::stats::StatsSnapshot;
 use crate::util::value_history::ValueHistory;
 use crate::util::{InstantExt, already_happened, not_happening};
 
+/// Bytes cleared before an RTP header is written into the reused packet buffer (more than any
+/// header str0m writes: 12 + 15 CSRCs + the extension block).
+const HEADER_CLEARED: usize = 256;
+
 use super::RtpPacket;
 use super::rtx_cache::RtxCache;
 use super::send_queue::SendQueue;
@@ -740,7 +744,13 @@ impl StreamTx {
             *twcc += 1;
         }
 
-        buf.resize(DATAGRAM_MAX_PACKET_SIZE, 0);
+        // The buffer keeps its full length between packets (the receipt says how much of it
+        // this packet uses), so only the header's bytes are cleared here, not all 2000: an SFU
+        // writes into many sessions in turn, and each cleared line is a cache miss.
+        if buf.len() != DATAGRAM_MAX_PACKET_SIZE {
+            buf.resize(DATAGRAM_MAX_PACKET_SIZE, 0);
+        }
+        buf[..HEADER_CLEARED].fill(0);
 
         let header_len = header.write_to(buf, exts);
         assert!(header_len % 4 == 0, "RTP header must be multiple of 4");
@@ -789,7 +799,7 @@ impl StreamTx {
             }
         };
 
-        buf.truncate(header_len + body_len);
+        let packet_len = header_len + body_len;
 
         #[cfg(feature = "_internal_dont_use_log_stats")]
         {
@@ -844,6 +854,7 @@ impl StreamTx {
             seq_no,
             is_padding,
             payload_size: body_len,
+            packet_len,
         })
     }
 
@@ -1511,9 +1522,9 @@ mod test {
         assert_eq!(second.header.sequence_number, 0);
         assert_eq!(second.header.ext_vals.transport_cc, Some(0));
         assert_eq!(second.payload_size, SRTP_BLOCK_SIZE);
-        assert_eq!(buf.len(), second.header.header_len + second.payload_size);
+        assert_eq!(second.packet_len, second.header.header_len + second.payload_size);
         assert!(
-            RtpHeader::unpad_payload(&buf[second.header.header_len..])
+            RtpHeader::unpad_payload(&buf[second.header.header_len..second.packet_len])
                 .unwrap()
                 .is_empty()
         );
