@@ -311,7 +311,10 @@ impl SrtpContext {
                 let padding_needed =
                     CTR_BUFFER_PADDING.saturating_sub(Aes128CmSha1_80::HMAC_TAG_LEN);
                 output.clear();
-                output.resize(buf.len() + Aes128CmSha1_80::HMAC_TAG_LEN + padding_needed, 0);
+                output.resize(
+                    buf.len() + Aes128CmSha1_80::HMAC_TAG_LEN + padding_needed,
+                    0,
+                );
 
                 enc.encrypt(&iv, input, &mut output[hlen..])
                     .expect("rtp encrypt");

@@ -495,6 +495,12 @@ impl StreamTx {
     ///
     /// The write command carries the RTP payload and optional RTP metadata.
     pub fn write_rtp(&mut self, rtp: RtpWrite) {
+        let packet = self.packet_of(rtp);
+        self.send_queue.push(packet);
+    }
+
+    /// The packet a write becomes (remembering its RTP time and wallclock for sender reports).
+    fn packet_of(&mut self, rtp: RtpWrite) -> RtpPacket {
         let RtpWrite {
             pt,
             seq_no,
@@ -536,7 +542,7 @@ impl StreamTx {
             ..Default::default()
         };
 
-        let packet = RtpPacket {
+        RtpPacket {
             seq_no,
             time: media_time,
             header,
@@ -554,18 +560,16 @@ impl StreamTx {
 
             // This is only relevant for incoming RTP packets.
             last_sender_info: None,
-        };
-
-        self.send_queue.push(packet);
+        }
     }
 
     /// Write and serialize `rtp` at once into `buf` (the fast path of `Rtc::send_rtp_now`).
     ///
     /// Only when nothing else waits to be sent on this stream (no queued packet, resend or
     /// padding), so the order of packets is what it would have been through `write_rtp`; else
-    /// the write is given back. The packet then takes the regular path through the send queue,
-    /// stamped and taken at `now`, and is serialized exactly as `poll_packet` does. `Ok(None)`
-    /// when the packet cannot be sent (its PT is not negotiated) and was dropped.
+    /// the write is given back. The packet skips the send queue: it is counted, serialized and
+    /// remembered (last sequence number, resend cache) as `poll_packet` does for a queued one.
+    /// `Ok(None)` when the packet cannot be sent (its PT is not negotiated) and was dropped.
     pub(crate) fn send_now(
         &mut self,
         now: Instant,
@@ -577,9 +581,48 @@ impl StreamTx {
         if !self.send_queue.is_empty() || !self.resends.is_empty() || self.padding > 0 {
             return Err(rtp);
         }
-        self.write_rtp(rtp);
-        self.send_queue.handle_timeout(now);
-        Ok(self.poll_packet(now, exts, None, params, buf))
+        let mut pkt = self.packet_of(rtp);
+        pkt.timestamp = now;
+
+        let len = pkt.payload.len() as u64;
+        self.stats.update_packet_counts(len, false);
+        if let Some(h) = &mut self.stats.bytes_transmitted {
+            h.push(now, len)
+        }
+
+        let ctx = SerializeCtx {
+            mid: self.midrid.mid(),
+            rid: self.midrid.rid(),
+            is_probe: self.ssrc.is_probe(),
+            ssrc_rtx: self.rtx,
+            remote_acked_ssrc: self.remote_acked_ssrc,
+            remote_acked_rtx_ssrc: self.remote_acked_rtx_ssrc,
+        };
+        let seq_no = pkt.seq_no;
+        let kind = NextPacketKind::Regular;
+        let Ok(s) = serialize(&ctx, kind, seq_no, &mut pkt, now, exts, None, params, buf) else {
+            return Ok(None);
+        };
+
+        self.last_sent_seq_no = seq_no;
+        self.last_used = now;
+        if s.set_pt_for_padding.is_some() && self.pt_for_padding != s.set_pt_for_padding {
+            self.pt_for_padding = s.set_pt_for_padding;
+        }
+        if s.set_cr.is_some() && self.clock_rate != s.set_cr {
+            self.clock_rate = s.set_cr;
+        }
+        if pkt.nackable {
+            self.rtx_cache.cache_sent_packet(pkt, now);
+        }
+
+        Ok(Some(PacketReceipt {
+            header: s.header,
+            seq_no,
+            is_padding: false,
+            payload_size: s.body_len,
+            packet_len: s.packet_len,
+        }))
     }
 
     fn padding_enabled(&self) -> bool {
@@ -615,209 +658,35 @@ impl StreamTx {
 
         let pop_send_queue = next.kind == NextPacketKind::Regular;
 
-        // Need the header for the receipt and modifications
-        // TODO: Can we remove this?
-        let header_ref = &mut next.pkt.header;
-
-        // <https://webrtc.googlesource.com/src/+/refs/heads/main/modules/rtp_rtcp/source/rtp_sender.cc#537>
-        // BUNDLE requires that the receiver "bind" the received SSRC to the values
-        // in the MID and/or (R)RID header extensions if present. Therefore, the
-        // sender can reduce overhead by omitting these header extensions once it
-        // knows that the receiver has "bound" the SSRC.
-        // <snip>
-        // The algorithm here is fairly simple: Always attach a MID and/or RID (if
-        // configured) to the outgoing packets until an RTCP receiver report comes
-        // back for this SSRC. That feedback indicates the receiver must have
-        // received a packet with the SSRC and header extension(s), so the sender
-        // then stops attaching the MID and RID.
-        if !remote_acked_ssrc {
-            header_ref.ext_vals.mid = Some(mid);
-            header_ref.ext_vals.rid = rid;
-        }
-
-        let pt_main = header_ref.payload_type;
-
-        // The pt in next.pkt is the "main" pt, or a RED PT folded onto its primary codec.
-        let Some(param) = params
-            .iter()
-            .find(|p| p.pt() == pt_main || p.red() == Some(pt_main))
-        else {
-            // PT does not exist in the connected media.
-            warn!("Media is missing PT ({}) used in RTP packet", pt_main);
-
-            // Get rid of this packet we can't send.
-            if pop_send_queue {
-                self.send_queue.pop(now);
-            }
-
-            return None;
-        };
-
-        let mut set_pt_for_padding = None;
-        let mut set_cr = None;
-
-        let mut header = match next.kind {
-            NextPacketKind::Regular => {
-                // A RED-wrapped packet (pt_main is the RED PT) must not be nackable: an RTX
-                // resend carries the RTX PT with the primary codec's apt, so the peer would
-                // parse the RED bytes as raw primary codec. RED carries its own redundancy, so
-                // it does not need RTX anyway. Plain packets on this PT stay nackable.
-                let is_red_packet = param.red() == Some(pt_main);
-                let rtx_possible = param.resend().is_some() && !is_red_packet;
-
-                if rtx_possible {
-                    // Remember PT We want to set these directly on `self` here, but can't
-                    // because we already have a mutable borrow. We are using pt_main
-                    // since the above loop figuring out param needs to be correct also
-                    // for the NextPacketKind::Blank case.
-                    set_pt_for_padding = Some(pt_main);
-                } else {
-                    // If the PT we're sending on doesn't have a corresponding RTX PT,
-                    // the packet is de-facto not nackable.
-                    //
-                    // This blocks incoming NACK requests and thus ensures there are no
-                    // entries in self.retries without a RTX PT.
-                    next.pkt.nackable = false;
-                }
-
-                let clock_rate = param.spec().rtp_clock_rate();
-                set_cr = Some(clock_rate);
-
-                // Modify the cached packet time. This is so write_rtp can use u32 media time without
-                // worrying about lengthening or the clock rate.
-                let time = MediaTime::new(next.pkt.time.numer(), clock_rate);
-                next.pkt.time = time;
-
-                // Modify the original (and also cached) header value.
-                header_ref.ext_vals.rid_repair = None;
-
-                header_ref.clone()
-            }
-            NextPacketKind::Blank(_) if is_probe => {
-                // Non-media probes use their negotiated main PT and own sequence
-                // counter, rather than rewriting the header for an RTX stream.
-                let mut header = header_ref.clone();
-                header.has_padding = true;
-                header.ssrc = 0.into();
-                header.sequence_number = *next.seq_no as u16;
-                header
-            }
-            NextPacketKind::Resend(_) | NextPacketKind::Blank(_) => {
-                // * For the Resend case, we will not have accepted/cached the packet unless
-                //   we have a RTX PT (see logic setting next.pkt.nackable above).
-                // * For the Blank case, we will only have produced blank packets if we
-                //   got a "real" PTX RT, either via set_pt_for_padding above, or via
-                //   the on_first_timeout() further down.
-                // Either way, unwrapping this optional _should_ be correct.
-                let pt_rtx = param.resend().expect("PT for resend or blank");
-
-                // Clone header to not change the original (cached) header.
-                let mut header = header_ref.clone();
-
-                // Update clone of header (to not change the cached value).
-                header.payload_type = pt_rtx;
-                header.ssrc = ssrc_rtx.expect("Should have RTX SSRC for resends");
-                header.sequence_number = *next.seq_no as u16;
-
-                header.ext_vals.rid = None;
-                header.ext_vals.rid_repair = rid;
-
-                if !remote_acked_rtx_ssrc {
-                    header.ext_vals.mid = Some(mid);
-                }
-
-                header
-            }
-        };
-
-        // These need to match `Extension::is_supported()` so we are sending what we are
-        // declaring we support.
-
-        // Absolute Send Time might not be enabled for this m-line.
-        if exts.id_of(Extension::AbsoluteSendTime).is_some() {
-            header.ext_vals.abs_send_time = Some(now);
-        }
-
-        // TWCC might not be enabled for this m-line.
-        if let Some(twcc) = twcc {
-            header.ext_vals.transport_cc = Some(*twcc as u16);
-            *twcc += 1;
-        }
-
-        // The buffer keeps its full length between packets (the receipt says how much of it
-        // this packet uses), so only the header's bytes are cleared here, not all 2000: an SFU
-        // writes into many sessions in turn, and each cleared line is a cache miss.
-        if buf.len() != DATAGRAM_MAX_PACKET_SIZE {
-            buf.resize(DATAGRAM_MAX_PACKET_SIZE, 0);
-        }
-        buf[..HEADER_CLEARED].fill(0);
-
-        let header_len = header.write_to(buf, exts);
-        assert!(header_len % 4 == 0, "RTP header must be multiple of 4");
-        header.header_len = header_len;
-
-        let mut body_out = &mut buf[header_len..];
-
-        // For resends, the original seq_no is inserted before the payload.
-        let mut original_seq_len = 0;
-        if let NextPacketKind::Resend(orig_seq_no) = next.kind {
-            original_seq_len = RtpHeader::write_original_sequence_number(body_out, orig_seq_no);
-            body_out = &mut body_out[original_seq_len..];
-        }
-
-        let pkt = &next.pkt;
-
-        let body_len = match next.kind {
-            NextPacketKind::Regular | NextPacketKind::Resend(_) => {
-                let body_len = pkt.payload.len();
-                if let Some(patch) = pkt.vp8_patch.as_ref() {
-                    patch.copy_to(pkt.payload.as_ref(), &mut body_out[..body_len]);
-                } else {
-                    body_out[..body_len].copy_from_slice(pkt.payload.as_ref());
-                }
-
-                // media packets are sent unpadded: the SRTP ciphers handle
-                // arbitrary body lengths (the CTR scratch alignment is internal
-                // to protect_rtp), and RTP-level padding breaks SFUs that
-                // re-marshal forwarded packets without it while keeping the P
-                // bit (observed with LiveKit -> Chrome, str0m issue #1014)
-                body_len + original_seq_len
-            }
-            NextPacketKind::Blank(len) => {
-                let len = RtpHeader::create_padding_packet(
-                    &mut buf[..],
-                    header_len,
-                    len,
-                    SRTP_BLOCK_SIZE,
-                );
-
-                if len == 0 {
-                    return None;
-                }
-
-                len
-            }
-        };
-
-        let packet_len = header_len + body_len;
-
-        #[cfg(feature = "_internal_dont_use_log_stats")]
-        {
-            let queued_at = match next.kind {
-                NextPacketKind::Regular => Some(pkt.timestamp),
-                _ => {
-                    // TODO: We don't have queued at stats for Resends or blank padding.
-                    None
-                }
-            };
-
-            if let Some(delay) = queued_at.map(|i| now.duration_since(i)) {
-                crate::log_stat!("QUEUE_DELAY", header.ssrc, delay.as_secs_f64() * 1000.0);
-            }
-        }
-
+        let kind = next.kind;
         let seq_no = next.seq_no;
-        if next.kind == NextPacketKind::Regular {
+        let ctx = SerializeCtx {
+            mid,
+            rid,
+            is_probe,
+            ssrc_rtx,
+            remote_acked_ssrc,
+            remote_acked_rtx_ssrc,
+        };
+        let s = match serialize(&ctx, kind, seq_no, next.pkt, now, exts, twcc, params, buf) {
+            Ok(s) => s,
+            Err(Unsendable::MissingPt) => {
+                // Get rid of this packet we can't send.
+                if pop_send_queue {
+                    self.send_queue.pop(now);
+                }
+                return None;
+            }
+            Err(Unsendable::EmptyPadding) => return None,
+        };
+        let Serialized {
+            header,
+            body_len,
+            packet_len,
+            set_pt_for_padding,
+            set_cr,
+        } = s;
+        if kind == NextPacketKind::Regular {
             self.last_sent_seq_no = seq_no;
         }
 
@@ -1401,6 +1270,258 @@ impl StreamTx {
     }
 }
 
+/// What [`serialize`] needs to know about the stream (copied out, as the packet is borrowed
+/// from the stream).
+struct SerializeCtx {
+    mid: Mid,
+    rid: Option<Rid>,
+    is_probe: bool,
+    ssrc_rtx: Option<Ssrc>,
+    remote_acked_ssrc: bool,
+    remote_acked_rtx_ssrc: bool,
+}
+
+/// A packet written into the buffer, and what the stream must remember of it.
+struct Serialized {
+    header: RtpHeader,
+    body_len: usize,
+    packet_len: usize,
+    set_pt_for_padding: Option<Pt>,
+    set_cr: Option<Frequency>,
+}
+
+/// Why [`serialize`] wrote nothing.
+enum Unsendable {
+    /// The packet's PT is not negotiated: it cannot be sent.
+    MissingPt,
+    /// A padding packet came out empty.
+    EmptyPadding,
+}
+
+/// Write one packet's RTP header and body into `buf` (kept at full length; the result says
+/// how much is used). Shared by the queued path (`StreamTx::poll_packet`) and the direct one
+/// (`StreamTx::send_now`).
+#[allow(clippy::too_many_arguments)]
+fn serialize(
+    ctx: &SerializeCtx,
+    kind: NextPacketKind,
+    seq_no: SeqNo,
+    pkt: &mut RtpPacket,
+    now: Instant,
+    exts: &ExtensionMap,
+    twcc: Option<&mut u64>,
+    params: &[PayloadParams],
+    buf: &mut Vec<u8>,
+) -> Result<Serialized, Unsendable> {
+    let SerializeCtx {
+        mid,
+        rid,
+        is_probe,
+        ssrc_rtx,
+        remote_acked_ssrc,
+        remote_acked_rtx_ssrc,
+    } = *ctx;
+    // Need the header for the receipt and modifications
+    // TODO: Can we remove this?
+    let header_ref = &mut pkt.header;
+
+    // <https://webrtc.googlesource.com/src/+/refs/heads/main/modules/rtp_rtcp/source/rtp_sender.cc#537>
+    // BUNDLE requires that the receiver "bind" the received SSRC to the values
+    // in the MID and/or (R)RID header extensions if present. Therefore, the
+    // sender can reduce overhead by omitting these header extensions once it
+    // knows that the receiver has "bound" the SSRC.
+    // <snip>
+    // The algorithm here is fairly simple: Always attach a MID and/or RID (if
+    // configured) to the outgoing packets until an RTCP receiver report comes
+    // back for this SSRC. That feedback indicates the receiver must have
+    // received a packet with the SSRC and header extension(s), so the sender
+    // then stops attaching the MID and RID.
+    if !remote_acked_ssrc {
+        header_ref.ext_vals.mid = Some(mid);
+        header_ref.ext_vals.rid = rid;
+    }
+
+    let pt_main = header_ref.payload_type;
+
+    // The pt in next.pkt is the "main" pt, or a RED PT folded onto its primary codec.
+    let Some(param) = params
+        .iter()
+        .find(|p| p.pt() == pt_main || p.red() == Some(pt_main))
+    else {
+        // PT does not exist in the connected media.
+        warn!("Media is missing PT ({}) used in RTP packet", pt_main);
+
+        return Err(Unsendable::MissingPt);
+    };
+
+    let mut set_pt_for_padding = None;
+    let mut set_cr = None;
+
+    let mut header = match kind {
+        NextPacketKind::Regular => {
+            // A RED-wrapped packet (pt_main is the RED PT) must not be nackable: an RTX
+            // resend carries the RTX PT with the primary codec's apt, so the peer would
+            // parse the RED bytes as raw primary codec. RED carries its own redundancy, so
+            // it does not need RTX anyway. Plain packets on this PT stay nackable.
+            let is_red_packet = param.red() == Some(pt_main);
+            let rtx_possible = param.resend().is_some() && !is_red_packet;
+
+            if rtx_possible {
+                // Remember PT We want to set these directly on `self` here, but can't
+                // because we already have a mutable borrow. We are using pt_main
+                // since the above loop figuring out param needs to be correct also
+                // for the NextPacketKind::Blank case.
+                set_pt_for_padding = Some(pt_main);
+            } else {
+                // If the PT we're sending on doesn't have a corresponding RTX PT,
+                // the packet is de-facto not nackable.
+                //
+                // This blocks incoming NACK requests and thus ensures there are no
+                // entries in self.retries without a RTX PT.
+                pkt.nackable = false;
+            }
+
+            let clock_rate = param.spec().rtp_clock_rate();
+            set_cr = Some(clock_rate);
+
+            // Modify the cached packet time. This is so write_rtp can use u32 media time without
+            // worrying about lengthening or the clock rate.
+            let time = MediaTime::new(pkt.time.numer(), clock_rate);
+            pkt.time = time;
+
+            // Modify the original (and also cached) header value.
+            header_ref.ext_vals.rid_repair = None;
+
+            header_ref.clone()
+        }
+        NextPacketKind::Blank(_) if is_probe => {
+            // Non-media probes use their negotiated main PT and own sequence
+            // counter, rather than rewriting the header for an RTX stream.
+            let mut header = header_ref.clone();
+            header.has_padding = true;
+            header.ssrc = 0.into();
+            header.sequence_number = *seq_no as u16;
+            header
+        }
+        NextPacketKind::Resend(_) | NextPacketKind::Blank(_) => {
+            // * For the Resend case, we will not have accepted/cached the packet unless
+            //   we have a RTX PT (see logic setting next.pkt.nackable above).
+            // * For the Blank case, we will only have produced blank packets if we
+            //   got a "real" PTX RT, either via set_pt_for_padding above, or via
+            //   the on_first_timeout() further down.
+            // Either way, unwrapping this optional _should_ be correct.
+            let pt_rtx = param.resend().expect("PT for resend or blank");
+
+            // Clone header to not change the original (cached) header.
+            let mut header = header_ref.clone();
+
+            // Update clone of header (to not change the cached value).
+            header.payload_type = pt_rtx;
+            header.ssrc = ssrc_rtx.expect("Should have RTX SSRC for resends");
+            header.sequence_number = *seq_no as u16;
+
+            header.ext_vals.rid = None;
+            header.ext_vals.rid_repair = rid;
+
+            if !remote_acked_rtx_ssrc {
+                header.ext_vals.mid = Some(mid);
+            }
+
+            header
+        }
+    };
+
+    // These need to match `Extension::is_supported()` so we are sending what we are
+    // declaring we support.
+
+    // Absolute Send Time might not be enabled for this m-line.
+    if exts.id_of(Extension::AbsoluteSendTime).is_some() {
+        header.ext_vals.abs_send_time = Some(now);
+    }
+
+    // TWCC might not be enabled for this m-line.
+    if let Some(twcc) = twcc {
+        header.ext_vals.transport_cc = Some(*twcc as u16);
+        *twcc += 1;
+    }
+
+    // The buffer keeps its full length between packets (the receipt says how much of it
+    // this packet uses), so only the header's bytes are cleared here, not all 2000: an SFU
+    // writes into many sessions in turn, and each cleared line is a cache miss.
+    if buf.len() != DATAGRAM_MAX_PACKET_SIZE {
+        buf.resize(DATAGRAM_MAX_PACKET_SIZE, 0);
+    }
+    buf[..HEADER_CLEARED].fill(0);
+
+    let header_len = header.write_to(buf, exts);
+    assert!(header_len % 4 == 0, "RTP header must be multiple of 4");
+    header.header_len = header_len;
+
+    let mut body_out = &mut buf[header_len..];
+
+    // For resends, the original seq_no is inserted before the payload.
+    let mut original_seq_len = 0;
+    if let NextPacketKind::Resend(orig_seq_no) = kind {
+        original_seq_len = RtpHeader::write_original_sequence_number(body_out, orig_seq_no);
+        body_out = &mut body_out[original_seq_len..];
+    }
+
+    let pkt = &*pkt;
+
+    let body_len = match kind {
+        NextPacketKind::Regular | NextPacketKind::Resend(_) => {
+            let body_len = pkt.payload.len();
+            if let Some(patch) = pkt.vp8_patch.as_ref() {
+                patch.copy_to(pkt.payload.as_ref(), &mut body_out[..body_len]);
+            } else {
+                body_out[..body_len].copy_from_slice(pkt.payload.as_ref());
+            }
+
+            // media packets are sent unpadded: the SRTP ciphers handle
+            // arbitrary body lengths (the CTR scratch alignment is internal
+            // to protect_rtp), and RTP-level padding breaks SFUs that
+            // re-marshal forwarded packets without it while keeping the P
+            // bit (observed with LiveKit -> Chrome, str0m issue #1014)
+            body_len + original_seq_len
+        }
+        NextPacketKind::Blank(len) => {
+            let len =
+                RtpHeader::create_padding_packet(&mut buf[..], header_len, len, SRTP_BLOCK_SIZE);
+
+            if len == 0 {
+                return Err(Unsendable::EmptyPadding);
+            }
+
+            len
+        }
+    };
+
+    let packet_len = header_len + body_len;
+
+    #[cfg(feature = "_internal_dont_use_log_stats")]
+    {
+        let queued_at = match kind {
+            NextPacketKind::Regular => Some(pkt.timestamp),
+            _ => {
+                // TODO: We don't have queued at stats for Resends or blank padding.
+                None
+            }
+        };
+
+        if let Some(delay) = queued_at.map(|i| now.duration_since(i)) {
+            crate::log_stat!("QUEUE_DELAY", header.ssrc, delay.as_secs_f64() * 1000.0);
+        }
+    }
+
+    Ok(Serialized {
+        header,
+        body_len,
+        packet_len,
+        set_pt_for_padding,
+        set_cr,
+    })
+}
+
 struct NextPacket<'a> {
     kind: NextPacketKind,
     seq_no: SeqNo,
@@ -1424,6 +1545,52 @@ struct Resend {
 #[cfg(test)]
 mod test {
     use super::*;
+
+    #[test]
+    fn send_now_writes_what_the_queued_path_writes_and_declines_behind_a_queue() {
+        let now = Instant::now();
+        let codecs = CodecConfig::new_with_defaults();
+        let mut exts = ExtensionMap::empty();
+        exts.set(1, Extension::AudioLevel);
+        exts.set(4, Extension::RtpMid);
+        let write = |seq: u64| {
+            RtpWrite::new(111.into(), seq.into(), 960 * seq as u32, now, vec![0x78; 80])
+                .marker(true)
+        };
+        let mid = MidRid("aud".into(), None);
+
+        let mut queued_streams = crate::streams::Streams::new(false, 1200, Duration::ZERO);
+        let queued = queued_streams.declare_stream_tx(42.into(), None, mid);
+        queued.write_rtp(write(7));
+        queued.send_queue.handle_timeout(now);
+        let mut buf = vec![];
+        let q = queued
+            .poll_packet(now, &exts, None, codecs.params(), &mut buf)
+            .unwrap();
+        let queued_bytes = buf[..q.packet_len].to_vec();
+
+        let mut direct_streams = crate::streams::Streams::new(false, 1200, Duration::ZERO);
+        let direct = direct_streams.declare_stream_tx(42.into(), None, mid);
+        // A used buffer: the packet's bytes must not depend on what it held.
+        let mut buf = vec![0xee; 2000];
+        let d = direct
+            .send_now(now, write(7), &exts, codecs.params(), &mut buf)
+            .ok()
+            .flatten()
+            .expect("sent directly");
+        assert_eq!(&buf[..d.packet_len], &queued_bytes[..]);
+        assert_eq!(d.header.sequence_number, 7);
+        assert_eq!(direct.last_sent_seq_no, 7.into());
+        assert!(direct.send_queue.is_empty());
+
+        // Behind a queued packet, the write is given back so the order cannot change.
+        direct.write_rtp(write(8));
+        assert!(
+            direct
+                .send_now(now, write(9), &exts, codecs.params(), &mut buf)
+                .is_err()
+        );
+    }
 
     #[test]
     fn regular_padding_does_not_search_probe_negotiation() {
@@ -1522,7 +1689,10 @@ mod test {
         assert_eq!(second.header.sequence_number, 0);
         assert_eq!(second.header.ext_vals.transport_cc, Some(0));
         assert_eq!(second.payload_size, SRTP_BLOCK_SIZE);
-        assert_eq!(second.packet_len, second.header.header_len + second.payload_size);
+        assert_eq!(
+            second.packet_len,
+            second.header.header_len + second.payload_size
+        );
         assert!(
             RtpHeader::unpad_payload(&buf[second.header.header_len..second.packet_len])
                 .unwrap()
