@@ -57,7 +57,10 @@ fn allocations_per_copy(w: &mut World, n: usize, rounds: usize, recycle: bool) -
         copies += forward_once(w, from, &pkt, recycle);
         total += allocs() - a0;
     }
-    assert!(copies >= rounds * n, "{copies} copies for {rounds} packets to {n} listeners");
+    assert!(
+        copies >= rounds * n,
+        "{copies} copies for {rounds} packets to {n} listeners"
+    );
     total as f64 / copies as f64
 }
 
@@ -69,13 +72,19 @@ fn a_forwarded_copy_allocates_nothing_once_buffers_come_back() {
     eprintln!("with recycling: {with:.3} allocations per copy");
     // The incoming packet's payload (shared by the 20 copies) is 1/20 = 0.05 per copy; the
     // occasional RTCP or stats event adds a little. Every copy allocating would be ≥ 1.
-    assert!(with < 0.1, "{with:.3} allocations per forwarded copy with recycling");
+    assert!(
+        with < 0.1,
+        "{with:.3} allocations per forwarded copy with recycling"
+    );
 
     // The counter does see the per-copy datagram when buffers are not handed back.
     let mut w = room(n);
     let without = allocations_per_copy(&mut w, n, 300, false);
     eprintln!("without: {without:.3}");
-    assert!(without >= 1.0, "{without:.3} allocations per copy without recycling");
+    assert!(
+        without >= 1.0,
+        "{without:.3} allocations per copy without recycling"
+    );
 }
 
 #[test]
@@ -100,5 +109,8 @@ fn native_listeners_copies_reuse_buffers_too() {
     );
     let per_copy = allocations_per_copy(&mut w, 2 + natives, 300, true);
     eprintln!("native room: {per_copy:.3} allocations per copy");
-    assert!(per_copy < 0.15, "{per_copy:.3} allocations per copy (native listeners)");
+    assert!(
+        per_copy < 0.15,
+        "{per_copy:.3} allocations per copy (native listeners)"
+    );
 }

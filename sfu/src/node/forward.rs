@@ -286,7 +286,6 @@ fn write_queued(
     }
 }
 
-
 /// One packet for a native listener, sealed under its key with its next nonce counter
 /// (`TransportCipher::seal_opus_into`) into a pooled buffer. `None` while the listener has no
 /// address.
@@ -301,8 +300,15 @@ fn seal_native(
 ) -> Option<Transmit> {
     let destination = n.addr?;
     let mut contents = pool.take_or_new();
-    n.cipher
-        .seal_opus_into(ssrc, seq, ts, marker, payload, n.send_counter, &mut contents);
+    n.cipher.seal_opus_into(
+        ssrc,
+        seq,
+        ts,
+        marker,
+        payload,
+        n.send_counter,
+        &mut contents,
+    );
     n.send_counter = n.send_counter.wrapping_add(1);
     Some(Transmit {
         transport: Transport::Udp,

@@ -117,4 +117,3 @@ pub fn forward_once(w: &mut World, from: SocketAddr, pkt: &[u8], recycle: bool) 
     }
     sent
 }
-
