@@ -5,7 +5,9 @@
 //! through `Rtc::recycle_buffer`, a native listener's cipher through `seal_opus_into`), the
 //! shell sends the datagram and gives the buffer back with [`Node::recycle`](crate::node::Node::recycle).
 
-/// At most this many buffers wait in a pool (about 1.5 MB per worker at full capacity).
+/// At most this many buffers wait in a pool: about 1.5 MB per worker when full of ordinary
+/// buffers, at most 6 MB (the pool keeps buffers up to 4 × [`POOLED_CAPACITY`]). Each WebRTC
+/// session also keeps up to 2 spares (str0m's `MAX_TX_SPARE`).
 pub const MAX_POOLED: usize = 1024;
 
 /// Capacity every pooled buffer has, so any RTP packet the node sends (MTU-sized at most) fits

@@ -160,8 +160,9 @@ struct LastRrtr {
     received_at: Instant,
 }
 
-/// How many spare datagram buffers a session keeps (see `Rtc::recycle_buffer`).
-const MAX_TX_SPARE: usize = 4;
+/// How many spare datagram buffers a session keeps (see `Rtc::recycle_buffer`): a caller
+/// that hands back one buffer per packet needs no more.
+const MAX_TX_SPARE: usize = 2;
 
 impl Session {
     /// Keep `buf` to hold a later protected RTP packet; gives it back when enough are kept.

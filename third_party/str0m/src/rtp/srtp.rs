@@ -248,7 +248,7 @@ impl DecryptWarnings {
 }
 
 impl SrtpContext {
-    #[cfg(test)]
+    #[cfg(any(test, feature = "_internal_test_exports"))]
     pub fn protect_rtp(
         &mut self,
         buf: &[u8],

@@ -566,8 +566,9 @@ impl StreamTx {
     /// Write and serialize `rtp` at once into `buf` (the fast path of `Rtc::send_rtp_now`).
     ///
     /// Only when nothing else waits to be sent on this stream (no queued packet, resend or
-    /// padding), so the order of packets is what it would have been through `write_rtp`; else
-    /// the write is given back. The packet skips the send queue: it is counted, serialized and
+    /// padding), so the order of packets is what it would have been through `write_rtp`, and
+    /// once the stream has had its first timeout (which sets it up for sender reports: its
+    /// kind and CNAME); else the write is given back. The packet skips the send queue: it is counted, serialized and
     /// remembered (last sequence number, resend cache) as `poll_packet` does for a queued one.
     /// `Ok(None)` when the packet cannot be sent (its PT is not negotiated) and was dropped.
     pub(crate) fn send_now(
@@ -578,7 +579,8 @@ impl StreamTx {
         params: &[PayloadParams],
         buf: &mut Vec<u8>,
     ) -> Result<Option<PacketReceipt>, RtpWrite> {
-        if !self.send_queue.is_empty() || !self.resends.is_empty() || self.padding > 0 {
+        let idle = self.send_queue.is_empty() && self.resends.is_empty() && self.padding == 0;
+        if !idle || self.kind.is_none() {
             return Err(rtp);
         }
         let mut pkt = self.packet_of(rtp);
@@ -1554,8 +1556,14 @@ mod test {
         exts.set(1, Extension::AudioLevel);
         exts.set(4, Extension::RtpMid);
         let write = |seq: u64| {
-            RtpWrite::new(111.into(), seq.into(), 960 * seq as u32, now, vec![0x78; 80])
-                .marker(true)
+            RtpWrite::new(
+                111.into(),
+                seq.into(),
+                960 * seq as u32,
+                now,
+                vec![0x78; 80],
+            )
+            .marker(true)
         };
         let mid = MidRid("aud".into(), None);
 
@@ -1573,6 +1581,13 @@ mod test {
         let direct = direct_streams.declare_stream_tx(42.into(), None, mid);
         // A used buffer: the packet's bytes must not depend on what it held.
         let mut buf = vec![0xee; 2000];
+        // Before its first timeout the stream is not set up for sender reports: queued path.
+        assert!(
+            direct
+                .send_now(now, write(7), &exts, codecs.params(), &mut buf)
+                .is_err()
+        );
+        direct.kind = Some(MediaKind::Audio);
         let d = direct
             .send_now(now, write(7), &exts, codecs.params(), &mut buf)
             .ok()
