@@ -23,6 +23,16 @@ fn connected_world(n: usize, k: usize) -> World {
     w
 }
 
+/// `connected_world`, then everyone talking at the same level for `d`.
+fn talking_world(n: usize, k: usize, d: Duration) -> World {
+    let mut w = connected_world(n, k);
+    for c in &mut w.clients {
+        c.level = Some(30);
+    }
+    w.run(d);
+    w
+}
+
 /// Ms from `from_ms` until client `listener` first heard `speaker`.
 fn first_heard_after(w: &World, listener: usize, speaker: u8, from_ms: u64) -> Option<u64> {
     w.clients[listener]
@@ -34,11 +44,7 @@ fn first_heard_after(w: &World, listener: usize, speaker: u8, from_ms: u64) -> O
 
 #[test]
 fn three_participants_hear_each_other_and_never_themselves() {
-    let mut w = connected_world(3, 2);
-    for c in &mut w.clients {
-        c.level = Some(30);
-    }
-    w.run(Duration::from_secs(3));
+    let w = talking_world(3, 2, Duration::from_secs(3));
     for i in 0..3 {
         let c = &w.clients[i];
         assert_eq!(c.heard_from(i as u8), 0, "client {i} heard itself");
@@ -71,11 +77,7 @@ fn three_participants_hear_each_other_and_never_themselves() {
 
 #[test]
 fn connected_listeners_get_copies_directly_numbered_without_gaps() {
-    let mut w = connected_world(4, 3);
-    for c in &mut w.clients {
-        c.level = Some(30);
-    }
-    w.run(Duration::from_secs(3));
+    let w = talking_world(4, 3, Duration::from_secs(3));
     let s = w.node.stats();
     assert!(s.rtp_forwarded > 1000, "forwarded {}", s.rtp_forwarded);
     // Every copy to a connected listener is serialized and sent in the forwarding call

@@ -210,25 +210,26 @@ impl Node {
             // The direct path: serialized and encrypted in this call, with no timeout pass and
             // no output walk per copy. str0m gives the write back when the packet has to queue.
             // (`Ok(None)`: str0m dropped it, its PT not negotiated; not counted as forwarded.)
-            match rtc.send_rtp_now(now, mid, write) {
+            let forwarded = match rtc.send_rtp_now(now, mid, write) {
                 Ok(Some(t)) => {
                     out.push_back(NodeOutput::Transmit(Transmit {
                         transport: Transport::of(t.proto),
                         destination: t.destination,
                         contents: t.contents.into(),
                     }));
-                    l_stats.packets_out += 1;
-                    l_stats.bytes_out += payload.len() as u64;
-                    stats.rtp_forwarded += 1;
+                    true
                 }
-                Ok(None) => {}
+                Ok(None) => false,
                 Err(write) => {
-                    l_stats.packets_out += 1;
-                    l_stats.bytes_out += payload.len() as u64;
-                    stats.rtp_forwarded += 1;
                     stats.rtp_queued += 1;
                     write_queued(listener, w, mid, write, now, out, timers, l_stats, stats);
+                    true
                 }
+            };
+            if forwarded {
+                l_stats.packets_out += 1;
+                l_stats.bytes_out += payload.len() as u64;
+                stats.rtp_forwarded += 1;
             }
         }
     }
