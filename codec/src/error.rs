@@ -5,6 +5,8 @@
 pub enum CodecError {
     #[error("invalid setting: {0}")]
     Invalid(String),
+    #[error("WAV: {0}")]
+    Wav(String),
     #[error("opus: {0}")]
     Opus(#[from] audiopus::Error),
 }

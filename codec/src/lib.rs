@@ -1,5 +1,5 @@
 //! Lodge's codec side: Opus encode/decode over libopus (FEC, DTX, PLC), an adaptive
-//! bitrate/FEC controller driven by receiver feedback, and small audio utilities.
+//! bitrate/FEC controller driven by receiver feedback, small audio utilities and WAV files.
 //!
 //! ```
 //! use lodge_codec::{EncoderSettings, OpusDecoder, OpusEncoder};
@@ -17,6 +17,7 @@ pub mod controller;
 pub mod error;
 pub mod opus;
 pub mod resample;
+pub mod wav;
 
 pub use controller::{BitrateController, ControllerConfig, Decision};
 pub use error::CodecError;
