@@ -1,0 +1,317 @@
+//! The tokio shell around one call: the gateway and voice gateway tasks, the UDP socket, a
+//! 20 ms tick that moves audio from the [`Source`] through the [`VoiceEngine`] to the node and
+//! from the node to the [`Sink`]. Controlled through [`Call`]'s methods.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use lodge_sfu::native::CryptoMode;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::audio_io::{Sink, Source};
+use crate::engine::{CallStats, EngineConfig, VoiceEngine};
+use crate::error::ClientError;
+use crate::playout::FRAME;
+use crate::signal::{self, GatewayCmd, VoiceCmd, VoiceEvent};
+
+/// How often a client that sends nothing tells the node it is still there (both Discord
+/// libraries use 5 s): the 4-byte SSRC, not encrypted.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+/// How often [`Call::stats`] is refreshed.
+const STATS_EVERY: u32 = 10;
+
+/// Where and how to join.
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    /// The server's HTTP base, e.g. `http://127.0.0.1:8080` (`https://` for TLS).
+    pub base_url: String,
+    /// The `Authorization` value: a user token, or `Bot <token>`.
+    pub token: String,
+    pub guild: String,
+    pub channel: String,
+    pub self_mute: bool,
+    pub self_deaf: bool,
+    /// The transport encryption to ask for.
+    pub mode: CryptoMode,
+    pub engine: EngineConfig,
+    /// The local address to send from (unspecified: any).
+    pub bind: IpAddr,
+}
+
+impl JoinOptions {
+    pub fn new(base_url: &str, token: &str, guild: &str, channel: &str) -> JoinOptions {
+        JoinOptions {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            guild: guild.to_string(),
+            channel: channel.to_string(),
+            self_mute: false,
+            self_deaf: false,
+            mode: CryptoMode::ALL[0],
+            engine: EngineConfig::default(),
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Cmd {
+    Mute(bool),
+    Deaf(bool),
+    Volume(u64, f32),
+    PushToTalk(Option<bool>),
+    Rebind,
+    Leave,
+}
+
+/// A call in progress. Dropping it leaves the call too, without waiting.
+pub struct Call {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    stats: watch::Receiver<CallStats>,
+    task: Option<JoinHandle<Result<(), ClientError>>>,
+    user_id: u64,
+    ssrc: u32,
+}
+
+impl Call {
+    /// Log in with the token, join the voice channel, and start moving audio from `source`
+    /// to the channel and from the channel to `sink`.
+    pub async fn join(
+        opts: JoinOptions,
+        source: Box<dyn Source>,
+        sink: Box<dyn Sink>,
+    ) -> Result<Call, ClientError> {
+        let http = reqwest::Client::new();
+        let gw_url = signal::gateway_url(&http, &opts.base_url).await?;
+        let (gw_tx, gw_rx) = mpsc::unbounded_channel();
+        let vs = signal::join_gateway(
+            &gw_url,
+            &opts.token,
+            &opts.guild,
+            &opts.channel,
+            opts.self_mute,
+            opts.self_deaf,
+            gw_rx,
+        )
+        .await?;
+        let sock = UdpSocket::bind(SocketAddr::new(opts.bind, 0)).await?;
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (v_tx, v_rx) = mpsc::unbounded_channel();
+        let secure = opts.base_url.starts_with("https://");
+        let ready =
+            signal::join_voice(&vs, &opts.guild, &sock, opts.mode, secure, ev_tx, v_rx).await?;
+        let mut engine = VoiceEngine::new(
+            std::time::Instant::now(),
+            ready.ssrc,
+            ready.mode,
+            &ready.key,
+            opts.engine.clone(),
+        )?;
+        engine.controls.mute = opts.self_mute;
+        engine.controls.deaf = opts.self_deaf;
+        let (stats_tx, stats) = watch::channel(CallStats::default());
+        let (cmds, cmd_rx) = mpsc::unbounded_channel();
+        tracing::info!(
+            user = vs.user_id, ssrc = ready.ssrc, server = %ready.server, mode = ready.mode.name(),
+            "joined the voice channel"
+        );
+        let run = Running {
+            opts,
+            sock,
+            server: ready.server,
+            engine,
+            source,
+            sink,
+            gateway: gw_tx,
+            voice: v_tx,
+            stats: stats_tx,
+        };
+        let task = tokio::spawn(run.run(cmd_rx, ev_rx));
+        Ok(Call {
+            cmds,
+            stats,
+            task: Some(task),
+            user_id: vs.user_id,
+            ssrc: ready.ssrc,
+        })
+    }
+
+    fn send(&self, c: Cmd) -> Result<(), ClientError> {
+        self.cmds.send(c).map_err(|_| ClientError::Ended)
+    }
+
+    /// Stop (or resume) sending, and tell the channel (voice state `self_mute`).
+    pub fn set_mute(&self, on: bool) -> Result<(), ClientError> {
+        self.send(Cmd::Mute(on))
+    }
+
+    /// Stop (or resume) playing what others say, and tell the channel (`self_deaf`).
+    pub fn set_deaf(&self, on: bool) -> Result<(), ClientError> {
+        self.send(Cmd::Deaf(on))
+    }
+
+    /// Playback gain for one user (1.0 unchanged, 0.0 silent, at most 4.0).
+    pub fn set_volume(&self, user: u64, gain: f32) -> Result<(), ClientError> {
+        self.send(Cmd::Volume(user, gain))
+    }
+
+    /// `Some(pressed)`: push-to-talk, sending only while pressed. `None`: open mic.
+    pub fn set_push_to_talk(&self, pressed: Option<bool>) -> Result<(), ClientError> {
+        self.send(Cmd::PushToTalk(pressed))
+    }
+
+    /// Move to a new local UDP port, as when a network changes (Wi-Fi to cable, a NAT
+    /// rebinding): the node follows the first authenticated packet from the new address.
+    pub fn rebind(&self) -> Result<(), ClientError> {
+        self.send(Cmd::Rebind)
+    }
+
+    /// The live figures (refreshed every 200 ms).
+    pub fn stats(&self) -> CallStats {
+        self.stats.borrow().clone()
+    }
+
+    pub fn user_id(&self) -> u64 {
+        self.user_id
+    }
+
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// Leave the channel and close both connections; the sink is finished (files flushed).
+    /// Returns the error that ended the call, if one did first.
+    pub async fn leave(mut self) -> Result<(), ClientError> {
+        let _ = self.cmds.send(Cmd::Leave);
+        match self.task.take() {
+            Some(t) => t.await.map_err(|_| ClientError::Ended)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        let _ = self.cmds.send(Cmd::Leave);
+    }
+}
+
+/// The call's task state.
+struct Running {
+    opts: JoinOptions,
+    sock: UdpSocket,
+    server: SocketAddr,
+    engine: VoiceEngine,
+    source: Box<dyn Source>,
+    sink: Box<dyn Sink>,
+    gateway: mpsc::UnboundedSender<GatewayCmd>,
+    voice: mpsc::UnboundedSender<VoiceCmd>,
+    stats: watch::Sender<CallStats>,
+}
+
+impl Running {
+    async fn run(
+        mut self,
+        mut cmds: mpsc::UnboundedReceiver<Cmd>,
+        mut events: mpsc::UnboundedReceiver<VoiceEvent>,
+    ) -> Result<(), ClientError> {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        // A late tick is caught up at once: media time stays wall-clock time.
+        tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let mut buf = vec![0u8; 2048];
+        let mut frame = [0i16; FRAME];
+        let mut mix = [0i16; FRAME];
+        let mut last_sent = Instant::now();
+        let mut ticks = 0u32;
+        let r = loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    ticks = ticks.wrapping_add(1);
+                    self.source.read(&mut frame);
+                    if let Some(pkt) = self.engine.capture(&frame)? {
+                        send_media(&self.sock, self.server, &pkt).await;
+                        last_sent = Instant::now();
+                    }
+                    if let Some(on) = self.engine.take_speaking_change() {
+                        let _ = self.voice.send(VoiceCmd::Speaking(on));
+                    }
+                    let sink = &mut self.sink;
+                    self.engine.playout(std::time::Instant::now(), &mut mix, |ssrc, user, f| {
+                        sink.speaker(ssrc, user, f)
+                    });
+                    self.sink.mixed(&mix);
+                    if last_sent.elapsed() >= KEEPALIVE {
+                        send_media(&self.sock, self.server, &self.engine.ssrc().to_be_bytes()).await;
+                        last_sent = Instant::now();
+                    }
+                    if ticks.is_multiple_of(STATS_EVERY) {
+                        let _ = self.stats.send(self.engine.stats());
+                    }
+                }
+                r = self.sock.recv_from(&mut buf) => {
+                    let (n, from) = r?;
+                    if from == self.server {
+                        self.engine.receive(std::time::Instant::now(), &mut buf[..n]);
+                    }
+                }
+                e = events.recv() => match e {
+                    Some(VoiceEvent::Speaker { ssrc, user }) => self.engine.set_user(ssrc, user),
+                    Some(VoiceEvent::Gone { user }) => self.engine.user_gone(user),
+                    Some(VoiceEvent::Lost(why)) => break Err(crate::error::protocol(why)),
+                    None => break Err(ClientError::Ended),
+                },
+                c = cmds.recv() => match c {
+                    Some(Cmd::Mute(on)) => {
+                        self.engine.controls.mute = on;
+                        self.voice_state();
+                    }
+                    Some(Cmd::Deaf(on)) => {
+                        self.engine.controls.deaf = on;
+                        self.voice_state();
+                    }
+                    Some(Cmd::Volume(u, g)) => self.engine.set_volume(u, g),
+                    Some(Cmd::PushToTalk(p)) => self.engine.controls.push_to_talk = p,
+                    Some(Cmd::Rebind) => {
+                        self.sock = UdpSocket::bind(SocketAddr::new(self.opts.bind, 0)).await?;
+                        // An authenticated packet moves our address on the node; a keepalive
+                        // would not.
+                        let pkt = self.engine.silence_packet();
+                        send_media(&self.sock, self.server, &pkt).await;
+                        last_sent = Instant::now();
+                        tracing::info!(local = ?self.sock.local_addr().ok(), "moved to a new UDP port");
+                    }
+                    Some(Cmd::Leave) | None => break Ok(()),
+                },
+            }
+        };
+        let _ = self.gateway.send(GatewayCmd::VoiceState {
+            channel: None,
+            self_mute: self.engine.controls.mute,
+            self_deaf: self.engine.controls.deaf,
+        });
+        let _ = self.voice.send(VoiceCmd::Close);
+        let _ = self.gateway.send(GatewayCmd::Close);
+        let _ = self.stats.send(self.engine.stats());
+        self.sink.finish()?;
+        r
+    }
+
+    /// Op 4 with the current mute and deafen (the channel stays).
+    fn voice_state(&self) {
+        let _ = self.gateway.send(GatewayCmd::VoiceState {
+            channel: Some(self.opts.channel.clone()),
+            self_mute: self.engine.controls.mute,
+            self_deaf: self.engine.controls.deaf,
+        });
+    }
+}
+
+/// One datagram to the node; a failed send is logged, not fatal (UDP may fail transiently).
+async fn send_media(sock: &UdpSocket, server: SocketAddr, d: &[u8]) {
+    if let Err(e) = sock.send_to(d, server).await {
+        tracing::debug!("sending to {server}: {e}");
+    }
+}

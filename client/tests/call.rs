@@ -1,0 +1,242 @@
+//! `lodge-client` against a real node in this process: two clients in one voice channel over
+//! the native UDP transport. A tone one way is heard (its frequency, at the other side, per
+//! speaker and mixed); mute and deafen take effect; a forced network change (new source port)
+//! keeps the call.
+
+use std::time::Duration;
+
+use lodge_client::audio_io::{MemorySink, Recorded, Silence, Tone};
+use lodge_client::{Call, CryptoMode, JoinOptions};
+use lodge_signaling::config::{Config, ServeArgs};
+use serde_json::{json, Value};
+
+struct Node {
+    _run: lodge_signaling::Running,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn node() -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ServeArgs {
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
+        media_listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: Some(dir.path().to_path_buf()),
+        media_workers: Some(1),
+        ..Default::default()
+    };
+    let cfg = Config::load(&args, std::iter::empty()).unwrap();
+    let run = lodge_signaling::start(cfg).await.unwrap();
+    let base = format!("http://{}", run.http_addr);
+    Node {
+        _run: run,
+        base,
+        _dir: dir,
+    }
+}
+
+async fn req(
+    n: &Node,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Value {
+    let http = reqwest::Client::new();
+    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut r = http.request(m, format!("{}/api/v10{path}", n.base));
+    if let Some(t) = token {
+        r = r.header("Authorization", t);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let res = r.send().await.unwrap();
+    assert!(
+        res.status().is_success(),
+        "{method} {path}: {}",
+        res.status()
+    );
+    res.json().await.unwrap()
+}
+
+/// Two members of one guild: (tokens, guild id, voice channel id).
+async fn guild_of_two(n: &Node) -> ([String; 2], String, String) {
+    let mut tokens = Vec::new();
+    for name in ["ana", "ben"] {
+        let v = req(
+            n,
+            "POST",
+            "/auth/register",
+            None,
+            Some(json!({ "username": name, "password": "password-123" })),
+        )
+        .await;
+        tokens.push(v["token"].as_str().unwrap().to_string());
+    }
+    let g = req(
+        n,
+        "POST",
+        "/guilds",
+        Some(&tokens[0]),
+        Some(json!({ "name": "Den" })),
+    )
+    .await;
+    let chan = |t: u64| {
+        g["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (text, voice) = (chan(0), chan(2));
+    let inv = req(
+        n,
+        "POST",
+        &format!("/channels/{text}/invites"),
+        Some(&tokens[0]),
+        None,
+    )
+    .await;
+    req(
+        n,
+        "POST",
+        &format!("/invites/{}", inv["code"].as_str().unwrap()),
+        Some(&tokens[1]),
+        None,
+    )
+    .await;
+    let gid = g["id"].as_str().unwrap().to_string();
+    ([tokens[0].clone(), tokens[1].clone()], gid, voice)
+}
+
+/// Power of `pcm` at `hz` (Goertzel), per sample.
+fn power_at(pcm: &[i16], hz: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * hz / 48_000.0;
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &x in pcm {
+        let s0 = x as f64 + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) / (pcm.len() as f64).powi(2)
+}
+
+fn mean_power(pcm: &[i16]) -> f64 {
+    pcm.iter().map(|s| (*s as f64).powi(2)).sum::<f64>() / pcm.len().max(1) as f64
+}
+
+/// The last `ms` of what the sink holds for `user` and of the mix.
+fn tail(r: &std::sync::Mutex<Recorded>, user: u64, ms: usize) -> (Vec<i16>, Vec<i16>) {
+    let r = r.lock().unwrap();
+    let n = ms * 48;
+    let u = r.by_user.get(&user).cloned().unwrap_or_default();
+    let m = &r.mixed;
+    (
+        u[u.len().saturating_sub(n)..].to_vec(),
+        m[m.len().saturating_sub(n)..].to_vec(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_hear_each_other_and_mute_deafen_and_a_new_port_take_effect() {
+    let n = node().await;
+    let (tokens, guild, voice) = guild_of_two(&n).await;
+    let opts = |t: &str, mode: CryptoMode| {
+        let mut o = JoinOptions::new(&n.base, t, &guild, &voice);
+        o.bind = "127.0.0.1".parse().unwrap();
+        o.mode = mode;
+        o.engine.voice_activity = false;
+        o
+    };
+    let ana = Call::join(
+        opts(&tokens[0], CryptoMode::ALL[0]),
+        Box::new(Tone::new(440.0, 8_000.0)),
+        Box::new(MemorySink::default()),
+    )
+    .await
+    .expect("ana joins");
+    let heard = MemorySink::default();
+    let ben = Call::join(
+        opts(&tokens[1], CryptoMode::ALL[1]),
+        Box::new(Silence),
+        Box::new(heard.clone()),
+    )
+    .await
+    .expect("ben joins");
+    let a = ana.user_id();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Ben hears Ana's tone, named as Ana (op 5), in his mix and in her own track.
+    let (hers, mix) = tail(&heard.0, a, 1000);
+    assert!(
+        hers.len() >= 48_000,
+        "a second of Ana's track: {} samples",
+        hers.len()
+    );
+    let (at, off) = (power_at(&hers, 440.0), power_at(&hers, 1000.0));
+    assert!(
+        at > 1e5 && at > 100.0 * off,
+        "440 Hz dominates: {at:.0} against {off:.0} at 1 kHz"
+    );
+    assert!(power_at(&mix, 440.0) > 1e5, "and is in the mix");
+    let st = ben.stats();
+    let sp = st
+        .speakers
+        .iter()
+        .find(|s| s.user == Some(a))
+        .expect("Ana in Ben's stats");
+    assert!(sp.jitter.packets_received > 100, "{sp:?}");
+    assert_eq!(st.packets_undecryptable, 0);
+
+    // Ana mutes: nothing of her plays a second later.
+    ana.set_mute(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (hers, _) = tail(&heard.0, a, 500);
+    assert!(
+        mean_power(&hers) < 100.0,
+        "Ana is muted: power {}",
+        mean_power(&hers)
+    );
+    ana.set_mute(false).unwrap();
+
+    // Ben deafens: the node stops sending him voice (Discord's rule for a deafened member) and
+    // his mix is silent; undeafened, he hears Ana again.
+    ben.set_deaf(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let deaf_from = ben.stats().packets_received;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let deaf_to = ben.stats().packets_received;
+    assert!(
+        deaf_to - deaf_from < 5,
+        "nothing sent to a deafened member: {deaf_from} → {deaf_to}"
+    );
+    let (_, mix) = tail(&heard.0, a, 500);
+    assert_eq!(mean_power(&mix), 0.0, "a deafened client plays nothing");
+    ben.set_deaf(false).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (hers, mix) = tail(&heard.0, a, 500);
+    assert!(
+        power_at(&hers, 440.0) > 1e5 && power_at(&mix, 440.0) > 1e5,
+        "Ana heard again"
+    );
+
+    // Ben's network changes (a new source port): the node follows, and he keeps hearing.
+    let before = ben.stats().packets_received;
+    ben.rebind().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = ben.stats().packets_received;
+    assert!(
+        after > before + 40,
+        "packets keep arriving on the new port: {before} → {after}"
+    );
+    let (hers, mix) = tail(&heard.0, a, 500);
+    assert!(power_at(&hers, 440.0) > 1e5 && power_at(&mix, 440.0) > 1e5);
+
+    ben.leave().await.unwrap();
+    ana.leave().await.unwrap();
+}
