@@ -240,3 +240,52 @@ async fn two_clients_hear_each_other_and_mute_deafen_and_a_new_port_take_effect(
     ben.leave().await.unwrap();
     ana.leave().await.unwrap();
 }
+
+/// The CLI end to end: `lodge-voice` joins with `--record`, hears a library client's tone for
+/// three seconds, leaves by itself, and leaves WAV files holding that tone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lodge_voice_records_each_speaker_to_wav() {
+    let n = node().await;
+    let (tokens, guild, voice) = guild_of_two(&n).await;
+    let mut o = JoinOptions::new(&n.base, &tokens[0], &guild, &voice);
+    o.bind = "127.0.0.1".parse().unwrap();
+    o.engine.voice_activity = false;
+    let ana = Call::join(
+        o,
+        Box::new(Tone::new(440.0, 8_000.0)),
+        Box::new(MemorySink::default()),
+    )
+    .await
+    .expect("ana joins");
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("heard");
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_lodge-voice"));
+    cli.args(["--url", &n.base, "--guild", &guild, "--channel", &voice])
+        .args(["--duration", "3", "--stats-every", "1", "--mode", "xchacha"])
+        .arg("--record")
+        .arg(&rec)
+        .env("LODGE_TOKEN", &tokens[1]);
+    let out = tokio::task::spawn_blocking(move || cli.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("joined as user"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("user {}:", ana.user_id())),
+        "live figures name Ana: {stdout}"
+    );
+    let wav = std::fs::read(rec.join(format!("user-{}.wav", ana.user_id()))).unwrap();
+    let pcm = lodge_codec::wav::to_48k_mono(&wav).unwrap();
+    assert!(pcm.len() > 48_000, "over a second of Ana: {}", pcm.len());
+    let last = &pcm[pcm.len() - 48_000..];
+    assert!(power_at(last, 440.0) > 1e5 && power_at(last, 440.0) > 100.0 * power_at(last, 1000.0));
+    let mix = lodge_codec::wav::to_48k_mono(&std::fs::read(rec.join("mix.wav")).unwrap()).unwrap();
+    assert!(power_at(&mix[mix.len() - 48_000..], 440.0) > 1e5);
+    ana.leave().await.unwrap();
+}
