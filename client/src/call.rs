@@ -71,6 +71,8 @@ enum Cmd {
 pub struct Call {
     cmds: mpsc::UnboundedSender<Cmd>,
     stats: watch::Receiver<CallStats>,
+    /// Why the call ended (`Some` once it has: left, or a connection lost).
+    ended: watch::Receiver<Option<String>>,
     task: Option<JoinHandle<Result<(), ClientError>>>,
     user_id: u64,
     ssrc: u32,
@@ -84,9 +86,18 @@ impl Call {
         source: Box<dyn Source>,
         sink: Box<dyn Sink>,
     ) -> Result<Call, ClientError> {
+        if !opts.base_url.starts_with("http://") {
+            return Err(crate::error::protocol(format!(
+                "{} is not an http:// address: lodge-client has no TLS yet (reach the node's \
+                 plain HTTP listener over a trusted network)",
+                opts.base_url
+            )));
+        }
         let http = reqwest::Client::new();
         let gw_url = signal::gateway_url(&http, &opts.base_url).await?;
         let (gw_tx, gw_rx) = mpsc::unbounded_channel();
+        // Voice gateway events, and the loss of either connection, reach the call's task here.
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let vs = signal::join_gateway(
             &gw_url,
             &opts.token,
@@ -95,14 +106,12 @@ impl Call {
             opts.self_mute,
             opts.self_deaf,
             gw_rx,
+            ev_tx.clone(),
         )
         .await?;
         let sock = UdpSocket::bind(SocketAddr::new(opts.bind, 0)).await?;
-        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (v_tx, v_rx) = mpsc::unbounded_channel();
-        let secure = opts.base_url.starts_with("https://");
-        let ready =
-            signal::join_voice(&vs, &opts.guild, &sock, opts.mode, secure, ev_tx, v_rx).await?;
+        let ready = signal::join_voice(&vs, &opts.guild, &sock, opts.mode, ev_tx, v_rx).await?;
         let mut engine = VoiceEngine::new(
             std::time::Instant::now(),
             ready.ssrc,
@@ -114,6 +123,7 @@ impl Call {
         engine.controls.deaf = opts.self_deaf;
         let (stats_tx, stats) = watch::channel(CallStats::default());
         let (cmds, cmd_rx) = mpsc::unbounded_channel();
+        let (ended_tx, ended) = watch::channel(None);
         tracing::info!(
             user = vs.user_id, ssrc = ready.ssrc, server = %ready.server, mode = ready.mode.name(),
             "joined the voice channel"
@@ -128,11 +138,14 @@ impl Call {
             gateway: gw_tx,
             voice: v_tx,
             stats: stats_tx,
+            tasks: [vs.task, ready.task],
+            ended: ended_tx,
         };
         let task = tokio::spawn(run.run(cmd_rx, ev_rx));
         Ok(Call {
             cmds,
             stats,
+            ended,
             task: Some(task),
             user_id: vs.user_id,
             ssrc: ready.ssrc,
@@ -174,6 +187,22 @@ impl Call {
         self.stats.borrow().clone()
     }
 
+    /// Why the call ended, once it has (the server closed a connection, the network failed,
+    /// or `leave`).
+    pub fn ended_reason(&self) -> Option<String> {
+        self.ended.borrow().clone()
+    }
+
+    /// Wait until the call ends by itself (a lost connection); the reason.
+    pub async fn ended(&self) -> String {
+        let mut rx = self.ended.clone();
+        let why = match rx.wait_for(|e| e.is_some()).await {
+            Ok(e) => e.clone().unwrap_or_default(),
+            Err(_) => "the call's task is gone".to_string(),
+        };
+        why
+    }
+
     pub fn user_id(&self) -> u64 {
         self.user_id
     }
@@ -210,7 +239,13 @@ struct Running {
     gateway: mpsc::UnboundedSender<GatewayCmd>,
     voice: mpsc::UnboundedSender<VoiceCmd>,
     stats: watch::Sender<CallStats>,
+    /// The gateway's and the voice gateway's connection tasks.
+    tasks: [JoinHandle<()>; 2],
+    ended: watch::Sender<Option<String>>,
 }
+
+/// How long leaving waits for each connection to say goodbye.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 impl Running {
     async fn run(
@@ -231,9 +266,13 @@ impl Running {
                 _ = tick.tick() => {
                     ticks = ticks.wrapping_add(1);
                     self.source.read(&mut frame);
-                    if let Some(pkt) = self.engine.capture(&frame)? {
-                        send_media(&self.sock, self.server, &pkt).await;
-                        last_sent = Instant::now();
+                    match self.engine.capture(&frame) {
+                        Ok(Some(pkt)) => {
+                            send_media(&self.sock, self.server, &pkt).await;
+                            last_sent = Instant::now();
+                        }
+                        Ok(None) => {}
+                        Err(e) => break Err(e),
                     }
                     if let Some(on) = self.engine.take_speaking_change() {
                         let _ = self.voice.send(VoiceCmd::Speaking(on));
@@ -251,12 +290,14 @@ impl Running {
                         let _ = self.stats.send(self.engine.stats());
                     }
                 }
-                r = self.sock.recv_from(&mut buf) => {
-                    let (n, from) = r?;
-                    if from == self.server {
+                r = self.sock.recv_from(&mut buf) => match r {
+                    Ok((n, from)) if from == self.server => {
                         self.engine.receive(std::time::Instant::now(), &mut buf[..n]);
                     }
-                }
+                    Ok(_) => {}
+                    // An ICMP error for an earlier send, reported on this receive: transient.
+                    Err(e) => tracing::debug!("receiving: {e}"),
+                },
                 e = events.recv() => match e {
                     Some(VoiceEvent::Speaker { ssrc, user }) => self.engine.set_user(ssrc, user),
                     Some(VoiceEvent::Gone { user }) => self.engine.user_gone(user),
@@ -275,12 +316,16 @@ impl Running {
                     Some(Cmd::Volume(u, g)) => self.engine.set_volume(u, g),
                     Some(Cmd::PushToTalk(p)) => self.engine.controls.push_to_talk = p,
                     Some(Cmd::Rebind) => {
-                        self.sock = UdpSocket::bind(SocketAddr::new(self.opts.bind, 0)).await?;
+                        match UdpSocket::bind(SocketAddr::new(self.opts.bind, 0)).await {
+                            Ok(sock) => self.sock = sock,
+                            Err(e) => break Err(e.into()),
+                        }
                         // An authenticated packet moves our address on the node; a keepalive
-                        // would not.
-                        let pkt = self.engine.silence_packet();
-                        send_media(&self.sock, self.server, &pkt).await;
-                        last_sent = Instant::now();
+                        // would not. While talking, the next voice packet does it.
+                        if let Some(pkt) = self.engine.silence_packet() {
+                            send_media(&self.sock, self.server, &pkt).await;
+                            last_sent = Instant::now();
+                        }
                         tracing::info!(local = ?self.sock.local_addr().ok(), "moved to a new UDP port");
                     }
                     Some(Cmd::Leave) | None => break Ok(()),
@@ -295,8 +340,20 @@ impl Running {
         let _ = self.voice.send(VoiceCmd::Close);
         let _ = self.gateway.send(GatewayCmd::Close);
         let _ = self.stats.send(self.engine.stats());
-        self.sink.finish()?;
-        r
+        // Both connections send their close frames before the call counts as left (a process
+        // that exits right after `leave` would otherwise cut them, and the server would keep
+        // the session for resuming).
+        for t in &mut self.tasks {
+            let _ = tokio::time::timeout(CLOSE_WAIT, t).await;
+        }
+        let finished = self.sink.finish();
+        let why = match &r {
+            Ok(()) => "left the call".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let _ = self.ended.send(Some(why));
+        r?;
+        finished.map_err(ClientError::from)
     }
 
     /// Op 4 with the current mute and deafen (the channel stays).

@@ -109,7 +109,9 @@ impl VoiceEngine {
             t0: now,
             ssrc,
             cipher: TransportCipher::new(mode, key),
-            counter: rand::random(),
+            // The node numbers its packets to us from 0 under the same key: starting in the
+            // upper half keeps the two directions' nonces apart for 2^31 packets.
+            counter: rand::random::<u32>() | 0x8000_0000,
             seq: rand::random(),
             ts: rand::random(),
             enc: OpusEncoder::new(cfg.encoder)?,
@@ -140,10 +142,13 @@ impl VoiceEngine {
             // The detector sees every frame, so its hangover is right when sending resumes.
             wants &= vad.is_speech(pcm);
         }
+        // RFC 3551: the marker bit flags the first packet of a talk spurt.
+        let mut marker = false;
         let payload: &[u8] = if wants {
             if !self.sending {
                 self.sending = true;
                 self.speaking_changed = Some(true);
+                marker = true;
             }
             self.silence_left = 0;
             self.enc.encode(pcm)?
@@ -161,7 +166,6 @@ impl VoiceEngine {
             self.silence_left -= 1;
             &OPUS_SILENCE
         };
-        let marker = self.silence_left == 0 && self.speaking_changed == Some(true);
         let pkt =
             self.cipher
                 .seal_opus(self.ssrc, self.seq, self.ts, marker, payload, self.counter);
@@ -174,8 +178,12 @@ impl VoiceEngine {
     }
 
     /// One sealed Opus silence frame, next in our numbering: an authenticated packet that
-    /// moves our address on the node after a network change without sounding.
-    pub fn silence_packet(&mut self) -> Vec<u8> {
+    /// moves our address on the node after a network change without sounding. `None` while
+    /// a spurt is being sent (its next packet moves the address; a frame here would shift it).
+    pub fn silence_packet(&mut self) -> Option<Vec<u8>> {
+        if self.sending {
+            return None;
+        }
         let pkt = self.cipher.seal_opus(
             self.ssrc,
             self.seq,
@@ -189,7 +197,7 @@ impl VoiceEngine {
         self.ts = self.ts.wrapping_add(FRAME as u32);
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += pkt.len() as u64;
-        pkt
+        Some(pkt)
     }
 
     /// Whether we started or stopped talking since the last call (for the voice gateway's
@@ -427,6 +435,14 @@ mod tests {
             assert!(a.capture(&tone(i, 440.0)).unwrap().is_none());
         }
         a.controls.push_to_talk = Some(true);
-        assert!(a.capture(&tone(10, 440.0)).unwrap().is_some());
+        let first = a.capture(&tone(10, 440.0)).unwrap().expect("pressed: sent");
+        let second = a.capture(&tone(11, 440.0)).unwrap().expect("still pressed");
+        // RTP marker (byte 1, top bit): the first packet of the spurt only.
+        assert_eq!(first[1] & 0x80, 0x80);
+        assert_eq!(second[1] & 0x80, 0);
+        let seq = |p: &[u8]| u16::from_be_bytes([p[2], p[3]]);
+        let ts = |p: &[u8]| u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+        assert_eq!(seq(&second), seq(&first).wrapping_add(1));
+        assert_eq!(ts(&second), ts(&first).wrapping_add(FRAME as u32));
     }
 }

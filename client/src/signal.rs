@@ -114,6 +114,8 @@ pub struct VoiceServer {
     pub session_id: String,
     pub token: String,
     pub endpoint: String,
+    /// The gateway connection's task (ends after [`GatewayCmd::Close`]).
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 /// Requests to the gateway connection's task.
@@ -138,6 +140,7 @@ pub async fn join_gateway(
     self_mute: bool,
     self_deaf: bool,
     cmds: mpsc::UnboundedReceiver<GatewayCmd>,
+    lost: mpsc::UnboundedSender<VoiceEvent>,
 ) -> Result<VoiceServer, ClientError> {
     let mut gw = connect(gateway_url).await?;
     let hello = recv_json(&mut gw, "the gateway").await?;
@@ -181,8 +184,20 @@ pub async fn join_gateway(
             "self_mute": self_mute, "self_deaf": self_deaf } }),
     )
     .await?;
+    let deadline = tokio::time::Instant::now() + STEP;
     let (token, endpoint) = loop {
-        let m = recv_json(&mut gw, "the gateway").await?;
+        let m = tokio::time::timeout_at(deadline, recv_json(&mut gw, "the gateway"))
+            .await
+            .map_err(|_| {
+                ClientError::Timeout(STEP.as_secs(), "the gateway (VOICE_SERVER_UPDATE)")
+            })??;
+        if m["t"] == "LODGE_VOICE_ERROR" {
+            return Err(protocol(format!(
+                "the server refused to join the channel: {} (code {})",
+                m["d"]["message"].as_str().unwrap_or("no reason given"),
+                m["d"]["code"]
+            )));
+        }
         if !m["s"].is_null() {
             seq = m["s"].clone();
         }
@@ -197,12 +212,13 @@ pub async fn join_gateway(
             break (t.to_string(), e.to_string());
         }
     };
-    tokio::spawn(keep_gateway(gw, hb_ms, seq, guild.to_string(), cmds));
+    let task = tokio::spawn(keep_gateway(gw, hb_ms, seq, guild.to_string(), cmds, lost));
     Ok(VoiceServer {
         user_id,
         session_id,
         token,
         endpoint,
+        task,
     })
 }
 
@@ -212,14 +228,18 @@ async fn keep_gateway(
     mut seq: Value,
     guild: String,
     mut cmds: mpsc::UnboundedReceiver<GatewayCmd>,
+    events: mpsc::UnboundedSender<VoiceEvent>,
 ) {
+    let lost = |why: String| {
+        let _ = events.send(VoiceEvent::Lost(why));
+    };
     let mut hb = tokio::time::interval(Duration::from_millis(hb_ms));
     hb.tick().await;
     loop {
         tokio::select! {
             _ = hb.tick() => {
                 if send_json(&mut ws, json!({ "op": 1, "d": seq })).await.is_err() {
-                    tracing::warn!("gateway: heartbeat could not be sent; the connection is gone");
+                    lost("gateway: heartbeat could not be sent; the connection is gone".into());
                     return;
                 }
             }
@@ -228,7 +248,7 @@ async fn keep_gateway(
                     let d = json!({ "guild_id": guild, "channel_id": channel,
                         "self_mute": self_mute, "self_deaf": self_deaf });
                     if send_json(&mut ws, json!({ "op": 4, "d": d })).await.is_err() {
-                        tracing::warn!("gateway: a voice state update could not be sent");
+                        lost("gateway: a voice state update could not be sent".into());
                         return;
                     }
                 }
@@ -244,15 +264,20 @@ async fn keep_gateway(
                         if v["t"] == "VOICE_SERVER_UPDATE" {
                             tracing::warn!("the server moved this call; moving is not supported yet");
                         }
+                        if v["t"] == "LODGE_VOICE_ERROR" {
+                            tracing::warn!("the server refused a voice state change: {}", v["d"]["message"]);
+                        }
+                        if v["op"] == 7 {
+                            // Reconnect (the server drains or restarts): resuming is not built.
+                            lost("the gateway asked to reconnect (op 7); resuming is not supported yet".into());
+                            return;
+                        }
                     }
                 }
-                Some(Ok(Message::Close(c))) => {
-                    tracing::warn!("gateway closed: {}", closed("the gateway", c));
-                    return;
-                }
+                Some(Ok(Message::Close(c))) => { lost(closed("the gateway", c).to_string()); return; }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => { tracing::warn!("gateway error: {e}"); return; }
-                None => return,
+                Some(Err(e)) => { lost(format!("gateway error: {e}")); return; }
+                None => { lost("gateway connection ended".into()); return; }
             }
         }
     }
@@ -265,6 +290,8 @@ pub struct VoiceReady {
     pub server: SocketAddr,
     pub mode: CryptoMode,
     pub key: [u8; 32],
+    /// The voice connection's task (ends after [`VoiceCmd::Close`]).
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 /// What the voice gateway task reports.
@@ -293,12 +320,10 @@ pub async fn join_voice(
     guild: &str,
     sock: &UdpSocket,
     mode: CryptoMode,
-    secure: bool,
     events: mpsc::UnboundedSender<VoiceEvent>,
     cmds: mpsc::UnboundedReceiver<VoiceCmd>,
 ) -> Result<VoiceReady, ClientError> {
-    let scheme = if secure { "wss" } else { "ws" };
-    let url = format!("{scheme}://{}/?v=8", vs.endpoint);
+    let url = format!("ws://{}/?v=8", vs.endpoint);
     let mut vw = connect(&url).await?;
     let hello = recv_json(&mut vw, "the voice gateway").await?;
     let hb_ms = hello["d"]["heartbeat_interval"]
@@ -351,6 +376,11 @@ pub async fn join_voice(
         match m["op"].as_u64() {
             Some(4) => {
                 let d = &m["d"];
+                if d["dave_protocol_version"].as_u64().unwrap_or(0) != 0 {
+                    return Err(protocol(
+                        "the call runs DAVE end-to-end encryption, which lodge-client does not support yet",
+                    ));
+                }
                 if d["mode"] != mode.name() {
                     return Err(protocol(format!(
                         "the voice server chose mode {} after we asked for {}",
@@ -371,12 +401,13 @@ pub async fn join_voice(
             _ => {}
         }
     };
-    tokio::spawn(keep_voice(vw, hb_ms, ssrc, events, cmds));
+    let task = tokio::spawn(keep_voice(vw, hb_ms, ssrc, events, cmds));
     Ok(VoiceReady {
         ssrc,
         server,
         mode,
         key,
+        task,
     })
 }
 

@@ -161,13 +161,13 @@ async fn two_clients_hear_each_other_and_mute_deafen_and_a_new_port_take_effect(
     .await
     .expect("ana joins");
     let heard = MemorySink::default();
-    let ben = Call::join(
-        opts(&tokens[1], CryptoMode::ALL[1]),
-        Box::new(Silence),
-        Box::new(heard.clone()),
-    )
-    .await
-    .expect("ben joins");
+    // Ben sends nothing (silence under voice activity detection): after his port changes, only
+    // the client's own announcement can move his address on the node.
+    let mut ben_opts = opts(&tokens[1], CryptoMode::ALL[1]);
+    ben_opts.engine.voice_activity = true;
+    let ben = Call::join(ben_opts, Box::new(Silence), Box::new(heard.clone()))
+        .await
+        .expect("ben joins");
     let a = ana.user_id();
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -236,6 +236,13 @@ async fn two_clients_hear_each_other_and_mute_deafen_and_a_new_port_take_effect(
     );
     let (hers, mix) = tail(&heard.0, a, 500);
     assert!(power_at(&hers, 440.0) > 1e5 && power_at(&mix, 440.0) > 1e5);
+
+    assert_eq!(
+        ben.stats().packets_sent,
+        1,
+        "Ben sent only the move's silence frame"
+    );
+    assert_eq!(ben.ended_reason(), None);
 
     ben.leave().await.unwrap();
     ana.leave().await.unwrap();

@@ -120,8 +120,11 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| "lodge_client=info".into()),
         )
         .init();
-    if !(a.url.starts_with("http://") || a.url.starts_with("https://")) {
-        bail!("--url must start with http:// or https:// (got {})", a.url);
+    if !a.url.starts_with("http://") {
+        bail!(
+            "--url must start with http:// (got {}): lodge-voice has no TLS yet, so reach the node's plain HTTP listener over a trusted network",
+            a.url
+        );
     }
     let mut o = JoinOptions::new(&a.url, &a.token, &a.guild, &a.channel);
     o.mode = match a.mode {
@@ -181,6 +184,7 @@ async fn main() -> Result<()> {
             limit.map(|l| Duration::from_secs_f64((l - started.elapsed().as_secs_f64()).max(0.0)));
         tokio::select! {
             _ = tokio::signal::ctrl_c() => { println!("leaving"); break; }
+            why = call.ended() => bail!("the call ended: {why}"),
             _ = async { tokio::time::sleep(left.unwrap_or(Duration::MAX)).await }, if left.is_some() => break,
             _ = every.tick(), if a.stats_every > 0.0 => print_stats(&call.stats(), started.elapsed().as_secs_f64()),
         }
