@@ -98,17 +98,7 @@ impl Call {
         let (gw_tx, gw_rx) = mpsc::unbounded_channel();
         // Voice gateway events, and the loss of either connection, reach the call's task here.
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        let vs = signal::join_gateway(
-            &gw_url,
-            &opts.token,
-            &opts.guild,
-            &opts.channel,
-            opts.self_mute,
-            opts.self_deaf,
-            gw_rx,
-            ev_tx.clone(),
-        )
-        .await?;
+        let vs = signal::join_gateway(&gw_url, &opts, gw_rx, ev_tx.clone()).await?;
         let sock = UdpSocket::bind(SocketAddr::new(opts.bind, 0)).await?;
         let (v_tx, v_rx) = mpsc::unbounded_channel();
         let ready = signal::join_voice(&vs, &opts.guild, &sock, opts.mode, ev_tx, v_rx).await?;

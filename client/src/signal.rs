@@ -130,18 +130,17 @@ pub enum GatewayCmd {
     Close,
 }
 
-/// Connect, identify, and ask to join `channel` of `guild`: the voice server the gateway names.
-/// The connection then lives in a task (heartbeats; `cmds` for later voice state changes).
+/// Connect, identify with `opts.token`, and ask to join `opts.channel` of `opts.guild`: the
+/// voice server the gateway names. The connection then lives in a task (heartbeats; `cmds` for
+/// later voice state changes; its loss reported on `lost`).
 pub async fn join_gateway(
     gateway_url: &str,
-    token: &str,
-    guild: &str,
-    channel: &str,
-    self_mute: bool,
-    self_deaf: bool,
+    opts: &crate::call::JoinOptions,
     cmds: mpsc::UnboundedReceiver<GatewayCmd>,
     lost: mpsc::UnboundedSender<VoiceEvent>,
 ) -> Result<VoiceServer, ClientError> {
+    let (token, guild, channel) = (&opts.token, &opts.guild, &opts.channel);
+    let (self_mute, self_deaf) = (opts.self_mute, opts.self_deaf);
     let mut gw = connect(gateway_url).await?;
     let hello = recv_json(&mut gw, "the gateway").await?;
     if hello["op"] != 10 {
