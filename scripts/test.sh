@@ -64,6 +64,9 @@ step "real client library: an unmodified discord.py bot (login, events, resume)"
 step "native voice (Discord UDP mode): unmodified discord.js + @discordjs/voice bots over WSS (a test CA); one plays a tone, the other decodes it; DAVE on (end-to-end encrypted), DAVE off with AES-GCM and with XChaCha"
 OUT="$(mktemp -d)" ./tests/native-voice/run.sh
 
+step "C client: client/examples/c/play_wav.c built against lodge_client.h joins a node's voice channel and plays a WAV; lodge-voice hears its tone"
+OUT="$(mktemp -d)" ./tests/c-client/run.sh
+
 step "playout evaluation smoke run: real speech, Opus, two profiles, report + plots"
 ./tests/load/playout_smoke.sh
 

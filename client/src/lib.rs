@@ -14,6 +14,7 @@
 //! - [`signal`] — the two WebSocket protocols.
 //! - [`call::Call`] — the tokio shell that owns the socket and the 20 ms tick.
 //! - [`audio_io`] — sources (tone, WAV, silence) and sinks (null, memory, WAV per speaker).
+//! - [`ffi`] — the C ABI (`include/lodge_client.h`).
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), lodge_client::ClientError> {
@@ -31,6 +32,7 @@ pub mod call;
 pub mod discovery;
 pub mod engine;
 pub mod error;
+pub mod ffi;
 pub mod playout;
 pub mod signal;
 

@@ -155,7 +155,11 @@ async fn main() -> Result<()> {
             }
             Box::new(s)
         }
-        (None, None) => Box::new(Silence),
+        (None, None) => {
+            // A listener: voice activity detection on silence sends nothing.
+            o.engine.voice_activity = true;
+            Box::new(Silence)
+        }
     };
     let sink: Box<dyn Sink> = match &a.record {
         Some(dir) => Box::new(
