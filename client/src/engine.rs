@@ -308,7 +308,7 @@ impl VoiceEngine {
             .map(|(ssrc, p)| SpeakerStats {
                 ssrc: *ssrc,
                 user: self.users.get(ssrc).copied(),
-                jitter: p.stats().clone(),
+                jitter: p.stats(),
                 target_delay_ms: p.target_delay_ms(),
                 decode_errors: p.decode_errors,
             })

@@ -35,6 +35,7 @@ pub mod error;
 pub mod ffi;
 pub mod playout;
 pub mod signal;
+pub mod stretch;
 
 pub use call::{Call, JoinOptions};
 pub use engine::{CallStats, Controls, EngineConfig, SpeakerStats, VoiceEngine};

@@ -1,30 +1,65 @@
-//! One remote speaker's playout: Lodge's adaptive jitter buffer and an Opus decoder, pulled
-//! once per 20 ms frame (packet, in-band FEC, PLC or silence, as the buffer decides).
+//! One remote speaker's playout: Lodge's adaptive jitter buffer, an Opus decoder, and time
+//! stretching on the decoded audio.
+//!
+//! The buffer decides what each step plays (packet, in-band FEC, PLC, silence) and when to
+//! lengthen or shorten. Here, with the PCM at hand, lengthening repeats whole pitch periods and
+//! shortening removes them (`stretch.rs`) instead of playing a concealment frame or dropping a
+//! packet outright; where the audio is not periodic enough it falls back to exactly that. So a
+//! step yields a variable amount of audio, which goes through a small queue from which each
+//! 20 ms tick takes one frame.
+
+use std::collections::VecDeque;
 
 use lodge_codec::OpusDecoder;
 use lodge_jitter::{BufferConfig, JitterBuffer, JitterStats, Pulled};
 
 use crate::error::ClientError;
+use crate::stretch;
 
 /// Samples in one 20 ms mono frame at 48 kHz.
 pub const FRAME: usize = 960;
+/// How much recent audio the stretcher looks at (30 ms).
+const HISTORY: usize = 1440;
+/// Buffer steps per tick at most (a tick after an acceleration that removed little may need
+/// two; more means something is wrong, and the tick plays what it has).
+const MAX_STEPS: usize = 3;
 
 pub struct SpeakerPlayout {
     jb: JitterBuffer,
     dec: OpusDecoder,
+    /// Decoded audio not played yet.
+    queue: VecDeque<i16>,
+    /// The last `HISTORY` samples put into the queue.
+    hist: Vec<i16>,
     /// When the last packet arrived (ms on the engine's clock).
     pub last_packet_ms: f64,
     /// Frames that did not decode (a corrupt packet): played as silence.
     pub decode_errors: u64,
+    /// What was really inserted and removed (whole periods, or whole frames on fallback).
+    inserted: u64,
+    removed: u64,
+    /// Time played samples waited in the queue, summed per sample (s), like the buffer's own.
+    queue_delay_s: f64,
+    scratch: Vec<i16>,
+    scratch2: Vec<i16>,
 }
 
 impl SpeakerPlayout {
     pub fn new(cfg: BufferConfig, now_ms: f64) -> Result<SpeakerPlayout, ClientError> {
+        let mut jb = JitterBuffer::new(cfg);
+        jb.keep_accelerated(true);
         Ok(SpeakerPlayout {
-            jb: JitterBuffer::new(cfg),
+            jb,
             dec: OpusDecoder::new(false)?,
+            queue: VecDeque::with_capacity(4 * FRAME),
+            hist: Vec::with_capacity(HISTORY + 2 * FRAME),
             last_packet_ms: now_ms,
             decode_errors: 0,
+            inserted: 0,
+            removed: 0,
+            queue_delay_s: 0.0,
+            scratch: vec![0; FRAME],
+            scratch2: vec![0; FRAME],
         })
     }
 
@@ -36,31 +71,189 @@ impl SpeakerPlayout {
     /// Fill `out` (one frame) with what plays now; false while the buffer is still filling
     /// (then `out` is silence).
     pub fn pull(&mut self, now_ms: f64, out: &mut [i16; FRAME]) -> bool {
-        let r = match self.jb.pull(now_ms) {
+        let mut steps = 0;
+        while self.queue.len() < FRAME && steps < MAX_STEPS {
+            steps += 1;
+            if !self.step(now_ms) {
+                break;
+            }
+        }
+        if self.queue.is_empty() {
+            out.fill(0);
+            return false;
+        }
+        let n = self.queue.len().min(FRAME);
+        for (o, s) in out.iter_mut().zip(self.queue.drain(..n)) {
+            *o = s;
+        }
+        out[n..].fill(0);
+        // What stays queued waits one more tick.
+        self.queue_delay_s += self.queue.len() as f64 / 48_000.0 * FRAME as f64;
+        true
+    }
+
+    /// One buffer decision turned into audio on the queue; false while the buffer waits.
+    fn step(&mut self, now_ms: f64) -> bool {
+        let pulled = self.jb.pull(now_ms);
+        if let Some((_, dropped)) = self.jb.take_accelerated() {
+            // Decoded so the decoder stays continuous, then shortened by whole periods where
+            // that joins cleanly; else dropped as the buffer would.
+            let mut a = std::mem::take(&mut self.scratch2);
+            let ok = matches!(self.dec.decode(&dropped, &mut a), Ok(FRAME));
+            match ok
+                .then(|| stretch::shorten(&self.hist, &a, FRAME))
+                .flatten()
+            {
+                Some(short) => {
+                    self.removed += (FRAME - short.len()) as u64;
+                    self.push(&short);
+                }
+                None => self.removed += FRAME as u64,
+            }
+            self.scratch2 = a;
+        }
+        let mut f = std::mem::take(&mut self.scratch);
+        let r = match &pulled {
             Pulled::Waiting => {
-                out.fill(0);
+                self.scratch = f;
                 return false;
             }
-            Pulled::Frame { payload, .. } => self.dec.decode(&payload, out),
-            Pulled::Fec { next_payload, .. } => self.dec.decode_fec(&next_payload, out),
-            Pulled::Conceal { .. } | Pulled::Stretch => self.dec.conceal(out),
+            Pulled::Frame { payload, .. } => self.dec.decode(payload, &mut f),
+            Pulled::Fec { next_payload, .. } => self.dec.decode_fec(next_payload, &mut f),
+            Pulled::Stretch if self.jb.decelerated() => {
+                // Lengthen by whole periods of what just played; the decoder is not run, so
+                // its next frame joins the end of the insertion as it would have joined `hist`.
+                match stretch::expand(&self.hist, FRAME) {
+                    Some(ins) => {
+                        self.inserted += ins.len() as u64;
+                        self.push(&ins);
+                        self.scratch = f;
+                        return true;
+                    }
+                    None => {
+                        self.inserted += FRAME as u64;
+                        self.dec.conceal(&mut f)
+                    }
+                }
+            }
+            Pulled::Conceal { .. } | Pulled::Stretch => self.dec.conceal(&mut f),
             Pulled::Silence => {
-                out.fill(0);
+                f.fill(0);
                 Ok(FRAME)
             }
         };
         if !matches!(r, Ok(FRAME)) {
             self.decode_errors += 1;
-            out.fill(0);
+            f.fill(0);
         }
+        self.push(&f);
+        self.scratch = f;
         true
     }
 
-    pub fn stats(&self) -> &JitterStats {
-        self.jb.stats()
+    fn push(&mut self, samples: &[i16]) {
+        self.queue.extend(samples.iter().copied());
+        self.hist.extend_from_slice(samples);
+        if self.hist.len() > HISTORY {
+            self.hist.drain(..self.hist.len() - HISTORY);
+        }
+    }
+
+    /// The buffer's figures, with the stretching counted as it really happened and the
+    /// queue's wait added to the playout delay.
+    pub fn stats(&self) -> JitterStats {
+        let mut s = self.jb.stats().clone();
+        s.inserted_samples_for_deceleration = self.inserted;
+        s.removed_samples_for_acceleration = self.removed;
+        s.jitter_buffer_delay += self.queue_delay_s;
+        s
     }
 
     pub fn target_delay_ms(&self) -> f64 {
         self.jb.target_delay_ms()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lodge_codec::{EncoderSettings, OpusEncoder};
+
+    /// 20 ms frames of a 210 Hz voice-like tone, Opus-encoded.
+    fn packets(n: usize) -> Vec<Vec<u8>> {
+        let mut enc = OpusEncoder::new(EncoderSettings::default()).unwrap();
+        (0..n)
+            .map(|f| {
+                let pcm: Vec<i16> = (f * FRAME..(f + 1) * FRAME)
+                    .map(|i| {
+                        let t = i as f64 / 48_000.0 * 210.0 * std::f64::consts::TAU;
+                        (7000.0 * t.sin() + 2000.0 * (2.0 * t).sin()) as i16
+                    })
+                    .collect();
+                enc.encode(&pcm).unwrap().to_vec()
+            })
+            .collect()
+    }
+
+    fn max_step(x: &[i16]) -> i32 {
+        x.windows(2)
+            .map(|w| (w[1] as i32 - w[0] as i32).abs())
+            .max()
+            .unwrap()
+    }
+
+    /// Packets arrive in bursts and pauses, so the buffer both accelerates (a burst leaves it
+    /// above target) and decelerates (below target while packets wait): the played audio stays
+    /// as smooth as the clean decode, and what was inserted and removed is counted in whole
+    /// periods rather than whole frames.
+    #[test]
+    fn bursts_are_absorbed_by_whole_periods_without_clicks() {
+        let pk = packets(400);
+        let mut p = SpeakerPlayout::new(BufferConfig::default(), 0.0).unwrap();
+        let mut played = Vec::new();
+        let mut frame = [0i16; FRAME];
+        let mut next = 0usize;
+        for tick in 0..420usize {
+            let now = tick as f64 * 20.0;
+            // Every 25 ticks: 10 packets held back and then delivered at once.
+            let due = (tick + 1).min(pk.len());
+            if tick % 25 < 10 && tick > 50 {
+                // held
+            } else {
+                while next < due {
+                    p.insert(now, next as u16, (next * FRAME) as u32, &pk[next]);
+                    next += 1;
+                }
+            }
+            if p.pull(now, &mut frame) {
+                played.extend_from_slice(&frame);
+            }
+        }
+        let s = p.stats();
+        assert!(s.removed_samples_for_acceleration > 0, "{s:?}");
+        assert!(s.inserted_samples_for_deceleration > 0, "{s:?}");
+        // 210 Hz: whole periods are 228 or 229 samples, so the counts are not whole frames.
+        assert!(
+            !s.removed_samples_for_acceleration
+                .is_multiple_of(FRAME as u64)
+                || s.removed_samples_for_acceleration < FRAME as u64,
+            "removed in periods, not only whole frames: {}",
+            s.removed_samples_for_acceleration
+        );
+        // Smoothness: after the start (skip the first 200 ms of decoder warm-up), no step
+        // larger than 1.3x the clean signal's largest.
+        let clean: Vec<i16> = (0..48_000)
+            .map(|i| {
+                let t = i as f64 / 48_000.0 * 210.0 * std::f64::consts::TAU;
+                (7000.0 * t.sin() + 2000.0 * (2.0 * t).sin()) as i16
+            })
+            .collect();
+        let own = max_step(&clean);
+        let body = &played[9600..played.len() - 9600];
+        assert!(
+            max_step(body) < own * 13 / 10,
+            "largest step {} against the signal's {own}",
+            max_step(body)
+        );
     }
 }

@@ -119,6 +119,11 @@ pub struct JitterBuffer {
     speculative: u32,
     /// The previous frame was a stretch.
     stretched: bool,
+    /// Hand the frames dropped for acceleration to the caller (`take_accelerated`).
+    keep_accelerated: bool,
+    accelerated: Option<(u64, Vec<u8>)>,
+    /// The last pull was a deliberate deceleration.
+    decelerated: bool,
     /// Share of recent frames found missing (exponential average over ~100 frames).
     loss_avg: f64,
     stats: JitterStats,
@@ -191,6 +196,9 @@ impl JitterBuffer {
             unclassified: 0,
             speculative: 0,
             stretched: false,
+            keep_accelerated: false,
+            accelerated: None,
+            decelerated: false,
             loss_avg: 0.0,
             stats: JitterStats::default(),
             loss: LossEstimate::default(),
@@ -367,7 +375,32 @@ impl JitterBuffer {
     }
 
     /// One frame of playout.
+    /// For a caller that time-stretches decoded audio itself (a client with the PCM): keep
+    /// each frame this buffer drops for acceleration, to be taken with
+    /// [`JitterBuffer::take_accelerated`] after the pull that dropped it, so the caller can
+    /// decode it (keeping its decoder continuous) and remove about a frame of audio where it
+    /// shows least. Off by default: the frame is simply dropped.
+    pub fn keep_accelerated(&mut self, on: bool) {
+        self.keep_accelerated = on;
+    }
+
+    /// The frame (sequence, payload) the last `pull` dropped for acceleration, if it dropped
+    /// one and [`JitterBuffer::keep_accelerated`] is on. The pull's own result is the frame
+    /// after it.
+    pub fn take_accelerated(&mut self) -> Option<(u64, Vec<u8>)> {
+        self.accelerated.take()
+    }
+
+    /// Whether the last `pull`'s `Pulled::Stretch` was a deliberate deceleration (packets are
+    /// waiting, the buffer is below its target) rather than an underrun: a caller with decoded
+    /// audio can lengthen it by whole pitch periods instead of concealing.
+    pub fn decelerated(&self) -> bool {
+        self.decelerated
+    }
+
     pub fn pull(&mut self, now_ms: f64) -> Pulled {
+        self.accelerated = None;
+        self.decelerated = false;
         if let Some(d) = self.cfg.static_delay_ms {
             return self.pull_static(now_ms, d);
         }
@@ -394,6 +427,9 @@ impl JitterBuffer {
                     self.stats.removed_samples_for_acceleration += frame;
                     self.next_seq += 1;
                     self.next_ts = p.ts + frame;
+                    if self.keep_accelerated {
+                        self.accelerated = Some((self.next_seq - 1, p.payload));
+                    }
                 }
             }
             // Deceleration: stretch while audio is waiting but less than the target — only while
@@ -407,6 +443,7 @@ impl JitterBuffer {
                 let under = target - level;
                 if (under >= frame_ms / 2.0 && p.low_energy) || under >= frame_ms {
                     self.stretched = true;
+                    self.decelerated = true;
                     self.stats.inserted_samples_for_deceleration += frame;
                     self.emitted(None, false, false);
                     return Pulled::Stretch;
