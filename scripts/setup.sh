@@ -10,6 +10,7 @@
 #   fonts-dejavu-core  the font of the playout report's PNG plots
 #   janus, iproute2  the Janus VideoRoom baseline (tests/load/janus_baseline.sh) in a private netns
 #   coturn, nftables, openssl  the TURN test (tests/turn/run.sh): a relay, a firewall, a test CA
+#   libasound2-dev   ALSA headers for lodge-client's sound-card feature (cpal), linted and tested in CI
 #   gcc (cc)         compiles the C client example against lodge_client.h (tests/c-client/run.sh)
 # and, from the Rust registry/toolchain servers, what scripts/fuzz.sh needs:
 #   the nightly toolchain (minimal profile) and cargo-fuzz
@@ -33,6 +34,7 @@ command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+pkg-config --exists alsa 2>/dev/null || need+=(libasound2-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} (apt)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -13,6 +13,8 @@ cargo fmt --all -- --check
 
 step "lints (cargo clippy, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# lodge-client's optional sound devices (cpal over ALSA), off in the workspace build.
+cargo clippy -p lodge-client --features sound-card --all-targets --locked -- -D warnings
 
 step "build (debug, all targets)"
 cargo build --workspace --all-targets --locked
@@ -41,6 +43,9 @@ fi
 
 step "fuzzing: every fuzz/ target built once and run ${FUZZ_SECONDS:-60} s from its seed corpus (nightly, cargo-fuzz)"
 ./scripts/fuzz.sh
+
+step "lodge-client's sound devices: speakers and microphone on ALSA's null device (no sound card needed)"
+cargo test -p lodge-client --features sound-card --lib --locked sound_card
 
 step "benchmarks compile and run once (criterion test mode)"
 cargo test -p lodge-sfu --bench forward --locked

@@ -114,6 +114,33 @@ impl Sink for NullSink {
     fn mixed(&mut self, _: &[i16]) {}
 }
 
+/// Every sink in turn (play and record at once).
+pub struct Tee(pub Vec<Box<dyn Sink>>);
+
+impl Sink for Tee {
+    fn mixed(&mut self, frame: &[i16]) {
+        for s in &mut self.0 {
+            s.mixed(frame);
+        }
+    }
+    fn speaker(&mut self, ssrc: u32, user: Option<u64>, frame: &[i16]) {
+        for s in &mut self.0 {
+            s.speaker(ssrc, user, frame);
+        }
+    }
+    fn finish(&mut self) -> io::Result<()> {
+        let mut first = Ok(());
+        for s in &mut self.0 {
+            if let Err(e) = s.finish() {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+}
+
 /// What a [`MemorySink`] holds: the mix, and each user's (or unnamed SSRC's) frames.
 #[derive(Debug, Default)]
 pub struct Recorded {

@@ -34,6 +34,9 @@ pub enum ClientError {
     Io(#[from] io::Error),
     #[error("audio: {0}")]
     Codec(#[from] lodge_codec::CodecError),
+    /// A sound device could not be found or opened.
+    #[error("audio device: {0}")]
+    Audio(String),
     /// The call's task is gone (it ended with an error reported by `leave`).
     #[error("the call has ended")]
     Ended,

@@ -35,6 +35,8 @@ pub mod error;
 pub mod ffi;
 pub mod playout;
 pub mod signal;
+#[cfg(feature = "sound-card")]
+pub mod sound_card;
 pub mod stretch;
 
 pub use call::{Call, JoinOptions};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use lodge_client::audio_io::{NullSink, Silence, Sink, Source, Tone, WavRecorder, WavSource};
+use lodge_client::audio_io::{NullSink, Silence, Sink, Source, Tee, Tone, WavRecorder, WavSource};
 use lodge_client::{Call, CallStats, CryptoMode, JoinOptions};
 
 #[derive(Parser, Debug)]
@@ -20,6 +20,8 @@ use lodge_client::{Call, CallStats, CryptoMode, JoinOptions};
         out everyone else through Lodge's adaptive jitter buffer, and can record the mix and \
         each speaker to WAV files (user-<id>.wav). Live figures are printed every few \
         seconds. Ctrl-C leaves the channel cleanly.\n\n\
+        With a build that has sound devices (--features sound-card), --microphone and \
+        --speakers make it a voice chat client.\n\n\
         Example:\n  lodge-voice --url http://127.0.0.1:8080 --token \"$TOKEN\" \\\n    \
         --guild 123 --channel 456 --tone 440 --record ./heard --duration 30"
 )]
@@ -28,17 +30,40 @@ struct Args {
     #[arg(long, env = "LODGE_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
     /// The Authorization value: a user token (from /auth/register or /auth/login) or "Bot <token>".
-    #[arg(long, env = "LODGE_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "LODGE_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "list_devices",
+        default_value = ""
+    )]
     token: String,
     /// The guild (server) id.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "list_devices", default_value = "")]
     guild: String,
     /// The voice channel id.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "list_devices", default_value = "")]
     channel: String,
     /// Send a sine tone of this frequency (Hz).
-    #[arg(long, conflicts_with = "play")]
+    #[arg(long, conflicts_with_all = ["play", "microphone"])]
     tone: Option<f32>,
+    /// Send the microphone (the default input device, or --input-device). Needs a build with
+    /// `--features sound-card`.
+    #[arg(long, conflicts_with = "play")]
+    microphone: bool,
+    /// Play the call on the speakers (the default output device, or --output-device). Needs a
+    /// build with `--features sound-card`.
+    #[arg(long)]
+    speakers: bool,
+    /// The input device for --microphone, by name (see --list-devices).
+    #[arg(long, requires = "microphone")]
+    input_device: Option<String>,
+    /// The output device for --speakers, by name (see --list-devices).
+    #[arg(long, requires = "speakers")]
+    output_device: Option<String>,
+    /// List the sound devices and exit.
+    #[arg(long, exclusive = true)]
+    list_devices: bool,
     /// Send this WAV file (16-bit PCM, any rate, mono or stereo).
     #[arg(long)]
     play: Option<PathBuf>,
@@ -111,9 +136,63 @@ fn print_stats(s: &CallStats, secs: f64) {
     }
 }
 
+#[cfg(feature = "sound-card")]
+mod devices {
+    use anyhow::Result;
+    use lodge_client::audio_io::{Sink, Source};
+    use lodge_client::sound_card::{self, MicSource, SpeakerSink};
+
+    pub fn list() -> Result<()> {
+        let (inputs, outputs) = sound_card::devices()?;
+        for (what, list) in [("input", inputs), ("output", outputs)] {
+            println!("{what} devices:");
+            if list.is_empty() {
+                println!("  (none found)");
+            }
+            for d in list {
+                println!("  {d}");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn microphone(name: Option<&str>) -> Result<Box<dyn Source>> {
+        let m = MicSource::open(name)?;
+        println!("microphone: {}", m.device);
+        Ok(Box::new(m))
+    }
+
+    pub fn speakers(name: Option<&str>) -> Result<Box<dyn Sink>> {
+        let s = SpeakerSink::open(name)?;
+        println!("speakers: {}", s.device);
+        Ok(Box::new(s))
+    }
+}
+
+#[cfg(not(feature = "sound-card"))]
+mod devices {
+    use anyhow::{bail, Result};
+    use lodge_client::audio_io::{Sink, Source};
+
+    const HOW: &str = "this lodge-voice was built without sound devices: build it with `cargo build --release -p lodge-client --features sound-card` (needs libasound2-dev on Linux)";
+
+    pub fn list() -> Result<()> {
+        bail!(HOW)
+    }
+    pub fn microphone(_: Option<&str>) -> Result<Box<dyn Source>> {
+        bail!(HOW)
+    }
+    pub fn speakers(_: Option<&str>) -> Result<Box<dyn Sink>> {
+        bail!(HOW)
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = Args::parse();
+    if a.list_devices {
+        return devices::list();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -141,6 +220,7 @@ async fn main() -> Result<()> {
         .context("--bitrate must be 6000..=510000")?;
     let mut file_secs = None;
     let source: Box<dyn Source> = match (&a.tone, &a.play) {
+        _ if a.microphone => devices::microphone(a.input_device.as_deref())?,
         (Some(hz), _) => {
             if !(20.0..=20_000.0).contains(hz) {
                 bail!("--tone must be 20..=20000 Hz (got {hz})");
@@ -161,12 +241,19 @@ async fn main() -> Result<()> {
             Box::new(Silence)
         }
     };
-    let sink: Box<dyn Sink> = match &a.record {
-        Some(dir) => Box::new(
-            WavRecorder::create(dir)
-                .with_context(|| format!("cannot record into {}", dir.display()))?,
-        ),
-        None => Box::new(NullSink),
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if let Some(dir) = &a.record {
+        sinks.push(Box::new(WavRecorder::create(dir).with_context(|| {
+            format!("cannot record into {}", dir.display())
+        })?));
+    }
+    if a.speakers {
+        sinks.push(devices::speakers(a.output_device.as_deref())?);
+    }
+    let sink: Box<dyn Sink> = match sinks.len() {
+        0 => Box::new(NullSink),
+        1 => sinks.pop().expect("one"),
+        _ => Box::new(Tee(sinks)),
     };
     let call = Call::join(o, source, sink).await.with_context(|| {
         format!(
