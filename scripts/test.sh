@@ -72,6 +72,9 @@ OUT="$(mktemp -d)" ./tests/native-voice/run.sh
 step "C client: client/examples/c/play_wav.c built against lodge_client.h joins a node's voice channel and plays a WAV; lodge-voice hears its tone"
 OUT="$(mktemp -d)" ./tests/c-client/run.sh
 
+step "NetEq side by side, smoke run: the same speech through two impairment profiles to headless Chromium and to lodge-client; report + plot"
+OUT="$(mktemp -d)" PROFILES="wired bursty_3" SECONDS_PER_PROFILE=10 ./tests/neteq/run.sh
+
 step "playout evaluation smoke run: real speech, Opus, two profiles, report + plots"
 ./tests/load/playout_smoke.sh
 

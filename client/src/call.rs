@@ -39,6 +39,9 @@ pub struct JoinOptions {
     pub engine: EngineConfig,
     /// The local address to send from (unspecified: any).
     pub bind: IpAddr,
+    /// Send media to this address instead of the node's (voice Ready's): a UDP relay or an
+    /// impairment proxy in front of the node. `None`: straight to the node.
+    pub media_via: Option<SocketAddr>,
 }
 
 impl JoinOptions {
@@ -53,6 +56,7 @@ impl JoinOptions {
             mode: CryptoMode::ALL[0],
             engine: EngineConfig::default(),
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            media_via: None,
         }
     }
 }
@@ -101,7 +105,16 @@ impl Call {
         let vs = signal::join_gateway(&gw_url, &opts, gw_rx, ev_tx.clone()).await?;
         let sock = UdpSocket::bind(SocketAddr::new(opts.bind, 0)).await?;
         let (v_tx, v_rx) = mpsc::unbounded_channel();
-        let ready = signal::join_voice(&vs, &opts.guild, &sock, opts.mode, ev_tx, v_rx).await?;
+        let ready = signal::join_voice(
+            &vs,
+            &opts.guild,
+            &sock,
+            opts.mode,
+            opts.media_via,
+            ev_tx,
+            v_rx,
+        )
+        .await?;
         let mut engine = VoiceEngine::new(
             std::time::Instant::now(),
             ready.ssrc,
@@ -290,7 +303,7 @@ impl Running {
                 },
                 e = events.recv() => match e {
                     Some(VoiceEvent::Speaker { ssrc, user }) => self.engine.set_user(ssrc, user),
-                    Some(VoiceEvent::Gone { user }) => self.engine.user_gone(user),
+                    Some(VoiceEvent::Gone { user }) => self.engine.user_gone(std::time::Instant::now(), user),
                     Some(VoiceEvent::Lost(why)) => break Err(crate::error::protocol(why)),
                     None => break Err(ClientError::Ended),
                 },

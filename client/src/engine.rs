@@ -19,6 +19,11 @@ const OPUS_SILENCE: [u8; 3] = [0xF8, 0xFF, 0xFE];
 const SILENCE_FRAMES: u8 = 5;
 /// A speaker with no packet for this long is forgotten (its buffer and decoder freed).
 const SPEAKER_IDLE_MS: f64 = 10_000.0;
+/// After a user leaves, packets of theirs still in flight are ignored for this long (rather
+/// than starting a new playout for an SSRC nobody names).
+const GONE_MS: f64 = 2_000.0;
+/// Final figures of this many departed speakers are kept for `stats`.
+const MAX_DEPARTED: usize = 64;
 
 /// How the engine encodes and plays out.
 #[derive(Debug, Clone)]
@@ -62,6 +67,8 @@ pub struct SpeakerStats {
     pub jitter: JitterStats,
     pub target_delay_ms: f64,
     pub decode_errors: u64,
+    /// The speaker left (op 13) or went quiet for 10 s: these are its final figures.
+    pub left: bool,
 }
 
 /// What the user controls during a call.
@@ -88,6 +95,9 @@ pub struct VoiceEngine {
     silence_left: u8,
     speaking_changed: Option<bool>,
     speakers: HashMap<u32, SpeakerPlayout>,
+    /// SSRCs whose user left, and when (ms).
+    gone: HashMap<u32, f64>,
+    departed: Vec<SpeakerStats>,
     users: HashMap<u32, u64>,
     volumes: HashMap<u64, f32>,
     stats: CallStats,
@@ -122,6 +132,8 @@ impl VoiceEngine {
             silence_left: 0,
             speaking_changed: None,
             speakers: HashMap::new(),
+            gone: HashMap::new(),
+            departed: Vec::new(),
             users: HashMap::new(),
             volumes: HashMap::new(),
             stats: CallStats::default(),
@@ -228,6 +240,9 @@ impl VoiceEngine {
             self.stats.packets_dave_dropped += 1;
             return;
         }
+        if self.gone.get(&ssrc).is_some_and(|t| now_ms - t < GONE_MS) {
+            return;
+        }
         let p = match self.speakers.entry(ssrc) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -243,20 +258,45 @@ impl VoiceEngine {
     /// The voice gateway named `ssrc` as `user`'s voice (op 5).
     pub fn set_user(&mut self, ssrc: u32, user: u64) {
         self.users.insert(ssrc, user);
+        self.gone.remove(&ssrc);
     }
 
-    /// `user` left the call: forget their SSRCs' playout.
-    pub fn user_gone(&mut self, user: u64) {
+    /// `user` left the call (at `now`): their SSRCs' playout ends, its figures are kept.
+    pub fn user_gone(&mut self, now: Instant, user: u64) {
+        let now_ms = self.ms(now);
         let gone: Vec<u32> = self
             .users
             .iter()
             .filter(|(_, u)| **u == user)
             .map(|(s, _)| *s)
             .collect();
+        self.gone.retain(|_, t| now_ms - *t < GONE_MS);
         for s in gone {
+            if let Some(p) = self.speakers.remove(&s) {
+                self.depart(s, &p);
+            }
             self.users.remove(&s);
-            self.speakers.remove(&s);
+            self.gone.insert(s, now_ms);
         }
+    }
+
+    fn speaker_stats(&self, ssrc: u32, p: &SpeakerPlayout, left: bool) -> SpeakerStats {
+        SpeakerStats {
+            ssrc,
+            user: self.users.get(&ssrc).copied(),
+            jitter: p.stats(),
+            target_delay_ms: p.target_delay_ms(),
+            decode_errors: p.decode_errors,
+            left,
+        }
+    }
+
+    fn depart(&mut self, ssrc: u32, p: &SpeakerPlayout) {
+        let st = self.speaker_stats(ssrc, p, true);
+        if self.departed.len() == MAX_DEPARTED {
+            self.departed.remove(0);
+        }
+        self.departed.push(st);
     }
 
     /// Playback gain for `user` (1.0 unchanged, 0.0 silent, up to 4.0).
@@ -274,8 +314,17 @@ impl VoiceEngine {
         mut each: impl FnMut(u32, Option<u64>, &[i16]),
     ) {
         let now_ms = self.ms(now);
-        self.speakers
-            .retain(|_, p| now_ms - p.last_packet_ms < SPEAKER_IDLE_MS);
+        let idle: Vec<u32> = self
+            .speakers
+            .iter()
+            .filter(|(_, p)| now_ms - p.last_packet_ms >= SPEAKER_IDLE_MS)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in idle {
+            if let Some(p) = self.speakers.remove(&s) {
+                self.depart(s, &p);
+            }
+        }
         self.acc.fill(0);
         for (ssrc, p) in self.speakers.iter_mut() {
             if !p.pull(now_ms, &mut self.frame) {
@@ -305,15 +354,10 @@ impl VoiceEngine {
         s.speakers = self
             .speakers
             .iter()
-            .map(|(ssrc, p)| SpeakerStats {
-                ssrc: *ssrc,
-                user: self.users.get(ssrc).copied(),
-                jitter: p.stats(),
-                target_delay_ms: p.target_delay_ms(),
-                decode_errors: p.decode_errors,
-            })
+            .map(|(ssrc, p)| self.speaker_stats(*ssrc, p, false))
             .collect();
         s.speakers.sort_by_key(|x| x.ssrc);
+        s.speakers.extend(self.departed.iter().cloned());
         s
     }
 
@@ -425,6 +469,29 @@ mod tests {
         b.receive(t0, &mut own);
         assert!(b.stats().speakers.is_empty());
         let _ = &mut a;
+    }
+
+    #[test]
+    fn a_speaker_who_leaves_keeps_its_figures_and_late_packets_start_nothing() {
+        let (mut a, mut b, t0) = pair();
+        b.set_user(11, 500);
+        talk(&mut a, &mut b, t0, 0, 50);
+        let late = a.capture(&tone(50, 440.0)).unwrap().unwrap();
+        b.user_gone(t0 + Duration::from_millis(1000), 500);
+        let mut l = late.clone();
+        b.receive(t0 + Duration::from_millis(1020), &mut l);
+        let st = b.stats();
+        assert_eq!(st.speakers.len(), 1, "{:?}", st.speakers);
+        let s = &st.speakers[0];
+        assert!(
+            s.left && s.user == Some(500) && s.jitter.packets_received >= 49,
+            "{s:?}"
+        );
+        // Named again (a rejoin under the same SSRC), it plays again.
+        b.set_user(11, 500);
+        let mut l = late;
+        b.receive(t0 + Duration::from_millis(1040), &mut l);
+        assert_eq!(b.stats().speakers.iter().filter(|s| !s.left).count(), 1);
     }
 
     #[test]

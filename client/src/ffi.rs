@@ -342,7 +342,7 @@ pub unsafe extern "C" fn lodge_call_stats(call: *mut LodgeCall, out: *mut LodgeS
         packets_sent: s.packets_sent,
         packets_received: s.packets_received,
         packets_undecryptable: s.packets_undecryptable,
-        speakers: s.speakers.len() as u32,
+        speakers: s.speakers.iter().filter(|x| !x.left).count() as u32,
         ended: i32::from(c.ended_reason().is_some()),
         ..Default::default()
     };

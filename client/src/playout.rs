@@ -97,18 +97,26 @@ impl SpeakerPlayout {
         let pulled = self.jb.pull(now_ms);
         if let Some((_, dropped)) = self.jb.take_accelerated() {
             // Decoded so the decoder stays continuous, then shortened by whole periods where
-            // that joins cleanly; else dropped as the buffer would.
+            // that joins cleanly; else dropped as the buffer would. What is still queued (not
+            // played yet) is shortened with it, aiming to leave nothing over a frame boundary,
+            // so the queue adds no lasting delay.
             let mut a = std::mem::take(&mut self.scratch2);
-            let ok = matches!(self.dec.decode(&dropped, &mut a), Ok(FRAME));
-            match ok
-                .then(|| stretch::shorten(&self.hist, &a, FRAME))
-                .flatten()
-            {
-                Some(short) => {
-                    self.removed += (FRAME - short.len()) as u64;
-                    self.push(&short);
+            if matches!(self.dec.decode(&dropped, &mut a), Ok(FRAME)) {
+                let q = self.queue.len();
+                let mut seg: Vec<i16> = self.queue.iter().copied().collect();
+                seg.extend_from_slice(&a);
+                let before = &self.hist[..self.hist.len() - q.min(self.hist.len())];
+                match stretch::shorten(before, &seg, FRAME + q) {
+                    Some(short) => {
+                        self.removed += (seg.len() - short.len()) as u64;
+                        self.queue.clear();
+                        self.hist.truncate(self.hist.len() - q.min(self.hist.len()));
+                        self.push(&short);
+                    }
+                    None => self.removed += FRAME as u64,
                 }
-                None => self.removed += FRAME as u64,
+            } else {
+                self.removed += FRAME as u64;
             }
             self.scratch2 = a;
         }
@@ -123,7 +131,9 @@ impl SpeakerPlayout {
             Pulled::Stretch if self.jb.decelerated() => {
                 // Lengthen by whole periods of what just played; the decoder is not run, so
                 // its next frame joins the end of the insertion as it would have joined `hist`.
-                match stretch::expand(&self.hist, FRAME) {
+                // Less when audio is still queued (it already lengthens the playout).
+                let want = FRAME.saturating_sub(self.queue.len());
+                match stretch::expand(&self.hist, want) {
                     Some(ins) => {
                         self.inserted += ins.len() as u64;
                         self.push(&ins);

@@ -311,14 +311,15 @@ pub enum VoiceCmd {
     Close,
 }
 
-/// Connect to the voice gateway, identify, discover our address on `sock`, select the native
-/// transport in `mode`, and wait for the key. The connection then lives in a task that keeps
+/// Connect to the voice gateway, identify, discover our address on `sock` (through `via` if
+/// set, else at Ready's address), select the native transport in `mode`, and wait for the key. The connection then lives in a task that keeps
 /// heartbeats, reports op 5 mappings as `events` and sends our op 5 on `cmds`.
 pub async fn join_voice(
     vs: &VoiceServer,
     guild: &str,
     sock: &UdpSocket,
     mode: CryptoMode,
+    via: Option<SocketAddr>,
     events: mpsc::UnboundedSender<VoiceEvent>,
     cmds: mpsc::UnboundedReceiver<VoiceCmd>,
 ) -> Result<VoiceReady, ClientError> {
@@ -362,7 +363,8 @@ pub async fn join_voice(
             mode.name()
         )));
     }
-    let server = SocketAddr::new(ip, port);
+    // A relay in front of the node (`JoinOptions::media_via`) carries discovery and media.
+    let server = via.unwrap_or(SocketAddr::new(ip, port));
     let (address, port) = crate::discovery::discover(sock, server, ssrc).await?;
     send_json(
         &mut vw,

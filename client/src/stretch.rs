@@ -61,8 +61,7 @@ pub fn expand(hist: &[i16], want: usize) -> Option<Vec<i16>> {
     if c < MIN_CORRELATION {
         return None;
     }
-    let k = (want + p / 2) / p;
-    let k = k.max(1);
+    let k = ((want + p / 2) / p).max(1);
     let n = hist.len();
     let cycle = &hist[n - p..];
     let mut out = Vec::with_capacity(k * p);

@@ -6,10 +6,12 @@
 //! - `lodge-load voice`: crowds of WebRTC callers in voice channels; what listeners hear.
 //! - `lodge-load merge`: one voice report from the JSON reports of a scenario's shards.
 //! - `lodge-load relay`: a UDP relay that impairs one flow (e.g. an edge's trunk to its origin).
+//! - `lodge-load neteq-report`: Chromium's NetEq against lodge-client on the same paths.
 
 mod api;
 mod chat;
 mod hist;
+mod neteq;
 mod nodes;
 pub(crate) mod playout;
 mod shard;
@@ -48,6 +50,9 @@ enum Cmd {
     /// A UDP relay that impairs the one flow through it with a named profile (both directions),
     /// e.g. between an edge and its origin: point the edge's --origin at the relay.
     Relay(voice::RelayArgs),
+    /// The NetEq side-by-side report (tests/neteq/run.sh): Chromium's and lodge-client's
+    /// playout of the same speech on the same impaired paths, one table and one plot.
+    NeteqReport(neteq::NeteqReportArgs),
 }
 
 #[tokio::main]
@@ -59,6 +64,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Voice(a) => voice::run(a).await,
         Cmd::Merge(a) => voice::merge::run(a),
         Cmd::Relay(a) => voice::relay(a).await,
+        Cmd::NeteqReport(a) => neteq::run(a),
     };
     match r {
         Ok(true) => std::process::ExitCode::SUCCESS,

@@ -91,6 +91,14 @@ struct Args {
     /// Seconds between live figure lines (0: none).
     #[arg(long, default_value_t = 2.0)]
     stats_every: f64,
+    /// Send media through this UDP relay (e.g. `lodge-load relay`, an impairment proxy in front
+    /// of the node) instead of straight to the node.
+    #[arg(long)]
+    via: Option<std::net::SocketAddr>,
+    /// On leaving, write the final figures as JSON here: per speaker, under WebRTC's getStats
+    /// names (jitterBufferDelay, concealedSamples, ...), for side-by-side comparisons.
+    #[arg(long)]
+    stats_json: Option<PathBuf>,
     /// Opus bitrate in bits per second.
     #[arg(long, default_value_t = 32_000)]
     bitrate: u32,
@@ -111,7 +119,7 @@ fn print_stats(s: &CallStats, secs: f64) {
         s.packets_received,
         s.packets_undecryptable,
         s.packets_dave_dropped,
-        s.speakers.len()
+        s.speakers.iter().filter(|x| !x.left).count()
     );
     for sp in &s.speakers {
         let j = &sp.jitter;
@@ -125,15 +133,53 @@ fn print_stats(s: &CallStats, secs: f64) {
         } else {
             0.0
         };
-        let who = sp
+        let mut who = sp
             .user
             .map(|u| format!("user {u}"))
             .unwrap_or_else(|| format!("ssrc {}", sp.ssrc));
+        if sp.left {
+            who.push_str(" (left)");
+        }
         println!(
             "           {who}: {} packets, playout delay {delay_ms:.0} ms (target {:.0}), concealed {concealed:.1}%, FEC {}, discarded {}",
             j.packets_received, sp.target_delay_ms, j.fec_packets_received, j.packets_discarded
         );
     }
+}
+
+/// The final figures, per speaker, under getStats names (as an inbound-rtp audio stream).
+fn stats_json(s: &CallStats) -> serde_json::Value {
+    let speakers: Vec<_> = s
+        .speakers
+        .iter()
+        .map(|sp| {
+            let j = &sp.jitter;
+            serde_json::json!({
+                "ssrc": sp.ssrc,
+                "userId": sp.user.map(|u| u.to_string()),
+                "packetsReceived": j.packets_received,
+                "packetsDiscarded": j.packets_discarded,
+                "fecPacketsReceived": j.fec_packets_received,
+                "jitterBufferDelay": j.jitter_buffer_delay,
+                "jitterBufferTargetDelay": j.jitter_buffer_target_delay,
+                "jitterBufferEmittedCount": j.jitter_buffer_emitted_count,
+                "totalSamplesReceived": j.total_samples_received,
+                "concealedSamples": j.concealed_samples,
+                "silentConcealedSamples": j.silent_concealed_samples,
+                "concealmentEvents": j.concealment_events,
+                "insertedSamplesForDeceleration": j.inserted_samples_for_deceleration,
+                "removedSamplesForAcceleration": j.removed_samples_for_acceleration,
+                "targetDelayMs": sp.target_delay_ms,
+                "left": sp.left,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "packetsSent": s.packets_sent,
+        "packetsReceived": s.packets_received,
+        "packetsUndecryptable": s.packets_undecryptable,
+        "speakers": speakers,
+    })
 }
 
 #[cfg(feature = "sound-card")]
@@ -213,6 +259,7 @@ async fn main() -> Result<()> {
     o.self_mute = a.mute;
     o.self_deaf = a.deaf;
     o.engine.voice_activity = a.vad;
+    o.media_via = a.via;
     o.engine.encoder.bitrate_bps = a.bitrate;
     o.engine
         .encoder
@@ -283,6 +330,10 @@ async fn main() -> Result<()> {
     let last = call.stats();
     call.leave().await.context("the call ended with an error")?;
     print_stats(&last, started.elapsed().as_secs_f64());
+    if let Some(p) = &a.stats_json {
+        std::fs::write(p, stats_json(&last).to_string())
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
     if let Some(dir) = &a.record {
         println!("recordings in {}", dir.display());
     }

@@ -1,0 +1,269 @@
+//! `lodge-load neteq-report`: the side-by-side table and plot of `tests/neteq/run.sh`, which
+//! sends the same speech through the same impairment profile to a headless Chromium listener
+//! (its NetEq) and to a `lodge-client` listener (Lodge's buffer, Opus FEC/PLC and time
+//! stretching), and keeps each side's final figures under getStats names.
+//!
+//! Both sides are scored by one formula: playout delay = jitterBufferDelay /
+//! jitterBufferEmittedCount; concealment = concealed samples that were not silence, over all
+//! samples played; MOS estimate = `lodge_jitter::mos_estimate` (E-model) with mouth-to-ear delay
+//! = the profile's base network delay + the playout delay + 26.5 ms of Opus framing and
+//! lookahead, and the concealment as the loss.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use lodge_jitter::{mos_estimate, Profile, QualityInput};
+use plotters::prelude::*;
+use serde_json::Value;
+
+/// Opus framing (20 ms) + lookahead (6.5 ms), as in the playout evaluation.
+const CODEC_DELAY_MS: f64 = 26.5;
+
+#[derive(Args, Debug)]
+pub struct NeteqReportArgs {
+    /// The run's directory: one sub-directory per profile holding chromium.json and
+    /// lodge.json (as tests/neteq/run.sh writes them).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Where report.md and neteq.png go (default: --dir).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Fail unless each listener received at least 80% of this many seconds of packets (50
+    /// per second) on every profile: a check for smoke runs.
+    #[arg(long)]
+    pub expect_seconds: Option<f64>,
+}
+
+/// One listener's result on one profile.
+#[derive(Debug, Clone, Copy)]
+pub struct Side {
+    pub packets: f64,
+    pub delay_ms: f64,
+    pub concealment_pct: f64,
+    pub stretch_pct: f64,
+    pub mos: f64,
+}
+
+fn num(v: &Value, k: &str) -> f64 {
+    v[k].as_f64().unwrap_or(0.0)
+}
+
+/// Score one inbound stream's getStats-named figures on `profile`.
+pub fn score(s: &Value, profile: &Profile) -> Side {
+    let emitted = num(s, "jitterBufferEmittedCount");
+    let total = num(s, "totalSamplesReceived").max(1.0);
+    let delay_ms = if emitted > 0.0 {
+        num(s, "jitterBufferDelay") / emitted * 1e3
+    } else {
+        0.0
+    };
+    let concealed = (num(s, "concealedSamples") - num(s, "silentConcealedSamples")).max(0.0);
+    let concealment_pct = concealed / total * 100.0;
+    let stretch =
+        num(s, "insertedSamplesForDeceleration") + num(s, "removedSamplesForAcceleration");
+    let q = QualityInput::opus(
+        profile.base_delay_ms + delay_ms + CODEC_DELAY_MS,
+        concealment_pct,
+    );
+    Side {
+        packets: num(s, "packetsReceived"),
+        delay_ms,
+        concealment_pct,
+        stretch_pct: stretch / total * 100.0,
+        mos: mos_estimate(&q),
+    }
+}
+
+/// The speaker's stream in a lodge-voice `--stats-json` file: the one with the most packets.
+fn lodge_stream(v: &Value) -> Option<Value> {
+    v["speakers"]
+        .as_array()?
+        .iter()
+        .max_by(|a, b| num(a, "packetsReceived").total_cmp(&num(b, "packetsReceived")))
+        .cloned()
+}
+
+fn read(p: &Path) -> Result<Value> {
+    let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    serde_json::from_str(&t).with_context(|| format!("{} is not JSON", p.display()))
+}
+
+pub fn run(a: NeteqReportArgs) -> Result<bool> {
+    let out = a.out.clone().unwrap_or_else(|| a.dir.clone());
+    std::fs::create_dir_all(&out)?;
+    let mut rows = Vec::new();
+    for p in Profile::ALL {
+        let d = a.dir.join(p.name);
+        if !d.is_dir() {
+            continue;
+        }
+        let chromium = read(&d.join("chromium.json"))?;
+        let lodge = read(&d.join("lodge.json"))?;
+        let Some(ls) = lodge_stream(&lodge) else {
+            bail!(
+                "{}: the lodge-client listener received nothing",
+                d.display()
+            );
+        };
+        if num(&chromium, "packetsReceived") == 0.0 {
+            bail!("{}: the Chromium listener received nothing", d.display());
+        }
+        let (n, l) = (score(&chromium, &p), score(&ls, &p));
+        if let Some(secs) = a.expect_seconds {
+            let want = 0.8 * secs * 50.0;
+            for (who, side) in [("Chromium", &n), ("lodge-client", &l)] {
+                if side.packets < want {
+                    bail!(
+                        "{}: the {who} listener received {} packets, fewer than 80% of {secs} s ({want:.0})",
+                        p.name,
+                        side.packets
+                    );
+                }
+            }
+        }
+        rows.push((p, n, l));
+    }
+    if rows.is_empty() {
+        bail!("no profile results under {}", a.dir.display());
+    }
+    let md = report(&rows);
+    std::fs::write(out.join("report.md"), &md)?;
+    crate::playout::plot::register_font()?;
+    plot(&out.join("neteq.png"), &rows)?;
+    print!("{md}");
+    println!("report and plot written to {}", out.display());
+    Ok(true)
+}
+
+fn report(rows: &[(Profile, Side, Side)]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Lodge's playout against Chromium's NetEq\n\n\
+         The same speech, through the same impairment profile (a `lodge-load relay` between the node and \
+         each listener, same seed), played out by headless Chromium (NetEq) and by `lodge-client` \
+         (Lodge's adaptive buffer, Opus FEC/PLC, time stretching on decoded audio). Delay: mean \
+         jitterBufferDelay per emitted sample. Concealment: concealed samples that were not silence, \
+         over all samples played. MOS: the E-model estimate with the profile's base delay + playout \
+         delay + 26.5 ms codec delay, and the concealment as loss. Stretch: inserted + removed samples.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| profile | packets (NetEq / Lodge) | delay ms (NetEq / Lodge) | concealment % (NetEq / Lodge) | stretch % (NetEq / Lodge) | MOS (NetEq / Lodge) |\n|---|---|---|---|---|---|"
+    );
+    let (mut mos_ok, mut better_delay) = (0, 0);
+    for (p, n, l) in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} / {:.0} | {:.1} / {:.1} | {:.2} / {:.2} | {:.2} / {:.2} | {:.3} / {:.3} |",
+            p.name, n.packets, l.packets, n.delay_ms, l.delay_ms, n.concealment_pct,
+            l.concealment_pct, n.stretch_pct, l.stretch_pct, n.mos, l.mos
+        );
+        if l.mos >= n.mos {
+            mos_ok += 1;
+        }
+        // Lower delay at equal (or less) concealment, with 0.1 point of tolerance.
+        if l.delay_ms < n.delay_ms && l.concealment_pct <= n.concealment_pct + 0.1 {
+            better_delay += 1;
+        }
+    }
+    let n = rows.len();
+    let _ = writeln!(
+        s,
+        "\nGoals (issue #18):\n- Lodge's MOS estimate at least NetEq's on every profile: **{}** ({mos_ok} of {n}).\n\
+         - Lower delay at equal concealment on most profiles: **{}** ({better_delay} of {n}).",
+        if mos_ok == n { "met" } else { "not met" },
+        if better_delay * 2 > n { "met" } else { "not met" },
+    );
+    s
+}
+
+fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("plotting failed: {e:?}")
+}
+
+/// One panel per profile: playout delay (x) against concealment (y), NetEq and Lodge.
+fn plot(path: &Path, rows: &[(Profile, Side, Side)]) -> Result<()> {
+    let root = BitMapBackend::new(path, (1400, 900)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let root = root
+        .titled(
+            "Playout delay vs concealment: Chromium NetEq (red) and Lodge (green); lower-left is better",
+            ("sans-serif", 22),
+        )
+        .map_err(err)?;
+    let cols = 4;
+    let panels = root.split_evenly((rows.len().div_ceil(cols), cols));
+    let neteq = RGBColor(214, 96, 77);
+    let lodge = RGBColor(27, 158, 119);
+    for (panel, (p, n, l)) in panels.iter().zip(rows) {
+        let xmax = n.delay_ms.max(l.delay_ms).max(40.0) * 1.25;
+        let ymax = n.concealment_pct.max(l.concealment_pct).max(0.5) * 1.3;
+        let mut c = ChartBuilder::on(panel)
+            .caption(
+                format!("{} (MOS {:.2} / {:.2})", p.name, n.mos, l.mos),
+                ("sans-serif", 16),
+            )
+            .margin(8)
+            .x_label_area_size(36)
+            .y_label_area_size(48)
+            .build_cartesian_2d(0.0..xmax, 0.0..ymax)
+            .map_err(err)?;
+        c.configure_mesh()
+            .x_desc("mean playout delay, ms")
+            .y_desc("concealment, %")
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(err)?;
+        for (side, col) in [(n, neteq), (l, lodge)] {
+            c.draw_series(std::iter::once(Circle::new(
+                (side.delay_ms, side.concealment_pct),
+                7,
+                col.filled(),
+            )))
+            .map_err(err)?;
+        }
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn both_sides_are_scored_by_one_formula() {
+        let p = Profile::by_name("wired").unwrap();
+        let s = json!({ "packetsReceived": 500, "jitterBufferDelay": 0.040 * 480_000.0,
+            "jitterBufferEmittedCount": 480_000.0, "totalSamplesReceived": 480_000.0,
+            "concealedSamples": 9_600.0, "silentConcealedSamples": 4_800.0,
+            "insertedSamplesForDeceleration": 960.0, "removedSamplesForAcceleration": 3_840.0 });
+        let x = score(&s, &p);
+        assert!((x.delay_ms - 40.0).abs() < 1e-9, "{x:?}");
+        assert!(
+            (x.concealment_pct - 1.0).abs() < 1e-9,
+            "silent concealment is not counted"
+        );
+        assert!((x.stretch_pct - 1.0).abs() < 1e-9);
+        let better = score(
+            &json!({ "jitterBufferDelay": 0.020 * 480_000.0, "jitterBufferEmittedCount": 480_000.0,
+            "totalSamplesReceived": 480_000.0 }),
+            &p,
+        );
+        assert!(
+            better.mos > x.mos,
+            "less delay and no concealment score higher"
+        );
+        let rows = vec![(p, x, better)];
+        let md = report(&rows);
+        assert!(md.contains("| wired | 500 / 0 | 40.0 / 20.0 |"), "{md}");
+        assert!(
+            md.contains("at least NetEq's on every profile: **met** (1 of 1)"),
+            "{md}"
+        );
+    }
+}
