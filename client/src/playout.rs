@@ -20,9 +20,22 @@ use crate::stretch;
 pub const FRAME: usize = 960;
 /// How much recent audio the stretcher looks at (30 ms).
 const HISTORY: usize = 1440;
+/// Audio left queued past a tick beyond this (10 ms) is taken out again, by whole periods,
+/// at the next decoded frame: the buffer does not see the queue, so what lingers there would
+/// be delay it never corrects.
+const QUEUE_SLACK: usize = 480;
 /// Buffer steps per tick at most (a tick after an acceleration that removed little may need
 /// two; more means something is wrong, and the tick plays what it has).
 const MAX_STEPS: usize = 3;
+
+/// Opus in VBR spends bytes on sound: a frame this small is a pause or near silence, where
+/// the buffer may drop or stretch first (native clients send no audio-level header; the node
+/// ranks them by packet size the same way).
+const LOW_ENERGY_BYTES: usize = 24;
+
+fn low_energy(opus: &[u8]) -> bool {
+    opus.len() <= LOW_ENERGY_BYTES
+}
 
 pub struct SpeakerPlayout {
     jb: JitterBuffer,
@@ -65,7 +78,8 @@ impl SpeakerPlayout {
 
     pub fn insert(&mut self, now_ms: f64, seq: u16, rtp_ts: u32, opus: &[u8]) {
         self.last_packet_ms = now_ms;
-        self.jb.insert(now_ms, seq, rtp_ts, opus.to_vec());
+        self.jb
+            .insert_frame(now_ms, seq, rtp_ts, opus.to_vec(), low_energy(opus));
     }
 
     /// Fill `out` (one frame) with what plays now; false while the buffer is still filling
@@ -102,18 +116,9 @@ impl SpeakerPlayout {
             // so the queue adds no lasting delay.
             let mut a = std::mem::take(&mut self.scratch2);
             if matches!(self.dec.decode(&dropped, &mut a), Ok(FRAME)) {
-                let q = self.queue.len();
-                let mut seg: Vec<i16> = self.queue.iter().copied().collect();
-                seg.extend_from_slice(&a);
-                let before = &self.hist[..self.hist.len() - q.min(self.hist.len())];
-                match stretch::shorten(before, &seg, FRAME + q) {
-                    Some(short) => {
-                        self.removed += (seg.len() - short.len()) as u64;
-                        self.queue.clear();
-                        self.hist.truncate(self.hist.len() - q.min(self.hist.len()));
-                        self.push(&short);
-                    }
-                    None => self.removed += FRAME as u64,
+                let want = FRAME + self.queue.len();
+                if !self.shorten_with_queue(&a, want) {
+                    self.removed += FRAME as u64;
                 }
             } else {
                 self.removed += FRAME as u64;
@@ -156,8 +161,32 @@ impl SpeakerPlayout {
             self.decode_errors += 1;
             f.fill(0);
         }
-        self.push(&f);
+        let q = self.queue.len();
+        let trimmed = q >= QUEUE_SLACK
+            && matches!(pulled, Pulled::Frame { .. } | Pulled::Fec { .. })
+            && self.shorten_with_queue(&f, q);
+        if !trimmed {
+            self.push(&f);
+        }
         self.scratch = f;
+        true
+    }
+
+    /// What is still queued (not played yet) followed by `next`, shortened by whole periods,
+    /// about `want` samples, and queued in their place. False (nothing changed) where the audio
+    /// is not periodic enough.
+    fn shorten_with_queue(&mut self, next: &[i16], want: usize) -> bool {
+        let q = self.queue.len();
+        let mut seg: Vec<i16> = self.queue.iter().copied().collect();
+        seg.extend_from_slice(next);
+        let cut = self.hist.len() - q.min(self.hist.len());
+        let Some(short) = stretch::shorten(&self.hist[..cut], &seg, want) else {
+            return false;
+        };
+        self.removed += (seg.len() - short.len()) as u64;
+        self.queue.clear();
+        self.hist.truncate(cut);
+        self.push(&short);
         true
     }
 
