@@ -45,7 +45,7 @@ step "fuzzing: every fuzz/ target built once and run ${FUZZ_SECONDS:-60} s from 
 ./scripts/fuzz.sh
 
 step "lodge-client's sound devices: speakers and microphone on ALSA's null device (no sound card needed)"
-cargo test -p lodge-client --features sound-card --lib --locked sound_card
+cargo test -p lodge-client --features sound-card --locked --test sound_card
 
 step "benchmarks compile and run once (criterion test mode)"
 cargo test -p lodge-sfu --bench forward --locked

@@ -130,7 +130,7 @@ extern "C" {
 
 /**
  * Join a voice channel. Returns the call, or NULL with the reason written to `err` (at most
- * `err_len` bytes, NUL-terminated; `err` may be NULL). Blocks until joined (seconds at most).
+ * `err_len` bytes, NUL-terminated; `err` may be NULL). Blocks until joined: 30 s at most.
  *
  * # Safety
  * `opts` points to a valid `LodgeJoinOptions` whose strings are NUL-terminated; `callbacks`

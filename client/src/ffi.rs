@@ -15,6 +15,9 @@ use crate::call::{Call, JoinOptions};
 use crate::error::ClientError;
 use crate::CryptoMode;
 
+/// How long `lodge_call_join` may block.
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A call in progress (opaque).
 pub struct LodgeCall {
     rt: tokio::runtime::Runtime,
@@ -144,7 +147,10 @@ fn write_err(err: *mut c_char, err_len: usize, msg: &str) {
     if err.is_null() || err_len == 0 {
         return;
     }
-    let n = msg.len().min(err_len - 1);
+    let mut n = msg.len().min(err_len - 1);
+    while !msg.is_char_boundary(n) {
+        n -= 1;
+    }
     // SAFETY: the caller gave `err_len` writable bytes at `err`.
     unsafe {
         std::ptr::copy_nonoverlapping(msg.as_ptr(), err.cast::<u8>(), n);
@@ -225,7 +231,15 @@ unsafe fn join(
         .build()
         .map_err(|e| format!("starting the client's runtime: {e}"))?;
     let call = rt
-        .block_on(Call::join(opts, source, sink))
+        .block_on(async {
+            tokio::time::timeout(JOIN_TIMEOUT, Call::join(opts, source, sink)).await
+        })
+        .map_err(|_| {
+            format!(
+                "no answer from the server within {} s",
+                JOIN_TIMEOUT.as_secs()
+            )
+        })?
         .map_err(|e| e.to_string())?;
     Ok(Box::new(LodgeCall {
         rt,
@@ -234,7 +248,7 @@ unsafe fn join(
 }
 
 /// Join a voice channel. Returns the call, or NULL with the reason written to `err` (at most
-/// `err_len` bytes, NUL-terminated; `err` may be NULL). Blocks until joined (seconds at most).
+/// `err_len` bytes, NUL-terminated; `err` may be NULL). Blocks until joined: 30 s at most.
 ///
 /// # Safety
 /// `opts` points to a valid `LodgeJoinOptions` whose strings are NUL-terminated; `callbacks`
@@ -336,6 +350,16 @@ pub unsafe extern "C" fn lodge_call_stats(call: *mut LodgeCall, out: *mut LodgeS
     let (Some(c), Some(out)) = (call.as_ref().and_then(|c| c.call.as_ref()), out.as_mut()) else {
         return -1;
     };
+    match catch_unwind(AssertUnwindSafe(|| stats_of(c))) {
+        Ok(st) => {
+            *out = st;
+            0
+        }
+        Err(_) => -1,
+    }
+}
+
+fn stats_of(c: &Call) -> LodgeStats {
     let s = c.stats();
     let (mut delay_s, mut emitted) = (0.0, 0u64);
     let mut st = LodgeStats {
@@ -355,8 +379,7 @@ pub unsafe extern "C" fn lodge_call_stats(call: *mut LodgeCall, out: *mut LodgeS
     if emitted > 0 {
         st.mean_playout_delay_ms = delay_s / emitted as f64 * 1e3;
     }
-    *out = st;
-    0
+    st
 }
 
 /// Leave the channel, wait for the connections to close, and free the call. 0 if the call
@@ -370,12 +393,17 @@ pub unsafe extern "C" fn lodge_call_leave(call: *mut LodgeCall) -> i32 {
     if call.is_null() {
         return -1;
     }
-    let mut c = Box::from_raw(call);
-    let r = catch_unwind(AssertUnwindSafe(|| match c.call.take() {
-        Some(call) => c.rt.block_on(call.leave()).is_ok(),
-        None => false,
+    let c = Box::from_raw(call);
+    let r = catch_unwind(AssertUnwindSafe(move || {
+        let LodgeCall { rt, call } = *c;
+        let ok = match call {
+            Some(call) => rt.block_on(call.leave()).is_ok(),
+            None => false,
+        };
+        // Never blocks (and so never panics when called where blocking is not allowed).
+        rt.shutdown_background();
+        ok
     }));
-    drop(c);
     if matches!(r, Ok(true)) {
         0
     } else {

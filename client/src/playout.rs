@@ -51,6 +51,9 @@ pub struct SpeakerPlayout {
     /// What was really inserted and removed (whole periods, or whole frames on fallback).
     inserted: u64,
     removed: u64,
+    /// Decelerations played as PLC (the audio was not periodic): concealment, as NetEq counts
+    /// synthetic audio; the buffer counted them as plain frames.
+    plc_inserted: u64,
     /// Time played samples waited in the queue, summed per sample (s), like the buffer's own.
     queue_delay_s: f64,
     scratch: Vec<i16>,
@@ -70,6 +73,7 @@ impl SpeakerPlayout {
             decode_errors: 0,
             inserted: 0,
             removed: 0,
+            plc_inserted: 0,
             queue_delay_s: 0.0,
             scratch: vec![0; FRAME],
             scratch2: vec![0; FRAME],
@@ -147,6 +151,7 @@ impl SpeakerPlayout {
                     }
                     None => {
                         self.inserted += FRAME as u64;
+                        self.plc_inserted += FRAME as u64;
                         self.dec.conceal(&mut f)
                     }
                 }
@@ -204,6 +209,7 @@ impl SpeakerPlayout {
         let mut s = self.jb.stats().clone();
         s.inserted_samples_for_deceleration = self.inserted;
         s.removed_samples_for_acceleration = self.removed;
+        s.concealed_samples += self.plc_inserted;
         s.jitter_buffer_delay += self.queue_delay_s;
         s
     }

@@ -110,6 +110,13 @@ pub fn run(a: NeteqReportArgs) -> Result<bool> {
         if num(&chromium, "packetsReceived") == 0.0 {
             bail!("{}: the Chromium listener received nothing", d.display());
         }
+        if num(&chromium, "streams") != 1.0 {
+            bail!(
+                "{}: the Chromium figures sum {} streams; the comparison needs exactly the speaker's",
+                d.display(),
+                chromium["streams"]
+            );
+        }
         let (n, l) = (score(&chromium, &p), score(&ls, &p));
         if let Some(secs) = a.expect_seconds {
             let want = 0.8 * secs * 50.0;

@@ -6,6 +6,10 @@
 #     candidate to the relay);
 #   - `lodge-voice` (lodge-client: Lodge's adaptive buffer, Opus FEC/PLC, time stretching on the
 #     decoded audio), its media through another relay with the same profile and seed.
+# The relays impair RTP only (--rtp-only), so both listeners' speech meets the same losses and
+# delays whatever else each path carries (DTLS, STUN, RTCP, keepalives). The packet sizes differ
+# (SRTP with header extensions against the native transport), which matters only on a profile
+# with a bandwidth cap.
 # The speaker is a third client (`lodge-voice --play speech.wav`, espeak-ng speech with pauses,
 # every frame sent). Each listener's final figures (getStats names) are kept per profile and
 # `lodge-load neteq-report` scores both by one formula into report.md and neteq.png.
@@ -100,9 +104,9 @@ for P in $PROFILES; do
   i=$((i + 1))
   D="$OUT/$P"; mkdir -p "$D"
   echo "== $P: $SECS s of speech to Chromium and to lodge-client, each through a relay (seed $SEED)"
-  "$T/lodge-load" relay --listen 127.0.0.1:0 --to "127.0.0.1:$MP" --profile "$P" --seed "$SEED" >"$D/relay-chromium.txt" 2>&1 &
+  "$T/lodge-load" relay --listen 127.0.0.1:0 --to "127.0.0.1:$MP" --profile "$P" --seed "$SEED" --rtp-only >"$D/relay-chromium.txt" 2>&1 &
   PIDS+=($!)
-  "$T/lodge-load" relay --listen 127.0.0.1:0 --to "127.0.0.1:$MP" --profile "$P" --seed "$SEED" >"$D/relay-lodge.txt" 2>&1 &
+  "$T/lodge-load" relay --listen 127.0.0.1:0 --to "127.0.0.1:$MP" --profile "$P" --seed "$SEED" --rtp-only >"$D/relay-lodge.txt" 2>&1 &
   PIDS+=($!)
   wait_for "$D/relay-chromium.txt" '^relay ' 10; wait_for "$D/relay-lodge.txt" '^relay ' 10
   RC=$(awk '/^relay /{print $2; exit}' "$D/relay-chromium.txt"); RL=$(awk '/^relay /{print $2; exit}' "$D/relay-lodge.txt")

@@ -199,6 +199,10 @@ pub struct RelayArgs {
     pub profile: String,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Impair RTP only and pass everything else (DTLS, STUN, RTCP, keepalives) at once, so two
+    /// relays with one seed carrying the same RTP stream impair it identically.
+    #[arg(long)]
+    pub rtp_only: bool,
 }
 
 /// `lodge-load relay`: impair one UDP flow until Ctrl-C. Prints the bound address first.
@@ -210,7 +214,7 @@ pub async fn relay(a: RelayArgs) -> Result<bool> {
         )
     })?;
     let (stop_tx, stop) = watch::channel(false);
-    let addr = proxy::start(a.listen, a.to, p.clone(), a.seed, stop).await?;
+    let addr = proxy::start(a.listen, a.to, p.clone(), a.seed, a.rtp_only, stop).await?;
     println!(
         "relay {addr} -> {} ({}, expected loss {:.1}%)",
         a.to,
@@ -913,7 +917,7 @@ pub async fn run(a: VoiceArgs) -> Result<bool> {
                         _ if native_mode.is_some() => String::new(),
                         Some((p, seed)) => {
                             let node = proxy::candidate_addr(&call.answer_sdp).context("no host candidate in the answer")?;
-                            let via = proxy::start(SocketAddr::new(ip, 0), node, p, seed, stop.clone()).await?;
+                            let via = proxy::start(SocketAddr::new(ip, 0), node, p, seed, false, stop.clone()).await?;
                             proxy::rewrite_candidates(&call.answer_sdp, node, via)
                         }
                         None => call.answer_sdp.clone(),

@@ -23,12 +23,22 @@ struct Datagram {
     data: Vec<u8>,
 }
 
-/// Start a proxy in front of `node` on `bind`; returns the address callers should use.
+/// Whether `d` is an RTP packet (RFC 5761: version 2, and not one of the payload types RTCP
+/// uses when multiplexed). STUN, DTLS and RTCP are not.
+pub fn is_rtp(d: &[u8]) -> bool {
+    d.len() >= 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1])
+}
+
+/// Start a proxy in front of `node` on `bind`; returns the address callers should use. With
+/// `rtp_only`, only RTP packets are impaired (the rest passes at once), so two proxies with
+/// one seed that carry the same RTP stream impair it identically, whatever else each carries
+/// (DTLS, STUN, RTCP, keepalives).
 pub async fn start(
     bind: SocketAddr,
     node: SocketAddr,
     profile: Profile,
     seed: u64,
+    rtp_only: bool,
     mut stop: watch::Receiver<bool>,
 ) -> Result<SocketAddr> {
     let sock = UdpSocket::bind(bind)
@@ -67,6 +77,10 @@ pub async fn start(
                         (&mut up, node)
                     };
                     let sent = start.elapsed();
+                    if rtp_only && !is_rtp(&buf[..n]) {
+                        let _ = sock.send_to(&buf[..n], to).await;
+                        continue;
+                    }
                     for arrival in imp.send(sent, n) {
                         order += 1;
                         queue.push(Reverse(Due { at: start + arrival, order, item: Datagram { to, data: buf[..n].to_vec() } }));
@@ -125,6 +139,58 @@ mod tests {
         assert!(out.starts_with("v=0\r\na=ice-lite\r\n"));
     }
 
+    #[test]
+    fn tells_rtp_from_rtcp_stun_and_dtls() {
+        let mut rtp = [0u8; 20];
+        rtp[0] = 0x80;
+        rtp[1] = 0x80 | 111; // marker + Opus
+        assert!(is_rtp(&rtp));
+        rtp[1] = 200; // RTCP sender report
+        assert!(!is_rtp(&rtp));
+        assert!(!is_rtp(&[0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42, 0, 0, 0, 0])); // STUN
+        assert!(!is_rtp(&[22, 0xFE, 0xFD, 0, 0, 0, 0, 0, 0, 0, 0, 0])); // DTLS
+        assert!(!is_rtp(&[0x80, 111, 0, 1])); // too short
+    }
+
+    #[tokio::test]
+    async fn an_rtp_only_proxy_passes_everything_else_untouched() {
+        let node = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (_stop_tx, stop) = watch::channel(false);
+        let drop_all = Profile {
+            name: "test",
+            loss_good: 1.0,
+            ..Profile::WIRED
+        };
+        let proxy = start(
+            "127.0.0.1:0".parse().unwrap(),
+            node.local_addr().unwrap(),
+            drop_all,
+            1,
+            true,
+            stop,
+        )
+        .await
+        .unwrap();
+        let mut rtp = [0u8; 20];
+        rtp[0] = 0x80;
+        rtp[1] = 111;
+        for _ in 0..10 {
+            client.send_to(&rtp, proxy).await.unwrap();
+        }
+        client.send_to(b"keepalive", proxy).await.unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), node.recv_from(&mut buf))
+            .await
+            .expect("the keepalive passes")
+            .unwrap();
+        assert_eq!(
+            &buf[..n],
+            b"keepalive",
+            "every RTP packet was dropped, nothing else"
+        );
+    }
+
     #[tokio::test]
     async fn the_proxy_forwards_both_ways_and_drops_per_profile() {
         let node = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -140,6 +206,7 @@ mod tests {
             node.local_addr().unwrap(),
             lossy,
             1,
+            false,
             stop,
         )
         .await
