@@ -374,7 +374,6 @@ impl JitterBuffer {
         self.conceal_run = 0;
     }
 
-    /// One frame of playout.
     /// For a caller that time-stretches decoded audio itself (a client with the PCM): keep
     /// each frame this buffer drops for acceleration, to be taken with
     /// [`JitterBuffer::take_accelerated`] after the pull that dropped it, so the caller can
@@ -398,6 +397,7 @@ impl JitterBuffer {
         self.decelerated
     }
 
+    /// One frame of playout.
     pub fn pull(&mut self, now_ms: f64) -> Pulled {
         self.accelerated = None;
         self.decelerated = false;
