@@ -16,6 +16,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use lodge_jitter::{mos_estimate, Profile, QualityInput};
 use plotters::prelude::*;
+
+use crate::playout::plot::{delay_concealment_panel, err};
 use serde_json::Value;
 
 /// Opus framing (20 ms) + lookahead (6.5 ms), as in the playout evaluation.
@@ -187,10 +189,6 @@ fn report(rows: &[(Profile, Side, Side)]) -> String {
     s
 }
 
-fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
-    anyhow::anyhow!("plotting failed: {e:?}")
-}
-
 /// One panel per profile: playout delay (x) against concealment (y), NetEq and Lodge.
 fn plot(path: &Path, rows: &[(Profile, Side, Side)]) -> Result<()> {
     let root = BitMapBackend::new(path, (1400, 900)).into_drawing_area();
@@ -208,22 +206,8 @@ fn plot(path: &Path, rows: &[(Profile, Side, Side)]) -> Result<()> {
     for (panel, (p, n, l)) in panels.iter().zip(rows) {
         let xmax = n.delay_ms.max(l.delay_ms).max(40.0) * 1.25;
         let ymax = n.concealment_pct.max(l.concealment_pct).max(0.5) * 1.3;
-        let mut c = ChartBuilder::on(panel)
-            .caption(
-                format!("{} (MOS {:.2} / {:.2})", p.name, n.mos, l.mos),
-                ("sans-serif", 16),
-            )
-            .margin(8)
-            .x_label_area_size(36)
-            .y_label_area_size(48)
-            .build_cartesian_2d(0.0..xmax, 0.0..ymax)
-            .map_err(err)?;
-        c.configure_mesh()
-            .x_desc("mean playout delay, ms")
-            .y_desc("concealment, %")
-            .label_style(("sans-serif", 12))
-            .draw()
-            .map_err(err)?;
+        let caption = format!("{} (MOS {:.2} / {:.2})", p.name, n.mos, l.mos);
+        let mut c = delay_concealment_panel(panel, &caption, xmax, ymax)?;
         for (side, col) in [(n, neteq), (l, lodge)] {
             c.draw_series(std::iter::once(Circle::new(
                 (side.delay_ms, side.concealment_pct),

@@ -38,8 +38,38 @@ pub fn register_font() -> Result<()> {
         .map_err(|_| anyhow!("the font file is not a usable TrueType font"))
 }
 
-fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+pub(crate) fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plotting failed: {e:?}")
+}
+
+/// One "mean playout delay (x) against concealment (y)" panel with its axes drawn, for the
+/// playout evaluation and the NetEq comparison alike.
+pub(crate) fn delay_concealment_panel<'a, 'b: 'a>(
+    panel: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    caption: &str,
+    xmax: f64,
+    ymax: f64,
+) -> Result<
+    ChartContext<
+        'a,
+        BitMapBackend<'b>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+> {
+    let mut c = ChartBuilder::on(panel)
+        .caption(caption, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0.0..xmax, 0.0..ymax)
+        .map_err(err)?;
+    c.configure_mesh()
+        .x_desc("mean playout delay, ms")
+        .y_desc("concealment, %")
+        .label_style(("sans-serif", 12))
+        .draw()
+        .map_err(err)?;
+    Ok(c)
 }
 
 /// One panel per profile: mean playout delay (x) against concealment (y), one point per
@@ -60,19 +90,7 @@ pub fn delay_vs_concealment(path: &Path, profiles: &[&str], runs: &[RunResult]) 
         let pts: Vec<&RunResult> = runs.iter().filter(|r| r.profile == *profile).collect();
         let xmax = pts.iter().map(|r| r.mean_delay_ms).fold(50.0, f64::max) * 1.15;
         let ymax = pts.iter().map(|r| r.concealment_pct).fold(0.5, f64::max) * 1.2;
-        let mut c = ChartBuilder::on(panel)
-            .caption(*profile, ("sans-serif", 18))
-            .margin(8)
-            .x_label_area_size(36)
-            .y_label_area_size(48)
-            .build_cartesian_2d(0.0..xmax, 0.0..ymax)
-            .map_err(err)?;
-        c.configure_mesh()
-            .x_desc("mean playout delay, ms")
-            .y_desc("concealment, %")
-            .label_style(("sans-serif", 12))
-            .draw()
-            .map_err(err)?;
+        let mut c = delay_concealment_panel(panel, profile, xmax, ymax)?;
         for r in &pts {
             let col = colour(r.strategy);
             let p = (r.mean_delay_ms, r.concealment_pct);
