@@ -14,7 +14,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeToneWav } from './wav.mjs';
-import { launchVoiceBrowser } from './launch.mjs';
+import { joinVoiceChannel, launchVoiceBrowser } from './launch.mjs';
 
 const BASE = process.env.LODGE_URL;
 const INVITE = process.env.INVITE;
@@ -34,17 +34,7 @@ async function client({ name, hz, amp }) {
   const page = ctx.pages()[0] || (await ctx.newPage());
   page.on('console', (m) => { if (m.type() === 'error') log(`${name} console:`, m.text()); });
   page.on('pageerror', (e) => log(`${name} page error:`, e.message));
-  await page.goto(`${BASE}/?slots=${SLOTS}`);
-  await page.fill('#username', name);
-  await page.fill('#password', `password-${name}`);
-  await page.click('#register-btn');
-  await page.waitForFunction(() => window.lodge && window.lodge.state.user, null, { timeout: 20000 });
-  const id = await page.evaluate(() => window.lodge.state.user.id);
-  await page.fill('#invite-code', INVITE);
-  await page.click('#join-invite button');
-  await page.waitForSelector('#guild-list li.active', { timeout: 20000 });
-  await page.click('#channel-list li[data-type="2"]');
-  await page.waitForSelector('#voice-status[data-state="connected"]', { timeout: 30000 });
+  const id = await joinVoiceChannel(page, BASE, name, INVITE, `?slots=${SLOTS}`);
   log(`${name} (${id}) in voice at ${hz} Hz, peak ${amp}`);
   return { name, ctx, page, id };
 }

@@ -12,7 +12,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeToneWav } from './wav.mjs';
-import { launchVoiceBrowser } from './launch.mjs';
+import { joinVoiceChannel, launchVoiceBrowser } from './launch.mjs';
 
 const BASE = process.env.LODGE_URL;
 const INVITE = process.env.INVITE;
@@ -45,17 +45,7 @@ await page.addInitScript(({ ip, port }) => {
   };
 }, { ip: RELAY_IP, port: Number(RELAY_PORT) });
 
-await page.goto(`${BASE}/`);
-await page.fill('#username', NAME);
-await page.fill('#password', `password-${NAME}`);
-await page.click('#register-btn');
-await page.waitForFunction(() => window.lodge && window.lodge.state.user, null, { timeout: 20000 });
-const id = await page.evaluate(() => window.lodge.state.user.id);
-await page.fill('#invite-code', INVITE);
-await page.click('#join-invite button');
-await page.waitForSelector('#guild-list li.active', { timeout: 20000 });
-await page.click('#channel-list li[data-type="2"]');
-await page.waitForSelector('#voice-status[data-state="connected"]', { timeout: 30000 });
+const id = await joinVoiceChannel(page, BASE, NAME, INVITE);
 await page.click('#mute-btn');
 log(`${NAME} (${id}) listening through the relay at ${RELAY_IP}:${RELAY_PORT}`);
 report('joined', { id });
