@@ -25,8 +25,8 @@ fi
 cc -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -o "$OUT/play_wav" \
   "$ROOT/client/examples/c/play_wav.c" -I "$ROOT/client/include" -L "$T" -llodge_client -Wl,-rpath,"$T"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-free_udp() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=../lib/api.sh
+. "$ROOT/tests/lib/api.sh"
 HP="$(free_port)"; MP="$(free_udp)"
 URL="http://127.0.0.1:$HP"
 "$T/lodge" serve --data-dir "$OUT/data" --http-listen "127.0.0.1:$HP" --media-listen "127.0.0.1:$MP" \
@@ -38,16 +38,14 @@ for _ in $(seq 1 100); do curl -fs "$URL/readyz" >/dev/null 2>&1 && break; sleep
 curl -fsS "$URL/readyz" >/dev/null
 
 # Two accounts in one guild: (token, user id) each, the guild and its voice channel.
-api() { curl -fsS -X "$1" "$URL/api/v10$2" -H 'Content-Type: application/json' ${3:+-H "Authorization: $3"} ${4:+-d "$4"}; }
-field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval('d'+sys.argv[1]))" "$1"; }
 A=$(api POST /auth/register "" '{"username":"c_player","password":"password-123"}')
 B=$(api POST /auth/register "" '{"username":"listener","password":"password-123"}')
-TA=$(field '["token"]' <<<"$A"); UA=$(field '["user"]["id"]' <<<"$A"); TB=$(field '["token"]' <<<"$B")
+TA=$(js 'd["token"]' <<<"$A"); UA=$(js 'd["user"]["id"]' <<<"$A"); TB=$(js 'd["token"]' <<<"$B")
 G=$(api POST /guilds "$TA" '{"name":"C den"}')
-GID=$(field '["id"]' <<<"$G")
-TEXT=$(python3 -c "import json,sys; print([c['id'] for c in json.load(sys.stdin)['channels'] if c['type']==0][0])" <<<"$G")
-VOICE=$(python3 -c "import json,sys; print([c['id'] for c in json.load(sys.stdin)['channels'] if c['type']==2][0])" <<<"$G")
-CODE=$(api POST "/channels/$TEXT/invites" "$TA" | field '["code"]')
+GID=$(js 'd["id"]' <<<"$G")
+TEXT=$(js '[c["id"] for c in d["channels"] if c["type"]==0][0]' <<<"$G")
+VOICE=$(js '[c["id"] for c in d["channels"] if c["type"]==2][0]' <<<"$G")
+CODE=$(api POST "/channels/$TEXT/invites" "$TA" | js 'd["code"]')
 api POST "/invites/$CODE" "$TB" >/dev/null
 
 # Four seconds of 660 Hz, 16 kHz mono: the library converts the rate.

@@ -37,8 +37,8 @@ if [ ! -x "$T/lodge" ] || [ ! -x "$T/lodge-voice" ] || [ ! -x "$T/lodge-load" ];
 fi
 (cd "$ROOT/tests/browser" && { [ -d node_modules/playwright-core ] || timeout 300 npm ci --no-audit --no-fund --loglevel=error; })
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-free_udp() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=../lib/api.sh
+. "$ROOT/tests/lib/api.sh"
 HP="$(free_port)"; MP="$(free_udp)"
 URL="http://127.0.0.1:$HP"
 rm -rf "$OUT/data"
@@ -55,8 +55,6 @@ trap cleanup EXIT
 for _ in $(seq 1 100); do curl -fs "$URL/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -fsS "$URL/readyz" >/dev/null
 
-api() { curl -fsS -X "$1" "$URL/api/v10$2" -H 'Content-Type: application/json' ${3:+-H "Authorization: $3"} ${4:+-d "$4"}; }
-js() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
 S=$(api POST /auth/register "" '{"username":"speaker","password":"password-123"}')
 L=$(api POST /auth/register "" '{"username":"lodge_listener","password":"password-123"}')
 TS=$(js 'd["token"]' <<<"$S"); TL=$(js 'd["token"]' <<<"$L")
