@@ -115,6 +115,21 @@ async function leave(c) {
 // speakers, so counts are compared against these, never taken as they are).
 const received = async (c) => new Map((await c.page.evaluate(() => window.lodge.slotStats())).map((x) => [x.ssrc, x.packetsReceived]));
 
+// `received`, once it has stopped moving: a speaker who just left may still have packets in
+// flight, and Chromium's stats lag by a few hundred ms, so a snapshot taken at once can be
+// overtaken by the last packets of the previous call.
+async function settled(c) {
+  let last = await received(c);
+  for (let i = 0; i < 20; i++) {
+    await sleep(500);
+    const now = await received(c);
+    const same = now.size === last.size && [...now].every(([ssrc, p]) => last.get(ssrc) === p);
+    if (same) return now;
+    last = now;
+  }
+  throw new Error(`${c.name}'s received counters did not settle within 10 s`);
+}
+
 // Both hear each other within 20 s: at least 100 packets more than at `base` (bob's counts
 // before alice joined) and decoded audio with level.
 async function hearEachOther(a, b, base) {
@@ -201,7 +216,7 @@ async function main() {
   // 2. Firewall up, no relay: alice must get nothing.
   execFileSync(process.env.FIREWALL_UP);
   const before = drops();
-  const bobBefore = await received(bob);
+  const bobBefore = await settled(bob);
   await alice.page.evaluate(() => { window.__relay = 'none'; });
   await joinVoice(alice);
   let connected = false;
