@@ -119,6 +119,18 @@ typedef struct LodgeStats {
   uint64_t concealed_samples;
   double mean_playout_delay_ms;
   /**
+   * What the encoder sends at now (it follows the node's receiver reports), and whether
+   * FEC is on (1) or off (0).
+   */
+  uint32_t target_bitrate_bps;
+  int32_t fec;
+  /**
+   * How our voice reaches the node, from its latest receiver report: the share lost since
+   * the report before (0..1) and the round trip in ms; both -1 before the first report.
+   */
+  double uplink_fraction_lost;
+  double round_trip_time_ms;
+  /**
    * 1 once the call has ended (left, or a connection lost).
    */
   int32_t ended;

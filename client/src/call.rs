@@ -277,6 +277,9 @@ impl Running {
                         Ok(None) => {}
                         Err(e) => break Err(e),
                     }
+                    if let Some(sr) = self.engine.poll_report(std::time::Instant::now()) {
+                        send_media(&self.sock, self.server, &sr).await;
+                    }
                     if let Some(on) = self.engine.take_speaking_change() {
                         let _ = self.voice.send(VoiceCmd::Speaking(on));
                     }

@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use lodge_codec::audio::Vad;
+use lodge_codec::controller::{BitrateController, ControllerConfig};
 use lodge_codec::{EncoderSettings, OpusEncoder};
 use lodge_jitter::{BufferConfig, JitterStats};
+use lodge_sfu::native::rtcp::{self, Report, SenderReport};
 use lodge_sfu::native::{is_dave_frame, CryptoMode, TransportCipher};
 
 use crate::error::ClientError;
@@ -24,6 +26,12 @@ const SPEAKER_IDLE_MS: f64 = 10_000.0;
 const GONE_MS: f64 = 2_000.0;
 /// Final figures of this many departed speakers are kept for `stats`.
 const MAX_DEPARTED: usize = 64;
+/// A sender report goes out this often while we send (the node answers each with a receiver
+/// report on how our voice reaches it).
+const REPORT_MS: f64 = 1_000.0;
+/// The adaptive bitrate's floor and ceiling unless the starting rate lies outside them.
+const ADAPT_MIN_BPS: u32 = 8_000;
+const ADAPT_MAX_BPS: u32 = 64_000;
 
 /// How the engine encodes and plays out.
 #[derive(Debug, Clone)]
@@ -33,6 +41,10 @@ pub struct EngineConfig {
     /// Send only while the voice activity detector hears speech (plus its hangover); off: send
     /// every frame while unmuted (a tone, a file).
     pub voice_activity: bool,
+    /// Drive the Opus bitrate and FEC from the node's receiver reports (`lodge_codec`'s
+    /// controller, starting at `encoder.bitrate_bps`, between 8 and 64 kbps unless the start
+    /// lies outside); off: the encoder keeps `encoder` as given.
+    pub adaptive_bitrate: bool,
 }
 
 impl Default for EngineConfig {
@@ -41,8 +53,23 @@ impl Default for EngineConfig {
             encoder: EncoderSettings::default(),
             jitter: BufferConfig::default(),
             voice_activity: true,
+            adaptive_bitrate: true,
         }
     }
+}
+
+/// How our voice reaches the node, from its latest receiver report (getStats'
+/// remote-inbound-rtp names).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RemoteInbound {
+    /// Lost since the previous report (0..1).
+    pub fraction_lost: f64,
+    /// Lost since the start.
+    pub packets_lost: i64,
+    pub jitter_ms: f64,
+    /// `None` until a report echoes one of our sender reports.
+    pub round_trip_time_ms: Option<f64>,
+    pub reports_received: u64,
 }
 
 /// Live counters of the call, named as WebRTC's getStats names what it can.
@@ -56,6 +83,13 @@ pub struct CallStats {
     pub packets_undecryptable: u64,
     /// DAVE frames (end-to-end encrypted voice) this client cannot decrypt yet: dropped.
     pub packets_dave_dropped: u64,
+    /// Sender reports sent; the node's answers are in `remote_inbound`.
+    pub reports_sent: u64,
+    pub remote_inbound: Option<RemoteInbound>,
+    /// What the encoder runs at now (the controller's last decision when adaptive).
+    pub target_bitrate_bps: u32,
+    pub fec: bool,
+    pub expected_loss_pct: u8,
     pub speakers: Vec<SpeakerStats>,
 }
 
@@ -103,6 +137,9 @@ pub struct VoiceEngine {
     stats: CallStats,
     frame: [i16; FRAME],
     acc: [i32; FRAME],
+    controller: Option<BitrateController>,
+    next_report_ms: f64,
+    sent_at_last_report: u64,
 }
 
 impl VoiceEngine {
@@ -115,6 +152,20 @@ impl VoiceEngine {
         key: &[u8; 32],
         cfg: EngineConfig,
     ) -> Result<VoiceEngine, ClientError> {
+        let start = cfg.encoder.bitrate_bps;
+        let controller = cfg.adaptive_bitrate.then(|| {
+            BitrateController::new(ControllerConfig {
+                min_bps: ADAPT_MIN_BPS.min(start),
+                max_bps: ADAPT_MAX_BPS.max(start),
+                start_bps: start,
+            })
+        });
+        let stats = CallStats {
+            target_bitrate_bps: start,
+            fec: cfg.encoder.fec,
+            expected_loss_pct: cfg.encoder.expected_loss_pct,
+            ..Default::default()
+        };
         Ok(VoiceEngine {
             t0: now,
             ssrc,
@@ -136,10 +187,81 @@ impl VoiceEngine {
             departed: Vec::new(),
             users: HashMap::new(),
             volumes: HashMap::new(),
-            stats: CallStats::default(),
+            stats,
             frame: [0; FRAME],
             acc: [0; FRAME],
+            controller,
+            next_report_ms: REPORT_MS,
+            sent_at_last_report: 0,
         })
+    }
+
+    /// Our clock as an NTP-format time for sender reports (only the node's echo of it is
+    /// compared with it, so any epoch does; one second in, so no stamp is 0, which means
+    /// "none" in a report).
+    fn ntp_secs(&self, now: Instant) -> f64 {
+        1.0 + self.ms(now) / 1e3
+    }
+
+    /// A sealed sender report when one is due: once a second while we send. The node answers
+    /// each with a receiver report (`receive` takes it in).
+    pub fn poll_report(&mut self, now: Instant) -> Option<Vec<u8>> {
+        let now_ms = self.ms(now);
+        if now_ms < self.next_report_ms || self.stats.packets_sent == self.sent_at_last_report {
+            return None;
+        }
+        self.next_report_ms = now_ms + REPORT_MS;
+        self.sent_at_last_report = self.stats.packets_sent;
+        let sr = SenderReport {
+            ssrc: self.ssrc,
+            ntp: rtcp::ntp_from_secs(self.ntp_secs(now)),
+            rtp_ts: self.ts,
+            packets: self.stats.packets_sent as u32,
+            octets: self.stats.bytes_sent as u32,
+        };
+        let pkt = rtcp::seal_sender_report(&self.cipher, &sr, self.counter);
+        self.counter = self.counter.wrapping_add(1);
+        self.stats.reports_sent += 1;
+        Some(pkt)
+    }
+
+    /// A receiver report from the node: the uplink's figures, and the encoder follows the
+    /// controller's decision.
+    fn take_report(&mut self, now: Instant, d: &mut [u8]) {
+        let Some(Report::Receiver { block: Some(b), .. }) = rtcp::open(&self.cipher, d) else {
+            self.stats.packets_undecryptable += 1;
+            return;
+        };
+        if b.ssrc != self.ssrc {
+            return;
+        }
+        let rtt = b.rtt_ms(rtcp::ntp_middle(self.ntp_secs(now)));
+        let prev = self.stats.remote_inbound.unwrap_or_default();
+        self.stats.remote_inbound = Some(RemoteInbound {
+            fraction_lost: b.loss_fraction(),
+            packets_lost: i64::from(b.cumulative_lost),
+            jitter_ms: b.jitter_ms(),
+            round_trip_time_ms: rtt.or(prev.round_trip_time_ms),
+            reports_received: prev.reports_received + 1,
+        });
+        let now_ms = self.ms(now);
+        let Some(c) = &mut self.controller else {
+            return;
+        };
+        let d = c.handle_report(now_ms, b.loss_fraction(), b.jitter_ms(), rtt.unwrap_or(0.0));
+        // Frame length and DTX stay as configured: capture runs in 20 ms frames, and voice
+        // activity already stops sending in silence.
+        let s = EncoderSettings {
+            bitrate_bps: d.bitrate_bps.max(6_000),
+            fec: d.fec,
+            expected_loss_pct: d.expected_loss_pct,
+            ..*self.enc.settings()
+        };
+        if s != *self.enc.settings() && self.enc.apply(s).is_ok() {
+            self.stats.target_bitrate_bps = s.bitrate_bps;
+            self.stats.fec = s.fec;
+            self.stats.expected_loss_pct = s.expected_loss_pct;
+        }
     }
 
     fn ms(&self, now: Instant) -> f64 {
@@ -221,6 +343,9 @@ impl VoiceEngine {
     /// One datagram from the node. Anything that does not open under the key is dropped and
     /// counted; a valid packet goes into its speaker's buffer.
     pub fn receive(&mut self, now: Instant, datagram: &mut [u8]) {
+        if rtcp::is_rtcp(datagram) {
+            return self.take_report(now, datagram);
+        }
         let now_ms = self.ms(now);
         let Ok(o) = self.cipher.open(datagram) else {
             self.stats.packets_undecryptable += 1;
@@ -511,5 +636,111 @@ mod tests {
         let ts = |p: &[u8]| u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
         assert_eq!(seq(&second), seq(&first).wrapping_add(1));
         assert_eq!(ts(&second), ts(&first).wrapping_add(FRAME as u32));
+    }
+
+    /// The node's answer to `sr` (as `lodge_sfu` builds it), `held_ms` after the SR arrived.
+    fn answer(a: &VoiceEngine, sr: &mut [u8], fraction: u8, lost: i32, held_ms: u32) -> Vec<u8> {
+        let key = [7u8; 32];
+        let c = TransportCipher::new(CryptoMode::ALL[0], &key);
+        let Some(Report::Sender(s)) = rtcp::open(&c, sr) else {
+            panic!("not an SR");
+        };
+        assert_eq!(s.ssrc, a.ssrc());
+        let b = rtcp::ReportBlock {
+            ssrc: s.ssrc,
+            fraction_lost: fraction,
+            cumulative_lost: lost,
+            highest_seq: 1000,
+            jitter: 960,
+            lsr: s.ntp_middle(),
+            dlsr: held_ms * 65536 / 1000,
+        };
+        rtcp::seal_receiver_report(&c, 0, &b, 7)
+    }
+
+    #[test]
+    fn receiver_reports_drive_the_bitrate_and_fec_and_show_the_uplink() {
+        let (mut a, _, t0) = pair();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert!(a.poll_report(at(2_000)).is_none(), "nothing sent: no SR");
+        for i in 0..50 {
+            a.capture(&tone(i, 440.0)).unwrap();
+        }
+        let mut sr = a
+            .poll_report(at(1_000))
+            .expect("an SR once a second while sending");
+        assert!(a.poll_report(at(1_500)).is_none(), "not twice a second");
+        let before = a.stats();
+        assert_eq!(before.target_bitrate_bps, 32_000);
+        // 25% lost, answered 10 ms after the SR arrived, back 50 ms after it left: a 40 ms
+        // round trip.
+        let mut rr = answer(&a, &mut sr, 64, 12, 10);
+        a.receive(at(1_050), &mut rr);
+        let st = a.stats();
+        let r = st.remote_inbound.expect("the report's figures");
+        assert_eq!(r.fraction_lost, 0.25);
+        assert_eq!(r.packets_lost, 12);
+        assert_eq!(r.jitter_ms, 20.0);
+        let rtt = r.round_trip_time_ms.expect("an RTT");
+        assert!((rtt - 40.0).abs() < 0.5, "{rtt}");
+        assert!(
+            st.fec && st.expected_loss_pct >= 25,
+            "FEC on against the loss: {st:?}"
+        );
+        assert!(
+            st.target_bitrate_bps < 32_000,
+            "heavy loss cuts the rate: {}",
+            st.target_bitrate_bps
+        );
+        assert_eq!(st.packets_received, 0, "a report is not media");
+        assert_eq!(st.packets_undecryptable, 0);
+
+        // Clean reports for 30 s: the rate climbs back; FEC goes off once the smoothed loss
+        // has stayed under 0.5% for 10 s (it decays by 0.8 a report: ~18 s from 25%).
+        let cut = st.target_bitrate_bps;
+        for k in 2..32u64 {
+            for i in 0..50 {
+                a.capture(&tone(i, 440.0)).unwrap();
+            }
+            let mut sr = a.poll_report(at(k * 1_000)).expect("an SR");
+            let mut rr = answer(&a, &mut sr, 0, 12, 0);
+            a.receive(at(k * 1_000 + 40), &mut rr);
+        }
+        let st = a.stats();
+        assert!(
+            st.target_bitrate_bps > cut,
+            "{} after {cut}",
+            st.target_bitrate_bps
+        );
+        assert!(!st.fec, "no loss for 30 s: FEC off");
+        assert_eq!(st.remote_inbound.unwrap().reports_received, 31);
+
+        // A forged report changes nothing; with adaptation off, reports only inform.
+        let mut forged = rtcp::seal_receiver_report(
+            &TransportCipher::new(CryptoMode::ALL[0], &[1; 32]),
+            0,
+            &rtcp::ReportBlock {
+                ssrc: a.ssrc(),
+                fraction_lost: 255,
+                ..Default::default()
+            },
+            9,
+        );
+        a.receive(at(40_000), &mut forged);
+        assert_eq!(a.stats().packets_undecryptable, 1);
+        assert_eq!(a.stats().target_bitrate_bps, st.target_bitrate_bps);
+        let cfg = EngineConfig {
+            voice_activity: false,
+            adaptive_bitrate: false,
+            ..Default::default()
+        };
+        let mut fixed = VoiceEngine::new(t0, 11, CryptoMode::ALL[0], &[7; 32], cfg).unwrap();
+        fixed.capture(&tone(0, 440.0)).unwrap();
+        let mut sr = fixed.poll_report(at(1_000)).unwrap();
+        let mut rr = answer(&fixed, &mut sr, 128, 50, 0);
+        fixed.receive(at(1_020), &mut rr);
+        let st = fixed.stats();
+        assert_eq!(st.remote_inbound.unwrap().fraction_lost, 0.5);
+        assert_eq!(st.target_bitrate_bps, 32_000, "fixed: the rate stays");
     }
 }

@@ -90,6 +90,14 @@ pub struct LodgeStats {
     pub total_samples_received: u64,
     pub concealed_samples: u64,
     pub mean_playout_delay_ms: f64,
+    /// What the encoder sends at now (it follows the node's receiver reports), and whether
+    /// FEC is on (1) or off (0).
+    pub target_bitrate_bps: u32,
+    pub fec: i32,
+    /// How our voice reaches the node, from its latest receiver report: the share lost since
+    /// the report before (0..1) and the round trip in ms; both -1 before the first report.
+    pub uplink_fraction_lost: f64,
+    pub round_trip_time_ms: f64,
     /// 1 once the call has ended (left, or a connection lost).
     pub ended: i32,
 }
@@ -368,6 +376,13 @@ fn stats_of(c: &Call) -> LodgeStats {
         packets_undecryptable: s.packets_undecryptable,
         speakers: s.speakers.iter().filter(|x| !x.left).count() as u32,
         ended: i32::from(c.ended_reason().is_some()),
+        target_bitrate_bps: s.target_bitrate_bps,
+        fec: i32::from(s.fec),
+        uplink_fraction_lost: s.remote_inbound.map_or(-1.0, |r| r.fraction_lost),
+        round_trip_time_ms: s
+            .remote_inbound
+            .and_then(|r| r.round_trip_time_ms)
+            .unwrap_or(-1.0),
         ..Default::default()
     };
     for sp in &s.speakers {

@@ -40,6 +40,6 @@ pub mod sound_card;
 pub mod stretch;
 
 pub use call::{Call, JoinOptions};
-pub use engine::{CallStats, Controls, EngineConfig, SpeakerStats, VoiceEngine};
+pub use engine::{CallStats, Controls, EngineConfig, RemoteInbound, SpeakerStats, VoiceEngine};
 pub use error::ClientError;
 pub use lodge_sfu::native::CryptoMode;

@@ -1,7 +1,8 @@
 //! `lodge-client` against a real node in this process: two clients in one voice channel over
 //! the native UDP transport. A tone one way is heard (its frequency, at the other side, per
 //! speaker and mixed); mute and deafen take effect; a forced network change (new source port)
-//! keeps the call.
+//! keeps the call; through a relay that loses a fifth of one client's voice, the node's
+//! receiver reports make that client turn FEC on and lower its bitrate.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use serde_json::{json, Value};
 struct Node {
     _run: lodge_signaling::Running,
     base: String,
+    media: std::net::SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -29,6 +31,7 @@ async fn node() -> Node {
     let run = lodge_signaling::start(cfg).await.unwrap();
     let base = format!("http://{}", run.http_addr);
     Node {
+        media: run.media_addr,
         _run: run,
         base,
         _dir: dir,
@@ -294,5 +297,110 @@ async fn lodge_voice_records_each_speaker_to_wav() {
     assert!(power_at(last, 440.0) > 1e5 && power_at(last, 440.0) > 100.0 * power_at(last, 1000.0));
     let mix = lodge_codec::wav::to_48k_mono(&std::fs::read(rec.join("mix.wav")).unwrap()).unwrap();
     assert!(power_at(&mix[mix.len() - 48_000..], 440.0) > 1e5);
+    ana.leave().await.unwrap();
+}
+
+/// A UDP relay between one client and the node that drops one in `every` of the client's
+/// voice packets (RTP, not its reports or keepalives) on the way up. Its address is what the
+/// client sends to (`media_via`).
+async fn lossy_uplink(node: std::net::SocketAddr, every: u64) -> std::net::SocketAddr {
+    use std::sync::Arc;
+    use tokio::net::UdpSocket;
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    let client = Arc::new(std::sync::Mutex::new(None));
+    let (f, b, c) = (front.clone(), back.clone(), client.clone());
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        let mut voice = 0u64;
+        while let Ok((n, from)) = f.recv_from(&mut buf).await {
+            *c.lock().unwrap() = Some(from);
+            let d = &buf[..n];
+            let is_voice = n > 12 && d[0] >> 6 == 2 && !(200..=204).contains(&d[1]);
+            if is_voice {
+                voice += 1;
+                if voice.is_multiple_of(every) {
+                    continue;
+                }
+            }
+            let _ = b.send_to(d, node).await;
+        }
+    });
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, _)) = back.recv_from(&mut buf).await {
+            let to = *client.lock().unwrap();
+            if let Some(to) = to {
+                let _ = front.send_to(&buf[..n], to).await;
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_reports_from_the_node_turn_fec_on_and_lower_the_bitrate_on_a_lossy_uplink() {
+    let n = node().await;
+    let (tokens, guild, voice) = guild_of_two(&n).await;
+    let mut o = JoinOptions::new(&n.base, &tokens[0], &guild, &voice);
+    o.bind = "127.0.0.1".parse().unwrap();
+    o.engine.voice_activity = false;
+    o.media_via = Some(lossy_uplink(n.media, 5).await);
+    let ana = Call::join(
+        o,
+        Box::new(Tone::new(440.0, 8_000.0)),
+        Box::new(MemorySink::default()),
+    )
+    .await
+    .expect("ana joins through the relay");
+    let heard = MemorySink::default();
+    let mut o = JoinOptions::new(&n.base, &tokens[1], &guild, &voice);
+    o.bind = "127.0.0.1".parse().unwrap();
+    let ben = Call::join(o, Box::new(Silence), Box::new(heard.clone()))
+        .await
+        .expect("ben joins");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let st = ana.stats();
+    let r = st
+        .remote_inbound
+        .expect("the node answered Ana's sender reports");
+    assert!(
+        r.reports_received >= 3 && st.reports_sent >= r.reports_received,
+        "{st:?}"
+    );
+    assert!(
+        (0.12..=0.28).contains(&r.fraction_lost),
+        "a fifth of her voice is lost on the way up: {r:?}"
+    );
+    assert!(r.packets_lost >= 30, "{r:?}");
+    let rtt = r.round_trip_time_ms.expect("an RTT from the echoed SR");
+    assert!(rtt < 50.0, "loopback: {rtt} ms");
+    assert!(
+        st.fec && st.expected_loss_pct >= 15,
+        "FEC protects against the loss: {st:?}"
+    );
+    assert!(
+        st.target_bitrate_bps < 32_000,
+        "the loss counts as congestion: {} bps",
+        st.target_bitrate_bps
+    );
+    // Ben's direct path loses nothing; he sends nothing, so he asks for no reports.
+    let b = ben.stats();
+    assert!(b.remote_inbound.is_none() && b.reports_sent == 0, "{b:?}");
+    // And he still hears Ana: what was lost is concealed or recovered, not silence.
+    let (hers, _) = tail(&heard.0, ana.user_id(), 1000);
+    assert!(power_at(&hers, 440.0) > 1e5);
+    let sp = b
+        .speakers
+        .iter()
+        .find(|s| s.user == Some(ana.user_id()))
+        .expect("Ana in Ben's stats");
+    assert!(
+        sp.jitter.fec_packets_received > 0 || sp.jitter.concealed_samples > 0,
+        "losses reached Ben and were repaired: {sp:?}"
+    );
+    ben.leave().await.unwrap();
     ana.leave().await.unwrap();
 }

@@ -72,7 +72,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     // `dave_to_non_dave` counts skipped deliveries of received packets, not datagrams.
     let datagram_drops = s.drops.total() - s.drops.get(DropReason::DaveToNonDave);
     assert_eq!(
-        datagram_drops + s.native_discovery + s.native_keepalives + s.rtp_in,
+        datagram_drops + s.native_discovery + s.native_keepalives + s.native_reports + s.rtp_in,
         n,
         "a datagram was neither used nor counted"
     );

@@ -7,6 +7,7 @@ use str0m::media::{Mid, Pt};
 use str0m::Rtc;
 
 use crate::ids::{GuildId, RoomId, Ssrc, UserId};
+use crate::native::rtcp::Reception;
 use crate::native::{ReplayWindow, TransportCipher};
 use crate::node::Transport;
 use crate::rate_limit::TokenBucket;
@@ -100,6 +101,8 @@ pub(crate) struct NativePeer {
     /// Its client does DAVE (announced `max_dave_protocol_version` ≥ 1): it may get DAVE
     /// frames.
     pub dave: bool,
+    /// How its voice reaches us (sequence, loss, jitter): reported back when it sends an SR.
+    pub reception: Reception,
 }
 
 pub(crate) struct WebRtcPeer {

@@ -124,6 +124,8 @@ pub struct NodeReport {
     /// IP discovery requests answered; keepalives from native participants.
     pub native_discovery: u64,
     pub native_keepalives: u64,
+    /// Sender reports from native participants, each answered with a receiver report.
+    pub native_reports: u64,
     /// Speaker packets whose payload is a DAVE frame (end-to-end encrypted).
     pub dave_frames_in: u64,
     /// Of the datagrams in and out: frames on ICE-TCP connections.
@@ -156,6 +158,7 @@ impl NodeReport {
         self.exports_dropped += o.exports_dropped;
         self.native_discovery += o.native_discovery;
         self.native_keepalives += o.native_keepalives;
+        self.native_reports += o.native_reports;
         self.dave_frames_in += o.dave_frames_in;
         self.tcp_frames_in += o.tcp_frames_in;
         self.tcp_frames_out += o.tcp_frames_out;
@@ -666,6 +669,7 @@ fn report(node: &Node, worker: usize, exports_dropped: u64, tcp: Option<&IceTcp>
         exports_dropped,
         native_discovery: s.native_discovery,
         native_keepalives: s.native_keepalives,
+        native_reports: s.native_reports,
         dave_frames_in: s.dave_frames_in,
         tcp_frames_in: s.tcp_frames_in,
         tcp_frames_out: s.tcp_frames_out,

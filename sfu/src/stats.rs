@@ -50,6 +50,8 @@ pub struct NodeStats {
     /// used without being RTP).
     pub native_discovery: u64,
     pub native_keepalives: u64,
+    /// Sender reports from native participants, each answered with a receiver report.
+    pub native_reports: u64,
     /// Speaker packets whose payload is a DAVE frame (end-to-end encrypted; forwarded opaque).
     pub dave_frames_in: u64,
     /// Of `datagrams_in`/`datagrams_out`: RFC 4571 frames on ICE-TCP connections.

@@ -1,11 +1,13 @@
 //! Native (Discord UDP mode) participants in the simulated world: discovery, AEAD both ways,
 //! speakers under their own SSRCs, mixed rooms with WebRTC, bad packets, rebinding, liveness,
-//! and DAVE frames reaching only listeners that do DAVE.
+//! DAVE frames reaching only listeners that do DAVE, and sender reports answered with receiver
+//! reports on the uplink.
 
 mod sim;
 
 use std::time::Duration;
 
+use lodge_sfu::native::rtcp::{self, Report};
 use lodge_sfu::native::{user_ssrc, CryptoMode, TransportCipher};
 use lodge_sfu::node::size_level;
 use lodge_sfu::ParticipantIdx;
@@ -163,9 +165,15 @@ fn bad_native_packets_are_dropped_and_counted() {
     // Too short for header + tag + counter; RTCP; garbage of every small length.
     w.inject(addr, &good[..20]);
     assert_eq!(drops(&w, DropReason::Malformed), 1);
+    // RTP bytes relabelled as an SR do not open as RTCP; an RTCP type the node does not use
+    // is counted as unexpected.
     let mut rtcp = good.clone();
     rtcp[1] = 200;
     w.inject(addr, &rtcp);
+    assert_eq!(drops(&w, DropReason::DecryptFailed), 2);
+    let mut app = good.clone();
+    app[1] = 222;
+    w.inject(addr, &app);
     assert_eq!(drops(&w, DropReason::UnexpectedStream), 1);
     for len in 0..120 {
         w.inject(addr, &vec![0x90; len]);
@@ -464,4 +472,120 @@ fn a_listener_without_dave_hears_the_next_speaker_instead() {
     // The plain speaker cannot hear the DAVE one and nobody else talks: its slot stays free.
     assert_eq!(w.natives[p].heard_from(s_n), 0);
     assert!(drops(&w, DropReason::DaveToNonDave) <= 10);
+}
+
+#[test]
+fn a_sender_report_is_answered_with_the_uplinks_loss_and_an_echo_for_the_round_trip() {
+    let mut w = World::new(|_| {});
+    let a = w.join_native(2, AES, World::speaking()).unwrap();
+    let b = w.join_native(2, XCHACHA, World::speaking()).unwrap();
+    w.natives[a].bytes = Some(100);
+    // One frame in five never reaches the node: 20% uplink loss.
+    w.natives[a].lose_every = Some(5);
+    w.run(Duration::from_secs(2));
+    assert!(w.natives[a].reports.is_empty(), "no SR, no RR");
+    let addr = w.natives[a].addr;
+    let sr = w.natives[a].sender_report(1000.25);
+    let replay = sr.clone();
+    w.inject(addr, &sr);
+    w.run(Duration::from_millis(50));
+    assert_eq!(w.node.stats().native_reports, 1);
+    let got: Vec<_> = w.natives[a].reports.iter().map(|(_, r)| *r).collect();
+    let [Report::Receiver {
+        ssrc: 0,
+        block: Some(blk),
+    }] = got[..]
+    else {
+        panic!("one RR from the node: {got:?}");
+    };
+    assert_eq!(blk.ssrc, w.natives[a].ssrc);
+    assert!(
+        (0.18..=0.22).contains(&blk.loss_fraction()),
+        "20% lost: {blk:?}"
+    );
+    assert!((18..=22).contains(&blk.cumulative_lost), "{blk:?}");
+    assert_eq!(blk.lsr, rtcp::ntp_middle(1000.25), "the SR's stamp echoed");
+    assert_eq!(blk.dlsr, 0, "answered at once");
+    assert!(
+        blk.jitter_ms() < 1.0,
+        "the simulated path has no jitter: {blk:?}"
+    );
+    let peer = w
+        .node
+        .reports()
+        .into_iter()
+        .find(|p| Some(p.idx) == w.natives[a].idx.map(|i| i.0))
+        .expect("a's report");
+    assert!(
+        peer.stats
+            .loss_in
+            .is_some_and(|l| (0.18..=0.22).contains(&l)),
+        "the node's own figures show the uplink loss: {:?}",
+        peer.stats.loss_in
+    );
+    // The next interval starts from here: loss stops, the next report says so.
+    w.natives[a].lose_every = None;
+    w.run(Duration::from_secs(1));
+    let sr = w.natives[a].sender_report(1001.5);
+    w.inject(addr, &sr);
+    w.run(Duration::from_millis(50));
+    let Some((
+        _,
+        Report::Receiver {
+            block: Some(b2), ..
+        },
+    )) = w.natives[a].reports.last()
+    else {
+        panic!("a second RR");
+    };
+    // A frame lost just before the first SR is counted only once a later one arrives, so at
+    // most that one falls into this interval (1 of ~50: 5/256).
+    assert!(b2.fraction_lost <= 5, "{b2:?}");
+    assert!(
+        b2.cumulative_lost - blk.cumulative_lost <= 1,
+        "{blk:?} then {b2:?}"
+    );
+    assert_eq!(w.natives[a].unopened, 0);
+
+    // Replayed, forged, or in another's name: dropped and counted, never answered.
+    w.inject(addr, &replay);
+    assert_eq!(drops(&w, DropReason::Replayed), 1);
+    let mut forged = rtcp::seal_sender_report(
+        &TransportCipher::new(AES, &[9; 32]),
+        &rtcp::SenderReport {
+            ssrc: w.natives[a].ssrc,
+            ntp: 1,
+            rtp_ts: 0,
+            packets: 0,
+            octets: 0,
+        },
+        5_000,
+    );
+    w.inject(addr, &forged);
+    assert_eq!(drops(&w, DropReason::DecryptFailed), 1);
+    forged.truncate(20);
+    w.inject(addr, &forged);
+    assert_eq!(drops(&w, DropReason::Malformed), 1);
+    let other = w.natives[b].ssrc;
+    let c = &mut w.natives[a];
+    let theirs = rtcp::seal_sender_report(
+        &c.cipher,
+        &rtcp::SenderReport {
+            ssrc: other,
+            ntp: 1,
+            rtp_ts: 0,
+            packets: 0,
+            octets: 0,
+        },
+        c.counter,
+    );
+    c.counter += 1;
+    w.inject(addr, &theirs);
+    assert_eq!(drops(&w, DropReason::UnexpectedStream), 1);
+    w.run(Duration::from_millis(50));
+    assert_eq!(w.node.stats().native_reports, 2);
+    assert!(
+        w.natives[b].reports.is_empty(),
+        "b sent no SR: it got no RR"
+    );
 }

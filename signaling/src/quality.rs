@@ -450,6 +450,7 @@ mod tests {
             exports_dropped: 0,
             native_discovery: 0,
             native_keepalives: 0,
+            native_reports: 0,
             dave_frames_in: 0,
             tcp_frames_in: 0,
             tcp_frames_out: 0,

@@ -5,8 +5,8 @@
 # channel and records each speaker. The test checks that the C client's track holds the tone
 # and that the C example left cleanly.
 #
-# Needs cc, curl, python3 and the debug build of lodge, lodge-voice and liblodge_client.so
-# (built here if missing). OUT=<dir> keeps the logs, the WAVs and the compiled example.
+# Needs cc, curl, python3 and cargo; builds (debug) lodge, lodge-voice and liblodge_client.so.
+# OUT=<dir> keeps the logs, the WAVs and the compiled example.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 OUT="${OUT:-$(mktemp -d)}"
@@ -16,10 +16,11 @@ for c in cc curl python3; do
   command -v "$c" >/dev/null || { echo "tests/c-client: $c is missing (run scripts/setup.sh)"; exit 1; }
 done
 T="$ROOT/target/debug"
-if [ ! -x "$T/lodge" ] || [ ! -x "$T/lodge-voice" ] || [ ! -f "$T/liblodge_client.so" ]; then
-  echo "tests/c-client: building lodge and lodge-client"
-  (cd "$ROOT" && timeout 1800 cargo build -p lodge-signaling --bin lodge -p lodge-client --locked)
-fi
+# Always through cargo (a no-op when fresh): a stale liblodge_client.so against a newer header
+# reads its structs wrongly. Two commands, since `--bin lodge` would make lodge-client's
+# library a mere dependency, which cargo does not copy to target/debug.
+(cd "$ROOT" && timeout 1800 cargo build -p lodge-signaling --bin lodge --locked \
+  && timeout 1800 cargo build -p lodge-client --lib --bin lodge-voice --locked)
 
 # The example must build warning-free as C99 against the committed header.
 cc -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -o "$OUT/play_wav" \
@@ -64,6 +65,9 @@ if ! timeout 60 "$OUT/play_wav" "$URL" "$TA" "$GID" "$VOICE" "$OUT/tone.wav" 4 |
   echo "tests/c-client: the C example failed"; tail -40 "$OUT/lodge.log"; exit 1
 fi
 grep -q "left cleanly" "$OUT/play_wav.log" || { echo "tests/c-client: the C example did not leave cleanly"; exit 1; }
+# The node answered the C client's sender reports, and LodgeStats carried the figures across.
+grep -q "uplink loss 0.0%" "$OUT/play_wav.log" \
+  || { echo "tests/c-client: no receiver report reached the C client's stats"; exit 1; }
 wait "$LISTENER" || { echo "tests/c-client: lodge-voice failed"; cat "$OUT/listener.log"; exit 1; }
 
 # The C client's track, as the listener recorded it: 660 Hz well above 1 kHz and loud enough.

@@ -60,9 +60,15 @@ int main(int argc, char **argv) {
         sleep_ms(1000);
         LodgeStats st;
         if (lodge_call_stats(call, &st) == 0) {
-            printf("[%d s] sent %llu packets, received %llu, %u speaker(s), playout delay %.0f ms%s\n",
-                   s, (unsigned long long)st.packets_sent, (unsigned long long)st.packets_received,
+            printf("[%d s] sent %llu packets at %u kbps (FEC %s), received %llu, %u speaker(s), "
+                   "playout delay %.0f ms%s\n",
+                   s, (unsigned long long)st.packets_sent, st.target_bitrate_bps / 1000,
+                   st.fec ? "on" : "off", (unsigned long long)st.packets_received,
                    st.speakers, st.mean_playout_delay_ms, st.ended ? " (ended)" : "");
+            if (st.uplink_fraction_lost >= 0) {
+                printf("      uplink loss %.1f%%, round trip %.0f ms\n",
+                       st.uplink_fraction_lost * 100.0, st.round_trip_time_ms);
+            }
             if (st.ended) {
                 break;
             }

@@ -99,9 +99,13 @@ struct Args {
     /// names (jitterBufferDelay, concealedSamples, ...), for side-by-side comparisons.
     #[arg(long)]
     stats_json: Option<PathBuf>,
-    /// Opus bitrate in bits per second.
+    /// Opus bitrate in bits per second to start at. The node's receiver reports then move it
+    /// (and FEC) with the loss and round trip on the way up, between 8 and 64 kbps.
     #[arg(long, default_value_t = 32_000)]
     bitrate: u32,
+    /// Keep the bitrate and FEC as given instead of adapting them to the receiver reports.
+    #[arg(long)]
+    fixed_bitrate: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -121,6 +125,29 @@ fn print_stats(s: &CallStats, secs: f64) {
         s.packets_dave_dropped,
         s.speakers.iter().filter(|x| !x.left).count()
     );
+    if s.packets_sent > 0 {
+        let up = match &s.remote_inbound {
+            Some(r) => format!(
+                "uplink loss {:.1}% ({} lost), jitter {:.1} ms, RTT {}",
+                r.fraction_lost * 100.0,
+                r.packets_lost,
+                r.jitter_ms,
+                r.round_trip_time_ms
+                    .map(|t| format!("{t:.0} ms"))
+                    .unwrap_or_else(|| "?".into())
+            ),
+            None => "no receiver report yet".into(),
+        };
+        println!(
+            "           sending at {} kbps, FEC {}: {up}",
+            s.target_bitrate_bps / 1000,
+            if s.fec {
+                format!("on ({}%)", s.expected_loss_pct)
+            } else {
+                "off".into()
+            }
+        );
+    }
     for sp in &s.speakers {
         let j = &sp.jitter;
         let delay_ms = if j.jitter_buffer_emitted_count > 0 {
@@ -178,6 +205,15 @@ fn stats_json(s: &CallStats) -> serde_json::Value {
         "packetsSent": s.packets_sent,
         "packetsReceived": s.packets_received,
         "packetsUndecryptable": s.packets_undecryptable,
+        "targetBitrate": s.target_bitrate_bps,
+        "fec": s.fec,
+        "remoteInbound": s.remote_inbound.map(|r| serde_json::json!({
+            "fractionLost": r.fraction_lost,
+            "packetsLost": r.packets_lost,
+            "jitter": r.jitter_ms / 1e3,
+            "roundTripTime": r.round_trip_time_ms.map(|t| t / 1e3),
+            "reportsReceived": r.reports_received,
+        })),
         "speakers": speakers,
     })
 }
@@ -261,6 +297,7 @@ async fn main() -> Result<()> {
     o.engine.voice_activity = a.vad;
     o.media_via = a.via;
     o.engine.encoder.bitrate_bps = a.bitrate;
+    o.engine.adaptive_bitrate = !a.fixed_bitrate;
     o.engine
         .encoder
         .validate()

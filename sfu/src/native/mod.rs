@@ -12,6 +12,8 @@
 //! - [`replay_window`]: which nonce counters a session has already accepted, so a captured
 //!   packet replayed to the port is dropped even though it authenticates.
 //! - [`user_ssrc`]: the SSRC each (guild, user) speaks under.
+//! - [`rtcp`]: sender and receiver reports, sealed like RTP: a Lodge extension through which
+//!   a client that sends an SR learns its uplink's loss, jitter and round trip.
 //! - [`dave_frame`]: whether a voice payload is an end-to-end encrypted DAVE frame, which
 //!   only listeners that do DAVE may get.
 //!
@@ -20,6 +22,7 @@
 pub mod dave_frame;
 pub mod discovery;
 pub mod replay_window;
+pub mod rtcp;
 pub mod transport_crypto;
 pub mod user_ssrc;
 
@@ -27,6 +30,7 @@ pub use dave_frame::{is_dave_frame, DAVE_MAGIC};
 pub use discovery::{discovery_request, discovery_response, DISCOVERY_LEN};
 pub use replay_window::ReplayWindow;
 pub use transport_crypto::{
-    clear_header_len, CryptoMode, Opened, TransportCipher, COUNTER_LEN, OPUS_PT, TAG_LEN,
+    clear_header_len, CryptoMode, Opened, TransportCipher, COUNTER_LEN, OPUS_PT, RTCP_CLEAR,
+    TAG_LEN,
 };
 pub use user_ssrc::user_ssrc;

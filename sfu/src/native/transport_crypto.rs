@@ -27,6 +27,8 @@ pub const TAG_LEN: usize = 16;
 pub const COUNTER_LEN: usize = 4;
 /// The smallest RTP header.
 const RTP_HEADER: usize = 12;
+/// Bytes of an RTCP packet left in clear when sealed: its 4-byte header and the sender's SSRC.
+pub const RTCP_CLEAR: usize = 8;
 /// The payload type of Opus on Discord's voice (both client libraries send and expect it).
 pub const OPUS_PT: u8 = 120;
 
@@ -126,6 +128,40 @@ impl TransportCipher {
     /// (the packet's sealed bytes are then unspecified).
     pub fn open(&self, packet: &mut [u8]) -> Result<Opened, DropReason> {
         let header_len = clear_header_len(packet).ok_or(DropReason::Malformed)?;
+        let mut opened = self.open_after(packet, header_len)?;
+        if packet[0] & 0x10 != 0 {
+            let words = u16::from_be_bytes([packet[header_len - 2], packet[header_len - 1]]);
+            opened.payload.start += 4 * usize::from(words);
+            if opened.payload.start > opened.payload.end {
+                return Err(DropReason::Malformed);
+            }
+        }
+        Ok(opened)
+    }
+
+    /// Authenticate and decrypt a sealed RTCP packet in place (see [`crate::native::rtcp`]):
+    /// its first [`RTCP_CLEAR`] bytes (header and sender SSRC) in clear, the rest sealed as
+    /// RTP's are. `payload` is then the report after the sender SSRC.
+    pub fn open_rtcp(&self, packet: &mut [u8]) -> Result<Opened, DropReason> {
+        if packet.len() < RTCP_CLEAR || packet[0] >> 6 != 2 {
+            return Err(DropReason::Malformed);
+        }
+        self.open_after(packet, RTCP_CLEAR)
+    }
+
+    /// Seal an RTCP packet: `clear` (its header and sender SSRC) as associated data, `body`
+    /// (the rest) sealed, into `out`. Counters are shared with RTP: never use one twice.
+    pub fn seal_rtcp(
+        &self,
+        clear: &[u8; RTCP_CLEAR],
+        body: &[u8],
+        counter: u32,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        self.seal_after(clear, body, counter, out)
+    }
+
+    fn open_after(&self, packet: &mut [u8], header_len: usize) -> Result<Opened, DropReason> {
         let n = packet.len();
         if n < header_len + TAG_LEN + COUNTER_LEN {
             return Err(DropReason::Malformed);
@@ -147,18 +183,10 @@ impl TransportCipher {
         if !ok {
             return Err(DropReason::DecryptFailed);
         }
-        let mut start = header_len;
-        if packet[0] & 0x10 != 0 {
-            let words = u16::from_be_bytes([packet[header_len - 2], packet[header_len - 1]]);
-            start += 4 * usize::from(words);
-            if start > sealed_end {
-                return Err(DropReason::Malformed);
-            }
-        }
         Ok(Opened {
             counter,
             header_len,
-            payload: start..sealed_end,
+            payload: header_len..sealed_end,
         })
     }
 
@@ -173,10 +201,20 @@ impl TransportCipher {
         counter: u32,
         out: &mut [u8],
     ) -> Option<usize> {
-        let h = header.len();
-        if clear_header_len(header) != Some(h) {
+        if clear_header_len(header) != Some(header.len()) {
             return None;
         }
+        self.seal_after(header, payload, counter, out)
+    }
+
+    fn seal_after(
+        &self,
+        header: &[u8],
+        payload: &[u8],
+        counter: u32,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let h = header.len();
         let sealed_end = h + payload.len();
         let total = sealed_end + TAG_LEN + COUNTER_LEN;
         if out.len() < total {

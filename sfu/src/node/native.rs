@@ -8,7 +8,9 @@
 //!
 //! - a datagram shorter than an RTP header from its address is a keepalive;
 //! - anything else from its address must open under its key with a counter not seen before
-//!   (AEAD + replay window), carry its SSRC, and be RTP (RTCP is counted and dropped);
+//!   (AEAD + replay window) and carry its SSRC; RTP is voice, a sender report is answered at
+//!   once with a receiver report on its voice's loss and jitter (`native/rtcp.rs`, a Lodge
+//!   extension), other RTCP is counted and dropped;
 //! - an authenticated packet from another address moves the participant there (NAT
 //!   rebinding); a discovery request moves it only until the first authenticated packet.
 //!
@@ -28,6 +30,7 @@ use super::{Node, NodeEvent, NodeOutput, Transmit, Transport, MAX_SLOTS};
 use crate::drop_reason::DropReason;
 use crate::error::SfuError;
 use crate::ids::{GuildId, ParticipantIdx, RoomId, Ssrc, UserId};
+use crate::native::rtcp::{self, Reception, Report};
 use crate::native::{
     dave_frame, discovery_response, user_ssrc, CryptoMode, ReplayWindow, TransportCipher,
 };
@@ -47,6 +50,20 @@ const DISCOVERY_RATE: u32 = 1_000;
 const DISCOVERY_BURST: u32 = 2_000;
 /// Attempts per second to authenticate a packet from an unknown address as a peer's.
 const REBIND_RATE: u32 = 100;
+
+/// The SSRC the node's receiver reports to native clients carry as their sender (the node
+/// sends no RTP of its own under any SSRC).
+pub const NODE_RTCP_SSRC: u32 = 0;
+
+/// What one datagram of a native participant turned out to be.
+enum NativeIn {
+    /// Shorter than RTP: liveness only.
+    Keepalive,
+    /// Voice to forward, and whether it came from a new address.
+    Voice(Inbound, bool),
+    /// A sender report to answer; `lsr` is its timestamp's middle 32 bits.
+    SenderReport { lsr: u32 },
+}
 
 /// Ask the node to admit a native participant (after Select Protocol `udp`).
 #[derive(Clone)]
@@ -187,6 +204,7 @@ impl Node {
                 joined_at: now,
                 rebind: TokenBucket::new(REBIND_RATE, REBIND_RATE),
                 dave: req.dave,
+                reception: Reception::default(),
             }),
         };
         let idx = self.seat(now, p, req.guild);
@@ -274,8 +292,9 @@ impl Node {
     ) {
         let who = (!rebinding).then_some(idx);
         match self.open_native(now, idx, source, buf, rebinding) {
-            Ok(None) => self.stats.native_keepalives += 1,
-            Ok(Some((pkt, moved))) => {
+            Ok(NativeIn::Keepalive) => self.stats.native_keepalives += 1,
+            Ok(NativeIn::SenderReport { lsr }) => self.answer_sender_report(idx, lsr),
+            Ok(NativeIn::Voice(pkt, moved)) => {
                 if moved {
                     info!(%idx, rebinding, "native participant moved to a new address (authenticated)");
                     self.bind_native(idx, source);
@@ -287,8 +306,36 @@ impl Node {
         }
     }
 
-    /// Check and open one datagram of a native participant: `None` for a keepalive, else the
-    /// packet to forward and whether it came from a new address.
+    /// Answer a native participant's sender report with a receiver report on its voice.
+    fn answer_sender_report(&mut self, idx: ParticipantIdx, lsr: u32) {
+        let Some(p) = self
+            .participants
+            .get_mut(idx.0 as usize)
+            .and_then(|p| p.as_mut())
+        else {
+            return;
+        };
+        let Kind::Native(n) = &mut p.kind else {
+            return;
+        };
+        let Some(addr) = n.addr else {
+            return;
+        };
+        // Answered while handling the SR: no delay since it arrived.
+        let block = n.reception.report(p.voice_ssrc.0, lsr, 0);
+        p.stats.loss_in = Some(block.loss_fraction() as f32);
+        p.stats.jitter_in_ms = Some(n.reception.jitter_ms() as f32);
+        let pkt = rtcp::seal_receiver_report(&n.cipher, NODE_RTCP_SSRC, &block, n.send_counter);
+        n.send_counter = n.send_counter.wrapping_add(1);
+        self.stats.native_reports += 1;
+        self.out.push_back(NodeOutput::Transmit(Transmit {
+            transport: Transport::Udp,
+            destination: addr,
+            contents: pkt,
+        }));
+    }
+
+    /// Check and open one datagram of a native participant.
     fn open_native(
         &mut self,
         now: Instant,
@@ -296,7 +343,7 @@ impl Node {
         source: SocketAddr,
         buf: &[u8],
         rebinding: bool,
-    ) -> Result<Option<(Inbound, bool)>, DropReason> {
+    ) -> Result<NativeIn, DropReason> {
         let Node {
             participants,
             native,
@@ -323,9 +370,32 @@ impl Node {
                 return Err(DropReason::UnknownPeer);
             }
             p.last_recv = Some(now);
-            return Ok(None);
+            return Ok(NativeIn::Keepalive);
         }
-        // RTCP (RFC 5761: payload type 64..=95 after masking the marker bit).
+        if rtcp::is_rtcp(buf) {
+            if rebinding {
+                // Only voice moves a participant: its next packet will.
+                return Err(DropReason::UnknownPeer);
+            }
+            let s = &mut native.scratch;
+            s.clear();
+            s.extend_from_slice(buf);
+            let opened = n.cipher.open_rtcp(s)?;
+            if !n.replay.accept(opened.counter) {
+                return Err(DropReason::Replayed);
+            }
+            return match rtcp::parse(&s[..opened.payload.end]) {
+                Some(Report::Sender(sr)) if sr.ssrc == p.voice_ssrc.0 => {
+                    p.last_recv = Some(now);
+                    Ok(NativeIn::SenderReport {
+                        lsr: sr.ntp_middle(),
+                    })
+                }
+                Some(_) => Err(DropReason::UnexpectedStream),
+                None => Err(DropReason::Malformed),
+            };
+        }
+        // Other RTCP types (RFC 5761: payload type 64..=95 after masking the marker bit).
         if (64..=95).contains(&(buf[1] & 0x7f)) {
             return Err(DropReason::UnexpectedStream);
         }
@@ -343,16 +413,21 @@ impl Node {
         p.last_recv = Some(now);
         n.addr_proven = true;
         let moved = n.addr != Some(source);
+        let seq = u16::from_be_bytes([s[2], s[3]]);
+        let ts = u32::from_be_bytes([s[4], s[5], s[6], s[7]]);
+        let arrival = now.saturating_duration_since(n.joined_at);
+        n.reception
+            .packet(seq, ts, (arrival.as_micros() as u64) * 48 / 1000);
         let payload: Arc<[u8]> = Arc::from(&s[opened.payload]);
         // With DAVE the Opus frame is sealed (its TOC too) but keeps its size; what DAVE adds
         // (the supplemental bytes, ~12–16) would otherwise lift every quiet packet a band.
         let dave = dave_frame::supplemental_len(&payload);
         let level = size_level(payload.len() - dave.unwrap_or(0));
-        Ok(Some((
+        Ok(NativeIn::Voice(
             Inbound {
                 ssrc,
-                seq: u16::from_be_bytes([s[2], s[3]]),
-                ts: u32::from_be_bytes([s[4], s[5], s[6], s[7]]),
+                seq,
+                ts,
                 marker: s[1] & 0x80 != 0,
                 audio_level: Some(-(level as i8)),
                 voice_activity: None,
@@ -360,7 +435,7 @@ impl Node {
                 payload,
             },
             moved,
-        )))
+        ))
     }
 
     /// The native participant an RTP-shaped datagram from an unknown address claims to be.

@@ -172,6 +172,11 @@ pub struct NativeClient {
     pub dave_frames: bool,
     /// Every payload it sent (before transport encryption), by sequence number.
     pub sent: Vec<(u16, Vec<u8>)>,
+    /// Of every this many frames, the first is lost on the way to the node (numbered and
+    /// counted as sent, never delivered): uplink loss.
+    pub lose_every: Option<u16>,
+    /// RTCP the node sent it, opened.
+    pub reports: Vec<(Instant, lodge_sfu::native::rtcp::Report)>,
 }
 
 impl NativeClient {
@@ -186,6 +191,21 @@ impl NativeClient {
             .rev()
             .find(|(s, _)| *s == seq)
             .map(|(_, p)| p.as_slice())
+    }
+
+    /// A sealed sender report stamped `ntp_secs` (any clock: only echoed back).
+    pub fn sender_report(&mut self, ntp_secs: f64) -> Vec<u8> {
+        use lodge_sfu::native::rtcp;
+        let sr = rtcp::SenderReport {
+            ssrc: self.ssrc,
+            ntp: rtcp::ntp_from_secs(ntp_secs),
+            rtp_ts: self.ts,
+            packets: self.sent.len() as u32,
+            octets: 0,
+        };
+        let d = rtcp::seal_sender_report(&self.cipher, &sr, self.counter);
+        self.counter = self.counter.wrapping_add(1);
+        d
     }
 
     /// One sealed packet as this client would send it.
@@ -406,6 +426,8 @@ impl World {
             next_keepalive: self.now,
             dave_frames: false,
             sent: Vec::new(),
+            lose_every: None,
+            reports: Vec::new(),
         });
         Ok(i)
     }
@@ -577,6 +599,13 @@ impl World {
                     ));
                     continue;
                 }
+                if lodge_sfu::native::rtcp::is_rtcp(&data) {
+                    match lodge_sfu::native::rtcp::open(&c.cipher, &mut data) {
+                        Some(r) => c.reports.push((now, r)),
+                        None => c.unopened += 1,
+                    }
+                    continue;
+                }
                 match c.cipher.open(&mut data) {
                     Ok(o) => c.heard.push(NativeHeard {
                         at: now,
@@ -664,7 +693,11 @@ impl World {
                         payload = dave_frame(&payload, c.counter);
                     }
                     c.sent.push((c.seq, payload.clone()));
+                    let lost = c.lose_every.is_some_and(|k| c.seq % k == 0);
                     let data = c.packet(&payload);
+                    if lost {
+                        continue;
+                    }
                     self.net.push_back(Packet {
                         at: now + self.latency,
                         from: c.addr,

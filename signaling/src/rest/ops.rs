@@ -161,6 +161,12 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             r.native_keepalives,
         );
         g(
+            "native_reports_total",
+            "Sender reports from native UDP voice participants, each answered with a receiver report",
+            "counter",
+            r.native_reports,
+        );
+        g(
             "dave_frames_total",
             "Speaker packets whose payload is a DAVE frame (end-to-end encrypted, forwarded without keys)",
             "counter",
