@@ -72,6 +72,9 @@ OUT="$(mktemp -d)" ./tests/native-voice/run.sh
 step "C client: client/examples/c/play_wav.c built against lodge_client.h joins a node's voice channel and plays a WAV; lodge-voice hears its tone"
 OUT="$(mktemp -d)" ./tests/c-client/run.sh
 
+step "lodge-client in a crowded call: a lodge-load crowd, headless Chromium and lodge-voice in one channel; tones both ways, mute, deafen, a new source port, a clean leave"
+OUT="$(mktemp -d)" ./tests/client-crowd/run.sh
+
 step "NetEq side by side, smoke run: the same speech through two impairment profiles to headless Chromium and to lodge-client; report + plot"
 OUT="$(mktemp -d)" PROFILES="wired bursty_3" SECONDS_PER_PROFILE=10 ./tests/neteq/run.sh
 

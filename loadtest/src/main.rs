@@ -42,7 +42,7 @@ enum Cmd {
     Playout(playout::PlayoutArgs),
     /// N WebRTC callers in R voice channels through the real API; speakers send Opus speech in
     /// talk spurts; listeners measure loss, jitter, mouth-to-ear delay and (probes) MOS.
-    Voice(voice::VoiceArgs),
+    Voice(Box<voice::VoiceArgs>),
     /// Merge the JSON reports of a voice scenario's shards (`lodge-load voice --shard I/N`, run
     /// on several machines) into one report with its plots: histograms added exactly, counters
     /// summed. Refuses reports of different scenarios or holding the same shard.
@@ -61,7 +61,7 @@ async fn main() -> std::process::ExitCode {
     let r = match cli.command {
         Cmd::Chat(a) => chat::run(a).await,
         Cmd::Playout(a) => playout::run(a),
-        Cmd::Voice(a) => voice::run(a).await,
+        Cmd::Voice(a) => voice::run(*a).await,
         Cmd::Merge(a) => voice::merge::run(a),
         Cmd::Relay(a) => voice::relay(a).await,
         Cmd::NeteqReport(a) => neteq::run(a),

@@ -106,6 +106,58 @@ struct Args {
     /// Keep the bitrate and FEC as given instead of adapting them to the receiver reports.
     #[arg(long)]
     fixed_bitrate: bool,
+    /// Take commands on standard input, one per line, while in the call: mute, unmute, deaf,
+    /// undeaf, rebind (a new local port, as after a network change), volume USER GAIN,
+    /// ptt press|release|off, stats (one line `@@ {json}`, the --stats-json figures), leave.
+    /// Each is answered with `ok: <command>` or `error: <why>`. For scripts and bots.
+    #[arg(long)]
+    commands: bool,
+}
+
+/// One line of `--commands` input, carried out on `call`: the answer to print, and whether to
+/// leave.
+fn command(call: &Call, line: &str) -> (String, bool) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let done = |r: Result<(), lodge_client::ClientError>| match r {
+        Ok(()) => format!("ok: {}", words.join(" ")),
+        Err(e) => format!("error: {e}"),
+    };
+    let answer = match words.as_slice() {
+        [] => return (String::new(), false),
+        ["mute"] => done(call.set_mute(true)),
+        ["unmute"] => done(call.set_mute(false)),
+        ["deaf"] => done(call.set_deaf(true)),
+        ["undeaf"] => done(call.set_deaf(false)),
+        ["rebind"] => done(call.rebind()),
+        ["ptt", "press"] => done(call.set_push_to_talk(Some(true))),
+        ["ptt", "release"] => done(call.set_push_to_talk(Some(false))),
+        ["ptt", "off"] => done(call.set_push_to_talk(None)),
+        ["volume", user, gain] => match (user.parse::<u64>(), gain.parse::<f32>()) {
+            (Ok(u), Ok(g)) if (0.0..=4.0).contains(&g) => done(call.set_volume(u, g)),
+            _ => "error: volume takes a user id and a gain from 0 to 4".into(),
+        },
+        ["stats"] => format!("@@ {}", stats_json(&call.stats())),
+        ["leave"] => return ("ok: leave".into(), true),
+        _ => format!(
+            "error: unknown command {line:?} (mute, unmute, deaf, undeaf, rebind, \
+             volume USER GAIN, ptt press|release|off, stats, leave)"
+        ),
+    };
+    (answer, false)
+}
+
+/// Standard input's lines, read on a thread of their own (a closed input ends the stream).
+fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(l) = line else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -354,6 +406,7 @@ async fn main() -> Result<()> {
     let limit = a.duration.or(file_secs.map(|s| s + 0.5));
     let mut every = tokio::time::interval(Duration::from_secs_f64(a.stats_every.max(0.2)));
     every.tick().await;
+    let mut lines = a.commands.then(stdin_lines);
     loop {
         let left =
             limit.map(|l| Duration::from_secs_f64((l - started.elapsed().as_secs_f64()).max(0.0)));
@@ -362,6 +415,20 @@ async fn main() -> Result<()> {
             why = call.ended() => bail!("the call ended: {why}"),
             _ = async { tokio::time::sleep(left.unwrap_or(Duration::MAX)).await }, if left.is_some() => break,
             _ = every.tick(), if a.stats_every > 0.0 => print_stats(&call.stats(), started.elapsed().as_secs_f64()),
+            line = async { lines.as_mut().expect("guarded").recv().await }, if lines.is_some() => {
+                let Some(line) = line else {
+                    // Input closed: no more commands, the call goes on.
+                    lines = None;
+                    continue;
+                };
+                let (answer, leave) = command(&call, &line);
+                if !answer.is_empty() {
+                    println!("{answer}");
+                }
+                if leave {
+                    break;
+                }
+            }
         }
     }
     let last = call.stats();

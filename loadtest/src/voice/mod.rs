@@ -184,6 +184,15 @@ pub struct VoiceArgs {
     /// caller resumes, as real clients do, and follows the VOICE_SERVER_UPDATE it then gets.
     #[arg(long)]
     pub no_resume: bool,
+    /// Join an existing guild through this invite code instead of creating one, and call in
+    /// the voice channels given by --channel-id: the crowd then shares a call with other
+    /// clients (a browser, lodge-voice). Not with --shard or --target janus.
+    #[arg(long, requires = "channel_id")]
+    pub invite: Option<String>,
+    /// With --invite: the voice channel ids to call in (one per --channels; repeated or
+    /// comma-separated).
+    #[arg(long, value_delimiter = ',', requires = "invite")]
+    pub channel_id: Vec<String>,
 }
 
 #[derive(Args, Clone)]
@@ -253,6 +262,18 @@ fn validate(a: &VoiceArgs) -> Result<()> {
     }
     if a.callers == 0 || a.channels == 0 {
         bail!("--callers and --channels must be at least 1");
+    }
+    if a.invite.is_some() {
+        if a.channel_id.len() != a.channels {
+            bail!(
+                "--invite: give one --channel-id per channel ({} given, --channels {})",
+                a.channel_id.len(),
+                a.channels
+            );
+        }
+        if a.shard != Shard::WHOLE || matches!(a.target, Target::Janus) {
+            bail!("--invite joins an existing Lodge guild: not with --shard or --target janus");
+        }
     }
     if a.channels > a.callers {
         bail!(
@@ -527,6 +548,15 @@ async fn setup(nodes: &Nodes, a: &VoiceArgs, plan: &[usize]) -> Result<Setup> {
         callers.push(t.await??);
     }
     bar.finish_and_clear();
+    if let Some(code) = &a.invite {
+        let guild = join_by_invite(nodes, &callers, code, &sem, 0).await?;
+        return Ok(Setup {
+            guild,
+            channels: a.channel_id.clone(),
+            callers,
+            gateway_urls: gateway_urls(nodes).await?,
+        });
+    }
     let owner = callers[0].1.clone();
     let api = nodes.api(0);
     let (st, g) = api
@@ -584,9 +614,32 @@ async fn setup(nodes: &Nodes, a: &VoiceArgs, plan: &[usize]) -> Result<Setup> {
         bail!("creating an invite failed ({st}): {inv}");
     }
     let code = inv["code"].as_str().context("invite code")?.to_string();
+    join_by_invite(nodes, &callers, &code, &sem, 1).await?;
+    Ok(Setup {
+        guild,
+        channels,
+        callers,
+        gateway_urls: gateway_urls(nodes).await?,
+    })
+}
+
+/// Callers from `skip` on join the guild of invite `code` (caller k through node k mod N); the
+/// guild's id.
+async fn join_by_invite(
+    nodes: &Nodes,
+    callers: &[(u64, String)],
+    code: &str,
+    sem: &Arc<tokio::sync::Semaphore>,
+    skip: usize,
+) -> Result<String> {
     let mut tasks = Vec::new();
-    for (k, (_, t)) in callers.iter().enumerate().skip(1) {
-        let (api, sem, t, code) = (nodes.api(k).clone(), sem.clone(), t.clone(), code.clone());
+    for (k, (_, t)) in callers.iter().enumerate().skip(skip) {
+        let (api, sem, t, code) = (
+            nodes.api(k).clone(),
+            sem.clone(),
+            t.clone(),
+            code.to_string(),
+        );
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire().await;
             let (st, v) = api
@@ -598,32 +651,33 @@ async fn setup(nodes: &Nodes, a: &VoiceArgs, plan: &[usize]) -> Result<Setup> {
                 )
                 .await?;
             if st != 200 {
-                bail!("joining the guild failed ({st}): {v}");
+                bail!("joining the guild by invite {code} failed ({st}): {v}");
             }
-            Ok(())
+            Ok(v["guild"]["id"].as_str().map(str::to_string))
         }));
     }
+    let mut guild = None;
     for t in tasks {
-        t.await??;
+        guild = guild.or(t.await??);
     }
-    let mut gateway_urls = Vec::with_capacity(nodes.len());
+    Ok(guild.unwrap_or_default())
+}
+
+/// Every node's gateway URL, in `--url` order.
+async fn gateway_urls(nodes: &Nodes) -> Result<Vec<String>> {
+    let mut urls = Vec::with_capacity(nodes.len());
     for node in &nodes.apis {
         let (_, gw) = node
             .call(reqwest::Method::GET, "/gateway", None, None)
             .await?;
-        gateway_urls.push(format!(
+        urls.push(format!(
             "{}?v=10&encoding=json",
             gw["url"]
                 .as_str()
                 .with_context(|| format!("gateway url from {}", node.base))?
         ));
     }
-    Ok(Setup {
-        guild,
-        channels,
-        callers,
-        gateway_urls,
-    })
+    Ok(urls)
 }
 
 /// Every node's Prometheus text, in `--url` order (`None` where it cannot be read).
