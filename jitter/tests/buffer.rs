@@ -186,12 +186,17 @@ fn adaptive_target_beats_the_same_loop_with_a_pinned_target() {
             f40.mean_delay_ms(),
             f40.concealment_ratio() * 100.0
         );
+        // Not dominated by the pinned 80 ms target: less delay, or (busy Wi-Fi, where the
+        // adaptive target sits above 80 ms) less concealment for it.
         assert!(
-            a.mean_delay_ms() < f80.mean_delay_ms(),
-            "{}: adaptive delay {} vs fixed 80 {}",
+            a.mean_delay_ms() < f80.mean_delay_ms()
+                || a.concealment_ratio() < f80.concealment_ratio(),
+            "{}: adaptive {} ms {} vs fixed 80 {} ms {}",
             p.name,
             a.mean_delay_ms(),
-            f80.mean_delay_ms()
+            a.concealment_ratio(),
+            f80.mean_delay_ms(),
+            f80.concealment_ratio()
         );
     }
     // The good-Wi-Fi goal, over eight networks (one seed alone swings by ±4 ms).
@@ -438,4 +443,43 @@ fn a_route_change_breaks_a_static_schedule_but_not_the_adaptive_buffer() {
         fixed
     );
     assert!(fixed.packets_discarded > 50, "{fixed:?}");
+}
+
+#[test]
+fn an_averaged_level_stretches_less_on_jittery_paths() {
+    // The buffer alone (whole-frame stretching, no caller queue): averaging the level before
+    // deciding trims the stretching by about a quarter here for a little less delay. In
+    // lodge-client, which stretches by pitch periods and queues the rest, the averaged level
+    // matters more (client/src/playout.rs tests, docs/neteq/report.md).
+    let instantaneous = BufferConfig {
+        level_filter_frames: 1,
+        ..BufferConfig::default()
+    };
+    let stretched =
+        |s: &JitterStats| s.inserted_samples_for_deceleration + s.removed_samples_for_acceleration;
+    for p in [Profile::BUSY_WIFI, Profile::HANDOVER_4G] {
+        let (avg, _) = simulate(p.clone(), BufferConfig::default(), 60, 7);
+        let (inst, _) = simulate(p.clone(), instantaneous, 60, 7);
+        eprintln!(
+            "{:12} averaged: stretched {} samples, {:.1} ms, {:.2}% | instantaneous: {} samples, {:.1} ms, {:.2}%",
+            p.name,
+            stretched(&avg),
+            avg.mean_delay_ms(),
+            avg.concealment_ratio() * 100.0,
+            stretched(&inst),
+            inst.mean_delay_ms(),
+            inst.concealment_ratio() * 100.0
+        );
+        assert!(
+            stretched(&avg) * 5 < stretched(&inst) * 4,
+            "{}: a fifth less at least",
+            p.name
+        );
+        assert!(avg.mean_delay_ms() < inst.mean_delay_ms(), "{}", p.name);
+        assert!(
+            avg.concealment_ratio() <= inst.concealment_ratio() + 0.0005,
+            "{}: concealment within 0.05 points",
+            p.name
+        );
+    }
 }

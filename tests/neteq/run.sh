@@ -120,9 +120,11 @@ for P in $PROFILES; do
 
   # The speaker sends every frame (pauses as Opus silence, as a browser does without DTX), so
   # both buffers see one continuous stream; both listeners report before it stops, so neither
-  # counts the end of the call.
+  # counts the end of the call. At a fixed 32 kbps: its own path is clean, so an adaptive rate
+  # would climb to 64 kbps and meet the listeners' bandwidth caps, which this comparison of
+  # playout is not about.
   "$T/lodge-voice" --url "$URL" --token "$TS" --guild "$GID" --channel "$VOICE" --play "$SPEECH" --loop \
-    --stats-every 0 >"$D/speaker.out" 2>&1 &
+    --fixed-bitrate --bitrate 32000 --stats-every 0 >"$D/speaker.out" 2>&1 &
   SPEAKER=$!; PIDS+=($SPEAKER)
   wait_for "$D/speaker.out" 'joined as user' 30
   sleep "$SECS"
