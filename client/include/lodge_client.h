@@ -119,8 +119,12 @@ typedef struct LodgeStats {
   uint64_t concealed_samples;
   double mean_playout_delay_ms;
   /**
+   * 1 once the call has ended (left, or a connection lost).
+   */
+  int32_t ended;
+  /**
    * What the encoder sends at now (it follows the node's receiver reports), and whether
-   * FEC is on (1) or off (0).
+   * FEC is on (1) or off (0). Fields are only ever added at the end of this struct.
    */
   uint32_t target_bitrate_bps;
   int32_t fec;
@@ -130,10 +134,6 @@ typedef struct LodgeStats {
    */
   double uplink_fraction_lost;
   double round_trip_time_ms;
-  /**
-   * 1 once the call has ended (left, or a connection lost).
-   */
-  int32_t ended;
 } LodgeStats;
 
 #ifdef __cplusplus

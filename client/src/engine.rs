@@ -2,7 +2,7 @@
 //! datagrams in → per-speaker playout; one frame of mixed playout out. Time is passed in, so
 //! tests drive it with a simulated clock; the shell (`call.rs`) owns the socket and the ticks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use lodge_codec::audio::Vad;
@@ -26,6 +26,9 @@ const SPEAKER_IDLE_MS: f64 = 10_000.0;
 const GONE_MS: f64 = 2_000.0;
 /// Final figures of this many departed speakers are kept for `stats`.
 const MAX_DEPARTED: usize = 64;
+/// Sender reports awaiting an answer at most (an answer slower than this many seconds is not
+/// taken).
+const AWAITING_MAX: usize = 4;
 /// A sender report goes out this often while we send (the node answers each with a receiver
 /// report on how our voice reaches it).
 const REPORT_MS: f64 = 1_000.0;
@@ -140,6 +143,10 @@ pub struct VoiceEngine {
     controller: Option<BitrateController>,
     next_report_ms: f64,
     sent_at_last_report: u64,
+    /// Our latest sender reports not answered yet (their NTP middle bits): a receiver report
+    /// counts only as the answer to one of them, once, so a captured report replayed later
+    /// cannot steer the encoder.
+    awaiting: VecDeque<u32>,
 }
 
 impl VoiceEngine {
@@ -193,6 +200,7 @@ impl VoiceEngine {
             controller,
             next_report_ms: REPORT_MS,
             sent_at_last_report: 0,
+            awaiting: VecDeque::with_capacity(AWAITING_MAX),
         })
     }
 
@@ -222,6 +230,10 @@ impl VoiceEngine {
         let pkt = rtcp::seal_sender_report(&self.cipher, &sr, self.counter);
         self.counter = self.counter.wrapping_add(1);
         self.stats.reports_sent += 1;
+        if self.awaiting.len() == AWAITING_MAX {
+            self.awaiting.pop_front();
+        }
+        self.awaiting.push_back(sr.ntp_middle());
         Some(pkt)
     }
 
@@ -235,6 +247,11 @@ impl VoiceEngine {
         if b.ssrc != self.ssrc {
             return;
         }
+        // Only the answer to a report of ours still awaiting one, and only once.
+        let Some(at) = self.awaiting.iter().position(|l| *l == b.lsr) else {
+            return;
+        };
+        self.awaiting.drain(..=at);
         let rtt = b.rtt_ms(rtcp::ntp_middle(self.ntp_secs(now)));
         let prev = self.stats.remote_inbound.unwrap_or_default();
         self.stats.remote_inbound = Some(RemoteInbound {
@@ -675,6 +692,7 @@ mod tests {
         // 25% lost, answered 10 ms after the SR arrived, back 50 ms after it left: a 40 ms
         // round trip.
         let mut rr = answer(&a, &mut sr, 64, 12, 10);
+        let mut replayed = rr.clone();
         a.receive(at(1_050), &mut rr);
         let st = a.stats();
         let r = st.remote_inbound.expect("the report's figures");
@@ -694,6 +712,9 @@ mod tests {
         );
         assert_eq!(st.packets_received, 0, "a report is not media");
         assert_eq!(st.packets_undecryptable, 0);
+        // The same report again (a replay, or a duplicate): taken once only.
+        a.receive(at(1_100), &mut replayed);
+        assert_eq!(a.stats().remote_inbound.unwrap().reports_received, 1);
 
         // Clean reports for 30 s: the rate climbs back; FEC goes off once the smoothed loss
         // has stayed under 0.5% for 10 s (it decays by 0.8 a report: ~18 s from 25%).

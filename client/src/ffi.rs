@@ -90,16 +90,16 @@ pub struct LodgeStats {
     pub total_samples_received: u64,
     pub concealed_samples: u64,
     pub mean_playout_delay_ms: f64,
+    /// 1 once the call has ended (left, or a connection lost).
+    pub ended: i32,
     /// What the encoder sends at now (it follows the node's receiver reports), and whether
-    /// FEC is on (1) or off (0).
+    /// FEC is on (1) or off (0). Fields are only ever added at the end of this struct.
     pub target_bitrate_bps: u32,
     pub fec: i32,
     /// How our voice reaches the node, from its latest receiver report: the share lost since
     /// the report before (0..1) and the round trip in ms; both -1 before the first report.
     pub uplink_fraction_lost: f64,
     pub round_trip_time_ms: f64,
-    /// 1 once the call has ended (left, or a connection lost).
-    pub ended: i32,
 }
 
 struct Callbacks {

@@ -350,8 +350,8 @@ mod tests {
                 inst_c * 100.0
             );
             // Before the buffer counted this queue (the client trimmed it instead), 3–6% of
-            // the audio here was stretched: the trim and the buffer's decelerations fed each
-            // other.
+            // the audio in this simulation was stretched (5–13% in the NetEq comparison): the
+            // trim and the buffer's decelerations fed each other.
             assert!(avg_s < 0.015, "{name}: stretched {:.2}%", avg_s * 100.0);
             assert!(avg_s < inst_s, "{name}: the averaged level stretches less");
             assert!(avg_c <= inst_c + 0.0005, "{name}: for no more concealment");

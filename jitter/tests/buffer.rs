@@ -186,11 +186,12 @@ fn adaptive_target_beats_the_same_loop_with_a_pinned_target() {
             f40.mean_delay_ms(),
             f40.concealment_ratio() * 100.0
         );
-        // Not dominated by the pinned 80 ms target: less delay, or (busy Wi-Fi, where the
-        // adaptive target sits above 80 ms) less concealment for it.
+        // Less delay than the pinned 80 ms target; on busy Wi-Fi, where the adaptive target
+        // sits above 80 ms, less concealment for it instead.
+        let busy = p.name == Profile::BUSY_WIFI.name;
         assert!(
-            a.mean_delay_ms() < f80.mean_delay_ms()
-                || a.concealment_ratio() < f80.concealment_ratio(),
+            (!busy && a.mean_delay_ms() < f80.mean_delay_ms())
+                || (busy && a.concealment_ratio() < f80.concealment_ratio()),
             "{}: adaptive {} ms {} vs fixed 80 {} ms {}",
             p.name,
             a.mean_delay_ms(),

@@ -584,8 +584,25 @@ fn a_sender_report_is_answered_with_the_uplinks_loss_and_an_echo_for_the_round_t
     assert_eq!(drops(&w, DropReason::UnexpectedStream), 1);
     w.run(Duration::from_millis(50));
     assert_eq!(w.node.stats().native_reports, 2);
-    assert!(
-        w.natives[b].reports.is_empty(),
-        "b sent no SR: it got no RR"
+
+    // A valid SR from another address is not answered and moves nothing: a's next SR, from
+    // its own address, is answered there.
+    let sr = w.natives[a].sender_report(1002.0);
+    w.inject("127.0.5.5:999".parse().unwrap(), &sr);
+    w.run(Duration::from_millis(50));
+    assert_eq!(
+        w.node.stats().native_reports,
+        2,
+        "no answer to an SR from elsewhere"
+    );
+    let had = w.natives[a].reports.len();
+    let sr = w.natives[a].sender_report(1003.0);
+    w.inject(addr, &sr);
+    w.run(Duration::from_millis(50));
+    assert_eq!(w.node.stats().native_reports, 3);
+    assert_eq!(
+        w.natives[a].reports.len(),
+        had + 1,
+        "answered at a's own address"
     );
 }

@@ -6,7 +6,7 @@
 # leave and the recording; afterwards the crowd's own report must show every caller joined and
 # no errors.
 #
-# Needs: the debug binaries lodge, lodge-voice and lodge-load (built here if missing), node +
+# Needs: cargo (builds the debug binaries lodge, lodge-voice and lodge-load), node +
 # playwright-core + chromium (tests/browser), python3, curl. OUT=<dir> keeps the logs.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -18,11 +18,10 @@ for c in node python3 curl; do
   command -v "$c" >/dev/null || { echo "tests/client-crowd: $c is missing (run scripts/setup.sh)"; exit 1; }
 done
 T="$ROOT/target/debug"
-if [ ! -x "$T/lodge" ] || [ ! -x "$T/lodge-voice" ] || [ ! -x "$T/lodge-load" ]; then
-  (cd "$ROOT" && timeout 1800 cargo build --locked -p lodge-signaling --bin lodge \
-    && timeout 1800 cargo build --locked -p lodge-client --bin lodge-voice \
-    && timeout 1800 cargo build --locked -p lodge-loadtest --bin lodge-load)
-fi
+# Always through cargo (a no-op when fresh): a stale binary would lack today's flags.
+(cd "$ROOT" && timeout 1800 cargo build --locked -p lodge-signaling --bin lodge \
+  && timeout 1800 cargo build --locked -p lodge-client --bin lodge-voice \
+  && timeout 1800 cargo build --locked -p lodge-loadtest --bin lodge-load)
 (cd "$ROOT/tests/browser" && { [ -d node_modules/playwright-core ] || timeout 300 npm ci --no-audit --no-fund --loglevel=error; })
 
 # shellcheck source=../lib/api.sh

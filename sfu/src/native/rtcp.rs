@@ -230,7 +230,7 @@ pub struct Reception {
     received: u64,
     expected_prior: u64,
     received_prior: u64,
-    /// Jitter in RTP units, × 16 (A.8 keeps it scaled for integer arithmetic; here f64).
+    /// Interarrival jitter in RTP units (A.8's estimator, in f64 rather than scaled integers).
     jitter: f64,
     transit: Option<i64>,
 }
@@ -250,7 +250,9 @@ impl Reception {
             let delta = seq.wrapping_sub(self.max_seq);
             if delta < MAX_DROPOUT {
                 if seq < self.max_seq {
-                    self.cycles += 1 << 16;
+                    // Wraps after 2^16 wraps of the 16-bit numbers: only a sender jumping on
+                    // purpose gets there, and its report is then wrong, not a panic.
+                    self.cycles = self.cycles.wrapping_add(1 << 16);
                 }
                 self.max_seq = seq;
             } else if delta <= u16::MAX - MAX_MISORDER {
@@ -285,7 +287,7 @@ impl Reception {
     }
 
     fn extended_max(&self) -> u32 {
-        self.cycles + u32::from(self.max_seq)
+        self.cycles.wrapping_add(u32::from(self.max_seq))
     }
 
     fn expected(&self) -> u64 {
