@@ -317,7 +317,7 @@ async fn lossy_uplink(node: std::net::SocketAddr, every: u64) -> std::net::Socke
         while let Ok((n, from)) = f.recv_from(&mut buf).await {
             *c.lock().unwrap() = Some(from);
             let d = &buf[..n];
-            let is_voice = n > 12 && d[0] >> 6 == 2 && !(200..=204).contains(&d[1]);
+            let is_voice = n > 12 && d[0] >> 6 == 2 && !lodge_sfu::native::rtcp::is_rtcp(d);
             if is_voice {
                 voice += 1;
                 if voice.is_multiple_of(every) {

@@ -35,19 +35,13 @@ URL="http://127.0.0.1:$HP"
 PID=$!
 cleanup() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
 trap cleanup EXIT
-for _ in $(seq 1 100); do curl -fs "$URL/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-curl -fsS "$URL/readyz" >/dev/null
+wait_ready
 
 # Two accounts in one guild: (token, user id) each, the guild and its voice channel.
 A=$(api POST /auth/register "" '{"username":"c_player","password":"password-123"}')
 B=$(api POST /auth/register "" '{"username":"listener","password":"password-123"}')
 TA=$(js 'd["token"]' <<<"$A"); UA=$(js 'd["user"]["id"]' <<<"$A"); TB=$(js 'd["token"]' <<<"$B")
-G=$(api POST /guilds "$TA" '{"name":"C den"}')
-GID=$(js 'd["id"]' <<<"$G")
-TEXT=$(js '[c["id"] for c in d["channels"] if c["type"]==0][0]' <<<"$G")
-VOICE=$(js '[c["id"] for c in d["channels"] if c["type"]==2][0]' <<<"$G")
-CODE=$(api POST "/channels/$TEXT/invites" "$TA" | js 'd["code"]')
-api POST "/invites/$CODE" "$TB" >/dev/null
+guild_with_member "$TA" "$TB" "C den"
 
 # Four seconds of 660 Hz, 16 kHz mono: the library converts the rate.
 python3 - "$OUT/tone.wav" <<'PY'

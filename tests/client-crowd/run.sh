@@ -38,18 +38,12 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "tests/client-crowd: $*"; tail -30 "$OUT/lodge.log"; exit 1; }
-for _ in $(seq 1 100); do curl -fs "$URL/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-curl -fsS "$URL/readyz" >/dev/null
+wait_ready
 
 H=$(api POST /auth/register "" '{"username":"host","password":"password-123"}')
 V=$(api POST /auth/register "" '{"username":"lodge_voice","password":"password-123"}')
 TH=$(js 'd["token"]' <<<"$H"); TV=$(js 'd["token"]' <<<"$V")
-G=$(api POST /guilds "$TH" '{"name":"A crowded call"}')
-GID=$(js 'd["id"]' <<<"$G")
-TEXT=$(js '[c["id"] for c in d["channels"] if c["type"]==0][0]' <<<"$G")
-VOICE=$(js '[c["id"] for c in d["channels"] if c["type"]==2][0]' <<<"$G")
-INVITE=$(api POST "/channels/$TEXT/invites" "$TH" '{"max_age":3600}' | js 'd["code"]')
-api POST "/invites/$INVITE" "$TV" >/dev/null
+guild_with_member "$TH" "$TV" "A crowded call"
 
 echo "== a crowd of $CROWD_N lodge-load callers (2 speaking) joins channel $VOICE"
 "$T/lodge-load" voice --url "$URL" --invite "$INVITE" --channel-id "$VOICE" -n "$CROWD_N" -s 2 \

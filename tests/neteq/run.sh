@@ -52,18 +52,12 @@ cleanup() {
   kill "$NODE" 2>/dev/null || true; wait 2>/dev/null || true
 }
 trap cleanup EXIT
-for _ in $(seq 1 100); do curl -fs "$URL/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-curl -fsS "$URL/readyz" >/dev/null
+wait_ready
 
 S=$(api POST /auth/register "" '{"username":"speaker","password":"password-123"}')
 L=$(api POST /auth/register "" '{"username":"lodge_listener","password":"password-123"}')
 TS=$(js 'd["token"]' <<<"$S"); TL=$(js 'd["token"]' <<<"$L")
-G=$(api POST /guilds "$TS" '{"name":"NetEq comparison"}')
-GID=$(js 'd["id"]' <<<"$G")
-TEXT=$(js '[c["id"] for c in d["channels"] if c["type"]==0][0]' <<<"$G")
-VOICE=$(js '[c["id"] for c in d["channels"] if c["type"]==2][0]' <<<"$G")
-INVITE=$(api POST "/channels/$TEXT/invites" "$TS" | js 'd["code"]')
-api POST "/invites/$INVITE" "$TL" >/dev/null
+guild_with_member "$TS" "$TL" "NetEq comparison"
 
 # Speech with pauses: six sentences, each followed by 0.4-1.2 s of silence.
 SPEECH="$OUT/speech.wav"

@@ -378,12 +378,7 @@ impl Node {
                 return Err(DropReason::UnknownPeer);
             }
             let s = &mut native.scratch;
-            s.clear();
-            s.extend_from_slice(buf);
-            let opened = n.cipher.open_rtcp(s)?;
-            if !n.replay.accept(opened.counter) {
-                return Err(DropReason::Replayed);
-            }
+            let opened = open_fresh(s, n, buf, true)?;
             return match rtcp::parse(&s[..opened.payload.end]) {
                 Some(Report::Sender(sr)) if sr.ssrc == p.voice_ssrc.0 => {
                     p.last_recv = Some(now);
@@ -400,12 +395,7 @@ impl Node {
             return Err(DropReason::UnexpectedStream);
         }
         let s = &mut native.scratch;
-        s.clear();
-        s.extend_from_slice(buf);
-        let opened = n.cipher.open(s)?;
-        if !n.replay.accept(opened.counter) {
-            return Err(DropReason::Replayed);
-        }
+        let opened = open_fresh(s, n, buf, false)?;
         let ssrc = u32::from_be_bytes([s[8], s[9], s[10], s[11]]);
         if ssrc != p.voice_ssrc.0 {
             return Err(DropReason::UnexpectedStream);
@@ -446,6 +436,27 @@ impl Node {
         let ssrc = Ssrc(u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]));
         self.native.by_ssrc.get(&ssrc).copied()
     }
+}
+
+/// `buf` copied into `scratch` (no allocation once it has grown) and opened there under the
+/// peer's key, as RTCP or RTP, with a nonce counter its replay window has not seen.
+fn open_fresh(
+    scratch: &mut Vec<u8>,
+    n: &mut NativePeer,
+    buf: &[u8],
+    rtcp: bool,
+) -> Result<crate::native::Opened, DropReason> {
+    scratch.clear();
+    scratch.extend_from_slice(buf);
+    let opened = if rtcp {
+        n.cipher.open_rtcp(scratch)?
+    } else {
+        n.cipher.open(scratch)?
+    };
+    if !n.replay.accept(opened.counter) {
+        return Err(DropReason::Replayed);
+    }
+    Ok(opened)
 }
 
 /// A pseudo RFC 6464 level (0 loudest … 127 silent) from an Opus packet's size: native
