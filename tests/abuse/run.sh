@@ -20,8 +20,9 @@ OUT="${OUT:-$(mktemp -d)}"
 TMP="$(mktemp -d)"
 [ -x "$HERE/.venv/bin/python" ] || python3 -m venv "$HERE/.venv"
 "$HERE/.venv/bin/pip" install -q --disable-pip-version-check -r "$HERE/requirements.txt"
-HP="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-MP="$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+# shellcheck source=../lib/ports.sh
+. "$ROOT/tests/lib/ports.sh"
+HP="$(free_port)"; MP="$(free_media)"
 # Defaults throughout, except: the suite's own proxy address is trusted, and the two waits an
 # attack must sit out (identify and heartbeat timeouts, header timeout) are shortened so the
 # suite stays within five minutes.

@@ -8,9 +8,9 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 export LODGE_REGISTRATIONS_PER_IP_PER_HOUR=1000000 LODGE_MAX_HTTP_CONNECTIONS_PER_IP=0
 BIN="${LODGE_BIN:-$ROOT/target/debug/lodge}"
 TMP="$(mktemp -d)"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-free_udp() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-HP="$(free_port)"; MP="$(free_udp)"
+# shellcheck source=../lib/ports.sh
+. "$ROOT/tests/lib/ports.sh"
+HP="$(free_port)"; MP="$(free_media)"
 OPERATOR_TOKEN="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
 export OPERATOR_TOKEN LOAD_BIN="${LODGE_LOAD_BIN:-$ROOT/target/debug/lodge-load}"
 "$BIN" serve --data-dir "$TMP/data" --http-listen "127.0.0.1:$HP" --media-listen "127.0.0.1:$MP" --log "info,lodge_sfu=debug" \

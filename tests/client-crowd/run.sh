@@ -26,7 +26,7 @@ T="$ROOT/target/debug"
 
 # shellcheck source=../lib/api.sh
 . "$ROOT/tests/lib/api.sh"
-HP="$(free_port)"; MP="$(free_udp)"
+HP="$(free_port)"; MP="$(free_media)"
 URL="http://127.0.0.1:$HP"
 "$T/lodge" serve --data-dir "$OUT/data" --http-listen "127.0.0.1:$HP" --media-listen "127.0.0.1:$MP" \
   --log info >"$OUT/lodge.log" 2>&1 &

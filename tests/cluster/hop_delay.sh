@@ -14,18 +14,19 @@ LOAD="${LOAD_BIN:-$ROOT/target/release/lodge-load}"
 LISTENERS="${LISTENERS:-40}" DURATION="${DURATION:-30}"
 TMP="$(mktemp -d)"
 TOKEN="cluster-$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
-free() { python3 -c "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_STREAM if sys.argv[1]=='tcp' else socket.SOCK_DGRAM); s.bind((sys.argv[2],0)); print(s.getsockname()[1])" "$1" "$2"; }
+# shellcheck source=../lib/ports.sh
+. "$ROOT/tests/lib/ports.sh"
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$TMP"' EXIT
-OH="127.0.0.1:$(free tcp 127.0.0.1)"; OT="127.0.0.1:$(free udp 127.0.0.1)"
-"$BIN" serve --data-dir "$TMP/o" --http-listen "$OH" --media-listen "127.0.0.1:$(free udp 127.0.0.1)" \
+OH="127.0.0.1:$(free_port)"; OT="127.0.0.1:$(free_udp)"
+"$BIN" serve --data-dir "$TMP/o" --http-listen "$OH" --media-listen "127.0.0.1:$(free_media)" \
   --trunk-listen "$OT" --cluster-token "$TOKEN" --log warn \
   --rate-limit-route 100000 --rate-limit-global 100000 >"$TMP/o.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do curl -fs "http://$OH/readyz" >/dev/null && break; sleep 0.1; done
 FP="$(grep -o 'sha256:[0-9a-f]\{64\}' "$TMP/o.log" | head -1)"
-EH="127.0.0.2:$(free tcp 127.0.0.2)"
-"$BIN" serve --data-dir "$TMP/e" --http-listen "$EH" --media-listen "127.0.0.2:$(free udp 127.0.0.2)" \
+EH="127.0.0.2:$(free_port 127.0.0.2)"
+"$BIN" serve --data-dir "$TMP/e" --http-listen "$EH" --media-listen "127.0.0.2:$(free_media 127.0.0.2)" \
   --origin "$OT" --origin-fingerprint "$FP" --cluster-token "$TOKEN" --region eu --log warn >"$TMP/e.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do curl -fs "http://$EH/metrics" 2>/dev/null | grep -q '^lodge_origin_up 1' && break; sleep 0.1; done

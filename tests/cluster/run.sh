@@ -13,13 +13,8 @@ LOAD="${LOAD_BIN:-$ROOT/target/debug/lodge-load}"
 TMP="$(mktemp -d)"
 TOKEN="cluster-$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
 OPERATOR="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
-free() {  # free <tcp|udp> <ip>
-  python3 - "$1" "$2" <<'PY'
-import socket, sys
-kind = socket.SOCK_STREAM if sys.argv[1] == "tcp" else socket.SOCK_DGRAM
-s = socket.socket(socket.AF_INET, kind); s.bind((sys.argv[2], 0)); print(s.getsockname()[1])
-PY
-}
+# shellcheck source=../lib/ports.sh
+. "$ROOT/tests/lib/ports.sh"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -45,7 +40,7 @@ wait_for() {  # wait_for <seconds> <command...>
   until "$@"; do [ $SECONDS -lt $until ] || return 1; sleep 0.2; done
 }
 
-OH="127.0.0.1:$(free tcp 127.0.0.1)"; OM="127.0.0.1:$(free udp 127.0.0.1)"; OT="127.0.0.1:$(free udp 127.0.0.1)"
+OH="127.0.0.1:$(free_port)"; OM="127.0.0.1:$(free_media)"; OT="127.0.0.1:$(free_udp)"
 "$BIN" serve --data-dir "$TMP/origin" --http-listen "$OH" --media-listen "$OM" --trunk-listen "$OT" \
   --cluster-token "$TOKEN" --operator-token "$OPERATOR" --rate-limit-route 10000 --rate-limit-global 10000 \
   >"$TMP/origin.log" 2>&1 &
@@ -55,8 +50,8 @@ FP="$(grep -o 'sha256:[0-9a-f]\{64\}' "$TMP/origin.log" | head -1)"
 [ -n "$FP" ] || fail "the origin printed no trunk fingerprint"
 
 start_edge() {  # start_edge <name> <ip> <token> <origin trunk>: sets EDGE (host:port) and EDGE_PID
-  EDGE="$2:$(free tcp "$2")"
-  local m="$2:$(free udp "$2")"
+  EDGE="$2:$(free_port "$2")"
+  local m="$2:$(free_media "$2")"
   "$BIN" serve --data-dir "$TMP/$1" --http-listen "$EDGE" --media-listen "$m" --origin "$4" \
     --origin-fingerprint "$FP" --cluster-token "$3" --region "$1" >"$TMP/$1.log" 2>&1 &
   EDGE_PID=$!
@@ -122,7 +117,7 @@ assert r["loss_pct"] < 1.0, r["loss_pct"]
 PY
 
 echo "-- a trunk with 5% bursty loss and 40±10 ms (impairment relay): listeners lose ≤ 0.5% after repair"
-RELAY="127.0.0.5:$(free udp 127.0.0.5)"
+RELAY="127.0.0.5:$(free_udp 127.0.0.5)"
 "$LOAD" relay --listen "$RELAY" --to "$OT" --profile trunk_bursty_5 --seed 7 >"$TMP/relay.log" 2>&1 &
 PIDS+=($!)
 start_edge far 127.0.0.6 "$TOKEN" "$RELAY"; FH="$EDGE"

@@ -7,8 +7,9 @@ HERE="$ROOT/tests/discordpy"
 TMP="$(mktemp -d)"
 [ -x "$HERE/.venv/bin/python" ] || python3 -m venv "$HERE/.venv"
 "$HERE/.venv/bin/pip" install -q --disable-pip-version-check -r "$HERE/requirements.txt"
-HP="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-MP="$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+# shellcheck source=../lib/ports.sh
+. "$ROOT/tests/lib/ports.sh"
+HP="$(free_port)"; MP="$(free_media)"
 "$BIN" serve --data-dir "$TMP/data" --http-listen "127.0.0.1:$HP" --media-listen "127.0.0.1:$MP" >"$TMP/lodge.log" 2>&1 &
 PID=$!
 cleanup() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }

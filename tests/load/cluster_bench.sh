@@ -38,7 +38,8 @@ cleanup() {
   rm -rf "$TMP"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"; }
+# shellcheck source=../lib/ports.sh
+. "$ROOT/tests/lib/ports.sh"
 ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
 HZ="$(getconf CLK_TCK)"
 
@@ -68,7 +69,7 @@ run() {
   local count=$(( n == 0 ? 1 : n ))
   for i in $(seq 1 "$count"); do
     local ip="127.0.0.$((i + 1))" hp mp
-    hp="$(free_port "$ip")"; mp="$(free_port "$ip")"
+    hp="$(free_port "$ip")"; mp="$(free_media "$ip")"
     "$BIN" serve --data-dir "$TMP/$name-$i" --http-listen "$ip:$hp" --media-listen "$ip:$mp" \
       --database-url "${PG%/*}/$db" "${redis[@]}" --node-id "$name-$i" --log warn >"$TMP/$name-$i.log" 2>&1 &
     npids+=($!); PIDS+=($!); urls+=(--url "http://$ip:$hp")

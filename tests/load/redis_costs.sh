@@ -23,7 +23,8 @@ TMP="$(mktemp -d)"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"; }
+# shellcheck source=../lib/ports.sh
+. "$ROOT/tests/lib/ports.sh"
 RPORT="$(free_port 127.0.0.1)"
 redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP" >"$TMP/redis.log" 2>&1 &
 PIDS+=($!)
@@ -32,7 +33,7 @@ DB="costs_$RANDOM$RANDOM"
 psql "$PG" -qc "CREATE DATABASE $DB" >/dev/null
 URLS=()
 for n in 2 3; do
-  ip="127.0.0.$n"; hp="$(free_port "$ip")"; mp="$(free_port "$ip")"
+  ip="127.0.0.$n"; hp="$(free_port "$ip")"; mp="$(free_media "$ip")"
   "$BIN" serve --data-dir "$TMP/n$n" --http-listen "$ip:$hp" --media-listen "$ip:$mp" --log warn \
     --redis-url "redis://127.0.0.1:$RPORT" --database-url "${PG%/*}/$DB" --node-id "n$n" >"$TMP/n$n.log" 2>&1 &
   PIDS+=($!); URLS+=("http://$ip:$hp")

@@ -22,7 +22,8 @@ for b in lodge lodge-load; do
   [ -x "$BIN/$b" ] || { echo "workers_compare: no $BIN/$b (cargo build --profile $PROFILE --bin $b)"; exit 1; }
 done
 mkdir -p "$OUT"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=../lib/ports.sh
+. "$ROOT/tests/lib/ports.sh"
 PID=
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -30,7 +31,7 @@ trap cleanup EXIT
 ROWS="$OUT/rows.md"
 : >"$ROWS"
 for w in $WORKERS; do
-  HP=$(free_port); MP=$(( 52000 + RANDOM % 8000 ))
+  HP=$(free_port); MP=$(free_media)
   DATA="$(mktemp -d)"
   # shellcheck disable=SC2086
   "$BIN/lodge" serve --data-dir "$DATA" --http-listen "127.0.0.1:$HP" --media-listen "127.0.0.1:$MP" \

@@ -45,9 +45,9 @@ openssl x509 -req -in "$OUT/lodge.csr" -CA "$OUT/ca.pem" -CAkey "$OUT/ca.key" -C
   -extfile "$OUT/lodge.ext" -out "$OUT/lodge.pem" 2>/dev/null
 cat "$OUT/lodge.pem" "$OUT/ca.pem" >"$OUT/fullchain.pem"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-free_udp() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-HP="$(free_port)"; MP="$(free_udp)"
+# shellcheck source=../lib/ports.sh
+. "$ROOT/tests/lib/ports.sh"
+HP="$(free_port)"; MP="$(free_media)"
 URL="https://localhost:$HP"
 "$BIN" serve --data-dir "$OUT/data" --http-listen "127.0.0.1:$HP" --media-listen "127.0.0.1:$MP" \
   --public-url "$URL" --tls-cert "$OUT/fullchain.pem" --tls-key "$OUT/lodge.key" \

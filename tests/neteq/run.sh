@@ -39,7 +39,7 @@ fi
 
 # shellcheck source=../lib/api.sh
 . "$ROOT/tests/lib/api.sh"
-HP="$(free_port)"; MP="$(free_udp)"
+HP="$(free_port)"; MP="$(free_media)"
 URL="http://127.0.0.1:$HP"
 rm -rf "$OUT/data"
 # One media worker: the relays forward to the one media port.

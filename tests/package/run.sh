@@ -64,8 +64,9 @@ getent passwd lodge >/dev/null || fail "no lodge user after install"
 runuser -u lodge -- /usr/bin/lodge config --config /etc/lodge/lodge.toml >/dev/null \
   || fail "the installed configuration does not parse"
 
-HTTP="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-MEDIA="$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+# shellcheck source=../lib/ports.sh
+. "$ROOT/tests/lib/ports.sh"
+HTTP="$(free_port)"; MEDIA="$(free_media)"
 LOG="$(mktemp)"
 say "starting the installed binary as lodge with /etc/lodge/lodge.toml (HTTP 127.0.0.1:$HTTP)"
 ( cd / && LODGE_HTTP_LISTEN="127.0.0.1:$HTTP" LODGE_MEDIA_LISTEN="127.0.0.1:$MEDIA" \

@@ -23,13 +23,8 @@
 set -euo pipefail
 T="$SCALE_TMP"
 
-free() {  # free <tcp|udp> <ip>
-  python3 - "$1" "$2" <<'PY'
-import socket, sys
-kind = socket.SOCK_STREAM if sys.argv[1] == "tcp" else socket.SOCK_DGRAM
-s = socket.socket(socket.AF_INET, kind); s.bind((sys.argv[2], 0)); print(s.getsockname()[1])
-PY
-}
+# shellcheck source=../lib/ports.sh
+. "$(dirname "$0")/../lib/ports.sh"
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 kill_pidfile() {  # kill_pidfile <file> <signal>: the process, and wait until it is gone
   alive "$1" || { rm -f "$1"; return 0; }
@@ -50,7 +45,7 @@ case "$cmd" in
   node-start)
     n="$1"; shift
     ip="127.0.0.$n"
-    [ -f "$T/n$n.ports" ] || echo "$(free tcp "$ip") $(free udp "$ip")" >"$T/n$n.ports"
+    [ -f "$T/n$n.ports" ] || echo "$(free_port "$ip") $(free_media "$ip")" >"$T/n$n.ports"
     read -r hp mp <"$T/n$n.ports"
     alive "$T/n$n.pid" && { echo "ctl: n$n is already running" >&2; exit 1; }
     public="http://$ip:$hp"
@@ -109,7 +104,7 @@ case "$cmd" in
     ;;
   edge-start)
     ip=127.0.0.6
-    [ -f "$T/edge.ports" ] || echo "$(free tcp "$ip") $(free udp "$ip")" >"$T/edge.ports"
+    [ -f "$T/edge.ports" ] || echo "$(free_port "$ip") $(free_media "$ip")" >"$T/edge.ports"
     read -r hp mp <"$T/edge.ports"
     alive "$T/edge.pid" && { echo "ctl: the edge is already running" >&2; exit 1; }
     echo "==== $(date +%T.%N | cut -c1-12) ctl: starting the edge (seed $1, region $4)" >>"$T/edge.log"
