@@ -125,6 +125,8 @@ pub struct JitterBuffer {
     silent_mode: bool,
     /// Frames played in silent mode, not yet known to be DTX (silence) or an outage (loss).
     unclassified: u32,
+    /// How many of `unclassified` were played as PLC rather than as silence.
+    unclassified_plc: u32,
     /// Concealed frames with an empty buffer just before silent mode (maybe DTX, maybe loss).
     speculative: u32,
     /// The previous frame was a stretch.
@@ -210,6 +212,7 @@ impl JitterBuffer {
             empty_run: 0,
             silent_mode: false,
             unclassified: 0,
+            unclassified_plc: 0,
             speculative: 0,
             stretched: false,
             keep_accelerated: false,
@@ -573,6 +576,7 @@ impl JitterBuffer {
                     self.stats.concealment_events = self.stats.concealment_events.saturating_sub(1);
                 }
                 self.unclassified += spec;
+                self.unclassified_plc += spec;
                 self.speculative = 0;
             }
             // Media time keeps running, so the next packet plays when its time comes.
@@ -643,6 +647,7 @@ impl JitterBuffer {
             return if now_ms - self.last_arrival_ms > 4.0 * frame_ms {
                 Pulled::Silence
             } else {
+                self.unclassified_plc += 1;
                 Pulled::Conceal { seq: self.next_seq }
             };
         };
@@ -689,17 +694,25 @@ impl JitterBuffer {
     }
 
     /// Leave silent mode: the frames played quietly were DTX silence (`loss == false`) or an
-    /// outage that concealment covered (`loss == true`).
+    /// outage that concealment covered (`loss == true`). In an outage the frames played as
+    /// PLC are concealment and those played as silence are *silent* concealment, as the W3C
+    /// statistics define silentConcealedSamples (concealed samples that play as silence or
+    /// comfort noise) and as NetEq counts the expansion once it has faded to nothing. The
+    /// whole outage still counts toward interruptions.
     fn classify_quiet(&mut self, loss: bool) {
         let n = self.cfg.frame_samples as u64;
         let q = self.unclassified as u64;
+        let plc = (self.unclassified_plc as u64).min(q);
         self.silent_mode = false;
         self.unclassified = 0;
+        self.unclassified_plc = 0;
         if q == 0 {
             return;
         }
         self.stats.concealed_samples += q * n;
         if loss {
+            self.stats.silent_concealed_samples += (q - plc) * n;
+            self.stats.silent_outage_samples += (q - plc) * n;
             if self.conceal_run == 0 {
                 self.stats.concealment_events += 1;
             }

@@ -12,8 +12,15 @@ pub struct JitterStats {
     pub jitter_buffer_emitted_count: u64,
     pub total_samples_received: u64,
     pub concealed_samples: u64,
-    /// Concealed samples played while the sender was silent (DTX comfort noise).
+    /// Concealed samples played as silence: comfort silence while the sender was quiet (DTX),
+    /// and silence played through an outage once concealment gave up (as the W3C statistics
+    /// define it, and as NetEq counts its expansion once faded).
     pub silent_concealed_samples: u64,
+    /// Of `silent_concealed_samples`, those played through an outage (packets lost), not a
+    /// pause in the sending. Not a W3C figure: Lodge's own quality measures
+    /// ([`JitterStats::concealment_ratio`]) count these as concealment, since a gap of silence
+    /// where speech was lost is heard.
+    pub silent_outage_samples: u64,
     pub concealment_events: u64,
     pub inserted_samples_for_deceleration: u64,
     pub removed_samples_for_acceleration: u64,
@@ -38,6 +45,7 @@ impl JitterStats {
         self.total_samples_received += o.total_samples_received;
         self.concealed_samples += o.concealed_samples;
         self.silent_concealed_samples += o.silent_concealed_samples;
+        self.silent_outage_samples += o.silent_outage_samples;
         self.concealment_events += o.concealment_events;
         self.inserted_samples_for_deceleration += o.inserted_samples_for_deceleration;
         self.removed_samples_for_acceleration += o.removed_samples_for_acceleration;
@@ -57,13 +65,19 @@ impl JitterStats {
         }
     }
 
-    /// Concealed share of played samples (excluding DTX silence), 0..1.
+    /// Samples made up for lost or late audio, however they played (PLC or silence): all
+    /// concealment except the comfort silence of a sender's pause.
+    pub fn loss_concealed_samples(&self) -> u64 {
+        self.concealed_samples - self.silent_concealed_samples + self.silent_outage_samples
+    }
+
+    /// Share of played samples made up for lost or late audio
+    /// ([`JitterStats::loss_concealed_samples`]), 0..1.
     pub fn concealment_ratio(&self) -> f64 {
         if self.total_samples_received == 0 {
             0.0
         } else {
-            (self.concealed_samples - self.silent_concealed_samples) as f64
-                / self.total_samples_received as f64
+            self.loss_concealed_samples() as f64 / self.total_samples_received as f64
         }
     }
 }

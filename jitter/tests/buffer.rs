@@ -155,7 +155,22 @@ fn a_long_outage_counts_as_an_interruption() {
         jb.pull(now + 60.0);
     }
     jb.finish();
-    assert_eq!(jb.stats().interruptions, 1, "{:?}", jb.stats());
+    let st = jb.stats();
+    assert_eq!(st.interruptions, 1, "{st:?}");
+    // A few frames of PLC while the packets might only be late, then silence: the silence is
+    // silent concealment (W3C), and concealment of loss by Lodge's measure all the same (nine
+    // or ten frames: a stretch on the way may already have covered one).
+    let lost = st.loss_concealed_samples() / 960;
+    assert!((9..=10).contains(&lost), "{lost} frames, {st:?}");
+    assert_eq!(
+        st.silent_concealed_samples, st.silent_outage_samples,
+        "no DTX here: {st:?}"
+    );
+    let plc = (st.concealed_samples - st.silent_concealed_samples) / 960;
+    assert!(
+        (2..=5).contains(&plc),
+        "PLC before silence: {plc} frames, {st:?}"
+    );
 }
 
 #[test]
@@ -384,18 +399,34 @@ fn a_static_schedule_tells_dtx_from_an_outage() {
     let st = jb.stats();
     assert_eq!(out.matches('F').count(), 120, "{out}");
     // The pause is comfort silence, the outage concealment (one interruption of 400 ms); so is
-    // the quiet after the last packet, once the call is finished.
+    // the quiet after the last packet, once the call is finished. Of the outage, what played
+    // as silence once concealment gave up is silent concealment by the W3C's definition, and
+    // still concealment of loss by Lodge's own measure.
     let after_last = out.len() - out.rfind('F').unwrap() - 1;
+    // Played frames lag the sent ones by the frames waited at the start ('W').
+    let lag = out.find('F').unwrap();
+    let outage = &out[130 + lag..150 + lag];
+    let outage_silence = outage.matches('S').count() as u64;
+    assert!(
+        outage.starts_with('C') && outage_silence >= 15,
+        "a few frames of PLC, then silence: {outage}"
+    );
+    assert_eq!(
+        st.silent_outage_samples / 960,
+        outage_silence,
+        "{out} {st:?}"
+    );
     assert_eq!(
         st.silent_concealed_samples / 960,
-        50 + after_last as u64,
+        50 + after_last as u64 + outage_silence,
         "{out} {st:?}"
     );
     assert_eq!(
         (st.concealed_samples - st.silent_concealed_samples) / 960,
-        20,
+        20 - outage_silence,
         "{out} {st:?}"
     );
+    assert_eq!(st.loss_concealed_samples() / 960, 20, "{out} {st:?}");
     assert_eq!(st.interruptions, 1);
     assert_eq!(st.packets_discarded, 0);
 }

@@ -207,11 +207,8 @@ fn print_stats(s: &CallStats, secs: f64) {
         } else {
             0.0
         };
-        let concealed = if j.total_samples_received > 0 {
-            j.concealed_samples as f64 / j.total_samples_received as f64 * 100.0
-        } else {
-            0.0
-        };
+        // Audio made up for lost or late packets, however it played (not a sender's pauses).
+        let concealed = j.concealment_ratio() * 100.0;
         let mut who = sp
             .user
             .map(|u| format!("user {u}"))
@@ -245,6 +242,8 @@ fn stats_json(s: &CallStats) -> serde_json::Value {
                 "totalSamplesReceived": j.total_samples_received,
                 "concealedSamples": j.concealed_samples,
                 "silentConcealedSamples": j.silent_concealed_samples,
+                // Not a W3C name: the part of silentConcealedSamples played through lost audio.
+                "silentOutageSamples": j.silent_outage_samples,
                 "concealmentEvents": j.concealment_events,
                 "insertedSamplesForDeceleration": j.inserted_samples_for_deceleration,
                 "removedSamplesForAcceleration": j.removed_samples_for_acceleration,

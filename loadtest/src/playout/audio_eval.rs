@@ -171,7 +171,7 @@ pub fn run(
         fec_recovered_pct: st.fec_packets_received as f64 / frames * 100.0,
         interruptions: st.interruptions,
         late_discarded: st.packets_discarded,
-        concealed_frames: (st.concealed_samples - st.silent_concealed_samples) / FRAME as u64,
+        concealed_frames: st.loss_concealed_samples() / FRAME as u64,
         unavoidable_frames: t.unavoidable,
         mos_estimate: mos_estimate(&QualityInput::opus(
             profile.base_delay_ms + mean_delay_ms + CODEC_DELAY_MS,
