@@ -48,6 +48,12 @@ pub struct EngineConfig {
     /// controller, starting at `encoder.bitrate_bps`, between 8 and 64 kbps unless the start
     /// lies outside); off: the encoder keeps `encoder` as given.
     pub adaptive_bitrate: bool,
+    /// Give each speaker's jitter buffer half the measured round trip to the node (from the
+    /// receiver reports, smoothed) as the one-way network delay, so its target weighs delay
+    /// against late packets by the E-model: a long path buys less buffer, a short one more
+    /// (see `lodge_jitter::BufferConfig::network_delay_ms`). Off: the buffer's quantile target
+    /// alone, or `jitter.network_delay_ms` as given.
+    pub playout_from_rtt: bool,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +63,7 @@ impl Default for EngineConfig {
             jitter: BufferConfig::default(),
             voice_activity: true,
             adaptive_bitrate: true,
+            playout_from_rtt: true,
         }
     }
 }
@@ -143,10 +150,13 @@ pub struct VoiceEngine {
     controller: Option<BitrateController>,
     next_report_ms: f64,
     sent_at_last_report: u64,
-    /// Our latest sender reports not answered yet (their NTP middle bits): a receiver report
-    /// counts only as the answer to one of them, once, so a captured report replayed later
-    /// cannot steer the encoder.
-    awaiting: VecDeque<u32>,
+    /// Our latest sender reports not answered yet (their NTP middle bits, and whether we sent
+    /// voice in the second before): a receiver report counts only as the answer to one of
+    /// them, once, so a captured report replayed later cannot steer the encoder.
+    awaiting: VecDeque<(u32, bool)>,
+    playout_from_rtt: bool,
+    /// The round trip to the node, smoothed over the reports (ms).
+    smoothed_rtt_ms: Option<f64>,
 }
 
 impl VoiceEngine {
@@ -201,6 +211,8 @@ impl VoiceEngine {
             next_report_ms: REPORT_MS,
             sent_at_last_report: 0,
             awaiting: VecDeque::with_capacity(AWAITING_MAX),
+            playout_from_rtt: cfg.playout_from_rtt,
+            smoothed_rtt_ms: None,
         })
     }
 
@@ -211,14 +223,16 @@ impl VoiceEngine {
         1.0 + self.ms(now) / 1e3
     }
 
-    /// A sealed sender report when one is due: once a second while we send. The node answers
-    /// each with a receiver report (`receive` takes it in).
+    /// A sealed sender report when one is due: once a second, sending or not (a listener's
+    /// report, with no packets, still measures the round trip its playout uses). The node
+    /// answers each with a receiver report (`receive` takes it in).
     pub fn poll_report(&mut self, now: Instant) -> Option<Vec<u8>> {
         let now_ms = self.ms(now);
-        if now_ms < self.next_report_ms || self.stats.packets_sent == self.sent_at_last_report {
+        if now_ms < self.next_report_ms {
             return None;
         }
         self.next_report_ms = now_ms + REPORT_MS;
+        let sending = self.stats.packets_sent != self.sent_at_last_report;
         self.sent_at_last_report = self.stats.packets_sent;
         let sr = SenderReport {
             ssrc: self.ssrc,
@@ -233,7 +247,7 @@ impl VoiceEngine {
         if self.awaiting.len() == AWAITING_MAX {
             self.awaiting.pop_front();
         }
-        self.awaiting.push_back(sr.ntp_middle());
+        self.awaiting.push_back((sr.ntp_middle(), sending));
         Some(pkt)
     }
 
@@ -248,11 +262,15 @@ impl VoiceEngine {
             return;
         }
         // Only the answer to a report of ours still awaiting one, and only once.
-        let Some(at) = self.awaiting.iter().position(|l| *l == b.lsr) else {
+        let Some(at) = self.awaiting.iter().position(|(l, _)| *l == b.lsr) else {
             return;
         };
+        let (_, sending) = self.awaiting[at];
         self.awaiting.drain(..=at);
         let rtt = b.rtt_ms(rtcp::ntp_middle(self.ntp_secs(now)));
+        if let Some(r) = rtt {
+            self.path_delay(r);
+        }
         let prev = self.stats.remote_inbound.unwrap_or_default();
         self.stats.remote_inbound = Some(RemoteInbound {
             fraction_lost: b.loss_fraction(),
@@ -262,7 +280,8 @@ impl VoiceEngine {
             reports_received: prev.reports_received + 1,
         });
         let now_ms = self.ms(now);
-        let Some(c) = &mut self.controller else {
+        // A second in which we sent nothing says nothing about how our voice gets through.
+        let Some(c) = self.controller.as_mut().filter(|_| sending) else {
             return;
         };
         let d = c.handle_report(now_ms, b.loss_fraction(), b.jitter_ms(), rtt.unwrap_or(0.0));
@@ -278,6 +297,23 @@ impl VoiceEngine {
             self.stats.target_bitrate_bps = s.bitrate_bps;
             self.stats.fec = s.fec;
             self.stats.expected_loss_pct = s.expected_loss_pct;
+        }
+    }
+
+    /// A new round-trip sample: smoothed (1/4 weight, as the reports come once a second), and
+    /// half of it handed to every speaker's buffer as the path's one-way delay.
+    fn path_delay(&mut self, rtt_ms: f64) {
+        let s = match self.smoothed_rtt_ms {
+            Some(s) => 0.75 * s + 0.25 * rtt_ms,
+            None => rtt_ms,
+        };
+        self.smoothed_rtt_ms = Some(s);
+        if !self.playout_from_rtt {
+            return;
+        }
+        self.jitter.network_delay_ms = Some(s / 2.0);
+        for p in self.speakers.values_mut() {
+            p.set_network_delay_ms(Some(s / 2.0));
         }
     }
 
@@ -679,21 +715,41 @@ mod tests {
     fn receiver_reports_drive_the_bitrate_and_fec_and_show_the_uplink() {
         let (mut a, _, t0) = pair();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        assert!(a.poll_report(at(2_000)).is_none(), "nothing sent: no SR");
+        assert!(
+            a.poll_report(at(500)).is_none(),
+            "the first SR after a second"
+        );
+        // A listener reports too: the answer measures the round trip (100 ms here), whose half
+        // its playout takes as the path's delay, and does not move the encoder, which sent
+        // nothing in that second.
+        let start = a.stats();
+        let mut sr = a
+            .poll_report(at(1_000))
+            .expect("an SR while only listening");
+        let mut rr = answer(&a, &mut sr, 255, 0, 0);
+        a.receive(at(1_100), &mut rr);
+        let st = a.stats();
+        assert_eq!(
+            (st.target_bitrate_bps, st.fec, st.expected_loss_pct),
+            (start.target_bitrate_bps, start.fec, start.expected_loss_pct),
+            "{st:?}"
+        );
+        let owd = a.jitter.network_delay_ms.expect("the path delay");
+        assert!((owd - 50.0).abs() < 0.1, "{owd}");
         for i in 0..50 {
             a.capture(&tone(i, 440.0)).unwrap();
         }
         let mut sr = a
-            .poll_report(at(1_000))
+            .poll_report(at(2_000))
             .expect("an SR once a second while sending");
-        assert!(a.poll_report(at(1_500)).is_none(), "not twice a second");
+        assert!(a.poll_report(at(2_500)).is_none(), "not twice a second");
         let before = a.stats();
         assert_eq!(before.target_bitrate_bps, 32_000);
         // 25% lost, answered 10 ms after the SR arrived, back 50 ms after it left: a 40 ms
         // round trip.
         let mut rr = answer(&a, &mut sr, 64, 12, 10);
         let mut replayed = rr.clone();
-        a.receive(at(1_050), &mut rr);
+        a.receive(at(2_050), &mut rr);
         let st = a.stats();
         let r = st.remote_inbound.expect("the report's figures");
         assert_eq!(r.fraction_lost, 0.25);
@@ -701,6 +757,9 @@ mod tests {
         assert_eq!(r.jitter_ms, 20.0);
         let rtt = r.round_trip_time_ms.expect("an RTT");
         assert!((rtt - 40.0).abs() < 0.5, "{rtt}");
+        // Smoothed: a quarter of the way from 100 ms to 40 ms, halved.
+        let owd = a.jitter.network_delay_ms.unwrap();
+        assert!((owd - 42.5).abs() < 0.1, "{owd}");
         assert!(
             st.fec && st.expected_loss_pct >= 25,
             "FEC on against the loss: {st:?}"
@@ -713,13 +772,13 @@ mod tests {
         assert_eq!(st.packets_received, 0, "a report is not media");
         assert_eq!(st.packets_undecryptable, 0);
         // The same report again (a replay, or a duplicate): taken once only.
-        a.receive(at(1_100), &mut replayed);
-        assert_eq!(a.stats().remote_inbound.unwrap().reports_received, 1);
+        a.receive(at(2_100), &mut replayed);
+        assert_eq!(a.stats().remote_inbound.unwrap().reports_received, 2);
 
         // Clean reports for 30 s: the rate climbs back; FEC goes off once the smoothed loss
         // has stayed under 0.5% for 10 s (it decays by 0.8 a report: ~18 s from 25%).
         let cut = st.target_bitrate_bps;
-        for k in 2..32u64 {
+        for k in 3..33u64 {
             for i in 0..50 {
                 a.capture(&tone(i, 440.0)).unwrap();
             }
@@ -734,7 +793,7 @@ mod tests {
             st.target_bitrate_bps
         );
         assert!(!st.fec, "no loss for 30 s: FEC off");
-        assert_eq!(st.remote_inbound.unwrap().reports_received, 31);
+        assert_eq!(st.remote_inbound.unwrap().reports_received, 32);
 
         // A forged report changes nothing; with adaptation off, reports only inform.
         let mut forged = rtcp::seal_receiver_report(
@@ -753,6 +812,7 @@ mod tests {
         let cfg = EngineConfig {
             voice_activity: false,
             adaptive_bitrate: false,
+            playout_from_rtt: false,
             ..Default::default()
         };
         let mut fixed = VoiceEngine::new(t0, 11, CryptoMode::ALL[0], &[7; 32], cfg).unwrap();
@@ -763,5 +823,10 @@ mod tests {
         let st = fixed.stats();
         assert_eq!(st.remote_inbound.unwrap().fraction_lost, 0.5);
         assert_eq!(st.target_bitrate_bps, 32_000, "fixed: the rate stays");
+        assert!(st.remote_inbound.unwrap().round_trip_time_ms.is_some());
+        assert_eq!(
+            fixed.jitter.network_delay_ms, None,
+            "playout without the RTT"
+        );
     }
 }

@@ -211,6 +211,11 @@ impl SpeakerPlayout {
     pub fn target_delay_ms(&self) -> f64 {
         self.jb.target_delay_ms()
     }
+
+    /// The path's one-way delay to the node changed (ms; `None`: unknown).
+    pub fn set_network_delay_ms(&mut self, ms: Option<f64>) {
+        self.jb.set_network_delay_ms(ms);
+    }
 }
 
 #[cfg(test)]

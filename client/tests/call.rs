@@ -386,9 +386,13 @@ async fn receiver_reports_from_the_node_turn_fec_on_and_lower_the_bitrate_on_a_l
         "the loss counts as congestion: {} bps",
         st.target_bitrate_bps
     );
-    // Ben's direct path loses nothing; he sends nothing, so he asks for no reports.
+    // Ben's direct path loses nothing; he sends nothing, but his reports still measure the
+    // round trip his playout uses, and leave his encoder as it was.
     let b = ben.stats();
-    assert!(b.remote_inbound.is_none() && b.reports_sent == 0, "{b:?}");
+    let br = b.remote_inbound.expect("a listener's reports are answered");
+    assert!(b.reports_sent >= 3 && br.reports_received >= 3, "{b:?}");
+    assert!(br.round_trip_time_ms.is_some_and(|r| r < 50.0), "{b:?}");
+    assert_eq!(b.target_bitrate_bps, 32_000, "{b:?}");
     // And he still hears Ana: what was lost is concealed or recovered, not silence.
     let (hers, _) = tail(&heard.0, ana.user_id(), 1000);
     assert!(power_at(&hers, 440.0) > 1e5);

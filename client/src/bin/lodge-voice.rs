@@ -106,6 +106,11 @@ struct Args {
     /// Keep the bitrate and FEC as given instead of adapting them to the receiver reports.
     #[arg(long)]
     fixed_bitrate: bool,
+    /// Play out on the jitter buffer's delay quantile alone, without weighing delay against
+    /// late packets by the measured round trip to the node (the default uses half of it as
+    /// the path's one-way delay). For comparisons.
+    #[arg(long)]
+    playout_ignores_rtt: bool,
     /// Take commands on standard input, one per line, while in the call: mute, unmute, deaf,
     /// undeaf, rebind (a new local port, as after a network change), volume USER GAIN,
     /// ptt press|release|off, stats (one line `@@ {json}`, the --stats-json figures), leave.
@@ -349,6 +354,7 @@ async fn main() -> Result<()> {
     o.media_via = a.via;
     o.engine.encoder.bitrate_bps = a.bitrate;
     o.engine.adaptive_bitrate = !a.fixed_bitrate;
+    o.engine.playout_from_rtt = !a.playout_ignores_rtt;
     o.engine
         .encoder
         .validate()

@@ -208,8 +208,10 @@ pub struct RelayArgs {
     pub profile: String,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Impair RTP only and pass everything else (DTLS, STUN, RTCP, keepalives) at once, so two
-    /// relays with one seed carrying the same RTP stream impair it identically.
+    /// Impair RTP only (loss, jitter, bandwidth cap) and only delay everything else (DTLS, STUN,
+    /// RTCP, keepalives) by the profile's base delay, so two relays with one seed carrying the
+    /// same RTP stream impair it identically, and a round trip measured over RTCP still sees
+    /// the path's length.
     #[arg(long)]
     pub rtp_only: bool,
 }

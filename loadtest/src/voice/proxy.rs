@@ -30,9 +30,10 @@ pub fn is_rtp(d: &[u8]) -> bool {
 }
 
 /// Start a proxy in front of `node` on `bind`; returns the address callers should use. With
-/// `rtp_only`, only RTP packets are impaired (the rest passes at once), so two proxies with
-/// one seed that carry the same RTP stream impair it identically, whatever else each carries
-/// (DTLS, STUN, RTCP, keepalives).
+/// `rtp_only`, only RTP packets meet the profile's loss, jitter and bandwidth cap, so two
+/// proxies with one seed that carry the same RTP stream impair it identically, whatever else
+/// each carries (DTLS, STUN, RTCP, keepalives); the rest is only delayed by the profile's base
+/// delay, in order, so a round trip measured over it (RTCP) sees the path's length.
 pub async fn start(
     bind: SocketAddr,
     node: SocketAddr,
@@ -47,6 +48,7 @@ pub async fn start(
     let addr = sock.local_addr()?;
     tokio::spawn(async move {
         let start = Instant::now();
+        let base_delay = Duration::from_secs_f64(profile.base_delay_ms.max(0.0) / 1000.0);
         let mut up = Impairment::new(profile.clone(), seed.wrapping_mul(2) + 1);
         let mut down = Impairment::new(profile, seed.wrapping_mul(2) + 2);
         let mut client: Option<SocketAddr> = None;
@@ -78,7 +80,9 @@ pub async fn start(
                     };
                     let sent = start.elapsed();
                     if rtp_only && !is_rtp(&buf[..n]) {
-                        let _ = sock.send_to(&buf[..n], to).await;
+                        let at = start + sent + base_delay;
+                        order += 1;
+                        queue.push(Reverse(Due { at, order, item: Datagram { to, data: buf[..n].to_vec() } }));
                         continue;
                     }
                     for arrival in imp.send(sent, n) {
@@ -153,13 +157,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_rtp_only_proxy_passes_everything_else_untouched() {
+    async fn an_rtp_only_proxy_passes_everything_else_only_delayed() {
         let node = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let (_stop_tx, stop) = watch::channel(false);
         let drop_all = Profile {
             name: "test",
             loss_good: 1.0,
+            base_delay_ms: 60.0,
             ..Profile::WIRED
         };
         let proxy = start(
@@ -178,6 +183,7 @@ mod tests {
         for _ in 0..10 {
             client.send_to(&rtp, proxy).await.unwrap();
         }
+        let t0 = std::time::Instant::now();
         client.send_to(b"keepalive", proxy).await.unwrap();
         let mut buf = [0u8; 64];
         let (n, _) = tokio::time::timeout(Duration::from_secs(2), node.recv_from(&mut buf))
@@ -188,6 +194,11 @@ mod tests {
             &buf[..n],
             b"keepalive",
             "every RTP packet was dropped, nothing else"
+        );
+        assert!(
+            t0.elapsed() >= Duration::from_millis(60),
+            "the rest meets the path's base delay: {:?}",
+            t0.elapsed()
         );
     }
 
