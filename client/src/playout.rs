@@ -56,6 +56,16 @@ pub struct SpeakerPlayout {
     scratch2: Vec<i16>,
 }
 
+/// RMS below which audio counts as quiet: about -50 dBFS, well under speech and under the
+/// comfort noise of most capture chains.
+const QUIET_RMS: f64 = 100.0;
+
+/// Whether `x` is quiet (see [`QUIET_RMS`]); an empty slice is.
+fn quiet(x: &[i16]) -> bool {
+    let e: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    e <= QUIET_RMS * QUIET_RMS * x.len() as f64
+}
+
 impl SpeakerPlayout {
     pub fn new(cfg: BufferConfig, now_ms: f64) -> Result<SpeakerPlayout, ClientError> {
         let mut jb = JitterBuffer::new(cfg);
@@ -150,9 +160,16 @@ impl SpeakerPlayout {
                         return true;
                     }
                     None => {
+                        // No period to repeat: a frame of PLC. Synthetic audio in speech is
+                        // concealment, as NetEq counts it; in a quiet passage (the usual reason
+                        // there is no period) the frame made up is as quiet, and not heard.
                         self.inserted += FRAME as u64;
-                        self.plc_inserted += FRAME as u64;
-                        self.dec.conceal(&mut f)
+                        let r = self.dec.conceal(&mut f);
+                        let before = &self.hist[self.hist.len().saturating_sub(FRAME)..];
+                        if !(quiet(before) && quiet(&f)) {
+                            self.plc_inserted += FRAME as u64;
+                        }
+                        r
                     }
                 }
             }
@@ -299,6 +316,36 @@ mod tests {
             "largest step {} against the signal's {own}",
             max_step(body)
         );
+    }
+
+    /// The same bursts over a quiet passage: there is no period to repeat, so deceleration
+    /// inserts PLC frames, which are as quiet as what they lengthen: stretching, not
+    /// concealment (nothing was lost). Over a tone the same inserted PLC would be concealment.
+    #[test]
+    fn decelerating_through_quiet_is_not_concealment() {
+        let mut enc = OpusEncoder::new(EncoderSettings::default()).unwrap();
+        let hush: Vec<i16> = (0..FRAME).map(|i| ((i * 7919) % 41) as i16 - 20).collect();
+        let pk: Vec<Vec<u8>> = (0..400)
+            .map(|_| enc.encode(&hush).unwrap().to_vec())
+            .collect();
+        let mut p = SpeakerPlayout::new(BufferConfig::default(), 0.0).unwrap();
+        let mut frame = [0i16; FRAME];
+        let mut next = 0usize;
+        for tick in 0..420usize {
+            let now = tick as f64 * 20.0;
+            let due = (tick + 1).min(pk.len());
+            if !(tick % 25 < 10 && tick > 50) {
+                while next < due {
+                    p.insert(now, next as u16, (next * FRAME) as u32, &pk[next]);
+                    next += 1;
+                }
+            }
+            p.pull(now, &mut frame);
+        }
+        let s = p.stats();
+        assert!(s.inserted_samples_for_deceleration >= FRAME as u64, "{s:?}");
+        assert_eq!(p.plc_inserted, 0, "{s:?}");
+        assert!(quiet(&hush) && !quiet(&[7000i16; FRAME]));
     }
 
     /// Stretched and concealed shares of 60 s through a profile's impairment, with the
