@@ -154,8 +154,9 @@ fn report(rows: &[(Profile, Side, Side)]) -> String {
          The same speech, through the same impairment profile (a `lodge-load relay` between the node and \
          each listener, same seed), played out by headless Chromium (NetEq) and by `lodge-client` \
          (Lodge's adaptive buffer, Opus FEC/PLC, time stretching on decoded audio). Delay: mean \
-         jitterBufferDelay per emitted sample. Concealment: concealed samples that were not silence, \
-         over all samples played. MOS: the E-model estimate with the profile's base delay + playout \
+         jitterBufferDelay per emitted sample. Concealment: concealedSamples − silentConcealedSamples \
+         over all samples played; both sides count concealment that played as silence as silent (NetEq: \
+         its expansion once faded out; Lodge: silence played through an outage once PLC gave up). MOS: the E-model estimate with the profile's base delay + playout \
          delay + 26.5 ms codec delay, and the concealment as loss. Stretch: inserted + removed samples.\n"
     );
     let _ = writeln!(
