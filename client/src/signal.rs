@@ -155,7 +155,7 @@ pub async fn join_gateway(
     )
     .await?;
     let mut seq = Value::Null;
-    let (user_id, session_id) = loop {
+    let (user_id, session_id, resume_url) = loop {
         let m = recv_json(&mut gw, "the gateway").await?;
         if !m["s"].is_null() {
             seq = m["s"].clone();
@@ -174,7 +174,12 @@ pub async fn join_gateway(
             let sid = d["session_id"]
                 .as_str()
                 .ok_or_else(|| protocol("READY has no session_id"))?;
-            break (user, sid.to_string());
+            // Where to resume: READY's resume_gateway_url, else where we came in.
+            let resume = d["resume_gateway_url"]
+                .as_str()
+                .map(|u| format!("{}?v=10&encoding=json", u.split('?').next().unwrap_or(u)))
+                .unwrap_or_else(|| gateway_url.to_string());
+            break (user, sid.to_string(), resume);
         }
     };
     send_json(
@@ -211,7 +216,20 @@ pub async fn join_gateway(
             break (t.to_string(), e.to_string());
         }
     };
-    let task = tokio::spawn(keep_gateway(gw, hb_ms, seq, guild.to_string(), cmds, lost));
+    let resume = Resume {
+        url: resume_url,
+        token: opts.token.clone(),
+        session_id: session_id.clone(),
+    };
+    let task = tokio::spawn(keep_gateway(
+        gw,
+        hb_ms,
+        seq,
+        resume,
+        guild.to_string(),
+        cmds,
+        lost,
+    ));
     Ok(VoiceServer {
         user_id,
         session_id,
@@ -221,10 +239,84 @@ pub async fn join_gateway(
     })
 }
 
+/// How to come back to a gateway session whose connection was lost (op 6 Resume).
+struct Resume {
+    url: String,
+    token: String,
+    session_id: String,
+}
+
+/// Resume attempts after a lost gateway connection, and the wait before the first (doubled
+/// each time): about 7 s in all, well inside the server's resume window.
+const RESUME_ATTEMPTS: u32 = 4;
+const RESUME_FIRST_WAIT: Duration = Duration::from_millis(500);
+
+/// Close codes after which resuming cannot work (Discord's: authentication failed, sharding
+/// or intents refused): the call ends.
+fn resumable(code: u16) -> bool {
+    !matches!(code, 4004 | 4010..=4014)
+}
+
+/// Reconnect and resume the session: Hello, op 6 with the last sequence number, then the
+/// missed dispatches (which move `seq`) up to RESUMED. The new connection and its heartbeat
+/// interval; `Ok(Err(why))` if the server will not resume the session (op 9), `Err` if it
+/// could not be asked.
+async fn resume_once(
+    r: &Resume,
+    seq: &mut Value,
+) -> Result<Result<(Ws, u64), String>, ClientError> {
+    let mut ws = connect(&r.url).await?;
+    let hello = recv_json(&mut ws, "the gateway").await?;
+    if hello["op"] != 10 {
+        return Err(protocol(format!("expected Hello (op 10), got {hello}")));
+    }
+    let hb_ms = hello["d"]["heartbeat_interval"].as_u64().unwrap_or(41_250);
+    send_json(
+        &mut ws,
+        json!({ "op": 6, "d": { "token": r.token, "session_id": r.session_id, "seq": seq } }),
+    )
+    .await?;
+    loop {
+        let m = recv_json(&mut ws, "the gateway").await?;
+        if m["op"] == 9 {
+            return Ok(Err(
+                "the gateway would not resume the session (op 9); join the call again".into(),
+            ));
+        }
+        if !m["s"].is_null() {
+            *seq = m["s"].clone();
+        }
+        note_dispatch(&m);
+        if m["t"] == "RESUMED" {
+            return Ok(Ok((ws, hb_ms)));
+        }
+    }
+}
+
+/// What this client does with a dispatch while in a call: it only says what it cannot follow.
+fn note_dispatch(v: &Value) {
+    if v["t"] == "VOICE_SERVER_UPDATE" {
+        tracing::warn!("the server moved this call; moving is not supported yet");
+    }
+    if v["t"] == "LODGE_VOICE_ERROR" {
+        tracing::warn!(
+            "the server refused a voice state change: {}",
+            v["d"]["message"]
+        );
+    }
+}
+
+/// Why the gateway connection needs replacing, or `Err` why the call must end.
+enum Gone {
+    Resume(String),
+    End(String),
+}
+
 async fn keep_gateway(
     mut ws: Ws,
     hb_ms: u64,
     mut seq: Value,
+    resume: Resume,
     guild: String,
     mut cmds: mpsc::UnboundedReceiver<GatewayCmd>,
     events: mpsc::UnboundedSender<VoiceEvent>,
@@ -232,23 +324,47 @@ async fn keep_gateway(
     let lost = |why: String| {
         let _ = events.send(VoiceEvent::Lost(why));
     };
-    let mut hb = tokio::time::interval(Duration::from_millis(hb_ms));
+    let new_beat = |ms: u64| {
+        let mut hb = tokio::time::interval(Duration::from_millis(ms));
+        hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        hb
+    };
+    let mut hb = new_beat(hb_ms);
     hb.tick().await;
+    // A heartbeat not acknowledged by the next one means a dead (zombie) connection.
+    let mut acked = true;
     loop {
-        tokio::select! {
+        let gone = tokio::select! {
             _ = hb.tick() => {
-                if send_json(&mut ws, json!({ "op": 1, "d": seq })).await.is_err() {
-                    lost("gateway: heartbeat could not be sent; the connection is gone".into());
-                    return;
+                if !acked {
+                    Gone::Resume("no heartbeat acknowledgement".into())
+                } else if send_json(&mut ws, json!({ "op": 1, "d": seq })).await.is_err() {
+                    Gone::Resume("a heartbeat could not be sent".into())
+                } else {
+                    acked = false;
+                    continue;
                 }
             }
             c = cmds.recv() => match c {
                 Some(GatewayCmd::VoiceState { channel, self_mute, self_deaf }) => {
                     let d = json!({ "guild_id": guild, "channel_id": channel,
                         "self_mute": self_mute, "self_deaf": self_deaf });
-                    if send_json(&mut ws, json!({ "op": 4, "d": d })).await.is_err() {
-                        lost("gateway: a voice state update could not be sent".into());
-                        return;
+                    if send_json(&mut ws, json!({ "op": 4, "d": d.clone() })).await.is_ok() {
+                        continue;
+                    }
+                    // Lost on the way: resume, then say it again.
+                    match recover(&resume, &mut seq, "a voice state update could not be sent").await {
+                        Ok((w, ms)) => {
+                            ws = w;
+                            hb = new_beat(ms);
+                            hb.tick().await;
+                            acked = true;
+                            if send_json(&mut ws, json!({ "op": 4, "d": d })).await.is_ok() {
+                                continue;
+                            }
+                            Gone::End("gateway: a voice state update could not be sent".into())
+                        }
+                        Err(why) => Gone::End(why),
                     }
                 }
                 Some(GatewayCmd::Close) | None => {
@@ -258,28 +374,76 @@ async fn keep_gateway(
             },
             m = ws.next() => match m {
                 Some(Ok(Message::Text(t))) => {
-                    if let Ok(v) = serde_json::from_str::<Value>(&t) {
-                        if !v["s"].is_null() { seq = v["s"].clone(); }
-                        if v["t"] == "VOICE_SERVER_UPDATE" {
-                            tracing::warn!("the server moved this call; moving is not supported yet");
+                    let Ok(v) = serde_json::from_str::<Value>(&t) else { continue };
+                    if !v["s"].is_null() { seq = v["s"].clone(); }
+                    note_dispatch(&v);
+                    match v["op"].as_u64() {
+                        Some(11) => { acked = true; continue; }
+                        // The server asks for a heartbeat now.
+                        Some(1) => {
+                            if send_json(&mut ws, json!({ "op": 1, "d": seq })).await.is_ok() {
+                                continue;
+                            }
+                            Gone::Resume("a heartbeat could not be sent".into())
                         }
-                        if v["t"] == "LODGE_VOICE_ERROR" {
-                            tracing::warn!("the server refused a voice state change: {}", v["d"]["message"]);
-                        }
-                        if v["op"] == 7 {
-                            // Reconnect (the server drains or restarts): resuming is not built.
-                            lost("the gateway asked to reconnect (op 7); resuming is not supported yet".into());
-                            return;
-                        }
+                        // Reconnect: the server drains or moves this session.
+                        Some(7) => Gone::Resume("the gateway asked to reconnect (op 7)".into()),
+                        Some(9) => Gone::End("the gateway invalidated the session (op 9)".into()),
+                        _ => continue,
                     }
                 }
-                Some(Ok(Message::Close(c))) => { lost(closed("the gateway", c).to_string()); return; }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => { lost(format!("gateway error: {e}")); return; }
-                None => { lost("gateway connection ended".into()); return; }
+                Some(Ok(Message::Close(c))) => {
+                    let code = c.as_ref().map(|c| u16::from(c.code)).unwrap_or(1005);
+                    let why = closed("the gateway", c).to_string();
+                    if resumable(code) { Gone::Resume(why) } else { Gone::End(why) }
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => Gone::Resume(format!("gateway error: {e}")),
+                None => Gone::Resume("the gateway connection ended".into()),
             }
+        };
+        match gone {
+            Gone::End(why) => {
+                lost(why);
+                return;
+            }
+            Gone::Resume(why) => match recover(&resume, &mut seq, &why).await {
+                Ok((w, ms)) => {
+                    ws = w;
+                    hb = new_beat(ms);
+                    hb.tick().await;
+                    acked = true;
+                }
+                Err(why) => {
+                    lost(why);
+                    return;
+                }
+            },
         }
     }
+}
+
+/// Resume after `why`, a few times with growing waits: the new connection, or why not.
+async fn recover(r: &Resume, seq: &mut Value, why: &str) -> Result<(Ws, u64), String> {
+    tracing::info!("gateway connection lost ({why}); resuming the session");
+    let mut wait = RESUME_FIRST_WAIT;
+    let mut last = String::new();
+    for attempt in 1..=RESUME_ATTEMPTS {
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+        match resume_once(r, seq).await {
+            Ok(Ok(ok)) => {
+                tracing::info!(attempt, "gateway session resumed");
+                return Ok(ok);
+            }
+            // The server answered and said no: trying again will not help.
+            Ok(Err(refused)) => return Err(format!("gateway: {why}; {refused}")),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(format!(
+        "gateway: {why}; resuming failed {RESUME_ATTEMPTS} times (last: {last})"
+    ))
 }
 
 /// A voice connection that is ready for media: our SSRC, the node's media address, the

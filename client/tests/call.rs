@@ -2,7 +2,8 @@
 //! the native UDP transport. A tone one way is heard (its frequency, at the other side, per
 //! speaker and mixed); mute and deafen take effect; a forced network change (new source port)
 //! keeps the call; through a relay that loses a fifth of one client's voice, the node's
-//! receiver reports make that client turn FEC on and lower its bitrate.
+//! receiver reports make that client turn FEC on and lower its bitrate; a dropped gateway
+//! connection is resumed and the call goes on.
 
 use std::time::Duration;
 
@@ -405,6 +406,163 @@ async fn receiver_reports_from_the_node_turn_fec_on_and_lower_the_bitrate_on_a_l
         sp.jitter.fec_packets_received > 0 || sp.jitter.concealed_samples > 0,
         "losses reached Ben and were repaired: {sp:?}"
     );
+    ben.leave().await.unwrap();
+    ana.leave().await.unwrap();
+}
+
+/// A TCP relay in front of a node's HTTP port that can cut the chat gateway's connections
+/// (`GET /gateway…`) while the voice gateway's stay up: a dropped gateway connection, as a
+/// network blip or a restarting load balancer would drop it.
+struct GatewayCutter {
+    addr: std::net::SocketAddr,
+    /// (is the chat gateway, the relay task) per connection.
+    conns: std::sync::Arc<std::sync::Mutex<Vec<(bool, tokio::task::AbortHandle)>>>,
+}
+
+impl GatewayCutter {
+    async fn bind() -> (GatewayCutter, tokio::net::TcpListener) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = GatewayCutter {
+            addr: l.local_addr().unwrap(),
+            conns: Default::default(),
+        };
+        (c, l)
+    }
+
+    fn start(&self, l: tokio::net::TcpListener, to: std::net::SocketAddr) {
+        let conns = self.conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = l.accept().await {
+                let conns = conns.clone();
+                // The request line says which WebSocket this is.
+                let mut first = [0u8; 16];
+                let n = inbound.peek(&mut first).await.unwrap_or(0);
+                let gateway = first[..n].starts_with(b"GET /gateway");
+                let task = tokio::spawn(async move {
+                    let mut out = tokio::net::TcpStream::connect(to).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                });
+                conns.lock().unwrap().push((gateway, task.abort_handle()));
+            }
+        });
+    }
+
+    /// Drop every open chat gateway connection; how many there were.
+    fn cut(&self) -> usize {
+        let mut n = 0;
+        for (gateway, t) in self.conns.lock().unwrap().iter() {
+            if *gateway && !t.is_finished() {
+                t.abort();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn gateway_connections(&self) -> usize {
+        self.conns.lock().unwrap().iter().filter(|c| c.0).count()
+    }
+}
+
+/// The sum of a metric's samples whose labels contain `label`.
+async fn metric(base: &str, name: &str, label: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Both clients' gateway connections drop mid-call: each resumes its session (op 6, not a new
+/// identify), the call goes on without a gap the listener would notice, and a voice state
+/// change made after the drop (deafen) reaches the server over the resumed connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_gateway_connection_is_resumed_and_the_call_goes_on() {
+    let (cutter, listener) = GatewayCutter::bind().await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = ServeArgs {
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
+        media_listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: Some(dir.path().to_path_buf()),
+        media_workers: Some(1),
+        // The gateway and voice URLs the node hands out point at the relay.
+        public_url: Some(format!("http://{}", cutter.addr)),
+        ..Default::default()
+    };
+    let run = lodge_signaling::start(Config::load(&args, std::iter::empty()).unwrap())
+        .await
+        .unwrap();
+    cutter.start(listener, run.http_addr);
+    let n = Node {
+        media: run.media_addr,
+        base: format!("http://{}", run.http_addr),
+        _run: run,
+        _dir: dir,
+    };
+    let (tokens, guild, voice) = guild_of_two(&n).await;
+    let opts = |t: &str| {
+        let mut o = JoinOptions::new(&n.base, t, &guild, &voice);
+        o.bind = "127.0.0.1".parse().unwrap();
+        o.engine.voice_activity = false;
+        o
+    };
+    let ana_heard = MemorySink::default();
+    let ana = Call::join(
+        opts(&tokens[0]),
+        Box::new(Tone::new(440.0, 8_000.0)),
+        Box::new(ana_heard.clone()),
+    )
+    .await
+    .expect("ana joins");
+    let heard = MemorySink::default();
+    let ben = Call::join(
+        opts(&tokens[1]),
+        Box::new(Tone::new(660.0, 8_000.0)),
+        Box::new(heard.clone()),
+    )
+    .await
+    .expect("ben joins");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cutter.gateway_connections(), 2);
+    assert_eq!(
+        metric(&n.base, "lodge_gateway_sessions", "connected").await,
+        2.0
+    );
+
+    assert_eq!(cutter.cut(), 2, "both gateway connections dropped");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ana.ended_reason(), None);
+    assert_eq!(ben.ended_reason(), None);
+    assert_eq!(cutter.gateway_connections(), 4, "each came back once");
+    // Resumed, not identified anew: the same two sessions, connected again, none left over.
+    assert_eq!(
+        metric(&n.base, "lodge_gateway_sessions", "connected").await,
+        2.0
+    );
+    assert_eq!(
+        metric(&n.base, "lodge_gateway_sessions", "resumable").await,
+        0.0
+    );
+    let (hers, _) = tail(&heard.0, ana.user_id(), 1000);
+    assert!(power_at(&hers, 440.0) > 1e5, "Ben still hears Ana");
+
+    // Ana deafens: op 4 goes over the resumed connection, and the node stops sending her voice.
+    ana.set_deaf(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let from = ana.stats().packets_received;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let to = ana.stats().packets_received;
+    assert!(
+        to - from < 5,
+        "nothing sent to a deafened member: {from} → {to}"
+    );
+    assert!(to > 100, "she heard Ben before: {to}");
+
     ben.leave().await.unwrap();
     ana.leave().await.unwrap();
 }
