@@ -2,8 +2,8 @@
 //! the native UDP transport. A tone one way is heard (its frequency, at the other side, per
 //! speaker and mixed); mute and deafen take effect; a forced network change (new source port)
 //! keeps the call; through a relay that loses a fifth of one client's voice, the node's
-//! receiver reports make that client turn FEC on and lower its bitrate; a dropped gateway
-//! connection is resumed and the call goes on.
+//! receiver reports make that client turn FEC on and lower its bitrate; dropped gateway and
+//! voice gateway connections are resumed and the call goes on.
 
 use std::time::Duration;
 
@@ -411,12 +411,19 @@ async fn receiver_reports_from_the_node_turn_fec_on_and_lower_the_bitrate_on_a_l
 }
 
 /// A TCP relay in front of a node's HTTP port that can cut the chat gateway's connections
-/// (`GET /gateway…`) while the voice gateway's stay up: a dropped gateway connection, as a
-/// network blip or a restarting load balancer would drop it.
+/// (`GET /gateway…`) or the voice gateway's (`GET /?v=8`) while the others stay up: dropped
+/// connections, as a network blip or a restarting load balancer would drop them.
 struct GatewayCutter {
     addr: std::net::SocketAddr,
-    /// (is the chat gateway, the relay task) per connection.
-    conns: std::sync::Arc<std::sync::Mutex<Vec<(bool, tokio::task::AbortHandle)>>>,
+    /// (which WebSocket, the relay task) per connection.
+    conns: std::sync::Arc<std::sync::Mutex<Vec<(Ws, tokio::task::AbortHandle)>>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Ws {
+    Gateway,
+    Voice,
+    Other,
 }
 
 impl GatewayCutter {
@@ -437,21 +444,27 @@ impl GatewayCutter {
                 // The request line says which WebSocket this is.
                 let mut first = [0u8; 16];
                 let n = inbound.peek(&mut first).await.unwrap_or(0);
-                let gateway = first[..n].starts_with(b"GET /gateway");
+                let kind = if first[..n].starts_with(b"GET /gateway") {
+                    Ws::Gateway
+                } else if first[..n].starts_with(b"GET /?v=8") {
+                    Ws::Voice
+                } else {
+                    Ws::Other
+                };
                 let task = tokio::spawn(async move {
                     let mut out = tokio::net::TcpStream::connect(to).await.unwrap();
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
                 });
-                conns.lock().unwrap().push((gateway, task.abort_handle()));
+                conns.lock().unwrap().push((kind, task.abort_handle()));
             }
         });
     }
 
-    /// Drop every open chat gateway connection; how many there were.
-    fn cut(&self) -> usize {
+    /// Drop every open connection of `kind`; how many there were.
+    fn cut(&self, kind: Ws) -> usize {
         let mut n = 0;
-        for (gateway, t) in self.conns.lock().unwrap().iter() {
-            if *gateway && !t.is_finished() {
+        for (k, t) in self.conns.lock().unwrap().iter() {
+            if *k == kind && !t.is_finished() {
                 t.abort();
                 n += 1;
             }
@@ -459,8 +472,13 @@ impl GatewayCutter {
         n
     }
 
-    fn gateway_connections(&self) -> usize {
-        self.conns.lock().unwrap().iter().filter(|c| c.0).count()
+    fn connections(&self, kind: Ws) -> usize {
+        self.conns
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.0 == kind)
+            .count()
     }
 }
 
@@ -479,10 +497,11 @@ async fn metric(base: &str, name: &str, label: &str) -> f64 {
 }
 
 /// Both clients' gateway connections drop mid-call: each resumes its session (op 6, not a new
-/// identify), the call goes on without a gap the listener would notice, and a voice state
-/// change made after the drop (deafen) reaches the server over the resumed connection.
+/// identify), the call goes on, and a voice state change made after the drop (deafen) reaches
+/// the server over the resumed connection. Then their voice gateway connections drop: each
+/// resumes its voice connection (voice op 7) inside the node's grace period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_gateway_connection_is_resumed_and_the_call_goes_on() {
+async fn dropped_gateway_connections_are_resumed_and_the_call_goes_on() {
     let (cutter, listener) = GatewayCutter::bind().await;
     let dir = tempfile::tempdir().unwrap();
     let args = ServeArgs {
@@ -528,17 +547,22 @@ async fn a_dropped_gateway_connection_is_resumed_and_the_call_goes_on() {
     .await
     .expect("ben joins");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(cutter.gateway_connections(), 2);
+    assert_eq!(cutter.connections(Ws::Gateway), 2);
+    assert_eq!(cutter.connections(Ws::Voice), 2);
     assert_eq!(
         metric(&n.base, "lodge_gateway_sessions", "connected").await,
         2.0
     );
 
-    assert_eq!(cutter.cut(), 2, "both gateway connections dropped");
+    assert_eq!(
+        cutter.cut(Ws::Gateway),
+        2,
+        "both gateway connections dropped"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(ana.ended_reason(), None);
     assert_eq!(ben.ended_reason(), None);
-    assert_eq!(cutter.gateway_connections(), 4, "each came back once");
+    assert_eq!(cutter.connections(Ws::Gateway), 4, "each came back once");
     // Resumed, not identified anew: the same two sessions, connected again, none left over.
     assert_eq!(
         metric(&n.base, "lodge_gateway_sessions", "connected").await,
@@ -562,6 +586,19 @@ async fn a_dropped_gateway_connection_is_resumed_and_the_call_goes_on() {
         "nothing sent to a deafened member: {from} → {to}"
     );
     assert!(to > 100, "she heard Ben before: {to}");
+
+    // The voice gateway connections drop: each is resumed (op 7 → op 9), not joined anew.
+    assert_eq!(cutter.cut(Ws::Voice), 2, "both voice connections dropped");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ana.ended_reason(), None);
+    assert_eq!(ben.ended_reason(), None);
+    assert_eq!(cutter.connections(Ws::Voice), 4, "each came back once");
+    assert_eq!(
+        metric(&n.base, "lodge_voice_resumes_total", "resumed").await,
+        2.0
+    );
+    let (hers, _) = tail(&heard.0, ana.user_id(), 1000);
+    assert!(power_at(&hers, 440.0) > 1e5, "Ben still hears Ana");
 
     ben.leave().await.unwrap();
     ana.leave().await.unwrap();
