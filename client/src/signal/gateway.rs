@@ -1,0 +1,344 @@
+//! The chat gateway as a Discord client speaks it: Hello, Identify, READY, op 4 voice state →
+//! VOICE_SERVER_UPDATE, then a task for heartbeats and later op 4s that resumes (op 6) a lost
+//! connection.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{closed, connect, recv_json, send_json, Gone, VoiceEvent, Ws, RESUME_ATTEMPTS, STEP};
+use crate::error::{protocol, ClientError};
+
+/// What the gateway gave us on the way into a voice channel.
+pub struct VoiceServer {
+    pub user_id: u64,
+    pub session_id: String,
+    pub token: String,
+    pub endpoint: String,
+    /// The gateway connection's task (ends after [`GatewayCmd::Close`]).
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Requests to the gateway connection's task.
+#[derive(Debug)]
+pub enum GatewayCmd {
+    /// Op 4 again: mute, deafen, or leave (`channel` None).
+    VoiceState {
+        channel: Option<String>,
+        self_mute: bool,
+        self_deaf: bool,
+    },
+    Close,
+}
+
+/// Connect, identify with `opts.token`, and ask to join `opts.channel` of `opts.guild`: the
+/// voice server the gateway names. The connection then lives in a task (heartbeats; `cmds` for
+/// later voice state changes; its loss reported on `lost`).
+pub async fn join_gateway(
+    gateway_url: &str,
+    opts: &crate::call::JoinOptions,
+    cmds: mpsc::UnboundedReceiver<GatewayCmd>,
+    lost: mpsc::UnboundedSender<VoiceEvent>,
+) -> Result<VoiceServer, ClientError> {
+    let (token, guild, channel) = (&opts.token, &opts.guild, &opts.channel);
+    let (self_mute, self_deaf) = (opts.self_mute, opts.self_deaf);
+    let mut gw = connect(gateway_url).await?;
+    let hello = recv_json(&mut gw, "the gateway").await?;
+    if hello["op"] != 10 {
+        return Err(protocol(format!("expected Hello (op 10), got {hello}")));
+    }
+    let hb_ms = hello["d"]["heartbeat_interval"].as_u64().unwrap_or(41_250);
+    // GUILDS (1) and GUILD_VOICE_STATES (128).
+    send_json(
+        &mut gw,
+        json!({ "op": 2, "d": { "token": token, "intents": 129,
+            "properties": { "os": std::env::consts::OS, "browser": "lodge-client", "device": "lodge-client" } } }),
+    )
+    .await?;
+    let mut seq = Value::Null;
+    let (user_id, session_id, resume_url) = loop {
+        let m = recv_json(&mut gw, "the gateway").await?;
+        if !m["s"].is_null() {
+            seq = m["s"].clone();
+        }
+        if m["op"] == 9 {
+            return Err(protocol(
+                "the gateway refused the session (op 9): is the token right?",
+            ));
+        }
+        if m["t"] == "READY" {
+            let d = &m["d"];
+            let user = d["user"]["id"]
+                .as_str()
+                .and_then(|u| u.parse().ok())
+                .ok_or_else(|| protocol("READY has no user id"))?;
+            let sid = d["session_id"]
+                .as_str()
+                .ok_or_else(|| protocol("READY has no session_id"))?;
+            // Where to resume: READY's resume_gateway_url, else where we came in.
+            let resume = d["resume_gateway_url"]
+                .as_str()
+                .map(|u| format!("{}?v=10&encoding=json", u.split('?').next().unwrap_or(u)))
+                .unwrap_or_else(|| gateway_url.to_string());
+            break (user, sid.to_string(), resume);
+        }
+    };
+    send_json(
+        &mut gw,
+        json!({ "op": 4, "d": { "guild_id": guild, "channel_id": channel,
+            "self_mute": self_mute, "self_deaf": self_deaf } }),
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + STEP;
+    let (token, endpoint) = loop {
+        let m = tokio::time::timeout_at(deadline, recv_json(&mut gw, "the gateway"))
+            .await
+            .map_err(|_| {
+                ClientError::Timeout(STEP.as_secs(), "the gateway (VOICE_SERVER_UPDATE)")
+            })??;
+        if m["t"] == "LODGE_VOICE_ERROR" {
+            return Err(protocol(format!(
+                "the server refused to join the channel: {} (code {})",
+                m["d"]["message"].as_str().unwrap_or("no reason given"),
+                m["d"]["code"]
+            )));
+        }
+        if !m["s"].is_null() {
+            seq = m["s"].clone();
+        }
+        if m["t"] == "VOICE_SERVER_UPDATE" {
+            let d = &m["d"];
+            let t = d["token"]
+                .as_str()
+                .ok_or_else(|| protocol("no voice token"))?;
+            let e = d["endpoint"]
+                .as_str()
+                .ok_or_else(|| protocol("no voice endpoint"))?;
+            break (t.to_string(), e.to_string());
+        }
+    };
+    let resume = Resume {
+        url: resume_url,
+        token: opts.token.clone(),
+        session_id: session_id.clone(),
+    };
+    let task = tokio::spawn(keep_gateway(
+        gw,
+        hb_ms,
+        seq,
+        resume,
+        guild.to_string(),
+        cmds,
+        lost,
+    ));
+    Ok(VoiceServer {
+        user_id,
+        session_id,
+        token,
+        endpoint,
+        task,
+    })
+}
+
+/// How to come back to a gateway session whose connection was lost (op 6 Resume).
+struct Resume {
+    url: String,
+    token: String,
+    session_id: String,
+}
+
+/// The wait before the first resume attempt (doubled each time, [`RESUME_ATTEMPTS`] in all):
+/// about 7 s, well inside the server's resume window.
+const RESUME_FIRST_WAIT: Duration = Duration::from_millis(500);
+
+/// Close codes after which resuming cannot work (Discord's: authentication failed, sharding
+/// or intents refused): the call ends.
+fn resumable(code: u16) -> bool {
+    !matches!(code, 4004 | 4010..=4014)
+}
+
+/// Reconnect and resume the session: Hello, op 6 with the last sequence number, then the
+/// missed dispatches (which move `seq`) up to RESUMED. The new connection and its heartbeat
+/// interval; `Ok(Err(why))` if the server will not resume the session (op 9), `Err` if it
+/// could not be asked.
+async fn resume_once(
+    r: &Resume,
+    seq: &mut Value,
+) -> Result<Result<(Ws, u64), String>, ClientError> {
+    let mut ws = connect(&r.url).await?;
+    let hello = recv_json(&mut ws, "the gateway").await?;
+    if hello["op"] != 10 {
+        return Err(protocol(format!("expected Hello (op 10), got {hello}")));
+    }
+    let hb_ms = hello["d"]["heartbeat_interval"].as_u64().unwrap_or(41_250);
+    send_json(
+        &mut ws,
+        json!({ "op": 6, "d": { "token": r.token, "session_id": r.session_id, "seq": seq } }),
+    )
+    .await?;
+    loop {
+        let m = recv_json(&mut ws, "the gateway").await?;
+        if m["op"] == 9 {
+            return Ok(Err(
+                "the gateway would not resume the session (op 9); join the call again".into(),
+            ));
+        }
+        if !m["s"].is_null() {
+            *seq = m["s"].clone();
+        }
+        note_dispatch(&m);
+        if m["t"] == "RESUMED" {
+            return Ok(Ok((ws, hb_ms)));
+        }
+    }
+}
+
+/// What this client does with a dispatch while in a call: it only says what it cannot follow.
+fn note_dispatch(v: &Value) {
+    if v["t"] == "VOICE_SERVER_UPDATE" {
+        tracing::warn!("the server moved this call; moving is not supported yet");
+    }
+    if v["t"] == "LODGE_VOICE_ERROR" {
+        tracing::warn!(
+            "the server refused a voice state change: {}",
+            v["d"]["message"]
+        );
+    }
+}
+
+async fn keep_gateway(
+    mut ws: Ws,
+    hb_ms: u64,
+    mut seq: Value,
+    resume: Resume,
+    guild: String,
+    mut cmds: mpsc::UnboundedReceiver<GatewayCmd>,
+    events: mpsc::UnboundedSender<VoiceEvent>,
+) {
+    let lost = |why: String| {
+        let _ = events.send(VoiceEvent::Lost(why));
+    };
+    let new_beat = |ms: u64| {
+        let mut hb = tokio::time::interval(Duration::from_millis(ms));
+        hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        hb
+    };
+    let mut hb = new_beat(hb_ms);
+    hb.tick().await;
+    // A heartbeat not acknowledged by the next one means a dead (zombie) connection.
+    let mut acked = true;
+    loop {
+        let gone = tokio::select! {
+            _ = hb.tick() => {
+                if !acked {
+                    Gone::Resume("no heartbeat acknowledgement".into())
+                } else if send_json(&mut ws, json!({ "op": 1, "d": seq })).await.is_err() {
+                    Gone::Resume("a heartbeat could not be sent".into())
+                } else {
+                    acked = false;
+                    continue;
+                }
+            }
+            c = cmds.recv() => match c {
+                Some(GatewayCmd::VoiceState { channel, self_mute, self_deaf }) => {
+                    let d = json!({ "guild_id": guild, "channel_id": channel,
+                        "self_mute": self_mute, "self_deaf": self_deaf });
+                    if send_json(&mut ws, json!({ "op": 4, "d": d.clone() })).await.is_ok() {
+                        continue;
+                    }
+                    // Lost on the way: resume, then say it again.
+                    match recover(&resume, &mut seq, "a voice state update could not be sent").await {
+                        Ok((w, ms)) => {
+                            ws = w;
+                            hb = new_beat(ms);
+                            hb.tick().await;
+                            acked = true;
+                            if send_json(&mut ws, json!({ "op": 4, "d": d })).await.is_ok() {
+                                continue;
+                            }
+                            Gone::End("gateway: a voice state update could not be sent".into())
+                        }
+                        Err(why) => Gone::End(why),
+                    }
+                }
+                Some(GatewayCmd::Close) | None => {
+                    let _ = tokio::time::timeout(STEP, ws.close(None)).await;
+                    return;
+                }
+            },
+            m = ws.next() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    let Ok(v) = serde_json::from_str::<Value>(&t) else { continue };
+                    if !v["s"].is_null() { seq = v["s"].clone(); }
+                    note_dispatch(&v);
+                    match v["op"].as_u64() {
+                        Some(11) => { acked = true; continue; }
+                        // The server asks for a heartbeat now.
+                        Some(1) => {
+                            if send_json(&mut ws, json!({ "op": 1, "d": seq })).await.is_ok() {
+                                continue;
+                            }
+                            Gone::Resume("a heartbeat could not be sent".into())
+                        }
+                        // Reconnect: the server drains or moves this session.
+                        Some(7) => Gone::Resume("the gateway asked to reconnect (op 7)".into()),
+                        Some(9) => Gone::End("the gateway invalidated the session (op 9)".into()),
+                        _ => continue,
+                    }
+                }
+                Some(Ok(Message::Close(c))) => {
+                    let code = c.as_ref().map(|c| u16::from(c.code)).unwrap_or(1005);
+                    let why = closed("the gateway", c).to_string();
+                    if resumable(code) { Gone::Resume(why) } else { Gone::End(why) }
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => Gone::Resume(format!("gateway error: {e}")),
+                None => Gone::Resume("the gateway connection ended".into()),
+            }
+        };
+        match gone {
+            Gone::End(why) => {
+                lost(why);
+                return;
+            }
+            Gone::Resume(why) => match recover(&resume, &mut seq, &why).await {
+                Ok((w, ms)) => {
+                    ws = w;
+                    hb = new_beat(ms);
+                    hb.tick().await;
+                    acked = true;
+                }
+                Err(why) => {
+                    lost(why);
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// Resume after `why`, a few times with growing waits: the new connection, or why not.
+async fn recover(r: &Resume, seq: &mut Value, why: &str) -> Result<(Ws, u64), String> {
+    tracing::info!("gateway connection lost ({why}); resuming the session");
+    let mut wait = RESUME_FIRST_WAIT;
+    let mut last = String::new();
+    for attempt in 1..=RESUME_ATTEMPTS {
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+        match resume_once(r, seq).await {
+            Ok(Ok(ok)) => {
+                tracing::info!(attempt, "gateway session resumed");
+                return Ok(ok);
+            }
+            // The server answered and said no: trying again will not help.
+            Ok(Err(refused)) => return Err(format!("gateway: {why}; {refused}")),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(format!(
+        "gateway: {why}; resuming failed {RESUME_ATTEMPTS} times (last: {last})"
+    ))
+}

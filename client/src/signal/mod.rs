@@ -1,0 +1,135 @@
+//! Signaling as a Discord client does it: the gateway (Hello, Identify, READY, heartbeats, op 4
+//! voice state) and the voice gateway (Hello, Identify, Ready, IP discovery, Select Protocol
+//! `udp`, Session Description, heartbeats, op 5 speaking both ways).
+//!
+//! `gateway.rs` holds the chat gateway's side, `voice.rs` the voice gateway's; both resume a
+//! lost connection before giving up on the call.
+
+mod gateway;
+mod voice;
+
+pub use gateway::{join_gateway, GatewayCmd, VoiceServer};
+pub use voice::{join_voice, VoiceCmd, VoiceReady};
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::error::{protocol, ClientError};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long one signaling step may take.
+const STEP: Duration = Duration::from_secs(15);
+
+async fn recv_json(ws: &mut Ws, which: &'static str) -> Result<Value, ClientError> {
+    loop {
+        let m = tokio::time::timeout(STEP, ws.next())
+            .await
+            .map_err(|_| ClientError::Timeout(STEP.as_secs(), which))?;
+        match m {
+            Some(Ok(Message::Text(t))) => {
+                return serde_json::from_str(&t)
+                    .map_err(|e| protocol(format!("{which} sent JSON that does not parse: {e}")))
+            }
+            Some(Ok(Message::Close(c))) => return Err(closed(which, c)),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(protocol(format!("{which}: {e}"))),
+            None => return Err(protocol(format!("{which}: the connection ended"))),
+        }
+    }
+}
+
+fn closed(
+    which: &'static str,
+    c: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>,
+) -> ClientError {
+    let (code, reason) = c
+        .map(|c| (u16::from(c.code), c.reason.to_string()))
+        .unwrap_or((1005, String::new()));
+    ClientError::Closed {
+        which,
+        code,
+        reason,
+    }
+}
+
+async fn send_json(ws: &mut Ws, v: Value) -> Result<(), ClientError> {
+    ws.send(Message::Text(v.to_string().into()))
+        .await
+        .map_err(|e| protocol(format!("sending on the websocket: {e}")))
+}
+
+async fn connect(url: &str) -> Result<Ws, ClientError> {
+    let (ws, _) =
+        tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|e| ClientError::Connect {
+                url: url.to_string(),
+                source: Box::new(e),
+            })?;
+    Ok(ws)
+}
+
+/// The REST base (`http://host:port`) → the gateway's WebSocket URL, asked of the server
+/// (`GET /api/v10/gateway`) as Discord's libraries do.
+pub async fn gateway_url(http: &reqwest::Client, base: &str) -> Result<String, ClientError> {
+    let url = format!("{}/api/v10/gateway", base.trim_end_matches('/'));
+    let v = get_json(http, &url, None).await?;
+    let ws = v["url"]
+        .as_str()
+        .ok_or_else(|| protocol("GET /gateway has no url"))?;
+    Ok(format!(
+        "{}?v=10&encoding=json",
+        ws.split('?').next().unwrap_or(ws)
+    ))
+}
+
+pub async fn get_json(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+) -> Result<Value, ClientError> {
+    let mut r = http.get(url);
+    if let Some(t) = token {
+        r = r.header("Authorization", t);
+    }
+    let res = r.send().await.map_err(|e| ClientError::Connect {
+        url: url.to_string(),
+        source: Box::new(e),
+    })?;
+    let status = res.status().as_u16();
+    let body = res.text().await.unwrap_or_default();
+    if status >= 300 {
+        return Err(ClientError::Http {
+            url: url.to_string(),
+            status,
+            body,
+        });
+    }
+    serde_json::from_str(&body).map_err(|e| protocol(format!("{url} answered non-JSON: {e}")))
+}
+
+/// What the voice gateway task reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VoiceEvent {
+    /// Op 5: this SSRC is `user`'s voice.
+    Speaker { ssrc: u32, user: u64 },
+    /// The user left the call (op 13).
+    Gone { user: u64 },
+    /// The voice connection ended.
+    Lost(String),
+}
+
+/// Resume attempts after a lost connection, either gateway's.
+const RESUME_ATTEMPTS: u32 = 4;
+
+/// Why a connection (either gateway's) needs resuming, or why the call must end.
+enum Gone {
+    Resume(String),
+    End(String),
+}

@@ -1,0 +1,329 @@
+//! The voice gateway as a Discord client speaks it (v8): Hello, Identify, Ready, IP discovery,
+//! Select Protocol `udp`, Session Description, then a task for heartbeats and op 5 both ways
+//! that resumes (op 7) a lost connection.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lodge_sfu::native::CryptoMode;
+use serde_json::{json, Value};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{
+    closed, connect, recv_json, send_json, Gone, VoiceEvent, VoiceServer, Ws, RESUME_ATTEMPTS, STEP,
+};
+use crate::error::{protocol, ClientError};
+
+/// A voice connection that is ready for media: our SSRC, the node's media address, the
+/// transport mode and key.
+pub struct VoiceReady {
+    pub ssrc: u32,
+    pub server: SocketAddr,
+    pub mode: CryptoMode,
+    pub key: [u8; 32],
+    /// The voice connection's task (ends after [`VoiceCmd::Close`]).
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Requests to the voice gateway task.
+#[derive(Debug)]
+pub enum VoiceCmd {
+    Speaking(bool),
+    Close,
+}
+
+/// Connect to the voice gateway, identify, discover our address on `sock` (through `via` if
+/// set, else at Ready's address), select the native transport in `mode`, and wait for the key. The connection then lives in a task that keeps
+/// heartbeats, reports op 5 mappings as `events` and sends our op 5 on `cmds`.
+pub async fn join_voice(
+    vs: &VoiceServer,
+    guild: &str,
+    sock: &UdpSocket,
+    mode: CryptoMode,
+    via: Option<SocketAddr>,
+    events: mpsc::UnboundedSender<VoiceEvent>,
+    cmds: mpsc::UnboundedReceiver<VoiceCmd>,
+) -> Result<VoiceReady, ClientError> {
+    let url = format!("ws://{}/?v=8", vs.endpoint);
+    let mut vw = connect(&url).await?;
+    let hello = recv_json(&mut vw, "the voice gateway").await?;
+    let hb_ms = hello["d"]["heartbeat_interval"]
+        .as_f64()
+        .unwrap_or(13_750.0)
+        .max(1_000.0) as u64;
+    send_json(
+        &mut vw,
+        json!({ "op": 0, "d": { "server_id": guild, "user_id": vs.user_id.to_string(),
+            "session_id": vs.session_id, "token": vs.token } }),
+    )
+    .await?;
+    let ready = loop {
+        let m = recv_json(&mut vw, "the voice gateway").await?;
+        match m["op"].as_u64() {
+            Some(2) => break m["d"].clone(),
+            Some(5) => speaker(&events, &m["d"]),
+            _ => {}
+        }
+    };
+    let ip: std::net::IpAddr = ready["ip"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| protocol("voice Ready has no usable ip"))?;
+    let port = ready["port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or_else(|| protocol("voice Ready has no port"))?;
+    let ssrc = ready["ssrc"]
+        .as_u64()
+        .and_then(|s| u32::try_from(s).ok())
+        .ok_or_else(|| protocol("voice Ready has no ssrc"))?;
+    let offered = ready["modes"].as_array().cloned().unwrap_or_default();
+    if !offered.iter().any(|m| m == mode.name()) {
+        return Err(protocol(format!(
+            "the voice server does not offer {} (it offers {offered:?})",
+            mode.name()
+        )));
+    }
+    // A relay in front of the node (`JoinOptions::media_via`) carries discovery and media.
+    let server = via.unwrap_or(SocketAddr::new(ip, port));
+    let (address, port) = crate::discovery::discover(sock, server, ssrc).await?;
+    send_json(
+        &mut vw,
+        json!({ "op": 1, "d": { "protocol": "udp",
+            "data": { "address": address, "port": port, "mode": mode.name() } } }),
+    )
+    .await?;
+    let key = loop {
+        let m = recv_json(&mut vw, "the voice gateway").await?;
+        match m["op"].as_u64() {
+            Some(4) => {
+                let d = &m["d"];
+                if d["dave_protocol_version"].as_u64().unwrap_or(0) != 0 {
+                    return Err(protocol(
+                        "the call runs DAVE end-to-end encryption, which lodge-client does not support yet",
+                    ));
+                }
+                if d["mode"] != mode.name() {
+                    return Err(protocol(format!(
+                        "the voice server chose mode {} after we asked for {}",
+                        d["mode"],
+                        mode.name()
+                    )));
+                }
+                let key: Vec<u8> = d["secret_key"]
+                    .as_array()
+                    .ok_or_else(|| protocol("Session Description has no secret_key"))?
+                    .iter()
+                    .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                    .collect();
+                break <[u8; 32]>::try_from(key)
+                    .map_err(|_| protocol("Session Description's secret_key is not 32 bytes"))?;
+            }
+            Some(5) => speaker(&events, &m["d"]),
+            _ => {}
+        }
+    };
+    let resume = VoiceResume {
+        url,
+        server_id: guild.to_string(),
+        session_id: vs.session_id.clone(),
+        token: vs.token.clone(),
+    };
+    let task = tokio::spawn(keep_voice(vw, hb_ms, ssrc, resume, events, cmds));
+    Ok(VoiceReady {
+        ssrc,
+        server,
+        mode,
+        key,
+        task,
+    })
+}
+
+fn speaker(events: &mpsc::UnboundedSender<VoiceEvent>, d: &Value) {
+    let ssrc = d["ssrc"].as_u64().and_then(|s| u32::try_from(s).ok());
+    let user = d["user_id"].as_str().and_then(|u| u.parse::<u64>().ok());
+    if let (Some(ssrc), Some(user)) = (ssrc, user) {
+        let _ = events.send(VoiceEvent::Speaker { ssrc, user });
+    }
+}
+
+/// How to come back to a voice connection whose WebSocket was lost (voice op 7 Resume).
+struct VoiceResume {
+    url: String,
+    server_id: String,
+    session_id: String,
+    token: String,
+}
+
+/// The node parks a dropped voice connection for `voice_resume_secs` (5 s by default): four
+/// attempts 0.25–2 s apart fit in it.
+const VOICE_RESUME_FIRST_WAIT: Duration = Duration::from_millis(250);
+
+/// Voice close codes after which a resume cannot work: authentication failed (4004), session
+/// no longer valid (4006), disconnected by the server (4014), unknown encryption mode (4016).
+fn voice_resumable(code: u16) -> bool {
+    !matches!(code, 4004 | 4006 | 4014 | 4016)
+}
+
+/// Reconnect and resume the voice connection: Hello, op 7 with the last numbered message
+/// seen, op 9 (Resumed); the messages replayed after it are read by `keep_voice`.
+/// `Ok(Err(why))`: the server refused (a close, e.g. 4006 after its grace period).
+async fn resume_voice_once(
+    r: &VoiceResume,
+    seq_ack: i64,
+) -> Result<Result<(Ws, u64), String>, ClientError> {
+    let mut ws = connect(&r.url).await?;
+    let hello = recv_json(&mut ws, "the voice gateway").await?;
+    let hb_ms = hello["d"]["heartbeat_interval"]
+        .as_f64()
+        .unwrap_or(13_750.0)
+        .max(1_000.0) as u64;
+    send_json(
+        &mut ws,
+        json!({ "op": 7, "d": { "server_id": r.server_id, "session_id": r.session_id,
+            "token": r.token, "seq_ack": seq_ack } }),
+    )
+    .await?;
+    loop {
+        match recv_json(&mut ws, "the voice gateway").await {
+            Ok(m) if m["op"] == 9 => return Ok(Ok((ws, hb_ms))),
+            Ok(_) => {}
+            Err(ClientError::Closed { code, reason, .. }) if !voice_resumable(code) => {
+                return Ok(Err(format!(
+                    "the voice gateway would not resume ({code} {reason}); join the call again"
+                )))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Resume the voice connection after `why`, a few times with growing waits.
+async fn recover_voice(r: &VoiceResume, seq_ack: i64, why: &str) -> Result<(Ws, u64), String> {
+    tracing::info!("voice gateway connection lost ({why}); resuming it");
+    let mut wait = VOICE_RESUME_FIRST_WAIT;
+    let mut last = String::new();
+    for attempt in 1..=RESUME_ATTEMPTS {
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+        match resume_voice_once(r, seq_ack).await {
+            Ok(Ok(ok)) => {
+                tracing::info!(attempt, "voice connection resumed");
+                return Ok(ok);
+            }
+            Ok(Err(refused)) => return Err(format!("voice gateway: {why}; {refused}")),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(format!(
+        "voice gateway: {why}; resuming failed {RESUME_ATTEMPTS} times (last: {last})"
+    ))
+}
+
+async fn keep_voice(
+    mut ws: Ws,
+    hb_ms: u64,
+    ssrc: u32,
+    resume: VoiceResume,
+    events: mpsc::UnboundedSender<VoiceEvent>,
+    mut cmds: mpsc::UnboundedReceiver<VoiceCmd>,
+) {
+    let new_beat = |ms: u64| {
+        let mut hb = tokio::time::interval(Duration::from_millis(ms));
+        hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        hb
+    };
+    let mut hb = new_beat(hb_ms);
+    hb.tick().await;
+    let mut nonce = 0u64;
+    // The last numbered message seen (v8), acknowledged in heartbeats and a resume.
+    let mut seq_ack: i64 = -1;
+    let mut acked = true;
+    let lost = |why: String| {
+        let _ = events.send(VoiceEvent::Lost(why));
+    };
+    loop {
+        let gone = tokio::select! {
+            _ = hb.tick() => {
+                nonce += 1;
+                if !acked {
+                    Gone::Resume("no heartbeat acknowledgement".into())
+                } else if send_json(&mut ws, json!({ "op": 3, "d": { "t": nonce, "seq_ack": seq_ack } })).await.is_err() {
+                    Gone::Resume("a heartbeat could not be sent".into())
+                } else {
+                    acked = false;
+                    continue;
+                }
+            }
+            c = cmds.recv() => match c {
+                Some(VoiceCmd::Speaking(on)) => {
+                    let d = json!({ "speaking": u8::from(on), "delay": 0, "ssrc": ssrc });
+                    if send_json(&mut ws, json!({ "op": 5, "d": d })).await.is_ok() {
+                        continue;
+                    }
+                    // The next op 5 says it again; the connection is resumed first.
+                    Gone::Resume("op 5 could not be sent".into())
+                }
+                Some(VoiceCmd::Close) | None => {
+                    let _ = tokio::time::timeout(STEP, ws.close(None)).await;
+                    return;
+                }
+            },
+            m = ws.next() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    let Ok(v) = serde_json::from_str::<Value>(&t) else { continue };
+                    if let Some(n) = v["seq"].as_i64() {
+                        seq_ack = n;
+                    }
+                    match v["op"].as_u64() {
+                        Some(5) => speaker(&events, &v["d"]),
+                        Some(6) => acked = true,
+                        Some(13) => {
+                            if let Some(user) = v["d"]["user_id"].as_str().and_then(|u| u.parse().ok()) {
+                                let _ = events.send(VoiceEvent::Gone { user });
+                            }
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    // v8 binary messages (DAVE) carry their number in front.
+                    if b.len() >= 2 {
+                        seq_ack = i64::from(u16::from_be_bytes([b[0], b[1]]));
+                    }
+                    continue;
+                }
+                Some(Ok(Message::Close(c))) => {
+                    let code = c.as_ref().map(|c| u16::from(c.code)).unwrap_or(1005);
+                    let why = closed("the voice gateway", c).to_string();
+                    if voice_resumable(code) { Gone::Resume(why) } else { Gone::End(why) }
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => Gone::Resume(format!("voice gateway error: {e}")),
+                None => Gone::Resume("the voice gateway connection ended".into()),
+            }
+        };
+        match gone {
+            Gone::End(why) => {
+                lost(why);
+                return;
+            }
+            Gone::Resume(why) => match recover_voice(&resume, seq_ack, &why).await {
+                Ok((w, ms)) => {
+                    ws = w;
+                    hb = new_beat(ms);
+                    hb.tick().await;
+                    acked = true;
+                }
+                Err(why) => {
+                    lost(why);
+                    return;
+                }
+            },
+        }
+    }
+}
