@@ -106,12 +106,13 @@ impl Call {
         let sock = UdpSocket::bind(SocketAddr::new(opts.bind, 0)).await?;
         let (v_tx, v_rx) = mpsc::unbounded_channel();
         let ready = signal::join_voice(
-            &vs,
+            &vs.login,
             &opts.guild,
             &sock,
             opts.mode,
             opts.media_via,
-            ev_tx,
+            0,
+            ev_tx.clone(),
             v_rx,
         )
         .await?;
@@ -128,7 +129,7 @@ impl Call {
         let (cmds, cmd_rx) = mpsc::unbounded_channel();
         let (ended_tx, ended) = watch::channel(None);
         tracing::info!(
-            user = vs.user_id, ssrc = ready.ssrc, server = %ready.server, mode = ready.mode.name(),
+            user = vs.login.user_id, ssrc = ready.ssrc, server = %ready.server, mode = ready.mode.name(),
             "joined the voice channel"
         );
         let run = Running {
@@ -143,6 +144,9 @@ impl Call {
             stats: stats_tx,
             tasks: [vs.task, ready.task],
             ended: ended_tx,
+            events: ev_tx,
+            login: vs.login.clone(),
+            generation: 0,
         };
         let task = tokio::spawn(run.run(cmd_rx, ev_rx));
         Ok(Call {
@@ -150,7 +154,7 @@ impl Call {
             stats,
             ended,
             task: Some(task),
-            user_id: vs.user_id,
+            user_id: vs.login.user_id,
             ssrc: ready.ssrc,
         })
     }
@@ -210,6 +214,8 @@ impl Call {
         self.user_id
     }
 
+    /// The SSRC the call joined with (a followed move to another voice connection sends
+    /// under a new one).
     pub fn ssrc(&self) -> u32 {
         self.ssrc
     }
@@ -245,7 +251,18 @@ struct Running {
     /// The gateway's and the voice gateway's connection tasks.
     tasks: [JoinHandle<()>; 2],
     ended: watch::Sender<Option<String>>,
+    /// Where the gateway tasks report (a new voice connection after a move reports here too).
+    events: mpsc::UnboundedSender<VoiceEvent>,
+    /// The current voice connection's login.
+    login: signal::VoiceLogin,
+    /// Which voice connection is current (one more per move).
+    generation: u32,
 }
+
+/// How long a voice connection the server closed with 4014 (disconnected: also how a move
+/// to another channel retires the old connection) waits for the VOICE_SERVER_UPDATE that
+/// would continue the call elsewhere, before the call ends.
+const MOVE_WAIT: Duration = Duration::from_secs(3);
 
 /// How long leaving waits for each connection to say goodbye.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -264,9 +281,17 @@ impl Running {
         let mut mix = [0i16; FRAME];
         let mut last_sent = Instant::now();
         let mut ticks = 0u32;
+        // The current voice connection ended with 4014: the call ends at the deadline unless
+        // a move continues it.
+        let mut ending: Option<(Instant, String)> = None;
         let r = loop {
             tokio::select! {
                 _ = tick.tick() => {
+                    if let Some((at, why)) = &ending {
+                        if at.elapsed() >= MOVE_WAIT {
+                            break Err(crate::error::protocol(why.clone()));
+                        }
+                    }
                     ticks = ticks.wrapping_add(1);
                     self.source.read(&mut frame);
                     match self.engine.capture(&frame) {
@@ -308,6 +333,34 @@ impl Running {
                     Some(VoiceEvent::Speaker { ssrc, user }) => self.engine.set_user(ssrc, user),
                     Some(VoiceEvent::Gone { user }) => self.engine.user_gone(std::time::Instant::now(), user),
                     Some(VoiceEvent::Lost(why)) => break Err(crate::error::protocol(why)),
+                    Some(VoiceEvent::VoiceLost { generation, code, why }) => {
+                        if generation != self.generation {
+                            // A moved call's old connection, closed behind us: expected.
+                        } else if code == Some(4014) {
+                            ending = Some((Instant::now(), why));
+                        } else {
+                            break Err(crate::error::protocol(why));
+                        }
+                    }
+                    Some(VoiceEvent::Moved { token, endpoint }) => {
+                        if let Err(e) = self.follow(token, endpoint).await {
+                            break Err(e);
+                        }
+                        ending = None;
+                        last_sent = Instant::now();
+                    }
+                    Some(VoiceEvent::Channel(Some(c))) => {
+                        if c != self.opts.channel {
+                            tracing::info!(channel = %c, "moved to another voice channel");
+                            self.opts.channel = c;
+                        }
+                    }
+                    Some(VoiceEvent::Channel(None)) => {
+                        break Err(crate::error::protocol(
+                            "disconnected from the voice channel (by a moderator, the server, or \
+                             another session of this account)",
+                        ))
+                    }
                     None => break Err(ClientError::Ended),
                 },
                 c = cmds.recv() => match c {
@@ -360,6 +413,43 @@ impl Running {
         let _ = self.ended.send(Some(why));
         r?;
         finished.map_err(ClientError::from)
+    }
+
+    /// Follow a VOICE_SERVER_UPDATE: a new voice connection to `endpoint` with `token` (same
+    /// UDP socket), then the old one closed (make before break: in a drain the old node keeps
+    /// carrying media until then), and the media sent as the new connection's SSRC under its
+    /// key.
+    async fn follow(&mut self, token: String, endpoint: String) -> Result<(), ClientError> {
+        let login = signal::VoiceLogin {
+            token,
+            endpoint,
+            ..self.login.clone()
+        };
+        let (v_tx, v_rx) = mpsc::unbounded_channel();
+        let ready = signal::join_voice(
+            &login,
+            &self.opts.guild,
+            &self.sock,
+            self.opts.mode,
+            self.opts.media_via,
+            self.generation + 1,
+            self.events.clone(),
+            v_rx,
+        )
+        .await?;
+        self.generation += 1;
+        let _ = self.voice.send(VoiceCmd::Close);
+        self.voice = v_tx;
+        // The old task ends after its close; the new one is what leaving waits for.
+        drop(std::mem::replace(&mut self.tasks[1], ready.task));
+        self.server = ready.server;
+        self.engine.retarget(ready.ssrc, ready.mode, &ready.key);
+        tracing::info!(
+            endpoint = %login.endpoint, ssrc = ready.ssrc, server = %ready.server,
+            "followed the call to a new voice connection"
+        );
+        self.login = login;
+        Ok(())
     }
 
     /// Op 4 with the current mute and deafen (the channel stays).

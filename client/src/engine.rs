@@ -387,6 +387,27 @@ impl VoiceEngine {
         Some(pkt)
     }
 
+    /// The call moved to another voice connection (a VOICE_SERVER_UPDATE followed): send as
+    /// `ssrc` under `key` in `mode` from now on. The old connection's speakers end (their
+    /// figures kept, as when they leave) and its reports are no longer awaited; a talk spurt in
+    /// progress is announced again (op 5) on the new connection. Controls, volumes, the
+    /// encoder and the counters carry on.
+    pub fn retarget(&mut self, ssrc: u32, mode: CryptoMode, key: &[u8; 32]) {
+        self.ssrc = ssrc;
+        self.cipher = TransportCipher::new(mode, key);
+        self.counter = rand::random::<u32>() | 0x8000_0000;
+        let old: Vec<(u32, SpeakerPlayout)> = self.speakers.drain().collect();
+        for (s, p) in &old {
+            self.depart(*s, p);
+        }
+        self.users.clear();
+        self.gone.clear();
+        self.awaiting.clear();
+        if self.sending {
+            self.speaking_changed = Some(true);
+        }
+    }
+
     /// Whether we started or stopped talking since the last call (for the voice gateway's
     /// op 5).
     pub fn take_speaking_change(&mut self) -> Option<bool> {

@@ -3,7 +3,8 @@
 //! speaker and mixed); mute and deafen take effect; a forced network change (new source port)
 //! keeps the call; through a relay that loses a fifth of one client's voice, the node's
 //! receiver reports make that client turn FEC on and lower its bitrate; dropped gateway and
-//! voice gateway connections are resumed and the call goes on.
+//! voice gateway connections are resumed and the call goes on; a moderator's move to another
+//! channel is followed.
 
 use std::time::Duration;
 
@@ -599,6 +600,106 @@ async fn dropped_gateway_connections_are_resumed_and_the_call_goes_on() {
     );
     let (hers, _) = tail(&heard.0, ana.user_id(), 1000);
     assert!(power_at(&hers, 440.0) > 1e5, "Ben still hears Ana");
+
+    ben.leave().await.unwrap();
+    ana.leave().await.unwrap();
+}
+
+/// PATCH a member (a moderator's move, as Discord's API shapes it).
+async fn move_member(n: &Node, token: &str, guild: &str, user: u64, channel: &str) {
+    let res = reqwest::Client::new()
+        .patch(format!("{}/api/v10/guilds/{guild}/members/{user}", n.base))
+        .header("Authorization", token)
+        .json(&json!({ "channel_id": channel }))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "move: {}", res.status());
+}
+
+/// A moderator moves a client to another voice channel mid-call: the client follows the
+/// VOICE_SERVER_UPDATE to a new voice connection (new SSRC and key) instead of ending the
+/// call, and its later op 4s name the channel it is in now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moderator_move_is_followed_to_the_new_channel() {
+    let n = node().await;
+    let (tokens, guild, voice) = guild_of_two(&n).await;
+    let second = req(
+        &n,
+        "POST",
+        &format!("/guilds/{guild}/channels"),
+        Some(&tokens[0]),
+        Some(json!({ "name": "Second", "type": 2 })),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let opts = |t: &str| {
+        let mut o = JoinOptions::new(&n.base, t, &guild, &voice);
+        o.bind = "127.0.0.1".parse().unwrap();
+        o.engine.voice_activity = false;
+        o
+    };
+    let ana_heard = MemorySink::default();
+    let ana = Call::join(
+        opts(&tokens[0]),
+        Box::new(Tone::new(440.0, 8_000.0)),
+        Box::new(ana_heard.clone()),
+    )
+    .await
+    .expect("ana joins");
+    let ben_heard = MemorySink::default();
+    let ben = Call::join(
+        opts(&tokens[1]),
+        Box::new(Tone::new(660.0, 8_000.0)),
+        Box::new(ben_heard.clone()),
+    )
+    .await
+    .expect("ben joins");
+    let (a, b) = (ana.user_id(), ben.user_id());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, mix) = tail(&ana_heard.0, b, 500);
+    assert!(power_at(&mix, 660.0) > 1e5, "Ana hears Ben");
+
+    // Ana (the owner) moves Ben to the second channel: his call goes on there, apart from her.
+    move_member(&n, &tokens[0], &guild, b, &second).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ben.ended_reason(), None, "the move is followed");
+    let (_, mix) = tail(&ana_heard.0, b, 500);
+    assert!(
+        power_at(&mix, 660.0) < 1e3,
+        "Ben is no longer in Ana's channel"
+    );
+
+    // She follows him: they hear each other again, over Ben's new connection.
+    move_member(&n, &tokens[0], &guild, a, &second).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ana.ended_reason(), None);
+    let (_, mix) = tail(&ben_heard.0, a, 500);
+    assert!(
+        power_at(&mix, 440.0) > 1e5,
+        "Ben hears Ana in the second channel"
+    );
+    let (_, mix) = tail(&ana_heard.0, b, 500);
+    assert!(
+        power_at(&mix, 660.0) > 1e5,
+        "Ana hears Ben in the second channel"
+    );
+
+    // Ben mutes and unmutes: his op 4s name the second channel, so he stays in it.
+    ben.set_mute(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, mix) = tail(&ana_heard.0, b, 500);
+    assert!(power_at(&mix, 660.0) < 1e3, "Ben is muted");
+    ben.set_mute(false).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, mix) = tail(&ana_heard.0, b, 500);
+    assert!(
+        power_at(&mix, 660.0) > 1e5,
+        "Ben is heard again, still in the second channel"
+    );
+    assert_eq!(ben.ended_reason(), None);
 
     ben.leave().await.unwrap();
     ana.leave().await.unwrap();

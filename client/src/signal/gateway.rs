@@ -12,12 +12,19 @@ use tokio_tungstenite::tungstenite::Message;
 use super::{closed, connect, recv_json, send_json, Gone, VoiceEvent, Ws, RESUME_ATTEMPTS, STEP};
 use crate::error::{protocol, ClientError};
 
-/// What the gateway gave us on the way into a voice channel.
-pub struct VoiceServer {
+/// What a voice gateway connection identifies with: who we are (READY) and where and with
+/// what (VOICE_SERVER_UPDATE).
+#[derive(Debug, Clone)]
+pub struct VoiceLogin {
     pub user_id: u64,
     pub session_id: String,
     pub token: String,
     pub endpoint: String,
+}
+
+/// What the gateway gave us on the way into a voice channel.
+pub struct VoiceServer {
+    pub login: VoiceLogin,
     /// The gateway connection's task (ends after [`GatewayCmd::Close`]).
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -125,20 +132,20 @@ pub async fn join_gateway(
         token: opts.token.clone(),
         session_id: session_id.clone(),
     };
-    let task = tokio::spawn(keep_gateway(
-        gw,
-        hb_ms,
-        seq,
-        resume,
-        guild.to_string(),
-        cmds,
-        lost,
-    ));
-    Ok(VoiceServer {
+    let follow = Follow {
         user_id,
-        session_id,
-        token,
-        endpoint,
+        session_id: session_id.clone(),
+        guild: guild.to_string(),
+        events: lost,
+    };
+    let task = tokio::spawn(keep_gateway(gw, hb_ms, seq, resume, follow, cmds));
+    Ok(VoiceServer {
+        login: VoiceLogin {
+            user_id,
+            session_id,
+            token,
+            endpoint,
+        },
         task,
     })
 }
@@ -167,6 +174,7 @@ fn resumable(code: u16) -> bool {
 async fn resume_once(
     r: &Resume,
     seq: &mut Value,
+    follow: &Follow,
 ) -> Result<Result<(Ws, u64), String>, ClientError> {
     let mut ws = connect(&r.url).await?;
     let hello = recv_json(&mut ws, "the gateway").await?;
@@ -189,23 +197,57 @@ async fn resume_once(
         if !m["s"].is_null() {
             *seq = m["s"].clone();
         }
-        note_dispatch(&m);
+        follow.dispatch(&m);
         if m["t"] == "RESUMED" {
             return Ok(Ok((ws, hb_ms)));
         }
     }
 }
 
-/// What this client does with a dispatch while in a call: it only says what it cannot follow.
-fn note_dispatch(v: &Value) {
-    if v["t"] == "VOICE_SERVER_UPDATE" {
-        tracing::warn!("the server moved this call; moving is not supported yet");
-    }
-    if v["t"] == "LODGE_VOICE_ERROR" {
-        tracing::warn!(
-            "the server refused a voice state change: {}",
-            v["d"]["message"]
-        );
+/// What the call follows of the gateway's dispatches once it is in voice.
+struct Follow {
+    user_id: u64,
+    session_id: String,
+    guild: String,
+    events: mpsc::UnboundedSender<VoiceEvent>,
+}
+
+impl Follow {
+    /// A dispatch, live or replayed by a resume: a new voice server, or our own voice state
+    /// moved or ended, goes to the call.
+    fn dispatch(&self, v: &Value) {
+        let d = &v["d"];
+        if d["guild_id"].as_str() != Some(self.guild.as_str()) {
+            return;
+        }
+        match v["t"].as_str() {
+            Some("VOICE_SERVER_UPDATE") => {
+                if let (Some(token), Some(endpoint)) = (d["token"].as_str(), d["endpoint"].as_str())
+                {
+                    let _ = self.events.send(VoiceEvent::Moved {
+                        token: token.to_string(),
+                        endpoint: endpoint.to_string(),
+                    });
+                }
+            }
+            Some("VOICE_STATE_UPDATE") => {
+                let user = d["user_id"].as_str().and_then(|u| u.parse::<u64>().ok());
+                if user != Some(self.user_id) {
+                    return;
+                }
+                // Another session of ours in voice means this one is not any more.
+                let channel = d["channel_id"]
+                    .as_str()
+                    .filter(|_| d["session_id"].as_str() == Some(self.session_id.as_str()));
+                let _ = self
+                    .events
+                    .send(VoiceEvent::Channel(channel.map(str::to_string)));
+            }
+            Some("LODGE_VOICE_ERROR") => {
+                tracing::warn!("the server refused a voice state change: {}", d["message"])
+            }
+            _ => {}
+        }
     }
 }
 
@@ -214,13 +256,13 @@ async fn keep_gateway(
     hb_ms: u64,
     mut seq: Value,
     resume: Resume,
-    guild: String,
+    follow: Follow,
     mut cmds: mpsc::UnboundedReceiver<GatewayCmd>,
-    events: mpsc::UnboundedSender<VoiceEvent>,
 ) {
     let lost = |why: String| {
-        let _ = events.send(VoiceEvent::Lost(why));
+        let _ = follow.events.send(VoiceEvent::Lost(why));
     };
+    let guild = follow.guild.clone();
     let new_beat = |ms: u64| {
         let mut hb = tokio::time::interval(Duration::from_millis(ms));
         hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -250,7 +292,7 @@ async fn keep_gateway(
                         continue;
                     }
                     // Lost on the way: resume, then say it again.
-                    match recover(&resume, &mut seq, "a voice state update could not be sent").await {
+                    match recover(&resume, &mut seq, &follow, "a voice state update could not be sent").await {
                         Ok((w, ms)) => {
                             ws = w;
                             hb = new_beat(ms);
@@ -273,7 +315,7 @@ async fn keep_gateway(
                 Some(Ok(Message::Text(t))) => {
                     let Ok(v) = serde_json::from_str::<Value>(&t) else { continue };
                     if !v["s"].is_null() { seq = v["s"].clone(); }
-                    note_dispatch(&v);
+                    follow.dispatch(&v);
                     match v["op"].as_u64() {
                         Some(11) => { acked = true; continue; }
                         // The server asks for a heartbeat now.
@@ -304,7 +346,7 @@ async fn keep_gateway(
                 lost(why);
                 return;
             }
-            Gone::Resume(why) => match recover(&resume, &mut seq, &why).await {
+            Gone::Resume(why) => match recover(&resume, &mut seq, &follow, &why).await {
                 Ok((w, ms)) => {
                     ws = w;
                     hb = new_beat(ms);
@@ -321,14 +363,19 @@ async fn keep_gateway(
 }
 
 /// Resume after `why`, a few times with growing waits: the new connection, or why not.
-async fn recover(r: &Resume, seq: &mut Value, why: &str) -> Result<(Ws, u64), String> {
+async fn recover(
+    r: &Resume,
+    seq: &mut Value,
+    follow: &Follow,
+    why: &str,
+) -> Result<(Ws, u64), String> {
     tracing::info!("gateway connection lost ({why}); resuming the session");
     let mut wait = RESUME_FIRST_WAIT;
     let mut last = String::new();
     for attempt in 1..=RESUME_ATTEMPTS {
         tokio::time::sleep(wait).await;
         wait *= 2;
-        match resume_once(r, seq).await {
+        match resume_once(r, seq, follow).await {
             Ok(Ok(ok)) => {
                 tracing::info!(attempt, "gateway session resumed");
                 return Ok(ok);

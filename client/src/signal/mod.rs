@@ -8,7 +8,7 @@
 mod gateway;
 mod voice;
 
-pub use gateway::{join_gateway, GatewayCmd, VoiceServer};
+pub use gateway::{join_gateway, GatewayCmd, VoiceLogin, VoiceServer};
 pub use voice::{join_voice, VoiceCmd, VoiceReady};
 
 use std::time::Duration;
@@ -114,15 +114,28 @@ pub async fn get_json(
     serde_json::from_str(&body).map_err(|e| protocol(format!("{url} answered non-JSON: {e}")))
 }
 
-/// What the voice gateway task reports.
+/// What the gateway tasks report to the call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VoiceEvent {
     /// Op 5: this SSRC is `user`'s voice.
     Speaker { ssrc: u32, user: u64 },
     /// The user left the call (op 13).
     Gone { user: u64 },
-    /// The voice connection ended.
+    /// The chat gateway is lost for good: the call ends.
     Lost(String),
+    /// Voice connection `generation` is lost for good (`code`: the close code, if it was
+    /// closed). A moved call's old connection may still report: only the current one counts.
+    VoiceLost {
+        generation: u32,
+        code: Option<u16>,
+        why: String,
+    },
+    /// VOICE_SERVER_UPDATE in the middle of the call (moved to another channel or another
+    /// node): connect to `endpoint` with `token`.
+    Moved { token: String, endpoint: String },
+    /// Our voice state's channel, as the server now has it: moved by a moderator (`Some`), or
+    /// out of voice (`None`: disconnected by someone else, or by another session of ours).
+    Channel(Option<String>),
 }
 
 /// Resume attempts after a lost connection, either gateway's.

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{
-    closed, connect, recv_json, send_json, Gone, VoiceEvent, VoiceServer, Ws, RESUME_ATTEMPTS, STEP,
+    closed, connect, recv_json, send_json, Gone, VoiceEvent, VoiceLogin, Ws, RESUME_ATTEMPTS, STEP,
 };
 use crate::error::{protocol, ClientError};
 
@@ -38,12 +38,14 @@ pub enum VoiceCmd {
 /// Connect to the voice gateway, identify, discover our address on `sock` (through `via` if
 /// set, else at Ready's address), select the native transport in `mode`, and wait for the key. The connection then lives in a task that keeps
 /// heartbeats, reports op 5 mappings as `events` and sends our op 5 on `cmds`.
+#[allow(clippy::too_many_arguments)]
 pub async fn join_voice(
-    vs: &VoiceServer,
+    vs: &VoiceLogin,
     guild: &str,
     sock: &UdpSocket,
     mode: CryptoMode,
     via: Option<SocketAddr>,
+    generation: u32,
     events: mpsc::UnboundedSender<VoiceEvent>,
     cmds: mpsc::UnboundedReceiver<VoiceCmd>,
 ) -> Result<VoiceReady, ClientError> {
@@ -132,7 +134,9 @@ pub async fn join_voice(
         session_id: vs.session_id.clone(),
         token: vs.token.clone(),
     };
-    let task = tokio::spawn(keep_voice(vw, hb_ms, ssrc, resume, events, cmds));
+    let task = tokio::spawn(keep_voice(
+        vw, hb_ms, ssrc, resume, generation, events, cmds,
+    ));
     Ok(VoiceReady {
         ssrc,
         server,
@@ -228,6 +232,7 @@ async fn keep_voice(
     hb_ms: u64,
     ssrc: u32,
     resume: VoiceResume,
+    generation: u32,
     events: mpsc::UnboundedSender<VoiceEvent>,
     mut cmds: mpsc::UnboundedReceiver<VoiceCmd>,
 ) {
@@ -242,9 +247,15 @@ async fn keep_voice(
     // The last numbered message seen (v8), acknowledged in heartbeats and a resume.
     let mut seq_ack: i64 = -1;
     let mut acked = true;
-    let lost = |why: String| {
-        let _ = events.send(VoiceEvent::Lost(why));
+    let lost = |code: Option<u16>, why: String| {
+        let _ = events.send(VoiceEvent::VoiceLost {
+            generation,
+            code,
+            why,
+        });
     };
+    // The close code of the connection's end, when the server closed it.
+    let mut close_code = None;
     loop {
         let gone = tokio::select! {
             _ = hb.tick() => {
@@ -299,6 +310,7 @@ async fn keep_voice(
                 }
                 Some(Ok(Message::Close(c))) => {
                     let code = c.as_ref().map(|c| u16::from(c.code)).unwrap_or(1005);
+                    close_code = Some(code);
                     let why = closed("the voice gateway", c).to_string();
                     if voice_resumable(code) { Gone::Resume(why) } else { Gone::End(why) }
                 }
@@ -309,7 +321,7 @@ async fn keep_voice(
         };
         match gone {
             Gone::End(why) => {
-                lost(why);
+                lost(close_code, why);
                 return;
             }
             Gone::Resume(why) => match recover_voice(&resume, seq_ack, &why).await {
@@ -320,7 +332,7 @@ async fn keep_voice(
                     acked = true;
                 }
                 Err(why) => {
-                    lost(why);
+                    lost(None, why);
                     return;
                 }
             },
