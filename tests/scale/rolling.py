@@ -2,11 +2,14 @@
 n2 gets SIGTERM (drain), exits, starts again; then n3 the same. Every caller must keep media
 (lodge-load strict: all connected, none deaf, no errors, no moved caller without media at the
 end), every caller is moved at least once, and each caller's longest gap (voice moved → media
-again) has p99 < 1 s. Run by rolling.sh, which starts Redis, PostgreSQL, the balancer and the
-nodes through ctl.sh.
+again) has p99 < 1 s. Beside the crowd, two `lodge-voice` native clients (issue #18) share a
+channel of their own, one sending a tone: both must stay in the call through both drains
+(following each VOICE_SERVER_UPDATE and resuming the gateway), and the listener must have
+heard the speaker over at least two voice connections, the last one still current. Run by
+rolling.sh, which starts Redis, PostgreSQL, the balancer and the nodes through ctl.sh.
 
-Usage: rolling.py --ctl ctl.sh --tmp DIR --load lodge-load --balancer http://127.0.0.5:PORT
-    --out DIR [--callers 24 --channels 4 --gap-p99-ms 1000]
+Usage: rolling.py --ctl ctl.sh --tmp DIR --load lodge-load --voice lodge-voice
+    --balancer http://127.0.0.5:PORT --out DIR [--callers 24 --channels 4 --gap-p99-ms 1000]
 """
 
 import argparse
@@ -20,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Cluster, Failed, check, session, until  # noqa: E402
+from harness import Cluster, Failed, Rest, check, session, until  # noqa: E402
 
 NODES = (2, 3)
 
@@ -31,6 +34,12 @@ async def voice_conns(c, http):
         m = await c.metrics(http, n)
         out[n] = None if m is None else int(m.get("lodge_voice_connections", 0))
     return out
+
+
+async def voice_conns_total(c, http, k):
+    """Both nodes together hold k voice connections."""
+    v = await voice_conns(c, http)
+    return sum(x or 0 for x in v.values()) == k
 
 
 async def cluster_of(c, http, k):
@@ -78,11 +87,62 @@ async def roll(c, http, n, fig):
     return took
 
 
+async def native_pair(c, http, voice_bin, balancer, tmp):
+    """Two lodge-voice clients in a voice channel of their own guild: a speaker (440 Hz) and a
+    listener. Returns [(name, process, user id, stats path)]."""
+    rest = Rest(c, http)
+    sid, stok, _ = await rest.user(2, "vs")
+    lid, ltok, _ = await rest.user(2, "vl")
+    g = await rest.guild(2, stok, [(2, ltok)])
+    voice = next(ch["id"] for ch in g["channels"] if ch["type"] == 2)
+    out = []
+    for name, uid, tok, extra in (("speaker", sid, stok, ["--tone", "440"]), ("listener", lid, ltok, [])):
+        stats = os.path.join(tmp, f"native-{name}.json")
+        log = open(os.path.join(tmp, f"native-{name}.log"), "w")
+        p = await asyncio.create_subprocess_exec(
+            voice_bin, "--url", balancer, "--token", tok, "--guild", g["id"], "--channel", voice,
+            "--stats-every", "0", "--stats-json", stats, *extra,
+            stdout=log, stderr=asyncio.subprocess.STDOUT)
+        out.append((name, p, uid, stats))
+    return out
+
+
+async def end_native(pair, tmp):
+    """Leave both calls (SIGINT) and check what they went through; a list of problems."""
+    problems = []
+    for name, p, _, _ in pair:
+        if p.returncode is None:
+            p.send_signal(signal.SIGINT)
+    for name, p, _, _ in pair:
+        try:
+            rc = await asyncio.wait_for(p.wait(), 20)
+        except asyncio.TimeoutError:
+            p.kill()
+            rc = await p.wait()
+        if rc != 0:
+            with open(os.path.join(tmp, f"native-{name}.log"), errors="replace") as f:
+                tail = " | ".join(line for line in f.read().splitlines() if line.strip())[-400:]
+            problems.append(f"lodge-voice {name} exited {rc} (the call ended?): {tail}")
+    if problems:
+        return problems
+    speaker_id = pair[0][2]
+    with open(pair[1][3]) as f:
+        st = json.load(f)
+    heard = [s for s in st.get("speakers", []) if s.get("userId") == str(speaker_id)]
+    current = [s for s in heard if not s.get("left")]
+    if len(heard) < 2:
+        problems.append(f"the native listener heard the speaker over {len(heard)} voice connection(s), want ≥ 2 (a move followed)")
+    if not current or current[-1].get("packetsReceived", 0) < 50:
+        problems.append(f"the native listener does not hear the speaker on its last connection: {heard}")
+    return problems
+
+
 async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ctl", required=True)
     ap.add_argument("--tmp", required=True)
     ap.add_argument("--load", required=True)
+    ap.add_argument("--voice", required=True, help="the lodge-voice binary")
     ap.add_argument("--balancer", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--callers", type=int, default=24)
@@ -114,17 +174,25 @@ async def main():
                 v = await until(all_in, 90, 0.3)
                 check(v and v != "ended", f"{N} callers never connected: {await voice_conns(c, http)}")
                 fig["before"] = {f"n{n}": k for n, k in v.items()}
+                pair = await native_pair(c, http, a.voice, a.balancer, a.tmp)
+                native_in = await until(lambda: voice_conns_total(c, http, N + 2), 30, 0.3)
+                check(native_in, f"the two lodge-voice clients never connected: {await voice_conns(c, http)}")
                 await asyncio.sleep(3)
                 for n in NODES:
                     await roll(c, http, n, fig)
                     # The other node holds every call now; the restarted one takes the next.
                     await asyncio.sleep(3)
                 fig["after"] = {f"n{n}": k for n, k in (await voice_conns(c, http)).items()}
+                native_problems = await end_native(pair, a.tmp)
                 rc = await asyncio.wait_for(load.wait(), 120)
             finally:
                 if load.returncode is None:
                     load.kill()
                     await load.wait()
+                for _, p, _, _ in locals().get("pair", []):
+                    if p.returncode is None:
+                        p.kill()
+                        await p.wait()
     with open(err_path, errors="replace") as f:
         tail = " | ".join(line for line in re.split(r"[\r\n]", f.read()) if line.strip())[-600:]
     check(os.path.exists(report_path), f"lodge-load wrote no report (exit {rc}): {tail}")
@@ -140,7 +208,8 @@ async def main():
     fig["gap_per_caller_ms"] = {k: gap.get(k) for k in ("p50", "p99", "max")}
     fig["loss_pct"] = round(rep.get("loss_pct", 0), 3)
     fig["gateway_resumes"] = rep.get("gateway_resumes")
-    problems = []
+    problems = list(native_problems)
+    fig["native_clients"] = "2 lodge-voice, followed both drains" if not native_problems else "failed"
     if rep.get("strict_failures"):
         problems.append("lodge-load strict: " + "; ".join(rep["strict_failures"][:3]))
     if rep.get("errors"):

@@ -6,10 +6,11 @@
 # clients get op 7 and resume through the balancer) and exits; it starts again; then n3 the
 # same. Asserted (rolling.py): every caller connected and kept media (lodge-load --strict, no
 # moved caller without media at the end), every caller was moved, and each caller's longest
-# gap (voice moved → media again) has p99 < 1 s.
+# gap (voice moved → media again) has p99 < 1 s; two `lodge-voice` native clients in a channel
+# of their own stay in their call through both drains (they follow each move).
 # Usage:
-#   tests/scale/rolling.sh                      builds lodge and lodge-load (debug)
-#   LODGE_BIN=… LOAD_BIN=… tests/scale/rolling.sh   use those binaries (no build)
+#   tests/scale/rolling.sh                      builds lodge, lodge-load and lodge-voice (debug)
+#   LODGE_BIN=… LOAD_BIN=… VOICE_BIN=… tests/scale/rolling.sh   use those binaries (no build)
 #   CALLERS=40 CHANNELS=8 DRAIN_SPREAD_MS=2000 …     a bigger crowd, a longer spread
 # Multi-process: run it under `flock /tmp/lodge-scale.lock` next to other suites. Writes
 # rolling-report.json and the load report (rolling-load.md) to $OUT (default: a temporary
@@ -17,7 +18,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 HERE="$ROOT/tests/scale"
-BIN="${LODGE_BIN:-}"; LOAD="${LOAD_BIN:-}"
+BIN="${LODGE_BIN:-}"; LOAD="${LOAD_BIN:-}"; VOICE="${VOICE_BIN:-}"
 unset LODGE_BIN
 START=$SECONDS
 
@@ -27,9 +28,10 @@ done
 PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
 [ -n "$PGBIN" ] || { echo "rolling restart: missing postgresql (run ./scripts/setup.sh)" >&2; exit 1; }
 
-if [ -z "$BIN" ] || [ -z "$LOAD" ]; then
-  (cd "$ROOT" && cargo build -q --locked --bin lodge --bin lodge-load)
+if [ -z "$BIN" ] || [ -z "$LOAD" ] || [ -z "$VOICE" ]; then
+  (cd "$ROOT" && cargo build -q --locked --bin lodge --bin lodge-load --bin lodge-voice)
   BIN="${BIN:-$ROOT/target/debug/lodge}"; LOAD="${LOAD:-$ROOT/target/debug/lodge-load}"
+  VOICE="${VOICE:-$ROOT/target/debug/lodge-voice}"
 fi
 [ -x "$HERE/.venv/bin/python" ] || python3 -m venv "$HERE/.venv"
 "$HERE/.venv/bin/pip" install -q --disable-pip-version-check -r "$HERE/requirements.txt"
@@ -72,7 +74,7 @@ for n in 2 3; do "$CTL" node-start "$n"; done
 for n in 2 3; do "$CTL" node-wait "$n" 60; done
 echo "rolling restart: n2 n3 ready ($(( SECONDS - START )) s); drain spread ${LODGE_DRAIN_SPREAD_MS} ms; balancer $SCALE_LB"
 
-if "$HERE/.venv/bin/python" "$HERE/rolling.py" --ctl "$CTL" --tmp "$TMP" --load "$LOAD" \
+if "$HERE/.venv/bin/python" "$HERE/rolling.py" --ctl "$CTL" --tmp "$TMP" --load "$LOAD" --voice "$VOICE" \
   --balancer "http://$SCALE_LB" --out "$OUT" --callers "${CALLERS:-24}" --channels "${CHANNELS:-4}"; then
   ok=1
 fi
