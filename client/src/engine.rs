@@ -272,12 +272,21 @@ impl VoiceEngine {
             self.path_delay(r);
         }
         let prev = self.stats.remote_inbound.unwrap_or_default();
-        self.stats.remote_inbound = Some(RemoteInbound {
-            fraction_lost: b.loss_fraction(),
-            packets_lost: i64::from(b.cumulative_lost),
-            jitter_ms: b.jitter_ms(),
-            round_trip_time_ms: rtt.or(prev.round_trip_time_ms),
-            reports_received: prev.reports_received + 1,
+        // The uplink's figures describe our voice: a second without any keeps the last ones.
+        self.stats.remote_inbound = Some(if sending {
+            RemoteInbound {
+                fraction_lost: b.loss_fraction(),
+                packets_lost: i64::from(b.cumulative_lost),
+                jitter_ms: b.jitter_ms(),
+                round_trip_time_ms: rtt.or(prev.round_trip_time_ms),
+                reports_received: prev.reports_received + 1,
+            }
+        } else {
+            RemoteInbound {
+                round_trip_time_ms: rtt.or(prev.round_trip_time_ms),
+                reports_received: prev.reports_received + 1,
+                ..prev
+            }
         });
         let now_ms = self.ms(now);
         // A second in which we sent nothing says nothing about how our voice gets through.
@@ -301,11 +310,14 @@ impl VoiceEngine {
     }
 
     /// A new round-trip sample: smoothed (1/4 weight, as the reports come once a second), and
-    /// half of it handed to every speaker's buffer as the path's one-way delay.
+    /// half of it handed to every speaker's buffer as our leg's one-way delay (the speaker's
+    /// own leg to the node is not known here). A sample is taken as at most three times the
+    /// smoothed value and 2 s: one report held up (a stall, or on the path) must not swing
+    /// the playout target.
     fn path_delay(&mut self, rtt_ms: f64) {
         let s = match self.smoothed_rtt_ms {
-            Some(s) => 0.75 * s + 0.25 * rtt_ms,
-            None => rtt_ms,
+            Some(s) => 0.75 * s + 0.25 * rtt_ms.min(3.0 * s + 10.0).min(2_000.0),
+            None => rtt_ms.min(2_000.0),
         };
         self.smoothed_rtt_ms = Some(s);
         if !self.playout_from_rtt {
@@ -757,6 +769,12 @@ mod tests {
         );
         let owd = a.jitter.network_delay_ms.expect("the path delay");
         assert!((owd - 50.0).abs() < 0.1, "{owd}");
+        let r = st.remote_inbound.unwrap();
+        assert_eq!(
+            (r.fraction_lost, r.reports_received),
+            (0.0, 1),
+            "a second without voice leaves the uplink's figures: {r:?}"
+        );
         for i in 0..50 {
             a.capture(&tone(i, 440.0)).unwrap();
         }

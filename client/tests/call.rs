@@ -442,9 +442,16 @@ impl GatewayCutter {
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = l.accept().await {
                 let conns = conns.clone();
-                // The request line says which WebSocket this is.
+                // The request line says which WebSocket this is (wait for enough of it).
                 let mut first = [0u8; 16];
-                let n = inbound.peek(&mut first).await.unwrap_or(0);
+                let mut n = 0;
+                for _ in 0..100 {
+                    n = inbound.peek(&mut first).await.unwrap_or(0);
+                    if n >= 12 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 let kind = if first[..n].starts_with(b"GET /gateway") {
                     Ws::Gateway
                 } else if first[..n].starts_with(b"GET /?v=8") {

@@ -609,6 +609,11 @@ impl JitterBuffer {
             self.playing = true;
         }
         if let Some((s, ts)) = oldest.filter(|&(s, _)| s > self.next_seq + 100) {
+            // Over 100 sequence numbers missing: an outage (a sender's pause keeps its
+            // numbering), whatever was played meanwhile.
+            if self.silent_mode {
+                self.classify_quiet(true);
+            }
             (self.next_seq, self.next_ts) = (s, ts);
         }
         true

@@ -174,6 +174,35 @@ fn a_long_outage_counts_as_an_interruption() {
 }
 
 #[test]
+fn an_outage_of_over_100_packets_is_loss_not_a_pause() {
+    // 3 s without packets mid-stream (150 sequence numbers lost), then the stream goes on: the
+    // buffer resynchronises, and the quiet spell counts as an outage (one interruption, its
+    // silence as silent concealment of loss), not as a sender's pause.
+    for cfg in [BufferConfig::default(), static_buffer(40.0)] {
+        let mut jb = JitterBuffer::new(BufferConfig {
+            use_fec: false,
+            ..cfg
+        });
+        for i in 0..400u32 {
+            let now = i as f64 * 20.0;
+            if !(100..250).contains(&i) {
+                jb.insert(now + 25.0, i as u16, i * 960, vec![1]);
+            }
+            jb.pull(now + 60.0);
+        }
+        jb.finish();
+        let st = jb.stats();
+        assert_eq!(st.interruptions, 1, "{st:?}");
+        let lost = st.loss_concealed_samples() / 960;
+        assert!(
+            lost >= 140,
+            "the outage is concealment of loss: {lost} frames, {st:?}"
+        );
+        assert!(st.silent_outage_samples >= 130 * 960, "{st:?}");
+    }
+}
+
+#[test]
 fn adaptive_target_beats_the_same_loop_with_a_pinned_target() {
     let adaptive = BufferConfig::default();
     let fixed = |ms| BufferConfig {

@@ -46,6 +46,10 @@ pub struct Side {
     pub concealment_pct: f64,
     pub stretch_pct: f64,
     pub mos: f64,
+    /// The MOS estimate with every concealed sample as loss, silent ones too (a check on the
+    /// two sides' different ways of calling concealment silent; the speaker sends every frame,
+    /// so no concealment here is a sender's pause).
+    pub mos_all: f64,
 }
 
 fn num(v: &Value, k: &str) -> f64 {
@@ -65,16 +69,15 @@ pub fn score(s: &Value, profile: &Profile) -> Side {
     let concealment_pct = concealed / total * 100.0;
     let stretch =
         num(s, "insertedSamplesForDeceleration") + num(s, "removedSamplesForAcceleration");
-    let q = QualityInput::opus(
-        profile.base_delay_ms + delay_ms + CODEC_DELAY_MS,
-        concealment_pct,
-    );
+    let mouth_to_ear = profile.base_delay_ms + delay_ms + CODEC_DELAY_MS;
+    let all_pct = num(s, "concealedSamples") / total * 100.0;
     Side {
         packets: num(s, "packetsReceived"),
         delay_ms,
         concealment_pct,
         stretch_pct: stretch / total * 100.0,
-        mos: mos_estimate(&q),
+        mos: mos_estimate(&QualityInput::opus(mouth_to_ear, concealment_pct)),
+        mos_all: mos_estimate(&QualityInput::opus(mouth_to_ear, all_pct)),
     }
 }
 
@@ -157,19 +160,22 @@ fn report(rows: &[(Profile, Side, Side)]) -> String {
          jitterBufferDelay per emitted sample. Concealment: concealedSamples − silentConcealedSamples \
          over all samples played; both sides count concealment that played as silence as silent (NetEq: \
          its expansion once faded out; Lodge: silence played through an outage once PLC gave up). MOS: the E-model estimate with the profile's base delay + playout \
-         delay + 26.5 ms codec delay, and the concealment as loss. Stretch: inserted + removed samples.\n"
+         delay + 26.5 ms codec delay, and the concealment as loss; \"MOS, all\" counts every concealed sample, \
+         silent ones too. Stretch: inserted + removed samples. Bias to know: Lodge's client weighs its buffer by \
+         the round trip it measures, which over these relays is twice the profile's base delay that the MOS \
+         also uses; NetEq does not use the round trip.\n"
     );
     let _ = writeln!(
         s,
-        "| profile | packets (NetEq / Lodge) | delay ms (NetEq / Lodge) | concealment % (NetEq / Lodge) | stretch % (NetEq / Lodge) | MOS (NetEq / Lodge) |\n|---|---|---|---|---|---|"
+        "| profile | packets (NetEq / Lodge) | delay ms (NetEq / Lodge) | concealment % (NetEq / Lodge) | stretch % (NetEq / Lodge) | MOS (NetEq / Lodge) | MOS, all (NetEq / Lodge) |\n|---|---|---|---|---|---|---|"
     );
     let (mut mos_ok, mut better_delay) = (0, 0);
     for (p, n, l) in rows {
         let _ = writeln!(
             s,
-            "| {} | {:.0} / {:.0} | {:.1} / {:.1} | {:.2} / {:.2} | {:.2} / {:.2} | {:.3} / {:.3} |",
+            "| {} | {:.0} / {:.0} | {:.1} / {:.1} | {:.2} / {:.2} | {:.2} / {:.2} | {:.3} / {:.3} | {:.3} / {:.3} |",
             p.name, n.packets, l.packets, n.delay_ms, l.delay_ms, n.concealment_pct,
-            l.concealment_pct, n.stretch_pct, l.stretch_pct, n.mos, l.mos
+            l.concealment_pct, n.stretch_pct, l.stretch_pct, n.mos, l.mos, n.mos_all, l.mos_all
         );
         if l.mos >= n.mos {
             mos_ok += 1;
@@ -241,6 +247,10 @@ mod tests {
             "silent concealment is not counted"
         );
         assert!((x.stretch_pct - 1.0).abs() < 1e-9);
+        assert!(
+            x.mos_all < x.mos,
+            "counting the silent ones too costs: {x:?}"
+        );
         let better = score(
             &json!({ "jitterBufferDelay": 0.020 * 480_000.0, "jitterBufferEmittedCount": 480_000.0,
             "totalSamplesReceived": 480_000.0 }),

@@ -51,7 +51,8 @@ FP="$(grep -o 'sha256:[0-9a-f]\{64\}' "$TMP/origin.log" | head -1)"
 
 start_edge() {  # start_edge <name> <ip> <token> <origin trunk>: sets EDGE (host:port) and EDGE_PID
   EDGE="$2:$(free_port "$2")"
-  local m="$2:$(free_media "$2")"
+  local m
+  m="$2:$(free_media "$2")"
   "$BIN" serve --data-dir "$TMP/$1" --http-listen "$EDGE" --media-listen "$m" --origin "$4" \
     --origin-fingerprint "$FP" --cluster-token "$3" --region "$1" >"$TMP/$1.log" 2>&1 &
   EDGE_PID=$!

@@ -45,7 +45,9 @@ case "$cmd" in
   node-start)
     n="$1"; shift
     ip="127.0.0.$n"
-    [ -f "$T/n$n.ports" ] || echo "$(free_port "$ip") $(free_media "$ip")" >"$T/n$n.ports"
+    if [ ! -f "$T/n$n.ports" ]; then
+      hp="$(free_port "$ip")"; mp="$(free_media "$ip")"; echo "$hp $mp" >"$T/n$n.ports"
+    fi
     read -r hp mp <"$T/n$n.ports"
     alive "$T/n$n.pid" && { echo "ctl: n$n is already running" >&2; exit 1; }
     public="http://$ip:$hp"
@@ -104,7 +106,9 @@ case "$cmd" in
     ;;
   edge-start)
     ip=127.0.0.6
-    [ -f "$T/edge.ports" ] || echo "$(free_port "$ip") $(free_media "$ip")" >"$T/edge.ports"
+    if [ ! -f "$T/edge.ports" ]; then
+      hp="$(free_port "$ip")"; mp="$(free_media "$ip")"; echo "$hp $mp" >"$T/edge.ports"
+    fi
     read -r hp mp <"$T/edge.ports"
     alive "$T/edge.pid" && { echo "ctl: the edge is already running" >&2; exit 1; }
     echo "==== $(date +%T.%N | cut -c1-12) ctl: starting the edge (seed $1, region $4)" >>"$T/edge.log"

@@ -72,8 +72,10 @@ DB="scale_$(python3 -c 'import secrets; print(secrets.token_hex(6))')"
 psql -q "$ADMIN_URL" -c "CREATE DATABASE $DB" >/dev/null
 export SCALE_TMP="$TMP" SCALE_LODGE="$BIN" SCALE_PGBIN="$PGBIN" SCALE_NODE_ARGS="${NODE_ARGS---node-url {node_url}}"
 export SCALE_DB_URL="${ADMIN_URL%/postgres}/$DB"
-SCALE_REDIS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-SCALE_LB="127.0.0.5:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.5",0)); print(s.getsockname()[1])')"
+# shellcheck source=../lib/ports.sh
+. "$ROOT/tests/lib/ports.sh"
+SCALE_REDIS_PORT="$(free_port)"
+SCALE_LB="127.0.0.5:$(free_port 127.0.0.5)"
 export SCALE_REDIS_PORT SCALE_LB SCALE_PY="$HERE/.venv/bin/python" SCALE_PUBLIC_URL="${SCALE_PUBLIC_URL:-balancer}"
 CTL="$HERE/ctl.sh"
 
