@@ -507,7 +507,8 @@ async fn metric(base: &str, name: &str, label: &str) -> f64 {
 /// Both clients' gateway connections drop mid-call: each resumes its session (op 6, not a new
 /// identify), the call goes on, and a voice state change made after the drop (deafen) reaches
 /// the server over the resumed connection. Then their voice gateway connections drop: each
-/// resumes its voice connection (voice op 7) inside the node's grace period.
+/// resumes its voice connection (voice op 7) inside the node's grace period. Last, both kinds
+/// drop at once while a voice state change is asked for: it is made after the resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_gateway_connections_are_resumed_and_the_call_goes_on() {
     let (cutter, listener) = GatewayCutter::bind().await;
@@ -607,6 +608,27 @@ async fn dropped_gateway_connections_are_resumed_and_the_call_goes_on() {
     );
     let (hers, _) = tail(&heard.0, ana.user_id(), 1000);
     assert!(power_at(&hers, 440.0) > 1e5, "Ben still hears Ana");
+
+    // Both kinds drop at once, and Ana undeafens while they are down: the op 4 asked for during
+    // the outage is said after the resume, and the node sends her voice again.
+    assert_eq!(cutter.cut(Ws::Gateway) + cutter.cut(Ws::Voice), 4);
+    ana.set_deaf(false).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ana.ended_reason(), None);
+    assert_eq!(ben.ended_reason(), None);
+    assert_eq!(cutter.connections(Ws::Gateway), 6);
+    assert_eq!(cutter.connections(Ws::Voice), 6);
+    assert_eq!(
+        metric(&n.base, "lodge_voice_resumes_total", "resumed").await,
+        4.0
+    );
+    let from = ana.stats().packets_received;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let to = ana.stats().packets_received;
+    assert!(
+        to - from > 30,
+        "undeafened during the outage: Ben's voice reaches her again ({from} → {to})"
+    );
 
     ben.leave().await.unwrap();
     ana.leave().await.unwrap();

@@ -57,7 +57,7 @@ pub async fn join_gateway(
     if hello["op"] != 10 {
         return Err(protocol(format!("expected Hello (op 10), got {hello}")));
     }
-    let hb_ms = hello["d"]["heartbeat_interval"].as_u64().unwrap_or(41_250);
+    let hb_ms = heartbeat_ms(&hello);
     // GUILDS (1) and GUILD_VOICE_STATES (128).
     send_json(
         &mut gw,
@@ -160,6 +160,21 @@ struct Resume {
 /// The wait before the first resume attempt (doubled each time, [`RESUME_ATTEMPTS`] in all):
 /// about 7 s, well inside the server's resume window.
 const RESUME_FIRST_WAIT: Duration = Duration::from_millis(500);
+/// How long one resume attempt (connect, Hello, op 6, the replay up to RESUMED) may take.
+const RESUME_ATTEMPT: Duration = Duration::from_secs(5);
+
+/// Hello's heartbeat interval in ms, at least one second (0 would spin, and tokio panics on it).
+fn heartbeat_ms(hello: &Value) -> u64 {
+    hello["d"]["heartbeat_interval"]
+        .as_u64()
+        .unwrap_or(41_250)
+        .max(1_000)
+}
+
+/// Op 4's payload.
+fn voice_state(guild: &str, channel: Option<String>, self_mute: bool, self_deaf: bool) -> Value {
+    json!({ "guild_id": guild, "channel_id": channel, "self_mute": self_mute, "self_deaf": self_deaf })
+}
 
 /// Close codes after which resuming cannot work (Discord's: authentication failed, sharding
 /// or intents refused): the call ends.
@@ -177,18 +192,32 @@ async fn resume_once(
     follow: &Follow,
 ) -> Result<Result<(Ws, u64), String>, ClientError> {
     let mut ws = connect(&r.url).await?;
-    let hello = recv_json(&mut ws, "the gateway").await?;
+    let hello = match recv_json(&mut ws, "the gateway").await {
+        Err(ClientError::Closed { code, reason, .. }) if !resumable(code) => {
+            return Ok(Err(format!(
+                "the gateway closed the connection ({code} {reason})"
+            )))
+        }
+        other => other?,
+    };
     if hello["op"] != 10 {
         return Err(protocol(format!("expected Hello (op 10), got {hello}")));
     }
-    let hb_ms = hello["d"]["heartbeat_interval"].as_u64().unwrap_or(41_250);
+    let hb_ms = heartbeat_ms(&hello);
     send_json(
         &mut ws,
         json!({ "op": 6, "d": { "token": r.token, "session_id": r.session_id, "seq": seq } }),
     )
     .await?;
     loop {
-        let m = recv_json(&mut ws, "the gateway").await?;
+        let m = match recv_json(&mut ws, "the gateway").await {
+            Err(ClientError::Closed { code, reason, .. }) if !resumable(code) => {
+                return Ok(Err(format!(
+                    "the gateway closed the connection ({code} {reason})"
+                )))
+            }
+            other => other?,
+        };
         if m["op"] == 9 {
             return Ok(Err(
                 "the gateway would not resume the session (op 9); join the call again".into(),
@@ -272,6 +301,12 @@ async fn keep_gateway(
     hb.tick().await;
     // A heartbeat not acknowledged by the next one means a dead (zombie) connection.
     let mut acked = true;
+    // The voice state last asked for: said again after every resume (an op 4 written into a
+    // connection that was already dead is lost, and saying it twice is harmless).
+    let mut wanted: Option<Value> = None;
+    // Resume attempts left; an acknowledged heartbeat on a connection restores them, so a
+    // server that accepts each resume and drops it again cannot keep the call in a loop.
+    let mut tries = RESUME_ATTEMPTS;
     loop {
         let gone = tokio::select! {
             _ = hb.tick() => {
@@ -286,25 +321,12 @@ async fn keep_gateway(
             }
             c = cmds.recv() => match c {
                 Some(GatewayCmd::VoiceState { channel, self_mute, self_deaf }) => {
-                    let d = json!({ "guild_id": guild, "channel_id": channel,
-                        "self_mute": self_mute, "self_deaf": self_deaf });
-                    if send_json(&mut ws, json!({ "op": 4, "d": d.clone() })).await.is_ok() {
+                    let d = voice_state(&guild, channel, self_mute, self_deaf);
+                    wanted = Some(d.clone());
+                    if send_json(&mut ws, json!({ "op": 4, "d": d })).await.is_ok() {
                         continue;
                     }
-                    // Lost on the way: resume, then say it again.
-                    match recover(&resume, &mut seq, &follow, "a voice state update could not be sent").await {
-                        Ok((w, ms)) => {
-                            ws = w;
-                            hb = new_beat(ms);
-                            hb.tick().await;
-                            acked = true;
-                            if send_json(&mut ws, json!({ "op": 4, "d": d })).await.is_ok() {
-                                continue;
-                            }
-                            Gone::End("gateway: a voice state update could not be sent".into())
-                        }
-                        Err(why) => Gone::End(why),
-                    }
+                    Gone::Resume("a voice state update could not be sent".into())
                 }
                 Some(GatewayCmd::Close) | None => {
                     let _ = tokio::time::timeout(STEP, ws.close(None)).await;
@@ -317,7 +339,11 @@ async fn keep_gateway(
                     if !v["s"].is_null() { seq = v["s"].clone(); }
                     follow.dispatch(&v);
                     match v["op"].as_u64() {
-                        Some(11) => { acked = true; continue; }
+                        Some(11) => {
+                            acked = true;
+                            tries = RESUME_ATTEMPTS;
+                            continue;
+                        }
                         // The server asks for a heartbeat now.
                         Some(1) => {
                             if send_json(&mut ws, json!({ "op": 1, "d": seq })).await.is_ok() {
@@ -341,51 +367,97 @@ async fn keep_gateway(
                 None => Gone::Resume("the gateway connection ended".into()),
             }
         };
-        match gone {
+        let why = match gone {
             Gone::End(why) => {
                 lost(why);
                 return;
             }
-            Gone::Resume(why) => match recover(&resume, &mut seq, &follow, &why).await {
-                Ok((w, ms)) => {
-                    ws = w;
-                    hb = new_beat(ms);
-                    hb.tick().await;
-                    acked = true;
+            Gone::Resume(why) => why,
+        };
+        let mut out = Outage {
+            tries: &mut tries,
+            cmds: &mut cmds,
+            wanted: &mut wanted,
+            guild: &guild,
+        };
+        match recover(&resume, &mut seq, &follow, &why, &mut out).await {
+            Recovered::Resumed(w, ms) => {
+                ws = *w;
+                hb = new_beat(ms);
+                hb.tick().await;
+                acked = true;
+                if let Some(d) = &wanted {
+                    // If this fails, the connection's end shows on the next read.
+                    let _ = send_json(&mut ws, json!({ "op": 4, "d": d })).await;
                 }
-                Err(why) => {
-                    lost(why);
-                    return;
-                }
-            },
+            }
+            // Leaving while the connection was down: the server ends the session (and its
+            // voice state) when its resume window runs out.
+            Recovered::Closed => return,
+            Recovered::Failed(why) => {
+                lost(why);
+                return;
+            }
         }
     }
 }
 
-/// Resume after `why`, a few times with growing waits: the new connection, or why not.
+/// What a recovery must keep up with while the connection is down.
+struct Outage<'a> {
+    tries: &'a mut u32,
+    cmds: &'a mut mpsc::UnboundedReceiver<GatewayCmd>,
+    wanted: &'a mut Option<Value>,
+    guild: &'a str,
+}
+
+enum Recovered {
+    Resumed(Box<Ws>, u64),
+    /// The call asked to close meanwhile.
+    Closed,
+    Failed(String),
+}
+
+/// Resume after `why`: up to the attempts left, with growing waits in which op 4s asked for
+/// are kept (the latest is said after the resume) and a close ends the recovery; each attempt
+/// at most [`RESUME_ATTEMPT`].
 async fn recover(
     r: &Resume,
     seq: &mut Value,
     follow: &Follow,
     why: &str,
-) -> Result<(Ws, u64), String> {
+    out: &mut Outage<'_>,
+) -> Recovered {
     tracing::info!("gateway connection lost ({why}); resuming the session");
     let mut wait = RESUME_FIRST_WAIT;
-    let mut last = String::new();
-    for attempt in 1..=RESUME_ATTEMPTS {
-        tokio::time::sleep(wait).await;
+    let mut last = String::from("no attempts left");
+    while *out.tries > 0 {
+        *out.tries -= 1;
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                c = out.cmds.recv() => match c {
+                    Some(GatewayCmd::VoiceState { channel, self_mute, self_deaf }) => {
+                        *out.wanted = Some(voice_state(out.guild, channel, self_mute, self_deaf));
+                    }
+                    Some(GatewayCmd::Close) | None => return Recovered::Closed,
+                },
+            }
+        }
         wait *= 2;
-        match resume_once(r, seq, follow).await {
-            Ok(Ok(ok)) => {
-                tracing::info!(attempt, "gateway session resumed");
-                return Ok(ok);
+        match tokio::time::timeout(RESUME_ATTEMPT, resume_once(r, seq, follow)).await {
+            Ok(Ok(Ok((ws, ms)))) => {
+                tracing::info!("gateway session resumed");
+                return Recovered::Resumed(Box::new(ws), ms);
             }
             // The server answered and said no: trying again will not help.
-            Ok(Err(refused)) => return Err(format!("gateway: {why}; {refused}")),
-            Err(e) => last = e.to_string(),
+            Ok(Ok(Err(refused))) => return Recovered::Failed(format!("gateway: {why}; {refused}")),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = format!("no answer within {} s", RESUME_ATTEMPT.as_secs()),
         }
     }
-    Err(format!(
-        "gateway: {why}; resuming failed {RESUME_ATTEMPTS} times (last: {last})"
+    Recovered::Failed(format!(
+        "gateway: {why}; resuming failed (last attempt: {last})"
     ))
 }

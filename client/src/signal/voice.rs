@@ -162,14 +162,17 @@ struct VoiceResume {
     token: String,
 }
 
-/// The node parks a dropped voice connection for `voice_resume_secs` (5 s by default): four
-/// attempts 0.25–2 s apart fit in it.
+/// The node parks a dropped voice connection for `voice_resume_secs` (5 s by default): the
+/// attempts start 0.25 s after the loss, double their wait, and all must be over within
+/// [`VOICE_RESUME_WITHIN`] of it.
 const VOICE_RESUME_FIRST_WAIT: Duration = Duration::from_millis(250);
+const VOICE_RESUME_WITHIN: Duration = Duration::from_millis(4_500);
 
 /// Voice close codes after which a resume cannot work: authentication failed (4004), session
-/// no longer valid (4006), disconnected by the server (4014), unknown encryption mode (4016).
+/// no longer valid (4006), disconnected by the server (4014), unknown encryption mode (4016),
+/// call terminated (4022).
 fn voice_resumable(code: u16) -> bool {
-    !matches!(code, 4004 | 4006 | 4014 | 4016)
+    !matches!(code, 4004 | 4006 | 4014 | 4016 | 4022)
 }
 
 /// Reconnect and resume the voice connection: Hello, op 7 with the last numbered message
@@ -181,6 +184,11 @@ async fn resume_voice_once(
 ) -> Result<Result<(Ws, u64), String>, ClientError> {
     let mut ws = connect(&r.url).await?;
     let hello = recv_json(&mut ws, "the voice gateway").await?;
+    if hello["op"] != 8 {
+        return Err(protocol(format!(
+            "expected voice Hello (op 8), got {hello}"
+        )));
+    }
     let hb_ms = hello["d"]["heartbeat_interval"]
         .as_f64()
         .unwrap_or(13_750.0)
@@ -205,25 +213,62 @@ async fn resume_voice_once(
     }
 }
 
-/// Resume the voice connection after `why`, a few times with growing waits.
-async fn recover_voice(r: &VoiceResume, seq_ack: i64, why: &str) -> Result<(Ws, u64), String> {
+enum Recovered {
+    Resumed(Box<Ws>, u64),
+    /// The call asked to close meanwhile.
+    Closed,
+    Failed(String),
+}
+
+/// Resume the voice connection after `why`: attempts with growing waits, all within
+/// [`VOICE_RESUME_WITHIN`] and up to the attempts left (`tries`); op 5s asked for meanwhile
+/// are kept in `speaking` (the latest is said after the resume) and a close ends the recovery.
+async fn recover_voice(
+    r: &VoiceResume,
+    seq_ack: i64,
+    why: &str,
+    tries: &mut u32,
+    cmds: &mut mpsc::UnboundedReceiver<VoiceCmd>,
+    speaking: &mut Option<bool>,
+) -> Recovered {
     tracing::info!("voice gateway connection lost ({why}); resuming it");
+    let deadline = tokio::time::Instant::now() + VOICE_RESUME_WITHIN;
     let mut wait = VOICE_RESUME_FIRST_WAIT;
-    let mut last = String::new();
-    for attempt in 1..=RESUME_ATTEMPTS {
-        tokio::time::sleep(wait).await;
-        wait *= 2;
-        match resume_voice_once(r, seq_ack).await {
-            Ok(Ok(ok)) => {
-                tracing::info!(attempt, "voice connection resumed");
-                return Ok(ok);
+    let mut last = String::from("no attempts left");
+    while *tries > 0 {
+        *tries -= 1;
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                c = cmds.recv() => match c {
+                    Some(VoiceCmd::Speaking(on)) => *speaking = Some(on),
+                    Some(VoiceCmd::Close) | None => return Recovered::Closed,
+                },
             }
-            Ok(Err(refused)) => return Err(format!("voice gateway: {why}; {refused}")),
-            Err(e) => last = e.to_string(),
+        }
+        wait *= 2;
+        match tokio::time::timeout_at(deadline, resume_voice_once(r, seq_ack)).await {
+            Ok(Ok(Ok((ws, ms)))) => {
+                tracing::info!("voice connection resumed");
+                return Recovered::Resumed(Box::new(ws), ms);
+            }
+            Ok(Ok(Err(refused))) => {
+                return Recovered::Failed(format!("voice gateway: {why}; {refused}"))
+            }
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => {
+                last = "the node's grace period for a resume has passed".into();
+                break;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
         }
     }
-    Err(format!(
-        "voice gateway: {why}; resuming failed {RESUME_ATTEMPTS} times (last: {last})"
+    Recovered::Failed(format!(
+        "voice gateway: {why}; resuming failed (last attempt: {last})"
     ))
 }
 
@@ -247,6 +292,10 @@ async fn keep_voice(
     // The last numbered message seen (v8), acknowledged in heartbeats and a resume.
     let mut seq_ack: i64 = -1;
     let mut acked = true;
+    // The speaking state last asked for: said again after every resume.
+    let mut speaking: Option<bool> = None;
+    // Resume attempts left; an acknowledged heartbeat restores them.
+    let mut tries = RESUME_ATTEMPTS;
     let lost = |code: Option<u16>, why: String| {
         let _ = events.send(VoiceEvent::VoiceLost {
             generation,
@@ -254,6 +303,8 @@ async fn keep_voice(
             why,
         });
     };
+    let op5 =
+        |on: bool| json!({ "op": 5, "d": { "speaking": u8::from(on), "delay": 0, "ssrc": ssrc } });
     // The close code of the connection's end, when the server closed it.
     let mut close_code = None;
     loop {
@@ -271,11 +322,10 @@ async fn keep_voice(
             }
             c = cmds.recv() => match c {
                 Some(VoiceCmd::Speaking(on)) => {
-                    let d = json!({ "speaking": u8::from(on), "delay": 0, "ssrc": ssrc });
-                    if send_json(&mut ws, json!({ "op": 5, "d": d })).await.is_ok() {
+                    speaking = Some(on);
+                    if send_json(&mut ws, op5(on)).await.is_ok() {
                         continue;
                     }
-                    // The next op 5 says it again; the connection is resumed first.
                     Gone::Resume("op 5 could not be sent".into())
                 }
                 Some(VoiceCmd::Close) | None => {
@@ -291,7 +341,10 @@ async fn keep_voice(
                     }
                     match v["op"].as_u64() {
                         Some(5) => speaker(&events, &v["d"]),
-                        Some(6) => acked = true,
+                        Some(6) => {
+                            acked = true;
+                            tries = RESUME_ATTEMPTS;
+                        }
                         Some(13) => {
                             if let Some(user) = v["d"]["user_id"].as_str().and_then(|u| u.parse().ok()) {
                                 let _ = events.send(VoiceEvent::Gone { user });
@@ -319,23 +372,29 @@ async fn keep_voice(
                 None => Gone::Resume("the voice gateway connection ended".into()),
             }
         };
-        match gone {
+        let why = match gone {
             Gone::End(why) => {
                 lost(close_code, why);
                 return;
             }
-            Gone::Resume(why) => match recover_voice(&resume, seq_ack, &why).await {
-                Ok((w, ms)) => {
-                    ws = w;
-                    hb = new_beat(ms);
-                    hb.tick().await;
-                    acked = true;
+            Gone::Resume(why) => why,
+        };
+        match recover_voice(&resume, seq_ack, &why, &mut tries, &mut cmds, &mut speaking).await {
+            Recovered::Resumed(w, ms) => {
+                ws = *w;
+                hb = new_beat(ms);
+                hb.tick().await;
+                acked = true;
+                if let Some(on) = speaking {
+                    // If this fails, the connection's end shows on the next read.
+                    let _ = send_json(&mut ws, op5(on)).await;
                 }
-                Err(why) => {
-                    lost(None, why);
-                    return;
-                }
-            },
+            }
+            Recovered::Closed => return,
+            Recovered::Failed(why) => {
+                lost(None, why);
+                return;
+            }
         }
     }
 }
