@@ -416,8 +416,17 @@ async fn receiver_reports_from_the_node_turn_fec_on_and_lower_the_bitrate_on_a_l
 /// connections, as a network blip or a restarting load balancer would drop them.
 struct GatewayCutter {
     addr: std::net::SocketAddr,
-    /// (which WebSocket, the relay task) per connection.
-    conns: std::sync::Arc<std::sync::Mutex<Vec<(Ws, tokio::task::AbortHandle)>>>,
+    /// (which WebSocket, the relay task, its freeze switch) per connection.
+    #[allow(clippy::type_complexity)]
+    conns: std::sync::Arc<
+        std::sync::Mutex<
+            Vec<(
+                Ws,
+                tokio::task::AbortHandle,
+                tokio::sync::watch::Sender<bool>,
+            )>,
+        >,
+    >,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -459,11 +468,22 @@ impl GatewayCutter {
                 } else {
                     Ws::Other
                 };
+                let (freeze, mut frozen) = tokio::sync::watch::channel(false);
                 let task = tokio::spawn(async move {
                     let mut out = tokio::net::TcpStream::connect(to).await.unwrap();
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    let stop = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => false,
+                        _ = frozen.wait_for(|f| *f) => true,
+                    };
+                    if stop {
+                        // Frozen: nothing passes any more, and nothing is closed either.
+                        std::future::pending::<()>().await;
+                    }
                 });
-                conns.lock().unwrap().push((kind, task.abort_handle()));
+                conns
+                    .lock()
+                    .unwrap()
+                    .push((kind, task.abort_handle(), freeze));
             }
         });
     }
@@ -471,9 +491,22 @@ impl GatewayCutter {
     /// Drop every open connection of `kind`; how many there were.
     fn cut(&self, kind: Ws) -> usize {
         let mut n = 0;
-        for (k, t) in self.conns.lock().unwrap().iter() {
+        for (k, t, _) in self.conns.lock().unwrap().iter() {
             if *k == kind && !t.is_finished() {
                 t.abort();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Stop relaying every open connection of `kind` without closing it (a dead NAT mapping
+    /// or middlebox: the client's socket stays open and hears nothing); how many there were.
+    fn freeze(&self, kind: Ws) -> usize {
+        let mut n = 0;
+        for (k, t, f) in self.conns.lock().unwrap().iter() {
+            if *k == kind && !t.is_finished() && !*f.borrow() {
+                let _ = f.send(true);
                 n += 1;
             }
         }
@@ -488,6 +521,33 @@ impl GatewayCutter {
             .filter(|c| c.0 == kind)
             .count()
     }
+}
+
+/// A node whose gateway and voice URLs point at a [`GatewayCutter`] in front of it (REST is
+/// reached directly); `heartbeat_ms`: the gateway's heartbeat interval, if not Discord's.
+async fn node_behind_cutter(heartbeat_ms: Option<u64>) -> (GatewayCutter, Node) {
+    let (cutter, listener) = GatewayCutter::bind().await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = ServeArgs {
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
+        media_listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: Some(dir.path().to_path_buf()),
+        media_workers: Some(1),
+        public_url: Some(format!("http://{}", cutter.addr)),
+        heartbeat_interval_ms: heartbeat_ms,
+        ..Default::default()
+    };
+    let run = lodge_signaling::start(Config::load(&args, std::iter::empty()).unwrap())
+        .await
+        .unwrap();
+    cutter.start(listener, run.http_addr);
+    let n = Node {
+        media: run.media_addr,
+        base: format!("http://{}", run.http_addr),
+        _run: run,
+        _dir: dir,
+    };
+    (cutter, n)
 }
 
 /// The sum of a metric's samples whose labels contain `label`.
@@ -511,27 +571,7 @@ async fn metric(base: &str, name: &str, label: &str) -> f64 {
 /// drop at once while a voice state change is asked for: it is made after the resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_gateway_connections_are_resumed_and_the_call_goes_on() {
-    let (cutter, listener) = GatewayCutter::bind().await;
-    let dir = tempfile::tempdir().unwrap();
-    let args = ServeArgs {
-        http_listen: Some("127.0.0.1:0".parse().unwrap()),
-        media_listen: Some("127.0.0.1:0".parse().unwrap()),
-        data_dir: Some(dir.path().to_path_buf()),
-        media_workers: Some(1),
-        // The gateway and voice URLs the node hands out point at the relay.
-        public_url: Some(format!("http://{}", cutter.addr)),
-        ..Default::default()
-    };
-    let run = lodge_signaling::start(Config::load(&args, std::iter::empty()).unwrap())
-        .await
-        .unwrap();
-    cutter.start(listener, run.http_addr);
-    let n = Node {
-        media: run.media_addr,
-        base: format!("http://{}", run.http_addr),
-        _run: run,
-        _dir: dir,
-    };
+    let (cutter, n) = node_behind_cutter(None).await;
     let (tokens, guild, voice) = guild_of_two(&n).await;
     let opts = |t: &str| {
         let mut o = JoinOptions::new(&n.base, t, &guild, &voice);
@@ -630,6 +670,55 @@ async fn dropped_gateway_connections_are_resumed_and_the_call_goes_on() {
         "undeafened during the outage: Ben's voice reaches her again ({from} → {to})"
     );
 
+    ben.leave().await.unwrap();
+    ana.leave().await.unwrap();
+}
+
+/// A gateway connection that goes silent without closing (a NAT mapping or a middlebox gone):
+/// the client's heartbeat goes unacknowledged, it takes the connection for dead and resumes
+/// the session over a new one; the call goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_gateway_connection_is_noticed_and_resumed() {
+    // Heartbeats every second, so the silence shows within a few seconds.
+    let (cutter, n) = node_behind_cutter(Some(1_000)).await;
+    let (tokens, guild, voice) = guild_of_two(&n).await;
+    let opts = |t: &str| {
+        let mut o = JoinOptions::new(&n.base, t, &guild, &voice);
+        o.bind = "127.0.0.1".parse().unwrap();
+        o.engine.voice_activity = false;
+        o
+    };
+    let ana = Call::join(
+        opts(&tokens[0]),
+        Box::new(Tone::new(440.0, 8_000.0)),
+        Box::new(MemorySink::default()),
+    )
+    .await
+    .expect("ana joins");
+    let heard = MemorySink::default();
+    let ben = Call::join(opts(&tokens[1]), Box::new(Silence), Box::new(heard.clone()))
+        .await
+        .expect("ben joins");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        cutter.freeze(Ws::Gateway),
+        2,
+        "both gateway connections go silent"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(ana.ended_reason(), None);
+    assert_eq!(ben.ended_reason(), None);
+    assert_eq!(
+        cutter.connections(Ws::Gateway),
+        4,
+        "each client noticed and came back over a new connection"
+    );
+    assert_eq!(
+        metric(&n.base, "lodge_gateway_sessions", "connected").await,
+        2.0
+    );
+    let (hers, _) = tail(&heard.0, ana.user_id(), 1000);
+    assert!(power_at(&hers, 440.0) > 1e5, "Ben still hears Ana");
     ben.leave().await.unwrap();
     ana.leave().await.unwrap();
 }
