@@ -9,7 +9,10 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{closed, connect, recv_json, send_json, Gone, VoiceEvent, Ws, RESUME_ATTEMPTS, STEP};
+use super::{
+    beat, closed, connect, recv_json, send_json, wait_keeping, Gone, Recovered, VoiceEvent, Ws,
+    RESUME_ATTEMPTS, STEP,
+};
 use crate::error::{protocol, ClientError};
 
 /// What a voice gateway connection identifies with: who we are (READY) and where and with
@@ -292,12 +295,7 @@ async fn keep_gateway(
         let _ = follow.events.send(VoiceEvent::Lost(why));
     };
     let guild = follow.guild.clone();
-    let new_beat = |ms: u64| {
-        let mut hb = tokio::time::interval(Duration::from_millis(ms));
-        hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        hb
-    };
-    let mut hb = new_beat(hb_ms);
+    let mut hb = beat(hb_ms);
     hb.tick().await;
     // A heartbeat not acknowledged by the next one means a dead (zombie) connection.
     let mut acked = true;
@@ -383,7 +381,7 @@ async fn keep_gateway(
         match recover(&resume, &mut seq, &follow, &why, &mut out).await {
             Recovered::Resumed(w, ms) => {
                 ws = *w;
-                hb = new_beat(ms);
+                hb = beat(ms);
                 hb.tick().await;
                 acked = true;
                 if let Some(d) = &wanted {
@@ -410,13 +408,6 @@ struct Outage<'a> {
     guild: &'a str,
 }
 
-enum Recovered {
-    Resumed(Box<Ws>, u64),
-    /// The call asked to close meanwhile.
-    Closed,
-    Failed(String),
-}
-
 /// Resume after `why`: up to the attempts left, with growing waits in which op 4s asked for
 /// are kept (the latest is said after the resume) and a close ends the recovery; each attempt
 /// at most [`RESUME_ATTEMPT`].
@@ -432,18 +423,21 @@ async fn recover(
     let mut last = String::from("no attempts left");
     while *out.tries > 0 {
         *out.tries -= 1;
-        let sleep = tokio::time::sleep(wait);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = &mut sleep => break,
-                c = out.cmds.recv() => match c {
-                    Some(GatewayCmd::VoiceState { channel, self_mute, self_deaf }) => {
-                        *out.wanted = Some(voice_state(out.guild, channel, self_mute, self_deaf));
-                    }
-                    Some(GatewayCmd::Close) | None => return Recovered::Closed,
-                },
+        let (wanted, guild) = (&mut *out.wanted, out.guild);
+        let open = wait_keeping(wait, out.cmds, |c| match c {
+            GatewayCmd::VoiceState {
+                channel,
+                self_mute,
+                self_deaf,
+            } => {
+                *wanted = Some(voice_state(guild, channel, self_mute, self_deaf));
+                true
             }
+            GatewayCmd::Close => false,
+        })
+        .await;
+        if !open {
+            return Recovered::Closed;
         }
         wait *= 2;
         match tokio::time::timeout(RESUME_ATTEMPT, resume_once(r, seq, follow)).await {

@@ -141,6 +141,42 @@ pub enum VoiceEvent {
 /// Resume attempts after a lost connection, either gateway's.
 const RESUME_ATTEMPTS: u32 = 4;
 
+/// How a recovery (either gateway's) ended.
+enum Recovered {
+    Resumed(Box<Ws>, u64),
+    /// The call asked to close meanwhile.
+    Closed,
+    Failed(String),
+}
+
+/// A heartbeat timer for an interval from Hello: a late tick is delayed, not caught up.
+fn beat(ms: u64) -> tokio::time::Interval {
+    let mut hb = tokio::time::interval(Duration::from_millis(ms));
+    hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    hb
+}
+
+/// Sit out `wait` while a connection is down, handing each command that arrives to `keep`;
+/// false as soon as `keep` says the call is closing (or the commands end).
+async fn wait_keeping<C>(
+    wait: Duration,
+    cmds: &mut tokio::sync::mpsc::UnboundedReceiver<C>,
+    mut keep: impl FnMut(C) -> bool,
+) -> bool {
+    let sleep = tokio::time::sleep(wait);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = &mut sleep => return true,
+            c = cmds.recv() => {
+                if !c.is_some_and(&mut keep) {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 /// Why a connection (either gateway's) needs resuming, or why the call must end.
 enum Gone {
     Resume(String),

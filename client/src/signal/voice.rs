@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{
-    closed, connect, recv_json, send_json, Gone, VoiceEvent, VoiceLogin, Ws, RESUME_ATTEMPTS, STEP,
+    beat, closed, connect, recv_json, send_json, wait_keeping, Gone, Recovered, VoiceEvent,
+    VoiceLogin, Ws, RESUME_ATTEMPTS, STEP,
 };
 use crate::error::{protocol, ClientError};
 
@@ -52,10 +53,7 @@ pub async fn join_voice(
     let url = format!("ws://{}/?v=8", vs.endpoint);
     let mut vw = connect(&url).await?;
     let hello = recv_json(&mut vw, "the voice gateway").await?;
-    let hb_ms = hello["d"]["heartbeat_interval"]
-        .as_f64()
-        .unwrap_or(13_750.0)
-        .max(1_000.0) as u64;
+    let hb_ms = voice_hello(&hello)?;
     send_json(
         &mut vw,
         json!({ "op": 0, "d": { "server_id": guild, "user_id": vs.user_id.to_string(),
@@ -154,6 +152,19 @@ fn speaker(events: &mpsc::UnboundedSender<VoiceEvent>, d: &Value) {
     }
 }
 
+/// Voice Hello (op 8): its heartbeat interval in ms, at least one second.
+fn voice_hello(hello: &Value) -> Result<u64, ClientError> {
+    if hello["op"] != 8 {
+        return Err(protocol(format!(
+            "expected voice Hello (op 8), got {hello}"
+        )));
+    }
+    Ok(hello["d"]["heartbeat_interval"]
+        .as_f64()
+        .unwrap_or(13_750.0)
+        .max(1_000.0) as u64)
+}
+
 /// How to come back to a voice connection whose WebSocket was lost (voice op 7 Resume).
 struct VoiceResume {
     url: String,
@@ -184,15 +195,7 @@ async fn resume_voice_once(
 ) -> Result<Result<(Ws, u64), String>, ClientError> {
     let mut ws = connect(&r.url).await?;
     let hello = recv_json(&mut ws, "the voice gateway").await?;
-    if hello["op"] != 8 {
-        return Err(protocol(format!(
-            "expected voice Hello (op 8), got {hello}"
-        )));
-    }
-    let hb_ms = hello["d"]["heartbeat_interval"]
-        .as_f64()
-        .unwrap_or(13_750.0)
-        .max(1_000.0) as u64;
+    let hb_ms = voice_hello(&hello)?;
     send_json(
         &mut ws,
         json!({ "op": 7, "d": { "server_id": r.server_id, "session_id": r.session_id,
@@ -213,13 +216,6 @@ async fn resume_voice_once(
     }
 }
 
-enum Recovered {
-    Resumed(Box<Ws>, u64),
-    /// The call asked to close meanwhile.
-    Closed,
-    Failed(String),
-}
-
 /// Resume the voice connection after `why`: attempts with growing waits, all within
 /// [`VOICE_RESUME_WITHIN`] and up to the attempts left (`tries`); op 5s asked for meanwhile
 /// are kept in `speaking` (the latest is said after the resume) and a close ends the recovery.
@@ -237,16 +233,16 @@ async fn recover_voice(
     let mut last = String::from("no attempts left");
     while *tries > 0 {
         *tries -= 1;
-        let sleep = tokio::time::sleep(wait);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = &mut sleep => break,
-                c = cmds.recv() => match c {
-                    Some(VoiceCmd::Speaking(on)) => *speaking = Some(on),
-                    Some(VoiceCmd::Close) | None => return Recovered::Closed,
-                },
+        let open = wait_keeping(wait, cmds, |c| match c {
+            VoiceCmd::Speaking(on) => {
+                *speaking = Some(on);
+                true
             }
+            VoiceCmd::Close => false,
+        })
+        .await;
+        if !open {
+            return Recovered::Closed;
         }
         wait *= 2;
         match tokio::time::timeout_at(deadline, resume_voice_once(r, seq_ack)).await {
@@ -281,12 +277,7 @@ async fn keep_voice(
     events: mpsc::UnboundedSender<VoiceEvent>,
     mut cmds: mpsc::UnboundedReceiver<VoiceCmd>,
 ) {
-    let new_beat = |ms: u64| {
-        let mut hb = tokio::time::interval(Duration::from_millis(ms));
-        hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        hb
-    };
-    let mut hb = new_beat(hb_ms);
+    let mut hb = beat(hb_ms);
     hb.tick().await;
     let mut nonce = 0u64;
     // The last numbered message seen (v8), acknowledged in heartbeats and a resume.
@@ -382,7 +373,7 @@ async fn keep_voice(
         match recover_voice(&resume, seq_ack, &why, &mut tries, &mut cmds, &mut speaking).await {
             Recovered::Resumed(w, ms) => {
                 ws = *w;
-                hb = new_beat(ms);
+                hb = beat(ms);
                 hb.tick().await;
                 acked = true;
                 if let Some(on) = speaking {
