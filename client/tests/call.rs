@@ -564,17 +564,17 @@ async fn metric(base: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
-/// Both clients' gateway connections drop mid-call: each resumes its session (op 6, not a new
-/// identify), the call goes on, and a voice state change made after the drop (deafen) reaches
-/// the server over the resumed connection. Then their voice gateway connections drop: each
-/// resumes its voice connection (voice op 7) inside the node's grace period. Last, both kinds
-/// drop at once while a voice state change is asked for: it is made after the resumes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_gateway_connections_are_resumed_and_the_call_goes_on() {
-    let (cutter, n) = node_behind_cutter(None).await;
-    let (tokens, guild, voice) = guild_of_two(&n).await;
+/// Ana (a 440 Hz tone) and Ben (`ben_hz`, or silence) in `voice` over loopback, every frame
+/// sent: each call with the sink of what that client hears.
+async fn ana_and_ben(
+    n: &Node,
+    tokens: &[String; 2],
+    guild: &str,
+    voice: &str,
+    ben_hz: Option<f32>,
+) -> (Call, MemorySink, Call, MemorySink) {
     let opts = |t: &str| {
-        let mut o = JoinOptions::new(&n.base, t, &guild, &voice);
+        let mut o = JoinOptions::new(&n.base, t, guild, voice);
         o.bind = "127.0.0.1".parse().unwrap();
         o.engine.voice_activity = false;
         o
@@ -587,14 +587,27 @@ async fn dropped_gateway_connections_are_resumed_and_the_call_goes_on() {
     )
     .await
     .expect("ana joins");
-    let heard = MemorySink::default();
-    let ben = Call::join(
-        opts(&tokens[1]),
-        Box::new(Tone::new(660.0, 8_000.0)),
-        Box::new(heard.clone()),
-    )
-    .await
-    .expect("ben joins");
+    let ben_source: Box<dyn lodge_client::audio_io::Source> = match ben_hz {
+        Some(hz) => Box::new(Tone::new(hz, 8_000.0)),
+        None => Box::new(Silence),
+    };
+    let ben_heard = MemorySink::default();
+    let ben = Call::join(opts(&tokens[1]), ben_source, Box::new(ben_heard.clone()))
+        .await
+        .expect("ben joins");
+    (ana, ana_heard, ben, ben_heard)
+}
+
+/// Both clients' gateway connections drop mid-call: each resumes its session (op 6, not a new
+/// identify), the call goes on, and a voice state change made after the drop (deafen) reaches
+/// the server over the resumed connection. Then their voice gateway connections drop: each
+/// resumes its voice connection (voice op 7) inside the node's grace period. Last, both kinds
+/// drop at once while a voice state change is asked for: it is made after the resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_gateway_connections_are_resumed_and_the_call_goes_on() {
+    let (cutter, n) = node_behind_cutter(None).await;
+    let (tokens, guild, voice) = guild_of_two(&n).await;
+    let (ana, _, ben, heard) = ana_and_ben(&n, &tokens, &guild, &voice, Some(660.0)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(cutter.connections(Ws::Gateway), 2);
     assert_eq!(cutter.connections(Ws::Voice), 2);
@@ -682,23 +695,7 @@ async fn a_silently_dead_gateway_connection_is_noticed_and_resumed() {
     // Heartbeats every second, so the silence shows within a few seconds.
     let (cutter, n) = node_behind_cutter(Some(1_000)).await;
     let (tokens, guild, voice) = guild_of_two(&n).await;
-    let opts = |t: &str| {
-        let mut o = JoinOptions::new(&n.base, t, &guild, &voice);
-        o.bind = "127.0.0.1".parse().unwrap();
-        o.engine.voice_activity = false;
-        o
-    };
-    let ana = Call::join(
-        opts(&tokens[0]),
-        Box::new(Tone::new(440.0, 8_000.0)),
-        Box::new(MemorySink::default()),
-    )
-    .await
-    .expect("ana joins");
-    let heard = MemorySink::default();
-    let ben = Call::join(opts(&tokens[1]), Box::new(Silence), Box::new(heard.clone()))
-        .await
-        .expect("ben joins");
+    let (ana, _, ben, heard) = ana_and_ben(&n, &tokens, &guild, &voice, None).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         cutter.freeze(Ws::Gateway),
@@ -753,28 +750,8 @@ async fn a_moderator_move_is_followed_to_the_new_channel() {
         .as_str()
         .unwrap()
         .to_string();
-    let opts = |t: &str| {
-        let mut o = JoinOptions::new(&n.base, t, &guild, &voice);
-        o.bind = "127.0.0.1".parse().unwrap();
-        o.engine.voice_activity = false;
-        o
-    };
-    let ana_heard = MemorySink::default();
-    let ana = Call::join(
-        opts(&tokens[0]),
-        Box::new(Tone::new(440.0, 8_000.0)),
-        Box::new(ana_heard.clone()),
-    )
-    .await
-    .expect("ana joins");
-    let ben_heard = MemorySink::default();
-    let ben = Call::join(
-        opts(&tokens[1]),
-        Box::new(Tone::new(660.0, 8_000.0)),
-        Box::new(ben_heard.clone()),
-    )
-    .await
-    .expect("ben joins");
+    let (ana, ana_heard, ben, ben_heard) =
+        ana_and_ben(&n, &tokens, &guild, &voice, Some(660.0)).await;
     let (a, b) = (ana.user_id(), ben.user_id());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, mix) = tail(&ana_heard.0, b, 500);
