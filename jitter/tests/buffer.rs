@@ -140,22 +140,28 @@ fn dtx_gap_plays_silence_then_resumes() {
     assert_eq!(jb.stats().interruptions, 0);
 }
 
-#[test]
-fn a_long_outage_counts_as_an_interruption() {
+/// `frames` packets at 20 ms (each arriving 25 ms after it was due, pulled 35 ms later),
+/// without FEC, minus those in `lost`: the final statistics.
+fn with_outage(cfg: BufferConfig, frames: u32, lost: std::ops::Range<u32>) -> JitterStats {
     let mut jb = JitterBuffer::new(BufferConfig {
         use_fec: false,
-        ..BufferConfig::default()
+        ..cfg
     });
-    for i in 0..100u32 {
+    for i in 0..frames {
         let now = i as f64 * 20.0;
-        // 200 ms outage while later packets keep arriving after it.
-        if !(40..50).contains(&i) {
+        if !lost.contains(&i) {
             jb.insert(now + 25.0, i as u16, i * 960, vec![1]);
         }
         jb.pull(now + 60.0);
     }
     jb.finish();
-    let st = jb.stats();
+    jb.stats().clone()
+}
+
+#[test]
+fn a_long_outage_counts_as_an_interruption() {
+    // 200 ms outage while later packets keep arriving after it.
+    let st = with_outage(BufferConfig::default(), 100, 40..50);
     assert_eq!(st.interruptions, 1, "{st:?}");
     // A few frames of PLC while the packets might only be late, then silence: the silence is
     // silent concealment (W3C), and concealment of loss by Lodge's measure all the same (nine
@@ -179,19 +185,7 @@ fn an_outage_of_over_100_packets_is_loss_not_a_pause() {
     // buffer resynchronises, and the quiet spell counts as an outage (one interruption, its
     // silence as silent concealment of loss), not as a sender's pause.
     for cfg in [BufferConfig::default(), static_buffer(40.0)] {
-        let mut jb = JitterBuffer::new(BufferConfig {
-            use_fec: false,
-            ..cfg
-        });
-        for i in 0..400u32 {
-            let now = i as f64 * 20.0;
-            if !(100..250).contains(&i) {
-                jb.insert(now + 25.0, i as u16, i * 960, vec![1]);
-            }
-            jb.pull(now + 60.0);
-        }
-        jb.finish();
-        let st = jb.stats();
+        let st = with_outage(cfg, 400, 100..250);
         assert_eq!(st.interruptions, 1, "{st:?}");
         let lost = st.loss_concealed_samples() / 960;
         assert!(
