@@ -264,6 +264,10 @@ struct Running {
 /// would continue the call elsewhere, before the call ends.
 const MOVE_WAIT: Duration = Duration::from_secs(3);
 
+/// How long following a move (the new voice connection's handshake and IP discovery) may
+/// take. It runs inside the call's loop, which neither plays nor sends meanwhile.
+const FOLLOW_WITHIN: Duration = Duration::from_secs(5);
+
 /// How long leaving waits for each connection to say goodbye.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -426,17 +430,21 @@ impl Running {
             ..self.login.clone()
         };
         let (v_tx, v_rx) = mpsc::unbounded_channel();
-        let ready = signal::join_voice(
-            &login,
-            &self.opts.guild,
-            &self.sock,
-            self.opts.mode,
-            self.opts.media_via,
-            self.generation + 1,
-            self.events.clone(),
-            v_rx,
+        let ready = tokio::time::timeout(
+            FOLLOW_WITHIN,
+            signal::join_voice(
+                &login,
+                &self.opts.guild,
+                &self.sock,
+                self.opts.mode,
+                self.opts.media_via,
+                self.generation + 1,
+                self.events.clone(),
+                v_rx,
+            ),
         )
-        .await?;
+        .await
+        .map_err(|_| ClientError::Timeout(FOLLOW_WITHIN.as_secs(), "the new voice server"))??;
         self.generation += 1;
         let _ = self.voice.send(VoiceCmd::Close);
         self.voice = v_tx;

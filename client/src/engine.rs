@@ -272,22 +272,18 @@ impl VoiceEngine {
             self.path_delay(r);
         }
         let prev = self.stats.remote_inbound.unwrap_or_default();
+        let mut r = RemoteInbound {
+            round_trip_time_ms: rtt.or(prev.round_trip_time_ms),
+            reports_received: prev.reports_received + 1,
+            ..prev
+        };
         // The uplink's figures describe our voice: a second without any keeps the last ones.
-        self.stats.remote_inbound = Some(if sending {
-            RemoteInbound {
-                fraction_lost: b.loss_fraction(),
-                packets_lost: i64::from(b.cumulative_lost),
-                jitter_ms: b.jitter_ms(),
-                round_trip_time_ms: rtt.or(prev.round_trip_time_ms),
-                reports_received: prev.reports_received + 1,
-            }
-        } else {
-            RemoteInbound {
-                round_trip_time_ms: rtt.or(prev.round_trip_time_ms),
-                reports_received: prev.reports_received + 1,
-                ..prev
-            }
-        });
+        if sending {
+            r.fraction_lost = b.loss_fraction();
+            r.packets_lost = i64::from(b.cumulative_lost);
+            r.jitter_ms = b.jitter_ms();
+        }
+        self.stats.remote_inbound = Some(r);
         let now_ms = self.ms(now);
         // A second in which we sent nothing says nothing about how our voice gets through.
         let Some(c) = self.controller.as_mut().filter(|_| sending) else {
