@@ -165,6 +165,7 @@ async def main():
         check(await until(lambda: cluster_of(c, http, 2), 15, 0.2), "the two nodes never saw each other")
         with open(err_path, "w") as err, open(md_path, "w") as md:
             load = await asyncio.create_subprocess_exec(*cmd, stdout=md, stderr=err)
+            pair = []
             try:
                 async def all_in():
                     if load.returncode is not None:
@@ -189,7 +190,7 @@ async def main():
                 if load.returncode is None:
                     load.kill()
                     await load.wait()
-                for _, p, _, _ in locals().get("pair", []):
+                for _, p, _, _ in pair:
                     if p.returncode is None:
                         p.kill()
                         await p.wait()
