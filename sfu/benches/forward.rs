@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sim::fanout::{forward_once, next_packet, room, Speaker};
+use sim::fanout::{forward_once, next_packet, room, room_with, Speaker};
 
 struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
@@ -78,11 +78,61 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // Cache-cold: a room of 20 listeners, with the caches flushed before each packet
+    // (untimed), as in a node where 2,000 callers' session state cannot all stay cached and each
+    // listener's state is touched once per 20 ms. Two such rooms in two nodes, one with the
+    // fan-out's prefetch and one without, take packets in turn, so both see the same machine;
+    // medians, as this machine's neighbours make single packets slow at random.
+    {
+        let n = 20usize;
+        let mut worlds = [true, false].map(|prefetch| {
+            let w = room_with(n, |c| c.prefetch = prefetch);
+            let s = Speaker::after(&w);
+            (prefetch, w, s, Vec::new(), 0u64, 0usize)
+        });
+        let mut flush = vec![0u64; 64 << 17]; // 64 MiB, twice the largest cache here
+        let rounds = 1000;
+        for _ in 0..rounds {
+            for (_, w, s, per_copy, allocs, fwd) in worlds.iter_mut() {
+                let (from, pkt) = next_packet(w, s);
+                evict(&mut flush);
+                let a0 = ALLOCS.load(Ordering::Relaxed);
+                let t0 = Instant::now();
+                let sent = forward_once(w, from, &pkt, true);
+                let ns = t0.elapsed().as_nanos() as f64;
+                *allocs += ALLOCS.load(Ordering::Relaxed) - a0;
+                *fwd += sent;
+                per_copy.push(ns / sent.max(1) as f64);
+            }
+        }
+        for (prefetch, _, _, per_copy, allocs, fwd) in worlds.iter_mut() {
+            assert!(*fwd >= rounds * n);
+            per_copy.sort_by(f64::total_cmp);
+            table.push(format!(
+                "| {n}, caches flushed before each packet, prefetch {} (median; p10–p90) | {:.0} ({:.0}–{:.0}) | {:.3} | {:.2} |",
+                if *prefetch { "on" } else { "off" },
+                per_copy[rounds / 2],
+                per_copy[rounds / 10],
+                per_copy[rounds * 9 / 10],
+                *allocs as f64 / *fwd as f64,
+                *allocs as f64 / rounds as f64
+            ));
+            println!("{}", table.last().unwrap());
+        }
+    }
     g.finish();
     println!("\nforward path summary:\n| listeners | ns per forwarded packet | heap allocations per forwarded packet | per incoming packet |\n|---|---|---|---|");
     for row in table {
         println!("{row}");
     }
+}
+
+/// Writes every cache line of `buf`, pushing everything else out of the caches.
+fn evict(buf: &mut [u64]) {
+    for i in (0..buf.len()).step_by(8) {
+        buf[i] = buf[i].wrapping_add(1);
+    }
+    black_box(&buf);
 }
 
 criterion_group! {

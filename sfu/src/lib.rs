@@ -27,6 +27,7 @@ pub mod ids;
 pub mod native;
 pub mod node;
 mod participant;
+mod prefetch;
 pub mod rate_limit;
 mod room;
 pub mod seq_rewriter;

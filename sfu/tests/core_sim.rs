@@ -743,3 +743,43 @@ fn a_listeners_egress_stats_reach_its_report() {
     let s = &listener.stats;
     assert!(s.jitter_out_ms.is_some(), "egress figures missing: {s:?}");
 }
+
+/// The fan-out's prefetch (`NodeConfig::prefetch`) is a hint only: with it on and off, every
+/// listener hears the same packets, numbered the same, with the same payloads.
+#[test]
+fn the_fan_out_prefetch_changes_nothing_a_listener_hears() {
+    let heard = |prefetch: bool| {
+        let mut w = sim::fanout::room_with(4, |c| {
+            c.prefetch = prefetch;
+            c.slot_numbering_start = Some((65_500, 4_294_960_000));
+        });
+        let start: Vec<usize> = w.clients.iter().map(|c| c.heard.len()).collect();
+        let mut s = sim::fanout::Speaker::after(&w);
+        for _ in 0..60 {
+            let (from, pkt) = sim::fanout::next_packet(&mut w, &mut s);
+            let (now, node_addr) = (w.now, w.node_addr);
+            w.node.handle_datagram(now, from, node_addr, &pkt);
+            w.drain_node();
+        }
+        w.run(Duration::from_millis(100));
+        w.clients[1..]
+            .iter()
+            .zip(&start[1..])
+            .map(|(c, &k)| {
+                // Only client 0 speaks (its packets' payloads are `next_packet`'s, not tagged).
+                c.heard[k..]
+                    .iter()
+                    .map(|h| (h.seq, h.ts, h.payload.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let (on, off) = (heard(true), heard(false));
+    assert_eq!(on.len(), 4);
+    assert!(
+        on.iter().all(|l| l.len() >= 60),
+        "each listener heard the 60 packets: {:?}",
+        on.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert_eq!(on, off);
+}

@@ -116,6 +116,16 @@ impl TransportCipher {
         TransportCipher { cipher }
     }
 
+    /// Starts fetching the key state a seal will read (the forward loop's prefetch pass;
+    /// `crate::prefetch`). The AES key schedule is behind a pointer: call this once the
+    /// cipher itself has been fetched.
+    pub(crate) fn prefetch_key(&self) {
+        match &self.cipher {
+            Cipher::Aes(k) => crate::prefetch::prefetch_of(&**k),
+            Cipher::XChaCha(k) => crate::prefetch::prefetch_of(k),
+        }
+    }
+
     pub fn mode(&self) -> CryptoMode {
         match self.cipher {
             Cipher::Aes(_) => CryptoMode::Aes256GcmRtpsize,

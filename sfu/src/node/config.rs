@@ -40,6 +40,9 @@ pub struct NodeConfig {
     /// Fixed start of every slot's output numbering `(seq, timestamp)` instead of random
     /// (tests use it to force 16/32-bit wrap).
     pub slot_numbering_start: Option<(u16, u32)>,
+    /// Prefetch every listener's state before a packet's fan-out (`prefetch.rs`). On by
+    /// default; off only to measure what it saves (the forward bench's cache-cold rows).
+    pub prefetch: bool,
 }
 
 impl NodeConfig {
@@ -58,6 +61,7 @@ impl NodeConfig {
             connect_timeout: Duration::from_secs(10),
             selector: SelectorConfig::default(),
             slot_numbering_start: None,
+            prefetch: true,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use str0m::media::Mid;
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
-use str0m::{Input, Output};
+use str0m::{Input, Output, SendPrefetch};
 
 use super::{Export, Node, NodeOutput, Transmit, Transport};
 use crate::buf_pool::BufPool;
@@ -14,6 +14,7 @@ use crate::drop_reason::DropReason;
 use crate::ids::ParticipantIdx;
 use crate::native::is_dave_frame;
 use crate::participant::{Kind, NativePeer, Participant, WebRtcPeer};
+use crate::prefetch::{prefetch, prefetch_of};
 use crate::stats::{NodeStats, ParticipantStats};
 use crate::timers::TimerQueue;
 
@@ -142,7 +143,11 @@ impl Node {
         };
         let voice_ssrc = p.voice_ssrc;
         // The slot map is kept up to date by the tick and by leaving; reading it is a slice.
-        for &(listener, slot_ix) in slot_map.subscribers(from) {
+        let subscribers = slot_map.subscribers(from);
+        if cfg.prefetch && subscribers.len() >= PREFETCH_FROM {
+            prefetch_listeners(participants, subscribers);
+        }
+        for &(listener, slot_ix) in subscribers {
             let Some(Participant {
                 kind,
                 flags,
@@ -230,6 +235,63 @@ impl Node {
                 l_stats.packets_out += 1;
                 l_stats.bytes_out += payload.len() as u64;
                 stats.rtp_forwarded += 1;
+            }
+        }
+    }
+}
+
+/// From this many listeners of one packet on, their state is prefetched before the loop.
+const PREFETCH_FROM: usize = 2;
+
+/// Starts fetching what the forward loop will touch of each listener: its flags and counters;
+/// for a WebRTC listener its slot and its session's send path (`Rtc::prefetch_send`), for a
+/// native one its address, nonce counter and key. Three passes that each follow only pointers
+/// the pass before fetched (crate::prefetch says why).
+fn prefetch_listeners(participants: &[Option<Participant>], subscribers: &[(ParticipantIdx, u8)]) {
+    let listener = |l: ParticipantIdx| participants.get(l.0 as usize).and_then(|p| p.as_ref());
+    let webrtc = |l: ParticipantIdx| match listener(l) {
+        Some(Participant {
+            kind: Kind::WebRtc(w),
+            ..
+        }) => Some(w),
+        _ => None,
+    };
+    let mut hint = |p: *const u8, len: usize| prefetch(p, len);
+    for &(l, _) in subscribers {
+        let Some(p) = listener(l) else { continue };
+        prefetch_of(&p.flags);
+        prefetch_of(&p.stats.packets_out);
+        prefetch_of(&p.stats.slot_switches);
+        match &p.kind {
+            Kind::WebRtc(w) => {
+                prefetch_of(&w.connected);
+                prefetch_of(&w.slots);
+                w.rtc.prefetch_send(SendPrefetch::Fields, &mut hint);
+            }
+            Kind::Native(n) => {
+                prefetch_of(&n.addr);
+                prefetch_of(&n.send_counter);
+                prefetch_of(&n.cipher);
+            }
+            Kind::Remote(_) => {}
+        }
+    }
+    for &(l, ix) in subscribers {
+        match listener(l).map(|p| &p.kind) {
+            Some(Kind::WebRtc(w)) => {
+                if let Some(slot) = w.slots.get(ix as usize) {
+                    prefetch_of(slot);
+                }
+                w.rtc.prefetch_send(SendPrefetch::Heap, &mut hint);
+            }
+            Some(Kind::Native(n)) => n.cipher.prefetch_key(),
+            _ => {}
+        }
+    }
+    for &(l, ix) in subscribers {
+        if let Some(w) = webrtc(l) {
+            if let Some(slot) = w.slots.get(ix as usize) {
+                w.rtc.prefetch_send(SendPrefetch::Deep(slot.mid), &mut hint);
             }
         }
     }

@@ -13,7 +13,15 @@ use super::World;
 
 /// A room with one loud speaker (client 0) and `n` listeners, speaker selected everywhere.
 pub fn room(n: usize) -> World {
-    let mut w = World::new(|c| c.max_packet_rate = u32::MAX / 2);
+    room_with(n, |_| {})
+}
+
+/// [`room`] on a node whose configuration `config` adjusts.
+pub fn room_with(n: usize, config: impl FnOnce(&mut lodge_sfu::NodeConfig)) -> World {
+    let mut w = World::new(|c| {
+        c.max_packet_rate = u32::MAX / 2;
+        config(c);
+    });
     for _ in 0..=n {
         w.join(3, World::speaking()).unwrap();
     }

@@ -1115,6 +1115,25 @@ pub enum Output {
 
 pub use crate::pacer::PacerReason;
 
+/// `value`'s own bytes as a [`Rtc::prefetch_send`] range.
+pub(crate) fn hint_of<T>(value: &T, hint: &mut impl FnMut(*const u8, usize)) {
+    hint(value as *const T as *const u8, std::mem::size_of::<T>());
+}
+
+/// The stages of [`Rtc::prefetch_send`], in the order to call them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendPrefetch {
+    /// The session's own fields (no pointer followed).
+    Fields,
+    /// What those fields point to: the media lines, the send streams' table, the codec
+    /// parameters, the packet buffers, the SRTP cipher.
+    Heap,
+    /// One pointer further: the send stream and header extension map of this mid (the one
+    /// the packet will be sent on). Not the output buffer: a caller that recycles buffers
+    /// (`Rtc::recycle_buffer`) hands the one to be used just before sending.
+    Deep(Mid),
+}
+
 /// The reason for the next [`Output::Timeout`].
 ///
 /// This enum is not considered stable API and may change in minor revisions.
@@ -1506,6 +1525,27 @@ impl Rtc {
             destination,
             contents,
         }))
+    }
+
+    /// Names, one `stage` at a time, the memory [`Rtc::send_rtp_now`] will read, as
+    /// `(address, length)` ranges given to `hint`, so that a caller writing one packet into
+    /// many sessions in turn (an SFU's fan-out) can prefetch every session's state at once
+    /// instead of waiting for each session's cache misses in turn.
+    ///
+    /// Call it for each session with [`SendPrefetch::Fields`], then again for each with
+    /// [`SendPrefetch::Heap`], then [`SendPrefetch::Deep`], then send: each stage follows only
+    /// pointers that the previous stage named, so the loads of different sessions overlap.
+    /// It reads and changes nothing else; what `hint` does with the addresses (typically a
+    /// prefetch instruction, which str0m does not issue itself as it has no `unsafe`) cannot
+    /// change a result.
+    pub fn prefetch_send(&self, stage: SendPrefetch, hint: &mut impl FnMut(*const u8, usize)) {
+        if stage == SendPrefetch::Fields {
+            hint_of(&self.state, hint);
+            hint_of(&self.send_addr, hint);
+            hint_of(&self.last_now, hint);
+            hint_of(&self.peer_bytes_tx, hint);
+        }
+        self.session.prefetch_send(stage, hint);
     }
 
     /// Send outgoing media data (frames) or request keyframes.

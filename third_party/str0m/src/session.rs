@@ -1245,6 +1245,56 @@ impl Session {
         Some(protected.into())
     }
 
+    /// `Rtc::prefetch_send`'s part in the session: the ranges `send_rtp_now` reads, by stage.
+    pub fn prefetch_send(
+        &self,
+        stage: crate::SendPrefetch,
+        hint: &mut impl FnMut(*const u8, usize),
+    ) {
+        use crate::{SendPrefetch, hint_of};
+        match stage {
+            SendPrefetch::Fields => {
+                hint_of(&self.rtp_mode, hint);
+                hint_of(&self.rtp_closing, hint);
+                // Large inline options: only their first line (where `is_some` looks).
+                hint(&self.bwe as *const _ as *const u8, 1);
+                hint(&self.raw_packets as *const _ as *const u8, 1);
+                hint_of(&self.medias, hint);
+                hint_of(&self.codec_config, hint);
+                hint_of(&self.poll_packet_buf, hint);
+                hint_of(&self.tx_spare, hint);
+                hint_of(&self.media_bytes_tx, hint);
+                hint_of(&self.srtp_tx, hint);
+                self.streams.prefetch_send(stage, hint);
+            }
+            SendPrefetch::Heap => {
+                for m in &self.medias {
+                    m.prefetch_mid(hint);
+                }
+                self.codec_config.prefetch_params(hint);
+                // The packet is written here; its first 256 bytes are cleared per packet.
+                hint(
+                    self.poll_packet_buf.as_ptr(),
+                    self.poll_packet_buf.len().min(256),
+                );
+                hint(
+                    self.tx_spare.as_ptr() as *const u8,
+                    std::mem::size_of_val(self.tx_spare.as_slice()),
+                );
+                if let Some(srtp) = &self.srtp_tx {
+                    srtp.prefetch_rtp_cipher(hint);
+                }
+                self.streams.prefetch_send(stage, hint);
+            }
+            SendPrefetch::Deep(mid) => {
+                if let Some(m) = self.medias.iter().find(|m| m.mid() == mid) {
+                    hint_of(m.remote_extmap(), hint);
+                }
+                self.streams.prefetch_send(stage, hint);
+            }
+        }
+    }
+
     /// The fast path of `Rtc::send_rtp_now`: one RTP packet on `mid`'s send stream, serialized
     /// and protected at once. Gives the write back where the queued path is needed: not in RTP
     /// mode, with BWE (the pacer decides when packets leave), TWCC on the line (the send

@@ -79,6 +79,12 @@ pub struct CodecConfig {
 }
 
 impl CodecConfig {
+    /// The payload parameters' storage, up to 512 bytes (`Rtc::prefetch_send`).
+    pub(crate) fn prefetch_params(&self, hint: &mut impl FnMut(*const u8, usize)) {
+        let len = std::mem::size_of_val(self.params.as_slice()).min(512);
+        hint(self.params.as_ptr() as *const u8, len);
+    }
+
     /// Creates a new empty config.
     pub fn empty() -> Self {
         CodecConfig::default()

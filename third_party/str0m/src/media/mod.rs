@@ -222,6 +222,11 @@ struct PayloaderEntry {
 }
 
 impl Media {
+    /// Where `mid()` looks (`Rtc::prefetch_send`).
+    pub(crate) fn prefetch_mid(&self, hint: &mut impl FnMut(*const u8, usize)) {
+        crate::hint_of(&self.mid, hint);
+    }
+
     /// Identifier of the media.
     ///
     /// RTP level.

@@ -248,6 +248,26 @@ impl DecryptWarnings {
 }
 
 impl SrtpContext {
+    /// The RTP encrypting cipher's own object (`Rtc::prefetch_send`); what it points to
+    /// further is the crypto provider's.
+    pub(crate) fn prefetch_rtp_cipher(&self, hint: &mut impl FnMut(*const u8, usize)) {
+        let (p, len) = match &self.rtp {
+            Derived::Aes128CmSha1_80 { enc, .. } => (
+                &**enc as *const dyn Aes128CmSha1_80Cipher as *const u8,
+                std::mem::size_of_val(&**enc),
+            ),
+            Derived::AeadAes128Gcm { enc, .. } => (
+                &**enc as *const dyn AeadAes128GcmCipher as *const u8,
+                std::mem::size_of_val(&**enc),
+            ),
+            Derived::AeadAes256Gcm { enc, .. } => (
+                &**enc as *const dyn AeadAes256GcmCipher as *const u8,
+                std::mem::size_of_val(&**enc),
+            ),
+        };
+        hint(p, len);
+    }
+
     #[cfg(any(test, feature = "_internal_test_exports"))]
     pub fn protect_rtp(
         &mut self,

@@ -172,6 +172,33 @@ struct RxLookup {
 }
 
 impl Streams {
+    /// `Rtc::prefetch_send`'s part in the send streams: the table, each stream's identity,
+    /// then what `send_now` uses of the stream of `mid`.
+    pub(crate) fn prefetch_send(
+        &self,
+        stage: crate::SendPrefetch,
+        hint: &mut impl FnMut(*const u8, usize),
+    ) {
+        use crate::SendPrefetch;
+        match stage {
+            SendPrefetch::Fields => crate::hint_of(&self.streams_tx, hint),
+            SendPrefetch::Heap => {
+                for s in self.streams_tx.values() {
+                    s.prefetch_identity(hint);
+                }
+            }
+            SendPrefetch::Deep(mid) => {
+                if let Some(s) = self
+                    .streams_tx
+                    .values()
+                    .find(|s| s.is_midrid(MidRid(mid, None)))
+                {
+                    s.prefetch_send_now(hint);
+                }
+            }
+        }
+    }
+
     pub(crate) fn new(enable_stats: bool, mtu_warn: usize, pause_threshold: Duration) -> Self {
         Self {
             streams_rx: Default::default(),

@@ -356,6 +356,34 @@ impl RtpWrite {
 }
 
 impl StreamTx {
+    /// Where `is_midrid` looks (`Rtc::prefetch_send`).
+    pub(crate) fn prefetch_identity(&self, hint: &mut impl FnMut(*const u8, usize)) {
+        crate::hint_of(&self.midrid, hint);
+    }
+
+    /// The fields `send_now` reads and writes, not the whole stream (most of its ~1.8 KB is
+    /// for the queued path, resends and reports): `Rtc::prefetch_send`.
+    pub(crate) fn prefetch_send_now(&self, hint: &mut impl FnMut(*const u8, usize)) {
+        use crate::hint_of;
+        hint_of(&self.ssrc, hint);
+        hint_of(&self.rtx, hint);
+        hint_of(&self.kind, hint);
+        hint_of(&self.clock_rate, hint);
+        hint_of(&self.last_sent_seq_no, hint);
+        hint_of(&self.last_used, hint);
+        hint_of(&self.rtp_and_wallclock, hint);
+        hint_of(&self.resends, hint);
+        hint_of(&self.padding, hint);
+        hint_of(&self.pt_for_padding, hint);
+        hint_of(&self.remote_acked_ssrc, hint);
+        hint_of(&self.remote_acked_rtx_ssrc, hint);
+        hint_of(&self.stats.packets, hint);
+        hint_of(&self.stats.bytes, hint);
+        hint_of(&self.stats.bytes_transmitted, hint);
+        // `is_empty` of the send queue: its first line.
+        hint(&self.send_queue as *const _ as *const u8, 1);
+    }
+
     pub(crate) fn new(
         ssrc: Ssrc,
         rtx: Option<Ssrc>,
