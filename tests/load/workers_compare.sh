@@ -31,7 +31,7 @@ trap cleanup EXIT
 ROWS="$OUT/rows.md"
 : >"$ROWS"
 for w in $WORKERS; do
-  HP=$(free_port); MP=$(free_media)
+  HP=$(free_port); MP=$(free_media 127.0.0.1 "$w")
   DATA="$(mktemp -d)"
   # shellcheck disable=SC2086
   "$BIN/lodge" serve --data-dir "$DATA" --http-listen "127.0.0.1:$HP" --media-listen "127.0.0.1:$MP" \
