@@ -524,7 +524,7 @@ impl GatewayCutter {
 }
 
 /// A node whose gateway and voice URLs point at a [`GatewayCutter`] in front of it (REST is
-/// reached directly); `heartbeat_ms`: the gateway's heartbeat interval, if not Discord's.
+/// reached directly); `heartbeat_ms`: both gateways' heartbeat interval, if not Discord's.
 async fn node_behind_cutter(heartbeat_ms: Option<u64>) -> (GatewayCutter, Node) {
     let (cutter, listener) = GatewayCutter::bind().await;
     let dir = tempfile::tempdir().unwrap();
@@ -535,6 +535,7 @@ async fn node_behind_cutter(heartbeat_ms: Option<u64>) -> (GatewayCutter, Node) 
         media_workers: Some(1),
         public_url: Some(format!("http://{}", cutter.addr)),
         heartbeat_interval_ms: heartbeat_ms,
+        voice_heartbeat_interval_ms: heartbeat_ms,
         ..Default::default()
     };
     let run = lodge_signaling::start(Config::load(&args, std::iter::empty()).unwrap())
@@ -712,6 +713,38 @@ async fn a_silently_dead_gateway_connection_is_noticed_and_resumed() {
     );
     assert_eq!(
         metric(&n.base, "lodge_gateway_sessions", "connected").await,
+        2.0
+    );
+    let (hers, _) = tail(&heard.0, ana.user_id(), 1000);
+    assert!(power_at(&hers, 440.0) > 1e5, "Ben still hears Ana");
+    ben.leave().await.unwrap();
+    ana.leave().await.unwrap();
+}
+
+/// The same for the voice gateway: its connections stop carrying anything without closing.
+/// Each client's unacknowledged voice heartbeat shows it, and the voice session is resumed
+/// (op 7) within the node's grace, with the call going on over UDP meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_voice_connection_is_noticed_and_resumed() {
+    let (cutter, n) = node_behind_cutter(Some(1_000)).await;
+    let (tokens, guild, voice) = guild_of_two(&n).await;
+    let (ana, _, ben, heard) = ana_and_ben(&n, &tokens, &guild, &voice, None).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        cutter.freeze(Ws::Voice),
+        2,
+        "both voice connections go silent"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(ana.ended_reason(), None);
+    assert_eq!(ben.ended_reason(), None);
+    assert_eq!(
+        cutter.connections(Ws::Voice),
+        4,
+        "each client noticed and came back over a new voice connection"
+    );
+    assert_eq!(
+        metric(&n.base, "lodge_voice_resumes_total", "resumed").await,
         2.0
     );
     let (hers, _) = tail(&heard.0, ana.user_id(), 1000);

@@ -113,6 +113,9 @@ config_keys! {
     /// client to resume it with op 7 and get the messages it missed; after that the caller
     /// leaves the channel (a closed tab shows the caller leaving this much later). [default: 5]
     voice_resume_secs: u64 = "LODGE_VOICE_RESUME_SECS";
+    /// Milliseconds between voice gateway heartbeats (sent in its Hello and Ready); a voice
+    /// connection that misses two intervals is closed. [default: 13750]
+    voice_heartbeat_interval_ms: u64 = "LODGE_VOICE_HEARTBEAT_INTERVAL_MS";
     /// Milliseconds a drain (SIGTERM, or POST /api/v10/admin/drain) spreads its work over:
     /// the calls it moves to other nodes (room by room), then the op 7 it sends its gateway
     /// clients, so neither arrives on the other nodes all at once. [default: 5000]
@@ -287,6 +290,7 @@ pub struct Config {
     pub max_participants_per_guild: usize,
     pub voice_connect_timeout_secs: u64,
     pub voice_resume_secs: u64,
+    pub voice_heartbeat_interval_ms: u64,
     pub drain_spread_ms: u64,
     pub drain_timeout_secs: u64,
     pub max_live_sockets_per_viewer: usize,
@@ -460,6 +464,13 @@ impl Config {
                 v.voice_resume_secs.unwrap_or(5),
                 1..=300,
                 "use 1 to 300 seconds",
+            )?,
+            voice_heartbeat_interval_ms: in_range(
+                "voice_heartbeat_interval_ms",
+                v.voice_heartbeat_interval_ms
+                    .unwrap_or(crate::voice::gateway::HEARTBEAT_INTERVAL_MS),
+                100..=600_000,
+                "use 100 to 600000 milliseconds (Discord's is 13750)",
             )?,
             drain_spread_ms: in_range(
                 "drain_spread_ms",

@@ -28,6 +28,7 @@ use super::{payload, Opcode};
 use crate::app::AppState;
 use crate::ws::{close_with, Tx};
 
+/// Discord's voice gateway heartbeat interval, the default of `voice_heartbeat_interval_ms`.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 13_750;
 /// Largest client payload (an offer with 17 audio lines is ~10 KB).
 pub const MAX_PAYLOAD: usize = 64 * 1024;
@@ -237,13 +238,13 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
     }
     let hello = payload(
         Opcode::Hello,
-        json!({ "heartbeat_interval": HEARTBEAT_INTERVAL_MS, "v": w.version.get() }),
+        json!({ "heartbeat_interval": s.cfg.voice_heartbeat_interval_ms, "v": w.version.get() }),
     );
     if w.json(hello).await.is_err() {
         return;
     }
     let mut me: Option<Authed> = None;
-    let hb_timeout = Duration::from_millis(HEARTBEAT_INTERVAL_MS * 2);
+    let hb_timeout = Duration::from_millis(s.cfg.voice_heartbeat_interval_ms * 2);
     let mut hb_deadline = Instant::now() + hb_timeout;
     let mut shutdown = s.shutdown.subscribe();
     let mut resumed: Option<Parked> = None;
@@ -425,7 +426,7 @@ async fn handle_text(
                     "port": s.sfu.port_for_room(RoomId(a.channel_id.get())),
                     "modes": CryptoMode::ALL.iter().map(|m| m.name()).collect::<Vec<_>>(),
                     "experiments": [],
-                    "heartbeat_interval": HEARTBEAT_INTERVAL_MS,
+                    "heartbeat_interval": s.cfg.voice_heartbeat_interval_ms,
                     // Lodge's WebRTC-mode extension: the TURN relays this connection may use,
                     // with a credential of its own (Discord's clients ignore the field).
                     "ice_servers": ice_servers(s, a.user_id),
