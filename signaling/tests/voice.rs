@@ -821,3 +821,58 @@ async fn a_dropped_voice_socket_resumes_with_what_it_missed_or_ends_after_the_gr
     );
     drop(vb);
 }
+
+/// Op 7 may name a connection whose socket this node still holds open: the client stopped
+/// hearing from it (its heartbeats went unacknowledged) before the node stopped hearing from
+/// the client. With the right token the resume takes it over and the old socket is let go;
+/// another token leaves it alone.
+#[tokio::test]
+async fn a_resume_takes_over_a_voice_connection_whose_socket_is_still_open() {
+    let n = node_with(|_| {}).await;
+    let mut a = member(&n, "alice").await;
+    let (g, _, voice) = n.guild(&a.token).await;
+    dispatch(&mut a.gw, "GUILD_CREATE").await;
+    let (ta, ep) = voice_join(&mut a.gw, &g, &voice, false).await;
+    let (mut va, _) = voice_identify(&ep, &g, &a.id, &a.session, &ta)
+        .await
+        .unwrap();
+    let resume = |token: &str| json!({ "op": 7, "d": { "server_id": g, "session_id": a.session, "token": token, "seq_ack": 1 } });
+    let acked = |t: u64| json!({ "op": 3, "d": { "t": t, "seq_ack": 1 } });
+
+    // Another token: refused (nothing is parked), and the open connection goes on.
+    let mut v = ws(&format!("ws://{ep}/?v=8")).await;
+    json(&mut v).await;
+    send(&mut v, resume("not-the-token")).await;
+    assert_eq!(closed(&mut v).await.0, 4006);
+    send(&mut va, acked(7)).await;
+    loop {
+        let m = json(&mut va).await;
+        if m["op"] == 6 {
+            assert_eq!(m["d"]["t"], 7);
+            break;
+        }
+    }
+
+    // The right token: op 9 on the new socket, and the old one is let go.
+    let mut v = ws(&format!("ws://{ep}/?v=8")).await;
+    json(&mut v).await;
+    send(&mut v, resume(&ta)).await;
+    let resumed = json(&mut v).await;
+    assert_eq!(resumed["op"], 9, "{resumed}");
+    tokio::time::timeout(Duration::from_secs(5), closed(&mut va))
+        .await
+        .expect("the old socket is let go");
+    send(&mut v, acked(8)).await;
+    loop {
+        let m = json(&mut v).await;
+        if m["op"] == 6 {
+            assert_eq!(m["d"]["t"], 8);
+            break;
+        }
+    }
+    let m = metrics(&n).await;
+    assert!(
+        m.contains("lodge_voice_resumes_total{outcome=\"resumed\"} 1"),
+        "{m}"
+    );
+}

@@ -19,6 +19,10 @@ pub enum VoiceOut {
     /// the sequence number in front (v8).
     Binary(Vec<u8>),
     Close(u16, String),
+    /// Op 7 named this connection while its socket still looks open (the client stopped
+    /// hearing from it: a silent, half-dead path): stop using the socket and park as if it
+    /// had dropped, so the resume can take the connection up.
+    Park,
 }
 
 pub struct VoiceConn {
@@ -79,6 +83,9 @@ pub struct VoiceConns {
     pub slow_consumers_closed: u64,
     /// Connections whose socket dropped, by (guild, gateway session), waiting for op 7.
     pub(crate) parked: HashMap<(GuildId, String), super::gateway::Parked>,
+    /// Identified connections whose socket is open, by (guild, gateway session): the task
+    /// (a number of its own), the connection and the voice token op 7 must name to take it over.
+    pub(crate) live: HashMap<(GuildId, String), (u64, u64, String)>,
     /// Connections taken up again by op 7, and parked ones that were not, since start.
     pub resumes: u64,
     pub resumes_expired: u64,
@@ -101,6 +108,7 @@ impl VoiceConns {
             by_user: HashMap::new(),
             by_participant: HashMap::new(),
             parked: HashMap::new(),
+            live: HashMap::new(),
             resumes: 0,
             resumes_expired: 0,
             speaking_relays_dropped: 0,

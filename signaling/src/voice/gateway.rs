@@ -112,6 +112,10 @@ pub(crate) struct Parked {
 
 /// Numbers parkings, so a grace period ends only its own.
 static PARKINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Numbers the connection tasks (`VoiceConns::live`).
+static TASKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// How long op 7 waits for a still-open connection it named to park.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
 
 /// The SSRC `user` speaks under in `guild` (Ready, op 5; the node derives the same).
 fn user_ssrc(guild: GuildId, user: UserId) -> u32 {
@@ -248,6 +252,9 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
     let mut hb_deadline = Instant::now() + hb_timeout;
     let mut shutdown = s.shutdown.subscribe();
     let mut resumed: Option<Parked> = None;
+    // Registered in `live` once identified (or resumed), so a resume can take it over.
+    let task = TASKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut live = false;
 
     let stop = loop {
         let step = tokio::select! {
@@ -266,6 +273,7 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
                 Next::Msg(VoiceOut::Json(v)) => w.json(v).await,
                 Next::Msg(VoiceOut::Binary(b)) => w.binary(b).await,
                 Next::Msg(VoiceOut::Close(code, reason)) => Err(Stop::Close(code, reason)),
+                Next::Msg(VoiceOut::Park) => Err(Stop::Dropped),
                 Next::Overflowed => Err(outbox_full()),
                 Next::Closed => Err(Stop::Gone),
             },
@@ -285,7 +293,23 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
             w.overflow = outbox.watch();
             me = Some(p.authed);
         }
+        if !live {
+            if let Some(a) = &me {
+                let entry = (task, a.conn_id, a.token.clone());
+                s.voice()
+                    .live
+                    .insert((a.guild_id, a.session_id.clone()), entry);
+                live = true;
+            }
+        }
     };
+    if let Some(a) = &me {
+        let mut v = s.voice();
+        let key = (a.guild_id, a.session_id.clone());
+        if v.live.get(&key).is_some_and(|e| e.0 == task) {
+            v.live.remove(&key);
+        }
+    }
     if let Some(p) = resumed.take() {
         // A resume that failed while writing op 9 or the replay: the connection is this
         // socket's all the same, and ends with it.
@@ -527,6 +551,7 @@ async fn handle_text(
                     "already identified".into(),
                 ));
             }
+            take_over_live(s, &r).await;
             let p = take_parked(s, &r)?;
             let connected = Input::Connected {
                 generation: p.authed.generation,
@@ -607,6 +632,38 @@ fn handle_binary(s: &AppState, me: Option<&mut Authed>, frame: &[u8]) -> Result<
     }
     super::e2ee::binary(s, a.guild_id, a.channel_id, a.user_id, frame);
     Ok(())
+}
+
+/// Op 7 may name a connection whose socket is still open on this node: the client stopped
+/// hearing from it (its heartbeats went unacknowledged) before this side stopped hearing
+/// from the client. With the right voice token, that connection is told to park (as if its
+/// socket had dropped), and this waits up to [`TAKEOVER_WAIT`] for it to, so that
+/// [`take_parked`] finds it. Anything else (no such connection, another token) is left to
+/// `take_parked` to refuse.
+async fn take_over_live(s: &AppState, r: &client_op::Resume) {
+    let key = (GuildId(r.server_id), r.session_id.clone());
+    {
+        let v = s.voice();
+        if v.parked.contains_key(&key) {
+            return;
+        }
+        let Some((_, conn_id, token)) = v.live.get(&key) else {
+            return;
+        };
+        if !crate::operator::same_secret(token, &r.token) {
+            return;
+        }
+        let Some(c) = v.conns.get(conn_id) else {
+            return;
+        };
+        if !c.tx.send(VoiceOut::Park) {
+            return;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+    while tokio::time::Instant::now() < deadline && !s.voice().parked.contains_key(&key) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The parked connection op 7 names, if its token matches and everything the client has not
