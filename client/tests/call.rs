@@ -738,9 +738,8 @@ async fn a_silently_dead_voice_connection_is_noticed_and_resumed() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(ana.ended_reason(), None);
     assert_eq!(ben.ended_reason(), None);
-    assert_eq!(
-        cutter.connections(Ws::Voice),
-        4,
+    assert!(
+        cutter.connections(Ws::Voice) >= 4,
         "each client noticed and came back over a new voice connection"
     );
     assert_eq!(

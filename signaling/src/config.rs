@@ -469,8 +469,8 @@ impl Config {
                 "voice_heartbeat_interval_ms",
                 v.voice_heartbeat_interval_ms
                     .unwrap_or(crate::voice::gateway::HEARTBEAT_INTERVAL_MS),
-                100..=600_000,
-                "use 100 to 600000 milliseconds (Discord's is 13750)",
+                1_000..=600_000,
+                "use 1000 to 600000 milliseconds (Discord's is 13750; clients beat at most once a second)",
             )?,
             drain_spread_ms: in_range(
                 "drain_spread_ms",

@@ -1533,8 +1533,10 @@ impl Rtc {
     /// instead of waiting for each session's cache misses in turn.
     ///
     /// Call it for each session with [`SendPrefetch::Fields`], then again for each with
-    /// [`SendPrefetch::Heap`], then [`SendPrefetch::Deep`], then send: each stage follows only
-    /// pointers that the previous stage named, so the loads of different sessions overlap.
+    /// [`SendPrefetch::Heap`], then [`SendPrefetch::Deep`], then send. Each stage follows
+    /// pointers that the previous stage named, so the loads of different sessions overlap;
+    /// the one read no earlier stage names is the send streams' table (`Heap` walks it), a
+    /// miss per session that still overlaps with the other sessions' misses.
     /// It reads and changes nothing else; what `hint` does with the addresses (typically a
     /// prefetch instruction, which str0m does not issue itself as it has no `unsafe`) cannot
     /// change a result.

@@ -1256,9 +1256,10 @@ impl Session {
             SendPrefetch::Fields => {
                 hint_of(&self.rtp_mode, hint);
                 hint_of(&self.rtp_closing, hint);
-                // Large inline options: only their first line (where `is_some` looks).
+                // A large inline option: only its first line, where `is_some` most likely
+                // looks (the layout is the compiler's).
                 hint(&self.bwe as *const _ as *const u8, 1);
-                hint(&self.raw_packets as *const _ as *const u8, 1);
+                hint_of(&self.raw_packets, hint);
                 hint_of(&self.medias, hint);
                 hint_of(&self.codec_config, hint);
                 hint_of(&self.poll_packet_buf, hint);

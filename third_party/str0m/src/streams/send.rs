@@ -380,8 +380,7 @@ impl StreamTx {
         hint_of(&self.stats.packets, hint);
         hint_of(&self.stats.bytes, hint);
         hint_of(&self.stats.bytes_transmitted, hint);
-        // `is_empty` of the send queue: its first line.
-        hint(&self.send_queue as *const _ as *const u8, 1);
+        hint_of(&self.send_queue, hint);
     }
 
     pub(crate) fn new(
