@@ -688,24 +688,35 @@ async fn dropped_gateway_connections_are_resumed_and_the_call_goes_on() {
     ana.leave().await.unwrap();
 }
 
+/// Ana and Ben in a call behind a relay, on a node whose gateways want a heartbeat every
+/// second; the relay then stops forwarding both clients' `kind` connections without closing
+/// them, and 5 s later both calls must still be on.
+async fn silenced(kind: Ws, what: &str) -> (GatewayCutter, Node, Call, Call, MemorySink) {
+    let (cutter, n) = node_behind_cutter(Some(1_000)).await;
+    let (tokens, guild, voice) = guild_of_two(&n).await;
+    let (ana, _, ben, heard) = ana_and_ben(&n, &tokens, &guild, &voice, None).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(cutter.freeze(kind), 2, "both {what} connections go silent");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(ana.ended_reason(), None);
+    assert_eq!(ben.ended_reason(), None);
+    (cutter, n, ana, ben, heard)
+}
+
+/// Ben still hears Ana's tone over the last second; then both leave.
+async fn still_heard_then_leave(ana: Call, ben: Call, heard: &MemorySink) {
+    let (hers, _) = tail(&heard.0, ana.user_id(), 1000);
+    assert!(power_at(&hers, 440.0) > 1e5, "Ben still hears Ana");
+    ben.leave().await.unwrap();
+    ana.leave().await.unwrap();
+}
+
 /// A gateway connection that goes silent without closing (a NAT mapping or a middlebox gone):
 /// the client's heartbeat goes unacknowledged, it takes the connection for dead and resumes
 /// the session over a new one; the call goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silently_dead_gateway_connection_is_noticed_and_resumed() {
-    // Heartbeats every second, so the silence shows within a few seconds.
-    let (cutter, n) = node_behind_cutter(Some(1_000)).await;
-    let (tokens, guild, voice) = guild_of_two(&n).await;
-    let (ana, _, ben, heard) = ana_and_ben(&n, &tokens, &guild, &voice, None).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        cutter.freeze(Ws::Gateway),
-        2,
-        "both gateway connections go silent"
-    );
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(ana.ended_reason(), None);
-    assert_eq!(ben.ended_reason(), None);
+    let (cutter, n, ana, ben, heard) = silenced(Ws::Gateway, "gateway").await;
     assert_eq!(
         cutter.connections(Ws::Gateway),
         4,
@@ -715,10 +726,7 @@ async fn a_silently_dead_gateway_connection_is_noticed_and_resumed() {
         metric(&n.base, "lodge_gateway_sessions", "connected").await,
         2.0
     );
-    let (hers, _) = tail(&heard.0, ana.user_id(), 1000);
-    assert!(power_at(&hers, 440.0) > 1e5, "Ben still hears Ana");
-    ben.leave().await.unwrap();
-    ana.leave().await.unwrap();
+    still_heard_then_leave(ana, ben, &heard).await;
 }
 
 /// The same for the voice gateway: its connections stop carrying anything without closing.
@@ -726,18 +734,7 @@ async fn a_silently_dead_gateway_connection_is_noticed_and_resumed() {
 /// (op 7) within the node's grace, with the call going on over UDP meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silently_dead_voice_connection_is_noticed_and_resumed() {
-    let (cutter, n) = node_behind_cutter(Some(1_000)).await;
-    let (tokens, guild, voice) = guild_of_two(&n).await;
-    let (ana, _, ben, heard) = ana_and_ben(&n, &tokens, &guild, &voice, None).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        cutter.freeze(Ws::Voice),
-        2,
-        "both voice connections go silent"
-    );
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(ana.ended_reason(), None);
-    assert_eq!(ben.ended_reason(), None);
+    let (cutter, n, ana, ben, heard) = silenced(Ws::Voice, "voice").await;
     assert!(
         cutter.connections(Ws::Voice) >= 4,
         "each client noticed and came back over a new voice connection"
@@ -746,10 +743,7 @@ async fn a_silently_dead_voice_connection_is_noticed_and_resumed() {
         metric(&n.base, "lodge_voice_resumes_total", "resumed").await,
         2.0
     );
-    let (hers, _) = tail(&heard.0, ana.user_id(), 1000);
-    assert!(power_at(&hers, 440.0) > 1e5, "Ben still hears Ana");
-    ben.leave().await.unwrap();
-    ana.leave().await.unwrap();
+    still_heard_then_leave(ana, ben, &heard).await;
 }
 
 /// PATCH a member (a moderator's move, as Discord's API shapes it).

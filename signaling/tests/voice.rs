@@ -156,12 +156,7 @@ async fn two_clients_talk_through_the_node() {
         json!({ "op": 3, "d": { "t": 1234, "seq_ack": 1 } }),
     )
     .await;
-    let ack = loop {
-        let m = json(&mut va).await;
-        if m["op"] == 6 {
-            break m;
-        }
-    };
+    let ack = op(&mut va, 6).await;
     assert_eq!(ack["d"]["t"], 1234);
 
     // Alice mutes (gateway op 4): Bob is told within 1 s and stops hearing her.
@@ -688,12 +683,7 @@ async fn each_voice_gateway_version_gets_its_own_framing() {
     assert_eq!(ready["op"], 2, "{ready}");
     assert!(ready.get("seq").is_none(), "{ready}");
     send(&mut v, json!({ "op": 3, "d": 1_234_567_u64 })).await;
-    let ack = loop {
-        let m = json(&mut v).await;
-        if m["op"] == 6 {
-            break m;
-        }
-    };
+    let ack = op(&mut v, 6).await;
     assert_eq!(ack["d"], json!(1_234_567_u64), "{ack}");
     assert!(ack.get("seq").is_none(), "{ack}");
 
@@ -796,12 +786,7 @@ async fn a_dropped_voice_socket_resumes_with_what_it_missed_or_ends_after_the_gr
         json!({ "op": 3, "d": { "t": 5, "seq_ack": cc["seq"] } }),
     )
     .await;
-    let ack = loop {
-        let m = json(&mut v).await;
-        if m["op"] == 6 {
-            break m;
-        }
-    };
+    let ack = op(&mut v, 6).await;
     assert_eq!(ack["d"]["t"], 5);
 
     // Dropped again and never resumed: after the grace Alice leaves the channel.
@@ -845,13 +830,7 @@ async fn a_resume_takes_over_a_voice_connection_whose_socket_is_still_open() {
     send(&mut v, resume("not-the-token")).await;
     assert_eq!(closed(&mut v).await.0, 4006);
     send(&mut va, acked(7)).await;
-    loop {
-        let m = json(&mut va).await;
-        if m["op"] == 6 {
-            assert_eq!(m["d"]["t"], 7);
-            break;
-        }
-    }
+    assert_eq!(op(&mut va, 6).await["d"]["t"], 7);
 
     // The right token: op 9 on the new socket, and the old one is let go.
     let mut v = ws(&format!("ws://{ep}/?v=8")).await;
@@ -863,13 +842,7 @@ async fn a_resume_takes_over_a_voice_connection_whose_socket_is_still_open() {
         .await
         .expect("the old socket is let go");
     send(&mut v, acked(8)).await;
-    loop {
-        let m = json(&mut v).await;
-        if m["op"] == 6 {
-            assert_eq!(m["d"]["t"], 8);
-            break;
-        }
-    }
+    assert_eq!(op(&mut v, 6).await["d"]["t"], 8);
     let m = metrics(&n).await;
     assert!(
         m.contains("lodge_voice_resumes_total{outcome=\"resumed\"} 1"),

@@ -230,6 +230,16 @@ pub async fn closed(ws: &mut Ws) -> (u16, String) {
     }
 }
 
+/// Next message with opcode `op` (skipping others), e.g. a heartbeat ACK (6).
+pub async fn op(ws: &mut Ws, op: u64) -> Value {
+    loop {
+        let v = json(ws).await;
+        if v["op"] == op {
+            return v;
+        }
+    }
+}
+
 /// Next dispatch of type `t` (skipping others).
 pub async fn dispatch(ws: &mut Ws, t: &str) -> Value {
     loop {
