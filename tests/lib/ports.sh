@@ -13,7 +13,7 @@ _free() {
   python3 - "$1" "${2:-127.0.0.1}" "${3:-}" <<'PY'
 import os, socket, sys
 kind, ip = sys.argv[1], sys.argv[2]
-count = int(sys.argv[3]) if sys.argv[3] else min(os.cpu_count() or 1, 64)
+count = max(1, int(sys.argv[3])) if sys.argv[3] else min(os.cpu_count() or 1, 64)
 
 def both_free(port):
     """Whether `port` can be bound for UDP and for a TCP listener right now."""
