@@ -59,6 +59,12 @@ typedef struct LodgeJoinOptions {
    * Opus bitrate in bits per second (0: 32000).
    */
   uint32_t bitrate_bps;
+  /**
+   * Join without DAVE, end-to-end encryption (false, the default: take part in it). Without
+   * it the call runs with transport encryption only while this client is in it, and
+   * channels that require DAVE refuse the client.
+   */
+  bool no_dave;
 } LodgeJoinOptions;
 
 /**
@@ -134,6 +140,19 @@ typedef struct LodgeStats {
    */
   double uplink_fraction_lost;
   double round_trip_time_ms;
+  /**
+   * End-to-end encryption (DAVE): the call's protocol version (1: encrypted end to end, 0:
+   * transport encryption only, -1: this client does not take part in DAVE); whether we are
+   * in the call's group (1) or not yet (0); frames DAVE refused (dropped).
+   */
+  int32_t dave_protocol_version;
+  int32_t dave_in_group;
+  uint64_t packets_dave_dropped;
+  /**
+   * The privacy code members compare to know the call is theirs alone: 30 digits and a
+   * NUL, or an empty string outside a group.
+   */
+  char dave_privacy_code[31];
 } LodgeStats;
 
 #ifdef __cplusplus

@@ -42,6 +42,11 @@ pub struct JoinOptions {
     /// Send media to this address instead of the node's (voice Ready's): a UDP relay or an
     /// impairment proxy in front of the node. `None`: straight to the node.
     pub media_via: Option<SocketAddr>,
+    /// Take part in DAVE, end-to-end encryption (on by default): the call is encrypted end to
+    /// end while everyone in it does. Off: this client joins without it, which takes the whole
+    /// call down to transport encryption while it stays, and channels that require DAVE
+    /// refuse it.
+    pub dave: bool,
 }
 
 impl JoinOptions {
@@ -57,6 +62,7 @@ impl JoinOptions {
             engine: EngineConfig::default(),
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             media_via: None,
+            dave: true,
         }
     }
 }
@@ -108,6 +114,7 @@ impl Call {
         let ready = signal::join_voice(
             &vs.login,
             &opts.guild,
+            dave_channel(&opts),
             &sock,
             opts.mode,
             opts.media_via,
@@ -123,6 +130,7 @@ impl Call {
             &ready.key,
             opts.engine.clone(),
         )?;
+        engine.set_dave(ready.dave);
         engine.controls.mute = opts.self_mute;
         engine.controls.deaf = opts.self_deaf;
         let (stats_tx, stats) = watch::channel(CallStats::default());
@@ -435,6 +443,7 @@ impl Running {
             signal::join_voice(
                 &login,
                 &self.opts.guild,
+                dave_channel(&self.opts),
                 &self.sock,
                 self.opts.mode,
                 self.opts.media_via,
@@ -452,6 +461,7 @@ impl Running {
         drop(std::mem::replace(&mut self.tasks[1], ready.task));
         self.server = ready.server;
         self.engine.retarget(ready.ssrc, ready.mode, &ready.key);
+        self.engine.set_dave(ready.dave);
         tracing::info!(
             endpoint = %login.endpoint, ssrc = ready.ssrc, server = %ready.server,
             "followed the call to a new voice connection"
@@ -468,6 +478,11 @@ impl Running {
             self_deaf: self.engine.controls.deaf,
         });
     }
+}
+
+/// The voice channel's id as DAVE's group id, when the call takes part in DAVE.
+fn dave_channel(opts: &JoinOptions) -> Option<u64> {
+    opts.dave.then(|| opts.channel.parse().ok()).flatten()
 }
 
 /// One datagram to the node; a failed send is logged, not fatal (UDP may fail transiently).

@@ -2,6 +2,7 @@
 //! datagrams in → per-speaker playout; one frame of mixed playout out. Time is passed in, so
 //! tests drive it with a simulated clock; the shell (`call.rs`) owns the socket and the ticks.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ use lodge_jitter::{BufferConfig, JitterStats};
 use lodge_sfu::native::rtcp::{self, Report, SenderReport};
 use lodge_sfu::native::{is_dave_frame, CryptoMode, TransportCipher};
 
+use crate::dave::{DaveStatus, SharedDave};
 use crate::error::ClientError;
 use crate::playout::{SpeakerPlayout, FRAME};
 
@@ -91,8 +93,15 @@ pub struct CallStats {
     pub bytes_received: u64,
     /// Datagrams that did not open under the session key (or were not RTP): dropped.
     pub packets_undecryptable: u64,
-    /// DAVE frames (end-to-end encrypted voice) this client cannot decrypt yet: dropped.
+    /// Frames end-to-end encryption (DAVE) refused, dropped: an encrypted frame no key of ours
+    /// opens (or one in a call without DAVE), a plain frame in a DAVE call after the
+    /// transition's grace, a frame from an SSRC the voice gateway has not named yet.
     pub packets_dave_dropped: u64,
+    /// Captured frames not sent because the call runs DAVE and we are not in its group yet
+    /// (plain voice must not reach the server in an end-to-end encrypted call).
+    pub frames_held_for_dave: u64,
+    /// The call's DAVE state (`None`: we did not take part in DAVE).
+    pub dave: Option<DaveStatus>,
     /// Sender reports sent; the node's answers are in `remote_inbound`.
     pub reports_sent: u64,
     pub remote_inbound: Option<RemoteInbound>,
@@ -128,6 +137,9 @@ pub struct VoiceEngine {
     t0: Instant,
     ssrc: u32,
     cipher: TransportCipher,
+    /// End-to-end encryption of the frames, inside the transport's (the voice gateway's task
+    /// keeps the group).
+    dave: Option<SharedDave>,
     counter: u32,
     seq: u16,
     ts: u32,
@@ -187,6 +199,7 @@ impl VoiceEngine {
             t0: now,
             ssrc,
             cipher: TransportCipher::new(mode, key),
+            dave: None,
             // The node numbers its packets to us from 0 under the same key: starting in the
             // upper half keeps the two directions' nonces apart for 2^31 packets.
             counter: rand::random::<u32>() | 0x8000_0000,
@@ -361,6 +374,22 @@ impl VoiceEngine {
             self.silence_left -= 1;
             &OPUS_SILENCE
         };
+        let encrypted;
+        let payload = match &self.dave {
+            Some(d) => match d.lock().expect("DAVE member").encrypt(payload) {
+                Ok(Cow::Borrowed(f)) => f,
+                Ok(Cow::Owned(f)) => {
+                    encrypted = f;
+                    &encrypted[..]
+                }
+                Err(_) => {
+                    self.stats.frames_held_for_dave += 1;
+                    self.ts = self.ts.wrapping_add(FRAME as u32);
+                    return Ok(None);
+                }
+            },
+            None => payload,
+        };
         let pkt =
             self.cipher
                 .seal_opus(self.ssrc, self.seq, self.ts, marker, payload, self.counter);
@@ -395,8 +424,14 @@ impl VoiceEngine {
         Some(pkt)
     }
 
+    /// Encrypt and decrypt frames end to end with this DAVE membership (`None`: the call
+    /// runs without our DAVE).
+    pub fn set_dave(&mut self, dave: Option<SharedDave>) {
+        self.dave = dave;
+    }
+
     /// The call moved to another voice connection (a VOICE_SERVER_UPDATE followed): send as
-    /// `ssrc` under `key` in `mode` from now on. The old connection's speakers end (their
+    /// `ssrc` under `key` in `mode` from now on (and `set_dave` with its DAVE membership). The old connection's speakers end (their
     /// figures kept, as when they leave) and its reports are no longer awaited; a talk spurt in
     /// progress is announced again (op 5) on the new connection. Controls, volumes, the
     /// encoder and the counters carry on.
@@ -443,13 +478,31 @@ impl VoiceEngine {
         if ssrc == self.ssrc {
             return;
         }
-        if is_dave_frame(opus) {
-            self.stats.packets_dave_dropped += 1;
-            return;
-        }
         if self.gone.get(&ssrc).is_some_and(|t| now_ms - t < GONE_MS) {
             return;
         }
+        let decrypted;
+        let opus = match &self.dave {
+            Some(d) => {
+                let user = self.users.get(&ssrc).copied();
+                match d.lock().expect("DAVE member").decrypt(user, opus) {
+                    Ok(Cow::Borrowed(f)) => f,
+                    Ok(Cow::Owned(f)) => {
+                        decrypted = f;
+                        &decrypted[..]
+                    }
+                    Err(_) => {
+                        self.stats.packets_dave_dropped += 1;
+                        return;
+                    }
+                }
+            }
+            None if is_dave_frame(opus) => {
+                self.stats.packets_dave_dropped += 1;
+                return;
+            }
+            None => opus,
+        };
         let p = match self.speakers.entry(ssrc) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -564,6 +617,10 @@ impl VoiceEngine {
             .map(|(ssrc, p)| self.speaker_stats(*ssrc, p, false))
             .collect();
         s.speakers.sort_by_key(|x| x.ssrc);
+        s.dave = self
+            .dave
+            .as_ref()
+            .map(|d| d.lock().expect("DAVE member").status());
         s.speakers.extend(self.departed.iter().cloned());
         s
     }
@@ -657,6 +714,47 @@ mod tests {
         b.set_volume(500, 0.0);
         let zero = talk(&mut a, &mut b, t0, 120, 30);
         assert_eq!(zero, 0.0, "volume 0 silences that user");
+    }
+
+    /// In a DAVE call whose group we are not in yet, our voice is held back, and plain
+    /// voice from others is not played (the server could have made it up). Once the call is
+    /// at version 0, both go plain again; an encrypted frame there is dropped and counted.
+    #[test]
+    fn an_end_to_end_encrypted_call_neither_sends_nor_plays_plain_voice() {
+        use crate::dave::DaveMember;
+        let (mut a, mut b, t0) = pair();
+        b.set_user(11, 500);
+        a.set_dave(Some(DaveMember::new(500, 1, 1).shared()));
+        b.set_dave(Some(DaveMember::new(501, 1, 1).shared()));
+        assert_eq!(talk(&mut a, &mut b, t0, 0, 10), 0.0);
+        let st = a.stats();
+        assert_eq!((st.packets_sent, st.frames_held_for_dave), (0, 10));
+        assert_eq!(
+            st.dave.map(|d| (d.protocol_version, d.in_group)),
+            Some((1, false))
+        );
+
+        // A plain sender in the same DAVE call: its voice is refused.
+        let (mut plain, _, _) = pair();
+        let heard = talk(&mut plain, &mut b, t0, 10, 10);
+        assert_eq!(heard, 0.0);
+        assert_eq!(b.stats().packets_dave_dropped, 10);
+        assert!(b.stats().speakers.is_empty());
+
+        // A call at version 0: plain both ways.
+        a.set_dave(Some(DaveMember::new(500, 1, 0).shared()));
+        b.set_dave(Some(DaveMember::new(501, 1, 0).shared()));
+        assert!(talk(&mut a, &mut b, t0, 20, 50) > 1e6);
+        // Ciphertext, an 8-byte tag, nonce 5, the supplemental size (12) and the marker.
+        let mut frame = vec![0x78, 1, 2, 3, 4, 5];
+        frame.extend_from_slice(&[0xA5; 8]);
+        frame.extend_from_slice(&[5, 12, 0xFA, 0xFA]);
+        assert!(is_dave_frame(&frame));
+        let mut d = TransportCipher::new(CryptoMode::ALL[0], &[7u8; 32])
+            .seal_opus(11, 999, 96_000, false, &frame, 5);
+        let dropped = b.stats().packets_dave_dropped;
+        b.receive(t0 + std::time::Duration::from_secs(2), &mut d);
+        assert_eq!(b.stats().packets_dave_dropped, dropped + 1);
     }
 
     #[test]

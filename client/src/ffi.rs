@@ -46,6 +46,10 @@ pub struct LodgeJoinOptions {
     pub loop_wav: bool,
     /// Opus bitrate in bits per second (0: 32000).
     pub bitrate_bps: u32,
+    /// Join without DAVE, end-to-end encryption (false, the default: take part in it). Without
+    /// it the call runs with transport encryption only while this client is in it, and
+    /// channels that require DAVE refuse the client.
+    pub no_dave: bool,
 }
 
 /// Fills `samples` (`count` 16-bit samples, 48 kHz mono) with captured audio.
@@ -100,6 +104,15 @@ pub struct LodgeStats {
     /// the report before (0..1) and the round trip in ms; both -1 before the first report.
     pub uplink_fraction_lost: f64,
     pub round_trip_time_ms: f64,
+    /// End-to-end encryption (DAVE): the call's protocol version (1: encrypted end to end, 0:
+    /// transport encryption only, -1: this client does not take part in DAVE); whether we are
+    /// in the call's group (1) or not yet (0); frames DAVE refused (dropped).
+    pub dave_protocol_version: i32,
+    pub dave_in_group: i32,
+    pub packets_dave_dropped: u64,
+    /// The privacy code members compare to know the call is theirs alone: 30 digits and a
+    /// NUL, or an empty string outside a group.
+    pub dave_privacy_code: [c_char; 31],
 }
 
 struct Callbacks {
@@ -193,6 +206,7 @@ unsafe fn join(
     );
     opts.self_mute = o.self_mute;
     opts.self_deaf = o.self_deaf;
+    opts.dave = !o.no_dave;
     opts.mode = match o.mode {
         0 => CryptoMode::ALL[0],
         1 => CryptoMode::ALL[1],
@@ -383,8 +397,19 @@ fn stats_of(c: &Call) -> LodgeStats {
             .remote_inbound
             .and_then(|r| r.round_trip_time_ms)
             .unwrap_or(-1.0),
+        dave_protocol_version: s
+            .dave
+            .as_ref()
+            .map_or(-1, |d| i32::from(d.protocol_version)),
+        dave_in_group: s.dave.as_ref().map_or(0, |d| i32::from(d.in_group)),
+        packets_dave_dropped: s.packets_dave_dropped,
         ..Default::default()
     };
+    if let Some(code) = s.dave.as_ref().and_then(|d| d.privacy_code.as_ref()) {
+        for (dst, b) in st.dave_privacy_code.iter_mut().zip(code.bytes().take(30)) {
+            *dst = b as c_char;
+        }
+    }
     for sp in &s.speakers {
         st.total_samples_received += sp.jitter.total_samples_received;
         st.concealed_samples += sp.jitter.concealed_samples;
@@ -463,6 +488,7 @@ mod tests {
             play_wav: std::ptr::null(),
             loop_wav: false,
             bitrate_bps: 0,
+            no_dave: false,
         };
         assert_eq!(join_err(&o), "token is NULL");
         o.token = c"t".as_ptr();

@@ -6,12 +6,15 @@
 //! `aead_aes256_gcm_rtpsize` or `aead_xchacha20_poly1305_rtpsize`). Each remote speaker is
 //! played out through Lodge's adaptive jitter buffer (`lodge-jitter`) and Opus decoder with
 //! FEC and PLC (`lodge-codec`), then mixed at per-user volumes. Mute, deafen, push-to-talk and
-//! voice activity decide what is sent.
+//! voice activity decide what is sent. Calls are end-to-end encrypted with DAVE (MLS, Discord's
+//! protocol) whenever everyone in them speaks it.
 //!
 //! Layers, as in the rest of Lodge:
 //! - [`engine::VoiceEngine`] — the media, sans-IO: capture frame → datagram, datagram →
 //!   playout, playout → mixed frame; time passed in.
 //! - [`signal`] — the two WebSocket protocols.
+//! - [`dave`] — DAVE membership, sans-IO: the MLS group from the voice gateway's ops 21–31, and
+//!   each frame's end-to-end encryption.
 //! - [`call::Call`] — the tokio shell that owns the socket and the 20 ms tick.
 //! - [`audio_io`] — sources (tone, WAV, silence) and sinks (null, memory, WAV per speaker).
 //! - [`ffi`] — the C ABI (`include/lodge_client.h`).
@@ -29,6 +32,7 @@
 
 pub mod audio_io;
 pub mod call;
+pub mod dave;
 pub mod discovery;
 pub mod engine;
 pub mod error;

@@ -67,8 +67,14 @@ async fn req(
 
 /// Two members of one guild: (tokens, guild id, voice channel id).
 async fn guild_of_two(n: &Node) -> ([String; 2], String, String) {
+    let (t, g, v) = guild_of(n, &["ana", "ben"]).await;
+    ([t[0].clone(), t[1].clone()], g, v)
+}
+
+/// Members of one guild, the first its owner: (tokens, guild id, voice channel id).
+async fn guild_of(n: &Node, names: &[&str]) -> (Vec<String>, String, String) {
     let mut tokens = Vec::new();
-    for name in ["ana", "ben"] {
+    for name in names {
         let v = req(
             n,
             "POST",
@@ -107,16 +113,18 @@ async fn guild_of_two(n: &Node) -> ([String; 2], String, String) {
         None,
     )
     .await;
-    req(
-        n,
-        "POST",
-        &format!("/invites/{}", inv["code"].as_str().unwrap()),
-        Some(&tokens[1]),
-        None,
-    )
-    .await;
+    for t in &tokens[1..] {
+        req(
+            n,
+            "POST",
+            &format!("/invites/{}", inv["code"].as_str().unwrap()),
+            Some(t),
+            None,
+        )
+        .await;
+    }
     let gid = g["id"].as_str().unwrap().to_string();
-    ([tokens[0].clone(), tokens[1].clone()], gid, voice)
+    (tokens, gid, voice)
 }
 
 /// Power of `pcm` at `hz` (Goertzel), per sample.
@@ -822,6 +830,120 @@ async fn a_moderator_move_is_followed_to_the_new_channel() {
     );
     assert_eq!(ben.ended_reason(), None);
 
+    ben.leave().await.unwrap();
+    ana.leave().await.unwrap();
+}
+
+/// What `call` knows of the call's DAVE state.
+fn dave(call: &Call) -> lodge_client::dave::DaveStatus {
+    call.stats().dave.expect("the client takes part in DAVE")
+}
+
+/// Two lodge-clients make an end-to-end encrypted call (DAVE): one MLS group, the same privacy
+/// code on both sides, every voice frame encrypted and decrypted, the tone heard. A third
+/// client without DAVE joins: the call goes down to transport encryption and all three hear
+/// each other; it leaves, and the call is end-to-end encrypted again, under a new code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_is_end_to_end_encrypted_and_a_client_without_dave_takes_it_down_while_it_stays() {
+    let n = node().await;
+    let (tokens, guild, voice) = guild_of(&n, &["ana", "ben", "cal"]).await;
+    let [t0, t1] = [tokens[0].clone(), tokens[1].clone()];
+    let (ana, _, ben, heard) = ana_and_ben(&n, &[t0, t1], &guild, &voice, Some(660.0)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (a, b) = (dave(&ana), dave(&ben));
+    assert_eq!((a.protocol_version, b.protocol_version), (1, 1));
+    assert!(a.in_group && b.in_group, "{a:?} {b:?}");
+    assert!(a.privacy_code.is_some());
+    assert_eq!(a.privacy_code, b.privacy_code, "one group");
+    assert!(b.frames_decrypted > 50, "Ben decrypts Ana's voice: {b:?}");
+    assert!(a.frames_encrypted > 50, "{a:?}");
+    assert_eq!(
+        metric(&n.base, "lodge_dave_calls", "e2ee").await,
+        1.0,
+        "the node runs the call as end-to-end encrypted"
+    );
+    let (hers, _) = tail(&heard.0, ana.user_id(), 1000);
+    assert!(power_at(&hers, 440.0) > 1e5, "Ben hears Ana's tone");
+    let code = a.privacy_code.clone();
+
+    // Cal has no DAVE: everyone goes plain while he is in.
+    let mut o = JoinOptions::new(&n.base, &tokens[2], &guild, &voice);
+    o.bind = "127.0.0.1".parse().unwrap();
+    o.engine.voice_activity = false;
+    o.dave = false;
+    let cal_heard = MemorySink::default();
+    let cal = Call::join(
+        o,
+        Box::new(Tone::new(880.0, 8_000.0)),
+        Box::new(cal_heard.clone()),
+    )
+    .await
+    .expect("cal joins without DAVE");
+    assert!(cal.stats().dave.is_none());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(dave(&ana).protocol_version, 0, "{:?}", dave(&ana));
+    assert_eq!(dave(&ben).protocol_version, 0, "{:?}", dave(&ben));
+    assert_eq!(metric(&n.base, "lodge_dave_calls", "e2ee").await, 0.0);
+    let (hers, _) = tail(&heard.0, ana.user_id(), 1000);
+    assert!(power_at(&hers, 440.0) > 1e5, "Ben still hears Ana");
+    let (his, _) = tail(&heard.0, cal.user_id(), 1000);
+    assert!(power_at(&his, 880.0) > 1e5, "Ben hears Cal");
+    let (hers, _) = tail(&cal_heard.0, ana.user_id(), 1000);
+    assert!(power_at(&hers, 440.0) > 1e5, "Cal hears Ana");
+
+    // Cal leaves: end-to-end encryption again, in a new group.
+    cal.leave().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (a, b) = (dave(&ana), dave(&ben));
+    assert_eq!((a.protocol_version, b.protocol_version), (1, 1));
+    assert!(a.in_group && b.in_group, "{a:?} {b:?}");
+    assert_eq!(a.privacy_code, b.privacy_code);
+    assert_ne!(a.privacy_code, code, "a new group");
+    let before = b.frames_decrypted;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(dave(&ben).frames_decrypted > before + 30, "encrypted again");
+    let (hers, _) = tail(&heard.0, ana.user_id(), 1000);
+    assert!(power_at(&hers, 440.0) > 1e5, "Ben hears Ana");
+    assert_eq!(metric(&n.base, "lodge_dave_calls", "e2ee").await, 1.0);
+    ben.leave().await.unwrap();
+    ana.leave().await.unwrap();
+}
+
+/// A channel that requires DAVE: lodge-clients are admitted and heard (before DAVE in the
+/// client, the node refused them); one that joins without DAVE is refused, and the error says
+/// why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_that_requires_dave_takes_lodge_clients_and_refuses_one_without_it() {
+    let n = node().await;
+    let (tokens, guild, voice) = guild_of(&n, &["ana", "ben", "cal"]).await;
+    req(
+        &n,
+        "PATCH",
+        &format!("/channels/{voice}"),
+        Some(&tokens[0]),
+        Some(json!({ "require_dave": true })),
+    )
+    .await;
+    let [t0, t1] = [tokens[0].clone(), tokens[1].clone()];
+    let (ana, _, ben, heard) = ana_and_ben(&n, &[t0, t1], &guild, &voice, None).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(dave(&ben).in_group, "{:?}", dave(&ben));
+    let (hers, _) = tail(&heard.0, ana.user_id(), 1000);
+    assert!(power_at(&hers, 440.0) > 1e5, "Ben hears Ana");
+
+    let mut o = JoinOptions::new(&n.base, &tokens[2], &guild, &voice);
+    o.bind = "127.0.0.1".parse().unwrap();
+    o.dave = false;
+    let e = match Call::join(o, Box::new(Silence), Box::new(MemorySink::default())).await {
+        Ok(_) => panic!("a client without DAVE was let into a channel that requires it"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("DAVE"), "{e}");
+    assert_eq!(
+        dave(&ana).protocol_version,
+        1,
+        "the call stays end-to-end encrypted"
+    );
     ben.leave().await.unwrap();
     ana.leave().await.unwrap();
 }

@@ -62,6 +62,9 @@ grep -q "left cleanly" "$OUT/play_wav.log" || { echo "tests/c-client: the C exam
 # The node answered the C client's sender reports, and LodgeStats carried the figures across.
 grep -q "uplink loss 0.0%" "$OUT/play_wav.log" \
   || { echo "tests/c-client: no receiver report reached the C client's stats"; exit 1; }
+# Both clients take part in DAVE: the C client's stats show the call end-to-end encrypted.
+grep -q "end-to-end encrypted (DAVE), privacy code [0-9]\{30\}" "$OUT/play_wav.log" \
+  || { echo "tests/c-client: the C client's call was not end-to-end encrypted"; exit 1; }
 wait "$LISTENER" || { echo "tests/c-client: lodge-voice failed"; cat "$OUT/listener.log"; exit 1; }
 
 # The C client's track, as the listener recorded it: 660 Hz well above 1 kHz and loud enough.

@@ -69,6 +69,9 @@ int main(int argc, char **argv) {
                 printf("      uplink loss %.1f%%, round trip %.0f ms\n",
                        st.uplink_fraction_lost * 100.0, st.round_trip_time_ms);
             }
+            if (st.dave_protocol_version > 0 && st.dave_in_group) {
+                printf("      end-to-end encrypted (DAVE), privacy code %s\n", st.dave_privacy_code);
+            }
             if (st.ended) {
                 break;
             }

@@ -79,6 +79,12 @@ struct Args {
     /// Transport encryption to ask for.
     #[arg(long, value_enum, default_value_t = Mode::Aes)]
     mode: Mode,
+    /// Join without DAVE (end-to-end encryption). The call then runs with transport encryption
+    /// only while this client is in it, and channels that require DAVE refuse it. By default
+    /// lodge-voice takes part in DAVE and prints the call's privacy code, which members compare
+    /// to know no one else holds the keys.
+    #[arg(long)]
+    no_dave: bool,
     /// Join muted.
     #[arg(long)]
     mute: bool,
@@ -182,6 +188,18 @@ fn print_stats(s: &CallStats, secs: f64) {
         s.packets_dave_dropped,
         s.speakers.iter().filter(|x| !x.left).count()
     );
+    if let Some(d) = &s.dave {
+        let e2ee = match (d.protocol_version, d.in_group, &d.privacy_code) {
+            (0, ..) => "transport encryption only (someone in the call has no DAVE)".to_string(),
+            (_, true, Some(code)) => format!(
+                "end-to-end encrypted (DAVE), privacy code {}",
+                grouped(code)
+            ),
+            _ => "end-to-end encrypted call (DAVE): joining its group, nothing sent until then"
+                .into(),
+        };
+        println!("           {e2ee}");
+    }
     if s.packets_sent > 0 {
         let up = match &s.remote_inbound {
             Some(r) => format!(
@@ -228,6 +246,16 @@ fn print_stats(s: &CallStats, secs: f64) {
     }
 }
 
+/// A privacy code as it is shown to people: groups of five digits.
+fn grouped(code: &str) -> String {
+    let digits: Vec<char> = code.chars().collect();
+    digits
+        .chunks(5)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The final figures, per speaker, under getStats names (as an inbound-rtp audio stream).
 fn stats_json(s: &CallStats) -> serde_json::Value {
     let speakers: Vec<_> = s
@@ -261,6 +289,19 @@ fn stats_json(s: &CallStats) -> serde_json::Value {
         "packetsSent": s.packets_sent,
         "packetsReceived": s.packets_received,
         "packetsUndecryptable": s.packets_undecryptable,
+        "packetsDaveDropped": s.packets_dave_dropped,
+        "framesHeldForDave": s.frames_held_for_dave,
+        "dave": s.dave.as_ref().map(|d| serde_json::json!({
+            "protocolVersion": d.protocol_version,
+            "inGroup": d.in_group,
+            "epoch": d.epoch,
+            "privacyCode": d.privacy_code,
+            "framesEncrypted": d.frames_encrypted,
+            "framesDecrypted": d.frames_decrypted,
+            "framesPassedPlain": d.frames_passed_plain,
+            "invalidCommits": d.invalid_commits,
+            "transitionsExecuted": d.transitions_executed,
+        })),
         "targetBitrate": s.target_bitrate_bps,
         "fec": s.fec,
         "remoteInbound": s.remote_inbound.map(|r| serde_json::json!({
@@ -350,6 +391,7 @@ async fn main() -> Result<()> {
     };
     o.self_mute = a.mute;
     o.self_deaf = a.deaf;
+    o.dave = !a.no_dave;
     o.engine.voice_activity = a.vad;
     o.media_via = a.via;
     o.engine.encoder.bitrate_bps = a.bitrate;

@@ -16,6 +16,7 @@ use super::{
     beat, closed, connect, recv_json, send_json, wait_keeping, Gone, Recovered, VoiceEvent,
     VoiceLogin, Ws, RESUME_ATTEMPTS, STEP,
 };
+use crate::dave::{DaveMember, DaveOut, SharedDave, DAVE_VERSION};
 use crate::error::{protocol, ClientError};
 
 /// A voice connection that is ready for media: our SSRC, the node's media address, the
@@ -25,6 +26,9 @@ pub struct VoiceReady {
     pub server: SocketAddr,
     pub mode: CryptoMode,
     pub key: [u8; 32],
+    /// The call's DAVE membership (end-to-end encryption), when we announced DAVE; the
+    /// connection's task feeds it the gateway's DAVE messages.
+    pub dave: Option<SharedDave>,
     /// The voice connection's task (ends after [`VoiceCmd::Close`]).
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -37,12 +41,16 @@ pub enum VoiceCmd {
 }
 
 /// Connect to the voice gateway, identify, discover our address on `sock` (through `via` if
-/// set, else at Ready's address), select the native transport in `mode`, and wait for the key. The connection then lives in a task that keeps
-/// heartbeats, reports op 5 mappings as `events` and sends our op 5 on `cmds`.
+/// set, else at Ready's address), select the native transport in `mode`, and wait for the
+/// key. The connection then lives in a task that keeps heartbeats, reports op 5 mappings as
+/// `events`, sends our op 5 on `cmds`, and keeps the call's DAVE group. `dave_channel`: the
+/// voice channel's id when we take part in DAVE (announced at Identify), `None` to stay out of
+/// it (the call then runs without end-to-end encryption while we are in it).
 #[allow(clippy::too_many_arguments)]
 pub async fn join_voice(
     vs: &VoiceLogin,
     guild: &str,
+    dave_channel: Option<u64>,
     sock: &UdpSocket,
     mode: CryptoMode,
     via: Option<SocketAddr>,
@@ -54,17 +62,26 @@ pub async fn join_voice(
     let mut vw = connect(&url).await?;
     let hello = recv_json(&mut vw, "the voice gateway").await?;
     let hb_ms = voice_hello(&hello)?;
+    let max_dave = if dave_channel.is_some() {
+        DAVE_VERSION
+    } else {
+        0
+    };
     send_json(
         &mut vw,
         json!({ "op": 0, "d": { "server_id": guild, "user_id": vs.user_id.to_string(),
-            "session_id": vs.session_id, "token": vs.token } }),
+            "session_id": vs.session_id, "token": vs.token,
+            "max_dave_protocol_version": max_dave } }),
     )
     .await?;
+    // Op 11s before Session Description: the users DAVE may add (davey's recognized users).
+    let mut early = Vec::new();
     let ready = loop {
         let m = recv_json(&mut vw, "the voice gateway").await?;
         match m["op"].as_u64() {
             Some(2) => break m["d"].clone(),
             Some(5) => speaker(&events, &m["d"]),
+            Some(11) => early.push(m["d"].clone()),
             _ => {}
         }
     };
@@ -96,16 +113,35 @@ pub async fn join_voice(
             "data": { "address": address, "port": port, "mode": mode.name() } } }),
     )
     .await?;
-    let key = loop {
+    let (key, dave) = loop {
         let m = recv_json(&mut vw, "the voice gateway").await?;
         match m["op"].as_u64() {
             Some(4) => {
                 let d = &m["d"];
-                if d["dave_protocol_version"].as_u64().unwrap_or(0) != 0 {
-                    return Err(protocol(
-                        "the call runs DAVE end-to-end encryption, which lodge-client does not support yet",
-                    ));
-                }
+                let version = d["dave_protocol_version"].as_u64().unwrap_or(0);
+                let dave = match dave_channel {
+                    Some(channel) => {
+                        let version = u16::try_from(version)
+                            .ok()
+                            .filter(|v| *v <= DAVE_VERSION)
+                            .ok_or_else(|| {
+                                protocol(format!(
+                                    "the voice server chose DAVE version {version}, which we did not offer"
+                                ))
+                            })?;
+                        let mut member = DaveMember::new(vs.user_id, channel, version);
+                        for d in &early {
+                            member.handle_json(11, d);
+                        }
+                        Some(member.shared())
+                    }
+                    None if version != 0 => {
+                        return Err(protocol(
+                            "the voice server turned DAVE on, which we did not announce",
+                        ))
+                    }
+                    None => None,
+                };
                 if d["mode"] != mode.name() {
                     return Err(protocol(format!(
                         "the voice server chose mode {} after we asked for {}",
@@ -119,10 +155,12 @@ pub async fn join_voice(
                     .iter()
                     .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
                     .collect();
-                break <[u8; 32]>::try_from(key)
+                let key = <[u8; 32]>::try_from(key)
                     .map_err(|_| protocol("Session Description's secret_key is not 32 bytes"))?;
+                break (key, dave);
             }
             Some(5) => speaker(&events, &m["d"]),
+            Some(11) => early.push(m["d"].clone()),
             _ => {}
         }
     };
@@ -133,13 +171,21 @@ pub async fn join_voice(
         token: vs.token.clone(),
     };
     let task = tokio::spawn(keep_voice(
-        vw, hb_ms, ssrc, resume, generation, events, cmds,
+        vw,
+        hb_ms,
+        ssrc,
+        resume,
+        generation,
+        events,
+        cmds,
+        dave.clone(),
     ));
     Ok(VoiceReady {
         ssrc,
         server,
         mode,
         key,
+        dave,
         task,
     })
 }
@@ -268,6 +314,31 @@ async fn recover_voice(
     ))
 }
 
+/// Sends what the DAVE member wants sent, oldest first; `false` when the connection failed
+/// (what is left stays in `pending`, for after the resume).
+async fn flush_dave(ws: &mut Ws, dave: &Option<SharedDave>, pending: &mut Vec<Message>) -> bool {
+    if let Some(d) = dave {
+        let mut m = d.lock().expect("DAVE member");
+        while let Some(o) = m.poll_output() {
+            pending.push(match o {
+                DaveOut::Binary(b) => Message::Binary(b.into()),
+                DaveOut::Json(v) => Message::Text(v.to_string().into()),
+            });
+        }
+    }
+    while !pending.is_empty() {
+        if futures_util::SinkExt::send(ws, pending[0].clone())
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        pending.remove(0);
+    }
+    true
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn keep_voice(
     mut ws: Ws,
     hb_ms: u64,
@@ -276,6 +347,7 @@ async fn keep_voice(
     generation: u32,
     events: mpsc::UnboundedSender<VoiceEvent>,
     mut cmds: mpsc::UnboundedReceiver<VoiceCmd>,
+    dave: Option<SharedDave>,
 ) {
     let mut hb = beat(hb_ms);
     hb.tick().await;
@@ -298,8 +370,14 @@ async fn keep_voice(
         |on: bool| json!({ "op": 5, "d": { "speaking": u8::from(on), "delay": 0, "ssrc": ssrc } });
     // The close code of the connection's end, when the server closed it.
     let mut close_code = None;
+    // DAVE messages to send (op 26 may already be waiting, from Session Description).
+    let mut dave_pending: Vec<Message> = Vec::new();
+    let mut dave_sent = flush_dave(&mut ws, &dave, &mut dave_pending).await;
     loop {
-        let gone = tokio::select! {
+        let gone = if !dave_sent {
+            Gone::Resume("a DAVE message could not be sent".into())
+        } else {
+            tokio::select! {
             _ = hb.tick() => {
                 nonce += 1;
                 if !acked {
@@ -330,7 +408,12 @@ async fn keep_voice(
                     if let Some(n) = v["seq"].as_i64() {
                         seq_ack = n;
                     }
-                    match v["op"].as_u64() {
+                    let op = v["op"].as_u64();
+                    if let (Some(d), Some(op @ (11 | 13 | 21 | 22 | 24))) = (&dave, op) {
+                        d.lock().expect("DAVE member").handle_json(op, &v["d"]);
+                        dave_sent = flush_dave(&mut ws, &dave, &mut dave_pending).await;
+                    }
+                    match op {
                         Some(5) => speaker(&events, &v["d"]),
                         Some(6) => {
                             acked = true;
@@ -349,6 +432,10 @@ async fn keep_voice(
                     // v8 binary messages (DAVE) carry their number in front.
                     if b.len() >= 2 {
                         seq_ack = i64::from(u16::from_be_bytes([b[0], b[1]]));
+                        if let Some(d) = &dave {
+                            d.lock().expect("DAVE member").handle_binary(&b[2..]);
+                            dave_sent = flush_dave(&mut ws, &dave, &mut dave_pending).await;
+                        }
                     }
                     continue;
                 }
@@ -361,6 +448,7 @@ async fn keep_voice(
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => Gone::Resume(format!("voice gateway error: {e}")),
                 None => Gone::Resume("the voice gateway connection ended".into()),
+            }
             }
         };
         let why = match gone {
@@ -380,6 +468,7 @@ async fn keep_voice(
                     // If this fails, the connection's end shows on the next read.
                     let _ = send_json(&mut ws, op5(on)).await;
                 }
+                dave_sent = flush_dave(&mut ws, &dave, &mut dave_pending).await;
             }
             Recovered::Closed => return,
             Recovered::Failed(why) => {
