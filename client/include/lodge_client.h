@@ -28,7 +28,7 @@ typedef struct LodgeCall LodgeCall;
  */
 typedef struct LodgeJoinOptions {
   /**
-   * The server's HTTP base, e.g. "http://127.0.0.1:8080".
+   * The server's HTTP base, e.g. "http://127.0.0.1:8080" or "https://lodge.example.org".
    */
   const char *base_url;
   /**
@@ -65,6 +65,11 @@ typedef struct LodgeJoinOptions {
    * channels that require DAVE refuse the client.
    */
   bool no_dave;
+  /**
+   * A PEM file of CA certificates to trust besides the public web roots, for an https://
+   * server whose certificate a private CA signed (NULL: none).
+   */
+  const char *ca_file;
 } LodgeJoinOptions;
 
 /**

@@ -26,8 +26,12 @@ const STATS_EVERY: u32 = 10;
 /// Where and how to join.
 #[derive(Debug, Clone)]
 pub struct JoinOptions {
-    /// The server's HTTP base, e.g. `http://127.0.0.1:8080` (`https://` for TLS).
+    /// The server's HTTP base, e.g. `http://127.0.0.1:8080`, or `https://lodge.example.org`
+    /// for TLS (then the gateways are reached over `wss://`).
     pub base_url: String,
+    /// A PEM file of CA certificates to trust besides the public web roots: for a server
+    /// whose certificate a private CA signed.
+    pub ca_file: Option<std::path::PathBuf>,
     /// The `Authorization` value: a user token, or `Bot <token>`.
     pub token: String,
     pub guild: String,
@@ -63,6 +67,7 @@ impl JoinOptions {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             media_via: None,
             dave: true,
+            ca_file: None,
         }
     }
 }
@@ -96,19 +101,28 @@ impl Call {
         source: Box<dyn Source>,
         sink: Box<dyn Sink>,
     ) -> Result<Call, ClientError> {
-        if !opts.base_url.starts_with("http://") {
+        let tls = if opts.base_url.starts_with("https://") {
+            Some(crate::tls::client_config(opts.ca_file.as_deref())?)
+        } else if opts.base_url.starts_with("http://") {
+            None
+        } else {
             return Err(crate::error::protocol(format!(
-                "{} is not an http:// address: lodge-client has no TLS yet (reach the node's \
-                 plain HTTP listener over a trusted network)",
+                "{} is not an http:// or https:// address",
                 opts.base_url
             )));
-        }
-        let http = reqwest::Client::new();
+        };
+        let http = match &tls {
+            Some(c) => reqwest::Client::builder()
+                .use_preconfigured_tls((**c).clone())
+                .build()
+                .map_err(|e| ClientError::Tls(e.to_string()))?,
+            None => reqwest::Client::new(),
+        };
         let gw_url = signal::gateway_url(&http, &opts.base_url).await?;
         let (gw_tx, gw_rx) = mpsc::unbounded_channel();
         // Voice gateway events, and the loss of either connection, reach the call's task here.
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        let vs = signal::join_gateway(&gw_url, &opts, gw_rx, ev_tx.clone()).await?;
+        let vs = signal::join_gateway(&gw_url, &tls, &opts, gw_rx, ev_tx.clone()).await?;
         let sock = UdpSocket::bind(SocketAddr::new(opts.bind, 0)).await?;
         let (v_tx, v_rx) = mpsc::unbounded_channel();
         let ready = signal::join_voice(

@@ -12,7 +12,7 @@ pub enum ClientError {
         status: u16,
         body: String,
     },
-    #[error("could not reach {url}: {source}")]
+    #[error("could not reach {url}: {}", chain(source.as_ref()))]
     Connect {
         url: String,
         #[source]
@@ -30,6 +30,9 @@ pub enum ClientError {
     Protocol(String),
     #[error("no answer from the server within {0} s: {1}")]
     Timeout(u64, &'static str),
+    /// TLS could not be set up (a CA file that does not read).
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("network: {0}")]
     Io(#[from] io::Error),
     #[error("audio: {0}")]
@@ -40,6 +43,22 @@ pub enum ClientError {
     /// The call's task is gone (it ended with an error reported by `leave`).
     #[error("the call has ended")]
     Ended,
+}
+
+/// An error with its causes (HTTP and TLS libraries keep the telling part, e.g. "invalid peer
+/// certificate: UnknownIssuer", in a source).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !s.contains(&more) {
+            s.push_str(": ");
+            s.push_str(&more);
+        }
+        cause = c.source();
+    }
+    s
 }
 
 pub(crate) fn protocol(why: impl Into<String>) -> ClientError {

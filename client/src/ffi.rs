@@ -28,7 +28,7 @@ pub struct LodgeCall {
 /// outlive the call to `lodge_call_join`.
 #[repr(C)]
 pub struct LodgeJoinOptions {
-    /// The server's HTTP base, e.g. "http://127.0.0.1:8080".
+    /// The server's HTTP base, e.g. "http://127.0.0.1:8080" or "https://lodge.example.org".
     pub base_url: *const c_char,
     /// The Authorization value: a user token, or "Bot <token>".
     pub token: *const c_char,
@@ -50,6 +50,9 @@ pub struct LodgeJoinOptions {
     /// it the call runs with transport encryption only while this client is in it, and
     /// channels that require DAVE refuse the client.
     pub no_dave: bool,
+    /// A PEM file of CA certificates to trust besides the public web roots, for an https://
+    /// server whose certificate a private CA signed (NULL: none).
+    pub ca_file: *const c_char,
 }
 
 /// Fills `samples` (`count` 16-bit samples, 48 kHz mono) with captured audio.
@@ -207,6 +210,9 @@ unsafe fn join(
     opts.self_mute = o.self_mute;
     opts.self_deaf = o.self_deaf;
     opts.dave = !o.no_dave;
+    if !o.ca_file.is_null() {
+        opts.ca_file = Some(text(o.ca_file, "ca_file")?.into());
+    }
     opts.mode = match o.mode {
         0 => CryptoMode::ALL[0],
         1 => CryptoMode::ALL[1],
@@ -489,6 +495,7 @@ mod tests {
             loop_wav: false,
             bitrate_bps: 0,
             no_dave: false,
+            ca_file: std::ptr::null(),
         };
         assert_eq!(join_err(&o), "token is NULL");
         o.token = c"t".as_ptr();

@@ -42,6 +42,7 @@ pub mod signal;
 #[cfg(feature = "sound-card")]
 pub mod sound_card;
 pub mod stretch;
+pub mod tls;
 
 pub use call::{Call, JoinOptions};
 pub use engine::{CallStats, Controls, EngineConfig, RemoteInbound, SpeakerStats, VoiceEngine};

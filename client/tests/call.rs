@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 struct Node {
     _run: lodge_signaling::Running,
     base: String,
+    /// REST through this (it trusts the node's certificate when the node serves TLS).
+    http: reqwest::Client,
     media: std::net::SocketAddr,
     _dir: tempfile::TempDir,
 }
@@ -36,6 +38,7 @@ async fn node() -> Node {
         media: run.media_addr,
         _run: run,
         base,
+        http: reqwest::Client::new(),
         _dir: dir,
     }
 }
@@ -47,7 +50,7 @@ async fn req(
     token: Option<&str>,
     body: Option<Value>,
 ) -> Value {
-    let http = reqwest::Client::new();
+    let http = &n.http;
     let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let mut r = http.request(m, format!("{}/api/v10{path}", n.base));
     if let Some(t) = token {
@@ -553,6 +556,7 @@ async fn node_behind_cutter(heartbeat_ms: Option<u64>) -> (GatewayCutter, Node) 
     let n = Node {
         media: run.media_addr,
         base: format!("http://{}", run.http_addr),
+        http: reqwest::Client::new(),
         _run: run,
         _dir: dir,
     };
@@ -944,6 +948,118 @@ async fn a_channel_that_requires_dave_takes_lodge_clients_and_refuses_one_withou
         1,
         "the call stays end-to-end encrypted"
     );
+    ben.leave().await.unwrap();
+    ana.leave().await.unwrap();
+}
+
+/// A node serving HTTPS and WSS itself (`--tls-cert`/`--tls-key`) with a certificate for
+/// `localhost` from a CA made here; the CA's PEM is written to `ca.pem` in its data dir.
+async fn tls_node() -> (Node, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "Lodge client test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let (crt, pem, ca_file) = (
+        dir.path().join("node.crt"),
+        dir.path().join("node.key"),
+        dir.path().join("ca.pem"),
+    );
+    std::fs::write(&crt, leaf.pem()).unwrap();
+    std::fs::write(&pem, key.serialize_pem()).unwrap();
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    // The public URL names the port, so it is chosen first.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("https://localhost:{port}");
+    let args = ServeArgs {
+        http_listen: Some(format!("127.0.0.1:{port}").parse().unwrap()),
+        media_listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: Some(dir.path().to_path_buf()),
+        media_workers: Some(1),
+        public_url: Some(base.clone()),
+        tls_cert: Some(crt),
+        tls_key: Some(pem),
+        ..Default::default()
+    };
+    let run = lodge_signaling::start(Config::load(&args, std::iter::empty()).unwrap())
+        .await
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let n = Node {
+        media: run.media_addr,
+        _run: run,
+        base,
+        http,
+        _dir: dir,
+    };
+    (n, ca_file)
+}
+
+/// A node behind TLS (HTTPS for REST, WSS for both gateways), its certificate from a private
+/// CA: clients that trust the CA (`ca_file`) make an end-to-end encrypted call over it; one
+/// that does not is refused by certificate verification, and the error says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_call_through_a_node_that_serves_https_and_wss() {
+    let (n, ca_file) = tls_node().await;
+    let (tokens, guild, voice) = guild_of(&n, &["ana", "ben"]).await;
+    let opts = |t: &str| {
+        let mut o = JoinOptions::new(&n.base, t, &guild, &voice);
+        o.bind = "127.0.0.1".parse().unwrap();
+        o.engine.voice_activity = false;
+        o
+    };
+    let e = match Call::join(
+        opts(&tokens[0]),
+        Box::new(Silence),
+        Box::new(MemorySink::default()),
+    )
+    .await
+    {
+        Ok(_) => panic!("a certificate from an untrusted CA was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+
+    let trusting = |t: &str| {
+        let mut o = opts(t);
+        o.ca_file = Some(ca_file.clone());
+        o
+    };
+    let ana = Call::join(
+        trusting(&tokens[0]),
+        Box::new(Tone::new(440.0, 8_000.0)),
+        Box::new(MemorySink::default()),
+    )
+    .await
+    .expect("ana joins over TLS");
+    let heard = MemorySink::default();
+    let ben = Call::join(
+        trusting(&tokens[1]),
+        Box::new(Silence),
+        Box::new(heard.clone()),
+    )
+    .await
+    .expect("ben joins over TLS");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (hers, _) = tail(&heard.0, ana.user_id(), 1000);
+    assert!(power_at(&hers, 440.0) > 1e5, "Ben hears Ana");
+    assert!(dave(&ben).in_group, "{:?}", dave(&ben));
     ben.leave().await.unwrap();
     ana.leave().await.unwrap();
 }

@@ -26,9 +26,14 @@ use lodge_client::{Call, CallStats, CryptoMode, JoinOptions};
         --guild 123 --channel 456 --tone 440 --record ./heard --duration 30"
 )]
 struct Args {
-    /// The server's HTTP address.
+    /// The server's address: http://HOST:PORT, or https://HOST for a node behind TLS (its
+    /// own --tls-cert, or a proxy); the gateways are then reached over wss://.
     #[arg(long, env = "LODGE_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// A PEM file of CA certificates to trust besides the public web roots, for a server whose
+    /// certificate a private CA signed.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
     /// The Authorization value: a user token (from /auth/register or /auth/login) or "Bot <token>".
     #[arg(
         long,
@@ -378,13 +383,11 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| "lodge_client=info".into()),
         )
         .init();
-    if !a.url.starts_with("http://") {
-        bail!(
-            "--url must start with http:// (got {}): lodge-voice has no TLS yet, so reach the node's plain HTTP listener over a trusted network",
-            a.url
-        );
+    if !(a.url.starts_with("http://") || a.url.starts_with("https://")) {
+        bail!("--url must start with http:// or https:// (got {})", a.url);
     }
     let mut o = JoinOptions::new(&a.url, &a.token, &a.guild, &a.channel);
+    o.ca_file = a.ca_file.clone();
     o.mode = match a.mode {
         Mode::Aes => CryptoMode::ALL[0],
         Mode::Xchacha => CryptoMode::ALL[1],

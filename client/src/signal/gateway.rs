@@ -23,6 +23,8 @@ pub struct VoiceLogin {
     pub session_id: String,
     pub token: String,
     pub endpoint: String,
+    /// The voice gateway is reached as the gateway was: `wss://` with this TLS, else `ws://`.
+    pub tls: crate::tls::Tls,
 }
 
 /// What the gateway gave us on the way into a voice channel.
@@ -49,13 +51,14 @@ pub enum GatewayCmd {
 /// later voice state changes; its loss reported on `lost`).
 pub async fn join_gateway(
     gateway_url: &str,
+    tls: &crate::tls::Tls,
     opts: &crate::call::JoinOptions,
     cmds: mpsc::UnboundedReceiver<GatewayCmd>,
     lost: mpsc::UnboundedSender<VoiceEvent>,
 ) -> Result<VoiceServer, ClientError> {
     let (token, guild, channel) = (&opts.token, &opts.guild, &opts.channel);
     let (self_mute, self_deaf) = (opts.self_mute, opts.self_deaf);
-    let mut gw = connect(gateway_url).await?;
+    let mut gw = connect(gateway_url, tls).await?;
     let hello = recv_json(&mut gw, "the gateway").await?;
     if hello["op"] != 10 {
         return Err(protocol(format!("expected Hello (op 10), got {hello}")));
@@ -132,6 +135,7 @@ pub async fn join_gateway(
     };
     let resume = Resume {
         url: resume_url,
+        tls: tls.clone(),
         token: opts.token.clone(),
         session_id: session_id.clone(),
     };
@@ -148,6 +152,7 @@ pub async fn join_gateway(
             session_id,
             token,
             endpoint,
+            tls: tls.clone(),
         },
         task,
     })
@@ -156,6 +161,7 @@ pub async fn join_gateway(
 /// How to come back to a gateway session whose connection was lost (op 6 Resume).
 struct Resume {
     url: String,
+    tls: crate::tls::Tls,
     token: String,
     session_id: String,
 }
@@ -194,7 +200,7 @@ async fn resume_once(
     seq: &mut Value,
     follow: &Follow,
 ) -> Result<Result<(Ws, u64), String>, ClientError> {
-    let mut ws = connect(&r.url).await?;
+    let mut ws = connect(&r.url, &r.tls).await?;
     let hello = match recv_json(&mut ws, "the gateway").await {
         Err(ClientError::Closed { code, reason, .. }) if !resumable(code) => {
             return Ok(Err(format!(

@@ -64,14 +64,17 @@ async fn send_json(ws: &mut Ws, v: Value) -> Result<(), ClientError> {
         .map_err(|e| protocol(format!("sending on the websocket: {e}")))
 }
 
-async fn connect(url: &str) -> Result<Ws, ClientError> {
-    let (ws, _) =
-        tokio_tungstenite::connect_async(url)
-            .await
-            .map_err(|e| ClientError::Connect {
-                url: url.to_string(),
-                source: Box::new(e),
-            })?;
+/// A WebSocket to `url`: `wss://` through `tls` (which must then be set), `ws://` plain.
+async fn connect(url: &str, tls: &crate::tls::Tls) -> Result<Ws, ClientError> {
+    let connector = tls
+        .as_ref()
+        .map(|c| tokio_tungstenite::Connector::Rustls(c.clone()));
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector)
+        .await
+        .map_err(|e| ClientError::Connect {
+            url: url.to_string(),
+            source: Box::new(e),
+        })?;
     Ok(ws)
 }
 

@@ -58,8 +58,9 @@ pub async fn join_voice(
     events: mpsc::UnboundedSender<VoiceEvent>,
     cmds: mpsc::UnboundedReceiver<VoiceCmd>,
 ) -> Result<VoiceReady, ClientError> {
-    let url = format!("ws://{}/?v=8", vs.endpoint);
-    let mut vw = connect(&url).await?;
+    let scheme = if vs.tls.is_some() { "wss" } else { "ws" };
+    let url = format!("{scheme}://{}/?v=8", vs.endpoint);
+    let mut vw = connect(&url, &vs.tls).await?;
     let hello = recv_json(&mut vw, "the voice gateway").await?;
     let hb_ms = voice_hello(&hello)?;
     let max_dave = if dave_channel.is_some() {
@@ -166,6 +167,7 @@ pub async fn join_voice(
     };
     let resume = VoiceResume {
         url,
+        tls: vs.tls.clone(),
         server_id: guild.to_string(),
         session_id: vs.session_id.clone(),
         token: vs.token.clone(),
@@ -214,6 +216,7 @@ fn voice_hello(hello: &Value) -> Result<u64, ClientError> {
 /// How to come back to a voice connection whose WebSocket was lost (voice op 7 Resume).
 struct VoiceResume {
     url: String,
+    tls: crate::tls::Tls,
     server_id: String,
     session_id: String,
     token: String,
@@ -239,7 +242,7 @@ async fn resume_voice_once(
     r: &VoiceResume,
     seq_ack: i64,
 ) -> Result<Result<(Ws, u64), String>, ClientError> {
-    let mut ws = connect(&r.url).await?;
+    let mut ws = connect(&r.url, &r.tls).await?;
     let hello = recv_json(&mut ws, "the voice gateway").await?;
     let hb_ms = voice_hello(&hello)?;
     send_json(
