@@ -18,6 +18,13 @@
 // error or throws. HOLD=1 adds: every tone packet reaches B, and one voice heartbeat round
 // (op 3 with seq_ack = the last seq, op 6 echoing t) on both connections.
 //
+// LODGE_VOICE=<path of lodge-voice> (with DAVE=1) adds a third member: Lodge's own client,
+// lodge-client through its CLI, over WSS with the test CA (LODGE_CA), playing an 880 Hz tone
+// and recording each speaker. Then all three reach one privacy code (one MLS group of three: the
+// bots' @snazzah/davey and lodge-client's davey), B decodes lodge-voice's tone as well as A's,
+// lodge-voice decrypts A's frames (its stats: in the group, DAVE frames decrypted) and its
+// recording of A holds A's tone, and it leaves cleanly.
+//
 // Env: LODGE_URL (https://localhost:PORT, its CA trusted through NODE_EXTRA_CA_CERTS),
 //      TONE_HZ (default 440), RUN (a tag for account names),
 //      EXPECT_MODE (the encryption mode the client must pick; default aead_aes256_gcm_rtpsize),
@@ -25,6 +32,10 @@
 //      getCiphers() without it) before @discordjs/voice loads; the library then supports only
 //      aead_xchacha20_poly1305_rtpsize (through @noble/ciphers) and picks it from Lodge's modes.
 import crypto from 'node:crypto';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { Readable } from 'node:stream';
 import { opusTone, monoDecoder, peak, goertzel, RATE } from './tone.mjs';
 
@@ -37,6 +48,8 @@ const DAVE_VERSION = DAVE ? 1 : 0;
 const READY_S = 20; // both connections Ready within this
 const TONE_S = 10; // the tone detected at B within this after A starts playing
 const ANALYSE_S = 1; // seconds of decoded audio analysed
+const LODGE_VOICE = DAVE ? process.env.LODGE_VOICE : undefined;
+const THIRD_TONE = 880; // lodge-voice's tone
 
 if (process.env.FORCE_XCHACHA === '1') {
   const real = crypto.getCiphers.bind(crypto);
@@ -86,7 +99,15 @@ async function setup() {
     const r = await rest('POST', `/invites/${inv.body.code}`, b.token);
     check(r.status === 200, 'a bot joins by invite');
   }
-  return { owner: owner.body.token, bots, guildId, voiceId };
+  let third = null;
+  if (LODGE_VOICE) {
+    const r = await rest('POST', '/auth/register', null, { username: `human${RUN}`, password: `password-human-${RUN}` });
+    check(r.status === 201, 'register the lodge-voice user');
+    const j = await rest('POST', `/invites/${inv.body.code}`, r.body.token);
+    check(j.status === 200, 'the lodge-voice user joins by invite');
+    third = r.body;
+  }
+  return { owner: owner.body.token, bots, guildId, voiceId, third };
 }
 
 // --- two discord.js clients logged into Lodge ------------------------------------------------
@@ -126,9 +147,66 @@ function observe(conn, tag) {
   return seen;
 }
 
+// lodge-voice as the third member: its output lines are watched for the privacy code it shows
+// and for `@@ {json}` answers to the `stats` command.
+function startLodgeVoice(token, guildId, voiceId, recordDir) {
+  const child = spawn(LODGE_VOICE, [
+    '--url', BASE, '--ca-file', process.env.LODGE_CA, '--token', token, '--guild', guildId,
+    '--channel', voiceId, '--tone', String(THIRD_TONE), '--stats-every', '1', '--record', recordDir,
+    '--commands', '--duration', '90',
+  ], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const lv = { child, code: undefined, replies: [], exited: null, log: [] };
+  lv.exited = new Promise((res) => child.on('exit', (code) => res(code)));
+  let buf = '';
+  child.stdout.on('data', (d) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      lv.log.push(line);
+      const m = /privacy code ([0-9 ]+)$/.exec(line);
+      if (m) lv.code = m[1].replace(/ /g, '');
+      if (line.startsWith('@@ ')) lv.replies.push(JSON.parse(line.slice(3)));
+    }
+  });
+  child.stderr.on('data', (d) => { for (const l of String(d).split('\n')) if (l) lv.log.push(`stderr: ${l}`); });
+  return lv;
+}
+
+// A 16-bit PCM WAV's samples (lodge-voice records 48 kHz mono), as floats in -1..1.
+function readWav(file) {
+  const b = fs.readFileSync(file);
+  let o = 12;
+  while (o + 8 <= b.length) {
+    const id = b.toString('ascii', o, o + 4);
+    const len = b.readUInt32LE(o + 4);
+    if (id === 'data') {
+      const n = Math.floor(Math.min(len, b.length - o - 8) / 2);
+      const x = new Float32Array(n);
+      for (let i = 0; i < n; i++) x[i] = b.readInt16LE(o + 8 + 2 * i) / 32768;
+      return x;
+    }
+    o += 8 + len + (len & 1);
+  }
+  throw new Error(`${file}: no data chunk`);
+}
+
+// The loudest `n` samples of `x` (in steps of 0.1 s).
+function loudest(x, n) {
+  let best = 0, at = 0;
+  for (let i = 0; i + n <= x.length; i += RATE / 10) {
+    let e = 0;
+    for (let k = i; k < i + n; k++) e += x[k] * x[k];
+    if (e > best) { best = e; at = i; }
+  }
+  return x.subarray(at, at + n);
+}
+
 let exitCode = 0;
+let lodgeVoice = null;
 try {
-  const { owner, bots, guildId, voiceId } = await setup();
+  const { owner, bots, guildId, voiceId, third } = await setup();
   const [ca, cb] = [await login(bots[0].token), await login(bots[1].token)];
   check(ca.user.id === bots[0].user.id && cb.user.id === bots[1].user.id, 'both bots logged in through discord.js (REST + gateway)');
   const ga = ca.guilds.cache.get(guildId);
@@ -164,20 +242,47 @@ try {
   }
   const net = B.state.networking?.state;
   check(net?.connectionData?.encryptionMode === EXPECT_MODE, `B's networking runs ${net?.connectionData?.encryptionMode}`);
+  const recordDir = LODGE_VOICE ? fs.mkdtempSync(path.join(os.tmpdir(), 'lodge-voice-rec-')) : null;
+  if (LODGE_VOICE) lodgeVoice = startLodgeVoice(third.token, guildId, voiceId, recordDir);
   if (DAVE) {
-    // The group: both bots derive the same epoch authenticator once Lodge's commit/Welcome
-    // went through and the transition executed.
+    // The group: every member derives the same epoch authenticator once Lodge's commit/Welcome
+    // went through and the transition executed (with lodge-voice: the group of three).
     const t2 = Date.now();
-    while (!(A.voicePrivacyCode && A.voicePrivacyCode === B.voicePrivacyCode) && Date.now() - t2 < 15000) {
+    const together = () => A.voicePrivacyCode && A.voicePrivacyCode === B.voicePrivacyCode
+      && (!lodgeVoice || lodgeVoice.code === A.voicePrivacyCode);
+    while (!together() && Date.now() - t2 < 20000) {
       await new Promise((r) => setTimeout(r, 100));
     }
     check(A.voicePrivacyCode && A.voicePrivacyCode === B.voicePrivacyCode,
       `A and B share the voice privacy code ${A.voicePrivacyCode} (B: ${B.voicePrivacyCode}) after ${Date.now() - t2} ms`);
+    if (lodgeVoice) {
+      check(lodgeVoice.code === A.voicePrivacyCode, `lodge-voice (lodge-client) shows the same privacy code: one group of three (${lodgeVoice.code})`);
+    }
     const daveOps = (seen) => [...new Set(seen.received.map((m) => m.op).filter((op) => op >= 21))].sort((x, y) => x - y);
     console.log(`   JSON DAVE ops seen: A ${daveOps(seenA).join(',')}; B ${daveOps(seenB).join(',')}`);
     check([seenA, seenB].some((s) => s.received.some((m) => m.op === 22)), 'a transition was executed (op 22)');
   } else {
     check(!net?.dave, 'no DAVE session on B (protocol version 0)');
+  }
+
+  // B listens to lodge-voice too: its frames are DAVE frames lodge-client encrypted.
+  let thirdHeard = null;
+  if (lodgeVoice) {
+    const s3 = B.receiver.subscribe(third.user.id, { end: { behavior: EndBehaviorType.Manual } });
+    s3.on('error', (e) => errors.push(`B's receive stream of lodge-voice: ${e?.stack || e}`));
+    const dec3 = monoDecoder();
+    const pcm3 = [];
+    let n3 = 0, p3 = 0;
+    thirdHeard = new Promise((res) => {
+      s3.on('data', (pkt) => {
+        p3++;
+        if (p3 <= 5 || n3 >= ANALYSE_S * RATE) return;
+        const pcm = dec3.decode(pkt);
+        pcm3.push(pcm);
+        n3 += pcm.length;
+        if (n3 >= ANALYSE_S * RATE) { dec3.delete(); res(pcm3); }
+      });
+    });
   }
 
   // B listens to A before A starts.
@@ -265,6 +370,33 @@ try {
       check(hb[0].d.seq_ack === lastSeq, `${tag}: the heartbeat's seq_ack ${hb[0].d.seq_ack} is the last seq Lodge sent (${lastSeq})`);
     }
   }
+  if (lodgeVoice) {
+    // B decoded lodge-client's DAVE frames: its tone.
+    const pcm3 = await Promise.race([thirdHeard, deadline(TONE_S, `${ANALYSE_S} s of lodge-voice's audio at B`)]);
+    const x3 = new Float32Array(ANALYSE_S * RATE);
+    let o3 = 0;
+    for (const c of pcm3) { const k = Math.min(c.length, x3.length - o3); x3.set(c.subarray(0, k), o3); o3 += k; }
+    const q = peak(x3);
+    const m3 = q.power / Math.max(...[0.5, 0.75, 1.25, 1.5, 2].map((k) => goertzel(x3, THIRD_TONE * k)));
+    check(q.rms > 0.05 && Math.abs(q.freq - THIRD_TONE) <= 4 && m3 > 100,
+      `B decodes lodge-voice's ${THIRD_TONE} Hz tone (peak ${q.freq} Hz, rms ${q.rms.toFixed(3)}, ${m3.toFixed(0)}x above the other frequencies)`);
+    // lodge-voice decrypted A's frames: its figures, then its recording of A.
+    lodgeVoice.child.stdin.write('stats\n');
+    const t3 = Date.now();
+    while (!lodgeVoice.replies.length && Date.now() - t3 < 5000) await new Promise((r) => setTimeout(r, 50));
+    const st = lodgeVoice.replies[0];
+    check(st?.dave?.inGroup && st.dave.protocolVersion === 1, `lodge-voice is in the DAVE group (${JSON.stringify(st?.dave)})`);
+    check(st.dave.framesDecrypted > 25 && st.dave.framesEncrypted > 25,
+      `lodge-voice decrypted ${st.dave.framesDecrypted} DAVE frames and encrypted ${st.dave.framesEncrypted}`);
+    const fromA = st.speakers.find((x) => x.userId === ca.user.id);
+    check(fromA && fromA.packetsReceived > 25, `lodge-voice played out A's voice (${fromA?.packetsReceived} packets)`);
+    lodgeVoice.child.stdin.write('leave\n');
+    const code = await Promise.race([lodgeVoice.exited, deadline(10, 'lodge-voice to leave')]);
+    check(code === 0, `lodge-voice left cleanly (exit ${code})`);
+    const wav = loudest(readWav(path.join(recordDir, `user-${ca.user.id}.wav`)), RATE);
+    const r = peak(wav);
+    check(r.rms > 0.05 && Math.abs(r.freq - TONE) <= 4, `lodge-voice's recording of A holds A's ${TONE} Hz tone (peak ${r.freq} Hz, rms ${r.rms.toFixed(3)})`);
+  }
   player.stop(true);
   const after = [seenA.states, seenB.states].map((s) => s.slice(s.indexOf(VoiceConnectionStatus.Ready)));
   check(after.every((s) => s.every((st) => st === VoiceConnectionStatus.Ready)), `both connections stayed Ready (A: ${seenA.states.join('→')}; B: ${seenB.states.join('→')})`);
@@ -273,6 +405,11 @@ try {
 } catch (e) {
   errors.push(`test: ${e?.stack || e}`);
 }
+if (lodgeVoice && (errors.length || lodgeVoice.child.exitCode !== 0)) {
+  console.log('---- lodge-voice output ----');
+  for (const l of lodgeVoice.log) console.log(l);
+}
+if (lodgeVoice && lodgeVoice.child.exitCode === null) lodgeVoice.child.kill();
 if (errors.length) {
   for (const e of errors) console.log(`FAIL: ${e}`);
   exitCode = 1;

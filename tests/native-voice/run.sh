@@ -9,13 +9,14 @@
 # node trusts through NODE_EXTRA_CA_CERTS. Everything stays on loopback.
 #
 # Three runs against one node: DAVE on with the client's default mode choice
-# (aead_aes256_gcm_rtpsize, Lodge's first mode); DAVE off with that mode (this run also holds the
+# (aead_aes256_gcm_rtpsize, Lodge's first mode), where lodge-voice (Lodge's own client library)
+# joins as a third member of the MLS group and is heard by, and hears, the bots; DAVE off with that mode (this run also holds the
 # call for the whole 12 s tone and one voice heartbeat); DAVE off with
 # aead_xchacha20_poly1305_rtpsize, forced on the client side (see pair.test.mjs, FORCE_XCHACHA).
 # ONLY_AES=1 skips the third run; VERBOSE=1 prints @discordjs/voice's debug log (keys elided).
 #
-# Needs node (>= 20), npm, openssl, curl, python3 and a `lodge` binary (LODGE_BIN, default
-# target/debug/lodge; built with cargo if missing). OUT=<dir> keeps the logs.
+# Needs node (>= 20), npm, openssl, curl, python3 and cargo, and a `lodge` binary (LODGE_BIN,
+# default target/debug/lodge; built with cargo if missing); builds lodge-voice. OUT=<dir> keeps the logs.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 HERE="$ROOT/tests/native-voice"
@@ -31,6 +32,10 @@ if [ ! -x "$BIN" ]; then
   echo "tests/native-voice: building lodge (no binary at $BIN)"
   (cd "$ROOT" && timeout 1800 cargo build -p lodge-signaling --bin lodge --locked)
 fi
+# lodge-client's CLI joins the DAVE run as a third member; always through cargo (a no-op when
+# fresh), so it is never older than the tree.
+(cd "$ROOT" && timeout 1800 cargo build -p lodge-client --bin lodge-voice --locked)
+VOICE_BIN="$ROOT/target/debug/lodge-voice"
 
 cd "$HERE"
 [ -d node_modules/@discordjs/voice ] || timeout 300 npm ci --no-audit --no-fund --loglevel=error
@@ -66,7 +71,7 @@ run() { # name, then env for the test
   fi
 }
 set -o pipefail
-run dave RUN=d TONE_HZ=550 DAVE=1 EXPECT_MODE=aead_aes256_gcm_rtpsize
+run dave RUN=d TONE_HZ=550 DAVE=1 EXPECT_MODE=aead_aes256_gcm_rtpsize LODGE_VOICE="$VOICE_BIN" LODGE_CA="$OUT/ca.pem"
 run aes-gcm RUN=g TONE_HZ=440 HOLD=1 EXPECT_MODE=aead_aes256_gcm_rtpsize
 [ -n "${ONLY_AES:-}" ] || run xchacha RUN=x TONE_HZ=660 EXPECT_MODE=aead_xchacha20_poly1305_rtpsize FORCE_XCHACHA=1
 echo "native voice: every run passed (logs in $OUT)"
