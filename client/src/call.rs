@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lodge_sfu::native::CryptoMode;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -169,6 +169,9 @@ impl Call {
             events: ev_tx,
             login: vs.login.clone(),
             generation: 0,
+            next_generation: 1,
+            following: None,
+            early: Vec::new(),
         };
         let task = tokio::spawn(run.run(cmd_rx, ev_rx));
         Ok(Call {
@@ -279,6 +282,50 @@ struct Running {
     login: signal::VoiceLogin,
     /// Which voice connection is current (one more per move).
     generation: u32,
+    /// The number the next voice connection gets.
+    next_generation: u32,
+    /// A move being followed: the new voice connection's handshake, in a task of its own.
+    following: Option<Following>,
+    /// Events of the connection being followed to, held until it is current.
+    early: Vec<VoiceEvent>,
+}
+
+/// A voice connection being made (a move followed) while the current one carries the call:
+/// its own UDP socket for IP discovery, so the call's loop goes on playing and sending.
+struct Following {
+    generation: u32,
+    task: JoinHandle<()>,
+    done: oneshot::Receiver<Followed>,
+}
+
+/// A followed move's handshake, done: the new connection (or why not), its socket and login,
+/// and its command channel.
+struct Followed {
+    ready: Result<signal::VoiceReady, ClientError>,
+    sock: UdpSocket,
+    login: signal::VoiceLogin,
+    voice: mpsc::UnboundedSender<VoiceCmd>,
+}
+
+impl Following {
+    /// Give up on this follow (a newer move came): the handshake stops, and a connection it
+    /// already made is closed.
+    fn abandon(mut self) {
+        self.task.abort();
+        if let Ok(f) = self.done.try_recv() {
+            if f.ready.is_ok() {
+                let _ = f.voice.send(VoiceCmd::Close);
+            }
+        }
+    }
+}
+
+/// The follow in progress, once its handshake is over (never, without one).
+async fn followed(f: &mut Option<Following>) -> Result<Followed, oneshot::error::RecvError> {
+    match f {
+        Some(f) => (&mut f.done).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How long a voice connection the server closed with 4014 (disconnected: also how a move
@@ -287,7 +334,8 @@ struct Running {
 const MOVE_WAIT: Duration = Duration::from_secs(3);
 
 /// How long following a move (the new voice connection's handshake and IP discovery) may
-/// take. It runs inside the call's loop, which neither plays nor sends meanwhile.
+/// take. It runs beside the call's loop, on a socket of its own; the current connection
+/// carries the call meanwhile.
 const FOLLOW_WITHIN: Duration = Duration::from_secs(5);
 
 /// How long leaving waits for each connection to say goodbye.
@@ -355,40 +403,29 @@ impl Running {
                     // An ICMP error for an earlier send, reported on this receive: transient.
                     Err(e) => tracing::debug!("receiving: {e}"),
                 },
-                e = events.recv() => match e {
-                    Some(VoiceEvent::Speaker { ssrc, user }) => self.engine.set_user(ssrc, user),
-                    Some(VoiceEvent::Gone { user }) => self.engine.user_gone(std::time::Instant::now(), user),
-                    Some(VoiceEvent::Lost(why)) => break Err(crate::error::protocol(why)),
-                    Some(VoiceEvent::VoiceLost { generation, code, why }) => {
-                        if generation != self.generation {
-                            // A moved call's old connection, closed behind us: expected.
-                        } else if code == Some(4014) {
-                            ending = Some((Instant::now(), why));
-                        } else {
-                            break Err(crate::error::protocol(why));
-                        }
+                f = followed(&mut self.following) => {
+                    let generation = self.following.take().map_or(0, |f| f.generation);
+                    let Ok(f) = f else { break Err(ClientError::Ended) };
+                    if let Err(e) = self.switch(f, generation) {
+                        break Err(e);
                     }
-                    Some(VoiceEvent::Moved { token, endpoint }) => {
-                        if let Err(e) = self.follow(token, endpoint).await {
-                            break Err(e);
-                        }
-                        ending = None;
-                        last_sent = Instant::now();
+                    ending = None;
+                    last_sent = Instant::now();
+                    // What the new connection said while it was being made.
+                    let mut r = Ok(());
+                    for e in std::mem::take(&mut self.early) {
+                        r = r.and_then(|()| self.event(e, &mut ending));
                     }
-                    Some(VoiceEvent::Channel(Some(c))) => {
-                        if c != self.opts.channel {
-                            tracing::info!(channel = %c, "moved to another voice channel");
-                            self.opts.channel = c;
-                        }
+                    if let Err(e) = r {
+                        break Err(e);
                     }
-                    Some(VoiceEvent::Channel(None)) => {
-                        break Err(crate::error::protocol(
-                            "disconnected from the voice channel (by a moderator, the server, or \
-                             another session of this account)",
-                        ))
+                }
+                e = events.recv() => {
+                    let Some(e) = e else { break Err(ClientError::Ended) };
+                    if let Err(e) = self.event(e, &mut ending) {
+                        break Err(e);
                     }
-                    None => break Err(ClientError::Ended),
-                },
+                }
                 c = cmds.recv() => match c {
                     Some(Cmd::Mute(on)) => {
                         self.engine.controls.mute = on;
@@ -422,6 +459,9 @@ impl Running {
             self_mute: self.engine.controls.mute,
             self_deaf: self.engine.controls.deaf,
         });
+        if let Some(f) = self.following.take() {
+            f.abandon();
+        }
         let _ = self.voice.send(VoiceCmd::Close);
         let _ = self.gateway.send(GatewayCmd::Close);
         let _ = self.stats.send(self.engine.stats());
@@ -441,46 +481,141 @@ impl Running {
         finished.map_err(ClientError::from)
     }
 
-    /// Follow a VOICE_SERVER_UPDATE: a new voice connection to `endpoint` with `token` (same
-    /// UDP socket), then the old one closed (make before break: in a drain the old node keeps
-    /// carrying media until then), and the media sent as the new connection's SSRC under its
-    /// key.
-    async fn follow(&mut self, token: String, endpoint: String) -> Result<(), ClientError> {
+    /// One event of the gateways. `Err`: the call ends with it.
+    fn event(
+        &mut self,
+        e: VoiceEvent,
+        ending: &mut Option<(Instant, String)>,
+    ) -> Result<(), ClientError> {
+        let pending = self.following.as_ref().map(|f| f.generation);
+        if e.generation().is_some() && e.generation() == pending {
+            // The connection being followed to: its events count once it is current.
+            self.early.push(e);
+            return Ok(());
+        }
+        match e {
+            VoiceEvent::Speaker {
+                generation,
+                ssrc,
+                user,
+            } => {
+                if generation == self.generation {
+                    self.engine.set_user(ssrc, user);
+                }
+            }
+            VoiceEvent::Gone { generation, user } => {
+                if generation == self.generation {
+                    self.engine.user_gone(std::time::Instant::now(), user);
+                }
+            }
+            VoiceEvent::Lost(why) => return Err(crate::error::protocol(why)),
+            VoiceEvent::VoiceLost {
+                generation,
+                code,
+                why,
+            } => {
+                if generation != self.generation {
+                    // A moved call's old connection, closed behind us: expected.
+                } else if code == Some(4014) {
+                    *ending = Some((Instant::now(), why));
+                } else {
+                    return Err(crate::error::protocol(why));
+                }
+            }
+            VoiceEvent::Moved { token, endpoint } => {
+                // A move follows: the call does not end with the old connection's 4014.
+                *ending = None;
+                self.start_follow(token, endpoint)?;
+            }
+            VoiceEvent::Channel(Some(c)) => {
+                if c != self.opts.channel {
+                    tracing::info!(channel = %c, "moved to another voice channel");
+                    self.opts.channel = c;
+                }
+            }
+            VoiceEvent::Channel(None) => {
+                return Err(crate::error::protocol(
+                    "disconnected from the voice channel (by a moderator, the server, or \
+                     another session of this account)",
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Follow a VOICE_SERVER_UPDATE: a new voice connection to `endpoint` with `token`, made
+    /// in a task of its own on a new UDP socket while the current connection carries the call
+    /// (a newer move replaces a follow still in progress). [`Running::switch`] takes it up.
+    fn start_follow(&mut self, token: String, endpoint: String) -> Result<(), ClientError> {
+        if let Some(f) = self.following.take() {
+            f.abandon();
+        }
+        self.early.clear();
         let login = signal::VoiceLogin {
             token,
             endpoint,
             ..self.login.clone()
         };
-        let (v_tx, v_rx) = mpsc::unbounded_channel();
-        let ready = tokio::time::timeout(
-            FOLLOW_WITHIN,
-            signal::join_voice(
-                &login,
-                &self.opts.guild,
-                dave_channel(&self.opts),
-                &self.sock,
-                self.opts.mode,
-                self.opts.media_via,
-                self.generation + 1,
-                self.events.clone(),
-                v_rx,
-            ),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout(FOLLOW_WITHIN.as_secs(), "the new voice server"))??;
-        self.generation += 1;
+        let std_sock = std::net::UdpSocket::bind(SocketAddr::new(self.opts.bind, 0))?;
+        std_sock.set_nonblocking(true)?;
+        let sock = UdpSocket::from_std(std_sock)?;
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let (voice, v_rx) = mpsc::unbounded_channel();
+        let (done_tx, done) = oneshot::channel();
+        let (guild, dave, mode, via, events) = (
+            self.opts.guild.clone(),
+            dave_channel(&self.opts),
+            self.opts.mode,
+            self.opts.media_via,
+            self.events.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let ready = tokio::time::timeout(
+                FOLLOW_WITHIN,
+                signal::join_voice(
+                    &login, &guild, dave, &sock, mode, via, generation, events, v_rx,
+                ),
+            )
+            .await
+            .unwrap_or(Err(ClientError::Timeout(
+                FOLLOW_WITHIN.as_secs(),
+                "the new voice server",
+            )));
+            let _ = done_tx.send(Followed {
+                ready,
+                sock,
+                login,
+                voice,
+            });
+        });
+        self.following = Some(Following {
+            generation,
+            task,
+            done,
+        });
+        Ok(())
+    }
+
+    /// The followed connection is ready: it becomes the call's (its socket, SSRC, key and DAVE
+    /// membership), and the old one is closed (make before break: in a drain the old node
+    /// carried the media until now).
+    fn switch(&mut self, f: Followed, generation: u32) -> Result<(), ClientError> {
+        let ready = f.ready?;
+        self.generation = generation;
         let _ = self.voice.send(VoiceCmd::Close);
-        self.voice = v_tx;
+        self.voice = f.voice;
         // The old task ends after its close; the new one is what leaving waits for.
         drop(std::mem::replace(&mut self.tasks[1], ready.task));
+        self.sock = f.sock;
         self.server = ready.server;
         self.engine.retarget(ready.ssrc, ready.mode, &ready.key);
         self.engine.set_dave(ready.dave);
         tracing::info!(
-            endpoint = %login.endpoint, ssrc = ready.ssrc, server = %ready.server,
+            endpoint = %f.login.endpoint, ssrc = ready.ssrc, server = %ready.server,
             "followed the call to a new voice connection"
         );
-        self.login = login;
+        self.login = f.login;
         Ok(())
     }
 

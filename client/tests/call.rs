@@ -427,6 +427,9 @@ async fn receiver_reports_from_the_node_turn_fec_on_and_lower_the_bitrate_on_a_l
 /// connections, as a network blip or a restarting load balancer would drop them.
 struct GatewayCutter {
     addr: std::net::SocketAddr,
+    /// New voice gateway connections wait this long (ms) before the relay passes anything: a
+    /// slow path to a new voice server.
+    voice_delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// (which WebSocket, the relay task, its freeze switch) per connection.
     #[allow(clippy::type_complexity)]
     conns: std::sync::Arc<
@@ -452,6 +455,7 @@ impl GatewayCutter {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let c = GatewayCutter {
             addr: l.local_addr().unwrap(),
+            voice_delay_ms: Default::default(),
             conns: Default::default(),
         };
         (c, l)
@@ -459,6 +463,7 @@ impl GatewayCutter {
 
     fn start(&self, l: tokio::net::TcpListener, to: std::net::SocketAddr) {
         let conns = self.conns.clone();
+        let voice_delay = self.voice_delay_ms.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = l.accept().await {
                 let conns = conns.clone();
@@ -480,7 +485,12 @@ impl GatewayCutter {
                     Ws::Other
                 };
                 let (freeze, mut frozen) = tokio::sync::watch::channel(false);
+                let delay = match kind {
+                    Ws::Voice => voice_delay.load(std::sync::atomic::Ordering::Relaxed),
+                    _ => 0,
+                };
                 let task = tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
                     let mut out = tokio::net::TcpStream::connect(to).await.unwrap();
                     let stop = tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => false,
@@ -1062,4 +1072,64 @@ async fn clients_call_through_a_node_that_serves_https_and_wss() {
     assert!(dave(&ben).in_group, "{:?}", dave(&ben));
     ben.leave().await.unwrap();
     ana.leave().await.unwrap();
+}
+
+/// A sink that notes when each mixed frame was handed over.
+#[derive(Clone, Default)]
+struct Timed(std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>);
+
+impl lodge_client::audio_io::Sink for Timed {
+    fn mixed(&mut self, _frame: &[i16]) {
+        self.0.lock().unwrap().push(std::time::Instant::now());
+    }
+}
+
+/// A move is followed while the call goes on: the new voice connection's handshake (slowed
+/// here to 1.5 s by the relay in front of the voice gateway) runs beside the call's loop on a
+/// socket of its own, so playout never stops for it (it used to, for the whole handshake).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_handshake_while_following_a_move_does_not_pause_the_call() {
+    let (cutter, n) = node_behind_cutter(None).await;
+    let (tokens, guild, voice) = guild_of_two(&n).await;
+    let second = req(
+        &n,
+        "POST",
+        &format!("/guilds/{guild}/channels"),
+        Some(&tokens[0]),
+        Some(json!({ "name": "Second", "type": 2 })),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut o = JoinOptions::new(&n.base, &tokens[1], &guild, &voice);
+    o.bind = "127.0.0.1".parse().unwrap();
+    let ticks = Timed::default();
+    let ben = Call::join(o, Box::new(Silence), Box::new(ticks.clone()))
+        .await
+        .expect("ben joins");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cutter
+        .voice_delay_ms
+        .store(1_500, std::sync::atomic::Ordering::Relaxed);
+    let moved = std::time::Instant::now();
+    move_member(&n, &tokens[0], &guild, ben.user_id(), &second).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(ben.ended_reason(), None, "the move is followed");
+    assert_eq!(cutter.connections(Ws::Voice), 2, "a new voice connection");
+    let t = ticks.0.lock().unwrap().clone();
+    // From the last frame before the move on.
+    let from = moved - Duration::from_millis(100);
+    let during: Vec<_> = t.iter().filter(|x| **x >= from).collect();
+    let gap = during
+        .windows(2)
+        .map(|w| w[1].duration_since(*w[0]))
+        .max()
+        .unwrap();
+    assert!(during.len() > 150, "{} frames in 4 s", during.len());
+    assert!(
+        gap < Duration::from_millis(500),
+        "playout went on during the handshake: longest gap {gap:?}"
+    );
+    ben.leave().await.unwrap();
 }

@@ -120,10 +120,14 @@ pub async fn get_json(
 /// What the gateway tasks report to the call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VoiceEvent {
-    /// Op 5: this SSRC is `user`'s voice.
-    Speaker { ssrc: u32, user: u64 },
-    /// The user left the call (op 13).
-    Gone { user: u64 },
+    /// Op 5 on voice connection `generation`: this SSRC is `user`'s voice.
+    Speaker {
+        generation: u32,
+        ssrc: u32,
+        user: u64,
+    },
+    /// The user left the call (op 13 on voice connection `generation`).
+    Gone { generation: u32, user: u64 },
     /// The chat gateway is lost for good: the call ends.
     Lost(String),
     /// Voice connection `generation` is lost for good (`code`: the close code, if it was
@@ -139,6 +143,18 @@ pub enum VoiceEvent {
     /// Our voice state's channel, as the server now has it: moved by a moderator (`Some`), or
     /// out of voice (`None`: disconnected by someone else, or by another session of ours).
     Channel(Option<String>),
+}
+
+impl VoiceEvent {
+    /// The voice connection an event is about, for those that come from one.
+    pub fn generation(&self) -> Option<u32> {
+        match self {
+            VoiceEvent::Speaker { generation, .. }
+            | VoiceEvent::Gone { generation, .. }
+            | VoiceEvent::VoiceLost { generation, .. } => Some(*generation),
+            _ => None,
+        }
+    }
 }
 
 /// Resume attempts after a lost connection, either gateway's.

@@ -81,7 +81,7 @@ pub async fn join_voice(
         let m = recv_json(&mut vw, "the voice gateway").await?;
         match m["op"].as_u64() {
             Some(2) => break m["d"].clone(),
-            Some(5) => speaker(&events, &m["d"]),
+            Some(5) => speaker(&events, &m["d"], generation),
             Some(11) => early.push(m["d"].clone()),
             _ => {}
         }
@@ -160,7 +160,7 @@ pub async fn join_voice(
                     .map_err(|_| protocol("Session Description's secret_key is not 32 bytes"))?;
                 break (key, dave);
             }
-            Some(5) => speaker(&events, &m["d"]),
+            Some(5) => speaker(&events, &m["d"], generation),
             Some(11) => early.push(m["d"].clone()),
             _ => {}
         }
@@ -192,11 +192,15 @@ pub async fn join_voice(
     })
 }
 
-fn speaker(events: &mpsc::UnboundedSender<VoiceEvent>, d: &Value) {
+fn speaker(events: &mpsc::UnboundedSender<VoiceEvent>, d: &Value, generation: u32) {
     let ssrc = d["ssrc"].as_u64().and_then(|s| u32::try_from(s).ok());
     let user = d["user_id"].as_str().and_then(|u| u.parse::<u64>().ok());
     if let (Some(ssrc), Some(user)) = (ssrc, user) {
-        let _ = events.send(VoiceEvent::Speaker { ssrc, user });
+        let _ = events.send(VoiceEvent::Speaker {
+            generation,
+            ssrc,
+            user,
+        });
     }
 }
 
@@ -417,14 +421,14 @@ async fn keep_voice(
                         dave_sent = flush_dave(&mut ws, &dave, &mut dave_pending).await;
                     }
                     match op {
-                        Some(5) => speaker(&events, &v["d"]),
+                        Some(5) => speaker(&events, &v["d"], generation),
                         Some(6) => {
                             acked = true;
                             tries = RESUME_ATTEMPTS;
                         }
                         Some(13) => {
                             if let Some(user) = v["d"]["user_id"].as_str().and_then(|u| u.parse().ok()) {
-                                let _ = events.send(VoiceEvent::Gone { user });
+                                let _ = events.send(VoiceEvent::Gone { generation, user });
                             }
                         }
                         _ => {}
