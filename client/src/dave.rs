@@ -22,7 +22,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::num::NonZeroU16;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use davey::{DaveSession, MediaType, ProposalsOperationType};
 use lodge_sfu::native::is_dave_frame;
@@ -110,6 +110,13 @@ pub struct DaveMember {
 /// The member as the call's tasks share it: the voice gateway's task feeds it, the media loop
 /// encrypts and decrypts with it.
 pub type SharedDave = Arc<Mutex<DaveMember>>;
+
+/// The shared member, locked. A panic while it was held (none is expected) does not take the
+/// call down with it: the member's state is whole between its methods, so the lock is taken
+/// over.
+pub fn lock(d: &SharedDave) -> MutexGuard<'_, DaveMember> {
+    d.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 impl DaveMember {
     /// Op 4 said the call runs `version` (0: no DAVE now; the call may upgrade later). At 1 a

@@ -376,7 +376,7 @@ impl VoiceEngine {
         };
         let encrypted;
         let payload = match &self.dave {
-            Some(d) => match d.lock().expect("DAVE member").encrypt(payload) {
+            Some(d) => match crate::dave::lock(d).encrypt(payload) {
                 Ok(Cow::Borrowed(f)) => f,
                 Ok(Cow::Owned(f)) => {
                     encrypted = f;
@@ -485,7 +485,7 @@ impl VoiceEngine {
         let opus = match &self.dave {
             Some(d) => {
                 let user = self.users.get(&ssrc).copied();
-                match d.lock().expect("DAVE member").decrypt(user, opus) {
+                match crate::dave::lock(d).decrypt(user, opus) {
                     Ok(Cow::Borrowed(f)) => f,
                     Ok(Cow::Owned(f)) => {
                         decrypted = f;
@@ -617,10 +617,7 @@ impl VoiceEngine {
             .map(|(ssrc, p)| self.speaker_stats(*ssrc, p, false))
             .collect();
         s.speakers.sort_by_key(|x| x.ssrc);
-        s.dave = self
-            .dave
-            .as_ref()
-            .map(|d| d.lock().expect("DAVE member").status());
+        s.dave = self.dave.as_ref().map(|d| crate::dave::lock(d).status());
         s.speakers.extend(self.departed.iter().cloned());
         s
     }

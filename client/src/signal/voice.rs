@@ -325,7 +325,7 @@ async fn recover_voice(
 /// (what is left stays in `pending`, for after the resume).
 async fn flush_dave(ws: &mut Ws, dave: &Option<SharedDave>, pending: &mut Vec<Message>) -> bool {
     if let Some(d) = dave {
-        let mut m = d.lock().expect("DAVE member");
+        let mut m = crate::dave::lock(d);
         while let Some(o) = m.poll_output() {
             pending.push(match o {
                 DaveOut::Binary(b) => Message::Binary(b.into()),
@@ -417,7 +417,7 @@ async fn keep_voice(
                     }
                     let op = v["op"].as_u64();
                     if let (Some(d), Some(op @ (11 | 13 | 21 | 22 | 24))) = (&dave, op) {
-                        d.lock().expect("DAVE member").handle_json(op, &v["d"]);
+                        crate::dave::lock(d).handle_json(op, &v["d"]);
                         dave_sent = flush_dave(&mut ws, &dave, &mut dave_pending).await;
                     }
                     match op {
@@ -440,7 +440,7 @@ async fn keep_voice(
                     if b.len() >= 2 {
                         seq_ack = i64::from(u16::from_be_bytes([b[0], b[1]]));
                         if let Some(d) = &dave {
-                            d.lock().expect("DAVE member").handle_binary(&b[2..]);
+                            crate::dave::lock(d).handle_binary(&b[2..]);
                             dave_sent = flush_dave(&mut ws, &dave, &mut dave_pending).await;
                         }
                     }
