@@ -101,23 +101,12 @@ impl Call {
         source: Box<dyn Source>,
         sink: Box<dyn Sink>,
     ) -> Result<Call, ClientError> {
-        let tls = if opts.base_url.starts_with("https://") {
-            Some(crate::tls::client_config(opts.ca_file.as_deref())?)
-        } else if opts.base_url.starts_with("http://") {
-            None
-        } else {
-            return Err(crate::error::protocol(format!(
-                "{} is not an http:// or https:// address",
-                opts.base_url
-            )));
-        };
-        let http = match &tls {
-            Some(c) => reqwest::Client::builder()
-                .use_preconfigured_tls((**c).clone())
-                .build()
-                .map_err(|e| ClientError::Tls(e.to_string()))?,
-            None => reqwest::Client::new(),
-        };
+        let tls = crate::tls::Tls::for_base(&opts.base_url, opts.ca_file.as_deref())?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls.config).clone())
+            .https_only(tls.required)
+            .build()
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
         let gw_url = signal::gateway_url(&http, &opts.base_url).await?;
         let (gw_tx, gw_rx) = mpsc::unbounded_channel();
         // Voice gateway events, and the loss of either connection, reach the call's task here.
@@ -128,7 +117,7 @@ impl Call {
         let ready = signal::join_voice(
             &vs.login,
             &opts.guild,
-            dave_channel(&opts),
+            dave_channel(&opts)?,
             &sock,
             opts.mode,
             opts.media_via,
@@ -517,7 +506,11 @@ impl Running {
                 if generation != self.generation {
                     // A moved call's old connection, closed behind us: expected.
                 } else if code == Some(4014) {
-                    *ending = Some((Instant::now(), why));
+                    // Unless a move is being followed already (its 4014 may come after the
+                    // VOICE_SERVER_UPDATE): the follow's own deadline decides then.
+                    if self.following.is_none() {
+                        *ending = Some((Instant::now(), why));
+                    }
                 } else {
                     return Err(crate::error::protocol(why));
                 }
@@ -565,7 +558,7 @@ impl Running {
         let (done_tx, done) = oneshot::channel();
         let (guild, dave, mode, via, events) = (
             self.opts.guild.clone(),
-            dave_channel(&self.opts),
+            dave_channel(&self.opts)?,
             self.opts.mode,
             self.opts.media_via,
             self.events.clone(),
@@ -630,8 +623,16 @@ impl Running {
 }
 
 /// The voice channel's id as DAVE's group id, when the call takes part in DAVE.
-fn dave_channel(opts: &JoinOptions) -> Option<u64> {
-    opts.dave.then(|| opts.channel.parse().ok()).flatten()
+fn dave_channel(opts: &JoinOptions) -> Result<Option<u64>, ClientError> {
+    if !opts.dave {
+        return Ok(None);
+    }
+    opts.channel.parse().map(Some).map_err(|_| {
+        crate::error::protocol(format!(
+            "channel {:?} is not a channel id (a number)",
+            opts.channel
+        ))
+    })
 }
 
 /// One datagram to the node; a failed send is logged, not fatal (UDP may fail transiently).

@@ -11,13 +11,19 @@
 //!
 //! The call's protocol version decides what media may be: at 0 (someone in the call has no
 //! DAVE) frames are plain Opus and encrypted ones are refused; at 1 frames are DAVE frames, and
-//! plain ones are taken only while davey's decryptor allows passthrough (the seconds around a
-//! transition). While we are not yet in the group of a DAVE call, nothing is sent: plain voice
-//! must not reach the server in a call that is meant to be end-to-end encrypted.
+//! plain ones are taken only while davey's decryptors allow passthrough: from a downgrade's
+//! announcement (op 21 to version 0) until it executes. A fresh group's decryptors refuse
+//! plain frames at once, so on an upgrade a peer that still sends plain voice is not heard
+//! until it is in the group too (a moment's gap, as with other davey-based clients). While we
+//! are not in the group of a DAVE call (or have no session for it), nothing is sent and
+//! nothing plain is played: plain voice must not cross the server in a call that is meant to be
+//! end-to-end encrypted.
 //!
-//! Trust: the server may propose adding anyone; davey accepts an Add only for the users the
-//! voice gateway announced (op 11, kept in `recognized`), and the privacy code
-//! ([`DaveStatus::privacy_code`]) lets members compare out of band that no one else is in.
+//! Trust: the server may propose adding anyone, and may welcome us into a group it made. We
+//! commit proposals only for users the voice gateway announced (op 11, kept in `recognized`;
+//! davey checks them), and we take a Welcome only into a group whose every member was announced
+//! (checked here: davey 0.1.5 does not). The privacy code ([`DaveStatus::privacy_code`]) lets
+//! members compare out of band that no one else is in.
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -30,11 +36,6 @@ use serde_json::{json, Value};
 
 /// The DAVE protocol version this client speaks (Identify's `max_dave_protocol_version`).
 pub const DAVE_VERSION: u16 = 1;
-
-/// How long decryptors take plain frames after a downgrade is announced (s), and after a
-/// (re)start of the group (davey's defaults for the two cases, as other clients use).
-const DOWNGRADE_PASSTHROUGH_S: u32 = 120;
-const RESET_PASSTHROUGH_S: u32 = 10;
 
 /// Opus's 3-byte silence frame, which DAVE passes unencrypted.
 const OPUS_SILENCE: [u8; 3] = [0xF8, 0xFF, 0xFE];
@@ -60,7 +61,7 @@ pub enum DaveOut {
 pub enum DaveDrop {
     /// A DAVE frame in a call without DAVE, or one no key of ours opens.
     Undecryptable,
-    /// A plain frame in a DAVE call, after the transition's grace.
+    /// A plain frame in a DAVE call, outside a downgrade's passthrough.
     Unencrypted,
     /// A DAVE call's frame from an SSRC the voice gateway has not named (op 5).
     UnknownSender,
@@ -97,7 +98,8 @@ pub struct DaveMember {
     user: u64,
     channel: u64,
     session: Option<DaveSession>,
-    /// The protocol version in force (a transition's new version counts once executed).
+    /// The call's protocol version: op 4's, a (re)started group's (op 24 epoch 1), an executed
+    /// transition's (op 22).
     version: u16,
     /// Announced transitions: id → the version they lead to.
     pending: HashMap<u16, u16>,
@@ -112,8 +114,8 @@ pub struct DaveMember {
 pub type SharedDave = Arc<Mutex<DaveMember>>;
 
 /// The shared member, locked. A panic while it was held (none is expected) does not take the
-/// call down with it: the member's state is whole between its methods, so the lock is taken
-/// over.
+/// call down with it: the lock is taken over. Whatever state the panic left, the frame rules
+/// hold: in a DAVE call without a working session nothing plain is sent or played.
 pub fn lock(d: &SharedDave) -> MutexGuard<'_, DaveMember> {
     d.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -146,7 +148,8 @@ impl DaveMember {
         let Some(v) = NonZeroU16::new(self.version) else {
             if let Some(s) = &mut self.session {
                 let _ = s.reset();
-                s.set_passthrough_mode(true, Some(RESET_PASSTHROUGH_S));
+                // (davey ignores the expiry when turning passthrough on.)
+                s.set_passthrough_mode(true, None);
             }
             return;
         };
@@ -225,14 +228,22 @@ impl DaveMember {
                 else {
                     return;
                 };
+                if v > DAVE_VERSION {
+                    tracing::warn!(
+                        version = v,
+                        "DAVE transition to a version we do not speak: ignored"
+                    );
+                    return;
+                }
                 self.pending.insert(id, v);
                 if id == 0 {
                     self.execute(0);
                 } else if v == 0 {
-                    // A downgrade: others send plain frames once it executes. (An upgrade's
-                    // readiness is announced when its commit or Welcome is processed.)
+                    // A downgrade: others send plain frames once it executes; until then plain
+                    // frames pass. (An upgrade's readiness is announced when its commit or
+                    // Welcome is processed.)
                     if let Some(s) = &mut self.session {
-                        s.set_passthrough_mode(true, Some(DOWNGRADE_PASSTHROUGH_S));
+                        s.set_passthrough_mode(true, None);
                     }
                     self.out.push_back(DaveOut::Json(
                         json!({ "op": 23, "d": { "transition_id": id } }),
@@ -247,6 +258,13 @@ impl DaveMember {
             24 => {
                 // Epoch 1: the group starts (again) from nothing, at this version.
                 if let (Some(v), Some(1)) = (u16_of("protocol_version"), d["epoch"].as_u64()) {
+                    if v > DAVE_VERSION {
+                        tracing::warn!(
+                            version = v,
+                            "DAVE epoch of a version we do not speak: ignored"
+                        );
+                        return;
+                    }
                     self.version = v;
                     self.restart();
                 }
@@ -293,10 +311,23 @@ impl DaveMember {
                 let id = u16::from_be_bytes([rest[0], rest[1]]);
                 let body = &rest[2..];
                 let (what, r) = if op == OP_WELCOME {
-                    (
-                        "Welcome",
-                        s.process_welcome(body).map_err(|e| e.to_string()),
-                    )
+                    let r = s.process_welcome(body).map_err(|e| e.to_string());
+                    // A Welcome into a group with someone the gateway never announced: refused.
+                    let stranger = r.is_ok().then(|| {
+                        s.get_user_ids()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .find(|u| !recognized.contains(u))
+                    });
+                    match stranger.flatten() {
+                        Some(u) => (
+                            "Welcome",
+                            Err(format!(
+                                "its group holds user {u}, whom the voice gateway never announced"
+                            )),
+                        ),
+                        None => ("Welcome", r),
+                    }
                 } else {
                     ("commit", s.process_commit(body).map_err(|e| e.to_string()))
                 };
@@ -342,17 +373,22 @@ impl DaveMember {
         user: Option<u64>,
         frame: &'a [u8],
     ) -> Result<Cow<'a, [u8]>, DaveDrop> {
-        if self.version == 0 || self.session.is_none() {
+        if self.version == 0 {
             return if is_dave_frame(frame) {
                 Err(DaveDrop::Undecryptable)
             } else {
                 Ok(Cow::Borrowed(frame))
             };
         }
-        let user = user.ok_or(DaveDrop::UnknownSender)?;
         let Some(s) = &mut self.session else {
-            return Err(DaveDrop::Undecryptable);
+            // A DAVE call without a session (it could not start): nothing is played.
+            return Err(if is_dave_frame(frame) {
+                DaveDrop::Undecryptable
+            } else {
+                DaveDrop::Unencrypted
+            });
         };
+        let user = user.ok_or(DaveDrop::UnknownSender)?;
         match s.decrypt(user, MediaType::AUDIO, frame) {
             Ok(f) => {
                 if is_dave_frame(frame) {

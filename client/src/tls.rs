@@ -11,8 +11,53 @@ use rustls::{ClientConfig, RootCertStore};
 
 use crate::error::ClientError;
 
-/// How the client's connections are made: `None` for plain `http://` and `ws://`.
-pub type Tls = Option<Arc<ClientConfig>>;
+/// How the client's connections are made: the TLS configuration for `https://` and `wss://`,
+/// and whether plain connections are refused (the server's base was `https://`: a `ws://`
+/// gateway URL it hands out would carry the token in clear).
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub config: Arc<ClientConfig>,
+    pub required: bool,
+}
+
+impl Tls {
+    /// For a server at `base` (`http://` or `https://`), trusting `extra_roots` too.
+    pub fn for_base(base: &str, extra_roots: Option<&Path>) -> Result<Tls, ClientError> {
+        let required = if base.starts_with("https://") {
+            true
+        } else if base.starts_with("http://") {
+            false
+        } else {
+            return Err(ClientError::Protocol(format!(
+                "{base} is not an http:// or https:// address"
+            )));
+        };
+        Ok(Tls {
+            config: client_config(extra_roots)?,
+            required,
+        })
+    }
+
+    /// The WebSocket scheme of the server's voice endpoints (which come without one).
+    pub fn ws_scheme(&self) -> &'static str {
+        if self.required {
+            "wss"
+        } else {
+            "ws"
+        }
+    }
+
+    /// Whether `url` may be dialled: with TLS required, only `wss://` and `https://`.
+    pub fn check(&self, url: &str) -> Result<(), ClientError> {
+        if self.required && !(url.starts_with("wss://") || url.starts_with("https://")) {
+            return Err(ClientError::Tls(format!(
+                "the https:// server handed out {url}, a plain address: refused (the token \
+                 would travel in clear); set its public URL to https://"
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// A client configuration trusting the public web roots and every certificate in the PEM
 /// file `extra_roots` (a private CA's, for a server whose certificate no public CA signed).
@@ -49,6 +94,17 @@ mod tests {
     #[test]
     fn a_ca_file_that_is_missing_or_holds_no_certificate_is_refused_by_name() {
         assert!(client_config(None).is_ok());
+        let t = Tls::for_base("https://lodge.example.org", None).unwrap();
+        assert_eq!(t.ws_scheme(), "wss");
+        assert!(t.check("wss://lodge.example.org/?v=10").is_ok());
+        let e = t
+            .check("ws://lodge.example.org/?v=10")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("refused"), "{e}");
+        let plain = Tls::for_base("http://127.0.0.1:8080", None).unwrap();
+        assert!(plain.check("ws://127.0.0.1:8080/?v=10").is_ok());
+        assert!(Tls::for_base("ftp://x", None).is_err());
         let e = client_config(Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
         let dir = tempfile::tempdir().unwrap();

@@ -534,6 +534,16 @@ impl GatewayCutter {
         n
     }
 
+    /// Connections of `kind` still open.
+    fn open(&self, kind: Ws) -> usize {
+        self.conns
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.0 == kind && !c.1.is_finished())
+            .count()
+    }
+
     fn connections(&self, kind: Ws) -> usize {
         self.conns
             .lock()
@@ -1085,8 +1095,11 @@ impl lodge_client::audio_io::Sink for Timed {
 }
 
 /// A move is followed while the call goes on: the new voice connection's handshake (slowed
-/// here to 1.5 s by the relay in front of the voice gateway) runs beside the call's loop on a
+/// here to 3.5 s by the relay in front of the voice gateway) runs beside the call's loop on a
 /// socket of its own, so playout never stops for it (it used to, for the whole handshake).
+/// The handshake outlasts the 3 s a call waits for a move after its connection's 4014. (Here
+/// the 4014 comes before the VOICE_SERVER_UPDATE; the other order, which `Running::event`
+/// also covers, is not staged.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_handshake_while_following_a_move_does_not_pause_the_call() {
     let (cutter, n) = node_behind_cutter(None).await;
@@ -1111,12 +1124,17 @@ async fn a_slow_handshake_while_following_a_move_does_not_pause_the_call() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     cutter
         .voice_delay_ms
-        .store(1_500, std::sync::atomic::Ordering::Relaxed);
+        .store(3_500, std::sync::atomic::Ordering::Relaxed);
     let moved = std::time::Instant::now();
     move_member(&n, &tokens[0], &guild, ben.user_id(), &second).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(ben.ended_reason(), None, "the move is followed");
     assert_eq!(cutter.connections(Ws::Voice), 2, "a new voice connection");
+    assert_eq!(
+        cutter.open(Ws::Voice),
+        1,
+        "the call switched to it and closed the old one"
+    );
     let t = ticks.0.lock().unwrap().clone();
     // From the last frame before the move on.
     let from = moved - Duration::from_millis(100);
@@ -1126,7 +1144,7 @@ async fn a_slow_handshake_while_following_a_move_does_not_pause_the_call() {
         .map(|w| w[1].duration_since(*w[0]))
         .max()
         .unwrap();
-    assert!(during.len() > 150, "{} frames in 4 s", during.len());
+    assert!(during.len() > 200, "{} frames in 5 s", during.len());
     assert!(
         gap < Duration::from_millis(500),
         "playout went on during the handshake: longest gap {gap:?}"

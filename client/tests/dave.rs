@@ -31,6 +31,8 @@ struct Gateway {
     corrupt_welcome_for: Option<u64>,
     /// A user whose op 11 announcement is delivered to no one.
     unannounced: Option<u64>,
+    /// (to, user): this op 11 announcement is not delivered.
+    hidden: Option<(u64, u64)>,
 }
 
 impl Gateway {
@@ -43,6 +45,7 @@ impl Gateway {
             seq: 0,
             corrupt_welcome_for: None,
             unannounced: None,
+            hidden: None,
         }
     }
 
@@ -53,7 +56,7 @@ impl Gateway {
     fn announce(&mut self, to: u64, users: &[u64]) {
         let users: Vec<String> = users
             .iter()
-            .filter(|u| self.unannounced != Some(**u))
+            .filter(|u| self.unannounced != Some(**u) && self.hidden != Some((to, **u)))
             .map(|u| u.to_string())
             .collect();
         if let Some(m) = self.members.get_mut(&to) {
@@ -147,14 +150,19 @@ impl Gateway {
     }
 
     fn pump(&mut self) {
-        for _ in 0..100 {
+        assert!(self.pump_for(100), "no quiescence after 100 rounds");
+    }
+
+    /// Up to `rounds` rounds of delivery; whether everything settled.
+    fn pump_for(&mut self, rounds: usize) -> bool {
+        for _ in 0..rounds {
             let a = self.deliver();
             let b = self.collect();
             if !a && !b {
-                return;
+                return true;
             }
         }
-        panic!("no quiescence after 100 rounds");
+        false
     }
 
     fn advance(&mut self, d: Duration) {
@@ -300,7 +308,13 @@ fn members_do_not_add_a_user_the_voice_gateway_never_announced() {
     // The server proposes adding 3, but no member was told (op 11) that 3 is in the call:
     // they refuse to commit the add, so 3 never gets the group's keys.
     g.unannounced = Some(3);
+    let accepted = g.call.stats().commits_accepted;
     g.join(3, true);
+    assert_eq!(
+        g.call.stats().commits_accepted,
+        accepted,
+        "no commit adding 3 was made"
+    );
     g.advance(TRANSITION_TIMEOUT);
     assert!(!g.m(3).status().in_group, "{:?}", g.m(3).status());
     assert_eq!(g.m(3).encrypt(&opus(1)), Err(DaveDrop::NotInGroup));
@@ -311,4 +325,26 @@ fn members_do_not_add_a_user_the_voice_gateway_never_announced() {
         "1 and 2 stay in their group as it was"
     );
     assert_eq!(g.say(1, 2, 3).unwrap(), opus(3));
+}
+
+#[test]
+fn a_welcome_into_a_group_holding_an_unannounced_user_is_refused() {
+    let mut g = Gateway::new();
+    g.join(1, true);
+    g.join(2, true);
+    // 3 joins but is never told (op 11) that 2 is in the call; 1 and 2 were told about 3, so
+    // they commit its add, and the Welcome's group holds 2: 3 refuses it (op 31) and keeps
+    // refusing on every new try, so it never takes the group's keys.
+    g.hidden = Some((3, 2));
+    for id in g.ids() {
+        g.announce(id, &[3]);
+    }
+    let v = g.call.handle_join(g.now, UserId(3), 1).unwrap();
+    g.members.insert(3, DaveMember::new(3, CHANNEL, v));
+    g.announce(3, &[1, 2]);
+    let _ = g.pump_for(60);
+    let st = g.m(3).status();
+    assert!(st.invalid_commits >= 1, "{st:?}");
+    assert!(!st.in_group, "{st:?}");
+    assert_eq!(g.m(3).encrypt(&opus(1)), Err(DaveDrop::NotInGroup));
 }

@@ -66,9 +66,8 @@ async fn send_json(ws: &mut Ws, v: Value) -> Result<(), ClientError> {
 
 /// A WebSocket to `url`: `wss://` through `tls` (which must then be set), `ws://` plain.
 async fn connect(url: &str, tls: &crate::tls::Tls) -> Result<Ws, ClientError> {
-    let connector = tls
-        .as_ref()
-        .map(|c| tokio_tungstenite::Connector::Rustls(c.clone()));
+    tls.check(url)?;
+    let connector = Some(tokio_tungstenite::Connector::Rustls(tls.config.clone()));
     let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector)
         .await
         .map_err(|e| ClientError::Connect {

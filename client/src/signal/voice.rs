@@ -58,8 +58,7 @@ pub async fn join_voice(
     events: mpsc::UnboundedSender<VoiceEvent>,
     cmds: mpsc::UnboundedReceiver<VoiceCmd>,
 ) -> Result<VoiceReady, ClientError> {
-    let scheme = if vs.tls.is_some() { "wss" } else { "ws" };
-    let url = format!("{scheme}://{}/?v=8", vs.endpoint);
+    let url = format!("{}://{}/?v=8", vs.tls.ws_scheme(), vs.endpoint);
     let mut vw = connect(&url, &vs.tls).await?;
     let hello = recv_json(&mut vw, "the voice gateway").await?;
     let hb_ms = voice_hello(&hello)?;
@@ -75,14 +74,17 @@ pub async fn join_voice(
             "max_dave_protocol_version": max_dave } }),
     )
     .await?;
-    // Op 11s before Session Description: the users DAVE may add (davey's recognized users).
+    // Ops 11 and 13 before Session Description: who DAVE may add (davey's recognized users).
     let mut early = Vec::new();
+    // The last numbered message seen (v8), acknowledged in heartbeats and a resume.
+    let mut seq_ack: i64 = -1;
     let ready = loop {
         let m = recv_json(&mut vw, "the voice gateway").await?;
+        seq_ack = m["seq"].as_i64().unwrap_or(seq_ack);
         match m["op"].as_u64() {
             Some(2) => break m["d"].clone(),
             Some(5) => speaker(&events, &m["d"], generation),
-            Some(11) => early.push(m["d"].clone()),
+            Some(op @ (11 | 13)) => early.push((op, m["d"].clone())),
             _ => {}
         }
     };
@@ -116,6 +118,7 @@ pub async fn join_voice(
     .await?;
     let (key, dave) = loop {
         let m = recv_json(&mut vw, "the voice gateway").await?;
+        seq_ack = m["seq"].as_i64().unwrap_or(seq_ack);
         match m["op"].as_u64() {
             Some(4) => {
                 let d = &m["d"];
@@ -131,8 +134,8 @@ pub async fn join_voice(
                                 ))
                             })?;
                         let mut member = DaveMember::new(vs.user_id, channel, version);
-                        for d in &early {
-                            member.handle_json(11, d);
+                        for (op, d) in &early {
+                            member.handle_json(*op, d);
                         }
                         Some(member.shared())
                     }
@@ -161,10 +164,15 @@ pub async fn join_voice(
                 break (key, dave);
             }
             Some(5) => speaker(&events, &m["d"], generation),
-            Some(11) => early.push(m["d"].clone()),
+            Some(op @ (11 | 13)) => early.push((op, m["d"].clone())),
             _ => {}
         }
     };
+    for (op, d) in &early {
+        if let (13, Some(user)) = (op, d["user_id"].as_str().and_then(|u| u.parse().ok())) {
+            let _ = events.send(VoiceEvent::Gone { generation, user });
+        }
+    }
     let resume = VoiceResume {
         url,
         tls: vs.tls.clone(),
@@ -172,16 +180,31 @@ pub async fn join_voice(
         session_id: vs.session_id.clone(),
         token: vs.token.clone(),
     };
-    let task = tokio::spawn(keep_voice(
+    let lost = events.clone();
+    let kept = keep_voice(
         vw,
         hb_ms,
         ssrc,
         resume,
-        generation,
+        (generation, seq_ack),
         events,
         cmds,
         dave.clone(),
-    ));
+    );
+    let task = tokio::spawn(async move {
+        // A panic in there (none is expected; DAVE runs inside) ends the call with a reason
+        // instead of leaving it without signaling.
+        if futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(kept))
+            .await
+            .is_err()
+        {
+            let _ = lost.send(VoiceEvent::VoiceLost {
+                generation,
+                code: None,
+                why: "the voice connection's task failed (a bug in lodge-client)".into(),
+            });
+        }
+    });
     Ok(VoiceReady {
         ssrc,
         server,
@@ -351,16 +374,16 @@ async fn keep_voice(
     hb_ms: u64,
     ssrc: u32,
     resume: VoiceResume,
-    generation: u32,
+    (generation, seq_ack): (u32, i64),
     events: mpsc::UnboundedSender<VoiceEvent>,
     mut cmds: mpsc::UnboundedReceiver<VoiceCmd>,
     dave: Option<SharedDave>,
 ) {
+    // The last numbered message seen (v8), acknowledged in heartbeats and a resume.
+    let mut seq_ack = seq_ack;
     let mut hb = beat(hb_ms);
     hb.tick().await;
     let mut nonce = 0u64;
-    // The last numbered message seen (v8), acknowledged in heartbeats and a resume.
-    let mut seq_ack: i64 = -1;
     let mut acked = true;
     // The speaking state last asked for: said again after every resume.
     let mut speaking: Option<bool> = None;
