@@ -16,6 +16,11 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+/** This header's ABI version: compare it with lodge_client_abi() before anything else. The
+ * structs grow between versions, so a program built against another header would read or write
+ * past them. */
+#define LODGE_CLIENT_ABI 2
+
 
 /**
  * A call in progress (opaque).
@@ -242,6 +247,13 @@ int32_t lodge_call_stats(struct LodgeCall *call,
  * `call` is NULL or a call from `lodge_call_join`, not used again after this.
  */
 int32_t lodge_call_leave(struct LodgeCall *call);
+
+/**
+ * The library's ABI version: a program compares it with the header's `LODGE_CLIENT_ABI`
+ * before anything else (the structs grow between versions, so a mismatch would read or write
+ * past them).
+ */
+uint32_t lodge_client_abi(void);
 
 /**
  * The library's version, a static NUL-terminated string.

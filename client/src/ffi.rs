@@ -457,6 +457,19 @@ pub unsafe extern "C" fn lodge_call_leave(call: *mut LodgeCall) -> i32 {
     }
 }
 
+/// The ABI version of this library: `LODGE_CLIENT_ABI` in the header it was built with. One
+/// more whenever a struct or a function changes (2: DAVE and TLS fields in the options and
+/// the stats).
+pub const ABI: u32 = 2;
+
+/// The library's ABI version: a program compares it with the header's `LODGE_CLIENT_ABI`
+/// before anything else (the structs grow between versions, so a mismatch would read or write
+/// past them).
+#[no_mangle]
+pub extern "C" fn lodge_client_abi() -> u32 {
+    ABI
+}
+
 /// The library's version, a static NUL-terminated string.
 #[no_mangle]
 pub extern "C" fn lodge_client_version() -> *const c_char {

@@ -49,6 +49,11 @@ int main(int argc, char **argv) {
     cb.playout = on_playout;
 
     char err[512];
+    if (lodge_client_abi() != LODGE_CLIENT_ABI) {
+        fprintf(stderr, "liblodge_client has ABI %u, this program was built for %u: rebuild it\n",
+                lodge_client_abi(), (unsigned)LODGE_CLIENT_ABI);
+        return 1;
+    }
     printf("lodge-client %s\n", lodge_client_version());
     LodgeCall *call = lodge_call_join(&opts, &cb, err, sizeof err);
     if (call == NULL) {
