@@ -779,6 +779,21 @@ async fn a_silently_dead_voice_connection_is_noticed_and_resumed() {
 }
 
 /// PATCH a member (a moderator's move, as Discord's API shapes it).
+/// A second voice channel in `guild`, made by its owner: its id.
+async fn second_voice_channel(n: &Node, owner: &str, guild: &str) -> String {
+    req(
+        n,
+        "POST",
+        &format!("/guilds/{guild}/channels"),
+        Some(owner),
+        Some(json!({ "name": "Second", "type": 2 })),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 async fn move_member(n: &Node, token: &str, guild: &str, user: u64, channel: &str) {
     let res = reqwest::Client::new()
         .patch(format!("{}/api/v10/guilds/{guild}/members/{user}", n.base))
@@ -797,17 +812,7 @@ async fn move_member(n: &Node, token: &str, guild: &str, user: u64, channel: &st
 async fn a_moderator_move_is_followed_to_the_new_channel() {
     let n = node().await;
     let (tokens, guild, voice) = guild_of_two(&n).await;
-    let second = req(
-        &n,
-        "POST",
-        &format!("/guilds/{guild}/channels"),
-        Some(&tokens[0]),
-        Some(json!({ "name": "Second", "type": 2 })),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let second = second_voice_channel(&n, &tokens[0], &guild).await;
     let (ana, ana_heard, ben, ben_heard) =
         ana_and_ben(&n, &tokens, &guild, &voice, Some(660.0)).await;
     let (a, b) = (ana.user_id(), ben.user_id());
@@ -1104,17 +1109,7 @@ impl lodge_client::audio_io::Sink for Timed {
 async fn a_slow_handshake_while_following_a_move_does_not_pause_the_call() {
     let (cutter, n) = node_behind_cutter(None).await;
     let (tokens, guild, voice) = guild_of_two(&n).await;
-    let second = req(
-        &n,
-        "POST",
-        &format!("/guilds/{guild}/channels"),
-        Some(&tokens[0]),
-        Some(json!({ "name": "Second", "type": 2 })),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let second = second_voice_channel(&n, &tokens[0], &guild).await;
     let mut o = JoinOptions::new(&n.base, &tokens[1], &guild, &voice);
     o.bind = "127.0.0.1".parse().unwrap();
     let ticks = Timed::default();

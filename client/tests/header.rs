@@ -33,9 +33,15 @@ fn the_c_header_is_current() {
     }
     // The header's ABI version is the library's.
     assert!(
-        h.contains(&format!("#define LODGE_CLIENT_ABI {}\n", lodge_client::ffi::ABI)),
+        h.contains(&format!(
+            "#define LODGE_CLIENT_ABI {}\n",
+            lodge_client::ffi::ABI
+        )),
         "cbindgen.toml's LODGE_CLIENT_ABI must equal ffi::ABI ({})",
         lodge_client::ffi::ABI
     );
-    assert_eq!(lodge_client::ffi::lodge_client_abi(), lodge_client::ffi::ABI);
+    assert_eq!(
+        lodge_client::ffi::lodge_client_abi(),
+        lodge_client::ffi::ABI
+    );
 }
