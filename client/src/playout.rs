@@ -173,16 +173,7 @@ impl SpeakerPlayout {
                     }
                 }
             }
-            Pulled::Conceal { .. } | Pulled::Stretch => {
-                // Concealment that plays quiet (faded out in a long loss, or concealing a
-                // pause) made nothing audible up: the buffer counts it as silent concealment,
-                // as NetEq counts its expansion once it has faded.
-                let r = self.dec.conceal(&mut f);
-                if matches!(r, Ok(FRAME)) && quiet(&f) {
-                    self.jb.concealment_was_quiet();
-                }
-                r
-            }
+            Pulled::Conceal { .. } | Pulled::Stretch => self.dec.conceal(&mut f),
             Pulled::Silence => {
                 f.fill(0);
                 Ok(FRAME)
@@ -431,60 +422,5 @@ mod tests {
             assert!(avg_s < inst_s, "{name}: the averaged level stretches less");
             assert!(avg_c <= inst_c + 0.0005, "{name}: for no more concealment");
         }
-    }
-
-    /// Losses in a quiet passage and in speech, each with later packets already buffered:
-    /// the concealment of the quiet one plays quiet and counts as silent concealment (nothing
-    /// audible was made up, as NetEq counts its faded expansion); that of the speech counts
-    /// as concealment.
-    #[test]
-    fn concealment_that_plays_quiet_counts_as_silent() {
-        let mut enc = OpusEncoder::new(EncoderSettings::default()).unwrap();
-        let mut seed = 1u32;
-        let pk: Vec<Vec<u8>> = (0..200usize)
-            .map(|f| {
-                let pcm: Vec<i16> = (f * FRAME..(f + 1) * FRAME)
-                    .map(|i| {
-                        if f < 100 {
-                            // Faint noise, about -66 dBFS.
-                            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-                            ((seed >> 16) % 41) as i16 - 20
-                        } else {
-                            let t = i as f64 / 48_000.0 * 210.0 * std::f64::consts::TAU;
-                            (7000.0 * t.sin()) as i16
-                        }
-                    })
-                    .collect();
-                enc.encode(&pcm).unwrap().to_vec()
-            })
-            .collect();
-        let lost = [60usize, 61, 160, 161];
-        let cfg = BufferConfig {
-            use_fec: false,
-            ..BufferConfig::default()
-        };
-        let mut p = SpeakerPlayout::new(cfg, 0.0).unwrap();
-        let mut frame = [0i16; FRAME];
-        for tick in 0..200usize {
-            let now = tick as f64 * 20.0;
-            // Each packet arrives three frames before its time, so later ones are buffered
-            // when a loss is played.
-            let k = tick + 3;
-            if k < pk.len() && !lost.contains(&k) {
-                p.insert(now, k as u16, (k * FRAME) as u32, &pk[k]);
-            }
-            if tick < 3 {
-                p.insert(now, tick as u16, (tick * FRAME) as u32, &pk[tick]);
-            }
-            p.pull(now, &mut frame);
-        }
-        let s = p.stats();
-        let n = FRAME as u64;
-        assert!(s.concealed_samples >= 4 * n, "{s:?}");
-        assert_eq!(
-            s.silent_concealed_samples,
-            2 * n,
-            "the quiet passage's two: {s:?}"
-        );
     }
 }

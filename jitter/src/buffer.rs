@@ -90,19 +90,6 @@ pub enum Pulled {
     Silence,
 }
 
-/// How the last pull's concealment was counted, so the caller's word that it played quiet
-/// ([`JitterBuffer::concealment_was_quiet`]) lands in the right place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LastConceal {
-    None,
-    /// Counted as concealment when pulled.
-    Counted,
-    /// An underrun's expansion: concealment unless taken back into a quiet spell.
-    Speculative,
-    /// Played in silent mode: classified when the quiet spell ends.
-    Unclassified,
-}
-
 /// What `insert` did with a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
@@ -140,14 +127,8 @@ pub struct JitterBuffer {
     unclassified: u32,
     /// How many of `unclassified` were played as PLC rather than as silence.
     unclassified_plc: u32,
-    /// How many of `unclassified_plc` the caller found quiet ([`JitterBuffer::concealment_was_quiet`]).
-    unclassified_plc_quiet: u32,
     /// Concealed frames with an empty buffer just before silent mode (maybe DTX, maybe loss).
     speculative: u32,
-    /// How many of `speculative` the caller found quiet.
-    speculative_quiet: u32,
-    /// What the last `pull`'s `Pulled::Conceal` was, for `concealment_was_quiet`.
-    last_conceal: LastConceal,
     /// The previous frame was a stretch.
     stretched: bool,
     /// Hand the frames dropped for acceleration to the caller (`take_accelerated`).
@@ -232,10 +213,7 @@ impl JitterBuffer {
             silent_mode: false,
             unclassified: 0,
             unclassified_plc: 0,
-            unclassified_plc_quiet: 0,
             speculative: 0,
-            speculative_quiet: 0,
-            last_conceal: LastConceal::None,
             stretched: false,
             keep_accelerated: false,
             accelerated: None,
@@ -452,7 +430,6 @@ impl JitterBuffer {
     pub fn pull(&mut self, now_ms: f64) -> Pulled {
         self.accelerated = None;
         self.decelerated = false;
-        self.last_conceal = LastConceal::None;
         if let Some(d) = self.cfg.static_delay_ms {
             return self.pull_static(now_ms, d);
         }
@@ -524,7 +501,7 @@ impl JitterBuffer {
         if self.packets.contains_key(&seq) {
             // The stream continues without a sequence gap: what we played as silence was DTX.
             self.classify_quiet(false);
-            self.commit_speculative();
+            self.speculative = 0;
             self.empty_run = 0;
             let p = self.packets.get(&seq).expect("checked");
             if p.ts >= self.next_ts + frame {
@@ -554,11 +531,11 @@ impl JitterBuffer {
                 self.next_ts += frame;
                 return self.pull(now_ms);
             }
-            let ts = fp.ts;
-            self.commit_speculative();
+            self.speculative = 0;
             if self.silent_mode {
                 // Packets resume after a sequence gap: the quiet spell was an outage. Its time
                 // has passed; continue from what is buffered.
+                let ts = fp.ts;
                 self.classify_quiet(true);
                 self.next_seq = first;
                 self.next_ts = ts;
@@ -579,7 +556,6 @@ impl JitterBuffer {
                 }
             }
             self.emitted(None, true, false);
-            self.last_conceal = LastConceal::Counted;
             return Pulled::Conceal { seq };
         }
         // Nothing buffered.
@@ -601,9 +577,7 @@ impl JitterBuffer {
                 }
                 self.unclassified += spec;
                 self.unclassified_plc += spec;
-                self.unclassified_plc_quiet += self.speculative_quiet;
                 self.speculative = 0;
-                self.speculative_quiet = 0;
             }
             // Media time keeps running, so the next packet plays when its time comes.
             self.next_ts += frame;
@@ -616,7 +590,6 @@ impl JitterBuffer {
         // if a later packet shows it lost, the expansion stands in for it.
         self.speculative += 1;
         self.emitted(None, true, false);
-        self.last_conceal = LastConceal::Speculative;
         Pulled::Stretch
     }
 
@@ -680,7 +653,6 @@ impl JitterBuffer {
                 Pulled::Silence
             } else {
                 self.unclassified_plc += 1;
-                self.last_conceal = LastConceal::Unclassified;
                 Pulled::Conceal { seq: self.next_seq }
             };
         };
@@ -718,33 +690,7 @@ impl JitterBuffer {
             };
         }
         self.emitted(None, true, false);
-        self.last_conceal = LastConceal::Counted;
         Pulled::Conceal { seq }
-    }
-
-    /// The frame the last `pull` returned as [`Pulled::Conceal`] played quiet (about −50 dBFS
-    /// or less: the decoder's concealment had faded out, or it concealed a pause). Nothing
-    /// audible was made up, so it counts as silent concealment, as the W3C statistics define
-    /// silentConcealedSamples and as NetEq counts its expansion once it has faded. Only a
-    /// caller that decodes can tell; without this call every concealed frame counts as heard.
-    pub fn concealment_was_quiet(&mut self) {
-        match std::mem::replace(&mut self.last_conceal, LastConceal::None) {
-            LastConceal::Counted => {
-                self.stats.silent_concealed_samples += self.cfg.frame_samples as u64;
-            }
-            LastConceal::Speculative => self.speculative_quiet += 1,
-            LastConceal::Unclassified => self.unclassified_plc_quiet += 1,
-            LastConceal::None => {}
-        }
-    }
-
-    /// The speculative expansions stand as concealment (the packet came late, or a later one
-    /// showed it lost): those found quiet are silent concealment.
-    fn commit_speculative(&mut self) {
-        self.stats.silent_concealed_samples +=
-            self.speculative_quiet as u64 * self.cfg.frame_samples as u64;
-        self.speculative = 0;
-        self.speculative_quiet = 0;
     }
 
     /// Count a frame as played without classifying it (yet).
@@ -762,17 +708,15 @@ impl JitterBuffer {
         let n = self.cfg.frame_samples as u64;
         let q = self.unclassified as u64;
         let plc = (self.unclassified_plc as u64).min(q);
-        let quiet_plc = (self.unclassified_plc_quiet as u64).min(plc);
         self.silent_mode = false;
         self.unclassified = 0;
         self.unclassified_plc = 0;
-        self.unclassified_plc_quiet = 0;
         if q == 0 {
             return;
         }
         self.stats.concealed_samples += q * n;
         if loss {
-            self.stats.silent_concealed_samples += (q - plc + quiet_plc) * n;
+            self.stats.silent_concealed_samples += (q - plc) * n;
             self.stats.silent_outage_samples += (q - plc) * n;
             if self.conceal_run == 0 {
                 self.stats.concealment_events += 1;

@@ -179,55 +179,6 @@ fn a_long_outage_counts_as_an_interruption() {
     );
 }
 
-/// The caller says every concealed frame played quiet (its decoder's concealment had faded,
-/// or concealed a pause): an outage's PLC then counts as silent concealment too, wherever the
-/// buffer counted it (underrun expansions, PLC in silent mode); the silence played through
-/// the outage is counted once, and a sender's pause (DTX) is not counted twice.
-#[test]
-fn concealment_the_caller_found_quiet_is_silent_and_counted_once() {
-    let run = |lost: std::ops::Range<u32>, dtx: bool| {
-        let mut jb = JitterBuffer::new(BufferConfig {
-            use_fec: false,
-            ..BufferConfig::default()
-        });
-        let mut quiet_reports = 0;
-        let mut seq = 0u16;
-        for i in 0..100u32 {
-            let now = i as f64 * 20.0;
-            if !lost.contains(&i) {
-                // In a pause the sender stops numbering too (DTX); in an outage it does not.
-                jb.insert(now + 25.0, seq, i * 960, vec![1]);
-                seq += 1;
-            } else if !dtx {
-                seq += 1;
-            }
-            if matches!(
-                jb.pull(now + 60.0),
-                Pulled::Conceal { .. } | Pulled::Stretch
-            ) {
-                jb.concealment_was_quiet();
-                quiet_reports += 1;
-            }
-        }
-        jb.finish();
-        (jb.stats().clone(), quiet_reports)
-    };
-    let (st, reports) = run(40..50, false);
-    assert!(reports >= 2, "some PLC was played: {reports}");
-    assert_eq!(
-        st.silent_concealed_samples, st.concealed_samples,
-        "everything concealed was quiet: {st:?}"
-    );
-    let plain = with_outage(BufferConfig::default(), 100, 40..50);
-    assert_eq!(st.concealed_samples, plain.concealed_samples);
-    assert_eq!(st.silent_outage_samples, plain.silent_outage_samples);
-    let (pause, _) = run(40..50, true);
-    assert!(
-        pause.silent_concealed_samples <= pause.concealed_samples,
-        "a pause's quiet frames are not counted twice: {pause:?}"
-    );
-}
-
 #[test]
 fn an_outage_of_over_100_packets_is_loss_not_a_pause() {
     // 3 s without packets mid-stream (150 sequence numbers lost), then the stream goes on: the
