@@ -94,8 +94,8 @@ pub struct CallStats {
     /// Datagrams that did not open under the session key (or were not RTP): dropped.
     pub packets_undecryptable: u64,
     /// Frames end-to-end encryption (DAVE) refused, dropped: an encrypted frame no key of ours
-    /// opens (or one in a call without DAVE), a plain frame in a DAVE call after the
-    /// transition's grace, a frame from an SSRC the voice gateway has not named yet.
+    /// opens (or one in a call without DAVE), a plain frame in a DAVE call outside a
+    /// downgrade's passthrough, a frame from an SSRC the voice gateway has not named yet.
     pub packets_dave_dropped: u64,
     /// Captured frames not sent because the call runs DAVE and we are not in its group yet
     /// (plain voice must not reach the server in an end-to-end encrypted call).
