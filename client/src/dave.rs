@@ -189,10 +189,15 @@ impl DaveMember {
     fn ready_for(&mut self, id: u16) {
         if id != 0 {
             self.pending.insert(id, self.version);
-            self.out.push_back(DaveOut::Json(
-                json!({ "op": 23, "d": { "transition_id": id } }),
-            ));
+            self.transition_ready(id);
         }
+    }
+
+    /// Op 23: we are ready for transition `id`.
+    fn transition_ready(&mut self, id: u16) {
+        self.out.push_back(DaveOut::Json(
+            json!({ "op": 23, "d": { "transition_id": id } }),
+        ));
     }
 
     /// A commit or Welcome of transition `id` did not process: op 31, then start over.
@@ -245,9 +250,7 @@ impl DaveMember {
                     if let Some(s) = &mut self.session {
                         s.set_passthrough_mode(true, None);
                     }
-                    self.out.push_back(DaveOut::Json(
-                        json!({ "op": 23, "d": { "transition_id": id } }),
-                    ));
+                    self.transition_ready(id);
                 }
             }
             22 => {

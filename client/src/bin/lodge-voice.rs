@@ -383,9 +383,6 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| "lodge_client=info".into()),
         )
         .init();
-    if !(a.url.starts_with("http://") || a.url.starts_with("https://")) {
-        bail!("--url must start with http:// or https:// (got {})", a.url);
-    }
     let mut o = JoinOptions::new(&a.url, &a.token, &a.guild, &a.channel);
     o.ca_file = a.ca_file.clone();
     o.mode = match a.mode {

@@ -1,6 +1,7 @@
 //! Signaling as a Discord client does it: the gateway (Hello, Identify, READY, heartbeats, op 4
 //! voice state) and the voice gateway (Hello, Identify, Ready, IP discovery, Select Protocol
-//! `udp`, Session Description, heartbeats, op 5 speaking both ways).
+//! `udp`, Session Description, heartbeats, op 5 speaking both ways, DAVE's ops 11–31), over
+//! `ws://` or, from an `https://` base, `wss://` only (`crate::tls`).
 //!
 //! `gateway.rs` holds the chat gateway's side, `voice.rs` the voice gateway's; both resume a
 //! lost connection before giving up on the call.

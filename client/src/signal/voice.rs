@@ -1,7 +1,9 @@
 //! The voice gateway as a Discord client speaks it (v8): Hello, Identify, Ready, IP discovery,
-//! Select Protocol `udp`, Session Description, then a task for heartbeats and op 5 both ways
-//! that resumes (op 7) a lost connection.
+//! Select Protocol `udp`, Session Description, then a task for heartbeats, op 5 both ways and
+//! DAVE's ops 11–31 (fed to the call's `DaveMember`, its answers sent) that resumes (op 7) a
+//! lost connection.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -346,24 +348,26 @@ async fn recover_voice(
 
 /// Sends what the DAVE member wants sent, oldest first; `false` when the connection failed
 /// (what is left stays in `pending`, for after the resume).
-async fn flush_dave(ws: &mut Ws, dave: &Option<SharedDave>, pending: &mut Vec<Message>) -> bool {
+async fn flush_dave(
+    ws: &mut Ws,
+    dave: &Option<SharedDave>,
+    pending: &mut VecDeque<Message>,
+) -> bool {
     if let Some(d) = dave {
         let mut m = crate::dave::lock(d);
         while let Some(o) = m.poll_output() {
-            pending.push(match o {
+            pending.push_back(match o {
                 DaveOut::Binary(b) => Message::Binary(b.into()),
                 DaveOut::Json(v) => Message::Text(v.to_string().into()),
             });
         }
     }
-    while !pending.is_empty() {
-        if futures_util::SinkExt::send(ws, pending[0].clone())
-            .await
-            .is_err()
-        {
+    // A message leaves the queue only once sent (the clone shares the payload's bytes).
+    while let Some(m) = pending.front() {
+        if futures_util::SinkExt::send(ws, m.clone()).await.is_err() {
             return false;
         }
-        pending.remove(0);
+        pending.pop_front();
     }
     true
 }
@@ -401,7 +405,7 @@ async fn keep_voice(
     // The close code of the connection's end, when the server closed it.
     let mut close_code = None;
     // DAVE messages to send (op 26 may already be waiting, from Session Description).
-    let mut dave_pending: Vec<Message> = Vec::new();
+    let mut dave_pending: VecDeque<Message> = VecDeque::new();
     let mut dave_sent = flush_dave(&mut ws, &dave, &mut dave_pending).await;
     loop {
         let gone = if !dave_sent {
