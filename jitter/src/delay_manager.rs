@@ -112,6 +112,9 @@ pub struct DelayManager {
     /// so a route change can move them. Bounded; allocated once.
     recent: VecDeque<(f64, f64, usize, f64)>,
     target_ms: f64,
+    /// The quantile of relative delay itself, ms, before the target's clamping: how late a
+    /// packet may be against the recent fastest one.
+    quantile_ms: f64,
     packets: u64,
     steps: u64,
 }
@@ -131,6 +134,7 @@ impl DelayManager {
             baseline: SlidingMin::new(cfg.baseline_window_ms),
             recent: VecDeque::with_capacity(RECENT_MAX),
             target_ms: cfg.min_delay_ms,
+            quantile_ms: 0.0,
             packets: 0,
             steps: 0,
         }
@@ -139,6 +143,12 @@ impl DelayManager {
     /// Target playout delay (buffered audio the buffer aims to hold), ms.
     pub fn target_ms(&self) -> f64 {
         self.target_ms
+    }
+
+    /// The [`DelayConfig::quantile`] of relative delay, ms, unclamped (a multiple of
+    /// [`BIN_MS`]): the jitter a packet must be allowed to arrive within.
+    pub fn quantile_ms(&self) -> f64 {
+        self.quantile_ms
     }
 
     /// Route changes recognised so far.
@@ -177,6 +187,7 @@ impl DelayManager {
         }
         self.packets += 1;
         let q_ms = (self.quantile_bin(self.cfg.quantile) as f64 + 1.0) * BIN_MS;
+        self.quantile_ms = q_ms;
         self.target_ms = q_ms.clamp(self.cfg.min_delay_ms, self.cfg.max_delay_ms);
         rel
     }

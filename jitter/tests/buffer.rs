@@ -118,6 +118,52 @@ fn single_losses_are_rebuilt_from_fec_or_concealed_without() {
     }
 }
 
+/// One packet in 20 lost (5%, never two in a row) on a path with up to 4 ms of jitter, pulled
+/// at a random phase: the target it settles on, and how many of the losses were rebuilt from
+/// FEC, of how many.
+fn isolated_losses_low_jitter(fec: bool, seed: u64) -> (f64, usize, usize) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut jb = JitterBuffer::new(BufferConfig {
+        use_fec: fec,
+        ..BufferConfig::default()
+    });
+    let phase = rng.gen_range(0.0..20.0);
+    let mut arrivals: Vec<(f64, u32)> = (0..1500u32)
+        .filter(|i| i % 20 != 7)
+        .map(|i| (i as f64 * 20.0 + 30.0 + rng.gen_range(0.0..4.0), i))
+        .collect();
+    arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let lost = (0..1500u32).filter(|i| i % 20 == 7).count();
+    let (mut next, mut rebuilt) = (0, 0);
+    for tick in 0..1510u32 {
+        let now = tick as f64 * 20.0 + phase;
+        while next < arrivals.len() && arrivals[next].0 <= now {
+            let (at, i) = arrivals[next];
+            jb.insert(at, i as u16, i * 960, vec![1]);
+            next += 1;
+        }
+        if let Pulled::Fec { .. } = jb.pull(now) {
+            rebuilt += 1;
+        }
+    }
+    (jb.target_delay_ms(), rebuilt, lost)
+}
+
+#[test]
+fn with_fec_a_lossy_path_holds_one_frame_plus_its_jitter_not_two_frames() {
+    for seed in 1..6 {
+        // With FEC the packet after a loss must be here when the lost frame is due: a frame
+        // plus the jitter it arrives within (5 ms bins), not a flat two frames.
+        let (target, rebuilt, lost) = isolated_losses_low_jitter(true, seed);
+        assert!((25.0..40.0).contains(&target), "seed {seed}: target {target} ms");
+        assert_eq!(rebuilt, lost, "seed {seed}: every isolated loss rebuilt from FEC");
+        // Without FEC two frames, so a burst does not run the buffer dry.
+        let (target, rebuilt, _) = isolated_losses_low_jitter(false, seed);
+        assert_eq!(target, 40.0, "seed {seed}");
+        assert_eq!(rebuilt, 0);
+    }
+}
+
 #[test]
 fn dtx_gap_plays_silence_then_resumes() {
     let mut jb = JitterBuffer::new(BufferConfig::default());
