@@ -155,8 +155,14 @@ fn with_fec_a_lossy_path_holds_one_frame_plus_its_jitter_not_two_frames() {
         // With FEC the packet after a loss must be here when the lost frame is due: a frame
         // plus the jitter it arrives within (5 ms bins), not a flat two frames.
         let (target, rebuilt, lost) = isolated_losses_low_jitter(true, seed);
-        assert!((25.0..40.0).contains(&target), "seed {seed}: target {target} ms");
-        assert_eq!(rebuilt, lost, "seed {seed}: every isolated loss rebuilt from FEC");
+        assert!(
+            (25.0..40.0).contains(&target),
+            "seed {seed}: target {target} ms"
+        );
+        assert_eq!(
+            rebuilt, lost,
+            "seed {seed}: every isolated loss rebuilt from FEC"
+        );
         // Without FEC two frames, so a burst does not run the buffer dry.
         let (target, rebuilt, _) = isolated_losses_low_jitter(false, seed);
         assert_eq!(target, 40.0, "seed {seed}");
