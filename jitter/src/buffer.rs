@@ -192,7 +192,7 @@ const CODEC_LOOKAHEAD_MS: f64 = 6.5;
 /// jitter quantile (at most two frames): the packet after a lost one carries its FEC and must be
 /// here when the lost frame is due, so the buffer keeps that packet's frame and the lateness it
 /// may arrive with; a flat two frames held ~5 ms more than that on low-jitter lossy paths (the
-/// NetEq comparison's bursty profiles: target 38-40 ms against 33-35 ms). Without FEC, two
+/// NetEq comparison's bursty profiles, docs/BENCHMARKS.md). Without FEC, two
 /// frames, because a loss burst longer than a one-frame buffer runs it dry, and the first packet
 /// after the burst then plays only if it is not even slightly late: each burst costs an extra
 /// concealed frame (measured: 310 vs 307 frames of 3,000 at 10% bursty loss) for ~20 ms less

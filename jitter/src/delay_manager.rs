@@ -111,9 +111,8 @@ pub struct DelayManager {
     /// The last `step_window_ms` of packets: (arrival ms, transit ms, histogram bin, weight),
     /// so a route change can move them. Bounded; allocated once.
     recent: VecDeque<(f64, f64, usize, f64)>,
-    target_ms: f64,
-    /// The quantile of relative delay itself, ms, before the target's clamping: how late a
-    /// packet may be against the recent fastest one.
+    /// The quantile of relative delay, ms, before the target's clamping: how late a packet may
+    /// be against the recent fastest one. The target is this, clamped.
     quantile_ms: f64,
     packets: u64,
     steps: u64,
@@ -133,7 +132,6 @@ impl DelayManager {
             total: 1.0,
             baseline: SlidingMin::new(cfg.baseline_window_ms),
             recent: VecDeque::with_capacity(RECENT_MAX),
-            target_ms: cfg.min_delay_ms,
             quantile_ms: 0.0,
             packets: 0,
             steps: 0,
@@ -142,7 +140,8 @@ impl DelayManager {
 
     /// Target playout delay (buffered audio the buffer aims to hold), ms.
     pub fn target_ms(&self) -> f64 {
-        self.target_ms
+        self.quantile_ms
+            .clamp(self.cfg.min_delay_ms, self.cfg.max_delay_ms)
     }
 
     /// The [`DelayConfig::quantile`] of relative delay, ms, unclamped (a multiple of
@@ -186,9 +185,7 @@ impl DelayManager {
             self.inc = 1.0;
         }
         self.packets += 1;
-        let q_ms = (self.quantile_bin(self.cfg.quantile) as f64 + 1.0) * BIN_MS;
-        self.quantile_ms = q_ms;
-        self.target_ms = q_ms.clamp(self.cfg.min_delay_ms, self.cfg.max_delay_ms);
+        self.quantile_ms = (self.quantile_bin(self.cfg.quantile) as f64 + 1.0) * BIN_MS;
         rel
     }
 }
@@ -221,7 +218,7 @@ impl DelayManager {
         // being played, plus that frame: count the mass above `t + late_margin_ms`.
         let m = (q.late_margin_ms / BIN_MS).round() as usize;
         let mut below = self.hist[..(min_bin + m).min(BINS)].iter().sum::<f64>();
-        let (mut best_t, mut best_r) = (self.target_ms, f64::NEG_INFINITY);
+        let (mut best_t, mut best_r) = (self.target_ms(), f64::NEG_INFINITY);
         for b in min_bin..top {
             if let Some(h) = self.hist.get(b + m) {
                 below += h;
