@@ -2,8 +2,9 @@
  * lodge_client.h: Lodge's native voice client, for C and anything that binds C (Godot
  * GDExtension, Unity's DllImport, Unreal modules). Link liblodge_client.so (or .dylib/.dll).
  *
- * Audio is 48 kHz mono 16-bit, 960 samples (20 ms) per callback. Callbacks run on the
- * call's own thread: keep them short, and do not call lodge_call_* for the same call from them.
+ * Audio is 48 kHz mono 16-bit: capture takes 960 samples (20 ms) per callback, playout gives
+ * 480 (10 ms) per callback; use `count`. Callbacks run on the call's own thread: keep them
+ * short, and do not call lodge_call_* for the same call from them.
  */
 
 #ifndef LODGE_CLIENT_H
@@ -85,14 +86,14 @@ typedef void (*LodgeCaptureFn)(void *user_data,
                                size_t count);
 
 /**
- * One frame of the mixed playout (what the speakers should play).
+ * One tick (10 ms) of the mixed playout (what the speakers should play).
  */
 typedef void (*LodgePlayoutFn)(void *user_data,
                                const int16_t *samples,
                                size_t count);
 
 /**
- * One speaker's decoded frame before mixing (`user_id` 0 until the server named the SSRC).
+ * One speaker's decoded tick (10 ms) before mixing (`user_id` 0 until the server named the SSRC).
  */
 typedef void (*LodgeSpeakerFn)(void *user_data,
                                uint64_t user_id,

@@ -18,7 +18,8 @@ pub trait Source: Send {
     fn read(&mut self, frame: &mut [i16]) -> bool;
 }
 
-/// Takes one 20 ms frame of the mix per call, and each speaker's frame before mixing.
+/// Takes one tick of the mix per call (10 ms in a call, 480 samples), and each speaker's
+/// audio for the tick before mixing.
 pub trait Sink: Send {
     fn mixed(&mut self, frame: &[i16]);
     /// One speaker's decoded frame: their SSRC, and their user once the voice gateway named it.

@@ -1,6 +1,6 @@
 //! The tokio shell around one call: the gateway and voice gateway tasks, the UDP socket, a
-//! 20 ms tick that moves audio from the [`Source`] through the [`VoiceEngine`] to the node and
-//! from the node to the [`Sink`]. Controlled through [`Call`]'s methods.
+//! 10 ms tick that moves audio from the [`Source`] through the [`VoiceEngine`] to the node
+//! (every other tick, a 20 ms frame) and from the node to the [`Sink`] (every tick). Controlled through [`Call`]'s methods.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -20,8 +20,12 @@ use crate::signal::{self, GatewayCmd, VoiceCmd, VoiceEvent};
 /// How often a client that sends nothing tells the node it is still there (both Discord
 /// libraries use 5 s): the 4-byte SSRC, not encrypted.
 const KEEPALIVE: Duration = Duration::from_secs(5);
-/// How often [`Call::stats`] is refreshed.
-const STATS_EVERY: u32 = 10;
+/// How often [`Call::stats`] is refreshed (ticks: 200 ms).
+const STATS_EVERY: u32 = 20;
+/// The playout tick: half a frame, so the playout decides at a finer phase to the packets'
+/// arrival (see `playout.rs`), as NetEq does. Capture runs every other tick.
+const TICK: Duration = Duration::from_millis(10);
+const TICK_SAMPLES: usize = FRAME / 2;
 
 /// Where and how to join.
 #[derive(Debug, Clone)]
@@ -336,12 +340,12 @@ impl Running {
         mut cmds: mpsc::UnboundedReceiver<Cmd>,
         mut events: mpsc::UnboundedReceiver<VoiceEvent>,
     ) -> Result<(), ClientError> {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut tick = tokio::time::interval(TICK);
         // A late tick is caught up at once: media time stays wall-clock time.
         tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
         let mut buf = vec![0u8; 2048];
         let mut frame = [0i16; FRAME];
-        let mut mix = [0i16; FRAME];
+        let mut mix = [0i16; TICK_SAMPLES];
         let mut last_sent = Instant::now();
         let mut ticks = 0u32;
         // The current voice connection ended with 4014: the call ends at the deadline unless
@@ -356,14 +360,16 @@ impl Running {
                         }
                     }
                     ticks = ticks.wrapping_add(1);
-                    self.source.read(&mut frame);
-                    match self.engine.capture(&frame) {
-                        Ok(Some(pkt)) => {
-                            send_media(&self.sock, self.server, &pkt).await;
-                            last_sent = Instant::now();
+                    if ticks % 2 == 1 {
+                        self.source.read(&mut frame);
+                        match self.engine.capture(&frame) {
+                            Ok(Some(pkt)) => {
+                                send_media(&self.sock, self.server, &pkt).await;
+                                last_sent = Instant::now();
+                            }
+                            Ok(None) => {}
+                            Err(e) => break Err(e),
                         }
-                        Ok(None) => {}
-                        Err(e) => break Err(e),
                     }
                     if let Some(sr) = self.engine.poll_report(std::time::Instant::now()) {
                         send_media(&self.sock, self.server, &sr).await;

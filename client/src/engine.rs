@@ -1,5 +1,5 @@
 //! The call's media, sans-IO: one 20 ms frame of capture in → at most one datagram out;
-//! datagrams in → per-speaker playout; one frame of mixed playout out. Time is passed in, so
+//! datagrams in → per-speaker playout; one tick (up to a frame) of mixed playout out. Time is passed in, so
 //! tests drive it with a simulated clock; the shell (`call.rs`) owns the socket and the ticks.
 
 use std::borrow::Cow;
@@ -119,6 +119,9 @@ pub struct SpeakerStats {
     pub user: Option<u64>,
     pub jitter: JitterStats,
     pub target_delay_ms: f64,
+    /// Decoded audio's wait for its tick, summed per sample (s): the output side, which
+    /// `jitter.jitter_buffer_delay` leaves out as WebRTC's does (NetEq's sync buffer).
+    pub queue_delay_s: f64,
     pub decode_errors: u64,
     /// The speaker left (op 13) or went quiet for 10 s: these are its final figures.
     pub left: bool,
@@ -546,6 +549,7 @@ impl VoiceEngine {
             user: self.users.get(&ssrc).copied(),
             jitter: p.stats(),
             target_delay_ms: p.target_delay_ms(),
+            queue_delay_s: p.queue_delay_s(),
             decode_errors: p.decode_errors,
             left,
         }
@@ -564,15 +568,18 @@ impl VoiceEngine {
         self.volumes.insert(user, gain.clamp(0.0, 4.0));
     }
 
-    /// One 20 ms frame of playout: each speaker's decoded frame goes to `each` (SSRC, user,
-    /// samples: for per-speaker recording), their sum at each user's volume into `mix`.
-    /// Deafened: `mix` is silence (`each` still sees what arrives).
+    /// One tick of playout (`mix.len()` samples, at most a 20 ms frame; a call ticks every
+    /// 10 ms): each speaker's decoded audio goes to `each` (SSRC, user, samples: for
+    /// per-speaker recording), their sum at each user's volume into `mix`. Deafened: `mix` is
+    /// silence (`each` still sees what arrives).
     pub fn playout(
         &mut self,
         now: Instant,
-        mix: &mut [i16; FRAME],
+        mix: &mut [i16],
         mut each: impl FnMut(u32, Option<u64>, &[i16]),
     ) {
+        let n = mix.len().min(FRAME);
+        let mix = &mut mix[..n];
         let now_ms = self.ms(now);
         let idle: Vec<u32> = self
             .speakers
@@ -587,11 +594,11 @@ impl VoiceEngine {
         }
         self.acc.fill(0);
         for (ssrc, p) in self.speakers.iter_mut() {
-            if !p.pull(now_ms, &mut self.frame) {
+            if !p.pull(now_ms, &mut self.frame[..n]) {
                 continue;
             }
             let user = self.users.get(ssrc).copied();
-            each(*ssrc, user, &self.frame);
+            each(*ssrc, user, &self.frame[..n]);
             let gain = user
                 .and_then(|u| self.volumes.get(&u))
                 .copied()

@@ -3,8 +3,9 @@
 //! boundary, and no panic does (each entry point catches one and reports an error instead).
 //!
 //! Threads: a call runs on a runtime of its own (one thread). The audio callbacks are called
-//! from that thread, every 20 ms, with 960 samples (48 kHz mono, 16-bit); they must return
-//! quickly and must not call back into this API for the same call.
+//! from that thread (48 kHz mono, 16-bit): capture every 20 ms for 960 samples, playout every
+//! 10 ms with 480; they must return quickly and must not call back into this API for the same
+//! call.
 
 use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -58,10 +59,10 @@ pub struct LodgeJoinOptions {
 /// Fills `samples` (`count` 16-bit samples, 48 kHz mono) with captured audio.
 pub type LodgeCaptureFn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, samples: *mut i16, count: usize)>;
-/// One frame of the mixed playout (what the speakers should play).
+/// One tick (10 ms) of the mixed playout (what the speakers should play).
 pub type LodgePlayoutFn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, samples: *const i16, count: usize)>;
-/// One speaker's decoded frame before mixing (`user_id` 0 until the server named the SSRC).
+/// One speaker's decoded tick (10 ms) before mixing (`user_id` 0 until the server named the SSRC).
 pub type LodgeSpeakerFn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,

@@ -15,7 +15,7 @@
 //! - [`signal`] — the two WebSocket protocols.
 //! - [`dave`] — DAVE membership, sans-IO: the MLS group from the voice gateway's ops 21–31, and
 //!   each frame's end-to-end encryption.
-//! - [`call::Call`] — the tokio shell that owns the socket and the 20 ms tick.
+//! - [`call::Call`] — the tokio shell that owns the socket and the 10 ms tick.
 //! - [`audio_io`] — sources (tone, WAV, silence) and sinks (null, memory, WAV per speaker).
 //! - [`ffi`] — the C ABI (`include/lodge_client.h`).
 //!

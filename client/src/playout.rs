@@ -6,7 +6,15 @@
 //! shortening removes them (`stretch.rs`) instead of playing a concealment frame or dropping a
 //! packet outright; where the audio is not periodic enough it falls back to exactly that. So a
 //! step yields a variable amount of audio, which goes through a small queue from which each
-//! 20 ms tick takes one frame.
+//! tick (10 ms in a call) takes its share.
+//!
+//! The buffer decides when the queue runs short, so its decisions fall on the ticks, once per
+//! frame, at a phase to the packets' arrival that a call keeps from its start: a packet that
+//! arrives just after a decision waits almost a frame before the next one counts it. With ticks
+//! shorter than a frame the playout can choose between phases: when every packet over the last
+//! second had been waiting a whole tick by the time it was counted, one tick of queued audio
+//! is removed (by whole periods, as acceleration), and the decisions move a tick earlier, to
+//! meet the packets sooner. The level the buffer steers is unchanged by it; the wait is.
 
 use std::collections::VecDeque;
 
@@ -23,6 +31,11 @@ const HISTORY: usize = 1440;
 /// Buffer steps per tick at most (a tick after an acceleration that removed little may need
 /// two; more means something is wrong, and the tick plays what it has).
 const MAX_STEPS: usize = 3;
+
+/// Frames in a row over which a phase shift looks at the packets' waits (1 s).
+const PHASE_WINDOW: u32 = 50;
+/// What each of those waits must exceed a tick by (ms): the ticks' own timing wobbles.
+const PHASE_MARGIN_MS: f64 = 1.0;
 
 /// Opus in VBR spends bytes on sound: a frame this small is a pause or near silence, where
 /// the buffer may drop or stretch first (native clients send no audio-level header; the node
@@ -50,10 +63,19 @@ pub struct SpeakerPlayout {
     /// Decelerations played as PLC (the audio was not periodic): concealment, as NetEq counts
     /// synthetic audio; the buffer counted them as plain frames.
     plc_inserted: u64,
-    /// Time played samples waited in the queue, summed per sample (s), like the buffer's own.
+    /// Time played samples waited in the queue, summed per sample (s): the output side's
+    /// wait, kept apart from the buffer's (see [`SpeakerPlayout::stats`]).
     queue_delay_s: f64,
     scratch: Vec<i16>,
     scratch2: Vec<i16>,
+    /// Samples the last pull took (the tick).
+    tick: usize,
+    /// Frames decided in a row so far, and the least time the newest packet had waited at
+    /// any of those decisions (ms).
+    phase_run: u32,
+    phase_min_wait_ms: f64,
+    /// Times the decisions were moved a tick earlier.
+    pub phase_shifts: u64,
 }
 
 /// RMS below which audio counts as quiet: about -50 dBFS, well under speech and under the
@@ -83,6 +105,10 @@ impl SpeakerPlayout {
             queue_delay_s: 0.0,
             scratch: vec![0; FRAME],
             scratch2: vec![0; FRAME],
+            tick: FRAME,
+            phase_run: 0,
+            phase_min_wait_ms: 0.0,
+            phase_shifts: 0,
         })
     }
 
@@ -92,11 +118,13 @@ impl SpeakerPlayout {
             .insert_frame(now_ms, seq, rtp_ts, opus.to_vec(), low_energy(opus));
     }
 
-    /// Fill `out` (one frame) with what plays now; false while the buffer is still filling
-    /// (then `out` is silence).
-    pub fn pull(&mut self, now_ms: f64, out: &mut [i16; FRAME]) -> bool {
+    /// Fill `out` (one tick: at most a frame) with what plays now; false while the buffer is
+    /// still filling (then `out` is silence).
+    pub fn pull(&mut self, now_ms: f64, out: &mut [i16]) -> bool {
+        let tick = out.len().min(FRAME);
+        self.tick = tick;
         let mut steps = 0;
-        while self.queue.len() < FRAME && steps < MAX_STEPS {
+        while self.queue.len() < tick && steps < MAX_STEPS {
             steps += 1;
             if !self.step(now_ms) {
                 break;
@@ -106,13 +134,13 @@ impl SpeakerPlayout {
             out.fill(0);
             return false;
         }
-        let n = self.queue.len().min(FRAME);
+        let n = self.queue.len().min(tick);
         for (o, s) in out.iter_mut().zip(self.queue.drain(..n)) {
             *o = s;
         }
         out[n..].fill(0);
         // What stays queued waits one more tick.
-        self.queue_delay_s += self.queue.len() as f64 / 48_000.0 * FRAME as f64;
+        self.queue_delay_s += self.queue.len() as f64 / 48_000.0 * tick as f64;
         true
     }
 
@@ -140,6 +168,9 @@ impl SpeakerPlayout {
             self.scratch2 = a;
         }
         let mut f = std::mem::take(&mut self.scratch);
+        if !matches!(pulled, Pulled::Frame { .. }) {
+            self.phase_run = 0;
+        }
         let r = match &pulled {
             Pulled::Waiting => {
                 self.scratch = f;
@@ -185,7 +216,36 @@ impl SpeakerPlayout {
         }
         self.push(&f);
         self.scratch = f;
+        if matches!(pulled, Pulled::Frame { .. }) {
+            self.steer_phase(now_ms);
+        }
         true
+    }
+
+    /// After a packet's frame was decided: note how long the newest packet had been waiting,
+    /// and once a second of frames all had a tick to spare, move the decisions a tick earlier
+    /// by removing a tick of queued audio.
+    fn steer_phase(&mut self, now_ms: f64) {
+        if self.tick >= FRAME {
+            return;
+        }
+        let wait = now_ms - self.last_packet_ms;
+        self.phase_min_wait_ms = if self.phase_run == 0 {
+            wait
+        } else {
+            self.phase_min_wait_ms.min(wait)
+        };
+        self.phase_run += 1;
+        if self.phase_run < PHASE_WINDOW {
+            return;
+        }
+        self.phase_run = 0;
+        let tick_ms = self.tick as f64 / 48.0;
+        if self.phase_min_wait_ms >= tick_ms + PHASE_MARGIN_MS
+            && self.shorten_with_queue(&[], self.tick)
+        {
+            self.phase_shifts += 1;
+        }
     }
 
     /// What is still queued (not played yet) followed by `next`, shortened by whole periods,
@@ -214,15 +274,24 @@ impl SpeakerPlayout {
         }
     }
 
-    /// The buffer's figures, with the stretching counted as it really happened and the
-    /// queue's wait added to the playout delay.
+    /// The buffer's figures, with the stretching counted as it really happened.
+    ///
+    /// The playout delay (`jitter_buffer_delay`) is counted as WebRTC counts it: each packet's
+    /// wait from arrival until it is decoded, times its samples. Decoded audio waiting in the
+    /// queue for its tick is not in it, as NetEq's sync buffer is not in NetEq's; that wait is
+    /// [`SpeakerPlayout::queue_delay_s`].
     pub fn stats(&self) -> JitterStats {
         let mut s = self.jb.stats().clone();
         s.inserted_samples_for_deceleration = self.inserted;
         s.removed_samples_for_acceleration = self.removed;
         s.concealed_samples += self.plc_inserted;
-        s.jitter_buffer_delay += self.queue_delay_s;
         s
+    }
+
+    /// The time decoded samples waited in the queue before their tick took them, summed per
+    /// sample (s): with 10 ms ticks, half of every frame waits one tick.
+    pub fn queue_delay_s(&self) -> f64 {
+        self.queue_delay_s
     }
 
     pub fn target_delay_ms(&self) -> f64 {
@@ -360,6 +429,81 @@ mod tests {
         );
         assert_eq!(p.plc_inserted, 0, "{s:?}");
         assert!(quiet(&hush()) && !quiet(&[7000i16; FRAME]));
+    }
+
+    /// 40 s of packets every 20 ms, arriving `phase_ms` after a tick (`step_ms` sooner from
+    /// 20 s on: a shorter route) plus up to `jitter_ms` of uniform lateness, pulled in ticks of
+    /// `tick` samples: over the last 20 s, the playout's mean delay (ms) and its concealment
+    /// ratio; and its phase shifts.
+    fn paced(phase_ms: f64, step_ms: f64, jitter_ms: f64, tick: usize) -> (f64, f64, u64) {
+        let pk = packets(2000);
+        let mut x = 99u32;
+        let mut arrivals: Vec<(f64, usize)> = (0..pk.len())
+            .map(|i| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                let late = (x >> 16) as f64 / 65_536.0 * jitter_ms;
+                let sooner = if i >= 1000 { step_ms } else { 0.0 };
+                (i as f64 * 20.0 + phase_ms - sooner + late, i)
+            })
+            .collect();
+        arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut p = SpeakerPlayout::new(BufferConfig::default(), 0.0).unwrap();
+        let mut out = vec![0i16; tick];
+        let tick_ms = tick as f64 / 48.0;
+        let mut next = 0;
+        let mut half = None;
+        for t in 0..(40_000.0 / tick_ms) as usize {
+            let now = t as f64 * tick_ms;
+            if half.is_none() && now >= 20_000.0 {
+                half = Some(p.stats());
+            }
+            while next < arrivals.len() && arrivals[next].0 <= now {
+                let (at, i) = arrivals[next];
+                p.insert(at, i as u16, (i * FRAME) as u32, &pk[i]);
+                next += 1;
+            }
+            p.pull(now, &mut out);
+        }
+        let (a, b) = (half.unwrap(), p.stats());
+        let emitted = (b.jitter_buffer_emitted_count - a.jitter_buffer_emitted_count) as f64;
+        let delay = (b.jitter_buffer_delay - a.jitter_buffer_delay) / emitted * 1e3;
+        let concealed = (b.concealed_samples - a.concealed_samples) as f64
+            / (b.total_samples_received - a.total_samples_received) as f64;
+        (delay, concealed, p.phase_shifts)
+    }
+
+    /// Decisions once per 20 ms tick meet each packet at a phase the call keeps from its start:
+    /// after the route shortens by 10 ms, each packet waits 10 ms longer before it counts. With
+    /// 10 ms ticks the playout moves its decisions a tick earlier once every packet had a tick
+    /// to spare, so no packet waits a tick beyond the level; on a path whose lateness uses that
+    /// slack, it stays put.
+    #[test]
+    fn with_half_frame_ticks_the_decisions_move_to_meet_the_packets() {
+        for phase in [1.0, 3.0, 7.0, 11.0, 13.0, 17.0, 19.0] {
+            let (whole, whole_c, _) = paced(phase, 10.0, 0.0, FRAME);
+            let (half, half_c, shifts) = paced(phase, 10.0, 0.0, FRAME / 2);
+            eprintln!(
+                "phase {phase} ms: 20 ms ticks {whole:.1} ms, 10 ms ticks {half:.1} ms ({shifts} shifts)"
+            );
+            assert_eq!((whole_c, half_c), (0.0, 0.0), "phase {phase}");
+            assert!(shifts >= 1, "phase {phase}");
+            // A steady path: the level is one frame (20 ms), plus a wait under a tick and the
+            // margin.
+            assert!(
+                half < 20.0 + 11.5,
+                "phase {phase}: {half:.1} against {whole:.1}"
+            );
+            assert!(
+                half <= whole + 0.5,
+                "phase {phase}: {half:.1} against {whole:.1}"
+            );
+        }
+        // Lateness of up to 15 ms: the waits' minimum has no tick to spare, so no shift, and
+        // nothing more concealed than with whole-frame ticks.
+        let (_, whole_c, _) = paced(3.0, 0.0, 15.0, FRAME);
+        let (_, half_c, shifts) = paced(3.0, 0.0, 15.0, FRAME / 2);
+        assert_eq!(shifts, 0);
+        assert!(half_c <= whole_c + 0.0005, "{half_c} against {whole_c}");
     }
 
     /// Stretched and concealed shares of 60 s through a profile's impairment, with the

@@ -1,7 +1,7 @@
 //! Sound cards through cpal (feature `sound-card`): the microphone as a [`Source`], the speakers
 //! as a [`Sink`]. Each device runs at 48 kHz (the rate of everything else here: no resampling
 //! in the audio callback); the mono signal goes to every output channel, and the first input
-//! channel is the microphone. Between the device's callback thread and the call's 20 ms tick
+//! channel is the microphone. Between the device's callback thread and the call's 10 ms tick
 //! sits a bounded queue (200 ms): a late tick plays silence, an early one waits in the queue.
 //!
 //! A cpal stream may not move between threads on every platform, so each device's stream lives

@@ -12,9 +12,10 @@
 
 #include "lodge_client.h"
 
-/* What the playout callback saw: frames and their energy (the others' voices). */
+/* What the playout callback saw: callbacks, samples and their energy (the others' voices). */
 struct heard {
     unsigned long frames;
+    unsigned long samples;
     double energy;
 };
 
@@ -24,6 +25,7 @@ static void on_playout(void *user_data, const int16_t *samples, size_t count) {
         h->energy += (double)samples[i] * samples[i];
     }
     h->frames++;
+    h->samples += count;
 }
 
 static void sleep_ms(long ms) {
@@ -87,7 +89,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "the call ended before we left\n");
     }
     int rc = lodge_call_leave(call);
-    printf("played %lu frames of the others, mean power %.1f; left %s\n", heard.frames,
-           heard.frames ? heard.energy / (heard.frames * 960.0) : 0.0, rc == 0 ? "cleanly" : "after an error");
+    printf("played %lu ticks of the others, mean power %.1f; left %s\n", heard.frames,
+           heard.samples ? heard.energy / heard.samples : 0.0, rc == 0 ? "cleanly" : "after an error");
     return rc == 0 ? 0 : 1;
 }

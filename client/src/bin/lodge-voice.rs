@@ -286,6 +286,9 @@ fn stats_json(s: &CallStats) -> serde_json::Value {
                 "insertedSamplesForDeceleration": j.inserted_samples_for_deceleration,
                 "removedSamplesForAcceleration": j.removed_samples_for_acceleration,
                 "targetDelayMs": sp.target_delay_ms,
+                // Not a W3C name: decoded audio's wait for its 10 ms tick, summed per sample
+                // (s); jitterBufferDelay leaves it out, as WebRTC's does.
+                "lodgeQueueDelay": sp.queue_delay_s,
                 "left": sp.left,
             })
         })
