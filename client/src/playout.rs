@@ -74,6 +74,8 @@ pub struct SpeakerPlayout {
     /// any of those decisions (ms).
     phase_run: u32,
     phase_min_wait_ms: f64,
+    /// The least of those frames' waits beyond the target (ms).
+    phase_min_excess_ms: f64,
     /// Times the decisions were moved a tick earlier.
     pub phase_shifts: u64,
 }
@@ -108,6 +110,7 @@ impl SpeakerPlayout {
             tick: FRAME,
             phase_run: 0,
             phase_min_wait_ms: 0.0,
+            phase_min_excess_ms: 0.0,
             phase_shifts: 0,
         })
     }
@@ -150,6 +153,11 @@ impl SpeakerPlayout {
         // whole-period stretching leaves over a frame boundary is won back by its own
         // acceleration, not trimmed behind its back.
         self.jb.set_queued_ms(self.queue.len() as f64 / 48.0);
+        let before = self.jb.stats();
+        let (delay0, emitted0) = (
+            before.jitter_buffer_delay,
+            before.jitter_buffer_emitted_count,
+        );
         let pulled = self.jb.pull(now_ms);
         if let Some((_, dropped)) = self.jb.take_accelerated() {
             // Decoded so the decoder stays continuous, then shortened by whole periods where
@@ -217,31 +225,45 @@ impl SpeakerPlayout {
         self.push(&f);
         self.scratch = f;
         if matches!(pulled, Pulled::Frame { .. }) {
-            self.steer_phase(now_ms);
+            let after = self.jb.stats();
+            let n = after.jitter_buffer_emitted_count.saturating_sub(emitted0);
+            if n > 0 {
+                let waited_ms = (after.jitter_buffer_delay - delay0) / n as f64 * 1e3;
+                self.steer_phase(now_ms, waited_ms);
+            }
         }
         true
     }
 
-    /// After a packet's frame was decided: note how long the newest packet had been waiting,
-    /// and once a second of frames all had a tick to spare, move the decisions a tick earlier
-    /// by removing a tick of queued audio.
-    fn steer_phase(&mut self, now_ms: f64) {
+    /// After a packet's frame was decided (the packet waited `waited_ms` for it): note how
+    /// long the newest packet had been waiting, and how far this one's wait exceeded the
+    /// target. Once a second of frames all had a tick to spare by either, remove a tick of
+    /// queued audio, so the decisions come a tick earlier:
+    /// - the newest packet's wait: a tick earlier, every decision would have seen the same
+    ///   packets, so nothing else changes;
+    /// - the wait beyond the target: the buffer stretches by whole frames, and holds up to a
+    ///   frame more than its target without acting (more for speech, which it will not drop
+    ///   lightly); the decoded audio can give a tick back where every packet kept its target.
+    fn steer_phase(&mut self, now_ms: f64, waited_ms: f64) {
         if self.tick >= FRAME {
             return;
         }
         let wait = now_ms - self.last_packet_ms;
-        self.phase_min_wait_ms = if self.phase_run == 0 {
-            wait
+        let excess = waited_ms - self.jb.target_delay_ms();
+        if self.phase_run == 0 {
+            self.phase_min_wait_ms = wait;
+            self.phase_min_excess_ms = excess;
         } else {
-            self.phase_min_wait_ms.min(wait)
-        };
+            self.phase_min_wait_ms = self.phase_min_wait_ms.min(wait);
+            self.phase_min_excess_ms = self.phase_min_excess_ms.min(excess);
+        }
         self.phase_run += 1;
         if self.phase_run < PHASE_WINDOW {
             return;
         }
         self.phase_run = 0;
-        let tick_ms = self.tick as f64 / 48.0;
-        if self.phase_min_wait_ms >= tick_ms + PHASE_MARGIN_MS
+        let spare = self.tick as f64 / 48.0 + PHASE_MARGIN_MS;
+        if (self.phase_min_wait_ms >= spare || self.phase_min_excess_ms >= spare)
             && self.shorten_with_queue(&[], self.tick)
         {
             self.phase_shifts += 1;
@@ -509,8 +531,24 @@ mod tests {
     /// Stretched and concealed shares of 60 s through a profile's impairment, with the
     /// buffer deciding on an averaged or an instantaneous level.
     fn through(profile: lodge_jitter::Profile, level_filter_frames: u32) -> (f64, f64) {
+        let (s, _, _) = through_ticks(profile, 7, level_filter_frames, FRAME);
+        let n = s.total_samples_received as f64;
+        (
+            (s.inserted_samples_for_deceleration + s.removed_samples_for_acceleration) as f64 / n,
+            s.concealed_samples as f64 / n,
+        )
+    }
+
+    /// 60 s through a profile's impairment in ticks of `tick` samples: the stats and the
+    /// playout's phase shifts.
+    fn through_ticks(
+        profile: lodge_jitter::Profile,
+        seed: u64,
+        level_filter_frames: u32,
+        tick: usize,
+    ) -> (JitterStats, u64, f64) {
         let pk = packets(3000);
-        let mut imp = lodge_jitter::Impairment::new(profile, 7);
+        let mut imp = lodge_jitter::Impairment::new(profile, seed);
         let mut arrivals: Vec<(f64, usize)> = Vec::new();
         for (i, p) in pk.iter().enumerate() {
             let sent = std::time::Duration::from_millis(20 * i as u64);
@@ -524,10 +562,13 @@ mod tests {
             ..BufferConfig::default()
         };
         let mut p = SpeakerPlayout::new(cfg, 0.0).unwrap();
-        let mut out = [0i16; FRAME];
+        let mut out = vec![0i16; tick];
+        let tick_ms = tick as f64 / 48.0;
         let mut next = 0;
-        for tick in 0..3100 {
-            let now = tick as f64 * 20.0 + 7.0;
+        // The ticks' phase to the sender's frames, different per seed (7 ms for seed 7).
+        let offset = (seed as f64 * 20.0 / 7.0 + 7.0) % 20.0;
+        for t in 0..(62_000.0 / tick_ms) as usize {
+            let now = t as f64 * tick_ms + offset;
             while next < arrivals.len() && arrivals[next].0 <= now {
                 let (at, i) = arrivals[next];
                 p.insert(at, i as u16, (i * FRAME) as u32, &pk[i]);
@@ -535,12 +576,54 @@ mod tests {
             }
             p.pull(now, &mut out);
         }
-        let s = p.stats();
-        let n = s.total_samples_received as f64;
-        (
-            (s.inserted_samples_for_deceleration + s.removed_samples_for_acceleration) as f64 / n,
-            s.concealed_samples as f64 / n,
-        )
+        let st = p.stats();
+        let queue_ms = p.queue_delay_s / st.jitter_buffer_emitted_count.max(1) as f64 * 1e3;
+        (st, p.phase_shifts, queue_ms)
+    }
+
+    /// On jittery paths, 10 ms ticks against whole-frame ones (the ticks' phase to the sender
+    /// differs per seed): no more concealment, and an E-model estimate at least as good (less
+    /// delay, or less concealment that is worth the delay). The ear's delay is the packet's
+    /// wait until decoded, the decoded audio's wait in the queue, and half a tick (a tick's
+    /// samples play out over the next tick), on top of the path and the codec.
+    #[test]
+    fn on_jittery_paths_half_frame_ticks_conceal_no_more_and_score_no_lower() {
+        let seeds = 1..=3u64;
+        for profile in [
+            lodge_jitter::Profile::BUSY_WIFI,
+            lodge_jitter::Profile::HANDOVER_4G,
+            lodge_jitter::Profile::CONGESTED_3G,
+            lodge_jitter::Profile::BURSTY_3,
+        ] {
+            let name = profile.name;
+            let mut sum = [(0.0, 0.0); 2];
+            let mut shifts = 0;
+            for seed in seeds.clone() {
+                for (k, tick) in [FRAME, FRAME / 2].into_iter().enumerate() {
+                    let (st, sh, queue_ms) = through_ticks(profile.clone(), seed, 32, tick);
+                    let ear = st.mean_delay_ms() + queue_ms + tick as f64 / 96.0;
+                    sum[k].0 += ear / 3.0;
+                    sum[k].1 += st.concealment_ratio() * 100.0 / 3.0;
+                    shifts += sh;
+                }
+            }
+            let [(we, wc), (he, hc)] = sum;
+            let mos = |playout: f64, concealed: f64| {
+                lodge_jitter::mos_estimate(&lodge_jitter::QualityInput::opus(
+                    profile.base_delay_ms + playout + 26.5,
+                    concealed,
+                ))
+            };
+            let (wm, hm) = (mos(we, wc), mos(he, hc));
+            eprintln!(
+                "{name}: 20 ms ticks: ear {we:.1} ms, concealed {wc:.3}%, MOS {wm:.3} | 10 ms ticks: {he:.1} ms, {hc:.3}%, {hm:.3} ({shifts} moves)"
+            );
+            assert!(
+                hc <= wc + 0.05,
+                "{name}: concealed {hc:.3}% against {wc:.3}%"
+            );
+            assert!(hm >= wm - 0.005, "{name}: MOS {hm:.3} against {wm:.3}");
+        }
     }
 
     #[test]

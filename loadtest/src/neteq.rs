@@ -8,6 +8,13 @@
 //! samples played; MOS estimate = `lodge_jitter::mos_estimate` (E-model) with mouth-to-ear delay
 //! = the profile's base network delay + the playout delay + 26.5 ms of Opus framing and
 //! lookahead, and the concealment as the loss.
+//!
+//! jitterBufferDelay is each packet's wait until it is decoded; decoded audio that waits for
+//! its output tick (NetEq's sync buffer, lodge-client's queue) is not in it. Lodge reports its
+//! queue's wait (`lodgeQueueDelay`); NetEq's is not in getStats, but with 20 ms packets and
+//! 10 ms output it is at least 5 ms (the second half of every frame waits a tick). The report
+//! also judges the goals with both output sides counted, NetEq's at that least: a check that
+//! leans against Lodge.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -45,6 +52,9 @@ pub struct Side {
     pub delay_ms: f64,
     pub concealment_pct: f64,
     pub stretch_pct: f64,
+    /// Decoded audio's mean wait for its output tick (ms): Lodge's `lodgeQueueDelay`; 0 where
+    /// the stats do not say (NetEq).
+    pub output_ms: f64,
     pub mos: f64,
     /// The MOS estimate with every concealed sample as loss, silent ones too (a check on the
     /// two sides' different ways of calling concealment silent; the speaker sends every frame,
@@ -71,14 +81,40 @@ pub fn score(s: &Value, profile: &Profile) -> Side {
         num(s, "insertedSamplesForDeceleration") + num(s, "removedSamplesForAcceleration");
     let mouth_to_ear = profile.base_delay_ms + delay_ms + CODEC_DELAY_MS;
     let all_pct = num(s, "concealedSamples") / total * 100.0;
+    let output_ms = if emitted > 0.0 {
+        num(s, "lodgeQueueDelay") / emitted * 1e3
+    } else {
+        0.0
+    };
     Side {
         packets: num(s, "packetsReceived"),
         delay_ms,
         concealment_pct,
         stretch_pct: stretch / total * 100.0,
+        output_ms,
         mos: mos_estimate(&QualityInput::opus(mouth_to_ear, concealment_pct)),
         mos_all: mos_estimate(&QualityInput::opus(mouth_to_ear, all_pct)),
     }
+}
+
+/// The least NetEq's sync buffer adds (ms): with 20 ms packets and 10 ms output, the second
+/// half of every decoded frame waits one tick.
+const NETEQ_OUTPUT_MIN_MS: f64 = 5.0;
+
+/// `side`'s delay with its output wait counted (`output_ms`, else `floor`), and the MOS
+/// estimate at that delay.
+fn with_output(side: &Side, profile: &Profile, floor: f64) -> (f64, f64) {
+    let d = side.delay_ms
+        + if side.output_ms > 0.0 {
+            side.output_ms
+        } else {
+            floor
+        };
+    let mos = mos_estimate(&QualityInput::opus(
+        profile.base_delay_ms + d + CODEC_DELAY_MS,
+        side.concealment_pct,
+    ));
+    (d, mos)
 }
 
 /// The speaker's stream in a lodge-voice `--stats-json` file: the one with the most packets.
@@ -163,26 +199,38 @@ fn report(rows: &[(Profile, Side, Side)]) -> String {
          delay + 26.5 ms codec delay, and the concealment as loss; \"MOS, all\" counts every concealed sample, \
          silent ones too. Stretch: inserted + removed samples. Bias to know: Lodge's client weighs its buffer by \
          the round trip it measures, which over these relays is twice the profile's base delay that the MOS \
-         also uses; NetEq does not use the round trip.\n"
+         also uses; NetEq does not use the round trip. Output wait: decoded audio's wait for its 10 ms output \
+         tick, which jitterBufferDelay leaves out on both sides; Lodge reports its own (lodgeQueueDelay), \
+         NetEq's is not in getStats and is at least 5 ms (half of every 20 ms frame waits a tick).\n"
     );
     let _ = writeln!(
         s,
-        "| profile | packets (NetEq / Lodge) | delay ms (NetEq / Lodge) | concealment % (NetEq / Lodge) | stretch % (NetEq / Lodge) | MOS (NetEq / Lodge) | MOS, all (NetEq / Lodge) |\n|---|---|---|---|---|---|---|"
+        "| profile | packets (NetEq / Lodge) | delay ms (NetEq / Lodge) | Lodge's output wait ms | concealment % (NetEq / Lodge) | stretch % (NetEq / Lodge) | MOS (NetEq / Lodge) | MOS, all (NetEq / Lodge) |\n|---|---|---|---|---|---|---|---|"
     );
     let (mut mos_ok, mut better_delay) = (0, 0);
+    let (mut mos_ok_out, mut better_delay_out) = (0, 0);
     for (p, n, l) in rows {
         let _ = writeln!(
             s,
-            "| {} | {:.0} / {:.0} | {:.1} / {:.1} | {:.2} / {:.2} | {:.2} / {:.2} | {:.3} / {:.3} | {:.3} / {:.3} |",
-            p.name, n.packets, l.packets, n.delay_ms, l.delay_ms, n.concealment_pct,
+            "| {} | {:.0} / {:.0} | {:.1} / {:.1} | {:.1} | {:.2} / {:.2} | {:.2} / {:.2} | {:.3} / {:.3} | {:.3} / {:.3} |",
+            p.name, n.packets, l.packets, n.delay_ms, l.delay_ms, l.output_ms, n.concealment_pct,
             l.concealment_pct, n.stretch_pct, l.stretch_pct, n.mos, l.mos, n.mos_all, l.mos_all
         );
         if l.mos >= n.mos {
             mos_ok += 1;
         }
         // Lower delay at equal (or less) concealment, with 0.1 point of tolerance.
-        if l.delay_ms < n.delay_ms && l.concealment_pct <= n.concealment_pct + 0.1 {
+        let equal_concealment = l.concealment_pct <= n.concealment_pct + 0.1;
+        if l.delay_ms < n.delay_ms && equal_concealment {
             better_delay += 1;
+        }
+        let (nd, nm) = with_output(n, p, NETEQ_OUTPUT_MIN_MS);
+        let (ld, lm) = with_output(l, p, NETEQ_OUTPUT_MIN_MS);
+        if lm >= nm {
+            mos_ok_out += 1;
+        }
+        if ld < nd && equal_concealment {
+            better_delay_out += 1;
         }
     }
     let n = rows.len();
@@ -192,6 +240,11 @@ fn report(rows: &[(Profile, Side, Side)]) -> String {
          - Lower delay at equal concealment on most profiles: **{}** ({better_delay} of {n}).",
         if mos_ok == n { "met" } else { "not met" },
         if better_delay * 2 > n { "met" } else { "not met" },
+    );
+    let _ = writeln!(
+        s,
+        "\nWith the output wait counted (Lodge's measured, NetEq's at its least, 5 ms): MOS at least \
+         NetEq's on {mos_ok_out} of {n}; lower delay at equal concealment on {better_delay_out} of {n}."
     );
     s
 }
@@ -265,6 +318,40 @@ mod tests {
         assert!(md.contains("| wired | 500 / 0 | 40.0 / 20.0 |"), "{md}");
         assert!(
             md.contains("at least NetEq's on every profile: **met** (1 of 1)"),
+            "{md}"
+        );
+    }
+
+    /// The check with output waits: Lodge's own queue figure against NetEq's least (5 ms).
+    /// 10 ms less jitter-buffer delay but 16 ms of queue is more delay in all.
+    #[test]
+    fn the_output_wait_counts_lodges_queue_against_neteqs_least() {
+        let p = Profile::by_name("wired").unwrap();
+        let side = |delay: f64, queue: f64| {
+            score(
+                &json!({ "packetsReceived": 500, "jitterBufferDelay": delay * 480_000.0,
+                "jitterBufferEmittedCount": 480_000.0, "totalSamplesReceived": 480_000.0,
+                "lodgeQueueDelay": queue * 480_000.0 }),
+                &p,
+            )
+        };
+        let (neteq, lodge) = (side(0.040, 0.0), side(0.030, 0.016));
+        assert!((lodge.output_ms - 16.0).abs() < 1e-9, "{lodge:?}");
+        assert_eq!(with_output(&neteq, &p, NETEQ_OUTPUT_MIN_MS).0, 45.0);
+        assert!((with_output(&lodge, &p, NETEQ_OUTPUT_MIN_MS).0 - 46.0).abs() < 1e-9);
+        let md = report(&[(p.clone(), neteq, lodge)]);
+        assert!(
+            md.contains("| wired | 500 / 500 | 40.0 / 30.0 | 16.0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("**met** (1 of 1)"),
+            "by jitterBufferDelay alone: {md}"
+        );
+        assert!(
+            md.contains(
+                "MOS at least NetEq's on 0 of 1; lower delay at equal concealment on 0 of 1"
+            ),
             "{md}"
         );
     }
