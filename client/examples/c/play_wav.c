@@ -38,7 +38,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s URL TOKEN GUILD_ID CHANNEL_ID FILE.wav SECONDS\n", argv[0]);
         return 2;
     }
-    struct heard heard = {0, 0.0};
+    struct heard heard = {0, 0, 0.0};
     LodgeJoinOptions opts = {0};
     opts.base_url = argv[1];
     opts.token = argv[2];
