@@ -130,7 +130,8 @@ typedef struct LodgeStats {
   uint32_t speakers;
   /**
    * Over all speakers (getStats names): samples received, concealed, and the mean time a
-   * played sample spent in the jitter buffer.
+   * played sample spent in the jitter buffer (until decoded, as WebRTC counts it; not the
+   * decoded audio's wait for its 10 ms output tick).
    */
   uint64_t total_samples_received;
   uint64_t concealed_samples;

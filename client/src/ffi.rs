@@ -94,7 +94,8 @@ pub struct LodgeStats {
     /// Remote speakers being played out.
     pub speakers: u32,
     /// Over all speakers (getStats names): samples received, concealed, and the mean time a
-    /// played sample spent in the jitter buffer.
+    /// played sample spent in the jitter buffer (until decoded, as WebRTC counts it; not the
+    /// decoded audio's wait for its 10 ms output tick).
     pub total_samples_received: u64,
     pub concealed_samples: u64,
     pub mean_playout_delay_ms: f64,
