@@ -20,7 +20,7 @@
 /** This header's ABI version: compare it with lodge_client_abi() before anything else. The
  * structs grow between versions, so a program built against another header would read or write
  * past them. */
-#define LODGE_CLIENT_ABI 2
+#define LODGE_CLIENT_ABI 3
 
 
 /**
@@ -130,8 +130,8 @@ typedef struct LodgeStats {
   uint32_t speakers;
   /**
    * Over all speakers (getStats names): samples received, concealed, and the mean time a
-   * played sample spent in the jitter buffer (until decoded, as WebRTC counts it; not the
-   * decoded audio's wait for its 10 ms output tick).
+   * sample decoded from a packet spent in the jitter buffer (until decoded, as WebRTC counts
+   * it; not the decoded audio's wait for its 10 ms output tick).
    */
   uint64_t total_samples_received;
   uint64_t concealed_samples;

@@ -122,6 +122,10 @@ pub struct SpeakerStats {
     /// Decoded audio's wait for its tick, summed per sample (s): the output side, which
     /// `jitter.jitter_buffer_delay` leaves out as WebRTC's does (NetEq's sync buffer).
     pub queue_delay_s: f64,
+    /// The samples taken from that queue (what `queue_delay_s` is summed over).
+    pub queue_samples: u64,
+    /// Times the playout moved its decisions a tick earlier to meet the packets.
+    pub phase_shifts: u64,
     pub decode_errors: u64,
     /// The speaker left (op 13) or went quiet for 10 s: these are its final figures.
     pub left: bool,
@@ -549,7 +553,9 @@ impl VoiceEngine {
             user: self.users.get(&ssrc).copied(),
             jitter: p.stats(),
             target_delay_ms: p.target_delay_ms(),
-            queue_delay_s: p.queue_delay_s(),
+            queue_delay_s: p.queue_delay().0,
+            queue_samples: p.queue_delay().1,
+            phase_shifts: p.phase_shifts,
             decode_errors: p.decode_errors,
             left,
         }
@@ -603,7 +609,7 @@ impl VoiceEngine {
                 .and_then(|u| self.volumes.get(&u))
                 .copied()
                 .unwrap_or(1.0);
-            for (a, s) in self.acc.iter_mut().zip(self.frame.iter()) {
+            for (a, s) in self.acc.iter_mut().zip(&self.frame[..n]) {
                 *a += (*s as f32 * gain) as i32;
             }
         }

@@ -94,8 +94,8 @@ pub struct LodgeStats {
     /// Remote speakers being played out.
     pub speakers: u32,
     /// Over all speakers (getStats names): samples received, concealed, and the mean time a
-    /// played sample spent in the jitter buffer (until decoded, as WebRTC counts it; not the
-    /// decoded audio's wait for its 10 ms output tick).
+    /// sample decoded from a packet spent in the jitter buffer (until decoded, as WebRTC counts
+    /// it; not the decoded audio's wait for its 10 ms output tick).
     pub total_samples_received: u64,
     pub concealed_samples: u64,
     pub mean_playout_delay_ms: f64,
@@ -461,8 +461,8 @@ pub unsafe extern "C" fn lodge_call_leave(call: *mut LodgeCall) -> i32 {
 
 /// The ABI version of this library: `LODGE_CLIENT_ABI` in the header it was built with. One
 /// more whenever a struct or a function changes (2: DAVE and TLS fields in the options and
-/// the stats).
-pub const ABI: u32 = 2;
+/// the stats; 3: the playout callbacks take 10 ms, 480 samples, not 20 ms).
+pub const ABI: u32 = 3;
 
 /// The library's ABI version: a program compares it with the header's `LODGE_CLIENT_ABI`
 /// before anything else (the structs grow between versions, so a mismatch would read or write

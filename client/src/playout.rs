@@ -66,6 +66,8 @@ pub struct SpeakerPlayout {
     /// Time played samples waited in the queue, summed per sample (s): the output side's
     /// wait, kept apart from the buffer's (see [`SpeakerPlayout::stats`]).
     queue_delay_s: f64,
+    /// Samples taken from the queue (what `queue_delay_s` is summed over).
+    queue_samples: u64,
     scratch: Vec<i16>,
     scratch2: Vec<i16>,
     /// Samples the last pull took (the tick).
@@ -74,8 +76,6 @@ pub struct SpeakerPlayout {
     /// any of those decisions (ms).
     phase_run: u32,
     phase_min_wait_ms: f64,
-    /// The least of those frames' waits beyond the target (ms).
-    phase_min_excess_ms: f64,
     /// Times the decisions were moved a tick earlier.
     pub phase_shifts: u64,
 }
@@ -105,12 +105,12 @@ impl SpeakerPlayout {
             removed: 0,
             plc_inserted: 0,
             queue_delay_s: 0.0,
+            queue_samples: 0,
             scratch: vec![0; FRAME],
             scratch2: vec![0; FRAME],
             tick: FRAME,
             phase_run: 0,
             phase_min_wait_ms: 0.0,
-            phase_min_excess_ms: 0.0,
             phase_shifts: 0,
         })
     }
@@ -142,6 +142,7 @@ impl SpeakerPlayout {
             *o = s;
         }
         out[n..].fill(0);
+        self.queue_samples += n as u64;
         // What stays queued waits one more tick.
         self.queue_delay_s += self.queue.len() as f64 / 48_000.0 * tick as f64;
         true
@@ -153,13 +154,14 @@ impl SpeakerPlayout {
         // whole-period stretching leaves over a frame boundary is won back by its own
         // acceleration, not trimmed behind its back.
         self.jb.set_queued_ms(self.queue.len() as f64 / 48.0);
-        let before = self.jb.stats();
-        let (delay0, emitted0) = (
-            before.jitter_buffer_delay,
-            before.jitter_buffer_emitted_count,
-        );
         let pulled = self.jb.pull(now_ms);
-        if let Some((_, dropped)) = self.jb.take_accelerated() {
+        let dropped_one = self.jb.take_accelerated();
+        let accelerated = dropped_one.is_some();
+        if accelerated {
+            // The decisions' timing changes with it: the waits seen so far are the old phase's.
+            self.phase_run = 0;
+        }
+        if let Some((_, dropped)) = dropped_one {
             // Decoded so the decoder stays continuous, then shortened by whole periods where
             // that joins cleanly; else dropped as the buffer would. What is still queued (not
             // played yet) is shortened with it, aiming to leave nothing over a frame boundary,
@@ -224,48 +226,46 @@ impl SpeakerPlayout {
         }
         self.push(&f);
         self.scratch = f;
-        if matches!(pulled, Pulled::Frame { .. }) {
-            let after = self.jb.stats();
-            let n = after.jitter_buffer_emitted_count.saturating_sub(emitted0);
-            if n > 0 {
-                let waited_ms = (after.jitter_buffer_delay - delay0) / n as f64 * 1e3;
-                self.steer_phase(now_ms, waited_ms);
-            }
+        if matches!(pulled, Pulled::Frame { .. }) && !accelerated {
+            self.steer_phase(now_ms);
         }
         true
     }
 
-    /// After a packet's frame was decided (the packet waited `waited_ms` for it): note how
-    /// long the newest packet had been waiting, and how far this one's wait exceeded the
-    /// target. Once a second of frames all had a tick to spare by either, remove a tick of
-    /// queued audio, so the decisions come a tick earlier:
-    /// - the newest packet's wait: a tick earlier, every decision would have seen the same
-    ///   packets, so nothing else changes;
-    /// - the wait beyond the target: the buffer stretches by whole frames, and holds up to a
-    ///   frame more than its target without acting (more for speech, which it will not drop
-    ///   lightly); the decoded audio can give a tick back where every packet kept its target.
-    fn steer_phase(&mut self, now_ms: f64, waited_ms: f64) {
+    /// After a packet's frame was decided: note how long the newest packet had been waiting.
+    /// Once a second of frames all had a tick to spare (a tick earlier, every decision would
+    /// have seen the same packets), remove a tick's worth of queued audio by whole periods so
+    /// that the next decision comes exactly one tick earlier: more than the queue holds beyond
+    /// whole ticks, and at most a tick more than that (more would take a second decision in
+    /// this very tick).
+    fn steer_phase(&mut self, now_ms: f64) {
         if self.tick >= FRAME {
             return;
         }
         let wait = now_ms - self.last_packet_ms;
-        let excess = waited_ms - self.jb.target_delay_ms();
-        if self.phase_run == 0 {
-            self.phase_min_wait_ms = wait;
-            self.phase_min_excess_ms = excess;
+        self.phase_min_wait_ms = if self.phase_run == 0 {
+            wait
         } else {
-            self.phase_min_wait_ms = self.phase_min_wait_ms.min(wait);
-            self.phase_min_excess_ms = self.phase_min_excess_ms.min(excess);
-        }
+            self.phase_min_wait_ms.min(wait)
+        };
         self.phase_run += 1;
         if self.phase_run < PHASE_WINDOW {
             return;
         }
         self.phase_run = 0;
-        let spare = self.tick as f64 / 48.0 + PHASE_MARGIN_MS;
-        if (self.phase_min_wait_ms >= spare || self.phase_min_excess_ms >= spare)
-            && self.shorten_with_queue(&[], self.tick)
+        if self.phase_min_wait_ms < self.tick as f64 / 48.0 + PHASE_MARGIN_MS {
+            return;
+        }
+        let over = self.queue.len() % self.tick;
+        let seg: Vec<i16> = self.queue.iter().copied().collect();
+        let cut = self.hist.len() - seg.len().min(self.hist.len());
+        if let Some(short) =
+            stretch::shorten_between(&self.hist[..cut], &seg, over, over + self.tick)
         {
+            self.removed += (seg.len() - short.len()) as u64;
+            self.queue.clear();
+            self.hist.truncate(cut);
+            self.push(&short);
             self.phase_shifts += 1;
         }
     }
@@ -301,7 +301,7 @@ impl SpeakerPlayout {
     /// The playout delay (`jitter_buffer_delay`) is counted as WebRTC counts it: each packet's
     /// wait from arrival until it is decoded, times its samples. Decoded audio waiting in the
     /// queue for its tick is not in it, as NetEq's sync buffer is not in NetEq's; that wait is
-    /// [`SpeakerPlayout::queue_delay_s`].
+    /// [`SpeakerPlayout::queue_delay`].
     pub fn stats(&self) -> JitterStats {
         let mut s = self.jb.stats().clone();
         s.inserted_samples_for_deceleration = self.inserted;
@@ -311,9 +311,9 @@ impl SpeakerPlayout {
     }
 
     /// The time decoded samples waited in the queue before their tick took them, summed per
-    /// sample (s): with 10 ms ticks, half of every frame waits one tick.
-    pub fn queue_delay_s(&self) -> f64 {
-        self.queue_delay_s
+    /// sample (s), and the samples taken: with 10 ms ticks, half of every frame waits one tick.
+    pub fn queue_delay(&self) -> (f64, u64) {
+        (self.queue_delay_s, self.queue_samples)
     }
 
     pub fn target_delay_ms(&self) -> f64 {
@@ -333,12 +333,17 @@ mod tests {
 
     /// 20 ms frames of a 210 Hz voice-like tone, Opus-encoded.
     fn packets(n: usize) -> Vec<Vec<u8>> {
+        packets_at(n, 210.0)
+    }
+
+    /// 20 ms frames of a voice-like tone at `hz`, Opus-encoded.
+    fn packets_at(n: usize, hz: f64) -> Vec<Vec<u8>> {
         let mut enc = OpusEncoder::new(EncoderSettings::default()).unwrap();
         (0..n)
             .map(|f| {
                 let pcm: Vec<i16> = (f * FRAME..(f + 1) * FRAME)
                     .map(|i| {
-                        let t = i as f64 / 48_000.0 * 210.0 * std::f64::consts::TAU;
+                        let t = i as f64 / 48_000.0 * hz * std::f64::consts::TAU;
                         (7000.0 * t.sin() + 2000.0 * (2.0 * t).sin()) as i16
                     })
                     .collect();
@@ -453,12 +458,22 @@ mod tests {
         assert!(quiet(&hush()) && !quiet(&[7000i16; FRAME]));
     }
 
-    /// 40 s of packets every 20 ms, arriving `phase_ms` after a tick (`step_ms` sooner from
-    /// 20 s on: a shorter route) plus up to `jitter_ms` of uniform lateness, pulled in ticks of
-    /// `tick` samples: over the last 20 s, the playout's mean delay (ms) and its concealment
-    /// ratio; and its phase shifts.
-    fn paced(phase_ms: f64, step_ms: f64, jitter_ms: f64, tick: usize) -> (f64, f64, u64) {
-        let pk = packets(2000);
+    /// What [`paced`] measured over its last 20 s.
+    struct Paced {
+        /// The packets' wait until decoded (ms, as WebRTC counts jitterBufferDelay).
+        delay: f64,
+        /// The delay to the ear: that wait, the decoded audio's in the queue, and half a tick
+        /// (a tick's samples play out over the next tick), ms.
+        ear: f64,
+        concealed: f64,
+        shifts: u64,
+    }
+
+    /// 40 s of packets every 20 ms of a tone at `hz`, arriving `phase_ms` after a tick
+    /// (`step_ms` sooner from 20 s on: a shorter route) plus up to `jitter_ms` of uniform
+    /// lateness, pulled in ticks of `tick` samples.
+    fn paced(hz: f64, phase_ms: f64, step_ms: f64, jitter_ms: f64, tick: usize) -> Paced {
+        let pk = packets_at(2000, hz);
         let mut x = 99u32;
         let mut arrivals: Vec<(f64, usize)> = (0..pk.len())
             .map(|i| {
@@ -477,7 +492,7 @@ mod tests {
         for t in 0..(40_000.0 / tick_ms) as usize {
             let now = t as f64 * tick_ms;
             if half.is_none() && now >= 20_000.0 {
-                half = Some(p.stats());
+                half = Some((p.stats(), p.queue_delay()));
             }
             while next < arrivals.len() && arrivals[next].0 <= now {
                 let (at, i) = arrivals[next];
@@ -486,46 +501,59 @@ mod tests {
             }
             p.pull(now, &mut out);
         }
-        let (a, b) = (half.unwrap(), p.stats());
+        let ((a, (qa, na)), b, (qb, nb)) = (half.unwrap(), p.stats(), p.queue_delay());
         let emitted = (b.jitter_buffer_emitted_count - a.jitter_buffer_emitted_count) as f64;
         let delay = (b.jitter_buffer_delay - a.jitter_buffer_delay) / emitted * 1e3;
-        let concealed = (b.concealed_samples - a.concealed_samples) as f64
-            / (b.total_samples_received - a.total_samples_received) as f64;
-        (delay, concealed, p.phase_shifts)
+        let queue = (qb - qa) / (nb - na) as f64 * 1e3;
+        Paced {
+            delay,
+            ear: delay + queue + tick_ms / 2.0,
+            concealed: (b.concealed_samples - a.concealed_samples) as f64
+                / (b.total_samples_received - a.total_samples_received) as f64,
+            shifts: p.phase_shifts,
+        }
     }
 
     /// Decisions once per 20 ms tick meet each packet at a phase the call keeps from its start:
     /// after the route shortens by 10 ms, each packet waits 10 ms longer before it counts. With
     /// 10 ms ticks the playout moves its decisions a tick earlier once every packet had a tick
-    /// to spare, so no packet waits a tick beyond the level; on a path whose lateness uses that
-    /// slack, it stays put.
+    /// to spare, by removing whole periods that move the next decision by exactly one tick;
+    /// voices of several pitches, the lowest with a period longer than a tick (a move fits
+    /// only where the queue's leftover allows). On a path whose lateness uses the slack, it
+    /// stays put.
     #[test]
     fn with_half_frame_ticks_the_decisions_move_to_meet_the_packets() {
-        for phase in [1.0, 3.0, 7.0, 11.0, 13.0, 17.0, 19.0] {
-            let (whole, whole_c, _) = paced(phase, 10.0, 0.0, FRAME);
-            let (half, half_c, shifts) = paced(phase, 10.0, 0.0, FRAME / 2);
-            eprintln!(
-                "phase {phase} ms: 20 ms ticks {whole:.1} ms, 10 ms ticks {half:.1} ms ({shifts} shifts)"
-            );
-            assert_eq!((whole_c, half_c), (0.0, 0.0), "phase {phase}");
-            assert!(shifts >= 1, "phase {phase}");
-            // A steady path: the level is one frame (20 ms), plus a wait under a tick and the
-            // margin.
-            assert!(
-                half < 20.0 + 11.5,
-                "phase {phase}: {half:.1} against {whole:.1}"
-            );
-            assert!(
-                half <= whole + 0.5,
-                "phase {phase}: {half:.1} against {whole:.1}"
-            );
+        for hz in [95.0, 170.0, 195.0, 210.0] {
+            for phase in [1.0, 7.0, 13.0, 19.0] {
+                let whole = paced(hz, phase, 10.0, 0.0, FRAME);
+                let half = paced(hz, phase, 10.0, 0.0, FRAME / 2);
+                eprintln!(
+                    "{hz} Hz, phase {phase} ms: 20 ms ticks {:.1} ms (ear {:.1}), 10 ms ticks {:.1} ms (ear {:.1}, {} moves)",
+                    whole.delay, whole.ear, half.delay, half.ear, half.shifts
+                );
+                let at = format!("{hz} Hz, phase {phase} ms");
+                assert_eq!((whole.concealed, half.concealed), (0.0, 0.0), "{at}");
+                // A steady path: the level is one frame (20 ms), plus a wait under a tick and
+                // the margin once moved.
+                if hz > 100.0 {
+                    assert!(half.shifts >= 1, "{at}");
+                    assert!(half.delay < 20.0 + 11.5, "{at}: {:.1}", half.delay);
+                }
+                // No move may trade the packets' wait for a longer one in the queue.
+                assert!(
+                    half.ear <= whole.ear + 0.5,
+                    "{at}: ear {:.1} against {:.1}",
+                    half.ear,
+                    whole.ear
+                );
+            }
         }
-        // Lateness of up to 15 ms: the waits' minimum has no tick to spare, so no shift, and
+        // Lateness of up to 15 ms: the waits' minimum has no tick to spare, so no move, and
         // nothing more concealed than with whole-frame ticks.
-        let (_, whole_c, _) = paced(3.0, 0.0, 15.0, FRAME);
-        let (_, half_c, shifts) = paced(3.0, 0.0, 15.0, FRAME / 2);
-        assert_eq!(shifts, 0);
-        assert!(half_c <= whole_c + 0.0005, "{half_c} against {whole_c}");
+        let whole = paced(210.0, 3.0, 0.0, 15.0, FRAME);
+        let half = paced(210.0, 3.0, 0.0, 15.0, FRAME / 2);
+        assert_eq!(half.shifts, 0);
+        assert!(half.concealed <= whole.concealed + 0.0005);
     }
 
     /// Stretched and concealed shares of 60 s through a profile's impairment, with the
@@ -577,7 +605,7 @@ mod tests {
             p.pull(now, &mut out);
         }
         let st = p.stats();
-        let queue_ms = p.queue_delay_s / st.jitter_buffer_emitted_count.max(1) as f64 * 1e3;
+        let queue_ms = p.queue_delay_s / p.queue_samples.max(1) as f64 * 1e3;
         (st, p.phase_shifts, queue_ms)
     }
 

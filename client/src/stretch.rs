@@ -85,21 +85,43 @@ pub fn expand(hist: &[i16], want: usize) -> Option<Vec<i16>> {
 /// samples in all, with a crossfade where the cut joins. `None` when the audio is not
 /// periodic enough.
 pub fn shorten(hist: &[i16], seg: &[i16], want: usize) -> Option<Vec<i16>> {
-    let mut x = Vec::with_capacity(WIN + MAX_LAG + seg.len());
-    x.extend_from_slice(&hist[hist.len().saturating_sub(WIN + MAX_LAG)..]);
-    x.extend_from_slice(seg);
-    let (p, c) = period(&x)?;
-    if c < MIN_CORRELATION {
-        return None;
-    }
+    let p = seg_period(hist, seg)?;
     let fade = p.min(MAX_FADE);
     let mut k = ((want + p / 2) / p).max(1);
     while k > 0 && k * p + fade > seg.len() {
         k -= 1;
     }
-    if k == 0 {
-        return None;
-    }
+    (k > 0).then(|| cut(seg, p, k))
+}
+
+/// `seg` shortened as [`shorten`] does, by whole periods that remove more than `more_than`
+/// and at most `at_most` samples (the most that do). `None` when the audio is not periodic
+/// enough or no whole number of its periods falls in that range.
+pub fn shorten_between(
+    hist: &[i16],
+    seg: &[i16],
+    more_than: usize,
+    at_most: usize,
+) -> Option<Vec<i16>> {
+    let p = seg_period(hist, seg)?;
+    let fade = p.min(MAX_FADE);
+    let k = at_most.min(seg.len().saturating_sub(fade)) / p;
+    (k > 0 && k * p > more_than).then(|| cut(seg, p, k))
+}
+
+/// The period of `seg`'s audio, judged with what played before it; `None` when not periodic
+/// enough.
+fn seg_period(hist: &[i16], seg: &[i16]) -> Option<usize> {
+    let mut x = Vec::with_capacity(WIN + MAX_LAG + seg.len());
+    x.extend_from_slice(&hist[hist.len().saturating_sub(WIN + MAX_LAG)..]);
+    x.extend_from_slice(seg);
+    let (p, c) = period(&x)?;
+    (c >= MIN_CORRELATION).then_some(p)
+}
+
+/// `seg` without `k` periods of `p` from its start, crossfaded where the cut joins.
+fn cut(seg: &[i16], p: usize, k: usize) -> Vec<i16> {
+    let fade = p.min(MAX_FADE);
     let cut = k * p;
     let mut out = Vec::with_capacity(seg.len() - cut);
     for i in 0..fade {
@@ -107,7 +129,7 @@ pub fn shorten(hist: &[i16], seg: &[i16], want: usize) -> Option<Vec<i16>> {
         out.push((seg[i] as f32 * (1.0 - w) + seg[cut + i] as f32 * w) as i16);
     }
     out.extend_from_slice(&seg[cut + fade..]);
-    Some(out)
+    out
 }
 
 #[cfg(test)]
@@ -173,6 +195,35 @@ mod tests {
             max_step(&joined)
         );
         assert_eq!(expand(&noise(1920), 960), None);
+    }
+
+    /// A bounded cut takes the most whole periods inside its range, or declines.
+    #[test]
+    fn a_bounded_cut_stays_inside_its_range() {
+        let tone = |s: usize, n: usize| -> Vec<i16> {
+            (s..s + n)
+                .map(|i| {
+                    ((i as f64 / 48_000.0 * 170.0 * std::f64::consts::TAU).sin() * 8000.0) as i16
+                })
+                .collect()
+        };
+        let (hist, seg) = (tone(0, 1920), tone(1920, 1200));
+        let p = 48_000.0 / 170.0; // 282.4 samples
+        for (more_than, at_most) in [(0, 480), (100, 580), (300, 780), (450, 930)] {
+            let short = shorten_between(&hist, &seg, more_than, at_most).unwrap();
+            let removed = seg.len() - short.len();
+            assert!(
+                removed > more_than && removed <= at_most,
+                "{removed} outside ({more_than}, {at_most}]"
+            );
+            // The most periods that fit: one more would not.
+            assert!(
+                removed as f64 + p > at_most as f64 - 2.0,
+                "{removed} in ({more_than}, {at_most}]"
+            );
+        }
+        // No whole number of periods in (290, 480]: 282 is too few, 565 too many.
+        assert!(shorten_between(&hist, &seg, 290, 480).is_none());
     }
 
     #[test]

@@ -1139,7 +1139,8 @@ async fn a_slow_handshake_while_following_a_move_does_not_pause_the_call() {
         .map(|w| w[1].duration_since(*w[0]))
         .max()
         .unwrap();
-    assert!(during.len() > 200, "{} frames in 5 s", during.len());
+    // 10 ms ticks: 500 in 5 s.
+    assert!(during.len() > 400, "{} ticks in 5 s", during.len());
     assert!(
         gap < Duration::from_millis(500),
         "playout went on during the handshake: longest gap {gap:?}"

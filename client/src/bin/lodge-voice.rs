@@ -289,6 +289,9 @@ fn stats_json(s: &CallStats) -> serde_json::Value {
                 // Not a W3C name: decoded audio's wait for its 10 ms tick, summed per sample
                 // (s); jitterBufferDelay leaves it out, as WebRTC's does.
                 "lodgeQueueDelay": sp.queue_delay_s,
+                "lodgeQueueSamples": sp.queue_samples,
+                // Not a W3C name: times the playout moved its decisions a tick earlier.
+                "lodgePhaseShifts": sp.phase_shifts,
                 "left": sp.left,
             })
         })
