@@ -12,9 +12,10 @@
 //! frame, at a phase to the packets' arrival that a call keeps from its start: a packet that
 //! arrives just after a decision waits almost a frame before the next one counts it. With ticks
 //! shorter than a frame the playout can choose between phases: when every packet over the last
-//! second had been waiting a whole tick by the time it was counted, one tick of queued audio
-//! is removed (by whole periods, as acceleration), and the decisions move a tick earlier, to
-//! meet the packets sooner. The level the buffer steers is unchanged by it; the wait is.
+//! second had been waiting a whole tick by the time it was counted, queued audio is removed by
+//! whole periods (as acceleration), as much as moves the next decision exactly one tick
+//! earlier (no period count fits: no move). Each decision then sees the packets it would have
+//! seen a tick later, sooner.
 
 use std::collections::VecDeque;
 
