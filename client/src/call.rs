@@ -1,6 +1,7 @@
 //! The tokio shell around one call: the gateway and voice gateway tasks, the UDP socket, a
 //! 10 ms tick that moves audio from the [`Source`] through the [`VoiceEngine`] to the node
-//! (every other tick, a 20 ms frame) and from the node to the [`Sink`] (every tick). Controlled through [`Call`]'s methods.
+//! (every other tick, a 20 ms frame) and from the node to the [`Sink`] (every tick).
+//! Controlled through [`Call`]'s methods.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;

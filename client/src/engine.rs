@@ -548,13 +548,14 @@ impl VoiceEngine {
     }
 
     fn speaker_stats(&self, ssrc: u32, p: &SpeakerPlayout, left: bool) -> SpeakerStats {
+        let (queue_delay_s, queue_samples) = p.queue_delay();
         SpeakerStats {
             ssrc,
             user: self.users.get(&ssrc).copied(),
             jitter: p.stats(),
             target_delay_ms: p.target_delay_ms(),
-            queue_delay_s: p.queue_delay().0,
-            queue_samples: p.queue_delay().1,
+            queue_delay_s,
+            queue_samples,
             phase_shifts: p.phase_shifts,
             decode_errors: p.decode_errors,
             left,

@@ -157,9 +157,11 @@ impl SpeakerPlayout {
         self.jb.set_queued_ms(self.queue.len() as f64 / 48.0);
         let pulled = self.jb.pull(now_ms);
         let dropped_one = self.jb.take_accelerated();
-        let accelerated = dropped_one.is_some();
-        if accelerated {
-            // The decisions' timing changes with it: the waits seen so far are the old phase's.
+        // A packet's frame, played as decided, continues the run a phase move looks at;
+        // anything else ends it (a dropped frame changes the decisions' timing, so the waits
+        // seen so far are the old phase's).
+        let steady = matches!(pulled, Pulled::Frame { .. }) && dropped_one.is_none();
+        if !steady {
             self.phase_run = 0;
         }
         if let Some((_, dropped)) = dropped_one {
@@ -170,7 +172,7 @@ impl SpeakerPlayout {
             let mut a = std::mem::take(&mut self.scratch2);
             if matches!(self.dec.decode(&dropped, &mut a), Ok(FRAME)) {
                 let want = FRAME + self.queue.len();
-                if !self.shorten_with_queue(&a, want) {
+                if !self.shorten_with_queue(&a, |h, s| stretch::shorten(h, s, want)) {
                     self.removed += FRAME as u64;
                 }
             } else {
@@ -179,9 +181,6 @@ impl SpeakerPlayout {
             self.scratch2 = a;
         }
         let mut f = std::mem::take(&mut self.scratch);
-        if !matches!(pulled, Pulled::Frame { .. }) {
-            self.phase_run = 0;
-        }
         let r = match &pulled {
             Pulled::Waiting => {
                 self.scratch = f;
@@ -227,7 +226,7 @@ impl SpeakerPlayout {
         }
         self.push(&f);
         self.scratch = f;
-        if matches!(pulled, Pulled::Frame { .. }) && !accelerated {
+        if steady {
             self.steer_phase(now_ms);
         }
         true
@@ -257,29 +256,27 @@ impl SpeakerPlayout {
         if self.phase_min_wait_ms < self.tick as f64 / 48.0 + PHASE_MARGIN_MS {
             return;
         }
-        let over = self.queue.len() % self.tick;
-        let seg: Vec<i16> = self.queue.iter().copied().collect();
-        let cut = self.hist.len() - seg.len().min(self.hist.len());
-        if let Some(short) =
-            stretch::shorten_between(&self.hist[..cut], &seg, over, over + self.tick)
-        {
-            self.removed += (seg.len() - short.len()) as u64;
-            self.queue.clear();
-            self.hist.truncate(cut);
-            self.push(&short);
+        let (over, tick) = (self.queue.len() % self.tick, self.tick);
+        if self.shorten_with_queue(&[], |h, s| {
+            stretch::shorten_between(h, s, over, over + tick)
+        }) {
             self.phase_shifts += 1;
         }
     }
 
-    /// What is still queued (not played yet) followed by `next`, shortened by whole periods,
-    /// about `want` samples, and queued in their place. False (nothing changed) where the audio
-    /// is not periodic enough.
-    fn shorten_with_queue(&mut self, next: &[i16], want: usize) -> bool {
+    /// What is still queued (not played yet) followed by `next`, shortened by `shorten` (given
+    /// what played before it and the segment), and queued in its place. False (nothing
+    /// changed) where `shorten` declines.
+    fn shorten_with_queue(
+        &mut self,
+        next: &[i16],
+        shorten: impl FnOnce(&[i16], &[i16]) -> Option<Vec<i16>>,
+    ) -> bool {
         let q = self.queue.len();
         let mut seg: Vec<i16> = self.queue.iter().copied().collect();
         seg.extend_from_slice(next);
         let cut = self.hist.len() - q.min(self.hist.len());
-        let Some(short) = stretch::shorten(&self.hist[..cut], &seg, want) else {
+        let Some(short) = shorten(&self.hist[..cut], &seg) else {
             return false;
         };
         self.removed += (seg.len() - short.len()) as u64;

@@ -155,6 +155,13 @@ mod tests {
             .unwrap()
     }
 
+    /// `n` samples of a pure tone at `hz` (amplitude 8000), from sample `s` on.
+    fn sine(hz: f64, s: usize, n: usize) -> Vec<i16> {
+        (s..s + n)
+            .map(|i| ((i as f64 / 48_000.0 * hz * std::f64::consts::TAU).sin() * 8000.0) as i16)
+            .collect()
+    }
+
     fn noise(n: usize) -> Vec<i16> {
         let mut s = 0x2545_f491u32;
         (0..n)
@@ -200,13 +207,7 @@ mod tests {
     /// A bounded cut takes the most whole periods inside its range, or declines.
     #[test]
     fn a_bounded_cut_stays_inside_its_range() {
-        let tone = |s: usize, n: usize| -> Vec<i16> {
-            (s..s + n)
-                .map(|i| {
-                    ((i as f64 / 48_000.0 * 170.0 * std::f64::consts::TAU).sin() * 8000.0) as i16
-                })
-                .collect()
-        };
+        let tone = |s, n| sine(170.0, s, n);
         let (hist, seg) = (tone(0, 1920), tone(1920, 1200));
         let p = 48_000.0 / 170.0; // 282.4 samples
         for (more_than, at_most) in [(0, 480), (100, 580), (300, 780), (450, 930)] {
@@ -229,13 +230,7 @@ mod tests {
     #[test]
     fn shortening_removes_whole_periods_where_a_plain_drop_would_click() {
         // 210 Hz does not divide a 20 ms frame: dropping a frame jumps in phase.
-        let tone = |s: usize, n: usize| -> Vec<i16> {
-            (s..s + n)
-                .map(|i| {
-                    ((i as f64 / 48_000.0 * 210.0 * std::f64::consts::TAU).sin() * 8000.0) as i16
-                })
-                .collect()
-        };
+        let tone = |s, n| sine(210.0, s, n);
         let hist = tone(0, 1920);
         let seg = tone(1920, 960);
         let short = shorten(&hist, &seg, 960).unwrap();
