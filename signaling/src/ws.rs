@@ -1,13 +1,15 @@
 //! What the gateway and the voice gateway share about reading and closing WebSockets.
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use std::time::Duration;
 
 /// Both gateways close with Discord's 4002 ("decode error") for frames they cannot take.
 pub const DECODE_ERROR: u16 = 4002;
 
 pub type Tx = futures_util::stream::SplitSink<WebSocket, Message>;
+pub type Rx = futures_util::stream::SplitStream<WebSocket>;
 
 /// One inbound frame, judged.
 pub enum Inbound {
@@ -54,14 +56,54 @@ pub fn clip(reason: &str) -> String {
     reason[..end].to_string()
 }
 
-pub async fn close_with(tx: &mut Tx, code: u16, reason: &str) {
+/// How long each half of the closing handshake may take: writing our close frame, then
+/// waiting for the client's.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Frames a closing client may still send (read and discarded) before its close frame.
+const CLOSE_DRAIN_FRAMES: usize = 512;
+
+/// End a connection with the closing handshake of RFC 6455: [`send_close`], then
+/// [`await_close`] if the frame went out.
+///
+/// Dropping the socket right after our close frame is not enough. Whatever the client sent
+/// meanwhile (the payloads that tripped a rate limit, say) sits unread in our receive buffer,
+/// and closing a TCP socket with unread data sends a reset, which can reach the client before
+/// it has read the close frame: it then sees 1006, not the code that says what went wrong.
+/// Callers with state to release do it between the two halves, so the logical end never waits
+/// on the client.
+pub async fn close_with(tx: &mut Tx, rx: &mut Rx, code: u16, reason: &str) {
+    if send_close(tx, code, reason).await {
+        await_close(rx).await;
+    }
+}
+
+/// Send our close frame, waiting at most [`CLOSE_TIMEOUT`]; false if it did not go out (a
+/// client that is not reading may never take it: then there is no handshake to wait for).
+pub async fn send_close(tx: &mut Tx, code: u16, reason: &str) -> bool {
     tracing::debug!(code, reason, "closing WebSocket");
-    let _ = tx
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: clip(reason).into(),
-        })))
-        .await;
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: clip(reason).into(),
+    }));
+    matches!(
+        tokio::time::timeout(CLOSE_TIMEOUT, tx.send(frame)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Read (and discard) what the client still sends until its close frame or the end of the
+/// stream: at most [`CLOSE_DRAIN_FRAMES`] frames within [`CLOSE_TIMEOUT`].
+pub async fn await_close(rx: &mut Rx) {
+    let drain = async {
+        for _ in 0..CLOSE_DRAIN_FRAMES {
+            match rx.next().await {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, drain).await;
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{closed, dispatch, gateway, json, send, ws, Frame};
+use futures_util::StreamExt;
 use lodge_ids::UserId;
 use serde_json::{json, Value};
 
@@ -162,14 +163,56 @@ async fn silent_connections_are_closed() {
     }
 }
 
+/// A client that floods reads the close code that names its fault, and the connection then
+/// ends cleanly: the server reads what the client sent before and waits for its close frame,
+/// instead of closing with unread data (which resets the connection, and a client that writes
+/// or reads after that reset sees 1006, as the abuse suite once did).
+#[tokio::test]
+async fn a_flooding_client_reads_4008_and_the_connection_ends_without_a_reset() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::{Error, Message};
+    let n = common::node().await;
+    let (_, alice) = n.user("alice").await;
+    let (mut w, _) = gateway(&n, &alice).await;
+    // 80 payloads beyond the 120 allowed stay unread on the server when it stops reading.
+    for _ in 0..200 {
+        w.feed(Message::Text(
+            json!({ "op": 1, "d": null }).to_string().into(),
+        ))
+        .await
+        .unwrap();
+    }
+    w.flush().await.unwrap();
+    // Long enough for the server to have closed, and for a reset to have arrived.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, reason) = closed(&mut w).await;
+    assert_eq!(code, 4008, "{reason}");
+    assert!(reason.contains("120 payloads"), "{reason}");
+    // Our close reply goes out with this read; the server then ends the TCP connection.
+    let end = tokio::time::timeout(Duration::from_secs(3), w.next())
+        .await
+        .expect("the server ends the connection after the handshake");
+    assert!(
+        matches!(
+            end,
+            None | Some(Err(Error::ConnectionClosed | Error::AlreadyClosed))
+        ),
+        "the connection ended with {end:?}, not a clean close"
+    );
+}
+
 #[tokio::test]
 async fn versions_encodings_and_the_connection_cap() {
     let n = common::node_with(|a| a.max_gateway_connections = Some(2)).await;
     let addr = n.http_addr();
+    // A refused connection holds its slot until the closing handshake ends: reading on sends
+    // our close reply and waits for the server to hang up.
     let mut w = ws(&format!("ws://{addr}/gateway?v=6&encoding=json")).await;
     assert_eq!(closed(&mut w).await.0, 4012, "unsupported version");
+    let _ = w.next().await;
     let mut w = ws(&format!("ws://{addr}/gateway?v=10&encoding=etf")).await;
     assert_eq!(closed(&mut w).await.0, 4002, "unsupported encoding");
+    let _ = w.next().await;
     let mut a = ws(&n.gateway_url()).await;
     let mut b = ws(&n.gateway_url()).await;
     json(&mut a).await;

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -34,7 +34,7 @@ use crate::app::AppState;
 use crate::hub::{DispatchKind, Ended, Subscription, Target};
 use crate::shared::redis::{Route, StreamId};
 use crate::shared::SessionMeta;
-use crate::ws::{close_with, Inbound, Tx};
+use crate::ws::{await_close, close_with, send_close, Inbound, Rx, Tx};
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -115,9 +115,9 @@ pub async fn ws_handler(
         .read_buffer_size(4096)
         .on_upgrade(move |sock| async move {
             let _slot = ConnSlot(&s.gateway_conns);
-            let (mut tx, rx) = sock.split();
+            let (mut tx, mut rx) = sock.split();
             if let Some((code, reason)) = refusal {
-                close_with(&mut tx, code, &reason).await;
+                close_with(&mut tx, &mut rx, code, &reason).await;
                 return;
             }
             Conn::new(s.clone()).run(tx, rx).await
@@ -185,7 +185,7 @@ impl Conn {
         }
     }
 
-    async fn run(mut self, mut tx: Tx, mut rx: futures_util::stream::SplitStream<WebSocket>) {
+    async fn run(mut self, mut tx: Tx, mut rx: Rx) {
         let s = self.s.clone();
         let hello = payload(
             Opcode::Hello,
@@ -260,9 +260,11 @@ impl Conn {
                 }
             }
         };
-        if let Stop::Close(code, reason) = end {
-            close_with(&mut tx, code, &reason).await;
-        }
+        // The close frame first, then the session's end, then the client's close reply.
+        let closing = match end {
+            Stop::Close(code, reason) => send_close(&mut tx, code, &reason).await,
+            _ => false,
+        };
         if let Some(sref) = self.session {
             let user = {
                 let mut g = lock(&sref);
@@ -271,6 +273,9 @@ impl Conn {
                 g.user.id
             };
             super::presence::disconnected(&s, user).await;
+        }
+        if closing {
+            await_close(&mut rx).await;
         }
     }
 

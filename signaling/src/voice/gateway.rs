@@ -26,7 +26,7 @@ use super::state::PendingToken;
 use super::wire::{Seq, WireVersion};
 use super::{payload, Opcode};
 use crate::app::AppState;
-use crate::ws::{close_with, Tx};
+use crate::ws::{await_close, send_close, Tx};
 
 /// Discord's voice gateway heartbeat interval, the default of `voice_heartbeat_interval_ms`.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 13_750;
@@ -211,10 +211,11 @@ impl Writer {
         }
     }
 
-    /// Send a close frame, waiting at most [`CLOSE_TIMEOUT`] (a client that is not reading
-    /// may never take it).
-    async fn close(&mut self, code: u16, reason: &str) {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, close_with(&mut self.tx, code, reason)).await;
+    /// Send a close frame (`ws::send_close`: at most `ws::CLOSE_TIMEOUT`, as a client that
+    /// is not reading may never take it); true if it went out, and the client's reply is then
+    /// worth waiting for (`ws::await_close`).
+    async fn close(&mut self, code: u16, reason: &str) -> bool {
+        send_close(&mut self.tx, code, reason).await
     }
 }
 
@@ -223,9 +224,6 @@ fn outbox_full() -> Stop {
         "too slow: more than {OUTBOX_CAPACITY} messages waiting to be read"
     ))
 }
-
-/// How long a close frame may take to write before the connection is simply dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>) {
     let (tx, mut rx) = sock.split();
@@ -238,7 +236,10 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
         overflow: outbox.watch(),
     };
     if let Err(reason) = version {
-        return w.close(close::BAD_REQUEST, &reason).await;
+        if w.close(close::BAD_REQUEST, &reason).await {
+            await_close(&mut rx).await;
+        }
+        return;
     }
     let hello = payload(
         Opcode::Hello,
@@ -321,7 +322,8 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
     // call running for a resume; every other end is final.
     let park = matches!(stop, Stop::Dropped)
         || matches!(&stop, Stop::Close(code, _) if *code == close::SESSION_TIMEOUT);
-    match stop {
+    // The close frame first, then the connection's end, then the client's close reply.
+    let closing = match stop {
         Stop::Close(code, reason) => w.close(code, &reason).await,
         Stop::TooSlow(reason) => {
             s.voice().slow_consumers_closed += 1;
@@ -330,10 +332,10 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
                 %reason,
                 "voice connection closed: slow consumer"
             );
-            w.close(close::TOO_SLOW, &reason).await;
+            w.close(close::TOO_SLOW, &reason).await
         }
-        Stop::Dropped | Stop::Gone => {}
-    }
+        Stop::Dropped | Stop::Gone => false,
+    };
     if let Some(a) = me {
         if park {
             let p = Parked {
@@ -348,6 +350,9 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
         } else {
             end_connection(&s, &a).await;
         }
+    }
+    if closing {
+        await_close(&mut rx).await;
     }
 }
 
