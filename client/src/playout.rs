@@ -38,6 +38,10 @@ const PHASE_WINDOW: u32 = 50;
 /// What each of those waits must exceed a tick by (ms): the ticks' own timing wobbles.
 const PHASE_MARGIN_MS: f64 = 1.0;
 
+/// Frames in a row over which the buffer must offer to shorten speech before the offer is
+/// taken (1 s; see [`JitterBuffer::offer_shortening`]).
+const OFFER_WINDOW: u32 = 50;
+
 /// Opus in VBR spends bytes on sound: a frame this small is a pause or near silence, where
 /// the buffer may drop or stretch first (native clients send no audio-level header; the node
 /// ranks them by packet size the same way).
@@ -79,6 +83,8 @@ pub struct SpeakerPlayout {
     phase_min_wait_ms: f64,
     /// Times the decisions were moved a tick earlier.
     pub phase_shifts: u64,
+    /// Decisions in a row at which the buffer offered to shorten speech.
+    offer_run: u32,
 }
 
 /// RMS below which audio counts as quiet: about -50 dBFS, well under speech and under the
@@ -95,6 +101,7 @@ impl SpeakerPlayout {
     pub fn new(cfg: BufferConfig, now_ms: f64) -> Result<SpeakerPlayout, ClientError> {
         let mut jb = JitterBuffer::new(cfg);
         jb.keep_accelerated(true);
+        jb.offer_shortening(true);
         Ok(SpeakerPlayout {
             jb,
             dec: OpusDecoder::new(false)?,
@@ -113,6 +120,7 @@ impl SpeakerPlayout {
             phase_run: 0,
             phase_min_wait_ms: 0.0,
             phase_shifts: 0,
+            offer_run: 0,
         })
     }
 
@@ -226,6 +234,27 @@ impl SpeakerPlayout {
         }
         self.push(&f);
         self.scratch = f;
+        // Offers in a row: a level that stays over by a frame for a second is an excess left
+        // by a spike that has passed (a burst after a stall), not the swing of a jittery path
+        // the target is there to absorb.
+        self.offer_run = if steady && self.jb.shorten_offered() {
+            self.offer_run + 1
+        } else {
+            0
+        };
+        if self.offer_run >= OFFER_WINDOW {
+            // Over the target by more than a frame, in speech the buffer would not drop yet:
+            // about a frame of whole periods out of what is queued, where the audio allows.
+            self.offer_run = 0;
+            let before = self.queue.len();
+            if self.shorten_with_queue(&[], |h, s| stretch::shorten(h, s, FRAME)) {
+                self.jb
+                    .note_shortened((before - self.queue.len()) as f64 / 48.0);
+                // The decisions' timing changed: the phase move starts its run again.
+                self.phase_run = 0;
+                return true;
+            }
+        }
         if steady {
             self.steer_phase(now_ms);
         }
@@ -471,18 +500,26 @@ mod tests {
     /// (`step_ms` sooner from 20 s on: a shorter route) plus up to `jitter_ms` of uniform
     /// lateness, pulled in ticks of `tick` samples.
     fn paced(hz: f64, phase_ms: f64, step_ms: f64, jitter_ms: f64, tick: usize) -> Paced {
-        let pk = packets_at(2000, hz);
         let mut x = 99u32;
-        let mut arrivals: Vec<(f64, usize)> = (0..pk.len())
+        let arrivals = (0..2000)
             .map(|i| {
                 x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
                 let late = (x >> 16) as f64 / 65_536.0 * jitter_ms;
                 let sooner = if i >= 1000 { step_ms } else { 0.0 };
-                (i as f64 * 20.0 + phase_ms - sooner + late, i)
+                i as f64 * 20.0 + phase_ms - sooner + late
             })
             .collect();
+        played(hz, arrivals, tick, true)
+    }
+
+    /// 40 s of a tone at `hz` whose `i`th packet arrives at `arrivals[i]` (ms), pulled in ticks
+    /// of `tick` samples, with or without taking the buffer's offers to shorten speech.
+    fn played(hz: f64, arrivals: Vec<f64>, tick: usize, take_offers: bool) -> Paced {
+        let pk = packets_at(arrivals.len(), hz);
+        let mut arrivals: Vec<(f64, usize)> = arrivals.into_iter().zip(0..).collect();
         arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut p = SpeakerPlayout::new(BufferConfig::default(), 0.0).unwrap();
+        p.jb.offer_shortening(take_offers);
         let mut out = vec![0i16; tick];
         let tick_ms = tick as f64 / 48.0;
         let mut next = 0;
@@ -552,6 +589,38 @@ mod tests {
         let half = paced(210.0, 3.0, 0.0, 15.0, FRAME / 2);
         assert_eq!(half.shifts, 0);
         assert!(half.concealed <= whole.concealed + 0.0005);
+    }
+
+    /// A steady path stalls for 70 ms at 10 s and then delivers what it held at once: the
+    /// buffer, low in target on a steady path, is left holding 3.5 frames beyond it, and
+    /// drops speech only while 2.5 frames over. Taking its offers to shorten speech by whole
+    /// periods brings the level back to within a frame of the target without concealing.
+    #[test]
+    fn after_a_stall_shortening_speech_brings_the_level_back() {
+        let arrivals = |phase: f64| -> Vec<f64> {
+            (0..2000)
+                .map(|i| {
+                    let sent = i as f64 * 20.0 + phase;
+                    if (500..504).contains(&i) {
+                        500.0 * 20.0 + phase + 70.0
+                    } else {
+                        sent
+                    }
+                })
+                .collect()
+        };
+        for tick in [FRAME, FRAME / 2] {
+            for phase in [2.0, 11.0] {
+                let kept = played(210.0, arrivals(phase), tick, false);
+                let cut = played(210.0, arrivals(phase), tick, true);
+                eprintln!(
+                    "tick {tick}, phase {phase}: offers declined {:.1} ms (ear {:.1}), taken {:.1} ms (ear {:.1})",
+                    kept.delay, kept.ear, cut.delay, cut.ear
+                );
+                assert_eq!(cut.concealed, kept.concealed);
+                assert!(cut.delay <= kept.delay - 30.0, "tick {tick}, phase {phase}");
+            }
+        }
     }
 
     /// Stretched and concealed shares of 60 s through a profile's impairment, with the
