@@ -20,7 +20,7 @@
 /** This header's ABI version: compare it with lodge_client_abi() before anything else. The
  * structs grow between versions, so a program built against another header would read or write
  * past them. */
-#define LODGE_CLIENT_ABI 3
+#define LODGE_CLIENT_ABI 4
 
 
 /**
@@ -165,6 +165,11 @@ typedef struct LodgeStats {
    * NUL, or an empty string outside a group.
    */
   char dave_privacy_code[31];
+  /**
+   * Over all speakers: the mean time a decoded sample waited for its 10 ms output tick, ms
+   * (the wait after `mean_playout_delay_ms`; with whole-period stretching about 5 ms).
+   */
+  double mean_output_wait_ms;
 } LodgeStats;
 
 #ifdef __cplusplus

@@ -118,6 +118,9 @@ pub struct LodgeStats {
     /// The privacy code members compare to know the call is theirs alone: 30 digits and a
     /// NUL, or an empty string outside a group.
     pub dave_privacy_code: [c_char; 31],
+    /// Over all speakers: the mean time a decoded sample waited for its 10 ms output tick, ms
+    /// (the wait after `mean_playout_delay_ms`; with whole-period stretching about 5 ms).
+    pub mean_output_wait_ms: f64,
 }
 
 struct Callbacks {
@@ -427,6 +430,12 @@ fn stats_of(c: &Call) -> LodgeStats {
     if emitted > 0 {
         st.mean_playout_delay_ms = delay_s / emitted as f64 * 1e3;
     }
+    let (queued_s, queued) = s.speakers.iter().fold((0.0, 0u64), |(w, n), sp| {
+        (w + sp.queue_delay_s, n + sp.queue_samples)
+    });
+    if queued > 0 {
+        st.mean_output_wait_ms = queued_s / queued as f64 * 1e3;
+    }
     st
 }
 
@@ -461,8 +470,9 @@ pub unsafe extern "C" fn lodge_call_leave(call: *mut LodgeCall) -> i32 {
 
 /// The ABI version of this library: `LODGE_CLIENT_ABI` in the header it was built with. One
 /// more whenever a struct or a function changes (2: DAVE and TLS fields in the options and
-/// the stats; 3: the playout callbacks take 10 ms, 480 samples, not 20 ms).
-pub const ABI: u32 = 3;
+/// the stats; 3: the playout callbacks take 10 ms, 480 samples, not 20 ms; 4: the stats'
+/// `mean_output_wait_ms`).
+pub const ABI: u32 = 4;
 
 /// The library's ABI version: a program compares it with the header's `LODGE_CLIENT_ABI`
 /// before anything else (the structs grow between versions, so a mismatch would read or write

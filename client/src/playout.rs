@@ -16,6 +16,11 @@
 //! whole periods (as acceleration), as much as moves the next decision exactly one tick
 //! earlier (no period count fits: no move). Each decision then sees the packets it would have
 //! seen a tick later, sooner.
+//!
+//! The same move is made when the buffer's level was over its target by a tick at every
+//! decision for a second (with any tick, a frame too): an excess a passing spike left, which
+//! the buffer itself would give back only 2.5 frames over (it drops a frame of speech no
+//! sooner). A jittery path's swings, which the target is there to absorb, break the run.
 
 use std::collections::VecDeque;
 
@@ -38,9 +43,9 @@ const PHASE_WINDOW: u32 = 50;
 /// What each of those waits must exceed a tick by (ms): the ticks' own timing wobbles.
 const PHASE_MARGIN_MS: f64 = 1.0;
 
-/// Frames in a row over which the buffer must offer to shorten speech before the offer is
-/// taken (1 s; see [`JitterBuffer::offer_shortening`]).
-const OFFER_WINDOW: u32 = 50;
+/// Decisions after a declined move or shortening (the audio was not periodic) before the next
+/// try, its run kept meanwhile.
+const RETRY_AFTER: u32 = 5;
 
 /// Opus in VBR spends bytes on sound: a frame this small is a pause or near silence, where
 /// the buffer may drop or stretch first (native clients send no audio-level header; the node
@@ -81,10 +86,12 @@ pub struct SpeakerPlayout {
     /// any of those decisions (ms).
     phase_run: u32,
     phase_min_wait_ms: f64,
+    /// The least excess of the buffer's level over its target at those decisions (ms).
+    phase_min_excess_ms: f64,
     /// Times the decisions were moved a tick earlier.
     pub phase_shifts: u64,
-    /// Decisions in a row at which the buffer offered to shorten speech.
-    offer_run: u32,
+    /// Whether a level over the target moves them too (off only in tests, to compare).
+    level_moves: bool,
 }
 
 /// RMS below which audio counts as quiet: about -50 dBFS, well under speech and under the
@@ -101,7 +108,6 @@ impl SpeakerPlayout {
     pub fn new(cfg: BufferConfig, now_ms: f64) -> Result<SpeakerPlayout, ClientError> {
         let mut jb = JitterBuffer::new(cfg);
         jb.keep_accelerated(true);
-        jb.offer_shortening(true);
         Ok(SpeakerPlayout {
             jb,
             dec: OpusDecoder::new(false)?,
@@ -119,8 +125,9 @@ impl SpeakerPlayout {
             tick: FRAME,
             phase_run: 0,
             phase_min_wait_ms: 0.0,
+            phase_min_excess_ms: 0.0,
             phase_shifts: 0,
-            offer_run: 0,
+            level_moves: true,
         })
     }
 
@@ -234,62 +241,57 @@ impl SpeakerPlayout {
         }
         self.push(&f);
         self.scratch = f;
-        // Offers in a row: a level that stays over by a frame for a second is an excess left
-        // by a spike that has passed (a burst after a stall), not the swing of a jittery path
-        // the target is there to absorb.
-        self.offer_run = if steady && self.jb.shorten_offered() {
-            self.offer_run + 1
-        } else {
-            0
-        };
-        if self.offer_run >= OFFER_WINDOW {
-            // Over the target by more than a frame, in speech the buffer would not drop yet:
-            // about a frame of whole periods out of what is queued, where the audio allows.
-            self.offer_run = 0;
-            let before = self.queue.len();
-            if self.shorten_with_queue(&[], |h, s| stretch::shorten(h, s, FRAME)) {
-                self.jb
-                    .note_shortened((before - self.queue.len()) as f64 / 48.0);
-                // The decisions' timing changed: the phase move starts its run again.
-                self.phase_run = 0;
-                return true;
-            }
-        }
         if steady {
             self.steer_phase(now_ms);
         }
         true
     }
 
-    /// After a packet's frame was decided: note how long the newest packet had been waiting.
-    /// Once a second of frames all had a tick to spare (a tick earlier, every decision would
-    /// have seen the same packets), remove a tick's worth of queued audio by whole periods so
-    /// that the next decision comes exactly one tick earlier: more than the queue holds beyond
-    /// whole ticks, and at most a tick more than that (more would take a second decision in
-    /// this very tick).
+    /// After a packet's frame was decided, note how long the newest packet had been waiting
+    /// and how far the buffer's level was over its target. Once a second of frames all had a
+    /// tick to spare by either, remove queued audio by whole periods so that the next decision
+    /// comes exactly one tick earlier: more than the queue holds beyond whole ticks, and at most
+    /// a tick more than that (more would take a second decision in this very tick).
+    /// - By the wait (ticks shorter than a frame only): a tick earlier, every decision would
+    ///   have seen the same packets, so only the delay changes.
+    /// - By the level: the buffer holds a tick more than its target at every decision, an
+    ///   excess a spike that passed left behind (its own acceleration drops a frame of speech
+    ///   only 2.5 frames over). A tick earlier the level is still at or above the target,
+    ///   where no deceleration starts, so the two cannot feed each other.
     fn steer_phase(&mut self, now_ms: f64) {
-        if self.tick >= FRAME {
-            return;
-        }
         let wait = now_ms - self.last_packet_ms;
-        self.phase_min_wait_ms = if self.phase_run == 0 {
-            wait
+        let excess = self.jb.level_over_target_ms().unwrap_or(0.0);
+        if self.phase_run == 0 {
+            (self.phase_min_wait_ms, self.phase_min_excess_ms) = (wait, excess);
         } else {
-            self.phase_min_wait_ms.min(wait)
-        };
+            self.phase_min_wait_ms = self.phase_min_wait_ms.min(wait);
+            self.phase_min_excess_ms = self.phase_min_excess_ms.min(excess);
+        }
         self.phase_run += 1;
         if self.phase_run < PHASE_WINDOW {
             return;
         }
-        self.phase_run = 0;
-        if self.phase_min_wait_ms < self.tick as f64 / 48.0 + PHASE_MARGIN_MS {
+        let spare = self.tick as f64 / 48.0 + PHASE_MARGIN_MS;
+        let by_wait = self.tick < FRAME && self.phase_min_wait_ms >= spare;
+        let by_level = self.level_moves && self.phase_min_excess_ms >= spare;
+        if !by_wait && !by_level {
+            self.phase_run = 0;
             return;
         }
         let (over, tick) = (self.queue.len() % self.tick, self.tick);
+        let before = self.queue.len();
         if self.shorten_with_queue(&[], |h, s| {
             stretch::shorten_between(h, s, over, over + tick)
         }) {
             self.phase_shifts += 1;
+            self.phase_run = 0;
+            // The buffer's averaged level follows at once, as after its own drop.
+            self.jb
+                .note_shortened((before - self.queue.len()) as f64 / 48.0);
+        } else {
+            // Declined (the audio is not periodic here, or no period count fits): the run is
+            // kept, and five decisions on, if they still had the tick to spare, it tries again.
+            self.phase_run -= RETRY_AFTER;
         }
     }
 
@@ -513,13 +515,13 @@ mod tests {
     }
 
     /// 40 s of a tone at `hz` whose `i`th packet arrives at `arrivals[i]` (ms), pulled in ticks
-    /// of `tick` samples, with or without taking the buffer's offers to shorten speech.
-    fn played(hz: f64, arrivals: Vec<f64>, tick: usize, take_offers: bool) -> Paced {
+    /// of `tick` samples, with or without moves for a level over the target.
+    fn played(hz: f64, arrivals: Vec<f64>, tick: usize, level_moves: bool) -> Paced {
         let pk = packets_at(arrivals.len(), hz);
         let mut arrivals: Vec<(f64, usize)> = arrivals.into_iter().zip(0..).collect();
         arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut p = SpeakerPlayout::new(BufferConfig::default(), 0.0).unwrap();
-        p.jb.offer_shortening(take_offers);
+        p.level_moves = level_moves;
         let mut out = vec![0i16; tick];
         let tick_ms = tick as f64 / 48.0;
         let mut next = 0;
@@ -593,10 +595,11 @@ mod tests {
 
     /// A steady path stalls for 70 ms at 10 s and then delivers what it held at once: the
     /// buffer, low in target on a steady path, is left holding 3.5 frames beyond it, and
-    /// drops speech only while 2.5 frames over. Taking its offers to shorten speech by whole
-    /// periods brings the level back to within a frame of the target without concealing.
+    /// drops speech only while 2.5 frames over. Moving the decisions a tick earlier while the
+    /// level stays a tick over the target brings it back without concealing (with 20 ms ticks
+    /// too, a frame at a time).
     #[test]
-    fn after_a_stall_shortening_speech_brings_the_level_back() {
+    fn after_a_stall_moves_by_the_level_bring_it_back() {
         let arrivals = |phase: f64| -> Vec<f64> {
             (0..2000)
                 .map(|i| {
@@ -614,7 +617,7 @@ mod tests {
                 let kept = played(210.0, arrivals(phase), tick, false);
                 let cut = played(210.0, arrivals(phase), tick, true);
                 eprintln!(
-                    "tick {tick}, phase {phase}: offers declined {:.1} ms (ear {:.1}), taken {:.1} ms (ear {:.1})",
+                    "tick {tick}, phase {phase}: without level moves {:.1} ms (ear {:.1}), with {:.1} ms (ear {:.1})",
                     kept.delay, kept.ear, cut.delay, cut.ear
                 );
                 assert_eq!(cut.concealed, kept.concealed);

@@ -136,10 +136,8 @@ pub struct JitterBuffer {
     accelerated: Option<(u64, Vec<u8>)>,
     /// The last pull was a deliberate deceleration.
     decelerated: bool,
-    /// See [`JitterBuffer::offer_shortening`].
-    offer_shortening: bool,
-    /// The last pull's packet could be shortened (see [`JitterBuffer::shorten_offered`]).
-    shorten_offered: bool,
+    /// See [`JitterBuffer::level_over_target_ms`].
+    level_over: Option<f64>,
     /// Share of recent frames found missing (exponential average over ~100 frames).
     loss_avg: f64,
     /// The buffer level beyond the frame about to play, averaged over
@@ -226,8 +224,7 @@ impl JitterBuffer {
             keep_accelerated: false,
             accelerated: None,
             decelerated: false,
-            offer_shortening: false,
-            shorten_offered: false,
+            level_over: None,
             loss_avg: 0.0,
             level_avg: None,
             queued_ms: 0.0,
@@ -442,26 +439,16 @@ impl JitterBuffer {
         self.decelerated
     }
 
-    /// For a caller that can shorten decoded speech by whole pitch periods (and leave it alone
-    /// where it is not periodic): when the level is over the target by more than a frame (and
-    /// by half a frame on average) but this buffer would not drop the frame, because it is
-    /// speech and the level is not yet 2.5 frames over, the pull plays the frame as usual and
-    /// [`JitterBuffer::shorten_offered`] says the caller may remove about a frame of audio.
-    /// Dropping a whole frame of speech is heard; removing periods is not, and where it cannot
-    /// be done nothing is lost. Off by default.
-    pub fn offer_shortening(&mut self, on: bool) {
-        self.offer_shortening = on;
+    /// How far the level (audio held beyond the frame about to play, the caller's queue
+    /// included) was over the target at the last `pull`, ms; `None` before playout starts, in
+    /// a pause, or with a static delay. A caller that shortens decoded audio itself can give
+    /// back an excess that lasts (see [`JitterBuffer::note_shortened`]).
+    pub fn level_over_target_ms(&self) -> Option<f64> {
+        self.level_over
     }
 
-    /// Whether the last `pull` (a `Pulled::Frame`) offered shortening (see
-    /// [`JitterBuffer::offer_shortening`]). A caller that takes the offer reports what it
-    /// removed with [`JitterBuffer::note_shortened`].
-    pub fn shorten_offered(&self) -> bool {
-        self.shorten_offered
-    }
-
-    /// The caller removed `ms` of decoded audio after an offer: the averaged level follows at
-    /// once, as it does when this buffer drops a frame, so one excess is not answered twice.
+    /// The caller removed `ms` of decoded audio: the averaged level follows at once, as it does
+    /// when this buffer drops a frame, so one excess is not answered twice.
     pub fn note_shortened(&mut self, ms: f64) {
         if let Some(a) = self.level_avg.as_mut() {
             *a -= ms;
@@ -480,7 +467,7 @@ impl JitterBuffer {
     pub fn pull(&mut self, now_ms: f64) -> Pulled {
         self.accelerated = None;
         self.decelerated = false;
-        self.shorten_offered = false;
+        self.level_over = None;
         if let Some(d) = self.cfg.static_delay_ms {
             return self.pull_static(now_ms, d);
         }
@@ -503,17 +490,15 @@ impl JitterBuffer {
         self.level_avg = (!self.silent_mode).then_some(avg);
 
         if !self.silent_mode {
+            self.level_over = Some(level - target);
             // Acceleration: drop the next frame when holding clearly more than the target, now
             // and on average.
             if let Some(p) = self.packets.get(&self.next_seq) {
                 let over = level - target;
                 let over_avg = avg - target;
-                let drop = (over > frame_ms && p.low_energy) || over > 2.5 * frame_ms;
-                if !drop && self.offer_shortening {
-                    // Played below as usual, with the offer (if it is played: see `Frame`).
-                    self.shorten_offered = over > frame_ms && over_avg > frame_ms / 2.0;
-                }
-                if drop && over_avg > frame_ms / 2.0 {
+                if ((over > frame_ms && p.low_energy) || over > 2.5 * frame_ms)
+                    && over_avg > frame_ms / 2.0
+                {
                     self.level_avg = Some(avg - frame_ms);
                     let p = self
                         .packets

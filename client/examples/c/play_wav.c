@@ -68,10 +68,11 @@ int main(int argc, char **argv) {
         LodgeStats st;
         if (lodge_call_stats(call, &st) == 0) {
             printf("[%d s] sent %llu packets at %u kbps (FEC %s), received %llu, %u speaker(s), "
-                   "playout delay %.0f ms%s\n",
+                   "playout delay %.0f ms + %.0f ms to the output%s\n",
                    s, (unsigned long long)st.packets_sent, st.target_bitrate_bps / 1000,
                    st.fec ? "on" : "off", (unsigned long long)st.packets_received,
-                   st.speakers, st.mean_playout_delay_ms, st.ended ? " (ended)" : "");
+                   st.speakers, st.mean_playout_delay_ms, st.mean_output_wait_ms,
+                   st.ended ? " (ended)" : "");
             if (st.uplink_fraction_lost >= 0) {
                 printf("      uplink loss %.1f%%, round trip %.0f ms\n",
                        st.uplink_fraction_lost * 100.0, st.round_trip_time_ms);

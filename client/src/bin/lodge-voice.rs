@@ -244,8 +244,10 @@ fn print_stats(s: &CallStats, secs: f64) {
         if sp.left {
             who.push_str(" (left)");
         }
+        // Decoded audio's wait for its output tick, after the playout delay.
+        let output_ms = sp.queue_delay_s / sp.queue_samples.max(1) as f64 * 1e3;
         println!(
-            "           {who}: {} packets, playout delay {delay_ms:.0} ms (target {:.0}), concealed {concealed:.1}%, FEC {}, discarded {}",
+            "           {who}: {} packets, playout delay {delay_ms:.0} ms (target {:.0}) + {output_ms:.0} ms to the output, concealed {concealed:.1}%, FEC {}, discarded {}",
             j.packets_received, sp.target_delay_ms, j.fec_packets_received, j.packets_discarded
         );
     }
