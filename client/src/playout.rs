@@ -43,9 +43,10 @@ const PHASE_WINDOW: u32 = 50;
 /// What each of those waits must exceed a tick by (ms): the ticks' own timing wobbles.
 const PHASE_MARGIN_MS: f64 = 1.0;
 
-/// Decisions after a declined move or shortening (the audio was not periodic) before the next
-/// try, its run kept meanwhile.
+/// Decisions after a declined move (the audio was not periodic) before the next try, its run
+/// kept meanwhile.
 const RETRY_AFTER: u32 = 5;
+const _: () = assert!(RETRY_AFTER < PHASE_WINDOW);
 
 /// Opus in VBR spends bytes on sound: a frame this small is a pause or near silence, where
 /// the buffer may drop or stretch first (native clients send no audio-level header; the node
@@ -251,13 +252,15 @@ impl SpeakerPlayout {
     /// and how far the buffer's level was over its target. Once a second of frames all had a
     /// tick to spare by either, remove queued audio by whole periods so that the next decision
     /// comes exactly one tick earlier: more than the queue holds beyond whole ticks, and at most
-    /// a tick more than that (more would take a second decision in this very tick).
+    /// a tick more than that (with ticks shorter than a frame, more would take a second
+    /// decision in this very tick; with a frame's tick the next decision comes at once, in
+    /// this tick, which is the tick earlier).
     /// - By the wait (ticks shorter than a frame only): a tick earlier, every decision would
     ///   have seen the same packets, so only the delay changes.
-    /// - By the level: the buffer holds a tick more than its target at every decision, an
+    /// - By the level: the buffer held more than a tick over its target at every decision, an
     ///   excess a spike that passed left behind (its own acceleration drops a frame of speech
-    ///   only 2.5 frames over). A tick earlier the level is still at or above the target,
-    ///   where no deceleration starts, so the two cannot feed each other.
+    ///   only 2.5 frames over). The cut is also at most that least excess, so the level stays
+    ///   at or above the target, where no deceleration starts: the two cannot feed each other.
     fn steer_phase(&mut self, now_ms: f64) {
         let wait = now_ms - self.last_packet_ms;
         let excess = self.jb.level_over_target_ms().unwrap_or(0.0);
@@ -278,11 +281,14 @@ impl SpeakerPlayout {
             self.phase_run = 0;
             return;
         }
-        let (over, tick) = (self.queue.len() % self.tick, self.tick);
+        let over = self.queue.len() % self.tick;
+        let mut at_most = over + self.tick;
+        if !by_wait {
+            // The least excess is over a tick and the leftover under one: this still moves.
+            at_most = at_most.min((self.phase_min_excess_ms * 48.0) as usize);
+        }
         let before = self.queue.len();
-        if self.shorten_with_queue(&[], |h, s| {
-            stretch::shorten_between(h, s, over, over + tick)
-        }) {
+        if self.shorten_with_queue(&[], |h, s| stretch::shorten_between(h, s, over, at_most)) {
             self.phase_shifts += 1;
             self.phase_run = 0;
             // The buffer's averaged level follows at once, as after its own drop.
@@ -496,6 +502,9 @@ mod tests {
         ear: f64,
         concealed: f64,
         shifts: u64,
+        /// Samples inserted by deceleration, and samples concealed.
+        inserted: u64,
+        concealed_n: u64,
     }
 
     /// 40 s of packets every 20 ms of a tone at `hz`, arriving `phase_ms` after a tick
@@ -517,6 +526,17 @@ mod tests {
     /// 40 s of a tone at `hz` whose `i`th packet arrives at `arrivals[i]` (ms), pulled in ticks
     /// of `tick` samples, with or without moves for a level over the target.
     fn played(hz: f64, arrivals: Vec<f64>, tick: usize, level_moves: bool) -> Paced {
+        played_from(hz, arrivals, tick, level_moves, 20_000.0)
+    }
+
+    /// [`played`], measured from `from_ms` on.
+    fn played_from(
+        hz: f64,
+        arrivals: Vec<f64>,
+        tick: usize,
+        level_moves: bool,
+        from_ms: f64,
+    ) -> Paced {
         let pk = packets_at(arrivals.len(), hz);
         let mut arrivals: Vec<(f64, usize)> = arrivals.into_iter().zip(0..).collect();
         arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -528,7 +548,7 @@ mod tests {
         let mut half = None;
         for t in 0..(40_000.0 / tick_ms) as usize {
             let now = t as f64 * tick_ms;
-            if half.is_none() && now >= 20_000.0 {
+            if half.is_none() && now >= from_ms {
                 half = Some((p.stats(), p.queue_delay()));
             }
             while next < arrivals.len() && arrivals[next].0 <= now {
@@ -548,6 +568,8 @@ mod tests {
             concealed: (b.concealed_samples - a.concealed_samples) as f64
                 / (b.total_samples_received - a.total_samples_received) as f64,
             shifts: p.phase_shifts,
+            inserted: b.inserted_samples_for_deceleration - a.inserted_samples_for_deceleration,
+            concealed_n: b.concealed_samples - a.concealed_samples,
         }
     }
 
@@ -614,14 +636,20 @@ mod tests {
         };
         for tick in [FRAME, FRAME / 2] {
             for phase in [2.0, 11.0] {
-                let kept = played(210.0, arrivals(phase), tick, false);
-                let cut = played(210.0, arrivals(phase), tick, true);
+                // Measured from 9 s: the stall, the burst and the moves after it.
+                let kept = played_from(210.0, arrivals(phase), tick, false, 9_000.0);
+                let cut = played_from(210.0, arrivals(phase), tick, true, 9_000.0);
                 eprintln!(
-                    "tick {tick}, phase {phase}: without level moves {:.1} ms (ear {:.1}), with {:.1} ms (ear {:.1})",
-                    kept.delay, kept.ear, cut.delay, cut.ear
+                    "tick {tick}, phase {phase}: without level moves {:.1} ms (ear {:.1}), with {:.1} ms (ear {:.1}, {} moves, {} samples inserted against {})",
+                    kept.delay, kept.ear, cut.delay, cut.ear, cut.shifts, cut.inserted, kept.inserted
                 );
-                assert_eq!(cut.concealed, kept.concealed);
-                assert!(cut.delay <= kept.delay - 30.0, "tick {tick}, phase {phase}");
+                let at = format!("tick {tick}, phase {phase}");
+                assert!(cut.concealed_n <= kept.concealed_n, "{at}");
+                assert!(cut.shifts >= 1, "{at}");
+                assert!(cut.delay <= kept.delay - 25.0, "{at}");
+                assert!(cut.ear <= kept.ear - 20.0, "{at}");
+                // No move took the level under its target: nothing more was lengthened.
+                assert!(cut.inserted <= kept.inserted, "{at}");
             }
         }
     }

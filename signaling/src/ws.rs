@@ -92,6 +92,13 @@ pub async fn send_close(tx: &mut Tx, code: u16, reason: &str) -> bool {
     )
 }
 
+/// The client closed first: its close frame's reply is queued, and goes out with a flush
+/// (bounded by [`CLOSE_TIMEOUT`]) before the socket is dropped, so the client sees its own
+/// close completed rather than 1006. On a broken socket the flush just fails.
+pub async fn reply_close(tx: &mut Tx) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, tx.flush()).await;
+}
+
 /// Read (and discard) what the client still sends until its close frame or the end of the
 /// stream: at most [`CLOSE_DRAIN_FRAMES`] frames within [`CLOSE_TIMEOUT`].
 pub async fn await_close(rx: &mut Rx) {

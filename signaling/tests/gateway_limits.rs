@@ -163,12 +163,13 @@ async fn silent_connections_are_closed() {
     }
 }
 
-/// A client that floods reads the close code that names its fault, and the connection then
-/// ends cleanly: the server reads what the client sent before and waits for its close frame,
-/// instead of closing with unread data (which resets the connection, and a client that writes
-/// or reads after that reset sees 1006, as the abuse suite once did).
+/// A client that floods reads the close code that names its fault: the server reads what the
+/// client sent before and waits for its close frame, instead of closing with unread data,
+/// which resets the connection, and a client that reads after that reset sees 1006 (as the
+/// abuse suite once did; this test read 1006 on the old close). Then the server ends the
+/// connection once the handshake is done.
 #[tokio::test]
-async fn a_flooding_client_reads_4008_and_the_connection_ends_without_a_reset() {
+async fn a_flooding_client_reads_4008_not_a_reset() {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::{Error, Message};
     let n = common::node().await;
@@ -188,7 +189,9 @@ async fn a_flooding_client_reads_4008_and_the_connection_ends_without_a_reset() 
     let (code, reason) = closed(&mut w).await;
     assert_eq!(code, 4008, "{reason}");
     assert!(reason.contains("120 payloads"), "{reason}");
-    // Our close reply goes out with this read; the server then ends the TCP connection.
+    // Our close reply goes out with this read; the server then ends the connection (tungstenite
+    // reports a reset after a completed close as a plain close too: the 4008 above is the check
+    // that the reset is gone).
     let end = tokio::time::timeout(Duration::from_secs(3), w.next())
         .await
         .expect("the server ends the connection after the handshake");
@@ -197,7 +200,7 @@ async fn a_flooding_client_reads_4008_and_the_connection_ends_without_a_reset() 
             end,
             None | Some(Err(Error::ConnectionClosed | Error::AlreadyClosed))
         ),
-        "the connection ended with {end:?}, not a clean close"
+        "the connection ended with {end:?}"
     );
 }
 

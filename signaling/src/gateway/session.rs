@@ -34,7 +34,7 @@ use crate::app::AppState;
 use crate::hub::{DispatchKind, Ended, Subscription, Target};
 use crate::shared::redis::{Route, StreamId};
 use crate::shared::SessionMeta;
-use crate::ws::{await_close, close_with, send_close, Inbound, Rx, Tx};
+use crate::ws::{await_close, close_with, reply_close, send_close, Inbound, Rx, Tx};
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -263,7 +263,10 @@ impl Conn {
         // The close frame first, then the session's end, then the client's close reply.
         let closing = match end {
             Stop::Close(code, reason) => send_close(&mut tx, code, &reason).await,
-            _ => false,
+            Stop::Gone => {
+                reply_close(&mut tx).await;
+                false
+            }
         };
         if let Some(sref) = self.session {
             let user = {
@@ -275,6 +278,8 @@ impl Conn {
             super::presence::disconnected(&s, user).await;
         }
         if closing {
+            // Detached above, so nothing more is written: the live queue goes before the wait.
+            self.live = None;
             await_close(&mut rx).await;
         }
     }

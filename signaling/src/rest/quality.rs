@@ -369,13 +369,12 @@ pub async fn live(ws: WebSocketUpgrade, State(s): State<AppState>) -> Response {
         .on_upgrade(move |sock| run_live(s, sock, slot))
 }
 
-async fn close(mut sock: WebSocket, code: u16, reason: &str) {
-    let _ = sock
-        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
-            code,
-            reason: crate::ws::clip(reason).into(),
-        })))
-        .await;
+/// Close with the handshake (`ws::close_with`): our frame, then the client's reply, each
+/// bounded, so what the client sent meanwhile is read and the close code reaches it.
+async fn close(sock: WebSocket, code: u16, reason: &str) {
+    use futures_util::StreamExt;
+    let (mut tx, mut rx) = sock.split();
+    crate::ws::close_with(&mut tx, &mut rx, code, reason).await;
 }
 
 async fn run_live(s: AppState, mut sock: WebSocket, mut slot: LiveSlot) {

@@ -26,7 +26,7 @@ use super::state::PendingToken;
 use super::wire::{Seq, WireVersion};
 use super::{payload, Opcode};
 use crate::app::AppState;
-use crate::ws::{await_close, send_close, Tx};
+use crate::ws::{await_close, reply_close, send_close, Tx};
 
 /// Discord's voice gateway heartbeat interval, the default of `voice_heartbeat_interval_ms`.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 13_750;
@@ -322,9 +322,9 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
     // call running for a resume; every other end is final.
     let park = matches!(stop, Stop::Dropped)
         || matches!(&stop, Stop::Close(code, _) if *code == close::SESSION_TIMEOUT);
-    // The close frame first, then the connection's end, then the client's close reply.
-    let closing = match stop {
-        Stop::Close(code, reason) => w.close(code, &reason).await,
+    // What the client is told: a close frame, or (it closed first) the reply to its own.
+    let frame = match stop {
+        Stop::Close(code, reason) => Some((code, reason)),
         Stop::TooSlow(reason) => {
             s.voice().slow_consumers_closed += 1;
             warn!(
@@ -332,10 +332,23 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
                 %reason,
                 "voice connection closed: slow consumer"
             );
-            w.close(close::TOO_SLOW, &reason).await
+            Some((close::TOO_SLOW, reason))
         }
-        Stop::Dropped | Stop::Gone => false,
+        Stop::Gone => {
+            reply_close(&mut w.tx).await;
+            None
+        }
+        Stop::Dropped => None,
     };
+    // A final end: the close frame, then the connection's end. A parked connection is parked
+    // before its close frame (4009) goes out, so an op 7 that follows at once finds it. Then
+    // the client's close reply.
+    let mut closing = false;
+    if !park {
+        if let Some((code, reason)) = &frame {
+            closing = send_close(&mut w.tx, *code, reason).await;
+        }
+    }
     if let Some(a) = me {
         if park {
             let p = Parked {
@@ -349,6 +362,11 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
             park_connection(&s, p).await;
         } else {
             end_connection(&s, &a).await;
+        }
+    }
+    if park {
+        if let Some((code, reason)) = &frame {
+            closing = send_close(&mut w.tx, *code, reason).await;
         }
     }
     if closing {
