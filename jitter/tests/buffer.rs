@@ -590,3 +590,37 @@ fn an_averaged_level_stretches_less_on_jittery_paths() {
         );
     }
 }
+
+/// The level a caller can read after each pull: what is held beyond the frame about to play,
+/// the caller's queue included, against the target; nothing before playout starts.
+#[test]
+fn the_level_over_target_counts_the_callers_queue() {
+    let run = |queued_ms: f64| -> Vec<Option<f64>> {
+        let mut jb = JitterBuffer::new(BufferConfig::default());
+        jb.pull(0.0);
+        let mut seen = vec![jb.level_over_target_ms()];
+        // Four frames at once, then one every 20 ms: a level of about three frames.
+        for i in 0..4u32 {
+            jb.insert(0.0, i as u16, i * 960, vec![7; 40]);
+        }
+        for t in 0..50u32 {
+            let now = t as f64 * 20.0 + 1.0;
+            jb.insert(now, (t + 4) as u16, (t + 4) * 960, vec![7; 40]);
+            jb.set_queued_ms(queued_ms);
+            jb.pull(now);
+            seen.push(jb.level_over_target_ms());
+        }
+        seen
+    };
+    let (bare, queued) = (run(0.0), run(7.0));
+    assert_eq!(bare[0], None, "nothing before playout starts");
+    let first = 1;
+    for (a, b) in bare.iter().zip(&queued).skip(first) {
+        let (a, b) = (a.expect("playing"), b.expect("playing"));
+        // The queue adds to the level one for one (the target does not depend on it).
+        assert!((b - a - 7.0).abs() < 1e-9, "{a} {b}");
+    }
+    // Two frames over its target for good (speech is dropped only 2.5 frames over): the
+    // excess a caller's level moves give back.
+    assert!(bare[10..].iter().all(|a| a.unwrap() >= 39.0), "{bare:?}");
+}
