@@ -493,7 +493,7 @@ mod tests {
         assert!(quiet(&hush()) && !quiet(&[7000i16; FRAME]));
     }
 
-    /// What [`paced`] measured over its last 20 s.
+    /// What [`played_from`] measured (for [`paced`], its last 20 s).
     struct Paced {
         /// The packets' wait until decoded (ms, as WebRTC counts jitterBufferDelay).
         delay: f64,
@@ -520,16 +520,12 @@ mod tests {
                 i as f64 * 20.0 + phase_ms - sooner + late
             })
             .collect();
-        played(hz, arrivals, tick, true)
+        played_from(hz, arrivals, tick, true, 20_000.0)
     }
 
     /// 40 s of a tone at `hz` whose `i`th packet arrives at `arrivals[i]` (ms), pulled in ticks
-    /// of `tick` samples, with or without moves for a level over the target.
-    fn played(hz: f64, arrivals: Vec<f64>, tick: usize, level_moves: bool) -> Paced {
-        played_from(hz, arrivals, tick, level_moves, 20_000.0)
-    }
-
-    /// [`played`], measured from `from_ms` on.
+    /// of `tick` samples, with or without moves for a level over the target, measured from
+    /// `from_ms` on.
     fn played_from(
         hz: f64,
         arrivals: Vec<f64>,

@@ -490,11 +490,11 @@ impl JitterBuffer {
         self.level_avg = (!self.silent_mode).then_some(avg);
 
         if !self.silent_mode {
-            self.level_over = Some(level - target);
+            let over = level - target;
+            self.level_over = Some(over);
             // Acceleration: drop the next frame when holding clearly more than the target, now
             // and on average.
             if let Some(p) = self.packets.get(&self.next_seq) {
-                let over = level - target;
                 let over_avg = avg - target;
                 if ((over > frame_ms && p.low_energy) || over > 2.5 * frame_ms)
                     && over_avg > frame_ms / 2.0

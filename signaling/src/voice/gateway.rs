@@ -26,7 +26,7 @@ use super::state::PendingToken;
 use super::wire::{Seq, WireVersion};
 use super::{payload, Opcode};
 use crate::app::AppState;
-use crate::ws::{await_close, reply_close, send_close, Tx};
+use crate::ws::{await_close, close_with, reply_close, send_close, Tx};
 
 /// Discord's voice gateway heartbeat interval, the default of `voice_heartbeat_interval_ms`.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 13_750;
@@ -210,13 +210,6 @@ impl Writer {
             _ = self.overflow.overflowed() => Err(outbox_full()),
         }
     }
-
-    /// Send a close frame (`ws::send_close`: at most `ws::CLOSE_TIMEOUT`, as a client that
-    /// is not reading may never take it); true if it went out, and the client's reply is then
-    /// worth waiting for (`ws::await_close`).
-    async fn close(&mut self, code: u16, reason: &str) -> bool {
-        send_close(&mut self.tx, code, reason).await
-    }
 }
 
 fn outbox_full() -> Stop {
@@ -236,10 +229,7 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
         overflow: outbox.watch(),
     };
     if let Err(reason) = version {
-        if w.close(close::BAD_REQUEST, &reason).await {
-            await_close(&mut rx).await;
-        }
-        return;
+        return close_with(&mut w.tx, &mut rx, close::BAD_REQUEST, &reason).await;
     }
     let hello = payload(
         Opcode::Hello,
@@ -345,9 +335,7 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
     // the client's close reply.
     let mut closing = false;
     if !park {
-        if let Some((code, reason)) = &frame {
-            closing = send_close(&mut w.tx, *code, reason).await;
-        }
+        closing = send_frame(&mut w.tx, &frame).await;
     }
     if let Some(a) = me {
         if park {
@@ -365,12 +353,19 @@ async fn run(s: AppState, sock: WebSocket, version: Result<WireVersion, String>)
         }
     }
     if park {
-        if let Some((code, reason)) = &frame {
-            closing = send_close(&mut w.tx, *code, reason).await;
-        }
+        closing = send_frame(&mut w.tx, &frame).await;
     }
     if closing {
         await_close(&mut rx).await;
+    }
+}
+
+/// Send the close frame, if there is one (`ws::send_close`, at most `ws::CLOSE_TIMEOUT`):
+/// true if it went out, and the client's reply is then worth waiting for.
+async fn send_frame(tx: &mut Tx, frame: &Option<(u16, String)>) -> bool {
+    match frame {
+        Some((code, reason)) => send_close(tx, *code, reason).await,
+        None => false,
     }
 }
 
