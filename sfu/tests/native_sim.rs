@@ -1,7 +1,7 @@
 //! Native (Discord UDP mode) participants in the simulated world: discovery, AEAD both ways,
 //! speakers under their own SSRCs, mixed rooms with WebRTC, bad packets, rebinding, liveness,
-//! DAVE frames reaching only listeners that do DAVE, and sender reports answered with receiver
-//! reports on the uplink.
+//! DAVE frames reaching only listeners that do DAVE, sender reports answered with receiver
+//! reports on the uplink, and native and trunk-fed speakers' levels carried to browsers.
 
 mod sim;
 
@@ -329,6 +329,54 @@ fn a_remote_speaker_reaches_native_listeners_under_the_ssrc_its_home_named() {
         .iter()
         .filter(|(_, x)| x.user == UserId(77))
         .all(|(_, x)| x.voice_ssrc == home_ssrc));
+}
+
+#[test]
+fn native_and_trunk_fed_speakers_reach_browsers_with_their_level() {
+    let mut w = World::new(|_| {});
+    let web = w.join(3, World::speaking()).unwrap();
+    let nat = w.join_native(2, AES, World::speaking()).unwrap();
+    w.run(Duration::from_millis(1500));
+    assert!(w.clients[web].connected);
+    w.natives[nat].bytes = Some(120);
+    let remote = w
+        .node
+        .add_remote(w.now, RoomId(1), UserId(77), None)
+        .unwrap();
+    for i in 0..100u32 {
+        w.node.remote_rtp(
+            w.now,
+            lodge_sfu::RemotePacket {
+                idx: remote,
+                seq: i as u16,
+                rtp_ts: i * 960,
+                level: 20,
+                marker: i == 0,
+                payload: std::sync::Arc::from(vec![77u8; 60]),
+            },
+        );
+        w.drain_node();
+        w.run(Duration::from_millis(20));
+    }
+    let n = w.natives[nat].n;
+    let native_level = -(size_level(120) as i8);
+    for (speaker, level) in [(n, native_level), (77, -20)] {
+        let heard: Vec<_> = w.clients[web]
+            .heard
+            .iter()
+            .filter(|h| h.speaker == speaker)
+            .collect();
+        assert!(heard.len() > 40, "speaker {speaker}: heard {}", heard.len());
+        // str0m leaves the extension out unless both its fields are set: without a V bit the
+        // browser would see no level at all for these speakers.
+        assert!(
+            heard
+                .iter()
+                .all(|h| h.audio_level == (Some(level), Some(true))),
+            "speaker {speaker}: {:?}",
+            heard.iter().map(|h| h.audio_level).collect::<Vec<_>>()
+        );
+    }
 }
 
 fn is_dave(p: &[u8]) -> bool {

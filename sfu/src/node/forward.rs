@@ -97,6 +97,7 @@ impl Node {
             .map(|l| l.unsigned_abs().min(127))
             .unwrap_or(127);
         p.level.observe(now, level, &cfg.selector);
+        let voice = 127.0 - level as f32 > cfg.selector.active_above;
         let Inbound {
             ssrc,
             seq,
@@ -115,7 +116,6 @@ impl Node {
         // Other nodes get this speaker while it talks (this packet is voice, or it talked within
         // the hang time) or holds a seat in the room's ranking: one copy per node, fan-out there.
         if *export_all || exported.contains(&p.room) {
-            let voice = 127.0 - level as f32 > cfg.selector.active_above;
             let ranked = || {
                 rooms
                     .get(&p.room)
@@ -136,9 +136,12 @@ impl Node {
                 }));
             }
         }
+        // str0m writes the RFC 6464 extension only with both fields. A native or trunk-fed
+        // speaker has a level but no V bit of its own: the selector's verdict stands in, so a
+        // browser's getSynchronizationSources() shows every speaker's level.
         let ext = ExtensionValues {
             audio_level,
-            voice_activity,
+            voice_activity: voice_activity.or(audio_level.map(|_| voice)),
             ..Default::default()
         };
         let voice_ssrc = p.voice_ssrc;

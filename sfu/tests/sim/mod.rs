@@ -35,6 +35,8 @@ pub struct Heard {
     /// First payload byte: the speaker's client number (the test's "voice").
     pub speaker: u8,
     pub payload: Vec<u8>,
+    /// The RFC 6464 header extension as received: (level in -dBov, voice activity).
+    pub audio_level: (Option<i8>, Option<bool>),
 }
 
 pub struct Client {
@@ -530,6 +532,10 @@ impl World {
                         ts: p.header.timestamp,
                         speaker: p.payload.first().copied().unwrap_or(255),
                         payload: p.payload.to_vec(),
+                        audio_level: (
+                            p.header.ext_vals.audio_level,
+                            p.header.ext_vals.voice_activity,
+                        ),
                     })
                 }
                 Ok(Output::Event(_)) => {}
