@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run str0m's own unit tests (`cargo test --lib`, 876 of them) on the patched sources in
+# Run str0m's own unit tests (`cargo test --lib`, 879 of them) on the patched sources in
 # third_party/str0m. The vendored manifest has no dev-dependencies, so this builds a scratch copy
 # with the crates.io manifest, minus what the lib tests do not use and this registry lacks
 # (the openssl/rust-crypto/apple/windows backends, the netem, pcap and rouille dev-dependencies).
@@ -9,7 +9,20 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cargo fetch --manifest-path "$ROOT/Cargo.toml" >/dev/null
-CRATE="$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -maxdepth 2 -type d -name 'str0m-0.25.0' | head -1)"
+find_crate() {
+  find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -maxdepth 2 -type d -name 'str0m-0.25.0' | head -1
+}
+CRATE="$(find_crate)"
+if [ -z "$CRATE" ]; then
+  # The workspace uses the vendored copy, so the crates.io release (its manifest and docs) is
+  # fetched once through a scratch manifest.
+  FETCH="$(mktemp -d)"
+  mkdir -p "$FETCH/src" && : > "$FETCH/src/lib.rs"
+  printf '[package]\nname = "fetch-str0m"\nversion = "0.0.0"\nedition = "2021"\n[dependencies]\nstr0m = "=0.25.0"\n[workspace]\n' > "$FETCH/Cargo.toml"
+  (cd "$FETCH" && cargo fetch >/dev/null) && (cd "$FETCH" && cargo metadata --format-version 1 >/dev/null)
+  rm -rf "$FETCH"
+  CRATE="$(find_crate)"
+fi
 [ -n "$CRATE" ] || { echo "str0m 0.25.0 is not in cargo's registry cache"; exit 1; }
 WORK="${STR0M_TEST_DIR:-/tmp/lodge-str0m-test}"
 rm -rf "$WORK/crate"; mkdir -p "$WORK/crate"

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sim::fanout::{forward_once, next_packet, room, room_with, Speaker};
+use sim::fanout::{forward_once, next_packet, room_with, Speaker};
 
 struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
@@ -39,8 +39,13 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("forward");
     println!("\n| listeners | ns per forwarded packet | heap allocations per forwarded packet | per incoming packet |\n|---|---|---|---|");
     let mut table = Vec::new();
-    for n in [1usize, 10, 100] {
-        let mut w = room(n);
+    for (n, direct) in [(1usize, false), (10, false), (100, false), (100, true)] {
+        let mut w = room_with(n, |c| c.direct_send = direct);
+        let name = if direct {
+            format!("{n} direct")
+        } else {
+            n.to_string()
+        };
         let mut s = Speaker::after(&w);
         // Direct measurement with the allocation counter.
         let rounds = if n == 100 { 200 } else { 1000 };
@@ -56,7 +61,7 @@ fn bench(c: &mut Criterion) {
         assert!(fwd >= rounds * n, "forwarded {fwd} for {rounds} packets to {n} listeners; rtp_in {} drops {:?} participants {}",
             w.node.stats().rtp_in, w.node.stats().drops.iter().filter(|d| d.1 > 0).collect::<Vec<_>>(), w.node.participant_count());
         table.push(format!(
-            "| {n} | {:.0} | {:.3} | {:.2} |",
+            "| {name} | {:.0} | {:.3} | {:.2} |",
             ns as f64 / fwd as f64,
             allocs as f64 / fwd as f64,
             allocs as f64 / rounds as f64
@@ -64,7 +69,7 @@ fn bench(c: &mut Criterion) {
         println!("{}", table.last().unwrap());
 
         g.throughput(Throughput::Elements(n as u64));
-        g.bench_function(format!("fanout_{n}"), |b| {
+        g.bench_function(format!("fanout_{}", name.replace(' ', "_")), |b| {
             // Encrypting the speaker's packet is the client's work: prepare it outside the timing.
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -92,10 +97,15 @@ fn bench(c: &mut Criterion) {
         &[(20, 1000)]
     };
     for &(n, rounds) in cold_rooms {
-        let mut worlds = [true, false].map(|prefetch| {
-            let w = room_with(n, |c| c.prefetch = prefetch);
+        // Through each listener's session with and without the prefetch, and direct
+        // (`NodeConfig::direct_send`, prefetched).
+        let mut worlds = [(true, false), (false, false), (true, true)].map(|(prefetch, direct)| {
+            let w = room_with(n, |c| {
+                c.prefetch = prefetch;
+                c.direct_send = direct;
+            });
             let s = Speaker::after(&w);
-            (prefetch, w, s, Vec::new(), 0u64, 0usize)
+            ((prefetch, direct), w, s, Vec::new(), 0u64, 0usize)
         });
         let mut flush = vec![0u64; 64 << 17]; // 64 MiB, twice the largest cache here
         for _ in 0..rounds {
@@ -111,12 +121,23 @@ fn bench(c: &mut Criterion) {
                 per_copy.push(ns / sent.max(1) as f64);
             }
         }
-        for (prefetch, _, _, per_copy, allocs, fwd) in worlds.iter_mut() {
+        for ((prefetch, direct), w, _, per_copy, allocs, fwd) in worlds.iter_mut() {
             assert!(*fwd >= rounds * n);
+            if *direct {
+                let st = w.node.stats();
+                assert!(
+                    st.rtp_direct * 10 >= st.rtp_forwarded * 9,
+                    "direct sends were declined"
+                );
+            }
             per_copy.sort_by(f64::total_cmp);
             table.push(format!(
-                "| {n}, caches flushed before each packet, prefetch {} (median; p10–p90) | {:.0} ({:.0}–{:.0}) | {:.3} | {:.2} |",
-                if *prefetch { "on" } else { "off" },
+                "| {n}, caches flushed before each packet, {} (median; p10–p90) | {:.0} ({:.0}–{:.0}) | {:.3} | {:.2} |",
+                match (*prefetch, *direct) {
+                    (_, true) => "direct",
+                    (true, false) => "prefetch on",
+                    (false, false) => "prefetch off",
+                },
                 per_copy[rounds / 2],
                 per_copy[rounds / 10],
                 per_copy[rounds * 9 / 10],

@@ -21,6 +21,7 @@
 #[cfg(feature = "shell")]
 mod admission;
 mod buf_pool;
+mod direct_send;
 pub mod drop_reason;
 pub mod error;
 pub mod ids;

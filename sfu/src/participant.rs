@@ -6,6 +6,7 @@ use std::time::Instant;
 use str0m::media::{Mid, Pt};
 use str0m::Rtc;
 
+use crate::direct_send::{Copy, DirectSession, DirectSlot};
 use crate::ids::{GuildId, RoomId, Ssrc, UserId};
 use crate::native::rtcp::Reception;
 use crate::native::{ReplayWindow, TransportCipher};
@@ -21,6 +22,8 @@ pub(crate) struct Slot {
     pub ssrc: Ssrc,
     pub pt: Pt,
     pub rewriter: SeqRewriter,
+    /// Its context for sealing copies without the session (`crate::direct_send`).
+    pub direct: DirectSlot,
 }
 
 /// Voice flags that decide whether this participant is forwarded and hears anything.
@@ -106,7 +109,11 @@ pub(crate) struct NativePeer {
 }
 
 pub(crate) struct WebRtcPeer {
-    pub rtc: Rtc,
+    /// Private: every `&mut` use goes through [`WebRtcPeer::rtc_mut`] or
+    /// [`WebRtcPeer::rtc_send`], which first report the slots' direct sends to it.
+    rtc: Rtc,
+    /// What the slots' direct sends share (`crate::direct_send`).
+    pub direct: DirectSession,
     /// The room's guild (counted against the per-guild bound).
     pub guild: GuildId,
     /// Our ICE username fragment: STUN requests name it, so it finds this peer.
@@ -127,6 +134,80 @@ pub(crate) struct WebRtcPeer {
     pub armed: Option<Instant>,
     /// The session closed or failed: the next reap removes it.
     pub gone: bool,
+}
+
+impl WebRtcPeer {
+    pub fn new(
+        rtc: Rtc,
+        guild: GuildId,
+        ufrag: String,
+        opus_pt: Pt,
+        slots: Vec<Slot>,
+        now: Instant,
+    ) -> WebRtcPeer {
+        WebRtcPeer {
+            rtc,
+            direct: DirectSession::default(),
+            guild,
+            ufrag,
+            remotes: Vec::new(),
+            opus_pt,
+            slots,
+            joined_at: now,
+            connected: false,
+            next_timeout: now,
+            armed: None,
+            gone: false,
+        }
+    }
+
+    pub fn rtc(&self) -> &Rtc {
+        &self.rtc
+    }
+
+    /// The session, for anything but sending a copy: the slots' direct sends are reported to
+    /// it first, and their contexts are read again before the next (the call may change an
+    /// address, a key or a header).
+    pub fn rtc_mut(&mut self) -> &mut Rtc {
+        self.report_direct();
+        self.direct.invalidate();
+        &mut self.rtc
+    }
+
+    /// The session, for `send_rtp_now` and `recycle_buffer`: the slots' direct sends are
+    /// reported first (a packet's counts must follow theirs); the contexts stay valid, as
+    /// neither call changes what they hold.
+    pub fn rtc_send(&mut self) -> &mut Rtc {
+        self.report_direct();
+        &mut self.rtc
+    }
+
+    /// Tells the session what the slots sent directly since it was last told.
+    fn report_direct(&mut self) {
+        for s in &mut self.slots {
+            if let Some(sent) = s.direct.take_sent() {
+                self.rtc.note_sent_rtp(s.mid, &sent);
+            }
+        }
+    }
+
+    /// Slot `ix`'s copy written and sealed directly into `out`, or `None` where the session
+    /// has to send it (`crate::direct_send`).
+    pub fn send_direct(
+        &mut self,
+        ix: usize,
+        now: Instant,
+        copy: &Copy<'_>,
+        out: &mut Vec<u8>,
+    ) -> Option<(Transport, SocketAddr)> {
+        let WebRtcPeer {
+            rtc, direct, slots, ..
+        } = self;
+        let slot = slots.get_mut(ix)?;
+        let (mid, pt) = (slot.mid, slot.pt);
+        slot.direct
+            .send(direct, || rtc.send_context(mid, pt), now, copy, out)
+    }
 }
 
 pub(crate) struct RemoteSpeaker {

@@ -39,6 +39,9 @@ pub struct NodeStats {
     pub bytes_out: u64,
     pub rtp_in: u64,
     pub rtp_forwarded: u64,
+    /// Of those, copies written and sealed in the forward loop from the slot's context
+    /// instead of through the listener's session (`NodeConfig::direct_send`).
+    pub rtp_direct: u64,
     /// Forwarded packets str0m could not send directly (`Rtc::send_rtp_now` declined, e.g.
     /// before the session connected): written to its queue instead.
     pub rtp_queued: u64,

@@ -43,6 +43,9 @@ pub struct NodeConfig {
     /// Prefetch every listener's state before a packet's fan-out (`prefetch.rs`). On by
     /// default; off only to measure what it saves (the forward bench's cache-cold rows).
     pub prefetch: bool,
+    /// Write and seal WebRTC listeners' copies in the forward loop from each slot's context
+    /// instead of through the listener's str0m session (`direct_send.rs`).
+    pub direct_send: bool,
 }
 
 impl NodeConfig {
@@ -62,6 +65,7 @@ impl NodeConfig {
             selector: SelectorConfig::default(),
             slot_numbering_start: None,
             prefetch: true,
+            direct_send: false,
         }
     }
 }

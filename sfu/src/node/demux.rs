@@ -152,10 +152,10 @@ impl Node {
             // Remote speakers have no address or ufrag in the maps; a native peer's STUN.
             return self.drop_datagram(DropReason::UnknownPeer, None);
         };
-        if !w.rtc.accepts(&input) {
+        if !w.rtc().accepts(&input) {
             return self.drop_datagram(DropReason::Rejected, Some(idx));
         }
-        if let Err(e) = w.rtc.handle_input(input) {
+        if let Err(e) = w.rtc_mut().handle_input(input) {
             trace!(%idx, error = %e, "datagram refused by WebRTC stack");
             return self.drop_datagram(DropReason::Rejected, Some(idx));
         }

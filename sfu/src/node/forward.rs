@@ -10,6 +10,7 @@ use str0m::{Input, Output, SendPrefetch};
 
 use super::{Export, Node, NodeOutput, Transmit, Transport};
 use crate::buf_pool::BufPool;
+use crate::direct_send::Copy;
 use crate::drop_reason::DropReason;
 use crate::ids::ParticipantIdx;
 use crate::native::is_dave_frame;
@@ -153,7 +154,7 @@ impl Node {
             // pushed out again before their copies were written.
             if prefetch && i % PREFETCH_WINDOW == 0 {
                 let window = &subscribers[i..subscribers.len().min(i + PREFETCH_WINDOW)];
-                prefetch_listeners(participants, window);
+                prefetch_listeners(participants, window, cfg.direct_send);
             }
             let Some(Participant {
                 kind,
@@ -208,7 +209,38 @@ impl Node {
                 l_stats.slot_switches += 1;
             }
             let (mid, pt) = (slot.mid, slot.pt);
-            let rtc = &mut w.rtc;
+            // The direct path (`direct_send.rs`): written and sealed here from the slot's
+            // context, without the session. Only with both RFC 6464 fields, as the context's
+            // header always carries the level.
+            if let (true, Some(audio_level), Some(voice_activity)) =
+                (cfg.direct_send, ext.audio_level, ext.voice_activity)
+            {
+                let copy = Copy {
+                    seq: rw.seq.into(),
+                    rtp_time: rw.timestamp,
+                    marker,
+                    audio_level,
+                    voice_activity,
+                    payload: &payload,
+                };
+                let mut contents = pool.take_or_new();
+                match w.send_direct(slot_ix as usize, now, &copy, &mut contents) {
+                    Some((transport, destination)) => {
+                        out.push_back(NodeOutput::Transmit(Transmit {
+                            transport,
+                            destination,
+                            contents,
+                        }));
+                        stats.rtp_direct += 1;
+                        l_stats.packets_out += 1;
+                        l_stats.bytes_out += payload.len() as u64;
+                        stats.rtp_forwarded += 1;
+                        continue;
+                    }
+                    None => pool.put(contents),
+                }
+            }
+            let rtc = w.rtc_send();
             // Storage for the datagram this write becomes (str0m keeps a few spares per session
             // and hands the buffer back when it has enough).
             if let Some(b) = pool.take() {
@@ -229,6 +261,7 @@ impl Node {
                         destination: t.destination,
                         contents: t.contents.into(),
                     }));
+                    w.slots[slot_ix as usize].direct.sent_through_session();
                     true
                 }
                 Ok(None) => false,
@@ -254,11 +287,16 @@ const PREFETCH_FROM: usize = 2;
 const PREFETCH_WINDOW: usize = 16;
 
 /// Starts fetching what the forward loop will touch of each listener: its flags and counters;
-/// for a WebRTC listener its slot and its session's send path (`Rtc::prefetch_send`), for a
-/// native one its address, nonce counter and key. Three passes that each follow pointers the
-/// pass before fetched; the variant tags read in the first are plain loads, overlapping across
-/// listeners (crate::prefetch says why).
-fn prefetch_listeners(participants: &[Option<Participant>], subscribers: &[(ParticipantIdx, u8)]) {
+/// for a WebRTC listener its slot and either its slot's direct context and the session's key
+/// (`direct`) or its session's send path (`Rtc::prefetch_send`); for a native one its address,
+/// nonce counter and key. Passes that each follow pointers the pass before fetched; the
+/// variant tags read in the first are plain loads, overlapping across listeners
+/// (crate::prefetch says why).
+fn prefetch_listeners(
+    participants: &[Option<Participant>],
+    subscribers: &[(ParticipantIdx, u8)],
+    direct: bool,
+) {
     let listener = |l: ParticipantIdx| participants.get(l.0 as usize).and_then(|p| p.as_ref());
     let webrtc = |l: ParticipantIdx| match listener(l) {
         Some(Participant {
@@ -277,7 +315,11 @@ fn prefetch_listeners(participants: &[Option<Participant>], subscribers: &[(Part
             Kind::WebRtc(w) => {
                 prefetch_of(&w.connected);
                 prefetch_of(&w.slots);
-                w.rtc.prefetch_send(SendPrefetch::Fields, &mut hint);
+                if direct {
+                    prefetch_of(&w.direct);
+                } else {
+                    w.rtc().prefetch_send(SendPrefetch::Fields, &mut hint);
+                }
             }
             Kind::Native(n) => {
                 prefetch_of(&n.addr);
@@ -293,16 +335,24 @@ fn prefetch_listeners(participants: &[Option<Participant>], subscribers: &[(Part
                 if let Some(slot) = w.slots.get(ix as usize) {
                     prefetch_of(slot);
                 }
-                w.rtc.prefetch_send(SendPrefetch::Heap, &mut hint);
+                if direct {
+                    w.direct.prefetch_key();
+                } else {
+                    w.rtc().prefetch_send(SendPrefetch::Heap, &mut hint);
+                }
             }
             Some(Kind::Native(n)) => n.cipher.prefetch_key(),
             _ => {}
         }
     }
+    if direct {
+        return;
+    }
     for &(l, ix) in subscribers {
         if let Some(w) = webrtc(l) {
             if let Some(slot) = w.slots.get(ix as usize) {
-                w.rtc.prefetch_send(SendPrefetch::Deep(slot.mid), &mut hint);
+                w.rtc()
+                    .prefetch_send(SendPrefetch::Deep(slot.mid), &mut hint);
             }
         }
     }
@@ -324,21 +374,20 @@ fn write_queued(
     l_stats: &mut ParticipantStats,
     stats: &mut NodeStats,
 ) {
-    let rtc = &mut w.rtc;
     {
-        let mut api = rtc.direct_api();
+        let mut api = w.rtc_mut().direct_api();
         let Some(tx) = api.stream_tx_by_mid(mid, None) else {
             return;
         };
         tx.write_rtp(write);
     }
-    if rtc.handle_input(Input::Timeout(now)).is_err() {
+    if w.rtc_mut().handle_input(Input::Timeout(now)).is_err() {
         w.gone = true;
         return;
     }
     let mut sent = false;
     loop {
-        match rtc.poll_output() {
+        match w.rtc_mut().poll_output() {
             Ok(Output::Transmit(t)) => {
                 sent = true;
                 out.push_back(NodeOutput::Transmit(Transmit {

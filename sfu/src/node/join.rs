@@ -12,6 +12,7 @@ use str0m::{Candidate, Rtc};
 use tracing::info;
 
 use super::Node;
+use crate::direct_send::DirectSlot;
 use crate::error::SfuError;
 use crate::ids::{GuildId, ParticipantIdx, RoomId, Ssrc, UserId};
 use crate::participant::{Kind, Participant, Slot, VoiceFlags, WebRtcPeer};
@@ -160,6 +161,7 @@ impl Node {
                 ssrc: Ssrc(*ssrc),
                 pt: opus_pt,
                 rewriter: SeqRewriter::new(seq0, ts0, 48_000, OPUS_FRAME),
+                direct: DirectSlot::default(),
             });
         }
 
@@ -183,19 +185,14 @@ impl Node {
             last_recv: None,
             voice_ssrc: crate::native::user_ssrc(req.guild, req.user),
             sends_dave: false,
-            kind: Kind::WebRtc(WebRtcPeer {
+            kind: Kind::WebRtc(WebRtcPeer::new(
                 rtc,
-                guild: req.guild,
-                ufrag: ufrag.clone(),
-                remotes: Vec::new(),
+                req.guild,
+                ufrag.clone(),
                 opus_pt,
                 slots,
-                joined_at: now,
-                connected: false,
-                next_timeout: now,
-                armed: None,
-                gone: false,
-            }),
+                now,
+            )),
         };
         let idx = self.seat(now, p, req.guild);
         self.by_ufrag.insert(ufrag, idx);

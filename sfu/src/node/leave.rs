@@ -77,7 +77,7 @@ impl Node {
                         map.remove(addr);
                     }
                 }
-                w.rtc.disconnect();
+                w.rtc_mut().disconnect();
             }
             Kind::Native(n) => {
                 release(&mut self.per_guild, n.guild);

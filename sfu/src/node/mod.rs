@@ -375,7 +375,7 @@ impl Node {
             w.armed = None;
             let idx = ParticipantIdx(i);
             if w.next_timeout <= now {
-                if let Err(e) = w.rtc.handle_input(Input::Timeout(now)) {
+                if let Err(e) = w.rtc_mut().handle_input(Input::Timeout(now)) {
                     warn!(%idx, error = %e, "WebRTC timeout handling failed; removing participant");
                     w.gone = true;
                 }

@@ -28,7 +28,7 @@ impl Node {
             else {
                 return;
             };
-            let out = match w.rtc.poll_output() {
+            let out = match w.rtc_mut().poll_output() {
                 Ok(o) => o,
                 Err(e) => {
                     warn!(%idx, error = %e, "WebRTC session failed");

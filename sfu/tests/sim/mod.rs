@@ -60,6 +60,9 @@ pub struct Client {
     /// Reaches the node only over ICE-TCP (an active TCP candidate, no UDP one), as a browser
     /// whose UDP is blocked.
     pub tcp_only: bool,
+    /// Per receiving line, the node's packets and payload bytes as its last sender report
+    /// on that line counted them.
+    pub sender_reported: BTreeMap<Mid, (u64, u64)>,
 }
 
 impl Client {
@@ -80,6 +83,7 @@ impl Client {
             .set_rtp_mode(true)
             .clear_codecs()
             .enable_opus(true, false)
+            .set_stats_interval(Some(Duration::from_millis(500)))
             .build(now);
         if tcp_only {
             let c = Candidate::builder()
@@ -124,6 +128,7 @@ impl Client {
             connected: false,
             closed: false,
             tcp_only,
+            sender_reported: BTreeMap::new(),
         };
         (c, offer.to_sdp_string(), pending)
     }
@@ -537,6 +542,11 @@ impl World {
                             p.header.ext_vals.voice_activity,
                         ),
                     })
+                }
+                Ok(Output::Event(Event::MediaIngressStats(st))) => {
+                    if let Some(r) = st.remote {
+                        c.sender_reported.insert(st.mid, (r.packets, r.bytes));
+                    }
                 }
                 Ok(Output::Event(_)) => {}
                 Err(e) => panic!("client {} failed: {e}", c.n),

@@ -1115,6 +1115,9 @@ pub enum Output {
 
 pub use crate::pacer::PacerReason;
 
+mod direct_send;
+pub use direct_send::{HEADER_TEMPLATE_MAX, RtpHeaderTemplate, SendContext, SentRtp, SrtpSendKey};
+
 /// `value`'s own bytes as a [`Rtc::prefetch_send`] range.
 pub(crate) fn hint_of<T>(value: &T, hint: &mut impl FnMut(*const u8, usize)) {
     hint(value as *const T as *const u8, std::mem::size_of::<T>());
@@ -1525,6 +1528,55 @@ impl Rtc {
             destination,
             contents,
         }))
+    }
+
+    /// What a caller needs to write and seal RTP packets of `mid`'s send stream itself, for
+    /// payload type `pt`, instead of calling [`Rtc::send_rtp_now`] for each: the addresses of
+    /// the selected pair, the SSRC, the header (extensions included) and the SRTP key.
+    ///
+    /// For a server that writes one packet into many sessions (an SFU's fan-out) and keeps
+    /// each session's send state in a dense table of its own: the session's state is several
+    /// pointers deep and leaves the caches between packets.
+    ///
+    /// `Some` only where [`Rtc::send_rtp_now`] would send at once and a packet needs nothing
+    /// from the session but its own values: connected, RTP mode, no BWE, TWCC, absolute send
+    /// time or raw packet capture, an AEAD SRTP profile (RFC 7714), the audio level
+    /// extension negotiated, no RTX or RID on the stream, nothing queued on it, and a first
+    /// packet of `pt` already sent through the session.
+    ///
+    /// The context stays valid until the next `&mut` call on this `Rtc` other than
+    /// [`Rtc::note_sent_rtp`]: ask again after any other. The caller numbers packets with
+    /// extended sequence numbers that continue the stream's (the SRTP rollover counter is their
+    /// upper bits), writes the header with [`RtpHeaderTemplate::write`], appends the payload
+    /// sealed with AES-GCM (IV and associated data as RFC 7714 §8 says, the tag after the
+    /// payload), and sends the datagram from `source` to `destination`. Before the next
+    /// other `&mut` call it reports what it sent with [`Rtc::note_sent_rtp`].
+    pub fn send_context(&self, mid: Mid, pt: Pt) -> Option<SendContext> {
+        if self.state != RtcState::Alive {
+            return None;
+        }
+        let send = self.send_addr.as_ref()?;
+        let (ssrc, header, srtp) = self.session.send_context(mid, pt)?;
+        Some(SendContext {
+            proto: send.proto,
+            source: send.source,
+            destination: send.destination,
+            ssrc,
+            header,
+            srtp,
+        })
+    }
+
+    /// Counts the packets a caller sent on `mid`'s send stream with [`Rtc::send_context`]
+    /// since it last reported, as [`Rtc::send_rtp_now`] counts each: the stream's statistics,
+    /// the figures its sender reports carry, and the session's byte counts. Call it before
+    /// any other `&mut` call on this `Rtc`. False if `mid` has no send stream.
+    pub fn note_sent_rtp(&mut self, mid: Mid, sent: &SentRtp) -> bool {
+        if !self.session.note_sent_rtp(mid, sent) {
+            return false;
+        }
+        self.peer_bytes_tx += sent.datagram_bytes;
+        true
     }
 
     /// Names, one `stage` at a time, the memory [`Rtc::send_rtp_now`] will read, as

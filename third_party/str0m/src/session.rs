@@ -1336,6 +1336,34 @@ impl Session {
         Ok(Some(protected.into()))
     }
 
+    /// The session's part of `Rtc::send_context`: the SSRC, header template and SRTP key of
+    /// `mid`'s send stream for payload type `pt`, where `send_rtp_now` would send directly and
+    /// nothing about a packet but its own values needs the session.
+    pub fn send_context(
+        &self,
+        mid: Mid,
+        pt: Pt,
+    ) -> Option<(Ssrc, crate::direct_send::RtpHeaderTemplate, crate::rtp_::SrtpSendKey)> {
+        if !self.rtp_mode || self.bwe.is_some() || self.rtp_closing || self.raw_packets.is_some() {
+            return None;
+        }
+        let key = self.srtp_tx.as_ref()?.rtp_send_key()?;
+        let media = self.medias.iter().find(|m| m.mid() == mid)?;
+        let stream = self.streams.stream_tx_by_midrid_ref(MidRid(mid, None))?;
+        let header = stream.direct_header(pt, media.remote_extmap(), self.codec_config.params())?;
+        Some((stream.ssrc(), header, key))
+    }
+
+    /// The session's part of `Rtc::note_sent_rtp`. False if `mid` has no send stream.
+    pub fn note_sent_rtp(&mut self, mid: Mid, sent: &crate::direct_send::SentRtp) -> bool {
+        let Some(stream) = self.streams.stream_tx_by_midrid(MidRid(mid, None)) else {
+            return false;
+        };
+        stream.note_sent(sent);
+        self.media_bytes_tx += sent.payload_bytes;
+        true
+    }
+
     fn poll_packet(&mut self, now: Instant) -> Option<DatagramSend> {
         let srtp_tx = self.srtp_tx.as_mut()?;
 

@@ -122,6 +122,7 @@ impl SrtpContext {
 
         Self {
             rtp: Derived::AeadAes128Gcm {
+                key: rtp_key,
                 salt: rtp_salt,
                 enc: provider
                     .srtp_provider
@@ -133,6 +134,7 @@ impl SrtpContext {
                     .create_cipher(rtp_key, false),
             },
             rtcp: Derived::AeadAes128Gcm {
+                key: rtcp_key,
                 salt: rtcp_salt,
                 enc: provider
                     .srtp_provider
@@ -162,6 +164,7 @@ impl SrtpContext {
 
         Self {
             rtp: Derived::AeadAes256Gcm {
+                key: rtp_key,
                 salt: rtp_salt,
                 enc: provider
                     .srtp_provider
@@ -173,6 +176,7 @@ impl SrtpContext {
                     .create_cipher(rtp_key, false),
             },
             rtcp: Derived::AeadAes256Gcm {
+                key: rtcp_key,
                 salt: rtcp_salt,
                 enc: provider
                     .srtp_provider
@@ -188,6 +192,40 @@ impl SrtpContext {
             rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
             decrypt_warnings: DecryptWarnings::default(),
         }
+    }
+}
+
+/// An SRTP session's RTP key and salt for an AEAD profile (RFC 7714 §8: the IV is the salt
+/// XOR `00 00 || SSRC || ROC || SEQ`, the associated data the RTP header, the 16-byte tag
+/// follows the encrypted payload). Given to a caller that seals RTP packets itself
+/// (`Rtc::send_context`); `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SrtpSendKey {
+    /// `SRTP_AEAD_AES_128_GCM`.
+    AeadAes128Gcm {
+        /// The RTP session key.
+        key: [u8; 16],
+        /// The RTP session salt.
+        salt: [u8; 12],
+    },
+    /// `SRTP_AEAD_AES_256_GCM`.
+    AeadAes256Gcm {
+        /// The RTP session key.
+        key: [u8; 32],
+        /// The RTP session salt.
+        salt: [u8; 12],
+    },
+}
+
+impl fmt::Debug for SrtpSendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let profile = match self {
+            SrtpSendKey::AeadAes128Gcm { .. } => "AeadAes128Gcm",
+            SrtpSendKey::AeadAes256Gcm { .. } => "AeadAes256Gcm",
+        };
+        f.debug_struct("SrtpSendKey")
+            .field("profile", &profile)
+            .finish_non_exhaustive()
     }
 }
 
@@ -248,6 +286,23 @@ impl DecryptWarnings {
 }
 
 impl SrtpContext {
+    /// The RTP session key and salt (RFC 7714), for a caller that seals this context's RTP
+    /// packets itself (`Rtc::send_context`). `None` for AES_CM_128_HMAC_SHA1_80, whose
+    /// packets only this context protects.
+    pub(crate) fn rtp_send_key(&self) -> Option<SrtpSendKey> {
+        match &self.rtp {
+            Derived::Aes128CmSha1_80 { .. } => None,
+            Derived::AeadAes128Gcm { key, salt, .. } => Some(SrtpSendKey::AeadAes128Gcm {
+                key: *key,
+                salt: *salt,
+            }),
+            Derived::AeadAes256Gcm { key, salt, .. } => Some(SrtpSendKey::AeadAes256Gcm {
+                key: *key,
+                salt: *salt,
+            }),
+        }
+    }
+
     /// The RTP encrypting cipher's own object (`Rtc::prefetch_send`); what it points to
     /// further is the crypto provider's.
     pub(crate) fn prefetch_rtp_cipher(&self, hint: &mut impl FnMut(*const u8, usize)) {
@@ -891,11 +946,15 @@ enum Derived {
         dec: Box<dyn Aes128CmSha1_80Cipher>,
     },
     AeadAes128Gcm {
+        /// The session key, kept for [`SrtpContext::rtp_send_key`].
+        key: [u8; 16],
         salt: [u8; 12],
         enc: Box<dyn AeadAes128GcmCipher>,
         dec: Box<dyn AeadAes128GcmCipher>,
     },
     AeadAes256Gcm {
+        /// The session key, kept for [`SrtpContext::rtp_send_key`].
+        key: [u8; 32],
         salt: [u8; 12],
         enc: Box<dyn AeadAes256GcmCipher>,
         dec: Box<dyn AeadAes256GcmCipher>,
@@ -975,12 +1034,14 @@ impl Derived {
         srtp_key.derive(crypto, LABEL_RTCP_SALT, &mut rtcp_salt[..]);
 
         let rtp = Derived::AeadAes128Gcm {
+            key: rtp_aes,
             salt: rtp_salt,
             enc: crypto.aead_aes_128_gcm().create_cipher(rtp_aes, true),
             dec: crypto.aead_aes_128_gcm().create_cipher(rtp_aes, false),
         };
 
         let rtcp = Derived::AeadAes128Gcm {
+            key: rtcp_aes,
             salt: rtcp_salt,
             enc: crypto.aead_aes_128_gcm().create_cipher(rtcp_aes, true),
             dec: crypto.aead_aes_128_gcm().create_cipher(rtcp_aes, false),
@@ -1010,12 +1071,14 @@ impl Derived {
         srtp_key.derive(crypto, LABEL_RTCP_SALT, &mut rtcp_salt[..]);
 
         let rtp = Derived::AeadAes256Gcm {
+            key: rtp_aes,
             salt: rtp_salt,
             enc: crypto.aead_aes_256_gcm().create_cipher(rtp_aes, true),
             dec: crypto.aead_aes_256_gcm().create_cipher(rtp_aes, false),
         };
 
         let rtcp = Derived::AeadAes256Gcm {
+            key: rtcp_aes,
             salt: rtcp_salt,
             enc: crypto.aead_aes_256_gcm().create_cipher(rtcp_aes, true),
             dec: crypto.aead_aes_256_gcm().create_cipher(rtcp_aes, false),
@@ -1443,6 +1506,43 @@ mod test {
         }
 
         #[test]
+        fn the_send_key_seals_as_the_context_does() {
+            let mut context = make_rtp_context();
+            let Some(SrtpSendKey::AeadAes128Gcm { key, salt }) = context.rtp_send_key() else {
+                panic!("an AEAD context gives its key");
+            };
+            assert_eq!(
+                format!("{:?}", context.rtp_send_key().unwrap()),
+                "SrtpSendKey { profile: \"AeadAes128Gcm\", .. }",
+                "Debug never shows the key"
+            );
+            // A rollover counter of 3, as a caller holding the extended sequence number has it.
+            let index = (3u64 << 16) | u64::from(u16::from_be_bytes([
+                rfc7714::PLAINTEXT_RTP_PACKET[2],
+                rfc7714::PLAINTEXT_RTP_PACKET[3],
+            ]));
+            let header =
+                RtpHeader::parse(&rfc7714::PLAINTEXT_RTP_PACKET[..12], &ExtensionMap::empty())
+                    .expect("header to parse");
+            let mut by_context = vec![];
+            context.protect_rtp_into(rfc7714::PLAINTEXT_RTP_PACKET, &header, index, &mut by_context);
+
+            let cipher = crate::crypto::test_default_provider()
+                .srtp_provider
+                .aead_aes_128_gcm()
+                .create_cipher(key, true);
+            let iv = AeadAes128Gcm::rtp_iv(salt, *header.ssrc, 3, header.sequence_number);
+            let (aad, body) = rfc7714::PLAINTEXT_RTP_PACKET.split_at(12);
+            let mut by_caller = vec![0; rfc7714::PLAINTEXT_RTP_PACKET.len() + AeadAes128Gcm::TAG_LEN];
+            by_caller[..12].copy_from_slice(aad);
+            let mut cipher = cipher;
+            cipher
+                .encrypt(&iv, aad, body, &mut by_caller[12..])
+                .expect("encrypt");
+            assert_eq!(by_caller, by_context);
+        }
+
+        #[test]
         fn unprotect_rtp_rfc_7714_test() {
             let mut context = make_rtp_context();
             let header =
@@ -1668,6 +1768,43 @@ mod test {
                 out,
                 rfc7714::PLAINTEXT_RTP_PACKET
             );
+        }
+
+        #[test]
+        fn the_send_key_seals_as_the_context_does() {
+            let mut context = make_rtp_context();
+            let Some(SrtpSendKey::AeadAes256Gcm { key, salt }) = context.rtp_send_key() else {
+                panic!("an AEAD context gives its key");
+            };
+            assert_eq!(
+                format!("{:?}", context.rtp_send_key().unwrap()),
+                "SrtpSendKey { profile: \"AeadAes256Gcm\", .. }",
+                "Debug never shows the key"
+            );
+            // A rollover counter of 3, as a caller holding the extended sequence number has it.
+            let index = (3u64 << 16) | u64::from(u16::from_be_bytes([
+                rfc7714::PLAINTEXT_RTP_PACKET[2],
+                rfc7714::PLAINTEXT_RTP_PACKET[3],
+            ]));
+            let header =
+                RtpHeader::parse(&rfc7714::PLAINTEXT_RTP_PACKET[..12], &ExtensionMap::empty())
+                    .expect("header to parse");
+            let mut by_context = vec![];
+            context.protect_rtp_into(rfc7714::PLAINTEXT_RTP_PACKET, &header, index, &mut by_context);
+
+            let cipher = crate::crypto::test_default_provider()
+                .srtp_provider
+                .aead_aes_256_gcm()
+                .create_cipher(key, true);
+            let iv = AeadAes256Gcm::rtp_iv(salt, *header.ssrc, 3, header.sequence_number);
+            let (aad, body) = rfc7714::PLAINTEXT_RTP_PACKET.split_at(12);
+            let mut by_caller = vec![0; rfc7714::PLAINTEXT_RTP_PACKET.len() + AeadAes256Gcm::TAG_LEN];
+            by_caller[..12].copy_from_slice(aad);
+            let mut cipher = cipher;
+            cipher
+                .encrypt(&iv, aad, body, &mut by_caller[12..])
+                .expect("encrypt");
+            assert_eq!(by_caller, by_context);
         }
 
         #[test]

@@ -702,6 +702,14 @@ impl Streams {
         self.streams_tx.values_mut().find(|s| s.is_midrid(midrid))
     }
 
+    /// [`Streams::stream_tx_by_midrid`] for reading; never the probe stream.
+    pub(crate) fn stream_tx_by_midrid_ref(&self, midrid: MidRid) -> Option<&StreamTx> {
+        if midrid.mid() == MID_PROBE {
+            return None;
+        }
+        self.streams_tx.values().find(|s| s.is_midrid(midrid))
+    }
+
     pub(crate) fn stream_rx_by_midrid(&mut self, midrid: MidRid) -> Option<&mut StreamRx> {
         self.streams_rx.values_mut().find(|s| s.is_midrid(midrid))
     }

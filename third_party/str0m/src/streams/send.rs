@@ -654,6 +654,82 @@ impl StreamTx {
         }))
     }
 
+    /// The header template of [`crate::Rtc::send_context`]: `Some` only where `send_now` would
+    /// send a regular packet of payload type `pt` and serialization adds nothing per packet:
+    /// the stream idle and set up (its first timeout and a first packet of this `pt` sent, so
+    /// its kind and clock rate stand), no RTX or probe SSRC, no RID, `pt` a main payload type
+    /// without a resend type (not nackable, so nothing goes to the resend cache), and no
+    /// absolute send time or TWCC on the line.
+    pub(crate) fn direct_header(
+        &self,
+        pt: Pt,
+        exts: &ExtensionMap,
+        params: &[PayloadParams],
+    ) -> Option<crate::direct_send::RtpHeaderTemplate> {
+        let idle = self.send_queue.is_empty() && self.resends.is_empty() && self.padding == 0;
+        if !idle || self.kind.is_none() || self.rtx.is_some() || self.ssrc.is_probe() {
+            return None;
+        }
+        if self.midrid.rid().is_some()
+            || exts.id_of(Extension::AbsoluteSendTime).is_some()
+            || exts.id_of(Extension::TransportSequenceNumber).is_some()
+            || exts.id_of(Extension::AudioLevel).is_none()
+        {
+            return None;
+        }
+        let param = params.iter().find(|p| p.pt() == pt)?;
+        if param.resend().is_some() || self.clock_rate != Some(param.spec().rtp_clock_rate()) {
+            return None;
+        }
+        // The header `serialize` writes for a regular packet (`packet_of`'s, with the MID
+        // while the peer has not acknowledged the SSRC), twice with opposite level bytes: the
+        // one byte that differs is the level's.
+        let header = |audio_level: i8, voice_activity: bool| {
+            let h = RtpHeader {
+                payload_type: pt,
+                ssrc: self.ssrc,
+                ext_vals: ExtensionValues {
+                    audio_level: Some(audio_level),
+                    voice_activity: Some(voice_activity),
+                    mid: (!self.remote_acked_ssrc).then(|| self.midrid.mid()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let mut buf = [0u8; 2 * crate::direct_send::HEADER_TEMPLATE_MAX];
+            let n = h.write_to(&mut buf, exts);
+            (buf, n)
+        };
+        let (quiet, n) = header(0, false);
+        let (loud, n2) = header(-127, true);
+        if n != n2 || n > crate::direct_send::HEADER_TEMPLATE_MAX {
+            return None;
+        }
+        let mut differ = (0..n).filter(|i| quiet[*i] != loud[*i]);
+        let level_at = differ.next()?;
+        if differ.next().is_some() {
+            return None;
+        }
+        crate::direct_send::RtpHeaderTemplate::new(&quiet[..n], level_at)
+    }
+
+    /// Counts packets a caller sent with the stream's [`crate::Rtc::send_context`] as `send_now`
+    /// counts each: statistics, the last sequence number, the RTP time and wallclock sender
+    /// reports extrapolate from, and the last use.
+    pub(crate) fn note_sent(&mut self, sent: &crate::direct_send::SentRtp) {
+        if sent.packets == 0 {
+            return;
+        }
+        self.stats.packets += sent.packets;
+        self.stats.bytes += sent.payload_bytes;
+        if let Some(h) = &mut self.stats.bytes_transmitted {
+            h.push(sent.last_sent_at, sent.payload_bytes)
+        }
+        self.rtp_and_wallclock = Some((sent.last_rtp_time, sent.last_wallclock));
+        self.last_sent_seq_no = sent.last_seq_no;
+        self.last_used = sent.last_sent_at;
+    }
+
     fn padding_enabled(&self) -> bool {
         (self.ssrc.is_probe() || self.rtx.is_some()) && self.pt_for_padding.is_some()
     }
@@ -1632,6 +1708,121 @@ mod test {
                 .send_now(now, write(9), &exts, codecs.params(), &mut buf)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_direct_header_is_what_send_now_writes_and_note_sent_counts_as_it_does() {
+        let now = Instant::now();
+        let codecs = CodecConfig::new_with_defaults();
+        let mut exts = ExtensionMap::empty();
+        exts.set(1, Extension::AudioLevel);
+        exts.set(4, Extension::RtpMid);
+        let write = |seq: u64, level: i8, voice: bool| {
+            RtpWrite::new(
+                111.into(),
+                seq.into(),
+                960 * seq as u32,
+                now + Duration::from_millis(20 * seq),
+                vec![0x78; 70 + seq as usize],
+            )
+            .marker(seq % 3 == 0)
+            .ext_vals(ExtensionValues {
+                audio_level: Some(level),
+                voice_activity: Some(voice),
+                ..Default::default()
+            })
+        };
+        let mid = MidRid("aud".into(), None);
+        let mut streams = crate::streams::Streams::new(false, 1200, Duration::ZERO);
+        let direct = streams.declare_stream_tx(42.into(), None, mid);
+        direct.kind = Some(MediaKind::Audio);
+        // No packet of the PT sent yet: its clock rate is not set.
+        assert!(direct.direct_header(111.into(), &exts, codecs.params()).is_none());
+        let mut buf = vec![0xee; 2000];
+        let at = |seq: u64| now + Duration::from_millis(20 * seq);
+        direct
+            .send_now(at(1), write(1, -40, true), &exts, codecs.params(), &mut buf)
+            .ok()
+            .flatten()
+            .expect("sent directly");
+        // Not for a PT the session does not have, nor without the audio level on the line.
+        assert!(direct.direct_header(77.into(), &exts, codecs.params()).is_none());
+        assert!(
+            direct
+                .direct_header(111.into(), &ExtensionMap::empty(), codecs.params())
+                .is_none()
+        );
+
+        for acked in [false, true] {
+            direct.remote_acked_ssrc = acked;
+            let t = direct
+                .direct_header(111.into(), &exts, codecs.params())
+                .expect("a template");
+            for (seq, level, voice) in [(2u64, -40i8, true), (3, 0, false), (4, -127, true)] {
+                let mut by_template = [0u8; 64];
+                t.write(
+                    &mut by_template,
+                    seq.into(),
+                    960 * seq as u32,
+                    seq % 3 == 0,
+                    level,
+                    voice,
+                );
+                let r = direct
+                    .send_now(at(seq), write(seq, level, voice), &exts, codecs.params(), &mut buf)
+                    .ok()
+                    .flatten()
+                    .unwrap();
+                assert_eq!(t.len(), r.header.header_len, "acked {acked}");
+                assert_eq!(&by_template[..t.len()], &buf[..t.len()], "acked {acked} seq {seq}");
+                assert_eq!(r.header.ext_vals.mid.is_some(), !acked);
+            }
+        }
+
+        // Packets 5..=9 once through send_now and once counted by note_sent.
+        let mut counted = crate::streams::Streams::new(false, 1200, Duration::ZERO);
+        let other = counted.declare_stream_tx(42.into(), None, mid);
+        let (sent_now, noted) = (direct, other);
+        let mut sent = crate::direct_send::SentRtp {
+            packets: 0,
+            payload_bytes: 0,
+            datagram_bytes: 0,
+            last_seq_no: 0.into(),
+            last_rtp_time: 0,
+            last_wallclock: now,
+            last_sent_at: now,
+        };
+        let (packets, bytes) = (sent_now.stats.packets, sent_now.stats.bytes);
+        for seq in 5..=9u64 {
+            sent_now
+                .send_now(at(seq), write(seq, -40, true), &exts, codecs.params(), &mut buf)
+                .ok()
+                .flatten()
+                .unwrap();
+            sent.packets += 1;
+            sent.payload_bytes += 70 + seq;
+            sent.last_seq_no = seq.into();
+            sent.last_rtp_time = 960 * seq as u32;
+            sent.last_wallclock = at(seq);
+            sent.last_sent_at = at(seq);
+        }
+        noted.note_sent(&sent);
+        assert_eq!(sent_now.stats.packets - packets, noted.stats.packets);
+        assert_eq!(sent_now.stats.bytes - bytes, noted.stats.bytes);
+        assert_eq!(sent_now.last_sent_seq_no, noted.last_sent_seq_no);
+        assert_eq!(sent_now.rtp_and_wallclock, noted.rtp_and_wallclock);
+        assert_eq!(sent_now.last_used, noted.last_used);
+        noted.clock_rate = sent_now.clock_rate;
+        let later = at(20);
+        assert_eq!(
+            sent_now.sender_info(later).rtp_time,
+            noted.sender_info(later).rtp_time,
+            "sender reports extrapolate from the same RTP time"
+        );
+
+        // Behind a queued packet there is no template: the queue's order comes first.
+        sent_now.write_rtp(write(10, -40, true));
+        assert!(sent_now.direct_header(111.into(), &exts, codecs.params()).is_none());
     }
 
     #[test]

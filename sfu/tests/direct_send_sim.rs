@@ -1,0 +1,114 @@
+//! Direct sends (`NodeConfig::direct_send`): WebRTC listeners' copies written and sealed in the
+//! forward loop from each slot's context instead of through the listener's str0m session. The
+//! listeners are real str0m sessions: a wrong key, IV, rollover counter or header makes them
+//! drop the packet, so what they heard is the check.
+
+mod sim;
+
+use std::time::Duration;
+
+use sim::World;
+
+/// One packet as a listener heard it: sequence number, timestamp, payload, RFC 6464 values.
+type Copy = (u64, u32, Vec<u8>, (Option<i8>, Option<bool>));
+
+/// What listeners 1.. of a `fanout::room_with(4)` hear of 300 packets from client 0, numbered
+/// from just below the 16-bit wrap (so the rollover counter steps), and the node's counts.
+fn heard(direct_send: bool) -> (Vec<Vec<Copy>>, u64, u64) {
+    let mut w = sim::fanout::room_with(4, |c| {
+        c.direct_send = direct_send;
+        c.slot_numbering_start = Some((65_500, 4_294_960_000));
+    });
+    let start: Vec<usize> = w.clients.iter().map(|c| c.heard.len()).collect();
+    let s0 = w.node.stats().clone();
+    let mut s = sim::fanout::Speaker::after(&w);
+    for _ in 0..300 {
+        let (from, pkt) = sim::fanout::next_packet(&mut w, &mut s);
+        let (now, node_addr) = (w.now, w.node_addr);
+        w.node.handle_datagram(now, from, node_addr, &pkt);
+        w.drain_node();
+        w.run(Duration::from_millis(5));
+    }
+    w.run(Duration::from_millis(100));
+    let s1 = w.node.stats();
+    let heard = w.clients[1..]
+        .iter()
+        .zip(&start[1..])
+        .map(|(c, &k)| {
+            c.heard[k..]
+                .iter()
+                .map(|h| (h.seq, h.ts, h.payload.clone(), h.audio_level))
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>();
+    (
+        heard,
+        s1.rtp_forwarded - s0.rtp_forwarded,
+        s1.rtp_direct - s0.rtp_direct,
+    )
+}
+
+#[test]
+fn direct_copies_are_the_packets_the_session_would_send() {
+    let (on, forwarded, direct) = heard(true);
+    let (off, _, none) = heard(false);
+    assert_eq!(none, 0, "direct sends with the switch off");
+    assert_eq!(on.len(), 4);
+    assert!(
+        on.iter().all(|l| l.len() >= 300),
+        "each listener heard the 300 packets: {:?}",
+        on.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    // Past the wrap: the rollover counter went up by one, and the listeners still decrypted.
+    assert!(on.iter().all(|l| l.last().unwrap().0 > 65_536));
+    assert!(
+        direct * 10 >= forwarded * 9 && forwarded >= 1200,
+        "{direct} of {forwarded} copies sent directly"
+    );
+    assert_eq!(on, off, "the same numbers, payloads and levels either way");
+}
+
+/// The session still reports on a stream it no longer sends itself: the listener's sessions
+/// read the same packet and byte counts in the node's sender reports whether the copies went
+/// directly or through the session, and the listener's receiver reports reach its report.
+#[test]
+fn sender_reports_count_direct_copies() {
+    let reported = |direct_send: bool| {
+        let mut w = World::new(|c| c.direct_send = direct_send);
+        w.join(1, World::speaking()).unwrap();
+        w.join(1, World::speaking()).unwrap();
+        w.run(Duration::from_millis(1500));
+        assert!(w.clients.iter().all(|c| c.connected));
+        w.clients[0].level = Some(30);
+        w.run(Duration::from_secs(8));
+        assert!(w.clients[1].heard_from(0) > 300);
+        let stats = w.node.stats();
+        let listener = w
+            .node
+            .reports()
+            .into_iter()
+            .find(|p| p.stats.packets_out > 300);
+        let listener = listener.expect("the listener got the speaker's packets");
+        assert!(
+            listener.stats.jitter_out_ms.is_some(),
+            "egress figures missing: {:?}",
+            listener.stats
+        );
+        let slot = w.clients[1].slot_mids[0];
+        let sr = w.clients[1].sender_reported.get(&slot).copied();
+        (sr, stats.rtp_direct, stats.rtp_forwarded)
+    };
+    let (on, direct, forwarded) = reported(true);
+    let (off, none, _) = reported(false);
+    assert_eq!(none, 0);
+    assert!(
+        direct * 10 >= forwarded * 9,
+        "{direct} of {forwarded} direct"
+    );
+    let (packets, bytes) = on.expect("the listener read a sender report");
+    assert!(
+        packets > 100 && bytes > 100 * 60,
+        "{packets} packets, {bytes} bytes"
+    );
+    assert_eq!(on, off, "the same counts either way");
+}
