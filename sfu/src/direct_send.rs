@@ -104,6 +104,9 @@ pub(crate) struct DirectSlot {
     state: SlotState,
     /// Sent directly since the session was last told.
     sent: Option<SentRtp>,
+    /// The session has sent a packet on this slot (which sets the stream's clock rate, a
+    /// condition of a context).
+    session_sent: bool,
 }
 
 #[derive(Default)]
@@ -139,11 +142,16 @@ impl DirectSlot {
         self.sent.take()
     }
 
-    /// The session just sent on this slot through `send_rtp_now`: a context it declined
-    /// before (no packet of the payload type yet) may now be given.
+    /// The session just sent on this slot through `send_rtp_now`. After its first such packet
+    /// a context it declined before (no packet of the payload type yet) may now be given;
+    /// later ones change nothing a context depends on, so a slot that stays declined (an
+    /// AES-CM session) does not ask again for every copy.
     pub fn sent_through_session(&mut self) {
-        if matches!(self.state, SlotState::Declined { .. }) {
-            self.state = SlotState::Unread;
+        if !self.session_sent {
+            self.session_sent = true;
+            if matches!(self.state, SlotState::Declined { .. }) {
+                self.state = SlotState::Unread;
+            }
         }
     }
 

@@ -84,6 +84,14 @@ fn connected_listeners_get_copies_directly_numbered_without_gaps() {
     // (`Rtc::send_rtp_now`), none through str0m's queue.
     assert_eq!(s.rtp_queued, 0, "copies written to str0m's queue");
     assert_eq!(s.rtp_deferred, 0);
+    // All but each slot's first copy (which sets its stream's clock rate) are written and
+    // sealed in the forward loop (`NodeConfig::direct_send`, on by default).
+    assert!(
+        s.rtp_direct + 4 * 3 >= s.rtp_forwarded,
+        "{} of {} direct",
+        s.rtp_direct,
+        s.rtp_forwarded
+    );
     // What each listener received on a slot is one run of consecutive sequence numbers per
     // stream (str0m's numbering, as the queued path would give).
     for i in 0..4 {

@@ -152,6 +152,12 @@ config_keys! {
     /// its room's worker). Open the whole port range in firewalls. 1..=64. [default: the
     /// number of available cores]
     media_workers: usize = "LODGE_MEDIA_WORKERS";
+    /// Write and seal each WebRTC listener's copy in the forward loop from a small per-slot
+    /// context (header template, SRTP key, address) instead of through the listener's whole
+    /// WebRTC session: about half the media thread's work per copy (docs/BENCHMARKS.md,
+    /// "Direct sends"). The same packets either way; false only to compare or to rule it out
+    /// when chasing a problem. [default: true]
+    media_direct_send: bool = "LODGE_MEDIA_DIRECT_SEND";
     /// A secret that lets the /dashboard page and GET /api/v10/quality/* see every channel on
     /// this node and turns on the admin API (/api/v10/admin/*: runtime control); send it as
     /// "Authorization: Operator <secret>". Without it each user sees the channels of their own
@@ -300,6 +306,7 @@ pub struct Config {
     pub rate_limit_global: u32,
     pub media_nice: i32,
     pub media_workers: usize,
+    pub media_direct_send: bool,
     pub media_realtime: u8,
     /// Never printed or serialized.
     #[serde(skip_serializing)]
@@ -517,6 +524,7 @@ impl Config {
                 }
                 n
             },
+            media_direct_send: v.media_direct_send.unwrap_or(true),
             operator_token: match v.operator_token.take() {
                 Some(t) if t.chars().count() < 16 => {
                     return Err(ConfigError::Invalid(
@@ -914,6 +922,30 @@ mod tests {
             e.contains("--origin") && e.contains("not a cluster member"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn direct_sends_are_on_by_default_and_can_be_turned_off() {
+        assert!(load_args(ServeArgs::default()).unwrap().media_direct_send);
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "lodge",
+            "serve",
+            "--media-direct-send",
+            "false",
+        ])
+        .unwrap();
+        let Command::Serve(a) = cli.command else {
+            panic!("serve")
+        };
+        assert!(!load_args(a).unwrap().media_direct_send);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("lodge.toml");
+        std::fs::write(&f, "media_direct_send = false\n").unwrap();
+        let file = ServeArgs {
+            config: Some(f),
+            ..Default::default()
+        };
+        assert!(!load_args(file).unwrap().media_direct_send);
     }
 
     #[test]

@@ -205,6 +205,7 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     node_cfg.max_participants_per_user = cfg.max_participants_per_user;
     node_cfg.max_participants_per_guild = cfg.max_participants_per_guild;
     node_cfg.connect_timeout = std::time::Duration::from_secs(cfg.voice_connect_timeout_secs);
+    node_cfg.direct_send = cfg.media_direct_send;
     let shell_opts = lodge_sfu::shell::ShellOptions {
         media_nice: cfg.media_nice,
         media_realtime: cfg.media_realtime,

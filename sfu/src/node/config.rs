@@ -44,7 +44,8 @@ pub struct NodeConfig {
     /// default; off only to measure what it saves (the forward bench's cache-cold rows).
     pub prefetch: bool,
     /// Write and seal WebRTC listeners' copies in the forward loop from each slot's context
-    /// instead of through the listener's str0m session (`direct_send.rs`).
+    /// instead of through the listener's str0m session (`direct_send.rs`). On by default;
+    /// off to compare (`lodge serve --media-direct-send false`, the forward bench).
     pub direct_send: bool,
 }
 
@@ -65,7 +66,7 @@ impl NodeConfig {
             selector: SelectorConfig::default(),
             slot_numbering_start: None,
             prefetch: true,
-            direct_send: false,
+            direct_send: true,
         }
     }
 }
