@@ -114,6 +114,8 @@ pub struct NodeReport {
     pub bytes_out: u64,
     pub rtp_in: u64,
     pub rtp_forwarded: u64,
+    /// Of those, copies written and sealed in the forward loop (`NodeConfig::direct_send`).
+    pub rtp_direct: u64,
     /// Forwarded packets written to str0m's queue (the direct send declined), and those of
     /// them that did not leave in the same call.
     pub rtp_queued: u64,
@@ -152,6 +154,7 @@ impl NodeReport {
         self.bytes_out += o.bytes_out;
         self.rtp_in += o.rtp_in;
         self.rtp_forwarded += o.rtp_forwarded;
+        self.rtp_direct += o.rtp_direct;
         self.rtp_queued += o.rtp_queued;
         self.rtp_deferred += o.rtp_deferred;
         self.exported += o.exported;
@@ -663,6 +666,7 @@ fn report(node: &Node, worker: usize, exports_dropped: u64, tcp: Option<&IceTcp>
         bytes_out: s.bytes_out,
         rtp_in: s.rtp_in,
         rtp_forwarded: s.rtp_forwarded,
+        rtp_direct: s.rtp_direct,
         rtp_queued: s.rtp_queued,
         rtp_deferred: s.rtp_deferred,
         exported: s.exported,

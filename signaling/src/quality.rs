@@ -462,6 +462,7 @@ mod tests {
             bytes_out: 0,
             rtp_in: 0,
             rtp_forwarded: 0,
+            rtp_direct: 0,
             rtp_queued: 0,
             rtp_deferred: 0,
             drops: vec![],

@@ -137,6 +137,12 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             r.rtp_forwarded,
         );
         g(
+            "rtp_direct_total",
+            "Of the forwarded RTP packets, those written and sealed from the listener slot's own context (direct sends) rather than through its WebRTC session",
+            "counter",
+            r.rtp_direct,
+        );
+        g(
             "rtp_queued_total",
             "Forwarded RTP packets the WebRTC stack could not send directly (written to its queue)",
             "counter",
