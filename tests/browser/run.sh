@@ -7,12 +7,15 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 # The load generator registers and connects from one address: lift the per-address limits.
 export LODGE_REGISTRATIONS_PER_IP_PER_HOUR=1000000 LODGE_MAX_HTTP_CONNECTIONS_PER_IP=0
 BIN="${LODGE_BIN:-$ROOT/target/debug/lodge}"
+# Lodge refuses unknown LODGE_* variables: this one is the script's, not the node's.
+unset LODGE_BIN
 TMP="$(mktemp -d)"
 # shellcheck source=../lib/ports.sh
 . "$ROOT/tests/lib/ports.sh"
 HP="$(free_port)"; MP="$(free_media)"
 OPERATOR_TOKEN="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
 export OPERATOR_TOKEN LOAD_BIN="${LODGE_LOAD_BIN:-$ROOT/target/debug/lodge-load}"
+unset LODGE_LOAD_BIN
 "$BIN" serve --data-dir "$TMP/data" --http-listen "127.0.0.1:$HP" --media-listen "127.0.0.1:$MP" --log "info,lodge_sfu=debug" \
   --operator-token "$OPERATOR_TOKEN" >"$TMP/lodge.log" 2>&1 &
 PID=$!

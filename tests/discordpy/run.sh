@@ -3,6 +3,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 BIN="${LODGE_BIN:-$ROOT/target/debug/lodge}"
+# Lodge refuses unknown LODGE_* variables: this one is the script's, not the node's.
+unset LODGE_BIN
 HERE="$ROOT/tests/discordpy"
 TMP="$(mktemp -d)"
 [ -x "$HERE/.venv/bin/python" ] || python3 -m venv "$HERE/.venv"

@@ -12,6 +12,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 BIN="${LODGE_BIN:-$ROOT/target/debug/lodge}"
+# Lodge refuses unknown LODGE_* variables: this one is the script's, not the node's.
+unset LODGE_BIN
 OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
 [ "$(id -u)" -eq 0 ] || { echo "tests/https: needs root (network namespaces)"; exit 1; }
