@@ -35,7 +35,7 @@ const TAG_LEN: usize = 16;
 /// with, read from the session at `generation`.
 #[derive(Default)]
 pub(crate) struct DirectSession {
-    generation: u32,
+    generation: u64,
     keys: Option<SessionKeys>,
 }
 
@@ -115,18 +115,18 @@ enum SlotState {
     #[default]
     Unread,
     Ready {
-        generation: u32,
+        generation: u64,
         ssrc: u32,
         header: RtpHeaderTemplate,
     },
     /// The session declined (not connected, an AES-CM profile, a packet queued, no packet
     /// of this payload type sent yet): copies go through `send_rtp_now` until the session
     /// changes.
-    Declined { generation: u32 },
+    Declined { generation: u64 },
 }
 
 /// One copy to send directly.
-pub(crate) struct Copy<'a> {
+pub(crate) struct DirectCopy<'a> {
     pub seq: SeqNo,
     pub rtp_time: u32,
     pub marker: bool,
@@ -156,15 +156,16 @@ impl DirectSlot {
     }
 
     /// Writes and seals `copy` into `out` (replacing what it held) if the slot has a context
-    /// at the session's generation, reading one through `context` when it has none; `None`:
-    /// send through the session. Returns where the datagram goes.
+    /// at the session's generation, reading one through `context` when it has none (counted
+    /// in `reads`); `None`: send through the session. Returns where the datagram goes.
     pub fn send(
         &mut self,
         session: &mut DirectSession,
         context: impl FnOnce() -> Option<SendContext>,
         now: Instant,
-        copy: &Copy<'_>,
+        copy: &DirectCopy<'_>,
         out: &mut Vec<u8>,
+        reads: &mut u64,
     ) -> Option<(Transport, SocketAddr)> {
         let generation = session.generation;
         let (ssrc, header) = match &self.state {
@@ -174,21 +175,20 @@ impl DirectSlot {
                 header,
             } if *g == generation => (*ssrc, *header),
             SlotState::Declined { generation: g } if *g == generation => return None,
-            _ => match context() {
-                None => {
+            _ => {
+                *reads += 1;
+                let Some(ctx) = context() else {
                     self.state = SlotState::Declined { generation };
                     return None;
-                }
-                Some(ctx) => {
-                    session.adopt(&ctx);
-                    self.state = SlotState::Ready {
-                        generation,
-                        ssrc: *ctx.ssrc,
-                        header: ctx.header,
-                    };
-                    (*ctx.ssrc, ctx.header)
-                }
-            },
+                };
+                session.adopt(&ctx);
+                self.state = SlotState::Ready {
+                    generation,
+                    ssrc: *ctx.ssrc,
+                    header: ctx.header,
+                };
+                (*ctx.ssrc, ctx.header)
+            }
         };
         // A slot is ready at the current generation only after `adopt` at that generation.
         let keys = session.keys.as_ref()?;

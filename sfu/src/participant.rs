@@ -6,7 +6,7 @@ use std::time::Instant;
 use str0m::media::{Mid, Pt};
 use str0m::Rtc;
 
-use crate::direct_send::{Copy, DirectSession, DirectSlot};
+use crate::direct_send::{DirectCopy, DirectSession, DirectSlot};
 use crate::ids::{GuildId, RoomId, Ssrc, UserId};
 use crate::native::rtcp::Reception;
 use crate::native::{ReplayWindow, TransportCipher};
@@ -174,6 +174,19 @@ impl WebRtcPeer {
         &mut self.rtc
     }
 
+    /// The session, for one incoming SRTP *media* packet (RTP, not RTCP) and the drain of
+    /// outputs that follows it: the slots' direct sends are reported first, and their contexts
+    /// stay valid. str0m changes no send state on media: addresses change on STUN checks (and
+    /// the drain after them), keys on DTLS records, the MID acknowledgement on receiver reports
+    /// (RTCP), the state on timeouts and closes, all of which go through
+    /// [`WebRtcPeer::rtc_mut`]; and every drain runs to its end, so nothing an earlier input
+    /// queued is left for this one. Without this a listener that also speaks (50 packets a
+    /// second) would make its slots read their contexts again before almost every copy.
+    pub fn rtc_media_input(&mut self) -> &mut Rtc {
+        self.report_direct();
+        &mut self.rtc
+    }
+
     /// The session, for `send_rtp_now` and `recycle_buffer`: the slots' direct sends are
     /// reported first (a packet's counts must follow theirs); the contexts stay valid, as
     /// neither call changes what they hold.
@@ -197,8 +210,9 @@ impl WebRtcPeer {
         &mut self,
         ix: usize,
         now: Instant,
-        copy: &Copy<'_>,
+        copy: &DirectCopy<'_>,
         out: &mut Vec<u8>,
+        reads: &mut u64,
     ) -> Option<(Transport, SocketAddr)> {
         let WebRtcPeer {
             rtc, direct, slots, ..
@@ -206,7 +220,7 @@ impl WebRtcPeer {
         let slot = slots.get_mut(ix)?;
         let (mid, pt) = (slot.mid, slot.pt);
         slot.direct
-            .send(direct, || rtc.send_context(mid, pt), now, copy, out)
+            .send(direct, || rtc.send_context(mid, pt), now, copy, out, reads)
     }
 }
 

@@ -116,6 +116,8 @@ pub struct NodeReport {
     pub rtp_forwarded: u64,
     /// Of those, copies written and sealed in the forward loop (`NodeConfig::direct_send`).
     pub rtp_direct: u64,
+    /// Times a slot read its direct-send context from its session.
+    pub direct_context_reads: u64,
     /// Forwarded packets written to str0m's queue (the direct send declined), and those of
     /// them that did not leave in the same call.
     pub rtp_queued: u64,
@@ -155,6 +157,7 @@ impl NodeReport {
         self.rtp_in += o.rtp_in;
         self.rtp_forwarded += o.rtp_forwarded;
         self.rtp_direct += o.rtp_direct;
+        self.direct_context_reads += o.direct_context_reads;
         self.rtp_queued += o.rtp_queued;
         self.rtp_deferred += o.rtp_deferred;
         self.exported += o.exported;
@@ -667,6 +670,7 @@ fn report(node: &Node, worker: usize, exports_dropped: u64, tcp: Option<&IceTcp>
         rtp_in: s.rtp_in,
         rtp_forwarded: s.rtp_forwarded,
         rtp_direct: s.rtp_direct,
+        direct_context_reads: s.direct_context_reads,
         rtp_queued: s.rtp_queued,
         rtp_deferred: s.rtp_deferred,
         exported: s.exported,

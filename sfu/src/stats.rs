@@ -42,6 +42,9 @@ pub struct NodeStats {
     /// Of those, copies written and sealed in the forward loop from the slot's context
     /// instead of through the listener's session (`NodeConfig::direct_send`).
     pub rtp_direct: u64,
+    /// Times a slot read its direct-send context from its session (its first copy, and the
+    /// first after anything that may have changed the session's send state).
+    pub direct_context_reads: u64,
     /// Forwarded packets str0m could not send directly (`Rtc::send_rtp_now` declined, e.g.
     /// before the session connected): written to its queue instead.
     pub rtp_queued: u64,

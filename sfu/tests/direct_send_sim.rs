@@ -12,6 +12,10 @@ use sim::World;
 /// One packet as a listener heard it: sequence number, timestamp, payload, RFC 6464 values.
 type Copy = (u64, u32, Vec<u8>, (Option<i8>, Option<bool>));
 
+/// One packet as a listener heard it, by its slot's index: sequence number, timestamp,
+/// payload.
+type BySlot = (Option<usize>, u64, u32, Vec<u8>);
+
 /// What listeners 1.. of a `fanout::room_with(4)` hear of 300 packets from client 0, numbered
 /// from just below the 16-bit wrap (so the rollover counter steps), and the node's counts.
 fn heard(direct_send: bool) -> (Vec<Vec<Copy>>, u64, u64) {
@@ -111,4 +115,59 @@ fn sender_reports_count_direct_copies() {
         "{packets} packets, {bytes} bytes"
     );
     assert_eq!(on, off, "the same counts either way");
+}
+
+/// Listeners that speak too (every caller of a real room sends while its microphone is on):
+/// their own media arriving 50 times a second must not make their slots read their contexts
+/// again (`WebRtcPeer::rtc_media_input`), and they hear the same packets as through the session.
+#[test]
+fn listeners_that_speak_keep_their_contexts() {
+    let run = |direct_send: bool| {
+        let mut w = World::new(|c| c.direct_send = direct_send);
+        for _ in 0..5 {
+            w.join(3, World::speaking()).unwrap();
+        }
+        w.run(Duration::from_millis(1500));
+        assert!(w.clients.iter().all(|c| c.connected));
+        for (i, c) in w.clients.iter_mut().enumerate() {
+            c.level = Some(20 + 5 * i as u8);
+        }
+        w.run(Duration::from_secs(5));
+        // By slot, not SSRC or mid: str0m draws both at random.
+        let heard: Vec<Vec<BySlot>> = w
+            .clients
+            .iter()
+            .map(|c| {
+                let slot = |m| c.slot_mids.iter().position(|s| *s == m);
+                c.heard
+                    .iter()
+                    .map(|h| (slot(h.mid), h.seq, h.ts, h.payload.clone()))
+                    .collect()
+            })
+            .collect();
+        (heard, w.node.stats().clone())
+    };
+    let (on, s) = run(true);
+    let (off, _) = run(false);
+    assert!(s.rtp_forwarded > 2_000, "forwarded {}", s.rtp_forwarded);
+    assert!(
+        s.rtp_direct * 10 >= s.rtp_forwarded * 9,
+        "{} of {} direct",
+        s.rtp_direct,
+        s.rtp_forwarded
+    );
+    // Reads: each slot's first, then one after each receiver report, timeout or STUN check
+    // of its listener, not one per incoming media packet (250 a second here).
+    assert!(
+        s.direct_context_reads * 20 <= s.rtp_direct,
+        "{} context reads for {} direct copies",
+        s.direct_context_reads,
+        s.rtp_direct
+    );
+    assert!(on.iter().all(|l| l.len() > 300));
+    // Not `assert_eq!`: thousands of packets would fill the screen.
+    assert!(
+        on == off,
+        "the packets differ with and without direct sends"
+    );
 }

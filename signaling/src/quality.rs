@@ -463,6 +463,7 @@ mod tests {
             rtp_in: 0,
             rtp_forwarded: 0,
             rtp_direct: 0,
+            direct_context_reads: 0,
             rtp_queued: 0,
             rtp_deferred: 0,
             drops: vec![],

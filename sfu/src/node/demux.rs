@@ -155,7 +155,13 @@ impl Node {
         if !w.rtc().accepts(&input) {
             return self.drop_datagram(DropReason::Rejected, Some(idx));
         }
-        if let Err(e) = w.rtc_mut().handle_input(input) {
+        let media = is_rtp(buf);
+        let rtc = if media {
+            w.rtc_media_input()
+        } else {
+            w.rtc_mut()
+        };
+        if let Err(e) = rtc.handle_input(input) {
             trace!(%idx, error = %e, "datagram refused by WebRTC stack");
             return self.drop_datagram(DropReason::Rejected, Some(idx));
         }
@@ -166,8 +172,8 @@ impl Node {
         // In RTP mode str0m reports every RTP packet that authenticates; one that does not
         // vanishes inside it. Notice that here so it is counted like every other drop.
         let rtp_before = self.stats.rtp_in;
-        self.drain(idx, now);
-        if is_rtp(buf) && self.stats.rtp_in == rtp_before {
+        self.drain_with(idx, now, media);
+        if media && self.stats.rtp_in == rtp_before {
             self.drop_datagram(DropReason::DecryptFailed, Some(idx));
         }
     }

@@ -10,7 +10,7 @@ use str0m::{Input, Output, SendPrefetch};
 
 use super::{Export, Node, NodeOutput, Transmit, Transport};
 use crate::buf_pool::BufPool;
-use crate::direct_send::Copy;
+use crate::direct_send::DirectCopy;
 use crate::drop_reason::DropReason;
 use crate::ids::ParticipantIdx;
 use crate::native::is_dave_frame;
@@ -149,12 +149,15 @@ impl Node {
         // The slot map is kept up to date by the tick and by leaving; reading it is a slice.
         let subscribers = slot_map.subscribers(from);
         let prefetch = cfg.prefetch && subscribers.len() >= PREFETCH_FROM;
+        // Copies go direct only with both RFC 6464 fields; without them the session's send
+        // path is what to prefetch.
+        let direct = cfg.direct_send && ext.audio_level.is_some() && ext.voice_activity.is_some();
         for (i, &(listener, slot_ix)) in subscribers.iter().enumerate() {
             // A window at a time: in a room of hundreds, the first listeners' lines would be
             // pushed out again before their copies were written.
             if prefetch && i % PREFETCH_WINDOW == 0 {
                 let window = &subscribers[i..subscribers.len().min(i + PREFETCH_WINDOW)];
-                prefetch_listeners(participants, window, cfg.direct_send);
+                prefetch_listeners(participants, window, direct);
             }
             let Some(Participant {
                 kind,
@@ -215,7 +218,7 @@ impl Node {
             if let (true, Some(audio_level), Some(voice_activity)) =
                 (cfg.direct_send, ext.audio_level, ext.voice_activity)
             {
-                let copy = Copy {
+                let copy = DirectCopy {
                     seq: rw.seq.into(),
                     rtp_time: rw.timestamp,
                     marker,
@@ -224,7 +227,13 @@ impl Node {
                     payload: &payload,
                 };
                 let mut contents = pool.take_or_new();
-                match w.send_direct(slot_ix as usize, now, &copy, &mut contents) {
+                match w.send_direct(
+                    slot_ix as usize,
+                    now,
+                    &copy,
+                    &mut contents,
+                    &mut stats.direct_context_reads,
+                ) {
                     Some((transport, destination)) => {
                         out.push_back(NodeOutput::Transmit(Transmit {
                             transport,

@@ -14,6 +14,12 @@ use crate::stats::ParticipantStats;
 impl Node {
     /// Drain one participant's WebRTC outputs into the node's queue, forwarding its RTP.
     pub(super) fn drain(&mut self, idx: ParticipantIdx, now: Instant) {
+        self.drain_with(idx, now, false)
+    }
+
+    /// [`Node::drain`]; `after_media`: right after an incoming media packet, whose drain keeps
+    /// the session's direct-send contexts (`WebRtcPeer::rtc_media_input`).
+    pub(super) fn drain_with(&mut self, idx: ParticipantIdx, now: Instant, after_media: bool) {
         loop {
             let Some(Participant {
                 kind: Kind::WebRtc(w),
@@ -28,7 +34,12 @@ impl Node {
             else {
                 return;
             };
-            let out = match w.rtc_mut().poll_output() {
+            let rtc = if after_media {
+                w.rtc_media_input()
+            } else {
+                w.rtc_mut()
+            };
+            let out = match rtc.poll_output() {
                 Ok(o) => o,
                 Err(e) => {
                     warn!(%idx, error = %e, "WebRTC session failed");

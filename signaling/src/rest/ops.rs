@@ -143,6 +143,12 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             r.rtp_direct,
         );
         g(
+            "direct_context_reads_total",
+            "Times a listener slot read its direct-send context from its WebRTC session (its first copy, and the first after anything that may have changed the session's send state); far fewer than lodge_rtp_direct_total when all is well",
+            "counter",
+            r.direct_context_reads,
+        );
+        g(
             "rtp_queued_total",
             "Forwarded RTP packets the WebRTC stack could not send directly (written to its queue)",
             "counter",

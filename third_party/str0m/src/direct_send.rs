@@ -17,10 +17,14 @@ pub use crate::rtp_::SrtpSendKey;
 pub const HEADER_TEMPLATE_MAX: usize = 48;
 
 /// Everything needed to send RTP on one send stream without the session, valid until the
-/// next `&mut` call on the [`Rtc`](crate::Rtc) other than
-/// [`Rtc::note_sent_rtp`](crate::Rtc::note_sent_rtp): any other call (input, a timeout, a
-/// poll, an SDP change) may change the address, the keys or the header (the MID element is
-/// dropped once the peer has acknowledged the SSRC).
+/// next `&mut` call on the [`Rtc`](crate::Rtc) that may change it: input, a timeout, a poll or
+/// an SDP change may change the address, the keys or the header (the MID element is dropped
+/// once the peer has acknowledged the SSRC). [`Rtc::send_rtp_now`](crate::Rtc::send_rtp_now),
+/// [`Rtc::recycle_buffer`](crate::Rtc::recycle_buffer) and
+/// [`Rtc::note_sent_rtp`](crate::Rtc::note_sent_rtp) change nothing it holds; nor do an
+/// incoming SRTP media packet (RTP, not RTCP) and the `poll_output` drain after it, as long as
+/// the outputs of every earlier input were drained (addresses change on STUN, keys on DTLS,
+/// the acknowledgement on RTCP, the state on timeouts and closes).
 #[derive(Debug, Clone)]
 pub struct SendContext {
     /// The transport of the selected candidate pair.
@@ -91,8 +95,9 @@ impl RtpHeaderTemplate {
         out[1] = (out[1] & 0x7f) | if marker { 0x80 } else { 0 };
         out[2..4].copy_from_slice(&(*seq_no as u16).to_be_bytes());
         out[4..8].copy_from_slice(&rtp_time.to_be_bytes());
+        // As the serializer writes it: the low 7 bits of -level (so -128 writes 0).
         out[self.level_at as usize] =
-            (0x7f & audio_level.unsigned_abs().min(127)) | if voice_activity { 0x80 } else { 0 };
+            (0x7f & audio_level.unsigned_abs()) | if voice_activity { 0x80 } else { 0 };
     }
 }
 

@@ -1544,8 +1544,8 @@ impl Rtc {
     /// extension negotiated, no RTX or RID on the stream, nothing queued on it, and a first
     /// packet of `pt` already sent through the session.
     ///
-    /// The context stays valid until the next `&mut` call on this `Rtc` other than
-    /// [`Rtc::note_sent_rtp`]: ask again after any other. The caller numbers packets with
+    /// The context stays valid until a `&mut` call on this `Rtc` that may change it (see
+    /// [`SendContext`] for the calls that do not): ask again after any such call. The caller numbers packets with
     /// extended sequence numbers that continue the stream's (the SRTP rollover counter is their
     /// upper bits), writes the header with [`RtpHeaderTemplate::write`], appends the payload
     /// sealed with AES-GCM (IV and associated data as RFC 7714 §8 says, the tag after the
