@@ -23,13 +23,14 @@ use std::time::Instant;
 
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes128Gcm, Aes256Gcm, KeyInit};
+use str0m::crypto::AeadAes128Gcm;
 use str0m::rtp::SeqNo;
 use str0m::{RtpHeaderTemplate, SendContext, SentRtp, SrtpSendKey};
 
 use crate::node::Transport;
 
-/// The AES-GCM tag after an SRTP payload.
-const TAG_LEN: usize = 16;
+/// The AES-GCM tag after an SRTP payload (the same for both AEAD profiles).
+const TAG_LEN: usize = AeadAes128Gcm::TAG_LEN;
 
 /// What every slot of one session shares: where its copies go and the key they are sealed
 /// with, read from the session at `generation`.
@@ -252,17 +253,10 @@ impl DirectSession {
     }
 }
 
-/// RFC 7714 §8.1: the salt XOR `00 00 || SSRC || ROC || SEQ`, the rollover counter being the
-/// extended sequence number's upper bits.
+/// RFC 7714 §8.1's IV (str0m's, the same for both AEAD profiles) for the packet with extended
+/// sequence number `index`: the rollover counter is its upper bits.
 fn rtp_iv(salt: &[u8; 12], ssrc: u32, index: u64) -> [u8; 12] {
-    let mut iv = [0u8; 12];
-    iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
-    iv[6..10].copy_from_slice(&((index >> 16) as u32).to_be_bytes());
-    iv[10..12].copy_from_slice(&(index as u16).to_be_bytes());
-    for (b, s) in iv.iter_mut().zip(salt) {
-        *b ^= s;
-    }
-    iv
+    AeadAes128Gcm::rtp_iv(*salt, ssrc, (index >> 16) as u32, index as u16)
 }
 
 #[cfg(test)]

@@ -4,13 +4,15 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use str0m::media::{Mid, Pt};
+use str0m::rtp::RtpWrite;
 use str0m::Rtc;
 
+use crate::buf_pool::BufPool;
 use crate::direct_send::{DirectCopy, DirectSession, DirectSlot};
 use crate::ids::{GuildId, RoomId, Ssrc, UserId};
 use crate::native::rtcp::Reception;
 use crate::native::{ReplayWindow, TransportCipher};
-use crate::node::Transport;
+use crate::node::{Transmit, Transport};
 use crate::rate_limit::TokenBucket;
 use crate::seq_rewriter::SeqRewriter;
 use crate::speaker_selector::SpeakerLevel;
@@ -109,8 +111,8 @@ pub(crate) struct NativePeer {
 }
 
 pub(crate) struct WebRtcPeer {
-    /// Private: every `&mut` use goes through [`WebRtcPeer::rtc_mut`] or
-    /// [`WebRtcPeer::rtc_send`], which first report the slots' direct sends to it.
+    /// Private: every `&mut` use goes through a method here that first reports the slots'
+    /// direct sends to it and says whether their contexts stay valid.
     rtc: Rtc,
     /// What the slots' direct sends share (`crate::direct_send`).
     pub direct: DirectSession,
@@ -165,7 +167,8 @@ impl WebRtcPeer {
         &self.rtc
     }
 
-    /// The session, for anything but sending a copy: the slots' direct sends are reported to
+    /// The session, for anything that may change its send state (timeouts, queued writes,
+    /// disconnecting, and every datagram but media): the slots' direct sends are reported to
     /// it first, and their contexts are read again before the next (the call may change an
     /// address, a key or a header).
     pub fn rtc_mut(&mut self) -> &mut Rtc {
@@ -174,25 +177,49 @@ impl WebRtcPeer {
         &mut self.rtc
     }
 
-    /// The session, for one incoming SRTP *media* packet (RTP, not RTCP) and the drain of
-    /// outputs that follows it: the slots' direct sends are reported first, and their contexts
-    /// stay valid. str0m changes no send state on media: addresses change on STUN checks (and
-    /// the drain after them), keys on DTLS records, the MID acknowledgement on receiver reports
-    /// (RTCP), the state on timeouts and closes, all of which go through
-    /// [`WebRtcPeer::rtc_mut`]; and every drain runs to its end, so nothing an earlier input
-    /// queued is left for this one. Without this a listener that also speaks (50 packets a
-    /// second) would make its slots read their contexts again before almost every copy.
-    pub fn rtc_media_input(&mut self) -> &mut Rtc {
+    /// The session, for one incoming datagram and the drain of outputs that follows it.
+    /// `media`: an SRTP media packet (RTP, not RTCP), after which the slots' contexts stay
+    /// valid; anything else is [`WebRtcPeer::rtc_mut`]. str0m changes no send state on media:
+    /// addresses change on STUN checks (and the drain after them), keys on DTLS records, the
+    /// MID acknowledgement on receiver reports (RTCP), the state on timeouts and closes; and
+    /// every drain runs to its end, so nothing an earlier input queued is left for this one.
+    /// Without this a listener that also speaks (50 packets a second) would make its slots
+    /// read their contexts again before almost every copy.
+    pub fn rtc_for_datagram(&mut self, media: bool) -> &mut Rtc {
+        if !media {
+            return self.rtc_mut();
+        }
         self.report_direct();
         &mut self.rtc
     }
 
-    /// The session, for `send_rtp_now` and `recycle_buffer`: the slots' direct sends are
-    /// reported first (a packet's counts must follow theirs); the contexts stay valid, as
-    /// neither call changes what they hold.
-    pub fn rtc_send(&mut self) -> &mut Rtc {
+    /// Hands `buf` to the session for its next datagram (`Rtc::recycle_buffer`); the buffer
+    /// back if it has enough. Changes nothing a direct-send context holds.
+    pub fn recycle_buffer(&mut self, buf: Vec<u8>) -> Option<Vec<u8>> {
+        self.rtc.recycle_buffer(buf)
+    }
+
+    /// Slot `ix`'s copy through the session (`Rtc::send_rtp_now`), after the slots' direct
+    /// sends are reported (a packet's counts must follow theirs). Keeps the contexts valid:
+    /// the call changes nothing they hold, except that the slot's first packet sets its
+    /// stream's clock rate, after which a context declined for the lack of it may be given.
+    // str0m's own signature: the write comes back whole for the queued path.
+    #[allow(clippy::result_large_err)]
+    pub fn send_rtp_now(
+        &mut self,
+        ix: usize,
+        now: Instant,
+        write: RtpWrite,
+    ) -> Result<Option<str0m::net::Transmit>, RtpWrite> {
         self.report_direct();
-        &mut self.rtc
+        let Some(slot) = self.slots.get_mut(ix) else {
+            return Ok(None);
+        };
+        let sent = self.rtc.send_rtp_now(now, slot.mid, write)?;
+        if sent.is_some() {
+            slot.direct.sent_through_session();
+        }
+        Ok(sent)
     }
 
     /// Tells the session what the slots sent directly since it was last told.
@@ -204,23 +231,39 @@ impl WebRtcPeer {
         }
     }
 
-    /// Slot `ix`'s copy written and sealed directly into `out`, or `None` where the session
-    /// has to send it (`crate::direct_send`).
+    /// Slot `ix`'s copy written and sealed directly into a buffer from `pool`, or `None`
+    /// where the session has to send it (`crate::direct_send`).
     pub fn send_direct(
         &mut self,
         ix: usize,
         now: Instant,
         copy: &DirectCopy<'_>,
-        out: &mut Vec<u8>,
+        pool: &mut BufPool,
         reads: &mut u64,
-    ) -> Option<(Transport, SocketAddr)> {
+    ) -> Option<Transmit> {
         let WebRtcPeer {
             rtc, direct, slots, ..
         } = self;
         let slot = slots.get_mut(ix)?;
         let (mid, pt) = (slot.mid, slot.pt);
-        slot.direct
-            .send(direct, || rtc.send_context(mid, pt), now, copy, out, reads)
+        let mut contents = pool.take_or_new();
+        let sent = slot.direct.send(
+            direct,
+            || rtc.send_context(mid, pt),
+            now,
+            copy,
+            &mut contents,
+            reads,
+        );
+        let Some((transport, destination)) = sent else {
+            pool.put(contents);
+            return None;
+        };
+        Some(Transmit {
+            transport,
+            destination,
+            contents,
+        })
     }
 }
 

@@ -156,12 +156,7 @@ impl Node {
             return self.drop_datagram(DropReason::Rejected, Some(idx));
         }
         let media = is_rtp(buf);
-        let rtc = if media {
-            w.rtc_media_input()
-        } else {
-            w.rtc_mut()
-        };
-        if let Err(e) = rtc.handle_input(input) {
+        if let Err(e) = w.rtc_for_datagram(media).handle_input(input) {
             trace!(%idx, error = %e, "datagram refused by WebRTC stack");
             return self.drop_datagram(DropReason::Rejected, Some(idx));
         }

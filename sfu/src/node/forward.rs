@@ -149,15 +149,19 @@ impl Node {
         // The slot map is kept up to date by the tick and by leaving; reading it is a slice.
         let subscribers = slot_map.subscribers(from);
         let prefetch = cfg.prefetch && subscribers.len() >= PREFETCH_FROM;
-        // Copies go direct only with both RFC 6464 fields; without them the session's send
-        // path is what to prefetch.
-        let direct = cfg.direct_send && ext.audio_level.is_some() && ext.voice_activity.is_some();
+        // Copies go direct (`direct_send.rs`) only with both RFC 6464 fields, as a context's
+        // header always carries the level; without them the session sends, and its send path
+        // is what to prefetch.
+        let direct = ext
+            .audio_level
+            .zip(ext.voice_activity)
+            .filter(|_| cfg.direct_send);
         for (i, &(listener, slot_ix)) in subscribers.iter().enumerate() {
             // A window at a time: in a room of hundreds, the first listeners' lines would be
             // pushed out again before their copies were written.
             if prefetch && i % PREFETCH_WINDOW == 0 {
                 let window = &subscribers[i..subscribers.len().min(i + PREFETCH_WINDOW)];
-                prefetch_listeners(participants, window, direct);
+                prefetch_listeners(participants, window, direct.is_some());
             }
             let Some(Participant {
                 kind,
@@ -211,73 +215,52 @@ impl Node {
             if rw.switched {
                 l_stats.slot_switches += 1;
             }
-            let (mid, pt) = (slot.mid, slot.pt);
-            // The direct path (`direct_send.rs`): written and sealed here from the slot's
-            // context, without the session. Only with both RFC 6464 fields, as the context's
-            // header always carries the level.
-            if let (true, Some(audio_level), Some(voice_activity)) =
-                (cfg.direct_send, ext.audio_level, ext.voice_activity)
-            {
-                let copy = DirectCopy {
-                    seq: rw.seq.into(),
-                    rtp_time: rw.timestamp,
-                    marker,
-                    audio_level,
-                    voice_activity,
-                    payload: &payload,
-                };
-                let mut contents = pool.take_or_new();
-                match w.send_direct(
-                    slot_ix as usize,
-                    now,
-                    &copy,
-                    &mut contents,
-                    &mut stats.direct_context_reads,
-                ) {
-                    Some((transport, destination)) => {
-                        out.push_back(NodeOutput::Transmit(Transmit {
-                            transport,
-                            destination,
-                            contents,
-                        }));
-                        stats.rtp_direct += 1;
-                        l_stats.packets_out += 1;
-                        l_stats.bytes_out += payload.len() as u64;
-                        stats.rtp_forwarded += 1;
-                        continue;
+            let pt = slot.pt;
+            let copy = direct.map(|(audio_level, voice_activity)| DirectCopy {
+                seq: rw.seq.into(),
+                rtp_time: rw.timestamp,
+                marker,
+                audio_level,
+                voice_activity,
+                payload: &payload,
+            });
+            let reads = &mut stats.direct_context_reads;
+            let sent = copy.and_then(|c| w.send_direct(slot_ix as usize, now, &c, pool, reads));
+            let forwarded = if let Some(t) = sent {
+                out.push_back(NodeOutput::Transmit(t));
+                stats.rtp_direct += 1;
+                true
+            } else {
+                // Storage for the datagram this write becomes (str0m keeps a few spares per
+                // session and hands the buffer back when it has enough).
+                if let Some(b) = pool.take() {
+                    if let Some(b) = w.recycle_buffer(b) {
+                        pool.put(b);
                     }
-                    None => pool.put(contents),
                 }
-            }
-            let rtc = w.rtc_send();
-            // Storage for the datagram this write becomes (str0m keeps a few spares per session
-            // and hands the buffer back when it has enough).
-            if let Some(b) = pool.take() {
-                if let Some(b) = rtc.recycle_buffer(b) {
-                    pool.put(b);
-                }
-            }
-            let write = RtpWrite::new(pt, rw.seq.into(), rw.timestamp, now, payload.clone())
-                .marker(marker)
-                .ext_vals(ext.clone());
-            // The direct path: serialized and encrypted in this call, with no timeout pass and
-            // no output walk per copy. str0m gives the write back when the packet has to queue.
-            // (`Ok(None)`: str0m dropped it, its PT not negotiated; not counted as forwarded.)
-            let forwarded = match rtc.send_rtp_now(now, mid, write) {
-                Ok(Some(t)) => {
-                    out.push_back(NodeOutput::Transmit(Transmit {
-                        transport: Transport::of(t.proto),
-                        destination: t.destination,
-                        contents: t.contents.into(),
-                    }));
-                    w.slots[slot_ix as usize].direct.sent_through_session();
-                    true
-                }
-                Ok(None) => false,
-                Err(write) => {
-                    stats.rtp_queued += 1;
-                    write_queued(listener, w, mid, write, now, out, timers, l_stats, stats);
-                    true
+                let write = RtpWrite::new(pt, rw.seq.into(), rw.timestamp, now, payload.clone())
+                    .marker(marker)
+                    .ext_vals(ext.clone());
+                // Serialized and encrypted by the session in this call, with no timeout pass
+                // and no output walk per copy. str0m gives the write back when the packet has
+                // to queue. (`Ok(None)`: str0m dropped it, its PT not negotiated; not counted
+                // as forwarded.)
+                match w.send_rtp_now(slot_ix as usize, now, write) {
+                    Ok(Some(t)) => {
+                        out.push_back(NodeOutput::Transmit(Transmit {
+                            transport: Transport::of(t.proto),
+                            destination: t.destination,
+                            contents: t.contents.into(),
+                        }));
+                        true
+                    }
+                    Ok(None) => false,
+                    Err(write) => {
+                        let mid = w.slots[slot_ix as usize].mid;
+                        stats.rtp_queued += 1;
+                        write_queued(listener, w, mid, write, now, out, timers, l_stats, stats);
+                        true
+                    }
                 }
             };
             if forwarded {

@@ -18,7 +18,7 @@ impl Node {
     }
 
     /// [`Node::drain`]; `after_media`: right after an incoming media packet, whose drain keeps
-    /// the session's direct-send contexts (`WebRtcPeer::rtc_media_input`).
+    /// the session's direct-send contexts (`WebRtcPeer::rtc_for_datagram`).
     pub(super) fn drain_with(&mut self, idx: ParticipantIdx, now: Instant, after_media: bool) {
         loop {
             let Some(Participant {
@@ -34,12 +34,7 @@ impl Node {
             else {
                 return;
             };
-            let rtc = if after_media {
-                w.rtc_media_input()
-            } else {
-                w.rtc_mut()
-            };
-            let out = match rtc.poll_output() {
+            let out = match w.rtc_for_datagram(after_media).poll_output() {
                 Ok(o) => o,
                 Err(e) => {
                     warn!(%idx, error = %e, "WebRTC session failed");
