@@ -1510,10 +1510,7 @@ impl Rtc {
         mid: Mid,
         rtp: rtp::RtpWrite,
     ) -> Result<Option<net::Transmit>, rtp::RtpWrite> {
-        if self.state != RtcState::Alive {
-            return Err(rtp);
-        }
-        let Some(send) = &self.send_addr else {
+        let Some(send) = self.direct_send_addr() else {
             return Err(rtp);
         };
         let (proto, source, destination) = (send.proto, send.source, send.destination);
@@ -1528,6 +1525,15 @@ impl Rtc {
             destination,
             contents,
         }))
+    }
+
+    /// Where a packet sent at once goes (`send_rtp_now`, `send_context`): the selected pair,
+    /// while the session is alive.
+    fn direct_send_addr(&self) -> Option<&SendAddr> {
+        if self.state != RtcState::Alive {
+            return None;
+        }
+        self.send_addr.as_ref()
     }
 
     /// What a caller needs to write and seal RTP packets of `mid`'s send stream itself, for
@@ -1552,10 +1558,7 @@ impl Rtc {
     /// payload), and sends the datagram from `source` to `destination`. Before the next
     /// other `&mut` call it reports what it sent with [`Rtc::note_sent_rtp`].
     pub fn send_context(&self, mid: Mid, pt: Pt) -> Option<SendContext> {
-        if self.state != RtcState::Alive {
-            return None;
-        }
-        let send = self.send_addr.as_ref()?;
+        let send = self.direct_send_addr()?;
         let (ssrc, header, srtp) = self.session.send_context(mid, pt)?;
         Some(SendContext {
             proto: send.proto,

@@ -1296,6 +1296,13 @@ impl Session {
         }
     }
 
+    /// A packet can be sent at once rather than through the pacer (`send_rtp_now`,
+    /// `send_context`): RTP mode, no BWE (the pacer decides when packets leave), not closing,
+    /// no raw packet capture.
+    fn sends_directly(&self) -> bool {
+        self.rtp_mode && self.bwe.is_none() && !self.rtp_closing && self.raw_packets.is_none()
+    }
+
     /// The fast path of `Rtc::send_rtp_now`: one RTP packet on `mid`'s send stream, serialized
     /// and protected at once. Gives the write back where the queued path is needed: not in RTP
     /// mode, with BWE (the pacer decides when packets leave), TWCC on the line (the send
@@ -1307,7 +1314,7 @@ impl Session {
         mid: Mid,
         rtp: crate::rtp::RtpWrite,
     ) -> Result<Option<DatagramSend>, crate::rtp::RtpWrite> {
-        if !self.rtp_mode || self.bwe.is_some() || self.rtp_closing || self.raw_packets.is_some() {
+        if !self.sends_directly() {
             return Err(rtp);
         }
         let Some(srtp_tx) = self.srtp_tx.as_mut() else {
@@ -1344,7 +1351,7 @@ impl Session {
         mid: Mid,
         pt: Pt,
     ) -> Option<(Ssrc, crate::direct_send::RtpHeaderTemplate, crate::rtp_::SrtpSendKey)> {
-        if !self.rtp_mode || self.bwe.is_some() || self.rtp_closing || self.raw_packets.is_some() {
+        if !self.sends_directly() {
             return None;
         }
         let key = self.srtp_tx.as_ref()?.rtp_send_key()?;

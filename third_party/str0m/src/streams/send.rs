@@ -606,7 +606,7 @@ impl StreamTx {
         params: &[PayloadParams],
         buf: &mut Vec<u8>,
     ) -> Result<Option<PacketReceipt>, RtpWrite> {
-        let idle = self.send_queue.is_empty() && self.resends.is_empty() && self.padding == 0;
+        let idle = self.is_idle();
         if !idle || self.kind.is_none() {
             return Err(rtp);
         }
@@ -654,6 +654,12 @@ impl StreamTx {
         }))
     }
 
+    /// Nothing waits to be sent on this stream (no queued packet, resend or padding): a packet
+    /// sent at once cannot change the order of packets (`send_now`, `direct_header`).
+    fn is_idle(&self) -> bool {
+        self.send_queue.is_empty() && self.resends.is_empty() && self.padding == 0
+    }
+
     /// The header template of [`crate::Rtc::send_context`]: `Some` only where `send_now` would
     /// send a regular packet of payload type `pt` and serialization adds nothing per packet:
     /// the stream idle and set up (its first timeout and a first packet of this `pt` sent, so
@@ -666,7 +672,7 @@ impl StreamTx {
         exts: &ExtensionMap,
         params: &[PayloadParams],
     ) -> Option<crate::direct_send::RtpHeaderTemplate> {
-        let idle = self.send_queue.is_empty() && self.resends.is_empty() && self.padding == 0;
+        let idle = self.is_idle();
         if !idle || self.kind.is_none() || self.rtx.is_some() || self.ssrc.is_probe() {
             return None;
         }
