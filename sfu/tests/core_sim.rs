@@ -12,15 +12,7 @@ use lodge_sfu::{
 use sim::World;
 
 fn connected_world(n: usize, k: usize) -> World {
-    let mut w = World::new(|_| {});
-    for _ in 0..n {
-        w.join(k, World::speaking()).unwrap();
-    }
-    w.run(Duration::from_millis(1500));
-    for c in &w.clients {
-        assert!(c.connected, "client {} did not connect", c.n);
-    }
-    w
+    World::connected(n, k, |_| {})
 }
 
 /// `connected_world`, then everyone talking at the same level for `d`.
@@ -763,12 +755,7 @@ fn the_fan_out_prefetch_changes_nothing_a_listener_hears() {
         });
         let start: Vec<usize> = w.clients.iter().map(|c| c.heard.len()).collect();
         let mut s = sim::fanout::Speaker::after(&w);
-        for _ in 0..60 {
-            let (from, pkt) = sim::fanout::next_packet(&mut w, &mut s);
-            let (now, node_addr) = (w.now, w.node_addr);
-            w.node.handle_datagram(now, from, node_addr, &pkt);
-            w.drain_node();
-        }
+        sim::fanout::deliver(&mut w, &mut s, 60);
         w.run(Duration::from_millis(100));
         w.clients[1..]
             .iter()

@@ -26,13 +26,7 @@ fn heard(direct_send: bool) -> (Vec<Vec<Copy>>, u64, u64) {
     let start: Vec<usize> = w.clients.iter().map(|c| c.heard.len()).collect();
     let s0 = w.node.stats().clone();
     let mut s = sim::fanout::Speaker::after(&w);
-    for _ in 0..300 {
-        let (from, pkt) = sim::fanout::next_packet(&mut w, &mut s);
-        let (now, node_addr) = (w.now, w.node_addr);
-        w.node.handle_datagram(now, from, node_addr, &pkt);
-        w.drain_node();
-        w.run(Duration::from_millis(5));
-    }
+    sim::fanout::deliver(&mut w, &mut s, 300);
     w.run(Duration::from_millis(100));
     let s1 = w.node.stats();
     let heard = w.clients[1..]
@@ -78,11 +72,7 @@ fn direct_copies_are_the_packets_the_session_would_send() {
 #[test]
 fn sender_reports_count_direct_copies() {
     let reported = |direct_send: bool| {
-        let mut w = World::new(|c| c.direct_send = direct_send);
-        w.join(1, World::speaking()).unwrap();
-        w.join(1, World::speaking()).unwrap();
-        w.run(Duration::from_millis(1500));
-        assert!(w.clients.iter().all(|c| c.connected));
+        let mut w = World::connected(2, 1, |c| c.direct_send = direct_send);
         w.clients[0].level = Some(30);
         w.run(Duration::from_secs(8));
         assert!(w.clients[1].heard_from(0) > 300);
@@ -119,16 +109,11 @@ fn sender_reports_count_direct_copies() {
 
 /// Listeners that speak too (every caller of a real room sends while its microphone is on):
 /// their own media arriving 50 times a second must not make their slots read their contexts
-/// again (`WebRtcPeer::rtc_media_input`), and they hear the same packets as through the session.
+/// again (`WebRtcPeer::rtc_for_datagram`), and they hear the same packets as through the session.
 #[test]
 fn listeners_that_speak_keep_their_contexts() {
     let run = |direct_send: bool| {
-        let mut w = World::new(|c| c.direct_send = direct_send);
-        for _ in 0..5 {
-            w.join(3, World::speaking()).unwrap();
-        }
-        w.run(Duration::from_millis(1500));
-        assert!(w.clients.iter().all(|c| c.connected));
+        let mut w = World::connected(5, 3, |c| c.direct_send = direct_send);
         for (i, c) in w.clients.iter_mut().enumerate() {
             c.level = Some(20 + 5 * i as u8);
         }

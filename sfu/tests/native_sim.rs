@@ -301,21 +301,7 @@ fn a_remote_speaker_reaches_native_listeners_under_the_ssrc_its_home_named() {
         .node
         .add_remote(w.now, RoomId(1), UserId(77), Some(home_ssrc))
         .unwrap();
-    for i in 0..60u32 {
-        w.node.remote_rtp(
-            w.now,
-            lodge_sfu::RemotePacket {
-                idx: remote,
-                seq: i as u16,
-                rtp_ts: i * 960,
-                level: 20,
-                marker: i == 0,
-                payload: std::sync::Arc::from(vec![77u8; 60]),
-            },
-        );
-        w.drain_node();
-        w.run(Duration::from_millis(20));
-    }
+    w.feed_remote(remote, 77, 60);
     let heard: Vec<_> = w.natives[l]
         .heard
         .iter()
@@ -343,21 +329,7 @@ fn native_and_trunk_fed_speakers_reach_browsers_with_their_level() {
         .node
         .add_remote(w.now, RoomId(1), UserId(77), None)
         .unwrap();
-    for i in 0..100u32 {
-        w.node.remote_rtp(
-            w.now,
-            lodge_sfu::RemotePacket {
-                idx: remote,
-                seq: i as u16,
-                rtp_ts: i * 960,
-                level: 20,
-                marker: i == 0,
-                payload: std::sync::Arc::from(vec![77u8; 60]),
-            },
-        );
-        w.drain_node();
-        w.run(Duration::from_millis(20));
-    }
+    w.feed_remote(remote, 77, 100);
     let n = w.natives[nat].n;
     let native_level = -(size_level(120) as i8);
     for (speaker, level) in [(n, native_level), (77, -20)] {

@@ -106,6 +106,17 @@ pub fn next_packet(w: &mut World, s: &mut Speaker) -> (SocketAddr, Vec<u8>) {
     (addr, rtp)
 }
 
+/// `n` of the speaker's packets through the node the simulated way: each after 20 ms of
+/// simulated life (`next_packet`), its copies on the simulated network to the listeners.
+pub fn deliver(w: &mut World, s: &mut Speaker, n: usize) {
+    for _ in 0..n {
+        let (from, pkt) = next_packet(w, s);
+        let (now, node_addr) = (w.now, w.node_addr);
+        w.node.handle_datagram(now, from, node_addr, &pkt);
+        w.drain_node();
+    }
+}
+
 /// The node receives the speaker's packet and everything it sends is taken; with `recycle`,
 /// each datagram's storage is handed back as the shell does once it is sent. Returns how many
 /// datagrams the node sent.

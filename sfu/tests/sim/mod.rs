@@ -327,6 +327,20 @@ impl World {
         }
     }
 
+    /// A world of `n` WebRTC clients that may speak, each hearing `k` slots, on a node
+    /// `cfg_fn` configures, after 1.5 s in which every one connected.
+    pub fn connected(n: usize, k: usize, cfg_fn: impl FnOnce(&mut NodeConfig)) -> World {
+        let mut w = World::new(cfg_fn);
+        for _ in 0..n {
+            w.join(k, World::speaking()).unwrap();
+        }
+        w.run(Duration::from_millis(1500));
+        for c in &w.clients {
+            assert!(c.connected, "client {} did not connect", c.n);
+        }
+        w
+    }
+
     pub fn ms(&self) -> u64 {
         (self.now - self.t0).as_millis() as u64
     }
@@ -477,6 +491,26 @@ impl World {
         let node_addr = self.node_addr;
         self.node.handle_datagram(now, from, node_addr, data);
         self.drain_node();
+    }
+
+    /// `packets` packets of the trunk-fed speaker `idx`, one every 20 ms at RFC 6464 level 20,
+    /// each payload 60 bytes of `tag`, numbered from 0; the world runs between them.
+    pub fn feed_remote(&mut self, idx: lodge_sfu::ParticipantIdx, tag: u8, packets: u32) {
+        for i in 0..packets {
+            self.node.remote_rtp(
+                self.now,
+                lodge_sfu::RemotePacket {
+                    idx,
+                    seq: i as u16,
+                    rtp_ts: i * 960,
+                    level: 20,
+                    marker: i == 0,
+                    payload: std::sync::Arc::from(vec![tag; 60]),
+                },
+            );
+            self.drain_node();
+            self.run(Duration::from_millis(20));
+        }
     }
 
     pub fn drain_node(&mut self) {
