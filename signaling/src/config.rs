@@ -867,11 +867,7 @@ mod tests {
         };
         assert!(Config::load(&zero, std::iter::empty()).is_err());
         // The flag takes a value, as the other booleans do.
-        let cli = <Cli as clap::Parser>::try_parse_from(["lodge", "serve", "--ice-tcp", "false"])
-            .unwrap();
-        let Command::Serve(a) = cli.command else {
-            panic!("serve")
-        };
+        let a = serve_flags(&["--ice-tcp", "false"]).unwrap();
         assert_eq!(a.ice_tcp, Some(false));
     }
 
@@ -891,6 +887,16 @@ mod tests {
         assert_eq!(c.operator_token.as_deref(), Some("0123456789abcdef-secret"));
         let shown = serde_json::to_string(&c).unwrap();
         assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    /// `lodge serve <flags>` as clap parses it.
+    fn serve_flags(flags: &[&str]) -> Result<ServeArgs, String> {
+        let argv = ["lodge", "serve"].iter().chain(flags);
+        let cli = <Cli as clap::Parser>::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let Command::Serve(a) = cli.command else {
+            panic!("serve")
+        };
+        Ok(a)
     }
 
     /// Load with these flags and no environment.
@@ -927,17 +933,11 @@ mod tests {
     #[test]
     fn direct_sends_are_on_by_default_and_can_be_turned_off() {
         assert!(load_args(ServeArgs::default()).unwrap().media_direct_send);
-        let cli = <Cli as clap::Parser>::try_parse_from([
-            "lodge",
-            "serve",
-            "--media-direct-send",
-            "false",
-        ])
-        .unwrap();
-        let Command::Serve(a) = cli.command else {
-            panic!("serve")
-        };
+        let a = serve_flags(&["--media-direct-send", "false"]).unwrap();
         assert!(!load_args(a).unwrap().media_direct_send);
+        // Anything but true/false is refused, naming the flag.
+        let bad = serve_flags(&["--media-direct-send", "sometimes"]).unwrap_err();
+        assert!(bad.contains("--media-direct-send"), "{bad}");
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("lodge.toml");
         std::fs::write(&f, "media_direct_send = false\n").unwrap();
