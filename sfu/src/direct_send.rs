@@ -10,9 +10,9 @@
 //!
 //! Contract with the session (`WebRtcPeer` keeps it; its `rtc` is private to it):
 //! - A context read from the session stays valid until a call that may change it. Every
-//!   `&mut Rtc` use but the send path's (`send_rtp_now`, `recycle_buffer`) bumps
-//!   [`DirectSession::invalidate`]'s generation, and a slot re-reads its context (a few hundred
-//!   ns) the next time it sends.
+//!   `&mut Rtc` use but the send path's (`send_rtp_now`, `recycle_buffer`) and an incoming
+//!   media packet's (`WebRtcPeer::rtc_for_datagram`) bumps [`DirectSession::invalidate`]'s
+//!   generation, and a slot re-reads its context (a few hundred ns) the next time it sends.
 //! - Sent packets are reported ([`DirectSlot::take_sent`] → `note_sent_rtp`) before any
 //!   `&mut Rtc` call, so sender reports, statistics and receiver-report loss see them.
 //! - Numbering stays one sequence per SSRC: the slot's rewriter numbers both paths, and a
