@@ -46,7 +46,6 @@ struct SessionKeys {
     /// The key the cipher was made from: a new context with the same key keeps the cipher
     /// (its key schedule costs more than the comparison).
     key: SrtpSendKey,
-    salt: [u8; 12],
     cipher: Cipher,
 }
 
@@ -57,13 +56,13 @@ enum Cipher {
 }
 
 impl Cipher {
-    fn of(key: &SrtpSendKey) -> (Cipher, [u8; 12]) {
+    fn of(key: &SrtpSendKey) -> Cipher {
         match key {
-            SrtpSendKey::AeadAes128Gcm { key, salt } => {
-                (Cipher::Aes128(Box::new(Aes128Gcm::new(key.into()))), *salt)
+            SrtpSendKey::AeadAes128Gcm { key, .. } => {
+                Cipher::Aes128(Box::new(Aes128Gcm::new(key.into())))
             }
-            SrtpSendKey::AeadAes256Gcm { key, salt } => {
-                (Cipher::Aes256(Box::new(Aes256Gcm::new(key.into()))), *salt)
+            SrtpSendKey::AeadAes256Gcm { key, .. } => {
+                Cipher::Aes256(Box::new(Aes256Gcm::new(key.into())))
             }
         }
     }
@@ -206,7 +205,7 @@ impl DirectSlot {
         );
         let (head, rest) = out.split_at_mut(h);
         rest[..n].copy_from_slice(copy.payload);
-        let iv = rtp_iv(&keys.salt, ssrc, *copy.seq);
+        let iv = rtp_iv(keys.salt(), ssrc, *copy.seq);
         let tag = keys.cipher.seal(&iv, head, &mut rest[..n])?;
         rest[n..].copy_from_slice(&tag);
         let sent = self.sent.get_or_insert(SentRtp {
@@ -240,14 +239,23 @@ impl DirectSession {
                 k.destination = ctx.destination;
             }
             _ => {
-                let (cipher, salt) = Cipher::of(&ctx.srtp);
+                let cipher = Cipher::of(&ctx.srtp);
                 self.keys = Some(SessionKeys {
                     transport,
                     destination: ctx.destination,
                     key: ctx.srtp.clone(),
-                    salt,
                     cipher,
                 });
+            }
+        }
+    }
+}
+
+impl SessionKeys {
+    fn salt(&self) -> &[u8; 12] {
+        match &self.key {
+            SrtpSendKey::AeadAes128Gcm { salt, .. } | SrtpSendKey::AeadAes256Gcm { salt, .. } => {
+                salt
             }
         }
     }
