@@ -13,14 +13,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn free_udp() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn spawn(dir: &std::path::Path, http: u16, db: &Option<String>) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lodge"));
     cmd.args(["serve", "--data-dir"]).arg(dir);
@@ -31,8 +23,10 @@ async fn spawn(dir: &std::path::Path, http: u16, db: &Option<String>) -> Child {
         .args([
             "--http-listen",
             &format!("127.0.0.1:{http}"),
+            // Port 0: each media worker binds a free port of its own (a picked port p
+            // would also need p + 1 free for the second worker).
             "--media-listen",
-            &format!("127.0.0.1:{}", free_udp()),
+            "127.0.0.1:0",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

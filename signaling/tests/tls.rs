@@ -2,7 +2,7 @@
 //! and the certificate reloaded on SIGHUP while a WSS connection stays open.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,20 +16,12 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 
-fn free_port(udp: bool) -> u16 {
-    if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    } else {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A CA (its PEM) that signed a certificate for `localhost` written to `dir`.
@@ -102,40 +94,65 @@ impl Drop for Node {
     }
 }
 
+/// Starts `lodge serve` with HTTPS on a free port and waits until `/readyz` answers over TLS.
+/// The port is picked here and released before the node binds it, so another test can take it
+/// in between: a node that exits saying it cannot bind is started again on a new port. Its
+/// output goes to a file in `dir`, printed if it never becomes ready.
+async fn start(dir: &Path, certs: &Path, ca: &str) -> (Node, u16) {
+    let log_path = dir.join("lodge.log");
+    for attempt in 1..=3 {
+        let http = free_port();
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut node = Node(
+            Command::new(env!("CARGO_BIN_EXE_lodge"))
+                .args(["serve", "--data-dir"])
+                .arg(dir.join("data"))
+                .args(["--http-listen", &format!("127.0.0.1:{http}")])
+                // Port 0: each media worker binds a free port of its own.
+                .args(["--media-listen", "127.0.0.1:0"])
+                .args(["--public-url", &format!("https://localhost:{http}")])
+                .arg("--tls-cert")
+                .arg(certs.join("node.crt"))
+                .arg("--tls-key")
+                .arg(certs.join("node.key"))
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start lodge"),
+        );
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            // A bounded probe: whoever else holds the port may accept and never answer.
+            let probe = tokio::time::timeout(Duration::from_secs(2), get(http, ca, "/readyz"));
+            if matches!(probe.await, Ok(Ok((200, _)))) {
+                return (node, http);
+            }
+            let output = || std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(status) = node.0.try_wait().unwrap() {
+                let out = output();
+                if out.contains("cannot bind HTTP") && attempt < 3 {
+                    break;
+                }
+                panic!("lodge exited ({status}) before it became ready; its output:\n{out}");
+            }
+            assert!(
+                Instant::now() < until,
+                "lodge did not become ready over HTTPS in 30 s; its output:\n{}",
+                output()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    unreachable!("the loop returns or panics on its last attempt")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_and_wss_with_a_certificate_reloaded_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     std::fs::create_dir(&certs).unwrap();
     let ca1 = issue(&certs, "one");
-    let http = free_port(false);
-    let node = Node(
-        Command::new(env!("CARGO_BIN_EXE_lodge"))
-            .args(["serve", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--http-listen", &format!("127.0.0.1:{http}")])
-            .args(["--media-listen", &format!("127.0.0.1:{}", free_port(true))])
-            .args(["--public-url", &format!("https://localhost:{http}")])
-            .arg("--tls-cert")
-            .arg(certs.join("node.crt"))
-            .arg("--tls-key")
-            .arg(certs.join("node.key"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start lodge"),
-    );
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        if matches!(get(http, &ca1, "/readyz").await, Ok((200, _))) {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "lodge did not become ready over HTTPS"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (node, http) = start(dir.path(), &certs, &ca1).await;
 
     // REST over HTTPS: the gateway URL it hands out is wss://.
     let (st, body) = get(http, &ca1, "/api/v10/gateway").await.unwrap();
