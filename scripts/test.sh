@@ -3,7 +3,26 @@
 # Usage: ./scripts/test.sh          (installs missing apt/npm packages first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-step() { printf '\n==> %s\n' "$*"; }
+# Each step prints the time since the start; on exit (pass or fail) every finished step's
+# duration is listed, so the suite's time against CI's 90-minute budget can be watched.
+STEP_NAME=""
+STEP_START=$SECONDS
+STEP_TIMES=()
+step() {
+  if [ -n "$STEP_NAME" ]; then
+    STEP_TIMES+=("$(printf '%5ds  %s' "$((SECONDS - STEP_START))" "${STEP_NAME:0:100}")")
+  fi
+  STEP_NAME="$*"
+  STEP_START=$SECONDS
+  printf '\n==> [%dm%02ds] %s\n' "$((SECONDS / 60))" "$((SECONDS % 60))" "$*"
+}
+step_times() {
+  local rc=$?
+  printf '\n==> step durations (%d s in all, exit %d; the last step listed is the one that was running)\n' "$SECONDS" "$rc"
+  printf '%s\n' "${STEP_TIMES[@]}"
+  printf '%5ds  %s\n' "$((SECONDS - STEP_START))" "${STEP_NAME:0:100}"
+}
+trap step_times EXIT
 
 step "setup (apt: chromium, nodejs, python3-venv, coturn, nftables; npm: playwright-core, discord.js + @discordjs/voice; pip: discord.py)"
 ./scripts/setup.sh
