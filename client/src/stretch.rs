@@ -56,6 +56,13 @@ pub fn period(x: &[i16]) -> Option<(usize, f32)> {
 /// Samples to play after `hist` (what was played last) to lengthen the audio by about `want`
 /// samples: whole periods of its end repeated, so the next decoded frame (which continues
 /// `hist`) still joins on. `None` when `hist` is not periodic enough.
+///
+/// The insertion ends with `hist`'s last sample, so the decoder's next sample follows it as it
+/// would have followed `hist`. At its start, a true period that is not a whole number of
+/// samples would leave a jump of up to half a sample of phase (a click on a steep slope), so
+/// the first repetition fades in from `hist` delayed by the fractional period (read between
+/// samples, the fraction from the correlation peak's parabola): where the signal would have
+/// gone on.
 pub fn expand(hist: &[i16], want: usize) -> Option<Vec<i16>> {
     let (p, c) = period(hist)?;
     if c < MIN_CORRELATION {
@@ -68,17 +75,54 @@ pub fn expand(hist: &[i16], want: usize) -> Option<Vec<i16>> {
     for _ in 0..k {
         out.extend_from_slice(cycle);
     }
-    // The first repetition starts one period back: blend its start with the natural
-    // continuation estimate from two periods back, smoothing any period-to-period change.
-    let fade = p.min(MAX_FADE);
-    if n >= 2 * p {
-        for i in 0..fade {
-            let w = (i + 1) as f32 / (fade + 1) as f32;
-            let prev = hist[n - 2 * p + i] as f32;
-            out[i] = (out[i] as f32 * w + prev * (1.0 - w)) as i16;
-        }
+    let frac = fractional_lag(hist, p);
+    let at = |i: usize| f32::from(hist[i]);
+    // Sample n + i of the signal gone on, one true period (p + frac) back: between the samples
+    // p and p + 1 back when frac > 0, between p - 1 and p back when it is < 0. i + 1 < p keeps
+    // every read inside `hist`.
+    let fade = p.saturating_sub(2).min(MAX_FADE);
+    for (i, o) in out.iter_mut().enumerate().take(fade) {
+        let j = n + i - p;
+        let on = if frac >= 0.0 {
+            at(j) * (1.0 - frac) + at(j - 1) * frac
+        } else {
+            at(j) * (1.0 + frac) - at(j + 1) * frac
+        };
+        let w = (i + 1) as f32 / (fade + 1) as f32;
+        *o = (f32::from(*o) * w + on * (1.0 - w)).round() as i16;
     }
     Some(out)
+}
+
+/// How far the true period lies from the whole lag `p`, -0.5..0.5 samples: the vertex of the
+/// parabola through the correlations at `p - 1`, `p` and `p + 1`.
+fn fractional_lag(x: &[i16], p: usize) -> f32 {
+    let n = x.len();
+    let corr = |lag: usize| -> f64 {
+        if lag > n - WIN {
+            return 0.0;
+        }
+        let a = &x[n - WIN..];
+        let b = &x[n - WIN - lag..n - lag];
+        let (mut xy, mut ea, mut eb) = (0.0f64, 0.0f64, 0.0f64);
+        for (&u, &v) in a.iter().zip(b) {
+            let (u, v) = (f64::from(u), f64::from(v));
+            xy += u * v;
+            ea += u * u;
+            eb += v * v;
+        }
+        if ea > 0.0 && eb > 0.0 {
+            xy / (ea * eb).sqrt()
+        } else {
+            0.0
+        }
+    };
+    let (before, at, after) = (corr(p - 1), corr(p), corr(p + 1));
+    let curve = before - 2.0 * at + after;
+    if curve >= 0.0 {
+        return 0.0; // not a peak: no fraction to read
+    }
+    ((before - after) / (2.0 * curve)).clamp(-0.5, 0.5) as f32
 }
 
 /// `seg` (decoded audio that follows `hist` directly) shortened by whole periods, about `want`
@@ -202,6 +246,33 @@ mod tests {
             max_step(&joined)
         );
         assert_eq!(expand(&noise(1920), 960), None);
+    }
+
+    /// A voice whose period is not a whole number of samples (210.2 Hz: 228.35): every
+    /// insertion, whatever the phase of `hist`'s end, starts where the signal would have gone
+    /// on, within a tenth of the signal's own largest step.
+    #[test]
+    fn expanding_a_fractional_period_joins_where_the_signal_goes_on() {
+        let tone = |s: usize, n: usize| -> Vec<i16> {
+            (s..s + n)
+                .map(|i| {
+                    let t = i as f64 / 48_000.0 * 210.2 * std::f64::consts::TAU;
+                    (7000.0 * t.sin() + 2000.0 * (2.0 * t).sin()) as i16
+                })
+                .collect()
+        };
+        let own = max_step(&tone(0, 4800));
+        for end in (1920..1920 + 229).step_by(7) {
+            let hist = tone(0, end);
+            let ins = expand(&hist, 960).unwrap();
+            let mut joined = hist[end - 4..].to_vec();
+            joined.extend_from_slice(&ins[..4]);
+            assert!(
+                max_step(&joined) <= own + own / 10,
+                "hist ending at {end}: step {} into the insertion vs the signal's {own}",
+                max_step(&joined)
+            );
+        }
     }
 
     /// A bounded cut takes the most whole periods inside its range, or declines.
