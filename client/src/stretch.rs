@@ -70,18 +70,16 @@ pub fn expand(hist: &[i16], want: usize) -> Option<Vec<i16>> {
     }
     let k = ((want + p / 2) / p).max(1);
     let n = hist.len();
-    let cycle = &hist[n - p..];
-    let mut out = Vec::with_capacity(k * p);
-    for _ in 0..k {
-        out.extend_from_slice(cycle);
-    }
+    let mut cycle = hist[n - p..].to_vec();
     let frac = fractional_lag(hist, p);
     let at = |i: usize| f32::from(hist[i]);
     // Sample n + i of the signal gone on, one true period (p + frac) back: between the samples
     // p and p + 1 back when frac > 0, between p - 1 and p back when it is < 0. i + 1 < p keeps
-    // every read inside `hist`.
+    // every read inside `hist`. Every repetition starts with the faded cycle, so each joint
+    // between repetitions is the same joint as the one after `hist`; each ends on `hist`'s
+    // last sample.
     let fade = p.saturating_sub(2).min(MAX_FADE);
-    for (i, o) in out.iter_mut().enumerate().take(fade) {
+    for (i, o) in cycle.iter_mut().enumerate().take(fade) {
         let j = n + i - p;
         let on = if frac >= 0.0 {
             at(j) * (1.0 - frac) + at(j - 1) * frac
@@ -90,6 +88,10 @@ pub fn expand(hist: &[i16], want: usize) -> Option<Vec<i16>> {
         };
         let w = (i + 1) as f32 / (fade + 1) as f32;
         *o = (f32::from(*o) * w + on * (1.0 - w)).round() as i16;
+    }
+    let mut out = Vec::with_capacity(k * p);
+    for _ in 0..k {
+        out.extend_from_slice(&cycle);
     }
     Some(out)
 }
@@ -250,7 +252,8 @@ mod tests {
 
     /// A voice whose period is not a whole number of samples (210.2 Hz: 228.35): every
     /// insertion, whatever the phase of `hist`'s end, starts where the signal would have gone
-    /// on, within a tenth of the signal's own largest step.
+    /// on, joins its own repetitions, and is joined by the signal going on (what the decoder
+    /// plays next), each within a tenth of the signal's own largest step.
     #[test]
     fn expanding_a_fractional_period_joins_where_the_signal_goes_on() {
         let tone = |s: usize, n: usize| -> Vec<i16> {
@@ -265,11 +268,14 @@ mod tests {
         for end in (1920..1920 + 229).step_by(7) {
             let hist = tone(0, end);
             let ins = expand(&hist, 960).unwrap();
+            let (p, _) = period(&hist).unwrap();
+            assert_eq!(ins.len() % p, 0, "whole periods of {p}");
             let mut joined = hist[end - 4..].to_vec();
-            joined.extend_from_slice(&ins[..4]);
+            joined.extend_from_slice(&ins);
+            joined.extend_from_slice(&tone(end, 4));
             assert!(
                 max_step(&joined) <= own + own / 10,
-                "hist ending at {end}: step {} into the insertion vs the signal's {own}",
+                "hist ending at {end}: step {} through the insertion vs the signal's {own}",
                 max_step(&joined)
             );
         }
