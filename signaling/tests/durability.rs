@@ -1,17 +1,11 @@
 //! A message answered with 200 survives `kill -9` of the node.
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn spawn(dir: &std::path::Path, http: u16, db: &Option<String>) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lodge"));
@@ -51,7 +45,7 @@ async fn spawn(dir: &std::path::Path, http: u16, db: &Option<String>) -> Child {
 #[tokio::test]
 async fn acknowledged_message_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let http = free_port();
+    let http = common::free_port();
     let db = lodge_chat::store::testing::database_url_from_env().await;
     let mut child = spawn(dir.path(), http, &db).await;
     let base = format!("http://127.0.0.1:{http}/api/v10");

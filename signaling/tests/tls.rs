@@ -1,6 +1,8 @@
 //! HTTPS and WSS on the node's own listener (`--tls-cert`/`--tls-key`), with a CA made here,
 //! and the certificate reloaded on SIGHUP while a WSS connection stays open.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -15,14 +17,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A CA (its PEM) that signed a certificate for `localhost` written to `dir`.
 fn issue(dir: &Path, cn: &str) -> String {
@@ -101,7 +95,7 @@ impl Drop for Node {
 async fn start(dir: &Path, certs: &Path, ca: &str) -> (Node, u16) {
     let log_path = dir.join("lodge.log");
     for attempt in 1..=3 {
-        let http = free_port();
+        let http = common::free_port();
         let log = std::fs::File::create(&log_path).unwrap();
         let mut node = Node(
             Command::new(env!("CARGO_BIN_EXE_lodge"))

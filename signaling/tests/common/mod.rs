@@ -20,6 +20,17 @@ pub struct Node {
     _dir: tempfile::TempDir,
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a node run as a process (its own
+/// listener is bound later, so another test may take the port in between: callers retry or
+/// accept that).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub async fn node() -> Node {
     node_with(|_| {}).await
 }
