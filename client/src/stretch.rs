@@ -32,14 +32,8 @@ pub fn period(x: &[i16]) -> Option<(usize, f32)> {
     }
     let mut corr = vec![f64::MIN; MAX_LAG + 2];
     for (lag, slot) in corr.iter_mut().enumerate().take(MAX_LAG + 1).skip(MIN_LAG) {
-        let b = &x[n - WIN - lag..n - lag];
-        let (mut xy, mut eb) = (0.0f64, 0.0f64);
-        for (p, q) in a.iter().zip(b) {
-            xy += *p as f64 * *q as f64;
-            eb += (*q as f64).powi(2);
-        }
-        if eb > 0.0 {
-            *slot = xy / (ea * eb).sqrt();
+        if let Some(c) = correlation(x, ea, lag) {
+            *slot = c;
         }
     }
     let best = corr.iter().copied().fold(f64::MIN, f64::max);
@@ -96,29 +90,28 @@ pub fn expand(hist: &[i16], want: usize) -> Option<Vec<i16>> {
     Some(out)
 }
 
+/// The normalised correlation between `x`'s last [`WIN`] samples (whose energy is `ea`) and
+/// the [`WIN`] samples `lag` earlier; `None` where those are silent or reach before `x`.
+fn correlation(x: &[i16], ea: f64, lag: usize) -> Option<f64> {
+    let n = x.len();
+    if lag + WIN > n {
+        return None;
+    }
+    let a = &x[n - WIN..];
+    let b = &x[n - WIN - lag..n - lag];
+    let (mut xy, mut eb) = (0.0f64, 0.0f64);
+    for (p, q) in a.iter().zip(b) {
+        xy += *p as f64 * *q as f64;
+        eb += (*q as f64).powi(2);
+    }
+    (eb > 0.0).then(|| xy / (ea * eb).sqrt())
+}
+
 /// How far the true period lies from the whole lag `p`, -0.5..0.5 samples: the vertex of the
 /// parabola through the correlations at `p - 1`, `p` and `p + 1`.
 fn fractional_lag(x: &[i16], p: usize) -> f32 {
-    let n = x.len();
-    let corr = |lag: usize| -> f64 {
-        if lag > n - WIN {
-            return 0.0;
-        }
-        let a = &x[n - WIN..];
-        let b = &x[n - WIN - lag..n - lag];
-        let (mut xy, mut ea, mut eb) = (0.0f64, 0.0f64, 0.0f64);
-        for (&u, &v) in a.iter().zip(b) {
-            let (u, v) = (f64::from(u), f64::from(v));
-            xy += u * v;
-            ea += u * u;
-            eb += v * v;
-        }
-        if ea > 0.0 && eb > 0.0 {
-            xy / (ea * eb).sqrt()
-        } else {
-            0.0
-        }
-    };
+    let ea: f64 = x[x.len() - WIN..].iter().map(|v| (*v as f64).powi(2)).sum();
+    let corr = |lag| correlation(x, ea, lag).unwrap_or(0.0);
     let (before, at, after) = (corr(p - 1), corr(p), corr(p + 1));
     let curve = before - 2.0 * at + after;
     if curve >= 0.0 {
